@@ -1,0 +1,224 @@
+package codec
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+)
+
+// Codebook maps fixed-width codes to exponent values: Exponents[k] is the exponent that code k stands for.
+// A codebook is built by calibration (the 2^Bits most frequent exponents of sample tensors), stored as a small
+// JSON file, and copied into every frame it encodes, so decoding never needs it separately.
+type Codebook struct {
+	DType     DType   `json:"dtype"`
+	Bits      uint8   `json:"bits"`
+	Exponents []uint8 `json:"exponents"`
+	// Coverage is the fraction of calibration elements whose exponent is in the codebook (informational).
+	Coverage float64 `json:"coverage,omitempty"`
+	// Samples is the number of calibration elements (informational).
+	Samples uint64 `json:"samples,omitempty"`
+}
+
+// NewCodebook validates exponents for dt and returns a codebook of 2^bits entries. When fewer exponents are
+// given, the rest are filled with unused exponent values (the frame format needs exactly 2^bits entries).
+func NewCodebook(dt DType, bits int, exponents []uint8) (*Codebook, error) {
+	if !dt.Coded() {
+		return nil, fmt.Errorf("%w: dtype %s is carried raw and has no codebook", ErrCodebook, dt)
+	}
+	eb := dt.ExponentBits()
+	if bits < 1 || bits > eb || bits > 8 {
+		return nil, fmt.Errorf("%w: %d-bit codes for %s (1..%d)", ErrCodebook, bits, dt, min(eb, 8))
+	}
+	size := 1 << bits
+	if len(exponents) > size {
+		return nil, fmt.Errorf("%w: %d exponents for %d-bit codes (at most %d)", ErrCodebook, len(exponents), bits, size)
+	}
+	var seen [256]bool
+	out := make([]uint8, 0, size)
+	for _, e := range exponents {
+		if int(e) >= 1<<eb {
+			return nil, fmt.Errorf("%w: exponent %d out of range for %s (%d bits)", ErrCodebook, e, dt, eb)
+		}
+		if seen[e] {
+			return nil, fmt.Errorf("%w: exponent %d listed twice", ErrCodebook, e)
+		}
+		seen[e] = true
+		out = append(out, e)
+	}
+	for e := 0; len(out) < size; e++ {
+		if !seen[e] {
+			seen[e] = true
+			out = append(out, uint8(e))
+		}
+	}
+	return &Codebook{DType: dt, Bits: uint8(bits), Exponents: out}, nil
+}
+
+// validate checks a codebook that did not come from NewCodebook (JSON, a frame).
+func (c *Codebook) validate() error {
+	if c == nil {
+		return fmt.Errorf("%w: nil", ErrCodebook)
+	}
+	_, err := NewCodebook(c.DType, int(c.Bits), c.Exponents)
+	if err == nil && len(c.Exponents) != 1<<c.Bits {
+		err = fmt.Errorf("%w: %d entries for %d-bit codes, need %d", ErrCodebook, len(c.Exponents), c.Bits, 1<<c.Bits)
+	}
+	return err
+}
+
+// Contains reports whether exponent e has a code.
+func (c *Codebook) Contains(e uint8) bool { return slices.Contains(c.Exponents, e) }
+
+// Equal reports whether two codebooks code the same way.
+func (c *Codebook) Equal(o *Codebook) bool {
+	return c != nil && o != nil && c.DType == o.DType && c.Bits == o.Bits && slices.Equal(c.Exponents, o.Exponents)
+}
+
+// MarshalJSON writes the codebook with a format tag, so a stray JSON file is not mistaken for one.
+func (c *Codebook) MarshalJSON() ([]byte, error) {
+	type plain Codebook
+	return json.Marshal(struct {
+		Format  string `json:"format"`
+		Version int    `json:"version"`
+		*plain
+	}{"splitzip-codebook", 1, (*plain)(c)})
+}
+
+// UnmarshalJSON reads and validates a codebook written by MarshalJSON.
+func (c *Codebook) UnmarshalJSON(b []byte) error {
+	type plain Codebook
+	v := struct {
+		Format  string `json:"format"`
+		Version int    `json:"version"`
+		*plain
+	}{plain: (*plain)(c)}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fmt.Errorf("%w: %v", ErrCodebook, err)
+	}
+	if v.Format != "splitzip-codebook" || v.Version != 1 {
+		return fmt.Errorf("%w: not a splitzip codebook v1 (format %q, version %d)", ErrCodebook, v.Format, v.Version)
+	}
+	return c.validate()
+}
+
+// LoadCodebook reads a codebook JSON file.
+func LoadCodebook(path string) (*Codebook, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c := new(Codebook)
+	if err := json.Unmarshal(b, c); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Save writes the codebook as indented JSON.
+func (c *Codebook) Save(path string) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// Histogram counts exponent values of one dtype over any number of tensors.
+type Histogram struct {
+	DType  DType
+	Counts [256]uint64
+	Total  uint64
+}
+
+// NewHistogram returns an empty histogram for a coded dtype.
+func NewHistogram(dt DType) (*Histogram, error) {
+	if !dt.Coded() {
+		return nil, fmt.Errorf("%w: dtype %s is carried raw, it has no exponents to count", ErrDType, dt)
+	}
+	return &Histogram{DType: dt}, nil
+}
+
+// Add counts the exponents of a little-endian tensor.
+func (h *Histogram) Add(data []byte) error {
+	in, _ := h.DType.info()
+	if len(data)%in.size != 0 {
+		return fmt.Errorf("%w: %d bytes is not a whole number of %s elements", ErrSize, len(data), h.DType)
+	}
+	if h.DType == BF16 {
+		for i := 0; i+1 < len(data); i += 2 {
+			h.Counts[(uint16(data[i])|uint16(data[i+1])<<8)>>7&0xFF]++
+		}
+	} else {
+		mask := uint64(1)<<in.expBits - 1
+		for i := 0; i < len(data); i += in.size {
+			h.Counts[loadElem(data[i:], in.size)>>in.expShift&mask]++
+		}
+	}
+	h.Total += uint64(len(data) / in.size)
+	return nil
+}
+
+// Codebook returns the 2^bits most frequent exponents, most frequent first (ties: smaller exponent first).
+func (h *Histogram) Codebook(bits int) (*Codebook, error) {
+	if h.Total == 0 {
+		return nil, fmt.Errorf("%w: no calibration samples", ErrCodebook)
+	}
+	n := 1 << h.DType.ExponentBits()
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		switch {
+		case h.Counts[a] > h.Counts[b]:
+			return -1
+		case h.Counts[a] < h.Counts[b]:
+			return 1
+		}
+		return 0
+	})
+	var exps []uint8
+	for _, e := range order[:min(1<<bits, n)] {
+		if h.Counts[e] > 0 {
+			exps = append(exps, uint8(e))
+		}
+	}
+	cb, err := NewCodebook(h.DType, bits, exps)
+	if err != nil {
+		return nil, err
+	}
+	cb.Coverage = h.Coverage(cb)
+	cb.Samples = h.Total
+	return cb, nil
+}
+
+// Coverage is the fraction of counted elements whose exponent the codebook codes.
+func (h *Histogram) Coverage(cb *Codebook) float64 {
+	if h.Total == 0 {
+		return 0
+	}
+	var hit uint64
+	for _, e := range cb.Exponents {
+		hit += h.Counts[e]
+	}
+	return float64(hit) / float64(h.Total)
+}
+
+// Calibrate builds a codebook of 2^bits codes from sample tensors of dtype dt.
+func Calibrate(dt DType, bits int, samples ...[]byte) (*Codebook, error) {
+	h, err := NewHistogram(dt)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range samples {
+		if err := h.Add(s); err != nil {
+			return nil, err
+		}
+	}
+	return h.Codebook(bits)
+}
+
+// errNoCodebook is returned when an encoder has no codebook for a coded dtype; it cannot happen with the
+// built-in defaults but guards a custom DefaultCodebook.
+var errNoCodebook = fmt.Errorf("%w: no codebook for dtype", ErrCodebook)
