@@ -58,7 +58,7 @@ func (h *Header) Ratio() float64 {
 // Layout gives the byte offsets of a coded frame's sections.
 type Layout struct {
 	Codebook, Table, Codes, Residuals, Escapes, End uint64
-	Chunks                                         uint64
+	Chunks                                          uint64
 }
 
 func align16(x uint64) uint64 { return (x + sectionAlign - 1) &^ (sectionAlign - 1) }
