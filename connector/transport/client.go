@@ -1,0 +1,398 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Sink receives verified chunks during a Fetch. It is called once per chunk
+// index, in no particular order (chunks arrive out of order across
+// connections), and concurrently from up to Options.Conns goroutines, while
+// later chunks are still being received. data is only valid during the call:
+// the buffer is reused afterwards, so copy or decode it before returning.
+// An error aborts the transfer. A sink call that takes longer than
+// Options.IOTimeout stalls its connection long enough for the producer to
+// drop it.
+type Sink func(i int, data []byte) error
+
+// errNotNeeded: an extra connection was not opened because the work queue
+// ran dry first.
+var errNotNeeded = errors.New("splitzip/transport: connection not needed")
+
+// aLongTimeAgo is a deadline in the past, used to interrupt blocked I/O.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Fetch retrieves the handoff id from the producer at addr, handing every
+// chunk to sink as soon as it is received and verified. It returns nil only
+// after every chunk was accepted by sink and the producer acknowledged the
+// end of the transfer (the producer has then released the payload). On error
+// (wrapping one of the package's sentinels; see [Error]) some chunks may
+// already have been given to sink: the caller must treat the whole request as
+// failed. Fetch may be retried while the handoff lives.
+func Fetch(ctx context.Context, addr, id string, sink Sink, opts ...Option) (Stats, error) {
+	start := time.Now()
+	o, err := buildOptions(opts)
+	if err != nil {
+		return Stats{}, err
+	}
+	if len(id) == 0 || len(id) > maxIDLen {
+		return Stats{}, fmt.Errorf("splitzip/transport: fetch: handoff id length %d not in 1..%d", len(id), maxIDLen)
+	}
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	dctx, stopDials := context.WithCancel(fctx)
+	defer stopDials()
+	f := &fetch{o: o, addr: addr, id: id, sink: sink, pacer: newPacer(o.RateLimit),
+		ctx: fctx, fail: cancel, stopDials: stopDials}
+
+	primary, rep, err := f.dial(dctx, kindOpen, [tokenLen]byte{})
+	if err != nil {
+		return f.stats(start), err
+	}
+	defer primary.close()
+	if int64(rep.numChunks) > int64(o.MaxChunks) {
+		return f.stats(start), newError(ErrTooLarge, id, -1,
+			fmt.Sprintf("handoff has %d chunks, limit %d", rep.numChunks, o.MaxChunks), nil)
+	}
+	f.n = int64(rep.numChunks)
+	f.conns.Store(1)
+
+	workers := int(min(int64(o.Conns), f.n))
+	f.wg.Add(workers)
+	if workers > 0 {
+		go f.work(primary)
+	}
+	for k := 1; k < workers; k++ {
+		go func() {
+			c, _, err := f.dial(dctx, kindJoin, rep.token)
+			if err != nil {
+				// The other connections carry the work; a failed extra
+				// connection only costs parallelism.
+				f.wg.Done()
+				return
+			}
+			f.conns.Add(1)
+			defer c.close()
+			f.work(c)
+		}()
+	}
+	f.wg.Wait()
+	if err := f.err(); err != nil {
+		return f.stats(start), err
+	}
+	if got := f.delivered.Load(); got != f.n {
+		return f.stats(start), newError(ErrProtocol, id, -1, fmt.Sprintf("%d of %d chunks delivered", got, f.n), nil)
+	}
+	if err := f.finish(primary); err != nil {
+		f.fail(err)
+		return f.stats(start), f.err()
+	}
+	return f.stats(start), nil
+}
+
+type fetch struct {
+	o         Options
+	addr, id  string
+	sink      Sink
+	pacer     *pacer
+	ctx       context.Context
+	fail      context.CancelCauseFunc
+	stopDials context.CancelFunc
+	n         int64
+
+	next      atomic.Int64
+	delivered atomic.Int64
+	bytes     atomic.Int64
+	conns     atomic.Int32
+	wg        sync.WaitGroup
+}
+
+func (f *fetch) err() error {
+	if f.ctx.Err() == nil {
+		return nil
+	}
+	cause := context.Cause(f.ctx)
+	if _, ok := cause.(*Error); !ok {
+		// the caller's context ended
+		return newError(cause, f.id, -1, "fetch interrupted", nil)
+	}
+	return cause
+}
+
+func (f *fetch) stats(start time.Time) Stats {
+	return Stats{
+		ID:       shortID(f.id),
+		Bytes:    f.bytes.Load(),
+		Chunks:   int(f.delivered.Load()),
+		Conns:    int(f.conns.Load()),
+		Duration: time.Since(start),
+	}
+}
+
+// cconn is one consumer-side connection.
+type cconn struct {
+	net.Conn
+	br   *bufio.Reader
+	stop func() bool
+}
+
+func (c *cconn) close() {
+	c.stop()
+	c.Conn.Close()
+	c.br.Reset(nil)
+	clientReaders.Put(c.br)
+}
+
+var clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+
+// dial connects and performs the handshake.
+func (f *fetch) dial(ctx context.Context, kind byte, token [tokenLen]byte) (*cconn, reply, error) {
+	var rep reply
+	d := net.Dialer{Timeout: f.o.IOTimeout}
+	nc, err := d.DialContext(ctx, "tcp", f.addr)
+	if err != nil {
+		if err := f.err(); err != nil {
+			return nil, rep, err
+		}
+		if ctx.Err() != nil {
+			return nil, rep, errNotNeeded
+		}
+		return nil, rep, newError(ErrUnreachable, f.id, -1, "dial "+f.addr, err)
+	}
+	tuneConn(nc, f.o.SocketBuffer)
+	br := clientReaders.Get().(*bufio.Reader)
+	br.Reset(nc)
+	c := &cconn{Conn: nc, br: br}
+	// Any failure of the fetch interrupts blocked I/O on every connection.
+	c.stop = context.AfterFunc(f.ctx, func() { nc.SetDeadline(aLongTimeAgo) })
+	fail := func(kind error, detail string, cause error) (*cconn, reply, error) {
+		c.close()
+		if f.ctx.Err() != nil {
+			return nil, rep, f.err()
+		}
+		return nil, rep, newError(kind, f.id, -1, detail, cause)
+	}
+
+	var b [replyLen + maxMsgLen]byte
+	h := hello{version: f.o.version, kind: kind, token: token, id: f.id}
+	c.SetDeadline(time.Now().Add(f.o.IOTimeout))
+	if _, err := c.Write(h.appendTo(b[:0])); err != nil {
+		return fail(ioKind(err), "sending hello", err)
+	}
+	if _, err := io.ReadFull(br, b[:6]); err != nil {
+		return fail(ioKind(err), "reading handshake reply", err)
+	}
+	if [4]byte(b[:4]) != magic {
+		return fail(ErrProtocol, fmt.Sprintf("%s is not a splitzip transport peer (magic %q)", f.addr, b[:4]), nil)
+	}
+	rep.version = uint16(b[4])<<8 | uint16(b[5])
+	if rep.version != f.o.version {
+		// Read the producer's explanation if it fits the layout we know;
+		// the version check stands either way.
+		detail := fmt.Sprintf("producer speaks protocol version %d, consumer %d", rep.version, f.o.version)
+		return fail(ErrIncompatibleVersion, detail, nil)
+	}
+	if _, err := io.ReadFull(br, b[6:replyLen]); err != nil {
+		return fail(ioKind(err), "reading handshake reply", err)
+	}
+	rep.status = b[6]
+	rep.numChunks = uint32(b[8])<<24 | uint32(b[9])<<16 | uint32(b[10])<<8 | uint32(b[11])
+	rep.token = [tokenLen]byte(b[12:28])
+	msgLen := int(b[28])<<8 | int(b[29])
+	if msgLen > maxMsgLen {
+		return fail(ErrProtocol, fmt.Sprintf("handshake message of %d bytes", msgLen), nil)
+	}
+	if _, err := io.ReadFull(br, b[replyLen:replyLen+msgLen]); err != nil {
+		return fail(ioKind(err), "reading handshake reply", err)
+	}
+	if rep.status != codeOK {
+		return fail(codeKind(rep.status), "producer: "+string(b[replyLen:replyLen+msgLen]), nil)
+	}
+	c.SetDeadline(time.Time{})
+	return c, rep, nil
+}
+
+type item struct {
+	i   int
+	buf *[]byte
+}
+
+// work pulls chunk indices from the shared queue and receives them on c,
+// keeping Window requests in flight; a second goroutine hands the received
+// chunks to the sink, so receiving and decoding overlap.
+func (f *fetch) work(c *cconn) {
+	defer f.wg.Done()
+	ch := make(chan item, 1)
+	done := make(chan struct{})
+	go f.deliver(ch, done)
+	defer func() {
+		close(ch)
+		<-done
+	}()
+
+	w := f.o.Window
+	pending := make([]int, w) // ring of requested indices, in request order
+	head, count := 0, 0
+	var reqs [reqLen * 64]byte
+	var hdr [frameLen]byte
+	slice := f.pacer.slice()
+	for {
+		m := 0
+		for count < w {
+			i := f.next.Add(1) - 1
+			if i >= f.n {
+				f.stopDials() // no work left for connections not yet open
+				break
+			}
+			pending[(head+count)%w] = int(i)
+			count++
+			putRequest(reqs[m*reqLen:], reqGet, uint32(i))
+			m++
+		}
+		if m > 0 {
+			c.SetWriteDeadline(time.Now().Add(f.o.IOTimeout))
+			if _, err := c.Write(reqs[:m*reqLen]); err != nil {
+				f.ioFail(err, pending[head], "sending request")
+				return
+			}
+		}
+		if count == 0 {
+			return
+		}
+		want := pending[head]
+		c.SetReadDeadline(time.Now().Add(f.o.IOTimeout))
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			f.ioFail(err, want, fmt.Sprintf("waiting for chunk (%d requested on this connection)", count))
+			return
+		}
+		var fr frame
+		fr.parse(hdr[:])
+		switch fr.typ {
+		case frameKeepalive:
+			continue
+		case frameError:
+			f.remoteError(c, fr, want)
+			return
+		case frameChunk:
+		default:
+			f.fail(newError(ErrProtocol, f.id, want, fmt.Sprintf("unexpected frame type 0x%02x", fr.typ), nil))
+			return
+		}
+		if int(fr.index) != want {
+			f.fail(newError(ErrProtocol, f.id, want, fmt.Sprintf("received chunk %d out of order", fr.index), nil))
+			return
+		}
+		if int64(fr.length) > int64(f.o.MaxChunkSize) {
+			f.fail(newError(ErrTooLarge, f.id, want, fmt.Sprintf("chunk of %d bytes exceeds the consumer's limit of %d", fr.length, f.o.MaxChunkSize), nil))
+			return
+		}
+		buf := getBuf(int(fr.length))
+		data := *buf
+		for off := 0; off < len(data); {
+			k := min(slice, len(data)-off)
+			c.SetReadDeadline(time.Now().Add(f.o.IOTimeout))
+			if _, err := io.ReadFull(c.br, data[off:off+k]); err != nil {
+				putBuf(buf)
+				f.ioFail(err, want, fmt.Sprintf("reading chunk data at byte %d of %d", off, len(data)))
+				return
+			}
+			if err := f.pacer.wait(f.ctx, k); err != nil {
+				putBuf(buf)
+				return
+			}
+			off += k
+		}
+		if got := checksum(data); got != fr.crc {
+			putBuf(buf)
+			f.fail(newError(ErrChecksum, f.id, want, fmt.Sprintf("crc32c of %d bytes is %08x, producer sent %08x", len(data), got, fr.crc), nil))
+			return
+		}
+		select {
+		case ch <- item{i: want, buf: buf}:
+		case <-f.ctx.Done():
+			putBuf(buf)
+			return
+		}
+		head = (head + 1) % w
+		count--
+	}
+}
+
+func (f *fetch) deliver(ch <-chan item, done chan<- struct{}) {
+	defer close(done)
+	for it := range ch {
+		if f.ctx.Err() == nil {
+			if err := f.sink(it.i, *it.buf); err != nil {
+				f.fail(newError(ErrSink, f.id, it.i, "", err))
+			} else {
+				f.delivered.Add(1)
+				f.bytes.Add(int64(len(*it.buf)))
+			}
+		}
+		putBuf(it.buf)
+	}
+}
+
+func (f *fetch) ioFail(err error, chunk int, detail string) {
+	if f.ctx.Err() != nil {
+		return // already failed or cancelled; this is a consequence
+	}
+	f.fail(newError(ioKind(err), f.id, chunk, detail, err))
+}
+
+// remoteError reads an error frame's message and fails the fetch with it.
+func (f *fetch) remoteError(c *cconn, fr frame, want int) {
+	chunk := -1
+	if fr.index != noChunk {
+		chunk = int(fr.index)
+	}
+	if fr.length > maxMsgLen {
+		f.fail(newError(ErrProtocol, f.id, chunk, fmt.Sprintf("error message of %d bytes", fr.length), nil))
+		return
+	}
+	msg := make([]byte, fr.length)
+	c.SetReadDeadline(time.Now().Add(f.o.IOTimeout))
+	if _, err := io.ReadFull(c.br, msg); err != nil {
+		f.ioFail(err, want, "reading error message")
+		return
+	}
+	f.fail(newError(codeKind(fr.code), f.id, chunk, "producer: "+string(msg), nil))
+}
+
+// finish tells the producer that every chunk was accepted and waits for its
+// acknowledgement.
+func (f *fetch) finish(c *cconn) error {
+	var req [reqLen]byte
+	putRequest(req[:], reqFin, 0)
+	c.SetWriteDeadline(time.Now().Add(f.o.IOTimeout))
+	if _, err := c.Write(req[:]); err != nil {
+		return newError(ioKind(err), f.id, -1, "sending end of transfer", err)
+	}
+	var hdr [frameLen]byte
+	for {
+		c.SetReadDeadline(time.Now().Add(f.o.IOTimeout))
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return newError(ioKind(err), f.id, -1, "waiting for end-of-transfer acknowledgement", err)
+		}
+		var fr frame
+		fr.parse(hdr[:])
+		switch fr.typ {
+		case frameKeepalive:
+			continue
+		case frameFinAck:
+			return nil
+		case frameError:
+			f.remoteError(c, fr, -1)
+			return f.err()
+		default:
+			return newError(ErrProtocol, f.id, -1, fmt.Sprintf("unexpected frame type 0x%02x after end of transfer", fr.typ), nil)
+		}
+	}
+}

@@ -1,0 +1,251 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Options configures a [Server] (producer side) or a [Fetch] (consumer side).
+// One struct serves both; each field says which side reads it, the other side
+// ignores it. Zero values of a field mean "use the default" only through
+// [GetDefaultOptions]; options validate their argument, so a bad value fails
+// Listen or Fetch before any connection is made.
+type Options struct {
+	// Conns is the number of parallel TCP connections one Fetch opens (never
+	// more than the handoff has chunks). Fetch. Default 4.
+	Conns int
+	// Window is the number of chunk requests in flight per connection, so
+	// the producer always has the next request queued when it finishes a
+	// chunk. Fetch. Default 2.
+	Window int
+	// IOTimeout bounds every single read and write (an idle timeout: a
+	// large chunk is written in slices, each with its own deadline), the
+	// dial, and the handshake. The producer sends keepalives every
+	// IOTimeout/4 while it waits for a chunk to be produced, so slow
+	// production does not trip it. Both. Default 30 s.
+	IOTimeout time.Duration
+	// MaxChunkSize is the largest chunk accepted (Fetch) or served (Server),
+	// in bytes; checked before any allocation. Both. Default 64 MiB.
+	MaxChunkSize int
+	// MaxChunks is the largest chunk count per handoff. Both. Default 1<<20.
+	MaxChunks int
+	// RateLimit caps the payload rate in bytes per second, shared by all
+	// connections of one Fetch or of one Server; 0 means unlimited. Used to
+	// emulate a slower link where tc is not available. Both. Default 0.
+	RateLimit int64
+	// SocketBuffer sets SO_SNDBUF and SO_RCVBUF when > 0. The default 0
+	// leaves Linux's buffer autotuning in charge, which is usually faster:
+	// setting the option explicitly disables autotuning and is capped by
+	// net.core.{r,w}mem_max. Both. Default 0.
+	SocketBuffer int
+	// HandoffTTL is how long an offered handoff lives. When it runs out
+	// the handoff is removed, a transfer in progress is aborted (the
+	// consumer sees ErrExpired) and the payload is released. Server.
+	// Default 60 s.
+	HandoffTTL time.Duration
+	// MaxTransfers bounds the transfers in progress at once; a consumer
+	// beyond it gets ErrBusy. Server. Default 256.
+	MaxTransfers int
+	// MaxConns bounds the open connections (handshaking or transferring);
+	// one beyond it is answered ErrBusy and closed. Server. Default 1024.
+	MaxConns int
+	// OnTransfer, if set, is called once per transfer when it ends, with
+	// its statistics (Stats.Err is nil for a completed transfer). Server.
+	// It must not block for long.
+	OnTransfer func(Stats)
+
+	// version is the protocol version spoken; tests change it.
+	version uint16
+}
+
+// Option changes one field of Options and validates it.
+type Option func(*Options) error
+
+// GetDefaultOptions returns a fresh copy of the defaults.
+func GetDefaultOptions() Options {
+	return Options{
+		Conns:        4,
+		Window:       2,
+		IOTimeout:    30 * time.Second,
+		MaxChunkSize: 64 << 20,
+		MaxChunks:    1 << 20,
+		HandoffTTL:   60 * time.Second,
+		MaxTransfers: 256,
+		MaxConns:     1024,
+		version:      ProtocolVersion,
+	}
+}
+
+func buildOptions(opts []Option) (Options, error) {
+	o := GetDefaultOptions()
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(&o); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+func errOption(format string, args ...any) error {
+	return fmt.Errorf("splitzip/transport: invalid option: "+format, args...)
+}
+
+// WithConns sets Options.Conns (1..64).
+func WithConns(n int) Option {
+	return func(o *Options) error {
+		if n < 1 || n > 64 {
+			return errOption("conns %d not in 1..64", n)
+		}
+		o.Conns = n
+		return nil
+	}
+}
+
+// WithWindow sets Options.Window (1..64).
+func WithWindow(n int) Option {
+	return func(o *Options) error {
+		if n < 1 || n > 64 {
+			return errOption("window %d not in 1..64", n)
+		}
+		o.Window = n
+		return nil
+	}
+}
+
+// WithIOTimeout sets Options.IOTimeout (> 0).
+func WithIOTimeout(d time.Duration) Option {
+	return func(o *Options) error {
+		if d <= 0 {
+			return errOption("io timeout %v must be positive", d)
+		}
+		o.IOTimeout = d
+		return nil
+	}
+}
+
+// WithMaxChunkSize sets Options.MaxChunkSize (1 .. 1 GiB).
+func WithMaxChunkSize(n int) Option {
+	return func(o *Options) error {
+		if n < 1 || n > 1<<30 {
+			return errOption("max chunk size %d not in 1..1GiB", n)
+		}
+		o.MaxChunkSize = n
+		return nil
+	}
+}
+
+// WithMaxChunks sets Options.MaxChunks (1 .. 1<<24).
+func WithMaxChunks(n int) Option {
+	return func(o *Options) error {
+		if n < 1 || n > 1<<24 {
+			return errOption("max chunks %d not in 1..%d", n, 1<<24)
+		}
+		o.MaxChunks = n
+		return nil
+	}
+}
+
+// WithRateLimit sets Options.RateLimit in bytes per second (0 = unlimited).
+// 1 Gbit/s is 125_000_000.
+func WithRateLimit(bytesPerSecond int64) Option {
+	return func(o *Options) error {
+		if bytesPerSecond < 0 {
+			return errOption("rate limit %d must not be negative", bytesPerSecond)
+		}
+		o.RateLimit = bytesPerSecond
+		return nil
+	}
+}
+
+// WithSocketBuffer sets Options.SocketBuffer in bytes (0 = autotuning).
+func WithSocketBuffer(n int) Option {
+	return func(o *Options) error {
+		if n < 0 {
+			return errOption("socket buffer %d must not be negative", n)
+		}
+		o.SocketBuffer = n
+		return nil
+	}
+}
+
+// WithHandoffTTL sets Options.HandoffTTL (> 0).
+func WithHandoffTTL(d time.Duration) Option {
+	return func(o *Options) error {
+		if d <= 0 {
+			return errOption("handoff ttl %v must be positive", d)
+		}
+		o.HandoffTTL = d
+		return nil
+	}
+}
+
+// WithMaxTransfers sets Options.MaxTransfers (>= 1).
+func WithMaxTransfers(n int) Option {
+	return func(o *Options) error {
+		if n < 1 {
+			return errOption("max transfers %d must be >= 1", n)
+		}
+		o.MaxTransfers = n
+		return nil
+	}
+}
+
+// WithMaxConns sets Options.MaxConns (>= 1).
+func WithMaxConns(n int) Option {
+	return func(o *Options) error {
+		if n < 1 {
+			return errOption("max conns %d must be >= 1", n)
+		}
+		o.MaxConns = n
+		return nil
+	}
+}
+
+// WithOnTransfer sets Options.OnTransfer.
+func WithOnTransfer(f func(Stats)) Option {
+	return func(o *Options) error {
+		o.OnTransfer = f
+		return nil
+	}
+}
+
+// withVersion makes this side speak another protocol version (tests only).
+func withVersion(v uint16) Option {
+	return func(o *Options) error {
+		if v == 0 {
+			return errors.New("splitzip/transport: version 0 is reserved")
+		}
+		o.version = v
+		return nil
+	}
+}
+
+// Stats describes one transfer.
+type Stats struct {
+	// ID is the handoff id, shortened as in error messages.
+	ID string
+	// Bytes is the payload bytes moved (chunk data, without headers).
+	Bytes int64
+	// Chunks is the number of chunks moved.
+	Chunks int
+	// Conns is the number of connections that carried the transfer.
+	Conns int
+	// Duration runs from the first dial (Fetch) or the claim (Server) to
+	// the end.
+	Duration time.Duration
+	// Err is nil for a completed transfer (server side only; Fetch returns
+	// its error separately).
+	Err error
+}
+
+// Throughput returns Bytes per second, or 0 for an empty transfer.
+func (s Stats) Throughput() float64 {
+	if s.Duration <= 0 {
+		return 0
+	}
+	return float64(s.Bytes) / s.Duration.Seconds()
+}

@@ -1,0 +1,156 @@
+package transport
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+)
+
+// Wire format; PROTOCOL.md is the prose version of this file. All integers
+// are big-endian.
+//
+// Version history:
+//
+//	1: first version.
+const ProtocolVersion uint16 = 1
+
+// magic opens every client hello and server reply. Bytes 0..5 of both (magic
+// and version) are frozen across all versions so that any two versions can
+// tell each other apart.
+var magic = [4]byte{'S', 'Z', 'T', 'P'}
+
+const (
+	helloFixedLen = 24   // client hello, before the id
+	replyLen      = 32   // server reply, before the message
+	reqLen        = 8    // client request
+	frameLen      = 16   // server frame header
+	maxIDLen      = 255  // handoff id bytes
+	maxMsgLen     = 1024 // error message bytes
+	tokenLen      = 16
+	noChunk       = 0xFFFFFFFF
+)
+
+// Hello kinds (client hello byte 6).
+const (
+	kindOpen byte = 1 // claim the handoff and start a transfer
+	kindJoin byte = 2 // add a connection to the transfer named by the token
+)
+
+// Client request types (request byte 0).
+const (
+	reqGet byte = 1 // send chunk index
+	reqFin byte = 2 // every chunk received and accepted
+)
+
+// Server frame types (frame byte 0).
+const (
+	frameChunk     byte = 0x11
+	frameKeepalive byte = 0x12
+	frameError     byte = 0x13
+	frameFinAck    byte = 0x14
+)
+
+// Status and error codes (reply byte 6, error frame byte 1). 0 is success.
+const (
+	codeOK        byte = 0
+	codeUnknown   byte = 1 // no such handoff
+	codeExpired   byte = 2 // handoff expired
+	codeBusy      byte = 3 // limits reached, or handoff already being fetched
+	codeVersion   byte = 4 // protocol version not supported
+	codeProducer  byte = 5 // producer failed to produce the chunk
+	codeProtocol  byte = 6 // malformed or out-of-order message
+	codeClosing   byte = 7 // server shutting down
+	codeTooLarge  byte = 8 // chunk larger than the server's limit
+)
+
+// codeKind maps a wire code to the consumer-side sentinel.
+func codeKind(c byte) error {
+	switch c {
+	case codeUnknown:
+		return ErrUnknownHandoff
+	case codeExpired:
+		return ErrExpired
+	case codeBusy:
+		return ErrBusy
+	case codeVersion:
+		return ErrIncompatibleVersion
+	case codeProducer:
+		return ErrProducer
+	case codeClosing:
+		return ErrPeerClosed
+	case codeTooLarge:
+		return ErrTooLarge
+	}
+	return ErrProtocol
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// hello is the client's first message on every connection.
+type hello struct {
+	version uint16
+	kind    byte
+	token   [tokenLen]byte
+	id      string
+}
+
+func (h *hello) appendTo(b []byte) []byte {
+	b = append(b, magic[:]...)
+	b = binary.BigEndian.AppendUint16(b, h.version)
+	b = append(b, h.kind, byte(len(h.id)))
+	b = append(b, h.token[:]...)
+	return append(b, h.id...)
+}
+
+// reply is the server's answer to a hello.
+type reply struct {
+	version   uint16
+	status    byte
+	numChunks uint32
+	token     [tokenLen]byte
+	msg       string
+}
+
+func (r *reply) appendTo(b []byte) []byte {
+	msg := r.msg
+	if len(msg) > maxMsgLen {
+		msg = msg[:maxMsgLen]
+	}
+	b = append(b, magic[:]...)
+	b = binary.BigEndian.AppendUint16(b, r.version)
+	b = append(b, r.status, 0)
+	b = binary.BigEndian.AppendUint32(b, r.numChunks)
+	b = append(b, r.token[:]...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	b = append(b, 0, 0)
+	return append(b, msg...)
+}
+
+func putRequest(b []byte, typ byte, index uint32) {
+	b[0], b[1], b[2], b[3] = typ, 0, 0, 0
+	binary.BigEndian.PutUint32(b[4:], index)
+}
+
+// frame is a decoded server frame header.
+type frame struct {
+	typ    byte
+	code   byte
+	index  uint32
+	length uint32
+	crc    uint32
+}
+
+func (f *frame) put(b []byte) {
+	b[0], b[1], b[2], b[3] = f.typ, f.code, 0, 0
+	binary.BigEndian.PutUint32(b[4:], f.index)
+	binary.BigEndian.PutUint32(b[8:], f.length)
+	binary.BigEndian.PutUint32(b[12:], f.crc)
+}
+
+func (f *frame) parse(b []byte) {
+	f.typ, f.code = b[0], b[1]
+	f.index = binary.BigEndian.Uint32(b[4:])
+	f.length = binary.BigEndian.Uint32(b[8:])
+	f.crc = binary.BigEndian.Uint32(b[12:])
+}
