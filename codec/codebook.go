@@ -11,13 +11,13 @@ import (
 // A codebook is built by calibration (the 2^Bits most frequent exponents of sample tensors), stored as a small
 // JSON file, and copied into every frame it encodes, so decoding never needs it separately.
 type Codebook struct {
-	DType     DType   `json:"dtype"`
-	Bits      uint8   `json:"bits"`
-	Exponents []uint8 `json:"exponents"`
+	DType     DType
+	Bits      uint8
+	Exponents []uint8
 	// Coverage is the fraction of calibration elements whose exponent is in the codebook (informational).
-	Coverage float64 `json:"coverage,omitempty"`
+	Coverage float64
 	// Samples is the number of calibration elements (informational).
-	Samples uint64 `json:"samples,omitempty"`
+	Samples uint64
 }
 
 // NewCodebook validates exponents for dt and returns a codebook of 2^bits entries. When fewer exponents are
@@ -75,29 +75,42 @@ func (c *Codebook) Equal(o *Codebook) bool {
 	return c != nil && o != nil && c.DType == o.DType && c.Bits == o.Bits && slices.Equal(c.Exponents, o.Exponents)
 }
 
-// MarshalJSON writes the codebook with a format tag, so a stray JSON file is not mistaken for one.
+// codebookJSON is the file form: a format tag, so a stray JSON file is not mistaken for a codebook, and the
+// exponents as numbers (a []uint8 would marshal as base64).
+type codebookJSON struct {
+	Format    string  `json:"format"`
+	Version   int     `json:"version"`
+	DType     DType   `json:"dtype"`
+	Bits      uint8   `json:"bits"`
+	Exponents []int   `json:"exponents"`
+	Coverage  float64 `json:"coverage,omitempty"`
+	Samples   uint64  `json:"samples,omitempty"`
+}
+
+// MarshalJSON writes the codebook's file form.
 func (c *Codebook) MarshalJSON() ([]byte, error) {
-	type plain Codebook
-	return json.Marshal(struct {
-		Format  string `json:"format"`
-		Version int    `json:"version"`
-		*plain
-	}{"splitzip-codebook", 1, (*plain)(c)})
+	v := codebookJSON{Format: "splitzip-codebook", Version: 1, DType: c.DType, Bits: c.Bits, Coverage: c.Coverage, Samples: c.Samples}
+	for _, x := range c.Exponents {
+		v.Exponents = append(v.Exponents, int(x))
+	}
+	return json.Marshal(v)
 }
 
 // UnmarshalJSON reads and validates a codebook written by MarshalJSON.
 func (c *Codebook) UnmarshalJSON(b []byte) error {
-	type plain Codebook
-	v := struct {
-		Format  string `json:"format"`
-		Version int    `json:"version"`
-		*plain
-	}{plain: (*plain)(c)}
+	var v codebookJSON
 	if err := json.Unmarshal(b, &v); err != nil {
 		return fmt.Errorf("%w: %v", ErrCodebook, err)
 	}
 	if v.Format != "splitzip-codebook" || v.Version != 1 {
 		return fmt.Errorf("%w: not a splitzip codebook v1 (format %q, version %d)", ErrCodebook, v.Format, v.Version)
+	}
+	*c = Codebook{DType: v.DType, Bits: v.Bits, Coverage: v.Coverage, Samples: v.Samples}
+	for _, x := range v.Exponents {
+		if x < 0 || x > 255 {
+			return fmt.Errorf("%w: exponent %d out of range", ErrCodebook, x)
+		}
+		c.Exponents = append(c.Exponents, uint8(x))
 	}
 	return c.validate()
 }

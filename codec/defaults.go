@@ -7,9 +7,11 @@ import (
 	"sync"
 )
 
-// defaultCodebooks.json holds the built-in codebooks, calibrated on the real KV calibration fixture
-// (tests/data/kv_calibration.safetensors) by `go generate` (see gen.go). fp16, fp32 and fp8_e5m2 books come
-// from the same values converted exactly (fp32) or by rounding (fp16, fp8_e5m2).
+// default_codebooks.json holds the built-in codebooks, calibrated on the real KV calibration fixture
+// (tests/data/kv_calibration.safetensors) by gen_defaults.go. fp16, fp32 and fp8_e5m2 books come from the same
+// values converted exactly (fp32) or by rounding (fp16, fp8_e5m2).
+//
+//go:generate go run gen_defaults.go
 //
 //go:embed default_codebooks.json
 var defaultCodebooksJSON []byte

@@ -12,7 +12,7 @@ import (
 // safe for concurrent use; use one per goroutine.
 type Encoder struct {
 	o      encoderOptions
-	tables map[DType]*encTable
+	tables []*encTable // most recently used first; a few, so alternating codebooks (K, V) don't rebuild
 	parts  []encPart
 	jobs   []job
 	wg     sync.WaitGroup
@@ -50,7 +50,6 @@ func (p *encPart) run() { p.run_(p); p.wg.Done() }
 func NewEncoder(opts ...EOption) (*Encoder, error) {
 	e := &Encoder{
 		o:      encoderOptions{concurrency: defaultConcurrency(), codebooks: map[DType]*Codebook{}},
-		tables: map[DType]*encTable{},
 	}
 	for _, opt := range opts {
 		if err := opt(&e.o); err != nil {
@@ -216,13 +215,19 @@ func writeRaw(frame, src []byte, dt DType, n int) int {
 	return HeaderSize + copy(frame[HeaderSize:], src)
 }
 
-// table returns the encoder's tables for cb, building them when the codebook changed.
+// maxTables bounds the table cache: the bf16 table is 128 KiB.
+const maxTables = 4
+
+// table returns the encoder's tables for cb, building them for a codebook it has not seen recently.
 func (e *Encoder) table(cb *Codebook) *encTable {
-	t := e.tables[cb.DType]
-	if t != nil && t.cb.Equal(cb) {
-		return t
+	for i, t := range e.tables {
+		if t.cb.Equal(cb) {
+			copy(e.tables[1:i+1], e.tables[:i])
+			e.tables[0] = t
+			return t
+		}
 	}
-	t = &encTable{cb: Codebook{DType: cb.DType, Bits: cb.Bits, Exponents: slices.Clone(cb.Exponents)}}
+	t := &encTable{cb: Codebook{DType: cb.DType, Bits: cb.Bits, Exponents: slices.Clone(cb.Exponents)}}
 	for i := range t.code {
 		t.code[i] = -1
 	}
@@ -249,7 +254,11 @@ func (e *Encoder) table(cb *Codebook) *encTable {
 			t.pair[i] = v
 		}
 	}
-	e.tables[cb.DType] = t
+	if len(e.tables) < maxTables {
+		e.tables = append(e.tables, nil)
+	}
+	copy(e.tables[1:], e.tables)
+	e.tables[0] = t
 	return t
 }
 

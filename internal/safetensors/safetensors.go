@@ -24,6 +24,8 @@ type Tensor struct {
 	DType string // safetensors spelling: "BF16", "F32", …
 	Shape []int64
 	Data  []byte
+
+	offset int64 // where Data starts in the file's data section, to keep file order
 }
 
 // File is a parsed safetensors file, tensors in file order.
@@ -97,20 +99,13 @@ func Parse(b []byte) (*File, error) {
 		if lo < 0 || hi < lo || hi > int64(len(data)) || hi-lo != count*size {
 			return nil, fmt.Errorf("%w: tensor %q: bytes [%d, %d) for %d %s elements in %d data bytes", ErrFormat, name, lo, hi, count, e.DType, len(data))
 		}
-		f.Tensors = append(f.Tensors, Tensor{Name: name, DType: e.DType, Shape: e.Shape, Data: data[lo:hi:hi]})
+		f.Tensors = append(f.Tensors, Tensor{Name: name, DType: e.DType, Shape: e.Shape, Data: data[lo:hi:hi], offset: lo})
 	}
 	sort.Slice(f.Tensors, func(i, j int) bool {
-		return offsetIn(data, f.Tensors[i].Data) < offsetIn(data, f.Tensors[j].Data) ||
-			(offsetIn(data, f.Tensors[i].Data) == offsetIn(data, f.Tensors[j].Data) && f.Tensors[i].Name < f.Tensors[j].Name)
+		a, b := f.Tensors[i], f.Tensors[j]
+		return a.offset < b.offset || a.offset == b.offset && a.Name < b.Name
 	})
 	return f, nil
-}
-
-func offsetIn(base, sub []byte) int {
-	if len(sub) == 0 {
-		return 0
-	}
-	return cap(base) - cap(sub)
 }
 
 // Tensor returns the tensor called name.

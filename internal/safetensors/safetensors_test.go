@@ -13,13 +13,14 @@ func TestWriteRead(t *testing.T) {
 	in := []Tensor{
 		{Name: "b", DType: "BF16", Shape: []int64{2, 3}, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}},
 		{Name: "a", DType: "U8", Shape: []int64{3}, Data: []byte{9, 8, 7}},
+		{Name: "c", DType: "U8", Shape: []int64{1}, Data: []byte{5}},
 	}
 	require.NoError(t, Write(path, in, map[string]string{"k": "v"}))
 	f, err := ReadFile(path)
 	require.NoError(t, err)
 	require.Equal(t, "v", f.Metadata["k"])
-	require.Len(t, f.Tensors, 2)
-	require.Equal(t, "b", f.Tensors[0].Name, "file order kept")
+	require.Len(t, f.Tensors, 3)
+	require.Equal(t, []string{"b", "a", "c"}, []string{f.Tensors[0].Name, f.Tensors[1].Name, f.Tensors[2].Name}, "file order kept")
 	require.Equal(t, in[0].Data, f.Tensors[0].Data)
 	a, ok := f.Tensor("a")
 	require.True(t, ok)
