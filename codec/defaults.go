@@ -12,7 +12,6 @@ import (
 // values converted exactly (fp32) or by rounding (fp16, fp8_e5m2).
 //
 //go:generate go run gen_defaults.go
-//
 //go:embed default_codebooks.json
 var defaultCodebooksJSON []byte
 

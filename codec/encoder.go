@@ -49,7 +49,7 @@ func (p *encPart) run() { p.run_(p); p.wg.Done() }
 // NewEncoder returns an encoder configured by opts.
 func NewEncoder(opts ...EOption) (*Encoder, error) {
 	e := &Encoder{
-		o:      encoderOptions{concurrency: defaultConcurrency(), codebooks: map[DType]*Codebook{}},
+		o: encoderOptions{concurrency: defaultConcurrency(), codebooks: map[DType]*Codebook{}},
 	}
 	for _, opt := range opts {
 		if err := opt(&e.o); err != nil {

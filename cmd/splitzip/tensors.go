@@ -16,8 +16,8 @@ type namedTensor struct {
 	name    string
 	stDType string // the safetensors spelling, kept to rebuild the file exactly
 	dtype   codec.DType
-	shape []int64
-	data  []byte
+	shape   []int64
+	data    []byte
 }
 
 func isSafetensors(path string) bool { return strings.HasSuffix(path, ".safetensors") }
