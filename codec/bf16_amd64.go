@@ -7,8 +7,12 @@ import "golang.org/x/sys/cpu"
 // hasBF16Asm reports whether encodeBF16Nibbles and decodeBF16Nibbles run assembly kernels.
 var hasBF16Asm = cpu.X86.HasAVX2
 
-// bf16Step is the assembly kernels' step: 32 elements (64 input bytes, 32 residual bytes, 16 code bytes).
-const bf16Step = 32
+// The assembly kernels' steps: encode 64 elements (128 input bytes, 64 residual bytes, 32 code bytes), decode
+// 32 elements (16 code bytes, 32 residual bytes, 64 output bytes). Chunks are whole steps.
+const (
+	bf16EncStep = 64
+	bf16DecStep = 32
+)
 
 // encLUT is the AVX2 encoder's codebook look-up: an exponent x is looked up as lut[s][x&15] in the slot s whose
 // high nibble hi[s] is x>>4. Entries hold code+1, 0 where the exponent escapes. The layout is read by
@@ -41,7 +45,7 @@ func (l *encLUT) build(exponents []uint8) {
 	}
 }
 
-// encodeBF16AVX2 encodes up to steps 32-element steps: residuals to res (32 bytes a step), codes to codes (16
+// encodeBF16AVX2 encodes up to steps 64-element steps: residuals to res (64 bytes a step), codes to codes (32
 // bytes a step, escaped elements get the placeholder 0). It stops after the first step holding an escape and
 // returns the steps done and that step's escape mask (nonzero iff it holds an escape; the bit order is not the
 // element order).
@@ -69,15 +73,15 @@ func encodeBF16Nibbles(p *encPart) {
 		i0, i1 := chunkBounds(c, p.n)
 		before := len(p.esc)
 		i := i0
-		if steps := (i1 - i0) / bf16Step; steps > 0 && lut.n > 0 {
+		if steps := (i1 - i0) / bf16EncStep; steps > 0 && lut.n > 0 {
 			// Bounds checks for the whole steps: the assembly reads and writes nothing past them.
-			end := i0 + steps*bf16Step
+			end := i0 + steps*bf16EncStep
 			_, _, _ = p.src[2*end-1], codes[end/2-1], res[end-1]
 			for steps > 0 {
 				done, mask := encodeBF16AVX2(&p.src[2*i], &codes[i/2], &res[i], steps, &lut)
 				steps -= done
-				i += done * bf16Step
-				if mask != 0 && !p.escapesOf(i0, i-bf16Step, i) {
+				i += done * bf16EncStep
+				if mask != 0 && !p.escapesOf(i0, i-bf16EncStep, i) {
 					return
 				}
 			}
@@ -93,7 +97,7 @@ func decodeBF16Nibbles(p *decPart) {
 	i0, _ := chunkBounds(p.c0, p.n)
 	_, i1 := chunkBounds(p.c1-1, p.n)
 	i := i0
-	if steps := (i1 - i0) / bf16Step; hasBF16Asm && steps > 0 {
+	if steps := (i1 - i0) / bf16DecStep; hasBF16Asm && steps > 0 {
 		var tab [32]byte
 		for k := range 16 {
 			x := p.tab.exp[k]
@@ -102,7 +106,7 @@ func decodeBF16Nibbles(p *decPart) {
 		codes := p.frame[p.lay.Codes+uint64(i0/2):]
 		res := p.frame[p.lay.Residuals+uint64(i0):]
 		out := p.out[2*i0:]
-		n := steps * bf16Step
+		n := steps * bf16DecStep
 		_, _, _ = codes[n/2-1], res[n-1], out[2*n-1]
 		decodeBF16AVX2(&codes[0], &res[0], &out[0], steps, &tab)
 		i += n

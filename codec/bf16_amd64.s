@@ -2,7 +2,7 @@
 
 #include "textflag.h"
 
-// vpermd index: the dwords 0, 4, 1, 5 (see encodeBF16AVX2).
+// vpermd index: the dwords 0, 4, 1, 5, 2, 6, 3, 7 (see encodeBF16AVX2).
 DATA bf16CodeOrder<>+0(SB)/4, $0
 DATA bf16CodeOrder<>+4(SB)/4, $4
 DATA bf16CodeOrder<>+8(SB)/4, $1
@@ -13,13 +13,46 @@ DATA bf16CodeOrder<>+24(SB)/4, $3
 DATA bf16CodeOrder<>+28(SB)/4, $7
 GLOBL bf16CodeOrder<>(SB), RODATA|NOPTR, $32
 
+// sign and mantissa bits of each bf16 word
+DATA bf16ResidualBits<>+0(SB)/4, $0x807f807f
+DATA bf16ResidualBits<>+4(SB)/4, $0x807f807f
+DATA bf16ResidualBits<>+8(SB)/4, $0x807f807f
+DATA bf16ResidualBits<>+12(SB)/4, $0x807f807f
+DATA bf16ResidualBits<>+16(SB)/4, $0x807f807f
+DATA bf16ResidualBits<>+20(SB)/4, $0x807f807f
+DATA bf16ResidualBits<>+24(SB)/4, $0x807f807f
+DATA bf16ResidualBits<>+28(SB)/4, $0x807f807f
+GLOBL bf16ResidualBits<>(SB), RODATA|NOPTR, $32
+
+// low byte of each word
+DATA bf16LowBytes<>+0(SB)/4, $0x00ff00ff
+DATA bf16LowBytes<>+4(SB)/4, $0x00ff00ff
+DATA bf16LowBytes<>+8(SB)/4, $0x00ff00ff
+DATA bf16LowBytes<>+12(SB)/4, $0x00ff00ff
+DATA bf16LowBytes<>+16(SB)/4, $0x00ff00ff
+DATA bf16LowBytes<>+20(SB)/4, $0x00ff00ff
+DATA bf16LowBytes<>+24(SB)/4, $0x00ff00ff
+DATA bf16LowBytes<>+28(SB)/4, $0x00ff00ff
+GLOBL bf16LowBytes<>(SB), RODATA|NOPTR, $32
+
+// vpmaddubsw weights (1, 16): code pair c0 | c1<<4
+DATA bf16NibblePairs<>+0(SB)/4, $0x10011001
+DATA bf16NibblePairs<>+4(SB)/4, $0x10011001
+DATA bf16NibblePairs<>+8(SB)/4, $0x10011001
+DATA bf16NibblePairs<>+12(SB)/4, $0x10011001
+DATA bf16NibblePairs<>+16(SB)/4, $0x10011001
+DATA bf16NibblePairs<>+20(SB)/4, $0x10011001
+DATA bf16NibblePairs<>+24(SB)/4, $0x10011001
+DATA bf16NibblePairs<>+28(SB)/4, $0x10011001
+GLOBL bf16NibblePairs<>(SB), RODATA|NOPTR, $32
+
 // func encodeBF16AVX2(src, codes, res *byte, steps int, lut *encLUT) (done, mask int)
 //
-// One step: 32 bf16 values in Y0 (elements 0-15) and Y1 (16-31).
+// One step: 64 bf16 values, elements 0-15 in Y0, 16-31 in Y1, 32-47 in Y2, 48-63 in Y3.
 // Residual word = (x & 0x807F) summed bytewise by vpmaddubsw(·, 1): mantissa + sign<<7, at most 255.
 // Exponent word = (x >> 7) & 0xFF. Packing words to bytes with vpackuswb interleaves the 128-bit lanes: the
-// bytes come out as elements [0-7, 16-23 | 8-15, 24-31]. The residuals are put back in order with vpermq; the
-// exponents are looked up in that order and the codes reordered once nibble-packed.
+// bytes of Y0, Y1 come out as elements [0-7, 16-23 | 8-15, 24-31]. The residuals are put back in order with
+// vpermq; the exponents are looked up in that order and the codes reordered once nibble-packed.
 // Look-up: acc |= pshufb(lut[s], x & 15) & (x>>4 == hi[s]) over the slots s; acc is code+1, 0 for an escape.
 TEXT ·encodeBF16AVX2(SB), NOSPLIT, $0-56
 	MOVQ src+0(FP), SI
@@ -31,29 +64,18 @@ TEXT ·encodeBF16AVX2(SB), NOSPLIT, $0-56
 	XORQ AX, AX      // steps done
 	XORQ R13, R13    // escape mask of the last step
 
-	MOVL $0x807F807F, R10
-	MOVQ R10, X15
-	VPBROADCASTD X15, Y15 // residual bits of each word
-	MOVL $0x01010101, R10
-	MOVQ R10, X14
+	MOVL         $0x01010101, R10
+	VMOVD        R10, X14
 	VPBROADCASTD X14, Y14 // bytes 1
-	MOVL $0x00FF00FF, R10
-	MOVQ R10, X13
-	VPBROADCASTD X13, Y13 // low byte of each word
-	MOVL $0x0F0F0F0F, R10
-	MOVQ R10, X12
-	VPBROADCASTD X12, Y12 // low nibble of each byte
-	MOVL $0x10011001, R10
-	MOVQ R10, X11
-	VPBROADCASTD X11, Y11 // byte pairs (1, 16): c0 + c1<<4
-	VMOVDQU bf16CodeOrder<>(SB), Y10
-	VPXOR Y9, Y9, Y9
+	MOVL         $0x0F0F0F0F, R10
+	VMOVD        R10, X15
+	VPBROADCASTD X15, Y15 // low nibble of each byte
 
-	// The first two slots stay in registers: Y8/Y7 high nibble and table of slot 0, Y6/Y5 of slot 1.
-	VPBROADCASTB 256(R8), Y8
-	VBROADCASTI128 (R8), Y7
-	VPBROADCASTB 257(R8), Y6
-	VBROADCASTI128 16(R8), Y5
+	// The first two slots stay in registers: Y9/Y8 high nibble and table of slot 0, Y7/Y6 of slot 1.
+	VPBROADCASTB   256(R8), Y9
+	VBROADCASTI128 (R8), Y8
+	VPBROADCASTB   257(R8), Y7
+	VBROADCASTI128 16(R8), Y6
 
 	TESTQ CX, CX
 	JZ    done
@@ -61,34 +83,58 @@ TEXT ·encodeBF16AVX2(SB), NOSPLIT, $0-56
 loop:
 	VMOVDQU (SI), Y0
 	VMOVDQU 32(SI), Y1
+	VMOVDQU 64(SI), Y2
+	VMOVDQU 96(SI), Y3
 
 	// Residuals.
-	VPAND      Y15, Y0, Y2
-	VPAND      Y15, Y1, Y3
-	VPMADDUBSW Y14, Y2, Y2
-	VPMADDUBSW Y14, Y3, Y3
-	VPACKUSWB  Y3, Y2, Y2
-	VPERMQ     $0xD8, Y2, Y2
-	VMOVDQU    Y2, (DX)
+	VPAND      bf16ResidualBits<>(SB), Y0, Y4
+	VPAND      bf16ResidualBits<>(SB), Y1, Y5
+	VPAND      bf16ResidualBits<>(SB), Y2, Y10
+	VPAND      bf16ResidualBits<>(SB), Y3, Y11
+	VPMADDUBSW Y14, Y4, Y4
+	VPMADDUBSW Y14, Y5, Y5
+	VPMADDUBSW Y14, Y10, Y10
+	VPMADDUBSW Y14, Y11, Y11
+	VPACKUSWB  Y5, Y4, Y4
+	VPACKUSWB  Y11, Y10, Y10
+	VPERMQ     $0xD8, Y4, Y4
+	VPERMQ     $0xD8, Y10, Y10
+	VMOVDQU    Y4, (DX)
+	VMOVDQU    Y10, 32(DX)
 
-	// Exponents: Y1 their high nibbles, Y0 their low nibbles.
+	// Exponents: Y1, Y3 their high nibbles, Y0, Y2 their low nibbles.
 	VPSRLW    $7, Y0, Y0
 	VPSRLW    $7, Y1, Y1
-	VPAND     Y13, Y0, Y0
-	VPAND     Y13, Y1, Y1
+	VPSRLW    $7, Y2, Y2
+	VPSRLW    $7, Y3, Y3
+	VPAND     bf16LowBytes<>(SB), Y0, Y0
+	VPAND     bf16LowBytes<>(SB), Y1, Y1
+	VPAND     bf16LowBytes<>(SB), Y2, Y2
+	VPAND     bf16LowBytes<>(SB), Y3, Y3
 	VPACKUSWB Y1, Y0, Y0
+	VPACKUSWB Y3, Y2, Y2
 	VPSRLW    $4, Y0, Y1
-	VPAND     Y12, Y1, Y1
-	VPAND     Y12, Y0, Y0
+	VPSRLW    $4, Y2, Y3
+	VPAND     Y15, Y1, Y1
+	VPAND     Y15, Y3, Y3
+	VPAND     Y15, Y0, Y0
+	VPAND     Y15, Y2, Y2
 
-	// Look-up, slots 0 and 1 (an unused slot's table is all 0: it adds nothing).
-	VPCMPEQB Y8, Y1, Y3
-	VPSHUFB  Y0, Y7, Y2
-	VPAND    Y3, Y2, Y2
-	VPCMPEQB Y6, Y1, Y3
-	VPSHUFB  Y0, Y5, Y4
-	VPAND    Y3, Y4, Y4
-	VPOR     Y4, Y2, Y2
+	// Look-up into Y4 (elements 0-31) and Y5 (32-63), slots 0 and 1 (an unused slot's table is all 0).
+	VPCMPEQB Y9, Y1, Y4
+	VPCMPEQB Y9, Y3, Y5
+	VPSHUFB  Y0, Y8, Y10
+	VPSHUFB  Y2, Y8, Y11
+	VPAND    Y10, Y4, Y4
+	VPAND    Y11, Y5, Y5
+	VPCMPEQB Y7, Y1, Y10
+	VPCMPEQB Y7, Y3, Y11
+	VPSHUFB  Y0, Y6, Y12
+	VPSHUFB  Y2, Y6, Y13
+	VPAND    Y12, Y10, Y10
+	VPAND    Y13, Y11, Y11
+	VPOR     Y10, Y4, Y4
+	VPOR     Y11, Y5, Y5
 	CMPQ     R9, $2
 	JBE      looked
 
@@ -98,29 +144,38 @@ loop:
 	LEAQ -2(R9), R12
 
 slots:
-	VPBROADCASTB   (R11), Y3
-	VBROADCASTI128 (R10), Y4
-	VPCMPEQB       Y3, Y1, Y3
-	VPSHUFB        Y0, Y4, Y4
-	VPAND          Y3, Y4, Y4
-	VPOR           Y4, Y2, Y2
+	VPBROADCASTB   (R11), Y12
+	VBROADCASTI128 (R10), Y13
+	VPCMPEQB       Y12, Y1, Y10
+	VPCMPEQB       Y12, Y3, Y11
+	VPSHUFB        Y0, Y13, Y12
+	VPSHUFB        Y2, Y13, Y13
+	VPAND          Y12, Y10, Y10
+	VPAND          Y13, Y11, Y11
+	VPOR           Y10, Y4, Y4
+	VPOR           Y11, Y5, Y5
 	ADDQ           $16, R10
 	INCQ           R11
 	DECQ           R12
 	JNZ            slots
 
 looked:
-	VPCMPEQB   Y9, Y2, Y3  // escapes
-	VPSUBUSB   Y14, Y2, Y2 // codes, 0 for an escape
-	VPMADDUBSW Y11, Y2, Y2 // code pairs, words
-	VPACKUSWB  Y2, Y2, Y2  // dwords: [0-7, 16-23, -, - | 8-15, 24-31, -, -]
-	VPERMD     Y2, Y10, Y2
-	VMOVDQU    X2, (DI)
-	VPMOVMSKB  Y3, R13
+	VPMINUB    Y5, Y4, Y0  // 0 where an element escapes
+	VPXOR      Y1, Y1, Y1
+	VPCMPEQB   Y1, Y0, Y0
+	VPMOVMSKB  Y0, R13
+	VPSUBUSB   Y14, Y4, Y4 // codes, 0 for an escape
+	VPSUBUSB   Y14, Y5, Y5
+	VPMADDUBSW bf16NibblePairs<>(SB), Y4, Y4 // code pairs, words
+	VPMADDUBSW bf16NibblePairs<>(SB), Y5, Y5
+	VPACKUSWB  Y5, Y4, Y4                    // dwords: [0-7, 16-23, 32-39, 48-55 | 8-15, 24-31, 40-47, 56-63]
+	VMOVDQU    bf16CodeOrder<>(SB), Y10
+	VPERMD     Y4, Y10, Y4
+	VMOVDQU    Y4, (DI)
 
-	ADDQ  $64, SI
-	ADDQ  $32, DX
-	ADDQ  $16, DI
+	ADDQ  $128, SI
+	ADDQ  $64, DX
+	ADDQ  $32, DI
 	INCQ  AX
 	TESTL R13, R13
 	JNZ   done
