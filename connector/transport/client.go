@@ -3,6 +3,7 @@ package transport
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -295,6 +296,7 @@ func (f *fetch) work(c *cconn) {
 		}
 		buf := getBuf(int(fr.length))
 		data := *buf
+		var crc uint32
 		for off := 0; off < len(data); {
 			k := min(slice, len(data)-off)
 			c.SetReadDeadline(time.Now().Add(f.o.IOTimeout))
@@ -303,15 +305,23 @@ func (f *fetch) work(c *cconn) {
 				f.ioFail(err, want, fmt.Sprintf("reading chunk data at byte %d of %d", off, len(data)))
 				return
 			}
+			crc = crcUpdate(crc, data[off:off+k])
 			if err := f.pacer.wait(f.ctx, k); err != nil {
 				putBuf(buf)
 				return
 			}
 			off += k
 		}
-		if got := checksum(data); got != fr.crc {
+		var trailer [trailerLen]byte
+		c.SetReadDeadline(time.Now().Add(f.o.IOTimeout))
+		if _, err := io.ReadFull(c.br, trailer[:]); err != nil {
 			putBuf(buf)
-			f.fail(newError(ErrChecksum, f.id, want, fmt.Sprintf("crc32c of %d bytes is %08x, producer sent %08x", len(data), got, fr.crc), nil))
+			f.ioFail(err, want, "reading chunk checksum")
+			return
+		}
+		if sent := binary.BigEndian.Uint32(trailer[:]); crc != sent {
+			putBuf(buf)
+			f.fail(newError(ErrChecksum, f.id, want, fmt.Sprintf("crc32c of %d bytes is %08x, producer sent %08x", len(data), crc, sent), nil))
 			return
 		}
 		select {

@@ -23,11 +23,12 @@ func newPacer(bytesPerSecond int64) *pacer {
 	return &pacer{rate: float64(bytesPerSecond), burst: 2 * time.Millisecond}
 }
 
-// slice returns the write/read granularity: 4 MiB unpaced (each slice gets
-// its own I/O deadline), else about 1 ms of traffic, 4 KiB to 256 KiB.
+// slice returns the write/read granularity: each slice gets its own I/O
+// deadline and is checksummed while in cache. 256 KiB unpaced, else about
+// 1 ms of traffic, 4 KiB to 256 KiB.
 func (p *pacer) slice() int {
 	if p == nil {
-		return 4 << 20
+		return 256 << 10
 	}
 	return min(256<<10, max(int(p.rate/1000), 4<<10))
 }

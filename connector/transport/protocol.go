@@ -23,6 +23,7 @@ const (
 	replyLen      = 32   // server reply, before the message
 	reqLen        = 8    // client request
 	frameLen      = 16   // server frame header
+	trailerLen    = 4    // CRC32C after a chunk's data
 	maxIDLen      = 255  // handoff id bytes
 	maxMsgLen     = 1024 // error message bytes
 	tokenLen      = 16
@@ -51,15 +52,15 @@ const (
 
 // Status and error codes (reply byte 6, error frame byte 1). 0 is success.
 const (
-	codeOK        byte = 0
-	codeUnknown   byte = 1 // no such handoff
-	codeExpired   byte = 2 // handoff expired
-	codeBusy      byte = 3 // limits reached, or handoff already being fetched
-	codeVersion   byte = 4 // protocol version not supported
-	codeProducer  byte = 5 // producer failed to produce the chunk
-	codeProtocol  byte = 6 // malformed or out-of-order message
-	codeClosing   byte = 7 // server shutting down
-	codeTooLarge  byte = 8 // chunk larger than the server's limit
+	codeOK       byte = 0
+	codeUnknown  byte = 1 // no such handoff
+	codeExpired  byte = 2 // handoff expired
+	codeBusy     byte = 3 // limits reached, or handoff already being fetched
+	codeVersion  byte = 4 // protocol version not supported
+	codeProducer byte = 5 // producer failed to produce the chunk
+	codeProtocol byte = 6 // malformed or out-of-order message
+	codeClosing  byte = 7 // server shutting down
+	codeTooLarge byte = 8 // chunk larger than the server's limit
 )
 
 // codeKind maps a wire code to the consumer-side sentinel.
@@ -86,6 +87,10 @@ func codeKind(c byte) error {
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// crcUpdate extends a running CRC32C; chunks are checksummed slice by slice
+// while their bytes are in cache, as they are written or read.
+func crcUpdate(crc uint32, b []byte) uint32 { return crc32.Update(crc, castagnoli, b) }
 
 // hello is the client's first message on every connection.
 type hello struct {
@@ -132,25 +137,27 @@ func putRequest(b []byte, typ byte, index uint32) {
 	binary.BigEndian.PutUint32(b[4:], index)
 }
 
-// frame is a decoded server frame header.
+// frame is a decoded server frame header. A chunk frame's CRC32C is not in
+// the header but in a 4-byte trailer after the data, so that both ends can
+// checksum each slice while it is in cache.
 type frame struct {
 	typ    byte
 	code   byte
 	index  uint32
 	length uint32
-	crc    uint32
+	spare  uint32 // bytes 12..15, zero in version 1
 }
 
 func (f *frame) put(b []byte) {
 	b[0], b[1], b[2], b[3] = f.typ, f.code, 0, 0
 	binary.BigEndian.PutUint32(b[4:], f.index)
 	binary.BigEndian.PutUint32(b[8:], f.length)
-	binary.BigEndian.PutUint32(b[12:], f.crc)
+	binary.BigEndian.PutUint32(b[12:], f.spare)
 }
 
 func (f *frame) parse(b []byte) {
 	f.typ, f.code = b[0], b[1]
 	f.index = binary.BigEndian.Uint32(b[4:])
 	f.length = binary.BigEndian.Uint32(b[8:])
-	f.crc = binary.BigEndian.Uint32(b[12:])
+	f.spare = binary.BigEndian.Uint32(b[12:])
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -256,11 +257,12 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256
 
 // sconn is one server-side connection.
 type sconn struct {
-	s    *Server
-	c    net.Conn
-	br   *bufio.Reader
-	hdr  [frameLen]byte
-	bufs net.Buffers
+	s       *Server
+	c       net.Conn
+	br      *bufio.Reader
+	hdr     [frameLen]byte
+	trailer [trailerLen]byte
+	arr     [3][]byte // backing array for net.Buffers
 }
 
 func (s *Server) serveConn(c net.Conn, over bool) {
@@ -475,29 +477,36 @@ func (sc *sconn) sendChunk(sess *session, i int) bool {
 		sc.sendError(codeTooLarge, uint32(i), fmt.Sprintf("chunk of %d bytes exceeds the producer's limit of %d", len(data), s.o.MaxChunkSize))
 		return false
 	}
-	f := frame{typ: frameChunk, index: uint32(i), length: uint32(len(data)), crc: checksum(data)}
+	f := frame{typ: frameChunk, index: uint32(i), length: uint32(len(data))}
 	f.put(sc.hdr[:])
 	slice := s.pacer.slice()
-	first := true
-	for first || len(data) > 0 {
-		k := min(slice, len(data))
+	var crc uint32
+	for off := 0; ; {
+		k := min(slice, len(data)-off)
+		piece := data[off : off+k]
+		crc = crcUpdate(crc, piece)
+		bufs := net.Buffers(sc.arr[:0])
+		if off == 0 {
+			bufs = append(bufs, sc.hdr[:])
+		}
+		bufs = append(bufs, piece)
+		off += k
+		last := off == len(data)
+		if last {
+			binary.BigEndian.PutUint32(sc.trailer[:], crc)
+			bufs = append(bufs, sc.trailer[:])
+		}
 		if err := s.pacer.wait(sess.ctx, k); err != nil {
 			sc.sendSessionError(sess, uint32(i))
 			return false
 		}
 		sc.c.SetWriteDeadline(time.Now().Add(s.o.IOTimeout))
-		var err error
-		if first {
-			sc.bufs = append(sc.bufs[:0], sc.hdr[:], data[:k])
-			_, err = sc.bufs.WriteTo(sc.c)
-			first = false
-		} else {
-			_, err = sc.c.Write(data[:k])
-		}
-		if err != nil {
+		if _, err := bufs.WriteTo(sc.c); err != nil {
 			return false
 		}
-		data = data[k:]
+		if last {
+			break
+		}
 	}
 	sess.bytes.Add(int64(f.length))
 	sess.chunks.Add(1)
@@ -524,9 +533,9 @@ func (sc *sconn) sendError(code byte, idx uint32, msg string) {
 	}
 	f := frame{typ: frameError, code: code, index: idx, length: uint32(len(msg))}
 	f.put(sc.hdr[:])
-	sc.bufs = append(sc.bufs[:0], sc.hdr[:], []byte(msg))
+	bufs := append(net.Buffers(sc.arr[:0]), sc.hdr[:], []byte(msg))
 	sc.c.SetWriteDeadline(time.Now().Add(sc.s.o.IOTimeout))
-	sc.bufs.WriteTo(sc.c)
+	bufs.WriteTo(sc.c)
 }
 
 // freeSlotLocked gives back the transfer slot sess holds, if any.

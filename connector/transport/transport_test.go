@@ -117,8 +117,8 @@ func TestFlippedBit(t *testing.T) {
 	require.NoError(t, s.Offer(id, NewBytesPayload(chunks, nil)))
 
 	// One connection: the stream is reply, then chunk 0's header, then its
-	// data. Flip a bit in chunk 1's data.
-	px := newProxy(t, addrOf(s), flipAt(replyLen+frameLen+4096+frameLen+100))
+	// data and CRC trailer. Flip a bit in chunk 1's data.
+	px := newProxy(t, addrOf(s), flipAt(replyLen+frameLen+4096+trailerLen+frameLen+100))
 	col := newCollector(0)
 	_, err := Fetch(context.Background(), px.addr(), id, col.sink, WithConns(1))
 	te := requireKind(t, err, ErrChecksum)
@@ -626,4 +626,36 @@ func TestRetrySupersedes(t *testing.T) {
 	require.NoError(t, p.Put(1, []byte("b")))
 	require.NoError(t, recvWithin(t, second, 10*time.Second, "second fetch"))
 	col2.requireEqual(t, [][]byte{[]byte("a"), []byte("b")})
+}
+
+// TestWireGolden pins the example exchange of PROTOCOL.md.
+func TestWireGolden(t *testing.T) {
+	s := newServer(t)
+	require.NoError(t, s.Offer("ab", NewBytesPayload([][]byte{[]byte("hi")}, nil)))
+	c, err := net.Dial("tcp", addrOf(s))
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	mustRead := func(n int) []byte {
+		b := make([]byte, n)
+		_, err := io.ReadFull(c, b)
+		require.NoError(t, err)
+		return b
+	}
+	hello := append([]byte{0x53, 0x5A, 0x54, 0x50, 0x00, 0x01, 0x01, 0x02}, make([]byte, 16)...)
+	_, err = c.Write(append(hello, 'a', 'b'))
+	require.NoError(t, err)
+	r := mustRead(32)
+	require.Equal(t, []byte{0x53, 0x5A, 0x54, 0x50, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01}, r[:12])
+	require.NotEqual(t, make([]byte, 16), r[12:28], "token")
+	require.Equal(t, []byte{0, 0, 0, 0}, r[28:])
+	_, err = c.Write([]byte{0x01, 0, 0, 0, 0, 0, 0, 0})
+	require.NoError(t, err)
+	require.Equal(t, []byte{0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0x68, 0x69, 0xF5, 0x9D, 0xD9, 0xC2}, mustRead(22))
+	_, err = c.Write([]byte{0x02, 0, 0, 0, 0, 0, 0, 0})
+	require.NoError(t, err)
+	require.Equal(t, []byte{0x14, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0}, mustRead(16))
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF)
+	require.Zero(t, s.Pending())
 }
