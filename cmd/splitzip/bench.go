@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,13 +16,14 @@ import (
 
 func runBench(args []string) error {
 	fs := newFlags("bench", "")
-	size := fs.Int("size", 64<<20, "largest input in bytes (smaller sizes are measured too)")
+	var size byteSize = 64 << 20
+	fs.Var(&size, "size", "largest input, e.g. 256MiB (smaller sizes are measured too)")
 	runs := fs.Int("runs", 9, "timed runs per figure (the median is reported)")
 	data := fs.String("data", defaultEvaluation, "safetensors file of real KV to tile into the input (\"\" for synthetic normals)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	src, origin, err := benchInput(*data, *size)
+	src, origin, err := benchInput(*data, int(size))
 	if err != nil {
 		return err
 	}
@@ -29,19 +31,21 @@ func runBench(args []string) error {
 	fmt.Printf("splitzip bench: CPU codec, %s, %d cores (GOMAXPROCS), input: %s; median of %d runs\n", cpuName(), procs, origin, *runs)
 	fmt.Printf("copy = Go copy() of the same buffer, one goroutine; %% = codec throughput / copy throughput (raw bytes)\n\n")
 	fmt.Printf("%10s %9s | %9s %6s %9s | %9s %6s %9s | %7s %9s\n", "size", "copy", "enc 1", "%copy", fmt.Sprintf("enc %d", procs), "dec 1", "%copy", fmt.Sprintf("dec %d", procs), "ratio", "escapes")
-	for _, n := range []int{64 << 10, 1 << 20, 16 << 20, *size} {
-		if n > *size || n > len(src) {
+	for _, n := range []int{64 << 10, 1 << 20, 16 << 20, int(size)} {
+		if n > int(size) || n > len(src) {
 			continue
 		}
 		in := src[:n]
-		fmt.Fprintf(os.Stderr, "measuring %s…\r", formatBytes(float64(n)))
+		if stderrIsTerminal {
+			fmt.Fprintf(os.Stderr, "measuring %s…\r", formatBytes(float64(n)))
+		}
 		r, err := benchOne(in, *runs, procs)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("%10s %8.2fG | %8.2fG %5.0f%% %8.2fG | %8.2fG %5.0f%% %8.2fG | %7.4f %9.2e\n", formatBytes(float64(n)), r.copy,
 			r.enc1, 100*r.enc1/r.copy, r.encN, r.dec1, 100*r.dec1/r.copy, r.decN, r.ratio, r.escapeRate)
-		if n == *size {
+		if n == int(size) {
 			break
 		}
 	}
@@ -146,4 +150,29 @@ func cpuName() string {
 		}
 	}
 	return runtime.GOARCH
+}
+
+// byteSize is a flag value that accepts 4096, 64KiB, 16MiB, 1GiB (and KB/MB/GB as powers of 1000).
+type byteSize int
+
+func (b *byteSize) String() string { return formatBytes(float64(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	mult := 1.0
+	for _, u := range units {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = v, u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || v <= 0 {
+		return fmt.Errorf("size %q: want a positive number with an optional KiB/MiB/GiB suffix", s)
+	}
+	*b = byteSize(v * mult)
+	return nil
 }
