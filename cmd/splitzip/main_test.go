@@ -1,0 +1,72 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/safetensors"
+	"github.com/stretchr/testify/require"
+)
+
+func fixture(name string) string { return filepath.Join("..", "..", "tests", "data", name) }
+
+func TestCompressDecompressSafetensors(t *testing.T) {
+	dir := t.TempDir()
+	book := filepath.Join(dir, "book.json")
+	require.NoError(t, runCalibrate([]string{"-o", book, fixture("kv_calibration.safetensors")}))
+	cb, err := codec.LoadCodebook(book)
+	require.NoError(t, err)
+	require.Len(t, cb.Exponents, 16)
+
+	in := fixture("kv_evaluation.safetensors")
+	packed := filepath.Join(dir, "packed.safetensors")
+	back := filepath.Join(dir, "back.safetensors")
+	require.NoError(t, runCompress([]string{"-codebook", book, in, packed}))
+	require.NoError(t, runInspect([]string{packed}))
+	require.NoError(t, runDecompress([]string{packed, back}))
+
+	orig, err := safetensors.ReadFile(in)
+	require.NoError(t, err)
+	got, err := safetensors.ReadFile(back)
+	require.NoError(t, err)
+	require.Equal(t, orig.Metadata, got.Metadata)
+	require.Len(t, got.Tensors, len(orig.Tensors))
+	for i, x := range orig.Tensors {
+		require.Equal(t, x.Name, got.Tensors[i].Name)
+		require.Equal(t, x.DType, got.Tensors[i].DType)
+		require.Equal(t, x.Shape, got.Tensors[i].Shape)
+		require.Equal(t, x.Data, got.Tensors[i].Data, x.Name)
+	}
+	pi, _ := os.Stat(packed)
+	oi, _ := os.Stat(in)
+	require.Less(t, float64(pi.Size()), float64(oi.Size())/1.3, "compressed file should be ~1.33x smaller")
+}
+
+func TestCompressRawAndErrors(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "x.bin")
+	data := make([]byte, 1000)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	require.NoError(t, os.WriteFile(raw, data, 0o644))
+	require.ErrorContains(t, runCompress([]string{raw, filepath.Join(dir, "x.sz")}), "needs -dtype")
+	require.NoError(t, runCompress([]string{"-dtype", "fp8_e4m3", raw, filepath.Join(dir, "x.sz")}))
+	require.NoError(t, runDecompress([]string{filepath.Join(dir, "x.sz"), filepath.Join(dir, "y.bin")}))
+	back, err := os.ReadFile(filepath.Join(dir, "y.bin"))
+	require.NoError(t, err)
+	require.Equal(t, data, back)
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "junk.sz"), []byte("not a frame at all, definitely"), 0o644))
+	err = runDecompress([]string{filepath.Join(dir, "junk.sz"), filepath.Join(dir, "z.bin")})
+	require.ErrorIs(t, err, codec.ErrBadMagic)
+	require.ErrorContains(t, runStats([]string{"-calibration", "a.safetensors", "-evaluation", "a.safetensors"}), "same file")
+}
+
+func TestStatsAndBench(t *testing.T) {
+	require.NoError(t, runStats([]string{"-calibration", fixture("kv_calibration.safetensors"), "-evaluation", fixture("kv_evaluation.safetensors")}))
+	require.NoError(t, runBench([]string{"-size", "1MiB", "-runs", "1", "-data", fixture("kv_evaluation.safetensors")}))
+	require.NoError(t, runBench([]string{"-size", "64KiB", "-runs", "1", "-data", ""}))
+}
