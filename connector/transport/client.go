@@ -46,6 +46,9 @@ func Fetch(ctx context.Context, addr, id string, sink Sink, opts ...Option) (Sta
 	if len(id) == 0 || len(id) > maxIDLen {
 		return Stats{}, fmt.Errorf("splitzip/transport: fetch: handoff id length %d not in 1..%d", len(id), maxIDLen)
 	}
+	if sink == nil {
+		return Stats{}, fmt.Errorf("splitzip/transport: fetch: nil sink")
+	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	dctx, stopDials := context.WithCancel(fctx)
@@ -243,6 +246,7 @@ func (f *fetch) work(c *cconn) {
 	head, count := 0, 0
 	var reqs [reqLen * 64]byte
 	var hdr [frameLen]byte
+	var trailer [trailerLen]byte
 	slice := f.pacer.slice()
 	for {
 		m := 0
@@ -312,7 +316,6 @@ func (f *fetch) work(c *cconn) {
 			}
 			off += k
 		}
-		var trailer [trailerLen]byte
 		c.SetReadDeadline(time.Now().Add(f.o.IOTimeout))
 		if _, err := io.ReadFull(c.br, trailer[:]); err != nil {
 			putBuf(buf)

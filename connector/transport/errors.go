@@ -67,7 +67,12 @@ type Error struct {
 
 func (e *Error) Error() string {
 	var b strings.Builder
-	b.WriteString(e.Kind.Error())
+	if k := e.Kind.Error(); strings.HasPrefix(k, prefix) {
+		b.WriteString(k)
+	} else { // a context error
+		b.WriteString(prefix)
+		b.WriteString(k)
+	}
 	if e.ID != "" || e.Chunk >= 0 {
 		b.WriteString(" (")
 		if e.ID != "" {
@@ -101,6 +106,8 @@ func (e *Error) Unwrap() []error {
 	}
 	return []error{e.Kind, e.Err}
 }
+
+const prefix = "splitzip/transport: "
 
 func newError(kind error, id string, chunk int, detail string, cause error) *Error {
 	return &Error{Kind: kind, ID: shortID(id), Chunk: chunk, Detail: detail, Err: cause}

@@ -216,3 +216,36 @@ func (p *BytesPayload) Release(err error) {
 		}
 	})
 }
+
+// nowChunker is implemented by this package's payloads: it returns a chunk
+// without blocking if it is ready, sparing the server a timer per chunk.
+type nowChunker interface {
+	chunkNow(i int) (data []byte, ready bool)
+}
+
+// readyChunk returns chunk i if p can tell it is ready without blocking.
+func readyChunk(p Payload, i int) ([]byte, bool) {
+	if nc, ok := p.(nowChunker); ok {
+		return nc.chunkNow(i)
+	}
+	return nil, false
+}
+
+func (s *StreamPayload) chunkNow(i int) ([]byte, bool) {
+	if i < 0 || i >= s.n {
+		return nil, false // let Chunk report it
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.have[i] && s.failErr == nil && !s.isReleased() {
+		return s.chunks[i], true
+	}
+	return nil, false
+}
+
+func (p *BytesPayload) chunkNow(i int) ([]byte, bool) {
+	if i < 0 || i >= len(p.chunks) {
+		return nil, false
+	}
+	return p.chunks[i], true
+}

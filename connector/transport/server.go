@@ -262,7 +262,8 @@ type sconn struct {
 	br      *bufio.Reader
 	hdr     [frameLen]byte
 	trailer [trailerLen]byte
-	arr     [3][]byte // backing array for net.Buffers
+	arr     [3][]byte // backing array for bufs
+	bufs    net.Buffers
 }
 
 func (s *Server) serveConn(c net.Conn, over bool) {
@@ -449,8 +450,12 @@ func (sc *sconn) serve(sess *session) {
 func (sc *sconn) sendChunk(sess *session, i int) bool {
 	s := sc.s
 	ka := s.o.IOTimeout / 4
-	var data []byte
-	for {
+	if sess.ctx.Err() != nil { // expired, withdrawn, superseded, closing
+		sc.sendSessionError(sess, uint32(i))
+		return false
+	}
+	data, ready := readyChunk(sess.h.p, i)
+	for !ready {
 		ctx, cancel := context.WithTimeout(sess.ctx, ka)
 		d, err := sess.h.p.Chunk(ctx, i)
 		cancel()
@@ -485,23 +490,23 @@ func (sc *sconn) sendChunk(sess *session, i int) bool {
 		k := min(slice, len(data)-off)
 		piece := data[off : off+k]
 		crc = crcUpdate(crc, piece)
-		bufs := net.Buffers(sc.arr[:0])
+		sc.bufs = net.Buffers(sc.arr[:0])
 		if off == 0 {
-			bufs = append(bufs, sc.hdr[:])
+			sc.bufs = append(sc.bufs, sc.hdr[:])
 		}
-		bufs = append(bufs, piece)
+		sc.bufs = append(sc.bufs, piece)
 		off += k
 		last := off == len(data)
 		if last {
 			binary.BigEndian.PutUint32(sc.trailer[:], crc)
-			bufs = append(bufs, sc.trailer[:])
+			sc.bufs = append(sc.bufs, sc.trailer[:])
 		}
 		if err := s.pacer.wait(sess.ctx, k); err != nil {
 			sc.sendSessionError(sess, uint32(i))
 			return false
 		}
 		sc.c.SetWriteDeadline(time.Now().Add(s.o.IOTimeout))
-		if _, err := bufs.WriteTo(sc.c); err != nil {
+		if _, err := sc.bufs.WriteTo(sc.c); err != nil {
 			return false
 		}
 		if last {
@@ -533,9 +538,9 @@ func (sc *sconn) sendError(code byte, idx uint32, msg string) {
 	}
 	f := frame{typ: frameError, code: code, index: idx, length: uint32(len(msg))}
 	f.put(sc.hdr[:])
-	bufs := append(net.Buffers(sc.arr[:0]), sc.hdr[:], []byte(msg))
+	sc.bufs = append(net.Buffers(sc.arr[:0]), sc.hdr[:], []byte(msg))
 	sc.c.SetWriteDeadline(time.Now().Add(sc.s.o.IOTimeout))
-	bufs.WriteTo(sc.c)
+	sc.bufs.WriteTo(sc.c)
 }
 
 // freeSlotLocked gives back the transfer slot sess holds, if any.
