@@ -360,11 +360,22 @@ func TestGraphCapture(t *testing.T) {
 	require.NoError(t, s.MemsetD32Async(d.Ptr(), 10, n))
 	require.NoError(t, s.Synchronize())
 
-	require.NoError(t, s.BeginCapture(CaptureThreadLocal))
-	require.NoError(t, f.Launch(s, Dim3{X: n / 256}, Dim3{X: 256}, 0, NewArgs().Ptr(d.Ptr()).U32(n).U32(1)))
-	require.NoError(t, f.Launch(s, Dim3{X: n / 256}, Dim3{X: 256}, 0, NewArgs().Ptr(d.Ptr()).U32(n).U32(2)))
-	g, err := s.EndCapture()
-	require.NoError(t, err)
+	// A thread-local capture begins and ends on one OS thread: Do pins it.
+	var g *Graph
+	require.NoError(t, c.Do(func() error {
+		if err := s.BeginCapture(CaptureThreadLocal); err != nil {
+			return err
+		}
+		if err := f.Launch(s, Dim3{X: n / 256}, Dim3{X: 256}, 0, NewArgs().Ptr(d.Ptr()).U32(n).U32(1)); err != nil {
+			return err
+		}
+		if err := f.Launch(s, Dim3{X: n / 256}, Dim3{X: 256}, 0, NewArgs().Ptr(d.Ptr()).U32(n).U32(2)); err != nil {
+			return err
+		}
+		var err error
+		g, err = s.EndCapture()
+		return err
+	}))
 	defer g.Close()
 	exec, err := g.Instantiate()
 	require.NoError(t, err)

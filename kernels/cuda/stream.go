@@ -179,7 +179,9 @@ const (
 	CaptureRelaxed     CaptureMode = 2
 )
 
-// BeginCapture starts recording the stream's work into a graph.
+// BeginCapture starts recording the stream's work into a graph. In the global and thread-local modes the
+// capture must begin and end on one OS thread: call BeginCapture, the work and EndCapture inside one
+// Context.Do.
 func (s *Stream) BeginCapture(mode CaptureMode) error {
 	return s.call(func() C.CUresult { return C.sz_cuStreamBeginCapture(drv.cuStreamBeginCapture, s.h, C.int(mode)) })
 }

@@ -1,0 +1,42 @@
+package kernels
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestPTXUpToDate fails when the committed PTX is stale against its CUDA sources (or was edited by hand):
+// splitzip.sha256, written by `make -C kernels ptx`, records the hashes of the sources and of the PTX built
+// from them.
+func TestPTXUpToDate(t *testing.T) {
+	files := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(ptxHashes), "\n") {
+		sum, name, ok := strings.Cut(line, "  ")
+		require.True(t, ok, "line %q of splitzip.sha256", line)
+		b, err := os.ReadFile(name)
+		require.NoError(t, err)
+		got := sha256.Sum256(b)
+		assert.Equal(t, sum, hex.EncodeToString(got[:]),
+			"%s changed since the PTX was built: run `make -C kernels ptx` (nvcc 13.0) and commit splitzip.ptx and splitzip.sha256", name)
+		files[name] = true
+	}
+	// Every CUDA source is covered, and the embedded PTX is the recorded one.
+	entries, err := os.ReadDir(".")
+	require.NoError(t, err)
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".cu") || strings.HasSuffix(e.Name(), ".cuh") {
+			assert.True(t, files[e.Name()], "%s is not recorded in splitzip.sha256 (add it to SOURCES in the Makefile)", e.Name())
+		}
+	}
+	require.True(t, files["splitzip.ptx"])
+	disk, err := os.ReadFile("splitzip.ptx")
+	require.NoError(t, err)
+	assert.Equal(t, disk, ptx, "embedded PTX differs from splitzip.ptx")
+	assert.Contains(t, string(ptx), ".target sm_80")
+}

@@ -1,0 +1,42 @@
+package kernels
+
+import (
+	"fmt"
+
+	"github.com/splitzip/splitzip/codec"
+)
+
+// Decode status codes the kernels write (splitzip.cuh, enum Status).
+const (
+	StatusOK           = 0
+	StatusBadMagic     = 1
+	StatusBadVersion   = 2
+	StatusBadCRC       = 3
+	StatusUnsupported  = 4
+	StatusSizeMismatch = 5
+	StatusCorrupt      = 6
+	StatusTruncated    = 7
+)
+
+// StatusError turns a decode status word into an error wrapping the codec's sentinel (nil for StatusOK).
+func StatusError(status uint32) error {
+	switch status {
+	case StatusOK:
+		return nil
+	case StatusBadMagic:
+		return fmt.Errorf("%w (GPU decode)", codec.ErrBadMagic)
+	case StatusBadVersion:
+		return fmt.Errorf("%w (GPU decode)", codec.ErrVersion)
+	case StatusBadCRC:
+		return fmt.Errorf("%w (GPU decode)", codec.ErrHeaderCRC)
+	case StatusUnsupported:
+		return fmt.Errorf("%w: the GPU decoder reads bf16 frames with 4-bit codes and 4,096-element chunks, and raw frames", codec.ErrDType)
+	case StatusSizeMismatch:
+		return fmt.Errorf("%w: the frame holds a different number of bytes than the destination (GPU decode)", codec.ErrShortBuffer)
+	case StatusCorrupt:
+		return fmt.Errorf("%w (GPU decode)", codec.ErrCorrupt)
+	case StatusTruncated:
+		return fmt.Errorf("%w (GPU decode)", codec.ErrTruncated)
+	}
+	return fmt.Errorf("%w: GPU decode status %d", codec.ErrCorrupt, status)
+}
