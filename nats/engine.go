@@ -165,7 +165,7 @@ func (p *Plane) heartbeat(r *registration) {
 		case <-r.kick:
 		}
 		r.rec.LastSeen = time.Now()
-		_ = p.putEngine(context.Background(), &r.rec)
+		_ = p.putEngine(p.bg, &r.rec)
 	}
 }
 

@@ -161,7 +161,7 @@ func (p *Plane) repairAfterRestart() {
 			return
 		case <-retry.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), p.opts.Timeout)
+		ctx, cancel := context.WithTimeout(p.bg, p.opts.Timeout)
 		_, _, err := p.ensureBuckets(ctx)
 		cancel()
 		if err == nil {

@@ -26,6 +26,8 @@ type Plane struct {
 	engineBucket  string
 
 	done      chan struct{} // closed by Close
+	bg        context.Context // cancelled by Close; for background work
+	cancelBG  context.CancelFunc
 	closeOnce sync.Once
 	wg        sync.WaitGroup // heartbeats and post-restart repair
 
@@ -66,6 +68,7 @@ func Connect(opts ...Option) (*Plane, error) {
 		handoffBucket: "splitzip_" + o.Namespace + "_handoffs",
 		engineBucket:  "splitzip_" + o.Namespace + "_engines",
 	}
+	p.bg, p.cancelBG = context.WithCancel(context.Background())
 	url := o.URL
 	if url == "" {
 		emb, err := startEmbedded(&o)
@@ -224,6 +227,7 @@ func (p *Plane) Close() {
 		}
 		p.mu.Unlock()
 		close(p.done)
+		p.cancelBG()
 		p.wg.Wait()
 		if p.nc != nil {
 			if p.nc.IsConnected() && p.engines != nil {
