@@ -25,7 +25,7 @@ type Plane struct {
 	handoffBucket string
 	engineBucket  string
 
-	done      chan struct{} // closed by Close
+	done      chan struct{}   // closed by Close
 	bg        context.Context // cancelled by Close; for background work
 	cancelBG  context.CancelFunc
 	closeOnce sync.Once
