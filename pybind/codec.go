@@ -1,0 +1,233 @@
+package pybind
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/splitzip/splitzip/codec"
+)
+
+// CodebookAdaptive, passed as Encode's codebook, calibrates a fresh codebook on every input.
+const CodebookAdaptive = -1
+
+// FormatVersion is the frame format version this build writes and reads.
+func FormatVersion() int { return codec.Version }
+
+// HeaderSize is the size of a frame header in bytes.
+func HeaderSize() int { return codec.HeaderSize }
+
+// MaxEncodedLen is the largest frame Encode writes for n input bytes: the capacity Encode needs.
+func MaxEncodedLen(n int) int { return codec.MaxEncodedLen(n) }
+
+// ParseDType returns the frame format's code of a dtype name: canonical ("bf16"), torch ("torch.bfloat16",
+// "bfloat16"), numpy ("float16", "int8") or safetensors ("BF16").
+func ParseDType(name string) (code int, err error) {
+	dt, err := codec.ParseDType(name)
+	return int(dt), wrap(err)
+}
+
+// DTypeName returns the canonical name of a dtype code.
+func DTypeName(code int) (string, error) {
+	dt, err := dtypeOf(code)
+	if err != nil {
+		return "", err
+	}
+	return dt.String(), nil
+}
+
+// DTypeSize returns the element size in bytes of a dtype code.
+func DTypeSize(code int) (int, error) {
+	dt, err := dtypeOf(code)
+	if err != nil {
+		return 0, err
+	}
+	return dt.Size(), nil
+}
+
+// DTypeCoded reports (1 or 0) whether a dtype's exponents are entropy-coded; other dtypes travel raw.
+func DTypeCoded(code int) (int, error) {
+	dt, err := dtypeOf(code)
+	if err != nil {
+		return 0, err
+	}
+	if dt.Coded() {
+		return 1, nil
+	}
+	return 0, nil
+}
+
+func dtypeOf(code int) (codec.DType, error) {
+	dt := codec.DType(code)
+	if code < 0 || code > 255 || !dt.Valid() {
+		return 0, wrap(fmt.Errorf("%w: dtype code %d", codec.ErrDType, code))
+	}
+	return dt, nil
+}
+
+// Encoders are pooled: an encoder keeps tables and scratch between calls and is not safe for concurrent use,
+// and Python threads call in concurrently (gopy releases the GIL).
+var (
+	encoders         = sync.Pool{New: func() any { return mustEncoder() }}
+	adaptiveEncoders = sync.Pool{New: func() any { return mustEncoder(codec.WithAdaptiveCodebook(true)) }}
+	decoders         = sync.Pool{New: func() any { return mustDecoder() }}
+)
+
+func mustEncoder(opts ...codec.EOption) *codec.Encoder {
+	e, err := codec.NewEncoder(opts...)
+	if err != nil {
+		panic(err) // constant, valid options
+	}
+	return e
+}
+
+func mustDecoder() *codec.Decoder {
+	d, err := codec.NewDecoder()
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+// Encode writes one frame holding the srcLen bytes at src, a little-endian tensor of dtype code dtype, to
+// dst and returns the frame's length. dst must have room for MaxEncodedLen(srcLen) bytes. codebook is 0 for
+// the built-in codebook of the dtype, CodebookAdaptive, or a codebook handle (its dtype must be dtype).
+func Encode(src uintptr, srcLen int, dtype int, codebook int, dst uintptr, dstCap int) (n int, err error) {
+	defer recoverInto(&err)
+	dt, err := dtypeOf(dtype)
+	if err != nil {
+		return 0, err
+	}
+	in, err := bytesAt(src, srcLen)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	if need := codec.MaxEncodedLen(srcLen); dstCap < need {
+		return 0, wrap(fmt.Errorf("%w: %d bytes of input need %d bytes of output capacity, got %d",
+			codec.ErrShortBuffer, srcLen, need, dstCap))
+	}
+	out, err := bytesAt(dst, dstCap)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	var frame []byte
+	switch {
+	case codebook == 0:
+		e := encoders.Get().(*codec.Encoder)
+		frame, err = e.Encode(out[:0], in, dt)
+		encoders.Put(e)
+	case codebook == CodebookAdaptive:
+		e := adaptiveEncoders.Get().(*codec.Encoder)
+		frame, err = e.Encode(out[:0], in, dt)
+		adaptiveEncoders.Put(e)
+	default:
+		cb, herr := codebooks.get(codebook)
+		if herr != nil {
+			return 0, wrap(herr)
+		}
+		if cb.DType != dt && dt.Coded() {
+			return 0, wrap(fmt.Errorf("%w: the codebook is for %s, the tensor is %s", codec.ErrCodebook, cb.DType, dt))
+		}
+		e := encoders.Get().(*codec.Encoder)
+		if dt.Coded() {
+			frame, err = e.EncodeWith(out[:0], in, cb)
+		} else {
+			frame, err = e.Encode(out[:0], in, dt)
+		}
+		encoders.Put(e)
+	}
+	if err != nil {
+		return 0, wrap(err)
+	}
+	if len(frame) > 0 && &frame[0] != &out[0] {
+		return 0, wrap(fmt.Errorf("%w: encoder outgrew the output buffer", codec.ErrShortBuffer))
+	}
+	return len(frame), nil
+}
+
+// Decode decodes the frame of frameLen bytes at frame into the dstLen bytes at dst, which must be exactly the
+// frame's decoded size, and returns the decoded size.
+func Decode(frame uintptr, frameLen int, dst uintptr, dstLen int) (n int, err error) {
+	defer recoverInto(&err)
+	in, err := bytesAt(frame, frameLen)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	out, err := bytesAt(dst, dstLen)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	d := decoders.Get().(*codec.Decoder)
+	_, err = d.DecodeInto(out, in)
+	decoders.Put(d)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return dstLen, nil
+}
+
+// FrameLen validates the header at the start of the n bytes at p and returns the whole frame's length (the
+// bytes may hold several frames back to back, or only the start of one).
+func FrameLen(p uintptr, n int) (int, error) {
+	b, err := bytesAt(p, n)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	h, err := codec.ParseHeader(b)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return int(h.FrameLen()), nil
+}
+
+// frameInfo is FrameInfo's JSON.
+type frameInfo struct {
+	DType                string           `json:"dtype"`
+	Raw                  bool             `json:"raw"`
+	Elements             uint64           `json:"elements"`
+	RawLen               uint64           `json:"raw_len"`
+	FrameLen             uint64           `json:"frame_len"`
+	Ratio                float64          `json:"ratio"`
+	CodeBits             uint8            `json:"code_bits"`
+	ChunkLog2            uint8            `json:"chunk_log2"`
+	ResidualBits         uint8            `json:"residual_bits"`
+	Escapes              uint64           `json:"escapes"`
+	EscapeRate           float64          `json:"escape_rate"`
+	CodesLen             uint64           `json:"codes_len"`
+	ResidualsLen         uint64           `json:"residuals_len"`
+	Codebook             []int            `json:"codebook"`
+	ChunkEscapesMin      uint64           `json:"chunk_escapes_min"`
+	ChunkEscapesMax      uint64           `json:"chunk_escapes_max"`
+	ChunksWithoutEscapes uint64           `json:"chunks_without_escapes"`
+	EscapedExponents     map[uint8]uint64 `json:"escaped_exponents"`
+}
+
+// FrameInfo validates the frame of n bytes at p (header and escape table, not the payload) and describes it
+// as JSON: the header's fields, the codebook and how escapes spread over chunks.
+func FrameInfo(p uintptr, n int) (js string, err error) {
+	defer recoverInto(&err)
+	b, err := bytesAt(p, n)
+	if err != nil {
+		return "", wrap(err)
+	}
+	fi, err := codec.Inspect(b)
+	if err != nil {
+		return "", wrap(err)
+	}
+	h := fi.Header
+	out := frameInfo{
+		DType: h.DType.String(), Raw: h.Raw, Elements: h.Elements, RawLen: h.RawLen(), FrameLen: h.FrameLen(),
+		Ratio: h.Ratio(), CodeBits: h.CodeBits, ChunkLog2: h.ChunkLog2, ResidualBits: h.ResidualBits,
+		Escapes: h.Escapes, EscapeRate: fi.EscapeRate(), CodesLen: h.CodesLen, ResidualsLen: h.ResidualsLen,
+		Codebook: []int{}, ChunkEscapesMin: fi.ChunkEscapesMin, ChunkEscapesMax: fi.ChunkEscapesMax,
+		ChunksWithoutEscapes: fi.ChunksWithoutEscapes, EscapedExponents: fi.EscapedExponents,
+	}
+	for _, e := range fi.Codebook {
+		out.Codebook = append(out.Codebook, int(e))
+	}
+	if out.EscapedExponents == nil {
+		out.EscapedExponents = map[uint8]uint64{}
+	}
+	buf, err := json.Marshal(out)
+	return string(buf), wrap(err)
+}

@@ -1,0 +1,53 @@
+package pybind
+
+import (
+	"fmt"
+	"sync"
+)
+
+// handles is a table of Go objects that Python holds by integer handle. Handles are never reused, so a stale
+// handle fails (errHandle) instead of reaching another object.
+type handles[T any] struct {
+	mu   sync.RWMutex
+	next int
+	m    map[int]T
+	what string
+}
+
+func newHandles[T any](what string) *handles[T] {
+	return &handles[T]{m: map[int]T{}, what: what}
+}
+
+func (h *handles[T]) put(v T) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.next++
+	h.m[h.next] = v
+	return h.next
+}
+
+func (h *handles[T]) get(id int) (T, error) {
+	h.mu.RLock()
+	v, ok := h.m[id]
+	h.mu.RUnlock()
+	if !ok {
+		return v, fmt.Errorf("%w: %s %d", errHandle, h.what, id)
+	}
+	return v, nil
+}
+
+func (h *handles[T]) release(id int) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.m[id]; !ok {
+		return fmt.Errorf("%w: %s %d", errHandle, h.what, id)
+	}
+	delete(h.m, id)
+	return nil
+}
+
+func (h *handles[T]) len() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.m)
+}

@@ -1,0 +1,75 @@
+"""splitzip_connector: lossless compression of BF16 KV caches (SplitZip) for disaggregated LLM serving.
+
+The codec is the Go core of SplitZip, compiled into this package (splitzip_connector._core); this module is
+its Pythonic face on numpy arrays and torch tensors:
+
+    >>> import numpy as np, splitzip_connector as sz
+    >>> kv = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+    >>> frame = sz.compress(kv)                      # a Frame (host memory)
+    >>> np.array_equal(sz.decompress(frame), kv)     # lossless
+    True
+
+bf16 data: torch.bfloat16 tensors, ml_dtypes.bfloat16 arrays, or uint16 arrays with dtype="bf16". CUDA
+tensors are compressed on the GPU, on PyTorch's current stream (see splitzip_connector.cuda).
+Errors are SplitZipError subclasses (splitzip_connector.errors) whose messages say what to change.
+"""
+
+from __future__ import annotations
+
+from ._binding import FORMAT_VERSION, HEADER_SIZE
+from .codebook import Calibrator, Codebook
+from .codec import compress, decompress, max_compressed_size
+from .cuda import DeviceFrame, check_status, cuda_available, load_kernels
+from .errors import (
+    BufferSizeError,
+    CodebookError,
+    CorruptFrameError,
+    CUDAError,
+    CUDAUnavailableError,
+    DTypeError,
+    ExtensionNotBuiltError,
+    FrameError,
+    FrameVersionError,
+    GPUSupportError,
+    LayoutError,
+    NotAFrameError,
+    SplitZipError,
+    SplitZipIOError,
+    TruncatedFrameError,
+)
+from .frame import Frame, FrameInfo, inspect, split_frames
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "compress",
+    "decompress",
+    "max_compressed_size",
+    "Codebook",
+    "Calibrator",
+    "Frame",
+    "FrameInfo",
+    "DeviceFrame",
+    "inspect",
+    "split_frames",
+    "cuda_available",
+    "load_kernels",
+    "check_status",
+    "SplitZipError",
+    "DTypeError",
+    "LayoutError",
+    "BufferSizeError",
+    "FrameError",
+    "CorruptFrameError",
+    "TruncatedFrameError",
+    "NotAFrameError",
+    "FrameVersionError",
+    "CodebookError",
+    "CUDAUnavailableError",
+    "CUDAError",
+    "GPUSupportError",
+    "SplitZipIOError",
+    "ExtensionNotBuiltError",
+]

@@ -1,0 +1,192 @@
+"""Frames: one compressed tensor each, self-describing (codec/FORMAT.md)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import dtypes
+from ._binding import HEADER_SIZE, ext
+from .errors import TruncatedFrameError, translate
+from .tensors import as_bytes
+
+__all__ = ["Frame", "FrameInfo", "inspect", "split_frames"]
+
+_HEAD = struct.Struct("<4sBBBBQQ")  # magic, version, dtype, flags, codeBits, elements, escapes
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """What a frame holds, from its validated header and escape table (the payload is not decoded)."""
+
+    dtype: str
+    raw: bool
+    elements: int
+    raw_len: int
+    frame_len: int
+    ratio: float
+    code_bits: int
+    chunk_log2: int
+    residual_bits: int
+    escapes: int
+    escape_rate: float
+    codes_len: int
+    residuals_len: int
+    codebook: tuple[int, ...]
+    chunk_escapes_min: int
+    chunk_escapes_max: int
+    chunks_without_escapes: int
+    escaped_exponents: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def _from_json(cls, js: str) -> "FrameInfo":
+        d = json.loads(js)
+        d["codebook"] = tuple(d["codebook"])
+        d["escaped_exponents"] = {int(k): v for k, v in d["escaped_exponents"].items()}
+        return cls(**d)
+
+
+class Frame:
+    """A SplitZip frame in host memory.
+
+    `data` is a uint8 numpy array over exactly the frame's bytes (no copy of the buffer it came from);
+    `bytes(frame)` copies them. A Frame made by compress() also remembers the source tensor's shape and
+    framework, so decompress(frame) gives back an array of the same shape (the frame itself stores only the
+    element count and type). Frames support the buffer protocol through `data` (`memoryview(frame.data)`),
+    and on Python ≥ 3.12 directly (`memoryview(frame)`).
+    """
+
+    __slots__ = ("data", "shape", "framework")
+
+    def __init__(self, data: Any, shape: tuple[int, ...] | None = None, framework: str = "numpy") -> None:
+        """Wraps bytes-like data (bytes, bytearray, memoryview, a uint8 numpy array or CPU torch tensor)
+        holding exactly one frame. Nothing is validated until the frame is used; see validate()."""
+        if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1:
+            self.data = data
+        else:
+            owner, _ptr, _n, dev = as_bytes(data)
+            if dev >= 0:
+                raise TypeError("Frame holds host memory; for a frame on the GPU use DeviceFrame")
+            self.data = owner
+        self.shape = shape
+        self.framework = framework
+
+    # header fields, read without validation (validate() or decompress() check the checksum)
+    def _head(self) -> tuple:
+        if self.data.nbytes < HEADER_SIZE:
+            raise TruncatedFrameError(
+                f"splitzip: truncated frame: {self.data.nbytes} bytes, a header alone is {HEADER_SIZE}"
+            )
+        return _HEAD.unpack_from(self.data, 0)
+
+    @property
+    def nbytes(self) -> int:
+        """The frame's size in bytes."""
+        return self.data.nbytes
+
+    def __len__(self) -> int:
+        return self.data.nbytes
+
+    @property
+    def dtype(self) -> str:
+        """The element type's canonical name ("bf16", …)."""
+        return dtypes.dtype_name(self._head()[2])
+
+    @property
+    def elements(self) -> int:
+        """The number of elements the frame decodes to."""
+        return self._head()[5]
+
+    @property
+    def raw_len(self) -> int:
+        """The decoded tensor's size in bytes."""
+        h = self._head()
+        return h[5] * dtypes.dtype_size(h[2])
+
+    @property
+    def is_raw(self) -> bool:
+        """Whether the frame carries its tensor verbatim (raw dtypes, or data the codebook does not fit)."""
+        return bool(self._head()[3] & 1)
+
+    @property
+    def ratio(self) -> float:
+        """Decoded bytes over frame bytes."""
+        return self.raw_len / self.nbytes
+
+    def validate(self) -> "Frame":
+        """Checks the header (magic, version, checksum, lengths) and that the buffer holds the whole frame;
+        returns self. Raises a FrameError subclass."""
+        _owner, ptr, n, _ = as_bytes(self.data)
+        try:
+            need = ext.pybind_FrameLen(ptr, n)
+        except RuntimeError as e:
+            raise translate(e) from None
+        if need != n:
+            raise TruncatedFrameError(f"splitzip: the buffer holds {n} bytes, the frame is {need}")
+        return self
+
+    def info(self) -> FrameInfo:
+        """Validates the header and escape table and describes the frame (codebook, escape spread)."""
+        return inspect(self.data)
+
+    def tobytes(self) -> bytes:
+        """A copy of the frame's bytes."""
+        return self.data.tobytes()
+
+    def __bytes__(self) -> bytes:
+        return self.data.tobytes()
+
+    def __buffer__(self, flags: int) -> memoryview:  # Python ≥ 3.12 (PEP 688)
+        return memoryview(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Frame):
+            return self.nbytes == other.nbytes and bool(np.array_equal(self.data, other.data))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        try:
+            return (
+                f"Frame(dtype={self.dtype}, elements={self.elements}, nbytes={self.nbytes}, "
+                f"ratio={self.ratio:.4f}{', raw' if self.is_raw else ''})"
+            )
+        except Exception:
+            return f"Frame(<invalid>, nbytes={self.nbytes})"
+
+
+def inspect(frame: Any) -> FrameInfo:
+    """Validates a frame's header and escape table (not the payload) and describes it."""
+    if isinstance(frame, Frame):
+        frame = frame.data
+    _owner, ptr, n, dev = as_bytes(frame)
+    if dev >= 0:
+        raise TypeError("inspect reads host memory; copy the frame to the host first (DeviceFrame.to_host())")
+    try:
+        return FrameInfo._from_json(ext.pybind_FrameInfo(ptr, n))
+    except RuntimeError as e:
+        raise translate(e) from None
+
+
+def split_frames(buf: Any) -> Iterator[Frame]:
+    """Yields the frames of a buffer that holds several back to back (views, no copies). Each header is
+    validated; a trailing partial frame raises TruncatedFrameError."""
+    owner, ptr, n, dev = as_bytes(buf)
+    if dev >= 0:
+        raise TypeError("split_frames reads host memory")
+    arr = owner
+    off = 0
+    while off < n:
+        try:
+            flen = ext.pybind_FrameLen(ptr + off, n - off)
+        except RuntimeError as e:
+            raise translate(e) from None
+        if off + flen > n:
+            raise TruncatedFrameError(f"splitzip: truncated frame at offset {off}: {n - off} of {flen} bytes")
+        yield Frame(arr[off : off + flen])
+        off += flen
