@@ -327,9 +327,18 @@ func (p *Plane) WaitHandoff(ctx context.Context, id string) (*HandoffRecord, err
 	})
 	defer remove()
 	var w waiter
+	var rec *HandoffRecord
+	accept := func(e jetstream.KeyValueEntry) (bool, error) {
+		var err error
+		rec, err = p.entryRecord(id, e)
+		return true, err
+	}
 	for {
-		rec, err, again := w.watchOnce(ctx, p, id, events)
+		err, again := w.watchOnce(ctx, p, id, events, accept)
 		if !again {
+			if err != nil && rec == nil || errors.Is(err, ErrHandoffReleased) {
+				return nil, err
+			}
 			return rec, err
 		}
 	}
@@ -341,8 +350,10 @@ type waiter struct {
 	failures    int    // consecutive failed watch attempts
 }
 
-// watchOnce runs one watch of id; again asks the caller to watch anew.
-func (w *waiter) watchOnce(ctx context.Context, p *Plane, id string, events <-chan ConnEvent) (rec *HandoffRecord, err error, again bool) {
+// watchOnce runs one watch of key id; again asks the caller to watch anew. Each stored value goes to accept,
+// which decodes it and says whether it is the one waited for (done) or the watch should go on.
+func (w *waiter) watchOnce(ctx context.Context, p *Plane, id string, events <-chan ConnEvent,
+	accept func(jetstream.KeyValueEntry) (done bool, err error)) (err error, again bool) {
 	// The watch lives as long as its context: cancel it when this attempt
 	// ends, not before.
 	epoch := p.Epoch()
@@ -355,7 +366,7 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, id string, events <-ch
 			select {
 			case ev := <-events:
 				if ev.Kind == Closed {
-					return nil, ErrClosed, false
+					return ErrClosed, false
 				}
 				if ev.Kind == Reconnected && ev.Restarted {
 					w.restartedTo = ev.ServerID
@@ -373,9 +384,9 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, id string, events <-ch
 		defer func() { _ = kw.Stop() }()
 		updates = kw.Updates()
 	case ctx.Err() != nil:
-		return nil, p.waitExpired(ctx, id), false
+		return p.waitExpired(ctx, id), false
 	case p.checkOpen() != nil:
-		return nil, ErrClosed, false
+		return ErrClosed, false
 	case !p.nc.IsConnected() || p.Epoch() != epoch || (w.restartedTo != "" && w.failures < 100):
 		// Disconnected, reconnected meanwhile, or the restarted server is
 		// still recovering: wait for the next event or retry shortly.
@@ -384,22 +395,22 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, id string, events <-ch
 		defer t.Stop()
 		retry = t.C
 	default:
-		return nil, p.wrap("watching handoff "+id, err), false
+		return p.wrap("watching handoff "+id, err), false
 	}
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, p.waitExpired(ctx, id), false
+			return p.waitExpired(ctx, id), false
 		case <-p.done:
-			return nil, ErrClosed, false
+			return ErrClosed, false
 		case <-retry:
-			return nil, nil, true
+			return nil, true
 		case e, ok := <-updates:
 			if !ok {
 				// The watch ended (subscription closed). Watch anew now if
 				// connected, else after the Reconnected event.
 				if p.nc.IsConnected() {
-					return nil, nil, true
+					return nil, true
 				}
 				updates = nil
 				continue
@@ -407,27 +418,28 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, id string, events <-ch
 			if e == nil {
 				// End of the initial values: the key is not there (yet).
 				if w.restartedTo != "" {
-					return nil, fmt.Errorf("%w: handoff %s not found on the restarted server %s: %w",
+					return fmt.Errorf("%w: handoff %s not found on the restarted server %s: %w",
 						ErrServerRestarted, id, w.restartedTo, ErrUnknownHandoff), false
 				}
 				continue
 			}
 			switch e.Operation() {
 			case jetstream.KeyValuePut:
-				rec, err := p.entryRecord(id, e)
-				return rec, err, false
+				if done, err := accept(e); done || err != nil {
+					return err, false
+				}
 			default:
-				return nil, fmt.Errorf("%w: %s", ErrHandoffReleased, id), false
+				return fmt.Errorf("%w: %s", ErrHandoffReleased, id), false
 			}
 		case ev := <-events:
 			switch ev.Kind {
 			case Closed:
-				return nil, ErrClosed, false
+				return ErrClosed, false
 			case Reconnected:
 				if ev.Restarted {
 					w.restartedTo = ev.ServerID
 				}
-				return nil, nil, true // re-watch: the old consumer may be gone
+				return nil, true // re-watch: the old consumer may be gone
 			}
 		}
 	}

@@ -1,0 +1,277 @@
+package connector
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/splitzip/splitzip/connector/transport"
+	szn "github.com/splitzip/splitzip/nats"
+	"github.com/stretchr/testify/require"
+)
+
+func newPair(t testing.TB, plane *szn.Plane, popts, copts []Option) (*Producer, *Consumer) {
+	t.Helper()
+	p, err := NewProducer(Plane(plane), append([]Option{WithEngineID("prefill-0")}, popts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	c, err := NewConsumer(Plane(plane), append([]Option{WithEngineID("decode-0")}, copts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return p, c
+}
+
+func TestHandoffRoundTrip(t *testing.T) {
+	plane := startPlane(t)
+	for _, bypass := range []Bypass{BypassNever, BypassAlways} {
+		t.Run(bypass.String(), func(t *testing.T) {
+			p, c := newPair(t, plane, []Option{WithBypass(bypass)}, nil)
+			src := newTestCache(t, smallLayout(40), true, 0)
+			dst := newTestCache(t, smallLayout(64), false, 0)
+			dst.layout.KVOffset = 64 * dst.layout.BlockStride
+			require.NoError(t, p.RegisterHostCache(src.layout, src.bases))
+			require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
+
+			srcBlocks := []int{5, 0, 39, 17, 3, 22, 9}
+			dstBlocks := []int{60, 1, 2, 33, 12, 8, 41}
+			h, err := p.Save("req-1", srcBlocks)
+			require.NoError(t, err)
+			require.NoError(t, c.Load("req-1", h.ID, dstBlocks))
+			require.NoError(t, waitLoad(t, c, "req-1"))
+			requireSameBlocks(t, src, srcBlocks, dst, dstBlocks)
+			require.Equal(t, []string{"req-1"}, p.FinishedSending())
+
+			st := p.Stats()
+			if bypass == BypassNever {
+				ratio := float64(st.RawBytes) / float64(st.EncodedBytes)
+				require.Greater(t, ratio, 1.3, "real KV compresses")
+			} else {
+				require.EqualValues(t, 1, st.RawHandoffs)
+			}
+			require.Eventually(t, func() bool { return p.InFlight() == 0 && p.StagingInUse() == 0 }, 10*time.Second, 5*time.Millisecond)
+		})
+	}
+}
+
+func TestLayerwiseSaveOverlapsFetch(t *testing.T) {
+	plane := startPlane(t)
+	p, c := newPair(t, plane, nil, nil)
+	src := newTestCache(t, smallLayout(16), true, 1000)
+	dst := newTestCache(t, smallLayout(16), false, 0)
+	require.NoError(t, p.RegisterHostCache(src.layout, src.bases))
+	require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
+	blocks := []int{1, 2, 3, 4}
+	h, err := p.Begin("req", blocks)
+	require.NoError(t, err)
+	// The consumer starts while no layer is saved yet; layers then arrive one by one, as a forward pass would.
+	require.NoError(t, c.Load("req", h.ID, []int{15, 14, 13, 12}))
+	for l := range src.layout.Layers {
+		require.NoError(t, p.SaveLayer("req", l))
+	}
+	require.ErrorIs(t, p.SaveLayer("req", 0), ErrLayout, "out of order")
+	require.NoError(t, p.WaitSaved(context.Background(), "req"))
+	require.NoError(t, waitLoad(t, c, "req"))
+	requireSameBlocks(t, src, blocks, dst, []int{15, 14, 13, 12})
+}
+
+func TestLoadFailures(t *testing.T) {
+	plane := startPlane(t)
+	p, c := newPair(t, plane, []Option{WithHandoffTTL(time.Second)}, []Option{WithRecordWait(500 * time.Millisecond)})
+	src := newTestCache(t, smallLayout(8), true, 0)
+	dst := newTestCache(t, smallLayout(8), false, 0)
+	require.NoError(t, p.RegisterHostCache(src.layout, src.bases))
+	require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
+
+	t.Run("unknown handoff", func(t *testing.T) {
+		require.NoError(t, c.Load("u", szn.NewHandoffID(), []int{0}))
+		err := waitLoad(t, c, "u")
+		require.ErrorIs(t, err, szn.ErrUnknownHandoff)
+	})
+	t.Run("block count mismatch", func(t *testing.T) {
+		h, err := p.Save("m", []int{0, 1})
+		require.NoError(t, err)
+		require.NoError(t, c.Load("m", h.ID, []int{0}))
+		require.ErrorIs(t, waitLoad(t, c, "m"), ErrMismatch)
+	})
+	t.Run("layout mismatch", func(t *testing.T) {
+		other := newTestCache(t, smallLayout(8), false, 0)
+		other.layout.Model = "another-model"
+		c2, err := NewConsumer(Plane(plane), WithEngineID("decode-1"))
+		require.NoError(t, err)
+		defer c2.Close()
+		require.NoError(t, c2.RegisterHostCache(other.layout, other.bases))
+		h, err := p.Save("lm", []int{2})
+		require.NoError(t, err)
+		require.NoError(t, c2.Load("lm", h.ID, []int{2}))
+		err = waitLoad(t, c2, "lm")
+		require.ErrorIs(t, err, ErrMismatch)
+		require.ErrorContains(t, err, "layout")
+	})
+	t.Run("expired", func(t *testing.T) {
+		h, err := p.Save("e", []int{3})
+		require.NoError(t, err)
+		require.NoError(t, p.WaitSaved(context.Background(), "e"))
+		require.Eventually(t, func() bool { return p.InFlight() <= 2 && !hasSave(p, "e") }, 10*time.Second, 10*time.Millisecond, "the unclaimed handoff expires and is released")
+		require.NoError(t, c.Load("e", h.ID, []int{3}))
+		require.Error(t, waitLoad(t, c, "e"))
+	})
+	t.Run("bad arguments", func(t *testing.T) {
+		_, err := p.Save("b", []int{99})
+		require.ErrorIs(t, err, ErrBlocks)
+		require.ErrorIs(t, c.Load("b", szn.NewHandoffID(), []int{-1}), ErrBlocks)
+		_, err = p.Save("dup", []int{1})
+		require.NoError(t, err)
+		_, err = p.Save("dup", []int{1})
+		require.ErrorIs(t, err, ErrDuplicate)
+	})
+	// The producer keeps serving after all of that.
+	h, err := p.Save("ok", []int{4, 5})
+	require.NoError(t, err)
+	require.NoError(t, c.Load("ok", h.ID, []int{6, 7}))
+	require.NoError(t, waitLoad(t, c, "ok"))
+	requireSameBlocks(t, src, []int{4, 5}, dst, []int{6, 7})
+}
+
+func hasSave(p *Producer, req string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.saves[req] != nil
+}
+
+// flipProxy forwards TCP to target, flipping one bit of the producer's stream after skip bytes.
+func flipProxy(t *testing.T, target string, skip int) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	var once sync.Once
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(out, in); out.Close() }()
+			go func() {
+				buf := make([]byte, 32<<10)
+				seen := 0
+				for {
+					n, err := out.Read(buf)
+					if n > 0 {
+						if seen <= skip && skip < seen+n {
+							once.Do(func() { buf[skip-seen] ^= 0x10 })
+						}
+						seen += n
+						if _, werr := in.Write(buf[:n]); werr != nil {
+							break
+						}
+					}
+					if err != nil {
+						break
+					}
+				}
+				in.Close()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestFlippedBitFailsTheLoad(t *testing.T) {
+	plane := startPlane(t)
+	// A producer that advertises the proxy: consumers reach it through the bit-flipping hop.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	p, err := NewProducer(Plane(plane), WithEngineID("prefill-y"), WithListenAddr(addr), WithAdvertiseAddr(flipProxy(t, addr, 20000)))
+	require.NoError(t, err)
+	defer p.Close()
+	c, err := NewConsumer(Plane(plane), WithEngineID("decode-y"), WithTransport(transport.WithConns(1)))
+	require.NoError(t, err)
+	defer c.Close()
+	src := newTestCache(t, smallLayout(8), true, 0)
+	dst := newTestCache(t, smallLayout(8), false, 0)
+	require.NoError(t, p.RegisterHostCache(src.layout, src.bases))
+	require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
+	h, err := p.Save("f", []int{0, 1, 2, 3})
+	require.NoError(t, err)
+	require.NoError(t, c.Load("f", h.ID, []int{4, 5, 6, 7}))
+	err = waitLoad(t, c, "f")
+	require.ErrorIs(t, err, transport.ErrChecksum)
+}
+
+func TestProducerKilledMidTransfer(t *testing.T) {
+	plane := startPlane(t)
+	// A slow link (rate-limited) so the transfer is still running when the producer goes away.
+	p, c := newPair(t, plane, []Option{WithTransport(transport.WithRateLimit(2 << 20))}, nil)
+	src := newTestCache(t, smallLayout(64), true, 0)
+	dst := newTestCache(t, smallLayout(64), false, 0)
+	require.NoError(t, p.RegisterHostCache(src.layout, src.bases))
+	require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
+	blocks := make([]int, 64)
+	for i := range blocks {
+		blocks[i] = i
+	}
+	h, err := p.Save("k", blocks)
+	require.NoError(t, err)
+	require.NoError(t, c.Load("k", h.ID, blocks))
+	require.Eventually(t, func() bool { return c.Stats().Loads > 0 || c.InFlight() == 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // let some layers cross the slow link (not a synchronisation)
+	require.NoError(t, p.Close())
+	err = waitLoad(t, c, "k")
+	require.Error(t, err, "a load whose producer died must fail, not be marked done")
+}
+
+func TestManyHandoffsStayBounded(t *testing.T) {
+	n := 10000
+	if testing.Short() || raceEnabled {
+		n = 500
+	}
+	plane := startPlane(t, szn.WithMaxInFlight(1<<16))
+	l := smallLayout(4)
+	l.Layers = 2
+	l.KVOffset = 4 * l.BlockStride
+	p, c := newPair(t, plane, []Option{WithStagingBytes(8 << 20)}, nil)
+	src := newTestCache(t, l, true, 0)
+	dst := newTestCache(t, l, false, 0)
+	require.NoError(t, p.RegisterHostCache(l, src.bases))
+	require.NoError(t, c.RegisterHostCache(l, dst.bases))
+
+	run := func(i int) {
+		req := fmt.Sprint("r", i)
+		h, err := p.Save(req, []int{i % 4})
+		require.NoError(t, err)
+		require.NoError(t, c.Load(req, h.ID, []int{(i + 1) % 4}))
+		require.NoError(t, waitLoad(t, c, req))
+	}
+	for i := range 50 { // warm up: pools, connections, buckets
+		run(i)
+	}
+	require.Eventually(t, func() bool { return p.InFlight() == 0 }, 10*time.Second, 5*time.Millisecond)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	g0 := runtime.NumGoroutine()
+	for i := range n {
+		run(i)
+		p.FinishedSending()
+	}
+	require.Eventually(t, func() bool { return p.InFlight() == 0 && c.InFlight() == 0 && p.StagingInUse() == 0 }, 20*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= g0+5 }, 10*time.Second, 10*time.Millisecond,
+		"goroutines: %d before, %d after", g0, runtime.NumGoroutine())
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	require.Less(t, int64(after.HeapInuse)-int64(before.HeapInuse), int64(32<<20), "heap grew from %d to %d", before.HeapInuse, after.HeapInuse)
+	requireSameBlocks(t, src, []int{(n - 1) % 4}, dst, []int{n % 4})
+}

@@ -1,0 +1,280 @@
+package connector
+
+import (
+	"context"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/connector/transport"
+)
+
+// Consumer is the decode side of a handoff: it finds the handoff on the control plane, fetches the frames from
+// the producer peer-to-peer, decodes each one into its own blocks as it arrives, and reports the request done
+// only when every layer arrived, verified and decoded. Anything else ends with the request failed and a clear
+// error; blocks of a failed load hold partial data and must not be used (the engine recomputes or fails).
+// A Consumer serves one tensor-parallel rank; it is safe for concurrent use.
+type Consumer struct {
+	o        Options
+	cp       controlPlane
+	log      *slog.Logger
+	decoders chan *decodeSlot
+
+	mu      sync.Mutex
+	cache   *hostCache
+	loads   map[string]*load
+	done    []string
+	failed  []Failure
+	stats   ConsumerStats
+	closed  bool
+	wg      sync.WaitGroup
+	ctx     context.Context // ends on Close; every load's context derives from it
+	cancel  context.CancelFunc
+}
+
+// Failure is a load that did not complete.
+type Failure struct {
+	RequestID string
+	Err       error
+}
+
+// ConsumerStats are running totals for observability.
+type ConsumerStats struct {
+	Loads, Failed               int64
+	RawBytes, WireBytes         int64
+	FetchTime, DecodeTime       time.Duration
+	LastTransfer                transport.Stats
+}
+
+type load struct {
+	reqID, handoffID string
+	blocks           []int
+}
+
+// decodeSlot is a decoder with its scratch buffer; frames are decoded there and scattered into blocks.
+type decodeSlot struct {
+	dec     *codec.Decoder
+	scratch []byte
+}
+
+// NewConsumer joins the control plane.
+func NewConsumer(cp ControlPlane, opts ...Option) (*Consumer, error) {
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	c := &Consumer{
+		o: o, cp: cp.plane(), loads: map[string]*load{},
+		decoders: make(chan *decodeSlot, 4),
+		log:      slog.Default().With("component", "splitzip.consumer", "engine", o.EngineID, "rank", o.Rank),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	for range cap(c.decoders) {
+		dec, err := codec.NewDecoder()
+		if err != nil {
+			return nil, err
+		}
+		c.decoders <- &decodeSlot{dec: dec}
+	}
+	return c, nil
+}
+
+// RegisterHostCache tells the consumer where its KV cache lives in host memory.
+func (c *Consumer) RegisterHostCache(l Layout, bases []uintptr) error {
+	hc, err := newHostCache(l, bases)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.loads) > 0 {
+		return fmt.Errorf("%w: cannot re-register the KV cache with %d loads in flight", ErrLayout, len(c.loads))
+	}
+	c.cache = hc
+	return nil
+}
+
+// Load starts loading handoffID into blocks for reqID and returns at once; Poll reports the outcome. The
+// blocks must be as many as the producer saved.
+func (c *Consumer) Load(reqID, handoffID string, blocks []int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return ErrClosed
+	case c.cache == nil:
+		return ErrNotRegistered
+	case c.loads[reqID] != nil:
+		return fmt.Errorf("%w: request %q", ErrDuplicate, reqID)
+	case len(c.loads) >= c.o.MaxInFlight:
+		return fmt.Errorf("%w: %d loads in flight (MaxInFlight)", ErrStagingFull, len(c.loads))
+	}
+	if err := c.cache.layout.checkBlocks(blocks); err != nil {
+		return fmt.Errorf("request %q: %w", reqID, err)
+	}
+	ld := &load{reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...)}
+	c.loads[reqID] = ld
+	c.wg.Add(1)
+	go c.run(ld, c.cache)
+	return nil
+}
+
+// Poll returns the requests whose loads finished since the last call, and those that failed.
+func (c *Consumer) Poll() (done []string, failed []Failure) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	done, failed = c.done, c.failed
+	c.done, c.failed = nil, nil
+	return done, failed
+}
+
+// Stats returns running totals.
+func (c *Consumer) Stats() ConsumerStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stats
+}
+
+// InFlight is the number of loads under way.
+func (c *Consumer) InFlight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.loads)
+}
+
+func (c *Consumer) run(ld *load, cache *hostCache) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithTimeout(c.ctx, c.o.LoadTimeout)
+	defer cancel()
+	err := c.fetch(ctx, ld, cache)
+	c.mu.Lock()
+	delete(c.loads, ld.reqID)
+	c.stats.Loads++
+	if err != nil {
+		c.stats.Failed++
+		c.failed = append(c.failed, Failure{RequestID: ld.reqID, Err: err})
+	} else {
+		c.done = append(c.done, ld.reqID)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.log.Warn("load failed", "request", ld.reqID, "handoff", shortID(ld.handoffID), "err", err)
+	} else {
+		c.log.Debug("load done", "request", ld.reqID, "handoff", shortID(ld.handoffID))
+	}
+}
+
+// fetch does one load; a nil error means every block arrived, verified and decoded.
+func (c *Consumer) fetch(ctx context.Context, ld *load, cache *hostCache) (err error) {
+	rctx, rcancel := context.WithTimeout(ctx, c.o.RecordWait)
+	rec, err := c.cp.wait(rctx, ld.handoffID, c.o.Rank, false)
+	rcancel()
+	if err != nil {
+		return fmt.Errorf("handoff %s: %w", shortID(ld.handoffID), err)
+	}
+	// Tell the producer how it ended, whatever happens from here on.
+	defer func() {
+		nctx, ncancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ncancel()
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		if nerr := c.cp.notifyDone(nctx, rec.ProducerEngineID, completion{HandoffID: ld.handoffID, Rank: c.o.Rank, OK: err == nil, Err: msg}); nerr != nil {
+			c.log.Debug("completion notice not delivered", "handoff", shortID(ld.handoffID), "err", nerr)
+		}
+	}()
+	l := cache.layout
+	switch {
+	case rec.LayoutFingerprint != l.Fingerprint():
+		return fmt.Errorf("%w: handoff %s has KV layout %s, this consumer %s (model, layers, block size, heads, head size, dtype, TP size must match)", ErrMismatch, shortID(ld.handoffID), rec.LayoutFingerprint, l.Fingerprint())
+	case rec.DType != l.DType.String():
+		return fmt.Errorf("%w: handoff %s holds %s KV, this consumer %s", ErrMismatch, shortID(ld.handoffID), rec.DType, l.DType)
+	case rec.Layers != l.Layers:
+		return fmt.Errorf("%w: handoff %s has %d layers, this consumer %d", ErrMismatch, shortID(ld.handoffID), rec.Layers, l.Layers)
+	case rec.Blocks != len(ld.blocks):
+		return fmt.Errorf("%w: handoff %s holds %d blocks, %d destination blocks given", ErrMismatch, shortID(ld.handoffID), rec.Blocks, len(ld.blocks))
+	}
+	want := uint64(l.layerRawBytes(len(ld.blocks)))
+	sizes := make([]uint64, l.Layers)
+	crcs := make([]uint32, l.Layers)
+	var decodeTime time.Duration
+	var mu sync.Mutex
+	sink := func(i int, frame []byte) error {
+		if i < 0 || i >= l.Layers {
+			return fmt.Errorf("%w: chunk %d of %d layers", ErrFrame, i, l.Layers)
+		}
+		slot := <-c.decoders
+		defer func() { c.decoders <- slot }()
+		t0 := time.Now()
+		h, err := codec.ParseHeader(frame)
+		if err != nil {
+			return fmt.Errorf("%w: layer %d: %w", ErrFrame, i, err)
+		}
+		if h.RawLen() != want {
+			return fmt.Errorf("%w: layer %d decodes to %d bytes, %d blocks need %d", ErrFrame, i, h.RawLen(), len(ld.blocks), want)
+		}
+		if cap(slot.scratch) < int(want) {
+			slot.scratch = make([]byte, want)
+		}
+		out := slot.scratch[:want]
+		if _, err := slot.dec.DecodeInto(out, frame); err != nil {
+			return fmt.Errorf("%w: layer %d: %w", ErrFrame, i, err)
+		}
+		cache.scatterLayer(out, i, ld.blocks)
+		mu.Lock()
+		sizes[i], crcs[i] = uint64(len(frame)), crc32.Checksum(frame, castagnoli)
+		decodeTime += time.Since(t0)
+		mu.Unlock()
+		return nil
+	}
+	t0 := time.Now()
+	st, err := transport.Fetch(ctx, rec.Addr, ld.handoffID, sink, c.o.Transport...)
+	if err != nil {
+		return fmt.Errorf("handoff %s from %s: %w", shortID(ld.handoffID), rec.Addr, err)
+	}
+	fetchTime := time.Since(t0)
+	// End to end: the frames we decoded must be the ones the producer recorded when it finished encoding.
+	// The producer publishes that record before it can release the handoff, so the wait is short; it is bounded
+	// all the same, in case the publish failed (the producer logs that).
+	fctx, fcancel := context.WithTimeout(ctx, finalRecordWait)
+	final, err := c.cp.wait(fctx, ld.handoffID, c.o.Rank, true)
+	fcancel()
+	if err != nil && !recordGone(err) {
+		return fmt.Errorf("handoff %s: completed record: %w", shortID(ld.handoffID), err)
+	}
+	if final != nil {
+		for i := range sizes {
+			if final.FrameSizes[i] != sizes[i] || final.Checksums[i] != crcs[i] {
+				return fmt.Errorf("%w: layer %d: received %d bytes crc32c %08x, producer recorded %d bytes %08x", ErrFrame, i, sizes[i], crcs[i], final.FrameSizes[i], final.Checksums[i])
+			}
+		}
+	}
+	c.mu.Lock()
+	c.stats.RawBytes += int64(want) * int64(l.Layers)
+	c.stats.WireBytes += st.Bytes
+	c.stats.FetchTime += fetchTime
+	c.stats.DecodeTime += decodeTime
+	c.stats.LastTransfer = st
+	c.mu.Unlock()
+	return nil
+}
+
+const finalRecordWait = 10 * time.Second
+
+// Close abandons loads in flight (they fail with ErrClosed) and waits for them.
+func (c *Consumer) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.cancel()
+	c.mu.Unlock()
+	c.wg.Wait()
+	return nil
+}

@@ -1,0 +1,61 @@
+package connector
+
+import (
+	"fmt"
+	"unsafe"
+)
+
+// hostCache is a rank's KV cache in host memory: one base address per layer (the engine's tensors, e.g. numpy
+// or CPU torch storage passed through Python as integers). The connector reads and writes it in place.
+type hostCache struct {
+	layout Layout
+	bases  []uintptr
+}
+
+func newHostCache(l Layout, bases []uintptr) (*hostCache, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	if len(bases) != l.Layers {
+		return nil, fmt.Errorf("%w: %d base addresses for %d layers", ErrLayout, len(bases), l.Layers)
+	}
+	for i, b := range bases {
+		if b == 0 {
+			return nil, fmt.Errorf("%w: layer %d base address is null", ErrLayout, i)
+		}
+	}
+	return &hostCache{layout: l, bases: append([]uintptr(nil), bases...)}, nil
+}
+
+// block returns block b of layer l's K (kv = 0) or V (kv = 1) as a byte slice over the engine's memory.
+func (c *hostCache) block(l, kv, b int) []byte {
+	addr := c.bases[l] + uintptr(int64(kv)*c.layout.KVOffset+int64(b)*c.layout.BlockStride)
+	return unsafe.Slice((*byte)(ptr(addr)), c.layout.BlockBytes())
+}
+
+// ptr turns an address the engine gave us into a pointer. The memory is not Go's (or is pinned by the caller),
+// so the garbage collector neither moves nor frees it.
+func ptr(addr uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&addr)) }
+
+// gatherLayer copies layer l's K blocks, then its V blocks, in the order of blocks, into dst (the layer frame's
+// raw form) and returns the filled part.
+func (c *hostCache) gatherLayer(dst []byte, l int, blocks []int) []byte {
+	n := int(c.layout.BlockBytes())
+	dst = dst[:c.layout.layerRawBytes(len(blocks))]
+	for kv := range 2 {
+		for i, b := range blocks {
+			copy(dst[(kv*len(blocks)+i)*n:], c.block(l, kv, b))
+		}
+	}
+	return dst
+}
+
+// scatterLayer is the inverse of gatherLayer: it writes a layer's raw K-then-V bytes into blocks.
+func (c *hostCache) scatterLayer(src []byte, l int, blocks []int) {
+	n := int(c.layout.BlockBytes())
+	for kv := range 2 {
+		for i, b := range blocks {
+			copy(c.block(l, kv, b), src[(kv*len(blocks)+i)*n:][:n])
+		}
+	}
+}

@@ -1,0 +1,236 @@
+package connector
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/connector/transport"
+)
+
+// Bypass decides whether a handoff's frames are compressed or sent raw.
+type Bypass int
+
+const (
+	// BypassAuto compresses while the codec is faster than the link (measured codec speed against LinkRate,
+	// configured or measured), and sends raw frames when the link would outrun it.
+	BypassAuto Bypass = iota
+	// BypassNever always compresses.
+	BypassNever
+	// BypassAlways always sends raw frames (the baseline in benchmarks).
+	BypassAlways
+)
+
+func (b Bypass) String() string {
+	switch b {
+	case BypassAuto:
+		return "auto"
+	case BypassNever:
+		return "never"
+	case BypassAlways:
+		return "always"
+	}
+	return fmt.Sprintf("bypass(%d)", int(b))
+}
+
+// ParseBypass reads "auto", "never" (always compress) or "always" (never compress).
+func ParseBypass(s string) (Bypass, error) {
+	switch s {
+	case "auto", "":
+		return BypassAuto, nil
+	case "never", "compress":
+		return BypassNever, nil
+	case "always", "raw":
+		return BypassAlways, nil
+	}
+	return 0, fmt.Errorf("%w: bypass %q (want auto, never or always)", ErrOption, s)
+}
+
+// Options configure a Producer or a Consumer. Each field says its default and which side reads it.
+type Options struct {
+	// EngineID names this engine on the control plane (required; [A-Za-z0-9_-]).
+	EngineID string
+	// Rank is this worker's tensor-parallel rank (default 0).
+	Rank int
+	// ListenAddr is where a Producer serves payloads (default "127.0.0.1:0": loopback, any port; use a
+	// routable address for multi-host).
+	ListenAddr string
+	// AdvertiseAddr is the host:port consumers dial; default: the listener's address.
+	AdvertiseAddr string
+	// StagingBytes bounds the producer's host memory for encoded frames (default 1 GiB).
+	StagingBytes int64
+	// HandoffTTL is how long a producer keeps an unclaimed handoff (default 2 minutes).
+	HandoffTTL time.Duration
+	// LoadTimeout bounds one consumer load from start to done (default 2 minutes).
+	LoadTimeout time.Duration
+	// RecordWait is how long a consumer waits for a handoff's record to appear on the control plane before it
+	// fails the load as unknown (default 10 s; the producer publishes before it hands the id out).
+	RecordWait time.Duration
+	// Bypass chooses compressed or raw frames (default BypassAuto).
+	Bypass Bypass
+	// LinkRate is the link's speed in bytes per second for BypassAuto; 0 measures it from transfers.
+	LinkRate float64
+	// Codebook replaces the built-in codebook for the cache's dtype (producer).
+	Codebook *codec.Codebook
+	// MaxInFlight bounds concurrent handoffs per side (default 256).
+	MaxInFlight int
+	// Transport options for the payload server (producer) or fetches (consumer).
+	Transport []transport.Option
+}
+
+// Option sets one field of Options, validating it.
+type Option func(*Options) error
+
+// GetDefaultOptions returns the defaults.
+func GetDefaultOptions() Options {
+	return Options{
+		ListenAddr:   "127.0.0.1:0",
+		StagingBytes: 1 << 30,
+		HandoffTTL:   2 * time.Minute,
+		LoadTimeout:  2 * time.Minute,
+		RecordWait:   10 * time.Second,
+		MaxInFlight:  256,
+	}
+}
+
+func optErr(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrOption}, args...)...)
+}
+
+// WithEngineID names this engine.
+func WithEngineID(id string) Option {
+	return func(o *Options) error {
+		if id == "" {
+			return optErr("empty engine id")
+		}
+		o.EngineID = id
+		return nil
+	}
+}
+
+// WithRank sets the tensor-parallel rank.
+func WithRank(r int) Option {
+	return func(o *Options) error {
+		if r < 0 {
+			return optErr("rank %d", r)
+		}
+		o.Rank = r
+		return nil
+	}
+}
+
+// WithListenAddr sets the producer's payload listener, e.g. "0.0.0.0:7500".
+func WithListenAddr(addr string) Option {
+	return func(o *Options) error { o.ListenAddr = addr; return nil }
+}
+
+// WithAdvertiseAddr sets the address consumers dial when it differs from the listener's (NAT, 0.0.0.0).
+func WithAdvertiseAddr(addr string) Option {
+	return func(o *Options) error { o.AdvertiseAddr = addr; return nil }
+}
+
+// WithStagingBytes bounds the producer's staging memory.
+func WithStagingBytes(n int64) Option {
+	return func(o *Options) error {
+		if n <= 0 {
+			return optErr("staging bytes %d", n)
+		}
+		o.StagingBytes = n
+		return nil
+	}
+}
+
+// WithHandoffTTL sets how long an unclaimed handoff lives.
+func WithHandoffTTL(d time.Duration) Option {
+	return func(o *Options) error {
+		if d <= 0 {
+			return optErr("handoff TTL %v", d)
+		}
+		o.HandoffTTL = d
+		return nil
+	}
+}
+
+// WithLoadTimeout bounds one load.
+func WithLoadTimeout(d time.Duration) Option {
+	return func(o *Options) error {
+		if d <= 0 {
+			return optErr("load timeout %v", d)
+		}
+		o.LoadTimeout = d
+		return nil
+	}
+}
+
+// WithRecordWait bounds the wait for a handoff's record.
+func WithRecordWait(d time.Duration) Option {
+	return func(o *Options) error {
+		if d <= 0 {
+			return optErr("record wait %v", d)
+		}
+		o.RecordWait = d
+		return nil
+	}
+}
+
+// WithBypass sets the compression policy.
+func WithBypass(b Bypass) Option {
+	return func(o *Options) error {
+		if b < BypassAuto || b > BypassAlways {
+			return optErr("bypass %d", int(b))
+		}
+		o.Bypass = b
+		return nil
+	}
+}
+
+// WithLinkRate declares the link speed in bytes per second (0: measure).
+func WithLinkRate(bytesPerSecond float64) Option {
+	return func(o *Options) error {
+		if bytesPerSecond < 0 {
+			return optErr("link rate %v", bytesPerSecond)
+		}
+		o.LinkRate = bytesPerSecond
+		return nil
+	}
+}
+
+// WithCodebook sets the producer's codebook.
+func WithCodebook(cb *codec.Codebook) Option {
+	return func(o *Options) error {
+		if cb == nil {
+			return optErr("nil codebook")
+		}
+		o.Codebook = cb
+		return nil
+	}
+}
+
+// WithMaxInFlight bounds concurrent handoffs.
+func WithMaxInFlight(n int) Option {
+	return func(o *Options) error {
+		if n <= 0 {
+			return optErr("max in flight %d", n)
+		}
+		o.MaxInFlight = n
+		return nil
+	}
+}
+
+// WithTransport passes options to the payload transport (connections, rate limit, timeouts).
+func WithTransport(opts ...transport.Option) Option {
+	return func(o *Options) error { o.Transport = append(o.Transport, opts...); return nil }
+}
+
+func buildOptions(opts []Option) (Options, error) {
+	o := GetDefaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return o, err
+		}
+	}
+	if o.EngineID == "" {
+		return o, optErr("an engine id is required (WithEngineID)")
+	}
+	return o, nil
+}

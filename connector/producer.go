@@ -1,0 +1,468 @@
+package connector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/connector/transport"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Producer is the prefill side of a handoff: it compresses a request's KV blocks layer by layer into bounded
+// staging memory, serves the frames to the consumer peer-to-peer, and publishes the handoff on the control
+// plane. Once a request's layers are staged its blocks are free for the engine to reuse (FinishedSending).
+// A Producer serves one tensor-parallel rank; it is safe for concurrent use.
+type Producer struct {
+	o        Options
+	cp       controlPlane
+	srv      *transport.Server
+	addr     string
+	staging  *staging
+	policy   bypassPolicy
+	encoders chan *codec.Encoder
+	unsub    func() error
+	log      *slog.Logger
+
+	mu     sync.Mutex
+	cache  *hostCache
+	saves  map[string]*save // by request id
+	byID   map[string]*save // by handoff id
+	sent   []string         // requests whose blocks the engine may free
+	stats  ProducerStats
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// ProducerStats are running totals for observability.
+type ProducerStats struct {
+	Handoffs, Failed, RawHandoffs int64
+	RawBytes, EncodedBytes       int64
+	Escapes, Elements            int64
+	EncodeTime                   time.Duration
+}
+
+// Handoff is what the decode side needs to load a request: pass it through the engine's kv_transfer_params.
+type Handoff struct {
+	ID               string `json:"handoff_id"`
+	ProducerEngineID string `json:"producer_engine_id"`
+	RequestID        string `json:"request_id"`
+}
+
+// save is one request's handoff on the producer.
+type save struct {
+	reqID, handoffID string
+	blocks           []int
+	raw              bool
+	payload          *transport.StreamPayload
+	layers           chan int
+	layersClosed     bool
+	next             int // next layer SaveLayer expects
+	ctx              context.Context
+	cancel           context.CancelFunc
+	frames           [][]byte
+	sizes            []uint64
+	crcs             []uint32
+	rawBytes         uint64
+	staged           chan struct{} // closed when every layer is staged, or the save failed
+	err              error
+	released         bool
+	workerDone       chan struct{}
+}
+
+// NewProducer starts a payload server and joins the control plane.
+func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	p := &Producer{
+		o: o, cp: cp.plane(), staging: newStaging(o.StagingBytes),
+		policy:   bypassPolicy{mode: o.Bypass, linkConf: o.LinkRate},
+		encoders: make(chan *codec.Encoder, 2),
+		saves:    map[string]*save{}, byID: map[string]*save{},
+		log: slog.Default().With("component", "splitzip.producer", "engine", o.EngineID, "rank", o.Rank),
+	}
+	for range cap(p.encoders) {
+		var eopts []codec.EOption
+		if o.Codebook != nil {
+			eopts = append(eopts, codec.WithCodebook(o.Codebook))
+		}
+		enc, err := codec.NewEncoder(eopts...)
+		if err != nil {
+			return nil, err
+		}
+		p.encoders <- enc
+	}
+	topts := append([]transport.Option{
+		transport.WithHandoffTTL(o.HandoffTTL),
+		transport.WithMaxTransfers(o.MaxInFlight),
+		transport.WithOnTransfer(p.onTransfer),
+	}, o.Transport...)
+	p.srv, err = transport.Listen(o.ListenAddr, topts...)
+	if err != nil {
+		return nil, err
+	}
+	p.addr = o.AdvertiseAddr
+	if p.addr == "" {
+		p.addr = p.srv.Addr().String()
+		if host, port, _ := net.SplitHostPort(p.addr); host == "::" || host == "0.0.0.0" {
+			return nil, errors.Join(p.srv.Close(), optErr("listening on %s: set an advertise address consumers can dial (port %s)", p.addr, port))
+		}
+	}
+	p.unsub, err = p.cp.subscribeDone(o.EngineID, o.Rank, p.onCompletion)
+	if err != nil {
+		return nil, errors.Join(err, p.srv.Close())
+	}
+	return p, nil
+}
+
+// Addr is where consumers fetch payloads.
+func (p *Producer) Addr() string { return p.addr }
+
+// RegisterHostCache tells the producer where the rank's KV cache lives in host memory: one base address per
+// layer, laid out as l describes.
+func (p *Producer) RegisterHostCache(l Layout, bases []uintptr) error {
+	c, err := newHostCache(l, bases)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.saves) > 0 {
+		return fmt.Errorf("%w: cannot re-register the KV cache with %d handoffs in flight", ErrLayout, len(p.saves))
+	}
+	p.cache = c
+	return nil
+}
+
+// Save hands off a whole request: Begin, every layer, and returns once the save is under way (the layers are
+// encoded in the background; WaitSaved waits for them).
+func (p *Producer) Save(reqID string, blocks []int) (Handoff, error) {
+	h, err := p.Begin(reqID, blocks)
+	if err != nil {
+		return h, err
+	}
+	p.mu.Lock()
+	layers := p.cache.layout.Layers
+	p.mu.Unlock()
+	for l := range layers {
+		if err := p.SaveLayer(reqID, l); err != nil {
+			return h, err
+		}
+	}
+	return h, nil
+}
+
+// Begin opens a handoff for reqID's blocks and publishes it, so a consumer can start fetching while the layers
+// are still being saved. Layers follow with SaveLayer, in order.
+func (p *Producer) Begin(reqID string, blocks []int) (Handoff, error) {
+	s, rec, err := p.open(reqID, blocks)
+	if err != nil {
+		return Handoff{}, err
+	}
+	// Publishing is a control-plane round trip: done without holding the lock.
+	if err := p.cp.publish(s.ctx, rec); err != nil {
+		p.mu.Lock()
+		s.next, s.layersClosed = len(s.frames), true
+		p.mu.Unlock()
+		close(s.layers)
+		close(s.workerDone) // no worker: the release below only has to forget the save
+		p.srv.Withdraw(s.handoffID)
+		return Handoff{}, fmt.Errorf("request %q: publishing handoff: %w", reqID, err)
+	}
+	p.mu.Lock()
+	cache := p.cache
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go p.work(s, cache)
+	p.log.Debug("handoff opened", "request", reqID, "handoff", shortID(s.handoffID), "blocks", len(blocks), "raw", s.raw)
+	return Handoff{ID: s.handoffID, ProducerEngineID: p.o.EngineID, RequestID: reqID}, nil
+}
+
+// open registers a new save and offers its payload.
+func (p *Producer) open(reqID string, blocks []int) (*save, *shardRecord, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return nil, nil, ErrClosed
+	case p.cache == nil:
+		return nil, nil, ErrNotRegistered
+	case p.saves[reqID] != nil:
+		return nil, nil, fmt.Errorf("%w: request %q", ErrDuplicate, reqID)
+	case len(p.saves) >= p.o.MaxInFlight:
+		return nil, nil, fmt.Errorf("%w: %d handoffs in flight (MaxInFlight)", ErrStagingFull, len(p.saves))
+	}
+	l := p.cache.layout
+	if err := l.checkBlocks(blocks); err != nil {
+		return nil, nil, fmt.Errorf("request %q: %w", reqID, err)
+	}
+	s := &save{
+		reqID: reqID, handoffID: newHandoffID(), blocks: append([]int(nil), blocks...), raw: p.policy.raw(),
+		layers: make(chan int, l.Layers), frames: make([][]byte, l.Layers), sizes: make([]uint64, l.Layers),
+		crcs: make([]uint32, l.Layers), staged: make(chan struct{}), workerDone: make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithTimeout(context.Background(), p.o.HandoffTTL)
+	s.payload = transport.NewStreamPayload(l.Layers, func(err error) { p.onRelease(s, err) })
+	if err := p.srv.Offer(s.handoffID, s.payload); err != nil {
+		s.cancel()
+		return nil, nil, err
+	}
+	p.saves[reqID] = s
+	p.byID[s.handoffID] = s
+	return s, p.record(s, false), nil
+}
+
+// SaveLayer queues layer l of reqID for encoding. Layers must come in order 0, 1, …; the call does not wait
+// for the encoding (the engine's forward pass goes on meanwhile).
+func (p *Producer) SaveLayer(reqID string, l int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.saves[reqID]
+	if s == nil {
+		return fmt.Errorf("%w: %q (call Begin first)", ErrUnknownRequest, reqID)
+	}
+	if s.released {
+		return fmt.Errorf("%w: the handoff of %q already ended (expired or closed)", ErrUnknownRequest, reqID)
+	}
+	if l != s.next {
+		return fmt.Errorf("%w: request %q: layer %d saved out of order (expected %d)", ErrLayout, reqID, l, s.next)
+	}
+	s.next++
+	s.layers <- l // buffered for every layer: never blocks
+	if s.next == len(s.frames) {
+		s.layersClosed = true
+		close(s.layers)
+	}
+	return nil
+}
+
+// WaitSaved waits until every layer of reqID is encoded and staged (or the save failed).
+func (p *Producer) WaitSaved(ctx context.Context, reqID string) error {
+	p.mu.Lock()
+	s := p.saves[reqID]
+	p.mu.Unlock()
+	if s == nil {
+		return nil // already finished and released
+	}
+	select {
+	case <-s.staged:
+		return s.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// FinishedSending returns the requests whose blocks the engine may free since the last call: their layers are
+// all in staging memory (or their save failed), so the producer no longer reads the engine's blocks.
+func (p *Producer) FinishedSending() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := p.sent
+	p.sent = nil
+	return out
+}
+
+// Stats returns running totals.
+func (p *Producer) Stats() ProducerStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats
+}
+
+// StagingInUse is the staging memory currently held, in bytes.
+func (p *Producer) StagingInUse() int64 { return p.staging.inUse() }
+
+// InFlight is the number of handoffs not yet released.
+func (p *Producer) InFlight() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.saves)
+}
+
+// work encodes the layers of one save as SaveLayer queues them.
+func (p *Producer) work(s *save, cache *hostCache) {
+	defer p.wg.Done()
+	defer close(s.workerDone)
+	var scratch []byte
+	fail := func(err error) {
+		s.err = err
+		s.payload.Fail(err)
+		close(s.staged)
+		p.finishSending(s, err)
+	}
+	for l := range s.layers {
+		n := int(cache.layout.layerRawBytes(len(s.blocks)))
+		buf, err := p.staging.acquire(s.ctx, codec.MaxEncodedLen(n))
+		if err != nil {
+			fail(fmt.Errorf("request %q layer %d: %w", s.reqID, l, err))
+			return
+		}
+		s.frames[l] = buf
+		if cap(scratch) < n {
+			scratch = make([]byte, n)
+		}
+		raw := cache.gatherLayer(scratch, l, s.blocks)
+		enc := <-p.encoders
+		t0 := time.Now()
+		dt := cache.layout.DType
+		if s.raw {
+			dt = codec.Bytes
+		}
+		frame, err := enc.Encode(buf[:0], raw, dt)
+		took := time.Since(t0)
+		p.encoders <- enc
+		if err != nil {
+			fail(fmt.Errorf("request %q layer %d: %w", s.reqID, l, err))
+			return
+		}
+		if !s.raw {
+			p.policy.codec.observe(int64(n), took)
+		}
+		h, _ := codec.ParseHeader(frame)
+		s.sizes[l] = uint64(len(frame))
+		s.crcs[l] = crc32.Checksum(frame, castagnoli)
+		s.rawBytes += uint64(n)
+		p.mu.Lock()
+		p.stats.EncodeTime += took
+		p.stats.RawBytes += int64(n)
+		p.stats.EncodedBytes += int64(len(frame))
+		p.stats.Escapes += int64(h.Escapes)
+		if !h.Raw {
+			p.stats.Elements += int64(h.Elements)
+		}
+		p.mu.Unlock()
+		if err := s.payload.Put(l, frame); err != nil {
+			fail(fmt.Errorf("request %q layer %d: %w", s.reqID, l, err))
+			return
+		}
+	}
+	if s.next < len(s.frames) {
+		return // released before all layers came (expired, closed)
+	}
+	if err := p.cp.publish(s.ctx, p.record(s, true)); err != nil {
+		p.log.Warn("publishing the completed handoff failed; consumers see only the open record", "handoff", shortID(s.handoffID), "err", err)
+	}
+	close(s.staged)
+	p.finishSending(s, nil)
+}
+
+// finishSending tells the engine it may free the request's blocks.
+func (p *Producer) finishSending(s *save, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sent = append(p.sent, s.reqID)
+	p.stats.Handoffs++
+	if s.raw {
+		p.stats.RawHandoffs++
+	}
+	if err != nil {
+		p.stats.Failed++
+		p.log.Warn("handoff failed on the producer", "request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
+	}
+}
+
+// onRelease runs when the transport is done with a payload: fetched, expired, withdrawn or closed.
+func (p *Producer) onRelease(s *save, err error) {
+	s.cancel() // stops a worker still waiting for staging or layers
+	p.mu.Lock()
+	if s.released {
+		p.mu.Unlock()
+		return
+	}
+	s.released = true
+	if s.next < len(s.frames) {
+		// The engine never finished saving: unblock the worker.
+		s.next = len(s.frames)
+		if !s.layersClosed {
+			s.layersClosed = true
+			close(s.layers)
+		}
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		<-s.workerDone
+		for i, f := range s.frames {
+			p.staging.release(f)
+			s.frames[i] = nil
+		}
+		p.mu.Lock()
+		delete(p.saves, s.reqID)
+		delete(p.byID, s.handoffID)
+		p.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if rerr := p.cp.remove(ctx, s.handoffID, p.o.Rank); rerr != nil {
+			p.log.Debug("removing the handoff record", "handoff", shortID(s.handoffID), "err", rerr)
+		}
+		p.log.Debug("handoff released", "request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
+	}()
+}
+
+func (p *Producer) onTransfer(st transport.Stats) {
+	p.mu.Lock()
+	s := p.byID[st.ID]
+	p.mu.Unlock()
+	if s != nil && s.raw && st.Err == nil {
+		p.policy.link.observe(st.Bytes, st.Duration)
+	}
+}
+
+// onCompletion handles a consumer's notice. The payload was already released by the transport when the fetch
+// ended; a failure notice is logged and counted.
+func (p *Producer) onCompletion(c completion) {
+	if !c.OK {
+		p.mu.Lock()
+		p.stats.Failed++
+		p.mu.Unlock()
+		p.log.Warn("consumer reported a failed load", "handoff", shortID(c.HandoffID), "err", c.Err)
+		return
+	}
+	p.log.Debug("consumer loaded handoff", "handoff", shortID(c.HandoffID))
+}
+
+func (p *Producer) record(s *save, complete bool) *shardRecord {
+	l := p.cache.layout
+	r := &shardRecord{
+		HandoffID: s.handoffID, RequestID: s.reqID, ProducerEngineID: p.o.EngineID, Addr: p.addr,
+		LayoutFingerprint: l.Fingerprint(), DType: l.DType.String(), Rank: p.o.Rank, TPSize: l.TPSize,
+		Layers: l.Layers, Blocks: len(s.blocks), Raw: s.raw, TTL: p.o.HandoffTTL,
+	}
+	if complete {
+		r.Complete = true
+		r.FrameSizes, r.Checksums, r.RawBytes = s.sizes, s.crcs, s.rawBytes
+	}
+	return r
+}
+
+// Close withdraws every handoff, stops serving and waits for the background work.
+func (p *Producer) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+	err := errors.Join(p.unsub(), p.srv.Close()) // releases every payload
+	p.wg.Wait()
+	p.staging.close()
+	return err
+}
+
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
