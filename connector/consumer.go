@@ -23,16 +23,16 @@ type Consumer struct {
 	log      *slog.Logger
 	decoders chan *decodeSlot
 
-	mu      sync.Mutex
-	cache   *hostCache
-	loads   map[string]*load
-	done    []string
-	failed  []Failure
-	stats   ConsumerStats
-	closed  bool
-	wg      sync.WaitGroup
-	ctx     context.Context // ends on Close; every load's context derives from it
-	cancel  context.CancelFunc
+	mu     sync.Mutex
+	cache  *hostCache
+	loads  map[string]*load
+	done   []string
+	failed []Failure
+	stats  ConsumerStats
+	closed bool
+	wg     sync.WaitGroup
+	ctx    context.Context // ends on Close; every load's context derives from it
+	cancel context.CancelFunc
 }
 
 // Failure is a load that did not complete.
@@ -43,10 +43,10 @@ type Failure struct {
 
 // ConsumerStats are running totals for observability.
 type ConsumerStats struct {
-	Loads, Failed               int64
-	RawBytes, WireBytes         int64
-	FetchTime, DecodeTime       time.Duration
-	LastTransfer                transport.Stats
+	Loads, Failed         int64
+	RawBytes, WireBytes   int64
+	FetchTime, DecodeTime time.Duration
+	LastTransfer          transport.Stats
 }
 
 type load struct {

@@ -8,8 +8,8 @@ import (
 	"unsafe"
 
 	"github.com/splitzip/splitzip/codec"
-	szn "github.com/splitzip/splitzip/nats"
 	"github.com/splitzip/splitzip/internal/safetensors"
+	szn "github.com/splitzip/splitzip/nats"
 	"github.com/stretchr/testify/require"
 )
 

@@ -44,9 +44,9 @@ type Producer struct {
 // ProducerStats are running totals for observability.
 type ProducerStats struct {
 	Handoffs, Failed, RawHandoffs int64
-	RawBytes, EncodedBytes       int64
-	Escapes, Elements            int64
-	EncodeTime                   time.Duration
+	RawBytes, EncodedBytes        int64
+	Escapes, Elements             int64
+	EncodeTime                    time.Duration
 }
 
 // Handoff is what the decode side needs to load a request: pass it through the engine's kv_transfer_params.
