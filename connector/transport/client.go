@@ -132,7 +132,7 @@ func (f *fetch) err() error {
 
 func (f *fetch) stats(start time.Time) Stats {
 	return Stats{
-		ID:       shortID(f.id),
+		ID:       f.id,
 		Bytes:    f.bytes.Load(),
 		Chunks:   int(f.delivered.Load()),
 		Conns:    int(f.conns.Load()),

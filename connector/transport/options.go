@@ -226,7 +226,7 @@ func withVersion(v uint16) Option {
 
 // Stats describes one transfer.
 type Stats struct {
-	// ID is the handoff id, shortened as in error messages.
+	// ID is the handoff id (whole: stats go to the id's owner, not into error text).
 	ID string
 	// Bytes is the payload bytes moved (chunk data, without headers).
 	Bytes int64

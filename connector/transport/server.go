@@ -578,7 +578,7 @@ func (s *Server) leave(sess *session) {
 	sess.cancel(err)
 	if s.o.OnTransfer != nil {
 		s.o.OnTransfer(Stats{
-			ID:       shortID(h.id),
+			ID:       h.id,
 			Bytes:    sess.bytes.Load(),
 			Chunks:   int(sess.chunks.Load()),
 			Conns:    used,
