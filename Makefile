@@ -7,7 +7,7 @@ BIN := bin/splitzip
 
 # Set everything up and run the main job on the built-in defaults.
 demo: build
-	$(BIN) stats
+	$(BIN) demo
 
 # Everything CI runs: installs what the tests need, then the Go suites (race detector on) and fuzz smoke runs.
 test: deps vet go-test fuzz-smoke

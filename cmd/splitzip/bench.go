@@ -15,6 +15,14 @@ import (
 )
 
 func runBench(args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "transfer":
+			return runBenchTransfer(args[1:])
+		case "transfer-producer": // the producer process of 'bench transfer'
+			return runTransferProducer(args[1:])
+		}
+	}
 	fs := newFlags("bench", "")
 	var size byteSize = 64 << 20
 	fs.Var(&size, "size", "largest input, e.g. 256MiB (smaller sizes are measured too)")

@@ -17,12 +17,13 @@ type command struct {
 }
 
 var commands = map[string]command{
+	"demo":       {"the main job: real-KV statistics, then a producer→consumer handoff table, raw vs compressed", runDemo},
 	"calibrate":  {"build a codebook from sample tensors: calibrate -o book.json FILE...", runCalibrate},
 	"compress":   {"compress a tensor file: compress [-codebook book.json] [-dtype bf16] IN OUT", runCompress},
 	"decompress": {"decompress a file written by compress: decompress IN OUT", runDecompress},
 	"inspect":    {"print a compressed file's headers, codebooks and escape statistics: inspect FILE", runInspect},
 	"stats":      {"per-layer K/V coverage, escapes and ratio on real KV, round trip checked: stats [-calibration F] [-evaluation F]", runStats},
-	"bench":      {"codec throughput against copy() in the same run: bench [-size 64MiB] [-runs 10]", runBench},
+	"bench":      {"codec throughput against copy() in the same run: bench [-size 64MiB]; handoffs raw vs compressed: bench transfer", runBench},
 }
 
 func usage() {

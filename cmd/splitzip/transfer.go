@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/connector"
+	"github.com/splitzip/splitzip/connector/transport"
+	szn "github.com/splitzip/splitzip/nats"
+)
+
+// The transfer benchmark runs a real handoff: an embedded NATS server, a producer process (a child of this
+// one) holding a paged KV cache filled with the real KV fixture, and a consumer here that loads each request
+// into different block ids. Each figure is the time from asking the producer to save a request until the
+// consumer has every block decoded and verified: encode, wire and decode pipelined, as in serving.
+
+// benchLayout is SmolLM2-135M's KV shape (the fixture's model) with 16-token blocks.
+func benchLayout(numBlocks int) connector.Layout {
+	bb := int64(16 * 3 * 64 * 2)
+	return connector.Layout{Model: "SmolLM2-135M-Instruct", Layers: 30, BlockSize: 16, KVHeads: 3, HeadSize: 64,
+		DType: codec.BF16, TPSize: 1, NumBlocks: numBlocks, BlockStride: bb, KVOffset: int64(numBlocks) * bb}
+}
+
+// benchCache allocates a layout's memory and fills it with the fixture tiled from offset (0: poison).
+func benchCache(l connector.Layout, kv []byte, offset int) ([][]byte, []uintptr) {
+	mem := make([][]byte, l.Layers)
+	bases := make([]uintptr, l.Layers)
+	for i := range mem {
+		m := make([]byte, l.KVOffset+int64(l.NumBlocks)*l.BlockStride)
+		if kv == nil {
+			for j := range m {
+				m[j] = 0xA5
+			}
+		} else {
+			for j := 0; j < len(m); j += len(kv) {
+				copy(m[j:], kv[(offset+j)%len(kv):])
+			}
+			offset += len(m) / 3
+		}
+		mem[i], bases[i] = m, uintptr(unsafe.Pointer(&m[0]))
+	}
+	return mem, bases
+}
+
+type saveCmd struct {
+	Req    string  `json:"req"`
+	Blocks []int   `json:"blocks"`
+	Mode   string  `json:"mode"` // raw, compressed, auto
+	Rate   float64 `json:"rate"` // link bytes per second, 0 unshaped
+}
+
+type saveReply struct {
+	Handoff string `json:"handoff,omitempty"`
+	Err     string `json:"err,omitempty"`
+}
+
+func parseList(s string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v < 0 {
+			return nil, fmt.Errorf("bad list element %q", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func runBenchTransfer(args []string) error {
+	fs := newFlags("bench transfer", "")
+	tokensFlag := fs.String("tokens", "4096,8192,16384,32768", "request sizes in tokens")
+	ratesFlag := fs.String("rates", "1,2.5,5,10,0", "link rates in Gbit/s (0: unshaped loopback)")
+	repeat := fs.Int("repeat", 3, "transfers per figure (the median is reported)")
+	data := fs.String("data", defaultEvaluation, "real KV (safetensors) to fill the cache with")
+	conns := fs.Int("conns", 4, "TCP connections per transfer")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	tokens, err := parseList(*tokensFlag)
+	if err != nil {
+		return err
+	}
+	rates, err := parseList(*ratesFlag)
+	if err != nil {
+		return err
+	}
+	kv, _, err := benchInput(*data, 4<<20)
+	if err != nil {
+		return err
+	}
+	maxBlocks := int(slices.Max(tokens)) / 16
+	layout := benchLayout(2 * maxBlocks)
+
+	plane, err := szn.Connect(szn.WithHandoffTTL(10 * time.Minute))
+	if err != nil {
+		return err
+	}
+	defer plane.Close()
+	child := exec.Command(os.Args[0], "bench", "transfer-producer", "-nats", plane.ClientURL(), "-data", *data,
+		"-blocks", fmt.Sprint(2*maxBlocks))
+	child.Stderr = os.Stderr
+	stdin, _ := child.StdinPipe()
+	stdout, _ := child.StdoutPipe()
+	if err := child.Start(); err != nil {
+		return err
+	}
+	defer func() { stdin.Close(); _ = child.Wait() }()
+	replies := bufio.NewScanner(stdout)
+	replies.Buffer(make([]byte, 1<<20), 1<<20)
+	enc := json.NewEncoder(stdin)
+
+	cons, err := connector.NewConsumer(connector.Plane(plane), connector.WithEngineID("bench-decode"),
+		connector.WithTransport(transport.WithConns(*conns)), connector.WithLoadTimeout(10*time.Minute))
+	if err != nil {
+		return err
+	}
+	defer cons.Close()
+	dstMem, dstBases := benchCache(layout, nil, 0)
+	if err := cons.RegisterHostCache(layout, dstBases); err != nil {
+		return err
+	}
+	srcMem, _ := benchCache(layout, kv, 0) // what the producer holds: the same deterministic fill
+
+	run := func(req string, blocks []int, mode string, rate float64) (time.Duration, error) {
+		t0 := time.Now()
+		if err := enc.Encode(saveCmd{Req: req, Blocks: blocks, Mode: mode, Rate: rate}); err != nil {
+			return 0, err
+		}
+		if !replies.Scan() {
+			return 0, fmt.Errorf("producer process ended: %v", replies.Err())
+		}
+		var r saveReply
+		if err := json.Unmarshal(replies.Bytes(), &r); err != nil || r.Err != "" {
+			return 0, fmt.Errorf("producer: %s %v", r.Err, err)
+		}
+		dst := make([]int, len(blocks))
+		for i, b := range blocks {
+			dst[i] = b + maxBlocks // different block ids on the decode side
+		}
+		if err := cons.Load(req, r.Handoff, dst); err != nil {
+			return 0, err
+		}
+		for {
+			done, failed := cons.Poll()
+			if len(failed) > 0 {
+				return 0, failed[0].Err
+			}
+			if slices.Contains(done, req) {
+				break
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		took := time.Since(t0)
+		bb := int(layout.BlockBytes())
+		for l := range layout.Layers {
+			for kvi := range 2 {
+				for i, b := range blocks {
+					so := int(int64(kvi)*layout.KVOffset) + b*bb
+					do := int(int64(kvi)*layout.KVOffset) + dst[i]*bb
+					if string(srcMem[l][so:so+bb]) != string(dstMem[l][do:do+bb]) {
+						return 0, fmt.Errorf("%s: layer %d block %d arrived different (not bit-exact)", req, l, b)
+					}
+				}
+			}
+		}
+		return took, nil
+	}
+
+	fmt.Printf("splitzip bench transfer: producer and consumer processes on this machine (%s, %d cores), embedded NATS,\n", cpuName(), runtime.NumCPU())
+	fmt.Printf("KV of SmolLM2-135M (30 layers × K,V × 3 heads × 64, bf16, 16-token blocks) filled with %s;\n", *data)
+	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d; links shaped by the transport's rate limit\n\n", *repeat)
+	fmt.Printf("%7s %9s %9s | %10s %10s %8s | %10s %8s\n", "tokens", "KV", "link", "raw", "splitzip", "speedup", "auto", "auto/raw")
+	seq := 0
+	for _, tok := range tokens {
+		nb := int(tok) / 16
+		blocks := make([]int, nb)
+		for i := range blocks {
+			blocks[i] = (i * 7) % maxBlocks // scattered source blocks
+		}
+		rawBytes := float64(layout.Layers) * 2 * float64(nb) * float64(layout.BlockBytes())
+		for _, gbit := range rates {
+			rate := gbit * 1e9 / 8
+			med := map[string]time.Duration{}
+			for _, mode := range []string{"raw", "compressed", "auto"} {
+				var ts []time.Duration
+				for range *repeat {
+					seq++
+					if stderrIsTerminal {
+						fmt.Fprintf(os.Stderr, "  %d tokens, %s, %s …\r", int(tok), linkName(gbit), mode)
+					}
+					d, err := run(fmt.Sprintf("req-%d", seq), blocks, mode, rate)
+					if err != nil {
+						return fmt.Errorf("%d tokens at %s, %s: %w", int(tok), linkName(gbit), mode, err)
+					}
+					ts = append(ts, d)
+				}
+				slices.Sort(ts)
+				med[mode] = ts[len(ts)/2]
+			}
+			fmt.Printf("%7d %9s %9s | %9.1fms %9.1fms %7.2fx | %9.1fms %7.2fx\n", int(tok), formatBytes(rawBytes), linkName(gbit),
+				ms(med["raw"]), ms(med["compressed"]), float64(med["raw"])/float64(med["compressed"]),
+				ms(med["auto"]), float64(med["raw"])/float64(med["auto"]))
+		}
+	}
+	st := cons.Stats()
+	fmt.Printf("\nconsumer totals: %d loads, %d failed, %s decoded\n", st.Loads, st.Failed, formatBytes(float64(st.RawBytes)))
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func linkName(gbit float64) string {
+	if gbit == 0 {
+		return "unshaped"
+	}
+	return strconv.FormatFloat(gbit, 'f', -1, 64) + "Gbit/s"
+}
+
+// runTransferProducer is the producer process of the transfer benchmark: it reads save commands on stdin and
+// answers with handoff ids on stdout, one producer per (mode, link rate).
+func runTransferProducer(args []string) error {
+	fs := newFlags("bench transfer-producer", "")
+	url := fs.String("nats", "", "NATS URL of the benchmark's plane")
+	data := fs.String("data", defaultEvaluation, "real KV to fill the cache with")
+	blocks := fs.Int("blocks", 0, "blocks per layer")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	plane, err := szn.Connect(szn.WithURL(*url), szn.WithHandoffTTL(10*time.Minute))
+	if err != nil {
+		return err
+	}
+	defer plane.Close()
+	kv, _, err := benchInput(*data, 4<<20)
+	if err != nil {
+		return err
+	}
+	layout := benchLayout(*blocks)
+	mem, bases := benchCache(layout, kv, 0)
+	defer runtime.KeepAlive(mem) // the producers read it through bare addresses
+	producers := map[string]*connector.Producer{}
+	defer func() {
+		for _, p := range producers {
+			_ = p.Close()
+		}
+	}()
+	out := json.NewEncoder(os.Stdout)
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 16<<20), 16<<20)
+	for in.Scan() {
+		var cmd saveCmd
+		if err := json.Unmarshal(in.Bytes(), &cmd); err != nil {
+			return err
+		}
+		key := fmt.Sprintf("%s-%.0f", cmd.Mode, cmd.Rate)
+		p := producers[key]
+		if p == nil {
+			bypass := map[string]connector.Bypass{"raw": connector.BypassAlways, "compressed": connector.BypassNever, "auto": connector.BypassAuto}[cmd.Mode]
+			opts := []connector.Option{connector.WithEngineID("bench-prefill-" + strings.ReplaceAll(key, ".", "_")),
+				connector.WithBypass(bypass), connector.WithHandoffTTL(10 * time.Minute), connector.WithStagingBytes(4 << 30)}
+			if cmd.Rate > 0 {
+				opts = append(opts, connector.WithTransport(transport.WithRateLimit(int64(cmd.Rate)), transport.WithHandoffTTL(10*time.Minute)),
+					connector.WithLinkRate(cmd.Rate))
+			} else {
+				opts = append(opts, connector.WithTransport(transport.WithHandoffTTL(10*time.Minute)))
+			}
+			if p, err = connector.NewProducer(connector.Plane(plane), opts...); err != nil {
+				return err
+			}
+			if err := p.RegisterHostCache(layout, bases); err != nil {
+				return err
+			}
+			producers[key] = p
+		}
+		var r saveReply
+		h, err := p.Save(cmd.Req, cmd.Blocks)
+		if err != nil {
+			r.Err = err.Error()
+		}
+		r.Handoff = h.ID
+		if err := out.Encode(r); err != nil {
+			return err
+		}
+		p.FinishedSending()
+	}
+	return in.Err()
+}
