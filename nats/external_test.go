@@ -1,127 +1,35 @@
 package nats
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/splitzip/splitzip/internal/natstest"
 	"github.com/stretchr/testify/require"
 )
 
-// extServer is a nats-server binary run by a test.
-type extServer struct {
-	t        *testing.T
-	port     int
-	storeDir string
-	args     []string
-	cmd      *exec.Cmd
-	exited   chan struct{}
-}
-
-var listenRE = regexp.MustCompile(`Listening for client connections on [^\s]*:(\d+)`)
-
-// startExternal runs `nats-server` with JetStream on 127.0.0.1, a random
-// port and a fresh store dir, plus args (auth flags), and waits until its log
-// says it is ready. It skips the test when the binary is not on PATH.
-func startExternal(t *testing.T, args ...string) *extServer {
-	t.Helper()
-	if _, err := exec.LookPath("nats-server"); err != nil {
-		t.Skip("nats-server binary not on PATH (Debian: apt-get install nats-server); skipping the external-server test")
-	}
-	s := &extServer{t: t, port: -1, storeDir: t.TempDir(), args: args}
-	s.start()
-	t.Cleanup(s.stop)
-	return s
-}
-
-func (s *extServer) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.port) }
-
-// start launches the server on s.port (random when -1) and s.storeDir.
-func (s *extServer) start() {
-	t := s.t
-	t.Helper()
-	args := append([]string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-js", "-sd", s.storeDir}, s.args...)
-	cmd := exec.Command("nats-server", args...)
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	cmd.Stdout = cmd.Stderr
-	require.NoError(t, cmd.Start())
-	s.cmd, s.exited = cmd, make(chan struct{})
-
-	ready := make(chan int, 1)
-	go func() {
-		// Read the log to the end so the server never blocks on a full pipe.
-		sc := bufio.NewScanner(stderr)
-		port := 0
-		for sc.Scan() {
-			line := sc.Text()
-			if os.Getenv("SPLITZIP_NATS_LOG") != "" {
-				println("SERVER", line)
-			}
-			if m := listenRE.FindStringSubmatch(line); m != nil {
-				port, _ = strconv.Atoi(m[1])
-			}
-			if port != 0 && regexp.MustCompile(`Server is ready`).MatchString(line) {
-				ready <- port
-				port = 0
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-		_ = cmd.Wait()
-		close(s.exited)
-	}()
-	select {
-	case s.port = <-ready:
-	case <-s.exited:
-		t.Fatalf("nats-server %v exited before it was ready", args)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("nats-server %v not ready within 20s", args)
-	}
-}
-
-// stop shuts the server down gracefully (SIGINT) and waits for it to exit.
-func (s *extServer) stop() {
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-s.exited:
-	case <-time.After(20 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-	}
-	s.cmd = nil
-}
-
 func TestExternalUserPassword(t *testing.T) {
-	srv := startExternal(t, "--user", "splitzip", "--pass", "s3cret")
-	_, err := Connect(WithURL(srv.url()), WithUserInfo("splitzip", "wrong"), WithTimeout(2*time.Second))
+	srv := natstest.StartExternal(t, "--user", "splitzip", "--pass", "s3cret")
+	_, err := Connect(WithURL(srv.URL()), WithUserInfo("splitzip", "wrong"), WithTimeout(2*time.Second))
 	require.Error(t, err, "wrong password")
-	_, err = Connect(WithURL(srv.url()), WithTimeout(2*time.Second))
+	_, err = Connect(WithURL(srv.URL()), WithTimeout(2*time.Second))
 	require.Error(t, err, "no credentials")
 
-	p := newPlane(t, WithURL(srv.url()), WithUserInfo("splitzip", "s3cret"))
+	p := newPlane(t, WithURL(srv.URL()), WithUserInfo("splitzip", "s3cret"))
 	require.False(t, p.Embedded())
-	require.Equal(t, srv.url(), p.ClientURL())
-	q := newPlane(t, WithURL(srv.url()), WithUserInfo("splitzip", "s3cret"))
+	require.Equal(t, srv.URL(), p.ClientURL())
+	q := newPlane(t, WithURL(srv.URL()), WithUserInfo("splitzip", "s3cret"))
 	exerciseProtocol(t, p, q)
 }
 
 func TestExternalToken(t *testing.T) {
-	srv := startExternal(t, "--auth", "t0ken")
-	_, err := Connect(WithURL(srv.url()), WithToken("nope"), WithTimeout(2*time.Second))
+	srv := natstest.StartExternal(t, "--auth", "t0ken")
+	_, err := Connect(WithURL(srv.URL()), WithToken("nope"), WithTimeout(2*time.Second))
 	require.Error(t, err)
-	p := newPlane(t, WithURL(srv.url()), WithToken("t0ken"))
-	q := newPlane(t, WithURL(srv.url()), WithToken("t0ken"))
+	p := newPlane(t, WithURL(srv.URL()), WithToken("t0ken"))
+	q := newPlane(t, WithURL(srv.URL()), WithToken("t0ken"))
 	exerciseProtocol(t, p, q)
 }
 
@@ -162,8 +70,8 @@ func exerciseProtocol(t *testing.T, p, q *Plane) {
 // in file storage survive (the server is stopped gracefully); a wait for a
 // record that was never published fails with ErrServerRestarted.
 func TestExternalRestart(t *testing.T) {
-	srv := startExternal(t)
-	opts := []Option{WithURL(srv.url()), WithReconnect(-1, 20*time.Millisecond), WithEngineTTL(time.Minute)}
+	srv := natstest.StartExternal(t)
+	opts := []Option{WithURL(srv.URL()), WithReconnect(-1, 20*time.Millisecond), WithEngineTTL(time.Minute)}
 	p := newPlane(t, opts...)
 	events := watchEvents(t, p)
 	ctx := testCtx(t)
@@ -185,7 +93,7 @@ func TestExternalRestart(t *testing.T) {
 	}()
 	require.Eventually(t, func() bool { return consumers(t, p) == 1 }, 10*time.Second, 5*time.Millisecond)
 
-	srv.stop()
+	srv.Stop()
 	ev := events.next(t, Disconnected)
 	require.Equal(t, epoch+1, ev.Epoch)
 	require.False(t, p.Connected())
@@ -193,7 +101,7 @@ func TestExternalRestart(t *testing.T) {
 	_, err = p.GetHandoff(quickCtx(t), rec.ID)
 	require.ErrorIs(t, err, ErrDisconnected, "operations fail clearly while the server is down")
 
-	srv.start()
+	srv.Start()
 	ev = events.next(t, Reconnected)
 	require.True(t, ev.Restarted)
 	require.Equal(t, oldServer, ev.PrevServerID)
@@ -220,8 +128,8 @@ func TestExternalRestart(t *testing.T) {
 // registrations, and reads of old handoffs report ErrUnknownHandoff while
 // CheckEpoch reports ErrServerRestarted.
 func TestExternalRestartMemoryStorage(t *testing.T) {
-	srv := startExternal(t)
-	p := newPlane(t, WithURL(srv.url()), WithReconnect(-1, 20*time.Millisecond), WithStorage(MemoryStorage),
+	srv := natstest.StartExternal(t)
+	p := newPlane(t, WithURL(srv.URL()), WithReconnect(-1, 20*time.Millisecond), WithStorage(MemoryStorage),
 		WithEngineTTL(time.Minute), WithNamespace("mem"))
 	events := watchEvents(t, p)
 	ctx := testCtx(t)
@@ -231,9 +139,9 @@ func TestExternalRestartMemoryStorage(t *testing.T) {
 	require.NoError(t, p.PutHandoff(ctx, rec))
 	epoch := p.Epoch()
 
-	srv.stop()
+	srv.Stop()
 	events.next(t, Disconnected)
-	srv.start()
+	srv.Start()
 	require.True(t, events.next(t, Reconnected).Restarted)
 	require.ErrorIs(t, p.CheckEpoch(epoch), ErrServerRestarted)
 
@@ -249,9 +157,9 @@ func TestExternalRestartMemoryStorage(t *testing.T) {
 }
 
 func TestExternalUnreachable(t *testing.T) {
-	srv := startExternal(t)
-	url := srv.url()
-	srv.stop()
+	srv := natstest.StartExternal(t)
+	url := srv.URL()
+	srv.Stop()
 	_, err := Connect(WithURL(url), WithTimeout(time.Second))
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "splitzip/nats: connecting to")
