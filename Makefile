@@ -3,14 +3,14 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/splitzip
 
-.PHONY: demo test deps build go-test fuzz-smoke vet clean
+.PHONY: demo test deps build go-test soak multihost fuzz-smoke vet clean
 
 # Set everything up and run the main job on the built-in defaults.
 demo: build
 	$(BIN) demo
 
 # Everything CI runs: installs what the tests need, then the Go suites (race detector on) and fuzz smoke runs.
-test: deps vet go-test fuzz-smoke
+test: deps vet go-test soak fuzz-smoke multihost
 
 build:
 	$(GO) build -o $(BIN) ./cmd/splitzip
@@ -32,6 +32,15 @@ vet:
 
 go-test:
 	$(GO) test -race -count=1 ./...
+
+# 10,000 handoffs without the race detector's slowdown: no growth in goroutines, staging or heap.
+soak:
+	$(GO) test -count=1 -run '^TestManyHandoffsStayBounded$$' ./connector
+
+# Producer, consumer and NATS in separate network namespaces, the link shaped with tc (skips, saying why, where
+# the machine does not allow namespaces).
+multihost:
+	TOKENS=4096 REPEAT=1 tests/netns/multihost.sh 1 0
 
 # Short fuzz runs of the decoder and the round trip; longer campaigns: go test -fuzz FuzzDecode -fuzztime 10m ./codec
 fuzz-smoke:

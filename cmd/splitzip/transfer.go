@@ -85,6 +85,11 @@ func runBenchTransfer(args []string) error {
 	repeat := fs.Int("repeat", 3, "transfers per figure (the median is reported)")
 	data := fs.String("data", defaultEvaluation, "real KV (safetensors) to fill the cache with")
 	conns := fs.Int("conns", 4, "TCP connections per transfer")
+	natsURL := fs.String("nats", "", "external NATS URL (default: an embedded server in this process)")
+	prefix := fs.String("producer-prefix", "", "command prefix that starts the producer process elsewhere, e.g. \"ip netns exec prefill\"")
+	listen := fs.String("producer-listen", "127.0.0.1:0", "payload listen address of the producer process")
+	linkLabel := fs.String("link", "", "name of an externally shaped link (e.g. \"tc 10Gbit/s\") for the table; with -rates 0")
+	linkRate := fs.Float64("link-rate", 0, "the externally shaped link's rate in Gbit/s, told to the auto policy")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -103,13 +108,22 @@ func runBenchTransfer(args []string) error {
 	maxBlocks := int(slices.Max(tokens)) / 16
 	layout := benchLayout(2 * maxBlocks)
 
-	plane, err := szn.Connect(szn.WithHandoffTTL(10 * time.Minute))
+	popts := []szn.Option{szn.WithHandoffTTL(10 * time.Minute)}
+	if *natsURL != "" {
+		popts = append(popts, szn.WithURL(*natsURL))
+	}
+	plane, err := szn.Connect(popts...)
 	if err != nil {
 		return err
 	}
 	defer plane.Close()
-	child := exec.Command(os.Args[0], "bench", "transfer-producer", "-nats", plane.ClientURL(), "-data", *data,
-		"-blocks", fmt.Sprint(2*maxBlocks))
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	argv := append(strings.Fields(*prefix), self, "bench", "transfer-producer", "-nats", plane.ClientURL(), "-data", *data,
+		"-blocks", fmt.Sprint(2*maxBlocks), "-listen", *listen, "-link-rate", fmt.Sprint(*linkRate))
+	child := exec.Command(argv[0], argv[1:]...)
 	child.Stderr = os.Stderr
 	stdin, _ := child.StdinPipe()
 	stdout, _ := child.StdoutPipe()
@@ -178,9 +192,16 @@ func runBenchTransfer(args []string) error {
 		return took, nil
 	}
 
-	fmt.Printf("splitzip bench transfer: producer and consumer processes on this machine (%s, %d cores), embedded NATS,\n", cpuName(), runtime.NumCPU())
+	where, shaping := "embedded NATS", "links shaped by the transport's rate limit"
+	if *natsURL != "" {
+		where = "NATS at " + *natsURL
+	}
+	if *linkLabel != "" {
+		shaping = "link shaped outside (" + *linkLabel + ")"
+	}
+	fmt.Printf("splitzip bench transfer: a producer process and this consumer (%s, %d cores), %s,\n", cpuName(), runtime.NumCPU(), where)
 	fmt.Printf("KV of SmolLM2-135M (30 layers × K,V × 3 heads × 64, bf16, 16-token blocks) filled with %s;\n", *data)
-	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d; links shaped by the transport's rate limit\n\n", *repeat)
+	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d; %s\n\n", *repeat, shaping)
 	fmt.Printf("%7s %9s %9s | %10s %10s %8s | %10s %8s\n", "tokens", "KV", "link", "raw", "splitzip", "speedup", "auto", "auto/raw")
 	seq := 0
 	for _, tok := range tokens {
@@ -209,7 +230,11 @@ func runBenchTransfer(args []string) error {
 				slices.Sort(ts)
 				med[mode] = ts[len(ts)/2]
 			}
-			fmt.Printf("%7d %9s %9s | %9.1fms %9.1fms %7.2fx | %9.1fms %7.2fx\n", int(tok), formatBytes(rawBytes), linkName(gbit),
+			name := linkName(gbit)
+			if *linkLabel != "" {
+				name = *linkLabel
+			}
+			fmt.Printf("%7d %9s %9s | %9.1fms %9.1fms %7.2fx | %9.1fms %7.2fx\n", int(tok), formatBytes(rawBytes), name,
 				ms(med["raw"]), ms(med["compressed"]), float64(med["raw"])/float64(med["compressed"]),
 				ms(med["auto"]), float64(med["raw"])/float64(med["auto"]))
 		}
@@ -235,6 +260,8 @@ func runTransferProducer(args []string) error {
 	url := fs.String("nats", "", "NATS URL of the benchmark's plane")
 	data := fs.String("data", defaultEvaluation, "real KV to fill the cache with")
 	blocks := fs.Int("blocks", 0, "blocks per layer")
+	listen := fs.String("listen", "127.0.0.1:0", "payload listen address")
+	linkRate := fs.Float64("link-rate", 0, "rate of an externally shaped link in Gbit/s (for the auto policy)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -269,13 +296,16 @@ func runTransferProducer(args []string) error {
 		p := producers[key]
 		if p == nil {
 			bypass := map[string]connector.Bypass{"raw": connector.BypassAlways, "compressed": connector.BypassNever, "auto": connector.BypassAuto}[cmd.Mode]
-			opts := []connector.Option{connector.WithEngineID("bench-prefill-" + strings.ReplaceAll(key, ".", "_")),
+			opts := []connector.Option{connector.WithEngineID("bench-prefill-" + strings.ReplaceAll(key, ".", "_")), connector.WithListenAddr(*listen),
 				connector.WithBypass(bypass), connector.WithHandoffTTL(10 * time.Minute), connector.WithStagingBytes(4 << 30)}
 			if cmd.Rate > 0 {
 				opts = append(opts, connector.WithTransport(transport.WithRateLimit(int64(cmd.Rate)), transport.WithHandoffTTL(10*time.Minute)),
 					connector.WithLinkRate(cmd.Rate))
 			} else {
 				opts = append(opts, connector.WithTransport(transport.WithHandoffTTL(10*time.Minute)))
+				if *linkRate > 0 {
+					opts = append(opts, connector.WithLinkRate(*linkRate*1e9/8))
+				}
 			}
 			if p, err = connector.NewProducer(connector.Plane(plane), opts...); err != nil {
 				return err
