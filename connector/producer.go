@@ -12,6 +12,7 @@ import (
 
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/connector/transport"
+	szn "github.com/splitzip/splitzip/nats"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -143,6 +144,9 @@ func (p *Producer) RegisterHostCache(l Layout, bases []uintptr) error {
 	return nil
 }
 
+// NewHandoffID returns a fresh, unguessable handoff id.
+func NewHandoffID() string { return newHandoffID() }
+
 // Save hands off a whole request: Begin, every layer, and returns once the save is under way (the layers are
 // encoded in the background; WaitSaved waits for them).
 func (p *Producer) Save(reqID string, blocks []int) (Handoff, error) {
@@ -164,7 +168,19 @@ func (p *Producer) Save(reqID string, blocks []int) (Handoff, error) {
 // Begin opens a handoff for reqID's blocks and publishes it, so a consumer can start fetching while the layers
 // are still being saved. Layers follow with SaveLayer, in order.
 func (p *Producer) Begin(reqID string, blocks []int) (Handoff, error) {
-	s, rec, err := p.open(reqID, blocks)
+	return p.BeginHandoff(reqID, "", blocks)
+}
+
+// BeginHandoff is Begin under a handoff id chosen by the caller (NewHandoffID): with tensor parallelism the
+// engine's scheduler picks one id per request and every rank's producer saves its shard under it; "" picks a
+// fresh id.
+func (p *Producer) BeginHandoff(reqID, handoffID string, blocks []int) (Handoff, error) {
+	if handoffID == "" {
+		handoffID = newHandoffID()
+	} else if err := szn.ValidHandoffID(handoffID); err != nil {
+		return Handoff{}, fmt.Errorf("request %q: %w", reqID, err)
+	}
+	s, rec, err := p.open(reqID, handoffID, blocks)
 	if err != nil {
 		return Handoff{}, err
 	}
@@ -188,7 +204,7 @@ func (p *Producer) Begin(reqID string, blocks []int) (Handoff, error) {
 }
 
 // open registers a new save and offers its payload.
-func (p *Producer) open(reqID string, blocks []int) (*save, *shardRecord, error) {
+func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRecord, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
@@ -206,7 +222,7 @@ func (p *Producer) open(reqID string, blocks []int) (*save, *shardRecord, error)
 		return nil, nil, fmt.Errorf("request %q: %w", reqID, err)
 	}
 	s := &save{
-		reqID: reqID, handoffID: newHandoffID(), blocks: append([]int(nil), blocks...), raw: p.policy.raw(),
+		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...), raw: p.policy.raw(),
 		layers: make(chan int, l.Layers), frames: make([][]byte, l.Layers), sizes: make([]uint64, l.Layers),
 		crcs: make([]uint32, l.Layers), staged: make(chan struct{}), workerDone: make(chan struct{}),
 	}
