@@ -275,3 +275,58 @@ func TestManyHandoffsStayBounded(t *testing.T) {
 	require.Less(t, int64(after.HeapInuse)-int64(before.HeapInuse), int64(32<<20), "heap grew from %d to %d", before.HeapInuse, after.HeapInuse)
 	requireSameBlocks(t, src, []int{(n - 1) % 4}, dst, []int{n % 4})
 }
+
+// Tensor parallelism: each rank's producer saves its own shard under the one handoff id the scheduler chose,
+// and the consumer of the same rank loads it; a consumer of another TP size is refused.
+func TestTensorParallelShards(t *testing.T) {
+	plane := startPlane(t)
+	const tp = 2
+	id := NewHandoffID()
+	var srcs, dsts []*testCache
+	var cons []*Consumer
+	for r := range tp {
+		l := smallLayout(8)
+		l.TPSize = tp
+		p, err := NewProducer(Plane(plane), WithEngineID("prefill-tp"), WithRank(r))
+		require.NoError(t, err)
+		defer p.Close()
+		c, err := NewConsumer(Plane(plane), WithEngineID("decode-tp"), WithRank(r))
+		require.NoError(t, err)
+		defer c.Close()
+		src := newTestCache(t, l, true, 1000*r) // each rank holds different heads
+		dst := newTestCache(t, l, false, 0)
+		require.NoError(t, p.RegisterHostCache(l, src.bases))
+		require.NoError(t, c.RegisterHostCache(l, dst.bases))
+		_, err = p.BeginHandoff("req", id, []int{1, 2})
+		require.NoError(t, err)
+		for layer := range l.Layers {
+			require.NoError(t, p.SaveLayer("req", layer))
+		}
+		srcs, dsts, cons = append(srcs, src), append(dsts, dst), append(cons, c)
+	}
+	for r := range tp {
+		require.NoError(t, cons[r].Load("req", id, []int{6, 7}))
+	}
+	for r := range tp {
+		require.NoError(t, waitLoad(t, cons[r], "req"))
+		requireSameBlocks(t, srcs[r], []int{1, 2}, dsts[r], []int{6, 7})
+	}
+	require.NotEqual(t, dsts[0].block(0, 0, 6), dsts[1].block(0, 0, 6), "each rank got its own shard")
+
+	// A TP=1 consumer cannot load a TP=2 handoff.
+	single := newTestCache(t, smallLayout(8), false, 0)
+	c1, err := NewConsumer(Plane(plane), WithEngineID("decode-tp1"))
+	require.NoError(t, err)
+	defer c1.Close()
+	require.NoError(t, c1.RegisterHostCache(single.layout, single.bases))
+	p, err := NewProducer(Plane(plane), WithEngineID("prefill-tp-b"))
+	require.NoError(t, err)
+	defer p.Close()
+	l2 := smallLayout(8)
+	l2.TPSize = tp
+	require.NoError(t, p.RegisterHostCache(l2, srcs[0].bases))
+	h, err := p.Save("req2", []int{3})
+	require.NoError(t, err)
+	require.NoError(t, c1.Load("req2", h.ID, []int{3}))
+	require.ErrorIs(t, waitLoad(t, c1, "req2"), ErrMismatch)
+}
