@@ -10,7 +10,7 @@ demo: build
 	$(BIN) demo
 
 # Everything CI runs: installs what the tests need, then the Go suites (race detector on) and fuzz smoke runs.
-test: deps vet go-test soak fuzz-smoke multihost
+test: deps vet go-test soak fuzz-smoke multihost py-test
 
 build:
 	$(GO) build -o $(BIN) ./cmd/splitzip
@@ -49,3 +49,48 @@ fuzz-smoke:
 
 clean:
 	rm -rf bin
+
+# --- Python package: python/splitzip_connector, with the Go core (pybind/) compiled in by gopy ----------------
+# py-deps makes a venv under the repo ($(VENV)) with what the build and the tests need. torch comes from PyPI
+# with its CUDA libraries (about 2.5 min and 5 GB on the CI machine); PY_TORCH=0 leaves it out and the torch
+# tests skip. py-build builds the wheel the way `pip install .` does and installs it into the venv; py-test
+# runs tests/python against the installed wheel (CUDA tests skip without a GPU).
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+PY_TORCH ?= 1
+PY_PKGS := pybindgen setuptools numpy pytest safetensors ml_dtypes
+
+.PHONY: py-deps py-build py-test py-bench wheel-gpu
+
+py-deps:
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q $(PY_PKGS)
+	@if [ "$(PY_TORCH)" = 1 ] && ! $(VPY) -c 'import torch' 2>/dev/null; then \
+		echo "installing torch from PyPI (PY_TORCH=0 to skip)"; $(VPY) -m pip install -q torch; fi
+
+py-build: py-deps
+	rm -rf dist/py
+	$(VPY) -m pip wheel -q --no-build-isolation --no-deps -w dist/py .
+	$(VPY) -m pip install -q --force-reinstall --no-deps dist/py/splitzip_connector-*.whl
+
+py-test: py-build
+	$(VPY) -m pytest -q -p no:cacheprovider tests/python
+
+# Per-call overhead and large-tensor throughput of the binding (tests/python/bench.py).
+py-bench: py-build
+	$(VPY) tests/python/bench.py
+
+# The cp312 wheel for the GPU machine (Python 3.12, no Go, no network), plus pytest's pure-Python wheels, into
+# .gpu/wheels. There: pip install --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl (see README).
+PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+GPU_VENV := build/venv-gpu
+
+wheel-gpu:
+	@test -n "$(PY312)" || { echo "wheel-gpu needs Python 3.12 (pyenv install 3.12, or PY312=/path/to/python3.12)"; exit 1; }
+	@test -x $(GPU_VENV)/bin/python || $(PY312) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q pybindgen setuptools
+	rm -rf .gpu/wheels
+	$(GPU_VENV)/bin/python -m pip wheel -q --no-build-isolation --no-deps -w .gpu/wheels .
+	$(GPU_VENV)/bin/python -m pip download -q --only-binary=:all: -d .gpu/wheels pytest
+	@ls -1 .gpu/wheels

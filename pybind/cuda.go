@@ -65,14 +65,13 @@ func CUDADeviceCount() (n int, err error) {
 }
 
 // CUDALoad loads the GPU kernels into device ordinal's primary context (JIT-compiling them on first use), so
-// the first compress does not pay for it. It returns the kernels' threads per block.
-func CUDALoad(ordinal int) (threads int, err error) {
+// the first compress does not pay for it. It returns the ordinal.
+func CUDALoad(ordinal int) (n int, err error) {
 	defer recoverInto(&err)
-	c, err := gpuCodec(ordinal)
-	if err != nil {
+	if _, err := gpuCodec(ordinal); err != nil {
 		return 0, wrap(err)
 	}
-	return c.BlockSize(), nil
+	return ordinal, nil
 }
 
 // CUDAEncodeWorkspaceSize is the device workspace CUDAEncode needs for srcLen bytes of input.

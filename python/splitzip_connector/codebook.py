@@ -7,6 +7,8 @@ import os
 import threading
 from typing import Any, Iterable
 
+import numpy as np
+
 from . import dtypes
 from ._binding import ext
 from .errors import CodebookError, translate
@@ -139,7 +141,7 @@ class Codebook:
 
 
 def _is_single(x: Any) -> bool:
-    return isinstance(x, (bytes, bytearray, memoryview)) or hasattr(x, "__array_interface__") or (
+    return isinstance(x, (bytes, bytearray, memoryview, np.ndarray)) or (
         type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
     )
 

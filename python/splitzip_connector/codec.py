@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import prod as _prod
 from typing import Any
 
 import numpy as np
@@ -9,14 +10,16 @@ import numpy as np
 from . import dtypes
 from ._binding import CODEBOOK_ADAPTIVE, HEADER_SIZE, ext
 from .codebook import Codebook
-from .errors import BufferSizeError, DTypeError, TruncatedFrameError, translate
+from .cuda import DeviceFrame, compress_cuda, decompress_cuda
+from .errors import BufferSizeError, DTypeError, NotAFrameError, TruncatedFrameError, translate
 from .frame import _HEAD, Frame
-from .tensors import View, as_bytes, is_torch, view
+from .tensors import View, as_bytes, is_torch, np_addr, numpy_view, view
 
 __all__ = ["compress", "decompress", "max_compressed_size"]
 
 _empty = np.empty
 _uint8 = np.uint8
+_ndarray = np.ndarray
 
 
 def max_compressed_size(nbytes: int) -> int:
@@ -59,20 +62,16 @@ def compress(
     """
     v = view(tensor, dtype, what="tensor")
     if v.device >= 0:
-        from .cuda import compress_cuda
-
         if out is not None:
             raise TypeError("out= is for host tensors; CUDA compress allocates its frame on the tensor's device")
         return compress_cuda(tensor, v, codebook)
-    if v.code == 0:
-        raise DTypeError("pass dtype= for a bytes-like tensor")
-    cb = _codebook_arg(codebook)
-    cap = ext.pybind_MaxEncodedLen(v.nbytes)
+    cb = 0 if codebook is None else _codebook_arg(codebook)
+    cap = v.nbytes + HEADER_SIZE  # max_compressed_size: a frame never exceeds its input plus a header
     if out is None:
         buf = _empty(cap, _uint8)
-        optr = buf.__array_interface__["data"][0]
+        optr = np_addr(buf)
     else:
-        owner, optr, ocap, odev = as_bytes(out, "out")
+        buf, optr, ocap, odev = as_bytes(out, "out")
         if odev >= 0:
             raise TypeError("out must be host memory for a host tensor")
         if ocap < cap:
@@ -80,23 +79,17 @@ def compress(
                 f"out holds {ocap} bytes; a frame of {v.nbytes} input bytes needs up to {cap} "
                 "(max_compressed_size)"
             )
-        buf = owner
     try:
         n = ext.pybind_Encode(v.ptr, v.nbytes, v.code, cb, optr, cap)
     except RuntimeError as e:
         raise translate(e) from None
-    if out is None and cap - n > 4096:
+    if out is None and cap - n > _SHRINK:
         buf.resize((n,), refcheck=False)  # shrinks in place (realloc), no copy
-    return Frame(buf[:n], v.shape, v.framework)
+        return Frame(buf, v.shape, v.framework)
+    return Frame(buf[:n], v.shape, v.framework, optr)
 
 
-def _frame_source(frame: Any) -> tuple[Any, int, int, int, tuple[int, ...] | None, str | None]:
-    """(owner, address, length, CUDA ordinal or -1, shape, framework) of anything decompress accepts."""
-    if isinstance(frame, Frame):
-        d = frame.data
-        return d, d.__array_interface__["data"][0], d.nbytes, -1, frame.shape, frame.framework
-    owner, ptr, n, dev = as_bytes(frame)
-    return owner, ptr, n, dev, None, ("torch" if is_torch(frame) else None)
+_SHRINK = 1 << 16  # give back the unused tail of fresh frame buffers larger than this
 
 
 def decompress(
@@ -123,66 +116,75 @@ def decompress(
 
     Host frames decode on the CPU; a frame in GPU memory, or any frame with a CUDA out/device, on the GPU.
     """
-    from .cuda import DeviceFrame
-
-    if isinstance(frame, DeviceFrame) or (out is not None and is_torch(out) and out.is_cuda) or _is_cuda_device(device):
-        from .cuda import decompress_cuda
-
+    if type(frame) is Frame:
+        data = frame.data
+        fptr, flen, fdev = frame._ptr or np_addr(data), data.nbytes, -1
+        src_shape, framework = frame.shape, frame.framework
+    elif isinstance(frame, DeviceFrame):
         return decompress_cuda(frame, out, shape=shape, device=device, check=check, status=status)
-    owner, fptr, flen, fdev, src_shape, framework = _frame_source(frame)
-    if fdev >= 0:
-        from .cuda import decompress_cuda
-
+    else:
+        if isinstance(frame, Frame):
+            frame = frame.data
+        data, fptr, flen, fdev = as_bytes(frame)
+        src_shape, framework = None, ("torch" if is_torch(frame) else None)
+    if fdev >= 0 or (device is not None and str(device).startswith("cuda")) or (
+        out is not None and is_torch(out) and out.is_cuda
+    ):
         return decompress_cuda(frame, out, shape=shape, device=device, check=check, status=status)
     if flen < HEADER_SIZE:
         raise TruncatedFrameError(f"splitzip: truncated frame: {flen} bytes, a header alone is {HEADER_SIZE}")
-    try:
-        ext.pybind_FrameLen(fptr, flen)  # validates the header before sizes from it are trusted
-    except RuntimeError as e:
-        raise translate(e) from None
-    _magic, _ver, code, _flags, _bits, elements, _esc = _HEAD.unpack_from(owner, 0)
-    raw_len = elements * dtypes.dtype_size(code)
+    _magic, _ver, code, _flags, _bits, elements, _esc = _HEAD.unpack_from(data, 0)
     if out is None:
+        try:  # the header is checked before the sizes in it are trusted for an allocation
+            ext.pybind_FrameLen(fptr, flen)
+        except RuntimeError as e:
+            raise translate(e) from None
         out = _alloc(code, elements, shape if shape is not None else src_shape, device, framework)
-    ov = _out_view(out, code, raw_len)
+        optr, olen = (np_addr(out), out.nbytes) if type(out) is _ndarray else (out.data_ptr(), elements * dtypes.dtype_size(code))
+    else:  # Decode checks the whole frame, header included
+        ov = _out_view(out, code, elements * dtypes.dtype_size(code) if code in _SIZES else -1)
+        optr, olen = ov.ptr, ov.nbytes
     try:
-        ext.pybind_Decode(fptr, flen, ov.ptr, ov.nbytes)
+        ext.pybind_Decode(fptr, flen, optr, olen)
     except RuntimeError as e:
         raise translate(e) from None
     return out
 
 
-def _is_cuda_device(device: Any) -> bool:
-    if device is None:
-        return False
-    s = str(device)
-    return s.startswith("cuda")
+_SIZES = dtypes._SIZES
 
 
 def _alloc(code: int, elements: int, shape: tuple[int, ...] | None, device: Any, framework: str | None) -> Any:
-    if shape is not None and int(np.prod(shape, dtype=np.int64)) != elements:
-        raise BufferSizeError(f"shape {tuple(shape)} holds {int(np.prod(shape))} elements, the frame {elements}")
-    shp = tuple(shape) if shape is not None else (elements,)
+    if shape is None:
+        shape = (elements,)
+    elif _prod(shape) != elements:
+        raise BufferSizeError(f"shape {tuple(shape)} holds {_prod(shape)} elements, the frame {elements}")
     if device is not None or framework == "torch":
         import torch
 
-        return torch.empty(shp, dtype=dtypes.torch_dtype(code), device=device or "cpu")
-    return np.empty(shp, dtypes.numpy_out_dtype(code))
+        return torch.empty(shape, dtype=dtypes.torch_dtype(code), device=device or "cpu")
+    return _empty(shape, dtypes.numpy_out_dtype(code))
 
 
 def _out_view(out: Any, code: int, raw_len: int) -> View:
-    if isinstance(out, np.ndarray):
+    if code not in _SIZES:
+        raise NotAFrameError("splitzip: not a SplitZip frame (unknown dtype byte in the header)")
+    if type(out) is _ndarray or isinstance(out, _ndarray):
         if not dtypes.view_compatible(code, out.dtype):
             raise DTypeError(
                 f"out is {out.dtype}, the frame holds {dtypes.dtype_name(code)}; pass an array of that type "
                 f"or a same-size integer view (e.g. uint16 for bf16)"
             )
-        ov = view(out, code, writable=True, what="out")
+        ov = numpy_view(out, code, writable=True, what="out")
     else:
         ov = view(out, None, writable=True, what="out")
-        if ov.code != code and not (dtypes.dtype_size(ov.code) == dtypes.dtype_size(code) and ov.code in (dtypes.INT8, dtypes.UINT8, dtypes.INT16, dtypes.INT32, dtypes.INT64)):
+        if ov.code != code and not (
+            dtypes.dtype_size(ov.code) == dtypes.dtype_size(code)
+            and ov.code in (dtypes.INT8, dtypes.UINT8, dtypes.INT16, dtypes.INT32, dtypes.INT64)
+        ):
             raise DTypeError(
-                f"out is {dtypes.dtype_name(ov.code)}, the frame holds {dtypes.dtype_name(code)}; pass a tensor of that type"
+                f"out is {dtypes.dtype_name(ov.code)}, the frame holds {dtypes.dtype_name(code)}; "
+                "pass a tensor of that type"
             )
     if ov.nbytes != raw_len:
         raise BufferSizeError(

@@ -23,7 +23,7 @@ from .errors import (
     translate,
 )
 from .frame import _HEAD, Frame
-from .tensors import View, as_bytes, is_torch, view
+from .tensors import View, as_bytes, is_torch, np_addr, view
 
 __all__ = ["DeviceFrame", "cuda_available", "load_kernels", "check_status"]
 
@@ -50,15 +50,15 @@ def cuda_available() -> bool:
         return False
 
 
-def load_kernels(device: Any = None) -> int:
-    """Loads (JIT-compiles on first use) the GPU kernels on a device ahead of the first call; returns the
-    kernels' threads per block. Raises CUDAUnavailableError without a driver."""
+def load_kernels(device: Any = None) -> None:
+    """Loads (JIT-compiles on first use) the GPU kernels on a device ahead of the first call. Raises
+    CUDAUnavailableError without a driver."""
     torch = _torch()
     ordinal = torch.device(device if device is not None else "cuda").index
     if ordinal is None:
         ordinal = torch.cuda.current_device()
     try:
-        return ext.pybind_CUDALoad(ordinal)
+        ext.pybind_CUDALoad(ordinal)
     except RuntimeError as e:
         raise translate(e) from None
 
@@ -155,8 +155,14 @@ def compress_cuda(tensor: Any, v: View, codebook: Codebook | str | None) -> Devi
         raise ValueError("codebook='adaptive' is CPU-only; calibrate a Codebook and pass it for GPU tensors")
     else:
         raise TypeError(f"codebook must be a Codebook, 'default' or None, not {codebook!r}")
-    _aligned(v.ptr, "tensor")
     dev = tensor.device
+    if v.nbytes == 0:  # nothing for a kernel to do: the (constant) empty frame
+        from .codec import compress  # codec imports this module
+
+        df = DeviceFrame.from_host(compress(tensor.cpu()), dev)
+        df.shape = v.shape
+        return df
+    _aligned(v.ptr, "tensor")
     cap = ext.pybind_MaxEncodedLen(v.nbytes)
     buf = torch.empty(cap, dtype=torch.uint8, device=dev)
     size = torch.empty(1, dtype=torch.int64, device=dev)
@@ -208,7 +214,7 @@ def decompress_cuda(
             raise TruncatedFrameError(f"splitzip: truncated frame: {cap} bytes, a header alone is {HEADER_SIZE}")
         head = src[:HEADER_SIZE].cpu().numpy()
         try:
-            ext.pybind_FrameLen(head.__array_interface__["data"][0], HEADER_SIZE)
+            ext.pybind_FrameLen(np_addr(head), HEADER_SIZE)
         except RuntimeError as e:
             raise translate(e) from None
         _m, _v, code, _fl, _b, elements, _e = _HEAD.unpack_from(head, 0)
@@ -231,6 +237,9 @@ def decompress_cuda(
     _aligned(ov.ptr, "out")
     if status is None:
         status = torch.empty(1, dtype=torch.int32, device=out.device)
+    if raw_len == 0:  # an empty tensor: the header was checked on the host, nothing for a kernel to do
+        status.zero_()
+        return out
     try:
         ext.pybind_CUDADecode(
             ov.device, _stream(torch, ov.device), src.data_ptr(), cap, ov.ptr, ov.nbytes, status.data_ptr()

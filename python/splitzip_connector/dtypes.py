@@ -125,10 +125,14 @@ def dtype_code(dt: Any) -> int:
             return dt
         raise DTypeError(f"unknown SplitZip dtype code {dt}")
     if isinstance(dt, str):
-        try:
-            return ext.pybind_ParseDType(dt)
-        except RuntimeError as e:
-            raise translate(e) from None
+        code = _BY_NAME.get(dt)
+        if code is None:
+            try:
+                code = ext.pybind_ParseDType(dt)
+            except RuntimeError as e:
+                raise translate(e) from None
+            _BY_NAME[dt] = code
+        return code
     if isinstance(dt, (np.dtype, type)):
         try:
             return numpy_code(np.dtype(dt))
@@ -137,6 +141,9 @@ def dtype_code(dt: Any) -> int:
     if type(dt).__module__ == "torch":
         return torch_code(dt)
     raise DTypeError(f"cannot interpret {dt!r} as a dtype; pass a name such as 'bf16'")
+
+
+_BY_NAME: dict[str, int] = {}  # names parsed by the Go core, remembered
 
 
 def dtype_name(code: int) -> str:

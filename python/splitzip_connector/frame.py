@@ -60,12 +60,15 @@ class Frame:
     and on Python ≥ 3.12 directly (`memoryview(frame)`).
     """
 
-    __slots__ = ("data", "shape", "framework")
+    __slots__ = ("data", "shape", "framework", "_ptr")
 
-    def __init__(self, data: Any, shape: tuple[int, ...] | None = None, framework: str = "numpy") -> None:
+    def __init__(
+        self, data: Any, shape: tuple[int, ...] | None = None, framework: str = "numpy", _ptr: int = 0
+    ) -> None:
         """Wraps bytes-like data (bytes, bytearray, memoryview, a uint8 numpy array or CPU torch tensor)
         holding exactly one frame. Nothing is validated until the frame is used; see validate()."""
-        if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1:
+        self._ptr = _ptr  # the address of data, when the maker knows it (compress)
+        if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1 and data.flags.c_contiguous:
             self.data = data
         else:
             owner, _ptr, _n, dev = as_bytes(data)

@@ -6,6 +6,7 @@ CUDA tensors, its device and PyTorch's current stream on it.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -14,6 +15,19 @@ from . import dtypes
 from .errors import DTypeError, LayoutError
 
 _ndarray = np.ndarray
+_from_buffer = ctypes.c_char.from_buffer
+_addressof = ctypes.addressof
+
+
+def np_addr(a: np.ndarray) -> int:
+    """The address of a contiguous array's first byte. ctypes' buffer export is several times cheaper than
+    building a.__array_interface__, but needs a writable, non-empty array."""
+    if a.flags.writeable and a.nbytes:
+        try:
+            return _addressof(_from_buffer(a))
+        except (ValueError, TypeError):  # dtypes the buffer protocol cannot express (ml_dtypes.bfloat16)
+            pass
+    return a.__array_interface__["data"][0]
 
 
 class View(NamedTuple):
@@ -55,7 +69,7 @@ def numpy_view(x: np.ndarray, dtype: Any = None, *, writable: bool = False, what
     if x.dtype.byteorder == ">":
         raise LayoutError(f"{what} is big-endian ({x.dtype}); frames hold little-endian data: x.astype(x.dtype.newbyteorder('<'))")
     code = _np_code(x, dtype, what)
-    return View(x.__array_interface__["data"][0], x.nbytes, code, x.shape, "numpy", -1)
+    return View(np_addr(x), x.nbytes, code, x.shape, "numpy", -1)
 
 
 def torch_view(x: Any, dtype: Any = None, *, writable: bool = False, what: str = "tensor") -> View:
@@ -98,7 +112,7 @@ def buffer_view(x: Any, dtype: Any = None, *, writable: bool = False, what: str 
     code = dtypes.BYTES if dtype is None else dtypes.dtype_code(dtype)
     if mv.nbytes % dtypes.dtype_size(code):
         raise DTypeError(f"{what} holds {mv.nbytes} bytes, not a whole number of {dtypes.dtype_name(code)} elements")
-    return View(arr.__array_interface__["data"][0], mv.nbytes, code, (mv.nbytes // dtypes.dtype_size(code),), "numpy", -1)
+    return View(np_addr(arr), mv.nbytes, code, (mv.nbytes // dtypes.dtype_size(code),), "numpy", -1)
 
 
 def view(x: Any, dtype: Any = None, *, writable: bool = False, what: str = "tensor") -> View:
@@ -119,14 +133,14 @@ def as_bytes(x: Any, what: str = "frame") -> tuple[np.ndarray | Any, int, int, i
             raise LayoutError(f"{what} array is not contiguous; pass np.ascontiguousarray(x)")
         if x.dtype != np.uint8 or x.ndim != 1:
             x = x.view(np.uint8).reshape(-1)
-        return x, x.__array_interface__["data"][0], x.nbytes, -1
+        return x, np_addr(x), x.nbytes, -1
     if is_torch(x):
         if not x.is_contiguous():
             raise LayoutError(f"{what} tensor is not contiguous; pass x.contiguous()")
         dev = x.device
         if dev.type == "cpu":
             arr = x.detach().numpy().view(np.uint8).reshape(-1)
-            return arr, arr.__array_interface__["data"][0], arr.nbytes, -1
+            return arr, x.data_ptr(), arr.nbytes, -1
         return x, x.data_ptr(), x.numel() * x.element_size(), dev.index or 0
     try:
         mv = memoryview(x)
@@ -137,4 +151,4 @@ def as_bytes(x: Any, what: str = "frame") -> tuple[np.ndarray | Any, int, int, i
     if not mv.c_contiguous:
         raise LayoutError(f"{what} is not contiguous; pass bytes(x)")
     arr = np.frombuffer(mv, dtype=np.uint8) if mv.nbytes else np.empty(0, np.uint8)
-    return arr, arr.__array_interface__["data"][0], mv.nbytes, -1
+    return arr, np_addr(arr), mv.nbytes, -1

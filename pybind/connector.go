@@ -1,0 +1,577 @@
+package pybind
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/connector"
+	"github.com/splitzip/splitzip/connector/transport"
+	szn "github.com/splitzip/splitzip/nats"
+)
+
+// The connector surface: the control plane (NATS), producers (prefill side) and consumers (decode side) of KV
+// handoffs, for the engine bindings in python/splitzip_connector (handoff.py, vllm/). Handles are integers,
+// options and layouts JSON objects, block ids and per-layer base addresses comma-separated integers (the
+// cheapest thing for Python to build and Go to parse on a per-step path), results JSON.
+
+// Error kinds of the connector (see kinds in errors.go; python/splitzip_connector/handoff.py maps them).
+const (
+	KindLayout         = "layout"          // connector.ErrLayout, ErrBlocks: the KV cache description or block ids
+	KindNotRegistered  = "not_registered"  // no KV cache registered yet
+	KindClosed         = "closed"          // the producer, consumer or plane was closed
+	KindDuplicate      = "duplicate"       // request already in flight
+	KindUnknownRequest = "unknown_request" // SaveLayer for a request without Begin
+	KindMismatch       = "mismatch"        // handoff made by an incompatible producer (model, layout, dtype, TP)
+	KindFrame          = "frame"           // a bad frame arrived
+	KindBusy           = "busy"            // staging memory or the in-flight bound is exhausted
+	KindHandoff        = "handoff"         // unknown, expired or released handoff
+	KindControlPlane   = "control_plane"   // NATS trouble (disconnected, invalid record, …)
+	KindTimeout        = "timeout"         // a wait ran out
+)
+
+func init() {
+	extraKinds = append(extraKinds, connectorKind)
+}
+
+func connectorKind(err error) string {
+	switch {
+	case errors.Is(err, connector.ErrOption), errors.Is(err, szn.ErrInvalidOption):
+		return KindOption
+	case errors.Is(err, connector.ErrLayout), errors.Is(err, connector.ErrBlocks):
+		return KindLayout
+	case errors.Is(err, connector.ErrNotRegistered):
+		return KindNotRegistered
+	case errors.Is(err, connector.ErrClosed):
+		return KindClosed
+	case errors.Is(err, connector.ErrDuplicate):
+		return KindDuplicate
+	case errors.Is(err, connector.ErrUnknownRequest):
+		return KindUnknownRequest
+	case errors.Is(err, connector.ErrMismatch), errors.Is(err, szn.ErrLayoutMismatch), errors.Is(err, szn.ErrDTypeMismatch),
+		errors.Is(err, szn.ErrIncompatibleVersion):
+		return KindMismatch
+	case errors.Is(err, connector.ErrFrame):
+		return KindFrame
+	case errors.Is(err, connector.ErrStagingFull), errors.Is(err, szn.ErrTooManyHandoffs):
+		return KindBusy
+	case errors.Is(err, szn.ErrUnknownHandoff), errors.Is(err, szn.ErrHandoffExpired), errors.Is(err, szn.ErrHandoffReleased),
+		errors.Is(err, szn.ErrHandoffExists):
+		return KindHandoff
+	case errors.Is(err, context.DeadlineExceeded):
+		return KindTimeout
+	case errors.Is(err, szn.ErrDisconnected), errors.Is(err, szn.ErrInvalidRecord), errors.Is(err, szn.ErrUnknownEngine),
+		errors.Is(err, szn.ErrCompletionRejected):
+		return KindControlPlane
+	}
+	return ""
+}
+
+var (
+	planes    = newHandles[*szn.Plane]("control plane")
+	producers = newHandles[*connector.Producer]("producer")
+	consumers = newHandles[*connector.Consumer]("consumer")
+)
+
+// planeOptions is the JSON form of the control plane's options; absent fields keep nats.GetDefaultOptions.
+type planeOptions struct {
+	URL             string   `json:"url"`       // "" starts an embedded server in this process
+	Namespace       string   `json:"namespace"` // separates deployments sharing one server
+	Name            string   `json:"name"`
+	User            string   `json:"user"`
+	Password        string   `json:"password"`
+	Token           string   `json:"token"`
+	CredentialsFile string   `json:"credentials_file"`
+	TimeoutS        *float64 `json:"timeout_s"`
+	HandoffTTLS     *float64 `json:"handoff_ttl_s"`
+	Storage         string   `json:"storage"` // "file" (default) or "memory"
+	EmbeddedHost    string   `json:"embedded_host"`
+	EmbeddedPort    *int     `json:"embedded_port"`
+	EmbeddedStore   string   `json:"embedded_store_dir"`
+}
+
+// endpointOptions is the JSON form of a producer's or consumer's options (connector.Options); absent fields
+// keep connector.GetDefaultOptions. Each side ignores the other's fields.
+type endpointOptions struct {
+	EngineID      string  `json:"engine_id"`
+	Rank          int     `json:"rank"`
+	ListenAddr    string  `json:"listen_addr"`
+	AdvertiseAddr string  `json:"advertise_addr"`
+	StagingBytes  int64   `json:"staging_bytes"`
+	HandoffTTLS   float64 `json:"handoff_ttl_s"`
+	LoadTimeoutS  float64 `json:"load_timeout_s"`
+	RecordWaitS   float64 `json:"record_wait_s"`
+	Bypass        string  `json:"bypass"` // auto, never (always compress), always (never compress)
+	LinkRate      float64 `json:"link_rate"`
+	Codebook      int     `json:"codebook"`      // a codebook handle (codebook.go); 0: built-in
+	CodebookPath  string  `json:"codebook_path"` // or a codebook file
+	MaxInFlight   int     `json:"max_in_flight"`
+	RateLimit     int64   `json:"rate_limit"` // bytes/s cap of the payload transport (emulates a slow link)
+	Conns         int     `json:"conns"`
+	IOTimeoutS    float64 `json:"io_timeout_s"`
+}
+
+func decodeJSON(js string, v any) error {
+	if strings.TrimSpace(js) == "" {
+		return nil
+	}
+	dec := json.NewDecoder(strings.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", connector.ErrOption, err)
+	}
+	return nil
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// PlaneConnect connects to the control plane described by optsJSON (a JSON object; "{}" starts an embedded
+// NATS server) and returns its handle.
+func PlaneConnect(optsJSON string) (h int, err error) {
+	defer recoverInto(&err)
+	var po planeOptions
+	if err := decodeJSON(optsJSON, &po); err != nil {
+		return 0, wrap(err)
+	}
+	var opts []szn.Option
+	if po.URL != "" {
+		opts = append(opts, szn.WithURL(po.URL))
+	}
+	if po.Namespace != "" {
+		opts = append(opts, szn.WithNamespace(po.Namespace))
+	}
+	if po.Name != "" {
+		opts = append(opts, szn.WithName(po.Name))
+	}
+	if po.User != "" || po.Password != "" {
+		opts = append(opts, szn.WithUserInfo(po.User, po.Password))
+	}
+	if po.Token != "" {
+		opts = append(opts, szn.WithToken(po.Token))
+	}
+	if po.CredentialsFile != "" {
+		opts = append(opts, szn.WithCredentials(po.CredentialsFile))
+	}
+	if po.TimeoutS != nil {
+		opts = append(opts, szn.WithTimeout(seconds(*po.TimeoutS)))
+	}
+	if po.HandoffTTLS != nil {
+		opts = append(opts, szn.WithHandoffTTL(seconds(*po.HandoffTTLS)))
+	}
+	switch po.Storage {
+	case "", "file":
+	case "memory":
+		opts = append(opts, szn.WithStorage(szn.MemoryStorage))
+	default:
+		return 0, wrap(fmt.Errorf("%w: storage %q (want file or memory)", connector.ErrOption, po.Storage))
+	}
+	if po.EmbeddedHost != "" || po.EmbeddedPort != nil || po.EmbeddedStore != "" {
+		d := szn.GetDefaultOptions()
+		host, port := d.EmbeddedHost, d.EmbeddedPort
+		if po.EmbeddedHost != "" {
+			host = po.EmbeddedHost
+		}
+		if po.EmbeddedPort != nil {
+			port = *po.EmbeddedPort
+		}
+		opts = append(opts, szn.WithEmbeddedServer(host, port, po.EmbeddedStore))
+	}
+	p, err := szn.Connect(opts...)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return planes.put(p), nil
+}
+
+// PlaneClientURL is the URL other processes connect to (the embedded server's, or the external one's).
+func PlaneClientURL(h int) (string, error) {
+	p, err := planes.get(h)
+	if err != nil {
+		return "", wrap(err)
+	}
+	return p.ClientURL(), nil
+}
+
+// PlaneClose closes the plane (and its embedded server); it returns the planes still open. Close producers and
+// consumers on it first.
+func PlaneClose(h int) (int, error) {
+	p, err := planes.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	if err := planes.release(h); err != nil {
+		return 0, wrap(err)
+	}
+	p.Close()
+	return planes.len(), nil
+}
+
+func endpointOpts(js string) ([]connector.Option, error) {
+	var eo endpointOptions
+	if err := decodeJSON(js, &eo); err != nil {
+		return nil, err
+	}
+	opts := []connector.Option{connector.WithEngineID(eo.EngineID), connector.WithRank(eo.Rank)}
+	if eo.ListenAddr != "" {
+		opts = append(opts, connector.WithListenAddr(eo.ListenAddr))
+	}
+	if eo.AdvertiseAddr != "" {
+		opts = append(opts, connector.WithAdvertiseAddr(eo.AdvertiseAddr))
+	}
+	if eo.StagingBytes != 0 {
+		opts = append(opts, connector.WithStagingBytes(eo.StagingBytes))
+	}
+	if eo.HandoffTTLS != 0 {
+		opts = append(opts, connector.WithHandoffTTL(seconds(eo.HandoffTTLS)))
+	}
+	if eo.LoadTimeoutS != 0 {
+		opts = append(opts, connector.WithLoadTimeout(seconds(eo.LoadTimeoutS)))
+	}
+	if eo.RecordWaitS != 0 {
+		opts = append(opts, connector.WithRecordWait(seconds(eo.RecordWaitS)))
+	}
+	b, err := connector.ParseBypass(eo.Bypass)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, connector.WithBypass(b), connector.WithLinkRate(eo.LinkRate))
+	switch {
+	case eo.Codebook != 0 && eo.CodebookPath != "":
+		return nil, fmt.Errorf("%w: give codebook or codebook_path, not both", connector.ErrOption)
+	case eo.Codebook != 0:
+		cb, err := codebooks.get(eo.Codebook)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, connector.WithCodebook(cb))
+	case eo.CodebookPath != "":
+		cb, err := codec.LoadCodebook(eo.CodebookPath)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, connector.WithCodebook(cb))
+	}
+	if eo.MaxInFlight != 0 {
+		opts = append(opts, connector.WithMaxInFlight(eo.MaxInFlight))
+	}
+	var topts []transport.Option
+	if eo.RateLimit != 0 {
+		topts = append(topts, transport.WithRateLimit(eo.RateLimit))
+	}
+	if eo.Conns != 0 {
+		topts = append(topts, transport.WithConns(eo.Conns))
+	}
+	if eo.IOTimeoutS != 0 {
+		topts = append(topts, transport.WithIOTimeout(seconds(eo.IOTimeoutS)))
+	}
+	if len(topts) > 0 {
+		opts = append(opts, connector.WithTransport(topts...))
+	}
+	return opts, nil
+}
+
+// parseInts reads a comma-separated list of integers ("" is empty).
+func parseInts(s string) ([]int, error) {
+	s = strings.TrimSpace(strings.Trim(strings.TrimSpace(s), "[]"))
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	out := make([]int, len(parts))
+	for i, p := range parts {
+		v, err := strconv.ParseInt(strings.TrimSpace(p), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %q is not an integer", errArgument, p)
+		}
+		out[i] = int(v)
+	}
+	return out, nil
+}
+
+func parseBases(s string) ([]uintptr, error) {
+	v, err := parseInts(s)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uintptr, len(v))
+	for i, b := range v {
+		out[i] = uintptr(b)
+	}
+	return out, nil
+}
+
+func parseLayout(js string) (connector.Layout, error) {
+	var l connector.Layout
+	if strings.TrimSpace(js) == "" {
+		return l, fmt.Errorf("%w: empty layout", connector.ErrLayout)
+	}
+	dec := json.NewDecoder(strings.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&l); err != nil {
+		return l, fmt.Errorf("%w: %v", connector.ErrLayout, err)
+	}
+	return l, l.Validate()
+}
+
+func toJSON(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}
+
+// LayoutFingerprint validates a layout (JSON of connector.Layout) and returns its fingerprint: what both sides
+// of a handoff must agree on.
+func LayoutFingerprint(layoutJSON string) (string, error) {
+	l, err := parseLayout(layoutJSON)
+	if err != nil {
+		return "", wrap(err)
+	}
+	return l.Fingerprint(), nil
+}
+
+// NewHandoffID returns a fresh handoff id; with tensor parallelism the scheduler picks one for every rank.
+func NewHandoffID() string { return connector.NewHandoffID() }
+
+// ProducerNew starts a producer (payload server) on plane and returns its handle.
+func ProducerNew(plane int, optsJSON string) (h int, err error) {
+	defer recoverInto(&err)
+	p, err := planes.get(plane)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	opts, err := endpointOpts(optsJSON)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	pr, err := connector.NewProducer(connector.Plane(p), opts...)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return producers.put(pr), nil
+}
+
+// ProducerAddr is where consumers fetch this producer's payloads.
+func ProducerAddr(h int) (string, error) {
+	p, err := producers.get(h)
+	if err != nil {
+		return "", wrap(err)
+	}
+	return p.Addr(), nil
+}
+
+// ProducerRegisterHostCache registers the rank's KV cache: a layout (JSON) and one host base address per layer
+// (comma-separated). The memory must stay valid until the producer is closed or re-registered.
+func ProducerRegisterHostCache(h int, layoutJSON, bases string) (n int, err error) {
+	defer recoverInto(&err)
+	p, err := producers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	l, err := parseLayout(layoutJSON)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	b, err := parseBases(bases)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return len(b), wrap(p.RegisterHostCache(l, b))
+}
+
+// ProducerBeginHandoff opens reqID's handoff of blocks (comma-separated) under handoffID ("" picks one) and
+// returns the handoff as JSON {"handoff_id", "producer_engine_id", "request_id"}. Layers follow with
+// ProducerSaveLayer.
+func ProducerBeginHandoff(h int, reqID, handoffID, blocks string) (js string, err error) {
+	defer recoverInto(&err)
+	p, err := producers.get(h)
+	if err != nil {
+		return "", wrap(err)
+	}
+	b, err := parseInts(blocks)
+	if err != nil {
+		return "", wrap(err)
+	}
+	ho, err := p.BeginHandoff(reqID, handoffID, b)
+	if err != nil {
+		return "", wrap(err)
+	}
+	return toJSON(ho)
+}
+
+// ProducerSaveLayer queues layer of reqID for encoding (layers in order, from 0); it does not wait.
+func ProducerSaveLayer(h int, reqID string, layer int) (n int, err error) {
+	defer recoverInto(&err)
+	p, err := producers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return layer, wrap(p.SaveLayer(reqID, layer))
+}
+
+// ProducerWaitSaved waits up to timeoutS seconds (≤ 0: no limit) until every layer of reqID is staged.
+func ProducerWaitSaved(h int, reqID string, timeoutS float64) (n int, err error) {
+	defer recoverInto(&err)
+	p, err := producers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	ctx := context.Background()
+	if timeoutS > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, seconds(timeoutS))
+		defer cancel()
+	}
+	if err := p.WaitSaved(ctx, reqID); err != nil {
+		return 0, wrap(fmt.Errorf("request %q: %w", reqID, err))
+	}
+	return 1, nil
+}
+
+// ProducerFinishedSending returns, as a JSON array, the requests whose blocks the engine may free since the
+// last call.
+func ProducerFinishedSending(h int) (string, error) {
+	p, err := producers.get(h)
+	if err != nil {
+		return "", wrap(err)
+	}
+	ids := p.FinishedSending()
+	if ids == nil {
+		ids = []string{}
+	}
+	return toJSON(ids)
+}
+
+// ProducerStats returns the running totals as JSON (byte counts, escapes, times in seconds).
+func ProducerStats(h int) (string, error) {
+	p, err := producers.get(h)
+	if err != nil {
+		return "", wrap(err)
+	}
+	s := p.Stats()
+	return toJSON(map[string]any{
+		"handoffs": s.Handoffs, "failed": s.Failed, "raw_handoffs": s.RawHandoffs,
+		"raw_bytes": s.RawBytes, "encoded_bytes": s.EncodedBytes,
+		"escapes": s.Escapes, "elements": s.Elements, "encode_s": s.EncodeTime.Seconds(),
+		"staging_in_use": p.StagingInUse(), "in_flight": p.InFlight(),
+	})
+}
+
+// ProducerClose closes a producer; it returns the producers still open.
+func ProducerClose(h int) (int, error) {
+	p, err := producers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	if err := producers.release(h); err != nil {
+		return 0, wrap(err)
+	}
+	return producers.len(), wrap(p.Close())
+}
+
+// ConsumerNew joins plane as a consumer and returns its handle.
+func ConsumerNew(plane int, optsJSON string) (h int, err error) {
+	defer recoverInto(&err)
+	p, err := planes.get(plane)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	opts, err := endpointOpts(optsJSON)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	c, err := connector.NewConsumer(connector.Plane(p), opts...)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return consumers.put(c), nil
+}
+
+// ConsumerRegisterHostCache registers the rank's KV cache, as ProducerRegisterHostCache.
+func ConsumerRegisterHostCache(h int, layoutJSON, bases string) (n int, err error) {
+	defer recoverInto(&err)
+	c, err := consumers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	l, err := parseLayout(layoutJSON)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	b, err := parseBases(bases)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return len(b), wrap(c.RegisterHostCache(l, b))
+}
+
+// ConsumerLoad starts loading handoffID into blocks (comma-separated) for reqID; ConsumerPoll reports the end.
+func ConsumerLoad(h int, reqID, handoffID, blocks string) (n int, err error) {
+	defer recoverInto(&err)
+	c, err := consumers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	b, err := parseInts(blocks)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return len(b), wrap(c.Load(reqID, handoffID, b))
+}
+
+type pollResult struct {
+	Done   []string      `json:"done"`
+	Failed []pollFailure `json:"failed"`
+}
+
+type pollFailure struct {
+	RequestID string `json:"request_id"`
+	Kind      string `json:"kind"`
+	Error     string `json:"error"`
+}
+
+// ConsumerPoll returns the loads that ended since the last call as JSON {"done": [ids], "failed":
+// [{"request_id", "kind", "error"}]}.
+func ConsumerPoll(h int) (string, error) {
+	c, err := consumers.get(h)
+	if err != nil {
+		return "", wrap(err)
+	}
+	done, failed := c.Poll()
+	r := pollResult{Done: done, Failed: make([]pollFailure, len(failed))}
+	if r.Done == nil {
+		r.Done = []string{}
+	}
+	for i, f := range failed {
+		r.Failed[i] = pollFailure{RequestID: f.RequestID, Kind: kindOf(f.Err), Error: f.Err.Error()}
+	}
+	return toJSON(r)
+}
+
+// ConsumerStats returns the running totals as JSON (times in seconds).
+func ConsumerStats(h int) (string, error) {
+	c, err := consumers.get(h)
+	if err != nil {
+		return "", wrap(err)
+	}
+	s := c.Stats()
+	return toJSON(map[string]any{
+		"loads": s.Loads, "failed": s.Failed, "raw_bytes": s.RawBytes, "wire_bytes": s.WireBytes,
+		"fetch_s": s.FetchTime.Seconds(), "decode_s": s.DecodeTime.Seconds(), "in_flight": c.InFlight(),
+	})
+}
+
+// ConsumerClose closes a consumer (loads in flight fail); it returns the consumers still open.
+func ConsumerClose(h int) (int, error) {
+	c, err := consumers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	if err := consumers.release(h); err != nil {
+		return 0, wrap(err)
+	}
+	return consumers.len(), wrap(c.Close())
+}
