@@ -2,6 +2,7 @@ package connector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"log/slog"
@@ -21,10 +22,9 @@ type Consumer struct {
 	o        Options
 	cp       controlPlane
 	log      *slog.Logger
-	decoders chan *decodeSlot
 
 	mu     sync.Mutex
-	cache  *hostCache
+	cache  kvCache
 	loads  map[string]*load
 	done   []string
 	failed []Failure
@@ -54,12 +54,6 @@ type load struct {
 	blocks           []int
 }
 
-// decodeSlot is a decoder with its scratch buffer; frames are decoded there and scattered into blocks.
-type decodeSlot struct {
-	dec     *codec.Decoder
-	scratch []byte
-}
-
 // NewConsumer joins the control plane.
 func NewConsumer(cp ControlPlane, opts ...Option) (*Consumer, error) {
 	o, err := buildOptions(opts)
@@ -68,17 +62,9 @@ func NewConsumer(cp ControlPlane, opts ...Option) (*Consumer, error) {
 	}
 	c := &Consumer{
 		o: o, cp: cp.plane(), loads: map[string]*load{},
-		decoders: make(chan *decodeSlot, 4),
 		log:      slog.Default().With("component", "splitzip.consumer", "engine", o.EngineID, "rank", o.Rank),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	for range cap(c.decoders) {
-		dec, err := codec.NewDecoder()
-		if err != nil {
-			return nil, err
-		}
-		c.decoders <- &decodeSlot{dec: dec}
-	}
 	return c, nil
 }
 
@@ -88,12 +74,21 @@ func (c *Consumer) RegisterHostCache(l Layout, bases []uintptr) error {
 	if err != nil {
 		return err
 	}
+	return c.register(hc)
+}
+
+func (c *Consumer) register(kc kvCache) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.loads) > 0 {
-		return fmt.Errorf("%w: cannot re-register the KV cache with %d loads in flight", ErrLayout, len(c.loads))
+		return errors.Join(kc.close(), fmt.Errorf("%w: cannot re-register the KV cache with %d loads in flight", ErrLayout, len(c.loads)))
 	}
-	c.cache = hc
+	if c.cache != nil {
+		if err := c.cache.close(); err != nil {
+			c.log.Warn("closing the previous KV cache registration", "err", err)
+		}
+	}
+	c.cache = kc
 	return nil
 }
 
@@ -112,7 +107,7 @@ func (c *Consumer) Load(reqID, handoffID string, blocks []int) error {
 	case len(c.loads) >= c.o.MaxInFlight:
 		return fmt.Errorf("%w: %d loads in flight (MaxInFlight)", ErrStagingFull, len(c.loads))
 	}
-	if err := c.cache.layout.checkBlocks(blocks); err != nil {
+	if err := c.cache.kvLayout().checkBlocks(blocks); err != nil {
 		return fmt.Errorf("request %q: %w", reqID, err)
 	}
 	ld := &load{reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...)}
@@ -145,7 +140,7 @@ func (c *Consumer) InFlight() int {
 	return len(c.loads)
 }
 
-func (c *Consumer) run(ld *load, cache *hostCache) {
+func (c *Consumer) run(ld *load, cache kvCache) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.ctx, c.o.LoadTimeout)
 	defer cancel()
@@ -168,7 +163,7 @@ func (c *Consumer) run(ld *load, cache *hostCache) {
 }
 
 // fetch does one load; a nil error means every block arrived, verified and decoded.
-func (c *Consumer) fetch(ctx context.Context, ld *load, cache *hostCache) (err error) {
+func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err error) {
 	rctx, rcancel := context.WithTimeout(ctx, c.o.RecordWait)
 	rec, err := c.cp.wait(rctx, ld.handoffID, c.o.Rank, false)
 	rcancel()
@@ -187,7 +182,7 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache *hostCache) (err e
 			c.log.Debug("completion notice not delivered", "handoff", shortID(ld.handoffID), "err", nerr)
 		}
 	}()
-	l := cache.layout
+	l := cache.kvLayout()
 	switch {
 	case rec.LayoutFingerprint != l.Fingerprint():
 		return fmt.Errorf("%w: handoff %s has KV layout %s, this consumer %s (model, layers, block size, heads, head size, dtype, TP size must match)", ErrMismatch, shortID(ld.handoffID), rec.LayoutFingerprint, l.Fingerprint())
@@ -199,6 +194,11 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache *hostCache) (err e
 		return fmt.Errorf("%w: handoff %s holds %d blocks, %d destination blocks given", ErrMismatch, shortID(ld.handoffID), rec.Blocks, len(ld.blocks))
 	}
 	want := uint64(l.layerRawBytes(len(ld.blocks)))
+	dec, err := cache.loader(ld.blocks)
+	if err != nil {
+		return err
+	}
+	defer dec.close()
 	sizes := make([]uint64, l.Layers)
 	crcs := make([]uint32, l.Layers)
 	var decodeTime time.Duration
@@ -207,9 +207,6 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache *hostCache) (err e
 		if i < 0 || i >= l.Layers {
 			return fmt.Errorf("%w: chunk %d of %d layers", ErrFrame, i, l.Layers)
 		}
-		slot := <-c.decoders
-		defer func() { c.decoders <- slot }()
-		t0 := time.Now()
 		h, err := codec.ParseHeader(frame)
 		if err != nil {
 			return fmt.Errorf("%w: layer %d: %w", ErrFrame, i, err)
@@ -217,17 +214,14 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache *hostCache) (err e
 		if h.RawLen() != want {
 			return fmt.Errorf("%w: layer %d decodes to %d bytes, %d blocks need %d", ErrFrame, i, h.RawLen(), len(ld.blocks), want)
 		}
-		if cap(slot.scratch) < int(want) {
-			slot.scratch = make([]byte, want)
-		}
-		out := slot.scratch[:want]
-		if _, err := slot.dec.DecodeInto(out, frame); err != nil {
+		took, err := dec.decode(frame, i)
+		if err != nil {
 			return fmt.Errorf("%w: layer %d: %w", ErrFrame, i, err)
 		}
-		cache.scatterLayer(out, i, ld.blocks)
+		crc := crc32.Checksum(frame, castagnoli)
 		mu.Lock()
-		sizes[i], crcs[i] = uint64(len(frame)), crc32.Checksum(frame, castagnoli)
-		decodeTime += time.Since(t0)
+		sizes[i], crcs[i] = uint64(len(frame)), crc
+		decodeTime += took
 		mu.Unlock()
 		return nil
 	}
@@ -276,5 +270,10 @@ func (c *Consumer) Close() error {
 	c.cancel()
 	c.mu.Unlock()
 	c.wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cache != nil {
+		return c.cache.close()
+	}
 	return nil
 }

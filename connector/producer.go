@@ -33,7 +33,7 @@ type Producer struct {
 	log      *slog.Logger
 
 	mu     sync.Mutex
-	cache  *hostCache
+	cache  kvCache
 	saves  map[string]*save // by request id
 	byID   map[string]*save // by handoff id
 	sent   []string         // requests whose blocks the engine may free
@@ -63,7 +63,7 @@ type save struct {
 	blocks           []int
 	raw              bool
 	payload          *transport.StreamPayload
-	layers           chan int
+	layers           chan layerJob
 	layersClosed     bool
 	next             int // next layer SaveLayer expects
 	ctx              context.Context
@@ -135,12 +135,22 @@ func (p *Producer) RegisterHostCache(l Layout, bases []uintptr) error {
 	if err != nil {
 		return err
 	}
+	return p.register(c)
+}
+
+func (p *Producer) register(c kvCache) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.saves) > 0 {
-		return fmt.Errorf("%w: cannot re-register the KV cache with %d handoffs in flight", ErrLayout, len(p.saves))
+		return errors.Join(c.close(), fmt.Errorf("%w: cannot re-register the KV cache with %d handoffs in flight", ErrLayout, len(p.saves)))
+	}
+	if p.cache != nil {
+		if err := p.cache.close(); err != nil {
+			p.log.Warn("closing the previous KV cache registration", "err", err)
+		}
 	}
 	p.cache = c
+	p.staging.setAllocator(c.stagingAllocator())
 	return nil
 }
 
@@ -155,7 +165,7 @@ func (p *Producer) Save(reqID string, blocks []int) (Handoff, error) {
 		return h, err
 	}
 	p.mu.Lock()
-	layers := p.cache.layout.Layers
+	layers := p.cache.kvLayout().Layers
 	p.mu.Unlock()
 	for l := range layers {
 		if err := p.SaveLayer(reqID, l); err != nil {
@@ -217,13 +227,13 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 	case len(p.saves) >= p.o.MaxInFlight:
 		return nil, nil, fmt.Errorf("%w: %d handoffs in flight (MaxInFlight)", ErrStagingFull, len(p.saves))
 	}
-	l := p.cache.layout
+	l := p.cache.kvLayout()
 	if err := l.checkBlocks(blocks); err != nil {
 		return nil, nil, fmt.Errorf("request %q: %w", reqID, err)
 	}
 	s := &save{
 		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...), raw: p.policy.raw(),
-		layers: make(chan int, l.Layers), frames: make([][]byte, l.Layers), sizes: make([]uint64, l.Layers),
+		layers: make(chan layerJob, l.Layers), frames: make([][]byte, l.Layers), sizes: make([]uint64, l.Layers),
 		crcs: make([]uint32, l.Layers), staged: make(chan struct{}), workerDone: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithTimeout(context.Background(), p.o.HandoffTTL)
@@ -239,21 +249,37 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 
 // SaveLayer queues layer l of reqID for encoding. Layers must come in order 0, 1, …; the call does not wait
 // for the encoding (the engine's forward pass goes on meanwhile).
-func (p *Producer) SaveLayer(reqID string, l int) error {
+func (p *Producer) SaveLayer(reqID string, l int) error { return p.saveLayer(reqID, l, nil) }
+
+// layerJob is a layer to encode, with the mark of the engine's writes to it (GPU caches).
+type layerJob struct {
+	layer int
+	ready *readyMark
+}
+
+func (p *Producer) saveLayer(reqID string, l int, ready *readyMark) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	release := func() {
+		if ready != nil {
+			ready.close()
+		}
+	}
 	s := p.saves[reqID]
 	if s == nil {
+		release()
 		return fmt.Errorf("%w: %q (call Begin first)", ErrUnknownRequest, reqID)
 	}
 	if s.released {
+		release()
 		return fmt.Errorf("%w: the handoff of %q already ended (expired or closed)", ErrUnknownRequest, reqID)
 	}
 	if l != s.next {
+		release()
 		return fmt.Errorf("%w: request %q: layer %d saved out of order (expected %d)", ErrLayout, reqID, l, s.next)
 	}
 	s.next++
-	s.layers <- l // buffered for every layer: never blocks
+	s.layers <- layerJob{l, ready} // buffered for every layer: never blocks
 	if s.next == len(s.frames) {
 		s.layersClosed = true
 		close(s.layers)
@@ -305,70 +331,90 @@ func (p *Producer) InFlight() int {
 }
 
 // work encodes the layers of one save as SaveLayer queues them.
-func (p *Producer) work(s *save, cache *hostCache) {
+func (p *Producer) work(s *save, cache kvCache) {
 	defer p.wg.Done()
 	defer close(s.workerDone)
-	var scratch []byte
 	fail := func(err error) {
 		s.err = err
 		s.payload.Fail(err)
+		p.mu.Lock()
+		if !s.layersClosed { // SaveLayer calls after a failure are refused, not queued
+			s.layersClosed, s.next = true, len(s.frames)
+			close(s.layers)
+		}
+		p.mu.Unlock()
 		close(s.staged)
 		p.finishSending(s, err)
 	}
-	for l := range s.layers {
-		n := int(cache.layout.layerRawBytes(len(s.blocks)))
-		buf, err := p.staging.acquire(s.ctx, codec.MaxEncodedLen(n))
-		if err != nil {
-			fail(fmt.Errorf("request %q layer %d: %w", s.reqID, l, err))
-			return
+	defer func() { // marks of layers never encoded (a failure or a release cut the save short)
+		for job := range s.layers {
+			if job.ready != nil {
+				job.ready.close()
+			}
 		}
-		s.frames[l] = buf
-		if cap(scratch) < n {
-			scratch = make([]byte, n)
-		}
-		raw := cache.gatherLayer(scratch, l, s.blocks)
-		enc := <-p.encoders
-		t0 := time.Now()
-		dt := cache.layout.DType
-		if s.raw {
-			dt = codec.Bytes
-		}
-		frame, err := enc.Encode(buf[:0], raw, dt)
-		took := time.Since(t0)
-		p.encoders <- enc
-		if err != nil {
-			fail(fmt.Errorf("request %q layer %d: %w", s.reqID, l, err))
-			return
-		}
-		if !s.raw {
-			p.policy.codec.observe(int64(n), took)
-		}
-		h, _ := codec.ParseHeader(frame)
-		s.sizes[l] = uint64(len(frame))
-		s.crcs[l] = crc32.Checksum(frame, castagnoli)
-		s.rawBytes += uint64(n)
-		p.mu.Lock()
-		p.stats.EncodeTime += took
-		p.stats.RawBytes += int64(n)
-		p.stats.EncodedBytes += int64(len(frame))
-		p.stats.Escapes += int64(h.Escapes)
-		if !h.Raw {
-			p.stats.Elements += int64(h.Elements)
-		}
-		p.mu.Unlock()
-		if err := s.payload.Put(l, frame); err != nil {
-			fail(fmt.Errorf("request %q layer %d: %w", s.reqID, l, err))
-			return
-		}
+	}()
+	sv, err := cache.saver(s.blocks, p.encoders)
+	if err != nil {
+		fail(fmt.Errorf("request %q: %w", s.reqID, err))
+		return
 	}
-	if s.next < len(s.frames) {
-		return // released before all layers came (expired, closed)
+	defer sv.close()
+	n := int(cache.kvLayout().layerRawBytes(len(s.blocks)))
+	encoded := 0
+	for job := range s.layers {
+		l := job.layer
+		buf, err := p.staging.acquire(s.ctx, codec.MaxEncodedLen(n))
+		if err == nil {
+			s.frames[l] = buf
+			var frame []byte
+			var took time.Duration
+			frame, took, err = sv.encode(buf, l, s.raw, job.ready)
+			if job.ready != nil {
+				job.ready.close()
+			}
+			if err == nil {
+				err = p.staged(s, l, n, frame, took)
+			}
+		} else if job.ready != nil {
+			job.ready.close()
+		}
+		if err != nil {
+			fail(fmt.Errorf("request %q layer %d: %w", s.reqID, l, err))
+			return
+		}
+		encoded++
+	}
+	if encoded < len(s.frames) {
+		// Released before every layer came: expired unclaimed, or the producer closed.
+		fail(fmt.Errorf("request %q: handoff released after %d of %d layers", s.reqID, encoded, len(s.frames)))
+		return
 	}
 	if err := p.cp.publish(s.ctx, p.record(s, true)); err != nil {
 		p.log.Warn("publishing the completed handoff failed; consumers see only the open record", "handoff", shortID(s.handoffID), "err", err)
 	}
 	close(s.staged)
 	p.finishSending(s, nil)
+}
+
+// staged records an encoded layer and hands it to the transport.
+func (p *Producer) staged(s *save, l, n int, frame []byte, took time.Duration) error {
+	if !s.raw {
+		p.policy.codec.observe(int64(n), took)
+	}
+	h, _ := codec.ParseHeader(frame)
+	s.sizes[l] = uint64(len(frame))
+	s.crcs[l] = crc32.Checksum(frame, castagnoli)
+	s.rawBytes += uint64(n)
+	p.mu.Lock()
+	p.stats.EncodeTime += took
+	p.stats.RawBytes += int64(n)
+	p.stats.EncodedBytes += int64(len(frame))
+	p.stats.Escapes += int64(h.Escapes)
+	if !h.Raw {
+		p.stats.Elements += int64(h.Elements)
+	}
+	p.mu.Unlock()
+	return s.payload.Put(l, frame)
 }
 
 // finishSending tells the engine it may free the request's blocks.
@@ -448,7 +494,7 @@ func (p *Producer) onCompletion(c completion) {
 }
 
 func (p *Producer) record(s *save, complete bool) *shardRecord {
-	l := p.cache.layout
+	l := p.cache.kvLayout()
 	r := &shardRecord{
 		HandoffID: s.handoffID, RequestID: s.reqID, ProducerEngineID: p.o.EngineID, Addr: p.addr,
 		LayoutFingerprint: l.Fingerprint(), DType: l.DType.String(), Rank: p.o.Rank, TPSize: l.TPSize,
@@ -473,6 +519,11 @@ func (p *Producer) Close() error {
 	err := errors.Join(p.unsub(), p.srv.Close()) // releases every payload
 	p.wg.Wait()
 	p.staging.close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cache != nil {
+		err = errors.Join(err, p.cache.close())
+	}
 	return err
 }
 

@@ -17,10 +17,11 @@ type staging struct {
 	used   int64
 	free   [][]byte // released buffers, any size; reused when big enough
 	closed bool
+	mem    allocator
 }
 
 func newStaging(budget int64) *staging {
-	s := &staging{budget: budget}
+	s := &staging{budget: budget, mem: goAllocator{}}
 	s.cond = sync.NewCond(&s.mu)
 	return s
 }
@@ -65,9 +66,26 @@ func (s *staging) acquire(ctx context.Context, n int) ([]byte, error) {
 	}
 	for len(s.free) > 0 && idle+s.used > s.budget {
 		idle -= int64(cap(s.free[0]))
+		s.mem.free(s.free[0])
 		s.free = s.free[1:]
 	}
-	return make([]byte, n), nil
+	b, err := s.mem.alloc(n)
+	if err != nil {
+		s.used -= int64(n)
+		return nil, err
+	}
+	return b, nil
+}
+
+// setAllocator switches where new buffers come from; idle buffers of the old allocator are freed.
+func (s *staging) setAllocator(a allocator) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range s.free {
+		s.mem.free(b)
+	}
+	s.free = nil
+	s.mem = a
 }
 
 // release returns a buffer obtained from acquire.
@@ -92,6 +110,9 @@ func (s *staging) inUse() int64 {
 func (s *staging) close() {
 	s.mu.Lock()
 	s.closed = true
+	for _, b := range s.free {
+		s.mem.free(b)
+	}
 	s.free = nil
 	s.cond.Broadcast()
 	s.mu.Unlock()

@@ -1,0 +1,133 @@
+package connector
+
+import (
+	"time"
+
+	"github.com/splitzip/splitzip/codec"
+)
+
+// kvCache is where a rank's KV cache lives: host memory (the CPU codec) or a GPU (the CUDA kernels). A save
+// or a load gets its own worker state from it, so codec scratch is never shared between requests.
+type kvCache interface {
+	kvLayout() *Layout
+	// saver prepares to encode layers of blocks; encoders lends a CPU encoder when the path needs one.
+	saver(blocks []int, encoders chan *codec.Encoder) (layerSaver, error)
+	// loader prepares to decode layers into blocks; its decode may be called from several goroutines.
+	loader(blocks []int) (layerLoader, error)
+	// allocStaging returns host memory for frames on their way to or from the wire (pinned for a GPU).
+	stagingAllocator() allocator
+	close() error
+}
+
+type layerSaver interface {
+	// encode writes layer l as one frame into dst (capacity ≥ MaxEncodedLen of the layer) and returns it and
+	// the time the codec took. ready, when set, is work the engine queued that must finish first.
+	encode(dst []byte, l int, raw bool, ready *readyMark) (frame []byte, took time.Duration, err error)
+	close()
+}
+
+type layerLoader interface {
+	// decode checks frame and writes layer l's blocks, returning the codec time.
+	decode(frame []byte, l int) (time.Duration, error)
+	close()
+}
+
+// readyMark tells a GPU saver when the engine's writes to a layer are done: an event recorded on the
+// engine's stream when it called SaveLayer. Host caches have none.
+type readyMark struct {
+	wait  func() error // makes the saver's stream wait for the mark
+	close func()
+}
+
+// allocator gives staging buffers their memory: plain Go memory for host caches, pinned memory for GPU ones
+// (so copies to and from the device run asynchronously at full PCIe speed).
+type allocator interface {
+	alloc(n int) ([]byte, error)
+	free(b []byte)
+}
+
+type goAllocator struct{}
+
+func (goAllocator) alloc(n int) ([]byte, error) { return make([]byte, n), nil }
+func (goAllocator) free([]byte)                 {}
+
+// ---- host memory: the CPU codec ----
+
+func (c *hostCache) kvLayout() *Layout            { return &c.layout }
+func (c *hostCache) stagingAllocator() allocator { return goAllocator{} }
+func (c *hostCache) close() error               { return nil }
+
+type hostSaver struct {
+	c        *hostCache
+	blocks   []int
+	encoders chan *codec.Encoder
+	scratch  []byte
+}
+
+func (c *hostCache) saver(blocks []int, encoders chan *codec.Encoder) (layerSaver, error) {
+	return &hostSaver{c: c, blocks: blocks, encoders: encoders}, nil
+}
+
+func (s *hostSaver) encode(dst []byte, l int, raw bool, _ *readyMark) ([]byte, time.Duration, error) {
+	n := int(s.c.layout.layerRawBytes(len(s.blocks)))
+	if cap(s.scratch) < n {
+		s.scratch = make([]byte, n)
+	}
+	src := s.c.gatherLayer(s.scratch, l, s.blocks)
+	dt := s.c.layout.DType
+	if raw {
+		dt = codec.Bytes
+	}
+	enc := <-s.encoders
+	defer func() { s.encoders <- enc }()
+	t0 := time.Now()
+	frame, err := enc.Encode(dst[:0], src, dt)
+	return frame, time.Since(t0), err
+}
+
+func (s *hostSaver) close() {}
+
+type hostLoader struct {
+	c      *hostCache
+	blocks []int
+	slots  chan *decodeSlot
+}
+
+// decodeSlot is a decoder with its scratch buffer; frames are decoded there and scattered into blocks.
+type decodeSlot struct {
+	dec     *codec.Decoder
+	scratch []byte
+}
+
+// hostDecodeSlots is how many frames of one load a host cache decodes at once (one per connection).
+const hostDecodeSlots = 4
+
+func (c *hostCache) loader(blocks []int) (layerLoader, error) {
+	ld := &hostLoader{c: c, blocks: blocks, slots: make(chan *decodeSlot, hostDecodeSlots)}
+	for range hostDecodeSlots {
+		dec, err := codec.NewDecoder()
+		if err != nil {
+			return nil, err
+		}
+		ld.slots <- &decodeSlot{dec: dec}
+	}
+	return ld, nil
+}
+
+func (ld *hostLoader) decode(frame []byte, l int) (time.Duration, error) {
+	slot := <-ld.slots
+	defer func() { ld.slots <- slot }()
+	t0 := time.Now()
+	n := int(ld.c.layout.layerRawBytes(len(ld.blocks)))
+	if cap(slot.scratch) < n {
+		slot.scratch = make([]byte, n)
+	}
+	out := slot.scratch[:n]
+	if _, err := slot.dec.DecodeInto(out, frame); err != nil {
+		return 0, err
+	}
+	ld.c.scatterLayer(out, l, ld.blocks)
+	return time.Since(t0), nil
+}
+
+func (ld *hostLoader) close() {}
