@@ -19,9 +19,9 @@ import (
 // error; blocks of a failed load hold partial data and must not be used (the engine recomputes or fails).
 // A Consumer serves one tensor-parallel rank; it is safe for concurrent use.
 type Consumer struct {
-	o        Options
-	cp       controlPlane
-	log      *slog.Logger
+	o   Options
+	cp  controlPlane
+	log *slog.Logger
 
 	mu     sync.Mutex
 	cache  kvCache
@@ -62,7 +62,7 @@ func NewConsumer(cp ControlPlane, opts ...Option) (*Consumer, error) {
 	}
 	c := &Consumer{
 		o: o, cp: cp.plane(), loads: map[string]*load{},
-		log:      slog.Default().With("component", "splitzip.consumer", "engine", o.EngineID, "rank", o.Rank),
+		log: slog.Default().With("component", "splitzip.consumer", "engine", o.EngineID, "rank", o.Rank),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil

@@ -53,9 +53,9 @@ func (goAllocator) free([]byte)                 {}
 
 // ---- host memory: the CPU codec ----
 
-func (c *hostCache) kvLayout() *Layout            { return &c.layout }
+func (c *hostCache) kvLayout() *Layout           { return &c.layout }
 func (c *hostCache) stagingAllocator() allocator { return goAllocator{} }
-func (c *hostCache) close() error               { return nil }
+func (c *hostCache) close() error                { return nil }
 
 type hostSaver struct {
 	c        *hostCache
