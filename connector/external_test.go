@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -61,6 +62,8 @@ func TestNATSRestartFailsLoad(t *testing.T) {
 
 	h, err := p.Save("before", []int{0, 1})
 	require.NoError(t, err)
+	// Once staged, the producer has published its last record; the restart then loses it for good.
+	require.NoError(t, p.WaitSaved(context.Background(), "before"))
 	srv.Stop()
 	srv.Start()
 	require.NoError(t, c.Load("before", h.ID, []int{2, 3}))
