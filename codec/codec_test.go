@@ -298,3 +298,17 @@ func TestNoAllocationsWhenWarm(t *testing.T) {
 	require.Zero(t, allocs)
 	require.Equal(t, src, out)
 }
+
+func TestPutRawHeader(t *testing.T) {
+	src := []byte{1, 2, 3, 4, 5, 6}
+	frame := make([]byte, HeaderSize+len(src))
+	require.NoError(t, PutRawHeader(frame, BF16, len(src)))
+	copy(frame[HeaderSize:], src)
+	_, dec := newCodecs(t)
+	out, h, err := dec.Decode(nil, frame)
+	require.NoError(t, err)
+	require.True(t, h.Raw)
+	require.Equal(t, src, out)
+	require.ErrorIs(t, PutRawHeader(frame, BF16, 3), ErrSize)
+	require.ErrorIs(t, PutRawHeader(frame[:10], BF16, 2), ErrShortBuffer)
+}

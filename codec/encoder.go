@@ -208,6 +208,24 @@ func (e *Encoder) encode(dst, src []byte, dt DType, cb *Codebook) ([]byte, error
 	return dst[:start+int(lay.End)], nil
 }
 
+// PutRawHeader writes into dst[:HeaderSize] the header of a raw frame holding rawLen bytes of dtype dt; the
+// caller places the payload right after it. It is for assembling raw frames from scattered memory (a GPU path
+// copies blocks straight into place); Encode writes raw frames by itself.
+func PutRawHeader(dst []byte, dt DType, rawLen int) error {
+	if !dt.Valid() {
+		return fmt.Errorf("%w: %d", ErrDType, uint8(dt))
+	}
+	if rawLen < 0 || rawLen%dt.Size() != 0 || uint64(rawLen/dt.Size()) > maxElements {
+		return fmt.Errorf("%w: %d bytes of %s", ErrSize, rawLen, dt)
+	}
+	if len(dst) < HeaderSize {
+		return fmt.Errorf("%w: %d bytes for a %d-byte header", ErrShortBuffer, len(dst), HeaderSize)
+	}
+	h := Header{DType: dt, Raw: true, Elements: uint64(rawLen / dt.Size()), PayloadLen: uint64(rawLen), ResidualsLen: uint64(rawLen)}
+	h.marshal(dst)
+	return nil
+}
+
 // writeRaw writes a raw frame of src into frame and returns its length.
 func writeRaw(frame, src []byte, dt DType, n int) int {
 	h := Header{DType: dt, Raw: true, Elements: uint64(n), PayloadLen: uint64(len(src)), ResidualsLen: uint64(len(src))}
