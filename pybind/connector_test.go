@@ -123,9 +123,11 @@ func TestConnectorTPHandoffThroughBinding(t *testing.T) {
 		}
 		_, err = ProducerWaitSaved(p, "req-1", 10)
 		require.NoError(t, err)
-		fin, err := ProducerFinishedSending(p)
-		require.NoError(t, err)
-		require.JSONEq(t, `["req-1"]`, fin)
+		// The blocks are released right after the last layer is staged.
+		require.Eventually(t, func() bool {
+			fin, err := ProducerFinishedSending(p)
+			return err == nil && fin == `["req-1"]`
+		}, 10*time.Second, time.Millisecond)
 		cons = append(cons, c)
 	}
 	for r, c := range cons {
