@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/kernels/cuda"
 )
 
 // kvCache is where a rank's KV cache lives: host memory (the CPU codec) or a GPU (the CUDA kernels). A save
@@ -33,10 +34,14 @@ type layerLoader interface {
 }
 
 // readyMark tells a GPU saver when the engine's writes to a layer are done: an event recorded on the
-// engine's stream when it called SaveLayer. Host caches have none.
+// engine's stream when it called SaveLayerAfter. Host caches have none.
 type readyMark struct {
-	wait  func() error // makes the saver's stream wait for the mark
-	close func()
+	ctx *cuda.Context
+	ev  *cuda.Event
+}
+
+func (m *readyMark) close() {
+	_ = m.ctx.Do(func() error { return m.ev.Close() })
 }
 
 // allocator gives staging buffers their memory: plain Go memory for host caches, pinned memory for GPU ones

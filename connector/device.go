@@ -1,0 +1,515 @@
+package connector
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/kernels"
+	"github.com/splitzip/splitzip/kernels/cuda"
+)
+
+// The GPU path: the KV cache lives in device memory (the engine's tensors). A save gather-encodes a layer's
+// blocks straight from the paged cache into a device frame on the connector's own stream (after the engine's
+// writes, by an event), learns the frame's length by a small stream-ordered copy, and copies exactly that many
+// bytes into pinned staging. A load copies each arriving frame into pinned memory, then to the device, and
+// decode-scatters it into the destination blocks. The engine's stream never waits for any of it.
+
+// deviceCache is a rank's KV cache in GPU memory.
+type deviceCache struct {
+	lay     Layout
+	ctx     *cuda.Context
+	kc      *kernels.Codec
+	cb      *codec.Codebook
+	bases   *cuda.DeviceBuffer // 2 × Layers uint64: K of layer 0, V of layer 0, K of layer 1, …
+	elems   int                // elements per block
+	stride  int                // elements between blocks
+	pinned  *pinnedAllocator
+	addrs   []cuda.DevicePtr // K base of each layer
+	closeMu sync.Once
+}
+
+func newDeviceCache(l Layout, ordinal int, bases []uintptr, cb *codec.Codebook) (*deviceCache, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	if l.DType != codec.BF16 {
+		return nil, fmt.Errorf("%w: the GPU path moves bf16 KV caches; a %s cache must be registered as host memory", ErrLayout, l.DType)
+	}
+	if len(bases) != l.Layers {
+		return nil, fmt.Errorf("%w: %d base addresses for %d layers", ErrLayout, len(bases), l.Layers)
+	}
+	esz := int64(l.DType.Size())
+	if l.BlockBytes()%16 != 0 || l.BlockStride%16 != 0 || l.KVOffset%16 != 0 {
+		return nil, fmt.Errorf("%w: the GPU kernels need 16-byte aligned blocks (block %d, stride %d, KV offset %d bytes)", ErrLayout, l.BlockBytes(), l.BlockStride, l.KVOffset)
+	}
+	ctx, err := cuda.PrimaryContext(ordinal)
+	if err != nil {
+		return nil, err
+	}
+	c := &deviceCache{lay: l, ctx: ctx, cb: cb, elems: int(l.BlockBytes() / esz), stride: int(l.BlockStride / esz)}
+	for _, b := range bases {
+		c.addrs = append(c.addrs, cuda.DevicePtr(b))
+	}
+	c.pinned = &pinnedAllocator{ctx: ctx, bufs: map[uintptr]*cuda.HostBuffer{}}
+	err = ctx.Do(func() error {
+		var err error
+		if c.kc, err = kernels.NewCodec(ctx); err != nil {
+			return err
+		}
+		table := make([]byte, 16*l.Layers)
+		for i, b := range bases {
+			if b%16 != 0 {
+				return fmt.Errorf("%w: layer %d base %#x is not 16-byte aligned", ErrLayout, i, b)
+			}
+			binary.LittleEndian.PutUint64(table[16*i:], uint64(b))
+			binary.LittleEndian.PutUint64(table[16*i+8:], uint64(int64(b)+l.KVOffset))
+		}
+		if c.bases, err = ctx.Alloc(len(table)); err != nil {
+			return err
+		}
+		s, err := ctx.NewStream(cuda.StreamNonBlocking)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if err := s.CopyHtoD(c.bases.Ptr(), table); err != nil {
+			return err
+		}
+		return s.Synchronize()
+	})
+	if err != nil {
+		return nil, errJoinClose(err, c)
+	}
+	return c, nil
+}
+
+func errJoinClose(err error, c *deviceCache) error {
+	if cerr := c.close(); cerr != nil {
+		return fmt.Errorf("%w (and closing: %v)", err, cerr)
+	}
+	return err
+}
+
+func (c *deviceCache) kvLayout() *Layout            { return &c.lay }
+func (c *deviceCache) stagingAllocator() allocator { return c.pinned }
+
+func (c *deviceCache) close() error {
+	var err error
+	c.closeMu.Do(func() {
+		err = c.ctx.Do(func() error {
+			var errs []error
+			if c.bases != nil {
+				errs = append(errs, c.bases.Free())
+			}
+			if c.kc != nil {
+				errs = append(errs, c.kc.Close())
+			}
+			for _, e := range errs {
+				if e != nil {
+					return e
+				}
+			}
+			return nil
+		})
+	})
+	return err
+}
+
+// layerOf is the paged layout of one layer: the kernels see a one-layer cache.
+func (c *deviceCache) layerOf(l int) kernels.PagedLayout {
+	return kernels.PagedLayout{Bases: c.bases.Ptr().Add(16 * l), Layers: 1, BlockElems: c.elems, BlockStride: c.stride}
+}
+
+// uploadIDs copies block ids to a new device array.
+func (c *deviceCache) uploadIDs(s *cuda.Stream, blocks []int) (*cuda.DeviceBuffer, error) {
+	ids := make([]byte, 4*len(blocks))
+	for i, b := range blocks {
+		binary.LittleEndian.PutUint32(ids[4*i:], uint32(b))
+	}
+	buf, err := c.ctx.Alloc(len(ids))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.CopyHtoD(buf.Ptr(), ids); err != nil {
+		return nil, freeJoin(err, buf)
+	}
+	return buf, nil
+}
+
+func freeJoin(err error, bufs ...*cuda.DeviceBuffer) error {
+	for _, b := range bufs {
+		if b != nil {
+			_ = b.Free()
+		}
+	}
+	return err
+}
+
+// ---- save ----
+
+type deviceSaver struct {
+	c        *deviceCache
+	blocks   []int
+	stream   *cuda.Stream
+	ids      *cuda.DeviceBuffer
+	frame    *cuda.DeviceBuffer
+	sizes    *cuda.DeviceBuffer
+	ws       *cuda.DeviceBuffer
+	sizeHost *cuda.HostBuffer
+	t0, t1   *cuda.Event
+}
+
+func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder) (layerSaver, error) {
+	s := &deviceSaver{c: c, blocks: blocks}
+	err := c.ctx.Do(func() error {
+		var err error
+		if s.stream, err = c.ctx.NewStream(cuda.StreamNonBlocking); err != nil {
+			return err
+		}
+		if s.ids, err = c.uploadIDs(s.stream, blocks); err != nil {
+			return err
+		}
+		pl := c.layerOf(0)
+		req := kernels.PagedRequest{BlockIDs: s.ids.Ptr(), NumBlocks: len(blocks), PerLayer: true}
+		if s.frame, err = c.ctx.Alloc(pl.FrameStride(req)); err != nil {
+			return err
+		}
+		if s.sizes, err = c.ctx.Alloc(8); err != nil {
+			return err
+		}
+		if s.ws, err = c.ctx.Alloc(max(pl.GatherEncodeWorkspaceSize(req), 16)); err != nil {
+			return err
+		}
+		if s.sizeHost, err = c.ctx.HostAlloc(8, cuda.HostAllocPortable); err != nil {
+			return err
+		}
+		if s.t0, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
+			return err
+		}
+		s.t1, err = c.ctx.NewEvent(cuda.EventDefault)
+		return err
+	})
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (frame []byte, took time.Duration, err error) {
+	c := s.c
+	n := int(c.lay.layerRawBytes(len(s.blocks)))
+	err = c.ctx.Do(func() error {
+		if ready != nil {
+			if err := s.stream.WaitEvent(ready.ev); err != nil {
+				return err
+			}
+		}
+		if err := s.t0.Record(s.stream); err != nil {
+			return err
+		}
+		if raw {
+			// Bypass: the blocks go to pinned staging as they are, behind a raw frame header.
+			if err := codec.PutRawHeader(dst[:codec.HeaderSize], codec.BF16, n); err != nil {
+				return err
+			}
+			bb := int(c.lay.BlockBytes())
+			pos := codec.HeaderSize
+			base := unsafe.Pointer(&dst[0])
+			for kv := range 2 {
+				for _, b := range s.blocks {
+					src := c.blockPtr(l, kv, b)
+					if err := s.stream.MemcpyDtoHAsync(unsafe.Add(base, pos), src, bb); err != nil {
+						return err
+					}
+					pos += bb
+				}
+			}
+			frame = dst[:pos]
+		} else {
+			req := kernels.PagedRequest{BlockIDs: s.ids.Ptr(), NumBlocks: len(s.blocks), PerLayer: true}
+			if err := c.kc.GatherEncodeAsync(s.stream, c.layerOf(l), req, c.cb, s.frame.Ptr(), s.sizes.Ptr(), s.ws.Ptr()); err != nil {
+				return err
+			}
+			if err := s.stream.MemcpyDtoHAsync(s.sizeHost.Ptr(), s.sizes.Ptr(), 8); err != nil {
+				return err
+			}
+			// The frame's length decides how much crosses PCIe: wait for it (this goroutine only; the
+			// engine's stream is not involved).
+			if err := s.stream.Synchronize(); err != nil {
+				return err
+			}
+			size := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()))
+			if size < codec.HeaderSize || size > cap(dst) {
+				return fmt.Errorf("%w: the GPU encoder reported a %d-byte frame for %d bytes", ErrFrame, size, n)
+			}
+			if err := s.stream.MemcpyDtoHAsync(unsafe.Pointer(&dst[:1][0]), s.frame.Ptr(), size); err != nil {
+				return err
+			}
+			frame = dst[:size]
+		}
+		if err := s.t1.Record(s.stream); err != nil {
+			return err
+		}
+		if err := s.stream.Synchronize(); err != nil {
+			return err
+		}
+		took, err = cuda.Elapsed(s.t0, s.t1)
+		return err
+	})
+	return frame, took, err
+}
+
+// blockPtr is the device address of block b of layer l's K (kv 0) or V (kv 1).
+func (c *deviceCache) blockPtr(l, kv, b int) cuda.DevicePtr {
+	return c.addrs[l].Add(int(int64(kv)*c.lay.KVOffset + int64(b)*c.lay.BlockStride))
+}
+
+func (s *deviceSaver) close() {
+	_ = s.c.ctx.Do(func() error {
+		if s.stream != nil {
+			_ = s.stream.Synchronize()
+			_ = s.stream.Close()
+		}
+		_ = freeJoin(nil, s.ids, s.frame, s.sizes, s.ws)
+		if s.sizeHost != nil {
+			_ = s.sizeHost.Free()
+		}
+		for _, e := range []*cuda.Event{s.t0, s.t1} {
+			if e != nil {
+				_ = e.Close()
+			}
+		}
+		return nil
+	})
+}
+
+// ---- load ----
+
+type deviceLoader struct {
+	c      *deviceCache
+	blocks []int
+	ids    *cuda.DeviceBuffer
+	slots  chan *deviceSlot
+	all    []*deviceSlot
+}
+
+// deviceSlot decodes one frame at a time: pinned copy, upload, decode-scatter, status.
+type deviceSlot struct {
+	stream     *cuda.Stream
+	host       *cuda.HostBuffer
+	dev        *cuda.DeviceBuffer
+	status     *cuda.DeviceBuffer
+	statusHost *cuda.HostBuffer
+	t0, t1     *cuda.Event
+}
+
+func (c *deviceCache) loader(blocks []int) (layerLoader, error) {
+	ld := &deviceLoader{c: c, blocks: blocks, slots: make(chan *deviceSlot, hostDecodeSlots)}
+	frameCap := codec.MaxEncodedLen(int(c.lay.layerRawBytes(len(blocks))))
+	err := c.ctx.Do(func() error {
+		for range hostDecodeSlots {
+			sl := &deviceSlot{}
+			ld.all = append(ld.all, sl)
+			var err error
+			if sl.stream, err = c.ctx.NewStream(cuda.StreamNonBlocking); err != nil {
+				return err
+			}
+			if ld.ids == nil {
+				if ld.ids, err = c.uploadIDs(sl.stream, blocks); err != nil {
+					return err
+				}
+			}
+			if sl.host, err = c.ctx.HostAlloc(frameCap, cuda.HostAllocPortable); err != nil {
+				return err
+			}
+			if sl.dev, err = c.ctx.Alloc(frameCap); err != nil {
+				return err
+			}
+			if sl.status, err = c.ctx.Alloc(16); err != nil {
+				return err
+			}
+			if sl.statusHost, err = c.ctx.HostAlloc(16, cuda.HostAllocPortable); err != nil {
+				return err
+			}
+			if sl.t0, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
+				return err
+			}
+			if sl.t1, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
+				return err
+			}
+			ld.slots <- sl
+		}
+		return nil
+	})
+	if err != nil {
+		ld.close()
+		return nil, err
+	}
+	return ld, nil
+}
+
+func (ld *deviceLoader) decode(frame []byte, l int) (took time.Duration, err error) {
+	sl := <-ld.slots
+	defer func() { ld.slots <- sl }()
+	c := ld.c
+	if len(frame) > sl.host.Len() {
+		return 0, fmt.Errorf("%w: %d-byte frame, at most %d expected", ErrFrame, len(frame), sl.host.Len())
+	}
+	copy(sl.host.Bytes(), frame)
+	err = c.ctx.Do(func() error {
+		if err := sl.t0.Record(sl.stream); err != nil {
+			return err
+		}
+		if err := sl.stream.MemcpyHtoDAsync(sl.dev.Ptr(), sl.host.Ptr(), len(frame)); err != nil {
+			return err
+		}
+		req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr(), NumBlocks: len(ld.blocks), PerLayer: true}
+		stride := (len(frame) + 15) &^ 15
+		if err := c.kc.DecodeScatterAsync(sl.stream, sl.dev.Ptr(), stride, len(frame), c.layerOf(l), req, sl.status.Ptr()); err != nil {
+			return err
+		}
+		if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 4); err != nil {
+			return err
+		}
+		if err := sl.t1.Record(sl.stream); err != nil {
+			return err
+		}
+		if err := sl.stream.Synchronize(); err != nil {
+			return err
+		}
+		if err := kernels.StatusError(binary.LittleEndian.Uint32(sl.statusHost.Bytes())); err != nil {
+			return err
+		}
+		took, err = cuda.Elapsed(sl.t0, sl.t1)
+		return err
+	})
+	return took, err
+}
+
+func (ld *deviceLoader) close() {
+	_ = ld.c.ctx.Do(func() error {
+		for _, sl := range ld.all {
+			if sl.stream != nil {
+				_ = sl.stream.Synchronize()
+				_ = sl.stream.Close()
+			}
+			_ = freeJoin(nil, sl.dev, sl.status)
+			for _, h := range []*cuda.HostBuffer{sl.host, sl.statusHost} {
+				if h != nil {
+					_ = h.Free()
+				}
+			}
+			for _, e := range []*cuda.Event{sl.t0, sl.t1} {
+				if e != nil {
+					_ = e.Close()
+				}
+			}
+		}
+		_ = freeJoin(nil, ld.ids)
+		return nil
+	})
+}
+
+// ---- pinned staging ----
+
+// pinnedAllocator hands out page-locked host memory for staging, so device copies run asynchronously.
+type pinnedAllocator struct {
+	ctx  *cuda.Context
+	mu   sync.Mutex
+	bufs map[uintptr]*cuda.HostBuffer
+}
+
+func (a *pinnedAllocator) alloc(n int) ([]byte, error) {
+	var hb *cuda.HostBuffer
+	err := a.ctx.Do(func() error {
+		var err error
+		hb, err = a.ctx.HostAlloc(n, cuda.HostAllocPortable)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	b := hb.Bytes()
+	a.mu.Lock()
+	a.bufs[uintptr(unsafe.Pointer(&b[0]))] = hb
+	a.mu.Unlock()
+	return b, nil
+}
+
+func (a *pinnedAllocator) free(b []byte) {
+	if cap(b) == 0 {
+		return
+	}
+	key := uintptr(unsafe.Pointer(&b[:1][0]))
+	a.mu.Lock()
+	hb := a.bufs[key]
+	delete(a.bufs, key)
+	a.mu.Unlock()
+	if hb != nil {
+		_ = a.ctx.Do(func() error { return hb.Free() })
+	}
+}
+
+// ---- registration and layer marks ----
+
+// RegisterDeviceCache tells the producer that the rank's KV cache is in the memory of GPU ordinal (the
+// engine's own tensors, in its primary context): one device address per layer's K region, laid out as l
+// describes. bf16 only; the CUDA driver is loaded at run time, and a machine without one gets an error
+// wrapping cuda.ErrNoDriver.
+func (p *Producer) RegisterDeviceCache(l Layout, ordinal int, bases []uintptr) error {
+	cb := p.o.Codebook
+	if cb == nil {
+		var err error
+		if cb, err = codec.DefaultCodebook(codec.BF16); err != nil {
+			return err
+		}
+	}
+	c, err := newDeviceCache(l, ordinal, bases, cb)
+	if err != nil {
+		return err
+	}
+	return p.register(c)
+}
+
+// RegisterDeviceCache tells the consumer that its KV cache is in GPU memory (see Producer.RegisterDeviceCache).
+func (c *Consumer) RegisterDeviceCache(l Layout, ordinal int, bases []uintptr) error {
+	dc, err := newDeviceCache(l, ordinal, bases, nil)
+	if err != nil {
+		return err
+	}
+	return c.register(dc)
+}
+
+// SaveLayerAfter queues layer l of reqID like SaveLayer, for a GPU cache: the encoding waits for the work
+// queued so far on the engine's CUDA stream (e.g. torch.cuda.current_stream().cuda_stream; 0 is the legacy
+// default stream), and the engine's stream never waits for the encoding.
+func (p *Producer) SaveLayerAfter(reqID string, l int, stream uintptr) error {
+	p.mu.Lock()
+	dc, ok := p.cache.(*deviceCache)
+	p.mu.Unlock()
+	if !ok {
+		return p.SaveLayer(reqID, l)
+	}
+	var mark *readyMark
+	err := dc.ctx.Do(func() error {
+		ev, err := dc.ctx.NewEvent(cuda.EventDisableTiming)
+		if err != nil {
+			return err
+		}
+		if err := ev.Record(dc.ctx.StreamFromHandle(stream)); err != nil {
+			_ = ev.Close()
+			return err
+		}
+		mark = &readyMark{ctx: dc.ctx, ev: ev}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return p.saveLayer(reqID, l, mark)
+}
