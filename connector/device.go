@@ -94,7 +94,7 @@ func errJoinClose(err error, c *deviceCache) error {
 	return err
 }
 
-func (c *deviceCache) kvLayout() *Layout            { return &c.lay }
+func (c *deviceCache) kvLayout() *Layout           { return &c.lay }
 func (c *deviceCache) stagingAllocator() allocator { return c.pinned }
 
 func (c *deviceCache) close() error {
