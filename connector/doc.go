@@ -1,0 +1,33 @@
+// Package connector is the engine-independent heart of the SplitZip KV connector: a prefill-side Producer
+// and a decode-side Consumer that any engine binding (vLLM first) drives.
+//
+// # Data path
+//
+//	engine blocks ──encode (CPU codec or CUDA kernels)──▶ pinned/host staging ──TCP, P2P, chunked──▶ consumer
+//	consumer ──decode each frame as it arrives──▶ its own blocks (other block ids)
+//
+// A handoff moves one request's KV blocks of one tensor-parallel rank as one SplitZip frame per layer (K
+// blocks then V blocks). The producer encodes layers as the engine saves them (SaveLayer / SaveLayerAfter,
+// so compression overlaps the prefill forward), into a bounded pool of staging memory (backpressure when it
+// is full), and serves them with connector/transport while later layers are still being encoded; the
+// consumer decodes each frame while the next ones are on the wire. Once a request's layers are staged, its
+// blocks are free for the engine (FinishedSending); staging is freed when the consumer's fetch completes or
+// the handoff expires.
+//
+// # Control plane
+//
+// Metadata only, over NATS (package nats): the producer publishes a shard record per rank (address, layout
+// fingerprint, dtype, block count) when the save begins, and again with every frame's size and CRC32C when
+// it ends; the consumer waits for the record, checks that layouts match, fetches, checks the frames against
+// the final record, and sends the producer a completion notice. A load ends done only when every layer
+// arrived, verified and decoded; anything else — producer gone, a corrupted chunk, a NATS restart that lost
+// the record, expiry, a layout or dtype mismatch, an unknown id — ends it failed with an error that says
+// which, and the blocks must not be used.
+//
+// # Bypass
+//
+// Pipelined, a compressed transfer runs at min(codec speed, ratio × link) and a raw one at the link's
+// speed, so compression pays exactly when the codec outruns the link. WithBypass(BypassAuto) (the default)
+// compares the measured encode throughput with the link rate (configured with WithLinkRate, or measured
+// from raw transfers) and sends raw frames when the link is faster.
+package connector
