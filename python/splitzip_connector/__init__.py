@@ -30,7 +30,6 @@ from .errors import (
     ExtensionNotBuiltError,
     FrameError,
     FrameVersionError,
-    GPUSupportError,
     LayoutError,
     NotAFrameError,
     SplitZipError,
@@ -69,7 +68,6 @@ __all__ = [
     "CodebookError",
     "CUDAUnavailableError",
     "CUDAError",
-    "GPUSupportError",
     "SplitZipIOError",
     "ExtensionNotBuiltError",
 ]

@@ -122,13 +122,24 @@ class DeviceFrame:
         torch = _torch()
         f = frame if isinstance(frame, Frame) else Frame(frame)
         f.validate()
-        buf = torch.from_numpy(f.data).to(device)
+        buf = _to_device(torch, f.data, device)
         size = torch.tensor([f.nbytes], dtype=torch.int64, device=buf.device)
         code = f._head()[2]
         return cls(buf, size, f.shape or (f.elements,), code)
 
     def __repr__(self) -> str:
         return f"DeviceFrame(dtype={self.dtype}, shape={self.shape}, capacity={self.buffer.numel()}, device={self.device})"
+
+
+def _to_device(torch: Any, data: np.ndarray, device: Any) -> Any:
+    """Copies host bytes to a device (a fresh, hence aligned, allocation)."""
+    if not data.flags.writeable:  # torch.from_numpy warns about read-only arrays (frames from bytes)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(data).to(device)
+    return torch.from_numpy(data).to(device)
 
 
 def _aligned(ptr: int, what: str) -> None:
@@ -207,7 +218,7 @@ def decompress_cuda(
         src_shape = f.shape
         _m, _v, code, _fl, _b, elements, _e = f._head()
         target = out.device if out is not None else torch.device(device if device is not None else "cuda")
-        src = torch.from_numpy(f.data).to(target)
+        src = _to_device(torch, f.data, target)
         cap, fdev = src.numel(), src.device
     if code is None or elements is None:  # a bare device buffer: read its header (waits for the copy)
         if cap < HEADER_SIZE:

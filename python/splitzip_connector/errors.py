@@ -19,7 +19,6 @@ __all__ = [
     "CodebookError",
     "CUDAUnavailableError",
     "CUDAError",
-    "GPUSupportError",
     "SplitZipIOError",
     "ExtensionNotBuiltError",
 ]
@@ -71,10 +70,6 @@ class CUDAUnavailableError(SplitZipError, RuntimeError):
 
 class CUDAError(SplitZipError, RuntimeError):
     """The CUDA driver reported an error."""
-
-
-class GPUSupportError(SplitZipError, RuntimeError):
-    """The operation has no GPU implementation in this build."""
 
 
 class SplitZipIOError(SplitZipError, OSError):
