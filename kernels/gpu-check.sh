@@ -13,7 +13,7 @@ if [ -x "$NVCC" ]; then
   rm -rf /tmp/ptxcheck && mkdir -p /tmp/ptxcheck && cp splitzip.cu splitzip.cuh Makefile /tmp/ptxcheck/
   make -s -C /tmp/ptxcheck NVCC="$NVCC" ptx resources >"$OUT/ptx.log" 2>&1 || { cat "$OUT/ptx.log"; exit 1; }
   if cmp -s /tmp/ptxcheck/splitzip.ptx splitzip.ptx; then echo "PTX: rebuilt with $($NVCC --version | tail -1), identical"; else echo "PTX: rebuilt PTX DIFFERS"; cp /tmp/ptxcheck/splitzip.ptx "$OUT/"; fi
-  grep -E "Compiling entry|registers" "$OUT/ptx.log" | paste - - | sed -E 's/ptxas info +: //g; s/Compiling entry function//; s/for .sm_90.//' | awk '{print "  " $0}' | grep -E "t256|noop" | cut -c1-160
+  grep -E "Compiling entry|registers" "$OUT/ptx.log" | paste - - | sed -E 's/ptxas info +: //g; s/Compiling entry function//; s/for .sm_90.//' | awk '{print "  " $0}' | grep -E "t256c4|copy16|noop" | cut -c1-160
 fi
 ../.gpu/cuda.test -test.count=1 -test.v 2>&1 | tee "$OUT/cuda-test.log" | grep -E "^(--- FAIL|FAIL|ok|PASS)|D2D|NVIDIA" 
 ../.gpu/kernels.test -test.count=1 -test.v -test.timeout 400s 2>&1 | tee "$OUT/kernels-test.log" | grep -E "^(--- |FAIL|ok|PASS|panic)|Error|expected|actual|differ" | head -60

@@ -206,6 +206,26 @@ func inputs(t testing.TB) []input {
 	return in
 }
 
+// Every kernel variant writes the CPU encoder's frames and decodes them.
+func TestKernelVariants(t *testing.T) {
+	cb := defaultBook(t)
+	r := rand.New(rand.NewPCG(8, 8))
+	kv := concat(realKV(t))
+	data := [][]byte{kv, kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000)}
+	for _, v := range Variants {
+		g := newGPU(t, WithKernels(v, v))
+		for i, in := range data {
+			frame := cpuEncode(t, in, cb)
+			require.Equal(t, frame, g.encode(t, in, cb, 0xA5), "%s input %d", v, i)
+			out, err := g.decode(t, frame, len(frame), len(in), 0x5A)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(in, out), "%s input %d", v, i)
+		}
+	}
+	_, err := NewCodec(nil, WithKernels("t999c1", DefaultDecodeKernels))
+	require.ErrorIs(t, err, codec.ErrOption)
+}
+
 // GPU frames are byte-identical to CPU frames, every byte is written, nothing past the frame is, and the
 // frames decode on the CPU.
 func TestEncodeMatchesCPU(t *testing.T) {
@@ -502,14 +522,23 @@ func int32s(ids []int) []byte {
 // frames match the CPU encoder's over the gathered tensors, and decode-scatter writes them into another cache
 // with other block ids and another layout, touching nothing else.
 func TestPagedRoundTrip(t *testing.T) {
-	g := newGPU(t)
+	f := realKV(t)
+	for _, v := range []string{"t256c1", "t256c2", "t256c4"} {
+		for _, nb := range []int{int(f.Tensors[0].Shape[0]) / 16, 3} {
+			t.Run(fmt.Sprintf("%s/%d-blocks", v, nb), func(t *testing.T) { testPaged(t, v, nb) })
+		}
+	}
+}
+
+func testPaged(t *testing.T, variant string, nb int) {
+	g := newGPU(t, WithKernels(variant, variant))
 	cb := defaultBook(t)
 	f := realKV(t)
 	// The fixture: 30 layers × (K, V) of [256 tokens, 3 heads, 64]; 16-token blocks of 3,072 elements.
 	const blockTokens, numBlocks = 16, 40
 	layers := len(f.Tensors) / 2
 	blockElems := blockTokens * int(f.Tensors[0].Shape[1]*f.Tensors[0].Shape[2])
-	nb := int(f.Tensors[0].Shape[0]) / blockTokens
+	require.LessOrEqual(t, nb, int(f.Tensors[0].Shape[0])/blockTokens)
 	r := rand.New(rand.NewPCG(4, 4))
 	escapey := r.IntN(layers)
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/kernels/cuda"
@@ -25,38 +26,82 @@ var ErrAlignment = errors.New("splitzip: GPU buffers must be 16-byte aligned")
 // Option configures a Codec.
 type Option func(*options) error
 
-type options struct{ threads int }
+type options struct {
+	enc, dec string
+	tune     uint32 // kTune* bits of splitzip.cuh: bench experiments only
+}
 
-// WithBlockSize picks the kernels' thread-block size: 128, 256 (default) or 512 threads, each block coding
-// one 4,096-element chunk.
-func WithBlockSize(threads int) Option {
+// Tuning experiments (splitzip.cuh kTune*): the bench's "+n", "+d", "+s" variant suffixes.
+const (
+	tuneNoLookback   = 1 // skip the look-back (wrong frames: timing only)
+	tunePlainLoads   = 2
+	tuneStreamStores = 4
+)
+
+func withTune(bits uint32) Option { return func(o *options) error { o.tune = bits; return nil } }
+
+// The kernel variants a Codec uses unless WithKernels picks others (the fastest in the bench on an H100:
+// encoding gains from larger tiles, which share the look-back; decoding from more blocks in flight).
+const (
+	DefaultEncodeKernels = "t256c4"
+	DefaultDecodeKernels = "t256c1"
+)
+
+// Variants lists the kernel variants in the PTX: "t<threads per block>c<4,096-element chunks per block>".
+var Variants = []string{"t256c1", "t256c2", "t256c4"}
+
+// WithKernels picks the encode and decode kernel variants (see Variants; the bench times them).
+func WithKernels(encode, decode string) Option {
 	return func(o *options) error {
-		switch threads {
-		case 128, 256, 512:
-			o.threads = threads
-			return nil
+		for _, v := range []string{encode, decode} {
+			if _, _, err := parseVariant(v); err != nil {
+				return err
+			}
 		}
-		return fmt.Errorf("%w: block size %d (128, 256 or 512)", codec.ErrOption, threads)
+		o.enc, o.dec = encode, decode
+		return nil
 	}
+}
+
+// parseVariant returns a variant's threads per block and chunks per block.
+func parseVariant(v string) (threads, cpt int, err error) {
+	if !slices.Contains(Variants, v) {
+		return 0, 0, fmt.Errorf("%w: kernel variant %q (have %v)", codec.ErrOption, v, Variants)
+	}
+	if _, err := fmt.Sscanf(v, "t%dc%d", &threads, &cpt); err != nil {
+		return 0, 0, fmt.Errorf("%w: kernel variant %q: %v", codec.ErrOption, v, err)
+	}
+	return threads, cpt, nil
+}
+
+// kernel is one loaded variant: its dense and paged entry points and its shape.
+type kernel struct {
+	dense, paged *cuda.Function
+	threads, cpt int
+	name         string
+}
+
+// grid is the number of blocks for frames of chunks chunks each.
+func (k *kernel) grid(frames, chunks uint64) uint32 {
+	return uint32(frames * ((chunks + uint64(k.cpt) - 1) / uint64(k.cpt)))
 }
 
 // Codec holds the loaded kernels of one context. Its methods only enqueue work, and may be called from any
 // goroutine and on several streams at once: all per-call state lives in the caller's buffers.
 type Codec struct {
-	ctx     *cuda.Context
-	mod     *cuda.Module
-	threads int
-
-	encDense, encPaged *cuda.Function
-	rawDense, rawPaged *cuda.Function
-	decDense, decPaged *cuda.Function
-	noop               *cuda.Function
+	ctx      *cuda.Context
+	mod      *cuda.Module
+	enc, dec kernel
+	raw      kernel
+	noop     *cuda.Function
+	copy16   *cuda.Function
+	tune     uint32
 }
 
-// NewCodec loads the kernels into ctx (the driver JIT-compiles the embedded PTX on first load; the driver
-// caches the result).
+// NewCodec loads the kernels into ctx (the driver JIT-compiles the embedded PTX on first load and caches
+// the result).
 func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
-	o := options{threads: 256}
+	o := options{enc: DefaultEncodeKernels, dec: DefaultDecodeKernels}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -66,21 +111,39 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("splitzip: load GPU kernels: %w", err)
 	}
-	c := &Codec{ctx: ctx, mod: mod, threads: o.threads}
-	t := fmt.Sprintf("t%d", o.threads)
-	for _, k := range []struct {
-		dst  **cuda.Function
-		name string
-	}{
-		{&c.encDense, "sz_encode_" + t + "_dense"}, {&c.encPaged, "sz_encode_" + t + "_paged"},
-		{&c.rawDense, "sz_raw_t256_dense"}, {&c.rawPaged, "sz_raw_t256_paged"},
-		{&c.decDense, "sz_decode_" + t + "_dense"}, {&c.decPaged, "sz_decode_" + t + "_paged"},
-		{&c.noop, "sz_noop"},
-	} {
-		if *k.dst, err = mod.Function(k.name); err != nil {
-			mod.Close()
-			return nil, err
+	c := &Codec{ctx: ctx, mod: mod, tune: o.tune}
+	load := func(k *kernel, prefix, variant string) error {
+		var err error
+		if k.threads, k.cpt, err = parseVariant(variant); err != nil {
+			return err
 		}
+		k.name = variant
+		if k.dense, err = mod.Function(prefix + variant + "_dense"); err != nil {
+			return err
+		}
+		if k.paged, err = mod.Function(prefix + variant + "_paged"); err != nil {
+			return err
+		}
+		return nil
+	}
+	if err = load(&c.enc, "sz_encode_", o.enc); err == nil {
+		err = load(&c.dec, "sz_decode_", o.dec)
+	}
+	if err == nil {
+		c.raw = kernel{threads: 256, cpt: 1, name: "raw"}
+		if c.raw.dense, err = mod.Function("sz_raw_t256_dense"); err == nil {
+			c.raw.paged, err = mod.Function("sz_raw_t256_paged")
+		}
+	}
+	if err == nil {
+		c.noop, err = mod.Function("sz_noop")
+	}
+	if err == nil {
+		c.copy16, err = mod.Function("sz_copy16")
+	}
+	if err != nil {
+		mod.Close()
+		return nil, err
 	}
 	return c, nil
 }
@@ -91,8 +154,8 @@ func (c *Codec) Close() error { return c.mod.Close() }
 // Context returns the codec's context.
 func (c *Codec) Context() *cuda.Context { return c.ctx }
 
-// BlockSize returns the kernels' threads per block.
-func (c *Codec) BlockSize() int { return c.threads }
+// Kernels returns the encode and decode kernel variants in use.
+func (c *Codec) Kernels() (encode, decode string) { return c.enc.name, c.dec.name }
 
 // MaxEncodedLen is the largest frame for srcLen bytes of input (codec.MaxEncodedLen).
 func MaxEncodedLen(srcLen int) int { return codec.MaxEncodedLen(srcLen) }
@@ -112,7 +175,8 @@ func escapesOffset(n uint64) uint64 {
 // EncodeWorkspaceSize is the workspace EncodeAsync needs for srcLen bytes of input.
 func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint64(srcLen/2))) }
 
-func workspaceSize(frames, chunks uint64) int { return int(8 * (frames + frames*chunks)) }
+// workspaceSize: a raw flag per frame, a reserved word, a look-back word per tile (at most one per chunk).
+func workspaceSize(frames, chunks uint64) int { return int(8 * (frames + 1 + frames*chunks)) }
 
 func aligned(p cuda.DevicePtr) bool { return p%16 == 0 }
 
@@ -130,15 +194,15 @@ func codebookWords(cb *codec.Codebook) ([4]uint32, error) {
 
 // encParams mirrors struct EncParams of splitzip.cuh (104 bytes).
 type encParams struct {
-	src, ids, dst, frameStride, sizes, ws, strideBytes            uint64
-	n, frames, chunks, blockElems, nBlocks, segsPerFrame, hostRaw uint32
-	codebook                                                      [4]uint32
+	src, ids, dst, frameStride, sizes, ws, strideBytes                  uint64
+	n, frames, chunks, blockElems, nBlocks, segsPerFrame, hostRaw, tune uint32
+	codebook                                                            [4]uint32
 }
 
 func (p *encParams) args() *cuda.Args {
 	a := cuda.NewArgs()
 	a.U64(p.src).U64(p.ids).U64(p.dst).U64(p.frameStride).U64(p.sizes).U64(p.ws).U64(p.strideBytes)
-	a.U32(p.n).U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.hostRaw).U32(0)
+	a.U32(p.n).U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.hostRaw).U32(p.tune)
 	for _, w := range p.codebook {
 		a.U32(w)
 	}
@@ -148,20 +212,24 @@ func (p *encParams) args() *cuda.Args {
 // decParams mirrors struct DecParams of splitzip.cuh (88 bytes).
 type decParams struct {
 	src, frameStride, frameCap, dst, ids, strideBytes, status, outBytes uint64
-	frames, chunks, blockElems, nBlocks, segsPerFrame                   uint32
+	frames, chunks, blockElems, nBlocks, segsPerFrame, tune             uint32
 }
 
 func (p *decParams) args() *cuda.Args {
 	a := cuda.NewArgs()
 	a.U64(p.src).U64(p.frameStride).U64(p.frameCap).U64(p.dst).U64(p.ids).U64(p.strideBytes).U64(p.status).U64(p.outBytes)
-	a.U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(0)
+	a.U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.tune)
 	return a
 }
 
 // launchEncode enqueues the workspace reset, the encode kernel and the raw fallback kernel for p.
-func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, enc, raw *cuda.Function) error {
+func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
+	p.tune = c.tune
+	enc, raw := c.enc.dense, c.raw.dense
+	if paged {
+		enc, raw = c.enc.paged, c.raw.paged
+	}
 	total := uint64(p.frames) * uint64(p.chunks)
-	block := cuda.Dim3{X: uint32(c.threads)}
 	rawGrid := cuda.Dim3{X: uint32(min(total, rawGridLimit))}
 	if escapesOffset(uint64(p.n)) > headerSize+2*uint64(p.n) {
 		// Too small for a coded frame even without escapes (the CPU encoder decides the same): raw.
@@ -174,7 +242,8 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, enc, raw *cuda.Functi
 	if err := s.MemsetD32Async(cuda.DevicePtr(p.ws), 0, workspaceSize(uint64(p.frames), uint64(p.chunks))/4); err != nil {
 		return err
 	}
-	if err := enc.Launch(s, cuda.Dim3{X: uint32(total)}, block, 0, p.args()); err != nil {
+	grid := cuda.Dim3{X: c.enc.grid(uint64(p.frames), uint64(p.chunks))}
+	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(c.enc.threads)}, 0, p.args()); err != nil {
 		return err
 	}
 	return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
@@ -205,7 +274,7 @@ func (c *Codec) EncodeAsync(s *cuda.Stream, src cuda.DevicePtr, srcLen int, cb *
 		src: uint64(src), dst: uint64(dst), sizes: uint64(sizeOut), ws: uint64(ws),
 		n: uint32(n), frames: 1, chunks: uint32(chunksOf(n)), codebook: words,
 	}
-	return c.launchEncode(s, p, c.encDense, c.rawDense)
+	return c.launchEncode(s, p, false)
 }
 
 // DecodeAsync enqueues on s the decoding of the frame at src (frameLen bytes readable there; the frame may
@@ -225,10 +294,17 @@ func (c *Codec) DecodeAsync(s *cuda.Stream, src cuda.DevicePtr, frameLen int, ds
 		src: uint64(src), frameCap: uint64(frameLen), dst: uint64(dst), status: uint64(status),
 		outBytes: uint64(dstLen), frames: 1, chunks: uint32(chunks),
 	}
+	p.tune = c.tune
 	if err := s.MemsetD32Async(status, 0, 1); err != nil {
 		return err
 	}
-	return c.decDense.Launch(s, cuda.Dim3{X: uint32(chunks)}, cuda.Dim3{X: uint32(c.threads)}, 0, p.args())
+	return c.dec.dense.Launch(s, cuda.Dim3{X: c.dec.grid(1, chunks)}, cuda.Dim3{X: uint32(c.dec.threads)}, 0, p.args())
+}
+
+// launchCopy16 enqueues a plain 16-byte vectorized copy of n bytes (n a multiple of 16): the bench's SM
+// copy ceiling.
+func (c *Codec) launchCopy16(s *cuda.Stream, dst, src cuda.DevicePtr, n int) error {
+	return c.copy16.Launch(s, cuda.Dim3{X: 132 * 8}, cuda.Dim3{X: 256}, 0, cuda.NewArgs().Ptr(src).Ptr(dst).U64(uint64(n/16)))
 }
 
 // LaunchNoop enqueues an empty kernel: the launch-latency baseline of the benchmarks.

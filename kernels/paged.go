@@ -99,7 +99,7 @@ func (c *Codec) GatherEncodeAsync(s *cuda.Stream, l PagedLayout, r PagedRequest,
 		n: uint32(elems), frames: uint32(frames), chunks: uint32(chunksOf(uint64(elems))),
 		blockElems: uint32(l.BlockElems), nBlocks: uint32(r.NumBlocks), segsPerFrame: l.segsPerFrame(r), codebook: words,
 	}
-	return c.launchEncode(s, p, c.encPaged, c.rawPaged)
+	return c.launchEncode(s, p, true)
 }
 
 // DecodeScatterAsync enqueues on s the decoding of a request's frames (as GatherEncodeAsync lays them out:
@@ -124,8 +124,9 @@ func (c *Codec) DecodeScatterAsync(s *cuda.Stream, src cuda.DevicePtr, frameStri
 		frames: uint32(frames), chunks: uint32(chunks), blockElems: uint32(l.BlockElems), nBlocks: uint32(r.NumBlocks),
 		segsPerFrame: l.segsPerFrame(r),
 	}
+	p.tune = c.tune
 	if err := s.MemsetD32Async(status, 0, 1); err != nil {
 		return err
 	}
-	return c.decPaged.Launch(s, cuda.Dim3{X: uint32(uint64(frames) * chunks)}, cuda.Dim3{X: uint32(c.threads)}, 0, p.args())
+	return c.dec.paged.Launch(s, cuda.Dim3{X: c.dec.grid(uint64(frames), chunks)}, cuda.Dim3{X: uint32(c.dec.threads)}, 0, p.args())
 }

@@ -4,45 +4,52 @@
 
 using namespace sz;
 
-#define SZ_ENCODE(NAME, THREADS)                                                                     \
+#define SZ_ENCODE(NAME, THREADS, CPT, KIND)                                                           \
   extern "C" __global__ void __launch_bounds__(THREADS) NAME##_dense(const EncParams p) {             \
-    encode_chunk<THREADS>(p, DenseMap{p.src});                                                       \
+    encode_##KIND<THREADS, CPT>(p, DenseMap{p.src});                                                 \
   }                                                                                                  \
   extern "C" __global__ void __launch_bounds__(THREADS) NAME##_paged(const EncParams p) {             \
-    encode_chunk<THREADS>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src),                     \
-                                      reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,       \
-                                      p.block_elems, p.n_blocks, p.segs_per_frame});                 \
+    encode_##KIND<THREADS, CPT>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src),                 \
+                                          reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,   \
+                                          p.block_elems, p.n_blocks, p.segs_per_frame});             \
   }
 
 #define SZ_RAW(NAME, THREADS)                                                                        \
   extern "C" __global__ void __launch_bounds__(THREADS) NAME##_dense(const EncParams p) {             \
-    raw_chunks<THREADS>(p, DenseMap{p.src});                                                          \
+    raw_chunks<THREADS>(p, DenseMap{p.src});                                                         \
   }                                                                                                  \
   extern "C" __global__ void __launch_bounds__(THREADS) NAME##_paged(const EncParams p) {             \
     raw_chunks<THREADS>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src),                        \
-                                   reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,          \
-                                   p.block_elems, p.n_blocks, p.segs_per_frame});                    \
+                                    reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,         \
+                                    p.block_elems, p.n_blocks, p.segs_per_frame});                   \
   }
 
-#define SZ_DECODE(NAME, THREADS)                                                                     \
+#define SZ_DECODE(NAME, THREADS, CPT, KIND)                                                          \
   extern "C" __global__ void __launch_bounds__(THREADS) NAME##_dense(const DecParams p) {             \
-    decode_chunk<THREADS>(p, DenseMap{p.dst});                                                       \
+    decode_##KIND<THREADS, CPT>(p, DenseMap{p.dst});                                                 \
   }                                                                                                  \
   extern "C" __global__ void __launch_bounds__(THREADS) NAME##_paged(const DecParams p) {             \
-    decode_chunk<THREADS>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.dst),                     \
-                                      reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,       \
-                                      p.block_elems, p.n_blocks, p.segs_per_frame});                 \
+    decode_##KIND<THREADS, CPT>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.dst),                 \
+                                          reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,   \
+                                          p.block_elems, p.n_blocks, p.segs_per_frame});             \
   }
 
-// Block sizes: 256 threads (two 16-byte units per thread per chunk) is the default; 128 and 512 are kept
-// for tuning (kernels.WithBlockSize).
-SZ_ENCODE(sz_encode_t128, 128)
-SZ_ENCODE(sz_encode_t256, 256)
-SZ_ENCODE(sz_encode_t512, 512)
+// Variants "t<threads>c<chunks per tile>": one tile per block, chosen with kernels.WithKernels; the bench
+// times them.
+#define SZ_VARIANT(T, C)                                    \
+  SZ_ENCODE(sz_encode_t##T##c##C, T, C, tile)              \
+  SZ_DECODE(sz_decode_t##T##c##C, T, C, tile)
+
+SZ_VARIANT(256, 1)
+SZ_VARIANT(256, 2)
+SZ_VARIANT(256, 4)
+
 SZ_RAW(sz_raw_t256, 256)
-SZ_DECODE(sz_decode_t128, 128)
-SZ_DECODE(sz_decode_t256, 256)
-SZ_DECODE(sz_decode_t512, 512)
 
 // An empty kernel: the launch-latency baseline of the benchmarks.
 extern "C" __global__ void sz_noop() {}
+
+// A plain 16-byte copy kernel: the bench's SM-side copy ceiling.
+extern "C" __global__ void __launch_bounds__(256) sz_copy16(const uint4* src, uint4* dst, uint64_t n16) {
+  copy16(src, dst, n16);
+}

@@ -41,6 +41,11 @@ enum Status : uint32_t {
   kTruncated = 7,     // the frame is longer than the bytes the caller says it has
 };
 
+// Tuning experiments the bench can switch on (never set in production).
+constexpr uint32_t kTuneNoLookback = 1;  // skip the look-back: wrong escape offsets, measures the data path alone
+constexpr uint32_t kTunePlainLoads = 2;  // default-cached loads and stores instead of streaming (.cs) ones
+constexpr uint32_t kTuneStreamStores = 4;  // encode: streaming stores for codes and residuals
+
 // Parameters of the encode kernels (by value; the Go side packs the same layout).
 struct EncParams {
   uint64_t src;           // dense: the input; paged: device array of u64 base pointers K0,V0,K1,V1,...
@@ -48,7 +53,7 @@ struct EncParams {
   uint64_t dst;           // the first frame (16-byte aligned)
   uint64_t frame_stride;  // bytes from one frame to the next (multiple of 16)
   uint64_t sizes;         // u64 per frame: the frame's length, written by the kernel
-  uint64_t ws;            // zeroed workspace: u64 raw flag per frame, then u64 look-back state per chunk
+  uint64_t ws;            // zeroed workspace: u64 raw flag per frame, a reserved u64, u64 look-back state per tile
   uint64_t stride_bytes;  // paged: bytes from one block id to the next
   uint32_t n;             // elements per frame
   uint32_t frames;
@@ -57,7 +62,7 @@ struct EncParams {
   uint32_t n_blocks;        // paged: block ids
   uint32_t segs_per_frame;  // paged: blocks of K or V per frame
   uint32_t host_raw;        // raw kernel: 1 = write raw frames unconditionally (header included)
-  uint32_t pad;
+  uint32_t tune;            // tuning experiments (bench only): kTune* bits; 0 in production
   uint32_t codebook[4];  // 16 exponents, code k in byte k
 };
 static_assert(sizeof(EncParams) == 104, "EncParams layout is shared with Go");
@@ -76,7 +81,7 @@ struct DecParams {
   uint32_t block_elems;
   uint32_t n_blocks;
   uint32_t segs_per_frame;
-  uint32_t pad;
+  uint32_t tune;  // kTune* bits; 0 in production
 };
 static_assert(sizeof(DecParams) == 88, "DecParams layout is shared with Go");
 
@@ -227,13 +232,16 @@ struct PagedMap {
 // ---- memory access helpers ----------------------------------------------------------------------------------
 __device__ __forceinline__ uint4 load16(uint64_t a) { return __ldcs(reinterpret_cast<const uint4*>(a)); }
 __device__ __forceinline__ void store16(uint64_t a, uint4 v) { __stcs(reinterpret_cast<uint4*>(a), v); }
-__device__ __forceinline__ uint64_t ld_acquire_gpu(const uint64_t* p) {
+// Look-back state words carry their flag and value in one 64-bit word and order nothing else, so relaxed
+// accesses suffice: acquire/release cost a fence (and an L1 invalidation) per access, which under the
+// encoder's write stream took microseconds.
+__device__ __forceinline__ uint64_t ld_relaxed_gpu(const uint64_t* p) {
   uint64_t v;
-  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
   return v;
 }
-__device__ __forceinline__ void st_release_gpu(uint64_t* p, uint64_t v) {
-  asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+__device__ __forceinline__ void st_relaxed_gpu(uint64_t* p, uint64_t v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
 template <typename T>
@@ -247,75 +255,72 @@ __device__ __forceinline__ T warp_sum(T v) {
 constexpr uint64_t kFlagAggregate = 1ull << 32;
 constexpr uint64_t kFlagPrefix = 2ull << 32;
 
-// lookback publishes chunk c's escape count agg and returns the escapes of chunks 0..c-1 of its frame. Called
-// by all threads of the block; state is the frame's per-chunk words, zeroed before the launch. Each round reads
-// THREADS predecessors at once (one per thread), so the known prefix moves THREADS chunks per L2 round trip:
-// with one warp (32 chunks, 256 KiB of input per round trip) the look-back capped encode near 650 GB/s on an
-// H100. Blocks are dispatched in index order, so every predecessor has run far enough to publish its count.
-template <int THREADS>
-__device__ uint32_t lookback(uint64_t* state, uint32_t c, uint32_t agg, uint32_t* s_mask, uint32_t* s_sum) {
-  constexpr int W = THREADS / 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+// lookback publishes chunk c's escape count agg and returns the escapes of chunks 0..c-1 of its frame. Called by
+// one whole warp; state is the frame's per-chunk words, zeroed before the launch. Blocks are dispatched in index
+// order, so every predecessor has run far enough to publish its count.
+__device__ uint32_t lookback_warp(uint64_t* state, uint32_t c, uint32_t agg) {
+  const int lane = threadIdx.x & 31;
   if (c == 0) {
-    if (threadIdx.x == 0) st_release_gpu(state, kFlagPrefix | agg);
+    if (lane == 0) st_relaxed_gpu(state, kFlagPrefix | agg);
     return 0;
   }
-  if (threadIdx.x == 0) st_release_gpu(state + c, kFlagAggregate | agg);
+  if (lane == 0) st_relaxed_gpu(state + c, kFlagAggregate | agg);
   uint32_t excl = 0;
   int64_t base = (int64_t)c - 1;
   while (true) {
-    const int64_t idx = base - threadIdx.x;
+    const int64_t idx = base - lane;
     uint64_t v = kFlagPrefix;  // before the frame's first chunk: prefix 0
     if (idx >= 0) {
       do {
-        v = ld_acquire_gpu(state + idx);
+        v = ld_relaxed_gpu(state + idx);
       } while ((v >> 32) == 0);
     }
-    const uint32_t m = __ballot_sync(0xFFFFFFFFu, (v >> 32) == 2);
-    if (lane == 0) s_mask[warp] = m;
-    __syncthreads();
-    int first = THREADS;  // the nearest predecessor that knows its inclusive prefix
-#pragma unroll
-    for (int w = W - 1; w >= 0; w--)
-      if (s_mask[w]) first = w * 32 + __ffs(s_mask[w]) - 1;
-    const uint32_t val = warp_sum(threadIdx.x <= first ? (uint32_t)v : 0u);
-    if (lane == 0) s_sum[warp] = val;
-    __syncthreads();
-#pragma unroll
-    for (int w = 0; w < W; w++) excl += s_sum[w];
-    __syncthreads();  // s_mask and s_sum are reused
-    if (first < THREADS) break;
-    base -= THREADS;
+    const uint32_t pre = __ballot_sync(0xFFFFFFFFu, (v >> 32) == 2);
+    uint32_t val = (uint32_t)v;
+    if (pre && lane > __ffs(pre) - 1) val = 0;
+    excl += warp_sum(val);
+    if (pre) break;
+    base -= 32;
   }
-  if (threadIdx.x == 0) st_release_gpu(state + c, kFlagPrefix | (excl + agg));
+  if (lane == 0) st_relaxed_gpu(state + c, kFlagPrefix | (excl + agg));
   return excl;
 }
 
 // ---- block scan of packed per-thread counts -----------------------------------------------------------------
-template <int THREADS>
-__device__ __forceinline__ uint64_t block_inclusive_scan(uint64_t x, uint64_t* warp_tot, uint64_t& total) {
+// block_inclusive_scan scans NP 64-bit words per thread (each packs four 16-bit counts) across the block.
+template <int THREADS, int NP>
+__device__ __forceinline__ void block_inclusive_scan(uint64_t (&x)[NP], uint64_t (*warp_tot)[THREADS / 32],
+                                                     uint64_t (&total)[NP]) {
   constexpr int W = THREADS / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    uint64_t y = __shfl_up_sync(0xFFFFFFFFu, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) warp_tot[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    uint64_t t = lane < W ? warp_tot[lane] : 0;
+  for (int q = 0; q < NP; q++) {
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
-      uint64_t y = __shfl_up_sync(0xFFFFFFFFu, t, o);
-      if (lane >= o) t += y;
+      const uint64_t y = __shfl_up_sync(0xFFFFFFFFu, x[q], o);
+      if (lane >= o) x[q] += y;
     }
-    if (lane < W) warp_tot[lane] = t;
+    if (lane == 31) warp_tot[q][warp] = x[q];
   }
   __syncthreads();
-  if (warp > 0) x += warp_tot[warp - 1];
-  total = warp_tot[W - 1];
-  return x;
+  if (warp == 0) {
+#pragma unroll
+    for (int q = 0; q < NP; q++) {
+      uint64_t t = lane < W ? warp_tot[q][lane] : 0;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const uint64_t y = __shfl_up_sync(0xFFFFFFFFu, t, o);
+        if (lane >= o) t += y;
+      }
+      if (lane < W) warp_tot[q][lane] = t;
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int q = 0; q < NP; q++) {
+    if (warp > 0) x[q] += warp_tot[q][warp - 1];
+    total[q] = warp_tot[q][W - 1];
+  }
 }
 
 // ---- encode --------------------------------------------------------------------------------------------------
@@ -346,48 +351,82 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, uint32_t i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-template <int THREADS, class Map>
-__device__ __forceinline__ void encode_chunk(const EncParams& p, const Map& map) {
-  constexpr int UPT = kUnitsPerChunk / THREADS;
-  static_assert(UPT >= 1 && UPT <= 4, "1 to 4 units per thread");
-  __shared__ uint8_t code_of[256];
-  __shared__ uint64_t warp_tot[THREADS / 32];
-  __shared__ uint32_t s_mask[THREADS / 32], s_sum[THREADS / 32];
+// Tiles: a block codes CPT consecutive chunks of one frame (a tile) at a time: each thread holds
+// UPT = 512 × CPT / THREADS 16-byte units, unit u = thread + j × THREADS, so units j of all threads cover chunk
+// j × THREADS / 512 of the tile. Several chunks per tile keep more loads in flight and share the fixed costs
+// (scan, look-back) among them.
+template <int THREADS, int CPT>
+struct EncTile {
+  static constexpr int UPT = kUnitsPerChunk * CPT / THREADS;
+  static constexpr int NP = (UPT + 3) / 4;
+  static_assert(UPT >= 1 && UPT <= 16 && kUnitsPerChunk % THREADS == 0, "a block row of units stays in one chunk");
+};
 
-  const uint32_t g = blockIdx.x;
-  const uint32_t f = g / p.chunks, c = g - f * p.chunks;
+// enc_shared is an encode block's shared memory.
+template <int THREADS, int CPT>
+struct EncShared {
+  uint8_t code_of[256];
+  uint64_t warp_tot[EncTile<THREADS, CPT>::NP][THREADS / 32];
+  uint32_t excl, next;  // next: unused (kept so the PTX stays as measured)
+};
+
+// enc_code_table: code k stands for codebook byte k; the first code of a repeated exponent wins; 0xFF: escape.
+template <int THREADS>
+__device__ __forceinline__ void enc_code_table(const EncParams& p, uint8_t* code_of) {
+  for (uint32_t x = threadIdx.x; x < 256; x += THREADS) {
+    uint32_t code = 0xFF;
+#pragma unroll
+    for (int k = kCodebookLen - 1; k >= 0; k--)
+      if (((p.codebook[k >> 2] >> (8 * (k & 3))) & 0xFF) == x) code = k;
+    code_of[x] = (uint8_t)code;
+  }
+}
+
+// enc_load issues the loads of tile t (global index over all frames' tiles).
+template <int THREADS, int CPT, class Map>
+__device__ __forceinline__ void enc_load(const EncParams& p, const Map& map, uint32_t t, uint4 (&v)[EncTile<THREADS, CPT>::UPT]) {
+  constexpr int UPT = EncTile<THREADS, CPT>::UPT;
+  const uint32_t tiles = (p.chunks + CPT - 1) / CPT;
+  const uint32_t f = t / tiles, tile = t - f * tiles;
   const uint64_t n = p.n;
-  const Layout L = bf16_layout(n);
-  uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
-  const uint64_t max_len = kHeaderSize + 2 * n;
-  const uint32_t e0 = c * kChunk;
-  const uint32_t chunk_len = min((uint64_t)kChunk, n - e0);
-
-  // Issue the loads first, then build the exponent -> code table while they are in flight.
-  uint4 v[UPT];
+  const uint32_t t0 = tile * CPT * kChunk;
+  const uint32_t tile_len = (uint32_t)min((uint64_t)CPT * kChunk, n - t0);
 #pragma unroll
   for (int j = 0; j < UPT; j++) {
     const uint32_t ue = kUnit * (threadIdx.x + j * THREADS);
-    if (ue + kUnit <= chunk_len) {
-      v[j] = load16(map.addr(f, e0 + ue));
+    if (ue + kUnit <= tile_len) {
+      v[j] = (p.tune & kTunePlainLoads) ? *reinterpret_cast<const uint4*>(map.addr(f, t0 + ue)) : load16(map.addr(f, t0 + ue));
     } else {
       uint32_t h[8];
 #pragma unroll
       for (uint32_t k = 0; k < 8; k++)
-        h[k] = ue + k < chunk_len ? *reinterpret_cast<const uint16_t*>(map.addr(f, e0 + ue + k)) : 0u;
+        h[k] = ue + k < tile_len ? *reinterpret_cast<const uint16_t*>(map.addr(f, t0 + ue + k)) : 0u;
       v[j] = make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
     }
   }
-  for (int i = threadIdx.x; i < 256; i += THREADS) code_of[i] = 0xFF;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    // Code k stands for exponent codebook byte k; the first code of a repeated exponent wins.
-    for (int k = kCodebookLen - 1; k >= 0; k--) code_of[(p.codebook[k >> 2] >> (8 * (k & 3))) & 0xFF] = (uint8_t)k;
-  }
-  __syncthreads();
+}
 
+// enc_code codes tile t from its loaded units v: dense sections, escape scan, look-back, chunk table, escapes,
+// and for a frame's last tile the header. All threads call it.
+template <int THREADS, int CPT, class Map>
+__device__ __forceinline__ void enc_code(const EncParams& p, const Map& map, uint32_t t,
+                                         const uint4 (&v)[EncTile<THREADS, CPT>::UPT], EncShared<THREADS, CPT>& sh) {
+  constexpr int UPT = EncTile<THREADS, CPT>::UPT;
+  constexpr int NP = EncTile<THREADS, CPT>::NP;
+  const uint32_t tiles = (p.chunks + CPT - 1) / CPT;
+  const uint32_t f = t / tiles, tile = t - f * tiles;
+  const uint32_t c0 = tile * CPT;
+  const uint64_t n = p.n;
+  const Layout L = bf16_layout(n);
+  uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
+  const uint64_t max_len = kHeaderSize + 2 * n;
+  const uint32_t t0 = c0 * kChunk;
+  const uint32_t tile_len = (uint32_t)min((uint64_t)CPT * kChunk, n - t0);
+  const uint8_t* code_of = sh.code_of;
   uint32_t esc[UPT];
-  uint64_t packed = 0;
+  uint64_t packed[NP];
+#pragma unroll
+  for (int q = 0; q < NP; q++) packed[q] = 0;
   uint32_t any = 0;
 #pragma unroll
   for (int j = 0; j < UPT; j++) {
@@ -395,38 +434,62 @@ __device__ __forceinline__ void encode_chunk(const EncParams& p, const Map& map)
     uint32_t codes;
     uint2 res;
     encode_unit(v[j], code_of, codes, res, esc[j]);
-    if (ue + kUnit <= chunk_len) {
-      *reinterpret_cast<uint32_t*>(frame + L.codes + (e0 + ue) / 2) = codes;
-      *reinterpret_cast<uint2*>(frame + L.residuals + e0 + ue) = res;
-    } else if (ue < chunk_len) {
-      const uint32_t k = chunk_len - ue;  // 1..7 elements
+    if (ue + kUnit <= tile_len) {
+      if (p.tune & kTuneStreamStores) {
+        __stcs(reinterpret_cast<uint32_t*>(frame + L.codes + (t0 + ue) / 2), codes);
+        __stcs(reinterpret_cast<uint2*>(frame + L.residuals + t0 + ue), res);
+      } else {
+        *reinterpret_cast<uint32_t*>(frame + L.codes + (t0 + ue) / 2) = codes;
+        *reinterpret_cast<uint2*>(frame + L.residuals + t0 + ue) = res;
+      }
+    } else if (ue < tile_len) {
+      const uint32_t k = tile_len - ue;  // 1..7 elements
       esc[j] &= (1u << k) - 1;
       codes &= (1u << (4 * k)) - 1;  // the high nibble of an odd last byte is zero
-      for (uint32_t b = 0; b < (k + 1) / 2; b++) frame[L.codes + (e0 + ue) / 2 + b] = (uint8_t)(codes >> (8 * b));
+      for (uint32_t b = 0; b < (k + 1) / 2; b++) frame[L.codes + (t0 + ue) / 2 + b] = (uint8_t)(codes >> (8 * b));
       for (uint32_t b = 0; b < k; b++)
-        frame[L.residuals + e0 + ue + b] = (uint8_t)((b < 4 ? res.x : res.y) >> (8 * (b & 3)));
+        frame[L.residuals + t0 + ue + b] = (uint8_t)((b < 4 ? res.x : res.y) >> (8 * (b & 3)));
     } else {
       esc[j] = 0;
     }
-    packed |= (uint64_t)__popc(esc[j]) << (16 * j);
+    packed[j / 4] |= (uint64_t)__popc(esc[j]) << (16 * (j % 4));
     any |= esc[j];
   }
 
-  uint32_t agg = 0;
-  uint64_t incl = 0, total = 0;
+  // Escape counts per unit row j (T[j]), this thread's exclusive prefix within each row (before).
+  uint64_t total[NP], before[NP];
+#pragma unroll
+  for (int q = 0; q < NP; q++) total[q] = before[q] = 0;
   const bool has_escapes = __syncthreads_or(any != 0);
   if (has_escapes) {
-    incl = block_inclusive_scan<THREADS>(packed, warp_tot, total);
+    uint64_t incl[NP];
 #pragma unroll
-    for (int j = 0; j < UPT; j++) agg += (uint32_t)(total >> (16 * j)) & 0xFFFF;
+    for (int q = 0; q < NP; q++) incl[q] = packed[q];
+    block_inclusive_scan<THREADS, NP>(incl, sh.warp_tot, total);
+#pragma unroll
+    for (int q = 0; q < NP; q++) before[q] = incl[q] - packed[q];
   }
-  uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + p.frames + (uint64_t)f * p.chunks;
-  const uint32_t excl = lookback<THREADS>(state, c, agg, s_mask, s_sum);
-  {
+  uint32_t agg = 0;
+#pragma unroll
+  for (int j = 0; j < UPT; j++) agg += (uint32_t)(total[j / 4] >> (16 * (j % 4))) & 0xFFFF;
+
+  uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + p.frames + 1 + (uint64_t)f * tiles;
+  if (threadIdx.x < 32) {
+    const uint32_t excl = (p.tune & kTuneNoLookback) ? 0u : lookback_warp(state, tile, agg);
     if (threadIdx.x == 0) {
-      *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * c) = excl;
-      if (c == p.chunks - 1) {
-        // The frame's last chunk: the escape total is known. Header, codebook, gaps, length.
+      sh.excl = excl;
+      // The chunk table: escapes before each chunk of the tile.
+      uint32_t run = excl;
+#pragma unroll
+      for (int j = 0; j < UPT; j++) {
+        if ((j * THREADS) % kUnitsPerChunk == 0) {
+          const uint32_t c = c0 + (j * THREADS) / kUnitsPerChunk;
+          if (c < p.chunks) *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * c) = run;
+        }
+        run += (uint32_t)(total[j / 4] >> (16 * (j % 4))) & 0xFFFF;
+      }
+      if (tile == tiles - 1) {
+        // The frame's last tile: the escape total is known. Header, codebook, gaps, length.
         const uint64_t E = (uint64_t)excl + agg;
         const uint64_t end = L.escapes + kEscapeSize * E;
         const bool raw = end > max_len;
@@ -445,20 +508,22 @@ __device__ __forceinline__ void encode_chunk(const EncParams& p, const Map& map)
     }
   }
   if (!has_escapes) return;
+  __syncthreads();
 
-  // Escapes, in position order: unit order is (j, thread), positions ascend within a unit.
-  uint32_t idx = excl;
-  uint64_t before = incl - packed;  // exclusive prefix of this thread's packed counts
+  // Escapes, in (chunk, position) order: unit rows j ascend with the chunk, threads with the position.
+  uint32_t idx = sh.excl;
 #pragma unroll
   for (int j = 0; j < UPT; j++) {
     uint32_t m = esc[j];
-    uint32_t k = idx + (uint32_t)(before >> (16 * j) & 0xFFFF);
-    const uint32_t pos0 = kUnit * (threadIdx.x + j * THREADS);
+    uint32_t k = idx + (uint32_t)((before[j / 4] >> (16 * (j % 4))) & 0xFFFF);
+    const uint32_t pos0 = kUnit * ((threadIdx.x + j * THREADS) % kUnitsPerChunk);  // chunk-local
     while (m) {
       const int b = __ffs(m) - 1;
       m &= m - 1;
       const uint32_t pos = pos0 + b;
-      const uint32_t w = (word_of(v[j], b >> 1) >> (16 * (b & 1))) & 0xFFFF;
+      // Read the escaped element again (an L2 hit, and rare) rather than keep the tile in registers
+      // through the scan and the look-back: fewer registers, more blocks in flight.
+      const uint32_t w = *reinterpret_cast<const uint16_t*>(map.addr(f, t0 + pos0 + (j * THREADS / kUnitsPerChunk) * kChunk + b));
       const uint64_t off = L.escapes + kEscapeSize * (uint64_t)k;
       k++;
       // Past max_len the frame falls back to raw; never write beyond the destination.
@@ -468,8 +533,19 @@ __device__ __forceinline__ void encode_chunk(const EncParams& p, const Map& map)
         frame[off + 2] = (uint8_t)(w >> 7);
       }
     }
-    idx += (uint32_t)(total >> (16 * j)) & 0xFFFF;
+    idx += (uint32_t)(total[j / 4] >> (16 * (j % 4))) & 0xFFFF;
   }
+}
+
+// encode_tile: one tile per block, tile = blockIdx.x.
+template <int THREADS, int CPT, class Map>
+__device__ __forceinline__ void encode_tile(const EncParams& p, const Map& map) {
+  __shared__ EncShared<THREADS, CPT> sh;
+  uint4 v[EncTile<THREADS, CPT>::UPT];
+  enc_load<THREADS, CPT>(p, map, blockIdx.x, v);  // the loads fly while the code table is built
+  enc_code_table<THREADS>(p, sh.code_of);
+  __syncthreads();
+  enc_code<THREADS, CPT>(p, map, blockIdx.x, v, sh);
 }
 
 // raw_chunk copies chunk c of frame f verbatim behind its header: always (host_raw: the host saw the coded
@@ -520,72 +596,106 @@ __device__ __forceinline__ uint32_t escape_pos(const uint8_t* esc, uint32_t k) {
   return esc[3 * k] | ((uint32_t)esc[3 * k + 1] << 8);
 }
 
-template <int THREADS, class Map>
-__device__ __forceinline__ void decode_chunk(const DecParams& p, const Map& map) {
-  constexpr int UPT = kUnitsPerChunk / THREADS;
-  __shared__ uint32_t hdr[20];  // header and codebook
-  __shared__ uint32_t pairs[256];
-  __shared__ uint32_t s_status, s_lo, s_hi;
+// Decode tiles: a block decodes CPT consecutive chunks of one frame at a time (unit layout as in encoding).
+template <int THREADS, int CPT>
+struct DecShared {
+  uint32_t hdr[20];  // header and codebook
+  uint32_t pairs[256];
+  uint32_t tab[CPT + 1];  // escapes before each chunk of the tile, and after its last
+  uint32_t status;
+};
 
-  const uint32_t g = blockIdx.x;
-  const uint32_t f = g / p.chunks, c = g - f * p.chunks;
+// dec_load loads tile t's codes and residuals. A coded frame that fills the destination has n = out_bytes / 2
+// and so a known layout: the loads go out before the header is even read (when the frame turns out raw, or
+// broken, they go unused; they never read past frame_cap).
+template <int THREADS, int CPT>
+__device__ __forceinline__ void dec_load(const DecParams& p, uint32_t t, uint32_t (&codes)[EncTile<THREADS, CPT>::UPT],
+                                         uint2 (&res)[EncTile<THREADS, CPT>::UPT]) {
+  constexpr int UPT = EncTile<THREADS, CPT>::UPT;
+  const uint32_t tiles = (p.chunks + CPT - 1) / CPT;
+  const uint32_t f = t / tiles, c0 = (t - f * tiles) * CPT;
   const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
-  uint32_t* status = reinterpret_cast<uint32_t*>(p.status);
-
-  // A coded frame that fills the destination has n = out_bytes / 2 and so a known layout: load this chunk's
-  // codes and residuals before the header is even read (when the frame turns out raw, they go unused).
   const uint64_t nx = p.out_bytes / 2;
   const Layout L = bf16_layout(nx);
-  const bool spec = (p.out_bytes & 1) == 0 && L.escapes <= p.frame_cap && c < L.chunks;
-  const uint32_t e0 = c * kChunk;
-  const uint32_t chunk_len = spec ? (uint32_t)min((uint64_t)kChunk, nx - e0) : 0;
-  uint32_t codes[UPT];
-  uint2 res[UPT];
+  const bool spec = (p.out_bytes & 1) == 0 && L.escapes <= p.frame_cap && c0 < L.chunks;
+  const uint32_t t0 = c0 * kChunk;
+  const uint32_t tile_len = spec ? (uint32_t)min((uint64_t)CPT * kChunk, nx - t0) : 0;
 #pragma unroll
   for (int j = 0; j < UPT; j++) {
     const uint32_t ue = kUnit * (threadIdx.x + j * THREADS);
     codes[j] = 0;
     res[j] = make_uint2(0, 0);
-    if (ue + kUnit <= chunk_len) {
-      codes[j] = __ldcs(reinterpret_cast<const uint32_t*>(frame + L.codes + (e0 + ue) / 2));
-      res[j] = __ldcs(reinterpret_cast<const uint2*>(frame + L.residuals + e0 + ue));
+    if (ue + kUnit <= tile_len) {
+      if (p.tune & kTunePlainLoads) {
+        codes[j] = *reinterpret_cast<const uint32_t*>(frame + L.codes + (t0 + ue) / 2);
+        res[j] = *reinterpret_cast<const uint2*>(frame + L.residuals + t0 + ue);
+      } else {
+        codes[j] = __ldcs(reinterpret_cast<const uint32_t*>(frame + L.codes + (t0 + ue) / 2));
+        res[j] = __ldcs(reinterpret_cast<const uint2*>(frame + L.residuals + t0 + ue));
+      }
     }
   }
+}
+
+// dec_tile decodes tile t from its loaded codes and residuals. All threads call it; it begins with a barrier,
+// so calls can follow each other.
+template <int THREADS, int CPT, class Map>
+__device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uint32_t t,
+                                         const uint32_t (&codes)[EncTile<THREADS, CPT>::UPT],
+                                         const uint2 (&res)[EncTile<THREADS, CPT>::UPT], DecShared<THREADS, CPT>& sh) {
+  constexpr int UPT = EncTile<THREADS, CPT>::UPT;
+  const uint32_t tiles = (p.chunks + CPT - 1) / CPT;
+  const uint32_t f = t / tiles, tile = t - f * tiles;
+  const uint32_t c0 = tile * CPT;
+  const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
+  uint32_t* status = reinterpret_cast<uint32_t*>(p.status);
+  const uint64_t nx = p.out_bytes / 2;
+  const Layout L = bf16_layout(nx);
+  const bool spec = (p.out_bytes & 1) == 0 && L.escapes <= p.frame_cap && c0 < L.chunks;
+  const uint32_t t0 = c0 * kChunk;
+  const uint32_t tile_len = spec ? (uint32_t)min((uint64_t)CPT * kChunk, nx - t0) : 0;
+
+  __syncthreads();  // the previous tile is done with the shared state
   if (threadIdx.x < 5) {
     if (p.frame_cap >= kHeaderSize + 16 * (threadIdx.x / 4))
-      reinterpret_cast<uint4*>(hdr)[threadIdx.x] = reinterpret_cast<const uint4*>(frame)[threadIdx.x];
-  } else if (threadIdx.x == 5 && spec) {
-    s_lo = reinterpret_cast<const uint32_t*>(frame + L.table)[c];
-  } else if (threadIdx.x == 6 && spec && c + 1 < L.chunks) {
-    s_hi = reinterpret_cast<const uint32_t*>(frame + L.table)[c + 1];
+      reinterpret_cast<uint4*>(sh.hdr)[threadIdx.x] = reinterpret_cast<const uint4*>(frame)[threadIdx.x];
+  } else if (threadIdx.x >= 32 && threadIdx.x < 32 + CPT + 1) {
+    const uint32_t c = c0 + threadIdx.x - 32;
+    if (spec && c < L.chunks) sh.tab[threadIdx.x - 32] = reinterpret_cast<const uint32_t*>(frame + L.table)[c];
   }
   __syncthreads();
   if (threadIdx.x == 0) {
     HeaderInfo h;
-    s_status = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(hdr, c == 0, p.out_bytes, p.frame_cap, h);
-    if (s_status != kOK && c == 0) atomicCAS(status, 0u, s_status);
-    if (s_status == kOK && !h.raw) {
-      if (c + 1 >= L.chunks) s_hi = (uint32_t)h.escapes;
-      if ((c == 0 && s_lo != 0) || s_lo > s_hi || s_hi > h.escapes) {
-        s_status = kCorrupt;
-        atomicCAS(status, 0u, s_status);
-      }
+    uint32_t st = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(sh.hdr, c0 == 0, p.out_bytes, p.frame_cap, h);
+    // Header errors are reported by a frame's first tile (which checks the CRC too), table errors by any.
+    if (st != kOK) {
+      if (c0 == 0) atomicCAS(status, 0u, st);
+    } else if (!h.raw) {
+      // Chunks past the frame's last end at the escape total; the table ascends within [0, E].
+      for (int k = 0; k <= CPT; k++)
+        if (c0 + k >= L.chunks) sh.tab[k] = (uint32_t)h.escapes;
+      if (c0 == 0 && sh.tab[0] != 0) st = kCorrupt;
+      for (int k = 0; k < CPT; k++)
+        if (sh.tab[k] > sh.tab[k + 1] || sh.tab[k + 1] > h.escapes) st = kCorrupt;
+      if (st != kOK) atomicCAS(status, 0u, st);
     }
+    sh.status = st;
   }
   {
     // code byte -> both elements' exponent fields in place (from the codebook in hdr[16..19])
-    const uint8_t* cb = reinterpret_cast<const uint8_t*>(hdr + 16);
-    for (uint32_t i = threadIdx.x; i < 256; i += THREADS) pairs[i] = ((uint32_t)cb[i & 0xF] << 7) | ((uint32_t)cb[i >> 4] << 23);
+    const uint8_t* cb = reinterpret_cast<const uint8_t*>(sh.hdr + 16);
+    for (uint32_t i = threadIdx.x; i < 256; i += THREADS)
+      sh.pairs[i] = ((uint32_t)cb[i & 0xF] << 7) | ((uint32_t)cb[i >> 4] << 23);
   }
   __syncthreads();
-  if (s_status != kOK) return;
+  if (sh.status != kOK) return;
 
-  if ((hdr[1] >> 16) & kFlagRaw) {
-    // Verbatim payload: this block's 8 KiB of it.
-    const uint64_t b0 = (uint64_t)c * (2 * kChunk);
+  if ((sh.hdr[1] >> 16) & kFlagRaw) {
+    // Verbatim payload: this tile's CPT × 8 KiB of it.
+    const uint64_t b0 = (uint64_t)c0 * (2 * kChunk);
     const uint64_t len = p.out_bytes;
     if (b0 >= len) return;
-    const uint64_t blen = min((uint64_t)(2 * kChunk), len - b0);
+    const uint64_t blen = min((uint64_t)CPT * (2 * kChunk), len - b0);
 #pragma unroll
     for (int j = 0; j < UPT; j++) {
       const uint64_t ub = 16ull * (threadIdx.x + j * THREADS);
@@ -600,56 +710,78 @@ __device__ __forceinline__ void decode_chunk(const DecParams& p, const Map& map)
     return;
   }
 
-  // Coded: the header said n == nx, so L and the loads above are the frame's.
-  const uint32_t lo = s_lo, hi = s_hi;
+  // Coded: the header said n == nx, so L and the loads are the frame's.
   const uint8_t* esc = frame + L.escapes;
 #pragma unroll
   for (int j = 0; j < UPT; j++) {
     const uint32_t ue = kUnit * (threadIdx.x + j * THREADS);
-    if (ue >= chunk_len) continue;
-    const bool full = ue + kUnit <= chunk_len;
+    if (ue >= tile_len) continue;
+    const bool full = ue + kUnit <= tile_len;
     uint32_t cw = codes[j];
     uint2 rw = res[j];
     if (!full) {
-      const uint32_t k = chunk_len - ue;
+      const uint32_t k = tile_len - ue;
       uint32_t r[2] = {0, 0};
 #pragma unroll
       for (uint32_t b = 0; b < 8; b++) {
-        if (b < (k + 1) / 2 && b < 4) cw |= (uint32_t)frame[L.codes + (e0 + ue) / 2 + b] << (8 * b);
-        if (b < k) r[b >> 2] |= (uint32_t)frame[L.residuals + e0 + ue + b] << (8 * (b & 3));
+        if (b < (k + 1) / 2 && b < 4) cw |= (uint32_t)frame[L.codes + (t0 + ue) / 2 + b] << (8 * b);
+        if (b < k) r[b >> 2] |= (uint32_t)frame[L.residuals + t0 + ue + b] << (8 * (b & 3));
       }
       rw = make_uint2(r[0], r[1]);
     }
     uint32_t o[4];
-    o[0] = spread2(rw.x) | pairs[cw & 0xFF];
-    o[1] = spread2(rw.x >> 16) | pairs[(cw >> 8) & 0xFF];
-    o[2] = spread2(rw.y) | pairs[(cw >> 16) & 0xFF];
-    o[3] = spread2(rw.y >> 16) | pairs[cw >> 24];
+    o[0] = spread2(rw.x) | sh.pairs[cw & 0xFF];
+    o[1] = spread2(rw.x >> 16) | sh.pairs[(cw >> 8) & 0xFF];
+    o[2] = spread2(rw.y) | sh.pairs[(cw >> 16) & 0xFF];
+    o[3] = spread2(rw.y >> 16) | sh.pairs[cw >> 24];
+    const int kc = (j * THREADS) / kUnitsPerChunk;  // chunk of this unit row within the tile
+    const uint32_t lo = sh.tab[kc], hi = sh.tab[kc + 1];
     if (hi > lo) {
-      // Escapes are sorted by position: find the first at or after this unit.
+      // Escapes are sorted by chunk-local position: find the first at or after this unit.
+      const uint32_t uc = kUnit * ((threadIdx.x + j * THREADS) % kUnitsPerChunk);
       uint32_t a = lo, b = hi;
       while (a < b) {
         const uint32_t m = (a + b) / 2;
-        if (escape_pos(esc, m) < ue) a = m + 1; else b = m;
+        if (escape_pos(esc, m) < uc) a = m + 1; else b = m;
       }
       for (; a < hi; a++) {
         const uint32_t pos = escape_pos(esc, a);
-        if (pos >= ue + kUnit) break;
-        const uint32_t k = pos - ue, x = esc[3 * a + 2];
-        const uint32_t sh = 16 * (k & 1);
+        if (pos >= uc + kUnit) break;
+        const uint32_t k = pos - uc, x = esc[3 * a + 2];
+        const uint32_t s = 16 * (k & 1);
 #pragma unroll
         for (uint32_t q = 0; q < 4; q++)
-          if (q == k >> 1) o[q] = (o[q] & ~(0x7F80u << sh)) | (x << (7 + sh));
+          if (q == k >> 1) o[q] = (o[q] & ~(0x7F80u << s)) | (x << (7 + s));
       }
     }
     if (full) {
-      store16(map.addr(f, e0 + ue), make_uint4(o[0], o[1], o[2], o[3]));
+      if (p.tune & kTunePlainLoads)
+        *reinterpret_cast<uint4*>(map.addr(f, t0 + ue)) = make_uint4(o[0], o[1], o[2], o[3]);
+      else
+        store16(map.addr(f, t0 + ue), make_uint4(o[0], o[1], o[2], o[3]));
     } else {
 #pragma unroll
       for (uint32_t k = 0; k < 8; k++)
-        if (ue + k < chunk_len) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + ue + k)) = (uint16_t)(o[k >> 1] >> (16 * (k & 1)));
+        if (ue + k < tile_len) *reinterpret_cast<uint16_t*>(map.addr(f, t0 + ue + k)) = (uint16_t)(o[k >> 1] >> (16 * (k & 1)));
     }
   }
+}
+
+// decode_tile: one tile per block, tile = blockIdx.x.
+template <int THREADS, int CPT, class Map>
+__device__ __forceinline__ void decode_tile(const DecParams& p, const Map& map) {
+  __shared__ DecShared<THREADS, CPT> sh;
+  uint32_t codes[EncTile<THREADS, CPT>::UPT];
+  uint2 res[EncTile<THREADS, CPT>::UPT];
+  dec_load<THREADS, CPT>(p, blockIdx.x, codes, res);
+  dec_tile<THREADS, CPT>(p, map, blockIdx.x, codes, res, sh);
+}
+
+// ---- baseline --------------------------------------------------------------------------------------------------
+// copy16: a plain 16-byte vectorized copy, the bench's SM-side copy ceiling (n16 16-byte words).
+__device__ __forceinline__ void copy16(const uint4* __restrict__ src, uint4* __restrict__ dst, uint64_t n16) {
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n16; i += (uint64_t)gridDim.x * blockDim.x)
+    dst[i] = src[i];
 }
 
 }  // namespace sz
