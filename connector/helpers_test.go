@@ -3,6 +3,7 @@ package connector
 import (
 	"context"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -38,6 +39,14 @@ func smallLayout(numBlocks int) Layout {
 
 var fixtureKV []byte
 
+// keepAlive holds every test cache's memory until the test binary exits: producers and consumers reach it only
+// through bare addresses, and their goroutines may outlive the test function that made it (they stop in
+// cleanups that run after it returns).
+var keepAlive struct {
+	sync.Mutex
+	mem [][]byte
+}
+
 // realKV returns the evaluation fixture's bf16 bytes (real K and V from SmolLM2-135M).
 func realKV(t testing.TB) []byte {
 	if fixtureKV == nil {
@@ -64,6 +73,9 @@ func newTestCache(t testing.TB, l Layout, fill bool, offset int) *testCache {
 			}
 		}
 		offset += len(m)
+		keepAlive.Lock()
+		keepAlive.mem = append(keepAlive.mem, m)
+		keepAlive.Unlock()
 		c.mem = append(c.mem, m)
 		c.bases = append(c.bases, uintptr(unsafe.Pointer(&m[0])))
 	}
