@@ -80,7 +80,7 @@ func TestDeviceHandoff(t *testing.T) {
 	for _, bypass := range []Bypass{BypassNever, BypassAlways} {
 		t.Run(bypass.String(), func(t *testing.T) {
 			p, c := newPair(t, plane, []Option{WithBypass(bypass)}, nil)
-			srcHost := newTestCache(t, smallLayout(40), true, 123)
+			srcHost := newTestCache(t, smallLayout(40), true, 124) // even: whole bf16 values
 			dstHost := newTestCache(t, smallLayout(40), false, 0)
 			src, dst := newGPUCache(t, ctx, srcHost), newGPUCache(t, ctx, dstHost)
 			require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
