@@ -1,0 +1,53 @@
+package pybind
+
+// The connector's GPU path: KV caches in device memory (torch CUDA tensors), encoded by the CUDA kernels on
+// the connector's own stream after the engine's stream reaches the layer (SaveLayerAfter).
+
+// ProducerRegisterDeviceCache registers the rank's KV cache in the memory of GPU ordinal: a layout (JSON) and
+// one device address per layer's K region (comma-separated; torch's data_ptr()). bf16 only. The tensors must
+// stay allocated until the producer is closed or re-registered.
+func ProducerRegisterDeviceCache(h int, layoutJSON string, ordinal int, bases string) (n int, err error) {
+	defer recoverInto(&err)
+	p, err := producers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	l, err := parseLayout(layoutJSON)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	b, err := parseBases(bases)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return len(b), wrap(p.RegisterDeviceCache(l, ordinal, b))
+}
+
+// ProducerSaveLayerAfter queues layer of reqID like ProducerSaveLayer; for a GPU cache the encoding waits for
+// the work queued so far on stream (torch.cuda.current_stream().cuda_stream), which itself never waits.
+func ProducerSaveLayerAfter(h int, reqID string, layer int, stream uintptr) (n int, err error) {
+	defer recoverInto(&err)
+	p, err := producers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return layer, wrap(p.SaveLayerAfter(reqID, layer, stream))
+}
+
+// ConsumerRegisterDeviceCache registers the consumer's KV cache in GPU memory (see ProducerRegisterDeviceCache).
+func ConsumerRegisterDeviceCache(h int, layoutJSON string, ordinal int, bases string) (n int, err error) {
+	defer recoverInto(&err)
+	c, err := consumers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	l, err := parseLayout(layoutJSON)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	b, err := parseBases(bases)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return len(b), wrap(c.RegisterDeviceCache(l, ordinal, b))
+}
