@@ -45,7 +45,8 @@ type Failure struct {
 type ConsumerStats struct {
 	Loads, Failed         int64
 	RawBytes, WireBytes   int64
-	FetchTime, DecodeTime time.Duration
+	FetchTime, DecodeTime time.Duration // fetch: first dial to last chunk; decode: codec time (GPU: by events)
+	CopyTime              time.Duration // host-to-device copies of frames (GPU caches)
 	LastTransfer          transport.Stats
 }
 
@@ -201,7 +202,7 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 	defer dec.close()
 	sizes := make([]uint64, l.Layers)
 	crcs := make([]uint32, l.Layers)
-	var decodeTime time.Duration
+	var decodeTime, copyTime time.Duration
 	var mu sync.Mutex
 	sink := func(i int, frame []byte) error {
 		if i < 0 || i >= l.Layers {
@@ -221,7 +222,8 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 		crc := crc32.Checksum(frame, castagnoli)
 		mu.Lock()
 		sizes[i], crcs[i] = uint64(len(frame)), crc
-		decodeTime += took
+		decodeTime += took.codec
+		copyTime += took.copy
 		mu.Unlock()
 		return nil
 	}
@@ -252,6 +254,7 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 	c.stats.WireBytes += st.Bytes
 	c.stats.FetchTime += fetchTime
 	c.stats.DecodeTime += decodeTime
+	c.stats.CopyTime += copyTime
 	c.stats.LastTransfer = st
 	c.mu.Unlock()
 	return nil

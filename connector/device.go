@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
-	"time"
 	"unsafe"
 
 	"github.com/splitzip/splitzip/codec"
@@ -30,6 +29,8 @@ type deviceCache struct {
 	pinned  *pinnedAllocator
 	addrs   []cuda.DevicePtr // K base of each layer
 	closeMu sync.Once
+	slotMu  sync.Mutex
+	idle    []*deviceSlot // decode slots kept between loads
 }
 
 func newDeviceCache(l Layout, ordinal int, bases []uintptr, cb *codec.Codebook) (*deviceCache, error) {
@@ -101,6 +102,12 @@ func (c *deviceCache) close() error {
 	var err error
 	c.closeMu.Do(func() {
 		err = c.ctx.Do(func() error {
+			c.slotMu.Lock()
+			for _, sl := range c.idle {
+				sl.free()
+			}
+			c.idle = nil
+			c.slotMu.Unlock()
 			var errs []error
 			if c.bases != nil {
 				errs = append(errs, c.bases.Free())
@@ -160,7 +167,8 @@ type deviceSaver struct {
 	sizes    *cuda.DeviceBuffer
 	ws       *cuda.DeviceBuffer
 	sizeHost *cuda.HostBuffer
-	t0, t1   *cuda.Event
+	t0, tEnc *cuda.Event // codec time: t0 → tEnc; copy to staging: tEnc → t1
+	t1       *cuda.Event
 }
 
 func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder) (layerSaver, error) {
@@ -187,11 +195,12 @@ func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder) (layerSaver, er
 		if s.sizeHost, err = c.ctx.HostAlloc(8, cuda.HostAllocPortable); err != nil {
 			return err
 		}
-		if s.t0, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
-			return err
+		for _, e := range []**cuda.Event{&s.t0, &s.tEnc, &s.t1} {
+			if *e, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
+				return err
+			}
 		}
-		s.t1, err = c.ctx.NewEvent(cuda.EventDefault)
-		return err
+		return nil
 	})
 	if err != nil {
 		s.close()
@@ -200,7 +209,7 @@ func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder) (layerSaver, er
 	return s, nil
 }
 
-func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (frame []byte, took time.Duration, err error) {
+func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (frame []byte, took timing, err error) {
 	c := s.c
 	n := int(c.lay.layerRawBytes(len(s.blocks)))
 	err = c.ctx.Do(func() error {
@@ -213,6 +222,9 @@ func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (fra
 			return err
 		}
 		if raw {
+			if err := s.tEnc.Record(s.stream); err != nil { // no codec work
+				return err
+			}
 			// Bypass: the blocks go to pinned staging as they are, behind a raw frame header.
 			if err := codec.PutRawHeader(dst[:codec.HeaderSize], codec.BF16, n); err != nil {
 				return err
@@ -233,6 +245,9 @@ func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (fra
 		} else {
 			req := kernels.PagedRequest{BlockIDs: s.ids.Ptr(), NumBlocks: len(s.blocks), PerLayer: true}
 			if err := c.kc.GatherEncodeAsync(s.stream, c.layerOf(l), req, c.cb, s.frame.Ptr(), s.sizes.Ptr(), s.ws.Ptr()); err != nil {
+				return err
+			}
+			if err := s.tEnc.Record(s.stream); err != nil {
 				return err
 			}
 			if err := s.stream.MemcpyDtoHAsync(s.sizeHost.Ptr(), s.sizes.Ptr(), 8); err != nil {
@@ -258,7 +273,10 @@ func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (fra
 		if err := s.stream.Synchronize(); err != nil {
 			return err
 		}
-		took, err = cuda.Elapsed(s.t0, s.t1)
+		if took.codec, err = cuda.Elapsed(s.t0, s.tEnc); err != nil {
+			return err
+		}
+		took.copy, err = cuda.Elapsed(s.tEnc, s.t1)
 		return err
 	})
 	return frame, took, err
@@ -279,7 +297,7 @@ func (s *deviceSaver) close() {
 		if s.sizeHost != nil {
 			_ = s.sizeHost.Free()
 		}
-		for _, e := range []*cuda.Event{s.t0, s.t1} {
+		for _, e := range []*cuda.Event{s.t0, s.tEnc, s.t1} {
 			if e != nil {
 				_ = e.Close()
 			}
@@ -295,56 +313,116 @@ type deviceLoader struct {
 	blocks []int
 	ids    *cuda.DeviceBuffer
 	slots  chan *deviceSlot
-	all    []*deviceSlot
+	taken  []*deviceSlot
 }
 
-// deviceSlot decodes one frame at a time: pinned copy, upload, decode-scatter, status.
+// deviceSlot decodes one frame at a time: pinned copy, upload, decode-scatter, status. Slots are kept by the
+// cache between loads: their pinned and device buffers are costly to allocate.
 type deviceSlot struct {
-	stream     *cuda.Stream
-	host       *cuda.HostBuffer
-	dev        *cuda.DeviceBuffer
-	status     *cuda.DeviceBuffer
-	statusHost *cuda.HostBuffer
-	t0, t1     *cuda.Event
+	stream        *cuda.Stream
+	host          *cuda.HostBuffer
+	dev           *cuda.DeviceBuffer
+	status        *cuda.DeviceBuffer
+	statusHost    *cuda.HostBuffer
+	t0, tCopy, t1 *cuda.Event // copy: t0 → tCopy; decode: tCopy → t1
+}
+
+// deviceSlots is how many frames of one load a GPU cache decodes at once (one per connection).
+const deviceSlots = 4
+
+// getSlot returns an idle slot whose buffers hold frameCap bytes (ctx current).
+func (c *deviceCache) getSlot(frameCap int) (*deviceSlot, error) {
+	c.slotMu.Lock()
+	for i, sl := range c.idle {
+		if sl.host.Len() >= frameCap {
+			c.idle = append(c.idle[:i], c.idle[i+1:]...)
+			c.slotMu.Unlock()
+			return sl, nil
+		}
+	}
+	c.slotMu.Unlock()
+	sl := &deviceSlot{}
+	err := func() error {
+		var err error
+		if sl.stream, err = c.ctx.NewStream(cuda.StreamNonBlocking); err != nil {
+			return err
+		}
+		if sl.host, err = c.ctx.HostAlloc(frameCap, cuda.HostAllocPortable); err != nil {
+			return err
+		}
+		if sl.dev, err = c.ctx.Alloc(frameCap); err != nil {
+			return err
+		}
+		if sl.status, err = c.ctx.Alloc(16); err != nil {
+			return err
+		}
+		if sl.statusHost, err = c.ctx.HostAlloc(16, cuda.HostAllocPortable); err != nil {
+			return err
+		}
+		for _, e := range []**cuda.Event{&sl.t0, &sl.tCopy, &sl.t1} {
+			if *e, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	if err != nil {
+		sl.free()
+		return nil, err
+	}
+	return sl, nil
+}
+
+// putSlots keeps slots for later loads, freeing the smallest beyond deviceSlots × 2 (ctx current).
+func (c *deviceCache) putSlots(sls []*deviceSlot) {
+	c.slotMu.Lock()
+	defer c.slotMu.Unlock()
+	c.idle = append(c.idle, sls...)
+	for len(c.idle) > 2*deviceSlots {
+		small := 0
+		for i, sl := range c.idle {
+			if sl.host.Len() < c.idle[small].host.Len() {
+				small = i
+			}
+		}
+		c.idle[small].free()
+		c.idle = append(c.idle[:small], c.idle[small+1:]...)
+	}
+}
+
+func (sl *deviceSlot) free() {
+	if sl.stream != nil {
+		_ = sl.stream.Synchronize()
+		_ = sl.stream.Close()
+	}
+	_ = freeJoin(nil, sl.dev, sl.status)
+	for _, h := range []*cuda.HostBuffer{sl.host, sl.statusHost} {
+		if h != nil {
+			_ = h.Free()
+		}
+	}
+	for _, e := range []*cuda.Event{sl.t0, sl.tCopy, sl.t1} {
+		if e != nil {
+			_ = e.Close()
+		}
+	}
 }
 
 func (c *deviceCache) loader(blocks []int) (layerLoader, error) {
-	ld := &deviceLoader{c: c, blocks: blocks, slots: make(chan *deviceSlot, hostDecodeSlots)}
+	ld := &deviceLoader{c: c, blocks: blocks, slots: make(chan *deviceSlot, deviceSlots)}
 	frameCap := codec.MaxEncodedLen(int(c.lay.layerRawBytes(len(blocks))))
 	err := c.ctx.Do(func() error {
-		for range hostDecodeSlots {
-			sl := &deviceSlot{}
-			ld.all = append(ld.all, sl)
-			var err error
-			if sl.stream, err = c.ctx.NewStream(cuda.StreamNonBlocking); err != nil {
+		for range deviceSlots {
+			sl, err := c.getSlot(frameCap)
+			if err != nil {
 				return err
 			}
-			if ld.ids == nil {
-				if ld.ids, err = c.uploadIDs(sl.stream, blocks); err != nil {
-					return err
-				}
-			}
-			if sl.host, err = c.ctx.HostAlloc(frameCap, cuda.HostAllocPortable); err != nil {
-				return err
-			}
-			if sl.dev, err = c.ctx.Alloc(frameCap); err != nil {
-				return err
-			}
-			if sl.status, err = c.ctx.Alloc(16); err != nil {
-				return err
-			}
-			if sl.statusHost, err = c.ctx.HostAlloc(16, cuda.HostAllocPortable); err != nil {
-				return err
-			}
-			if sl.t0, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
-				return err
-			}
-			if sl.t1, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
-				return err
-			}
+			ld.taken = append(ld.taken, sl)
 			ld.slots <- sl
 		}
-		return nil
+		var err error
+		ld.ids, err = c.uploadIDs(ld.taken[0].stream, blocks)
+		return err
 	})
 	if err != nil {
 		ld.close()
@@ -353,12 +431,12 @@ func (c *deviceCache) loader(blocks []int) (layerLoader, error) {
 	return ld, nil
 }
 
-func (ld *deviceLoader) decode(frame []byte, l int) (took time.Duration, err error) {
+func (ld *deviceLoader) decode(frame []byte, l int) (took timing, err error) {
 	sl := <-ld.slots
 	defer func() { ld.slots <- sl }()
 	c := ld.c
 	if len(frame) > sl.host.Len() {
-		return 0, fmt.Errorf("%w: %d-byte frame, at most %d expected", ErrFrame, len(frame), sl.host.Len())
+		return took, fmt.Errorf("%w: %d-byte frame, at most %d expected", ErrFrame, len(frame), sl.host.Len())
 	}
 	copy(sl.host.Bytes(), frame)
 	err = c.ctx.Do(func() error {
@@ -368,15 +446,18 @@ func (ld *deviceLoader) decode(frame []byte, l int) (took time.Duration, err err
 		if err := sl.stream.MemcpyHtoDAsync(sl.dev.Ptr(), sl.host.Ptr(), len(frame)); err != nil {
 			return err
 		}
+		if err := sl.tCopy.Record(sl.stream); err != nil {
+			return err
+		}
 		req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr(), NumBlocks: len(ld.blocks), PerLayer: true}
 		stride := (len(frame) + 15) &^ 15
 		if err := c.kc.DecodeScatterAsync(sl.stream, sl.dev.Ptr(), stride, len(frame), c.layerOf(l), req, sl.status.Ptr()); err != nil {
 			return err
 		}
-		if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 4); err != nil {
+		if err := sl.t1.Record(sl.stream); err != nil {
 			return err
 		}
-		if err := sl.t1.Record(sl.stream); err != nil {
+		if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 4); err != nil {
 			return err
 		}
 		if err := sl.stream.Synchronize(); err != nil {
@@ -385,7 +466,10 @@ func (ld *deviceLoader) decode(frame []byte, l int) (took time.Duration, err err
 		if err := kernels.StatusError(binary.LittleEndian.Uint32(sl.statusHost.Bytes())); err != nil {
 			return err
 		}
-		took, err = cuda.Elapsed(sl.t0, sl.t1)
+		if took.copy, err = cuda.Elapsed(sl.t0, sl.tCopy); err != nil {
+			return err
+		}
+		took.codec, err = cuda.Elapsed(sl.tCopy, sl.t1)
 		return err
 	})
 	return took, err
@@ -393,23 +477,10 @@ func (ld *deviceLoader) decode(frame []byte, l int) (took time.Duration, err err
 
 func (ld *deviceLoader) close() {
 	_ = ld.c.ctx.Do(func() error {
-		for _, sl := range ld.all {
-			if sl.stream != nil {
-				_ = sl.stream.Synchronize()
-				_ = sl.stream.Close()
-			}
-			_ = freeJoin(nil, sl.dev, sl.status)
-			for _, h := range []*cuda.HostBuffer{sl.host, sl.statusHost} {
-				if h != nil {
-					_ = h.Free()
-				}
-			}
-			for _, e := range []*cuda.Event{sl.t0, sl.t1} {
-				if e != nil {
-					_ = e.Close()
-				}
-			}
+		for _, sl := range ld.taken {
+			_ = sl.stream.Synchronize()
 		}
+		ld.c.putSlots(ld.taken)
 		_ = freeJoin(nil, ld.ids)
 		return nil
 	})

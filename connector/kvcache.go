@@ -22,15 +22,20 @@ type kvCache interface {
 
 type layerSaver interface {
 	// encode writes layer l as one frame into dst (capacity ≥ MaxEncodedLen of the layer) and returns it and
-	// the time the codec took. ready, when set, is work the engine queued that must finish first.
-	encode(dst []byte, l int, raw bool, ready *readyMark) (frame []byte, took time.Duration, err error)
+	// where the time went. ready, when set, is work the engine queued that must finish first.
+	encode(dst []byte, l int, raw bool, ready *readyMark) (frame []byte, t timing, err error)
 	close()
 }
 
 type layerLoader interface {
-	// decode checks frame and writes layer l's blocks, returning the codec time.
-	decode(frame []byte, l int) (time.Duration, error)
+	// decode checks frame and writes layer l's blocks, returning where the time went.
+	decode(frame []byte, l int) (timing, error)
 	close()
+}
+
+// timing splits a layer's cost: the codec itself, and copies between host and device (GPU caches only).
+type timing struct {
+	codec, copy time.Duration
 }
 
 // readyMark tells a GPU saver when the engine's writes to a layer are done: an event recorded on the
@@ -73,7 +78,7 @@ func (c *hostCache) saver(blocks []int, encoders chan *codec.Encoder) (layerSave
 	return &hostSaver{c: c, blocks: blocks, encoders: encoders}, nil
 }
 
-func (s *hostSaver) encode(dst []byte, l int, raw bool, _ *readyMark) ([]byte, time.Duration, error) {
+func (s *hostSaver) encode(dst []byte, l int, raw bool, _ *readyMark) ([]byte, timing, error) {
 	n := int(s.c.layout.layerRawBytes(len(s.blocks)))
 	if cap(s.scratch) < n {
 		s.scratch = make([]byte, n)
@@ -87,7 +92,7 @@ func (s *hostSaver) encode(dst []byte, l int, raw bool, _ *readyMark) ([]byte, t
 	defer func() { s.encoders <- enc }()
 	t0 := time.Now()
 	frame, err := enc.Encode(dst[:0], src, dt)
-	return frame, time.Since(t0), err
+	return frame, timing{codec: time.Since(t0)}, err
 }
 
 func (s *hostSaver) close() {}
@@ -119,7 +124,7 @@ func (c *hostCache) loader(blocks []int) (layerLoader, error) {
 	return ld, nil
 }
 
-func (ld *hostLoader) decode(frame []byte, l int) (time.Duration, error) {
+func (ld *hostLoader) decode(frame []byte, l int) (timing, error) {
 	slot := <-ld.slots
 	defer func() { ld.slots <- slot }()
 	t0 := time.Now()
@@ -129,10 +134,10 @@ func (ld *hostLoader) decode(frame []byte, l int) (time.Duration, error) {
 	}
 	out := slot.scratch[:n]
 	if _, err := slot.dec.DecodeInto(out, frame); err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	ld.c.scatterLayer(out, l, ld.blocks)
-	return time.Since(t0), nil
+	return timing{codec: time.Since(t0)}, nil
 }
 
 func (ld *hostLoader) close() {}

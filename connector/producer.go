@@ -47,7 +47,8 @@ type ProducerStats struct {
 	Handoffs, Failed, RawHandoffs int64
 	RawBytes, EncodedBytes        int64
 	Escapes, Elements             int64
-	EncodeTime                    time.Duration
+	EncodeTime                    time.Duration // codec time (GPU: kernel time by events)
+	CopyTime                      time.Duration // device-to-host copies of frames (GPU caches)
 }
 
 // Handoff is what the decode side needs to load a request: pass it through the engine's kv_transfer_params.
@@ -123,6 +124,18 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 		return nil, errors.Join(err, p.srv.Close())
 	}
 	return p, nil
+}
+
+// SetBypass changes the compression policy for handoffs begun from now on (benchmarks compare raw and
+// compressed on one producer; engines set it once through WithBypass).
+func (p *Producer) SetBypass(b Bypass) error {
+	if b < BypassAuto || b > BypassAlways {
+		return optErr("bypass %d", int(b))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.policy.mode = b
+	return nil
 }
 
 // Addr is where consumers fetch payloads.
@@ -232,7 +245,7 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 		return nil, nil, fmt.Errorf("request %q: %w", reqID, err)
 	}
 	s := &save{
-		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...), raw: p.policy.raw(),
+		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...), raw: p.policy.raw(p.policy.mode),
 		layers: make(chan layerJob, l.Layers), frames: make([][]byte, l.Layers), sizes: make([]uint64, l.Layers),
 		crcs: make([]uint32, l.Layers), staged: make(chan struct{}), workerDone: make(chan struct{}),
 	}
@@ -367,7 +380,7 @@ func (p *Producer) work(s *save, cache kvCache) {
 		if err == nil {
 			s.frames[l] = buf
 			var frame []byte
-			var took time.Duration
+			var took timing
 			frame, took, err = sv.encode(buf, l, s.raw, job.ready)
 			if job.ready != nil {
 				job.ready.close()
@@ -397,16 +410,17 @@ func (p *Producer) work(s *save, cache kvCache) {
 }
 
 // staged records an encoded layer and hands it to the transport.
-func (p *Producer) staged(s *save, l, n int, frame []byte, took time.Duration) error {
+func (p *Producer) staged(s *save, l, n int, frame []byte, took timing) error {
 	if !s.raw {
-		p.policy.codec.observe(int64(n), took)
+		p.policy.codec.observe(int64(n), took.codec)
 	}
 	h, _ := codec.ParseHeader(frame)
 	s.sizes[l] = uint64(len(frame))
 	s.crcs[l] = crc32.Checksum(frame, castagnoli)
 	s.rawBytes += uint64(n)
 	p.mu.Lock()
-	p.stats.EncodeTime += took
+	p.stats.EncodeTime += took.codec
+	p.stats.CopyTime += took.copy
 	p.stats.RawBytes += int64(n)
 	p.stats.EncodedBytes += int64(len(frame))
 	p.stats.Escapes += int64(h.Escapes)

@@ -52,8 +52,9 @@ type bypassPolicy struct {
 
 const probeEvery = 32
 
-func (p *bypassPolicy) raw() bool {
-	switch p.mode {
+// raw decides for one handoff; the caller passes mode (read under the producer's lock).
+func (p *bypassPolicy) raw(mode Bypass) bool {
+	switch mode {
 	case BypassAlways:
 		return true
 	case BypassNever:

@@ -1,5 +1,7 @@
 package pybind
 
+import "github.com/splitzip/splitzip/connector"
+
 // The connector's GPU path: KV caches in device memory (torch CUDA tensors), encoded by the CUDA kernels on
 // the connector's own stream after the engine's stream reaches the layer (SaveLayerAfter).
 
@@ -50,4 +52,19 @@ func ConsumerRegisterDeviceCache(h int, layoutJSON string, ordinal int, bases st
 		return 0, wrap(err)
 	}
 	return len(b), wrap(c.RegisterDeviceCache(l, ordinal, b))
+}
+
+// ProducerSetBypass switches the compression policy ("auto", "never" = always compress, "always" = raw) for
+// handoffs begun from now on.
+func ProducerSetBypass(h int, bypass string) (n int, err error) {
+	defer recoverInto(&err)
+	p, err := producers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	b, err := connector.ParseBypass(bypass)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return int(b), wrap(p.SetBypass(b))
 }
