@@ -3,9 +3,10 @@
 `pip install .` / `pip wheel .` call build_wheel here. It
 
 1. builds gopy and goimports from the versions go.mod pins (internal/tools/tools.go), into build/tools/;
-2. runs `gopy build` on ./pybind for the interpreter that runs this backend (so the extension's ABI suffix
-   matches it), into build/_gopy/<tag>/ (inside the Go module, which gopy's `go build` needs; the leading
-   underscore keeps it out of `go test ./...`);
+2. copies the module's Go sources to build/_gopy/<tag>/ (gopy's `go build -mod=mod` may rewrite go.mod, and a
+   build must not edit the tree; the leading underscore keeps the copy out of `go test ./...`) and runs
+   `gopy build` on ./pybind there for the interpreter running this backend, so the extension's ABI suffix
+   matches it;
 3. zips python/splitzip_connector with the generated glue as the private subpackage splitzip_connector._core.
 
 Requirements: a Go toolchain (`go` on PATH, or $GO), a C compiler for cgo, and pybindgen (a build requirement
@@ -102,20 +103,26 @@ def _go() -> str:
     return go
 
 
-def build_extension(out: Path | None = None) -> Path:
+def build_extension() -> Path:
     """Build the gopy extension for the running interpreter and return the folder holding its files."""
     go = _go()
     tools = ROOT / "build" / "tools"
-    out = out or ROOT / "build" / "_gopy" / _tag()
+    # gopy's `go build -mod=mod` may rewrite go.mod/go.sum (// indirect markers), and a build must not edit the
+    # source tree: gopy works in a copy of the module's sources, build/_gopy/<tag>/, writing into its _out/
+    # (which must lie inside the module).
+    src = ROOT / "build" / "_gopy" / _tag()
+    out = src / "_out"
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(tools), str(Path(go).parent), env.get("PATH", "")])
     env["CGO_ENABLED"] = "1"
     # gopy runs `go build -mod=mod`; a GOFLAGS=-mod=… from the environment would contradict it.
-    env["GOFLAGS"] = " ".join(f for f in env.get("GOFLAGS", "").split() if not f.startswith("-mod="))
+    env["GOFLAGS"] = " ".join(f for f in env.get("GOFLAGS", "").split() if not f.startswith(("-mod=", "-modfile=")))
     _run([go, "build", "-o", str(tools) + os.sep, "github.com/go-python/gopy", "golang.org/x/tools/cmd/goimports"], env)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if src.exists():
+        shutil.rmtree(src)
+    shutil.copytree(ROOT, src, ignore=_not_go_sources)
+    out.mkdir()
+    env["PWD"] = str(src)
     _run(
         [
             str(tools / "gopy"),
@@ -129,8 +136,21 @@ def build_extension(out: Path | None = None) -> Path:
             "./pybind",
         ],
         env,
+        cwd=src,
     )
     return out
+
+
+# Top-level folders the Go build does not need: VCS, venvs, outputs, Python sources, test data.
+_SKIP_TOP = {".git", ".venv", "bin", "build", "dist", ".gpu", "python", "tests", "node_modules"}
+
+
+def _not_go_sources(folder: str, names: list[str]) -> set[str]:
+    """copytree's ignore function."""
+    skip = {n for n in names if n == "__pycache__" or n.endswith((".whl", ".so"))}
+    if Path(folder) == ROOT:
+        skip |= {n for n in names if n in _SKIP_TOP}
+    return skip
 
 
 def _core_files(gen: Path) -> dict[str, bytes]:
