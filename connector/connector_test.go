@@ -30,7 +30,8 @@ func TestHandoffRoundTrip(t *testing.T) {
 	plane := startPlane(t)
 	for _, bypass := range []Bypass{BypassNever, BypassAlways} {
 		t.Run(bypass.String(), func(t *testing.T) {
-			p, c := newPair(t, plane, []Option{WithBypass(bypass)}, nil)
+			// 3 blocks per frame: layers split into several frames, the last one short.
+			p, c := newPair(t, plane, []Option{WithBypass(bypass), WithFrameBytes(3 * 2 * 6144)}, nil)
 			src := newTestCache(t, smallLayout(40), true, 0)
 			dst := newTestCache(t, smallLayout(64), false, 0)
 			dst.layout.KVOffset = 64 * dst.layout.BlockStride

@@ -194,30 +194,32 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 	case rec.Blocks != len(ld.blocks):
 		return fmt.Errorf("%w: handoff %s holds %d blocks, %d destination blocks given", ErrMismatch, shortID(ld.handoffID), rec.Blocks, len(ld.blocks))
 	}
-	want := uint64(l.layerRawBytes(len(ld.blocks)))
-	dec, err := cache.loader(ld.blocks)
+	f := framing{layers: l.Layers, blocks: len(ld.blocks), per: rec.BlocksPerFrame}
+	dec, err := cache.loader(ld.blocks, f.per)
 	if err != nil {
 		return err
 	}
 	defer dec.close()
-	sizes := make([]uint64, l.Layers)
-	crcs := make([]uint32, l.Layers)
+	sizes := make([]uint64, f.frames())
+	crcs := make([]uint32, f.frames())
 	var decodeTime, copyTime time.Duration
 	var mu sync.Mutex
 	sink := func(i int, frame []byte) error {
-		if i < 0 || i >= l.Layers {
-			return fmt.Errorf("%w: chunk %d of %d layers", ErrFrame, i, l.Layers)
+		if i < 0 || i >= f.frames() {
+			return fmt.Errorf("%w: chunk %d of %d frames", ErrFrame, i, f.frames())
 		}
+		layer, lo, hi := f.frame(i)
+		want := uint64(l.layerRawBytes(hi - lo))
 		h, err := codec.ParseHeader(frame)
 		if err != nil {
-			return fmt.Errorf("%w: layer %d: %w", ErrFrame, i, err)
+			return fmt.Errorf("%w: frame %d: %w", ErrFrame, i, err)
 		}
 		if h.RawLen() != want {
-			return fmt.Errorf("%w: layer %d decodes to %d bytes, %d blocks need %d", ErrFrame, i, h.RawLen(), len(ld.blocks), want)
+			return fmt.Errorf("%w: frame %d decodes to %d bytes, %d blocks need %d", ErrFrame, i, h.RawLen(), hi-lo, want)
 		}
-		took, err := dec.decode(frame, i)
+		took, err := dec.decode(frame, layer, lo, hi)
 		if err != nil {
-			return fmt.Errorf("%w: layer %d: %w", ErrFrame, i, err)
+			return fmt.Errorf("%w: frame %d: %w", ErrFrame, i, err)
 		}
 		crc := crc32.Checksum(frame, castagnoli)
 		mu.Lock()
@@ -245,12 +247,12 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 	if final != nil {
 		for i := range sizes {
 			if final.FrameSizes[i] != sizes[i] || final.Checksums[i] != crcs[i] {
-				return fmt.Errorf("%w: layer %d: received %d bytes crc32c %08x, producer recorded %d bytes %08x", ErrFrame, i, sizes[i], crcs[i], final.FrameSizes[i], final.Checksums[i])
+				return fmt.Errorf("%w: frame %d: received %d bytes crc32c %08x, producer recorded %d bytes %08x", ErrFrame, i, sizes[i], crcs[i], final.FrameSizes[i], final.Checksums[i])
 			}
 		}
 	}
 	c.mu.Lock()
-	c.stats.RawBytes += int64(want) * int64(l.Layers)
+	c.stats.RawBytes += l.layerRawBytes(len(ld.blocks)) * int64(l.Layers)
 	c.stats.WireBytes += st.Bytes
 	c.stats.FetchTime += fetchTime
 	c.stats.DecodeTime += decodeTime

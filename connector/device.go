@@ -171,7 +171,7 @@ type deviceSaver struct {
 	t1       *cuda.Event
 }
 
-func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder) (layerSaver, error) {
+func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder, per int) (layerSaver, error) {
 	s := &deviceSaver{c: c, blocks: blocks}
 	err := c.ctx.Do(func() error {
 		var err error
@@ -182,7 +182,7 @@ func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder) (layerSaver, er
 			return err
 		}
 		pl := c.layerOf(0)
-		req := kernels.PagedRequest{BlockIDs: s.ids.Ptr(), NumBlocks: len(blocks), PerLayer: true}
+		req := kernels.PagedRequest{BlockIDs: s.ids.Ptr(), NumBlocks: per, PerLayer: true}
 		if s.frame, err = c.ctx.Alloc(pl.FrameStride(req)); err != nil {
 			return err
 		}
@@ -209,9 +209,9 @@ func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder) (layerSaver, er
 	return s, nil
 }
 
-func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (frame []byte, took timing, err error) {
+func (s *deviceSaver) encode(dst []byte, l, lo, hi int, raw bool, ready *readyMark) (frame []byte, took timing, err error) {
 	c := s.c
-	n := int(c.lay.layerRawBytes(len(s.blocks)))
+	n := int(c.lay.layerRawBytes(hi - lo))
 	err = c.ctx.Do(func() error {
 		if ready != nil {
 			if err := s.stream.WaitEvent(ready.ev); err != nil {
@@ -233,7 +233,7 @@ func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (fra
 			pos := codec.HeaderSize
 			base := unsafe.Pointer(&dst[0])
 			for kv := range 2 {
-				for _, b := range s.blocks {
+				for _, b := range s.blocks[lo:hi] {
 					src := c.blockPtr(l, kv, b)
 					if err := s.stream.MemcpyDtoHAsync(unsafe.Add(base, pos), src, bb); err != nil {
 						return err
@@ -243,7 +243,7 @@ func (s *deviceSaver) encode(dst []byte, l int, raw bool, ready *readyMark) (fra
 			}
 			frame = dst[:pos]
 		} else {
-			req := kernels.PagedRequest{BlockIDs: s.ids.Ptr(), NumBlocks: len(s.blocks), PerLayer: true}
+			req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo, PerLayer: true}
 			if err := c.kc.GatherEncodeAsync(s.stream, c.layerOf(l), req, c.cb, s.frame.Ptr(), s.sizes.Ptr(), s.ws.Ptr()); err != nil {
 				return err
 			}
@@ -408,9 +408,9 @@ func (sl *deviceSlot) free() {
 	}
 }
 
-func (c *deviceCache) loader(blocks []int) (layerLoader, error) {
+func (c *deviceCache) loader(blocks []int, per int) (layerLoader, error) {
 	ld := &deviceLoader{c: c, blocks: blocks, slots: make(chan *deviceSlot, deviceSlots)}
-	frameCap := codec.MaxEncodedLen(int(c.lay.layerRawBytes(len(blocks))))
+	frameCap := codec.MaxEncodedLen(int(c.lay.layerRawBytes(per)))
 	err := c.ctx.Do(func() error {
 		for range deviceSlots {
 			sl, err := c.getSlot(frameCap)
@@ -431,7 +431,7 @@ func (c *deviceCache) loader(blocks []int) (layerLoader, error) {
 	return ld, nil
 }
 
-func (ld *deviceLoader) decode(frame []byte, l int) (took timing, err error) {
+func (ld *deviceLoader) decode(frame []byte, l, lo, hi int) (took timing, err error) {
 	sl := <-ld.slots
 	defer func() { ld.slots <- sl }()
 	c := ld.c
@@ -449,7 +449,7 @@ func (ld *deviceLoader) decode(frame []byte, l int) (took timing, err error) {
 		if err := sl.tCopy.Record(sl.stream); err != nil {
 			return err
 		}
-		req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr(), NumBlocks: len(ld.blocks), PerLayer: true}
+		req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo, PerLayer: true}
 		stride := (len(frame) + 15) &^ 15
 		if err := c.kc.DecodeScatterAsync(sl.stream, sl.dev.Ptr(), stride, len(frame), c.layerOf(l), req, sl.status.Ptr()); err != nil {
 			return err

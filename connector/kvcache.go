@@ -11,25 +11,29 @@ import (
 // or a load gets its own worker state from it, so codec scratch is never shared between requests.
 type kvCache interface {
 	kvLayout() *Layout
-	// saver prepares to encode layers of blocks; encoders lends a CPU encoder when the path needs one.
-	saver(blocks []int, encoders chan *codec.Encoder) (layerSaver, error)
-	// loader prepares to decode layers into blocks; its decode may be called from several goroutines.
-	loader(blocks []int) (layerLoader, error)
+	// saver prepares to encode frames of at most per of blocks; encoders lends a CPU encoder when the path
+	// needs one.
+	saver(blocks []int, encoders chan *codec.Encoder, per int) (layerSaver, error)
+	// loader prepares to decode frames of at most per blocks into blocks; its decode may be called from
+	// several goroutines.
+	loader(blocks []int, per int) (layerLoader, error)
 	// allocStaging returns host memory for frames on their way to or from the wire (pinned for a GPU).
 	stagingAllocator() allocator
 	close() error
 }
 
 type layerSaver interface {
-	// encode writes layer l as one frame into dst (capacity ≥ MaxEncodedLen of the layer) and returns it and
-	// where the time went. ready, when set, is work the engine queued that must finish first.
-	encode(dst []byte, l int, raw bool, ready *readyMark) (frame []byte, t timing, err error)
+	// encode writes blocks [lo, hi) (of the save's) of layer l as one frame into dst (capacity ≥ their
+	// MaxEncodedLen) and returns it and where the time went. ready, when set, is work the engine queued that
+	// must finish first.
+	encode(dst []byte, l, lo, hi int, raw bool, ready *readyMark) (frame []byte, t timing, err error)
 	close()
 }
 
 type layerLoader interface {
-	// decode checks frame and writes layer l's blocks, returning where the time went.
-	decode(frame []byte, l int) (timing, error)
+	// decode checks frame and writes it into blocks [lo, hi) (of the load's) of layer l, returning where the
+	// time went.
+	decode(frame []byte, l, lo, hi int) (timing, error)
 	close()
 }
 
@@ -74,16 +78,16 @@ type hostSaver struct {
 	scratch  []byte
 }
 
-func (c *hostCache) saver(blocks []int, encoders chan *codec.Encoder) (layerSaver, error) {
+func (c *hostCache) saver(blocks []int, encoders chan *codec.Encoder, _ int) (layerSaver, error) {
 	return &hostSaver{c: c, blocks: blocks, encoders: encoders}, nil
 }
 
-func (s *hostSaver) encode(dst []byte, l int, raw bool, _ *readyMark) ([]byte, timing, error) {
-	n := int(s.c.layout.layerRawBytes(len(s.blocks)))
+func (s *hostSaver) encode(dst []byte, l, lo, hi int, raw bool, _ *readyMark) ([]byte, timing, error) {
+	n := int(s.c.layout.layerRawBytes(hi - lo))
 	if cap(s.scratch) < n {
 		s.scratch = make([]byte, n)
 	}
-	src := s.c.gatherLayer(s.scratch, l, s.blocks)
+	src := s.c.gatherLayer(s.scratch, l, s.blocks[lo:hi])
 	dt := s.c.layout.DType
 	if raw {
 		dt = codec.Bytes
@@ -112,7 +116,7 @@ type decodeSlot struct {
 // hostDecodeSlots is how many frames of one load a host cache decodes at once (one per connection).
 const hostDecodeSlots = 4
 
-func (c *hostCache) loader(blocks []int) (layerLoader, error) {
+func (c *hostCache) loader(blocks []int, _ int) (layerLoader, error) {
 	ld := &hostLoader{c: c, blocks: blocks, slots: make(chan *decodeSlot, hostDecodeSlots)}
 	for range hostDecodeSlots {
 		dec, err := codec.NewDecoder()
@@ -124,11 +128,11 @@ func (c *hostCache) loader(blocks []int) (layerLoader, error) {
 	return ld, nil
 }
 
-func (ld *hostLoader) decode(frame []byte, l int) (timing, error) {
+func (ld *hostLoader) decode(frame []byte, l, lo, hi int) (timing, error) {
 	slot := <-ld.slots
 	defer func() { ld.slots <- slot }()
 	t0 := time.Now()
-	n := int(ld.c.layout.layerRawBytes(len(ld.blocks)))
+	n := int(ld.c.layout.layerRawBytes(hi - lo))
 	if cap(slot.scratch) < n {
 		slot.scratch = make([]byte, n)
 	}
@@ -136,7 +140,7 @@ func (ld *hostLoader) decode(frame []byte, l int) (timing, error) {
 	if _, err := slot.dec.DecodeInto(out, frame); err != nil {
 		return timing{}, err
 	}
-	ld.c.scatterLayer(out, l, ld.blocks)
+	ld.c.scatterLayer(out, l, ld.blocks[lo:hi])
 	return timing{codec: time.Since(t0)}, nil
 }
 

@@ -79,5 +79,25 @@ func (l *Layout) checkBlocks(blocks []int) error {
 	return nil
 }
 
-// layerRawBytes is the size of one layer's K and V for n blocks: what a layer frame holds.
+// layerRawBytes is the size of one layer's K and V for n blocks: what a frame of n blocks holds.
 func (l *Layout) layerRawBytes(n int) int64 { return 2 * int64(n) * l.BlockBytes() }
+
+// framing splits a handoff into frames, the unit of pipelining: layer-major, each frame holding K then V of up
+// to per consecutive blocks (in the request's order) of one layer. Bounded frames keep chunks on the wire
+// small (memory per connection, time to first byte) however long the request.
+type framing struct{ layers, blocks, per int }
+
+func newFraming(l *Layout, blocks int, frameBytes int64) framing {
+	per := max(1, int(frameBytes/(2*l.BlockBytes())))
+	return framing{layers: l.Layers, blocks: blocks, per: min(per, blocks)}
+}
+
+func (f framing) groups() int { return (f.blocks + f.per - 1) / f.per }
+func (f framing) frames() int { return f.layers * f.groups() }
+
+// frame returns frame i's layer and its range of the request's blocks.
+func (f framing) frame(i int) (layer, lo, hi int) {
+	g := f.groups()
+	layer, lo = i/g, (i%g)*f.per
+	return layer, lo, min(lo+f.per, f.blocks)
+}

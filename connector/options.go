@@ -72,6 +72,8 @@ type Options struct {
 	LinkRate float64
 	// Codebook replaces the built-in codebook for the cache's dtype (producer).
 	Codebook *codec.Codebook
+	// FrameBytes bounds the raw bytes of one frame, the unit of pipelining (default 8 MiB; producer).
+	FrameBytes int64
 	// MaxInFlight bounds concurrent handoffs per side (default 256).
 	MaxInFlight int
 	// Transport options for the payload server (producer) or fetches (consumer).
@@ -90,6 +92,7 @@ func GetDefaultOptions() Options {
 		LoadTimeout:  2 * time.Minute,
 		RecordWait:   10 * time.Second,
 		MaxInFlight:  256,
+		FrameBytes:   8 << 20,
 	}
 }
 
@@ -202,6 +205,17 @@ func WithCodebook(cb *codec.Codebook) Option {
 			return optErr("nil codebook")
 		}
 		o.Codebook = cb
+		return nil
+	}
+}
+
+// WithFrameBytes bounds the raw size of one frame (at least one block per frame is always sent).
+func WithFrameBytes(n int64) Option {
+	return func(o *Options) error {
+		if n <= 0 {
+			return optErr("frame bytes %d", n)
+		}
+		o.FrameBytes = n
 		return nil
 	}
 }

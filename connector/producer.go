@@ -64,6 +64,7 @@ type save struct {
 	blocks           []int
 	raw              bool
 	payload          *transport.StreamPayload
+	f                framing
 	layers           chan layerJob
 	layersClosed     bool
 	next             int // next layer SaveLayer expects
@@ -210,7 +211,7 @@ func (p *Producer) BeginHandoff(reqID, handoffID string, blocks []int) (Handoff,
 	// Publishing is a control-plane round trip: done without holding the lock.
 	if err := p.cp.publish(s.ctx, rec); err != nil {
 		p.mu.Lock()
-		s.next, s.layersClosed = len(s.frames), true
+		s.next, s.layersClosed = s.f.layers, true
 		p.mu.Unlock()
 		close(s.layers)
 		close(s.workerDone) // no worker: the release below only has to forget the save
@@ -244,13 +245,14 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 	if err := l.checkBlocks(blocks); err != nil {
 		return nil, nil, fmt.Errorf("request %q: %w", reqID, err)
 	}
+	f := newFraming(l, len(blocks), p.o.FrameBytes)
 	s := &save{
 		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...), raw: p.policy.raw(p.policy.mode),
-		layers: make(chan layerJob, l.Layers), frames: make([][]byte, l.Layers), sizes: make([]uint64, l.Layers),
-		crcs: make([]uint32, l.Layers), staged: make(chan struct{}), workerDone: make(chan struct{}),
+		f: f, layers: make(chan layerJob, l.Layers), frames: make([][]byte, f.frames()), sizes: make([]uint64, f.frames()),
+		crcs: make([]uint32, f.frames()), staged: make(chan struct{}), workerDone: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithTimeout(context.Background(), p.o.HandoffTTL)
-	s.payload = transport.NewStreamPayload(l.Layers, func(err error) { p.onRelease(s, err) })
+	s.payload = transport.NewStreamPayload(f.frames(), func(err error) { p.onRelease(s, err) })
 	if err := p.srv.Offer(s.handoffID, s.payload); err != nil {
 		s.cancel()
 		return nil, nil, err
@@ -293,7 +295,7 @@ func (p *Producer) saveLayer(reqID string, l int, ready *readyMark) error {
 	}
 	s.next++
 	s.layers <- layerJob{l, ready} // buffered for every layer: never blocks
-	if s.next == len(s.frames) {
+	if s.next == s.f.layers {
 		s.layersClosed = true
 		close(s.layers)
 	}
@@ -352,7 +354,7 @@ func (p *Producer) work(s *save, cache kvCache) {
 		s.payload.Fail(err)
 		p.mu.Lock()
 		if !s.layersClosed { // SaveLayer calls after a failure are refused, not queued
-			s.layersClosed, s.next = true, len(s.frames)
+			s.layersClosed, s.next = true, s.f.layers
 			close(s.layers)
 		}
 		p.mu.Unlock()
@@ -366,29 +368,18 @@ func (p *Producer) work(s *save, cache kvCache) {
 			}
 		}
 	}()
-	sv, err := cache.saver(s.blocks, p.encoders)
+	sv, err := cache.saver(s.blocks, p.encoders, s.f.per)
 	if err != nil {
 		fail(fmt.Errorf("request %q: %w", s.reqID, err))
 		return
 	}
 	defer sv.close()
-	n := int(cache.kvLayout().layerRawBytes(len(s.blocks)))
+	lay := cache.kvLayout()
 	encoded := 0
 	for job := range s.layers {
 		l := job.layer
-		buf, err := p.staging.acquire(s.ctx, codec.MaxEncodedLen(n))
-		if err == nil {
-			s.frames[l] = buf
-			var frame []byte
-			var took timing
-			frame, took, err = sv.encode(buf, l, s.raw, job.ready)
-			if job.ready != nil {
-				job.ready.close()
-			}
-			if err == nil {
-				err = p.staged(s, l, n, frame, took)
-			}
-		} else if job.ready != nil {
+		err := p.saveFrames(s, sv, lay, job)
+		if job.ready != nil {
 			job.ready.close()
 		}
 		if err != nil {
@@ -397,9 +388,9 @@ func (p *Producer) work(s *save, cache kvCache) {
 		}
 		encoded++
 	}
-	if encoded < len(s.frames) {
+	if encoded < s.f.layers {
 		// Released before every layer came: expired unclaimed, or the producer closed.
-		fail(fmt.Errorf("request %q: handoff released after %d of %d layers", s.reqID, encoded, len(s.frames)))
+		fail(fmt.Errorf("request %q: handoff released after %d of %d layers", s.reqID, encoded, s.f.layers))
 		return
 	}
 	if err := p.cp.publish(s.ctx, p.record(s, true)); err != nil {
@@ -409,14 +400,36 @@ func (p *Producer) work(s *save, cache kvCache) {
 	p.finishSending(s, nil)
 }
 
-// staged records an encoded layer and hands it to the transport.
-func (p *Producer) staged(s *save, l, n int, frame []byte, took timing) error {
+// saveFrames encodes the frames of one layer into staging and hands them to the transport.
+func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob) error {
+	g := s.f.groups()
+	for i := job.layer * g; i < (job.layer+1)*g; i++ {
+		l, lo, hi := s.f.frame(i)
+		n := int(lay.layerRawBytes(hi - lo))
+		buf, err := p.staging.acquire(s.ctx, codec.MaxEncodedLen(n))
+		if err != nil {
+			return err
+		}
+		s.frames[i] = buf
+		frame, took, err := sv.encode(buf, l, lo, hi, s.raw, job.ready)
+		if err != nil {
+			return err
+		}
+		if err := p.staged(s, i, n, frame, took); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// staged records encoded frame i and hands it to the transport.
+func (p *Producer) staged(s *save, i, n int, frame []byte, took timing) error {
 	if !s.raw {
 		p.policy.codec.observe(int64(n), took.codec)
 	}
 	h, _ := codec.ParseHeader(frame)
-	s.sizes[l] = uint64(len(frame))
-	s.crcs[l] = crc32.Checksum(frame, castagnoli)
+	s.sizes[i] = uint64(len(frame))
+	s.crcs[i] = crc32.Checksum(frame, castagnoli)
 	s.rawBytes += uint64(n)
 	p.mu.Lock()
 	p.stats.EncodeTime += took.codec
@@ -428,7 +441,7 @@ func (p *Producer) staged(s *save, l, n int, frame []byte, took timing) error {
 		p.stats.Elements += int64(h.Elements)
 	}
 	p.mu.Unlock()
-	return s.payload.Put(l, frame)
+	return s.payload.Put(i, frame)
 }
 
 // finishSending tells the engine it may free the request's blocks.
@@ -455,9 +468,9 @@ func (p *Producer) onRelease(s *save, err error) {
 		return
 	}
 	s.released = true
-	if s.next < len(s.frames) {
+	if s.next < s.f.layers {
 		// The engine never finished saving: unblock the worker.
-		s.next = len(s.frames)
+		s.next = s.f.layers
 		if !s.layersClosed {
 			s.layersClosed = true
 			close(s.layers)
@@ -512,7 +525,8 @@ func (p *Producer) record(s *save, complete bool) *shardRecord {
 	r := &shardRecord{
 		HandoffID: s.handoffID, RequestID: s.reqID, ProducerEngineID: p.o.EngineID, Addr: p.addr,
 		LayoutFingerprint: l.Fingerprint(), DType: l.DType.String(), Rank: p.o.Rank, TPSize: l.TPSize,
-		Layers: l.Layers, Blocks: len(s.blocks), Raw: s.raw, TTL: p.o.HandoffTTL,
+		Layers: l.Layers, Blocks: len(s.blocks), BlocksPerFrame: s.f.per, Frames: s.f.frames(), Raw: s.raw,
+		TTL: p.o.HandoffTTL,
 	}
 	if complete {
 		r.Complete = true

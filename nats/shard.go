@@ -29,13 +29,15 @@ type ShardRecord struct {
 	Addr              string `json:"addr"` // host:port of the rank's payload server
 	LayoutFingerprint string `json:"layout"`
 	DType             string `json:"dtype"`
-	Layers            int    `json:"layers"` // frames (one per layer)
+	Layers            int    `json:"layers"`
 	Blocks            int    `json:"blocks"`
+	BlocksPerFrame    int    `json:"blocks_per_frame"` // frames are layer-major, K then V of up to this many blocks
+	Frames            int    `json:"frames"`
 	Raw               bool   `json:"raw,omitempty"` // frames sent uncompressed (bypass)
 	Complete          bool   `json:"complete"`
 
-	FrameSizes   []uint64 `json:"frame_sizes,omitempty"` // complete records: encoded size per layer
-	Checksums    []uint32 `json:"crc32c,omitempty"`      // complete records: CRC32C per layer frame
+	FrameSizes   []uint64 `json:"frame_sizes,omitempty"` // complete records: encoded size per frame
+	Checksums    []uint32 `json:"crc32c,omitempty"`      // complete records: CRC32C per frame
 	RawBytes     uint64   `json:"raw_bytes,omitempty"`
 	EncodedBytes uint64   `json:"encoded_bytes,omitempty"`
 
@@ -66,8 +68,10 @@ func (s *ShardRecord) Validate() error {
 		return bad("rank outside a TP size of %d", s.TPSize)
 	case s.LayoutFingerprint == "" || s.DType == "":
 		return bad("empty layout fingerprint or dtype")
-	case s.Layers < 1 || s.Blocks < 1:
-		return bad("%d layers, %d blocks", s.Layers, s.Blocks)
+	case s.Layers < 1 || s.Blocks < 1 || s.BlocksPerFrame < 1:
+		return bad("%d layers, %d blocks, %d blocks per frame", s.Layers, s.Blocks, s.BlocksPerFrame)
+	case s.Frames != s.Layers*((s.Blocks+s.BlocksPerFrame-1)/s.BlocksPerFrame):
+		return bad("%d frames for %d layers of %d blocks, %d per frame", s.Frames, s.Layers, s.Blocks, s.BlocksPerFrame)
 	case s.CreatedAt.IsZero() || !s.ExpiresAt.After(s.CreatedAt):
 		return bad("expiry %v not after creation %v", s.ExpiresAt, s.CreatedAt)
 	}
@@ -75,8 +79,8 @@ func (s *ShardRecord) Validate() error {
 		return bad("address %q: want host:port", s.Addr)
 	}
 	if s.Complete {
-		if len(s.FrameSizes) != s.Layers || len(s.Checksums) != s.Layers {
-			return bad("complete record with %d sizes and %d checksums for %d layers", len(s.FrameSizes), len(s.Checksums), s.Layers)
+		if len(s.FrameSizes) != s.Frames || len(s.Checksums) != s.Frames {
+			return bad("complete record with %d sizes and %d checksums for %d frames", len(s.FrameSizes), len(s.Checksums), s.Frames)
 		}
 		var sum uint64
 		for _, n := range s.FrameSizes {
