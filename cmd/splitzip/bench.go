@@ -28,8 +28,17 @@ func runBench(args []string) error {
 	fs.Var(&size, "size", "largest input, e.g. 256MiB (smaller sizes are measured too)")
 	runs := fs.Int("runs", 9, "timed runs per figure (the median is reported)")
 	data := fs.String("data", defaultEvaluation, "safetensors file of real KV to tile into the input (\"\" for synthetic normals)")
+	gpu := fs.Bool("gpu", false, "benchmark the CUDA kernels instead (needs a GPU and its driver)")
+	device := fs.Int("device", 0, "GPU ordinal for -gpu")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *gpu {
+		var sizes []int
+		if size != 64<<20 { // explicitly chosen; the GPU default is 256 MiB and 1 GiB
+			sizes = []int{int(size)}
+		}
+		return runBenchGPU(*data, *device, sizes, 0)
 	}
 	src, origin, err := benchInput(*data, int(size))
 	if err != nil {

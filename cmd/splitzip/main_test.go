@@ -7,6 +7,7 @@ import (
 
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/internal/safetensors"
+	"github.com/splitzip/splitzip/kernels/cuda"
 	"github.com/stretchr/testify/require"
 )
 
@@ -69,4 +70,12 @@ func TestStatsAndBench(t *testing.T) {
 	require.NoError(t, runStats([]string{"-calibration", fixture("kv_calibration.safetensors"), "-evaluation", fixture("kv_evaluation.safetensors")}))
 	require.NoError(t, runBench([]string{"-size", "1MiB", "-runs", "1", "-data", fixture("kv_evaluation.safetensors")}))
 	require.NoError(t, runBench([]string{"-size", "64KiB", "-runs", "1", "-data", ""}))
+}
+
+func TestBenchGPUWithoutDriver(t *testing.T) {
+	err := runBench([]string{"-gpu"})
+	if err == nil {
+		t.Skip("a GPU is present; the GPU bench ran")
+	}
+	require.ErrorIs(t, err, cuda.ErrNoDriver)
 }
