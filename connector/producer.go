@@ -502,8 +502,8 @@ func (p *Producer) onTransfer(st transport.Stats) {
 	p.mu.Lock()
 	s := p.byID[st.ID]
 	p.mu.Unlock()
-	if s != nil && s.raw && st.Err == nil {
-		p.policy.link.observe(st.Bytes, st.Duration)
+	if s != nil && st.Err == nil {
+		p.policy.observe(s.raw, int64(s.rawBytes), st.Duration)
 	}
 }
 

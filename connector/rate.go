@@ -36,21 +36,24 @@ func (m *rateMeter) get() (float64, bool) {
 	return m.rate, m.n > 0
 }
 
-// bypassPolicy decides per handoff whether to send raw frames. Once encode, wire and decode are pipelined, a
-// compressed transfer runs at min(codec, ratio × link) and a raw one at the link's speed, so compression wins
-// exactly when the codec is faster than the link. The link is taken from configuration or measured from raw
-// transfers: while compressing, the wire rate is capped by the encoder and says little about the link, so in
-// auto mode without a configured rate every probeEvery-th handoff goes raw to measure it.
+// bypassPolicy decides per handoff whether to send raw frames. Pipelined, a compressed transfer runs at
+// min(codec path, ratio × link) and a raw one at min(copy path, link): compression wins when its whole path
+// (gather, encode, wire, decode, scatter) outruns the link. The policy measures exactly that: the raw bytes per
+// second that compressed and raw transfers deliver, from the consumer's first request to its last chunk (the
+// producer's transfer statistics). With a configured link rate and no raw measurement yet, it compares the
+// compressed rate with the configured one. In auto mode it keeps both measurements fresh by sending every
+// probeEvery-th handoff the other way.
 type bypassPolicy struct {
-	mode      Bypass
-	linkConf  float64
-	codec     rateMeter // encode throughput, raw bytes per second
-	link      rateMeter // raw-frame wire throughput
-	mu        sync.Mutex
-	decisions int
+	mode       Bypass
+	linkConf   float64
+	codec      rateMeter // encode throughput alone (raw bytes per second), for statistics
+	compressed rateMeter // delivered raw bytes per second of compressed transfers
+	rawRate    rateMeter // delivered raw bytes per second of raw transfers
+	mu         sync.Mutex
+	decisions  int
 }
 
-const probeEvery = 32
+const probeEvery = 16
 
 // raw decides for one handoff; the caller passes mode (read under the producer's lock).
 func (p *bypassPolicy) raw(mode Bypass) bool {
@@ -60,24 +63,32 @@ func (p *bypassPolicy) raw(mode Bypass) bool {
 	case BypassNever:
 		return false
 	}
-	codec, ok := p.codec.get()
-	if !ok {
-		return false // measure the codec first
+	p.mu.Lock()
+	p.decisions++
+	probe := p.decisions%probeEvery == 0
+	p.mu.Unlock()
+	comp, okC := p.compressed.get()
+	raw, okR := p.rawRate.get()
+	switch {
+	case !okC:
+		return false // measure compression first
+	case !okR && p.linkConf > 0:
+		return comp <= p.linkConf // a link slower than the codec path: compress
+	case !okR:
+		return true // measure raw
 	}
-	link := p.linkConf
-	if link == 0 {
-		p.mu.Lock()
-		p.decisions++
-		probe := p.decisions%probeEvery == 0
-		p.mu.Unlock()
-		measured, ok := p.link.get()
-		if probe || !ok && p.decisions > 1 {
-			return true
-		}
-		if !ok {
-			return false
-		}
-		link = measured
+	rawBetter := raw > comp
+	if probe {
+		return !rawBetter
 	}
-	return codec <= link
+	return rawBetter
+}
+
+// observe records a finished transfer of rawBytes.
+func (p *bypassPolicy) observe(raw bool, rawBytes int64, d time.Duration) {
+	if raw {
+		p.rawRate.observe(rawBytes, d)
+	} else {
+		p.compressed.observe(rawBytes, d)
+	}
 }
