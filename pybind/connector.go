@@ -455,7 +455,7 @@ func ProducerStats(h int) (string, error) {
 	return toJSON(map[string]any{
 		"handoffs": s.Handoffs, "failed": s.Failed, "raw_handoffs": s.RawHandoffs,
 		"raw_bytes": s.RawBytes, "encoded_bytes": s.EncodedBytes,
-		"escapes": s.Escapes, "elements": s.Elements, "encode_s": s.EncodeTime.Seconds(),
+		"escapes": s.Escapes, "elements": s.Elements, "encode_s": s.EncodeTime.Seconds(), "copy_s": s.CopyTime.Seconds(),
 		"staging_in_use": p.StagingInUse(), "in_flight": p.InFlight(),
 	})
 }
@@ -560,7 +560,7 @@ func ConsumerStats(h int) (string, error) {
 	s := c.Stats()
 	return toJSON(map[string]any{
 		"loads": s.Loads, "failed": s.Failed, "raw_bytes": s.RawBytes, "wire_bytes": s.WireBytes,
-		"fetch_s": s.FetchTime.Seconds(), "decode_s": s.DecodeTime.Seconds(), "in_flight": c.InFlight(),
+		"fetch_s": s.FetchTime.Seconds(), "decode_s": s.DecodeTime.Seconds(), "copy_s": s.CopyTime.Seconds(), "in_flight": c.InFlight(),
 	})
 }
 
