@@ -1,0 +1,360 @@
+"""KV handoffs between engines: the control plane, producers (prefill side) and consumers (decode side).
+
+A thin, typed face of the Go connector (package connector) for engine bindings such as
+splitzip_connector.vllm. A handoff moves one request's KV blocks of one tensor-parallel rank:
+
+    >>> plane = ControlPlane()                               # embedded NATS server; or ControlPlane(url=...)
+    >>> prod = Producer(plane, engine_id="prefill-0", rank=0)
+    >>> prod.register_host_cache(layout, bases)              # one base address per layer
+    >>> h = prod.begin("req-1", blocks=[3, 4, 9])            # publishes the handoff
+    >>> for layer in range(layout.layers): prod.save_layer("req-1", layer)   # encodes in the background
+    >>> cons = Consumer(plane, engine_id="decode-0", rank=0)
+    >>> cons.register_host_cache(layout2, bases2)
+    >>> cons.load("req-1", h.handoff_id, blocks=[0, 1, 2])   # non-blocking
+    >>> cons.poll()                                           # -> ([done ids], [LoadFailure])
+
+Every call releases the GIL; the Go side runs encoding, transfers and decoding on its own threads. Memory is
+host memory (numpy arrays, CPU torch tensors) passed by address: it must stay alive until the producer or
+consumer is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+from ._binding import ext
+from .errors import SplitZipError, translate
+
+__all__ = [
+    "KVLayout",
+    "Handoff",
+    "LoadFailure",
+    "ControlPlane",
+    "Producer",
+    "Consumer",
+    "new_handoff_id",
+    "HandoffError",
+    "HandoffMismatchError",
+    "HandoffLayoutError",
+    "HandoffUnavailableError",
+    "HandoffBusyError",
+    "ControlPlaneError",
+]
+
+
+class HandoffError(SplitZipError, RuntimeError):
+    """A handoff operation failed (base class of the connector's errors)."""
+
+
+class HandoffLayoutError(HandoffError, ValueError):
+    """The KV layout or the block ids are invalid for the registered cache."""
+
+
+class HandoffMismatchError(HandoffError):
+    """Producer and consumer disagree on model, layers, block size, heads, head size, dtype or TP size."""
+
+
+class HandoffUnavailableError(HandoffError):
+    """The handoff is unknown, expired or was released by its producer."""
+
+
+class HandoffBusyError(HandoffError):
+    """Staging memory or the bound on handoffs in flight is exhausted; retry later or raise the bound."""
+
+
+class ControlPlaneError(HandoffError, ConnectionError):
+    """The NATS control plane is unreachable or returned something invalid."""
+
+
+_KINDS: dict[str, type[SplitZipError]] = {
+    "layout": HandoffLayoutError,
+    "mismatch": HandoffMismatchError,
+    "handoff": HandoffUnavailableError,
+    "busy": HandoffBusyError,
+    "control_plane": ControlPlaneError,
+    "not_registered": HandoffError,
+    "closed": HandoffError,
+    "duplicate": HandoffError,
+    "unknown_request": HandoffError,
+    "frame": HandoffError,
+    "timeout": HandoffError,
+}
+
+
+def _translate(err: BaseException) -> SplitZipError:
+    msg = str(err)
+    if msg.startswith("[") and "] " in msg:
+        kind, text = msg[1:].split("] ", 1)
+        cls = _KINDS.get(kind)
+        if cls is not None:
+            e = cls(text)
+            e.kind = kind  # type: ignore[attr-defined]
+            return e
+    return translate(err)
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args)
+    except RuntimeError as e:
+        raise _translate(e) from None
+
+
+def _ints(xs: Iterable[int]) -> str:
+    return ",".join(str(int(x)) for x in xs)
+
+
+def new_handoff_id() -> str:
+    """A fresh, unguessable handoff id (one per request, shared by all its TP ranks)."""
+    return ext.pybind_NewHandoffID()
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """How one rank's paged KV cache sits in memory (the Go connector.Layout).
+
+    Block b of layer l: K at bases[l] + b*block_stride, V at bases[l] + kv_offset + b*block_stride, each
+    block_size*kv_heads*head_size elements. model, layers, block_size, kv_heads, head_size, dtype and tp_size
+    must be equal on both sides of a handoff (they make the fingerprint); num_blocks and the strides are local.
+    """
+
+    layers: int
+    block_size: int
+    kv_heads: int
+    head_size: int
+    dtype: str
+    num_blocks: int
+    block_stride: int
+    kv_offset: int
+    tp_size: int = 1
+    model: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @property
+    def block_bytes(self) -> int:
+        from .dtypes import dtype_code, dtype_size
+
+        return self.block_size * self.kv_heads * self.head_size * dtype_size(dtype_code(self.dtype))
+
+    def fingerprint(self) -> str:
+        """What producer and consumer must agree on; raises HandoffLayoutError for an invalid layout."""
+        return _call(ext.pybind_LayoutFingerprint, self.to_json())
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What the decode side needs to load a request (travels in the engine's kv_transfer_params)."""
+
+    handoff_id: str
+    producer_engine_id: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A load that did not complete; its blocks hold partial data and must be recomputed or failed."""
+
+    request_id: str
+    kind: str
+    error: str
+
+
+class ControlPlane:
+    """A connection to the NATS control plane. With no url, starts an embedded NATS server in this process
+    (client_url tells other processes where it is).
+
+    Options (all optional): namespace, name, user, password, token, credentials_file, timeout_s,
+    handoff_ttl_s, storage ("file" or "memory"), embedded_host, embedded_port, embedded_store_dir.
+    """
+
+    def __init__(self, url: str = "", **options: Any) -> None:
+        opts = {k: v for k, v in options.items() if v is not None}
+        if url:
+            opts["url"] = url
+        self._h = _call(ext.pybind_PlaneConnect, json.dumps(opts))
+        self._lock = threading.Lock()
+
+    @property
+    def handle(self) -> int:
+        return self._h
+
+    @property
+    def client_url(self) -> str:
+        return _call(ext.pybind_PlaneClientURL, self._h)
+
+    def close(self) -> None:
+        with self._lock:
+            h, self._h = self._h, 0
+        if h:
+            _call(ext.pybind_PlaneClose, h)
+
+    def __enter__(self) -> "ControlPlane":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass
+class _Endpoint:
+    """Options shared by producers and consumers; each ignores the other's (see connector.Options)."""
+
+    engine_id: str
+    rank: int = 0
+    listen_addr: str = ""
+    advertise_addr: str = ""
+    staging_bytes: int = 0
+    handoff_ttl_s: float = 0
+    load_timeout_s: float = 0
+    record_wait_s: float = 0
+    bypass: str = "auto"
+    link_rate: float = 0
+    codebook: int = 0
+    codebook_path: str = ""
+    max_in_flight: int = 0
+    rate_limit: int = 0
+    conns: int = 0
+    io_timeout_s: float = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("extra")
+        return json.dumps({k: v for k, v in d.items() if v not in (0, "", None) or k in ("engine_id", "rank")})
+
+
+class Producer:
+    """The prefill side of handoffs for one TP rank: compresses blocks layer by layer into staging memory and
+    serves them to consumers peer-to-peer.
+
+    Keyword options: listen_addr ("127.0.0.1:0"), advertise_addr, staging_bytes (1 GiB), handoff_ttl_s (120),
+    bypass ("auto" | "never" = always compress | "always" = never compress), link_rate (bytes/s; 0 measures),
+    codebook (a Codebook) or codebook_path, max_in_flight (256), rate_limit (bytes/s cap, emulates a slow
+    link), conns, io_timeout_s.
+    """
+
+    def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, *, codebook: Any = None, **options: Any) -> None:
+        self._codebook = codebook  # keeps the Go codebook alive as long as the producer
+        cb = codebook.handle if codebook is not None else 0
+        opts = _Endpoint(engine_id=engine_id, rank=rank, codebook=cb, **options)
+        self._h = _call(ext.pybind_ProducerNew, plane.handle, opts.to_json())
+        self.engine_id = engine_id
+        self.rank = rank
+        self._cache_refs: Any = None
+
+    @property
+    def addr(self) -> str:
+        """Where consumers fetch this producer's payloads."""
+        return _call(ext.pybind_ProducerAddr, self._h)
+
+    def register_host_cache(self, layout: KVLayout, bases: Sequence[int], keep_alive: Any = None) -> None:
+        """Registers the rank's KV cache: one host base address per layer. keep_alive (the tensors) is held
+        so the memory outlives the producer's use of it."""
+        _call(ext.pybind_ProducerRegisterHostCache, self._h, layout.to_json(), _ints(bases))
+        self._cache_refs = keep_alive
+
+    def register_device_cache(self, layout: KVLayout, device: int, bases: Sequence[int], keep_alive: Any = None) -> None:
+        """Register the rank's KV cache in GPU memory: one device address per layer's K region (torch's
+        ``data_ptr()``), on CUDA device ``device``. bf16 only. The GPU kernels gather-encode blocks straight from
+        it; keep the tensors alive (``keep_alive``) until the producer is closed."""
+        self._keep = keep_alive
+        _call(ext.pybind_ProducerRegisterDeviceCache, self._h, layout.to_json(), int(device), _ints(bases))
+
+    def save_layer_after(self, request_id: str, layer: int, stream: int = 0) -> None:
+        """Queue ``layer`` like save_layer; for a GPU cache the encoding first waits for the work queued so far
+        on ``stream`` (``torch.cuda.current_stream().cuda_stream``), which itself never waits for it."""
+        _call(ext.pybind_ProducerSaveLayerAfter, self._h, request_id, int(layer), int(stream))
+
+    def set_bypass(self, bypass: str) -> None:
+        """Compression policy for handoffs begun from now on: "auto", "never" (always compress) or "always"
+        (send raw)."""
+        _call(ext.pybind_ProducerSetBypass, self._h, bypass)
+
+    def begin(self, request_id: str, blocks: Sequence[int], handoff_id: str = "") -> Handoff:
+        """Opens and publishes request_id's handoff of blocks; handoff_id "" picks a fresh one."""
+        js = _call(ext.pybind_ProducerBeginHandoff, self._h, request_id, handoff_id, _ints(blocks))
+        return Handoff(**json.loads(js))
+
+    def save_layer(self, request_id: str, layer: int) -> None:
+        """Queues one layer for encoding (layers in order from 0); does not wait."""
+        _call(ext.pybind_ProducerSaveLayer, self._h, request_id, int(layer))
+
+    def wait_saved(self, request_id: str, timeout_s: float = 0) -> None:
+        """Waits until every layer of request_id is staged (timeout_s ≤ 0: no limit)."""
+        _call(ext.pybind_ProducerWaitSaved, self._h, request_id, float(timeout_s))
+
+    def finished_sending(self) -> list[str]:
+        """Requests whose blocks the engine may free since the last call."""
+        return json.loads(_call(ext.pybind_ProducerFinishedSending, self._h))
+
+    def stats(self) -> dict[str, float]:
+        """Running totals: handoffs, failed, raw_handoffs, raw_bytes, encoded_bytes, escapes, elements,
+        encode_s, staging_in_use, in_flight."""
+        return json.loads(_call(ext.pybind_ProducerStats, self._h))
+
+    def close(self) -> None:
+        h, self._h = self._h, 0
+        if h:
+            _call(ext.pybind_ProducerClose, h)
+        self._cache_refs = None
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Consumer:
+    """The decode side of handoffs for one TP rank: fetches a handoff's frames and decodes them into its own
+    blocks. Keyword options: load_timeout_s (120), record_wait_s (10), max_in_flight, rate_limit, conns,
+    io_timeout_s."""
+
+    def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, **options: Any) -> None:
+        opts = _Endpoint(engine_id=engine_id, rank=rank, **options)
+        self._h = _call(ext.pybind_ConsumerNew, plane.handle, opts.to_json())
+        self.engine_id = engine_id
+        self.rank = rank
+        self._cache_refs: Any = None
+
+    def register_host_cache(self, layout: KVLayout, bases: Sequence[int], keep_alive: Any = None) -> None:
+        """Registers the rank's KV cache, as Producer.register_host_cache."""
+        _call(ext.pybind_ConsumerRegisterHostCache, self._h, layout.to_json(), _ints(bases))
+        self._cache_refs = keep_alive
+
+    def register_device_cache(self, layout: KVLayout, device: int, bases: Sequence[int], keep_alive: Any = None) -> None:
+        """Register the consumer's KV cache in GPU memory (see Producer.register_device_cache); frames are
+        decode-scattered straight into its blocks."""
+        self._keep = keep_alive
+        _call(ext.pybind_ConsumerRegisterDeviceCache, self._h, layout.to_json(), int(device), _ints(bases))
+
+    def load(self, request_id: str, handoff_id: str, blocks: Sequence[int]) -> None:
+        """Starts loading handoff_id into blocks (as many as the producer saved); poll() reports the end."""
+        _call(ext.pybind_ConsumerLoad, self._h, request_id, handoff_id, _ints(blocks))
+
+    def poll(self) -> tuple[list[str], list[LoadFailure]]:
+        """Loads that ended since the last call: (done request ids, failures)."""
+        r = json.loads(_call(ext.pybind_ConsumerPoll, self._h))
+        return r["done"], [LoadFailure(**f) for f in r["failed"]]
+
+    def stats(self) -> dict[str, float]:
+        """Running totals: loads, failed, raw_bytes, wire_bytes, fetch_s, decode_s, in_flight."""
+        return json.loads(_call(ext.pybind_ConsumerStats, self._h))
+
+    def close(self) -> None:
+        """Closes the consumer; loads in flight fail."""
+        h, self._h = self._h, 0
+        if h:
+            _call(ext.pybind_ConsumerClose, h)
+        self._cache_refs = None
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,171 @@
+"""What the scheduler tells the workers each step, and what travels to the decode engine in kv_transfer_params.
+
+Plain dataclasses: the per-step SplitZipConnectorMetadata (scheduler → every TP worker) and the handoff
+parameters (prefill engine → proxy → decode engine). The handoff parameters carry WIRE_VERSION and a
+compatibility hash, both checked first on the decode side so that mismatched peers fail with a message that
+says what differs instead of loading garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata
+
+# Version of the kv_transfer_params handoff record exchanged between the prefill and decode engines.
+# History:
+#   1 — first version: handoff id, producer engine id, TP size, one entry per TP rank, block and token counts,
+#       compatibility hash over model, KV shape per rank, dtype, block size and TP size.
+WIRE_VERSION = 1
+
+# Key under which SplitZip's record sits in kv_transfer_params (beside vLLM's do_remote_prefill/decode).
+PARAMS_KEY = "splitzip"
+
+
+def compat_hash(
+    *,
+    model: str,
+    layers: int,
+    kv_heads_per_rank: int,
+    head_size: int,
+    block_size: int,
+    dtype: str,
+    tp_size: int,
+    kv_layout: str = "",
+) -> str:
+    """The fields both engines of a handoff must share, hashed; kv_layout names the order of a block's
+    elements (backend-specific), so engines whose attention backends lay blocks out differently never
+    exchange them."""
+    s = json.dumps(
+        {
+            "v": WIRE_VERSION,
+            "model": model,
+            "layers": layers,
+            "kv_heads": kv_heads_per_rank,
+            "head_size": head_size,
+            "block_size": block_size,
+            "dtype": dtype,
+            "tp_size": tp_size,
+            "kv_layout": kv_layout,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(s.encode()).hexdigest()[:24]
+
+
+@dataclass
+class RankEntry:
+    """One TP rank's shard of a handoff: the Go control plane keys it handoff_id.r<rank>."""
+
+    rank: int
+    key: str
+
+
+@dataclass
+class HandoffParams:
+    """The decode engine's instructions for loading a request, built by the prefill engine's scheduler."""
+
+    handoff_id: str
+    engine_id: str
+    tp_size: int
+    num_blocks: int
+    num_tokens: int
+    compat: str
+    ranks: list[RankEntry] = field(default_factory=list)
+    version: int = WIRE_VERSION
+
+    @classmethod
+    def build(cls, handoff_id: str, engine_id: str, tp_size: int, num_blocks: int, num_tokens: int, compat: str) -> "HandoffParams":
+        ranks = [RankEntry(rank=r, key=f"{handoff_id}.r{r}") for r in range(tp_size)]
+        return cls(handoff_id, engine_id, tp_size, num_blocks, num_tokens, compat, ranks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "compat": self.compat,
+            "handoff_id": self.handoff_id,
+            "engine_id": self.engine_id,
+            "tp_size": self.tp_size,
+            "num_blocks": self.num_blocks,
+            "num_tokens": self.num_tokens,
+            "ranks": [{"rank": e.rank, "key": e.key} for e in self.ranks],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, compat: str, tp_size: int) -> "HandoffParams":
+        """Parses and checks a record: version first, then the compatibility hash, then TP size. Raises
+        ValueError saying what to change."""
+        if not isinstance(d, dict):
+            raise ValueError(f"kv_transfer_params[{PARAMS_KEY!r}] is {type(d).__name__}, not a mapping")
+        v = d.get("version")
+        if v != WIRE_VERSION:
+            raise ValueError(
+                f"SplitZip handoff record version {v!r}, this engine speaks {WIRE_VERSION}: run the same "
+                "splitzip-connector release on the prefill and decode engines"
+            )
+        if d.get("tp_size") != tp_size:
+            raise ValueError(
+                f"the prefill engine runs tensor-parallel size {d.get('tp_size')}, this decode engine {tp_size}: "
+                "SplitZip moves each rank's KV shard to the same rank, so start both with the same "
+                "--tensor-parallel-size"
+            )
+        if d.get("compat") != compat:
+            raise ValueError(
+                f"SplitZip compatibility hash {d.get('compat')!r} from the prefill engine differs from this "
+                f"engine's {compat!r}: both must serve the same model with the same KV dtype, block size, "
+                "tensor-parallel size and attention backend layout"
+            )
+        ranks = [RankEntry(int(e["rank"]), str(e["key"])) for e in d.get("ranks", [])]
+        if sorted(e.rank for e in ranks) != list(range(tp_size)):
+            raise ValueError(f"SplitZip handoff record lists ranks {[e.rank for e in ranks]}, want 0..{tp_size - 1}")
+        return cls(
+            handoff_id=str(d["handoff_id"]),
+            engine_id=str(d["engine_id"]),
+            tp_size=int(d["tp_size"]),
+            num_blocks=int(d["num_blocks"]),
+            num_tokens=int(d["num_tokens"]),
+            compat=str(d["compat"]),
+            ranks=ranks,
+            version=int(v),
+        )
+
+
+@dataclass
+class SaveSpec:
+    """A request whose prefill completes this step: every rank saves blocks layer by layer under handoff_id."""
+
+    request_id: str
+    handoff_id: str
+    block_ids: list[int]
+
+
+@dataclass
+class LoadSpec:
+    """A request to load: the handoff's blocks go into block_ids, in order (as many as the handoff holds).
+    The first `sink` entries repeat block_ids[sink]: blocks this engine already had from its prefix cache,
+    whose incoming copies are overwritten by the real data of that block right after."""
+
+    request_id: str
+    handoff_id: str
+    block_ids: list[int]
+    sink: int = 0
+
+
+@dataclass
+class SplitZipConnectorMetadata(KVConnectorMetadata):
+    """Per-step instructions from the scheduler to every worker."""
+
+    saves: list[SaveSpec] = field(default_factory=list)
+    loads: list[LoadSpec] = field(default_factory=list)
+    # Requests whose blocks the scheduler holds for an async save (request_finished returned True): a worker
+    # reports them finished sending once their layers are staged.
+    held: list[str] = field(default_factory=list)
+
+    def add_save(self, request_id: str, handoff_id: str, block_ids: list[int]) -> None:
+        self.saves.append(SaveSpec(request_id, handoff_id, list(block_ids)))
+
+    def add_load(self, request_id: str, handoff_id: str, block_ids: list[int], sink: int = 0) -> None:
+        self.loads.append(LoadSpec(request_id, handoff_id, list(block_ids), sink))

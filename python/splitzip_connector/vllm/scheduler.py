@@ -1,0 +1,201 @@
+"""The scheduler half of SplitZipConnector: which requests to save and load, and which blocks they use.
+
+Prefill engine (kv_producer): a request that arrives with kv_transfer_params {"do_remote_decode": true} is
+saved in the step where its prefill completes — the scheduler picks one handoff id for all TP ranks and tells
+every worker the request's blocks; the workers compress each layer as the forward pass produces it. When the
+request finishes (max_tokens=1), request_finished holds its blocks until every worker has staged its layers
+and returns the kv_transfer_params the proxy passes to the decode engine.
+
+Decode engine (kv_consumer): a request whose kv_transfer_params carry {"do_remote_prefill": true, "splitzip":
+{…}} matches its prompt remotely (asynchronous load); once vLLM has allocated its blocks, the next step's
+metadata tells every worker to load its shard into them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vllm.logger import init_logger
+from vllm.v1.request import RequestStatus
+
+from .config import SplitZipConfig, model_compat_hash
+from .metadata import PARAMS_KEY, HandoffParams, LoadSpec, SplitZipConnectorMetadata
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.request import Request
+
+logger = init_logger(__name__)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class SplitZipScheduler:
+    """Scheduler-side bookkeeping (one per engine)."""
+
+    def __init__(self, vllm_config: "VllmConfig", cfg: SplitZipConfig, kv_cache_manager_ref: Any) -> None:
+        self.cfg = cfg
+        self.block_size = vllm_config.cache_config.block_size
+        self.tp_size = vllm_config.parallel_config.tensor_parallel_size
+        self.compat = model_compat_hash(vllm_config)
+        self.engine_id = cfg.engine_id
+        self._kv_cache_manager = kv_cache_manager_ref  # a callable returning the bound KVCacheManager
+        # Prefill side: requests to save once their prefill completes; requests saved (handoff id, blocks,
+        # tokens); requests whose blocks are held until the workers staged them (sent in the next metadata).
+        self._to_save: dict[str, "Request"] = {}
+        self._saved: dict[str, tuple[str, int, int]] = {}
+        self._held: list[str] = []
+        # Decode side: loads for the next metadata, and loads in flight.
+        self._loads: list[LoadSpec] = []
+        self._loading: set[str] = set()
+        self._new_handoff_id = None
+
+    # --- decode side -----------------------------------------------------------------------------------
+    def _handoff_params(self, request: "Request") -> HandoffParams | None:
+        params = request.kv_transfer_params
+        if not params or not params.get("do_remote_prefill"):
+            return None
+        rec = params.get(PARAMS_KEY)
+        if rec is None:
+            logger.warning_once(
+                "Request %s asks for a remote prefill without a SplitZip handoff record (kv_transfer_params "
+                "from another connector?); prefilling it locally.",
+                request.request_id,
+            )
+            return None
+        try:
+            return HandoffParams.from_dict(rec, compat=self.compat, tp_size=self.tp_size)
+        except (ValueError, KeyError, TypeError) as e:
+            logger.error("SplitZip: request %s: %s; prefilling it locally.", request.request_id, e)
+            params["do_remote_prefill"] = False
+            return None
+
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int, bool]:
+        hp = self._handoff_params(request)
+        if hp is None:
+            return 0, False
+        n_prompt = len(request.prompt_token_ids or ())
+        if hp.num_tokens != n_prompt:
+            logger.error(
+                "SplitZip: request %s: the handoff holds %d tokens, the prompt has %d (did the proxy change the "
+                "prompt between prefill and decode?); prefilling it locally.",
+                request.request_id,
+                hp.num_tokens,
+                n_prompt,
+            )
+            request.kv_transfer_params["do_remote_prefill"] = False
+            return 0, False
+        count = n_prompt - num_computed_tokens
+        if count > 0:
+            return count, True
+        return 0, False
+
+    def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
+        params = request.kv_transfer_params
+        if not params:
+            return
+        if params.get("do_remote_decode"):
+            self._to_save[request.request_id] = request
+        if not params.get("do_remote_prefill"):
+            return
+        hp = self._handoff_params(request)
+        # Load once: a retry (after a failed load, or a preemption) prefills locally.
+        params["do_remote_prefill"] = False
+        if hp is None or num_external_tokens <= 0:
+            return
+        (group,) = blocks.blocks
+        all_ids = [b.block_id for b in group]
+        # Blocks the local prefix cache already holds lead the list; the load writes their incoming copies to
+        # the first new block, which the real data of that block overwrites right after (see LoadSpec).
+        k = 0
+        while k < len(group) and group[k].block_hash is not None:
+            k += 1
+        n = hp.num_blocks
+        new = all_ids[k:n]
+        if not new or len(all_ids) < n:
+            logger.error(
+                "SplitZip: request %s: %d blocks allocated, %d cached locally, the handoff holds %d; "
+                "prefilling it locally.",
+                request.request_id,
+                len(all_ids),
+                k,
+                n,
+            )
+            return
+        spec = LoadSpec(request.request_id, hp.handoff_id, [new[0]] * k + new, sink=k)
+        self._loads.append(spec)
+        self._loading.add(request.request_id)
+        logger.debug(
+            "SplitZip: loading request %s from handoff %s (%d blocks, %d cached locally)",
+            request.request_id,
+            hp.handoff_id[:8],
+            n,
+            k,
+        )
+
+    # --- per step ---------------------------------------------------------------------------------------
+    def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> SplitZipConnectorMetadata:
+        meta = SplitZipConnectorMetadata()
+        if self._to_save:
+            self._plan_saves(scheduler_output, meta)
+        meta.loads, self._loads = self._loads, []
+        meta.held, self._held = self._held, []
+        return meta
+
+    def _plan_saves(self, scheduler_output: "SchedulerOutput", meta: SplitZipConnectorMetadata) -> None:
+        from splitzip_connector.handoff import new_handoff_id
+
+        mgr = self._kv_cache_manager()
+        for req_id, n_sched in scheduler_output.num_scheduled_tokens.items():
+            req = self._to_save.get(req_id)
+            if req is None:
+                continue
+            n_prompt = req.num_prompt_tokens
+            # num_computed_tokens is not yet advanced for this step.
+            if req.num_computed_tokens + n_sched < n_prompt:
+                continue  # chunked prefill: the last chunk saves the whole prompt
+            del self._to_save[req_id]
+            n = _cdiv(n_prompt, self.block_size)
+            (ids,) = mgr.get_block_ids(req_id)
+            if len(ids) < n:
+                logger.error("SplitZip: request %s has %d blocks for %d prompt tokens; not saving it", req_id, len(ids), n_prompt)
+                continue
+            hid = new_handoff_id()
+            meta.add_save(req_id, hid, ids[:n])
+            self._saved[req_id] = (hid, n, n_prompt)
+            logger.debug("SplitZip: saving request %s as handoff %s (%d blocks)", req_id, hid[:8], n)
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        for req_id in connector_output.finished_recving or ():
+            self._loading.discard(req_id)
+
+    # --- end of a request -------------------------------------------------------------------------------
+    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        req_id = request.request_id
+        self._to_save.pop(req_id, None)
+        saved = self._saved.pop(req_id, None)
+        if saved is None:
+            # Decode side: a load in flight keeps its blocks; vLLM holds them (WAITING_FOR_REMOTE_KVS) until the
+            # workers report the load ended.
+            return False, None
+        hid, n, n_prompt = saved
+        # The workers read these blocks until their layers are staged: hold them until then.
+        self._held.append(req_id)
+        if request.status != RequestStatus.FINISHED_LENGTH_CAPPED:
+            # Finished otherwise (stop token, abort): nothing for a decode engine to continue.
+            return True, None
+        hp = HandoffParams.build(hid, self.engine_id, self.tp_size, n, n_prompt, self.compat)
+        logger.debug("SplitZip: request %s handed off as %s (%d blocks, %d tokens)", req_id, hid[:8], n, n_prompt)
+        return True, {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_engine_id": self.engine_id,
+            PARAMS_KEY: hp.to_dict(),
+        }
+
+    def has_pending(self) -> bool:
+        return bool(self._held or self._loads)

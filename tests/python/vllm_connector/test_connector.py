@@ -1,0 +1,275 @@
+"""SplitZipConnector under vLLM's real Scheduler and Request: the lifecycles a disaggregated deployment goes
+through, each ending with no leaked block (conftest.py explains the harness)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vllm.v1.request import FinishReason, RequestStatus
+
+from splitzip_connector.vllm.metadata import PARAMS_KEY, WIRE_VERSION, HandoffParams
+
+from .conftest import BLOCK, Engine, assert_no_leaks, kv_value, make_request
+
+PROMPT = [(7 * i + 3) % 40000 + 10 for i in range(75)]  # 75 tokens: 4 full blocks and a partial one
+
+
+def prefill(engine: Engine, prompt: list[int]) -> dict:
+    """The proxy's first step: max_tokens=1 with do_remote_decode; returns the kv_transfer_params."""
+    req = make_request(prompt, params={"do_remote_decode": True, "do_remote_prefill": False})
+    engine.add(req)
+    engine.run_until(lambda: req.request_id in engine.finished)
+    assert engine.finished[req.request_id] == FinishReason.LENGTH
+    params = engine.kv_params[req.request_id]
+    assert params is not None and params["do_remote_prefill"] is True
+    return params
+
+
+def check_loaded(prefill_engine: Engine, p_blocks: dict[int, list[int]], decode_engine: Engine, rid: str, n_tokens: int):
+    (d_ids,) = decode_engine.scheduler.kv_cache_manager.get_block_ids(rid)
+    for wp, wd in zip(prefill_engine.workers, decode_engine.workers):
+        for pos in range(n_tokens):
+            for a, b in zip(wp.token_kv(p_blocks[wp.rank], pos), wd.token_kv(d_ids, pos)):
+                assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"rank {wp.rank} token {pos}"
+    return d_ids
+
+
+def test_remote_decode_then_remote_prefill(engines):
+    P = engines("kv_producer")
+    D = engines("kv_consumer")
+    req_p = make_request(PROMPT, params={"do_remote_decode": True, "do_remote_prefill": False})
+    P.add(req_p)
+    P.step()  # the whole prompt in one step: saved layer by layer
+    (p_ids,) = P.scheduler.kv_cache_manager.get_block_ids(req_p.request_id)
+    p_ids = list(p_ids)
+    snapshot = [w.token_kv(p_ids, pos) for w in P.workers for pos in range(len(PROMPT))]
+    P.run_until(lambda: req_p.request_id in P.finished)
+    params = P.kv_params[req_p.request_id]
+    rec = params[PARAMS_KEY]
+    assert rec["version"] == WIRE_VERSION and rec["num_tokens"] == len(PROMPT)
+    assert rec["num_blocks"] == -(-len(PROMPT) // BLOCK) and [e["rank"] for e in rec["ranks"]] == [0]
+    # the blocks stay held until the worker staged every layer, then return to the pool
+    P.drain()
+    assert_no_leaks(P)
+
+    # decode: the prompt arrives with the params, is loaded asynchronously, then decodes
+    req_d = make_request(PROMPT, max_tokens=4, params=params)
+    D.add(req_d)
+    D.step()
+    assert req_d.status == RequestStatus.WAITING_FOR_REMOTE_KVS
+    D.run_until(lambda: req_d.status == RequestStatus.RUNNING)
+    (d_ids,) = D.scheduler.kv_cache_manager.get_block_ids(req_d.request_id)
+    got = [w.token_kv(list(d_ids), pos) for w in D.workers for pos in range(len(PROMPT))]
+    for a, b in zip(snapshot, got):
+        for x, y in zip(a, b):
+            assert torch.equal(x.view(torch.int16), y.view(torch.int16))
+    D.drain()
+    assert len(D.outputs[req_d.request_id]) == 4
+    assert_no_leaks(D)
+    stats = [s.reduce() for s in P.stats + D.stats]
+    assert any(s["saves"] for s in stats) and any(s["loads"] for s in stats)
+    assert all(s["failures"] == 0 for s in stats)
+    saved = [s for s in stats if s["saves"]][0]
+    assert saved["ratio"] > 1.0 and 0 <= saved["escape_rate"] < 1
+
+
+def test_chunked_prefill_and_prefill_prefix_hit(engines):
+    """A prompt prefilled in chunks is saved once, whole; a second prompt sharing its prefix reuses cached blocks on
+    the prefill engine and still hands every block over."""
+    P = engines("kv_producer", max_batched=32)
+    D = engines("kv_consumer")
+    req0 = make_request(PROMPT, params={"do_remote_decode": True, "do_remote_prefill": False})
+    P.add(req0)
+    first_ids: list[int] = []
+    while req0.request_id not in P.finished:
+        P.step()
+        if req0.request_id in P.scheduler.requests and not P.scheduler.requests[req0.request_id].is_finished():
+            (ids,) = P.scheduler.kv_cache_manager.get_block_ids(req0.request_id)
+            first_ids = list(ids)
+    first = P.kv_params[req0.request_id]
+    P.drain()
+    shared = PROMPT[:48] + [5, 6, 7, 8, 9, 10, 11]
+    req = make_request(shared, params={"do_remote_decode": True, "do_remote_prefill": False})
+    P.add(req)
+    P.step()
+    (ids,) = P.scheduler.kv_cache_manager.get_block_ids(req.request_id)
+    assert list(ids[:3]) == first_ids[:3]  # three blocks from the prefix cache
+    P.run_until(lambda: req.request_id in P.finished)
+    params = P.kv_params[req.request_id]
+    P.drain()
+    assert_no_leaks(P)
+    for prm, prompt in ((first, PROMPT), (params, shared)):
+        r = make_request(prompt, max_tokens=2, params=prm)
+        D.add(r)
+        D.run_until(lambda: r.request_id in D.finished)
+        assert D.finished[r.request_id] == FinishReason.LENGTH
+    D.drain()
+    assert_no_leaks(D)
+
+
+def test_decode_prefix_hit_loads_only_into_new_blocks(engines):
+    P = engines("kv_producer")
+    D = engines("kv_consumer")
+    # the decode engine already computed the first blocks of the prompt for an earlier local request
+    local = make_request(PROMPT[:40], max_tokens=1)
+    D.add(local)
+    D.drain()
+    params = prefill(P, PROMPT)
+    P.drain()
+    sched = D.scheduler.connector._sched
+    build = sched.build_connector_meta
+    loads = []
+
+    def spy(out):
+        meta = build(out)
+        loads.extend(meta.loads)
+        return meta
+
+    sched.build_connector_meta = spy
+    r = make_request(PROMPT, max_tokens=2, params=params)
+    D.add(r)
+    D.step()
+    assert r.status == RequestStatus.WAITING_FOR_REMOTE_KVS
+    assert [ld.sink for ld in loads] == [2]  # two blocks already cached: their copies go to the first new one
+    D.run_until(lambda: r.status == RequestStatus.RUNNING)
+    (ids,) = D.scheduler.kv_cache_manager.get_block_ids(r.request_id)
+    # the two cached blocks were not rewritten: they still hold the local request's values, equal to the
+    # prefill's (same tokens); the rest came from the handoff
+    for pos in range(len(PROMPT)):
+        d = D.workers[0].token_kv(list(ids), pos)
+        for li, x in enumerate(d):
+            want = kv_value(PROMPT[pos], pos, li, 0, x.numel()).view_as(x)
+            assert torch.equal(x.view(torch.int16), want.view(torch.int16)), pos
+    D.drain()
+    assert_no_leaks(D)
+
+
+def test_abort_before_the_load_finishes(engines):
+    P = engines("kv_producer", extra={"rate_limit": 200_000})  # a slow link: the load takes a while
+    D = engines("kv_consumer", extra={"rate_limit": 200_000})
+    params = prefill(P, PROMPT)
+    r = make_request(PROMPT, max_tokens=4, params=params)
+    D.add(r)
+    D.step()
+    D.step()
+    assert r.status == RequestStatus.WAITING_FOR_REMOTE_KVS
+    D.scheduler.finish_requests(r.request_id, RequestStatus.FINISHED_ABORTED)
+    # the blocks stay with the load until it ends, then go back
+    assert D.scheduler.requests
+    D.drain(timeout=60)
+    assert_no_leaks(D)
+    P.drain(timeout=60)
+    assert_no_leaks(P)
+
+
+def test_abort_on_prefill_before_it_completes(engines):
+    P = engines("kv_producer", max_batched=32)
+    req = make_request(PROMPT, params={"do_remote_decode": True, "do_remote_prefill": False})
+    P.add(req)
+    P.step()  # first chunk only
+    P.scheduler.finish_requests(req.request_id, RequestStatus.FINISHED_ABORTED)
+    P.drain()
+    assert P.kv_params.get(req.request_id) is None
+    assert_no_leaks(P)
+
+
+def test_preemption_on_decode(engines):
+    """Two remote-prefilled requests on a decode engine too small for both: one is preempted, recomputed
+    locally (no second load) and both finish."""
+    P = engines("kv_producer")
+    D = engines("kv_consumer", num_blocks=13)
+    p1 = prefill(P, PROMPT)
+    p2 = prefill(P, [t + 1 for t in PROMPT])
+    P.drain()
+    r1 = make_request(PROMPT, max_tokens=40, params=p1)
+    r2 = make_request([t + 1 for t in PROMPT], max_tokens=40, params=p2)
+    D.add(r1)
+    D.add(r2)
+    D.run_until(lambda: r1.request_id in D.finished and r2.request_id in D.finished, timeout=60)
+    assert r1.num_preemptions + r2.num_preemptions >= 1
+    assert len(D.outputs[r1.request_id]) == 40 and len(D.outputs[r2.request_id]) == 40
+    D.drain()
+    assert_no_leaks(D)
+
+
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+def test_load_failure_policies(engines, policy):
+    P = engines("kv_producer")
+    D = engines("kv_consumer", policy=policy)
+    params = prefill(P, PROMPT)
+    P.drain()
+    # a handoff the control plane never heard of: the load fails after record_wait_s
+    params[PARAMS_KEY]["handoff_id"] = "AAAAAAAAAAAAAAAAAAAAAA"
+    for e in params[PARAMS_KEY]["ranks"]:
+        e["key"] = "AAAAAAAAAAAAAAAAAAAAAA.r%d" % e["rank"]
+    r = make_request(PROMPT, max_tokens=3, params=params)
+    D.add(r)
+    D.run_until(lambda: r.request_id in D.finished, timeout=30)
+    if policy == "recompute":
+        assert D.finished[r.request_id] == FinishReason.LENGTH
+        assert len(D.outputs[r.request_id]) == 3
+    else:
+        assert D.finished[r.request_id] == FinishReason.ERROR
+    D.drain()
+    assert_no_leaks(D)
+    fails = sum(s.reduce()["failures"] for s in D.stats)
+    assert fails == 1
+
+
+def test_incompatible_handoff_is_prefilled_locally(engines, caplog):
+    D = engines("kv_consumer")
+    rec = HandoffParams.build("AAAAAAAAAAAAAAAAAAAAAA", "other", 2, 5, len(PROMPT), "nope").to_dict()
+    r = make_request(PROMPT, max_tokens=2, params={"do_remote_prefill": True, PARAMS_KEY: rec})
+    D.add(r)
+    D.run_until(lambda: r.request_id in D.finished)
+    assert D.finished[r.request_id] == FinishReason.LENGTH
+    D.drain()
+    assert_no_leaks(D)
+
+
+def test_tp2_each_rank_moves_its_shard(engines):
+    P = engines("kv_producer", tp=2)
+    D = engines("kv_consumer", tp=2)
+    req = make_request(PROMPT, params={"do_remote_decode": True, "do_remote_prefill": False})
+    P.add(req)
+    P.step()
+    (p_ids,) = P.scheduler.kv_cache_manager.get_block_ids(req.request_id)
+    snap = {w.rank: [w.token_kv(list(p_ids), pos) for pos in range(len(PROMPT))] for w in P.workers}
+    assert not all(torch.equal(a, b) for a, b in zip(snap[0][0], snap[1][0])), "ranks hold different shards"
+    P.run_until(lambda: req.request_id in P.finished)
+    params = P.kv_params[req.request_id]
+    assert [e["rank"] for e in params[PARAMS_KEY]["ranks"]] == [0, 1]
+    assert params[PARAMS_KEY]["tp_size"] == 2
+    P.drain()
+    assert_no_leaks(P)
+    r = make_request(PROMPT, max_tokens=2, params=params)
+    D.add(r)
+    D.run_until(lambda: r.status == RequestStatus.RUNNING)
+    (d_ids,) = D.scheduler.kv_cache_manager.get_block_ids(r.request_id)
+    for w in D.workers:
+        for pos in range(len(PROMPT)):
+            for a, b in zip(snap[w.rank][pos], w.token_kv(list(d_ids), pos)):
+                assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+    D.drain()
+    assert_no_leaks(D)
+
+
+def test_unsupported_configurations_refused_at_startup(model_config):
+    from .conftest import make_vllm_config
+    from splitzip_connector.vllm import SplitZipConnector
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+
+    cfg = make_vllm_config(model_config, "kv_producer", extra={"nonsense": 1})
+    with pytest.raises(ValueError, match="unknown kv_connector_extra_config"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
+    cfg = make_vllm_config(model_config, "kv_producer")
+    cfg.cache_config.cache_dtype = "int4"
+    with pytest.raises(ValueError, match="kv-cache-dtype"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
+
+    class TwoGroups:
+        kv_cache_groups = [1, 2]
+
+    cfg = make_vllm_config(model_config, "kv_producer")
+    with pytest.raises(NotImplementedError, match="hybrid"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, TwoGroups())
