@@ -25,7 +25,8 @@ type BenchConfig struct {
 	SmallSizes []int
 	// Variants are the kernel variants timed at the first size beside the default codec: "encode/decode"
 	// (see Variants), optionally with "+n" (no look-back: timing only), "+d" (default-cached accesses) or
-	// "+s" (streaming encode stores). Default: each variant for both, and the default encoder with "+n".
+	// "+s" (streaming encode stores), "+g" (pipelined kernels on twice the resident grid; "+gg" four times).
+	// Default: each variant for both, and the default encoder with "+n".
 	// The other sizes, the paged and the small rows use the default codec.
 	Variants []string
 	// Reps is the number of timed runs per figure (median reported; default 30).
@@ -194,10 +195,12 @@ func RunBench(ctx *cuda.Context, cfg BenchConfig) (*BenchReport, error) {
 		for _, t := range tune {
 			bits |= map[rune]uint32{'n': tuneNoLookback, 'd': tunePlainLoads, 's': tuneStreamStores}[t]
 		}
-		c, err := NewCodec(ctx, WithKernels(enc, dec), withTune(bits))
+		mul := 1 + strings.Count(tune, "g") // "+g": twice the resident grid of pipelined kernels
+		c, err := NewCodec(ctx, WithKernels(enc, dec), withTune(bits), func(o *options) error { o.gridMul = mul; return nil })
 		if err != nil {
 			return nil, err
 		}
+		b.logf("codec %s: encode %s %d blocks/SM, decode %s %d blocks/SM", v, c.enc.name, c.enc.perSM, c.dec.name, c.dec.perSM)
 		defer c.Close()
 		codecs[v] = c
 	}

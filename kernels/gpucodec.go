@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/kernels/cuda"
@@ -29,6 +30,7 @@ type Option func(*options) error
 type options struct {
 	enc, dec string
 	tune     uint32 // kTune* bits of splitzip.cuh: bench experiments only
+	gridMul  int    // pipelined kernels: grid = gridMul × resident blocks (bench experiments only; 0: 1)
 }
 
 // Tuning experiments (splitzip.cuh kTune*): the bench's "+n", "+d", "+s" variant suffixes.
@@ -47,14 +49,16 @@ const (
 	DefaultDecodeKernels = "t256c1"
 )
 
-// Variants lists the kernel variants in the PTX: "t<threads per block>c<4,096-element chunks per block>".
-var Variants = []string{"t256c1", "t256c2", "t256c4"}
+// Variants lists the kernel variants in the PTX: "t<threads per block>c<4,096-element chunks per block>",
+// and the pipelined persistent ones "t<threads>c<chunks per tile>s<shared-memory stages>", whose blocks loop
+// over tiles with the copies of the next stages in flight.
+var Variants = []string{"t256c1", "t256c2", "t256c4", "t256c1s4"}
 
 // WithKernels picks the encode and decode kernel variants (see Variants; the bench times them).
 func WithKernels(encode, decode string) Option {
 	return func(o *options) error {
 		for _, v := range []string{encode, decode} {
-			if _, _, err := parseVariant(v); err != nil {
+			if _, _, _, err := parseVariant(v); err != nil {
 				return err
 			}
 		}
@@ -63,28 +67,45 @@ func WithKernels(encode, decode string) Option {
 	}
 }
 
-// parseVariant returns a variant's threads per block and chunks per block.
-func parseVariant(v string) (threads, cpt int, err error) {
+// parseVariant returns a variant's threads per block, chunks per block (tile) and stages (0: one tile per
+// block).
+func parseVariant(v string) (threads, cpt, stages int, err error) {
 	if !slices.Contains(Variants, v) {
-		return 0, 0, fmt.Errorf("%w: kernel variant %q (have %v)", codec.ErrOption, v, Variants)
+		return 0, 0, 0, fmt.Errorf("%w: kernel variant %q (have %v)", codec.ErrOption, v, Variants)
 	}
-	if _, err := fmt.Sscanf(v, "t%dc%d", &threads, &cpt); err != nil {
-		return 0, 0, fmt.Errorf("%w: kernel variant %q: %v", codec.ErrOption, v, err)
+	if strings.Contains(v, "s") {
+		_, err = fmt.Sscanf(v, "t%dc%ds%d", &threads, &cpt, &stages)
+	} else {
+		_, err = fmt.Sscanf(v, "t%dc%d", &threads, &cpt)
 	}
-	return threads, cpt, nil
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("%w: kernel variant %q: %v", codec.ErrOption, v, err)
+	}
+	return threads, cpt, stages, nil
 }
 
 // kernel is one loaded variant: its dense and paged entry points and its shape.
 type kernel struct {
 	dense, paged *cuda.Function
 	threads, cpt int
+	stages       int    // pipelined persistent kernel: shared-memory stages; 0: one tile per block
+	resident     uint64 // pipelined: blocks the device holds at once (the grid's upper bound)
+	perSM        int
 	name         string
 }
 
 // grid is the number of blocks for frames of chunks chunks each.
 func (k *kernel) grid(frames, chunks uint64) uint32 {
-	return uint32(frames * ((chunks + uint64(k.cpt) - 1) / uint64(k.cpt)))
+	tiles := frames * ((chunks + uint64(k.cpt) - 1) / uint64(k.cpt))
+	if k.stages > 0 {
+		tiles = max(1, min(tiles, k.resident))
+	}
+	return uint32(tiles)
 }
+
+// funcPreferredSharedCarveout is CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT (percent of the unified
+// L1/shared memory given to shared memory).
+const funcPreferredSharedCarveout cuda.FuncAttribute = 9
 
 // Codec holds the loaded kernels of one context. Its methods only enqueue work, and may be called from any
 // goroutine and on several streams at once: all per-call state lives in the caller's buffers.
@@ -114,7 +135,7 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	c := &Codec{ctx: ctx, mod: mod, tune: o.tune}
 	load := func(k *kernel, prefix, variant string) error {
 		var err error
-		if k.threads, k.cpt, err = parseVariant(variant); err != nil {
+		if k.threads, k.cpt, k.stages, err = parseVariant(variant); err != nil {
 			return err
 		}
 		k.name = variant
@@ -123,6 +144,28 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 		}
 		if k.paged, err = mod.Function(prefix + variant + "_paged"); err != nil {
 			return err
+		}
+		if k.stages > 0 {
+			k.resident = 0
+			// As much shared memory as the SM has (the stages limit the blocks per SM), and a grid of the
+			// blocks that fit at once.
+			sms, err := ctx.Device().Attribute(cuda.AttrMultiprocessorCount)
+			if err != nil {
+				return err
+			}
+			perSM := 1 << 30
+			for _, f := range []*cuda.Function{k.dense, k.paged} {
+				if err := f.SetAttribute(funcPreferredSharedCarveout, 100); err != nil {
+					return err
+				}
+				n, err := f.MaxActiveBlocksPerSM(k.threads, 0)
+				if err != nil {
+					return err
+				}
+				perSM = min(perSM, max(n, 1))
+			}
+			k.resident = uint64(sms*perSM) * uint64(max(1, o.gridMul))
+			k.perSM = perSM
 		}
 		return nil
 	}

@@ -44,6 +44,29 @@ SZ_VARIANT(256, 1)
 SZ_VARIANT(256, 2)
 SZ_VARIANT(256, 4)
 
+// Pipelined persistent variants "t<threads>c<chunks per tile>s<stages>" (see encode_pipe, decode_pipe).
+#define SZ_PIPE(T, C, S, EB, DB)                                                                                 \
+  extern "C" __global__ void __launch_bounds__(T, EB) sz_encode_t##T##c##C##s##S##_dense(const EncParams p) { \
+    encode_pipe<T, C, S>(p, DenseMap{p.src});                                                              \
+  }                                                                                                        \
+  extern "C" __global__ void __launch_bounds__(T, EB) sz_encode_t##T##c##C##s##S##_paged(const EncParams p) { \
+    encode_pipe<T, C, S>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src),                            \
+                                     reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,              \
+                                     p.block_elems, p.n_blocks, p.segs_per_frame});                        \
+  }                                                                                                        \
+  extern "C" __global__ void __launch_bounds__(T, DB) sz_decode_t##T##c##C##s##S##_dense(const DecParams p) { \
+    decode_pipe<T, C, S>(p, DenseMap{p.dst});                                                              \
+  }                                                                                                        \
+  extern "C" __global__ void __launch_bounds__(T, DB) sz_decode_t##T##c##C##s##S##_paged(const DecParams p) { \
+    decode_pipe<T, C, S>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.dst),                            \
+                                     reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,              \
+                                     p.block_elems, p.n_blocks, p.segs_per_frame});                        \
+  }
+
+// EB, DB: encode and decode blocks per SM the registers are capped for (the shared memory allows as many).
+// Measured slower than the tile kernels (BENCH.md): kept as one variant, tested and timed, not a default.
+SZ_PIPE(256, 1, 4, 6, 8)
+
 SZ_RAW(sz_raw_t256, 256)
 
 // An empty kernel: the launch-latency baseline of the benchmarks.

@@ -347,6 +347,29 @@ __device__ __forceinline__ void encode_unit(const uint4& v, const uint8_t* code_
   res = make_uint2(r[0], r[1]);
 }
 
+// encode_unit4: 8 elements -> 8 4-bit codes, 8 residual bytes, escape mask. tab[x] = code of exponent x, or
+// 0x10 for an escape (code 0 written).
+__device__ __forceinline__ void encode_unit4(const uint4& v, const uint8_t* tab, uint32_t& codes, uint2& res, uint32_t& esc) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  uint32_t r[4], c[8];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    r[i] = (w[i] & 0x007F007Fu) | ((w[i] >> 8) & 0x00800080u);
+    c[2 * i] = tab[(w[i] >> 7) & 0xFF];
+    c[2 * i + 1] = tab[(w[i] >> 23) & 0xFF];
+  }
+  res = make_uint2(__byte_perm(r[0], r[1], 0x6420), __byte_perm(r[2], r[3], 0x6420));
+  const uint32_t x0 = __byte_perm(__byte_perm(c[0], c[1], 0x0040), __byte_perm(c[2], c[3], 0x0040), 0x5410);
+  const uint32_t x1 = __byte_perm(__byte_perm(c[4], c[5], 0x0040), __byte_perm(c[6], c[7], 0x0040), 0x5410);
+  const uint32_t y0 = x0 & 0x0F0F0F0Fu, y1 = x1 & 0x0F0F0F0Fu;
+  codes = __byte_perm(y0 | (y0 >> 4), y1 | (y1 >> 4), 0x6420);
+  esc = 0;
+  if ((x0 | x1) & 0x10101010u) {
+#pragma unroll
+    for (int k = 0; k < 8; k++) esc |= ((c[k] >> 4) & 1u) << k;
+  }
+}
+
 __device__ __forceinline__ uint32_t word_of(const uint4& v, uint32_t i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
@@ -370,11 +393,11 @@ struct EncShared {
   uint32_t excl, next;  // next: unused (kept so the PTX stays as measured)
 };
 
-// enc_code_table: code k stands for codebook byte k; the first code of a repeated exponent wins; 0xFF: escape.
+// enc_code_table: code k stands for codebook byte k; the first code of a repeated exponent wins; 0x10: escape.
 template <int THREADS>
 __device__ __forceinline__ void enc_code_table(const EncParams& p, uint8_t* code_of) {
   for (uint32_t x = threadIdx.x; x < 256; x += THREADS) {
-    uint32_t code = 0xFF;
+    uint32_t code = 0x10;
 #pragma unroll
     for (int k = kCodebookLen - 1; k >= 0; k--)
       if (((p.codebook[k >> 2] >> (8 * (k & 3))) & 0xFF) == x) code = k;
@@ -433,7 +456,7 @@ __device__ __forceinline__ void enc_code(const EncParams& p, const Map& map, uin
     const uint32_t ue = kUnit * (threadIdx.x + j * THREADS);
     uint32_t codes;
     uint2 res;
-    encode_unit(v[j], code_of, codes, res, esc[j]);
+    encode_unit4(v[j], code_of, codes, res, esc[j]);
     if (ue + kUnit <= tile_len) {
       if (p.tune & kTuneStreamStores) {
         __stcs(reinterpret_cast<uint32_t*>(frame + L.codes + (t0 + ue) / 2), codes);
@@ -782,6 +805,433 @@ __device__ __forceinline__ void decode_tile(const DecParams& p, const Map& map) 
 __device__ __forceinline__ void copy16(const uint4* __restrict__ src, uint4* __restrict__ dst, uint64_t n16) {
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n16; i += (uint64_t)gridDim.x * blockDim.x)
     dst[i] = src[i];
+}
+
+}  // namespace sz
+
+// ==== pipelined persistent kernels ("t<threads>c<chunks per tile>s<stages>") ===============================
+// A block loops over tiles and keeps S stages of input in shared memory: cp.async copies for the next S-1
+// tiles are in flight while it codes the current one, so the loads never wait for the block's compute, scan
+// or look-back, and no registers hold data in flight.
+namespace sz {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// cp_async16 copies 16 bytes (of which src_bytes are read; the rest is zero-filled) to shared memory.
+__device__ __forceinline__ void cp_async16(void* dst, uint64_t src, uint32_t src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, uint64_t src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// Where a tile's elements [e0, e0+len) of frame f start when they are contiguous in memory (0 otherwise).
+__device__ __forceinline__ uint64_t tile_base(const DenseMap& m, uint32_t f, uint32_t e0, uint32_t) { return m.addr(f, e0); }
+__device__ __forceinline__ uint64_t tile_base(const PagedMap& m, uint32_t f, uint32_t e0, uint32_t len) {
+  return e0 / m.block_elems == (e0 + len - 1) / m.block_elems ? m.addr(f, e0) : 0;
+}
+
+// finish_frame: the frame's last tile knows the escape total E: header, codebook, gap bytes, length, raw flag.
+__device__ __forceinline__ void finish_frame(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E) {
+  const Layout L = bf16_layout(n);
+  const uint64_t max_len = kHeaderSize + 2 * n;
+  const uint64_t end = L.escapes + kEscapeSize * E;
+  const bool raw = end > max_len;
+  write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize);
+  if (raw) {
+    reinterpret_cast<uint64_t*>(p.ws)[f] = 1;  // the raw kernel copies the payload
+  } else {
+    uint4* cb = reinterpret_cast<uint4*>(frame + kHeaderSize);
+    *cb = make_uint4(p.codebook[0], p.codebook[1], p.codebook[2], p.codebook[3]);
+    for (uint64_t i = L.table + 4ull * L.chunks; i < L.codes; i++) frame[i] = 0;
+    for (uint64_t i = L.codes + (n + 1) / 2; i < L.residuals; i++) frame[i] = 0;
+    for (uint64_t i = L.residuals + n; i < L.escapes; i++) frame[i] = 0;
+  }
+  reinterpret_cast<uint64_t*>(p.sizes)[f] = raw ? max_len : end;
+}
+
+template <int THREADS, int CPT, int S>
+struct PipeEnc {
+  static constexpr int UPT = kUnitsPerChunk * CPT / THREADS;
+  static constexpr int W = THREADS / 32;
+  static_assert(UPT >= 1 && kUnitsPerChunk % THREADS == 0 && S >= 2, "pipelined encode shape");
+  uint4 stage[S][CPT * kUnitsPerChunk];
+  uint32_t cnt[2][UPT][W];  // escapes per (unit row, warp), by tile parity
+  uint32_t ticket[S + 1];
+  uint32_t excl[2];
+  uint8_t code_of[256];
+};
+
+// pipe_enc_issue starts the copies of tile t (global tile index; none when t >= total) into stage.
+template <int THREADS, int CPT, class Map>
+__device__ __forceinline__ void pipe_enc_issue(const EncParams& p, const Map& map, uint32_t t, uint32_t total,
+                                               uint32_t tiles, uint4* stage) {
+  constexpr int UPT = kUnitsPerChunk * CPT / THREADS;
+  if (t >= total) return;
+  const uint32_t f = t / tiles, tile = t - f * tiles;
+  const uint32_t t0 = tile * CPT * kChunk;
+  const uint32_t tile_len = (uint32_t)min((uint64_t)CPT * kChunk, (uint64_t)p.n - t0);
+  const uint64_t base = tile_base(map, f, t0, tile_len);
+#pragma unroll
+  for (int j = 0; j < UPT; j++) {
+    const uint32_t u = threadIdx.x + j * THREADS, ue = kUnit * u;
+    if (ue < tile_len) {
+      const uint32_t bytes = ue + kUnit <= tile_len ? 16u : 2u * (tile_len - ue);
+      cp_async16(stage + u, base ? base + 2ull * ue : map.addr(f, t0 + ue), bytes);
+    }
+  }
+}
+
+template <int THREADS, int CPT, int S, class Map>
+__device__ __forceinline__ void encode_pipe(const EncParams& p, const Map& map) {
+  using Sh = PipeEnc<THREADS, CPT, S>;
+  constexpr int UPT = Sh::UPT, W = Sh::W;
+  __shared__ Sh sh;
+  const uint32_t tiles = (p.chunks + CPT - 1) / CPT;  // per frame
+  const uint32_t total = p.frames * tiles;
+  uint32_t* ctr = reinterpret_cast<uint32_t*>(p.ws + 8ull * p.frames);  // the workspace's reserved word
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint64_t n = p.n;
+  const Layout L = bf16_layout(n);
+  const uint64_t max_len = kHeaderSize + 2 * n;
+
+  if (threadIdx.x == 0)
+    for (int s = 0; s < S; s++) sh.ticket[s] = atomicAdd(ctr, 1u);
+  for (uint32_t x = threadIdx.x; x < 256; x += THREADS) {
+    uint32_t code = 0x10;
+#pragma unroll
+    for (int k = kCodebookLen - 1; k >= 0; k--)
+      if (((p.codebook[k >> 2] >> (8 * (k & 3))) & 0xFF) == x) code = k;
+    sh.code_of[x] = (uint8_t)code;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int s = 0; s < S - 1; s++) {
+    pipe_enc_issue<THREADS, CPT>(p, map, sh.ticket[s], total, tiles, sh.stage[s]);
+    cp_async_commit();
+  }
+
+  uint32_t prev = ~0u;  // the previous tile, whose escapes are written once its look-back is done
+  uint32_t pm[UPT];     // its escape masks
+#pragma unroll
+  for (int j = 0; j < UPT; j++) pm[j] = 0;
+  for (uint32_t k = 0;; k++) {
+    cp_async_wait<S - 2>();
+    __syncthreads();  // tile k's stage is in; the previous tile's counts and prefix are visible
+
+    if (prev != ~0u) {
+      uint32_t any = 0;
+#pragma unroll
+      for (int j = 0; j < UPT; j++) any |= pm[j];
+      if (__any_sync(0xFFFFFFFFu, any)) {
+        const int pp = (k - 1) & 1;
+        const uint32_t f = prev / tiles, tile = prev - f * tiles;
+        const uint32_t t0 = tile * CPT * kChunk;
+        uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
+        uint32_t base = sh.excl[pp];
+#pragma unroll
+        for (int j = 0; j < UPT; j++) {
+          const uint32_t m = pm[j];
+          uint32_t before_warp = 0;
+#pragma unroll
+          for (int w = 0; w < W; w++) before_warp += w < warp ? sh.cnt[pp][j][w] : 0u;
+          if (__any_sync(0xFFFFFFFFu, m)) {
+            const uint32_t c = __popc(m);
+            uint32_t incl = c;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+              const uint32_t y = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+              if (lane >= o) incl += y;
+            }
+            uint32_t idx = base + before_warp + incl - c;
+            const uint32_t u = threadIdx.x + j * THREADS;
+            const uint32_t pos0 = kUnit * (u % kUnitsPerChunk);
+            uint32_t mm = m;
+            while (mm) {
+              const int b = __ffs(mm) - 1;
+              mm &= mm - 1;
+              const uint32_t pos = pos0 + b;
+              const uint32_t w = *reinterpret_cast<const uint16_t*>(map.addr(f, t0 + kUnit * u + b));
+              const uint64_t off = L.escapes + kEscapeSize * (uint64_t)idx;
+              idx++;
+              if (off + 2 < max_len) {
+                frame[off] = (uint8_t)pos;
+                frame[off + 1] = (uint8_t)(pos >> 8);
+                frame[off + 2] = (uint8_t)(w >> 7);
+              }
+            }
+          }
+          uint32_t row = 0;
+#pragma unroll
+          for (int w = 0; w < W; w++) row += sh.cnt[pp][j][w];
+          base += row;
+        }
+      }
+    }
+
+    const uint32_t t = sh.ticket[k % (S + 1)];
+    pipe_enc_issue<THREADS, CPT>(p, map, sh.ticket[(k + S - 1) % (S + 1)], total, tiles, sh.stage[(k + S - 1) % S]);
+    cp_async_commit();
+    if (t >= total) break;
+    uint32_t claim = 0;
+    if (threadIdx.x == 0) claim = atomicAdd(ctr, 1u);
+
+    const uint32_t f = t / tiles, tile = t - f * tiles;
+    const uint32_t c0 = tile * CPT, t0 = c0 * kChunk;
+    const uint32_t tile_len = (uint32_t)min((uint64_t)CPT * kChunk, n - t0);
+    uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
+    const uint4* st = sh.stage[k % S];
+    const int par = k & 1;
+#pragma unroll
+    for (int j = 0; j < UPT; j++) {
+      const uint32_t u = threadIdx.x + j * THREADS, ue = kUnit * u;
+      uint32_t codes, e;
+      uint2 res;
+      encode_unit4(st[u], sh.code_of, codes, res, e);
+      if (ue + kUnit <= tile_len) {
+        *reinterpret_cast<uint32_t*>(frame + L.codes + (t0 + ue) / 2) = codes;
+        *reinterpret_cast<uint2*>(frame + L.residuals + t0 + ue) = res;
+      } else if (ue < tile_len) {
+        const uint32_t kk = tile_len - ue;  // 1..7 elements
+        e &= (1u << kk) - 1;
+        codes &= (1u << (4 * kk)) - 1;
+        for (uint32_t b = 0; b < (kk + 1) / 2; b++) frame[L.codes + (t0 + ue) / 2 + b] = (uint8_t)(codes >> (8 * b));
+        for (uint32_t b = 0; b < kk; b++) frame[L.residuals + t0 + ue + b] = (uint8_t)((b < 4 ? res.x : res.y) >> (8 * (b & 3)));
+      } else {
+        e = 0;
+      }
+      pm[j] = e;
+      const uint32_t wc = __reduce_add_sync(0xFFFFFFFFu, (uint32_t)__popc(e));
+      if (lane == 0) sh.cnt[par][j][warp] = wc;
+    }
+    prev = t;
+    if (threadIdx.x == 0) sh.ticket[(k + S) % (S + 1)] = claim;
+    __syncthreads();  // the tile's counts are visible
+
+    if (warp == 0) {
+      uint32_t a = 0;
+      for (int i = lane; i < UPT * W; i += 32) a += (&sh.cnt[par][0][0])[i];
+      a = __reduce_add_sync(0xFFFFFFFFu, a);
+      uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + p.frames + 1 + (uint64_t)f * tiles;
+      const uint32_t excl = (p.tune & kTuneNoLookback) ? 0u : lookback_warp(state, tile, a);
+      if (lane == 0) {
+        sh.excl[par] = excl;
+        uint32_t run = excl;
+#pragma unroll
+        for (int j = 0; j < UPT; j++) {
+          if ((j * THREADS) % kUnitsPerChunk == 0) {
+            const uint32_t c = c0 + (j * THREADS) / kUnitsPerChunk;
+            if (c < p.chunks) *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * c) = run;
+          }
+#pragma unroll
+          for (int w = 0; w < W; w++) run += sh.cnt[par][j][w];
+        }
+        if (tile == tiles - 1) finish_frame(p, frame, f, n, (uint64_t)excl + a);
+      }
+    }
+  }
+  cp_async_wait<0>();
+}
+
+// ---- pipelined decode ----------------------------------------------------------------------------------------
+constexpr int kMaxTileEscapes = 512;  // escapes of a tile kept in shared memory; more: searched in the frame
+
+template <int THREADS, int CPT, int S>
+struct PipeDec {
+  static constexpr int UPT = kUnitsPerChunk * CPT / THREADS;
+  static_assert(UPT >= 1 && kUnitsPerChunk % THREADS == 0 && S >= 2 && CPT <= 3, "pipelined decode shape");
+  struct __align__(16) Stage {
+    uint32_t hdr[20];  // header and codebook
+    uint32_t tab[4];   // escapes before each chunk of the tile, and after its last
+    uint8_t codes[CPT * kChunk / 2];
+    uint8_t res[CPT * kChunk];
+  };
+  Stage stage[S];
+  uint32_t pairs[256];
+  uint32_t esc[kMaxTileEscapes];  // (tile-local element << 8) | exponent, ascending
+  uint32_t status, nesc;
+};
+
+template <int THREADS, int CPT, int S>
+__device__ __forceinline__ void pipe_dec_issue(const DecParams& p, uint32_t t, uint32_t total, uint32_t tiles,
+                                               typename PipeDec<THREADS, CPT, S>::Stage& st) {
+  if (t >= total) return;
+  const uint32_t f = t / tiles, c0 = (t - f * tiles) * CPT;
+  const uint64_t frame = p.src + (uint64_t)f * p.frame_stride;
+  const uint64_t cap = p.frame_cap;
+  const uint64_t nx = p.out_bytes / 2;
+  const Layout L = bf16_layout(nx);
+  const bool spec = (p.out_bytes & 1) == 0 && L.escapes <= cap && c0 < L.chunks;
+  const uint32_t t0 = c0 * kChunk;
+  const uint32_t tile_len = spec ? (uint32_t)min((uint64_t)CPT * kChunk, nx - t0) : 0;
+  const uint32_t i = threadIdx.x;
+  if (i < 5) {
+    // The header and codebook, never past cap (zero-filled there).
+    const uint64_t o = 16ull * i;
+    const uint32_t b = (uint32_t)(cap > o ? min((uint64_t)16, cap - o) : 0);
+    cp_async16(&st.hdr[4 * i], b ? frame + o : frame, b);
+  }
+  if (i >= 32 && i < 32 + CPT + 1) {
+    const uint32_t c = c0 + i - 32;
+    if (spec && c < L.chunks) cp_async4(&st.tab[i - 32], frame + L.table + 4ull * c);
+  }
+  const uint32_t cbytes = (tile_len + 1) / 2;
+  for (uint32_t q = i; q < CPT * kChunk / 32; q += THREADS) {
+    const uint32_t o = 16 * q;
+    if (o < cbytes) cp_async16(st.codes + o, frame + L.codes + t0 / 2 + o, min(16u, cbytes - o));
+  }
+  for (uint32_t q = i; q < CPT * kChunk / 16; q += THREADS) {
+    const uint32_t o = 16 * q;
+    if (o < tile_len) cp_async16(st.res + o, frame + L.residuals + t0 + o, min(16u, tile_len - o));
+  }
+}
+
+template <int THREADS, int CPT, int S, class Map>
+__device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) {
+  using Sh = PipeDec<THREADS, CPT, S>;
+  constexpr int UPT = Sh::UPT;
+  __shared__ Sh sh;
+  const uint32_t tiles = (p.chunks + CPT - 1) / CPT;
+  const uint32_t total = p.frames * tiles;
+  uint32_t* status = reinterpret_cast<uint32_t*>(p.status);
+  const uint64_t nx = p.out_bytes / 2;
+  const Layout L = bf16_layout(nx);
+#pragma unroll
+  for (int s = 0; s < S - 1; s++) {
+    pipe_dec_issue<THREADS, CPT, S>(p, blockIdx.x + s * gridDim.x, total, tiles, sh.stage[s]);
+    cp_async_commit();
+  }
+  for (uint32_t k = 0;; k++) {
+    const uint32_t t = blockIdx.x + k * gridDim.x;
+    if (t >= total) break;
+    cp_async_wait<S - 2>();
+    __syncthreads();  // tile k's stage is in; the previous tile is done with the shared state
+    pipe_dec_issue<THREADS, CPT, S>(p, t + (S - 1) * gridDim.x, total, tiles, sh.stage[(k + S - 1) % S]);
+    cp_async_commit();
+    typename Sh::Stage& st = sh.stage[k % S];
+    const uint32_t f = t / tiles, tile = t - f * tiles;
+    const uint32_t c0 = tile * CPT;
+    const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
+    const bool spec = (p.out_bytes & 1) == 0 && L.escapes <= p.frame_cap && c0 < L.chunks;
+    const uint32_t t0 = c0 * kChunk;
+    const uint32_t tile_len = spec ? (uint32_t)min((uint64_t)CPT * kChunk, nx - t0) : 0;
+    if (threadIdx.x == 0) {
+      HeaderInfo h;
+      uint32_t s = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(st.hdr, c0 == 0, p.out_bytes, p.frame_cap, h);
+      if (s != kOK) {
+        if (c0 == 0) atomicCAS(status, 0u, s);
+      } else if (!h.raw) {
+        for (int q = 0; q <= CPT; q++)
+          if (c0 + q >= L.chunks) st.tab[q] = (uint32_t)h.escapes;
+        if (c0 == 0 && st.tab[0] != 0) s = kCorrupt;
+        for (int q = 0; q < CPT; q++)
+          if (st.tab[q] > st.tab[q + 1] || st.tab[q + 1] > h.escapes) s = kCorrupt;
+        if (s != kOK) atomicCAS(status, 0u, s);
+      }
+      sh.status = s;
+    }
+    {
+      const uint8_t* cb = reinterpret_cast<const uint8_t*>(st.hdr + 16);
+      for (uint32_t i = threadIdx.x; i < 256; i += THREADS)
+        sh.pairs[i] = ((uint32_t)cb[i & 0xF] << 7) | ((uint32_t)cb[i >> 4] << 23);
+    }
+    __syncthreads();
+    if (sh.status != kOK) continue;
+
+    if ((st.hdr[1] >> 16) & kFlagRaw) {
+      const uint64_t b0 = (uint64_t)c0 * (2 * kChunk);
+      const uint64_t len = p.out_bytes;
+      if (b0 >= len) continue;
+      const uint64_t blen = min((uint64_t)CPT * (2 * kChunk), len - b0);
+#pragma unroll
+      for (int j = 0; j < UPT; j++) {
+        const uint64_t ub = 16ull * (threadIdx.x + j * THREADS);
+        if (ub + 16 <= blen) {
+          store16(map.addr(f, (uint32_t)((b0 + ub) / 2)), *reinterpret_cast<const uint4*>(frame + kHeaderSize + b0 + ub));
+        } else if (ub < blen) {
+          for (uint64_t q = ub; q < min(ub + 16, blen); q++)
+            reinterpret_cast<uint8_t*>(p.dst)[b0 + q] = frame[kHeaderSize + b0 + q];
+        }
+      }
+      continue;
+    }
+
+    // Coded. The tile's escapes go to shared memory (when not too many) as sorted (element, exponent) keys.
+    const uint8_t* esc = frame + L.escapes;
+    const uint32_t lo = st.tab[0], hi = st.tab[CPT];
+    const uint32_t ne = hi - lo;
+    const bool in_smem = ne <= kMaxTileEscapes;
+    if (ne > 0 && in_smem) {
+      for (uint32_t i = threadIdx.x; i < ne; i += THREADS) {
+        const uint32_t e = lo + i;
+        uint32_t q = 0;
+#pragma unroll
+        for (int c = 1; c < CPT; c++) q += e >= st.tab[c] ? 1u : 0u;
+        const uint32_t pos = esc[3 * e] | ((uint32_t)esc[3 * e + 1] << 8);
+        sh.esc[i] = ((q * kChunk + pos) << 8) | esc[3 * e + 2];
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < UPT; j++) {
+      const uint32_t u = threadIdx.x + j * THREADS, ue = kUnit * u;
+      if (ue >= tile_len) continue;
+      const bool full = ue + kUnit <= tile_len;
+      const uint32_t cw = *reinterpret_cast<const uint32_t*>(st.codes + 4 * u);
+      const uint2 rw = *reinterpret_cast<const uint2*>(st.res + 8 * u);
+      uint32_t o[4];
+      o[0] = spread2(rw.x) | sh.pairs[cw & 0xFF];
+      o[1] = spread2(rw.x >> 16) | sh.pairs[(cw >> 8) & 0xFF];
+      o[2] = spread2(rw.y) | sh.pairs[(cw >> 16) & 0xFF];
+      o[3] = spread2(rw.y >> 16) | sh.pairs[cw >> 24];
+      if (ne > 0) {
+        if (in_smem) {
+          uint32_t a = 0, b = ne;
+          while (a < b) {
+            const uint32_t m = (a + b) / 2;
+            if ((sh.esc[m] >> 8) < ue) a = m + 1; else b = m;
+          }
+          for (; a < ne; a++) {
+            const uint32_t x = sh.esc[a];
+            const uint32_t kk = (x >> 8) - ue;
+            if (kk >= kUnit) break;
+            const uint32_t s = 16 * (kk & 1), xe = x & 0xFF;
+#pragma unroll
+            for (uint32_t q = 0; q < 4; q++)
+              if (q == kk >> 1) o[q] = (o[q] & ~(0x7F80u << s)) | (xe << (7 + s));
+          }
+        } else {
+          const int kc = (j * THREADS) / kUnitsPerChunk;
+          const uint32_t clo = st.tab[kc], chi = st.tab[kc + 1];
+          const uint32_t uc = kUnit * (u % kUnitsPerChunk);
+          uint32_t a = clo, b = chi;
+          while (a < b) {
+            const uint32_t m = (a + b) / 2;
+            if (escape_pos(esc, m) < uc) a = m + 1; else b = m;
+          }
+          for (; a < chi; a++) {
+            const uint32_t pos = escape_pos(esc, a);
+            if (pos >= uc + kUnit) break;
+            const uint32_t kk = pos - uc, x = esc[3 * a + 2];
+            const uint32_t s = 16 * (kk & 1);
+#pragma unroll
+            for (uint32_t q = 0; q < 4; q++)
+              if (q == kk >> 1) o[q] = (o[q] & ~(0x7F80u << s)) | (x << (7 + s));
+          }
+        }
+      }
+      if (full) {
+        store16(map.addr(f, t0 + ue), make_uint4(o[0], o[1], o[2], o[3]));
+      } else {
+#pragma unroll
+        for (uint32_t q = 0; q < 8; q++)
+          if (ue + q < tile_len) *reinterpret_cast<uint16_t*>(map.addr(f, t0 + ue + q)) = (uint16_t)(o[q >> 1] >> (16 * (q & 1)));
+      }
+    }
+  }
+  cp_async_wait<0>();
 }
 
 }  // namespace sz
