@@ -1,0 +1,128 @@
+"""splitzip_connector.handoff: producer → consumer over an embedded NATS server and the P2P transport, on
+host KV caches held by numpy (no vLLM needed)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from splitzip_connector import SplitZipError
+from splitzip_connector.handoff import (
+    Consumer,
+    ControlPlane,
+    HandoffLayoutError,
+    KVLayout,
+    LoadFailure,
+    Producer,
+    new_handoff_id,
+)
+
+LAYERS, BLOCKS, BS, HEADS, HEAD = 3, 8, 16, 3, 64
+
+
+@pytest.fixture(scope="module")
+def plane():
+    p = ControlPlane(storage="memory", namespace="pytest")
+    yield p
+    p.close()
+
+
+def cache(kv_calibration, tp: int = 1, seed: int = 0) -> tuple[KVLayout, np.ndarray]:
+    """[layers, 2, blocks, bs, heads, head] bf16 bits (uint16) filled with real KV rows."""
+    rows = np.stack([np.concatenate([kv_calibration[f"layer.{i}.k"], kv_calibration[f"layer.{i}.v"]]) for i in range(LAYERS)])
+    rng = np.random.default_rng(seed)
+    a = np.empty((LAYERS, 2, BLOCKS, BS, HEADS, HEAD), np.uint16)
+    for l in range(LAYERS):
+        idx = rng.integers(0, rows.shape[1], size=(2, BLOCKS, BS))
+        a[l] = rows[l][idx]
+    bb = BS * HEADS * HEAD * 2
+    lay = KVLayout(LAYERS, BS, HEADS, HEAD, "bf16", BLOCKS, block_stride=bb, kv_offset=BLOCKS * bb, tp_size=tp, model="m")
+    return lay, a
+
+
+def bases(a: np.ndarray) -> list[int]:
+    return [a[l].ctypes.data for l in range(a.shape[0])]
+
+
+def wait(cons: Consumer, rid: str, timeout: float = 20) -> tuple[bool, LoadFailure | None]:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        done, failed = cons.poll()
+        if rid in done:
+            return True, None
+        for f in failed:
+            if f.request_id == rid:
+                return False, f
+        time.sleep(0.005)
+    raise AssertionError("load neither done nor failed")
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_round_trip_bit_exact_per_rank(plane, kv_calibration, tp):
+    hid = new_handoff_id()
+    src, dst = [1, 5, 6], [7, 0, 3]
+    pairs = []
+    for r in range(tp):
+        lay, a = cache(kv_calibration, tp, seed=r)
+        lay2, b = cache(kv_calibration, tp, seed=100 + r)
+        prod = Producer(plane, f"pre-tp{tp}", rank=r, bypass="never")
+        cons = Consumer(plane, f"dec-tp{tp}", rank=r, load_timeout_s=20)
+        prod.register_host_cache(lay, bases(a), keep_alive=a)
+        cons.register_host_cache(lay2, bases(b), keep_alive=b)
+        h = prod.begin("req", src, handoff_id=hid)
+        assert h.handoff_id == hid and h.producer_engine_id == f"pre-tp{tp}"
+        for l in range(LAYERS):
+            prod.save_layer("req", l)
+        prod.wait_saved("req", timeout_s=10)
+        pairs.append((prod, cons, a, b))
+    for r, (prod, cons, a, b) in enumerate(pairs):
+        cons.load("req", hid, dst)
+        ok, f = wait(cons, "req")
+        assert ok, f
+        assert np.array_equal(a[:, :, src], b[:, :, dst]), f"rank {r}"
+        ps, cs = prod.stats(), cons.stats()
+        assert ps["raw_bytes"] > ps["encoded_bytes"] > 0
+        assert cs["loads"] == 1 and cs["wire_bytes"] < cs["raw_bytes"]
+    for prod, cons, _, _ in pairs:
+        cons.close()
+        prod.close()
+
+
+def test_mismatched_tp_fails_the_load_with_a_clear_error(plane, kv_calibration):
+    lay, a = cache(kv_calibration, 1)
+    lay2, b = cache(kv_calibration, 2)
+    with Producer(plane, "pre-mm") as prod, Consumer(plane, "dec-mm", record_wait_s=2) as cons:
+        prod.register_host_cache(lay, bases(a), keep_alive=a)
+        cons.register_host_cache(lay2, bases(b), keep_alive=b)
+        h = prod.begin("r", [0, 1])
+        for l in range(LAYERS):
+            prod.save_layer("r", l)
+        cons.load("r", h.handoff_id, [2, 3])
+        ok, f = wait(cons, "r")
+        assert not ok and f.kind == "mismatch" and "TP size" in f.error
+
+
+def test_unknown_handoff_fails(plane, kv_calibration):
+    lay, b = cache(kv_calibration)
+    with Consumer(plane, "dec-unk", record_wait_s=0.5) as cons:
+        cons.register_host_cache(lay, bases(b), keep_alive=b)
+        cons.load("r", new_handoff_id(), [0])
+        ok, f = wait(cons, "r")
+        assert not ok and f.kind in ("handoff", "timeout", "control_plane"), f
+
+
+def test_errors_are_typed(plane, kv_calibration):
+    lay, a = cache(kv_calibration)
+    with Producer(plane, "pre-err") as prod:
+        with pytest.raises(SplitZipError, match="no KV cache registered"):
+            prod.begin("r", [0])
+        with pytest.raises(HandoffLayoutError):
+            prod.register_host_cache(lay, bases(a)[:1])
+        prod.register_host_cache(lay, bases(a), keep_alive=a)
+        with pytest.raises(HandoffLayoutError, match="block id 99"):
+            prod.begin("r", [99])
+    with pytest.raises(SplitZipError, match="bypass"):
+        Producer(plane, "x", bypass="sometimes")
+    assert len(lay.fingerprint()) == 24
