@@ -58,6 +58,15 @@
 // at ExpiresAt: readers then get ErrHandoffExpired; the server drops them
 // ExpiredGrace later, after which the id reads as ErrUnknownHandoff.
 //
+// # Shard records (what the connector uses)
+//
+// With tensor parallelism every rank's worker is its own process, so no process can write a HandoffRecord
+// holding every rank. The connector therefore publishes one ShardRecord per rank under the key
+// "<handoff id>.r<rank>" in the same bucket (PutShard, WaitShard, DeleteShard): first an open record when a
+// save begins (address, layout fingerprint, dtype, framing), so the consumer can fetch while layers are
+// still being encoded, then the complete record with every frame's size and CRC32C. The consumer of rank r
+// waits for shard r, and checks what it received against the complete record.
+//
 // # Failures
 //
 // Every failure a connector must turn into a per-request error wraps a
