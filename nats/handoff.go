@@ -71,14 +71,8 @@ func (h *HandoffRecord) NumLayers() int {
 // dtype, one consistent entry per rank, times. Errors wrap ErrInvalidRecord
 // or ErrIncompatibleVersion.
 func (h *HandoffRecord) Validate() error {
-	if err := checkVersion("handoff record", h.V); err != nil {
+	if err := checkIdentity("handoff record", h.V, h.ID, h.ProducerEngineID); err != nil {
 		return err
-	}
-	if err := ValidHandoffID(h.ID); err != nil {
-		return err
-	}
-	if err := ValidEngineID(h.ProducerEngineID); err != nil {
-		return fmt.Errorf("handoff %s: producer: %w", h.ID, err)
 	}
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: handoff %s: "+format, append([]any{ErrInvalidRecord, h.ID}, args...)...)
@@ -120,6 +114,20 @@ func (h *HandoffRecord) Validate() error {
 	}
 	if h.CreatedAt.IsZero() || !h.ExpiresAt.After(h.CreatedAt) {
 		return bad("expiry %v not after creation %v", h.ExpiresAt, h.CreatedAt)
+	}
+	return nil
+}
+
+// checkIdentity checks what every record starts with: protocol version, handoff id, producer engine id.
+func checkIdentity(what string, v int, id, producer string) error {
+	if err := checkVersion(what, v); err != nil {
+		return err
+	}
+	if err := ValidHandoffID(id); err != nil {
+		return err
+	}
+	if err := ValidEngineID(producer); err != nil {
+		return fmt.Errorf("handoff %s: producer: %w", id, err)
 	}
 	return nil
 }

@@ -51,14 +51,8 @@ func shardKey(id string, rank int) string { return id + ".r" + strconv.Itoa(rank
 
 // Validate checks the record's structure.
 func (s *ShardRecord) Validate() error {
-	if err := checkVersion("shard record", s.V); err != nil {
+	if err := checkIdentity("shard record", s.V, s.HandoffID, s.ProducerEngineID); err != nil {
 		return err
-	}
-	if err := ValidHandoffID(s.HandoffID); err != nil {
-		return err
-	}
-	if err := ValidEngineID(s.ProducerEngineID); err != nil {
-		return fmt.Errorf("handoff %s: producer: %w", s.HandoffID, err)
 	}
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: handoff %s rank %d: "+format, append([]any{ErrInvalidRecord, s.HandoffID, s.Rank}, args...)...)

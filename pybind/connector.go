@@ -367,7 +367,13 @@ func ProducerAddr(h int) (string, error) {
 // (comma-separated). The memory must stay valid until the producer is closed or re-registered.
 func ProducerRegisterHostCache(h int, layoutJSON, bases string) (n int, err error) {
 	defer recoverInto(&err)
-	p, err := producers.get(h)
+	return register(producers, h, layoutJSON, bases, (*connector.Producer).RegisterHostCache)
+}
+
+// register parses a layout and per-layer base addresses and hands them to fn on the endpoint behind h; it
+// returns the number of bases.
+func register[T any](table *handles[T], h int, layoutJSON, bases string, fn func(T, connector.Layout, []uintptr) error) (int, error) {
+	e, err := table.get(h)
 	if err != nil {
 		return 0, wrap(err)
 	}
@@ -379,7 +385,7 @@ func ProducerRegisterHostCache(h int, layoutJSON, bases string) (n int, err erro
 	if err != nil {
 		return 0, wrap(err)
 	}
-	return len(b), wrap(p.RegisterHostCache(l, b))
+	return len(b), wrap(fn(e, l, b))
 }
 
 // ProducerBeginHandoff opens reqID's handoff of blocks (comma-separated) under handoffID ("" picks one) and
@@ -493,19 +499,7 @@ func ConsumerNew(plane int, optsJSON string) (h int, err error) {
 // ConsumerRegisterHostCache registers the rank's KV cache, as ProducerRegisterHostCache.
 func ConsumerRegisterHostCache(h int, layoutJSON, bases string) (n int, err error) {
 	defer recoverInto(&err)
-	c, err := consumers.get(h)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	l, err := parseLayout(layoutJSON)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	b, err := parseBases(bases)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	return len(b), wrap(c.RegisterHostCache(l, b))
+	return register(consumers, h, layoutJSON, bases, (*connector.Consumer).RegisterHostCache)
 }
 
 // ConsumerLoad starts loading handoffID into blocks (comma-separated) for reqID; ConsumerPoll reports the end.

@@ -10,19 +10,9 @@ import "github.com/splitzip/splitzip/connector"
 // stay allocated until the producer is closed or re-registered.
 func ProducerRegisterDeviceCache(h int, layoutJSON string, ordinal int, bases string) (n int, err error) {
 	defer recoverInto(&err)
-	p, err := producers.get(h)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	l, err := parseLayout(layoutJSON)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	b, err := parseBases(bases)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	return len(b), wrap(p.RegisterDeviceCache(l, ordinal, b))
+	return register(producers, h, layoutJSON, bases, func(p *connector.Producer, l connector.Layout, b []uintptr) error {
+		return p.RegisterDeviceCache(l, ordinal, b)
+	})
 }
 
 // ProducerSaveLayerAfter queues layer of reqID like ProducerSaveLayer; for a GPU cache the encoding waits for
@@ -39,19 +29,9 @@ func ProducerSaveLayerAfter(h int, reqID string, layer int, stream uintptr) (n i
 // ConsumerRegisterDeviceCache registers the consumer's KV cache in GPU memory (see ProducerRegisterDeviceCache).
 func ConsumerRegisterDeviceCache(h int, layoutJSON string, ordinal int, bases string) (n int, err error) {
 	defer recoverInto(&err)
-	c, err := consumers.get(h)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	l, err := parseLayout(layoutJSON)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	b, err := parseBases(bases)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	return len(b), wrap(c.RegisterDeviceCache(l, ordinal, b))
+	return register(consumers, h, layoutJSON, bases, func(c *connector.Consumer, l connector.Layout, b []uintptr) error {
+		return c.RegisterDeviceCache(l, ordinal, b)
+	})
 }
 
 // ProducerSetBypass switches the compression policy ("auto", "never" = always compress, "always" = raw) for
