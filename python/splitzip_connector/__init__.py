@@ -71,3 +71,8 @@ __all__ = [
     "SplitZipIOError",
     "ExtensionNotBuiltError",
 ]
+
+# KV handoffs between engines (splitzip_connector.handoff); the vLLM connector is splitzip_connector.vllm.
+from .handoff import Consumer, ControlPlane, Handoff, KVLayout, LoadFailure, Producer, new_handoff_id  # noqa: E402
+
+__all__ += ["ControlPlane", "Producer", "Consumer", "KVLayout", "Handoff", "LoadFailure", "new_handoff_id"]

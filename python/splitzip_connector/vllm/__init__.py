@@ -46,7 +46,8 @@ __all__ = [
     "WIRE_VERSION",
 ]
 
-logger = init_logger(__name__)
+# Under "vllm." so that vLLM's logging configuration (handlers, VLLM_LOGGING_LEVEL) applies.
+logger = init_logger(f"vllm.{__name__}")
 
 
 class SplitZipConnector(KVConnectorBase_V1):
@@ -128,6 +129,11 @@ class SplitZipConnector(KVConnectorBase_V1):
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         return self._s().request_finished(request, block_ids)
+
+    @classmethod
+    def supports_sleep_mode(cls, kv_transfer_config: Any) -> bool:
+        # The Go side holds the KV tensors' addresses; sleep mode frees and remaps them.
+        return False
 
     # --- stats ------------------------------------------------------------------------------------------
     @classmethod

@@ -144,14 +144,11 @@ class SaveSpec:
 
 @dataclass
 class LoadSpec:
-    """A request to load: the handoff's blocks go into block_ids, in order (as many as the handoff holds).
-    The first `sink` entries repeat block_ids[sink]: blocks this engine already had from its prefix cache,
-    whose incoming copies are overwritten by the real data of that block right after."""
+    """A request to load: the handoff's blocks go into block_ids, in order (as many as the handoff holds)."""
 
     request_id: str
     handoff_id: str
     block_ids: list[int]
-    sink: int = 0
 
 
 @dataclass
@@ -167,5 +164,5 @@ class SplitZipConnectorMetadata(KVConnectorMetadata):
     def add_save(self, request_id: str, handoff_id: str, block_ids: list[int]) -> None:
         self.saves.append(SaveSpec(request_id, handoff_id, list(block_ids)))
 
-    def add_load(self, request_id: str, handoff_id: str, block_ids: list[int], sink: int = 0) -> None:
-        self.loads.append(LoadSpec(request_id, handoff_id, list(block_ids), sink))
+    def add_load(self, request_id: str, handoff_id: str, block_ids: list[int]) -> None:
+        self.loads.append(LoadSpec(request_id, handoff_id, list(block_ids)))

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.request import Request
 
-logger = init_logger(__name__)
+# Under "vllm." so that vLLM's logging configuration (handlers, VLLM_LOGGING_LEVEL) applies.
+logger = init_logger(f"vllm.{__name__}")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -89,10 +90,18 @@ class SplitZipScheduler:
             )
             request.kv_transfer_params["do_remote_prefill"] = False
             return 0, False
-        count = n_prompt - num_computed_tokens
-        if count > 0:
-            return count, True
-        return 0, False
+        if num_computed_tokens > 0:
+            # The local prefix cache already holds the first blocks. A handoff moves whole layers of all the
+            # prompt's blocks, and the cached blocks may be shared with running requests, so they cannot take
+            # the incoming copies: prefill the rest locally (exact, like a plain engine with a cache hit). The
+            # unclaimed handoff expires on the producer after handoff_ttl_s.
+            logger.debug(
+                "SplitZip: request %s: %d tokens cached locally; prefilling the rest instead of loading",
+                request.request_id,
+                num_computed_tokens,
+            )
+            return 0, False
+        return n_prompt, True
 
     def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
         params = request.kv_transfer_params
@@ -109,33 +118,19 @@ class SplitZipScheduler:
             return
         (group,) = blocks.blocks
         all_ids = [b.block_id for b in group]
-        # Blocks the local prefix cache already holds lead the list; the load writes their incoming copies to
-        # the first new block, which the real data of that block overwrites right after (see LoadSpec).
-        k = 0
-        while k < len(group) and group[k].block_hash is not None:
-            k += 1
         n = hp.num_blocks
-        new = all_ids[k:n]
-        if not new or len(all_ids) < n:
+        if len(all_ids) < n:
             logger.error(
-                "SplitZip: request %s: %d blocks allocated, %d cached locally, the handoff holds %d; "
-                "prefilling it locally.",
+                "SplitZip: request %s: %d blocks allocated, the handoff holds %d; prefilling it locally.",
                 request.request_id,
                 len(all_ids),
-                k,
                 n,
             )
             return
-        spec = LoadSpec(request.request_id, hp.handoff_id, [new[0]] * k + new, sink=k)
+        spec = LoadSpec(request.request_id, hp.handoff_id, all_ids[:n])
         self._loads.append(spec)
         self._loading.add(request.request_id)
-        logger.debug(
-            "SplitZip: loading request %s from handoff %s (%d blocks, %d cached locally)",
-            request.request_id,
-            hp.handoff_id[:8],
-            n,
-            k,
-        )
+        logger.debug("SplitZip: loading request %s from handoff %s (%d blocks)", request.request_id, hp.handoff_id[:8], n)
 
     # --- per step ---------------------------------------------------------------------------------------
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> SplitZipConnectorMetadata:

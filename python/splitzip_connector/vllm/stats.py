@@ -56,9 +56,11 @@ class SplitZipStats(KVConnectorStats):
         return self
 
     def is_empty(self) -> bool:
-        return not any(self.data.get(k, 0) for k in ("saves", "loads", "save_failures", "load_failures"))
+        # Any change counts: bytes and times of a handoff may land in an interval before its count does.
+        return not any(self.data.get(k, 0) for k in FIELDS)
 
     def reduce(self) -> dict[str, int | float]:
+        """The interval's summary, as vLLM logs it ("KV Transfer metrics: …")."""
         d = self.data
         raw, enc = d["raw_bytes"], d["encoded_bytes"]
         lraw, wire = d["loaded_raw_bytes"], d["wire_bytes"]
@@ -110,9 +112,11 @@ class Deltas:
                 for k, name in names.items():
                     now[name] = float(src.get(k, 0))
         delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
-        self._last = now
         st = SplitZipStats(data=delta)
-        return None if st.is_empty() else st
+        if st.is_empty():
+            return None
+        self._last = now
+        return st
 
 
 class SplitZipPromMetrics(KVConnectorPromMetrics):

@@ -27,7 +27,8 @@ from .stats import Deltas, SplitZipStats
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
-logger = init_logger(__name__)
+# Under "vllm." so that vLLM's logging configuration (handlers, VLLM_LOGGING_LEVEL) applies.
+logger = init_logger(f"vllm.{__name__}")
 
 _TORCH_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 for _name, _code in (("float8_e5m2", "fp8_e5m2"), ("float8_e4m3fn", "fp8_e4m3")):
@@ -272,10 +273,10 @@ class SplitZipWorker:
             for ld in meta.loads:
                 try:
                     self.consumer.load(ld.request_id, ld.handoff_id, ld.block_ids)
-                    self._load_blocks[ld.request_id] = ld.block_ids[ld.sink :]
+                    self._load_blocks[ld.request_id] = ld.block_ids
                 except Exception as e:  # reported like a failed transfer
                     logger.warning("SplitZip: request %s: load did not start: %s", ld.request_id, e)
-                    self._load_errors.update(ld.block_ids[ld.sink :])
+                    self._load_errors.update(ld.block_ids)
                     self._failed_now.add(ld.request_id)
         for sv in meta.saves:
             assert self.producer is not None, "saves scheduled on an engine without kv_producer role"
