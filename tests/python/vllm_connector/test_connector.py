@@ -1,5 +1,5 @@
 """SplitZipConnector under vLLM's real Scheduler and Request: the lifecycles a disaggregated deployment goes
-through, each ending with no leaked block (conftest.py explains the harness)."""
+through, each ending with no leaked block (harness.py explains the harness)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from vllm.v1.request import FinishReason, RequestStatus
 
 from splitzip_connector.vllm.metadata import PARAMS_KEY, WIRE_VERSION, HandoffParams
 
-from .conftest import BLOCK, Engine, assert_no_leaks, kv_value, make_request
+from .harness import BLOCK, Engine, assert_no_leaks, kv_value, make_request
 
 PROMPT = [(7 * i + 3) % 40000 + 10 for i in range(75)]  # 75 tokens: 4 full blocks and a partial one
 
@@ -253,7 +253,7 @@ def test_tp2_each_rank_moves_its_shard(engines):
 
 
 def test_unsupported_configurations_refused_at_startup(model_config):
-    from .conftest import make_vllm_config
+    from .harness import make_vllm_config
     from splitzip_connector.vllm import SplitZipConnector
     from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 

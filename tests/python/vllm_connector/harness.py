@@ -1,0 +1,357 @@
+"""A prefill and a decode "engine" in one process, each made of vLLM's real Scheduler (which loads
+SplitZipConnector through vLLM's connector factory by module path) and a worker-side SplitZipConnector over
+real host KV tensors shaped by vLLM's own view function (create_kv_cache_views, the model runner's).
+
+The model's forward pass is simulated: for every token a step computes, each layer's K and V cells get values
+derived from (token id, position, layer) — so a decode engine can check, bit for bit, that the KV it loaded is
+what the prefill engine computed, in whatever block ids its own scheduler chose.
+
+Imported by conftest.py only where vLLM is installed (make vllm-test installs the pinned release).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import torch  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
+from vllm.config import (  # noqa: E402
+    CacheConfig,
+    DeviceConfig,
+    KVTransferConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    VllmConfig,
+)
+from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory  # noqa: E402
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
+from vllm.utils.hashing import sha256  # noqa: E402
+from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash  # noqa: E402
+from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
+from vllm.v1.kv_cache_interface import (  # noqa: E402
+    FullAttentionSpec,
+    KVCacheConfig,
+    KVCacheGroupSpec,
+    KVCacheTensor,
+    create_kv_cache_views,
+)
+from vllm.v1.kv_cache_layout import KVCacheLayout  # noqa: E402
+from vllm.v1.outputs import KVConnectorOutput, ModelRunnerOutput  # noqa: E402
+from vllm.v1.request import Request, RequestStatus  # noqa: E402
+from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
+
+# SmolLM2-135M's shape (the model the example deployment serves): 30 layers, 3 KV heads of 64. The tests use
+# fewer layers to stay fast; the layout code does not care.
+SMOL_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "vocab_size": 49152,
+    "torch_dtype": "bfloat16",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+}
+EOS = 2
+BLOCK = 16
+
+
+def _model_config(d: Path, **override: Any) -> ModelConfig:
+    (d / "config.json").write_text(json.dumps({**SMOL_CONFIG, **override}))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    init_none_hash(sha256)
+    return ModelConfig(model=str(d), tokenizer=str(d), skip_tokenizer_init=True, dtype="bfloat16", seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_config(tmp_path_factory) -> ModelConfig:
+    return _model_config(tmp_path_factory.mktemp("smol"))
+
+
+@pytest.fixture(scope="session")
+def model_config_tp2(tmp_path_factory) -> ModelConfig:
+    """SmolLM2's 9 heads do not split over two ranks: the same model shape with 8 heads, 2 KV heads."""
+    return _model_config(tmp_path_factory.mktemp("smol8"), num_attention_heads=8, num_key_value_heads=2, hidden_size=512)
+
+
+def make_vllm_config(
+    model_config: ModelConfig,
+    role: str,
+    *,
+    tp: int = 1,
+    policy: str = "fail",
+    extra: dict[str, Any] | None = None,
+    max_batched: int = 256,
+) -> VllmConfig:
+    kv = KVTransferConfig(
+        kv_connector="SplitZipConnector",
+        kv_connector_module_path="splitzip_connector.vllm",
+        kv_role=role,
+        kv_connector_extra_config={"bypass": "never", "record_wait_s": 2, "load_timeout_s": 20, **(extra or {})},
+        kv_load_failure_policy=policy,
+    )
+    return VllmConfig(
+        model_config=copy.deepcopy(model_config),
+        scheduler_config=SchedulerConfig(
+            max_num_seqs=16,
+            max_num_batched_tokens=max_batched,
+            max_model_len=2048,
+            enable_chunked_prefill=True,
+            is_encoder_decoder=False,
+        ),
+        cache_config=CacheConfig(block_size=BLOCK, cache_dtype="auto", enable_prefix_caching=True),
+        parallel_config=ParallelConfig(tensor_parallel_size=tp),
+        kv_transfer_config=kv,
+        device_config=DeviceConfig("cpu"),
+    )
+
+
+_REAL_KV: list[torch.Tensor] | None = None
+
+
+def _real_kv() -> list[torch.Tensor]:
+    """Per layer, [128 tokens, 3 heads, 128] bf16: K||V of SmolLM2-135M on real text (tests/data)."""
+    global _REAL_KV
+    if _REAL_KV is None:
+        from safetensors.torch import load_file
+
+        t = load_file(str(Path(__file__).resolve().parents[2] / "data" / "kv_evaluation.safetensors"))
+        _REAL_KV = [torch.cat([t[f"layer.{i}.k"], t[f"layer.{i}.v"]], dim=-1) for i in range(30)]
+    return _REAL_KV
+
+
+def kv_value(token: int, pos: int, layer: int, rank: int, n: int) -> torch.Tensor:
+    """n bf16 values standing for one token's K||V cells of one layer and rank: a row of real KV picked by
+    (token, position, layer, rank), so compression sees real statistics and every token differs."""
+    kv = _real_kv()[(layer + 7 * rank) % 30]
+    row = kv[(token * 31 + pos * 7) % kv.shape[0]].reshape(-1)
+    return row[:n] if row.numel() >= n else row.repeat(-(-n // row.numel()))[:n]
+
+
+@dataclass
+class Worker:
+    """One TP rank's worker: a worker-side connector over real KV views, and a simulated forward pass."""
+
+    connector: Any
+    views: dict[str, torch.Tensor]
+    rank: int
+
+    def write_tokens(self, block_ids: list[int], start: int, tokens: list[int]) -> None:
+        """The forward pass of tokens at positions start…: each layer's K||V cells of each token."""
+        for li, (name, v) in enumerate(self.views.items()):
+            _, H, N, C = v.shape
+            for j, tok in enumerate(tokens):
+                pos = start + j
+                blk, off = block_ids[pos // BLOCK], pos % BLOCK
+                v[blk, :, off, :] = kv_value(tok, pos, li, self.rank, H * C).view(H, C)
+
+    def token_kv(self, block_ids: list[int], pos: int) -> list[torch.Tensor]:
+        blk, off = block_ids[pos // BLOCK], pos % BLOCK
+        return [v[blk, :, off, :].clone() for v in self.views.values()]
+
+
+def make_workers(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig, tp: int) -> list[Worker]:
+    from splitzip_connector.vllm.worker import SplitZipWorker
+
+    spec = kv_cache_config.kv_cache_groups[0].kv_cache_spec
+    layers = kv_cache_config.kv_cache_groups[0].layer_names
+    nb = kv_cache_config.num_blocks
+    page = spec.page_size_bytes
+    workers = []
+    for rank in range(tp):
+        raw = torch.zeros(page * nb * len(layers), dtype=torch.int8)
+        t = KVCacheTensor(size=raw.numel(), layers=layers, layer_stride=page * nb, block_stride=page)
+        views = create_kv_cache_views(raw, spec, nb, KVCacheLayout.LBHNC, t)
+        views_d = dict(zip(layers, views))
+        conn = KVConnectorFactory.create_connector(vllm_config, KVConnectorRole.WORKER, kv_cache_config)
+        if tp > 1:  # one process plays every rank
+            conn._worker.shutdown()
+            conn._worker = SplitZipWorker(vllm_config, conn.cfg, rank=rank)
+        conn.register_kv_caches(views_d)
+        workers.append(Worker(conn, views_d, rank))
+    return workers
+
+
+class Engine:
+    """vLLM's Scheduler plus TP workers, stepped by hand."""
+
+    def __init__(self, model_config: ModelConfig, role: str, *, num_blocks: int = 64, tp: int = 1, **kw: Any):
+        self.config = make_vllm_config(model_config, role, tp=tp, **kw)
+        layers = [f"model.layers.{i}.self_attn.attn" for i in range(SMOL_CONFIG["num_hidden_layers"])]
+        mc = self.config.model_config
+        spec = FullAttentionSpec(
+            block_size=BLOCK,
+            num_kv_heads=mc.get_num_kv_heads(self.config.parallel_config),
+            head_size=mc.get_head_size(),
+            dtype=torch.bfloat16,
+        )
+        self.kv_cache_config = KVCacheConfig(
+            num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(layers, spec)]
+        )
+        self.config.cache_config.num_gpu_blocks = num_blocks
+        self.scheduler = Scheduler(
+            vllm_config=self.config,
+            kv_cache_config=self.kv_cache_config,
+            log_stats=True,
+            structured_output_manager=StructuredOutputManager(self.config),
+            block_size=BLOCK,
+        )
+        self.workers = make_workers(self.config, self.kv_cache_config, tp)
+        self.outputs: dict[str, list] = {}
+        self.kv_params: dict[str, dict | None] = {}
+        self.finished: dict[str, Any] = {}
+        self.stats: list[Any] = []
+
+    def add(self, req: Request) -> None:
+        self.scheduler.add_request(req)
+
+    def step(self) -> None:
+        out = self.scheduler.schedule()
+        meta = out.kv_connector_metadata
+        sending: set[str] = set()
+        recving: set[str] = set()
+        invalid: set[int] = set()
+        results = []
+        for w in self.workers:
+            c = w.connector
+            c.bind_connector_metadata(meta)
+            c.start_load_kv(None)
+            for rid, n in out.num_scheduled_tokens.items():
+                req = self.scheduler.requests[rid]
+                (ids,) = self.scheduler.kv_cache_manager.get_block_ids(rid)
+                start = req.num_computed_tokens - n  # schedule() already advanced it
+                w.write_tokens(ids, start, req.all_token_ids[start : start + n])
+            for name, v in w.views.items():  # the layer-wise hooks, in forward order
+                c.save_kv_layer(name, v, None)
+            c.wait_for_save()
+            s, r = c.get_finished(out.finished_req_ids)
+            results.append((s or set(), r or set()))
+            invalid |= c.get_block_ids_with_load_errors()
+            st = c.get_kv_connector_stats()
+            if st is not None:
+                self.stats.append(st)
+            c.clear_connector_metadata()
+        # the aggregator: a request is done when every rank says so
+        self._pending_s = getattr(self, "_pending_s", {})
+        self._pending_r = getattr(self, "_pending_r", {})
+        for s, r in results:
+            for rid in s:
+                self._pending_s[rid] = self._pending_s.get(rid, 0) + 1
+            for rid in r:
+                self._pending_r[rid] = self._pending_r.get(rid, 0) + 1
+        n = len(self.workers)
+        sending = {k for k, v in self._pending_s.items() if v == n}
+        recving = {k for k, v in self._pending_r.items() if v == n}
+        for k in sending:
+            del self._pending_s[k]
+        for k in recving:
+            del self._pending_r[k]
+        req_ids = list(out.num_scheduled_tokens)
+        sampled = []
+        for rid in req_ids:
+            req = self.scheduler.requests[rid]
+            done_prompt = req.num_computed_tokens >= req.num_tokens
+            sampled.append([self.next_token(req)] if done_prompt else [])
+        kvo = None
+        if sending or recving or invalid:
+            kvo = KVConnectorOutput(finished_sending=sending or None, finished_recving=recving or None, invalid_block_ids=invalid)
+        mro = ModelRunnerOutput(
+            req_ids=req_ids,
+            req_id_to_index={r: i for i, r in enumerate(req_ids)},
+            sampled_token_ids=sampled,
+            kv_connector_output=kvo,
+        )
+        eco = self.scheduler.update_from_output(out, mro)
+        for outs in eco.values():
+            for o in outs.outputs:
+                self.outputs.setdefault(o.request_id, []).extend(o.new_token_ids)
+                if o.finish_reason is not None:
+                    self.finished[o.request_id] = o.finish_reason
+                    self.kv_params[o.request_id] = o.kv_transfer_params
+
+    @staticmethod
+    def next_token(req: Request) -> int:
+        return 100 + len(req.all_token_ids) % 50  # never EOS
+
+    def run_until(self, cond, timeout: float = 30.0) -> None:
+        t0 = time.monotonic()
+        while not cond():
+            assert time.monotonic() - t0 < timeout, "timed out"
+            self.step()
+            time.sleep(0.002)
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Steps until the scheduler holds nothing (sends and loads ended)."""
+        s = self.scheduler
+        self.run_until(lambda: not s.requests and not s.waiting and not s.running, timeout)
+        self.step()  # flush finished_req_ids
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.connector.shutdown()
+
+
+def assert_no_leaks(engine: Engine) -> None:
+    """Nothing left in vLLM's scheduler, every block back in the pool."""
+    s = engine.scheduler
+    assert not s.requests and not s.waiting and not s.running
+    assert not s.finished_recving_kv_req_ids
+    mgr = s.kv_cache_manager
+    assert not mgr.coordinator.single_type_managers[0].req_to_blocks
+    assert mgr.block_pool.get_num_free_blocks() == mgr.block_pool.num_gpu_blocks - 1
+    assert all(b.ref_cnt == 0 for b in mgr.block_pool.blocks)
+    for w in engine.workers:
+        sched = s.connector._sched
+        assert not sched._to_save and not sched._saved and not sched._held and not sched._loads
+        wk = w.connector._worker
+        assert not wk._held and not wk._staged and not wk._load_blocks
+
+
+_ids = iter(range(1, 1 << 30))
+
+
+def make_request(prompt: list[int], *, max_tokens: int = 1, params: dict | None = None, rid: str | None = None) -> Request:
+    sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    sp.update_from_generation_config({}, EOS)
+    req = Request(
+        request_id=rid or f"req-{next(_ids)}",
+        prompt_token_ids=list(prompt),
+        sampling_params=sp,
+        pooling_params=None,
+        mm_features=None,
+        block_hasher=get_request_block_hasher(BLOCK, sha256),
+    )
+    req.kv_transfer_params = copy.deepcopy(params)
+    return req
+
+
+@pytest.fixture
+def engines(model_config, model_config_tp2):
+    made: list[Engine] = []
+
+    def make(role: str, **kw: Any) -> Engine:
+        e = Engine(model_config_tp2 if kw.get("tp", 1) == 2 else model_config, role, **kw)
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        e.close()
