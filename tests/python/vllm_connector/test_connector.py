@@ -69,7 +69,10 @@ def test_remote_decode_then_remote_prefill(engines):
     stats = [s.reduce() for s in P.stats + D.stats]
     assert any(s["saves"] for s in stats) and any(s["loads"] for s in stats)
     assert all(s["failures"] == 0 for s in stats)
-    saved = [s for s in stats if s["saves"]][0]
+    ptotal = P.stats[0]
+    for st in P.stats[1:]:
+        ptotal = ptotal.aggregate(st)
+    saved = ptotal.reduce()
     total = D.stats[0]
     for st in D.stats[1:]:
         total = total.aggregate(st)  # figures of one load may span intervals
