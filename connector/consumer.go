@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"log/slog"
 	"sync"
 	"time"
@@ -204,7 +203,9 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 	crcs := make([]uint32, f.frames())
 	var decodeTime, copyTime time.Duration
 	var mu sync.Mutex
-	sink := func(i int, frame []byte) error {
+	// The transport verified each chunk's CRC-32C against the producer's; the same value is checked against
+	// the complete record below, end to end, without another pass over the data.
+	sink := func(i int, frame []byte, crc uint32) error {
 		if i < 0 || i >= f.frames() {
 			return fmt.Errorf("%w: chunk %d of %d frames", ErrFrame, i, f.frames())
 		}
@@ -221,7 +222,6 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 		if err != nil {
 			return fmt.Errorf("%w: frame %d: %w", ErrFrame, i, err)
 		}
-		crc := crc32.Checksum(frame, castagnoli)
 		mu.Lock()
 		sizes[i], crcs[i] = uint64(len(frame)), crc
 		decodeTime += took.codec
@@ -230,7 +230,7 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 		return nil
 	}
 	t0 := time.Now()
-	st, err := transport.Fetch(ctx, rec.Addr, ld.handoffID, sink, c.o.Transport...)
+	st, err := transport.FetchCRC(ctx, rec.Addr, ld.handoffID, sink, c.o.Transport...)
 	if err != nil {
 		return fmt.Errorf("handoff %s from %s: %w", shortID(ld.handoffID), rec.Addr, err)
 	}

@@ -429,7 +429,7 @@ func (p *Producer) staged(s *save, i, n int, frame []byte, took timing) error {
 	}
 	h, _ := codec.ParseHeader(frame)
 	s.sizes[i] = uint64(len(frame))
-	s.crcs[i] = crc32.Checksum(frame, castagnoli)
+	s.crcs[i] = crc32.Checksum(frame, castagnoli) // for the record, and sent by the transport as the chunk's
 	s.rawBytes += uint64(n)
 	p.mu.Lock()
 	p.stats.EncodeTime += took.codec
@@ -441,7 +441,7 @@ func (p *Producer) staged(s *save, i, n int, frame []byte, took timing) error {
 		p.stats.Elements += int64(h.Elements)
 	}
 	p.mu.Unlock()
-	return s.payload.Put(i, frame)
+	return s.payload.PutWithCRC(i, frame, s.crcs[i])
 }
 
 // finishSending tells the engine it may free the request's blocks.

@@ -38,6 +38,18 @@ var aLongTimeAgo = time.Unix(1, 0)
 // already have been given to sink: the caller must treat the whole request as
 // failed. Fetch may be retried while the handoff lives.
 func Fetch(ctx context.Context, addr, id string, sink Sink, opts ...Option) (Stats, error) {
+	if sink == nil {
+		return Stats{}, fmt.Errorf("splitzip/transport: fetch: nil sink")
+	}
+	return FetchCRC(ctx, addr, id, func(i int, data []byte, _ uint32) error { return sink(i, data) }, opts...)
+}
+
+// SinkCRC is a Sink that also receives the chunk's CRC-32C, verified against the producer's: a consumer that
+// checks frames against checksums published elsewhere need not compute them again.
+type SinkCRC func(i int, data []byte, crc uint32) error
+
+// FetchCRC is Fetch with a SinkCRC.
+func FetchCRC(ctx context.Context, addr, id string, sink SinkCRC, opts ...Option) (Stats, error) {
 	start := time.Now()
 	o, err := buildOptions(opts)
 	if err != nil {
@@ -104,7 +116,7 @@ func Fetch(ctx context.Context, addr, id string, sink Sink, opts ...Option) (Sta
 type fetch struct {
 	o         Options
 	addr, id  string
-	sink      Sink
+	sink      SinkCRC
 	pacer     *pacer
 	ctx       context.Context
 	fail      context.CancelCauseFunc
@@ -226,6 +238,7 @@ func (f *fetch) dial(ctx context.Context, kind byte, token [tokenLen]byte) (*cco
 type item struct {
 	i   int
 	buf *[]byte
+	crc uint32
 }
 
 // work pulls chunk indices from the shared queue and receives them on c,
@@ -328,7 +341,7 @@ func (f *fetch) work(c *cconn) {
 			return
 		}
 		select {
-		case ch <- item{i: want, buf: buf}:
+		case ch <- item{i: want, buf: buf, crc: crc}:
 		case <-f.ctx.Done():
 			putBuf(buf)
 			return
@@ -342,7 +355,7 @@ func (f *fetch) deliver(ch <-chan item, done chan<- struct{}) {
 	defer close(done)
 	for it := range ch {
 		if f.ctx.Err() == nil {
-			if err := f.sink(it.i, *it.buf); err != nil {
+			if err := f.sink(it.i, *it.buf, it.crc); err != nil {
 				f.fail(newError(ErrSink, f.id, it.i, "", err))
 			} else {
 				f.delivered.Add(1)

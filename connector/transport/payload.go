@@ -30,6 +30,14 @@ type Payload interface {
 	Release(err error)
 }
 
+// ChunkChecksummer is optionally implemented by a Payload that already knows its chunks' CRC-32C
+// (Castagnoli), e.g. because the producer publishes them: the server then sends that value instead of
+// computing it again. A wrong value fails the consumer's check, as corruption would.
+type ChunkChecksummer interface {
+	// ChunkCRC returns chunk i's CRC-32C, and false when it is not known.
+	ChunkCRC(i int) (uint32, bool)
+}
+
 // NewHandoffID returns a fresh unguessable handoff id: 128 random bits in
 // hex. Whoever knows the id can fetch the payload, so treat it as a
 // capability: pass it only to the intended consumer.
@@ -50,6 +58,8 @@ type StreamPayload struct {
 
 	mu       sync.Mutex
 	chunks   [][]byte
+	crcs     []uint32 // set by PutWithCRC
+	hasCRC   []bool
 	have     []bool
 	failErr  error
 	relErr   error
@@ -80,7 +90,24 @@ func (s *StreamPayload) NumChunks() int { return s.n }
 // Put makes chunk i available. data is retained, not copied: do not modify
 // it until the payload is released. Put fails for an index out of range, a
 // chunk already put, or a released payload (stop producing then).
-func (s *StreamPayload) Put(i int, data []byte) error {
+func (s *StreamPayload) Put(i int, data []byte) error { return s.put(i, data, 0, false) }
+
+// PutWithCRC is Put for a chunk whose CRC-32C the producer computed already (see ChunkChecksummer).
+func (s *StreamPayload) PutWithCRC(i int, data []byte, crc uint32) error {
+	return s.put(i, data, crc, true)
+}
+
+// ChunkCRC implements ChunkChecksummer.
+func (s *StreamPayload) ChunkCRC(i int) (uint32, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i < 0 || i >= s.n || s.hasCRC == nil {
+		return 0, false
+	}
+	return s.crcs[i], s.hasCRC[i]
+}
+
+func (s *StreamPayload) put(i int, data []byte, crc uint32, known bool) error {
 	if i < 0 || i >= s.n {
 		return fmt.Errorf("splitzip/transport: put chunk %d of %d: index out of range", i, s.n)
 	}
@@ -93,6 +120,12 @@ func (s *StreamPayload) Put(i int, data []byte) error {
 		return fmt.Errorf("splitzip/transport: put chunk %d: already put", i)
 	}
 	s.chunks[i], s.have[i] = data, true
+	if known {
+		if s.hasCRC == nil {
+			s.crcs, s.hasCRC = make([]uint32, s.n), make([]bool, s.n)
+		}
+		s.crcs[i], s.hasCRC[i] = crc, true
+	}
 	s.broadcast()
 	return nil
 }

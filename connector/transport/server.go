@@ -486,10 +486,16 @@ func (sc *sconn) sendChunk(sess *session, i int) bool {
 	f.put(sc.hdr[:])
 	slice := s.pacer.slice()
 	var crc uint32
+	known := false
+	if cs, ok := sess.h.p.(ChunkChecksummer); ok {
+		crc, known = cs.ChunkCRC(i)
+	}
 	for off := 0; ; {
 		k := min(slice, len(data)-off)
 		piece := data[off : off+k]
-		crc = crcUpdate(crc, piece)
+		if !known {
+			crc = crcUpdate(crc, piece)
+		}
 		sc.bufs = net.Buffers(sc.arr[:0])
 		if off == 0 {
 			sc.bufs = append(sc.bufs, sc.hdr[:])

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -658,4 +659,33 @@ func TestWireGolden(t *testing.T) {
 	_, err = c.Read(make([]byte, 1))
 	require.ErrorIs(t, err, io.EOF)
 	require.Zero(t, s.Pending())
+}
+
+// A payload that knows its chunks' CRC-32C has it sent as is; the consumer verifies it and hands it to a
+// SinkCRC. A wrong known CRC fails the transfer like corruption.
+func TestKnownChunkCRC(t *testing.T) {
+	srv := newServer(t)
+	p := NewStreamPayload(2, nil)
+	a, b := []byte("first chunk"), []byte("second")
+	require.NoError(t, p.PutWithCRC(0, a, crcUpdate(0, a)))
+	require.NoError(t, p.Put(1, b))
+	id := NewHandoffID()
+	require.NoError(t, srv.Offer(id, p))
+	got := map[int]uint32{}
+	var mu sync.Mutex
+	_, err := FetchCRC(context.Background(), srv.Addr().String(), id, func(i int, data []byte, crc uint32) error {
+		mu.Lock()
+		got[i] = crc
+		mu.Unlock()
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, map[int]uint32{0: crcUpdate(0, a), 1: crcUpdate(0, b)}, got)
+
+	bad := NewStreamPayload(1, nil)
+	require.NoError(t, bad.PutWithCRC(0, a, crcUpdate(0, a)^1))
+	id2 := NewHandoffID()
+	require.NoError(t, srv.Offer(id2, bad))
+	_, err = Fetch(context.Background(), srv.Addr().String(), id2, func(int, []byte) error { return nil })
+	require.ErrorIs(t, err, ErrChecksum)
 }
