@@ -100,10 +100,15 @@ def layout_from_tensors(
             f"SplitZipConnector: KV cache dtype {first.dtype} is not one SplitZip knows; use bfloat16, "
             "float16 or fp8 (--kv-cache-dtype)"
         )
-    if first.device.type != "cpu":
+    if first.device.type == "cuda" and first.dtype != torch.bfloat16:
         raise NotImplementedError(
-            f"SplitZipConnector: the KV cache is on {first.device}; this build moves host-memory KV caches "
-            "(vLLM's CPU backend). GPU KV caches need the connector's GPU path"
+            f"SplitZipConnector: the GPU path moves bfloat16 KV caches; this one is {first.dtype} on "
+            f"{first.device} (run with --dtype bfloat16, or without --kv-cache-dtype)"
+        )
+    if first.device.type not in ("cpu", "cuda"):
+        raise NotImplementedError(
+            f"SplitZipConnector: the KV cache is on {first.device}; SplitZip moves host-memory (CPU backend) "
+            "and CUDA KV caches"
         )
     elem = first.element_size()
     block_elems = block_size * kv_heads * head_size  # one block's K (or V)
@@ -192,6 +197,7 @@ class SplitZipWorker:
     def __init__(self, vllm_config: "VllmConfig", cfg: SplitZipConfig, rank: int | None = None) -> None:
         self.vllm_config = vllm_config
         self.cfg = cfg
+        self._device: torch.device | None = None  # set by register_kv_caches for CUDA caches
         kvc = vllm_config.kv_transfer_config
         pc = vllm_config.parallel_config
         self.tp_size = pc.tensor_parallel_size
@@ -251,8 +257,16 @@ class SplitZipWorker:
             model=str(mc.model),
         )
         self._layer_index = {n: i for i, n in enumerate(self.cache.layer_names)}
+        first = next(iter(kv_caches.values()))
+        # GPU caches: the CUDA kernels gather-encode and decode-scatter the engine's tensors in place, on the
+        # connector's own stream, after the work the engine queued on its current stream.
+        self._device = first.device if first.device.type == "cuda" else None
         for side in (self.producer, self.consumer):
-            if side is not None:
+            if side is None:
+                continue
+            if self._device is not None:
+                side.register_device_cache(self.cache.layout, self._device.index, self.cache.bases, keep_alive=kv_caches)
+            else:
                 side.register_host_cache(self.cache.layout, self.cache.bases, keep_alive=kv_caches)
         logger.info(
             "SplitZip rank %d registered %d layers: %s, block stride %d B, K→V %d B, fingerprint %s",
@@ -297,7 +311,7 @@ class SplitZipWorker:
             if nxt != idx:
                 continue
             try:
-                self.producer.save_layer(req_id, idx)  # type: ignore[union-attr]
+                self._save_layer(req_id, idx)
                 self._saving[req_id] = idx + 1
             except Exception as e:
                 logger.error("SplitZip: request %s: layer %d not saved: %s", req_id, idx, e)
@@ -310,8 +324,17 @@ class SplitZipWorker:
             return
         for req_id, nxt in self._saving.items():
             for layer in range(nxt, self.cache.layout.layers):
-                self.producer.save_layer(req_id, layer)  # type: ignore[union-attr]
+                self._save_layer(req_id, layer)
         self._saving.clear()
+
+    def _save_layer(self, req_id: str, layer: int) -> None:
+        """Queues a layer: for a GPU cache, after the work queued so far on the engine's current stream (the
+        engine's stream never waits for the encoding)."""
+        if self._device is not None:
+            stream = torch.cuda.current_stream(self._device).cuda_stream
+            self.producer.save_layer_after(req_id, layer, stream)  # type: ignore[union-attr]
+        else:
+            self.producer.save_layer(req_id, layer)  # type: ignore[union-attr]
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         sending: set[str] = set()
