@@ -325,6 +325,10 @@ func runTransferProducer(args []string) error {
 			return err
 		}
 		p.FinishedSending()
+		if os.Getenv("SPLITZIP_BENCH_DEBUG") != "" { // shows the auto policy's choices as they happen
+			st := p.Stats()
+			fmt.Fprintf(os.Stderr, "producer %s: %d handoffs, %d raw\n", key, st.Handoffs, st.RawHandoffs)
+		}
 	}
 	return in.Err()
 }
