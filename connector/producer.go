@@ -32,14 +32,15 @@ type Producer struct {
 	unsub    func() error
 	log      *slog.Logger
 
-	mu     sync.Mutex
-	cache  kvCache
-	saves  map[string]*save // by request id
-	byID   map[string]*save // by handoff id
-	sent   []string         // requests whose blocks the engine may free
-	stats  ProducerStats
-	closed bool
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	cache   kvCache
+	saves   map[string]*save   // by request id
+	byID    map[string]*save   // by handoff id
+	fetched map[string]fetched // completed transfers awaiting their completion notice
+	sent    []string           // requests whose blocks the engine may free
+	stats   ProducerStats
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 // ProducerStats are running totals for observability.
@@ -90,7 +91,7 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 		o: o, cp: cp.plane(), staging: newStaging(o.StagingBytes),
 		policy:   bypassPolicy{mode: o.Bypass, linkConf: o.LinkRate},
 		encoders: make(chan *codec.Encoder, 2),
-		saves:    map[string]*save{}, byID: map[string]*save{},
+		saves:    map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{},
 		log: slog.Default().With("component", "splitzip.producer", "engine", o.EngineID, "rank", o.Rank),
 	}
 	for range cap(p.encoders) {
@@ -498,13 +499,30 @@ func (p *Producer) onRelease(s *save, err error) {
 	}()
 }
 
+// fetched is what the bypass policy needs of a completed transfer until its consumer's completion notice.
+type fetched struct {
+	raw      bool
+	rawBytes int64
+	start    time.Time // the consumer's first request
+}
+
+// maxFetched bounds the transfers awaiting a completion notice (a consumer that never sends one).
+const maxFetched = 1024
+
+// onTransfer notes when a completed transfer started; the completion notice, sent once the consumer has
+// decoded everything, closes the measurement (onCompletion). From first request to last frame decoded is
+// what a transfer costs the decode side, codec included.
 func (p *Producer) onTransfer(st transport.Stats) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	s := p.byID[st.ID]
-	p.mu.Unlock()
-	if s != nil && st.Err == nil {
-		p.policy.observe(s.raw, int64(s.rawBytes), st.Duration)
+	if s == nil || st.Err != nil {
+		return
 	}
+	if len(p.fetched) >= maxFetched {
+		clear(p.fetched) // consumers that send no notices: measurements lost, memory bounded
+	}
+	p.fetched[st.ID] = fetched{raw: s.raw, rawBytes: int64(s.rawBytes), start: time.Now().Add(-st.Duration)}
 }
 
 // onCompletion handles a consumer's notice. The payload was already released by the transport when the fetch
@@ -513,9 +531,17 @@ func (p *Producer) onCompletion(c completion) {
 	if !c.OK {
 		p.mu.Lock()
 		p.stats.Failed++
+		delete(p.fetched, c.HandoffID)
 		p.mu.Unlock()
 		p.log.Warn("consumer reported a failed load", "handoff", shortID(c.HandoffID), "err", c.Err)
 		return
+	}
+	p.mu.Lock()
+	f, ok := p.fetched[c.HandoffID]
+	delete(p.fetched, c.HandoffID)
+	p.mu.Unlock()
+	if ok {
+		p.policy.observe(f.raw, f.rawBytes, time.Since(f.start))
 	}
 	p.log.Debug("consumer loaded handoff", "handoff", shortID(c.HandoffID))
 }

@@ -39,8 +39,8 @@ func (m *rateMeter) get() (float64, bool) {
 // bypassPolicy decides per handoff whether to send raw frames. Pipelined, a compressed transfer runs at
 // min(codec path, ratio × link) and a raw one at min(copy path, link): compression wins when its whole path
 // (gather, encode, wire, decode, scatter) outruns the link. The policy measures exactly that: the raw bytes per
-// second that compressed and raw transfers deliver, from the consumer's first request to its last chunk (the
-// producer's transfer statistics). With a configured link rate and no raw measurement yet, it compares the
+// second that compressed and raw transfers deliver, from the consumer's first request until its completion
+// notice says every frame is decoded. With a configured link rate and no raw measurement yet, it compares the
 // compressed rate with the configured one. In auto mode it keeps both measurements fresh by sending every
 // probeEvery-th handoff the other way.
 type bypassPolicy struct {

@@ -201,7 +201,7 @@ func runBenchTransfer(args []string) error {
 	}
 	fmt.Printf("splitzip bench transfer: a producer process and this consumer (%s, %d cores), %s,\n", cpuName(), runtime.NumCPU(), where)
 	fmt.Printf("KV of SmolLM2-135M (30 layers × K,V × 3 heads × 64, bf16, 16-token blocks) filled with %s;\n", *data)
-	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d; %s\n\n", *repeat, shaping)
+	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d after warm-up; %s\n\n", *repeat, shaping)
 	fmt.Printf("%7s %9s %9s | %10s %10s %8s | %10s %8s\n", "tokens", "KV", "link", "raw", "splitzip", "speedup", "auto", "auto/raw")
 	seq := 0
 	for _, tok := range tokens {
@@ -215,6 +215,14 @@ func runBenchTransfer(args []string) error {
 			rate := gbit * 1e9 / 8
 			med := map[string]time.Duration{}
 			for _, mode := range []string{"raw", "compressed", "auto"} {
+				// Untimed warm-up: staging memory and connections, and for auto its measurements of both
+				// ways (steady state is what serving sees; the policy keeps probing while timed).
+				for w := range 1 + map[bool]int{true: 1}[mode == "auto"] {
+					seq++
+					if _, err := run(fmt.Sprintf("warm-%d-%d", seq, w), blocks, mode, rate); err != nil {
+						return fmt.Errorf("%d tokens at %s, %s (warm-up): %w", int(tok), linkName(gbit), mode, err)
+					}
+				}
 				var ts []time.Duration
 				for range *repeat {
 					seq++
