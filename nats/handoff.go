@@ -315,11 +315,27 @@ func (p *Plane) entryRecord(id string, e jetstream.KeyValueEntry) (*HandoffRecor
 // ErrUnknownHandoff) rather than wait for a record that was probably lost.
 // Other errors as GetHandoff.
 func (p *Plane) WaitHandoff(ctx context.Context, id string) (*HandoffRecord, error) {
-	if err := p.checkOpen(); err != nil {
+	var rec *HandoffRecord
+	err := p.waitKey(ctx, id, id, func(e jetstream.KeyValueEntry) (bool, error) {
+		var err error
+		rec, err = p.entryRecord(id, e)
+		return true, err
+	})
+	if err != nil && rec == nil || errors.Is(err, ErrHandoffReleased) {
 		return nil, err
 	}
+	return rec, err
+}
+
+// waitKey watches key of handoff id until accept takes a stored value (done), the value is deleted
+// (ErrHandoffReleased), or ctx ends (at most HandoffTTL without a deadline). It re-watches after reconnects
+// and gives up on a key a restarted server no longer has (ErrServerRestarted).
+func (p *Plane) waitKey(ctx context.Context, id, key string, accept func(jetstream.KeyValueEntry) (done bool, err error)) error {
+	if err := p.checkOpen(); err != nil {
+		return err
+	}
 	if err := ValidHandoffID(id); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnknownHandoff, err)
+		return fmt.Errorf("%w: %w", ErrUnknownHandoff, err)
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -335,19 +351,9 @@ func (p *Plane) WaitHandoff(ctx context.Context, id string) (*HandoffRecord, err
 	})
 	defer remove()
 	var w waiter
-	var rec *HandoffRecord
-	accept := func(e jetstream.KeyValueEntry) (bool, error) {
-		var err error
-		rec, err = p.entryRecord(id, e)
-		return true, err
-	}
 	for {
-		err, again := w.watchOnce(ctx, p, id, events, accept)
-		if !again {
-			if err != nil && rec == nil || errors.Is(err, ErrHandoffReleased) {
-				return nil, err
-			}
-			return rec, err
+		if err, again := w.watchOnce(ctx, p, key, events, accept); !again {
+			return err
 		}
 	}
 }

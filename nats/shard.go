@@ -144,28 +144,9 @@ func (p *Plane) PutShard(ctx context.Context, rec *ShardRecord) error {
 // WaitShard returns rank's shard of handoff id, waiting for it to be published, and with complete for its
 // complete version. Errors as WaitHandoff.
 func (p *Plane) WaitShard(ctx context.Context, id string, rank int, complete bool) (*ShardRecord, error) {
-	if err := p.checkOpen(); err != nil {
-		return nil, err
-	}
-	if err := ValidHandoffID(id); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnknownHandoff, err)
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.opts.HandoffTTL)
-		defer cancel()
-	}
 	key := shardKey(id, rank)
-	events := make(chan ConnEvent, 16)
-	remove := p.OnConnEvent(func(ev ConnEvent) {
-		select {
-		case events <- ev:
-		default:
-		}
-	})
-	defer remove()
 	var rec *ShardRecord
-	accept := func(e jetstream.KeyValueEntry) (bool, error) {
+	err := p.waitKey(ctx, id, key, func(e jetstream.KeyValueEntry) (bool, error) {
 		var r ShardRecord
 		if err := decode("shard record "+key, e.Value(), &r); err != nil {
 			return true, err
@@ -181,17 +162,11 @@ func (p *Plane) WaitShard(ctx context.Context, id string, rank int, complete boo
 			return true, fmt.Errorf("%w: handoff %s expired at %s", ErrHandoffExpired, id, r.ExpiresAt.Format(time.RFC3339Nano))
 		}
 		return r.Complete || !complete, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	var w waiter
-	for {
-		err, again := w.watchOnce(ctx, p, key, events, accept)
-		if !again {
-			if err != nil {
-				return nil, err
-			}
-			return rec, nil
-		}
-	}
+	return rec, nil
 }
 
 // DeleteShard withdraws rank's shard of handoff id and frees its in-flight slot; deleting an unknown one is
