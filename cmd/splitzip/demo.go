@@ -6,7 +6,7 @@ import "fmt"
 // check), then a real handoff between a producer and a consumer process, raw against compressed.
 func runDemo(args []string) error {
 	fs := newFlags("demo", "")
-	tokens := fs.String("tokens", "4096,16384", "request sizes for the transfer table")
+	tokens := fs.String("tokens", "4096", "request sizes for the transfer table")
 	rates := fs.String("rates", "1,10,0", "link rates in Gbit/s (0: unshaped)")
 	if err := fs.Parse(args); err != nil {
 		return err
