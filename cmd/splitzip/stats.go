@@ -151,7 +151,7 @@ func runStats(args []string) error {
 
 	fmt.Printf("SplitZip v1 on real KV: codebook calibrated on %s, measured on %s\n", *calPath, *evalPath)
 	if src := evalMeta["model"]; src != "" {
-		fmt.Printf("model: %s, evaluation tokens: %s\n", src, evalMeta["tokens"])
+		fmt.Printf("model: %s, evaluation tokens: %s\n", src, evalMeta["token_count"])
 	}
 	fmt.Printf("global codebook (4-bit): %v, calibration coverage %.4f%%\n\n", global.Exponents, 100*global.Coverage)
 	fmt.Printf("%5s | %9s %9s %7s | %9s %9s %7s\n", "layer", "K top-16", "K escape", "K ratio", "V top-16", "V escape", "V ratio")
