@@ -339,6 +339,11 @@ func NewHandoffID() string { return connector.NewHandoffID() }
 // ProducerNew starts a producer (payload server) on plane and returns its handle.
 func ProducerNew(plane int, optsJSON string) (h int, err error) {
 	defer recoverInto(&err)
+	return newEndpoint(producers, plane, optsJSON, connector.NewProducer)
+}
+
+// newEndpoint builds a producer or consumer on the plane behind handle plane and returns its handle.
+func newEndpoint[T any](table *handles[T], plane int, optsJSON string, build func(connector.ControlPlane, ...connector.Option) (T, error)) (int, error) {
 	p, err := planes.get(plane)
 	if err != nil {
 		return 0, wrap(err)
@@ -347,11 +352,11 @@ func ProducerNew(plane int, optsJSON string) (h int, err error) {
 	if err != nil {
 		return 0, wrap(err)
 	}
-	pr, err := connector.NewProducer(connector.Plane(p), opts...)
+	e, err := build(connector.Plane(p), opts...)
 	if err != nil {
 		return 0, wrap(err)
 	}
-	return producers.put(pr), nil
+	return table.put(e), nil
 }
 
 // ProducerAddr is where consumers fetch this producer's payloads.
@@ -481,19 +486,7 @@ func ProducerClose(h int) (int, error) {
 // ConsumerNew joins plane as a consumer and returns its handle.
 func ConsumerNew(plane int, optsJSON string) (h int, err error) {
 	defer recoverInto(&err)
-	p, err := planes.get(plane)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	opts, err := endpointOpts(optsJSON)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	c, err := connector.NewConsumer(connector.Plane(p), opts...)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	return consumers.put(c), nil
+	return newEndpoint(consumers, plane, optsJSON, connector.NewConsumer)
 }
 
 // ConsumerRegisterHostCache registers the rank's KV cache, as ProducerRegisterHostCache.
