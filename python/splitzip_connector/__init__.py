@@ -20,6 +20,7 @@ from ._binding import FORMAT_VERSION, HEADER_SIZE
 from .codebook import Calibrator, Codebook
 from .codec import compress, decompress, max_compressed_size
 from .cuda import DeviceFrame, check_status, cuda_available, load_kernels
+from . import errors
 from .errors import (
     BufferSizeError,
     CodebookError,
@@ -56,20 +57,7 @@ __all__ = [
     "cuda_available",
     "load_kernels",
     "check_status",
-    "SplitZipError",
-    "DTypeError",
-    "LayoutError",
-    "BufferSizeError",
-    "FrameError",
-    "CorruptFrameError",
-    "TruncatedFrameError",
-    "NotAFrameError",
-    "FrameVersionError",
-    "CodebookError",
-    "CUDAUnavailableError",
-    "CUDAError",
-    "SplitZipIOError",
-    "ExtensionNotBuiltError",
+    *errors.__all__,
 ]
 
 # KV handoffs between engines (splitzip_connector.handoff); the vLLM connector is splitzip_connector.vllm.
