@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -73,12 +75,8 @@ func runCompress(args []string) error {
 	fs := newFlags("compress", "IN OUT")
 	book := fs.String("codebook", "", "codebook JSON from 'splitzip calibrate' (default: the built-in one)")
 	dtype := fs.String("dtype", "", "dtype of a raw (non-safetensors) input file")
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args, 2, "need IN and OUT"); err != nil {
 		return err
-	}
-	if fs.NArg() != 2 {
-		fs.Usage()
-		return fmt.Errorf("need IN and OUT")
 	}
 	in, out := fs.Arg(0), fs.Arg(1)
 	enc, err := newEncoder(*book)
@@ -148,12 +146,8 @@ var stderrIsTerminal = func() bool {
 
 func runDecompress(args []string) error {
 	fs := newFlags("decompress", "IN OUT")
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args, 2, "need IN and OUT"); err != nil {
 		return err
-	}
-	if fs.NArg() != 2 {
-		fs.Usage()
-		return fmt.Errorf("need IN and OUT")
 	}
 	in, out := fs.Arg(0), fs.Arg(1)
 	dec, err := codec.NewDecoder()
@@ -203,12 +197,8 @@ func runDecompress(args []string) error {
 
 func runInspect(args []string) error {
 	fs := newFlags("inspect", "FILE")
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args, 1, "need one FILE"); err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return fmt.Errorf("need one FILE")
 	}
 	path := fs.Arg(0)
 	var frames []safetensors.Tensor
@@ -244,6 +234,18 @@ func runInspect(args []string) error {
 			book = strings.Join(parts, " ")
 		}
 		fmt.Printf("%-14s %-9s %10d %10d %7.4f %5d %9d %4d..%-5d  %s\n", t.Name, h.DType, h.Elements, h.FrameLen(), h.Ratio(), h.CodeBits, h.Escapes, fi.ChunkEscapesMin, fi.ChunkEscapesMax, book)
+	}
+	return nil
+}
+
+// parseArgs parses flags and checks that exactly n arguments follow, printing the usage when they don't.
+func parseArgs(fs *flag.FlagSet, args []string, n int, want string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != n {
+		fs.Usage()
+		return errors.New(want)
 	}
 	return nil
 }
