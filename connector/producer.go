@@ -425,9 +425,6 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob)
 
 // staged records encoded frame i and hands it to the transport.
 func (p *Producer) staged(s *save, i, n int, frame []byte, took timing) error {
-	if !s.raw {
-		p.policy.codec.observe(int64(n), took.codec)
-	}
 	h, _ := codec.ParseHeader(frame)
 	s.sizes[i] = uint64(len(frame))
 	s.crcs[i] = crc32.Checksum(frame, castagnoli) // for the record, and sent by the transport as the chunk's

@@ -46,7 +46,6 @@ func (m *rateMeter) get() (float64, bool) {
 type bypassPolicy struct {
 	mode       Bypass
 	linkConf   float64
-	codec      rateMeter // encode throughput alone (raw bytes per second), for statistics
 	compressed rateMeter // delivered raw bytes per second of compressed transfers
 	rawRate    rateMeter // delivered raw bytes per second of raw transfers
 	mu         sync.Mutex
