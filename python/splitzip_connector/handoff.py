@@ -32,6 +32,7 @@ __all__ = [
     "KVLayout",
     "Handoff",
     "LoadFailure",
+    "EngineInfo",
     "ControlPlane",
     "Producer",
     "Consumer",
@@ -164,6 +165,33 @@ class LoadFailure:
     error: str
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """An engine's entry in the control plane's registry (nats.Engine): who it is (id, role: "producer",
+    "consumer" or "both"), its tensor-parallel size, the fingerprint of its KV layout, its KV dtype and
+    free-form meta. Entries of engines that stop heartbeating vanish after 15 s."""
+
+    id: str
+    role: str
+    tp_size: int
+    layout: str
+    dtype: str = ""
+    addr: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> "EngineInfo":
+        return cls(
+            id=d["id"],
+            role=d["role"],
+            tp_size=int(d["tp_size"]),
+            layout=d["layout"],
+            dtype=d.get("dtype", ""),
+            addr=d.get("addr", ""),
+            meta=dict(d.get("meta") or {}),
+        )
+
+
 class ControlPlane:
     """A connection to the NATS control plane. With no url, starts an embedded NATS server in this process
     (client_url tells other processes where it is).
@@ -186,6 +214,20 @@ class ControlPlane:
     @property
     def client_url(self) -> str:
         return _call(ext.pybind_PlaneClientURL, self._h)
+
+    def register_engine(self, info: EngineInfo) -> int:
+        """Puts info in the engine registry and keeps it alive (heartbeats) until deregister_engine(handle) or
+        close(); returns the registration's handle. An id may be registered once per ControlPlane."""
+        rec = {k: v for k, v in asdict(info).items() if v not in ("", {}, None)}
+        return _call(ext.pybind_PlaneRegisterEngine, self._h, json.dumps(rec))
+
+    def deregister_engine(self, handle: int) -> None:
+        """Removes a registration made by register_engine."""
+        _call(ext.pybind_PlaneDeregisterEngine, int(handle))
+
+    def engines(self) -> list[EngineInfo]:
+        """The engines registered now (live heartbeats), sorted by id."""
+        return [EngineInfo.from_record(d) for d in json.loads(_call(ext.pybind_PlaneEngines, self._h))]
 
     def close(self) -> None:
         with self._lock:
