@@ -71,3 +71,57 @@ func BenchmarkDecodeBF16(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPagedBF16 is a frame of a paged KV cache: 8 MiB in 6 KiB blocks scattered over a pool much larger
+// than the caches, gathered into a buffer and encoded (decoded and scattered) against EncodeSegments
+// (DecodeSegments) on the blocks in place. One goroutine: per-core cost.
+func BenchmarkPagedBF16(b *testing.B) {
+	const block, frameBytes, poolBytes = 6144, 8 << 20, 256 << 20
+	rng := rand.New(rand.NewPCG(2, 2))
+	pool := randomNormalBF16(rng, poolBytes/2, 0.7)
+	nb := frameBytes / block
+	segs := make([][]byte, nb)
+	for i, k := range rng.Perm(poolBytes / block)[:nb] {
+		segs[i] = pool[k*block : (k+1)*block]
+	}
+	gathered := make([]byte, nb*block)
+	enc, _ := NewEncoder(WithEncoderConcurrency(1))
+	dec, _ := NewDecoder(WithDecoderConcurrency(1))
+	frame := make([]byte, 0, MaxEncodedLen(len(gathered)))
+	b.Run("gather+Encode", func(b *testing.B) {
+		b.SetBytes(int64(len(gathered)))
+		for b.Loop() {
+			n := 0
+			for _, s := range segs {
+				n += copy(gathered[n:], s)
+			}
+			frame, _ = enc.Encode(frame[:0], gathered, BF16)
+		}
+	})
+	b.Run("EncodeSegments", func(b *testing.B) {
+		b.SetBytes(int64(len(gathered)))
+		for b.Loop() {
+			frame, _ = enc.EncodeSegments(frame[:0], segs, BF16)
+		}
+	})
+	b.Run("DecodeInto+scatter", func(b *testing.B) {
+		b.SetBytes(int64(len(gathered)))
+		for b.Loop() {
+			if _, err := dec.DecodeInto(gathered, frame); err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for _, s := range segs {
+				n += copy(s, gathered[n:])
+			}
+		}
+	})
+	b.Run("DecodeSegments", func(b *testing.B) {
+		b.SetBytes(int64(len(gathered)))
+		for b.Loop() {
+			if _, err := dec.DecodeSegments(segs, frame); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -41,7 +41,7 @@ func encodeBF16Range(p *encPart, i0, i, i1 int) bool {
 	codes := p.frame[p.lay.Codes:]
 	res := p.frame[p.lay.Residuals:]
 	for ; i+8 <= i1; i += 8 {
-		s := p.src[2*i : 2*i+16]
+		s := p.src[2*(i-p.s0) : 2*(i-p.s0)+16]
 		x0 := binary.LittleEndian.Uint64(s)
 		x1 := binary.LittleEndian.Uint64(s[8:])
 		binary.LittleEndian.PutUint64(res[i:i+8], packResiduals(x0)|packResiduals(x1)<<32)
@@ -58,7 +58,7 @@ func encodeBF16Range(p *encPart, i0, i, i1 int) bool {
 	}
 	// Tail of the last chunk: element by element, the high nibble of an odd last byte stays zero.
 	for ; i < i1; i++ {
-		v := binary.LittleEndian.Uint16(p.src[2*i:])
+		v := binary.LittleEndian.Uint16(p.src[2*(i-p.s0):])
 		x := uint8(v >> 7)
 		res[i] = uint8(v>>8)&0x80 | uint8(v)&0x7F
 		code := p.tab.code[x]
@@ -81,7 +81,7 @@ func encodeBF16Range(p *encPart, i0, i, i1 int) bool {
 // written with placeholders; false once over the escape budget.
 func (p *encPart) escapesOf(i0, i, j int) bool {
 	for ; i < j; i++ {
-		if x := uint8(binary.LittleEndian.Uint16(p.src[2*i:]) >> 7); p.tab.code[x] < 0 {
+		if x := uint8(binary.LittleEndian.Uint16(p.src[2*(i-p.s0):]) >> 7); p.tab.code[x] < 0 {
 			if !p.addEscape(i-i0, x) {
 				return false
 			}
@@ -115,13 +115,44 @@ func decodeBF16Range(p *decPart, i, i1 int) {
 	for ; i+8 <= i1; i += 8 {
 		c := binary.LittleEndian.Uint32(codes[i/2 : i/2+4])
 		r := binary.LittleEndian.Uint64(res[i : i+8])
-		o := out[2*i : 2*i+16]
+		o := out[2*(i-p.o0) : 2*(i-p.o0)+16]
 		binary.LittleEndian.PutUint64(o, spreadResiduals(uint32(r))|uint64(pairs[uint8(c)])|uint64(pairs[uint8(c>>8)])<<32)
 		binary.LittleEndian.PutUint64(o[8:], spreadResiduals(uint32(r>>32))|uint64(pairs[uint8(c>>16)])|uint64(pairs[uint8(c>>24)])<<32)
 	}
 	for ; i < i1; i++ {
 		code := codes[i/2] >> (4 * (i & 1)) & 0xF
 		r := uint16(res[i])
-		binary.LittleEndian.PutUint16(out[2*i:], r&0x80<<8|r&0x7F|uint16(p.tab.exp[code])<<7)
+		binary.LittleEndian.PutUint16(out[2*(i-p.o0):], r&0x80<<8|r&0x7F|uint16(p.tab.exp[code])<<7)
+	}
+}
+
+// encLUT is the AVX2 encoder's codebook look-up: an exponent x is looked up as lut[s][x&15] in the slot s whose
+// high nibble hi[s] is x>>4. Entries hold code+1, 0 where the exponent escapes. The layout is read by
+// bf16_amd64.s: lut at offset 0, hi at 256, n at 272.
+type encLUT struct {
+	lut [16][16]uint8
+	hi  [16]uint8
+	n   int // slots in use
+}
+
+// build fills the look-up from a codebook; slots are in order of first appearance.
+func (l *encLUT) build(exponents []uint8) {
+	var slot [16]int8
+	for i := range slot {
+		slot[i] = -1
+	}
+	for k, x := range exponents {
+		if k >= 16 {
+			break
+		}
+		h := x >> 4
+		if slot[h] < 0 {
+			slot[h] = int8(l.n)
+			l.hi[l.n] = h
+			l.n++
+		}
+		if l.lut[slot[h]][x&15] == 0 { // the first entry for an exponent is its code
+			l.lut[slot[h]][x&15] = uint8(k + 1)
+		}
 	}
 }

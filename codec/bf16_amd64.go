@@ -2,7 +2,12 @@
 
 package codec
 
-import "golang.org/x/sys/cpu"
+import (
+	"encoding/binary"
+	"math/bits"
+
+	"golang.org/x/sys/cpu"
+)
 
 // hasBF16Asm reports whether encodeBF16Nibbles and decodeBF16Nibbles run assembly kernels.
 var hasBF16Asm = cpu.X86.HasAVX2
@@ -13,37 +18,6 @@ const (
 	bf16EncStep = 64
 	bf16DecStep = 32
 )
-
-// encLUT is the AVX2 encoder's codebook look-up: an exponent x is looked up as lut[s][x&15] in the slot s whose
-// high nibble hi[s] is x>>4. Entries hold code+1, 0 where the exponent escapes. The layout is read by
-// bf16_amd64.s: lut at offset 0, hi at 256, n at 272.
-type encLUT struct {
-	lut [16][16]uint8
-	hi  [16]uint8
-	n   int // slots in use
-}
-
-// build fills the look-up from a codebook; slots are in order of first appearance.
-func (l *encLUT) build(exponents []uint8) {
-	var slot [16]int8
-	for i := range slot {
-		slot[i] = -1
-	}
-	for k, x := range exponents {
-		if k >= 16 {
-			break
-		}
-		h := x >> 4
-		if slot[h] < 0 {
-			slot[h] = int8(l.n)
-			l.hi[l.n] = h
-			l.n++
-		}
-		if l.lut[slot[h]][x&15] == 0 { // the first entry for an exponent is its code
-			l.lut[slot[h]][x&15] = uint8(k + 1)
-		}
-	}
-}
 
 // encodeBF16AVX2 encodes up to steps 64-element steps: residuals to res (64 bytes a step), codes to codes (32
 // bytes a step, escaped elements get the placeholder 0). It stops after the first step holding an escape and
@@ -65,47 +39,77 @@ func encodeBF16Nibbles(p *encPart) {
 		encodeBF16NibblesGo(p)
 		return
 	}
-	var lut encLUT
-	lut.build(p.tab.cb.Exponents)
-	codes := p.frame[p.lay.Codes:]
-	res := p.frame[p.lay.Residuals:]
 	for c := p.c0; c < p.c1; c++ {
 		i0, i1 := chunkBounds(c, p.n)
 		before := len(p.esc)
-		i := i0
-		if steps := (i1 - i0) / bf16EncStep; steps > 0 && lut.n > 0 {
-			// Bounds checks for the whole steps: the assembly reads and writes nothing past them.
-			end := i0 + steps*bf16EncStep
-			_, _, _ = p.src[2*end-1], codes[end/2-1], res[end-1]
-			for steps > 0 {
-				done, mask := encodeBF16AVX2(&p.src[2*i], &codes[i/2], &res[i], steps, &lut)
-				steps -= done
-				i += done * bf16EncStep
-				if mask != 0 && !p.escapesOf(i0, i-bf16EncStep, i) {
-					return
-				}
-			}
-		}
-		if !encodeBF16Range(p, i0, i, i1) {
+		if !encodeBF16Span(p, i0, i0, i1) {
 			return
 		}
 		p.setChunkCount(c, (len(p.esc)-before)/escapeSize)
 	}
 }
 
+// encodeBF16Span encodes elements [i, i1) of the chunk that starts at element i0 (i-i0 even), reading p.src
+// (which holds them from element p.s0 on) and recording their escapes; false once over the escape budget.
+func encodeBF16Span(p *encPart, i0, i, i1 int) bool {
+	if !hasBF16Asm {
+		return encodeBF16Range(p, i0, i, i1)
+	}
+	lut := &p.tab.lut
+	if steps := (i1 - i) / bf16EncStep; steps > 0 && lut.n > 0 {
+		codes := p.frame[p.lay.Codes:]
+		res := p.frame[p.lay.Residuals:]
+		// Bounds checks for the whole steps: the assembly reads and writes nothing past them.
+		end := i + steps*bf16EncStep
+		_, _, _ = p.src[2*(end-p.s0)-1], codes[end/2-1], res[end-1]
+		for steps > 0 {
+			done, mask := encodeBF16AVX2(&p.src[2*(i-p.s0)], &codes[i/2], &res[i], steps, lut)
+			steps -= done
+			i += done * bf16EncStep
+			if mask != 0 && !p.escapesOfMask(i0, i-bf16EncStep, uint32(mask)) {
+				return false
+			}
+		}
+	}
+	return encodeBF16Range(p, i0, i, i1)
+}
+
+// escapesOfMask records the escapes of the 64-element step at element i, given the assembly's mask: bit b
+// stands for the step's elements e(b) and e(b)+32, where the packing order [0-7, 16-23, 8-15, 24-31] gives
+// e(b) = b for bytes 0-7 and 24-31, b+8 for 8-15, b-8 for 16-23. Only those candidates are looked at.
+func (p *encPart) escapesOfMask(i0, i int, mask uint32) bool {
+	m := mask&0xFF0000FF | mask>>8&0xFF00 | mask<<8&0xFF0000 // bit e: element e or e+32 escapes
+	for _, half := range [2]int{0, 32} {
+		for b := m; b != 0; b &= b - 1 {
+			j := i + half + bits.TrailingZeros32(b)
+			if x := uint8(binary.LittleEndian.Uint16(p.src[2*(j-p.s0):]) >> 7); p.tab.code[x] < 0 {
+				if !p.addEscape(j-i0, x) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
 func decodeBF16Nibbles(p *decPart) {
 	i0, _ := chunkBounds(p.c0, p.n)
 	_, i1 := chunkBounds(p.c1-1, p.n)
-	i := i0
-	if steps := (i1 - i0) / bf16DecStep; hasBF16Asm && steps > 0 {
+	decodeBF16Span(p, i0, i1)
+}
+
+// decodeBF16Span decodes elements [i, i1), i even, escapes excluded, into p.out (which holds them from element
+// p.o0 on).
+func decodeBF16Span(p *decPart, i, i1 int) {
+	if steps := (i1 - i) / bf16DecStep; hasBF16Asm && steps > 0 {
 		var tab [32]byte
 		for k := range 16 {
 			x := p.tab.exp[k]
 			tab[k], tab[16+k] = x>>1, x<<7
 		}
-		codes := p.frame[p.lay.Codes+uint64(i0/2):]
-		res := p.frame[p.lay.Residuals+uint64(i0):]
-		out := p.out[2*i0:]
+		codes := p.frame[p.lay.Codes+uint64(i/2):]
+		res := p.frame[p.lay.Residuals+uint64(i):]
+		out := p.out[2*(i-p.o0):]
 		n := steps * bf16DecStep
 		_, _, _ = codes[n/2-1], res[n-1], out[2*n-1]
 		decodeBF16AVX2(&codes[0], &res[0], &out[0], steps, &tab)

@@ -20,6 +20,7 @@ type Decoder struct {
 	parts []decPart
 	jobs  []job
 	wg    sync.WaitGroup
+	segs  segments // DecodeSegments' output
 }
 
 // decTable is what a decoder derives from a frame's codebook.
@@ -29,22 +30,74 @@ type decTable struct {
 }
 
 type decPart struct {
-	wg     *sync.WaitGroup
-	run_   func(p *decPart)
-	frame  []byte
-	out    []byte
-	lay    Layout
-	h      *Header
-	tab    *decTable
-	n      int
-	c0, c1 int
-	err    error
+	wg      *sync.WaitGroup
+	run_    func(p *decPart)
+	frame   []byte
+	out     []byte // the output from element o0 on: all of it, or one chunk of a segmented output
+	o0      int
+	segs    *segments                   // a segmented output (DecodeSegments), else nil
+	scratch []byte                      // a chunk of a segmented output that spans segments
+	span    func(p *decPart, i, i1 int) // the kernel on part of a chunk (bf16 4-bit), else nil
+	pieces  bool                        // the chunk being patched lies in several segments, written in place
+	k       int                         // segment hint while pieces
+	lay     Layout
+	h       *Header
+	tab     *decTable
+	n       int
+	c0, c1  int
+	err     error
 }
 
 func (p *decPart) run() {
-	p.run_(p)
-	p.err = p.patchEscapes()
+	if p.segs != nil {
+		p.err = p.runSegmented()
+	} else {
+		p.run_(p)
+		p.err = p.patchEscapes()
+	}
 	p.wg.Done()
+}
+
+// runSegmented decodes chunk by chunk, each chunk in place when one segment holds it, else into the part's
+// scratch (a few KiB, in L1) and from there into the segments.
+func (p *decPart) runSegmented() error {
+	size := p.h.DType.Size()
+	c0, c1 := p.c0, p.c1
+	k := -1 // no hint: find searches
+	defer func() { p.pieces = false }()
+	for c := c0; c < c1; c++ {
+		i0, i1 := chunkBounds(c, p.n)
+		if b0, b1 := i0*size, i1*size; p.span != nil && p.segs.aligned(b0, b1, k, spanAlign*size) {
+			// Segment boundaries on kernel steps: each piece is decoded where it lies.
+			p.c0, p.c1, p.k = c, c+1, k
+			for b := b0; b < b1; {
+				p.out, k = p.segs.piece(b, b1, k)
+				p.o0 = b / size
+				p.span(p, b/size, b/size+len(p.out)/size)
+				b += len(p.out)
+			}
+			p.pieces = true
+			if err := p.patchEscapes(); err != nil {
+				return err
+			}
+			p.pieces = false
+			continue
+		}
+		if need := (1 << DefaultChunk) * size; cap(p.scratch) < need { // chunkBounds' chunk size
+			p.scratch = make([]byte, need)
+		}
+		out, inPlace, k2 := p.segs.view(p.scratch, i0*size, i1*size, k)
+		p.out, p.o0, p.c0, p.c1 = out, i0, c, c+1
+		p.run_(p)
+		if err := p.patchEscapes(); err != nil {
+			return err
+		}
+		if !inPlace {
+			k2 = p.segs.scatter(out, i0*size, k2)
+		}
+		k = k2
+	}
+	return nil
 }
 
 // NewDecoder returns a decoder configured by opts.
@@ -92,6 +145,24 @@ func (d *Decoder) DecodeInto(out, frame []byte) (Header, error) {
 	return h, d.decode(out, frame, &h)
 }
 
+// DecodeSegments is DecodeInto a tensor held in pieces: it writes the frame's contents across segs, in order,
+// whose lengths must add up to the decoded size and hold whole elements each (a paged KV cache's blocks,
+// written where they lie).
+func (d *Decoder) DecodeSegments(segs [][]byte, frame []byte) (Header, error) {
+	h, err := checkFrame(frame)
+	if err != nil {
+		return h, err
+	}
+	if err := d.segs.set(segs, h.DType); err != nil {
+		return h, err
+	}
+	defer d.segs.reset()
+	if uint64(d.segs.len()) != h.RawLen() {
+		return h, fmt.Errorf("%w: frame holds %d bytes (%d %s), the segments %d", ErrShortBuffer, h.RawLen(), h.Elements, h.DType, d.segs.len())
+	}
+	return h, d.decodeTo(nil, &d.segs, frame, &h)
+}
+
 // checkFrame parses the header and checks that frame is exactly one frame long.
 func checkFrame(frame []byte) (Header, error) {
 	h, err := ParseHeader(frame)
@@ -120,10 +191,23 @@ func SplitFrame(b []byte) (frame, rest []byte, err error) {
 }
 
 func (d *Decoder) decode(out, frame []byte, hdr *Header) error {
+	return d.decodeTo(out, nil, frame, hdr)
+}
+
+// decodeTo decodes frame into out, or into segs when not nil.
+func (d *Decoder) decodeTo(out []byte, segs *segments, frame []byte, hdr *Header) error {
 	d.h = *hdr
 	h := &d.h
+	outLen := len(out)
+	if segs != nil {
+		outLen = segs.len()
+	}
 	if h.Raw {
-		copy(out, frame[HeaderSize:])
+		if segs != nil {
+			segs.copyFrom(frame[HeaderSize:])
+		} else {
+			copy(out, frame[HeaderSize:])
+		}
 		return nil
 	}
 	lay := h.Layout()
@@ -134,15 +218,15 @@ func (d *Decoder) decode(out, frame []byte, hdr *Header) error {
 		}
 		d.tab.exp[k] = x
 	}
-	kernel := decodeGeneric
+	kernel, span := decodeGeneric, (func(*decPart, int, int))(nil)
 	if h.DType == BF16 && h.CodeBits == 4 {
-		kernel = decodeBF16Nibbles
+		kernel, span = decodeBF16Nibbles, decodeBF16Span
 		for b := range d.tab.pairs {
 			d.tab.pairs[b] = uint32(d.tab.exp[b&0xF])<<7 | uint32(d.tab.exp[b>>4])<<23
 		}
 	}
 	parts := 1
-	if len(out) >= parallelMin {
+	if outLen >= parallelMin {
 		parts = min(d.o.concurrency, int(lay.Chunks))
 	}
 	if lay.Chunks == 0 {
@@ -150,7 +234,7 @@ func (d *Decoder) decode(out, frame []byte, hdr *Header) error {
 	}
 	for i := range parts {
 		p := &d.parts[i]
-		p.run_, p.frame, p.out, p.lay, p.h, p.tab, p.n = kernel, frame, out, lay, h, &d.tab, int(h.Elements)
+		p.run_, p.span, p.frame, p.out, p.o0, p.segs, p.lay, p.h, p.tab, p.n = kernel, span, frame, out, 0, segs, lay, h, &d.tab, int(h.Elements)
 		p.c0, p.c1 = int(lay.Chunks)*i/parts, int(lay.Chunks)*(i+1)/parts
 		p.err = nil
 	}
@@ -161,6 +245,15 @@ func (d *Decoder) decode(out, frame []byte, hdr *Header) error {
 		}
 	}
 	return nil
+}
+
+// elem returns the output from element i on.
+func (p *decPart) elem(i, size int) []byte {
+	if p.pieces {
+		p.k = p.segs.find(i*size, p.k)
+		return p.segs.segs[p.k][i*size-p.segs.off[p.k]:]
+	}
+	return p.out[(i-p.o0)*size:]
 }
 
 // patchEscapes checks the chunk table and the escapes of chunks [c0, c1) and writes the escaped exponents.
@@ -195,7 +288,7 @@ func (p *decPart) patchEscapes() error {
 				return fmt.Errorf("%w: escape %d has exponent %d, beyond %s's %d", ErrCorrupt, k, x, p.h.DType, limit)
 			}
 			prev = pos
-			o := p.out[(i0+pos)*g.size:]
+			o := p.elem(i0+pos, g.size)
 			v := loadElem(o, g.size)
 			storeElem(o, g.size, v&^(g.expMask<<g.expShift)|x<<g.expShift)
 		}

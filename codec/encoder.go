@@ -17,6 +17,7 @@ type Encoder struct {
 	jobs   []job
 	wg     sync.WaitGroup
 	hist   Histogram
+	segs   segments // EncodeSegments' input
 }
 
 // encTable is what an encoder derives from one codebook.
@@ -26,13 +27,18 @@ type encTable struct {
 	// pair is the bf16 4-bit fast path's table: index e0 | e1<<8 (two exponents) → the code byte
 	// c0 | c1<<4 in bits 0–7, bit 8 set when e0 escapes, bit 9 when e1 does.
 	pair *[1 << 16]uint16
+	lut  encLUT // the same for the AVX2 kernel (bf16_amd64.s)
 }
 
 // encPart is one goroutine's share of an encode: a contiguous range of chunks.
 type encPart struct {
 	wg       *sync.WaitGroup
 	run_     func(p *encPart)
-	src      []byte
+	src      []byte // the input from element s0 on: all of it, or one chunk of a segmented input
+	s0       int
+	segs     *segments                            // a segmented input (EncodeSegments), else nil
+	scratch  []byte                               // a chunk of a segmented input that spans segments
+	span     func(p *encPart, i0, i, i1 int) bool // the kernel on part of a chunk (bf16 4-bit), else nil
 	frame    []byte
 	lay      Layout
 	tab      *encTable
@@ -44,7 +50,48 @@ type encPart struct {
 	overflow bool
 }
 
-func (p *encPart) run() { p.run_(p); p.wg.Done() }
+func (p *encPart) run() {
+	if p.segs != nil {
+		p.runSegmented()
+	} else {
+		p.run_(p)
+	}
+	p.wg.Done()
+}
+
+// runSegmented runs the kernel chunk by chunk, each chunk read in place when one segment holds it, else
+// gathered into the part's scratch (a few KiB, so it stays in L1 for the kernel).
+func (p *encPart) runSegmented() {
+	size := p.dt.Size()
+	c0, c1 := p.c0, p.c1
+	k := -1 // no hint: find searches
+	for c := c0; c < c1; c++ {
+		i0, i1 := chunkBounds(c, p.n)
+		if b0, b1 := i0*size, i1*size; p.span != nil && p.segs.aligned(b0, b1, k, spanAlign*size) {
+			// Segment boundaries on kernel steps: each piece is encoded where it lies.
+			before := len(p.esc)
+			for b := b0; b < b1; {
+				p.src, k = p.segs.piece(b, b1, k)
+				p.s0 = b / size
+				if !p.span(p, i0, b/size, b/size+len(p.src)/size) {
+					return
+				}
+				b += len(p.src)
+			}
+			p.setChunkCount(c, (len(p.esc)-before)/escapeSize)
+			continue
+		}
+		if need := (1 << DefaultChunk) * size; cap(p.scratch) < need {
+			p.scratch = make([]byte, need)
+		}
+		p.src, k = p.segs.gather(p.scratch, i0*size, i1*size, k)
+		p.s0, p.c0, p.c1 = i0, c, c+1
+		p.run_(p)
+		if p.overflow {
+			return
+		}
+	}
+}
 
 // NewEncoder returns an encoder configured by opts.
 func NewEncoder(opts ...EOption) (*Encoder, error) {
@@ -77,11 +124,26 @@ func (e *Encoder) Codebook(dt DType) (*Codebook, error) {
 // Encode appends one frame holding src, a little-endian tensor of dtype dt, to dst and returns the extended
 // slice. It needs at most MaxEncodedLen(len(src)) bytes of spare capacity in dst to avoid allocating.
 func (e *Encoder) Encode(dst, src []byte, dt DType) ([]byte, error) {
-	cb, err := e.codebookFor(src, dt)
+	cb, err := e.codebookFor([][]byte{src}, dt)
 	if err != nil {
 		return dst, err
 	}
-	return e.encode(dst, src, dt, cb)
+	return e.encode(dst, src, nil, dt, cb)
+}
+
+// EncodeSegments is Encode of the concatenation of segs, read where they lie: the frame of a tensor held in
+// pieces (a paged KV cache's blocks) without gathering it into one buffer first. Every segment must hold whole
+// elements. The frame is byte for byte the one Encode writes for the concatenation.
+func (e *Encoder) EncodeSegments(dst []byte, segs [][]byte, dt DType) ([]byte, error) {
+	if err := e.segs.set(segs, dt); err != nil {
+		return dst, err
+	}
+	defer e.segs.reset()
+	cb, err := e.codebookFor(segs, dt)
+	if err != nil {
+		return dst, err
+	}
+	return e.encode(dst, nil, &e.segs, dt, cb)
 }
 
 // EncodeWith is Encode with an explicit codebook for this one frame (per layer, K vs V, …).
@@ -89,10 +151,10 @@ func (e *Encoder) EncodeWith(dst, src []byte, cb *Codebook) ([]byte, error) {
 	if err := cb.validate(); err != nil {
 		return dst, err
 	}
-	return e.encode(dst, src, cb.DType, cb)
+	return e.encode(dst, src, nil, cb.DType, cb)
 }
 
-func (e *Encoder) codebookFor(src []byte, dt DType) (*Codebook, error) {
+func (e *Encoder) codebookFor(src [][]byte, dt DType) (*Codebook, error) {
 	if !dt.Valid() {
 		return nil, fmt.Errorf("%w: %d", ErrDType, uint8(dt))
 	}
@@ -103,8 +165,10 @@ func (e *Encoder) codebookFor(src []byte, dt DType) (*Codebook, error) {
 		return e.Codebook(dt)
 	}
 	e.hist = Histogram{DType: dt}
-	if err := e.hist.Add(src); err != nil {
-		return nil, err
+	for _, s := range src {
+		if err := e.hist.Add(s); err != nil {
+			return nil, err
+		}
 	}
 	if e.hist.Total == 0 {
 		return DefaultCodebook(dt)
@@ -116,30 +180,43 @@ func (e *Encoder) codebookFor(src []byte, dt DType) (*Codebook, error) {
 	return e.hist.Codebook(bits)
 }
 
-func checkSize(src []byte, dt DType) (n int, err error) {
+func checkSize(srcLen int, dt DType) (n int, err error) {
 	if !dt.Valid() {
 		return 0, fmt.Errorf("%w: %d", ErrDType, uint8(dt))
 	}
 	size := dt.Size()
-	if len(src)%size != 0 {
-		return 0, fmt.Errorf("%w: %d bytes is not a whole number of %d-byte %s elements", ErrSize, len(src), size, dt)
+	if srcLen%size != 0 {
+		return 0, fmt.Errorf("%w: %d bytes is not a whole number of %d-byte %s elements", ErrSize, srcLen, size, dt)
 	}
-	n = len(src) / size
+	n = srcLen / size
 	if uint64(n) > maxElements {
 		return 0, fmt.Errorf("%w: %d elements, a v1 frame holds at most %d; split the tensor", ErrSize, n, uint64(maxElements))
 	}
 	return n, nil
 }
 
-func (e *Encoder) encode(dst, src []byte, dt DType, cb *Codebook) ([]byte, error) {
-	n, err := checkSize(src, dt)
+// encode writes src, or segs when not nil, as one frame.
+func (e *Encoder) encode(dst, src []byte, segs *segments, dt DType, cb *Codebook) ([]byte, error) {
+	srcLen := len(src)
+	if segs != nil {
+		srcLen = segs.len()
+	}
+	n, err := checkSize(srcLen, dt)
 	if err != nil {
 		return dst, err
 	}
 	start := len(dst)
-	maxLen := MaxEncodedLen(len(src))
+	maxLen := MaxEncodedLen(srcLen)
 	dst = slices.Grow(dst, maxLen)[:start+maxLen]
 	frame := dst[start:]
+	writeRaw := func(frame, src []byte, dt DType, n int) int {
+		if segs == nil {
+			return writeRaw(frame, src, dt, n)
+		}
+		h := Header{DType: dt, Raw: true, Elements: uint64(n), PayloadLen: uint64(srcLen), ResidualsLen: uint64(srcLen)}
+		h.marshal(frame)
+		return HeaderSize + segs.copyTo(frame[HeaderSize:])
+	}
 	if cb == nil {
 		return dst[:start+writeRaw(frame, src, dt, n)], nil
 	}
@@ -155,16 +232,16 @@ func (e *Encoder) encode(dst, src []byte, dt DType, cb *Codebook) ([]byte, error
 	budget := (maxLen - int(lay.Escapes)) / escapeSize
 
 	parts := 1
-	if len(src) >= parallelMin {
+	if srcLen >= parallelMin {
 		parts = min(e.o.concurrency, int(lay.Chunks))
 	}
-	kernel := encodeGeneric
+	kernel, span := encodeGeneric, (func(*encPart, int, int, int) bool)(nil)
 	if dt == BF16 && cb.Bits == 4 {
-		kernel = encodeBF16Nibbles
+		kernel, span = encodeBF16Nibbles, encodeBF16Span
 	}
 	for i := range parts {
 		p := &e.parts[i]
-		p.run_, p.src, p.frame, p.lay, p.tab, p.dt, p.n = kernel, src, frame, lay, tab, dt, n
+		p.run_, p.span, p.src, p.s0, p.segs, p.frame, p.lay, p.tab, p.dt, p.n = kernel, span, src, 0, segs, frame, lay, tab, dt, n
 		p.c0, p.c1 = int(lay.Chunks)*i/parts, int(lay.Chunks)*(i+1)/parts
 		p.esc, p.budget, p.overflow = p.esc[:0], budget, false
 	}
@@ -271,6 +348,7 @@ func (e *Encoder) table(cb *Codebook) *encTable {
 			}
 			t.pair[i] = v
 		}
+		t.lut.build(cb.Exponents)
 	}
 	if len(e.tables) < maxTables {
 		e.tables = append(e.tables, nil)

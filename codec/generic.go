@@ -105,7 +105,7 @@ func encodeGeneric(p *encPart) {
 		rw := bitWriter{b: p.frame[p.lay.Residuals+uint64(i0)*uint64(g.resBits)/8:]}
 		before := len(p.esc)
 		for i := i0; i < i1; i++ {
-			v := loadElem(p.src[i*g.size:], g.size)
+			v := loadElem(p.src[(i-p.s0)*g.size:], g.size)
 			x := v >> g.expShift & g.expMask
 			rw.put(v&mant|(v>>g.signShift)<<g.expShift, g.resBits)
 			code := p.tab.code[x]
@@ -134,6 +134,6 @@ func decodeGeneric(p *decPart) {
 	for i := i0; i < i1; i++ {
 		r := rr.get(g.resBits)
 		x := uint64(p.tab.exp[cr.get(bits)])
-		storeElem(p.out[i*g.size:], g.size, r&mant|x<<g.expShift|(r>>g.expShift)<<g.signShift)
+		storeElem(p.out[(i-p.o0)*g.size:], g.size, r&mant|x<<g.expShift|(r>>g.expShift)<<g.signShift)
 	}
 }

@@ -1,0 +1,129 @@
+package codec
+
+import (
+	"fmt"
+	"sort"
+)
+
+// segments is a tensor held in pieces (EncodeSegments, DecodeSegments): the pieces and where each starts in
+// the concatenation. Kernels see it one chunk at a time (a few KiB): in place when one segment holds the
+// chunk, else through a per-part scratch buffer that stays in L1, so a paged tensor costs no pass over memory
+// beyond the codec's own.
+type segments struct {
+	segs [][]byte
+	off  []int // off[k]: bytes before segs[k]; off[len(segs)]: the total
+}
+
+// set takes segs (not copied), checking that each holds whole elements of dt.
+func (s *segments) set(segs [][]byte, dt DType) error {
+	if !dt.Valid() {
+		return fmt.Errorf("%w: %d", ErrDType, uint8(dt))
+	}
+	size := dt.Size()
+	s.off = s.off[:0]
+	total := 0
+	for k, b := range segs {
+		if len(b)%size != 0 {
+			return fmt.Errorf("%w: segment %d is %d bytes, not a whole number of %d-byte %s elements", ErrSize, k, len(b), size, dt)
+		}
+		s.off = append(s.off, total)
+		total += len(b)
+	}
+	s.off = append(s.off, total)
+	s.segs = segs
+	return nil
+}
+
+// reset drops the caller's segments once a call is done.
+func (s *segments) reset() { s.segs = nil }
+
+func (s *segments) len() int { return s.off[len(s.off)-1] }
+
+// find returns the segment holding byte b (b < len), searching forward from segment k when k is at or before it.
+func (s *segments) find(b, k int) int {
+	if k < 0 || k >= len(s.segs) || s.off[k] > b {
+		k = sort.Search(len(s.segs), func(j int) bool { return s.off[j+1] > b }) // first segment ending after b
+		return k
+	}
+	for s.off[k+1] <= b {
+		k++
+	}
+	return k
+}
+
+// gather returns bytes [b0, b1) of the concatenation: in place when one segment holds them, else copied into
+// scratch. k is a hint for find; the segment holding byte b1-1 comes back as the next hint.
+func (s *segments) gather(scratch []byte, b0, b1, k int) ([]byte, int) {
+	k = s.find(b0, k)
+	if s.off[k+1] >= b1 {
+		return s.segs[k][b0-s.off[k] : b1-s.off[k]], k
+	}
+	out := scratch[:b1-b0]
+	for n := 0; n < len(out); {
+		for s.off[k+1] <= b0+n { // empty segments, or the one just finished
+			k++
+		}
+		n += copy(out[n:], s.segs[k][b0+n-s.off[k]:])
+	}
+	return out, k
+}
+
+// spanAlign is the element alignment of the segment boundaries inside a chunk for which kernels run on the
+// segments in place (encodeBF16Span, decodeBF16Span: their assembly steps are 64 and 32 elements).
+const spanAlign = 64
+
+// aligned reports whether every segment boundary strictly inside bytes [b0, b1) is a multiple of align.
+func (s *segments) aligned(b0, b1, k, align int) bool {
+	for k = s.find(b0, k); s.off[k+1] < b1; k++ {
+		if s.off[k+1]%align != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// piece returns the part of bytes [b, b1) that lies in one segment, and that segment (k: hint as for find).
+func (s *segments) piece(b, b1, k int) ([]byte, int) {
+	k = s.find(b, k)
+	e := min(s.off[k+1], b1)
+	return s.segs[k][b-s.off[k] : e-s.off[k]], k
+}
+
+// view returns where bytes [b0, b1) of the concatenation are to be written: in place (true) when one segment
+// holds them, else scratch, to be scattered afterwards.
+func (s *segments) view(scratch []byte, b0, b1, k int) ([]byte, bool, int) {
+	k = s.find(b0, k)
+	if s.off[k+1] >= b1 {
+		return s.segs[k][b0-s.off[k] : b1-s.off[k]], true, k
+	}
+	return scratch[:b1-b0], false, k
+}
+
+// scatter writes src to the concatenation from byte b0 on; k is a hint as for gather.
+func (s *segments) scatter(src []byte, b0, k int) int {
+	k = s.find(b0, k)
+	for n := 0; n < len(src); {
+		for s.off[k+1] <= b0+n {
+			k++
+		}
+		n += copy(s.segs[k][b0+n-s.off[k]:], src[n:])
+	}
+	return k
+}
+
+// copyTo copies the whole concatenation to dst and returns its length.
+func (s *segments) copyTo(dst []byte) int {
+	n := 0
+	for _, b := range s.segs {
+		n += copy(dst[n:], b)
+	}
+	return n
+}
+
+// copyFrom fills the segments from src, the concatenation.
+func (s *segments) copyFrom(src []byte) {
+	n := 0
+	for _, b := range s.segs {
+		n += copy(b, src[n:])
+	}
+}

@@ -1,0 +1,138 @@
+package codec
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// splitAt cuts b into segments at random boundaries, multiples of align elements (empty segments included),
+// each in its own allocation with poisoned bytes around it, so that a read or write past a segment shows.
+// Boundaries on multiples of 64 elements let the bf16 kernels work on the segments in place.
+func splitAt(rng *rand.Rand, b []byte, size, meanElems, align int) (segs, bufs [][]byte) {
+	for off := 0; off <= len(b); {
+		k := rng.IntN(2*max(meanElems/align, 1)+1) * align * size
+		if rng.IntN(8) == 0 {
+			k = 0
+		}
+		k = min(k, len(b)-off)
+		buf := make([]byte, k+32)
+		for i := range buf {
+			buf[i] = 0xA5
+		}
+		seg := buf[16 : 16+k : 16+k]
+		copy(seg, b[off:off+k])
+		segs, bufs = append(segs, seg), append(bufs, buf)
+		off += k
+		if off == len(b) {
+			break
+		}
+	}
+	return segs, bufs
+}
+
+func concat(segs [][]byte) []byte {
+	out := []byte{}
+	for _, s := range segs {
+		out = append(out, s...)
+	}
+	return out
+}
+
+// requireSegmentsRoundTrip: EncodeSegments writes the frame Encode writes for the concatenation, and
+// DecodeSegments restores every segment.
+func requireSegmentsRoundTrip(t *testing.T, rng *rand.Rand, enc *Encoder, dec *Decoder, src []byte, dt DType, meanElems, align int) {
+	t.Helper()
+	want, err := enc.Encode(nil, src, dt)
+	require.NoError(t, err)
+	segs, bufs := splitAt(rng, src, dt.Size(), meanElems, align)
+	require.Equal(t, src, concat(segs))
+	got, err := enc.EncodeSegments(nil, segs, dt)
+	require.NoError(t, err)
+	require.Equal(t, want, got, "%d bytes of %s in %d segments", len(src), dt, len(segs))
+	for _, s := range segs {
+		clear(s)
+	}
+	h, err := dec.DecodeSegments(segs, got)
+	require.NoError(t, err)
+	require.Equal(t, uint64(len(src)), h.RawLen())
+	require.Equal(t, src, concat(segs), "%d bytes of %s in %d segments", len(src), dt, len(segs))
+	for k, buf := range bufs { // nothing written outside the segments
+		for i, x := range buf {
+			if (i < 16 || i >= 16+len(segs[k])) && x != 0xA5 {
+				t.Fatalf("segment %d: byte %d of its buffer written", k, i)
+			}
+		}
+	}
+}
+
+func TestSegmentsRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(41, 42))
+	enc, dec := newCodecs(t)
+	for _, n := range []int{0, 1, 7, 4096, 4097, 3*4096 + 100, 1 << 20, 1<<20 + 2*4096 + 33} {
+		src := randomNormalBF16(rng, n, 1)
+		for _, mean := range []int{1, 100, 3072, 5000, 1 << 20} {
+			if mean*1000 < n {
+				continue // a segment per few elements of a large tensor: slow and no different
+			}
+			requireSegmentsRoundTrip(t, rng, enc, dec, src, BF16, mean, 1)
+			requireSegmentsRoundTrip(t, rng, enc, dec, src, BF16, mean, 64)
+		}
+	}
+	// Blocks of a paged KV cache (3,072 elements: 16 tokens × 3 heads × 64): every chunk lies in two or three
+	// segments, worked on in place.
+	src := randomNormalBF16(rng, 1<<20+2*4096+33, 1)
+	requireSegmentsRoundTrip(t, rng, enc, dec, src, BF16, 3072, 3072)
+	// Escapes in every chunk, and the raw fallback.
+	cb, err := DefaultCodebook(BF16)
+	require.NoError(t, err)
+	for _, p := range []float64{0.01, 0.3, 1} {
+		src := bf16With(rng, cb, 3*4096+64*5+3, p)
+		requireSegmentsRoundTrip(t, rng, enc, dec, src, BF16, 3072, 1)
+		requireSegmentsRoundTrip(t, rng, enc, dec, src, BF16, 3072, 64)
+		requireSegmentsRoundTrip(t, rng, enc, dec, src, BF16, 200, 64)
+	}
+	// Other dtypes (the generic kernels) and raw dtypes.
+	for _, dt := range []DType{FP16, FP32, FP8E5M2, Int8, Int32} {
+		src := make([]byte, dt.Size()*(2*4096+77))
+		for i := range src {
+			src[i] = byte(rng.IntN(3)) * 0x11
+		}
+		requireSegmentsRoundTrip(t, rng, enc, dec, src, dt, 1500, 1)
+		requireSegmentsRoundTrip(t, rng, enc, dec, src, dt, 1500, 64)
+	}
+}
+
+func TestSegmentsErrors(t *testing.T) {
+	enc, dec := newCodecs(t)
+	_, err := enc.EncodeSegments(nil, [][]byte{make([]byte, 4), make([]byte, 3)}, BF16)
+	require.ErrorIs(t, err, ErrSize)
+	frame, err := enc.EncodeSegments(nil, [][]byte{make([]byte, 4), make([]byte, 6)}, BF16)
+	require.NoError(t, err)
+	_, err = dec.DecodeSegments([][]byte{make([]byte, 4), make([]byte, 4)}, frame)
+	require.ErrorIs(t, err, ErrShortBuffer)
+	_, err = dec.DecodeSegments([][]byte{make([]byte, 5), make([]byte, 5)}, frame)
+	require.ErrorIs(t, err, ErrSize)
+	_, err = dec.DecodeSegments([][]byte{make([]byte, 10)}, frame[:len(frame)-1])
+	require.ErrorIs(t, err, ErrTruncated)
+}
+
+func TestSegmentsNoAllocationsWhenWarm(t *testing.T) {
+	rng := rand.New(rand.NewPCG(43, 44))
+	src := randomNormalBF16(rng, 1<<20, 1)
+	segs, _ := splitAt(rng, src, 2, 3072, 64)
+	enc, dec := newCodecs(t)
+	frame := make([]byte, 0, MaxEncodedLen(len(src)))
+	var err error
+	frame, err = enc.EncodeSegments(frame[:0], segs, BF16)
+	require.NoError(t, err)
+	_, err = dec.DecodeSegments(segs, frame)
+	require.NoError(t, err)
+	allocs := testing.AllocsPerRun(10, func() {
+		frame, _ = enc.EncodeSegments(frame[:0], segs, BF16)
+		_, _ = dec.DecodeSegments(segs, frame)
+	})
+	require.Zero(t, allocs)
+	require.Equal(t, src, concat(segs))
+}
