@@ -75,7 +75,7 @@ type hostSaver struct {
 	c        *hostCache
 	blocks   []int
 	encoders chan *codec.Encoder
-	scratch  []byte
+	segs     [][]byte
 }
 
 func (c *hostCache) saver(blocks []int, encoders chan *codec.Encoder, _ int) (layerSaver, error) {
@@ -93,14 +93,12 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, raw bool, _ *readyMark) ([
 		s.c.gatherLayer(dst[codec.HeaderSize:codec.HeaderSize+n], l, s.blocks[lo:hi])
 		return dst[:codec.HeaderSize+n], timing{copy: time.Since(t0)}, nil
 	}
-	if cap(s.scratch) < n {
-		s.scratch = make([]byte, n)
-	}
-	src := s.c.gatherLayer(s.scratch, l, s.blocks[lo:hi])
+	// The encoder reads the blocks where they lie: no gathered copy of the layer.
+	s.segs = s.c.layerSegments(s.segs, l, s.blocks[lo:hi])
 	enc := <-s.encoders
 	defer func() { s.encoders <- enc }()
 	t0 := time.Now()
-	frame, err := enc.Encode(dst[:0], src, s.c.layout.DType)
+	frame, err := enc.EncodeSegments(dst[:0], s.segs, s.c.layout.DType)
 	return frame, timing{codec: time.Since(t0)}, err
 }
 
@@ -112,10 +110,10 @@ type hostLoader struct {
 	slots  chan *decodeSlot
 }
 
-// decodeSlot is a decoder with its scratch buffer; frames are decoded there and scattered into blocks.
+// decodeSlot is a decoder with its list of the frame's blocks.
 type decodeSlot struct {
-	dec     *codec.Decoder
-	scratch []byte
+	dec  *codec.Decoder
+	segs [][]byte
 }
 
 // hostDecodeSlots is how many frames of one load a host cache decodes at once (one per connection).
@@ -143,14 +141,11 @@ func (ld *hostLoader) decode(frame []byte, l, lo, hi int) (timing, error) {
 		ld.c.scatterLayer(frame[codec.HeaderSize:], l, ld.blocks[lo:hi])
 		return timing{copy: time.Since(t0)}, nil
 	}
-	if cap(slot.scratch) < n {
-		slot.scratch = make([]byte, n)
-	}
-	out := slot.scratch[:n]
-	if _, err := slot.dec.DecodeInto(out, frame); err != nil {
+	// Decoded straight into the blocks: no scratch copy of the layer.
+	slot.segs = ld.c.layerSegments(slot.segs, l, ld.blocks[lo:hi])
+	if _, err := slot.dec.DecodeSegments(slot.segs, frame); err != nil {
 		return timing{}, err
 	}
-	ld.c.scatterLayer(out, l, ld.blocks[lo:hi])
 	return timing{codec: time.Since(t0)}, nil
 }
 

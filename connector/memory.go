@@ -50,6 +50,32 @@ func (c *hostCache) gatherLayer(dst []byte, l int, blocks []int) []byte {
 	return dst
 }
 
+// layerSegments sets segs to layer l's K blocks, then its V blocks, in the order of blocks, as slices over the
+// engine's memory (blocks that lie back to back become one slice): the layer frame's raw form, in place, for
+// the codec's EncodeSegments and DecodeSegments.
+func (c *hostCache) layerSegments(segs [][]byte, l int, blocks []int) [][]byte {
+	n := uintptr(c.layout.BlockBytes())
+	segs = segs[:0]
+	var start, end uintptr
+	for kv := range 2 {
+		for _, b := range blocks {
+			addr := c.bases[l] + uintptr(int64(kv)*c.layout.KVOffset+int64(b)*c.layout.BlockStride)
+			if addr == end && end != 0 {
+				end += n
+				continue
+			}
+			if end != 0 {
+				segs = append(segs, unsafe.Slice((*byte)(ptr(start)), end-start))
+			}
+			start, end = addr, addr+n
+		}
+	}
+	if end != 0 {
+		segs = append(segs, unsafe.Slice((*byte)(ptr(start)), end-start))
+	}
+	return segs
+}
+
 // scatterLayer is the inverse of gatherLayer: it writes a layer's raw K-then-V bytes into blocks.
 func (c *hostCache) scatterLayer(src []byte, l int, blocks []int) {
 	n := int(c.layout.BlockBytes())
