@@ -3,6 +3,7 @@ package codec
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"slices"
 	"sync"
 )
@@ -44,10 +45,15 @@ type encPart struct {
 	tab      *encTable
 	dt       DType
 	n        int
-	c0, c1   int
+	c0, c1   int // the chunks the kernel works on: the part's, or one of them at a time
+	first    int // the part's chunks: [first, last)
+	last     int
 	esc      []byte // this part's escapes, 3 bytes each, in chunk order
 	budget   int    // stop collecting escapes past this many: the frame will fall back to raw anyway
 	overflow bool
+	crc      bool   // checksum the part's codes and residuals as each chunk is done (EncodeSegmentsCRC only)
+	crcCodes uint32 // CRC-32C of the part's codes bytes so far
+	crcRes   uint32 // and of its residual bytes
 }
 
 func (p *encPart) run() {
@@ -57,6 +63,31 @@ func (p *encPart) run() {
 		p.run_(p)
 	}
 	p.wg.Done()
+}
+
+// codeBytes and resBytes are the byte ranges of chunk c's codes and residuals in the frame (chunks hold a
+// multiple of 8 elements, so they start on whole bytes).
+func (p *encPart) codeBytes(c int) (lo, hi uint64) {
+	i0, i1 := chunkBounds(c, p.n)
+	bits := uint64(p.tab.cb.Bits)
+	return p.lay.Codes + uint64(i0)*bits/8, p.lay.Codes + (uint64(i1)*bits+7)/8
+}
+
+func (p *encPart) resBytes(c int) (lo, hi uint64) {
+	i0, i1 := chunkBounds(c, p.n)
+	bits := uint64(p.dt.ResidualBits())
+	return p.lay.Residuals + uint64(i0)*bits/8, p.lay.Residuals + (uint64(i1)*bits+7)/8
+}
+
+// chunkCRC adds chunk c's codes and residuals, just written, to the part's checksums.
+func (p *encPart) chunkCRC(c int) {
+	if !p.crc || p.overflow {
+		return
+	}
+	lo, hi := p.codeBytes(c)
+	p.crcCodes = crc32.Update(p.crcCodes, castagnoli, p.frame[lo:hi])
+	lo, hi = p.resBytes(c)
+	p.crcRes = crc32.Update(p.crcRes, castagnoli, p.frame[lo:hi])
 }
 
 // runSegmented runs the kernel chunk by chunk, each chunk read in place when one segment holds it, else
@@ -79,6 +110,7 @@ func (p *encPart) runSegmented() {
 				b += len(p.src)
 			}
 			p.setChunkCount(c, (len(p.esc)-before)/escapeSize)
+			p.chunkCRC(c)
 			continue
 		}
 		if need := (1 << DefaultChunk) * size; cap(p.scratch) < need {
@@ -90,6 +122,7 @@ func (p *encPart) runSegmented() {
 		if p.overflow {
 			return
 		}
+		p.chunkCRC(c)
 	}
 }
 
@@ -128,7 +161,8 @@ func (e *Encoder) Encode(dst, src []byte, dt DType) ([]byte, error) {
 	if err != nil {
 		return dst, err
 	}
-	return e.encode(dst, src, nil, dt, cb)
+	frame, _, err := e.encode(dst, src, nil, dt, cb, false)
+	return frame, err
 }
 
 // EncodeSegments is Encode of the concatenation of segs, read where they lie: the frame of a tensor held in
@@ -143,7 +177,22 @@ func (e *Encoder) EncodeSegments(dst []byte, segs [][]byte, dt DType) ([]byte, e
 	if err != nil {
 		return dst, err
 	}
-	return e.encode(dst, nil, &e.segs, dt, cb)
+	frame, _, err := e.encode(dst, nil, &e.segs, dt, cb, false)
+	return frame, err
+}
+
+// EncodeSegmentsCRC is EncodeSegments that also returns the frame's CRC-32C (Castagnoli), computed as the
+// frame is written rather than by reading it again: crc32.Checksum(frame[len(dst):], Castagnoli table).
+func (e *Encoder) EncodeSegmentsCRC(dst []byte, segs [][]byte, dt DType) ([]byte, uint32, error) {
+	if err := e.segs.set(segs, dt); err != nil {
+		return dst, 0, err
+	}
+	defer e.segs.reset()
+	cb, err := e.codebookFor(segs, dt)
+	if err != nil {
+		return dst, 0, err
+	}
+	return e.encode(dst, nil, &e.segs, dt, cb, true)
 }
 
 // EncodeWith is Encode with an explicit codebook for this one frame (per layer, K vs V, …).
@@ -151,7 +200,8 @@ func (e *Encoder) EncodeWith(dst, src []byte, cb *Codebook) ([]byte, error) {
 	if err := cb.validate(); err != nil {
 		return dst, err
 	}
-	return e.encode(dst, src, nil, cb.DType, cb)
+	frame, _, err := e.encode(dst, src, nil, cb.DType, cb, false)
+	return frame, err
 }
 
 func (e *Encoder) codebookFor(src [][]byte, dt DType) (*Codebook, error) {
@@ -195,15 +245,24 @@ func checkSize(srcLen int, dt DType) (n int, err error) {
 	return n, nil
 }
 
-// encode writes src, or segs when not nil, as one frame.
-func (e *Encoder) encode(dst, src []byte, segs *segments, dt DType, cb *Codebook) ([]byte, error) {
+// encode writes src, or segs when not nil, as one frame, and its CRC-32C when withCRC.
+func (e *Encoder) encode(dst, src []byte, segs *segments, dt DType, cb *Codebook, withCRC bool) ([]byte, uint32, error) {
+	frame, crc, ok, err := e.encodeFrame(dst, src, segs, dt, cb, withCRC)
+	if err == nil && withCRC && !ok {
+		crc = crc32.Checksum(frame[len(dst):], castagnoli) // a raw frame: checksummed whole
+	}
+	return frame, crc, err
+}
+
+// encodeFrame is encode; the CRC comes back only for coded frames, where the parts computed it.
+func (e *Encoder) encodeFrame(dst, src []byte, segs *segments, dt DType, cb *Codebook, withCRC bool) (_ []byte, crc uint32, ok bool, err error) {
 	srcLen := len(src)
 	if segs != nil {
 		srcLen = segs.len()
 	}
 	n, err := checkSize(srcLen, dt)
 	if err != nil {
-		return dst, err
+		return dst, 0, false, err
 	}
 	start := len(dst)
 	maxLen := MaxEncodedLen(srcLen)
@@ -218,16 +277,16 @@ func (e *Encoder) encode(dst, src []byte, segs *segments, dt DType, cb *Codebook
 		return HeaderSize + segs.copyTo(frame[HeaderSize:])
 	}
 	if cb == nil {
-		return dst[:start+writeRaw(frame, src, dt, n)], nil
+		return dst[:start+writeRaw(frame, src, dt, n)], 0, false, nil
 	}
 	if cb.DType != dt {
-		return dst[:start], fmt.Errorf("%w: codebook is for %s, data is %s", ErrCodebook, cb.DType, dt)
+		return dst[:start], 0, false, fmt.Errorf("%w: codebook is for %s, data is %s", ErrCodebook, cb.DType, dt)
 	}
 	tab := e.table(cb)
 	rb := uint8(dt.ResidualBits())
 	lay := codedLayout(uint64(n), 0, cb.Bits, rb, DefaultChunk)
 	if lay.Escapes > uint64(maxLen) {
-		return dst[:start+writeRaw(frame, src, dt, n)], nil
+		return dst[:start+writeRaw(frame, src, dt, n)], 0, false, nil
 	}
 	budget := (maxLen - int(lay.Escapes)) / escapeSize
 
@@ -243,7 +302,9 @@ func (e *Encoder) encode(dst, src []byte, segs *segments, dt DType, cb *Codebook
 		p := &e.parts[i]
 		p.run_, p.span, p.src, p.s0, p.segs, p.frame, p.lay, p.tab, p.dt, p.n = kernel, span, src, 0, segs, frame, lay, tab, dt, n
 		p.c0, p.c1 = int(lay.Chunks)*i/parts, int(lay.Chunks)*(i+1)/parts
+		p.first, p.last = p.c0, p.c1
 		p.esc, p.budget, p.overflow = p.esc[:0], budget, false
+		p.crc, p.crcCodes, p.crcRes = withCRC, 0, 0
 	}
 	runParts(&e.wg, e.jobs[:parts])
 
@@ -252,7 +313,7 @@ func (e *Encoder) encode(dst, src []byte, segs *segments, dt DType, cb *Codebook
 		p := &e.parts[i]
 		total += len(p.esc) / escapeSize
 		if p.overflow || total > budget {
-			return dst[:start+writeRaw(frame, src, dt, n)], nil
+			return dst[:start+writeRaw(frame, src, dt, n)], 0, false, nil
 		}
 	}
 	lay = codedLayout(uint64(n), uint64(total), cb.Bits, rb, DefaultChunk)
@@ -282,7 +343,28 @@ func (e *Encoder) encode(dst, src []byte, segs *segments, dt DType, cb *Codebook
 		CodesLen: codesEnd - lay.Codes, ResidualsLen: resEnd - lay.Residuals,
 	}
 	h.marshal(frame)
-	return dst[:start+int(lay.End)], nil
+	dst = dst[:start+int(lay.End)]
+	if !withCRC {
+		return dst, 0, false, nil
+	}
+	// The frame's bytes in order: header to codes, each part's codes, the gap, each part's residuals, the
+	// gap and the escapes.
+	crc = crc32.Checksum(frame[:lay.Codes], castagnoli)
+	for i := range parts {
+		p := &e.parts[i]
+		lo, _ := p.codeBytes(p.first)
+		_, hi := p.codeBytes(p.last - 1)
+		crc = crcCombine(crc, p.crcCodes, hi-lo)
+	}
+	crc = crc32.Update(crc, castagnoli, frame[codesEnd:lay.Residuals])
+	for i := range parts {
+		p := &e.parts[i]
+		lo, _ := p.resBytes(p.first)
+		_, hi := p.resBytes(p.last - 1)
+		crc = crcCombine(crc, p.crcRes, hi-lo)
+	}
+	crc = crc32.Update(crc, castagnoli, frame[resEnd:lay.End])
+	return dst, crc, true, nil
 }
 
 // PutRawHeader writes into dst[:HeaderSize] the header of a raw frame holding rawLen bytes of dtype dt; the

@@ -1,6 +1,7 @@
 package codec
 
 import (
+	"hash/crc32"
 	"math/rand/v2"
 	"testing"
 
@@ -51,6 +52,10 @@ func requireSegmentsRoundTrip(t *testing.T, rng *rand.Rand, enc *Encoder, dec *D
 	got, err := enc.EncodeSegments(nil, segs, dt)
 	require.NoError(t, err)
 	require.Equal(t, want, got, "%d bytes of %s in %d segments", len(src), dt, len(segs))
+	withCRC, crc, err := enc.EncodeSegmentsCRC([]byte("prefix"), segs, dt)
+	require.NoError(t, err)
+	require.Equal(t, want, withCRC[6:])
+	require.Equal(t, crc32.Checksum(want, crc32.MakeTable(crc32.Castagnoli)), crc, "CRC-32C of the frame")
 	for _, s := range segs {
 		clear(s)
 	}
@@ -131,8 +136,22 @@ func TestSegmentsNoAllocationsWhenWarm(t *testing.T) {
 	require.NoError(t, err)
 	allocs := testing.AllocsPerRun(10, func() {
 		frame, _ = enc.EncodeSegments(frame[:0], segs, BF16)
+		frame, _, _ = enc.EncodeSegmentsCRC(frame[:0], segs, BF16)
 		_, _ = dec.DecodeSegments(segs, frame)
 	})
 	require.Zero(t, allocs)
 	require.Equal(t, src, concat(segs))
+}
+
+func TestCRCCombine(t *testing.T) {
+	rng := rand.New(rand.NewPCG(45, 46))
+	tab := crc32.MakeTable(crc32.Castagnoli)
+	b := make([]byte, 1<<16)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	for _, cut := range []int{0, 1, 7, 1000, 1 << 15, len(b) - 1, len(b)} {
+		a, c := b[:cut], b[cut:]
+		require.Equal(t, crc32.Checksum(b, tab), crcCombine(crc32.Checksum(a, tab), crc32.Checksum(c, tab), uint64(len(c))), "cut at %d", cut)
+	}
 }
