@@ -30,6 +30,12 @@ type layerSaver interface {
 	close()
 }
 
+// frameChecksummer is a layerSaver that knows the CRC-32C of the frame its last encode returned, computed while
+// writing it, which spares the producer another pass over the frame.
+type frameChecksummer interface {
+	lastCRC() (crc uint32, ok bool)
+}
+
 type layerLoader interface {
 	// decode checks frame and writes it into blocks [lo, hi) (of the load's) of layer l, returning where the
 	// time went.
@@ -76,7 +82,11 @@ type hostSaver struct {
 	blocks   []int
 	encoders chan *codec.Encoder
 	segs     [][]byte
+	crc      uint32 // of the last coded frame
+	crcOK    bool
 }
+
+func (s *hostSaver) lastCRC() (uint32, bool) { return s.crc, s.crcOK }
 
 func (c *hostCache) saver(blocks []int, encoders chan *codec.Encoder, _ int) (layerSaver, error) {
 	return &hostSaver{c: c, blocks: blocks, encoders: encoders}, nil
@@ -84,6 +94,7 @@ func (c *hostCache) saver(blocks []int, encoders chan *codec.Encoder, _ int) (la
 
 func (s *hostSaver) encode(dst []byte, l, lo, hi int, raw bool, _ *readyMark) ([]byte, timing, error) {
 	n := int(s.c.layout.layerRawBytes(hi - lo))
+	s.crcOK = false
 	if raw {
 		// Bypass: gather the blocks straight behind a raw frame header, one copy in all.
 		t0 := time.Now()
@@ -98,7 +109,8 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, raw bool, _ *readyMark) ([
 	enc := <-s.encoders
 	defer func() { s.encoders <- enc }()
 	t0 := time.Now()
-	frame, err := enc.EncodeSegments(dst[:0], s.segs, s.c.layout.DType)
+	frame, crc, err := enc.EncodeSegmentsCRC(dst[:0], s.segs, s.c.layout.DType)
+	s.crc, s.crcOK = crc, err == nil
 	return frame, timing{codec: time.Since(t0)}, err
 }
 

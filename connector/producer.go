@@ -416,7 +416,14 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob)
 		if err != nil {
 			return err
 		}
-		if err := p.staged(s, i, n, frame, took); err != nil {
+		crc, known := uint32(0), false
+		if cs, ok := sv.(frameChecksummer); ok {
+			crc, known = cs.lastCRC()
+		}
+		if !known {
+			crc = crc32.Checksum(frame, castagnoli)
+		}
+		if err := p.staged(s, i, n, frame, crc, took); err != nil {
 			return err
 		}
 	}
@@ -424,10 +431,10 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob)
 }
 
 // staged records encoded frame i and hands it to the transport.
-func (p *Producer) staged(s *save, i, n int, frame []byte, took timing) error {
+func (p *Producer) staged(s *save, i, n int, frame []byte, crc uint32, took timing) error {
 	h, _ := codec.ParseHeader(frame)
 	s.sizes[i] = uint64(len(frame))
-	s.crcs[i] = crc32.Checksum(frame, castagnoli) // for the record, and sent by the transport as the chunk's
+	s.crcs[i] = crc // for the record, and sent by the transport as the chunk's
 	s.rawBytes += uint64(n)
 	p.mu.Lock()
 	p.stats.EncodeTime += took.codec
