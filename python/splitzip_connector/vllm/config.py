@@ -4,11 +4,14 @@ configurations it does not handle (saying what to change)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm.config import VllmConfig
 
-from .metadata import compat_hash
+from .metadata import WIRE_VERSION, compat_hash
+
+if TYPE_CHECKING:
+    from splitzip_connector.handoff import EngineInfo
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class SplitZipConfig:
     load_timeout_s   bound on one load (default 120).
     record_wait_s    how long a consumer waits for a handoff to appear (default 10).
     engine_id        this engine's name on the control plane (default kv_transfer_config.engine_id).
+    remote_tp_size   the tensor-parallel size the engines of the other role run (0: not stated); a value other
+                     than this engine's is refused at start-up. Without it, engines still refuse at start-up a
+                     peer of the other role registered on the control plane with another TP size or KV layout.
     """
 
     nats_url: str = ""
@@ -46,6 +52,7 @@ class SplitZipConfig:
     load_timeout_s: float = 120.0
     record_wait_s: float = 10.0
     engine_id: str = ""
+    remote_tp_size: int = 0
 
     @classmethod
     def from_vllm(cls, vllm_config: VllmConfig) -> "SplitZipConfig":
@@ -101,6 +108,91 @@ def model_compat_hash(vllm_config: VllmConfig) -> str:
         dtype=str(vllm_config.cache_config.cache_dtype) + "/" + str(mc.dtype),
         tp_size=pc.tensor_parallel_size,
     )
+
+
+_ROLES = {"kv_producer": "producer", "kv_consumer": "consumer", "kv_both": "both"}
+_VLLM_ROLES = {v: k for k, v in _ROLES.items()}
+
+
+def engine_info(vllm_config: VllmConfig, cfg: SplitZipConfig) -> EngineInfo:
+    """This engine's entry in the control plane's registry: role, TP size, the compatibility hash as layout
+    fingerprint, and the fields behind the hash (meta) so that a refusal can say which one differs."""
+    from splitzip_connector.handoff import EngineInfo
+
+    mc = vllm_config.model_config
+    pc = vllm_config.parallel_config
+    dtype = str(vllm_config.cache_config.cache_dtype) + "/" + str(mc.dtype)
+    meta = {
+        "connector": "vllm",
+        "wire": str(WIRE_VERSION),
+        "model": str(mc.model),
+        "layers": str(mc.get_num_layers(pc)),
+        "kv_heads_per_rank": str(mc.get_num_kv_heads(pc)),
+        "head_size": str(mc.get_head_size()),
+        "block_size": str(vllm_config.cache_config.block_size),
+        "dtype": dtype,
+    }
+    return EngineInfo(
+        id=cfg.engine_id,
+        role=_ROLES.get(str(vllm_config.kv_transfer_config.kv_role), "both"),
+        tp_size=pc.tensor_parallel_size,
+        layout=model_compat_hash(vllm_config),
+        dtype=dtype,
+        meta=meta,
+    )
+
+
+# What to change, per field of engine_info's meta.
+_FIX = {
+    "wire": "run the same splitzip-connector release on both",
+    "model": "serve the same model on both",
+    "layers": "serve the same model on both",
+    "kv_heads_per_rank": "serve the same model with the same --tensor-parallel-size on both",
+    "head_size": "serve the same model on both",
+    "block_size": "start both with the same --block-size",
+    "dtype": "start both with the same --dtype and --kv-cache-dtype",
+}
+
+
+def check_remote_tp(cfg: SplitZipConfig, tp_size: int) -> None:
+    """Refuses a remote_tp_size other than this engine's TP size."""
+    if cfg.remote_tp_size and cfg.remote_tp_size != tp_size:
+        raise ValueError(
+            f"SplitZipConnector: kv_connector_extra_config remote_tp_size = {cfg.remote_tp_size}, but this engine "
+            f"runs --tensor-parallel-size {tp_size}; SplitZip moves each TP rank's KV shard to the same rank of the "
+            "other engine, so prefill and decode must run the same tensor-parallel size: start this engine with "
+            f"--tensor-parallel-size {cfg.remote_tp_size}, or the other side with {tp_size} (and set "
+            "remote_tp_size to match)"
+        )
+
+
+def check_peers(me: EngineInfo, peers: list[EngineInfo]) -> None:
+    """Refuses to start next to a registered engine of the other role (producer ↔ consumer; "both" pairs with
+    every role) that runs another TP size or KV layout: handoffs between them could never load. Raises
+    ValueError naming the peer, what differs and what to change."""
+    for p in peers:
+        if p.id == me.id or (me.role != "both" and p.role == me.role):
+            continue
+        where = f"engine {p.id!r} ({_VLLM_ROLES.get(p.role, p.role)}, registered on the same NATS namespace)"
+        role = _VLLM_ROLES.get(me.role, me.role)
+        if p.tp_size != me.tp_size:
+            raise ValueError(
+                f"SplitZipConnector: {where} runs tensor-parallel size {p.tp_size}, this {role} engine "
+                f"{me.tp_size}. SplitZip moves each TP rank's KV shard to the same rank of the other engine, so "
+                f"both sides must run the same size: start this engine with --tensor-parallel-size {p.tp_size}, "
+                f"or restart {p.id!r} with {me.tp_size}. (A stopped engine's entry vanishes 15 s after its "
+                "last heartbeat.)"
+            )
+        if p.layout != me.layout:
+            diffs = [k for k in _FIX if p.meta.get(k) != me.meta.get(k)]
+            what = "; ".join(f"{k}: theirs {p.meta.get(k)!r}, ours {me.meta.get(k)!r}" for k in diffs)
+            fixes = sorted({_FIX[k] for k in diffs}) or ["run the same model, block size, KV dtype and release on both"]
+            raise ValueError(
+                f"SplitZipConnector: {where} has an incompatible KV layout (compatibility hash {p.layout} vs "
+                f"{me.layout}{': ' + what if what else ''}); its handoffs could not load here: "
+                + ", and ".join(fixes)
+                + ". (A stopped engine's entry vanishes 15 s after its last heartbeat.)"
+            )
 
 
 def check_supported(vllm_config: VllmConfig, kv_cache_config: Any) -> None:

@@ -9,6 +9,15 @@ and returns the kv_transfer_params the proxy passes to the decode engine.
 Decode engine (kv_consumer): a request whose kv_transfer_params carry {"do_remote_prefill": true, "splitzip":
 {…}} matches its prompt remotely (asynchronous load); once vLLM has allocated its blocks, the next step's
 metadata tells every worker to load its shard into them.
+
+What moves: the prompt's whole blocks short of its last token — floor((prompt - 1) / block_size) blocks, the
+prefix vLLM's own prefix cache reuses when a plain engine sees the same prompt again (max_cache_hit_length =
+prompt - 1, block-aligned) — and the decode engine computes the rest of the prompt (1 to block_size tokens)
+itself. The decode engine thus does exactly what a plain engine does on a prefix-cache hit, so greedy outputs
+equal the plain engine's for a repeated prompt, at every prompt length. Moving every block and recomputing only
+the last token (as vLLM's NixlConnector does) computes the last token alone over KV from the prefill's chunk:
+in bf16 that rounds differently from any computation a plain engine makes, and greedy outputs drift (measured
+on vLLM's CPU backend: examples/vllm/README.md).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from vllm.logger import init_logger
 from vllm.v1.request import RequestStatus
 
-from .config import SplitZipConfig, model_compat_hash
+from .config import SplitZipConfig, check_peers, check_remote_tp, engine_info, model_compat_hash
 from .metadata import PARAMS_KEY, HandoffParams, LoadSpec, SplitZipConnectorMetadata
 
 if TYPE_CHECKING:
@@ -29,10 +38,6 @@ if TYPE_CHECKING:
 
 # Under "vllm." so that vLLM's logging configuration (handlers, VLLM_LOGGING_LEVEL) applies.
 logger = init_logger(f"vllm.{__name__}")
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class SplitZipScheduler:
@@ -54,6 +59,41 @@ class SplitZipScheduler:
         self._loads: list[LoadSpec] = []
         self._loading: set[str] = set()
         self._new_handoff_id = None
+        check_remote_tp(cfg, self.tp_size)
+        self._plane: Any = None
+        self._registration: int | None = None
+        self._register(vllm_config)
+
+    # --- start-up ---------------------------------------------------------------------------------------
+    def _register(self, vllm_config: "VllmConfig") -> None:
+        """Announces this engine (role, TP size, KV layout) in the control plane's registry and refuses to
+        start beside a registered engine of the other role it could not exchange handoffs with (config.
+        check_peers). Checked before and after registering, so that of two engines starting together the
+        later one sees the earlier. Mismatches that slip through (a peer starting while this one runs) are
+        still caught per handoff (HandoffParams.from_dict)."""
+        from .worker import shared_plane
+
+        me = engine_info(vllm_config, self.cfg)
+        plane = shared_plane(self.cfg.nats_url, self.cfg.nats_namespace)
+        check_peers(me, plane.engines())
+        reg = plane.register_engine(me)
+        try:
+            check_peers(me, plane.engines())
+        except ValueError:
+            plane.deregister_engine(reg)
+            raise
+        self._plane, self._registration = plane, reg
+        logger.info(
+            "SplitZip: engine %s registered as %s, TP %d, layout %s", me.id, me.role, me.tp_size, me.layout
+        )
+
+    def shutdown(self) -> None:
+        reg, self._registration = self._registration, None
+        if reg is not None:
+            try:
+                self._plane.deregister_engine(reg)
+            except Exception as e:  # shutting down: report, go on
+                logger.warning("SplitZip: deregistering engine %s: %s", self.engine_id, e)
 
     # --- decode side -----------------------------------------------------------------------------------
     def _handoff_params(self, request: "Request") -> HandoffParams | None:
@@ -101,7 +141,12 @@ class SplitZipScheduler:
                 num_computed_tokens,
             )
             return 0, False
-        return n_prompt, True
+        if hp.num_blocks <= 0:
+            request.kv_transfer_params["do_remote_prefill"] = False
+            return 0, False
+        # The handoff's whole blocks (floor((prompt - 1) / block_size), see the module doc; a record from a
+        # producer that sent the partial last block too covers the prompt, and vLLM recomputes its last token).
+        return min(hp.num_blocks * self.block_size, n_prompt), True
 
     def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
         params = request.kv_transfer_params
@@ -154,7 +199,11 @@ class SplitZipScheduler:
             if req.num_computed_tokens + n_sched < n_prompt:
                 continue  # chunked prefill: the last chunk saves the whole prompt
             del self._to_save[req_id]
-            n = _cdiv(n_prompt, self.block_size)
+            # The whole blocks before the last token: what the decode engine reuses (module doc).
+            n = (n_prompt - 1) // self.block_size
+            if n == 0:
+                logger.debug("SplitZip: request %s: %d prompt tokens, no whole block to hand off", req_id, n_prompt)
+                continue
             (ids,) = mgr.get_block_ids(req_id)
             if len(ids) < n:
                 logger.error("SplitZip: request %s has %d blocks for %d prompt tokens; not saving it", req_id, len(ids), n_prompt)
@@ -174,6 +223,11 @@ class SplitZipScheduler:
         self._to_save.pop(req_id, None)
         saved = self._saved.pop(req_id, None)
         if saved is None:
+            params = request.kv_transfer_params or {}
+            if params.get("do_remote_decode") and request.status == RequestStatus.FINISHED_LENGTH_CAPPED:
+                # Prefill side, nothing handed off (a prompt without a whole block before its last token): the
+                # decode engine prefills it.
+                return False, {"do_remote_prefill": False, "do_remote_decode": False}
             # Decode side: a load in flight keeps its blocks; vLLM holds them (WAITING_FOR_REMOTE_KVS) until the
             # workers report the load ended.
             return False, None

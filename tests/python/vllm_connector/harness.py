@@ -219,12 +219,14 @@ class Engine:
         self.kv_params: dict[str, dict | None] = {}
         self.finished: dict[str, Any] = {}
         self.stats: list[Any] = []
+        self.scheduled: list[dict[str, int]] = []  # per step: request id → tokens scheduled
 
     def add(self, req: Request) -> None:
         self.scheduler.add_request(req)
 
     def step(self) -> None:
         out = self.scheduler.schedule()
+        self.scheduled.append(dict(out.num_scheduled_tokens))
         meta = out.kv_connector_metadata
         sending: set[str] = set()
         recving: set[str] = set()
@@ -307,6 +309,7 @@ class Engine:
     def close(self) -> None:
         for w in self.workers:
             w.connector.shutdown()
+        self.scheduler.connector.shutdown()  # leaves the engine registry
 
 
 def assert_no_leaks(engine: Engine) -> None:

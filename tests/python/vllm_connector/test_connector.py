@@ -47,7 +47,7 @@ def test_remote_decode_then_remote_prefill(engines):
     params = P.kv_params[req_p.request_id]
     rec = params[PARAMS_KEY]
     assert rec["version"] == WIRE_VERSION and rec["num_tokens"] == len(PROMPT)
-    assert rec["num_blocks"] == -(-len(PROMPT) // BLOCK) and [e["rank"] for e in rec["ranks"]] == [0]
+    assert rec["num_blocks"] == (len(PROMPT) - 1) // BLOCK and [e["rank"] for e in rec["ranks"]] == [0]
     # the blocks stay held until the worker staged every layer, then return to the pool
     P.drain()
     assert_no_leaks(P)
@@ -79,6 +79,44 @@ def test_remote_decode_then_remote_prefill(engines):
     loaded = total.reduce()
     assert loaded["loads"] == 1 and loaded["wire_MB"] > 0 and loaded["load_ratio"] > 1.0, loaded
     assert saved["ratio"] > 1.0 and 0 <= saved["escape_rate"] < 1
+
+
+@pytest.mark.parametrize("n", [75, 65, 64, 17, 16])
+def test_decode_computes_what_a_prefix_hit_computes(engines, n):
+    """The handoff holds the prompt's whole blocks before its last token — the prefix vLLM's prefix cache
+    reuses when a plain engine sees the prompt again — and the decode engine computes the rest (1 to BLOCK
+    tokens) itself: the same computation as a plain engine's cache hit, so the same greedy output."""
+    P = engines("kv_producer")
+    D = engines("kv_consumer")
+    prompt = PROMPT[:n]
+    req = make_request(prompt, params={"do_remote_decode": True, "do_remote_prefill": False})
+    P.add(req)
+    P.run_until(lambda: req.request_id in P.finished)
+    params = P.kv_params[req.request_id]
+    whole = (n - 1) // BLOCK
+    if whole:
+        assert params["do_remote_prefill"] is True and params[PARAMS_KEY]["num_blocks"] == whole
+    else:  # nothing to hand off: the decode engine prefills the prompt
+        assert params == {"do_remote_prefill": False, "do_remote_decode": False}
+    P.drain()
+    assert_no_leaks(P)
+
+    def local_tokens(r) -> int:
+        """Tokens the decode engine computed for r in its first step that computed any."""
+        return next(s[r.request_id] for s in D.scheduled if s.get(r.request_id))
+
+    r = make_request(prompt, max_tokens=2, params=params)
+    D.add(r)
+    D.run_until(lambda: r.request_id in D.finished)
+    assert D.finished[r.request_id] == FinishReason.LENGTH
+    assert local_tokens(r) == n - whole * BLOCK
+    D.drain()
+    # the same prompt again, without a handoff: vLLM's prefix cache reuses the same prefix
+    again = make_request(prompt, max_tokens=2)
+    D.add(again)
+    D.drain()
+    assert local_tokens(again) == n - whole * BLOCK
+    assert_no_leaks(D)
 
 
 def test_chunked_prefill_and_prefill_prefix_hit(engines):
@@ -277,3 +315,37 @@ def test_unsupported_configurations_refused_at_startup(model_config):
     cfg = make_vllm_config(model_config, "kv_producer")
     with pytest.raises(NotImplementedError, match="hybrid"):
         SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, TwoGroups())
+
+
+def test_tp_mismatch_refused_at_startup(engines, model_config, model_config_tp2):
+    """Engines announce themselves in the control plane's registry: one starting beside a registered engine of
+    the other role with another TP size or KV layout refuses to start, saying what to change; engines of the
+    same role do not constrain each other, and a stopped engine no longer counts."""
+    from .harness import Engine
+
+    P = engines("kv_producer", tp=2)
+    with pytest.raises(ValueError, match=r"runs tensor-parallel size 2, this kv_consumer engine 1.*--tensor-parallel-size 2"):
+        Engine(model_config, "kv_consumer")
+    P2 = engines("kv_producer")  # another prefill engine (TP 1): same role, not checked against P
+    P.close()
+    with pytest.raises(ValueError, match="incompatible KV layout.*model.*serve the same model"):
+        Engine(model_config_tp2, "kv_consumer")  # TP 1 too, but another model shape (8 heads, 2 KV heads)
+    P2.close()
+    D = engines("kv_consumer", tp=2)
+    with pytest.raises(ValueError, match=r"this kv_producer engine 1.*--tensor-parallel-size 2"):
+        Engine(model_config, "kv_producer")
+    D.close()
+    engines("kv_producer").close()  # nobody of the other role registered: starts
+
+
+def test_remote_tp_size_refused_at_startup(model_config):
+    from .harness import make_vllm_config
+    from splitzip_connector.vllm import SplitZipConnector
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+
+    cfg = make_vllm_config(model_config, "kv_consumer", extra={"remote_tp_size": 2})
+    with pytest.raises(ValueError, match=r"remote_tp_size = 2.*--tensor-parallel-size 1"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
+    cfg = make_vllm_config(model_config, "kv_consumer", extra={"remote_tp_size": 1})
+    c = SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
+    c.shutdown()
