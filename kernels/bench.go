@@ -150,8 +150,9 @@ func RunBench(ctx *cuda.Context, cfg BenchConfig) (*BenchReport, error) {
 		for _, v := range Variants {
 			cfg.Variants = append(cfg.Variants, v+"/"+v)
 		}
-		// An experiment: the default encoder without its look-back (wrong frames, timing only).
-		cfg.Variants = append(cfg.Variants, DefaultEncodeKernels+"/"+DefaultDecodeKernels+"+n")
+		// An experiment: the tile encoder without its look-back (wrong frames, timing only; the streaming
+		// encoder has none in its data path).
+		cfg.Variants = append(cfg.Variants, SmallEncodeKernels+"/"+SmallEncodeKernels+"+n")
 	}
 	if cfg.Reps == 0 {
 		cfg.Reps = 30

@@ -29,6 +29,7 @@ type Option func(*options) error
 
 type options struct {
 	enc, dec string
+	picked   bool   // WithKernels was given: no size-based choice of encoder
 	tune     uint32 // kTune* bits of splitzip.cuh: bench experiments only
 	gridMul  int    // pipelined kernels: grid = gridMul × resident blocks (bench experiments only; 0: 1)
 }
@@ -42,17 +43,22 @@ const (
 
 func withTune(bits uint32) Option { return func(o *options) error { o.tune = bits; return nil } }
 
-// The kernel variants a Codec uses unless WithKernels picks others (the fastest in the bench on an H100:
-// encoding gains from larger tiles, which share the look-back; decoding from more blocks in flight).
+// The kernel variants a Codec uses unless WithKernels picks others: the streaming ones, the fastest in the
+// bench on an H100 (BENCH.md). Below SmallEncodeBytes of input the encoder is SmallEncodeKernels instead:
+// the streaming encoder's three launches and its finish pass cost ~15 µs more there than they save.
 const (
-	DefaultEncodeKernels = "t256c4"
-	DefaultDecodeKernels = "t256c1"
+	DefaultEncodeKernels = "s256u8"
+	DefaultDecodeKernels = "s256u8"
+	SmallEncodeKernels   = "t256c4"
+	SmallEncodeBytes     = 64 << 20
 )
 
 // Variants lists the kernel variants in the PTX: "t<threads per block>c<4,096-element chunks per block>",
 // and the pipelined persistent ones "t<threads>c<chunks per tile>s<shared-memory stages>", whose blocks loop
 // over tiles with the copies of the next stages in flight.
-var Variants = []string{"t256c1", "t256c2", "t256c4", "t256c1s4"}
+// The streaming variants "s<threads>u<units>" code a chunk per warp (u 16-byte units per lane in flight) and
+// finish the escapes in a second, small kernel; they decode a chunk per block.
+var Variants = []string{"t256c1", "t256c2", "t256c4", "t256c1s4", "s256u4", "s256u8", "s128u8"}
 
 // WithKernels picks the encode and decode kernel variants (see Variants; the bench times them).
 func WithKernels(encode, decode string) Option {
@@ -62,18 +68,21 @@ func WithKernels(encode, decode string) Option {
 				return err
 			}
 		}
-		o.enc, o.dec = encode, decode
+		o.enc, o.dec, o.picked = encode, decode, true
 		return nil
 	}
 }
 
 // parseVariant returns a variant's threads per block, chunks per block (tile) and stages (0: one tile per
-// block).
+// block); for a streaming variant, cpt is its units per lane and stages is -1.
 func parseVariant(v string) (threads, cpt, stages int, err error) {
 	if !slices.Contains(Variants, v) {
 		return 0, 0, 0, fmt.Errorf("%w: kernel variant %q (have %v)", codec.ErrOption, v, Variants)
 	}
-	if strings.Contains(v, "s") {
+	if strings.HasPrefix(v, "s") {
+		_, err = fmt.Sscanf(v, "s%du%d", &threads, &cpt)
+		stages = -1
+	} else if strings.Contains(v, "s") {
 		_, err = fmt.Sscanf(v, "t%dc%ds%d", &threads, &cpt, &stages)
 	} else {
 		_, err = fmt.Sscanf(v, "t%dc%d", &threads, &cpt)
@@ -89,6 +98,7 @@ type kernel struct {
 	dense, paged *cuda.Function
 	threads, cpt int
 	stages       int    // pipelined persistent kernel: shared-memory stages; 0: one tile per block
+	stream       bool   // streaming kernel: cpt is the chunks of a block (encode: a warp each; decode: 1)
 	resident     uint64 // pipelined: blocks the device holds at once (the grid's upper bound)
 	perSM        int
 	name         string
@@ -113,7 +123,9 @@ type Codec struct {
 	ctx      *cuda.Context
 	mod      *cuda.Module
 	enc, dec kernel
+	encSmall *kernel // the encoder below SmallEncodeBytes; nil: enc for every size
 	raw      kernel
+	finish   kernel // the streaming encoder's second pass (chunk table, escapes, header)
 	noop     *cuda.Function
 	copy16   *cuda.Function
 	tune     uint32
@@ -139,6 +151,13 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 			return err
 		}
 		k.name = variant
+		if k.stages < 0 {
+			k.stream, k.stages = true, 0
+			k.cpt = 1
+			if prefix == "sz_encode_" {
+				k.cpt = k.threads / 32
+			}
+		}
 		if k.dense, err = mod.Function(prefix + variant + "_dense"); err != nil {
 			return err
 		}
@@ -172,12 +191,22 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	if err = load(&c.enc, "sz_encode_", o.enc); err == nil {
 		err = load(&c.dec, "sz_decode_", o.dec)
 	}
+	if err == nil && !o.picked && o.enc != SmallEncodeKernels {
+		c.encSmall = new(kernel)
+		err = load(c.encSmall, "sz_encode_", SmallEncodeKernels)
+	}
 	if err == nil {
 		c.raw = kernel{threads: 256, cpt: 1, name: "raw"}
 		if c.raw.dense, err = mod.Function("sz_raw_t256_dense"); err == nil {
 			c.raw.paged, err = mod.Function("sz_raw_t256_paged")
 		}
 	}
+	if err == nil && c.enc.stream {
+		if c.finish.dense, err = mod.Function("sz_finish_dense"); err == nil {
+			c.finish.paged, err = mod.Function("sz_finish_paged")
+		}
+	}
+
 	if err == nil {
 		c.noop, err = mod.Function("sz_noop")
 	}
@@ -218,8 +247,23 @@ func escapesOffset(n uint64) uint64 {
 // EncodeWorkspaceSize is the workspace EncodeAsync needs for srcLen bytes of input.
 func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint64(srcLen/2))) }
 
-// workspaceSize: a raw flag per frame, a reserved word, a look-back word per tile (at most one per chunk).
-func workspaceSize(frames, chunks uint64) int { return int(8 * (frames + 1 + frames*chunks)) }
+// workspaceSize is the larger of the two encoders' workspaces. The tile encoders': a raw flag per frame, a
+// reserved word, a look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in
+// splitzip.cuh): a raw flag per frame, a look-back word per group of chunks, and per chunk an escape count and
+// streamSlots parked escapes of 4 bytes (1.6 % of the input in all).
+func workspaceSize(frames, chunks uint64) int {
+	tile := 8 * (frames + 1 + frames*chunks)
+	stream := 8*(frames+frames*streamGroups(chunks)) + 4*frames*chunks*(1+streamSlots)
+	return int(max(tile, stream))
+}
+
+// Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
+const (
+	streamSlots = 32
+	streamGroup = 64
+)
+
+func streamGroups(chunks uint64) uint64 { return (chunks + streamGroup - 1) / streamGroup }
 
 func aligned(p cuda.DevicePtr) bool { return p%16 == 0 }
 
@@ -268,11 +312,15 @@ func (p *decParams) args() *cuda.Args {
 // launchEncode enqueues the workspace reset, the encode kernel and the raw fallback kernel for p.
 func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	p.tune = c.tune
-	enc, raw := c.enc.dense, c.raw.dense
-	if paged {
-		enc, raw = c.enc.paged, c.raw.paged
-	}
 	total := uint64(p.frames) * uint64(p.chunks)
+	k := &c.enc
+	if c.encSmall != nil && 2*uint64(p.frames)*uint64(p.n) < SmallEncodeBytes {
+		k = c.encSmall
+	}
+	enc, raw := k.dense, c.raw.dense
+	if paged {
+		enc, raw = k.paged, c.raw.paged
+	}
 	rawGrid := cuda.Dim3{X: uint32(min(total, rawGridLimit))}
 	if escapesOffset(uint64(p.n)) > headerSize+2*uint64(p.n) {
 		// Too small for a coded frame even without escapes (the CPU encoder decides the same): raw.
@@ -282,11 +330,27 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 		}
 		return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
 	}
+	grid := cuda.Dim3{X: k.grid(uint64(p.frames), uint64(p.chunks))}
+	if k.stream {
+		// The encode kernel zeroes the finish pass's look-back words itself: no reset.
+		if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
+			return err
+		}
+		fin := c.finish.dense
+		if paged {
+			fin = c.finish.paged
+		}
+		// A warp per group of chunks, 8 per block.
+		finGrid := cuda.Dim3{X: uint32((uint64(p.frames)*streamGroups(uint64(p.chunks)) + 7) / 8)}
+		if err := fin.Launch(s, finGrid, cuda.Dim3{X: 256}, 0, p.args()); err != nil {
+			return err
+		}
+		return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
+	}
 	if err := s.MemsetD32Async(cuda.DevicePtr(p.ws), 0, workspaceSize(uint64(p.frames), uint64(p.chunks))/4); err != nil {
 		return err
 	}
-	grid := cuda.Dim3{X: c.enc.grid(uint64(p.frames), uint64(p.chunks))}
-	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(c.enc.threads)}, 0, p.args()); err != nil {
+	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
 		return err
 	}
 	return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
@@ -337,11 +401,20 @@ func (c *Codec) DecodeAsync(s *cuda.Stream, src cuda.DevicePtr, frameLen int, ds
 		src: uint64(src), frameCap: uint64(frameLen), dst: uint64(dst), status: uint64(status),
 		outBytes: uint64(dstLen), frames: 1, chunks: uint32(chunks),
 	}
+	return c.launchDecode(s, p, false)
+}
+
+// launchDecode enqueues the status reset and the decode kernels for p.
+func (c *Codec) launchDecode(s *cuda.Stream, p *decParams, paged bool) error {
 	p.tune = c.tune
-	if err := s.MemsetD32Async(status, 0, 1); err != nil {
+	if err := s.MemsetD32Async(cuda.DevicePtr(p.status), 0, 1); err != nil {
 		return err
 	}
-	return c.dec.dense.Launch(s, cuda.Dim3{X: c.dec.grid(1, chunks)}, cuda.Dim3{X: uint32(c.dec.threads)}, 0, p.args())
+	dec := c.dec.dense
+	if paged {
+		dec = c.dec.paged
+	}
+	return dec.Launch(s, cuda.Dim3{X: c.dec.grid(uint64(p.frames), uint64(p.chunks))}, cuda.Dim3{X: uint32(c.dec.threads)}, 0, p.args())
 }
 
 // launchCopy16 enqueues a plain 16-byte vectorized copy of n bytes (n a multiple of 16): the bench's SM

@@ -124,9 +124,5 @@ func (c *Codec) DecodeScatterAsync(s *cuda.Stream, src cuda.DevicePtr, frameStri
 		frames: uint32(frames), chunks: uint32(chunks), blockElems: uint32(l.BlockElems), nBlocks: uint32(r.NumBlocks),
 		segsPerFrame: l.segsPerFrame(r),
 	}
-	p.tune = c.tune
-	if err := s.MemsetD32Async(status, 0, 1); err != nil {
-		return err
-	}
-	return c.dec.paged.Launch(s, cuda.Dim3{X: c.dec.grid(uint64(frames), chunks)}, cuda.Dim3{X: uint32(c.dec.threads)}, 0, p.args())
+	return c.launchDecode(s, p, true)
 }

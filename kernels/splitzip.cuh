@@ -601,9 +601,13 @@ __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, ui
 }
 
 // The grid is small and strides over the chunks: in the common case (no fallback) it only reads the flags.
+// A block reads each frame's flag once: in the common case (no fallback) that is all it does.
 template <int THREADS, class Map>
 __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
-  for (uint32_t g = blockIdx.x; g < p.frames * p.chunks; g += gridDim.x) raw_chunk<THREADS>(p, map, g);
+  for (uint32_t f = 0; f < p.frames; f++) {
+    if (!p.host_raw && reinterpret_cast<const uint64_t*>(p.ws)[f] == 0) continue;
+    for (uint32_t c = blockIdx.x; c < p.chunks; c += gridDim.x) raw_chunk<THREADS>(p, map, f * p.chunks + c);
+  }
 }
 
 
@@ -1232,6 +1236,456 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
     }
   }
   cp_async_wait<0>();
+}
+
+}  // namespace sz
+
+// ==== streaming kernels ("s<threads>u<units per lane>") =======================================================
+// The tile encoders above pace every block on a barrier, a block-wide scan and the look-back before it may
+// retire, so an SM holds few bytes in flight (BENCH.md). The streaming encoder takes all of that off the data
+// path: one warp codes one chunk with no block barrier after the code table, writes the dense sections with
+// whole-line stores, and parks the chunk's escapes (rare: ~2.4 per chunk on real KV) in the workspace with
+// their count. A finish kernel then gives each group of kGroup chunks a warp, which scans the group's counts,
+// looks back over the groups before it, writes their chunk table entries and moves their parked escapes into
+// place (a chunk with more than kSlots escapes is read again). Finishing inside the encode kernel instead (the
+// last warp of a group to arrive finishes it) measured 7 % slower: every warp then waits at its end for the
+// arrival atomic's answer, and its block holds its slot that much longer.
+namespace sz {
+
+constexpr uint32_t kSlots = 32;   // escapes a chunk parks in the workspace
+constexpr uint32_t kGroup = 64;   // chunks per finish group (a warp each)
+
+// StreamWS is the streaming encoder's workspace (gpucodec.go's workspaceSize): a raw flag per frame (u64) and a
+// look-back word per group (u64), which the encode kernel zeroes for the finish kernel; an escape count per
+// chunk (u32) and kSlots parked escapes per chunk (u32: chunk-local position | exponent << 16).
+struct StreamWS {
+  uint64_t* raw;
+  uint64_t* state;
+  uint32_t* counts;
+  uint32_t* slots;
+};
+__device__ __forceinline__ uint32_t groups_of(uint32_t chunks) { return (chunks + kGroup - 1) / kGroup; }
+__device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
+  const uint64_t groups = (uint64_t)p.frames * groups_of(p.chunks);
+  StreamWS w;
+  w.raw = reinterpret_cast<uint64_t*>(p.ws);
+  w.state = w.raw + p.frames;
+  w.counts = reinterpret_cast<uint32_t*>(w.state + groups);
+  w.slots = w.counts + (uint64_t)p.frames * p.chunks;
+  return w;
+}
+
+// The exponent field of element b (0..7) of a unit.
+__device__ __forceinline__ uint32_t unit_exponent(const uint4& v, uint32_t b) {
+  return (word_of(v, b >> 1) >> (7 + 16 * (b & 1))) & 0xFF;
+}
+
+// load_unit reads unit ue (element offset in the chunk) of a chunk of len elements: 16 bytes when whole,
+// element by element (zero-filled) at a ragged end. base: the chunk's address when contiguous, else 0.
+// (Plain loads: streaming (.cs) ones, and loads with a 256-byte L2 prefetch hint, measured slower here.)
+template <class Map>
+__device__ __forceinline__ uint4 load_unit(const Map& map, uint64_t base, uint32_t f, uint32_t e0, uint32_t ue, uint32_t len) {
+  if (ue + kUnit <= len) return *reinterpret_cast<const uint4*>(base ? base + 2ull * ue : map.addr(f, e0 + ue));
+  uint32_t h[8];
+#pragma unroll
+  for (uint32_t k = 0; k < 8; k++) h[k] = ue + k < len ? *reinterpret_cast<const uint16_t*>(map.addr(f, e0 + ue + k)) : 0u;
+  return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
+}
+
+// warp_excl_scan returns the lane's exclusive prefix of x over the warp and the warp's total in *tot.
+__device__ __forceinline__ uint32_t warp_excl_scan(uint32_t x, uint32_t* tot) {
+  const uint32_t lane = threadIdx.x & 31;
+  uint32_t incl = x;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t y = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  *tot = __shfl_sync(0xFFFFFFFFu, incl, 31);
+  return incl - x;
+}
+
+// AlignedStream stores a warp's 32 consecutive words of one section (a word per lane: 4-byte codes, or
+// 8-byte residuals as two words) as whole 128-byte lines, whatever the section's alignment. Sections are only
+// 16-byte aligned (FORMAT.md) and so, usually, is a warp's 128 or 256 bytes: a partial line each time, which
+// HBM with ECC completes by reading it back (a read-modify-write) and which cost the encoder ~13 % (BENCH.md).
+// Step s writes the line-aligned window [32s - m, 32s - m + 32) of the chunk's words, m of which the previous
+// step produced; every lane gives away exactly one word per step, so one shuffle moves it. The chunk's first
+// and last line are partial: they are shared with the neighbouring chunks.
+struct AlignedStream {
+  uint8_t* base;  // the chunk's first word
+  uint32_t m;     // words before base in its line
+  uint32_t size;  // bytes per word (4 or 8)
+  __device__ __forceinline__ AlignedStream(uint8_t* b, uint32_t sz) : base(b), m((uint32_t)((uint64_t)b & 127) / sz), size(sz) {}
+  // put stores step s's word w of this lane, prev being the lane's word of step s-1.
+  template <class W>
+  __device__ __forceinline__ void put(uint32_t s, W w, W prev) const {
+    const uint32_t lane = threadIdx.x & 31;
+    const W x = lane < 32 - m ? w : prev;
+    const W y = shfl_w(x, (lane - m) & 31);
+    if (s > 0 || lane >= m) *reinterpret_cast<W*>(base + (uint64_t)size * (32 * s + lane - m)) = y;
+  }
+  // flush stores the last m words of the chunk (its last step was s-1, prev its words).
+  template <class W>
+  __device__ __forceinline__ void flush(uint32_t s, W prev) const {
+    const uint32_t lane = threadIdx.x & 31;
+    const W y = shfl_w(prev, (lane - m) & 31);
+    if (lane < m) *reinterpret_cast<W*>(base + (uint64_t)size * (32 * s + lane - m)) = y;
+  }
+  static __device__ __forceinline__ uint32_t shfl_w(uint32_t x, uint32_t l) { return __shfl_sync(0xFFFFFFFFu, x, l); }
+  static __device__ __forceinline__ uint2 shfl_w(uint2 x, uint32_t l) {
+    return make_uint2(__shfl_sync(0xFFFFFFFFu, x.x, l), __shfl_sync(0xFFFFFFFFu, x.y, l));
+  }
+};
+
+// put_escape writes escape k of a frame (3 bytes) unless it lies past max_len: such a frame falls back to raw.
+__device__ __forceinline__ void put_escape(uint8_t* frame, const Layout& L, uint64_t max_len, uint64_t k, uint32_t pos, uint32_t x) {
+  const uint64_t off = L.escapes + kEscapeSize * k;
+  if (off + 2 < max_len) {
+    frame[off] = (uint8_t)pos;
+    frame[off + 1] = (uint8_t)(pos >> 8);
+    frame[off + 2] = (uint8_t)x;
+  }
+}
+
+// finish_group: one warp finishes group q of frame f (see above). pre is the warp's kGroup + 1 words of shared
+// memory.
+template <class Map>
+__device__ __forceinline__ void finish_group(const EncParams& p, const Map& map, const StreamWS& ws, uint32_t f, uint32_t q,
+                                          const uint8_t* code_of, uint32_t* pre) {
+  constexpr uint32_t PER = kGroup / 32;  // chunks per lane
+  const uint32_t lane = threadIdx.x & 31;
+  const uint32_t groups = groups_of(p.chunks);
+  const uint64_t n = p.n;
+  const Layout L = bf16_layout(n);
+  const uint64_t max_len = kHeaderSize + 2 * n;
+  uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
+  const uint32_t c0 = q * kGroup;  // the group's first chunk
+  const uint32_t members = min(kGroup, p.chunks - c0);
+  const uint32_t* counts = ws.counts + (uint64_t)f * p.chunks + c0;
+  uint32_t cnt[PER], sum = 0;
+#pragma unroll
+  for (uint32_t k = 0; k < PER; k++) {
+    const uint32_t j = lane * PER + k;
+    cnt[k] = j < members ? __ldcg(counts + j) : 0;
+    sum += cnt[k];
+  }
+  uint32_t total;
+  uint32_t excl = warp_excl_scan(sum, &total);
+  const uint32_t before = lookback_warp(ws.state + (uint64_t)f * groups, q, total);
+  if (lane == 0 && q == groups - 1) finish_frame(p, frame, f, n, (uint64_t)before + total);
+  uint32_t heavy = 0;  // this lane's chunks with more than kSlots escapes
+#pragma unroll
+  for (uint32_t k = 0; k < PER; k++) {
+    const uint32_t j = lane * PER + k;
+    if (j < members) *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * (c0 + j)) = before + excl;
+    pre[j] = excl;
+    if (cnt[k] > kSlots) heavy |= 1u << k;
+    excl += cnt[k];
+  }
+  if (lane == 31) pre[kGroup] = excl;
+  __syncwarp();
+  // Parked escapes, in output order: lanes take consecutive escapes of the group, eight batches in flight.
+  if (L.escapes + kEscapeSize * (uint64_t)before < max_len) {
+    const uint32_t* slots = ws.slots + ((uint64_t)f * p.chunks + c0) * kSlots;
+    for (uint32_t i0 = 0; i0 < total; i0 += 8 * 32) {
+      uint32_t e[8], at[8];
+#pragma unroll
+      for (int b = 0; b < 8; b++) {
+        const uint32_t i = i0 + b * 32 + lane;
+        e[b] = 0xFFFFFFFFu;
+        if (i < total) {
+          uint32_t lo = 0, hi = kGroup;  // the chunk j with pre[j] <= i < pre[j+1]
+          while (hi - lo > 1) {
+            const uint32_t m = (lo + hi) / 2;
+            if (pre[m] <= i) lo = m; else hi = m;
+          }
+          const uint32_t k = i - pre[lo];
+          if (pre[lo + 1] - pre[lo] <= kSlots) e[b] = __ldcg(slots + (uint64_t)lo * kSlots + k);
+          at[b] = i;
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < 8; b++)
+        if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + at[b], e[b] & 0xFFFF, e[b] >> 16);
+    }
+  }
+  // Chunks whose escapes overflowed their slots: the warp reads each again, all its loads in flight.
+  for (uint32_t hb = __ballot_sync(0xFFFFFFFFu, heavy != 0); hb; hb &= hb - 1) {
+    const uint32_t src = __ffs(hb) - 1;
+    for (uint32_t hm = __shfl_sync(0xFFFFFFFFu, heavy, src); hm; hm &= hm - 1) {
+      const uint32_t j = src * PER + __ffs(hm) - 1;
+      uint64_t kk = (uint64_t)before + pre[j];
+      if (L.escapes + kEscapeSize * kk >= max_len) continue;  // the frame is raw
+      const uint32_t e0 = (c0 + j) * kChunk;
+      const uint32_t len = (uint32_t)min((uint64_t)kChunk, n - e0);
+      const uint64_t base = tile_base(map, f, e0, len);
+      // All the chunk's loads in flight at once: the finish kernel's latency is the encoder's (its registers
+      // are its own).
+      constexpr int UPL = kUnitsPerChunk / 32;
+      uint4 v[UPL];
+#pragma unroll
+      for (int u = 0; u < UPL; u++) {
+        const uint32_t ue = kUnit * (u * 32 + lane);
+        v[u] = ue < len ? load_unit(map, base, f, e0, ue, len) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < UPL; u++) {
+        const uint32_t ue = kUnit * (u * 32 + lane);
+        uint32_t esc = 0;
+#pragma unroll
+        for (uint32_t b = 0; b < 8; b++)
+          if (ue + b < len && code_of[unit_exponent(v[u], b)] > 15) esc |= 1u << b;
+        uint32_t tot;
+        uint64_t k = kk + warp_excl_scan(__popc(esc), &tot);
+        while (esc) {
+          const uint32_t b = __ffs(esc) - 1;
+          esc &= esc - 1;
+          put_escape(frame, L, max_len, k++, ue + b, unit_exponent(v[u], b));
+        }
+        kk += tot;
+      }
+    }
+  }
+}
+
+// encode_finish: warp w of block b finishes group b × 8 + w (over all frames' groups).
+template <class Map>
+__device__ __forceinline__ void encode_finish(const EncParams& p, const Map& map) {
+  constexpr int WARPS = 8;
+  __shared__ uint8_t code_of[256];
+  __shared__ uint32_t pre[WARPS][kGroup + 1];
+  enc_code_table<WARPS * 32>(p, code_of);
+  __syncthreads();
+  const uint32_t groups = groups_of(p.chunks);
+  const uint64_t w = (uint64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
+  if (w >= (uint64_t)p.frames * groups) return;
+  const uint32_t f = (uint32_t)(w / groups), q = (uint32_t)(w - (uint64_t)f * groups);
+  finish_group(p, map, stream_ws(p), f, q, code_of, pre[threadIdx.x >> 5]);
+}
+
+// encode_stream: warp w of block b codes chunk b × WARPS + w (over all frames' chunks), UPL units per lane
+// in flight (a chunk is 16 units per lane: 16 / UPL rounds).
+template <int THREADS, int UPL, class Map>
+__device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map) {
+  constexpr int WARPS = THREADS / 32, ROUNDS = kUnitsPerChunk / 32 / UPL;
+  static_assert(ROUNDS * UPL * 32 == kUnitsPerChunk, "units per lane divide a chunk");
+  __shared__ uint8_t code_of[256];
+  const StreamWS ws = stream_ws(p);
+  const uint32_t lane = threadIdx.x & 31;
+  const uint64_t g = (uint64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
+  if (blockIdx.x == 0) {
+    // The finish kernel's look-back words and the raw flags start at zero: no reset launch.
+    const uint32_t words = p.frames * (1 + groups_of(p.chunks));
+    for (uint32_t i = threadIdx.x; i < words; i += THREADS) ws.raw[i] = 0;
+  }
+  const bool live = g < (uint64_t)p.frames * p.chunks;  // whole warps; the grid's last block may have idle ones
+  const uint32_t f = live ? (uint32_t)(g / p.chunks) : 0, c = live ? (uint32_t)(g - (uint64_t)f * p.chunks) : 0;
+  const uint64_t n = p.n;
+  const Layout L = bf16_layout(n);
+  uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
+  const uint32_t e0 = c * kChunk;
+  const uint32_t len = live ? (uint32_t)min((uint64_t)kChunk, n - e0) : 0;
+  const uint64_t base = len ? tile_base(map, f, e0, len) : 0;
+  uint32_t* slot = ws.slots + g * kSlots;
+  uint32_t run = 0;  // escapes of the chunk so far
+  // Whole chunks store line-aligned; a frame's ragged last chunk stores unit by unit.
+  const bool aligned = len == kChunk;
+  const AlignedStream cs(frame + L.codes + e0 / 2, 4), rs(frame + L.residuals + e0, 8);
+  uint32_t prev_codes = 0;
+  uint2 prev_res = make_uint2(0, 0);
+
+  uint4 v[UPL];
+#pragma unroll
+  for (int j = 0; j < UPL; j++) v[j] = load_unit(map, base, f, e0, kUnit * (j * 32 + lane), len);
+  enc_code_table<THREADS>(p, code_of);  // while the loads fly
+  __syncthreads();
+#pragma unroll 1
+  for (int r = 0; r < ROUNDS; r++) {
+#pragma unroll
+    for (int j = 0; j < UPL; j++) {
+      const uint32_t ue = kUnit * ((r * UPL + j) * 32 + lane);
+      uint32_t codes, esc;
+      uint2 res;
+      encode_unit4(v[j], code_of, codes, res, esc);
+      if (aligned) {
+        cs.put(r * UPL + j, codes, prev_codes);
+        rs.put(r * UPL + j, res, prev_res);
+        prev_codes = codes;
+        prev_res = res;
+      } else if (ue + kUnit <= len) {
+        *reinterpret_cast<uint32_t*>(frame + L.codes + (e0 + ue) / 2) = codes;
+        *reinterpret_cast<uint2*>(frame + L.residuals + e0 + ue) = res;
+      } else if (ue < len) {
+        const uint32_t k = len - ue;  // 1..7 elements
+        esc &= (1u << k) - 1;
+        codes &= (1u << (4 * k)) - 1;  // the high nibble of an odd last byte is zero
+        for (uint32_t b = 0; b < (k + 1) / 2; b++) frame[L.codes + (e0 + ue) / 2 + b] = (uint8_t)(codes >> (8 * b));
+        for (uint32_t b = 0; b < k; b++) frame[L.residuals + e0 + ue + b] = (uint8_t)((b < 4 ? res.x : res.y) >> (8 * (b & 3)));
+      } else {
+        esc = 0;
+      }
+      if (__any_sync(0xFFFFFFFFu, esc != 0)) {
+        uint32_t tot;
+        uint32_t k = run + warp_excl_scan(__popc(esc), &tot);
+        while (esc) {
+          const uint32_t b = __ffs(esc) - 1;
+          esc &= esc - 1;
+          if (k < kSlots) slot[k] = (ue + b) | unit_exponent(v[j], b) << 16;
+          k++;
+        }
+        run += tot;
+      }
+    }
+    if (r + 1 < ROUNDS) {
+#pragma unroll
+      for (int j = 0; j < UPL; j++) v[j] = load_unit(map, base, f, e0, kUnit * (((r + 1) * UPL + j) * 32 + lane), len);
+    }
+  }
+  if (aligned) {
+    cs.flush(kUnitsPerChunk / 32, prev_codes);
+    rs.flush(kUnitsPerChunk / 32, prev_res);
+  }
+  if (live && lane == 0) ws.counts[g] = run;
+}
+
+// ---- streaming decode: the dense sections, then the escapes over them ---------------------------------------
+// decode_stream decodes chunk b (over all frames' chunks). Its codes and residuals are loaded speculatively
+// (the destination size fixes a coded frame's layout) while warp 0 checks the header and warp 1 reads the
+// chunk's escapes into shared memory; after one barrier the block stores the chunk as if it had no escapes,
+// and after a second writes the escaped elements (~0.06 % of real KV) over their placeholders. The dense
+// stores wait for nothing but the loads and the header; the escapes land while their lines are still in L2
+// (a separate pass measured 7 % slower: merging two bytes into a line that has left L2 reads it back).
+constexpr uint32_t kDecEsc = 256;  // escapes a decode block keeps in shared memory (more: read in place)
+
+template <int THREADS, class Map>
+__device__ __forceinline__ void decode_stream(const DecParams& p, const Map& map) {
+  constexpr int UPT = kUnitsPerChunk / THREADS;
+  static_assert(UPT >= 1 && UPT * THREADS == kUnitsPerChunk, "decode block shape");
+  __shared__ uint32_t hdr[20];  // header and codebook
+  __shared__ uint32_t pairs[256];
+  __shared__ uint32_t status_sh;
+  __shared__ uint32_t esc_sh[kDecEsc];
+  __shared__ uint32_t esc_lo, esc_n, esc_ok;
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t f = blockIdx.x / p.chunks, c = blockIdx.x - f * p.chunks;
+  const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
+  const uint64_t nx = p.out_bytes / 2;
+  const Layout L = bf16_layout(nx);
+  const bool spec = (p.out_bytes & 1) == 0 && L.escapes <= p.frame_cap && c < L.chunks;
+  const uint32_t e0 = c * kChunk;
+  const uint32_t len = spec ? (uint32_t)min((uint64_t)kChunk, nx - e0) : 0;
+  uint32_t codes[UPT];
+  uint2 res[UPT];
+#pragma unroll
+  for (int j = 0; j < UPT; j++) {
+    const uint32_t ue = kUnit * (threadIdx.x + j * THREADS);
+    codes[j] = 0;
+    res[j] = make_uint2(0, 0);
+    if (ue + kUnit <= len) {
+      codes[j] = __ldcs(reinterpret_cast<const uint32_t*>(frame + L.codes + (e0 + ue) / 2));
+      res[j] = __ldcs(reinterpret_cast<const uint2*>(frame + L.residuals + e0 + ue));
+    }
+  }
+  if (warp == 0) {
+    if (lane < 5 && p.frame_cap >= kHeaderSize + 16 * (lane / 4))
+      reinterpret_cast<uint4*>(hdr)[lane] = reinterpret_cast<const uint4*>(frame)[lane];
+    __syncwarp();
+    if (lane == 0) {
+      HeaderInfo h;
+      status_sh = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(hdr, c == 0, p.out_bytes, p.frame_cap, h);
+    }
+    const uint8_t* cb = reinterpret_cast<const uint8_t*>(hdr + 16);
+    for (uint32_t i = lane; i < 256; i += 32) pairs[i] = ((uint32_t)cb[i & 0xF] << 7) | ((uint32_t)cb[i >> 4] << 23);
+  } else if (warp == 1) {
+    // The chunk's escapes, checked as the CPU decoder does (meaningless for a raw or foreign frame, whose
+    // header check decides first).
+    uint32_t lo = 0, hi = 0, ok = 0;
+    if (spec && p.frame_cap >= kHeaderSize) {
+      const uint64_t E = *reinterpret_cast<const uint64_t*>(frame + 16);
+      const uint32_t* table = reinterpret_cast<const uint32_t*>(frame + L.table);
+      lo = table[c];
+      hi = c + 1 < L.chunks ? table[c + 1] : (uint32_t)min(E, (uint64_t)0xFFFFFFFFu);
+      ok = lo <= hi && hi <= E && (c > 0 || lo == 0) && L.escapes + kEscapeSize * (uint64_t)hi <= p.frame_cap;
+    }
+    if (ok) {
+      const uint8_t* esc = frame + L.escapes;
+      uint32_t bad = 0;
+      for (uint32_t i = lo + lane; i < hi; i += 32) {
+        const uint32_t pos = escape_pos(esc, i), x = esc[3 * i + 2];
+        if (pos >= len || (i > lo && escape_pos(esc, i - 1) >= pos)) bad = 1;  // ascending, inside the chunk
+        if (i - lo < kDecEsc) esc_sh[i - lo] = pos | x << 16;
+      }
+      ok = !__any_sync(0xFFFFFFFFu, bad);
+    }
+    if (lane == 0) esc_lo = lo, esc_n = hi - lo, esc_ok = ok;
+  }
+  __syncthreads();
+  const uint32_t st = status_sh;
+  if (st != kOK) {
+    // Header errors are reported by the frame's first block (which checks the CRC too).
+    if (c == 0 && threadIdx.x == 0) atomicCAS(reinterpret_cast<uint32_t*>(p.status), 0u, st);
+    return;
+  }
+  if ((hdr[1] >> 16) & kFlagRaw) {
+    // Verbatim payload: this chunk's 8 KiB of it.
+    const uint64_t b0 = (uint64_t)c * (2 * kChunk), all = p.out_bytes;
+    if (b0 >= all) return;
+    const uint64_t blen = min((uint64_t)(2 * kChunk), all - b0);
+#pragma unroll
+    for (int j = 0; j < UPT; j++) {
+      const uint64_t ub = 16ull * (threadIdx.x + j * THREADS);
+      if (ub + 16 <= blen) {
+        store16(map.addr(f, (uint32_t)((b0 + ub) / 2)), *reinterpret_cast<const uint4*>(frame + kHeaderSize + b0 + ub));
+      } else if (ub < blen) {
+        // Bytes of odd-sized raw tensors (dense only: paged decodes are bf16).
+        for (uint64_t k = ub; k < min(ub + 16, blen); k++) reinterpret_cast<uint8_t*>(p.dst)[b0 + k] = frame[kHeaderSize + b0 + k];
+      }
+    }
+    return;
+  }
+  const uint64_t base = tile_base(map, f, e0, len);
+#pragma unroll
+  for (int j = 0; j < UPT; j++) {
+    const uint32_t ue = kUnit * (threadIdx.x + j * THREADS);
+    if (ue >= len) continue;
+    const bool full = ue + kUnit <= len;
+    uint32_t cw = codes[j];
+    uint2 rw = res[j];
+    if (!full) {
+      const uint32_t k = len - ue;
+      uint32_t r[2] = {0, 0};
+#pragma unroll
+      for (uint32_t b = 0; b < 8; b++) {
+        if (b < (k + 1) / 2 && b < 4) cw |= (uint32_t)frame[L.codes + (e0 + ue) / 2 + b] << (8 * b);
+        if (b < k) r[b >> 2] |= (uint32_t)frame[L.residuals + e0 + ue + b] << (8 * (b & 3));
+      }
+      rw = make_uint2(r[0], r[1]);
+    }
+    const uint4 o = make_uint4(spread2(rw.x) | pairs[cw & 0xFF], spread2(rw.x >> 16) | pairs[(cw >> 8) & 0xFF],
+                               spread2(rw.y) | pairs[(cw >> 16) & 0xFF], spread2(rw.y >> 16) | pairs[cw >> 24]);
+    if (full) {
+      store16(base ? base + 2ull * ue : map.addr(f, e0 + ue), o);
+    } else {
+      const uint32_t w[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+      for (uint32_t k = 0; k < 8; k++)
+        if (ue + k < len) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + ue + k)) = (uint16_t)(w[k >> 1] >> (16 * (k & 1)));
+    }
+  }
+  // The escapes, over the dense stores (the barrier orders them).
+  if (!esc_ok) {
+    if (threadIdx.x == 0) atomicCAS(reinterpret_cast<uint32_t*>(p.status), 0u, (uint32_t)kCorrupt);
+    return;
+  }
+  __syncthreads();
+  const uint8_t* esc = frame + L.escapes + kEscapeSize * (uint64_t)esc_lo;
+  for (uint32_t i = threadIdx.x; i < esc_n; i += THREADS) {
+    const uint32_t e = i < kDecEsc ? esc_sh[i] : escape_pos(esc, i) | (uint32_t)esc[3 * i + 2] << 16;
+    const uint32_t pos = e & 0xFFFF, x = e >> 16;
+    const uint32_t r = frame[L.residuals + e0 + pos];
+    *reinterpret_cast<uint16_t*>(base ? base + 2ull * pos : map.addr(f, e0 + pos)) = (uint16_t)(((r & 0x80) << 8) | (x << 7) | (r & 0x7F));
+  }
 }
 
 }  // namespace sz
