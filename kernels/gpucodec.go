@@ -250,16 +250,16 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // workspaceSize is the larger of the two encoders' workspaces. The tile encoders': a raw flag per frame, a
 // reserved word, a look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in
 // splitzip.cuh): a raw flag per frame, a look-back word per group of chunks, and per chunk an escape count and
-// streamSlots parked escapes of 4 bytes (1.6 % of the input in all).
+// streamSlots parked escape positions of 2 bytes (1.6 % of the input in all).
 func workspaceSize(frames, chunks uint64) int {
 	tile := 8 * (frames + 1 + frames*chunks)
-	stream := 8*(frames+frames*streamGroups(chunks)) + 4*frames*chunks*(1+streamSlots)
+	stream := 8*(frames+frames*streamGroups(chunks)) + 4*frames*chunks + 2*frames*chunks*streamSlots
 	return int(max(tile, stream))
 }
 
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
 const (
-	streamSlots = 32
+	streamSlots = 64
 	streamGroup = 64
 )
 

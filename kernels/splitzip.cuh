@@ -1252,17 +1252,20 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // arrival atomic's answer, and its block holds its slot that much longer.
 namespace sz {
 
-constexpr uint32_t kSlots = 32;   // escapes a chunk parks in the workspace
+// Escapes a chunk parks in the workspace, as 2-byte positions (the finish pass reads the exponents back from
+// the input): 64 cover every chunk of the real KV fixture (at most 34), and an overflowing chunk, read again
+// by one warp, measured 13 µs of the finish pass.
+constexpr uint32_t kSlots = 64;
 constexpr uint32_t kGroup = 64;   // chunks per finish group (a warp each)
 
 // StreamWS is the streaming encoder's workspace (gpucodec.go's workspaceSize): a raw flag per frame (u64) and a
 // look-back word per group (u64), which the encode kernel zeroes for the finish kernel; an escape count per
-// chunk (u32) and kSlots parked escapes per chunk (u32: chunk-local position | exponent << 16).
+// chunk (u32) and the chunk-local positions of kSlots parked escapes per chunk (u16).
 struct StreamWS {
   uint64_t* raw;
   uint64_t* state;
   uint32_t* counts;
-  uint32_t* slots;
+  uint16_t* slots;
 };
 __device__ __forceinline__ uint32_t groups_of(uint32_t chunks) { return (chunks + kGroup - 1) / kGroup; }
 __device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
@@ -1271,7 +1274,7 @@ __device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
   w.raw = reinterpret_cast<uint64_t*>(p.ws);
   w.state = w.raw + p.frames;
   w.counts = reinterpret_cast<uint32_t*>(w.state + groups);
-  w.slots = w.counts + (uint64_t)p.frames * p.chunks;
+  w.slots = reinterpret_cast<uint16_t*>(w.counts + (uint64_t)p.frames * p.chunks);
   return w;
 }
 
@@ -1387,9 +1390,9 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
   __syncwarp();
   // Parked escapes, in output order: lanes take consecutive escapes of the group, eight batches in flight.
   if (L.escapes + kEscapeSize * (uint64_t)before < max_len) {
-    const uint32_t* slots = ws.slots + ((uint64_t)f * p.chunks + c0) * kSlots;
+    const uint16_t* slots = ws.slots + ((uint64_t)f * p.chunks + c0) * kSlots;
     for (uint32_t i0 = 0; i0 < total; i0 += 8 * 32) {
-      uint32_t e[8], at[8];
+      uint32_t e[8], at[8], x[8];
 #pragma unroll
       for (int b = 0; b < 8; b++) {
         const uint32_t i = i0 + b * 32 + lane;
@@ -1401,13 +1404,16 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
             if (pre[m] <= i) lo = m; else hi = m;
           }
           const uint32_t k = i - pre[lo];
-          if (pre[lo + 1] - pre[lo] <= kSlots) e[b] = __ldcg(slots + (uint64_t)lo * kSlots + k);
+          if (pre[lo + 1] - pre[lo] <= kSlots) e[b] = __ldcg(slots + (uint64_t)lo * kSlots + k) | lo << 16;
           at[b] = i;
         }
       }
 #pragma unroll
       for (int b = 0; b < 8; b++)
-        if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + at[b], e[b] & 0xFFFF, e[b] >> 16);
+        if (e[b] != 0xFFFFFFFFu) x[b] = *reinterpret_cast<const uint16_t*>(map.addr(f, (c0 + (e[b] >> 16)) * kChunk + (e[b] & 0xFFFF)));
+#pragma unroll
+      for (int b = 0; b < 8; b++)
+        if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + at[b], e[b] & 0xFFFF, (x[b] >> 7) & 0xFF);
     }
   }
   // Chunks whose escapes overflowed their slots: the warp reads each again, all its loads in flight.
@@ -1487,7 +1493,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   const uint32_t e0 = c * kChunk;
   const uint32_t len = live ? (uint32_t)min((uint64_t)kChunk, n - e0) : 0;
   const uint64_t base = len ? tile_base(map, f, e0, len) : 0;
-  uint32_t* slot = ws.slots + g * kSlots;
+  uint16_t* slot = ws.slots + g * kSlots;
   uint32_t run = 0;  // escapes of the chunk so far
   // Whole chunks store line-aligned; a frame's ragged last chunk stores unit by unit.
   const bool aligned = len == kChunk;
@@ -1531,7 +1537,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
         while (esc) {
           const uint32_t b = __ffs(esc) - 1;
           esc &= esc - 1;
-          if (k < kSlots) slot[k] = (ue + b) | unit_exponent(v[j], b) << 16;
+          if (k < kSlots) slot[k] = (uint16_t)(ue + b);
           k++;
         }
         run += tot;
