@@ -523,7 +523,7 @@ func int32s(ids []int) []byte {
 // with other block ids and another layout, touching nothing else.
 func TestPagedRoundTrip(t *testing.T) {
 	f := realKV(t)
-	for _, v := range []string{"t256c1", "t256c2", "t256c4"} {
+	for _, v := range []string{"t256c1", "t256c2", "t256c4", "s256u4", "s256u8", "s128u8"} {
 		for _, nb := range []int{int(f.Tensors[0].Shape[0]) / 16, 3} {
 			t.Run(fmt.Sprintf("%s/%d-blocks", v, nb), func(t *testing.T) { testPaged(t, v, nb) })
 		}

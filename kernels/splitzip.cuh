@@ -1567,7 +1567,7 @@ constexpr uint32_t kDecEsc = 256;  // escapes a decode block keeps in shared mem
 template <int THREADS, class Map>
 __device__ __forceinline__ void decode_stream(const DecParams& p, const Map& map) {
   constexpr int UPT = kUnitsPerChunk / THREADS;
-  static_assert(UPT >= 1 && UPT * THREADS == kUnitsPerChunk, "decode block shape");
+  static_assert(UPT >= 1 && UPT * THREADS == kUnitsPerChunk && THREADS >= 64, "decode block shape (warp 1 reads the escapes)");
   __shared__ uint32_t hdr[20];  // header and codebook
   __shared__ uint32_t pairs[256];
   __shared__ uint32_t status_sh;
