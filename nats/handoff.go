@@ -342,6 +342,13 @@ func (p *Plane) waitKey(ctx context.Context, id, key string, accept func(jetstre
 		ctx, cancel = context.WithTimeout(ctx, p.opts.HandoffTTL)
 		defer cancel()
 	}
+	// The value is usually there already (a producer publishes before it hands the id out, and completes its
+	// record before the last frame can arrive): one read then answers, where a watch costs a JetStream consumer.
+	if e, err := p.handoffs.Get(ctx, key); err == nil && e.Operation() == jetstream.KeyValuePut {
+		if done, err := accept(e); done || err != nil {
+			return err
+		}
+	}
 	events := make(chan ConnEvent, 16)
 	remove := p.OnConnEvent(func(ev ConnEvent) {
 		select {
