@@ -5,10 +5,13 @@ Starts NATS (embedded, in this process), two prefill engines (SplitZip compressi
 "always" — the baseline), one decode engine, one proxy per prefill engine, and a plain non-disaggregated
 engine; then
 
-1. sends greedy completions through both proxies and to the plain engine: the outputs must equal the plain
-   engine's when it serves the prompt from its prefix cache (the same computation as a decode engine given the
-   prompt's KV: only the last prompt token recomputed); equality with the plain engine's first, uncached
-   answer is reported too (bf16 prefill and decode kernels may round the last token's logits differently);
+1. sends greedy completions (prompts of exactly --prompt-tokens tokens, as token ids) through both proxies and
+   to the plain engine: the outputs must equal the plain engine's when it serves the prompt from its prefix
+   cache — the same computation as the decode engine given the prompt's KV: the block-aligned prefix is
+   reused and the rest of the prompt (1 to block-size tokens, at least the last one) recomputed. The plain
+   engine's first, uncached answer is reported too: bf16 kernels round differently when the prompt's tail is
+   computed in another chunk, so the plain engine may disagree with itself there (reported as
+   plain_cached_eq_uncached);
 2. measures time to first token through each proxy, with the prefill engines' payload link shaped to
    --link-mbit (the connector's rate_limit), and prints the KV bytes moved.
 
@@ -96,7 +99,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--link-mbit", type=float, default=100.0, help="payload link speed to emulate")
-    ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[256, 1024, 2048])
+    ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[256, 1024, 2048], help="exact prompt lengths")
+    ap.add_argument("--modes", nargs="+", default=["compressed", "raw"], choices=["compressed", "raw"],
+                    help="handoffs to run: compressed (bypass never), raw (bypass always)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", default="")
@@ -104,6 +109,8 @@ def main() -> None:
     ap.add_argument("--ready-timeout", type=float, default=1800)
     ap.add_argument("--vllm-args", default="--max-model-len 4096 --block-size 32 --dtype bfloat16 --enforce-eager")
     a = ap.parse_args()
+    # a plain `kill` (or `timeout`) still stops the engines (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from splitzip_connector.handoff import ControlPlane
 
@@ -113,51 +120,66 @@ def main() -> None:
     nats = plane.client_url
     rate = int(a.link_mbit * 1e6 / 8)
     extra = a.vllm_args.split()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-               VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
+    # CPU backend: 1 GiB of KV cache per engine, no core pinning (the engines share the machine's cores), and
+    # OpenMP threads that sleep instead of spinning while they wait (spinning engines starve each other)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for k, v in (("VLLM_CPU_KVCACHE_SPACE", "1"), ("VLLM_CPU_OMP_THREADS_BIND", "nobind"), ("OMP_WAIT_POLICY", "PASSIVE"),
+                 ("KMP_BLOCKTIME", "0")):
+        env.setdefault(k, v)
     servers = {
         "plain": (8300, None),
         "prefill-z": (8101, kv_config("kv_producer", {"nats_url": nats, "bypass": "never", "rate_limit": rate})),
         "prefill-raw": (8102, kv_config("kv_producer", {"nats_url": nats, "bypass": "always", "rate_limit": rate})),
         "decode": (8200, kv_config("kv_consumer", {"nats_url": nats})),
     }
+    proxies = {"compressed": ("proxy-z", 8001, "prefill-z"), "raw": ("proxy-raw", 8002, "prefill-raw")}
+    for mode, (_, _, pre) in proxies.items():
+        if mode not in a.modes:
+            del servers[pre]
+    proxies = {m: v for m, v in proxies.items() if m in a.modes}
     procs: list[subprocess.Popen] = []
     try:
         for name, (port, kv) in servers.items():
             log = open(work / f"{name}.log", "w")
             procs.append(subprocess.Popen(serve_cmd(a.model, port, kv, extra), stdout=log, stderr=subprocess.STDOUT, env=env,
                                           start_new_session=True))
-        for name, (port, _) in (("proxy-z", (8001, "prefill-z")), ("proxy-raw", (8002, "prefill-raw"))):
+        for name, port, pre in proxies.values():
             log = open(work / f"{name}.log", "w")
             procs.append(subprocess.Popen([sys.executable, str(HERE / "proxy.py"), "--port", str(port), "--prefill",
-                                           f"http://127.0.0.1:{servers[_][0]}", "--decode", "http://127.0.0.1:8200"],
+                                           f"http://127.0.0.1:{servers[pre][0]}", "--decode", "http://127.0.0.1:8200"],
                                           stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
         t0 = time.monotonic()
-        for port in (8300, 8101, 8102, 8200, 8001, 8002):
+        for port in [p for p, _ in servers.values()] + [p for _, p, _ in proxies.values()]:
             wait_ready(f"http://127.0.0.1:{port}/v1/models", procs, a.ready_timeout)
         print(f"all servers ready after {time.monotonic() - t0:.0f} s (logs in {work})", flush=True)
 
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(a.model)
         text = "\n\n".join(Path(p).read_text() for p in TEXTS if Path(p).exists())
-        words = text.split()
+        ids = tok(text)["input_ids"]
         results: dict = {"link_mbit": a.link_mbit, "model": a.model, "cases": []}
         equal = True
         serial = 0
         for n in a.prompt_tokens:
-            case: dict = {"prompt_tokens": 0, "equal_plain_cached": {}, "equal_plain_uncached": {}, "ttft_s": {},
-                          "plain_self_consistent": True}
-            for label, port in (("compressed", 8001), ("raw", 8002)):
+            case: dict = {"prompt_tokens": n, "equal_plain_cached": {}, "equal_plain_uncached": {}, "ttft_s": {},
+                          "plain_self_consistent": True, "plain_cached_eq_uncached": True}
+            for label, (_, port, _) in proxies.items():
                 times = []
                 for _ in range(a.repeat):
                     serial += 1
-                    # a fresh prompt every time: no prefix-cache hit anywhere
-                    prompt = f"Document {serial}.\n" + " ".join(words[: int(n * 0.75)])
+                    # a fresh prompt every time (its first tokens differ): no prefix-cache hit anywhere
+                    head = tok(f"Document {serial}.\n")["input_ids"]
+                    prompt = (head + ids * (1 + n // max(1, len(ids))))[:n]
                     body = {"model": "model", "prompt": prompt, "max_tokens": a.max_tokens, "temperature": 0.0}
-                    # the plain engine twice: computing the whole prompt, then from its prefix cache with only
-                    # the last prompt token recomputed -- what a decode engine does with transferred KV
+                    # the plain engine three times: computing the whole prompt, then twice from its prefix cache
+                    # (the block-aligned prefix reused, the tail recomputed: what the decode engine does with
+                    # the transferred KV)
                     first = post("http://127.0.0.1:8300/v1/completions", body)
                     cached = post("http://127.0.0.1:8300/v1/completions", body)
                     again = post("http://127.0.0.1:8300/v1/completions", body)
-                    case["prompt_tokens"] = first["usage"]["prompt_tokens"]
+                    assert first["usage"]["prompt_tokens"] == n, first["usage"]
+                    case["plain_cached_eq_uncached"] &= cached["choices"][0]["text"] == first["choices"][0]["text"]
                     # vLLM's CPU kernels are not always run-to-run deterministic in bf16 on long prompts: when
                     # the plain engine disagrees with itself, greedy equality cannot be asked of the handoff
                     consistent = cached["choices"][0]["text"] == again["choices"][0]["text"]
@@ -168,13 +190,16 @@ def main() -> None:
                     equal &= ok or not consistent
                     case["equal_plain_cached"][label] = case["equal_plain_cached"].get(label, True) and ok
                     ok2 = got == first["choices"][0]["text"]
+                    results.setdefault("runs", []).append({"prompt_tokens": n, "mode": label, "got": got,
+                                                           "plain_uncached": first["choices"][0]["text"],
+                                                           "plain_cached": cached["choices"][0]["text"]})
                     case["equal_plain_uncached"][label] = case["equal_plain_uncached"].get(label, True) and ok2
                 times.sort()
                 case["ttft_s"][label] = round(times[len(times) // 2], 3)
             results["cases"].append(case)
             print(json.dumps(case), flush=True)
         results["outputs_equal"] = equal
-        print(json.dumps(results, indent=1))
+        print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1))
         if a.out:
             Path(a.out).write_text(json.dumps(results, indent=1))
         if not equal:
