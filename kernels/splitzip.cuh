@@ -623,6 +623,34 @@ __device__ __forceinline__ uint32_t escape_pos(const uint8_t* esc, uint32_t k) {
   return esc[3 * k] | ((uint32_t)esc[3 * k + 1] << 8);
 }
 
+// raw_copy copies blen bytes of a raw frame's payload from byte b0 on (a block's share: 16 bytes per thread
+// and unit row) to frame f's destination.
+template <int THREADS, int UPT, class Map>
+__device__ __forceinline__ void raw_copy(const DecParams& p, const Map& map, const uint8_t* frame, uint32_t f, uint64_t b0, uint64_t blen) {
+#pragma unroll
+  for (int j = 0; j < UPT; j++) {
+    const uint64_t ub = 16ull * (threadIdx.x + j * THREADS);
+    if (ub + 16 <= blen) {
+      store16(map.addr(f, (uint32_t)((b0 + ub) / 2)), *reinterpret_cast<const uint4*>(frame + kHeaderSize + b0 + ub));
+    } else if (ub < blen) {
+      // Bytes of odd-sized raw tensors (dense only: paged decodes are bf16).
+      for (uint64_t k = ub; k < min(ub + 16, blen); k++) reinterpret_cast<uint8_t*>(p.dst)[b0 + k] = frame[kHeaderSize + b0 + k];
+    }
+  }
+}
+
+// ragged_unit reads the codes and residuals of the k < 8 elements of a frame's last unit, starting at element e.
+__device__ __forceinline__ void ragged_unit(const uint8_t* frame, const Layout& L, uint64_t e, uint32_t k, uint32_t& cw, uint2& rw) {
+  uint32_t r[2] = {0, 0};
+  cw = 0;
+#pragma unroll
+  for (uint32_t b = 0; b < 8; b++) {
+    if (b < (k + 1) / 2 && b < 4) cw |= (uint32_t)frame[L.codes + e / 2 + b] << (8 * b);
+    if (b < k) r[b >> 2] |= (uint32_t)frame[L.residuals + e + b] << (8 * (b & 3));
+  }
+  rw = make_uint2(r[0], r[1]);
+}
+
 // Decode tiles: a block decodes CPT consecutive chunks of one frame at a time (unit layout as in encoding).
 template <int THREADS, int CPT>
 struct DecShared {
@@ -722,18 +750,7 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
     const uint64_t b0 = (uint64_t)c0 * (2 * kChunk);
     const uint64_t len = p.out_bytes;
     if (b0 >= len) return;
-    const uint64_t blen = min((uint64_t)CPT * (2 * kChunk), len - b0);
-#pragma unroll
-    for (int j = 0; j < UPT; j++) {
-      const uint64_t ub = 16ull * (threadIdx.x + j * THREADS);
-      if (ub + 16 <= blen) {
-        store16(map.addr(f, (uint32_t)((b0 + ub) / 2)), *reinterpret_cast<const uint4*>(frame + kHeaderSize + b0 + ub));
-      } else if (ub < blen) {
-        // Bytes of odd-sized raw tensors (dense only: paged decodes are bf16).
-        for (uint64_t k = ub; k < min(ub + 16, blen); k++)
-          reinterpret_cast<uint8_t*>(p.dst)[b0 + k] = frame[kHeaderSize + b0 + k];
-      }
-    }
+    raw_copy<THREADS, UPT>(p, map, frame, f, b0, min((uint64_t)CPT * (2 * kChunk), len - b0));
     return;
   }
 
@@ -746,16 +763,7 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
     const bool full = ue + kUnit <= tile_len;
     uint32_t cw = codes[j];
     uint2 rw = res[j];
-    if (!full) {
-      const uint32_t k = tile_len - ue;
-      uint32_t r[2] = {0, 0};
-#pragma unroll
-      for (uint32_t b = 0; b < 8; b++) {
-        if (b < (k + 1) / 2 && b < 4) cw |= (uint32_t)frame[L.codes + (t0 + ue) / 2 + b] << (8 * b);
-        if (b < k) r[b >> 2] |= (uint32_t)frame[L.residuals + t0 + ue + b] << (8 * (b & 3));
-      }
-      rw = make_uint2(r[0], r[1]);
-    }
+    if (!full) ragged_unit(frame, L, t0 + ue, tile_len - ue, cw, rw);
     uint32_t o[4];
     o[0] = spread2(rw.x) | sh.pairs[cw & 0xFF];
     o[1] = spread2(rw.x >> 16) | sh.pairs[(cw >> 8) & 0xFF];
@@ -1637,17 +1645,7 @@ __device__ __forceinline__ void decode_stream(const DecParams& p, const Map& map
     // Verbatim payload: this chunk's 8 KiB of it.
     const uint64_t b0 = (uint64_t)c * (2 * kChunk), all = p.out_bytes;
     if (b0 >= all) return;
-    const uint64_t blen = min((uint64_t)(2 * kChunk), all - b0);
-#pragma unroll
-    for (int j = 0; j < UPT; j++) {
-      const uint64_t ub = 16ull * (threadIdx.x + j * THREADS);
-      if (ub + 16 <= blen) {
-        store16(map.addr(f, (uint32_t)((b0 + ub) / 2)), *reinterpret_cast<const uint4*>(frame + kHeaderSize + b0 + ub));
-      } else if (ub < blen) {
-        // Bytes of odd-sized raw tensors (dense only: paged decodes are bf16).
-        for (uint64_t k = ub; k < min(ub + 16, blen); k++) reinterpret_cast<uint8_t*>(p.dst)[b0 + k] = frame[kHeaderSize + b0 + k];
-      }
-    }
+    raw_copy<THREADS, UPT>(p, map, frame, f, b0, min((uint64_t)(2 * kChunk), all - b0));
     return;
   }
   const uint64_t base = tile_base(map, f, e0, len);
@@ -1658,16 +1656,7 @@ __device__ __forceinline__ void decode_stream(const DecParams& p, const Map& map
     const bool full = ue + kUnit <= len;
     uint32_t cw = codes[j];
     uint2 rw = res[j];
-    if (!full) {
-      const uint32_t k = len - ue;
-      uint32_t r[2] = {0, 0};
-#pragma unroll
-      for (uint32_t b = 0; b < 8; b++) {
-        if (b < (k + 1) / 2 && b < 4) cw |= (uint32_t)frame[L.codes + (e0 + ue) / 2 + b] << (8 * b);
-        if (b < k) r[b >> 2] |= (uint32_t)frame[L.residuals + e0 + ue + b] << (8 * (b & 3));
-      }
-      rw = make_uint2(r[0], r[1]);
-    }
+    if (!full) ragged_unit(frame, L, (uint64_t)e0 + ue, len - ue, cw, rw);
     const uint4 o = make_uint4(spread2(rw.x) | pairs[cw & 0xFF], spread2(rw.x >> 16) | pairs[(cw >> 8) & 0xFF],
                                spread2(rw.y) | pairs[(cw >> 16) & 0xFF], spread2(rw.y >> 16) | pairs[cw >> 24]);
     if (full) {
