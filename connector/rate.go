@@ -20,7 +20,9 @@ func (m *rateMeter) observe(bytes int64, d time.Duration) {
 	}
 	r := float64(bytes) / d.Seconds()
 	m.mu.Lock()
-	if m.n == 0 {
+	if m.n <= 1 {
+		// The first transfer each way is often a cold one (connections, staging memory faulted in): the second
+		// replaces it rather than being averaged with it.
 		m.rate = r
 	} else {
 		m.rate += rateWeight * (r - m.rate)

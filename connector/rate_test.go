@@ -10,7 +10,10 @@ import (
 func TestBypassPolicy(t *testing.T) {
 	p := bypassPolicy{mode: BypassAuto}
 	require.False(t, p.raw(BypassAuto), "compression is measured first")
-	p.observe(false, 1e9, time.Second) // compressed path: 1 GB/s
+	p.observe(false, 0.5e9, time.Second) // a cold first compressed transfer: replaced by the next one
+	p.observe(false, 1e9, time.Second)   // compressed path: 1 GB/s
+	got, _ := p.compressed.get()
+	require.Equal(t, 1e9, got, "the first observation is replaced, not averaged")
 	require.True(t, p.raw(BypassAuto), "then raw")
 	p.observe(true, 2e9, time.Second) // raw path: 2 GB/s (a fast link)
 	raws := 0
