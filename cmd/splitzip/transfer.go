@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,8 +60,9 @@ func benchCache(l connector.Layout, kv []byte, offset int) ([][]byte, []uintptr)
 type saveCmd struct {
 	Req    string  `json:"req"`
 	Blocks []int   `json:"blocks"`
-	Mode   string  `json:"mode"` // raw, compressed, auto
-	Rate   float64 `json:"rate"` // link bytes per second, 0 unshaped
+	Mode   string  `json:"mode"`            // raw, compressed, auto
+	Force  string  `json:"force,omitempty"` // auto warm-up: this save raw or compressed, measured by the policy
+	Rate   float64 `json:"rate"`            // link bytes per second, 0 unshaped
 }
 
 type saveReply struct {
@@ -90,9 +94,23 @@ func runBenchTransfer(args []string) error {
 	listen := fs.String("producer-listen", "127.0.0.1:0", "payload listen address of the producer process")
 	linkLabel := fs.String("link", "", "name of an externally shaped link (e.g. \"tc 10Gbit/s\") for the table; with -rates 0")
 	linkRate := fs.Float64("link-rate", 0, "the externally shaped link's rate in Gbit/s, told to the auto policy")
+	var frameBytes byteSize
+	fs.Var(&frameBytes, "frame-bytes", "raw bytes per frame, e.g. 1MiB (default: the connector's)")
+	modesFlag := fs.String("modes", "raw,compressed,auto", "which of raw, compressed, auto to measure")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	modes := strings.Split(*modesFlag, ",")
+	for _, m := range modes {
+		if m != "raw" && m != "compressed" && m != "auto" {
+			return fmt.Errorf("bad mode %q (want raw, compressed or auto)", m)
+		}
+	}
+	stop, err := startProfile("consumer")
+	if err != nil {
+		return err
+	}
+	defer stop()
 	tokens, err := parseList(*tokensFlag)
 	if err != nil {
 		return err
@@ -122,7 +140,7 @@ func runBenchTransfer(args []string) error {
 		return err
 	}
 	argv := append(strings.Fields(*prefix), self, "bench", "transfer-producer", "-nats", plane.ClientURL(), "-data", *data,
-		"-blocks", fmt.Sprint(2*maxBlocks), "-listen", *listen, "-link-rate", fmt.Sprint(*linkRate))
+		"-blocks", fmt.Sprint(2*maxBlocks), "-listen", *listen, "-link-rate", fmt.Sprint(*linkRate), "-frame-bytes", fmt.Sprint(int64(frameBytes)))
 	child := exec.Command(argv[0], argv[1:]...)
 	child.Stderr = os.Stderr
 	stdin, _ := child.StdinPipe()
@@ -147,9 +165,9 @@ func runBenchTransfer(args []string) error {
 	}
 	srcMem, _ := benchCache(layout, kv, 0) // what the producer holds: the same deterministic fill
 
-	run := func(req string, blocks []int, mode string, rate float64) (time.Duration, error) {
+	run := func(req string, blocks []int, mode string, rate float64, force string) (time.Duration, error) {
 		t0 := time.Now()
-		if err := enc.Encode(saveCmd{Req: req, Blocks: blocks, Mode: mode, Rate: rate}); err != nil {
+		if err := enc.Encode(saveCmd{Req: req, Blocks: blocks, Mode: mode, Rate: rate, Force: force}); err != nil {
 			return 0, err
 		}
 		if !replies.Scan() {
@@ -214,12 +232,17 @@ func runBenchTransfer(args []string) error {
 		for _, gbit := range rates {
 			rate := gbit * 1e9 / 8
 			med := map[string]time.Duration{}
-			for _, mode := range []string{"raw", "compressed", "auto"} {
-				// Untimed warm-up: staging memory and connections, and for auto its measurements of both
-				// ways (steady state is what serving sees; the policy keeps probing while timed).
-				for w := range 1 + map[bool]int{true: 1}[mode == "auto"] {
+			for _, mode := range modes {
+				// Untimed warm-up: staging memory and connections, and for auto two measurements of each way
+				// (the policy keeps the second; steady state is what serving sees, and it keeps probing while
+				// timed).
+				warm := []string{""}
+				if mode == "auto" {
+					warm = []string{"compressed", "compressed", "raw", "raw"}
+				}
+				for w, force := range warm {
 					seq++
-					if _, err := run(fmt.Sprintf("warm-%d-%d", seq, w), blocks, mode, rate); err != nil {
+					if _, err := run(fmt.Sprintf("warm-%d-%d", seq, w), blocks, mode, rate, force); err != nil {
 						return fmt.Errorf("%d tokens at %s, %s (warm-up): %w", int(tok), linkName(gbit), mode, err)
 					}
 				}
@@ -229,7 +252,7 @@ func runBenchTransfer(args []string) error {
 					if stderrIsTerminal {
 						fmt.Fprintf(os.Stderr, "  %d tokens, %s, %s …\r", int(tok), linkName(gbit), mode)
 					}
-					d, err := run(fmt.Sprintf("req-%d", seq), blocks, mode, rate)
+					d, err := run(fmt.Sprintf("req-%d", seq), blocks, mode, rate, "")
 					if err != nil {
 						return fmt.Errorf("%d tokens at %s, %s: %w", int(tok), linkName(gbit), mode, err)
 					}
@@ -243,8 +266,8 @@ func runBenchTransfer(args []string) error {
 				name = *linkLabel
 			}
 			fmt.Printf("%7d %9s %9s | %9.1fms %9.1fms %7.2fx | %9.1fms %7.2fx\n", int(tok), formatBytes(rawBytes), name,
-				ms(med["raw"]), ms(med["compressed"]), float64(med["raw"])/float64(med["compressed"]),
-				ms(med["auto"]), float64(med["raw"])/float64(med["auto"]))
+				ms(med["raw"]), ms(med["compressed"]), ratio(med["raw"], med["compressed"]),
+				ms(med["auto"]), ratio(med["raw"], med["auto"]))
 		}
 	}
 	st := cons.Stats()
@@ -253,6 +276,32 @@ func runBenchTransfer(args []string) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// ratio is a/b, 0 when either was not measured (-modes).
+func ratio(a, b time.Duration) float64 {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+// startProfile writes a CPU profile of this process to $SPLITZIP_BENCH_CPUPROFILE/<name>.pprof when that
+// variable names a directory (both processes of bench transfer profile themselves).
+func startProfile(name string) (stop func(), err error) {
+	dir := os.Getenv("SPLITZIP_BENCH_CPUPROFILE")
+	if dir == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
 
 func linkName(gbit float64) string {
 	if gbit == 0 {
@@ -270,10 +319,16 @@ func runTransferProducer(args []string) error {
 	blocks := fs.Int("blocks", 0, "blocks per layer")
 	listen := fs.String("listen", "127.0.0.1:0", "payload listen address")
 	linkRate := fs.Float64("link-rate", 0, "rate of an externally shaped link in Gbit/s (for the auto policy)")
+	frameBytes := fs.Int64("frame-bytes", 0, "raw bytes per frame (0: the connector's default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	stop, err := startProfile("producer")
+	if err != nil {
+		return err
+	}
+	defer stop()
 	plane, err := szn.Connect(szn.WithURL(*url), szn.WithHandoffTTL(10*time.Minute))
 	if err != nil {
 		return err
@@ -287,11 +342,14 @@ func runTransferProducer(args []string) error {
 	mem, bases := benchCache(layout, kv, 0)
 	defer runtime.KeepAlive(mem) // the producers read it through bare addresses
 	producers := map[string]*connector.Producer{}
-	defer func() {
-		for _, p := range producers {
+	closeAll := func() {
+		for k, p := range producers {
 			_ = p.Close()
+			delete(producers, k)
 		}
-	}()
+	}
+	defer closeAll()
+	lastRate := -1.0
 	out := json.NewEncoder(os.Stdout)
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 16<<20), 16<<20)
@@ -300,12 +358,23 @@ func runTransferProducer(args []string) error {
 		if err := json.Unmarshal(in.Bytes(), &cmd); err != nil {
 			return err
 		}
+		if cmd.Rate != lastRate {
+			// The benchmark has moved on to another link: the producers of the last one (each holding the
+			// staging memory of its largest handoff for reuse) would only crowd memory.
+			closeAll()
+			runtime.GC()
+			debug.FreeOSMemory()
+			lastRate = cmd.Rate
+		}
 		key := fmt.Sprintf("%s-%.0f", cmd.Mode, cmd.Rate)
+		bypass := map[string]connector.Bypass{"raw": connector.BypassAlways, "compressed": connector.BypassNever, "auto": connector.BypassAuto}[cmd.Mode]
 		p := producers[key]
 		if p == nil {
-			bypass := map[string]connector.Bypass{"raw": connector.BypassAlways, "compressed": connector.BypassNever, "auto": connector.BypassAuto}[cmd.Mode]
 			opts := []connector.Option{connector.WithEngineID("bench-prefill-" + strings.ReplaceAll(key, ".", "_")), connector.WithListenAddr(*listen),
 				connector.WithBypass(bypass), connector.WithHandoffTTL(10 * time.Minute), connector.WithStagingBytes(4 << 30)}
+			if *frameBytes > 0 {
+				opts = append(opts, connector.WithFrameBytes(*frameBytes))
+			}
 			if cmd.Rate > 0 {
 				opts = append(opts, connector.WithTransport(transport.WithRateLimit(int64(cmd.Rate)), transport.WithHandoffTTL(10*time.Minute)),
 					connector.WithLinkRate(cmd.Rate))
@@ -323,8 +392,14 @@ func runTransferProducer(args []string) error {
 			}
 			producers[key] = p
 		}
+		if cmd.Force != "" {
+			_ = p.SetBypass(map[string]connector.Bypass{"raw": connector.BypassAlways, "compressed": connector.BypassNever}[cmd.Force])
+		}
 		var r saveReply
 		h, err := p.Save(cmd.Req, cmd.Blocks)
+		if cmd.Force != "" {
+			_ = p.SetBypass(bypass)
+		}
 		if err != nil {
 			r.Err = err.Error()
 		}
