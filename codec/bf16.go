@@ -25,7 +25,7 @@ func packResiduals(x uint64) uint64 {
 // the assembly kernels are tested against.
 func encodeBF16NibblesGo(p *encPart) {
 	for c := p.c0; c < p.c1; c++ {
-		i0, i1 := chunkBounds(c, p.n)
+		i0, i1 := chunkBounds(c, p.n, DefaultChunk)
 		before := len(p.esc)
 		if !encodeBF16Range(p, i0, i0, i1) {
 			return
@@ -101,8 +101,8 @@ func spreadResiduals(r uint32) uint64 {
 // decodeBF16NibblesGo decodes chunks [c0, c1) of a bf16 frame with 4-bit codes, escapes excluded: the pure-Go
 // SWAR kernel, fallback and reference.
 func decodeBF16NibblesGo(p *decPart) {
-	i0, _ := chunkBounds(p.c0, p.n)
-	_, i1 := chunkBounds(p.c1-1, p.n)
+	i0, _ := chunkBounds(p.c0, p.n, p.h.ChunkLog2)
+	_, i1 := chunkBounds(p.c1-1, p.n, p.h.ChunkLog2)
 	decodeBF16Range(p, i0, i1)
 }
 

@@ -40,7 +40,7 @@ func encodeBF16Nibbles(p *encPart) {
 		return
 	}
 	for c := p.c0; c < p.c1; c++ {
-		i0, i1 := chunkBounds(c, p.n)
+		i0, i1 := chunkBounds(c, p.n, DefaultChunk)
 		before := len(p.esc)
 		if !encodeBF16Span(p, i0, i0, i1) {
 			return
@@ -93,8 +93,8 @@ func (p *encPart) escapesOfMask(i0, i int, mask uint32) bool {
 }
 
 func decodeBF16Nibbles(p *decPart) {
-	i0, _ := chunkBounds(p.c0, p.n)
-	_, i1 := chunkBounds(p.c1-1, p.n)
+	i0, _ := chunkBounds(p.c0, p.n, p.h.ChunkLog2)
+	_, i1 := chunkBounds(p.c1-1, p.n, p.h.ChunkLog2)
 	decodeBF16Span(p, i0, i1)
 }
 

@@ -66,7 +66,7 @@ func (p *decPart) runSegmented() error {
 	k := -1 // no hint: find searches
 	defer func() { p.pieces = false }()
 	for c := c0; c < c1; c++ {
-		i0, i1 := chunkBounds(c, p.n)
+		i0, i1 := chunkBounds(c, p.n, p.h.ChunkLog2)
 		if b0, b1 := i0*size, i1*size; p.span != nil && p.segs.aligned(b0, b1, k, spanAlign*size) {
 			// Segment boundaries on kernel steps: each piece is decoded where it lies.
 			p.c0, p.c1, p.k = c, c+1, k
@@ -83,7 +83,7 @@ func (p *decPart) runSegmented() error {
 			p.pieces = false
 			continue
 		}
-		if need := (1 << DefaultChunk) * size; cap(p.scratch) < need { // chunkBounds' chunk size
+		if need := (1 << p.h.ChunkLog2) * size; cap(p.scratch) < need { // a chunk of the frame's size
 			p.scratch = make([]byte, need)
 		}
 		out, inPlace, k2 := p.segs.view(p.scratch, i0*size, i1*size, k)
@@ -275,7 +275,7 @@ func (p *decPart) patchEscapes() error {
 		if lo > hi || hi > total {
 			return fmt.Errorf("%w: chunk %d escapes [%d, %d) out of order or beyond the %d escapes", ErrCorrupt, c, lo, hi, total)
 		}
-		i0, i1 := chunkBounds(c, p.n)
+		i0, i1 := chunkBounds(c, p.n, p.h.ChunkLog2)
 		prev := -1
 		for k := lo; k < hi; k++ {
 			e := esc[escapeSize*k : escapeSize*k+escapeSize]

@@ -68,13 +68,13 @@ func (p *encPart) run() {
 // codeBytes and resBytes are the byte ranges of chunk c's codes and residuals in the frame (chunks hold a
 // multiple of 8 elements, so they start on whole bytes).
 func (p *encPart) codeBytes(c int) (lo, hi uint64) {
-	i0, i1 := chunkBounds(c, p.n)
+	i0, i1 := chunkBounds(c, p.n, DefaultChunk)
 	bits := uint64(p.tab.cb.Bits)
 	return p.lay.Codes + uint64(i0)*bits/8, p.lay.Codes + (uint64(i1)*bits+7)/8
 }
 
 func (p *encPart) resBytes(c int) (lo, hi uint64) {
-	i0, i1 := chunkBounds(c, p.n)
+	i0, i1 := chunkBounds(c, p.n, DefaultChunk)
 	bits := uint64(p.dt.ResidualBits())
 	return p.lay.Residuals + uint64(i0)*bits/8, p.lay.Residuals + (uint64(i1)*bits+7)/8
 }
@@ -97,7 +97,7 @@ func (p *encPart) runSegmented() {
 	c0, c1 := p.c0, p.c1
 	k := -1 // no hint: find searches
 	for c := c0; c < c1; c++ {
-		i0, i1 := chunkBounds(c, p.n)
+		i0, i1 := chunkBounds(c, p.n, DefaultChunk)
 		if b0, b1 := i0*size, i1*size; p.span != nil && p.segs.aligned(b0, b1, k, spanAlign*size) {
 			// Segment boundaries on kernel steps: each piece is encoded where it lies.
 			before := len(p.esc)
@@ -440,10 +440,11 @@ func (e *Encoder) table(cb *Codebook) *encTable {
 	return t
 }
 
-// chunkBounds returns the element range of chunk c.
-func chunkBounds(c, n int) (i0, i1 int) {
-	i0 = c << DefaultChunk
-	return i0, min(i0+1<<DefaultChunk, n)
+// chunkBounds returns the element range of chunk c of n elements in chunks of 2^log2 (the encoder's are
+// DefaultChunk; a decoder takes the frame's).
+func chunkBounds(c, n int, log2 uint8) (i0, i1 int) {
+	i0 = c << log2
+	return i0, min(i0+1<<log2, n)
 }
 
 // addEscape records element i (chunk-local position pos) with exponent x; false once over budget.

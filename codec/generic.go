@@ -100,7 +100,7 @@ func encodeGeneric(p *encPart) {
 	bits := uint(p.tab.cb.Bits)
 	mant := uint64(1)<<g.expShift - 1
 	for c := p.c0; c < p.c1; c++ {
-		i0, i1 := chunkBounds(c, p.n)
+		i0, i1 := chunkBounds(c, p.n, DefaultChunk)
 		cw := bitWriter{b: p.frame[p.lay.Codes+uint64(i0)*uint64(bits)/8:]}
 		rw := bitWriter{b: p.frame[p.lay.Residuals+uint64(i0)*uint64(g.resBits)/8:]}
 		before := len(p.esc)
@@ -127,8 +127,8 @@ func decodeGeneric(p *decPart) {
 	g := geometry(p.h.DType)
 	bits := uint(p.h.CodeBits)
 	mant := uint64(1)<<g.expShift - 1
-	i0, _ := chunkBounds(p.c0, p.n)
-	_, i1 := chunkBounds(p.c1-1, p.n)
+	i0, _ := chunkBounds(p.c0, p.n, p.h.ChunkLog2)
+	_, i1 := chunkBounds(p.c1-1, p.n, p.h.ChunkLog2)
 	cr := bitReader{b: p.frame[p.lay.Codes+uint64(i0)*uint64(bits)/8:]}
 	rr := bitReader{b: p.frame[p.lay.Residuals+uint64(i0)*uint64(g.resBits)/8:]}
 	for i := i0; i < i1; i++ {
