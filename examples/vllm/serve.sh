@@ -5,6 +5,8 @@
 #   PORT         HTTP port (default 8100 prefill, 8200 decode)
 #   NATS_URL     the shared NATS server (default nats://127.0.0.1:4222)
 #   TP           tensor-parallel size; must be the same on both sides (default 1)
+#   REMOTE_TP    the other side's tensor-parallel size, checked at start-up (default: not checked here; the
+#                engines still compare TP sizes through the NATS registry when both are up)
 #   BYPASS       auto | never (always compress) | always (never compress)   (default auto)
 #   RATE_LIMIT   cap on the payload link in bytes/s, to emulate a slower network (default 0: none)
 #   LISTEN       where the prefill engine serves payloads, host:port (default 127.0.0.1:0; use the host's
@@ -24,7 +26,7 @@ extra=$(PYTHONPATH= "${PYTHON:-python3}" - <<PY
 import json, os
 e = {"nats_url": os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), "bypass": os.environ.get("BYPASS", "auto")}
 for env, key, typ in (("RATE_LIMIT", "rate_limit", int), ("LISTEN", "listen_addr", str), ("ADVERTISE", "advertise_host", str),
-                      ("CODEBOOK", "codebook", str)):
+                      ("CODEBOOK", "codebook", str), ("REMOTE_TP", "remote_tp_size", int)):
     if os.environ.get(env):
         e[key] = typ(os.environ[env])
 print(json.dumps({"kv_connector": "SplitZipConnector", "kv_connector_module_path": "splitzip_connector.vllm",
