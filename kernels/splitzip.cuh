@@ -2,10 +2,14 @@
 //
 // The frame layout is codec/FORMAT.md's; this file mirrors the parts a GPU needs. Offsets of the dense
 // sections depend only on the element count n, so every block writes its chunk's codes and residuals
-// without waiting for anyone. Escapes are rare: a block counts its chunk's escapes, learns how many came
-// before it by a decoupled look-back over the per-chunk counts, and writes them. The block of a frame's
-// last chunk learns the frame's escape total that way too, and writes the header (CRC-32C included) and the
-// frame length, or marks the frame for the raw fallback kernel when the coded frame would not fit.
+// without waiting for anyone. Escapes are rare. Two families of kernels place them:
+//   - tile kernels ("t<threads>c<chunks>", the encoder used below 64 MiB): a block counts its chunks' escapes,
+//     learns how many came before by a decoupled look-back over the per-tile counts, and writes them; the
+//     block of a frame's last tile writes the header (CRC-32C included) and the frame length, or marks the
+//     frame for the raw fallback kernel when the coded frame would not fit;
+//   - streaming kernels ("s<threads>u<units>", the defaults; at the end of this file): the encoder parks a
+//     chunk's escapes in the workspace and a finish kernel places them, so nothing waits in the data path;
+//     the decoder writes them over its dense stores.
 #pragma once
 
 #include <stdint.h>
@@ -1255,7 +1259,8 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // whole-line stores, and parks the chunk's escapes (rare: ~2.4 per chunk on real KV) in the workspace with
 // their count. A finish kernel then gives each group of kGroup chunks a warp, which scans the group's counts,
 // looks back over the groups before it, writes their chunk table entries and moves their parked escapes into
-// place (a chunk with more than kSlots escapes is read again). Finishing inside the encode kernel instead (the
+// place (a chunk with more than kSlots escapes is read again), and the frame's last group writes the header
+// (or marks the frame for the raw fallback kernel). Finishing inside the encode kernel instead (the
 // last warp of a group to arrive finishes it) measured 7 % slower: every warp then waits at its end for the
 // arrival atomic's answer, and its block holds its slot that much longer.
 namespace sz {
