@@ -144,7 +144,7 @@ func (c *Consumer) run(ld *load, cache kvCache) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.ctx, c.o.LoadTimeout)
 	defer cancel()
-	err := c.fetch(ctx, ld, cache)
+	notify, err := c.fetch(ctx, ld, cache)
 	c.mu.Lock()
 	delete(c.loads, ld.reqID)
 	c.stats.Loads++
@@ -160,18 +160,23 @@ func (c *Consumer) run(ld *load, cache kvCache) {
 	} else {
 		c.log.Debug("load done", "request", ld.reqID, "handoff", shortID(ld.handoffID))
 	}
+	// The completion notice is for the producer's bookkeeping (its bypass policy, failure counts): sent after
+	// Poll can report the load, so its round trip is not between the last block decoded and the engine.
+	if notify != nil {
+		notify(err)
+	}
 }
 
-// fetch does one load; a nil error means every block arrived, verified and decoded.
-func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err error) {
+// fetch does one load; a nil error means every block arrived, verified and decoded. Once the record is
+// known, notify tells the producer how the load ended (whatever happens from there on); run calls it.
+func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (notify func(error), err error) {
 	rctx, rcancel := context.WithTimeout(ctx, c.o.RecordWait)
 	rec, err := c.cp.wait(rctx, ld.handoffID, c.o.Rank, false)
 	rcancel()
 	if err != nil {
-		return fmt.Errorf("handoff %s: %w", shortID(ld.handoffID), err)
+		return nil, fmt.Errorf("handoff %s: %w", shortID(ld.handoffID), err)
 	}
-	// Tell the producer how it ended, whatever happens from here on.
-	defer func() {
+	notify = func(err error) {
 		nctx, ncancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer ncancel()
 		msg := ""
@@ -181,7 +186,12 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 		if nerr := c.cp.notifyDone(nctx, rec.ProducerEngineID, completion{HandoffID: ld.handoffID, Rank: c.o.Rank, OK: err == nil, Err: msg}); nerr != nil {
 			c.log.Debug("completion notice not delivered", "handoff", shortID(ld.handoffID), "err", nerr)
 		}
-	}()
+	}
+	return notify, c.fetchFrom(ctx, ld, cache, rec)
+}
+
+// fetchFrom fetches and decodes the handoff rec describes.
+func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *shardRecord) error {
 	l := cache.kvLayout()
 	switch {
 	case rec.LayoutFingerprint != l.Fingerprint():
@@ -203,6 +213,30 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 	crcs := make([]uint32, f.frames())
 	var decodeTime, copyTime time.Duration
 	var mu sync.Mutex
+	// The completed record is read while the second half of the frames is still on the wire (the producer
+	// publishes it once every frame is encoded, normally long before the wire is done), so its round trip is
+	// not added after the last frame.
+	type finalRecord struct {
+		rec *shardRecord
+		err error
+	}
+	finalCh := make(chan finalRecord, 1)
+	fctx, fcancel := context.WithCancel(ctx)
+	var finalOnce sync.Once
+	startFinal := func() {
+		finalOnce.Do(func() {
+			go func() {
+				r, err := c.cp.wait(fctx, ld.handoffID, c.o.Rank, true)
+				finalCh <- finalRecord{r, err}
+			}()
+		})
+	}
+	defer func() {
+		fcancel()
+		finalOnce.Do(func() { close(finalCh) }) // never started: nothing to wait for
+		<-finalCh                               // the wait ends with fctx
+	}()
+	accepted := 0
 	// The transport verified each chunk's CRC-32C against the producer's; the same value is checked against
 	// the complete record below, end to end, without another pass over the data.
 	sink := func(i int, frame []byte, crc uint32) error {
@@ -226,7 +260,12 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 		sizes[i], crcs[i] = uint64(len(frame)), crc
 		decodeTime += took.codec
 		copyTime += took.copy
+		accepted++
+		half := accepted == (f.frames()+1)/2
 		mu.Unlock()
+		if half {
+			startFinal()
+		}
 		return nil
 	}
 	t0 := time.Now()
@@ -238,9 +277,17 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (err erro
 	// End to end: the frames we decoded must be the ones the producer recorded when it finished encoding.
 	// The producer publishes that record before it can release the handoff, so the wait is short; it is bounded
 	// all the same, in case the publish failed (the producer logs that).
-	fctx, fcancel := context.WithTimeout(ctx, finalRecordWait)
-	final, err := c.cp.wait(fctx, ld.handoffID, c.o.Rank, true)
-	fcancel()
+	startFinal()
+	var final *shardRecord
+	timer := time.NewTimer(finalRecordWait)
+	select {
+	case r := <-finalCh:
+		final, err = r.rec, r.err
+		finalCh <- r // for the deferred drain
+	case <-timer.C:
+		err = context.DeadlineExceeded
+	}
+	timer.Stop()
 	if err != nil && !recordGone(err) {
 		return fmt.Errorf("handoff %s: completed record: %w", shortID(ld.handoffID), err)
 	}
