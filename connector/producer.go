@@ -79,6 +79,8 @@ type save struct {
 	err              error
 	released         bool
 	workerDone       chan struct{}
+	published        chan struct{} // closed once the open record's publish returned
+	unpublished      bool          // that publish failed: Begin reported the error, the worker only stops
 }
 
 // NewProducer starts a payload server and joins the control plane.
@@ -175,19 +177,7 @@ func NewHandoffID() string { return newHandoffID() }
 // Save hands off a whole request: Begin, every layer, and returns once the save is under way (the layers are
 // encoded in the background; WaitSaved waits for them).
 func (p *Producer) Save(reqID string, blocks []int) (Handoff, error) {
-	h, err := p.Begin(reqID, blocks)
-	if err != nil {
-		return h, err
-	}
-	p.mu.Lock()
-	layers := p.cache.kvLayout().Layers
-	p.mu.Unlock()
-	for l := range layers {
-		if err := p.SaveLayer(reqID, l); err != nil {
-			return h, err
-		}
-	}
-	return h, nil
+	return p.begin(reqID, "", blocks, true)
 }
 
 // Begin opens a handoff for reqID's blocks and publishes it, so a consumer can start fetching while the layers
@@ -200,6 +190,12 @@ func (p *Producer) Begin(reqID string, blocks []int) (Handoff, error) {
 // engine's scheduler picks one id per request and every rank's producer saves its shard under it; "" picks a
 // fresh id.
 func (p *Producer) BeginHandoff(reqID, handoffID string, blocks []int) (Handoff, error) {
+	return p.begin(reqID, handoffID, blocks, false)
+}
+
+// begin opens and publishes a handoff; all queues every layer too (Save). The worker starts before the
+// publish, so with all the first frames are encoded during the control plane's round trip instead of after it.
+func (p *Producer) begin(reqID, handoffID string, blocks []int, all bool) (Handoff, error) {
 	if handoffID == "" {
 		handoffID = newHandoffID()
 	} else if err := szn.ValidHandoffID(handoffID); err != nil {
@@ -209,23 +205,36 @@ func (p *Producer) BeginHandoff(reqID, handoffID string, blocks []int) (Handoff,
 	if err != nil {
 		return Handoff{}, err
 	}
-	// Publishing is a control-plane round trip: done without holding the lock.
-	if err := p.cp.publish(s.ctx, rec); err != nil {
-		p.mu.Lock()
-		s.next, s.layersClosed = s.f.layers, true
-		p.mu.Unlock()
-		close(s.layers)
-		close(s.workerDone) // no worker: the release below only has to forget the save
-		p.srv.Withdraw(s.handoffID)
-		return Handoff{}, fmt.Errorf("request %q: publishing handoff: %w", reqID, err)
-	}
 	p.mu.Lock()
 	cache := p.cache
 	p.wg.Add(1)
 	p.mu.Unlock()
 	go p.work(s, cache)
+	var saveErr error
+	if all {
+		for l := range s.f.layers {
+			if saveErr = p.SaveLayer(reqID, l); saveErr != nil { // only a release (expiry, Close) refuses these
+				break
+			}
+		}
+	}
+	// Publishing is a control-plane round trip: done without holding the lock.
+	if err := p.cp.publish(s.ctx, rec); err != nil {
+		p.mu.Lock()
+		s.unpublished = true
+		if !s.layersClosed {
+			s.next, s.layersClosed = s.f.layers, true
+			close(s.layers)
+		}
+		p.mu.Unlock()
+		s.cancel() // stops encoding what no consumer can find
+		close(s.published)
+		p.srv.Withdraw(s.handoffID)
+		return Handoff{}, fmt.Errorf("request %q: publishing handoff: %w", reqID, err)
+	}
+	close(s.published)
 	p.log.Debug("handoff opened", "request", reqID, "handoff", shortID(s.handoffID), "blocks", len(blocks), "raw", s.raw)
-	return Handoff{ID: s.handoffID, ProducerEngineID: p.o.EngineID, RequestID: reqID}, nil
+	return Handoff{ID: s.handoffID, ProducerEngineID: p.o.EngineID, RequestID: reqID}, saveErr
 }
 
 // open registers a new save and offers its payload.
@@ -251,6 +260,7 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...), raw: p.policy.raw(p.policy.mode),
 		f: f, layers: make(chan layerJob, l.Layers), frames: make([][]byte, f.frames()), sizes: make([]uint64, f.frames()),
 		crcs: make([]uint32, f.frames()), staged: make(chan struct{}), workerDone: make(chan struct{}),
+		published: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithTimeout(context.Background(), p.o.HandoffTTL)
 	s.payload = transport.NewStreamPayload(f.frames(), func(err error) { p.onRelease(s, err) })
@@ -353,6 +363,14 @@ func (p *Producer) work(s *save, cache kvCache) {
 	fail := func(err error) {
 		s.err = err
 		s.payload.Fail(err)
+		<-s.published
+		p.mu.Lock()
+		unpublished := s.unpublished
+		p.mu.Unlock()
+		if unpublished { // Begin failed and said so: not a handoff the engine waits on
+			close(s.staged)
+			return
+		}
 		p.mu.Lock()
 		if !s.layersClosed { // SaveLayer calls after a failure are refused, not queued
 			s.layersClosed, s.next = true, s.f.layers
@@ -392,6 +410,15 @@ func (p *Producer) work(s *save, cache kvCache) {
 	if encoded < s.f.layers {
 		// Released before every layer came: expired unclaimed, or the producer closed.
 		fail(fmt.Errorf("request %q: handoff released after %d of %d layers", s.reqID, encoded, s.f.layers))
+		return
+	}
+	<-s.published // the open record first: the completed one must not be overwritten by it
+	p.mu.Lock()
+	unpublished := s.unpublished
+	p.mu.Unlock()
+	if unpublished {
+		s.err = errors.New("the handoff was never published")
+		close(s.staged)
 		return
 	}
 	if err := p.cp.publish(s.ctx, p.record(s, true)); err != nil {
