@@ -74,14 +74,13 @@ func WithKernels(encode, decode string) Option {
 }
 
 // parseVariant returns a variant's threads per block, chunks per block (tile) and stages (0: one tile per
-// block); for a streaming variant, cpt is its units per lane and stages is -1.
+// block); for a streaming variant (isStreaming), cpt is its units per lane.
 func parseVariant(v string) (threads, cpt, stages int, err error) {
 	if !slices.Contains(Variants, v) {
 		return 0, 0, 0, fmt.Errorf("%w: kernel variant %q (have %v)", codec.ErrOption, v, Variants)
 	}
-	if strings.HasPrefix(v, "s") {
+	if isStreaming(v) {
 		_, err = fmt.Sscanf(v, "s%du%d", &threads, &cpt)
-		stages = -1
 	} else if strings.Contains(v, "s") {
 		_, err = fmt.Sscanf(v, "t%dc%ds%d", &threads, &cpt, &stages)
 	} else {
@@ -92,6 +91,9 @@ func parseVariant(v string) (threads, cpt, stages int, err error) {
 	}
 	return threads, cpt, stages, nil
 }
+
+// isStreaming tells the streaming variants ("s<threads>u<units>") from the tile ones ("t…").
+func isStreaming(v string) bool { return strings.HasPrefix(v, "s") }
 
 // kernel is one loaded variant: its dense and paged entry points and its shape.
 type kernel struct {
@@ -151,8 +153,8 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 			return err
 		}
 		k.name = variant
-		if k.stages < 0 {
-			k.stream, k.stages = true, 0
+		if k.stream = isStreaming(variant); k.stream {
+			// Chunks per block: the encoder codes one per warp, the decoder one per block.
 			k.cpt = 1
 			if prefix == "sz_encode_" {
 				k.cpt = k.threads / 32
@@ -206,7 +208,6 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 			c.finish.paged, err = mod.Function("sz_finish_paged")
 		}
 	}
-
 	if err == nil {
 		c.noop, err = mod.Function("sz_noop")
 	}
@@ -252,10 +253,12 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // splitzip.cuh): a raw flag per frame, a look-back word per group of chunks, and per chunk an escape count and
 // streamSlots parked escape positions of 2 bytes (1.6 % of the input in all).
 func workspaceSize(frames, chunks uint64) int {
-	tile := 8 * (frames + 1 + frames*chunks)
 	stream := 8*(frames+frames*streamGroups(chunks)) + 4*frames*chunks + 2*frames*chunks*streamSlots
-	return int(max(tile, stream))
+	return max(tileWorkspaceSize(frames, chunks), int(stream))
 }
+
+// tileWorkspaceSize is the part of the workspace the tile encoders use, which they reset before each launch.
+func tileWorkspaceSize(frames, chunks uint64) int { return int(8 * (frames + 1 + frames*chunks)) }
 
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
 const (
@@ -309,7 +312,9 @@ func (p *decParams) args() *cuda.Args {
 	return a
 }
 
-// launchEncode enqueues the workspace reset, the encode kernel and the raw fallback kernel for p.
+// launchEncode enqueues the encoding of p: for a tile encoder the workspace reset and the encode kernel, for a
+// streaming one the encode and finish kernels (the encode kernel zeroes what the finish pass needs); then the
+// raw fallback kernel.
 func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	p.tune = c.tune
 	total := uint64(p.frames) * uint64(p.chunks)
@@ -330,12 +335,16 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 		}
 		return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
 	}
-	grid := cuda.Dim3{X: k.grid(uint64(p.frames), uint64(p.chunks))}
-	if k.stream {
-		// The encode kernel zeroes the finish pass's look-back words itself: no reset.
-		if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
+	if !k.stream {
+		if err := s.MemsetD32Async(cuda.DevicePtr(p.ws), 0, tileWorkspaceSize(uint64(p.frames), uint64(p.chunks))/4); err != nil {
 			return err
 		}
+	}
+	grid := cuda.Dim3{X: k.grid(uint64(p.frames), uint64(p.chunks))}
+	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
+		return err
+	}
+	if k.stream {
 		fin := c.finish.dense
 		if paged {
 			fin = c.finish.paged
@@ -345,13 +354,6 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 		if err := fin.Launch(s, finGrid, cuda.Dim3{X: 256}, 0, p.args()); err != nil {
 			return err
 		}
-		return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
-	}
-	if err := s.MemsetD32Async(cuda.DevicePtr(p.ws), 0, workspaceSize(uint64(p.frames), uint64(p.chunks))/4); err != nil {
-		return err
-	}
-	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
-		return err
 	}
 	return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
 }
