@@ -169,21 +169,17 @@ func (e *Encoder) Encode(dst, src []byte, dt DType) ([]byte, error) {
 // pieces (a paged KV cache's blocks) without gathering it into one buffer first. Every segment must hold whole
 // elements. The frame is byte for byte the one Encode writes for the concatenation.
 func (e *Encoder) EncodeSegments(dst []byte, segs [][]byte, dt DType) ([]byte, error) {
-	if err := e.segs.set(segs, dt); err != nil {
-		return dst, err
-	}
-	defer e.segs.reset()
-	cb, err := e.codebookFor(segs, dt)
-	if err != nil {
-		return dst, err
-	}
-	frame, _, err := e.encode(dst, nil, &e.segs, dt, cb, false)
+	frame, _, err := e.encodeSegments(dst, segs, dt, false)
 	return frame, err
 }
 
 // EncodeSegmentsCRC is EncodeSegments that also returns the frame's CRC-32C (Castagnoli), computed as the
 // frame is written rather than by reading it again: crc32.Checksum(frame[len(dst):], Castagnoli table).
 func (e *Encoder) EncodeSegmentsCRC(dst []byte, segs [][]byte, dt DType) ([]byte, uint32, error) {
+	return e.encodeSegments(dst, segs, dt, true)
+}
+
+func (e *Encoder) encodeSegments(dst []byte, segs [][]byte, dt DType, withCRC bool) ([]byte, uint32, error) {
 	if err := e.segs.set(segs, dt); err != nil {
 		return dst, 0, err
 	}
@@ -192,7 +188,7 @@ func (e *Encoder) EncodeSegmentsCRC(dst []byte, segs [][]byte, dt DType) ([]byte
 	if err != nil {
 		return dst, 0, err
 	}
-	return e.encode(dst, nil, &e.segs, dt, cb, true)
+	return e.encode(dst, nil, &e.segs, dt, cb, withCRC)
 }
 
 // EncodeWith is Encode with an explicit codebook for this one frame (per layer, K vs V, …).
