@@ -29,8 +29,12 @@ func newHostCache(l Layout, bases []uintptr) (*hostCache, error) {
 
 // block returns block b of layer l's K (kv = 0) or V (kv = 1) as a byte slice over the engine's memory.
 func (c *hostCache) block(l, kv, b int) []byte {
-	addr := c.bases[l] + uintptr(int64(kv)*c.layout.KVOffset+int64(b)*c.layout.BlockStride)
-	return unsafe.Slice((*byte)(ptr(addr)), c.layout.BlockBytes())
+	return unsafe.Slice((*byte)(ptr(c.blockAddr(l, kv, b))), c.layout.BlockBytes())
+}
+
+// blockAddr is where block b of layer l's K (kv = 0) or V (kv = 1) starts.
+func (c *hostCache) blockAddr(l, kv, b int) uintptr {
+	return c.bases[l] + uintptr(int64(kv)*c.layout.KVOffset+int64(b)*c.layout.BlockStride)
 }
 
 // ptr turns an address the engine gave us into a pointer. The memory is not Go's (or is pinned by the caller),
@@ -59,7 +63,7 @@ func (c *hostCache) layerSegments(segs [][]byte, l int, blocks []int) [][]byte {
 	var start, end uintptr
 	for kv := range 2 {
 		for _, b := range blocks {
-			addr := c.bases[l] + uintptr(int64(kv)*c.layout.KVOffset+int64(b)*c.layout.BlockStride)
+			addr := c.blockAddr(l, kv, b)
 			if addr == end && end != 0 {
 				end += n
 				continue
