@@ -95,19 +95,24 @@ def _safe_id(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in s)
 
 
-def model_compat_hash(vllm_config: VllmConfig) -> str:
-    """The compatibility hash of this engine's KV (see metadata.compat_hash)."""
+def _kv_fields(vllm_config: VllmConfig) -> dict[str, Any]:
+    """What both engines of a handoff must share (metadata.compat_hash's fields), read from vLLM's config."""
     mc = vllm_config.model_config
     pc = vllm_config.parallel_config
-    return compat_hash(
-        model=str(mc.model),
-        layers=mc.get_num_layers(pc),
-        kv_heads_per_rank=mc.get_num_kv_heads(pc),
-        head_size=mc.get_head_size(),
-        block_size=vllm_config.cache_config.block_size,
-        dtype=str(vllm_config.cache_config.cache_dtype) + "/" + str(mc.dtype),
-        tp_size=pc.tensor_parallel_size,
-    )
+    return {
+        "model": str(mc.model),
+        "layers": mc.get_num_layers(pc),
+        "kv_heads_per_rank": mc.get_num_kv_heads(pc),
+        "head_size": mc.get_head_size(),
+        "block_size": vllm_config.cache_config.block_size,
+        "dtype": str(vllm_config.cache_config.cache_dtype) + "/" + str(mc.dtype),
+        "tp_size": pc.tensor_parallel_size,
+    }
+
+
+def model_compat_hash(vllm_config: VllmConfig) -> str:
+    """The compatibility hash of this engine's KV (see metadata.compat_hash)."""
+    return compat_hash(**_kv_fields(vllm_config))
 
 
 _ROLES = {"kv_producer": "producer", "kv_consumer": "consumer", "kv_both": "both"}
@@ -119,25 +124,15 @@ def engine_info(vllm_config: VllmConfig, cfg: SplitZipConfig) -> EngineInfo:
     fingerprint, and the fields behind the hash (meta) so that a refusal can say which one differs."""
     from splitzip_connector.handoff import EngineInfo
 
-    mc = vllm_config.model_config
-    pc = vllm_config.parallel_config
-    dtype = str(vllm_config.cache_config.cache_dtype) + "/" + str(mc.dtype)
-    meta = {
-        "connector": "vllm",
-        "wire": str(WIRE_VERSION),
-        "model": str(mc.model),
-        "layers": str(mc.get_num_layers(pc)),
-        "kv_heads_per_rank": str(mc.get_num_kv_heads(pc)),
-        "head_size": str(mc.get_head_size()),
-        "block_size": str(vllm_config.cache_config.block_size),
-        "dtype": dtype,
-    }
+    kv = _kv_fields(vllm_config)
+    tp_size = kv.pop("tp_size")  # an EngineInfo field of its own
+    meta = {"connector": "vllm", "wire": str(WIRE_VERSION), **{k: str(v) for k, v in kv.items()}}
     return EngineInfo(
         id=cfg.engine_id,
         role=_ROLES.get(str(vllm_config.kv_transfer_config.kv_role), "both"),
-        tp_size=pc.tensor_parallel_size,
+        tp_size=tp_size,
         layout=model_compat_hash(vllm_config),
-        dtype=dtype,
+        dtype=kv["dtype"],
         meta=meta,
     )
 
