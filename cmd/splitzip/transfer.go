@@ -47,8 +47,8 @@ func benchCache(l connector.Layout, kv []byte, offset int) ([][]byte, []uintptr)
 				m[j] = 0xA5
 			}
 		} else {
-			for j := 0; j < len(m); j += len(kv) {
-				copy(m[j:], kv[(offset+j)%len(kv):])
+			for j := 0; j < len(m); { // no gaps: each copy ends where the fixture or m does
+				j += copy(m[j:], kv[(offset+j)%len(kv):])
 			}
 			offset += len(m) / 3
 		}
@@ -219,7 +219,7 @@ func runBenchTransfer(args []string) error {
 	}
 	fmt.Printf("splitzip bench transfer: a producer process and this consumer (%s, %d cores), %s,\n", cpuName(), runtime.NumCPU(), where)
 	fmt.Printf("KV of SmolLM2-135M (30 layers × K,V × 3 heads × 64, bf16, 16-token blocks) filled with %s;\n", *data)
-	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d after warm-up; %s\n\n", *repeat, shaping)
+	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d after warm-up, modes taking turns; %s\n\n", *repeat, shaping)
 	fmt.Printf("%7s %9s %9s | %10s %10s %8s | %10s %8s\n", "tokens", "KV", "link", "raw", "splitzip", "speedup", "auto", "auto/raw")
 	seq := 0
 	for _, tok := range tokens {
@@ -231,12 +231,11 @@ func runBenchTransfer(args []string) error {
 		rawBytes := float64(layout.Layers) * 2 * float64(nb) * float64(layout.BlockBytes())
 		for _, gbit := range rates {
 			rate := gbit * 1e9 / 8
-			med := map[string]time.Duration{}
+			// Untimed warm-up of every mode first: staging memory, connections and socket buffers, and for
+			// auto two measurements of each way (the policy keeps the second; steady state is what serving
+			// sees, and it keeps probing while timed).
 			for _, mode := range modes {
-				// Untimed warm-up: staging memory and connections, and for auto two measurements of each way
-				// (the policy keeps the second; steady state is what serving sees, and it keeps probing while
-				// timed).
-				warm := []string{""}
+				warm := []string{"", ""}
 				if mode == "auto" {
 					warm = []string{"compressed", "compressed", "raw", "raw"}
 				}
@@ -246,8 +245,12 @@ func runBenchTransfer(args []string) error {
 						return fmt.Errorf("%d tokens at %s, %s (warm-up): %w", int(tok), linkName(gbit), mode, err)
 					}
 				}
-				var ts []time.Duration
-				for range *repeat {
+			}
+			// Timed transfers take turns (raw, compressed, auto, raw, …), so that whatever else the shared
+			// machine does during the figure falls on every mode alike instead of on the one measured then.
+			ts := map[string][]time.Duration{}
+			for range *repeat {
+				for _, mode := range modes {
 					seq++
 					if stderrIsTerminal {
 						fmt.Fprintf(os.Stderr, "  %d tokens, %s, %s …\r", int(tok), linkName(gbit), mode)
@@ -256,10 +259,13 @@ func runBenchTransfer(args []string) error {
 					if err != nil {
 						return fmt.Errorf("%d tokens at %s, %s: %w", int(tok), linkName(gbit), mode, err)
 					}
-					ts = append(ts, d)
+					ts[mode] = append(ts[mode], d)
 				}
-				slices.Sort(ts)
-				med[mode] = ts[len(ts)/2]
+			}
+			med := map[string]time.Duration{}
+			for mode, t := range ts {
+				slices.Sort(t)
+				med[mode] = t[len(t)/2]
 			}
 			name := linkName(gbit)
 			if *linkLabel != "" {
