@@ -101,3 +101,21 @@ func TestBenchCacheTilesWithoutGaps(t *testing.T) {
 		offset += len(m) / 3
 	}
 }
+
+// bench transfer -cpu reads both processes' CPU time from /proc: it only grows, and a process that /proc does
+// not know reads as 0 rather than failing the benchmark.
+func TestProcessCPU(t *testing.T) {
+	if _, err := os.Stat("/proc/self/task"); err != nil {
+		t.Skip("no /proc on this system: bench transfer -cpu reports 0")
+	}
+	before := processCPU(os.Getpid())
+	x := 0
+	for i := range 50_000_000 {
+		x += i ^ x>>3
+	}
+	require.NotZero(t, x)
+	after := processCPU(os.Getpid())
+	require.Positive(t, before)
+	require.GreaterOrEqual(t, after, before)
+	require.Zero(t, processCPU(-1))
+}

@@ -97,6 +97,7 @@ func runBenchTransfer(args []string) error {
 	var frameBytes byteSize
 	fs.Var(&frameBytes, "frame-bytes", "raw bytes per frame, e.g. 1MiB (default: the connector's)")
 	modesFlag := fs.String("modes", "raw,compressed,auto", "which of raw, compressed, auto to measure")
+	cpuFlag := fs.Bool("cpu", false, "also report the CPU time of both processes per transfer (median; read from /proc)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -165,36 +166,44 @@ func runBenchTransfer(args []string) error {
 	}
 	srcMem, _ := benchCache(layout, kv, 0) // what the producer holds: the same deterministic fill
 
-	run := func(req string, blocks []int, mode string, rate float64, force string) (time.Duration, error) {
+	// run does one handoff and returns its time and, with -cpu, the CPU time both processes spent meanwhile.
+	run := func(req string, blocks []int, mode string, rate float64, force string) (took, cpu time.Duration, err error) {
+		var cpu0 time.Duration
+		if *cpuFlag {
+			cpu0 = processCPU(os.Getpid()) + processCPU(child.Process.Pid)
+		}
 		t0 := time.Now()
 		if err := enc.Encode(saveCmd{Req: req, Blocks: blocks, Mode: mode, Rate: rate, Force: force}); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		if !replies.Scan() {
-			return 0, fmt.Errorf("producer process ended: %v", replies.Err())
+			return 0, 0, fmt.Errorf("producer process ended: %v", replies.Err())
 		}
 		var r saveReply
 		if err := json.Unmarshal(replies.Bytes(), &r); err != nil || r.Err != "" {
-			return 0, fmt.Errorf("producer: %s %v", r.Err, err)
+			return 0, 0, fmt.Errorf("producer: %s %v", r.Err, err)
 		}
 		dst := make([]int, len(blocks))
 		for i, b := range blocks {
 			dst[i] = b + maxBlocks // different block ids on the decode side
 		}
 		if err := cons.Load(req, r.Handoff, dst); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		for {
 			done, failed := cons.Poll()
 			if len(failed) > 0 {
-				return 0, failed[0].Err
+				return 0, 0, failed[0].Err
 			}
 			if slices.Contains(done, req) {
 				break
 			}
 			time.Sleep(200 * time.Microsecond)
 		}
-		took := time.Since(t0)
+		took = time.Since(t0)
+		if *cpuFlag {
+			cpu = processCPU(os.Getpid()) + processCPU(child.Process.Pid) - cpu0
+		}
 		bb := int(layout.BlockBytes())
 		for l := range layout.Layers {
 			for kvi := range 2 {
@@ -202,12 +211,12 @@ func runBenchTransfer(args []string) error {
 					so := int(int64(kvi)*layout.KVOffset) + b*bb
 					do := int(int64(kvi)*layout.KVOffset) + dst[i]*bb
 					if string(srcMem[l][so:so+bb]) != string(dstMem[l][do:do+bb]) {
-						return 0, fmt.Errorf("%s: layer %d block %d arrived different (not bit-exact)", req, l, b)
+						return 0, 0, fmt.Errorf("%s: layer %d block %d arrived different (not bit-exact)", req, l, b)
 					}
 				}
 			}
 		}
-		return took, nil
+		return took, cpu, nil
 	}
 
 	where, shaping := "embedded NATS", "links shaped by the transport's rate limit"
@@ -220,7 +229,11 @@ func runBenchTransfer(args []string) error {
 	fmt.Printf("splitzip bench transfer: a producer process and this consumer (%s, %d cores), %s,\n", cpuName(), runtime.NumCPU(), where)
 	fmt.Printf("KV of SmolLM2-135M (30 layers × K,V × 3 heads × 64, bf16, 16-token blocks) filled with %s;\n", *data)
 	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d after warm-up, modes taking turns; %s\n\n", *repeat, shaping)
-	fmt.Printf("%7s %9s %9s | %10s %10s %8s | %10s %8s\n", "tokens", "KV", "link", "raw", "splitzip", "speedup", "auto", "auto/raw")
+	fmt.Printf("%7s %9s %9s | %10s %10s %8s | %10s %8s", "tokens", "KV", "link", "raw", "splitzip", "speedup", "auto", "auto/raw")
+	if *cpuFlag {
+		fmt.Printf(" | %10s %10s %10s", "cpu raw", "splitzip", "auto")
+	}
+	fmt.Println()
 	seq := 0
 	for _, tok := range tokens {
 		nb := int(tok) / 16
@@ -241,39 +254,43 @@ func runBenchTransfer(args []string) error {
 				}
 				for w, force := range warm {
 					seq++
-					if _, err := run(fmt.Sprintf("warm-%d-%d", seq, w), blocks, mode, rate, force); err != nil {
+					if _, _, err := run(fmt.Sprintf("warm-%d-%d", seq, w), blocks, mode, rate, force); err != nil {
 						return fmt.Errorf("%d tokens at %s, %s (warm-up): %w", int(tok), linkName(gbit), mode, err)
 					}
 				}
 			}
 			// Timed transfers take turns (raw, compressed, auto, raw, …), so that whatever else the shared
 			// machine does during the figure falls on every mode alike instead of on the one measured then.
-			ts := map[string][]time.Duration{}
+			ts, cpus := map[string][]time.Duration{}, map[string][]time.Duration{}
 			for range *repeat {
 				for _, mode := range modes {
 					seq++
 					if stderrIsTerminal {
 						fmt.Fprintf(os.Stderr, "  %d tokens, %s, %s …\r", int(tok), linkName(gbit), mode)
 					}
-					d, err := run(fmt.Sprintf("req-%d", seq), blocks, mode, rate, "")
+					d, c, err := run(fmt.Sprintf("req-%d", seq), blocks, mode, rate, "")
 					if err != nil {
 						return fmt.Errorf("%d tokens at %s, %s: %w", int(tok), linkName(gbit), mode, err)
 					}
 					ts[mode] = append(ts[mode], d)
+					cpus[mode] = append(cpus[mode], c)
 				}
 			}
-			med := map[string]time.Duration{}
+			med, cpu := map[string]time.Duration{}, map[string]time.Duration{}
 			for mode, t := range ts {
-				slices.Sort(t)
-				med[mode] = t[len(t)/2]
+				med[mode], cpu[mode] = median(t), median(cpus[mode])
 			}
 			name := linkName(gbit)
 			if *linkLabel != "" {
 				name = *linkLabel
 			}
-			fmt.Printf("%7d %9s %9s | %9.1fms %9.1fms %7.2fx | %9.1fms %7.2fx\n", int(tok), formatBytes(rawBytes), name,
+			fmt.Printf("%7d %9s %9s | %9.1fms %9.1fms %7.2fx | %9.1fms %7.2fx", int(tok), formatBytes(rawBytes), name,
 				ms(med["raw"]), ms(med["compressed"]), ratio(med["raw"], med["compressed"]),
 				ms(med["auto"]), ratio(med["raw"], med["auto"]))
+			if *cpuFlag {
+				fmt.Printf(" | %9.1fms %9.1fms %9.1fms", ms(cpu["raw"]), ms(cpu["compressed"]), ms(cpu["auto"]))
+			}
+			fmt.Println()
 		}
 	}
 	st := cons.Stats()
@@ -282,6 +299,38 @@ func runBenchTransfer(args []string) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// median sorts ts and returns its middle element (0 for none).
+func median(ts []time.Duration) time.Duration {
+	if len(ts) == 0 {
+		return 0
+	}
+	slices.Sort(ts)
+	return ts[len(ts)/2]
+}
+
+// processCPU is the CPU time, user and system, that every thread of process pid has spent so far (the
+// scheduler's own account in /proc/<pid>/task/*/schedstat, in nanoseconds; softirq work done on a thread's
+// behalf is included). It is 0 where /proc cannot tell, e.g. a producer started through ssh.
+func processCPU(pid int) time.Duration {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			if ns, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+				sum += time.Duration(ns)
+			}
+		}
+	}
+	return sum
+}
 
 // ratio is a/b, 0 when either was not measured (-modes).
 func ratio(a, b time.Duration) float64 {
