@@ -405,3 +405,63 @@ func TestClosedObjects(t *testing.T) {
 	require.NoError(t, c.Close())
 	assert.ErrorIs(t, c.Synchronize(), ErrClosed)
 }
+
+// TestLaunchProgrammatic chains kernels with programmatic stream serialization, directly and in a captured
+// graph: each launches before the previous one ends and waits for its writes, so every element must see every
+// increment in order.
+func TestLaunchProgrammatic(t *testing.T) {
+	c := gpu(t)
+	if major, _, err := c.Device().ComputeCapability(); err != nil || major < 9 {
+		t.Skipf("programmatic dependent launch needs compute capability 9.0 (have %d, %v)", major, err)
+	}
+	require.True(t, CanLaunchWith())
+	m, err := c.LoadModule([]byte(addOnePDLPTX))
+	require.NoError(t, err)
+	defer m.Close()
+	f, err := m.Function("add_one_pdl")
+	require.NoError(t, err)
+	s, err := c.NewStream(StreamNonBlocking)
+	require.NoError(t, err)
+	defer s.Close()
+	const n = 1 << 24
+	d, err := c.Alloc(4 * n)
+	require.NoError(t, err)
+	defer d.Free()
+	require.NoError(t, s.MemsetD32Async(d.Ptr(), 0, n))
+	pdl := map[LaunchAttribute]int32{LaunchProgrammaticStreamSerialization: 1}
+	launch := func(inc uint32) error {
+		return f.LaunchWith(s, Dim3{X: n / 256}, Dim3{X: 256}, 0, NewArgs().Ptr(d.Ptr()).U32(n).U32(inc), pdl)
+	}
+	// The first launch follows a memset: a plain dependency.
+	for i := range uint32(8) {
+		require.NoError(t, launch(1<<i))
+	}
+	var g *Graph
+	require.NoError(t, c.Do(func() error {
+		if err := s.BeginCapture(CaptureThreadLocal); err != nil {
+			return err
+		}
+		for i := range uint32(4) {
+			if err := launch(1 << (8 + i)); err != nil {
+				return err
+			}
+		}
+		var err error
+		g, err = s.EndCapture()
+		return err
+	}))
+	defer g.Close()
+	exec, err := g.Instantiate()
+	require.NoError(t, err)
+	defer exec.Close()
+	require.NoError(t, exec.Launch(s))
+	got := make([]byte, 4*n)
+	require.NoError(t, s.CopyDtoH(got, d.Ptr()))
+	for i := range n {
+		if v := binary.LittleEndian.Uint32(got[4*i:]); v != 1<<12-1 {
+			t.Fatalf("element %d is %#x, want %#x: a launch read before its predecessor's writes", i, v, 1<<12-1)
+		}
+	}
+	err = f.LaunchWith(s, Dim3{X: 1}, Dim3{X: 32}, 0, nil, map[LaunchAttribute]int32{1: 0, 2: 0, 3: 0, 4: 0, 5: 0})
+	assert.Error(t, err)
+}

@@ -57,6 +57,9 @@ type driverTable struct {
 	cuEventElapsedTime                                                                           unsafe.Pointer
 	cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiate, cuGraphLaunch                  unsafe.Pointer
 	cuGraphExecDestroy, cuGraphDestroy                                                           unsafe.Pointer
+
+	// Optional entry points (nil when the driver lacks them).
+	cuLaunchKernelEx unsafe.Pointer // CUDA 12.0
 }
 
 var (
@@ -168,6 +171,8 @@ func load() error {
 			return fmt.Errorf("%w (%s): %w", ErrDriverTooOld, lib.Name, err)
 		}
 	}
+	// Optional: features that need them report ErrDriverTooOld instead of the whole binding failing.
+	drv.cuLaunchKernelEx, _ = lib.Lookup("cuLaunchKernelEx")
 	if r := Result(C.sz_cuInit(drv.cuInit, 0)); r != Success {
 		return fmt.Errorf("%w: cuInit: %w", ErrNoDriver, r)
 	}

@@ -57,6 +57,39 @@ static inline CUresult sz_cuLaunchKernel(void *f, CUfunction fn, unsigned int gx
 	return FN(CUresult (*)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
 		unsigned int, CUstream, void **, void **))(fn, gx, gy, gz, bx, by, bz, smem, s, NULL, argSize ? extra : NULL);
 }
+// cuLaunchKernelEx's configuration (cuda.h's CUlaunchConfig and CUlaunchAttribute, CUDA 12/13 layout): an
+// attribute is a 4-byte id padded to 8 bytes, then a 64-byte value union whose members used here are ints.
+typedef struct {
+	int id;
+	char pad[4];
+	union {
+		char raw[64];
+		int i;
+		void *align; // the union holds pointers: 8-byte aligned
+	} value;
+} sz_CUlaunchAttribute;
+typedef struct {
+	unsigned int gx, gy, gz, bx, by, bz, smem;
+	CUstream stream;
+	sz_CUlaunchAttribute *attrs;
+	unsigned int numAttrs;
+} sz_CUlaunchConfig;
+static inline CUresult sz_cuLaunchKernelEx(void *f, CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,
+		unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem, CUstream s, void *args, size_t argSize,
+		const int *ids, const int *vals, unsigned int numAttrs) {
+	sz_CUlaunchAttribute attrs[4];
+	if (numAttrs > 4) return 1; // CUDA_ERROR_INVALID_VALUE
+	for (unsigned int i = 0; i < numAttrs; i++) {
+		for (int b = 0; b < 64; b++) attrs[i].value.raw[b] = 0;
+		attrs[i].id = ids[i];
+		attrs[i].pad[0] = attrs[i].pad[1] = attrs[i].pad[2] = attrs[i].pad[3] = 0;
+		attrs[i].value.i = vals[i];
+	}
+	sz_CUlaunchConfig cfg = {gx, gy, gz, bx, by, bz, smem, s, numAttrs ? attrs : NULL, numAttrs};
+	size_t size = argSize;
+	void *extra[5] = {(void *)1, args, (void *)2, &size, (void *)0};
+	return FN(CUresult (*)(const sz_CUlaunchConfig *, CUfunction, void **, void **))(&cfg, fn, NULL, argSize ? extra : NULL);
+}
 static inline CUresult sz_handle_out_flags(void *f, void **h, unsigned int flags) { return FN(CUresult (*)(void **, unsigned int))(h, flags); }
 static inline CUresult sz_two_handles(void *f, void *a, void *b) { return FN(CUresult (*)(void *, void *))(a, b); }
 static inline CUresult sz_cuStreamWaitEvent(void *f, CUstream s, CUevent e, unsigned int flags) { return FN(CUresult (*)(CUstream, CUevent, unsigned int))(s, e, flags); }

@@ -138,6 +138,31 @@ func (d Dim3) norm() (x, y, z C.uint) {
 // declaration order (see Args); the driver copies them at the call, so the
 // launch can be captured into a graph.
 func (f *Function) Launch(s *Stream, grid, block Dim3, sharedMem int, args *Args) error {
+	return f.launch(s, grid, block, sharedMem, args, nil)
+}
+
+// LaunchAttribute is a CUlaunchAttributeID whose value is an int.
+type LaunchAttribute int32
+
+// LaunchProgrammaticStreamSerialization (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION), set to 1,
+// lets the kernel launch before the previous kernel on its stream has finished: as soon as every block of
+// that kernel has executed griddepcontrol.launch_dependents (or exited). The kernel must execute
+// griddepcontrol.wait before it reads anything the previous kernel writes (compute capability 9.0 and newer).
+const LaunchProgrammaticStreamSerialization LaunchAttribute = 6
+
+// LaunchWith is Launch with launch attributes (cuLaunchKernelEx, CUDA 12.0 drivers and newer; ErrDriverTooOld
+// before). A graph captures the attributes with the launch.
+func (f *Function) LaunchWith(s *Stream, grid, block Dim3, sharedMem int, args *Args, attrs map[LaunchAttribute]int32) error {
+	if drv.cuLaunchKernelEx == nil {
+		return fmt.Errorf("cuda: launch %s with attributes: %w: no cuLaunchKernelEx", f.name, ErrDriverTooOld)
+	}
+	return f.launch(s, grid, block, sharedMem, args, attrs)
+}
+
+// CanLaunchWith reports whether the driver has LaunchWith's entry point.
+func CanLaunchWith() bool { return Init() == nil && drv.cuLaunchKernelEx != nil }
+
+func (f *Function) launch(s *Stream, grid, block Dim3, sharedMem int, args *Args, attrs map[LaunchAttribute]int32) error {
 	if f.mod.closed.Load() {
 		return ErrClosed
 	}
@@ -148,8 +173,22 @@ func (f *Function) Launch(s *Stream, grid, block Dim3, sharedMem int, args *Args
 	if args != nil && len(args.buf) > 0 {
 		p, n = unsafe.Pointer(&args.buf[0]), len(args.buf)
 	}
+	const maxAttrs = 4 // sz_cuLaunchKernelEx's array
+	if len(attrs) > maxAttrs {
+		return fmt.Errorf("cuda: launch %s: %d launch attributes (at most %d)", f.name, len(attrs), maxAttrs)
+	}
+	var ids, vals [maxAttrs]C.int
+	k := 0
+	for id, v := range attrs {
+		ids[k], vals[k] = C.int(id), C.int(v)
+		k++
+	}
 	err := f.mod.ctx.call(func() C.CUresult {
-		return C.sz_cuLaunchKernel(drv.cuLaunchKernel, f.h, gx, gy, gz, bx, by, bz, C.uint(sharedMem), s.handle(), p, C.size_t(n))
+		if attrs == nil {
+			return C.sz_cuLaunchKernel(drv.cuLaunchKernel, f.h, gx, gy, gz, bx, by, bz, C.uint(sharedMem), s.handle(), p, C.size_t(n))
+		}
+		return C.sz_cuLaunchKernelEx(drv.cuLaunchKernelEx, f.h, gx, gy, gz, bx, by, bz, C.uint(sharedMem), s.handle(), p, C.size_t(n),
+			&ids[0], &vals[0], C.uint(k))
 	})
 	if err != nil {
 		return fmt.Errorf("cuda: launch %s: %w", f.name, err)
