@@ -25,8 +25,12 @@ type BenchConfig struct {
 	SmallSizes []int
 	// Variants are the kernel variants timed at the first size beside the default codec: "encode/decode"
 	// (see Variants), optionally with "+n" (no look-back: timing only), "+d" (default-cached accesses) or
-	// "+s" (streaming encode stores), "+g" (pipelined kernels on twice the resident grid; "+gg" four times).
-	// Default: each variant for both, and the default encoder with "+n".
+	// "+s" (streaming encode stores), "+g" (pipelined kernels on twice the resident grid; "+gg" four times),
+	// "+p" (the sm_80 kernels with plain launches on a Hopper GPU: no programmatic dependent launch),
+	// "+r" / "+f" / "+e" (the streaming encoder without its raw-fallback launch / its finish launch / the
+	// finish pass's placing of the escapes: timing only, right only where dst already holds the frame, as in
+	// the bench, which times them after the default codec on the same buffers).
+	// Default: each variant for both, the tile encoder with "+n" and the default codec with "+p".
 	// The other sizes, the paged and the small rows use the default codec.
 	Variants []string
 	// Reps is the number of timed runs per figure (median reported; default 30).
@@ -56,7 +60,9 @@ type BenchRow struct {
 type BenchReport struct {
 	Card   string
 	Driver int
-	Rows   []BenchRow
+	// DependentLaunch: the default codec runs the sm_90 kernels with programmatic dependent launch.
+	DependentLaunch bool
+	Rows            []BenchRow
 }
 
 type benchEnv struct {
@@ -153,6 +159,8 @@ func RunBench(ctx *cuda.Context, cfg BenchConfig) (*BenchReport, error) {
 		// An experiment: the tile encoder without its look-back (wrong frames, timing only; the streaming
 		// encoder has none in its data path).
 		cfg.Variants = append(cfg.Variants, SmallEncodeKernels+"/"+SmallEncodeKernels+"+n")
+		// What programmatic dependent launch gives the default codec (nothing, off Hopper).
+		cfg.Variants = append(cfg.Variants, DefaultEncodeKernels+"/"+DefaultDecodeKernels+"+p")
 	}
 	if cfg.Reps == 0 {
 		cfg.Reps = 30
@@ -189,19 +197,25 @@ func RunBench(ctx *cuda.Context, cfg BenchConfig) (*BenchReport, error) {
 	}
 	defer def.Close()
 	codecs[""] = def
+	rep.DependentLaunch = def.pdl
 	for _, v := range cfg.Variants {
 		names, tune, _ := strings.Cut(v, "+")
 		enc, dec, _ := strings.Cut(names, "/")
 		var bits uint32
 		for _, t := range tune {
-			bits |= map[rune]uint32{'n': tuneNoLookback, 'd': tunePlainLoads, 's': tuneStreamStores}[t]
+			bits |= map[rune]uint32{'n': tuneNoLookback, 'd': tunePlainLoads, 's': tuneStreamStores,
+				'r': tuneNoRawLaunch, 'f': tuneNoFinishLaunch, 'e': tuneNoPlace}[t]
 		}
 		mul := 1 + strings.Count(tune, "g") // "+g": twice the resident grid of pipelined kernels
-		c, err := NewCodec(ctx, WithKernels(enc, dec), withTune(bits), func(o *options) error { o.gridMul = mul; return nil })
+		opts := []Option{WithKernels(enc, dec), withTune(bits), func(o *options) error { o.gridMul = mul; return nil }}
+		if strings.Contains(tune, "p") {
+			opts = append(opts, withoutDependentLaunch())
+		}
+		c, err := NewCodec(ctx, opts...)
 		if err != nil {
 			return nil, err
 		}
-		b.logf("codec %s: encode %s %d blocks/SM, decode %s %d blocks/SM", v, c.enc.name, c.enc.perSM, c.dec.name, c.dec.perSM)
+		b.logf("codec %s: encode %s %d blocks/SM, decode %s %d blocks/SM, dependent launch %v", v, c.enc.name, c.enc.perSM, c.dec.name, c.dec.perSM, c.pdl)
 		defer c.Close()
 		codecs[v] = c
 	}
@@ -557,7 +571,8 @@ func humanSize(n int) string {
 // Table formats the report as Markdown tables.
 func (r *BenchReport) Table() string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "GPU: %s (driver CUDA %d.%d)\n\n", r.Card, r.Driver/1000, r.Driver%1000/10)
+	fmt.Fprintf(&sb, "GPU: %s (driver CUDA %d.%d); default kernels: %s PTX\n\n", r.Card, r.Driver/1000, r.Driver%1000/10,
+		map[bool]string{true: "sm_90 (programmatic dependent launch)", false: "sm_80"}[r.DependentLaunch])
 	sb.WriteString("| input | size | kernels | encode GB/s | decode GB/s | D2D copy GB/s | SM copy kernel GB/s | roofline GB/s | encode % roofline | decode % roofline | ratio | escapes |\n")
 	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, row := range r.Rows {

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs on the GPU machine (see shared/GPU-MACHINE.md): test binaries built on the CPU machine are carried
 # in .gpu/ (go test -c -o .gpu/cuda.test ./kernels/cuda; go test -c -o .gpu/kernels.test ./kernels).
-# 1. rebuilds the PTX with the machine's nvcc and checks it equals the committed one;
+# 1. rebuilds both PTX files with the machine's nvcc and checks they equal the committed ones;
 # 2. runs the GPU tests; 3. runs the benchmark (SKIP_BENCH=1 skips it). Logs and the table go to $OUT.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
@@ -12,7 +12,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 if [ -x "$NVCC" ]; then
   rm -rf /tmp/ptxcheck && mkdir -p /tmp/ptxcheck && cp splitzip.cu splitzip.cuh Makefile /tmp/ptxcheck/
   make -s -C /tmp/ptxcheck NVCC="$NVCC" ptx resources >"$OUT/ptx.log" 2>&1 || { cat "$OUT/ptx.log"; exit 1; }
-  if cmp -s /tmp/ptxcheck/splitzip.ptx splitzip.ptx; then echo "PTX: rebuilt with $($NVCC --version | tail -1), identical"; else echo "PTX: rebuilt PTX DIFFERS"; cp /tmp/ptxcheck/splitzip.ptx "$OUT/"; fi
+  for f in splitzip.ptx splitzip_sm90.ptx; do
+    if cmp -s /tmp/ptxcheck/$f $f; then echo "PTX: $f rebuilt with $($NVCC --version | tail -1), identical"; else echo "PTX: rebuilt $f DIFFERS"; cp /tmp/ptxcheck/$f "$OUT/"; fi
+  done
   grep -E "Compiling entry|registers" "$OUT/ptx.log" | paste - - | sed -E 's/ptxas info +: //g; s/Compiling entry function//; s/for .sm_90.//' | awk '{print "  " $0}' | grep -E "t256c4|copy16|noop" | cut -c1-160
 fi
 ../.gpu/cuda.test -test.count=1 -test.v 2>&1 | tee "$OUT/cuda-test.log" | grep -E "^(--- FAIL|FAIL|ok|PASS)|D2D|NVIDIA" 

@@ -213,16 +213,25 @@ func TestKernelVariants(t *testing.T) {
 	kv := concat(realKV(t))
 	data := [][]byte{kv, kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000)}
 	for _, v := range Variants {
-		g := newGPU(t, WithKernels(v, v))
-		for i, in := range data {
-			frame := cpuEncode(t, in, cb)
-			require.Equal(t, frame, g.encode(t, in, cb, 0xA5), "%s input %d", v, i)
-			out, err := g.decode(t, frame, len(frame), len(in), 0x5A)
-			require.NoError(t, err)
-			require.True(t, bytes.Equal(in, out), "%s input %d", v, i)
+		// Both builds: the sm_90 PTX with dependent launches (on Hopper) and the sm_80 one with plain launches.
+		for _, opts := range [][]Option{{WithKernels(v, v)}, {WithKernels(v, v), withoutDependentLaunch()}} {
+			g := newGPU(t, opts...)
+			name := fmt.Sprintf("%s (dependent launch %v)", v, g.codec.DependentLaunch())
+			for i, in := range data {
+				frame := cpuEncode(t, in, cb)
+				require.Equal(t, frame, g.encode(t, in, cb, 0xA5), "%s input %d", name, i)
+				out, err := g.decode(t, frame, len(frame), len(in), 0x5A)
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(in, out), "%s input %d", name, i)
+			}
 		}
 	}
-	_, err := NewCodec(nil, WithKernels("t999c1", DefaultDecodeKernels))
+	// Hopper gets the dependent launches wherever the driver has cuLaunchKernelEx.
+	g := newGPU(t)
+	major, _, err := g.codec.Context().Device().ComputeCapability()
+	require.NoError(t, err)
+	assert.Equal(t, major >= 9 && cuda.CanLaunchWith(), g.codec.DependentLaunch(), "compute capability %d", major)
+	_, err = NewCodec(nil, WithKernels("t999c1", DefaultDecodeKernels))
 	require.ErrorIs(t, err, codec.ErrOption)
 }
 

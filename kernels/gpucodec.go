@@ -32,13 +32,23 @@ type options struct {
 	picked   bool   // WithKernels was given: no size-based choice of encoder
 	tune     uint32 // kTune* bits of splitzip.cuh: bench experiments only
 	gridMul  int    // pipelined kernels: grid = gridMul × resident blocks (bench experiments only; 0: 1)
+	noPDL    bool   // load the sm_80 PTX and launch plainly even on Hopper (bench and test comparisons)
 }
+
+// withoutDependentLaunch makes a Codec use the sm_80 kernels and plain launches on any GPU.
+func withoutDependentLaunch() Option { return func(o *options) error { o.noPDL = true; return nil } }
 
 // Tuning experiments (splitzip.cuh kTune*): the bench's "+n", "+d", "+s" variant suffixes.
 const (
 	tuneNoLookback   = 1 // skip the look-back (wrong frames: timing only)
 	tunePlainLoads   = 2
 	tuneStreamStores = 4
+	// Launch experiments, read by launchEncode only ("+r", "+f"): leave out the raw-fallback or the finish
+	// kernel to time the others. Timing only: the frame is right only where dst already holds this input's
+	// frame, as in the bench, which times every codec after the default one on the same buffers.
+	tuneNoRawLaunch    = 8
+	tuneNoFinishLaunch = 16
+	tuneNoPlace        = 64 // the finish pass leaves the escapes where they are (timing only, as "+f")
 )
 
 func withTune(bits uint32) Option { return func(o *options) error { o.tune = bits; return nil } }
@@ -131,10 +141,11 @@ type Codec struct {
 	noop     *cuda.Function
 	copy16   *cuda.Function
 	tune     uint32
+	pdl      bool // the sm_90 kernels are loaded: launchAfter lets a kernel launch during its predecessor's tail
 }
 
 // NewCodec loads the kernels into ctx (the driver JIT-compiles the embedded PTX on first load and caches
-// the result).
+// the result): on compute capability 9.0 and newer the build with programmatic dependent launch.
 func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	o := options{enc: DefaultEncodeKernels, dec: DefaultDecodeKernels}
 	for _, opt := range opts {
@@ -142,11 +153,15 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 			return nil, err
 		}
 	}
-	mod, err := ctx.LoadModule(ptx)
+	image, pdl := ptx, false
+	if major, _, err := ctx.Device().ComputeCapability(); err == nil && major >= 9 && !o.noPDL && cuda.CanLaunchWith() {
+		image, pdl = ptxSM90, true
+	}
+	mod, err := ctx.LoadModule(image)
 	if err != nil {
 		return nil, fmt.Errorf("splitzip: load GPU kernels: %w", err)
 	}
-	c := &Codec{ctx: ctx, mod: mod, tune: o.tune}
+	c := &Codec{ctx: ctx, mod: mod, tune: o.tune, pdl: pdl}
 	load := func(k *kernel, prefix, variant string) error {
 		var err error
 		if k.threads, k.cpt, k.stages, err = parseVariant(variant); err != nil {
@@ -230,6 +245,21 @@ func (c *Codec) Context() *cuda.Context { return c.ctx }
 // Kernels returns the encode and decode kernel variants in use.
 func (c *Codec) Kernels() (encode, decode string) { return c.enc.name, c.dec.name }
 
+// DependentLaunch reports whether the codec runs the sm_90 kernels, whose encoder lets its finish and
+// raw-fallback kernels launch during its tail (programmatic dependent launch).
+func (c *Codec) DependentLaunch() bool { return c.pdl }
+
+var dependentLaunch = map[cuda.LaunchAttribute]int32{cuda.LaunchProgrammaticStreamSerialization: 1}
+
+// launchAfter enqueues f, which waits at griddepcontrol.wait for the previous kernel's writes (see
+// splitzip.cuh), to launch while that kernel still runs where the codec has the sm_90 kernels.
+func (c *Codec) launchAfter(f *cuda.Function, s *cuda.Stream, grid, block cuda.Dim3, args *cuda.Args) error {
+	if c.pdl {
+		return f.LaunchWith(s, grid, block, 0, args, dependentLaunch)
+	}
+	return f.Launch(s, grid, block, 0, args)
+}
+
 // MaxEncodedLen is the largest frame for srcLen bytes of input (codec.MaxEncodedLen).
 func MaxEncodedLen(srcLen int) int { return codec.MaxEncodedLen(srcLen) }
 
@@ -251,9 +281,9 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // workspaceSize is the larger of the two encoders' workspaces. The tile encoders': a raw flag per frame, a
 // reserved word, a look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in
 // splitzip.cuh): a raw flag per frame, a look-back word per group of chunks, and per chunk an escape count and
-// streamSlots parked escape positions of 2 bytes (1.6 % of the input in all).
+// streamSlots parked escapes of 4 bytes, position and exponent (3.2 % of the input in all).
 func workspaceSize(frames, chunks uint64) int {
-	stream := 8*(frames+frames*streamGroups(chunks)) + 4*frames*chunks + 2*frames*chunks*streamSlots
+	stream := 8*(frames+frames*streamGroups(chunks)) + 4*frames*chunks + 4*frames*chunks*streamSlots
 	return max(tileWorkspaceSize(frames, chunks), int(stream))
 }
 
@@ -314,7 +344,7 @@ func (p *decParams) args() *cuda.Args {
 
 // launchEncode enqueues the encoding of p: for a tile encoder the workspace reset and the encode kernel, for a
 // streaming one the encode and finish kernels (the encode kernel zeroes what the finish pass needs); then the
-// raw fallback kernel.
+// raw fallback kernel. The kernels after the encoder launch during its tail where the GPU allows (launchAfter).
 func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	p.tune = c.tune
 	total := uint64(p.frames) * uint64(p.chunks)
@@ -344,18 +374,21 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
 		return err
 	}
-	if k.stream {
+	if k.stream && p.tune&tuneNoFinishLaunch == 0 {
 		fin := c.finish.dense
 		if paged {
 			fin = c.finish.paged
 		}
 		// A warp per group of chunks, 8 per block.
 		finGrid := cuda.Dim3{X: uint32((uint64(p.frames)*streamGroups(uint64(p.chunks)) + 7) / 8)}
-		if err := fin.Launch(s, finGrid, cuda.Dim3{X: 256}, 0, p.args()); err != nil {
+		if err := c.launchAfter(fin, s, finGrid, cuda.Dim3{X: 256}, p.args()); err != nil {
 			return err
 		}
 	}
-	return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
+	if p.tune&tuneNoRawLaunch != 0 {
+		return nil
+	}
+	return c.launchAfter(raw, s, rawGrid, cuda.Dim3{X: 256}, p.args())
 }
 
 // EncodeAsync enqueues on s the encoding of the bf16 tensor at src (srcLen bytes) into one format-v1 frame

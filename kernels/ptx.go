@@ -6,7 +6,8 @@
 // copy. Nothing synchronises with the host, so the calls can be captured in a CUDA graph.
 //
 // The kernels are CUDA C (splitzip.cu, splitzip.cuh) compiled to PTX by `make -C kernels ptx`; the PTX is
-// committed and embedded, and the driver JIT-compiles it for the GPU at hand (sm_80 and newer).
+// committed and embedded, and the driver JIT-compiles it for the GPU at hand: splitzip.ptx for sm_80 and
+// newer, and on Hopper and newer splitzip_sm90.ptx, the same kernels with programmatic dependent launch.
 // TestPTXUpToDate fails when the PTX is stale against its sources.
 package kernels
 
@@ -16,6 +17,9 @@ import _ "embed"
 
 //go:embed splitzip.ptx
 var ptx []byte
+
+//go:embed splitzip_sm90.ptx
+var ptxSM90 []byte
 
 //go:embed splitzip.sha256
 var ptxHashes string

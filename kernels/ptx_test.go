@@ -34,9 +34,14 @@ func TestPTXUpToDate(t *testing.T) {
 			assert.True(t, files[e.Name()], "%s is not recorded in splitzip.sha256 (add it to SOURCES in the Makefile)", e.Name())
 		}
 	}
-	require.True(t, files["splitzip.ptx"])
-	disk, err := os.ReadFile("splitzip.ptx")
-	require.NoError(t, err)
-	assert.Equal(t, disk, ptx, "embedded PTX differs from splitzip.ptx")
+	for name, embedded := range map[string][]byte{"splitzip.ptx": ptx, "splitzip_sm90.ptx": ptxSM90} {
+		require.True(t, files[name], name)
+		disk, err := os.ReadFile(name)
+		require.NoError(t, err)
+		assert.Equal(t, disk, embedded, "embedded PTX differs from %s", name)
+	}
 	assert.Contains(t, string(ptx), ".target sm_80")
+	assert.NotContains(t, string(ptx), "griddepcontrol")
+	assert.Contains(t, string(ptxSM90), ".target sm_90")
+	assert.Contains(t, string(ptxSM90), "griddepcontrol.wait")
 }

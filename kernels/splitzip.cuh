@@ -49,6 +49,24 @@ enum Status : uint32_t {
 constexpr uint32_t kTuneNoLookback = 1;  // skip the look-back: wrong escape offsets, measures the data path alone
 constexpr uint32_t kTunePlainLoads = 2;  // default-cached loads and stores instead of streaming (.cs) ones
 constexpr uint32_t kTuneStreamStores = 4;  // encode: streaming stores for codes and residuals
+constexpr uint32_t kTuneNoPlace = 64;  // finish pass: leave the escapes unplaced (timing only)
+
+// ---- programmatic dependent launch ---------------------------------------------------------------------------
+// Built for sm_90 (splitzip_sm90.ptx), an encode kernel lets the kernels after it (the streaming encoder's
+// finish pass, the raw-fallback check) launch as soon as all its blocks run, and those wait at
+// griddepcontrol.wait for its writes: their launch latency (~6 µs each on the H100 VM) hides behind its tail
+// instead of following it (the Go side launches them with LaunchProgrammaticStreamSerialization). A kernel
+// that was not launched so passes griddepcontrol.wait at once. Built for sm_80, both are no-ops.
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_prerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 // Parameters of the encode kernels (by value; the Go side packs the same layout).
 struct EncParams {
@@ -107,23 +125,46 @@ __device__ __forceinline__ Layout bf16_layout(uint64_t n) {
 }
 
 // ---- CRC-32C (Castagnoli, reflected 0x82F63B78) ------------------------------------------------------------
-struct CrcTable {
-  uint32_t t[256];
+// CrcTables are the slice-by-4 tables of CRC-32C (t[k][b]: byte b followed by k zero bytes), which a block
+// builds in shared memory where it writes a header on the critical path (the streaming finish pass).
+struct CrcTables {
+  uint32_t t[4][256];
 };
-constexpr CrcTable make_crc_table() {
-  CrcTable tab{};
-  for (uint32_t i = 0; i < 256; i++) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    tab.t[i] = c;
+__device__ __forceinline__ void build_crc_tables(CrcTables& c) {
+  for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+    uint32_t x = i;
+    for (int k = 0; k < 8; k++) x = (x >> 1) ^ (0x82F63B78u & (0u - (x & 1u)));
+    c.t[0][i] = x;
   }
-  return tab;
+  __syncthreads();
+  for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+    uint32_t x = c.t[0][i];
+    for (int k = 1; k < 4; k++) c.t[k][i] = x = (x >> 8) ^ c.t[0][x & 0xFF];
+  }
+  __syncthreads();
 }
-__constant__ CrcTable kCrc = make_crc_table();
+
+// crc32c_words is the CRC-32C of the first k little-endian words of w: with tab (shared memory), a word per
+// step; without, a bit per step. (A table in constant memory, read by one thread in a dependent chain, misses
+// the constant cache at nearly every step.)
+__device__ __forceinline__ uint32_t crc32c_words(const uint32_t* w, int k, const CrcTables* tab) {
+  uint32_t crc = 0xFFFFFFFFu;
+  for (int i = 0; i < k; i++) {
+    crc ^= w[i];
+    if (tab) {
+      crc = tab->t[3][crc & 0xFF] ^ tab->t[2][(crc >> 8) & 0xFF] ^ tab->t[1][(crc >> 16) & 0xFF] ^ tab->t[0][crc >> 24];
+    } else {
+#pragma unroll
+      for (int b = 0; b < 32; b++) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+    }
+  }
+  return ~crc;
+}
 
 // ---- header ------------------------------------------------------------------------------------------------
 // write_header stores a bf16 frame header (coded, or raw when raw is set) with its checksum.
-__device__ __noinline__ void write_header(uint8_t* frame, uint64_t n, uint64_t escapes, bool raw, uint64_t payload) {
+__device__ __noinline__ void write_header(uint8_t* frame, uint64_t n, uint64_t escapes, bool raw, uint64_t payload,
+                                         const CrcTables* tab = nullptr) {
   uint32_t w[16];
   w[0] = kMagic;
   w[1] = kVersion | (kDTypeBF16 << 8) | ((raw ? kFlagRaw : 0u) << 16) | ((raw ? 0u : kCodeBits) << 24);
@@ -143,13 +184,7 @@ __device__ __noinline__ void write_header(uint8_t* frame, uint64_t n, uint64_t e
   w[12] = (uint32_t)res;
   w[13] = (uint32_t)(res >> 32);
   w[14] = 0;
-  uint32_t crc = 0xFFFFFFFFu;
-#pragma unroll
-  for (int i = 0; i < 15; i++) {
-#pragma unroll
-    for (int b = 0; b < 4; b++) crc = kCrc.t[(crc ^ (w[i] >> (8 * b))) & 0xFF] ^ (crc >> 8);
-  }
-  w[15] = ~crc;
+  w[15] = crc32c_words(w, 15, tab);
   uint4* o = reinterpret_cast<uint4*>(frame);
 #pragma unroll
   for (int i = 0; i < 4; i++) o[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
@@ -169,12 +204,7 @@ struct HeaderInfo {
 __device__ uint32_t check_header(const uint32_t* w, bool crc_check, uint64_t out_bytes, uint64_t cap, HeaderInfo& h) {
   if (w[0] != kMagic) return kBadMagic;
   if ((w[1] & 0xFF) != kVersion) return kBadVersion;
-  if (crc_check) {
-    uint32_t crc = 0xFFFFFFFFu;
-    for (int i = 0; i < 15; i++)
-      for (int b = 0; b < 4; b++) crc = kCrc.t[(crc ^ (w[i] >> (8 * b))) & 0xFF] ^ (crc >> 8);
-    if (~crc != w[15]) return kBadCRC;
-  }
+  if (crc_check && crc32c_words(w, 15, nullptr) != w[15]) return kBadCRC;
   const uint32_t dtype = (w[1] >> 8) & 0xFF, flags = (w[1] >> 16) & 0xFF, code_bits = w[1] >> 24;
   const uint64_t n = u64_at(w, 2), esc = u64_at(w, 4), payload = u64_at(w, 8);
   const uint64_t codes_len = u64_at(w, 10), res_len = u64_at(w, 12);
@@ -247,6 +277,8 @@ __device__ __forceinline__ uint64_t ld_relaxed_gpu(const uint64_t* p) {
 __device__ __forceinline__ void st_relaxed_gpu(uint64_t* p, uint64_t v) {
   asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -568,6 +600,7 @@ __device__ __forceinline__ void enc_code(const EncParams& p, const Map& map, uin
 template <int THREADS, int CPT, class Map>
 __device__ __forceinline__ void encode_tile(const EncParams& p, const Map& map) {
   __shared__ EncShared<THREADS, CPT> sh;
+  launch_dependents();
   uint4 v[EncTile<THREADS, CPT>::UPT];
   enc_load<THREADS, CPT>(p, map, blockIdx.x, v);  // the loads fly while the code table is built
   enc_code_table<THREADS>(p, sh.code_of);
@@ -608,6 +641,7 @@ __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, ui
 // A block reads each frame's flag once: in the common case (no fallback) that is all it does.
 template <int THREADS, class Map>
 __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
+  wait_prerequisites();  // the raw flags
   for (uint32_t f = 0; f < p.frames; f++) {
     if (!p.host_raw && reinterpret_cast<const uint64_t*>(p.ws)[f] == 0) continue;
     for (uint32_t c = blockIdx.x; c < p.chunks; c += gridDim.x) raw_chunk<THREADS>(p, map, f * p.chunks + c);
@@ -850,12 +884,13 @@ __device__ __forceinline__ uint64_t tile_base(const PagedMap& m, uint32_t f, uin
 }
 
 // finish_frame: the frame's last tile knows the escape total E: header, codebook, gap bytes, length, raw flag.
-__device__ __forceinline__ void finish_frame(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E) {
+__device__ __forceinline__ void finish_frame(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E,
+                                             const CrcTables* tab = nullptr) {
   const Layout L = bf16_layout(n);
   const uint64_t max_len = kHeaderSize + 2 * n;
   const uint64_t end = L.escapes + kEscapeSize * E;
   const bool raw = end > max_len;
-  write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize);
+  write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize, tab);
   if (raw) {
     reinterpret_cast<uint64_t*>(p.ws)[f] = 1;  // the raw kernel copies the payload
   } else {
@@ -905,6 +940,7 @@ __device__ __forceinline__ void encode_pipe(const EncParams& p, const Map& map) 
   using Sh = PipeEnc<THREADS, CPT, S>;
   constexpr int UPT = Sh::UPT, W = Sh::W;
   __shared__ Sh sh;
+  launch_dependents();
   const uint32_t tiles = (p.chunks + CPT - 1) / CPT;  // per frame
   const uint32_t total = p.frames * tiles;
   uint32_t* ctr = reinterpret_cast<uint32_t*>(p.ws + 8ull * p.frames);  // the workspace's reserved word
@@ -1260,25 +1296,29 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // their count. A finish kernel then gives each group of kGroup chunks a warp, which scans the group's counts,
 // looks back over the groups before it, writes their chunk table entries and moves their parked escapes into
 // place (a chunk with more than kSlots escapes is read again), and the frame's last group writes the header
-// (or marks the frame for the raw fallback kernel). Finishing inside the encode kernel instead (the
-// last warp of a group to arrive finishes it) measured 7 % slower: every warp then waits at its end for the
-// arrival atomic's answer, and its block holds its slot that much longer.
+// (or marks the frame for the raw fallback kernel). Built for sm_90, the finish and raw kernels launch while
+// the encoder's last blocks run and wait at griddepcontrol.wait, so only their work follows it, not their
+// launches. What did not pay (BENCH.md): finishing inside the encode kernel (the last warp of a group to
+// arrive finishes it) measured 7 % slower, as every warp then waits at its end for the arrival atomic's answer
+// (or a fence) and its block holds its slot that much longer; and a finish pass that polls the chunk counts
+// during the encoder's tail needs them zeroed by a kernel before the encoder, whose wait cost the encoder more
+// than the overlap saved.
 namespace sz {
 
-// Escapes a chunk parks in the workspace, as 2-byte positions (the finish pass reads the exponents back from
-// the input): 64 cover every chunk of the real KV fixture (at most 34), and an overflowing chunk, read again
-// by one warp, measured 13 µs of the finish pass.
+// Escapes a chunk parks in the workspace, as position | exponent << 16 (4 bytes: reading the exponents back
+// from the input instead cost the finish pass a DRAM round trip): 64 cover every chunk of the real KV fixture
+// (at most 34), and an overflowing chunk, read again by one warp, measured 13 µs of the finish pass.
 constexpr uint32_t kSlots = 64;
 constexpr uint32_t kGroup = 64;   // chunks per finish group (a warp each)
 
 // StreamWS is the streaming encoder's workspace (gpucodec.go's workspaceSize): a raw flag per frame (u64) and a
 // look-back word per group (u64), which the encode kernel zeroes for the finish kernel; an escape count per
-// chunk (u32) and the chunk-local positions of kSlots parked escapes per chunk (u16).
+// chunk (u32) and kSlots parked escapes per chunk (u32: chunk-local position | exponent << 16).
 struct StreamWS {
   uint64_t* raw;
   uint64_t* state;
   uint32_t* counts;
-  uint16_t* slots;
+  uint32_t* slots;
 };
 __device__ __forceinline__ uint32_t groups_of(uint32_t chunks) { return (chunks + kGroup - 1) / kGroup; }
 __device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
@@ -1287,7 +1327,7 @@ __device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
   w.raw = reinterpret_cast<uint64_t*>(p.ws);
   w.state = w.raw + p.frames;
   w.counts = reinterpret_cast<uint32_t*>(w.state + groups);
-  w.slots = reinterpret_cast<uint16_t*>(w.counts + (uint64_t)p.frames * p.chunks);
+  w.slots = w.counts + (uint64_t)p.frames * p.chunks;
   return w;
 }
 
@@ -1368,7 +1408,7 @@ __device__ __forceinline__ void put_escape(uint8_t* frame, const Layout& L, uint
 // memory.
 template <class Map>
 __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map, const StreamWS& ws, uint32_t f, uint32_t q,
-                                          const uint8_t* code_of, uint32_t* pre) {
+                                          const uint8_t* code_of, uint32_t* pre, const CrcTables* crc) {
   constexpr uint32_t PER = kGroup / 32;  // chunks per lane
   const uint32_t lane = threadIdx.x & 31;
   const uint32_t groups = groups_of(p.chunks);
@@ -1388,45 +1428,53 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
   }
   uint32_t total;
   uint32_t excl = warp_excl_scan(sum, &total);
-  const uint32_t before = lookback_warp(ws.state + (uint64_t)f * groups, q, total);
-  if (lane == 0 && q == groups - 1) finish_frame(p, frame, f, n, (uint64_t)before + total);
   uint32_t heavy = 0;  // this lane's chunks with more than kSlots escapes
+  uint32_t first[PER];  // the group's escapes before each of the lane's chunks
 #pragma unroll
   for (uint32_t k = 0; k < PER; k++) {
     const uint32_t j = lane * PER + k;
-    if (j < members) *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * (c0 + j)) = before + excl;
-    pre[j] = excl;
+    pre[j] = first[k] = excl;
     if (cnt[k] > kSlots) heavy |= 1u << k;
     excl += cnt[k];
   }
   if (lane == 31) pre[kGroup] = excl;
   __syncwarp();
-  // Parked escapes, in output order: lanes take consecutive escapes of the group, eight batches in flight.
-  if (L.escapes + kEscapeSize * (uint64_t)before < max_len) {
-    const uint16_t* slots = ws.slots + ((uint64_t)f * p.chunks + c0) * kSlots;
-    for (uint32_t i0 = 0; i0 < total; i0 += 8 * 32) {
-      uint32_t e[8], at[8], x[8];
+  // Parked escapes, in output order: lanes take consecutive escapes of the group, eight batches of 32 in
+  // flight. A slot holds position | exponent << 16; e[b] adds the chunk (of the group) << 24, or is ~0.
+  const uint32_t* slots = ws.slots + ((uint64_t)f * p.chunks + c0) * kSlots;
+  uint32_t e[8];
+  auto gather = [&](uint32_t i0) {
 #pragma unroll
-      for (int b = 0; b < 8; b++) {
-        const uint32_t i = i0 + b * 32 + lane;
-        e[b] = 0xFFFFFFFFu;
-        if (i < total) {
-          uint32_t lo = 0, hi = kGroup;  // the chunk j with pre[j] <= i < pre[j+1]
-          while (hi - lo > 1) {
-            const uint32_t m = (lo + hi) / 2;
-            if (pre[m] <= i) lo = m; else hi = m;
-          }
-          const uint32_t k = i - pre[lo];
-          if (pre[lo + 1] - pre[lo] <= kSlots) e[b] = __ldcg(slots + (uint64_t)lo * kSlots + k) | lo << 16;
-          at[b] = i;
+    for (int b = 0; b < 8; b++) {
+      const uint32_t i = i0 + b * 32 + lane;
+      e[b] = 0xFFFFFFFFu;
+      if (i < total) {
+        uint32_t lo = 0, hi = kGroup;  // the chunk j with pre[j] <= i < pre[j+1]
+        while (hi - lo > 1) {
+          const uint32_t m = (lo + hi) / 2;
+          if (pre[m] <= i) lo = m; else hi = m;
         }
+        if (pre[lo + 1] - pre[lo] <= kSlots) e[b] = __ldcg(slots + (uint64_t)lo * kSlots + (i - pre[lo])) | lo << 24;
       }
+    }
+  };
+  // The first batches' loads are issued before the look-back: its round trips and theirs overlap.
+  const bool place = !(p.tune & kTuneNoPlace);
+  if (place) gather(0);
+  const uint32_t before = lookback_warp(ws.state + (uint64_t)f * groups, q, total);
+  if (lane == 0 && q == groups - 1) finish_frame(p, frame, f, n, (uint64_t)before + total, crc);
+#pragma unroll
+  for (uint32_t k = 0; k < PER; k++) {
+    const uint32_t j = lane * PER + k;
+    if (j < members) *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * (c0 + j)) = before + first[k];
+  }
+  if (!place) return;
+  if (L.escapes + kEscapeSize * (uint64_t)before < max_len) {
+    for (uint32_t i0 = 0; i0 < total; i0 += 8 * 32) {
+      if (i0 > 0) gather(i0);
 #pragma unroll
       for (int b = 0; b < 8; b++)
-        if (e[b] != 0xFFFFFFFFu) x[b] = *reinterpret_cast<const uint16_t*>(map.addr(f, (c0 + (e[b] >> 16)) * kChunk + (e[b] & 0xFFFF)));
-#pragma unroll
-      for (int b = 0; b < 8; b++)
-        if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + at[b], e[b] & 0xFFFF, (x[b] >> 7) & 0xFF);
+        if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + i0 + b * 32 + lane, e[b] & 0xFFFF, (e[b] >> 16) & 0xFF);
     }
   }
   // Chunks whose escapes overflowed their slots: the warp reads each again, all its loads in flight.
@@ -1474,13 +1522,28 @@ __device__ __forceinline__ void encode_finish(const EncParams& p, const Map& map
   constexpr int WARPS = 8;
   __shared__ uint8_t code_of[256];
   __shared__ uint32_t pre[WARPS][kGroup + 1];
+  __shared__ CrcTables crc;
+  launch_dependents();
   enc_code_table<WARPS * 32>(p, code_of);
-  __syncthreads();
+  build_crc_tables(crc);  // (its barriers order the code table too)
   const uint32_t groups = groups_of(p.chunks);
   const uint64_t w = (uint64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
-  if (w >= (uint64_t)p.frames * groups) return;
-  const uint32_t f = (uint32_t)(w / groups), q = (uint32_t)(w - (uint64_t)f * groups);
-  finish_group(p, map, stream_ws(p), f, q, code_of, pre[threadIdx.x >> 5]);
+  const bool live = w < (uint64_t)p.frames * groups;
+  const uint32_t f = live ? (uint32_t)(w / groups) : 0, q = live ? (uint32_t)(w - (uint64_t)f * groups) : 0;
+  const StreamWS ws = stream_ws(p);
+  if (live) {
+    // While the encode kernel's last blocks run: the lines this group will read back (its counts, look-back
+    // word and the first line of each chunk's parked escapes) were written long ago and have left L2 under
+    // the encoder's stream; prefetching them makes the reads after the wait L2 hits instead of DRAM trips.
+    const uint32_t lane = threadIdx.x & 31;
+    const uint64_t c0 = (uint64_t)f * p.chunks + (uint64_t)q * kGroup;
+    if (lane < kGroup * 4 / 128) prefetch_l2(ws.counts + c0 + lane * 32);
+    if (lane == 0) prefetch_l2(ws.state + (uint64_t)f * groups + q);
+    for (uint32_t j = lane; j < kGroup; j += 32) prefetch_l2(ws.slots + (c0 + j) * kSlots);
+  }
+  wait_prerequisites();  // the encode kernel's counts, parked escapes and zeroed look-back words
+  if (!live) return;
+  finish_group(p, map, ws, f, q, code_of, pre[threadIdx.x >> 5], &crc);
 }
 
 // encode_stream: warp w of block b codes chunk b × WARPS + w (over all frames' chunks), UPL units per lane
@@ -1494,7 +1557,8 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t g = (uint64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
   if (blockIdx.x == 0) {
-    // The finish kernel's look-back words and the raw flags start at zero: no reset launch.
+    // The finish kernel's look-back words and the raw flags start at zero: no reset launch (the finish kernel
+    // reads them after this kernel has ended).
     const uint32_t words = p.frames * (1 + groups_of(p.chunks));
     for (uint32_t i = threadIdx.x; i < words; i += THREADS) ws.raw[i] = 0;
   }
@@ -1506,7 +1570,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   const uint32_t e0 = c * kChunk;
   const uint32_t len = live ? (uint32_t)min((uint64_t)kChunk, n - e0) : 0;
   const uint64_t base = len ? tile_base(map, f, e0, len) : 0;
-  uint16_t* slot = ws.slots + g * kSlots;
+  uint32_t* slot = ws.slots + g * kSlots;
   uint32_t run = 0;  // escapes of the chunk so far
   // Whole chunks store line-aligned; a frame's ragged last chunk stores unit by unit.
   const bool aligned = len == kChunk;
@@ -1519,6 +1583,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   for (int j = 0; j < UPL; j++) v[j] = load_unit(map, base, f, e0, kUnit * (j * 32 + lane), len);
   enc_code_table<THREADS>(p, code_of);  // while the loads fly
   __syncthreads();
+  launch_dependents();  // the finish and raw-fallback kernels may launch (and wait) as the last blocks run
 #pragma unroll 1
   for (int r = 0; r < ROUNDS; r++) {
 #pragma unroll
@@ -1550,7 +1615,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
         while (esc) {
           const uint32_t b = __ffs(esc) - 1;
           esc &= esc - 1;
-          if (k < kSlots) slot[k] = (uint16_t)(ue + b);
+          if (k < kSlots) slot[k] = (ue + b) | unit_exponent(v[j], b) << 16;
           k++;
         }
         run += tot;
