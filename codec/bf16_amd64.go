@@ -5,6 +5,7 @@ package codec
 import (
 	"encoding/binary"
 	"math/bits"
+	"unsafe"
 
 	"golang.org/x/sys/cpu"
 )
@@ -22,17 +23,19 @@ const (
 // encodeBF16AVX2 encodes up to steps 64-element steps: residuals to res (64 bytes a step), codes to codes (32
 // bytes a step, escaped elements get the placeholder 0). It stops after the first step holding an escape and
 // returns the steps done and that step's escape mask (nonzero iff it holds an escape; the bit order is not the
-// element order).
+// element order). Each step prefetches the 128 bytes at pf, which moves along with src (see encPart.pf); a
+// prefetch never faults, so pf need not point at valid memory.
 //
 //go:noescape
-func encodeBF16AVX2(src, codes, res *byte, steps int, lut *encLUT) (done, mask int)
+func encodeBF16AVX2(src, codes, res *byte, steps int, lut *encLUT, pf uintptr) (done, mask int)
 
 // decodeBF16AVX2 decodes steps 32-element steps from codes (16 bytes a step) and res (32 bytes a step) into out
 // (64 bytes a step). tab[0:16] is the high byte of each code's exponent field (exp>>1), tab[16:32] the low byte
-// ((exp&1)<<7).
+// ((exp&1)<<7). Each step prefetches the 64 bytes at pf for writing, which moves along with out (see
+// decPart.pf).
 //
 //go:noescape
-func decodeBF16AVX2(codes, res, out *byte, steps int, tab *[32]byte)
+func decodeBF16AVX2(codes, res, out *byte, steps int, tab *[32]byte, pf uintptr)
 
 func encodeBF16Nibbles(p *encPart) {
 	if !hasBF16Asm {
@@ -62,8 +65,13 @@ func encodeBF16Span(p *encPart, i0, i, i1 int) bool {
 		// Bounds checks for the whole steps: the assembly reads and writes nothing past them.
 		end := i + steps*bf16EncStep
 		_, _, _ = p.src[2*(end-p.s0)-1], codes[end/2-1], res[end-1]
+		pf := p.pf
+		if pf == 0 { // nothing to fetch ahead: the lines being read
+			pf = uintptr(unsafe.Pointer(&p.src[2*(i-p.s0)]))
+		}
 		for steps > 0 {
-			done, mask := encodeBF16AVX2(&p.src[2*(i-p.s0)], &codes[i/2], &res[i], steps, lut)
+			done, mask := encodeBF16AVX2(&p.src[2*(i-p.s0)], &codes[i/2], &res[i], steps, lut, pf)
+			pf += uintptr(done * 2 * bf16EncStep)
 			steps -= done
 			i += done * bf16EncStep
 			if mask != 0 && !p.escapesOfMask(i0, i-bf16EncStep, uint32(mask)) {
@@ -112,7 +120,11 @@ func decodeBF16Span(p *decPart, i, i1 int) {
 		out := p.out[2*(i-p.o0):]
 		n := steps * bf16DecStep
 		_, _, _ = codes[n/2-1], res[n-1], out[2*n-1]
-		decodeBF16AVX2(&codes[0], &res[0], &out[0], steps, &tab)
+		pf := p.pf
+		if pf == 0 {
+			pf = uintptr(unsafe.Pointer(&out[0]))
+		}
+		decodeBF16AVX2(&codes[0], &res[0], &out[0], steps, &tab, pf)
 		i += n
 	}
 	decodeBF16Range(p, i, i1)

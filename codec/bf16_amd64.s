@@ -46,7 +46,7 @@ DATA bf16NibblePairs<>+24(SB)/4, $0x10011001
 DATA bf16NibblePairs<>+28(SB)/4, $0x10011001
 GLOBL bf16NibblePairs<>(SB), RODATA|NOPTR, $32
 
-// func encodeBF16AVX2(src, codes, res *byte, steps int, lut *encLUT) (done, mask int)
+// func encodeBF16AVX2(src, codes, res *byte, steps int, lut *encLUT, pf uintptr) (done, mask int)
 //
 // One step: 64 bf16 values, elements 0-15 in Y0, 16-31 in Y1, 32-47 in Y2, 48-63 in Y3.
 // Residual word = (x & 0x807F) summed bytewise by vpmaddubsw(·, 1): mantissa + sign<<7, at most 255.
@@ -54,12 +54,14 @@ GLOBL bf16NibblePairs<>(SB), RODATA|NOPTR, $32
 // bytes of Y0, Y1 come out as elements [0-7, 16-23 | 8-15, 24-31]. The residuals are put back in order with
 // vpermq; the exponents are looked up in that order and the codes reordered once nibble-packed.
 // Look-up: acc |= pshufb(lut[s], x & 15) & (x>>4 == hi[s]) over the slots s; acc is code+1, 0 for an escape.
-TEXT ·encodeBF16AVX2(SB), NOSPLIT, $0-56
+// Each step also prefetches the two lines at pf and moves pf on by 128 bytes.
+TEXT ·encodeBF16AVX2(SB), NOSPLIT, $0-64
 	MOVQ src+0(FP), SI
 	MOVQ codes+8(FP), DI
 	MOVQ res+16(FP), DX
 	MOVQ steps+24(FP), CX
 	MOVQ lut+32(FP), R8
+	MOVQ pf+40(FP), BX
 	MOVQ 272(R8), R9 // slots in use
 	XORQ AX, AX      // steps done
 	XORQ R13, R13    // escape mask of the last step
@@ -81,7 +83,10 @@ TEXT ·encodeBF16AVX2(SB), NOSPLIT, $0-56
 	JZ    done
 
 loop:
-	VMOVDQU (SI), Y0
+	PREFETCHT0 (BX)
+	PREFETCHT0 64(BX)
+	ADDQ       $128, BX
+	VMOVDQU    (SI), Y0
 	VMOVDQU 32(SI), Y1
 	VMOVDQU 64(SI), Y2
 	VMOVDQU 96(SI), Y3
@@ -183,24 +188,26 @@ looked:
 	JB    loop
 
 done:
-	MOVQ AX, done+40(FP)
-	MOVQ R13, mask+48(FP)
+	MOVQ AX, done+48(FP)
+	MOVQ R13, mask+56(FP)
 	VZEROUPPER
 	RET
 
-// func decodeBF16AVX2(codes, res, out *byte, steps int, tab *[32]byte)
+// func decodeBF16AVX2(codes, res, out *byte, steps int, tab *[32]byte, pf uintptr)
 //
 // One step: 16 code bytes, 32 residual bytes, 64 output bytes. The code bytes' dwords (8 elements each) are
 // reordered to [0-7, 16-23, 8-15, 24-31], widened to words and split into nibbles, so that each 128-bit lane
 // holds the codes of the elements [0-7, 16-23 | 8-15, 24-31], one per byte; the residuals are reordered the same
 // way with vpermq. Low byte = (exp&1)<<7 | mantissa, high byte = sign | exp>>1; vpunpcklbw/vpunpckhbw then give
-// elements 0-15 and 16-31 in order.
-TEXT ·decodeBF16AVX2(SB), NOSPLIT, $0-40
+// elements 0-15 and 16-31 in order. Each step also prefetches the line at pf for writing (PREFETCHW, which the
+// Go assembler lacks: 0F 0D /1 with ModRM 0x0B for (BX)) and moves pf on by 64 bytes.
+TEXT ·decodeBF16AVX2(SB), NOSPLIT, $0-48
 	MOVQ codes+0(FP), SI
 	MOVQ res+8(FP), DX
 	MOVQ out+16(FP), DI
 	MOVQ steps+24(FP), CX
 	MOVQ tab+32(FP), R8
+	MOVQ pf+40(FP), BX
 
 	VBROADCASTI128 (R8), Y15   // high byte of the exponent field
 	VBROADCASTI128 16(R8), Y14 // low byte of the exponent field
@@ -218,6 +225,8 @@ TEXT ·decodeBF16AVX2(SB), NOSPLIT, $0-40
 	JZ    ddone
 
 dloop:
+	BYTE      $0x0F; BYTE $0x0D; BYTE $0x0B // PREFETCHW (BX)
+	ADDQ      $64, BX
 	VMOVDQU   (SI), X0
 	VPSHUFD   $0xD8, X0, X0
 	VPMOVZXBW X0, Y0

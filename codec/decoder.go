@@ -35,6 +35,7 @@ type decPart struct {
 	frame   []byte
 	out     []byte // the output from element o0 on: all of it, or one chunk of a segmented output
 	o0      int
+	pf      uintptr                     // for the span kernel on scattered segments: the address to prefetch while it writes its first element, 0 for none
 	segs    *segments                   // a segmented output (DecodeSegments), else nil
 	scratch []byte                      // a chunk of a segmented output that spans segments
 	span    func(p *decPart, i, i1 int) // the kernel on part of a chunk (bf16 4-bit), else nil
@@ -63,18 +64,26 @@ func (p *decPart) run() {
 func (p *decPart) runSegmented() error {
 	size := p.h.DType.Size()
 	c0, c1 := p.c0, p.c1
-	k := -1 // no hint: find searches
-	defer func() { p.pieces = false }()
+	k, ka := -1, -1 // no hint: find searches
+	defer func() { p.pieces, p.pf = false, 0 }()
 	for c := c0; c < c1; c++ {
 		i0, i1 := chunkBounds(c, p.n, p.h.ChunkLog2)
 		if b0, b1 := i0*size, i1*size; p.span != nil && p.segs.aligned(b0, b1, k, spanAlign*size) {
-			// Segment boundaries on kernel steps: each piece is decoded where it lies.
+			// Segment boundaries on kernel steps: each piece is decoded where it lies, in stretches over which
+			// the bytes prefetchAhead further on lie in one segment.
 			p.c0, p.c1, p.k = c, c+1, k
 			for b := b0; b < b1; {
 				p.out, k = p.segs.piece(b, b1, k)
 				p.o0 = b / size
-				p.span(p, b/size, b/size+len(p.out)/size)
-				b += len(p.out)
+				e := b + len(p.out)
+				for q := b; q < e; {
+					var n int
+					p.pf, n, ka = p.segs.ahead(q, prefetchAhead, ka, size)
+					r := min(e, q+n)
+					p.span(p, q/size, r/size)
+					q = r
+				}
+				b = e
 			}
 			p.pieces = true
 			if err := p.patchEscapes(); err != nil {
@@ -234,7 +243,7 @@ func (d *Decoder) decodeTo(out []byte, segs *segments, frame []byte, hdr *Header
 	}
 	for i := range parts {
 		p := &d.parts[i]
-		p.run_, p.span, p.frame, p.out, p.o0, p.segs, p.lay, p.h, p.tab, p.n = kernel, span, frame, out, 0, segs, lay, h, &d.tab, int(h.Elements)
+		p.run_, p.span, p.frame, p.out, p.o0, p.pf, p.segs, p.lay, p.h, p.tab, p.n = kernel, span, frame, out, 0, 0, segs, lay, h, &d.tab, int(h.Elements)
 		p.c0, p.c1 = int(lay.Chunks)*i/parts, int(lay.Chunks)*(i+1)/parts
 		p.err = nil
 	}

@@ -37,6 +37,7 @@ type encPart struct {
 	run_     func(p *encPart)
 	src      []byte // the input from element s0 on: all of it, or one chunk of a segmented input
 	s0       int
+	pf       uintptr                              // for the span kernel on scattered segments: the address to prefetch while it reads its first element, 0 for none
 	segs     *segments                            // a segmented input (EncodeSegments), else nil
 	scratch  []byte                               // a chunk of a segmented input that spans segments
 	span     func(p *encPart, i0, i, i1 int) bool // the kernel on part of a chunk (bf16 4-bit), else nil
@@ -95,19 +96,28 @@ func (p *encPart) chunkCRC(c int) {
 func (p *encPart) runSegmented() {
 	size := p.dt.Size()
 	c0, c1 := p.c0, p.c1
-	k := -1 // no hint: find searches
+	k, ka := -1, -1 // no hint: find searches
+	defer func() { p.pf = 0 }()
 	for c := c0; c < c1; c++ {
 		i0, i1 := chunkBounds(c, p.n, DefaultChunk)
 		if b0, b1 := i0*size, i1*size; p.span != nil && p.segs.aligned(b0, b1, k, spanAlign*size) {
-			// Segment boundaries on kernel steps: each piece is encoded where it lies.
+			// Segment boundaries on kernel steps: each piece is encoded where it lies, in stretches over which
+			// the bytes prefetchAhead further on lie in one segment.
 			before := len(p.esc)
 			for b := b0; b < b1; {
 				p.src, k = p.segs.piece(b, b1, k)
 				p.s0 = b / size
-				if !p.span(p, i0, b/size, b/size+len(p.src)/size) {
-					return
+				e := b + len(p.src)
+				for q := b; q < e; {
+					var n int
+					p.pf, n, ka = p.segs.ahead(q, prefetchAhead, ka, size)
+					r := min(e, q+n)
+					if !p.span(p, i0, q/size, r/size) {
+						return
+					}
+					q = r
 				}
-				b += len(p.src)
+				b = e
 			}
 			p.setChunkCount(c, (len(p.esc)-before)/escapeSize)
 			p.chunkCRC(c)
@@ -296,7 +306,7 @@ func (e *Encoder) encodeFrame(dst, src []byte, segs *segments, dt DType, cb *Cod
 	}
 	for i := range parts {
 		p := &e.parts[i]
-		p.run_, p.span, p.src, p.s0, p.segs, p.frame, p.lay, p.tab, p.dt, p.n = kernel, span, src, 0, segs, frame, lay, tab, dt, n
+		p.run_, p.span, p.src, p.s0, p.pf, p.segs, p.frame, p.lay, p.tab, p.dt, p.n = kernel, span, src, 0, 0, segs, frame, lay, tab, dt, n
 		p.c0, p.c1 = int(lay.Chunks)*i/parts, int(lay.Chunks)*(i+1)/parts
 		p.first, p.last = p.c0, p.c1
 		p.esc, p.budget, p.overflow = p.esc[:0], budget, false

@@ -155,3 +155,47 @@ func TestCRCCombine(t *testing.T) {
 		require.Equal(t, crc32.Checksum(b, tab), crcCombine(crc32.Checksum(a, tab), crc32.Checksum(c, tab), uint64(len(c))), "cut at %d", cut)
 	}
 }
+
+// TestSegmentsPrefetchStretches: segments whose sizes make the kernels' prefetch stretches (segments.ahead) end
+// at every kind of place: inside a chunk, at an unaligned segment further on (rounded up to a kernel step),
+// on empty and one-element segments, at the last element, with escapes inside stretches split by them.
+func TestSegmentsPrefetchStretches(t *testing.T) {
+	rng := rand.New(rand.NewPCG(47, 48))
+	enc, dec := newCodecs(t)
+	cb, err := DefaultCodebook(BF16)
+	require.NoError(t, err)
+	for _, sizes := range [][]int{
+		{3072},                    // the paged cache's blocks
+		{64, 3072, 128, 4096},     // aligned, shorter and longer than prefetchAhead
+		{3072, 3072, 1, 3071},     // aligned chunks, then unaligned segments ahead of them
+		{0, 64, 0, 1, 6144, 4095}, // empty, tiny, exactly prefetchAhead, odd
+		{8192, 64, 3, 61},
+	} {
+		for _, n := range []int{64, 3072, 4096 + 64, 3*4096 + 2*3072 + 64, 1<<18 + 7} {
+			for _, p := range []float64{0, 0.002, 0.3} {
+				src := bf16With(rng, cb, n, p)
+				var segs [][]byte
+				for off, j := 0, 0; off < len(src); j++ {
+					k := min(2*sizes[j%len(sizes)], len(src)-off)
+					segs = append(segs, src[off:off+k:off+k])
+					off += k
+				}
+				want, err := enc.Encode(nil, src, BF16)
+				require.NoError(t, err)
+				got, crc, err := enc.EncodeSegmentsCRC(nil, segs, BF16)
+				require.NoError(t, err)
+				require.Equal(t, want, got, "%d elements in segments of %v, escape rate %g", n, sizes, p)
+				require.Equal(t, crc32.Checksum(want, crc32.MakeTable(crc32.Castagnoli)), crc)
+				out := make([]byte, len(src))
+				var outSegs [][]byte
+				for _, s := range segs {
+					o := len(concat(outSegs))
+					outSegs = append(outSegs, out[o:o+len(s):o+len(s)])
+				}
+				_, err = dec.DecodeSegments(outSegs, got)
+				require.NoError(t, err)
+				require.Equal(t, src, out, "%d elements in segments of %v, escape rate %g", n, sizes, p)
+			}
+		}
+	}
+}

@@ -1,0 +1,150 @@
+package codec
+
+import (
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"testing"
+)
+
+// BenchmarkPagedKV is the connector's host path on its real layout: a paged KV cache far larger than the last
+// level cache (512 MiB), filled with the real KV fixture, whose 6 KiB blocks (16 tokens × 3 heads × 64 bf16,
+// SmolLM2-135M) a request holds in shuffled order. A frame is one layer of a request, its K blocks then its V
+// blocks (connector.layerSegments); each iteration takes the next of many requests, so its blocks are cold as in
+// a handoff. EncodeSegmentsCRC and DecodeSegments run on the blocks where they lie; "contiguous" runs Encode with
+// the CRC and DecodeInto on the same requests' bytes gathered into one cold buffer each; "hot" repeats one
+// request (in cache). One goroutine: per-core cost. GB/s are of raw bytes.
+//
+//	go test -run '^$' -bench PagedKV -benchtime 200x ./codec
+func BenchmarkPagedKV(b *testing.B) {
+	const (
+		block     = 16 * 3 * 64 * 2
+		poolBytes = 512 << 20
+	)
+	kv := fixtureKV(b)
+	pool := make([]byte, poolBytes)
+	for j := 0; j < len(pool); {
+		j += copy(pool[j:], kv)
+	}
+	// The pool is one layer's K region then its V region, numBlocks blocks each.
+	numBlocks := poolBytes / 2 / block
+	cb, err := DefaultCodebook(BF16)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tokens := range []int{4096, 16384} {
+		nb := min(tokens/16, 8<<20/(2*block)) // blocks per frame: the connector's 8 MiB frames
+		frameRaw := 2 * nb * block
+		reqs := max(4, 192<<20/frameRaw) // requests cycled through: 192 MiB of blocks, 6× the L3
+		rng := rand.New(rand.NewPCG(uint64(tokens), 7))
+		perm := rng.Perm(numBlocks)
+		segs := make([][][]byte, reqs)
+		for r := range segs {
+			ids := perm[r*nb : (r+1)*nb]
+			for kvi := range 2 {
+				for _, id := range ids {
+					o := kvi*numBlocks*block + id*block
+					segs[r] = append(segs[r], pool[o:o+block:o+block])
+				}
+			}
+		}
+		contig := make([][]byte, reqs)
+		for r := range contig {
+			contig[r] = concat(segs[r])
+		}
+		enc, _ := NewEncoder(WithEncoderConcurrency(1), WithCodebook(cb))
+		dec, _ := NewDecoder(WithDecoderConcurrency(1))
+		frames := make([][]byte, reqs)
+		for r := range frames {
+			frames[r], _ = enc.Encode(nil, contig[r], BF16)
+		}
+		dst := make([]byte, 0, MaxEncodedLen(frameRaw))
+		out := make([][][]byte, reqs) // decode destinations: other blocks of the pool, as a consumer's
+		for r := range out {
+			ids := perm[(reqs+r)*nb : (reqs+r+1)*nb]
+			for kvi := range 2 {
+				for _, id := range ids {
+					o := kvi*numBlocks*block + id*block
+					out[r] = append(out[r], pool[o:o+block:o+block])
+				}
+			}
+		}
+		name := func(s string) string { return fmt.Sprintf("tokens=%d/%s", tokens, s) }
+		b.Run(name("EncodeSegmentsCRC"), func(b *testing.B) {
+			b.SetBytes(int64(frameRaw))
+			b.ReportAllocs()
+			r := 0
+			for b.Loop() {
+				dst, _, err = enc.EncodeSegmentsCRC(dst[:0], segs[r], BF16)
+				if err != nil {
+					b.Fatal(err)
+				}
+				r = (r + 1) % reqs
+			}
+		})
+		b.Run(name("contiguous/Encode+CRC"), func(b *testing.B) {
+			b.SetBytes(int64(frameRaw))
+			r := 0
+			for b.Loop() {
+				dst, _ = enc.Encode(dst[:0], contig[r], BF16)
+				_ = crc32.Checksum(dst, castagnoli)
+				r = (r + 1) % reqs
+			}
+		})
+		b.Run(name("hot/EncodeSegmentsCRC"), func(b *testing.B) {
+			b.SetBytes(int64(frameRaw))
+			for b.Loop() {
+				dst, _, _ = enc.EncodeSegmentsCRC(dst[:0], segs[0], BF16)
+			}
+		})
+		b.Run(name("DecodeSegments"), func(b *testing.B) {
+			b.SetBytes(int64(frameRaw))
+			b.ReportAllocs()
+			r := 0
+			for b.Loop() {
+				if _, err := dec.DecodeSegments(out[r], frames[r]); err != nil {
+					b.Fatal(err)
+				}
+				r = (r + 1) % reqs
+			}
+		})
+		b.Run(name("contiguous/DecodeInto"), func(b *testing.B) {
+			b.SetBytes(int64(frameRaw))
+			r := 0
+			for b.Loop() {
+				if _, err := dec.DecodeInto(contig[(r+1)%reqs], frames[r]); err != nil {
+					b.Fatal(err)
+				}
+				r = (r + 1) % reqs
+			}
+		})
+		b.Run(name("hot/DecodeSegments"), func(b *testing.B) {
+			b.SetBytes(int64(frameRaw))
+			for b.Loop() {
+				if _, err := dec.DecodeSegments(out[0], frames[0]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(name("copy"), func(b *testing.B) { // the scattered blocks gathered into dst: a raw handoff's copy
+			b.SetBytes(int64(frameRaw))
+			r := 0
+			for b.Loop() {
+				n := 0
+				for _, s := range segs[r] {
+					n += copy(dst[:cap(dst)][n:], s)
+				}
+				r = (r + 1) % reqs
+			}
+		})
+	}
+}
+
+// fixtureKV is every tensor of the real KV evaluation set, back to back.
+func fixtureKV(t testing.TB) []byte {
+	var kv []byte
+	for _, x := range loadFixture(t, "kv_evaluation.safetensors").Tensors {
+		kv = append(kv, x.Data...)
+	}
+	return kv
+}
