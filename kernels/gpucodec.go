@@ -53,12 +53,13 @@ const (
 
 func withTune(bits uint32) Option { return func(o *options) error { o.tune = bits; return nil } }
 
-// The kernel variants a Codec uses unless WithKernels picks others: the streaming ones, the fastest in the
-// bench on an H100 (BENCH.md). Below SmallEncodeBytes of input the encoder is SmallEncodeKernels instead:
-// the streaming encoder's three launches and its finish pass cost ~15 µs more there than they save.
+// The kernel variants a Codec uses unless WithKernels picks others, the fastest in the bench on an H100
+// (BENCH.md): the streaming encoder and the one-chunk tile decoder. Below SmallEncodeBytes of input the encoder
+// is SmallEncodeKernels instead: the streaming encoder's three launches and its finish pass cost ~15 µs more
+// there than they save.
 const (
 	DefaultEncodeKernels = "s256u8"
-	DefaultDecodeKernels = "s256u8"
+	DefaultDecodeKernels = "t256c1"
 	SmallEncodeKernels   = "t256c4"
 	SmallEncodeBytes     = 64 << 20
 )

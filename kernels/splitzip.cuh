@@ -3,11 +3,12 @@
 // The frame layout is codec/FORMAT.md's; this file mirrors the parts a GPU needs. Offsets of the dense
 // sections depend only on the element count n, so every block writes its chunk's codes and residuals
 // without waiting for anyone. Escapes are rare. Two families of kernels place them:
-//   - tile kernels ("t<threads>c<chunks>", the encoder used below 64 MiB): a block counts its chunks' escapes,
+//   - tile kernels ("t<threads>c<chunks>": the encoder used below 64 MiB and the default decoder, t256c1, which
+//     patches each unit's escapes from the frame's chunk table): a block counts its chunks' escapes,
 //     learns how many came before by a decoupled look-back over the per-tile counts, and writes them; the
 //     block of a frame's last tile writes the header (CRC-32C included) and the frame length, or marks the
 //     frame for the raw fallback kernel when the coded frame would not fit;
-//   - streaming kernels ("s<threads>u<units>", the defaults; at the end of this file): the encoder parks a
+//   - streaming kernels ("s<threads>u<units>", the default encoder; at the end of this file): the encoder parks a
 //     chunk's escapes in the workspace and a finish kernel places them, so nothing waits in the data path;
 //     the decoder writes them over its dense stores.
 #pragma once
@@ -663,6 +664,36 @@ __device__ __forceinline__ uint32_t escape_pos(const uint8_t* esc, uint32_t k) {
 
 // raw_copy copies blen bytes of a raw frame's payload from byte b0 on (a block's share: 16 bytes per thread
 // and unit row) to frame f's destination.
+// code_pairs fills pairs[i], for i = i0, i0 + step, … < 256, with code byte i's two elements' exponent fields
+// in place, from the codebook in hdr[16..19].
+__device__ __forceinline__ void code_pairs(const uint32_t* hdr, uint32_t* pairs, uint32_t i0, uint32_t step) {
+  const uint8_t* cb = reinterpret_cast<const uint8_t*>(hdr + 16);
+  for (uint32_t i = i0; i < 256; i += step) pairs[i] = ((uint32_t)cb[i & 0xF] << 7) | ((uint32_t)cb[i >> 4] << 23);
+}
+
+// check_tile validates a tile's header hdr and its CPT + 1 chunk table entries tab (starting at chunk c0) for
+// one thread, reports an error to the status word (header errors only from a frame's first tile, which checks
+// the CRC too; table errors from any) and returns the tile's status. A coded tile's table entries past the
+// frame's last chunk become the escape total.
+template <int CPT>
+__device__ uint32_t check_tile(const DecParams& p, const Layout& L, const uint32_t* hdr, uint32_t* tab, uint32_t c0) {
+  uint32_t* status = reinterpret_cast<uint32_t*>(p.status);
+  HeaderInfo h;
+  uint32_t st = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(hdr, c0 == 0, p.out_bytes, p.frame_cap, h);
+  if (st != kOK) {
+    if (c0 == 0) atomicCAS(status, 0u, st);
+  } else if (!h.raw) {
+    // Chunks past the frame's last end at the escape total; the table ascends within [0, E].
+    for (int k = 0; k <= CPT; k++)
+      if (c0 + k >= L.chunks) tab[k] = (uint32_t)h.escapes;
+    if (c0 == 0 && tab[0] != 0) st = kCorrupt;
+    for (int k = 0; k < CPT; k++)
+      if (tab[k] > tab[k + 1] || tab[k + 1] > h.escapes) st = kCorrupt;
+    if (st != kOK) atomicCAS(status, 0u, st);
+  }
+  return st;
+}
+
 template <int THREADS, int UPT, class Map>
 __device__ __forceinline__ void raw_copy(const DecParams& p, const Map& map, const uint8_t* frame, uint32_t f, uint64_t b0, uint64_t blen) {
 #pragma unroll
@@ -687,6 +718,56 @@ __device__ __forceinline__ void ragged_unit(const uint8_t* frame, const Layout& 
     if (b < k) r[b >> 2] |= (uint32_t)frame[L.residuals + e + b] << (8 * (b & 3));
   }
   rw = make_uint2(r[0], r[1]);
+}
+
+// decode_unit turns a unit's codes (4 bytes) and residuals (8 bytes) into its 8 bf16 values, o[0..3] two each;
+// pairs is code_pairs' table.
+__device__ __forceinline__ uint4 decode_unit(uint32_t cw, uint2 rw, const uint32_t* pairs) {
+  return make_uint4(spread2(rw.x) | pairs[cw & 0xFF], spread2(rw.x >> 16) | pairs[(cw >> 8) & 0xFF],
+                    spread2(rw.y) | pairs[(cw >> 16) & 0xFF], spread2(rw.y >> 16) | pairs[cw >> 24]);
+}
+
+// set_exponent puts exponent x into element k (0..7) of a decoded unit.
+__device__ __forceinline__ void set_exponent(uint4& o, uint32_t k, uint32_t x) {
+  const uint32_t s = 16 * (k & 1), m = ~(0x7F80u << s), v = x << (7 + s);
+  switch (k >> 1) {
+    case 0: o.x = (o.x & m) | v; break;
+    case 1: o.y = (o.y & m) | v; break;
+    case 2: o.z = (o.z & m) | v; break;
+    default: o.w = (o.w & m) | v; break;
+  }
+}
+
+// patch_unit applies the escapes of entries [lo, hi) of the escape stream esc (one chunk's, sorted by position)
+// that fall in the unit at chunk-local element uc.
+__device__ __forceinline__ void patch_unit(uint4& o, const uint8_t* esc, uint32_t lo, uint32_t hi, uint32_t uc) {
+  uint32_t a = lo, b = hi;  // the first escape at or after the unit
+  while (a < b) {
+    const uint32_t m = (a + b) / 2;
+    if (escape_pos(esc, m) < uc) a = m + 1; else b = m;
+  }
+  for (; a < hi; a++) {
+    const uint32_t pos = escape_pos(esc, a);
+    if (pos >= uc + kUnit) break;
+    set_exponent(o, pos - uc, esc[3 * a + 2]);
+  }
+}
+
+// store_unit writes decoded unit o at element e0 + ue of frame f's destination: 16 bytes when the unit is
+// whole (len elements from e0), element by element at a ragged end; base: the address of e0 when contiguous,
+// else 0.
+template <class Map>
+__device__ __forceinline__ void store_unit(const Map& map, uint64_t base, uint32_t f, uint32_t e0, uint32_t ue, uint32_t len,
+                                           const uint4& o, bool plain = false) {
+  if (ue + kUnit <= len) {
+    const uint64_t a = base ? base + 2ull * ue : map.addr(f, e0 + ue);
+    if (plain) *reinterpret_cast<uint4*>(a) = o; else store16(a, o);
+    return;
+  }
+  const uint32_t w[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+  for (uint32_t k = 0; k < 8; k++)
+    if (ue + k < len) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + ue + k)) = (uint16_t)(w[k >> 1] >> (16 * (k & 1)));
 }
 
 // Decode tiles: a block decodes CPT consecutive chunks of one frame at a time (unit layout as in encoding).
@@ -741,7 +822,6 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
   const uint32_t f = t / tiles, tile = t - f * tiles;
   const uint32_t c0 = tile * CPT;
   const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
-  uint32_t* status = reinterpret_cast<uint32_t*>(p.status);
   const uint64_t nx = p.out_bytes / 2;
   const Layout L = bf16_layout(nx);
   const bool spec = (p.out_bytes & 1) == 0 && L.escapes <= p.frame_cap && c0 < L.chunks;
@@ -757,29 +837,8 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
     if (spec && c < L.chunks) sh.tab[threadIdx.x - 32] = reinterpret_cast<const uint32_t*>(frame + L.table)[c];
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    HeaderInfo h;
-    uint32_t st = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(sh.hdr, c0 == 0, p.out_bytes, p.frame_cap, h);
-    // Header errors are reported by a frame's first tile (which checks the CRC too), table errors by any.
-    if (st != kOK) {
-      if (c0 == 0) atomicCAS(status, 0u, st);
-    } else if (!h.raw) {
-      // Chunks past the frame's last end at the escape total; the table ascends within [0, E].
-      for (int k = 0; k <= CPT; k++)
-        if (c0 + k >= L.chunks) sh.tab[k] = (uint32_t)h.escapes;
-      if (c0 == 0 && sh.tab[0] != 0) st = kCorrupt;
-      for (int k = 0; k < CPT; k++)
-        if (sh.tab[k] > sh.tab[k + 1] || sh.tab[k + 1] > h.escapes) st = kCorrupt;
-      if (st != kOK) atomicCAS(status, 0u, st);
-    }
-    sh.status = st;
-  }
-  {
-    // code byte -> both elements' exponent fields in place (from the codebook in hdr[16..19])
-    const uint8_t* cb = reinterpret_cast<const uint8_t*>(sh.hdr + 16);
-    for (uint32_t i = threadIdx.x; i < 256; i += THREADS)
-      sh.pairs[i] = ((uint32_t)cb[i & 0xF] << 7) | ((uint32_t)cb[i >> 4] << 23);
-  }
+  if (threadIdx.x == 0) sh.status = check_tile<CPT>(p, L, sh.hdr, sh.tab, c0);
+  code_pairs(sh.hdr, sh.pairs, threadIdx.x, THREADS);
   __syncthreads();
   if (sh.status != kOK) return;
 
@@ -802,41 +861,11 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
     uint32_t cw = codes[j];
     uint2 rw = res[j];
     if (!full) ragged_unit(frame, L, t0 + ue, tile_len - ue, cw, rw);
-    uint32_t o[4];
-    o[0] = spread2(rw.x) | sh.pairs[cw & 0xFF];
-    o[1] = spread2(rw.x >> 16) | sh.pairs[(cw >> 8) & 0xFF];
-    o[2] = spread2(rw.y) | sh.pairs[(cw >> 16) & 0xFF];
-    o[3] = spread2(rw.y >> 16) | sh.pairs[cw >> 24];
+    uint4 o = decode_unit(cw, rw, sh.pairs);
     const int kc = (j * THREADS) / kUnitsPerChunk;  // chunk of this unit row within the tile
-    const uint32_t lo = sh.tab[kc], hi = sh.tab[kc + 1];
-    if (hi > lo) {
-      // Escapes are sorted by chunk-local position: find the first at or after this unit.
-      const uint32_t uc = kUnit * ((threadIdx.x + j * THREADS) % kUnitsPerChunk);
-      uint32_t a = lo, b = hi;
-      while (a < b) {
-        const uint32_t m = (a + b) / 2;
-        if (escape_pos(esc, m) < uc) a = m + 1; else b = m;
-      }
-      for (; a < hi; a++) {
-        const uint32_t pos = escape_pos(esc, a);
-        if (pos >= uc + kUnit) break;
-        const uint32_t k = pos - uc, x = esc[3 * a + 2];
-        const uint32_t s = 16 * (k & 1);
-#pragma unroll
-        for (uint32_t q = 0; q < 4; q++)
-          if (q == k >> 1) o[q] = (o[q] & ~(0x7F80u << s)) | (x << (7 + s));
-      }
-    }
-    if (full) {
-      if (p.tune & kTunePlainLoads)
-        *reinterpret_cast<uint4*>(map.addr(f, t0 + ue)) = make_uint4(o[0], o[1], o[2], o[3]);
-      else
-        store16(map.addr(f, t0 + ue), make_uint4(o[0], o[1], o[2], o[3]));
-    } else {
-#pragma unroll
-      for (uint32_t k = 0; k < 8; k++)
-        if (ue + k < tile_len) *reinterpret_cast<uint16_t*>(map.addr(f, t0 + ue + k)) = (uint16_t)(o[k >> 1] >> (16 * (k & 1)));
-    }
+    if (sh.tab[kc + 1] > sh.tab[kc])
+      patch_unit(o, esc, sh.tab[kc], sh.tab[kc + 1], kUnit * ((threadIdx.x + j * THREADS) % kUnitsPerChunk));
+    store_unit(map, 0, f, t0, ue, tile_len, o, p.tune & kTunePlainLoads);
   }
 }
 
@@ -1147,7 +1176,6 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
   __shared__ Sh sh;
   const uint32_t tiles = (p.chunks + CPT - 1) / CPT;
   const uint32_t total = p.frames * tiles;
-  uint32_t* status = reinterpret_cast<uint32_t*>(p.status);
   const uint64_t nx = p.out_bytes / 2;
   const Layout L = bf16_layout(nx);
 #pragma unroll
@@ -1169,26 +1197,8 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
     const bool spec = (p.out_bytes & 1) == 0 && L.escapes <= p.frame_cap && c0 < L.chunks;
     const uint32_t t0 = c0 * kChunk;
     const uint32_t tile_len = spec ? (uint32_t)min((uint64_t)CPT * kChunk, nx - t0) : 0;
-    if (threadIdx.x == 0) {
-      HeaderInfo h;
-      uint32_t s = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(st.hdr, c0 == 0, p.out_bytes, p.frame_cap, h);
-      if (s != kOK) {
-        if (c0 == 0) atomicCAS(status, 0u, s);
-      } else if (!h.raw) {
-        for (int q = 0; q <= CPT; q++)
-          if (c0 + q >= L.chunks) st.tab[q] = (uint32_t)h.escapes;
-        if (c0 == 0 && st.tab[0] != 0) s = kCorrupt;
-        for (int q = 0; q < CPT; q++)
-          if (st.tab[q] > st.tab[q + 1] || st.tab[q + 1] > h.escapes) s = kCorrupt;
-        if (s != kOK) atomicCAS(status, 0u, s);
-      }
-      sh.status = s;
-    }
-    {
-      const uint8_t* cb = reinterpret_cast<const uint8_t*>(st.hdr + 16);
-      for (uint32_t i = threadIdx.x; i < 256; i += THREADS)
-        sh.pairs[i] = ((uint32_t)cb[i & 0xF] << 7) | ((uint32_t)cb[i >> 4] << 23);
-    }
+    if (threadIdx.x == 0) sh.status = check_tile<CPT>(p, L, st.hdr, st.tab, c0);
+    code_pairs(st.hdr, sh.pairs, threadIdx.x, THREADS);
     __syncthreads();
     if (sh.status != kOK) continue;
 
@@ -1230,14 +1240,9 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
     for (int j = 0; j < UPT; j++) {
       const uint32_t u = threadIdx.x + j * THREADS, ue = kUnit * u;
       if (ue >= tile_len) continue;
-      const bool full = ue + kUnit <= tile_len;
       const uint32_t cw = *reinterpret_cast<const uint32_t*>(st.codes + 4 * u);
       const uint2 rw = *reinterpret_cast<const uint2*>(st.res + 8 * u);
-      uint32_t o[4];
-      o[0] = spread2(rw.x) | sh.pairs[cw & 0xFF];
-      o[1] = spread2(rw.x >> 16) | sh.pairs[(cw >> 8) & 0xFF];
-      o[2] = spread2(rw.y) | sh.pairs[(cw >> 16) & 0xFF];
-      o[3] = spread2(rw.y >> 16) | sh.pairs[cw >> 24];
+      uint4 o = decode_unit(cw, rw, sh.pairs);
       if (ne > 0) {
         if (in_smem) {
           uint32_t a = 0, b = ne;
@@ -1249,38 +1254,14 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
             const uint32_t x = sh.esc[a];
             const uint32_t kk = (x >> 8) - ue;
             if (kk >= kUnit) break;
-            const uint32_t s = 16 * (kk & 1), xe = x & 0xFF;
-#pragma unroll
-            for (uint32_t q = 0; q < 4; q++)
-              if (q == kk >> 1) o[q] = (o[q] & ~(0x7F80u << s)) | (xe << (7 + s));
+            set_exponent(o, kk, x & 0xFF);
           }
         } else {
           const int kc = (j * THREADS) / kUnitsPerChunk;
-          const uint32_t clo = st.tab[kc], chi = st.tab[kc + 1];
-          const uint32_t uc = kUnit * (u % kUnitsPerChunk);
-          uint32_t a = clo, b = chi;
-          while (a < b) {
-            const uint32_t m = (a + b) / 2;
-            if (escape_pos(esc, m) < uc) a = m + 1; else b = m;
-          }
-          for (; a < chi; a++) {
-            const uint32_t pos = escape_pos(esc, a);
-            if (pos >= uc + kUnit) break;
-            const uint32_t kk = pos - uc, x = esc[3 * a + 2];
-            const uint32_t s = 16 * (kk & 1);
-#pragma unroll
-            for (uint32_t q = 0; q < 4; q++)
-              if (q == kk >> 1) o[q] = (o[q] & ~(0x7F80u << s)) | (x << (7 + s));
-          }
+          patch_unit(o, esc, st.tab[kc], st.tab[kc + 1], kUnit * (u % kUnitsPerChunk));
         }
       }
-      if (full) {
-        store16(map.addr(f, t0 + ue), make_uint4(o[0], o[1], o[2], o[3]));
-      } else {
-#pragma unroll
-        for (uint32_t q = 0; q < 8; q++)
-          if (ue + q < tile_len) *reinterpret_cast<uint16_t*>(map.addr(f, t0 + ue + q)) = (uint16_t)(o[q >> 1] >> (16 * (q & 1)));
-      }
+      store_unit(map, 0, f, t0, ue, tile_len, o);
     }
   }
   cp_async_wait<0>();
@@ -1679,8 +1660,7 @@ __device__ __forceinline__ void decode_stream(const DecParams& p, const Map& map
       HeaderInfo h;
       status_sh = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(hdr, c == 0, p.out_bytes, p.frame_cap, h);
     }
-    const uint8_t* cb = reinterpret_cast<const uint8_t*>(hdr + 16);
-    for (uint32_t i = lane; i < 256; i += 32) pairs[i] = ((uint32_t)cb[i & 0xF] << 7) | ((uint32_t)cb[i >> 4] << 23);
+    code_pairs(hdr, pairs, lane, 32);
   } else if (warp == 1) {
     // The chunk's escapes, checked as the CPU decoder does (meaningless for a raw or foreign frame, whose
     // header check decides first).
@@ -1727,16 +1707,7 @@ __device__ __forceinline__ void decode_stream(const DecParams& p, const Map& map
     uint32_t cw = codes[j];
     uint2 rw = res[j];
     if (!full) ragged_unit(frame, L, (uint64_t)e0 + ue, len - ue, cw, rw);
-    const uint4 o = make_uint4(spread2(rw.x) | pairs[cw & 0xFF], spread2(rw.x >> 16) | pairs[(cw >> 8) & 0xFF],
-                               spread2(rw.y) | pairs[(cw >> 16) & 0xFF], spread2(rw.y >> 16) | pairs[cw >> 24]);
-    if (full) {
-      store16(base ? base + 2ull * ue : map.addr(f, e0 + ue), o);
-    } else {
-      const uint32_t w[4] = {o.x, o.y, o.z, o.w};
-#pragma unroll
-      for (uint32_t k = 0; k < 8; k++)
-        if (ue + k < len) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + ue + k)) = (uint16_t)(w[k >> 1] >> (16 * (k & 1)));
-    }
+    store_unit(map, base, f, e0, ue, len, decode_unit(cw, rw, pairs));
   }
   // The escapes, over the dense stores (the barrier orders them).
   if (!esc_ok) {

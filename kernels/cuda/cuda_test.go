@@ -360,26 +360,12 @@ func TestGraphCapture(t *testing.T) {
 	require.NoError(t, s.MemsetD32Async(d.Ptr(), 10, n))
 	require.NoError(t, s.Synchronize())
 
-	// A thread-local capture begins and ends on one OS thread: Do pins it.
-	var g *Graph
-	require.NoError(t, c.Do(func() error {
-		if err := s.BeginCapture(CaptureThreadLocal); err != nil {
-			return err
-		}
+	exec := captureGraph(t, c, s, func() error {
 		if err := f.Launch(s, Dim3{X: n / 256}, Dim3{X: 256}, 0, NewArgs().Ptr(d.Ptr()).U32(n).U32(1)); err != nil {
 			return err
 		}
-		if err := f.Launch(s, Dim3{X: n / 256}, Dim3{X: 256}, 0, NewArgs().Ptr(d.Ptr()).U32(n).U32(2)); err != nil {
-			return err
-		}
-		var err error
-		g, err = s.EndCapture()
-		return err
-	}))
-	defer g.Close()
-	exec, err := g.Instantiate()
-	require.NoError(t, err)
-	defer exec.Close()
+		return f.Launch(s, Dim3{X: n / 256}, Dim3{X: 256}, 0, NewArgs().Ptr(d.Ptr()).U32(n).U32(2))
+	})
 	for range 3 {
 		require.NoError(t, exec.Launch(s))
 	}
@@ -388,6 +374,29 @@ func TestGraphCapture(t *testing.T) {
 	for i := range n {
 		require.Equal(t, uint32(19), binary.LittleEndian.Uint32(got[4*i:]), "element %d", i)
 	}
+}
+
+// captureGraph captures what enqueue puts on s into an instantiated graph (closed with the test). A
+// thread-local capture begins and ends on one OS thread: Do pins it.
+func captureGraph(t *testing.T, c *Context, s *Stream, enqueue func() error) *GraphExec {
+	t.Helper()
+	var g *Graph
+	require.NoError(t, c.Do(func() error {
+		if err := s.BeginCapture(CaptureThreadLocal); err != nil {
+			return err
+		}
+		if err := enqueue(); err != nil {
+			return err
+		}
+		var err error
+		g, err = s.EndCapture()
+		return err
+	}))
+	t.Cleanup(func() { assert.NoError(t, g.Close()) })
+	exec, err := g.Instantiate()
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, exec.Close()) })
+	return exec
 }
 
 func TestClosedObjects(t *testing.T) {
@@ -436,24 +445,14 @@ func TestLaunchProgrammatic(t *testing.T) {
 	for i := range uint32(8) {
 		require.NoError(t, launch(1<<i))
 	}
-	var g *Graph
-	require.NoError(t, c.Do(func() error {
-		if err := s.BeginCapture(CaptureThreadLocal); err != nil {
-			return err
-		}
+	exec := captureGraph(t, c, s, func() error {
 		for i := range uint32(4) {
 			if err := launch(1 << (8 + i)); err != nil {
 				return err
 			}
 		}
-		var err error
-		g, err = s.EndCapture()
-		return err
-	}))
-	defer g.Close()
-	exec, err := g.Instantiate()
-	require.NoError(t, err)
-	defer exec.Close()
+		return nil
+	})
 	require.NoError(t, exec.Launch(s))
 	got := make([]byte, 4*n)
 	require.NoError(t, s.CopyDtoH(got, d.Ptr()))
