@@ -110,11 +110,6 @@ func decodeBF16Nibbles(p *decPart) {
 // p.o0 on).
 func decodeBF16Span(p *decPart, i, i1 int) {
 	if steps := (i1 - i) / bf16DecStep; hasBF16Asm && steps > 0 {
-		var tab [32]byte
-		for k := range 16 {
-			x := p.tab.exp[k]
-			tab[k], tab[16+k] = x>>1, x<<7
-		}
 		codes := p.frame[p.lay.Codes+uint64(i/2):]
 		res := p.frame[p.lay.Residuals+uint64(i):]
 		out := p.out[2*(i-p.o0):]
@@ -124,7 +119,7 @@ func decodeBF16Span(p *decPart, i, i1 int) {
 		if pf == 0 {
 			pf = uintptr(unsafe.Pointer(&out[0]))
 		}
-		decodeBF16AVX2(&codes[0], &res[0], &out[0], steps, &tab, pf)
+		decodeBF16AVX2(&codes[0], &res[0], &out[0], steps, &p.tab.halves, pf)
 		i += n
 	}
 	decodeBF16Range(p, i, i1)

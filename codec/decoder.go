@@ -27,6 +27,9 @@ type Decoder struct {
 type decTable struct {
 	exp   [256]uint8  // code → exponent
 	pairs [256]uint32 // bf16 4-bit path: a code byte → both elements' exponent fields, in place
+	// halves is the same path's table for the assembly kernel (decodeBF16AVX2): the high byte of each code's
+	// exponent field (exp>>1), then the low byte ((exp&1)<<7). Built once a frame, not once a segment.
+	halves [32]byte
 }
 
 type decPart struct {
@@ -232,6 +235,10 @@ func (d *Decoder) decodeTo(out []byte, segs *segments, frame []byte, hdr *Header
 		kernel, span = decodeBF16Nibbles, decodeBF16Span
 		for b := range d.tab.pairs {
 			d.tab.pairs[b] = uint32(d.tab.exp[b&0xF])<<7 | uint32(d.tab.exp[b>>4])<<23
+		}
+		for k := range 16 {
+			x := d.tab.exp[k]
+			d.tab.halves[k], d.tab.halves[16+k] = x>>1, x<<7
 		}
 	}
 	parts := 1
