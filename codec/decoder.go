@@ -38,7 +38,7 @@ type decPart struct {
 	frame   []byte
 	out     []byte // the output from element o0 on: all of it, or one chunk of a segmented output
 	o0      int
-	pf      uintptr                     // for the span kernel on scattered segments: the address to prefetch while it writes its first element, 0 for none
+	pf      uintptr                     // on scattered segments, what to prefetch at the span's start, or 0
 	segs    *segments                   // a segmented output (DecodeSegments), else nil
 	scratch []byte                      // a chunk of a segmented output that spans segments
 	span    func(p *decPart, i, i1 int) // the kernel on part of a chunk (bf16 4-bit), else nil

@@ -37,7 +37,7 @@ type encPart struct {
 	run_     func(p *encPart)
 	src      []byte // the input from element s0 on: all of it, or one chunk of a segmented input
 	s0       int
-	pf       uintptr                              // for the span kernel on scattered segments: the address to prefetch while it reads its first element, 0 for none
+	pf       uintptr                              // on scattered segments, what to prefetch at the span's start, or 0
 	segs     *segments                            // a segmented input (EncodeSegments), else nil
 	scratch  []byte                               // a chunk of a segmented input that spans segments
 	span     func(p *encPart, i0, i, i1 int) bool // the kernel on part of a chunk (bf16 4-bit), else nil
