@@ -75,19 +75,11 @@ func (p *decPart) runSegmented() error {
 			// Segment boundaries on kernel steps: each piece is decoded where it lies, in stretches over which
 			// the bytes prefetchAhead further on lie in one segment.
 			p.c0, p.c1, p.k = c, c+1, k
-			for b := b0; b < b1; {
-				p.out, k = p.segs.piece(b, b1, k)
-				p.o0 = b / size
-				e := b + len(p.out)
-				for q := b; q < e; {
-					var n int
-					p.pf, n, ka = p.segs.ahead(q, prefetchAhead, ka, size)
-					r := min(e, q+n)
-					p.span(p, q/size, r/size)
-					q = r
-				}
-				b = e
-			}
+			k, ka, _ = p.segs.stretches(b0, b1, k, ka, size, func(piece []byte, b, q, r int, pf uintptr) bool {
+				p.out, p.o0, p.pf = piece, b/size, pf
+				p.span(p, q/size, r/size)
+				return true
+			})
 			p.pieces = true
 			if err := p.patchEscapes(); err != nil {
 				return err

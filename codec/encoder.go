@@ -104,20 +104,13 @@ func (p *encPart) runSegmented() {
 			// Segment boundaries on kernel steps: each piece is encoded where it lies, in stretches over which
 			// the bytes prefetchAhead further on lie in one segment.
 			before := len(p.esc)
-			for b := b0; b < b1; {
-				p.src, k = p.segs.piece(b, b1, k)
-				p.s0 = b / size
-				e := b + len(p.src)
-				for q := b; q < e; {
-					var n int
-					p.pf, n, ka = p.segs.ahead(q, prefetchAhead, ka, size)
-					r := min(e, q+n)
-					if !p.span(p, i0, q/size, r/size) {
-						return
-					}
-					q = r
-				}
-				b = e
+			var done bool
+			k, ka, done = p.segs.stretches(b0, b1, k, ka, size, func(piece []byte, b, q, r int, pf uintptr) bool {
+				p.src, p.s0, p.pf = piece, b/size, pf
+				return p.span(p, i0, q/size, r/size)
+			})
+			if !done {
+				return
 			}
 			p.setChunkCount(c, (len(p.esc)-before)/escapeSize)
 			p.chunkCRC(c)

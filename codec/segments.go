@@ -111,6 +111,29 @@ func (s *segments) ahead(b, d, k, size int) (uintptr, int, int) {
 	return uintptr(unsafe.Pointer(&s.segs[k][o])), n, k
 }
 
+// stretches walks bytes [b0, b1) of the concatenation (on kernel steps, see aligned) piece by piece, each piece
+// in stretches over which the bytes prefetchAhead further on lie in one segment: fn gets the piece (the part of
+// [b0, b1) in one segment, from its byte b on), the stretch [q, r) and the address to prefetch. It stops when fn
+// returns false, and returns the hints for find (k for b, ka for the prefetched bytes) and whether it finished.
+func (s *segments) stretches(b0, b1, k, ka, size int, fn func(piece []byte, b, q, r int, pf uintptr) bool) (int, int, bool) {
+	for b := b0; b < b1; {
+		var piece []byte
+		piece, k = s.piece(b, b1, k)
+		e := b + len(piece)
+		for q := b; q < e; {
+			pf, n, ka2 := s.ahead(q, prefetchAhead, ka, size)
+			ka = ka2
+			r := min(e, q+n)
+			if !fn(piece, b, q, r, pf) {
+				return k, ka, false
+			}
+			q = r
+		}
+		b = e
+	}
+	return k, ka, true
+}
+
 // view returns where bytes [b0, b1) of the concatenation are to be written: in place (true) when one segment
 // holds them, else scratch, to be scattered afterwards.
 func (s *segments) view(scratch []byte, b0, b1, k int) ([]byte, bool, int) {
