@@ -720,7 +720,7 @@ __device__ __forceinline__ void ragged_unit(const uint8_t* frame, const Layout& 
   rw = make_uint2(r[0], r[1]);
 }
 
-// decode_unit turns a unit's codes (4 bytes) and residuals (8 bytes) into its 8 bf16 values, o[0..3] two each;
+// decode_unit turns a unit's codes (4 bytes) and residuals (8 bytes) into its 8 bf16 values, two per word;
 // pairs is code_pairs' table.
 __device__ __forceinline__ uint4 decode_unit(uint32_t cw, uint2 rw, const uint32_t* pairs) {
   return make_uint4(spread2(rw.x) | pairs[cw & 0xFF], spread2(rw.x >> 16) | pairs[(cw >> 8) & 0xFF],
