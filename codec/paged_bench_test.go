@@ -1,11 +1,14 @@
 package codec
 
 import (
+	"flag"
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
 	"testing"
 )
+
+var pagedHuge = flag.Bool("pages2m", false, "BenchmarkPagedKV: the pool in transparent huge pages (Linux)")
 
 // BenchmarkPagedKV is the connector's host path on its real layout: a paged KV cache far larger than the last
 // level cache (512 MiB), filled with the real KV fixture, whose 6 KiB blocks (16 tokens × 3 heads × 64 bf16,
@@ -15,14 +18,17 @@ import (
 // the CRC and DecodeInto on the same requests' bytes gathered into one cold buffer each; "hot" repeats one
 // request (in cache). One goroutine: per-core cost. GB/s are of raw bytes.
 //
-//	go test -run '^$' -bench PagedKV -benchtime 200x ./codec
+//	go test -run '^$' -bench PagedKV -benchtime 200x ./codec [-args -pages2m]
+//
+// The pool comes in 4 KiB pages (Go's heap where transparent huge pages are in "madvise" mode) and, with
+// -pages2m, in 2 MiB pages: a cache allocated for THP, or registered with the connector (which advises it).
 func BenchmarkPagedKV(b *testing.B) {
 	const (
 		block     = 16 * 3 * 64 * 2
 		poolBytes = 512 << 20
 	)
 	kv := fixtureKV(b)
-	pool := make([]byte, poolBytes)
+	pool := benchPool(b, poolBytes, *pagedHuge)
 	for j := 0; j < len(pool); {
 		j += copy(pool[j:], kv)
 	}

@@ -47,6 +47,7 @@ type ConsumerStats struct {
 	FetchTime, DecodeTime time.Duration // fetch: first dial to last chunk; decode: codec time (GPU: by events)
 	CopyTime              time.Duration // host-to-device copies of frames (GPU caches)
 	LastTransfer          transport.Stats
+	HugePages             HugePageReport // of the last host cache registered (WithHugePages)
 }
 
 type load struct {
@@ -73,6 +74,14 @@ func (c *Consumer) RegisterHostCache(l Layout, bases []uintptr) error {
 	hc, err := newHostCache(l, bases)
 	if err != nil {
 		return err
+	}
+	if c.o.HugePages {
+		hc.startHugePages(func(rep HugePageReport) {
+			logHugePages(c.log, rep)
+			c.mu.Lock()
+			c.stats.HugePages = rep
+			c.mu.Unlock()
+		})
 	}
 	return c.register(hc)
 }

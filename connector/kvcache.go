@@ -75,7 +75,7 @@ func (goAllocator) free([]byte)                 {}
 
 func (c *hostCache) kvLayout() *Layout           { return &c.layout }
 func (c *hostCache) stagingAllocator() allocator { return goAllocator{} }
-func (c *hostCache) close() error                { return nil }
+func (c *hostCache) close() error                { c.stopHugePages(); return nil }
 
 type hostSaver struct {
 	c        *hostCache

@@ -10,6 +10,8 @@ import (
 type hostCache struct {
 	layout Layout
 	bases  []uintptr
+
+	hugeStop, hugeDone chan struct{} // the background huge-page collapse (startHugePages), if started
 }
 
 func newHostCache(l Layout, bases []uintptr) (*hostCache, error) {

@@ -76,6 +76,9 @@ type Options struct {
 	FrameBytes int64
 	// MaxInFlight bounds concurrent handoffs per side (default 256).
 	MaxInFlight int
+	// HugePages advises transparent huge pages for a registered host KV cache (default true; both sides): see
+	// HugePageReport. The cache's contents are untouched; only its backing pages change.
+	HugePages bool
 	// Transport options for the payload server (producer) or fetches (consumer).
 	Transport []transport.Option
 }
@@ -93,6 +96,7 @@ func GetDefaultOptions() Options {
 		RecordWait:   10 * time.Second,
 		MaxInFlight:  256,
 		FrameBytes:   8 << 20,
+		HugePages:    true,
 	}
 }
 
@@ -229,6 +233,11 @@ func WithMaxInFlight(n int) Option {
 		o.MaxInFlight = n
 		return nil
 	}
+}
+
+// WithHugePages turns the huge-page advice for registered host caches on (the default) or off.
+func WithHugePages(on bool) Option {
+	return func(o *Options) error { o.HugePages = on; return nil }
 }
 
 // WithTransport passes options to the payload transport (connections, rate limit, timeouts).

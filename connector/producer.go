@@ -48,8 +48,9 @@ type ProducerStats struct {
 	Handoffs, Failed, RawHandoffs int64
 	RawBytes, EncodedBytes        int64
 	Escapes, Elements             int64
-	EncodeTime                    time.Duration // codec time (GPU: kernel time by events)
-	CopyTime                      time.Duration // device-to-host copies of frames (GPU caches)
+	EncodeTime                    time.Duration  // codec time (GPU: kernel time by events)
+	CopyTime                      time.Duration  // device-to-host copies of frames (GPU caches)
+	HugePages                     HugePageReport // of the last host cache registered (WithHugePages)
 }
 
 // Handoff is what the decode side needs to load a request: pass it through the engine's kv_transfer_params.
@@ -151,6 +152,14 @@ func (p *Producer) RegisterHostCache(l Layout, bases []uintptr) error {
 	c, err := newHostCache(l, bases)
 	if err != nil {
 		return err
+	}
+	if p.o.HugePages {
+		c.startHugePages(func(rep HugePageReport) {
+			logHugePages(p.log, rep)
+			p.mu.Lock()
+			p.stats.HugePages = rep
+			p.mu.Unlock()
+		})
 	}
 	return p.register(c)
 }

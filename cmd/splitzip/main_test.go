@@ -88,7 +88,8 @@ func TestBenchCacheTilesWithoutGaps(t *testing.T) {
 		kv[i] = byte(i%251 + 1)
 	}
 	l := benchLayout(5)
-	mem, bases := benchCache(l, kv, 0)
+	mem, bases, err := benchCache(l, kv, 0, true)
+	require.NoError(t, err)
 	require.Len(t, mem, l.Layers)
 	require.Len(t, bases, l.Layers)
 	offset := 0

@@ -36,12 +36,18 @@ func benchLayout(numBlocks int) connector.Layout {
 		DType: codec.BF16, TPSize: 1, NumBlocks: numBlocks, BlockStride: bb, KVOffset: int64(numBlocks) * bb}
 }
 
-// benchCache allocates a layout's memory and fills it with the fixture tiled from offset (0: poison).
-func benchCache(l connector.Layout, kv []byte, offset int) ([][]byte, []uintptr) {
+// benchCache allocates a layout's memory (in huge pages with huge, see cacheMemory) and fills it with the
+// fixture tiled from offset (kv nil: poison).
+func benchCache(l connector.Layout, kv []byte, offset int, huge bool) ([][]byte, []uintptr, error) {
+	layer := int(l.KVOffset + int64(l.NumBlocks)*l.BlockStride)
+	all, err := cacheMemory(l.Layers*layer, huge)
+	if err != nil {
+		return nil, nil, err
+	}
 	mem := make([][]byte, l.Layers)
 	bases := make([]uintptr, l.Layers)
 	for i := range mem {
-		m := make([]byte, l.KVOffset+int64(l.NumBlocks)*l.BlockStride)
+		m := all[i*layer : (i+1)*layer : (i+1)*layer]
 		if kv == nil {
 			for j := range m {
 				m[j] = 0xA5
@@ -54,7 +60,7 @@ func benchCache(l connector.Layout, kv []byte, offset int) ([][]byte, []uintptr)
 		}
 		mem[i], bases[i] = m, uintptr(unsafe.Pointer(&m[0]))
 	}
-	return mem, bases
+	return mem, bases, nil
 }
 
 type saveCmd struct {
@@ -98,6 +104,7 @@ func runBenchTransfer(args []string) error {
 	fs.Var(&frameBytes, "frame-bytes", "raw bytes per frame, e.g. 1MiB (default: the connector's)")
 	modesFlag := fs.String("modes", "raw,compressed,auto", "which of raw, compressed, auto to measure")
 	cpuFlag := fs.Bool("cpu", false, "also report the CPU time of both processes per transfer (median; read from /proc)")
+	huge := fs.Bool("hugepages", true, "both KV caches in transparent huge pages: allocated for them, and advised by the connector")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -141,7 +148,8 @@ func runBenchTransfer(args []string) error {
 		return err
 	}
 	argv := append(strings.Fields(*prefix), self, "bench", "transfer-producer", "-nats", plane.ClientURL(), "-data", *data,
-		"-blocks", fmt.Sprint(2*maxBlocks), "-listen", *listen, "-link-rate", fmt.Sprint(*linkRate), "-frame-bytes", fmt.Sprint(int64(frameBytes)))
+		"-blocks", fmt.Sprint(2*maxBlocks), "-listen", *listen, "-link-rate", fmt.Sprint(*linkRate), "-frame-bytes", fmt.Sprint(int64(frameBytes)),
+		"-hugepages="+fmt.Sprint(*huge))
 	child := exec.Command(argv[0], argv[1:]...)
 	child.Stderr = os.Stderr
 	stdin, _ := child.StdinPipe()
@@ -155,16 +163,23 @@ func runBenchTransfer(args []string) error {
 	enc := json.NewEncoder(stdin)
 
 	cons, err := connector.NewConsumer(connector.Plane(plane), connector.WithEngineID("bench-decode"),
-		connector.WithTransport(transport.WithConns(*conns)), connector.WithLoadTimeout(10*time.Minute))
+		connector.WithTransport(transport.WithConns(*conns)), connector.WithLoadTimeout(10*time.Minute),
+		connector.WithHugePages(*huge))
 	if err != nil {
 		return err
 	}
 	defer cons.Close()
-	dstMem, dstBases := benchCache(layout, nil, 0)
+	dstMem, dstBases, err := benchCache(layout, nil, 0, *huge)
+	if err != nil {
+		return err
+	}
 	if err := cons.RegisterHostCache(layout, dstBases); err != nil {
 		return err
 	}
-	srcMem, _ := benchCache(layout, kv, 0) // what the producer holds: the same deterministic fill
+	srcMem, _, err := benchCache(layout, kv, 0, false) // what the producer holds: the same deterministic fill
+	if err != nil {
+		return err
+	}
 
 	// run does one handoff and returns its time and, with -cpu, the CPU time both processes spent meanwhile.
 	run := func(req string, blocks []int, mode string, rate float64, force string) (took, cpu time.Duration, err error) {
@@ -375,6 +390,7 @@ func runTransferProducer(args []string) error {
 	listen := fs.String("listen", "127.0.0.1:0", "payload listen address")
 	linkRate := fs.Float64("link-rate", 0, "rate of an externally shaped link in Gbit/s (for the auto policy)")
 	frameBytes := fs.Int64("frame-bytes", 0, "raw bytes per frame (0: the connector's default)")
+	huge := fs.Bool("hugepages", true, "the KV cache in transparent huge pages (allocated for them, advised by the connector)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -394,7 +410,10 @@ func runTransferProducer(args []string) error {
 		return err
 	}
 	layout := benchLayout(*blocks)
-	mem, bases := benchCache(layout, kv, 0)
+	mem, bases, err := benchCache(layout, kv, 0, *huge)
+	if err != nil {
+		return err
+	}
 	defer runtime.KeepAlive(mem) // the producers read it through bare addresses
 	producers := map[string]*connector.Producer{}
 	closeAll := func() {
@@ -426,7 +445,8 @@ func runTransferProducer(args []string) error {
 		p := producers[key]
 		if p == nil {
 			opts := []connector.Option{connector.WithEngineID("bench-prefill-" + strings.ReplaceAll(key, ".", "_")), connector.WithListenAddr(*listen),
-				connector.WithBypass(bypass), connector.WithHandoffTTL(10 * time.Minute), connector.WithStagingBytes(4 << 30)}
+				connector.WithBypass(bypass), connector.WithHandoffTTL(10 * time.Minute), connector.WithStagingBytes(4 << 30),
+				connector.WithHugePages(*huge)}
 			if *frameBytes > 0 {
 				opts = append(opts, connector.WithFrameBytes(*frameBytes))
 			}
