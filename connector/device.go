@@ -189,7 +189,12 @@ func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder, per int) (layer
 		if s.sizes, err = c.ctx.Alloc(8); err != nil {
 			return err
 		}
-		if s.ws, err = c.ctx.Alloc(max(pl.GatherEncodeWorkspaceSize(req), 16)); err != nil {
+		wsLen := max(pl.GatherEncodeWorkspaceSize(req), 16)
+		if s.ws, err = c.ctx.Alloc(wsLen); err != nil {
+			return err
+		}
+		// Zero once: the encoder leaves it zero for each next layer (kernels.EncodeWorkspaceSize).
+		if err = s.stream.MemsetD8Async(s.ws.Ptr(), 0, wsLen); err != nil {
 			return err
 		}
 		if s.sizeHost, err = c.ctx.HostAlloc(8, cuda.HostAllocPortable); err != nil {

@@ -27,9 +27,9 @@ type BenchConfig struct {
 	// (see Variants), optionally with "+n" (no look-back: timing only), "+d" (default-cached accesses) or
 	// "+s" (streaming encode stores), "+g" (pipelined kernels on twice the resident grid; "+gg" four times),
 	// "+p" (the sm_80 kernels with plain launches on a Hopper GPU: no programmatic dependent launch),
-	// "+r" / "+f" / "+e" (the streaming encoder without its raw-fallback launch / its finish launch / the
-	// finish pass's placing of the escapes: timing only, right only where dst already holds the frame, as in
-	// the bench, which times them after the default codec on the same buffers).
+	// "+r" / "+f" / "+e" (the streaming encoder without its raw-fallback launch / its finishing blocks / the
+	// finishing blocks' stores of the escapes: timing only, right only where dst already holds the frame, as
+	// in the bench, which times them after the default codec on the same buffers).
 	// Default: each variant for both, the tile encoder with "+n" and the default codec with "+p".
 	// The other sizes, the paged and the small rows use the default codec.
 	Variants []string
@@ -83,24 +83,38 @@ func (b *benchEnv) logf(format string, args ...any) {
 	}
 }
 
+// alloc returns n bytes of zeroed device memory (zero as the encoders' workspaces must start).
 func (b *benchEnv) alloc(n int) (cuda.DevicePtr, error) {
 	buf, err := b.ctx.Alloc(max(n, 16))
 	if err != nil {
 		return 0, err
 	}
 	b.bufs = append(b.bufs, buf)
-	return buf.Ptr(), nil
+	return buf.Ptr(), b.s.MemsetD8Async(buf.Ptr(), 0, max(n, 16))
 }
 
 // median times op (given the rep index) with events, after two warm-up runs; milliseconds.
-func (b *benchEnv) median(op func(i int) error) (float64, error) {
+func (b *benchEnv) median(op func(i int) error) (float64, error) { return b.medianReset(nil, op) }
+
+// medianReset is median with reset, when not nil, enqueued before each op outside the timed window.
+func (b *benchEnv) medianReset(reset func() error, op func(i int) error) (float64, error) {
 	for i := range 2 {
+		if reset != nil {
+			if err := reset(); err != nil {
+				return 0, err
+			}
+		}
 		if err := op(i); err != nil {
 			return 0, err
 		}
 	}
 	b.times = b.times[:0]
 	for i := range b.reps {
+		if reset != nil {
+			if err := reset(); err != nil {
+				return 0, err
+			}
+		}
 		if err := b.e0.Record(b.s); err != nil {
 			return 0, err
 		}
@@ -296,7 +310,17 @@ func (b *benchEnv) dense(codecs map[string]*Codec, variants []string, cb *codec.
 	var rows []BenchRow
 	for _, v := range variants {
 		c := codecs[v]
-		encMs, err := b.median(func(i int) error { return c.EncodeAsync(b.s, src[i%2], size, cb, dst[i%2], sizeOut, ws) })
+		// Every codec starts from a zero workspace, and one without the raw-fallback kernel, which zeroes its
+		// look-back words and counts, gets them zeroed before each run, outside the timed window.
+		zero := func() error { return b.s.MemsetD8Async(ws, 0, EncodeWorkspaceSize(size)) }
+		if err := zero(); err != nil {
+			return nil, err
+		}
+		var reset func() error
+		if c.tune&tuneNoRawLaunch != 0 {
+			reset = func() error { return b.s.MemsetD8Async(ws, 0, 8*(1+int(chunksOf(uint64(size/2))))) }
+		}
+		encMs, err := b.medianReset(reset, func(i int) error { return c.EncodeAsync(b.s, src[i%2], size, cb, dst[i%2], sizeOut, ws) })
 		if err != nil {
 			return nil, err
 		}

@@ -57,6 +57,23 @@ func (g *gpuEnv) alloc(t testing.TB, n int) cuda.DevicePtr {
 	return b.Ptr()
 }
 
+// workspace allocates an encoder workspace of n bytes, zeroed as its first use requires.
+func (g *gpuEnv) workspace(t testing.TB, n int) cuda.DevicePtr {
+	t.Helper()
+	ws := g.alloc(t, n)
+	require.NoError(t, g.s.MemsetD8Async(ws, 0, max(n, 16)))
+	return ws
+}
+
+// requireZeroWorkspace checks that the encodes before it left their workspace zero, as the next one expects.
+func (g *gpuEnv) requireZeroWorkspace(t testing.TB, ws cuda.DevicePtr, n int, msg ...any) {
+	t.Helper()
+	if got := g.download(t, ws, n); !bytes.Equal(got, make([]byte, n)) {
+		i := slices.IndexFunc(got, func(b byte) bool { return b != 0 })
+		require.Failf(t, "workspace not left zero", "first nonzero byte at %d of %d (% x): %v", i, n, got[i&^7:min(i&^7+16, n)], fmt.Sprint(msg...))
+	}
+}
+
 func (g *gpuEnv) upload(t testing.TB, data []byte) cuda.DevicePtr {
 	t.Helper()
 	p := g.alloc(t, len(data))
@@ -76,14 +93,20 @@ func (g *gpuEnv) u64(t testing.TB, p cuda.DevicePtr) uint64 {
 }
 
 // encode runs EncodeAsync over src into a buffer poisoned with poison, checks that nothing past the frame
-// was written, and returns the frame.
+// was written and that the workspace was left zero, and returns the frame.
 func (g *gpuEnv) encode(t testing.TB, src []byte, cb *codec.Codebook, poison byte) []byte {
+	t.Helper()
+	n := EncodeWorkspaceSize(len(src))
+	return g.encodeWS(t, src, cb, poison, g.workspace(t, n), n)
+}
+
+// encodeWS is encode with a given workspace of wsLen bytes.
+func (g *gpuEnv) encodeWS(t testing.TB, src []byte, cb *codec.Codebook, poison byte, ws cuda.DevicePtr, wsLen int) []byte {
 	t.Helper()
 	in := g.upload(t, src)
 	capacity := MaxEncodedLen(len(src)) + 64
 	dst := g.alloc(t, capacity)
 	size := g.alloc(t, 8)
-	ws := g.alloc(t, EncodeWorkspaceSize(len(src)))
 	require.NoError(t, g.s.MemsetD8Async(dst, poison, capacity))
 	require.NoError(t, g.s.MemsetD8Async(size, 0xEE, 8))
 	require.NoError(t, g.codec.EncodeAsync(g.s, in, len(src), cb, dst, size, ws))
@@ -91,6 +114,7 @@ func (g *gpuEnv) encode(t testing.TB, src []byte, cb *codec.Codebook, poison byt
 	require.LessOrEqual(t, n, uint64(MaxEncodedLen(len(src))), "frame length")
 	out := g.download(t, dst, capacity)
 	require.Equal(t, bytes.Repeat([]byte{poison}, capacity-int(n)), out[n:], "bytes past the frame's end were written")
+	g.requireZeroWorkspace(t, ws, wsLen, "after encoding ", len(src), " bytes")
 	return out[:n]
 }
 
@@ -211,15 +235,19 @@ func TestKernelVariants(t *testing.T) {
 	cb := defaultBook(t)
 	r := rand.New(rand.NewPCG(8, 8))
 	kv := concat(realKV(t))
-	data := [][]byte{kv, kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000)}
+	// 40 MiB: a streaming encoder's grid interleaves finishing blocks with coding ones from 32 MiB on.
+	data := [][]byte{kv, tileKV(kv, 40<<20+6, 3), kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000)}
 	for _, v := range Variants {
 		// Both builds: the sm_90 PTX with dependent launches (on Hopper) and the sm_80 one with plain launches.
 		for _, opts := range [][]Option{{WithKernels(v, v)}, {WithKernels(v, v), withoutDependentLaunch()}} {
 			g := newGPU(t, opts...)
 			name := fmt.Sprintf("%s (dependent launch %v)", v, g.codec.DependentLaunch())
-			for i, in := range data {
+			// One workspace serves every input, large and small, coded and raw, in turn (twice).
+			wsLen := EncodeWorkspaceSize(len(data[1]))
+			ws := g.workspace(t, wsLen)
+			for i, in := range slices.Concat(data, data) {
 				frame := cpuEncode(t, in, cb)
-				require.Equal(t, frame, g.encode(t, in, cb, 0xA5), "%s input %d", name, i)
+				require.Equal(t, frame, g.encodeWS(t, in, cb, 0xA5, ws, wsLen), "%s input %d", name, i)
 				out, err := g.decode(t, frame, len(frame), len(in), 0x5A)
 				require.NoError(t, err)
 				require.True(t, bytes.Equal(in, out), "%s input %d", name, i)
@@ -383,7 +411,7 @@ func TestConcurrentStreams(t *testing.T) {
 		j.src = g.upload(t, data)
 		j.dst = g.alloc(t, MaxEncodedLen(len(data)))
 		j.size, j.st = g.alloc(t, 8), g.alloc(t, 4)
-		j.ws = g.alloc(t, EncodeWorkspaceSize(len(data)))
+		j.ws = g.workspace(t, EncodeWorkspaceSize(len(data)))
 		j.out = g.alloc(t, len(data))
 		jobs[i] = j
 	}
@@ -419,18 +447,26 @@ func TestConcurrentStreams(t *testing.T) {
 			require.Equal(t, cpuEncode(t, j.data, cb), frame, "stream %d", i)
 			require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, j.st, 4))))
 			require.True(t, bytes.Equal(j.data, g.download(t, j.out, len(j.data))), "stream %d", i)
+			g.requireZeroWorkspace(t, j.ws, EncodeWorkspaceSize(len(j.data)), "stream ", i)
 		}
 	}
 }
 
 // Encode and decode can be captured in a CUDA graph and replayed over new data in the same buffers.
+// Both encoders: the default one at this size (the small one) and the streaming one, whose finishing blocks
+// leave the workspace zero for the next replay.
 func TestGraphCapture(t *testing.T) {
-	g := newGPU(t)
+	for name, opts := range map[string][]Option{"default": nil, "streaming": {WithKernels(DefaultEncodeKernels, DefaultDecodeKernels)}} {
+		t.Run(name, func(t *testing.T) { testGraphCapture(t, newGPU(t, opts...)) })
+	}
+}
+
+func testGraphCapture(t *testing.T, g *gpuEnv) {
 	cb := defaultBook(t)
 	r := rand.New(rand.NewPCG(2, 2))
 	const n = 1<<18 + 3
 	src, out := g.alloc(t, 2*n), g.alloc(t, 2*n)
-	dst, size, st, ws := g.alloc(t, MaxEncodedLen(2*n)), g.alloc(t, 8), g.alloc(t, 4), g.alloc(t, EncodeWorkspaceSize(2*n))
+	dst, size, st, ws := g.alloc(t, MaxEncodedLen(2*n)), g.alloc(t, 8), g.alloc(t, 4), g.workspace(t, EncodeWorkspaceSize(2*n))
 	host, err := g.ctx.HostAlloc(8, 0)
 	require.NoError(t, err)
 	defer host.Free()
@@ -469,6 +505,7 @@ func TestGraphCapture(t *testing.T) {
 		require.Equal(t, want, g.download(t, dst, len(want)), "replay %d", rep)
 		require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, st, 4))))
 		require.True(t, bytes.Equal(data, g.download(t, out, 2*n)), "replay %d", rep)
+		g.requireZeroWorkspace(t, ws, EncodeWorkspaceSize(2*n), "replay ", rep)
 	}
 }
 
@@ -586,9 +623,11 @@ func testPaged(t *testing.T, variant string, nb int) {
 			stride := src.layout.FrameStride(req)
 			dst := g.alloc(t, frames*stride)
 			sizes := g.alloc(t, 8*frames)
-			ws := g.alloc(t, src.layout.GatherEncodeWorkspaceSize(req))
+			wsLen := src.layout.GatherEncodeWorkspaceSize(req)
+			ws := g.workspace(t, wsLen)
 			require.NoError(t, g.s.MemsetD8Async(dst, 0x99, frames*stride))
 			require.NoError(t, g.codec.GatherEncodeAsync(g.s, src.layout, req, cb, dst, sizes, ws))
+			g.requireZeroWorkspace(t, ws, wsLen)
 			lens := g.download(t, sizes, 8*frames)
 			all := g.download(t, dst, frames*stride)
 			var tensors [][]byte

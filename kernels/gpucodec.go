@@ -43,20 +43,22 @@ const (
 	tuneNoLookback   = 1 // skip the look-back (wrong frames: timing only)
 	tunePlainLoads   = 2
 	tuneStreamStores = 4
-	// Launch experiments, read by launchEncode only ("+r", "+f"): leave out the raw-fallback or the finish
-	// kernel to time the others. Timing only: the frame is right only where dst already holds this input's
-	// frame, as in the bench, which times every codec after the default one on the same buffers.
+	// Launch experiments, read by launchEncode only ("+r", "+f"): leave out the raw-fallback kernel, or the
+	// streaming encoder's finishing blocks, to time the rest. Timing only: the frame is right only where dst
+	// already holds this input's frame, as in the bench, which times every codec after the default one on the
+	// same buffers, and the workspace is left dirty (the bench zeroes it again).
 	tuneNoRawLaunch    = 8
 	tuneNoFinishLaunch = 16
-	tuneNoPlace        = 64 // the finish pass leaves the escapes where they are (timing only, as "+f")
+	tuneNoPlace        = 64 // the finishing blocks read the parked escapes but store none (timing only)
 )
 
 func withTune(bits uint32) Option { return func(o *options) error { o.tune = bits; return nil } }
 
 // The kernel variants a Codec uses unless WithKernels picks others, the fastest in the bench on an H100
 // (BENCH.md): the streaming encoder and the one-chunk tile decoder. Below SmallEncodeBytes of input the encoder
-// is SmallEncodeKernels instead: the streaming encoder's three launches and its finish pass cost ~15 µs more
-// there than they save.
+// is SmallEncodeKernels instead: the streaming encoder's finishing tail (the last groups' look-back and the
+// header after its last chunk, ~7 µs on an H100) costs more there than it saves (threshold measured with the
+// earlier separate finish kernel; BENCH.md).
 const (
 	DefaultEncodeKernels = "s256u8"
 	DefaultDecodeKernels = "t256c1"
@@ -68,7 +70,7 @@ const (
 // and the pipelined persistent ones "t<threads>c<chunks per tile>s<shared-memory stages>", whose blocks loop
 // over tiles with the copies of the next stages in flight.
 // The streaming variants "s<threads>u<units>" code a chunk per warp (u 16-byte units per lane in flight) and
-// finish the escapes in a second, small kernel; they decode a chunk per block.
+// place the escapes with blocks appended to the grid; they decode a chunk per block.
 var Variants = []string{"t256c1", "t256c2", "t256c4", "t256c1s4", "s256u4", "s256u8", "s128u8"}
 
 // WithKernels picks the encode and decode kernel variants (see Variants; the bench times them).
@@ -138,7 +140,6 @@ type Codec struct {
 	enc, dec kernel
 	encSmall *kernel // the encoder below SmallEncodeBytes; nil: enc for every size
 	raw      kernel
-	finish   kernel // the streaming encoder's second pass (chunk table, escapes, header)
 	noop     *cuda.Function
 	copy16   *cuda.Function
 	tune     uint32
@@ -219,11 +220,6 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 			c.raw.paged, err = mod.Function("sz_raw_t256_paged")
 		}
 	}
-	if err == nil && c.enc.stream {
-		if c.finish.dense, err = mod.Function("sz_finish_dense"); err == nil {
-			c.finish.paged, err = mod.Function("sz_finish_paged")
-		}
-	}
 	if err == nil {
 		c.noop, err = mod.Function("sz_noop")
 	}
@@ -246,8 +242,8 @@ func (c *Codec) Context() *cuda.Context { return c.ctx }
 // Kernels returns the encode and decode kernel variants in use.
 func (c *Codec) Kernels() (encode, decode string) { return c.enc.name, c.dec.name }
 
-// DependentLaunch reports whether the codec runs the sm_90 kernels, whose encoder lets its finish and
-// raw-fallback kernels launch during its tail (programmatic dependent launch).
+// DependentLaunch reports whether the codec runs the sm_90 kernels, whose encoder lets its raw-fallback kernel
+// launch during its tail (programmatic dependent launch).
 func (c *Codec) DependentLaunch() bool { return c.pdl }
 
 var dependentLaunch = map[cuda.LaunchAttribute]int32{cuda.LaunchProgrammaticStreamSerialization: 1}
@@ -276,20 +272,20 @@ func escapesOffset(n uint64) uint64 {
 	return align16(res + n)
 }
 
-// EncodeWorkspaceSize is the workspace EncodeAsync needs for srcLen bytes of input.
+// EncodeWorkspaceSize is the workspace EncodeAsync needs for srcLen bytes of input. A workspace must be zero
+// before its first use (cuMemsetD8, torch.zeros); every encode leaves it zero again, so it serves call after
+// call, of any size up to the one it was made for, in one stream's order.
 func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint64(srcLen/2))) }
 
-// workspaceSize is the larger of the two encoders' workspaces. The tile encoders': a raw flag per frame, a
-// reserved word, a look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in
-// splitzip.cuh): a raw flag per frame, a look-back word per group of chunks, and per chunk an escape count and
-// streamSlots parked escapes of 4 bytes, position and exponent (3.2 % of the input in all).
+// workspaceSize is the larger of the two encoders' workspaces. The tile encoders': a counter word and a
+// look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in splitzip.cuh): a
+// look-back word per group of chunks, and per chunk an escape count and streamSlots parked escapes of 4 bytes,
+// position and exponent (3.2 % of the input in all). The encoders are fast because nothing resets it before
+// a launch: the streaming encoder tells a word written in this call from an unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
-	stream := 8*(frames+frames*streamGroups(chunks)) + 4*frames*chunks + 4*frames*chunks*streamSlots
-	return max(tileWorkspaceSize(frames, chunks), int(stream))
+	stream := 8*frames*streamGroups(chunks) + 4*frames*chunks + 4*frames*chunks*streamSlots
+	return max(int(8*(1+frames*chunks)), int(stream))
 }
-
-// tileWorkspaceSize is the part of the workspace the tile encoders use, which they reset before each launch.
-func tileWorkspaceSize(frames, chunks uint64) int { return int(8 * (frames + 1 + frames*chunks)) }
 
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
 const (
@@ -343,9 +339,9 @@ func (p *decParams) args() *cuda.Args {
 	return a
 }
 
-// launchEncode enqueues the encoding of p: for a tile encoder the workspace reset and the encode kernel, for a
-// streaming one the encode and finish kernels (the encode kernel zeroes what the finish pass needs); then the
-// raw fallback kernel. The kernels after the encoder launch during its tail where the GPU allows (launchAfter).
+// launchEncode enqueues the encoding of p: the encode kernel (a streaming one with its finishing blocks), then
+// the raw fallback kernel, which also zeroes the workspace's control words again and launches during the
+// encoder's tail where the GPU allows (launchAfter).
 func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	p.tune = c.tune
 	total := uint64(p.frames) * uint64(p.chunks)
@@ -366,25 +362,14 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 		}
 		return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
 	}
-	if !k.stream {
-		if err := s.MemsetD32Async(cuda.DevicePtr(p.ws), 0, tileWorkspaceSize(uint64(p.frames), uint64(p.chunks))/4); err != nil {
-			return err
-		}
-	}
 	grid := cuda.Dim3{X: k.grid(uint64(p.frames), uint64(p.chunks))}
+	if k.stream && p.tune&tuneNoFinishLaunch == 0 {
+		// The finishing blocks (stream_role in splitzip.cuh): a warp per group of chunks.
+		warps := uint64(k.threads / 32)
+		grid.X += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks)) + warps - 1) / warps)
+	}
 	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
 		return err
-	}
-	if k.stream && p.tune&tuneNoFinishLaunch == 0 {
-		fin := c.finish.dense
-		if paged {
-			fin = c.finish.paged
-		}
-		// A warp per group of chunks, 8 per block.
-		finGrid := cuda.Dim3{X: uint32((uint64(p.frames)*streamGroups(uint64(p.chunks)) + 7) / 8)}
-		if err := c.launchAfter(fin, s, finGrid, cuda.Dim3{X: 256}, p.args()); err != nil {
-			return err
-		}
 	}
 	if p.tune&tuneNoRawLaunch != 0 {
 		return nil
@@ -398,7 +383,8 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 //   - dst must have room for MaxEncodedLen(srcLen) bytes;
 //   - the frame's length is written to sizeOut as a little-endian uint64 (device memory, or pinned host memory
 //     mapped into the device's address space): copy it to the host with a stream-ordered copy;
-//   - ws is EncodeWorkspaceSize(srcLen) bytes of device memory, used by this call until s reaches its end.
+//   - ws is EncodeWorkspaceSize(srcLen) bytes of device memory, zero before its first use, used by this call
+//     until s reaches its end and left zero (see EncodeWorkspaceSize).
 //
 // src and dst must be 16-byte aligned. Nothing waits for the device.
 func (c *Codec) EncodeAsync(s *cuda.Stream, src cuda.DevicePtr, srcLen int, cb *codec.Codebook, dst, sizeOut, ws cuda.DevicePtr) error {

@@ -70,7 +70,8 @@ SZ_PIPE(256, 1, 4, 6, 8)
 SZ_RAW(sz_raw_t256, 256)
 
 // Streaming variants "s<threads>u<units per lane>": the encoder codes a chunk per warp with u 16-byte units
-// per lane in flight and sz_finish places the escapes; the decoder decodes a chunk per block of <threads>.
+// per lane in flight and blocks appended to its grid place the escapes; the decoder decodes a chunk per block
+// of <threads>.
 #define SZ_STREAM(T, U, EB)                                                                                  \
   extern "C" __global__ void __launch_bounds__(T, EB) sz_encode_s##T##u##U##_dense(const EncParams p) {      \
     encode_stream<T, U>(p, DenseMap{p.src});                                                              \
@@ -93,15 +94,6 @@ SZ_RAW(sz_raw_t256, 256)
 SZ_STREAM(256, 4, 4)
 SZ_STREAM(256, 8, 3)
 SZ_STREAM(128, 8, 6)
-
-// The streaming encoder's finish pass (chunk table, escapes, header): a warp per group of chunks, 8 per block.
-extern "C" __global__ void __launch_bounds__(256) sz_finish_dense(const EncParams p) { encode_finish(p, DenseMap{p.src}); }
-extern "C" __global__ void __launch_bounds__(256) sz_finish_paged(const EncParams p) {
-  encode_finish(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src), reinterpret_cast<const int32_t*>(p.ids),
-                            p.stride_bytes, p.block_elems, p.n_blocks, p.segs_per_frame});
-}
-
-
 
 // An empty kernel: the launch-latency baseline of the benchmarks.
 extern "C" __global__ void sz_noop() {}

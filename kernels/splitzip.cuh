@@ -6,11 +6,13 @@
 //   - tile kernels ("t<threads>c<chunks>": the encoder used below 64 MiB and the default decoder, t256c1, which
 //     patches each unit's escapes from the frame's chunk table): a block counts its chunks' escapes,
 //     learns how many came before by a decoupled look-back over the per-tile counts, and writes them; the
-//     block of a frame's last tile writes the header (CRC-32C included) and the frame length, or marks the
-//     frame for the raw fallback kernel when the coded frame would not fit;
-//   - streaming kernels ("s<threads>u<units>", the default encoder; at the end of this file): the encoder parks a
-//     chunk's escapes in the workspace and a finish kernel places them, so nothing waits in the data path;
-//     the decoder writes them over its dense stores.
+//     block of a frame's last tile writes the header (CRC-32C included) and the frame length, a raw header
+//     when the coded frame would not fit (the raw fallback kernel then copies the payload);
+//   - streaming kernels ("s<threads>u<units>", the default encoder; at the end of this file): the encoder's
+//     warps park a chunk's escapes in the workspace and extra blocks at the end of its grid place them, so
+//     nothing waits in the data path; the decoder writes them over its dense stores.
+// The encoders' workspace is zero between calls: the caller zeroes it once, the finishing blocks zero the slots
+// they read, and the raw fallback kernel, which runs after every encoder, zeroes the look-back words and counts.
 #pragma once
 
 #include <stdint.h>
@@ -50,13 +52,13 @@ enum Status : uint32_t {
 constexpr uint32_t kTuneNoLookback = 1;  // skip the look-back: wrong escape offsets, measures the data path alone
 constexpr uint32_t kTunePlainLoads = 2;  // default-cached loads and stores instead of streaming (.cs) ones
 constexpr uint32_t kTuneStreamStores = 4;  // encode: streaming stores for codes and residuals
-constexpr uint32_t kTuneNoPlace = 64;  // finish pass: leave the escapes unplaced (timing only)
+constexpr uint32_t kTuneNoFinish = 16;  // streaming encoder: no finishing blocks (timing only)
+constexpr uint32_t kTuneNoPlace = 64;  // streaming encoder: read the parked escapes but store none (timing only)
 
 // ---- programmatic dependent launch ---------------------------------------------------------------------------
-// Built for sm_90 (splitzip_sm90.ptx), an encode kernel lets the kernels after it (the streaming encoder's
-// finish pass, the raw-fallback check) launch as soon as all its blocks run, and those wait at
-// griddepcontrol.wait for its writes: their launch latency (~6 µs each on the H100 VM) hides behind its tail
-// instead of following it (the Go side launches them with LaunchProgrammaticStreamSerialization). A kernel
+// Built for sm_90 (splitzip_sm90.ptx), an encode kernel lets the kernel after it (the raw-fallback check) launch
+// as soon as all its blocks run, and that waits at griddepcontrol.wait for its writes: its launch latency
+// (~6 µs on the H100 VM) hides behind the encoder's tail instead of following it (the Go side launches them with LaunchProgrammaticStreamSerialization). A kernel
 // that was not launched so passes griddepcontrol.wait at once. Built for sm_80, both are no-ops.
 __device__ __forceinline__ void launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -89,6 +91,7 @@ struct EncParams {
   uint32_t codebook[4];  // 16 exponents, code k in byte k
 };
 static_assert(sizeof(EncParams) == 104, "EncParams layout is shared with Go");
+
 
 struct DecParams {
   uint64_t src;           // the first frame
@@ -278,6 +281,14 @@ __device__ __forceinline__ uint64_t ld_relaxed_gpu(const uint64_t* p) {
 __device__ __forceinline__ void st_relaxed_gpu(uint64_t* p, uint64_t v) {
   asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
+__device__ __forceinline__ uint32_t ld_relaxed_gpu(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_relaxed_gpu(uint32_t* p, uint32_t v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
 
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
@@ -466,6 +477,25 @@ __device__ __forceinline__ void enc_load(const EncParams& p, const Map& map, uin
   }
 }
 
+// finish_frame: the frame's last tile knows the escape total E: header, codebook, gap bytes, length. A frame
+// whose escapes would not fit gets a raw header, which tells the raw fallback kernel to copy its payload.
+__device__ __forceinline__ void finish_frame(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E,
+                                             const CrcTables* tab = nullptr) {
+  const Layout L = bf16_layout(n);
+  const uint64_t max_len = kHeaderSize + 2 * n;
+  const uint64_t end = L.escapes + kEscapeSize * E;
+  const bool raw = end > max_len;
+  write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize, tab);
+  if (!raw) {
+    uint4* cb = reinterpret_cast<uint4*>(frame + kHeaderSize);
+    *cb = make_uint4(p.codebook[0], p.codebook[1], p.codebook[2], p.codebook[3]);
+    for (uint64_t i = L.table + 4ull * L.chunks; i < L.codes; i++) frame[i] = 0;
+    for (uint64_t i = L.codes + (n + 1) / 2; i < L.residuals; i++) frame[i] = 0;
+    for (uint64_t i = L.residuals + n; i < L.escapes; i++) frame[i] = 0;
+  }
+  reinterpret_cast<uint64_t*>(p.sizes)[f] = raw ? max_len : end;
+}
+
 // enc_code codes tile t from its loaded units v: dense sections, escape scan, look-back, chunk table, escapes,
 // and for a frame's last tile the header. All threads call it.
 template <int THREADS, int CPT, class Map>
@@ -533,7 +563,7 @@ __device__ __forceinline__ void enc_code(const EncParams& p, const Map& map, uin
 #pragma unroll
   for (int j = 0; j < UPT; j++) agg += (uint32_t)(total[j / 4] >> (16 * (j % 4))) & 0xFFFF;
 
-  uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + p.frames + 1 + (uint64_t)f * tiles;
+  uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + 1 + (uint64_t)f * tiles;
   if (threadIdx.x < 32) {
     const uint32_t excl = (p.tune & kTuneNoLookback) ? 0u : lookback_warp(state, tile, agg);
     if (threadIdx.x == 0) {
@@ -548,23 +578,7 @@ __device__ __forceinline__ void enc_code(const EncParams& p, const Map& map, uin
         }
         run += (uint32_t)(total[j / 4] >> (16 * (j % 4))) & 0xFFFF;
       }
-      if (tile == tiles - 1) {
-        // The frame's last tile: the escape total is known. Header, codebook, gaps, length.
-        const uint64_t E = (uint64_t)excl + agg;
-        const uint64_t end = L.escapes + kEscapeSize * E;
-        const bool raw = end > max_len;
-        write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize);
-        if (raw) {
-          reinterpret_cast<uint64_t*>(p.ws)[f] = 1;  // the raw kernel copies the payload
-        } else {
-          uint4* cb = reinterpret_cast<uint4*>(frame + kHeaderSize);
-          *cb = make_uint4(p.codebook[0], p.codebook[1], p.codebook[2], p.codebook[3]);
-          for (uint64_t i = L.table + 4ull * L.chunks; i < L.codes; i++) frame[i] = 0;
-          for (uint64_t i = L.codes + (n + 1) / 2; i < L.residuals; i++) frame[i] = 0;
-          for (uint64_t i = L.residuals + n; i < L.escapes; i++) frame[i] = 0;
-        }
-        reinterpret_cast<uint64_t*>(p.sizes)[f] = raw ? max_len : end;
-      }
+      if (tile == tiles - 1) finish_frame(p, frame, f, n, (uint64_t)excl + agg);
     }
   }
   if (!has_escapes) return;
@@ -610,12 +624,11 @@ __device__ __forceinline__ void encode_tile(const EncParams& p, const Map& map) 
 }
 
 // raw_chunk copies chunk c of frame f verbatim behind its header: always (host_raw: the host saw the coded
-// layout cannot fit, and the header is written here too), or when the encode kernel flagged the frame.
+// layout cannot fit, and the header is written here too), or when the encode kernel wrote a raw header.
 template <int THREADS, class Map>
 __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, uint32_t g) {
   constexpr int UPT = kUnitsPerChunk / THREADS;
   const uint32_t f = g / p.chunks, c = g - f * p.chunks;
-  if (!p.host_raw && reinterpret_cast<const uint64_t*>(p.ws)[f] == 0) return;
   const uint64_t n = p.n;
   uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
   if (p.host_raw && c == 0 && threadIdx.x == 0) {
@@ -638,13 +651,25 @@ __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, ui
   }
 }
 
-// The grid is small and strides over the chunks: in the common case (no fallback) it only reads the flags.
-// A block reads each frame's flag once: in the common case (no fallback) that is all it does.
+// ws_control_words is how many leading 64-bit words of the workspace an encoder leaves nonzero: the tile
+// encoders' counter and look-back words (at most one per chunk), or the streaming encoder's look-back words and
+// escape counts (a word per group, half a word per chunk).
+__device__ __forceinline__ uint64_t ws_control_words(const EncParams& p) { return 1 + (uint64_t)p.frames * p.chunks; }
+
+// raw_chunks runs after every encoder. Its grid is small and strides over the chunks: in the common case (no
+// fallback) a block reads each frame's header flag once and zeroes its share of the workspace's control words,
+// which the next call on the workspace expects zero.
 template <int THREADS, class Map>
 __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
-  wait_prerequisites();  // the raw flags
+  wait_prerequisites();  // the encoder's headers; its look-back words and counts are no longer read
+  if (!p.host_raw) {
+    uint64_t* w = reinterpret_cast<uint64_t*>(p.ws);
+    const uint64_t words = ws_control_words(p);
+    for (uint64_t i = (uint64_t)blockIdx.x * THREADS + threadIdx.x; i < words; i += (uint64_t)gridDim.x * THREADS) w[i] = 0;
+  }
   for (uint32_t f = 0; f < p.frames; f++) {
-    if (!p.host_raw && reinterpret_cast<const uint64_t*>(p.ws)[f] == 0) continue;
+    const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
+    if (!p.host_raw && !(__ldcg(frame + 6) & kFlagRaw)) continue;
     for (uint32_t c = blockIdx.x; c < p.chunks; c += gridDim.x) raw_chunk<THREADS>(p, map, f * p.chunks + c);
   }
 }
@@ -912,25 +937,6 @@ __device__ __forceinline__ uint64_t tile_base(const PagedMap& m, uint32_t f, uin
   return e0 / m.block_elems == (e0 + len - 1) / m.block_elems ? m.addr(f, e0) : 0;
 }
 
-// finish_frame: the frame's last tile knows the escape total E: header, codebook, gap bytes, length, raw flag.
-__device__ __forceinline__ void finish_frame(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E,
-                                             const CrcTables* tab = nullptr) {
-  const Layout L = bf16_layout(n);
-  const uint64_t max_len = kHeaderSize + 2 * n;
-  const uint64_t end = L.escapes + kEscapeSize * E;
-  const bool raw = end > max_len;
-  write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize, tab);
-  if (raw) {
-    reinterpret_cast<uint64_t*>(p.ws)[f] = 1;  // the raw kernel copies the payload
-  } else {
-    uint4* cb = reinterpret_cast<uint4*>(frame + kHeaderSize);
-    *cb = make_uint4(p.codebook[0], p.codebook[1], p.codebook[2], p.codebook[3]);
-    for (uint64_t i = L.table + 4ull * L.chunks; i < L.codes; i++) frame[i] = 0;
-    for (uint64_t i = L.codes + (n + 1) / 2; i < L.residuals; i++) frame[i] = 0;
-    for (uint64_t i = L.residuals + n; i < L.escapes; i++) frame[i] = 0;
-  }
-  reinterpret_cast<uint64_t*>(p.sizes)[f] = raw ? max_len : end;
-}
 
 template <int THREADS, int CPT, int S>
 struct PipeEnc {
@@ -972,7 +978,7 @@ __device__ __forceinline__ void encode_pipe(const EncParams& p, const Map& map) 
   launch_dependents();
   const uint32_t tiles = (p.chunks + CPT - 1) / CPT;  // per frame
   const uint32_t total = p.frames * tiles;
-  uint32_t* ctr = reinterpret_cast<uint32_t*>(p.ws + 8ull * p.frames);  // the workspace's reserved word
+  uint32_t* ctr = reinterpret_cast<uint32_t*>(p.ws);  // the workspace's first word
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint64_t n = p.n;
   const Layout L = bf16_layout(n);
@@ -1095,7 +1101,7 @@ __device__ __forceinline__ void encode_pipe(const EncParams& p, const Map& map) 
       uint32_t a = 0;
       for (int i = lane; i < UPT * W; i += 32) a += (&sh.cnt[par][0][0])[i];
       a = __reduce_add_sync(0xFFFFFFFFu, a);
-      uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + p.frames + 1 + (uint64_t)f * tiles;
+      uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + 1 + (uint64_t)f * tiles;
       const uint32_t excl = (p.tune & kTuneNoLookback) ? 0u : lookback_warp(state, tile, a);
       if (lane == 0) {
         sh.excl[par] = excl;
@@ -1274,16 +1280,17 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // retire, so an SM holds few bytes in flight (BENCH.md). The streaming encoder takes all of that off the data
 // path: one warp codes one chunk with no block barrier after the code table, writes the dense sections with
 // whole-line stores, and parks the chunk's escapes (rare: ~2.4 per chunk on real KV) in the workspace with
-// their count. A finish kernel then gives each group of kGroup chunks a warp, which scans the group's counts,
+// their count. Finishing blocks, appended to the encoder's grid and so dispatched after all its coding blocks
+// (blocks start in index order), give each group of kGroup chunks a warp, which waits for the group's counts,
 // looks back over the groups before it, writes their chunk table entries and moves their parked escapes into
 // place (a chunk with more than kSlots escapes is read again), and the frame's last group writes the header
-// (or marks the frame for the raw fallback kernel). Built for sm_90, the finish and raw kernels launch while
-// the encoder's last blocks run and wait at griddepcontrol.wait, so only their work follows it, not their
-// launches. What did not pay (BENCH.md): finishing inside the encode kernel (the last warp of a group to
-// arrive finishes it) measured 7 % slower, as every warp then waits at its end for the arrival atomic's answer
-// (or a fence) and its block holds its slot that much longer; and a finish pass that polls the chunk counts
-// during the encoder's tail needs them zeroed by a kernel before the encoder, whose wait cost the encoder more
-// than the overlap saved.
+// (a raw one when the escapes do not fit, for the raw fallback kernel). They run in the shadow of the last
+// wave of coding blocks, so only the last groups' work follows the data path.
+// No fence orders a coding warp's writes: a fence, or an arrival atomic whose answer the warp waits for, holds
+// every block's slot longer (finishing by the last warp to arrive measured 7 % slower, BENCH.md). Instead every
+// word a finishing warp waits for says itself whether it was written: counts are stored plus one and parked
+// escapes with kParked set, into a workspace that is zero at the start (the finishing warps zero the slots
+// they read and the raw fallback kernel zeroes the counts and look-back words after the kernel).
 namespace sz {
 
 // Escapes a chunk parks in the workspace, as position | exponent << 16 (4 bytes: reading the exponents back
@@ -1292,11 +1299,12 @@ namespace sz {
 constexpr uint32_t kSlots = 64;
 constexpr uint32_t kGroup = 64;   // chunks per finish group (a warp each)
 
-// StreamWS is the streaming encoder's workspace (gpucodec.go's workspaceSize): a raw flag per frame (u64) and a
-// look-back word per group (u64), which the encode kernel zeroes for the finish kernel; an escape count per
-// chunk (u32) and kSlots parked escapes per chunk (u32: chunk-local position | exponent << 16).
+// A parked escape is kParked | exponent << 16 | chunk-local position: never zero.
+constexpr uint32_t kParked = 0x80000000u;
+
+// StreamWS is the streaming encoder's workspace (gpucodec.go's workspaceSize), zero between calls: a look-back
+// word per group (u64), an escape count + 1 per chunk (u32) and kSlots parked escapes per chunk (u32).
 struct StreamWS {
-  uint64_t* raw;
   uint64_t* state;
   uint32_t* counts;
   uint32_t* slots;
@@ -1305,8 +1313,7 @@ __device__ __forceinline__ uint32_t groups_of(uint32_t chunks) { return (chunks 
 __device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
   const uint64_t groups = (uint64_t)p.frames * groups_of(p.chunks);
   StreamWS w;
-  w.raw = reinterpret_cast<uint64_t*>(p.ws);
-  w.state = w.raw + p.frames;
+  w.state = reinterpret_cast<uint64_t*>(p.ws);
   w.counts = reinterpret_cast<uint32_t*>(w.state + groups);
   w.slots = w.counts + (uint64_t)p.frames * p.chunks;
   return w;
@@ -1385,6 +1392,22 @@ __device__ __forceinline__ void put_escape(uint8_t* frame, const Layout& L, uint
   }
 }
 
+// await_words waits until each of a lane's K words that are wanted (want bit k) and still read zero has been
+// written, re-reading the zero ones (word k at at(k)) with a pause between rounds; w[k] holds what was read.
+template <int K, class At>
+__device__ __forceinline__ void await_words(uint32_t (&w)[K], uint32_t want, At at) {
+  while (true) {
+    bool waiting = false;
+#pragma unroll
+    for (int k = 0; k < K; k++) waiting |= ((want >> k) & 1) && w[k] == 0;
+    if (!__any_sync(0xFFFFFFFFu, waiting)) return;
+    __nanosleep(256);
+#pragma unroll
+    for (int k = 0; k < K; k++)
+      if (((want >> k) & 1) && w[k] == 0) w[k] = ld_relaxed_gpu(at(k));
+  }
+}
+
 // finish_group: one warp finishes group q of frame f (see above). pre is the warp's kGroup + 1 words of shared
 // memory.
 template <class Map>
@@ -1399,12 +1422,19 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
   uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
   const uint32_t c0 = q * kGroup;  // the group's first chunk
   const uint32_t members = min(kGroup, p.chunks - c0);
+  // The group's counts (count + 1; zero until the chunk's warp has stored it).
   const uint32_t* counts = ws.counts + (uint64_t)f * p.chunks + c0;
-  uint32_t cnt[PER], sum = 0;
+  uint32_t cnt[PER], member = 0, sum = 0;
+  auto cnt_at = [&](int k) { return counts + lane * PER + k; };
 #pragma unroll
   for (uint32_t k = 0; k < PER; k++) {
-    const uint32_t j = lane * PER + k;
-    cnt[k] = j < members ? __ldcg(counts + j) : 0;
+    cnt[k] = 0;
+    if (lane * PER + k < members) member |= 1u << k, cnt[k] = ld_relaxed_gpu(cnt_at(k));
+  }
+  await_words(cnt, member, cnt_at);
+#pragma unroll
+  for (uint32_t k = 0; k < PER; k++) {
+    cnt[k] = cnt[k] ? cnt[k] - 1 : 0;
     sum += cnt[k];
   }
   uint32_t total;
@@ -1421,27 +1451,44 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
   if (lane == 31) pre[kGroup] = excl;
   __syncwarp();
   // Parked escapes, in output order: lanes take consecutive escapes of the group, eight batches of 32 in
-  // flight. A slot holds position | exponent << 16; e[b] adds the chunk (of the group) << 24, or is ~0.
-  const uint32_t* slots = ws.slots + ((uint64_t)f * p.chunks + c0) * kSlots;
-  uint32_t e[8];
+  // flight. e[b] is the slot's word (position | exponent << 16 | kParked) then, once awaited, position |
+  // exponent << 16 | the chunk (of the group) << 24; ~0 where the batch has no escape for the lane. s[b] is
+  // the slot's index in the group's slots.
+  uint32_t* slots = ws.slots + ((uint64_t)f * p.chunks + c0) * kSlots;
+  uint32_t e[8], s[8], parked = 0;
   auto gather = [&](uint32_t i0) {
+    parked = 0;
 #pragma unroll
     for (int b = 0; b < 8; b++) {
       const uint32_t i = i0 + b * 32 + lane;
       e[b] = 0xFFFFFFFFu;
+      s[b] = 0;
       if (i < total) {
         uint32_t lo = 0, hi = kGroup;  // the chunk j with pre[j] <= i < pre[j+1]
         while (hi - lo > 1) {
           const uint32_t m = (lo + hi) / 2;
           if (pre[m] <= i) lo = m; else hi = m;
         }
-        if (pre[lo + 1] - pre[lo] <= kSlots) e[b] = __ldcg(slots + (uint64_t)lo * kSlots + (i - pre[lo])) | lo << 24;
+        if (pre[lo + 1] - pre[lo] <= kSlots) {
+          s[b] = lo * kSlots + (i - pre[lo]);
+          e[b] = ld_relaxed_gpu(slots + s[b]);
+          parked |= 1u << b;
+        }
       }
     }
   };
+  // Waits for the gathered slots still unwritten, zeroes them for the next call and tags each with its chunk.
+  auto settle = [&]() {
+    await_words(e, parked, [&](int b) { return slots + s[b]; });
+#pragma unroll
+    for (int b = 0; b < 8; b++)
+      if ((parked >> b) & 1) {
+        st_relaxed_gpu(slots + s[b], 0u);
+        e[b] = (e[b] & 0xFFFFFFu) | (s[b] / kSlots) << 24;
+      }
+  };
   // The first batches' loads are issued before the look-back: its round trips and theirs overlap.
-  const bool place = !(p.tune & kTuneNoPlace);
-  if (place) gather(0);
+  gather(0);
   const uint32_t before = lookback_warp(ws.state + (uint64_t)f * groups, q, total);
   if (lane == 0 && q == groups - 1) finish_frame(p, frame, f, n, (uint64_t)before + total, crc);
 #pragma unroll
@@ -1449,100 +1496,122 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
     const uint32_t j = lane * PER + k;
     if (j < members) *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * (c0 + j)) = before + first[k];
   }
-  if (!place) return;
-  if (L.escapes + kEscapeSize * (uint64_t)before < max_len) {
-    for (uint32_t i0 = 0; i0 < total; i0 += 8 * 32) {
-      if (i0 > 0) gather(i0);
+  // A raw frame (escapes past max_len) or a timing run without placement still reads and zeroes every slot.
+  const bool place = !(p.tune & kTuneNoPlace) && L.escapes + kEscapeSize * (uint64_t)before < max_len;
+  for (uint32_t i0 = 0; i0 < total; i0 += 8 * 32) {
+    if (i0 > 0) gather(i0);
+    settle();
+    if (!place) continue;
 #pragma unroll
-      for (int b = 0; b < 8; b++)
-        if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + i0 + b * 32 + lane, e[b] & 0xFFFF, (e[b] >> 16) & 0xFF);
-    }
+    for (int b = 0; b < 8; b++)
+      if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + i0 + b * 32 + lane, e[b] & 0xFFFF, (e[b] >> 16) & 0xFF);
   }
-  // Chunks whose escapes overflowed their slots: the warp reads each again, all its loads in flight.
+  // Chunks whose escapes overflowed their slots: their kSlots parked words are zeroed once written, and the
+  // warp reads the chunk again, half of it at a time (the coding warps' registers bound this kernel's).
   for (uint32_t hb = __ballot_sync(0xFFFFFFFFu, heavy != 0); hb; hb &= hb - 1) {
     const uint32_t src = __ffs(hb) - 1;
     for (uint32_t hm = __shfl_sync(0xFFFFFFFFu, heavy, src); hm; hm &= hm - 1) {
       const uint32_t j = src * PER + __ffs(hm) - 1;
+      {
+        constexpr int K = kSlots / 32;
+        uint32_t w[K];
+        auto at = [&](int k) { return slots + j * kSlots + k * 32 + lane; };
+#pragma unroll
+        for (int k = 0; k < K; k++) w[k] = ld_relaxed_gpu(at(k));
+        await_words(w, (1u << K) - 1, at);
+#pragma unroll
+        for (int k = 0; k < K; k++) st_relaxed_gpu(at(k), 0u);
+      }
       uint64_t kk = (uint64_t)before + pre[j];
-      if (L.escapes + kEscapeSize * kk >= max_len) continue;  // the frame is raw
+      if (!place || L.escapes + kEscapeSize * kk >= max_len) continue;  // the frame is raw
       const uint32_t e0 = (c0 + j) * kChunk;
       const uint32_t len = (uint32_t)min((uint64_t)kChunk, n - e0);
       const uint64_t base = tile_base(map, f, e0, len);
-      // All the chunk's loads in flight at once: the finish kernel's latency is the encoder's (its registers
-      // are its own).
-      constexpr int UPL = kUnitsPerChunk / 32;
-      uint4 v[UPL];
+      constexpr int UPL = kUnitsPerChunk / 32 / 2;
+#pragma unroll 1
+      for (int h = 0; h < 2; h++) {
+        uint4 v[UPL];
 #pragma unroll
-      for (int u = 0; u < UPL; u++) {
-        const uint32_t ue = kUnit * (u * 32 + lane);
-        v[u] = ue < len ? load_unit(map, base, f, e0, ue, len) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < UPL; u++) {
-        const uint32_t ue = kUnit * (u * 32 + lane);
-        uint32_t esc = 0;
-#pragma unroll
-        for (uint32_t b = 0; b < 8; b++)
-          if (ue + b < len && code_of[unit_exponent(v[u], b)] > 15) esc |= 1u << b;
-        uint32_t tot;
-        uint64_t k = kk + warp_excl_scan(__popc(esc), &tot);
-        while (esc) {
-          const uint32_t b = __ffs(esc) - 1;
-          esc &= esc - 1;
-          put_escape(frame, L, max_len, k++, ue + b, unit_exponent(v[u], b));
+        for (int u = 0; u < UPL; u++) {
+          const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
+          v[u] = ue < len ? load_unit(map, base, f, e0, ue, len) : make_uint4(0, 0, 0, 0);
         }
-        kk += tot;
+#pragma unroll
+        for (int u = 0; u < UPL; u++) {
+          const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
+          uint32_t esc = 0;
+#pragma unroll
+          for (uint32_t b = 0; b < 8; b++)
+            if (ue + b < len && code_of[unit_exponent(v[u], b)] > 15) esc |= 1u << b;
+          uint32_t tot;
+          uint64_t k = kk + warp_excl_scan(__popc(esc), &tot);
+          while (esc) {
+            const uint32_t b = __ffs(esc) - 1;
+            esc &= esc - 1;
+            put_escape(frame, L, max_len, k++, ue + b, unit_exponent(v[u], b));
+          }
+          kk += tot;
+        }
       }
     }
   }
 }
 
-// encode_finish: warp w of block b finishes group b × 8 + w (over all frames' groups).
-template <class Map>
-__device__ __forceinline__ void encode_finish(const EncParams& p, const Map& map) {
-  constexpr int WARPS = 8;
-  __shared__ uint8_t code_of[256];
+// stream_finish: finishing block b; its warp w finishes group b × WARPS + w (over all frames' groups).
+template <int THREADS, class Map>
+__device__ __forceinline__ void stream_finish(const EncParams& p, const Map& map, uint32_t b, uint8_t* code_of) {
+  constexpr int WARPS = THREADS / 32;
   __shared__ uint32_t pre[WARPS][kGroup + 1];
   __shared__ CrcTables crc;
-  launch_dependents();
-  enc_code_table<WARPS * 32>(p, code_of);
-  build_crc_tables(crc);  // (its barriers order the code table too)
   const uint32_t groups = groups_of(p.chunks);
-  const uint64_t w = (uint64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
-  const bool live = w < (uint64_t)p.frames * groups;
-  const uint32_t f = live ? (uint32_t)(w / groups) : 0, q = live ? (uint32_t)(w - (uint64_t)f * groups) : 0;
-  const StreamWS ws = stream_ws(p);
-  if (live) {
-    // While the encode kernel's last blocks run: the lines this group will read back (its counts, look-back
-    // word and the first line of each chunk's parked escapes) were written long ago and have left L2 under
-    // the encoder's stream; prefetching them makes the reads after the wait L2 hits instead of DRAM trips.
-    const uint32_t lane = threadIdx.x & 31;
-    const uint64_t c0 = (uint64_t)f * p.chunks + (uint64_t)q * kGroup;
-    if (lane < kGroup * 4 / 128) prefetch_l2(ws.counts + c0 + lane * 32);
-    if (lane == 0) prefetch_l2(ws.state + (uint64_t)f * groups + q);
-    for (uint32_t j = lane; j < kGroup; j += 32) prefetch_l2(ws.slots + (c0 + j) * kSlots);
-  }
-  wait_prerequisites();  // the encode kernel's counts, parked escapes and zeroed look-back words
-  if (!live) return;
-  finish_group(p, map, ws, f, q, code_of, pre[threadIdx.x >> 5], &crc);
+  const uint64_t all = (uint64_t)p.frames * groups, w0 = (uint64_t)b * WARPS;
+  // Only a block that finishes a frame (its last group writes the header) builds the CRC tables.
+  bool header = false;
+  for (uint64_t w = w0; w < min(w0 + WARPS, all); w++) header |= w % groups == groups - 1;
+  enc_code_table<THREADS>(p, code_of);
+  if (header) build_crc_tables(crc);
+  __syncthreads();  // the code table
+  const uint64_t w = w0 + (threadIdx.x >> 5);
+  if (w >= all) return;
+  const uint32_t f = (uint32_t)(w / groups), q = (uint32_t)(w - (uint64_t)f * groups);
+  finish_group(p, map, stream_ws(p), f, q, code_of, pre[threadIdx.x >> 5], header ? &crc : nullptr);
 }
 
-// encode_stream: warp w of block b codes chunk b × WARPS + w (over all frames' chunks), UPL units per lane
-// in flight (a chunk is 16 units per lane: 16 / UPL rounds).
+// The streaming encoder's grid is its coding blocks, then its finishing blocks (none for the bench's "+f").
+// Blocks start in index order, so every coding block has started before any finishing block takes a slot,
+// and a finishing block only waits for blocks that run. Finishing blocks interleaved with the coding ones
+// (one every 64, finishing the groups of 512 blocks back) measured slower: each holds a slot through its DRAM
+// round trips, and at the end the last groups wait for the last coding blocks all the same (BENCH.md).
+// StreamRole is what block b does: code block index (finish false) or finish block index.
+struct StreamRole {
+  bool finish, idle;
+  uint32_t index;
+};
+template <int WARPS>
+__device__ __forceinline__ StreamRole stream_role(const EncParams& p, uint32_t b) {
+  const uint32_t coding = (uint32_t)(((uint64_t)p.frames * p.chunks + WARPS - 1) / WARPS);
+  if (b < coding) return {false, false, b};
+  const uint32_t finishing = (uint32_t)(((uint64_t)p.frames * groups_of(p.chunks) + WARPS - 1) / WARPS);
+  return {true, (p.tune & kTuneNoFinish) || b - coding >= finishing, b - coding};
+}
+
+// encode_stream: warp w of coding block b codes chunk b × WARPS + w (over all frames' chunks), UPL units per
+// lane in flight (a chunk is 16 units per lane: 16 / UPL rounds); the finishing blocks after them place the
+// escapes (stream_role).
 template <int THREADS, int UPL, class Map>
 __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map) {
   constexpr int WARPS = THREADS / 32, ROUNDS = kUnitsPerChunk / 32 / UPL;
   static_assert(ROUNDS * UPL * 32 == kUnitsPerChunk, "units per lane divide a chunk");
   __shared__ uint8_t code_of[256];
+  const StreamRole role = stream_role<WARPS>(p, blockIdx.x);
+  if (role.idle || role.finish) {
+    launch_dependents();
+    if (!role.idle) stream_finish<THREADS>(p, map, role.index, code_of);
+    return;
+  }
   const StreamWS ws = stream_ws(p);
   const uint32_t lane = threadIdx.x & 31;
-  const uint64_t g = (uint64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
-  if (blockIdx.x == 0) {
-    // The finish kernel's look-back words and the raw flags start at zero: no reset launch (the finish kernel
-    // reads them after this kernel has ended).
-    const uint32_t words = p.frames * (1 + groups_of(p.chunks));
-    for (uint32_t i = threadIdx.x; i < words; i += THREADS) ws.raw[i] = 0;
-  }
+  const uint64_t g = (uint64_t)role.index * WARPS + (threadIdx.x >> 5);
   const bool live = g < (uint64_t)p.frames * p.chunks;  // whole warps; the grid's last block may have idle ones
   const uint32_t f = live ? (uint32_t)(g / p.chunks) : 0, c = live ? (uint32_t)(g - (uint64_t)f * p.chunks) : 0;
   const uint64_t n = p.n;
@@ -1564,7 +1633,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   for (int j = 0; j < UPL; j++) v[j] = load_unit(map, base, f, e0, kUnit * (j * 32 + lane), len);
   enc_code_table<THREADS>(p, code_of);  // while the loads fly
   __syncthreads();
-  launch_dependents();  // the finish and raw-fallback kernels may launch (and wait) as the last blocks run
+  launch_dependents();  // the raw-fallback kernel may launch (and wait) as the last blocks run
 #pragma unroll 1
   for (int r = 0; r < ROUNDS; r++) {
 #pragma unroll
@@ -1596,7 +1665,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
         while (esc) {
           const uint32_t b = __ffs(esc) - 1;
           esc &= esc - 1;
-          if (k < kSlots) slot[k] = (ue + b) | unit_exponent(v[j], b) << 16;
+          if (k < kSlots) st_relaxed_gpu(slot + k, kParked | unit_exponent(v[j], b) << 16 | (ue + b));
           k++;
         }
         run += tot;
@@ -1611,7 +1680,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
     cs.flush(kUnitsPerChunk / 32, prev_codes);
     rs.flush(kUnitsPerChunk / 32, prev_res);
   }
-  if (live && lane == 0) ws.counts[g] = run;
+  if (live && lane == 0) st_relaxed_gpu(ws.counts + g, run + 1);
 }
 
 // ---- streaming decode: the dense sections, then the escapes over them ---------------------------------------

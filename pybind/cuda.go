@@ -74,14 +74,15 @@ func CUDALoad(ordinal int) (n int, err error) {
 	return ordinal, nil
 }
 
-// CUDAEncodeWorkspaceSize is the device workspace CUDAEncode needs for srcLen bytes of input.
+// CUDAEncodeWorkspaceSize is the device workspace CUDAEncode needs for srcLen bytes of input. It must be zero
+// before its first use (torch.zeros); each encode leaves it zero for the next one on the same stream.
 func CUDAEncodeWorkspaceSize(srcLen int) int { return kernels.EncodeWorkspaceSize(srcLen) }
 
 // CUDAEncode enqueues on stream (a CUstream handle: torch.cuda.current_stream().cuda_stream; 0 is the legacy
 // default stream) of device ordinal the encoding of the bf16 tensor of srcLen bytes at device address src
 // into one frame at dst (room for MaxEncodedLen(srcLen) bytes). The frame's length is written to sizeOut as
-// a little-endian uint64; ws is CUDAEncodeWorkspaceSize(srcLen) bytes of device memory, busy until the
-// stream passes this call. codebook is 0 (the built-in bf16 codebook) or a codebook handle. src and dst must
+// a little-endian uint64; ws is CUDAEncodeWorkspaceSize(srcLen) bytes of zeroed device memory, busy until
+// the stream passes this call. codebook is 0 (the built-in bf16 codebook) or a codebook handle. src and dst must
 // be 16-byte aligned. It returns srcLen; nothing waits for the device.
 func CUDAEncode(ordinal int, stream uintptr, src uintptr, srcLen int, codebook int, dst, sizeOut, ws uintptr) (n int, err error) {
 	defer recoverInto(&err)

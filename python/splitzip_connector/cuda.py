@@ -177,7 +177,8 @@ def compress_cuda(tensor: Any, v: View, codebook: Codebook | str | None) -> Devi
     cap = ext.pybind_MaxEncodedLen(v.nbytes)
     buf = torch.empty(cap, dtype=torch.uint8, device=dev)
     size = torch.empty(1, dtype=torch.int64, device=dev)
-    ws = torch.empty(max(ext.pybind_CUDAEncodeWorkspaceSize(v.nbytes), 16), dtype=torch.uint8, device=dev)
+    # The encoder's workspace must start zero (it leaves it zero again).
+    ws = torch.zeros(max(ext.pybind_CUDAEncodeWorkspaceSize(v.nbytes), 16), dtype=torch.uint8, device=dev)
     try:
         ext.pybind_CUDAEncode(
             v.device, _stream(torch, v.device), v.ptr, v.nbytes, cb, buf.data_ptr(), size.data_ptr(), ws.data_ptr()
