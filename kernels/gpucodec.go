@@ -57,8 +57,8 @@ func withTune(bits uint32) Option { return func(o *options) error { o.tune = bit
 // The kernel variants a Codec uses unless WithKernels picks others, the fastest in the bench on an H100
 // (BENCH.md): the streaming encoder and the one-chunk tile decoder. Below SmallEncodeBytes of input the encoder
 // is SmallEncodeKernels instead: the streaming encoder's finishing tail (the last groups' look-back and the
-// header after its last chunk, ~7 µs on an H100) costs more there than it saves (threshold measured with the
-// earlier separate finish kernel; BENCH.md).
+// header after its last chunk, ~7 µs on an H100) costs more there than it saves (the threshold was measured
+// when a separate kernel did the finishing; BENCH.md).
 const (
 	DefaultEncodeKernels = "s256u8"
 	DefaultDecodeKernels = "t256c1"

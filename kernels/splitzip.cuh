@@ -78,7 +78,7 @@ struct EncParams {
   uint64_t dst;           // the first frame (16-byte aligned)
   uint64_t frame_stride;  // bytes from one frame to the next (multiple of 16)
   uint64_t sizes;         // u64 per frame: the frame's length, written by the kernel
-  uint64_t ws;            // zeroed workspace: u64 raw flag per frame, a reserved u64, u64 look-back state per tile
+  uint64_t ws;            // workspace, zero on entry and left zero (tile encoders: a counter, a look-back word per tile)
   uint64_t stride_bytes;  // paged: bytes from one block id to the next
   uint32_t n;             // elements per frame
   uint32_t frames;
@@ -130,7 +130,7 @@ __device__ __forceinline__ Layout bf16_layout(uint64_t n) {
 
 // ---- CRC-32C (Castagnoli, reflected 0x82F63B78) ------------------------------------------------------------
 // CrcTables are the slice-by-4 tables of CRC-32C (t[k][b]: byte b followed by k zero bytes), which a block
-// builds in shared memory where it writes a header on the critical path (the streaming finish pass).
+// builds in shared memory where it writes a header on the critical path (the streaming encoder's finishing).
 struct CrcTables {
   uint32_t t[4][256];
 };
@@ -1293,11 +1293,11 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // they read and the raw fallback kernel zeroes the counts and look-back words after the kernel).
 namespace sz {
 
-// Escapes a chunk parks in the workspace, as position | exponent << 16 (4 bytes: reading the exponents back
-// from the input instead cost the finish pass a DRAM round trip): 64 cover every chunk of the real KV fixture
-// (at most 34), and an overflowing chunk, read again by one warp, measured 13 µs of the finish pass.
+// Escapes a chunk parks in the workspace, with position and exponent (4 bytes: reading the exponents back from
+// the input instead cost the finishing a DRAM round trip): 64 cover every chunk of the real KV fixture (at most
+// 34); an overflowing chunk is read again by its finishing warp.
 constexpr uint32_t kSlots = 64;
-constexpr uint32_t kGroup = 64;   // chunks per finish group (a warp each)
+constexpr uint32_t kGroup = 64;   // chunks per finishing group (a warp each)
 
 // A parked escape is kParked | exponent << 16 | chunk-local position: never zero.
 constexpr uint32_t kParked = 0x80000000u;
