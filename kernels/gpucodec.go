@@ -279,12 +279,14 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 
 // workspaceSize is the larger of the two encoders' workspaces. The tile encoders': a counter word and a
 // look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in splitzip.cuh): a
-// look-back word per group of chunks, and per chunk an escape count and streamSlots parked escapes of 4 bytes,
-// position and exponent (3.2 % of the input in all). The encoders are fast because nothing resets it before
-// a launch: the streaming encoder tells a word written in this call from an unwritten one by its being nonzero.
+// look-back word per group of chunks, a total per frame, and per chunk an escape count and streamSlots parked
+// escapes of 4 bytes, position and exponent (3.2 % of the input in all). The raw fallback kernel zeroes the
+// first 8 × (1 + frames × (chunks + 2)) bytes (ws_control_words) after each encode. The encoders are fast
+// because nothing resets it before a launch: the streaming encoder tells a word written in this call from an
+// unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
-	stream := 8*frames*streamGroups(chunks) + 4*frames*chunks + 4*frames*chunks*streamSlots
-	return max(int(8*(1+frames*chunks)), int(stream))
+	stream := 8*frames*streamGroups(chunks) + 8*frames + 4*frames*chunks + 4*frames*chunks*streamSlots
+	return max(int(8*(1+frames*(chunks+2))), int(stream))
 }
 
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
@@ -364,9 +366,10 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	}
 	grid := cuda.Dim3{X: k.grid(uint64(p.frames), uint64(p.chunks))}
 	if k.stream && p.tune&tuneNoFinishLaunch == 0 {
-		// The finishing blocks (stream_role in splitzip.cuh): a warp per group of chunks.
+		// The finishing blocks (stream_role in splitzip.cuh): a warp per group of chunks, then a warp per frame
+		// for its header.
 		warps := uint64(k.threads / 32)
-		grid.X += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks)) + warps - 1) / warps)
+		grid.X += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks))+warps-1)/warps + (uint64(p.frames)+warps-1)/warps)
 	}
 	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
 		return err

@@ -652,9 +652,9 @@ __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, ui
 }
 
 // ws_control_words is how many leading 64-bit words of the workspace an encoder leaves nonzero: the tile
-// encoders' counter and look-back words (at most one per chunk), or the streaming encoder's look-back words and
-// escape counts (a word per group, half a word per chunk).
-__device__ __forceinline__ uint64_t ws_control_words(const EncParams& p) { return 1 + (uint64_t)p.frames * p.chunks; }
+// encoders' counter and look-back words (at most one per chunk), or the streaming encoder's look-back words,
+// frame totals and escape counts (a word per group and per frame, half a word per chunk).
+__device__ __forceinline__ uint64_t ws_control_words(const EncParams& p) { return 1 + (uint64_t)p.frames * (p.chunks + 2); }
 
 // raw_chunks runs after every encoder. Its grid is small and strides over the chunks: in the common case (no
 // fallback) a block reads each frame's header flag once and zeroes its share of the workspace's control words,
@@ -1303,9 +1303,11 @@ constexpr uint32_t kGroup = 64;   // chunks per finishing group (a warp each)
 constexpr uint32_t kParked = 0x80000000u;
 
 // StreamWS is the streaming encoder's workspace (gpucodec.go's workspaceSize), zero between calls: a look-back
-// word per group (u64), an escape count + 1 per chunk (u32) and kSlots parked escapes per chunk (u32).
+// word per group (u64), a total per frame (u64: chunks done << 32 | their escapes), an escape count + 1 per
+// chunk (u32) and kSlots parked escapes per chunk (u32).
 struct StreamWS {
   uint64_t* state;
+  uint64_t* totals;
   uint32_t* counts;
   uint32_t* slots;
 };
@@ -1314,7 +1316,8 @@ __device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
   const uint64_t groups = (uint64_t)p.frames * groups_of(p.chunks);
   StreamWS w;
   w.state = reinterpret_cast<uint64_t*>(p.ws);
-  w.counts = reinterpret_cast<uint32_t*>(w.state + groups);
+  w.totals = w.state + groups;
+  w.counts = reinterpret_cast<uint32_t*>(w.totals + p.frames);
   w.slots = w.counts + (uint64_t)p.frames * p.chunks;
   return w;
 }
@@ -1408,11 +1411,21 @@ __device__ __forceinline__ void await_words(uint32_t (&w)[K], uint32_t want, At 
   }
 }
 
+// frame_escapes waits until every chunk of frame f has added its escapes to the frame's total, and returns it.
+__device__ __forceinline__ uint64_t frame_escapes(const StreamWS& ws, uint32_t f, uint32_t chunks) {
+  uint64_t v = ld_relaxed_gpu(ws.totals + f);
+  while ((v >> 32) != chunks) {
+    __nanosleep(128);
+    v = ld_relaxed_gpu(ws.totals + f);
+  }
+  return (uint32_t)v;
+}
+
 // finish_group: one warp finishes group q of frame f (see above). pre is the warp's kGroup + 1 words of shared
 // memory.
 template <class Map>
 __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map, const StreamWS& ws, uint32_t f, uint32_t q,
-                                          const uint8_t* code_of, uint32_t* pre, const CrcTables* crc) {
+                                          const uint8_t* code_of, uint32_t* pre) {
   constexpr uint32_t PER = kGroup / 32;  // chunks per lane
   const uint32_t lane = threadIdx.x & 31;
   const uint32_t groups = groups_of(p.chunks);
@@ -1487,10 +1500,12 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
         e[b] = (e[b] & 0xFFFFFFu) | (s[b] / kSlots) << 24;
       }
   };
-  // The first batches' loads are issued before the look-back: its round trips and theirs overlap.
+  // The first batches' loads are issued before the look-back: its round trips and theirs overlap. A frame's
+  // last group, whose look-back words nobody reads, takes its escapes before it from the frame's total, which
+  // is complete as soon as its own counts are in, in the common case (the rest of the frame is long done).
   gather(0);
-  const uint32_t before = lookback_warp(ws.state + (uint64_t)f * groups, q, total);
-  if (lane == 0 && q == groups - 1) finish_frame(p, frame, f, n, (uint64_t)before + total, crc);
+  const uint32_t before = q == groups - 1 ? (uint32_t)frame_escapes(ws, f, p.chunks) - total
+                                          : lookback_warp(ws.state + (uint64_t)f * groups, q, total);
 #pragma unroll
   for (uint32_t k = 0; k < PER; k++) {
     const uint32_t j = lane * PER + k;
@@ -1506,8 +1521,9 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
     for (int b = 0; b < 8; b++)
       if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + i0 + b * 32 + lane, e[b] & 0xFFFF, (e[b] >> 16) & 0xFF);
   }
-  // Chunks whose escapes overflowed their slots: their kSlots parked words are zeroed once written, and the
-  // warp reads the chunk again, half of it at a time (the coding warps' registers bound this kernel's).
+  // Chunks whose escapes overflowed their slots (none on real KV): their kSlots parked words are zeroed once
+  // written, and the warp reads the chunk again, an eighth at a time (the coding warps' register budget bounds
+  // this path's; more in flight spills).
   for (uint32_t hb = __ballot_sync(0xFFFFFFFFu, heavy != 0); hb; hb &= hb - 1) {
     const uint32_t src = __ffs(hb) - 1;
     for (uint32_t hm = __shfl_sync(0xFFFFFFFFu, heavy, src); hm; hm &= hm - 1) {
@@ -1527,9 +1543,9 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
       const uint32_t e0 = (c0 + j) * kChunk;
       const uint32_t len = (uint32_t)min((uint64_t)kChunk, n - e0);
       const uint64_t base = tile_base(map, f, e0, len);
-      constexpr int UPL = kUnitsPerChunk / 32 / 2;
+      constexpr int PARTS = 8, UPL = kUnitsPerChunk / 32 / PARTS;
 #pragma unroll 1
-      for (int h = 0; h < 2; h++) {
+      for (int h = 0; h < PARTS; h++) {
         uint4 v[UPL];
 #pragma unroll
         for (int u = 0; u < UPL; u++) {
@@ -1562,37 +1578,47 @@ template <int THREADS, class Map>
 __device__ __forceinline__ void stream_finish(const EncParams& p, const Map& map, uint32_t b, uint8_t* code_of) {
   constexpr int WARPS = THREADS / 32;
   __shared__ uint32_t pre[WARPS][kGroup + 1];
-  __shared__ CrcTables crc;
-  const uint32_t groups = groups_of(p.chunks);
-  const uint64_t all = (uint64_t)p.frames * groups, w0 = (uint64_t)b * WARPS;
-  // Only a block that finishes a frame (its last group writes the header) builds the CRC tables.
-  bool header = false;
-  for (uint64_t w = w0; w < min(w0 + WARPS, all); w++) header |= w % groups == groups - 1;
   enc_code_table<THREADS>(p, code_of);
-  if (header) build_crc_tables(crc);
-  __syncthreads();  // the code table
-  const uint64_t w = w0 + (threadIdx.x >> 5);
-  if (w >= all) return;
+  __syncthreads();
+  const uint32_t groups = groups_of(p.chunks);
+  const uint64_t w = (uint64_t)b * WARPS + (threadIdx.x >> 5);
+  if (w >= (uint64_t)p.frames * groups) return;
   const uint32_t f = (uint32_t)(w / groups), q = (uint32_t)(w - (uint64_t)f * groups);
-  finish_group(p, map, stream_ws(p), f, q, code_of, pre[threadIdx.x >> 5], header ? &crc : nullptr);
+  finish_group(p, map, stream_ws(p), f, q, code_of, pre[threadIdx.x >> 5]);
 }
 
-// The streaming encoder's grid is its coding blocks, then its finishing blocks (none for the bench's "+f").
-// Blocks start in index order, so every coding block has started before any finishing block takes a slot,
-// and a finishing block only waits for blocks that run. Finishing blocks interleaved with the coding ones
-// (one every 64, finishing the groups of 512 blocks back) measured slower: each holds a slot through its DRAM
-// round trips, and at the end the last groups wait for the last coding blocks all the same (BENCH.md).
-// StreamRole is what block b does: code block index (finish false) or finish block index.
+// stream_header: header block b; its warp w writes the header, codebook, gaps and length of frame b × WARPS + w
+// once the frame's total is complete, while the frame's last group places its escapes.
+template <int THREADS>
+__device__ __forceinline__ void stream_header(const EncParams& p, uint32_t b) {
+  __shared__ CrcTables crc;
+  build_crc_tables(crc);
+  const uint64_t f = (uint64_t)b * (THREADS / 32) + (threadIdx.x >> 5);
+  if (f >= p.frames) return;
+  const uint64_t E = frame_escapes(stream_ws(p), (uint32_t)f, p.chunks);
+  if ((threadIdx.x & 31) == 0) finish_frame(p, reinterpret_cast<uint8_t*>(p.dst + f * p.frame_stride), (uint32_t)f, p.n, E, &crc);
+}
+
+// The streaming encoder's grid is its coding blocks, then its finishing blocks, then a header block per WARPS
+// frames (neither for the bench's "+f"). Blocks start in index order, so every coding block has started before
+// any finishing block takes a slot, and a finishing or header warp only waits for warps that run. Finishing
+// blocks interleaved with the coding ones (one after every 64, finishing the groups of 512 blocks back)
+// measured slower: each holds a slot through its DRAM round trips, and at the end the last groups wait for the
+// last coding blocks all the same (BENCH.md).
+enum StreamKind { kCode, kFinish, kHeader, kIdle };
 struct StreamRole {
-  bool finish, idle;
+  StreamKind kind;
   uint32_t index;
 };
 template <int WARPS>
 __device__ __forceinline__ StreamRole stream_role(const EncParams& p, uint32_t b) {
   const uint32_t coding = (uint32_t)(((uint64_t)p.frames * p.chunks + WARPS - 1) / WARPS);
-  if (b < coding) return {false, false, b};
+  if (b < coding) return {kCode, b};
+  if (p.tune & kTuneNoFinish) return {kIdle, 0};
   const uint32_t finishing = (uint32_t)(((uint64_t)p.frames * groups_of(p.chunks) + WARPS - 1) / WARPS);
-  return {true, (p.tune & kTuneNoFinish) || b - coding >= finishing, b - coding};
+  if (b - coding < finishing) return {kFinish, b - coding};
+  const uint32_t h = b - coding - finishing;
+  return {h < (p.frames + WARPS - 1) / WARPS ? kHeader : kIdle, h};
 }
 
 // encode_stream: warp w of coding block b codes chunk b × WARPS + w (over all frames' chunks), UPL units per
@@ -1604,9 +1630,10 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   static_assert(ROUNDS * UPL * 32 == kUnitsPerChunk, "units per lane divide a chunk");
   __shared__ uint8_t code_of[256];
   const StreamRole role = stream_role<WARPS>(p, blockIdx.x);
-  if (role.idle || role.finish) {
+  if (role.kind != kCode) {
     launch_dependents();
-    if (!role.idle) stream_finish<THREADS>(p, map, role.index, code_of);
+    if (role.kind == kFinish) stream_finish<THREADS>(p, map, role.index, code_of);
+    if (role.kind == kHeader) stream_header<THREADS>(p, role.index);
     return;
   }
   const StreamWS ws = stream_ws(p);
@@ -1680,7 +1707,11 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
     cs.flush(kUnitsPerChunk / 32, prev_codes);
     rs.flush(kUnitsPerChunk / 32, prev_res);
   }
-  if (live && lane == 0) st_relaxed_gpu(ws.counts + g, run + 1);
+  if (live && lane == 0) {
+    st_relaxed_gpu(ws.counts + g, run + 1);
+    // (The frame index again from g: keeping f live through the rounds costs the coding path spills.)
+    atomicAdd(reinterpret_cast<unsigned long long*>(ws.totals + (uint32_t)g / p.chunks), (1ull << 32) | run);  // no answer awaited
+  }
 }
 
 // ---- streaming decode: the dense sections, then the escapes over them ---------------------------------------
