@@ -270,9 +270,10 @@ struct PagedMap {
 // ---- memory access helpers ----------------------------------------------------------------------------------
 __device__ __forceinline__ uint4 load16(uint64_t a) { return __ldcs(reinterpret_cast<const uint4*>(a)); }
 __device__ __forceinline__ void store16(uint64_t a, uint4 v) { __stcs(reinterpret_cast<uint4*>(a), v); }
-// Look-back state words carry their flag and value in one 64-bit word and order nothing else, so relaxed
-// accesses suffice: acquire/release cost a fence (and an L1 invalidation) per access, which under the
-// encoder's write stream took microseconds.
+// Look-back state words carry their flag and value in one 64-bit word, and the streaming encoder's counts,
+// totals and parked escapes say themselves whether they were written (32-bit and 64-bit overloads); none
+// orders anything else, so relaxed accesses suffice: acquire/release cost a fence (and an L1 invalidation) per
+// access, which under the encoder's write stream took microseconds.
 __device__ __forceinline__ uint64_t ld_relaxed_gpu(const uint64_t* p) {
   uint64_t v;
   asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
