@@ -12,7 +12,7 @@
 //     warps park a chunk's escapes in the workspace and extra blocks at the end of its grid place them, so
 //     nothing waits in the data path; the decoder writes them over its dense stores.
 // The encoders' workspace is zero between calls: the caller zeroes it once, the finishing blocks zero the slots
-// they read, and the raw fallback kernel, which runs after every encoder, zeroes the look-back words and counts.
+// they read, and the raw fallback kernel, which runs after every encoder, zeroes the rest it used.
 #pragma once
 
 #include <stdint.h>
@@ -58,8 +58,9 @@ constexpr uint32_t kTuneNoPlace = 64;  // streaming encoder: read the parked esc
 // ---- programmatic dependent launch ---------------------------------------------------------------------------
 // Built for sm_90 (splitzip_sm90.ptx), an encode kernel lets the kernel after it (the raw-fallback check) launch
 // as soon as all its blocks run, and that waits at griddepcontrol.wait for its writes: its launch latency
-// (~6 µs on the H100 VM) hides behind the encoder's tail instead of following it (the Go side launches them with LaunchProgrammaticStreamSerialization). A kernel
-// that was not launched so passes griddepcontrol.wait at once. Built for sm_80, both are no-ops.
+// (~6 µs on the H100 VM) hides behind the encoder's tail instead of following it (the Go side launches it with
+// LaunchProgrammaticStreamSerialization). A kernel that was not launched so passes griddepcontrol.wait at once.
+// Built for sm_80, both are no-ops.
 __device__ __forceinline__ void launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -91,7 +92,6 @@ struct EncParams {
   uint32_t codebook[4];  // 16 exponents, code k in byte k
 };
 static_assert(sizeof(EncParams) == 104, "EncParams layout is shared with Go");
-
 
 struct DecParams {
   uint64_t src;           // the first frame
@@ -938,7 +938,6 @@ __device__ __forceinline__ uint64_t tile_base(const PagedMap& m, uint32_t f, uin
   return e0 / m.block_elems == (e0 + len - 1) / m.block_elems ? m.addr(f, e0) : 0;
 }
 
-
 template <int THREADS, int CPT, int S>
 struct PipeEnc {
   static constexpr int UPT = kUnitsPerChunk * CPT / THREADS;
@@ -1284,14 +1283,16 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // their count. Finishing blocks, appended to the encoder's grid and so dispatched after all its coding blocks
 // (blocks start in index order), give each group of kGroup chunks a warp, which waits for the group's counts,
 // looks back over the groups before it, writes their chunk table entries and moves their parked escapes into
-// place (a chunk with more than kSlots escapes is read again), and the frame's last group writes the header
-// (a raw one when the escapes do not fit, for the raw fallback kernel). They run in the shadow of the last
-// wave of coding blocks, so only the last groups' work follows the data path.
+// place (a chunk with more than kSlots escapes is read again); a header warp per frame writes the header (a
+// raw one when the escapes do not fit, for the raw fallback kernel) from the frame's total, which every coding
+// warp adds its chunk to. They run in the shadow of the last wave of coding blocks, so only the last groups'
+// work follows the data path.
 // No fence orders a coding warp's writes: a fence, or an arrival atomic whose answer the warp waits for, holds
 // every block's slot longer (finishing by the last warp to arrive measured 7 % slower, BENCH.md). Instead every
-// word a finishing warp waits for says itself whether it was written: counts are stored plus one and parked
-// escapes with kParked set, into a workspace that is zero at the start (the finishing warps zero the slots
-// they read and the raw fallback kernel zeroes the counts and look-back words after the kernel).
+// word a finishing warp waits for says itself whether it was written: counts are stored plus one, parked
+// escapes with kParked set and the frame total with its count of chunks done, into a workspace that is zero at
+// the start (the finishing warps zero the slots they read and the raw fallback kernel zeroes the counts, totals
+// and look-back words after the kernel).
 namespace sz {
 
 // Escapes a chunk parks in the workspace, with position and exponent (4 bytes: reading the exponents back from
@@ -1710,8 +1711,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   }
   if (live && lane == 0) {
     st_relaxed_gpu(ws.counts + g, run + 1);
-    // (The frame index again from g: keeping f live through the rounds costs the coding path spills.)
-    atomicAdd(reinterpret_cast<unsigned long long*>(ws.totals + (uint32_t)g / p.chunks), (1ull << 32) | run);  // no answer awaited
+    atomicAdd(reinterpret_cast<unsigned long long*>(ws.totals + f), (1ull << 32) | run);  // no answer awaited
   }
 }
 
