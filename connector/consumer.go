@@ -76,8 +76,7 @@ func (c *Consumer) RegisterHostCache(l Layout, bases []uintptr) error {
 		return err
 	}
 	if c.o.HugePages {
-		hc.startHugePages(func(rep HugePageReport) {
-			logHugePages(c.log, rep)
+		hc.startHugePages(c.log, func(rep HugePageReport) {
 			c.mu.Lock()
 			c.stats.HugePages = rep
 			c.mu.Unlock()

@@ -81,10 +81,14 @@ func hugeInside(r region, page uintptr) (region, bool) {
 }
 
 // startHugePages advises the whole huge pages inside the cache's regions: MADV_HUGEPAGE now, MADV_COLLAPSE in
-// the background (see the comment at the top). report gets the outcome once, when the collapse has ended
-// (finished, or stopped by close).
-func (c *hostCache) startHugePages(report func(HugePageReport)) {
+// the background (see the comment at the top). The outcome is logged to log and given to store once, when
+// the collapse has ended (finished, or stopped by close).
+func (c *hostCache) startHugePages(log *slog.Logger, store func(HugePageReport)) {
 	var rep HugePageReport
+	report := func(rep HugePageReport) {
+		logHugePages(log, rep)
+		store(rep)
+	}
 	page, err := hugePageSize()
 	if err != nil {
 		rep.Failures, rep.Err, rep.Done = 1, err, true

@@ -154,8 +154,7 @@ func (p *Producer) RegisterHostCache(l Layout, bases []uintptr) error {
 		return err
 	}
 	if p.o.HugePages {
-		c.startHugePages(func(rep HugePageReport) {
-			logHugePages(p.log, rep)
+		c.startHugePages(p.log, func(rep HugePageReport) {
 			p.mu.Lock()
 			p.stats.HugePages = rep
 			p.mu.Unlock()
