@@ -318,7 +318,7 @@ func (b *benchEnv) dense(codecs map[string]*Codec, variants []string, cb *codec.
 		}
 		var reset func() error
 		if c.tune&tuneNoRawLaunch != 0 {
-			reset = func() error { return b.s.MemsetD8Async(ws, 0, 8*(1+int(chunksOf(uint64(size/2))))) }
+			reset = func() error { return b.s.MemsetD8Async(ws, 0, controlBytes(1, chunksOf(uint64(size/2)))) }
 		}
 		encMs, err := b.medianReset(reset, func(i int) error { return c.EncodeAsync(b.s, src[i%2], size, cb, dst[i%2], sizeOut, ws) })
 		if err != nil {

@@ -281,13 +281,17 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in splitzip.cuh): a
 // look-back word per group of chunks, a total per frame, and per chunk an escape count and streamSlots parked
 // escapes of 4 bytes, position and exponent (3.2 % of the input in all). The raw fallback kernel zeroes the
-// first 8 × (1 + frames × (chunks + 2)) bytes (ws_control_words) after each encode. The encoders are fast
-// because nothing resets it before a launch: the streaming encoder tells a word written in this call from an
-// unwritten one by its being nonzero.
+// first controlBytes after each encode. The encoders are fast because nothing resets it before a launch: the
+// streaming encoder tells a word written in this call from an unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
 	stream := 8*frames*streamGroups(chunks) + 8*frames + 4*frames*chunks + 4*frames*chunks*streamSlots
-	return max(int(8*(1+frames*(chunks+2))), int(stream))
+	return max(controlBytes(frames, chunks), int(stream))
 }
+
+// controlBytes is the workspace's leading part that the raw fallback kernel zeroes after each encode
+// (ws_control_words in splitzip.cuh): the tile encoders' counter and look-back words, or the streaming
+// encoder's look-back words, frame totals and counts.
+func controlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(chunks+2))) }
 
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
 const (
