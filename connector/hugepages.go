@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"cmp"
 	"errors"
 	"log/slog"
 	"slices"
@@ -50,15 +51,7 @@ func (c *hostCache) regions() []region {
 	for _, b := range c.bases {
 		rs = append(rs, region{uintptr(int64(b) + lo), uintptr(int64(b) + hi)})
 	}
-	slices.SortFunc(rs, func(a, b region) int {
-		switch {
-		case a.lo < b.lo:
-			return -1
-		case a.lo > b.lo:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(rs, func(a, b region) int { return cmp.Compare(a.lo, b.lo) })
 	out := rs[:0]
 	for _, r := range rs {
 		if n := len(out); n > 0 && r.lo <= out[n-1].hi {
