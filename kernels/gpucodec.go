@@ -13,11 +13,14 @@ import (
 
 // Format-v1 constants the kernels are built for (splitzip.cuh).
 const (
-	headerSize   = codec.HeaderSize
-	chunkElems   = 1 << codec.DefaultChunk // 4,096
-	codebookLen  = 16
-	escapeSize   = 3
-	rawGridLimit = 4 * 132 // blocks of the raw fallback kernel, which strides over the chunks
+	headerSize  = codec.HeaderSize
+	chunkElems  = 1 << codec.DefaultChunk // 4,096
+	codebookLen = 16
+	escapeSize  = 3
+	// Blocks of the raw fallback kernel, which strides over the chunks. One per H100 SM: its work after the
+	// encoder is a header read and the zeroing of the control words, and 132 blocks measured +0.2 % on the
+	// 256 MiB encode against 528 (1,056: -0.4 %; BENCH.md).
+	rawGridLimit = 132
 )
 
 // ErrAlignment is returned when a device pointer or stride the kernels access with 16-byte vectors is not
@@ -142,6 +145,7 @@ type Codec struct {
 	raw      kernel
 	noop     *cuda.Function
 	copy16   *cuda.Function
+	spin     *cuda.Function
 	tune     uint32
 	pdl      bool // the sm_90 kernels are loaded: launchAfter lets a kernel launch during its predecessor's tail
 }
@@ -226,6 +230,9 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	if err == nil {
 		c.copy16, err = mod.Function("sz_copy16")
 	}
+	if err == nil {
+		c.spin, err = mod.Function("sz_spin")
+	}
 	if err != nil {
 		mod.Close()
 		return nil, err
@@ -284,14 +291,14 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // first controlBytes after each encode. The encoders are fast because nothing resets it before a launch: the
 // streaming encoder tells a word written in this call from an unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
-	stream := 8*frames*streamGroups(chunks) + 8*frames + 4*frames*chunks + 4*frames*chunks*streamSlots
+	stream := 2*8*frames*streamGroups(chunks) + 8*frames + 4*frames*chunks + 4*frames*chunks*streamSlots
 	return max(controlBytes(frames, chunks), int(stream))
 }
 
 // controlBytes is the workspace's leading part that the raw fallback kernel zeroes after each encode
 // (ws_control_words in splitzip.cuh): the tile encoders' counter and look-back words, or the streaming
-// encoder's look-back words, frame totals and counts.
-func controlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(chunks+2))) }
+// encoder's look-back words, group and frame totals and counts.
+func controlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(chunks+4))) }
 
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
 const (

@@ -654,8 +654,9 @@ __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, ui
 
 // ws_control_words is how many leading 64-bit words of the workspace an encoder leaves nonzero: the tile
 // encoders' counter and look-back words (at most one per chunk), or the streaming encoder's look-back words,
-// frame totals and escape counts (a word per group and per frame, half a word per chunk).
-__device__ __forceinline__ uint64_t ws_control_words(const EncParams& p) { return 1 + (uint64_t)p.frames * (p.chunks + 2); }
+// group and frame totals and escape counts (two words per group, one per frame, half a word per chunk: with
+// groups of 64 chunks, at most chunks + 4 words per frame).
+__device__ __forceinline__ uint64_t ws_control_words(const EncParams& p) { return 1 + (uint64_t)p.frames * (p.chunks + 4); }
 
 // raw_chunks runs after every encoder. Its grid is small and strides over the chunks: in the common case (no
 // fallback) a block reads each frame's header flag once and zeroes its share of the workspace's control words,
@@ -1282,17 +1283,17 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // whole-line stores, and parks the chunk's escapes (rare: ~2.4 per chunk on real KV) in the workspace with
 // their count. Finishing blocks, appended to the encoder's grid and so dispatched after all its coding blocks
 // (blocks start in index order), give each group of kGroup chunks a warp, which waits for the group's counts,
-// looks back over the groups before it, writes their chunk table entries and moves their parked escapes into
-// place (a chunk with more than kSlots escapes is read again); a header warp per frame writes the header (a
-// raw one when the escapes do not fit, for the raw fallback kernel) from the frame's total, which every coding
-// warp adds its chunk to. They run in the shadow of the last wave of coding blocks, so only the last groups'
+// looks back over the groups before it (their totals, which every coding warp adds its chunk to, back to the
+// nearest published prefix), writes their chunk table entries and moves their parked escapes into place (a
+// chunk with more than kSlots escapes is read again); a header warp per frame writes the header (a raw one
+// when the escapes do not fit, for the raw fallback kernel) from the frame's total, added to the same way. They run in the shadow of the last wave of coding blocks, so only the last groups'
 // work follows the data path.
 // No fence orders a coding warp's writes: a fence, or an arrival atomic whose answer the warp waits for, holds
 // every block's slot longer (finishing by the last warp to arrive measured 7 % slower, BENCH.md). Instead every
 // word a finishing warp waits for says itself whether it was written: counts are stored plus one, parked
-// escapes with kParked set and the frame total with its count of chunks done, into a workspace that is zero at
-// the start (the finishing warps zero the slots they read and the raw fallback kernel zeroes the counts, totals
-// and look-back words after the kernel).
+// escapes with kParked set and the group and frame totals with their count of chunks done, into a workspace
+// that is zero at the start (the finishing warps zero the slots they read and the raw fallback kernel zeroes
+// the counts, totals and look-back words after the kernel).
 namespace sz {
 
 // Escapes a chunk parks in the workspace, with position and exponent (4 bytes: reading the exponents back from
@@ -1305,10 +1306,12 @@ constexpr uint32_t kGroup = 64;   // chunks per finishing group (a warp each)
 constexpr uint32_t kParked = 0x80000000u;
 
 // StreamWS is the streaming encoder's workspace (gpucodec.go's workspaceSize), zero between calls: a look-back
-// word per group (u64), a total per frame (u64: chunks done << 32 | their escapes), an escape count + 1 per
-// chunk (u32) and kSlots parked escapes per chunk (u32).
+// word per group (u64: its inclusive prefix, once its finishing warp knows it), a total per group and one per
+// frame (u64: chunks done << 32 | their escapes, added to by the coding warps), an escape count + 1 per chunk
+// (u32) and kSlots parked escapes per chunk (u32).
 struct StreamWS {
   uint64_t* state;
+  uint64_t* group_totals;
   uint64_t* totals;
   uint32_t* counts;
   uint32_t* slots;
@@ -1318,7 +1321,8 @@ __device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
   const uint64_t groups = (uint64_t)p.frames * groups_of(p.chunks);
   StreamWS w;
   w.state = reinterpret_cast<uint64_t*>(p.ws);
-  w.totals = w.state + groups;
+  w.group_totals = w.state + groups;
+  w.totals = w.group_totals + groups;
   w.counts = reinterpret_cast<uint32_t*>(w.totals + p.frames);
   w.slots = w.counts + (uint64_t)p.frames * p.chunks;
   return w;
@@ -1423,6 +1427,56 @@ __device__ __forceinline__ uint64_t frame_escapes(const StreamWS& ws, uint32_t f
   return (uint32_t)v;
 }
 
+// lookback_groups returns the escapes before group q of a frame and publishes its inclusive prefix (q's total
+// is agg). Called by one whole warp. Unlike lookback_warp, a predecessor's aggregate is not published by its
+// finishing warp but added up by its coding warps (group_totals: complete when all kGroup chunks are in), so a
+// late group waits for no other finishing warp: its look-back ends one round trip after the last predecessor
+// chunk's count lands. Each round reads 32 × kLookbackPer predecessors, back to the nearest published prefix.
+constexpr int kLookbackPer = 4;  // predecessors per lane and round
+__device__ uint32_t lookback_groups(uint64_t* state, const uint64_t* group_totals, uint32_t q, uint32_t agg) {
+  const uint32_t lane = threadIdx.x & 31;
+  uint32_t excl = 0;
+  for (int64_t base = (int64_t)q - 1; base >= 0; base -= 32 * kLookbackPer) {
+    // All of a lane's words are read at once, and those neither a prefix nor a complete total read again.
+    uint64_t s[kLookbackPer], t[kLookbackPer];
+    uint32_t pending = 0;
+#pragma unroll
+    for (int k = 0; k < kLookbackPer; k++) {
+      const int64_t idx = base - (k * 32 + lane);
+      s[k] = kFlagPrefix;  // before the frame's first group: prefix 0
+      t[k] = 0;
+      if (idx >= 0) pending |= 1u << k;
+    }
+    while (__any_sync(0xFFFFFFFFu, pending != 0)) {
+#pragma unroll
+      for (int k = 0; k < kLookbackPer; k++)
+        if ((pending >> k) & 1) {
+          const int64_t idx = base - (k * 32 + lane);
+          s[k] = ld_relaxed_gpu(state + idx);
+          t[k] = ld_relaxed_gpu(group_totals + idx);
+        }
+#pragma unroll
+      for (int k = 0; k < kLookbackPer; k++)  // predecessors are never a frame's ragged last group
+        if ((s[k] >> 32) == (kFlagPrefix >> 32) || (t[k] >> 32) == kGroup) pending &= ~(1u << k);
+    }
+    uint32_t nearest = 32 * kLookbackPer;  // the lane's nearest predecessor (distance from base) with a prefix
+#pragma unroll
+    for (int k = kLookbackPer - 1; k >= 0; k--)
+      if ((s[k] >> 32) == (kFlagPrefix >> 32)) nearest = k * 32 + lane;
+    const uint32_t stop = __reduce_min_sync(0xFFFFFFFFu, nearest);
+    uint32_t sum = 0;
+#pragma unroll
+    for (int k = 0; k < kLookbackPer; k++) {
+      const bool prefix = (s[k] >> 32) == (kFlagPrefix >> 32);
+      if (k * 32 + lane <= stop) sum += prefix ? (uint32_t)s[k] : (uint32_t)t[k];
+    }
+    excl += warp_sum(sum);
+    if (stop < 32 * kLookbackPer) break;
+  }
+  if (lane == 0) st_relaxed_gpu(state + q, kFlagPrefix | (excl + agg));
+  return excl;
+}
+
 // finish_group: one warp finishes group q of frame f (see above). pre is the warp's kGroup + 1 words of shared
 // memory.
 template <class Map>
@@ -1502,12 +1556,9 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
         e[b] = (e[b] & 0xFFFFFFu) | (s[b] / kSlots) << 24;
       }
   };
-  // The first batches' loads are issued before the look-back: its round trips and theirs overlap. A frame's
-  // last group, whose look-back words nobody reads, takes its escapes before it from the frame's total, which
-  // is complete as soon as its own counts are in, in the common case (the rest of the frame is long done).
+  // The first batches' loads are issued before the look-back: its round trips and theirs overlap.
   gather(0);
-  const uint32_t before = q == groups - 1 ? (uint32_t)frame_escapes(ws, f, p.chunks) - total
-                                          : lookback_warp(ws.state + (uint64_t)f * groups, q, total);
+  const uint32_t before = lookback_groups(ws.state + (uint64_t)f * groups, ws.group_totals + (uint64_t)f * groups, q, total);
 #pragma unroll
   for (uint32_t k = 0; k < PER; k++) {
     const uint32_t j = lane * PER + k;
@@ -1710,8 +1761,17 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
     rs.flush(kUnitsPerChunk / 32, prev_res);
   }
   if (live && lane == 0) {
-    st_relaxed_gpu(ws.counts + g, run + 1);
-    atomicAdd(reinterpret_cast<unsigned long long*>(ws.totals + f), (1ull << 32) | run);  // no answer awaited
+    // The chunk's frame and index again, from the block index read anew: kept live through the coding loop,
+    // they cost spills there (its registers are at their cap).
+    uint32_t b;
+    asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(b));
+    const uint64_t g2 = (uint64_t)b * WARPS + (threadIdx.x >> 5);
+    const uint32_t f2 = (uint32_t)(g2 / p.chunks), c2 = (uint32_t)(g2 - (uint64_t)f2 * p.chunks);
+    const StreamWS w2 = stream_ws(p);
+    st_relaxed_gpu(w2.counts + g2, run + 1);
+    // No answer awaited: both compile to fire-and-forget reductions.
+    atomicAdd(reinterpret_cast<unsigned long long*>(w2.group_totals + (uint64_t)f2 * groups_of(p.chunks) + c2 / kGroup), (1ull << 32) | run);
+    atomicAdd(reinterpret_cast<unsigned long long*>(w2.totals + f2), (1ull << 32) | run);
   }
 }
 
