@@ -28,9 +28,9 @@ type BenchConfig struct {
 	// (see Variants), optionally with "+n" (no look-back: timing only), "+d" (default-cached accesses) or
 	// "+s" (streaming encode stores), "+g" (pipelined kernels on twice the resident grid; "+gg" four times),
 	// "+p" (the sm_80 kernels with plain launches on a Hopper GPU: no programmatic dependent launch),
-	// "+r" / "+f" / "+e" (the streaming encoder without its raw-fallback launch / its finishing blocks / the
-	// finishing blocks' stores of the escapes: timing only, right only where dst already holds the frame, as
-	// in the bench, which times them after the default codec on the same buffers).
+	// "+r" / "+f" / "+e" / "+h" (the streaming encoder without its raw-fallback launch / its finishing blocks /
+	// the finishing blocks' stores of the escapes / the header warps' writes: timing only, right only where dst
+	// already holds the frame, as in the bench, which times them after the default codec on the same buffers).
 	// Default: each variant for both, the tile encoder with "+n" and the default codec with "+p".
 	// The other sizes, the paged and the small rows use the default codec.
 	Variants []string
@@ -242,7 +242,7 @@ func RunBench(ctx *cuda.Context, cfg BenchConfig) (*BenchReport, error) {
 		var bits uint32
 		for _, t := range tune {
 			bits |= map[rune]uint32{'n': tuneNoLookback, 'd': tunePlainLoads, 's': tuneStreamStores,
-				'r': tuneNoRawLaunch, 'f': tuneNoFinishLaunch, 'e': tuneNoPlace}[t]
+				'r': tuneNoRawLaunch, 'f': tuneNoFinishLaunch, 'e': tuneNoPlace, 'h': tuneNoHeader}[t]
 		}
 		mul := 1 + strings.Count(tune, "g") // "+g": twice the resident grid of pipelined kernels
 		opts := []Option{WithKernels(enc, dec), withTune(bits), func(o *options) error { o.gridMul = mul; return nil }}

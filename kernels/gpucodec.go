@@ -52,7 +52,8 @@ const (
 	// same buffers, and the workspace is left dirty (the bench zeroes it again).
 	tuneNoRawLaunch    = 8
 	tuneNoFinishLaunch = 16
-	tuneNoPlace        = 64 // the finishing blocks read the parked escapes but store none (timing only)
+	tuneNoPlace        = 64  // the finishing blocks read the parked escapes but store none (timing only)
+	tuneNoHeader       = 128 // the header warps write nothing (timing only)
 )
 
 func withTune(bits uint32) Option { return func(o *options) error { o.tune = bits; return nil } }

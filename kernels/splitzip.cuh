@@ -54,6 +54,7 @@ constexpr uint32_t kTunePlainLoads = 2;  // default-cached loads and stores inst
 constexpr uint32_t kTuneStreamStores = 4;  // encode: streaming stores for codes and residuals
 constexpr uint32_t kTuneNoFinish = 16;  // streaming encoder: no finishing blocks (timing only)
 constexpr uint32_t kTuneNoPlace = 64;  // streaming encoder: read the parked escapes but store none (timing only)
+constexpr uint32_t kTuneNoHeader = 128;  // streaming encoder: the header warps wait for the total but write nothing (timing only)
 
 // ---- programmatic dependent launch ---------------------------------------------------------------------------
 // Built for sm_90 (splitzip_sm90.ptx), an encode kernel lets the kernel after it (the raw-fallback check) launch
@@ -1649,6 +1650,7 @@ __device__ __forceinline__ void stream_header(const EncParams& p, uint32_t b) {
   const uint64_t f = (uint64_t)b * (THREADS / 32) + (threadIdx.x >> 5);
   if (f >= p.frames) return;
   const uint64_t E = frame_escapes(stream_ws(p), (uint32_t)f, p.chunks);
+  if (p.tune & kTuneNoHeader) return;
   if ((threadIdx.x & 31) == 0) finish_frame(p, reinterpret_cast<uint8_t*>(p.dst + f * p.frame_stride), (uint32_t)f, p.n, E, &crc);
 }
 
