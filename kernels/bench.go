@@ -55,7 +55,7 @@ type BenchRow struct {
 	Ratio    float64
 	Escapes  uint64
 	Verified bool
-	// EncodeIdle: the default dense encode timed the way runs before the fifth session's were, from an idle
+	// EncodeIdle: the default dense encode timed as the runs before the sixth session's were, from an idle
 	// stream, the host's launch latency in the window (GB/s).
 	EncodeIdle float64
 }

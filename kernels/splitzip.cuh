@@ -1287,8 +1287,9 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // looks back over the groups before it (their totals, which every coding warp adds its chunk to, back to the
 // nearest published prefix), writes their chunk table entries and moves their parked escapes into place (a
 // chunk with more than kSlots escapes is read again); a header warp per frame writes the header (a raw one
-// when the escapes do not fit, for the raw fallback kernel) from the frame's total, added to the same way. They run in the shadow of the last wave of coding blocks, so only the last groups'
-// work follows the data path.
+// when the escapes do not fit, for the raw fallback kernel) from the frame's total, added to the same way.
+// They run in the shadow of the last wave of coding blocks, so only the last groups' work follows the data
+// path.
 // No fence orders a coding warp's writes: a fence, or an arrival atomic whose answer the warp waits for, holds
 // every block's slot longer (finishing by the last warp to arrive measured 7 % slower, BENCH.md). Instead every
 // word a finishing warp waits for says itself whether it was written: counts are stored plus one, parked
