@@ -226,14 +226,12 @@ func TestBF16EncodeKernelBudget(t *testing.T) {
 func runDecodeKernel(kernel func(*decPart), frame []byte, lay Layout, exps []uint8, n, c0, c1 int) []byte {
 	var tab decTable
 	copy(tab.exp[:], exps)
-	for b := range tab.pairs {
-		tab.pairs[b] = uint32(tab.exp[b&0xF])<<7 | uint32(tab.exp[b>>4])<<23
-	}
+	tab.fillBF16Nibbles()
 	out := make([]byte, 2*n)
 	for i := range out {
 		out[i] = 0x5A
 	}
-	h := Header{DType: BF16, CodeBits: 4, Elements: uint64(n)}
+	h := Header{DType: BF16, CodeBits: 4, Elements: uint64(n), ChunkLog2: DefaultChunk}
 	p := &decPart{frame: frame, out: out, lay: lay, h: &h, tab: &tab, n: n, c0: c0, c1: c1}
 	kernel(p)
 	return out
@@ -322,11 +320,9 @@ func BenchmarkBF16Kernels(b *testing.B) {
 		p := &encPart{src: src, frame: frame, lay: lay, tab: enc.table(def), dt: BF16, n: n, c1: int(lay.Chunks), budget: n}
 		var tab decTable
 		copy(tab.exp[:], def.Exponents)
-		for i := range tab.pairs {
-			tab.pairs[i] = uint32(tab.exp[i&0xF])<<7 | uint32(tab.exp[i>>4])<<23
-		}
+		tab.fillBF16Nibbles()
 		out := make([]byte, size)
-		h := Header{DType: BF16, CodeBits: 4, Elements: uint64(n)}
+		h := Header{DType: BF16, CodeBits: 4, Elements: uint64(n), ChunkLog2: DefaultChunk}
 		d := &decPart{frame: frame, out: out, lay: lay, h: &h, tab: &tab, n: n, c1: int(lay.Chunks)}
 		for _, k := range []struct {
 			name string

@@ -32,6 +32,17 @@ type decTable struct {
 	halves [32]byte
 }
 
+// fillBF16Nibbles derives the bf16 4-bit path's tables (pairs, halves) from exp.
+func (t *decTable) fillBF16Nibbles() {
+	for b := range t.pairs {
+		t.pairs[b] = uint32(t.exp[b&0xF])<<7 | uint32(t.exp[b>>4])<<23
+	}
+	for k := range 16 {
+		x := t.exp[k]
+		t.halves[k], t.halves[16+k] = x>>1, x<<7
+	}
+}
+
 type decPart struct {
 	wg      *sync.WaitGroup
 	run_    func(p *decPart)
@@ -225,13 +236,7 @@ func (d *Decoder) decodeTo(out []byte, segs *segments, frame []byte, hdr *Header
 	kernel, span := decodeGeneric, (func(*decPart, int, int))(nil)
 	if h.DType == BF16 && h.CodeBits == 4 {
 		kernel, span = decodeBF16Nibbles, decodeBF16Span
-		for b := range d.tab.pairs {
-			d.tab.pairs[b] = uint32(d.tab.exp[b&0xF])<<7 | uint32(d.tab.exp[b>>4])<<23
-		}
-		for k := range 16 {
-			x := d.tab.exp[k]
-			d.tab.halves[k], d.tab.halves[16+k] = x>>1, x<<7
-		}
+		d.tab.fillBF16Nibbles()
 	}
 	parts := 1
 	if outLen >= parallelMin {
