@@ -110,7 +110,9 @@ func TestRegisterHostCacheHugePages(t *testing.T) {
 	require.NoError(t, waitLoad(t, c, "r"))
 	requireSameBlocks(t, src, blocks, dst, blocks)
 
-	// A second registration replaces the first; its background work ends with it.
+	// A second registration replaces the first; its background work ends with it. The producer lets go of the
+	// handoff when the consumer's completion notice arrives, which may come after the load is done here.
+	require.Eventually(t, func() bool { return p.InFlight() == 0 }, 10*time.Second, 5*time.Millisecond)
 	require.NoError(t, p.RegisterHostCache(src.layout, src.bases))
 	require.NoError(t, p.Close())
 	runtime.KeepAlive(src)
