@@ -304,7 +304,7 @@ func controlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(chunk
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
 const (
 	streamSlots = 64
-	streamGroup = 64
+	streamGroup = 32
 )
 
 func streamGroups(chunks uint64) uint64 { return (chunks + streamGroup - 1) / streamGroup }
