@@ -60,14 +60,15 @@ func withTune(bits uint32) Option { return func(o *options) error { o.tune = bit
 
 // The kernel variants a Codec uses unless WithKernels picks others, the fastest in the bench on an H100
 // (BENCH.md): the streaming encoder and the one-chunk tile decoder. Below SmallEncodeBytes of input the encoder
-// is SmallEncodeKernels instead: the streaming encoder's finishing tail (the last groups' look-back and the
-// header after its last chunk, ~7 µs on an H100) costs more there than it saves (the threshold was measured
-// when a separate kernel did the finishing; BENCH.md).
+// is SmallEncodeKernels instead: the streaming encoder's finishing tail (the last groups' gather, look-back and
+// placement after its last chunk, ~3 µs on an H100) costs more there than it saves. Measured on the H100 with
+// groups of 32 chunks (BENCH.md, seventh session): 16 MiB tile 758 GB/s, streaming 751; 32 MiB 892 and 979;
+// 64 MiB 1,018 and 1,255.
 const (
 	DefaultEncodeKernels = "s256u8"
 	DefaultDecodeKernels = "t256c1"
 	SmallEncodeKernels   = "t256c4"
-	SmallEncodeBytes     = 64 << 20
+	SmallEncodeBytes     = 32 << 20
 )
 
 // Variants lists the kernel variants in the PTX: "t<threads per block>c<4,096-element chunks per block>",
