@@ -205,6 +205,18 @@ func withEscapes(r *rand.Rand, n int, frac float64, cb *codec.Codebook) []byte {
 	return b
 }
 
+// heavyChunks is withEscapes applied to every every-th 4,096-element chunk only: the streaming encoder's
+// finishing groups then mix chunks over their 64 parked slots with chunks under them, and have more escapes
+// than the 256 a finishing warp maps to their slots, so both ways of finding a parked escape are taken.
+func heavyChunks(r *rand.Rand, n, every int, frac float64, cb *codec.Codebook) []byte {
+	b := randn(r, n, 1)
+	for c := 0; c*4096 < n; c += every {
+		end := min(n, (c+1)*4096)
+		copy(b[2*c*4096:2*end], withEscapes(r, end-c*4096, frac, cb))
+	}
+	return b
+}
+
 type input struct {
 	name string
 	data []byte
@@ -236,7 +248,8 @@ func TestKernelVariants(t *testing.T) {
 	r := rand.New(rand.NewPCG(8, 8))
 	kv := concat(realKV(t))
 	// 40 MiB: a streaming encoder's grid interleaves finishing blocks with coding ones from 32 MiB on.
-	data := [][]byte{kv, tileKV(kv, 40<<20+6, 3), kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000)}
+	data := [][]byte{kv, tileKV(kv, 40<<20+6, 3), kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000),
+		heavyChunks(r, 100*4096+77, 5, 0.1, cb)}
 	for _, v := range Variants {
 		// Both builds: the sm_90 PTX with dependent launches (on Hopper) and the sm_80 one with plain launches.
 		for _, opts := range [][]Option{{WithKernels(v, v)}, {WithKernels(v, v), withoutDependentLaunch()}} {
