@@ -292,6 +292,12 @@ __device__ __forceinline__ void st_relaxed_gpu(uint32_t* p, uint32_t v) {
   asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
+// cp.async of 16 bytes from global to shared memory (bypassing L1), and the wait for a thread's own copies.
+__device__ __forceinline__ void cp_async16(void* smem, uint64_t gaddr) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gaddr) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 template <typename T>
@@ -1737,6 +1743,22 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   uint4 v[UPL];
 #pragma unroll
   for (int j = 0; j < UPL; j++) v[j] = load_unit(map, base, f, e0, kUnit * (j * 32 + lane), len);
+  // A whole chunk's later rounds are copied into shared memory (cp.async) right away, so a warp waits one round
+  // trip for its chunk instead of one a round and holds twice the bytes in flight without the registers (u8:
+  // 4 KiB more a warp, 32 KiB a block). H100, same run, taking turns: 256 MiB 1,516-1,518 -> 1,524-1,526 GB/s,
+  // 1 GiB 1,606-1,607 -> 1,621-1,623 (BENCH.md). u4 would need 48 KiB a block more: it keeps its loads.
+  constexpr bool STAGE = UPL >= 8;
+  __shared__ uint4 stage[STAGE ? WARPS : 1][STAGE ? (ROUNDS - 1) * UPL * 32 : 1];
+  if (STAGE && aligned) {
+    uint4* st = stage[threadIdx.x >> 5];
+#pragma unroll
+    for (int r = 1; r < ROUNDS; r++)
+#pragma unroll
+      for (int j = 0; j < UPL; j++) {
+        const uint32_t ue = kUnit * ((r * UPL + j) * 32 + lane);
+        cp_async16(st + ((r - 1) * UPL + j) * 32 + lane, base ? base + 2ull * ue : map.addr(f, e0 + ue));
+      }
+  }
   enc_code_table<THREADS>(p, code_of);  // while the loads fly
   __syncthreads();
   launch_dependents();  // the raw-fallback kernel may launch (and wait) as the last blocks run
@@ -1778,8 +1800,15 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
       }
     }
     if (r + 1 < ROUNDS) {
+      if (STAGE && aligned) {
+        cp_async_wait_all();
+        const uint4* st = stage[threadIdx.x >> 5];
 #pragma unroll
-      for (int j = 0; j < UPL; j++) v[j] = load_unit(map, base, f, e0, kUnit * (((r + 1) * UPL + j) * 32 + lane), len);
+        for (int j = 0; j < UPL; j++) v[j] = st[(r * UPL + j) * 32 + lane];
+      } else {
+#pragma unroll
+        for (int j = 0; j < UPL; j++) v[j] = load_unit(map, base, f, e0, kUnit * (((r + 1) * UPL + j) * 32 + lane), len);
+      }
     }
   }
   if (aligned) {
