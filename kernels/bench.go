@@ -344,7 +344,8 @@ func (b *benchEnv) dense(codecs map[string]*Codec, variants []string, cb *codec.
 		if c.tune&tuneNoRawLaunch != 0 {
 			reset = func() error { return b.s.MemsetD8Async(ws, 0, controlBytes(1, chunksOf(uint64(size/2)))) }
 		}
-		encMs, err := b.medianReset(reset, func(i int) error { return c.EncodeAsync(b.s, src[i%2], size, cb, dst[i%2], sizeOut, ws) })
+		encode := func(i int) error { return c.EncodeAsync(b.s, src[i%2], size, cb, dst[i%2], sizeOut, ws) }
+		encMs, err := b.medianReset(reset, encode)
 		if err != nil {
 			return nil, err
 		}
@@ -359,7 +360,7 @@ func (b *benchEnv) dense(codecs map[string]*Codec, variants []string, cb *codec.
 			// For comparison with runs before the stream was held: the default codec timed from an idle stream,
 			// the host's launch latency in the window.
 			b.hold = false
-			idleMs, err := b.median(func(i int) error { return c.EncodeAsync(b.s, src[i%2], size, cb, dst[i%2], sizeOut, ws) })
+			idleMs, err := b.median(encode)
 			b.hold = true
 			if err != nil {
 				return nil, err

@@ -290,8 +290,9 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in splitzip.cuh): a
 // look-back word and a total per group of chunks, a total per frame, and per chunk an escape count and
 // streamSlots parked escapes of 4 bytes, position and exponent (3.2 % of the input in all). The raw fallback
-// kernel zeroes the first controlBytes after each encode. The encoders are fast because nothing resets it before a launch: the
-// streaming encoder tells a word written in this call from an unwritten one by its being nonzero.
+// kernel zeroes the first controlBytes after each encode. The encoders are fast because nothing resets it
+// before a launch: the streaming encoder tells a word written in this call from an unwritten one by its being
+// nonzero.
 func workspaceSize(frames, chunks uint64) int {
 	stream := 2*8*frames*streamGroups(chunks) + 8*frames + 4*frames*chunks + 4*frames*chunks*streamSlots
 	return max(controlBytes(frames, chunks), int(stream))
