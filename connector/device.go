@@ -193,7 +193,7 @@ func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder, per int) (layer
 		if s.ws, err = c.ctx.Alloc(wsLen); err != nil {
 			return err
 		}
-		// Zero once: the encoder leaves it zero for each next layer (kernels.EncodeWorkspaceSize).
+		// Zero once: the encoder leaves it ready for each next layer (kernels.EncodeWorkspaceSize).
 		if err = s.stream.MemsetD8Async(s.ws.Ptr(), 0, wsLen); err != nil {
 			return err
 		}

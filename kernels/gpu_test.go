@@ -65,13 +65,25 @@ func (g *gpuEnv) workspace(t testing.TB, n int) cuda.DevicePtr {
 	return ws
 }
 
-// requireZeroWorkspace checks that the encodes before it left their workspace zero, as the next one expects.
-func (g *gpuEnv) requireZeroWorkspace(t testing.TB, ws cuda.DevicePtr, n int, msg ...any) {
+// requireReadyWorkspace checks that the encodes before it left their workspace as the next one expects: zero
+// but for its counters, of which every raw fallback block's copy equals the decision count. It returns that
+// count (frames decided by the streaming encoder in the low half, raw ones in the high half).
+func (g *gpuEnv) requireReadyWorkspace(t testing.TB, ws cuda.DevicePtr, n int, msg ...any) uint64 {
 	t.Helper()
-	if got := g.download(t, ws, n); !bytes.Equal(got, make([]byte, n)) {
-		i := slices.IndexFunc(got, func(b byte) bool { return b != 0 })
-		require.Failf(t, "workspace not left zero", "first nonzero byte at %d of %d (% x): %v", i, n, got[i&^7:min(i&^7+16, n)], fmt.Sprint(msg...))
+	got := g.download(t, ws, n)
+	decided := binary.LittleEndian.Uint64(got)
+	for b := range rawGridLimit {
+		require.Equal(t, decided, binary.LittleEndian.Uint64(got[8*(16+b):]), "raw fallback block %d's count: %v", b, fmt.Sprint(msg...))
 	}
+	copy(got[:8], make([]byte, 8))
+	if body := got[:counterBytes-8*rawGridLimit]; !bytes.Equal(body, make([]byte, len(body))) {
+		require.Failf(t, "workspace counters", "nonzero word between the decision count and the blocks' copies: %v", fmt.Sprint(msg...))
+	}
+	if body := got[counterBytes:]; !bytes.Equal(body, make([]byte, len(body))) {
+		i := slices.IndexFunc(body, func(b byte) bool { return b != 0 })
+		require.Failf(t, "workspace not left zero", "first nonzero byte at %d of %d (% x): %v", counterBytes+i, n, body[i&^7:min(i&^7+16, len(body))], fmt.Sprint(msg...))
+	}
+	return decided
 }
 
 func (g *gpuEnv) upload(t testing.TB, data []byte) cuda.DevicePtr {
@@ -93,7 +105,7 @@ func (g *gpuEnv) u64(t testing.TB, p cuda.DevicePtr) uint64 {
 }
 
 // encode runs EncodeAsync over src into a buffer poisoned with poison, checks that nothing past the frame
-// was written and that the workspace was left zero, and returns the frame.
+// was written and that the workspace was left ready for the next call, and returns the frame.
 func (g *gpuEnv) encode(t testing.TB, src []byte, cb *codec.Codebook, poison byte) []byte {
 	t.Helper()
 	n := EncodeWorkspaceSize(len(src))
@@ -114,7 +126,7 @@ func (g *gpuEnv) encodeWS(t testing.TB, src []byte, cb *codec.Codebook, poison b
 	require.LessOrEqual(t, n, uint64(MaxEncodedLen(len(src))), "frame length")
 	out := g.download(t, dst, capacity)
 	require.Equal(t, bytes.Repeat([]byte{poison}, capacity-int(n)), out[n:], "bytes past the frame's end were written")
-	g.requireZeroWorkspace(t, ws, wsLen, "after encoding ", len(src), " bytes")
+	g.requireReadyWorkspace(t, ws, wsLen, "after encoding ", len(src), " bytes")
 	return out[:n]
 }
 
@@ -258,13 +270,23 @@ func TestKernelVariants(t *testing.T) {
 			// One workspace serves every input, large and small, coded and raw, in turn (twice).
 			wsLen := EncodeWorkspaceSize(len(data[1]))
 			ws := g.workspace(t, wsLen)
+			var decided, raw uint64 // the streaming encoder's frame decisions (those not raw from the host)
 			for i, in := range slices.Concat(data, data) {
 				frame := cpuEncode(t, in, cb)
 				require.Equal(t, frame, g.encodeWS(t, in, cb, 0xA5, ws, wsLen), "%s input %d", name, i)
 				out, err := g.decode(t, frame, len(frame), len(in), 0x5A)
 				require.NoError(t, err)
 				require.True(t, bytes.Equal(in, out), "%s input %d", name, i)
+				if n := uint64(len(in) / 2); isStreaming(v) && escapesOffset(n) <= headerSize+2*n {
+					decided++
+					if h, err := codec.ParseHeader(frame); err == nil && h.Raw {
+						raw++
+					}
+				}
 			}
+			// The raw fallback kernel learnt each frame's decision from the count (and copied the raw ones:
+			// the frames above are right).
+			assert.Equal(t, raw<<32|decided, g.requireReadyWorkspace(t, ws, wsLen), "%s: decisions", name)
 		}
 	}
 	// Hopper gets the dependent launches wherever the driver has cuLaunchKernelEx.
@@ -460,7 +482,7 @@ func TestConcurrentStreams(t *testing.T) {
 			require.Equal(t, cpuEncode(t, j.data, cb), frame, "stream %d", i)
 			require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, j.st, 4))))
 			require.True(t, bytes.Equal(j.data, g.download(t, j.out, len(j.data))), "stream %d", i)
-			g.requireZeroWorkspace(t, j.ws, EncodeWorkspaceSize(len(j.data)), "stream ", i)
+			g.requireReadyWorkspace(t, j.ws, EncodeWorkspaceSize(len(j.data)), "stream ", i)
 		}
 	}
 }
@@ -518,7 +540,7 @@ func testGraphCapture(t *testing.T, g *gpuEnv) {
 		require.Equal(t, want, g.download(t, dst, len(want)), "replay %d", rep)
 		require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, st, 4))))
 		require.True(t, bytes.Equal(data, g.download(t, out, 2*n)), "replay %d", rep)
-		g.requireZeroWorkspace(t, ws, EncodeWorkspaceSize(2*n), "replay ", rep)
+		g.requireReadyWorkspace(t, ws, EncodeWorkspaceSize(2*n), "replay ", rep)
 	}
 }
 
@@ -640,7 +662,7 @@ func testPaged(t *testing.T, variant string, nb int) {
 			ws := g.workspace(t, wsLen)
 			require.NoError(t, g.s.MemsetD8Async(dst, 0x99, frames*stride))
 			require.NoError(t, g.codec.GatherEncodeAsync(g.s, src.layout, req, cb, dst, sizes, ws))
-			g.requireZeroWorkspace(t, ws, wsLen)
+			g.requireReadyWorkspace(t, ws, wsLen)
 			lens := g.download(t, sizes, 8*frames)
 			all := g.download(t, dst, frames*stride)
 			var tensors [][]byte

@@ -17,10 +17,17 @@ const (
 	chunkElems  = 1 << codec.DefaultChunk // 4,096
 	codebookLen = 16
 	escapeSize  = 3
-	// Blocks of the raw fallback kernel, which strides over the chunks. One per H100 SM: its work after the
-	// encoder is a header read and the zeroing of the control words, and 132 blocks measured +0.2 % on the
-	// 256 MiB encode against 528 (1,056: -0.4 %; BENCH.md).
+	// Blocks of the raw fallback kernel, which strides over the chunks (kRawBlocks in splitzip.cuh; after the
+	// streaming encoder exactly as many). One per H100 SM: 132 blocks measured +0.2 % on the 256 MiB encode
+	// against 528 (1,056: -0.4 %; BENCH.md), and 16, 33 or 66 the same as 132.
 	rawGridLimit = 132
+	// The workspace's leading words that persist from call to call (kCounterWords in splitzip.cuh): the
+	// streaming encoder's decision count and the raw fallback kernel's blocks' copies of it.
+	counterBytes = 8 * (16 + rawGridLimit)
+	// What the raw fallback kernel does (RawMode in splitzip.cuh).
+	rawAfterTile   = 0
+	rawHost        = 1
+	rawAfterStream = 2
 )
 
 // ErrAlignment is returned when a device pointer or stride the kernels access with 16-byte vectors is not
@@ -282,26 +289,28 @@ func escapesOffset(n uint64) uint64 {
 }
 
 // EncodeWorkspaceSize is the workspace EncodeAsync needs for srcLen bytes of input. A workspace must be zero
-// before its first use (cuMemsetD8, torch.zeros); every encode leaves it zero again, so it serves call after
-// call, of any size up to the one it was made for, in one stream's order.
+// before its first use (cuMemsetD8, torch.zeros); every encode leaves it ready for the next (zero but for a
+// few counters at its start), so it serves call after call, of any size up to the one it was made for, in one
+// stream's order. An encode that returned an error may leave it in any state: zero it again.
 func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint64(srcLen/2))) }
 
-// workspaceSize is the larger of the two encoders' workspaces. The tile encoders': a counter word and a
-// look-back word per tile (at most one per chunk). The streaming encoder's (StreamWS in splitzip.cuh): a
-// look-back word and a total per group of chunks, a total per frame, and per chunk an escape count and
-// streamSlots parked escapes of 4 bytes, position and exponent (3.2 % of the input in all). The raw fallback
-// kernel zeroes the first controlBytes after each encode. The encoders are fast because nothing resets it
-// before a launch: the streaming encoder tells a word written in this call from an unwritten one by its being
-// nonzero.
+// workspaceSize is counterBytes, then the larger of the two encoders' bodies. The tile encoders': a counter
+// word and a look-back word per tile (at most one per chunk), which the raw fallback kernel zeroes after them.
+// The streaming encoder's (StreamWS in splitzip.cuh): a look-back word and a total per group of chunks, a total
+// per frame, and per chunk an escape count and streamSlots parked escapes of 4 bytes, position and exponent
+// (3.2 % of the input in all), which its finishing and header blocks zero once read. The encoders are fast
+// because nothing resets the workspace before a launch: the streaming encoder tells a word written in this
+// call from an unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
 	stream := 2*8*frames*streamGroups(chunks) + 8*frames + 4*frames*chunks + 4*frames*chunks*streamSlots
-	return max(controlBytes(frames, chunks), int(stream))
+	return counterBytes + max(controlBytes(frames, chunks)-counterBytes, int(stream))
 }
 
-// controlBytes is the workspace's leading part that the raw fallback kernel zeroes after each encode
-// (ws_control_words in splitzip.cuh): the tile encoders' counter and look-back words, or the streaming
-// encoder's look-back words, group and frame totals and counts.
-func controlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(chunks+4))) }
+// controlBytes is the workspace's leading part that holds every word an encode may leave nonzero: the counters,
+// then the tile encoders' counter and look-back words (ws_control_words in splitzip.cuh, which the raw fallback
+// kernel zeroes after them), within which lie the streaming encoder's look-back words, group and frame totals
+// and counts.
+func controlBytes(frames, chunks uint64) int { return counterBytes + int(8*(1+frames*(chunks+4))) }
 
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
 const (
@@ -328,14 +337,14 @@ func codebookWords(cb *codec.Codebook) ([4]uint32, error) {
 // encParams mirrors struct EncParams of splitzip.cuh (104 bytes).
 type encParams struct {
 	src, ids, dst, frameStride, sizes, ws, strideBytes                  uint64
-	n, frames, chunks, blockElems, nBlocks, segsPerFrame, hostRaw, tune uint32
+	n, frames, chunks, blockElems, nBlocks, segsPerFrame, rawMode, tune uint32
 	codebook                                                            [4]uint32
 }
 
 func (p *encParams) args() *cuda.Args {
 	a := cuda.NewArgs()
 	a.U64(p.src).U64(p.ids).U64(p.dst).U64(p.frameStride).U64(p.sizes).U64(p.ws).U64(p.strideBytes)
-	a.U32(p.n).U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.hostRaw).U32(p.tune)
+	a.U32(p.n).U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.rawMode).U32(p.tune)
 	for _, w := range p.codebook {
 		a.U32(w)
 	}
@@ -355,9 +364,9 @@ func (p *decParams) args() *cuda.Args {
 	return a
 }
 
-// launchEncode enqueues the encoding of p: the encode kernel (a streaming one with its finishing blocks), then
-// the raw fallback kernel, which also zeroes the workspace's control words again and launches during the
-// encoder's tail where the GPU allows (launchAfter).
+// launchEncode enqueues the encoding of p: the encode kernel (a streaming one with its finishing and header
+// blocks), then the raw fallback kernel, which launches during the encoder's tail where the GPU allows
+// (launchAfter) and, after a tile encoder, zeroes the workspace's control words again.
 func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	p.tune = c.tune
 	total := uint64(p.frames) * uint64(p.chunks)
@@ -372,7 +381,7 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	rawGrid := cuda.Dim3{X: uint32(min(total, rawGridLimit))}
 	if escapesOffset(uint64(p.n)) > headerSize+2*uint64(p.n) {
 		// Too small for a coded frame even without escapes (the CPU encoder decides the same): raw.
-		p.hostRaw = 1
+		p.rawMode = rawHost
 		if total == 0 {
 			p.chunks, rawGrid.X = 1, 1
 		}
@@ -384,6 +393,9 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 		// for its header.
 		warps := uint64(k.threads / 32)
 		grid.X += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks))+warps-1)/warps + (uint64(p.frames)+warps-1)/warps)
+		// Its header blocks tell the raw fallback kernel which frames are raw, one count per frame that each of
+		// its blocks follows (raw_chunks): all of them run.
+		p.rawMode, rawGrid.X = rawAfterStream, rawGridLimit
 	}
 	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
 		return err
@@ -401,7 +413,7 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 //   - the frame's length is written to sizeOut as a little-endian uint64 (device memory, or pinned host memory
 //     mapped into the device's address space): copy it to the host with a stream-ordered copy;
 //   - ws is EncodeWorkspaceSize(srcLen) bytes of device memory, zero before its first use, used by this call
-//     until s reaches its end and left zero (see EncodeWorkspaceSize).
+//     until s reaches its end and left ready for the next call (see EncodeWorkspaceSize).
 //
 // src and dst must be 16-byte aligned. Nothing waits for the device.
 func (c *Codec) EncodeAsync(s *cuda.Stream, src cuda.DevicePtr, srcLen int, cb *codec.Codebook, dst, sizeOut, ws cuda.DevicePtr) error {

@@ -80,8 +80,8 @@ func (l PagedLayout) segsPerFrame(r PagedRequest) uint32 {
 // gather copy: into one frame, or one frame per layer, starting FrameStride apart at dst (16-byte aligned,
 // Frames × FrameStride bytes). Each frame is byte-identical to what the CPU encoder writes for the gathered
 // tensor. Frame lengths are written to sizesOut (one little-endian uint64 per frame); ws is
-// GatherEncodeWorkspaceSize bytes of device memory, zero before its first use and left zero (see
-// EncodeWorkspaceSize).
+// GatherEncodeWorkspaceSize bytes of device memory, zero before its first use and left ready for the next
+// call (see EncodeWorkspaceSize).
 func (c *Codec) GatherEncodeAsync(s *cuda.Stream, l PagedLayout, r PagedRequest, cb *codec.Codebook, dst, sizesOut, ws cuda.DevicePtr) error {
 	words, err := codebookWords(cb)
 	if err != nil {

@@ -11,8 +11,9 @@
 //   - streaming kernels ("s<threads>u<units>", the default encoder; at the end of this file): the encoder's
 //     warps park a chunk's escapes in the workspace and extra blocks at the end of its grid place them, so
 //     nothing waits in the data path; the decoder writes them over its dense stores.
-// The encoders' workspace is zero between calls: the caller zeroes it once, the finishing blocks zero the slots
-// they read, and the raw fallback kernel, which runs after every encoder, zeroes the rest it used.
+// The encoders' workspace is zero between calls but for its counters (ws_counters): the caller zeroes it once;
+// the streaming encoder's finishing and header blocks zero what they read, and after a tile encoder the raw
+// fallback kernel, which runs after every encoder, zeroes the words it used.
 #pragma once
 
 #include <stdint.h>
@@ -80,7 +81,7 @@ struct EncParams {
   uint64_t dst;           // the first frame (16-byte aligned)
   uint64_t frame_stride;  // bytes from one frame to the next (multiple of 16)
   uint64_t sizes;         // u64 per frame: the frame's length, written by the kernel
-  uint64_t ws;            // workspace, zero on entry and left zero (tile encoders: a counter, a look-back word per tile)
+  uint64_t ws;            // workspace: its counters (ws_counters), then a body zero on entry and left zero
   uint64_t stride_bytes;  // paged: bytes from one block id to the next
   uint32_t n;             // elements per frame
   uint32_t frames;
@@ -88,11 +89,28 @@ struct EncParams {
   uint32_t block_elems;     // paged: contiguous elements of one block of K or V
   uint32_t n_blocks;        // paged: block ids
   uint32_t segs_per_frame;  // paged: blocks of K or V per frame
-  uint32_t host_raw;        // raw kernel: 1 = write raw frames unconditionally (header included)
+  uint32_t raw_mode;        // raw kernel: RawMode
   uint32_t tune;            // tuning experiments (bench only): kTune* bits; 0 in production
   uint32_t codebook[4];  // 16 exponents, code k in byte k
 };
 static_assert(sizeof(EncParams) == 104, "EncParams layout is shared with Go");
+
+// What the raw fallback kernel does (EncParams.raw_mode), by what ran before it.
+enum RawMode : uint32_t {
+  kRawAfterTile = 0,    // after a tile encoder: wait for it, zero its control words, copy the frames it made raw
+  kRawHost = 1,         // no encoder: the host saw the coded layout cannot fit; write raw frames (header included)
+  kRawAfterStream = 2,  // after the streaming encoder: learn its decisions from ws_counters (raw_chunks)
+};
+
+// The workspace starts with kCounterWords words that persist from call to call (zero before the first): word 0
+// counts the streaming encoder's frame decisions (frames decided in the low half, raw ones in the high half),
+// word kSeenWord + b is the count block b of the raw fallback kernel saw last. The body after them is zero
+// between calls. Blocks of the raw fallback kernel after the streaming encoder: exactly kRawBlocks.
+constexpr uint32_t kRawBlocks = 132;
+constexpr uint32_t kSeenWord = 16;  // the seen words start on another 128-byte line than the one polled
+constexpr uint32_t kCounterWords = kSeenWord + kRawBlocks;
+__device__ __forceinline__ uint64_t* ws_counters(const EncParams& p) { return reinterpret_cast<uint64_t*>(p.ws); }
+__device__ __forceinline__ uint64_t ws_body(const EncParams& p) { return p.ws + 8ull * kCounterWords; }
 
 struct DecParams {
   uint64_t src;           // the first frame
@@ -485,23 +503,37 @@ __device__ __forceinline__ void enc_load(const EncParams& p, const Map& map, uin
   }
 }
 
-// finish_frame: the frame's last tile knows the escape total E: header, codebook, gap bytes, length. A frame
-// whose escapes would not fit gets a raw header, which tells the raw fallback kernel to copy its payload.
-__device__ __forceinline__ void finish_frame(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E,
-                                             const CrcTables* tab = nullptr) {
+// put_frame_constants writes what a coded frame holds besides its header and sections, all fixed by n: the
+// codebook and the zero gap bytes that align the sections (under 16 each). Thread i of step writes its share.
+__device__ __forceinline__ void put_frame_constants(const EncParams& p, uint8_t* frame, uint64_t n, uint32_t i, uint32_t step) {
   const Layout L = bf16_layout(n);
-  const uint64_t max_len = kHeaderSize + 2 * n;
-  const uint64_t end = L.escapes + kEscapeSize * E;
-  const bool raw = end > max_len;
-  write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize, tab);
-  if (!raw) {
-    uint4* cb = reinterpret_cast<uint4*>(frame + kHeaderSize);
-    *cb = make_uint4(p.codebook[0], p.codebook[1], p.codebook[2], p.codebook[3]);
-    for (uint64_t i = L.table + 4ull * L.chunks; i < L.codes; i++) frame[i] = 0;
-    for (uint64_t i = L.codes + (n + 1) / 2; i < L.residuals; i++) frame[i] = 0;
-    for (uint64_t i = L.residuals + n; i < L.escapes; i++) frame[i] = 0;
+  if (i == 0) *reinterpret_cast<uint4*>(frame + kHeaderSize) = make_uint4(p.codebook[0], p.codebook[1], p.codebook[2], p.codebook[3]);
+  for (uint32_t k = i; k < 48; k += step) {
+    const uint64_t from = k < 16 ? L.table + 4ull * L.chunks : k < 32 ? L.codes + (n + 1) / 2 : L.residuals + n;
+    const uint64_t to = k < 16 ? L.codes : k < 32 ? L.residuals : L.escapes;
+    if (from + k % 16 < to) frame[from + k % 16] = 0;
   }
-  reinterpret_cast<uint64_t*>(p.sizes)[f] = raw ? max_len : end;
+}
+
+// frame_is_raw: a frame whose escapes would not fit falls back to raw (as the CPU encoder decides).
+__device__ __forceinline__ bool frame_is_raw(uint64_t n, uint64_t E) {
+  return bf16_layout(n).escapes + kEscapeSize * E > kHeaderSize + 2 * n;
+}
+
+// finish_header writes frame f's header for its escape total E and its length: a raw header when the escapes
+// would not fit, which tells the raw fallback kernel to copy its payload.
+__device__ __forceinline__ void finish_header(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E,
+                                              const CrcTables* tab) {
+  const uint64_t end = bf16_layout(n).escapes + kEscapeSize * E;
+  const bool raw = frame_is_raw(n, E);
+  write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize, tab);
+  reinterpret_cast<uint64_t*>(p.sizes)[f] = raw ? kHeaderSize + 2 * n : end;
+}
+
+// finish_frame: the frame's last tile knows the escape total E: header, codebook, gap bytes, length.
+__device__ __forceinline__ void finish_frame(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E) {
+  if (!frame_is_raw(n, E)) put_frame_constants(p, frame, n, 0, 1);
+  finish_header(p, frame, f, n, E, nullptr);
 }
 
 // enc_code codes tile t from its loaded units v: dense sections, escape scan, look-back, chunk table, escapes,
@@ -571,7 +603,7 @@ __device__ __forceinline__ void enc_code(const EncParams& p, const Map& map, uin
 #pragma unroll
   for (int j = 0; j < UPT; j++) agg += (uint32_t)(total[j / 4] >> (16 * (j % 4))) & 0xFFFF;
 
-  uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + 1 + (uint64_t)f * tiles;
+  uint64_t* state = reinterpret_cast<uint64_t*>(ws_body(p)) + 1 + (uint64_t)f * tiles;
   if (threadIdx.x < 32) {
     const uint32_t excl = (p.tune & kTuneNoLookback) ? 0u : lookback_warp(state, tile, agg);
     if (threadIdx.x == 0) {
@@ -631,7 +663,7 @@ __device__ __forceinline__ void encode_tile(const EncParams& p, const Map& map) 
   enc_code<THREADS, CPT>(p, map, blockIdx.x, v, sh);
 }
 
-// raw_chunk copies chunk c of frame f verbatim behind its header: always (host_raw: the host saw the coded
+// raw_chunk copies chunk c of frame f verbatim behind its header: always (kRawHost: the host saw the coded
 // layout cannot fit, and the header is written here too), or when the encode kernel wrote a raw header.
 template <int THREADS, class Map>
 __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, uint32_t g) {
@@ -639,7 +671,7 @@ __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, ui
   const uint32_t f = g / p.chunks, c = g - f * p.chunks;
   const uint64_t n = p.n;
   uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
-  if (p.host_raw && c == 0 && threadIdx.x == 0) {
+  if (p.raw_mode == kRawHost && c == 0 && threadIdx.x == 0) {
     write_header(frame, n, 0, true, 2 * n);
     reinterpret_cast<uint64_t*>(p.sizes)[f] = kHeaderSize + 2 * n;
   }
@@ -659,26 +691,50 @@ __device__ __forceinline__ void raw_chunk(const EncParams& p, const Map& map, ui
   }
 }
 
-// ws_control_words is how many leading 64-bit words of the workspace an encoder leaves nonzero: the tile
-// encoders' counter and look-back words (at most one per chunk), or the streaming encoder's look-back words,
-// group and frame totals and escape counts (two words per group, one per frame, half a word per chunk: with
-// groups of 32 chunks, at most chunks + 4 words per frame).
+// ws_control_words is how many leading 64-bit words of the workspace body a tile encoder leaves nonzero: its
+// counter and look-back words (at most one per chunk). The streaming encoder's look-back words, group and frame
+// totals and escape counts fit in as many (two words per group, one per frame, half a word per chunk: with
+// groups of 32 chunks, at most chunks + 4 words per frame), which the bench's runs without its finishing
+// blocks ("+f") rely on.
 __device__ __forceinline__ uint64_t ws_control_words(const EncParams& p) { return 1 + (uint64_t)p.frames * (p.chunks + 4); }
 
-// raw_chunks runs after every encoder. Its grid is small and strides over the chunks: in the common case (no
-// fallback) a block reads each frame's header flag once and zeroes its share of the workspace's control words,
-// which the next call on the workspace expects zero.
+// raw_chunks runs after every encoder and strides over the chunks of the frames that fall back to raw. After a
+// tile encoder it waits for it (griddepcontrol.wait), zeroes the workspace's control words, which the next call
+// expects zero, and reads each frame's header flag. After the streaming encoder, whose finishing and header
+// warps leave the workspace zero themselves, thread 0 of each block polls the decision count (ws_counters) until
+// every frame of this call is decided, which happens as soon as the header warps know the escape totals; only
+// when a frame went raw does the kernel wait for the encoder, whose unfenced stores the raw copy overwrites.
+// So in the common case no block waits for the encoder's completion: the wait and the header read after it cost
+// the 256 MiB encode ~2 µs (1,523 -> 1,530 GB/s without the read, 1,541 without the kernel; BENCH.md).
 template <int THREADS, class Map>
 __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
-  wait_prerequisites();  // the encoder's headers; its look-back words and counts are no longer read
-  if (!p.host_raw) {
-    uint64_t* w = reinterpret_cast<uint64_t*>(p.ws);
+  if (p.raw_mode == kRawAfterStream) {
+    __shared__ uint32_t raw_frames;
+    if (threadIdx.x == 0) {
+      // A block's seen word was written by the block of the same index in an earlier call, which completed
+      // before this call's encoder started: a plain load reads it.
+      uint64_t* ctr = ws_counters(p);
+      const uint64_t seen = ctr[kSeenWord + blockIdx.x];
+      uint64_t d = ld_relaxed_gpu(ctr);
+      while ((uint32_t)(d - seen) < p.frames) {
+        __nanosleep(128);
+        d = ld_relaxed_gpu(ctr);
+      }
+      ctr[kSeenWord + blockIdx.x] = d;
+      raw_frames = (uint32_t)((d - seen) >> 32);  // nonzero also after 2^32 decisions (a borrow): then it checks
+    }
+    __syncthreads();
+    if (raw_frames == 0) return;
+  }
+  wait_prerequisites();  // the encoder's headers and stores; its look-back words and counts are no longer read
+  if (p.raw_mode == kRawAfterTile) {
+    uint64_t* w = reinterpret_cast<uint64_t*>(ws_body(p));
     const uint64_t words = ws_control_words(p);
     for (uint64_t i = (uint64_t)blockIdx.x * THREADS + threadIdx.x; i < words; i += (uint64_t)gridDim.x * THREADS) w[i] = 0;
   }
   for (uint32_t f = 0; f < p.frames; f++) {
     const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
-    if (!p.host_raw && !(__ldcg(frame + 6) & kFlagRaw)) continue;
+    if (p.raw_mode != kRawHost && !(__ldcg(frame + 6) & kFlagRaw)) continue;
     for (uint32_t c = blockIdx.x; c < p.chunks; c += gridDim.x) raw_chunk<THREADS>(p, map, f * p.chunks + c);
   }
 }
@@ -986,7 +1042,7 @@ __device__ __forceinline__ void encode_pipe(const EncParams& p, const Map& map) 
   launch_dependents();
   const uint32_t tiles = (p.chunks + CPT - 1) / CPT;  // per frame
   const uint32_t total = p.frames * tiles;
-  uint32_t* ctr = reinterpret_cast<uint32_t*>(p.ws);  // the workspace's first word
+  uint32_t* ctr = reinterpret_cast<uint32_t*>(ws_body(p));  // the workspace body's first word
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint64_t n = p.n;
   const Layout L = bf16_layout(n);
@@ -1109,7 +1165,7 @@ __device__ __forceinline__ void encode_pipe(const EncParams& p, const Map& map) 
       uint32_t a = 0;
       for (int i = lane; i < UPT * W; i += 32) a += (&sh.cnt[par][0][0])[i];
       a = __reduce_add_sync(0xFFFFFFFFu, a);
-      uint64_t* state = reinterpret_cast<uint64_t*>(p.ws) + 1 + (uint64_t)f * tiles;
+      uint64_t* state = reinterpret_cast<uint64_t*>(ws_body(p)) + 1 + (uint64_t)f * tiles;
       const uint32_t excl = (p.tune & kTuneNoLookback) ? 0u : lookback_warp(state, tile, a);
       if (lane == 0) {
         sh.excl[par] = excl;
@@ -1300,8 +1356,10 @@ __device__ __forceinline__ void decode_pipe(const DecParams& p, const Map& map) 
 // every block's slot longer (finishing by the last warp to arrive measured 7 % slower, BENCH.md). Instead every
 // word a finishing warp waits for says itself whether it was written: counts are stored plus one, parked
 // escapes with kParked set and the group and frame totals with their count of chunks done, into a workspace
-// that is zero at the start (the finishing warps zero the slots they read and the raw fallback kernel zeroes
-// the counts, totals and look-back words after the kernel).
+// that is zero at the start, and that the kernel leaves zero itself: the finishing warps zero the counts and
+// slots they read, the header blocks the frame totals and, once no look-back reads them any more, the look-back
+// words and group totals (zero_group_words). So the raw fallback kernel after it waits for it only when a frame
+// goes raw (raw_chunks).
 namespace sz {
 
 // Escapes a chunk parks in the workspace, with position and exponent (4 bytes: reading the exponents back from
@@ -1336,7 +1394,7 @@ __device__ __forceinline__ uint32_t groups_of(uint32_t chunks) { return (chunks 
 __device__ __forceinline__ StreamWS stream_ws(const EncParams& p) {
   const uint64_t groups = (uint64_t)p.frames * groups_of(p.chunks);
   StreamWS w;
-  w.state = reinterpret_cast<uint64_t*>(p.ws);
+  w.state = reinterpret_cast<uint64_t*>(ws_body(p));
   w.group_totals = w.state + groups;
   w.totals = w.group_totals + groups;
   w.counts = reinterpret_cast<uint32_t*>(w.totals + p.frames);
@@ -1417,6 +1475,11 @@ __device__ __forceinline__ void put_escape(uint8_t* frame, const Layout& L, uint
   }
 }
 
+// kPollNs is the pause between the finishing and header warps' reads of words not yet written. They wait only in
+// the last wave, where each pause is the tail's: 32 ns instead of 256 (counts, escapes) and 128 (frame totals)
+// measured +2 to +4 GB/s on the 256 MiB encode in each of four paired runs (BENCH.md).
+constexpr uint32_t kPollNs = 32;
+
 // await_words waits until each of a lane's K words that are wanted (want bit k) and still read zero has been
 // written, re-reading the zero ones (word k at at(k)) with a pause between rounds; w[k] holds what was read.
 template <int K, class At>
@@ -1426,7 +1489,7 @@ __device__ __forceinline__ void await_words(uint32_t (&w)[K], uint32_t want, At 
 #pragma unroll
     for (int k = 0; k < K; k++) waiting |= ((want >> k) & 1) && w[k] == 0;
     if (!__any_sync(0xFFFFFFFFu, waiting)) return;
-    __nanosleep(256);
+    __nanosleep(kPollNs);
 #pragma unroll
     for (int k = 0; k < K; k++)
       if (((want >> k) & 1) && w[k] == 0) w[k] = ld_relaxed_gpu(at(k));
@@ -1437,7 +1500,7 @@ __device__ __forceinline__ void await_words(uint32_t (&w)[K], uint32_t want, At 
 __device__ __forceinline__ uint64_t frame_escapes(const StreamWS& ws, uint32_t f, uint32_t chunks) {
   uint64_t v = ld_relaxed_gpu(ws.totals + f);
   while ((v >> 32) != chunks) {
-    __nanosleep(128);
+    __nanosleep(kPollNs);
     v = ld_relaxed_gpu(ws.totals + f);
   }
   return (uint32_t)v;
@@ -1508,7 +1571,7 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
   const uint32_t c0 = q * kGroup;  // the group's first chunk
   const uint32_t members = min(kGroup, p.chunks - c0);
   // The group's counts (count + 1; zero until the chunk's warp has stored it).
-  const uint32_t* counts = ws.counts + (uint64_t)f * p.chunks + c0;
+  uint32_t* counts = ws.counts + (uint64_t)f * p.chunks + c0;
   uint32_t cnt[PER], member = 0, sum = 0;
   auto cnt_at = [&](int k) { return counts + lane * PER + k; };
 #pragma unroll
@@ -1517,6 +1580,10 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
     if (lane * PER + k < members) member |= 1u << k, cnt[k] = ld_relaxed_gpu(cnt_at(k));
   }
   await_words(cnt, member, cnt_at);
+  // This warp is the counts' only reader: it leaves them zero for the next call.
+#pragma unroll
+  for (uint32_t k = 0; k < PER; k++)
+    if ((member >> k) & 1) st_relaxed_gpu(cnt_at(k), 0u);
 #pragma unroll
   for (uint32_t k = 0; k < PER; k++) {
     cnt[k] = cnt[k] ? cnt[k] - 1 : 0;
@@ -1671,17 +1738,72 @@ __device__ __forceinline__ void stream_finish(const EncParams& p, const Map& map
   finish_group(p, map, stream_ws(p), f, q, code_of, pre[threadIdx.x >> 5], slot_of[threadIdx.x >> 5]);
 }
 
+// zero_group_words: header block b zeroes the look-back words and group totals of its frames once no warp
+// reads or adds to them any more: every group of those frames has published its prefix (a look-back reads
+// words only until its own group publishes) and counted all its chunks (the coding warps' additions are in).
+// All of them, not group by group: a late look-back may still read an early group's words. The warps without
+// a frame to write the header of check while the others write theirs.
+template <int THREADS>
+__device__ __forceinline__ void zero_group_words(const EncParams& p, const StreamWS& ws, uint32_t b) {
+  constexpr int WARPS = THREADS / 32, K = 4;  // groups per thread and round, loads in flight together
+  const uint32_t groups = groups_of(p.chunks);
+  const uint64_t f0 = (uint64_t)b * WARPS, f1 = min((uint64_t)p.frames, f0 + WARPS);
+  const uint64_t first = f0 * groups, count = (f1 - f0) * groups;
+  const uint32_t busy = f1 - f0 < WARPS ? 32 * (uint32_t)(f1 - f0) : 0;  // threads of the header warps
+  if (threadIdx.x >= busy) {
+    const uint32_t step = THREADS - busy;
+    for (uint64_t r = 0; r < count; r += (uint64_t)step * K) {  // rounds alike for a warp's lanes
+      const uint64_t i0 = r + threadIdx.x - busy;
+      uint32_t pending = 0;
+#pragma unroll
+      for (int k = 0; k < K; k++)
+        if (i0 + (uint64_t)k * step < count) pending |= 1u << k;
+      while (true) {
+#pragma unroll
+        for (int k = 0; k < K; k++)
+          if ((pending >> k) & 1) {
+            const uint64_t g = first + i0 + (uint64_t)k * step;
+            const uint32_t q = (uint32_t)(g % groups);
+            const uint64_t s = ld_relaxed_gpu(ws.state + g), t = ld_relaxed_gpu(ws.group_totals + g);
+            if ((s >> 32) == (kFlagPrefix >> 32) && (t >> 32) == min(kGroup, p.chunks - q * kGroup)) pending &= ~(1u << k);
+          }
+        if (!__any_sync(0xFFFFFFFFu, pending != 0)) break;
+        __nanosleep(128);
+      }
+    }
+  }
+  __syncthreads();
+  for (uint64_t i = threadIdx.x; i < count; i += THREADS) {
+    st_relaxed_gpu(ws.state + first + i, 0ull);
+    st_relaxed_gpu(ws.group_totals + first + i, 0ull);
+  }
+}
+
 // stream_header: header block b; its warp w writes the header, codebook, gaps and length of frame b × WARPS + w
-// once the frame's total is complete, while the frame's last group places its escapes.
+// (the codebook and gaps first, the rest once the frame's total is complete, while the frame's last group places
+// its escapes) and tells the raw fallback kernel whether the frame is raw (ws_counters). Then the block leaves
+// its frames' control words zero for the next call: the frame total here, the counts in their finishing warps,
+// the look-back words and group totals in zero_group_words.
 template <int THREADS>
 __device__ __forceinline__ void stream_header(const EncParams& p, uint32_t b) {
   __shared__ CrcTables crc;
   build_crc_tables(crc);
+  const StreamWS ws = stream_ws(p);
+  const uint32_t lane = threadIdx.x & 31;
   const uint64_t f = (uint64_t)b * (THREADS / 32) + (threadIdx.x >> 5);
-  if (f >= p.frames) return;
-  const uint64_t E = frame_escapes(stream_ws(p), (uint32_t)f, p.chunks);
-  if (p.tune & kTuneNoHeader) return;
-  if ((threadIdx.x & 31) == 0) finish_frame(p, reinterpret_cast<uint8_t*>(p.dst + f * p.frame_stride), (uint32_t)f, p.n, E, &crc);
+  if (f < p.frames) {
+    uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + f * p.frame_stride);
+    // A frame that turns out raw gets these overwritten by the raw copy, which waits for this kernel.
+    if (!(p.tune & kTuneNoHeader)) put_frame_constants(p, frame, p.n, lane, 32);
+    const uint64_t E = frame_escapes(ws, (uint32_t)f, p.chunks);
+    if (lane == 0) {
+      st_relaxed_gpu(ws.totals + f, 0ull);  // its only reader; every chunk has added to it
+      // No answer awaited: a fire-and-forget reduction.
+      atomicAdd(reinterpret_cast<unsigned long long*>(ws_counters(p)), frame_is_raw(p.n, E) ? (1ull << 32) | 1 : 1ull);
+      if (!(p.tune & kTuneNoHeader)) finish_header(p, frame, (uint32_t)f, p.n, E, &crc);
+    }
+  }
+  zero_group_words<THREADS>(p, ws, b);
 }
 
 // The streaming encoder's grid is its coding blocks, then its finishing blocks, then a header block per WARPS

@@ -75,7 +75,7 @@ func CUDALoad(ordinal int) (n int, err error) {
 }
 
 // CUDAEncodeWorkspaceSize is the device workspace CUDAEncode needs for srcLen bytes of input. It must be zero
-// before its first use (torch.zeros); each encode leaves it zero for the next one on the same stream.
+// before its first use (torch.zeros); each encode leaves it ready for the next one on the same stream.
 func CUDAEncodeWorkspaceSize(srcLen int) int { return kernels.EncodeWorkspaceSize(srcLen) }
 
 // CUDAEncode enqueues on stream (a CUstream handle: torch.cuda.current_stream().cuda_stream; 0 is the legacy

@@ -177,7 +177,7 @@ def compress_cuda(tensor: Any, v: View, codebook: Codebook | str | None) -> Devi
     cap = ext.pybind_MaxEncodedLen(v.nbytes)
     buf = torch.empty(cap, dtype=torch.uint8, device=dev)
     size = torch.empty(1, dtype=torch.int64, device=dev)
-    # The encoder's workspace must start zero (it leaves it zero again).
+    # The encoder's workspace must start zero (it leaves it ready for the next call).
     ws = torch.zeros(max(ext.pybind_CUDAEncodeWorkspaceSize(v.nbytes), 16), dtype=torch.uint8, device=dev)
     try:
         ext.pybind_CUDAEncode(
