@@ -1477,7 +1477,7 @@ __device__ __forceinline__ void put_escape(uint8_t* frame, const Layout& L, uint
 
 // kPollNs is the pause between the finishing and header warps' reads of words not yet written. They wait only in
 // the last wave, where each pause is the tail's: 32 ns instead of 256 (counts, escapes) and 128 (frame totals)
-// measured +2 to +4 GB/s on the 256 MiB encode in each of four paired runs (BENCH.md).
+// measured +1 to +13 GB/s on the 256 MiB encode in each of six paired rounds (BENCH.md).
 constexpr uint32_t kPollNs = 32;
 
 // await_words waits until each of a lane's K words that are wanted (want bit k) and still read zero has been
