@@ -254,6 +254,16 @@ func inputs(t testing.TB) []input {
 	return in
 }
 
+// decides reports whether c encodes a frame of n elements with the streaming encoder, whose header warps count
+// their decisions in the workspace (the tile encoders and the host's raw frames count none).
+func decides(c *Codec, n uint64) bool {
+	k := &c.enc
+	if c.encSmall != nil && 2*n < SmallEncodeBytes {
+		k = c.encSmall
+	}
+	return k.stream && escapesOffset(n) <= headerSize+2*n
+}
+
 // Every kernel variant writes the CPU encoder's frames and decodes them.
 func TestKernelVariants(t *testing.T) {
 	cb := defaultBook(t)
@@ -262,32 +272,40 @@ func TestKernelVariants(t *testing.T) {
 	// 40 MiB: a streaming encoder's grid interleaves finishing blocks with coding ones from 32 MiB on.
 	data := [][]byte{kv, tileKV(kv, 40<<20+6, 3), kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000),
 		heavyChunks(r, 100*4096+77, 5, 0.1, cb)}
+	type config struct {
+		name string
+		opts []Option
+	}
+	var configs []config
 	for _, v := range Variants {
 		// Both builds: the sm_90 PTX with dependent launches (on Hopper) and the sm_80 one with plain launches.
-		for _, opts := range [][]Option{{WithKernels(v, v)}, {WithKernels(v, v), withoutDependentLaunch()}} {
-			g := newGPU(t, opts...)
-			name := fmt.Sprintf("%s (dependent launch %v)", v, g.codec.DependentLaunch())
-			// One workspace serves every input, large and small, coded and raw, in turn (twice).
-			wsLen := EncodeWorkspaceSize(len(data[1]))
-			ws := g.workspace(t, wsLen)
-			var decided, raw uint64 // the streaming encoder's frame decisions (those not raw from the host)
-			for i, in := range slices.Concat(data, data) {
-				frame := cpuEncode(t, in, cb)
-				require.Equal(t, frame, g.encodeWS(t, in, cb, 0xA5, ws, wsLen), "%s input %d", name, i)
-				out, err := g.decode(t, frame, len(frame), len(in), 0x5A)
-				require.NoError(t, err)
-				require.True(t, bytes.Equal(in, out), "%s input %d", name, i)
-				if n := uint64(len(in) / 2); isStreaming(v) && escapesOffset(n) <= headerSize+2*n {
-					decided++
-					if h, err := codec.ParseHeader(frame); err == nil && h.Raw {
-						raw++
-					}
+		configs = append(configs, config{v, []Option{WithKernels(v, v)}}, config{v, []Option{WithKernels(v, v), withoutDependentLaunch()}})
+	}
+	// The default codec: the tile encoder below SmallEncodeBytes and the streaming one above, on one workspace.
+	configs = append(configs, config{"default", nil})
+	for _, cf := range configs {
+		g := newGPU(t, cf.opts...)
+		name := fmt.Sprintf("%s (dependent launch %v)", cf.name, g.codec.DependentLaunch())
+		// One workspace serves every input, large and small, coded and raw, in turn (twice).
+		wsLen := EncodeWorkspaceSize(len(data[1]))
+		ws := g.workspace(t, wsLen)
+		var decided, raw uint64 // the streaming encoder's frame decisions
+		for i, in := range slices.Concat(data, data) {
+			frame := cpuEncode(t, in, cb)
+			require.Equal(t, frame, g.encodeWS(t, in, cb, 0xA5, ws, wsLen), "%s input %d", name, i)
+			out, err := g.decode(t, frame, len(frame), len(in), 0x5A)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(in, out), "%s input %d", name, i)
+			if decides(g.codec, uint64(len(in)/2)) {
+				decided++
+				if h, err := codec.ParseHeader(frame); err == nil && h.Raw {
+					raw++
 				}
 			}
-			// The raw fallback kernel learnt each frame's decision from the count (and copied the raw ones:
-			// the frames above are right).
-			assert.Equal(t, raw<<32|decided, g.requireReadyWorkspace(t, ws, wsLen), "%s: decisions", name)
 		}
+		// The raw fallback kernel learnt each frame's decision from the count (and copied the raw ones: the
+		// frames above are right).
+		assert.Equal(t, raw<<32|decided, g.requireReadyWorkspace(t, ws, wsLen), "%s: decisions", name)
 	}
 	// Hopper gets the dependent launches wherever the driver has cuLaunchKernelEx.
 	g := newGPU(t)

@@ -403,7 +403,13 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	if p.tune&tuneNoRawLaunch != 0 {
 		return nil
 	}
-	return c.launchAfter(raw, s, rawGrid, cuda.Dim3{X: 256}, p.args())
+	if err := c.launchAfter(raw, s, rawGrid, cuda.Dim3{X: 256}, p.args()); err != nil {
+		// The encoder runs without the kernel that reads its decisions and, after a tile encoder, zeroes its
+		// control words: reset them behind it (best effort), or the next call would misread them.
+		_ = s.MemsetD8Async(cuda.DevicePtr(p.ws), 0, controlBytes(uint64(p.frames), uint64(p.chunks)))
+		return err
+	}
+	return nil
 }
 
 // EncodeAsync enqueues on s the encoding of the bf16 tensor at src (srcLen bytes) into one format-v1 frame

@@ -705,7 +705,7 @@ __device__ __forceinline__ uint64_t ws_control_words(const EncParams& p) { retur
 // every frame of this call is decided, which happens as soon as the header warps know the escape totals; only
 // when a frame went raw does the kernel wait for the encoder, whose unfenced stores the raw copy overwrites.
 // So in the common case no block waits for the encoder's completion: the wait and the header read after it cost
-// the 256 MiB encode ~2 µs (1,523 -> 1,530 GB/s without the read, 1,541 without the kernel; BENCH.md).
+// the 256 MiB encode ~2 µs (1,523 -> 1,529 GB/s without the read, 1,540-1,544 without the kernel; BENCH.md).
 template <int THREADS, class Map>
 __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
   if (p.raw_mode == kRawAfterStream) {
