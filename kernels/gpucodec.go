@@ -22,8 +22,10 @@ const (
 	// against 528 (1,056: -0.4 %; BENCH.md), and 16, 33 or 66 the same as 132.
 	rawGridLimit = 132
 	// The workspace's leading words that persist from call to call (kCounterWords in splitzip.cuh): the
-	// streaming encoder's decision count and the raw fallback kernel's blocks' copies of it.
-	counterBytes = 8 * (16 + rawGridLimit)
+	// streaming encoder's decision count, then from word seenWord (kSeenWord) the raw fallback kernel's blocks'
+	// copies of it.
+	seenWord     = 16
+	counterBytes = 8 * (seenWord + rawGridLimit)
 	// What the raw fallback kernel does (RawMode in splitzip.cuh).
 	rawAfterTile   = 0
 	rawHost        = 1
@@ -303,14 +305,17 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // call from an unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
 	stream := 2*8*frames*streamGroups(chunks) + 8*frames + 4*frames*chunks + 4*frames*chunks*streamSlots
-	return counterBytes + max(controlBytes(frames, chunks)-counterBytes, int(stream))
+	return counterBytes + max(tileControlBytes(frames, chunks), int(stream))
 }
 
 // controlBytes is the workspace's leading part that holds every word an encode may leave nonzero: the counters,
-// then the tile encoders' counter and look-back words (ws_control_words in splitzip.cuh, which the raw fallback
-// kernel zeroes after them), within which lie the streaming encoder's look-back words, group and frame totals
-// and counts.
-func controlBytes(frames, chunks uint64) int { return counterBytes + int(8*(1+frames*(chunks+4))) }
+// then the tile encoders' counter and look-back words, within which lie the streaming encoder's look-back
+// words, group and frame totals and counts.
+func controlBytes(frames, chunks uint64) int { return counterBytes + tileControlBytes(frames, chunks) }
+
+// tileControlBytes is the tile encoders' counter and look-back words (ws_control_words in splitzip.cuh), which
+// the raw fallback kernel zeroes after them.
+func tileControlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(chunks+4))) }
 
 // Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
 const (
