@@ -3,10 +3,14 @@
 package safetensors
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"os"
 	"slices"
 	"sort"
@@ -84,20 +88,13 @@ func Parse(b []byte) (*File, error) {
 		if err := json.Unmarshal(msg, &e); err != nil {
 			return nil, fmt.Errorf("%w: tensor %q: %v", ErrFormat, name, err)
 		}
-		size, ok := elemSize[e.DType]
-		if !ok {
-			return nil, fmt.Errorf("%w: tensor %q has unknown dtype %q", ErrFormat, name, e.DType)
-		}
-		count := int64(1)
-		for _, d := range e.Shape {
-			if d < 0 {
-				return nil, fmt.Errorf("%w: tensor %q has negative dimension", ErrFormat, name)
-			}
-			count *= d
+		size, err := ByteSize(e.DType, e.Shape)
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", name, err)
 		}
 		lo, hi := e.DataOffsets[0], e.DataOffsets[1]
-		if lo < 0 || hi < lo || hi > int64(len(data)) || hi-lo != count*size {
-			return nil, fmt.Errorf("%w: tensor %q: bytes [%d, %d) for %d %s elements in %d data bytes", ErrFormat, name, lo, hi, count, e.DType, len(data))
+		if lo < 0 || hi < lo || hi > int64(len(data)) || hi-lo != size {
+			return nil, fmt.Errorf("%w: tensor %q: bytes [%d, %d) for %v %s (%d bytes) in %d data bytes", ErrFormat, name, lo, hi, e.Shape, e.DType, size, len(data))
 		}
 		f.Tensors = append(f.Tensors, Tensor{Name: name, DType: e.DType, Shape: e.Shape, Data: data[lo:hi:hi], offset: lo})
 	}
@@ -117,29 +114,101 @@ func (f *File) Tensor(name string) (Tensor, bool) {
 	return f.Tensors[i], true
 }
 
-// Write stores tensors (in the given order) and metadata as a safetensors file.
-func Write(path string, tensors []Tensor, metadata map[string]string) error {
+// ByteSize is the size in bytes of a tensor of the given dtype and shape; unknown dtypes, negative dimensions
+// and sizes past int64 are ErrFormat.
+func ByteSize(dtype string, shape []int64) (int64, error) {
+	size, ok := elemSize[dtype]
+	if !ok {
+		return 0, fmt.Errorf("%w: unknown dtype %q", ErrFormat, dtype)
+	}
+	for _, d := range shape {
+		if d < 0 {
+			return 0, fmt.Errorf("%w: negative dimension in shape %v", ErrFormat, shape)
+		}
+		if d != 0 && size > math.MaxInt64/d {
+			return 0, fmt.Errorf("%w: shape %v of %s is past 2^63 bytes", ErrFormat, shape, dtype)
+		}
+		size *= d
+	}
+	return size, nil
+}
+
+// HasHeader reports whether b starts the way a safetensors file does: an 8-byte little-endian header length
+// that fits in b, followed by a JSON object. It reads only the first bytes of the header; Parse validates the
+// rest. A raw tensor passes this test only if its first 8 bytes read as a length no larger than the file and the
+// byte after them is '{', which real tensor data almost never is.
+func HasHeader(b []byte) bool {
+	if len(b) < 10 {
+		return false
+	}
+	n := binary.LittleEndian.Uint64(b)
+	return n >= 2 && n <= maxHeader && n <= uint64(len(b)-8) && b[8] == '{'
+}
+
+// MarshalHeader returns the length prefix and JSON header of a safetensors file holding tensors (in the given
+// order) and metadata. Each tensor's byte range follows from its DType and Shape; Data is not read, so the
+// header can be written before the data exists.
+func MarshalHeader(tensors []Tensor, metadata map[string]string) ([]byte, error) {
 	header := map[string]any{}
 	if len(metadata) > 0 {
 		header["__metadata__"] = metadata
 	}
 	var off int64
 	for _, t := range tensors {
-		header[t.Name] = entry{DType: t.DType, Shape: t.Shape, DataOffsets: [2]int64{off, off + int64(len(t.Data))}}
-		off += int64(len(t.Data))
+		if t.Name == "__metadata__" {
+			return nil, fmt.Errorf("%w: a tensor may not be called __metadata__", ErrFormat)
+		}
+		if _, dup := header[t.Name]; dup {
+			return nil, fmt.Errorf("%w: two tensors called %q", ErrFormat, t.Name)
+		}
+		size, err := ByteSize(t.DType, t.Shape)
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		header[t.Name] = entry{DType: t.DType, Shape: t.Shape, DataOffsets: [2]int64{off, off + size}}
+		off += size
 	}
 	h, err := json.Marshal(header)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for len(h)%8 != 0 { // the reference implementation pads the header with spaces to 8-byte alignment
 		h = append(h, ' ')
 	}
-	out := make([]byte, 8, 8+len(h)+int(off))
-	binary.LittleEndian.PutUint64(out, uint64(len(h)))
-	out = append(out, h...)
-	for _, t := range tensors {
-		out = append(out, t.Data...)
+	return append(binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(h)), uint64(len(h))), h...), nil
+}
+
+// Encode writes tensors (in the given order) and metadata to w as a safetensors file. Each tensor's Data must
+// hold exactly the bytes its DType and Shape call for.
+func Encode(w io.Writer, tensors []Tensor, metadata map[string]string) error {
+	h, err := MarshalHeader(tensors, metadata)
+	if err != nil {
+		return err
 	}
-	return os.WriteFile(path, out, 0o644)
+	for _, t := range tensors {
+		if size, _ := ByteSize(t.DType, t.Shape); int64(len(t.Data)) != size {
+			return fmt.Errorf("%w: tensor %q: %d data bytes for %v %s (%d bytes)", ErrFormat, t.Name, len(t.Data), t.Shape, t.DType, size)
+		}
+	}
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if _, err := bw.Write(h); err != nil {
+		return err
+	}
+	for _, t := range tensors {
+		if _, err := bw.Write(t.Data); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// Write stores tensors (in the given order) and metadata as a safetensors file at path, as os.WriteFile does:
+// in place, so a failure part-way leaves a partial file. Callers that replace files users keep write Encode's
+// output to a temporary file and rename it.
+func Write(path string, tensors []Tensor, metadata map[string]string) error {
+	var b bytes.Buffer
+	if err := Encode(&b, tensors, metadata); err != nil {
+		return err
+	}
+	return os.WriteFile(path, b.Bytes(), 0o644)
 }

@@ -1,8 +1,10 @@
 package safetensors
 
 import (
+	"bytes"
 	"encoding/binary"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -39,4 +41,42 @@ func TestBadFiles(t *testing.T) {
 	b = append(append(b, h...), make([]byte, 8)...)
 	_, err = Parse(b)
 	require.ErrorIs(t, err, ErrFormat, "size does not match shape")
+}
+
+func TestHasHeader(t *testing.T) {
+	var b bytes.Buffer
+	require.NoError(t, Encode(&b, []Tensor{{Name: "x", DType: "U8", Shape: []int64{2}, Data: []byte{1, 2}}}, nil))
+	require.True(t, HasHeader(b.Bytes()))
+	require.False(t, HasHeader(b.Bytes()[:10]), "a header length past the end is not safetensors")
+	require.False(t, HasHeader([]byte("SZIP and then some bytes")))
+	require.False(t, HasHeader(nil))
+	notJSON := slices.Clone(b.Bytes())
+	notJSON[8] = '['
+	require.False(t, HasHeader(notJSON))
+}
+
+func TestEncodeChecksSizes(t *testing.T) {
+	var b bytes.Buffer
+	err := Encode(&b, []Tensor{{Name: "x", DType: "BF16", Shape: []int64{3}, Data: make([]byte, 4)}}, nil)
+	require.ErrorIs(t, err, ErrFormat, "3 bf16 elements are 6 bytes, not 4")
+	require.Zero(t, b.Len(), "nothing written for a bad tensor")
+	err = Encode(&b, []Tensor{{Name: "x", DType: "U8", Shape: []int64{1}, Data: []byte{1}}, {Name: "x", DType: "U8", Shape: []int64{1}, Data: []byte{2}}}, nil)
+	require.ErrorIs(t, err, ErrFormat, "duplicate names")
+	_, err = MarshalHeader([]Tensor{{Name: "x", DType: "Q4", Shape: []int64{1}}}, nil)
+	require.ErrorIs(t, err, ErrFormat, "unknown dtype")
+	_, err = ByteSize("F64", []int64{1 << 31, 1 << 31})
+	require.ErrorIs(t, err, ErrFormat, "2^62 elements of 8 bytes overflow int64")
+	n, err := ByteSize("F32", []int64{2, 0, 5})
+	require.NoError(t, err)
+	require.Zero(t, n)
+
+	// MarshalHeader sizes tensors from dtype and shape, so a header written ahead of its data parses with it.
+	ts := []Tensor{{Name: "a", DType: "F16", Shape: []int64{2, 2}}, {Name: "b", DType: "U8", Shape: []int64{3}}}
+	h, err := MarshalHeader(ts, map[string]string{"k": "v"})
+	require.NoError(t, err)
+	f, err := Parse(append(h, make([]byte, 11)...))
+	require.NoError(t, err)
+	require.Len(t, f.Tensors, 2)
+	require.Len(t, f.Tensors[0].Data, 8)
+	require.Len(t, f.Tensors[1].Data, 3)
 }
