@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +25,9 @@ func runCalibrate(args []string) error {
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return fmt.Errorf("no sample files given")
+	}
+	if err := checkOutputNotInput(*out, fs.Args()...); err != nil {
+		return err
 	}
 	dt, err := codec.ParseDType(*dtype)
 	if err != nil {
@@ -52,15 +57,25 @@ func runCalibrate(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := cb.Save(*out); err != nil {
+	b, err := json.MarshalIndent(cb, "", "  ") // as codec.Codebook.Save writes it
+	if err != nil {
+		return err
+	}
+	if err := writeOutput(*out, writeBytes(append(b, '\n'))); err != nil {
 		return err
 	}
 	fmt.Printf("wrote %s: %d-bit %s codebook %v, coverage %.4f%% of %d samples\n", *out, cb.Bits, cb.DType, cb.Exponents, 100*cb.Coverage, cb.Samples)
 	return nil
 }
 
+// fileEncoderOptions are the codec options of every frame the tool writes to a file, beside its codebook. A
+// file outlives the process that wrote it and can be damaged on disk or in transit, so an option that makes a
+// stored frame check its own payload when decoded belongs here: 'splitzip decompress' then fails on a damaged
+// tensor instead of writing wrong values.
+func fileEncoderOptions() []codec.EOption { return nil }
+
 func newEncoder(codebookPath string) (*codec.Encoder, error) {
-	var opts []codec.EOption
+	opts := fileEncoderOptions()
 	if codebookPath != "" {
 		cb, err := codec.LoadCodebook(codebookPath)
 		if err != nil {
@@ -71,59 +86,92 @@ func newEncoder(codebookPath string) (*codec.Encoder, error) {
 	return codec.NewEncoder(opts...)
 }
 
+// writeBytes is a writeOutput body that writes b.
+func writeBytes(b []byte) func(w io.Writer) error {
+	return func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	}
+}
+
 func runCompress(args []string) error {
 	fs := newFlags("compress", "IN OUT")
 	book := fs.String("codebook", "", "codebook JSON from 'splitzip calibrate' (default: the built-in one)")
-	dtype := fs.String("dtype", "", "dtype of a raw (non-safetensors) input file")
+	dtype := fs.String("dtype", "", "dtype of a raw input: one that is neither safetensors nor a SplitZip frame by its bytes")
 	if err := parseArgs(fs, args, 2, "need IN and OUT"); err != nil {
 		return err
 	}
 	in, out := fs.Arg(0), fs.Arg(1)
+	if err := checkOutputNotInput(out, in); err != nil {
+		return err
+	}
 	enc, err := newEncoder(*book)
 	if err != nil {
 		return err
 	}
-	tensors, meta, err := loadTensors(in, *dtype)
+	src, err := loadInput(in, *dtype)
 	if err != nil {
 		return err
 	}
+	if src.kind == kindSafetensors && *dtype != "" {
+		return fmt.Errorf("%s: a safetensors file by its header, whose tensors carry their own dtypes; -dtype is for raw input only", in)
+	}
+	if err := checkCompressedName(out, src.kind == kindSafetensors); err != nil {
+		return err
+	}
 	var rawBytes, frameBytes int
-	if !isSafetensors(in) {
-		frame, err := enc.Encode(nil, tensors[0].data, tensors[0].dtype)
+	if src.kind == kindRaw {
+		t := src.tensors[0]
+		frame, err := enc.Encode(nil, t.data, t.dtype)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", in, err)
 		}
-		rawBytes, frameBytes = len(tensors[0].data), len(frame)
-		if err := os.WriteFile(out, frame, 0o644); err != nil {
+		rawBytes, frameBytes = len(t.data), len(frame)
+		if err := writeOutput(out, writeBytes(frame)); err != nil {
 			return err
 		}
 	} else {
-		if !isSafetensors(out) {
-			return fmt.Errorf("%s: a safetensors input compresses to a .safetensors output", out)
-		}
 		origins := map[string]origin{}
-		frames := make([]safetensors.Tensor, 0, len(tensors))
-		for i, t := range tensors {
+		frames := make([]safetensors.Tensor, 0, len(src.tensors))
+		for i, t := range src.tensors {
 			frame, err := enc.Encode(nil, t.data, t.dtype)
 			if err != nil {
-				return fmt.Errorf("%s: %w", t.name, err)
+				return fmt.Errorf("%s: tensor %s: %w", in, t.name, err)
 			}
 			origins[t.name] = origin{DType: t.stDType, Shape: t.shape}
 			frames = append(frames, safetensors.Tensor{Name: t.name, DType: "U8", Shape: []int64{int64(len(frame))}, Data: frame})
 			rawBytes += len(t.data)
 			frameBytes += len(frame)
-			progress(i+1, len(tensors), t.name)
+			progress(i+1, len(src.tensors), t.name)
 		}
 		m := map[string]string{}
-		for k, v := range meta {
+		for k, v := range src.metadata {
 			m[k] = v
 		}
 		m[metaKey] = encodeOrigins(origins)
-		if err := safetensors.Write(out, frames, m); err != nil {
+		err := writeOutput(out, func(w io.Writer) error { return safetensors.Encode(w, frames, m) })
+		if err != nil {
 			return err
 		}
 	}
 	fmt.Printf("%s → %s: %s → %s (ratio %.4f)\n", in, out, formatBytes(float64(rawBytes)), formatBytes(float64(frameBytes)), float64(rawBytes)/float64(max(frameBytes, 1)))
+	return nil
+}
+
+// checkCompressedName keeps a compressed file's name truthful: a safetensors input compresses to a safetensors
+// file, which must be named *.safetensors, and a raw input to a bare SplitZip frame, which must not be. An
+// output that is a device or a pipe has no name to keep.
+func checkCompressedName(out string, safetensorsOut bool) error {
+	if fi, err := os.Stat(out); err == nil && !fi.Mode().IsRegular() && !fi.IsDir() {
+		return nil
+	}
+	named := strings.HasSuffix(out, ".safetensors")
+	switch {
+	case safetensorsOut && !named:
+		return fmt.Errorf("%s: %w: a safetensors input compresses to a safetensors file; name it *.safetensors", out, errOutputName)
+	case !safetensorsOut && named:
+		return fmt.Errorf("%s: %w: a raw input compresses to a bare SplitZip frame, not a safetensors file; name it otherwise (e.g. *.sz)", out, errOutputName)
+	}
 	return nil
 }
 
@@ -150,49 +198,73 @@ func runDecompress(args []string) error {
 		return err
 	}
 	in, out := fs.Arg(0), fs.Arg(1)
+	if err := checkOutputNotInput(out, in); err != nil {
+		return err
+	}
 	dec, err := codec.NewDecoder()
 	if err != nil {
 		return err
 	}
-	if !isSafetensors(in) {
-		frame, err := os.ReadFile(in)
-		if err != nil {
-			return err
-		}
-		raw, _, err := dec.Decode(nil, frame)
-		if err != nil {
-			return fmt.Errorf("%s: %w", in, err)
-		}
-		return os.WriteFile(out, raw, 0o644)
-	}
-	f, err := safetensors.ReadFile(in)
+	src, err := readCompressed(in)
 	if err != nil {
 		return err
 	}
-	origins, err := decodeOrigins(f.Metadata)
-	if err != nil {
-		return fmt.Errorf("%s: %w", in, err)
-	}
-	tensors := make([]safetensors.Tensor, 0, len(f.Tensors))
-	for i, t := range f.Tensors {
-		o, ok := origins[t.Name]
-		if !ok {
-			return fmt.Errorf("%s: tensor %q has no recorded origin", in, t.Name)
-		}
-		raw, _, err := dec.Decode(nil, t.Data)
+	if src.frame != nil {
+		raw, _, err := dec.Decode(nil, src.frame)
 		if err != nil {
-			return fmt.Errorf("%s: %s: %w", in, t.Name, err)
+			return fmt.Errorf("%s: %w", in, err)
 		}
-		tensors = append(tensors, safetensors.Tensor{Name: t.Name, DType: o.DType, Shape: o.Shape, Data: raw})
-		progress(i+1, len(f.Tensors), t.Name)
+		return writeOutput(out, writeBytes(raw))
+	}
+	// Everything the header needs is checked before the output is created; the tensors are then decoded one
+	// at a time straight into it, so a file needs memory for itself and its largest tensor only.
+	frames := src.file.Tensors
+	tensors := make([]safetensors.Tensor, len(frames))
+	for i, t := range frames {
+		o, ok := src.origins[t.Name]
+		if !ok {
+			return fmt.Errorf("%s: tensor %s has no recorded origin in the %q metadata", in, t.Name, metaKey)
+		}
+		size, err := safetensors.ByteSize(o.DType, o.Shape)
+		if err != nil {
+			return fmt.Errorf("%s: tensor %s: recorded origin: %w", in, t.Name, err)
+		}
+		h, err := codec.ParseHeader(t.Data)
+		if err != nil {
+			return fmt.Errorf("%s: tensor %s: %w", in, t.Name, err)
+		}
+		if h.RawLen() != uint64(size) {
+			return fmt.Errorf("%s: tensor %s: %w: the frame holds %d bytes, its recorded origin (%s %v) %d", in, t.Name, codec.ErrCorrupt, h.RawLen(), o.DType, o.Shape, size)
+		}
+		tensors[i] = safetensors.Tensor{Name: t.Name, DType: o.DType, Shape: o.Shape}
 	}
 	meta := map[string]string{}
-	for k, v := range f.Metadata {
+	for k, v := range src.file.Metadata {
 		if k != metaKey {
 			meta[k] = v
 		}
 	}
-	return safetensors.Write(out, tensors, meta)
+	header, err := safetensors.MarshalHeader(tensors, meta)
+	if err != nil {
+		return fmt.Errorf("%s: %w", in, err)
+	}
+	return writeOutput(out, func(w io.Writer) error {
+		if _, err := w.Write(header); err != nil {
+			return err
+		}
+		var raw []byte
+		for i, t := range frames {
+			raw, _, err = dec.Decode(raw[:0], t.Data)
+			if err != nil {
+				return fmt.Errorf("%s: tensor %s: %w", in, t.Name, err)
+			}
+			if _, err := w.Write(raw); err != nil {
+				return err
+			}
+			progress(i+1, len(frames), t.Name)
+		}
+		return nil
+	})
 }
 
 func runInspect(args []string) error {
@@ -201,28 +273,19 @@ func runInspect(args []string) error {
 		return err
 	}
 	path := fs.Arg(0)
-	var frames []safetensors.Tensor
-	if isSafetensors(path) {
-		f, err := safetensors.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if _, err := decodeOrigins(f.Metadata); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		frames = f.Tensors
-	} else {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		frames = []safetensors.Tensor{{Name: filepath.Base(path), Data: b}}
+	src, err := readCompressed(path)
+	if err != nil {
+		return err
+	}
+	frames := []safetensors.Tensor{{Name: filepath.Base(path), Data: src.frame}}
+	if src.frame == nil {
+		frames = src.file.Tensors
 	}
 	fmt.Printf("%-14s %-9s %10s %10s %7s %5s %9s %10s  %s\n", "tensor", "dtype", "elements", "frame", "ratio", "bits", "escapes", "esc/chunk", "codebook")
 	for _, t := range frames {
 		fi, err := codec.Inspect(t.Data)
 		if err != nil {
-			return fmt.Errorf("%s: %w", t.Name, err)
+			return fmt.Errorf("%s: tensor %s: %w", path, t.Name, err)
 		}
 		h := fi.Header
 		book := "raw"

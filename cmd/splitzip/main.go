@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -19,49 +20,69 @@ type command struct {
 var commands = map[string]command{
 	"demo":       {"the main job: real-KV statistics, then a producer→consumer handoff table, raw vs compressed", runDemo},
 	"calibrate":  {"build a codebook from sample tensors: calibrate -o book.json FILE...", runCalibrate},
-	"compress":   {"compress a tensor file: compress [-codebook book.json] [-dtype bf16] IN OUT", runCompress},
+	"compress":   {"compress a safetensors or raw tensor file: compress [-codebook book.json] [-dtype bf16] IN OUT", runCompress},
 	"decompress": {"decompress a file written by compress: decompress IN OUT", runDecompress},
 	"inspect":    {"print a compressed file's headers, codebooks and escape statistics: inspect FILE", runInspect},
 	"stats":      {"per-layer K/V coverage, escapes and ratio on real KV, round trip checked: stats [-calibration F] [-evaluation F]", runStats},
 	"bench":      {"codec throughput against copy() in the same run: bench [-size 64MiB]; handoffs raw vs compressed: bench transfer", runBench},
 }
 
-func usage() {
-	fmt.Fprintf(os.Stderr, "splitzip: lossless BF16 KV-cache compression (SplitZip format v1)\n\nusage: splitzip COMMAND [flags] [args]\n\ncommands:\n")
+// filesHelp states the rules every file command follows.
+const filesHelp = `files:
+  An input is recognised by its bytes, never by its name: a SplitZip frame starts with the magic "SZIP", a
+  safetensors file with its 8-byte header length and a JSON header; anything else is a raw little-endian
+  tensor of the dtype -dtype names (compress has no default and refuses raw input without it; calibrate's
+  default is bf16). compress writes a safetensors input as a safetensors file of frames, to be named
+  *.safetensors, and a raw input as one bare frame, to be named otherwise; decompress and inspect read either,
+  whatever its name, and refuse any other file.
+  An output is written to a temporary file beside it, flushed to disk and renamed into place: a command that
+  fails leaves no partial file and an existing output unchanged. A replaced file keeps its mode; a new one is
+  0644 less the umask. An output that is an input (the same path, or the same file through a link) is refused.
+  decompress stops at the first frame the decoder rejects and leaves no output. Errors name the file (and the
+  tensor) and exit with status 1.
+`
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "splitzip: lossless BF16 KV-cache compression (SplitZip format v1)\n\nusage: splitzip COMMAND [flags] [args]\n\ncommands:\n")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(os.Stderr, "  %-11s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-11s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(os.Stderr, "\nRun 'splitzip COMMAND -h' for a command's flags.\n")
+	fmt.Fprintf(w, "\n%s\nRun 'splitzip COMMAND -h' for a command's flags.\n", filesHelp)
 }
 
-func main() {
-	if len(os.Args) < 2 || strings.HasPrefix(os.Args[1], "-") && os.Args[1] != "-h" && os.Args[1] != "--help" {
-		usage()
-		os.Exit(2)
+func main() { os.Exit(mainStatus(os.Args[1:], os.Stderr)) }
+
+// mainStatus runs the command line args (without the program name) and returns the exit status: 0 on success
+// or help, 1 when the command fails (its error printed to stderr), 2 for a missing or unknown command.
+func mainStatus(args []string, stderr io.Writer) int {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") && args[0] != "-h" && args[0] != "--help" {
+		usage(stderr)
+		return 2
 	}
-	name := os.Args[1]
+	name := args[0]
 	if name == "-h" || name == "--help" || name == "help" {
-		usage()
-		return
+		usage(stderr)
+		return 0
 	}
 	cmd, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "splitzip: unknown command %q\n\n", name)
-		usage()
-		os.Exit(2)
+		fmt.Fprintf(stderr, "splitzip: unknown command %q\n\n", name)
+		usage(stderr)
+		return 2
 	}
-	if err := cmd.run(os.Args[2:]); err != nil {
+	if err := cmd.run(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return
+			return 0
 		}
-		fmt.Fprintf(os.Stderr, "splitzip %s: %v\n", name, err)
-		os.Exit(1)
+		fmt.Fprintf(stderr, "splitzip %s: %v\n", name, err)
+		return 1
 	}
+	return 0
 }
 
 // newFlags returns a flag set whose usage line names the command.

@@ -62,7 +62,8 @@ func TestCompressRawAndErrors(t *testing.T) {
 
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "junk.sz"), []byte("not a frame at all, definitely"), 0o644))
 	err = runDecompress([]string{filepath.Join(dir, "junk.sz"), filepath.Join(dir, "z.bin")})
-	require.ErrorIs(t, err, codec.ErrBadMagic)
+	require.ErrorIs(t, err, errNotSplitZip)
+	require.NoFileExists(t, filepath.Join(dir, "z.bin"))
 	require.ErrorContains(t, runStats([]string{"-calibration", "a.safetensors", "-evaluation", "a.safetensors"}), "same file")
 }
 
