@@ -345,3 +345,24 @@ func TestMainStatus(t *testing.T) {
 	require.Equal(t, 0, mainStatus([]string{"compress", "-h"}, io.Discard))
 	require.Equal(t, 1, mainStatus([]string{"compress", "only-one"}, io.Discard))
 }
+
+// Every frame compress writes comes from an encoder built with fileEncoderOptions: the frames in its output
+// are byte for byte those of such an encoder.
+func TestCompressUsesFileEncoderOptions(t *testing.T) {
+	dir := t.TempDir()
+	packed := filepath.Join(dir, "packed.safetensors")
+	require.NoError(t, runCompress([]string{fixture("kv_evaluation.safetensors"), packed}))
+	orig, err := safetensors.ReadFile(fixture("kv_evaluation.safetensors"))
+	require.NoError(t, err)
+	got, err := safetensors.ReadFile(packed)
+	require.NoError(t, err)
+	enc, err := codec.NewEncoder(fileEncoderOptions()...)
+	require.NoError(t, err)
+	for i, x := range orig.Tensors[:4] {
+		dt, err := codec.ParseDType(x.DType)
+		require.NoError(t, err)
+		want, err := enc.Encode(nil, x.Data, dt)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(want, got.Tensors[i].Data), x.Name)
+	}
+}
