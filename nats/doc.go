@@ -88,7 +88,10 @@
 // ErrServerRestarted or ErrDisconnected if the control plane was interrupted
 // meanwhile. While disconnected, operations fail with ErrDisconnected (or
 // ErrTimeout); a WaitShard in progress resumes after a reconnect and fails
-// with ErrServerRestarted if, after a restart, the record is not there.
+// with ErrServerRestarted if, after a restart, the record is not there. A
+// WaitShard that finds the handoff bucket missing (the server lost its state,
+// perhaps before the wait began) waits for the bucket to be recreated and
+// then fails the same way.
 //
 // What survives a restart: with FileStorage (the default) and a server that
 // restarts on the same store directory after a graceful stop, shard

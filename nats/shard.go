@@ -190,8 +190,9 @@ func (p *Plane) PutShard(ctx context.Context, rec *ShardRecord) error {
 // ctx is done, or at most HandoffTTL when ctx has no deadline; then the error wraps ErrUnknownHandoff and the
 // context error. A record withdrawn by its producer (DeleteShard) gives ErrHandoffReleased, an expired one
 // ErrHandoffExpired, a malformed one ErrInvalidRecord or ErrIncompatibleVersion. After a reconnect WaitShard
-// watches anew; if the server restarted meanwhile and the record is not there, it fails with
-// ErrServerRestarted (wrapping ErrUnknownHandoff) rather than wait for a record that was probably lost.
+// watches anew; if the server restarted meanwhile (or the bucket was missing: the server lost its state) and
+// the record is not there, it fails with ErrServerRestarted (wrapping ErrUnknownHandoff) rather than wait for a
+// record that was probably lost.
 // Connection trouble gives ErrTimeout, ErrDisconnected or ErrClosed.
 func (p *Plane) WaitShard(ctx context.Context, id string, rank int, complete bool) (*ShardRecord, error) {
 	key := shardKey(id, rank)

@@ -337,3 +337,38 @@ func TestVersionMismatch(t *testing.T) {
 	err = p.NotifyDone(ctx, "future-producer", Completion{HandoffID: id, Rank: 0, OK: true})
 	require.ErrorIs(t, err, ErrIncompatibleVersion)
 }
+
+// A wait that finds the handoff bucket missing (the server lost its JetStream state, perhaps before the wait
+// began, so no restart event reached it) waits for the bucket to come back, as after a restart, and then
+// reports the record lost; it does not fail on the missing stream.
+func TestWaitShardBucketLost(t *testing.T) {
+	p := newPlane(t, WithReconnect(-1, 20*time.Millisecond))
+	ctx := testCtx(t)
+	rec := sampleShard("prefill-0", 0, 1, 1)
+	require.NoError(t, p.PutShard(ctx, rec))
+	require.NoError(t, p.js.DeleteKeyValue(ctx, p.handoffBucket))
+
+	waited := make(chan error, 1)
+	go func() {
+		_, err := p.WaitShard(ctx, rec.HandoffID, 0, false)
+		waited <- err
+	}()
+	select {
+	case err := <-waited:
+		t.Fatalf("the wait ended while the bucket was missing: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	_, _, err := p.ensureBuckets(ctx) // what the Plane's repair after a restart does
+	require.NoError(t, err)
+	err = <-waited
+	require.ErrorIs(t, err, ErrServerRestarted)
+	require.ErrorIs(t, err, ErrUnknownHandoff)
+
+	// With no bucket until the wait's end, the record reads as unknown.
+	require.NoError(t, p.js.DeleteKeyValue(ctx, p.handoffBucket))
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err = p.WaitShard(wctx, rec.HandoffID, 0, false)
+	require.ErrorIs(t, err, ErrUnknownHandoff)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+}

@@ -5,9 +5,11 @@ package nats
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -123,6 +125,13 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, key string, events <-c
 				drained = true
 			}
 		}
+		if w.restartedTo == "" && bucketMissing(err) {
+			// The bucket is missing: the server lost its JetStream state (it restarted on memory storage or
+			// a new store directory, possibly before this wait began, so no event told of it), and the
+			// Plane's repair recreates the bucket. Whatever the key held is lost: wait for the bucket as after
+			// a restart, then fail with ErrServerRestarted if the key is not there.
+			w.restartedTo = p.ServerID()
+		}
 	}
 	var updates <-chan jetstream.KeyValueEntry
 	var retry <-chan time.Time
@@ -191,6 +200,13 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, key string, events <-c
 			}
 		}
 	}
+}
+
+// bucketMissing reports an error saying the bucket's stream does not exist (the KV watch reports it through
+// the legacy JetStream API's error).
+func bucketMissing(err error) bool {
+	return errors.Is(err, natsgo.ErrStreamNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, jetstream.ErrBucketNotFound)
 }
 
 func (p *Plane) waitExpired(ctx context.Context, key string) error {
