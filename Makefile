@@ -15,22 +15,23 @@ test: deps vet go-test soak fuzz-smoke multihost py-test vllm-test
 build:
 	$(GO) build -o $(BIN) ./cmd/splitzip
 
-# deps installs what the tests need on a fresh Debian machine: Go modules and the nats-server binary
-# (the external-server tests start it themselves).
-deps:
-	$(GO) mod download
-	@if ! command -v nats-server >/dev/null; then \
-		echo "installing nats-server (Debian package)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nats-server; \
-	fi
+# deps gets what the tests need, without root: the Go modules, and the nats-server binary built from the module
+# go.mod pins (internal/tools) into build/bin. The external-server tests and tests/netns/multihost.sh start it
+# themselves, from SPLITZIP_NATS_SERVER (exported to every recipe; a path there that does not exist fails them).
+NATS_SERVER := $(CURDIR)/build/bin/nats-server
+export SPLITZIP_NATS_SERVER := $(NATS_SERVER)
 
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deps: $(NATS_SERVER)
+	$(GO) mod download
+
+$(NATS_SERVER): go.mod go.sum
+	$(GO) build -o $@ github.com/nats-io/nats-server/v2
 
 vet:
 	$(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 
-go-test:
+go-test: $(NATS_SERVER)
 	$(GO) test -race -count=1 ./...
 
 # 10,000 handoffs without the race detector's slowdown: no growth in goroutines, staging or heap.
@@ -39,7 +40,7 @@ soak:
 
 # Producer, consumer and NATS in separate network namespaces, the link shaped with tc (skips, saying why, where
 # the machine does not allow namespaces).
-multihost:
+multihost: $(NATS_SERVER)
 	TOKENS=4096 REPEAT=1 tests/netns/multihost.sh 1 0
 
 # Short fuzz runs of the decoder and the round trip; longer campaigns: go test -fuzz FuzzDecode -fuzztime 10m ./codec

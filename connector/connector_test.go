@@ -15,12 +15,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func newPair(t testing.TB, plane *szn.Plane, popts, copts []Option) (*Producer, *Consumer) {
+func newPair(t testing.TB, plane ControlPlane, popts, copts []Option) (*Producer, *Consumer) {
 	t.Helper()
-	p, err := NewProducer(Plane(plane), append([]Option{WithEngineID("prefill-0")}, popts...)...)
+	p, err := NewProducer(plane, append([]Option{WithEngineID("prefill-0")}, popts...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Close() })
-	c, err := NewConsumer(Plane(plane), append([]Option{WithEngineID("decode-0")}, copts...)...)
+	c, err := NewConsumer(plane, append([]Option{WithEngineID("decode-0")}, copts...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	return p, c
@@ -102,7 +102,7 @@ func TestLoadFailures(t *testing.T) {
 	t.Run("layout mismatch", func(t *testing.T) {
 		other := newTestCache(t, smallLayout(8), false, 0)
 		other.layout.Model = "another-model"
-		c2, err := NewConsumer(Plane(plane), WithEngineID("decode-1"))
+		c2, err := NewConsumer(plane, WithEngineID("decode-1"))
 		require.NoError(t, err)
 		defer c2.Close()
 		require.NoError(t, c2.RegisterHostCache(other.layout, other.bases))
@@ -194,10 +194,10 @@ func TestFlippedBitFailsTheLoad(t *testing.T) {
 	require.NoError(t, err)
 	addr := ln.Addr().String()
 	ln.Close()
-	p, err := NewProducer(Plane(plane), WithEngineID("prefill-y"), WithListenAddr(addr), WithAdvertiseAddr(flipProxy(t, addr, 20000)))
+	p, err := NewProducer(plane, WithEngineID("prefill-y"), WithListenAddr(addr), WithAdvertiseAddr(flipProxy(t, addr, 20000)))
 	require.NoError(t, err)
 	defer p.Close()
-	c, err := NewConsumer(Plane(plane), WithEngineID("decode-y"), WithTransport(transport.WithConns(1)))
+	c, err := NewConsumer(plane, WithEngineID("decode-y"), WithTransport(transport.WithConns(1)))
 	require.NoError(t, err)
 	defer c.Close()
 	src := newTestCache(t, smallLayout(8), true, 0)
@@ -288,10 +288,10 @@ func TestTensorParallelShards(t *testing.T) {
 	for r := range tp {
 		l := smallLayout(8)
 		l.TPSize = tp
-		p, err := NewProducer(Plane(plane), WithEngineID("prefill-tp"), WithRank(r))
+		p, err := NewProducer(plane, WithEngineID("prefill-tp"), WithRank(r))
 		require.NoError(t, err)
 		defer p.Close()
-		c, err := NewConsumer(Plane(plane), WithEngineID("decode-tp"), WithRank(r))
+		c, err := NewConsumer(plane, WithEngineID("decode-tp"), WithRank(r))
 		require.NoError(t, err)
 		defer c.Close()
 		src := newTestCache(t, l, true, 1000*r) // each rank holds different heads
@@ -316,11 +316,11 @@ func TestTensorParallelShards(t *testing.T) {
 
 	// A TP=1 consumer cannot load a TP=2 handoff.
 	single := newTestCache(t, smallLayout(8), false, 0)
-	c1, err := NewConsumer(Plane(plane), WithEngineID("decode-tp1"))
+	c1, err := NewConsumer(plane, WithEngineID("decode-tp1"))
 	require.NoError(t, err)
 	defer c1.Close()
 	require.NoError(t, c1.RegisterHostCache(single.layout, single.bases))
-	p, err := NewProducer(Plane(plane), WithEngineID("prefill-tp-b"))
+	p, err := NewProducer(plane, WithEngineID("prefill-tp-b"))
 	require.NoError(t, err)
 	defer p.Close()
 	l2 := smallLayout(8)

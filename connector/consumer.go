@@ -19,7 +19,7 @@ import (
 // A Consumer serves one tensor-parallel rank; it is safe for concurrent use.
 type Consumer struct {
 	o   Options
-	cp  controlPlane
+	cp  ControlPlane
 	log *slog.Logger
 
 	mu     sync.Mutex
@@ -57,12 +57,15 @@ type load struct {
 
 // NewConsumer joins the control plane.
 func NewConsumer(cp ControlPlane, opts ...Option) (*Consumer, error) {
+	if cp == nil {
+		return nil, optErr("nil control plane")
+	}
 	o, err := buildOptions(opts)
 	if err != nil {
 		return nil, err
 	}
 	c := &Consumer{
-		o: o, cp: cp.plane(), loads: map[string]*load{},
+		o: o, cp: cp, loads: map[string]*load{},
 		log: slog.Default().With("component", "splitzip.consumer", "engine", o.EngineID, "rank", o.Rank),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -179,7 +182,7 @@ func (c *Consumer) run(ld *load, cache kvCache) {
 // known, notify tells the producer how the load ended (whatever happens from there on); run calls it.
 func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (notify func(error), err error) {
 	rctx, rcancel := context.WithTimeout(ctx, c.o.RecordWait)
-	rec, err := c.cp.wait(rctx, ld.handoffID, c.o.Rank, false)
+	rec, err := c.cp.WaitShard(rctx, ld.handoffID, c.o.Rank, false)
 	rcancel()
 	if err != nil {
 		return nil, fmt.Errorf("handoff %s: %w", shortID(ld.handoffID), err)
@@ -191,7 +194,7 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (notify f
 		if err != nil {
 			msg = err.Error()
 		}
-		if nerr := c.cp.notifyDone(nctx, rec.ProducerEngineID, completion{HandoffID: ld.handoffID, Rank: c.o.Rank, OK: err == nil, Err: msg}); nerr != nil {
+		if nerr := c.cp.NotifyDone(nctx, rec.ProducerEngineID, completion{HandoffID: ld.handoffID, Rank: c.o.Rank, OK: err == nil, Err: msg}); nerr != nil {
 			c.log.Debug("completion notice not delivered", "handoff", shortID(ld.handoffID), "err", nerr)
 		}
 	}
@@ -201,15 +204,12 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (notify f
 // fetchFrom fetches and decodes the handoff rec describes.
 func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *shardRecord) error {
 	l := cache.kvLayout()
-	switch {
-	case rec.LayoutFingerprint != l.Fingerprint():
-		return fmt.Errorf("%w: handoff %s has KV layout %s, this consumer %s (model, layers, block size, heads, head size, dtype, TP size must match)", ErrMismatch, shortID(ld.handoffID), rec.LayoutFingerprint, l.Fingerprint())
-	case rec.DType != l.DType.String():
-		return fmt.Errorf("%w: handoff %s holds %s KV, this consumer %s", ErrMismatch, shortID(ld.handoffID), rec.DType, l.DType)
-	case rec.Layers != l.Layers:
-		return fmt.Errorf("%w: handoff %s has %d layers, this consumer %d", ErrMismatch, shortID(ld.handoffID), rec.Layers, l.Layers)
-	case rec.Blocks != len(ld.blocks):
-		return fmt.Errorf("%w: handoff %s holds %d blocks, %d destination blocks given", ErrMismatch, shortID(ld.handoffID), rec.Blocks, len(ld.blocks))
+	if err := rec.CheckCompatible(l.Fingerprint(), l.DType.String(), l.Layers, len(ld.blocks)); err != nil {
+		hint := ""
+		if rec.LayoutFingerprint != l.Fingerprint() {
+			hint = " (model, layers, block size, heads, head size, dtype and TP size must match)"
+		}
+		return fmt.Errorf("%w: handoff %s: %w%s", ErrMismatch, shortID(ld.handoffID), err, hint)
 	}
 	f := framing{layers: l.Layers, blocks: len(ld.blocks), per: rec.BlocksPerFrame}
 	dec, err := cache.loader(ld.blocks, f.per)
@@ -234,7 +234,7 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	startFinal := func() {
 		finalOnce.Do(func() {
 			go func() {
-				r, err := c.cp.wait(fctx, ld.handoffID, c.o.Rank, true)
+				r, err := c.cp.WaitShard(fctx, ld.handoffID, c.o.Rank, true)
 				finalCh <- finalRecord{r, err}
 			}()
 		})

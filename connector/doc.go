@@ -16,13 +16,13 @@
 //
 // # Control plane
 //
-// Metadata only, over NATS (package nats): the producer publishes a shard record per rank (address, layout
-// fingerprint, dtype, block count) when the save begins, and again with every frame's size and CRC32C when
-// it ends; the consumer waits for the record, checks that layouts match, fetches, checks the frames against
-// the final record, and sends the producer a completion notice. A load ends done only when every layer
-// arrived, verified and decoded; anything else — producer gone, a corrupted chunk, a NATS restart that lost
-// the record, expiry, a layout or dtype mismatch, an unknown id — ends it failed with an error that says
-// which, and the blocks must not be used.
+// Metadata only, through a ControlPlane: a *nats.Plane (package nats) over NATS. The producer publishes a
+// shard record per rank (address, layout fingerprint, dtype, block count) when the save begins, and again
+// with every frame's size and CRC32C when it ends; the consumer waits for the record, checks that layouts
+// match, fetches, checks the frames against the final record, and sends the producer a completion notice. A
+// load ends done only when every layer arrived, verified and decoded; anything else — producer gone, a
+// corrupted chunk, a NATS restart that lost the record, expiry, a layout or dtype mismatch, an unknown id —
+// ends it failed with an error that says which, and the blocks must not be used.
 //
 // # Bypass
 //

@@ -21,10 +21,10 @@ func TestExternalNATSServer(t *testing.T) {
 		return p
 	}
 	prodPlane, consPlane := connect(), connect()
-	p, err := NewProducer(Plane(prodPlane), WithEngineID("prefill-ext"))
+	p, err := NewProducer(prodPlane, WithEngineID("prefill-ext"))
 	require.NoError(t, err)
 	defer p.Close()
-	c, err := NewConsumer(Plane(consPlane), WithEngineID("decode-ext"))
+	c, err := NewConsumer(consPlane, WithEngineID("decode-ext"))
 	require.NoError(t, err)
 	defer c.Close()
 	src := newTestCache(t, smallLayout(8), true, 77)
@@ -49,10 +49,10 @@ func TestNATSRestartFailsLoad(t *testing.T) {
 		return p
 	}
 	prodPlane, consPlane := connect(), connect()
-	p, err := NewProducer(Plane(prodPlane), WithEngineID("prefill-rs"))
+	p, err := NewProducer(prodPlane, WithEngineID("prefill-rs"))
 	require.NoError(t, err)
 	defer p.Close()
-	c, err := NewConsumer(Plane(consPlane), WithEngineID("decode-rs"), WithRecordWait(3*time.Second))
+	c, err := NewConsumer(consPlane, WithEngineID("decode-rs"), WithRecordWait(3*time.Second))
 	require.NoError(t, err)
 	defer c.Close()
 	src := newTestCache(t, smallLayout(8), true, 5)

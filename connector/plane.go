@@ -7,14 +7,29 @@ import (
 	szn "github.com/splitzip/splitzip/nats"
 )
 
-// ControlPlane is what producers and consumers coordinate through: a *nats.Plane (embedded server by default,
-// or an external NATS by URL). Only metadata goes through it.
+// ControlPlane is what producers and consumers coordinate through: metadata only, never payloads. A
+// *nats.Plane is one (an embedded NATS server by default, or an external one by URL); tests use an in-memory
+// one to produce failures a real server hardly gives.
+//
+// Each producer and consumer serves one tensor-parallel rank and deals only with that rank's shard record of
+// a handoff; see package nats for the life cycle and the errors each method returns.
 type ControlPlane interface {
-	plane() controlPlane
+	// PutShard publishes a shard record: the open one when a save begins, the complete one (every frame's
+	// size and CRC32C) when its last layer is staged.
+	PutShard(ctx context.Context, rec *szn.ShardRecord) error
+	// WaitShard returns rank's shard of handoff id once it is published (with complete, its complete
+	// version). A withdrawn record gives nats.ErrHandoffReleased, one never seen before ctx ends
+	// nats.ErrUnknownHandoff.
+	WaitShard(ctx context.Context, id string, rank int, complete bool) (*szn.ShardRecord, error)
+	// DeleteShard withdraws rank's shard of handoff id once its payload is released.
+	DeleteShard(ctx context.Context, id string, rank int) error
+	// NotifyDone tells the producer engine how a consumer's load of one rank ended.
+	NotifyDone(ctx context.Context, producerEngineID string, c szn.Completion) error
+	// SubscribeCompletions delivers the notices sent to engineID's rank until unsubscribe is called.
+	SubscribeCompletions(engineID string, rank int, handler func(szn.Completion) error) (unsubscribe func() error, err error)
 }
 
-// Plane adapts a *nats.Plane for NewProducer and NewConsumer.
-func Plane(p *szn.Plane) ControlPlane { return natsPlane{p} }
+var _ ControlPlane = (*szn.Plane)(nil)
 
 // shardRecord is one rank's part of a handoff: published when the save begins (so a consumer can fetch while
 // layers are still being encoded) and again, complete with every frame's size and CRC32C, when it ends.
@@ -25,36 +40,6 @@ type completion = szn.Completion
 // recordGone reports that a record was withdrawn or purged: the producer released the handoff.
 func recordGone(err error) bool {
 	return errors.Is(err, szn.ErrUnknownHandoff) || errors.Is(err, szn.ErrHandoffReleased)
-}
-
-type controlPlane interface {
-	publish(ctx context.Context, r *shardRecord) error
-	wait(ctx context.Context, id string, rank int, complete bool) (*shardRecord, error)
-	remove(ctx context.Context, id string, rank int) error
-	notifyDone(ctx context.Context, producer string, c completion) error
-	subscribeDone(engineID string, rank int, fn func(completion)) (func() error, error)
-}
-
-type natsPlane struct{ p *szn.Plane }
-
-func (n natsPlane) plane() controlPlane { return n }
-
-func (n natsPlane) publish(ctx context.Context, r *shardRecord) error { return n.p.PutShard(ctx, r) }
-
-func (n natsPlane) wait(ctx context.Context, id string, rank int, complete bool) (*shardRecord, error) {
-	return n.p.WaitShard(ctx, id, rank, complete)
-}
-
-func (n natsPlane) remove(ctx context.Context, id string, rank int) error {
-	return n.p.DeleteShard(ctx, id, rank)
-}
-
-func (n natsPlane) notifyDone(ctx context.Context, producer string, c completion) error {
-	return n.p.NotifyDone(ctx, producer, c)
-}
-
-func (n natsPlane) subscribeDone(engineID string, rank int, fn func(completion)) (func() error, error) {
-	return n.p.SubscribeCompletions(engineID, rank, func(c szn.Completion) error { fn(c); return nil })
 }
 
 // newHandoffID returns 128 random bits, URL-safe: the id is the capability to fetch the payload.

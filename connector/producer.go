@@ -23,7 +23,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // A Producer serves one tensor-parallel rank; it is safe for concurrent use.
 type Producer struct {
 	o        Options
-	cp       controlPlane
+	cp       ControlPlane
 	srv      *transport.Server
 	addr     string
 	staging  *staging
@@ -86,12 +86,15 @@ type save struct {
 
 // NewProducer starts a payload server and joins the control plane.
 func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
+	if cp == nil {
+		return nil, optErr("nil control plane")
+	}
 	o, err := buildOptions(opts)
 	if err != nil {
 		return nil, err
 	}
 	p := &Producer{
-		o: o, cp: cp.plane(), staging: newStaging(o.StagingBytes),
+		o: o, cp: cp, staging: newStaging(o.StagingBytes),
 		policy:   bypassPolicy{mode: o.Bypass, linkConf: o.LinkRate},
 		encoders: make(chan *codec.Encoder, 2),
 		saves:    map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{},
@@ -124,7 +127,7 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 			return nil, errors.Join(p.srv.Close(), optErr("listening on %s: set an advertise address consumers can dial (port %s)", p.addr, port))
 		}
 	}
-	p.unsub, err = p.cp.subscribeDone(o.EngineID, o.Rank, p.onCompletion)
+	p.unsub, err = p.cp.SubscribeCompletions(o.EngineID, o.Rank, func(c completion) error { p.onCompletion(c); return nil })
 	if err != nil {
 		return nil, errors.Join(err, p.srv.Close())
 	}
@@ -227,7 +230,7 @@ func (p *Producer) begin(reqID, handoffID string, blocks []int, all bool) (Hando
 		}
 	}
 	// Publishing is a control-plane round trip: done without holding the lock.
-	if err := p.cp.publish(s.ctx, rec); err != nil {
+	if err := p.cp.PutShard(s.ctx, rec); err != nil {
 		p.mu.Lock()
 		s.unpublished = true
 		if !s.layersClosed {
@@ -429,7 +432,7 @@ func (p *Producer) work(s *save, cache kvCache) {
 		close(s.staged)
 		return
 	}
-	if err := p.cp.publish(s.ctx, p.record(s, true)); err != nil {
+	if err := p.cp.PutShard(s.ctx, p.record(s, true)); err != nil {
 		p.log.Warn("publishing the completed handoff failed; consumers see only the open record", "handoff", shortID(s.handoffID), "err", err)
 	}
 	close(s.staged)
@@ -531,7 +534,7 @@ func (p *Producer) onRelease(s *save, err error) {
 		p.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if rerr := p.cp.remove(ctx, s.handoffID, p.o.Rank); rerr != nil {
+		if rerr := p.cp.DeleteShard(ctx, s.handoffID, p.o.Rank); rerr != nil {
 			p.log.Debug("removing the handoff record", "handoff", shortID(s.handoffID), "err", rerr)
 		}
 		p.log.Debug("handoff released", "request", s.reqID, "handoff", shortID(s.handoffID), "err", err)

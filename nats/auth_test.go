@@ -49,8 +49,8 @@ func TestNKeyAuth(t *testing.T) {
 	_, err = Connect(WithURL(s.ClientURL()), WithTimeout(2*time.Second))
 	require.Error(t, err, "the server requires the nkey")
 	p := newPlane(t, WithURL(s.ClientURL()), WithNKeyFile(seedFile))
-	rec := sampleRecord("p", 1, 1)
-	require.NoError(t, p.PutHandoff(testCtx(t), rec))
+	rec := sampleShard("p", 0, 1, 1)
+	require.NoError(t, p.PutShard(testCtx(t), rec))
 }
 
 func TestTLS(t *testing.T) {
@@ -61,9 +61,9 @@ func TestTLS(t *testing.T) {
 	_, err := Connect(WithURL(s.ClientURL()), WithTimeout(2*time.Second))
 	require.Error(t, err, "plain connection to a TLS-only server")
 	p := newPlane(t, WithURL("tls://"+s.Addr().String()), WithTLS(caFile, "", ""))
-	rec := sampleRecord("p", 1, 1)
-	require.NoError(t, p.PutHandoff(testCtx(t), rec))
-	_, err = p.GetHandoff(testCtx(t), rec.ID)
+	rec := sampleShard("p", 0, 1, 1)
+	require.NoError(t, p.PutShard(testCtx(t), rec))
+	_, err = p.WaitShard(testCtx(t), rec.HandoffID, 0, false)
 	require.NoError(t, err)
 }
 

@@ -2,7 +2,7 @@
 // (producer) engine hand a request's compressed KV cache to a decode
 // (consumer) engine, carried over NATS with JetStream. Payloads never go
 // through NATS; they move over direct TCP between the engines, at the
-// addresses the handoff record names.
+// address each shard record names.
 //
 // # Connecting
 //
@@ -32,40 +32,44 @@
 //
 // Names, for namespace N (default "default"):
 //
-//	splitzip_N_handoffs               KV bucket: handoff id -> HandoffRecord,
-//	                                  TTL HandoffTTL+ExpiredGrace
-//	splitzip_N_engines                KV bucket: engine id -> Engine, TTL EngineTTL
+//	splitzip_N_handoffs                KV bucket: "<handoff id>.r<rank>" -> ShardRecord,
+//	                                   TTL HandoffTTL+ExpiredGrace
+//	splitzip_N_engines                 KV bucket: engine id -> Engine, TTL EngineTTL
 //	splitzip.N.engine.<id>.done.<rank> request/reply: Completion -> ack
 //
 // # Handoff life cycle
 //
-//  1. The producer calls PutHandoff with the per-rank frame tables; the
-//     record gets a 128-bit random URL-safe id (NewHandoffID), CreatedAt and
-//     ExpiresAt = CreatedAt + HandoffTTL. It is stored in JetStream before
-//     PutHandoff returns, so a consumer that asks later still finds it.
-//  2. The consumer calls WaitHandoff (or GetHandoff) with the id. WaitHandoff
-//     watches the key, so it also works when called before the producer
-//     published. The consumer then checks CheckCompatible against its own
-//     layout fingerprint, dtype and tensor-parallel size.
-//  3. After fetching a rank's payload the consumer calls NotifyDone on the
-//     producer engine; the producer's SubscribeCompletions handler acks it,
-//     so a nil error means the producer got it.
-//  4. The producer calls DeleteHandoff when all ranks are done (or to abort),
-//     which frees its in-flight slot and the record.
+// A handoff is one request's KV cache passing from a producer to a consumer
+// under one handoff id: 128 random bits, URL-safe (NewHandoffID), the
+// capability to fetch the payload. With tensor parallelism every rank's
+// worker is its own process, so each rank publishes its own part, a
+// ShardRecord, and the consumer of rank r deals only with shard r:
 //
-// Resources: each Plane admits at most MaxInFlight handoffs that are neither
-// deleted nor expired (ErrTooManyHandoffs beyond). Unclaimed records expire
-// at ExpiresAt: readers then get ErrHandoffExpired; the server drops them
-// ExpiredGrace later, after which the id reads as ErrUnknownHandoff.
+//  1. When a save begins, the producer's rank calls PutShard with the open
+//     record (Complete false): payload address, layout fingerprint, dtype and
+//     framing, so the consumer can fetch while layers are still being
+//     encoded. PutShard sets CreatedAt and ExpiresAt (CreatedAt + the
+//     record's TTL, at most HandoffTTL) and stores the record before it
+//     returns, so a consumer that asks later still finds it.
+//  2. The consumer calls WaitShard with the id and its rank. It watches the
+//     key, so it also works when called before the producer published. The
+//     consumer checks the record against its own cache (CheckCompatible) and
+//     fetches the frames from the record's address.
+//  3. Once every frame is encoded, the producer publishes the complete record
+//     (Complete true), which adds each frame's size and CRC32C and replaces
+//     the open one. The consumer waits for it (WaitShard with complete) and
+//     checks what it received against it, end to end.
+//  4. After fetching, the consumer calls NotifyDone on the producer engine;
+//     the producer's SubscribeCompletions handler acks it, so a nil error
+//     means the producer got it.
+//  5. The producer calls DeleteShard once the payload was fetched (or to
+//     abort), which frees its in-flight slot and the record.
 //
-// # Shard records (what the connector uses)
-//
-// With tensor parallelism every rank's worker is its own process, so no process can write a HandoffRecord
-// holding every rank. The connector therefore publishes one ShardRecord per rank under the key
-// "<handoff id>.r<rank>" in the same bucket (PutShard, WaitShard, DeleteShard): first an open record when a
-// save begins (address, layout fingerprint, dtype, framing), so the consumer can fetch while layers are
-// still being encoded, then the complete record with every frame's size and CRC32C. The consumer of rank r
-// waits for shard r, and checks what it received against the complete record.
+// Resources: each Plane admits at most MaxInFlight open shard records that
+// are neither deleted nor expired (ErrTooManyHandoffs beyond). Unclaimed
+// records expire at ExpiresAt: readers then get ErrHandoffExpired; the server
+// drops them ExpiredGrace later, after which the id reads as
+// ErrUnknownHandoff.
 //
 // # Failures
 //
@@ -83,13 +87,16 @@
 // handoff starts and call CheckEpoch(epoch) when it ends or fails; it returns
 // ErrServerRestarted or ErrDisconnected if the control plane was interrupted
 // meanwhile. While disconnected, operations fail with ErrDisconnected (or
-// ErrTimeout); a WaitHandoff in progress resumes after a reconnect and fails
-// with ErrServerRestarted if, after a restart, the record is not there.
+// ErrTimeout); a WaitShard in progress resumes after a reconnect and fails
+// with ErrServerRestarted if, after a restart, the record is not there. A
+// WaitShard that finds the handoff bucket missing (the server lost its state,
+// perhaps before the wait began) waits for the bucket to be recreated and
+// then fails the same way.
 //
 // What survives a restart: with FileStorage (the default) and a server that
-// restarts on the same store directory after a graceful stop, handoff
-// records and engine entries survive (tested with the Debian nats-server
-// binary). A crash may lose the last writes, and MemoryStorage or a new
+// restarts on the same store directory after a graceful stop, shard
+// records and engine entries survive (tested with the nats-server binary
+// built from the module go.mod pins; see internal/natstest). A crash may lose the last writes, and MemoryStorage or a new
 // store directory loses everything: the Plane then recreates the buckets and
 // re-registers its engines at once, and lost handoffs read as
 // ErrUnknownHandoff, which CheckEpoch lets the caller attribute to

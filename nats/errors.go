@@ -14,7 +14,7 @@ var (
 	// protocol version this build does not accept (see ProtocolVersion).
 	ErrIncompatibleVersion = errors.New("splitzip/nats: incompatible protocol version")
 
-	// ErrInvalidRecord reports a malformed handoff record, engine record or
+	// ErrInvalidRecord reports a malformed shard record, engine record or
 	// completion notice (bad id, missing fields, inconsistent frame tables).
 	ErrInvalidRecord = errors.New("splitzip/nats: invalid record")
 
@@ -27,19 +27,21 @@ var (
 	// producer may already have freed the payload.
 	ErrHandoffExpired = errors.New("splitzip/nats: handoff expired")
 
-	// ErrHandoffReleased reports a handoff its producer withdrew (DeleteHandoff)
+	// ErrHandoffReleased reports a handoff its producer withdrew (DeleteShard)
 	// while a consumer was waiting for it or before it read it.
 	ErrHandoffReleased = errors.New("splitzip/nats: handoff released by producer")
 
-	// ErrHandoffExists reports a PutHandoff with an id already in use.
+	// ErrHandoffExists reports an open PutShard under a handoff id and rank
+	// already in use.
 	ErrHandoffExists = errors.New("splitzip/nats: handoff id already exists")
 
 	// ErrTooManyHandoffs reports that this Plane already has
-	// Options.MaxInFlight unreleased, unexpired handoffs.
+	// Options.MaxInFlight undeleted, unexpired shard records.
 	ErrTooManyHandoffs = errors.New("splitzip/nats: too many in-flight handoffs")
 
-	// ErrLayoutMismatch reports a handoff whose KV layout fingerprint, rank
-	// count or layer count differs from what the consumer expects.
+	// ErrLayoutMismatch reports a handoff whose KV layout fingerprint, layer
+	// count or block count differs from what the consumer expects
+	// (ShardRecord.CheckCompatible).
 	ErrLayoutMismatch = errors.New("splitzip/nats: KV layout mismatch")
 
 	// ErrDTypeMismatch reports a handoff whose KV dtype differs from what the

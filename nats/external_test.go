@@ -48,21 +48,21 @@ func exerciseProtocol(t *testing.T, p, q *Plane) {
 	_, err = p.SubscribeCompletions("prefill-0", AllRanks, func(c Completion) error { done <- c; return nil })
 	require.NoError(t, err)
 
-	rec := sampleRecord("prefill-0", 1, 3)
-	rec.ID = NewHandoffID()
+	rec := sampleShard("prefill-0", 0, 1, 3)
 	waited := make(chan error, 1)
 	go func() {
-		_, err := q.WaitHandoff(ctx, rec.ID)
+		_, err := q.WaitShard(ctx, rec.HandoffID, 0, true)
 		waited <- err
 	}()
 	require.Eventually(t, func() bool { return consumers(t, q) == 1 }, 10*time.Second, 5*time.Millisecond)
-	require.NoError(t, p.PutHandoff(ctx, rec))
+	require.NoError(t, p.PutShard(ctx, rec))
+	require.NoError(t, p.PutShard(ctx, completed(rec)))
 	require.NoError(t, <-waited)
-	require.NoError(t, q.NotifyDone(ctx, "prefill-0", Completion{HandoffID: rec.ID, OK: true}))
-	require.Equal(t, rec.ID, (<-done).HandoffID)
-	require.NoError(t, p.DeleteHandoff(ctx, rec.ID))
-	_, err = q.GetHandoff(ctx, rec.ID)
-	require.ErrorIs(t, err, ErrUnknownHandoff)
+	require.NoError(t, q.NotifyDone(ctx, "prefill-0", Completion{HandoffID: rec.HandoffID, OK: true}))
+	require.Equal(t, rec.HandoffID, (<-done).HandoffID)
+	require.NoError(t, p.DeleteShard(ctx, rec.HandoffID, 0))
+	_, err = q.WaitShard(ctx, rec.HandoffID, 0, false)
+	require.ErrorIs(t, err, ErrHandoffReleased)
 }
 
 // TestExternalRestart stops the server and starts it again on the same port
@@ -78,8 +78,8 @@ func TestExternalRestart(t *testing.T) {
 
 	_, err := p.RegisterEngine(ctx, Engine{ID: "prefill-0", Role: RoleProducer, TPSize: 1, LayoutFingerprint: "L"})
 	require.NoError(t, err)
-	rec := sampleRecord("prefill-0", 1, 2)
-	require.NoError(t, p.PutHandoff(ctx, rec))
+	rec := sampleShard("prefill-0", 0, 1, 2)
+	require.NoError(t, p.PutShard(ctx, rec))
 	epoch := p.Epoch()
 	require.NoError(t, p.CheckEpoch(epoch))
 	oldServer := p.ServerID()
@@ -88,7 +88,7 @@ func TestExternalRestart(t *testing.T) {
 	missing := NewHandoffID()
 	waited := make(chan error, 1)
 	go func() {
-		_, err := p.WaitHandoff(ctx, missing)
+		_, err := p.WaitShard(ctx, missing, 0, false)
 		waited <- err
 	}()
 	require.Eventually(t, func() bool { return consumers(t, p) == 1 }, 10*time.Second, 5*time.Millisecond)
@@ -98,8 +98,8 @@ func TestExternalRestart(t *testing.T) {
 	require.Equal(t, epoch+1, ev.Epoch)
 	require.False(t, p.Connected())
 	require.ErrorIs(t, p.CheckEpoch(epoch), ErrDisconnected)
-	_, err = p.GetHandoff(quickCtx(t), rec.ID)
-	require.ErrorIs(t, err, ErrDisconnected, "operations fail clearly while the server is down")
+	require.ErrorIs(t, p.PutShard(quickCtx(t), sampleShard("prefill-0", 0, 1, 2)), ErrDisconnected,
+		"operations fail clearly while the server is down")
 
 	srv.Start()
 	ev = events.next(t, Reconnected)
@@ -116,8 +116,8 @@ func TestExternalRestart(t *testing.T) {
 	// The record was flushed to the store dir and survives the restart (once
 	// JetStream has recovered its streams).
 	require.Eventually(t, func() bool {
-		got, err := p.GetHandoff(quickCtx(t), rec.ID)
-		return err == nil && got.ID == rec.ID
+		got, err := p.WaitShard(quickCtx(t), rec.HandoffID, 0, false)
+		return err == nil && got.HandoffID == rec.HandoffID
 	}, 20*time.Second, 20*time.Millisecond)
 	_, err = p.LookupEngine(ctx, "prefill-0")
 	require.NoError(t, err)
@@ -135,8 +135,8 @@ func TestExternalRestartMemoryStorage(t *testing.T) {
 	ctx := testCtx(t)
 	_, err := p.RegisterEngine(ctx, Engine{ID: "prefill-0", Role: RoleProducer, TPSize: 1, LayoutFingerprint: "L"})
 	require.NoError(t, err)
-	rec := sampleRecord("prefill-0", 1, 2)
-	require.NoError(t, p.PutHandoff(ctx, rec))
+	rec := sampleShard("prefill-0", 0, 1, 2)
+	require.NoError(t, p.PutShard(ctx, rec))
 	epoch := p.Epoch()
 
 	srv.Stop()
@@ -150,10 +150,12 @@ func TestExternalRestartMemoryStorage(t *testing.T) {
 		_, err := p.LookupEngine(quickCtx(t), "prefill-0")
 		return err == nil
 	}, 20*time.Second, 20*time.Millisecond)
-	_, err = p.GetHandoff(ctx, rec.ID)
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = p.WaitShard(wctx, rec.HandoffID, 0, false)
 	require.ErrorIs(t, err, ErrUnknownHandoff)
-	next := sampleRecord("prefill-0", 1, 2)
-	require.NoError(t, p.PutHandoff(ctx, next), "the recreated bucket takes new handoffs")
+	next := sampleShard("prefill-0", 0, 1, 2)
+	require.NoError(t, p.PutShard(ctx, next), "the recreated bucket takes new handoffs")
 }
 
 func TestExternalUnreachable(t *testing.T) {

@@ -34,31 +34,43 @@ func quickCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// sampleRecord builds a valid record with tp ranks of layers frames each.
-func sampleRecord(producer string, tp, layers int) *HandoffRecord {
-	table := crc32.MakeTable(crc32.Castagnoli)
-	rec := &HandoffRecord{
+// sampleShard builds a valid open shard record of a fresh handoff: rank of tp ranks, layers layers of 4 blocks
+// in frames of 2 blocks.
+func sampleShard(producer string, rank, tp, layers int) *ShardRecord {
+	return &ShardRecord{
+		HandoffID:         NewHandoffID(),
 		RequestID:         "req-1",
 		ProducerEngineID:  producer,
+		Rank:              rank,
+		TPSize:            tp,
+		Addr:              "127.0.0.1:4000" + string(rune('0'+rank)),
 		LayoutFingerprint: "llama3-8b/bs16/kv8x128/l32/tp2",
 		DType:             "bfloat16",
+		Layers:            layers,
+		Blocks:            4,
+		BlocksPerFrame:    2,
+		Frames:            2 * layers,
 	}
-	for r := 0; r < tp; r++ {
-		rr := RankRecord{Rank: r, Addr: "127.0.0.1:4000" + string(rune('0'+r))}
-		for l := 0; l < layers; l++ {
-			n := uint64(1000 + 10*l + r)
-			rr.FrameSizes = append(rr.FrameSizes, n)
-			rr.Checksums = append(rr.Checksums, crc32.Checksum([]byte{byte(l), byte(r)}, table))
-			rr.EncodedBytes += n
-			rr.RawBytes += 2 * n
-		}
-		rec.Ranks = append(rec.Ranks, rr)
+}
+
+// completed returns the complete version of open shard s: a size and CRC32C per frame.
+func completed(s *ShardRecord) *ShardRecord {
+	c := *s
+	c.Complete = true
+	c.CreatedAt, c.ExpiresAt = time.Time{}, time.Time{}
+	table := crc32.MakeTable(crc32.Castagnoli)
+	c.FrameSizes, c.Checksums, c.RawBytes = nil, nil, 0
+	for f := 0; f < s.Frames; f++ {
+		n := uint64(1000 + 10*f + s.Rank)
+		c.FrameSizes = append(c.FrameSizes, n)
+		c.Checksums = append(c.Checksums, crc32.Checksum([]byte{byte(f), byte(s.Rank)}, table))
+		c.RawBytes += 2 * n
 	}
-	return rec
+	return &c
 }
 
 // consumers returns the number of JetStream consumers on the handoff bucket's
-// stream: a WaitHandoff in progress holds one.
+// stream: a WaitShard in progress holds one (once the record was not there at its first read).
 func consumers(t *testing.T, p *Plane) int {
 	t.Helper()
 	s, err := p.js.Stream(testCtx(t), "KV_"+p.handoffBucket)

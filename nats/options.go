@@ -83,8 +83,8 @@ type Options struct {
 	// registered engines are refreshed every EngineTTL/3. Default 15s.
 	EngineTTL time.Duration
 
-	// MaxInFlight bounds the handoffs this Plane has published and not yet
-	// released (DeleteHandoff) or expired. Default 1024.
+	// MaxInFlight bounds the shard records this Plane has opened (PutShard)
+	// and not yet deleted (DeleteShard) or seen expire. Default 1024.
 	MaxInFlight int
 
 	// Storage of the JetStream buckets. Default FileStorage.
@@ -323,7 +323,7 @@ func WithEngineTTL(d time.Duration) Option {
 	}
 }
 
-// WithMaxInFlight bounds this Plane's unreleased, unexpired handoffs.
+// WithMaxInFlight bounds this Plane's undeleted, unexpired shard records.
 func WithMaxInFlight(n int) Option {
 	return func(o *Options) error {
 		if n < 1 {

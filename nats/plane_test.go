@@ -1,15 +1,12 @@
 package nats
 
 import (
-	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"runtime"
 	"testing"
 	"time"
 
-	natsgo "github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -57,259 +54,6 @@ func TestEmbeddedNeedsURLForTLS(t *testing.T) {
 	_, err := Connect(WithTLSConfig(&tls.Config{}))
 	require.ErrorIs(t, err, ErrInvalidOption)
 	require.Contains(t, err.Error(), "splitzip/nats: ")
-}
-
-func TestHandoffPutGet(t *testing.T) {
-	p := newPlane(t)
-	require.True(t, p.Embedded())
-	require.Contains(t, p.ClientURL(), "nats://127.0.0.1:")
-	ctx := testCtx(t)
-
-	rec := sampleRecord("prefill-0", 2, 4)
-	require.NoError(t, p.PutHandoff(ctx, rec))
-	require.NoError(t, ValidHandoffID(rec.ID))
-	require.Equal(t, ProtocolVersion, rec.V)
-	require.WithinDuration(t, rec.CreatedAt.Add(p.Options().HandoffTTL), rec.ExpiresAt, 0)
-	require.Equal(t, 1, p.InFlight())
-
-	// A second process on the same machine joins the embedded server.
-	q := newPlane(t, WithURL(p.ClientURL()))
-	require.False(t, q.Embedded())
-	got, err := q.GetHandoff(ctx, rec.ID)
-	require.NoError(t, err)
-	require.Equal(t, rec.ID, got.ID)
-	require.Equal(t, rec.Ranks, got.Ranks)
-	require.Equal(t, "prefill-0", got.ProducerEngineID)
-	require.Equal(t, 4, got.NumLayers())
-	require.True(t, rec.ExpiresAt.Equal(got.ExpiresAt))
-	require.NoError(t, got.CheckCompatible(rec.LayoutFingerprint, "bfloat16", 2))
-
-	// WaitHandoff returns an existing record at once.
-	got, err = q.WaitHandoff(ctx, rec.ID)
-	require.NoError(t, err)
-	require.Equal(t, rec.ID, got.ID)
-
-	require.ErrorIs(t, p.PutHandoff(ctx, rec), ErrHandoffExists)
-	require.Equal(t, 1, p.InFlight())
-
-	require.NoError(t, p.DeleteHandoff(ctx, rec.ID))
-	require.Equal(t, 0, p.InFlight())
-	_, err = q.GetHandoff(ctx, rec.ID)
-	require.ErrorIs(t, err, ErrUnknownHandoff)
-	_, err = q.WaitHandoff(ctx, rec.ID)
-	require.ErrorIs(t, err, ErrHandoffReleased)
-	require.NoError(t, p.DeleteHandoff(ctx, NewHandoffID()), "deleting an unknown id is fine")
-}
-
-func TestWaitHandoffBeforePublish(t *testing.T) {
-	p := newPlane(t)
-	ctx := testCtx(t)
-	rec := sampleRecord("prefill-0", 1, 2)
-	rec.ID = NewHandoffID()
-
-	type result struct {
-		rec *HandoffRecord
-		err error
-	}
-	res := make(chan result, 1)
-	go func() {
-		r, err := p.WaitHandoff(ctx, rec.ID)
-		res <- result{r, err}
-	}()
-	// The waiter's watch is a JetStream consumer: publish once it exists.
-	require.Eventually(t, func() bool { return consumers(t, p) == 1 }, 10*time.Second, 5*time.Millisecond)
-	require.NoError(t, p.PutHandoff(ctx, rec))
-	r := <-res
-	require.NoError(t, r.err)
-	require.Equal(t, rec.ID, r.rec.ID)
-	require.Eventually(t, func() bool { return consumers(t, p) == 0 }, 10*time.Second, 5*time.Millisecond,
-		"the watch is removed after the wait")
-
-	// A withdrawn record ends a wait with ErrHandoffReleased.
-	id := NewHandoffID()
-	go func() {
-		r, err := p.WaitHandoff(ctx, id)
-		res <- result{r, err}
-	}()
-	require.Eventually(t, func() bool { return consumers(t, p) == 1 }, 10*time.Second, 5*time.Millisecond)
-	require.NoError(t, p.DeleteHandoff(ctx, id))
-	require.ErrorIs(t, (<-res).err, ErrHandoffReleased)
-}
-
-func TestUnknownHandoff(t *testing.T) {
-	p := newPlane(t)
-	ctx := testCtx(t)
-	_, err := p.GetHandoff(ctx, NewHandoffID())
-	require.ErrorIs(t, err, ErrUnknownHandoff)
-	_, err = p.GetHandoff(ctx, "not-an-id")
-	require.ErrorIs(t, err, ErrUnknownHandoff)
-	require.ErrorIs(t, err, ErrInvalidRecord)
-
-	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	defer cancel()
-	_, err = p.WaitHandoff(wctx, NewHandoffID())
-	require.ErrorIs(t, err, ErrUnknownHandoff)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-}
-
-func TestHandoffExpiry(t *testing.T) {
-	p := newPlane(t, WithHandoffTTL(time.Second), WithExpiredGrace(time.Minute))
-	ctx := testCtx(t)
-	rec := sampleRecord("prefill-0", 1, 1)
-	require.NoError(t, p.PutHandoff(ctx, rec))
-	require.Equal(t, 1, p.InFlight())
-
-	require.Eventually(t, func() bool {
-		_, err := p.GetHandoff(ctx, rec.ID)
-		return errors.Is(err, ErrHandoffExpired)
-	}, 10*time.Second, 20*time.Millisecond)
-	got, err := p.GetHandoff(ctx, rec.ID)
-	require.ErrorIs(t, err, ErrHandoffExpired)
-	require.Equal(t, rec.ID, got.ID, "the expired record comes with the error")
-	_, err = p.WaitHandoff(ctx, rec.ID)
-	require.ErrorIs(t, err, ErrHandoffExpired)
-	require.Equal(t, 0, p.InFlight(), "expired handoffs free their in-flight slot")
-
-	// An expiry beyond the TTL is refused; so is one in the past.
-	late := sampleRecord("prefill-0", 1, 1)
-	late.ExpiresAt = time.Now().Add(time.Hour)
-	require.ErrorIs(t, p.PutHandoff(ctx, late), ErrInvalidRecord)
-	past := sampleRecord("prefill-0", 1, 1)
-	past.CreatedAt = time.Now().Add(-2 * time.Second)
-	past.ExpiresAt = time.Now().Add(-time.Second)
-	require.ErrorIs(t, p.PutHandoff(ctx, past), ErrHandoffExpired)
-}
-
-func TestHandoffPurgedAfterGrace(t *testing.T) {
-	p := newPlane(t, WithHandoffTTL(time.Second), WithExpiredGrace(0), WithNamespace("purge"))
-	ctx := testCtx(t)
-	rec := sampleRecord("prefill-0", 1, 1)
-	require.NoError(t, p.PutHandoff(ctx, rec))
-	// The server drops the record after HandoffTTL + ExpiredGrace.
-	require.Eventually(t, func() bool {
-		_, err := p.GetHandoff(ctx, rec.ID)
-		return errors.Is(err, ErrUnknownHandoff)
-	}, 15*time.Second, 50*time.Millisecond)
-}
-
-func TestMaxInFlight(t *testing.T) {
-	p := newPlane(t, WithMaxInFlight(2))
-	ctx := testCtx(t)
-	a, b, c := sampleRecord("p", 1, 1), sampleRecord("p", 1, 1), sampleRecord("p", 1, 1)
-	require.NoError(t, p.PutHandoff(ctx, a))
-	require.NoError(t, p.PutHandoff(ctx, b))
-	require.ErrorIs(t, p.PutHandoff(ctx, c), ErrTooManyHandoffs)
-	require.NoError(t, p.DeleteHandoff(ctx, a.ID))
-	require.NoError(t, p.PutHandoff(ctx, c))
-	require.Equal(t, 2, p.InFlight())
-}
-
-func TestVersionMismatch(t *testing.T) {
-	p := newPlane(t)
-	ctx := testCtx(t)
-
-	// A record written by a future peer.
-	rec := sampleRecord("prefill-0", 1, 1)
-	rec.ID = NewHandoffID()
-	rec.V = ProtocolVersion + 1
-	rec.CreatedAt = time.Now()
-	rec.ExpiresAt = rec.CreatedAt.Add(time.Minute)
-	data, err := json.Marshal(rec)
-	require.NoError(t, err)
-	_, err = p.handoffs.Put(ctx, rec.ID, data)
-	require.NoError(t, err)
-	_, err = p.GetHandoff(ctx, rec.ID)
-	require.ErrorIs(t, err, ErrIncompatibleVersion)
-	require.Contains(t, err.Error(), "protocol v2")
-	_, err = p.WaitHandoff(ctx, rec.ID)
-	require.ErrorIs(t, err, ErrIncompatibleVersion)
-
-	// A record with no version at all.
-	id := NewHandoffID()
-	_, err = p.handoffs.Put(ctx, id, []byte(`{"id":"`+id+`"}`))
-	require.NoError(t, err)
-	_, err = p.GetHandoff(ctx, id)
-	require.ErrorIs(t, err, ErrIncompatibleVersion)
-
-	// An engine record of another version.
-	_, err = p.engines.Put(ctx, "future", []byte(`{"v":9,"id":"future","role":"producer","tp_size":1,"layout":"x"}`))
-	require.NoError(t, err)
-	_, err = p.LookupEngine(ctx, "future")
-	require.ErrorIs(t, err, ErrIncompatibleVersion)
-	engines, err := p.Engines(ctx)
-	require.NoError(t, err)
-	require.Empty(t, engines, "incompatible engines are left out of discovery")
-
-	// A completion notice of another version is refused by the producer.
-	unsub, err := p.SubscribeCompletions("prefill-0", AllRanks, func(Completion) error {
-		t.Error("handler must not see an incompatible notice")
-		return nil
-	})
-	require.NoError(t, err)
-	defer func() { require.NoError(t, unsub()) }()
-	msg, err := p.nc.RequestWithContext(ctx, p.completionSubject("prefill-0", 0),
-		[]byte(`{"v":7,"handoff_id":"`+id+`","rank":0,"ok":true}`))
-	require.NoError(t, err)
-	var ack completionAck
-	require.NoError(t, json.Unmarshal(msg.Data, &ack))
-	require.False(t, ack.OK)
-	require.Equal(t, ackIncompatibleVersion, ack.Code)
-
-	// A producer answering with another version is refused by the consumer.
-	sub, err := p.nc.Subscribe(p.completionSubject("future-producer", 0), func(m *natsgo.Msg) {
-		_ = m.Respond([]byte(`{"v":5,"ok":true}`))
-	})
-	require.NoError(t, err)
-	defer func() { _ = sub.Unsubscribe() }()
-	err = p.NotifyDone(ctx, "future-producer", Completion{HandoffID: id, Rank: 0, OK: true})
-	require.ErrorIs(t, err, ErrIncompatibleVersion)
-}
-
-func TestRecordValidation(t *testing.T) {
-	valid := func() *HandoffRecord {
-		r := sampleRecord("prefill-0", 2, 3)
-		r.V, r.ID = ProtocolVersion, NewHandoffID()
-		r.CreatedAt = time.Now()
-		r.ExpiresAt = r.CreatedAt.Add(time.Minute)
-		return r
-	}
-	require.NoError(t, valid().Validate())
-	cases := map[string]func(r *HandoffRecord){
-		"bad id":           func(r *HandoffRecord) { r.ID = "abc" },
-		"bad producer":     func(r *HandoffRecord) { r.ProducerEngineID = "a.b" },
-		"no layout":        func(r *HandoffRecord) { r.LayoutFingerprint = "" },
-		"no dtype":         func(r *HandoffRecord) { r.DType = "" },
-		"no ranks":         func(r *HandoffRecord) { r.Ranks = nil },
-		"rank order":       func(r *HandoffRecord) { r.Ranks[1].Rank = 0 },
-		"bad addr":         func(r *HandoffRecord) { r.Ranks[0].Addr = "localhost" },
-		"no frames":        func(r *HandoffRecord) { r.Ranks[0].FrameSizes, r.Ranks[0].Checksums = nil, nil },
-		"layer count":      func(r *HandoffRecord) { r.Ranks[1].FrameSizes = r.Ranks[1].FrameSizes[:2] },
-		"checksum count":   func(r *HandoffRecord) { r.Ranks[0].Checksums = r.Ranks[0].Checksums[:1] },
-		"encoded total":    func(r *HandoffRecord) { r.Ranks[0].EncodedBytes++ },
-		"expiry before":    func(r *HandoffRecord) { r.ExpiresAt = r.CreatedAt },
-		"no creation time": func(r *HandoffRecord) { r.CreatedAt = time.Time{} },
-	}
-	for name, mutate := range cases {
-		r := valid()
-		mutate(r)
-		assert.ErrorIs(t, r.Validate(), ErrInvalidRecord, name)
-	}
-	r := valid()
-	r.V = 0
-	require.ErrorIs(t, r.Validate(), ErrIncompatibleVersion)
-
-	r = valid()
-	require.ErrorIs(t, r.CheckCompatible("other-layout", r.DType, 0), ErrLayoutMismatch)
-	require.ErrorIs(t, r.CheckCompatible(r.LayoutFingerprint, "float16", 0), ErrDTypeMismatch)
-	require.ErrorIs(t, r.CheckCompatible(r.LayoutFingerprint, r.DType, 4), ErrLayoutMismatch)
-	require.NoError(t, r.CheckCompatible(r.LayoutFingerprint, r.DType, 2))
-
-	p := newPlane(t)
-	bad := valid()
-	bad.ID = ""
-	bad.Ranks[0].EncodedBytes = 1
-	require.ErrorIs(t, p.PutHandoff(testCtx(t), bad), ErrInvalidRecord)
-	require.Equal(t, 0, p.InFlight())
 }
 
 func TestNewHandoffID(t *testing.T) {
@@ -425,9 +169,9 @@ func TestEmbeddedAuth(t *testing.T) {
 	_, err := Connect(WithURL(p.ClientURL()), WithTimeout(2*time.Second))
 	require.Error(t, err, "the embedded server requires the configured user")
 	q := newPlane(t, WithURL(p.ClientURL()), WithUserInfo("splitzip", "s3cret"))
-	rec := sampleRecord("p", 1, 1)
-	require.NoError(t, p.PutHandoff(testCtx(t), rec))
-	_, err = q.GetHandoff(testCtx(t), rec.ID)
+	rec := sampleShard("p", 0, 1, 1)
+	require.NoError(t, p.PutShard(testCtx(t), rec))
+	_, err = q.WaitShard(testCtx(t), rec.HandoffID, 0, false)
 	require.NoError(t, err)
 
 	tok := newPlane(t, WithToken("tok3n"), WithNamespace("tok"))
@@ -440,15 +184,15 @@ func TestEmbeddedStoreDirSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	p, err := Connect(WithEmbeddedServer("127.0.0.1", -1, dir))
 	require.NoError(t, err)
-	rec := sampleRecord("p", 1, 1)
-	require.NoError(t, p.PutHandoff(testCtx(t), rec))
+	rec := sampleShard("p", 0, 1, 1)
+	require.NoError(t, p.PutShard(testCtx(t), rec))
 	p.Close()
 	require.DirExists(t, dir, "a caller-chosen store dir is kept")
 
 	q := newPlane(t, WithEmbeddedServer("127.0.0.1", -1, dir))
-	got, err := q.GetHandoff(testCtx(t), rec.ID)
+	got, err := q.WaitShard(testCtx(t), rec.HandoffID, 0, false)
 	require.NoError(t, err)
-	require.Equal(t, rec.ID, got.ID)
+	require.Equal(t, rec.HandoffID, got.HandoffID)
 }
 
 func TestClosedPlane(t *testing.T) {
@@ -457,9 +201,10 @@ func TestClosedPlane(t *testing.T) {
 	p.Close()
 	p.Close()
 	ctx := testCtx(t)
-	require.ErrorIs(t, p.PutHandoff(ctx, sampleRecord("p", 1, 1)), ErrClosed)
-	_, err = p.GetHandoff(ctx, NewHandoffID())
+	require.ErrorIs(t, p.PutShard(ctx, sampleShard("p", 0, 1, 1)), ErrClosed)
+	_, err = p.WaitShard(ctx, NewHandoffID(), 0, false)
 	require.ErrorIs(t, err, ErrClosed)
+	require.ErrorIs(t, p.DeleteShard(ctx, NewHandoffID(), 0), ErrClosed)
 	require.ErrorIs(t, p.NotifyDone(ctx, "p", Completion{HandoffID: NewHandoffID()}), ErrClosed)
 	require.ErrorIs(t, p.CheckEpoch(0), ErrClosed)
 }
@@ -479,11 +224,17 @@ func TestNoGoroutineLeak(t *testing.T) {
 		_, err = p.SubscribeCompletions("e", AllRanks, func(Completion) error { return nil })
 		require.NoError(t, err)
 		watchEvents(t, q)
-		rec := sampleRecord("e", 1, 1)
-		require.NoError(t, p.PutHandoff(ctx, rec))
-		_, err = q.WaitHandoff(ctx, rec.ID)
-		require.NoError(t, err)
-		require.NoError(t, q.NotifyDone(ctx, "e", Completion{HandoffID: rec.ID, OK: true}))
+		rec := sampleShard("e", 0, 1, 1)
+		waited := make(chan error, 1)
+		go func() {
+			_, err := q.WaitShard(ctx, rec.HandoffID, 0, true)
+			waited <- err
+		}()
+		require.NoError(t, p.PutShard(ctx, rec))
+		require.NoError(t, p.PutShard(ctx, completed(rec)))
+		require.NoError(t, <-waited)
+		require.NoError(t, q.NotifyDone(ctx, "e", Completion{HandoffID: rec.HandoffID, OK: true}))
+		require.NoError(t, p.DeleteShard(ctx, rec.HandoffID, 0))
 		_, err = q.Engines(ctx)
 		require.NoError(t, err)
 	}()

@@ -16,8 +16,8 @@ import (
 //
 // History:
 //
-//	1: initial version: handoff records, engine records, completion notices
-//	   and acks.
+//	1: initial version: shard records (one per tensor-parallel rank of a
+//	   handoff), engine records, completion notices and acks.
 const ProtocolVersion = 1
 
 // MinProtocolVersion is the oldest protocol version this build accepts.

@@ -13,22 +13,23 @@ import (
 )
 
 // ShardRecord is one tensor-parallel rank's part of a handoff, published by that rank's producer worker on its
-// own: TP ranks run in separate processes, so no one process could write a HandoffRecord with every rank. The
-// consumer of rank r reads the shard of rank r.
+// own: TP ranks run in separate processes, so a handoff is as many records as ranks, all under one handoff id.
+// The consumer of rank r reads the shard of rank r. Payloads never go through NATS: the consumer fetches the
+// frames from Addr.
 //
 // A shard is published twice: open (Complete false) as soon as the save begins, so the consumer can start
 // fetching while layers are still being encoded, and complete, with every frame's size and CRC32C, when the
 // last layer is staged; the consumer checks what it received against the complete record.
 type ShardRecord struct {
-	V                 int    `json:"v"`
-	HandoffID         string `json:"id"`
-	RequestID         string `json:"request_id,omitempty"`
-	ProducerEngineID  string `json:"producer"`
+	V                 int    `json:"v"`                    // protocol version; PutShard sets it
+	HandoffID         string `json:"id"`                   // NewHandoffID: the capability to fetch the payload
+	RequestID         string `json:"request_id,omitempty"` // the serving engine's request id, for logs
+	ProducerEngineID  string `json:"producer"`             // completion notices go to it (NotifyDone)
 	Rank              int    `json:"rank"`
 	TPSize            int    `json:"tp_size"`
-	Addr              string `json:"addr"` // host:port of the rank's payload server
-	LayoutFingerprint string `json:"layout"`
-	DType             string `json:"dtype"`
+	Addr              string `json:"addr"`   // host:port of the rank's payload server
+	LayoutFingerprint string `json:"layout"` // the KV layout; the consumer's must match exactly
+	DType             string `json:"dtype"`  // KV element type, e.g. "bfloat16"
 	Layers            int    `json:"layers"`
 	Blocks            int    `json:"blocks"`
 	BlocksPerFrame    int    `json:"blocks_per_frame"` // frames are layer-major, K then V of up to this many blocks
@@ -37,19 +38,20 @@ type ShardRecord struct {
 	Complete          bool   `json:"complete"`
 
 	FrameSizes   []uint64 `json:"frame_sizes,omitempty"` // complete records: encoded size per frame
-	Checksums    []uint32 `json:"crc32c,omitempty"`      // complete records: CRC32C per frame
+	Checksums    []uint32 `json:"crc32c,omitempty"`      // complete records: CRC32C (Castagnoli) per frame
 	RawBytes     uint64   `json:"raw_bytes,omitempty"`
-	EncodedBytes uint64   `json:"encoded_bytes,omitempty"`
+	EncodedBytes uint64   `json:"encoded_bytes,omitempty"` // complete records: the sum of FrameSizes; PutShard sets it
 
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
+	CreatedAt time.Time `json:"created_at"` // PutShard sets it when zero
+	ExpiresAt time.Time `json:"expires_at"` // when the producer stops serving the payload
 	// TTL sets ExpiresAt = CreatedAt + TTL when ExpiresAt is zero (default: the Plane's HandoffTTL).
 	TTL time.Duration `json:"-"`
 }
 
 func shardKey(id string, rank int) string { return id + ".r" + strconv.Itoa(rank) }
 
-// Validate checks the record's structure.
+// Validate checks the record's structure: version, ids, rank, layout, framing, address, times, and for a
+// complete record one size and checksum per frame. Errors wrap ErrInvalidRecord or ErrIncompatibleVersion.
 func (s *ShardRecord) Validate() error {
 	if err := checkIdentity("shard record", s.V, s.HandoffID, s.ProducerEngineID); err != nil {
 		return err
@@ -87,9 +89,43 @@ func (s *ShardRecord) Validate() error {
 	return nil
 }
 
-// PutShard publishes a shard record: the open one (Complete false) must be new under its id and rank
-// (ErrHandoffExists otherwise) and counts against MaxInFlight until DeleteShard or expiry; the complete one
-// replaces it.
+// checkIdentity checks what every record starts with: protocol version, handoff id, producer engine id.
+func checkIdentity(what string, v int, id, producer string) error {
+	if err := checkVersion(what, v); err != nil {
+		return err
+	}
+	if err := ValidHandoffID(id); err != nil {
+		return err
+	}
+	if err := ValidEngineID(producer); err != nil {
+		return fmt.Errorf("handoff %s: producer: %w", id, err)
+	}
+	return nil
+}
+
+// CheckCompatible checks the record against the consumer's KV cache and request: the layout fingerprint, the
+// layer count and the number of blocks loaded (ErrLayoutMismatch), and the dtype (ErrDTypeMismatch). The
+// messages leave the handoff id out; callers name the handoff as they log it.
+func (s *ShardRecord) CheckCompatible(layoutFingerprint, dtype string, layers, blocks int) error {
+	switch {
+	case s.LayoutFingerprint != layoutFingerprint:
+		return fmt.Errorf("%w: KV layout %s, the consumer's %s", ErrLayoutMismatch, s.LayoutFingerprint, layoutFingerprint)
+	case s.DType != dtype:
+		return fmt.Errorf("%w: %s KV, the consumer's %s", ErrDTypeMismatch, s.DType, dtype)
+	case s.Layers != layers:
+		return fmt.Errorf("%w: %d layers, the consumer's %d", ErrLayoutMismatch, s.Layers, layers)
+	case s.Blocks != blocks:
+		return fmt.Errorf("%w: %d blocks, the consumer loads %d", ErrLayoutMismatch, s.Blocks, blocks)
+	}
+	return nil
+}
+
+// PutShard publishes a shard record. It sets V, CreatedAt (when zero), ExpiresAt (when zero: CreatedAt + TTL,
+// at most HandoffTTL) and, for a complete record, EncodedBytes, then validates the record; an ExpiresAt beyond
+// now + HandoffTTL is refused (ErrInvalidRecord), one already past too (ErrHandoffExpired). The open record
+// (Complete false) must be new under its id and rank (ErrHandoffExists otherwise) and counts against
+// MaxInFlight (ErrTooManyHandoffs) until DeleteShard or its expiry; the complete one replaces it. The record is
+// stored before PutShard returns, so a consumer asking later finds it.
 func (p *Plane) PutShard(ctx context.Context, rec *ShardRecord) error {
 	if err := p.checkOpen(); err != nil {
 		return err
@@ -114,6 +150,14 @@ func (p *Plane) PutShard(ctx context.Context, rec *ShardRecord) error {
 	}
 	if err := rec.Validate(); err != nil {
 		return err
+	}
+	if rec.ExpiresAt.After(now.Add(p.opts.HandoffTTL)) {
+		return fmt.Errorf("%w: handoff %s rank %d expires at %v, beyond the handoff TTL %v",
+			ErrInvalidRecord, rec.HandoffID, rec.Rank, rec.ExpiresAt, p.opts.HandoffTTL)
+	}
+	if !now.Before(rec.ExpiresAt) {
+		return fmt.Errorf("%w: handoff %s rank %d expired at %s", ErrHandoffExpired, rec.HandoffID, rec.Rank,
+			rec.ExpiresAt.Format(time.RFC3339Nano))
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
@@ -142,7 +186,14 @@ func (p *Plane) PutShard(ctx context.Context, rec *ShardRecord) error {
 }
 
 // WaitShard returns rank's shard of handoff id, waiting for it to be published, and with complete for its
-// complete version. Errors as WaitHandoff.
+// complete version: it watches the key, so a record published after the call is seen at once. It waits until
+// ctx is done, or at most HandoffTTL when ctx has no deadline; then the error wraps ErrUnknownHandoff and the
+// context error. A record withdrawn by its producer (DeleteShard) gives ErrHandoffReleased, an expired one
+// ErrHandoffExpired, a malformed one ErrInvalidRecord or ErrIncompatibleVersion. After a reconnect WaitShard
+// watches anew; if the server restarted meanwhile (or the bucket was missing: the server lost its state) and
+// the record is not there, it fails with ErrServerRestarted (wrapping ErrUnknownHandoff) rather than wait for a
+// record that was probably lost.
+// Connection trouble gives ErrTimeout, ErrDisconnected or ErrClosed.
 func (p *Plane) WaitShard(ctx context.Context, id string, rank int, complete bool) (*ShardRecord, error) {
 	key := shardKey(id, rank)
 	var rec *ShardRecord
@@ -169,8 +220,9 @@ func (p *Plane) WaitShard(ctx context.Context, id string, rank int, complete boo
 	return rec, nil
 }
 
-// DeleteShard withdraws rank's shard of handoff id and frees its in-flight slot; deleting an unknown one is
-// not an error.
+// DeleteShard withdraws rank's shard of handoff id (the producer calls it once the payload was fetched, or to
+// abort) and frees its in-flight slot. Consumers waiting for it get ErrHandoffReleased. Deleting an unknown
+// one is not an error.
 func (p *Plane) DeleteShard(ctx context.Context, id string, rank int) error {
 	if err := p.checkOpen(); err != nil {
 		return err

@@ -352,7 +352,7 @@ func newEndpoint[T any](table *handles[T], plane int, optsJSON string, build fun
 	if err != nil {
 		return 0, wrap(err)
 	}
-	e, err := build(connector.Plane(p), opts...)
+	e, err := build(p, opts...)
 	if err != nil {
 		return 0, wrap(err)
 	}

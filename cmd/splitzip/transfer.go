@@ -162,7 +162,7 @@ func runBenchTransfer(args []string) error {
 	replies.Buffer(make([]byte, 1<<20), 1<<20)
 	enc := json.NewEncoder(stdin)
 
-	cons, err := connector.NewConsumer(connector.Plane(plane), connector.WithEngineID("bench-decode"),
+	cons, err := connector.NewConsumer(plane, connector.WithEngineID("bench-decode"),
 		connector.WithTransport(transport.WithConns(*conns)), connector.WithLoadTimeout(10*time.Minute),
 		connector.WithHugePages(*huge))
 	if err != nil {
@@ -459,7 +459,7 @@ func runTransferProducer(args []string) error {
 					opts = append(opts, connector.WithLinkRate(*linkRate*1e9/8))
 				}
 			}
-			if p, err = connector.NewProducer(connector.Plane(plane), opts...); err != nil {
+			if p, err = connector.NewProducer(plane, opts...); err != nil {
 				return err
 			}
 			if err := p.RegisterHostCache(layout, bases); err != nil {

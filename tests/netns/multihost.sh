@@ -4,8 +4,11 @@
 # namespaces this script creates (10.77.0.0/24); nothing leaves the machine.
 #
 # usage: tests/netns/multihost.sh [RATE_GBIT ...]   (default: 1 10; 0 means unshaped)
-# Needs root, iproute2 (ip, tc) and nats-server; says why and exits 0 when the machine does not allow it.
+# Needs root, iproute2 (ip, tc) and a nats-server binary: $SPLITZIP_NATS_SERVER (the Makefile sets it), else
+# build/bin/nats-server (make deps builds it), else nats-server on PATH. Says why and exits 0 when the machine
+# does not allow it or there is no binary; fails when SPLITZIP_NATS_SERVER names a missing one.
 set -euo pipefail
+[ -z "${SPLITZIP_NATS_SERVER:-}" ] || SPLITZIP_NATS_SERVER=$(realpath -m -- "$SPLITZIP_NATS_SERVER")
 cd "$(dirname "$0")/../.."
 rates=("${@:-1 10}")
 [ $# -gt 0 ] || rates=(1 10)
@@ -13,7 +16,17 @@ rates=("${@:-1 10}")
 skip() { echo "multihost: SKIPPED: $*"; exit 0; }
 [ "$(id -u)" = 0 ] || skip "needs root to create network namespaces"
 command -v ip >/dev/null && command -v tc >/dev/null || skip "iproute2 (ip, tc) not installed"
-command -v nats-server >/dev/null || skip "nats-server not installed"
+if [ -n "${SPLITZIP_NATS_SERVER:-}" ]; then
+  [ -f "$SPLITZIP_NATS_SERVER" ] && [ -x "$SPLITZIP_NATS_SERVER" ] || {
+    echo "multihost: SPLITZIP_NATS_SERVER=$SPLITZIP_NATS_SERVER is not an executable file (make deps builds it)"; exit 1; }
+  NATS_SERVER=$SPLITZIP_NATS_SERVER
+elif [ -x build/bin/nats-server ]; then
+  NATS_SERVER=$PWD/build/bin/nats-server
+elif NATS_SERVER=$(command -v nats-server); then
+  :
+else
+  skip "no nats-server binary (make deps builds build/bin/nats-server; or set SPLITZIP_NATS_SERVER)"
+fi
 ip netns add sz-probe-$$ 2>/dev/null || skip "this machine does not allow network namespaces (ip netns add failed)"
 ip netns del sz-probe-$$
 
@@ -41,7 +54,7 @@ done
 
 go build -o bin/splitzip ./cmd/splitzip
 store=$(mktemp -d)
-ip netns exec sz-nats nats-server -a 10.77.0.1 -p 4222 -js -sd "$store" >"$store/nats.log" 2>&1 &
+ip netns exec sz-nats "$NATS_SERVER" -a 10.77.0.1 -p 4222 -js -sd "$store" >"$store/nats.log" 2>&1 &
 NATS_PID=$!
 for _ in $(seq 100); do grep -q "Server is ready" "$store/nats.log" && break; sleep 0.1; done
 grep -q "Server is ready" "$store/nats.log" || { cat "$store/nats.log"; echo "multihost: nats-server did not start"; exit 1; }
