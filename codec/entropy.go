@@ -1,0 +1,317 @@
+package codec
+
+import (
+	"encoding/binary"
+	"math/bits"
+)
+
+// The entropy mode's exponent streams (FORMAT.md "Entropy mode"): a chunk's exponents are coded in 32
+// interleaved lanes (element j of a chunk belongs to lane j mod 32), each lane a MSB-first bit stream cut into
+// bytes, and the bytes of all lanes stored in the order a 32-lane decoder takes them: at each step, round 1:
+// every lane whose buffer holds fewer than 8 bits takes a byte, lanes in order, then each decodes a code;
+// round 2: every lane whose code was ESC and whose buffer holds fewer than eb bits takes a byte, then each
+// reads its raw exponent.
+
+const (
+	maxEntropyChunk = 1 << EntropyChunk      // elements of an encoder's chunk
+	maxSteps        = maxEntropyChunk / lanes // symbols a lane codes in a chunk
+	// maxLaneBytes bounds a lane's bytes in the encoder's scratch: at most 2 a symbol (16 bits: ESC and an
+	// 8-bit exponent), and room for the final partial word and two zero bytes.
+	maxLaneBytes = 2*maxSteps + 4
+)
+
+// maxChunkBytes bounds the exponent stream of a chunk of m elements: a symbol takes at most 16 bits, and a
+// lane of k symbols at most 2k bytes (FORMAT.md).
+func maxChunkBytes(m uint64) uint64 { return 2 * m }
+
+// entEnc is what an encoder derives from a code table.
+type entEnc struct {
+	t   CodeTable // a copy
+	eb  int
+	max int // longest code (L)
+	// lut maps an exponent to its bits (bits 8–23, right-aligned: its code, or ESC's code and the raw
+	// exponent when it escapes), bit 7 set when it escapes, and the number of bits in bits 0–4.
+	lut [256]uint32
+}
+
+const entEscaped = 1 << 7
+
+func (e *entEnc) build(t *CodeTable) {
+	e.t = CodeTable{DType: t.DType, Lengths: append(e.t.Lengths[:0], t.Lengths...), Samples: t.Samples}
+	e.eb = t.DType.ExponentBits()
+	e.max = t.MaxLen()
+	var codes [257]uint16
+	canonicalCodes(t.Lengths, codes[:len(t.Lengths)])
+	esc := escSymbol(e.eb)
+	for x := range e.lut {
+		switch {
+		case x >= 1<<e.eb:
+			e.lut[x] = 0 // not an exponent of this dtype
+		case t.Lengths[x] > 0:
+			e.lut[x] = uint32(codes[x])<<8 | uint32(t.Lengths[x])
+		case t.Lengths[esc] > 0:
+			e.lut[x] = (uint32(codes[esc])<<e.eb|uint32(x))<<8 | entEscaped | uint32(int(t.Lengths[esc])+e.eb)
+		default:
+			e.lut[x] = 0 // no code: an encoder only takes tables that code every exponent
+		}
+	}
+}
+
+// laneEnc is the scratch of the lane coder: a chunk's exponents, each lane's bytes, and which lanes take a
+// byte in each round of each step. About 55 KiB; one per encoding goroutine.
+type laneEnc struct {
+	exps  [maxEntropyChunk]byte
+	acc   [lanes]uint64 // each lane's most recent bits (the low ones)
+	bits  [lanes]uint32 // bits each lane has coded
+	bytes [lanes][maxLaneBytes]byte
+	r1    [maxSteps + 1]uint32 // bit l of r1[s]: lane l takes a byte in round 1 of step s
+	r2    [maxSteps]uint32     // the same for round 2 (escapes)
+	rc    [lanes]uint16
+}
+
+// encodeLanes codes the chunk's m exponents in e.exps[:m] with enc and writes the chunk's stream to out, which
+// must have room for maxChunkBytes(m) bytes. It returns the bytes written and the number of escapes.
+func (e *laneEnc) encodeLanes(m int, enc *entEnc, out []byte) (n, escapes int) {
+	lut := &enc.lut
+	eb := uint32(enc.eb)
+	steps := (m + lanes - 1) / lanes
+	for l := range lanes {
+		e.acc[l], e.bits[l] = 0, 0
+	}
+	esc := 0
+	exps := e.exps[:m]
+	// Before symbol s a lane's decoder has taken W = ceil((B+8)/8) bytes, B the bits before s (round 1 tops
+	// its buffer up to at least 8 bits); after an ESC, at least ceil(B'/8), B' the bits after it (round 2).
+	// So a lane takes a byte in round 1 of step s+1 when ceil((B+8)/8) grows over symbol s, which the fast
+	// path reads off B's low bits; an escape works out both rounds exactly.
+	for s := range steps {
+		var ld, ld2 uint32
+		base := s * lanes
+		active := min(lanes, m-base)
+		xs := exps[base : base+active]
+		for l := range xs {
+			v := lut[xs[l]]
+			ln := v & 31
+			b0 := e.bits[l]
+			b1 := b0 + ln
+			e.bits[l] = b1
+			a := e.acc[l]<<ln | uint64(v>>8)
+			e.acc[l] = a
+			// The 16-bit word b0 falls in is complete when b1 passes its end; written every time, its last
+			// write is the complete word (or the final partial one, below).
+			binary.BigEndian.PutUint16(e.bytes[l][2*(b0>>4):], uint16(a>>(b1&15)))
+			next := ((b0+15)&7 + ln) >> 3
+			if v&entEscaped != 0 {
+				esc++
+				w1 := (b0 + 15) >> 3        // bytes after round 1
+				w2 := max(w1, (b1+7)>>3)    // after round 2
+				ld2 |= (w2 - w1) << l       // the ESC's raw exponent needs one more
+				next = (b1+15)>>3 - w2      // round 1 of the next step
+			}
+			ld |= next << l
+		}
+		e.r1[s+1] = ld
+		e.r2[s] = ld2
+	}
+	// Each lane's last partial word, then two zero bytes: a lane's decoder may take one byte past its bits.
+	for l := range min(m, lanes) {
+		b := e.bits[l]
+		w := uint16(0)
+		if r := b & 15; r != 0 {
+			w = uint16(e.acc[l] << (16 - r))
+		}
+		k := 2 * (b >> 4)
+		binary.BigEndian.PutUint16(e.bytes[l][k:], w)
+		e.bytes[l][k+2], e.bytes[l][k+3] = 0, 0
+	}
+	// Round 1 of step 0: every lane with an element; of later steps, only lanes with an element there.
+	e.r1[0] = activeLanes(min(m, lanes))
+	if rest := m % lanes; rest != 0 && steps > 0 {
+		e.r1[steps-1] &= activeLanes(rest)
+	}
+	// Interleave: the bytes in the order the decoder takes them.
+	clear(e.rc[:])
+	pos := 0
+	for s := range steps {
+		for ld := e.r1[s]; ld != 0; ld &= ld - 1 {
+			l := bits.TrailingZeros32(ld)
+			out[pos] = e.bytes[l][e.rc[l]]
+			e.rc[l]++
+			pos++
+		}
+		for ld := e.r2[s]; ld != 0; ld &= ld - 1 {
+			l := bits.TrailingZeros32(ld)
+			out[pos] = e.bytes[l][e.rc[l]]
+			e.rc[l]++
+			pos++
+		}
+	}
+	_ = eb
+	return pos, esc
+}
+
+func activeLanes(k int) uint32 { return uint32(uint64(1)<<k - 1) }
+
+// entDec is what a decoder derives from a frame's code table: for every 8-bit prefix of a lane's buffer, the
+// symbol it starts with. An entry holds the exponent in bits 0–7 and the code length in bits 8–11; bit 16
+// marks ESC (the exponent follows in eb bits), bit 17 a prefix no code starts (a corrupt stream).
+type entDec struct {
+	eb  int
+	tab [256]uint32
+}
+
+const (
+	entDecESC     = 1 << 16
+	entDecInvalid = 1 << 17
+)
+
+// build fills the table from validated code lengths (2^eb + 1 of them, ESC last).
+func (d *entDec) build(lengths []uint8, eb int) {
+	d.eb = eb
+	for i := range d.tab {
+		d.tab[i] = entDecInvalid
+	}
+	var codes [257]uint16
+	canonicalCodes(lengths, codes[:len(lengths)])
+	esc := escSymbol(eb)
+	for s, l := range lengths {
+		if l == 0 {
+			continue
+		}
+		v := uint32(l) << 8
+		if s == esc {
+			v |= entDecESC
+		} else {
+			v |= uint32(s)
+		}
+		// The code, MSB-first, is the top l bits of the 8-bit prefix: every prefix that starts with it.
+		lo := int(codes[s]) << (MaxCodeLen - int(l))
+		for i := lo; i < lo+1<<(MaxCodeLen-int(l)); i++ {
+			d.tab[i] = v
+		}
+	}
+}
+
+// laneDec is the lane decoder's state for one chunk.
+type laneDec struct {
+	buf   [lanes]uint64 // each lane's unread bits, MSB-aligned; the bits below them are zero
+	avail [lanes]int64  // how many there are
+	exps  [maxChunk]byte
+}
+
+// errStream describes a damaged chunk stream.
+type errStream struct {
+	what string
+	lane int
+	step int
+}
+
+// decodeLanes decodes a chunk of m exponents from its stream into ld.exps[:m]. It checks that the stream holds
+// exactly the bytes the decoder takes and that every lane's padding bits are zero.
+func (ld *laneDec) decodeLanes(dec *entDec, stream []byte, m int) (escapes int, bad *errStream) {
+	nb := len(stream)
+	for l := range lanes {
+		ld.buf[l], ld.avail[l] = 0, 0
+	}
+	tab := &dec.tab
+	eb := int64(dec.eb)
+	pos := 0
+	full := m / lanes
+	exps := ld.exps[:m]
+	s := 0
+	// Fast steps: all 32 lanes, and the stream holds any bytes round 1 may take.
+	for ; s < full && pos+lanes <= nb; s++ {
+		xs := exps[s*lanes : s*lanes+lanes]
+		ws := stream[pos : pos+lanes]
+		k := 0
+		var escs uint32
+		for l := range lanes {
+			b, a := ld.buf[l], ld.avail[l]
+			need := (a - 8) >> 63 // -1: the lane takes a byte
+			b |= uint64(ws[k&(lanes-1)]) << uint(56-a) & uint64(need)
+			k -= int(need)
+			a += 8 & need
+			v := tab[b>>56]
+			if v >= entDecESC {
+				if v&entDecInvalid != 0 {
+					return 0, &errStream{"no code starts with these bits", l, s}
+				}
+				escs |= 1 << l
+			}
+			ln := v >> 8 & 15
+			xs[l] = uint8(v)
+			ld.buf[l], ld.avail[l] = b<<ln, a-int64(ln)
+		}
+		pos += k
+		if escs != 0 {
+			var bad *errStream
+			if pos, bad = ld.round2(escs, xs, stream, pos, eb, s); bad != nil {
+				return 0, bad
+			}
+			escapes += bits.OnesCount32(escs)
+		}
+	}
+	// The rest, with every byte read checked.
+	steps := (m + lanes - 1) / lanes
+	for ; s < steps; s++ {
+		active := min(lanes, m-s*lanes)
+		xs := exps[s*lanes : s*lanes+active]
+		var escs uint32
+		for l := range xs {
+			b, a := ld.buf[l], ld.avail[l]
+			if a < 8 {
+				if pos >= nb {
+					return 0, &errStream{"stream ends before its symbols", l, s}
+				}
+				b |= uint64(stream[pos]) << uint(56-a)
+				pos++
+				a += 8
+			}
+			v := tab[b>>56]
+			if v >= entDecESC {
+				if v&entDecInvalid != 0 {
+					return 0, &errStream{"no code starts with these bits", l, s}
+				}
+				escs |= 1 << l
+			}
+			ln := v >> 8 & 15
+			xs[l] = uint8(v)
+			ld.buf[l], ld.avail[l] = b<<ln, a-int64(ln)
+		}
+		if escs != 0 {
+			var bad *errStream
+			if pos, bad = ld.round2(escs, xs, stream, pos, eb, s); bad != nil {
+				return 0, bad
+			}
+			escapes += bits.OnesCount32(escs)
+		}
+	}
+	if pos != nb {
+		return 0, &errStream{"stream holds bytes after its symbols", -1, steps}
+	}
+	for l := range min(m, lanes) {
+		if ld.buf[l] != 0 {
+			return 0, &errStream{"nonzero padding bits", l, steps}
+		}
+	}
+	return escapes, nil
+}
+
+// round2 reads the raw exponents of the lanes in escs (round 2 of step s), taking bytes from stream at pos.
+func (ld *laneDec) round2(escs uint32, xs, stream []byte, pos int, eb int64, s int) (int, *errStream) {
+	for ; escs != 0; escs &= escs - 1 {
+		l := bits.TrailingZeros32(escs)
+		b, a := ld.buf[l], ld.avail[l]
+		if a < eb {
+			if pos >= len(stream) {
+				return pos, &errStream{"stream ends before an escaped exponent", l, s}
+			}
+			b |= uint64(stream[pos]) << uint(56-a)
+			pos++
+			a += 8
+		}
+		xs[l] = uint8(b >> (64 - eb))
+		ld.buf[l], ld.avail[l] = b<<uint(eb), a-eb
+	}
+	return pos, nil
+}
