@@ -22,7 +22,7 @@ type entPart struct {
 	segs   *segments
 	dt     DType
 	n      int
-	i0, i1 int      // histogram range
+	i0, i1 int // histogram range
 	counts [256]uint64
 	c0, c1 int // chunks to encode
 	frame  []byte

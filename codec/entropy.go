@@ -3,6 +3,7 @@ package codec
 import (
 	"encoding/binary"
 	"math/bits"
+	"unsafe"
 )
 
 // The entropy mode's exponent streams (FORMAT.md "Entropy mode"): a chunk's exponents are coded in 32
@@ -13,7 +14,7 @@ import (
 // reads its raw exponent.
 
 const (
-	maxEntropyChunk = 1 << EntropyChunk      // elements of an encoder's chunk
+	maxEntropyChunk = 1 << EntropyChunk       // elements of an encoder's chunk
 	maxSteps        = maxEntropyChunk / lanes // symbols a lane codes in a chunk
 	// maxLaneBytes bounds a lane's bytes in the encoder's scratch: at most 2 a symbol (16 bits: ESC and an
 	// 8-bit exponent), and room for the final partial word and two zero bytes.
@@ -103,10 +104,10 @@ func (e *laneEnc) encodeLanes(m int, enc *entEnc, out []byte) (n, escapes int) {
 			next := ((b0+15)&7 + ln) >> 3
 			if v&entEscaped != 0 {
 				esc++
-				w1 := (b0 + 15) >> 3        // bytes after round 1
-				w2 := max(w1, (b1+7)>>3)    // after round 2
-				ld2 |= (w2 - w1) << l       // the ESC's raw exponent needs one more
-				next = (b1+15)>>3 - w2      // round 1 of the next step
+				w1 := (b0 + 15) >> 3     // bytes after round 1
+				w2 := max(w1, (b1+7)>>3) // after round 2
+				ld2 |= (w2 - w1) << l    // the ESC's raw exponent needs one more
+				next = (b1+15)>>3 - w2   // round 1 of the next step
 			}
 			ld |= next << l
 		}
@@ -196,6 +197,7 @@ func (d *entDec) build(lengths []uint8, eb int) {
 type laneDec struct {
 	buf   [lanes]uint64 // each lane's unread bits, MSB-aligned; the bits below them are zero
 	avail [lanes]int64  // how many there are
+	kind  [lanes]uint8  // the flags (bits 16–23) of each lane's last table entry
 	exps  [maxChunk]byte
 }
 
@@ -219,33 +221,38 @@ func (ld *laneDec) decodeLanes(dec *entDec, stream []byte, m int) (escapes int, 
 	full := m / lanes
 	exps := ld.exps[:m]
 	s := 0
-	// Fast steps: all 32 lanes, and the stream holds any bytes round 1 may take.
+	// Fast steps: all 32 lanes, and the stream holds any bytes round 1 may take. No branch in the lane loop,
+	// and few live values (the compiler keeps them in registers): a cursor into the stream, the entries'
+	// flags gathered and looked at once a step.
 	for ; s < full && pos+lanes <= nb; s++ {
-		xs := exps[s*lanes : s*lanes+lanes]
-		ws := stream[pos : pos+lanes]
-		k := 0
-		var escs uint32
-		for l := range lanes {
+		xs := (*[lanes]byte)(exps[s*lanes:])
+		p0 := unsafe.Pointer(&stream[pos])
+		p := p0
+		var flags uint32
+		for l := 0; l < lanes; l++ {
 			b, a := ld.buf[l], ld.avail[l]
 			need := (a - 8) >> 63 // -1: the lane takes a byte
-			b |= uint64(ws[k&(lanes-1)]) << uint(56-a) & uint64(need)
-			k -= int(need)
-			a += 8 & need
+			b |= uint64(*(*byte)(p)) << (uint(56-a) & 63) & uint64(need)
+			p = unsafe.Add(p, -need)
 			v := tab[b>>56]
-			if v >= entDecESC {
-				if v&entDecInvalid != 0 {
-					return 0, &errStream{"no code starts with these bits", l, s}
-				}
-				escs |= 1 << l
-			}
+			flags |= v
 			ln := v >> 8 & 15
 			xs[l] = uint8(v)
-			ld.buf[l], ld.avail[l] = b<<ln, a-int64(ln)
+			ld.kind[l] = uint8(v >> 16)
+			ld.buf[l] = b << ln
+			ld.avail[l] = a + 8&need - int64(ln)
 		}
-		pos += k
-		if escs != 0 {
+		pos += int(uintptr(p) - uintptr(p0))
+		if flags >= entDecESC {
+			if flags&entDecInvalid != 0 {
+				return 0, ld.invalid(tab, xs[:], s)
+			}
+			var escs uint32
+			for l, k := range ld.kind {
+				escs |= uint32(k&1) << l
+			}
 			var bad *errStream
-			if pos, bad = ld.round2(escs, xs, stream, pos, eb, s); bad != nil {
+			if pos, bad = ld.round2(escs, xs[:], stream, pos, eb, s); bad != nil {
 				return 0, bad
 			}
 			escapes += bits.OnesCount32(escs)
@@ -295,6 +302,17 @@ func (ld *laneDec) decodeLanes(dec *entDec, stream []byte, m int) (escapes int, 
 		}
 	}
 	return escapes, nil
+}
+
+// invalid reports the first lane of step s whose buffer starts with bits no code starts with (its entry has
+// length 0, so its buffer was left as it was).
+func (ld *laneDec) invalid(tab *[256]uint32, xs []byte, s int) *errStream {
+	for l := range xs {
+		if tab[ld.buf[l]>>56]&entDecInvalid != 0 {
+			return &errStream{"no code starts with these bits", l, s}
+		}
+	}
+	return &errStream{"no code starts with these bits", -1, s}
 }
 
 // round2 reads the raw exponents of the lanes in escs (round 2 of step s), taking bytes from stream at pos.
