@@ -754,3 +754,43 @@ func TestLargeChecksum(t *testing.T) {
 	_, _, err = dec.Decode(nil, frame)
 	require.ErrorIs(t, err, ErrChecksum)
 }
+
+func TestInspect(t *testing.T) {
+	rng := rand.New(rand.NewPCG(85, 86))
+	src := testTensor(rng, BF16, 3*maxEntropyChunk+10, 1)
+	src[1] = 0x7F
+	fast, _ := newCodecs(t, WithChecksum(true))
+	fi, err := Inspect(mustEncode(t, fast, src, BF16))
+	require.NoError(t, err)
+	require.Len(t, fi.Codebook, 16)
+	require.Nil(t, fi.CodeTable)
+	require.Positive(t, fi.EscapeRate())
+	require.InDelta(t, 4, fi.ExponentBits(), 0.01)
+
+	enc, _ := newHighRatio(t, WithChecksum(true))
+	frame := mustEncode(t, enc, src, BF16)
+	fi, err = Inspect(frame)
+	require.NoError(t, err)
+	require.True(t, fi.Header.Entropy)
+	require.NotNil(t, fi.CodeTable)
+	require.NoError(t, fi.CodeTable.Validate())
+	require.Equal(t, int(fi.Header.CodeBits), fi.CodeTable.MaxLen())
+	require.Nil(t, fi.Codebook)
+	require.Positive(t, fi.ChunkStreamMin)
+	require.GreaterOrEqual(t, fi.ChunkStreamMax, fi.ChunkStreamMin)
+	require.Less(t, fi.ExponentBits(), 4.0)
+	// The table read back from a frame encodes the same data to the same frame.
+	again, err := enc.EncodeWithTable(nil, src, fi.CodeTable)
+	require.NoError(t, err)
+	require.Equal(t, frame, again)
+
+	bad := slices.Clone(frame)
+	bad[len(bad)-1] ^= 1
+	_, err = Inspect(bad)
+	require.ErrorIs(t, err, ErrChecksum)
+
+	raw, err := Inspect(mustEncode(t, enc, src[:20], BF16))
+	require.NoError(t, err)
+	require.True(t, raw.Header.Raw)
+	require.Zero(t, raw.ExponentBits())
+}
