@@ -84,35 +84,35 @@ func (e *laneEnc) encodeLanes(m int, enc *entEnc, out []byte) (n, escapes int) {
 	// Before symbol s a lane's decoder has taken W = ceil((B+8)/8) bytes, B the bits before s (round 1 tops
 	// its buffer up to at least 8 bits); after an ESC, at least ceil(B'/8), B' the bits after it (round 2).
 	// So a lane takes a byte in round 1 of step s+1 when ceil((B+8)/8) grows over symbol s, which the fast
-	// path reads off B's low bits; an escape works out both rounds exactly.
-	for s := range steps {
-		var ld, ld2 uint32
-		base := s * lanes
-		active := min(lanes, m-base)
-		xs := exps[base : base+active]
-		for l := range xs {
-			v := lut[xs[l]]
+	// path reads off B's low bits; an escape works out both rounds exactly. Lane by lane, so that a lane's
+	// bits stay in registers; the rounds' lane masks are gathered in memory.
+	clear(e.r1[:steps+1])
+	clear(e.r2[:steps])
+	for l := range min(m, lanes) {
+		var acc uint64
+		var b0 uint32
+		out := &e.bytes[l]
+		n := (m - l + lanes - 1) / lanes // this lane's symbols
+		for s := range n {
+			v := lut[exps[s*lanes+l]]
 			ln := v & 31
-			b0 := e.bits[l]
 			b1 := b0 + ln
-			e.bits[l] = b1
-			a := e.acc[l]<<ln | uint64(v>>8)
-			e.acc[l] = a
+			acc = acc<<ln | uint64(v>>8)
 			// The 16-bit word b0 falls in is complete when b1 passes its end; written every time, its last
 			// write is the complete word (or the final partial one, below).
-			binary.BigEndian.PutUint16(e.bytes[l][2*(b0>>4):], uint16(a>>(b1&15)))
+			binary.BigEndian.PutUint16(out[2*(b0>>4)&(2*maxSteps-2):], uint16(acc>>(b1&15)))
 			next := ((b0+15)&7 + ln) >> 3
 			if v&entEscaped != 0 {
 				esc++
-				w1 := (b0 + 15) >> 3     // bytes after round 1
-				w2 := max(w1, (b1+7)>>3) // after round 2
-				ld2 |= (w2 - w1) << l    // the ESC's raw exponent needs one more
-				next = (b1+15)>>3 - w2   // round 1 of the next step
+				w1 := (b0 + 15) >> 3      // bytes after round 1
+				w2 := max(w1, (b1+7)>>3)  // after round 2
+				e.r2[s] |= (w2 - w1) << l // the ESC's raw exponent needs one more
+				next = (b1+15)>>3 - w2    // round 1 of the next step
 			}
-			ld |= next << l
+			e.r1[s+1] |= next << l
+			b0 = b1
 		}
-		e.r1[s+1] = ld
-		e.r2[s] = ld2
+		e.acc[l], e.bits[l] = acc, b0
 	}
 	// Each lane's last partial word, then two zero bytes: a lane's decoder may take one byte past its bits.
 	for l := range min(m, lanes) {
