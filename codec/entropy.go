@@ -157,8 +157,17 @@ func activeLanes(k int) uint32 { return uint32(uint64(1)<<k - 1) }
 // symbol it starts with. An entry holds the exponent in bits 0–7 and the code length in bits 8–11; bit 16
 // marks ESC (the exponent follows in eb bits), bit 17 a prefix no code starts (a corrupt stream).
 type entDec struct {
-	eb  int
-	tab [256]uint32
+	eb   int
+	tab  [256]uint32
+	simd simdTab
+}
+
+// simdTab is the same table for the assembly decoder (decodeLanesAVX512), which reads it at these offsets: the
+// exponent of each prefix at 0, its code length | ESC<<4 | no-code<<5 at 256, eb at 512.
+type simdTab struct {
+	sym [256]byte
+	lf  [256]byte
+	eb  uint64
 }
 
 const (
@@ -191,13 +200,19 @@ func (d *entDec) build(lengths []uint8, eb int) {
 			d.tab[i] = v
 		}
 	}
+	for i, v := range d.tab {
+		d.simd.sym[i] = uint8(v)
+		d.simd.lf[i] = uint8(v>>8&15) | uint8(v>>16&1)<<4 | uint8(v>>17&1)<<5
+	}
+	d.simd.eb = uint64(eb)
 }
 
 // laneDec is the lane decoder's state for one chunk.
 type laneDec struct {
-	buf   [lanes]uint64 // each lane's unread bits, MSB-aligned; the bits below them are zero
-	avail [lanes]int64  // how many there are
-	kind  [lanes]uint8  // the flags (bits 16–23) of each lane's last table entry
+	buf   [lanes]uint64     // each lane's unread bits, MSB-aligned; the bits below them are zero
+	avail [lanes]int64      // how many there are
+	kind  [lanes]uint8      // the flags (bits 16–23) of each lane's last table entry
+	st    [2 * lanes]uint16 // the lanes' state as the assembly keeps it (decodeLanesAVX512)
 	exps  [maxChunk]byte
 }
 
@@ -221,6 +236,14 @@ func (ld *laneDec) decodeLanes(dec *entDec, stream []byte, m int) (escapes int, 
 	full := m / lanes
 	exps := ld.exps[:m]
 	s := 0
+	if hasEntropyAsm && full > 0 && nb >= 64 {
+		clear(ld.st[:])
+		done, p, esc := decodeLanesAVX512(&stream[0], nb, full, &dec.simd, &ld.st, &exps[0])
+		for l := range lanes {
+			ld.buf[l], ld.avail[l] = uint64(ld.st[l])<<48, int64(ld.st[lanes+l])
+		}
+		s, pos, escapes = done, p, esc
+	}
 	// Fast steps: all 32 lanes, and the stream holds any bytes round 1 may take. No branch in the lane loop,
 	// and few live values (the compiler keeps them in registers): a cursor into the stream, the entries'
 	// flags gathered and looked at once a step.

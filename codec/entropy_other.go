@@ -1,0 +1,10 @@
+//go:build !amd64 || !gc || noasm
+
+package codec
+
+// hasEntropyAsm reports whether the entropy decoder runs its fast steps in assembly.
+var hasEntropyAsm = false
+
+func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
