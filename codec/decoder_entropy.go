@@ -83,6 +83,10 @@ func joinChunk(out, exps, res []byte, i0 int, dt DType) {
 		res = res[i0 : i0+len(exps)]
 		out = out[:2*len(exps)]
 		j := 0
+		if n := len(exps) &^ 31; hasEntropyAsm && n > 0 {
+			joinBF16AVX512(&exps[0], &res[0], &out[0], n)
+			j = n
+		}
 		for ; j+8 <= len(exps); j += 8 {
 			e := binary.LittleEndian.Uint64(exps[j:])
 			r := binary.LittleEndian.Uint64(res[j:])

@@ -19,3 +19,9 @@ var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX5
 //
 //go:noescape
 func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int)
+
+// joinBF16AVX512 joins n bf16 elements (n a multiple of 32) from their exponents and residuals (a byte each)
+// into out (2n bytes).
+//
+//go:noescape
+func joinBF16AVX512(exps, res, out *byte, n int)

@@ -137,3 +137,39 @@ done:
 	MOVQ      R9, escapes+64(FP)
 	VZEROUPPER
 	RET
+
+// func joinBF16AVX512(exps, res, out *byte, n int)
+//
+// Joins n elements (a multiple of 32) of bf16: exponents (a byte each) and residuals (sign<<7 | mantissa, a
+// byte each) into the elements, 64 output bytes a step.
+TEXT ·joinBF16AVX512(SB), NOSPLIT, $0-32
+	MOVQ exps+0(FP), SI
+	MOVQ res+8(FP), BX
+	MOVQ out+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVL $0x7F, AX
+	VPBROADCASTW AX, Z1
+	MOVL $0x80, AX
+	VPBROADCASTW AX, Z2
+
+join:
+	CMPQ      CX, $32
+	JLT       joined
+	VPMOVZXBW (SI), Z3
+	VPMOVZXBW (BX), Z4
+	VPSLLW    $7, Z3, Z3
+	VPANDQ    Z2, Z4, Z5
+	VPSLLW    $8, Z5, Z5
+	VPANDQ    Z1, Z4, Z4
+	VPORQ     Z3, Z4, Z4
+	VPORQ     Z5, Z4, Z4
+	VMOVDQU64 Z4, (DI)
+	ADDQ      $32, SI
+	ADDQ      $32, BX
+	ADDQ      $64, DI
+	SUBQ      $32, CX
+	JMP       join
+
+joined:
+	VZEROUPPER
+	RET

@@ -8,3 +8,7 @@ var hasEntropyAsm = false
 func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
+
+func joinBF16AVX512(exps, res, out *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
