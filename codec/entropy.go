@@ -68,11 +68,23 @@ type laneEnc struct {
 	r1    [maxSteps + 1]uint32 // bit l of r1[s]: lane l takes a byte in round 1 of step s
 	r2    [maxSteps]uint32     // the same for round 2 (escapes)
 	rc    [lanes]uint16
+	simd  *encSIMD // the vectorised encoder's scratch, when it runs
+	// bytes is followed by other fields: interleaveAVX512's 4-byte gathers of a lane's last byte stay inside
+	// the struct.
 }
 
 // encodeLanes codes the chunk's m exponents in e.exps[:m] with enc and writes the chunk's stream to out, which
 // must have room for maxChunkBytes(m) bytes. It returns the bytes written and the number of escapes.
 func (e *laneEnc) encodeLanes(m int, enc *entEnc, out []byte) (n, escapes int) {
+	if hasEntropyAsm {
+		return e.encodeLanesSIMD(m, enc, out)
+	}
+	return e.encodeLanesGo(m, enc, out)
+}
+
+// encodeLanesGo is encodeLanes in pure Go: lane by lane, then the bytes interleaved. The reference the
+// vectorised encoder is tested against.
+func (e *laneEnc) encodeLanesGo(m int, enc *entEnc, out []byte) (n, escapes int) {
 	lut := &enc.lut
 	eb := uint32(enc.eb)
 	steps := (m + lanes - 1) / lanes
@@ -355,4 +367,80 @@ func (ld *laneDec) round2(escs uint32, xs, stream []byte, pos int, eb int64, s i
 		ld.buf[l], ld.avail[l] = b<<uint(eb), a-eb
 	}
 	return pos, nil
+}
+
+// encSIMD is the scratch of the vectorised lane encoder, in the layout encodeStepsAVX512 reads and writes: each
+// lane's bit count and newest bits, then per step the word each lane's bits fall in, which lanes completed a
+// word, and which take a byte in round 1 (r1) and round 2 (r2).
+type encSIMD struct {
+	b     [lanes]uint32
+	acc   [lanes]uint32
+	words [maxSteps][lanes]uint16
+	full  [maxSteps]uint32
+	r1    [maxSteps + 1]uint32
+	r2    [maxSteps]uint32
+}
+
+// encodeLanesSIMD is encodeLanes with its first phase vectorised: element by element over a step's 32 lanes
+// (encodeStepsAVX512; a short last step here), the words each lane completes kept per step; the second phase
+// then takes each lane's words in order, as the decoder takes their bytes. The same bytes as encodeLanes.
+func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes int) {
+	v := e.simd
+	if v == nil {
+		v = new(encSIMD)
+		e.simd = v
+	}
+	steps := (m + lanes - 1) / lanes
+	full := m / lanes
+	clear(v.b[:])
+	clear(v.acc[:])
+	clear(v.r1[:steps+1])
+	esc := 0
+	if full > 0 {
+		esc = encodeStepsAVX512(&e.exps[0], full, &enc.lut, v)
+	}
+	if rest := m - full*lanes; rest > 0 {
+		s := full
+		v.full[s], v.r2[s] = 0, 0
+		for l := range rest {
+			x := enc.lut[e.exps[s*lanes+l]]
+			ln := x & 31
+			b0 := v.b[l]
+			b1 := b0 + ln
+			acc := v.acc[l]<<ln | x>>8
+			v.words[s][l] = uint16(acc >> (b1 & 15))
+			v.full[s] |= ((b0&15 + ln) >> 4) << l
+			w1 := (b0 + 15) >> 3
+			w2 := max(w1, (b1+7)>>3)
+			v.r2[s] |= (w2 - w1) << l
+			v.r1[s+1] |= ((b1+15)>>3 - w2) << l
+			esc += int(x >> 7 & 1)
+			v.b[l], v.acc[l] = b1, acc
+		}
+	}
+	v.r1[0] = activeLanes(min(m, lanes))
+	if rest := m % lanes; rest != 0 {
+		v.r1[steps-1] &= activeLanes(rest)
+	}
+	// Each lane's words in order into its bytes, then its last partial word and two zero bytes.
+	var cnt [lanes]uint32
+	for s := range steps {
+		for f := v.full[s]; f != 0; f &= f - 1 {
+			l := bits.TrailingZeros32(f)
+			binary.BigEndian.PutUint16(e.bytes[l][2*cnt[l]:], v.words[s][l])
+			cnt[l]++
+		}
+	}
+	for l := range min(m, lanes) {
+		w := uint16(0)
+		if r := v.b[l] & 15; r != 0 {
+			w = uint16(v.acc[l] << (16 - r))
+		}
+		k := 2 * cnt[l]
+		binary.BigEndian.PutUint16(e.bytes[l][k:], w)
+		e.bytes[l][k+2], e.bytes[l][k+3] = 0, 0
+	}
+	_ = out[maxChunkBytes(uint64(m))-1]
+	n = interleaveAVX512(&e.bytes[0][0], maxLaneBytes, &v.r1[0], &v.r2[0], steps, &out[0])
+	return n, esc
 }

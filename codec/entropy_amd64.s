@@ -173,3 +173,204 @@ join:
 joined:
 	VZEROUPPER
 	RET
+
+// func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD) (escapes int)
+//
+// Codes steps whole steps of 32 exponents (exps, 32 bytes a step) for the lane encoder's second phase. Each
+// lane keeps its bit count B and its newest bits (a 32-bit accumulator) in st; per step s it writes
+// st.words[s][l], the 16-bit word its bits B0 >> 4 fall in as far as it is written (complete when bit l of
+// st.full[s] is set), and the lanes that take a byte in round 2 of step s (st.r2[s]) and in round 1 of step
+// s+1 (st.r1[s+1]): with w1 = (B0+15)>>3, w2 = max(w1, (B1+7)>>3), round 2 when w2 > w1 and round 1 next when
+// (B1+15)>>3 > w2 (FORMAT.md; for a symbol that is not ESC w2 = w1).
+//
+// Registers: Z0, Z1 the bit counts of lanes 0-15 and 16-31, Z2, Z3 their accumulators; Z4 dwords of 31, Z5 of
+// 15, Z6 of 16, Z7 of 7, Z8 of 0x80 (escaped).
+TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-40
+	MOVQ exps+0(FP), SI
+	MOVQ steps+8(FP), CX
+	MOVQ lut+16(FP), R10
+	MOVQ st+24(FP), BX
+	XORQ R8, R8 // step
+	XORQ R9, R9 // escapes
+	MOVL $31, AX
+	VPBROADCASTD AX, Z4
+	MOVL $15, AX
+	VPBROADCASTD AX, Z5
+	MOVL $16, AX
+	VPBROADCASTD AX, Z6
+	MOVL $7, AX
+	VPBROADCASTD AX, Z7
+	MOVL $0x80, AX
+	VPBROADCASTD AX, Z8
+	VMOVDQU32 0(BX), Z0
+	VMOVDQU32 64(BX), Z1
+	VMOVDQU32 128(BX), Z2
+	VMOVDQU32 192(BX), Z3
+	LEAQ 256(BX), DI    // words: 64 bytes a step
+	LEAQ 32768(DI), R11 // full: 4 bytes a step
+	LEAQ 2048(R11), R12 // r1
+	LEAQ 2052(R12), R13 // r2
+
+estep:
+	CMPQ R8, CX
+	JGE  edone
+
+	// Lanes 0-15.
+	VPMOVZXBD  (SI), Z16
+	KXNORW     K1, K1, K1
+	VPGATHERDD (R10)(Z16*4), K1, Z17 // v
+	VPANDD     Z4, Z17, Z18          // len
+	VPSRLD     $8, Z17, Z19          // code
+	VPTESTMD   Z8, Z17, K2
+	KMOVW      K2, AX
+	POPCNTL    AX, AX
+	ADDQ       AX, R9
+	VPADDD     Z18, Z0, Z20          // B1
+	VPSLLVD    Z18, Z2, Z2
+	VPORD      Z19, Z2, Z2
+	VPANDD     Z5, Z20, Z21
+	VPSRLVD    Z21, Z2, Z21          // the word B0 falls in
+	VPMOVDW    Z21, (DI)
+	VPANDD     Z5, Z0, Z22
+	VPADDD     Z18, Z22, Z22
+	VPCMPUD    $5, Z6, Z22, K3       // complete: (B0 & 15) + len ≥ 16
+	VPADDD     Z5, Z0, Z23
+	VPSRLD     $3, Z23, Z23          // w1
+	VPADDD     Z7, Z20, Z24
+	VPSRLD     $3, Z24, Z24
+	VPMAXUD    Z23, Z24, Z24         // w2
+	VPCMPUD    $6, Z23, Z24, K4      // round 2: w2 > w1
+	VPADDD     Z5, Z20, Z25
+	VPSRLD     $3, Z25, Z25
+	VPCMPUD    $6, Z24, Z25, K5      // round 1 next: (B1+15)>>3 > w2
+	VMOVDQA32  Z20, Z0
+
+	// Lanes 16-31.
+	VPMOVZXBD  16(SI), Z16
+	KXNORW     K1, K1, K1
+	VPGATHERDD (R10)(Z16*4), K1, Z17
+	VPANDD     Z4, Z17, Z18
+	VPSRLD     $8, Z17, Z19
+	VPTESTMD   Z8, Z17, K2
+	KMOVW      K2, AX
+	POPCNTL    AX, AX
+	ADDQ       AX, R9
+	VPADDD     Z18, Z1, Z20
+	VPSLLVD    Z18, Z3, Z3
+	VPORD      Z19, Z3, Z3
+	VPANDD     Z5, Z20, Z21
+	VPSRLVD    Z21, Z3, Z21
+	VPMOVDW    Z21, 32(DI)
+	VPANDD     Z5, Z1, Z22
+	VPADDD     Z18, Z22, Z22
+	VPCMPUD    $5, Z6, Z22, K6
+	VPADDD     Z5, Z1, Z23
+	VPSRLD     $3, Z23, Z23
+	VPADDD     Z7, Z20, Z24
+	VPSRLD     $3, Z24, Z24
+	VPMAXUD    Z23, Z24, Z24
+	VPCMPUD    $6, Z23, Z24, K7
+	VPADDD     Z5, Z20, Z25
+	VPSRLD     $3, Z25, Z25
+	VPCMPUD    $6, Z24, Z25, K1
+	VMOVDQA32  Z20, Z1
+
+	// The step's masks, lanes 16-31 in the high halves.
+	KMOVW K3, AX
+	KMOVW K6, DX
+	SHLL  $16, DX
+	ORL   DX, AX
+	MOVL  AX, (R11)(R8*4)
+	KMOVW K4, AX
+	KMOVW K7, DX
+	SHLL  $16, DX
+	ORL   DX, AX
+	MOVL  AX, (R13)(R8*4)
+	KMOVW K5, AX
+	KMOVW K1, DX
+	SHLL  $16, DX
+	ORL   DX, AX
+	MOVL  AX, 4(R12)(R8*4)
+
+	ADDQ $32, SI
+	ADDQ $64, DI
+	INCQ R8
+	JMP  estep
+
+edone:
+	VMOVDQU32 Z0, 0(BX)
+	VMOVDQU32 Z1, 64(BX)
+	VMOVDQU32 Z2, 128(BX)
+	VMOVDQU32 Z3, 192(BX)
+	MOVQ      R9, escapes+32(FP)
+	VZEROUPPER
+	RET
+
+// func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int)
+//
+// The lane encoder's interleave: for each step s, the lanes in r1[s] (round 1), then those in r2[s] (round 2),
+// each take the next byte of their own bytes (lane l's at bytes + l·stride), in lane order, appended to out.
+// Z0, Z1: lanes 0-15 and 16-31's addresses of their next bytes (a gather reads 4 bytes there: the lanes'
+// arrays must be followed by 3 readable bytes); Z2 dwords of 1.
+TEXT ·interleaveAVX512(SB), NOSPLIT, $0-56
+	MOVQ bytes+0(FP), SI
+	MOVQ stride+8(FP), AX
+	MOVQ r1+16(FP), R10
+	MOVQ r2+24(FP), R11
+	MOVQ steps+32(FP), CX
+	MOVQ out+40(FP), DI
+	MOVQ DI, R12
+	// Lane offsets l·stride.
+	VPBROADCASTD AX, Z3
+	MOVL $1, DX
+	VPBROADCASTD DX, Z2
+	VPXORD Z0, Z0, Z0
+	VMOVDQU32 ·laneIota(SB), Z4
+	VPMULLD Z3, Z4, Z0
+	VMOVDQU32 ·laneIota+64(SB), Z4
+	VPMULLD Z3, Z4, Z1
+	XORQ R8, R8
+
+istep:
+	CMPQ R8, CX
+	JGE  idone
+	MOVL (R10)(R8*4), AX
+	CALL ·interleaveRound(SB)
+	MOVL (R11)(R8*4), AX
+	TESTL AX, AX
+	JZ   inext
+	CALL ·interleaveRound(SB)
+
+inext:
+	INCQ R8
+	JMP  istep
+
+idone:
+	SUBQ R12, DI
+	MOVQ DI, n+48(FP)
+	VZEROUPPER
+	RET
+
+// interleaveRound appends the next byte of each lane in the mask AX (lanes 0-31) to DI, in lane order, and
+// moves those lanes on by a byte. It uses SI (the lanes' base), Z0, Z1 (their offsets), Z2 (ones).
+TEXT ·interleaveRound(SB), NOSPLIT|NOFRAME, $0-0
+	KMOVD      AX, K3
+	KMOVW      AX, K1
+	SHRL       $16, AX
+	KMOVW      AX, K2
+	KMOVW      K1, K5
+	KMOVW      K2, K6
+	VPXORD     Z16, Z16, Z16
+	VPXORD     Z17, Z17, Z17
+	VPGATHERDD (SI)(Z0*1), K1, Z16
+	VPGATHERDD (SI)(Z1*1), K2, Z17
+	VPADDD     Z2, Z0, K5, Z0
+	VPADDD     Z2, Z1, K6, Z1
+	VPMOVDB    Z16, X18
+	VPMOVDB    Z17, X19
+	VINSERTI32X4 $1, X19, Y18, Y18
+	VPCOMPRESSB Y18, K3, (DI)
+	KMOVD      K3, AX
+	POPCNTL    AX, AX
+	ADDQ       AX, DI
+	RET

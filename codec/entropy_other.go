@@ -12,3 +12,11 @@ func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]
 func joinBF16AVX512(exps, res, out *byte, n int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
+
+func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD) (escapes int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
