@@ -160,7 +160,12 @@ func (p *entPart) encode() {
 func splitChunk(b []byte, dt DType, exps []byte, res []byte, i0 int) {
 	if dt == BF16 {
 		res = res[i0 : i0+len(exps)]
+		b = b[:2*len(exps)]
 		j := 0
+		if n := len(exps) &^ 31; hasEntropyAsm && n > 0 {
+			splitBF16AVX512(&b[0], &exps[0], &res[0], n)
+			j = n
+		}
 		for ; j+8 <= len(exps); j += 8 {
 			x0 := binary.LittleEndian.Uint64(b[2*j:])
 			x1 := binary.LittleEndian.Uint64(b[2*j+8:])

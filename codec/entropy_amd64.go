@@ -40,3 +40,9 @@ var laneIota = [lanes]uint32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 1
 //
 //go:noescape
 func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int)
+
+// splitBF16AVX512 splits n bf16 elements (n a multiple of 32) of src into their exponents and residuals (a
+// byte each).
+//
+//go:noescape
+func splitBF16AVX512(src, exps, res *byte, n int)

@@ -374,3 +374,38 @@ TEXT ·interleaveRound(SB), NOSPLIT|NOFRAME, $0-0
 	POPCNTL    AX, AX
 	ADDQ       AX, DI
 	RET
+
+// func splitBF16AVX512(src, exps, res *byte, n int)
+//
+// Splits n bf16 elements (a multiple of 32) into their exponents and residuals (sign<<7 | mantissa), a byte
+// each: 64 input bytes a step.
+TEXT ·splitBF16AVX512(SB), NOSPLIT, $0-32
+	MOVQ src+0(FP), SI
+	MOVQ exps+8(FP), DI
+	MOVQ res+16(FP), BX
+	MOVQ n+24(FP), CX
+	MOVL $0x7F, AX
+	VPBROADCASTW AX, Z1
+	MOVL $0x80, AX
+	VPBROADCASTW AX, Z2
+
+split:
+	CMPQ      CX, $32
+	JLT       splitted
+	VMOVDQU64 (SI), Z3
+	VPSRLW    $7, Z3, Z4 // exponent in the low byte (the sign above it is dropped by VPMOVWB)
+	VPMOVWB   Z4, (DI)
+	VPSRLW    $8, Z3, Z5
+	VPANDQ    Z2, Z5, Z5 // sign at bit 7
+	VPANDQ    Z1, Z3, Z3 // mantissa
+	VPORQ     Z5, Z3, Z3
+	VPMOVWB   Z3, (BX)
+	ADDQ      $64, SI
+	ADDQ      $32, DI
+	ADDQ      $32, BX
+	SUBQ      $32, CX
+	JMP       split
+
+splitted:
+	VZEROUPPER
+	RET

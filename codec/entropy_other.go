@@ -20,3 +20,7 @@ func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD) (es
 func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
+
+func splitBF16AVX512(src, exps, res *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
