@@ -370,20 +370,18 @@ func (ld *laneDec) round2(escs uint32, xs, stream []byte, pos int, eb int64, s i
 }
 
 // encSIMD is the scratch of the vectorised lane encoder, in the layout encodeStepsAVX512 reads and writes: each
-// lane's bit count and newest bits, then per step the word each lane's bits fall in, which lanes completed a
-// word, and which take a byte in round 1 (r1) and round 2 (r2).
+// lane's bit count and newest bits, then per step which lanes take a byte in round 1 (r1) and round 2 (r2).
 type encSIMD struct {
-	b     [lanes]uint32
-	acc   [lanes]uint32
-	words [maxSteps][lanes]uint16
-	full  [maxSteps]uint32
-	r1    [maxSteps + 1]uint32
-	r2    [maxSteps]uint32
+	b   [lanes]uint32
+	acc [lanes]uint32
+	r1  [maxSteps + 1]uint32
+	r2  [maxSteps]uint32
 }
 
-// encodeLanesSIMD is encodeLanes with its first phase vectorised: element by element over a step's 32 lanes
-// (encodeStepsAVX512; a short last step here), the words each lane completes kept per step; the second phase
-// then takes each lane's words in order, as the decoder takes their bytes. The same bytes as encodeLanes.
+// encodeLanesSIMD is encodeLanes vectorised: the first phase element by element over a step's 32 lanes
+// (encodeStepsAVX512; a short last step here), each lane's completed words written into its bytes as they
+// complete; the second phase (interleaveAVX512) takes the lanes' bytes as the decoder does. The same bytes as
+// encodeLanesGo.
 func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes int) {
 	v := e.simd
 	if v == nil {
@@ -397,19 +395,20 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 	clear(v.r1[:steps+1])
 	esc := 0
 	if full > 0 {
-		esc = encodeStepsAVX512(&e.exps[0], full, &enc.lut, v)
+		esc = encodeStepsAVX512(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0], maxLaneBytes)
 	}
 	if rest := m - full*lanes; rest > 0 {
 		s := full
-		v.full[s], v.r2[s] = 0, 0
+		v.r2[s] = 0
 		for l := range rest {
 			x := enc.lut[e.exps[s*lanes+l]]
 			ln := x & 31
 			b0 := v.b[l]
 			b1 := b0 + ln
 			acc := v.acc[l]<<ln | x>>8
-			v.words[s][l] = uint16(acc >> (b1 & 15))
-			v.full[s] |= ((b0&15 + ln) >> 4) << l
+			if (b0&15+ln)>>4 != 0 {
+				binary.BigEndian.PutUint16(e.bytes[l][2*(b0>>4):], uint16(acc>>(b1&15)))
+			}
 			w1 := (b0 + 15) >> 3
 			w2 := max(w1, (b1+7)>>3)
 			v.r2[s] |= (w2 - w1) << l
@@ -422,21 +421,13 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 	if rest := m % lanes; rest != 0 {
 		v.r1[steps-1] &= activeLanes(rest)
 	}
-	// Each lane's words in order into its bytes, then its last partial word and two zero bytes.
-	var cnt [lanes]uint32
-	for s := range steps {
-		for f := v.full[s]; f != 0; f &= f - 1 {
-			l := bits.TrailingZeros32(f)
-			binary.BigEndian.PutUint16(e.bytes[l][2*cnt[l]:], v.words[s][l])
-			cnt[l]++
-		}
-	}
+	// Each lane's last partial word and two zero bytes.
 	for l := range min(m, lanes) {
 		w := uint16(0)
 		if r := v.b[l] & 15; r != 0 {
 			w = uint16(v.acc[l] << (16 - r))
 		}
-		k := 2 * cnt[l]
+		k := 2 * (v.b[l] >> 4)
 		binary.BigEndian.PutUint16(e.bytes[l][k:], w)
 		e.bytes[l][k+2], e.bytes[l][k+3] = 0, 0
 	}

@@ -27,10 +27,11 @@ func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]
 func joinBF16AVX512(exps, res, out *byte, n int)
 
 // encodeStepsAVX512 runs the first phase of the lane encoder (laneEnc.encodeLanesSIMD) on steps whole steps of
-// exps: see the assembly for what it writes into st. It returns the number of escaped exponents.
+// exps: see the assembly for what it writes into st and the lanes' bytes. It returns the number of escaped
+// exponents.
 //
 //go:noescape
-func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD) (escapes int)
+func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, stride int) (escapes int)
 
 // laneIota is 0, 1, …, 31 (interleaveAVX512's lane numbers).
 var laneIota = [lanes]uint32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31}

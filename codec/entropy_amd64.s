@@ -174,22 +174,32 @@ joined:
 	VZEROUPPER
 	RET
 
-// func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD) (escapes int)
+// func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, stride int) (escapes int)
 //
-// Codes steps whole steps of 32 exponents (exps, 32 bytes a step) for the lane encoder's second phase. Each
-// lane keeps its bit count B and its newest bits (a 32-bit accumulator) in st; per step s it writes
-// st.words[s][l], the 16-bit word its bits B0 >> 4 fall in as far as it is written (complete when bit l of
-// st.full[s] is set), and the lanes that take a byte in round 2 of step s (st.r2[s]) and in round 1 of step
-// s+1 (st.r1[s+1]): with w1 = (B0+15)>>3, w2 = max(w1, (B1+7)>>3), round 2 when w2 > w1 and round 1 next when
-// (B1+15)>>3 > w2 (FORMAT.md; for a symbol that is not ESC w2 = w1).
+// Codes steps whole steps of 32 exponents (exps, 32 bytes a step), the first phase of the lane encoder
+// (laneEnc.encodeLanesSIMD). Each lane keeps its bit count B and its newest bits (a 32-bit accumulator) in st.
+// A lane that completes a 16-bit word writes it, big-endian, into its bytes (lane l's at bytes + l·stride, word
+// k at byte 2k: a 4-byte scatter, whose 2 extra bytes the next word overwrites). Per step s it records the lanes
+// that take a byte in round 2 of step s (st.r2[s]) and in round 1 of step s+1 (st.r1[s+1]): with
+// w1 = (B0+15)>>3, w2 = max(w1, (B1+7)>>3), round 2 when w2 > w1 and round 1 next when (B1+15)>>3 > w2
+// (FORMAT.md; for a symbol that is not ESC, w2 = w1).
 //
 // Registers: Z0, Z1 the bit counts of lanes 0-15 and 16-31, Z2, Z3 their accumulators; Z4 dwords of 31, Z5 of
-// 15, Z6 of 16, Z7 of 7, Z8 of 0x80 (escaped).
-TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-40
+// 15, Z6 of 16, Z7 of 7, Z8 of 0x80 (escaped); Z9, Z10 the lanes' offsets l·stride; Z11 a byte shuffle that
+// swaps a dword's low two bytes and clears the others.
+TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	MOVQ exps+0(FP), SI
 	MOVQ steps+8(FP), CX
 	MOVQ lut+16(FP), R10
 	MOVQ st+24(FP), BX
+	MOVQ bytes+32(FP), R14
+	MOVQ stride+40(FP), AX
+	VPBROADCASTD AX, Z12
+	VMOVDQU32 ·laneIota(SB), Z13
+	VPMULLD Z12, Z13, Z9
+	VMOVDQU32 ·laneIota+64(SB), Z13
+	VPMULLD Z12, Z13, Z10
+	VBROADCASTI32X4 ·swap16(SB), Z11
 	XORQ R8, R8 // step
 	XORQ R9, R9 // escapes
 	MOVL $31, AX
@@ -206,9 +216,7 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-40
 	VMOVDQU32 64(BX), Z1
 	VMOVDQU32 128(BX), Z2
 	VMOVDQU32 192(BX), Z3
-	LEAQ 256(BX), DI    // words: 64 bytes a step
-	LEAQ 32768(DI), R11 // full: 4 bytes a step
-	LEAQ 2048(R11), R12 // r1
+	LEAQ 256(BX), R12   // r1
 	LEAQ 2052(R12), R13 // r2
 
 estep:
@@ -230,10 +238,14 @@ estep:
 	VPORD      Z19, Z2, Z2
 	VPANDD     Z5, Z20, Z21
 	VPSRLVD    Z21, Z2, Z21          // the word B0 falls in
-	VPMOVDW    Z21, (DI)
+	VPSHUFB    Z11, Z21, Z21         // big-endian
 	VPANDD     Z5, Z0, Z22
 	VPADDD     Z18, Z22, Z22
 	VPCMPUD    $5, Z6, Z22, K3       // complete: (B0 & 15) + len ≥ 16
+	VPSRLD     $4, Z0, Z26
+	VPADDD     Z26, Z26, Z26
+	VPADDD     Z9, Z26, Z26          // l·stride + 2·(B0 >> 4)
+	VPSCATTERDD Z21, K3, (R14)(Z26*1)
 	VPADDD     Z5, Z0, Z23
 	VPSRLD     $3, Z23, Z23          // w1
 	VPADDD     Z7, Z20, Z24
@@ -260,10 +272,14 @@ estep:
 	VPORD      Z19, Z3, Z3
 	VPANDD     Z5, Z20, Z21
 	VPSRLVD    Z21, Z3, Z21
-	VPMOVDW    Z21, 32(DI)
+	VPSHUFB    Z11, Z21, Z21
 	VPANDD     Z5, Z1, Z22
 	VPADDD     Z18, Z22, Z22
 	VPCMPUD    $5, Z6, Z22, K6
+	VPSRLD     $4, Z1, Z26
+	VPADDD     Z26, Z26, Z26
+	VPADDD     Z10, Z26, Z26
+	VPSCATTERDD Z21, K6, (R14)(Z26*1)
 	VPADDD     Z5, Z1, Z23
 	VPSRLD     $3, Z23, Z23
 	VPADDD     Z7, Z20, Z24
@@ -276,11 +292,6 @@ estep:
 	VMOVDQA32  Z20, Z1
 
 	// The step's masks, lanes 16-31 in the high halves.
-	KMOVW K3, AX
-	KMOVW K6, DX
-	SHLL  $16, DX
-	ORL   DX, AX
-	MOVL  AX, (R11)(R8*4)
 	KMOVW K4, AX
 	KMOVW K7, DX
 	SHLL  $16, DX
@@ -293,7 +304,6 @@ estep:
 	MOVL  AX, 4(R12)(R8*4)
 
 	ADDQ $32, SI
-	ADDQ $64, DI
 	INCQ R8
 	JMP  estep
 
@@ -302,9 +312,13 @@ edone:
 	VMOVDQU32 Z1, 64(BX)
 	VMOVDQU32 Z2, 128(BX)
 	VMOVDQU32 Z3, 192(BX)
-	MOVQ      R9, escapes+32(FP)
+	MOVQ      R9, escapes+48(FP)
 	VZEROUPPER
 	RET
+
+DATA ·swap16+0(SB)/8, $0x8080040580800001
+DATA ·swap16+8(SB)/8, $0x80800c0d80800809
+GLOBL ·swap16(SB), RODATA|NOPTR, $16
 
 // func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int)
 //
