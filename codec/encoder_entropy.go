@@ -80,14 +80,15 @@ func (p *entPart) histogram() {
 // countExponents adds the exponents of the whole elements in b to counts.
 func countExponents(b []byte, dt DType, counts *[256]uint64) {
 	if dt == BF16 {
-		var c [4][256]uint32 // four tables, so that equal neighbours do not wait on each other's increments
+		var tables counts8 // 8 KiB, on the stack
+		c := &tables
 		for len(b) >= 1<<20 {
-			countBF16(b[:1<<20], &c)
+			countBF16(b[:1<<20], c)
 			b = b[1<<20:]
-			flushCounts(&c, counts)
+			c.flush(counts)
 		}
-		countBF16(b, &c)
-		flushCounts(&c, counts)
+		countBF16(b, c)
+		c.flush(counts)
 		return
 	}
 	g := geometry(dt)
@@ -96,25 +97,38 @@ func countExponents(b []byte, dt DType, counts *[256]uint64) {
 	}
 }
 
-func countBF16(b []byte, c *[4][256]uint32) {
+// counts8 is eight count tables, so that equal neighbouring exponents (common: a few exponents dominate) do
+// not wait on each other's increments.
+type counts8 [8][256]uint32
+
+func (c *counts8) flush(counts *[256]uint64) {
+	for x := range counts {
+		var s uint64
+		for t := range c {
+			s += uint64(c[t][x])
+		}
+		counts[x] += s
+	}
+	*c = counts8{}
+}
+
+func countBF16(b []byte, c *counts8) {
 	i := 0
-	for ; i+8 <= len(b); i += 8 {
+	for ; i+16 <= len(b); i += 16 {
 		x := binary.LittleEndian.Uint64(b[i:])
+		y := binary.LittleEndian.Uint64(b[i+8:])
 		c[0][uint8(x>>7)]++
 		c[1][uint8(x>>23)]++
 		c[2][uint8(x>>39)]++
 		c[3][uint8(x>>55)]++
+		c[4][uint8(y>>7)]++
+		c[5][uint8(y>>23)]++
+		c[6][uint8(y>>39)]++
+		c[7][uint8(y>>55)]++
 	}
 	for ; i+2 <= len(b); i += 2 {
 		c[0][uint8(binary.LittleEndian.Uint16(b[i:])>>7)]++
 	}
-}
-
-func flushCounts(c *[4][256]uint32, counts *[256]uint64) {
-	for x := range counts {
-		counts[x] += uint64(c[0][x]) + uint64(c[1][x]) + uint64(c[2][x]) + uint64(c[3][x])
-	}
-	*c = [4][256]uint32{}
 }
 
 func (p *entPart) encode() {

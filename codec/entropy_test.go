@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -845,4 +846,46 @@ func TestEntropyAsmTwin(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestEntropyEncoderAsmTwin: the vectorised encoder writes the same frames as the pure-Go one, for every dtype,
+// chunk shape (short last steps, short last chunks) and escape rate.
+func TestEntropyEncoderAsmTwin(t *testing.T) {
+	if !hasEntropyAsm {
+		t.Skip("no entropy assembly on this CPU")
+	}
+	rng := rand.New(rand.NewPCG(89, 90))
+	enc, _ := newHighRatio(t)
+	encode := func(src []byte, dt DType, asm bool) []byte {
+		defer func(v bool) { hasEntropyAsm = v }(hasEntropyAsm)
+		hasEntropyAsm = asm
+		return mustEncode(t, enc, src, dt)
+	}
+	for _, dt := range []DType{BF16, FP16, FP32, FP8E5M2, FP8E4M3} {
+		for _, n := range []int{100, 1000, 1007, maxEntropyChunk, 2*maxEntropyChunk + 45} {
+			for _, escRate := range []int{0, 300, 7} {
+				src := testTensor(rng, dt, n, 0.3)
+				g := geometry(dt)
+				for i := 0; escRate > 0 && i < n; i += 1 + rng.IntN(escRate) {
+					v := loadElem(src[i*g.size:], g.size) &^ (g.expMask << g.expShift)
+					storeElem(src[i*g.size:], g.size, v|uint64(rng.IntN(int(g.expMask)+1))<<g.expShift)
+				}
+				a, b := encode(src, dt, true), encode(src, dt, false)
+				require.Equal(t, b, a, "%s n=%d escapes 1/%d", dt, n, escRate)
+			}
+		}
+	}
+}
+
+// TestAsmLayouts: the offsets the assembly reads its tables and state at.
+func TestAsmLayouts(t *testing.T) {
+	var d simdTab
+	require.Equal(t, uintptr(256), unsafe.Offsetof(d.lf))
+	require.Equal(t, uintptr(512), unsafe.Offsetof(d.eb))
+	var e encSIMD
+	require.Equal(t, uintptr(128), unsafe.Offsetof(e.acc))
+	require.Equal(t, uintptr(256), unsafe.Offsetof(e.r1))
+	require.Equal(t, uintptr(256+4*(maxSteps+1)), unsafe.Offsetof(e.r2))
+	var l laneEnc
+	require.Greater(t, unsafe.Sizeof(l)-unsafe.Offsetof(l.bytes)-unsafe.Sizeof(l.bytes), uintptr(3), "a gather reads 3 bytes past a lane's bytes")
 }
