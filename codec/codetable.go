@@ -49,7 +49,7 @@ func (t *CodeTable) Validate() error {
 	if len(t.Lengths) != 1<<eb+1 {
 		return fmt.Errorf("%w: %d code lengths for %s, need %d (2^%d exponents and ESC)", ErrCodebook, len(t.Lengths), t.DType, 1<<eb+1, eb)
 	}
-	if _, msg := checkLengths(t.Lengths, eb); msg != "" {
+	if _, msg := checkLengths(t.Lengths); msg != "" {
 		return fmt.Errorf("%w: %s", ErrCodebook, msg)
 	}
 	return nil
@@ -57,8 +57,7 @@ func (t *CodeTable) Validate() error {
 
 // checkLengths validates code lengths (ESC's last) and returns the longest, or a message saying what
 // is wrong.
-func checkLengths(lengths []uint8, eb int) (maxLen int, msg string) {
-	_ = eb
+func checkLengths(lengths []uint8) (maxLen int, msg string) {
 	var kraft uint32 // in units of 2^-MaxCodeLen
 	coded := 0
 	for s, l := range lengths {

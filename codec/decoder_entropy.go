@@ -140,7 +140,7 @@ func readCodeTable(ct []byte, dt DType, lengths []uint8) (int, error) {
 	if coded && (lengths[lo] == 0 || lengths[hi] == 0) {
 		return 0, corrupt("code table range %d..%d does not start and end at exponents with a code", lo, hi)
 	}
-	maxLen, msg := checkLengths(lengths, eb)
+	maxLen, msg := checkLengths(lengths)
 	if msg != "" {
 		return 0, corrupt("code table: %s", msg)
 	}
