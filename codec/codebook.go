@@ -144,10 +144,11 @@ type Histogram struct {
 	Total  uint64
 }
 
-// NewHistogram returns an empty histogram for a coded dtype.
+// NewHistogram returns an empty histogram for a dtype with an exponent field (coded in either mode:
+// fp8_e4m3 included).
 func NewHistogram(dt DType) (*Histogram, error) {
-	if !dt.Coded() {
-		return nil, fmt.Errorf("%w: dtype %s is carried raw, it has no exponents to count", ErrDType, dt)
+	if !dt.CodedIn(ModeHighRatio) {
+		return nil, fmt.Errorf("%w: dtype %s has no exponent field to count", ErrDType, dt)
 	}
 	return &Histogram{DType: dt}, nil
 }
@@ -158,16 +159,7 @@ func (h *Histogram) Add(data []byte) error {
 	if len(data)%in.size != 0 {
 		return fmt.Errorf("%w: %d bytes is not a whole number of %s elements", ErrSize, len(data), h.DType)
 	}
-	if h.DType == BF16 {
-		for i := 0; i+1 < len(data); i += 2 {
-			h.Counts[(uint16(data[i])|uint16(data[i+1])<<8)>>7&0xFF]++
-		}
-	} else {
-		mask := uint64(1)<<in.expBits - 1
-		for i := 0; i < len(data); i += in.size {
-			h.Counts[loadElem(data[i:], in.size)>>in.expShift&mask]++
-		}
-	}
+	countExponents(data, h.DType, &h.Counts)
 	h.Total += uint64(len(data) / in.size)
 	return nil
 }

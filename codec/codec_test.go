@@ -244,7 +244,7 @@ func TestBadInput(t *testing.T) {
 	_, _, err = dec.Decode(nil, bad)
 	require.ErrorIs(t, err, ErrBadMagic)
 	bad = append([]byte(nil), frame...)
-	bad[4] = 2
+	bad[4] = 3
 	_, _, err = dec.Decode(nil, bad)
 	require.ErrorIs(t, err, ErrVersion)
 	bad = append([]byte(nil), frame...)

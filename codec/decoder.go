@@ -10,9 +10,10 @@ import (
 // Decoder reads SplitZip frames. It is reusable and allocates nothing once warm (given a dst with enough
 // capacity). It is not safe for concurrent use; use one per goroutine.
 //
-// A Decoder trusts nothing in a frame: every length, count, offset and escape position is checked before it is
-// used, and a frame that fails a check returns an error wrapping ErrCorrupt, ErrTruncated, ErrBadMagic,
-// ErrVersion or ErrHeaderCRC.
+// A Decoder reads frames of both versions: raw, fast-mode and entropy frames, with or without a payload
+// checksum. It trusts nothing in a frame: every length, count, offset, table and stream is checked before it
+// is used, and a frame that fails a check returns an error wrapping ErrCorrupt, ErrTruncated, ErrBadMagic,
+// ErrVersion, ErrHeaderCRC or ErrChecksum (a frame with a checksum is verified before anything else is read).
 type Decoder struct {
 	o     decoderOptions
 	tab   decTable
@@ -21,6 +22,12 @@ type Decoder struct {
 	jobs  []job
 	wg    sync.WaitGroup
 	segs  segments // DecodeSegments' output
+	// Entropy frames (decoder_entropy.go).
+	ent     []*entDecPart
+	entJobs []job
+	entDec  entDec
+	lengths [257]uint8
+	crc     crcRunner
 }
 
 // decTable is what a decoder derives from a frame's codebook.
@@ -216,6 +223,12 @@ func (d *Decoder) decodeTo(out []byte, segs *segments, frame []byte, hdr *Header
 	outLen := len(out)
 	if segs != nil {
 		outLen = segs.len()
+	}
+	if err := d.verifyChecksum(frame, h); err != nil {
+		return err
+	}
+	if h.Entropy {
+		return d.decodeEntropy(out, segs, frame, h)
 	}
 	if h.Raw {
 		if segs != nil {

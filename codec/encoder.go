@@ -8,9 +8,10 @@ import (
 	"sync"
 )
 
-// Encoder writes SplitZip frames. It is reusable: tables built for a codebook and scratch buffers are kept
-// between calls, so encoding allocates nothing once warm (given a dst with enough capacity). An Encoder is not
-// safe for concurrent use; use one per goroutine.
+// Encoder writes SplitZip frames, in fast mode (the default: 4-bit codes, version 1 frames) or high-ratio mode
+// (WithMode(ModeHighRatio): Huffman-coded exponents, version 2 frames). It is reusable: tables built for a
+// codebook or code table and scratch buffers are kept between calls, so encoding allocates nothing once warm
+// (given a dst with enough capacity). An Encoder is not safe for concurrent use; use one per goroutine.
 type Encoder struct {
 	o      encoderOptions
 	tables []*encTable // most recently used first; a few, so alternating codebooks (K, V) don't rebuild
@@ -19,6 +20,13 @@ type Encoder struct {
 	wg     sync.WaitGroup
 	hist   Histogram
 	segs   segments // EncodeSegments' input
+	// High-ratio mode (encoder_entropy.go).
+	ent       []*entPart
+	entJobs   []job
+	entTables []*entEnc // most recently used first
+	builder   tableBuilder
+	ownTable  CodeTable // the table built from the frame being encoded
+	crc       crcRunner
 }
 
 // encTable is what an encoder derives from one codebook.
@@ -132,7 +140,7 @@ func (p *encPart) runSegmented() {
 // NewEncoder returns an encoder configured by opts.
 func NewEncoder(opts ...EOption) (*Encoder, error) {
 	e := &Encoder{
-		o: encoderOptions{concurrency: defaultConcurrency(), codebooks: map[DType]*Codebook{}},
+		o: encoderOptions{concurrency: defaultConcurrency(), codebooks: map[DType]*Codebook{}, tables: map[DType]*CodeTable{}},
 	}
 	for _, opt := range opts {
 		if err := opt(&e.o); err != nil {
@@ -160,12 +168,45 @@ func (e *Encoder) Codebook(dt DType) (*Codebook, error) {
 // Encode appends one frame holding src, a little-endian tensor of dtype dt, to dst and returns the extended
 // slice. It needs at most MaxEncodedLen(len(src)) bytes of spare capacity in dst to avoid allocating.
 func (e *Encoder) Encode(dst, src []byte, dt DType) ([]byte, error) {
+	if e.o.mode == ModeHighRatio {
+		frame, _, err := e.encodeEntropy(dst, src, nil, dt, e.o.tables[dt], false)
+		return frame, err
+	}
 	cb, err := e.codebookFor([][]byte{src}, dt)
 	if err != nil {
 		return dst, err
 	}
 	frame, _, err := e.encode(dst, src, nil, dt, cb, false)
 	return frame, err
+}
+
+// Mode is the encoder's mode (WithMode).
+func (e *Encoder) Mode() Mode { return e.o.mode }
+
+// CodeTable returns the table given with WithCodeTable for dt, or nil: high-ratio frames of dt then get a
+// table built from their own exponents.
+func (e *Encoder) CodeTable(dt DType) *CodeTable { return e.o.tables[dt] }
+
+// EncodeWithTable is Encode in high-ratio mode with an explicit code table for this one frame (learned from
+// earlier frames, per layer, K vs V, …), whatever the encoder's mode. The table must code every exponent
+// (CodeTable.CodesAll).
+func (e *Encoder) EncodeWithTable(dst, src []byte, t *CodeTable) ([]byte, error) {
+	if err := checkEncodingTable(t); err != nil {
+		return dst, err
+	}
+	frame, _, err := e.encodeEntropy(dst, src, nil, t.DType, t, false)
+	return frame, err
+}
+
+// checkEncodingTable validates a table given to an encoder: it must code every exponent of its dtype.
+func checkEncodingTable(t *CodeTable) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	if !t.CodesAll() {
+		return fmt.Errorf("%w: %s code table leaves exponents without a code and gives ESC none", ErrCodebook, t.DType)
+	}
+	return nil
 }
 
 // EncodeSegments is Encode of the concatenation of segs, read where they lie: the frame of a tensor held in
@@ -187,6 +228,9 @@ func (e *Encoder) encodeSegments(dst []byte, segs [][]byte, dt DType, withCRC bo
 		return dst, 0, err
 	}
 	defer e.segs.reset()
+	if e.o.mode == ModeHighRatio {
+		return e.encodeEntropy(dst, nil, &e.segs, dt, e.o.tables[dt], withCRC)
+	}
 	cb, err := e.codebookFor(segs, dt)
 	if err != nil {
 		return dst, 0, err
@@ -194,7 +238,8 @@ func (e *Encoder) encodeSegments(dst []byte, segs [][]byte, dt DType, withCRC bo
 	return e.encode(dst, nil, &e.segs, dt, cb, withCRC)
 }
 
-// EncodeWith is Encode with an explicit codebook for this one frame (per layer, K vs V, …).
+// EncodeWith is Encode in fast mode with an explicit codebook for this one frame (per layer, K vs V, …),
+// whatever the encoder's mode.
 func (e *Encoder) EncodeWith(dst, src []byte, cb *Codebook) ([]byte, error) {
 	if err := cb.validate(); err != nil {
 		return dst, err
@@ -244,13 +289,24 @@ func checkSize(srcLen int, dt DType) (n int, err error) {
 	return n, nil
 }
 
-// encode writes src, or segs when not nil, as one frame, and its CRC-32C when withCRC.
+// encode writes src, or segs when not nil, as one fast-mode frame, and its CRC-32C when withCRC.
 func (e *Encoder) encode(dst, src []byte, segs *segments, dt DType, cb *Codebook, withCRC bool) ([]byte, uint32, error) {
-	frame, crc, ok, err := e.encodeFrame(dst, src, segs, dt, cb, withCRC)
-	if err == nil && withCRC && !ok {
-		crc = crc32.Checksum(frame[len(dst):], castagnoli) // a raw frame: checksummed whole
+	start := len(dst)
+	frame, crc, ok, err := e.encodeFrame(dst, src, segs, dt, cb, withCRC && !e.o.checksum)
+	if err != nil {
+		return frame, 0, err
 	}
-	return frame, crc, err
+	if e.o.checksum { // the v1 frame becomes a v2 frame with the checksum flag
+		h, err := ParseHeader(frame[start:])
+		if err != nil {
+			return dst, 0, fmt.Errorf("splitzip: internal error, encoder wrote a bad header: %w", err)
+		}
+		return e.seal(frame, start, &h, withCRC)
+	}
+	if withCRC && !ok {
+		crc = e.crc.sum(frame[start:], e.o.concurrency) // a raw frame: checksummed whole
+	}
+	return frame, crc, nil
 }
 
 // encodeFrame is encode; the CRC comes back only for coded frames, where the parts computed it.

@@ -21,8 +21,11 @@ var (
 	ErrSize = errors.New("splitzip: invalid input size")
 	// ErrShortBuffer: a caller-supplied destination is too small.
 	ErrShortBuffer = errors.New("splitzip: destination buffer too small")
-	// ErrCodebook: a codebook is invalid or does not match the data's dtype.
+	// ErrCodebook: a codebook or code table is invalid or does not match the data's dtype.
 	ErrCodebook = errors.New("splitzip: invalid codebook")
+	// ErrChecksum: the payload checksum of a frame that carries one (flags bit 2) does not match; the payload is
+	// damaged.
+	ErrChecksum = errors.New("splitzip: payload checksum mismatch")
 	// ErrOption: an invalid encoder or decoder option.
 	ErrOption = errors.New("splitzip: invalid option")
 )

@@ -26,6 +26,30 @@ func FuzzDecode(f *testing.F) {
 		frame, _ := enc.Encode(nil, randomNormalBF16(rng, 64, 1), dt)
 		f.Add(frame)
 	}
+	// Version 2: entropy frames of every dtype (one chunk and several, with escapes), with and without the
+	// payload checksum, raw and fast-mode frames with it.
+	hr, _ := NewEncoder(WithMode(ModeHighRatio))
+	hrc, _ := NewEncoder(WithMode(ModeHighRatio), WithChecksum(true))
+	fc, _ := NewEncoder(WithChecksum(true))
+	for _, dt := range []DType{BF16, FP16, FP32, FP8E5M2, FP8E4M3} {
+		for _, n := range []int{200, 1500, maxEntropyChunk + 300} {
+			src := testTensor(rng, dt, n, 1)
+			src[0] ^= 0x40 // an unusual exponent: an escape in most dtypes
+			frame, _ := hr.Encode(nil, src, dt)
+			f.Add(frame)
+		}
+		frame, _ := hrc.Encode(nil, testTensor(rng, dt, 300, 1), dt)
+		f.Add(frame)
+	}
+	lengths := make([]uint8, 257)
+	lengths[127], lengths[256] = 2, 2 // an incomplete code
+	sparse, _ := NewCodeTable(BF16, lengths)
+	frame, _ := hr.EncodeWithTable(nil, bytes.Repeat([]byte{0x80, 0x3F}, 300), sparse)
+	f.Add(frame)
+	frame, _ = fc.Encode(nil, randomNormalBF16(rng, 500, 1), BF16)
+	f.Add(frame)
+	frame, _ = fc.Encode(nil, []byte{1, 2, 3}, Int8)
+	f.Add(frame)
 	dec, _ := NewDecoder()
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		const guard = 32
@@ -40,7 +64,7 @@ func FuzzDecode(f *testing.F) {
 		}
 		out, _, err := dec.Decode(dst, frame)
 		if err != nil {
-			known := []error{ErrBadMagic, ErrVersion, ErrHeaderCRC, ErrCorrupt, ErrTruncated, ErrDType}
+			known := []error{ErrBadMagic, ErrVersion, ErrHeaderCRC, ErrCorrupt, ErrTruncated, ErrDType, ErrChecksum}
 			for _, k := range known {
 				if errors.Is(err, k) {
 					return
@@ -57,15 +81,23 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// FuzzRoundTrip encodes arbitrary bytes as every coded dtype: decode must give them back exactly, and the frame
-// must respect MaxEncodedLen with nothing written past it.
+// FuzzRoundTrip encodes arbitrary bytes as every dtype, in both modes, with and without the payload checksum
+// (bits 0 and 1 of mode): decode must give them back exactly, and the frame must respect MaxEncodedLen with
+// nothing written past it.
 func FuzzRoundTrip(f *testing.F) {
-	f.Add([]byte{}, uint8(BF16))
-	f.Add(randomNormalBF16(rand.New(rand.NewPCG(3, 4)), 3000, 1), uint8(BF16))
-	f.Add([]byte{0xFF, 0x7F, 0x80, 0x00, 0x01, 0x80}, uint8(FP16))
-	enc, _ := NewEncoder()
+	f.Add([]byte{}, uint8(BF16), uint8(0))
+	f.Add(randomNormalBF16(rand.New(rand.NewPCG(3, 4)), 3000, 1), uint8(BF16), uint8(0))
+	f.Add(randomNormalBF16(rand.New(rand.NewPCG(3, 4)), 3000, 1), uint8(BF16), uint8(1))
+	f.Add(randomNormalBF16(rand.New(rand.NewPCG(5, 6)), 20000, 0.01), uint8(BF16), uint8(3))
+	f.Add([]byte{0xFF, 0x7F, 0x80, 0x00, 0x01, 0x80}, uint8(FP16), uint8(1))
+	f.Add(bytes.Repeat([]byte{0x38, 0x40, 0x30}, 300), uint8(FP8E4M3), uint8(1))
+	var encs [4]*Encoder
+	for m := range encs {
+		encs[m], _ = NewEncoder(WithMode(Mode(m&1)), WithChecksum(m&2 != 0))
+	}
 	dec, _ := NewDecoder()
-	f.Fuzz(func(t *testing.T, src []byte, d uint8) {
+	f.Fuzz(func(t *testing.T, src []byte, d, mode uint8) {
+		enc := encs[mode&3]
 		dt := DType(d%12 + 1)
 		src = src[:len(src)/dt.Size()*dt.Size()]
 		const guard = 16

@@ -1,6 +1,8 @@
 package codec
 
 import (
+	"encoding/binary"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -77,3 +79,85 @@ func TestCodebookJSON(t *testing.T) {
 }
 
 func newRand() *rand.Rand { return rand.New(rand.NewPCG(21, 22)) }
+
+// TestRealKVHighRatio: high-ratio frames of the evaluation fixture, one per tensor (24,576 elements: per-frame
+// overhead counts) and the whole set as one frame, against the entropy bound 16/(H+8) of the exponents.
+func TestRealKVHighRatio(t *testing.T) {
+	eval := loadFixture(t, "kv_evaluation.safetensors")
+	enc, dec := newHighRatio(t)
+	var raw, framed, bits uint64
+	all, err := NewHistogram(BF16)
+	require.NoError(t, err)
+	var all16 []byte
+	for _, x := range eval.Tensors {
+		hdr := roundTrip(t, enc, dec, x.Data, BF16)
+		require.True(t, hdr.Entropy, x.Name)
+		raw += hdr.RawLen()
+		framed += hdr.FrameLen()
+		h, err := NewHistogram(BF16)
+		require.NoError(t, err)
+		require.NoError(t, h.Add(x.Data))
+		require.NoError(t, all.Add(x.Data))
+		bits += uint64(float64(h.Total) * (h.Entropy() + 8))
+		all16 = append(all16, x.Data...)
+	}
+	ratio := float64(raw) / float64(framed)
+	bound := float64(raw*8) / float64(bits)
+	hAll := all.Entropy()
+	t.Logf("high-ratio, a frame per tensor: %d → %d bytes, ratio %.4f; per-tensor entropy bound %.4f (%.1f%% of it)", raw, framed, ratio, bound, 100*ratio/bound)
+	require.GreaterOrEqual(t, ratio, 1.46)
+	hdr := roundTrip(t, enc, dec, all16, BF16)
+	t.Logf("high-ratio, one frame: ratio %.4f; H_exp %.4f bits, bound 16/(H+8) = %.4f (%.1f%% of it)", hdr.Ratio(), hAll, 16/(hAll+8), 100*hdr.Ratio()/(16/(hAll+8)))
+	// All layers' K and V in one frame share one code: their mixed exponents have more entropy.
+	require.GreaterOrEqual(t, hdr.Ratio(), 0.99*16/(hAll+8))
+
+	// A table learned on the calibration set, pinned: one pass over the input, nearly the same ratio.
+	cal := loadFixture(t, "kv_calibration.safetensors")
+	ch, err := NewHistogram(BF16)
+	require.NoError(t, err)
+	for _, x := range cal.Tensors {
+		require.NoError(t, ch.Add(x.Data))
+	}
+	table, err := ch.CodeTable()
+	require.NoError(t, err)
+	pinned, _ := newHighRatio(t, WithCodeTable(table))
+	framed = 0
+	for _, x := range eval.Tensors {
+		hdr := roundTrip(t, pinned, dec, x.Data, BF16)
+		require.True(t, hdr.Entropy, x.Name)
+		framed += hdr.FrameLen()
+	}
+	t.Logf("high-ratio with the calibration table pinned, a frame per tensor: ratio %.4f", float64(raw)/float64(framed))
+	require.GreaterOrEqual(t, float64(raw)/float64(framed), 1.44)
+}
+
+// TestRealKVE4M3: the evaluation fixture quantised to fp8 e4m3 with a per-tensor scale amax/448 (as vLLM's
+// fp8 KV cache does), round to nearest even, coded in high-ratio mode.
+func TestRealKVE4M3(t *testing.T) {
+	eval := loadFixture(t, "kv_evaluation.safetensors")
+	enc, dec := newHighRatio(t)
+	var raw, framed uint64
+	h, err := NewHistogram(FP8E4M3)
+	require.NoError(t, err)
+	for _, x := range eval.Tensors {
+		vals := make([]float64, len(x.Data)/2)
+		amax := 0.0
+		for i := range vals {
+			vals[i] = float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(x.Data[2*i:])) << 16))
+			amax = max(amax, math.Abs(vals[i]))
+		}
+		scale := amax / 448
+		q := make([]byte, len(vals))
+		for i, v := range vals {
+			q[i] = toE4M3(v / scale)
+		}
+		require.NoError(t, h.Add(q))
+		hdr := roundTrip(t, enc, dec, q, FP8E4M3)
+		require.True(t, hdr.Entropy, x.Name)
+		raw += hdr.RawLen()
+		framed += hdr.FrameLen()
+	}
+	ratio := float64(raw) / float64(framed)
+	t.Logf("fp8 e4m3 (per-tensor amax/448), a frame per tensor: %d → %d bytes, ratio %.4f; H_exp %.4f bits, bound 8/(H+4) = %.4f", raw, framed, ratio, h.Entropy(), 8/(h.Entropy()+4))
+	require.GreaterOrEqual(t, ratio, 1.15)
+}

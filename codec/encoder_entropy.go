@@ -1,0 +1,417 @@
+package codec
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+)
+
+// The high-ratio encoder: entropy frames (FORMAT.md "Entropy mode"). A frame is written in up to two passes
+// over the input: the exponent histogram (skipped when the encoder has a table for the dtype), then per chunk
+// of 16,384 elements, the exponents and residuals split off into L1-sized scratch, the residuals written in
+// place, and the exponents coded in 32 lanes. Goroutines take contiguous runs of chunks; the first writes its
+// streams straight into the frame, the others into buffers of their own that are copied behind it.
+
+// entPart is one goroutine's share of an entropy encode: a histogram, or a contiguous range of chunks.
+type entPart struct {
+	wg     *sync.WaitGroup
+	hist   bool // count exponents of elements [i0, i1) instead of encoding
+	src    []byte
+	segs   *segments
+	dt     DType
+	n      int
+	i0, i1 int // histogram range
+	counts [256]uint64
+	c0, c1 int // chunks to encode
+	frame  []byte
+	lay    Layout
+	enc    *entEnc
+	own    bool   // streams go into buf, not the frame
+	out    []byte // where the streams go
+	buf    []byte
+	tmp    []byte // one chunk's streams when out may be too short for them
+	used   int    // bytes of streams written to out
+	over   bool   // out is full: the frame will be raw
+	esc    uint64
+	lane   *laneEnc
+	gather []byte // a chunk of a segmented input that spans segments
+}
+
+func (p *entPart) run() {
+	if p.hist {
+		p.histogram()
+	} else {
+		p.encode()
+	}
+	p.wg.Done()
+}
+
+// chunkBytes returns the bytes of elements [i0, i1): in place, or gathered from segments.
+func (p *entPart) chunkBytes(i0, i1 int) []byte {
+	size := p.dt.Size()
+	if p.segs == nil {
+		return p.src[i0*size : i1*size]
+	}
+	if cap(p.gather) < maxEntropyChunk*size {
+		p.gather = make([]byte, maxEntropyChunk*size)
+	}
+	b, _ := p.segs.gather(p.gather, i0*size, i1*size, -1)
+	return b
+}
+
+func (p *entPart) histogram() {
+	clear(p.counts[:])
+	size := p.dt.Size()
+	if p.segs == nil {
+		countExponents(p.src[p.i0*size:p.i1*size], p.dt, &p.counts)
+		return
+	}
+	k := -1
+	for b, b1 := p.i0*size, p.i1*size; b < b1; {
+		var piece []byte
+		piece, k = p.segs.piece(b, b1, k)
+		countExponents(piece, p.dt, &p.counts)
+		b += len(piece)
+	}
+}
+
+// countExponents adds the exponents of the whole elements in b to counts.
+func countExponents(b []byte, dt DType, counts *[256]uint64) {
+	if dt == BF16 {
+		var tables counts8 // 8 KiB, on the stack
+		c := &tables
+		for len(b) >= 1<<20 {
+			countBF16(b[:1<<20], c)
+			b = b[1<<20:]
+			c.flush(counts)
+		}
+		countBF16(b, c)
+		c.flush(counts)
+		return
+	}
+	g := geometry(dt)
+	for i := 0; i+g.size <= len(b); i += g.size {
+		counts[loadElem(b[i:], g.size)>>g.expShift&g.expMask]++
+	}
+}
+
+// counts8 is eight count tables, so that equal neighbouring exponents (common: a few exponents dominate) do
+// not wait on each other's increments.
+type counts8 [8][256]uint32
+
+func (c *counts8) flush(counts *[256]uint64) {
+	for x := range counts {
+		var s uint64
+		for t := range c {
+			s += uint64(c[t][x])
+		}
+		counts[x] += s
+	}
+	*c = counts8{}
+}
+
+func countBF16(b []byte, c *counts8) {
+	i := 0
+	for ; i+16 <= len(b); i += 16 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		y := binary.LittleEndian.Uint64(b[i+8:])
+		c[0][uint8(x>>7)]++
+		c[1][uint8(x>>23)]++
+		c[2][uint8(x>>39)]++
+		c[3][uint8(x>>55)]++
+		c[4][uint8(y>>7)]++
+		c[5][uint8(y>>23)]++
+		c[6][uint8(y>>39)]++
+		c[7][uint8(y>>55)]++
+	}
+	for ; i+2 <= len(b); i += 2 {
+		c[0][uint8(binary.LittleEndian.Uint16(b[i:])>>7)]++
+	}
+}
+
+func (p *entPart) encode() {
+	if p.lane == nil {
+		p.lane = new(laneEnc)
+	}
+	p.used, p.over, p.esc = 0, false, 0
+	if p.own {
+		p.out = p.buf[:cap(p.buf)]
+	}
+	for c := p.c0; c < p.c1; c++ {
+		i0, i1 := chunkBounds(c, p.n, EntropyChunk)
+		m := i1 - i0
+		splitChunk(p.chunkBytes(i0, i1), p.dt, p.lane.exps[:m], p.frame[p.lay.Residuals:], i0)
+		need := int(maxChunkBytes(uint64(m)))
+		var words, esc int
+		switch {
+		case p.used+need <= len(p.out):
+			words, esc = p.lane.encodeLanes(m, p.enc, p.out[p.used:])
+		case p.own: // grow the part's own buffer
+			p.buf = slices.Grow(p.buf[:p.used], need)
+			p.out = p.buf[:cap(p.buf)]
+			words, esc = p.lane.encodeLanes(m, p.enc, p.out[p.used:])
+		default: // the frame's tail may be too short: code into tmp and copy if it fits
+			if len(p.tmp) < need {
+				p.tmp = make([]byte, maxChunkBytes(maxEntropyChunk))
+			}
+			words, esc = p.lane.encodeLanes(m, p.enc, p.tmp)
+			if p.used+words > len(p.out) {
+				p.over = true
+				return
+			}
+			copy(p.out[p.used:], p.tmp[:words])
+		}
+		binary.LittleEndian.PutUint32(p.frame[p.lay.Table+4*uint64(c):], uint32(words))
+		p.used += words
+		p.esc += uint64(esc)
+	}
+}
+
+// splitChunk splits the elements of b (the chunk starting at element i0) into their exponents, into exps, and
+// their residuals, written into res (the frame's residual section) at element i0.
+func splitChunk(b []byte, dt DType, exps []byte, res []byte, i0 int) {
+	if dt == BF16 {
+		res = res[i0 : i0+len(exps)]
+		b = b[:2*len(exps)]
+		j := 0
+		if n := len(exps) &^ 31; hasEntropyAsm && n > 0 {
+			splitBF16AVX512(&b[0], &exps[0], &res[0], n)
+			j = n
+		}
+		for ; j+8 <= len(exps); j += 8 {
+			x0 := binary.LittleEndian.Uint64(b[2*j:])
+			x1 := binary.LittleEndian.Uint64(b[2*j+8:])
+			binary.LittleEndian.PutUint64(res[j:], packResiduals(x0)|packResiduals(x1)<<32)
+			binary.LittleEndian.PutUint64(exps[j:], packLanes((x0>>7)&laneFF)|packLanes((x1>>7)&laneFF)<<32)
+		}
+		for ; j < len(exps); j++ {
+			v := binary.LittleEndian.Uint16(b[2*j:])
+			res[j] = uint8(v>>8)&0x80 | uint8(v)&0x7F
+			exps[j] = uint8(v >> 7)
+		}
+		return
+	}
+	g := geometry(dt)
+	mant := uint64(1)<<g.expShift - 1
+	rw := bitWriter{b: res[uint64(i0)*uint64(g.resBits)/8:]}
+	for j := range exps {
+		v := loadElem(b[j*g.size:], g.size)
+		exps[j] = uint8(v >> g.expShift & g.expMask)
+		rw.put(v&mant|(v>>g.signShift)<<g.expShift, g.resBits)
+	}
+	rw.flush()
+}
+
+// packLanes packs the low bytes of four 16-bit lanes into four bytes.
+func packLanes(y uint64) uint64 {
+	y = (y | y>>8) & half32
+	return (y | y>>16) & 0xFFFFFFFF
+}
+
+// maxEntTables bounds the entropy table cache.
+const maxEntTables = 4
+
+// entTable returns the encoder's coding tables for t, building them for a table not seen recently.
+func (e *Encoder) entTable(t *CodeTable) *entEnc {
+	for i, x := range e.entTables {
+		if x.t.Equal(t) {
+			copy(e.entTables[1:i+1], e.entTables[:i])
+			e.entTables[0] = x
+			return x
+		}
+	}
+	var x *entEnc
+	if len(e.entTables) < maxEntTables {
+		x = new(entEnc)
+		e.entTables = append(e.entTables, nil)
+	} else {
+		x = e.entTables[len(e.entTables)-1]
+	}
+	x.build(t)
+	copy(e.entTables[1:], e.entTables)
+	e.entTables[0] = x
+	return x
+}
+
+// encodeEntropy writes src (or segs) as one entropy frame with table t (nil: built from the input's own
+// histogram), falling back to raw when that is not smaller. It returns the frame and, when withCRC, its
+// CRC-32C.
+func (e *Encoder) encodeEntropy(dst, src []byte, segs *segments, dt DType, t *CodeTable, withCRC bool) ([]byte, uint32, error) {
+	srcLen := len(src)
+	if segs != nil {
+		srcLen = segs.len()
+	}
+	n, err := checkSize(srcLen, dt)
+	if err != nil {
+		return dst, 0, err
+	}
+	if t != nil && t.DType != dt {
+		return dst, 0, fmt.Errorf("%w: code table is for %s, data is %s", ErrCodebook, t.DType, dt)
+	}
+	start := len(dst)
+	maxLen := MaxEncodedLen(srcLen)
+	dst = slices.Grow(dst, maxLen)[:start+maxLen]
+	frame := dst[start:]
+	raw := func() ([]byte, uint32, error) {
+		return e.finishRaw(dst, start, src, segs, dt, n, withCRC)
+	}
+	if !dt.CodedIn(ModeHighRatio) || n == 0 {
+		return raw()
+	}
+	// The smallest possible code table: no room for the sections, or an input too short to gain.
+	if entropyLayout(uint64(n), 0, dt, EntropyChunk, codeTableLen(0, 0)).Codes >= uint64(maxLen) {
+		return raw()
+	}
+	chunks := (n + maxEntropyChunk - 1) / maxEntropyChunk
+	parts := 1
+	if srcLen >= parallelMin {
+		parts = min(e.o.concurrency, chunks)
+	}
+	e.growEnt(parts)
+	eb := dt.ExponentBits()
+	if t == nil {
+		// The frame's own table: count the exponents (in parallel for a large input).
+		for i := range parts {
+			p := e.ent[i]
+			p.hist, p.src, p.segs, p.dt, p.n = true, src, segs, dt, n
+			p.i0, p.i1 = n*i/parts, n*(i+1)/parts
+		}
+		runParts(&e.wg, e.entJobs[:parts])
+		counts := &e.ent[0].counts
+		for i := 1; i < parts; i++ {
+			for x, c := range e.ent[i].counts {
+				counts[x] += c
+			}
+		}
+		e.ownTable.DType = dt
+		e.ownTable.Lengths = slices.Grow(e.ownTable.Lengths[:0], 1<<eb+1)[:1<<eb+1]
+		bits, _ := e.builder.build(counts, eb, false, e.ownTable.Lengths)
+		// Not smaller than raw even before lane padding: raw without coding.
+		lo, hi := e.ownTable.span()
+		if entropyLayout(uint64(n), 0, dt, EntropyChunk, codeTableLen(lo, hi)).Codes+(bits+7)/8 >= uint64(maxLen) {
+			return raw()
+		}
+		t = &e.ownTable
+	}
+	enc := e.entTable(t)
+	lo, hi := enc.t.span()
+	tableLen := codeTableLen(lo, hi)
+	lay := entropyLayout(uint64(n), 0, dt, EntropyChunk, tableLen)
+	if lay.Codes >= uint64(maxLen) {
+		return raw()
+	}
+	for i := range parts {
+		p := e.ent[i]
+		p.hist, p.src, p.segs, p.dt, p.n = false, src, segs, dt, n
+		p.c0, p.c1 = chunks*i/parts, chunks*(i+1)/parts
+		p.frame, p.lay, p.enc = frame, lay, enc
+		p.own = i > 0
+		if !p.own {
+			p.out = frame[lay.Codes:]
+		}
+	}
+	runParts(&e.wg, e.entJobs[:parts])
+	total, esc := 0, uint64(0)
+	for i := range parts {
+		p := e.ent[i]
+		if p.over {
+			return raw()
+		}
+		total += p.used
+		esc += p.esc
+	}
+	end := lay.Codes + uint64(total)
+	if end >= uint64(maxLen) || total > math.MaxUint32 {
+		return raw()
+	}
+	off := lay.Codes + uint64(e.ent[0].used)
+	for i := 1; i < parts; i++ {
+		off += uint64(copy(frame[off:], e.ent[i].buf[:e.ent[i].used]))
+	}
+	// Code table, chunk table (the parts left word counts in it), gaps, header.
+	putCodeTable(frame[lay.Codebook:lay.Codebook+tableLen], enc.t.Lengths, lo, hi)
+	clear(frame[lay.Codebook+tableLen : lay.Table])
+	var sum uint32
+	table := frame[lay.Table : lay.Table+4*lay.Chunks]
+	for c := 0; c < len(table); c += 4 {
+		cnt := binary.LittleEndian.Uint32(table[c:])
+		binary.LittleEndian.PutUint32(table[c:], sum)
+		sum += cnt
+	}
+	rb := dt.ResidualBits()
+	resEnd := lay.Residuals + (uint64(n)*uint64(rb)+7)/8
+	clear(frame[lay.Table+4*lay.Chunks : lay.Residuals])
+	clear(frame[resEnd:lay.Codes])
+	h := Header{
+		DType: dt, Entropy: true, CodeBits: uint8(enc.max), Elements: uint64(n), Escapes: esc,
+		ChunkLog2: EntropyChunk, ResidualBits: uint8(rb), CodebookLen: uint16(tableLen),
+		PayloadLen: end - HeaderSize, CodesLen: uint64(total), ResidualsLen: resEnd - lay.Residuals,
+	}
+	return e.seal(dst[:start+int(end)], start, &h, withCRC)
+}
+
+// seal writes the header h of the frame at dst[start:], with the payload checksum when the encoder adds one,
+// and returns the frame and, when withCRC, the CRC-32C of the whole frame.
+func (e *Encoder) seal(dst []byte, start int, h *Header, withCRC bool) ([]byte, uint32, error) {
+	frame := dst[start:]
+	if !e.o.checksum {
+		h.marshal(frame)
+		if !withCRC {
+			return dst, 0, nil
+		}
+		return dst, e.crc.sum(frame, e.o.concurrency), nil
+	}
+	h.Checksum = true
+	h.PayloadCRC = e.crc.sum(frame[HeaderSize:], e.o.concurrency)
+	h.marshal(frame)
+	h.Version = h.version()
+	if !withCRC {
+		return dst, 0, nil
+	}
+	return dst, crcCombine(crcOf(frame[:HeaderSize]), h.PayloadCRC, uint64(len(frame)-HeaderSize)), nil
+}
+
+// finishRaw writes a raw frame of src (or segs) at dst[start:] and seals it.
+func (e *Encoder) finishRaw(dst []byte, start int, src []byte, segs *segments, dt DType, n int, withCRC bool) ([]byte, uint32, error) {
+	frame := dst[start:]
+	size := n * dt.Size()
+	if segs != nil {
+		segs.copyTo(frame[HeaderSize:])
+	} else {
+		copy(frame[HeaderSize:], src)
+	}
+	h := Header{DType: dt, Raw: true, Elements: uint64(n), PayloadLen: uint64(size), ResidualsLen: uint64(size)}
+	return e.seal(dst[:start+HeaderSize+size], start, &h, withCRC)
+}
+
+// putCodeTable writes the compact code table (FORMAT.md): lo, hi, then 4-bit lengths, low nibble first: ESC's,
+// then those of exponents lo..hi.
+func putCodeTable(b []byte, lengths []uint8, lo, hi int) {
+	clear(b)
+	b[0], b[1] = byte(lo), byte(hi)
+	put := func(j int, l uint8) { b[2+j/2] |= l << (4 * (j & 1)) }
+	put(0, lengths[len(lengths)-1])
+	for x := lo; x <= hi; x++ {
+		put(1+x-lo, lengths[x])
+	}
+}
+
+// growEnt makes sure the encoder has k entropy parts.
+func (e *Encoder) growEnt(k int) {
+	for len(e.ent) < k {
+		e.ent = append(e.ent, nil)
+	}
+	for i := range k {
+		if e.ent[i] == nil {
+			e.ent[i] = &entPart{wg: &e.wg}
+		}
+	}
+	if len(e.entJobs) < k {
+		e.entJobs = make([]job, k)
+	}
+	for i := range k {
+		e.entJobs[i] = e.ent[i]
+	}
+}

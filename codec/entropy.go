@@ -1,0 +1,437 @@
+package codec
+
+import (
+	"encoding/binary"
+	"math/bits"
+	"unsafe"
+)
+
+// The entropy mode's exponent streams (FORMAT.md "Entropy mode"): a chunk's exponents are coded in 32
+// interleaved lanes (element j of a chunk belongs to lane j mod 32), each lane a MSB-first bit stream cut into
+// bytes, and the bytes of all lanes stored in the order a 32-lane decoder takes them: at each step, round 1:
+// every lane whose buffer holds fewer than 8 bits takes a byte, lanes in order, then each decodes a code;
+// round 2: every lane whose code was ESC and whose buffer holds fewer than eb bits takes a byte, then each
+// reads its raw exponent.
+
+const (
+	maxEntropyChunk = 1 << EntropyChunk       // elements of an encoder's chunk
+	maxSteps        = maxEntropyChunk / lanes // symbols a lane codes in a chunk
+	// maxLaneBytes bounds a lane's bytes in the encoder's scratch: at most 2 a symbol (16 bits: ESC and an
+	// 8-bit exponent), and room for the final partial word and two zero bytes.
+	maxLaneBytes = 2*maxSteps + 4
+)
+
+// maxChunkBytes bounds the exponent stream of a chunk of m elements: a symbol takes at most 16 bits, and a
+// lane of k symbols at most 2k bytes (FORMAT.md).
+func maxChunkBytes(m uint64) uint64 { return 2 * m }
+
+// entEnc is what an encoder derives from a code table.
+type entEnc struct {
+	t   CodeTable // a copy
+	eb  int
+	max int // longest code (L)
+	// lut maps an exponent to its bits (bits 8–23, right-aligned: its code, or ESC's code and the raw
+	// exponent when it escapes), bit 7 set when it escapes, and the number of bits in bits 0–4.
+	lut [256]uint32
+}
+
+const entEscaped = 1 << 7
+
+func (e *entEnc) build(t *CodeTable) {
+	e.t = CodeTable{DType: t.DType, Lengths: append(e.t.Lengths[:0], t.Lengths...), Samples: t.Samples}
+	e.eb = t.DType.ExponentBits()
+	e.max = t.MaxLen()
+	var codes [257]uint16
+	canonicalCodes(t.Lengths, codes[:len(t.Lengths)])
+	esc := escSymbol(e.eb)
+	for x := range e.lut {
+		switch {
+		case x >= 1<<e.eb:
+			e.lut[x] = 0 // not an exponent of this dtype
+		case t.Lengths[x] > 0:
+			e.lut[x] = uint32(codes[x])<<8 | uint32(t.Lengths[x])
+		case t.Lengths[esc] > 0:
+			e.lut[x] = (uint32(codes[esc])<<e.eb|uint32(x))<<8 | entEscaped | uint32(int(t.Lengths[esc])+e.eb)
+		default:
+			e.lut[x] = 0 // no code: an encoder only takes tables that code every exponent
+		}
+	}
+}
+
+// laneEnc is the scratch of the lane coder: a chunk's exponents, each lane's bytes, and which lanes take a
+// byte in each round of each step. About 55 KiB; one per encoding goroutine.
+type laneEnc struct {
+	exps  [maxEntropyChunk]byte
+	acc   [lanes]uint64 // each lane's most recent bits (the low ones)
+	bits  [lanes]uint32 // bits each lane has coded
+	bytes [lanes][maxLaneBytes]byte
+	r1    [maxSteps + 1]uint32 // bit l of r1[s]: lane l takes a byte in round 1 of step s
+	r2    [maxSteps]uint32     // the same for round 2 (escapes)
+	rc    [lanes]uint16
+	simd  *encSIMD // the vectorised encoder's scratch, when it runs
+	// bytes is followed by other fields: interleaveAVX512's 4-byte gathers of a lane's last byte stay inside
+	// the struct.
+}
+
+// encodeLanes codes the chunk's m exponents in e.exps[:m] with enc and writes the chunk's stream to out, which
+// must have room for maxChunkBytes(m) bytes. It returns the bytes written and the number of escapes.
+func (e *laneEnc) encodeLanes(m int, enc *entEnc, out []byte) (n, escapes int) {
+	if hasEntropyAsm {
+		return e.encodeLanesSIMD(m, enc, out)
+	}
+	return e.encodeLanesGo(m, enc, out)
+}
+
+// encodeLanesGo is encodeLanes in pure Go: lane by lane, then the bytes interleaved. The reference the
+// vectorised encoder is tested against.
+func (e *laneEnc) encodeLanesGo(m int, enc *entEnc, out []byte) (n, escapes int) {
+	lut := &enc.lut
+	eb := uint32(enc.eb)
+	steps := (m + lanes - 1) / lanes
+	for l := range lanes {
+		e.acc[l], e.bits[l] = 0, 0
+	}
+	esc := 0
+	exps := e.exps[:m]
+	// Before symbol s a lane's decoder has taken W = ceil((B+8)/8) bytes, B the bits before s (round 1 tops
+	// its buffer up to at least 8 bits); after an ESC, at least ceil(B'/8), B' the bits after it (round 2).
+	// So a lane takes a byte in round 1 of step s+1 when ceil((B+8)/8) grows over symbol s, which the fast
+	// path reads off B's low bits; an escape works out both rounds exactly. Lane by lane, so that a lane's
+	// bits stay in registers; the rounds' lane masks are gathered in memory.
+	clear(e.r1[:steps+1])
+	clear(e.r2[:steps])
+	for l := range min(m, lanes) {
+		var acc uint64
+		var b0 uint32
+		out := &e.bytes[l]
+		n := (m - l + lanes - 1) / lanes // this lane's symbols
+		for s := range n {
+			v := lut[exps[s*lanes+l]]
+			ln := v & 31
+			b1 := b0 + ln
+			acc = acc<<ln | uint64(v>>8)
+			// The 16-bit word b0 falls in is complete when b1 passes its end; written every time, its last
+			// write is the complete word (or the final partial one, below).
+			binary.BigEndian.PutUint16(out[2*(b0>>4)&(2*maxSteps-2):], uint16(acc>>(b1&15)))
+			next := ((b0+15)&7 + ln) >> 3
+			if v&entEscaped != 0 {
+				esc++
+				w1 := (b0 + 15) >> 3      // bytes after round 1
+				w2 := max(w1, (b1+7)>>3)  // after round 2
+				e.r2[s] |= (w2 - w1) << l // the ESC's raw exponent needs one more
+				next = (b1+15)>>3 - w2    // round 1 of the next step
+			}
+			e.r1[s+1] |= next << l
+			b0 = b1
+		}
+		e.acc[l], e.bits[l] = acc, b0
+	}
+	// Each lane's last partial word, then two zero bytes: a lane's decoder may take one byte past its bits.
+	for l := range min(m, lanes) {
+		b := e.bits[l]
+		w := uint16(0)
+		if r := b & 15; r != 0 {
+			w = uint16(e.acc[l] << (16 - r))
+		}
+		k := 2 * (b >> 4)
+		binary.BigEndian.PutUint16(e.bytes[l][k:], w)
+		e.bytes[l][k+2], e.bytes[l][k+3] = 0, 0
+	}
+	// Round 1 of step 0: every lane with an element; of later steps, only lanes with an element there.
+	e.r1[0] = activeLanes(min(m, lanes))
+	if rest := m % lanes; rest != 0 && steps > 0 {
+		e.r1[steps-1] &= activeLanes(rest)
+	}
+	// Interleave: the bytes in the order the decoder takes them.
+	clear(e.rc[:])
+	pos := 0
+	for s := range steps {
+		for ld := e.r1[s]; ld != 0; ld &= ld - 1 {
+			l := bits.TrailingZeros32(ld)
+			out[pos] = e.bytes[l][e.rc[l]]
+			e.rc[l]++
+			pos++
+		}
+		for ld := e.r2[s]; ld != 0; ld &= ld - 1 {
+			l := bits.TrailingZeros32(ld)
+			out[pos] = e.bytes[l][e.rc[l]]
+			e.rc[l]++
+			pos++
+		}
+	}
+	_ = eb
+	return pos, esc
+}
+
+func activeLanes(k int) uint32 { return uint32(uint64(1)<<k - 1) }
+
+// entDec is what a decoder derives from a frame's code table: for every 8-bit prefix of a lane's buffer, the
+// symbol it starts with. An entry holds the exponent in bits 0–7 and the code length in bits 8–11; bit 16
+// marks ESC (the exponent follows in eb bits), bit 17 a prefix no code starts (a corrupt stream).
+type entDec struct {
+	eb   int
+	tab  [256]uint32
+	simd simdTab
+}
+
+// simdTab is the same table for the assembly decoder (decodeLanesAVX512), which reads it at these offsets: the
+// exponent of each prefix at 0, its code length | ESC<<4 | no-code<<5 at 256, eb at 512.
+type simdTab struct {
+	sym [256]byte
+	lf  [256]byte
+	eb  uint64
+}
+
+const (
+	entDecESC     = 1 << 16
+	entDecInvalid = 1 << 17
+)
+
+// build fills the table from validated code lengths (2^eb + 1 of them, ESC last).
+func (d *entDec) build(lengths []uint8, eb int) {
+	d.eb = eb
+	for i := range d.tab {
+		d.tab[i] = entDecInvalid
+	}
+	var codes [257]uint16
+	canonicalCodes(lengths, codes[:len(lengths)])
+	esc := escSymbol(eb)
+	for s, l := range lengths {
+		if l == 0 {
+			continue
+		}
+		v := uint32(l) << 8
+		if s == esc {
+			v |= entDecESC
+		} else {
+			v |= uint32(s)
+		}
+		// The code, MSB-first, is the top l bits of the 8-bit prefix: every prefix that starts with it.
+		lo := int(codes[s]) << (MaxCodeLen - int(l))
+		for i := lo; i < lo+1<<(MaxCodeLen-int(l)); i++ {
+			d.tab[i] = v
+		}
+	}
+	for i, v := range d.tab {
+		d.simd.sym[i] = uint8(v)
+		d.simd.lf[i] = uint8(v>>8&15) | uint8(v>>16&1)<<4 | uint8(v>>17&1)<<5
+	}
+	d.simd.eb = uint64(eb)
+}
+
+// laneDec is the lane decoder's state for one chunk.
+type laneDec struct {
+	buf   [lanes]uint64     // each lane's unread bits, MSB-aligned; the bits below them are zero
+	avail [lanes]int64      // how many there are
+	kind  [lanes]uint8      // the flags (bits 16–23) of each lane's last table entry
+	st    [2 * lanes]uint16 // the lanes' state as the assembly keeps it (decodeLanesAVX512)
+	exps  [maxChunk]byte
+}
+
+// errStream describes a damaged chunk stream.
+type errStream struct {
+	what string
+	lane int
+	step int
+}
+
+// decodeLanes decodes a chunk of m exponents from its stream into ld.exps[:m]. It checks that the stream holds
+// exactly the bytes the decoder takes and that every lane's padding bits are zero.
+func (ld *laneDec) decodeLanes(dec *entDec, stream []byte, m int) (escapes int, bad *errStream) {
+	nb := len(stream)
+	for l := range lanes {
+		ld.buf[l], ld.avail[l] = 0, 0
+	}
+	tab := &dec.tab
+	eb := int64(dec.eb)
+	pos := 0
+	full := m / lanes
+	exps := ld.exps[:m]
+	s := 0
+	if hasEntropyAsm && full > 0 && nb >= 64 {
+		clear(ld.st[:])
+		done, p, esc := decodeLanesAVX512(&stream[0], nb, full, &dec.simd, &ld.st, &exps[0])
+		for l := range lanes {
+			ld.buf[l], ld.avail[l] = uint64(ld.st[l])<<48, int64(ld.st[lanes+l])
+		}
+		s, pos, escapes = done, p, esc
+	}
+	// Fast steps: all 32 lanes, and the stream holds any bytes round 1 may take. No branch in the lane loop,
+	// and few live values (the compiler keeps them in registers): a cursor into the stream, the entries'
+	// flags gathered and looked at once a step.
+	for ; s < full && pos+lanes <= nb; s++ {
+		xs := (*[lanes]byte)(exps[s*lanes:])
+		p0 := unsafe.Pointer(&stream[pos])
+		p := p0
+		var flags uint32
+		for l := 0; l < lanes; l++ {
+			b, a := ld.buf[l], ld.avail[l]
+			need := (a - 8) >> 63 // -1: the lane takes a byte
+			b |= uint64(*(*byte)(p)) << (uint(56-a) & 63) & uint64(need)
+			p = unsafe.Add(p, -need)
+			v := tab[b>>56]
+			flags |= v
+			ln := v >> 8 & 15
+			xs[l] = uint8(v)
+			ld.kind[l] = uint8(v >> 16)
+			ld.buf[l] = b << ln
+			ld.avail[l] = a + 8&need - int64(ln)
+		}
+		pos += int(uintptr(p) - uintptr(p0))
+		if flags >= entDecESC {
+			if flags&entDecInvalid != 0 {
+				return 0, ld.invalid(tab, xs[:], s)
+			}
+			var escs uint32
+			for l, k := range ld.kind {
+				escs |= uint32(k&1) << l
+			}
+			var bad *errStream
+			if pos, bad = ld.round2(escs, xs[:], stream, pos, eb, s); bad != nil {
+				return 0, bad
+			}
+			escapes += bits.OnesCount32(escs)
+		}
+	}
+	// The rest, with every byte read checked.
+	steps := (m + lanes - 1) / lanes
+	for ; s < steps; s++ {
+		active := min(lanes, m-s*lanes)
+		xs := exps[s*lanes : s*lanes+active]
+		var escs uint32
+		for l := range xs {
+			b, a := ld.buf[l], ld.avail[l]
+			if a < 8 {
+				if pos >= nb {
+					return 0, &errStream{"stream ends before its symbols", l, s}
+				}
+				b |= uint64(stream[pos]) << uint(56-a)
+				pos++
+				a += 8
+			}
+			v := tab[b>>56]
+			if v >= entDecESC {
+				if v&entDecInvalid != 0 {
+					return 0, &errStream{"no code starts with these bits", l, s}
+				}
+				escs |= 1 << l
+			}
+			ln := v >> 8 & 15
+			xs[l] = uint8(v)
+			ld.buf[l], ld.avail[l] = b<<ln, a-int64(ln)
+		}
+		if escs != 0 {
+			var bad *errStream
+			if pos, bad = ld.round2(escs, xs, stream, pos, eb, s); bad != nil {
+				return 0, bad
+			}
+			escapes += bits.OnesCount32(escs)
+		}
+	}
+	if pos != nb {
+		return 0, &errStream{"stream holds bytes after its symbols", -1, steps}
+	}
+	for l := range min(m, lanes) {
+		if ld.buf[l] != 0 {
+			return 0, &errStream{"nonzero padding bits", l, steps}
+		}
+	}
+	return escapes, nil
+}
+
+// invalid reports the first lane of step s whose buffer starts with bits no code starts with (its entry has
+// length 0, so its buffer was left as it was).
+func (ld *laneDec) invalid(tab *[256]uint32, xs []byte, s int) *errStream {
+	for l := range xs {
+		if tab[ld.buf[l]>>56]&entDecInvalid != 0 {
+			return &errStream{"no code starts with these bits", l, s}
+		}
+	}
+	return &errStream{"no code starts with these bits", -1, s}
+}
+
+// round2 reads the raw exponents of the lanes in escs (round 2 of step s), taking bytes from stream at pos.
+func (ld *laneDec) round2(escs uint32, xs, stream []byte, pos int, eb int64, s int) (int, *errStream) {
+	for ; escs != 0; escs &= escs - 1 {
+		l := bits.TrailingZeros32(escs)
+		b, a := ld.buf[l], ld.avail[l]
+		if a < eb {
+			if pos >= len(stream) {
+				return pos, &errStream{"stream ends before an escaped exponent", l, s}
+			}
+			b |= uint64(stream[pos]) << uint(56-a)
+			pos++
+			a += 8
+		}
+		xs[l] = uint8(b >> (64 - eb))
+		ld.buf[l], ld.avail[l] = b<<uint(eb), a-eb
+	}
+	return pos, nil
+}
+
+// encSIMD is the scratch of the vectorised lane encoder, in the layout encodeStepsAVX512 reads and writes: each
+// lane's bit count and newest bits, then per step which lanes take a byte in round 1 (r1) and round 2 (r2).
+type encSIMD struct {
+	b   [lanes]uint32
+	acc [lanes]uint32
+	r1  [maxSteps + 1]uint32
+	r2  [maxSteps]uint32
+}
+
+// encodeLanesSIMD is encodeLanes vectorised: the first phase element by element over a step's 32 lanes
+// (encodeStepsAVX512; a short last step here), each lane's completed words written into its bytes as they
+// complete; the second phase (interleaveAVX512) takes the lanes' bytes as the decoder does. The same bytes as
+// encodeLanesGo.
+func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes int) {
+	v := e.simd
+	if v == nil {
+		v = new(encSIMD)
+		e.simd = v
+	}
+	steps := (m + lanes - 1) / lanes
+	full := m / lanes
+	clear(v.b[:])
+	clear(v.acc[:])
+	clear(v.r1[:steps+1])
+	esc := 0
+	if full > 0 {
+		esc = encodeStepsAVX512(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0], maxLaneBytes)
+	}
+	if rest := m - full*lanes; rest > 0 {
+		s := full
+		v.r2[s] = 0
+		for l := range rest {
+			x := enc.lut[e.exps[s*lanes+l]]
+			ln := x & 31
+			b0 := v.b[l]
+			b1 := b0 + ln
+			acc := v.acc[l]<<ln | x>>8
+			if (b0&15+ln)>>4 != 0 {
+				binary.BigEndian.PutUint16(e.bytes[l][2*(b0>>4):], uint16(acc>>(b1&15)))
+			}
+			w1 := (b0 + 15) >> 3
+			w2 := max(w1, (b1+7)>>3)
+			v.r2[s] |= (w2 - w1) << l
+			v.r1[s+1] |= ((b1+15)>>3 - w2) << l
+			esc += int(x >> 7 & 1)
+			v.b[l], v.acc[l] = b1, acc
+		}
+	}
+	v.r1[0] = activeLanes(min(m, lanes))
+	if rest := m % lanes; rest != 0 {
+		v.r1[steps-1] &= activeLanes(rest)
+	}
+	// Each lane's last partial word and two zero bytes.
+	for l := range min(m, lanes) {
+		w := uint16(0)
+		if r := v.b[l] & 15; r != 0 {
+			w = uint16(v.acc[l] << (16 - r))
+		}
+		k := 2 * (v.b[l] >> 4)
+		binary.BigEndian.PutUint16(e.bytes[l][k:], w)
+		e.bytes[l][k+2], e.bytes[l][k+3] = 0, 0
+	}
+	_ = out[maxChunkBytes(uint64(m))-1]
+	n = interleaveAVX512(&e.bytes[0][0], maxLaneBytes, &v.r1[0], &v.r2[0], steps, &out[0])
+	return n, esc
+}

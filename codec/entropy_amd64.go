@@ -1,0 +1,49 @@
+//go:build amd64 && gc && !noasm
+
+package codec
+
+import "golang.org/x/sys/cpu"
+
+// hasEntropyAsm reports whether the entropy decoder runs its fast steps in assembly (decodeLanesAVX512): the
+// 32 lanes in one register of 16-bit buffers, a step's refills with one VPEXPANDB (the bytes of the lanes that
+// take one, in lane order: what a warp does with ballot and popc), the 256-entry look-ups with VPERMI2B. A
+// variable, so that tests run both paths.
+var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512VBMI &&
+	cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT
+
+// decodeLanesAVX512 decodes up to steps whole steps (32 lanes each) of a chunk's stream of n bytes into exps
+// (32 bytes a step), while at least 64 stream bytes remain from the current position. st holds the lanes'
+// state, read and written back: 32 16-bit buffers (unread bits MSB-aligned) then 32 counts of unread bits. It
+// stops before a step in which a lane's bits start no code (the Go path then reports it). It returns the steps
+// done, the stream bytes taken and the escapes decoded.
+//
+//go:noescape
+func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int)
+
+// joinBF16AVX512 joins n bf16 elements (n a multiple of 32) from their exponents and residuals (a byte each)
+// into out (2n bytes).
+//
+//go:noescape
+func joinBF16AVX512(exps, res, out *byte, n int)
+
+// encodeStepsAVX512 runs the first phase of the lane encoder (laneEnc.encodeLanesSIMD) on steps whole steps of
+// exps: see the assembly for what it writes into st and the lanes' bytes. It returns the number of escaped
+// exponents.
+//
+//go:noescape
+func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, stride int) (escapes int)
+
+// laneIota is 0, 1, …, 31 (interleaveAVX512's lane numbers).
+var laneIota = [lanes]uint32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31}
+
+// interleaveAVX512 writes the lanes' bytes in the order the decoder takes them (the lane encoder's last phase):
+// see the assembly. It returns the bytes written.
+//
+//go:noescape
+func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int)
+
+// splitBF16AVX512 splits n bf16 elements (n a multiple of 32) of src into their exponents and residuals (a
+// byte each).
+//
+//go:noescape
+func splitBF16AVX512(src, exps, res *byte, n int)

@@ -1,0 +1,425 @@
+//go:build amd64 && gc && !noasm
+
+#include "textflag.h"
+
+// func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[64]uint16, exps *byte) (done, pos, escapes int)
+//
+// Registers: Z0-Z3 the symbol table (256 bytes), Z4-Z7 the length-and-flags table, Z8 words of 8, Z9 of 0x0F,
+// Z10 of 0x30 (ESC or invalid), Z11 of 0x20 (invalid), Z12 of 0x10 (ESC), Z13 of eb; X26 = eb, X27 = 16 - eb
+// as shift counts. Z16 the lanes' buffers (16 bits each, unread bits at the top), Z17 their counts of unread
+// bits. Z24, Z25, R12: the state at the start of the step, restored when the step holds an invalid code.
+TEXT ·decodeLanesAVX512(SB), NOSPLIT, $0-72
+	MOVQ stream+0(FP), SI
+	MOVQ n+8(FP), DX
+	MOVQ steps+16(FP), CX
+	MOVQ tab+24(FP), R10
+	MOVQ st+32(FP), BX
+	MOVQ exps+40(FP), DI
+	MOVQ SI, R11          // the stream's start
+	SUBQ $64, DX          // a step may start while pos ≤ n − 64
+	XORQ R8, R8           // steps done
+	XORQ R9, R9           // escapes
+
+	VMOVDQU64 0(R10), Z0
+	VMOVDQU64 64(R10), Z1
+	VMOVDQU64 128(R10), Z2
+	VMOVDQU64 192(R10), Z3
+	VMOVDQU64 256(R10), Z4
+	VMOVDQU64 320(R10), Z5
+	VMOVDQU64 384(R10), Z6
+	VMOVDQU64 448(R10), Z7
+	MOVQ 512(R10), AX     // eb
+	VPBROADCASTW AX, Z13
+	VMOVQ AX, X26
+	MOVQ $16, R13
+	SUBQ AX, R13
+	VMOVQ R13, X27
+	MOVL $8, AX
+	VPBROADCASTW AX, Z8
+	MOVL $0x0F, AX
+	VPBROADCASTW AX, Z9
+	MOVL $0x30, AX
+	VPBROADCASTW AX, Z10
+	MOVL $0x20, AX
+	VPBROADCASTW AX, Z11
+	MOVL $0x10, AX
+	VPBROADCASTW AX, Z12
+	VMOVDQU64 0(BX), Z16
+	VMOVDQU64 64(BX), Z17
+
+loop:
+	CMPQ R8, CX
+	JGE  done
+	MOVQ SI, AX
+	SUBQ R11, AX
+	CMPQ AX, DX
+	JGT  done
+	VMOVDQA64 Z16, Z24
+	VMOVDQA64 Z17, Z25
+	MOVQ      SI, R12
+
+	// Round 1: lanes with fewer than 8 bits take the next bytes, in lane order.
+	VPCMPUW   $1, Z8, Z17, K1 // avail < 8
+	VPEXPANDB.Z (SI), K1, Y18
+	VPMOVZXBW Y18, Z18
+	VPSUBW    Z17, Z8, Z19    // 8 − avail: where the byte goes under the unread bits
+	VPSLLVW   Z19, Z18, Z18
+	VPORQ     Z18, Z16, Z16
+	VPADDW    Z8, Z17, K1, Z17
+	KMOVD     K1, AX
+	POPCNTL   AX, AX
+	ADDQ      AX, SI
+
+	// Look up each lane's top 8 bits: symbol and length-and-flags, 256 entries as two 128-entry halves.
+	VPSRLW    $8, Z16, Z20
+	VPMOVB2M  Z20, K2         // bit 7 of the index: the upper half
+	VMOVDQA64 Z20, Z21
+	VPERMI2B  Z1, Z0, Z21
+	VMOVDQA64 Z20, Z22
+	VPERMI2B  Z3, Z2, Z22
+	VPBLENDMB Z22, Z21, K2, Z21 // symbols
+	VMOVDQA64 Z20, Z22
+	VPERMI2B  Z5, Z4, Z22
+	VMOVDQA64 Z20, Z23
+	VPERMI2B  Z7, Z6, Z23
+	VPBLENDMB Z23, Z22, K2, Z22 // lengths and flags
+	VPANDQ    Z9, Z22, Z23
+	VPSLLVW   Z23, Z16, Z16
+	VPSUBW    Z23, Z17, Z17
+	VPTESTMW  Z10, Z22, K3
+	KORTESTD  K3, K3
+	JNZ       special
+
+store:
+	VPMOVWB Z21, (DI)
+	ADDQ    $32, DI
+	INCQ    R8
+	JMP     loop
+
+special:
+	VPTESTMW Z11, Z22, K4
+	KORTESTD K4, K4
+	JNZ      bail
+
+	// Round 2: ESC lanes with fewer than eb bits take the next bytes, then read eb raw bits.
+	VPTESTMW  Z12, Z22, K5
+	VPCMPUW   $1, Z13, Z17, K6 // avail < eb
+	KANDD     K5, K6, K6
+	VPEXPANDB.Z (SI), K6, Y18
+	VPMOVZXBW Y18, Z18
+	VPSUBW    Z17, Z8, Z19
+	VPSLLVW   Z19, Z18, Z18
+	VPORQ     Z18, Z16, Z16
+	VPADDW    Z8, Z17, K6, Z17
+	KMOVD     K6, AX
+	POPCNTL   AX, AX
+	ADDQ      AX, SI
+	VPSRLW    X27, Z16, Z18
+	VMOVDQU16 Z18, K5, Z21
+	VPSLLW    X26, Z16, K5, Z16
+	VPSUBW    Z13, Z17, K5, Z17
+	KMOVD     K5, AX
+	POPCNTL   AX, AX
+	ADDQ      AX, R9
+	JMP       store
+
+bail:
+	VMOVDQA64 Z24, Z16
+	VMOVDQA64 Z25, Z17
+	MOVQ      R12, SI
+
+done:
+	VMOVDQU64 Z16, 0(BX)
+	VMOVDQU64 Z17, 64(BX)
+	SUBQ      R11, SI
+	MOVQ      R8, done+48(FP)
+	MOVQ      SI, pos+56(FP)
+	MOVQ      R9, escapes+64(FP)
+	VZEROUPPER
+	RET
+
+// func joinBF16AVX512(exps, res, out *byte, n int)
+//
+// Joins n elements (a multiple of 32) of bf16: exponents (a byte each) and residuals (sign<<7 | mantissa, a
+// byte each) into the elements, 64 output bytes a step.
+TEXT ·joinBF16AVX512(SB), NOSPLIT, $0-32
+	MOVQ exps+0(FP), SI
+	MOVQ res+8(FP), BX
+	MOVQ out+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVL $0x7F, AX
+	VPBROADCASTW AX, Z1
+	MOVL $0x80, AX
+	VPBROADCASTW AX, Z2
+
+join:
+	CMPQ      CX, $32
+	JLT       joined
+	VPMOVZXBW (SI), Z3
+	VPMOVZXBW (BX), Z4
+	VPSLLW    $7, Z3, Z3
+	VPANDQ    Z2, Z4, Z5
+	VPSLLW    $8, Z5, Z5
+	VPANDQ    Z1, Z4, Z4
+	VPORQ     Z3, Z4, Z4
+	VPORQ     Z5, Z4, Z4
+	VMOVDQU64 Z4, (DI)
+	ADDQ      $32, SI
+	ADDQ      $32, BX
+	ADDQ      $64, DI
+	SUBQ      $32, CX
+	JMP       join
+
+joined:
+	VZEROUPPER
+	RET
+
+// func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, stride int) (escapes int)
+//
+// Codes steps whole steps of 32 exponents (exps, 32 bytes a step), the first phase of the lane encoder
+// (laneEnc.encodeLanesSIMD). Each lane keeps its bit count B and its newest bits (a 32-bit accumulator) in st.
+// A lane that completes a 16-bit word writes it, big-endian, into its bytes (lane l's at bytes + l·stride, word
+// k at byte 2k: a 4-byte scatter, whose 2 extra bytes the next word overwrites). Per step s it records the lanes
+// that take a byte in round 2 of step s (st.r2[s]) and in round 1 of step s+1 (st.r1[s+1]): with
+// w1 = (B0+15)>>3, w2 = max(w1, (B1+7)>>3), round 2 when w2 > w1 and round 1 next when (B1+15)>>3 > w2
+// (FORMAT.md; for a symbol that is not ESC, w2 = w1).
+//
+// Registers: Z0, Z1 the bit counts of lanes 0-15 and 16-31, Z2, Z3 their accumulators; Z4 dwords of 31, Z5 of
+// 15, Z6 of 16, Z7 of 7, Z8 of 0x80 (escaped); Z9, Z10 the lanes' offsets l·stride; Z11 a byte shuffle that
+// swaps a dword's low two bytes and clears the others.
+TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
+	MOVQ exps+0(FP), SI
+	MOVQ steps+8(FP), CX
+	MOVQ lut+16(FP), R10
+	MOVQ st+24(FP), BX
+	MOVQ bytes+32(FP), R14
+	MOVQ stride+40(FP), AX
+	VPBROADCASTD AX, Z12
+	VMOVDQU32 ·laneIota(SB), Z13
+	VPMULLD Z12, Z13, Z9
+	VMOVDQU32 ·laneIota+64(SB), Z13
+	VPMULLD Z12, Z13, Z10
+	VBROADCASTI32X4 ·swap16(SB), Z11
+	XORQ R8, R8 // step
+	XORQ R9, R9 // escapes
+	MOVL $31, AX
+	VPBROADCASTD AX, Z4
+	MOVL $15, AX
+	VPBROADCASTD AX, Z5
+	MOVL $16, AX
+	VPBROADCASTD AX, Z6
+	MOVL $7, AX
+	VPBROADCASTD AX, Z7
+	MOVL $0x80, AX
+	VPBROADCASTD AX, Z8
+	VMOVDQU32 0(BX), Z0
+	VMOVDQU32 64(BX), Z1
+	VMOVDQU32 128(BX), Z2
+	VMOVDQU32 192(BX), Z3
+	LEAQ 256(BX), R12   // r1
+	LEAQ 2052(R12), R13 // r2
+
+estep:
+	CMPQ R8, CX
+	JGE  edone
+
+	// Lanes 0-15.
+	VPMOVZXBD  (SI), Z16
+	KXNORW     K1, K1, K1
+	VPGATHERDD (R10)(Z16*4), K1, Z17 // v
+	VPANDD     Z4, Z17, Z18          // len
+	VPSRLD     $8, Z17, Z19          // code
+	VPTESTMD   Z8, Z17, K2
+	KMOVW      K2, AX
+	POPCNTL    AX, AX
+	ADDQ       AX, R9
+	VPADDD     Z18, Z0, Z20          // B1
+	VPSLLVD    Z18, Z2, Z2
+	VPORD      Z19, Z2, Z2
+	VPANDD     Z5, Z20, Z21
+	VPSRLVD    Z21, Z2, Z21          // the word B0 falls in
+	VPSHUFB    Z11, Z21, Z21         // big-endian
+	VPANDD     Z5, Z0, Z22
+	VPADDD     Z18, Z22, Z22
+	VPCMPUD    $5, Z6, Z22, K3       // complete: (B0 & 15) + len ≥ 16
+	VPSRLD     $4, Z0, Z26
+	VPADDD     Z26, Z26, Z26
+	VPADDD     Z9, Z26, Z26          // l·stride + 2·(B0 >> 4)
+	VPSCATTERDD Z21, K3, (R14)(Z26*1)
+	VPADDD     Z5, Z0, Z23
+	VPSRLD     $3, Z23, Z23          // w1
+	VPADDD     Z7, Z20, Z24
+	VPSRLD     $3, Z24, Z24
+	VPMAXUD    Z23, Z24, Z24         // w2
+	VPCMPUD    $6, Z23, Z24, K4      // round 2: w2 > w1
+	VPADDD     Z5, Z20, Z25
+	VPSRLD     $3, Z25, Z25
+	VPCMPUD    $6, Z24, Z25, K5      // round 1 next: (B1+15)>>3 > w2
+	VMOVDQA32  Z20, Z0
+
+	// Lanes 16-31.
+	VPMOVZXBD  16(SI), Z16
+	KXNORW     K1, K1, K1
+	VPGATHERDD (R10)(Z16*4), K1, Z17
+	VPANDD     Z4, Z17, Z18
+	VPSRLD     $8, Z17, Z19
+	VPTESTMD   Z8, Z17, K2
+	KMOVW      K2, AX
+	POPCNTL    AX, AX
+	ADDQ       AX, R9
+	VPADDD     Z18, Z1, Z20
+	VPSLLVD    Z18, Z3, Z3
+	VPORD      Z19, Z3, Z3
+	VPANDD     Z5, Z20, Z21
+	VPSRLVD    Z21, Z3, Z21
+	VPSHUFB    Z11, Z21, Z21
+	VPANDD     Z5, Z1, Z22
+	VPADDD     Z18, Z22, Z22
+	VPCMPUD    $5, Z6, Z22, K6
+	VPSRLD     $4, Z1, Z26
+	VPADDD     Z26, Z26, Z26
+	VPADDD     Z10, Z26, Z26
+	VPSCATTERDD Z21, K6, (R14)(Z26*1)
+	VPADDD     Z5, Z1, Z23
+	VPSRLD     $3, Z23, Z23
+	VPADDD     Z7, Z20, Z24
+	VPSRLD     $3, Z24, Z24
+	VPMAXUD    Z23, Z24, Z24
+	VPCMPUD    $6, Z23, Z24, K7
+	VPADDD     Z5, Z20, Z25
+	VPSRLD     $3, Z25, Z25
+	VPCMPUD    $6, Z24, Z25, K1
+	VMOVDQA32  Z20, Z1
+
+	// The step's masks, lanes 16-31 in the high halves.
+	KMOVW K4, AX
+	KMOVW K7, DX
+	SHLL  $16, DX
+	ORL   DX, AX
+	MOVL  AX, (R13)(R8*4)
+	KMOVW K5, AX
+	KMOVW K1, DX
+	SHLL  $16, DX
+	ORL   DX, AX
+	MOVL  AX, 4(R12)(R8*4)
+
+	ADDQ $32, SI
+	INCQ R8
+	JMP  estep
+
+edone:
+	VMOVDQU32 Z0, 0(BX)
+	VMOVDQU32 Z1, 64(BX)
+	VMOVDQU32 Z2, 128(BX)
+	VMOVDQU32 Z3, 192(BX)
+	MOVQ      R9, escapes+48(FP)
+	VZEROUPPER
+	RET
+
+DATA ·swap16+0(SB)/8, $0x8080040580800001
+DATA ·swap16+8(SB)/8, $0x80800c0d80800809
+GLOBL ·swap16(SB), RODATA|NOPTR, $16
+
+// func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int)
+//
+// The lane encoder's interleave: for each step s, the lanes in r1[s] (round 1), then those in r2[s] (round 2),
+// each take the next byte of their own bytes (lane l's at bytes + l·stride), in lane order, appended to out.
+// Z0, Z1: lanes 0-15 and 16-31's addresses of their next bytes (a gather reads 4 bytes there: the lanes'
+// arrays must be followed by 3 readable bytes); Z2 dwords of 1.
+TEXT ·interleaveAVX512(SB), NOSPLIT, $0-56
+	MOVQ bytes+0(FP), SI
+	MOVQ stride+8(FP), AX
+	MOVQ r1+16(FP), R10
+	MOVQ r2+24(FP), R11
+	MOVQ steps+32(FP), CX
+	MOVQ out+40(FP), DI
+	MOVQ DI, R12
+	// Lane offsets l·stride.
+	VPBROADCASTD AX, Z3
+	MOVL $1, DX
+	VPBROADCASTD DX, Z2
+	VPXORD Z0, Z0, Z0
+	VMOVDQU32 ·laneIota(SB), Z4
+	VPMULLD Z3, Z4, Z0
+	VMOVDQU32 ·laneIota+64(SB), Z4
+	VPMULLD Z3, Z4, Z1
+	XORQ R8, R8
+
+istep:
+	CMPQ R8, CX
+	JGE  idone
+	MOVL (R10)(R8*4), AX
+	CALL ·interleaveRound(SB)
+	MOVL (R11)(R8*4), AX
+	TESTL AX, AX
+	JZ   inext
+	CALL ·interleaveRound(SB)
+
+inext:
+	INCQ R8
+	JMP  istep
+
+idone:
+	SUBQ R12, DI
+	MOVQ DI, n+48(FP)
+	VZEROUPPER
+	RET
+
+// interleaveRound appends the next byte of each lane in the mask AX (lanes 0-31) to DI, in lane order, and
+// moves those lanes on by a byte. It uses SI (the lanes' base), Z0, Z1 (their offsets), Z2 (ones).
+TEXT ·interleaveRound(SB), NOSPLIT|NOFRAME, $0-0
+	KMOVD      AX, K3
+	KMOVW      AX, K1
+	SHRL       $16, AX
+	KMOVW      AX, K2
+	KMOVW      K1, K5
+	KMOVW      K2, K6
+	VPXORD     Z16, Z16, Z16
+	VPXORD     Z17, Z17, Z17
+	VPGATHERDD (SI)(Z0*1), K1, Z16
+	VPGATHERDD (SI)(Z1*1), K2, Z17
+	VPADDD     Z2, Z0, K5, Z0
+	VPADDD     Z2, Z1, K6, Z1
+	VPMOVDB    Z16, X18
+	VPMOVDB    Z17, X19
+	VINSERTI32X4 $1, X19, Y18, Y18
+	VPCOMPRESSB Y18, K3, (DI)
+	KMOVD      K3, AX
+	POPCNTL    AX, AX
+	ADDQ       AX, DI
+	RET
+
+// func splitBF16AVX512(src, exps, res *byte, n int)
+//
+// Splits n bf16 elements (a multiple of 32) into their exponents and residuals (sign<<7 | mantissa), a byte
+// each: 64 input bytes a step.
+TEXT ·splitBF16AVX512(SB), NOSPLIT, $0-32
+	MOVQ src+0(FP), SI
+	MOVQ exps+8(FP), DI
+	MOVQ res+16(FP), BX
+	MOVQ n+24(FP), CX
+	MOVL $0x7F, AX
+	VPBROADCASTW AX, Z1
+	MOVL $0x80, AX
+	VPBROADCASTW AX, Z2
+
+split:
+	CMPQ      CX, $32
+	JLT       splitted
+	VMOVDQU64 (SI), Z3
+	VPSRLW    $7, Z3, Z4 // exponent in the low byte (the sign above it is dropped by VPMOVWB)
+	VPMOVWB   Z4, (DI)
+	VPSRLW    $8, Z3, Z5
+	VPANDQ    Z2, Z5, Z5 // sign at bit 7
+	VPANDQ    Z1, Z3, Z3 // mantissa
+	VPORQ     Z5, Z3, Z3
+	VPMOVWB   Z3, (BX)
+	ADDQ      $64, SI
+	ADDQ      $32, DI
+	ADDQ      $32, BX
+	SUBQ      $32, CX
+	JMP       split
+
+splitted:
+	VZEROUPPER
+	RET

@@ -1,0 +1,26 @@
+//go:build !amd64 || !gc || noasm
+
+package codec
+
+// hasEntropyAsm reports whether the entropy decoder runs its fast steps in assembly.
+var hasEntropyAsm = false
+
+func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func joinBF16AVX512(exps, res, out *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, stride int) (escapes int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func splitBF16AVX512(src, exps, res *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
