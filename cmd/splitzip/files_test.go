@@ -300,12 +300,15 @@ func TestDecodeErrorLeavesNoOutput(t *testing.T) {
 	name := damage(t, packed, truncated, late, func(f []byte) []byte { return f[:len(f)-1] })
 	badHeader := filepath.Join(dir, "badheader.safetensors")
 	name2 := damage(t, packed, badHeader, 3, func(f []byte) []byte { f[10] ^= 1; return f })
+	// A flipped payload bit leaves a well-formed frame: only its payload checksum tells.
+	flipped := filepath.Join(dir, "flipped.safetensors")
+	name3 := damage(t, packed, flipped, late, func(f []byte) []byte { f[len(f)-100] ^= 0x10; return f })
 
 	out := filepath.Join(dir, "out.safetensors")
 	for _, c := range []struct {
 		in, tensor string
 		want       error
-	}{{truncated, name, codec.ErrTruncated}, {badHeader, name2, codec.ErrHeaderCRC}} {
+	}{{truncated, name, codec.ErrTruncated}, {badHeader, name2, codec.ErrHeaderCRC}, {flipped, name3, codec.ErrChecksum}} {
 		err := runDecompress([]string{c.in, out})
 		require.ErrorIs(t, err, c.want)
 		require.ErrorContains(t, err, c.in+": tensor "+c.tensor+": ")
@@ -319,7 +322,7 @@ func TestDecodeErrorLeavesNoOutput(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "an earlier output", string(b))
 		require.NoError(t, os.Remove(out))
-		require.Equal(t, []string{"badheader.safetensors", "packed.safetensors", "truncated.safetensors"}, dirNames(t, dir))
+		require.Equal(t, []string{"badheader.safetensors", "flipped.safetensors", "packed.safetensors", "truncated.safetensors"}, dirNames(t, dir))
 	}
 
 	// A bare frame's decode error names the file and leaves no output either.
@@ -365,4 +368,29 @@ func TestCompressUsesFileEncoderOptions(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(want, got.Tensors[i].Data), x.Name)
 	}
+}
+
+// Both modes round-trip the fixture bit for bit through files; the high-ratio mode's frames are smaller, and
+// each mode refuses the other mode's table flag.
+func TestCompressModes(t *testing.T) {
+	dir := t.TempDir()
+	in := fixture("kv_evaluation.safetensors")
+	sizes := map[string]int64{}
+	for _, mode := range []string{"fast", "high-ratio"} {
+		packed := filepath.Join(dir, mode+".safetensors")
+		require.NoError(t, runCompress([]string{"-mode", mode, in, packed}))
+		back := filepath.Join(dir, mode+"-back.safetensors")
+		require.NoError(t, runDecompress([]string{packed, back}))
+		requireSameTensors(t, in, back)
+		st, err := os.Stat(packed)
+		require.NoError(t, err)
+		sizes[mode] = st.Size()
+	}
+	require.Less(t, float64(sizes["high-ratio"]), float64(sizes["fast"])/1.08, "high-ratio output against fast")
+
+	table := filepath.Join(dir, "table.json")
+	require.NoError(t, os.WriteFile(table, []byte(`{"dtype":"bf16","lengths":[1]}`), 0o644))
+	require.ErrorContains(t, runCompress([]string{"-mode", "fast", "-table", table, in, filepath.Join(dir, "x.safetensors")}), "-table is the high-ratio mode's")
+	require.ErrorContains(t, runCompress([]string{"-mode", "high-ratio", "-codebook", table, in, filepath.Join(dir, "y.safetensors")}), "-codebook is the fast mode's")
+	require.ErrorIs(t, runCompress([]string{"-mode", "fastest", in, filepath.Join(dir, "z.safetensors")}), codec.ErrOption)
 }
