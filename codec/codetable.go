@@ -118,6 +118,22 @@ func (t *CodeTable) span() (lo, hi int) {
 	return max(lo, 0), hi
 }
 
+// AppendBinary appends the table as a high-ratio frame carries it (FORMAT.md's compact code table): what a GPU
+// encoder given a table in device memory copies into its frames.
+func (t *CodeTable) AppendBinary(b []byte) ([]byte, error) {
+	if err := t.Validate(); err != nil {
+		return b, err
+	}
+	lo, hi := t.span()
+	n := len(b)
+	b = append(b, make([]byte, codeTableLen(lo, hi))...)
+	putCodeTable(b[n:], t.Lengths, lo, hi)
+	return b, nil
+}
+
+// MarshalBinary is AppendBinary to a new slice.
+func (t *CodeTable) MarshalBinary() ([]byte, error) { return t.AppendBinary(nil) }
+
 // MaxLen is the longest code length (L in FORMAT.md).
 func (t *CodeTable) MaxLen() int {
 	m := 0

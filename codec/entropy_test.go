@@ -889,3 +889,28 @@ func TestAsmLayouts(t *testing.T) {
 	var l laneEnc
 	require.Greater(t, unsafe.Sizeof(l)-unsafe.Offsetof(l.bytes)-unsafe.Sizeof(l.bytes), uintptr(3), "a gather reads 3 bytes past a lane's bytes")
 }
+
+// A table's binary form is exactly the code table section of the frames coded with it.
+func TestCodeTableBinaryIsFrameSection(t *testing.T) {
+	var kv []byte
+	for _, x := range loadFixture(t, "kv_evaluation.safetensors").Tensors {
+		kv = append(kv, x.Data...)
+	}
+	h, err := NewHistogram(BF16)
+	require.NoError(t, err)
+	require.NoError(t, h.Add(kv))
+	tab, err := h.CodeTable()
+	require.NoError(t, err)
+	b, err := tab.MarshalBinary()
+	require.NoError(t, err)
+	enc, err := NewEncoder(WithMode(ModeHighRatio), WithCodeTable(tab))
+	require.NoError(t, err)
+	frame, err := enc.Encode(nil, kv, BF16)
+	require.NoError(t, err)
+	hdr, err := ParseHeader(frame)
+	require.NoError(t, err)
+	require.True(t, hdr.Entropy)
+	require.Equal(t, b, frame[HeaderSize:HeaderSize+int(hdr.CodebookLen)])
+	_, err = (&CodeTable{DType: BF16, Lengths: make([]uint8, 257)}).MarshalBinary()
+	require.Error(t, err)
+}
