@@ -108,7 +108,8 @@ type Codec struct {
 }
 
 // NewCodec loads the kernels into ctx (the driver JIT-compiles the embedded PTX on first load and caches
-// the result): on compute capability 9.0 and newer the build with programmatic dependent launch.
+// the result): on compute capability 9.0 and newer, with a driver that has cuLaunchKernelEx, the build with
+// programmatic dependent launch; with WithPTX, the given image.
 func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	o := options{smallBytes: SmallEncodeBytes}
 	for _, opt := range opts {
@@ -116,15 +117,15 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 			return nil, err
 		}
 	}
-	hopper := false
+	canPDL := false
 	if major, _, err := ctx.Device().ComputeCapability(); err == nil && major >= 9 && !o.noPDL && cuda.CanLaunchWith() {
-		hopper = true
+		canPDL = true
 	}
 	image := ptx
 	switch {
 	case o.ptx != nil:
 		image = o.ptx
-	case hopper:
+	case canPDL:
 		image = ptxSM90
 	}
 	mod, err := ctx.LoadModule(image)
@@ -133,7 +134,7 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	}
 	c := &Codec{
 		ctx: ctx, mod: mod, smallBytes: o.smallBytes,
-		pdl:    hopper && bytes.Contains(image, []byte("griddepcontrol.wait")),
+		pdl:    canPDL && bytes.Contains(image, []byte("griddepcontrol.wait")),
 		tile:   kernel{threads: 256, cpb: 4},
 		stream: kernel{threads: 256, cpb: 256 / 32, stream: true},
 		dec:    kernel{threads: 256, cpb: 1},
