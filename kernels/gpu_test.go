@@ -20,6 +20,17 @@ import (
 
 const fixturePath = "../tests/data/kv_evaluation.safetensors"
 
+// Test seams: options that force one encoder for every input size, and the sm_80 kernels with plain launches.
+func withSmallEncodeBytes(n uint64) Option {
+	return func(o *options) error { o.smallBytes = n; return nil }
+}
+
+func withTileEncoder() Option      { return withSmallEncodeBytes(math.MaxUint64) }
+func withStreamingEncoder() Option { return withSmallEncodeBytes(0) }
+
+// withoutDependentLaunch makes a Codec use the sm_80 kernels and plain launches on any GPU.
+func withoutDependentLaunch() Option { return func(o *options) error { o.noPDL = true; return nil } }
+
 // gpuEnv is a context, the loaded kernels and a stream; tests skip with the driver's message without a GPU.
 type gpuEnv struct {
 	ctx   *cuda.Context
@@ -254,17 +265,29 @@ func inputs(t testing.TB) []input {
 }
 
 // decides reports whether c encodes a frame of n elements with the streaming encoder, whose header warps count
-// their decisions in the workspace (the tile encoders and the host's raw frames count none).
+// their decisions in the workspace (the tile encoder and the host's raw frames count none).
 func decides(c *Codec, n uint64) bool {
-	k := &c.enc
-	if c.encSmall != nil && 2*n < SmallEncodeBytes {
-		k = c.encSmall
-	}
-	return k.stream && escapesOffset(n) <= headerSize+2*n
+	return 2*n >= c.smallBytes && escapesOffset(n) <= headerSize+2*n
 }
 
-// Every kernel variant writes the CPU encoder's frames and decodes them.
-func TestKernelVariants(t *testing.T) {
+// tileKV fills n bytes with copies of kv, scrambling the low 3 mantissa bits of each copy.
+func tileKV(kv []byte, n int, seed uint64) []byte {
+	out := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, 1))
+	for off := 0; off < n; off += len(kv) {
+		m := copy(out[off:], kv)
+		x := uint16(r.Uint32() & 7)
+		for i := off; i+1 < off+m; i += 2 {
+			v := binary.LittleEndian.Uint16(out[i:]) ^ x
+			binary.LittleEndian.PutUint16(out[i:], v)
+			x = (x*5 + 3) & 7
+		}
+	}
+	return out
+}
+
+// Both encoders write the CPU encoder's frames at every size, from both builds, and the frames decode.
+func TestEncoders(t *testing.T) {
 	cb := defaultBook(t)
 	r := rand.New(rand.NewPCG(8, 8))
 	kv := concat(realKV(t))
@@ -276,15 +299,19 @@ func TestKernelVariants(t *testing.T) {
 		opts []Option
 	}
 	var configs []config
-	for _, v := range Variants {
+	for name, enc := range map[string]Option{"tile": withTileEncoder(), "streaming": withStreamingEncoder()} {
 		// Both builds: the sm_90 PTX with dependent launches (on Hopper) and the sm_80 one with plain launches.
-		configs = append(configs, config{v, []Option{WithKernels(v, v)}}, config{v, []Option{WithKernels(v, v), withoutDependentLaunch()}})
+		configs = append(configs, config{name, []Option{enc}}, config{name, []Option{enc, withoutDependentLaunch()}})
 	}
-	// The default codec: the tile encoder below SmallEncodeBytes and the streaming one above, on one workspace.
-	configs = append(configs, config{"default", nil})
+	// The default codec: the tile encoder below SmallEncodeBytes and the streaming one above, on one workspace;
+	// and the same kernels loaded through WithPTX (the sm_80 build: plain launches).
+	configs = append(configs, config{"default", nil}, config{"WithPTX", []Option{WithPTX(ptx)}})
 	for _, cf := range configs {
 		g := newGPU(t, cf.opts...)
 		name := fmt.Sprintf("%s (dependent launch %v)", cf.name, g.codec.DependentLaunch())
+		if cf.name == "WithPTX" {
+			require.False(t, g.codec.DependentLaunch(), "the sm_80 PTX has no griddepcontrol")
+		}
 		// One workspace serves every input, large and small, coded and raw, in turn (twice).
 		wsLen := EncodeWorkspaceSize(len(data[1]))
 		ws := g.workspace(t, wsLen)
@@ -311,8 +338,6 @@ func TestKernelVariants(t *testing.T) {
 	major, _, err := g.codec.Context().Device().ComputeCapability()
 	require.NoError(t, err)
 	assert.Equal(t, major >= 9 && cuda.CanLaunchWith(), g.codec.DependentLaunch(), "compute capability %d", major)
-	_, err = NewCodec(nil, WithKernels("t999c1", DefaultDecodeKernels))
-	require.ErrorIs(t, err, codec.ErrOption)
 }
 
 // GPU frames are byte-identical to CPU frames, every byte is written, nothing past the frame is, and the
@@ -508,7 +533,7 @@ func TestConcurrentStreams(t *testing.T) {
 // Both encoders: the default one at this size (the small one) and the streaming one, whose finishing blocks
 // leave the workspace zero for the next replay.
 func TestGraphCapture(t *testing.T) {
-	for name, opts := range map[string][]Option{"default": nil, "streaming": {WithKernels(DefaultEncodeKernels, DefaultDecodeKernels)}} {
+	for name, opts := range map[string][]Option{"default": nil, "streaming": {withStreamingEncoder()}} {
 		t.Run(name, func(t *testing.T) { testGraphCapture(t, newGPU(t, opts...)) })
 	}
 }
@@ -621,15 +646,15 @@ func int32s(ids []int) []byte {
 // with other block ids and another layout, touching nothing else.
 func TestPagedRoundTrip(t *testing.T) {
 	f := realKV(t)
-	for _, v := range []string{"t256c1", "t256c2", "t256c4", "s256u4", "s256u8", "s128u8"} {
+	for name, enc := range map[string]Option{"tile": withTileEncoder(), "streaming": withStreamingEncoder()} {
 		for _, nb := range []int{int(f.Tensors[0].Shape[0]) / 16, 3} {
-			t.Run(fmt.Sprintf("%s/%d-blocks", v, nb), func(t *testing.T) { testPaged(t, v, nb) })
+			t.Run(fmt.Sprintf("%s/%d-blocks", name, nb), func(t *testing.T) { testPaged(t, enc, nb) })
 		}
 	}
 }
 
-func testPaged(t *testing.T, variant string, nb int) {
-	g := newGPU(t, WithKernels(variant, variant))
+func testPaged(t *testing.T, enc Option, nb int) {
+	g := newGPU(t, enc)
 	cb := defaultBook(t)
 	f := realKV(t)
 	// The fixture: 30 layers × (K, V) of [256 tokens, 3 heads, 64]; 16-token blocks of 3,072 elements.

@@ -1,36 +1,41 @@
 package kernels
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
-	"slices"
-	"strings"
 
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/kernels/cuda"
 )
 
-// Format-v1 constants the kernels are built for (splitzip.cuh).
+// Format-v1 constants the kernels are built for (format.cuh).
 const (
 	headerSize  = codec.HeaderSize
 	chunkElems  = 1 << codec.DefaultChunk // 4,096
 	codebookLen = 16
 	escapeSize  = 3
-	// Blocks of the raw fallback kernel, which strides over the chunks (kRawBlocks in splitzip.cuh; after the
-	// streaming encoder exactly as many). One per H100 SM: 132 blocks measured +0.2 % on the 256 MiB encode
-	// against 528 (1,056: -0.4 %; BENCH.md), and 16, 33 or 66 the same as 132.
+	// Blocks of the raw fallback kernel, which strides over the chunks (kRawBlocks in format.cuh; after the
+	// streaming encoder exactly as many). One per H100 SM: more blocks measured slower on the 256 MiB encode,
+	// fewer no faster (docs/gpu-kernels.md).
 	rawGridLimit = 132
-	// The workspace's leading words that persist from call to call (kCounterWords in splitzip.cuh): the
+	// The workspace's leading words that persist from call to call (kCounterWords in format.cuh): the
 	// streaming encoder's decision count, then from word seenWord (kSeenWord) the raw fallback kernel's blocks'
 	// copies of it.
 	seenWord     = 16
 	counterBytes = 8 * (seenWord + rawGridLimit)
-	// What the raw fallback kernel does (RawMode in splitzip.cuh).
+	// What the raw fallback kernel does (RawMode in format.cuh).
 	rawAfterTile   = 0
 	rawHost        = 1
 	rawAfterStream = 2
 )
+
+// SmallEncodeBytes is the input size (all frames of a call together) from which a Codec encodes with the
+// streaming encoder; smaller inputs take the tile encoder. Below it the streaming encoder's finishing tail (the
+// last groups' gather, look-back and placement after its last chunk, ~3 µs on an H100) costs more than its
+// faster data path saves: the two encoders cross between 16 and 32 MiB (docs/gpu-kernels.md).
+const SmallEncodeBytes = 32 << 20
 
 // ErrAlignment is returned when a device pointer or stride the kernels access with 16-byte vectors is not
 // 16-byte aligned.
@@ -40,213 +45,112 @@ var ErrAlignment = errors.New("splitzip: GPU buffers must be 16-byte aligned")
 type Option func(*options) error
 
 type options struct {
-	enc, dec string
-	picked   bool   // WithKernels was given: no size-based choice of encoder
-	tune     uint32 // kTune* bits of splitzip.cuh: bench experiments only
-	gridMul  int    // pipelined kernels: grid = gridMul × resident blocks (bench experiments only; 0: 1)
-	noPDL    bool   // load the sm_80 PTX and launch plainly even on Hopper (bench and test comparisons)
+	ptx        []byte // WithPTX's image; nil: the embedded PTX
+	smallBytes uint64 // inputs below it take the tile encoder (SmallEncodeBytes; tests force either encoder)
+	noPDL      bool   // load the sm_80 PTX and launch plainly even on Hopper (tests compare both)
 }
 
-// withoutDependentLaunch makes a Codec use the sm_80 kernels and plain launches on any GPU.
-func withoutDependentLaunch() Option { return func(o *options) error { o.noPDL = true; return nil } }
-
-// Tuning experiments (splitzip.cuh kTune*): the bench's "+n", "+d", "+s" variant suffixes.
-const (
-	tuneNoLookback   = 1 // skip the look-back (wrong frames: timing only)
-	tunePlainLoads   = 2
-	tuneStreamStores = 4
-	// Launch experiments, read by launchEncode only ("+r", "+f"): leave out the raw-fallback kernel, or the
-	// streaming encoder's finishing blocks, to time the rest. Timing only: the frame is right only where dst
-	// already holds this input's frame, as in the bench, which times every codec after the default one on the
-	// same buffers, and the workspace is left dirty (the bench zeroes it again).
-	tuneNoRawLaunch    = 8
-	tuneNoFinishLaunch = 16
-	tuneNoPlace        = 64  // the finishing blocks read the parked escapes but store none (timing only)
-	tuneNoHeader       = 128 // the header warps write nothing (timing only)
-)
-
-func withTune(bits uint32) Option { return func(o *options) error { o.tune = bits; return nil } }
-
-// The kernel variants a Codec uses unless WithKernels picks others, the fastest in the bench on an H100
-// (BENCH.md): the streaming encoder and the one-chunk tile decoder. Below SmallEncodeBytes of input the encoder
-// is SmallEncodeKernels instead: the streaming encoder's finishing tail (the last groups' gather, look-back and
-// placement after its last chunk, ~3 µs on an H100) costs more there than it saves. Measured on the H100 with
-// groups of 32 chunks (BENCH.md, seventh session): 16 MiB tile 758 GB/s, streaming 751; 32 MiB 892 and 979;
-// 64 MiB 1,018 and 1,255.
-const (
-	DefaultEncodeKernels = "s256u8"
-	DefaultDecodeKernels = "t256c1"
-	SmallEncodeKernels   = "t256c4"
-	SmallEncodeBytes     = 32 << 20
-)
-
-// Variants lists the kernel variants in the PTX: "t<threads per block>c<4,096-element chunks per block>",
-// and the pipelined persistent ones "t<threads>c<chunks per tile>s<shared-memory stages>", whose blocks loop
-// over tiles with the copies of the next stages in flight.
-// The streaming variants "s<threads>u<units>" code a chunk per warp (u 16-byte units per lane in flight) and
-// place the escapes with blocks appended to the grid; they decode a chunk per block.
-var Variants = []string{"t256c1", "t256c2", "t256c4", "t256c1s4", "s256u4", "s256u8", "s128u8"}
-
-// WithKernels picks the encode and decode kernel variants (see Variants; the bench times them).
-func WithKernels(encode, decode string) Option {
+// WithPTX makes NewCodec load image instead of the embedded PTX: PTX built elsewhere from the kernels' sources
+// (another revision's `make -C kernels ptx`, say), with the same entry points and parameters. It is how kernel
+// changes are compared on a GPU (splitzip bench -gpu -ptx FILE). The codec uses programmatic dependent launch
+// where the image does (griddepcontrol, the sm_90 build) and the GPU and driver support it. NewCodec reads
+// image only while it runs.
+func WithPTX(image []byte) Option {
 	return func(o *options) error {
-		for _, v := range []string{encode, decode} {
-			if _, _, _, err := parseVariant(v); err != nil {
-				return err
+		for _, name := range entryPoints {
+			if !bytes.Contains(image, []byte(".entry "+name+"(")) {
+				return fmt.Errorf("%w: the PTX has no entry point %s", codec.ErrOption, name)
 			}
 		}
-		o.enc, o.dec, o.picked = encode, decode, true
+		o.ptx = image
 		return nil
 	}
 }
 
-// parseVariant returns a variant's threads per block, chunks per block (tile) and stages (0: one tile per
-// block); for a streaming variant (isStreaming), cpt is its units per lane.
-func parseVariant(v string) (threads, cpt, stages int, err error) {
-	if !slices.Contains(Variants, v) {
-		return 0, 0, 0, fmt.Errorf("%w: kernel variant %q (have %v)", codec.ErrOption, v, Variants)
-	}
-	if isStreaming(v) {
-		_, err = fmt.Sscanf(v, "s%du%d", &threads, &cpt)
-	} else if strings.Contains(v, "s") {
-		_, err = fmt.Sscanf(v, "t%dc%ds%d", &threads, &cpt, &stages)
-	} else {
-		_, err = fmt.Sscanf(v, "t%dc%d", &threads, &cpt)
-	}
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("%w: kernel variant %q: %v", codec.ErrOption, v, err)
-	}
-	return threads, cpt, stages, nil
+// The kernels' entry points (splitzip.cu): each kernel for a dense tensor (_dense) and for a paged KV cache
+// (_paged). Their names keep their shapes: t<threads>c<chunks per block>, s<threads>u<units per lane>.
+const (
+	tileEncoderName   = "sz_encode_t256c4"
+	streamEncoderName = "sz_encode_s256u8"
+	decoderName       = "sz_decode_t256c1"
+	rawName           = "sz_raw_t256"
+)
+
+var entryPoints = []string{
+	tileEncoderName + "_dense", tileEncoderName + "_paged", streamEncoderName + "_dense", streamEncoderName + "_paged",
+	rawName + "_dense", rawName + "_paged", decoderName + "_dense", decoderName + "_paged",
 }
 
-// isStreaming tells the streaming variants ("s<threads>u<units>") from the tile ones ("t…").
-func isStreaming(v string) bool { return strings.HasPrefix(v, "s") }
-
-// kernel is one loaded variant: its dense and paged entry points and its shape.
+// kernel is one loaded kernel: its dense and paged entry points and its shape.
 type kernel struct {
 	dense, paged *cuda.Function
-	threads, cpt int
-	stages       int    // pipelined persistent kernel: shared-memory stages; 0: one tile per block
-	stream       bool   // streaming kernel: cpt is the chunks of a block (encode: a warp each; decode: 1)
-	resident     uint64 // pipelined: blocks the device holds at once (the grid's upper bound)
-	perSM        int
-	name         string
+	threads      int
+	cpb          int  // chunks per block (the streaming encoder: a warp each)
+	stream       bool // the streaming encoder, whose grid has finishing and header blocks after its coding ones
 }
 
 // grid is the number of blocks for frames of chunks chunks each.
 func (k *kernel) grid(frames, chunks uint64) uint32 {
-	tiles := frames * ((chunks + uint64(k.cpt) - 1) / uint64(k.cpt))
-	if k.stages > 0 {
-		tiles = max(1, min(tiles, k.resident))
-	}
-	return uint32(tiles)
+	return uint32(frames * ((chunks + uint64(k.cpb) - 1) / uint64(k.cpb)))
 }
-
-// funcPreferredSharedCarveout is CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT (percent of the unified
-// L1/shared memory given to shared memory).
-const funcPreferredSharedCarveout cuda.FuncAttribute = 9
 
 // Codec holds the loaded kernels of one context. Its methods only enqueue work, and may be called from any
 // goroutine and on several streams at once: all per-call state lives in the caller's buffers.
 type Codec struct {
-	ctx      *cuda.Context
-	mod      *cuda.Module
-	enc, dec kernel
-	encSmall *kernel // the encoder below SmallEncodeBytes; nil: enc for every size
-	raw      kernel
-	noop     *cuda.Function
-	copy16   *cuda.Function
-	spin     *cuda.Function
-	tune     uint32
-	pdl      bool // the sm_90 kernels are loaded: launchAfter lets a kernel launch during its predecessor's tail
+	ctx        *cuda.Context
+	mod        *cuda.Module
+	tile       kernel // the encoder below smallBytes of input
+	stream     kernel // the encoder from smallBytes on
+	dec        kernel
+	raw        kernel
+	smallBytes uint64
+	pdl        bool // the kernels use griddepcontrol: launchAfter lets a kernel launch during its predecessor's tail
 }
 
 // NewCodec loads the kernels into ctx (the driver JIT-compiles the embedded PTX on first load and caches
-// the result): on compute capability 9.0 and newer the build with programmatic dependent launch.
+// the result): on compute capability 9.0 and newer, with a driver that has cuLaunchKernelEx, the build with
+// programmatic dependent launch; with WithPTX, the given image.
 func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
-	o := options{enc: DefaultEncodeKernels, dec: DefaultDecodeKernels}
+	o := options{smallBytes: SmallEncodeBytes}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
 		}
 	}
-	image, pdl := ptx, false
+	canPDL := false
 	if major, _, err := ctx.Device().ComputeCapability(); err == nil && major >= 9 && !o.noPDL && cuda.CanLaunchWith() {
-		image, pdl = ptxSM90, true
+		canPDL = true
+	}
+	image := ptx
+	switch {
+	case o.ptx != nil:
+		image = o.ptx
+	case canPDL:
+		image = ptxSM90
 	}
 	mod, err := ctx.LoadModule(image)
 	if err != nil {
 		return nil, fmt.Errorf("splitzip: load GPU kernels: %w", err)
 	}
-	c := &Codec{ctx: ctx, mod: mod, tune: o.tune, pdl: pdl}
-	load := func(k *kernel, prefix, variant string) error {
-		var err error
-		if k.threads, k.cpt, k.stages, err = parseVariant(variant); err != nil {
-			return err
+	c := &Codec{
+		ctx: ctx, mod: mod, smallBytes: o.smallBytes,
+		pdl:    canPDL && bytes.Contains(image, []byte("griddepcontrol.wait")),
+		tile:   kernel{threads: 256, cpb: 4},
+		stream: kernel{threads: 256, cpb: 256 / 32, stream: true},
+		dec:    kernel{threads: 256, cpb: 1},
+		raw:    kernel{threads: 256, cpb: 1},
+	}
+	for _, e := range []struct {
+		k    *kernel
+		name string
+	}{{&c.tile, tileEncoderName}, {&c.stream, streamEncoderName}, {&c.dec, decoderName}, {&c.raw, rawName}} {
+		if e.k.dense, err = mod.Function(e.name + "_dense"); err == nil {
+			e.k.paged, err = mod.Function(e.name + "_paged")
 		}
-		k.name = variant
-		if k.stream = isStreaming(variant); k.stream {
-			// Chunks per block: the encoder codes one per warp, the decoder one per block.
-			k.cpt = 1
-			if prefix == "sz_encode_" {
-				k.cpt = k.threads / 32
-			}
+		if err != nil {
+			mod.Close()
+			return nil, err
 		}
-		if k.dense, err = mod.Function(prefix + variant + "_dense"); err != nil {
-			return err
-		}
-		if k.paged, err = mod.Function(prefix + variant + "_paged"); err != nil {
-			return err
-		}
-		if k.stages > 0 {
-			k.resident = 0
-			// As much shared memory as the SM has (the stages limit the blocks per SM), and a grid of the
-			// blocks that fit at once.
-			sms, err := ctx.Device().Attribute(cuda.AttrMultiprocessorCount)
-			if err != nil {
-				return err
-			}
-			perSM := 1 << 30
-			for _, f := range []*cuda.Function{k.dense, k.paged} {
-				if err := f.SetAttribute(funcPreferredSharedCarveout, 100); err != nil {
-					return err
-				}
-				n, err := f.MaxActiveBlocksPerSM(k.threads, 0)
-				if err != nil {
-					return err
-				}
-				perSM = min(perSM, max(n, 1))
-			}
-			k.resident = uint64(sms*perSM) * uint64(max(1, o.gridMul))
-			k.perSM = perSM
-		}
-		return nil
-	}
-	if err = load(&c.enc, "sz_encode_", o.enc); err == nil {
-		err = load(&c.dec, "sz_decode_", o.dec)
-	}
-	if err == nil && !o.picked && o.enc != SmallEncodeKernels {
-		c.encSmall = new(kernel)
-		err = load(c.encSmall, "sz_encode_", SmallEncodeKernels)
-	}
-	if err == nil {
-		c.raw = kernel{threads: 256, cpt: 1, name: "raw"}
-		if c.raw.dense, err = mod.Function("sz_raw_t256_dense"); err == nil {
-			c.raw.paged, err = mod.Function("sz_raw_t256_paged")
-		}
-	}
-	if err == nil {
-		c.noop, err = mod.Function("sz_noop")
-	}
-	if err == nil {
-		c.copy16, err = mod.Function("sz_copy16")
-	}
-	if err == nil {
-		c.spin, err = mod.Function("sz_spin")
-	}
-	if err != nil {
-		mod.Close()
-		return nil, err
 	}
 	return c, nil
 }
@@ -257,17 +161,14 @@ func (c *Codec) Close() error { return c.mod.Close() }
 // Context returns the codec's context.
 func (c *Codec) Context() *cuda.Context { return c.ctx }
 
-// Kernels returns the encode and decode kernel variants in use.
-func (c *Codec) Kernels() (encode, decode string) { return c.enc.name, c.dec.name }
-
-// DependentLaunch reports whether the codec runs the sm_90 kernels, whose encoder lets its raw-fallback kernel
-// launch during its tail (programmatic dependent launch).
+// DependentLaunch reports whether the codec runs kernels built for sm_90, whose encoder lets its raw-fallback
+// kernel launch during its tail (programmatic dependent launch).
 func (c *Codec) DependentLaunch() bool { return c.pdl }
 
 var dependentLaunch = map[cuda.LaunchAttribute]int32{cuda.LaunchProgrammaticStreamSerialization: 1}
 
-// launchAfter enqueues f, which waits at griddepcontrol.wait for the previous kernel's writes (see
-// splitzip.cuh), to launch while that kernel still runs where the codec has the sm_90 kernels.
+// launchAfter enqueues f, which waits at griddepcontrol.wait for the previous kernel's writes (see device.cuh),
+// to launch while that kernel still runs where the codec has the sm_90 kernels.
 func (c *Codec) launchAfter(f *cuda.Function, s *cuda.Stream, grid, block cuda.Dim3, args *cuda.Args) error {
 	if c.pdl {
 		return f.LaunchWith(s, grid, block, 0, args, dependentLaunch)
@@ -296,9 +197,9 @@ func escapesOffset(n uint64) uint64 {
 // stream's order. An encode that returned an error may leave it in any state: zero it again.
 func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint64(srcLen/2))) }
 
-// workspaceSize is counterBytes, then the larger of the two encoders' bodies. The tile encoders': a counter
+// workspaceSize is counterBytes, then the larger of the two encoders' bodies. The tile encoder's: a counter
 // word and a look-back word per tile (at most one per chunk), which the raw fallback kernel zeroes after them.
-// The streaming encoder's (StreamWS in splitzip.cuh): a look-back word and a total per group of chunks, a total
+// The streaming encoder's (StreamWS in encode_stream.cuh): a look-back word and a total per group of chunks, a total
 // per frame, and per chunk an escape count and streamSlots parked escapes of 4 bytes, position and exponent
 // (3.2 % of the input in all), which its finishing and header blocks zero once read. The encoders are fast
 // because nothing resets the workspace before a launch: the streaming encoder tells a word written in this
@@ -309,15 +210,15 @@ func workspaceSize(frames, chunks uint64) int {
 }
 
 // controlBytes is the workspace's leading part that holds every word an encode may leave nonzero: the counters,
-// then the tile encoders' counter and look-back words, within which lie the streaming encoder's look-back
+// then the tile encoder's counter and look-back words, within which lie the streaming encoder's look-back
 // words, group and frame totals and counts.
 func controlBytes(frames, chunks uint64) int { return counterBytes + tileControlBytes(frames, chunks) }
 
-// tileControlBytes is the tile encoders' counter and look-back words (ws_control_words in splitzip.cuh), which
+// tileControlBytes is the tile encoder's counter and look-back words (ws_control_words in raw.cuh), which
 // the raw fallback kernel zeroes after them.
 func tileControlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(chunks+4))) }
 
-// Shapes of the streaming encoder (kSlots and kGroup of splitzip.cuh).
+// Shapes of the streaming encoder (kSlots and kGroup of encode_stream.cuh).
 const (
 	streamSlots = 64
 	streamGroup = 32
@@ -339,45 +240,45 @@ func codebookWords(cb *codec.Codebook) ([4]uint32, error) {
 	return w, nil
 }
 
-// encParams mirrors struct EncParams of splitzip.cuh (104 bytes).
+// encParams mirrors struct EncParams of format.cuh (104 bytes; reserved is zero).
 type encParams struct {
-	src, ids, dst, frameStride, sizes, ws, strideBytes                  uint64
-	n, frames, chunks, blockElems, nBlocks, segsPerFrame, rawMode, tune uint32
-	codebook                                                            [4]uint32
+	src, ids, dst, frameStride, sizes, ws, strideBytes                      uint64
+	n, frames, chunks, blockElems, nBlocks, segsPerFrame, rawMode, reserved uint32
+	codebook                                                                [4]uint32
 }
 
 func (p *encParams) args() *cuda.Args {
 	a := cuda.NewArgs()
 	a.U64(p.src).U64(p.ids).U64(p.dst).U64(p.frameStride).U64(p.sizes).U64(p.ws).U64(p.strideBytes)
-	a.U32(p.n).U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.rawMode).U32(p.tune)
+	a.U32(p.n).U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.rawMode).U32(p.reserved)
 	for _, w := range p.codebook {
 		a.U32(w)
 	}
 	return a
 }
 
-// decParams mirrors struct DecParams of splitzip.cuh (88 bytes).
+// decParams mirrors struct DecParams of format.cuh (88 bytes; reserved is zero).
 type decParams struct {
 	src, frameStride, frameCap, dst, ids, strideBytes, status, outBytes uint64
-	frames, chunks, blockElems, nBlocks, segsPerFrame, tune             uint32
+	frames, chunks, blockElems, nBlocks, segsPerFrame, reserved         uint32
 }
 
 func (p *decParams) args() *cuda.Args {
 	a := cuda.NewArgs()
 	a.U64(p.src).U64(p.frameStride).U64(p.frameCap).U64(p.dst).U64(p.ids).U64(p.strideBytes).U64(p.status).U64(p.outBytes)
-	a.U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.tune)
+	a.U32(p.frames).U32(p.chunks).U32(p.blockElems).U32(p.nBlocks).U32(p.segsPerFrame).U32(p.reserved)
 	return a
 }
 
-// launchEncode enqueues the encoding of p: the encode kernel (a streaming one with its finishing and header
-// blocks), then the raw fallback kernel, which launches during the encoder's tail where the GPU allows
-// (launchAfter) and, after a tile encoder, zeroes the workspace's control words again.
+// launchEncode enqueues the encoding of p: the tile encoder below smallBytes of input, else the streaming
+// encoder with its finishing and header blocks; then the raw fallback kernel, which launches during the
+// encoder's tail where the GPU allows (launchAfter) and, after the tile encoder, zeroes the workspace's control
+// words again.
 func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
-	p.tune = c.tune
 	total := uint64(p.frames) * uint64(p.chunks)
-	k := &c.enc
-	if c.encSmall != nil && 2*uint64(p.frames)*uint64(p.n) < SmallEncodeBytes {
-		k = c.encSmall
+	k := &c.stream
+	if 2*uint64(p.frames)*uint64(p.n) < c.smallBytes {
+		k = &c.tile
 	}
 	enc, raw := k.dense, c.raw.dense
 	if paged {
@@ -393,8 +294,8 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 		return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
 	}
 	grid := cuda.Dim3{X: k.grid(uint64(p.frames), uint64(p.chunks))}
-	if k.stream && p.tune&tuneNoFinishLaunch == 0 {
-		// The finishing blocks (stream_role in splitzip.cuh): a warp per group of chunks, then a warp per frame
+	if k.stream {
+		// The finishing blocks (stream_role in encode_stream.cuh): a warp per group of chunks, then a warp per frame
 		// for its header.
 		warps := uint64(k.threads / 32)
 		grid.X += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks))+warps-1)/warps + (uint64(p.frames)+warps-1)/warps)
@@ -405,11 +306,8 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
 		return err
 	}
-	if p.tune&tuneNoRawLaunch != 0 {
-		return nil
-	}
 	if err := c.launchAfter(raw, s, rawGrid, cuda.Dim3{X: 256}, p.args()); err != nil {
-		// The encoder runs without the kernel that reads its decisions and, after a tile encoder, zeroes its
+		// The encoder runs without the kernel that reads its decisions and, after the tile encoder, zeroes its
 		// control words: reset them behind it (best effort), or the next call would misread them.
 		_ = s.MemsetD8Async(cuda.DevicePtr(p.ws), 0, controlBytes(uint64(p.frames), uint64(p.chunks)))
 		return err
@@ -468,7 +366,6 @@ func (c *Codec) DecodeAsync(s *cuda.Stream, src cuda.DevicePtr, frameLen int, ds
 
 // launchDecode enqueues the status reset and the decode kernels for p.
 func (c *Codec) launchDecode(s *cuda.Stream, p *decParams, paged bool) error {
-	p.tune = c.tune
 	if err := s.MemsetD32Async(cuda.DevicePtr(p.status), 0, 1); err != nil {
 		return err
 	}
@@ -477,15 +374,4 @@ func (c *Codec) launchDecode(s *cuda.Stream, p *decParams, paged bool) error {
 		dec = c.dec.paged
 	}
 	return dec.Launch(s, cuda.Dim3{X: c.dec.grid(uint64(p.frames), uint64(p.chunks))}, cuda.Dim3{X: uint32(c.dec.threads)}, 0, p.args())
-}
-
-// launchCopy16 enqueues a plain 16-byte vectorized copy of n bytes (n a multiple of 16): the bench's SM
-// copy ceiling.
-func (c *Codec) launchCopy16(s *cuda.Stream, dst, src cuda.DevicePtr, n int) error {
-	return c.copy16.Launch(s, cuda.Dim3{X: 132 * 8}, cuda.Dim3{X: 256}, 0, cuda.NewArgs().Ptr(src).Ptr(dst).U64(uint64(n/16)))
-}
-
-// LaunchNoop enqueues an empty kernel: the launch-latency baseline of the benchmarks.
-func (c *Codec) LaunchNoop(s *cuda.Stream) error {
-	return c.noop.Launch(s, cuda.Dim3{X: 1}, cuda.Dim3{X: 32}, 0, nil)
 }

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/splitzip/splitzip/codec"
 )
 
 // TestPTXUpToDate fails when the committed PTX is stale against its CUDA sources (or was edited by hand):
@@ -40,8 +43,38 @@ func TestPTXUpToDate(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, disk, embedded, "embedded PTX differs from %s", name)
 	}
+	// Generated-code marker, and exactly the product's entry points.
+	for name, image := range map[string][]byte{"splitzip.ptx": ptx, "splitzip_sm90.ptx": ptxSM90} {
+		first, _, _ := strings.Cut(string(image), "\n")
+		assert.Regexp(t, `^// Code generated .* DO NOT EDIT\.$`, first, name)
+		assert.ElementsMatch(t, entryPoints, ptxEntries(image), name)
+	}
 	assert.Contains(t, string(ptx), ".target sm_80")
 	assert.NotContains(t, string(ptx), "griddepcontrol")
 	assert.Contains(t, string(ptxSM90), ".target sm_90")
 	assert.Contains(t, string(ptxSM90), "griddepcontrol.wait")
+}
+
+// ptxEntries lists the kernel entry points of a PTX image.
+func ptxEntries(image []byte) []string {
+	var names []string
+	for _, line := range strings.Split(string(image), "\n") {
+		if rest, ok := strings.CutPrefix(line, ".visible .entry "); ok {
+			name, _, _ := strings.Cut(rest, "(")
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// WithPTX takes images that hold every entry point, and refuses others before anything is loaded.
+func TestWithPTX(t *testing.T) {
+	var o options
+	require.NoError(t, WithPTX(ptx)(&o))
+	assert.Equal(t, ptx, o.ptx)
+	for _, image := range [][]byte{nil, []byte(".version 8.0\n.target sm_80\n"), bytes.ReplaceAll(ptx, []byte("sz_decode_t256c1_paged"), []byte("sz_decode_other"))} {
+		assert.ErrorIs(t, WithPTX(image)(&options{}), codec.ErrOption)
+	}
+	_, err := NewCodec(nil, WithPTX([]byte("not PTX")))
+	assert.ErrorIs(t, err, codec.ErrOption)
 }

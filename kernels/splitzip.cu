@@ -1,116 +1,65 @@
-// Kernel entry points of the SplitZip GPU codec; the work is in splitzip.cuh. Built to PTX (see Makefile),
+// Kernel entry points of the SplitZip GPU codec (format v1: bf16 tensors, 4-bit exponent codes, 4,096-element
+// chunks), each for a dense tensor and for a request's blocks in a paged KV cache. Built to PTX (see Makefile),
 // which the Go package embeds and the driver JIT-compiles for the GPU at hand (sm_80 and newer).
-#include "splitzip.cuh"
+//
+// The frame layout is codec/FORMAT.md's. Offsets of the dense sections depend only on the element count n, so
+// every block writes its chunk's codes and residuals without waiting for anyone. Escapes are rare; the encoders
+// place them in one of two ways:
+//   - the tile encoder (encode_tile.cuh; inputs below SmallEncodeBytes): a block counts its chunks' escapes,
+//     learns how many came before by a decoupled look-back over the per-tile counts, and writes them; the block
+//     of a frame's last tile writes the header and the frame length;
+//   - the streaming encoder (encode_stream.cuh; larger inputs): its warps park a chunk's escapes in the workspace
+//     and extra blocks at the end of its grid place them, so nothing waits in the data path.
+// The raw fallback kernel (raw.cuh) runs after either and copies the frames whose escapes would not fit. The
+// tile decoder (decode.cuh) decodes a chunk per block and patches each unit's escapes from the chunk table.
+// The encoders' workspace is zero between calls but for its counters (ws_counters): the caller zeroes it once;
+// the streaming encoder's finishing and header blocks zero what they read, and after the tile encoder the raw
+// fallback kernel zeroes the words it used.
+//
+// The names keep the shapes: t<threads>c<chunks per block> for tile kernels, s<threads>u<16-byte units per lane
+// in flight> for the streaming encoder.
+#include "decode.cuh"
+#include "encode_stream.cuh"
+#include "encode_tile.cuh"
+#include "raw.cuh"
 
 using namespace sz;
 
-#define SZ_ENCODE(NAME, THREADS, CPT, KIND)                                                           \
-  extern "C" __global__ void __launch_bounds__(THREADS) NAME##_dense(const EncParams p) {             \
-    encode_##KIND<THREADS, CPT>(p, DenseMap{p.src});                                                 \
-  }                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(THREADS) NAME##_paged(const EncParams p) {             \
-    encode_##KIND<THREADS, CPT>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src),                 \
-                                          reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,   \
-                                          p.block_elems, p.n_blocks, p.segs_per_frame});             \
+#define SZ_PAGED_MAP(BASES)                                                                              \
+  PagedMap {                                                                                            \
+    reinterpret_cast<const uint64_t*>(BASES), reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes, \
+        p.block_elems, p.n_blocks, p.segs_per_frame                                                     \
   }
 
-#define SZ_RAW(NAME, THREADS)                                                                        \
-  extern "C" __global__ void __launch_bounds__(THREADS) NAME##_dense(const EncParams p) {             \
-    raw_chunks<THREADS>(p, DenseMap{p.src});                                                         \
-  }                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(THREADS) NAME##_paged(const EncParams p) {             \
-    raw_chunks<THREADS>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src),                        \
-                                    reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,         \
-                                    p.block_elems, p.n_blocks, p.segs_per_frame});                   \
-  }
-
-#define SZ_DECODE(NAME, THREADS, CPT, KIND)                                                          \
-  extern "C" __global__ void __launch_bounds__(THREADS) NAME##_dense(const DecParams p) {             \
-    decode_##KIND<THREADS, CPT>(p, DenseMap{p.dst});                                                 \
-  }                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(THREADS) NAME##_paged(const DecParams p) {             \
-    decode_##KIND<THREADS, CPT>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.dst),                 \
-                                          reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,   \
-                                          p.block_elems, p.n_blocks, p.segs_per_frame});             \
-  }
-
-// Variants "t<threads>c<chunks per tile>": one tile per block, chosen with kernels.WithKernels; the bench
-// times them.
-#define SZ_VARIANT(T, C)                                    \
-  SZ_ENCODE(sz_encode_t##T##c##C, T, C, tile)              \
-  SZ_DECODE(sz_decode_t##T##c##C, T, C, tile)
-
-SZ_VARIANT(256, 1)
-SZ_VARIANT(256, 2)
-SZ_VARIANT(256, 4)
-
-// Pipelined persistent variants "t<threads>c<chunks per tile>s<stages>" (see encode_pipe, decode_pipe).
-#define SZ_PIPE(T, C, S, EB, DB)                                                                                 \
-  extern "C" __global__ void __launch_bounds__(T, EB) sz_encode_t##T##c##C##s##S##_dense(const EncParams p) { \
-    encode_pipe<T, C, S>(p, DenseMap{p.src});                                                              \
-  }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(T, EB) sz_encode_t##T##c##C##s##S##_paged(const EncParams p) { \
-    encode_pipe<T, C, S>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src),                            \
-                                     reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,              \
-                                     p.block_elems, p.n_blocks, p.segs_per_frame});                        \
-  }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(T, DB) sz_decode_t##T##c##C##s##S##_dense(const DecParams p) { \
-    decode_pipe<T, C, S>(p, DenseMap{p.dst});                                                              \
-  }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(T, DB) sz_decode_t##T##c##C##s##S##_paged(const DecParams p) { \
-    decode_pipe<T, C, S>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.dst),                            \
-                                     reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,              \
-                                     p.block_elems, p.n_blocks, p.segs_per_frame});                        \
-  }
-
-// EB, DB: encode and decode blocks per SM the registers are capped for (the shared memory allows as many).
-// Measured slower than the tile kernels (BENCH.md): kept as one variant, tested and timed, not a default.
-SZ_PIPE(256, 1, 4, 6, 8)
-
-SZ_RAW(sz_raw_t256, 256)
-
-// Streaming variants "s<threads>u<units per lane>": the encoder codes a chunk per warp with u 16-byte units
-// per lane in flight and blocks appended to its grid place the escapes; the decoder decodes a chunk per block
-// of <threads>.
-#define SZ_STREAM(T, U, EB)                                                                                  \
-  extern "C" __global__ void __launch_bounds__(T, EB) sz_encode_s##T##u##U##_dense(const EncParams p) {      \
-    encode_stream<T, U>(p, DenseMap{p.src});                                                              \
-  }                                                                                                       \
-  extern "C" __global__ void __launch_bounds__(T, EB) sz_encode_s##T##u##U##_paged(const EncParams p) {      \
-    encode_stream<T, U>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.src),                              \
-                                    reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,               \
-                                    p.block_elems, p.n_blocks, p.segs_per_frame});                         \
-  }                                                                                                       \
-  extern "C" __global__ void __launch_bounds__(T) sz_decode_s##T##u##U##_dense(const DecParams p) {          \
-    decode_stream<T>(p, DenseMap{p.dst});                                                                 \
-  }                                                                                                       \
-  extern "C" __global__ void __launch_bounds__(T) sz_decode_s##T##u##U##_paged(const DecParams p) {          \
-    decode_stream<T>(p, PagedMap{reinterpret_cast<const uint64_t*>(p.dst),                  \
-                                 reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes,                  \
-                                 p.block_elems, p.n_blocks, p.segs_per_frame});                            \
-  }
-
-// EB: encode blocks per SM the registers are capped for (u4: 64 registers a thread; u8: ~80).
-SZ_STREAM(256, 4, 4)
-SZ_STREAM(256, 8, 3)
-SZ_STREAM(128, 8, 6)
-
-// An empty kernel: the launch-latency baseline of the benchmarks.
-extern "C" __global__ void sz_noop() {}
-
-// A plain 16-byte copy kernel: the bench's SM-side copy ceiling.
-extern "C" __global__ void __launch_bounds__(256) sz_copy16(const uint4* src, uint4* dst, uint64_t n16) {
-  copy16(src, dst, n16);
+// The tile encoder: a block codes 4 chunks.
+extern "C" __global__ void __launch_bounds__(256) sz_encode_t256c4_dense(const EncParams p) {
+  encode_tile<256, 4>(p, DenseMap{p.src});
+}
+extern "C" __global__ void __launch_bounds__(256) sz_encode_t256c4_paged(const EncParams p) {
+  encode_tile<256, 4>(p, SZ_PAGED_MAP(p.src));
 }
 
-// Spins one thread for ns nanoseconds of the global timer: the benchmarks hold a stream with it while the host
-// queues a timed operation, so that its first event is recorded when the GPU reaches it rather than when the
-// host does (the launch's host latency stays outside the timed window; nvbench holds streams the same way).
-extern "C" __global__ void sz_spin(uint64_t ns) {
-  uint64_t t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do {
-    __nanosleep(1000);
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  } while (t - t0 < ns);
+// The streaming encoder: a warp codes a chunk with 8 units per lane in flight; registers capped for 3 blocks
+// per SM (~80 a thread).
+extern "C" __global__ void __launch_bounds__(256, 3) sz_encode_s256u8_dense(const EncParams p) {
+  encode_stream<256, 8>(p, DenseMap{p.src});
+}
+extern "C" __global__ void __launch_bounds__(256, 3) sz_encode_s256u8_paged(const EncParams p) {
+  encode_stream<256, 8>(p, SZ_PAGED_MAP(p.src));
+}
+
+// The raw fallback kernel, launched after every encode (and alone when the host sees a frame must be raw).
+extern "C" __global__ void __launch_bounds__(256) sz_raw_t256_dense(const EncParams p) {
+  raw_chunks<256>(p, DenseMap{p.src});
+}
+extern "C" __global__ void __launch_bounds__(256) sz_raw_t256_paged(const EncParams p) {
+  raw_chunks<256>(p, SZ_PAGED_MAP(p.src));
+}
+
+// The tile decoder: a block decodes a chunk.
+extern "C" __global__ void __launch_bounds__(256) sz_decode_t256c1_dense(const DecParams p) {
+  decode_tile<256, 1>(p, DenseMap{p.dst});
+}
+extern "C" __global__ void __launch_bounds__(256) sz_decode_t256c1_paged(const DecParams p) {
+  decode_tile<256, 1>(p, SZ_PAGED_MAP(p.dst));
 }

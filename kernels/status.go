@@ -6,7 +6,7 @@ import (
 	"github.com/splitzip/splitzip/codec"
 )
 
-// Decode status codes the kernels write (splitzip.cuh, enum Status).
+// Decode status codes the kernels write (format.cuh, enum Status).
 const (
 	StatusOK           = 0
 	StatusBadMagic     = 1

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -30,15 +31,19 @@ func runBench(args []string) error {
 	data := fs.String("data", defaultEvaluation, "safetensors file of real KV to tile into the input (\"\" for synthetic normals)")
 	gpu := fs.Bool("gpu", false, "benchmark the CUDA kernels instead (needs a GPU and its driver)")
 	device := fs.Int("device", 0, "GPU ordinal for -gpu")
+	ptxFile := fs.String("ptx", "", "with -gpu: also time the kernels of this PTX file (make -C kernels ptx of another revision)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *ptxFile != "" && !*gpu {
+		return errors.New("-ptx needs -gpu")
 	}
 	if *gpu {
 		var sizes []int
 		if size != 64<<20 { // explicitly chosen; the GPU default is 256 MiB and 1 GiB
 			sizes = []int{int(size)}
 		}
-		return runBenchGPU(*data, *device, sizes, 0)
+		return runBenchGPU(*data, *device, sizes, 0, *ptxFile)
 	}
 	src, origin, err := benchInput(*data, int(size))
 	if err != nil {

@@ -1,0 +1,139 @@
+package gpubench
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/splitzip/splitzip/internal/safetensors"
+	"github.com/splitzip/splitzip/kernels/cuda"
+)
+
+const fixturePath = "../../tests/data/kv_evaluation.safetensors"
+
+func realKV(t testing.TB) []byte {
+	t.Helper()
+	f, err := safetensors.ReadFile(fixturePath)
+	require.NoError(t, err)
+	var b []byte
+	for _, x := range f.Tensors {
+		b = append(b, x.Data...)
+	}
+	return b
+}
+
+// gpuContext returns device 0's primary context; the test skips with the driver's message without a GPU.
+func gpuContext(t testing.TB) *cuda.Context {
+	t.Helper()
+	if err := cuda.Init(); err != nil {
+		t.Skipf("no GPU: %v", err)
+	}
+	if n, err := cuda.DeviceCount(); err != nil || n == 0 {
+		t.Skipf("no GPU: %d devices, %v", n, err)
+	}
+	ctx, err := cuda.PrimaryContext(0)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, ctx.Close()) })
+	return ctx
+}
+
+// TestGPUBench prints the benchmark table (a benchmark, not a timed test): it runs only with
+// SPLITZIP_GPU_BENCH=1 on a GPU, and writes the table to $SPLITZIP_GPU_BENCH_OUT when set.
+// SPLITZIP_GPU_BENCH_MIB (comma-separated dense sizes) narrows a run to those sizes, without the paged and small
+// rows; SPLITZIP_GPU_BENCH_PTX names a PTX file whose kernels are timed beside the built-in ones.
+func TestGPUBench(t *testing.T) {
+	if os.Getenv("SPLITZIP_GPU_BENCH") != "1" {
+		t.Skip("set SPLITZIP_GPU_BENCH=1 to run the GPU benchmark")
+	}
+	ctx := gpuContext(t)
+	cfg := Config{KV: realKV(t), Log: os.Stderr}
+	if v := os.Getenv("SPLITZIP_GPU_BENCH_MIB"); v != "" {
+		for _, f := range strings.Split(v, ",") {
+			mib, err := strconv.Atoi(f)
+			require.NoError(t, err, "SPLITZIP_GPU_BENCH_MIB")
+			cfg.Sizes = append(cfg.Sizes, mib<<20)
+		}
+		cfg.SmallSizes, cfg.SkipPaged = []int{}, true
+	}
+	if v := os.Getenv("SPLITZIP_GPU_BENCH_PTX"); v != "" {
+		var err error
+		cfg.PTX, err = os.ReadFile(v)
+		require.NoError(t, err, "SPLITZIP_GPU_BENCH_PTX")
+		cfg.PTXName = filepath.Base(v)
+	}
+	rep, err := RunBench(ctx, cfg)
+	require.NoError(t, err)
+	table := rep.Table()
+	t.Log("\n" + table)
+	if out := os.Getenv("SPLITZIP_GPU_BENCH_OUT"); out != "" {
+		require.NoError(t, os.WriteFile(out, []byte(table), 0o644))
+	}
+}
+
+// TestGPUProfile runs one dense encode and decode of 256 MiB with the built-in kernels, for a profiler
+// (SPLITZIP_GPU_PROFILE=1 ncu -k regex:sz_ ... gpubench.test -test.run TestGPUProfile).
+func TestGPUProfile(t *testing.T) {
+	if os.Getenv("SPLITZIP_GPU_PROFILE") != "1" {
+		t.Skip("set SPLITZIP_GPU_PROFILE=1 to run the profiling workload")
+	}
+	ctx := gpuContext(t)
+	_, err := RunBench(ctx, Config{KV: realKV(t), Sizes: []int{256 << 20}, SmallSizes: []int{}, Reps: 1, SkipPaged: true})
+	require.NoError(t, err)
+}
+
+// A configuration the bench cannot run is refused before the GPU is touched.
+func TestRunBenchRefusesBadConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{},
+		{KV: []byte{1, 2, 3}},
+		{KV: make([]byte, 64), Reps: -1},
+		{KV: make([]byte, 64), Sizes: []int{8}},
+		{KV: make([]byte, 64), SmallSizes: []int{0}},
+	} {
+		_, err := RunBench(nil, cfg)
+		assert.ErrorIs(t, err, ErrConfig, "%+v", cfg)
+	}
+}
+
+// The bench's inputs keep the fixture's signs and exponents, and change only the low 3 mantissa bits.
+func TestTileKV(t *testing.T) {
+	kv := realKV(t)[:1<<16]
+	n := 3*len(kv) + 10
+	out := tileKV(kv, n, 5)
+	require.Len(t, out, n)
+	changed := 0
+	for i := 0; i+1 < n; i += 2 {
+		want, got := binary.LittleEndian.Uint16(kv[i%len(kv):]), binary.LittleEndian.Uint16(out[i:])
+		require.Equal(t, want&^7, got&^7, "element %d", i/2)
+		if want != got {
+			changed++
+		}
+	}
+	assert.Greater(t, changed, n/4, "the copies are scrambled")
+	assert.Equal(t, out, tileKV(kv, n, 5), "deterministic")
+}
+
+func TestTable(t *testing.T) {
+	rep := &Report{Card: "NVIDIA H200", Driver: 13000, DependentLaunch: true, Rows: []Row{
+		{What: "dense", Size: 256 << 20, Encode: 2000, Decode: 1900, Copy: 4200, SMCopy: 4000, Roofline: 2400, Ratio: 1.41, Escapes: 7},
+		{What: "dense", Size: 256 << 20, Kernels: "old.ptx", Encode: 1800, Decode: 1900, Copy: 4200, SMCopy: 4000, Roofline: 2400, Ratio: 1.41, Escapes: 7},
+		{What: "paged-1frame", Size: 256 << 20, Encode: 1000, Decode: 950, Ratio: 1.4},
+		{What: "small", Size: 64 << 10, Encode: 9.5, Decode: 8.3, Copy: 7, Ratio: 1.3},
+	}}
+	table := rep.Table()
+	for _, want := range []string{
+		"GPU: NVIDIA H200 (driver CUDA 13.0); built-in kernels: sm_90 (programmatic dependent launch) PTX",
+		"| real-KV-like bf16 | 256 MiB | built-in | 2000 | 1900 | 4200 | 4000 | 2400 | 83.3 | 79.2 | 1.4100 | 7 |",
+		"| real-KV-like bf16 | 256 MiB | old.ptx | 1800 |",
+		"| paged-1frame | 256 MiB | 1000 | 950 | 50.0 | 50.0 | 1.4000 |",
+		"| 64 KiB | 9.5 | 8.3 | 7.0 | 1.3000 |",
+	} {
+		assert.Contains(t, table, want)
+	}
+}

@@ -1,0 +1,64 @@
+// Device primitives the kernels share: programmatic dependent launch, streaming and relaxed memory accesses,
+// cp.async, warp reductions.
+#pragma once
+
+#include <stdint.h>
+
+namespace sz {
+
+// ---- programmatic dependent launch ---------------------------------------------------------------------------
+// Built for sm_90 (splitzip_sm90.ptx), an encode kernel lets the kernel after it (the raw-fallback check) launch
+// as soon as all its blocks run, and that waits at griddepcontrol.wait for its writes: its launch latency
+// (~6 µs on an H100) hides behind the encoder's tail instead of following it (the Go side launches it with
+// LaunchProgrammaticStreamSerialization). A kernel that was not launched so passes griddepcontrol.wait at once.
+// Built for sm_80, both are no-ops.
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_prerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// ---- memory access helpers ----------------------------------------------------------------------------------
+__device__ __forceinline__ uint4 load16(uint64_t a) { return __ldcs(reinterpret_cast<const uint4*>(a)); }
+__device__ __forceinline__ void store16(uint64_t a, uint4 v) { __stcs(reinterpret_cast<uint4*>(a), v); }
+// Look-back state words carry their flag and value in one 64-bit word, and the streaming encoder's counts,
+// totals and parked escapes say themselves whether they were written (32-bit and 64-bit overloads); none
+// orders anything else, so relaxed accesses suffice: acquire/release cost a fence (and an L1 invalidation) per
+// access, which under the encoder's write stream took microseconds.
+__device__ __forceinline__ uint64_t ld_relaxed_gpu(const uint64_t* p) {
+  uint64_t v;
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_relaxed_gpu(uint64_t* p, uint64_t v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ uint32_t ld_relaxed_gpu(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_relaxed_gpu(uint32_t* p, uint32_t v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// cp.async of 16 bytes from global to shared memory (bypassing L1), and the wait for a thread's own copies.
+__device__ __forceinline__ void cp_async16(void* smem, uint64_t gaddr) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gaddr) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+  return v;
+}
+
+}  // namespace sz
