@@ -20,21 +20,6 @@ import (
 // options and layouts JSON objects, block ids and per-layer base addresses comma-separated integers (the
 // cheapest thing for Python to build and Go to parse on a per-step path), results JSON.
 
-// Error kinds of the connector (see kinds in errors.go; python/splitzip_connector/handoff.py maps them).
-const (
-	KindLayout         = "layout"          // connector.ErrLayout, ErrBlocks: the KV cache description or block ids
-	KindNotRegistered  = "not_registered"  // no KV cache registered yet
-	KindClosed         = "closed"          // the producer, consumer or plane was closed
-	KindDuplicate      = "duplicate"       // request already in flight
-	KindUnknownRequest = "unknown_request" // SaveLayer for a request without Begin
-	KindMismatch       = "mismatch"        // handoff made by an incompatible producer (model, layout, dtype, TP)
-	KindFrame          = "frame"           // a bad frame arrived
-	KindBusy           = "busy"            // staging memory or the in-flight bound is exhausted
-	KindHandoff        = "handoff"         // unknown, expired or released handoff
-	KindControlPlane   = "control_plane"   // NATS trouble (disconnected, invalid record, …)
-	KindTimeout        = "timeout"         // a wait ran out
-)
-
 func init() {
 	extraKinds = append(extraKinds, connectorKind)
 }
@@ -95,25 +80,99 @@ type planeOptions struct {
 	EmbeddedStore   string   `json:"embedded_store_dir"`
 }
 
-// endpointOptions is the JSON form of a producer's or consumer's options (connector.Options); absent fields
-// keep connector.GetDefaultOptions. Each side ignores the other's fields.
+// endpointOptions is the JSON form of a producer's or consumer's options (connector.Options). A field that is
+// absent or null keeps connector.GetDefaultOptions' (or transport.GetDefaultOptions') value, so callers state
+// no defaults of their own; a field that is present is validated by its option function, zero included. Each
+// side ignores the other's fields.
 type endpointOptions struct {
-	EngineID      string  `json:"engine_id"`
-	Rank          int     `json:"rank"`
+	EngineID      string   `json:"engine_id"`
+	Rank          int      `json:"rank"`
+	ListenAddr    *string  `json:"listen_addr"`
+	AdvertiseAddr *string  `json:"advertise_addr"`
+	StagingBytes  *int64   `json:"staging_bytes"`
+	HandoffTTLS   *float64 `json:"handoff_ttl_s"`
+	LoadTimeoutS  *float64 `json:"load_timeout_s"`
+	RecordWaitS   *float64 `json:"record_wait_s"`
+	Bypass        *string  `json:"bypass"` // auto, never (always compress), always (never compress)
+	LinkRate      *float64 `json:"link_rate"`
+	Codebook      int      `json:"codebook"`      // a codebook handle (codebook.go); 0: built-in
+	CodebookPath  string   `json:"codebook_path"` // or a codebook file
+	MaxInFlight   *int     `json:"max_in_flight"`
+	RateLimit     *int64   `json:"rate_limit"` // bytes/s cap of the payload transport (emulates a slow link)
+	Conns         *int     `json:"conns"`
+	IOTimeoutS    *float64 `json:"io_timeout_s"`
+}
+
+// endpointSettings is what a producer or consumer runs with: endpointOptions' settable fields with every
+// default filled in (EndpointDefaults, EndpointOptions).
+type endpointSettings struct {
 	ListenAddr    string  `json:"listen_addr"`
 	AdvertiseAddr string  `json:"advertise_addr"`
 	StagingBytes  int64   `json:"staging_bytes"`
 	HandoffTTLS   float64 `json:"handoff_ttl_s"`
 	LoadTimeoutS  float64 `json:"load_timeout_s"`
 	RecordWaitS   float64 `json:"record_wait_s"`
-	Bypass        string  `json:"bypass"` // auto, never (always compress), always (never compress)
+	Bypass        string  `json:"bypass"`
 	LinkRate      float64 `json:"link_rate"`
-	Codebook      int     `json:"codebook"`      // a codebook handle (codebook.go); 0: built-in
-	CodebookPath  string  `json:"codebook_path"` // or a codebook file
 	MaxInFlight   int     `json:"max_in_flight"`
-	RateLimit     int64   `json:"rate_limit"` // bytes/s cap of the payload transport (emulates a slow link)
+	RateLimit     int64   `json:"rate_limit"`
 	Conns         int     `json:"conns"`
 	IOTimeoutS    float64 `json:"io_timeout_s"`
+}
+
+func settingsOf(o connector.Options) (endpointSettings, error) {
+	t := transport.GetDefaultOptions()
+	for _, opt := range o.Transport {
+		if err := opt(&t); err != nil {
+			return endpointSettings{}, err
+		}
+	}
+	return endpointSettings{
+		ListenAddr:    o.ListenAddr,
+		AdvertiseAddr: o.AdvertiseAddr,
+		StagingBytes:  o.StagingBytes,
+		HandoffTTLS:   o.HandoffTTL.Seconds(),
+		LoadTimeoutS:  o.LoadTimeout.Seconds(),
+		RecordWaitS:   o.RecordWait.Seconds(),
+		Bypass:        o.Bypass.String(),
+		LinkRate:      o.LinkRate,
+		MaxInFlight:   o.MaxInFlight,
+		RateLimit:     t.RateLimit,
+		Conns:         t.Conns,
+		IOTimeoutS:    t.IOTimeout.Seconds(),
+	}, nil
+}
+
+// EndpointDefaults returns, as a JSON object, the settings of a producer or consumer whose options leave
+// everything unset: connector.GetDefaultOptions and transport.GetDefaultOptions, the one place they are stated.
+func EndpointDefaults() (js string, err error) {
+	defer recoverInto(&err)
+	st, err := settingsOf(connector.GetDefaultOptions())
+	if err != nil {
+		return "", wrap(err)
+	}
+	return toJSON(st)
+}
+
+// EndpointOptions validates optsJSON (the options ProducerNew and ConsumerNew take) and returns, as a JSON
+// object, the settings an endpoint built from it runs with: the given fields, and the defaults for the rest.
+func EndpointOptions(optsJSON string) (js string, err error) {
+	defer recoverInto(&err)
+	opts, err := endpointOpts(optsJSON)
+	if err != nil {
+		return "", wrap(err)
+	}
+	o := connector.GetDefaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return "", wrap(err)
+		}
+	}
+	st, err := settingsOf(o)
+	if err != nil {
+		return "", wrap(err)
+	}
+	return toJSON(st)
 }
 
 func decodeJSON(js string, v any) error {
@@ -217,29 +276,34 @@ func endpointOpts(js string) ([]connector.Option, error) {
 		return nil, err
 	}
 	opts := []connector.Option{connector.WithEngineID(eo.EngineID), connector.WithRank(eo.Rank)}
-	if eo.ListenAddr != "" {
-		opts = append(opts, connector.WithListenAddr(eo.ListenAddr))
+	if eo.ListenAddr != nil {
+		opts = append(opts, connector.WithListenAddr(*eo.ListenAddr))
 	}
-	if eo.AdvertiseAddr != "" {
-		opts = append(opts, connector.WithAdvertiseAddr(eo.AdvertiseAddr))
+	if eo.AdvertiseAddr != nil {
+		opts = append(opts, connector.WithAdvertiseAddr(*eo.AdvertiseAddr))
 	}
-	if eo.StagingBytes != 0 {
-		opts = append(opts, connector.WithStagingBytes(eo.StagingBytes))
+	if eo.StagingBytes != nil {
+		opts = append(opts, connector.WithStagingBytes(*eo.StagingBytes))
 	}
-	if eo.HandoffTTLS != 0 {
-		opts = append(opts, connector.WithHandoffTTL(seconds(eo.HandoffTTLS)))
+	if eo.HandoffTTLS != nil {
+		opts = append(opts, connector.WithHandoffTTL(seconds(*eo.HandoffTTLS)))
 	}
-	if eo.LoadTimeoutS != 0 {
-		opts = append(opts, connector.WithLoadTimeout(seconds(eo.LoadTimeoutS)))
+	if eo.LoadTimeoutS != nil {
+		opts = append(opts, connector.WithLoadTimeout(seconds(*eo.LoadTimeoutS)))
 	}
-	if eo.RecordWaitS != 0 {
-		opts = append(opts, connector.WithRecordWait(seconds(eo.RecordWaitS)))
+	if eo.RecordWaitS != nil {
+		opts = append(opts, connector.WithRecordWait(seconds(*eo.RecordWaitS)))
 	}
-	b, err := connector.ParseBypass(eo.Bypass)
-	if err != nil {
-		return nil, err
+	if eo.Bypass != nil {
+		b, err := connector.ParseBypass(*eo.Bypass)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, connector.WithBypass(b))
 	}
-	opts = append(opts, connector.WithBypass(b), connector.WithLinkRate(eo.LinkRate))
+	if eo.LinkRate != nil {
+		opts = append(opts, connector.WithLinkRate(*eo.LinkRate))
+	}
 	switch {
 	case eo.Codebook != 0 && eo.CodebookPath != "":
 		return nil, fmt.Errorf("%w: give codebook or codebook_path, not both", connector.ErrOption)
@@ -256,20 +320,27 @@ func endpointOpts(js string) ([]connector.Option, error) {
 		}
 		opts = append(opts, connector.WithCodebook(cb))
 	}
-	if eo.MaxInFlight != 0 {
-		opts = append(opts, connector.WithMaxInFlight(eo.MaxInFlight))
+	if eo.MaxInFlight != nil {
+		opts = append(opts, connector.WithMaxInFlight(*eo.MaxInFlight))
 	}
 	var topts []transport.Option
-	if eo.RateLimit != 0 {
-		topts = append(topts, transport.WithRateLimit(eo.RateLimit))
+	if eo.RateLimit != nil {
+		topts = append(topts, transport.WithRateLimit(*eo.RateLimit))
 	}
-	if eo.Conns != 0 {
-		topts = append(topts, transport.WithConns(eo.Conns))
+	if eo.Conns != nil {
+		topts = append(topts, transport.WithConns(*eo.Conns))
 	}
-	if eo.IOTimeoutS != 0 {
-		topts = append(topts, transport.WithIOTimeout(seconds(eo.IOTimeoutS)))
+	if eo.IOTimeoutS != nil {
+		topts = append(topts, transport.WithIOTimeout(seconds(*eo.IOTimeoutS)))
 	}
 	if len(topts) > 0 {
+		// transport's option errors carry no sentinel: check them here, so they surface as option errors
+		t := transport.GetDefaultOptions()
+		for _, opt := range topts {
+			if err := opt(&t); err != nil {
+				return nil, fmt.Errorf("%w: %v", connector.ErrOption, err)
+			}
+		}
 		opts = append(opts, connector.WithTransport(topts...))
 	}
 	return opts, nil

@@ -4,14 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/kernels/cuda"
 )
 
-// Error kinds: the bracketed prefix of every error message this package returns. The Python package maps each
-// to an exception class (splitzip_connector/errors.py); keep the two lists in step.
+// Error kinds: the bracketed prefix of every error message this package returns. errorKinds lists them all;
+// ErrorKinds hands the list to the Python package, which maps each kind to an exception class
+// (splitzip_connector/errors.py) and whose tests check that the mapping covers exactly this list.
 const (
+	// codec and binding kinds (kindOf)
 	KindBadMagic  = "bad_magic"
 	KindVersion   = "version"
 	KindCorrupt   = "corrupt"
@@ -28,7 +31,32 @@ const (
 	KindAlignment = "alignment"
 	KindArgument  = "argument"
 	KindInternal  = "internal"
+
+	// connector kinds (connectorKind in connector.go)
+	KindLayout         = "layout"          // connector.ErrLayout, ErrBlocks: the KV cache description or block ids
+	KindNotRegistered  = "not_registered"  // no KV cache registered yet
+	KindClosed         = "closed"          // the producer, consumer or plane was closed
+	KindDuplicate      = "duplicate"       // request already in flight
+	KindUnknownRequest = "unknown_request" // SaveLayer for a request without Begin
+	KindMismatch       = "mismatch"        // handoff made by an incompatible producer (model, layout, dtype, TP)
+	KindFrame          = "frame"           // a bad frame arrived
+	KindBusy           = "busy"            // staging memory or the in-flight bound is exhausted
+	KindHandoff        = "handoff"         // unknown, expired or released handoff
+	KindControlPlane   = "control_plane"   // NATS trouble (disconnected, invalid record, …)
+	KindTimeout        = "timeout"         // a wait ran out
 )
+
+// errorKinds is every kind above, in declaration order; TestErrorKindsListsEveryConstant keeps it complete.
+var errorKinds = []string{
+	KindBadMagic, KindVersion, KindCorrupt, KindTruncated, KindDType, KindSize, KindBuffer, KindCodebook,
+	KindOption, KindHandle, KindIO, KindNoDriver, KindCUDA, KindAlignment, KindArgument, KindInternal,
+	KindLayout, KindNotRegistered, KindClosed, KindDuplicate, KindUnknownRequest, KindMismatch, KindFrame,
+	KindBusy, KindHandoff, KindControlPlane, KindTimeout,
+}
+
+// ErrorKinds returns every error kind this package's messages may carry, comma-separated, in declaration
+// order.
+func ErrorKinds() string { return strings.Join(errorKinds, ",") }
 
 var (
 	// errHandle is returned for a handle that was never issued or was already released.

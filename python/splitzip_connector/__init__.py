@@ -12,6 +12,10 @@ its Pythonic face on numpy arrays and torch tensors:
 bf16 data: torch.bfloat16 tensors, ml_dtypes.bfloat16 arrays, or uint16 arrays with dtype="bf16". CUDA
 tensors are compressed on the GPU, on PyTorch's current stream (see splitzip_connector.cuda).
 Errors are SplitZipError subclasses (splitzip_connector.errors) whose messages say what to change.
+
+Modules, each importing only those before it: errors → _binding (the Go core) → dtypes → tensors → frame,
+codebook → host, cuda (the CPU and GPU backends) → codec (compress/decompress, which picks a backend) →
+handoff (the connector) → this package; vllm/ sits on top.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from . import errors
 from .errors import (
     BufferSizeError,
     CodebookError,
+    ControlPlaneError,
     CorruptFrameError,
     CUDAError,
     CUDAUnavailableError,
@@ -31,13 +36,18 @@ from .errors import (
     ExtensionNotBuiltError,
     FrameError,
     FrameVersionError,
+    HandoffBusyError,
+    HandoffError,
+    HandoffLayoutError,
+    HandoffMismatchError,
+    HandoffUnavailableError,
     LayoutError,
     NotAFrameError,
     SplitZipError,
     SplitZipIOError,
     TruncatedFrameError,
 )
-from .frame import Frame, FrameInfo, inspect, split_frames
+from .frame import Frame, FrameInfo, Header, inspect, split_frames
 
 __version__ = "0.1.0"
 
@@ -51,6 +61,7 @@ __all__ = [
     "Calibrator",
     "Frame",
     "FrameInfo",
+    "Header",
     "DeviceFrame",
     "inspect",
     "split_frames",
@@ -61,6 +72,17 @@ __all__ = [
 ]
 
 # KV handoffs between engines (splitzip_connector.handoff); the vLLM connector is splitzip_connector.vllm.
-from .handoff import Consumer, ControlPlane, Handoff, KVLayout, LoadFailure, Producer, new_handoff_id  # noqa: E402
+from .handoff import (  # noqa: E402
+    Consumer,
+    ControlPlane,
+    Handoff,
+    KVLayout,
+    LoadFailure,
+    Producer,
+    endpoint_defaults,
+    new_handoff_id,
+)
 
-__all__ += ["ControlPlane", "Producer", "Consumer", "KVLayout", "Handoff", "LoadFailure", "new_handoff_id"]
+__all__ += [
+    "ControlPlane", "Producer", "Consumer", "KVLayout", "Handoff", "LoadFailure", "new_handoff_id", "endpoint_defaults",
+]

@@ -1,4 +1,6 @@
-"""Codebooks: which exponents get short codes. Built by calibration on sample tensors, stored as JSON."""
+"""Codebooks: which exponents get short codes. Built by calibration on sample tensors, stored as JSON.
+
+codebook_handle is the package's one reader of a codebook argument (compress(), the GPU path, Producer)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import dtypes
-from ._binding import ext
+from ._binding import CODEBOOK_ADAPTIVE, ext
 from .errors import CodebookError, translate
 from .tensors import view
 
-__all__ = ["Codebook", "Calibrator"]
+__all__ = ["Codebook", "Calibrator", "codebook_handle"]
 
 
 class Codebook:
@@ -206,3 +208,25 @@ class Calibrator:
             return ext.pybind_HistogramCoverage(self._h, codebook.handle)
         except RuntimeError as e:
             raise translate(e) from None
+
+
+def codebook_handle(codebook: Codebook | str | None, *, refuse_adaptive: str = "") -> int:
+    """The Go core's codebook argument for a codebook as callers give it: a Codebook → its handle; None or
+    "default" → 0, the dtype's built-in codebook; "adaptive" → CODEBOOK_ADAPTIVE, calibrate on each input.
+    refuse_adaptive names a caller that cannot calibrate per input ("GPU compress"): "adaptive" then raises
+    ValueError saying what to pass instead. Anything else raises TypeError."""
+    if codebook is None:
+        return 0
+    if isinstance(codebook, Codebook):
+        return codebook.handle
+    if isinstance(codebook, str) and codebook == "default":
+        return 0
+    if isinstance(codebook, str) and codebook == "adaptive":
+        if refuse_adaptive:
+            raise ValueError(
+                f"codebook='adaptive' calibrates on each tensor on the CPU; {refuse_adaptive} takes a calibrated "
+                "Codebook instead (Codebook.calibrate on sample tensors)"
+            )
+        return CODEBOOK_ADAPTIVE
+    choices = "a Codebook, 'default', 'adaptive' or None" if not refuse_adaptive else "a Codebook, 'default' or None"
+    raise TypeError(f"codebook must be {choices}, not {codebook!r}")

@@ -1,42 +1,26 @@
-"""compress / decompress: tensors to frames and back, on numpy arrays and torch tensors (CPU and CUDA)."""
+"""compress / decompress: tensors to frames and back, on numpy arrays and torch tensors (CPU and CUDA).
+
+This module only dispatches: host tensors and frames go to the CPU backend (host), CUDA ones to the GPU
+backend (cuda). Neither backend imports this module.
+"""
 
 from __future__ import annotations
 
-from math import prod as _prod
 from typing import Any
 
-import numpy as np
-
-from . import dtypes
-from ._binding import CODEBOOK_ADAPTIVE, HEADER_SIZE, ext
+from ._binding import ext
 from .codebook import Codebook
 from .cuda import DeviceFrame, compress_cuda, decompress_cuda
-from .errors import BufferSizeError, DTypeError, NotAFrameError, TruncatedFrameError, translate
-from .frame import _HEAD, Frame
-from .tensors import View, as_bytes, is_torch, np_addr, numpy_view, view
+from .frame import Frame
+from .host import compress_host, decompress_host
+from .tensors import as_bytes, is_torch, np_addr, view
 
 __all__ = ["compress", "decompress", "max_compressed_size"]
-
-_empty = np.empty
-_uint8 = np.uint8
-_ndarray = np.ndarray
 
 
 def max_compressed_size(nbytes: int) -> int:
     """The largest frame compress() writes for a tensor of nbytes bytes (the input plus a 64-byte header)."""
     return ext.pybind_MaxEncodedLen(nbytes)
-
-
-def _codebook_arg(codebook: Codebook | str | None) -> int:
-    if codebook is None:
-        return 0
-    if isinstance(codebook, Codebook):
-        return codebook.handle
-    if codebook == "adaptive":
-        return CODEBOOK_ADAPTIVE
-    if codebook == "default":
-        return 0
-    raise TypeError(f"codebook must be a Codebook, 'default', 'adaptive' or None, not {codebook!r}")
 
 
 def compress(
@@ -65,31 +49,7 @@ def compress(
         if out is not None:
             raise TypeError("out= is for host tensors; CUDA compress allocates its frame on the tensor's device")
         return compress_cuda(tensor, v, codebook)
-    cb = 0 if codebook is None else _codebook_arg(codebook)
-    cap = v.nbytes + HEADER_SIZE  # max_compressed_size: a frame never exceeds its input plus a header
-    if out is None:
-        buf = _empty(cap, _uint8)
-        optr = np_addr(buf)
-    else:
-        buf, optr, ocap, odev = as_bytes(out, "out")
-        if odev >= 0:
-            raise TypeError("out must be host memory for a host tensor")
-        if ocap < cap:
-            raise BufferSizeError(
-                f"out holds {ocap} bytes; a frame of {v.nbytes} input bytes needs up to {cap} "
-                "(max_compressed_size)"
-            )
-    try:
-        n = ext.pybind_Encode(v.ptr, v.nbytes, v.code, cb, optr, cap)
-    except RuntimeError as e:
-        raise translate(e) from None
-    if out is None and cap - n > _SHRINK:
-        buf.resize((n,), refcheck=False)  # shrinks in place (realloc), no copy
-        return Frame(buf, v.shape, v.framework)
-    return Frame(buf[:n], v.shape, v.framework, optr)
-
-
-_SHRINK = 1 << 16  # give back the unused tail of fresh frame buffers larger than this
+    return compress_host(v, codebook, out)
 
 
 def decompress(
@@ -131,64 +91,4 @@ def decompress(
         out is not None and is_torch(out) and out.is_cuda
     ):
         return decompress_cuda(frame, out, shape=shape, device=device, check=check, status=status)
-    if flen < HEADER_SIZE:
-        raise TruncatedFrameError(f"splitzip: truncated frame: {flen} bytes, a header alone is {HEADER_SIZE}")
-    _magic, _ver, code, _flags, _bits, elements, _esc = _HEAD.unpack_from(data, 0)
-    if out is None:
-        try:  # the header is checked before the sizes in it are trusted for an allocation
-            ext.pybind_FrameLen(fptr, flen)
-        except RuntimeError as e:
-            raise translate(e) from None
-        out = _alloc(code, elements, shape if shape is not None else src_shape, device, framework)
-        optr, olen = (np_addr(out), out.nbytes) if type(out) is _ndarray else (out.data_ptr(), elements * dtypes.dtype_size(code))
-    else:  # Decode checks the whole frame, header included
-        ov = _out_view(out, code, elements * dtypes.dtype_size(code) if code in _SIZES else -1)
-        optr, olen = ov.ptr, ov.nbytes
-    try:
-        ext.pybind_Decode(fptr, flen, optr, olen)
-    except RuntimeError as e:
-        raise translate(e) from None
-    return out
-
-
-_SIZES = dtypes._SIZES
-
-
-def _alloc(code: int, elements: int, shape: tuple[int, ...] | None, device: Any, framework: str | None) -> Any:
-    if shape is None:
-        shape = (elements,)
-    elif _prod(shape) != elements:
-        raise BufferSizeError(f"shape {tuple(shape)} holds {_prod(shape)} elements, the frame {elements}")
-    if device is not None or framework == "torch":
-        import torch
-
-        return torch.empty(shape, dtype=dtypes.torch_dtype(code), device=device or "cpu")
-    return _empty(shape, dtypes.numpy_out_dtype(code))
-
-
-def _out_view(out: Any, code: int, raw_len: int) -> View:
-    if code not in _SIZES:
-        raise NotAFrameError("splitzip: not a SplitZip frame (unknown dtype byte in the header)")
-    if type(out) is _ndarray or isinstance(out, _ndarray):
-        if not dtypes.view_compatible(code, out.dtype):
-            raise DTypeError(
-                f"out is {out.dtype}, the frame holds {dtypes.dtype_name(code)}; pass an array of that type "
-                f"or a same-size integer view (e.g. uint16 for bf16)"
-            )
-        ov = numpy_view(out, code, writable=True, what="out")
-    else:
-        ov = view(out, None, writable=True, what="out")
-        if ov.code != code and not (
-            dtypes.dtype_size(ov.code) == dtypes.dtype_size(code)
-            and ov.code in (dtypes.INT8, dtypes.UINT8, dtypes.INT16, dtypes.INT32, dtypes.INT64)
-        ):
-            raise DTypeError(
-                f"out is {dtypes.dtype_name(ov.code)}, the frame holds {dtypes.dtype_name(code)}; "
-                "pass a tensor of that type"
-            )
-    if ov.nbytes != raw_len:
-        raise BufferSizeError(
-            f"out holds {ov.nbytes} bytes, the frame decodes to {raw_len} "
-            f"({raw_len // dtypes.dtype_size(code)} {dtypes.dtype_name(code)} elements)"
-        )
-    return ov
+    return decompress_host(data, fptr, flen, out, shape if shape is not None else src_shape, device, framework)

@@ -3,6 +3,7 @@ launched on PyTorch's current stream with the tensors' device pointers. Nothing 
 nothing waits for the GPU unless the caller asks (DeviceFrame.nbytes, to_host(), decompress(check=True)).
 
 The kernels encode bf16 and decode bf16 frames (4-bit codes, the v1 layout) and raw frames of any dtype.
+codec.compress / codec.decompress choose this backend for CUDA tensors and frames; call those.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import numpy as np
 
 from . import dtypes
 from ._binding import HEADER_SIZE, ext
-from .codebook import Codebook
+from .codebook import Codebook, codebook_handle
 from .errors import (
     BufferSizeError,
     CUDAUnavailableError,
     DTypeError,
     LayoutError,
-    TruncatedFrameError,
     translate,
 )
-from .frame import _HEAD, Frame
+from .frame import Frame, parse_header
+from .host import compress_host
 from .tensors import View, as_bytes, is_torch, np_addr, view
 
 __all__ = ["DeviceFrame", "cuda_available", "load_kernels", "check_status"]
@@ -124,8 +125,8 @@ class DeviceFrame:
         f.validate()
         buf = _to_device(torch, f.data, device)
         size = torch.tensor([f.nbytes], dtype=torch.int64, device=buf.device)
-        code = f._head()[2]
-        return cls(buf, size, f.shape or (f.elements,), code)
+        h = f.header
+        return cls(buf, size, f.shape or (h.elements,), h.code)
 
     def __repr__(self) -> str:
         return f"DeviceFrame(dtype={self.dtype}, shape={self.shape}, capacity={self.buffer.numel()}, device={self.device})"
@@ -158,19 +159,10 @@ def compress_cuda(tensor: Any, v: View, codebook: Codebook | str | None) -> Devi
             f"GPU compress takes bf16 tensors, this one is {dtypes.dtype_name(v.code)}; "
             "compress tensor.cpu() instead (the CPU codec handles every dtype)"
         )
-    if codebook is None or codebook == "default":
-        cb = 0
-    elif isinstance(codebook, Codebook):
-        cb = codebook.handle
-    elif codebook == "adaptive":
-        raise ValueError("codebook='adaptive' is CPU-only; calibrate a Codebook and pass it for GPU tensors")
-    else:
-        raise TypeError(f"codebook must be a Codebook, 'default' or None, not {codebook!r}")
+    cb = codebook_handle(codebook, refuse_adaptive="GPU compress")
     dev = tensor.device
-    if v.nbytes == 0:  # nothing for a kernel to do: the (constant) empty frame
-        from .codec import compress  # codec imports this module
-
-        df = DeviceFrame.from_host(compress(tensor.cpu()), dev)
+    if v.nbytes == 0:  # nothing for a kernel to do: the (constant) empty frame, made on the host
+        df = DeviceFrame.from_host(compress_host(view(tensor.cpu()), None), dev)
         df.shape = v.shape
         return df
     _aligned(v.ptr, "tensor")
@@ -217,19 +209,19 @@ def decompress_cuda(
         f = frame if isinstance(frame, Frame) else Frame(frame)
         f.validate()
         src_shape = f.shape
-        _m, _v, code, _fl, _b, elements, _e = f._head()
+        h = f.header
+        code, elements = h.code, h.elements
         target = out.device if out is not None else torch.device(device if device is not None else "cuda")
         src = _to_device(torch, f.data, target)
         cap, fdev = src.numel(), src.device
     if code is None or elements is None:  # a bare device buffer: read its header (waits for the copy)
-        if cap < HEADER_SIZE:
-            raise TruncatedFrameError(f"splitzip: truncated frame: {cap} bytes, a header alone is {HEADER_SIZE}")
         head = src[:HEADER_SIZE].cpu().numpy()
+        h = parse_header(head)  # raises TruncatedFrameError for a buffer shorter than a header
         try:
             ext.pybind_FrameLen(np_addr(head), HEADER_SIZE)
         except RuntimeError as e:
             raise translate(e) from None
-        _m, _v, code, _fl, _b, elements, _e = _HEAD.unpack_from(head, 0)
+        code, elements = h.code, h.elements
     raw_len = elements * dtypes.dtype_size(code)
     if out is None:
         shp = shape if shape is not None else (src_shape if src_shape is not None else (elements,))

@@ -2,6 +2,11 @@
 
 Each also derives from the built-in exception a Python programmer would expect (TypeError for a wrong dtype,
 ValueError for a corrupt frame or a wrong size, RuntimeError for CUDA trouble), so generic handlers still work.
+
+The Go core's errors arrive as RuntimeError("[kind] message"); translate() turns them into these classes
+through one table, _KINDS, whose keys are exactly the kinds the Go package pybind lists (pybind.ErrorKinds;
+tests/python/test_layering.py checks both ways). This module is the bottom of the package: it imports nothing
+of it, so every other module, the loader of the Go core (_binding) included, may raise these classes.
 """
 
 from __future__ import annotations
@@ -21,11 +26,20 @@ __all__ = [
     "CUDAError",
     "SplitZipIOError",
     "ExtensionNotBuiltError",
+    "HandoffError",
+    "HandoffLayoutError",
+    "HandoffMismatchError",
+    "HandoffUnavailableError",
+    "HandoffBusyError",
+    "ControlPlaneError",
 ]
 
 
 class SplitZipError(Exception):
-    """Base class of every error splitzip_connector raises."""
+    """Base class of every error splitzip_connector raises. kind is the Go core's error kind for errors that
+    come from it ("corrupt", "busy", …; see pybind/errors.go), "" for errors raised in Python."""
+
+    kind: str = ""
 
 
 class DTypeError(SplitZipError, TypeError):
@@ -80,41 +94,76 @@ class ExtensionNotBuiltError(SplitZipError, ImportError):
     """The compiled Go core (splitzip_connector._core) is missing: the package was not installed from a wheel."""
 
 
-# Error kinds of the Go package pybind (pybind/errors.go) → exception class.
-_KINDS: dict[str, type[SplitZipError]] = {
-    "bad_magic": NotAFrameError,
-    "version": FrameVersionError,
-    "corrupt": CorruptFrameError,
-    "truncated": TruncatedFrameError,
-    "dtype": DTypeError,
-    "size": BufferSizeError,
-    "buffer": BufferSizeError,
-    "codebook": CodebookError,
-    "option": SplitZipError,
-    "handle": SplitZipError,
-    "io": SplitZipIOError,
-    "no_driver": CUDAUnavailableError,
-    "cuda": CUDAError,
-    "alignment": LayoutError,
-    "argument": SplitZipError,
-    "internal": SplitZipError,
+class HandoffError(SplitZipError, RuntimeError):
+    """A handoff operation failed (base class of the connector's errors)."""
+
+
+class HandoffLayoutError(HandoffError, ValueError):
+    """The KV layout or the block ids are invalid for the registered cache."""
+
+
+class HandoffMismatchError(HandoffError):
+    """Producer and consumer disagree on model, layers, block size, heads, head size, dtype or TP size."""
+
+
+class HandoffUnavailableError(HandoffError):
+    """The handoff is unknown, expired or was released by its producer."""
+
+
+class HandoffBusyError(HandoffError):
+    """Staging memory or the bound on handoffs in flight is exhausted; retry later or raise the bound."""
+
+
+class ControlPlaneError(HandoffError, ConnectionError):
+    """The NATS control plane is unreachable or returned something invalid."""
+
+
+# Error kind of the Go package pybind → (exception class, what to do about it). The advice is appended to the
+# Go message where the fix is not obvious from it. Its keys are exactly pybind.ErrorKinds().
+_KINDS: dict[str, tuple[type[SplitZipError], str]] = {
+    # frames and the codec
+    "bad_magic": (NotAFrameError, " (the bytes are not a SplitZip frame; did you pass the raw tensor or an offset buffer?)"),
+    "version": (FrameVersionError, " (the frame comes from a newer SplitZip; upgrade splitzip-connector on this side)"),
+    "corrupt": (CorruptFrameError, " (the frame was damaged in transit or storage; re-send it)"),
+    "truncated": (TruncatedFrameError, " (pass the whole frame: all the bytes its header counts)"),
+    "dtype": (DTypeError, ""),
+    "size": (BufferSizeError, ""),
+    "buffer": (BufferSizeError, ""),
+    "codebook": (CodebookError, ""),
+    "option": (SplitZipError, ""),
+    "handle": (SplitZipError, ""),
+    "io": (SplitZipIOError, ""),
+    "argument": (SplitZipError, ""),
+    "internal": (SplitZipError, ""),
+    # CUDA
+    "no_driver": (CUDAUnavailableError, " (GPU compression needs an NVIDIA driver; use CPU tensors on this machine)"),
+    "cuda": (CUDAError, ""),
+    "alignment": (LayoutError, ""),
+    # the connector (handoffs)
+    "layout": (HandoffLayoutError, ""),
+    "mismatch": (HandoffMismatchError, ""),
+    "handoff": (HandoffUnavailableError, ""),
+    "busy": (HandoffBusyError, ""),
+    "control_plane": (ControlPlaneError, ""),
+    "not_registered": (HandoffError, ""),
+    "closed": (HandoffError, ""),
+    "duplicate": (HandoffError, ""),
+    "unknown_request": (HandoffError, ""),
+    "frame": (HandoffError, ""),
+    "timeout": (HandoffError, ""),
 }
 
-# What to do about it, appended to the Go message for the kinds where the fix is not obvious from it.
-_ADVICE: dict[str, str] = {
-    "corrupt": " (the frame was damaged in transit or storage; re-send it)",
-    "truncated": " (pass the whole frame: all the bytes its header counts)",
-    "bad_magic": " (the bytes are not a SplitZip frame; did you pass the raw tensor or an offset buffer?)",
-    "version": " (the frame comes from a newer SplitZip; upgrade splitzip-connector on this side)",
-    "no_driver": " (GPU compression needs an NVIDIA driver; use CPU tensors on this machine)",
-}
+_UNKNOWN = (SplitZipError, "")
 
 
 def translate(err: BaseException) -> SplitZipError:
-    """Turns an error raised by the extension ("[kind] message") into the matching SplitZipError."""
+    """Turns an error raised by the extension ("[kind] message") into the matching SplitZipError, whose kind
+    attribute holds the Go kind."""
     msg = str(err)
     kind = ""
     if msg.startswith("[") and "] " in msg:
         kind, msg = msg[1:].split("] ", 1)
-    cls = _KINDS.get(kind, SplitZipError)
-    return cls(msg + _ADVICE.get(kind, ""))
+    cls, advice = _KINDS.get(kind, _UNKNOWN)
+    e = cls(msg + advice)
+    e.kind = kind
+    return e

@@ -1,11 +1,12 @@
-"""Frames: one compressed tensor each, self-describing (codec/FORMAT.md)."""
+"""Frames: one compressed tensor each, self-describing (codec/FORMAT.md). parse_header is the package's one
+reader of a frame header's fixed fields; the Go core validates headers (checksum, magic, version, lengths)."""
 
 from __future__ import annotations
 
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -14,9 +15,35 @@ from ._binding import HEADER_SIZE, ext
 from .errors import TruncatedFrameError, translate
 from .tensors import as_bytes
 
-__all__ = ["Frame", "FrameInfo", "inspect", "split_frames"]
+__all__ = ["Frame", "FrameInfo", "Header", "inspect", "parse_header", "split_frames"]
 
-_HEAD = struct.Struct("<4sBBBBQQ")  # magic, version, dtype, flags, codeBits, elements, escapes
+
+class Header(NamedTuple):
+    """The fixed fields at the start of a frame header (codec/FORMAT.md), as read, unvalidated."""
+
+    magic: bytes
+    version: int
+    code: int  # element type (dtypes)
+    flags: int  # bit 0: raw frame
+    code_bits: int
+    elements: int
+    escapes: int
+
+
+_HEAD = struct.Struct("<4sBBBBQQ")  # Header's fields, little-endian
+_unpack = _HEAD.unpack_from
+_make = Header._make
+
+
+def parse_header(buf: Any, nbytes: int | None = None) -> Header:
+    """The fixed header fields of the frame at the start of buf (a uint8 numpy array or a bytes-like object
+    of nbytes bytes; default len(buf)). Nothing is validated beyond the length: the Go core checks the checksum,
+    magic and version before it trusts a field (Frame.validate, decompress). Raises TruncatedFrameError when
+    buf is shorter than a header."""
+    n = len(buf) if nbytes is None else nbytes
+    if n < HEADER_SIZE:
+        raise TruncatedFrameError(f"splitzip: truncated frame: {n} bytes, a header alone is {HEADER_SIZE}")
+    return _make(_unpack(buf, 0))
 
 
 @dataclass(frozen=True)
@@ -78,13 +105,10 @@ class Frame:
         self.shape = shape
         self.framework = framework
 
-    # header fields, read without validation (validate() or decompress() check the checksum)
-    def _head(self) -> tuple:
-        if self.data.nbytes < HEADER_SIZE:
-            raise TruncatedFrameError(
-                f"splitzip: truncated frame: {self.data.nbytes} bytes, a header alone is {HEADER_SIZE}"
-            )
-        return _HEAD.unpack_from(self.data, 0)
+    @property
+    def header(self) -> Header:
+        """The header's fixed fields, read without validation (validate() or decompress() check them)."""
+        return parse_header(self.data, self.data.nbytes)
 
     @property
     def nbytes(self) -> int:
@@ -97,23 +121,23 @@ class Frame:
     @property
     def dtype(self) -> str:
         """The element type's canonical name ("bf16", …)."""
-        return dtypes.dtype_name(self._head()[2])
+        return dtypes.dtype_name(self.header.code)
 
     @property
     def elements(self) -> int:
         """The number of elements the frame decodes to."""
-        return self._head()[5]
+        return self.header.elements
 
     @property
     def raw_len(self) -> int:
         """The decoded tensor's size in bytes."""
-        h = self._head()
-        return h[5] * dtypes.dtype_size(h[2])
+        h = self.header
+        return h.elements * dtypes.dtype_size(h.code)
 
     @property
     def is_raw(self) -> bool:
         """Whether the frame carries its tensor verbatim (raw dtypes, or data the codebook does not fit)."""
-        return bool(self._head()[3] & 1)
+        return bool(self.header.flags & 1)
 
     @property
     def ratio(self) -> float:

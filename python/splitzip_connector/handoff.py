@@ -16,17 +16,32 @@ splitzip_connector.vllm. A handoff moves one request's KV blocks of one tensor-p
 Every call releases the GIL; the Go side runs encoding, transfers and decoding on its own threads. Memory is
 host memory (numpy arrays, CPU torch tensors) passed by address: it must stay alive until the producer or
 consumer is closed.
+
+Producer and consumer options state no defaults here: an option left out (or None) is not sent, and the Go
+connector applies its own default (connector.GetDefaultOptions). endpoint_defaults() returns them;
+Producer.options and Consumer.options return what an endpoint runs with.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from typing import Any, Iterable, Sequence
 
 from ._binding import ext
-from .errors import SplitZipError, translate
+from .codebook import codebook_handle
+from .dtypes import dtype_code, dtype_size
+from .errors import (  # the connector's exceptions, defined with the others in errors.py
+    ControlPlaneError,
+    HandoffBusyError,
+    HandoffError,
+    HandoffLayoutError,
+    HandoffMismatchError,
+    HandoffUnavailableError,
+    translate,
+)
 
 __all__ = [
     "KVLayout",
@@ -37,6 +52,7 @@ __all__ = [
     "Producer",
     "Consumer",
     "new_handoff_id",
+    "endpoint_defaults",
     "HandoffError",
     "HandoffMismatchError",
     "HandoffLayoutError",
@@ -46,62 +62,11 @@ __all__ = [
 ]
 
 
-class HandoffError(SplitZipError, RuntimeError):
-    """A handoff operation failed (base class of the connector's errors)."""
-
-
-class HandoffLayoutError(HandoffError, ValueError):
-    """The KV layout or the block ids are invalid for the registered cache."""
-
-
-class HandoffMismatchError(HandoffError):
-    """Producer and consumer disagree on model, layers, block size, heads, head size, dtype or TP size."""
-
-
-class HandoffUnavailableError(HandoffError):
-    """The handoff is unknown, expired or was released by its producer."""
-
-
-class HandoffBusyError(HandoffError):
-    """Staging memory or the bound on handoffs in flight is exhausted; retry later or raise the bound."""
-
-
-class ControlPlaneError(HandoffError, ConnectionError):
-    """The NATS control plane is unreachable or returned something invalid."""
-
-
-_KINDS: dict[str, type[SplitZipError]] = {
-    "layout": HandoffLayoutError,
-    "mismatch": HandoffMismatchError,
-    "handoff": HandoffUnavailableError,
-    "busy": HandoffBusyError,
-    "control_plane": ControlPlaneError,
-    "not_registered": HandoffError,
-    "closed": HandoffError,
-    "duplicate": HandoffError,
-    "unknown_request": HandoffError,
-    "frame": HandoffError,
-    "timeout": HandoffError,
-}
-
-
-def _translate(err: BaseException) -> SplitZipError:
-    msg = str(err)
-    if msg.startswith("[") and "] " in msg:
-        kind, text = msg[1:].split("] ", 1)
-        cls = _KINDS.get(kind)
-        if cls is not None:
-            e = cls(text)
-            e.kind = kind  # type: ignore[attr-defined]
-            return e
-    return translate(err)
-
-
 def _call(fn, *args):
     try:
         return fn(*args)
     except RuntimeError as e:
-        raise _translate(e) from None
+        raise translate(e) from None
 
 
 def _ints(xs: Iterable[int]) -> str:
@@ -138,8 +103,6 @@ class KVLayout:
 
     @property
     def block_bytes(self) -> int:
-        from .dtypes import dtype_code, dtype_size
-
         return self.block_size * self.kv_heads * self.head_size * dtype_size(dtype_code(self.dtype))
 
     def fingerprint(self) -> str:
@@ -242,52 +205,73 @@ class ControlPlane:
         self.close()
 
 
+@cache
+def _defaults_json() -> str:
+    return _call(ext.pybind_EndpointDefaults)
+
+
+def endpoint_defaults() -> dict[str, Any]:
+    """The settings of a producer or consumer that sets no options: the Go connector's defaults
+    (connector.GetDefaultOptions, transport.GetDefaultOptions), the one place they are stated. Keys:
+    listen_addr, advertise_addr, staging_bytes, handoff_ttl_s, load_timeout_s, record_wait_s, bypass,
+    link_rate, max_in_flight, rate_limit, conns, io_timeout_s."""
+    return json.loads(_defaults_json())
+
+
 @dataclass
 class _Endpoint:
-    """Options shared by producers and consumers; each ignores the other's (see connector.Options)."""
+    """Options shared by producers and consumers; each ignores the other's (see connector.Options). None
+    means unset: the field is not sent and the Go side applies its default; any other value, zero included,
+    is sent and validated there."""
 
     engine_id: str
     rank: int = 0
-    listen_addr: str = ""
-    advertise_addr: str = ""
-    staging_bytes: int = 0
-    handoff_ttl_s: float = 0
-    load_timeout_s: float = 0
-    record_wait_s: float = 0
-    bypass: str = "auto"
-    link_rate: float = 0
-    codebook: int = 0
-    codebook_path: str = ""
-    max_in_flight: int = 0
-    rate_limit: int = 0
-    conns: int = 0
-    io_timeout_s: float = 0
-    extra: dict = field(default_factory=dict)
+    listen_addr: str | None = None
+    advertise_addr: str | None = None
+    staging_bytes: int | None = None
+    handoff_ttl_s: float | None = None
+    load_timeout_s: float | None = None
+    record_wait_s: float | None = None
+    bypass: str | None = None
+    link_rate: float | None = None
+    codebook: int | None = None  # a codebook handle (codebook_handle); 0 or None: the built-in one
+    codebook_path: str | None = None
+    max_in_flight: int | None = None
+    rate_limit: int | None = None
+    conns: int | None = None
+    io_timeout_s: float | None = None
 
     def to_json(self) -> str:
-        d = asdict(self)
-        d.pop("extra")
-        return json.dumps({k: v for k, v in d.items() if v not in (0, "", None) or k in ("engine_id", "rank")})
+        return json.dumps({f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
 
 class Producer:
     """The prefill side of handoffs for one TP rank: compresses blocks layer by layer into staging memory and
     serves them to consumers peer-to-peer.
 
-    Keyword options: listen_addr ("127.0.0.1:0"), advertise_addr, staging_bytes (1 GiB), handoff_ttl_s (120),
-    bypass ("auto" | "never" = always compress | "always" = never compress), link_rate (bytes/s; 0 measures),
-    codebook (a Codebook) or codebook_path, max_in_flight (256), rate_limit (bytes/s cap, emulates a slow
-    link), conns, io_timeout_s.
+    Keyword options: listen_addr, advertise_addr, staging_bytes, handoff_ttl_s, bypass ("auto" | "never" =
+    always compress | "always" = never compress), link_rate (bytes/s; 0 measures), codebook (a Codebook) or
+    codebook_path, max_in_flight, rate_limit (bytes/s cap, emulates a slow link; 0: none), conns,
+    io_timeout_s. Options left out or None take the connector's defaults (endpoint_defaults()); the options
+    property shows what the producer runs with.
     """
 
     def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, *, codebook: Any = None, **options: Any) -> None:
         self._codebook = codebook  # keeps the Go codebook alive as long as the producer
-        cb = codebook.handle if codebook is not None else 0
-        opts = _Endpoint(engine_id=engine_id, rank=rank, codebook=cb, **options)
-        self._h = _call(ext.pybind_ProducerNew, plane.handle, opts.to_json())
+        cb = codebook_handle(codebook, refuse_adaptive="a Producer")
+        self._opts = _Endpoint(engine_id=engine_id, rank=rank, codebook=cb or None, **options).to_json()
+        self._h = _call(ext.pybind_ProducerNew, plane.handle, self._opts)
         self.engine_id = engine_id
         self.rank = rank
         self._cache_refs: Any = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The settings this producer runs with: those given, and the connector's defaults for the rest."""
+        return json.loads(_call(ext.pybind_EndpointOptions, self._opts))
+
+    def __repr__(self) -> str:
+        return f"Producer(engine_id={self.engine_id!r}, rank={self.rank}, options={self.options})"
 
     @property
     def addr(self) -> str:
@@ -354,15 +338,23 @@ class Producer:
 
 class Consumer:
     """The decode side of handoffs for one TP rank: fetches a handoff's frames and decodes them into its own
-    blocks. Keyword options: load_timeout_s (120), record_wait_s (10), max_in_flight, rate_limit, conns,
-    io_timeout_s."""
+    blocks. Keyword options: load_timeout_s, record_wait_s, max_in_flight, rate_limit, conns, io_timeout_s;
+    those left out or None take the connector's defaults (endpoint_defaults(), the options property)."""
 
     def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, **options: Any) -> None:
-        opts = _Endpoint(engine_id=engine_id, rank=rank, **options)
-        self._h = _call(ext.pybind_ConsumerNew, plane.handle, opts.to_json())
+        self._opts = _Endpoint(engine_id=engine_id, rank=rank, **options).to_json()
+        self._h = _call(ext.pybind_ConsumerNew, plane.handle, self._opts)
         self.engine_id = engine_id
         self.rank = rank
         self._cache_refs: Any = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The settings this consumer runs with: those given, and the connector's defaults for the rest."""
+        return json.loads(_call(ext.pybind_EndpointOptions, self._opts))
+
+    def __repr__(self) -> str:
+        return f"Consumer(engine_id={self.engine_id!r}, rank={self.rank}, options={self.options})"
 
     def register_host_cache(self, layout: KVLayout, bases: Sequence[int], keep_alive: Any = None) -> None:
         """Registers the rank's KV cache, as Producer.register_host_cache."""

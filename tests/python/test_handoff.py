@@ -3,6 +3,8 @@ host KV caches held by numpy (no vLLM needed)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import numpy as np
@@ -16,8 +18,11 @@ from splitzip_connector.handoff import (
     KVLayout,
     LoadFailure,
     Producer,
+    _Endpoint,
+    endpoint_defaults,
     new_handoff_id,
 )
+from splitzip_connector._binding import ext
 
 LAYERS, BLOCKS, BS, HEADS, HEAD = 3, 8, 16, 3, 64
 
@@ -126,3 +131,79 @@ def test_errors_are_typed(plane, kv_calibration):
     with pytest.raises(SplitZipError, match="bypass"):
         Producer(plane, "x", bypass="sometimes")
     assert len(lay.fingerprint()) == 24
+
+
+# Endpoint defaults are stated once, in Go (connector.GetDefaultOptions): Python sends only what is set.
+
+ENDPOINT_KEYS = {
+    "listen_addr", "advertise_addr", "staging_bytes", "handoff_ttl_s", "load_timeout_s", "record_wait_s",
+    "bypass", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s",
+}
+
+
+def test_endpoint_defaults_come_from_go():
+    d = endpoint_defaults()
+    assert set(d) == ENDPOINT_KEYS
+    assert d == json.loads(ext.pybind_EndpointDefaults())
+    # the values connector.GetDefaultOptions documents (a change there shows up here, not in Python code)
+    assert d["handoff_ttl_s"] == d["load_timeout_s"] == 120 and d["record_wait_s"] == 10
+    assert d["staging_bytes"] == 1 << 30 and d["bypass"] == "auto" and d["listen_addr"] == "127.0.0.1:0"
+    d["conns"] = -1
+    assert endpoint_defaults()["conns"] != -1, "callers get a copy"
+
+
+def test_python_states_no_endpoint_default():
+    """Every option field of the endpoint (except who it is) defaults to None: unset, not sent."""
+    opts = {f.name: f.default for f in dataclasses.fields(_Endpoint)}
+    assert set(opts) - {"engine_id", "rank", "codebook", "codebook_path"} == ENDPOINT_KEYS
+    assert {k: v for k, v in opts.items() if k not in ("engine_id", "rank")} == dict.fromkeys(set(opts) - {"engine_id", "rank"})
+    assert json.loads(_Endpoint("e").to_json()) == {"engine_id": "e", "rank": 0}
+    assert json.loads(_Endpoint("e", rate_limit=0, bypass=None).to_json()) == {"engine_id": "e", "rank": 0, "rate_limit": 0}
+
+
+def test_unset_options_surface_gos_defaults(plane):
+    d = endpoint_defaults()
+    with Producer(plane, "pre-def") as prod, Consumer(plane, "dec-def", record_wait_s=None) as cons:
+        assert prod.options == d and cons.options == d
+        assert f"options={d!r}" in repr(prod)
+    with Producer(plane, "pre-set", handoff_ttl_s=5, conns=2, rate_limit=0) as prod:
+        o = prod.options
+        assert (o["handoff_ttl_s"], o["conns"], o["rate_limit"]) == (5, 2, 0)
+        assert {k: v for k, v in o.items() if k not in ("handoff_ttl_s", "conns")} == {
+            k: v for k, v in d.items() if k not in ("handoff_ttl_s", "conns")
+        }
+
+
+@pytest.mark.parametrize("opt", ["staging_bytes", "handoff_ttl_s", "max_in_flight", "conns", "io_timeout_s"])
+def test_explicit_zero_is_validated_not_a_default(plane, opt):
+    with pytest.raises(SplitZipError) as ei:
+        Producer(plane, "pre-zero", **{opt: 0})
+    assert ei.value.kind == "option"
+
+
+def test_vllm_config_states_no_endpoint_default():
+    """vllm/config.py (read as source: importing it needs vLLM) leaves every endpoint option it exposes unset."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    src = Path(importlib.util.find_spec("splitzip_connector").submodule_search_locations[0]) / "vllm" / "config.py"
+    cls = next(n for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, ast.ClassDef) and n.name == "SplitZipConfig")
+    fields = {n.target.id: n.value for n in cls.body if isinstance(n, ast.AnnAssign)}
+    shared = set(fields) & ENDPOINT_KEYS
+    assert {"handoff_ttl_s", "load_timeout_s", "record_wait_s", "staging_bytes", "listen_addr", "bypass"} <= shared
+    for name in shared:
+        v = fields[name]
+        assert isinstance(v, ast.Call) and getattr(v.func, "id", "") == "_unset", f"SplitZipConfig.{name} states a default"
+
+
+def test_producer_codebook_argument():
+    from splitzip_connector import Codebook
+
+    with ControlPlane(storage="memory", namespace="pytest-cb") as p:
+        with pytest.raises(ValueError, match="a Producer takes a calibrated Codebook"):
+            Producer(p, "pre-cb", codebook="adaptive")
+        with pytest.raises(TypeError, match="codebook must be"):
+            Producer(p, "pre-cb", codebook=3)
+        with Producer(p, "pre-cb", codebook=Codebook.default()) as prod:
+            assert prod.options["bypass"] == "auto"

@@ -232,3 +232,43 @@ def test_cuda_absent_is_clean():
     if sz.cuda_available():
         pytest.skip("GPU present")
     assert sz.cuda_available() is False
+
+
+def test_parse_header_reads_what_the_go_core_reports():
+    from splitzip_connector._binding import FORMAT_VERSION
+    from splitzip_connector.dtypes import BF16, INT16, dtype_code
+
+    for x, dtype, book in ((bf16_randn(5000, seed=3), "bf16", None), (np.arange(300, dtype=np.int16), None, None),
+                           (bf16_randn(5000, seed=4, scale=1e-30), "bf16", "adaptive")):
+        f = sz.compress(x, book, dtype=dtype)
+        h = sz.frame.parse_header(bytes(f))
+        info = f.info()
+        assert h == f.header
+        assert h.magic == bytes(f)[:4] and h.version == FORMAT_VERSION
+        assert h.code == dtype_code(info.dtype) == (BF16 if dtype else INT16)
+        assert (h.elements, h.escapes, bool(h.flags & 1)) == (x.size, info.escapes, info.raw)
+        assert f.is_raw == info.raw
+        if not info.raw:
+            assert h.code_bits == info.code_bits
+    with pytest.raises(sz.TruncatedFrameError, match="a header alone is 64"):
+        sz.frame.parse_header(b"SZ" * 10)
+
+
+def test_codebook_handle_is_the_one_reader_of_codebook_arguments():
+    from splitzip_connector._binding import CODEBOOK_ADAPTIVE, _pybind
+    from splitzip_connector.codebook import codebook_handle
+
+    book = sz.Codebook.default()
+    assert CODEBOOK_ADAPTIVE == _pybind.CodebookAdaptive == -1
+    assert codebook_handle(None) == codebook_handle("default") == 0
+    assert codebook_handle(book) == book.handle > 0
+    assert codebook_handle("adaptive") == CODEBOOK_ADAPTIVE
+    with pytest.raises(ValueError, match="GPU compress takes a calibrated Codebook"):
+        codebook_handle("adaptive", refuse_adaptive="GPU compress")
+    for bad in ("book.json", 3, np.zeros(2)):
+        with pytest.raises(TypeError, match="codebook must be a Codebook, 'default', 'adaptive' or None"):
+            codebook_handle(bad)
+        with pytest.raises(TypeError, match="codebook must be"):
+            sz.compress(bf16_randn(10), bad, dtype="bf16")
+    with pytest.raises(TypeError, match="'default' or None, not"):
+        codebook_handle(3, refuse_adaptive="GPU compress")

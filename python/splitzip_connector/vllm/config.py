@@ -3,7 +3,7 @@ configurations it does not handle (saying what to change)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from vllm.config import VllmConfig
@@ -14,25 +14,32 @@ if TYPE_CHECKING:
     from splitzip_connector.handoff import EngineInfo
 
 
+def _unset(t: type) -> Any:
+    """A field left to the Go connector's default: None here, sent to Go only when set; t converts a value."""
+    return field(default=None, metadata={"type": t})
+
+
 @dataclass(frozen=True)
 class SplitZipConfig:
-    """kv_connector_extra_config keys (all optional):
+    """kv_connector_extra_config keys (all optional). Keys marked * are the producer's or consumer's options:
+    unset, they take the Go connector's defaults (splitzip_connector.handoff.endpoint_defaults(), stated once
+    in connector.GetDefaultOptions); this class states none of them.
 
     nats_url         NATS server URL; "" (default): an embedded server in each worker process (one process
                      tests only — two engines must share a real server, see examples/vllm).
-    nats_namespace   separates deployments sharing one NATS server (default "default").
+    nats_namespace   separates deployments sharing one NATS server (default: the control plane's).
     codebook         path of a codebook JSON file (splitzip calibrate); default: the built-in one.
-    bypass           "auto" (compress while the codec outruns the link), "never" (always compress) or
+    bypass*          "auto" (compress while the codec outruns the link), "never" (always compress) or
                      "always" (never compress: the baseline).
-    link_rate        link speed in bytes/s for bypass "auto"; 0 measures it.
-    rate_limit       cap on the payload rate in bytes/s (emulates a slower link; 0: none).
-    listen_addr      where the producer serves payloads, host:port; port 0 picks one; a fixed port p serves
-                     TP rank r on p + r (default "127.0.0.1:0").
+    link_rate*       link speed in bytes/s for bypass "auto"; 0 measures it.
+    rate_limit*      cap on the payload rate in bytes/s (emulates a slower link; 0: none).
+    listen_addr*     where the producer serves payloads, host:port; port 0 picks one; a fixed port p serves
+                     TP rank r on p + r.
     advertise_host   host consumers dial when listen_addr is 0.0.0.0 (default: the listen host).
-    staging_bytes    producer staging memory per rank (default 1 GiB).
-    handoff_ttl_s    how long an unclaimed handoff lives (default 120).
-    load_timeout_s   bound on one load (default 120).
-    record_wait_s    how long a consumer waits for a handoff to appear (default 10).
+    staging_bytes*   producer staging memory per rank.
+    handoff_ttl_s*   how long an unclaimed handoff lives.
+    load_timeout_s*  bound on one load.
+    record_wait_s*   how long a consumer waits for a handoff to appear.
     engine_id        this engine's name on the control plane (default kv_transfer_config.engine_id).
     remote_tp_size   the tensor-parallel size the engines of the other role run (0: not stated); a value other
                      than this engine's is refused at start-up. Without it, engines still refuse at start-up a
@@ -42,15 +49,15 @@ class SplitZipConfig:
     nats_url: str = ""
     nats_namespace: str = ""
     codebook: str = ""
-    bypass: str = "auto"
-    link_rate: float = 0.0
-    rate_limit: int = 0
-    listen_addr: str = "127.0.0.1:0"
+    bypass: str | None = _unset(str)
+    link_rate: float | None = _unset(float)
+    rate_limit: int | None = _unset(int)
+    listen_addr: str | None = _unset(str)
     advertise_host: str = ""
-    staging_bytes: int = 0
-    handoff_ttl_s: float = 120.0
-    load_timeout_s: float = 120.0
-    record_wait_s: float = 10.0
+    staging_bytes: int | None = _unset(int)
+    handoff_ttl_s: float | None = _unset(float)
+    load_timeout_s: float | None = _unset(float)
+    record_wait_s: float | None = _unset(float)
     engine_id: str = ""
     remote_tp_size: int = 0
 
@@ -66,7 +73,10 @@ class SplitZipConfig:
             )
         values: dict[str, Any] = {}
         for k, v in extra.items():
-            t = type(known[k].default)
+            f = known[k]
+            t = f.metadata.get("type", type(f.default))
+            if v is None and "type" in f.metadata:
+                continue  # unset: the connector's default
             try:
                 values[k] = t(v)
             except (TypeError, ValueError):
@@ -80,8 +90,11 @@ class SplitZipConfig:
             values["engine_id"] = _safe_id(kvc.engine_id or "vllm")
         return cls(**values)
 
-    def listen_for_rank(self, rank: int) -> tuple[str, str]:
-        """(listen address, advertise address) of TP rank `rank`."""
+    def listen_for_rank(self, rank: int) -> tuple[str | None, str]:
+        """(listen address, advertise address) of TP rank `rank`; listen address None (listen_addr unset): the
+        connector's default, whose port 0 picks one per rank."""
+        if self.listen_addr is None:
+            return None, ""
         host, _, port = self.listen_addr.rpartition(":")
         p = int(port or 0)
         listen = f"{host}:{p + rank if p else 0}"

@@ -206,21 +206,23 @@ class SplitZipWorker:
         self.plane = shared_plane(cfg.nats_url, cfg.nats_namespace)
         self.producer: Producer | None = None
         self.consumer: Consumer | None = None
-        common: dict[str, Any] = {}
-        if cfg.rate_limit:
-            common["rate_limit"] = cfg.rate_limit
+        # Options left None are not sent: the Go connector applies its defaults (handoff.endpoint_defaults()).
+        common: dict[str, Any] = {"rate_limit": cfg.rate_limit}
         if kvc.is_kv_producer:
             listen, adv = cfg.listen_for_rank(self.rank)
-            popts: dict[str, Any] = dict(common, listen_addr=listen, bypass=cfg.bypass, handoff_ttl_s=cfg.handoff_ttl_s)
-            if adv:
-                popts["advertise_addr"] = adv
-            if cfg.link_rate:
-                popts["link_rate"] = cfg.link_rate
-            if cfg.staging_bytes:
-                popts["staging_bytes"] = cfg.staging_bytes
-            if cfg.codebook:
-                popts["codebook_path"] = cfg.codebook
-            self.producer = Producer(self.plane, self.engine_id, self.rank, **popts)
+            self.producer = Producer(
+                self.plane,
+                self.engine_id,
+                self.rank,
+                listen_addr=listen,
+                advertise_addr=adv or None,
+                bypass=cfg.bypass,
+                handoff_ttl_s=cfg.handoff_ttl_s,
+                link_rate=cfg.link_rate,
+                staging_bytes=cfg.staging_bytes,
+                codebook_path=cfg.codebook or None,
+                **common,
+            )
             logger.info("SplitZip producer %s rank %d serving on %s", self.engine_id, self.rank, self.producer.addr)
         if kvc.is_kv_consumer:
             self.consumer = Consumer(
