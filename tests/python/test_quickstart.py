@@ -1,6 +1,6 @@
 """The Python quick start runs as written: the first ```python block after the `<!-- quickstart -->` marker in
-README.md, or, while README.md has no marker, the one in docs/quickstart-python.md. It runs in a fresh
-interpreter in an empty directory, as a reader would paste it; its own asserts check the round trips."""
+README.md. It runs in a fresh interpreter in an empty directory, as a reader would paste it; its own asserts
+check the round trips."""
 
 from __future__ import annotations
 
@@ -19,15 +19,10 @@ _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 def quickstart() -> tuple[Path, str]:
     """(the file, the code) of the quick start."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if MARKER in text:
-        src, text = readme, text[text.index(MARKER) :]
-    else:
-        src = ROOT / "docs" / "quickstart-python.md"
-        text = src.read_text()
-        assert MARKER in text, f"{src} lost its {MARKER} marker"
-        text = text[text.index(MARKER) :]
+    src = ROOT / "README.md"
+    text = src.read_text()
+    assert MARKER in text, f"{src} lost its {MARKER} marker"
+    text = text[text.index(MARKER) :]
     m = _BLOCK.search(text)
     assert m, f"{src} has no ```python block after {MARKER}"
     return src, m.group(1)
