@@ -1,21 +1,28 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/splitzip/splitzip/codec"
+	"golang.org/x/sys/cpu"
 )
 
-func runBench(args []string) error {
+func runBench(args []string) error { return bench(os.Stdout, args) }
+
+// bench runs 'splitzip bench' with the CPU table written to w.
+func bench(w io.Writer, args []string) error {
 	if len(args) > 0 {
 		switch args[0] {
 		case "transfer":
@@ -29,6 +36,8 @@ func runBench(args []string) error {
 	fs.Var(&size, "size", "largest input, e.g. 256MiB (smaller sizes are measured too)")
 	runs := fs.Int("runs", 9, "timed runs per figure (the median is reported)")
 	data := fs.String("data", defaultEvaluation, "safetensors file of real KV to tile into the input (\"\" for synthetic normals)")
+	calPath := fs.String("calibration", "", "safetensors file of KV to learn the high-ratio mode's given table from (default: "+defaultCalibration+
+		" when -data is the default, else the input itself; synthetic input: other normals)")
 	gpu := fs.Bool("gpu", false, "benchmark the CUDA kernels instead (needs a GPU and its driver)")
 	device := fs.Int("device", 0, "GPU ordinal for -gpu")
 	ptxFile := fs.String("ptx", "", "with -gpu: also time the kernels of this PTX file (make -C kernels ptx of another revision)")
@@ -45,48 +54,97 @@ func runBench(args []string) error {
 		}
 		return runBenchGPU(*data, *device, sizes, 0, *ptxFile)
 	}
+	if *runs < 1 {
+		return fmt.Errorf("-runs %d: want at least 1", *runs)
+	}
 	src, origin, err := benchInput(*data, int(size))
 	if err != nil {
 		return err
 	}
+	if *calPath == "" && *data == defaultEvaluation {
+		*calPath = defaultCalibration
+	}
+	given, givenOrigin, err := benchTable(*data, *calPath, src)
+	if err != nil {
+		return err
+	}
+	modes := []benchMode{
+		{name: "fast"},
+		{name: "high-ratio, own table", opts: []codec.EOption{codec.WithMode(codec.ModeHighRatio)}},
+		{name: "high-ratio, given table", opts: []codec.EOption{codec.WithMode(codec.ModeHighRatio), codec.WithCodeTable(given)}},
+	}
 	procs := runtime.GOMAXPROCS(0)
-	fmt.Printf("splitzip bench: CPU codec, %s, %d cores (GOMAXPROCS), input: %s; median of %d runs\n", cpuName(), procs, origin, *runs)
-	fmt.Printf("copy = Go copy() of the same buffer, one goroutine; %% = codec throughput / copy throughput (raw bytes)\n\n")
-	fmt.Printf("%10s %9s | %9s %6s %9s | %9s %6s %9s | %7s %9s\n", "size", "copy", "enc 1", "%copy", fmt.Sprintf("enc %d", procs), "dec 1", "%copy", fmt.Sprintf("dec %d", procs), "ratio", "escapes")
+	fmt.Fprintf(w, "splitzip bench: CPU codec, %s, %d cores (GOMAXPROCS), input: %s; median of %d runs\n", cpuName(), procs, origin, *runs)
+	fmt.Fprintf(w, "code paths: %s\n", codePaths())
+	fmt.Fprintf(w, "fast = v1 frames, 4-bit codes, the built-in codebook; high-ratio = v2 entropy frames with\n")
+	fmt.Fprintf(w, "  own table:   built from each frame's exponents (two passes over the input)\n")
+	fmt.Fprintf(w, "  given table: %s, passed with codec.WithCodeTable\n", givenOrigin)
+	fmt.Fprintf(w, "               (one pass: the adaptive path, a table learned from earlier frames)\n")
+	fmt.Fprintf(w, "copy = Go copy() of the same buffer in the same run, one goroutine; %% = codec throughput / copy throughput\n\n")
+	encN, decN := fmt.Sprintf("enc %d", procs), fmt.Sprintf("dec %d", procs)
+	fmt.Fprintf(w, "%10s  %-23s %7s | %7s %5s %7s | %7s %5s %7s | %6s %8s\n", "size", "mode", "copy", "enc 1", "%copy", encN, "dec 1", "%copy", decN, "ratio", "escapes")
+	progress := func(format string, a ...any) {
+		if stderrIsTerminal {
+			fmt.Fprintf(os.Stderr, "\r\033[K"+format, a...)
+		}
+	}
 	for _, n := range []int{64 << 10, 1 << 20, 16 << 20, int(size)} {
 		if n > int(size) || n > len(src) {
 			continue
 		}
 		in := src[:n]
-		if stderrIsTerminal {
-			fmt.Fprintf(os.Stderr, "measuring %s…\r", formatBytes(float64(n)))
-		}
-		r, err := benchOne(in, *runs, procs)
+		progress("measuring %s: copy…", formatBytes(float64(n)))
+		cp, err := copySpeed(in, *runs)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%10s %8.2fG | %8.2fG %5.0f%% %8.2fG | %8.2fG %5.0f%% %8.2fG | %7.4f %9.2e\n", formatBytes(float64(n)), r.copy,
-			r.enc1, 100*r.enc1/r.copy, r.encN, r.dec1, 100*r.dec1/r.copy, r.decN, r.ratio, r.escapeRate)
+		for i, m := range modes {
+			progress("measuring %s: %s…", formatBytes(float64(n)), m.name)
+			r, err := benchOne(in, *runs, procs, m.opts)
+			if err != nil {
+				return fmt.Errorf("%s, %s: %w", formatBytes(float64(n)), m.name, err)
+			}
+			sizeText, copyText := "", ""
+			if i == 0 {
+				sizeText, copyText = formatBytes(float64(n)), fmt.Sprintf("%6.2fG", cp)
+			}
+			fmt.Fprintf(w, "%10s  %-23s %7s | %6.2fG %4.0f%% %6.2fG | %6.2fG %4.0f%% %6.2fG | %6.4f %8.2e\n", sizeText, m.name, copyText,
+				r.enc1, 100*r.enc1/cp, r.encN, r.dec1, 100*r.dec1/cp, r.decN, r.ratio, r.escapeRate)
+		}
 		if n == int(size) {
 			break
 		}
 	}
-	fmt.Println("\nfigures in GB/s of raw bf16 bytes")
+	progress("")
+	fmt.Fprintln(w, "\nfigures in GB/s of raw bf16 bytes")
 	return nil
 }
 
-type benchResult struct{ copy, enc1, encN, dec1, decN, ratio, escapeRate float64 }
+// benchMode is one row of the CPU table: an encoder configuration.
+type benchMode struct {
+	name string
+	opts []codec.EOption
+}
 
-func benchOne(src []byte, runs, procs int) (benchResult, error) {
+type benchResult struct{ enc1, encN, dec1, decN, ratio, escapeRate float64 }
+
+// copySpeed is the median GB/s of Go's copy() of src into another buffer.
+func copySpeed(src []byte, runs int) (float64, error) {
+	dst := make([]byte, len(src))
+	return gbps(len(src), runs, func() error { copy(dst, src); return nil })
+}
+
+// benchOne times encoding src with the options and decoding the frame, on one goroutine and on procs, and
+// checks that every decode gives src back exactly.
+func benchOne(src []byte, runs, procs int, opts []codec.EOption) (benchResult, error) {
 	var r benchResult
 	dst := make([]byte, len(src))
-	r.copy = gbps(len(src), runs, func() error { copy(dst, src); return nil })
 	frame := make([]byte, 0, codec.MaxEncodedLen(len(src)))
 	for _, c := range []struct {
 		goroutines int
 		enc, dec   *float64
 	}{{1, &r.enc1, &r.dec1}, {procs, &r.encN, &r.decN}} {
-		enc, err := codec.NewEncoder(codec.WithEncoderConcurrency(c.goroutines))
+		enc, err := codec.NewEncoder(append([]codec.EOption{codec.WithEncoderConcurrency(c.goroutines)}, opts...)...)
 		if err != nil {
 			return r, err
 		}
@@ -94,13 +152,15 @@ func benchOne(src []byte, runs, procs int) (benchResult, error) {
 		if err != nil {
 			return r, err
 		}
-		*c.enc = gbps(len(src), runs, func() error { frame, err = enc.Encode(frame[:0], src, codec.BF16); return err })
-		*c.dec = gbps(len(src), runs, func() error { _, err := dec.DecodeInto(dst, frame); return err })
-		if err != nil {
-			return r, err
+		if *c.enc, err = gbps(len(src), runs, func() (err error) { frame, err = enc.Encode(frame[:0], src, codec.BF16); return err }); err != nil {
+			return r, fmt.Errorf("encode: %w", err)
 		}
-		if string(dst) != string(src) {
-			return r, fmt.Errorf("round trip is not bit-exact")
+		clear(dst)
+		if *c.dec, err = gbps(len(src), runs, func() error { _, err := dec.DecodeInto(dst, frame); return err }); err != nil {
+			return r, fmt.Errorf("decode: %w", err)
+		}
+		if !bytes.Equal(dst, src) {
+			return r, errors.New("round trip is not bit-exact")
 		}
 	}
 	h, err := codec.ParseHeader(frame)
@@ -112,20 +172,111 @@ func benchOne(src []byte, runs, procs int) (benchResult, error) {
 }
 
 // gbps runs f once to warm up, then runs times, and returns the median throughput.
-func gbps(n, runs int, f func() error) float64 {
+func gbps(n, runs int, f func() error) (float64, error) {
 	if err := f(); err != nil {
-		return math.NaN()
+		return 0, err
 	}
 	ts := make([]float64, 0, runs)
 	for range runs {
 		t0 := time.Now()
 		if err := f(); err != nil {
-			return math.NaN()
+			return 0, err
 		}
 		ts = append(ts, time.Since(t0).Seconds())
 	}
 	slices.Sort(ts)
-	return float64(n) / ts[len(ts)/2] / 1e9
+	return float64(n) / ts[len(ts)/2] / 1e9, nil
+}
+
+// benchTable is the high-ratio mode's given table and where it was learned: for real KV, from the calibration
+// file (other tokens than the input), or from the input itself when calPath is ""; for synthetic input, from
+// normals of another seed.
+func benchTable(data, calPath string, src []byte) (*codec.CodeTable, string, error) {
+	h, _ := codec.NewHistogram(codec.BF16)
+	var origin string
+	switch {
+	case data == "":
+		if err := h.Add(syntheticNormals(1<<20, 3)); err != nil {
+			return nil, "", err
+		}
+		origin = "learned from other synthetic normals"
+	case calPath == "":
+		if err := h.Add(src); err != nil {
+			return nil, "", err
+		}
+		origin = "learned from the input itself"
+	default:
+		tensors, _, err := loadTensors(calPath, "")
+		if err != nil {
+			return nil, "", fmt.Errorf("given table: %w", err)
+		}
+		for _, t := range bf16Only(tensors) {
+			if err := h.Add(t.data); err != nil {
+				return nil, "", fmt.Errorf("%s: %s: %w", calPath, t.name, err)
+			}
+		}
+		if h.Total == 0 {
+			return nil, "", fmt.Errorf("%s: no bf16 tensors to learn a table from", calPath)
+		}
+		origin = "learned from " + calPath
+	}
+	t, err := h.CodeTable()
+	return t, origin, err
+}
+
+// codePaths says which kernels the codec runs on this machine: the fast mode's bf16 kernels (AVX2 assembly)
+// and the high-ratio mode's entropy coder (AVX-512 assembly). It checks the CPU flags the codec checks
+// (codec/bf16_amd64.go, codec/entropy_amd64.go) and its build constraint (amd64 && gc && !noasm).
+func codePaths() string {
+	arch := runtime.GOOS + "/" + runtime.GOARCH
+	asm := runtime.GOARCH == "amd64" && runtime.Compiler == "gc" && !builtWithTag("noasm")
+	if !asm {
+		why := "no assembly for " + runtime.GOARCH
+		switch {
+		case runtime.GOARCH != "amd64":
+		case runtime.Compiler != "gc":
+			why = "built with " + runtime.Compiler + ", not gc"
+		default:
+			why = "built with -tags noasm"
+		}
+		return fmt.Sprintf("%s, pure Go in both modes (%s)", arch, why)
+	}
+	fast := "AVX2 assembly"
+	if !cpu.X86.HasAVX2 {
+		fast = "pure Go (the CPU lacks avx2)"
+	}
+	flags := []struct {
+		name string
+		ok   bool
+	}{{"avx512f", cpu.X86.HasAVX512F}, {"avx512bw", cpu.X86.HasAVX512BW}, {"avx512vl", cpu.X86.HasAVX512VL},
+		{"avx512vbmi", cpu.X86.HasAVX512VBMI}, {"avx512vbmi2", cpu.X86.HasAVX512VBMI2}, {"popcnt", cpu.X86.HasPOPCNT}}
+	var have, lack []string
+	for _, f := range flags {
+		if f.ok {
+			have = append(have, f.name)
+		} else {
+			lack = append(lack, f.name)
+		}
+	}
+	entropy := "AVX-512 assembly (" + strings.Join(have, " ") + ")"
+	if len(lack) > 0 {
+		entropy = "pure Go (the CPU lacks " + strings.Join(lack, " ") + ")"
+	}
+	return fmt.Sprintf("%s; fast mode bf16 kernels: %s; high-ratio entropy coder: %s", arch, fast, entropy)
+}
+
+// builtWithTag reports whether the binary was built with the build tag.
+func builtWithTag(tag string) bool {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-tags" && slices.Contains(strings.Split(s.Value, ","), tag) {
+			return true
+		}
+	}
+	return false
 }
 
 // benchInput tiles the bf16 tensors of a real KV file to size bytes, or makes scaled normals when path is "".
@@ -150,13 +301,20 @@ func benchInput(path string, size int) ([]byte, string, error) {
 		}
 		return out, "real KV from " + path + " tiled", nil
 	}
-	rng := rand.New(rand.NewPCG(1, 2))
+	return syntheticNormals(size, 1), "synthetic normals (σ = 0.7)", nil
+}
+
+// syntheticNormals is size bytes of bf16 normals of σ = 0.7 (truncated from float32), from the seed.
+func syntheticNormals(size int, seed uint64) []byte {
+	size &^= 1
+	out := make([]byte, 0, size)
+	rng := rand.New(rand.NewPCG(seed, seed+1))
 	for len(out) < size {
 		f := float32(rng.NormFloat64() * 0.7)
 		bits := math.Float32bits(f) >> 16
 		out = append(out, byte(bits), byte(bits>>8))
 	}
-	return out, "synthetic normals (σ = 0.7)", nil
+	return out
 }
 
 func cpuName() string {
