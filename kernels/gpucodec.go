@@ -79,6 +79,8 @@ const (
 var entryPoints = []string{
 	tileEncoderName + "_dense", tileEncoderName + "_paged", streamEncoderName + "_dense", streamEncoderName + "_paged",
 	rawName + "_dense", rawName + "_paged", decoderName + "_dense", decoderName + "_paged",
+	hrEncoderName + "_dense", hrEncoderName + "_paged", hrRawName + "_dense", hrRawName + "_paged",
+	hrDecoderName + "_dense", hrDecoderName + "_paged",
 }
 
 // kernel is one loaded kernel: its dense and paged entry points and its shape.
@@ -103,6 +105,7 @@ type Codec struct {
 	stream     kernel // the encoder from smallBytes on
 	dec        kernel
 	raw        kernel
+	hr         *hrKernels // the high-ratio mode's (entropy.go)
 	smallBytes uint64
 	pdl        bool // the kernels use griddepcontrol: launchAfter lets a kernel launch during its predecessor's tail
 }
@@ -151,6 +154,10 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 			mod.Close()
 			return nil, err
 		}
+	}
+	if c.hr, err = loadHighRatio(mod); err != nil {
+		mod.Close()
+		return nil, err
 	}
 	return c, nil
 }

@@ -13,6 +13,9 @@ NVCC_DIR := $(REPO_ROOT)/build/nvcc
 LOCAL_NVCC := $(NVCC_DIR)/nvidia/cu13/bin/nvcc
 PYTHON ?= python3
 
+# A recipe that fails (nvcc missing, ptxas refusing the PTX) leaves no half-written PTX behind to look current.
+.DELETE_ON_ERROR:
+
 ifndef NVCC
   PATH_NVCC := $(shell command -v nvcc 2>/dev/null)
   ifneq ($(PATH_NVCC),)

@@ -22,6 +22,7 @@
 #include "encode_stream.cuh"
 #include "encode_tile.cuh"
 #include "raw.cuh"
+#include "entropy.cuh"
 
 using namespace sz;
 
@@ -62,4 +63,23 @@ extern "C" __global__ void __launch_bounds__(256) sz_decode_t256c1_dense(const D
 }
 extern "C" __global__ void __launch_bounds__(256) sz_decode_t256c1_paged(const DecParams p) {
   decode_tile<256, 1>(p, SZ_PAGED_MAP(p.dst));
+}
+
+// The high-ratio mode (entropy.cuh, format v2): a warp per 16,384-element chunk both ways; 4 chunks per encode
+// block, whose exponents take 64 KiB of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(128) sz_hr_encode_dense(const HREncParams p) {
+  hr_encode<4>(p, DenseMap{p.src});
+}
+extern "C" __global__ void __launch_bounds__(128) sz_hr_encode_paged(const HREncParams p) {
+  hr_encode<4>(p, SZ_PAGED_MAP(p.src));
+}
+extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_dense(const HREncParams p) { hr_raw(p, DenseMap{p.src}); }
+extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_paged(const HREncParams p) {
+  hr_raw(p, SZ_PAGED_MAP(p.src));
+}
+extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_dense(const HRDecParams p) {
+  hr_decode<8>(p, DenseMap{p.dst});
+}
+extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_paged(const HRDecParams p) {
+  hr_decode<8>(p, SZ_PAGED_MAP(p.dst));
 }

@@ -1,0 +1,655 @@
+// SplitZip's high-ratio mode on the GPU (format v2, codec/FORMAT.md): bf16 exponents in a canonical Huffman
+// code of at most 8 bits, with an escape symbol for exponents the table leaves out; sign and mantissa stay one
+// raw byte per element. A chunk of 16,384 elements is 32 interleaved lane streams that one warp codes or
+// decodes: per step each lane handles one element, and the lanes that need a byte take the next ones in lane
+// order (ballot + popc), which is also the order the CPU codec writes them in.
+//
+// Encode, one warp per chunk, in two passes:
+//   A. read the chunk once: residual bytes straight to the frame, exponents to shared memory, and per lane the
+//      bits its elements take, which fix the chunk's stream length before any bit is placed;
+//   B. after a decoupled look-back over the chunk lengths gives the chunk's offset, replay the decoder's refill
+//      schedule and write each byte where the decoder will read it.
+// The last warp of a frame to finish writes the header, the code table and the gaps (or a raw header, when
+// the coded frame would not be smaller than the input, and the raw kernel after it copies the payload).
+//
+// Decode, one warp per chunk: the block builds a 256-entry lookup table from the frame's code table, each
+// warp keeps three 128-byte windows of its stream in registers (the refilling lanes shuffle their bytes out of
+// them), and residuals and output go through shared memory in 512-element groups so that global accesses stay
+// 16-byte vectors.
+#pragma once
+
+#include "encode_tile.cuh"  // lookback_warp, residual, the format and device helpers
+
+namespace sz {
+
+constexpr uint32_t kVersion2 = 2;
+constexpr uint32_t kFlagEntropy = 2;
+constexpr uint32_t kFlagChecksum = 4;
+constexpr uint32_t kHRChunkLog2 = 14;
+constexpr uint32_t kHRChunk = 1u << kHRChunkLog2;
+constexpr uint32_t kHRExpBits = 8;       // bf16
+constexpr uint32_t kHRSymbols = 257;     // exponents 0..255, then ESC
+constexpr uint32_t kHREsc = 256;
+constexpr uint32_t kHRMaxLen = 8;
+constexpr uint32_t kHRTableMax = 2 + 129;  // lo, hi, 257 nibbles
+constexpr uint32_t kHRGroup = 512;         // decode: elements staged per warp in shared memory
+
+struct HREncParams {
+  uint64_t src;           // dense: the input; paged: device array of u64 base pointers K0,V0,K1,V1,...
+  uint64_t ids;           // paged: int32 block ids
+  uint64_t dst;           // the first frame (16-byte aligned)
+  uint64_t frame_stride;  // bytes from one frame to the next (multiple of 16)
+  uint64_t sizes;         // u64 per frame: the frame's length
+  uint64_t ws;            // workspace (hr_ws_*), zero on entry
+  uint64_t stride_bytes;  // paged: bytes from one block id to the next
+  uint64_t table;         // the code table's bytes as frames carry them (table_len of them)
+  uint32_t n;             // elements per frame
+  uint32_t frames;
+  uint32_t chunks;  // chunks per frame
+  uint32_t block_elems, n_blocks, segs_per_frame;
+  uint32_t table_len;
+  uint32_t raw_only;  // the host saw the sections alone would not fit in a raw frame's size: write raw frames
+};
+static_assert(sizeof(HREncParams) == 96, "HREncParams layout is shared with Go");
+
+struct HRDecParams {
+  uint64_t src, frame_stride, frame_cap, dst, ids, stride_bytes, status, out_bytes;
+  uint32_t frames;
+  uint32_t chunks;  // chunks per frame: ceil(out_bytes / 2 / 16,384)
+  uint32_t block_elems, n_blocks, segs_per_frame, pad;
+};
+static_assert(sizeof(HRDecParams) == 88, "HRDecParams layout is shared with Go");
+
+// The encode workspace: per frame four words (escapes, chunks done, uncodable, raw), then per frame and chunk
+// one look-back state word. The launcher zeroes it before each encode.
+__device__ __forceinline__ uint32_t* hr_ws_frame(const HREncParams& p, uint32_t f) {
+  return reinterpret_cast<uint32_t*>(p.ws) + 4ull * f;
+}
+__device__ __forceinline__ uint64_t* hr_ws_state(const HREncParams& p, uint32_t f) {
+  return reinterpret_cast<uint64_t*>(p.ws + 16ull * p.frames) + (uint64_t)f * p.chunks;
+}
+
+struct HRLayout {
+  uint64_t chunk_table, residuals, streams;
+  uint32_t chunks;
+};
+__device__ __forceinline__ HRLayout hr_layout(uint64_t n, uint32_t table_len) {
+  HRLayout l;
+  l.chunks = (uint32_t)((n + kHRChunk - 1) >> kHRChunkLog2);
+  l.chunk_table = align16(kHeaderSize + table_len);
+  l.residuals = align16(l.chunk_table + 4ull * l.chunks);
+  l.streams = align16(l.residuals + n);
+  return l;
+}
+
+__device__ __forceinline__ uint32_t lanemask_lt() {
+  uint32_t m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
+}
+
+// hr_table_lengths reads a code table's lengths into len[0..256] (ESC at 256) and returns kOK or kCorrupt
+// (malformed range, length or padding). One warp.
+__device__ uint32_t hr_table_lengths(const uint8_t* table, uint32_t table_len, uint8_t* len) {
+  const int lane = threadIdx.x & 31;
+  if (table_len < 3) return kCorrupt;
+  const uint32_t lo = table[0], hi = table[1];
+  if (hi < lo || table_len != 2 + (hi - lo + 3) / 2) return kCorrupt;
+  const uint32_t nibbles = hi - lo + 2;
+  bool bad = false;
+  for (uint32_t s = lane; s < kHRSymbols; s += 32) {
+    uint32_t k = 0xFFFFFFFFu;  // nibble index
+    if (s == kHREsc) k = 0;
+    else if (s >= lo && s <= hi) k = 1 + s - lo;
+    uint32_t l = 0;
+    if (k != 0xFFFFFFFFu) l = (table[2 + k / 2] >> (4 * (k & 1))) & 0xF;
+    bad |= l > kHRMaxLen;
+    len[s] = (uint8_t)l;
+  }
+  if (lane == 0 && (nibbles & 1) && (table[table_len - 1] >> 4) != 0) bad = true;
+  __syncwarp();
+  return __any_sync(0xFFFFFFFFu, bad) ? kCorrupt : kOK;
+}
+
+// hr_canonical_codes assigns canonical codes (DEFLATE order: by length, then symbol, ESC last) to the lengths
+// in len and returns the longest length; 0 when no symbol has a code, or 0xFF when the lengths oversubscribe
+// the code space (Kraft sum > 1). One warp.
+__device__ uint32_t hr_canonical_codes(const uint8_t* len, uint16_t* code) {
+  const int lane = threadIdx.x & 31;
+  uint32_t count[kHRMaxLen + 1] = {0};
+  uint32_t kraft = 0, maxlen = 0;
+  for (uint32_t b = 0; b < kHRSymbols; b += 32) {
+    const uint32_t s = b + lane;
+    const uint32_t l = s < kHRSymbols ? len[s] : 0;
+#pragma unroll
+    for (uint32_t k = 1; k <= kHRMaxLen; k++) count[k] += __popc(__ballot_sync(0xFFFFFFFFu, l == k));
+  }
+  uint32_t next[kHRMaxLen + 1];
+  uint32_t c = 0;
+  next[0] = 0;
+#pragma unroll
+  for (uint32_t k = 1; k <= kHRMaxLen; k++) {
+    c = (c + count[k - 1]) << 1;
+    next[k] = c;
+    kraft += count[k] << (kHRMaxLen - k);
+    if (count[k]) maxlen = k;
+  }
+  if (kraft > (1u << kHRMaxLen)) return 0xFF;
+  for (uint32_t b = 0; b < kHRSymbols; b += 32) {
+    const uint32_t s = b + lane;
+    const uint32_t l = s < kHRSymbols ? len[s] : 0;
+#pragma unroll
+    for (uint32_t k = 1; k <= kHRMaxLen; k++) {
+      const uint32_t m = __ballot_sync(0xFFFFFFFFu, l == k);
+      if (l == k) code[s] = (uint16_t)(next[k] + __popc(m & lanemask_lt()));
+      next[k] += __popc(m);
+    }
+  }
+  __syncwarp();
+  return maxlen;
+}
+
+// ---- encode ------------------------------------------------------------------------------------------------
+// An encode table entry per exponent: bits 0-4 the bits it takes (code, or ESC's code + 8 raw bits; 0: no way
+// to code it), bit 5 set for an escape, bits 8-23 the bit pattern.
+__device__ __forceinline__ uint32_t hr_bits(uint32_t ent) { return ent & 31; }
+__device__ __forceinline__ uint32_t hr_is_esc(uint32_t ent) { return (ent >> 5) & 1; }
+
+struct HREncShared {
+  uint32_t enc[256];
+  uint8_t len[272];
+  uint16_t code[264];
+  uint32_t maxlen;
+};
+
+// hr_write_header stores a v2 high-ratio header with its checksum.
+__device__ void hr_write_header(uint8_t* frame, uint64_t n, uint64_t escapes, uint32_t maxlen, uint32_t table_len,
+                                uint64_t payload, uint64_t codes_len) {
+  uint32_t w[16];
+  w[0] = kMagic;
+  w[1] = kVersion2 | (kDTypeBF16 << 8) | (kFlagEntropy << 16) | (maxlen << 24);
+  w[2] = (uint32_t)n;
+  w[3] = (uint32_t)(n >> 32);
+  w[4] = (uint32_t)escapes;
+  w[5] = (uint32_t)(escapes >> 32);
+  w[6] = kHRChunkLog2 | (kResidualBits << 8) | (table_len << 16);
+  w[7] = 0;
+  w[8] = (uint32_t)payload;
+  w[9] = (uint32_t)(payload >> 32);
+  w[10] = (uint32_t)codes_len;
+  w[11] = (uint32_t)(codes_len >> 32);
+  w[12] = (uint32_t)n;
+  w[13] = (uint32_t)(n >> 32);
+  w[14] = 0;
+  w[15] = crc32c_words(w, 15, nullptr);
+  uint4* o = reinterpret_cast<uint4*>(frame);
+#pragma unroll
+  for (int i = 0; i < 4; i++) o[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+}
+
+// hr_emit appends one byte of a lane's stream: its next 8 coded bits, coding further elements of the lane
+// (from xs, step next on) as needed; past the lane's last element the byte is padded with zeros.
+__device__ __forceinline__ uint32_t hr_emit(const HREncShared& sh, const uint8_t* xs, uint32_t lane, uint32_t cnt,
+                                            uint32_t& next, uint32_t& acc, uint32_t& an) {
+  while (an < 8 && next < cnt) {
+    const uint32_t e = sh.enc[xs[32 * next + lane]];
+    acc = (acc << hr_bits(e)) | (e >> 8);
+    an += hr_bits(e);
+    next++;
+  }
+  uint32_t b;
+  if (an >= 8) {
+    b = (acc >> (an - 8)) & 0xFF;
+    an -= 8;
+  } else {
+    b = (acc << (8 - an)) & 0xFF;
+    an = 0;
+  }
+  return b;
+}
+
+template <int WARPS, class Map>
+__device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
+  __shared__ HREncShared sh;
+  extern __shared__ __align__(16) uint8_t hr_xs[];  // WARPS × kHRChunk exponent bytes
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (warp == 0) {
+    const uint32_t st = hr_table_lengths(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
+    // The host validated the table; a bad one codes nothing (every frame goes raw).
+    const uint32_t maxlen = st == kOK ? hr_canonical_codes(sh.len, sh.code) : 0xFF;
+    const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
+    const uint32_t esc_len = sh.len[kHREsc];
+    for (uint32_t e = lane; e < 256; e += 32) {
+      uint32_t ent = 0;
+      if (ok && sh.len[e]) ent = ((uint32_t)sh.code[e] << 8) | sh.len[e];
+      else if (ok && esc_len) ent = ((((uint32_t)sh.code[kHREsc] << 8) | e) << 8) | 32u | (esc_len + 8);
+      sh.enc[e] = ent;
+    }
+    if (lane == 0) sh.maxlen = maxlen;
+  }
+  __syncthreads();
+  const uint32_t t = blockIdx.x * WARPS + warp;
+  if (t >= p.frames * p.chunks) return;
+  const uint32_t f = t / p.chunks, c = t - f * p.chunks;
+  const uint64_t n = p.n;
+  const uint32_t e0 = c << kHRChunkLog2;
+  const uint32_t len = (uint32_t)min((uint64_t)kHRChunk, n - e0);
+  uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
+  const HRLayout L = hr_layout(n, p.table_len);
+  uint8_t* xs = hr_xs + warp * kHRChunk;
+
+  // Pass A. Unit u (8 elements) of the chunk holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7;
+  // a lane reads units u ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
+  uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  uint32_t escapes = 0, uncodable = p.raw_only;
+  const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
+  for (uint32_t u0 = 0; u0 < units; u0 += 4 * 32) {
+    uint4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
+      if (ue + 8 <= len) {
+        v[i] = load16(map.addr(f, e0 + ue));
+      } else {
+        uint32_t h[8];
+#pragma unroll
+        for (uint32_t k = 0; k < 8; k++)
+          h[k] = ue + k < len ? *reinterpret_cast<const uint16_t*>(map.addr(f, e0 + ue + k)) : 0u;
+        v[i] = make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
+      if (u >= units) continue;
+      const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+      uint32_t r[2] = {0, 0}, x[2] = {0, 0};
+#pragma unroll
+      for (uint32_t k = 0; k < 8; k++) {
+        const uint32_t h = (k & 1) ? (w[k >> 1] >> 16) : (w[k >> 1] & 0xFFFF);
+        const uint32_t ex = (h >> 7) & 0xFF;
+        r[k >> 2] |= (((h >> 8) & 0x80) | (h & 0x7F)) << (8 * (k & 3));  // sign, mantissa
+        x[k >> 2] |= ex << (8 * (k & 3));
+        if (ue + k < len) {
+          const uint32_t ent = sh.enc[ex];
+          part[k] += hr_bits(ent);
+          escapes += hr_is_esc(ent);
+          uncodable |= hr_bits(ent) == 0;
+        }
+      }
+      *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x[0], x[1]);
+      uint8_t* rd = frame + L.residuals + e0 + ue;
+      if (ue + 8 <= len) {
+        *reinterpret_cast<uint2*>(rd) = make_uint2(r[0], r[1]);
+      } else {
+        for (uint32_t k = 0; ue + k < len; k++) rd[k] = (uint8_t)(r[k >> 2] >> (8 * (k & 3)));
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; k++) {
+    part[k] += __shfl_xor_sync(0xFFFFFFFFu, part[k], 4);
+    part[k] += __shfl_xor_sync(0xFFFFFFFFu, part[k], 8);
+    part[k] += __shfl_xor_sync(0xFFFFFFFFu, part[k], 16);
+  }
+  uint32_t bits = 0;  // all bits of this lane's elements
+#pragma unroll
+  for (uint32_t k = 0; k < 8; k++) {
+    const uint32_t b = __shfl_sync(0xFFFFFFFFu, part[k], lane >> 3);
+    if ((lane & 7) == k) bits = b;
+  }
+  escapes = warp_sum(escapes);
+  const bool bad = __any_sync(0xFFFFFFFFu, uncodable != 0) || sh.maxlen > kHRMaxLen || sh.maxlen == 0;
+  __syncwarp();
+  // The lane's stream length (codec/FORMAT.md): ceil(max(C + 8, B if the last element escapes) / 8) bytes.
+  const uint32_t cnt = lane < len ? (len - 1 - lane) / 32 + 1 : 0;
+  uint32_t bytes = 0;
+  if (cnt) {
+    const uint32_t last = sh.enc[xs[32 * (cnt - 1) + lane]];
+    uint32_t need = bits - hr_bits(last) + 8;
+    if (hr_is_esc(last) && bits > need) need = bits;
+    bytes = (need + 7) / 8;
+  }
+  const uint32_t chunk_bytes = warp_sum(bytes);
+  uint32_t* fw = hr_ws_frame(p, f);
+  const uint32_t start = lookback_warp(hr_ws_state(p, f), c, chunk_bytes);
+  if (lane == 0 && !p.raw_only) reinterpret_cast<uint32_t*>(frame + L.chunk_table)[c] = start;
+
+  // Pass B: the decoder's refill schedule, each byte written where the decoder will read it. A chunk whose
+  // stream would end past a raw frame's size belongs to a frame that goes raw: nothing is written there.
+  if (!bad && L.streams + start + chunk_bytes <= kHeaderSize + 2 * n) {
+    uint8_t* out = frame + L.streams + start;
+    uint32_t avail = 0, acc = 0, an = 0, next = 0, pos = 0;
+    const uint32_t steps = (len + 31) / 32;
+    for (uint32_t s = 0; s < steps; s++) {
+      const bool active = s < cnt;
+      const uint32_t ent = active ? sh.enc[xs[32 * s + lane]] : 0;
+      const bool esc = hr_is_esc(ent);
+      const bool need = active && avail < 8;
+      uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
+      if (need) {
+        out[pos + __popc(m & lanemask_lt())] = (uint8_t)hr_emit(sh, xs, lane, cnt, next, acc, an);
+        avail += 8;
+      }
+      pos += __popc(m);
+      avail -= esc ? hr_bits(ent) - kHRExpBits : hr_bits(ent);
+      if (__any_sync(0xFFFFFFFFu, esc)) {
+        const bool need2 = esc && avail < kHRExpBits;
+        m = __ballot_sync(0xFFFFFFFFu, need2);
+        if (need2) {
+          out[pos + __popc(m & lanemask_lt())] = (uint8_t)hr_emit(sh, xs, lane, cnt, next, acc, an);
+          avail += 8;
+        }
+        pos += __popc(m);
+        if (esc) avail -= kHRExpBits;
+      }
+    }
+  }
+
+  // The frame's last chunk to finish writes what depends on every chunk.
+  __syncwarp();
+  uint32_t done = 0;
+  if (lane == 0) {
+    if (escapes) atomicAdd(fw + 0, escapes);
+    if (bad) atomicOr(fw + 2, 1u);
+    __threadfence();
+    done = atomicAdd(fw + 1, 1u);
+  }
+  done = __shfl_sync(0xFFFFFFFFu, done, 0);
+  if (done != p.chunks - 1) return;
+  __threadfence();
+  const uint64_t last_state = ld_relaxed_gpu(hr_ws_state(p, f) + (p.chunks - 1));
+  const uint64_t codes_len = (uint32_t)last_state;
+  const uint64_t E = ld_relaxed_gpu(fw + 0);
+  const bool raw = ld_relaxed_gpu(fw + 2) != 0 || L.streams + codes_len >= kHeaderSize + 2 * n;
+  if (raw) {
+    if (lane == 0) {
+      write_header(frame, n, 0, true, 2 * n, nullptr);
+      reinterpret_cast<uint64_t*>(p.sizes)[f] = kHeaderSize + 2 * n;
+      st_relaxed_gpu(fw + 3, 1u);
+    }
+    return;
+  }
+  const uint8_t* table = reinterpret_cast<const uint8_t*>(p.table);
+  for (uint32_t i = lane; i < p.table_len; i += 32) frame[kHeaderSize + i] = table[i];
+  for (uint32_t i = lane; i < 48; i += 32) {
+    const uint32_t k = i % 16, g = i / 16;
+    const uint64_t from = g == 0 ? kHeaderSize + p.table_len : g == 1 ? L.chunk_table + 4ull * L.chunks : L.residuals + n;
+    const uint64_t to = g == 0 ? L.chunk_table : g == 1 ? L.residuals : L.streams;
+    if (from + k < to) frame[from + k] = 0;
+  }
+  if (lane == 0) {
+    hr_write_header(frame, n, E, sh.maxlen, p.table_len, L.streams + codes_len - kHeaderSize, codes_len);
+    reinterpret_cast<uint64_t*>(p.sizes)[f] = L.streams + codes_len;
+  }
+}
+
+// hr_raw copies the input of every frame the encoder made raw behind its header. Grid-stride over 16-byte
+// units; a frame that stayed coded is skipped.
+template <class Map>
+__device__ __forceinline__ void hr_raw(const HREncParams& p, const Map& map) {
+  const uint64_t n = p.n, units = (n + 7) / 8;
+  for (uint32_t f = 0; f < p.frames; f++) {
+    if (ld_relaxed_gpu(hr_ws_frame(p, f) + 3) == 0) continue;
+    uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride) + kHeaderSize;
+    for (uint64_t u = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; u < units; u += (uint64_t)gridDim.x * blockDim.x) {
+      const uint64_t e = 8 * u;
+      if (e + 8 <= n) {
+        store16(reinterpret_cast<uint64_t>(frame + 2 * e), load16(map.addr(f, (uint32_t)e)));
+      } else {
+        for (uint64_t k = e; k < n; k++)
+          reinterpret_cast<uint16_t*>(frame)[k] = *reinterpret_cast<const uint16_t*>(map.addr(f, (uint32_t)k));
+      }
+    }
+  }
+}
+
+// ---- decode ------------------------------------------------------------------------------------------------
+struct HRDecShared {
+  uint16_t lut[256];  // next 8 bits → symbol | length << 9 (0: no code starts so)
+  uint8_t len[272];
+  uint16_t code[264];
+  uint32_t hdr[16];
+  uint32_t status;
+  uint32_t raw;
+  uint64_t n, codes_len;
+  HRLayout L;
+  __align__(16) uint8_t res[8][kHRGroup];
+  __align__(16) uint16_t out[8][kHRGroup];
+};
+
+__device__ __forceinline__ void hr_fail(const HRDecParams& p, uint32_t st) {
+  atomicCAS(reinterpret_cast<uint32_t*>(p.status), 0u, st);
+}
+
+// hr_check_header validates a frame header for the high-ratio decoder: a v2 high-ratio bf16 frame, or a raw
+// frame of out_bytes bytes (either version).
+__device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint64_t cap, HRDecShared& sh) {
+  if (w[0] != kMagic) return kBadMagic;
+  const uint32_t version = w[1] & 0xFF;
+  if (version != kVersion && version != kVersion2) return kBadVersion;
+  if (crc32c_words(w, 15, nullptr) != w[15]) return kBadCRC;
+  const uint32_t dtype = (w[1] >> 8) & 0xFF, flags = (w[1] >> 16) & 0xFF, code_bits = w[1] >> 24;
+  const uint64_t n = u64_at(w, 2), esc = u64_at(w, 4), payload = u64_at(w, 8);
+  const uint64_t codes_len = u64_at(w, 10), res_len = u64_at(w, 12);
+  if (w[7] != 0 || n > 0xFFFFFFFFull) return kCorrupt;
+  if (version == kVersion && flags != kFlagRaw) return flags & ~kFlagRaw ? kCorrupt : kUnsupported;
+  if (flags & kFlagChecksum) return kUnsupported;
+  if (version == kVersion2 && w[14] != 0) return kCorrupt;
+  if (flags == kFlagRaw) {
+    if (code_bits != 0 || esc != 0 || w[6] != 0 || codes_len != 0 || payload != res_len) return kCorrupt;
+    if (res_len != out_bytes || (out_bytes & 1)) return kSizeMismatch;
+    if (kHeaderSize + payload > cap) return kTruncated;
+    sh.raw = 1;
+    sh.n = out_bytes / 2;
+    return kOK;
+  }
+  if (flags != kFlagEntropy) return kCorrupt;
+  if (dtype != kDTypeBF16) return kUnsupported;
+  const uint32_t chunk_log2 = w[6] & 0xFF, res_bits = (w[6] >> 8) & 0xFF, table_len = w[6] >> 16;
+  if (chunk_log2 != kHRChunkLog2) return kUnsupported;
+  if (res_bits != kResidualBits || code_bits < 1 || code_bits > kHRMaxLen || table_len > kHRTableMax) return kCorrupt;
+  if (2 * n != out_bytes) return kSizeMismatch;
+  const HRLayout L = hr_layout(n, table_len);
+  if (esc > n || res_len != n || payload != L.streams + codes_len - kHeaderSize || codes_len > 2 * n) return kCorrupt;
+  if (kHeaderSize + payload > cap) return kTruncated;
+  sh.raw = 0;
+  sh.n = n;
+  sh.codes_len = codes_len;
+  sh.L = L;
+  return kOK;
+}
+
+// A lane's view of the chunk's stream: three 128-byte windows (a word per lane each), the first holding the
+// byte the warp reads next.
+struct HRWindow {
+  const uint8_t* base;  // 4-byte aligned, at or before the chunk's first byte
+  const uint8_t* end;   // first byte past the readable frame
+  uint32_t w0, w1, w2, cur;
+  __device__ __forceinline__ uint32_t load(uint32_t k, uint32_t lane) const {
+    const uint8_t* a = base + 128ull * k + 4 * lane;
+    if (a + 4 <= end) return __ldcs(reinterpret_cast<const uint32_t*>(a));
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+      if (a + i < end) v |= (uint32_t)a[i] << (8 * i);
+    return v;
+  }
+  // byte returns stream byte q (counted from base) for every lane; q may lie in w0 or w1.
+  __device__ __forceinline__ uint32_t byte(uint32_t q) const {
+    const uint32_t src = (q >> 2) & 31;
+    const uint32_t a = __shfl_sync(0xFFFFFFFFu, w0, src), b = __shfl_sync(0xFFFFFFFFu, w1, src);
+    return (((q >> 7) == cur ? a : b) >> (8 * (q & 3))) & 0xFF;
+  }
+  __device__ __forceinline__ void advance(uint32_t q, uint32_t lane) {
+    while ((q >> 7) > cur) {
+      w0 = w1;
+      w1 = w2;
+      w2 = load(cur + 3, lane);
+      cur++;
+    }
+  }
+};
+
+template <int WARPS, class Map>
+__device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) {
+  static_assert(WARPS <= 8, "shared staging holds 8 warps");
+  __shared__ HRDecShared sh;
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t bpf = (p.chunks + WARPS - 1) / WARPS;  // blocks per frame
+  const uint32_t f = blockIdx.x / bpf, c = (blockIdx.x - f * bpf) * WARPS + warp;
+  const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
+  const uint8_t* frame_end = frame + p.frame_cap;
+  if (warp == 0) {
+    uint32_t st = kOK;
+    if (p.frame_cap < kHeaderSize) {
+      st = kTruncated;
+    } else {
+      if (lane < 16) sh.hdr[lane] = reinterpret_cast<const uint32_t*>(frame)[lane];
+      __syncwarp();
+      if (lane == 0) sh.status = hr_check_header(sh.hdr, p.out_bytes, p.frame_cap, sh);
+      __syncwarp();
+      st = sh.status;
+      if (st == kOK && !sh.raw) {
+        const uint32_t table_len = sh.hdr[6] >> 16, code_bits = sh.hdr[1] >> 24;
+        st = hr_table_lengths(frame + kHeaderSize, table_len, sh.len);
+        uint32_t maxlen = 0;
+        if (st == kOK) maxlen = hr_canonical_codes(sh.len, sh.code);
+        if (st == kOK && maxlen != code_bits) st = kCorrupt;
+        if (st == kOK) {
+          for (uint32_t i = lane; i < 256; i += 32) sh.lut[i] = 0;
+          __syncwarp();
+          for (uint32_t s = lane; s < kHRSymbols; s += 32) {
+            const uint32_t l = sh.len[s];
+            if (l == 0) continue;
+            const uint32_t first = (uint32_t)sh.code[s] << (kHRMaxLen - l);
+            for (uint32_t i = 0; i < (1u << (kHRMaxLen - l)); i++) sh.lut[first + i] = (uint16_t)(s | l << 9);
+          }
+        }
+      }
+    }
+    if (lane == 0) {
+      sh.status = st;
+      if (st != kOK) hr_fail(p, st);
+    }
+  }
+  __syncthreads();
+  if (sh.status != kOK || c >= p.chunks) return;
+  const uint64_t n = sh.n;
+  const uint32_t e0 = c << kHRChunkLog2;
+  if (e0 >= n && n > 0) return;
+  const uint32_t len = (uint32_t)min((uint64_t)kHRChunk, n - e0);
+  if (sh.raw) {
+    const uint8_t* src = frame + kHeaderSize;
+    for (uint32_t u = lane; 8 * u < len; u += 32) {
+      const uint32_t ue = 8 * u;
+      if (ue + 8 <= len) {
+        store16(map.addr(f, e0 + ue), load16(reinterpret_cast<uint64_t>(src + 2ull * (e0 + ue))));
+      } else {
+        for (uint32_t k = ue; k < len; k++)
+          *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = reinterpret_cast<const uint16_t*>(src)[e0 + k];
+      }
+    }
+    return;
+  }
+  const HRLayout L = sh.L;
+  const uint32_t* ct = reinterpret_cast<const uint32_t*>(frame + L.chunk_table);
+  const uint64_t start = ct[c], stop = c + 1 < L.chunks ? ct[c + 1] : sh.codes_len;
+  if (start > stop || stop > sh.codes_len) {
+    if (lane == 0) hr_fail(p, kCorrupt);
+    return;
+  }
+  const uint32_t nbytes = (uint32_t)(stop - start);
+  const uint8_t* sb = frame + L.streams + start;
+  HRWindow win;
+  win.base = reinterpret_cast<const uint8_t*>(reinterpret_cast<uint64_t>(sb) & ~uint64_t(3));
+  win.end = frame_end;
+  win.cur = 0;
+  win.w0 = win.load(0, lane);
+  win.w1 = win.load(1, lane);
+  win.w2 = win.load(2, lane);
+  const uint32_t delta = (uint32_t)(sb - win.base);
+  const uint8_t* res = frame + L.residuals + e0;
+  uint8_t* sres = sh.res[warp];
+  uint16_t* sout = sh.out[warp];
+  uint32_t buf = 0, avail = 0, pos = 0;
+  bool corrupt = false;
+  const uint32_t steps = (len + 31) / 32;
+  for (uint32_t s = 0; s < steps; s++) {
+    const uint32_t g = s % (kHRGroup / 32);
+    const uint32_t j = 32 * s + lane;
+    if (g == 0) {
+      // Stage the next group's residuals.
+      const uint32_t r0 = 32 * s + 16 * lane;
+      if (r0 + 16 <= len) {
+        *reinterpret_cast<uint4*>(sres + 16 * lane) = *reinterpret_cast<const uint4*>(res + r0);
+      } else {
+        for (uint32_t k = 0; k < 16; k++) sres[16 * lane + k] = r0 + k < len ? res[r0 + k] : 0;
+      }
+      __syncwarp();
+    }
+    const bool active = j < len;
+    const bool need = active && avail < 8;
+    uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
+    if (m) {
+      const uint32_t q = delta + pos + __popc(m & lanemask_lt());
+      const uint32_t b = win.byte(q);
+      if (need) {
+        buf = (buf << 8) | b;
+        avail += 8;
+      }
+      pos += __popc(m);
+      win.advance(delta + pos, lane);
+    }
+    uint32_t sym = 0, esc = 0;
+    if (active) {
+      const uint32_t e = sh.lut[(buf >> (avail - 8)) & 0xFF];
+      const uint32_t l = e >> 9;
+      corrupt |= l == 0;
+      avail -= min(l, avail);
+      sym = e & 0x1FF;
+      esc = sym == kHREsc;
+    }
+    if (__any_sync(0xFFFFFFFFu, esc)) {
+      const bool need2 = esc && avail < kHRExpBits;
+      m = __ballot_sync(0xFFFFFFFFu, need2);
+      if (m) {
+        const uint32_t q = delta + pos + __popc(m & lanemask_lt());
+        const uint32_t b = win.byte(q);
+        if (need2) {
+          buf = (buf << 8) | b;
+          avail += 8;
+        }
+        pos += __popc(m);
+        win.advance(delta + pos, lane);
+      }
+      if (esc) {
+        sym = (buf >> (avail - kHRExpBits)) & 0xFF;
+        avail -= kHRExpBits;
+      }
+    }
+    if (active) {
+      const uint32_t r = sres[32 * g + lane];
+      sout[32 * g + lane] = (uint16_t)(((r & 0x80) << 8) | (sym << 7) | (r & 0x7F));
+    }
+    if (g == kHRGroup / 32 - 1 || s == steps - 1) {
+      // Flush the group: 64 units of 8 elements.
+      __syncwarp();
+      const uint32_t g0 = 32 * (s - g);
+#pragma unroll
+      for (uint32_t i = 0; i < 2; i++) {
+        const uint32_t u = lane + 32 * i, ue = g0 + 8 * u;
+        if (ue + 8 <= len) {
+          store16(map.addr(f, e0 + ue), *reinterpret_cast<const uint4*>(sout + 8 * u));
+        } else {
+          for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
+        }
+      }
+      __syncwarp();
+    }
+    if (pos > nbytes) break;
+  }
+  corrupt = __any_sync(0xFFFFFFFFu, corrupt) || pos != nbytes;
+  if (corrupt && lane == 0) hr_fail(p, kCorrupt);
+}
+
+}  // namespace sz
