@@ -11,7 +11,8 @@ import (
 // CodebookAdaptive, passed as Encode's codebook, calibrates a fresh codebook on every input.
 const CodebookAdaptive = -1
 
-// FormatVersion is the frame format version this build writes and reads.
+// FormatVersion is the newest frame format version this build writes and reads (it reads every earlier one;
+// a frame that uses none of a version's additions is written with the earliest version that has them all).
 func FormatVersion() int { return codec.Version }
 
 // HeaderSize is the size of a frame header in bytes.
