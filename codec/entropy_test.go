@@ -10,6 +10,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/splitzip/splitzip/internal/fp8"
 	"github.com/stretchr/testify/require"
 )
 
@@ -165,7 +166,7 @@ func testTensor(rng *rand.Rand, dt DType, n int, scale float64) []byte {
 		case FP8E5M2:
 			b[i] = uint8(float32ToHalf(float32(f)) >> 8)
 		case FP8E4M3:
-			b[i] = toE4M3(f)
+			b[i] = fp8.E4M3(f)
 		default:
 			b[i] = byte(rng.Uint32())
 		}
@@ -673,34 +674,6 @@ func TestHighRatioNoAllocationsWhenWarm(t *testing.T) {
 		require.Zero(t, testing.AllocsPerRun(10, run))
 		require.Equal(t, src, out)
 	}
-}
-
-// toE4M3 converts to fp8 e4m3fn with round-to-nearest-even, saturating at ±448 (as vLLM's quantisation clamps
-// before its cast).
-func toE4M3(f float64) byte {
-	var sign byte
-	if math.Signbit(f) {
-		sign, f = 0x80, -f
-	}
-	switch {
-	case math.IsNaN(f):
-		return sign | 0x7F
-	case f >= 448:
-		return sign | 0x7E
-	}
-	e := math.Floor(math.Log2(f))
-	if f == 0 || e < -6 { // subnormal: units of 2^-9; 8 units is the smallest normal, whose bits are also 8
-		return sign | byte(math.RoundToEven(f*512))
-	}
-	m := math.RoundToEven((f/math.Exp2(e) - 1) * 8)
-	if m == 8 {
-		e, m = e+1, 0
-	}
-	biased := int(e) + 7
-	if biased > 15 || (biased == 15 && m == 7) {
-		return sign | 0x7E
-	}
-	return sign | byte(biased)<<3 | byte(m)
 }
 
 func mustEnc(e *Encoder, err error) *Encoder {

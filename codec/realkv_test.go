@@ -1,13 +1,12 @@
 package codec
 
 import (
-	"encoding/binary"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/splitzip/splitzip/internal/fp8"
 	"github.com/splitzip/splitzip/internal/safetensors"
 	"github.com/stretchr/testify/require"
 )
@@ -140,17 +139,7 @@ func TestRealKVE4M3(t *testing.T) {
 	h, err := NewHistogram(FP8E4M3)
 	require.NoError(t, err)
 	for _, x := range eval.Tensors {
-		vals := make([]float64, len(x.Data)/2)
-		amax := 0.0
-		for i := range vals {
-			vals[i] = float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(x.Data[2*i:])) << 16))
-			amax = max(amax, math.Abs(vals[i]))
-		}
-		scale := amax / 448
-		q := make([]byte, len(vals))
-		for i, v := range vals {
-			q[i] = toE4M3(v / scale)
-		}
+		q := fp8.QuantizeBF16E4M3(x.Data)
 		require.NoError(t, h.Add(q))
 		hdr := roundTrip(t, enc, dec, q, FP8E4M3)
 		require.True(t, hdr.Entropy, x.Name)

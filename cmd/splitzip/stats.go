@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"math"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/fp8"
 )
 
 const (
@@ -92,7 +92,7 @@ func calibrateStats(tensors []namedTensor) (*statsCalibration, error) {
 		if err := hist.Add(t.data); err != nil {
 			return nil, fmt.Errorf("%s: %w", t.name, err)
 		}
-		if err := histE4M3.Add(quantizeE4M3(t.data)); err != nil {
+		if err := histE4M3.Add(fp8.QuantizeBF16E4M3(t.data)); err != nil {
 			return nil, fmt.Errorf("%s: %w", t.name, err)
 		}
 		h, _ := codec.NewHistogram(codec.BF16)
@@ -243,7 +243,7 @@ func writeStats(w io.Writer, args []string) error {
 		}
 		// Every way the rows code the tensor, each frame checked. Timed: the fast frames of the layer table
 		// (slot 0) and the high-ratio ones (slot 1).
-		q := quantizeE4M3(t.data)
+		q := fp8.QuantizeBF16E4M3(t.data)
 		qbits, err := entropyBits(q, codec.FP8E4M3)
 		if err != nil {
 			return fmt.Errorf("%s as fp8 e4m3: %w", t.name, err)
@@ -410,55 +410,4 @@ func maxKey[V any](m map[int]V) int {
 		k = max(k, x)
 	}
 	return k
-}
-
-// quantizeE4M3 quantises a bf16 tensor to fp8 e4m3 (e4m3fn: no infinities, ±448 the largest finite value) as
-// an fp8 KV cache does: a per-tensor scale amax/448, round to nearest even, saturating at ±448. An all-zero
-// tensor stays zero.
-func quantizeE4M3(bf16 []byte) []byte {
-	vals := make([]float64, len(bf16)/2)
-	amax := 0.0
-	for i := range vals {
-		vals[i] = float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(bf16[2*i:])) << 16))
-		if a := math.Abs(vals[i]); !math.IsNaN(a) && !math.IsInf(a, 0) {
-			amax = max(amax, a)
-		}
-	}
-	scale := amax / 448
-	q := make([]byte, len(vals))
-	for i, v := range vals {
-		if scale > 0 {
-			v /= scale
-		}
-		q[i] = toE4M3(v)
-	}
-	return q
-}
-
-// toE4M3 rounds f to the nearest fp8 e4m3fn value (ties to even), saturating at ±448 (as a quantiser clamps
-// before its cast); NaN stays NaN.
-func toE4M3(f float64) byte {
-	var sign byte
-	if math.Signbit(f) {
-		sign, f = 0x80, -f
-	}
-	switch {
-	case math.IsNaN(f):
-		return sign | 0x7F
-	case f >= 448:
-		return sign | 0x7E
-	}
-	e := math.Floor(math.Log2(f))
-	if f == 0 || e < -6 { // subnormal: units of 2^-9; 8 units round up to the smallest normal, whose bits are also 8
-		return sign | byte(math.RoundToEven(f*512))
-	}
-	m := math.RoundToEven((f/math.Exp2(e) - 1) * 8)
-	if m == 8 {
-		e, m = e+1, 0
-	}
-	biased := int(e) + 7
-	if biased > 15 || (biased == 15 && m == 7) {
-		return sign | 0x7E
-	}
-	return sign | byte(biased)<<3 | byte(m)
 }

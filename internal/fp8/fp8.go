@@ -1,0 +1,75 @@
+// Package fp8 converts to the fp8 e4m3fn format (no infinities, ±448 the largest finite value) the way an fp8
+// KV cache quantises: the statistics and tests that measure how the high-ratio mode codes fp8 KV use it.
+package fp8
+
+import (
+	"encoding/binary"
+	"math"
+)
+
+// QuantizeBF16E4M3 quantises a bf16 tensor to fp8 e4m3 (e4m3fn: no infinities, ±448 the largest finite value) as
+// an fp8 KV cache does: a per-tensor scale amax/448, round to nearest even, saturating at ±448. An all-zero
+// tensor stays zero.
+func QuantizeBF16E4M3(bf16 []byte) []byte {
+	vals := make([]float64, len(bf16)/2)
+	amax := 0.0
+	for i := range vals {
+		vals[i] = float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(bf16[2*i:])) << 16))
+		if a := math.Abs(vals[i]); !math.IsNaN(a) && !math.IsInf(a, 0) {
+			amax = max(amax, a)
+		}
+	}
+	scale := amax / 448
+	q := make([]byte, len(vals))
+	for i, v := range vals {
+		if scale > 0 {
+			v /= scale
+		}
+		q[i] = E4M3(v)
+	}
+	return q
+}
+
+// E4M3 rounds f to the nearest fp8 e4m3fn value (ties to even), saturating at ±448 (as a quantiser clamps
+// before its cast); NaN stays NaN.
+func E4M3(f float64) byte {
+	var sign byte
+	if math.Signbit(f) {
+		sign, f = 0x80, -f
+	}
+	switch {
+	case math.IsNaN(f):
+		return sign | 0x7F
+	case f >= 448:
+		return sign | 0x7E
+	}
+	e := math.Floor(math.Log2(f))
+	if f == 0 || e < -6 { // subnormal: units of 2^-9; 8 units round up to the smallest normal, whose bits are also 8
+		return sign | byte(math.RoundToEven(f*512))
+	}
+	m := math.RoundToEven((f/math.Exp2(e) - 1) * 8)
+	if m == 8 {
+		e, m = e+1, 0
+	}
+	biased := int(e) + 7
+	if biased > 15 || (biased == 15 && m == 7) {
+		return sign | 0x7E
+	}
+	return sign | byte(biased)<<3 | byte(m)
+}
+
+// DecodeE4M3 is the value of an e4m3fn byte (NaN for 0x7F and 0xFF).
+func DecodeE4M3(b byte) float64 {
+	sign := 1.0
+	if b&0x80 != 0 {
+		sign = -1
+	}
+	e, m := int(b>>3&15), float64(b&7)
+	switch {
+	case b&0x7F == 0x7F:
+		return math.NaN()
+	case e == 0:
+		return sign * m * math.Exp2(-9)
+	}
+	return sign * (1 + m/8) * math.Exp2(float64(e-7))
+}
