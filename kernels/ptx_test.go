@@ -2,9 +2,6 @@ package kernels
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"os"
 	"strings"
 	"testing"
 
@@ -12,41 +9,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/ptxcheck"
 )
 
-// TestPTXUpToDate fails when the committed PTX is stale against its CUDA sources (or was edited by hand):
-// splitzip.sha256, written by `make -C kernels ptx`, records the hashes of the sources and of the PTX built
-// from them.
+// TestPTXUpToDate fails when the committed PTX is stale against its CUDA sources (or was edited by hand), and
+// checks that both builds hold exactly the product's entry points.
 func TestPTXUpToDate(t *testing.T) {
-	files := map[string]bool{}
-	for _, line := range strings.Split(strings.TrimSpace(ptxHashes), "\n") {
-		sum, name, ok := strings.Cut(line, "  ")
-		require.True(t, ok, "line %q of splitzip.sha256", line)
-		b, err := os.ReadFile(name)
-		require.NoError(t, err)
-		got := sha256.Sum256(b)
-		assert.Equal(t, sum, hex.EncodeToString(got[:]),
-			"%s changed since the PTX was built: run `make -C kernels ptx` (nvcc 13.0) and commit splitzip.ptx and splitzip.sha256", name)
-		files[name] = true
-	}
-	// Every CUDA source is covered, and the embedded PTX is the recorded one.
-	entries, err := os.ReadDir(".")
-	require.NoError(t, err)
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".cu") || strings.HasSuffix(e.Name(), ".cuh") {
-			assert.True(t, files[e.Name()], "%s is not recorded in splitzip.sha256 (add it to SOURCES in the Makefile)", e.Name())
-		}
-	}
-	for name, embedded := range map[string][]byte{"splitzip.ptx": ptx, "splitzip_sm90.ptx": ptxSM90} {
-		require.True(t, files[name], name)
-		disk, err := os.ReadFile(name)
-		require.NoError(t, err)
-		assert.Equal(t, disk, embedded, "embedded PTX differs from %s", name)
-	}
-	// Generated-code marker, and exactly the product's entry points.
-	for name, image := range map[string][]byte{"splitzip.ptx": ptx, "splitzip_sm90.ptx": ptxSM90} {
-		first, _, _ := strings.Cut(string(image), "\n")
-		assert.Regexp(t, `^// Code generated .* DO NOT EDIT\.$`, first, name)
+	images := map[string][]byte{"splitzip.ptx": ptx, "splitzip_sm90.ptx": ptxSM90}
+	ptxcheck.UpToDate(t, ptxHashes, "make -C kernels ptx", images)
+	for name, image := range images {
 		assert.ElementsMatch(t, entryPoints, ptxEntries(image), name)
 	}
 	assert.Contains(t, string(ptx), ".target sm_80")
