@@ -57,13 +57,7 @@ func (g *gpuEnv) encodeHR(t testing.TB, src, table []byte, poison byte) []byte {
 
 func (g *gpuEnv) decodeHR(t testing.TB, frame []byte, frameCap, outLen int, poison byte) ([]byte, error) {
 	t.Helper()
-	in := g.upload(t, frame)
-	dst := g.alloc(t, outLen)
-	status := g.alloc(t, 4)
-	require.NoError(t, g.s.MemsetD8Async(dst, poison, max(outLen, 16)))
-	require.NoError(t, g.codec.DecodeHighRatioAsync(g.s, in, frameCap, dst, outLen, status))
-	st := binary.LittleEndian.Uint32(g.download(t, status, 4))
-	return g.download(t, dst, outLen), StatusError(st)
+	return g.decodeWith(t, g.codec.DecodeHighRatioAsync, frame, frameCap, outLen, poison)
 }
 
 // TestHighRatioMatchesCPU: GPU frames are byte-identical to the CPU encoder's for the same code table, and both

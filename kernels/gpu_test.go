@@ -143,11 +143,19 @@ func (g *gpuEnv) encodeWS(t testing.TB, src []byte, cb *codec.Codebook, poison b
 // decode runs DecodeAsync over frame into a poisoned buffer of outLen bytes.
 func (g *gpuEnv) decode(t testing.TB, frame []byte, frameCap, outLen int, poison byte) ([]byte, error) {
 	t.Helper()
+	return g.decodeWith(t, g.codec.DecodeAsync, frame, frameCap, outLen, poison)
+}
+
+// decodeWith runs a decoder (DecodeAsync, DecodeHighRatioAsync) over frame into a poisoned buffer of outLen
+// bytes, and returns what it wrote and its status.
+func (g *gpuEnv) decodeWith(t testing.TB, decode func(*cuda.Stream, cuda.DevicePtr, int, cuda.DevicePtr, int, cuda.DevicePtr) error,
+	frame []byte, frameCap, outLen int, poison byte) ([]byte, error) {
+	t.Helper()
 	in := g.upload(t, frame)
 	dst := g.alloc(t, outLen)
 	status := g.alloc(t, 4)
 	require.NoError(t, g.s.MemsetD8Async(dst, poison, max(outLen, 16)))
-	require.NoError(t, g.codec.DecodeAsync(g.s, in, frameCap, dst, outLen, status))
+	require.NoError(t, decode(g.s, in, frameCap, dst, outLen, status))
 	st := binary.LittleEndian.Uint32(g.download(t, status, 4))
 	return g.download(t, dst, outLen), StatusError(st)
 }
