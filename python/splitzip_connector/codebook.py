@@ -241,6 +241,19 @@ class CodeTable:
             raise translate(e) from None
         return buf[:n].tobytes()
 
+    @staticmethod
+    def bytes_from_counts(counts: Any, dtype: Any = "bf16") -> bytes:
+        """The bytes (as to_bytes() gives them) of the table calibrate() learns from exponents whose histogram
+        was counted elsewhere, e.g. on a GPU: counts[x] is how many elements have exponent field value x, one
+        count per value (256 for bf16). The GPU path's "adaptive" table."""
+        c = np.ascontiguousarray(counts, dtype="<u8")
+        buf = np.empty(MAX_CODE_TABLE_LEN, np.uint8)
+        try:
+            n = ext.pybind_CodeTableBinaryFromCounts(dtypes.dtype_code(dtype), np_addr(c), c.size, np_addr(buf), buf.nbytes)
+        except RuntimeError as e:
+            raise translate(e) from None
+        return buf[:n].tobytes()
+
     def _fields(self) -> dict:
         if self._js is None:
             self._js = json.loads(self.to_json())

@@ -274,3 +274,28 @@ def test_coding_is_the_one_reader_of_coding_arguments():
     assert coding(None, None, "high-ratio", gpu=True) == (MODE_HIGH_RATIO, 0, None, False)
     assert coding("adaptive", None, "high-ratio", gpu=True) == (MODE_HIGH_RATIO, CODEBOOK_ADAPTIVE, None, True)
     assert coding(None, t, "high-ratio") == coding(t, None, "high-ratio") == (MODE_HIGH_RATIO, t.handle, t, False)
+
+
+def test_table_from_counts_is_the_calibrated_table(kv_evaluation):
+    """The GPU path's "adaptive" table: exponents counted elsewhere (here numpy, as torch.bincount does on a
+    GPU) give the table CodeTable.calibrate learns from the tensor itself."""
+    for name, x in list(kv_evaluation.items())[:4]:
+        counts = np.bincount(((x.reshape(-1) >> 7) & 0xFF).astype(np.uint8), minlength=256)
+        assert sz.CodeTable.bytes_from_counts(counts) == sz.CodeTable.calibrate(x, dtype="bf16").to_bytes(), name
+    with pytest.raises(sz.CodebookError, match="empty"):
+        sz.CodeTable.bytes_from_counts(np.zeros(256, np.int64))
+    with pytest.raises(sz.SplitZipError, match="256"):
+        sz.CodeTable.bytes_from_counts(np.ones(16, np.int64))
+
+
+def test_gpu_entry_points_without_a_gpu():
+    """The binding's high-ratio GPU functions exist with the arguments cuda.py passes; here they fail cleanly."""
+    from splitzip_connector._binding import ext
+
+    if sz.cuda_available():
+        pytest.skip("GPU present: test_cuda.py runs them")
+    assert ext.pybind_CUDAHighRatioWorkspaceSize(1 << 20) > 0
+    with pytest.raises(RuntimeError, match=r"^\[(no_driver|cuda)\]"):
+        ext.pybind_CUDAEncodeHighRatio(0, 0, 0x1000, 16, 0x5000, 3, 0x2000, 0x3000, 0x4000)
+    with pytest.raises(RuntimeError, match=r"^\[(no_driver|cuda)\]"):
+        ext.pybind_CUDADecodeHighRatio(0, 0, 0x1000, 100, 0x2000, 16, 0x3000)
