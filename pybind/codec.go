@@ -8,7 +8,8 @@ import (
 	"github.com/splitzip/splitzip/codec"
 )
 
-// CodebookAdaptive, passed as Encode's codebook, calibrates a fresh codebook on every input.
+// CodebookAdaptive, passed as Encode's book, codes every input with exponents of its own: a codebook calibrated
+// on it (fast mode), or the frame's own code table (high-ratio mode).
 const CodebookAdaptive = -1
 
 // FormatVersion is the newest frame format version this build writes and reads (it reads every earlier one;
@@ -66,13 +67,56 @@ func dtypeOf(code int) (codec.DType, error) {
 	return dt, nil
 }
 
-// Encoders are pooled: an encoder keeps tables and scratch between calls and is not safe for concurrent use,
-// and Python threads call in concurrently (gopy releases the GIL).
-var (
-	encoders         = sync.Pool{New: func() any { return mustEncoder() }}
-	adaptiveEncoders = sync.Pool{New: func() any { return mustEncoder(codec.WithAdaptiveCodebook(true)) }}
-	decoders         = sync.Pool{New: func() any { return mustDecoder() }}
+// The modes, as Encode's mode argument takes them (codec.Mode's values).
+const (
+	ModeFast      = int(codec.ModeFast)
+	ModeHighRatio = int(codec.ModeHighRatio)
 )
+
+// ParseMode returns the code of a mode name: "fast" or "high-ratio" (and the spellings codec.ParseMode accepts).
+func ParseMode(name string) (int, error) {
+	m, err := codec.ParseMode(name)
+	return int(m), wrap(err)
+}
+
+// ModeName returns the name of a mode code ("fast", "high-ratio").
+func ModeName(code int) (string, error) {
+	m, err := modeOf(code)
+	return m.String(), err
+}
+
+func modeOf(code int) (codec.Mode, error) {
+	m := codec.Mode(code)
+	if code < 0 || code > 255 || !m.Valid() {
+		return 0, wrap(fmt.Errorf("%w: mode code %d", codec.ErrOption, code))
+	}
+	return m, nil
+}
+
+// Encoders are pooled by configuration: an encoder keeps tables and scratch between calls and is not safe for
+// concurrent use, and Python threads call in concurrently (gopy releases the GIL). encoderPools[mode][adaptive]
+// [checksum]; adaptive is a fast-mode option (a high-ratio encoder without a code table builds one per frame).
+var encoderPools [2][2][2]sync.Pool
+
+var decoders = sync.Pool{New: func() any { return mustDecoder() }}
+
+func init() {
+	for m := range encoderPools {
+		for a := range encoderPools[m] {
+			for c := range encoderPools[m][a] {
+				opts := []codec.EOption{codec.WithMode(codec.Mode(m)), codec.WithAdaptiveCodebook(a == 1), codec.WithChecksum(c == 1)}
+				encoderPools[m][a][c].New = func() any { return mustEncoder(opts...) }
+			}
+		}
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 func mustEncoder(opts ...codec.EOption) *codec.Encoder {
 	e, err := codec.NewEncoder(opts...)
@@ -91,11 +135,23 @@ func mustDecoder() *codec.Decoder {
 }
 
 // Encode writes one frame holding the srcLen bytes at src, a little-endian tensor of dtype code dtype, to
-// dst and returns the frame's length. dst must have room for MaxEncodedLen(srcLen) bytes. codebook is 0 for
-// the built-in codebook of the dtype, CodebookAdaptive, or a codebook handle (its dtype must be dtype).
-func Encode(src uintptr, srcLen int, dtype int, codebook int, dst uintptr, dstCap int) (n int, err error) {
+// dst and returns the frame's length. dst must have room for MaxEncodedLen(srcLen) bytes. mode is ModeFast or
+// ModeHighRatio; checksum stores a CRC-32C of the payload in the frame (a version 2 frame, checked by every
+// decoder). book says how exponents are coded:
+//
+//   - 0: the built-in codebook (fast) or code table (high-ratio; CodeTableDefault) of the dtype;
+//   - CodebookAdaptive: a codebook calibrated on this input (fast), or the frame's own code table (high-ratio,
+//     the codec's default in that mode);
+//   - a codebook handle (fast) or a code table handle (high-ratio), made for dtype.
+//
+// Dtypes the mode does not code are carried raw whatever book says.
+func Encode(src uintptr, srcLen int, dtype int, mode int, book int, checksum bool, dst uintptr, dstCap int) (n int, err error) {
 	defer recoverInto(&err)
 	dt, err := dtypeOf(dtype)
+	if err != nil {
+		return 0, err
+	}
+	m, err := modeOf(mode)
 	if err != nil {
 		return 0, err
 	}
@@ -111,32 +167,11 @@ func Encode(src uintptr, srcLen int, dtype int, codebook int, dst uintptr, dstCa
 	if err != nil {
 		return 0, wrap(err)
 	}
-	var frame []byte
-	switch {
-	case codebook == 0:
-		e := encoders.Get().(*codec.Encoder)
-		frame, err = e.Encode(out[:0], in, dt)
-		encoders.Put(e)
-	case codebook == CodebookAdaptive:
-		e := adaptiveEncoders.Get().(*codec.Encoder)
-		frame, err = e.Encode(out[:0], in, dt)
-		adaptiveEncoders.Put(e)
-	default:
-		cb, herr := codebooks.get(codebook)
-		if herr != nil {
-			return 0, wrap(herr)
-		}
-		if cb.DType != dt && dt.Coded() {
-			return 0, wrap(fmt.Errorf("%w: the codebook is for %s, the tensor is %s", codec.ErrCodebook, cb.DType, dt))
-		}
-		e := encoders.Get().(*codec.Encoder)
-		if dt.Coded() {
-			frame, err = e.EncodeWith(out[:0], in, cb)
-		} else {
-			frame, err = e.Encode(out[:0], in, dt)
-		}
-		encoders.Put(e)
-	}
+	adaptive := m == codec.ModeFast && book == CodebookAdaptive
+	pool := &encoderPools[m][b2i(adaptive)][b2i(checksum)]
+	e := pool.Get().(*codec.Encoder)
+	frame, err := encode(e, out[:0], in, dt, m, book)
+	pool.Put(e)
 	if err != nil {
 		return 0, wrap(err)
 	}
@@ -144,6 +179,37 @@ func Encode(src uintptr, srcLen int, dtype int, codebook int, dst uintptr, dstCa
 		return 0, wrap(fmt.Errorf("%w: encoder outgrew the output buffer", codec.ErrShortBuffer))
 	}
 	return len(frame), nil
+}
+
+// encode is Encode's choice of encoder call: e is configured for mode m (and adaptive when book says so).
+func encode(e *codec.Encoder, dst, src []byte, dt codec.DType, m codec.Mode, book int) ([]byte, error) {
+	if (book == 0 && m == codec.ModeFast) || book == CodebookAdaptive || !dt.CodedIn(m) {
+		return e.Encode(dst, src, dt)
+	}
+	if m == codec.ModeFast {
+		cb, err := codebooks.get(book)
+		if err != nil {
+			return dst, err
+		}
+		if cb.DType != dt {
+			return dst, fmt.Errorf("%w: the codebook is for %s, the tensor is %s", codec.ErrCodebook, cb.DType, dt)
+		}
+		return e.EncodeWith(dst, src, cb)
+	}
+	var t *codec.CodeTable
+	var err error
+	if book == 0 {
+		t, err = defaultCodeTable(dt)
+	} else {
+		t, err = codeTables.get(book)
+	}
+	if err != nil {
+		return dst, err
+	}
+	if t.DType != dt {
+		return dst, fmt.Errorf("%w: the code table is for %s, the tensor is %s", codec.ErrCodebook, t.DType, dt)
+	}
+	return e.EncodeWithTable(dst, src, t)
 }
 
 // Decode decodes the frame of frameLen bytes at frame into the dstLen bytes at dst, which must be exactly the
@@ -196,15 +262,24 @@ type frameInfo struct {
 	EscapeRate           float64          `json:"escape_rate"`
 	CodesLen             uint64           `json:"codes_len"`
 	ResidualsLen         uint64           `json:"residuals_len"`
+	Version              uint8            `json:"version"`
+	Mode                 string           `json:"mode"`
+	Checksum             bool             `json:"checksum"`
 	Codebook             []int            `json:"codebook"`
+	CodeTable            []int            `json:"code_table"`
+	ExponentBits         float64          `json:"exponent_bits"`
+	ChunkStreamMin       uint64           `json:"chunk_stream_min"`
+	ChunkStreamMax       uint64           `json:"chunk_stream_max"`
 	ChunkEscapesMin      uint64           `json:"chunk_escapes_min"`
 	ChunkEscapesMax      uint64           `json:"chunk_escapes_max"`
 	ChunksWithoutEscapes uint64           `json:"chunks_without_escapes"`
 	EscapedExponents     map[uint8]uint64 `json:"escaped_exponents"`
 }
 
-// FrameInfo validates the frame of n bytes at p (header and escape table, not the payload) and describes it
-// as JSON: the header's fields, the codebook and how escapes spread over chunks.
+// FrameInfo validates the frame of n bytes at p (header, payload checksum when it has one, escape or code and
+// chunk tables; the payload is not decoded) and describes it as JSON: the header's fields, the mode, the
+// codebook (fast) or code lengths (high-ratio: code_table[x] for exponent x, ESC's last; empty otherwise), how
+// escapes spread over chunks (fast) and the exponent stream sizes of the chunks (high-ratio).
 func FrameInfo(p uintptr, n int) (js string, err error) {
 	defer recoverInto(&err)
 	b, err := bytesAt(p, n)
@@ -220,11 +295,18 @@ func FrameInfo(p uintptr, n int) (js string, err error) {
 		DType: h.DType.String(), Raw: h.Raw, Elements: h.Elements, RawLen: h.RawLen(), FrameLen: h.FrameLen(),
 		Ratio: h.Ratio(), CodeBits: h.CodeBits, ChunkLog2: h.ChunkLog2, ResidualBits: h.ResidualBits,
 		Escapes: h.Escapes, EscapeRate: fi.EscapeRate(), CodesLen: h.CodesLen, ResidualsLen: h.ResidualsLen,
-		Codebook: []int{}, ChunkEscapesMin: fi.ChunkEscapesMin, ChunkEscapesMax: fi.ChunkEscapesMax,
+		Version: h.Version, Mode: h.Mode().String(), Checksum: h.Checksum, ExponentBits: fi.ExponentBits(),
+		ChunkStreamMin: fi.ChunkStreamMin, ChunkStreamMax: fi.ChunkStreamMax,
+		Codebook: []int{}, CodeTable: []int{}, ChunkEscapesMin: fi.ChunkEscapesMin, ChunkEscapesMax: fi.ChunkEscapesMax,
 		ChunksWithoutEscapes: fi.ChunksWithoutEscapes, EscapedExponents: fi.EscapedExponents,
 	}
 	for _, e := range fi.Codebook {
 		out.Codebook = append(out.Codebook, int(e))
+	}
+	if fi.CodeTable != nil {
+		for _, l := range fi.CodeTable.Lengths {
+			out.CodeTable = append(out.CodeTable, int(l))
+		}
 	}
 	if out.EscapedExponents == nil {
 		out.EscapedExponents = map[uint8]uint64{}

@@ -110,8 +110,8 @@ func CUDAEncode(ordinal int, stream uintptr, src uintptr, srcLen int, codebook i
 	return srcLen, nil
 }
 
-// CUDADecode enqueues on stream of device ordinal the decoding of the frame at device address src (frameCap
-// bytes readable; the frame may be shorter) into the dstLen bytes at dst, exactly the frame's decoded size.
+// CUDADecode enqueues on stream of device ordinal the decoding of the fast-mode (or raw) frame at device
+// address src (frameCap bytes readable; the frame may be shorter) into the dstLen bytes at dst, exactly the frame's decoded size.
 // A status word (0 when the frame decoded; see CUDAStatusError) is written to status as a little-endian
 // uint32. src and dst must be 16-byte aligned. It returns dstLen; nothing waits for the device.
 func CUDADecode(ordinal int, stream uintptr, src uintptr, frameCap int, dst uintptr, dstLen int, status uintptr) (n int, err error) {
@@ -122,6 +122,46 @@ func CUDADecode(ordinal int, stream uintptr, src uintptr, frameCap int, dst uint
 	}
 	s := c.Context().StreamFromHandle(stream)
 	if err := c.DecodeAsync(s, cuda.DevicePtr(src), frameCap, cuda.DevicePtr(dst), dstLen, cuda.DevicePtr(status)); err != nil {
+		return 0, wrap(err)
+	}
+	return dstLen, nil
+}
+
+// CUDAHighRatioWorkspaceSize is the device workspace CUDAEncodeHighRatio needs for srcLen bytes of input (the
+// call zeroes it itself).
+func CUDAHighRatioWorkspaceSize(srcLen int) int { return kernels.HighRatioWorkspaceSize(srcLen) }
+
+// CUDAEncodeHighRatio enqueues on stream of device ordinal the encoding of the bf16 tensor of srcLen bytes at
+// device address src into one high-ratio (format version 2) frame at dst (room for MaxEncodedLen(srcLen)
+// bytes), byte for byte the frame the CPU encoder writes with the same code table. table is tableLen bytes of
+// device memory holding a bf16 code table as frames carry it (CodeTableBinary), busy until the stream passes
+// this call. The frame's length is written to sizeOut as a little-endian uint64; ws is
+// CUDAHighRatioWorkspaceSize(srcLen) bytes of device memory. src and dst must be 16-byte aligned. It returns
+// srcLen; nothing waits for the device.
+func CUDAEncodeHighRatio(ordinal int, stream uintptr, src uintptr, srcLen int, table uintptr, tableLen int, dst, sizeOut, ws uintptr) (n int, err error) {
+	defer recoverInto(&err)
+	c, err := gpuCodec(ordinal)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	s := c.Context().StreamFromHandle(stream)
+	err = c.EncodeHighRatioAsync(s, cuda.DevicePtr(src), srcLen, cuda.DevicePtr(table), tableLen, cuda.DevicePtr(dst), cuda.DevicePtr(sizeOut), cuda.DevicePtr(ws))
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return srcLen, nil
+}
+
+// CUDADecodeHighRatio is CUDADecode for high-ratio frames (the entropy flag set; raw frames decode too): bf16,
+// without a payload checksum.
+func CUDADecodeHighRatio(ordinal int, stream uintptr, src uintptr, frameCap int, dst uintptr, dstLen int, status uintptr) (n int, err error) {
+	defer recoverInto(&err)
+	c, err := gpuCodec(ordinal)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	s := c.Context().StreamFromHandle(stream)
+	if err := c.DecodeHighRatioAsync(s, cuda.DevicePtr(src), frameCap, cuda.DevicePtr(dst), dstLen, cuda.DevicePtr(status)); err != nil {
 		return 0, wrap(err)
 	}
 	return dstLen, nil

@@ -18,6 +18,7 @@ const (
 	KindBadMagic  = "bad_magic"
 	KindVersion   = "version"
 	KindCorrupt   = "corrupt"
+	KindChecksum  = "checksum" // codec.ErrChecksum: the payload checksum of a frame that carries one
 	KindTruncated = "truncated"
 	KindDType     = "dtype"
 	KindSize      = "size"
@@ -48,7 +49,7 @@ const (
 
 // errorKinds is every kind above, in declaration order; TestErrorKindsListsEveryConstant keeps it complete.
 var errorKinds = []string{
-	KindBadMagic, KindVersion, KindCorrupt, KindTruncated, KindDType, KindSize, KindBuffer, KindCodebook,
+	KindBadMagic, KindVersion, KindCorrupt, KindChecksum, KindTruncated, KindDType, KindSize, KindBuffer, KindCodebook,
 	KindOption, KindHandle, KindIO, KindNoDriver, KindCUDA, KindAlignment, KindArgument, KindInternal,
 	KindLayout, KindNotRegistered, KindClosed, KindDuplicate, KindUnknownRequest, KindMismatch, KindFrame,
 	KindBusy, KindHandoff, KindControlPlane, KindTimeout,
@@ -82,6 +83,8 @@ func kindOf(err error) string {
 		return KindBadMagic
 	case errors.Is(err, codec.ErrVersion):
 		return KindVersion
+	case errors.Is(err, codec.ErrChecksum):
+		return KindChecksum
 	case errors.Is(err, codec.ErrHeaderCRC), errors.Is(err, codec.ErrCorrupt):
 		return KindCorrupt
 	case errors.Is(err, codec.ErrTruncated):

@@ -3,13 +3,17 @@ package pybind
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
-// handles is a table of Go objects that Python holds by integer handle. Handles are never reused, so a stale
-// handle fails (errHandle) instead of reaching another object.
+// lastHandle numbers the handles of every table: a handle is never reused, nor shared by two tables, so a stale
+// handle, or one of another kind (a codebook's where a code table's is expected), fails (errHandle) instead of
+// reaching another object.
+var lastHandle atomic.Int64
+
+// handles is a table of Go objects that Python holds by integer handle.
 type handles[T any] struct {
 	mu   sync.RWMutex
-	next int
 	m    map[int]T
 	what string
 }
@@ -19,11 +23,11 @@ func newHandles[T any](what string) *handles[T] {
 }
 
 func (h *handles[T]) put(v T) int {
+	id := int(lastHandle.Add(1))
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.next++
-	h.m[h.next] = v
-	return h.next
+	h.m[id] = v
+	return id
 }
 
 func (h *handles[T]) get(id int) (T, error) {

@@ -51,7 +51,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	for _, n := range []int{0, 1, 7, 4096, 4097, 1 << 20} {
 		src := bf16Data(n, uint64(n))
 		dst := make([]byte, MaxEncodedLen(len(src)))
-		fl, err := Encode(addr(src), len(src), bf16, 0, addr(dst), len(dst))
+		fl, err := Encode(addr(src), len(src), bf16, ModeFast, 0, false, addr(dst), len(dst))
 		require.NoError(t, err, "n=%d", n)
 		want, err := mustEncoder().Encode(nil, src, codec.BF16)
 		require.NoError(t, err)
@@ -78,14 +78,14 @@ func TestEncodeRawDTypesAndAdaptive(t *testing.T) {
 	for _, name := range []string{"int16", "uint8", "fp16", "bytes"} {
 		dt, err := ParseDType(name)
 		require.NoError(t, err)
-		n, err := Encode(addr(src), len(src), dt, 0, addr(dst), len(dst))
+		n, err := Encode(addr(src), len(src), dt, ModeFast, 0, false, addr(dst), len(dst))
 		require.NoError(t, err, name)
 		got := make([]byte, len(src))
 		_, err = Decode(addr(dst), n, addr(got), len(got))
 		require.NoError(t, err, name)
 		assert.Equal(t, src, got, name)
 	}
-	n, err := Encode(addr(src), len(src), int(codec.BF16), CodebookAdaptive, addr(dst), len(dst))
+	n, err := Encode(addr(src), len(src), int(codec.BF16), ModeFast, CodebookAdaptive, false, addr(dst), len(dst))
 	require.NoError(t, err)
 	assert.Less(t, n, len(src))
 	runtime.KeepAlive(src)
@@ -96,20 +96,20 @@ func TestErrorsCarryKinds(t *testing.T) {
 	src := bf16Data(4096, 5)
 	dst := make([]byte, MaxEncodedLen(len(src)))
 
-	_, err := Encode(addr(src), len(src), int(codec.BF16), 0, addr(dst), len(dst)-1)
+	_, err := Encode(addr(src), len(src), int(codec.BF16), ModeFast, 0, false, addr(dst), len(dst)-1)
 	assert.Equal(t, KindBuffer, kindPrefix(t, err))
-	_, err = Encode(addr(src), len(src)-1, int(codec.BF16), 0, addr(dst), len(dst))
+	_, err = Encode(addr(src), len(src)-1, int(codec.BF16), ModeFast, 0, false, addr(dst), len(dst))
 	assert.Equal(t, KindSize, kindPrefix(t, err))
-	_, err = Encode(addr(src), len(src), 99, 0, addr(dst), len(dst))
+	_, err = Encode(addr(src), len(src), 99, ModeFast, 0, false, addr(dst), len(dst))
 	assert.Equal(t, KindDType, kindPrefix(t, err))
 	_, err = ParseDType("complex64")
 	assert.Equal(t, KindDType, kindPrefix(t, err))
-	_, err = Encode(addr(src), len(src), int(codec.BF16), 12345, addr(dst), len(dst))
+	_, err = Encode(addr(src), len(src), int(codec.BF16), ModeFast, 12345, false, addr(dst), len(dst))
 	assert.Equal(t, KindHandle, kindPrefix(t, err))
-	_, err = Encode(0, 16, int(codec.BF16), 0, addr(dst), len(dst))
+	_, err = Encode(0, 16, int(codec.BF16), ModeFast, 0, false, addr(dst), len(dst))
 	assert.Equal(t, KindArgument, kindPrefix(t, err))
 
-	n, err := Encode(addr(src), len(src), int(codec.BF16), 0, addr(dst), len(dst))
+	n, err := Encode(addr(src), len(src), int(codec.BF16), ModeFast, 0, false, addr(dst), len(dst))
 	require.NoError(t, err)
 	out := make([]byte, len(src))
 	_, err = Decode(addr(dst), n-1, addr(out), len(out))
@@ -159,7 +159,7 @@ func TestCalibrateCodebookAndInfo(t *testing.T) {
 	require.NoError(t, err)
 
 	dst := make([]byte, MaxEncodedLen(len(src)))
-	n, err := Encode(addr(src), len(src), int(codec.BF16), cb3, addr(dst), len(dst))
+	n, err := Encode(addr(src), len(src), int(codec.BF16), ModeFast, cb3, false, addr(dst), len(dst))
 	require.NoError(t, err)
 	info, err := FrameInfo(addr(dst), n)
 	require.NoError(t, err)
@@ -171,7 +171,7 @@ func TestCalibrateCodebookAndInfo(t *testing.T) {
 	assert.Len(t, fi["codebook"], 16)
 
 	fp32, _ := ParseDType("fp32")
-	_, err = Encode(addr(src), len(src), fp32, cb3, addr(dst), len(dst))
+	_, err = Encode(addr(src), len(src), fp32, ModeFast, cb3, false, addr(dst), len(dst))
 	assert.Equal(t, KindCodebook, kindPrefix(t, err))
 
 	for _, c := range []int{cb, cb2, cb3} {
@@ -194,7 +194,7 @@ func TestConcurrentEncode(t *testing.T) {
 			dst := make([]byte, MaxEncodedLen(len(src)))
 			got := make([]byte, len(src))
 			for range 20 {
-				n, err := Encode(addr(src), len(src), int(codec.BF16), 0, addr(dst), len(dst))
+				n, err := Encode(addr(src), len(src), int(codec.BF16), ModeFast, 0, false, addr(dst), len(dst))
 				assert.NoError(t, err)
 				_, err = Decode(addr(dst), n, addr(got), len(got))
 				assert.NoError(t, err)

@@ -11,6 +11,13 @@ its Pythonic face on numpy arrays and torch tensors:
 
 bf16 data: torch.bfloat16 tensors, ml_dtypes.bfloat16 arrays, or uint16 arrays with dtype="bf16". CUDA
 tensors are compressed on the GPU, on PyTorch's current stream (see splitzip_connector.cuda).
+
+Two modes: "fast" (the default) and "high-ratio" (entropy-coded exponents, about 1.48x on real KV):
+
+    >>> frame = sz.compress(kv, mode="high-ratio")   # each frame's own code table; or a CodeTable
+    >>> frame.mode, np.array_equal(sz.decompress(frame), kv)
+    ('high-ratio', True)
+
 Errors are SplitZipError subclasses (splitzip_connector.errors) whose messages say what to change.
 
 Modules, each importing only those before it: errors → _binding (the Go core) → dtypes → tensors → frame,
@@ -20,13 +27,14 @@ handoff (the connector) → this package; vllm/ sits on top.
 
 from __future__ import annotations
 
-from ._binding import FORMAT_VERSION, HEADER_SIZE
-from .codebook import Calibrator, Codebook
+from ._binding import FORMAT_VERSION, HEADER_SIZE, MODE_NAMES as MODES
+from .codebook import Calibrator, Codebook, CodeTable
 from .codec import compress, decompress, max_compressed_size
 from .cuda import DeviceFrame, check_status, cuda_available, load_kernels
 from . import errors
 from .errors import (
     BufferSizeError,
+    ChecksumError,
     CodebookError,
     ControlPlaneError,
     CorruptFrameError,
@@ -54,10 +62,12 @@ __version__ = "0.1.0"
 __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
+    "MODES",
     "compress",
     "decompress",
     "max_compressed_size",
     "Codebook",
+    "CodeTable",
     "Calibrator",
     "Frame",
     "FrameInfo",

@@ -27,7 +27,13 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
 
 FORMAT_VERSION: int = ext.pybind_FormatVersion()
 HEADER_SIZE: int = ext.pybind_HeaderSize()
-CODEBOOK_ADAPTIVE: int = _pybind.CodebookAdaptive  # Encode's codebook argument for "calibrate on this input"
+CODEBOOK_ADAPTIVE: int = _pybind.CodebookAdaptive  # Encode's book argument for "exponents of this input's own"
+MAX_CODE_TABLE_LEN: int = _pybind.MaxCodeTableLen  # the longest code table a high-ratio frame carries, in bytes
+
+# The modes (codec.Mode): their codes as Encode takes them, and their names ("fast", "high-ratio") by code.
+MODE_FAST: int = _pybind.ModeFast
+MODE_HIGH_RATIO: int = _pybind.ModeHighRatio
+MODE_NAMES: tuple[str, ...] = tuple(ext.pybind_ModeName(m) for m in (MODE_FAST, MODE_HIGH_RATIO))
 
 
 def error_kinds() -> tuple[str, ...]:

@@ -1,22 +1,25 @@
-"""Codebooks: which exponents get short codes. Built by calibration on sample tensors, stored as JSON.
+"""Codebooks and code tables: how exponents are coded, in the fast mode (Codebook: which exponents get a 4-bit
+code) and in the high-ratio mode (CodeTable: a Huffman code length for every exponent). Both are built by
+calibration on sample tensors and stored as JSON.
 
-codebook_handle is the package's one reader of a codebook argument (compress(), the GPU path, Producer)."""
+The package's one reader of coding arguments: parse_mode for a mode, codebook_handle for a fast-mode codebook
+argument (compress(), Producer), coding for compress()'s codebook / table / mode as a whole."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
 from . import dtypes
-from ._binding import CODEBOOK_ADAPTIVE, ext
+from ._binding import CODEBOOK_ADAPTIVE, MAX_CODE_TABLE_LEN, MODE_FAST, MODE_HIGH_RATIO, MODE_NAMES, ext
 from .errors import CodebookError, translate
-from .tensors import view
+from .tensors import np_addr, view
 
-__all__ = ["Codebook", "Calibrator", "codebook_handle"]
+__all__ = ["Codebook", "CodeTable", "Calibrator", "Coding", "codebook_handle", "coding", "parse_mode"]
 
 
 class Codebook:
@@ -142,6 +145,153 @@ class Codebook:
         return f"Codebook(dtype={f['dtype']}, bits={f['bits']}, exponents={f['exponents']}, coverage={self.coverage:.6f})"
 
 
+class CodeTable:
+    """An immutable high-ratio code table held by the Go core: a canonical Huffman code length (0–8 bits) for
+    every exponent value of a dtype, plus ESC, the escape symbol that codes exponents without a code of their own.
+
+    compress(x, mode="high-ratio") builds each frame's own table by default (one extra read of the tensor on the
+    CPU); a CodeTable given instead is pinned: CodeTable.calibrate(tensors) on your model's KV cache,
+    CodeTable.default() (learned on real KV), CodeTable.load(path) or CodeTable.from_json(text). Frames carry
+    their table, so decompress() never needs one. The JSON is the Go codec's (codec.CodeTable), so tables move
+    between the two and the `splitzip` command.
+    """
+
+    __slots__ = ("_h", "_js", "_on_device", "__weakref__")
+
+    def __init__(self, _handle: int) -> None:
+        self._h = _handle
+        self._js: dict | None = None
+        self._on_device: dict = {}  # CUDA ordinal → the table's bytes there (kept by the GPU backend)
+
+    def __del__(self) -> None:
+        h, self._h = getattr(self, "_h", 0), 0
+        if h:
+            try:
+                ext.pybind_CodeTableRelease(h)
+            except Exception:  # interpreter shutdown
+                pass
+
+    @property
+    def handle(self) -> int:
+        """The Go core's handle (for other bindings of this process)."""
+        return self._h
+
+    # constructors
+    @classmethod
+    def default(cls, dtype: Any = "bf16") -> "CodeTable":
+        """The built-in table of bf16 or fp32 (they share the exponent field), learned on real KV caches; what the
+        GPU encodes with unless told otherwise."""
+        try:
+            return cls(ext.pybind_CodeTableDefault(dtypes.dtype_code(dtype)))
+        except RuntimeError as e:
+            raise translate(e) from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "CodeTable":
+        """Reads a code table in its JSON file form (validated; it must be able to code every exponent)."""
+        if isinstance(text, bytes):
+            text = text.decode()
+        try:
+            return cls(ext.pybind_CodeTableFromJSON(text))
+        except RuntimeError as e:
+            raise translate(e) from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CodeTable":
+        """Reads a code table JSON file (as written by save() or the Go codec's CodeTable.Save)."""
+        try:
+            return cls(ext.pybind_CodeTableLoad(os.fspath(path)))
+        except RuntimeError as e:
+            raise translate(e) from None
+
+    @classmethod
+    def calibrate(cls, tensors: Iterable[Any] | Any, *, dtype: Any = None) -> "CodeTable":
+        """The table learned from the exponents of sample tensors (numpy arrays, CPU or CUDA torch tensors, bytes
+        with dtype=): the length-limited Huffman code of their histogram, ESC given a code so that exponents the
+        samples lack still encode. CUDA tensors are copied to the host for counting."""
+        cal = Calibrator(dtype)
+        if _is_single(tensors):
+            tensors = [tensors]
+        for t in tensors:
+            cal.add(t)
+        return cal.code_table()
+
+    # accessors
+    def to_json(self) -> str:
+        """The table's JSON file form (Go's codec.CodeTable.MarshalJSON)."""
+        try:
+            return ext.pybind_CodeTableJSON(self._h)
+        except RuntimeError as e:
+            raise translate(e) from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the table as a JSON file (Go's codec.CodeTable.Save: the JSON and a newline)."""
+        try:
+            ext.pybind_CodeTableSave(self._h, os.fspath(path))
+        except RuntimeError as e:
+            raise translate(e) from None
+
+    def to_bytes(self) -> bytes:
+        """The table as high-ratio frames carry it (codec/FORMAT.md's compact code table): what the GPU
+        encoder reads from device memory."""
+        buf = np.empty(MAX_CODE_TABLE_LEN, np.uint8)
+        try:
+            n = ext.pybind_CodeTableBinary(self._h, np_addr(buf), buf.nbytes)
+        except RuntimeError as e:
+            raise translate(e) from None
+        return buf[:n].tobytes()
+
+    @staticmethod
+    def bytes_from_counts(counts: Any, dtype: Any = "bf16") -> bytes:
+        """The bytes (as to_bytes() gives them) of the table calibrate() learns from exponents whose histogram
+        was counted elsewhere, e.g. on a GPU: counts[x] is how many elements have exponent field value x, one
+        count per value (256 for bf16). The GPU path's "adaptive" table."""
+        c = np.ascontiguousarray(counts, dtype="<u8")
+        buf = np.empty(MAX_CODE_TABLE_LEN, np.uint8)
+        try:
+            n = ext.pybind_CodeTableBinaryFromCounts(dtypes.dtype_code(dtype), np_addr(c), c.size, np_addr(buf), buf.nbytes)
+        except RuntimeError as e:
+            raise translate(e) from None
+        return buf[:n].tobytes()
+
+    def _fields(self) -> dict:
+        if self._js is None:
+            self._js = json.loads(self.to_json())
+        return self._js
+
+    @property
+    def dtype(self) -> str:
+        """The element type the table codes ("bf16", …)."""
+        return self._fields()["dtype"]
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """lengths[x] is the code length in bits of exponent x (0: no code, x travels behind ESC); the last
+        entry is ESC's."""
+        return tuple(self._fields()["lengths"])
+
+    @property
+    def samples(self) -> int:
+        """How many exponents the table was learned from (informational)."""
+        return int(self._fields().get("samples", 0))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CodeTable):
+            return NotImplemented
+        a, b = self._fields(), other._fields()
+        return (a["dtype"], a["lengths"]) == (b["dtype"], b["lengths"])
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        lengths = self.lengths
+        coded = sum(1 for n in lengths[:-1] if n)
+        return (
+            f"CodeTable(dtype={self.dtype}, exponents coded={coded}, longest code={max(lengths)}, "
+            f"escape code={lengths[-1]}, samples={self.samples})"
+        )
+
+
 def _is_single(x: Any) -> bool:
     return isinstance(x, (bytes, bytearray, memoryview, np.ndarray)) or (
         type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
@@ -149,8 +299,9 @@ def _is_single(x: Any) -> bool:
 
 
 class Calibrator:
-    """Counts exponents over any number of tensors, then builds a codebook: Codebook.calibrate() for data
-    that arrives piece by piece. Safe to feed from several threads."""
+    """Counts exponents over any number of tensors, then builds a codebook or a code table:
+    Codebook.calibrate() and CodeTable.calibrate() for data that arrives piece by piece. Safe to feed from
+    several threads."""
 
     def __init__(self, dtype: Any = None) -> None:
         """dtype fixes the element type; by default it is the first tensor's."""
@@ -202,6 +353,15 @@ class Calibrator:
         except RuntimeError as e:
             raise translate(e) from None
 
+    def code_table(self) -> CodeTable:
+        """The high-ratio code table learned from the exponents counted so far (see CodeTable.calibrate)."""
+        if not self._h:
+            raise CodebookError("splitzip: no calibration data (add at least one non-empty tensor)")
+        try:
+            return CodeTable(ext.pybind_HistogramCodeTable(self._h))
+        except RuntimeError as e:
+            raise translate(e) from None
+
     def coverage(self, codebook: Codebook) -> float:
         """The fraction of the counted elements whose exponent `codebook` codes."""
         try:
@@ -230,3 +390,74 @@ def codebook_handle(codebook: Codebook | str | None, *, refuse_adaptive: str = "
         return CODEBOOK_ADAPTIVE
     choices = "a Codebook, 'default', 'adaptive' or None" if not refuse_adaptive else "a Codebook, 'default' or None"
     raise TypeError(f"codebook must be {choices}, not {codebook!r}")
+
+
+_MODES: dict[Any, int] = {MODE_NAMES[MODE_FAST]: MODE_FAST, MODE_NAMES[MODE_HIGH_RATIO]: MODE_HIGH_RATIO}
+
+
+def parse_mode(mode: str) -> int:
+    """The Go core's code of a mode name: "fast" or "high-ratio" (and the spellings Go's codec.ParseMode
+    accepts, such as "high_ratio"). Raises ValueError naming the modes for anything else."""
+    code = _MODES.get(mode)
+    if code is None:
+        if not isinstance(mode, str):
+            raise TypeError(f"mode must be one of {', '.join(map(repr, MODE_NAMES))}, not {mode!r}")
+        try:
+            code = ext.pybind_ParseMode(mode)
+        except RuntimeError:
+            raise ValueError(f"unknown mode {mode!r}; the modes are {', '.join(map(repr, MODE_NAMES))}") from None
+        _MODES[mode] = code
+    return code
+
+
+class Coding(NamedTuple):
+    """How compress() codes a tensor, as the Go core takes it."""
+
+    mode: int  # MODE_FAST or MODE_HIGH_RATIO
+    book: int  # 0: the built-in codebook or table; CODEBOOK_ADAPTIVE: the input's own; else a handle
+    table: CodeTable | None  # the CodeTable given, if one was (the GPU backend needs its bytes)
+    adaptive: bool  # book is CODEBOOK_ADAPTIVE
+
+
+_FAST_DEFAULT = Coding(MODE_FAST, 0, None, False)
+
+
+def coding(codebook: Any, table: CodeTable | None, mode: Any, *, gpu: bool = False) -> Coding:
+    """compress()'s coding arguments read once, for either backend.
+
+    mode "fast": codebook is a Codebook, "default" or None (the dtype's built-in codebook), or "adaptive" (a
+    codebook calibrated on the tensor; not on a GPU). mode "high-ratio": codebook (or table=) is a CodeTable,
+    "default" (the built-in table), or "adaptive" (the tensor's own table); None is "adaptive" on the CPU, as
+    in Go's encoder, and "default" on a GPU, where a table of the tensor's own costs a wait for the GPU (see
+    cuda.compress_cuda). A Codebook in the high-ratio mode, or a CodeTable in the fast one, raises ValueError
+    saying which mode takes it."""
+    if table is not None:
+        if codebook is not None:
+            raise TypeError("pass the code table once: as the codebook argument or as table=, not both")
+        if not isinstance(table, CodeTable):
+            raise TypeError(f"table must be a CodeTable, not {type(table).__name__}")
+        codebook = table
+    m = parse_mode(mode)
+    if m == MODE_FAST:
+        if codebook is None:
+            return _FAST_DEFAULT
+        if isinstance(codebook, CodeTable):
+            raise ValueError(
+                "a CodeTable codes high-ratio frames: pass mode='high-ratio', or a Codebook for the fast mode"
+            )
+        book = codebook_handle(codebook, refuse_adaptive="GPU compress in the fast mode" if gpu else "")
+        return Coding(m, book, None, book == CODEBOOK_ADAPTIVE)
+    if isinstance(codebook, CodeTable):
+        return Coding(m, codebook.handle, codebook, False)
+    if codebook is None:
+        codebook = "default" if gpu else "adaptive"
+    if isinstance(codebook, str) and codebook == "default":
+        return Coding(m, 0, None, False)
+    if isinstance(codebook, str) and codebook == "adaptive":
+        return Coding(m, CODEBOOK_ADAPTIVE, None, True)
+    if isinstance(codebook, Codebook):
+        raise ValueError(
+            "a Codebook codes fast-mode frames; the high-ratio mode takes a CodeTable (CodeTable.calibrate on "
+            "sample tensors), 'default' or 'adaptive'"
+        )
+    raise TypeError(f"in the high-ratio mode codebook must be a CodeTable, 'default', 'adaptive' or None, not {codebook!r}")

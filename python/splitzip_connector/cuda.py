@@ -1,9 +1,24 @@
 """The GPU path: CUDA tensors are compressed and decompressed by the Go core's CUDA kernels (kernels/),
 launched on PyTorch's current stream with the tensors' device pointers. Nothing is copied through Python and
-nothing waits for the GPU unless the caller asks (DeviceFrame.nbytes, to_host(), decompress(check=True)).
+nothing waits for the GPU unless the caller asks (DeviceFrame.nbytes, to_host(), decompress(check=True),
+compress(..., "adaptive", mode="high-ratio")).
 
-The kernels encode bf16 and decode bf16 frames (4-bit codes, the v1 layout) and raw frames of any dtype.
-codec.compress / codec.decompress choose this backend for CUDA tensors and frames; call those.
+The kernels encode bf16 tensors in both modes, byte for byte as the CPU codec does with the same codebook or
+code table, and decode bf16 frames of both modes and raw frames of any dtype. Payload checksums are CPU-only:
+the GPU encoders write none, and a frame with one, or of a coded dtype other than bf16, is decoded on the CPU
+(a frame in device memory is copied to the host first) and the tensor copied to the GPU. codec.compress / codec.decompress choose this backend for CUDA tensors and frames;
+call those.
+
+High-ratio code tables on the GPU. The encoder reads its table from device memory:
+- a CodeTable (pinned) is copied to each device once, on its first use there (which waits for that copy),
+  and kept with it;
+- None or "default" is the built-in bf16 table (CodeTable.default()), likewise copied once per device;
+- "adaptive" learns the tensor's own table: the exponent field's histogram is counted on the GPU with torch
+  (the exponents extracted to a uint8 tensor, then torch.bincount: a few element-wise passes over the tensor
+  before the encode's own, and 3 bytes an element of temporaries, freed at once), its 256 counts
+  come to the host — so compress waits for the stream up to that point — the Go core builds the table from them (microseconds), and the table (at most 131 bytes) goes
+  back. The frame is then byte for byte the CPU encoder's with CodeTable.calibrate(tensor). Use a pinned
+  table, or the built-in one, where compress must not wait.
 """
 
 from __future__ import annotations
@@ -13,17 +28,19 @@ from typing import Any
 import numpy as np
 
 from . import dtypes
-from ._binding import HEADER_SIZE, ext
-from .codebook import Codebook, codebook_handle
+from ._binding import HEADER_SIZE, MODE_FAST, MODE_HIGH_RATIO, MODE_NAMES, ext
+from .codebook import CodeTable, Coding
 from .errors import (
     BufferSizeError,
+    CodebookError,
     CUDAUnavailableError,
     DTypeError,
     LayoutError,
+    TruncatedFrameError,
     translate,
 )
 from .frame import Frame, parse_header
-from .host import compress_host
+from .host import compress_host, decompress_host
 from .tensors import View, as_bytes, is_torch, np_addr, view
 
 __all__ = ["DeviceFrame", "cuda_available", "load_kernels", "check_status"]
@@ -80,17 +97,28 @@ class DeviceFrame:
     """A frame in GPU memory, produced by compress() on a CUDA tensor.
 
     buffer is a uint8 CUDA tensor of max_compressed_size(bytes) capacity whose first nbytes bytes are the frame;
-    size is a 1-element int64 CUDA tensor the encoder writes the frame's length to. Reading nbytes, data or
-    to_host() waits for the encode; decompress(device_frame) does not.
+    size is a 1-element int64 CUDA tensor the encoder writes the frame's length to. mode is the mode it was
+    encoded in ("fast" or "high-ratio"), which picks the GPU decoder without reading the header back. Reading
+    nbytes, data or to_host() waits for the encode; decompress(device_frame) does not.
     """
 
-    __slots__ = ("buffer", "size", "shape", "code")
+    __slots__ = ("buffer", "size", "shape", "code", "_mode", "_keep", "_host_only")
 
-    def __init__(self, buffer: Any, size: Any, shape: tuple[int, ...] | None, code: int) -> None:
+    def __init__(
+        self, buffer: Any, size: Any, shape: tuple[int, ...] | None, code: int, mode: int = MODE_FAST, _keep: Any = None
+    ) -> None:
         self.buffer = buffer
         self.size = size
         self.shape = shape
         self.code = code
+        self._mode = mode
+        self._keep = _keep  # device memory the queued encode still reads (its code table)
+        self._host_only = False  # a frame the GPU decoders do not read (from_host of one); decoded on the CPU
+
+    @property
+    def mode(self) -> str:
+        """"fast" or "high-ratio": the mode the frame was encoded in (a raw fallback frame decodes either way)."""
+        return MODE_NAMES[self._mode]
 
     @property
     def device(self) -> Any:
@@ -126,10 +154,15 @@ class DeviceFrame:
         buf = _to_device(torch, f.data, device)
         size = torch.tensor([f.nbytes], dtype=torch.int64, device=buf.device)
         h = f.header
-        return cls(buf, size, f.shape or (h.elements,), h.code)
+        df = cls(buf, size, f.shape or (h.elements,), h.code, _mode_code(h))
+        df._host_only = not _gpu_reads(h)
+        return df
 
     def __repr__(self) -> str:
-        return f"DeviceFrame(dtype={self.dtype}, shape={self.shape}, capacity={self.buffer.numel()}, device={self.device})"
+        return (
+            f"DeviceFrame(dtype={self.dtype}, mode={self.mode}, shape={self.shape}, capacity={self.buffer.numel()}, "
+            f"device={self.device})"
+        )
 
 
 def _to_device(torch: Any, data: np.ndarray, device: Any) -> Any:
@@ -151,34 +184,83 @@ def _aligned(ptr: int, what: str) -> None:
         )
 
 
-def compress_cuda(tensor: Any, v: View, codebook: Codebook | str | None) -> DeviceFrame:
-    """compress() for a CUDA tensor: queues the encode on the current stream and returns at once."""
+def compress_cuda(tensor: Any, v: View, c: Coding, checksum: bool = False) -> DeviceFrame:
+    """compress() for a CUDA tensor: queues the encode on the current stream and returns at once (after the
+    histogram's trip to the host for an "adaptive" high-ratio table; see the module's notes)."""
     torch = _torch()
+    if checksum:
+        raise ValueError(
+            "checksum=True: the GPU encoders write frames without a payload checksum; compress tensor.cpu() for "
+            "a checksummed frame (a transport with its own checksum needs none)"
+        )
     if v.code != dtypes.BF16:
         raise DTypeError(
             f"GPU compress takes bf16 tensors, this one is {dtypes.dtype_name(v.code)}; "
             "compress tensor.cpu() instead (the CPU codec handles every dtype)"
         )
-    cb = codebook_handle(codebook, refuse_adaptive="GPU compress")
     dev = tensor.device
     if v.nbytes == 0:  # nothing for a kernel to do: the (constant) empty frame, made on the host
-        df = DeviceFrame.from_host(compress_host(view(tensor.cpu()), None), dev)
+        df = DeviceFrame.from_host(compress_host(view(tensor.cpu()), c), dev)
         df.shape = v.shape
         return df
     _aligned(v.ptr, "tensor")
     cap = ext.pybind_MaxEncodedLen(v.nbytes)
     buf = torch.empty(cap, dtype=torch.uint8, device=dev)
     size = torch.empty(1, dtype=torch.int64, device=dev)
-    # The encoder's workspace must start zero (it leaves it ready for the next call).
+    stream = _stream(torch, v.device)
+    if c.mode == MODE_HIGH_RATIO:
+        table = _device_table(torch, tensor, v, c)
+        # The encoder zeroes its workspace itself.
+        ws = torch.empty(max(ext.pybind_CUDAHighRatioWorkspaceSize(v.nbytes), 16), dtype=torch.uint8, device=dev)
+        try:
+            ext.pybind_CUDAEncodeHighRatio(
+                v.device, stream, v.ptr, v.nbytes, table.data_ptr(), table.numel(), buf.data_ptr(), size.data_ptr(),
+                ws.data_ptr(),
+            )
+        except RuntimeError as e:
+            raise translate(e) from None
+        return DeviceFrame(buf, size, v.shape, v.code, MODE_HIGH_RATIO, table)
+    # The fast encoder's workspace must start zero (it leaves it ready for the next call).
     ws = torch.zeros(max(ext.pybind_CUDAEncodeWorkspaceSize(v.nbytes), 16), dtype=torch.uint8, device=dev)
     try:
-        ext.pybind_CUDAEncode(
-            v.device, _stream(torch, v.device), v.ptr, v.nbytes, cb, buf.data_ptr(), size.data_ptr(), ws.data_ptr()
-        )
+        ext.pybind_CUDAEncode(v.device, stream, v.ptr, v.nbytes, c.book, buf.data_ptr(), size.data_ptr(), ws.data_ptr())
     except RuntimeError as e:
         raise translate(e) from None
     # ws goes back to PyTorch's caching allocator, which reuses it only in this stream's order.
     return DeviceFrame(buf, size, v.shape, v.code)
+
+
+_DEFAULT_TABLE: list[CodeTable] = []  # the built-in bf16 table, made on first use
+
+
+def _device_table(torch: Any, tensor: Any, v: View, c: Coding) -> Any:
+    """The bf16 code table of a high-ratio encode, in device memory on the tensor's device (a uint8 tensor)."""
+    if c.adaptive:
+        return _tensor_table(torch, tensor)
+    t = c.table
+    if t is None:
+        if not _DEFAULT_TABLE:
+            _DEFAULT_TABLE.append(CodeTable.default("bf16"))
+        t = _DEFAULT_TABLE[0]
+    if t.dtype != "bf16":
+        raise CodebookError(f"splitzip: the code table is for {t.dtype}, the tensor is bf16")
+    dt = t._on_device.get(v.device)
+    if dt is None:  # once per table and device
+        dt = _to_device(torch, np.frombuffer(t.to_bytes(), np.uint8).copy(), tensor.device)
+        t._on_device[v.device] = dt
+    # The table outlives this call with the CodeTable, and other streams may use it: tell the caching allocator.
+    dt.record_stream(torch.cuda.current_stream(v.device))
+    return dt
+
+
+def _tensor_table(torch: Any, tensor: Any) -> Any:
+    """The tensor's own code table, learned from its exponent histogram counted on the GPU (see the module's
+    notes for the cost)."""
+    # bf16 bits 7-14 are the exponent; uint8 input spares bincount a pass that checks for negative values.
+    exps = ((tensor.reshape(-1).view(torch.int16) >> 7) & 0xFF).to(torch.uint8)
+    counts = torch.bincount(exps, minlength=256).cpu().numpy()  # waits for the stream
+    table = np.frombuffer(CodeTable.bytes_from_counts(counts, dtypes.BF16), np.uint8).copy()
+    return _to_device(torch, table, tensor.device)
 
 
 def decompress_cuda(
@@ -193,13 +275,21 @@ def decompress_cuda(
     """decompress() on a GPU: frame is a DeviceFrame, a uint8 CUDA tensor holding a frame, or a host frame
     (copied to the GPU first). out is a CUDA tensor, or one is allocated on `device` (default: the frame's).
     With check=False the decode is only queued; pass status= (a 1-element int32 CUDA tensor) and call
-    check_status(status) later to learn whether the frame was valid."""
+    check_status(status) later to learn whether the frame was valid.
+
+    The decoder is the frame's mode's: a DeviceFrame knows it, a host frame's header says it, and a bare CUDA
+    buffer's header is read back first (which waits for the stream). A frame the GPU decoders do not read (a
+    payload checksum, a coded dtype other than bf16) is decoded on the CPU, its checksum checked, and the tensor
+    copied over; that waits for the copies."""
     torch = _torch()
     src_shape = None
     code = elements = None
+    mode = MODE_FAST
     if isinstance(frame, DeviceFrame):
+        if frame._host_only:
+            return _decompress_on_host(torch, frame.to_host(), out, shape, device or frame.device, status)
         src, cap, fdev = frame.buffer, frame.buffer.numel(), frame.buffer.device
-        src_shape, code = frame.shape, frame.code
+        src_shape, code, mode = frame.shape, frame.code, frame._mode
         if frame.shape is not None:
             elements = int(np.prod(frame.shape, dtype=np.int64))
     elif is_torch(frame) and frame.is_cuda:
@@ -210,7 +300,9 @@ def decompress_cuda(
         f.validate()
         src_shape = f.shape
         h = f.header
-        code, elements = h.code, h.elements
+        if not _gpu_reads(h):
+            return _decompress_on_host(torch, f, out, shape, device, status)
+        code, elements, mode = h.code, h.elements, _mode_code(h)
         target = out.device if out is not None else torch.device(device if device is not None else "cuda")
         src = _to_device(torch, f.data, target)
         cap, fdev = src.numel(), src.device
@@ -218,10 +310,15 @@ def decompress_cuda(
         head = src[:HEADER_SIZE].cpu().numpy()
         h = parse_header(head)  # raises TruncatedFrameError for a buffer shorter than a header
         try:
-            ext.pybind_FrameLen(np_addr(head), HEADER_SIZE)
+            flen = ext.pybind_FrameLen(np_addr(head), HEADER_SIZE)
         except RuntimeError as e:
             raise translate(e) from None
-        code, elements = h.code, h.elements
+        if not _gpu_reads(h):
+            if flen > cap:
+                raise TruncatedFrameError(f"splitzip: the buffer holds {cap} bytes, the frame is {flen}")
+            f = Frame(src[:flen].cpu().numpy())
+            return _decompress_on_host(torch, f, out, shape, device or fdev, status)
+        code, elements, mode = h.code, h.elements, _mode_code(h)
     raw_len = elements * dtypes.dtype_size(code)
     if out is None:
         shp = shape if shape is not None else (src_shape if src_shape is not None else (elements,))
@@ -244,12 +341,41 @@ def decompress_cuda(
     if raw_len == 0:  # an empty tensor: the header was checked on the host, nothing for a kernel to do
         status.zero_()
         return out
+    decode = ext.pybind_CUDADecodeHighRatio if mode == MODE_HIGH_RATIO else ext.pybind_CUDADecode
     try:
-        ext.pybind_CUDADecode(
-            ov.device, _stream(torch, ov.device), src.data_ptr(), cap, ov.ptr, ov.nbytes, status.data_ptr()
-        )
+        decode(ov.device, _stream(torch, ov.device), src.data_ptr(), cap, ov.ptr, ov.nbytes, status.data_ptr())
     except RuntimeError as e:
         raise translate(e) from None
     if check:
         check_status(status)
+    return out
+
+
+def _mode_code(h: Any) -> int:
+    """The mode code of a frame header (frame.Header)."""
+    return MODE_HIGH_RATIO if h.mode == MODE_NAMES[MODE_HIGH_RATIO] else MODE_FAST
+
+
+def _gpu_reads(h: Any) -> bool:
+    """Whether the GPU decoders read a frame with header h: raw frames, and bf16 frames of either mode without
+    a payload checksum."""
+    return not h.checksum and (h.raw or h.code == dtypes.BF16)
+
+
+def _decompress_on_host(torch: Any, f: Frame, out: Any, shape: Any, device: Any, status: Any) -> Any:
+    """decompress_cuda of a host frame the GPU decoders do not read: decoded on the CPU (its checksum
+    checked), then copied to the GPU (waiting for the copy)."""
+    data = f.data
+    if out is not None:
+        if view(out, None, writable=True, what="out").device < 0:
+            raise LayoutError("out must be a CUDA tensor for a GPU decode")
+        host = torch.empty(tuple(out.shape), dtype=out.dtype)
+        decompress_host(data, np_addr(data), data.nbytes, host, None, None, None)
+        out.copy_(host)
+    else:
+        target = torch.device(device if device is not None else "cuda")
+        host = decompress_host(data, np_addr(data), data.nbytes, None, shape if shape is not None else f.shape, "cpu", "torch")
+        out = host.to(target)
+    if status is not None:
+        status.zero_()
     return out

@@ -18,6 +18,7 @@ __all__ = [
     "BufferSizeError",
     "FrameError",
     "CorruptFrameError",
+    "ChecksumError",
     "TruncatedFrameError",
     "NotAFrameError",
     "FrameVersionError",
@@ -60,6 +61,11 @@ class FrameError(SplitZipError, ValueError):
 
 class CorruptFrameError(FrameError):
     """The frame is damaged: header checksum, section lengths or escape entries are inconsistent."""
+
+
+class ChecksumError(CorruptFrameError):
+    """The frame carries a payload checksum (compress(..., checksum=True)) and its payload does not match it:
+    the bytes were damaged after they were written."""
 
 
 class TruncatedFrameError(FrameError):
@@ -125,6 +131,7 @@ _KINDS: dict[str, tuple[type[SplitZipError], str]] = {
     "bad_magic": (NotAFrameError, " (the bytes are not a SplitZip frame; did you pass the raw tensor or an offset buffer?)"),
     "version": (FrameVersionError, " (the frame comes from a newer SplitZip; upgrade splitzip-connector on this side)"),
     "corrupt": (CorruptFrameError, " (the frame was damaged in transit or storage; re-send it)"),
+    "checksum": (ChecksumError, " (the frame's payload was damaged in transit or storage; re-send it)"),
     "truncated": (TruncatedFrameError, " (pass the whole frame: all the bytes its header counts)"),
     "dtype": (DTypeError, ""),
     "size": (BufferSizeError, ""),

@@ -11,7 +11,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 from . import dtypes
-from ._binding import HEADER_SIZE, ext
+from ._binding import HEADER_SIZE, MODE_FAST, MODE_HIGH_RATIO, MODE_NAMES, ext
 from .errors import TruncatedFrameError, translate
 from .tensors import as_bytes
 
@@ -24,13 +24,30 @@ class Header(NamedTuple):
     magic: bytes
     version: int
     code: int  # element type (dtypes)
-    flags: int  # bit 0: raw frame
+    flags: int  # bit 0: raw frame; bit 1: entropy (high-ratio) frame; bit 2: payload checksum
     code_bits: int
     elements: int
     escapes: int
 
+    @property
+    def raw(self) -> bool:
+        """Whether the payload is the tensor verbatim."""
+        return bool(self.flags & _RAW)
+
+    @property
+    def mode(self) -> str:
+        """"high-ratio" for an entropy-coded frame, else "fast" (raw frames included, as in Go's Header.Mode)."""
+        return _HIGH_RATIO if self.flags & _ENTROPY else _FAST
+
+    @property
+    def checksum(self) -> bool:
+        """Whether the frame carries a CRC-32C of its payload, which every decoder checks."""
+        return bool(self.flags & _CHECKSUM)
+
 
 _HEAD = struct.Struct("<4sBBBBQQ")  # Header's fields, little-endian
+_RAW, _ENTROPY, _CHECKSUM = 1, 2, 4  # flag bits (codec/FORMAT.md)
+_FAST, _HIGH_RATIO = MODE_NAMES[MODE_FAST], MODE_NAMES[MODE_HIGH_RATIO]
 _unpack = _HEAD.unpack_from
 _make = Header._make
 
@@ -51,6 +68,9 @@ class FrameInfo:
     """What a frame holds, from its validated header and escape table (the payload is not decoded)."""
 
     dtype: str
+    version: int
+    mode: str  # "fast" or "high-ratio" (Header.mode)
+    checksum: bool  # the frame carries a payload checksum (verified by inspect)
     raw: bool
     elements: int
     raw_len: int
@@ -63,16 +83,21 @@ class FrameInfo:
     escape_rate: float
     codes_len: int
     residuals_len: int
-    codebook: tuple[int, ...]
+    codebook: tuple[int, ...]  # fast frames: exponents by code; empty otherwise
+    code_table: tuple[int, ...]  # high-ratio frames: code length of each exponent, ESC's last; empty otherwise
+    exponent_bits: float  # mean bits per exponent in the codes or streams (0 for raw frames)
     chunk_escapes_min: int
     chunk_escapes_max: int
     chunks_without_escapes: int
+    chunk_stream_min: int  # high-ratio frames: the smallest and largest chunk's exponent streams, in bytes
+    chunk_stream_max: int
     escaped_exponents: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def _from_json(cls, js: str) -> "FrameInfo":
         d = json.loads(js)
         d["codebook"] = tuple(d["codebook"])
+        d["code_table"] = tuple(d["code_table"])
         d["escaped_exponents"] = {int(k): v for k, v in d["escaped_exponents"].items()}
         return cls(**d)
 
@@ -137,7 +162,17 @@ class Frame:
     @property
     def is_raw(self) -> bool:
         """Whether the frame carries its tensor verbatim (raw dtypes, or data the codebook does not fit)."""
-        return bool(self.header.flags & 1)
+        return bool(self.header.flags & _RAW)
+
+    @property
+    def mode(self) -> str:
+        """"high-ratio" for an entropy-coded frame, else "fast" (a raw frame reads "fast" whichever mode wrote it)."""
+        return self.header.mode
+
+    @property
+    def checksum(self) -> bool:
+        """Whether the frame carries a payload checksum (compress(..., checksum=True)), checked on decode."""
+        return self.header.checksum
 
     @property
     def ratio(self) -> float:
@@ -157,7 +192,7 @@ class Frame:
         return self
 
     def info(self) -> FrameInfo:
-        """Validates the header and escape table and describes the frame (codebook, escape spread)."""
+        """Validates the header, checksum and tables and describes the frame (mode, codebook or code table, …)."""
         return inspect(self.data)
 
     def tobytes(self) -> bytes:
@@ -181,14 +216,15 @@ class Frame:
         try:
             return (
                 f"Frame(dtype={self.dtype}, elements={self.elements}, nbytes={self.nbytes}, "
-                f"ratio={self.ratio:.4f}{', raw' if self.is_raw else ''})"
+                f"ratio={self.ratio:.4f}, {'raw' if self.is_raw else self.mode}{', checksum' if self.checksum else ''})"
             )
         except Exception:
             return f"Frame(<invalid>, nbytes={self.nbytes})"
 
 
 def inspect(frame: Any) -> FrameInfo:
-    """Validates a frame's header and escape table (not the payload) and describes it."""
+    """Validates a frame's header, payload checksum (when it has one) and escape or code tables, and describes
+    it; the payload is not decoded."""
     if isinstance(frame, Frame):
         frame = frame.data
     _owner, ptr, n, dev = as_bytes(frame)

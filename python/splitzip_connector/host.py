@@ -12,7 +12,7 @@ import numpy as np
 
 from . import dtypes
 from ._binding import HEADER_SIZE, ext
-from .codebook import Codebook, codebook_handle
+from .codebook import Coding
 from .errors import BufferSizeError, DTypeError, NotAFrameError, translate
 from .frame import Frame, parse_header
 from .tensors import View, as_bytes, np_addr, numpy_view, view
@@ -26,10 +26,9 @@ _SIZES = dtypes._SIZES
 _SHRINK = 1 << 16  # give back the unused tail of fresh frame buffers larger than this
 
 
-def compress_host(v: View, codebook: Codebook | str | None, out: Any = None) -> Frame:
-    """Encodes the host tensor behind v with codebook (as compress() takes it) into out (a writable host
-    buffer of at least max_compressed_size bytes) or a fresh array."""
-    cb = 0 if codebook is None else codebook_handle(codebook)
+def compress_host(v: View, c: Coding, checksum: bool = False, out: Any = None) -> Frame:
+    """Encodes the host tensor behind v as c says (codebook.coding), with a payload checksum when asked, into
+    out (a writable host buffer of at least max_compressed_size bytes) or a fresh array."""
     cap = v.nbytes + HEADER_SIZE  # max_compressed_size: a frame never exceeds its input plus a header
     if out is None:
         buf = _empty(cap, _uint8)
@@ -44,7 +43,7 @@ def compress_host(v: View, codebook: Codebook | str | None, out: Any = None) -> 
                 "(max_compressed_size)"
             )
     try:
-        n = ext.pybind_Encode(v.ptr, v.nbytes, v.code, cb, optr, cap)
+        n = ext.pybind_Encode(v.ptr, v.nbytes, v.code, c.mode, c.book, bool(checksum), optr, cap)
     except RuntimeError as e:
         raise translate(e) from None
     if out is None and cap - n > _SHRINK:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import splitzip_connector as sz  # noqa: E402
 from conftest import bf16_randn  # noqa: E402
-from splitzip_connector._binding import ext  # noqa: E402
+from splitzip_connector._binding import MODE_FAST, ext  # noqa: E402
 
 
 def per_call_us(fn, calls: int = 2000, repeats: int = 7) -> float:
@@ -67,10 +67,10 @@ def overhead(n: int = 128) -> dict[str, float]:
     out = np.empty_like(x)
     buf = np.empty(sz.max_compressed_size(x.nbytes), np.uint8)
     xp, bp, op = x.ctypes.data, buf.ctypes.data, out.ctypes.data
-    fl = ext.pybind_Encode(xp, x.nbytes, 1, 0, bp, buf.nbytes)
+    fl = ext.pybind_Encode(xp, x.nbytes, 1, MODE_FAST, 0, False, bp, buf.nbytes)
     r = {
         "noop ext call": per_call_us(lambda: ext.pybind_MaxEncodedLen(256)),
-        "ext Encode": per_call_us(lambda: ext.pybind_Encode(xp, x.nbytes, 1, 0, bp, buf.nbytes)),
+        "ext Encode": per_call_us(lambda: ext.pybind_Encode(xp, x.nbytes, 1, MODE_FAST, 0, False, bp, buf.nbytes)),
         "ext Decode": per_call_us(lambda: ext.pybind_Decode(bp, fl, op, out.nbytes)),
         "compress(x)": per_call_us(lambda: sz.compress(x, dtype="bf16")),
         "compress(x, out=)": per_call_us(lambda: sz.compress(x, dtype="bf16", out=buf)),
@@ -99,11 +99,11 @@ def throughput(mib: int = 64) -> dict[str, float]:
     out = np.empty_like(x)
     out[:] = 0
     xp, bp, op = x.ctypes.data, buf.ctypes.data, out.ctypes.data
-    fl = ext.pybind_Encode(xp, x.nbytes, 1, 0, bp, buf.nbytes)
+    fl = ext.pybind_Encode(xp, x.nbytes, 1, MODE_FAST, 0, False, bp, buf.nbytes)
     f = sz.Frame(buf[:fl])
     r = paired_gbs(
         {
-            "ext Encode (Go codec)": lambda: ext.pybind_Encode(xp, x.nbytes, 1, 0, bp, buf.nbytes),
+            "ext Encode (Go codec)": lambda: ext.pybind_Encode(xp, x.nbytes, 1, MODE_FAST, 0, False, bp, buf.nbytes),
             "compress(x, out=)": lambda: sz.compress(x, dtype="bf16", out=buf),
         },
         x.nbytes,
@@ -112,6 +112,15 @@ def throughput(mib: int = 64) -> dict[str, float]:
         {
             "ext Decode (Go codec)": lambda: ext.pybind_Decode(bp, fl, op, out.nbytes),
             "decompress(f, out=)": lambda: sz.decompress(f, out=out),
+        },
+        x.nbytes,
+    )
+    hr = sz.compress(x, dtype="bf16", mode="high-ratio")
+    hbuf = np.zeros_like(buf)  # not buf: f lies there
+    r |= paired_gbs(
+        {
+            "compress high-ratio, out=": lambda: sz.compress(x, dtype="bf16", out=hbuf, mode="high-ratio"),
+            "decompress high-ratio, out=": lambda: sz.decompress(hr, out=out),
         },
         x.nbytes,
     )
@@ -125,10 +134,10 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, splitzip_connector {sz.__version__}")
     print("per-call, 128-element bf16 tensor (best median, µs):")
     for k, v in overhead().items():
-        print(f"  {k:28s} {v:8.2f}")
-    print("64 MiB bf16 randn (best of 5-9, GB/s of raw bytes):")
+        print(f"  {k:30s} {v:8.2f}")
+    print("64 MiB bf16 randn (best of 5-9, GB/s of raw bytes; fast mode unless named):")
     for k, v in throughput().items():
-        print(f"  {k:28s} {v:8.2f}")
+        print(f"  {k:30s} {v:8.2f}")
 
 
 if __name__ == "__main__":

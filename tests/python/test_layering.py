@@ -183,10 +183,12 @@ def _names_used(path: Path) -> set[str]:
 
 def test_one_home_for_header_and_codebook_parsing():
     """Only frame.py reads header bytes (no other module uses struct or the header layout), and only
-    codebook.py turns codebook arguments into the Go core's (CODEBOOK_ADAPTIVE is used nowhere else)."""
+    codebook.py turns codebook, code table and mode arguments into the Go core's (CODEBOOK_ADAPTIVE and the Go
+    core's mode parser are used nowhere else)."""
     for mod, path in _sources().items():
         used = _names_used(path)
         if mod != "frame":
             assert not used & {"struct", "_HEAD", "unpack_from"}, f"{mod} reads header bytes itself: use frame.parse_header"
         if mod not in ("codebook", "_binding"):
-            assert "CODEBOOK_ADAPTIVE" not in used, f"{mod} parses codebook arguments itself: use codebook.codebook_handle"
+            assert "CODEBOOK_ADAPTIVE" not in used, f"{mod} parses codebook arguments itself: use codebook.coding"
+            assert "pybind_ParseMode" not in used, f"{mod} parses modes itself: use codebook.parse_mode"

@@ -99,3 +99,32 @@ def test_grad_tensor():
     assert torch.equal(y, t.detach())
     with pytest.raises(sz.LayoutError, match="detach"):
         sz.decompress(sz.compress(t), out=t)
+
+
+@pytest.mark.parametrize("mode", ["fast", "high-ratio"])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32] + ([torch.float8_e4m3fn] if hasattr(torch, "float8_e4m3fn") else [])
+)
+def test_both_modes(dtype, mode):
+    g = torch.Generator().manual_seed(7)
+    t = (torch.randn(3, 4097, generator=g) * 3).to(dtype)
+    for checksum in (False, True):
+        f = sz.compress(t, mode=mode, checksum=checksum)
+        assert f.checksum == checksum
+        assert f.mode == ("fast" if f.is_raw else mode)
+        y = sz.decompress(f)
+        assert isinstance(y, torch.Tensor) and y.dtype == dtype and y.shape == t.shape
+        assert torch.equal(y.view(torch.uint8), t.view(torch.uint8))
+
+
+def test_high_ratio_real_kv_same_frames_as_numpy(kv_evaluation):
+    kv = load_kv(EVALUATION)
+    table = sz.CodeTable.calibrate(load_kv(CALIBRATION).values())
+    assert table == sz.CodeTable.default()
+    for name, t in kv.items():
+        for book in (None, table):
+            f = sz.compress(t, book, mode="high-ratio")
+            assert f == sz.compress(kv_evaluation[name], book, dtype="bf16", mode="high-ratio"), name
+            assert f.mode == "high-ratio" and f.ratio > 1.4, name
+            out = torch.empty_like(t)
+            assert sz.decompress(f, out=out) is out and torch.equal(out.view(torch.int16), t.view(torch.int16))
