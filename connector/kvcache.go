@@ -52,9 +52,11 @@ type layerLoader interface {
 }
 
 // timing splits a layer's cost: the codec itself, and copies between host and device (GPU caches only), and
-// a decode the producer timed to learn the codec's decode rate (calibration only).
+// a decode the producer timed to learn the codec's decode rate (calibration only). tabled says a high-ratio
+// chunk was coded with given tables throughout (one pass, no histogram of its own).
 type timing struct {
 	codec, copy, decode time.Duration
+	tabled              bool
 }
 
 // coders is what a host save borrows to encode one chunk: an encoder per codec mode (the high-ratio one made
@@ -188,6 +190,7 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 	t0 := time.Now()
 	var frame []byte
 	var err error
+	tabled := false
 	if p == pathFast {
 		// The encoder reads the blocks where they lie: no gathered copy of the layer.
 		s.segs = s.c.layerSegments(s.segs, l, s.blocks[lo:hi])
@@ -195,9 +198,9 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 		frame, crc, err = cs.fast.EncodeSegmentsCRC(dst[:0], s.segs, s.c.layout.DType)
 		s.crc, s.crcOK = crc, err == nil
 	} else {
-		frame, err = s.encodeHighRatio(cs, dst, l, lo, hi)
+		frame, tabled, err = s.encodeHighRatio(cs, dst, l, lo, hi)
 	}
-	took := timing{codec: time.Since(t0)}
+	took := timing{codec: time.Since(t0), tabled: tabled}
 	if err != nil || !calibrate {
 		return frame, took, err
 	}
@@ -216,11 +219,12 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 
 // encodeHighRatio writes a high-ratio chunk: K's frame, then V's, each with its (layer, K/V) table when one
 // is learned (gathered into scratch first: the given-table encoder takes one buffer), else with its own.
-func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) ([]byte, error) {
+func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []byte, tabled bool, err error) {
 	enc, err := cs.highEncoder()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
+	tabled = true
 	dt := s.c.layout.DType
 	blocks := s.blocks[lo:hi]
 	half := int(s.c.layout.BlockBytes()) * len(blocks)
@@ -228,7 +232,7 @@ func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) ([]by
 	for kv := range 2 {
 		out := dst[pos:pos]
 		if cap(out) < codec.MaxEncodedLen(half) {
-			return nil, fmt.Errorf("%w: %d bytes of staging for a %d-byte half chunk", ErrStagingFull, cap(out), half)
+			return nil, false, fmt.Errorf("%w: %d bytes of staging for a %d-byte half chunk", ErrStagingFull, cap(out), half)
 		}
 		var f []byte
 		if t := s.env.tables.table(l, kv); t != nil {
@@ -236,22 +240,23 @@ func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) ([]by
 		} else {
 			s.segs = s.c.kvSegments(s.segs, l, kv, blocks)
 			f, err = enc.EncodeSegments(out, s.segs, dt)
+			tabled = false
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		pos += len(f) // in place: out had room for the largest frame
 		if s.env.tables.learning() {
 			cs.hist = codec.Histogram{DType: dt}
 			for i := (l + lo) % sampleEvery; i < len(blocks); i += sampleEvery {
 				if err := cs.hist.Add(s.c.block(l, kv, blocks[i])); err != nil {
-					return nil, err
+					return nil, false, err
 				}
 			}
 			s.env.tables.add(l, kv, &cs.hist)
 		}
 	}
-	return dst[:pos], nil
+	return dst[:pos], tabled, nil
 }
 
 func (s *hostSaver) close() {}

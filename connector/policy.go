@@ -15,7 +15,8 @@ import (
 //
 // with R the handoff's raw bytes, F a frame's raw bytes, enc and dec the codec's rates in raw bytes per second
 // (for raw frames: the gather and scatter copies), ratio raw over wire bytes, and link the link's rate in
-// bytes per second. The producer measures enc and ratio per path on every frame it stages, and dec once per
+// bytes per second. The producer measures enc and ratio per path on every frame it stages (high-ratio frames
+// coded with learned tables apart from those coding their own, which take a second pass), and dec once per
 // path by decoding its first frames itself (the consumer runs the same codec; GPU caches take dec = enc, the
 // kernels being alike both ways). The link is the configured rate (WithLinkRate, else the transport's rate
 // limit) or, failing both, measured from finished transfers: a transfer that took clearly longer than its
@@ -24,9 +25,11 @@ import (
 // What the model leaves out (CPU shared between codec and network stack, a slower consumer, the engine's
 // pacing) shows as a difference between predicted and measured handoff times: each path keeps the running
 // ratio of the two (its efficiency), and predictions are divided by it. A path is chosen over raw only when
-// predicted at least rawMargin faster, so auto is never slower than raw beyond noise; and when a measured
-// efficiency overrules the plain model, every probeEvery-th handoff takes the plain model's choice, so a
-// path measured slow once (a busy moment) is measured again.
+// predicted at least rawMargin faster, so auto is never slower than raw beyond noise. Measurements of a path
+// are only refreshed while it is taken, so every probeEvery-th handoff takes the runner-up instead when it is
+// expected within probeWindow of the choice, or when the plain model (efficiencies left out) prefers it: a
+// path measured slow once (a busy moment, a cold start) is measured again, at the cost of one handoff in
+// probeEvery running at most probeWindow slower.
 
 // pathRates are one path's speeds in raw bytes per second, and its ratio of raw to wire bytes.
 type pathRates struct {
@@ -44,7 +47,8 @@ var defaultRates = [numPaths]pathRates{
 const (
 	rawMargin   = 0.05 // a codec path must be predicted this much faster than raw to be chosen over it
 	tieMargin   = 0.02 // high-ratio must be predicted this much faster than fast (it costs more CPU)
-	probeEvery  = 16   // when efficiencies overrule the model, every probeEvery-th handoff follows the model
+	probeEvery  = 16   // every probeEvery-th handoff may take the runner-up, to measure it again
+	probeWindow = 0.25 // … when it is expected at most this much slower than the choice
 	calibFrames = 3    // frames of each path the producer decodes itself to learn the decode rate (the best)
 	wireBound   = 1.25 // a transfer this much longer than its codec stages was bound by the wire
 	effMin      = 0.2  // efficiencies are clamped to [effMin, 1/effMin]
@@ -81,33 +85,43 @@ func (pl *plan) expect(p path) float64 {
 // choose returns the path with the smallest expected time among those allowed. With the link unknown it
 // compresses (fast first) to measure the link; raw is taken only when nothing else is allowed.
 func (pl *plan) choose() path {
-	return pl.pick(pl.expect)
+	return pl.pick(pl.expect, -1)
+}
+
+// runnerUp is choose without path best.
+func (pl *plan) runnerUp(best path) path {
+	return pl.pick(pl.expect, best)
 }
 
 // modelChoice is choose on the plain model, efficiencies left out.
 func (pl *plan) modelChoice() path {
-	return pl.pick(pl.predict)
+	return pl.pick(pl.predict, -1)
 }
 
-func (pl *plan) pick(t func(path) float64) path {
+// pick chooses by the times t among the allowed paths other than skip (-1: none); with nothing left, raw.
+func (pl *plan) pick(t func(path) float64, skip path) path {
+	ok := pl.allowed
+	if skip >= 0 {
+		ok[skip] = false
+	}
 	if pl.link <= 0 {
 		for _, p := range []path{pathFast, pathHighRatio, pathRaw} {
-			if pl.allowed[p] {
+			if ok[p] {
 				return p
 			}
 		}
 		return pathRaw
 	}
 	best, bt := pathRaw, math.Inf(1)
-	if pl.allowed[pathFast] {
+	if ok[pathFast] {
 		best, bt = pathFast, t(pathFast)
 	}
-	if pl.allowed[pathHighRatio] {
+	if ok[pathHighRatio] {
 		if h := t(pathHighRatio); h < bt*(1-tieMargin) {
 			best, bt = pathHighRatio, h
 		}
 	}
-	if pl.allowed[pathRaw] && (best == pathRaw || bt > t(pathRaw)*(1-rawMargin)) {
+	if ok[pathRaw] && (best == pathRaw || bt > t(pathRaw)*(1-rawMargin)) {
 		return pathRaw
 	}
 	return best
@@ -117,10 +131,11 @@ func (pl *plan) pick(t func(path) float64) path {
 type modePolicy struct {
 	linkConf float64 // configured link rate; 0: measured
 
-	link  ewma // measured link rate, wire bytes per second
-	enc   [numPaths]ewma
-	ratio [numPaths]ewma
-	eff   [numPaths]ewma
+	link      ewma // measured link rate, wire bytes per second
+	enc       [numPaths]ewma
+	encTabled ewma // high-ratio frames coded with learned or pinned tables
+	ratio     [numPaths]ewma
+	eff       [numPaths]ewma
 
 	mu         sync.Mutex
 	decLikeEnc bool              // GPU caches: decode rates are taken to be the encode rates
@@ -147,6 +162,9 @@ func (m *modePolicy) plan(rawBytes, frameBytes float64, allowed [numPaths]bool) 
 	for p := range numPaths {
 		d := defaultRates[p]
 		r := pathRates{enc: m.enc[p].or(d.enc), ratio: m.ratio[p].or(d.ratio), dec: d.dec}
+		if p == pathHighRatio {
+			r.enc = m.encTabled.or(r.enc)
+		}
 		switch {
 		case m.decLikeEnc:
 			r.dec = r.enc
@@ -164,21 +182,31 @@ func (m *modePolicy) plan(rawBytes, frameBytes float64, allowed [numPaths]bool) 
 // choose picks the path of a handoff of rawBytes in frames of frameBytes.
 func (m *modePolicy) choose(rawBytes, frameBytes float64, allowed [numPaths]bool) path {
 	pl := m.plan(rawBytes, frameBytes, allowed)
-	best, model := pl.choose(), pl.modelChoice()
+	best := pl.choose()
 	m.mu.Lock()
 	m.decisions++
 	probe := m.decisions%probeEvery == 0
 	m.mu.Unlock()
-	if probe && model != best {
+	if !probe || pl.link <= 0 {
+		return best
+	}
+	if model := pl.modelChoice(); model != best {
 		return model
+	}
+	if next := pl.runnerUp(best); next != best && pl.allowed[next] && pl.expect(next) <= pl.expect(best)*(1+probeWindow) {
+		return next
 	}
 	return best
 }
 
 // observeFrame records one staged frame of path p: n raw bytes in encoded bytes, staged in d (codec and
-// copies).
-func (m *modePolicy) observeFrame(p path, n, encoded int, d time.Duration) {
-	m.enc[p].observeRate(float64(n), d)
+// copies); tabled says a high-ratio frame was coded with given tables.
+func (m *modePolicy) observeFrame(p path, n, encoded int, d time.Duration, tabled bool) {
+	if tabled {
+		m.encTabled.observeRate(float64(n), d)
+	} else {
+		m.enc[p].observeRate(float64(n), d)
+	}
 	if encoded > 0 {
 		m.ratio[p].add(float64(n) / float64(encoded))
 	}

@@ -96,7 +96,7 @@ func TestModePolicy(t *testing.T) {
 	t.Run("measured codec rates", func(t *testing.T) {
 		m := modePolicy{linkConf: 10 * gbit}
 		for range 3 { // the encoder turns out fast, and so does its decoder
-			m.observeFrame(pathHighRatio, 8<<20, 8<<20*100/146, 8<<20*time.Second/(3<<30))
+			m.observeFrame(pathHighRatio, 8<<20, 8<<20*100/146, 8<<20*time.Second/(3<<30), true)
 			require.True(t, m.needsCalibration(pathHighRatio))
 			m.calibrate(pathHighRatio, 8<<20, 8<<20*time.Second/(5<<30))
 		}
@@ -109,18 +109,37 @@ func TestModePolicy(t *testing.T) {
 		require.True(t, est.LinkConfigured)
 		require.Equal(t, pathHighRatio, m.choose(req, frame, all), "3 GB/s encode, 5 GB/s decode outrun 10 Gbit/s × 1.46")
 	})
+	t.Run("learned tables", func(t *testing.T) {
+		m := modePolicy{linkConf: 10 * gbit}
+		m.observeFrame(pathHighRatio, 8<<20, 6<<20, 8<<20*time.Second/1e9, false) // its own table: 1 GB/s
+		require.InDelta(t, 1e9, m.estimates().HighRatio.Encode, 1e3)
+		m.observeFrame(pathHighRatio, 8<<20, 6<<20, 8<<20*time.Second/2e9, true) // a learned one: 2 GB/s
+		require.InDelta(t, 2e9, m.estimates().HighRatio.Encode, 1e3, "frames on learned tables are what comes next")
+	})
+	t.Run("near tie: the runner-up is measured now and then", func(t *testing.T) {
+		m := modePolicy{linkConf: 1 * gbit} // defaults: high-ratio, with fast expected 8 % slower
+		picks := map[path]int{}
+		for range 2 * probeEvery {
+			picks[m.choose(req, frame, all)]++
+		}
+		require.Equal(t, map[path]int{pathHighRatio: 2*probeEvery - 2, pathFast: 2}, picks)
+		far := modePolicy{linkConf: 400 * gbit} // raw; fast expected far slower: never probed
+		for range 2 * probeEvery {
+			require.Equal(t, pathRaw, far.choose(req, frame, all))
+		}
+	})
 	t.Run("GPU cache", func(t *testing.T) {
 		m := modePolicy{linkConf: 10 * gbit}
 		m.setDecodeLikeEncode(true)
 		require.False(t, m.needsCalibration(pathFast))
-		m.observeFrame(pathFast, 8<<20, 6<<20, time.Millisecond)
+		m.observeFrame(pathFast, 8<<20, 6<<20, time.Millisecond, false)
 		require.InDelta(t, m.estimates().Fast.Encode, m.estimates().Fast.Decode, 1)
 	})
 	t.Run("measured link", func(t *testing.T) {
 		m := modePolicy{}
 		require.Equal(t, pathFast, m.choose(req, frame, all), "link unknown: compress (fast) to measure it")
 		for range 3 {
-			m.observeFrame(pathFast, 8<<20, 6<<20, 8<<20*time.Second/(10<<30))
+			m.observeFrame(pathFast, 8<<20, 6<<20, 8<<20*time.Second/(10<<30), false)
 		}
 		// A fast-mode handoff bound by a 1 Gbit/s wire: 70.7 MB on the wire in 565 ms.
 		m.observeTransfer(pathFast, 94e6, 70_700_000, 565*time.Millisecond)

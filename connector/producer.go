@@ -507,7 +507,6 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob)
 		if err != nil {
 			return err
 		}
-		p.policy.observeFrame(s.path, n, len(frame), took.codec+took.copy)
 		if took.decode > 0 {
 			p.policy.calibrate(s.path, n, took.decode)
 		}
@@ -515,9 +514,13 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob)
 		if cs, ok := sv.(frameChecksummer); ok {
 			crc, known = cs.lastCRC()
 		}
+		stage := took.codec + took.copy // the save worker's time on the frame: what the model's enc is
 		if !known {
+			t0 := time.Now()
 			crc = crc32.Checksum(frame, castagnoli)
+			stage += time.Since(t0)
 		}
+		p.policy.observeFrame(s.path, n, len(frame), stage, took.tabled)
 		if err := p.staged(s, i, n, frame, crc, took); err != nil {
 			return err
 		}
