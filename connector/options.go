@@ -12,8 +12,8 @@ import (
 type Bypass int
 
 const (
-	// BypassAuto compresses while the codec is faster than the link (measured codec speed against LinkRate,
-	// configured or measured), and sends raw frames when the link would outrun it.
+	// BypassAuto sends raw frames when the pipeline model (see Mode) predicts them faster than every codec
+	// mode allowed: the link outruns the codec.
 	BypassAuto Bypass = iota
 	// BypassNever always compresses.
 	BypassNever
