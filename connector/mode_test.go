@@ -36,17 +36,18 @@ func TestHandoffModes(t *testing.T) {
 	cases := []struct {
 		name string
 		opts []Option
-		want path // auto: what the model must pick every time
-		not  path // auto: what it must never pick
+		want path // what the model must pick every time (-1: no expectation)
+		not  path // what it must never pick
+		auto bool // the expectations rest on this host's codec rates
 	}{
-		{"raw", []Option{WithBypass(BypassAlways)}, pathRaw, -1},
-		{"fast", []Option{WithMode(ModeFast), WithBypass(BypassNever)}, pathFast, -1},
-		{"high-ratio", []Option{WithMode(ModeHighRatio), WithBypass(BypassNever)}, pathHighRatio, -1},
+		{"raw", []Option{WithBypass(BypassAlways)}, pathRaw, -1, false},
+		{"fast", []Option{WithMode(ModeFast), WithBypass(BypassNever)}, pathFast, -1, false},
+		{"high-ratio", []Option{WithMode(ModeHighRatio), WithBypass(BypassNever)}, pathHighRatio, -1, false},
 		// A 0.25 Gbit/s link (the transport's rate limit, told to no one else): high-ratio.
-		{"auto on a slow link", []Option{WithTransport(transport.WithRateLimit(0.25e9 / 8))}, pathHighRatio, -1},
+		{"auto on a slow link", []Option{WithTransport(transport.WithRateLimit(0.25e9 / 8))}, pathHighRatio, -1, true},
 		// A link far faster than any codec: raw, or fast where this host's fast codec measures as fast as
 		// its copies; never high-ratio.
-		{"auto on a fast link", []Option{WithLinkRate(1e12)}, -1, pathHighRatio},
+		{"auto on a fast link", []Option{WithLinkRate(1e12)}, -1, pathHighRatio, true},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -73,10 +74,14 @@ func TestHandoffModes(t *testing.T) {
 				pl := p.policy.plan(float64(lay.layerRawBytes(len(srcBlocks))*int64(lay.Layers)), float64(lay.layerRawBytes(16)),
 					allowedPaths(p.bypass, p.mode, true))
 				want := pl.choose()
-				if tc.want >= 0 {
-					require.Equal(t, tc.want, want)
+				// The auto cases' expectations rest on this host's codec rates, which the race detector changes
+				// unevenly (instrumented Go against assembly): under it only the model is followed.
+				if !tc.auto || !raceEnabled {
+					if tc.want >= 0 {
+						require.Equal(t, tc.want, want)
+					}
+					require.NotEqual(t, tc.not, want)
 				}
-				require.NotEqual(t, tc.not, want)
 				paths[want]++
 				h, err := p.Save(req, srcBlocks)
 				require.NoError(t, err)
