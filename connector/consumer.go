@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/connector/transport"
+	szn "github.com/splitzip/splitzip/nats"
 )
 
 // Consumer is the decode side of a handoff: it finds the handoff on the control plane, fetches the frames from
@@ -42,12 +42,14 @@ type Failure struct {
 
 // ConsumerStats are running totals for observability.
 type ConsumerStats struct {
-	Loads, Failed         int64
-	RawBytes, WireBytes   int64
-	FetchTime, DecodeTime time.Duration // fetch: first dial to last chunk; decode: codec time (GPU: by events)
-	CopyTime              time.Duration // host-to-device copies of frames (GPU caches)
-	LastTransfer          transport.Stats
-	HugePages             HugePageReport // of the last host cache registered (WithHugePages)
+	Loads, Failed int64
+	// Completed loads by the producer's choice: raw frames, fast-mode frames, high-ratio frames.
+	RawLoads, FastLoads, HighRatioLoads int64
+	RawBytes, WireBytes                 int64
+	FetchTime, DecodeTime               time.Duration // fetch: first dial to last chunk; decode: codec time (GPU: by events)
+	CopyTime                            time.Duration // host-to-device copies of frames (GPU caches)
+	LastTransfer                        transport.Stats
+	HugePages                           HugePageReport // of the last host cache registered (WithHugePages)
 }
 
 type load struct {
@@ -245,6 +247,10 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 		<-finalCh                               // the wait ends with fctx
 	}()
 	accepted := 0
+	mode, modeName := rec.FrameMode(), rec.FrameMode()
+	if rec.Raw {
+		modeName = "raw"
+	}
 	// The transport verified each chunk's CRC-32C against the producer's; the same value is checked against
 	// the complete record below, end to end, without another pass over the data.
 	sink := func(i int, frame []byte, crc uint32) error {
@@ -252,15 +258,11 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 			return fmt.Errorf("%w: chunk %d of %d frames", ErrFrame, i, f.frames())
 		}
 		layer, lo, hi := f.frame(i)
-		want := uint64(l.layerRawBytes(hi - lo))
-		h, err := codec.ParseHeader(frame)
+		ch, err := parseChunk(frame, rec.Raw, mode, uint64(l.layerRawBytes(hi-lo)))
 		if err != nil {
-			return fmt.Errorf("%w: frame %d: %w", ErrFrame, i, err)
+			return fmt.Errorf("%w: frame %d (%d blocks, %s): %w", ErrFrame, i, hi-lo, modeName, err)
 		}
-		if h.RawLen() != want {
-			return fmt.Errorf("%w: frame %d decodes to %d bytes, %d blocks need %d", ErrFrame, i, h.RawLen(), hi-lo, want)
-		}
-		took, err := dec.decode(frame, layer, lo, hi)
+		took, err := dec.decode(ch, layer, lo, hi)
 		if err != nil {
 			return fmt.Errorf("%w: frame %d: %w", ErrFrame, i, err)
 		}
@@ -300,6 +302,9 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 		return fmt.Errorf("handoff %s: completed record: %w", shortID(ld.handoffID), err)
 	}
 	if final != nil {
+		if final.Raw != rec.Raw || final.FrameMode() != rec.FrameMode() {
+			return fmt.Errorf("%w: the completed record says %s frames (raw %t), the open one %s (raw %t)", ErrFrame, final.FrameMode(), final.Raw, rec.FrameMode(), rec.Raw)
+		}
 		for i := range sizes {
 			if final.FrameSizes[i] != sizes[i] || final.Checksums[i] != crcs[i] {
 				return fmt.Errorf("%w: frame %d: received %d bytes crc32c %08x, producer recorded %d bytes %08x", ErrFrame, i, sizes[i], crcs[i], final.FrameSizes[i], final.Checksums[i])
@@ -313,6 +318,14 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	c.stats.DecodeTime += decodeTime
 	c.stats.CopyTime += copyTime
 	c.stats.LastTransfer = st
+	switch {
+	case rec.Raw:
+		c.stats.RawLoads++
+	case mode == szn.FrameModeHighRatio:
+		c.stats.HighRatioLoads++
+	default:
+		c.stats.FastLoads++
+	}
 	c.mu.Unlock()
 	return nil
 }

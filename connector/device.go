@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/splitzip/splitzip/codec"
@@ -171,7 +172,10 @@ type deviceSaver struct {
 	t1       *cuda.Event
 }
 
-func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder, per int) (layerSaver, error) {
+// highRatio is false: the GPU kernels code fast-mode frames (the high-ratio kernels have no paged gather yet).
+func (c *deviceCache) highRatio() bool { return false }
+
+func (c *deviceCache) saver(blocks []int, _ saveEnv, per int) (layerSaver, error) {
 	s := &deviceSaver{c: c, blocks: blocks}
 	err := c.ctx.Do(func() error {
 		var err error
@@ -214,9 +218,13 @@ func (c *deviceCache) saver(blocks []int, _ chan *codec.Encoder, per int) (layer
 	return s, nil
 }
 
-func (s *deviceSaver) encode(dst []byte, l, lo, hi int, raw bool, ready *readyMark) (frame []byte, took timing, err error) {
+func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *readyMark) (frame []byte, took timing, err error) {
 	c := s.c
 	n := int(c.lay.layerRawBytes(hi - lo))
+	if p == pathHighRatio {
+		return nil, took, fmt.Errorf("%w: high-ratio frames from a GPU cache", ErrOption)
+	}
+	raw := p == pathRaw
 	err = c.ctx.Do(func() error {
 		if ready != nil {
 			if err := s.stream.WaitEvent(ready.ev); err != nil {
@@ -324,6 +332,7 @@ type deviceLoader struct {
 // deviceSlot decodes one frame at a time: pinned copy, upload, decode-scatter, status. Slots are kept by the
 // cache between loads: their pinned and device buffers are costly to allocate.
 type deviceSlot struct {
+	cpu           *codec.Decoder // high-ratio chunks, decoded on the CPU (made on first use)
 	stream        *cuda.Stream
 	host          *cuda.HostBuffer
 	dev           *cuda.DeviceBuffer
@@ -436,27 +445,39 @@ func (c *deviceCache) loader(blocks []int, per int) (layerLoader, error) {
 	return ld, nil
 }
 
-func (ld *deviceLoader) decode(frame []byte, l, lo, hi int) (took timing, err error) {
+func (ld *deviceLoader) decode(ch chunk, l, lo, hi int) (took timing, err error) {
 	sl := <-ld.slots
 	defer func() { ld.slots <- sl }()
 	c := ld.c
-	if len(frame) > sl.host.Len() {
-		return took, fmt.Errorf("%w: %d-byte frame, at most %d expected", ErrFrame, len(frame), sl.host.Len())
+	var frameLen int
+	if ch.n == 1 {
+		frame := ch.frames[0]
+		if len(frame) > sl.host.Len() {
+			return took, fmt.Errorf("%w: %d-byte frame, at most %d expected", ErrFrame, len(frame), sl.host.Len())
+		}
+		frameLen = copy(sl.host.Bytes(), frame)
+	} else {
+		// A high-ratio chunk (from a host cache's producer): the kernels decode fast-mode and raw frames, so
+		// the CPU decodes it into pinned memory as one raw frame, which the kernel scatters.
+		var cpuTime time.Duration
+		if frameLen, cpuTime, err = sl.decodeOnCPU(ch, int(c.lay.layerRawBytes(hi-lo))); err != nil {
+			return took, err
+		}
+		defer func() { took.codec += cpuTime }()
 	}
-	copy(sl.host.Bytes(), frame)
 	err = c.ctx.Do(func() error {
 		if err := sl.t0.Record(sl.stream); err != nil {
 			return err
 		}
-		if err := sl.stream.MemcpyHtoDAsync(sl.dev.Ptr(), sl.host.Ptr(), len(frame)); err != nil {
+		if err := sl.stream.MemcpyHtoDAsync(sl.dev.Ptr(), sl.host.Ptr(), frameLen); err != nil {
 			return err
 		}
 		if err := sl.tCopy.Record(sl.stream); err != nil {
 			return err
 		}
 		req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo, PerLayer: true}
-		stride := (len(frame) + 15) &^ 15
-		if err := c.kc.DecodeScatterAsync(sl.stream, sl.dev.Ptr(), stride, len(frame), c.layerOf(l), req, sl.status.Ptr()); err != nil {
+		stride := (frameLen + 15) &^ 15
+		if err := c.kc.DecodeScatterAsync(sl.stream, sl.dev.Ptr(), stride, frameLen, c.layerOf(l), req, sl.status.Ptr()); err != nil {
 			return err
 		}
 		if err := sl.t1.Record(sl.stream); err != nil {
@@ -478,6 +499,33 @@ func (ld *deviceLoader) decode(frame []byte, l, lo, hi int) (took timing, err er
 		return err
 	})
 	return took, err
+}
+
+// decodeOnCPU decodes a two-frame chunk of n raw bytes into the slot's pinned buffer behind a raw frame
+// header and returns that raw frame's length.
+func (sl *deviceSlot) decodeOnCPU(ch chunk, n int) (int, time.Duration, error) {
+	if codec.HeaderSize+n > sl.host.Len() {
+		return 0, 0, fmt.Errorf("%w: a %d-byte layer frame, at most %d expected", ErrFrame, n, sl.host.Len()-codec.HeaderSize)
+	}
+	if sl.cpu == nil {
+		dec, err := codec.NewDecoder()
+		if err != nil {
+			return 0, 0, err
+		}
+		sl.cpu = dec
+	}
+	t0 := time.Now()
+	buf := sl.host.Bytes()[:codec.HeaderSize+n]
+	if err := codec.PutRawHeader(buf[:codec.HeaderSize], codec.BF16, n); err != nil {
+		return 0, 0, err
+	}
+	out := buf[codec.HeaderSize:]
+	for kv := range 2 {
+		if _, err := sl.cpu.DecodeInto(out[kv*n/2:(kv+1)*n/2], ch.frames[kv]); err != nil {
+			return 0, 0, err
+		}
+	}
+	return len(buf), time.Since(t0), nil
 }
 
 func (ld *deviceLoader) close() {

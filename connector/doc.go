@@ -6,8 +6,8 @@
 //	engine blocks ──encode (CPU codec or CUDA kernels)──▶ pinned/host staging ──TCP, P2P, chunked──▶ consumer
 //	consumer ──decode each frame as it arrives──▶ its own blocks (other block ids)
 //
-// A handoff moves one request's KV blocks of one tensor-parallel rank as one SplitZip frame per layer (K
-// blocks then V blocks). The producer encodes layers as the engine saves them (SaveLayer / SaveLayerAfter,
+// A handoff moves one request's KV blocks of one tensor-parallel rank as frames of a layer's K blocks then
+// its V blocks (chunk.go: one SplitZip frame, or two in high-ratio mode). The producer encodes layers as the engine saves them (SaveLayer / SaveLayerAfter,
 // so compression overlaps the prefill forward), into a bounded pool of staging memory (backpressure when it
 // is full), and serves them with connector/transport while later layers are still being encoded; the
 // consumer decodes each frame while the next ones are on the wire. Once a request's layers are staged, its
@@ -24,10 +24,13 @@
 // corrupted chunk, a NATS restart that lost the record, expiry, a layout or dtype mismatch, an unknown id —
 // ends it failed with an error that says which, and the blocks must not be used.
 //
-// # Bypass
+// # Modes and bypass
 //
-// Pipelined, a compressed transfer runs at min(codec speed, ratio × link) and a raw one at the link's
-// speed, so compression pays exactly when the codec outruns the link. WithBypass(BypassAuto) (the default)
-// compares the measured encode throughput with the link rate (configured with WithLinkRate, or measured
-// from raw transfers) and sends raw frames when the link is faster.
+// Each handoff travels one way: raw frames, fast-mode frames (4-bit exponent codes, about 1.33×, at memory
+// speed) or high-ratio frames (Huffman-coded exponents with per-layer K and V tables learned online, about
+// 1.45×, at a few GB/s a core); its shard record says which. With WithMode(ModeAuto) and
+// WithBypass(BypassAuto) (the defaults) the producer picks, per handoff, the way its pipeline model predicts
+// fastest: about max(encode, wire / ratio, decode) plus filling and draining the pipeline, from codec rates
+// it measures as it runs and the link rate (configured with WithLinkRate or the transport's rate limit, else
+// measured), corrected by how long handoffs really took (policy.go). GPU caches code fast-mode frames.
 package connector

@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/splitzip/splitzip/codec"
@@ -11,22 +12,29 @@ import (
 // or a load gets its own worker state from it, so codec scratch is never shared between requests.
 type kvCache interface {
 	kvLayout() *Layout
-	// saver prepares to encode frames of at most per of blocks; encoders lends a CPU encoder when the path
-	// needs one.
-	saver(blocks []int, encoders chan *codec.Encoder, per int) (layerSaver, error)
+	// saver prepares to encode frames of at most per blocks, with what env lends.
+	saver(blocks []int, env saveEnv, per int) (layerSaver, error)
 	// loader prepares to decode frames of at most per blocks into blocks; its decode may be called from
 	// several goroutines.
 	loader(blocks []int, per int) (layerLoader, error)
 	// allocStaging returns host memory for frames on their way to or from the wire (pinned for a GPU).
 	stagingAllocator() allocator
+	// highRatio says whether the cache's saver codes high-ratio frames.
+	highRatio() bool
 	close() error
 }
 
+// saveEnv is what a save borrows from its producer: CPU coders, and the learned code tables.
+type saveEnv struct {
+	coders chan *coders
+	tables *tableLearner
+}
+
 type layerSaver interface {
-	// encode writes blocks [lo, hi) (of the save's) of layer l as one frame into dst (capacity ≥ their
-	// MaxEncodedLen) and returns it and where the time went. ready, when set, is work the engine queued that
-	// must finish first.
-	encode(dst []byte, l, lo, hi int, raw bool, ready *readyMark) (frame []byte, t timing, err error)
+	// encode writes blocks [lo, hi) (of the save's) of layer l as one chunk of path p into dst (capacity ≥
+	// chunkCap) and returns it and where the time went; with calibrate it also times a decode of the chunk
+	// (timing.decode). ready, when set, is work the engine queued that must finish first.
+	encode(dst []byte, l, lo, hi int, p path, calibrate bool, ready *readyMark) (frame []byte, t timing, err error)
 	close()
 }
 
@@ -37,15 +45,86 @@ type frameChecksummer interface {
 }
 
 type layerLoader interface {
-	// decode checks frame and writes it into blocks [lo, hi) (of the load's) of layer l, returning where the
-	// time went.
-	decode(frame []byte, l, lo, hi int) (timing, error)
+	// decode writes chunk c (checked against the record by parseChunk) into blocks [lo, hi) (of the
+	// load's) of layer l, returning where the time went.
+	decode(c chunk, l, lo, hi int) (timing, error)
 	close()
 }
 
-// timing splits a layer's cost: the codec itself, and copies between host and device (GPU caches only).
+// timing splits a layer's cost: the codec itself, and copies between host and device (GPU caches only), and
+// a decode the producer timed to learn the codec's decode rate (calibration only). tabled says a high-ratio
+// chunk was coded with given tables throughout (one pass, no histogram of its own).
 type timing struct {
-	codec, copy time.Duration
+	codec, copy, decode time.Duration
+	tabled              bool
+}
+
+// coders is what a host save borrows to encode one chunk: an encoder per codec mode (the high-ratio one made
+// on first use), a decoder for calibration, and scratch for gathers, calibration decodes and table samples.
+type coders struct {
+	fast, high *codec.Encoder
+	dec        *codec.Decoder
+	scratch    []byte
+	hist       codec.Histogram
+}
+
+func newCoders(cb *codec.Codebook) (*coders, error) {
+	var opts []codec.EOption
+	if cb != nil {
+		opts = append(opts, codec.WithCodebook(cb))
+	}
+	enc, err := codec.NewEncoder(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &coders{fast: enc}, nil
+}
+
+func (c *coders) highEncoder() (*codec.Encoder, error) {
+	if c.high == nil {
+		enc, err := codec.NewEncoder(codec.WithMode(codec.ModeHighRatio))
+		if err != nil {
+			return nil, err
+		}
+		c.high = enc
+	}
+	return c.high, nil
+}
+
+func (c *coders) decoder() (*codec.Decoder, error) {
+	if c.dec == nil {
+		dec, err := codec.NewDecoder()
+		if err != nil {
+			return nil, err
+		}
+		c.dec = dec
+	}
+	return c.dec, nil
+}
+
+// buf returns n bytes of scratch.
+func (c *coders) buf(n int) []byte {
+	if cap(c.scratch) < n {
+		c.scratch = make([]byte, n)
+	}
+	return c.scratch[:n]
+}
+
+// decodeChunk decodes a chunk of path p into out (its raw K-then-V bytes), for calibration.
+func decodeChunk(dec *codec.Decoder, out, frame []byte, p path) error {
+	if p != pathHighRatio {
+		_, err := dec.DecodeInto(out, frame)
+		return err
+	}
+	k, v, err := codec.SplitFrame(frame)
+	if err != nil {
+		return err
+	}
+	if _, err := dec.DecodeInto(out[:len(out)/2], k); err != nil {
+		return err
+	}
+	_, err = dec.DecodeInto(out[len(out)/2:], v)
+	return err
 }
 
 // readyMark tells a GPU saver when the engine's writes to a layer are done: an event recorded on the
@@ -78,24 +157,26 @@ func (c *hostCache) stagingAllocator() allocator { return goAllocator{} }
 func (c *hostCache) close() error                { c.stopHugePages(); return nil }
 
 type hostSaver struct {
-	c        *hostCache
-	blocks   []int
-	encoders chan *codec.Encoder
-	segs     [][]byte
-	crc      uint32 // of the last coded frame
-	crcOK    bool
+	c      *hostCache
+	blocks []int
+	env    saveEnv
+	segs   [][]byte
+	crc    uint32 // of the last coded frame
+	crcOK  bool
 }
 
 func (s *hostSaver) lastCRC() (uint32, bool) { return s.crc, s.crcOK }
 
-func (c *hostCache) saver(blocks []int, encoders chan *codec.Encoder, _ int) (layerSaver, error) {
-	return &hostSaver{c: c, blocks: blocks, encoders: encoders}, nil
+func (c *hostCache) highRatio() bool { return true }
+
+func (c *hostCache) saver(blocks []int, env saveEnv, _ int) (layerSaver, error) {
+	return &hostSaver{c: c, blocks: blocks, env: env}, nil
 }
 
-func (s *hostSaver) encode(dst []byte, l, lo, hi int, raw bool, _ *readyMark) ([]byte, timing, error) {
+func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ *readyMark) ([]byte, timing, error) {
 	n := int(s.c.layout.layerRawBytes(hi - lo))
 	s.crcOK = false
-	if raw {
+	if p == pathRaw {
 		// Bypass: gather the blocks straight behind a raw frame header, one copy in all.
 		t0 := time.Now()
 		if err := codec.PutRawHeader(dst[:codec.HeaderSize], s.c.layout.DType, n); err != nil {
@@ -104,14 +185,78 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, raw bool, _ *readyMark) ([
 		s.c.gatherLayer(dst[codec.HeaderSize:codec.HeaderSize+n], l, s.blocks[lo:hi])
 		return dst[:codec.HeaderSize+n], timing{copy: time.Since(t0)}, nil
 	}
-	// The encoder reads the blocks where they lie: no gathered copy of the layer.
-	s.segs = s.c.layerSegments(s.segs, l, s.blocks[lo:hi])
-	enc := <-s.encoders
-	defer func() { s.encoders <- enc }()
+	cs := <-s.env.coders
+	defer func() { s.env.coders <- cs }()
 	t0 := time.Now()
-	frame, crc, err := enc.EncodeSegmentsCRC(dst[:0], s.segs, s.c.layout.DType)
-	s.crc, s.crcOK = crc, err == nil
-	return frame, timing{codec: time.Since(t0)}, err
+	var frame []byte
+	var err error
+	tabled := false
+	if p == pathFast {
+		// The encoder reads the blocks where they lie: no gathered copy of the layer.
+		s.segs = s.c.layerSegments(s.segs, l, s.blocks[lo:hi])
+		var crc uint32
+		frame, crc, err = cs.fast.EncodeSegmentsCRC(dst[:0], s.segs, s.c.layout.DType)
+		s.crc, s.crcOK = crc, err == nil
+	} else {
+		frame, tabled, err = s.encodeHighRatio(cs, dst, l, lo, hi)
+	}
+	took := timing{codec: time.Since(t0), tabled: tabled}
+	if err != nil || !calibrate {
+		return frame, took, err
+	}
+	dec, err := cs.decoder()
+	if err != nil {
+		return nil, took, err
+	}
+	out := cs.buf(n)
+	t1 := time.Now()
+	if err := decodeChunk(dec, out, frame, p); err != nil {
+		return nil, took, fmt.Errorf("decoding the frame just encoded: %w", err)
+	}
+	took.decode = time.Since(t1)
+	return frame, took, nil
+}
+
+// encodeHighRatio writes a high-ratio chunk: K's frame, then V's, each with its (layer, K/V) table when one
+// is learned (gathered into scratch first: the given-table encoder takes one buffer), else with its own.
+func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []byte, tabled bool, err error) {
+	enc, err := cs.highEncoder()
+	if err != nil {
+		return nil, false, err
+	}
+	tabled = true
+	dt := s.c.layout.DType
+	blocks := s.blocks[lo:hi]
+	half := int(s.c.layout.BlockBytes()) * len(blocks)
+	pos := 0
+	for kv := range 2 {
+		out := dst[pos:pos]
+		if cap(out) < codec.MaxEncodedLen(half) {
+			return nil, false, fmt.Errorf("%w: %d bytes of staging for a %d-byte half chunk", ErrStagingFull, cap(out), half)
+		}
+		var f []byte
+		if t := s.env.tables.table(l, kv); t != nil {
+			f, err = enc.EncodeWithTable(out, s.c.gatherKV(cs.buf(half), l, kv, blocks), t)
+		} else {
+			s.segs = s.c.kvSegments(s.segs, l, kv, blocks)
+			f, err = enc.EncodeSegments(out, s.segs, dt)
+			tabled = false
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		pos += len(f) // in place: out had room for the largest frame
+		if s.env.tables.learning() {
+			cs.hist = codec.Histogram{DType: dt}
+			for i := (l + lo) % sampleEvery; i < len(blocks); i += sampleEvery {
+				if err := cs.hist.Add(s.c.block(l, kv, blocks[i])); err != nil {
+					return nil, false, err
+				}
+			}
+			s.env.tables.add(l, kv, &cs.hist)
+		}
+	}
+	return dst[:pos], tabled, nil
 }
 
 func (s *hostSaver) close() {}
@@ -143,20 +288,33 @@ func (c *hostCache) loader(blocks []int, _ int) (layerLoader, error) {
 	return ld, nil
 }
 
-func (ld *hostLoader) decode(frame []byte, l, lo, hi int) (timing, error) {
+func (ld *hostLoader) decode(c chunk, l, lo, hi int) (timing, error) {
 	slot := <-ld.slots
 	defer func() { ld.slots <- slot }()
 	t0 := time.Now()
-	n := int(ld.c.layout.layerRawBytes(hi - lo))
-	if h, err := codec.ParseHeader(frame); err == nil && h.Raw && len(frame) == codec.HeaderSize+n {
-		// A raw frame (bypass): its payload is the blocks' bytes; scatter them without decoding.
-		ld.c.scatterLayer(frame[codec.HeaderSize:], l, ld.blocks[lo:hi])
-		return timing{copy: time.Since(t0)}, nil
+	blocks := ld.blocks[lo:hi]
+	if c.n == 1 {
+		if c.hdrs[0].Raw {
+			// A raw frame (bypass): its payload is the blocks' bytes; scatter them without decoding.
+			ld.c.scatterLayer(c.frames[0][codec.HeaderSize:], l, blocks)
+			return timing{copy: time.Since(t0)}, nil
+		}
+		// Decoded straight into the blocks: no scratch copy of the layer.
+		slot.segs = ld.c.layerSegments(slot.segs, l, blocks)
+		if _, err := slot.dec.DecodeSegments(slot.segs, c.frames[0]); err != nil {
+			return timing{}, err
+		}
+		return timing{codec: time.Since(t0)}, nil
 	}
-	// Decoded straight into the blocks: no scratch copy of the layer.
-	slot.segs = ld.c.layerSegments(slot.segs, l, ld.blocks[lo:hi])
-	if _, err := slot.dec.DecodeSegments(slot.segs, frame); err != nil {
-		return timing{}, err
+	for kv := range 2 { // high-ratio: K's frame, then V's
+		if c.hdrs[kv].Raw {
+			ld.c.scatterKV(c.frames[kv][codec.HeaderSize:], l, kv, blocks)
+			continue
+		}
+		slot.segs = ld.c.kvSegments(slot.segs, l, kv, blocks)
+		if _, err := slot.dec.DecodeSegments(slot.segs, c.frames[kv]); err != nil {
+			return timing{}, fmt.Errorf("%s: %w", [2]string{"K", "V"}[kv], err)
+		}
 	}
 	return timing{codec: time.Since(t0)}, nil
 }

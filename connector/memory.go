@@ -60,10 +60,19 @@ func (c *hostCache) gatherLayer(dst []byte, l int, blocks []int) []byte {
 // engine's memory (blocks that lie back to back become one slice): the layer frame's raw form, in place, for
 // the codec's EncodeSegments and DecodeSegments.
 func (c *hostCache) layerSegments(segs [][]byte, l int, blocks []int) [][]byte {
+	return c.segments(segs, l, 0, 2, blocks)
+}
+
+// kvSegments is layerSegments of layer l's K blocks (kv 0) or V blocks (kv 1) alone.
+func (c *hostCache) kvSegments(segs [][]byte, l, kv int, blocks []int) [][]byte {
+	return c.segments(segs, l, kv, kv+1, blocks)
+}
+
+func (c *hostCache) segments(segs [][]byte, l, kv0, kv1 int, blocks []int) [][]byte {
 	n := uintptr(c.layout.BlockBytes())
 	segs = segs[:0]
 	var start, end uintptr
-	for kv := range 2 {
+	for kv := kv0; kv < kv1; kv++ {
 		for _, b := range blocks {
 			addr := c.blockAddr(l, kv, b)
 			if addr == end && end != 0 {
@@ -80,6 +89,25 @@ func (c *hostCache) layerSegments(segs [][]byte, l int, blocks []int) [][]byte {
 		segs = append(segs, unsafe.Slice((*byte)(ptr(start)), end-start))
 	}
 	return segs
+}
+
+// gatherKV copies layer l's K blocks (kv 0) or V blocks (kv 1), in the order of blocks, into dst and returns
+// the filled part.
+func (c *hostCache) gatherKV(dst []byte, l, kv int, blocks []int) []byte {
+	n := int(c.layout.BlockBytes())
+	dst = dst[:n*len(blocks)]
+	for i, b := range blocks {
+		copy(dst[i*n:], c.block(l, kv, b))
+	}
+	return dst
+}
+
+// scatterKV is the inverse of gatherKV.
+func (c *hostCache) scatterKV(src []byte, l, kv int, blocks []int) {
+	n := int(c.layout.BlockBytes())
+	for i, b := range blocks {
+		copy(c.block(l, kv, b), src[i*n:][:n])
+	}
 }
 
 // scatterLayer is the inverse of gatherLayer: it writes a layer's raw K-then-V bytes into blocks.

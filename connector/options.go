@@ -12,8 +12,8 @@ import (
 type Bypass int
 
 const (
-	// BypassAuto compresses while the codec is faster than the link (measured codec speed against LinkRate,
-	// configured or measured), and sends raw frames when the link would outrun it.
+	// BypassAuto sends raw frames when the pipeline model (see Mode) predicts them faster than every codec
+	// mode allowed: the link outruns the codec.
 	BypassAuto Bypass = iota
 	// BypassNever always compresses.
 	BypassNever
@@ -68,10 +68,18 @@ type Options struct {
 	RecordWait time.Duration
 	// Bypass chooses compressed or raw frames (default BypassAuto).
 	Bypass Bypass
-	// LinkRate is the link's speed in bytes per second for BypassAuto; 0 measures it from transfers.
+	// Mode chooses the codec mode of each handoff's frames (default ModeAuto; producer). See Mode for how it
+	// combines with Bypass.
+	Mode Mode
+	// LinkRate is the link's speed in bytes per second, which the auto choices (BypassAuto, ModeAuto) weigh
+	// the codec against; 0 takes the transport's rate limit when one is set (WithTransport), else measures the
+	// link from transfers.
 	LinkRate float64
-	// Codebook replaces the built-in codebook for the cache's dtype (producer).
+	// Codebook replaces the built-in codebook for the cache's dtype (producer; fast-mode frames).
 	Codebook *codec.Codebook
+	// CodeTable pins the code table of high-ratio frames (producer); nil learns one per layer's K and V from
+	// earlier handoffs.
+	CodeTable *codec.CodeTable
 	// FrameBytes bounds the raw bytes of one frame, the unit of pipelining (default 8 MiB; producer).
 	FrameBytes int64
 	// MaxInFlight bounds concurrent handoffs per side (default 256).
@@ -191,7 +199,7 @@ func WithBypass(b Bypass) Option {
 	}
 }
 
-// WithLinkRate declares the link speed in bytes per second (0: measure).
+// WithLinkRate declares the link speed in bytes per second (0: the transport's rate limit, else measured).
 func WithLinkRate(bytesPerSecond float64) Option {
 	return func(o *Options) error {
 		if bytesPerSecond < 0 {

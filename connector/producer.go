@@ -22,18 +22,21 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // plane. Once a request's layers are staged its blocks are free for the engine to reuse (FinishedSending).
 // A Producer serves one tensor-parallel rank; it is safe for concurrent use.
 type Producer struct {
-	o        Options
-	cp       ControlPlane
-	srv      *transport.Server
-	addr     string
-	staging  *staging
-	policy   bypassPolicy
-	encoders chan *codec.Encoder
-	unsub    func() error
-	log      *slog.Logger
+	o       Options
+	cp      ControlPlane
+	srv     *transport.Server
+	addr    string
+	staging *staging
+	policy  modePolicy
+	coders  chan *coders
+	unsub   func() error
+	log     *slog.Logger
 
 	mu      sync.Mutex
+	bypass  Bypass
+	mode    Mode
 	cache   kvCache
+	tables  *tableLearner      // of the registered cache
 	saves   map[string]*save   // by request id
 	byID    map[string]*save   // by handoff id
 	fetched map[string]fetched // completed transfers awaiting their completion notice
@@ -45,12 +48,14 @@ type Producer struct {
 
 // ProducerStats are running totals for observability.
 type ProducerStats struct {
-	Handoffs, Failed, RawHandoffs int64
-	RawBytes, EncodedBytes        int64
-	Escapes, Elements             int64
-	EncodeTime                    time.Duration  // codec time (GPU: kernel time by events)
-	CopyTime                      time.Duration  // device-to-host copies of frames (GPU caches)
-	HugePages                     HugePageReport // of the last host cache registered (WithHugePages)
+	Handoffs, Failed int64
+	// Handoffs by path: raw frames, fast-mode frames, high-ratio frames (they add up to Handoffs).
+	RawHandoffs, FastHandoffs, HighRatioHandoffs int64
+	RawBytes, EncodedBytes                       int64
+	Escapes, Elements                            int64
+	EncodeTime                                   time.Duration  // codec time (GPU: kernel time by events)
+	CopyTime                                     time.Duration  // device-to-host copies of frames (GPU caches)
+	HugePages                                    HugePageReport // of the last host cache registered (WithHugePages)
 }
 
 // Handoff is what the decode side needs to load a request: pass it through the engine's kv_transfer_params.
@@ -64,7 +69,7 @@ type Handoff struct {
 type save struct {
 	reqID, handoffID string
 	blocks           []int
-	raw              bool
+	path             path // raw, fast or high-ratio frames
 	payload          *transport.StreamPayload
 	f                framing
 	layers           chan layerJob
@@ -94,22 +99,18 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 		return nil, err
 	}
 	p := &Producer{
-		o: o, cp: cp, staging: newStaging(o.StagingBytes),
-		policy:   bypassPolicy{mode: o.Bypass, linkConf: o.LinkRate},
-		encoders: make(chan *codec.Encoder, 2),
-		saves:    map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{},
+		o: o, cp: cp, staging: newStaging(o.StagingBytes), bypass: o.Bypass, mode: o.Mode,
+		policy: modePolicy{linkConf: configuredLinkRate(o)},
+		coders: make(chan *coders, 2),
+		saves:  map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{},
 		log: slog.Default().With("component", "splitzip.producer", "engine", o.EngineID, "rank", o.Rank),
 	}
-	for range cap(p.encoders) {
-		var eopts []codec.EOption
-		if o.Codebook != nil {
-			eopts = append(eopts, codec.WithCodebook(o.Codebook))
-		}
-		enc, err := codec.NewEncoder(eopts...)
+	for range cap(p.coders) {
+		cs, err := newCoders(o.Codebook)
 		if err != nil {
 			return nil, err
 		}
-		p.encoders <- enc
+		p.coders <- cs
 	}
 	topts := append([]transport.Option{
 		transport.WithHandoffTTL(o.HandoffTTL),
@@ -134,6 +135,21 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 	return p, nil
 }
 
+// configuredLinkRate is the link rate the options give: WithLinkRate, else the transport's rate limit, else 0
+// (measured).
+func configuredLinkRate(o Options) float64 {
+	if o.LinkRate > 0 {
+		return o.LinkRate
+	}
+	to := transport.GetDefaultOptions()
+	for _, opt := range o.Transport {
+		if opt != nil && opt(&to) != nil {
+			return 0 // the transport refuses it at Listen, with its own message
+		}
+	}
+	return float64(to.RateLimit)
+}
+
 // SetBypass changes the compression policy for handoffs begun from now on (benchmarks compare raw and
 // compressed on one producer; engines set it once through WithBypass).
 func (p *Producer) SetBypass(b Bypass) error {
@@ -142,9 +158,31 @@ func (p *Producer) SetBypass(b Bypass) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.policy.mode = b
+	p.bypass = b
 	return nil
 }
+
+// SetMode changes the codec mode for handoffs begun from now on (benchmarks compare modes on one producer;
+// engines set it once through WithMode).
+func (p *Producer) SetMode(m Mode) error {
+	if m < ModeAuto || m > ModeHighRatio {
+		return optErr("mode %d", int(m))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m == ModeHighRatio && p.cache != nil && !p.cache.highRatio() {
+		return errNoHighRatio
+	}
+	p.mode = m
+	return nil
+}
+
+// errNoHighRatio refuses ModeHighRatio for a GPU cache.
+var errNoHighRatio = fmt.Errorf("%w: mode high-ratio needs a host KV cache (the GPU kernels code fast-mode frames); use auto or fast", ErrOption)
+
+// Estimates returns what the auto choice currently knows: the link rate and, per path, the codec's rates,
+// ratio and measured efficiency.
+func (p *Producer) Estimates() ModeEstimates { return p.policy.estimates() }
 
 // Addr is where consumers fetch payloads.
 func (p *Producer) Addr() string { return p.addr }
@@ -172,12 +210,22 @@ func (p *Producer) register(c kvCache) error {
 	if len(p.saves) > 0 {
 		return errors.Join(c.close(), fmt.Errorf("%w: cannot re-register the KV cache with %d handoffs in flight", ErrLayout, len(p.saves)))
 	}
+	if p.mode == ModeHighRatio && !c.highRatio() {
+		return errors.Join(c.close(), errNoHighRatio)
+	}
+	l := c.kvLayout()
+	if t := p.o.CodeTable; t != nil && t.DType != l.DType {
+		return errors.Join(c.close(), optErr("the code table is for %s, the KV cache holds %s", t.DType, l.DType))
+	}
 	if p.cache != nil {
 		if err := p.cache.close(); err != nil {
 			p.log.Warn("closing the previous KV cache registration", "err", err)
 		}
 	}
 	p.cache = c
+	p.tables = newTableLearner(l, p.o.CodeTable)
+	_, gpu := c.(*deviceCache)
+	p.policy.setDecodeLikeEncode(gpu)
 	p.staging.setAllocator(c.stagingAllocator())
 	return nil
 }
@@ -244,7 +292,7 @@ func (p *Producer) begin(reqID, handoffID string, blocks []int, all bool) (Hando
 		return Handoff{}, fmt.Errorf("request %q: publishing handoff: %w", reqID, err)
 	}
 	close(s.published)
-	p.log.Debug("handoff opened", "request", reqID, "handoff", shortID(s.handoffID), "blocks", len(blocks), "raw", s.raw)
+	p.log.Debug("handoff opened", "request", reqID, "handoff", shortID(s.handoffID), "blocks", len(blocks), "path", s.path)
 	return Handoff{ID: s.handoffID, ProducerEngineID: p.o.EngineID, RequestID: reqID}, saveErr
 }
 
@@ -267,9 +315,11 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 		return nil, nil, fmt.Errorf("request %q: %w", reqID, err)
 	}
 	f := newFraming(l, len(blocks), p.o.FrameBytes)
+	allowed := allowedPaths(p.bypass, p.mode, p.cache.highRatio())
 	s := &save{
-		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...), raw: p.policy.raw(p.policy.mode),
-		f: f, layers: make(chan layerJob, l.Layers), frames: make([][]byte, f.frames()), sizes: make([]uint64, f.frames()),
+		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...),
+		path: p.policy.choose(float64(l.layerRawBytes(len(blocks))*int64(l.Layers)), float64(l.layerRawBytes(f.per)), allowed),
+		f:    f, layers: make(chan layerJob, l.Layers), frames: make([][]byte, f.frames()), sizes: make([]uint64, f.frames()),
 		crcs: make([]uint32, f.frames()), staged: make(chan struct{}), workerDone: make(chan struct{}),
 		published: make(chan struct{}),
 	}
@@ -398,7 +448,10 @@ func (p *Producer) work(s *save, cache kvCache) {
 			}
 		}
 	}()
-	sv, err := cache.saver(s.blocks, p.encoders, s.f.per)
+	p.mu.Lock()
+	env := saveEnv{coders: p.coders, tables: p.tables}
+	p.mu.Unlock()
+	sv, err := cache.saver(s.blocks, env, s.f.per)
 	if err != nil {
 		fail(fmt.Errorf("request %q: %w", s.reqID, err))
 		return
@@ -445,22 +498,29 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob)
 	for i := job.layer * g; i < (job.layer+1)*g; i++ {
 		l, lo, hi := s.f.frame(i)
 		n := int(lay.layerRawBytes(hi - lo))
-		buf, err := p.staging.acquire(s.ctx, codec.MaxEncodedLen(n))
+		buf, err := p.staging.acquire(s.ctx, chunkCap(n, s.path))
 		if err != nil {
 			return err
 		}
 		s.frames[i] = buf
-		frame, took, err := sv.encode(buf, l, lo, hi, s.raw, job.ready)
+		frame, took, err := sv.encode(buf, l, lo, hi, s.path, p.policy.needsCalibration(s.path), job.ready)
 		if err != nil {
 			return err
+		}
+		if took.decode > 0 {
+			p.policy.calibrate(s.path, n, took.decode)
 		}
 		crc, known := uint32(0), false
 		if cs, ok := sv.(frameChecksummer); ok {
 			crc, known = cs.lastCRC()
 		}
+		stage := took.codec + took.copy // the save worker's time on the frame: what the model's enc is
 		if !known {
+			t0 := time.Now()
 			crc = crc32.Checksum(frame, castagnoli)
+			stage += time.Since(t0)
 		}
+		p.policy.observeFrame(s.path, n, len(frame), stage, took.tabled)
 		if err := p.staged(s, i, n, frame, crc, took); err != nil {
 			return err
 		}
@@ -470,7 +530,19 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob)
 
 // staged records encoded frame i and hands it to the transport.
 func (p *Producer) staged(s *save, i, n int, frame []byte, crc uint32, took timing) error {
-	h, _ := codec.ParseHeader(frame)
+	var escapes, elements uint64
+	for rest := frame; len(rest) > 0; { // one codec frame, or two (high-ratio: K's, V's)
+		f, r, err := codec.SplitFrame(rest)
+		if err != nil {
+			return fmt.Errorf("splitzip: internal error, the encoder wrote a bad frame: %w", err)
+		}
+		h, _ := codec.ParseHeader(f)
+		escapes += h.Escapes
+		if !h.Raw {
+			elements += h.Elements
+		}
+		rest = r
+	}
 	s.sizes[i] = uint64(len(frame))
 	s.crcs[i] = crc // for the record, and sent by the transport as the chunk's
 	s.rawBytes += uint64(n)
@@ -479,10 +551,8 @@ func (p *Producer) staged(s *save, i, n int, frame []byte, crc uint32, took timi
 	p.stats.CopyTime += took.copy
 	p.stats.RawBytes += int64(n)
 	p.stats.EncodedBytes += int64(len(frame))
-	p.stats.Escapes += int64(h.Escapes)
-	if !h.Raw {
-		p.stats.Elements += int64(h.Elements)
-	}
+	p.stats.Escapes += int64(escapes)
+	p.stats.Elements += int64(elements)
 	p.mu.Unlock()
 	return s.payload.PutWithCRC(i, frame, s.crcs[i])
 }
@@ -493,8 +563,13 @@ func (p *Producer) finishSending(s *save, err error) {
 	defer p.mu.Unlock()
 	p.sent = append(p.sent, s.reqID)
 	p.stats.Handoffs++
-	if s.raw {
+	switch s.path {
+	case pathRaw:
 		p.stats.RawHandoffs++
+	case pathFast:
+		p.stats.FastHandoffs++
+	case pathHighRatio:
+		p.stats.HighRatioHandoffs++
 	}
 	if err != nil {
 		p.stats.Failed++
@@ -541,30 +616,36 @@ func (p *Producer) onRelease(s *save, err error) {
 	}()
 }
 
-// fetched is what the bypass policy needs of a completed transfer until its consumer's completion notice.
+// fetched is what the mode policy needs of a completed transfer until its consumer's completion notice.
 type fetched struct {
-	raw      bool
-	rawBytes int64
-	start    time.Time // the consumer's first request
+	path                 path
+	rawBytes, frameBytes int64
+	start                time.Time // the consumer's first request
 }
 
 // maxFetched bounds the transfers awaiting a completion notice (a consumer that never sends one).
 const maxFetched = 1024
 
-// onTransfer notes when a completed transfer started; the completion notice, sent once the consumer has
-// decoded everything, closes the measurement (onCompletion). From first request to last frame decoded is
-// what a transfer costs the decode side, codec included.
+// onTransfer measures the link by a completed transfer (modePolicy.observeTransfer) and notes when it
+// started; the completion notice, sent once the consumer has decoded everything, closes the measurement of
+// the whole handoff (onCompletion). From first request to last frame decoded is what a transfer costs the
+// decode side, codec included.
 func (p *Producer) onTransfer(st transport.Stats) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	s := p.byID[st.ID]
-	if s == nil || st.Err != nil {
+	if s == nil || st.Err != nil || p.cache == nil {
+		p.mu.Unlock()
 		return
 	}
 	if len(p.fetched) >= maxFetched {
 		clear(p.fetched) // consumers that send no notices: measurements lost, memory bounded
 	}
-	p.fetched[st.ID] = fetched{raw: s.raw, rawBytes: int64(s.rawBytes), start: time.Now().Add(-st.Duration)}
+	// The transfer ended, so every frame was staged: s.rawBytes is final.
+	f := fetched{path: s.path, rawBytes: int64(s.rawBytes), frameBytes: p.cache.kvLayout().layerRawBytes(s.f.per),
+		start: time.Now().Add(-st.Duration)}
+	p.fetched[st.ID] = f
+	p.mu.Unlock()
+	p.policy.observeTransfer(f.path, f.rawBytes, st.Bytes, st.Duration)
 }
 
 // onCompletion handles a consumer's notice. The payload was already released by the transport when the fetch
@@ -583,7 +664,7 @@ func (p *Producer) onCompletion(c completion) {
 	delete(p.fetched, c.HandoffID)
 	p.mu.Unlock()
 	if ok {
-		p.policy.observe(f.raw, f.rawBytes, time.Since(f.start))
+		p.policy.observeDone(f.path, float64(f.rawBytes), float64(f.frameBytes), time.Since(f.start))
 	}
 	p.log.Debug("consumer loaded handoff", "handoff", shortID(c.HandoffID))
 }
@@ -593,8 +674,9 @@ func (p *Producer) record(s *save, complete bool) *shardRecord {
 	r := &shardRecord{
 		HandoffID: s.handoffID, RequestID: s.reqID, ProducerEngineID: p.o.EngineID, Addr: p.addr,
 		LayoutFingerprint: l.Fingerprint(), DType: l.DType.String(), Rank: p.o.Rank, TPSize: l.TPSize,
-		Layers: l.Layers, Blocks: len(s.blocks), BlocksPerFrame: s.f.per, Frames: s.f.frames(), Raw: s.raw,
-		TTL: p.o.HandoffTTL,
+		Layers: l.Layers, Blocks: len(s.blocks), BlocksPerFrame: s.f.per, Frames: s.f.frames(), Raw: s.path == pathRaw,
+		Mode: s.path.recordMode(),
+		TTL:  p.o.HandoffTTL,
 	}
 	if complete {
 		r.Complete = true

@@ -35,7 +35,10 @@ type ShardRecord struct {
 	BlocksPerFrame    int    `json:"blocks_per_frame"` // frames are layer-major, K then V of up to this many blocks
 	Frames            int    `json:"frames"`
 	Raw               bool   `json:"raw,omitempty"` // frames sent uncompressed (bypass)
-	Complete          bool   `json:"complete"`
+	// Mode is how the frames' exponents are coded: FrameModeFast or FrameModeHighRatio (see FrameMode). A
+	// record without it (older producers) is fast; a raw record is always fast.
+	Mode     string `json:"mode,omitempty"`
+	Complete bool   `json:"complete"`
 
 	FrameSizes   []uint64 `json:"frame_sizes,omitempty"` // complete records: encoded size per frame
 	Checksums    []uint32 `json:"crc32c,omitempty"`      // complete records: CRC32C (Castagnoli) per frame
@@ -46,6 +49,23 @@ type ShardRecord struct {
 	ExpiresAt time.Time `json:"expires_at"` // when the producer stops serving the payload
 	// TTL sets ExpiresAt = CreatedAt + TTL when ExpiresAt is zero (default: the Plane's HandoffTTL).
 	TTL time.Duration `json:"-"`
+}
+
+// Frame modes of a handoff (ShardRecord.Mode): every frame of one handoff is coded in one mode.
+const (
+	// FrameModeFast: each frame is one fast-mode frame (4-bit exponent codes) or a raw frame.
+	FrameModeFast = "fast"
+	// FrameModeHighRatio: each frame is two high-ratio frames (entropy-coded exponents, or raw), the layer's
+	// K blocks then its V blocks, back to back.
+	FrameModeHighRatio = "high-ratio"
+)
+
+// FrameMode is the record's frame mode, FrameModeFast when the record names none.
+func (s *ShardRecord) FrameMode() string {
+	if s.Mode == "" {
+		return FrameModeFast
+	}
+	return s.Mode
 }
 
 func shardKey(id string, rank int) string { return id + ".r" + strconv.Itoa(rank) }
@@ -68,6 +88,10 @@ func (s *ShardRecord) Validate() error {
 		return bad("%d layers, %d blocks, %d blocks per frame", s.Layers, s.Blocks, s.BlocksPerFrame)
 	case s.Frames != s.Layers*((s.Blocks+s.BlocksPerFrame-1)/s.BlocksPerFrame):
 		return bad("%d frames for %d layers of %d blocks, %d per frame", s.Frames, s.Layers, s.Blocks, s.BlocksPerFrame)
+	case s.Mode != "" && s.Mode != FrameModeFast && s.Mode != FrameModeHighRatio:
+		return bad("frame mode %q (known: %s, %s)", s.Mode, FrameModeFast, FrameModeHighRatio)
+	case s.Raw && s.FrameMode() != FrameModeFast:
+		return bad("raw frames in mode %s", s.Mode)
 	case s.CreatedAt.IsZero() || !s.ExpiresAt.After(s.CreatedAt):
 		return bad("expiry %v not after creation %v", s.ExpiresAt, s.CreatedAt)
 	}

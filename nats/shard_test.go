@@ -233,6 +233,8 @@ func TestShardValidation(t *testing.T) {
 		"encoded total":    func(r *ShardRecord) { r.EncodedBytes++ },
 		"expiry before":    func(r *ShardRecord) { r.ExpiresAt = r.CreatedAt },
 		"no creation time": func(r *ShardRecord) { r.CreatedAt = time.Time{} },
+		"unknown mode":     func(r *ShardRecord) { r.Mode = "turbo" },
+		"raw high-ratio":   func(r *ShardRecord) { r.Raw, r.Mode = true, FrameModeHighRatio },
 	}
 	for name, mutate := range cases {
 		r := valid()
@@ -258,6 +260,40 @@ func TestShardValidation(t *testing.T) {
 	bad.Frames = 7
 	require.ErrorIs(t, p.PutShard(testCtx(t), bad), ErrInvalidRecord)
 	require.Equal(t, 0, p.InFlight())
+}
+
+// A record's frame mode survives the round trip through the server, and a record written without one (by a
+// producer that knew only the fast mode) reads as fast.
+func TestShardFrameMode(t *testing.T) {
+	p := newPlane(t)
+	ctx := testCtx(t)
+	hr := sampleShard("prefill-0", 0, 1, 2)
+	hr.Mode = FrameModeHighRatio
+	require.NoError(t, p.PutShard(ctx, hr))
+	got, err := p.WaitShard(ctx, hr.HandoffID, 0, false)
+	require.NoError(t, err)
+	require.Equal(t, FrameModeHighRatio, got.FrameMode())
+
+	// An older producer's record, as it was stored: no "mode" key at all.
+	old := sampleShard("prefill-0", 0, 1, 2)
+	old.V, old.CreatedAt = ProtocolVersion, time.Now()
+	old.ExpiresAt = old.CreatedAt.Add(time.Minute)
+	data, err := json.Marshal(old)
+	require.NoError(t, err)
+	require.NotContains(t, string(data), `"mode"`)
+	_, err = p.handoffs.Put(ctx, shardKey(old.HandoffID, 0), data)
+	require.NoError(t, err)
+	got, err = p.WaitShard(ctx, old.HandoffID, 0, false)
+	require.NoError(t, err)
+	require.Empty(t, got.Mode)
+	require.Equal(t, FrameModeFast, got.FrameMode())
+
+	// A mode this side does not know is refused with a message that names it.
+	odd := sampleShard("prefill-0", 0, 1, 2)
+	odd.Mode = "turbo"
+	err = p.PutShard(ctx, odd)
+	require.ErrorIs(t, err, ErrInvalidRecord)
+	require.ErrorContains(t, err, `"turbo"`)
 }
 
 // A record stored under another handoff's or rank's key is refused, not taken for the one waited for.

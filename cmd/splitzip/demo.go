@@ -3,7 +3,8 @@ package main
 import "fmt"
 
 // runDemo is the README's main job on built-in defaults: the real-KV statistics table (compress, decompress,
-// check), then a real handoff between a producer and a consumer process, raw against compressed.
+// check), then real handoffs between a producer and a consumer process: raw against fast mode, high-ratio
+// mode, and the auto choice between the three.
 func runDemo(args []string) error {
 	fs := newFlags("demo", "")
 	tokens := fs.String("tokens", "4096", "request sizes for the transfer table")

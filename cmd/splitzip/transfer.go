@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -66,9 +67,42 @@ func benchCache(l connector.Layout, kv []byte, offset int, huge bool) ([][]byte,
 type saveCmd struct {
 	Req    string  `json:"req"`
 	Blocks []int   `json:"blocks"`
-	Mode   string  `json:"mode"`            // raw, compressed, auto
-	Force  string  `json:"force,omitempty"` // auto warm-up: this save raw or compressed, measured by the policy
+	Mode   string  `json:"mode"`            // raw, fast, high-ratio, auto
+	Force  string  `json:"force,omitempty"` // auto warm-up: this save raw, fast or high-ratio, measured by the policy
 	Rate   float64 `json:"rate"`            // link bytes per second, 0 unshaped
+}
+
+// benchModes are the ways bench transfer can send a handoff: raw frames, one codec mode, or the auto choice.
+var benchModes = []string{"raw", "fast", "high-ratio", "auto"}
+
+// parseModes reads -mode (codec modes, measured against raw) and -modes (the whole list, raw included;
+// "compressed" is fast) into the list to run, in benchModes' order.
+func parseModes(mode, modes string) ([]string, error) {
+	list, withRaw := mode, true
+	if modes != "" {
+		list, withRaw = modes, false
+	}
+	want := map[string]bool{"raw": withRaw}
+	for _, m := range strings.Split(list, ",") {
+		m = strings.TrimSpace(m)
+		switch m {
+		case "compressed":
+			m = "fast"
+		case "high_ratio", "highratio":
+			m = "high-ratio"
+		}
+		if !slices.Contains(benchModes, m) || (modes == "" && m == "raw") {
+			return nil, fmt.Errorf("bad mode %q (want fast, high-ratio or auto; -modes also takes raw)", m)
+		}
+		want[m] = true
+	}
+	var out []string
+	for _, m := range benchModes {
+		if want[m] {
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 type saveReply struct {
@@ -102,17 +136,16 @@ func runBenchTransfer(args []string) error {
 	linkRate := fs.Float64("link-rate", 0, "the externally shaped link's rate in Gbit/s, told to the auto policy")
 	var frameBytes byteSize
 	fs.Var(&frameBytes, "frame-bytes", "raw bytes per frame, e.g. 1MiB (default: the connector's)")
-	modesFlag := fs.String("modes", "raw,compressed,auto", "which of raw, compressed, auto to measure")
+	modeFlag := fs.String("mode", "fast,high-ratio,auto", "codec modes to measure against raw: any of fast, high-ratio, auto")
+	modesFlag := fs.String("modes", "", "the whole list to measure, raw included (overrides -mode; \"compressed\" is fast)")
 	cpuFlag := fs.Bool("cpu", false, "also report the CPU time of both processes per transfer (median; read from /proc)")
 	huge := fs.Bool("hugepages", true, "both KV caches in transparent huge pages: allocated for them, and advised by the connector")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	modes := strings.Split(*modesFlag, ",")
-	for _, m := range modes {
-		if m != "raw" && m != "compressed" && m != "auto" {
-			return fmt.Errorf("bad mode %q (want raw, compressed or auto)", m)
-		}
+	modes, err := parseModes(*modeFlag, *modesFlag)
+	if err != nil {
+		return err
 	}
 	stop, err := startProfile("consumer")
 	if err != nil {
@@ -244,9 +277,24 @@ func runBenchTransfer(args []string) error {
 	fmt.Printf("splitzip bench transfer: a producer process and this consumer (%s, %d cores), %s,\n", cpuName(), runtime.NumCPU(), where)
 	fmt.Printf("KV of SmolLM2-135M (30 layers × K,V × 3 heads × 64, bf16, 16-token blocks) filled with %s;\n", *data)
 	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d after warm-up, modes taking turns; %s\n\n", *repeat, shaping)
-	fmt.Printf("%7s %9s %9s | %10s %10s %8s | %10s %8s", "tokens", "KV", "link", "raw", "splitzip", "speedup", "auto", "auto/raw")
+	// One column group per mode: its median time and, for codec modes, its speedup over raw; auto also says
+	// which paths it took in the timed transfers.
+	fmt.Printf("%7s %9s %9s", "tokens", "KV", "link")
+	for _, m := range modes {
+		switch m {
+		case "raw":
+			fmt.Printf(" | %10s", "raw")
+		case "auto":
+			fmt.Printf(" | %10s %7s %-13s", "auto", "×raw", "auto took")
+		default:
+			fmt.Printf(" | %10s %7s", m, "×raw")
+		}
+	}
 	if *cpuFlag {
-		fmt.Printf(" | %10s %10s %10s", "cpu raw", "splitzip", "auto")
+		fmt.Print(" | cpu")
+		for _, m := range modes {
+			fmt.Printf(" %10s", m)
+		}
 	}
 	fmt.Println()
 	seq := 0
@@ -259,13 +307,14 @@ func runBenchTransfer(args []string) error {
 		rawBytes := float64(layout.Layers) * 2 * float64(nb) * float64(layout.BlockBytes())
 		for _, gbit := range rates {
 			rate := gbit * 1e9 / 8
-			// Untimed warm-up of every mode first: staging memory, connections and socket buffers, and for
-			// auto two measurements of each way (the policy keeps the second; steady state is what serving
-			// sees, and it keeps probing while timed).
+			// Untimed warm-up of every mode first: staging memory, connections and socket buffers, learned
+			// code tables, and for auto two handoffs of each path (forced; the policy keeps the second, the
+			// first being a cold one), then one of its own choosing, so that its model has measured every path
+			// (steady state is what serving sees; it keeps probing while timed).
 			for _, mode := range modes {
 				warm := []string{"", ""}
 				if mode == "auto" {
-					warm = []string{"compressed", "compressed", "raw", "raw"}
+					warm = []string{"raw", "raw", "fast", "fast", "high-ratio", "high-ratio", ""}
 				}
 				for w, force := range warm {
 					seq++
@@ -274,36 +323,54 @@ func runBenchTransfer(args []string) error {
 					}
 				}
 			}
-			// Timed transfers take turns (raw, compressed, auto, raw, …), so that whatever else the shared
-			// machine does during the figure falls on every mode alike instead of on the one measured then.
+			// Timed transfers take turns (raw, fast, high-ratio, auto, raw, …), so that whatever else the
+			// shared machine does during the figure falls on every mode alike instead of on the one measured
+			// then.
 			ts, cpus := map[string][]time.Duration{}, map[string][]time.Duration{}
+			took := map[string]int{}
 			for range *repeat {
 				for _, mode := range modes {
 					seq++
 					if stderrIsTerminal {
 						fmt.Fprintf(os.Stderr, "  %d tokens, %s, %s …\r", int(tok), linkName(gbit), mode)
 					}
+					before := cons.Stats()
 					d, c, err := run(fmt.Sprintf("req-%d", seq), blocks, mode, rate, "")
 					if err != nil {
 						return fmt.Errorf("%d tokens at %s, %s: %w", int(tok), linkName(gbit), mode, err)
 					}
 					ts[mode] = append(ts[mode], d)
 					cpus[mode] = append(cpus[mode], c)
+					if mode == "auto" {
+						after := cons.Stats()
+						took["raw"] += int(after.RawLoads - before.RawLoads)
+						took["fast"] += int(after.FastLoads - before.FastLoads)
+						took["hr"] += int(after.HighRatioLoads - before.HighRatioLoads)
+					}
 				}
-			}
-			med, cpu := map[string]time.Duration{}, map[string]time.Duration{}
-			for mode, t := range ts {
-				med[mode], cpu[mode] = median(t), median(cpus[mode])
 			}
 			name := linkName(gbit)
 			if *linkLabel != "" {
 				name = *linkLabel
 			}
-			fmt.Printf("%7d %9s %9s | %9.1fms %9.1fms %7.2fx | %9.1fms %7.2fx", int(tok), formatBytes(rawBytes), name,
-				ms(med["raw"]), ms(med["compressed"]), ratio(med["raw"], med["compressed"]),
-				ms(med["auto"]), ratio(med["raw"], med["auto"]))
+			fmt.Printf("%7d %9s %9s", int(tok), formatBytes(rawBytes), name)
+			raw := median(ts["raw"])
+			for _, m := range modes {
+				med := median(ts[m])
+				switch m {
+				case "raw":
+					fmt.Printf(" | %8.1fms", ms(med))
+				case "auto":
+					fmt.Printf(" | %8.1fms %6.2fx %-13s", ms(med), ratio(raw, med), tookString(took))
+				default:
+					fmt.Printf(" | %8.1fms %6.2fx", ms(med), ratio(raw, med))
+				}
+			}
 			if *cpuFlag {
-				fmt.Printf(" | %9.1fms %9.1fms %9.1fms", ms(cpu["raw"]), ms(cpu["compressed"]), ms(cpu["auto"]))
+				fmt.Print(" |    ")
+				for _, m := range modes {
+					fmt.Printf(" %8.1fms", ms(median(cpus[m])))
+				}
 			}
 			fmt.Println()
 		}
@@ -311,6 +378,17 @@ func runBenchTransfer(args []string) error {
 	st := cons.Stats()
 	fmt.Printf("\nconsumer totals: %d loads, %d failed, %s decoded\n", st.Loads, st.Failed, formatBytes(float64(st.RawBytes)))
 	return nil
+}
+
+// tookString says which paths auto's timed transfers took, e.g. "hr 7" or "fast 5, raw 2".
+func tookString(took map[string]int) string {
+	var parts []string
+	for _, k := range []string{"raw", "fast", "hr"} {
+		if took[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, took[k]))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -380,6 +458,21 @@ func linkName(gbit float64) string {
 	return strconv.FormatFloat(gbit, 'f', -1, 64) + "Gbit/s"
 }
 
+// benchPolicy is the producer's bypass and mode for a bench mode name.
+func benchPolicy(name string) (connector.Bypass, connector.Mode, bool) {
+	switch name {
+	case "raw":
+		return connector.BypassAlways, connector.ModeAuto, true
+	case "fast":
+		return connector.BypassNever, connector.ModeFast, true
+	case "high-ratio":
+		return connector.BypassNever, connector.ModeHighRatio, true
+	case "auto":
+		return connector.BypassAuto, connector.ModeAuto, true
+	}
+	return 0, 0, false
+}
+
 // runTransferProducer is the producer process of the transfer benchmark: it reads save commands on stdin and
 // answers with handoff ids on stdout, one producer per (mode, link rate).
 func runTransferProducer(args []string) error {
@@ -441,11 +534,14 @@ func runTransferProducer(args []string) error {
 			lastRate = cmd.Rate
 		}
 		key := fmt.Sprintf("%s-%.0f", cmd.Mode, cmd.Rate)
-		bypass := map[string]connector.Bypass{"raw": connector.BypassAlways, "compressed": connector.BypassNever, "auto": connector.BypassAuto}[cmd.Mode]
+		bypass, mode, ok := benchPolicy(cmd.Mode)
+		if !ok {
+			return fmt.Errorf("bad mode %q", cmd.Mode)
+		}
 		p := producers[key]
 		if p == nil {
 			opts := []connector.Option{connector.WithEngineID("bench-prefill-" + strings.ReplaceAll(key, ".", "_")), connector.WithListenAddr(*listen),
-				connector.WithBypass(bypass), connector.WithHandoffTTL(10 * time.Minute), connector.WithStagingBytes(4 << 30),
+				connector.WithBypass(bypass), connector.WithMode(mode), connector.WithHandoffTTL(10 * time.Minute), connector.WithStagingBytes(4 << 30),
 				connector.WithHugePages(*huge)}
 			if *frameBytes > 0 {
 				opts = append(opts, connector.WithFrameBytes(*frameBytes))
@@ -468,12 +564,20 @@ func runTransferProducer(args []string) error {
 			producers[key] = p
 		}
 		if cmd.Force != "" {
-			_ = p.SetBypass(map[string]connector.Bypass{"raw": connector.BypassAlways, "compressed": connector.BypassNever}[cmd.Force])
+			fb, fm, ok := benchPolicy(cmd.Force)
+			if !ok {
+				return fmt.Errorf("bad forced mode %q", cmd.Force)
+			}
+			if err := errors.Join(p.SetBypass(fb), p.SetMode(fm)); err != nil {
+				return err
+			}
 		}
 		var r saveReply
 		h, err := p.Save(cmd.Req, cmd.Blocks)
 		if cmd.Force != "" {
-			_ = p.SetBypass(bypass)
+			if err := errors.Join(p.SetBypass(bypass), p.SetMode(mode)); err != nil {
+				return err
+			}
 		}
 		if err != nil {
 			r.Err = err.Error()
@@ -484,8 +588,16 @@ func runTransferProducer(args []string) error {
 		}
 		p.FinishedSending()
 		if os.Getenv("SPLITZIP_BENCH_DEBUG") != "" { // shows the auto policy's choices as they happen
-			st := p.Stats()
-			fmt.Fprintf(os.Stderr, "producer %s: %d handoffs, %d raw\n", key, st.Handoffs, st.RawHandoffs)
+			st, est := p.Stats(), p.Estimates()
+			fmt.Fprintf(os.Stderr, "producer %s: %d handoffs: %d raw, %d fast, %d high-ratio; link %.2f GB/s (configured %t)\n",
+				key, st.Handoffs, st.RawHandoffs, st.FastHandoffs, st.HighRatioHandoffs, est.Link/1e9, est.LinkConfigured)
+			for _, pe := range []struct {
+				name string
+				e    connector.PathEstimate
+			}{{"raw", est.Raw}, {"fast", est.Fast}, {"high-ratio", est.HighRatio}} {
+				fmt.Fprintf(os.Stderr, "  %-10s encode %5.2f GB/s decode %5.2f GB/s ratio %.3f efficiency %.2f\n",
+					pe.name, pe.e.Encode/1e9, pe.e.Decode/1e9, pe.e.Ratio, pe.e.Efficiency)
+			}
 		}
 	}
 	return in.Err()

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseModes(t *testing.T) {
+	for _, c := range []struct {
+		mode, modes string
+		want        []string
+	}{
+		{"fast,high-ratio,auto", "", []string{"raw", "fast", "high-ratio", "auto"}},
+		{"auto,high_ratio", "", []string{"raw", "high-ratio", "auto"}},
+		{"fast,high-ratio,auto", "raw,compressed,auto", []string{"raw", "fast", "auto"}},
+		{"", "high-ratio", []string{"high-ratio"}},
+	} {
+		got, err := parseModes(c.mode, c.modes)
+		require.NoError(t, err, c)
+		require.Equal(t, c.want, got, c)
+	}
+	for _, bad := range []string{"raw", "turbo", "fast,"} {
+		_, err := parseModes(bad, "")
+		require.Error(t, err, bad)
+	}
+	_, err := parseModes("fast", "raw,turbo")
+	require.Error(t, err)
+	for _, m := range benchModes {
+		_, _, ok := benchPolicy(m)
+		require.True(t, ok, m)
+	}
+}
