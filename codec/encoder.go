@@ -198,6 +198,20 @@ func (e *Encoder) EncodeWithTable(dst, src []byte, t *CodeTable) ([]byte, error)
 	return frame, err
 }
 
+// EncodeSegmentsWithTable is EncodeWithTable of the concatenation of segs, read where they lie (see
+// EncodeSegments): a paged cache's blocks coded with a table learned from earlier frames, with no gathered copy.
+func (e *Encoder) EncodeSegmentsWithTable(dst []byte, segs [][]byte, t *CodeTable) ([]byte, error) {
+	if err := checkEncodingTable(t); err != nil {
+		return dst, err
+	}
+	if err := e.segs.set(segs, t.DType); err != nil {
+		return dst, err
+	}
+	defer e.segs.reset()
+	frame, _, err := e.encodeEntropy(dst, nil, &e.segs, t.DType, t, false)
+	return frame, err
+}
+
 // checkEncodingTable validates a table given to an encoder: it must code every exponent of its dtype.
 func checkEncodingTable(t *CodeTable) error {
 	if err := t.Validate(); err != nil {

@@ -887,3 +887,32 @@ func TestCodeTableBinaryIsFrameSection(t *testing.T) {
 	_, err = (&CodeTable{DType: BF16, Lengths: make([]uint8, 257)}).MarshalBinary()
 	require.Error(t, err)
 }
+
+// A table given for one segmented frame gives the frame EncodeWithTable writes for the concatenation.
+func TestEncodeSegmentsWithTable(t *testing.T) {
+	var kv []byte
+	for _, x := range loadFixture(t, "kv_evaluation.safetensors").Tensors[:6] {
+		kv = append(kv, x.Data...)
+	}
+	h, err := NewHistogram(BF16)
+	require.NoError(t, err)
+	require.NoError(t, h.Add(kv[:len(kv)/3]))
+	tab, err := h.CodeTable()
+	require.NoError(t, err)
+	enc, dec := newCodecs(t)
+	want, err := enc.EncodeWithTable(nil, kv, tab)
+	require.NoError(t, err)
+	var segs [][]byte
+	for i := 0; i < len(kv); i += 6144 {
+		segs = append(segs, kv[i:min(i+6144, len(kv))])
+	}
+	got, err := enc.EncodeSegmentsWithTable(nil, segs, tab)
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+	out, hdr, err := dec.Decode(nil, got)
+	require.NoError(t, err)
+	require.True(t, hdr.Entropy)
+	require.Equal(t, kv, out)
+	_, err = enc.EncodeSegmentsWithTable(nil, segs, &CodeTable{DType: BF16, Lengths: make([]uint8, 257)})
+	require.Error(t, err)
+}

@@ -218,7 +218,7 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 }
 
 // encodeHighRatio writes a high-ratio chunk: K's frame, then V's, each with its (layer, K/V) table when one
-// is learned (gathered into scratch first: the given-table encoder takes one buffer), else with its own.
+// is learned, else with its own; the encoder reads the blocks where they lie.
 func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []byte, tabled bool, err error) {
 	enc, err := cs.highEncoder()
 	if err != nil {
@@ -235,10 +235,10 @@ func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []
 			return nil, false, fmt.Errorf("%w: %d bytes of staging for a %d-byte half chunk", ErrStagingFull, cap(out), half)
 		}
 		var f []byte
+		s.segs = s.c.kvSegments(s.segs, l, kv, blocks)
 		if t := s.env.tables.table(l, kv); t != nil {
-			f, err = enc.EncodeWithTable(out, s.c.gatherKV(cs.buf(half), l, kv, blocks), t)
+			f, err = enc.EncodeSegmentsWithTable(out, s.segs, t)
 		} else {
-			s.segs = s.c.kvSegments(s.segs, l, kv, blocks)
 			f, err = enc.EncodeSegments(out, s.segs, dt)
 			tabled = false
 		}

@@ -91,18 +91,7 @@ func (c *hostCache) segments(segs [][]byte, l, kv0, kv1 int, blocks []int) [][]b
 	return segs
 }
 
-// gatherKV copies layer l's K blocks (kv 0) or V blocks (kv 1), in the order of blocks, into dst and returns
-// the filled part.
-func (c *hostCache) gatherKV(dst []byte, l, kv int, blocks []int) []byte {
-	n := int(c.layout.BlockBytes())
-	dst = dst[:n*len(blocks)]
-	for i, b := range blocks {
-		copy(dst[i*n:], c.block(l, kv, b))
-	}
-	return dst
-}
-
-// scatterKV is the inverse of gatherKV.
+// scatterKV writes raw bytes of layer l's K blocks (kv 0) or V blocks (kv 1), in the order of blocks.
 func (c *hostCache) scatterKV(src []byte, l, kv int, blocks []int) {
 	n := int(c.layout.BlockBytes())
 	for i, b := range blocks {
