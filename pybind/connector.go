@@ -93,7 +93,9 @@ type endpointOptions struct {
 	HandoffTTLS   *float64 `json:"handoff_ttl_s"`
 	LoadTimeoutS  *float64 `json:"load_timeout_s"`
 	RecordWaitS   *float64 `json:"record_wait_s"`
-	Bypass        *string  `json:"bypass"` // auto, never (always compress), always (never compress)
+	Bypass        *string  `json:"bypass"`          // auto, never (always compress), always (never compress)
+	Mode          *string  `json:"mode"`            // auto, fast, high-ratio: the codec mode of a handoff's frames
+	CodeTablePath string   `json:"code_table_path"` // a high-ratio code table file; none: learned per layer
 	LinkRate      *float64 `json:"link_rate"`
 	Codebook      int      `json:"codebook"`      // a codebook handle (codebook.go); 0: built-in
 	CodebookPath  string   `json:"codebook_path"` // or a codebook file
@@ -113,6 +115,7 @@ type endpointSettings struct {
 	LoadTimeoutS  float64 `json:"load_timeout_s"`
 	RecordWaitS   float64 `json:"record_wait_s"`
 	Bypass        string  `json:"bypass"`
+	Mode          string  `json:"mode"`
 	LinkRate      float64 `json:"link_rate"`
 	MaxInFlight   int     `json:"max_in_flight"`
 	RateLimit     int64   `json:"rate_limit"`
@@ -135,6 +138,7 @@ func settingsOf(o connector.Options) (endpointSettings, error) {
 		LoadTimeoutS:  o.LoadTimeout.Seconds(),
 		RecordWaitS:   o.RecordWait.Seconds(),
 		Bypass:        o.Bypass.String(),
+		Mode:          o.Mode.String(),
 		LinkRate:      o.LinkRate,
 		MaxInFlight:   o.MaxInFlight,
 		RateLimit:     t.RateLimit,
@@ -300,6 +304,20 @@ func endpointOpts(js string) ([]connector.Option, error) {
 			return nil, err
 		}
 		opts = append(opts, connector.WithBypass(b))
+	}
+	if eo.Mode != nil {
+		m, err := connector.ParseMode(*eo.Mode)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, connector.WithMode(m))
+	}
+	if eo.CodeTablePath != "" {
+		t, err := codec.LoadCodeTable(eo.CodeTablePath)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, connector.WithCodeTable(t))
 	}
 	if eo.LinkRate != nil {
 		opts = append(opts, connector.WithLinkRate(*eo.LinkRate))

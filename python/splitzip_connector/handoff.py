@@ -213,7 +213,7 @@ def _defaults_json() -> str:
 def endpoint_defaults() -> dict[str, Any]:
     """The settings of a producer or consumer that sets no options: the Go connector's defaults
     (connector.GetDefaultOptions, transport.GetDefaultOptions), the one place they are stated. Keys:
-    listen_addr, advertise_addr, staging_bytes, handoff_ttl_s, load_timeout_s, record_wait_s, bypass,
+    listen_addr, advertise_addr, staging_bytes, handoff_ttl_s, load_timeout_s, record_wait_s, bypass, mode,
     link_rate, max_in_flight, rate_limit, conns, io_timeout_s."""
     return json.loads(_defaults_json())
 
@@ -233,6 +233,8 @@ class _Endpoint:
     load_timeout_s: float | None = None
     record_wait_s: float | None = None
     bypass: str | None = None
+    mode: str | None = None
+    code_table_path: str | None = None
     link_rate: float | None = None
     codebook: int | None = None  # a codebook handle (codebook_handle); 0 or None: the built-in one
     codebook_path: str | None = None
@@ -250,7 +252,9 @@ class Producer:
     serves them to consumers peer-to-peer.
 
     Keyword options: listen_addr, advertise_addr, staging_bytes, handoff_ttl_s, bypass ("auto" | "never" =
-    always compress | "always" = never compress), link_rate (bytes/s; 0 measures), codebook (a Codebook) or
+    always compress | "always" = never compress), mode ("auto" | "fast" | "high-ratio": the codec mode of each
+    handoff's frames), code_table_path (a high-ratio code table file; default: learned per layer's K and V),
+    link_rate (bytes/s; 0 measures), codebook (a Codebook) or
     codebook_path, max_in_flight, rate_limit (bytes/s cap, emulates a slow link; 0: none), conns,
     io_timeout_s. Options left out or None take the connector's defaults (endpoint_defaults()); the options
     property shows what the producer runs with.

@@ -137,7 +137,7 @@ def test_errors_are_typed(plane, kv_calibration):
 
 ENDPOINT_KEYS = {
     "listen_addr", "advertise_addr", "staging_bytes", "handoff_ttl_s", "load_timeout_s", "record_wait_s",
-    "bypass", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s",
+    "bypass", "mode", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s",
 }
 
 
@@ -148,6 +148,7 @@ def test_endpoint_defaults_come_from_go():
     # the values connector.GetDefaultOptions documents (a change there shows up here, not in Python code)
     assert d["handoff_ttl_s"] == d["load_timeout_s"] == 120 and d["record_wait_s"] == 10
     assert d["staging_bytes"] == 1 << 30 and d["bypass"] == "auto" and d["listen_addr"] == "127.0.0.1:0"
+    assert d["mode"] == "auto"
     d["conns"] = -1
     assert endpoint_defaults()["conns"] != -1, "callers get a copy"
 
@@ -155,7 +156,7 @@ def test_endpoint_defaults_come_from_go():
 def test_python_states_no_endpoint_default():
     """Every option field of the endpoint (except who it is) defaults to None: unset, not sent."""
     opts = {f.name: f.default for f in dataclasses.fields(_Endpoint)}
-    assert set(opts) - {"engine_id", "rank", "codebook", "codebook_path"} == ENDPOINT_KEYS
+    assert set(opts) - {"engine_id", "rank", "codebook", "codebook_path", "code_table_path"} == ENDPOINT_KEYS
     assert {k: v for k, v in opts.items() if k not in ("engine_id", "rank")} == dict.fromkeys(set(opts) - {"engine_id", "rank"})
     assert json.loads(_Endpoint("e").to_json()) == {"engine_id": "e", "rank": 0}
     assert json.loads(_Endpoint("e", rate_limit=0, bypass=None).to_json()) == {"engine_id": "e", "rank": 0, "rate_limit": 0}
@@ -172,6 +173,17 @@ def test_unset_options_surface_gos_defaults(plane):
         assert {k: v for k, v in o.items() if k not in ("handoff_ttl_s", "conns")} == {
             k: v for k, v in d.items() if k not in ("handoff_ttl_s", "conns")
         }
+
+
+def test_producer_modes(plane, tmp_path):
+    """mode reaches the Go producer (its settings show it); a bad mode or code table file is an option error."""
+    with Producer(plane, "pre-hr", mode="high-ratio") as prod:
+        assert prod.options["mode"] == "high-ratio"
+    with pytest.raises(SplitZipError) as ei:
+        Producer(plane, "pre-bad", mode="fastest")
+    assert ei.value.kind == "option"
+    with pytest.raises(SplitZipError):
+        Producer(plane, "pre-bad-table", mode="high-ratio", code_table_path=str(tmp_path / "missing.json"))
 
 
 @pytest.mark.parametrize("opt", ["staging_bytes", "handoff_ttl_s", "max_in_flight", "conns", "io_timeout_s"])
@@ -191,7 +203,7 @@ def test_vllm_config_states_no_endpoint_default():
     cls = next(n for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, ast.ClassDef) and n.name == "SplitZipConfig")
     fields = {n.target.id: n.value for n in cls.body if isinstance(n, ast.AnnAssign)}
     shared = set(fields) & ENDPOINT_KEYS
-    assert {"handoff_ttl_s", "load_timeout_s", "record_wait_s", "staging_bytes", "listen_addr", "bypass"} <= shared
+    assert {"handoff_ttl_s", "load_timeout_s", "record_wait_s", "staging_bytes", "listen_addr", "bypass", "mode"} <= shared
     for name in shared:
         v = fields[name]
         assert isinstance(v, ast.Call) and getattr(v.func, "id", "") == "_unset", f"SplitZipConfig.{name} states a default"

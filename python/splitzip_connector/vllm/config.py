@@ -28,7 +28,14 @@ class SplitZipConfig:
     nats_url         NATS server URL; "" (default): an embedded server in each worker process (one process
                      tests only — two engines must share a real server, see examples/vllm).
     nats_namespace   separates deployments sharing one NATS server (default: the control plane's).
-    codebook         path of a codebook JSON file (splitzip calibrate); default: the built-in one.
+    codebook         path of a codebook JSON file (splitzip calibrate) for the fast mode; default: the built-in
+                     one.
+    mode*            codec mode of a handoff's frames: "auto" (per handoff, whichever the pipeline model predicts
+                     faster over the link: raw, "fast" = 4-bit exponent codes at memory speed, or "high-ratio" =
+                     entropy-coded exponents, ~1.47x, slower to code), "fast" or "high-ratio". GPU caches code
+                     fast-mode frames.
+    code_table       path of a high-ratio code table JSON file (splitzip stats -table, CodeTable.save); default:
+                     tables learned per layer's K and V as handoffs pass.
     bypass*          "auto" (compress while the codec outruns the link), "never" (always compress) or
                      "always" (never compress: the baseline).
     link_rate*       link speed in bytes/s for bypass "auto"; 0 measures it.
@@ -49,6 +56,8 @@ class SplitZipConfig:
     nats_url: str = ""
     nats_namespace: str = ""
     codebook: str = ""
+    mode: str | None = _unset(str)
+    code_table: str = ""
     bypass: str | None = _unset(str)
     link_rate: float | None = _unset(float)
     rate_limit: int | None = _unset(int)
@@ -86,6 +95,8 @@ class SplitZipConfig:
                 f"SplitZipConnector: bypass {values['bypass']!r}: use 'auto', 'never' (always compress) or "
                 "'always' (never compress)"
             )
+        if values.get("mode", "auto") not in ("auto", "fast", "high-ratio"):
+            raise ValueError(f"SplitZipConnector: mode {values['mode']!r}: use 'auto', 'fast' or 'high-ratio'")
         if not values.get("engine_id"):
             values["engine_id"] = _safe_id(kvc.engine_id or "vllm")
         return cls(**values)

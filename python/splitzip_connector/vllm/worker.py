@@ -217,6 +217,8 @@ class SplitZipWorker:
                 listen_addr=listen,
                 advertise_addr=adv or None,
                 bypass=cfg.bypass,
+                mode=cfg.mode,
+                code_table_path=cfg.code_table or None,
                 handoff_ttl_s=cfg.handoff_ttl_s,
                 link_rate=cfg.link_rate,
                 staging_bytes=cfg.staging_bytes,
