@@ -149,22 +149,29 @@ def _vllm_installed() -> bool:
 
 @pytest.mark.parametrize("mod", [m for layer in LAYERS for m in layer])
 def test_module_imports_alone_in_a_fresh_interpreter(mod):
-    """Imports the module without running the package's __init__ first (a bare package object stands in for
-    it), so that it loads only what it imports itself: a cycle or a missing import fails here, whatever order
-    __init__ would have imported things in. What gets loaded must lie in lower layers."""
+    """Imports the module without running the package's __init__ (nor a subpackage's, for vllm.*) first: bare
+    package objects stand in for them, so that it loads only what it imports itself: a cycle or a missing import
+    fails here, whatever order __init__ would have imported things in. What gets loaded must lie in lower
+    layers."""
     if mod.startswith("vllm") and not _vllm_installed():
         pytest.skip("vllm is not installed (make vllm-test)")
     code = f"""
 import importlib, importlib.util, json, sys, types
 spec = importlib.util.find_spec({PKG!r})
 if {mod!r}:
-    pkg = types.ModuleType({PKG!r})
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules[{PKG!r}] = pkg
+    name, path = {PKG!r}, list(spec.submodule_search_locations)
+    for part in [""] + {mod!r}.split(".")[:-1]:
+        if part:
+            name, path = name + "." + part, [p + "/" + part for p in path]
+        pkg = types.ModuleType(name)
+        pkg.__path__ = path
+        sys.modules[name] = pkg
     importlib.import_module({PKG!r} + "." + {mod!r})
 else:
     importlib.import_module({PKG!r})
-print(json.dumps(sorted(m[len({PKG!r}) + 1:] for m in sys.modules if m.startswith({PKG!r} + "."))))
+# A stand-in has no __file__: only modules that really ran count as loaded.
+loaded = [m for m, v in sys.modules.items() if m.startswith({PKG!r} + ".") and getattr(v, "__file__", None)]
+print(json.dumps(sorted(m[len({PKG!r}) + 1:] for m in loaded)))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

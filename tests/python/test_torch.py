@@ -121,10 +121,16 @@ def test_high_ratio_real_kv_same_frames_as_numpy(kv_evaluation):
     kv = load_kv(EVALUATION)
     table = sz.CodeTable.calibrate(load_kv(CALIBRATION).values())
     assert table == sz.CodeTable.default()
+    raw, framed = {None: 0, "pinned": 0}, {None: 0, "pinned": 0}
     for name, t in kv.items():
         for book in (None, table):
             f = sz.compress(t, book, mode="high-ratio")
             assert f == sz.compress(kv_evaluation[name], book, dtype="bf16", mode="high-ratio"), name
-            assert f.mode == "high-ratio" and f.ratio > 1.4, name
+            assert f.mode == "high-ratio", name
+            key = None if book is None else "pinned"
+            raw[key] += t.numel() * 2
+            framed[key] += f.nbytes
             out = torch.empty_like(t)
             assert sz.decompress(f, out=out) is out and torch.equal(out.view(torch.int16), t.view(torch.int16))
+    # Each frame's own table, and one table pinned for every layer (which fits layer 0's V poorly: 1.10x).
+    assert raw[None] / framed[None] > 1.46 and raw["pinned"] / framed["pinned"] > 1.44
