@@ -22,15 +22,12 @@ from .tensors import np_addr, view
 __all__ = ["Codebook", "CodeTable", "Calibrator", "Coding", "codebook_handle", "coding", "parse_mode"]
 
 
-class Codebook:
-    """An immutable codebook held by the Go core.
-
-    Make one with Codebook.default(), Codebook.calibrate(tensors), Codebook.load(path) or
-    Codebook.from_json(text); pass it to compress(). Frames carry their codebook, so decompress() never needs
-    one.
-    """
+class _GoTable:
+    """What Codebook and CodeTable share: an immutable object held by the Go core behind a handle, its JSON
+    file form, and the constructors around it. _go names the Go functions' prefix (pybind_<_go>Load, …)."""
 
     __slots__ = ("_h", "_js", "__weakref__")
+    _go = ""
 
     def __init__(self, _handle: int) -> None:
         self._h = _handle
@@ -40,9 +37,16 @@ class Codebook:
         h, self._h = getattr(self, "_h", 0), 0
         if h:
             try:
-                ext.pybind_CodebookRelease(h)
+                getattr(ext, f"pybind_{self._go}Release")(h)
             except Exception:  # interpreter shutdown
                 pass
+
+    @classmethod
+    def _call(cls, name: str, *args: Any) -> Any:
+        try:
+            return getattr(ext, f"pybind_{cls._go}{name}")(*args)
+        except RuntimeError as e:
+            raise translate(e) from None
 
     @property
     def handle(self) -> int:
@@ -51,56 +55,30 @@ class Codebook:
 
     # constructors
     @classmethod
-    def default(cls, dtype: Any = "bf16") -> "Codebook":
-        """The built-in codebook of a coded dtype (calibrated on real KV caches)."""
-        try:
-            return cls(ext.pybind_CodebookDefault(dtypes.dtype_code(dtype)))
-        except RuntimeError as e:
-            raise translate(e) from None
+    def default(cls, dtype: Any = "bf16"):
+        """The built-in one of a coded dtype, learned on real KV caches."""
+        return cls(cls._call("Default", dtypes.dtype_code(dtype)))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Codebook":
-        """Reads a codebook in its JSON file form (validated)."""
+    def from_json(cls, text: str | bytes):
+        """Reads one in its JSON file form (validated)."""
         if isinstance(text, bytes):
             text = text.decode()
-        try:
-            return cls(ext.pybind_CodebookFromJSON(text))
-        except RuntimeError as e:
-            raise translate(e) from None
+        return cls(cls._call("FromJSON", text))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Codebook":
-        """Reads a codebook JSON file (as written by save() or `splitzip calibrate`)."""
-        try:
-            return cls(ext.pybind_CodebookLoad(os.fspath(path)))
-        except RuntimeError as e:
-            raise translate(e) from None
-
-    @classmethod
-    def calibrate(cls, tensors: Iterable[Any] | Any, *, bits: int = 4, dtype: Any = None) -> "Codebook":
-        """The codebook of the 2**bits most frequent exponents of sample tensors (numpy arrays, CPU or CUDA
-        torch tensors, bytes with dtype=). CUDA tensors are copied to the host for counting."""
-        cal = Calibrator(dtype)
-        if _is_single(tensors):
-            tensors = [tensors]
-        for t in tensors:
-            cal.add(t)
-        return cal.codebook(bits)
+    def load(cls, path: str | os.PathLike):
+        """Reads a JSON file (as save() or the `splitzip` command writes it)."""
+        return cls(cls._call("Load", os.fspath(path)))
 
     # accessors
     def to_json(self) -> str:
-        """The codebook's JSON file form."""
-        try:
-            return ext.pybind_CodebookJSON(self._h)
-        except RuntimeError as e:
-            raise translate(e) from None
+        """The JSON file form (the Go codec's)."""
+        return self._call("JSON", self._h)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the codebook as an indented JSON file."""
-        try:
-            ext.pybind_CodebookSave(self._h, os.fspath(path))
-        except RuntimeError as e:
-            raise translate(e) from None
+        """Writes the JSON file form, as the Go codec's Save does."""
+        self._call("Save", self._h, os.fspath(path))
 
     def _fields(self) -> dict:
         if self._js is None:
@@ -109,8 +87,33 @@ class Codebook:
 
     @property
     def dtype(self) -> str:
-        """The element type the codebook codes ("bf16", …)."""
+        """The element type it codes ("bf16", …)."""
         return self._fields()["dtype"]
+
+    @property
+    def samples(self) -> int:
+        """How many elements calibration counted (informational)."""
+        return int(self._fields().get("samples", 0))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Codebook(_GoTable):
+    """An immutable fast-mode codebook held by the Go core.
+
+    Make one with Codebook.default(), Codebook.calibrate(tensors), Codebook.load(path) or
+    Codebook.from_json(text); pass it to compress(). Frames carry their codebook, so decompress() never needs
+    one.
+    """
+
+    __slots__ = ()
+    _go = "Codebook"
+
+    @classmethod
+    def calibrate(cls, tensors: Iterable[Any] | Any, *, bits: int = 4, dtype: Any = None) -> "Codebook":
+        """The codebook of the 2**bits most frequent exponents of sample tensors (numpy arrays, CPU or CUDA
+        torch tensors, bytes with dtype=). CUDA tensors are copied to the host for counting."""
+        return _calibrator(tensors, dtype).codebook(bits)
 
     @property
     def bits(self) -> int:
@@ -127,25 +130,18 @@ class Codebook:
         """The fraction of calibration elements whose exponent has a code (informational)."""
         return float(self._fields().get("coverage", 0.0))
 
-    @property
-    def samples(self) -> int:
-        """How many elements the calibration counted (informational)."""
-        return int(self._fields().get("samples", 0))
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Codebook):
             return NotImplemented
         a, b = self._fields(), other._fields()
         return (a["dtype"], a["bits"], a["exponents"]) == (b["dtype"], b["bits"], b["exponents"])
 
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         f = self._fields()
         return f"Codebook(dtype={f['dtype']}, bits={f['bits']}, exponents={f['exponents']}, coverage={self.coverage:.6f})"
 
 
-class CodeTable:
+class CodeTable(_GoTable):
     """An immutable high-ratio code table held by the Go core: a canonical Huffman code length (0–8 bits) for
     every exponent value of a dtype, plus ESC, the escape symbol that codes exponents without a code of their own.
 
@@ -156,113 +152,36 @@ class CodeTable:
     between the two and the `splitzip` command.
     """
 
-    __slots__ = ("_h", "_js", "_on_device", "__weakref__")
+    __slots__ = ("_on_device",)
+    _go = "CodeTable"
 
     def __init__(self, _handle: int) -> None:
-        self._h = _handle
-        self._js: dict | None = None
+        super().__init__(_handle)
         self._on_device: dict = {}  # CUDA ordinal → the table's bytes there (kept by the GPU backend)
-
-    def __del__(self) -> None:
-        h, self._h = getattr(self, "_h", 0), 0
-        if h:
-            try:
-                ext.pybind_CodeTableRelease(h)
-            except Exception:  # interpreter shutdown
-                pass
-
-    @property
-    def handle(self) -> int:
-        """The Go core's handle (for other bindings of this process)."""
-        return self._h
-
-    # constructors
-    @classmethod
-    def default(cls, dtype: Any = "bf16") -> "CodeTable":
-        """The built-in table of bf16 or fp32 (they share the exponent field), learned on real KV caches; what the
-        GPU encodes with unless told otherwise."""
-        try:
-            return cls(ext.pybind_CodeTableDefault(dtypes.dtype_code(dtype)))
-        except RuntimeError as e:
-            raise translate(e) from None
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "CodeTable":
-        """Reads a code table in its JSON file form (validated; it must be able to code every exponent)."""
-        if isinstance(text, bytes):
-            text = text.decode()
-        try:
-            return cls(ext.pybind_CodeTableFromJSON(text))
-        except RuntimeError as e:
-            raise translate(e) from None
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "CodeTable":
-        """Reads a code table JSON file (as written by save() or the Go codec's CodeTable.Save)."""
-        try:
-            return cls(ext.pybind_CodeTableLoad(os.fspath(path)))
-        except RuntimeError as e:
-            raise translate(e) from None
 
     @classmethod
     def calibrate(cls, tensors: Iterable[Any] | Any, *, dtype: Any = None) -> "CodeTable":
         """The table learned from the exponents of sample tensors (numpy arrays, CPU or CUDA torch tensors, bytes
         with dtype=): the length-limited Huffman code of their histogram, ESC given a code so that exponents the
         samples lack still encode. CUDA tensors are copied to the host for counting."""
-        cal = Calibrator(dtype)
-        if _is_single(tensors):
-            tensors = [tensors]
-        for t in tensors:
-            cal.add(t)
-        return cal.code_table()
-
-    # accessors
-    def to_json(self) -> str:
-        """The table's JSON file form (Go's codec.CodeTable.MarshalJSON)."""
-        try:
-            return ext.pybind_CodeTableJSON(self._h)
-        except RuntimeError as e:
-            raise translate(e) from None
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the table as a JSON file (Go's codec.CodeTable.Save: the JSON and a newline)."""
-        try:
-            ext.pybind_CodeTableSave(self._h, os.fspath(path))
-        except RuntimeError as e:
-            raise translate(e) from None
+        return _calibrator(tensors, dtype).code_table()
 
     def to_bytes(self) -> bytes:
         """The table as high-ratio frames carry it (codec/FORMAT.md's compact code table): what the GPU
         encoder reads from device memory."""
         buf = np.empty(MAX_CODE_TABLE_LEN, np.uint8)
-        try:
-            n = ext.pybind_CodeTableBinary(self._h, np_addr(buf), buf.nbytes)
-        except RuntimeError as e:
-            raise translate(e) from None
+        n = self._call("Binary", self._h, np_addr(buf), buf.nbytes)
         return buf[:n].tobytes()
 
-    @staticmethod
-    def bytes_from_counts(counts: Any, dtype: Any = "bf16") -> bytes:
+    @classmethod
+    def bytes_from_counts(cls, counts: Any, dtype: Any = "bf16") -> bytes:
         """The bytes (as to_bytes() gives them) of the table calibrate() learns from exponents whose histogram
         was counted elsewhere, e.g. on a GPU: counts[x] is how many elements have exponent field value x, one
         count per value (256 for bf16). The GPU path's "adaptive" table."""
         c = np.ascontiguousarray(counts, dtype="<u8")
         buf = np.empty(MAX_CODE_TABLE_LEN, np.uint8)
-        try:
-            n = ext.pybind_CodeTableBinaryFromCounts(dtypes.dtype_code(dtype), np_addr(c), c.size, np_addr(buf), buf.nbytes)
-        except RuntimeError as e:
-            raise translate(e) from None
+        n = cls._call("BinaryFromCounts", dtypes.dtype_code(dtype), np_addr(c), c.size, np_addr(buf), buf.nbytes)
         return buf[:n].tobytes()
-
-    def _fields(self) -> dict:
-        if self._js is None:
-            self._js = json.loads(self.to_json())
-        return self._js
-
-    @property
-    def dtype(self) -> str:
-        """The element type the table codes ("bf16", …)."""
-        return self._fields()["dtype"]
 
     @property
     def lengths(self) -> tuple[int, ...]:
@@ -270,18 +189,11 @@ class CodeTable:
         entry is ESC's."""
         return tuple(self._fields()["lengths"])
 
-    @property
-    def samples(self) -> int:
-        """How many exponents the table was learned from (informational)."""
-        return int(self._fields().get("samples", 0))
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CodeTable):
             return NotImplemented
         a, b = self._fields(), other._fields()
         return (a["dtype"], a["lengths"]) == (b["dtype"], b["lengths"])
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         lengths = self.lengths
@@ -290,6 +202,13 @@ class CodeTable:
             f"CodeTable(dtype={self.dtype}, exponents coded={coded}, longest code={max(lengths)}, "
             f"escape code={lengths[-1]}, samples={self.samples})"
         )
+
+
+def _calibrator(tensors: Iterable[Any] | Any, dtype: Any) -> "Calibrator":
+    cal = Calibrator(dtype)
+    for t in [tensors] if _is_single(tensors) else tensors:
+        cal.add(t)
+    return cal
 
 
 def _is_single(x: Any) -> bool:
