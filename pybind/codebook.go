@@ -51,29 +51,17 @@ func CodebookLoad(path string) (int, error) {
 
 // CodebookJSON returns a codebook's file form.
 func CodebookJSON(h int) (string, error) {
-	cb, err := codebooks.get(h)
-	if err != nil {
-		return "", wrap(err)
-	}
-	b, err := cb.MarshalJSON()
-	return string(b), wrap(err)
+	return jsonOf(codebooks, h)
 }
 
 // CodebookSave writes a codebook as an indented JSON file; it returns the handle.
 func CodebookSave(h int, path string) (int, error) {
-	cb, err := codebooks.get(h)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	return h, wrap(cb.Save(path))
+	return saveOf(codebooks, h, path)
 }
 
 // CodebookRelease forgets a codebook handle; it returns the number of codebooks still held.
 func CodebookRelease(h int) (int, error) {
-	if err := codebooks.release(h); err != nil {
-		return 0, wrap(err)
-	}
-	return codebooks.len(), nil
+	return releaseOf(codebooks, h)
 }
 
 // HistogramNew starts a calibration: an empty exponent histogram of a coded dtype.

@@ -101,21 +101,12 @@ func putEncodingTable(t *codec.CodeTable) (int, error) {
 
 // CodeTableJSON returns a code table's file form (codec.CodeTable.MarshalJSON).
 func CodeTableJSON(h int) (string, error) {
-	t, err := codeTables.get(h)
-	if err != nil {
-		return "", wrap(err)
-	}
-	b, err := t.MarshalJSON()
-	return string(b), wrap(err)
+	return jsonOf(codeTables, h)
 }
 
 // CodeTableSave writes a code table as a JSON file (codec.CodeTable.Save); it returns the handle.
 func CodeTableSave(h int, path string) (int, error) {
-	t, err := codeTables.get(h)
-	if err != nil {
-		return 0, wrap(err)
-	}
-	return h, wrap(t.Save(path))
+	return saveOf(codeTables, h, path)
 }
 
 // CodeTableBinary writes the code table as frames carry it (codec.CodeTable.MarshalBinary: what the GPU
@@ -148,10 +139,7 @@ func putBinary(t *codec.CodeTable, dst uintptr, dstCap int) (int, error) {
 
 // CodeTableRelease forgets a code table handle; it returns the number of code tables still held.
 func CodeTableRelease(h int) (int, error) {
-	if err := codeTables.release(h); err != nil {
-		return 0, wrap(err)
-	}
-	return codeTables.len(), nil
+	return releaseOf(codeTables, h)
 }
 
 // HistogramCodeTable returns a handle to the code table learned from the exponents counted so far

@@ -55,3 +55,36 @@ func (h *handles[T]) len() int {
 	defer h.mu.RUnlock()
 	return len(h.m)
 }
+
+// fileForm is what codebooks and code tables share: a JSON file form, and Save to write it.
+type fileForm interface {
+	MarshalJSON() ([]byte, error)
+	Save(path string) error
+}
+
+// jsonOf returns the file form of the object behind handle id.
+func jsonOf[T fileForm](h *handles[T], id int) (string, error) {
+	v, err := h.get(id)
+	if err != nil {
+		return "", wrap(err)
+	}
+	b, err := v.MarshalJSON()
+	return string(b), wrap(err)
+}
+
+// saveOf writes the object behind handle id to path; it returns the handle.
+func saveOf[T fileForm](h *handles[T], id int, path string) (int, error) {
+	v, err := h.get(id)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return id, wrap(v.Save(path))
+}
+
+// releaseOf forgets handle id; it returns the number of objects h still holds.
+func releaseOf[T any](h *handles[T], id int) (int, error) {
+	if err := h.release(id); err != nil {
+		return 0, wrap(err)
+	}
+	return h.len(), nil
+}
