@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/kvtile"
 )
 
 // hrTable is the code table the CPU encoder would choose for data, and its bytes as frames carry them.
@@ -71,13 +72,7 @@ func TestHighRatioMatchesCPU(t *testing.T) {
 	kvTab, _ := hrTable(t, kv)
 	// A table learned on the fixture's first tensors only: later data escapes through ESC.
 	partTab, partTable := hrTable(t, kv[:4096])
-	tile := func(n int) []byte {
-		b := make([]byte, 0, 2*n)
-		for len(b) < 2*n {
-			b = append(b, kv[:min(len(kv), 2*n-len(b))]...)
-		}
-		return b
-	}
+	tile := func(n int) []byte { return kvtile.Tile(kv, 2*n, uint64(n)) }
 	zeros := tile(50_000)
 	for i := 0; i < len(zeros); i += 6 {
 		zeros[i], zeros[i+1] = 0, 0
@@ -160,10 +155,7 @@ func BenchmarkHighRatio(b *testing.B) {
 	kv := concat(realKV(b))
 	_, table := hrTable(b, kv)
 	for _, size := range []int{4 << 20, 64 << 20, 256 << 20, 1 << 30} {
-		src := make([]byte, 0, size)
-		for len(src) < size {
-			src = append(src, kv[:min(len(kv), size-len(src))]...)
-		}
+		src := kvtile.Tile(kv, size, uint64(size))
 		in := g.upload(b, src)
 		tab := g.upload(b, table)
 		dst := g.alloc(b, MaxEncodedLen(size))

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/kvtile"
 	"github.com/splitzip/splitzip/internal/safetensors"
 	"github.com/splitzip/splitzip/kernels/cuda"
 )
@@ -278,29 +279,13 @@ func decides(c *Codec, n uint64) bool {
 	return 2*n >= c.smallBytes && escapesOffset(n) <= headerSize+2*n
 }
 
-// tileKV fills n bytes with copies of kv, scrambling the low 3 mantissa bits of each copy.
-func tileKV(kv []byte, n int, seed uint64) []byte {
-	out := make([]byte, n)
-	r := rand.New(rand.NewPCG(seed, 1))
-	for off := 0; off < n; off += len(kv) {
-		m := copy(out[off:], kv)
-		x := uint16(r.Uint32() & 7)
-		for i := off; i+1 < off+m; i += 2 {
-			v := binary.LittleEndian.Uint16(out[i:]) ^ x
-			binary.LittleEndian.PutUint16(out[i:], v)
-			x = (x*5 + 3) & 7
-		}
-	}
-	return out
-}
-
 // Both encoders write the CPU encoder's frames at every size, from both builds, and the frames decode.
 func TestEncoders(t *testing.T) {
 	cb := defaultBook(t)
 	r := rand.New(rand.NewPCG(8, 8))
 	kv := concat(realKV(t))
 	// 40 MiB: a streaming encoder's grid interleaves finishing blocks with coding ones from 32 MiB on.
-	data := [][]byte{kv, tileKV(kv, 40<<20+6, 3), kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000),
+	data := [][]byte{kv, kvtile.Tile(kv, 40<<20+6, 3), kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000),
 		heavyChunks(r, 100*4096+77, 5, 0.1, cb)}
 	type config struct {
 		name string

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/kvtile"
 	"github.com/splitzip/splitzip/kernels"
 	"github.com/splitzip/splitzip/kernels/cuda"
 )
@@ -142,22 +143,6 @@ func (b *benchEnv) median(op func(i int) error) (float64, error) {
 	return float64(b.times[len(b.times)/2]), nil
 }
 
-// tileKV fills n bytes with copies of kv, scrambling the low 3 mantissa bits of each copy.
-func tileKV(kv []byte, n int, seed uint64) []byte {
-	out := make([]byte, n)
-	r := rand.New(rand.NewPCG(seed, 1))
-	for off := 0; off < n; off += len(kv) {
-		m := copy(out[off:], kv)
-		x := uint16(r.Uint32() & 7)
-		for i := off; i+1 < off+m; i += 2 {
-			v := binary.LittleEndian.Uint16(out[i:]) ^ x
-			binary.LittleEndian.PutUint16(out[i:], v)
-			x = (x*5 + 3) & 7
-		}
-	}
-	return out
-}
-
 // RunBench measures the GPU codec on ctx's device: dense encode and decode against the device-to-device
 // copy bandwidth of the same run, the paged variants, and small-input latency. It checks the results it
 // times: every codec's frames equal the CPU encoder's at the first size, and decodes are bit-exact.
@@ -275,7 +260,7 @@ func (b *benchEnv) launchCopy16(dst, src cuda.DevicePtr, n int) error {
 // than L2 holds at the default sizes). With crossCheck every codec's frame is compared with the CPU encoder's.
 func (b *benchEnv) dense(benches []bench, cb *codec.Codebook, kv []byte, size int, crossCheck bool) ([]Row, error) {
 	size &^= 15
-	host := tileKV(kv, size, uint64(size))
+	host := kvtile.Tile(kv, size, uint64(size))
 	var src, dst, out [2]cuda.DevicePtr
 	var err error
 	for i := range 2 {
@@ -399,7 +384,7 @@ func (b *benchEnv) paged(c *kernels.Codec, cb *codec.Codebook, kv []byte) ([]Row
 	blockElems := blockTokens * heads * dim
 	layerBytes := 2 * 2 * numBlocks * blockElems
 	r := rand.New(rand.NewPCG(42, 42))
-	host := tileKV(kv, 2*2*reqBlocks*blockElems, 99)
+	host := kvtile.Tile(kv, 2*2*reqBlocks*blockElems, 99)
 	// Two caches: the sender's and the receiver's.
 	var bases, dstBases []byte
 	var cacheBufs, dstBufs []cuda.DevicePtr
@@ -426,7 +411,7 @@ func (b *benchEnv) paged(c *kernels.Codec, cb *codec.Codebook, kv []byte) ([]Row
 				blk := host[2*(kvi*reqBlocks+i)*blockElems : 2*(kvi*reqBlocks+i+1)*blockElems]
 				blk = blk[:len(blk):len(blk)]
 				if l%2 == 1 { // vary layers a little
-					blk = tileKV(blk, len(blk), uint64(l))
+					blk = kvtile.Tile(blk, len(blk), uint64(l))
 				}
 				if err := b.s.CopyHtoD(p.Add(2*(kvi*numBlocks+id)*blockElems), blk); err != nil {
 					return nil, err
@@ -545,7 +530,7 @@ func (b *benchEnv) small(c *kernels.Codec, cb *codec.Codebook, kv []byte, size i
 	b.hold = false // latency: the launch counts
 	defer func() { b.hold = true }()
 	size &^= 1
-	host := tileKV(kv, size, 7)
+	host := kvtile.Tile(kv, size, 7)
 	src, _ := b.alloc(size)
 	dst, _ := b.alloc(kernels.MaxEncodedLen(size))
 	out, _ := b.alloc(size)

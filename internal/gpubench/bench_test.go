@@ -1,7 +1,6 @@
 package gpubench
 
 import (
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -99,24 +98,6 @@ func TestRunBenchRefusesBadConfig(t *testing.T) {
 		_, err := RunBench(nil, cfg)
 		assert.ErrorIs(t, err, ErrConfig, "%+v", cfg)
 	}
-}
-
-// The bench's inputs keep the fixture's signs and exponents, and change only the low 3 mantissa bits.
-func TestTileKV(t *testing.T) {
-	kv := realKV(t)[:1<<16]
-	n := 3*len(kv) + 10
-	out := tileKV(kv, n, 5)
-	require.Len(t, out, n)
-	changed := 0
-	for i := 0; i+1 < n; i += 2 {
-		want, got := binary.LittleEndian.Uint16(kv[i%len(kv):]), binary.LittleEndian.Uint16(out[i:])
-		require.Equal(t, want&^7, got&^7, "element %d", i/2)
-		if want != got {
-			changed++
-		}
-	}
-	assert.Greater(t, changed, n/4, "the copies are scrambled")
-	assert.Equal(t, out, tileKV(kv, n, 5), "deterministic")
 }
 
 func TestTable(t *testing.T) {
