@@ -199,15 +199,9 @@ func (c *Codec) GatherEncodeHighRatioAsync(s *cuda.Stream, l PagedLayout, r Page
 
 // DecodeScatterHighRatioAsync is DecodeScatterAsync for high-ratio (and raw) frames.
 func (c *Codec) DecodeScatterHighRatioAsync(s *cuda.Stream, src cuda.DevicePtr, frameStride, frameCap int, l PagedLayout, r PagedRequest, status cuda.DevicePtr) error {
-	if err := l.check(r); err != nil {
+	frames, elems, err := l.checkScatter(r, src, frameStride, frameCap, status)
+	if err != nil {
 		return err
-	}
-	if !aligned(src) || frameStride%16 != 0 || status%4 != 0 {
-		return ErrAlignment
-	}
-	frames, elems := l.Frames(r)
-	if frames > 1 && frameCap > frameStride {
-		return fmt.Errorf("%w: frames %d bytes apart, %d bytes readable from each", codec.ErrSize, frameStride, frameCap)
 	}
 	p := &hrDecParams{
 		src: uint64(src), frameStride: uint64(frameStride), frameCap: uint64(frameCap), dst: uint64(l.Bases),

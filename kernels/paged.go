@@ -71,6 +71,21 @@ func (l PagedLayout) check(r PagedRequest) error {
 	return nil
 }
 
+// checkScatter validates a decode-scatter's arguments and returns its frames and their elements.
+func (l PagedLayout) checkScatter(r PagedRequest, src cuda.DevicePtr, frameStride, frameCap int, status cuda.DevicePtr) (frames, elems int, err error) {
+	if err := l.check(r); err != nil {
+		return 0, 0, err
+	}
+	if !aligned(src) || frameStride%16 != 0 || status%4 != 0 {
+		return 0, 0, ErrAlignment
+	}
+	frames, elems = l.Frames(r)
+	if frames > 1 && frameCap > frameStride {
+		return 0, 0, fmt.Errorf("%w: frames %d bytes apart, %d bytes readable from each", codec.ErrSize, frameStride, frameCap)
+	}
+	return frames, elems, nil
+}
+
 func (l PagedLayout) segsPerFrame(r PagedRequest) uint32 {
 	_, elems := l.Frames(r)
 	return uint32(elems / l.BlockElems)
@@ -108,15 +123,9 @@ func (c *Codec) GatherEncodeAsync(s *cuda.Stream, l PagedLayout, r PagedRequest,
 // the paged cache l, which may differ from the sender's. The first error found is written to status (a
 // uint32, StatusOK when all frames decoded).
 func (c *Codec) DecodeScatterAsync(s *cuda.Stream, src cuda.DevicePtr, frameStride, frameCap int, l PagedLayout, r PagedRequest, status cuda.DevicePtr) error {
-	if err := l.check(r); err != nil {
+	frames, elems, err := l.checkScatter(r, src, frameStride, frameCap, status)
+	if err != nil {
 		return err
-	}
-	if !aligned(src) || frameStride%16 != 0 || status%4 != 0 {
-		return ErrAlignment
-	}
-	frames, elems := l.Frames(r)
-	if frames > 1 && frameCap > frameStride {
-		return fmt.Errorf("%w: frames %d bytes apart, %d bytes readable from each", codec.ErrSize, frameStride, frameCap)
 	}
 	chunks := chunksOf(uint64(elems))
 	p := &decParams{
