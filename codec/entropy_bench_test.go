@@ -34,19 +34,7 @@ func BenchmarkHighRatio(b *testing.B) {
 		{"encode-checksum", []EOption{WithChecksum(true)}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			enc, err := NewEncoder(append([]EOption{WithMode(ModeHighRatio), WithEncoderConcurrency(1)}, c.opts...)...)
-			if err != nil {
-				b.Fatal(err)
-			}
-			dst := make([]byte, 0, MaxEncodedLen(len(src)))
-			b.SetBytes(int64(len(src)))
-			b.ReportAllocs()
-			for b.Loop() {
-				if dst, err = enc.Encode(dst[:0], src, BF16); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(len(src))/float64(len(dst)), "ratio")
+			benchEncode(b, src, append([]EOption{WithMode(ModeHighRatio), WithEncoderConcurrency(1)}, c.opts...)...)
 		})
 	}
 	for _, checksum := range []bool{false, true} {
