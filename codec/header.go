@@ -288,20 +288,29 @@ func (h *Header) validate(flags byte, reserved1, reserved2 uint32) error {
 	if h.ChunkLog2 < minChunkLog2 || h.ChunkLog2 > maxChunkLog2 {
 		return corrupt("chunk size 2^%d outside 2^%d..2^%d", h.ChunkLog2, minChunkLog2, maxChunkLog2)
 	}
+	if err := h.validateResiduals(); err != nil {
+		return err
+	}
+	if h.CodesLen != (h.Elements*uint64(h.CodeBits)+7)/8 {
+		return corrupt("codes section %d bytes, expected %d", h.CodesLen, (h.Elements*uint64(h.CodeBits)+7)/8)
+	}
+	if end := codedLayout(h.Elements, h.Escapes, h.CodeBits, h.ResidualBits, h.ChunkLog2).End; h.PayloadLen != end-HeaderSize {
+		return corrupt("payload %d bytes, sections need %d", h.PayloadLen, end-HeaderSize)
+	}
+	return nil
+}
+
+// validateResiduals checks what both coded kinds of frame share: the residual width and section length the
+// dtype and element count fix, and no more escapes than elements.
+func (h *Header) validateResiduals() error {
 	if int(h.ResidualBits) != h.DType.ResidualBits() {
 		return corrupt("residual width %d bits, dtype %s has %d", h.ResidualBits, h.DType, h.DType.ResidualBits())
 	}
 	if h.Escapes > h.Elements {
 		return corrupt("%d escapes for %d elements", h.Escapes, h.Elements)
 	}
-	if h.CodesLen != (h.Elements*uint64(h.CodeBits)+7)/8 {
-		return corrupt("codes section %d bytes, expected %d", h.CodesLen, (h.Elements*uint64(h.CodeBits)+7)/8)
-	}
 	if h.ResidualsLen != (h.Elements*uint64(h.ResidualBits)+7)/8 {
 		return corrupt("residuals section %d bytes, expected %d", h.ResidualsLen, (h.Elements*uint64(h.ResidualBits)+7)/8)
-	}
-	if end := codedLayout(h.Elements, h.Escapes, h.CodeBits, h.ResidualBits, h.ChunkLog2).End; h.PayloadLen != end-HeaderSize {
-		return corrupt("payload %d bytes, sections need %d", h.PayloadLen, end-HeaderSize)
 	}
 	return nil
 }
@@ -319,14 +328,8 @@ func (h *Header) validateEntropy() error {
 	if h.ChunkLog2 < minEntropyChunkLog2 || h.ChunkLog2 > maxChunkLog2 {
 		return corrupt("chunk size 2^%d outside 2^%d..2^%d", h.ChunkLog2, minEntropyChunkLog2, maxChunkLog2)
 	}
-	if int(h.ResidualBits) != h.DType.ResidualBits() {
-		return corrupt("residual width %d bits, dtype %s has %d", h.ResidualBits, h.DType, h.DType.ResidualBits())
-	}
-	if h.Escapes > h.Elements {
-		return corrupt("%d escapes for %d elements", h.Escapes, h.Elements)
-	}
-	if h.ResidualsLen != (h.Elements*uint64(h.ResidualBits)+7)/8 {
-		return corrupt("residuals section %d bytes, expected %d", h.ResidualsLen, (h.Elements*uint64(h.ResidualBits)+7)/8)
+	if err := h.validateResiduals(); err != nil {
+		return err
 	}
 	chunks := (h.Elements + 1<<h.ChunkLog2 - 1) >> h.ChunkLog2
 	if most := maxChunkBytes(h.Elements); h.CodesLen > most || h.CodesLen > math.MaxUint32 {
