@@ -81,7 +81,7 @@ func TestBenchGPUWithoutDriver(t *testing.T) {
 	require.ErrorIs(t, err, cuda.ErrNoDriver)
 }
 
-// The transfer benchmark's cache is the fixture tiled without gaps, from each layer's offset, whatever the
+// The transfer benchmark's cache is its input tiled without gaps, from each layer's offset, whatever the
 // cache size: a -tokens 4096 run (256 blocks) left a third of every other layer zero, which the codec sends raw.
 func TestBenchCacheTilesWithoutGaps(t *testing.T) {
 	kv := make([]byte, 1000)
@@ -89,7 +89,7 @@ func TestBenchCacheTilesWithoutGaps(t *testing.T) {
 		kv[i] = byte(i%251 + 1)
 	}
 	l := benchLayout(5)
-	mem, bases, err := benchCache(l, kv, 0, true)
+	mem, bases, err := benchCache(l, &benchKV{tiled: kv}, true)
 	require.NoError(t, err)
 	require.Len(t, mem, l.Layers)
 	require.Len(t, bases, l.Layers)
@@ -101,6 +101,24 @@ func TestBenchCacheTilesWithoutGaps(t *testing.T) {
 			}
 		}
 		offset += len(m) / 3
+	}
+}
+
+// With the fixture, each layer's K blocks hold that layer's K and its V blocks that layer's V, each tiled from
+// the block region's start, so that per-layer statistics (and the connector's per-layer tables) are real.
+func TestBenchCacheKeepsLayers(t *testing.T) {
+	kv, err := loadBenchKV(fixture("kv_evaluation.safetensors"))
+	require.NoError(t, err)
+	require.Len(t, kv.k, 30)
+	l := benchLayout(20) // 320 tokens: the fixture's 128 tiled two and a half times
+	mem, _, err := benchCache(l, kv, false)
+	require.NoError(t, err)
+	for layer, m := range mem {
+		k, v := m[:l.KVOffset], m[l.KVOffset:]
+		for j := 0; j < len(k); j += len(kv.k[layer]) {
+			require.Equal(t, kv.k[layer][:min(len(kv.k[layer]), len(k)-j)], k[j:min(len(k), j+len(kv.k[layer]))], "layer %d K", layer)
+			require.Equal(t, kv.v[layer][:min(len(kv.v[layer]), len(v)-j)], v[j:min(len(v), j+len(kv.v[layer]))], "layer %d V", layer)
+		}
 	}
 }
 

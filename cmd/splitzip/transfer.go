@@ -37,9 +37,56 @@ func benchLayout(numBlocks int) connector.Layout {
 		DType: codec.BF16, TPSize: 1, NumBlocks: numBlocks, BlockStride: bb, KVOffset: int64(numBlocks) * bb}
 }
 
-// benchCache allocates a layout's memory (in huge pages with huge, see cacheMemory) and fills it with the
-// fixture tiled from offset (kv nil: poison).
-func benchCache(l connector.Layout, kv []byte, offset int, huge bool) ([][]byte, []uintptr, error) {
+// benchKV is what the bench fills a cache with: each layer's K and V from the tensors named layer.{i}.k and
+// layer.{i}.v (the fixture's names), tiled over that layer's blocks, so that each layer holds KV with its own
+// statistics as a real cache does; or, for other inputs, one stream tiled over every layer.
+type benchKV struct {
+	k, v  [][]byte // per layer, when the input names them
+	tiled []byte
+}
+
+// loadBenchKV reads path (empty: synthetic normals) for benchCache.
+func loadBenchKV(path string) (*benchKV, error) {
+	if path != "" {
+		tensors, _, err := loadTensors(path, "")
+		if err != nil {
+			return nil, fmt.Errorf("%w (pass -data \"\" for synthetic data)", err)
+		}
+		byName := map[string][]byte{}
+		for _, t := range tensors {
+			if t.dtype == codec.BF16 && len(t.data) > 0 {
+				byName[t.name] = t.data
+			}
+		}
+		var kv benchKV
+		for i := 0; ; i++ {
+			k, v := byName[fmt.Sprintf("layer.%d.k", i)], byName[fmt.Sprintf("layer.%d.v", i)]
+			if k == nil || v == nil {
+				break
+			}
+			kv.k, kv.v = append(kv.k, k), append(kv.v, v)
+		}
+		if len(kv.k) > 0 {
+			return &kv, nil
+		}
+	}
+	tiled, _, err := benchInput(path, 4<<20)
+	if err != nil {
+		return nil, err
+	}
+	return &benchKV{tiled: tiled}, nil
+}
+
+// tile fills m with src repeated from offset.
+func tile(m, src []byte, offset int) {
+	for j := 0; j < len(m); { // no gaps: each copy ends where src or m does
+		j += copy(m[j:], src[(offset+j)%len(src):])
+	}
+}
+
+// benchCache allocates a layout's memory (in huge pages with huge, see cacheMemory) and fills it from kv (nil:
+// poison), deterministically.
+func benchCache(l connector.Layout, kv *benchKV, huge bool) ([][]byte, []uintptr, error) {
 	layer := int(l.KVOffset + int64(l.NumBlocks)*l.BlockStride)
 	all, err := cacheMemory(l.Layers*layer, huge)
 	if err != nil {
@@ -47,16 +94,19 @@ func benchCache(l connector.Layout, kv []byte, offset int, huge bool) ([][]byte,
 	}
 	mem := make([][]byte, l.Layers)
 	bases := make([]uintptr, l.Layers)
+	offset := 0
 	for i := range mem {
 		m := all[i*layer : (i+1)*layer : (i+1)*layer]
-		if kv == nil {
+		switch {
+		case kv == nil:
 			for j := range m {
 				m[j] = 0xA5
 			}
-		} else {
-			for j := 0; j < len(m); { // no gaps: each copy ends where the fixture or m does
-				j += copy(m[j:], kv[(offset+j)%len(kv):])
-			}
+		case kv.k != nil:
+			tile(m[:l.KVOffset], kv.k[i%len(kv.k)], 0)
+			tile(m[l.KVOffset:], kv.v[i%len(kv.v)], 0)
+		default:
+			tile(m, kv.tiled, offset)
 			offset += len(m) / 3
 		}
 		mem[i], bases[i] = m, uintptr(unsafe.Pointer(&m[0]))
@@ -160,7 +210,7 @@ func runBenchTransfer(args []string) error {
 	if err != nil {
 		return err
 	}
-	kv, _, err := benchInput(*data, 4<<20)
+	kv, err := loadBenchKV(*data)
 	if err != nil {
 		return err
 	}
@@ -202,14 +252,14 @@ func runBenchTransfer(args []string) error {
 		return err
 	}
 	defer cons.Close()
-	dstMem, dstBases, err := benchCache(layout, nil, 0, *huge)
+	dstMem, dstBases, err := benchCache(layout, nil, *huge)
 	if err != nil {
 		return err
 	}
 	if err := cons.RegisterHostCache(layout, dstBases); err != nil {
 		return err
 	}
-	srcMem, _, err := benchCache(layout, kv, 0, false) // what the producer holds: the same deterministic fill
+	srcMem, _, err := benchCache(layout, kv, false) // what the producer holds: the same deterministic fill
 	if err != nil {
 		return err
 	}
@@ -498,12 +548,12 @@ func runTransferProducer(args []string) error {
 		return err
 	}
 	defer plane.Close()
-	kv, _, err := benchInput(*data, 4<<20)
+	kv, err := loadBenchKV(*data)
 	if err != nil {
 		return err
 	}
 	layout := benchLayout(*blocks)
-	mem, bases, err := benchCache(layout, kv, 0, *huge)
+	mem, bases, err := benchCache(layout, kv, *huge)
 	if err != nil {
 		return err
 	}
