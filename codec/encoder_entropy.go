@@ -17,30 +17,30 @@ import (
 
 // entPart is one goroutine's share of an entropy encode: a histogram, or a contiguous range of chunks.
 type entPart struct {
-	wg     *sync.WaitGroup
-	hist   bool // count exponents of elements [i0, i1) instead of encoding
-	sample bool // count only the sampled runs (sampleRun of every sampleEvery elements) of [i0, i1)
-	src    []byte
-	segs   *segments
-	dt     DType
-	n      int
-	i0, i1 int // histogram range
-	counts [256]uint64
+	wg      *sync.WaitGroup
+	hist    bool // count exponents of elements [i0, i1) instead of encoding
+	sample  bool // count only the sampled runs (sampleRun of every sampleEvery elements) of [i0, i1)
+	src     []byte
+	segs    *segments
+	dt      DType
+	n       int
+	i0, i1  int // histogram range
+	counts  [256]uint64
 	c8      counts8 // bf16 counting tables
 	pending int     // bytes counted into c8 since its last flush
-	c0, c1 int // chunks to encode
-	frame  []byte
-	lay    Layout
-	enc    *entEnc
-	own    bool   // streams go into buf, not the frame
-	out    []byte // where the streams go
-	buf    []byte
-	tmp    []byte // one chunk's streams when out may be too short for them
-	used   int    // bytes of streams written to out
-	over   bool   // out is full: the frame will be raw
-	esc    uint64
-	lane   *laneEnc
-	gather []byte // a chunk of a segmented input that spans segments
+	c0, c1  int     // chunks to encode
+	frame   []byte
+	lay     Layout
+	enc     *entEnc
+	own     bool   // streams go into buf, not the frame
+	out     []byte // where the streams go
+	buf     []byte
+	tmp     []byte // one chunk's streams when out may be too short for them
+	used    int    // bytes of streams written to out
+	over    bool   // out is full: the frame will be raw
+	esc     uint64
+	lane    *laneEnc
+	gather  []byte // a chunk of a segmented input that spans segments
 }
 
 func (p *entPart) run() {
