@@ -167,16 +167,16 @@ type deviceSaver struct {
 	frame    *cuda.DeviceBuffer
 	sizes    *cuda.DeviceBuffer
 	ws       *cuda.DeviceBuffer
-	sizeHost *cuda.HostBuffer
-	t0, tEnc *cuda.Event // codec time: t0 → tEnc; copy to staging: tEnc → t1
+	sizeHost *cuda.HostBuffer // frame lengths: 2 × u64
+	t0, tEnc *cuda.Event      // codec time: t0 → tEnc; copy to staging: tEnc → t1
 	t1       *cuda.Event
+	env      saveEnv     // the learned code tables
+	per      int         // most blocks in a chunk
+	hr       *hrSaveBufs // high-ratio chunks' buffers, made on the first
 }
 
-// highRatio is false: the GPU kernels code fast-mode frames (the high-ratio kernels have no paged gather yet).
-func (c *deviceCache) highRatio() bool { return false }
-
-func (c *deviceCache) saver(blocks []int, _ saveEnv, per int) (layerSaver, error) {
-	s := &deviceSaver{c: c, blocks: blocks}
+func (c *deviceCache) saver(blocks []int, env saveEnv, per int) (layerSaver, error) {
+	s := &deviceSaver{c: c, blocks: blocks, env: env, per: per}
 	err := c.ctx.Do(func() error {
 		var err error
 		if s.stream, err = c.ctx.NewStream(cuda.StreamNonBlocking); err != nil {
@@ -201,7 +201,7 @@ func (c *deviceCache) saver(blocks []int, _ saveEnv, per int) (layerSaver, error
 		if err = s.stream.MemsetD8Async(s.ws.Ptr(), 0, wsLen); err != nil {
 			return err
 		}
-		if s.sizeHost, err = c.ctx.HostAlloc(8, cuda.HostAllocPortable); err != nil {
+		if s.sizeHost, err = c.ctx.HostAlloc(16, cuda.HostAllocPortable); err != nil {
 			return err
 		}
 		for _, e := range []**cuda.Event{&s.t0, &s.tEnc, &s.t1} {
@@ -221,9 +221,6 @@ func (c *deviceCache) saver(blocks []int, _ saveEnv, per int) (layerSaver, error
 func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *readyMark) (frame []byte, took timing, err error) {
 	c := s.c
 	n := int(c.lay.layerRawBytes(hi - lo))
-	if p == pathHighRatio {
-		return nil, took, fmt.Errorf("%w: high-ratio frames from a GPU cache", ErrOption)
-	}
 	raw := p == pathRaw
 	err = c.ctx.Do(func() error {
 		if ready != nil {
@@ -234,7 +231,13 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 		if err := s.t0.Record(s.stream); err != nil {
 			return err
 		}
-		if raw {
+		switch {
+		case p == pathHighRatio:
+			var err error
+			if frame, took.tabled, err = s.encodeHighRatio(dst, l, lo, hi); err != nil {
+				return err
+			}
+		case raw:
 			if err := s.tEnc.Record(s.stream); err != nil { // no codec work
 				return err
 			}
@@ -255,7 +258,7 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 				}
 			}
 			frame = dst[:pos]
-		} else {
+		default:
 			req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo, PerLayer: true}
 			if err := c.kc.GatherEncodeAsync(s.stream, c.layerOf(l), req, c.cb, s.frame.Ptr(), s.sizes.Ptr(), s.ws.Ptr()); err != nil {
 				return err
@@ -307,6 +310,9 @@ func (s *deviceSaver) close() {
 			_ = s.stream.Close()
 		}
 		_ = freeJoin(nil, s.ids, s.frame, s.sizes, s.ws)
+		if s.hr != nil {
+			s.hr.free()
+		}
 		if s.sizeHost != nil {
 			_ = s.sizeHost.Free()
 		}
@@ -424,7 +430,7 @@ func (sl *deviceSlot) free() {
 
 func (c *deviceCache) loader(blocks []int, per int) (layerLoader, error) {
 	ld := &deviceLoader{c: c, blocks: blocks, slots: make(chan *deviceSlot, deviceSlots)}
-	frameCap := codec.MaxEncodedLen(int(c.lay.layerRawBytes(per)))
+	frameCap := chunkCap(int(c.lay.layerRawBytes(per)), pathHighRatio) + 16 // a high-ratio V frame starts 16-byte aligned
 	err := c.ctx.Do(func() error {
 		for range deviceSlots {
 			sl, err := c.getSlot(frameCap)
@@ -449,6 +455,14 @@ func (ld *deviceLoader) decode(ch chunk, l, lo, hi int) (took timing, err error)
 	sl := <-ld.slots
 	defer func() { ld.slots <- sl }()
 	c := ld.c
+	if ch.n == 2 && onGPU(ch) {
+		err = c.ctx.Do(func() error {
+			var err error
+			took, err = ld.decodeHighRatio(sl, ch, l, lo, hi)
+			return err
+		})
+		return took, err
+	}
 	var frameLen int
 	if ch.n == 1 {
 		frame := ch.frames[0]
@@ -457,8 +471,8 @@ func (ld *deviceLoader) decode(ch chunk, l, lo, hi int) (took timing, err error)
 		}
 		frameLen = copy(sl.host.Bytes(), frame)
 	} else {
-		// A high-ratio chunk (from a host cache's producer): the kernels decode fast-mode and raw frames, so
-		// the CPU decodes it into pinned memory as one raw frame, which the kernel scatters.
+		// A high-ratio chunk the kernels do not decode (frames with a payload checksum): the CPU decodes it
+		// into pinned memory as one raw frame, which the kernel scatters.
 		var cpuTime time.Duration
 		if frameLen, cpuTime, err = sl.decodeOnCPU(ch, int(c.lay.layerRawBytes(hi-lo))); err != nil {
 			return took, err

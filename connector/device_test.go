@@ -2,6 +2,7 @@ package connector
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/splitzip/splitzip/kernels/cuda"
@@ -105,21 +106,22 @@ func TestDeviceHandoff(t *testing.T) {
 	}
 }
 
-// A host cache's producer sends high-ratio frames to a GPU consumer, which decodes them on the CPU into raw
-// frames for the kernels to scatter; a GPU cache's producer never codes high-ratio frames, and refuses the
-// mode outright.
+// High-ratio chunks on the GPU path: a host cache's frames decoded by the kernels; a GPU cache's frames coded
+// by the kernels (first with tables from each frame's sample, then with the learned per-layer tables) and
+// decoded by a GPU consumer and by a host one; and auto picks the mode for a GPU cache on a slow link.
 func TestDeviceHighRatio(t *testing.T) {
 	ctx := needGPU(t)
 	plane := startPlane(t)
+	hrOpts := []Option{WithMode(ModeHighRatio), WithBypass(BypassNever), WithFrameBytes(3 * 2 * 6144)}
+	srcBlocks := []int{5, 0, 39, 17, 3, 22, 9}
+	dstBlocks := []int{30, 1, 2, 33, 12, 8, 11}
 	t.Run("host to GPU", func(t *testing.T) {
-		p, c := newPair(t, plane, []Option{WithMode(ModeHighRatio), WithBypass(BypassNever), WithFrameBytes(3 * 2 * 6144)}, nil)
+		p, c := newPair(t, plane, hrOpts, nil)
 		srcHost := newTestCache(t, smallLayout(40), true, 124)
 		dstHost := newTestCache(t, smallLayout(40), false, 0)
 		dst := newGPUCache(t, ctx, dstHost)
 		require.NoError(t, p.RegisterHostCache(srcHost.layout, srcHost.bases))
 		require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
-		srcBlocks := []int{5, 0, 39, 17, 3, 22, 9}
-		dstBlocks := []int{30, 1, 2, 33, 12, 8, 11}
 		h, err := p.Save("req", srcBlocks)
 		require.NoError(t, err)
 		require.NoError(t, c.Load("req", h.ID, dstBlocks))
@@ -129,25 +131,66 @@ func TestDeviceHighRatio(t *testing.T) {
 		require.EqualValues(t, 1, c.Stats().HighRatioLoads)
 		require.Greater(t, float64(p.Stats().RawBytes)/float64(p.Stats().EncodedBytes), 1.4)
 	})
-	t.Run("GPU producer", func(t *testing.T) {
-		p, c := newPair(t, plane, []Option{WithEngineID("prefill-g"), WithLinkRate(0.1e9 / 8)}, []Option{WithEngineID("decode-g")})
+	for _, consumerOnGPU := range []bool{true, false} {
+		t.Run(fmt.Sprintf("GPU to GPU=%v", consumerOnGPU), func(t *testing.T) {
+			p, c := newPair(t, plane, append([]Option{WithEngineID("prefill-g")}, hrOpts...), []Option{WithEngineID("decode-g")})
+			srcHost := newTestCache(t, smallLayout(40), true, 124)
+			src := newGPUCache(t, ctx, srcHost)
+			require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
+			dstHost := newTestCache(t, smallLayout(40), false, 0)
+			var dst *gpuCache
+			if consumerOnGPU {
+				dst = newGPUCache(t, ctx, dstHost)
+				require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
+			} else {
+				require.NoError(t, c.RegisterHostCache(dstHost.layout, dstHost.bases))
+			}
+			all := make([]int, 40)
+			for i := range all {
+				all[i] = i
+			}
+			// Enough handoffs for every (layer, K/V) to learn its table (learnFirst samples).
+			for i := range 6 {
+				req := fmt.Sprintf("req-%d", i)
+				from, to := srcBlocks, dstBlocks
+				if i < 5 {
+					from, to = all, all
+				}
+				h, err := p.Begin(req, from)
+				require.NoError(t, err)
+				for l := range src.layout.Layers {
+					require.NoError(t, p.SaveLayerAfter(req, l, 0))
+				}
+				require.NoError(t, c.Load(req, h.ID, to))
+				require.NoError(t, waitLoad(t, c, req))
+				if dst != nil {
+					dst.download(t, ctx, dstHost)
+				}
+				requireSameBlocks(t, srcHost, from, dstHost, to)
+			}
+			require.NotNil(t, p.tables.table(0, 0))
+			require.NotNil(t, p.tables.table(src.layout.Layers-1, 1))
+			st := p.Stats()
+			require.EqualValues(t, 6, st.HighRatioHandoffs)
+			require.Greater(t, float64(st.RawBytes)/float64(st.EncodedBytes), 1.4)
+		})
+	}
+	t.Run("auto on a slow link", func(t *testing.T) {
+		p, c := newPair(t, plane, []Option{WithEngineID("prefill-a"), WithLinkRate(0.1e9 / 8)}, []Option{WithEngineID("decode-a")})
 		srcHost := newTestCache(t, smallLayout(40), true, 124)
 		dstHost := newTestCache(t, smallLayout(40), false, 0)
 		src, dst := newGPUCache(t, ctx, srcHost), newGPUCache(t, ctx, dstHost)
 		require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
 		require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
-		require.ErrorIs(t, p.SetMode(ModeHighRatio), ErrOption)
-		h, err := p.Save("req", []int{1, 2, 3})
-		require.NoError(t, err)
-		require.NoError(t, c.Load("req", h.ID, []int{4, 5, 6}))
-		require.NoError(t, waitLoad(t, c, "req"))
-		dst.download(t, ctx, dstHost)
-		requireSameBlocks(t, srcHost, []int{1, 2, 3}, dstHost, []int{4, 5, 6})
-		require.EqualValues(t, 1, p.Stats().FastHandoffs, "a slow link, but no high-ratio kernels: fast")
-
-		hr, err := NewProducer(plane, WithEngineID("prefill-h"), WithMode(ModeHighRatio))
-		require.NoError(t, err)
-		defer hr.Close()
-		require.ErrorIs(t, hr.RegisterDeviceCache(src.layout, 0, src.bases), ErrOption)
+		for i := range 3 {
+			req := fmt.Sprintf("req-%d", i)
+			h, err := p.Save(req, []int{1, 2, 3})
+			require.NoError(t, err)
+			require.NoError(t, c.Load(req, h.ID, []int{4, 5, 6}))
+			require.NoError(t, waitLoad(t, c, req))
+			dst.download(t, ctx, dstHost)
+			requireSameBlocks(t, srcHost, []int{1, 2, 3}, dstHost, []int{4, 5, 6})
+		}
+		require.Positive(t, p.Stats().HighRatioHandoffs, "0.1 Gbit/s: the high-ratio mode pays")
 	})
 }

@@ -32,5 +32,5 @@
 // WithBypass(BypassAuto) (the defaults) the producer picks, per handoff, the way its pipeline model predicts
 // fastest: about max(encode, wire / ratio, decode) plus filling and draining the pipeline, from codec rates
 // it measures as it runs and the link rate (configured with WithLinkRate or the transport's rate limit, else
-// measured), corrected by how long handoffs really took (policy.go). GPU caches code fast-mode frames.
+// measured), corrected by how long handoffs really took (policy.go). GPU caches code both modes with the kernels.
 package connector

@@ -19,8 +19,6 @@ type kvCache interface {
 	loader(blocks []int, per int) (layerLoader, error)
 	// allocStaging returns host memory for frames on their way to or from the wire (pinned for a GPU).
 	stagingAllocator() allocator
-	// highRatio says whether the cache's saver codes high-ratio frames.
-	highRatio() bool
 	close() error
 }
 
@@ -166,8 +164,6 @@ type hostSaver struct {
 }
 
 func (s *hostSaver) lastCRC() (uint32, bool) { return s.crc, s.crcOK }
-
-func (c *hostCache) highRatio() bool { return true }
 
 func (c *hostCache) saver(blocks []int, env saveEnv, _ int) (layerSaver, error) {
 	return &hostSaver{c: c, blocks: blocks, env: env}, nil

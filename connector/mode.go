@@ -111,15 +111,14 @@ func (p path) recordMode() string {
 	return ""
 }
 
-// allowedPaths are the paths a handoff may take under bypass and mode; highRatio says whether the cache can
-// code high-ratio frames.
-func allowedPaths(b Bypass, m Mode, highRatio bool) (ok [numPaths]bool) {
+// allowedPaths are the paths a handoff may take under bypass and mode.
+func allowedPaths(b Bypass, m Mode) (ok [numPaths]bool) {
 	if b == BypassAlways {
 		ok[pathRaw] = true
 		return ok
 	}
 	ok[pathRaw] = b == BypassAuto
 	ok[pathFast] = m == ModeAuto || m == ModeFast
-	ok[pathHighRatio] = highRatio && (m == ModeAuto || m == ModeHighRatio)
+	ok[pathHighRatio] = m == ModeAuto || m == ModeHighRatio
 	return ok
 }

@@ -72,7 +72,7 @@ func TestHandoffModes(t *testing.T) {
 				req := "req-" + string(rune('0'+j))
 				// What the model says for this handoff, with what the producer has measured so far.
 				pl := p.policy.plan(float64(lay.layerRawBytes(len(srcBlocks))*int64(lay.Layers)), float64(lay.layerRawBytes(16)),
-					allowedPaths(p.bypass, p.mode, true))
+					allowedPaths(p.bypass, p.mode))
 				want := pl.choose()
 				// The auto cases' expectations rest on this host's codec rates, which the race detector changes
 				// unevenly (instrumented Go against assembly): under it only the model is followed.
@@ -268,13 +268,12 @@ func TestTableLearner(t *testing.T) {
 	require.Same(t, pinned, pl.table(3, 1))
 }
 
-// A GPU cache codes fast-mode frames: ModeHighRatio is refused for one, ModeAuto never picks it.
-func TestModeHighRatioNeedsHostCache(t *testing.T) {
-	require.True(t, allowedPaths(BypassAuto, ModeAuto, true)[pathHighRatio])
-	require.False(t, allowedPaths(BypassAuto, ModeAuto, false)[pathHighRatio])
-	require.Equal(t, [numPaths]bool{true, false, false}, allowedPaths(BypassAlways, ModeHighRatio, true))
-	require.Equal(t, [numPaths]bool{false, true, true}, allowedPaths(BypassNever, ModeAuto, true))
-	require.Equal(t, [numPaths]bool{true, false, true}, allowedPaths(BypassAuto, ModeHighRatio, true))
+// The paths bypass and mode allow, and a code table that does not fit the cache's dtype.
+func TestAllowedPaths(t *testing.T) {
+	require.True(t, allowedPaths(BypassAuto, ModeAuto)[pathHighRatio])
+	require.Equal(t, [numPaths]bool{true, false, false}, allowedPaths(BypassAlways, ModeHighRatio))
+	require.Equal(t, [numPaths]bool{false, true, true}, allowedPaths(BypassNever, ModeAuto))
+	require.Equal(t, [numPaths]bool{true, false, true}, allowedPaths(BypassAuto, ModeHighRatio))
 
 	// A code table for another dtype than the cache's is refused when the cache is registered.
 	h := &codec.Histogram{DType: codec.FP16, Total: 1}

@@ -47,7 +47,7 @@ func TestChoose(t *testing.T) {
 		{"slow link, slow high-ratio decoder: fast", 2.5 * gbit, pureGoRates, all, [3]float64{}, pathFast},
 		{"fast codec too slow for a 10 Gbit/s link: raw", 10 * gbit, slowFast, [3]bool{true, true, false}, [3]float64{}, pathRaw},
 		{"bypass never: the faster codec mode even where raw would win", 400 * gbit, hostRates, [3]bool{false, true, true}, [3]float64{}, pathFast},
-		{"GPU cache: no high-ratio", 1 * gbit, hostRates, [3]bool{true, true, false}, [3]float64{}, pathFast},
+		{"mode fast: no high-ratio", 1 * gbit, hostRates, [3]bool{true, true, false}, [3]float64{}, pathFast},
 		{"high-ratio only (mode high-ratio, bypass auto): wins on a slow link", 1 * gbit, hostRates, [3]bool{true, false, true}, [3]float64{}, pathHighRatio},
 		{"high-ratio only: loses to raw on a fast one", 100 * gbit, hostRates, [3]bool{true, false, true}, [3]float64{}, pathRaw},
 		{"unknown link: fast, to measure it", 0, hostRates, all, [3]float64{}, pathFast},

@@ -170,15 +170,9 @@ func (p *Producer) SetMode(m Mode) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if m == ModeHighRatio && p.cache != nil && !p.cache.highRatio() {
-		return errNoHighRatio
-	}
 	p.mode = m
 	return nil
 }
-
-// errNoHighRatio refuses ModeHighRatio for a GPU cache.
-var errNoHighRatio = fmt.Errorf("%w: mode high-ratio needs a host KV cache (the GPU kernels code fast-mode frames); use auto or fast", ErrOption)
 
 // Estimates returns what the auto choice currently knows: the link rate and, per path, the codec's rates,
 // ratio and measured efficiency.
@@ -209,9 +203,6 @@ func (p *Producer) register(c kvCache) error {
 	defer p.mu.Unlock()
 	if len(p.saves) > 0 {
 		return errors.Join(c.close(), fmt.Errorf("%w: cannot re-register the KV cache with %d handoffs in flight", ErrLayout, len(p.saves)))
-	}
-	if p.mode == ModeHighRatio && !c.highRatio() {
-		return errors.Join(c.close(), errNoHighRatio)
 	}
 	l := c.kvLayout()
 	if t := p.o.CodeTable; t != nil && t.DType != l.DType {
@@ -315,7 +306,7 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 		return nil, nil, fmt.Errorf("request %q: %w", reqID, err)
 	}
 	f := newFraming(l, len(blocks), p.o.FrameBytes)
-	allowed := allowedPaths(p.bypass, p.mode, p.cache.highRatio())
+	allowed := allowedPaths(p.bypass, p.mode)
 	s := &save{
 		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...),
 		path: p.policy.choose(float64(l.layerRawBytes(len(blocks))*int64(l.Layers)), float64(l.layerRawBytes(f.per)), allowed),

@@ -211,3 +211,66 @@ func (c *Codec) DecodeScatterHighRatioAsync(s *cuda.Stream, src cuda.DevicePtr, 
 	}
 	return c.launchHRDecode(s, p, 1)
 }
+
+// kvHalf returns the parameters of a one-frame transfer of layer's K (kv 0) or V (kv 1) blocks alone: the
+// paged kernels read frame 0's segments from the first entry of the base array they are given, so pointing
+// them at entry 2·layer + kv makes that cache the whole frame.
+func (l PagedLayout) kvHalf(r PagedRequest, layer, kv int) (bases cuda.DevicePtr, elems int, err error) {
+	if err := l.check(PagedRequest{BlockIDs: r.BlockIDs, NumBlocks: r.NumBlocks, PerLayer: true}); err != nil {
+		return 0, 0, err
+	}
+	if layer < 0 || layer >= l.Layers || kv < 0 || kv > 1 {
+		return 0, 0, fmt.Errorf("%w: layer %d of %d, kv %d", codec.ErrSize, layer, l.Layers, kv)
+	}
+	return l.Bases.Add(8 * (2*layer + kv)), r.NumBlocks * l.BlockElems, nil
+}
+
+// GatherEncodeKVHighRatioWorkspaceSize is the workspace GatherEncodeKVHighRatioAsync needs.
+func (l PagedLayout) GatherEncodeKVHighRatioWorkspaceSize(r PagedRequest) int {
+	return hrWorkspaceSize(1, hrChunks(uint64(r.NumBlocks*l.BlockElems)))
+}
+
+// GatherEncodeKVHighRatioAsync encodes one layer's K (kv 0) or V (kv 1) blocks of a request, straight from the
+// paged cache, into one high-ratio frame at dst, with the code table of tableLen bytes at table (see
+// EncodeHighRatioAsync): the frame the CPU encoder writes for those blocks with that table. K and V get frames
+// of their own so that each can have its own table. The frame's length goes to sizeOut (u64); ws is
+// GatherEncodeKVHighRatioWorkspaceSize bytes (the call zeroes it). r.PerLayer is ignored.
+func (c *Codec) GatherEncodeKVHighRatioAsync(s *cuda.Stream, l PagedLayout, r PagedRequest, layer, kv int, table cuda.DevicePtr, tableLen int, dst, sizeOut, ws cuda.DevicePtr) error {
+	bases, elems, err := l.kvHalf(r, layer, kv)
+	if err != nil {
+		return err
+	}
+	if !aligned(dst) || sizeOut%8 != 0 || ws%8 != 0 {
+		return ErrAlignment
+	}
+	p := &hrEncParams{
+		src: uint64(bases), ids: uint64(r.BlockIDs), dst: uint64(dst), sizes: uint64(sizeOut), ws: uint64(ws),
+		strideBytes: 2 * uint64(l.BlockStride), table: uint64(table), n: uint32(elems), frames: 1,
+		chunks: uint32(hrChunks(uint64(elems))), blockElems: uint32(l.BlockElems), nBlocks: uint32(r.NumBlocks),
+		segsPerFrame: uint32(r.NumBlocks), tableLen: uint32(tableLen),
+	}
+	return c.launchHREncode(s, p, 1)
+}
+
+// DecodeScatterKVHighRatioAsync decodes a frame of one layer's K (kv 0) or V (kv 1) blocks (what
+// GatherEncodeKVHighRatioAsync writes, or a raw frame of them) at src, frameLen bytes readable there, into the
+// request's blocks of that cache. The status word (see StatusError) goes to status.
+func (c *Codec) DecodeScatterKVHighRatioAsync(s *cuda.Stream, src cuda.DevicePtr, frameLen int, l PagedLayout, r PagedRequest, layer, kv int, status cuda.DevicePtr) error {
+	bases, elems, err := l.kvHalf(r, layer, kv)
+	if err != nil {
+		return err
+	}
+	if frameLen < 0 {
+		return fmt.Errorf("%w: frame of %d bytes", codec.ErrSize, frameLen)
+	}
+	if !aligned(src) || status%4 != 0 {
+		return ErrAlignment
+	}
+	p := &hrDecParams{
+		src: uint64(src), frameCap: uint64(frameLen), dst: uint64(bases), ids: uint64(r.BlockIDs),
+		strideBytes: 2 * uint64(l.BlockStride), status: uint64(status), outBytes: 2 * uint64(elems), frames: 1,
+		chunks: uint32(hrChunks(uint64(elems))), blockElems: uint32(l.BlockElems), nBlocks: uint32(r.NumBlocks),
+		segsPerFrame: uint32(r.NumBlocks),
+	}
+	return c.launchHRDecode(s, p, 1)
+}

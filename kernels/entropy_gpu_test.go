@@ -252,3 +252,52 @@ func TestHighRatioPagedRoundTrip(t *testing.T) {
 		})
 	}
 }
+
+// One layer's K or V blocks alone, each with a table of its own (the connector's high-ratio chunk): the frame
+// is the CPU encoder's for those blocks, and decoding it scatters exactly those blocks, no others.
+func TestHighRatioKVFrames(t *testing.T) {
+	g := newGPU(t)
+	f := realKV(t)
+	const blockTokens, numBlocks, nb = 16, 24, 7
+	layers := len(f.Tensors) / 2
+	blockElems := blockTokens * int(f.Tensors[0].Shape[1]*f.Tensors[0].Shape[2])
+	r := rand.New(rand.NewPCG(9, 10))
+	src := newPagedCache(t, g, layers, numBlocks, blockElems, false, 0x3C)
+	dstCache := newPagedCache(t, g, layers, numBlocks, blockElems, true, 0xC3)
+	srcIDs, dstIDs := r.Perm(numBlocks)[:nb], r.Perm(numBlocks)[:nb]
+	for l := range layers {
+		for kv := range 2 {
+			for b := range nb {
+				src.put(t, g, l, kv, srcIDs[b], f.Tensors[2*l+kv].Data[2*b*blockElems:2*(b+1)*blockElems])
+			}
+		}
+	}
+	req := PagedRequest{BlockIDs: g.upload(t, int32s(srcIDs)), NumBlocks: nb}
+	dreq := PagedRequest{BlockIDs: g.upload(t, int32s(dstIDs)), NumBlocks: nb}
+	half := 2 * nb * blockElems
+	dst := g.alloc(t, MaxEncodedLen(half)+16)
+	sizes := g.alloc(t, 8)
+	ws := g.alloc(t, src.layout.GatherEncodeKVHighRatioWorkspaceSize(req))
+	status := g.alloc(t, 4)
+	for _, l := range []int{0, layers / 2, layers - 1} {
+		for kv := range 2 {
+			want := f.Tensors[2*l+kv].Data[:half]
+			tab, table := hrTable(t, want)
+			require.NoError(t, g.codec.GatherEncodeKVHighRatioAsync(g.s, src.layout, req, l, kv, g.upload(t, table), len(table), dst, sizes, ws))
+			size := int(binary.LittleEndian.Uint64(g.download(t, sizes, 8)))
+			frame := g.download(t, dst, size)
+			require.True(t, bytes.Equal(cpuEncodeHR(t, want, tab), frame), "layer %d kv %d", l, kv)
+			require.NoError(t, g.codec.DecodeScatterKVHighRatioAsync(g.s, dst, size, dstCache.layout, dreq, l, kv, status))
+			require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, status, 4))))
+			for b := range nb {
+				require.True(t, bytes.Equal(want[2*b*blockElems:2*(b+1)*blockElems], dstCache.get(t, g, l, kv, dstIDs[b])), "layer %d kv %d block %d", l, kv, b)
+			}
+			if kv == 0 { // V, decoded next, is still the destination's poison
+				v := dstCache.get(t, g, l, 1, dstIDs[0])
+				require.Equal(t, bytes.Repeat([]byte{0xC3}, len(v)), v, "layer %d V", l)
+			}
+		}
+	}
+	require.Error(t, g.codec.GatherEncodeKVHighRatioAsync(g.s, src.layout, req, layers, 0, dst, 3, dst, sizes, ws))
+	require.Error(t, g.codec.DecodeScatterKVHighRatioAsync(g.s, dst, 16, dstCache.layout, dreq, 0, 2, status))
+}

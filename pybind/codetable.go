@@ -168,20 +168,53 @@ func HistogramCodeTable(h int) (int, error) {
 // the CPU encoder writes with CodeTable.calibrate on the same tensor.
 func CodeTableBinaryFromCounts(dtype int, counts uintptr, n int, dst uintptr, dstCap int) (length int, err error) {
 	defer recoverInto(&err)
-	dt, err := dtypeOf(dtype)
+	h, err := histogramAt(dtype, counts, n)
 	if err != nil {
 		return 0, err
 	}
-	h, err := codec.NewHistogram(dt)
+	t, err := h.CodeTable()
 	if err != nil {
 		return 0, wrap(err)
 	}
+	return putBinary(t, dst, dstCap)
+}
+
+// CodebookFromCounts returns a handle to the fast-mode codebook (of the built-in codebook's width) learned
+// from an exponent histogram counted elsewhere (see CodeTableBinaryFromCounts): the codebook the adaptive CPU
+// encoder calibrates on the same tensor, so the frames are byte for byte the same.
+func CodebookFromCounts(dtype int, counts uintptr, n int) (handle int, err error) {
+	defer recoverInto(&err)
+	h, err := histogramAt(dtype, counts, n)
+	if err != nil {
+		return 0, err
+	}
+	bits := codec.DefaultBits
+	if base, err := codec.DefaultCodebook(h.DType); err == nil {
+		bits = int(base.Bits)
+	}
+	cb, err := h.Codebook(bits)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return codebooks.put(cb), nil
+}
+
+// histogramAt reads n little-endian uint64 exponent counts of dtype at counts (n = 2^exponent bits).
+func histogramAt(dtype int, counts uintptr, n int) (*codec.Histogram, error) {
+	dt, err := dtypeOf(dtype)
+	if err != nil {
+		return nil, err
+	}
+	h, err := codec.NewHistogram(dt)
+	if err != nil {
+		return nil, wrap(err)
+	}
 	if want := 1 << dt.ExponentBits(); n != want {
-		return 0, wrap(fmt.Errorf("%w: %d exponent counts for %s, need %d", errArgument, n, dt, want))
+		return nil, wrap(fmt.Errorf("%w: %d exponent counts for %s, need %d", errArgument, n, dt, want))
 	}
 	b, err := bytesAt(counts, 8*n)
 	if err != nil {
-		return 0, wrap(err)
+		return nil, wrap(err)
 	}
 	for x := range n {
 		c := binary.LittleEndian.Uint64(b[8*x:])
@@ -189,11 +222,7 @@ func CodeTableBinaryFromCounts(dtype int, counts uintptr, n int, dst uintptr, ds
 		h.Total += c
 	}
 	if h.Total == 0 {
-		return 0, wrap(fmt.Errorf("%w: an empty exponent histogram", codec.ErrCodebook))
+		return nil, wrap(fmt.Errorf("%w: an empty exponent histogram", codec.ErrCodebook))
 	}
-	t, err := h.CodeTable()
-	if err != nil {
-		return 0, wrap(err)
-	}
-	return putBinary(t, dst, dstCap)
+	return h, nil
 }

@@ -554,6 +554,7 @@ func ProducerStats(h int) (string, error) {
 	s := p.Stats()
 	return toJSON(map[string]any{
 		"handoffs": s.Handoffs, "failed": s.Failed, "raw_handoffs": s.RawHandoffs,
+		"fast_handoffs": s.FastHandoffs, "high_ratio_handoffs": s.HighRatioHandoffs,
 		"raw_bytes": s.RawBytes, "encoded_bytes": s.EncodedBytes,
 		"escapes": s.Escapes, "elements": s.Elements, "encode_s": s.EncodeTime.Seconds(), "copy_s": s.CopyTime.Seconds(),
 		"staging_in_use": p.StagingInUse(), "in_flight": p.InFlight(),

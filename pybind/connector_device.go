@@ -48,3 +48,17 @@ func ProducerSetBypass(h int, bypass string) (n int, err error) {
 	}
 	return int(b), wrap(p.SetBypass(b))
 }
+
+// ProducerSetMode sets the codec mode ("auto", "fast" or "high-ratio") of handoffs begun from now on.
+func ProducerSetMode(h int, mode string) (n int, err error) {
+	defer recoverInto(&err)
+	p, err := producers.get(h)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	m, err := connector.ParseMode(mode)
+	if err != nil {
+		return 0, wrap(err)
+	}
+	return int(m), wrap(p.SetMode(m))
+}

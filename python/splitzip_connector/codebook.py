@@ -115,6 +115,14 @@ class Codebook(_GoTable):
         torch tensors, bytes with dtype=). CUDA tensors are copied to the host for counting."""
         return _calibrator(tensors, dtype).codebook(bits)
 
+    @classmethod
+    def from_counts(cls, counts: Any, dtype: Any = "bf16") -> "Codebook":
+        """The codebook the adaptive encoder calibrates from exponents whose histogram was counted elsewhere,
+        e.g. on a GPU: counts[x] is how many elements have exponent field value x (256 for bf16). The GPU
+        path's "adaptive" codebook."""
+        c = np.ascontiguousarray(counts, dtype="<u8")
+        return cls(cls._call("FromCounts", dtypes.dtype_code(dtype), np_addr(c), c.size))
+
     @property
     def bits(self) -> int:
         """Bits per code; the codebook has 2**bits entries."""
@@ -292,7 +300,7 @@ class Calibrator:
 def codebook_handle(codebook: Codebook | str | None, *, refuse_adaptive: str = "") -> int:
     """The Go core's codebook argument for a codebook as callers give it: a Codebook → its handle; None or
     "default" → 0, the dtype's built-in codebook; "adaptive" → CODEBOOK_ADAPTIVE, calibrate on each input.
-    refuse_adaptive names a caller that cannot calibrate per input ("GPU compress"): "adaptive" then raises
+    refuse_adaptive names a caller that cannot calibrate per input ("a Producer"): "adaptive" then raises
     ValueError saying what to pass instead. Anything else raises TypeError."""
     if codebook is None:
         return 0
@@ -345,7 +353,7 @@ def coding(codebook: Any, table: CodeTable | None, mode: Any, *, gpu: bool = Fal
     """compress()'s coding arguments read once, for either backend.
 
     mode "fast": codebook is a Codebook, "default" or None (the dtype's built-in codebook), or "adaptive" (a
-    codebook calibrated on the tensor; not on a GPU). mode "high-ratio": codebook (or table=) is a CodeTable,
+    codebook calibrated on the tensor; on a GPU, from its histogram counted there). mode "high-ratio": codebook (or table=) is a CodeTable,
     "default" (the built-in table), or "adaptive" (the tensor's own table); None is "adaptive" on the CPU, as
     in Go's encoder, and "default" on a GPU, where a table of the tensor's own costs a wait for the GPU (see
     cuda.compress_cuda). A Codebook in the high-ratio mode, or a CodeTable in the fast one, raises ValueError
@@ -364,7 +372,7 @@ def coding(codebook: Any, table: CodeTable | None, mode: Any, *, gpu: bool = Fal
             raise ValueError(
                 "a CodeTable codes high-ratio frames: pass mode='high-ratio', or a Codebook for the fast mode"
             )
-        book = codebook_handle(codebook, refuse_adaptive="GPU compress in the fast mode" if gpu else "")
+        book = codebook_handle(codebook)
         return Coding(m, book, None, book == CODEBOOK_ADAPTIVE)
     if isinstance(codebook, CodeTable):
         return Coding(m, codebook.handle, codebook, False)

@@ -42,7 +42,7 @@ def compress(
         fraction of the fast mode's CPU speed; fp8_e4m3 is coded too). decompress() reads both.
     codebook: how exponents are coded.
         fast mode: a Codebook (e.g. Codebook.calibrate on your model's KV cache), "adaptive" (calibrate on this
-        tensor; CPU only), or None / "default" for the dtype's built-in codebook.
+        tensor; on a GPU that waits for its histogram), or None / "default" for the dtype's built-in codebook.
         high-ratio mode: a CodeTable (CodeTable.calibrate…; also as table=), "adaptive" (a table of this
         tensor's own exponents), or "default" (the built-in bf16/fp32 table). None is "adaptive" on the CPU
         (as Go's encoder does) and "default" on a GPU, where "adaptive" waits for the GPU (see

@@ -1,7 +1,7 @@
 """The GPU path: CUDA tensors are compressed and decompressed by the Go core's CUDA kernels (kernels/),
 launched on PyTorch's current stream with the tensors' device pointers. Nothing is copied through Python and
 nothing waits for the GPU unless the caller asks (DeviceFrame.nbytes, to_host(), decompress(check=True),
-compress(..., "adaptive", mode="high-ratio")).
+compress(..., "adaptive")).
 
 The kernels encode bf16 tensors in both modes, byte for byte as the CPU codec does with the same codebook or
 code table, and decode bf16 frames of both modes and raw frames of any dtype. Payload checksums are CPU-only:
@@ -19,6 +19,9 @@ High-ratio code tables on the GPU. The encoder reads its table from device memor
   come to the host — so compress waits for the stream up to that point — the Go core builds the table from them (microseconds), and the table (at most 131 bytes) goes
   back. The frame is then byte for byte the CPU encoder's with CodeTable.calibrate(tensor). Use a pinned
   table, or the built-in one, where compress must not wait.
+
+In the fast mode "adaptive" works the same way: the histogram counted on the GPU, the codebook calibrated from
+it by the Go core (Codebook.from_counts), the frame byte for byte the CPU's compress(tensor.cpu(), "adaptive").
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from . import dtypes
 from ._binding import HEADER_SIZE, MODE_FAST, MODE_HIGH_RATIO, MODE_NAMES, ext
-from .codebook import CodeTable, Coding
+from .codebook import Codebook, CodeTable, Coding
 from .errors import (
     BufferSizeError,
     CodebookError,
@@ -220,10 +223,14 @@ def compress_cuda(tensor: Any, v: View, c: Coding, checksum: bool = False) -> De
         except RuntimeError as e:
             raise translate(e) from None
         return DeviceFrame(buf, size, v.shape, v.code, MODE_HIGH_RATIO, table)
+    book, own = c.book, None
+    if c.adaptive:  # the codebook is read when the encode is queued: own may go once the call returns
+        own = Codebook.from_counts(_exponent_counts(torch, tensor), dtypes.BF16)
+        book = own.handle
     # The fast encoder's workspace must start zero (it leaves it ready for the next call).
     ws = torch.zeros(max(ext.pybind_CUDAEncodeWorkspaceSize(v.nbytes), 16), dtype=torch.uint8, device=dev)
     try:
-        ext.pybind_CUDAEncode(v.device, stream, v.ptr, v.nbytes, c.book, buf.data_ptr(), size.data_ptr(), ws.data_ptr())
+        ext.pybind_CUDAEncode(v.device, stream, v.ptr, v.nbytes, book, buf.data_ptr(), size.data_ptr(), ws.data_ptr())
     except RuntimeError as e:
         raise translate(e) from None
     # ws goes back to PyTorch's caching allocator, which reuses it only in this stream's order.
@@ -253,13 +260,17 @@ def _device_table(torch: Any, tensor: Any, v: View, c: Coding) -> Any:
     return dt
 
 
+def _exponent_counts(torch: Any, tensor: Any) -> np.ndarray:
+    """The histogram of a bf16 CUDA tensor's exponent field, counted on the GPU; waits for the stream."""
+    # bf16 bits 7-14 are the exponent; uint8 input spares bincount a pass that checks for negative values.
+    exps = ((tensor.reshape(-1).view(torch.int16) >> 7) & 0xFF).to(torch.uint8)
+    return torch.bincount(exps, minlength=256).cpu().numpy()
+
+
 def _tensor_table(torch: Any, tensor: Any) -> Any:
     """The tensor's own code table, learned from its exponent histogram counted on the GPU (see the module's
     notes for the cost)."""
-    # bf16 bits 7-14 are the exponent; uint8 input spares bincount a pass that checks for negative values.
-    exps = ((tensor.reshape(-1).view(torch.int16) >> 7) & 0xFF).to(torch.uint8)
-    counts = torch.bincount(exps, minlength=256).cpu().numpy()  # waits for the stream
-    table = np.frombuffer(CodeTable.bytes_from_counts(counts, dtypes.BF16), np.uint8).copy()
+    table = np.frombuffer(CodeTable.bytes_from_counts(_exponent_counts(torch, tensor), dtypes.BF16), np.uint8).copy()
     return _to_device(torch, table, tensor.device)
 
 

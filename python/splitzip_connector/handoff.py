@@ -305,6 +305,10 @@ class Producer:
         (send raw)."""
         _call(ext.pybind_ProducerSetBypass, self._h, bypass)
 
+    def set_mode(self, mode: str) -> None:
+        """Codec mode for handoffs begun from now on: "auto", "fast" or "high-ratio" (see mode in Producer)."""
+        _call(ext.pybind_ProducerSetMode, self._h, mode)
+
     def begin(self, request_id: str, blocks: Sequence[int], handoff_id: str = "") -> Handoff:
         """Opens and publishes request_id's handoff of blocks; handoff_id "" picks a fresh one."""
         js = _call(ext.pybind_ProducerBeginHandoff, self._h, request_id, handoff_id, _ints(blocks))

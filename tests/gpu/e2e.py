@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""SplitZip's GPU data path end to end, on a GPU machine (issue 7).
+"""SplitZip's GPU data path end to end, on a GPU machine.
 
 Two processes on one machine (one card: both on it; two cards: one each), KV caches allocated by PyTorch in
 vLLM's paged layout for a Llama-3-8B shape (32 layers, 8 KV heads, head_dim 128, 16-token blocks, bf16,
-[2, num_blocks, block_size, heads, head_dim] per layer) and filled with the real KV fixture tiled. The
+[2, num_blocks, block_size, heads, head_dim] per layer), each layer's K and V filled with the real K and V
+of a layer of the KV fixture, tiled (so that each layer has real per-layer statistics). The
 producer gather-encodes each layer on the GPU after the engine's stream (save_layer_after), copies the frames
 to pinned memory and serves them over TCP; the consumer copies them in and decode-scatters into different
 block ids. NATS (embedded, in the consumer process) carries the metadata. Every transfer is checked bit for
@@ -11,13 +12,14 @@ bit against the source blocks.
 
 Parts, each printing a table (Markdown) at the end:
   transfer  requests of 4K/16K/32K tokens over links shaped to 25/50/100 Gbit/s (the consumer fetch's rate
-            limit) and unshaped; raw vs compressed, same run; where the time goes.
+            limit) and unshaped; raw vs each codec mode (--modes: fast, high-ratio, auto), same run; where the
+            time goes.
   overlap   layer-wise save during a synthetic per-layer prefill load on the same GPU: prefill time with
             and without saving.
   soak      1,000 back-to-back requests: GPU memory, pinned staging and process memory stay bounded.
 
 usage: python3 tests/gpu/e2e.py [--parts transfer,overlap,soak] [--tokens 4096,16384,32768]
-                                [--rates 25,50,100,0] [--repeat 3] [--out results.md]
+                                [--rates 25,50,100,0] [--modes fast,high-ratio] [--repeat 3] [--out results.md]
 """
 
 from __future__ import annotations
@@ -41,27 +43,32 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "data" / "kv_evaluation.safetensors"
 
 
-def fixture_bf16() -> torch.Tensor:
-    """The real KV fixture as one flat bf16 tensor (SmolLM2-135M K and V of every layer)."""
+def fixture_bf16() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The real KV fixture (SmolLM2-135M, 30 layers): each layer's K and V as flat bf16 tensors."""
     from safetensors.torch import load_file
 
     ts = load_file(str(FIXTURE))
-    return torch.cat([ts[k].reshape(-1) for k in sorted(ts)]).contiguous()
+    n = len(ts) // 2
+    return [(ts[f"layer.{i}.k"].reshape(-1).contiguous(), ts[f"layer.{i}.v"].reshape(-1).contiguous()) for i in range(n)]
 
 
-def make_cache(num_blocks: int, device: torch.device, fill: torch.Tensor | None) -> list[torch.Tensor]:
-    """One [2, num_blocks, 16, 8, 128] bf16 tensor per layer; filled with the fixture tiled (each layer
-    starting elsewhere in it) or with a poison pattern."""
+def tile_into(flat: torch.Tensor, src: torch.Tensor) -> None:
+    reps = (flat.numel() + src.numel() - 1) // src.numel()
+    flat.copy_(src.to(flat.device).repeat(reps)[: flat.numel()])
+
+
+def make_cache(num_blocks: int, device: torch.device, fill: list | None) -> list[torch.Tensor]:
+    """One [2, num_blocks, 16, 8, 128] bf16 tensor per layer; layer l's K and V filled with the fixture's layer
+    l mod 30 K and V, tiled, or with a poison pattern."""
     caches = []
     for layer in range(LAYERS):
         t = torch.empty((2, num_blocks, BLOCK, HEADS, HEAD), dtype=torch.bfloat16, device=device)
         if fill is None:
             t.view(torch.int16).fill_(0x5A5A)
         else:
-            flat = t.view(-1)
-            src = torch.roll(fill, shifts=layer * 4099).to(device)
-            reps = (flat.numel() + src.numel() - 1) // src.numel()
-            flat.copy_(src.repeat(reps)[: flat.numel()])
+            k, v = fill[layer % len(fill)]
+            tile_into(t[0].view(-1), k)
+            tile_into(t[1].view(-1), v)
         caches.append(t)
     torch.cuda.synchronize(device)
     return caches
@@ -96,7 +103,9 @@ def run_producer(args: argparse.Namespace) -> None:
         reply: dict = {"ok": True}
         try:
             if op == "save":
-                prod.set_bypass("always" if cmd["mode"] == "raw" else "never")
+                mode = cmd["mode"]  # raw, or a codec mode: fast, high-ratio, auto (raw allowed too)
+                prod.set_bypass({"raw": "always", "auto": "auto"}.get(mode, "never"))
+                prod.set_mode("auto" if mode == "raw" else mode)
                 h = prod.begin(cmd["req"], cmd["blocks"])
                 for layer in range(LAYERS):
                     prod.save_layer_after(cmd["req"], layer, stream.cuda_stream)
@@ -271,38 +280,46 @@ class Driver:
 
 
 def part_transfer(d: Driver, args: argparse.Namespace, out: list[str]) -> None:
+    modes = args.modes_list
     out.append(f"### Transfers — {d.card}; {d.where}\n")
     out.append("Time from the producer's save call until the consumer has every block decoded (and then "
-               f"verified bit-exact); median of {args.repeat}. Links shaped by the consumer fetch's rate limit.\n")
-    out.append("| tokens | KV raw | link | raw ms | SplitZip ms | speedup | wire MB raw → compressed | "
-               "encode ms | D2H ms | fetch ms | H2D ms | decode ms |")
-    out.append("|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+               f"verified bit-exact); median of {args.repeat}, the modes taking turns. Links shaped by the "
+               "consumer fetch's rate limit.\n")
+    out.append("| tokens | KV raw | link | raw ms | " + " | ".join(f"{m} ms (×raw)" for m in modes) + " |")
+    out.append("|---:|---:|---|---:|" + "---:|" * len(modes))
+    detail = ["| tokens | link | mode | wire MB | ratio | encode ms | D2H ms | fetch ms | H2D ms | decode ms |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for tokens in args.tokens_list:
         raw_bytes = LAYERS * 2 * (tokens // BLOCK) * BLOCK * HEADS * HEAD * 2
-        d.transfer(tokens, "compressed", 0)  # warm-up: pinned staging, decode slots, kernels
+        for m in modes:  # warm-up: pinned staging, decode slots, kernels, learned tables
+            for _ in range(2):
+                d.transfer(tokens, m, 0)
         for gbit in args.rates_list:
-            res = {}
-            for mode in ("raw", "compressed"):
-                runs = []
-                for _ in range(args.repeat):
+            runs: dict[str, list[dict]] = {m: [] for m in ["raw", *modes]}
+            for _ in range(args.repeat):
+                for mode in runs:
                     p0 = d.ask(op="stats")["stats"]
                     r = d.transfer(tokens, mode, gbit)
                     p1 = d.ask(op="stats")["stats"]
                     r["encode_s"] = p1["encode_s"] - p0["encode_s"]
                     r["d2h_s"] = p1.get("copy_s", 0) - p0.get("copy_s", 0)
-                    runs.append(r)
-                runs.sort(key=lambda r: r["s"])
-                res[mode] = runs[len(runs) // 2]
-            raw, comp = res["raw"], res["compressed"]
+                    runs[mode].append(r)
+            res = {m: sorted(rs, key=lambda r: r["s"])[len(rs) // 2] for m, rs in runs.items()}
+            raw = res["raw"]
             link = f"{gbit:g} Gbit/s" if gbit else "unshaped"
-            out.append(f"| {tokens} | {raw_bytes / 2**30:.2f} GiB | {link} | {raw['s'] * 1e3:.0f} | "
-                       f"{comp['s'] * 1e3:.0f} | {raw['s'] / comp['s']:.2f}× | "
-                       f"{raw['wire_bytes'] / 1e6:.0f} → {comp['wire_bytes'] / 1e6:.0f} | "
-                       f"{comp['encode_s'] * 1e3:.0f} | {comp['d2h_s'] * 1e3:.0f} | {comp['fetch_s'] * 1e3:.0f} | "
-                       f"{comp['h2d_s'] * 1e3:.0f} | {comp['decode_s'] * 1e3:.0f} |")
+            cells = " | ".join(f"{res[m]['s'] * 1e3:.0f} ({raw['s'] / res[m]['s']:.2f}×)" for m in modes)
+            out.append(f"| {tokens} | {raw_bytes / 2**30:.2f} GiB | {link} | {raw['s'] * 1e3:.0f} | {cells} |")
             print(out[-1], flush=True)
-    out.append("\nencode/D2H/H2D/decode are sums of per-layer GPU event times (they overlap the wire); fetch is "
-               "the consumer's first dial to last chunk.\n")
+            for m in modes:
+                r = res[m]
+                detail.append(f"| {tokens} | {link} | {m} | {r['wire_bytes'] / 1e6:.0f} | "
+                              f"{raw['wire_bytes'] / max(r['wire_bytes'], 1):.3f} | {r['encode_s'] * 1e3:.0f} | "
+                              f"{r['d2h_s'] * 1e3:.0f} | {r['fetch_s'] * 1e3:.0f} | {r['h2d_s'] * 1e3:.0f} | "
+                              f"{r['decode_s'] * 1e3:.0f} |")
+    out.append("\nWhere the time goes (the median run of each mode): encode/D2H/H2D/decode are sums of per-layer "
+               "GPU event times (they overlap the wire); fetch is the consumer's first dial to last chunk.\n")
+    out.extend(detail)
+    out.append("")
 
 
 def part_overlap(d: Driver, args: argparse.Namespace, out: list[str]) -> None:
@@ -332,7 +349,7 @@ def part_soak(d: Driver, args: argparse.Namespace, out: list[str]) -> None:
     n = args.soak
     samples = []
     for i in range(n):
-        d.transfer(256, "compressed", 0, check=(i % 100 == 0))
+        d.transfer(256, "fast", 0, check=(i % 100 == 0))
         if i in (9, n // 2, n - 1):
             d.ask(op="finished")
             p = d.ask(op="stats")
@@ -353,6 +370,7 @@ def main() -> None:
     ap.add_argument("--parts", default="transfer,overlap,soak")
     ap.add_argument("--tokens", default="4096,16384,32768")
     ap.add_argument("--rates", default="25,50,100,0", help="Gbit/s; 0 = unshaped")
+    ap.add_argument("--modes", default="fast,high-ratio", help="codec modes measured against raw: fast, high-ratio, auto")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--soak", type=int, default=1000)
     ap.add_argument("--overlap-reps", type=int, default=7)
@@ -367,6 +385,9 @@ def main() -> None:
         return
     args.tokens_list = [int(x) for x in args.tokens.split(",")]
     args.rates_list = [float(x) for x in args.rates.split(",")]
+    args.modes_list = [m for m in args.modes.split(",") if m]
+    if not args.modes_list or set(args.modes_list) - {"fast", "high-ratio", "auto"}:
+        ap.error(f"--modes: {args.modes!r}: a list of fast, high-ratio, auto")
     d = Driver(args)
     out = [f"## SplitZip GPU data path — {d.card}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n"]
     try:

@@ -105,8 +105,6 @@ def test_gpu_errors():
         sz.compress(t[1:])
     with pytest.raises(sz.LayoutError, match="contiguous"):
         sz.compress(t.view(10, 100).T)
-    with pytest.raises(ValueError, match="adaptive"):
-        sz.compress(t, "adaptive")
     with pytest.raises(ValueError, match="checksum"):
         sz.compress(t, checksum=True)
     with pytest.raises(ValueError, match="checksum"):
@@ -152,6 +150,16 @@ def test_high_ratio_adaptive_on_gpu_is_the_calibrated_table():
         assert torch.equal(sz.decompress(df).view(torch.int16), t.view(torch.int16))
         if seed == 3:  # the built-in table escapes every exponent here: a raw frame
             assert sz.compress(t.cpu(), "default", mode="high-ratio").is_raw and not df.to_host().is_raw
+
+
+def test_fast_adaptive_on_gpu_is_the_cpu_adaptive_frame():
+    """Fast mode "adaptive" on a GPU: the codebook calibrated from the histogram torch counts there; the frame
+    is the CPU encoder's adaptive frame of the same tensor."""
+    for n, seed in ((100_000, 4), (1 << 20, 5)):
+        t = cuda_bf16(n, seed=seed) * (1e-3 if seed == 5 else 1)
+        df = sz.compress(t, "adaptive")
+        assert df.to_host() == sz.compress(t.cpu(), "adaptive")
+        assert torch.equal(sz.decompress(df).view(torch.int16), t.view(torch.int16))
 
 
 def test_high_ratio_real_kv_on_gpu():

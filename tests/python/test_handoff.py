@@ -186,6 +186,32 @@ def test_producer_modes(plane, tmp_path):
         Producer(plane, "pre-bad-table", mode="high-ratio", code_table_path=str(tmp_path / "missing.json"))
 
 
+def test_set_bypass_and_mode_take_each_path(plane, kv_calibration):
+    """set_bypass and set_mode choose each later handoff's path (the GPU benchmark switches them per run)."""
+    lay, a = cache(kv_calibration)
+    lay2, b = cache(kv_calibration, seed=7)
+    src, dst = [1, 5, 6], [7, 0, 3]
+    with Producer(plane, "pre-sm") as prod, Consumer(plane, "dec-sm", load_timeout_s=20) as cons:
+        prod.register_host_cache(lay, bases(a), keep_alive=a)
+        cons.register_host_cache(lay2, bases(b), keep_alive=b)
+        for i, (bypass, mode) in enumerate([("always", "auto"), ("never", "fast"), ("never", "high-ratio")]):
+            prod.set_bypass(bypass)
+            prod.set_mode(mode)
+            b[:] = 0
+            h = prod.begin(f"req{i}", src)
+            for l in range(LAYERS):
+                prod.save_layer(f"req{i}", l)
+            cons.load(f"req{i}", h.handoff_id, dst)
+            ok, f = wait(cons, f"req{i}")
+            assert ok, f
+            assert np.array_equal(a[:, :, src], b[:, :, dst]), mode
+        st = prod.stats()
+        assert (st["raw_handoffs"], st["fast_handoffs"], st["high_ratio_handoffs"]) == (1, 1, 1)
+        with pytest.raises(SplitZipError) as ei:
+            prod.set_mode("fastest")
+        assert ei.value.kind == "option"
+
+
 @pytest.mark.parametrize("opt", ["staging_bytes", "handoff_ttl_s", "max_in_flight", "conns", "io_timeout_s"])
 def test_explicit_zero_is_validated_not_a_default(plane, opt):
     with pytest.raises(SplitZipError) as ei:

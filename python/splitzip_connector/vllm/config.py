@@ -33,7 +33,7 @@ class SplitZipConfig:
     mode*            codec mode of a handoff's frames: "auto" (per handoff, whichever the pipeline model predicts
                      faster over the link: raw, "fast" = 4-bit exponent codes at memory speed, or "high-ratio" =
                      entropy-coded exponents, ~1.47x, slower to code), "fast" or "high-ratio". GPU caches code
-                     fast-mode frames.
+                     both with the CUDA kernels.
     code_table       path of a high-ratio code table JSON file (splitzip stats -table, CodeTable.save); default:
                      tables learned per layer's K and V as handoffs pass.
     bypass*          "auto" (compress while the codec outruns the link), "never" (always compress) or

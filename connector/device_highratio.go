@@ -1,0 +1,268 @@
+package connector
+
+import (
+	"encoding/binary"
+	"fmt"
+	"unsafe"
+
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/kernels"
+	"github.com/splitzip/splitzip/kernels/cuda"
+)
+
+// High-ratio chunks on the GPU path. A chunk is K's frame then V's, each coded by the kernels straight from the
+// paged cache with its (layer, K/V) table, the same tables a host cache learns (tables.go). The tables are
+// learned from samples of the blocks copied to pinned memory on the save's stream beside the encode (one
+// block in sampleEvery), counted once the frame's length is known, which the save waits for anyway. Until a
+// (layer, K/V) has a table, its frame is coded with a table built from that frame's sample: the kernels take
+// a table, they do not build one, and a sample's table codes every exponent (ESC for those it missed).
+
+// maxTableBytes bounds a code table as frames carry it (bf16: lo, hi and 257 nibbles).
+const maxTableBytes = 256
+
+// hrSaveBufs is what a device save adds for high-ratio chunks, made on its first such chunk.
+type hrSaveBufs struct {
+	frames     *cuda.DeviceBuffer // K's frame at 0, V's at half
+	half       int                // offset of V's frame: a half-chunk's largest frame, 16-byte aligned
+	sizes      *cuda.DeviceBuffer // u64 per frame
+	ws         *cuda.DeviceBuffer
+	tables     *cuda.DeviceBuffer // K's table at 0, V's at maxTableBytes
+	tablesHost *cuda.HostBuffer
+	sample     *cuda.HostBuffer // sampled blocks of K then of V
+	hist       codec.Histogram
+}
+
+func (b *hrSaveBufs) free() {
+	_ = freeJoin(nil, b.frames, b.sizes, b.ws, b.tables)
+	for _, h := range []*cuda.HostBuffer{b.tablesHost, b.sample} {
+		if h != nil {
+			_ = h.Free()
+		}
+	}
+}
+
+// hrBufs returns the save's high-ratio buffers, allocating them for chunks of at most per blocks (ctx current).
+func (s *deviceSaver) hrBufs(per int) (*hrSaveBufs, error) {
+	if s.hr != nil {
+		return s.hr, nil
+	}
+	c := s.c
+	b := &hrSaveBufs{hist: codec.Histogram{DType: codec.BF16}}
+	req := kernels.PagedRequest{BlockIDs: s.ids.Ptr(), NumBlocks: per}
+	b.half = (codec.MaxEncodedLen(per*int(c.lay.BlockBytes())) + 15) &^ 15
+	err := func() error {
+		var err error
+		if b.frames, err = c.ctx.Alloc(2 * b.half); err != nil {
+			return err
+		}
+		if b.sizes, err = c.ctx.Alloc(16); err != nil {
+			return err
+		}
+		if b.ws, err = c.ctx.Alloc(max(c.layerOf(0).GatherEncodeKVHighRatioWorkspaceSize(req), 16)); err != nil {
+			return err
+		}
+		if b.tables, err = c.ctx.Alloc(2 * maxTableBytes); err != nil {
+			return err
+		}
+		if b.tablesHost, err = c.ctx.HostAlloc(2*maxTableBytes, cuda.HostAllocPortable); err != nil {
+			return err
+		}
+		sampled := max(1, (per+sampleEvery-1)/sampleEvery)
+		b.sample, err = c.ctx.HostAlloc(2*sampled*int(c.lay.BlockBytes()), cuda.HostAllocPortable)
+		return err
+	}()
+	if err != nil {
+		b.free()
+		return nil, err
+	}
+	s.hr = b
+	return b, nil
+}
+
+// sampledBlocks returns which of blocks (a chunk of layer l starting at the save's block lo) feed the tables:
+// the host path's choice, and at least one block when the frame needs a table of its own.
+func sampledBlocks(l, lo, n int, atLeastOne bool) []int {
+	var idx []int
+	for i := (l + lo) % sampleEvery; i < n; i += sampleEvery {
+		idx = append(idx, i)
+	}
+	if len(idx) == 0 && atLeastOne && n > 0 {
+		idx = append(idx, 0)
+	}
+	return idx
+}
+
+// encodeHighRatio enqueues, on the save's stream, layer l's blocks [lo, hi) as a K frame and a V frame, waits
+// for them and copies them into dst; it returns the chunk and whether both frames used learned tables. The
+// caller has recorded t0 (and waited for the engine's event); tEnc and t1 are recorded here.
+func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, tabled bool, err error) {
+	c, env := s.c, s.env
+	b, err := s.hrBufs(s.per)
+	if err != nil {
+		return nil, false, err
+	}
+	bb := int(c.lay.BlockBytes())
+	n := hi - lo
+	learning := env.tables.learning()
+	var tables [2]*codec.CodeTable
+	var samples [2][]int
+	tabled = true
+	for kv := range 2 {
+		tables[kv] = env.tables.table(l, kv)
+		if learning || tables[kv] == nil {
+			samples[kv] = sampledBlocks(l, lo, n, tables[kv] == nil)
+		}
+	}
+	// Sampled blocks go to pinned memory first: a frame without a learned table needs them before its encode.
+	sampleHost := b.sample.Bytes()
+	pos := 0
+	var sampleAt [2]int
+	for kv := range 2 {
+		sampleAt[kv] = pos
+		for _, i := range samples[kv] {
+			if err := s.stream.MemcpyDtoHAsync(unsafe.Pointer(&sampleHost[pos]), c.blockPtr(l, kv, s.blocks[lo+i]), bb); err != nil {
+				return nil, false, err
+			}
+			pos += bb
+		}
+	}
+	// count feeds the samples to the learner and gives each frame without a learned table one built from them.
+	counted := false
+	count := func() error {
+		if counted {
+			return nil
+		}
+		counted = true
+		for kv := range 2 {
+			b.hist = codec.Histogram{DType: codec.BF16}
+			if err := b.hist.Add(sampleHost[sampleAt[kv] : sampleAt[kv]+len(samples[kv])*bb]); err != nil {
+				return err
+			}
+			if learning {
+				env.tables.add(l, kv, &b.hist)
+			}
+			if tables[kv] != nil {
+				continue
+			}
+			tabled = false
+			if tables[kv] = env.tables.table(l, kv); tables[kv] == nil {
+				t, err := b.hist.CodeTable()
+				if err != nil {
+					return err
+				}
+				tables[kv] = t
+			}
+		}
+		return nil
+	}
+	if tables[0] == nil || tables[1] == nil {
+		if err := s.stream.Synchronize(); err != nil {
+			return nil, false, err
+		}
+		if err := count(); err != nil {
+			return nil, false, err
+		}
+	}
+	th := b.tablesHost.Bytes()
+	var tableLen [2]int
+	for kv := range 2 {
+		t, err := tables[kv].AppendBinary(th[kv*maxTableBytes : kv*maxTableBytes])
+		if err != nil {
+			return nil, false, err
+		}
+		tableLen[kv] = len(t)
+	}
+	if err := s.stream.MemcpyHtoDAsync(b.tables.Ptr(), b.tablesHost.Ptr(), 2*maxTableBytes); err != nil {
+		return nil, false, err
+	}
+	req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: n}
+	for kv := range 2 {
+		if err := c.kc.GatherEncodeKVHighRatioAsync(s.stream, c.layerOf(0), req, l, kv, b.tables.Ptr().Add(kv*maxTableBytes), tableLen[kv],
+			b.frames.Ptr().Add(kv*b.half), b.sizes.Ptr().Add(8*kv), b.ws.Ptr()); err != nil {
+			return nil, false, err
+		}
+	}
+	if err := s.tEnc.Record(s.stream); err != nil {
+		return nil, false, err
+	}
+	if err := s.stream.MemcpyDtoHAsync(s.sizeHost.Ptr(), b.sizes.Ptr(), 16); err != nil {
+		return nil, false, err
+	}
+	if err := s.stream.Synchronize(); err != nil {
+		return nil, false, err
+	}
+	if err := count(); err != nil { // the learning samples, counted while the frames are done
+		return nil, false, err
+	}
+	out := 0
+	for kv := range 2 {
+		size := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()[8*kv:]))
+		if size < codec.HeaderSize || size > b.half || out+size > cap(dst) {
+			return nil, false, fmt.Errorf("%w: the GPU encoder reported a %d-byte frame for %d bytes of layer %d", ErrFrame, size, n*bb, l)
+		}
+		if err := s.stream.MemcpyDtoHAsync(unsafe.Pointer(&dst[:out+1][out]), b.frames.Ptr().Add(kv*b.half), size); err != nil {
+			return nil, false, err
+		}
+		out += size
+	}
+	return dst[:out], tabled, nil
+}
+
+// onGPU says whether the kernels decode a high-ratio chunk's frames: entropy or raw bf16 frames without a
+// payload checksum (the connector's frames carry none: the transport checks each chunk's CRC-32C).
+func onGPU(ch chunk) bool {
+	for _, h := range ch.hdrs[:ch.n] {
+		if h.DType != codec.BF16 || h.Checksum || !(h.Raw || h.Entropy) {
+			return false
+		}
+	}
+	return true
+}
+
+// decodeHighRatio decodes a high-ratio chunk into layer l's blocks [lo, hi) of the load on the slot's stream:
+// both frames to the device in one copy, then K's and V's decode-scatter (sl taken, ctx current).
+func (ld *deviceLoader) decodeHighRatio(sl *deviceSlot, ch chunk, l, lo, hi int) (took timing, err error) {
+	c := ld.c
+	vAt := (len(ch.frames[0]) + 15) &^ 15
+	end := vAt + len(ch.frames[1])
+	if end > sl.host.Len() {
+		return took, fmt.Errorf("%w: %d bytes of high-ratio frames, at most %d expected", ErrFrame, end, sl.host.Len())
+	}
+	host := sl.host.Bytes()
+	copy(host, ch.frames[0])
+	copy(host[vAt:], ch.frames[1])
+	if err := sl.t0.Record(sl.stream); err != nil {
+		return took, err
+	}
+	if err := sl.stream.MemcpyHtoDAsync(sl.dev.Ptr(), sl.host.Ptr(), end); err != nil {
+		return took, err
+	}
+	if err := sl.tCopy.Record(sl.stream); err != nil {
+		return took, err
+	}
+	req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo}
+	for kv, at := range []int{0, vAt} {
+		if err := c.kc.DecodeScatterKVHighRatioAsync(sl.stream, sl.dev.Ptr().Add(at), len(ch.frames[kv]), c.layerOf(0), req, l, kv, sl.status.Ptr().Add(4*kv)); err != nil {
+			return took, err
+		}
+	}
+	if err := sl.t1.Record(sl.stream); err != nil {
+		return took, err
+	}
+	if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 8); err != nil {
+		return took, err
+	}
+	if err := sl.stream.Synchronize(); err != nil {
+		return took, err
+	}
+	for kv := range 2 {
+		if err := kernels.StatusError(binary.LittleEndian.Uint32(sl.statusHost.Bytes()[4*kv:])); err != nil {
+			return took, fmt.Errorf("layer %d %s: %w", l, [2]string{"K", "V"}[kv], err)
+		}
+	}
+	if took.copy, err = cuda.Elapsed(sl.t0, sl.tCopy); err != nil {
+		return took, err
+	}
+	took.codec, err = cuda.Elapsed(sl.tCopy, sl.t1)
+	return took, err
+}
