@@ -1,10 +1,10 @@
 #!/bin/bash
 # Runs on the GPU machine (see shared/GPU-MACHINE.md), which has no Go: it builds no Go code and runs the test
 # binaries built on the CPU machine and carried in .gpu/ at the repository root (make -C kernels gpu-binaries
-# writes .gpu/cuda.test, .gpu/kernels.test and .gpu/gpubench.test).
+# writes .gpu/cuda.test, .gpu/kernels.test, .gpu/gpubench.test and .gpu/connector.test).
 # 1. rebuilds the PTX of kernels/ and internal/gpubench/ with the machine's nvcc in a scratch folder, checks it
 #    equals the committed PTX, and prints the kernels' resource use;
-# 2. runs the GPU tests of kernels/cuda, kernels and internal/gpubench;
+# 2. runs the GPU tests of kernels/cuda, kernels and internal/gpubench, and the connector's GPU-cache handoffs;
 # 3. runs the benchmark (SKIP_BENCH=1 skips it; BENCH_PTX=FILE also times that PTX's kernels).
 # Logs and the table go to $OUT.
 set -o pipefail
@@ -14,7 +14,7 @@ NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 GPU=$ROOT/.gpu
-for b in cuda kernels gpubench; do
+for b in cuda kernels gpubench connector; do
   [ -x "$GPU/$b.test" ] || { echo "missing $GPU/$b.test: run make -C kernels gpu-binaries on the CPU machine and carry .gpu"; exit 1; }
 done
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
@@ -32,6 +32,7 @@ fi
 (cd kernels/cuda && "$GPU/cuda.test" -test.count=1 -test.v 2>&1) | tee "$OUT/cuda-test.log" | grep -E "^(--- FAIL|FAIL|ok|PASS)|D2D|NVIDIA"
 (cd kernels && "$GPU/kernels.test" -test.count=1 -test.v -test.timeout 400s 2>&1) | tee "$OUT/kernels-test.log" | grep -E "^(--- |FAIL|ok|PASS|panic)|Error|expected|actual|differ" | head -60
 (cd internal/gpubench && "$GPU/gpubench.test" -test.count=1 -test.v 2>&1) | tee "$OUT/gpubench-test.log" | grep -E "^(--- |FAIL|ok|PASS|panic)|Error" | head -20
+(cd connector && "$GPU/connector.test" -test.count=1 -test.v -test.run 'Device' -test.timeout 300s 2>&1) | tee "$OUT/connector-test.log" | grep -E "^(--- |FAIL|ok|PASS|panic)|Error" | head -30
 if [ -z "$SKIP_BENCH" ]; then
   [ -n "$BENCH_PTX" ] && BENCH_PTX=$(realpath "$BENCH_PTX")
   (cd internal/gpubench && SPLITZIP_GPU_BENCH=1 SPLITZIP_GPU_BENCH_OUT="$OUT/gpu-bench-table.txt" SPLITZIP_GPU_BENCH_PTX="$BENCH_PTX" \
