@@ -177,7 +177,7 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	}
 	req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: n}
 	for kv := range 2 {
-		if err := c.kc.GatherEncodeKVHighRatioAsync(s.stream, c.layerOf(0), req, l, kv, b.tables.Ptr().Add(kv*maxTableBytes), tableLen[kv],
+		if err := c.kc.GatherEncodeKVHighRatioAsync(s.stream, c.layerOf(l), req, 0, kv, b.tables.Ptr().Add(kv*maxTableBytes), tableLen[kv],
 			b.frames.Ptr().Add(kv*b.half), b.sizes.Ptr().Add(8*kv), b.ws.Ptr()); err != nil {
 			return nil, false, err
 		}
@@ -242,7 +242,7 @@ func (ld *deviceLoader) decodeHighRatio(sl *deviceSlot, ch chunk, l, lo, hi int)
 	}
 	req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo}
 	for kv, at := range []int{0, vAt} {
-		if err := c.kc.DecodeScatterKVHighRatioAsync(sl.stream, sl.dev.Ptr().Add(at), len(ch.frames[kv]), c.layerOf(0), req, l, kv, sl.status.Ptr().Add(4*kv)); err != nil {
+		if err := c.kc.DecodeScatterKVHighRatioAsync(sl.stream, sl.dev.Ptr().Add(at), len(ch.frames[kv]), c.layerOf(l), req, 0, kv, sl.status.Ptr().Add(4*kv)); err != nil {
 			return took, err
 		}
 	}
