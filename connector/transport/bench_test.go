@@ -42,10 +42,10 @@ func benchTransfer(b *testing.B, n, chunkSize int, opts ...Option) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := s.Offer(ids[i], NewBytesPayload(chunks, nil)); err != nil {
+		if err := s.Offer(ids[i], testSecret, NewBytesPayload(chunks, nil)); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := Fetch(context.Background(), addrOf(s), ids[i], sink, opts...); err != nil {
+		if _, err := Fetch(context.Background(), addrOf(s), ids[i], testSecret, sink, opts...); err != nil {
 			b.Fatal(err)
 		}
 	}

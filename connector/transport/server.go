@@ -3,7 +3,9 @@ package transport
 import (
 	"bufio"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,6 +33,9 @@ type Server struct {
 	o     Options
 	ln    net.Listener
 	pacer *pacer
+	// dummy is the key proofs are checked against for ids the server does
+	// not know, so that an unknown id costs the same work as a wrong proof.
+	dummy [32]byte
 
 	mu        sync.Mutex
 	closed    bool
@@ -47,13 +52,15 @@ type Server struct {
 type tomb struct {
 	code   byte
 	detail string
+	secret []byte // a consumer that proves it learns why the id is gone
 }
 
 type handoff struct {
-	id    string
-	p     Payload
-	n     int
-	timer *time.Timer
+	id     string
+	secret []byte
+	p      Payload
+	n      int
+	timer  *time.Timer
 
 	// guarded by Server.mu
 	sess    *session // current transfer, nil if none
@@ -102,6 +109,7 @@ func Listen(addr string, opts ...Option) (*Server, error) {
 		tombRing: make([]string, 0, maxTombstones),
 		conns:    make(map[net.Conn]struct{}),
 	}
+	rand.Read(s.dummy[:])
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s, nil
@@ -112,12 +120,17 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Offer registers p under id until it is fetched, withdrawn, expires
 // (Options.HandoffTTL) or the server closes; p.Release is called exactly once
-// in each case. id should come from NewHandoffID: whoever knows it can fetch
-// the payload. Offer fails if id is empty, longer than 255 bytes, already
-// offered, p has more than MaxChunks chunks, or the server is closed.
-func (s *Server) Offer(id string, p Payload) error {
+// in each case. Only a consumer that proves it holds secret (NewSecret; 16 to
+// 64 bytes, copied) can fetch it; anyone else, id or not, is told the
+// handoff does not exist. Offer fails if id is empty, longer than 255 bytes,
+// already offered, the secret's length is out of range, p has more than
+// MaxChunks chunks, or the server is closed.
+func (s *Server) Offer(id string, secret []byte, p Payload) error {
 	if len(id) == 0 || len(id) > maxIDLen {
-		return fmt.Errorf("splitzip/transport: offer: handoff id length %d not in 1..%d", len(id), maxIDLen)
+		return fmt.Errorf("%w: offer: handoff id length %d not in 1..%d", ErrOption, len(id), maxIDLen)
+	}
+	if err := checkSecret(secret); err != nil {
+		return fmt.Errorf("offer: %w", err)
 	}
 	n := p.NumChunks()
 	if n < 0 || n > s.o.MaxChunks {
@@ -129,9 +142,9 @@ func (s *Server) Offer(id string, p Payload) error {
 		return ErrClosed
 	}
 	if _, ok := s.handoffs[id]; ok {
-		return fmt.Errorf("splitzip/transport: offer: handoff %s already offered", shortID(id))
+		return fmt.Errorf("%w: offer: handoff %s already offered", ErrOption, shortID(id))
 	}
-	h := &handoff{id: id, p: p, n: n}
+	h := &handoff{id: id, secret: append([]byte(nil), secret...), p: p, n: n}
 	h.timer = time.AfterFunc(s.o.HandoffTTL, func() { s.retire(h, ErrExpired, codeExpired, "handoff expired") })
 	s.handoffs[id] = h
 	delete(s.tombs, id)
@@ -218,7 +231,7 @@ func (s *Server) removeLocked(h *handoff, cause error, code byte, detail string)
 		s.tombRing[s.tombHead] = h.id
 		s.tombHead = (s.tombHead + 1) % maxTombstones
 	}
-	s.tombs[h.id] = tomb{code: code, detail: detail}
+	s.tombs[h.id] = tomb{code: code, detail: detail, secret: h.secret}
 }
 
 func (s *Server) acceptLoop() {
@@ -258,7 +271,7 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256
 // sconn is one server-side connection.
 type sconn struct {
 	s       *Server
-	c       net.Conn
+	c       net.Conn // the TCP connection, or TLS over it
 	br      *bufio.Reader
 	hdr     [frameLen]byte
 	trailer [trailerLen]byte
@@ -268,10 +281,9 @@ type sconn struct {
 
 func (s *Server) serveConn(c net.Conn, over bool) {
 	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(c)
 	sc := &sconn{s: s, c: c, br: br}
 	defer func() {
-		c.Close()
+		sc.c.Close()
 		br.Reset(nil)
 		readerPool.Put(br)
 		s.mu.Lock()
@@ -280,6 +292,10 @@ func (s *Server) serveConn(c net.Conn, over bool) {
 		s.wg.Done()
 	}()
 	tuneConn(c, s.o.SocketBuffer)
+	if s.o.TLS != nil && !sc.startTLS() {
+		return
+	}
+	br.Reset(sc.c)
 	sess := sc.handshake(over)
 	if sess == nil {
 		return
@@ -288,8 +304,66 @@ func (s *Server) serveConn(c net.Conn, over bool) {
 	sc.serve(sess)
 }
 
-// handshake reads the hello and answers it; it returns the session joined,
-// or nil after answering with an error.
+// tlsRecordHandshake is the first byte of a TLS client hello.
+const tlsRecordHandshake = 0x16
+
+// startTLS runs the server side of the TLS handshake. A consumer that speaks
+// the plain protocol to a TLS producer is told so in the plain protocol.
+func (sc *sconn) startTLS() bool {
+	s := sc.s
+	var first [1]byte
+	sc.c.SetDeadline(time.Now().Add(s.o.IOTimeout))
+	if _, err := io.ReadFull(sc.c, first[:]); err != nil {
+		return false
+	}
+	pc := &prefixConn{Conn: sc.c, pre: first[:]}
+	if first[0] != tlsRecordHandshake {
+		if first[0] == magic[0] {
+			sc.c = pc
+			sc.br.Reset(pc)
+			sc.reject(codeTLS, "the producer serves TLS only: give this consumer the TLS options too")
+		}
+		return false
+	}
+	tc := tls.Server(pc, s.o.TLS)
+	sc.c = tc
+	if err := tc.Handshake(); err != nil { // bounded by the deadline above
+		return false
+	}
+	sc.c.SetDeadline(time.Time{})
+	return true
+}
+
+// prefixConn returns bytes already read before reading from Conn.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// msgDenied answers an unknown id and a wrong proof alike.
+const msgDenied = "no such handoff, or this consumer does not hold its secret"
+
+// handshake reads the hello, challenges the consumer to prove that it holds
+// the handoff's secret, and answers; it returns the session joined, or nil
+// after answering with an error. Nothing the producer says before the proof
+// depends on the id: a consumer without the secret gets the answer an
+// unknown id gets, after the same work.
 func (sc *sconn) handshake(over bool) *session {
 	s := sc.s
 	var b [helloFixedLen + maxIDLen]byte
@@ -298,7 +372,11 @@ func (sc *sconn) handshake(over bool) *session {
 		return nil // not a consumer of ours: say nothing
 	}
 	if v := uint16(b[4])<<8 | uint16(b[5]); v != s.o.version {
-		sc.reject(codeVersion, fmt.Sprintf("producer speaks protocol version %d, consumer %d", s.o.version, v))
+		msg := fmt.Sprintf("producer speaks protocol version %d, consumer %d", s.o.version, v)
+		if v < 2 {
+			msg += " (version 2 authenticates fetches; upgrade the consumer)"
+		}
+		sc.reject(codeVersion, msg)
 		return nil
 	}
 	if _, err := io.ReadFull(sc.br, b[6:helloFixedLen]); err != nil {
@@ -313,9 +391,37 @@ func (sc *sconn) handshake(over bool) *session {
 	if _, err := io.ReadFull(sc.br, b[helloFixedLen:helloFixedLen+idLen]); err != nil {
 		return nil
 	}
+	helloBytes := b[:helloFixedLen+idLen]
 	id := string(b[helloFixedLen : helloFixedLen+idLen])
 	if over {
 		sc.reject(codeBusy, fmt.Sprintf("producer at its limit of %d connections", s.o.MaxConns))
+		return nil
+	}
+
+	// Challenge, whatever the id.
+	var nonce [nonceLen]byte
+	rand.Read(nonce[:])
+	var rb [replyLen]byte
+	ch := reply{version: s.o.version, status: statusChallenge, token: nonce}
+	if sc.write(ch.appendTo(rb[:0])) != nil {
+		return nil
+	}
+	var got [proofLen]byte
+	sc.c.SetReadDeadline(time.Now().Add(s.o.IOTimeout))
+	if _, err := io.ReadFull(sc.br, got[:]); err != nil {
+		return nil
+	}
+	s.mu.Lock()
+	key, known := s.dummy[:], false
+	if h := s.handoffs[id]; h != nil {
+		key, known = h.secret, true
+	} else if t, ok := s.tombs[id]; ok {
+		key, known = t.secret, true
+	}
+	s.mu.Unlock()
+	want := proof(key, nonce, helloBytes)
+	if !hmac.Equal(want[:], got[:]) || !known {
+		sc.reject(codeUnknown, msgDenied)
 		return nil
 	}
 
@@ -327,8 +433,8 @@ func (sc *sconn) handshake(over bool) *session {
 		code       byte
 		msg        string
 	)
-	// A new OPEN supersedes a transfer of the same handoff in progress: the
-	// id is a capability held by one consumer, so this is that consumer
+	// A new OPEN supersedes a transfer of the same handoff in progress: only
+	// the consumer holding the secret gets here, so this is that consumer
 	// retrying after a failure the producer may not have noticed yet.
 	inUse := 0
 	if h != nil && h.sess != nil && h.sess.slot {
@@ -374,7 +480,7 @@ func (sc *sconn) handshake(over bool) *session {
 		return nil
 	}
 	r := reply{version: s.o.version, status: codeOK, numChunks: uint32(h.n), token: sess.token}
-	if err := sc.write(r.appendTo(b[:0])); err != nil {
+	if err := sc.write(r.appendTo(rb[:0])); err != nil {
 		s.leave(sess)
 		return nil
 	}
@@ -387,8 +493,8 @@ func (sc *sconn) reject(code byte, msg string) {
 	sc.write(r.appendTo(b[:0]))
 	// Half-close and give the peer a moment to read, so that the reply is
 	// not lost to a reset caused by unread input.
-	if tc, ok := sc.c.(*net.TCPConn); ok {
-		tc.CloseWrite()
+	if cw, ok := sc.c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 		sc.c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		io.Copy(io.Discard, io.LimitReader(sc.br, 64<<10))
 	}
