@@ -93,7 +93,7 @@ func TestDeviceHandoff(t *testing.T) {
 			for l := range src.layout.Layers {
 				require.NoError(t, p.SaveLayerAfter("req", l, 0))
 			}
-			require.NoError(t, c.Load("req", h.ID, dstBlocks))
+			require.NoError(t, c.Load("req", h, dstBlocks))
 			require.NoError(t, waitLoad(t, c, "req"))
 			dst.download(t, ctx, dstHost)
 			requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
@@ -122,7 +122,7 @@ func TestDeviceHighRatio(t *testing.T) {
 		dstBlocks := []int{30, 1, 2, 33, 12, 8, 11}
 		h, err := p.Save("req", srcBlocks)
 		require.NoError(t, err)
-		require.NoError(t, c.Load("req", h.ID, dstBlocks))
+		require.NoError(t, c.Load("req", h, dstBlocks))
 		require.NoError(t, waitLoad(t, c, "req"))
 		dst.download(t, ctx, dstHost)
 		requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
@@ -139,7 +139,7 @@ func TestDeviceHighRatio(t *testing.T) {
 		require.ErrorIs(t, p.SetMode(ModeHighRatio), ErrOption)
 		h, err := p.Save("req", []int{1, 2, 3})
 		require.NoError(t, err)
-		require.NoError(t, c.Load("req", h.ID, []int{4, 5, 6}))
+		require.NoError(t, c.Load("req", h, []int{4, 5, 6}))
 		require.NoError(t, waitLoad(t, c, "req"))
 		dst.download(t, ctx, dstHost)
 		requireSameBlocks(t, srcHost, []int{1, 2, 3}, dstHost, []int{4, 5, 6})
