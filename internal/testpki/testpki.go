@@ -1,5 +1,5 @@
-// Package testpki makes certificate authorities and certificates for tests of TLS between engines and of
-// NATS over TLS: PEM files in a test's temporary directory, valid for 127.0.0.1 and localhost.
+// Package testpki makes certificate authorities and certificates for TLS between engines and NATS over TLS,
+// in tests and benchmarks: PEM files in a directory, valid for 127.0.0.1, ::1, localhost and their name.
 package testpki
 
 import (
@@ -19,7 +19,7 @@ import (
 
 // CA is a certificate authority whose certificate is in CAFile.
 type CA struct {
-	t      testing.TB
+	t      testing.TB // nil for Files
 	dir    string
 	name   string
 	key    *ecdsa.PrivateKey
@@ -33,11 +33,49 @@ type Pair struct {
 	CertFile, KeyFile string
 }
 
-// NewCA makes a CA named name, its files in a fresh temporary directory.
+// NewCA makes a CA named name, its files in a fresh temporary directory of the test.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
+	ca, err := newCA(t.TempDir(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.t = t
+	return ca
+}
+
+// Issue makes a certificate for name signed by the CA, usable by a TLS server and a TLS client (mutual TLS).
+func (ca *CA) Issue(name string) Pair {
+	ca.t.Helper()
+	p, err := ca.issue(name)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	return p
+}
+
+// Files writes a CA and a certificate per name into dir, for tools that need TLS files (a benchmark with
+// TLS between its processes), and returns the CA file and the pairs in the order of names.
+func Files(dir string, names ...string) (caFile string, pairs []Pair, err error) {
+	ca, err := newCA(dir, "splitzip")
+	if err != nil {
+		return "", nil, err
+	}
+	for _, n := range names {
+		p, err := ca.issue(n)
+		if err != nil {
+			return "", nil, err
+		}
+		pairs = append(pairs, p)
+	}
+	return ca.CAFile, pairs, nil
+}
+
+func newCA(dir, name string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	check(t, err)
+	if err != nil {
+		return nil, err
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: name},
@@ -48,20 +86,23 @@ func NewCA(t testing.TB, name string) *CA {
 		BasicConstraintsValid: true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	check(t, err)
+	if err != nil {
+		return nil, err
+	}
 	cert, err := x509.ParseCertificate(der)
-	check(t, err)
-	ca := &CA{t: t, dir: t.TempDir(), name: name, key: key, cert: cert, serial: 1}
-	ca.CAFile = ca.write(name+"-ca.pem", "CERTIFICATE", der)
-	return ca
+	if err != nil {
+		return nil, err
+	}
+	ca := &CA{dir: dir, name: name, key: key, cert: cert, serial: 1}
+	ca.CAFile, err = ca.write(name+"-ca.pem", "CERTIFICATE", der)
+	return ca, err
 }
 
-// Issue makes a certificate for name signed by the CA, usable by a TLS server and a TLS client (mutual
-// TLS), valid for 127.0.0.1, ::1, localhost and name.
-func (ca *CA) Issue(name string) Pair {
-	ca.t.Helper()
+func (ca *CA) issue(name string) (Pair, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	check(ca.t, err)
+	if err != nil {
+		return Pair{}, err
+	}
 	ca.serial++
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(ca.serial),
@@ -74,24 +115,22 @@ func (ca *CA) Issue(name string) Pair {
 		DNSNames:     []string{"localhost", name},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	check(ca.t, err)
-	kder, err := x509.MarshalECPrivateKey(key)
-	check(ca.t, err)
-	return Pair{
-		CertFile: ca.write(ca.name+"-"+name+".pem", "CERTIFICATE", der),
-		KeyFile:  ca.write(ca.name+"-"+name+"-key.pem", "EC PRIVATE KEY", kder),
-	}
-}
-
-func (ca *CA) write(file, typ string, der []byte) string {
-	p := filepath.Join(ca.dir, file)
-	check(ca.t, os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
-	return p
-}
-
-func check(t testing.TB, err error) {
-	t.Helper()
 	if err != nil {
-		t.Fatal(err)
+		return Pair{}, err
 	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return Pair{}, err
+	}
+	var p Pair
+	if p.CertFile, err = ca.write(ca.name+"-"+name+".pem", "CERTIFICATE", der); err != nil {
+		return p, err
+	}
+	p.KeyFile, err = ca.write(ca.name+"-"+name+"-key.pem", "EC PRIVATE KEY", kder)
+	return p, err
+}
+
+func (ca *CA) write(file, typ string, der []byte) (string, error) {
+	p := filepath.Join(ca.dir, file)
+	return p, os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
 }
