@@ -373,7 +373,6 @@ func (c *coalescer) flush() error {
 	return err
 }
 
-
 // prefixConn returns bytes already read before reading from Conn.
 type prefixConn struct {
 	net.Conn
