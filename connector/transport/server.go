@@ -365,7 +365,7 @@ func (c *coalescer) flush() error {
 		return nil
 	}
 	_, err := c.Conn.Write(c.buf)
-	if cap(c.buf) > 1<<20 {
+	if cap(c.buf) > 2*unpacedWrite {
 		c.buf = nil // a one-off large write: do not keep its buffer
 	} else {
 		c.buf = c.buf[:0]
