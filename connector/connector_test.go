@@ -42,7 +42,7 @@ func TestHandoffRoundTrip(t *testing.T) {
 			dstBlocks := []int{60, 1, 2, 33, 12, 8, 41}
 			h, err := p.Save("req-1", srcBlocks)
 			require.NoError(t, err)
-			require.NoError(t, c.Load("req-1", h.ID, dstBlocks))
+			require.NoError(t, c.Load("req-1", h, dstBlocks))
 			require.NoError(t, waitLoad(t, c, "req-1"))
 			requireSameBlocks(t, src, srcBlocks, dst, dstBlocks)
 			require.Equal(t, []string{"req-1"}, p.FinishedSending())
@@ -70,7 +70,7 @@ func TestLayerwiseSaveOverlapsFetch(t *testing.T) {
 	h, err := p.Begin("req", blocks)
 	require.NoError(t, err)
 	// The consumer starts while no layer is saved yet; layers then arrive one by one, as a forward pass would.
-	require.NoError(t, c.Load("req", h.ID, []int{15, 14, 13, 12}))
+	require.NoError(t, c.Load("req", h, []int{15, 14, 13, 12}))
 	for l := range src.layout.Layers {
 		require.NoError(t, p.SaveLayer("req", l))
 	}
@@ -89,14 +89,14 @@ func TestLoadFailures(t *testing.T) {
 	require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
 
 	t.Run("unknown handoff", func(t *testing.T) {
-		require.NoError(t, c.Load("u", szn.NewHandoffID(), []int{0}))
+		require.NoError(t, c.Load("u", Handoff{ID: szn.NewHandoffID(), Secret: NewHandoffSecret()}, []int{0}))
 		err := waitLoad(t, c, "u")
 		require.ErrorIs(t, err, szn.ErrUnknownHandoff)
 	})
 	t.Run("block count mismatch", func(t *testing.T) {
 		h, err := p.Save("m", []int{0, 1})
 		require.NoError(t, err)
-		require.NoError(t, c.Load("m", h.ID, []int{0}))
+		require.NoError(t, c.Load("m", h, []int{0}))
 		require.ErrorIs(t, waitLoad(t, c, "m"), ErrMismatch)
 	})
 	t.Run("layout mismatch", func(t *testing.T) {
@@ -108,7 +108,7 @@ func TestLoadFailures(t *testing.T) {
 		require.NoError(t, c2.RegisterHostCache(other.layout, other.bases))
 		h, err := p.Save("lm", []int{2})
 		require.NoError(t, err)
-		require.NoError(t, c2.Load("lm", h.ID, []int{2}))
+		require.NoError(t, c2.Load("lm", h, []int{2}))
 		err = waitLoad(t, c2, "lm")
 		require.ErrorIs(t, err, ErrMismatch)
 		require.ErrorContains(t, err, "layout")
@@ -118,13 +118,13 @@ func TestLoadFailures(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, p.WaitSaved(context.Background(), "e"))
 		require.Eventually(t, func() bool { return p.InFlight() <= 2 && !hasSave(p, "e") }, 10*time.Second, 10*time.Millisecond, "the unclaimed handoff expires and is released")
-		require.NoError(t, c.Load("e", h.ID, []int{3}))
+		require.NoError(t, c.Load("e", h, []int{3}))
 		require.Error(t, waitLoad(t, c, "e"))
 	})
 	t.Run("bad arguments", func(t *testing.T) {
 		_, err := p.Save("b", []int{99})
 		require.ErrorIs(t, err, ErrBlocks)
-		require.ErrorIs(t, c.Load("b", szn.NewHandoffID(), []int{-1}), ErrBlocks)
+		require.ErrorIs(t, c.Load("b", Handoff{ID: szn.NewHandoffID(), Secret: NewHandoffSecret()}, []int{-1}), ErrBlocks)
 		_, err = p.Save("dup", []int{1})
 		require.NoError(t, err)
 		_, err = p.Save("dup", []int{1})
@@ -133,7 +133,7 @@ func TestLoadFailures(t *testing.T) {
 	// The producer keeps serving after all of that.
 	h, err := p.Save("ok", []int{4, 5})
 	require.NoError(t, err)
-	require.NoError(t, c.Load("ok", h.ID, []int{6, 7}))
+	require.NoError(t, c.Load("ok", h, []int{6, 7}))
 	require.NoError(t, waitLoad(t, c, "ok"))
 	requireSameBlocks(t, src, []int{4, 5}, dst, []int{6, 7})
 }
@@ -206,7 +206,7 @@ func TestFlippedBitFailsTheLoad(t *testing.T) {
 	require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
 	h, err := p.Save("f", []int{0, 1, 2, 3})
 	require.NoError(t, err)
-	require.NoError(t, c.Load("f", h.ID, []int{4, 5, 6, 7}))
+	require.NoError(t, c.Load("f", h, []int{4, 5, 6, 7}))
 	err = waitLoad(t, c, "f")
 	require.ErrorIs(t, err, transport.ErrChecksum)
 }
@@ -225,7 +225,7 @@ func TestProducerKilledMidTransfer(t *testing.T) {
 	}
 	h, err := p.Save("k", blocks)
 	require.NoError(t, err)
-	require.NoError(t, c.Load("k", h.ID, blocks))
+	require.NoError(t, c.Load("k", h, blocks))
 	require.Eventually(t, func() bool { return c.Stats().Loads > 0 || c.InFlight() == 1 }, 5*time.Second, time.Millisecond)
 	time.Sleep(200 * time.Millisecond) // let some layers cross the slow link (not a synchronisation)
 	require.NoError(t, p.Close())
@@ -252,7 +252,7 @@ func TestManyHandoffsStayBounded(t *testing.T) {
 		req := fmt.Sprint("r", i)
 		h, err := p.Save(req, []int{i % 4})
 		require.NoError(t, err)
-		require.NoError(t, c.Load(req, h.ID, []int{(i + 1) % 4}))
+		require.NoError(t, c.Load(req, h, []int{(i + 1) % 4}))
 		require.NoError(t, waitLoad(t, c, req))
 	}
 	for i := range 50 { // warm up: pools, connections, buckets
@@ -282,7 +282,7 @@ func TestManyHandoffsStayBounded(t *testing.T) {
 func TestTensorParallelShards(t *testing.T) {
 	plane := startPlane(t)
 	const tp = 2
-	id := NewHandoffID()
+	id, secret := NewHandoffID(), NewHandoffSecret()
 	var srcs, dsts []*testCache
 	var cons []*Consumer
 	for r := range tp {
@@ -298,7 +298,7 @@ func TestTensorParallelShards(t *testing.T) {
 		dst := newTestCache(t, l, false, 0)
 		require.NoError(t, p.RegisterHostCache(l, src.bases))
 		require.NoError(t, c.RegisterHostCache(l, dst.bases))
-		_, err = p.BeginHandoff("req", id, []int{1, 2})
+		_, err = p.BeginHandoff("req", id, secret, []int{1, 2})
 		require.NoError(t, err)
 		for layer := range l.Layers {
 			require.NoError(t, p.SaveLayer("req", layer))
@@ -306,7 +306,7 @@ func TestTensorParallelShards(t *testing.T) {
 		srcs, dsts, cons = append(srcs, src), append(dsts, dst), append(cons, c)
 	}
 	for r := range tp {
-		require.NoError(t, cons[r].Load("req", id, []int{6, 7}))
+		require.NoError(t, cons[r].Load("req", Handoff{ID: id, Secret: secret}, []int{6, 7}))
 	}
 	for r := range tp {
 		require.NoError(t, waitLoad(t, cons[r], "req"))
@@ -328,6 +328,6 @@ func TestTensorParallelShards(t *testing.T) {
 	require.NoError(t, p.RegisterHostCache(l2, srcs[0].bases))
 	h, err := p.Save("req2", []int{3})
 	require.NoError(t, err)
-	require.NoError(t, c1.Load("req2", h.ID, []int{3}))
+	require.NoError(t, c1.Load("req2", h, []int{3}))
 	require.ErrorIs(t, waitLoad(t, c1, "req2"), ErrMismatch)
 }

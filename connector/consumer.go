@@ -54,6 +54,7 @@ type ConsumerStats struct {
 
 type load struct {
 	reqID, handoffID string
+	secret           []byte
 	blocks           []int
 }
 
@@ -105,9 +106,14 @@ func (c *Consumer) register(kc kvCache) error {
 	return nil
 }
 
-// Load starts loading handoffID into blocks for reqID and returns at once; Poll reports the outcome. The
-// blocks must be as many as the producer saved.
-func (c *Consumer) Load(reqID, handoffID string, blocks []int) error {
+// Load starts loading the handoff h (as the producer returned it: its ID and Secret; the other fields are not
+// needed) into blocks for reqID and returns at once; Poll reports the outcome. The blocks must be as many as
+// the producer saved. A handoff without a well-formed secret is refused with ErrAccess.
+func (c *Consumer) Load(reqID string, h Handoff, blocks []int) error {
+	secret, err := parseSecret(h.Secret)
+	if err != nil {
+		return fmt.Errorf("request %q handoff %s: %w", reqID, shortID(h.ID), err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
@@ -123,7 +129,7 @@ func (c *Consumer) Load(reqID, handoffID string, blocks []int) error {
 	if err := c.cache.kvLayout().checkBlocks(blocks); err != nil {
 		return fmt.Errorf("request %q: %w", reqID, err)
 	}
-	ld := &load{reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...)}
+	ld := &load{reqID: reqID, handoffID: h.ID, secret: secret, blocks: append([]int(nil), blocks...)}
 	c.loads[reqID] = ld
 	c.wg.Add(1)
 	go c.run(ld, c.cache)
@@ -205,6 +211,10 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (notify f
 
 // fetchFrom fetches and decodes the handoff rec describes.
 func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *shardRecord) error {
+	if rec.SecretHash != "" && rec.SecretHash != secretHash(ld.secret) {
+		return fmt.Errorf("%w: handoff %s: this consumer's secret is not the one its producer published a hash of "+
+			"(the handoff parameters were changed on the way, or belong to another handoff)", ErrAccess, shortID(ld.handoffID))
+	}
 	l := cache.kvLayout()
 	if err := rec.CheckCompatible(l.Fingerprint(), l.DType.String(), l.Layers, len(ld.blocks)); err != nil {
 		hint := ""
@@ -279,7 +289,7 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 		return nil
 	}
 	t0 := time.Now()
-	st, err := transport.FetchCRC(ctx, rec.Addr, ld.handoffID, sink, c.o.Transport...)
+	st, err := transport.FetchCRC(ctx, rec.Addr, ld.handoffID, ld.secret, sink, c.o.Transport...)
 	if err != nil {
 		return fmt.Errorf("handoff %s from %s: %w", shortID(ld.handoffID), rec.Addr, err)
 	}

@@ -94,7 +94,7 @@ func TestDeviceHandoff(t *testing.T) {
 			for l := range src.layout.Layers {
 				require.NoError(t, p.SaveLayerAfter("req", l, 0))
 			}
-			require.NoError(t, c.Load("req", h.ID, dstBlocks))
+			require.NoError(t, c.Load("req", h, dstBlocks))
 			require.NoError(t, waitLoad(t, c, "req"))
 			dst.download(t, ctx, dstHost)
 			requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
@@ -124,7 +124,7 @@ func TestDeviceHighRatio(t *testing.T) {
 		require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
 		h, err := p.Save("req", srcBlocks)
 		require.NoError(t, err)
-		require.NoError(t, c.Load("req", h.ID, dstBlocks))
+		require.NoError(t, c.Load("req", h, dstBlocks))
 		require.NoError(t, waitLoad(t, c, "req"))
 		dst.download(t, ctx, dstHost)
 		requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
@@ -161,7 +161,7 @@ func TestDeviceHighRatio(t *testing.T) {
 				for l := range src.layout.Layers {
 					require.NoError(t, p.SaveLayerAfter(req, l, 0))
 				}
-				require.NoError(t, c.Load(req, h.ID, to))
+				require.NoError(t, c.Load(req, h, to))
 				require.NoError(t, waitLoad(t, c, req))
 				if dst != nil {
 					dst.download(t, ctx, dstHost)
@@ -186,7 +186,7 @@ func TestDeviceHighRatio(t *testing.T) {
 			req := fmt.Sprintf("req-%d", i)
 			h, err := p.Save(req, []int{1, 2, 3})
 			require.NoError(t, err)
-			require.NoError(t, c.Load(req, h.ID, []int{4, 5, 6}))
+			require.NoError(t, c.Load(req, h, []int{4, 5, 6}))
 			require.NoError(t, waitLoad(t, c, req))
 			dst.download(t, ctx, dstHost)
 			requireSameBlocks(t, srcHost, []int{1, 2, 3}, dstHost, []int{4, 5, 6})

@@ -24,6 +24,15 @@
 // corrupted chunk, a NATS restart that lost the record, expiry, a layout or dtype mismatch, an unknown id —
 // ends it failed with an error that says which, and the blocks must not be used.
 //
+// # Access
+//
+// A handoff has an id, which names it on the control plane (everyone who reads NATS sees it), and a secret
+// (Handoff.Secret), which the engine passes only to the consumer the handoff is addressed to, through its own
+// request path. The producer's transport serves the frames only to a fetch that proves it holds the secret
+// (connector/transport/PROTOCOL.md); the shard record carries a hash of it at most, so a consumer given
+// another secret fails with ErrAccess before it dials. WithTLS adds mutual TLS between the engines; the NATS
+// connection has its own auth and TLS options (package nats). Operators' view: docs/security.md.
+//
 // # Modes and bypass
 //
 // Each handoff travels one way: raw frames, fast-mode frames (4-bit exponent codes, about 1.33×, at memory

@@ -14,4 +14,5 @@ var (
 	ErrFrame          = errors.New("splitzip/connector: bad frame in handoff")
 	ErrStagingFull    = errors.New("splitzip/connector: staging memory exhausted")
 	ErrOption         = errors.New("splitzip/connector: invalid option")
+	ErrAccess         = errors.New("splitzip/connector: handoff secret missing or not the handoff's")
 )

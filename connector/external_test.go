@@ -33,7 +33,7 @@ func TestExternalNATSServer(t *testing.T) {
 	require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
 	h, err := p.Save("x", []int{1, 2, 3})
 	require.NoError(t, err)
-	require.NoError(t, c.Load("x", h.ID, []int{5, 6, 7}))
+	require.NoError(t, c.Load("x", h, []int{5, 6, 7}))
 	require.NoError(t, waitLoad(t, c, "x"))
 	requireSameBlocks(t, src, []int{1, 2, 3}, dst, []int{5, 6, 7})
 }
@@ -66,7 +66,7 @@ func TestNATSRestartFailsLoad(t *testing.T) {
 	require.NoError(t, p.WaitSaved(context.Background(), "before"))
 	srv.Stop()
 	srv.Start()
-	require.NoError(t, c.Load("before", h.ID, []int{2, 3}))
+	require.NoError(t, c.Load("before", h, []int{2, 3}))
 	err = waitLoad(t, c, "before")
 	require.Error(t, err)
 	require.ErrorIs(t, err, szn.ErrUnknownHandoff, "the record was lost with the server: %v", err)
@@ -76,7 +76,7 @@ func TestNATSRestartFailsLoad(t *testing.T) {
 		h, err = p.Save("after", []int{4, 5})
 		return err == nil
 	}, 20*time.Second, 100*time.Millisecond)
-	require.NoError(t, c.Load("after", h.ID, []int{6, 7}))
+	require.NoError(t, c.Load("after", h, []int{6, 7}))
 	require.NoError(t, waitLoad(t, c, "after"))
 	requireSameBlocks(t, src, []int{4, 5}, dst, []int{6, 7})
 }

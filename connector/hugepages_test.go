@@ -106,7 +106,7 @@ func TestRegisterHostCacheHugePages(t *testing.T) {
 	blocks := []int{3, 500, 7, 1023, 0}
 	h, err := p.Save("r", blocks)
 	require.NoError(t, err)
-	require.NoError(t, c.Load("r", h.ID, blocks))
+	require.NoError(t, c.Load("r", h, blocks))
 	require.NoError(t, waitLoad(t, c, "r"))
 	requireSameBlocks(t, src, blocks, dst, blocks)
 

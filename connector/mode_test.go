@@ -85,7 +85,7 @@ func TestHandoffModes(t *testing.T) {
 				paths[want]++
 				h, err := p.Save(req, srcBlocks)
 				require.NoError(t, err)
-				require.NoError(t, c.Load(req, h.ID, dstBlocks))
+				require.NoError(t, c.Load(req, h, dstBlocks))
 				require.NoError(t, waitLoad(t, c, req))
 				requireSameBlocks(t, src, srcBlocks, dst, dstBlocks)
 				rec, err := plane.WaitShard(t.Context(), h.ID, 0, true)
@@ -138,7 +138,7 @@ func TestRecordModeAgainstFrames(t *testing.T) {
 			require.NoError(t, p.SetBypass(BypassNever))
 			h, err := p.Save("r", []int{0, 1, 2, 3, 4})
 			require.NoError(t, err)
-			require.NoError(t, c.Load("r", h.ID, []int{5, 6, 7, 8, 9}))
+			require.NoError(t, c.Load("r", h, []int{5, 6, 7, 8, 9}))
 			err = waitLoad(t, c, "r")
 			if tc.fails == "" {
 				require.NoError(t, err)

@@ -253,6 +253,21 @@ func WithTransport(opts ...transport.Option) Option {
 	return func(o *Options) error { o.Transport = append(o.Transport, opts...); return nil }
 }
 
+// WithTLS runs the payload transport over mutual TLS (TLS 1.3): caFile holds the authorities that sign the
+// engines' certificates, certFile and keyFile this engine's (PEM). Every engine of a deployment needs it:
+// a producer with TLS refuses plain consumers and the reverse. The files are read now.
+func WithTLS(caFile, certFile, keyFile string) Option {
+	return func(o *Options) error {
+		opt := transport.WithTLSFiles(caFile, certFile, keyFile)
+		var to transport.Options
+		if err := opt(&to); err != nil {
+			return fmt.Errorf("%w: %w", ErrOption, err)
+		}
+		o.Transport = append(o.Transport, transport.WithTLSConfig(to.TLS))
+		return nil
+	}
+}
+
 func buildOptions(opts []Option) (Options, error) {
 	o := GetDefaultOptions()
 	for _, opt := range opts {

@@ -201,7 +201,7 @@ func TestOpenRecordPublishFails(t *testing.T) {
 
 	h, err := p.Save("next", []int{3, 4, 5})
 	require.NoError(t, err)
-	require.NoError(t, c.Load("next", h.ID, []int{7, 8, 9}))
+	require.NoError(t, c.Load("next", h, []int{7, 8, 9}))
 	require.NoError(t, waitLoad(t, c, "next"))
 	requireSameBlocks(t, src, []int{3, 4, 5}, dst, []int{7, 8, 9})
 	requireReleased(t, p)
@@ -222,7 +222,7 @@ func TestCompleteRecordPublishFails(t *testing.T) {
 	h, err := p.Save("r", []int{0, 5, 9, 2})
 	require.NoError(t, err)
 	require.NoError(t, p.WaitSaved(context.Background(), "r"), "the save itself succeeded")
-	require.NoError(t, c.Load("r", h.ID, []int{1, 2, 3, 4}))
+	require.NoError(t, c.Load("r", h, []int{1, 2, 3, 4}))
 	require.NoError(t, waitLoad(t, c, "r"))
 	requireSameBlocks(t, src, []int{0, 5, 9, 2}, dst, []int{1, 2, 3, 4})
 	requireReleased(t, p)
@@ -247,7 +247,7 @@ func TestCompleteRecordDisagrees(t *testing.T) {
 	p, c, _, _ := fakePair(t, plane)
 	h, err := p.Save("r", []int{0, 1, 2, 3, 4})
 	require.NoError(t, err)
-	require.NoError(t, c.Load("r", h.ID, []int{5, 6, 7, 8, 9}))
+	require.NoError(t, c.Load("r", h, []int{5, 6, 7, 8, 9}))
 	err = waitLoad(t, c, "r")
 	require.ErrorIs(t, err, ErrFrame)
 	require.ErrorContains(t, err, "producer recorded")
@@ -273,7 +273,7 @@ func TestCompleteRecordWaitFails(t *testing.T) {
 	p, c, _, _ := fakePair(t, plane)
 	h, err := p.Save("r", []int{0, 1})
 	require.NoError(t, err)
-	require.NoError(t, c.Load("r", h.ID, []int{2, 3}))
+	require.NoError(t, c.Load("r", h, []int{2, 3}))
 	err = waitLoad(t, c, "r")
 	require.ErrorIs(t, err, szn.ErrDisconnected)
 	require.ErrorContains(t, err, "completed record")
@@ -296,7 +296,7 @@ func TestRecordNotFound(t *testing.T) {
 		}
 		return nil
 	}
-	require.NoError(t, c.Load("r", id, []int{0}))
+	require.NoError(t, c.Load("r", Handoff{ID: id, Secret: NewHandoffSecret()}, []int{0}))
 	err := waitLoad(t, c, "r")
 	require.ErrorIs(t, err, szn.ErrUnknownHandoff)
 	require.Equal(t, int64(1), c.Stats().Failed)

@@ -58,9 +58,12 @@ type ProducerStats struct {
 	HugePages                                    HugePageReport // of the last host cache registered (WithHugePages)
 }
 
-// Handoff is what the decode side needs to load a request: pass it through the engine's kv_transfer_params.
+// Handoff is what the decode side needs to load a request: pass it to the consumer it is meant for through
+// the engine's own request path (in vLLM the kv_transfer_params), never through the control plane. The ID
+// names the handoff; the Secret is what lets that consumer, and no one else, fetch it.
 type Handoff struct {
 	ID               string `json:"handoff_id"`
+	Secret           string `json:"secret"`
 	ProducerEngineID string `json:"producer_engine_id"`
 	RequestID        string `json:"request_id"`
 }
@@ -68,6 +71,7 @@ type Handoff struct {
 // save is one request's handoff on the producer.
 type save struct {
 	reqID, handoffID string
+	secret           []byte
 	blocks           []int
 	path             path // raw, fast or high-ratio frames
 	payload          *transport.StreamPayload
@@ -227,31 +231,41 @@ func NewHandoffID() string { return newHandoffID() }
 // Save hands off a whole request: Begin, every layer, and returns once the save is under way (the layers are
 // encoded in the background; WaitSaved waits for them).
 func (p *Producer) Save(reqID string, blocks []int) (Handoff, error) {
-	return p.begin(reqID, "", blocks, true)
+	return p.begin(reqID, "", "", blocks, true)
 }
 
 // Begin opens a handoff for reqID's blocks and publishes it, so a consumer can start fetching while the layers
 // are still being saved. Layers follow with SaveLayer, in order.
 func (p *Producer) Begin(reqID string, blocks []int) (Handoff, error) {
-	return p.BeginHandoff(reqID, "", blocks)
+	return p.BeginHandoff(reqID, "", "", blocks)
 }
 
-// BeginHandoff is Begin under a handoff id chosen by the caller (NewHandoffID): with tensor parallelism the
-// engine's scheduler picks one id per request and every rank's producer saves its shard under it; "" picks a
-// fresh id.
-func (p *Producer) BeginHandoff(reqID, handoffID string, blocks []int) (Handoff, error) {
-	return p.begin(reqID, handoffID, blocks, false)
+// BeginHandoff is Begin under a handoff id and secret chosen by the caller (NewHandoffID, NewHandoffSecret):
+// with tensor parallelism the engine's scheduler picks one pair per request and every rank's producer saves
+// its shard under it. "" for both picks a fresh pair; an id given without its secret is refused, since ranks
+// that each picked one would hand the consumer secrets it cannot tell apart.
+func (p *Producer) BeginHandoff(reqID, handoffID, secret string, blocks []int) (Handoff, error) {
+	return p.begin(reqID, handoffID, secret, blocks, false)
 }
 
 // begin opens and publishes a handoff; all queues every layer too (Save). The worker starts before the
 // publish, so with all the first frames are encoded during the control plane's round trip instead of after it.
-func (p *Producer) begin(reqID, handoffID string, blocks []int, all bool) (Handoff, error) {
-	if handoffID == "" {
-		handoffID = newHandoffID()
-	} else if err := szn.ValidHandoffID(handoffID); err != nil {
-		return Handoff{}, fmt.Errorf("request %q: %w", reqID, err)
+func (p *Producer) begin(reqID, handoffID, secret string, blocks []int, all bool) (Handoff, error) {
+	switch {
+	case handoffID == "" && secret == "":
+		handoffID, secret = newHandoffID(), NewHandoffSecret()
+	case handoffID == "":
+		return Handoff{}, fmt.Errorf("%w: request %q: a secret without its handoff id", ErrAccess, reqID)
+	default:
+		if err := szn.ValidHandoffID(handoffID); err != nil {
+			return Handoff{}, fmt.Errorf("request %q: %w", reqID, err)
+		}
 	}
-	s, rec, err := p.open(reqID, handoffID, blocks)
+	key, err := parseSecret(secret)
+	if err != nil {
+		return Handoff{}, fmt.Errorf("request %q handoff %s: %w", reqID, shortID(handoffID), err)
+	}
+	s, rec, err := p.open(reqID, handoffID, key, blocks)
 	if err != nil {
 		return Handoff{}, err
 	}
@@ -284,11 +298,11 @@ func (p *Producer) begin(reqID, handoffID string, blocks []int, all bool) (Hando
 	}
 	close(s.published)
 	p.log.Debug("handoff opened", "request", reqID, "handoff", shortID(s.handoffID), "blocks", len(blocks), "path", s.path)
-	return Handoff{ID: s.handoffID, ProducerEngineID: p.o.EngineID, RequestID: reqID}, saveErr
+	return Handoff{ID: s.handoffID, Secret: secret, ProducerEngineID: p.o.EngineID, RequestID: reqID}, saveErr
 }
 
 // open registers a new save and offers its payload.
-func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRecord, error) {
+func (p *Producer) open(reqID, handoffID string, secret []byte, blocks []int) (*save, *shardRecord, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
@@ -308,7 +322,7 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 	f := newFraming(l, len(blocks), p.o.FrameBytes)
 	allowed := allowedPaths(p.bypass, p.mode)
 	s := &save{
-		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...),
+		reqID: reqID, handoffID: handoffID, secret: secret, blocks: append([]int(nil), blocks...),
 		path: p.policy.choose(float64(l.layerRawBytes(len(blocks))*int64(l.Layers)), float64(l.layerRawBytes(f.per)), allowed),
 		f:    f, layers: make(chan layerJob, l.Layers), frames: make([][]byte, f.frames()), sizes: make([]uint64, f.frames()),
 		crcs: make([]uint32, f.frames()), staged: make(chan struct{}), workerDone: make(chan struct{}),
@@ -316,7 +330,7 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 	}
 	s.ctx, s.cancel = context.WithTimeout(context.Background(), p.o.HandoffTTL)
 	s.payload = transport.NewStreamPayload(f.frames(), func(err error) { p.onRelease(s, err) })
-	if err := p.srv.Offer(s.handoffID, s.payload); err != nil {
+	if err := p.srv.Offer(s.handoffID, s.secret, s.payload); err != nil {
 		s.cancel()
 		return nil, nil, err
 	}
@@ -666,8 +680,8 @@ func (p *Producer) record(s *save, complete bool) *shardRecord {
 		HandoffID: s.handoffID, RequestID: s.reqID, ProducerEngineID: p.o.EngineID, Addr: p.addr,
 		LayoutFingerprint: l.Fingerprint(), DType: l.DType.String(), Rank: p.o.Rank, TPSize: l.TPSize,
 		Layers: l.Layers, Blocks: len(s.blocks), BlocksPerFrame: s.f.per, Frames: s.f.frames(), Raw: s.path == pathRaw,
-		Mode: s.path.recordMode(),
-		TTL:  p.o.HandoffTTL,
+		Mode: s.path.recordMode(), SecretHash: secretHash(s.secret),
+		TTL: p.o.HandoffTTL,
 	}
 	if complete {
 		r.Complete = true

@@ -22,7 +22,7 @@ import (
 // last layer is staged; the consumer checks what it received against the complete record.
 type ShardRecord struct {
 	V                 int    `json:"v"`                    // protocol version; PutShard sets it
-	HandoffID         string `json:"id"`                   // NewHandoffID: the capability to fetch the payload
+	HandoffID         string `json:"id"`                   // NewHandoffID: names the handoff; fetching also takes its secret
 	RequestID         string `json:"request_id,omitempty"` // the serving engine's request id, for logs
 	ProducerEngineID  string `json:"producer"`             // completion notices go to it (NotifyDone)
 	Rank              int    `json:"rank"`
@@ -39,6 +39,10 @@ type ShardRecord struct {
 	// record without it (older producers) is fast; a raw record is always fast.
 	Mode     string `json:"mode,omitempty"`
 	Complete bool   `json:"complete"`
+	// SecretHash is a hash of the handoff's secret (never the secret, which only the consumer the handoff is
+	// addressed to gets, outside the control plane), so that a consumer holding another secret can say so
+	// before it dials. Empty: not stated.
+	SecretHash string `json:"secret_hash,omitempty"`
 
 	FrameSizes   []uint64 `json:"frame_sizes,omitempty"` // complete records: encoded size per frame
 	Checksums    []uint32 `json:"crc32c,omitempty"`      // complete records: CRC32C (Castagnoli) per frame

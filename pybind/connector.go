@@ -26,8 +26,10 @@ func init() {
 
 func connectorKind(err error) string {
 	switch {
-	case errors.Is(err, connector.ErrOption), errors.Is(err, szn.ErrInvalidOption):
+	case errors.Is(err, connector.ErrOption), errors.Is(err, szn.ErrInvalidOption), errors.Is(err, transport.ErrOption):
 		return KindOption
+	case errors.Is(err, connector.ErrAccess), errors.Is(err, transport.ErrTLS):
+		return KindAccess
 	case errors.Is(err, connector.ErrLayout), errors.Is(err, connector.ErrBlocks):
 		return KindLayout
 	case errors.Is(err, connector.ErrNotRegistered):
@@ -72,6 +74,10 @@ type planeOptions struct {
 	Password        string   `json:"password"`
 	Token           string   `json:"token"`
 	CredentialsFile string   `json:"credentials_file"`
+	NKeyFile        string   `json:"nkey_file"` // an nkey user seed file
+	TLSCA           string   `json:"tls_ca"`    // TLS to the NATS servers: CA file (PEM) that verifies them
+	TLSCert         string   `json:"tls_cert"`  // and a client certificate and key, for servers that verify clients
+	TLSKey          string   `json:"tls_key"`
 	TimeoutS        *float64 `json:"timeout_s"`
 	HandoffTTLS     *float64 `json:"handoff_ttl_s"`
 	Storage         string   `json:"storage"` // "file" (default) or "memory"
@@ -103,6 +109,13 @@ type endpointOptions struct {
 	RateLimit     *int64   `json:"rate_limit"` // bytes/s cap of the payload transport (emulates a slow link)
 	Conns         *int     `json:"conns"`
 	IOTimeoutS    *float64 `json:"io_timeout_s"`
+	// Mutual TLS between the engines on the payload transport: the CA that signs the engines' certificates,
+	// this engine's certificate and key (PEM files), and optionally the name to verify in the producer's
+	// certificate instead of its host.
+	TLSCA         string `json:"tls_ca"`
+	TLSCert       string `json:"tls_cert"`
+	TLSKey        string `json:"tls_key"`
+	TLSServerName string `json:"tls_server_name"`
 }
 
 // endpointSettings is what a producer or consumer runs with: endpointOptions' settable fields with every
@@ -121,6 +134,7 @@ type endpointSettings struct {
 	RateLimit     int64   `json:"rate_limit"`
 	Conns         int     `json:"conns"`
 	IOTimeoutS    float64 `json:"io_timeout_s"`
+	TLS           bool    `json:"tls"` // the payload transport runs over mutual TLS
 }
 
 func settingsOf(o connector.Options) (endpointSettings, error) {
@@ -144,6 +158,7 @@ func settingsOf(o connector.Options) (endpointSettings, error) {
 		RateLimit:     t.RateLimit,
 		Conns:         t.Conns,
 		IOTimeoutS:    t.IOTimeout.Seconds(),
+		TLS:           t.TLS != nil,
 	}, nil
 }
 
@@ -219,6 +234,12 @@ func PlaneConnect(optsJSON string) (h int, err error) {
 	}
 	if po.CredentialsFile != "" {
 		opts = append(opts, szn.WithCredentials(po.CredentialsFile))
+	}
+	if po.NKeyFile != "" {
+		opts = append(opts, szn.WithNKeyFile(po.NKeyFile))
+	}
+	if po.TLSCA != "" || po.TLSCert != "" || po.TLSKey != "" {
+		opts = append(opts, szn.WithTLS(po.TLSCA, po.TLSCert, po.TLSKey))
 	}
 	if po.TimeoutS != nil {
 		opts = append(opts, szn.WithTimeout(seconds(*po.TimeoutS)))
@@ -351,6 +372,12 @@ func endpointOpts(js string) ([]connector.Option, error) {
 	if eo.IOTimeoutS != nil {
 		topts = append(topts, transport.WithIOTimeout(seconds(*eo.IOTimeoutS)))
 	}
+	if eo.TLSCA != "" || eo.TLSCert != "" || eo.TLSKey != "" {
+		topts = append(topts, transport.WithTLSFiles(eo.TLSCA, eo.TLSCert, eo.TLSKey))
+	}
+	if eo.TLSServerName != "" {
+		topts = append(topts, transport.WithTLSServerName(eo.TLSServerName))
+	}
 	if len(topts) > 0 {
 		// transport's option errors carry no sentinel: check them here, so they surface as option errors
 		t := transport.GetDefaultOptions()
@@ -425,6 +452,10 @@ func LayoutFingerprint(layoutJSON string) (string, error) {
 // NewHandoffID returns a fresh handoff id; with tensor parallelism the scheduler picks one for every rank.
 func NewHandoffID() string { return connector.NewHandoffID() }
 
+// NewHandoffSecret returns a fresh handoff secret, picked with the id: only the consumer given it (through the
+// engine's request path, never the control plane) can fetch the handoff.
+func NewHandoffSecret() string { return connector.NewHandoffSecret() }
+
 // ProducerNew starts a producer (payload server) on plane and returns its handle.
 func ProducerNew(plane int, optsJSON string) (h int, err error) {
 	defer recoverInto(&err)
@@ -482,10 +513,10 @@ func register[T any](table *handles[T], h int, layoutJSON, bases string, fn func
 	return len(b), wrap(fn(e, l, b))
 }
 
-// ProducerBeginHandoff opens reqID's handoff of blocks (comma-separated) under handoffID ("" picks one) and
-// returns the handoff as JSON {"handoff_id", "producer_engine_id", "request_id"}. Layers follow with
-// ProducerSaveLayer.
-func ProducerBeginHandoff(h int, reqID, handoffID, blocks string) (js string, err error) {
+// ProducerBeginHandoff opens reqID's handoff of blocks (comma-separated) under handoffID and secret ("" for
+// both picks a pair) and returns the handoff as JSON {"handoff_id", "secret", "producer_engine_id",
+// "request_id"}. Layers follow with ProducerSaveLayer.
+func ProducerBeginHandoff(h int, reqID, handoffID, secret, blocks string) (js string, err error) {
 	defer recoverInto(&err)
 	p, err := producers.get(h)
 	if err != nil {
@@ -495,7 +526,7 @@ func ProducerBeginHandoff(h int, reqID, handoffID, blocks string) (js string, er
 	if err != nil {
 		return "", wrap(err)
 	}
-	ho, err := p.BeginHandoff(reqID, handoffID, b)
+	ho, err := p.BeginHandoff(reqID, handoffID, secret, b)
 	if err != nil {
 		return "", wrap(err)
 	}
@@ -585,8 +616,9 @@ func ConsumerRegisterHostCache(h int, layoutJSON, bases string) (n int, err erro
 	return register(consumers, h, layoutJSON, bases, (*connector.Consumer).RegisterHostCache)
 }
 
-// ConsumerLoad starts loading handoffID into blocks (comma-separated) for reqID; ConsumerPoll reports the end.
-func ConsumerLoad(h int, reqID, handoffID, blocks string) (n int, err error) {
+// ConsumerLoad starts loading handoffID, proving its secret, into blocks (comma-separated) for reqID;
+// ConsumerPoll reports the end.
+func ConsumerLoad(h int, reqID, handoffID, secret, blocks string) (n int, err error) {
 	defer recoverInto(&err)
 	c, err := consumers.get(h)
 	if err != nil {
@@ -596,7 +628,7 @@ func ConsumerLoad(h int, reqID, handoffID, blocks string) (n int, err error) {
 	if err != nil {
 		return 0, wrap(err)
 	}
-	return len(b), wrap(c.Load(reqID, handoffID, b))
+	return len(b), wrap(c.Load(reqID, connector.Handoff{ID: handoffID, Secret: secret}, b))
 }
 
 type pollResult struct {

@@ -90,7 +90,7 @@ func pollUntil(t *testing.T, c int, req string) (done bool, failure pollFailure)
 func TestConnectorTPHandoffThroughBinding(t *testing.T) {
 	plane := mustPlane(t)
 	const tp, layers, blocks = 2, 3, 8
-	hid := NewHandoffID()
+	hid, secret := NewHandoffID(), NewHandoffSecret()
 	src := []int{1, 4, 6}
 	dst := []int{7, 0, 2}
 	var srcCaches, dstCaches []*testCache
@@ -111,11 +111,12 @@ func TestConnectorTPHandoffThroughBinding(t *testing.T) {
 		_, err = ConsumerRegisterHostCache(c, dc.layoutJSON(t), dc.bases())
 		require.NoError(t, err)
 
-		js, err := ProducerBeginHandoff(p, "req-1", hid, "1,4,6")
+		js, err := ProducerBeginHandoff(p, "req-1", hid, secret, "1,4,6")
 		require.NoError(t, err)
 		var ho map[string]string
 		require.NoError(t, json.Unmarshal([]byte(js), &ho))
 		require.Equal(t, hid, ho["handoff_id"])
+		require.Equal(t, secret, ho["secret"])
 		require.Equal(t, "prefill", ho["producer_engine_id"])
 		for l := range layers {
 			_, err := ProducerSaveLayer(p, "req-1", l)
@@ -131,7 +132,7 @@ func TestConnectorTPHandoffThroughBinding(t *testing.T) {
 		cons = append(cons, c)
 	}
 	for r, c := range cons {
-		_, err := ConsumerLoad(c, "req-1", hid, "[7, 0, 2]")
+		_, err := ConsumerLoad(c, "req-1", hid, secret, "[7, 0, 2]")
 		require.NoError(t, err)
 		ok, f := pollUntil(t, c, "req-1")
 		require.True(t, ok, "rank %d: %+v", r, f)
@@ -168,7 +169,7 @@ func TestConnectorTPMismatchFailsLoad(t *testing.T) {
 	require.NoError(t, err)
 	_, err = ConsumerRegisterHostCache(c, dc.layoutJSON(t), dc.bases())
 	require.NoError(t, err)
-	js, err := ProducerBeginHandoff(p, "r", "", "0,1")
+	js, err := ProducerBeginHandoff(p, "r", "", "", "0,1")
 	require.NoError(t, err)
 	var ho map[string]string
 	require.NoError(t, json.Unmarshal([]byte(js), &ho))
@@ -176,7 +177,7 @@ func TestConnectorTPMismatchFailsLoad(t *testing.T) {
 		_, err = ProducerSaveLayer(p, "r", l)
 		require.NoError(t, err)
 	}
-	_, err = ConsumerLoad(c, "r", ho["handoff_id"], "2,3")
+	_, err = ConsumerLoad(c, "r", ho["handoff_id"], ho["secret"], "2,3")
 	require.NoError(t, err)
 	ok, f := pollUntil(t, c, "r")
 	require.False(t, ok)
@@ -199,7 +200,7 @@ func TestConnectorErrorsCarryKinds(t *testing.T) {
 
 	p, err := ProducerNew(plane, `{"engine_id":"x"}`)
 	require.NoError(t, err)
-	_, err = ProducerBeginHandoff(p, "r", "", "0")
+	_, err = ProducerBeginHandoff(p, "r", "", "", "0")
 	require.Equal(t, KindNotRegistered, kindPrefix(t, err))
 	c := newTestCache(1, 2, 4, 1, 8, 1, 3)
 	bad := c.layout["dtype"]
@@ -213,7 +214,7 @@ func TestConnectorErrorsCarryKinds(t *testing.T) {
 	require.Equal(t, KindArgument, kindPrefix(t, err))
 	_, err = ProducerRegisterHostCache(p, c.layoutJSON(t), c.bases())
 	require.NoError(t, err)
-	_, err = ProducerBeginHandoff(p, "r", "", "5")
+	_, err = ProducerBeginHandoff(p, "r", "", "", "5")
 	require.Equal(t, KindLayout, kindPrefix(t, err), "block outside the cache")
 	_, err = ProducerSaveLayer(p, "nope", 0)
 	require.Equal(t, KindUnknownRequest, kindPrefix(t, err))

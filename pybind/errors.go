@@ -45,6 +45,7 @@ const (
 	KindHandoff        = "handoff"         // unknown, expired or released handoff
 	KindControlPlane   = "control_plane"   // NATS trouble (disconnected, invalid record, …)
 	KindTimeout        = "timeout"         // a wait ran out
+	KindAccess         = "access"          // a handoff secret missing or not the handoff's, or TLS refused a peer
 )
 
 // errorKinds is every kind above, in declaration order; TestErrorKindsListsEveryConstant keeps it complete.
@@ -52,7 +53,7 @@ var errorKinds = []string{
 	KindBadMagic, KindVersion, KindCorrupt, KindChecksum, KindTruncated, KindDType, KindSize, KindBuffer, KindCodebook,
 	KindOption, KindHandle, KindIO, KindNoDriver, KindCUDA, KindAlignment, KindArgument, KindInternal,
 	KindLayout, KindNotRegistered, KindClosed, KindDuplicate, KindUnknownRequest, KindMismatch, KindFrame,
-	KindBusy, KindHandoff, KindControlPlane, KindTimeout,
+	KindBusy, KindHandoff, KindControlPlane, KindTimeout, KindAccess,
 }
 
 // ErrorKinds returns every error kind this package's messages may carry, comma-separated, in declaration

@@ -29,6 +29,10 @@ func bench(w io.Writer, args []string) error {
 			return runBenchTransfer(args[1:])
 		case "transfer-producer": // the producer process of 'bench transfer'
 			return runTransferProducer(args[1:])
+		case "wire":
+			return runBenchWire(args[1:])
+		case "wire-producer": // the producer process of 'bench wire'
+			return runWireProducer(args[1:])
 		}
 	}
 	fs := newFlags("bench", "")

@@ -157,6 +157,7 @@ func parseModes(mode, modes string) ([]string, error) {
 
 type saveReply struct {
 	Handoff string `json:"handoff,omitempty"`
+	Secret  string `json:"secret,omitempty"` // the handoff's secret, over the pipe between the two processes
 	Err     string `json:"err,omitempty"`
 }
 
@@ -285,7 +286,7 @@ func runBenchTransfer(args []string) error {
 		for i, b := range blocks {
 			dst[i] = b + maxBlocks // different block ids on the decode side
 		}
-		if err := cons.Load(req, r.Handoff, dst); err != nil {
+		if err := cons.Load(req, connector.Handoff{ID: r.Handoff, Secret: r.Secret}, dst); err != nil {
 			return 0, 0, err
 		}
 		for {
@@ -632,7 +633,7 @@ func runTransferProducer(args []string) error {
 		if err != nil {
 			r.Err = err.Error()
 		}
-		r.Handoff = h.ID
+		r.Handoff, r.Secret = h.ID, h.Secret
 		if err := out.Encode(r); err != nil {
 			return err
 		}

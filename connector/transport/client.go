@@ -3,6 +3,7 @@ package transport
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -30,18 +32,19 @@ var errNotNeeded = errors.New("splitzip/transport: connection not needed")
 // aLongTimeAgo is a deadline in the past, used to interrupt blocked I/O.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// Fetch retrieves the handoff id from the producer at addr, handing every
-// chunk to sink as soon as it is received and verified. It returns nil only
+// Fetch retrieves the handoff id from the producer at addr, proving on every
+// connection that it holds the handoff's secret (the one given to Offer),
+// and hands every chunk to sink as soon as it is received and verified. It returns nil only
 // after every chunk was accepted by sink and the producer acknowledged the
 // end of the transfer (the producer has then released the payload). On error
 // (wrapping one of the package's sentinels; see [Error]) some chunks may
 // already have been given to sink: the caller must treat the whole request as
 // failed. Fetch may be retried while the handoff lives.
-func Fetch(ctx context.Context, addr, id string, sink Sink, opts ...Option) (Stats, error) {
+func Fetch(ctx context.Context, addr, id string, secret []byte, sink Sink, opts ...Option) (Stats, error) {
 	if sink == nil {
-		return Stats{}, fmt.Errorf("splitzip/transport: fetch: nil sink")
+		return Stats{}, fmt.Errorf("%w: fetch: nil sink", ErrOption)
 	}
-	return FetchCRC(ctx, addr, id, func(i int, data []byte, _ uint32) error { return sink(i, data) }, opts...)
+	return FetchCRC(ctx, addr, id, secret, func(i int, data []byte, _ uint32) error { return sink(i, data) }, opts...)
 }
 
 // SinkCRC is a Sink that also receives the chunk's CRC-32C, verified against the producer's: a consumer that
@@ -49,23 +52,26 @@ func Fetch(ctx context.Context, addr, id string, sink Sink, opts ...Option) (Sta
 type SinkCRC func(i int, data []byte, crc uint32) error
 
 // FetchCRC is Fetch with a SinkCRC.
-func FetchCRC(ctx context.Context, addr, id string, sink SinkCRC, opts ...Option) (Stats, error) {
+func FetchCRC(ctx context.Context, addr, id string, secret []byte, sink SinkCRC, opts ...Option) (Stats, error) {
 	start := time.Now()
 	o, err := buildOptions(opts)
 	if err != nil {
 		return Stats{}, err
 	}
 	if len(id) == 0 || len(id) > maxIDLen {
-		return Stats{}, fmt.Errorf("splitzip/transport: fetch: handoff id length %d not in 1..%d", len(id), maxIDLen)
+		return Stats{}, fmt.Errorf("%w: fetch: handoff id length %d not in 1..%d", ErrOption, len(id), maxIDLen)
+	}
+	if err := checkSecret(secret); err != nil {
+		return Stats{}, fmt.Errorf("fetch: %w", err)
 	}
 	if sink == nil {
-		return Stats{}, fmt.Errorf("splitzip/transport: fetch: nil sink")
+		return Stats{}, fmt.Errorf("%w: fetch: nil sink", ErrOption)
 	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	dctx, stopDials := context.WithCancel(fctx)
 	defer stopDials()
-	f := &fetch{o: o, addr: addr, id: id, sink: sink, pacer: newPacer(o.RateLimit),
+	f := &fetch{o: o, addr: addr, id: id, secret: secret, sink: sink, pacer: newPacer(o.RateLimit),
 		ctx: fctx, fail: cancel, stopDials: stopDials}
 
 	primary, rep, err := f.dial(dctx, kindOpen, [tokenLen]byte{})
@@ -116,6 +122,7 @@ func FetchCRC(ctx context.Context, addr, id string, sink SinkCRC, opts ...Option
 type fetch struct {
 	o         Options
 	addr, id  string
+	secret    []byte
 	sink      SinkCRC
 	pacer     *pacer
 	ctx       context.Context
@@ -168,7 +175,8 @@ func (c *cconn) close() {
 
 var clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 
-// dial connects and performs the handshake.
+// dial connects and performs the handshake: TLS if configured, the hello,
+// the proof of the secret, the producer's answer.
 func (f *fetch) dial(ctx context.Context, kind byte, token [tokenLen]byte) (*cconn, reply, error) {
 	var rep reply
 	d := net.Dialer{Timeout: f.o.IOTimeout}
@@ -184,7 +192,6 @@ func (f *fetch) dial(ctx context.Context, kind byte, token [tokenLen]byte) (*cco
 	}
 	tuneConn(nc, f.o.SocketBuffer)
 	br := clientReaders.Get().(*bufio.Reader)
-	br.Reset(nc)
 	c := &cconn{Conn: nc, br: br}
 	// Any failure of the fetch interrupts blocked I/O on every connection.
 	c.stop = context.AfterFunc(f.ctx, func() { nc.SetDeadline(aLongTimeAgo) })
@@ -195,14 +202,70 @@ func (f *fetch) dial(ctx context.Context, kind byte, token [tokenLen]byte) (*cco
 		}
 		return nil, rep, newError(kind, f.id, -1, detail, cause)
 	}
+	c.SetDeadline(time.Now().Add(f.o.IOTimeout))
+	if f.o.TLS != nil {
+		cfg := f.o.TLS.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = f.o.TLSServerName
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(f.addr)
+		}
+		tc := tls.Client(nc, cfg)
+		c.Conn = tc
+		if err := tc.HandshakeContext(ctx); err != nil {
+			detail := "with " + f.addr
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+				detail += " (does the producer serve TLS, and trust this consumer's certificate?)"
+			}
+			return fail(ErrTLS, detail, err)
+		}
+	}
+	br.Reset(c.Conn)
 
 	var b [replyLen + maxMsgLen]byte
 	h := hello{version: f.o.version, kind: kind, token: token, id: f.id}
-	c.SetDeadline(time.Now().Add(f.o.IOTimeout))
-	if _, err := c.Write(h.appendTo(b[:0])); err != nil {
+	helloBytes := h.appendTo(make([]byte, 0, helloFixedLen+len(f.id)))
+	if _, err := c.Write(helloBytes); err != nil {
 		return fail(ioKind(err), "sending hello", err)
 	}
-	if _, err := io.ReadFull(br, b[:6]); err != nil {
+	ch, msg, err := f.readReply(c, b[:])
+	if err != nil {
+		c.close()
+		return nil, rep, err
+	}
+	if ch.status != statusChallenge {
+		if ch.status == codeOK {
+			return fail(ErrProtocol, "the producer did not challenge this consumer", nil)
+		}
+		return fail(codeKind(ch.status), "producer: "+msg, nil)
+	}
+	p := proof(f.secret, [nonceLen]byte(ch.token), helloBytes)
+	if _, err := c.Write(p[:]); err != nil {
+		return fail(ioKind(err), "sending proof", err)
+	}
+	rep, msg, err = f.readReply(c, b[:])
+	if err != nil {
+		c.close()
+		return nil, rep, err
+	}
+	if rep.status != codeOK {
+		return fail(codeKind(rep.status), "producer: "+msg, nil)
+	}
+	c.SetDeadline(time.Time{})
+	return c, rep, nil
+}
+
+// readReply reads one handshake reply into b and returns it with its
+// message.
+func (f *fetch) readReply(c *cconn, b []byte) (rep reply, msg string, err error) {
+	fail := func(kind error, detail string, cause error) (reply, string, error) {
+		if f.ctx.Err() != nil {
+			return rep, "", f.err()
+		}
+		return rep, "", newError(kind, f.id, -1, detail, cause)
+	}
+	if _, err := io.ReadFull(c.br, b[:6]); err != nil {
 		return fail(ioKind(err), "reading handshake reply", err)
 	}
 	if [4]byte(b[:4]) != magic {
@@ -210,12 +273,13 @@ func (f *fetch) dial(ctx context.Context, kind byte, token [tokenLen]byte) (*cco
 	}
 	rep.version = uint16(b[4])<<8 | uint16(b[5])
 	if rep.version != f.o.version {
-		// Read the producer's explanation if it fits the layout we know;
-		// the version check stands either way.
 		detail := fmt.Sprintf("producer speaks protocol version %d, consumer %d", rep.version, f.o.version)
+		if rep.version < 2 {
+			detail += " (version 2 authenticates fetches; upgrade the producer)"
+		}
 		return fail(ErrIncompatibleVersion, detail, nil)
 	}
-	if _, err := io.ReadFull(br, b[6:replyLen]); err != nil {
+	if _, err := io.ReadFull(c.br, b[6:replyLen]); err != nil {
 		return fail(ioKind(err), "reading handshake reply", err)
 	}
 	rep.status = b[6]
@@ -225,14 +289,10 @@ func (f *fetch) dial(ctx context.Context, kind byte, token [tokenLen]byte) (*cco
 	if msgLen > maxMsgLen {
 		return fail(ErrProtocol, fmt.Sprintf("handshake message of %d bytes", msgLen), nil)
 	}
-	if _, err := io.ReadFull(br, b[replyLen:replyLen+msgLen]); err != nil {
+	if _, err := io.ReadFull(c.br, b[replyLen:replyLen+msgLen]); err != nil {
 		return fail(ioKind(err), "reading handshake reply", err)
 	}
-	if rep.status != codeOK {
-		return fail(codeKind(rep.status), "producer: "+string(b[replyLen:replyLen+msgLen]), nil)
-	}
-	c.SetDeadline(time.Time{})
-	return c, rep, nil
+	return rep, string(b[replyLen : replyLen+msgLen]), nil
 }
 
 type item struct {

@@ -13,6 +13,15 @@
 //     connection, verifies a CRC32C per chunk and hands every verified chunk
 //     to its [Sink] while later chunks are still on the wire.
 //
+// Access: a handoff is offered under an id and a secret. On every
+// connection the producer challenges the consumer with a fresh nonce and
+// serves only one that proves, with an HMAC-SHA256 over the nonce and its
+// hello, that it holds the secret; an unknown id and a wrong proof get the
+// same answer, so a consumer without the secret learns nothing, and a
+// recorded proof cannot be replayed. With WithTLSFiles on both sides the
+// connections run over mutual TLS, which also keeps the payload from
+// observers.
+//
 // Every read and write carries a deadline; a producer that is slow to
 // produce a chunk keeps the connection alive with keepalive frames, a
 // producer that died does not. Resources are bounded on both sides: chunk

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -15,7 +16,9 @@ import (
 // where one applies, and the underlying cause.
 var (
 	// ErrUnknownHandoff: the producer has no handoff under this id (never
-	// offered, withdrawn, or already fetched successfully).
+	// offered, withdrawn, or already fetched successfully), or the consumer
+	// does not hold the handoff's secret: the producer gives both the same
+	// answer, so that a consumer without the secret learns nothing.
 	ErrUnknownHandoff = errors.New("splitzip/transport: unknown handoff")
 	// ErrExpired: the handoff's time to live ran out before or during the
 	// transfer.
@@ -52,6 +55,12 @@ var (
 	// ErrReleased: the payload was released; returned by StreamPayload.Put
 	// and Chunk afterwards.
 	ErrReleased = errors.New("splitzip/transport: payload released")
+	// ErrTLS: the TLS handshake failed (certificate not trusted, no client
+	// certificate, one side without TLS).
+	ErrTLS = errors.New("splitzip/transport: TLS handshake failed")
+	// ErrOption: an option's value is invalid, or options contradict each
+	// other.
+	ErrOption = errors.New("splitzip/transport: invalid option")
 )
 
 // Error is the concrete type of errors returned by Fetch and the server:
@@ -124,10 +133,20 @@ func shortID(id string) string {
 
 // ioKind classifies a network error into a sentinel.
 func ioKind(err error) error {
-	var ne net.Error
+	var (
+		ne    net.Error
+		op    *net.OpError
+		alert tls.AlertError
+		cert  *tls.CertificateVerificationError
+		rec   tls.RecordHeaderError
+	)
 	switch {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return err
+	case errors.As(err, &alert), errors.As(err, &cert), errors.As(err, &rec),
+		errors.As(err, &op) && op.Op == "remote error": // a TLS alert from the peer
+		// TLS 1.3 reports a refused client certificate at the first read.
+		return ErrTLS
 	case errors.As(err, &ne) && ne.Timeout():
 		return ErrTimeout
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),

@@ -13,6 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// testSecret is the handoff secret of the tests that are not about access.
+var testSecret = []byte("splitzip transport test secret!!")
+
 func newServer(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	s, err := Listen("127.0.0.1:0", opts...)
@@ -168,6 +171,43 @@ func readHello(c net.Conn) (hello, error) {
 	}
 	h.id = string(b[helloFixedLen : helloFixedLen+n])
 	return h, nil
+}
+
+// challenge plays a producer's side of the proof on a fake peer: it sends a
+// challenge and reads the consumer's proof.
+func challenge(c net.Conn, h hello) ([proofLen]byte, error) {
+	ch := reply{version: h.version, status: statusChallenge, token: [tokenLen]byte{1, 2, 3}}
+	var p [proofLen]byte
+	if _, err := c.Write(ch.appendTo(nil)); err != nil {
+		return p, err
+	}
+	_, err := io.ReadFull(c, p[:])
+	return p, err
+}
+
+// rawHandshake plays a consumer's side of the handshake on c: hello,
+// challenge, proof under secret. It returns the producer's final reply
+// status.
+func rawHandshake(t testing.TB, c net.Conn, kind byte, id string, secret []byte) byte {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	h := (&hello{version: ProtocolVersion, kind: kind, id: id}).appendTo(nil)
+	_, err := c.Write(h)
+	require.NoError(t, err)
+	var b [replyLen]byte
+	_, err = io.ReadFull(c, b[:])
+	require.NoError(t, err)
+	require.Equal(t, statusChallenge, b[6])
+	p := proof(secret, [nonceLen]byte(b[12:28]), h)
+	_, err = c.Write(p[:])
+	require.NoError(t, err)
+	_, err = io.ReadFull(c, b[:])
+	require.NoError(t, err)
+	msg := make([]byte, int(b[28])<<8|int(b[29]))
+	_, err = io.ReadFull(c, msg)
+	require.NoError(t, err)
+	return b[6]
 }
 
 // proxy forwards TCP between consumers and a producer, letting a test see

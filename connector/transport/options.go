@@ -1,8 +1,11 @@
 package transport
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -50,6 +53,18 @@ type Options struct {
 	// MaxConns bounds the open connections (handshaking or transferring);
 	// one beyond it is answered ErrBusy and closed. Server. Default 1024.
 	MaxConns int
+	// TLS, when set, runs every connection over TLS with this
+	// configuration: the Server as a TLS server (set ClientAuth and
+	// ClientCAs for mutual TLS: WithTLSFiles does), Fetch as a TLS client
+	// (RootCAs verify the producer; ServerName defaults to the dialed host,
+	// see TLSServerName). Both sides must agree: a plain consumer of a TLS
+	// producer gets ErrTLS, and so does a TLS consumer of a plain one.
+	// Both. Default nil: plain TCP.
+	TLS *tls.Config
+	// TLSServerName is the name a Fetch verifies in the producer's
+	// certificate instead of the dialed host (one certificate for a whole
+	// cluster, say). Fetch. Default "": the host of the address dialed.
+	TLSServerName string
 	// OnTransfer, if set, is called once per transfer when it ends, with
 	// its statistics (Stats.Err is nil for a completed transfer). Server.
 	// It must not block for long.
@@ -91,7 +106,7 @@ func buildOptions(opts []Option) (Options, error) {
 }
 
 func errOption(format string, args ...any) error {
-	return fmt.Errorf("splitzip/transport: invalid option: "+format, args...)
+	return fmt.Errorf("%w: "+format, append([]any{ErrOption}, args...)...)
 }
 
 // WithConns sets Options.Conns (1..64).
@@ -209,6 +224,80 @@ func WithMaxConns(n int) Option {
 func WithOnTransfer(f func(Stats)) Option {
 	return func(o *Options) error {
 		o.OnTransfer = f
+		return nil
+	}
+}
+
+// WithTLSConfig sets Options.TLS to cfg (used as given, not copied). It
+// must hold a certificate: a Server presents it, a Fetch presents it as its
+// client certificate (mutual TLS).
+func WithTLSConfig(cfg *tls.Config) Option {
+	return func(o *Options) error {
+		if cfg == nil {
+			return errOption("nil TLS config")
+		}
+		if len(cfg.Certificates) == 0 && cfg.GetCertificate == nil && cfg.GetClientCertificate == nil {
+			return errOption("TLS config holds no certificate (engines authenticate each other: mutual TLS)")
+		}
+		o.TLS = cfg
+		return nil
+	}
+}
+
+// WithTLSFiles sets Options.TLS to mutual TLS from PEM files: caFile holds
+// the certificate authorities that sign the engines' certificates (both
+// the producer's and the consumer's are checked against them), certFile and
+// keyFile this engine's certificate chain and key. TLS 1.3 only. The files
+// are read once, when WithTLSFiles is called (a bad path or a key that does
+// not match fails the Listen or Fetch given the option), and every use of the
+// option shares one configuration, so that a consumer's fetches to a
+// producer resume TLS sessions instead of a full handshake per connection.
+func WithTLSFiles(caFile, certFile, keyFile string) Option {
+	cfg, err := mutualTLS(caFile, certFile, keyFile)
+	return func(o *Options) error {
+		if err != nil {
+			return err
+		}
+		o.TLS = cfg
+		return nil
+	}
+}
+
+func mutualTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	if caFile == "" || certFile == "" || keyFile == "" {
+		return nil, errOption("TLS needs a CA file, a certificate file and a key file (got %q, %q, %q)", caFile, certFile, keyFile)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, errOption("TLS CA file: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errOption("TLS CA file %s holds no PEM certificate", caFile)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, errOption("TLS certificate %s / key %s: %v", certFile, keyFile, err)
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		// Later connections to a producer resume the session (TLS 1.3 PSK with the producer's ticket, which
+		// holds the verified client certificate) instead of a full handshake: a fetch opens several.
+		ClientSessionCache: tls.NewLRUClientSessionCache(256),
+	}, nil
+}
+
+// WithTLSServerName sets Options.TLSServerName.
+func WithTLSServerName(name string) Option {
+	return func(o *Options) error {
+		if name == "" {
+			return errOption("empty TLS server name")
+		}
+		o.TLSServerName = name
 		return nil
 	}
 }

@@ -39,14 +39,32 @@ type ChunkChecksummer interface {
 }
 
 // NewHandoffID returns a fresh unguessable handoff id: 128 random bits in
-// hex. Whoever knows the id can fetch the payload, so treat it as a
-// capability: pass it only to the intended consumer.
+// hex. The id names a handoff; the secret given to Offer (NewSecret) is what
+// lets a consumer fetch it.
 func NewHandoffID() string {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic("splitzip/transport: crypto/rand: " + err.Error())
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// NewSecret returns a fresh handoff secret: 32 bytes from crypto/rand. Give
+// it to Offer, and to the one consumer the handoff is for by a channel other
+// than the one that carries the id.
+func NewSecret() []byte {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic("splitzip/transport: crypto/rand: " + err.Error())
+	}
+	return b
+}
+
+func checkSecret(secret []byte) error {
+	if len(secret) < MinSecretLen || len(secret) > MaxSecretLen {
+		return fmt.Errorf("%w: handoff secret of %d bytes, want %d..%d", ErrOption, len(secret), MinSecretLen, MaxSecretLen)
+	}
+	return nil
 }
 
 // StreamPayload is a Payload filled over time: the producer calls Put for

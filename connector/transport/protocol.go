@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"hash/crc32"
 )
@@ -11,7 +13,13 @@ import (
 // Version history:
 //
 //	1: first version.
-const ProtocolVersion uint16 = 1
+//	2: authenticated fetches. The producer answers every hello with a
+//	   challenge (a fresh random nonce); the consumer proves that it holds
+//	   the handoff's secret with an HMAC-SHA256 over the nonce and its
+//	   hello, and only then learns anything about the handoff. Version 1
+//	   peers are refused (code 4): a producer never serves a fetch that
+//	   proves nothing.
+const ProtocolVersion uint16 = 2
 
 // magic opens every client hello and server reply. Bytes 0..5 of both (magic
 // and version) are frozen across all versions so that any two versions can
@@ -27,8 +35,35 @@ const (
 	maxIDLen      = 255  // handoff id bytes
 	maxMsgLen     = 1024 // error message bytes
 	tokenLen      = 16
+	nonceLen      = 16 // challenge nonce, carried in the reply's token field
+	proofLen      = sha256.Size
 	noChunk       = 0xFFFFFFFF
 )
+
+// Secret lengths accepted by Offer and Fetch. NewSecret makes 32 bytes.
+const (
+	MinSecretLen = 16
+	MaxSecretLen = 64
+)
+
+// proofLabel opens the MAC's input, so that the key proves nothing in any
+// other context.
+const proofLabel = "splitzip transport v2 fetch proof\x00"
+
+// proof is the consumer's answer to a challenge: HMAC-SHA256 under the
+// handoff's secret of the label, the nonce and the hello exactly as sent.
+// Binding the hello (kind, id, session token) means a proof opens only the
+// connection it was made for; the nonce, fresh on every connection, means
+// an observer cannot replay it.
+func proof(secret []byte, nonce [nonceLen]byte, hello []byte) [proofLen]byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(proofLabel))
+	m.Write(nonce[:])
+	m.Write(hello)
+	var out [proofLen]byte
+	m.Sum(out[:0])
+	return out
+}
 
 // Hello kinds (client hello byte 6).
 const (
@@ -61,6 +96,11 @@ const (
 	codeProtocol byte = 6 // malformed or out-of-order message
 	codeClosing  byte = 7 // server shutting down
 	codeTooLarge byte = 8 // chunk larger than the server's limit
+	codeTLS      byte = 9 // the producer serves TLS only
+
+	// statusChallenge marks a reply that is a challenge: its token field
+	// holds the nonce the consumer must prove its secret over.
+	statusChallenge byte = 0x80
 )
 
 // codeKind maps a wire code to the consumer-side sentinel.
@@ -80,6 +120,8 @@ func codeKind(c byte) error {
 		return ErrPeerClosed
 	case codeTooLarge:
 		return ErrTooLarge
+	case codeTLS:
+		return ErrTLS
 	}
 	return ErrProtocol
 }

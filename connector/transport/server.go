@@ -3,7 +3,9 @@ package transport
 import (
 	"bufio"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,6 +23,10 @@ const maxTombstones = 4096
 // errSuperseded ends a transfer when its consumer opens a new one.
 var errSuperseded = errors.New("splitzip/transport: superseded by a newer fetch")
 
+// unpacedWrite is the write size of chunk data the server need neither
+// checksum nor pace.
+const unpacedWrite = 1 << 20
+
 // busySlack is how many connections beyond MaxConns are still read and
 // answered "busy"; further ones are closed at once.
 const busySlack = 64
@@ -31,6 +37,9 @@ type Server struct {
 	o     Options
 	ln    net.Listener
 	pacer *pacer
+	// dummy is the key proofs are checked against for ids the server does
+	// not know, so that an unknown id costs the same work as a wrong proof.
+	dummy [32]byte
 
 	mu        sync.Mutex
 	closed    bool
@@ -47,13 +56,15 @@ type Server struct {
 type tomb struct {
 	code   byte
 	detail string
+	secret []byte // a consumer that proves it learns why the id is gone
 }
 
 type handoff struct {
-	id    string
-	p     Payload
-	n     int
-	timer *time.Timer
+	id     string
+	secret []byte
+	p      Payload
+	n      int
+	timer  *time.Timer
 
 	// guarded by Server.mu
 	sess    *session // current transfer, nil if none
@@ -102,6 +113,7 @@ func Listen(addr string, opts ...Option) (*Server, error) {
 		tombRing: make([]string, 0, maxTombstones),
 		conns:    make(map[net.Conn]struct{}),
 	}
+	rand.Read(s.dummy[:])
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s, nil
@@ -112,12 +124,17 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Offer registers p under id until it is fetched, withdrawn, expires
 // (Options.HandoffTTL) or the server closes; p.Release is called exactly once
-// in each case. id should come from NewHandoffID: whoever knows it can fetch
-// the payload. Offer fails if id is empty, longer than 255 bytes, already
-// offered, p has more than MaxChunks chunks, or the server is closed.
-func (s *Server) Offer(id string, p Payload) error {
+// in each case. Only a consumer that proves it holds secret (NewSecret; 16 to
+// 64 bytes, copied) can fetch it; anyone else, id or not, is told the
+// handoff does not exist. Offer fails if id is empty, longer than 255 bytes,
+// already offered, the secret's length is out of range, p has more than
+// MaxChunks chunks, or the server is closed.
+func (s *Server) Offer(id string, secret []byte, p Payload) error {
 	if len(id) == 0 || len(id) > maxIDLen {
-		return fmt.Errorf("splitzip/transport: offer: handoff id length %d not in 1..%d", len(id), maxIDLen)
+		return fmt.Errorf("%w: offer: handoff id length %d not in 1..%d", ErrOption, len(id), maxIDLen)
+	}
+	if err := checkSecret(secret); err != nil {
+		return fmt.Errorf("offer: %w", err)
 	}
 	n := p.NumChunks()
 	if n < 0 || n > s.o.MaxChunks {
@@ -129,9 +146,9 @@ func (s *Server) Offer(id string, p Payload) error {
 		return ErrClosed
 	}
 	if _, ok := s.handoffs[id]; ok {
-		return fmt.Errorf("splitzip/transport: offer: handoff %s already offered", shortID(id))
+		return fmt.Errorf("%w: offer: handoff %s already offered", ErrOption, shortID(id))
 	}
-	h := &handoff{id: id, p: p, n: n}
+	h := &handoff{id: id, secret: append([]byte(nil), secret...), p: p, n: n}
 	h.timer = time.AfterFunc(s.o.HandoffTTL, func() { s.retire(h, ErrExpired, codeExpired, "handoff expired") })
 	s.handoffs[id] = h
 	delete(s.tombs, id)
@@ -218,7 +235,7 @@ func (s *Server) removeLocked(h *handoff, cause error, code byte, detail string)
 		s.tombRing[s.tombHead] = h.id
 		s.tombHead = (s.tombHead + 1) % maxTombstones
 	}
-	s.tombs[h.id] = tomb{code: code, detail: detail}
+	s.tombs[h.id] = tomb{code: code, detail: detail, secret: h.secret}
 }
 
 func (s *Server) acceptLoop() {
@@ -258,20 +275,20 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256
 // sconn is one server-side connection.
 type sconn struct {
 	s       *Server
-	c       net.Conn
+	c       net.Conn // the TCP connection, or TLS over it
 	br      *bufio.Reader
 	hdr     [frameLen]byte
 	trailer [trailerLen]byte
 	arr     [3][]byte // backing array for bufs
 	bufs    net.Buffers
+	tlsOut  *coalescer // TLS: collects the records of one write into one syscall
 }
 
 func (s *Server) serveConn(c net.Conn, over bool) {
 	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(c)
 	sc := &sconn{s: s, c: c, br: br}
 	defer func() {
-		c.Close()
+		sc.c.Close()
 		br.Reset(nil)
 		readerPool.Put(br)
 		s.mu.Lock()
@@ -280,6 +297,10 @@ func (s *Server) serveConn(c net.Conn, over bool) {
 		s.wg.Done()
 	}()
 	tuneConn(c, s.o.SocketBuffer)
+	if s.o.TLS != nil && !sc.startTLS() {
+		return
+	}
+	br.Reset(sc.c)
 	sess := sc.handshake(over)
 	if sess == nil {
 		return
@@ -288,8 +309,100 @@ func (s *Server) serveConn(c net.Conn, over bool) {
 	sc.serve(sess)
 }
 
-// handshake reads the hello and answers it; it returns the session joined,
-// or nil after answering with an error.
+// tlsRecordHandshake is the first byte of a TLS client hello.
+const tlsRecordHandshake = 0x16
+
+// startTLS runs the server side of the TLS handshake. A consumer that speaks
+// the plain protocol to a TLS producer is told so in the plain protocol.
+func (sc *sconn) startTLS() bool {
+	s := sc.s
+	var first [1]byte
+	sc.c.SetDeadline(time.Now().Add(s.o.IOTimeout))
+	if _, err := io.ReadFull(sc.c, first[:]); err != nil {
+		return false
+	}
+	pc := &prefixConn{Conn: sc.c, pre: first[:]}
+	if first[0] != tlsRecordHandshake {
+		if first[0] == magic[0] {
+			sc.c = pc
+			sc.br.Reset(pc)
+			sc.reject(codeTLS, "the producer serves TLS only: give this consumer the TLS options too")
+		}
+		return false
+	}
+	out := &coalescer{Conn: pc}
+	tc := tls.Server(out, s.o.TLS)
+	sc.c = tc
+	if err := tc.Handshake(); err != nil { // bounded by the deadline above
+		return false
+	}
+	sc.c.SetDeadline(time.Time{})
+	out.on = true
+	sc.tlsOut = out
+	return true
+}
+
+// coalescer gathers what TLS writes to the connection (a record of at most
+// 16 KiB per Write call) until flush, so that a 256 KiB slice of a chunk
+// costs one syscall instead of sixteen: copying the records once is cheaper
+// than the calls. Off during the handshake, which flushes by itself.
+type coalescer struct {
+	net.Conn
+	on  bool
+	buf []byte
+}
+
+func (c *coalescer) Write(b []byte) (int, error) {
+	if !c.on {
+		return c.Conn.Write(b)
+	}
+	c.buf = append(c.buf, b...)
+	return len(b), nil
+}
+
+func (c *coalescer) flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	if cap(c.buf) > 2*unpacedWrite {
+		c.buf = nil // a one-off large write: do not keep its buffer
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return err
+}
+
+// prefixConn returns bytes already read before reading from Conn.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// msgDenied answers an unknown id and a wrong proof alike.
+const msgDenied = "no such handoff, or this consumer does not hold its secret"
+
+// handshake reads the hello, challenges the consumer to prove that it holds
+// the handoff's secret, and answers; it returns the session joined, or nil
+// after answering with an error. Nothing the producer says before the proof
+// depends on the id: a consumer without the secret gets the answer an
+// unknown id gets, after the same work.
 func (sc *sconn) handshake(over bool) *session {
 	s := sc.s
 	var b [helloFixedLen + maxIDLen]byte
@@ -298,7 +411,11 @@ func (sc *sconn) handshake(over bool) *session {
 		return nil // not a consumer of ours: say nothing
 	}
 	if v := uint16(b[4])<<8 | uint16(b[5]); v != s.o.version {
-		sc.reject(codeVersion, fmt.Sprintf("producer speaks protocol version %d, consumer %d", s.o.version, v))
+		msg := fmt.Sprintf("producer speaks protocol version %d, consumer %d", s.o.version, v)
+		if v < 2 {
+			msg += " (version 2 authenticates fetches; upgrade the consumer)"
+		}
+		sc.reject(codeVersion, msg)
 		return nil
 	}
 	if _, err := io.ReadFull(sc.br, b[6:helloFixedLen]); err != nil {
@@ -313,9 +430,37 @@ func (sc *sconn) handshake(over bool) *session {
 	if _, err := io.ReadFull(sc.br, b[helloFixedLen:helloFixedLen+idLen]); err != nil {
 		return nil
 	}
+	helloBytes := b[:helloFixedLen+idLen]
 	id := string(b[helloFixedLen : helloFixedLen+idLen])
 	if over {
 		sc.reject(codeBusy, fmt.Sprintf("producer at its limit of %d connections", s.o.MaxConns))
+		return nil
+	}
+
+	// Challenge, whatever the id.
+	var nonce [nonceLen]byte
+	rand.Read(nonce[:])
+	var rb [replyLen]byte
+	ch := reply{version: s.o.version, status: statusChallenge, token: nonce}
+	if sc.write(ch.appendTo(rb[:0])) != nil {
+		return nil
+	}
+	var got [proofLen]byte
+	sc.c.SetReadDeadline(time.Now().Add(s.o.IOTimeout))
+	if _, err := io.ReadFull(sc.br, got[:]); err != nil {
+		return nil
+	}
+	s.mu.Lock()
+	key, known := s.dummy[:], false
+	if h := s.handoffs[id]; h != nil {
+		key, known = h.secret, true
+	} else if t, ok := s.tombs[id]; ok {
+		key, known = t.secret, true
+	}
+	s.mu.Unlock()
+	want := proof(key, nonce, helloBytes)
+	if !hmac.Equal(want[:], got[:]) || !known {
+		sc.reject(codeUnknown, msgDenied)
 		return nil
 	}
 
@@ -327,8 +472,8 @@ func (sc *sconn) handshake(over bool) *session {
 		code       byte
 		msg        string
 	)
-	// A new OPEN supersedes a transfer of the same handoff in progress: the
-	// id is a capability held by one consumer, so this is that consumer
+	// A new OPEN supersedes a transfer of the same handoff in progress: only
+	// the consumer holding the secret gets here, so this is that consumer
 	// retrying after a failure the producer may not have noticed yet.
 	inUse := 0
 	if h != nil && h.sess != nil && h.sess.slot {
@@ -374,7 +519,7 @@ func (sc *sconn) handshake(over bool) *session {
 		return nil
 	}
 	r := reply{version: s.o.version, status: codeOK, numChunks: uint32(h.n), token: sess.token}
-	if err := sc.write(r.appendTo(b[:0])); err != nil {
+	if err := sc.write(r.appendTo(rb[:0])); err != nil {
 		s.leave(sess)
 		return nil
 	}
@@ -387,8 +532,8 @@ func (sc *sconn) reject(code byte, msg string) {
 	sc.write(r.appendTo(b[:0]))
 	// Half-close and give the peer a moment to read, so that the reply is
 	// not lost to a reset caused by unread input.
-	if tc, ok := sc.c.(*net.TCPConn); ok {
-		tc.CloseWrite()
+	if cw, ok := sc.c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 		sc.c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		io.Copy(io.Discard, io.LimitReader(sc.br, 64<<10))
 	}
@@ -396,8 +541,26 @@ func (sc *sconn) reject(code byte, msg string) {
 
 func (sc *sconn) write(b []byte) error {
 	sc.c.SetWriteDeadline(time.Now().Add(sc.s.o.IOTimeout))
-	_, err := sc.c.Write(b)
-	return err
+	if _, err := sc.c.Write(b); err != nil {
+		return err
+	}
+	return sc.flush()
+}
+
+// writeBufs writes sc.bufs (with one writev on plain TCP).
+func (sc *sconn) writeBufs() error {
+	sc.c.SetWriteDeadline(time.Now().Add(sc.s.o.IOTimeout))
+	if _, err := sc.bufs.WriteTo(sc.c); err != nil {
+		return err
+	}
+	return sc.flush()
+}
+
+func (sc *sconn) flush() error {
+	if sc.tlsOut == nil {
+		return nil
+	}
+	return sc.tlsOut.flush()
 }
 
 // serve answers requests until the consumer finishes or fails.
@@ -490,6 +653,10 @@ func (sc *sconn) sendChunk(sess *session, i int) bool {
 	if cs, ok := sess.h.p.(ChunkChecksummer); ok {
 		crc, known = cs.ChunkCRC(i)
 	}
+	if known && s.pacer == nil {
+		// Nothing to checksum while in cache and nothing to pace: larger writes, fewer syscalls.
+		slice = unpacedWrite
+	}
 	for off := 0; ; {
 		k := min(slice, len(data)-off)
 		piece := data[off : off+k]
@@ -511,8 +678,7 @@ func (sc *sconn) sendChunk(sess *session, i int) bool {
 			sc.sendSessionError(sess, uint32(i))
 			return false
 		}
-		sc.c.SetWriteDeadline(time.Now().Add(s.o.IOTimeout))
-		if _, err := sc.bufs.WriteTo(sc.c); err != nil {
+		if err := sc.writeBufs(); err != nil {
 			return false
 		}
 		if last {
@@ -545,8 +711,7 @@ func (sc *sconn) sendError(code byte, idx uint32, msg string) {
 	f := frame{typ: frameError, code: code, index: idx, length: uint32(len(msg))}
 	f.put(sc.hdr[:])
 	sc.bufs = append(net.Buffers(sc.arr[:0]), sc.hdr[:], []byte(msg))
-	sc.c.SetWriteDeadline(time.Now().Add(sc.s.o.IOTimeout))
-	sc.bufs.WriteTo(sc.c)
+	sc.writeBufs()
 }
 
 // freeSlotLocked gives back the transfer slot sess holds, if any.

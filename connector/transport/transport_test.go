@@ -2,6 +2,8 @@ package transport
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -24,10 +26,10 @@ func TestRoundTrip(t *testing.T) {
 			chunks[0], chunks[1] = nil, []byte{42} // empty and 1-byte chunks
 			onRelease, released := releaseRecorder()
 			id := NewHandoffID()
-			require.NoError(t, s.Offer(id, NewBytesPayload(chunks, onRelease)))
+			require.NoError(t, s.Offer(id, testSecret, NewBytesPayload(chunks, onRelease)))
 
 			col := newCollector(0)
-			st, err := Fetch(context.Background(), addrOf(s), id, col.sink, WithConns(conns))
+			st, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink, WithConns(conns))
 			require.NoError(t, err)
 			col.requireEqual(t, chunks)
 
@@ -49,7 +51,7 @@ func TestRoundTrip(t *testing.T) {
 			require.Equal(t, len(chunks), hs.Chunks)
 
 			// A handoff is fetched once.
-			_, err = Fetch(context.Background(), addrOf(s), id, col.sink, WithConns(conns))
+			_, err = Fetch(context.Background(), addrOf(s), id, testSecret, col.sink, WithConns(conns))
 			te := requireKind(t, err, ErrUnknownHandoff)
 			require.Contains(t, te.Error(), "already fetched")
 		})
@@ -59,8 +61,8 @@ func TestRoundTrip(t *testing.T) {
 func TestEmptyPayload(t *testing.T) {
 	s := newServer(t)
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, NewBytesPayload(nil, nil)))
-	st, err := Fetch(context.Background(), addrOf(s), id, func(int, []byte) error {
+	require.NoError(t, s.Offer(id, testSecret, NewBytesPayload(nil, nil)))
+	st, err := Fetch(context.Background(), addrOf(s), id, testSecret, func(int, []byte) error {
 		return errors.New("no chunk expected")
 	})
 	require.NoError(t, err)
@@ -74,12 +76,12 @@ func TestPipelinedProducer(t *testing.T) {
 	onRelease, released := releaseRecorder()
 	p := NewStreamPayload(n, onRelease)
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, p))
+	require.NoError(t, s.Offer(id, testSecret, p))
 
 	col := newCollector(n)
 	done := make(chan error, 1)
 	go func() {
-		_, err := Fetch(context.Background(), addrOf(s), id, col.sink, WithConns(3))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink, WithConns(3))
 		done <- err
 	}()
 
@@ -115,13 +117,13 @@ func TestFlippedBit(t *testing.T) {
 	s := newServer(t)
 	chunks := makeChunks(16, 4096, 4096, 3)
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, NewBytesPayload(chunks, nil)))
+	require.NoError(t, s.Offer(id, testSecret, NewBytesPayload(chunks, nil)))
 
 	// One connection: the stream is reply, then chunk 0's header, then its
 	// data and CRC trailer. Flip a bit in chunk 1's data.
 	px := newProxy(t, addrOf(s), flipAt(replyLen+frameLen+4096+trailerLen+frameLen+100))
 	col := newCollector(0)
-	_, err := Fetch(context.Background(), px.addr(), id, col.sink, WithConns(1))
+	_, err := Fetch(context.Background(), px.addr(), id, testSecret, col.sink, WithConns(1))
 	te := requireKind(t, err, ErrChecksum)
 	require.Equal(t, 1, te.Chunk)
 	require.Contains(t, err.Error(), "chunk 1")
@@ -130,13 +132,13 @@ func TestFlippedBit(t *testing.T) {
 
 	// The producer keeps the handoff (retry works) and serves others.
 	other := NewHandoffID()
-	require.NoError(t, s.Offer(other, NewBytesPayload(chunks, nil)))
+	require.NoError(t, s.Offer(other, testSecret, NewBytesPayload(chunks, nil)))
 	col2 := newCollector(0)
-	_, err = Fetch(context.Background(), addrOf(s), other, col2.sink)
+	_, err = Fetch(context.Background(), addrOf(s), other, testSecret, col2.sink)
 	require.NoError(t, err)
 	col2.requireEqual(t, chunks)
 	col3 := newCollector(0)
-	_, err = Fetch(context.Background(), addrOf(s), id, col3.sink)
+	_, err = Fetch(context.Background(), addrOf(s), id, testSecret, col3.sink)
 	require.NoError(t, err)
 	col3.requireEqual(t, chunks)
 }
@@ -146,7 +148,7 @@ func TestProducerKilledMidTransfer(t *testing.T) {
 		s := newServer(t)
 		chunks := makeChunks(32, 32<<10, 32<<10, 5)
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload(chunks, nil)))
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload(chunks, nil)))
 		px := newProxy(t, addrOf(s), func(conn int, off int64, b []byte) int {
 			if off+int64(len(b)) > 200<<10 {
 				return int(max(0, 200<<10-off))
@@ -154,14 +156,14 @@ func TestProducerKilledMidTransfer(t *testing.T) {
 			return -1
 		})
 		col := newCollector(0)
-		_, err := Fetch(context.Background(), px.addr(), id, col.sink, WithConns(2))
+		_, err := Fetch(context.Background(), px.addr(), id, testSecret, col.sink, WithConns(2))
 		requireKind(t, err, ErrPeerClosed)
 		require.Less(t, len(col.chunks), len(chunks))
 
 		// Other requests are still served.
 		other := NewHandoffID()
-		require.NoError(t, s.Offer(other, NewBytesPayload(chunks, nil)))
-		_, err = Fetch(context.Background(), addrOf(s), other, newCollector(0).sink)
+		require.NoError(t, s.Offer(other, testSecret, NewBytesPayload(chunks, nil)))
+		_, err = Fetch(context.Background(), addrOf(s), other, testSecret, newCollector(0).sink)
 		require.NoError(t, err)
 	})
 	t.Run("server closed", func(t *testing.T) {
@@ -171,26 +173,26 @@ func TestProducerKilledMidTransfer(t *testing.T) {
 		onRelease, released := releaseRecorder()
 		p := NewStreamPayload(4, onRelease)
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, p))
+		require.NoError(t, s.Offer(id, testSecret, p))
 		require.NoError(t, p.Put(0, []byte("first")))
 		col := newCollector(4)
 		done := make(chan error, 1)
 		go func() {
-			_, err := Fetch(context.Background(), addrOf(s), id, col.sink)
+			_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink)
 			done <- err
 		}()
 		recvWithin(t, col.seen, 10*time.Second, "chunk 0")
 		require.NoError(t, s.Close())
 		requireKind(t, recvWithin(t, done, 10*time.Second, "fetch"), ErrPeerClosed)
 		require.ErrorIs(t, recvWithin(t, released, 5*time.Second, "release"), ErrClosed)
-		require.ErrorIs(t, s.Offer(NewHandoffID(), p), ErrClosed)
+		require.ErrorIs(t, s.Offer(NewHandoffID(), testSecret, p), ErrClosed)
 		waitGoroutines(t, base)
 	})
 }
 
 func TestUnknownHandoff(t *testing.T) {
 	s := newServer(t)
-	_, err := Fetch(context.Background(), addrOf(s), "no-such-id", newCollector(0).sink)
+	_, err := Fetch(context.Background(), addrOf(s), "no-such-id", testSecret, newCollector(0).sink)
 	te := requireKind(t, err, ErrUnknownHandoff)
 	require.Equal(t, "no-such-id", te.ID)
 	require.Contains(t, err.Error(), "no-such-id")
@@ -200,8 +202,8 @@ func TestVersionMismatch(t *testing.T) {
 	t.Run("newer consumer", func(t *testing.T) {
 		s := newServer(t)
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload([][]byte{{1}}, nil)))
-		_, err := Fetch(context.Background(), addrOf(s), id, newCollector(0).sink, withVersion(ProtocolVersion+1))
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload([][]byte{{1}}, nil)))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink, withVersion(ProtocolVersion+1))
 		requireKind(t, err, ErrIncompatibleVersion)
 		require.Contains(t, err.Error(), fmt.Sprintf("version %d", ProtocolVersion))
 		require.Equal(t, 1, s.Pending(), "a rejected peer must not consume the handoff")
@@ -209,8 +211,8 @@ func TestVersionMismatch(t *testing.T) {
 	t.Run("newer producer", func(t *testing.T) {
 		s := newServer(t, withVersion(ProtocolVersion+1))
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload([][]byte{{1}}, nil)))
-		_, err := Fetch(context.Background(), addrOf(s), id, newCollector(0).sink)
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload([][]byte{{1}}, nil)))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink)
 		requireKind(t, err, ErrIncompatibleVersion)
 	})
 	t.Run("not our protocol", func(t *testing.T) {
@@ -218,7 +220,7 @@ func TestVersionMismatch(t *testing.T) {
 			readHello(c)
 			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\n\r\n")
 		})
-		_, err := Fetch(context.Background(), addr, "x", newCollector(0).sink)
+		_, err := Fetch(context.Background(), addr, "x", testSecret, newCollector(0).sink)
 		requireKind(t, err, ErrProtocol)
 	})
 }
@@ -227,7 +229,7 @@ func TestDeadlines(t *testing.T) {
 	t.Run("silent producer", func(t *testing.T) {
 		addr := fakePeer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 		start := time.Now()
-		_, err := Fetch(context.Background(), addr, "x", newCollector(0).sink, WithIOTimeout(100*time.Millisecond))
+		_, err := Fetch(context.Background(), addr, "x", testSecret, newCollector(0).sink, WithIOTimeout(100*time.Millisecond))
 		requireKind(t, err, ErrTimeout)
 		require.Less(t, time.Since(start), 10*time.Second)
 	})
@@ -235,6 +237,9 @@ func TestDeadlines(t *testing.T) {
 		addr := fakePeer(t, func(c net.Conn) {
 			h, err := readHello(c)
 			if err != nil {
+				return
+			}
+			if _, err := challenge(c, h); err != nil {
 				return
 			}
 			r := reply{version: h.version, numChunks: 1}
@@ -248,7 +253,7 @@ func TestDeadlines(t *testing.T) {
 			c.Write(make([]byte, 10)) // then nothing
 			io.Copy(io.Discard, c)
 		})
-		_, err := Fetch(context.Background(), addr, "x", newCollector(0).sink, WithIOTimeout(100*time.Millisecond))
+		_, err := Fetch(context.Background(), addr, "x", testSecret, newCollector(0).sink, WithIOTimeout(100*time.Millisecond))
 		te := requireKind(t, err, ErrTimeout)
 		require.Equal(t, 0, te.Chunk)
 	})
@@ -265,13 +270,13 @@ func TestDeadlines(t *testing.T) {
 		s := newServer(t, WithIOTimeout(200*time.Millisecond))
 		p := NewStreamPayload(2, nil)
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, p))
+		require.NoError(t, s.Offer(id, testSecret, p))
 		require.NoError(t, p.Put(0, []byte("now")))
 		// Chunk 1 is produced long after several I/O timeouts.
 		timer := time.AfterFunc(800*time.Millisecond, func() { p.Put(1, []byte("later")) })
 		defer timer.Stop()
 		col := newCollector(0)
-		_, err := Fetch(context.Background(), addrOf(s), id, col.sink, WithIOTimeout(200*time.Millisecond))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink, WithIOTimeout(200*time.Millisecond))
 		require.NoError(t, err)
 		col.requireEqual(t, [][]byte{[]byte("now"), []byte("later")})
 	})
@@ -279,10 +284,10 @@ func TestDeadlines(t *testing.T) {
 		s := newServer(t)
 		p := NewStreamPayload(1, nil)
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, p))
+		require.NoError(t, s.Offer(id, testSecret, p))
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
-		_, err := Fetch(ctx, addrOf(s), id, newCollector(0).sink)
+		_, err := Fetch(ctx, addrOf(s), id, testSecret, newCollector(0).sink)
 		requireKind(t, err, context.DeadlineExceeded)
 	})
 }
@@ -292,9 +297,9 @@ func TestExpiry(t *testing.T) {
 		s := newServer(t, WithHandoffTTL(50*time.Millisecond))
 		onRelease, released := releaseRecorder()
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload([][]byte{{1}}, onRelease)))
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload([][]byte{{1}}, onRelease)))
 		require.ErrorIs(t, recvWithin(t, released, 10*time.Second, "expiry"), ErrExpired)
-		_, err := Fetch(context.Background(), addrOf(s), id, newCollector(0).sink)
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink)
 		requireKind(t, err, ErrExpired)
 	})
 	t.Run("during fetch", func(t *testing.T) {
@@ -302,10 +307,10 @@ func TestExpiry(t *testing.T) {
 		onRelease, released := releaseRecorder()
 		p := NewStreamPayload(2, onRelease)
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, p))
+		require.NoError(t, s.Offer(id, testSecret, p))
 		require.NoError(t, p.Put(0, []byte("only this one")))
 		col := newCollector(2)
-		_, err := Fetch(context.Background(), addrOf(s), id, col.sink)
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink)
 		te := requireKind(t, err, ErrExpired)
 		require.Equal(t, 1, te.Chunk)
 		require.ErrorIs(t, recvWithin(t, released, 10*time.Second, "release"), ErrExpired)
@@ -316,11 +321,11 @@ func TestWithdraw(t *testing.T) {
 	s := newServer(t)
 	onRelease, released := releaseRecorder()
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, NewBytesPayload([][]byte{{1}}, onRelease)))
+	require.NoError(t, s.Offer(id, testSecret, NewBytesPayload([][]byte{{1}}, onRelease)))
 	require.True(t, s.Withdraw(id))
 	require.False(t, s.Withdraw(id))
 	require.ErrorIs(t, recvWithin(t, released, 5*time.Second, "release"), ErrWithdrawn)
-	_, err := Fetch(context.Background(), addrOf(s), id, newCollector(0).sink)
+	_, err := Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink)
 	te := requireKind(t, err, ErrUnknownHandoff)
 	require.Contains(t, te.Error(), "withdrawn")
 }
@@ -329,12 +334,12 @@ func TestProducerFailure(t *testing.T) {
 	s := newServer(t)
 	p := NewStreamPayload(3, nil)
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, p))
+	require.NoError(t, s.Offer(id, testSecret, p))
 	require.NoError(t, p.Put(0, []byte("ok")))
 	col := newCollector(3)
 	done := make(chan error, 1)
 	go func() {
-		_, err := Fetch(context.Background(), addrOf(s), id, col.sink, WithConns(1))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink, WithConns(1))
 		done <- err
 	}()
 	recvWithin(t, col.seen, 10*time.Second, "chunk 0")
@@ -348,9 +353,9 @@ func TestSinkError(t *testing.T) {
 	s := newServer(t)
 	chunks := makeChunks(10, 100, 100, 1)
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, NewBytesPayload(chunks, nil)))
+	require.NoError(t, s.Offer(id, testSecret, NewBytesPayload(chunks, nil)))
 	boom := errors.New("decoder rejected")
-	_, err := Fetch(context.Background(), addrOf(s), id, func(i int, _ []byte) error {
+	_, err := Fetch(context.Background(), addrOf(s), id, testSecret, func(i int, _ []byte) error {
 		if i == 5 {
 			return boom
 		}
@@ -360,7 +365,7 @@ func TestSinkError(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 	require.Equal(t, 5, te.Chunk)
 	col := newCollector(0)
-	_, err = Fetch(context.Background(), addrOf(s), id, col.sink)
+	_, err = Fetch(context.Background(), addrOf(s), id, testSecret, col.sink)
 	require.NoError(t, err, "a failed transfer leaves the handoff for a retry")
 	col.requireEqual(t, chunks)
 }
@@ -369,24 +374,24 @@ func TestBusy(t *testing.T) {
 	s := newServer(t, WithMaxTransfers(1))
 	p := NewStreamPayload(2, nil)
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, p))
+	require.NoError(t, s.Offer(id, testSecret, p))
 	require.NoError(t, p.Put(0, []byte("a")))
 	col := newCollector(2)
 	done := make(chan error, 1)
 	go func() {
-		_, err := Fetch(context.Background(), addrOf(s), id, col.sink)
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink)
 		done <- err
 	}()
 	recvWithin(t, col.seen, 10*time.Second, "chunk 0") // the transfer is in progress
 
 	other := NewHandoffID()
-	require.NoError(t, s.Offer(other, NewBytesPayload([][]byte{{1}}, nil)))
-	_, err := Fetch(context.Background(), addrOf(s), other, newCollector(0).sink)
+	require.NoError(t, s.Offer(other, testSecret, NewBytesPayload([][]byte{{1}}, nil)))
+	_, err := Fetch(context.Background(), addrOf(s), other, testSecret, newCollector(0).sink)
 	requireKind(t, err, ErrBusy)
 
 	require.NoError(t, p.Put(1, []byte("b")))
 	require.NoError(t, recvWithin(t, done, 10*time.Second, "fetch"))
-	_, err = Fetch(context.Background(), addrOf(s), other, newCollector(0).sink)
+	_, err = Fetch(context.Background(), addrOf(s), other, testSecret, newCollector(0).sink)
 	require.NoError(t, err)
 }
 
@@ -396,15 +401,15 @@ func TestMaxConns(t *testing.T) {
 	require.NoError(t, err)
 	defer hold.Close()
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, NewBytesPayload([][]byte{{1}}, nil)))
+	require.NoError(t, s.Offer(id, testSecret, NewBytesPayload([][]byte{{1}}, nil)))
 	var lastErr error
 	require.Eventually(t, func() bool {
-		_, lastErr = Fetch(context.Background(), addrOf(s), id, newCollector(0).sink)
+		_, lastErr = Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink)
 		return errors.Is(lastErr, ErrBusy)
 	}, 10*time.Second, 10*time.Millisecond)
 	hold.Close()
 	require.Eventually(t, func() bool {
-		_, lastErr = Fetch(context.Background(), addrOf(s), id, newCollector(0).sink)
+		_, lastErr = Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink)
 		return lastErr == nil
 	}, 10*time.Second, 10*time.Millisecond)
 }
@@ -414,6 +419,9 @@ func TestHostileProducer(t *testing.T) {
 		return fakePeer(t, func(c net.Conn) {
 			h, err := readHello(c)
 			if err != nil {
+				return
+			}
+			if _, err := challenge(c, h); err != nil {
 				return
 			}
 			r := reply{version: h.version, numChunks: n}
@@ -427,33 +435,33 @@ func TestHostileProducer(t *testing.T) {
 		})
 	}
 	t.Run("chunk count", func(t *testing.T) {
-		_, err := Fetch(context.Background(), serve(1<<31, frame{}), "x", newCollector(0).sink)
+		_, err := Fetch(context.Background(), serve(1<<31, frame{}), "x", testSecret, newCollector(0).sink)
 		requireKind(t, err, ErrTooLarge)
 	})
 	t.Run("chunk length", func(t *testing.T) {
-		_, err := Fetch(context.Background(), serve(1, frame{typ: frameChunk, length: 0xFFFFFFFF}), "x", newCollector(0).sink)
+		_, err := Fetch(context.Background(), serve(1, frame{typ: frameChunk, length: 0xFFFFFFFF}), "x", testSecret, newCollector(0).sink)
 		requireKind(t, err, ErrTooLarge)
 	})
 	t.Run("wrong index", func(t *testing.T) {
-		_, err := Fetch(context.Background(), serve(1, frame{typ: frameChunk, index: 7}), "x", newCollector(0).sink)
+		_, err := Fetch(context.Background(), serve(1, frame{typ: frameChunk, index: 7}), "x", testSecret, newCollector(0).sink)
 		requireKind(t, err, ErrProtocol)
 	})
 	t.Run("error message length", func(t *testing.T) {
-		_, err := Fetch(context.Background(), serve(1, frame{typ: frameError, code: codeProducer, length: 1 << 30}), "x", newCollector(0).sink)
+		_, err := Fetch(context.Background(), serve(1, frame{typ: frameError, code: codeProducer, length: 1 << 30}), "x", testSecret, newCollector(0).sink)
 		requireKind(t, err, ErrProtocol)
 	})
 	t.Run("consumer limit", func(t *testing.T) {
 		s := newServer(t)
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload([][]byte{make([]byte, 8192)}, nil)))
-		_, err := Fetch(context.Background(), addrOf(s), id, newCollector(0).sink, WithMaxChunkSize(4096))
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload([][]byte{make([]byte, 8192)}, nil)))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink, WithMaxChunkSize(4096))
 		requireKind(t, err, ErrTooLarge)
 	})
 	t.Run("producer limit", func(t *testing.T) {
 		s := newServer(t, WithMaxChunkSize(4096))
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload([][]byte{make([]byte, 8192)}, nil)))
-		_, err := Fetch(context.Background(), addrOf(s), id, newCollector(0).sink)
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload([][]byte{make([]byte, 8192)}, nil)))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink)
 		requireKind(t, err, ErrTooLarge)
 	})
 }
@@ -461,7 +469,7 @@ func TestHostileProducer(t *testing.T) {
 func TestHostileConsumer(t *testing.T) {
 	s := newServer(t, WithIOTimeout(time.Second))
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, NewBytesPayload([][]byte{{1, 2, 3}}, nil)))
+	require.NoError(t, s.Offer(id, testSecret, NewBytesPayload([][]byte{{1, 2, 3}}, nil)))
 	for _, tc := range []struct {
 		name string
 		send func(c net.Conn)
@@ -469,14 +477,19 @@ func TestHostileConsumer(t *testing.T) {
 		{"garbage", func(c net.Conn) { io.WriteString(c, "GET / HTTP/1.1\r\n\r\n") }},
 		{"empty id", func(c net.Conn) { c.Write((&hello{version: ProtocolVersion, kind: kindOpen}).appendTo(nil)) }},
 		{"bad kind", func(c net.Conn) { c.Write((&hello{version: ProtocolVersion, kind: 9, id: id}).appendTo(nil)) }},
-		{"index out of range", func(c net.Conn) {
+		{"short proof", func(c net.Conn) {
 			c.Write((&hello{version: ProtocolVersion, kind: kindOpen, id: id}).appendTo(nil))
+			c.Write(make([]byte, proofLen-1))
+			c.(*net.TCPConn).CloseWrite()
+		}},
+		{"index out of range", func(c net.Conn) {
+			require.Equal(t, codeOK, rawHandshake(t, c, kindOpen, id, testSecret))
 			var req [reqLen]byte
 			putRequest(req[:], reqGet, 1000)
 			c.Write(req[:])
 		}},
 		{"unknown request", func(c net.Conn) {
-			c.Write((&hello{version: ProtocolVersion, kind: kindOpen, id: id}).appendTo(nil))
+			require.Equal(t, codeOK, rawHandshake(t, c, kindOpen, id, testSecret))
 			c.Write([]byte{77, 0, 0, 0, 0, 0, 0, 0})
 		}},
 	} {
@@ -491,7 +504,7 @@ func TestHostileConsumer(t *testing.T) {
 		})
 	}
 	col := newCollector(0)
-	_, err := Fetch(context.Background(), addrOf(s), id, col.sink)
+	_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink)
 	require.NoError(t, err, "hostile consumers did not consume the handoff")
 	col.requireEqual(t, [][]byte{{1, 2, 3}})
 }
@@ -504,18 +517,18 @@ func TestRateLimit(t *testing.T) {
 	t.Run("producer", func(t *testing.T) {
 		s := newServer(t, WithRateLimit(rate))
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload(chunks, nil)))
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload(chunks, nil)))
 		start := time.Now()
-		_, err := Fetch(context.Background(), addrOf(s), id, newCollector(0).sink)
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink)
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, time.Since(start), want*8/10)
 	})
 	t.Run("consumer", func(t *testing.T) {
 		s := newServer(t)
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload(chunks, nil)))
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload(chunks, nil)))
 		start := time.Now()
-		_, err := Fetch(context.Background(), addrOf(s), id, newCollector(0).sink, WithRateLimit(rate))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, newCollector(0).sink, WithRateLimit(rate))
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, time.Since(start), want*8/10)
 	})
@@ -527,15 +540,15 @@ func TestOptionsValidate(t *testing.T) {
 		WithHandoffTTL(-time.Second), WithMaxTransfers(0), WithMaxConns(0)} {
 		_, err := Listen("127.0.0.1:0", o)
 		require.Error(t, err)
-		_, err = Fetch(context.Background(), "127.0.0.1:1", "x", newCollector(0).sink, o)
+		_, err = Fetch(context.Background(), "127.0.0.1:1", "x", testSecret, newCollector(0).sink, o)
 		require.Error(t, err)
 	}
 	s := newServer(t, WithMaxChunks(2))
-	require.Error(t, s.Offer("", NewBytesPayload(nil, nil)))
-	require.Error(t, s.Offer(string(make([]byte, 256)), NewBytesPayload(nil, nil)))
-	require.ErrorIs(t, s.Offer("x", NewBytesPayload(make([][]byte, 3), nil)), ErrTooLarge)
-	require.NoError(t, s.Offer("x", NewBytesPayload(nil, nil)))
-	require.Error(t, s.Offer("x", NewBytesPayload(nil, nil)), "duplicate id")
+	require.Error(t, s.Offer("", testSecret, NewBytesPayload(nil, nil)))
+	require.Error(t, s.Offer(string(make([]byte, 256)), testSecret, NewBytesPayload(nil, nil)))
+	require.ErrorIs(t, s.Offer("x", testSecret, NewBytesPayload(make([][]byte, 3), nil)), ErrTooLarge)
+	require.NoError(t, s.Offer("x", testSecret, NewBytesPayload(nil, nil)))
+	require.Error(t, s.Offer("x", testSecret, NewBytesPayload(nil, nil)), "duplicate id")
 }
 
 func TestUnreachable(t *testing.T) {
@@ -543,7 +556,7 @@ func TestUnreachable(t *testing.T) {
 	require.NoError(t, err)
 	addr := ln.Addr().String()
 	ln.Close()
-	_, err = Fetch(context.Background(), addr, "x", newCollector(0).sink)
+	_, err = Fetch(context.Background(), addr, "x", testSecret, newCollector(0).sink)
 	requireKind(t, err, ErrUnreachable)
 }
 
@@ -575,9 +588,9 @@ func TestManyTransfers(t *testing.T) {
 			chunks, conns = small, 4
 		}
 		id := NewHandoffID()
-		require.NoError(t, s.Offer(id, NewBytesPayload(chunks, onRelease)))
+		require.NoError(t, s.Offer(id, testSecret, NewBytesPayload(chunks, onRelease)))
 		var got atomic.Int64
-		_, err := Fetch(context.Background(), addrOf(s), id, func(int, []byte) error {
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, func(int, []byte) error {
 			got.Add(1)
 			return nil
 		}, WithConns(conns))
@@ -605,12 +618,12 @@ func TestRetrySupersedes(t *testing.T) {
 	s := newServer(t, WithMaxTransfers(1))
 	p := NewStreamPayload(2, nil)
 	id := NewHandoffID()
-	require.NoError(t, s.Offer(id, p))
+	require.NoError(t, s.Offer(id, testSecret, p))
 	require.NoError(t, p.Put(0, []byte("a")))
 	col := newCollector(2)
 	first := make(chan error, 1)
 	go func() {
-		_, err := Fetch(context.Background(), addrOf(s), id, col.sink)
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink)
 		first <- err
 	}()
 	recvWithin(t, col.seen, 10*time.Second, "chunk 0")
@@ -618,7 +631,7 @@ func TestRetrySupersedes(t *testing.T) {
 	col2 := newCollector(2)
 	second := make(chan error, 1)
 	go func() {
-		_, err := Fetch(context.Background(), addrOf(s), id, col2.sink)
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col2.sink)
 		second <- err
 	}()
 	err := recvWithin(t, first, 10*time.Second, "first fetch")
@@ -632,7 +645,8 @@ func TestRetrySupersedes(t *testing.T) {
 // TestWireGolden pins the example exchange of PROTOCOL.md.
 func TestWireGolden(t *testing.T) {
 	s := newServer(t)
-	require.NoError(t, s.Offer("ab", NewBytesPayload([][]byte{[]byte("hi")}, nil)))
+	secret := []byte("0123456789abcdef")
+	require.NoError(t, s.Offer("ab", secret, NewBytesPayload([][]byte{[]byte("hi")}, nil)))
 	c, err := net.Dial("tcp", addrOf(s))
 	require.NoError(t, err)
 	defer c.Close()
@@ -643,11 +657,24 @@ func TestWireGolden(t *testing.T) {
 		require.NoError(t, err)
 		return b
 	}
-	hello := append([]byte{0x53, 0x5A, 0x54, 0x50, 0x00, 0x01, 0x01, 0x02}, make([]byte, 16)...)
-	_, err = c.Write(append(hello, 'a', 'b'))
+	hello := append([]byte{0x53, 0x5A, 0x54, 0x50, 0x00, 0x02, 0x01, 0x02}, make([]byte, 16)...)
+	hello = append(hello, 'a', 'b')
+	_, err = c.Write(hello)
 	require.NoError(t, err)
 	r := mustRead(32)
-	require.Equal(t, []byte{0x53, 0x5A, 0x54, 0x50, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01}, r[:12])
+	require.Equal(t, []byte{0x53, 0x5A, 0x54, 0x50, 0x00, 0x02, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00}, r[:12], "challenge")
+	nonce := r[12:28]
+	require.NotEqual(t, make([]byte, 16), nonce, "nonce")
+	require.Equal(t, []byte{0, 0, 0, 0}, r[28:])
+	// The proof as PROTOCOL.md states it, with the standard library's HMAC.
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("splitzip transport v2 fetch proof\x00"))
+	m.Write(nonce)
+	m.Write(hello)
+	_, err = c.Write(m.Sum(nil))
+	require.NoError(t, err)
+	r = mustRead(32)
+	require.Equal(t, []byte{0x53, 0x5A, 0x54, 0x50, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01}, r[:12], "reply")
 	require.NotEqual(t, make([]byte, 16), r[12:28], "token")
 	require.Equal(t, []byte{0, 0, 0, 0}, r[28:])
 	_, err = c.Write([]byte{0x01, 0, 0, 0, 0, 0, 0, 0})
@@ -670,10 +697,10 @@ func TestKnownChunkCRC(t *testing.T) {
 	require.NoError(t, p.PutWithCRC(0, a, crcUpdate(0, a)))
 	require.NoError(t, p.Put(1, b))
 	id := NewHandoffID()
-	require.NoError(t, srv.Offer(id, p))
+	require.NoError(t, srv.Offer(id, testSecret, p))
 	got := map[int]uint32{}
 	var mu sync.Mutex
-	_, err := FetchCRC(context.Background(), srv.Addr().String(), id, func(i int, data []byte, crc uint32) error {
+	_, err := FetchCRC(context.Background(), srv.Addr().String(), id, testSecret, func(i int, data []byte, crc uint32) error {
 		mu.Lock()
 		got[i] = crc
 		mu.Unlock()
@@ -685,7 +712,7 @@ func TestKnownChunkCRC(t *testing.T) {
 	bad := NewStreamPayload(1, nil)
 	require.NoError(t, bad.PutWithCRC(0, a, crcUpdate(0, a)^1))
 	id2 := NewHandoffID()
-	require.NoError(t, srv.Offer(id2, bad))
-	_, err = Fetch(context.Background(), srv.Addr().String(), id2, func(int, []byte) error { return nil })
+	require.NoError(t, srv.Offer(id2, testSecret, bad))
+	_, err = Fetch(context.Background(), srv.Addr().String(), id2, testSecret, func(int, []byte) error { return nil })
 	require.ErrorIs(t, err, ErrChecksum)
 }

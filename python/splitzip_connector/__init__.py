@@ -44,6 +44,7 @@ from .errors import (
     ExtensionNotBuiltError,
     FrameError,
     FrameVersionError,
+    HandoffAccessError,
     HandoffBusyError,
     HandoffError,
     HandoffLayoutError,
@@ -91,8 +92,10 @@ from .handoff import (  # noqa: E402
     Producer,
     endpoint_defaults,
     new_handoff_id,
+    new_handoff_secret,
 )
 
 __all__ += [
-    "ControlPlane", "Producer", "Consumer", "KVLayout", "Handoff", "LoadFailure", "new_handoff_id", "endpoint_defaults",
+    "ControlPlane", "Producer", "Consumer", "KVLayout", "Handoff", "LoadFailure", "new_handoff_id", "new_handoff_secret",
+    "endpoint_defaults",
 ]

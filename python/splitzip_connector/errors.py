@@ -32,6 +32,7 @@ __all__ = [
     "HandoffMismatchError",
     "HandoffUnavailableError",
     "HandoffBusyError",
+    "HandoffAccessError",
     "ControlPlaneError",
 ]
 
@@ -120,6 +121,10 @@ class HandoffBusyError(HandoffError):
     """Staging memory or the bound on handoffs in flight is exhausted; retry later or raise the bound."""
 
 
+class HandoffAccessError(HandoffError, PermissionError):
+    """A handoff's secret is missing or not the handoff's, or TLS between the engines refused a peer."""
+
+
 class ControlPlaneError(HandoffError, ConnectionError):
     """The NATS control plane is unreachable or returned something invalid."""
 
@@ -158,6 +163,7 @@ _KINDS: dict[str, tuple[type[SplitZipError], str]] = {
     "unknown_request": (HandoffError, ""),
     "frame": (HandoffError, ""),
     "timeout": (HandoffError, ""),
+    "access": (HandoffAccessError, ""),
 }
 
 _UNKNOWN = (SplitZipError, "")

@@ -10,7 +10,7 @@ splitzip_connector.vllm. A handoff moves one request's KV blocks of one tensor-p
     >>> for layer in range(layout.layers): prod.save_layer("req-1", layer)   # encodes in the background
     >>> cons = Consumer(plane, engine_id="decode-0", rank=0)
     >>> cons.register_host_cache(layout2, bases2)
-    >>> cons.load("req-1", h.handoff_id, blocks=[0, 1, 2])   # non-blocking
+    >>> cons.load("req-1", h, blocks=[0, 1, 2])              # non-blocking; h carries the handoff's secret
     >>> cons.poll()                                           # -> ([done ids], [LoadFailure])
 
 Every call releases the GIL; the Go side runs encoding, transfers and decoding on its own threads. Memory is
@@ -35,6 +35,7 @@ from .codebook import codebook_handle
 from .dtypes import dtype_code, dtype_size
 from .errors import (  # the connector's exceptions, defined with the others in errors.py
     ControlPlaneError,
+    HandoffAccessError,
     HandoffBusyError,
     HandoffError,
     HandoffLayoutError,
@@ -52,8 +53,10 @@ __all__ = [
     "Producer",
     "Consumer",
     "new_handoff_id",
+    "new_handoff_secret",
     "endpoint_defaults",
     "HandoffError",
+    "HandoffAccessError",
     "HandoffMismatchError",
     "HandoffLayoutError",
     "HandoffUnavailableError",
@@ -76,6 +79,12 @@ def _ints(xs: Iterable[int]) -> str:
 def new_handoff_id() -> str:
     """A fresh, unguessable handoff id (one per request, shared by all its TP ranks)."""
     return ext.pybind_NewHandoffID()
+
+
+def new_handoff_secret() -> str:
+    """A fresh handoff secret (one per request, with its id, shared by all its TP ranks). Only a consumer
+    holding it can fetch the handoff: pass it to the decode engine through the request path, never NATS."""
+    return ext.pybind_NewHandoffSecret()
 
 
 @dataclass(frozen=True)
@@ -112,11 +121,13 @@ class KVLayout:
 
 @dataclass(frozen=True)
 class Handoff:
-    """What the decode side needs to load a request (travels in the engine's kv_transfer_params)."""
+    """What the decode side needs to load a request (travels in the engine's kv_transfer_params). secret is
+    what lets the consumer fetch it: give it to that consumer only, never log it or put it on NATS."""
 
     handoff_id: str
     producer_engine_id: str
     request_id: str
+    secret: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -159,8 +170,10 @@ class ControlPlane:
     """A connection to the NATS control plane. With no url, starts an embedded NATS server in this process
     (client_url tells other processes where it is).
 
-    Options (all optional): namespace, name, user, password, token, credentials_file, timeout_s,
-    handoff_ttl_s, storage ("file" or "memory"), embedded_host, embedded_port, embedded_store_dir.
+    Options (all optional): namespace, name, user, password, token, credentials_file, nkey_file, tls_ca (CA
+    file that verifies the NATS servers), tls_cert and tls_key (a client certificate, for servers that verify
+    clients), timeout_s, handoff_ttl_s, storage ("file" or "memory"), embedded_host, embedded_port,
+    embedded_store_dir.
     """
 
     def __init__(self, url: str = "", **options: Any) -> None:
@@ -214,7 +227,7 @@ def endpoint_defaults() -> dict[str, Any]:
     """The settings of a producer or consumer that sets no options: the Go connector's defaults
     (connector.GetDefaultOptions, transport.GetDefaultOptions), the one place they are stated. Keys:
     listen_addr, advertise_addr, staging_bytes, handoff_ttl_s, load_timeout_s, record_wait_s, bypass, mode,
-    link_rate, max_in_flight, rate_limit, conns, io_timeout_s."""
+    link_rate, max_in_flight, rate_limit, conns, io_timeout_s, tls."""
     return json.loads(_defaults_json())
 
 
@@ -242,6 +255,12 @@ class _Endpoint:
     rate_limit: int | None = None
     conns: int | None = None
     io_timeout_s: float | None = None
+    # mutual TLS between the engines: CA, this engine's certificate and key (PEM files); the name to verify in
+    # the producer's certificate instead of its host
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None})
@@ -256,7 +275,7 @@ class Producer:
     handoff's frames), code_table_path (a high-ratio code table file; default: learned per layer's K and V),
     link_rate (bytes/s; 0 measures), codebook (a Codebook) or
     codebook_path, max_in_flight, rate_limit (bytes/s cap, emulates a slow link; 0: none), conns,
-    io_timeout_s. Options left out or None take the connector's defaults (endpoint_defaults()); the options
+    io_timeout_s, tls_ca, tls_cert, tls_key (mutual TLS between the engines). Options left out or None take the connector's defaults (endpoint_defaults()); the options
     property shows what the producer runs with.
     """
 
@@ -309,9 +328,10 @@ class Producer:
         """Codec mode for handoffs begun from now on: "auto", "fast" or "high-ratio" (see mode in Producer)."""
         _call(ext.pybind_ProducerSetMode, self._h, mode)
 
-    def begin(self, request_id: str, blocks: Sequence[int], handoff_id: str = "") -> Handoff:
-        """Opens and publishes request_id's handoff of blocks; handoff_id "" picks a fresh one."""
-        js = _call(ext.pybind_ProducerBeginHandoff, self._h, request_id, handoff_id, _ints(blocks))
+    def begin(self, request_id: str, blocks: Sequence[int], handoff_id: str = "", secret: str = "") -> Handoff:
+        """Opens and publishes request_id's handoff of blocks under handoff_id and secret (new_handoff_id,
+        new_handoff_secret; with TP every rank gets the same pair); "" for both picks a fresh pair."""
+        js = _call(ext.pybind_ProducerBeginHandoff, self._h, request_id, handoff_id, secret, _ints(blocks))
         return Handoff(**json.loads(js))
 
     def save_layer(self, request_id: str, layer: int) -> None:
@@ -346,8 +366,8 @@ class Producer:
 
 class Consumer:
     """The decode side of handoffs for one TP rank: fetches a handoff's frames and decodes them into its own
-    blocks. Keyword options: load_timeout_s, record_wait_s, max_in_flight, rate_limit, conns, io_timeout_s;
-    those left out or None take the connector's defaults (endpoint_defaults(), the options property)."""
+    blocks. Keyword options: load_timeout_s, record_wait_s, max_in_flight, rate_limit, conns, io_timeout_s,
+    tls_ca, tls_cert, tls_key, tls_server_name; those left out or None take the connector's defaults (endpoint_defaults(), the options property)."""
 
     def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, **options: Any) -> None:
         self._opts = _Endpoint(engine_id=engine_id, rank=rank, **options).to_json()
@@ -375,9 +395,13 @@ class Consumer:
         self._keep = keep_alive
         _call(ext.pybind_ConsumerRegisterDeviceCache, self._h, layout.to_json(), int(device), _ints(bases))
 
-    def load(self, request_id: str, handoff_id: str, blocks: Sequence[int]) -> None:
-        """Starts loading handoff_id into blocks (as many as the producer saved); poll() reports the end."""
-        _call(ext.pybind_ConsumerLoad, self._h, request_id, handoff_id, _ints(blocks))
+    def load(self, request_id: str, handoff: Handoff | str, blocks: Sequence[int], secret: str = "") -> None:
+        """Starts loading a handoff into blocks (as many as the producer saved); poll() reports the end.
+        handoff is the Handoff the producer returned, or its id with its secret given as secret; without the
+        secret the load is refused (HandoffAccessError)."""
+        if isinstance(handoff, Handoff):
+            handoff, secret = handoff.handoff_id, secret or handoff.secret
+        _call(ext.pybind_ConsumerLoad, self._h, request_id, handoff, secret, _ints(blocks))
 
     def poll(self) -> tuple[list[str], list[LoadFailure]]:
         """Loads that ended since the last call: (done request ids, failures)."""

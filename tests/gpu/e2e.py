@@ -109,7 +109,7 @@ def run_producer(args: argparse.Namespace) -> None:
                 h = prod.begin(cmd["req"], cmd["blocks"])
                 for layer in range(LAYERS):
                     prod.save_layer_after(cmd["req"], layer, stream.cuda_stream)
-                reply["handoff"] = h.handoff_id
+                reply["handoff"], reply["secret"] = h.handoff_id, h.secret  # over the pipe, never NATS
             elif op == "prefill":
                 reply.update(synthetic_prefill(prod, caches, cmd, stream))
             elif op == "stats":
@@ -238,8 +238,8 @@ class Driver:
             torch.cuda.synchronize(self.cdev)
         before = cons.stats()
         t0 = time.perf_counter()
-        h = self.ask(op="save", req=req, blocks=src, mode=mode)["handoff"]
-        cons.load(req, h, dst)
+        saved = self.ask(op="save", req=req, blocks=src, mode=mode)
+        cons.load(req, saved["handoff"], dst, secret=saved["secret"])
         while True:
             done, failed = cons.poll()
             if failed:

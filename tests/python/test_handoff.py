@@ -14,6 +14,7 @@ from splitzip_connector import SplitZipError
 from splitzip_connector.handoff import (
     Consumer,
     ControlPlane,
+    HandoffAccessError,
     HandoffLayoutError,
     KVLayout,
     LoadFailure,
@@ -21,6 +22,7 @@ from splitzip_connector.handoff import (
     _Endpoint,
     endpoint_defaults,
     new_handoff_id,
+    new_handoff_secret,
 )
 from splitzip_connector._binding import ext
 
@@ -66,7 +68,7 @@ def wait(cons: Consumer, rid: str, timeout: float = 20) -> tuple[bool, LoadFailu
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_round_trip_bit_exact_per_rank(plane, kv_calibration, tp):
-    hid = new_handoff_id()
+    hid, secret = new_handoff_id(), new_handoff_secret()
     src, dst = [1, 5, 6], [7, 0, 3]
     pairs = []
     for r in range(tp):
@@ -76,14 +78,15 @@ def test_round_trip_bit_exact_per_rank(plane, kv_calibration, tp):
         cons = Consumer(plane, f"dec-tp{tp}", rank=r, load_timeout_s=20)
         prod.register_host_cache(lay, bases(a), keep_alive=a)
         cons.register_host_cache(lay2, bases(b), keep_alive=b)
-        h = prod.begin("req", src, handoff_id=hid)
-        assert h.handoff_id == hid and h.producer_engine_id == f"pre-tp{tp}"
+        h = prod.begin("req", src, handoff_id=hid, secret=secret)
+        assert h.handoff_id == hid and h.secret == secret and h.producer_engine_id == f"pre-tp{tp}"
+        assert secret not in repr(h), "the secret stays out of logs"
         for l in range(LAYERS):
             prod.save_layer("req", l)
         prod.wait_saved("req", timeout_s=10)
         pairs.append((prod, cons, a, b))
     for r, (prod, cons, a, b) in enumerate(pairs):
-        cons.load("req", hid, dst)
+        cons.load("req", hid, dst, secret=secret)
         ok, f = wait(cons, "req")
         assert ok, f
         assert np.array_equal(a[:, :, src], b[:, :, dst]), f"rank {r}"
@@ -104,16 +107,36 @@ def test_mismatched_tp_fails_the_load_with_a_clear_error(plane, kv_calibration):
         h = prod.begin("r", [0, 1])
         for l in range(LAYERS):
             prod.save_layer("r", l)
-        cons.load("r", h.handoff_id, [2, 3])
+        cons.load("r", h, [2, 3])
         ok, f = wait(cons, "r")
         assert not ok and f.kind == "mismatch" and "TP size" in f.error
+
+
+def test_only_the_secret_opens_a_handoff(plane, kv_calibration):
+    lay, a = cache(kv_calibration)
+    lay2, b = cache(kv_calibration, seed=7)
+    with Producer(plane, "pre-sec") as prod, Consumer(plane, "dec-sec", record_wait_s=2) as cons:
+        prod.register_host_cache(lay, bases(a), keep_alive=a)
+        cons.register_host_cache(lay2, bases(b), keep_alive=b)
+        h = prod.begin("r", [0, 1])
+        for l in range(LAYERS):
+            prod.save_layer("r", l)
+        with pytest.raises(HandoffAccessError, match="secret"):
+            cons.load("none", h.handoff_id, [2, 3])
+        cons.load("wrong", h.handoff_id, [2, 3], secret=new_handoff_secret())
+        ok, f = wait(cons, "wrong")
+        assert not ok and f.kind == "access", f
+        cons.load("r", h, [2, 3])
+        ok, f = wait(cons, "r")
+        assert ok, f
+        assert np.array_equal(a[:, :, [0, 1]], b[:, :, [2, 3]])
 
 
 def test_unknown_handoff_fails(plane, kv_calibration):
     lay, b = cache(kv_calibration)
     with Consumer(plane, "dec-unk", record_wait_s=0.5) as cons:
         cons.register_host_cache(lay, bases(b), keep_alive=b)
-        cons.load("r", new_handoff_id(), [0])
+        cons.load("r", new_handoff_id(), [0], secret=new_handoff_secret())
         ok, f = wait(cons, "r")
         assert not ok and f.kind in ("handoff", "timeout", "control_plane"), f
 
@@ -137,8 +160,10 @@ def test_errors_are_typed(plane, kv_calibration):
 
 ENDPOINT_KEYS = {
     "listen_addr", "advertise_addr", "staging_bytes", "handoff_ttl_s", "load_timeout_s", "record_wait_s",
-    "bypass", "mode", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s",
+    "bypass", "mode", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s", "tls",
 }
+# Endpoint options that name files or peers rather than settings with defaults.
+PATH_KEYS = {"codebook", "codebook_path", "code_table_path", "tls_ca", "tls_cert", "tls_key", "tls_server_name"}
 
 
 def test_endpoint_defaults_come_from_go():
@@ -148,7 +173,7 @@ def test_endpoint_defaults_come_from_go():
     # the values connector.GetDefaultOptions documents (a change there shows up here, not in Python code)
     assert d["handoff_ttl_s"] == d["load_timeout_s"] == 120 and d["record_wait_s"] == 10
     assert d["staging_bytes"] == 1 << 30 and d["bypass"] == "auto" and d["listen_addr"] == "127.0.0.1:0"
-    assert d["mode"] == "auto"
+    assert d["mode"] == "auto" and d["tls"] is False
     d["conns"] = -1
     assert endpoint_defaults()["conns"] != -1, "callers get a copy"
 
@@ -156,7 +181,7 @@ def test_endpoint_defaults_come_from_go():
 def test_python_states_no_endpoint_default():
     """Every option field of the endpoint (except who it is) defaults to None: unset, not sent."""
     opts = {f.name: f.default for f in dataclasses.fields(_Endpoint)}
-    assert set(opts) - {"engine_id", "rank", "codebook", "codebook_path", "code_table_path"} == ENDPOINT_KEYS
+    assert set(opts) - {"engine_id", "rank"} - PATH_KEYS == ENDPOINT_KEYS - {"tls"}
     assert {k: v for k, v in opts.items() if k not in ("engine_id", "rank")} == dict.fromkeys(set(opts) - {"engine_id", "rank"})
     assert json.loads(_Endpoint("e").to_json()) == {"engine_id": "e", "rank": 0}
     assert json.loads(_Endpoint("e", rate_limit=0, bypass=None).to_json()) == {"engine_id": "e", "rank": 0, "rate_limit": 0}
@@ -201,7 +226,7 @@ def test_set_bypass_and_mode_take_each_path(plane, kv_calibration):
             h = prod.begin(f"req{i}", src)
             for l in range(LAYERS):
                 prod.save_layer(f"req{i}", l)
-            cons.load(f"req{i}", h.handoff_id, dst)
+            cons.load(f"req{i}", h, dst)
             ok, f = wait(cons, f"req{i}")
             assert ok, f
             assert np.array_equal(a[:, :, src], b[:, :, dst]), mode

@@ -28,6 +28,15 @@ class SplitZipConfig:
     nats_url         NATS server URL; "" (default): an embedded server in each worker process (one process
                      tests only — two engines must share a real server, see examples/vllm).
     nats_namespace   separates deployments sharing one NATS server (default: the control plane's).
+    nats_creds       NATS user credentials (.creds) file; or nats_nkey, an nkey seed file; or nats_user and
+                     nats_password; or nats_token. Prefer the files: kv-transfer-config is visible in the
+                     process list.
+    nats_tls_ca      TLS to NATS (use tls:// URLs): CA file that verifies the servers; nats_tls_cert and
+                     nats_tls_key, a client certificate, for servers that verify clients.
+    tls_ca, tls_cert, tls_key
+                     mutual TLS between the engines for the KV payload: the CA that signs every engine's
+                     certificate, this engine's certificate and key (PEM files; all three, on every engine).
+    tls_server_name  name to verify in the producers' certificates instead of their hosts.
     codebook         path of a codebook JSON file (splitzip calibrate) for the fast mode; default: the built-in
                      one.
     mode*            codec mode of a handoff's frames: "auto" (per handoff, whichever the pipeline model predicts
@@ -55,6 +64,18 @@ class SplitZipConfig:
 
     nats_url: str = ""
     nats_namespace: str = ""
+    nats_creds: str = ""
+    nats_nkey: str = ""
+    nats_user: str = ""
+    nats_password: str = field(default="", repr=False)
+    nats_token: str = field(default="", repr=False)
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
     codebook: str = ""
     mode: str | None = _unset(str)
     code_table: str = ""
@@ -97,9 +118,37 @@ class SplitZipConfig:
             )
         if values.get("mode", "auto") not in ("auto", "fast", "high-ratio"):
             raise ValueError(f"SplitZipConnector: mode {values['mode']!r}: use 'auto', 'fast' or 'high-ratio'")
+        tls = [k for k in ("tls_ca", "tls_cert", "tls_key") if values.get(k)]
+        if tls and len(tls) != 3:
+            raise ValueError(
+                f"SplitZipConnector: kv_connector_extra_config sets {tls}: mutual TLS between the engines needs "
+                "tls_ca, tls_cert and tls_key, on every engine"
+            )
+        if bool(values.get("nats_tls_cert")) != bool(values.get("nats_tls_key")):
+            raise ValueError("SplitZipConnector: set nats_tls_cert and nats_tls_key together, or neither")
         if not values.get("engine_id"):
             values["engine_id"] = _safe_id(kvc.engine_id or "vllm")
         return cls(**values)
+
+    def plane_options(self) -> dict[str, str]:
+        """ControlPlane keyword options (auth, TLS) from the nats_* keys that are set."""
+        keys = {
+            "nats_namespace": "namespace",
+            "nats_creds": "credentials_file",
+            "nats_nkey": "nkey_file",
+            "nats_user": "user",
+            "nats_password": "password",
+            "nats_token": "token",
+            "nats_tls_ca": "tls_ca",
+            "nats_tls_cert": "tls_cert",
+            "nats_tls_key": "tls_key",
+        }
+        return {opt: v for k, opt in keys.items() if (v := getattr(self, k))}
+
+    def transport_options(self) -> dict[str, str]:
+        """Producer and Consumer keyword options for TLS between the engines, from the tls_* keys set."""
+        keys = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+        return {k: v for k in keys if (v := getattr(self, k))}
 
     def listen_for_rank(self, rank: int) -> tuple[str | None, str]:
         """(listen address, advertise address) of TP rank `rank`; listen address None (listen_addr unset): the

@@ -19,7 +19,9 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadat
 # History:
 #   1 — first version: handoff id, producer engine id, TP size, one entry per TP rank, block and token counts,
 #       compatibility hash over model, KV shape per rank, dtype, block size and TP size.
-WIRE_VERSION = 1
+#   2 — the handoff's secret: only the decode engine holding it can fetch the KV (the producer's transport
+#       makes it prove so), and it travels here, never on NATS.
+WIRE_VERSION = 2
 
 # Key under which SplitZip's record sits in kv_transfer_params (beside vLLM's do_remote_prefill/decode).
 PARAMS_KEY = "splitzip"
@@ -76,17 +78,21 @@ class HandoffParams:
     compat: str
     ranks: list[RankEntry] = field(default_factory=list)
     version: int = WIRE_VERSION
+    secret: str = field(default="", repr=False)  # lets the decode engine, and no one else, fetch the KV
 
     @classmethod
-    def build(cls, handoff_id: str, engine_id: str, tp_size: int, num_blocks: int, num_tokens: int, compat: str) -> "HandoffParams":
+    def build(
+        cls, handoff_id: str, secret: str, engine_id: str, tp_size: int, num_blocks: int, num_tokens: int, compat: str
+    ) -> "HandoffParams":
         ranks = [RankEntry(rank=r, key=f"{handoff_id}.r{r}") for r in range(tp_size)]
-        return cls(handoff_id, engine_id, tp_size, num_blocks, num_tokens, compat, ranks)
+        return cls(handoff_id, engine_id, tp_size, num_blocks, num_tokens, compat, ranks, secret=secret)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "compat": self.compat,
             "handoff_id": self.handoff_id,
+            "secret": self.secret,
             "engine_id": self.engine_id,
             "tp_size": self.tp_size,
             "num_blocks": self.num_blocks,
@@ -118,6 +124,12 @@ class HandoffParams:
                 f"engine's {compat!r}: both must serve the same model with the same KV dtype, block size, "
                 "tensor-parallel size and attention backend layout"
             )
+        secret = d.get("secret")
+        if not isinstance(secret, str) or not secret:
+            raise ValueError(
+                "SplitZip handoff record carries no secret: the proxy must pass kv_transfer_params from the prefill "
+                "engine's response to the decode engine unchanged"
+            )
         ranks = [RankEntry(int(e["rank"]), str(e["key"])) for e in d.get("ranks", [])]
         if sorted(e.rank for e in ranks) != list(range(tp_size)):
             raise ValueError(f"SplitZip handoff record lists ranks {[e.rank for e in ranks]}, want 0..{tp_size - 1}")
@@ -130,25 +142,30 @@ class HandoffParams:
             compat=str(d["compat"]),
             ranks=ranks,
             version=int(v),
+            secret=secret,
         )
 
 
 @dataclass
 class SaveSpec:
-    """A request whose prefill completes this step: every rank saves blocks layer by layer under handoff_id."""
+    """A request whose prefill completes this step: every rank saves blocks layer by layer under handoff_id and
+    secret."""
 
     request_id: str
     handoff_id: str
     block_ids: list[int]
+    secret: str = field(default="", repr=False)
 
 
 @dataclass
 class LoadSpec:
-    """A request to load: the handoff's blocks go into block_ids, in order (as many as the handoff holds)."""
+    """A request to load: the handoff's blocks go into block_ids, in order (as many as the handoff holds); the
+    secret proves this engine is the one the handoff is for."""
 
     request_id: str
     handoff_id: str
     block_ids: list[int]
+    secret: str = field(default="", repr=False)
 
 
 @dataclass
@@ -161,8 +178,8 @@ class SplitZipConnectorMetadata(KVConnectorMetadata):
     # reports them finished sending once their layers are staged.
     held: list[str] = field(default_factory=list)
 
-    def add_save(self, request_id: str, handoff_id: str, block_ids: list[int]) -> None:
-        self.saves.append(SaveSpec(request_id, handoff_id, list(block_ids)))
+    def add_save(self, request_id: str, handoff_id: str, block_ids: list[int], secret: str) -> None:
+        self.saves.append(SaveSpec(request_id, handoff_id, list(block_ids), secret))
 
-    def add_load(self, request_id: str, handoff_id: str, block_ids: list[int]) -> None:
-        self.loads.append(LoadSpec(request_id, handoff_id, list(block_ids)))
+    def add_load(self, request_id: str, handoff_id: str, block_ids: list[int], secret: str) -> None:
+        self.loads.append(LoadSpec(request_id, handoff_id, list(block_ids), secret))

@@ -1,10 +1,11 @@
 """The scheduler half of SplitZipConnector: which requests to save and load, and which blocks they use.
 
 Prefill engine (kv_producer): a request that arrives with kv_transfer_params {"do_remote_decode": true} is
-saved in the step where its prefill completes — the scheduler picks one handoff id for all TP ranks and tells
-every worker the request's blocks; the workers compress each layer as the forward pass produces it. When the
+saved in the step where its prefill completes — the scheduler picks one handoff id and secret for all TP ranks
+and tells every worker the request's blocks; the workers compress each layer as the forward pass produces it. When the
 request finishes (max_tokens=1), request_finished holds its blocks until every worker has staged its layers
-and returns the kv_transfer_params the proxy passes to the decode engine.
+and returns the kv_transfer_params the proxy passes to the decode engine: the only place the handoff's secret
+goes, so that only that engine can fetch the KV (NATS, which every engine reads, carries the id alone).
 
 Decode engine (kv_consumer): a request whose kv_transfer_params carry {"do_remote_prefill": true, "splitzip":
 {…}} matches its prompt remotely (asynchronous load); once vLLM has allocated its blocks, the next step's
@@ -53,7 +54,7 @@ class SplitZipScheduler:
         # Prefill side: requests to save once their prefill completes; requests saved (handoff id, blocks,
         # tokens); requests whose blocks are held until the workers staged them (sent in the next metadata).
         self._to_save: dict[str, "Request"] = {}
-        self._saved: dict[str, tuple[str, int, int]] = {}
+        self._saved: dict[str, tuple[str, str, int, int]] = {}
         self._held: list[str] = []
         # Decode side: loads for the next metadata, and loads in flight.
         self._loads: list[LoadSpec] = []
@@ -74,7 +75,7 @@ class SplitZipScheduler:
         from .worker import shared_plane
 
         me = engine_info(vllm_config, self.cfg)
-        plane = shared_plane(self.cfg.nats_url, self.cfg.nats_namespace)
+        plane = shared_plane(self.cfg)
         check_peers(me, plane.engines())
         reg = plane.register_engine(me)
         try:
@@ -172,7 +173,7 @@ class SplitZipScheduler:
                 n,
             )
             return
-        spec = LoadSpec(request.request_id, hp.handoff_id, all_ids[:n])
+        spec = LoadSpec(request.request_id, hp.handoff_id, all_ids[:n], hp.secret)
         self._loads.append(spec)
         self._loading.add(request.request_id)
         logger.debug("SplitZip: loading request %s from handoff %s (%d blocks)", request.request_id, hp.handoff_id[:8], n)
@@ -187,7 +188,7 @@ class SplitZipScheduler:
         return meta
 
     def _plan_saves(self, scheduler_output: "SchedulerOutput", meta: SplitZipConnectorMetadata) -> None:
-        from splitzip_connector.handoff import new_handoff_id
+        from splitzip_connector.handoff import new_handoff_id, new_handoff_secret
 
         mgr = self._kv_cache_manager()
         for req_id, n_sched in scheduler_output.num_scheduled_tokens.items():
@@ -208,9 +209,9 @@ class SplitZipScheduler:
             if len(ids) < n:
                 logger.error("SplitZip: request %s has %d blocks for %d prompt tokens; not saving it", req_id, len(ids), n_prompt)
                 continue
-            hid = new_handoff_id()
-            meta.add_save(req_id, hid, ids[:n])
-            self._saved[req_id] = (hid, n, n_prompt)
+            hid, secret = new_handoff_id(), new_handoff_secret()
+            meta.add_save(req_id, hid, ids[:n], secret)
+            self._saved[req_id] = (hid, secret, n, n_prompt)
             logger.debug("SplitZip: saving request %s as handoff %s (%d blocks)", req_id, hid[:8], n)
 
     def update_connector_output(self, connector_output: Any) -> None:
@@ -231,13 +232,13 @@ class SplitZipScheduler:
             # Decode side: a load in flight keeps its blocks; vLLM holds them (WAITING_FOR_REMOTE_KVS) until the
             # workers report the load ended.
             return False, None
-        hid, n, n_prompt = saved
+        hid, secret, n, n_prompt = saved
         # The workers read these blocks until their layers are staged: hold them until then.
         self._held.append(req_id)
         if request.status != RequestStatus.FINISHED_LENGTH_CAPPED:
             # Finished otherwise (stop token, abort): nothing for a decode engine to continue.
             return True, None
-        hp = HandoffParams.build(hid, self.engine_id, self.tp_size, n, n_prompt, self.compat)
+        hp = HandoffParams.build(hid, secret, self.engine_id, self.tp_size, n, n_prompt, self.compat)
         logger.debug("SplitZip: request %s handed off as %s (%d blocks, %d tokens)", req_id, hid[:8], n, n_prompt)
         return True, {
             "do_remote_prefill": True,

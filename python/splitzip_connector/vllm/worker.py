@@ -35,23 +35,23 @@ for _name, _code in (("float8_e5m2", "fp8_e5m2"), ("float8_e4m3fn", "fp8_e4m3"))
     if hasattr(torch, _name):
         _TORCH_DTYPES[getattr(torch, _name)] = _code
 
-# One control-plane connection per process and URL ("" is an embedded server, shared by the producer and the
-# consumer of one process).
-_planes: dict[tuple[str, str], ControlPlane] = {}
+# One control-plane connection per process, URL and options ("" is an embedded server, shared by the producer
+# and the consumer of one process).
+_planes: dict[tuple[str, tuple[tuple[str, str], ...]], ControlPlane] = {}
 _planes_lock = threading.Lock()
 
 
-def shared_plane(url: str, namespace: str) -> ControlPlane:
+def shared_plane(cfg: SplitZipConfig) -> ControlPlane:
+    url = cfg.nats_url
+    opts: dict[str, Any] = cfg.plane_options()
+    key = (url, tuple(sorted(opts.items())))
     with _planes_lock:
-        p = _planes.get((url, namespace))
+        p = _planes.get(key)
         if p is None:
-            opts: dict[str, Any] = {}
-            if namespace:
-                opts["namespace"] = namespace
             if not url:
                 opts["storage"] = "memory"
             p = ControlPlane(url, **opts)
-            _planes[(url, namespace)] = p
+            _planes[key] = p
             if not url:
                 logger.info("SplitZip: embedded NATS server at %s (this process only)", p.client_url)
         return p
@@ -203,11 +203,11 @@ class SplitZipWorker:
         self.tp_size = pc.tensor_parallel_size
         self.rank = _tp_rank() if rank is None else rank
         self.engine_id = cfg.engine_id
-        self.plane = shared_plane(cfg.nats_url, cfg.nats_namespace)
+        self.plane = shared_plane(cfg)
         self.producer: Producer | None = None
         self.consumer: Consumer | None = None
         # Options left None are not sent: the Go connector applies its defaults (handoff.endpoint_defaults()).
-        common: dict[str, Any] = {"rate_limit": cfg.rate_limit}
+        common: dict[str, Any] = {"rate_limit": cfg.rate_limit, **cfg.transport_options()}
         if kvc.is_kv_producer:
             listen, adv = cfg.listen_for_rank(self.rank)
             self.producer = Producer(
@@ -290,7 +290,7 @@ class SplitZipWorker:
             assert self.consumer is not None, "loads scheduled on an engine without kv_consumer role"
             for ld in meta.loads:
                 try:
-                    self.consumer.load(ld.request_id, ld.handoff_id, ld.block_ids)
+                    self.consumer.load(ld.request_id, ld.handoff_id, ld.block_ids, secret=ld.secret)
                     self._load_blocks[ld.request_id] = ld.block_ids
                 except Exception as e:  # reported like a failed transfer
                     logger.warning("SplitZip: request %s: load did not start: %s", ld.request_id, e)
@@ -299,7 +299,7 @@ class SplitZipWorker:
         for sv in meta.saves:
             assert self.producer is not None, "saves scheduled on an engine without kv_producer role"
             try:
-                self.producer.begin(sv.request_id, sv.block_ids, sv.handoff_id)
+                self.producer.begin(sv.request_id, sv.block_ids, sv.handoff_id, sv.secret)
                 self._saving[sv.request_id] = 0
             except Exception as e:
                 logger.error("SplitZip: request %s: handoff %s not opened: %s", sv.request_id, sv.handoff_id[:8], e)

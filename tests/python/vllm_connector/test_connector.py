@@ -3,10 +3,14 @@ through, each ending with no leaked block (harness.py explains the harness)."""
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
 from vllm.v1.request import FinishReason, RequestStatus
 
+from splitzip_connector.handoff import new_handoff_secret
 from splitzip_connector.vllm.metadata import PARAMS_KEY, WIRE_VERSION, HandoffParams
 
 from .harness import BLOCK, Engine, assert_no_leaks, kv_value, make_request
@@ -258,9 +262,43 @@ def test_load_failure_policies(engines, policy):
     assert fails == 1
 
 
+def test_only_the_secret_holder_loads(engines):
+    """kv_transfer_params carry the handoff's secret: a decode engine given another secret (or none) cannot
+    fetch the KV; the load fails (recompute policy: the request is prefilled locally), and the handoff is still
+    there for the engine holding the right one."""
+    P = engines("kv_producer")
+    D = engines("kv_consumer")
+    params = prefill(P, PROMPT)
+    P.drain()
+    secret = params[PARAMS_KEY]["secret"]
+    assert len(secret) == 43 and secret not in json.dumps({k: v for k, v in params.items() if k != PARAMS_KEY})
+    wrong = copy.deepcopy(params)
+    wrong[PARAMS_KEY]["secret"] = new_handoff_secret()
+    r = make_request(PROMPT, max_tokens=3, params=wrong)
+    D.add(r)
+    D.run_until(lambda: r.request_id in D.finished, timeout=30)
+    assert D.finished[r.request_id] == FinishReason.LENGTH and len(D.outputs[r.request_id]) == 3
+    assert sum(s.reduce()["failures"] for s in D.stats) == 1
+    D2 = engines("kv_consumer")  # no local prefix cache of the prompt: it must load
+    r2 = make_request(PROMPT, max_tokens=3, params=params)
+    D2.add(r2)
+    D2.run_until(lambda: r2.request_id in D2.finished, timeout=30)
+    assert D2.outputs[r2.request_id] == D.outputs[r.request_id]
+    st = [s.reduce() for s in D2.stats]
+    assert sum(x["loads"] for x in st) == 1 and sum(x["failures"] for x in st) == 0, "the right secret loads"
+    none = copy.deepcopy(params)
+    del none[PARAMS_KEY]["secret"]
+    with pytest.raises(ValueError, match="no secret"):
+        HandoffParams.from_dict(none[PARAMS_KEY], compat=none[PARAMS_KEY]["compat"], tp_size=1)
+    D.drain()
+    D2.drain()
+    assert_no_leaks(D)
+    assert_no_leaks(D2)
+
+
 def test_incompatible_handoff_is_prefilled_locally(engines, caplog):
     D = engines("kv_consumer")
-    rec = HandoffParams.build("AAAAAAAAAAAAAAAAAAAAAA", "other", 2, 5, len(PROMPT), "nope").to_dict()
+    rec = HandoffParams.build("AAAAAAAAAAAAAAAAAAAAAA", new_handoff_secret(), "other", 2, 5, len(PROMPT), "nope").to_dict()
     r = make_request(PROMPT, max_tokens=2, params={"do_remote_prefill": True, PARAMS_KEY: rec})
     D.add(r)
     D.run_until(lambda: r.request_id in D.finished)
