@@ -59,3 +59,5 @@ func newTestAgent(t testing.TB) *Agent {
 	t.Cleanup(func() { _ = a.Close() })
 	return a
 }
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }
