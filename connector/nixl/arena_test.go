@@ -3,9 +3,9 @@ package nixl
 import (
 	"context"
 	"fmt"
-	"strings"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
