@@ -11,6 +11,7 @@ import (
 
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/connector"
+	"github.com/splitzip/splitzip/connector/nixl"
 	"github.com/splitzip/splitzip/connector/transport"
 	szn "github.com/splitzip/splitzip/nats"
 )
@@ -26,8 +27,9 @@ func init() {
 
 func connectorKind(err error) string {
 	switch {
-	case errors.Is(err, connector.ErrOption), errors.Is(err, szn.ErrInvalidOption):
-		return KindOption
+	case errors.Is(err, connector.ErrOption), errors.Is(err, szn.ErrInvalidOption),
+		errors.Is(err, nixl.ErrNoLibrary), errors.Is(err, nixl.ErrLibrary), errors.Is(err, nixl.ErrOption):
+		return KindOption // transport=nixl on a machine without NIXL's library is a configuration to change
 	case errors.Is(err, connector.ErrLayout), errors.Is(err, connector.ErrBlocks):
 		return KindLayout
 	case errors.Is(err, connector.ErrNotRegistered):
@@ -103,6 +105,7 @@ type endpointOptions struct {
 	RateLimit     *int64   `json:"rate_limit"` // bytes/s cap of the payload transport (emulates a slow link)
 	Conns         *int     `json:"conns"`
 	IOTimeoutS    *float64 `json:"io_timeout_s"`
+	Transport     *string  `json:"transport"` // payload transport: tcp or nixl
 }
 
 // endpointSettings is what a producer or consumer runs with: endpointOptions' settable fields with every
@@ -121,6 +124,7 @@ type endpointSettings struct {
 	RateLimit     int64   `json:"rate_limit"`
 	Conns         int     `json:"conns"`
 	IOTimeoutS    float64 `json:"io_timeout_s"`
+	Transport     string  `json:"transport"`
 }
 
 func settingsOf(o connector.Options) (endpointSettings, error) {
@@ -144,6 +148,7 @@ func settingsOf(o connector.Options) (endpointSettings, error) {
 		RateLimit:     t.RateLimit,
 		Conns:         t.Conns,
 		IOTimeoutS:    t.IOTimeout.Seconds(),
+		Transport:     o.PayloadTransport,
 	}, nil
 }
 
@@ -350,6 +355,11 @@ func endpointOpts(js string) ([]connector.Option, error) {
 	}
 	if eo.IOTimeoutS != nil {
 		topts = append(topts, transport.WithIOTimeout(seconds(*eo.IOTimeoutS)))
+		// The same bound for reads over NIXL; the option validates it as transport's does.
+		opts = append(opts, connector.WithNIXL(nixl.WithIOTimeout(seconds(*eo.IOTimeoutS))))
+	}
+	if eo.Transport != nil {
+		opts = append(opts, connector.WithPayloadTransport(*eo.Transport))
 	}
 	if len(topts) > 0 {
 		// transport's option errors carry no sentinel: check them here, so they surface as option errors

@@ -26,7 +26,7 @@ type pair struct {
 	st  []transport.Stats
 }
 
-func newPair(t *testing.T, sopts []Option, copts ...Option) *pair {
+func newPair(t testing.TB, sopts []Option, copts ...Option) *pair {
 	t.Helper()
 	needLibrary(t)
 	p := &pair{}
