@@ -137,7 +137,7 @@ def test_errors_are_typed(plane, kv_calibration):
 
 ENDPOINT_KEYS = {
     "listen_addr", "advertise_addr", "staging_bytes", "handoff_ttl_s", "load_timeout_s", "record_wait_s",
-    "bypass", "mode", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s",
+    "bypass", "mode", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s", "transport",
 }
 
 
@@ -148,7 +148,7 @@ def test_endpoint_defaults_come_from_go():
     # the values connector.GetDefaultOptions documents (a change there shows up here, not in Python code)
     assert d["handoff_ttl_s"] == d["load_timeout_s"] == 120 and d["record_wait_s"] == 10
     assert d["staging_bytes"] == 1 << 30 and d["bypass"] == "auto" and d["listen_addr"] == "127.0.0.1:0"
-    assert d["mode"] == "auto"
+    assert d["mode"] == "auto" and d["transport"] == "tcp"
     d["conns"] = -1
     assert endpoint_defaults()["conns"] != -1, "callers get a copy"
 
