@@ -21,8 +21,26 @@ build:
 NATS_SERVER := $(CURDIR)/build/bin/nats-server
 export SPLITZIP_NATS_SERVER := $(NATS_SERVER)
 
-deps: $(NATS_SERVER)
+deps: $(NATS_SERVER) nixl
 	$(GO) mod download
+
+# NIXL's C API and UCX for the NIXL payload transport's tests (connector/nixl, connector): the nixl-cu13 wheel
+# from PyPI (59 MB, about 2 s), unpacked into build/nixl/wheel. Nothing is built against it; the library is
+# loaded at run time from SPLITZIP_NIXL_LIB (exported to every recipe), which also makes those tests fail
+# instead of skip when it does not load. UCX runs over TCP and shared memory there (UCX_TLS=tcp,sm,self).
+NIXL_VERSION ?= 1.5.1
+NIXL_WHEEL := build/nixl/nixl_cu13-$(NIXL_VERSION)-cp312-cp312-manylinux_2_28_x86_64.whl
+NIXL_LIB := $(CURDIR)/build/nixl/wheel/.nixl_cu13.mesonpy.libs/libnixl_capi.so
+export SPLITZIP_NIXL_LIB := $(NIXL_LIB)
+
+.PHONY: nixl
+nixl: $(NIXL_LIB)
+
+$(NIXL_LIB):
+	$(PYTHON) -m pip download -q --no-deps nixl-cu13==$(NIXL_VERSION) --python-version 3.12 --only-binary=:all: -d build/nixl
+	rm -rf build/nixl/wheel
+	$(PYTHON) -m zipfile -e $(NIXL_WHEEL) build/nixl/wheel
+	@test -f $@
 
 $(NATS_SERVER): go.mod go.sum
 	$(GO) build -o $@ github.com/nats-io/nats-server/v2
@@ -90,13 +108,14 @@ py-bench: py-build
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
 GPU_VENV := build/venv-gpu
 
-wheel-gpu:
+wheel-gpu: nixl
 	@test -n "$(PY312)" || { echo "wheel-gpu needs Python 3.12 (pyenv install 3.12, or PY312=/path/to/python3.12)"; exit 1; }
 	@test -x $(GPU_VENV)/bin/python || $(PY312) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install -q pybindgen setuptools
 	rm -rf .gpu/wheels
 	$(GPU_VENV)/bin/python -m pip wheel -q --no-build-isolation --no-deps -w .gpu/wheels .
 	$(GPU_VENV)/bin/python -m pip download -q --only-binary=:all: -d .gpu/wheels pytest
+	cp $(NIXL_WHEEL) .gpu/wheels/  # the NIXL payload transport (tests/gpu/transports.py)
 	@ls -1 .gpu/wheels
 
 # --- vLLM connector: splitzip_connector.vllm under the pinned vLLM release ---------------------------------

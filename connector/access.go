@@ -1,9 +1,13 @@
 package connector
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 )
 
@@ -47,4 +51,57 @@ func secretHash(secret []byte) string {
 	h.Write([]byte("splitzip handoff secret hash\x00"))
 	h.Write(secret)
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+}
+
+// A NIXL handoff's locator (the producer agent's metadata, with its registered memory's keys, and where the
+// chunk table lies) lets any NIXL peer read the payload with one-sided reads: the producer cannot challenge a
+// read as the TCP transport challenges a fetch. So the record carries the locator sealed (AES-256-GCM, the
+// handoff id as associated data) under a key derived from the secret, and only the consumer given the secret
+// can open it. The producer's agent registers one staging arena, so a consumer that opened one locator holds
+// keys to that arena: NIXL, like RDMA, trusts the peers it serves. docs/security.md says so.
+
+// sealedLocator is a sealed locator as the record carries it.
+type sealedLocator struct {
+	Sealed string `json:"sealed"` // base64url: 12-byte nonce, then the ciphertext and its 16-byte tag
+}
+
+func locatorAEAD(secret []byte) (cipher.AEAD, error) {
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte("splitzip nixl locator key\x00"))
+	block, err := aes.NewCipher(mac.Sum(nil))
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// sealLocator seals a handoff's locator under its secret.
+func sealLocator(loc json.RawMessage, secret []byte, id string) (json.RawMessage, error) {
+	aead, err := locatorAEAD(secret)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(loc)+aead.Overhead())
+	_, _ = rand.Read(nonce)
+	b := aead.Seal(nonce, nonce, loc, []byte(id))
+	return json.Marshal(sealedLocator{Sealed: base64.RawURLEncoding.EncodeToString(b)})
+}
+
+// openLocator opens a sealed locator with the consumer's secret: ErrAccess when the secret is not the one it
+// was sealed under (or the record was altered).
+func openLocator(rec json.RawMessage, secret []byte, id string) (json.RawMessage, error) {
+	var s sealedLocator
+	if err := json.Unmarshal(rec, &s); err != nil || s.Sealed == "" {
+		return nil, fmt.Errorf("%w: handoff %s: the record's NIXL locator is not sealed", ErrMismatch, shortID(id))
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s.Sealed)
+	aead, aerr := locatorAEAD(secret)
+	if err != nil || aerr != nil || len(b) < aead.NonceSize() {
+		return nil, fmt.Errorf("%w: handoff %s: a malformed sealed NIXL locator", ErrMismatch, shortID(id))
+	}
+	loc, err := aead.Open(nil, b[:aead.NonceSize()], b[aead.NonceSize():], []byte(id))
+	if err != nil {
+		return nil, fmt.Errorf("%w: handoff %s: the NIXL locator does not open with this consumer's secret", ErrAccess, shortID(id))
+	}
+	return loc, nil
 }

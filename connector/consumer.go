@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/splitzip/splitzip/connector/nixl"
 	"github.com/splitzip/splitzip/connector/transport"
 	szn "github.com/splitzip/splitzip/nats"
 )
@@ -18,9 +19,10 @@ import (
 // error; blocks of a failed load hold partial data and must not be used (the engine recomputes or fails).
 // A Consumer serves one tensor-parallel rank; it is safe for concurrent use.
 type Consumer struct {
-	o   Options
-	cp  ControlPlane
-	log *slog.Logger
+	o    Options
+	cp   ControlPlane
+	nixl *nixl.Client // with the payload transport nixl
+	log  *slog.Logger
 
 	mu     sync.Mutex
 	cache  kvCache
@@ -70,6 +72,9 @@ func NewConsumer(cp ControlPlane, opts ...Option) (*Consumer, error) {
 	c := &Consumer{
 		o: o, cp: cp, loads: map[string]*load{},
 		log: slog.Default().With("component", "splitzip.consumer", "engine", o.EngineID, "rank", o.Rank),
+	}
+	if c.nixl, err = newPayloadClient(o); err != nil {
+		return nil, err
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
@@ -289,7 +294,7 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 		return nil
 	}
 	t0 := time.Now()
-	st, err := transport.FetchCRC(ctx, rec.Addr, ld.handoffID, ld.secret, sink, c.o.Transport...)
+	st, err := c.fetchPayload(ctx, rec, ld.handoffID, ld.secret, sink)
 	if err != nil {
 		return fmt.Errorf("handoff %s from %s: %w", shortID(ld.handoffID), rec.Addr, err)
 	}
@@ -353,10 +358,14 @@ func (c *Consumer) Close() error {
 	c.cancel()
 	c.mu.Unlock()
 	c.wg.Wait()
+	var err error
+	if c.nixl != nil {
+		err = c.nixl.Close()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.cache != nil {
-		return c.cache.close()
+		err = errors.Join(err, c.cache.close())
 	}
-	return nil
+	return err
 }

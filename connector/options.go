@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/connector/nixl"
 	"github.com/splitzip/splitzip/connector/transport"
 )
 
@@ -89,7 +90,21 @@ type Options struct {
 	HugePages bool
 	// Transport options for the payload server (producer) or fetches (consumer).
 	Transport []transport.Option
+	// PayloadTransport is how payloads move (default TransportTCP; both sides): TransportTCP, SplitZip's
+	// own protocol (connector/transport), or TransportNIXL, one-sided reads over NIXL/UCX (connector/nixl)
+	// from the producer's registered staging memory, through RDMA, NVLink or shared memory where UCX has
+	// them. A consumer fetches each handoff the way its record says; it needs TransportNIXL to read NIXL
+	// handoffs, and still reads TCP ones.
+	PayloadTransport string
+	// NIXL options for the NIXL server (producer) or client (consumer), with TransportNIXL.
+	NIXL []nixl.Option
 }
+
+// The payload transports (Options.PayloadTransport).
+const (
+	TransportTCP  = "tcp"
+	TransportNIXL = "nixl"
+)
 
 // Option sets one field of Options, validating it.
 type Option func(*Options) error
@@ -105,6 +120,8 @@ func GetDefaultOptions() Options {
 		MaxInFlight:  256,
 		FrameBytes:   8 << 20,
 		HugePages:    true,
+
+		PayloadTransport: TransportTCP,
 	}
 }
 
@@ -266,6 +283,28 @@ func WithTLS(caFile, certFile, keyFile string) Option {
 		o.Transport = append(o.Transport, transport.WithTLSConfig(to.TLS))
 		return nil
 	}
+}
+
+// WithPayloadTransport chooses how payloads move: "tcp" (the default) or "nixl" (see
+// Options.PayloadTransport). NIXL's library is loaded when the producer or consumer is made; a machine
+// without it fails there with an error wrapping nixl.ErrNoLibrary.
+func WithPayloadTransport(name string) Option {
+	return func(o *Options) error {
+		switch name {
+		case TransportTCP, "":
+			o.PayloadTransport = TransportTCP
+		case TransportNIXL:
+			o.PayloadTransport = TransportNIXL
+		default:
+			return optErr("payload transport %q (want tcp or nixl)", name)
+		}
+		return nil
+	}
+}
+
+// WithNIXL passes options to the NIXL server or client (backend parameters, timeouts, receive memory).
+func WithNIXL(opts ...nixl.Option) Option {
+	return func(o *Options) error { o.NIXL = append(o.NIXL, opts...); return nil }
 }
 
 func buildOptions(opts []Option) (Options, error) {

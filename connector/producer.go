@@ -2,11 +2,11 @@ package connector
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"log/slog"
-	"net"
 	"sync"
 	"time"
 
@@ -24,7 +24,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type Producer struct {
 	o       Options
 	cp      ControlPlane
-	srv     *transport.Server
+	srv     payloadServer
 	addr    string
 	staging *staging
 	policy  modePolicy
@@ -75,6 +75,8 @@ type save struct {
 	blocks           []int
 	path             path // raw, fast or high-ratio frames
 	payload          *transport.StreamPayload
+	transport        string          // the records' payload transport ("" for TCP)
+	locator          json.RawMessage // and what else consumers need to fetch it (NIXL)
 	f                framing
 	layers           chan layerJob
 	layersClosed     bool
@@ -116,22 +118,10 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 		}
 		p.coders <- cs
 	}
-	topts := append([]transport.Option{
-		transport.WithHandoffTTL(o.HandoffTTL),
-		transport.WithMaxTransfers(o.MaxInFlight),
-		transport.WithOnTransfer(p.onTransfer),
-	}, o.Transport...)
-	p.srv, err = transport.Listen(o.ListenAddr, topts...)
-	if err != nil {
+	if p.srv, err = newPayloadServer(o, p.onTransfer); err != nil {
 		return nil, err
 	}
-	p.addr = o.AdvertiseAddr
-	if p.addr == "" {
-		p.addr = p.srv.Addr().String()
-		if host, port, _ := net.SplitHostPort(p.addr); host == "::" || host == "0.0.0.0" {
-			return nil, errors.Join(p.srv.Close(), optErr("listening on %s: set an advertise address consumers can dial (port %s)", p.addr, port))
-		}
-	}
+	p.addr = p.srv.addr()
 	p.unsub, err = p.cp.SubscribeCompletions(o.EngineID, o.Rank, func(c completion) error { p.onCompletion(c); return nil })
 	if err != nil {
 		return nil, errors.Join(err, p.srv.Close())
@@ -212,6 +202,10 @@ func (p *Producer) register(c kvCache) error {
 	if t := p.o.CodeTable; t != nil && t.DType != l.DType {
 		return errors.Join(c.close(), optErr("the code table is for %s, the KV cache holds %s", t.DType, l.DType))
 	}
+	alloc, freeOld, err := p.srv.stagingAllocator(c.stagingAllocator(), p.o.StagingBytes)
+	if err != nil {
+		return errors.Join(c.close(), err)
+	}
 	if p.cache != nil {
 		if err := p.cache.close(); err != nil {
 			p.log.Warn("closing the previous KV cache registration", "err", err)
@@ -221,7 +215,8 @@ func (p *Producer) register(c kvCache) error {
 	p.tables = newTableLearner(l, p.o.CodeTable)
 	_, gpu := c.(*deviceCache)
 	p.policy.setDecodeLikeEncode(gpu)
-	p.staging.setAllocator(c.stagingAllocator())
+	p.staging.setAllocator(alloc)
+	freeOld()
 	return nil
 }
 
@@ -331,6 +326,12 @@ func (p *Producer) open(reqID, handoffID string, secret []byte, blocks []int) (*
 	s.ctx, s.cancel = context.WithTimeout(context.Background(), p.o.HandoffTTL)
 	s.payload = transport.NewStreamPayload(f.frames(), func(err error) { p.onRelease(s, err) })
 	if err := p.srv.Offer(s.handoffID, s.secret, s.payload); err != nil {
+		s.cancel()
+		return nil, nil, err
+	}
+	var err error
+	if s.transport, s.locator, err = p.srv.locate(s.handoffID, s.secret); err != nil {
+		p.srv.Withdraw(s.handoffID)
 		s.cancel()
 		return nil, nil, err
 	}
@@ -681,7 +682,7 @@ func (p *Producer) record(s *save, complete bool) *shardRecord {
 		LayoutFingerprint: l.Fingerprint(), DType: l.DType.String(), Rank: p.o.Rank, TPSize: l.TPSize,
 		Layers: l.Layers, Blocks: len(s.blocks), BlocksPerFrame: s.f.per, Frames: s.f.frames(), Raw: s.path == pathRaw,
 		Mode: s.path.recordMode(), SecretHash: secretHash(s.secret),
-		TTL: p.o.HandoffTTL,
+		TTL: p.o.HandoffTTL, Transport: s.transport, Locator: s.locator,
 	}
 	if complete {
 		r.Complete = true
@@ -702,6 +703,7 @@ func (p *Producer) Close() error {
 	err := errors.Join(p.unsub(), p.srv.Close()) // releases every payload
 	p.wg.Wait()
 	p.staging.close()
+	p.srv.freeMemory() // after staging: the save workers wrote into it until they ended
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cache != nil {

@@ -70,6 +70,15 @@ func (s *staging) acquire(ctx context.Context, n int) ([]byte, error) {
 		s.free = s.free[1:]
 	}
 	b, err := s.mem.alloc(n)
+	if err != nil && len(s.free) > 0 {
+		// An arena allocator (NIXL's registered staging) may be fragmented by idle buffers: give them all
+		// back and try once more.
+		for _, f := range s.free {
+			s.mem.free(f)
+		}
+		s.free = nil
+		b, err = s.mem.alloc(n)
+	}
 	if err != nil {
 		s.used -= int64(n)
 		return nil, err

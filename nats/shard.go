@@ -27,7 +27,7 @@ type ShardRecord struct {
 	ProducerEngineID  string `json:"producer"`             // completion notices go to it (NotifyDone)
 	Rank              int    `json:"rank"`
 	TPSize            int    `json:"tp_size"`
-	Addr              string `json:"addr"`   // host:port of the rank's payload server
+	Addr              string `json:"addr"`   // host:port of the rank's payload server (TCP); names the producer's agent (NIXL)
 	LayoutFingerprint string `json:"layout"` // the KV layout; the consumer's must match exactly
 	DType             string `json:"dtype"`  // KV element type, e.g. "bfloat16"
 	Layers            int    `json:"layers"`
@@ -43,6 +43,12 @@ type ShardRecord struct {
 	// addressed to gets, outside the control plane), so that a consumer holding another secret can say so
 	// before it dials. Empty: not stated.
 	SecretHash string `json:"secret_hash,omitempty"`
+	// Transport is how the payload moves: PayloadTCP (or empty: connector/transport, from Addr) or
+	// PayloadNIXL (connector/nixl, from Locator).
+	Transport string `json:"transport,omitempty"`
+	// Locator is what the payload transport needs beyond Addr, opaque to the control plane: for NIXL, the
+	// producer agent's metadata and where the handoff's chunk table lies in its registered memory.
+	Locator json.RawMessage `json:"locator,omitempty"`
 
 	FrameSizes   []uint64 `json:"frame_sizes,omitempty"` // complete records: encoded size per frame
 	Checksums    []uint32 `json:"crc32c,omitempty"`      // complete records: CRC32C (Castagnoli) per frame
@@ -62,6 +68,15 @@ const (
 	// FrameModeHighRatio: each frame is two high-ratio frames (entropy-coded exponents, or raw), the layer's
 	// K blocks then its V blocks, back to back.
 	FrameModeHighRatio = "high-ratio"
+)
+
+// Payload transports of a handoff (ShardRecord.Transport).
+const (
+	// PayloadTCP: SplitZip's own TCP protocol (connector/transport), from the host:port in Addr.
+	PayloadTCP = "tcp"
+	// PayloadNIXL: one-sided reads over NIXL (connector/nixl) from the producer's registered memory, as
+	// Locator describes.
+	PayloadNIXL = "nixl"
 )
 
 // FrameMode is the record's frame mode, FrameModeFast when the record names none.
@@ -99,8 +114,17 @@ func (s *ShardRecord) Validate() error {
 	case s.CreatedAt.IsZero() || !s.ExpiresAt.After(s.CreatedAt):
 		return bad("expiry %v not after creation %v", s.ExpiresAt, s.CreatedAt)
 	}
-	if host, port, err := net.SplitHostPort(s.Addr); err != nil || host == "" || port == "" {
-		return bad("address %q: want host:port", s.Addr)
+	switch s.Transport {
+	case "", PayloadTCP:
+		if host, port, err := net.SplitHostPort(s.Addr); err != nil || host == "" || port == "" {
+			return bad("address %q: want host:port", s.Addr)
+		}
+	case PayloadNIXL:
+		if len(s.Locator) == 0 || !json.Valid(s.Locator) {
+			return bad("a NIXL payload without a valid locator")
+		}
+	default:
+		return bad("payload transport %q (known: %s, %s)", s.Transport, PayloadTCP, PayloadNIXL)
 	}
 	if s.Complete {
 		if len(s.FrameSizes) != s.Frames || len(s.Checksums) != s.Frames {

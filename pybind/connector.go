@@ -11,6 +11,7 @@ import (
 
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/connector"
+	"github.com/splitzip/splitzip/connector/nixl"
 	"github.com/splitzip/splitzip/connector/transport"
 	szn "github.com/splitzip/splitzip/nats"
 )
@@ -26,8 +27,9 @@ func init() {
 
 func connectorKind(err error) string {
 	switch {
-	case errors.Is(err, connector.ErrOption), errors.Is(err, szn.ErrInvalidOption), errors.Is(err, transport.ErrOption):
-		return KindOption
+	case errors.Is(err, connector.ErrOption), errors.Is(err, szn.ErrInvalidOption), errors.Is(err, transport.ErrOption),
+		errors.Is(err, nixl.ErrNoLibrary), errors.Is(err, nixl.ErrLibrary), errors.Is(err, nixl.ErrOption):
+		return KindOption // transport=nixl on a machine without NIXL's library is a configuration to change
 	case errors.Is(err, connector.ErrAccess), errors.Is(err, transport.ErrTLS):
 		return KindAccess
 	case errors.Is(err, connector.ErrLayout), errors.Is(err, connector.ErrBlocks):
@@ -116,6 +118,7 @@ type endpointOptions struct {
 	TLSCert       string `json:"tls_cert"`
 	TLSKey        string `json:"tls_key"`
 	TLSServerName string `json:"tls_server_name"`
+	Transport     *string  `json:"transport"` // payload transport: tcp or nixl
 }
 
 // endpointSettings is what a producer or consumer runs with: endpointOptions' settable fields with every
@@ -135,6 +138,7 @@ type endpointSettings struct {
 	Conns         int     `json:"conns"`
 	IOTimeoutS    float64 `json:"io_timeout_s"`
 	TLS           bool    `json:"tls"` // the payload transport runs over mutual TLS
+	Transport     string  `json:"transport"`
 }
 
 func settingsOf(o connector.Options) (endpointSettings, error) {
@@ -159,6 +163,7 @@ func settingsOf(o connector.Options) (endpointSettings, error) {
 		Conns:         t.Conns,
 		IOTimeoutS:    t.IOTimeout.Seconds(),
 		TLS:           t.TLS != nil,
+		Transport:     o.PayloadTransport,
 	}, nil
 }
 
@@ -371,6 +376,11 @@ func endpointOpts(js string) ([]connector.Option, error) {
 	}
 	if eo.IOTimeoutS != nil {
 		topts = append(topts, transport.WithIOTimeout(seconds(*eo.IOTimeoutS)))
+		// The same bound for reads over NIXL; the option validates it as transport's does.
+		opts = append(opts, connector.WithNIXL(nixl.WithIOTimeout(seconds(*eo.IOTimeoutS))))
+	}
+	if eo.Transport != nil {
+		opts = append(opts, connector.WithPayloadTransport(*eo.Transport))
 	}
 	if eo.TLSCA != "" || eo.TLSCert != "" || eo.TLSKey != "" {
 		topts = append(topts, transport.WithTLSFiles(eo.TLSCA, eo.TLSCert, eo.TLSKey))

@@ -191,7 +191,11 @@ func runBenchTransfer(args []string) error {
 	modesFlag := fs.String("modes", "", "the whole list to measure, raw included (overrides -mode; \"compressed\" is fast)")
 	cpuFlag := fs.Bool("cpu", false, "also report the CPU time of both processes per transfer (median; read from /proc)")
 	huge := fs.Bool("hugepages", true, "both KV caches in transparent huge pages: allocated for them, and advised by the connector")
+	payload := fs.String("transport", connector.TransportTCP, "payload transport: tcp, or nixl (NIXL/UCX; UCX_TLS picks the wire, -rates 0 only)")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := checkBenchTransport(*payload, *ratesFlag); err != nil {
 		return err
 	}
 	modes, err := parseModes(*modeFlag, *modesFlag)
@@ -233,7 +237,7 @@ func runBenchTransfer(args []string) error {
 	}
 	argv := append(strings.Fields(*prefix), self, "bench", "transfer-producer", "-nats", plane.ClientURL(), "-data", *data,
 		"-blocks", fmt.Sprint(2*maxBlocks), "-listen", *listen, "-link-rate", fmt.Sprint(*linkRate), "-frame-bytes", fmt.Sprint(int64(frameBytes)),
-		"-hugepages="+fmt.Sprint(*huge))
+		"-hugepages="+fmt.Sprint(*huge), "-transport", *payload)
 	child := exec.Command(argv[0], argv[1:]...)
 	child.Stderr = os.Stderr
 	stdin, _ := child.StdinPipe()
@@ -248,7 +252,7 @@ func runBenchTransfer(args []string) error {
 
 	cons, err := connector.NewConsumer(plane, connector.WithEngineID("bench-decode"),
 		connector.WithTransport(transport.WithConns(*conns)), connector.WithLoadTimeout(10*time.Minute),
-		connector.WithHugePages(*huge))
+		connector.WithHugePages(*huge), connector.WithPayloadTransport(*payload))
 	if err != nil {
 		return err
 	}
@@ -327,7 +331,8 @@ func runBenchTransfer(args []string) error {
 	}
 	fmt.Printf("splitzip bench transfer: a producer process and this consumer (%s, %d cores), %s,\n", cpuName(), runtime.NumCPU(), where)
 	fmt.Printf("KV of SmolLM2-135M (30 layers × K,V × 3 heads × 64, bf16, 16-token blocks) filled with %s;\n", *data)
-	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d after warm-up, modes taking turns; %s\n\n", *repeat, shaping)
+	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d after warm-up, modes taking turns; %s;\n", *repeat, shaping)
+	fmt.Printf("payload transport %s\n\n", transportLabel(*payload))
 	// One column group per mode: its median time and, for codec modes, its speedup over raw; auto also says
 	// which paths it took in the timed transfers.
 	fmt.Printf("%7s %9s %9s", "tokens", "KV", "link")
@@ -343,6 +348,10 @@ func runBenchTransfer(args []string) error {
 	}
 	if *cpuFlag {
 		fmt.Print(" | cpu")
+		for _, m := range modes {
+			fmt.Printf(" %10s", m)
+		}
+		fmt.Print(" | cpu s/GB")
 		for _, m := range modes {
 			fmt.Printf(" %10s", m)
 		}
@@ -422,6 +431,11 @@ func runBenchTransfer(args []string) error {
 				for _, m := range modes {
 					fmt.Printf(" %8.1fms", ms(median(cpus[m])))
 				}
+				// CPU seconds of both processes per GB of KV moved (raw bytes, whatever crossed the wire).
+				fmt.Print(" |          ")
+				for _, m := range modes {
+					fmt.Printf(" %10.3f", median(cpus[m]).Seconds()/(rawBytes/1e9))
+				}
 			}
 			fmt.Println()
 		}
@@ -429,6 +443,40 @@ func runBenchTransfer(args []string) error {
 	st := cons.Stats()
 	fmt.Printf("\nconsumer totals: %d loads, %d failed, %s decoded\n", st.Loads, st.Failed, formatBytes(float64(st.RawBytes)))
 	return nil
+}
+
+// checkBenchTransport refuses what bench transfer cannot run: an unknown transport, or NIXL over links the
+// benchmark shapes itself (the rate limit is the TCP transport's; shape a NIXL link outside, e.g. with tc, or
+// measure it unshaped).
+func checkBenchTransport(name, rates string) error {
+	switch name {
+	case connector.TransportTCP:
+		return nil
+	case connector.TransportNIXL:
+		rs, err := parseList(rates)
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			if r != 0 {
+				return fmt.Errorf("-transport nixl moves payloads outside the TCP transport's rate limit: use -rates 0 (and -link, -link-rate for a link shaped outside)")
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("bad -transport %q (want tcp or nixl)", name)
+}
+
+// transportLabel names the payload transport for the table, with the UCX transports NIXL may use.
+func transportLabel(name string) string {
+	if name != connector.TransportNIXL {
+		return name + " (SplitZip's protocol)"
+	}
+	tls := os.Getenv("UCX_TLS")
+	if tls == "" {
+		tls = "UCX's choice"
+	}
+	return "nixl (UCX_TLS=" + tls + ")"
 }
 
 // tookString says which paths auto's timed transfers took, e.g. "hr 7" or "fast 5, raw 2".
@@ -535,6 +583,7 @@ func runTransferProducer(args []string) error {
 	linkRate := fs.Float64("link-rate", 0, "rate of an externally shaped link in Gbit/s (for the auto policy)")
 	frameBytes := fs.Int64("frame-bytes", 0, "raw bytes per frame (0: the connector's default)")
 	huge := fs.Bool("hugepages", true, "the KV cache in transparent huge pages (allocated for them, advised by the connector)")
+	payload := fs.String("transport", connector.TransportTCP, "payload transport: tcp or nixl")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -593,7 +642,7 @@ func runTransferProducer(args []string) error {
 		if p == nil {
 			opts := []connector.Option{connector.WithEngineID("bench-prefill-" + strings.ReplaceAll(key, ".", "_")), connector.WithListenAddr(*listen),
 				connector.WithBypass(bypass), connector.WithMode(mode), connector.WithHandoffTTL(10 * time.Minute), connector.WithStagingBytes(4 << 30),
-				connector.WithHugePages(*huge)}
+				connector.WithHugePages(*huge), connector.WithPayloadTransport(*payload)}
 			if *frameBytes > 0 {
 				opts = append(opts, connector.WithFrameBytes(*frameBytes))
 			}

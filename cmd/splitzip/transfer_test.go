@@ -31,3 +31,12 @@ func TestParseModes(t *testing.T) {
 		require.True(t, ok, m)
 	}
 }
+
+func TestCheckBenchTransport(t *testing.T) {
+	require.NoError(t, checkBenchTransport("tcp", "1,2.5,0"))
+	require.NoError(t, checkBenchTransport("nixl", "0"))
+	require.ErrorContains(t, checkBenchTransport("nixl", "1,0"), "-rates 0")
+	require.ErrorContains(t, checkBenchTransport("rdma", "0"), "want tcp or nixl")
+	t.Setenv("UCX_TLS", "tcp")
+	require.Equal(t, "nixl (UCX_TLS=tcp)", transportLabel("nixl"))
+}

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from typing import Any, Iterable, Sequence
 
+from . import _nixl
 from ._binding import ext
 from .codebook import codebook_handle
 from .dtypes import dtype_code, dtype_size
@@ -227,7 +228,7 @@ def endpoint_defaults() -> dict[str, Any]:
     """The settings of a producer or consumer that sets no options: the Go connector's defaults
     (connector.GetDefaultOptions, transport.GetDefaultOptions), the one place they are stated. Keys:
     listen_addr, advertise_addr, staging_bytes, handoff_ttl_s, load_timeout_s, record_wait_s, bypass, mode,
-    link_rate, max_in_flight, rate_limit, conns, io_timeout_s, tls."""
+    link_rate, max_in_flight, rate_limit, conns, io_timeout_s, tls, transport."""
     return json.loads(_defaults_json())
 
 
@@ -261,8 +262,11 @@ class _Endpoint:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_server_name: str | None = None
+    transport: str | None = None  # payload transport: "tcp" (default) or "nixl"
 
     def to_json(self) -> str:
+        if self.transport == "nixl":
+            _nixl.prepare()  # before the Go core first loads NIXL's library
         return json.dumps({f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
 
@@ -275,8 +279,9 @@ class Producer:
     handoff's frames), code_table_path (a high-ratio code table file; default: learned per layer's K and V),
     link_rate (bytes/s; 0 measures), codebook (a Codebook) or
     codebook_path, max_in_flight, rate_limit (bytes/s cap, emulates a slow link; 0: none), conns,
-    io_timeout_s, tls_ca, tls_cert, tls_key (mutual TLS between the engines). Options left out or None take the connector's defaults (endpoint_defaults()); the options
-    property shows what the producer runs with.
+    io_timeout_s, tls_ca, tls_cert, tls_key (mutual TLS between the engines), transport ("tcp" | "nixl":
+    payloads over NIXL/UCX, see docs/transports.md). Options left out or None take the connector's defaults
+    (endpoint_defaults()); the options property shows what the producer runs with.
     """
 
     def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, *, codebook: Any = None, **options: Any) -> None:
@@ -367,7 +372,9 @@ class Producer:
 class Consumer:
     """The decode side of handoffs for one TP rank: fetches a handoff's frames and decodes them into its own
     blocks. Keyword options: load_timeout_s, record_wait_s, max_in_flight, rate_limit, conns, io_timeout_s,
-    tls_ca, tls_cert, tls_key, tls_server_name; those left out or None take the connector's defaults (endpoint_defaults(), the options property)."""
+    tls_ca, tls_cert, tls_key, tls_server_name, transport ("nixl" to read handoffs producers serve over NIXL;
+    TCP ones are read either way); those left out or None take the connector's defaults (endpoint_defaults(),
+    the options property)."""
 
     def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, **options: Any) -> None:
         self._opts = _Endpoint(engine_id=engine_id, rank=rank, **options).to_json()

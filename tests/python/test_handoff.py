@@ -160,7 +160,7 @@ def test_errors_are_typed(plane, kv_calibration):
 
 ENDPOINT_KEYS = {
     "listen_addr", "advertise_addr", "staging_bytes", "handoff_ttl_s", "load_timeout_s", "record_wait_s",
-    "bypass", "mode", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s", "tls",
+    "bypass", "mode", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s", "tls", "transport",
 }
 # Endpoint options that name files or peers rather than settings with defaults.
 PATH_KEYS = {"codebook", "codebook_path", "code_table_path", "tls_ca", "tls_cert", "tls_key", "tls_server_name"}
@@ -173,7 +173,7 @@ def test_endpoint_defaults_come_from_go():
     # the values connector.GetDefaultOptions documents (a change there shows up here, not in Python code)
     assert d["handoff_ttl_s"] == d["load_timeout_s"] == 120 and d["record_wait_s"] == 10
     assert d["staging_bytes"] == 1 << 30 and d["bypass"] == "auto" and d["listen_addr"] == "127.0.0.1:0"
-    assert d["mode"] == "auto" and d["tls"] is False
+    assert d["mode"] == "auto" and d["tls"] is False and d["transport"] == "tcp"
     d["conns"] = -1
     assert endpoint_defaults()["conns"] != -1, "callers get a copy"
 

@@ -49,6 +49,9 @@ class SplitZipConfig:
                      "always" (never compress: the baseline).
     link_rate*       link speed in bytes/s for bypass "auto"; 0 measures it.
     rate_limit*      cap on the payload rate in bytes/s (emulates a slower link; 0: none).
+    transport*       how payloads move: "tcp" (SplitZip's own protocol) or "nixl" (one-sided reads over NIXL/UCX:
+                     RDMA, NVLink, shared memory; needs the nixl wheel, e.g. pip install nixl-cu13, on both
+                     engines). See docs/transports.md.
     listen_addr*     where the producer serves payloads, host:port; port 0 picks one; a fixed port p serves
                      TP rank r on p + r.
     advertise_host   host consumers dial when listen_addr is 0.0.0.0 (default: the listen host).
@@ -82,6 +85,7 @@ class SplitZipConfig:
     bypass: str | None = _unset(str)
     link_rate: float | None = _unset(float)
     rate_limit: int | None = _unset(int)
+    transport: str | None = _unset(str)
     listen_addr: str | None = _unset(str)
     advertise_host: str = ""
     staging_bytes: int | None = _unset(int)
@@ -116,6 +120,8 @@ class SplitZipConfig:
                 f"SplitZipConnector: bypass {values['bypass']!r}: use 'auto', 'never' (always compress) or "
                 "'always' (never compress)"
             )
+        if values.get("transport", "tcp") not in ("tcp", "nixl"):
+            raise ValueError(f"SplitZipConnector: transport {values['transport']!r}: use 'tcp' or 'nixl'")
         if values.get("mode", "auto") not in ("auto", "fast", "high-ratio"):
             raise ValueError(f"SplitZipConnector: mode {values['mode']!r}: use 'auto', 'fast' or 'high-ratio'")
         tls = [k for k in ("tls_ca", "tls_cert", "tls_key") if values.get(k)]

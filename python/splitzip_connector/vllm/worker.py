@@ -207,7 +207,7 @@ class SplitZipWorker:
         self.producer: Producer | None = None
         self.consumer: Consumer | None = None
         # Options left None are not sent: the Go connector applies its defaults (handoff.endpoint_defaults()).
-        common: dict[str, Any] = {"rate_limit": cfg.rate_limit, **cfg.transport_options()}
+        common: dict[str, Any] = {"rate_limit": cfg.rate_limit, "transport": cfg.transport, **cfg.transport_options()}
         if kvc.is_kv_producer:
             listen, adv = cfg.listen_for_rank(self.rank)
             self.producer = Producer(
