@@ -25,6 +25,7 @@ PKG = "splitzip_connector"
 LAYERS: list[list[str]] = [
     ["errors"],  # exception classes and the Go error kind → class table; imports nothing of the package
     ["_binding"],  # the compiled Go core (gopy extension)
+    ["_nixl"],  # finds the installed NIXL library for the Go core to load; imports nothing of the package
     ["dtypes"],
     ["tensors"],
     ["frame", "codebook"],
