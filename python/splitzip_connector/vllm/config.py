@@ -28,8 +28,8 @@ class SplitZipConfig:
     nats_url         NATS server URL; "" (default): an embedded server in each worker process (one process
                      tests only — two engines must share a real server, see examples/vllm).
     nats_namespace   separates deployments sharing one NATS server (default: the control plane's).
-    codebook         path of a codebook JSON file (splitzip calibrate) for the fast mode; default: the built-in
-                     one.
+    codebook         path of a codebook JSON file (splitzip calibrate) for the fast mode; default: one learned
+                     per layer as handoffs pass (host caches; GPU caches: the built-in one).
     mode*            codec mode of a handoff's frames: "auto" (per handoff, whichever the pipeline model predicts
                      faster over the link: raw, "fast" = 4-bit exponent codes at memory speed, or "high-ratio" =
                      entropy-coded exponents, ~1.47x, slower to code), "fast" or "high-ratio". GPU caches code
