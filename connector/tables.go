@@ -26,8 +26,8 @@ const (
 	sampleEvery  = 8       // one block in sampleEvery of each sampled frame feeds the histograms
 	learnFirst   = 1 << 16 // sampled exponents of a (layer, K/V) before its first table
 	learnRebuild = 1 << 20 // sampled exponents between rebuilds
-	// Once a layer has its codebook, one fast frame of the layer in fastResample is sampled: counting an eighth
-	// of every frame would cost the fast encoder (over 10 GB/s a core) a third of its speed.
+	// Once a layer's tables are built, one fast frame of the layer in fastResample is sampled: counting an
+	// eighth of every frame would cost the fast encoder (over 10 GB/s a core) a third of its speed.
 	fastResample = 16
 )
 
@@ -41,7 +41,7 @@ type tableLearner struct {
 	mu     sync.Mutex
 	slots  []learnSlot       // 2 per layer: K, V
 	book   []*codec.Codebook // per layer
-	frames []uint32          // per layer: fast frames coded with its learned codebook
+	frames []uint32          // per layer: fast frames coded since its K and V tables were first built
 }
 
 type learnSlot struct {
@@ -98,7 +98,8 @@ func (t *tableLearner) codebook(l int) *codec.Codebook {
 func (t *tableLearner) learning() bool { return t.slots != nil }
 
 // fastCodebook returns the codebook for a fast frame of layer l (nil: the encoder's own) and whether the
-// frame's blocks should be sampled: every frame until the layer has a codebook, then one in fastResample.
+// frame's blocks should be sampled: every frame until the layer's K and V tables are first built, then one in
+// fastResample.
 func (t *tableLearner) fastCodebook(l int) (cb *codec.Codebook, sample bool) {
 	if !t.learning() {
 		return nil, false
@@ -108,8 +109,8 @@ func (t *tableLearner) fastCodebook(l int) (cb *codec.Codebook, sample bool) {
 	if t.books {
 		cb = t.book[l]
 	}
-	if cb == nil {
-		return nil, true
+	if !t.slots[2*l].built || !t.slots[2*l+1].built {
+		return cb, true
 	}
 	t.frames[l]++
 	return cb, t.frames[l]%fastResample == 0

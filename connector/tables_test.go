@@ -146,8 +146,8 @@ func TestLearnedTablesGemma3(t *testing.T) {
 	}
 }
 
-// A fast frame is sampled while its layer has no codebook, then one in fastResample; a pinned codebook and table
-// leave nothing to learn, and a pinned codebook alone leaves the high-ratio tables to learn.
+// A fast frame is sampled until its layer's K and V tables are built, then one in fastResample; a pinned codebook
+// and table leave nothing to learn, and a pinned codebook alone leaves the high-ratio tables to learn.
 func TestFastCodebookSampling(t *testing.T) {
 	l := smallLayout(8)
 	tl := newTableLearner(&l, nil, false)
@@ -164,6 +164,12 @@ func TestFastCodebookSampling(t *testing.T) {
 	book := tl.codebook(4)
 	require.NotNil(t, book, "K's build gives the layer a codebook")
 	require.Equal(t, uint8(120), book.Exponents[0])
+	cb, sample := tl.fastCodebook(4)
+	require.Same(t, book, cb)
+	require.True(t, sample, "V still wants samples")
+	tl.add(4, 1, h)
+	require.NotNil(t, tl.table(4, 1))
+	book = tl.codebook(4)
 	sampled := 0
 	for range 4 * fastResample {
 		cb, sample := tl.fastCodebook(4)
@@ -173,7 +179,7 @@ func TestFastCodebookSampling(t *testing.T) {
 		}
 	}
 	require.Equal(t, 4, sampled)
-	cb, sample := tl.fastCodebook(3)
+	cb, sample = tl.fastCodebook(3)
 	require.Nil(t, cb, "other layers are untouched")
 	require.True(t, sample)
 
@@ -185,7 +191,17 @@ func TestFastCodebookSampling(t *testing.T) {
 	require.False(t, sample)
 	books := newTableLearner(&l, nil, true)
 	require.True(t, books.learning())
+	books.add(0, 0, h)
 	books.add(0, 1, h)
 	require.NotNil(t, books.table(0, 1))
 	require.Nil(t, books.codebook(0), "the pinned codebook stays the encoder's")
+	sampled = 0
+	for range 2 * fastResample {
+		cb, sample := books.fastCodebook(0)
+		require.Nil(t, cb)
+		if sample {
+			sampled++
+		}
+	}
+	require.Equal(t, 2, sampled, "fast frames still feed the tables, one in fastResample")
 }
