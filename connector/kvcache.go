@@ -190,6 +190,7 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 	t0 := time.Now()
 	var frame []byte
 	var err error
+	var codecTime time.Duration
 	tabled := false
 	if p == pathFast {
 		// The encoder reads the blocks where they lie: no gathered copy of the layer.
@@ -202,13 +203,17 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 			frame, crc, err = cs.fast.EncodeSegmentsCRC(dst[:0], s.segs, s.c.layout.DType)
 		}
 		s.crc, s.crcOK = crc, err == nil
+		codecTime = time.Since(t0)
+		// Sampled outside the codec time: the mode model predicts later handoffs, whose fast frames are
+		// sampled one in fastResample once the layer is learned.
 		for kv := 0; sample && err == nil && kv < 2; kv++ {
 			err = s.sample(cs, l, lo, kv, s.blocks[lo:hi])
 		}
 	} else {
 		frame, tabled, err = s.encodeHighRatio(cs, dst, l, lo, hi)
+		codecTime = time.Since(t0)
 	}
-	took := timing{codec: time.Since(t0), tabled: tabled}
+	took := timing{codec: codecTime, tabled: tabled}
 	if err != nil || !calibrate {
 		return frame, took, err
 	}
