@@ -262,6 +262,20 @@ func (e *Encoder) EncodeWith(dst, src []byte, cb *Codebook) ([]byte, error) {
 	return frame, err
 }
 
+// EncodeSegmentsWithCRC is EncodeWith of the concatenation of segs, read where they lie (see EncodeSegments),
+// that also returns the frame's CRC-32C as EncodeSegmentsCRC does: a paged cache's blocks coded with a codebook
+// learned from earlier frames (per layer, …), with no gathered copy, whatever the encoder's mode.
+func (e *Encoder) EncodeSegmentsWithCRC(dst []byte, segs [][]byte, cb *Codebook) ([]byte, uint32, error) {
+	if err := cb.validate(); err != nil {
+		return dst, 0, err
+	}
+	if err := e.segs.set(segs, cb.DType); err != nil {
+		return dst, 0, err
+	}
+	defer e.segs.reset()
+	return e.encode(dst, nil, &e.segs, cb.DType, cb, true)
+}
+
 func (e *Encoder) codebookFor(src [][]byte, dt DType) (*Codebook, error) {
 	if !dt.Valid() {
 		return nil, fmt.Errorf("%w: %d", ErrDType, uint8(dt))

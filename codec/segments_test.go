@@ -199,3 +199,31 @@ func TestSegmentsPrefetchStretches(t *testing.T) {
 		}
 	}
 }
+
+// EncodeSegmentsWithCRC writes the frame EncodeWith writes for the concatenation, with its CRC-32C, whatever
+// the encoder's own codebook or mode; a bad codebook is refused.
+func TestSegmentsWithCodebook(t *testing.T) {
+	rng := rand.New(rand.NewPCG(43, 44))
+	src := randomNormalBF16(rng, 3*4096+100, 30) // exponents past the built-in codebook's range escape with it
+	cb, err := Calibrate(BF16, DefaultBits, src)
+	require.NoError(t, err)
+	segs, _ := splitAt(rng, src, 2, 3072, 64)
+	for _, enc := range []*Encoder{must(NewEncoder()), must(NewEncoder(WithMode(ModeHighRatio)))} {
+		want, err := enc.EncodeWith(nil, src, cb)
+		require.NoError(t, err)
+		got, crc, err := enc.EncodeSegmentsWithCRC([]byte("prefix"), segs, cb)
+		require.NoError(t, err)
+		require.Equal(t, want, got[6:])
+		require.Equal(t, crc32.Checksum(want, crc32.MakeTable(crc32.Castagnoli)), crc, "CRC-32C of the frame")
+		h, err := ParseHeader(want)
+		require.NoError(t, err)
+		require.False(t, h.Entropy)
+		builtin, err := enc.Encode(nil, src, BF16)
+		require.NoError(t, err)
+		if enc.Mode() == ModeFast {
+			require.Less(t, len(want), len(builtin), "the calibrated codebook codes this input better")
+		}
+	}
+	_, _, err = must(NewEncoder()).EncodeSegmentsWithCRC(nil, segs, &Codebook{DType: BF16, Bits: 4, Exponents: []uint8{1, 1}})
+	require.ErrorIs(t, err, ErrCodebook)
+}

@@ -186,17 +186,30 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 	t0 := time.Now()
 	var frame []byte
 	var err error
+	var codecTime time.Duration
 	tabled := false
 	if p == pathFast {
 		// The encoder reads the blocks where they lie: no gathered copy of the layer.
 		s.segs = s.c.layerSegments(s.segs, l, s.blocks[lo:hi])
 		var crc uint32
-		frame, crc, err = cs.fast.EncodeSegmentsCRC(dst[:0], s.segs, s.c.layout.DType)
+		cb, sample := s.env.tables.fastCodebook(l)
+		if cb != nil {
+			frame, crc, err = cs.fast.EncodeSegmentsWithCRC(dst[:0], s.segs, cb)
+		} else {
+			frame, crc, err = cs.fast.EncodeSegmentsCRC(dst[:0], s.segs, s.c.layout.DType)
+		}
 		s.crc, s.crcOK = crc, err == nil
+		codecTime = time.Since(t0)
+		// Sampled outside the codec time: the mode model predicts later handoffs, whose fast frames are
+		// sampled one in fastResample once the layer is learned.
+		for kv := 0; sample && err == nil && kv < 2; kv++ {
+			err = s.sample(cs, l, lo, kv, s.blocks[lo:hi])
+		}
 	} else {
 		frame, tabled, err = s.encodeHighRatio(cs, dst, l, lo, hi)
+		codecTime = time.Since(t0)
 	}
-	took := timing{codec: time.Since(t0), tabled: tabled}
+	took := timing{codec: codecTime, tabled: tabled}
 	if err != nil || !calibrate {
 		return frame, took, err
 	}
@@ -243,16 +256,26 @@ func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []
 		}
 		pos += len(f) // in place: out had room for the largest frame
 		if s.env.tables.learning() {
-			cs.hist = codec.Histogram{DType: dt}
-			for i := (l + lo) % sampleEvery; i < len(blocks); i += sampleEvery {
-				if err := cs.hist.Add(s.c.block(l, kv, blocks[i])); err != nil {
-					return nil, false, err
-				}
+			if err := s.sample(cs, l, lo, kv, blocks); err != nil {
+				return nil, false, err
 			}
-			s.env.tables.add(l, kv, &cs.hist)
 		}
 	}
 	return dst[:pos], tabled, nil
+}
+
+// sample adds every sampleEvery-th of blocks (layer l's K or V; lo: where they start in the save) to the
+// learner's histogram of (l, kv). The first sampled block moves with the layer and the chunk, so that over
+// handoffs every block position is sampled.
+func (s *hostSaver) sample(cs *coders, l, lo, kv int, blocks []int) error {
+	cs.hist = codec.Histogram{DType: s.c.layout.DType}
+	for i := (l + lo) % sampleEvery; i < len(blocks); i += sampleEvery {
+		if err := cs.hist.Add(s.c.block(l, kv, blocks[i])); err != nil {
+			return err
+		}
+	}
+	s.env.tables.add(l, kv, &cs.hist)
+	return nil
 }
 
 func (s *hostSaver) close() {}

@@ -167,7 +167,7 @@ func TestHighRatioTables(t *testing.T) {
 	pool := make(chan *coders, 1)
 	pool <- cs
 
-	learner := newTableLearner(&l, nil)
+	learner := newTableLearner(&l, nil, false)
 	srcBlocks := []int{3, 9, 27, 1, 40, 41, 42, 43, 60, 12, 13, 14, 15, 16, 17, 18}
 	dstBlocks := []int{0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 19, 20, 21, 22, 23, 24}
 	// Learn layer 2's K table from its own blocks; V (kv 1) stays without one.
@@ -192,7 +192,7 @@ func TestHighRatioTables(t *testing.T) {
 		nSample bool
 	}{
 		{"learned K table, V's own", learner, table, nil, true},
-		{"pinned", newTableLearner(&l, pinnedTable), pinnedTable, pinnedTable, false},
+		{"pinned", newTableLearner(&l, pinnedTable, false), pinnedTable, pinnedTable, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sv, err := hc.saver(srcBlocks, saveEnv{coders: pool, tables: tc.tables}, len(srcBlocks))
@@ -237,7 +237,7 @@ func TestHighRatioTables(t *testing.T) {
 // old handoffs fades; a pinned table turns learning off.
 func TestTableLearner(t *testing.T) {
 	l := smallLayout(8)
-	tl := newTableLearner(&l, nil)
+	tl := newTableLearner(&l, nil, false)
 	require.True(t, tl.learning())
 	h := &codec.Histogram{DType: codec.BF16}
 	h.Counts[120], h.Counts[121], h.Total = learnFirst/2, learnFirst/2-1, learnFirst-1
@@ -262,8 +262,8 @@ func TestTableLearner(t *testing.T) {
 
 	pinned, err := h.CodeTable()
 	require.NoError(t, err)
-	pl := newTableLearner(&l, pinned)
-	require.False(t, pl.learning())
+	pl := newTableLearner(&l, pinned, true)
+	require.False(t, pl.learning(), "a pinned table and a pinned codebook: nothing to learn")
 	pl.add(0, 0, shift)
 	require.Same(t, pinned, pl.table(3, 1))
 }

@@ -76,7 +76,8 @@ type Options struct {
 	// the codec against; 0 takes the transport's rate limit when one is set (WithTransport), else measures the
 	// link from transfers.
 	LinkRate float64
-	// Codebook replaces the built-in codebook for the cache's dtype (producer; fast-mode frames).
+	// Codebook pins the codebook of fast-mode frames (producer). nil: a host cache's frames use a codebook
+	// learned per layer from earlier handoffs (the built-in one until it is learned), a GPU cache's the built-in.
 	Codebook *codec.Codebook
 	// CodeTable pins the code table of high-ratio frames (producer); nil learns one per layer's K and V from
 	// earlier handoffs.
@@ -227,7 +228,7 @@ func WithLinkRate(bytesPerSecond float64) Option {
 	}
 }
 
-// WithCodebook sets the producer's codebook.
+// WithCodebook pins the producer's fast-mode codebook, in place of the built-in one and those learned per layer.
 func WithCodebook(cb *codec.Codebook) Option {
 	return func(o *Options) error {
 		if cb == nil {

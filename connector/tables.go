@@ -6,44 +6,66 @@ import (
 	"github.com/splitzip/splitzip/codec"
 )
 
-// High-ratio frames code exponents with a Huffman table. Built from the frame's own exponents it costs a
-// second pass over the input; given, the encoder makes one pass (about 1.5× faster). The producer learns a
-// table per layer for K and one for V from the handoffs it sends, with no step by the user: each high-ratio
-// frame adds a sample of its blocks (every sampleEvery-th) to the exponent histogram of its (layer, K/V), and
-// the table is rebuilt from it once enough new samples came in. After each rebuild the histogram's counts are
-// halved, so it follows the cache's statistics as they drift while older handoffs fade. Until a (layer, K/V)
-// has a table its frames carry their own. A pinned table (WithCodeTable) replaces all of them.
+// Frames code exponents with tables learned from the cache itself, with no step by the user. High-ratio frames
+// use a Huffman table: built from the frame's own exponents it costs a second pass over the input; given, the
+// encoder makes one pass (about 1.5× faster). Fast frames use a 4-bit codebook: the built-in one is calibrated
+// on one model, and on another model's KV (other exponent ranges, exact zeros) it escapes up to ten times more
+// values, which costs ratio and codec speed.
 //
-// Memory is fixed by the layout: one histogram (about 2 KiB) and one table per layer and K/V.
+// The producer learns, for each layer, a table for K and one for V, and a codebook for the layer (a fast frame
+// holds the layer's K and V together), from the handoffs it sends: each coded frame adds a sample of its blocks
+// (every sampleEvery-th) to the exponent histogram of its (layer, K/V), and the tables are rebuilt from it once
+// enough new samples came in. After each rebuild the histogram's counts are halved, so it follows the cache's
+// statistics as they drift while older handoffs fade. Until a layer has them its frames use the frame's own
+// table (high-ratio) or the producer's codebook (fast). A pinned table (WithCodeTable) or codebook
+// (WithCodebook) replaces all of that mode's.
+//
+// Memory is fixed by the layout: one histogram (about 2 KiB), one table per layer and K/V, one codebook per layer.
 
 const (
-	sampleEvery  = 8       // one block in sampleEvery of each high-ratio frame feeds the histograms
+	sampleEvery  = 8       // one block in sampleEvery of each sampled frame feeds the histograms
 	learnFirst   = 1 << 16 // sampled exponents of a (layer, K/V) before its first table
 	learnRebuild = 1 << 20 // sampled exponents between rebuilds
+	// Once a layer's tables are built, one fast frame of the layer in fastResample is sampled: counting an
+	// eighth of every frame would cost the fast encoder (over 10 GB/s a core) a third of its speed.
+	fastResample = 16
 )
 
 // tableLearner holds the learned tables of one registered cache.
 type tableLearner struct {
 	dt     codec.DType
 	pinned *codec.CodeTable
+	tables bool // learn high-ratio tables
+	books  bool // learn fast-mode codebooks
 
-	mu    sync.Mutex
-	slots []learnSlot // 2 per layer: K, V
+	mu     sync.Mutex
+	slots  []learnSlot       // 2 per layer: K, V
+	book   []*codec.Codebook // per layer
+	frames []uint32          // per layer: fast frames coded since its K and V tables were first built
 }
 
 type learnSlot struct {
 	hist    codec.Histogram
 	table   *codec.CodeTable
 	pending uint64 // exponents sampled since the last build
+	built   bool   // a build happened
 }
 
-func newTableLearner(l *Layout, pinned *codec.CodeTable) *tableLearner {
-	t := &tableLearner{dt: l.DType, pinned: pinned}
-	if pinned == nil && l.DType.CodedIn(codec.ModeHighRatio) {
+// newTableLearner learns the tables of the modes l's dtype is coded in, except where pinned: pinned is the
+// WithCodeTable table (nil: learn), pinnedBook whether WithCodebook pinned the fast mode's codebook.
+func newTableLearner(l *Layout, pinned *codec.CodeTable, pinnedBook bool) *tableLearner {
+	t := &tableLearner{
+		dt: l.DType, pinned: pinned,
+		tables: pinned == nil && l.DType.CodedIn(codec.ModeHighRatio),
+		books:  !pinnedBook && l.DType.CodedIn(codec.ModeFast),
+	}
+	if t.tables || t.books {
 		t.slots = make([]learnSlot, 2*l.Layers)
 		for i := range t.slots {
 			t.slots[i].hist.DType = l.DType
 		}
+		t.book = make([]*codec.Codebook, l.Layers)
+		t.frames = make([]uint32, l.Layers)
 	}
 	return t
 }
@@ -53,7 +75,7 @@ func (t *tableLearner) table(l, kv int) *codec.CodeTable {
 	if t.pinned != nil {
 		return t.pinned
 	}
-	if t.slots == nil {
+	if !t.tables {
 		return nil
 	}
 	t.mu.Lock()
@@ -61,11 +83,41 @@ func (t *tableLearner) table(l, kv int) *codec.CodeTable {
 	return t.slots[2*l+kv].table
 }
 
+// codebook returns the fast-mode codebook learned for layer l, or nil while none is (or one is pinned: the
+// encoder holds it).
+func (t *tableLearner) codebook(l int) *codec.Codebook {
+	if !t.books {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.book[l]
+}
+
 // learning says whether samples are wanted.
-func (t *tableLearner) learning() bool { return t.pinned == nil && t.slots != nil }
+func (t *tableLearner) learning() bool { return t.slots != nil }
+
+// fastCodebook returns the codebook for a fast frame of layer l (nil: the encoder's own) and whether the
+// frame's blocks should be sampled: every frame until the layer's K and V tables are first built, then one in
+// fastResample.
+func (t *tableLearner) fastCodebook(l int) (cb *codec.Codebook, sample bool) {
+	if !t.learning() {
+		return nil, false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.books {
+		cb = t.book[l]
+	}
+	if !t.slots[2*l].built || !t.slots[2*l+1].built {
+		return cb, true
+	}
+	t.frames[l]++
+	return cb, t.frames[l]%fastResample == 0
+}
 
 // add merges a histogram sampled from a frame of layer l's K or V (counted by the caller, outside the
-// lock) and rebuilds the table when enough new samples came in.
+// lock) and rebuilds the tables when enough new samples came in.
 func (t *tableLearner) add(l, kv int, h *codec.Histogram) {
 	if !t.learning() || h.Total == 0 {
 		return
@@ -78,14 +130,29 @@ func (t *tableLearner) add(l, kv int, h *codec.Histogram) {
 	}
 	s.hist.Total += h.Total
 	s.pending += h.Total
-	if (s.table == nil && s.pending < learnFirst) || (s.table != nil && s.pending < learnRebuild) {
+	if (!s.built && s.pending < learnFirst) || (s.built && s.pending < learnRebuild) {
 		return
 	}
-	table, err := s.hist.CodeTable()
-	if err != nil {
-		return // cannot happen with samples; the frames keep their own tables
+	if t.tables {
+		table, err := s.hist.CodeTable()
+		if err != nil {
+			return // cannot happen with samples; the frames keep their own tables
+		}
+		s.table = table
 	}
-	s.table, s.pending = table, 0
+	if t.books {
+		// The layer's K and V share a fast frame: its codebook counts both (the other half as sampled so far).
+		both := s.hist
+		o := &t.slots[2*l+1-kv].hist
+		for i, c := range o.Counts {
+			both.Counts[i] += c
+		}
+		both.Total += o.Total
+		if cb, err := both.Codebook(codec.DefaultBits); err == nil {
+			t.book[l] = cb
+		}
+	}
+	s.built, s.pending = true, 0
 	s.hist.Total = 0
 	for i := range s.hist.Counts {
 		s.hist.Counts[i] /= 2

@@ -68,19 +68,21 @@ func bench(w io.Writer, args []string) error {
 	if *calPath == "" && *data == defaultEvaluation {
 		*calPath = defaultCalibration
 	}
-	given, givenOrigin, err := benchTable(*data, *calPath, src)
+	given, givenBook, givenOrigin, err := benchTable(*data, *calPath, src)
 	if err != nil {
 		return err
 	}
 	modes := []benchMode{
 		{name: "fast"},
+		{name: "fast, given codebook", opts: []codec.EOption{codec.WithCodebook(givenBook)}},
 		{name: "high-ratio, own table", opts: []codec.EOption{codec.WithMode(codec.ModeHighRatio)}},
 		{name: "high-ratio, given table", opts: []codec.EOption{codec.WithMode(codec.ModeHighRatio), codec.WithCodeTable(given)}},
 	}
 	procs := runtime.GOMAXPROCS(0)
 	fmt.Fprintf(w, "splitzip bench: CPU codec, %s, %d cores (GOMAXPROCS), input: %s; median of %d runs\n", cpuName(), procs, origin, *runs)
 	fmt.Fprintf(w, "code paths: %s\n", codePaths())
-	fmt.Fprintf(w, "fast = v1 frames, 4-bit codes, the built-in codebook; high-ratio = v2 entropy frames with\n")
+	fmt.Fprintf(w, "fast = v1 frames, 4-bit codes, the built-in codebook (given codebook: learned as the given table below,\n")
+	fmt.Fprintf(w, "  passed with codec.WithCodebook: the connector's codebooks learned per layer); high-ratio = v2 entropy frames with\n")
 	fmt.Fprintf(w, "  own table:   built from each frame's exponents (a histogram pass first: an eighth of the input from 128 KiB)\n")
 	fmt.Fprintf(w, "  given table: %s, passed with codec.WithCodeTable\n", givenOrigin)
 	fmt.Fprintf(w, "               (one pass: the adaptive path, a table learned from earlier frames)\n")
@@ -192,40 +194,44 @@ func gbps(n, runs int, f func() error) (float64, error) {
 	return float64(n) / ts[len(ts)/2] / 1e9, nil
 }
 
-// benchTable is the high-ratio mode's given table and where it was learned: for real KV, from the calibration
-// file (other tokens than the input), or from the input itself when calPath is ""; for synthetic input, from
-// normals of another seed.
-func benchTable(data, calPath string, src []byte) (*codec.CodeTable, string, error) {
+// benchTable is the high-ratio mode's given table, the fast mode's given codebook and where they were learned:
+// for real KV, from the calibration file (other tokens than the input), or from the input itself when calPath
+// is ""; for synthetic input, from normals of another seed.
+func benchTable(data, calPath string, src []byte) (*codec.CodeTable, *codec.Codebook, string, error) {
 	h, _ := codec.NewHistogram(codec.BF16)
 	var origin string
 	switch {
 	case data == "":
 		if err := h.Add(syntheticNormals(1<<20, 3)); err != nil {
-			return nil, "", err
+			return nil, nil, "", err
 		}
 		origin = "learned from other synthetic normals"
 	case calPath == "":
 		if err := h.Add(src); err != nil {
-			return nil, "", err
+			return nil, nil, "", err
 		}
 		origin = "learned from the input itself"
 	default:
 		tensors, _, err := loadTensors(calPath, "")
 		if err != nil {
-			return nil, "", fmt.Errorf("given table: %w", err)
+			return nil, nil, "", fmt.Errorf("given table: %w", err)
 		}
 		for _, t := range bf16Only(tensors) {
 			if err := h.Add(t.data); err != nil {
-				return nil, "", fmt.Errorf("%s: %s: %w", calPath, t.name, err)
+				return nil, nil, "", fmt.Errorf("%s: %s: %w", calPath, t.name, err)
 			}
 		}
 		if h.Total == 0 {
-			return nil, "", fmt.Errorf("%s: no bf16 tensors to learn a table from", calPath)
+			return nil, nil, "", fmt.Errorf("%s: no bf16 tensors to learn a table from", calPath)
 		}
 		origin = "learned from " + calPath
 	}
 	t, err := h.CodeTable()
-	return t, origin, err
+	if err != nil {
+		return nil, nil, "", err
+	}
+	cb, err := h.Codebook(codec.DefaultBits)
+	return t, cb, origin, err
 }
 
 // codePaths says which kernels the codec runs on this machine: the fast mode's bf16 kernels (AVX2 assembly)

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-var benchRow = regexp.MustCompile(`^\s*([\d.]+ [KMG]iB)?\s+(fast|high-ratio, own table|high-ratio, given table)\s+(\S+G)?\s*\|(.*)\|(.*)\|(.*)$`)
+var benchRow = regexp.MustCompile(`^\s*([\d.]+ [KMG]iB)?\s+(fast|fast, given codebook|high-ratio, own table|high-ratio, given table)\s+(\S+G)?\s*\|(.*)\|(.*)\|(.*)$`)
 
 // benchRows runs the CPU bench and returns, per size, each mode's figures: enc 1, %copy, enc N, dec 1,
 // %copy, dec N, ratio, escapes.
@@ -58,10 +58,11 @@ func TestBenchBothModes(t *testing.T) {
 		"-calibration", fixture("kv_calibration.safetensors"))
 	require.Len(t, rows, 2, "64 KiB and 1 MiB")
 	for size, modes := range rows {
-		require.Len(t, modes, 3, size)
+		require.Len(t, modes, 4, size)
 		fast, own, given := modes["fast"][6], modes["high-ratio, own table"][6], modes["high-ratio, given table"][6]
 		require.GreaterOrEqual(t, fast, 1.30, size)
 		require.LessOrEqual(t, fast, 1.34, size)
+		require.InDelta(t, fast, modes["fast, given codebook"][6], 0.005, "SmolLM2's own codebook and the built-in one code alike")
 		// All layers' K and V in one frame share one table: under the per-tensor figures of 'stats'.
 		require.Greater(t, own, fast+0.05, size)
 		require.Greater(t, given, fast+0.02, size)
@@ -75,13 +76,13 @@ func TestBenchTableSources(t *testing.T) {
 	out, rows := benchRows(t, "-size", "64KiB", "-runs", "1", "-data", "")
 	require.Contains(t, out, "synthetic normals")
 	require.Contains(t, out, "given table: learned from other synthetic normals")
-	require.Len(t, rows["64.0 KiB"], 3)
+	require.Len(t, rows["64.0 KiB"], 4)
 
 	out, rows = benchRows(t, "-size", "64KiB", "-runs", "1", "-data", fixture("kv_evaluation.safetensors"), "-calibration", "")
 	require.Contains(t, out, "given table: learned from the input itself")
 	out, _ = benchRows(t, "-size", "64KiB", "-runs", "1", "-data", fixture("kv_evaluation.safetensors"))
 	require.Contains(t, out, "given table: learned from the input itself")
-	require.Len(t, rows["64.0 KiB"], 3)
+	require.Len(t, rows["64.0 KiB"], 4)
 
 	require.ErrorContains(t, bench(&bytes.Buffer{}, []string{"-runs", "0"}), "-runs 0")
 	require.ErrorContains(t, bench(&bytes.Buffer{}, []string{"-size", "64KiB", "-data", fixture("kv_evaluation.safetensors"), "-calibration", "missing.safetensors"}), "given table: input missing.safetensors")

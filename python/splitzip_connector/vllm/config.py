@@ -37,8 +37,8 @@ class SplitZipConfig:
                      mutual TLS between the engines for the KV payload: the CA that signs every engine's
                      certificate, this engine's certificate and key (PEM files; all three, on every engine).
     tls_server_name  name to verify in the producers' certificates instead of their hosts.
-    codebook         path of a codebook JSON file (splitzip calibrate) for the fast mode; default: the built-in
-                     one.
+    codebook         path of a codebook JSON file (splitzip calibrate) for the fast mode; default: one learned
+                     per layer as handoffs pass (host caches; GPU caches: the built-in one).
     mode*            codec mode of a handoff's frames: "auto" (per handoff, whichever the pipeline model predicts
                      faster over the link: raw, "fast" = 4-bit exponent codes at memory speed, or "high-ratio" =
                      entropy-coded exponents, ~1.47x, slower to code), "fast" or "high-ratio". GPU caches code
