@@ -160,19 +160,21 @@ func freeJoin(err error, bufs ...*cuda.DeviceBuffer) error {
 // ---- save ----
 
 type deviceSaver struct {
-	c        *deviceCache
-	blocks   []int
-	stream   *cuda.Stream
-	ids      *cuda.DeviceBuffer
-	frame    *cuda.DeviceBuffer
-	sizes    *cuda.DeviceBuffer
-	ws       *cuda.DeviceBuffer
-	sizeHost *cuda.HostBuffer // frame lengths: 2 × u64
-	t0, tEnc *cuda.Event      // codec time: t0 → tEnc; copy to staging: tEnc → t1
-	t1       *cuda.Event
-	env      saveEnv     // the learned code tables
-	per      int         // most blocks in a chunk
-	hr       *hrSaveBufs // high-ratio chunks' buffers, made on the first
+	c          *deviceCache
+	blocks     []int
+	stream     *cuda.Stream
+	ids        *cuda.DeviceBuffer
+	frame      *cuda.DeviceBuffer
+	sizes      *cuda.DeviceBuffer
+	ws         *cuda.DeviceBuffer
+	sizeHost   *cuda.HostBuffer // frame lengths: 2 × u64
+	t0, tEnc   *cuda.Event      // codec time: t0 → tEnc; copy to staging: tEnc → t1
+	t1         *cuda.Event
+	env        saveEnv          // the learned code tables and codebooks
+	per        int              // most blocks in a chunk
+	hr         *hrSaveBufs      // high-ratio chunks' buffers, made on the first
+	sampleHost *cuda.HostBuffer // sampled blocks for the learner (made on first use)
+	hist       codec.Histogram
 }
 
 func (c *deviceCache) saver(blocks []int, env saveEnv, per int) (layerSaver, error) {
@@ -259,12 +261,24 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 			}
 			frame = dst[:pos]
 		default:
+			cb, sample := s.env.tables.fastCodebook(l)
+			if cb == nil {
+				cb = c.cb
+			}
 			req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo, PerLayer: true}
-			if err := c.kc.GatherEncodeAsync(s.stream, c.layerOf(l), req, c.cb, s.frame.Ptr(), s.sizes.Ptr(), s.ws.Ptr()); err != nil {
+			if err := c.kc.GatherEncodeAsync(s.stream, c.layerOf(l), req, cb, s.frame.Ptr(), s.sizes.Ptr(), s.ws.Ptr()); err != nil {
 				return err
 			}
 			if err := s.tEnc.Record(s.stream); err != nil {
 				return err
+			}
+			var ds *deviceSamples
+			if sample { // counted below, once the stream is synchronised for the frame's length
+				var err error
+				idx := sampledBlocks(l, lo, hi-lo, false)
+				if ds, err = s.copySamples(l, lo, [2][]int{idx, idx}); err != nil {
+					return err
+				}
 			}
 			if err := s.stream.MemcpyDtoHAsync(s.sizeHost.Ptr(), s.sizes.Ptr(), 8); err != nil {
 				return err
@@ -273,6 +287,11 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 			// engine's stream is not involved).
 			if err := s.stream.Synchronize(); err != nil {
 				return err
+			}
+			if ds != nil {
+				if err := s.learn(ds, l); err != nil {
+					return err
+				}
 			}
 			size := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()))
 			if size < codec.HeaderSize || size > cap(dst) {
@@ -312,6 +331,9 @@ func (s *deviceSaver) close() {
 		_ = freeJoin(nil, s.ids, s.frame, s.sizes, s.ws)
 		if s.hr != nil {
 			s.hr.free()
+		}
+		if s.sampleHost != nil {
+			_ = s.sampleHost.Free()
 		}
 		if s.sizeHost != nil {
 			_ = s.sizeHost.Free()

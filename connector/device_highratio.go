@@ -10,12 +10,13 @@ import (
 	"github.com/splitzip/splitzip/kernels/cuda"
 )
 
-// High-ratio chunks on the GPU path. A chunk is K's frame then V's, each coded by the kernels straight from the
-// paged cache with its (layer, K/V) table, the same tables a host cache learns (tables.go). The tables are
-// learned from samples of the blocks copied to pinned memory on the save's stream beside the encode (one
-// block in sampleEvery), counted once the frame's length is known, which the save waits for anyway. Until a
-// (layer, K/V) has a table, its frame is coded with a table built from that frame's sample: the kernels take
-// a table, they do not build one, and a sample's table codes every exponent (ESC for those it missed).
+// Learned tables on the GPU path. The kernels code with the (layer, K/V) tables and per-layer codebooks a host
+// cache learns (tables.go), from the same samples: one block in sampleEvery, copied to pinned memory on the
+// save's stream beside the encode and counted once the frame's length is back, which the save waits for
+// anyway. A high-ratio chunk is K's frame then V's, each with its table; until a (layer, K/V) has one, its
+// frame is coded with a table built from that frame's sample (the kernels take a table, they do not build
+// one; a sample's table codes every exponent, ESC for those it missed). A fast frame without a learned
+// codebook uses the producer's.
 
 // maxTableBytes bounds a code table as frames carry it (bf16: lo, hi and 257 nibbles).
 const maxTableBytes = 256
@@ -28,16 +29,12 @@ type hrSaveBufs struct {
 	ws         *cuda.DeviceBuffer
 	tables     *cuda.DeviceBuffer // K's table at 0, V's at maxTableBytes
 	tablesHost *cuda.HostBuffer
-	sample     *cuda.HostBuffer // sampled blocks of K then of V
-	hist       codec.Histogram
 }
 
 func (b *hrSaveBufs) free() {
 	_ = freeJoin(nil, b.frames, b.sizes, b.ws, b.tables)
-	for _, h := range []*cuda.HostBuffer{b.tablesHost, b.sample} {
-		if h != nil {
-			_ = h.Free()
-		}
+	if b.tablesHost != nil {
+		_ = b.tablesHost.Free()
 	}
 }
 
@@ -47,7 +44,7 @@ func (s *deviceSaver) hrBufs(per int) (*hrSaveBufs, error) {
 		return s.hr, nil
 	}
 	c := s.c
-	b := &hrSaveBufs{hist: codec.Histogram{DType: codec.BF16}}
+	b := &hrSaveBufs{}
 	req := kernels.PagedRequest{BlockIDs: s.ids.Ptr(), NumBlocks: per}
 	b.half = (codec.MaxEncodedLen(per*int(c.lay.BlockBytes())) + 15) &^ 15
 	err := func() error {
@@ -64,11 +61,7 @@ func (s *deviceSaver) hrBufs(per int) (*hrSaveBufs, error) {
 		if b.tables, err = c.ctx.Alloc(2 * maxTableBytes); err != nil {
 			return err
 		}
-		if b.tablesHost, err = c.ctx.HostAlloc(2*maxTableBytes, cuda.HostAllocPortable); err != nil {
-			return err
-		}
-		sampled := max(1, (per+sampleEvery-1)/sampleEvery)
-		b.sample, err = c.ctx.HostAlloc(2*sampled*int(c.lay.BlockBytes()), cuda.HostAllocPortable)
+		b.tablesHost, err = c.ctx.HostAlloc(2*maxTableBytes, cuda.HostAllocPortable)
 		return err
 	}()
 	if err != nil {
@@ -92,6 +85,56 @@ func sampledBlocks(l, lo, n int, atLeastOne bool) []int {
 	return idx
 }
 
+// deviceSamples are sampled blocks of a chunk's K and V, copied to the save's pinned sample buffer.
+type deviceSamples struct {
+	idx [2][]int // which of the chunk's blocks, per K/V
+	at  [2]int   // where each K/V's copies start in the buffer
+	buf []byte
+	bb  int // bytes per block
+}
+
+// copySamples enqueues on the save's stream the copies of layer l's sampled blocks idx (of the chunk starting
+// at the save's block lo) into pinned memory; they are there once the stream is synchronised (ctx current).
+func (s *deviceSaver) copySamples(l, lo int, idx [2][]int) (*deviceSamples, error) {
+	c := s.c
+	bb := int(c.lay.BlockBytes())
+	if s.sampleHost == nil {
+		var err error
+		if s.sampleHost, err = c.ctx.HostAlloc(2*max(1, (s.per+sampleEvery-1)/sampleEvery)*bb, cuda.HostAllocPortable); err != nil {
+			return nil, err
+		}
+	}
+	ds := &deviceSamples{idx: idx, buf: s.sampleHost.Bytes(), bb: bb}
+	pos := 0
+	for kv := range 2 {
+		ds.at[kv] = pos
+		for _, i := range idx[kv] {
+			if err := s.stream.MemcpyDtoHAsync(unsafe.Pointer(&ds.buf[pos]), c.blockPtr(l, kv, s.blocks[lo+i]), bb); err != nil {
+				return nil, err
+			}
+			pos += bb
+		}
+	}
+	return ds, nil
+}
+
+// histogram counts the copied samples of K (kv 0) or V into h (after the stream's synchronisation).
+func (ds *deviceSamples) histogram(kv int, h *codec.Histogram) error {
+	*h = codec.Histogram{DType: codec.BF16}
+	return h.Add(ds.buf[ds.at[kv] : ds.at[kv]+len(ds.idx[kv])*ds.bb])
+}
+
+// learn feeds the copied samples to the save's table learner.
+func (s *deviceSaver) learn(ds *deviceSamples, l int) error {
+	for kv := range 2 {
+		if err := ds.histogram(kv, &s.hist); err != nil {
+			return err
+		}
+		s.env.tables.add(l, kv, &s.hist)
+	}
+	return nil
+}
+
 // encodeHighRatio enqueues, on the save's stream, layer l's blocks [lo, hi) as a K frame and a V frame, waits
 // for them and copies them into dst; it returns the chunk and whether both frames used learned tables. The
 // caller has recorded t0 (and waited for the engine's event); tEnc and t1 are recorded here.
@@ -101,7 +144,6 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	if err != nil {
 		return nil, false, err
 	}
-	bb := int(c.lay.BlockBytes())
 	n := hi - lo
 	learning := env.tables.learning()
 	var tables [2]*codec.CodeTable
@@ -114,17 +156,9 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 		}
 	}
 	// Sampled blocks go to pinned memory first: a frame without a learned table needs them before its encode.
-	sampleHost := b.sample.Bytes()
-	pos := 0
-	var sampleAt [2]int
-	for kv := range 2 {
-		sampleAt[kv] = pos
-		for _, i := range samples[kv] {
-			if err := s.stream.MemcpyDtoHAsync(unsafe.Pointer(&sampleHost[pos]), c.blockPtr(l, kv, s.blocks[lo+i]), bb); err != nil {
-				return nil, false, err
-			}
-			pos += bb
-		}
+	ds, err := s.copySamples(l, lo, samples)
+	if err != nil {
+		return nil, false, err
 	}
 	// count feeds the samples to the learner and gives each frame without a learned table one built from them.
 	counted := false
@@ -133,20 +167,21 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 			return nil
 		}
 		counted = true
-		for kv := range 2 {
-			b.hist = codec.Histogram{DType: codec.BF16}
-			if err := b.hist.Add(sampleHost[sampleAt[kv] : sampleAt[kv]+len(samples[kv])*bb]); err != nil {
+		if learning {
+			if err := s.learn(ds, l); err != nil {
 				return err
 			}
-			if learning {
-				env.tables.add(l, kv, &b.hist)
-			}
+		}
+		for kv := range 2 {
 			if tables[kv] != nil {
 				continue
 			}
 			tabled = false
 			if tables[kv] = env.tables.table(l, kv); tables[kv] == nil {
-				t, err := b.hist.CodeTable()
+				if err := ds.histogram(kv, &s.hist); err != nil {
+					return err
+				}
+				t, err := s.hist.CodeTable()
 				if err != nil {
 					return err
 				}
@@ -198,7 +233,7 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	for kv := range 2 {
 		size := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()[8*kv:]))
 		if size < codec.HeaderSize || size > b.half || out+size > cap(dst) {
-			return nil, false, fmt.Errorf("%w: the GPU encoder reported a %d-byte frame for %d bytes of layer %d", ErrFrame, size, n*bb, l)
+			return nil, false, fmt.Errorf("%w: the GPU encoder reported a %d-byte frame for %d bytes of layer %d", ErrFrame, size, n*int(c.lay.BlockBytes()), l)
 		}
 		if err := s.stream.MemcpyDtoHAsync(unsafe.Pointer(&dst[:out+1][out]), b.frames.Ptr().Add(kv*b.half), size); err != nil {
 			return nil, false, err

@@ -104,6 +104,30 @@ func TestDeviceHandoff(t *testing.T) {
 			}
 		})
 	}
+	// Fast frames of a GPU cache learn per-layer codebooks from sampled blocks, then code with them.
+	t.Run("learned codebooks", func(t *testing.T) {
+		p, c := newPair(t, plane, []Option{WithEngineID("prefill-cb"), WithMode(ModeFast), WithBypass(BypassNever)}, []Option{WithEngineID("decode-cb")})
+		srcHost := newTestCache(t, smallLayout(40), true, 124)
+		dstHost := newTestCache(t, smallLayout(40), false, 0)
+		src, dst := newGPUCache(t, ctx, srcHost), newGPUCache(t, ctx, dstHost)
+		require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
+		require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
+		all := make([]int, 40)
+		for i := range all {
+			all[i] = i
+		}
+		for i := range 7 {
+			req := fmt.Sprintf("cb-%d", i)
+			h, err := p.Save(req, all)
+			require.NoError(t, err)
+			require.NoError(t, c.Load(req, h, all))
+			require.NoError(t, waitLoad(t, c, req))
+			dst.download(t, ctx, dstHost)
+			requireSameBlocks(t, srcHost, all, dstHost, all)
+		}
+		require.NotNil(t, p.tables.codebook(0))
+		require.NotNil(t, p.tables.codebook(src.layout.Layers-1))
+	})
 }
 
 // High-ratio chunks on the GPU path: a host cache's frames decoded by the kernels; a GPU cache's frames coded

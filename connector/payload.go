@@ -94,9 +94,9 @@ type nixlServer struct {
 }
 
 func (n *nixlServer) Offer(id string, _ []byte, p transport.Payload) error { return n.srv.Offer(id, p) }
-func (n *nixlServer) Withdraw(id string) bool                             { return n.srv.Withdraw(id) }
-func (n *nixlServer) Close() error                                        { return n.srv.Close() }
-func (n *nixlServer) addr() string                                        { return "nixl:" + n.srv.Agent().Name() }
+func (n *nixlServer) Withdraw(id string) bool                              { return n.srv.Withdraw(id) }
+func (n *nixlServer) Close() error                                         { return n.srv.Close() }
+func (n *nixlServer) addr() string                                         { return "nixl:" + n.srv.Agent().Name() }
 
 // locate seals the handoff's NIXL locator under its secret: the locator holds the producer agent's metadata
 // (its registered memory's keys) and where the chunk table lies, which let any NIXL peer read the payload

@@ -38,7 +38,7 @@ class SplitZipConfig:
                      certificate, this engine's certificate and key (PEM files; all three, on every engine).
     tls_server_name  name to verify in the producers' certificates instead of their hosts.
     codebook         path of a codebook JSON file (splitzip calibrate) for the fast mode; default: one learned
-                     per layer as handoffs pass (host caches; GPU caches: the built-in one).
+                     per layer as handoffs pass (host and GPU caches alike).
     mode*            codec mode of a handoff's frames: "auto" (per handoff, whichever the pipeline model predicts
                      faster over the link: raw, "fast" = 4-bit exponent codes at memory speed, or "high-ratio" =
                      entropy-coded exponents, ~1.47x, slower to code), "fast" or "high-ratio". GPU caches code
