@@ -127,7 +127,7 @@ VLLM_VERSION ?= 0.33.0
 VVENV ?= build/venv-vllm
 VVPY := $(VVENV)/bin/python
 
-.PHONY: vllm-deps vllm-test
+.PHONY: vllm-deps vllm-test vllm-test-old
 
 vllm-deps:
 	@test -x $(VVPY) || $(PYTHON) -m venv $(VVENV)
@@ -138,3 +138,14 @@ vllm-deps:
 vllm-test: py-build vllm-deps
 	$(VVPY) -m pip install -q --force-reinstall --no-deps dist/py/splitzip_connector-*.whl
 	HF_HUB_OFFLINE=1 $(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector tests/python/test_handoff.py tests/python/test_layering.py
+
+# The connector suite on the oldest supported release's Python code (vLLM 0.26.0, what the GPU machine runs):
+# its wheel (300 MB) unpacked into build/vllm-$(VLLM_OLD) and imported ahead of the pinned release in the same
+# venv. Its compiled ops do not load beside the pinned torch; the tests need only its scheduler and KV cache code.
+VLLM_OLD ?= 0.26.0
+
+vllm-test-old: py-build vllm-deps
+	$(VVPY) -m pip install -q --force-reinstall --no-deps dist/py/splitzip_connector-*.whl
+	@test -d build/vllm-$(VLLM_OLD)/vllm || { $(VVPY) -m pip download -q --no-deps vllm==$(VLLM_OLD) -d build/dl && \
+		$(VVPY) -m zipfile -e build/dl/vllm-$(VLLM_OLD)-*.whl build/vllm-$(VLLM_OLD); }
+	HF_HUB_OFFLINE=1 PYTHONPATH=build/vllm-$(VLLM_OLD) $(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector

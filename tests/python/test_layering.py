@@ -34,7 +34,7 @@ LAYERS: list[list[str]] = [
     ["codec"],  # compress / decompress: dispatches to a backend
     ["handoff"],  # the connector (producers, consumers, control plane)
     [""],  # splitzip_connector/__init__.py: the public API
-    ["vllm.metadata", "vllm.stats"],
+    ["vllm.metadata", "vllm.stats", "vllm.groups"],
     ["vllm.config"],
     ["vllm.worker"],
     ["vllm.scheduler"],

@@ -9,7 +9,13 @@ Adopted by configuration only:
 (kv_role "kv_consumer" on the decode engine). The facade below builds only its role's half — the scheduler
 (scheduler.py) in the engine core, the worker (worker.py) in each TP worker — and fails fast when a method of
 the other half is called. Settings: config.SplitZipConfig; per-step metadata and the handoff record:
-metadata.py; figures reported to vLLM's logs and Prometheus: stats.py.
+metadata.py; what moves of each KV cache group: groups.py; figures reported to vLLM's logs and Prometheus:
+stats.py.
+
+The connector supports vLLM's hybrid KV cache manager (SupportsHMA), so vLLM keeps it on for models with
+sliding-window layers, and moves MLA caches. It runs on vLLM 0.26 through 0.33: where a vLLM release lacks a
+hook (bind_kv_cache_manager, get_loaded_kv_cache_group_ids, supports_sleep_mode before 0.33), the method here is
+simply never called, and the scheduler half reads block tables another way (scheduler.BlockTables).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    SupportsHMA,
 )
 from vllm.logger import init_logger
 
@@ -50,7 +57,7 @@ __all__ = [
 logger = init_logger(f"vllm.{__name__}")
 
 
-class SplitZipConnector(KVConnectorBase_V1):
+class SplitZipConnector(KVConnectorBase_V1, SupportsHMA):
     """vLLM KV connector (V1) moving KV blocks compressed with SplitZip over a NATS control plane and a
     peer-to-peer payload transport."""
 
@@ -61,9 +68,12 @@ class SplitZipConnector(KVConnectorBase_V1):
         self._sched: SplitZipScheduler | None = None
         self._worker: SplitZipWorker | None = None
         if role == KVConnectorRole.SCHEDULER:
-            self._sched = SplitZipScheduler(vllm_config, self.cfg, lambda: self._kv_cache_manager)
+            # vLLM 0.33 binds its KV cache manager (bind_kv_cache_manager); earlier releases do not.
+            self._sched = SplitZipScheduler(
+                vllm_config, self.cfg, lambda: getattr(self, "_kv_cache_manager", None), kv_cache_config
+            )
         elif role == KVConnectorRole.WORKER:
-            self._worker = SplitZipWorker(vllm_config, self.cfg)
+            self._worker = SplitZipWorker(vllm_config, self.cfg, kv_cache_config=kv_cache_config)
         else:  # pragma: no cover - vLLM has only the two roles
             raise ValueError(f"SplitZipConnector: unknown role {role}")
 
@@ -102,6 +112,14 @@ class SplitZipConnector(KVConnectorBase_V1):
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         return self._w().get_finished(finished_req_ids)
 
+    def get_transfer_results(self, finished_req_ids: set[str]) -> Any:
+        # vLLM 0.33: failed loads by request id (block ids repeat across KV cache groups); earlier releases call
+        # get_finished and get_block_ids_with_load_errors instead.
+        from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorTransferResults
+
+        sending, recving, failed = self._w().transfer_results(finished_req_ids)
+        return KVConnectorTransferResults(finished_sending=sending, finished_recving=recving, failed_recving=failed)
+
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self._w().get_block_ids_with_load_errors()
 
@@ -131,6 +149,20 @@ class SplitZipConnector(KVConnectorBase_V1):
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         return self._s().request_finished(request, block_ids)
+
+    def request_finished_all_groups(
+        self, request: "Request", block_ids: tuple[list[int], ...]
+    ) -> tuple[bool, dict[str, Any] | None]:
+        # The save planned its blocks per group already (scheduler._plan_saves).
+        return self._s().request_finished(request, [])
+
+    def bind_gpu_block_pool(self, gpu_block_pool: Any) -> None:
+        super().bind_gpu_block_pool(gpu_block_pool)
+        if self._sched is not None:
+            self._sched.bind_block_pool(gpu_block_pool)
+
+    def get_loaded_kv_cache_group_ids(self, request: "Request") -> tuple[int, ...]:
+        return self._s().loaded_group_ids()
 
     @classmethod
     def supports_sleep_mode(cls, kv_transfer_config: Any) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from vllm.config import VllmConfig
 
+from .groups import describe, plan_groups
 from .metadata import WIRE_VERSION, compat_hash
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class SplitZipConfig:
     remote_tp_size   the tensor-parallel size the engines of the other role run (0: not stated); a value other
                      than this engine's is refused at start-up. Without it, engines still refuse at start-up a
                      peer of the other role registered on the control plane with another TP size or KV layout.
+                     MLA models may differ in TP size (every rank holds the whole latent): set remote_tp_size on
+                     the prefill engine to the decode engine's TP size, and the prefill engine serves one shard
+                     per decode rank (decode rank r loads from prefill rank r mod the prefill TP size).
     """
 
     nats_url: str = ""
@@ -174,10 +178,19 @@ def _safe_id(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in s)
 
 
-def _kv_fields(vllm_config: VllmConfig) -> dict[str, Any]:
-    """What both engines of a handoff must share (metadata.compat_hash's fields), read from vLLM's config."""
+def is_latent(vllm_config: VllmConfig) -> bool:
+    """Whether the model caches MLA latents (one vector per token, the same on every TP rank)."""
+    return bool(getattr(vllm_config.model_config, "use_mla", False))
+
+
+def _kv_fields(vllm_config: VllmConfig, kv_cache_config: Any = None) -> dict[str, Any]:
+    """What both engines of a handoff must share (metadata.compat_hash's fields), read from vLLM's config and,
+    where given, its KV cache configuration (the groups)."""
     mc = vllm_config.model_config
     pc = vllm_config.parallel_config
+    groups = ""
+    if kv_cache_config is not None and getattr(kv_cache_config, "kv_cache_groups", None):
+        groups = describe(plan_groups(kv_cache_config, vllm_config.cache_config.block_size))
     return {
         "model": str(mc.model),
         "layers": mc.get_num_layers(pc),
@@ -185,32 +198,50 @@ def _kv_fields(vllm_config: VllmConfig) -> dict[str, Any]:
         "head_size": mc.get_head_size(),
         "block_size": vllm_config.cache_config.block_size,
         "dtype": str(vllm_config.cache_config.cache_dtype) + "/" + str(mc.dtype),
+        "groups": groups,
         "tp_size": pc.tensor_parallel_size,
     }
 
 
-def model_compat_hash(vllm_config: VllmConfig) -> str:
-    """The compatibility hash of this engine's KV (see metadata.compat_hash)."""
-    return compat_hash(**_kv_fields(vllm_config))
+def model_compat_hash(vllm_config: VllmConfig, kv_cache_config: Any = None) -> str:
+    """The compatibility hash of this engine's KV (see metadata.compat_hash); an MLA model's does not depend on
+    the TP size."""
+    kv = _kv_fields(vllm_config, kv_cache_config)
+    if is_latent(vllm_config):
+        kv["tp_size"] = 0
+    return compat_hash(**kv)
+
+
+def mla_shards(vllm_config: VllmConfig, cfg: "SplitZipConfig") -> int:
+    """How many shards an MLA handoff has: one per decode rank. A prefill engine serves remote_tp_size of
+    them when stated, else its own TP size; a decode engine loads one per rank."""
+    kvc = vllm_config.kv_transfer_config
+    if kvc.is_kv_producer and cfg.remote_tp_size:
+        return cfg.remote_tp_size
+    return vllm_config.parallel_config.tensor_parallel_size
 
 
 _ROLES = {"kv_producer": "producer", "kv_consumer": "consumer", "kv_both": "both"}
 _VLLM_ROLES = {v: k for k, v in _ROLES.items()}
 
 
-def engine_info(vllm_config: VllmConfig, cfg: SplitZipConfig) -> EngineInfo:
+def engine_info(vllm_config: VllmConfig, cfg: SplitZipConfig, kv_cache_config: Any = None) -> EngineInfo:
     """This engine's entry in the control plane's registry: role, TP size, the compatibility hash as layout
-    fingerprint, and the fields behind the hash (meta) so that a refusal can say which one differs."""
+    fingerprint, and the fields behind the hash (meta) so that a refusal can say which one differs. An MLA
+    engine's meta says "mla" and how many shards it serves per handoff ("shards")."""
     from splitzip_connector.handoff import EngineInfo
 
-    kv = _kv_fields(vllm_config)
+    kv = _kv_fields(vllm_config, kv_cache_config)
     tp_size = kv.pop("tp_size")  # an EngineInfo field of its own
     meta = {"connector": "vllm", "wire": str(WIRE_VERSION), **{k: str(v) for k, v in kv.items()}}
+    if is_latent(vllm_config):
+        meta["mla"] = "1"
+        meta["shards"] = str(mla_shards(vllm_config, cfg))
     return EngineInfo(
         id=cfg.engine_id,
         role=_ROLES.get(str(vllm_config.kv_transfer_config.kv_role), "both"),
         tp_size=tp_size,
-        layout=model_compat_hash(vllm_config),
+        layout=model_compat_hash(vllm_config, kv_cache_config),
         dtype=kv["dtype"],
         meta=meta,
     )
@@ -225,11 +256,17 @@ _FIX = {
     "head_size": "serve the same model on both",
     "block_size": "start both with the same --block-size",
     "dtype": "start both with the same --dtype and --kv-cache-dtype",
+    "groups": "start both with the same attention settings (the same model, and --disable-hybrid-kv-cache-manager "
+    "on both or on neither)",
 }
 
 
-def check_remote_tp(cfg: SplitZipConfig, tp_size: int) -> None:
-    """Refuses a remote_tp_size other than this engine's TP size."""
+def check_remote_tp(cfg: SplitZipConfig, tp_size: int, latent: bool = False) -> None:
+    """Refuses a remote_tp_size other than this engine's TP size (any size for an MLA model)."""
+    if cfg.remote_tp_size < 0:
+        raise ValueError(f"SplitZipConnector: kv_connector_extra_config remote_tp_size = {cfg.remote_tp_size}, must be ≥ 0")
+    if latent:
+        return
     if cfg.remote_tp_size and cfg.remote_tp_size != tp_size:
         raise ValueError(
             f"SplitZipConnector: kv_connector_extra_config remote_tp_size = {cfg.remote_tp_size}, but this engine "
@@ -249,7 +286,18 @@ def check_peers(me: EngineInfo, peers: list[EngineInfo]) -> None:
             continue
         where = f"engine {p.id!r} ({_VLLM_ROLES.get(p.role, p.role)}, registered on the same NATS namespace)"
         role = _VLLM_ROLES.get(me.role, me.role)
-        if p.tp_size != me.tp_size:
+        if me.meta.get("mla") and p.meta.get("mla"):
+            # Every rank holds the whole latent: any TP sizes, as long as the prefill side serves a shard per
+            # decode rank.
+            prod, cons = (me, p) if me.role == "producer" else (p, me)
+            if prod.role == "producer" and cons.role == "consumer" and int(prod.meta.get("shards", 0)) != cons.tp_size:
+                raise ValueError(
+                    f"SplitZipConnector: {where}: the prefill engine {prod.id!r} serves "
+                    f"{prod.meta.get('shards')} MLA shard(s) per handoff, the decode engine {cons.id!r} runs "
+                    f"{cons.tp_size} ranks: set kv_connector_extra_config remote_tp_size = {cons.tp_size} on the "
+                    "prefill engine. (A stopped engine's entry vanishes 15 s after its last heartbeat.)"
+                )
+        elif p.tp_size != me.tp_size:
             raise ValueError(
                 f"SplitZipConnector: {where} runs tensor-parallel size {p.tp_size}, this {role} engine "
                 f"{me.tp_size}. SplitZip moves each TP rank's KV shard to the same rank of the other engine, so "
@@ -269,22 +317,31 @@ def check_peers(me: EngineInfo, peers: list[EngineInfo]) -> None:
             )
 
 
+def reports_failed_loads_by_request() -> bool:
+    """Whether this vLLM takes failed loads by request id (KVConnectorOutput.failed_recving, vLLM 0.33). Earlier
+    releases (0.26) take them only as block ids, which their scheduler cannot map back to requests when a model
+    has several KV cache groups: it raises, ending the engine."""
+    from dataclasses import fields as dc_fields
+
+    from vllm.v1.outputs import KVConnectorOutput
+
+    return "failed_recving" in {f.name for f in dc_fields(KVConnectorOutput)}
+
+
 def check_supported(vllm_config: VllmConfig, kv_cache_config: Any) -> None:
-    """Refuses, at start-up, configurations the connector does not handle; each message says what to change."""
-    mc = vllm_config.model_config
+    """Refuses, at start-up, configurations the connector does not handle; each message says what to change.
+    KV cache groups: groups.plan_groups refuses the kinds SplitZip does not move (Mamba, cross-attention, …); a
+    decode engine with several groups needs a vLLM that takes failed loads by request."""
     pc = vllm_config.parallel_config
-    if mc is not None and getattr(mc, "use_mla", False):
-        raise NotImplementedError(
-            "SplitZipConnector does not handle MLA KV caches yet (this model uses multi-head latent attention); "
-            "use NixlConnector for it"
-        )
-    groups = getattr(kv_cache_config, "kv_cache_groups", None) if kv_cache_config is not None else None
-    if groups is not None and len(groups) > 1:
-        raise NotImplementedError(
-            f"SplitZipConnector handles one KV cache group (full attention); this model has {len(groups)} "
-            "(hybrid attention: sliding window, Mamba or cross-attention layers). Start vLLM with "
-            "--disable-hybrid-kv-cache-manager, or use a connector that supports hybrid groups"
-        )
+    if kv_cache_config is not None and getattr(kv_cache_config, "kv_cache_groups", None):
+        plans = plan_groups(kv_cache_config, vllm_config.cache_config.block_size)
+        if len(plans) > 1 and vllm_config.kv_transfer_config.is_kv_consumer and not reports_failed_loads_by_request():
+            raise NotImplementedError(
+                f"SplitZipConnector: this model has {len(plans)} KV cache groups (hybrid attention), and this vLLM "
+                "release reports a failed KV load only by block ids, which its scheduler cannot map back to a "
+                "request with several groups (it would stop the engine). Start both engines with "
+                "--disable-hybrid-kv-cache-manager (every block is then moved), or use vLLM 0.33"
+            )
     if getattr(pc, "pipeline_parallel_size", 1) > 1:
         raise NotImplementedError(
             "SplitZipConnector moves tensor-parallel shards only; set --pipeline-parallel-size 1"

@@ -20,7 +20,10 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadat
 #   1 — first version: handoff id, producer engine id, TP size, one entry per TP rank, block and token counts,
 #       compatibility hash over model, KV shape per rank, dtype, block size and TP size.
 #   2 — the handoff's secret: only the decode engine holding it can fetch the KV (the producer's transport
-#       makes it prove so), and it travels here, never on NATS.
+#       makes it prove so), and it travels here, never on NATS. KV cache groups and MLA: "starts" gives, per KV
+#       cache group moved, the first block position the handoff holds (sliding-window groups hold only their
+#       window); the hash covers the groups and the attention kind; an MLA handoff lists one shard per decode
+#       rank it serves ("ranks"), however many ranks the prefill engine runs.
 WIRE_VERSION = 2
 
 # Key under which SplitZip's record sits in kv_transfer_params (beside vLLM's do_remote_prefill/decode).
@@ -37,10 +40,12 @@ def compat_hash(
     dtype: str,
     tp_size: int,
     kv_layout: str = "",
+    groups: str = "",
 ) -> str:
     """The fields both engines of a handoff must share, hashed; kv_layout names the order of a block's
     elements (backend-specific), so engines whose attention backends lay blocks out differently never
-    exchange them."""
+    exchange them; groups describes the KV cache groups moved (kind, window, layers: groups.describe). An MLA
+    model hashes tp_size 0: every rank holds the whole latent, so engines of any TP sizes exchange it."""
     s = json.dumps(
         {
             "v": WIRE_VERSION,
@@ -52,6 +57,7 @@ def compat_hash(
             "dtype": dtype,
             "tp_size": tp_size,
             "kv_layout": kv_layout,
+            "groups": groups,
         },
         sort_keys=True,
     )
@@ -68,7 +74,12 @@ class RankEntry:
 
 @dataclass
 class HandoffParams:
-    """The decode engine's instructions for loading a request, built by the prefill engine's scheduler."""
+    """The decode engine's instructions for loading a request, built by the prefill engine's scheduler.
+
+    num_blocks: the whole blocks before the prompt's last token, per group; starts: per KV cache group moved,
+    the first of those block positions the handoff holds (0 but for sliding-window and chunked-local groups);
+    ranks: the shards, one per decode rank that loads (the prefill engine's TP ranks; for an MLA model, as many
+    as the decode engine has ranks, since any prefill rank holds the whole latent)."""
 
     handoff_id: str
     engine_id: str
@@ -77,15 +88,27 @@ class HandoffParams:
     num_tokens: int
     compat: str
     ranks: list[RankEntry] = field(default_factory=list)
+    starts: list[int] = field(default_factory=lambda: [0])
     version: int = WIRE_VERSION
     secret: str = field(default="", repr=False)  # lets the decode engine, and no one else, fetch the KV
 
     @classmethod
     def build(
-        cls, handoff_id: str, secret: str, engine_id: str, tp_size: int, num_blocks: int, num_tokens: int, compat: str
+        cls,
+        handoff_id: str,
+        secret: str,
+        engine_id: str,
+        tp_size: int,
+        num_blocks: int,
+        num_tokens: int,
+        compat: str,
+        *,
+        starts: list[int] | None = None,
+        shards: int = 0,
     ) -> "HandoffParams":
-        ranks = [RankEntry(rank=r, key=f"{handoff_id}.r{r}") for r in range(tp_size)]
-        return cls(handoff_id, engine_id, tp_size, num_blocks, num_tokens, compat, ranks, secret=secret)
+        """shards: how many rank entries (0: one per prefill rank)."""
+        ranks = [RankEntry(rank=r, key=f"{handoff_id}.r{r}") for r in range(shards or tp_size)]
+        return cls(handoff_id, engine_id, tp_size, num_blocks, num_tokens, compat, ranks, list(starts or [0]), secret=secret)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,13 +120,15 @@ class HandoffParams:
             "tp_size": self.tp_size,
             "num_blocks": self.num_blocks,
             "num_tokens": self.num_tokens,
+            "starts": list(self.starts),
             "ranks": [{"rank": e.rank, "key": e.key} for e in self.ranks],
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, compat: str, tp_size: int) -> "HandoffParams":
-        """Parses and checks a record: version first, then the compatibility hash, then TP size. Raises
-        ValueError saying what to change."""
+    def from_dict(cls, d: dict[str, Any], *, compat: str, tp_size: int, latent: bool = False) -> "HandoffParams":
+        """Parses and checks a record: version first, then TP size, then the compatibility hash. latent (an MLA
+        model): the prefill engine's TP size may differ, as long as the record has one shard per rank of this
+        engine (tp_size). Raises ValueError saying what to change."""
         if not isinstance(d, dict):
             raise ValueError(f"kv_transfer_params[{PARAMS_KEY!r}] is {type(d).__name__}, not a mapping")
         v = d.get("version")
@@ -112,7 +137,14 @@ class HandoffParams:
                 f"SplitZip handoff record version {v!r}, this engine speaks {WIRE_VERSION}: run the same "
                 "splitzip-connector release on the prefill and decode engines"
             )
-        if d.get("tp_size") != tp_size:
+        if latent:
+            if len(d.get("ranks", [])) != tp_size:
+                raise ValueError(
+                    f"the prefill engine published {len(d.get('ranks', []))} MLA shard(s), this decode engine runs "
+                    f"{tp_size} ranks: set kv_connector_extra_config remote_tp_size = {tp_size} on the prefill "
+                    "engine, so that it serves a shard per decode rank"
+                )
+        elif d.get("tp_size") != tp_size:
             raise ValueError(
                 f"the prefill engine runs tensor-parallel size {d.get('tp_size')}, this decode engine {tp_size}: "
                 "SplitZip moves each rank's KV shard to the same rank, so start both with the same "
@@ -131,8 +163,9 @@ class HandoffParams:
                 "engine's response to the decode engine unchanged"
             )
         ranks = [RankEntry(int(e["rank"]), str(e["key"])) for e in d.get("ranks", [])]
-        if sorted(e.rank for e in ranks) != list(range(tp_size)):
+        if sorted(e.rank for e in ranks) != list(range(len(ranks) if latent else tp_size)):
             raise ValueError(f"SplitZip handoff record lists ranks {[e.rank for e in ranks]}, want 0..{tp_size - 1}")
+        starts = [int(x) for x in d.get("starts", [])]
         return cls(
             handoff_id=str(d["handoff_id"]),
             engine_id=str(d["engine_id"]),
@@ -141,6 +174,7 @@ class HandoffParams:
             num_tokens=int(d["num_tokens"]),
             compat=str(d["compat"]),
             ranks=ranks,
+            starts=starts,
             version=int(v),
             secret=secret,
         )
@@ -160,12 +194,15 @@ class SaveSpec:
 @dataclass
 class LoadSpec:
     """A request to load: the handoff's blocks go into block_ids, in order (as many as the handoff holds); the
-    secret proves this engine is the one the handoff is for."""
+    secret proves this engine is the one the handoff is for. error: the scheduler found the load impossible
+    after vLLM allocated its blocks; the workers report it failed (vLLM's kv_load_failure_policy applies)
+    without fetching anything."""
 
     request_id: str
     handoff_id: str
     block_ids: list[int]
     secret: str = field(default="", repr=False)
+    error: str = ""
 
 
 @dataclass

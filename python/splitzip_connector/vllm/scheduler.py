@@ -19,6 +19,17 @@ equal the plain engine's for a repeated prompt, at every prompt length. Moving e
 the last token (as vLLM's NixlConnector does) computes the last token alone over KV from the prefill's chunk:
 in bf16 that rounds differently from any computation a plain engine makes, and greedy outputs drift (measured
 on vLLM's CPU backend: examples/vllm/README.md).
+
+KV cache groups (groups.py): the handoff holds, per group, that group's blocks of the prefix — all of them for
+full attention and MLA, the ones still in the window for sliding-window and chunked-local groups — concatenated
+in group order; the decode engine's blocks are taken the same way from its own block table, so every real block
+vLLM allocated for the loaded prefix is filled. The blocks a save reads are pinned in vLLM's block pool (an
+extra reference) until every worker has staged them: vLLM frees a sliding-window group's out-of-window blocks
+as the request moves on (and all of a preempted request's blocks), which must not happen under an encoder.
+
+vLLM versions: the scheduler half reads a request's block table from the KV cache manager vLLM binds to the
+connector (bind_kv_cache_manager, vLLM 0.33). Where vLLM binds only the block pool (bind_gpu_block_pool, vLLM
+0.26), it keeps the block tables itself from each step's SchedulerOutput (BlockTables); nothing else differs.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 from vllm.logger import init_logger
 from vllm.v1.request import RequestStatus
 
-from .config import SplitZipConfig, check_peers, check_remote_tp, engine_info, model_compat_hash
+from .config import SplitZipConfig, check_peers, check_remote_tp, engine_info, is_latent, mla_shards, model_compat_hash
+from .groups import FULL, GroupPlan, plan_groups
 from .metadata import PARAMS_KEY, HandoffParams, LoadSpec, SplitZipConnectorMetadata
 
 if TYPE_CHECKING:
@@ -40,17 +52,77 @@ if TYPE_CHECKING:
 # Under "vllm." so that vLLM's logging configuration (handlers, VLLM_LOGGING_LEVEL) applies.
 logger = init_logger(f"vllm.{__name__}")
 
+# The id of vLLM's null block: the placeholder a block table holds where a sliding-window group freed a block
+# (BlockPool takes block 0 for it).
+NULL_BLOCK = 0
+
+
+class BlockTables:
+    """A request's block ids per KV cache group, as the scheduler half sees them.
+
+    From the KV cache manager when vLLM bound one (manager() returns it; vLLM 0.33): its lists show blocks a
+    sliding-window group freed as NULL_BLOCK. Otherwise (vLLM 0.26 binds only the block pool) from the
+    SchedulerOutput of every step, for the requests being followed (follow): a new request's block_ids, then
+    each step's new_block_ids appended (replacing the lists of a request resumed after preemption) — the record
+    vLLM's model runner keeps the same way."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+        self._kept: dict[str, list[list[int]] | None] = {}
+
+    def follow(self, req_id: str) -> None:
+        self._kept.setdefault(req_id, None)
+
+    def forget(self, req_id: str) -> None:
+        self._kept.pop(req_id, None)
+
+    def observe(self, out: "SchedulerOutput") -> None:
+        if not self._kept:
+            return
+        for nr in out.scheduled_new_reqs:
+            if nr.req_id in self._kept:
+                self._kept[nr.req_id] = [list(g) for g in nr.block_ids]
+        cached = out.scheduled_cached_reqs
+        for i, rid in enumerate(cached.req_ids):
+            new = cached.new_block_ids[i]
+            if rid not in self._kept or new is None:
+                continue
+            kept = self._kept[rid]
+            if kept is None or rid in cached.resumed_req_ids:
+                self._kept[rid] = [list(g) for g in new]
+            else:
+                for g, ids in zip(kept, new):
+                    g.extend(ids)
+
+    def get(self, req_id: str) -> tuple[list[int], ...] | None:
+        mgr = self._manager()
+        if mgr is not None:
+            return tuple(mgr.get_block_ids(req_id))
+        kept = self._kept.get(req_id)
+        return tuple(kept) if kept is not None else None
+
 
 class SplitZipScheduler:
     """Scheduler-side bookkeeping (one per engine)."""
 
-    def __init__(self, vllm_config: "VllmConfig", cfg: SplitZipConfig, kv_cache_manager_ref: Any) -> None:
+    def __init__(
+        self, vllm_config: "VllmConfig", cfg: SplitZipConfig, kv_cache_manager_ref: Any, kv_cache_config: Any = None
+    ) -> None:
         self.cfg = cfg
         self.block_size = vllm_config.cache_config.block_size
         self.tp_size = vllm_config.parallel_config.tensor_parallel_size
-        self.compat = model_compat_hash(vllm_config)
+        self.latent = is_latent(vllm_config)
+        self.compat = model_compat_hash(vllm_config, kv_cache_config)
         self.engine_id = cfg.engine_id
-        self._kv_cache_manager = kv_cache_manager_ref  # a callable returning the bound KVCacheManager
+        # The groups a handoff moves (one full-attention group where vLLM gave no KV cache configuration).
+        if kv_cache_config is not None and getattr(kv_cache_config, "kv_cache_groups", None):
+            self.groups = plan_groups(kv_cache_config, self.block_size)
+        else:
+            self.groups = [GroupPlan(index=0, kind=FULL, layers=(), block_size=self.block_size, latent=self.latent)]
+        self._shards = mla_shards(vllm_config, cfg) if self.latent else 0
+        self._tables = BlockTables(kv_cache_manager_ref)  # kv_cache_manager_ref returns the bound manager or None
+        self._block_pool: Any = None  # bound by bind_block_pool
+        self._pinned: dict[str, list[Any]] = {}  # request id → blocks a save reads, pinned until staged
         # Prefill side: requests to save once their prefill completes; requests saved (handoff id, blocks,
         # tokens); requests whose blocks are held until the workers staged them (sent in the next metadata).
         self._to_save: dict[str, "Request"] = {}
@@ -59,14 +131,21 @@ class SplitZipScheduler:
         # Decode side: loads for the next metadata, and loads in flight.
         self._loads: list[LoadSpec] = []
         self._loading: set[str] = set()
-        self._new_handoff_id = None
-        check_remote_tp(cfg, self.tp_size)
+        check_remote_tp(cfg, self.tp_size, self.latent)
         self._plane: Any = None
         self._registration: int | None = None
-        self._register(vllm_config)
+        self._register(vllm_config, kv_cache_config)
+
+    def bind_block_pool(self, pool: Any) -> None:
+        """vLLM's block pool, where saves pin the blocks they read."""
+        self._block_pool = pool
+
+    def loaded_group_ids(self) -> tuple[int, ...]:
+        """The KV cache groups a load fills (vLLM 0.33 leaves their new blocks unzeroed)."""
+        return tuple(g.index for g in self.groups)
 
     # --- start-up ---------------------------------------------------------------------------------------
-    def _register(self, vllm_config: "VllmConfig") -> None:
+    def _register(self, vllm_config: "VllmConfig", kv_cache_config: Any) -> None:
         """Announces this engine (role, TP size, KV layout) in the control plane's registry and refuses to
         start beside a registered engine of the other role it could not exchange handoffs with (config.
         check_peers). Checked before and after registering, so that of two engines starting together the
@@ -74,7 +153,7 @@ class SplitZipScheduler:
         still caught per handoff (HandoffParams.from_dict)."""
         from .worker import shared_plane
 
-        me = engine_info(vllm_config, self.cfg)
+        me = engine_info(vllm_config, self.cfg, kv_cache_config)
         plane = shared_plane(self.cfg)
         check_peers(me, plane.engines())
         reg = plane.register_engine(me)
@@ -110,7 +189,7 @@ class SplitZipScheduler:
             )
             return None
         try:
-            return HandoffParams.from_dict(rec, compat=self.compat, tp_size=self.tp_size)
+            return HandoffParams.from_dict(rec, compat=self.compat, tp_size=self.tp_size, latent=self.latent)
         except (ValueError, KeyError, TypeError) as e:
             logger.error("SplitZip: request %s: %s; prefilling it locally.", request.request_id, e)
             params["do_remote_prefill"] = False
@@ -145,6 +224,18 @@ class SplitZipScheduler:
         if hp.num_blocks <= 0:
             request.kv_transfer_params["do_remote_prefill"] = False
             return 0, False
+        want = self._starts(hp.num_blocks)
+        if hp.starts != want:
+            logger.error(
+                "SplitZip: request %s: the handoff holds its KV cache groups from block positions %s, this engine "
+                "reads them from %s (another sliding window or vLLM release on the prefill engine?); prefilling "
+                "it locally.",
+                request.request_id,
+                hp.starts,
+                want,
+            )
+            request.kv_transfer_params["do_remote_prefill"] = False
+            return 0, False
         # The handoff's whole blocks (floor((prompt - 1) / block_size), see the module doc; a record from a
         # producer that sent the partial last block too covers the prompt, and vLLM recomputes its last token).
         return min(hp.num_blocks * self.block_size, n_prompt), True
@@ -155,6 +246,7 @@ class SplitZipScheduler:
             return
         if params.get("do_remote_decode"):
             self._to_save[request.request_id] = request
+            self._tables.follow(request.request_id)
         if not params.get("do_remote_prefill"):
             return
         hp = self._handoff_params(request)
@@ -162,25 +254,56 @@ class SplitZipScheduler:
         params["do_remote_prefill"] = False
         if hp is None or num_external_tokens <= 0:
             return
-        (group,) = blocks.blocks
-        all_ids = [b.block_id for b in group]
-        n = hp.num_blocks
-        if len(all_ids) < n:
-            logger.error(
-                "SplitZip: request %s: %d blocks allocated, the handoff holds %d; prefilling it locally.",
-                request.request_id,
-                len(all_ids),
-                n,
-            )
-            return
-        spec = LoadSpec(request.request_id, hp.handoff_id, all_ids[:n], hp.secret)
+        tables = [[b.block_id for b in group] for group in blocks.blocks]
+        ids, err = self._handoff_blocks(tables, hp.num_blocks, decode=True)
+        if err:
+            # vLLM already counts the tokens as loading: report the load failed (kv_load_failure_policy applies).
+            logger.error("SplitZip: request %s: %s", request.request_id, err)
+            real = [b for t in tables for b in t if b != NULL_BLOCK]
+            spec = LoadSpec(request.request_id, hp.handoff_id, real, hp.secret, error=err)
+        else:
+            spec = LoadSpec(request.request_id, hp.handoff_id, ids, hp.secret)
         self._loads.append(spec)
         self._loading.add(request.request_id)
-        logger.debug("SplitZip: loading request %s from handoff %s (%d blocks)", request.request_id, hp.handoff_id[:8], n)
+        logger.debug(
+            "SplitZip: loading request %s from handoff %s (%d blocks)", request.request_id, hp.handoff_id[:8], len(ids)
+        )
+
+    # --- the blocks of a handoff ------------------------------------------------------------------------
+    def _starts(self, num_blocks: int) -> list[int]:
+        """Per group, the first block position a handoff of num_blocks whole blocks holds."""
+        return [g.first_block(num_blocks * self.block_size) for g in self.groups]
+
+    def _handoff_blocks(self, tables: Any, n: int, *, decode: bool) -> tuple[list[int], str]:
+        """The block ids a handoff of n whole blocks moves, from a request's block table (a list per KV cache
+        group): per group the positions [start, n), concatenated in group order. Returns ([], what is wrong)
+        when the table cannot hold them: too short, a needed block already freed, or (decode side) a real block
+        below a window that the handoff would leave unfilled."""
+        ids: list[int] = []
+        for g, start in zip(self.groups, self._starts(n)):
+            if g.index >= len(tables):
+                return [], f"the block table has {len(tables)} KV cache groups, want group {g.index}"
+            table = tables[g.index]
+            if len(table) < n:
+                return [], f"{len(table)} blocks in KV cache group {g.index}, the handoff holds {n}"
+            part = table[start:n]
+            if NULL_BLOCK in part:
+                return [], (
+                    f"KV cache group {g.index} ({g.describe()}) has already freed a block of positions "
+                    f"{start}..{n - 1} that the handoff needs"
+                )
+            if decode and any(b != NULL_BLOCK for b in table[:start]):
+                return [], (
+                    f"vLLM allocated real blocks below position {start} of KV cache group {g.index} "
+                    f"({g.describe()}), which the handoff does not fill"
+                )
+            ids.extend(part)
+        return ids, ""
 
     # --- per step ---------------------------------------------------------------------------------------
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> SplitZipConnectorMetadata:
         meta = SplitZipConnectorMetadata()
+        self._tables.observe(scheduler_output)
         if self._to_save:
             self._plan_saves(scheduler_output, meta)
         meta.loads, self._loads = self._loads, []
@@ -190,7 +313,6 @@ class SplitZipScheduler:
     def _plan_saves(self, scheduler_output: "SchedulerOutput", meta: SplitZipConnectorMetadata) -> None:
         from splitzip_connector.handoff import new_handoff_id, new_handoff_secret
 
-        mgr = self._kv_cache_manager()
         for req_id, n_sched in scheduler_output.num_scheduled_tokens.items():
             req = self._to_save.get(req_id)
             if req is None:
@@ -200,28 +322,52 @@ class SplitZipScheduler:
             if req.num_computed_tokens + n_sched < n_prompt:
                 continue  # chunked prefill: the last chunk saves the whole prompt
             del self._to_save[req_id]
+            tables = self._tables.get(req_id)
+            self._tables.forget(req_id)
             # The whole blocks before the last token: what the decode engine reuses (module doc).
             n = (n_prompt - 1) // self.block_size
             if n == 0:
                 logger.debug("SplitZip: request %s: %d prompt tokens, no whole block to hand off", req_id, n_prompt)
                 continue
-            (ids,) = mgr.get_block_ids(req_id)
-            if len(ids) < n:
-                logger.error("SplitZip: request %s has %d blocks for %d prompt tokens; not saving it", req_id, len(ids), n_prompt)
+            if tables is None:
+                logger.error("SplitZip: request %s: no block table seen; not saving it", req_id)
+                continue
+            ids, err = self._handoff_blocks(tables, n, decode=False)
+            if err:
+                logger.warning("SplitZip: request %s: %s; not handing it off (the decode engine prefills it)", req_id, err)
                 continue
             hid, secret = new_handoff_id(), new_handoff_secret()
-            meta.add_save(req_id, hid, ids[:n], secret)
+            meta.add_save(req_id, hid, ids, secret)
+            self._pin(req_id, ids)
             self._saved[req_id] = (hid, secret, n, n_prompt)
-            logger.debug("SplitZip: saving request %s as handoff %s (%d blocks)", req_id, hid[:8], n)
+            logger.debug("SplitZip: saving request %s as handoff %s (%d blocks)", req_id, hid[:8], len(ids))
+
+    def _pin(self, req_id: str, ids: list[int]) -> None:
+        """Holds the blocks a save reads (an extra reference in vLLM's block pool) until the workers staged
+        them (module doc)."""
+        pool = self._block_pool
+        if pool is None:
+            return
+        blocks = [pool.blocks[b] for b in ids]
+        pool.touch(blocks)
+        self._pinned[req_id] = blocks
+
+    def _unpin(self, req_id: str) -> None:
+        blocks = self._pinned.pop(req_id, None)
+        if blocks:
+            self._block_pool.free_blocks(blocks)
 
     def update_connector_output(self, connector_output: Any) -> None:
         for req_id in connector_output.finished_recving or ():
             self._loading.discard(req_id)
+        for req_id in connector_output.finished_sending or ():
+            self._unpin(req_id)
 
     # --- end of a request -------------------------------------------------------------------------------
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         req_id = request.request_id
         self._to_save.pop(req_id, None)
+        self._tables.forget(req_id)
         saved = self._saved.pop(req_id, None)
         if saved is None:
             params = request.kv_transfer_params or {}
@@ -238,7 +384,9 @@ class SplitZipScheduler:
         if request.status != RequestStatus.FINISHED_LENGTH_CAPPED:
             # Finished otherwise (stop token, abort): nothing for a decode engine to continue.
             return True, None
-        hp = HandoffParams.build(hid, secret, self.engine_id, self.tp_size, n, n_prompt, self.compat)
+        hp = HandoffParams.build(
+            hid, secret, self.engine_id, self.tp_size, n, n_prompt, self.compat, starts=self._starts(n), shards=self._shards
+        )
         logger.debug("SplitZip: request %s handed off as %s (%d blocks, %d tokens)", req_id, hid[:8], n, n_prompt)
         return True, {
             "do_remote_prefill": True,

@@ -347,12 +347,25 @@ def test_unsupported_configurations_refused_at_startup(model_config):
     with pytest.raises(ValueError, match="kv-cache-dtype"):
         SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
 
-    class TwoGroups:
-        kv_cache_groups = [1, 2]
+    # Groups SplitZip cannot move are refused, naming the group (hybrid attention groups are moved:
+    # test_models.py).
+    from vllm.v1.kv_cache_interface import CrossAttentionSpec, FullAttentionSpec, KVCacheGroupSpec, MambaSpec
 
+    class Groups:
+        def __init__(self, *specs):
+            self.kv_cache_groups = [KVCacheGroupSpec([f"model.layers.{i}.attn"], s) for i, s in enumerate(specs)]
+
+    full = FullAttentionSpec(block_size=BLOCK, num_kv_heads=3, head_size=64, dtype=torch.bfloat16)
+    mamba = MambaSpec(block_size=BLOCK, shapes=((4, 64), (8, 64)), dtypes=(torch.bfloat16, torch.float32))
+    cross = CrossAttentionSpec(block_size=BLOCK, num_kv_heads=3, head_size=64, dtype=torch.bfloat16)
     cfg = make_vllm_config(model_config, "kv_producer")
-    with pytest.raises(NotImplementedError, match="hybrid"):
-        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, TwoGroups())
+    with pytest.raises(NotImplementedError, match="group 1 holds Mamba.*NixlConnector"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, Groups(full, mamba))
+    with pytest.raises(NotImplementedError, match="group 1 is CrossAttentionSpec"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, Groups(full, cross))
+    with pytest.raises(NotImplementedError, match="32-token blocks"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, Groups(FullAttentionSpec(
+            block_size=2 * BLOCK, num_kv_heads=3, head_size=64, dtype=torch.bfloat16)))
 
 
 def test_tp_mismatch_refused_at_startup(engines, model_config, model_config_tp2):
