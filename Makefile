@@ -10,7 +10,7 @@ demo: build
 	$(BIN) demo
 
 # Everything CI runs: installs what the tests need, then the Go suites (race detector on) and fuzz smoke runs.
-test: deps vet go-test soak fuzz-smoke multihost py-test vllm-test
+test: deps vet go-test soak fuzz-smoke multihost py-test vllm-test vllm-test-old
 
 build:
 	$(GO) build -o $(BIN) ./cmd/splitzip
