@@ -119,3 +119,16 @@ vllm-deps:
 vllm-test: py-build vllm-deps
 	$(VVPY) -m pip install -q --force-reinstall --no-deps dist/py/splitzip_connector-*.whl
 	HF_HUB_OFFLINE=1 $(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector tests/python/test_handoff.py tests/python/test_layering.py
+
+# --- Real vLLM on the GPU machine (tests/gpu/vllm/README.md) ------------------------------------------------
+# gpu-vllm-pack builds the kit — vLLM 0.26.0 trimmed with the wheels it needs there, the SmolLM2 GGUF, this
+# checkout's connector wheel, nats-server — and cuts it into one carry folder per device call (.gpu/vllm/carry*,
+# PLAN.txt); gpu-vllm-test runs the kit's own tests (no GPU or vLLM needed).
+.PHONY: gpu-vllm-pack gpu-vllm-test
+
+gpu-vllm-pack:
+	tests/gpu/vllm/pack.sh all
+
+gpu-vllm-test:
+	@test -x $(VPY) || $(MAKE) py-deps PY_TORCH=0
+	$(VPY) -m pytest -q -p no:cacheprovider tests/gpu/vllm/test_kit.py
