@@ -138,10 +138,24 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port below Linux's ephemeral range (32768–60999), so that no outgoing connection takes it between
+    now and the server's bind; never the same one twice in a step."""
+    base = 20000 + (os.getpid() % 50) * 200
+    for port in range(base, 32000):
+        if port in _ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports.add(port)
+        return port
+    raise StepError("no free port below 32000")
 
 
 def http(url: str, body: dict | None = None, timeout: float = 240) -> dict:
@@ -210,6 +224,8 @@ def machine_info() -> dict:
     from importlib import metadata
 
     info: dict[str, Any] = {"python": sys.version.split()[0]}
+    if os.environ.get("KIT_FAKE_VLLM") == "1":
+        info["fake_vllm"] = True
     for pkg in ("vllm", "torch", "transformers", "splitzip-connector"):
         try:
             info[pkg] = metadata.version(pkg)
@@ -294,8 +310,11 @@ def serve_args(*, dummy: bool, gpu_util: float, kv_cache_bytes: int, max_model_l
 
 
 def serve_cmd(e: Engine, nats_url: str) -> list[str]:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(e.model), "--host", "127.0.0.1",
-           "--port", str(e.port), "--served-model-name", "model", *e.args]
+    # KIT_FAKE_VLLM=1: fakevllm.py instead of vLLM, for dry runs of the kit's plumbing without a GPU
+    fake = os.environ.get("KIT_FAKE_VLLM") == "1"
+    serve = [str(HERE / "fakevllm.py")] if fake else ["-m", "vllm.entrypoints.cli.main", "serve"]
+    cmd = [sys.executable, *serve, str(e.model), "--host", "127.0.0.1", "--port", str(e.port),
+           "--served-model-name", "model", *e.args]
     if e.role:
         cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config(e.role, nats_url, e.extra, e.policy))]
     return cmd
@@ -944,22 +963,21 @@ def step_failure(ctx: Ctx, a: argparse.Namespace) -> None:
               ok == a.after and dm2["loads"] == a.after and dm2["failures"] == 0, dm2)
     mem["with_both_again"] = gpu_state()
     mem["decode_mib_after"] = decode_mib()
+    ctx.res["gpu_memory"] = mem
     if mem["decode_mib_before"] is not None and mem["decode_mib_after"] is not None:
-        grew = mem["decode_mib_after"] - mem["decode_mib_before"]
-        ctx.check("no GPU memory leaked by the decode engine (per process, MiB)", grew <= a.leak_mib,
-                  {"before": mem["decode_mib_before"], "after": mem["decode_mib_after"]})
-    else:
-        grew = mem["with_both_again"]["used_mib"] - mem["with_both"]["used_mib"]
-        ctx.check("no GPU memory leaked (both engines up, before vs after, MiB in total)", grew <= a.leak_mib,
-                  {"before": mem["with_both"]["used_mib"], "after": mem["with_both_again"]["used_mib"]})
+        before, after, what = mem["decode_mib_before"], mem["decode_mib_after"], "the decode engine's processes"
+    else:  # nvidia-smi lists no processes here: the whole card, with the same two engines up
+        before, after, what = mem["with_both"].get("used_mib"), mem["with_both_again"].get("used_mib"), "the card"
+    ctx.check(f"no GPU memory leaked by the failed handoff ({what}, MiB; tolerance {a.leak_mib})",
+              before is not None and after is not None and after - before <= a.leak_mib,
+              {"before": before, "after": after})
     ctx.engine_facts()
     ctx.stack.close()
     time.sleep(2)
     mem["after_stop"] = gpu_state()
-    back = mem["after_stop"]["used_mib"] - mem["before"]["used_mib"]
-    ctx.check("all GPU memory returned once the engines stopped (MiB)", back <= a.leak_mib,
-              {"before": mem["before"]["used_mib"], "after": mem["after_stop"]["used_mib"]})
-    ctx.res["gpu_memory"] = mem
+    b, e = mem["before"].get("used_mib"), mem["after_stop"].get("used_mib")
+    ctx.check(f"all GPU memory returned once the engines stopped (MiB; tolerance {a.leak_mib})",
+              b is not None and e is not None and e - b <= a.leak_mib, {"before": b, "after": e})
 
 
 STEPS: dict[str, Callable[[Ctx, argparse.Namespace], None]] = {

@@ -54,7 +54,8 @@ def setting(r: dict) -> str:
         att += f" (FlashAttention {facts['flash_attn_version']})"
     model = (r.get("model") or {}).get("name", "?")
     graphs = "CUDA graphs" if (r.get("model") or {}).get("cuda_graphs") else "eager"
-    return (f"{m.get('gpu', '?')} ({m.get('gpu_memory', '?')}, driver {m.get('driver', '?')}), vLLM {m.get('vllm', '?')}, "
+    dry = "**DRY RUN with fakevllm.py: no vLLM, no GPU; the figures mean nothing.** " if m.get("fake_vllm") else ""
+    return dry + (f"{m.get('gpu', '?')} ({m.get('gpu_memory', '?')}, driver {m.get('driver', '?')}), vLLM {m.get('vllm', '?')}, "
             f"torch {m.get('torch', '?')}, splitzip-connector {m.get('splitzip-connector', '?')}; model: {model}; "
             f"attention {att}, KV bf16, {graphs}; {r.get('started', '?')[:10]}")
 
@@ -117,14 +118,17 @@ def render_ttft(results: list[dict]) -> list[str]:
     for rate in rates:
         for m in modes:
             p = by.get((rate, m))
-            if p:
-                wire.append(f"{m} at {rate:g} Gbit/s: ratio {_f(p['prefill'].get('ratio'), 4)}, transfer "
-                            f"{_f(p['decode'].get('transfer_s'), 2)} s for {_f(p['decode'].get('wire_MB'), 0)} MB")
+            loads = (p or {}).get("decode", {}).get("loads")
+            if loads:
+                d = p["decode"]
+                wire.append(f"{m} at {rate:g} Gbit/s: ratio {_f(p['prefill'].get('ratio'), 4)}, {_f(d['wire_MB'] / loads, 0)} MB "
+                            f"in {_ms(d['transfer_s'] / loads)}")
     reps = {p.get("repeats") for p in pts}
     return _table(["link", "prompt tokens", *[f"TTFT {m}" for m in modes]], rows, right=2) + [
         "",
         f"Median of {', '.join(map(str, sorted(reps)))} per cell, through examples/vllm/proxy.py; (×) is the speedup over "
-        "raw at the same link. Wire per point: " + "; ".join(wire) + ".",
+        "raw at the same link. Per handoff on the wire (mean over the point's handoffs after its warm-up, save-overhead "
+        "samples included; time from the decode engine's first dial to the last chunk): " + "; ".join(wire) + ".",
     ]
 
 
@@ -167,7 +171,8 @@ def render_load(results: list[dict]) -> list[str]:
         f"Poisson arrivals, {r0.get('requests', '?')} requests per point, prompts of {lo}–{hi} tokens, "
         f"{r0.get('max_tokens', '?')} output tokens, link {r0.get('link_gbit', '?')} Gbit/s; the rates are fractions of "
         f"the raw path's estimated capacity ({_f(r0.get('raw_capacity_rps'), 2)} req/s: prefill "
-        f"{_ms(r0.get('prefill_s_at_mean'))} at the mean length, or the link, whichever is slower). ({PAPER}.)",
+        f"{_ms(r0.get('prefill_s_at_mean'))} at the mean length, or the link, whichever is slower). Prefill and "
+        f"decode engines share one GPU here, unlike a deployment on two machines. ({PAPER}.)",
     ]
 
 
