@@ -13,7 +13,7 @@ A bundle is one compressed stream (split into `count` parts: `<file>` = `<bundle
 this call's tree against its MANIFEST and copies it under $VLLMKIT/parts; `unpack` assembles every bundle whose
 parts have all arrived and installs it under $VLLMKIT (once; a marker file records it).
 
-    carry.py plan --out DIR --part-bytes N --tree-bytes N --limit-bytes N BUNDLE_FILE... [--kit FILE...]
+    carry.py plan --out DIR --budget-bytes N [--max-part-bytes N] STREAM... [--kit FILE...]
     carry.py stash CARRY_ROOT KIT_DIR
     carry.py unpack KIT_DIR
     carry.py status KIT_DIR
@@ -80,72 +80,79 @@ def read_manifest(path: Path) -> list[Part]:
 # ---------------------------------------------------------------------------------------------- pack side
 
 
-def split_file(src: Path, part_bytes: int, out_dir: Path) -> list[Path]:
-    """Cuts src into out_dir/<src.name>.00, .01, … of at most part_bytes each."""
-    if part_bytes <= 0:
-        raise CarryError(f"part size {part_bytes}: must be positive")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts = []
-    with open(src, "rb") as f:
-        i = 0
-        while True:
-            chunk = f.read(part_bytes)
-            if not chunk and i > 0:
-                break
-            p = out_dir / f"{src.name}.{i:02d}"
-            p.write_bytes(chunk)
-            parts.append(p)
-            i += 1
-            if len(chunk) < part_bytes:
-                break
-    return parts
+def plan(streams: list[Path], kit: list[Path], out: Path, budget_bytes: int, max_part_bytes: int = 0,
+         min_part_bytes: int = 1 << 20) -> list[list[Part]]:
+    """Fills carry folders out/carry1, carry2, … of at most budget_bytes each (what one call may carry beside
+    the tree) with, in this order: the first stream (vLLM), the kit files, the other streams. A stream is cut
+    wherever a folder fills up (parts of at most max_part_bytes, 0: no bound), so every folder but the last is
+    full and no call carries less than it could; a piece smaller than min_part_bytes is not cut, the stream goes
+    on in the next folder instead. Kit files are never cut. A stream's bundle name is its file name; the kit
+    files form one bundle named kit-<hash of their checksums>, complete by the call after the one that completes
+    vLLM at the latest. Returns each folder's manifest entries."""
+    if budget_bytes < min_part_bytes:
+        raise CarryError(f"a call's budget of {budget_bytes} bytes is below the smallest part ({min_part_bytes})")
+    if kit and not streams:
+        raise CarryError("the kit needs the vLLM stream beside it")
+    max_part = max_part_bytes or budget_bytes
+    # (folder index, source, offset, length, bundle, index-in-bundle); counts filled in once a stream is cut
+    pieces: list[tuple[int, Path, int, int, str, int]] = []
+    folder, used = 0, 0
 
+    def room() -> int:
+        return budget_bytes - used
 
-def plan(streams: list[Path], kit: list[Path], out: Path, part_bytes: int, budget_bytes: int) -> list[list[Part]]:
-    """Splits each stream into parts and packs parts and kit files into carry folders out/carry1, carry2, … in
-    order, each holding at most budget_bytes (what one call may carry beside the tree). A stream's bundle name
-    is its file name; the kit files form one bundle named kit-<hash of their checksums>. The kit goes into the
-    first folder after the vLLM stream (the first stream) completes, so that the call carrying it can already
-    run vLLM; parts are never reordered within a stream. Returns each folder's manifest entries."""
-    if part_bytes > budget_bytes:
-        raise CarryError(f"a part of {part_bytes} bytes cannot fit a call's budget of {budget_bytes} bytes")
+    order: list[tuple[str, Path]] = [("stream", streams[0])] if streams else []
+    order += [("kit", k) for k in kit] + [("stream", s) for s in streams[1:]]
+    kit_sums = [sha256_file(k) for k in kit]
+    kit_bundle = "kit-" + hashlib.sha256("".join(kit_sums).encode()).hexdigest()[:12]
+    counts: dict[str, int] = {}
+    for kind, src in order:
+        size = src.stat().st_size
+        if kind == "kit":
+            if size > budget_bytes:
+                raise CarryError(f"{src.name}: {size} bytes exceed a call's budget of {budget_bytes}")
+            if size > room():
+                folder, used = folder + 1, 0
+            pieces.append((folder, src, 0, size, kit_bundle, kit.index(src)))
+            used += size
+            continue
+        off, idx = 0, 0
+        while off < size or idx == 0:
+            n = min(room(), size - off, max_part)
+            if n < min(min_part_bytes, size - off) or (n == 0 and size > 0):
+                folder, used = folder + 1, 0
+                continue
+            pieces.append((folder, src, off, n, src.name, idx))
+            used += n
+            off += n
+            idx += 1
+            if size == 0:
+                break
+        counts[src.name] = idx
+    counts[kit_bundle] = len(kit)
     for d in out.glob("carry*"):
         shutil.rmtree(d)
-    work = out / "split"
-    items: list[tuple[Path, Part]] = []
-    for s in streams:
-        paths = split_file(s, part_bytes, work)
-        for i, p in enumerate(paths):
-            items.append((p, Part(sha256_file(p), p.stat().st_size, s.name, i, len(paths), p.name)))
-        if s is streams[0] and kit:
-            sums = [sha256_file(k) for k in kit]
-            bundle = "kit-" + hashlib.sha256("".join(sums).encode()).hexdigest()[:12]
-            for i, (k, sha) in enumerate(zip(kit, sums)):
-                items.append((k, Part(sha, k.stat().st_size, bundle, i, len(kit), k.name)))
-    if not streams and kit:
-        raise CarryError("the kit needs the vLLM stream beside it")
-    folders: list[list[tuple[Path, Part]]] = [[]]
-    used = 0
-    for path, part in items:
-        if part.size > budget_bytes:
-            raise CarryError(f"{part.name}: {part.size} bytes exceed a call's budget of {budget_bytes}")
-        if used + part.size > budget_bytes and folders[-1]:
-            folders.append([])
-            used = 0
-        folders[-1].append((path, part))
-        used += part.size
-    manifests = []
-    for n, entries in enumerate(folders, 1):
-        d = out / f"carry{n}"
-        d.mkdir(parents=True)
-        for path, part in entries:
-            if path.parent == work:
-                path.rename(d / part.name)
-            else:
-                shutil.copy2(path, d / part.name)
-        (d / "MANIFEST").write_text("".join(p.line() + "\n" for _, p in entries))
-        manifests.append([p for _, p in entries])
-    shutil.rmtree(work, ignore_errors=True)
+    manifests: list[list[Part]] = [[] for _ in range(folder + 1)]
+    for f, src, off, n, bundle, idx in pieces:
+        d = out / f"carry{f + 1}"
+        d.mkdir(parents=True, exist_ok=True)
+        if bundle == kit_bundle:
+            name = src.name
+            shutil.copy2(src, d / name)
+            sha = kit_sums[idx]
+        else:
+            name = f"{src.name}.{idx:02d}"
+            with open(src, "rb") as fin, open(d / name, "wb") as fout:
+                fin.seek(off)
+                left = n
+                while left:
+                    chunk = fin.read(min(left, 4 * MiB))
+                    fout.write(chunk)
+                    left -= len(chunk)
+            sha = sha256_file(d / name)
+        manifests[f].append(Part(sha, n, bundle, idx, counts[bundle], name))
+    for f, parts in enumerate(manifests):
+        (out / f"carry{f + 1}" / "MANIFEST").write_text("".join(p.line() + "\n" for p in parts))
     return manifests
 
 
@@ -282,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("plan")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--part-bytes", required=True, type=int)
     p.add_argument("--budget-bytes", required=True, type=int, help="bytes one call may carry beside the tree")
+    p.add_argument("--max-part-bytes", type=int, default=0, help="largest part (0: the budget)")
     p.add_argument("streams", nargs="+", type=Path)
     p.add_argument("--kit", nargs="*", type=Path, default=[])
     s = sub.add_parser("stash")
@@ -296,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "plan":
-            for n, parts in enumerate(plan(a.streams, a.kit, a.out, a.part_bytes, a.budget_bytes), 1):
+            for n, parts in enumerate(plan(a.streams, a.kit, a.out, a.budget_bytes, a.max_part_bytes), 1):
                 total = sum(p.size for p in parts)
                 names = ", ".join(f"{p.name} ({p.size / MiB:.1f} MiB)" for p in parts)
                 print(f"call {n}: carry .gpu/vllm/carry{n} ({total / MiB:.1f} MiB): {names}")

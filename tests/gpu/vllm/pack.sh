@@ -14,8 +14,10 @@
 #   kit    rebuild the kit and re-plan (after a connector change)
 #   clean  remove .gpu/vllm
 #
-# Environment: PY312 (a Python 3.12; default: pyenv's, as `make wheel-gpu` finds it), PART_MIB (largest part,
-# default 46), MARGIN_MIB (room left for tree growth in each call, default 3), KEEP_CACHE=1 keeps the downloads.
+# Environment: PY312 (a Python 3.12; default: pyenv's, as `make wheel-gpu` finds it), MARGIN_MIB (room left in
+# each call for the tree to grow, default 3), KEEP_CACHE=1 keeps the downloads. Each call is filled to the limit
+# (64 MiB less the tree and the margin), so the parts are as few as they can be; pack.sh kit re-plans them for the
+# tree as it is then.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ROOT=$PWD
@@ -23,7 +25,6 @@ OUT=.gpu/vllm
 CACHE=$OUT/cache
 STREAMS=$OUT/streams
 KITDIR=$OUT/kit
-PART_MIB=${PART_MIB:-46}
 MARGIN_MIB=${MARGIN_MIB:-3}
 LIMIT_MIB=64 # what one device call carries: the tree plus the carried paths
 PY312=${PY312:-$(find "$HOME"/.pyenv/versions -maxdepth 3 -path '*/3.12*/bin/python3.12' 2>/dev/null | sort | tail -1)}
@@ -31,9 +32,9 @@ PY312=${PY312:-$(command -v python3.12 || true)}
 
 VLLM_VERSION=0.26.0
 # The wheels vLLM 0.26.0 needs beside the GPU machine's packages (torch 2.11.0+cu130, transformers, numpy, …),
-# at the versions vLLM 0.26.0's own resolution picks for Python 3.12; this set imported vLLM and generated on
-# the machine (shared VLLM-ON-GPU.md). gguf reads the SmolLM2 GGUF there (its needs: numpy, pyyaml, requests,
-# tqdm, all on the machine).
+# at the versions vLLM 0.26.0's own resolution picks for Python 3.12; with the machine's typing_extensions,
+# anyio and protobuf, this set imported vLLM and generated on the machine. gguf reads the SmolLM2 GGUF there
+# (its needs: numpy, pyyaml, requests, tqdm, all on the machine).
 PINS=(
   "vllm==$VLLM_VERSION"
   annotated_types==0.8.0 apache_tvm_ffi==0.1.10 astor==0.8.1 blake3==1.0.11 cachetools==8.0.2 cbor2==6.3.0
@@ -162,8 +163,8 @@ plan() {
   say "the tree travels with every call: $(mib "$tree"); each call may carry $(mib "$budget") beside it"
   mapfile -t streams < <(find "$STREAMS" -name 'vllm-*.tar.xz'; find "$STREAMS" -name 'smollm2-*.gguf.xz')
   [ ${#streams[@]} = 2 ] || die "streams missing in $STREAMS (run pack.sh all)"
-  "$PY312" tests/gpu/vllm/carry.py plan --out "$OUT" --part-bytes $((PART_MIB * 1048576)) \
-    --budget-bytes "$budget" "${streams[@]}" --kit "$KITDIR"/* | tee "$OUT/PLAN.txt"
+  "$PY312" tests/gpu/vllm/carry.py plan --out "$OUT" --budget-bytes "$budget" "${streams[@]}" --kit "$KITDIR"/* |
+    tee "$OUT/PLAN.txt"
   (cd "$OUT" && sha256sum carry*/* >SHA256SUMS)
   say "manifest: $OUT/SHA256SUMS; plan: $OUT/PLAN.txt"
 }

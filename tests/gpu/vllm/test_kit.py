@@ -282,13 +282,19 @@ def test_carry_plan_stash_unpack_round_trip(tmp_path):
     kitf.append(src / "nats-server.xz")
     out = tmp_path / "gpu"
     budget = 40_000
-    manifests = carry.plan([vllm, model], kitf, out, part_bytes=30_000, budget_bytes=budget)
-    assert len(manifests) >= 3
+    manifests = carry.plan([vllm, model], kitf, out, budget_bytes=budget, min_part_bytes=1000)
+    total = sum(f.stat().st_size for f in [vllm, model, *kitf])
+    assert len(manifests) == -(-total // budget)  # filled: no call carries less than it could
     for m in manifests:
         assert sum(p.size for p in m) <= budget
+    for m in manifests[:-1]:
+        assert sum(p.size for p in m) > budget - 1000
     flat = [p for m in manifests for p in m]
+    for bundle, src in ((vllm.name, vllm), (model.name, model)):
+        parts = [p for p in flat if p.bundle == bundle]
+        assert [p.index for p in parts] == list(range(parts[0].count)) and parts[0].count >= 2
+        assert sum(p.size for p in parts) == src.stat().st_size
     vparts = [p for p in flat if p.bundle == vllm.name]
-    assert [p.index for p in vparts] == list(range(vparts[0].count)) and vparts[0].count == 3
     # the kit travels in the folder that completes vLLM, or right after it
     last_v = next(i for i, m in enumerate(manifests) if any(p.bundle == vllm.name and p.index == p.count - 1 for p in m))
     kit_at = {i for i, m in enumerate(manifests) for p in m if p.bundle.startswith("kit-")}
@@ -331,15 +337,30 @@ def test_carry_plan_stash_unpack_round_trip(tmp_path):
         carry.stash(bad, tmp_path / "kit2")
 
 
-def test_carry_plan_refuses_what_cannot_fit(tmp_path):
+def test_carry_plan_bounds_parts_and_refuses_what_cannot_fit(tmp_path):
     f = tmp_path / "vllm-x.tar.xz"
-    f.write_bytes(b"x" * 100)
+    f.write_bytes(b"x" * 1000)
+    ms = carry.plan([f], [], tmp_path / "o", budget_bytes=600, max_part_bytes=250, min_part_bytes=10)
+    assert [[p.size for p in m] for m in ms] == [[250, 250, 100], [250, 150]]
+    # a piece smaller than min_part_bytes is not cut off: the stream goes on in the next folder
+    g = tmp_path / "smollm2-y.gguf.xz"
+    g.write_bytes(b"z" * 500)
+    k = tmp_path / "nats-server.xz"
+    k.write_bytes(b"k" * 95)
+    ms = carry.plan([f, g], [k], tmp_path / "o", budget_bytes=600, min_part_bytes=10)
+    assert [[(p.name, p.size) for p in m] for m in ms] == [
+        [("vllm-x.tar.xz.00", 600)], [("vllm-x.tar.xz.01", 400), ("nats-server.xz", 95), ("smollm2-y.gguf.xz.00", 105)],
+        [("smollm2-y.gguf.xz.01", 395)]]
+    ms = carry.plan([f, g], [k], tmp_path / "o", budget_bytes=600, min_part_bytes=200)
+    assert [[(p.name, p.size) for p in m] for m in ms][1:] == [
+        [("vllm-x.tar.xz.01", 400), ("nats-server.xz", 95)], [("smollm2-y.gguf.xz.00", 500)]]
+    assert not (tmp_path / "o" / "carry4").exists()  # folders of an earlier plan are removed
     with pytest.raises(carry.CarryError):
-        carry.plan([f], [], tmp_path / "o", part_bytes=200, budget_bytes=100)
+        carry.plan([f], [], tmp_path / "o", budget_bytes=100, min_part_bytes=200)
     big = tmp_path / "nats-server.xz"
     big.write_bytes(b"y" * 150)
     with pytest.raises(carry.CarryError, match="exceed"):
-        carry.plan([f], [big], tmp_path / "o", part_bytes=100, budget_bytes=120)
+        carry.plan([f], [big], tmp_path / "o", budget_bytes=120, min_part_bytes=10)
     with pytest.raises(carry.CarryError):
         carry.Part.parse("abc 1 b 0 1 name")
     with pytest.raises(carry.CarryError):
