@@ -12,6 +12,7 @@ import io
 import json
 import lzma
 import math
+import os
 import subprocess
 import sys
 import tarfile
@@ -267,8 +268,6 @@ def _wheel(path: Path) -> Path:
 
 
 def test_carry_plan_stash_unpack_round_trip(tmp_path):
-    import os
-
     src = tmp_path / "src"
     src.mkdir()
     payload = {f"vllm/mod{i}.py": os.urandom(3000) for i in range(20)}  # incompressible: parts are real
@@ -419,3 +418,50 @@ def test_table_equality_load_failure():
                           "result": {"total_s": 3.0}, "output_tokens": 8}}
     md = table.render([fail])
     assert "the request completed (8 tokens, 3,000 ms)" in md and "PASS recompute" in md
+
+
+# ---------------------------------------------------------------------------------------------- dry runs
+
+
+def _byte_tokenizer(d: Path) -> None:
+    """A byte-level tokenizer of 256 tokens (every text encodes), in the files the kit reads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    d.mkdir(parents=True)
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text("{}")
+
+
+@pytest.mark.parametrize("step,args", [("smoke", []), ("failure", ["--kill-tokens", "8192", "--after", "2"]),
+                                       ("load", ["--requests", "4", "--load", "0.5", "--prompt-range", "100,200"])])
+def test_dry_run_against_fakevllm(tmp_path, step, args):
+    """Every process, request, check and output of a step, with fakevllm.py in vLLM's place (no GPU): the
+    plumbing works, and a dry run says it is one."""
+    pytest.importorskip("aiohttp")
+    pytest.importorskip("tokenizers")
+    kitdir = tmp_path / "kit"
+    _byte_tokenizer(kitdir / "models" / "tokenizer-smollm2")
+    nats = ROOT / "build" / "bin" / "nats-server"
+    if nats.is_file():
+        (kitdir / "bin").mkdir()
+        (kitdir / "bin" / "nats-server").symlink_to(nats)
+    else:
+        pytest.importorskip("splitzip_connector")  # embedded_nats.py
+    env = dict(os.environ, KIT_FAKE_VLLM="1", VLLMKIT=str(kitdir))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(HERE / "kit.py"), step, "--out", str(out), *args], env=env,
+                       capture_output=True, text=True, timeout=300)
+    res = json.loads((out / f"{step}.json").read_text())
+    assert res["machine"]["fake_vllm"] is True
+    assert "DRY RUN" in (out / f"{step}.md").read_text()
+    assert (out / f"{step}-logs.tar.xz").is_file()
+    failed = [c["name"] for c in res["checks"] if not c["ok"]]
+    if step == "failure":  # no nvidia-smi here: only the GPU memory checks may fail
+        assert all("GPU memory" in n for n in failed), failed
+        assert res["in_flight"]["decode"]["failures"] == 1
+    else:
+        assert r.returncode == 0 and not failed, r.stdout[-3000:] + r.stderr[-3000:]
