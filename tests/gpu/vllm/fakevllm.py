@@ -71,7 +71,8 @@ def main() -> None:
             out_params = {"do_remote_prefill": True, "do_remote_decode": False,
                           "splitzip": {"handoff_id": key[:32], "num_tokens": n, "port": a.port,
                                        "bytes": raw / ratio, "rate": extra.get("rate_limit", 0)}}
-        if role == "kv_consumer" and params.get("do_remote_prefill"):
+        # like SplitZipConnector: a prompt whose first blocks are cached locally is not loaded
+        if role == "kv_consumer" and params.get("do_remote_prefill") and not cached:
             hp = params["splitzip"]
             t0 = time.perf_counter()
             secs = hp["bytes"] / hp["rate"] if hp["rate"] else 0.0

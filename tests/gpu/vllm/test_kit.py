@@ -396,12 +396,15 @@ def test_table_names_card_version_model_and_computes_speedups():
 
 def test_table_equality_load_failure():
     eq = {"step": "equality", "ok": True, "machine": MACHINE, "engines": ENGINES, "args": {"max_tokens": 32},
-          "model": {"name": "SmolLM2-135M-Instruct"}, "checks": [], "decode_metrics": {"loads": 2, "failures": 0},
+          "model": {"name": "SmolLM2-135M-Instruct"}, "checks": [],
+          "decode_metrics": {"decode-z": {"loads": 1, "failures": 0, "wire_MB": 1.5},
+                             "decode-raw": {"loads": 1, "failures": 0, "wire_MB": 2.0}},
           "cases": [{"prompt_tokens": 1025, "blocks_moved": 64, "tail_recomputed": 1, "plain_cached_eq_uncached": True,
                      "compressed": {"tokens_equal": True, "logprobs_equal": True, "cached_tokens": 1024},
                      "raw": {"tokens_equal": False, "logprobs_equal": False, "cached_tokens": 1024}}]}
     md = table.render([eq])
     assert "| 1025 | 64 (1024 tokens) | 1 | yes | **no** | **no** | yes | yes |" in md
+    assert "2 loads, 0 failures, 3.5 MB on the wire" in md
     s = lambda p50, p99, rps: {"ttft_p50_s": p50, "ttft_p99_s": p99, "req_per_s": rps, "output_tok_per_s": 10.0,  # noqa: E731
                                "ok": 64, "requests": 64}
     load = {"step": "load", "ok": True, "machine": MACHINE, "engines": ENGINES, "model": {"name": "m"}, "checks": [],
@@ -437,6 +440,7 @@ def _byte_tokenizer(d: Path) -> None:
 
 
 @pytest.mark.parametrize("step,args", [("smoke", []), ("failure", ["--kill-tokens", "8192", "--after", "2"]),
+                                       ("equality", ["--lengths", "100,1025", "--max-tokens", "4"]),
                                        ("load", ["--requests", "4", "--load", "0.5", "--prompt-range", "100,200"])])
 def test_dry_run_against_fakevllm(tmp_path, step, args):
     """Every process, request, check and output of a step, with fakevllm.py in vLLM's place (no GPU): the
@@ -445,6 +449,11 @@ def test_dry_run_against_fakevllm(tmp_path, step, args):
     pytest.importorskip("tokenizers")
     kitdir = tmp_path / "kit"
     _byte_tokenizer(kitdir / "models" / "tokenizer-smollm2")
+    if step == "equality":  # a folder where make_model.py's would be (fakevllm reads only its config)
+        smol = dict(kit.LLAMA3_8B_SHAPE, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, head_dim=64, max_position_embeddings=8192)
+        m = kit.write_dummy_model(kitdir / "models" / "smollm2-135m", kitdir / "models" / "tokenizer-smollm2", smol)
+        (m / "model.safetensors").write_bytes(b"")
     nats = ROOT / "build" / "bin" / "nats-server"
     if nats.is_file():
         (kitdir / "bin").mkdir()
