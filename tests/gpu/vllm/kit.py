@@ -330,6 +330,7 @@ class Stack:
         self.nats_url = ""
         self.engines: dict[str, Engine] = {}
         self.pidfile = KIT / "pids"
+        self.time_left: Callable[[], float] = lambda: float("inf")  # the step's budget (Ctx sets it)
 
     def spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         if name in self.procs and self.procs[name].poll() is None:
@@ -430,6 +431,7 @@ class Stack:
     def wait_ready(self, urls: dict[str, str], timeout: float) -> None:
         pending = dict(urls)
         t0 = time.monotonic()
+        timeout = max(30.0, min(timeout, self.time_left() - 20))
         while pending:
             for name, url in list(pending.items()):
                 p = self.procs[name]
@@ -512,6 +514,7 @@ class Ctx:
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         self.stack = Stack(self.work)
+        self.stack.time_left = self.left
         self.res: dict[str, Any] = {"step": step, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checks": [],
                                     "skipped": []}
         self._prompts: Prompts | None = None
