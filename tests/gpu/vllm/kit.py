@@ -859,7 +859,7 @@ def step_load(ctx: Ctx, a: argparse.Namespace) -> None:
     proxies = {m: ctx.stack.start_proxy(f"proxy-{m}", e, dec) for m, e in pres.items()}
     lo, hi = a.prompt_range
     mean_len = (lo + hi) // 2
-    for m, px in proxies.items():  # warm-up
+    for px in proxies.values():  # warm-up
         for _ in range(2):
             stream(px + "/v1/completions", completion(ctx.prompts.fresh(mean_len), 4, ignore_eos=True))
     first = next(iter(pres.values()))

@@ -293,7 +293,6 @@ def test_carry_plan_stash_unpack_round_trip(tmp_path):
         parts = [p for p in flat if p.bundle == bundle]
         assert [p.index for p in parts] == list(range(parts[0].count)) and parts[0].count >= 2
         assert sum(p.size for p in parts) == src.stat().st_size
-    vparts = [p for p in flat if p.bundle == vllm.name]
     # the kit travels in the folder that completes vLLM, or right after it
     last_v = next(i for i, m in enumerate(manifests) if any(p.bundle == vllm.name and p.index == p.count - 1 for p in m))
     kit_at = {i for i, m in enumerate(manifests) for p in m if p.bundle.startswith("kit-")}
