@@ -190,6 +190,25 @@ def render_failure(r: dict) -> list[str]:
     ]
 
 
+def render_metrics(results: list[dict]) -> list[str]:
+    """The connector's own figures per engine, summed from its "KV Transfer metrics" log lines."""
+    rows = []
+    for r in results:
+        for name, e in sorted((r.get("engines") or {}).items()):
+            k = e.get("kv_transfer_log") or {}
+            if not any(k.get(x) for x in ("saves", "loads", "failures")):
+                continue
+            rows.append([name, _f(k.get("saves"), 0), _f(k.get("loads"), 0), _f(k.get("failures"), 0),
+                         _f(k.get("saved_MB"), 0), _f(k.get("compressed_MB"), 0), _f(k.get("ratio"), 4),
+                         _f(k.get("encode_ms"), 0), _f(k.get("wire_MB"), 0), _f(k.get("transfer_ms"), 0),
+                         _f(k.get("decode_ms"), 0)])
+    if not rows:
+        return []
+    return ["The connector's metrics, summed from each engine's \"KV Transfer metrics\" log lines (warm-ups "
+            "included):", ""] + _table(["engine", "saves", "loads", "failures", "saved MB", "compressed MB", "ratio",
+                                        "encode ms", "wire MB", "transfer ms", "decode ms"], rows) + [""]
+
+
 def render_checks(r: dict) -> list[str]:
     out = []
     for c in r.get("checks", []):
@@ -228,6 +247,7 @@ def render(results: list[dict]) -> str:
         elif step == "failure":
             lines += render_failure(rs[-1])
         lines.append("")
+        lines += render_metrics(rs)
         for r in rs:
             lines += render_checks(r)
         lines.append("")

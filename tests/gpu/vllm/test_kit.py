@@ -369,7 +369,10 @@ def test_carry_plan_bounds_parts_and_refuses_what_cannot_fit(tmp_path):
 
 MACHINE = {"gpu": "NVIDIA H100 80GB HBM3", "gpu_memory": "81559 MiB", "driver": "580.159.04", "vllm": "0.26.0",
            "torch": "2.11.0+cu130", "splitzip-connector": "0.1.0"}
-ENGINES = {"decode": {"facts": {"attention_backend": "FLASH_ATTN", "flash_attn_version": "3"}}}
+ENGINES = {"decode": {"facts": {"attention_backend": "FLASH_ATTN", "flash_attn_version": "3"},
+                      "kv_transfer_log": {"loads": 4.0, "wire_MB": 1200.0, "transfer_ms": 950.0}},
+           "prefill": {"facts": {}, "kv_transfer_log": {"saves": 4.0, "saved_MB": 1596.0, "compressed_MB": 1200.0,
+                                                        "ratio": 1.33}}}
 
 
 def _pt(rate, mode, ttft, ratio=1.33):
@@ -390,6 +393,8 @@ def test_table_names_card_version_model_and_computes_speedups():
     assert "| 10 Gbit/s | 4096 | 1,000 ms | 800 ms (1.25×) |" in md
     assert "| 100 Gbit/s | 4096 | 500 ms | 400 ms (1.25×) |" in md
     assert "+4.0 %" in md  # save overhead 0.312 / 0.300
+    assert "| decode | – | 4 | – | – | – | – | – | 1200 | 950 | – |" in md
+    assert "| prefill | 4 | – | – | 1596 | 1200 | 1.3300 |" in md
     assert "**FAIL** x" in md and "skipped: auto at 100 (time)" in md and "not all checks passed" in md
 
 
