@@ -10,7 +10,7 @@ demo: build
 	$(BIN) demo
 
 # Everything CI runs: installs what the tests need, then the Go suites (race detector on) and fuzz smoke runs.
-test: deps vet go-test soak fuzz-smoke multihost py-test vllm-test vllm-test-old
+test: deps vet go-test soak fuzz-smoke multihost py-test vllm-test vllm-test-old gpu-vllm-test
 
 build:
 	$(GO) build -o $(BIN) ./cmd/splitzip
@@ -149,3 +149,16 @@ vllm-test-old: py-build vllm-deps
 	@test -d build/vllm-$(VLLM_OLD)/vllm || { $(VVPY) -m pip download -q --no-deps vllm==$(VLLM_OLD) -d build/dl && \
 		$(VVPY) -m zipfile -e build/dl/vllm-$(VLLM_OLD)-*.whl build/vllm-$(VLLM_OLD); }
 	HF_HUB_OFFLINE=1 PYTHONPATH=build/vllm-$(VLLM_OLD) $(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector
+
+# --- Real vLLM on the GPU machine (tests/gpu/vllm/README.md) ------------------------------------------------
+# gpu-vllm-pack builds the kit — vLLM 0.26.0 trimmed with the wheels it needs there, the SmolLM2 GGUF, this
+# checkout's connector wheel, nats-server — and cuts it into one carry folder per device call (.gpu/vllm/carry*,
+# PLAN.txt); gpu-vllm-test runs the kit's own tests (no GPU or vLLM needed).
+.PHONY: gpu-vllm-pack gpu-vllm-test
+
+gpu-vllm-pack:
+	tests/gpu/vllm/pack.sh all
+
+gpu-vllm-test:
+	@test -x $(VPY) || $(MAKE) py-deps PY_TORCH=0
+	$(VPY) -m pytest -q -p no:cacheprovider tests/gpu/vllm/test_kit.py

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""A stand-in for `vllm serve`, for dry runs of the kit on a machine without a GPU or vLLM
+(`KIT_FAKE_VLLM=1 kit.py STEP`, test_kit.py): it answers the endpoints kit.py and proxy.py use — /v1/models,
+/v1/completions (streamed or not, token ids, logprobs, usage with cached tokens, kv_transfer_params), /metrics
+with the connector's counter names — so that every step's plumbing (processes, proxies, checks, results,
+tables) runs end to end. It is not vLLM and proves nothing about it: its tokens are a hash of the prompt, it
+moves no KV, and its "transfer" is a sleep of the KV's size over the rate limit, during which it watches the
+producer's port (so that killing the producer fails the load, as in the failure step). Results of a dry run say
+so (machine.fake_vllm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import socket
+import time
+
+from aiohttp import web
+
+VOCAB = 49152
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--kv-transfer-config", default="")
+    ap.add_argument("--block-size", type=int, default=16)
+    a, _ = ap.parse_known_args()
+    kv = json.loads(a.kv_transfer_config) if a.kv_transfer_config else {}
+    role = kv.get("kv_role")
+    extra = kv.get("kv_connector_extra_config", {})
+    policy = kv.get("kv_load_failure_policy", "fail")
+    cfg = json.load(open(f"{a.model}/config.json"))
+    head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    kvt = cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * head * 2
+    bs = a.block_size
+    c: dict[str, float] = {k: 0.0 for k in ("saves", "loads", "failures", "raw_bytes", "encoded_bytes", "wire_bytes",
+                                            "escapes", "elements", "encode_seconds", "transfer_seconds",
+                                            "decode_seconds")}
+    seen: set[str] = set()
+    ratio = 1.0 if extra.get("bypass") == "always" else 1.33
+    print("INFO fake vLLM (dry run): Using FLASH_ATTN backend.", flush=True)
+    if role:
+        print(f"INFO SplitZip rank 0 registered {cfg['num_hidden_layers']} layers: bf16 (fake)", flush=True)
+
+    def tokens(prompt: list[int], n: int) -> list[int]:
+        h = hashlib.sha256(json.dumps(prompt).encode()).digest()
+        return [int.from_bytes(hashlib.sha256(h + bytes([i])).digest()[:4], "little") % VOCAB for i in range(n)]
+
+    async def completions(req: web.Request) -> web.StreamResponse:
+        body = await req.json()
+        prompt = body["prompt"]
+        n = len(prompt)
+        key = hashlib.sha256(json.dumps(prompt).encode()).hexdigest()
+        cached = (n - 1) // bs * bs if key in seen else 0
+        seen.add(key)
+        params = body.get("kv_transfer_params") or {}
+        out_params = None
+        await asyncio.sleep(n * 20e-6)  # "prefill"
+        if role == "kv_producer" and params.get("do_remote_decode"):
+            raw = (n - 1) // bs * bs * kvt
+            c["saves"] += 1
+            c["raw_bytes"] += raw
+            c["encoded_bytes"] += raw / ratio
+            c["elements"] += raw / 2
+            out_params = {"do_remote_prefill": True, "do_remote_decode": False,
+                          "splitzip": {"handoff_id": key[:32], "num_tokens": n, "port": a.port,
+                                       "bytes": raw / ratio, "rate": extra.get("rate_limit", 0)}}
+        # like SplitZipConnector: a prompt whose first blocks are cached locally is not loaded
+        if role == "kv_consumer" and params.get("do_remote_prefill") and not cached:
+            hp = params["splitzip"]
+            t0 = time.perf_counter()
+            secs = hp["bytes"] / hp["rate"] if hp["rate"] else 0.0
+            ok = True
+            while time.perf_counter() - t0 < secs:
+                await asyncio.sleep(0.05)
+                try:
+                    socket.create_connection(("127.0.0.1", hp["port"]), timeout=0.2).close()
+                except OSError:
+                    ok = False
+                    break
+            c["transfer_seconds"] += time.perf_counter() - t0
+            if ok:
+                c["loads"] += 1
+                c["wire_bytes"] += hp["bytes"]
+                cached = (n - 1) // bs * bs
+            else:
+                c["failures"] += 1
+                print(f"WARNING SplitZip: rank 0: load of request {key[:8]} failed (fake): producer gone", flush=True)
+                if policy != "recompute":
+                    return web.json_response({"error": {"message": "KV load failed", "code": 500}}, status=500)
+                await asyncio.sleep(n * 20e-6)
+        mt = int(body.get("max_tokens") or 16)
+        toks = tokens(prompt, mt)
+        lps = [-1.0 - (t % 97) / 100 for t in toks]
+        usage = {"prompt_tokens": n, "completion_tokens": mt, "total_tokens": n + mt,
+                 "prompt_tokens_details": {"cached_tokens": cached}}
+        if body.get("stream"):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(req)
+            for t in toks:
+                await asyncio.sleep(0.002)
+                chunk = {"choices": [{"index": 0, "text": "x", "token_ids": [t]}]}
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        ch: dict = {"index": 0, "text": "x" * mt, "token_ids": toks, "finish_reason": "length"}
+        if body.get("logprobs") is not None:
+            ch["logprobs"] = {"token_logprobs": lps, "tokens": ["x"] * mt}
+        if body.get("prompt_logprobs") is not None:
+            ch["prompt_logprobs"] = [None] + [{str(t): {"logprob": -2.0}} for t in prompt[1:]]
+        return web.json_response({"choices": [ch], "usage": usage, "kv_transfer_params": out_params})
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "model"}]})
+
+    async def metrics(_: web.Request) -> web.Response:
+        lines = [f'vllm:splitzip_{k}_total{{engine="0",model_name="model"}} {v}' for k, v in c.items()]
+        return web.Response(text="\n".join(lines) + "\n")
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", metrics)
+    web.run_app(app, host=a.host, port=a.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

