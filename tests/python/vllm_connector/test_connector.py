@@ -267,7 +267,7 @@ def test_only_the_secret_holder_loads(engines):
     fetch the KV; the load fails (recompute policy: the request is prefilled locally), and the handoff is still
     there for the engine holding the right one."""
     P = engines("kv_producer")
-    D = engines("kv_consumer")
+    D = engines("kv_consumer", policy="recompute")
     params = prefill(P, PROMPT)
     P.drain()
     secret = params[PARAMS_KEY]["secret"]
