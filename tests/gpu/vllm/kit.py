@@ -561,8 +561,8 @@ def l8b_args(kv_gib: float, max_model_len: int = 20480) -> list[str]:
 
 def producer_extra(mode: str, rate_gbit: float, staging_gib: float = 4) -> dict:
     """kv_connector_extra_config of a prefill engine in one of the handoff modes the GPU path has: raw (bypass
-    always: the baseline), fast (always compress), auto (per handoff, whichever the connector predicts faster over
-    the configured link); the link shaped to rate_gbit by the producer's rate limit (0: unshaped)."""
+    always: the baseline), fast or high-ratio (always compress in that mode), auto (per handoff, whichever the
+    connector predicts faster over the configured link); the link shaped to rate_gbit by the producer's rate limit (0: unshaped)."""
     modes = {"raw": {"bypass": "always"}, "fast": {"bypass": "never", "mode": "fast"},
              "auto": {"bypass": "auto", "mode": "auto"}, "high-ratio": {"bypass": "never", "mode": "high-ratio"}}
     if mode not in modes:
@@ -1059,7 +1059,9 @@ def defaults(a: argparse.Namespace) -> None:
     if a.lengths is None:
         a.lengths = [1000, 1025, 4000, 4097, 16000, 16385] if a.step == "equality" else [4096, 16384]
     if a.modes is None:
-        a.modes = {"ttft": ["raw", "fast", "auto"], "overlap": ["fast", "raw"], "load": ["raw", "fast"]}.get(a.step, [])
+        a.modes = {"ttft": ["raw", "fast", "high-ratio", "auto"], "overlap": ["fast", "raw"], "load": ["raw", "fast"]}.get(
+            a.step, []
+        )
     if a.step == "overlap":
         a.rates = [0]
         a.repeats = max(a.repeats, 5)
