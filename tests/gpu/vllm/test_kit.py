@@ -232,7 +232,7 @@ def test_engine_command_is_configured_by_flags_alone(tmp_path):
 
 def test_parser_defaults_per_step():
     for step, lengths, modes in (("equality", [1000, 1025, 4000, 4097, 16000, 16385], []),
-                                 ("ttft", [4096, 16384], ["raw", "fast", "auto"]),
+                                 ("ttft", [4096, 16384], ["raw", "fast", "high-ratio", "auto"]),
                                  ("load", [4096, 16384], ["raw", "fast"])):
         a = kit.parser().parse_args([step])
         kit.defaults(a)
