@@ -945,7 +945,7 @@ func TestSampledFrameTable(t *testing.T) {
 
 	four, _ := newHighRatio(t, WithEncoderConcurrency(4))
 	require.Equal(t, frame, mustEncode(t, four, src, BF16), "the sample does not depend on concurrency")
-	cut := (len(src)/3 + 2*sampleEvery/3) &^ 1 // inside a sampled run
+	cut := 2 * (len(src)/2/sampleEvery/3*sampleEvery + sampleRun/2) // a segment boundary inside a sampled run
 	segFrame, err := four.EncodeSegments(nil, [][]byte{src[:cut], src[cut:]}, BF16)
 	require.NoError(t, err)
 	require.Equal(t, frame, segFrame, "nor on segments")
