@@ -31,6 +31,8 @@ type Producer struct {
 	coders  chan *coders
 	unsub   func() error
 	log     *slog.Logger
+	life    context.Context // ends when Close begins: bounds control-plane calls that outlive a handoff's release
+	stop    context.CancelFunc
 
 	mu      sync.Mutex
 	bypass  Bypass
@@ -49,6 +51,9 @@ type Producer struct {
 // ProducerStats are running totals for observability.
 type ProducerStats struct {
 	Handoffs, Failed int64
+	// CompletePublishFailed counts completed records that could not be published (the consumer then loads
+	// without the end-to-end check of frame sizes and checksums; each chunk's CRC-32C is still checked).
+	CompletePublishFailed int64
 	// Handoffs by path: raw frames, fast-mode frames, high-ratio frames (they add up to Handoffs).
 	RawHandoffs, FastHandoffs, HighRatioHandoffs int64
 	RawBytes, EncodedBytes                       int64
@@ -87,6 +92,8 @@ type save struct {
 	workerDone       chan struct{}
 	published        chan struct{} // closed once the open record's publish returned
 	unpublished      bool          // that publish failed: Begin reported the error, the worker only stops
+	created, expires time.Time     // the open record's, which the complete one keeps
+	releaseErr       error         // why the transport released the payload: nil once fetched in full
 }
 
 // NewProducer starts a payload server and joins the control plane.
@@ -105,6 +112,7 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 		saves:  map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{},
 		log: slog.Default().With("component", "splitzip.producer", "engine", o.EngineID, "rank", o.Rank),
 	}
+	p.life, p.stop = context.WithCancel(context.Background())
 	for range cap(p.coders) {
 		cs, err := newCoders(o.Codebook)
 		if err != nil {
@@ -291,6 +299,7 @@ func (p *Producer) begin(reqID, handoffID string, blocks []int, all bool) (Hando
 		p.srv.Withdraw(s.handoffID)
 		return Handoff{}, fmt.Errorf("request %q: publishing handoff: %w", reqID, err)
 	}
+	s.created, s.expires = rec.CreatedAt, rec.ExpiresAt // PutShard set them
 	close(s.published)
 	p.log.Debug("handoff opened", "request", reqID, "handoff", shortID(s.handoffID), "blocks", len(blocks), "path", s.path)
 	return Handoff{ID: s.handoffID, ProducerEngineID: p.o.EngineID, RequestID: reqID}, saveErr
@@ -478,18 +487,44 @@ func (p *Producer) work(s *save, cache kvCache) {
 	}
 	<-s.published // the open record first: the completed one must not be overwritten by it
 	p.mu.Lock()
-	unpublished := s.unpublished
+	unpublished, released, relErr := s.unpublished, s.released, s.releaseErr
 	p.mu.Unlock()
 	if unpublished {
 		s.err = errors.New("the handoff was never published")
 		close(s.staged)
 		return
 	}
-	if err := p.cp.PutShard(s.ctx, p.record(s, true)); err != nil {
-		p.log.Warn("publishing the completed handoff failed; consumers see only the open record", "handoff", shortID(s.handoffID), "err", err)
+	if released && relErr != nil {
+		// Expired, withdrawn or the producer closing after the last frame was staged: nobody can fetch it
+		// any more, so there is nothing to complete (the record is deleted next).
+		close(s.staged)
+		p.finishSending(s, nil)
+		return
 	}
+	p.publishComplete(s)
 	close(s.staged)
 	p.finishSending(s, nil)
+}
+
+// completeRecordWait bounds the publish of a completed record.
+const completeRecordWait = 10 * time.Second
+
+// publishComplete publishes s's completed record: every frame's size and CRC-32C, which the consumer checks
+// what it received against. Frames go to the transport as they are staged, so a consumer can receive the last
+// one, and the transport release the payload (cancelling s.ctx), while this publish is still on its round
+// trip: it therefore runs under its own deadline, not the handoff's context, and is cut short only by Close.
+// The consumer waits for this record (or the record's removal) after its last frame; skipping it would leave
+// that check undone.
+func (p *Producer) publishComplete(s *save) {
+	ctx, cancel := context.WithTimeout(p.life, completeRecordWait)
+	defer cancel()
+	if err := p.cp.PutShard(ctx, p.record(s, true)); err != nil {
+		p.mu.Lock()
+		p.stats.CompletePublishFailed++
+		p.mu.Unlock()
+		p.log.Warn("publishing the completed handoff failed; consumers see only the open record and skip the end-to-end check",
+			"request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
+	}
 }
 
 // saveFrames encodes the frames of one layer into staging and hands them to the transport.
@@ -585,7 +620,7 @@ func (p *Producer) onRelease(s *save, err error) {
 		p.mu.Unlock()
 		return
 	}
-	s.released = true
+	s.released, s.releaseErr = true, err
 	if s.next < s.f.layers {
 		// The engine never finished saving: unblock the worker.
 		s.next = s.f.layers
@@ -676,7 +711,7 @@ func (p *Producer) record(s *save, complete bool) *shardRecord {
 		LayoutFingerprint: l.Fingerprint(), DType: l.DType.String(), Rank: p.o.Rank, TPSize: l.TPSize,
 		Layers: l.Layers, Blocks: len(s.blocks), BlocksPerFrame: s.f.per, Frames: s.f.frames(), Raw: s.path == pathRaw,
 		Mode: s.path.recordMode(),
-		TTL:  p.o.HandoffTTL,
+		TTL:  p.o.HandoffTTL, CreatedAt: s.created, ExpiresAt: s.expires,
 	}
 	if complete {
 		r.Complete = true
@@ -694,6 +729,7 @@ func (p *Producer) Close() error {
 	}
 	p.closed = true
 	p.mu.Unlock()
+	p.stop()
 	err := errors.Join(p.unsub(), p.srv.Close()) // releases every payload
 	p.wg.Wait()
 	p.staging.close()
