@@ -54,6 +54,11 @@ type ProducerStats struct {
 	// CompletePublishFailed counts completed records that could not be published (the consumer then loads
 	// without the end-to-end check of frame sizes and checksums; each chunk's CRC-32C is still checked).
 	CompletePublishFailed int64
+	// Expired counts handoffs released unclaimed when their TTL ran out (a consumer that never came, or died
+	// mid-fetch): their staging memory was freed then.
+	Expired int64
+	// ConsumerFailed counts the consumers' notices of failed loads (also in Failed).
+	ConsumerFailed int64
 	// Handoffs by path: raw frames, fast-mode frames, high-ratio frames (they add up to Handoffs).
 	RawHandoffs, FastHandoffs, HighRatioHandoffs int64
 	RawBytes, EncodedBytes                       int64
@@ -621,6 +626,10 @@ func (p *Producer) onRelease(s *save, err error) {
 		return
 	}
 	s.released, s.releaseErr = true, err
+	expired := errors.Is(err, transport.ErrExpired)
+	if expired {
+		p.stats.Expired++
+	}
 	if s.next < s.f.layers {
 		// The engine never finished saving: unblock the worker.
 		s.next = s.f.layers
@@ -631,6 +640,10 @@ func (p *Producer) onRelease(s *save, err error) {
 	}
 	p.wg.Add(1)
 	p.mu.Unlock()
+	if expired {
+		p.log.Warn("handoff expired before a consumer fetched it; its staging is freed", "request", s.reqID, "handoff", shortID(s.handoffID),
+			"ttl", p.o.HandoffTTL)
+	}
 	go func() {
 		defer p.wg.Done()
 		<-s.workerDone
@@ -642,6 +655,12 @@ func (p *Producer) onRelease(s *save, err error) {
 		delete(p.saves, s.reqID)
 		delete(p.byID, s.handoffID)
 		p.mu.Unlock()
+		if expired {
+			// The record stays: it expires at the same time, and a consumer that comes late learns that the
+			// handoff expired (ErrHandoffExpired) rather than that it was withdrawn; the server drops it later.
+			p.log.Debug("handoff released", "request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if rerr := p.cp.DeleteShard(ctx, s.handoffID, p.o.Rank); rerr != nil {
@@ -689,9 +708,10 @@ func (p *Producer) onCompletion(c completion) {
 	if !c.OK {
 		p.mu.Lock()
 		p.stats.Failed++
+		p.stats.ConsumerFailed++
 		delete(p.fetched, c.HandoffID)
 		p.mu.Unlock()
-		p.log.Warn("consumer reported a failed load", "handoff", shortID(c.HandoffID), "err", c.Err)
+		p.log.Warn("consumer reported a failed load", "handoff", shortID(c.HandoffID), "consumer", c.ConsumerEngineID, "err", c.Err)
 		return
 	}
 	p.mu.Lock()

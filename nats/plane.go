@@ -153,6 +153,7 @@ func (p *Plane) ensureBuckets(ctx context.Context) (handoffs, engines jetstream.
 		Description: "splitzip handoff records",
 		TTL:         p.opts.HandoffTTL + p.opts.ExpiredGrace,
 		Storage:     storage,
+		Replicas:    p.opts.Replicas,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -162,6 +163,7 @@ func (p *Plane) ensureBuckets(ctx context.Context) (handoffs, engines jetstream.
 		Description: "splitzip engine registry",
 		TTL:         p.opts.EngineTTL,
 		Storage:     storage,
+		Replicas:    p.opts.Replicas,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -29,6 +29,10 @@ func bench(w io.Writer, args []string) error {
 			return runBenchTransfer(args[1:])
 		case "transfer-producer": // the producer process of 'bench transfer'
 			return runTransferProducer(args[1:])
+		case "scale":
+			return runBenchScale(args[1:])
+		case "scale-worker": // a producer or consumer process of 'bench scale'
+			return runScaleWorker(args[1:])
 		}
 	}
 	fs := newFlags("bench", "")
