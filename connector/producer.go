@@ -290,8 +290,12 @@ func (p *Producer) begin(reqID, handoffID string, blocks []int, all bool) (Hando
 			}
 		}
 	}
-	// Publishing is a control-plane round trip: done without holding the lock.
-	if err := p.cp.PutShard(s.ctx, rec); err != nil {
+	// Publishing is a control-plane round trip: done without holding the lock, and bounded by its own
+	// deadline (the handoff's context lasts its whole TTL).
+	pctx, pcancel := context.WithTimeout(s.ctx, recordPublishWait)
+	err = p.putShard(pctx, rec)
+	pcancel()
+	if err != nil {
 		p.mu.Lock()
 		s.unpublished = true
 		if !s.layersClosed {
@@ -511,8 +515,34 @@ func (p *Producer) work(s *save, cache kvCache) {
 	p.finishSending(s, nil)
 }
 
-// completeRecordWait bounds the publish of a completed record.
-const completeRecordWait = 10 * time.Second
+const (
+	// recordPublishWait bounds the publish of a shard record, retries included.
+	recordPublishWait = 10 * time.Second
+	// publishAttempt bounds one try: a request or reply lost with a NATS node that died mid-publish is tried
+	// again (through the node the client reconnected to) instead of waiting out the whole deadline.
+	publishAttempt = 3 * time.Second
+)
+
+// putShard publishes rec, trying again after a timeout or a disconnect until ctx ends. A retried open record
+// that is found to exist already was stored by the earlier try, whose reply was lost (the id is 128 random
+// bits: nobody else made it).
+func (p *Producer) putShard(ctx context.Context, rec *shardRecord) error {
+	for try := 1; ; try++ {
+		actx, cancel := context.WithTimeout(ctx, publishAttempt)
+		err := p.cp.PutShard(actx, rec)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case try > 1 && !rec.Complete && errors.Is(err, szn.ErrHandoffExists):
+			return nil
+		case ctx.Err() != nil || !(errors.Is(err, szn.ErrTimeout) || errors.Is(err, szn.ErrDisconnected)):
+			return err
+		}
+		p.log.Info("publishing a handoff record again", "request", rec.RequestID, "handoff", shortID(rec.HandoffID),
+			"complete", rec.Complete, "try", try, "err", err)
+	}
+}
 
 // publishComplete publishes s's completed record: every frame's size and CRC-32C, which the consumer checks
 // what it received against. Frames go to the transport as they are staged, so a consumer can receive the last
@@ -521,9 +551,9 @@ const completeRecordWait = 10 * time.Second
 // The consumer waits for this record (or the record's removal) after its last frame; skipping it would leave
 // that check undone.
 func (p *Producer) publishComplete(s *save) {
-	ctx, cancel := context.WithTimeout(p.life, completeRecordWait)
+	ctx, cancel := context.WithTimeout(p.life, recordPublishWait)
 	defer cancel()
-	if err := p.cp.PutShard(ctx, p.record(s, true)); err != nil {
+	if err := p.putShard(ctx, p.record(s, true)); err != nil {
 		p.mu.Lock()
 		p.stats.CompletePublishFailed++
 		p.mu.Unlock()

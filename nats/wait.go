@@ -56,6 +56,9 @@ func (p *Plane) InFlight() int {
 	return n
 }
 
+// readAttempt bounds the first read of a waited-for key.
+const readAttempt = 3 * time.Second
+
 // waitKey watches key of handoff id until accept takes a stored value (done), the value is deleted
 // (ErrHandoffReleased), or ctx ends (at most HandoffTTL without a deadline). It re-watches after reconnects
 // and gives up on a key a restarted server no longer has (ErrServerRestarted).
@@ -73,7 +76,12 @@ func (p *Plane) waitKey(ctx context.Context, id, key string, accept func(jetstre
 	}
 	// The value is usually there already (a producer publishes before it hands the id out, and completes its
 	// record before the last frame can arrive): one read then answers, where a watch costs a JetStream consumer.
-	if e, err := p.handoffs.Get(ctx, key); err == nil && e.Operation() == jetstream.KeyValuePut {
+	// The read gets its own deadline: a request lost with a server that died would otherwise hold the whole
+	// wait; the watch below copes with reconnects.
+	gctx, gcancel := context.WithTimeout(ctx, min(p.opts.Timeout, readAttempt))
+	e, err := p.handoffs.Get(gctx, key)
+	gcancel()
+	if err == nil && e.Operation() == jetstream.KeyValuePut {
 		if done, err := accept(e); done || err != nil {
 			return err
 		}
