@@ -2,6 +2,7 @@ package connector
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -103,3 +104,33 @@ func TestAutoAgainstRawOverLinks(t *testing.T) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// With more handoffs in flight than cores and no configured link rate, auto leaves high-ratio frames out: the
+// handoffs share the CPU, each one's transfer rate is its share of the host, and high-ratio frames cost the
+// most CPU per byte. With few in flight, a slow measured link still gets them.
+func TestAutoSparesTheCPUUnderLoad(t *testing.T) {
+	plane := startPlane(t)
+	l := smallLayout(16)
+	src := newTestCache(t, l, true, 0)
+	p, err := NewProducer(plane, WithEngineID("prefill-busy"))
+	require.NoError(t, err)
+	defer p.Close()
+	require.NoError(t, p.RegisterHostCache(l, src.bases))
+	p.policy.link.add(20e6) // a link measured at 20 MB/s: the model wants high-ratio frames
+	p.policy.link.add(20e6)
+	pathOf := func(req string) path {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.saves[req].path
+	}
+	_, err = p.Begin("alone", []int{0})
+	require.NoError(t, err)
+	require.Equal(t, pathHighRatio, pathOf("alone"))
+	for i := range runtime.NumCPU() {
+		_, err := p.Begin(fmt.Sprint("busy-", i), []int{1})
+		require.NoError(t, err)
+	}
+	_, err = p.Begin("crowded", []int{2})
+	require.NoError(t, err)
+	require.NotEqual(t, pathHighRatio, pathOf("crowded"))
+}

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -334,6 +335,13 @@ func (p *Producer) open(reqID, handoffID string, blocks []int) (*save, *shardRec
 	}
 	f := newFraming(l, len(blocks), p.o.FrameBytes)
 	allowed := allowedPaths(p.bypass, p.mode, p.cache.highRatio())
+	if p.mode == ModeAuto && p.policy.linkConf == 0 && len(p.saves) >= runtime.NumCPU() && (allowed[pathFast] || allowed[pathRaw]) {
+		// More handoffs in flight than cores: they share the CPU, and each one's measured transfer rate is
+		// its share of the host, not the link's. The per-handoff model then takes that for a slow link and
+		// favours high-ratio frames, whose codec costs the most CPU per byte, slowing every handoff. Without a
+		// configured link rate to say the wire is the bottleneck, auto keeps to raw and fast frames then.
+		allowed[pathHighRatio] = false
+	}
 	s := &save{
 		reqID: reqID, handoffID: handoffID, blocks: append([]int(nil), blocks...),
 		path: p.policy.choose(float64(l.layerRawBytes(len(blocks))*int64(l.Layers)), float64(l.layerRawBytes(f.per)), allowed),

@@ -458,8 +458,9 @@ type Result struct {
 	Wall              time.Duration
 	FaultAt, FaultEnd time.Time // when the fault began and ended (zero without one)
 	CPU               CPU
-	WireRatio         float64 // wire bytes over KV bytes of the consumers' loads (1 for raw frames)
-	MaxInFlight       int     // the most requests under way at once
+	WireRatio         float64  // wire bytes over KV bytes of the consumers' loads (1 for raw frames)
+	Paths             [3]int64 // the producers' handoffs by path during the phase: raw, fast, high-ratio
+	MaxInFlight       int      // the most requests under way at once
 }
 
 // CPU is the processor time the processes of each kind used during a phase.
@@ -494,7 +495,7 @@ func (h *Harness) Run(ctx context.Context, ph Phase) (*Result, error) {
 		}
 		return stopAt.IsZero() || time.Now().Before(stopAt)
 	}
-	st0 := h.ConsumerStats(ctx)
+	st0, ps0 := h.ConsumerStats(ctx), h.ProducerStats(ctx)
 	p0, c0, n0 := h.Pids()
 	cpu0 := struct{ p, c, n map[int]time.Duration }{cpuOf(p0), cpuOf(c0), cpuOf(n0)}
 	t0 := time.Now()
@@ -582,6 +583,13 @@ func (h *Harness) Run(ctx context.Context, ph Phase) (*Result, error) {
 	}
 	if raw > 0 {
 		res.WireRatio = float64(wire) / float64(raw)
+	}
+	for i, s1 := range h.ProducerStats(ctx) {
+		if s0 := ps0[i]; s0 != nil && s1 != nil {
+			res.Paths[0] += s1.Raw - s0.Raw
+			res.Paths[1] += s1.Fast - s0.Fast
+			res.Paths[2] += s1.HighRatio - s0.HighRatio
+		}
 	}
 	return res, ctx.Err()
 }

@@ -76,12 +76,13 @@ type Figures struct {
 	Counts           Counts
 	Wall             time.Duration
 	InFlight, Tokens int
+	Paths            [3]int64 // handoffs by path: raw, fast, high-ratio
 }
 
 // Summarize computes a phase's figures.
 func Summarize(res *Result, cfg Config) Figures {
 	f := Figures{Mode: res.Phase.Mode, Counts: Count(res.Records, nil), Wall: res.Wall, CPU: res.CPU,
-		InFlight: cfg.InFlight, Tokens: cfg.Tokens}
+		InFlight: cfg.InFlight, Tokens: cfg.Tokens, Paths: res.Paths}
 	var took []time.Duration
 	for _, r := range res.Records {
 		if r.Outcome == Done {
@@ -107,12 +108,13 @@ func Summarize(res *Result, cfg Config) Figures {
 // Table writes the figures of several phases as a Markdown table.
 func Table(fs []Figures) string {
 	var b strings.Builder
-	b.WriteString("| mode | handoffs | handoffs/s | p50 ms | p99 ms | KV GB | wire GB | CPU s producers + consumers | CPU s per GB | NATS CPU s per GB | not done |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| mode | handoffs | handoffs/s | p50 ms | p99 ms | KV GB | wire GB | CPU s producers + consumers | CPU s per GB | NATS CPU s per GB | not done | paths raw/fast/high-ratio |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, f := range fs {
 		notDone := f.Counts.Failed + f.Counts.Wrong + f.Counts.Hung + f.Counts.SaveFailed + f.Counts.Lost
-		fmt.Fprintf(&b, "| %s | %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f + %.1f | %.2f | %.3f | %d |\n", f.Mode, f.Handoffs, f.PerSecond,
-			ms(f.P50), ms(f.P99), f.GB, f.WireGB, f.CPU.Producers.Seconds(), f.CPU.Consumers.Seconds(), f.CPUPerGB, f.NATSCPUPerGB, notDone)
+		fmt.Fprintf(&b, "| %s | %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f + %.1f | %.2f | %.3f | %d | %d/%d/%d |\n", f.Mode, f.Handoffs, f.PerSecond,
+			ms(f.P50), ms(f.P99), f.GB, f.WireGB, f.CPU.Producers.Seconds(), f.CPU.Consumers.Seconds(), f.CPUPerGB, f.NATSCPUPerGB, notDone,
+			f.Paths[0], f.Paths[1], f.Paths[2])
 	}
 	return b.String()
 }

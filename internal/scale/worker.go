@@ -103,6 +103,7 @@ type answer struct {
 // WorkerStats is what a worker reports of itself.
 type WorkerStats struct {
 	Handoffs, Failed, Expired int64            // producer
+	Raw, Fast, HighRatio      int64            // producer: handoffs by path
 	StagingInUse              int64            // producer
 	InFlight                  int              // handoffs (producer) or loads (consumer) not yet ended
 	Loads                     int64            // consumer
@@ -357,6 +358,7 @@ func (w *worker) stats() *WorkerStats {
 	if w.prod != nil {
 		ps := w.prod.Stats()
 		s.Handoffs, s.Failed, s.Expired = ps.Handoffs, ps.Failed, ps.Expired
+		s.Raw, s.Fast, s.HighRatio = ps.RawHandoffs, ps.FastHandoffs, ps.HighRatioHandoffs
 		s.StagingInUse, s.InFlight = w.prod.StagingInUse(), w.prod.InFlight()
 		s.RawBytes, s.WireBytes = ps.RawBytes, ps.EncodedBytes
 	}
