@@ -190,20 +190,35 @@ func (m *modePolicy) plan(rawBytes, frameBytes float64, allowed [numPaths]bool) 
 // choose picks the path of a handoff of rawBytes in frames of frameBytes.
 func (m *modePolicy) choose(rawBytes, frameBytes float64, allowed [numPaths]bool) path {
 	pl := m.plan(rawBytes, frameBytes, allowed)
-	best := pl.choose()
 	m.mu.Lock()
 	m.decisions++
-	probe := m.decisions%probeEvery == 0
+	n := m.decisions
 	m.mu.Unlock()
+	return m.decide(&pl, n)
+}
+
+// next is the path choose would pick now, without counting a decision.
+func (m *modePolicy) next(rawBytes, frameBytes float64, allowed [numPaths]bool) path {
+	pl := m.plan(rawBytes, frameBytes, allowed)
+	m.mu.Lock()
+	n := m.decisions + 1
+	m.mu.Unlock()
+	return m.decide(&pl, n)
+}
+
+// decide is decision n: the choice, unless the plain model's choice is not settled or due for a probe, or
+// the runner-up is.
+func (m *modePolicy) decide(pl *plan, n int) path {
+	best := pl.choose()
 	if pl.link <= 0 {
 		return best
 	}
 	if model := pl.modelChoice(); model != best {
-		if _, n := m.eff[model].median(); n < settleSamples || m.decisions%probeModelEvery == 0 {
+		if _, k := m.eff[model].median(); k < settleSamples || n%probeModelEvery == 0 {
 			return model
 		}
 	}
-	if !probe {
+	if n%probeEvery != 0 {
 		return best
 	}
 	if next := pl.runnerUp(best); next != best && pl.allowed[next] && pl.expect(next) <= pl.expect(best)*(1+probeWindow) {
