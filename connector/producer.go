@@ -529,6 +529,8 @@ const (
 	// publishAttempt bounds one try: a request or reply lost with a NATS node that died mid-publish is tried
 	// again (through the node the client reconnected to) instead of waiting out the whole deadline.
 	publishAttempt = 3 * time.Second
+	// publishRetryWait is the pause between tries.
+	publishRetryWait = 250 * time.Millisecond
 )
 
 // putShard publishes rec, trying again after a timeout or a disconnect until ctx ends. A retried open record
@@ -549,6 +551,11 @@ func (p *Producer) putShard(ctx context.Context, rec *shardRecord) error {
 		}
 		p.log.Info("publishing a handoff record again", "request", rec.RequestID, "handoff", shortID(rec.HandoffID),
 			"complete", rec.Complete, "try", try, "err", err)
+		select { // a stream electing a leader answers at once that it has none: pause before the next try
+		case <-ctx.Done():
+			return err
+		case <-time.After(publishRetryWait):
+		}
 	}
 }
 

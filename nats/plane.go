@@ -282,6 +282,9 @@ func (p *Plane) wrap(op string, err error) error {
 		return fmt.Errorf("%w: %s: %w", ErrDisconnected, op, err)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, natsgo.ErrTimeout):
 		return fmt.Errorf("%w: %s: %w", ErrTimeout, op, err)
+	case errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders):
+		// No server answers for the bucket's stream yet: in a cluster, while it elects a new leader.
+		return fmt.Errorf("%w: %s (the bucket's stream has no leader yet): %w", ErrTimeout, op, err)
 	}
 	return fmt.Errorf("splitzip/nats: %s: %w", op, err)
 }

@@ -117,7 +117,13 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, key string, events <-c
 	epoch := p.Epoch()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	kw, err := p.handoffs.Watch(wctx, key)
+	kw, err := p.startWatch(wctx, cancel, key)
+	if errors.Is(err, errWatchStalled) {
+		if ctx.Err() != nil {
+			return p.waitExpired(ctx, key), false
+		}
+		return nil, true
+	}
 	if err != nil {
 		// Take in the events that happened during the attempt.
 		for drained := false; !drained; {
@@ -207,6 +213,36 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, key string, events <-c
 				return nil, true // re-watch: the old consumer may be gone
 			}
 		}
+	}
+}
+
+// errWatchStalled: creating a watch took longer than Options.Timeout.
+var errWatchStalled = errors.New("splitzip/nats: creating the watch stalled")
+
+// startWatch creates a watch of key that lives as long as wctx. Creating it is a request to the server; one
+// lost with a server that died would hold it until wctx ends, so after Options.Timeout the attempt is
+// abandoned (cancel ends wctx) and errWatchStalled asks the caller to watch anew.
+func (p *Plane) startWatch(wctx context.Context, cancel context.CancelFunc, key string) (jetstream.KeyWatcher, error) {
+	type started struct {
+		kw  jetstream.KeyWatcher
+		err error
+	}
+	ch := make(chan started, 1)
+	go func() {
+		kw, err := p.handoffs.Watch(wctx, key)
+		ch <- started{kw, err}
+	}()
+	t := time.NewTimer(p.opts.Timeout)
+	defer t.Stop()
+	select {
+	case s := <-ch:
+		return s.kw, s.err
+	case <-t.C:
+		cancel()
+		if s := <-ch; s.kw != nil {
+			_ = s.kw.Stop()
+		}
+		return nil, errWatchStalled
 	}
 }
 

@@ -443,7 +443,7 @@ type Phase struct {
 	Count    int64
 	Duration time.Duration
 	// Fault, when set, runs once FaultAfter requests have ended, concurrently with the load; the load goes on
-	// until Fault returns and then for at least AfterFault more requests.
+	// until Fault returns and then until at least AfterFault requests begun since are done.
 	Fault      func()
 	FaultAfter int64
 	AfterFault int64
@@ -541,7 +541,7 @@ func (h *Harness) Run(ctx context.Context, ph Phase) (*Result, error) {
 				}
 				rec := h.one(ctx, i, rng, ph)
 				n := ended.Add(1)
-				if faultDone.Load() && !rec.Start.Before(res.FaultEnd) {
+				if faultDone.Load() && !rec.Start.Before(res.FaultEnd) && rec.Outcome == Done {
 					afterFault.Add(1)
 				}
 				mu.Lock()

@@ -131,7 +131,13 @@ func TestFaultNATSNodeKilled(t *testing.T) {
 	cfg := testConfig(t)
 	h, ctx := start(t, cfg)
 	res, err := h.Run(ctx, Phase{Name: "nats node killed", Mode: "fast", Count: 300, FaultAfter: 100, AfterFault: 100,
-		Fault: func() { h.Cluster.Kill(0) }})
+		Fault: func() {
+			h.Cluster.Kill(0)
+			// The fault ends when the buckets' streams answer again (a new leader where the dead node led).
+			wctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			require.NoError(t, h.Cluster.WaitReady(wctx))
+		}})
 	require.NoError(t, err)
 	_, after := report(t, res)
 	require.GreaterOrEqual(t, after.Done, 100, "handoffs begun after the node died complete through the others")
