@@ -299,7 +299,7 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	// all the same, in case the publish failed (the producer logs that).
 	startFinal()
 	var final *shardRecord
-	timer := time.NewTimer(finalRecordWait)
+	timer := time.NewTimer(max(finalRecordWait, c.o.RecordWait))
 	select {
 	case r := <-finalCh:
 		final, err = r.rec, r.err
@@ -340,6 +340,8 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	return nil
 }
 
+// finalRecordWait bounds the wait for the completed record after the last frame (RecordWait when that is
+// longer: a control plane that takes that long to show a record takes as long to show its completion).
 const finalRecordWait = 10 * time.Second
 
 // Close abandons loads in flight (they fail with ErrClosed) and waits for them.
