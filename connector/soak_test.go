@@ -264,9 +264,13 @@ func TestManyHandoffsStayBounded(t *testing.T) {
 	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= before.goroutines+5 }, 10*time.Second, 10*time.Millisecond,
 		"goroutines: %d before, %d after", before.goroutines, runtime.NumGoroutine())
 	require.Zero(t, mid.staging)
-	require.Less(t, mid.heap-before.heap, int64(4<<20), "heap grew: %v → %v", before, mid)
-	if before.rss > 0 {
-		require.Less(t, mid.rss-before.rss, int64(16<<20), "RSS grew: %v → %v", before, mid)
+	// The race detector's shadow memory and bookkeeping grow with every goroutine and allocation and are not
+	// given back: heap and RSS are checked without it (make soak).
+	if !raceEnabled {
+		require.Less(t, mid.heap-before.heap, int64(4<<20), "heap grew: %v → %v", before, mid)
+		if before.rss > 0 {
+			require.Less(t, mid.rss-before.rss, int64(16<<20), "RSS grew: %v → %v", before, mid)
+		}
 	}
 	require.Zero(t, warnings.n.Load(), "warnings logged, e.g. %q", warnings.last)
 	st := p.Stats()
