@@ -19,8 +19,8 @@ import (
 // percent; there two raw producers take turns with auto, and auto's median must stay within 10 % of the
 // slower raw median: within the noise raw shows against itself.
 func TestAutoAgainstRawOverLinks(t *testing.T) {
-	if testing.Short() {
-		t.Skip("times real handoffs")
+	if testing.Short() || raceEnabled {
+		t.Skip("times real handoffs; the race detector slows the paths unevenly (instrumented Go against assembly), make soak's run and go test ./connector time them")
 	}
 	cases := []struct {
 		name   string
