@@ -38,9 +38,9 @@ go-test: $(NATS_SERVER)
 	$(GO) test -count=1 -tags noasm ./codec
 
 # 10,000 handoffs, 16 in flight, without the race detector's slowdown: no growth in goroutines, staging, heap
-# or RSS, and no warning logged.
+# or RSS, and no warning logged. Then real handoffs timed raw against auto over a slow and a fast link.
 soak:
-	$(GO) test -count=1 -run '^TestManyHandoffsStayBounded$$' ./connector
+	$(GO) test -count=1 -run '^(TestManyHandoffsStayBounded|TestAutoAgainstRawOverLinks)$$' ./connector
 
 # Many engines on one NATS cluster: 4 producer and 4 consumer processes and 3 nats-server processes (JetStream
 # R3), 64 handoffs in flight; the short scale run, then the same load with a NATS node, a producer and a

@@ -20,7 +20,7 @@ import (
 // slower raw median: within the noise raw shows against itself.
 func TestAutoAgainstRawOverLinks(t *testing.T) {
 	if testing.Short() || raceEnabled {
-		t.Skip("times real handoffs; the race detector slows the paths unevenly (instrumented Go against assembly), make soak's run and go test ./connector time them")
+		t.Skip("times real handoffs; the race detector slows the paths unevenly (instrumented Go against assembly), make soak runs it without")
 	}
 	cases := []struct {
 		name   string
