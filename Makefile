@@ -3,14 +3,14 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/splitzip
 
-.PHONY: demo test deps build go-test soak multihost fuzz-smoke vet clean
+.PHONY: demo test deps build go-test soak scale multihost fuzz-smoke vet clean
 
 # Set everything up and run the main job on the built-in defaults.
 demo: build
 	$(BIN) demo
 
 # Everything CI runs: installs what the tests need, then the Go suites (race detector on) and fuzz smoke runs.
-test: deps vet go-test soak fuzz-smoke multihost py-test vllm-test vllm-test-old gpu-vllm-test
+test: deps vet go-test soak scale fuzz-smoke multihost py-test vllm-test vllm-test-old gpu-vllm-test
 
 build:
 	$(GO) build -o $(BIN) ./cmd/splitzip
@@ -55,9 +55,17 @@ go-test: $(NATS_SERVER)
 	$(GO) test -race -count=1 ./...
 	$(GO) test -count=1 -tags noasm ./codec
 
-# 10,000 handoffs without the race detector's slowdown: no growth in goroutines, staging or heap.
+# 10,000 handoffs, 16 in flight, without the race detector's slowdown: no growth in goroutines, staging, heap
+# or RSS, and no warning logged. Then real handoffs timed raw against auto over a slow and a fast link.
 soak:
-	$(GO) test -count=1 -run '^TestManyHandoffsStayBounded$$' ./connector
+	$(GO) test -count=1 -run '^(TestManyHandoffsStayBounded|TestAutoAgainstRawOverLinks)$$' ./connector
+
+# Many engines on one NATS cluster: 4 producer and 4 consumer processes and 3 nats-server processes (JetStream
+# R3), 64 handoffs in flight; the short scale run, then the same load with a NATS node, a producer and a
+# consumer killed, bits flipped in transit, the cluster restarted and handoffs expired. Each prints its counts.
+# The full benchmark: bin/splitzip bench scale.
+scale: $(NATS_SERVER)
+	$(GO) test -count=1 -v -run '^(TestScaleShort|TestFault.*)$$' ./internal/scale
 
 # Producer, consumer and NATS in separate network namespaces, the link shaped with tc (skips, saying why, where
 # the machine does not allow namespaces).

@@ -2,10 +2,8 @@ package connector
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -231,50 +229,6 @@ func TestProducerKilledMidTransfer(t *testing.T) {
 	require.NoError(t, p.Close())
 	err = waitLoad(t, c, "k")
 	require.Error(t, err, "a load whose producer died must fail, not be marked done")
-}
-
-func TestManyHandoffsStayBounded(t *testing.T) {
-	n := 10000
-	if testing.Short() || raceEnabled {
-		n = 500
-	}
-	plane := startPlane(t, szn.WithMaxInFlight(1<<16))
-	l := smallLayout(4)
-	l.Layers = 2
-	l.KVOffset = 4 * l.BlockStride
-	p, c := newPair(t, plane, []Option{WithStagingBytes(8 << 20)}, nil)
-	src := newTestCache(t, l, true, 0)
-	dst := newTestCache(t, l, false, 0)
-	require.NoError(t, p.RegisterHostCache(l, src.bases))
-	require.NoError(t, c.RegisterHostCache(l, dst.bases))
-
-	run := func(i int) {
-		req := fmt.Sprint("r", i)
-		h, err := p.Save(req, []int{i % 4})
-		require.NoError(t, err)
-		require.NoError(t, c.Load(req, h, []int{(i + 1) % 4}))
-		require.NoError(t, waitLoad(t, c, req))
-	}
-	for i := range 50 { // warm up: pools, connections, buckets
-		run(i)
-	}
-	require.Eventually(t, func() bool { return p.InFlight() == 0 }, 10*time.Second, 5*time.Millisecond)
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	g0 := runtime.NumGoroutine()
-	for i := range n {
-		run(i)
-		p.FinishedSending()
-	}
-	require.Eventually(t, func() bool { return p.InFlight() == 0 && c.InFlight() == 0 && p.StagingInUse() == 0 }, 20*time.Second, 5*time.Millisecond)
-	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= g0+5 }, 10*time.Second, 10*time.Millisecond,
-		"goroutines: %d before, %d after", g0, runtime.NumGoroutine())
-	runtime.GC()
-	var after runtime.MemStats
-	runtime.ReadMemStats(&after)
-	require.Less(t, int64(after.HeapInuse)-int64(before.HeapInuse), int64(32<<20), "heap grew from %d to %d", before.HeapInuse, after.HeapInuse)
-	requireSameBlocks(t, src, []int{(n - 1) % 4}, dst, []int{n % 4})
 }
 
 // Tensor parallelism: each rank's producer saves its own shard under the one handoff id the scheduler chose,

@@ -45,6 +45,8 @@ type Failure struct {
 // ConsumerStats are running totals for observability.
 type ConsumerStats struct {
 	Loads, Failed int64
+	// Failures counts the failed loads by kind (KindOf).
+	Failures FailureCounts
 	// Completed loads by the producer's choice: raw frames, fast-mode frames, high-ratio frames.
 	RawLoads, FastLoads, HighRatioLoads int64
 	RawBytes, WireBytes                 int64
@@ -168,21 +170,24 @@ func (c *Consumer) run(ld *load, cache kvCache) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.ctx, c.o.LoadTimeout)
 	defer cancel()
-	notify, err := c.fetch(ctx, ld, cache)
+	notify, peer, err := c.fetch(ctx, ld, cache)
+	kind := KindOf(err)
 	c.mu.Lock()
 	delete(c.loads, ld.reqID)
 	c.stats.Loads++
 	if err != nil {
 		c.stats.Failed++
+		c.stats.Failures[kind]++
 		c.failed = append(c.failed, Failure{RequestID: ld.reqID, Err: err})
 	} else {
 		c.done = append(c.done, ld.reqID)
 	}
 	c.mu.Unlock()
 	if err != nil {
-		c.log.Warn("load failed", "request", ld.reqID, "handoff", shortID(ld.handoffID), "err", err)
+		c.log.Warn("load failed", "request", ld.reqID, "handoff", shortID(ld.handoffID), "producer", peer.engine, "addr", peer.addr,
+			"kind", kind, "err", err)
 	} else {
-		c.log.Debug("load done", "request", ld.reqID, "handoff", shortID(ld.handoffID))
+		c.log.Debug("load done", "request", ld.reqID, "handoff", shortID(ld.handoffID), "producer", peer.engine)
 	}
 	// The completion notice is for the producer's bookkeeping (its bypass policy, failure counts): sent after
 	// Poll can report the load, so its round trip is not between the last block decoded and the engine.
@@ -191,15 +196,19 @@ func (c *Consumer) run(ld *load, cache kvCache) {
 	}
 }
 
+// peer names a load's producer for logs: its engine id and payload address, once the record told them.
+type peer struct{ engine, addr string }
+
 // fetch does one load; a nil error means every block arrived, verified and decoded. Once the record is
 // known, notify tells the producer how the load ended (whatever happens from there on); run calls it.
-func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (notify func(error), err error) {
+func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (notify func(error), from peer, err error) {
 	rctx, rcancel := context.WithTimeout(ctx, c.o.RecordWait)
 	rec, err := c.cp.WaitShard(rctx, ld.handoffID, c.o.Rank, false)
 	rcancel()
 	if err != nil {
-		return nil, fmt.Errorf("handoff %s: %w", shortID(ld.handoffID), err)
+		return nil, from, fmt.Errorf("handoff %s: %w", shortID(ld.handoffID), err)
 	}
+	from = peer{rec.ProducerEngineID, rec.Addr}
 	notify = func(err error) {
 		nctx, ncancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer ncancel()
@@ -207,11 +216,12 @@ func (c *Consumer) fetch(ctx context.Context, ld *load, cache kvCache) (notify f
 		if err != nil {
 			msg = err.Error()
 		}
-		if nerr := c.cp.NotifyDone(nctx, rec.ProducerEngineID, completion{HandoffID: ld.handoffID, Rank: c.o.Rank, OK: err == nil, Err: msg}); nerr != nil {
-			c.log.Debug("completion notice not delivered", "handoff", shortID(ld.handoffID), "err", nerr)
+		n := completion{HandoffID: ld.handoffID, ConsumerEngineID: c.o.EngineID, Rank: c.o.Rank, OK: err == nil, Err: msg}
+		if nerr := c.cp.NotifyDone(nctx, rec.ProducerEngineID, n); nerr != nil {
+			c.log.Debug("completion notice not delivered", "handoff", shortID(ld.handoffID), "producer", rec.ProducerEngineID, "err", nerr)
 		}
 	}
-	return notify, c.fetchFrom(ctx, ld, cache, rec)
+	return notify, from, c.fetchFrom(ctx, ld, cache, rec)
 }
 
 // fetchFrom fetches and decodes the handoff rec describes.
@@ -304,7 +314,7 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	// all the same, in case the publish failed (the producer logs that).
 	startFinal()
 	var final *shardRecord
-	timer := time.NewTimer(finalRecordWait)
+	timer := time.NewTimer(max(finalRecordWait, c.o.RecordWait))
 	select {
 	case r := <-finalCh:
 		final, err = r.rec, r.err
@@ -345,6 +355,8 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	return nil
 }
 
+// finalRecordWait bounds the wait for the completed record after the last frame (RecordWait when that is
+// longer: a control plane that takes that long to show a record takes as long to show its completion).
 const finalRecordWait = 10 * time.Second
 
 // Close abandons loads in flight (they fail with ErrClosed) and waits for them.

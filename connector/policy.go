@@ -23,13 +23,19 @@ import (
 // codec stages was bound by the wire and measures it; one that was not only bounds it from below.
 //
 // What the model leaves out (CPU shared between codec and network stack, a slower consumer, the engine's
-// pacing) shows as a difference between predicted and measured handoff times: each path keeps the running
-// ratio of the two (its efficiency), and predictions are divided by it. A path is chosen over raw only when
-// predicted at least rawMargin faster, so auto is never slower than raw beyond noise. Measurements of a path
-// are only refreshed while it is taken, so every probeEvery-th handoff takes the runner-up instead when it is
-// expected within probeWindow of the choice, or when the plain model (efficiencies left out) prefers it: a
-// path measured slow once (a busy moment, a cold start) is measured again, at the cost of one handoff in
-// probeEvery running at most probeWindow slower.
+// pacing) shows as a difference between predicted and measured handoff times: each path keeps the ratio of
+// the two over its last effWindow handoffs (its efficiency, their median: one handoff slowed by something
+// else on the host does not move it), and predictions are divided by it. A path is chosen over raw only when
+// predicted at least rawMargin faster, so auto is never slower than raw beyond noise.
+//
+// Efficiencies resting on fewer than settleSamples handoffs do not overrule the plain model (efficiencies
+// left out): until the model's choice has that many, it is taken, so that a path that the model favours but
+// a single unlucky handoff made look slow is measured again before auto settles on another. Measurements of a
+// path are only refreshed while it is taken, so every probeEvery-th handoff takes the runner-up instead when
+// it is expected within probeWindow of the choice, and every probeModelEvery-th the plain model's choice
+// however slow it measured: a path measured slow for a while (a busy moment, a cold start) is measured again,
+// at the cost of one handoff in probeEvery running at most probeWindow slower, and one in probeModelEvery
+// running as slow as that path now is.
 
 // pathRates are one path's speeds in raw bytes per second, and its ratio of raw to wire bytes.
 type pathRates struct {
@@ -45,13 +51,15 @@ var defaultRates = [numPaths]pathRates{
 }
 
 const (
-	rawMargin   = 0.05 // a codec path must be predicted this much faster than raw to be chosen over it
-	tieMargin   = 0.02 // high-ratio must be predicted this much faster than fast (it costs more CPU)
-	probeEvery  = 16   // every probeEvery-th handoff may take the runner-up, to measure it again
-	probeWindow = 0.25 // … when it is expected at most this much slower than the choice
-	calibFrames = 3    // frames of each path the producer decodes itself to learn the decode rate (the best)
-	wireBound   = 1.25 // a transfer this much longer than its codec stages was bound by the wire
-	effMin      = 0.2  // efficiencies are clamped to [effMin, 1/effMin]
+	rawMargin       = 0.05           // a codec path must be predicted this much faster than raw to be chosen over it
+	tieMargin       = 0.02           // high-ratio must be predicted this much faster than fast (it costs more CPU)
+	probeEvery      = 16             // every probeEvery-th handoff may take the runner-up, to measure it again
+	probeModelEvery = 4 * probeEvery // … and every probeModelEvery-th the plain model's choice, however slow it measured
+	probeWindow     = 0.25           // … when it is expected at most this much slower than the choice
+	calibFrames     = 3              // frames of each path the producer decodes itself to learn the decode rate (the best)
+	settleSamples   = 3              // handoffs of a path before its efficiency may overrule the plain model
+	wireBound       = 1.25           // a transfer this much longer than its codec stages was bound by the wire
+	effMin          = 0.2            // efficiencies are clamped to [effMin, 1/effMin]
 )
 
 // plan is what one choice depends on.
@@ -135,7 +143,7 @@ type modePolicy struct {
 	enc       [numPaths]ewma
 	encTabled ewma // high-ratio frames coded with learned or pinned tables
 	ratio     [numPaths]ewma
-	eff       [numPaths]ewma
+	eff       [numPaths]window
 
 	mu         sync.Mutex
 	decLikeEnc bool              // GPU caches: decode rates are taken to be the encode rates
@@ -182,16 +190,36 @@ func (m *modePolicy) plan(rawBytes, frameBytes float64, allowed [numPaths]bool) 
 // choose picks the path of a handoff of rawBytes in frames of frameBytes.
 func (m *modePolicy) choose(rawBytes, frameBytes float64, allowed [numPaths]bool) path {
 	pl := m.plan(rawBytes, frameBytes, allowed)
-	best := pl.choose()
 	m.mu.Lock()
 	m.decisions++
-	probe := m.decisions%probeEvery == 0
+	n := m.decisions
 	m.mu.Unlock()
-	if !probe || pl.link <= 0 {
+	return m.decide(&pl, n)
+}
+
+// next is the path choose would pick now, without counting a decision.
+func (m *modePolicy) next(rawBytes, frameBytes float64, allowed [numPaths]bool) path {
+	pl := m.plan(rawBytes, frameBytes, allowed)
+	m.mu.Lock()
+	n := m.decisions + 1
+	m.mu.Unlock()
+	return m.decide(&pl, n)
+}
+
+// decide is decision n: the choice, unless the plain model's choice is not settled or due for a probe, or
+// the runner-up is.
+func (m *modePolicy) decide(pl *plan, n int) path {
+	best := pl.choose()
+	if pl.link <= 0 {
 		return best
 	}
 	if model := pl.modelChoice(); model != best {
-		return model
+		if _, k := m.eff[model].median(); k < settleSamples || n%probeModelEvery == 0 {
+			return model
+		}
+	}
+	if n%probeEvery != 0 {
+		return best
 	}
 	if next := pl.runnerUp(best); next != best && pl.allowed[next] && pl.expect(next) <= pl.expect(best)*(1+probeWindow) {
 		return next

@@ -171,7 +171,7 @@ func TestModePolicy(t *testing.T) {
 		for range 4 * probeEvery {
 			picks[m.choose(req, frame, all)]++
 		}
-		require.Equal(t, map[path]int{pathFast: 4*probeEvery - 4, pathHighRatio: 4}, picks,
-			"fast, and every %d-th handoff high-ratio to measure it again", probeEvery)
+		require.Equal(t, map[path]int{pathFast: 4*probeEvery - 1, pathHighRatio: 1}, picks,
+			"fast, and every %d-th handoff high-ratio to measure it again", probeModelEvery)
 	})
 }

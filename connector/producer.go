@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -31,6 +32,8 @@ type Producer struct {
 	coders  chan *coders
 	unsub   func() error
 	log     *slog.Logger
+	life    context.Context // ends when Close begins: bounds control-plane calls that outlive a handoff's release
+	stop    context.CancelFunc
 
 	mu      sync.Mutex
 	bypass  Bypass
@@ -49,6 +52,14 @@ type Producer struct {
 // ProducerStats are running totals for observability.
 type ProducerStats struct {
 	Handoffs, Failed int64
+	// CompletePublishFailed counts completed records that could not be published (the consumer then loads
+	// without the end-to-end check of frame sizes and checksums; each chunk's CRC-32C is still checked).
+	CompletePublishFailed int64
+	// Expired counts handoffs released unclaimed when their TTL ran out (a consumer that never came, or died
+	// mid-fetch): their staging memory was freed then.
+	Expired int64
+	// ConsumerFailed counts the consumers' notices of failed loads (also in Failed).
+	ConsumerFailed int64
 	// Handoffs by path: raw frames, fast-mode frames, high-ratio frames (they add up to Handoffs).
 	RawHandoffs, FastHandoffs, HighRatioHandoffs int64
 	RawBytes, EncodedBytes                       int64
@@ -93,6 +104,8 @@ type save struct {
 	workerDone       chan struct{}
 	published        chan struct{} // closed once the open record's publish returned
 	unpublished      bool          // that publish failed: Begin reported the error, the worker only stops
+	created, expires time.Time     // the open record's, which the complete one keeps
+	releaseErr       error         // why the transport released the payload: nil once fetched in full
 }
 
 // NewProducer starts a payload server and joins the control plane.
@@ -111,6 +124,7 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 		saves:  map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{},
 		log: slog.Default().With("component", "splitzip.producer", "engine", o.EngineID, "rank", o.Rank),
 	}
+	p.life, p.stop = context.WithCancel(context.Background())
 	for range cap(p.coders) {
 		cs, err := newCoders(o.Codebook)
 		if err != nil {
@@ -277,8 +291,12 @@ func (p *Producer) begin(reqID, handoffID, secret string, blocks []int, all bool
 			}
 		}
 	}
-	// Publishing is a control-plane round trip: done without holding the lock.
-	if err := p.cp.PutShard(s.ctx, rec); err != nil {
+	// Publishing is a control-plane round trip: done without holding the lock, and bounded by its own
+	// deadline (the handoff's context lasts its whole TTL).
+	pctx, pcancel := context.WithTimeout(s.ctx, recordPublishWait)
+	err = p.putShard(pctx, rec)
+	pcancel()
+	if err != nil {
 		p.mu.Lock()
 		s.unpublished = true
 		if !s.layersClosed {
@@ -291,6 +309,7 @@ func (p *Producer) begin(reqID, handoffID, secret string, blocks []int, all bool
 		p.srv.Withdraw(s.handoffID)
 		return Handoff{}, fmt.Errorf("request %q: publishing handoff: %w", reqID, err)
 	}
+	s.created, s.expires = rec.CreatedAt, rec.ExpiresAt // PutShard set them
 	close(s.published)
 	p.log.Debug("handoff opened", "request", reqID, "handoff", shortID(s.handoffID), "blocks", len(blocks), "path", s.path)
 	return Handoff{ID: s.handoffID, Secret: secret, ProducerEngineID: p.o.EngineID, RequestID: reqID}, saveErr
@@ -316,6 +335,13 @@ func (p *Producer) open(reqID, handoffID string, secret []byte, blocks []int) (*
 	}
 	f := newFraming(l, len(blocks), p.o.FrameBytes)
 	allowed := allowedPaths(p.bypass, p.mode)
+	if p.mode == ModeAuto && p.policy.linkConf == 0 && len(p.saves) >= runtime.NumCPU() && (allowed[pathFast] || allowed[pathRaw]) {
+		// More handoffs in flight than cores: they share the CPU, and each one's measured transfer rate is
+		// its share of the host, not the link's. The per-handoff model then takes that for a slow link and
+		// favours high-ratio frames, whose codec costs the most CPU per byte, slowing every handoff. Without a
+		// configured link rate to say the wire is the bottleneck, auto keeps to raw and fast frames then.
+		allowed[pathHighRatio] = false
+	}
 	s := &save{
 		reqID: reqID, handoffID: handoffID, secret: secret, blocks: append([]int(nil), blocks...),
 		path: p.policy.choose(float64(l.layerRawBytes(len(blocks))*int64(l.Layers)), float64(l.layerRawBytes(f.per)), allowed),
@@ -484,18 +510,77 @@ func (p *Producer) work(s *save, cache kvCache) {
 	}
 	<-s.published // the open record first: the completed one must not be overwritten by it
 	p.mu.Lock()
-	unpublished := s.unpublished
+	unpublished, released, relErr := s.unpublished, s.released, s.releaseErr
 	p.mu.Unlock()
 	if unpublished {
 		s.err = errors.New("the handoff was never published")
 		close(s.staged)
 		return
 	}
-	if err := p.cp.PutShard(s.ctx, p.record(s, true)); err != nil {
-		p.log.Warn("publishing the completed handoff failed; consumers see only the open record", "handoff", shortID(s.handoffID), "err", err)
+	if released && relErr != nil {
+		// Expired, withdrawn or the producer closing after the last frame was staged: nobody can fetch it
+		// any more, so there is nothing to complete (the record is deleted next).
+		close(s.staged)
+		p.finishSending(s, nil)
+		return
 	}
+	p.publishComplete(s)
 	close(s.staged)
 	p.finishSending(s, nil)
+}
+
+const (
+	// recordPublishWait bounds the publish of a shard record, retries included.
+	recordPublishWait = 10 * time.Second
+	// publishAttempt bounds one try: a request or reply lost with a NATS node that died mid-publish is tried
+	// again (through the node the client reconnected to) instead of waiting out the whole deadline.
+	publishAttempt = 3 * time.Second
+	// publishRetryWait is the pause between tries.
+	publishRetryWait = 250 * time.Millisecond
+)
+
+// putShard publishes rec, trying again after a timeout or a disconnect until ctx ends. A retried open record
+// that is found to exist already was stored by the earlier try, whose reply was lost (the id is 128 random
+// bits: nobody else made it).
+func (p *Producer) putShard(ctx context.Context, rec *shardRecord) error {
+	for try := 1; ; try++ {
+		actx, cancel := context.WithTimeout(ctx, publishAttempt)
+		err := p.cp.PutShard(actx, rec)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case try > 1 && !rec.Complete && errors.Is(err, szn.ErrHandoffExists):
+			return nil
+		case ctx.Err() != nil || !(errors.Is(err, szn.ErrTimeout) || errors.Is(err, szn.ErrDisconnected)):
+			return err
+		}
+		p.log.Info("publishing a handoff record again", "request", rec.RequestID, "handoff", shortID(rec.HandoffID),
+			"complete", rec.Complete, "try", try, "err", err)
+		select { // a stream electing a leader answers at once that it has none: pause before the next try
+		case <-ctx.Done():
+			return err
+		case <-time.After(publishRetryWait):
+		}
+	}
+}
+
+// publishComplete publishes s's completed record: every frame's size and CRC-32C, which the consumer checks
+// what it received against. Frames go to the transport as they are staged, so a consumer can receive the last
+// one, and the transport release the payload (cancelling s.ctx), while this publish is still on its round
+// trip: it therefore runs under its own deadline, not the handoff's context, and is cut short only by Close.
+// The consumer waits for this record (or the record's removal) after its last frame; skipping it would leave
+// that check undone.
+func (p *Producer) publishComplete(s *save) {
+	ctx, cancel := context.WithTimeout(p.life, recordPublishWait)
+	defer cancel()
+	if err := p.putShard(ctx, p.record(s, true)); err != nil {
+		p.mu.Lock()
+		p.stats.CompletePublishFailed++
+		p.mu.Unlock()
+		p.log.Warn("publishing the completed handoff failed; consumers see only the open record and skip the end-to-end check",
+			"request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
+	}
 }
 
 // saveFrames encodes the frames of one layer into staging and hands them to the transport.
@@ -591,7 +676,11 @@ func (p *Producer) onRelease(s *save, err error) {
 		p.mu.Unlock()
 		return
 	}
-	s.released = true
+	s.released, s.releaseErr = true, err
+	expired := errors.Is(err, transport.ErrExpired)
+	if expired {
+		p.stats.Expired++
+	}
 	if s.next < s.f.layers {
 		// The engine never finished saving: unblock the worker.
 		s.next = s.f.layers
@@ -602,6 +691,10 @@ func (p *Producer) onRelease(s *save, err error) {
 	}
 	p.wg.Add(1)
 	p.mu.Unlock()
+	if expired {
+		p.log.Warn("handoff expired before a consumer fetched it; its staging is freed", "request", s.reqID, "handoff", shortID(s.handoffID),
+			"ttl", p.o.HandoffTTL)
+	}
 	go func() {
 		defer p.wg.Done()
 		<-s.workerDone
@@ -613,6 +706,12 @@ func (p *Producer) onRelease(s *save, err error) {
 		delete(p.saves, s.reqID)
 		delete(p.byID, s.handoffID)
 		p.mu.Unlock()
+		if expired {
+			// The record stays: it expires at the same time, and a consumer that comes late learns that the
+			// handoff expired (ErrHandoffExpired) rather than that it was withdrawn; the server drops it later.
+			p.log.Debug("handoff released", "request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if rerr := p.cp.DeleteShard(ctx, s.handoffID, p.o.Rank); rerr != nil {
@@ -660,9 +759,10 @@ func (p *Producer) onCompletion(c completion) {
 	if !c.OK {
 		p.mu.Lock()
 		p.stats.Failed++
+		p.stats.ConsumerFailed++
 		delete(p.fetched, c.HandoffID)
 		p.mu.Unlock()
-		p.log.Warn("consumer reported a failed load", "handoff", shortID(c.HandoffID), "err", c.Err)
+		p.log.Warn("consumer reported a failed load", "handoff", shortID(c.HandoffID), "consumer", c.ConsumerEngineID, "err", c.Err)
 		return
 	}
 	p.mu.Lock()
@@ -682,7 +782,7 @@ func (p *Producer) record(s *save, complete bool) *shardRecord {
 		LayoutFingerprint: l.Fingerprint(), DType: l.DType.String(), Rank: p.o.Rank, TPSize: l.TPSize,
 		Layers: l.Layers, Blocks: len(s.blocks), BlocksPerFrame: s.f.per, Frames: s.f.frames(), Raw: s.path == pathRaw,
 		Mode: s.path.recordMode(), SecretHash: secretHash(s.secret),
-		TTL: p.o.HandoffTTL, Transport: s.transport, Locator: s.locator,
+		TTL: p.o.HandoffTTL, CreatedAt: s.created, ExpiresAt: s.expires, Transport: s.transport, Locator: s.locator,
 	}
 	if complete {
 		r.Complete = true
@@ -700,6 +800,7 @@ func (p *Producer) Close() error {
 	}
 	p.closed = true
 	p.mu.Unlock()
+	p.stop()
 	err := errors.Join(p.unsub(), p.srv.Close()) // releases every payload
 	p.wg.Wait()
 	p.staging.close()

@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -60,4 +61,54 @@ func (m *ewma) observeRate(bytes float64, d time.Duration) {
 		return
 	}
 	m.add(bytes / d.Seconds())
+}
+
+// window keeps the last effWindow observations of a measurement that single outliers must not sway (a
+// handoff slowed by another process on the host), and answers their median.
+type window struct {
+	mu   sync.Mutex
+	v    [effWindow]float64
+	n    int // observations kept, at most effWindow
+	next int // where the next one goes
+	seen int // observations ever made
+}
+
+const effWindow = 5
+
+// add records one observation. As with ewma, the first one (often cold) is replaced by the second.
+func (w *window) add(x float64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.seen == 1 {
+		w.n, w.next = 0, 0
+	}
+	w.seen++
+	w.v[w.next] = x
+	w.next = (w.next + 1) % effWindow
+	w.n = min(w.n+1, effWindow)
+}
+
+// median returns the median of the kept observations (the mean of the middle two for an even count) and
+// how many there are.
+func (w *window) median() (float64, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n == 0 {
+		return 0, 0
+	}
+	s := w.v
+	k := s[:w.n]
+	slices.Sort(k)
+	if w.n%2 == 1 {
+		return k[w.n/2], w.n
+	}
+	return (k[w.n/2-1] + k[w.n/2]) / 2, w.n
+}
+
+// or returns the median, or def when nothing was observed.
+func (w *window) or(def float64) float64 {
+	if v, n := w.median(); n > 0 {
+		return v
+	}
+	return def
 }

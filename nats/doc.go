@@ -11,7 +11,7 @@
 // validating Option functions (WithURL, WithUserInfo, WithToken,
 // WithNKeyFile, WithCredentials, WithTLS, WithTLSConfig, WithTimeout,
 // WithHandoffTTL, WithExpiredGrace, WithEngineTTL, WithMaxInFlight,
-// WithStorage, WithReconnect, WithNamespace/WithBucketPrefix,
+// WithStorage, WithReplicas, WithReconnect, WithNamespace/WithBucketPrefix,
 // WithEmbeddedServer, WithName). Bad values fail with ErrInvalidOption.
 //
 // Without WithURL, Connect starts an embedded nats-server in-process with

@@ -90,6 +90,12 @@ type Options struct {
 	// Storage of the JetStream buckets. Default FileStorage.
 	Storage Storage
 
+	// Replicas is how many servers of a JetStream cluster hold each bucket
+	// (1..5; 3 survives the loss of one server). It applies when this Plane
+	// creates the buckets; existing buckets keep theirs. External servers
+	// only. Default 1.
+	Replicas int
+
 	// ReconnectWait is the pause between reconnect attempts. Default 250ms.
 	ReconnectWait time.Duration
 
@@ -124,6 +130,7 @@ func GetDefaultOptions() Options {
 		EngineTTL:     15 * time.Second,
 		MaxInFlight:   1024,
 		Storage:       FileStorage,
+		Replicas:      1,
 		ReconnectWait: 250 * time.Millisecond,
 		MaxReconnects: -1,
 		EmbeddedHost:  "127.0.0.1",
@@ -345,6 +352,18 @@ func WithStorage(s Storage) Option {
 	}
 }
 
+// WithReplicas sets Options.Replicas: the buckets this Plane creates are
+// replicated on n servers of a JetStream cluster (1..5).
+func WithReplicas(n int) Option {
+	return func(o *Options) error {
+		if n < 1 || n > 5 {
+			return optErr("replicas %d: want 1..5", n)
+		}
+		o.Replicas = n
+		return nil
+	}
+}
+
 // WithReconnect sets the reconnect policy: maxReconnects attempts (-1 for
 // unlimited) spaced by wait.
 func WithReconnect(maxReconnects int, wait time.Duration) Option {
@@ -395,6 +414,9 @@ func (o *Options) validate() error {
 	if o.URL == "" {
 		if o.TLSConfig != nil || o.NKeyFile != "" || o.CredentialsFile != "" {
 			return optErr("TLS, nkey and credentials options need WithURL (the embedded server supports user/password or token only)")
+		}
+		if o.Replicas > 1 {
+			return optErr("replicas %d need WithURL: the embedded server is a single server", o.Replicas)
 		}
 	}
 	if o.Token != "" && o.User != "" {

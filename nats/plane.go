@@ -153,6 +153,7 @@ func (p *Plane) ensureBuckets(ctx context.Context) (handoffs, engines jetstream.
 		Description: "splitzip handoff records",
 		TTL:         p.opts.HandoffTTL + p.opts.ExpiredGrace,
 		Storage:     storage,
+		Replicas:    p.opts.Replicas,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -162,6 +163,7 @@ func (p *Plane) ensureBuckets(ctx context.Context) (handoffs, engines jetstream.
 		Description: "splitzip engine registry",
 		TTL:         p.opts.EngineTTL,
 		Storage:     storage,
+		Replicas:    p.opts.Replicas,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -280,6 +282,9 @@ func (p *Plane) wrap(op string, err error) error {
 		return fmt.Errorf("%w: %s: %w", ErrDisconnected, op, err)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, natsgo.ErrTimeout):
 		return fmt.Errorf("%w: %s: %w", ErrTimeout, op, err)
+	case errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders):
+		// No server answers for the bucket's stream yet: in a cluster, while it elects a new leader.
+		return fmt.Errorf("%w: %s (the bucket's stream has no leader yet): %w", ErrTimeout, op, err)
 	}
 	return fmt.Errorf("splitzip/nats: %s: %w", op, err)
 }

@@ -56,6 +56,9 @@ func (p *Plane) InFlight() int {
 	return n
 }
 
+// readAttempt bounds the first read of a waited-for key.
+const readAttempt = 3 * time.Second
+
 // waitKey watches key of handoff id until accept takes a stored value (done), the value is deleted
 // (ErrHandoffReleased), or ctx ends (at most HandoffTTL without a deadline). It re-watches after reconnects
 // and gives up on a key a restarted server no longer has (ErrServerRestarted).
@@ -73,7 +76,12 @@ func (p *Plane) waitKey(ctx context.Context, id, key string, accept func(jetstre
 	}
 	// The value is usually there already (a producer publishes before it hands the id out, and completes its
 	// record before the last frame can arrive): one read then answers, where a watch costs a JetStream consumer.
-	if e, err := p.handoffs.Get(ctx, key); err == nil && e.Operation() == jetstream.KeyValuePut {
+	// The read gets its own deadline: a request lost with a server that died would otherwise hold the whole
+	// wait; the watch below copes with reconnects.
+	gctx, gcancel := context.WithTimeout(ctx, min(p.opts.Timeout, readAttempt))
+	e, err := p.handoffs.Get(gctx, key)
+	gcancel()
+	if err == nil && e.Operation() == jetstream.KeyValuePut {
 		if done, err := accept(e); done || err != nil {
 			return err
 		}
@@ -109,7 +117,13 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, key string, events <-c
 	epoch := p.Epoch()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	kw, err := p.handoffs.Watch(wctx, key)
+	kw, err := p.startWatch(wctx, cancel, key)
+	if errors.Is(err, errWatchStalled) {
+		if ctx.Err() != nil {
+			return p.waitExpired(ctx, key), false
+		}
+		return nil, true
+	}
 	if err != nil {
 		// Take in the events that happened during the attempt.
 		for drained := false; !drained; {
@@ -199,6 +213,36 @@ func (w *waiter) watchOnce(ctx context.Context, p *Plane, key string, events <-c
 				return nil, true // re-watch: the old consumer may be gone
 			}
 		}
+	}
+}
+
+// errWatchStalled: creating a watch took longer than Options.Timeout.
+var errWatchStalled = errors.New("splitzip/nats: creating the watch stalled")
+
+// startWatch creates a watch of key that lives as long as wctx. Creating it is a request to the server; one
+// lost with a server that died would hold it until wctx ends, so after Options.Timeout the attempt is
+// abandoned (cancel ends wctx) and errWatchStalled asks the caller to watch anew.
+func (p *Plane) startWatch(wctx context.Context, cancel context.CancelFunc, key string) (jetstream.KeyWatcher, error) {
+	type started struct {
+		kw  jetstream.KeyWatcher
+		err error
+	}
+	ch := make(chan started, 1)
+	go func() {
+		kw, err := p.handoffs.Watch(wctx, key)
+		ch <- started{kw, err}
+	}()
+	t := time.NewTimer(p.opts.Timeout)
+	defer t.Stop()
+	select {
+	case s := <-ch:
+		return s.kw, s.err
+	case <-t.C:
+		cancel()
+		if s := <-ch; s.kw != nil {
+			_ = s.kw.Stop()
+		}
+		return nil, errWatchStalled
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"time"
@@ -593,13 +594,16 @@ func ProducerStats(h int) (string, error) {
 		return "", wrap(err)
 	}
 	s := p.Stats()
-	return toJSON(map[string]any{
+	m := map[string]any{
 		"handoffs": s.Handoffs, "failed": s.Failed, "raw_handoffs": s.RawHandoffs,
 		"fast_handoffs": s.FastHandoffs, "high_ratio_handoffs": s.HighRatioHandoffs,
 		"raw_bytes": s.RawBytes, "encoded_bytes": s.EncodedBytes,
 		"escapes": s.Escapes, "elements": s.Elements, "encode_s": s.EncodeTime.Seconds(), "copy_s": s.CopyTime.Seconds(),
 		"staging_in_use": p.StagingInUse(), "in_flight": p.InFlight(),
-	})
+		"expired": s.Expired, "consumer_failed": s.ConsumerFailed, "complete_publish_failed": s.CompletePublishFailed,
+	}
+	addRuntime(m)
+	return toJSON(m)
 }
 
 // ProducerClose closes a producer; it returns the producers still open.
@@ -677,10 +681,29 @@ func ConsumerStats(h int) (string, error) {
 		return "", wrap(err)
 	}
 	s := c.Stats()
-	return toJSON(map[string]any{
+	m := map[string]any{
 		"loads": s.Loads, "failed": s.Failed, "raw_bytes": s.RawBytes, "wire_bytes": s.WireBytes,
 		"fetch_s": s.FetchTime.Seconds(), "decode_s": s.DecodeTime.Seconds(), "copy_s": s.CopyTime.Seconds(), "in_flight": c.InFlight(),
-	})
+	}
+	for k, n := range s.Failures { // failed loads by kind: failed_corrupt, failed_expired, …
+		m["failed_"+connector.FailureKind(k).String()] = n
+	}
+	addRuntime(m)
+	return toJSON(m)
+}
+
+// runtimeSamples are the Go runtime's figures the stats report (runtime/metrics: read without stopping the
+// world): the heap's live and not yet swept objects, and the goroutines. Beside the process's RSS they tell
+// Go's memory from the rest of the process's (CUDA, torch, Python).
+var runtimeSamples = []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/sched/goroutines:goroutines"}}
+
+// addRuntime adds go_heap_bytes and goroutines to m.
+func addRuntime(m map[string]any) {
+	s := make([]metrics.Sample, len(runtimeSamples))
+	copy(s, runtimeSamples)
+	metrics.Read(s)
+	m["go_heap_bytes"] = s[0].Value.Uint64()
+	m["goroutines"] = s[1].Value.Uint64()
 }
 
 // ConsumerClose closes a consumer (loads in flight fail); it returns the consumers still open.

@@ -149,6 +149,8 @@ func TestConnectorTPHandoffThroughBinding(t *testing.T) {
 		require.NoError(t, json.Unmarshal([]byte(js), &st))
 		require.EqualValues(t, 1, st["loads"])
 		require.Greater(t, st["raw_bytes"], st["wire_bytes"], "compressed on the wire")
+		require.Positive(t, st["go_heap_bytes"])
+		require.Positive(t, st["goroutines"])
 	}
 	runtime.KeepAlive(srcCaches)
 	runtime.KeepAlive(dstCaches)

@@ -33,6 +33,10 @@ func bench(w io.Writer, args []string) error {
 			return runBenchWire(args[1:])
 		case "wire-producer": // the producer process of 'bench wire'
 			return runWireProducer(args[1:])
+		case "scale":
+			return runBenchScale(args[1:])
+		case "scale-worker": // a producer or consumer process of 'bench scale'
+			return runScaleWorker(args[1:])
 		}
 	}
 	fs := newFlags("bench", "")

@@ -17,5 +17,5 @@ func runDemo(args []string) error {
 		return err
 	}
 	fmt.Println("\n== 2. handoffs: producer process → consumer, embedded NATS, P2P TCP ==")
-	return runBenchTransfer([]string{"-tokens", *tokens, "-rates", *rates, "-repeat", "3"})
+	return runBenchTransfer([]string{"-tokens", *tokens, "-rates", *rates, "-repeat", "5"})
 }

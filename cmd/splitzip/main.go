@@ -24,7 +24,7 @@ var commands = map[string]command{
 	"decompress": {"decompress a file written by compress: decompress IN OUT", runDecompress},
 	"inspect":    {"print a compressed file's headers, codebooks and escape statistics: inspect FILE", runInspect},
 	"stats":      {"per-layer K/V ratio of the fast and high-ratio modes on real KV (bf16 and fp8), round trip checked: stats [-calibration F] [-evaluation F]", runStats},
-	"bench":      {"codec throughput of both modes against copy() in the same run: bench [-size 64MiB] [-gpu]; handoffs raw vs compressed: bench transfer", runBench},
+	"bench":      {"codec throughput of both modes against copy() in the same run: bench [-size 64MiB] [-gpu]; handoffs raw vs compressed: bench transfer; many engines on a NATS cluster: bench scale", runBench},
 }
 
 // filesHelp states the rules every file command follows.

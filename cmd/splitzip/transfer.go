@@ -332,14 +332,15 @@ func runBenchTransfer(args []string) error {
 	fmt.Printf("splitzip bench transfer: a producer process and this consumer (%s, %d cores), %s,\n", cpuName(), runtime.NumCPU(), where)
 	fmt.Printf("KV of SmolLM2-135M (30 layers × K,V × 3 heads × 64, bf16, 16-token blocks) filled with %s;\n", *data)
 	fmt.Printf("time from save to every block decoded and verified bit-exact on the consumer; median of %d after warm-up, modes taking turns; %s;\n", *repeat, shaping)
-	fmt.Printf("payload transport %s\n\n", transportLabel(*payload))
+	fmt.Printf("payload transport %s\n", transportLabel(*payload))
+	fmt.Printf("± is half the range of raw's own runs over their median: a ×raw within 1 ± that is noise\n\n")
 	// One column group per mode: its median time and, for codec modes, its speedup over raw; auto also says
 	// which paths it took in the timed transfers.
 	fmt.Printf("%7s %9s %9s", "tokens", "KV", "link")
 	for _, m := range modes {
 		switch m {
 		case "raw":
-			fmt.Printf(" | %10s", "raw")
+			fmt.Printf(" | %10s %5s", "raw", "±")
 		case "auto":
 			fmt.Printf(" | %10s %7s %-13s", "auto", "×raw", "auto took")
 		default:
@@ -419,7 +420,7 @@ func runBenchTransfer(args []string) error {
 				med := median(ts[m])
 				switch m {
 				case "raw":
-					fmt.Printf(" | %8.1fms", ms(med))
+					fmt.Printf(" | %8.1fms %4.0f%%", ms(med), 100*spread(ts[m]))
 				case "auto":
 					fmt.Printf(" | %8.1fms %6.2fx %-13s", ms(med), ratio(raw, med), tookString(took))
 				default:
@@ -477,6 +478,16 @@ func transportLabel(name string) string {
 		tls = "UCX's choice"
 	}
 	return "nixl (UCX_TLS=" + tls + ")"
+}
+
+// spread is half the range of ts over its median: how far raw's own repeats lie apart, the noise a codec
+// mode's ×raw must beat to mean anything.
+func spread(ts []time.Duration) float64 {
+	med := median(ts)
+	if med == 0 {
+		return 0
+	}
+	return float64(slices.Max(ts)-slices.Min(ts)) / 2 / float64(med)
 }
 
 // tookString says which paths auto's timed transfers took, e.g. "hr 7" or "fast 5, raw 2".

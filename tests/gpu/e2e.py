@@ -350,17 +350,21 @@ def part_soak(d: Driver, args: argparse.Namespace, out: list[str]) -> None:
     samples = []
     for i in range(n):
         d.transfer(256, "fast", 0, check=(i % 100 == 0))
-        if i in (9, n // 2, n - 1):
+        if i == 9 or (i + 1) % max(1, n // 10) == 0:  # ten samples after the first ten requests
             d.ask(op="finished")
             p = d.ask(op="stats")
+            cs = d.consumer(0).stats()
             samples.append((i + 1, p["gpu_allocated"], p["stats"]["staging_in_use"], p["rss_now_kib"],
-                            torch.cuda.memory_allocated(d.cdev), rss_now()))
+                            torch.cuda.memory_allocated(d.cdev), rss_now(), cs.get("go_heap_bytes", 0), cs.get("goroutines", 0)))
     out.append(f"### {n} back-to-back requests (256 tokens each) — {d.card}\n")
+    # The consumer's Go heap and goroutines beside its RSS tell Go's memory from the rest of the process's
+    # (CUDA's host allocations, torch, Python; and the embedded NATS server's records, which are Go's).
     out.append("| after request | producer GPU allocated MiB | producer staging in use MiB | producer RSS MiB | "
-               "consumer GPU allocated MiB | consumer RSS MiB |")
-    out.append("|---:|---:|---:|---:|---:|---:|")
-    for i, pg, st, prss, cg, crss in samples:
-        out.append(f"| {i} | {pg / 2**20:.0f} | {st / 2**20:.1f} | {prss / 1024:.0f} | {cg / 2**20:.0f} | {crss / 1024:.0f} |")
+               "consumer GPU allocated MiB | consumer RSS MiB | consumer Go heap MiB | consumer goroutines |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, pg, st, prss, cg, crss, gheap, gor in samples:
+        out.append(f"| {i} | {pg / 2**20:.0f} | {st / 2**20:.1f} | {prss / 1024:.0f} | {cg / 2**20:.0f} | {crss / 1024:.0f} | "
+                   f"{gheap / 2**20:.1f} | {gor} |")
     print("\n".join(out[-(len(samples) + 3):]), flush=True)
 
 
