@@ -115,11 +115,11 @@ type endpointOptions struct {
 	// Mutual TLS between the engines on the payload transport: the CA that signs the engines' certificates,
 	// this engine's certificate and key (PEM files), and optionally the name to verify in the producer's
 	// certificate instead of its host.
-	TLSCA         string `json:"tls_ca"`
-	TLSCert       string `json:"tls_cert"`
-	TLSKey        string `json:"tls_key"`
-	TLSServerName string `json:"tls_server_name"`
-	Transport     *string  `json:"transport"` // payload transport: tcp or nixl
+	TLSCA         string  `json:"tls_ca"`
+	TLSCert       string  `json:"tls_cert"`
+	TLSKey        string  `json:"tls_key"`
+	TLSServerName string  `json:"tls_server_name"`
+	Transport     *string `json:"transport"` // payload transport: tcp or nixl
 }
 
 // endpointSettings is what a producer or consumer runs with: endpointOptions' settable fields with every
