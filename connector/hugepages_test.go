@@ -2,11 +2,13 @@ package connector
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,6 +93,9 @@ func TestRegisterHostCacheHugePages(t *testing.T) {
 		require.Positive(t, rep.Failures)
 		t.Logf("no transparent huge pages here: %v", rep.Err)
 	} else {
+		if errors.Is(rep.Err, syscall.ENOMEM) {
+			t.Skipf("the kernel had no free huge pages to collapse into (memory fragmented or under pressure): %v", rep.Err)
+		}
 		require.NoError(t, rep.Err)
 		require.Zero(t, rep.Failures)
 		// Each 12 MiB layer holds at least 5 whole 2 MiB pages, whatever its alignment.
