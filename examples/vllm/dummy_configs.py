@@ -8,15 +8,18 @@
               window; 1 KV head of 256).
 
 Serve them with --load-format dummy --skip-tokenizer-init (the same --seed on every engine gives the same
-weights), and send token-id prompts (examples/vllm/e2e.py --no-tokenizer).
+weights), and send token-id prompts (examples/vllm/e2e.py --no-tokenizer). --layers N keeps the first N layers
+(the attention shapes, what the connector moves, stay the same): on vLLM's CPU backend the four engines of
+e2e.py with the 4-layer MLA model peaked at 21 GB of host memory, so the whole one (2.6 B parameters, 5.2 GB of
+BF16 weights per engine) does not fit a 23 GB machine.
 
-    python examples/vllm/dummy_configs.py models
+    python examples/vllm/dummy_configs.py models [--layers 4]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 MLA = {
@@ -84,9 +87,26 @@ SWA = {
 }
 
 
+def trimmed(cfg: dict, layers: int) -> dict:
+    """cfg with its first `layers` layers (all dense for MLA; Gemma's one-in-six full-attention pattern kept)."""
+    if layers <= 0 or layers > cfg["num_hidden_layers"]:
+        raise SystemExit(f"--layers must be 1..{cfg['num_hidden_layers']}, got {layers}")
+    out = dict(cfg, num_hidden_layers=layers)
+    if "first_k_dense_replace" in cfg:
+        out["first_k_dense_replace"] = layers
+    if "layer_types" in cfg:
+        out["layer_types"] = cfg["layer_types"][:layers]
+    return out
+
+
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "models")
-    for name, cfg in (("mla", MLA), ("swa", SWA)):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", nargs="?", default="models")
+    ap.add_argument("--layers", type=int, default=0, help="keep only the first N layers (default: all)")
+    a = ap.parse_args()
+    out = Path(a.out)
+    for name, full in (("mla", MLA), ("swa", SWA)):
+        cfg = trimmed(full, a.layers) if a.layers else full
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps(cfg, indent=1))
