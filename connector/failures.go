@@ -36,10 +36,14 @@ const (
 	FailTimeout
 	// FailClosed: the consumer closed with the load in flight.
 	FailClosed
+	// FailAccess: the consumer's secret is not the one the handoff's record (its hash, or a sealed NIXL
+	// locator) was made with: parameters altered on the way, or a consumer the handoff is not for. (A producer
+	// that refuses a fetch's proof answers as for an unknown id, so that refusal counts as FailUnknown.)
+	FailAccess
 	numFailureKinds
 )
 
-var failureNames = [numFailureKinds]string{"other", "unknown", "expired", "released", "mismatch", "corrupt", "producer", "control_plane", "timeout", "closed"}
+var failureNames = [numFailureKinds]string{"other", "unknown", "expired", "released", "mismatch", "corrupt", "producer", "control_plane", "timeout", "closed", "access"}
 
 func (k FailureKind) String() string {
 	if k < 0 || k >= numFailureKinds {
@@ -55,6 +59,8 @@ func KindOf(err error) FailureKind {
 		return FailOther
 	case errors.Is(err, ErrClosed), errors.Is(err, szn.ErrClosed):
 		return FailClosed
+	case errors.Is(err, ErrAccess):
+		return FailAccess
 	case errors.Is(err, transport.ErrChecksum), errors.Is(err, ErrFrame), errors.Is(err, transport.ErrProtocol):
 		return FailCorrupt
 	case errors.Is(err, ErrMismatch), errors.Is(err, szn.ErrLayoutMismatch), errors.Is(err, szn.ErrDTypeMismatch),

@@ -27,6 +27,7 @@ func TestKindOf(t *testing.T) {
 		wrap(transport.ErrPeerClosed):  FailProducer,
 		wrap(context.DeadlineExceeded): FailTimeout,
 		wrap(ErrClosed):                FailClosed,
+		wrap(ErrAccess):                FailAccess,
 		errors.New("something else"):   FailOther,
 	}
 	for err, want := range cases {

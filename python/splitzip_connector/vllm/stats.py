@@ -20,7 +20,9 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
 
 # Counters summed over workers. Producer side: handoffs saved, raw handoffs (bypass), bytes before and after
 # compression, escaped and total elements, encode seconds. Consumer side: loads, bytes on the wire and after
-# decoding, fetch (transfer) and decode seconds. Both: failures.
+# decoding, fetch (transfer) and decode seconds. Both: failures. Besides these, failed loads by kind, under
+# KIND_PREFIX + the Go connector's name for the kind (corrupt, expired, producer, access, …: connector.FailureKind),
+# as the consumer's stats report them; only kinds that occurred appear.
 FIELDS = (
     "saves",
     "save_failures",
@@ -37,6 +39,7 @@ FIELDS = (
     "fetch_s",
     "decode_s",
 )
+KIND_PREFIX = "load_failures_"
 
 
 @dataclass
@@ -51,13 +54,17 @@ class SplitZipStats(KVConnectorStats):
         self.data = {k: 0 for k in FIELDS}
 
     def aggregate(self, other: KVConnectorStats) -> "SplitZipStats":
-        for k in FIELDS:
+        for k in set(FIELDS) | {k for k in other.data if k.startswith(KIND_PREFIX)}:
             self.data[k] = self.data.get(k, 0) + other.data.get(k, 0)
         return self
 
     def is_empty(self) -> bool:
         # Any change counts: bytes and times of a handoff may land in an interval before its count does.
-        return not any(self.data.get(k, 0) for k in FIELDS)
+        return not any(v for v in self.data.values())
+
+    def failures_by_kind(self) -> dict[str, int]:
+        """The interval's failed loads by kind (kinds with none left out)."""
+        return {k[len(KIND_PREFIX) :]: int(v) for k, v in sorted(self.data.items()) if k.startswith(KIND_PREFIX) and v}
 
     def reduce(self) -> dict[str, int | float]:
         """The interval's summary, as vLLM logs it ("KV Transfer metrics: …")."""
@@ -77,6 +84,7 @@ class SplitZipStats(KVConnectorStats):
             "load_ratio": round(lraw / wire, 3) if wire else 0.0,
             "transfer_ms": round(1e3 * d["fetch_s"], 2),
             "decode_ms": round(1e3 * d["decode_s"], 2),
+            **{f"failed_{k}": n for k, n in self.failures_by_kind().items()},
         }
 
 
@@ -111,6 +119,9 @@ class Deltas:
             if src:
                 for k, name in names.items():
                     now[name] = float(src.get(k, 0))
+        for k, v in (consumer or {}).items():
+            if k.startswith("failed_"):  # failed loads by kind: failed_corrupt, failed_expired, …
+                now[KIND_PREFIX + k[len("failed_") :]] = float(v)
         delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
         st = SplitZipStats(data=delta)
         if st.is_empty():
@@ -122,7 +133,8 @@ class Deltas:
 class SplitZipPromMetrics(KVConnectorPromMetrics):
     """Prometheus counters: vllm:splitzip_{raw,encoded,wire}_bytes_total, vllm:splitzip_escapes_total,
     vllm:splitzip_elements_total, vllm:splitzip_{encode,transfer,decode}_seconds_total,
-    vllm:splitzip_{saves,loads,failures}_total."""
+    vllm:splitzip_{saves,loads,failures}_total, and vllm:splitzip_load_failures_total with a label "kind"
+    (the Go connector's failure kinds: corrupt, expired, producer, access, …)."""
 
     _COUNTERS = {
         "raw_bytes": ("vllm:splitzip_raw_bytes", "KV bytes saved before compression"),
@@ -153,6 +165,10 @@ class SplitZipPromMetrics(KVConnectorPromMetrics):
             self._counters[key] = create_metric_per_engine(c, per_engine_labelvalues)
         f = self._counter_cls(name="vllm:splitzip_failures", documentation="Failed saves and loads", labelnames=labelnames)
         self._failures = create_metric_per_engine(f, per_engine_labelvalues)
+        self._by_kind = self._counter_cls(
+            name="vllm:splitzip_load_failures", documentation="Failed loads by kind", labelnames=[*labelnames, "kind"]
+        )
+        self._engine_labels = per_engine_labelvalues
 
     def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
         for key, per_engine in self._counters.items():
@@ -162,3 +178,6 @@ class SplitZipPromMetrics(KVConnectorPromMetrics):
         fails = transfer_stats_data.get("save_failures", 0) + transfer_stats_data.get("load_failures", 0)
         if fails > 0:
             self._failures[engine_idx].inc(fails)
+        for key, v in transfer_stats_data.items():
+            if key.startswith(KIND_PREFIX) and v > 0:
+                self._by_kind.labels(*self._engine_labels[engine_idx], key[len(KIND_PREFIX) :]).inc(v)
