@@ -37,13 +37,17 @@ type Config struct {
 	Reps int
 	// SkipPaged leaves out the paged gather-encode / decode-scatter rows (Llama-3-8B shape).
 	SkipPaged bool
+	// EscapeRates are the escape rates of the escape sweep: the first size coded again with the built-in
+	// codebook narrowed (its rarest exponents dropped) until at least that fraction of the real KV escapes
+	// (default 0.5 %, 2 %, 5 % and 10 %; empty and non-nil: no sweep).
+	EscapeRates []float64
 	// Log receives progress lines (may be nil).
 	Log io.Writer
 }
 
 // Row is one line of the table.
 type Row struct {
-	What     string  // "dense", "paged-1frame", "paged-per-layer", "small"
+	What     string  // "dense", "escapes" (the sweep), "paged-1frame", "paged-per-layer", "small"
 	Size     int     // raw bytes
 	Kernels  string  // dense rows: "" for the built-in kernels, else Config.PTXName
 	Encode   float64 // GB/s of raw bytes (dense, paged) or µs (small)
@@ -159,6 +163,14 @@ func RunBench(ctx *cuda.Context, cfg Config) (*Report, error) {
 	if cfg.SmallSizes == nil {
 		cfg.SmallSizes = []int{64 << 10, 256 << 10, 1 << 20, 4 << 20}
 	}
+	if cfg.EscapeRates == nil {
+		cfg.EscapeRates = []float64{0.005, 0.02, 0.05, 0.10}
+	}
+	for _, r := range cfg.EscapeRates {
+		if !(r > 0 && r < 1) {
+			return nil, fmt.Errorf("%w: escape rate %v (want 0 < rate < 1)", ErrConfig, r)
+		}
+	}
 	for _, n := range slices.Concat(cfg.Sizes, cfg.SmallSizes) {
 		if n < 16 {
 			return nil, fmt.Errorf("%w: input size %d (at least 16 bytes)", ErrConfig, n)
@@ -231,6 +243,20 @@ func RunBench(ctx *cuda.Context, cfg Config) (*Report, error) {
 		rows, err := b.dense(benches, cb, cfg.KV, size, si == 0)
 		if err != nil {
 			return rep, err
+		}
+		rep.Rows = append(rep.Rows, rows...)
+	}
+	for _, rate := range cfg.EscapeRates {
+		narrow, err := narrowCodebook(cfg.KV, cb, rate)
+		if err != nil {
+			return rep, err
+		}
+		rows, err := b.dense(benches[:1], narrow, cfg.KV, cfg.Sizes[0], false)
+		if err != nil {
+			return rep, err
+		}
+		for i := range rows {
+			rows[i].What = "escapes"
 		}
 		rep.Rows = append(rep.Rows, rows...)
 	}
@@ -577,4 +603,58 @@ func (b *benchEnv) small(c *kernels.Codec, cb *codec.Codebook, kv []byte, size i
 	b.logf("small %d KiB: encode %.1f µs, decode %.1f µs, launch+copy %.1f µs", size>>10, enc*1e3, dec*1e3, base*1e3)
 	return Row{What: "small", Size: size, Encode: enc * 1e3, Decode: dec * 1e3, Copy: base * 1e3,
 		Ratio: h.Ratio(), Escapes: h.Escapes}, nil
+}
+
+// narrowCodebook returns cb with its rarest exponents in kv dropped, the fewest that make at least rate of kv's
+// elements escape: real KV whose exponents a codebook fits less well, as a model unlike the codebook's gives it.
+// NewCodebook fills the freed codes with the lowest exponents cb lacks.
+func narrowCodebook(kv []byte, cb *codec.Codebook, rate float64) (*codec.Codebook, error) {
+	h, err := codec.NewHistogram(codec.BF16)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.Add(kv); err != nil {
+		return nil, err
+	}
+	keep := slices.Clone(cb.Exponents)
+	slices.SortStableFunc(keep, func(a, b uint8) int { return -cmpCount(h.Counts[a], h.Counts[b]) })
+	escaped := uint64(h.Total) - coveredBy(h, keep)
+	for len(keep) > 1 && float64(escaped) < rate*float64(h.Total) {
+		last := keep[len(keep)-1]
+		keep = keep[:len(keep)-1]
+		escaped += h.Counts[last]
+	}
+	if float64(escaped) < rate*float64(h.Total) {
+		return nil, fmt.Errorf("%w: no codebook narrower than the built-in one escapes %.1f %% of this KV", ErrConfig, 100*rate)
+	}
+	// Free codes get exponents the input lacks, so that they do not take escapes back.
+	var seen [256]bool
+	for _, e := range cb.Exponents {
+		seen[e] = true
+	}
+	for e := 255; len(keep) < len(cb.Exponents) && e >= 0; e-- {
+		if !seen[e] && h.Counts[e] == 0 {
+			keep = append(keep, uint8(e))
+		}
+	}
+	return codec.NewCodebook(codec.BF16, int(cb.Bits), keep)
+}
+
+func cmpCount(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// coveredBy counts the elements of h whose exponent is in exps.
+func coveredBy(h *codec.Histogram, exps []uint8) uint64 {
+	var n uint64
+	for _, e := range exps {
+		n += h.Counts[e]
+	}
+	return n
 }

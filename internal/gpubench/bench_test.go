@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/internal/safetensors"
 	"github.com/splitzip/splitzip/kernels/cuda"
 )
@@ -94,6 +95,7 @@ func TestRunBenchRefusesBadConfig(t *testing.T) {
 		{KV: make([]byte, 64), Reps: -1},
 		{KV: make([]byte, 64), Sizes: []int{8}},
 		{KV: make([]byte, 64), SmallSizes: []int{0}},
+		{KV: make([]byte, 64), EscapeRates: []float64{1.5}},
 	} {
 		_, err := RunBench(nil, cfg)
 		assert.ErrorIs(t, err, ErrConfig, "%+v", cfg)
@@ -104,6 +106,7 @@ func TestTable(t *testing.T) {
 	rep := &Report{Card: "NVIDIA H200", Driver: 13000, DependentLaunch: true, Rows: []Row{
 		{What: "dense", Size: 256 << 20, Encode: 2000, Decode: 1900, Copy: 4200, SMCopy: 4000, Roofline: 2400, Ratio: 1.41, Escapes: 7},
 		{What: "dense", Size: 256 << 20, Kernels: "old.ptx", Encode: 1800, Decode: 1900, Copy: 4200, SMCopy: 4000, Roofline: 2400, Ratio: 1.41, Escapes: 7},
+		{What: "escapes", Size: 256 << 20, Encode: 1000, Decode: 1520, Ratio: 1.38, Escapes: 2684355},
 		{What: "paged-1frame", Size: 256 << 20, Encode: 1000, Decode: 950, Ratio: 1.4},
 		{What: "small", Size: 64 << 10, Encode: 9.5, Decode: 8.3, Copy: 7, Ratio: 1.3},
 	}}
@@ -112,9 +115,47 @@ func TestTable(t *testing.T) {
 		"GPU: NVIDIA H200 (driver CUDA 13.0); built-in kernels: sm_90 (programmatic dependent launch) PTX",
 		"| real-KV-like bf16 | 256 MiB | built-in | 2000 | 1900 | 4200 | 4000 | 2400 | 83.3 | 79.2 | 1.4100 | 7 |",
 		"| real-KV-like bf16 | 256 MiB | old.ptx | 1800 |",
+		"| real-KV-like bf16 | 256 MiB | 2.00 % | 1000 | 1520 | 50.0 | 80.0 | 1.3800 |",
 		"| paged-1frame | 256 MiB | 1000 | 950 | 50.0 | 50.0 | 1.4000 |",
 		"| 64 KiB | 9.5 | 8.3 | 7.0 | 1.3000 |",
 	} {
 		assert.Contains(t, table, want)
 	}
+}
+
+// The sweep's codebooks: the built-in one with its rarest exponents dropped, so that at least each rate of the
+// real KV escapes (and not far more), coding it losslessly with that many escapes.
+func TestNarrowCodebook(t *testing.T) {
+	kv := realKV(t)
+	cb, err := codec.DefaultCodebook(codec.BF16)
+	require.NoError(t, err)
+	h, err := codec.NewHistogram(codec.BF16)
+	require.NoError(t, err)
+	require.NoError(t, h.Add(kv))
+	base := 1 - h.Coverage(cb)
+	enc, err := codec.NewEncoder()
+	require.NoError(t, err)
+	dec, err := codec.NewDecoder()
+	require.NoError(t, err)
+	prev := base
+	for _, rate := range []float64{0.005, 0.02, 0.05, 0.10} {
+		narrow, err := narrowCodebook(kv, cb, rate)
+		require.NoError(t, err)
+		require.Len(t, narrow.Exponents, len(cb.Exponents))
+		esc := 1 - h.Coverage(narrow)
+		require.GreaterOrEqual(t, esc, rate)
+		require.Less(t, esc, 3*rate, "the fewest exponents dropped")
+		require.GreaterOrEqual(t, esc, prev)
+		prev = esc
+		frame, err := enc.EncodeWith(nil, kv, narrow)
+		require.NoError(t, err)
+		hdr, err := codec.ParseHeader(frame)
+		require.NoError(t, err)
+		require.InDelta(t, esc, float64(hdr.Escapes)/float64(len(kv)/2), 1e-9)
+		out, _, err := dec.Decode(nil, frame)
+		require.NoError(t, err)
+		require.Equal(t, kv, out)
+	}
+	_, err = narrowCodebook(kv, cb, 0.999)
+	require.ErrorIs(t, err, ErrConfig)
 }

@@ -42,6 +42,16 @@ func (r *Report) Table() string {
 	}
 	fmt.Fprintf(&sb, "\nDense and paged rows: each timed operation queued behind a %v spin kernel, so the window holds the GPU's\n"+
 		"time and not the host's launch latency; small inputs: from an idle stream, the launch included.\n", holdTime)
+	if slices.ContainsFunc(r.Rows, func(x Row) bool { return x.What == "escapes" }) {
+		sb.WriteString("\n| escape sweep (built-in codebook narrowed) | size | escapes | encode GB/s | decode GB/s | encode % of the fixture's | decode % of the fixture's | ratio |\n")
+		sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, row := range r.Rows {
+			if row.What == "escapes" {
+				fmt.Fprintf(&sb, "| real-KV-like bf16 | %s | %.2f %% | %.0f | %.0f | %.1f | %.1f | %.4f |\n", humanSize(row.Size),
+					100*float64(row.Escapes)/float64(row.Size/2), row.Encode, row.Decode, 100*row.Encode/denseEnc, 100*row.Decode/denseDec, row.Ratio)
+			}
+		}
+	}
 	if slices.ContainsFunc(r.Rows, func(x Row) bool { return strings.HasPrefix(x.What, "paged") }) {
 		sb.WriteString("\n| paged (Llama-3-8B, 16-token blocks) | size | encode GB/s | decode GB/s | encode % dense | decode % dense | ratio |\n")
 		sb.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
