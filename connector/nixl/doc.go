@@ -31,8 +31,9 @@
 //
 // What a consumer needs to start — the producer agent's name and metadata, the table's address, chunk count
 // and nonce — is a [Locator], which the connector publishes in the handoff's shard record on NATS (the
-// record's "locator"): no side channel. Metadata is loaded once per producer agent and reloaded only when it
-// changes.
+// record's "locator"), sealed under the handoff's secret so that only the consumer it is addressed to can use
+// it (connector/access.go): no side channel. Metadata is loaded once per producer agent and reloaded only when
+// it changes.
 //
 // # Failures
 //
