@@ -74,6 +74,19 @@ def make_cache(num_blocks: int, device: torch.device, fill: list | None) -> list
     return caches
 
 
+def ask_child(child: subprocess.Popen, cmd: dict) -> dict:
+    """Sends the producer process one command (a JSON line) and returns its answer, raising on a failure."""
+    child.stdin.write(json.dumps(cmd) + "\n")
+    child.stdin.flush()
+    line = child.stdout.readline()
+    if not line:
+        raise RuntimeError("the producer process died")
+    r = json.loads(line)
+    if not r.get("ok"):
+        raise RuntimeError("producer: " + r.get("error", "?"))
+    return r
+
+
 def layout_of(caches: list[torch.Tensor]) -> KVLayout:
     t = caches[0]
     num_blocks = t.shape[1]
@@ -206,15 +219,7 @@ class Driver:
         self.seq = 0
 
     def ask(self, **cmd) -> dict:
-        self.child.stdin.write(json.dumps(cmd) + "\n")
-        self.child.stdin.flush()
-        line = self.child.stdout.readline()
-        if not line:
-            raise RuntimeError("the producer process died")
-        r = json.loads(line)
-        if not r.get("ok"):
-            raise RuntimeError("producer: " + r.get("error", "?"))
-        return r
+        return ask_child(self.child, cmd)
 
     def consumer(self, gbit: float) -> Consumer:
         if gbit not in self.consumers:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import BLOCK, HEAD, HEADS, LAYERS, fixture_bf16, layout_of, make_cache  # noqa: E402
+from e2e import BLOCK, HEAD, HEADS, LAYERS, ask_child, fixture_bf16, layout_of, make_cache  # noqa: E402
 
 from splitzip_connector.handoff import ControlPlane, Consumer, Producer  # noqa: E402
 
@@ -62,7 +62,7 @@ def run_producer(args: argparse.Namespace) -> None:
                 h = prod.begin(cmd["req"], cmd["blocks"])
                 for layer in range(LAYERS):
                     prod.save_layer_after(cmd["req"], layer, stream.cuda_stream)
-                reply["handoff"] = h.handoff_id
+                reply["handoff"], reply["secret"] = h.handoff_id, h.secret  # over the pipe, never NATS
             elif cmd["op"] == "finished":
                 reply["finished"] = prod.finished_sending()
             elif cmd["op"] == "quit":
@@ -91,15 +91,7 @@ class Pair:
         self.seq = 0
 
     def ask(self, **cmd) -> dict:
-        self.child.stdin.write(json.dumps(cmd) + "\n")
-        self.child.stdin.flush()
-        line = self.child.stdout.readline()
-        if not line:
-            raise RuntimeError("the producer process died")
-        r = json.loads(line)
-        if not r.get("ok"):
-            raise RuntimeError("producer: " + r.get("error", "?"))
-        return r
+        return ask_child(self.child, cmd)
 
     def transfer(self, tokens: int, mode: str) -> tuple[float, float]:
         """One checked transfer: (seconds, CPU seconds of both processes)."""
@@ -114,8 +106,8 @@ class Pair:
         torch.cuda.synchronize(self.cdev)
         p0, c0 = self.ask(op="finished")["cpu_s"], cpu_s()
         t0 = time.perf_counter()
-        h = self.ask(op="save", req=req, blocks=src, mode=mode)["handoff"]
-        self.cons.load(req, h, dst)
+        saved = self.ask(op="save", req=req, blocks=src, mode=mode)
+        self.cons.load(req, saved["handoff"], dst, secret=saved["secret"])
         while True:
             done, failed = self.cons.poll()
             if failed:
