@@ -76,7 +76,7 @@ func (s *deviceSaver) hrBufs(per int) (*hrSaveBufs, error) {
 // the host path's choice, and at least one block when the frame needs a table of its own.
 func sampledBlocks(l, lo, n int, atLeastOne bool) []int {
 	var idx []int
-	for i := (l + lo) % sampleEvery; i < n; i += sampleEvery {
+	for i := firstSampled(l, lo); i < n; i += sampleEvery {
 		idx = append(idx, i)
 	}
 	if len(idx) == 0 && atLeastOne && n > 0 {

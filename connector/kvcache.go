@@ -264,12 +264,11 @@ func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []
 	return dst[:pos], tabled, nil
 }
 
-// sample adds every sampleEvery-th of blocks (layer l's K or V; lo: where they start in the save) to the
-// learner's histogram of (l, kv). The first sampled block moves with the layer and the chunk, so that over
-// handoffs every block position is sampled.
+// sample adds every sampleEvery-th of blocks (layer l's K or V; lo: where they start in the save), from
+// firstSampled on, to the learner's histogram of (l, kv).
 func (s *hostSaver) sample(cs *coders, l, lo, kv int, blocks []int) error {
 	cs.hist = codec.Histogram{DType: s.c.layout.DType}
-	for i := (l + lo) % sampleEvery; i < len(blocks); i += sampleEvery {
+	for i := firstSampled(l, lo); i < len(blocks); i += sampleEvery {
 		if err := cs.hist.Add(s.c.block(l, kv, blocks[i])); err != nil {
 			return err
 		}

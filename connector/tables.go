@@ -31,6 +31,11 @@ const (
 	fastResample = 16
 )
 
+// firstSampled is the first block of a chunk (of layer l, starting at the save's block lo) that feeds the
+// learner; every sampleEvery-th after it does too. It moves with the layer and the chunk, so that over handoffs
+// every block position is sampled. Host and GPU caches sample the same blocks.
+func firstSampled(l, lo int) int { return (l + lo) % sampleEvery }
+
 // tableLearner holds the learned tables of one registered cache.
 type tableLearner struct {
 	dt     codec.DType
