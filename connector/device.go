@@ -2,6 +2,7 @@ package connector
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -273,7 +274,7 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 				return err
 			}
 			var ds *deviceSamples
-			if sample { // counted below, once the stream is synchronised for the frame's length
+			if sample { // counted below, once the frame's copy is queued
 				var err error
 				idx := sampledBlocks(l, lo, hi-lo, false)
 				if ds, err = s.copySamples(l, lo, [2][]int{idx, idx}); err != nil {
@@ -288,11 +289,6 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 			if err := s.stream.Synchronize(); err != nil {
 				return err
 			}
-			if ds != nil {
-				if err := s.learn(ds, l); err != nil {
-					return err
-				}
-			}
 			size := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()))
 			if size < codec.HeaderSize || size > cap(dst) {
 				return fmt.Errorf("%w: the GPU encoder reported a %d-byte frame for %d bytes", ErrFrame, size, n)
@@ -301,6 +297,11 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 				return err
 			}
 			frame = dst[:size]
+			if ds != nil { // counted while the frame crosses PCIe
+				if err := s.learn(ds, l); err != nil {
+					return errors.Join(err, s.stream.Synchronize())
+				}
+			}
 		}
 		if err := s.t1.Record(s.stream); err != nil {
 			return err

@@ -2,6 +2,7 @@ package connector
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"unsafe"
 
@@ -11,9 +12,9 @@ import (
 )
 
 // Learned tables on the GPU path. The kernels code with the (layer, K/V) tables and per-layer codebooks a host
-// cache learns (tables.go), from the same samples: one block in sampleEvery, copied to pinned memory on the
-// save's stream beside the encode and counted once the frame's length is back, which the save waits for
-// anyway. A high-ratio chunk is K's frame then V's, each with its table; until a (layer, K/V) has one, its
+// cache learns (tables.go), from the same samples: one block in sampleEvery of the frames the learner wants
+// (every frame of a layer until its tables are built, then one in resampleEvery), copied to pinned memory on
+// the save's stream beside the encode and counted on the host while the frames are copied out. A high-ratio chunk is K's frame then V's, each with its table; until a (layer, K/V) has one, its
 // frame is coded with a table built from that frame's sample (the kernels take a table, they do not build
 // one; a sample's table codes every exponent, ESC for those it missed). A fast frame without a learned
 // codebook uses the producer's.
@@ -145,7 +146,7 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 		return nil, false, err
 	}
 	n := hi - lo
-	learning := env.tables.learning()
+	learning := env.tables.resample(l)
 	var tables [2]*codec.CodeTable
 	var samples [2][]int
 	tabled = true
@@ -226,9 +227,6 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	if err := s.stream.Synchronize(); err != nil {
 		return nil, false, err
 	}
-	if err := count(); err != nil { // the learning samples, counted while the frames are done
-		return nil, false, err
-	}
 	out := 0
 	for kv := range 2 {
 		size := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()[8*kv:]))
@@ -239,6 +237,10 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 			return nil, false, err
 		}
 		out += size
+	}
+	// The learning samples are counted while the frames cross PCIe (the caller synchronises the stream).
+	if err := count(); err != nil {
+		return nil, false, errors.Join(err, s.stream.Synchronize()) // dst is not left to copies in flight
 	}
 	return dst[:out], tabled, nil
 }

@@ -201,7 +201,7 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 		s.crc, s.crcOK = crc, err == nil
 		codecTime = time.Since(t0)
 		// Sampled outside the codec time: the mode model predicts later handoffs, whose fast frames are
-		// sampled one in fastResample once the layer is learned.
+		// sampled one in resampleEvery once the layer is learned.
 		for kv := 0; sample && err == nil && kv < 2; kv++ {
 			err = s.sample(cs, l, lo, kv, s.blocks[lo:hi])
 		}

@@ -50,6 +50,16 @@ var defaultRates = [numPaths]pathRates{
 	pathHighRatio: {enc: 1e9, dec: 1.5e9, ratio: 1.40},
 }
 
+// gpuDefaultRates stand in for GPU caches, where a frame's stage is the kernels plus its copy to pinned
+// staging: somewhat below what an H100 on PCIe Gen5 measured through the connector (raw and fast frames about
+// 25 GB/s, high-ratio frames about 4.7 GB/s). CPU figures there would keep auto from ever trying high-ratio
+// frames on slow links, where they are the fastest: a path is only measured once it is taken.
+var gpuDefaultRates = [numPaths]pathRates{
+	pathRaw:       {enc: 20e9, dec: 20e9, ratio: 1},
+	pathFast:      {enc: 16e9, dec: 16e9, ratio: 1.30},
+	pathHighRatio: {enc: 4e9, dec: 4e9, ratio: 1.40},
+}
+
 const (
 	rawMargin       = 0.05           // a codec path must be predicted this much faster than raw to be chosen over it
 	tieMargin       = 0.02           // high-ratio must be predicted this much faster than fast (it costs more CPU)
@@ -146,16 +156,17 @@ type modePolicy struct {
 	eff       [numPaths]window
 
 	mu         sync.Mutex
-	decLikeEnc bool              // GPU caches: decode rates are taken to be the encode rates
+	gpu        bool              // GPU caches: GPU default rates, and decode rates taken to be the encode rates
 	dec        [numPaths]float64 // best decode rate of the calibration frames
 	calibrated [numPaths]int
 	decisions  int
 }
 
-// setDecodeLikeEncode makes decode rates follow encode rates (GPU caches) or be calibrated (host caches).
-func (m *modePolicy) setDecodeLikeEncode(on bool) {
+// setGPU says whether the cache is on a GPU: its unmeasured paths start from gpuDefaultRates, and its decode
+// rates follow its encode rates (the kernels are alike both ways) rather than being calibrated on the host.
+func (m *modePolicy) setGPU(on bool) {
 	m.mu.Lock()
-	m.decLikeEnc = on
+	m.gpu = on
 	m.mu.Unlock()
 }
 
@@ -167,14 +178,18 @@ func (m *modePolicy) plan(rawBytes, frameBytes float64, allowed [numPaths]bool) 
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	defaults := &defaultRates
+	if m.gpu {
+		defaults = &gpuDefaultRates
+	}
 	for p := range numPaths {
-		d := defaultRates[p]
+		d := defaults[p]
 		r := pathRates{enc: m.enc[p].or(d.enc), ratio: m.ratio[p].or(d.ratio), dec: d.dec}
 		if p == pathHighRatio {
 			r.enc = m.encTabled.or(r.enc)
 		}
 		switch {
-		case m.decLikeEnc:
+		case m.gpu:
 			r.dec = r.enc
 		case m.dec[p] > 0:
 			r.dec = m.dec[p]
@@ -244,7 +259,7 @@ func (m *modePolicy) observeFrame(p path, n, encoded int, d time.Duration, table
 func (m *modePolicy) needsCalibration(p path) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return p != pathRaw && !m.decLikeEnc && m.calibrated[p] < calibFrames
+	return p != pathRaw && !m.gpu && m.calibrated[p] < calibFrames
 }
 
 // calibrate records a decode of n raw bytes of path p in d.

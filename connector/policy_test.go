@@ -130,7 +130,12 @@ func TestModePolicy(t *testing.T) {
 	})
 	t.Run("GPU cache", func(t *testing.T) {
 		m := modePolicy{linkConf: 10 * gbit}
-		m.setDecodeLikeEncode(true)
+		m.setGPU(true)
+		// Unmeasured, the GPU figures apply: on a 10 Gbit/s link the kernels' high-ratio frames are tried
+		// first (the CPU figures would never try them there).
+		require.Equal(t, pathHighRatio, m.choose(req, frame, all))
+		cpu := modePolicy{linkConf: 10 * gbit}
+		require.Equal(t, pathFast, cpu.choose(req, frame, all))
 		require.False(t, m.needsCalibration(pathFast))
 		m.observeFrame(pathFast, 8<<20, 6<<20, time.Millisecond, false)
 		require.InDelta(t, m.estimates().Fast.Encode, m.estimates().Fast.Decode, 1)

@@ -228,7 +228,7 @@ func (p *Producer) register(c kvCache) error {
 	p.cache = c
 	p.tables = newTableLearner(l, p.o.CodeTable, p.o.Codebook != nil)
 	_, gpu := c.(*deviceCache)
-	p.policy.setDecodeLikeEncode(gpu)
+	p.policy.setGPU(gpu)
 	p.staging.setAllocator(alloc)
 	freeOld()
 	return nil

@@ -26,9 +26,10 @@ const (
 	sampleEvery  = 8       // one block in sampleEvery of each sampled frame feeds the histograms
 	learnFirst   = 1 << 16 // sampled exponents of a (layer, K/V) before its first table
 	learnRebuild = 1 << 20 // sampled exponents between rebuilds
-	// Once a layer's tables are built, one fast frame of the layer in fastResample is sampled: counting an
-	// eighth of every frame would cost the fast encoder (over 10 GB/s a core) a third of its speed.
-	fastResample = 16
+	// Once a layer's tables are built, one frame of the layer in resampleEvery is sampled where counting costs
+	// more than coding: an eighth of every fast frame would cost the fast encoder (over 10 GB/s a core) a third
+	// of its speed, and a GPU frame's sample crosses PCIe and is counted on the host while the kernels are idle.
+	resampleEvery = 16
 )
 
 // firstSampled is the first block of a chunk (of layer l, starting at the save's block lo) that feeds the
@@ -46,7 +47,7 @@ type tableLearner struct {
 	mu     sync.Mutex
 	slots  []learnSlot       // 2 per layer: K, V
 	book   []*codec.Codebook // per layer
-	frames []uint32          // per layer: fast frames coded since its K and V tables were first built
+	frames []uint32          // per layer: resampled frames coded since its K and V tables were first built
 }
 
 type learnSlot struct {
@@ -103,8 +104,7 @@ func (t *tableLearner) codebook(l int) *codec.Codebook {
 func (t *tableLearner) learning() bool { return t.slots != nil }
 
 // fastCodebook returns the codebook for a fast frame of layer l (nil: the encoder's own) and whether the
-// frame's blocks should be sampled: every frame until the layer's K and V tables are first built, then one in
-// fastResample.
+// frame's blocks should be sampled (resample).
 func (t *tableLearner) fastCodebook(l int) (cb *codec.Codebook, sample bool) {
 	if !t.learning() {
 		return nil, false
@@ -114,11 +114,27 @@ func (t *tableLearner) fastCodebook(l int) (cb *codec.Codebook, sample bool) {
 	if t.books {
 		cb = t.book[l]
 	}
+	return cb, t.resampleLocked(l)
+}
+
+// resample says whether a frame of layer l whose sample costs more than its coding (fast frames, GPU frames)
+// should feed the learner: every frame until the layer's K and V tables are first built, then one in
+// resampleEvery.
+func (t *tableLearner) resample(l int) bool {
+	if !t.learning() {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.resampleLocked(l)
+}
+
+func (t *tableLearner) resampleLocked(l int) bool {
 	if !t.slots[2*l].built || !t.slots[2*l+1].built {
-		return cb, true
+		return true
 	}
 	t.frames[l]++
-	return cb, t.frames[l]%fastResample == 0
+	return t.frames[l]%resampleEvery == 0
 }
 
 // add merges a histogram sampled from a frame of layer l's K or V (counted by the caller, outside the

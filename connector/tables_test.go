@@ -146,7 +146,7 @@ func TestLearnedTablesGemma3(t *testing.T) {
 	}
 }
 
-// A fast frame is sampled until its layer's K and V tables are built, then one in fastResample; a pinned codebook
+// A fast frame is sampled until its layer's K and V tables are built, then one in resampleEvery; a pinned codebook
 // and table leave nothing to learn, and a pinned codebook alone leaves the high-ratio tables to learn.
 func TestFastCodebookSampling(t *testing.T) {
 	l := smallLayout(8)
@@ -171,7 +171,7 @@ func TestFastCodebookSampling(t *testing.T) {
 	require.NotNil(t, tl.table(4, 1))
 	book = tl.codebook(4)
 	sampled := 0
-	for range 4 * fastResample {
+	for range 4 * resampleEvery {
 		cb, sample := tl.fastCodebook(4)
 		require.Same(t, book, cb)
 		if sample {
@@ -196,12 +196,12 @@ func TestFastCodebookSampling(t *testing.T) {
 	require.NotNil(t, books.table(0, 1))
 	require.Nil(t, books.codebook(0), "the pinned codebook stays the encoder's")
 	sampled = 0
-	for range 2 * fastResample {
+	for range 2 * resampleEvery {
 		cb, sample := books.fastCodebook(0)
 		require.Nil(t, cb)
 		if sample {
 			sampled++
 		}
 	}
-	require.Equal(t, 2, sampled, "fast frames still feed the tables, one in fastResample")
+	require.Equal(t, 2, sampled, "fast frames still feed the tables, one in resampleEvery")
 }

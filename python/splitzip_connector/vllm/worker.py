@@ -347,12 +347,14 @@ class SplitZipWorker:
             else:
                 side.register_host_cache(self.cache.layout, self.cache.bases, keep_alive=kv_caches)
         logger.info(
-            "SplitZip rank %d registered %d layers in %d slots: %s%s, block stride %d B, K→V %d B, fingerprint %s",
+            "SplitZip rank %d registered %d layers in %d slots: %s%s on %s, block stride %d B, K→V %d B, "
+            "fingerprint %s",
             self.rank,
             len(self._slot_of),
             self.cache.layout.layers,
             self.cache.layout.dtype,
             " MLA latents" if self.latent else "",
+            self._device if self._device is not None else "the host",
             self.cache.layout.block_stride,
             self.cache.layout.kv_offset,
             self.cache.layout.fingerprint(),

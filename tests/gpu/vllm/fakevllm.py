@@ -46,7 +46,7 @@ def main() -> None:
     ratio = 1.0 if extra.get("bypass") == "always" else 1.33
     print("INFO fake vLLM (dry run): Using FLASH_ATTN backend.", flush=True)
     if role:
-        print(f"INFO SplitZip rank 0 registered {cfg['num_hidden_layers']} layers: bf16 (fake)", flush=True)
+        print(f"INFO SplitZip rank 0 registered {cfg['num_hidden_layers']} layers in {cfg['num_hidden_layers']} slots: bf16 on cuda:0 (fake)", flush=True)
 
     def tokens(prompt: list[int], n: int) -> list[int]:
         h = hashlib.sha256(json.dumps(prompt).encode()).digest()

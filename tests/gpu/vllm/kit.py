@@ -630,7 +630,7 @@ def step_smoke(ctx: Ctx, a: argparse.Namespace) -> None:
     facts = ctx.res["engines"]["decode"]["facts"]
     ctx.check("FLASH_ATTN backend", facts.get("attention_backend") == "FLASH_ATTN", facts)
     reg = ctx.res["engines"]["prefill"]["facts"].get("splitzip_registered", "")
-    ctx.check("the connector registered vLLM's bf16 CUDA cache", reg.endswith("bf16"), reg)
+    ctx.check("the connector registered vLLM's bf16 CUDA cache", reg.endswith(" bf16 cuda:0"), reg)
 
 
 def step_equality(ctx: Ctx, a: argparse.Namespace) -> None:

@@ -146,7 +146,7 @@ LOG = """\
 (APIServer pid=12) INFO 12-05 10:00:00 [cuda.py:422] Using FLASH_ATTN backend.
 (EngineCore pid=13) INFO 12-05 10:00:01 [flash_attn.py:777] Using FlashAttention version 3
 (EngineCore pid=13) INFO 12-05 10:00:02 [kv_cache_utils.py:2177] GPU KV cache size: 49,152 tokens
-(EngineCore pid=13) INFO 12-05 10:00:02 [worker.py:260] SplitZip rank 0 registered 32 layers: bf16, block stride 65536 B
+(EngineCore pid=13) INFO 12-05 10:00:02 [worker.py:260] SplitZip rank 0 registered 32 layers in 32 slots: bf16 on cuda:0, block stride 65536 B
 (EngineCore pid=13) INFO 12-05 10:00:03 [scheduler.py:90] SplitZip: engine prefill-1 registered as producer, TP 1
 (APIServer pid=12) INFO 12-05 10:00:10 [metrics.py:100] KV Transfer metrics: saves=2, loads=0, failures=0, saved_MB=1000.0, compressed_MB=752.5, ratio=1.329, escape_rate=0.0002, encode_ms=1.5, wire_MB=0.0, load_ratio=0.0, transfer_ms=0.0, decode_ms=0.0
 (APIServer pid=12) ERROR 12-05 10:00:11 [x.py:1] something broke
@@ -162,7 +162,7 @@ def test_log_parsing():
     assert tot["ratio"] == pytest.approx(1500 / 1128.75)
     f = vlogs.startup_facts(LOG)
     assert f == {"attention_backend": "FLASH_ATTN", "flash_attn_version": "3", "kv_cache_tokens": "49152",
-                 "splitzip_registered": "32 bf16", "splitzip_engine": "prefill-1 producer"}
+                 "splitzip_registered": "32 bf16 cuda:0", "splitzip_engine": "prefill-1 producer"}
     assert vlogs.startup_facts("Using AttentionBackendEnum.FLASH_ATTN backend.")["attention_backend"] == "FLASH_ATTN"
     assert len(vlogs.errors_in(LOG)) == 1
 

@@ -109,7 +109,8 @@ _FACTS = {
     "attention_backend": re.compile(r"Using (?:AttentionBackendEnum\.)?(\w+) (?:attention )?backend"),
     "flash_attn_version": re.compile(r"Using FlashAttention version (\d+)"),
     "kv_cache_tokens": re.compile(r"GPU KV cache size: ([\d,]+) tokens"),
-    "splitzip_registered": re.compile(r"SplitZip rank \d+ registered (\d+) layers: (\w+)"),
+    # "registered 32 layers in 32 slots: bf16 on cuda:0": layers, KV dtype, device ("the host": host memory)
+    "splitzip_registered": re.compile(r"SplitZip rank \d+ registered (\d+) layers in \d+ slots: (\w+)(?: MLA latents)? on (cuda:\d+|the host)"),
     "splitzip_engine": re.compile(r"SplitZip: engine (\S+) registered as (\w+)"),
 }
 
