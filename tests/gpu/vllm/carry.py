@@ -156,6 +156,22 @@ def plan(streams: list[Path], kit: list[Path], out: Path, budget_bytes: int, max
     return manifests
 
 
+def completed(manifests: list[list[Part]]) -> list[tuple[list[Part], list[str]]]:
+    """Each call's parts beside the bundles its call completes (a step needing them may run from that call
+    on), named by kind: vllm, kit or model."""
+    seen: dict[str, int] = {}
+    out = []
+    for parts in manifests:
+        done = []
+        for p in parts:
+            seen[p.bundle] = seen.get(p.bundle, 0) + 1
+            if seen[p.bundle] == p.count:
+                done.append("vllm" if p.bundle.startswith("vllm-") else "kit" if p.bundle.startswith("kit-")
+                            else "model" if p.bundle.startswith("smollm2-") else p.bundle)
+        out.append((parts, done))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- machine side
 
 
@@ -303,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "plan":
-            for n, parts in enumerate(plan(a.streams, a.kit, a.out, a.budget_bytes, a.max_part_bytes), 1):
+            for n, (parts, done) in enumerate(completed(plan(a.streams, a.kit, a.out, a.budget_bytes,
+                                                             a.max_part_bytes)), 1):
                 total = sum(p.size for p in parts)
                 names = ", ".join(f"{p.name} ({p.size / MiB:.1f} MiB)" for p in parts)
-                print(f"call {n}: carry .gpu/vllm/carry{n} ({total / MiB:.1f} MiB): {names}")
+                line = f"call {n}: carry .gpu/vllm/carry{n} ({total / MiB:.1f} MiB): {names}"
+                print(line + (f"; then complete: {', '.join(done)}" if done else ""))
         elif a.cmd == "stash":
             for n in stash(a.carry_root, a.kit):
                 print(f"stashed {n}")

@@ -297,6 +297,10 @@ def test_carry_plan_stash_unpack_round_trip(tmp_path):
     last_v = next(i for i, m in enumerate(manifests) if any(p.bundle == vllm.name and p.index == p.count - 1 for p in m))
     kit_at = {i for i, m in enumerate(manifests) for p in m if p.bundle.startswith("kit-")}
     assert min(kit_at) in (last_v, last_v + 1)
+    # each bundle is named complete once, in the call that carries its last part
+    done = carry.completed(manifests)
+    assert sorted(b for _, d in done for b in d) == ["kit", "model", "vllm"]
+    assert "vllm" in done[last_v][1] and "kit" in done[max(kit_at)][1]
     assert (out / "carry1" / "MANIFEST").is_file() and not (out / "split").exists()
 
     kitdir = tmp_path / "kit"
