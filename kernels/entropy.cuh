@@ -1,6 +1,7 @@
-// SplitZip's high-ratio mode on the GPU (format v2, codec/FORMAT.md): bf16 exponents in a canonical Huffman
-// code of at most 8 bits, with an escape symbol for exponents the table leaves out; sign and mantissa stay one
-// raw byte per element. A chunk of 16,384 elements is 32 interleaved lane streams that one warp codes or
+// SplitZip's high-ratio mode on the GPU (format v2, codec/FORMAT.md): exponents in a canonical Huffman code of
+// at most 8 bits, with an escape symbol for exponents the table leaves out; sign and mantissa stay raw (the
+// residuals). The element type is a template parameter (HRType): bf16 (one residual byte per element), and
+// fp8_e4m3 and fp8_e5m2 (1-byte elements, 4- and 3-bit residuals bit-packed). A chunk of 16,384 elements is 32 interleaved lane streams that one warp codes or
 // decodes: per step each lane handles one element, and the lanes that need a byte take the next ones in lane
 // order (ballot + popc), which is also the order the CPU codec writes them in.
 //
@@ -15,7 +16,7 @@
 // Decode, one warp per chunk: the block builds a 256-entry lookup table from the frame's code table, each
 // warp keeps three 128-byte windows of its stream in registers (the refilling lanes shuffle their bytes out of
 // them), and residuals and output go through shared memory in 512-element groups so that global accesses stay
-// 16-byte vectors.
+// vectors (16 bytes for bf16, 8 for fp8: an fp8 paged cache's blocks are only 8-byte aligned).
 #pragma once
 
 #include "encode_tile.cuh"  // lookback_warp, residual, the format and device helpers
@@ -27,12 +28,51 @@ constexpr uint32_t kFlagEntropy = 2;
 constexpr uint32_t kFlagChecksum = 4;
 constexpr uint32_t kHRChunkLog2 = 14;
 constexpr uint32_t kHRChunk = 1u << kHRChunkLog2;
-constexpr uint32_t kHRExpBits = 8;       // bf16
-constexpr uint32_t kHRSymbols = 257;     // exponents 0..255, then ESC
-constexpr uint32_t kHREsc = 256;
 constexpr uint32_t kHRMaxLen = 8;
-constexpr uint32_t kHRTableMax = 2 + 129;  // lo, hi, 257 nibbles
-constexpr uint32_t kHRGroup = 512;         // decode: elements staged per warp in shared memory
+constexpr uint32_t kHRGroup = 512;  // decode: elements staged per warp in shared memory
+constexpr uint32_t kDTypeFP8E5M2 = 4;
+constexpr uint32_t kDTypeFP8E4M3 = 5;
+
+// HRType describes an element type the high-ratio kernels code (codec/FORMAT.md "Element types"): its dtype id,
+// bytes, and exponent field (EB bits from bit SHIFT; SHIFT is also the mantissa's width). The residual is
+// sign << SHIFT | mantissa, 8 × BYTES − EB bits. The symbols are the 2^EB exponents, then ESC.
+template <uint32_t DTYPE, uint32_t BYTES, uint32_t EB, uint32_t SHIFT>
+struct HRType {
+  static constexpr uint32_t kDType = DTYPE, kBytes = BYTES, kExpBits = EB, kExpShift = SHIFT;
+  static constexpr uint32_t kResBits = 8 * BYTES - EB;
+  static constexpr uint32_t kExps = 1u << EB;
+  static constexpr uint32_t kSymbols = kExps + 1, kEsc = kExps;
+  static constexpr uint32_t kTableMax = 2 + (kSymbols + 1) / 2;  // lo, hi, a nibble per symbol
+  static constexpr uint32_t kLenSlots = (kSymbols + 15) / 16 * 16, kCodeSlots = (kSymbols + 7) / 8 * 8;
+  static_assert(BYTES == 2 ? (EB == 8 && SHIFT == 7) : (BYTES == 1 && EB + SHIFT == 7), "bf16 or an fp8");
+};
+using HRBF16 = HRType<kDTypeBF16, 2, 8, 7>;
+using HRE5M2 = HRType<kDTypeFP8E5M2, 1, 5, 2>;
+using HRE4M3 = HRType<kDTypeFP8E4M3, 1, 4, 3>;
+static_assert(HRBF16::kTableMax == 131 && HRE5M2::kTableMax == 19 && HRE4M3::kTableMax == 11, "code table sizes");
+static_assert(HRBF16::kResBits == 8 && HRE5M2::kResBits == 3 && HRE4M3::kResBits == 4, "residual widths");
+
+// Address maps of 1-byte elements: DenseMap and PagedMap (format.cuh) with byte offsets.
+struct DenseByteMap {
+  uint64_t base;
+  __device__ __forceinline__ uint64_t addr(uint32_t, uint32_t e) const { return base + e; }
+};
+struct PagedByteMap {
+  const uint64_t* bases;
+  const int32_t* ids;
+  uint64_t stride_bytes;
+  uint32_t block_elems, n_blocks, segs_per_frame;
+  __device__ __forceinline__ uint64_t addr(uint32_t f, uint32_t e) const {
+    const uint32_t s = e / block_elems, off = e - s * block_elems;
+    const uint32_t g = f * segs_per_frame + s;
+    const uint32_t kv = g / n_blocks, b = g - kv * n_blocks;
+    return __ldg(bases + kv) + (uint64_t)(int64_t)__ldg(ids + b) * stride_bytes + off;
+  }
+};
+
+// 8-byte streaming accesses (fp8: 8 elements, the unit of work).
+__device__ __forceinline__ uint2 load8(uint64_t a) { return __ldcs(reinterpret_cast<const uint2*>(a)); }
+__device__ __forceinline__ void store8(uint64_t a, uint2 v) { __stcs(reinterpret_cast<uint2*>(a), v); }
 
 struct HREncParams {
   uint64_t src;           // dense: the input; paged: device array of u64 base pointers K0,V0,K1,V1,...
@@ -73,12 +113,19 @@ struct HRLayout {
   uint64_t chunk_table, residuals, streams;
   uint32_t chunks;
 };
+// hr_res_bytes is the length of the residual section of n elements: ceil(n × residual bits / 8).
+template <class T>
+__device__ __forceinline__ uint64_t hr_res_bytes(uint64_t n) {
+  if constexpr (T::kResBits == 8) return n;
+  else return (n * T::kResBits + 7) / 8;
+}
+template <class T>
 __device__ __forceinline__ HRLayout hr_layout(uint64_t n, uint32_t table_len) {
   HRLayout l;
   l.chunks = (uint32_t)((n + kHRChunk - 1) >> kHRChunkLog2);
   l.chunk_table = align16(kHeaderSize + table_len);
   l.residuals = align16(l.chunk_table + 4ull * l.chunks);
-  l.streams = align16(l.residuals + n);
+  l.streams = align16(l.residuals + hr_res_bytes<T>(n));
   return l;
 }
 
@@ -88,39 +135,49 @@ __device__ __forceinline__ uint32_t lanemask_lt() {
   return m;
 }
 
-// hr_table_lengths reads a code table's lengths into len[0..256] (ESC at 256) and returns kOK or kCorrupt
-// (malformed range, length or padding). One warp.
+// hr_table_lengths reads a code table's lengths into len[0..kSymbols) (ESC last) and returns kOK or kCorrupt
+// (malformed range, length or padding; for fp8 also a range past the exponents, or one that does not start and
+// end at exponents with a code, as the CPU decoder checks). One warp.
+template <class T>
 __device__ uint32_t hr_table_lengths(const uint8_t* table, uint32_t table_len, uint8_t* len) {
   const int lane = threadIdx.x & 31;
   if (table_len < 3) return kCorrupt;
   const uint32_t lo = table[0], hi = table[1];
   if (hi < lo || table_len != 2 + (hi - lo + 3) / 2) return kCorrupt;
+  if constexpr (T::kExpBits < 8) {
+    if (hi >= T::kExps) return kCorrupt;
+  }
   const uint32_t nibbles = hi - lo + 2;
-  bool bad = false;
-  for (uint32_t s = lane; s < kHRSymbols; s += 32) {
+  bool bad = false, coded = false;
+  for (uint32_t s = lane; s < T::kSymbols; s += 32) {
     uint32_t k = 0xFFFFFFFFu;  // nibble index
-    if (s == kHREsc) k = 0;
+    if (s == T::kEsc) k = 0;
     else if (s >= lo && s <= hi) k = 1 + s - lo;
     uint32_t l = 0;
     if (k != 0xFFFFFFFFu) l = (table[2 + k / 2] >> (4 * (k & 1))) & 0xF;
     bad |= l > kHRMaxLen;
+    if constexpr (T::kExpBits < 8) coded |= s != T::kEsc && l != 0;
     len[s] = (uint8_t)l;
   }
   if (lane == 0 && (nibbles & 1) && (table[table_len - 1] >> 4) != 0) bad = true;
   __syncwarp();
+  if constexpr (T::kExpBits < 8) {
+    if (__any_sync(0xFFFFFFFFu, coded) && (len[lo] == 0 || len[hi] == 0)) bad = true;
+  }
   return __any_sync(0xFFFFFFFFu, bad) ? kCorrupt : kOK;
 }
 
 // hr_canonical_codes assigns canonical codes (DEFLATE order: by length, then symbol, ESC last) to the lengths
 // in len and returns the longest length; 0 when no symbol has a code, or 0xFF when the lengths oversubscribe
 // the code space (Kraft sum > 1). One warp.
+template <class T>
 __device__ uint32_t hr_canonical_codes(const uint8_t* len, uint16_t* code) {
   const int lane = threadIdx.x & 31;
   uint32_t count[kHRMaxLen + 1] = {0};
   uint32_t kraft = 0, maxlen = 0;
-  for (uint32_t b = 0; b < kHRSymbols; b += 32) {
+  for (uint32_t b = 0; b < T::kSymbols; b += 32) {
     const uint32_t s = b + lane;
-    const uint32_t l = s < kHRSymbols ? len[s] : 0;
+    const uint32_t l = s < T::kSymbols ? len[s] : 0;
 #pragma unroll
     for (uint32_t k = 1; k <= kHRMaxLen; k++) count[k] += __popc(__ballot_sync(0xFFFFFFFFu, l == k));
   }
@@ -135,9 +192,9 @@ __device__ uint32_t hr_canonical_codes(const uint8_t* len, uint16_t* code) {
     if (count[k]) maxlen = k;
   }
   if (kraft > (1u << kHRMaxLen)) return 0xFF;
-  for (uint32_t b = 0; b < kHRSymbols; b += 32) {
+  for (uint32_t b = 0; b < T::kSymbols; b += 32) {
     const uint32_t s = b + lane;
-    const uint32_t l = s < kHRSymbols ? len[s] : 0;
+    const uint32_t l = s < T::kSymbols ? len[s] : 0;
 #pragma unroll
     for (uint32_t k = 1; k <= kHRMaxLen; k++) {
       const uint32_t m = __ballot_sync(0xFFFFFFFFu, l == k);
@@ -150,36 +207,64 @@ __device__ uint32_t hr_canonical_codes(const uint8_t* len, uint16_t* code) {
 }
 
 // ---- encode ------------------------------------------------------------------------------------------------
-// An encode table entry per exponent: bits 0-4 the bits it takes (code, or ESC's code + 8 raw bits; 0: no way
+// An encode table entry per exponent: bits 0-4 the bits it takes (code, or ESC's code + EB raw bits; 0: no way
 // to code it), bit 5 set for an escape, bits 8-23 the bit pattern.
 __device__ __forceinline__ uint32_t hr_bits(uint32_t ent) { return ent & 31; }
 __device__ __forceinline__ uint32_t hr_is_esc(uint32_t ent) { return (ent >> 5) & 1; }
 
+template <class T>
 struct HREncShared {
-  uint32_t enc[256];
-  uint8_t len[272];
-  uint16_t code[264];
+  uint32_t enc[T::kExps];
+  uint8_t len[T::kLenSlots];
+  uint16_t code[T::kCodeSlots];
   uint32_t maxlen;
 };
 
 // hr_write_header stores a v2 high-ratio header with its checksum.
+template <class T>
 __device__ void hr_write_header(uint8_t* frame, uint64_t n, uint64_t escapes, uint32_t maxlen, uint32_t table_len,
                                 uint64_t payload, uint64_t codes_len) {
+  const uint64_t res_len = hr_res_bytes<T>(n);
   uint32_t w[16];
   w[0] = kMagic;
-  w[1] = kVersion2 | (kDTypeBF16 << 8) | (kFlagEntropy << 16) | (maxlen << 24);
+  w[1] = kVersion2 | (T::kDType << 8) | (kFlagEntropy << 16) | (maxlen << 24);
   w[2] = (uint32_t)n;
   w[3] = (uint32_t)(n >> 32);
   w[4] = (uint32_t)escapes;
   w[5] = (uint32_t)(escapes >> 32);
-  w[6] = kHRChunkLog2 | (kResidualBits << 8) | (table_len << 16);
+  w[6] = kHRChunkLog2 | (T::kResBits << 8) | (table_len << 16);
   w[7] = 0;
   w[8] = (uint32_t)payload;
   w[9] = (uint32_t)(payload >> 32);
   w[10] = (uint32_t)codes_len;
   w[11] = (uint32_t)(codes_len >> 32);
-  w[12] = (uint32_t)n;
-  w[13] = (uint32_t)(n >> 32);
+  w[12] = (uint32_t)res_len;
+  w[13] = (uint32_t)(res_len >> 32);
+  w[14] = 0;
+  w[15] = crc32c_words(w, 15, nullptr);
+  uint4* o = reinterpret_cast<uint4*>(frame);
+#pragma unroll
+  for (int i = 0; i < 4; i++) o[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+}
+
+// hr_write_raw_header stores the header of a raw frame of n elements of T (version 1, as the CPU encoder writes
+// it; bf16 frames use write_header of format.cuh).
+template <class T>
+__device__ void hr_write_raw_header(uint8_t* frame, uint64_t n) {
+  const uint64_t size = (uint64_t)T::kBytes * n;
+  uint32_t w[16];
+  w[0] = kMagic;
+  w[1] = kVersion | (T::kDType << 8) | (kFlagRaw << 16);
+  w[2] = (uint32_t)n;
+  w[3] = (uint32_t)(n >> 32);
+#pragma unroll
+  for (int i = 4; i < 8; i++) w[i] = 0;  // escapes, chunk log2 / residual bits / table length, reserved
+  w[8] = (uint32_t)size;
+  w[9] = (uint32_t)(size >> 32);
+  w[10] = 0;
+  w[11] = 0;
+  w[12] = (uint32_t)size;
+  w[13] = (uint32_t)(size >> 32);
   w[14] = 0;
   w[15] = crc32c_words(w, 15, nullptr);
   uint4* o = reinterpret_cast<uint4*>(frame);
@@ -189,7 +274,8 @@ __device__ void hr_write_header(uint8_t* frame, uint64_t n, uint64_t escapes, ui
 
 // hr_emit appends one byte of a lane's stream: its next 8 coded bits, coding further elements of the lane
 // (from xs, step next on) as needed; past the lane's last element the byte is padded with zeros.
-__device__ __forceinline__ uint32_t hr_emit(const HREncShared& sh, const uint8_t* xs, uint32_t lane, uint32_t cnt,
+template <class T>
+__device__ __forceinline__ uint32_t hr_emit(const HREncShared<T>& sh, const uint8_t* xs, uint32_t lane, uint32_t cnt,
                                             uint32_t& next, uint32_t& acc, uint32_t& an) {
   while (an < 8 && next < cnt) {
     const uint32_t e = sh.enc[xs[32 * next + lane]];
@@ -208,21 +294,22 @@ __device__ __forceinline__ uint32_t hr_emit(const HREncShared& sh, const uint8_t
   return b;
 }
 
-template <int WARPS, class Map>
+template <class T, int WARPS, class Map>
 __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
-  __shared__ HREncShared sh;
+  __shared__ HREncShared<T> sh;
   extern __shared__ __align__(16) uint8_t hr_xs[];  // WARPS × kHRChunk exponent bytes
   const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (warp == 0) {
-    const uint32_t st = hr_table_lengths(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
+    const uint32_t st = hr_table_lengths<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
     // The host validated the table; a bad one codes nothing (every frame goes raw).
-    const uint32_t maxlen = st == kOK ? hr_canonical_codes(sh.len, sh.code) : 0xFF;
+    const uint32_t maxlen = st == kOK ? hr_canonical_codes<T>(sh.len, sh.code) : 0xFF;
     const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
-    const uint32_t esc_len = sh.len[kHREsc];
-    for (uint32_t e = lane; e < 256; e += 32) {
+    const uint32_t esc_len = sh.len[T::kEsc];
+    for (uint32_t e = lane; e < T::kExps; e += 32) {
       uint32_t ent = 0;
       if (ok && sh.len[e]) ent = ((uint32_t)sh.code[e] << 8) | sh.len[e];
-      else if (ok && esc_len) ent = ((((uint32_t)sh.code[kHREsc] << 8) | e) << 8) | 32u | (esc_len + 8);
+      else if (ok && esc_len)
+        ent = ((((uint32_t)sh.code[T::kEsc] << T::kExpBits) | e) << 8) | 32u | (esc_len + T::kExpBits);
       sh.enc[e] = ent;
     }
     if (lane == 0) sh.maxlen = maxlen;
@@ -235,7 +322,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   const uint32_t e0 = c << kHRChunkLog2;
   const uint32_t len = (uint32_t)min((uint64_t)kHRChunk, n - e0);
   uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
-  const HRLayout L = hr_layout(n, p.table_len);
+  const HRLayout L = hr_layout<T>(n, p.table_len);
   uint8_t* xs = hr_xs + warp * kHRChunk;
 
   // Pass A. Unit u (8 elements) of the chunk holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7;
@@ -244,45 +331,97 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   uint32_t escapes = 0, uncodable = p.raw_only;
   const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
   for (uint32_t u0 = 0; u0 < units; u0 += 4 * 32) {
-    uint4 v[4];
+    if constexpr (T::kBytes == 2) {
+      uint4 v[4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-      if (ue + 8 <= len) {
-        v[i] = load16(map.addr(f, e0 + ue));
-      } else {
-        uint32_t h[8];
+      for (int i = 0; i < 4; i++) {
+        const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
+        if (ue + 8 <= len) {
+          v[i] = load16(map.addr(f, e0 + ue));
+        } else {
+          uint32_t h[8];
 #pragma unroll
-        for (uint32_t k = 0; k < 8; k++)
-          h[k] = ue + k < len ? *reinterpret_cast<const uint16_t*>(map.addr(f, e0 + ue + k)) : 0u;
-        v[i] = make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-      if (u >= units) continue;
-      const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-      uint32_t r[2] = {0, 0}, x[2] = {0, 0};
-#pragma unroll
-      for (uint32_t k = 0; k < 8; k++) {
-        const uint32_t h = (k & 1) ? (w[k >> 1] >> 16) : (w[k >> 1] & 0xFFFF);
-        const uint32_t ex = (h >> 7) & 0xFF;
-        r[k >> 2] |= (((h >> 8) & 0x80) | (h & 0x7F)) << (8 * (k & 3));  // sign, mantissa
-        x[k >> 2] |= ex << (8 * (k & 3));
-        if (ue + k < len) {
-          const uint32_t ent = sh.enc[ex];
-          part[k] += hr_bits(ent);
-          escapes += hr_is_esc(ent);
-          uncodable |= hr_bits(ent) == 0;
+          for (uint32_t k = 0; k < 8; k++)
+            h[k] = ue + k < len ? *reinterpret_cast<const uint16_t*>(map.addr(f, e0 + ue + k)) : 0u;
+          v[i] = make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
         }
       }
-      *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x[0], x[1]);
-      uint8_t* rd = frame + L.residuals + e0 + ue;
-      if (ue + 8 <= len) {
-        *reinterpret_cast<uint2*>(rd) = make_uint2(r[0], r[1]);
-      } else {
-        for (uint32_t k = 0; ue + k < len; k++) rd[k] = (uint8_t)(r[k >> 2] >> (8 * (k & 3)));
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
+        if (u >= units) continue;
+        const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+        uint32_t r[2] = {0, 0}, x[2] = {0, 0};
+#pragma unroll
+        for (uint32_t k = 0; k < 8; k++) {
+          const uint32_t h = (k & 1) ? (w[k >> 1] >> 16) : (w[k >> 1] & 0xFFFF);
+          const uint32_t ex = (h >> 7) & 0xFF;
+          r[k >> 2] |= (((h >> 8) & 0x80) | (h & 0x7F)) << (8 * (k & 3));  // sign, mantissa
+          x[k >> 2] |= ex << (8 * (k & 3));
+          if (ue + k < len) {
+            const uint32_t ent = sh.enc[ex];
+            part[k] += hr_bits(ent);
+            escapes += hr_is_esc(ent);
+            uncodable |= hr_bits(ent) == 0;
+          }
+        }
+        *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x[0], x[1]);
+        uint8_t* rd = frame + L.residuals + e0 + ue;
+        if (ue + 8 <= len) {
+          *reinterpret_cast<uint2*>(rd) = make_uint2(r[0], r[1]);
+        } else {
+          for (uint32_t k = 0; ue + k < len; k++) rd[k] = (uint8_t)(r[k >> 2] >> (8 * (k & 3)));
+        }
+      }
+    } else {
+      // fp8: a unit is 8 bytes; its 8 residuals pack into kResBits bytes (4 for e4m3, 3 for e5m2), LSB-first.
+      uint2 v[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
+        if (ue + 8 <= len) {
+          v[i] = load8(map.addr(f, e0 + ue));
+        } else {
+          uint32_t h[2] = {0, 0};
+#pragma unroll
+          for (uint32_t k = 0; k < 8; k++)
+            if (ue + k < len) h[k >> 2] |= (uint32_t)*reinterpret_cast<const uint8_t*>(map.addr(f, e0 + ue + k)) << (8 * (k & 3));
+          v[i] = make_uint2(h[0], h[1]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
+        if (u >= units) continue;
+        const uint32_t w[2] = {v[i].x, v[i].y};
+        uint32_t r = 0, x[2] = {0, 0};
+#pragma unroll
+        for (uint32_t k = 0; k < 8; k++) {
+          const uint32_t b = (w[k >> 2] >> (8 * (k & 3))) & 0xFF;
+          const uint32_t ex = (b >> T::kExpShift) & (T::kExps - 1);
+          r |= ((b >> 7) << T::kExpShift | (b & ((1u << T::kExpShift) - 1))) << (T::kResBits * k);  // sign, mantissa
+          x[k >> 2] |= ex << (8 * (k & 3));
+          if (ue + k < len) {
+            const uint32_t ent = sh.enc[ex];
+            part[k] += hr_bits(ent);
+            escapes += hr_is_esc(ent);
+            uncodable |= hr_bits(ent) == 0;
+          }
+        }
+        *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x[0], x[1]);
+        // Element e0 + ue's residual starts on a whole byte (e0 + ue is a multiple of 8).
+        uint8_t* rd = frame + L.residuals + (uint64_t)(e0 + ue) * T::kResBits / 8;
+        if (ue + 8 <= len) {
+          if constexpr (T::kResBits == 4) {
+            *reinterpret_cast<uint32_t*>(rd) = r;  // 4-byte aligned: (e0 + ue) / 2 is a multiple of 4
+          } else {
+#pragma unroll
+            for (uint32_t k = 0; k < T::kResBits; k++) rd[k] = (uint8_t)(r >> (8 * k));
+          }
+        } else {
+          // The last unit: its residual bytes up to the section's end (unused high bits zero).
+          for (uint32_t k = 0; 8 * k < (len - ue) * T::kResBits; k++) rd[k] = (uint8_t)(r >> (8 * k));
+        }
       }
     }
   }
@@ -317,7 +456,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
 
   // Pass B: the decoder's refill schedule, each byte written where the decoder will read it. A chunk whose
   // stream would end past a raw frame's size belongs to a frame that goes raw: nothing is written there.
-  if (!bad && L.streams + start + chunk_bytes <= kHeaderSize + 2 * n) {
+  if (!bad && L.streams + start + chunk_bytes <= kHeaderSize + (uint64_t)T::kBytes * n) {
     uint8_t* out = frame + L.streams + start;
     uint32_t avail = 0, acc = 0, an = 0, next = 0, pos = 0;
     const uint32_t steps = (len + 31) / 32;
@@ -332,16 +471,16 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
         avail += 8;
       }
       pos += __popc(m);
-      avail -= esc ? hr_bits(ent) - kHRExpBits : hr_bits(ent);
+      avail -= esc ? hr_bits(ent) - T::kExpBits : hr_bits(ent);
       if (__any_sync(0xFFFFFFFFu, esc)) {
-        const bool need2 = esc && avail < kHRExpBits;
+        const bool need2 = esc && avail < T::kExpBits;
         m = __ballot_sync(0xFFFFFFFFu, need2);
         if (need2) {
           out[pos + __popc(m & lanemask_lt())] = (uint8_t)hr_emit(sh, xs, lane, cnt, next, acc, an);
           avail += 8;
         }
         pos += __popc(m);
-        if (esc) avail -= kHRExpBits;
+        if (esc) avail -= T::kExpBits;
       }
     }
   }
@@ -361,11 +500,12 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   const uint64_t last_state = ld_relaxed_gpu(hr_ws_state(p, f) + (p.chunks - 1));
   const uint64_t codes_len = (uint32_t)last_state;
   const uint64_t E = ld_relaxed_gpu(fw + 0);
-  const bool raw = ld_relaxed_gpu(fw + 2) != 0 || L.streams + codes_len >= kHeaderSize + 2 * n;
+  const bool raw = ld_relaxed_gpu(fw + 2) != 0 || L.streams + codes_len >= kHeaderSize + (uint64_t)T::kBytes * n;
   if (raw) {
     if (lane == 0) {
-      write_header(frame, n, 0, true, 2 * n, nullptr);
-      reinterpret_cast<uint64_t*>(p.sizes)[f] = kHeaderSize + 2 * n;
+      if constexpr (T::kBytes == 2) write_header(frame, n, 0, true, 2 * n, nullptr);
+      else hr_write_raw_header<T>(frame, n);
+      reinterpret_cast<uint64_t*>(p.sizes)[f] = kHeaderSize + (uint64_t)T::kBytes * n;
       st_relaxed_gpu(fw + 3, 1u);
     }
     return;
@@ -374,19 +514,21 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   for (uint32_t i = lane; i < p.table_len; i += 32) frame[kHeaderSize + i] = table[i];
   for (uint32_t i = lane; i < 48; i += 32) {
     const uint32_t k = i % 16, g = i / 16;
-    const uint64_t from = g == 0 ? kHeaderSize + p.table_len : g == 1 ? L.chunk_table + 4ull * L.chunks : L.residuals + n;
+    const uint64_t from = g == 0   ? kHeaderSize + p.table_len
+                          : g == 1 ? L.chunk_table + 4ull * L.chunks
+                                   : L.residuals + hr_res_bytes<T>(n);
     const uint64_t to = g == 0 ? L.chunk_table : g == 1 ? L.residuals : L.streams;
     if (from + k < to) frame[from + k] = 0;
   }
   if (lane == 0) {
-    hr_write_header(frame, n, E, sh.maxlen, p.table_len, L.streams + codes_len - kHeaderSize, codes_len);
+    hr_write_header<T>(frame, n, E, sh.maxlen, p.table_len, L.streams + codes_len - kHeaderSize, codes_len);
     reinterpret_cast<uint64_t*>(p.sizes)[f] = L.streams + codes_len;
   }
 }
 
-// hr_raw copies the input of every frame the encoder made raw behind its header. Grid-stride over 16-byte
-// units; a frame that stayed coded is skipped.
-template <class Map>
+// hr_raw copies the input of every frame the encoder made raw behind its header. Grid-stride over units of 8
+// elements (16 bytes of bf16, 8 of fp8); a frame that stayed coded is skipped.
+template <class T, class Map>
 __device__ __forceinline__ void hr_raw(const HREncParams& p, const Map& map) {
   const uint64_t n = p.n, units = (n + 7) / 8;
   for (uint32_t f = 0; f < p.frames; f++) {
@@ -394,37 +536,58 @@ __device__ __forceinline__ void hr_raw(const HREncParams& p, const Map& map) {
     uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride) + kHeaderSize;
     for (uint64_t u = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; u < units; u += (uint64_t)gridDim.x * blockDim.x) {
       const uint64_t e = 8 * u;
-      if (e + 8 <= n) {
-        store16(reinterpret_cast<uint64_t>(frame + 2 * e), load16(map.addr(f, (uint32_t)e)));
+      if constexpr (T::kBytes == 2) {
+        if (e + 8 <= n) {
+          store16(reinterpret_cast<uint64_t>(frame + 2 * e), load16(map.addr(f, (uint32_t)e)));
+        } else {
+          for (uint64_t k = e; k < n; k++)
+            reinterpret_cast<uint16_t*>(frame)[k] = *reinterpret_cast<const uint16_t*>(map.addr(f, (uint32_t)k));
+        }
       } else {
-        for (uint64_t k = e; k < n; k++)
-          reinterpret_cast<uint16_t*>(frame)[k] = *reinterpret_cast<const uint16_t*>(map.addr(f, (uint32_t)k));
+        if (e + 8 <= n) {
+          store8(reinterpret_cast<uint64_t>(frame + e), load8(map.addr(f, (uint32_t)e)));
+        } else {
+          for (uint64_t k = e; k < n; k++) frame[k] = *reinterpret_cast<const uint8_t*>(map.addr(f, (uint32_t)k));
+        }
       }
     }
   }
 }
 
 // ---- decode ------------------------------------------------------------------------------------------------
+template <class T>
+struct HRElem {
+  using type = uint8_t;
+};
+template <>
+struct HRElem<HRBF16> {
+  using type = uint16_t;
+};
+
+template <class T>
 struct HRDecShared {
   uint16_t lut[256];  // next 8 bits → symbol | length << 9 (0: no code starts so)
-  uint8_t len[272];
-  uint16_t code[264];
+  uint8_t len[T::kLenSlots];
+  uint16_t code[T::kCodeSlots];
   uint32_t hdr[16];
   uint32_t status;
   uint32_t raw;
   uint64_t n, codes_len;
   HRLayout L;
-  __align__(16) uint8_t res[8][kHRGroup];
-  __align__(16) uint16_t out[8][kHRGroup];
+  // A group's residual bytes; fp8 reads each residual as a 16-bit window, so its rows end with a pad.
+  __align__(16) uint8_t res[8][kHRGroup * T::kResBits / 8 + (T::kBytes == 1 ? 16 : 0)];
+  __align__(16) typename HRElem<T>::type out[8][kHRGroup];
 };
 
 __device__ __forceinline__ void hr_fail(const HRDecParams& p, uint32_t st) {
   atomicCAS(reinterpret_cast<uint32_t*>(p.status), 0u, st);
 }
 
-// hr_check_header validates a frame header for the high-ratio decoder: a v2 high-ratio bf16 frame, or a raw
-// frame of out_bytes bytes (either version).
-__device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint64_t cap, HRDecShared& sh) {
+// hr_check_header validates a frame header for the high-ratio decoder: a v2 high-ratio frame of T, or a raw
+// frame of out_bytes bytes (either version; its dtype is not checked: the bytes go to the destination as they
+// are).
+template <class T>
+__device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint64_t cap, HRDecShared<T>& sh) {
   if (w[0] != kMagic) return kBadMagic;
   const uint32_t version = w[1] & 0xFF;
   if (version != kVersion && version != kVersion2) return kBadVersion;
@@ -438,20 +601,25 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
   if (version == kVersion2 && w[14] != 0) return kCorrupt;
   if (flags == kFlagRaw) {
     if (code_bits != 0 || esc != 0 || w[6] != 0 || codes_len != 0 || payload != res_len) return kCorrupt;
-    if (res_len != out_bytes || (out_bytes & 1)) return kSizeMismatch;
+    if constexpr (T::kBytes == 2) {
+      if (res_len != out_bytes || (out_bytes & 1)) return kSizeMismatch;
+    } else {
+      if (res_len != out_bytes) return kSizeMismatch;
+    }
     if (kHeaderSize + payload > cap) return kTruncated;
     sh.raw = 1;
-    sh.n = out_bytes / 2;
+    sh.n = out_bytes / T::kBytes;
     return kOK;
   }
   if (flags != kFlagEntropy) return kCorrupt;
-  if (dtype != kDTypeBF16) return kUnsupported;
+  if (dtype != T::kDType) return kUnsupported;
   const uint32_t chunk_log2 = w[6] & 0xFF, res_bits = (w[6] >> 8) & 0xFF, table_len = w[6] >> 16;
   if (chunk_log2 != kHRChunkLog2) return kUnsupported;
-  if (res_bits != kResidualBits || code_bits < 1 || code_bits > kHRMaxLen || table_len > kHRTableMax) return kCorrupt;
-  if (2 * n != out_bytes) return kSizeMismatch;
-  const HRLayout L = hr_layout(n, table_len);
-  if (esc > n || res_len != n || payload != L.streams + codes_len - kHeaderSize || codes_len > 2 * n) return kCorrupt;
+  if (res_bits != T::kResBits || code_bits < 1 || code_bits > kHRMaxLen || table_len > T::kTableMax) return kCorrupt;
+  if ((uint64_t)T::kBytes * n != out_bytes) return kSizeMismatch;
+  const HRLayout L = hr_layout<T>(n, table_len);
+  const uint64_t want_res = T::kResBits == 8 ? n : (n * T::kResBits + 7) / 8;
+  if (esc > n || res_len != want_res || payload != L.streams + codes_len - kHeaderSize || codes_len > 2 * n) return kCorrupt;
   if (kHeaderSize + payload > cap) return kTruncated;
   sh.raw = 0;
   sh.n = n;
@@ -490,10 +658,10 @@ struct HRWindow {
   }
 };
 
-template <int WARPS, class Map>
+template <class T, int WARPS, class Map>
 __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) {
   static_assert(WARPS <= 8, "shared staging holds 8 warps");
-  __shared__ HRDecShared sh;
+  __shared__ HRDecShared<T> sh;
   const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint32_t bpf = (p.chunks + WARPS - 1) / WARPS;  // blocks per frame
   const uint32_t f = blockIdx.x / bpf, c = (blockIdx.x - f * bpf) * WARPS + warp;
@@ -506,19 +674,19 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     } else {
       if (lane < 16) sh.hdr[lane] = reinterpret_cast<const uint32_t*>(frame)[lane];
       __syncwarp();
-      if (lane == 0) sh.status = hr_check_header(sh.hdr, p.out_bytes, p.frame_cap, sh);
+      if (lane == 0) sh.status = hr_check_header<T>(sh.hdr, p.out_bytes, p.frame_cap, sh);
       __syncwarp();
       st = sh.status;
       if (st == kOK && !sh.raw) {
         const uint32_t table_len = sh.hdr[6] >> 16, code_bits = sh.hdr[1] >> 24;
-        st = hr_table_lengths(frame + kHeaderSize, table_len, sh.len);
+        st = hr_table_lengths<T>(frame + kHeaderSize, table_len, sh.len);
         uint32_t maxlen = 0;
-        if (st == kOK) maxlen = hr_canonical_codes(sh.len, sh.code);
+        if (st == kOK) maxlen = hr_canonical_codes<T>(sh.len, sh.code);
         if (st == kOK && maxlen != code_bits) st = kCorrupt;
         if (st == kOK) {
           for (uint32_t i = lane; i < 256; i += 32) sh.lut[i] = 0;
           __syncwarp();
-          for (uint32_t s = lane; s < kHRSymbols; s += 32) {
+          for (uint32_t s = lane; s < T::kSymbols; s += 32) {
             const uint32_t l = sh.len[s];
             if (l == 0) continue;
             const uint32_t first = (uint32_t)sh.code[s] << (kHRMaxLen - l);
@@ -542,11 +710,19 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     const uint8_t* src = frame + kHeaderSize;
     for (uint32_t u = lane; 8 * u < len; u += 32) {
       const uint32_t ue = 8 * u;
-      if (ue + 8 <= len) {
-        store16(map.addr(f, e0 + ue), load16(reinterpret_cast<uint64_t>(src + 2ull * (e0 + ue))));
+      if constexpr (T::kBytes == 2) {
+        if (ue + 8 <= len) {
+          store16(map.addr(f, e0 + ue), load16(reinterpret_cast<uint64_t>(src + 2ull * (e0 + ue))));
+        } else {
+          for (uint32_t k = ue; k < len; k++)
+            *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = reinterpret_cast<const uint16_t*>(src)[e0 + k];
+        }
       } else {
-        for (uint32_t k = ue; k < len; k++)
-          *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = reinterpret_cast<const uint16_t*>(src)[e0 + k];
+        if (ue + 8 <= len) {
+          store8(map.addr(f, e0 + ue), load8(reinterpret_cast<uint64_t>(src + e0 + ue)));
+        } else {
+          for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint8_t*>(map.addr(f, e0 + k)) = src[e0 + k];
+        }
       }
     }
     return;
@@ -568,9 +744,10 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   win.w1 = win.load(1, lane);
   win.w2 = win.load(2, lane);
   const uint32_t delta = (uint32_t)(sb - win.base);
-  const uint8_t* res = frame + L.residuals + e0;
+  // The chunk's residuals start on a whole byte (and a 4-byte boundary: e0 is a multiple of 16,384).
+  const uint8_t* res = frame + L.residuals + hr_res_bytes<T>(e0);
   uint8_t* sres = sh.res[warp];
-  uint16_t* sout = sh.out[warp];
+  typename HRElem<T>::type* sout = sh.out[warp];
   uint32_t buf = 0, avail = 0, pos = 0;
   bool corrupt = false;
   const uint32_t steps = (len + 31) / 32;
@@ -579,11 +756,27 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     const uint32_t j = 32 * s + lane;
     if (g == 0) {
       // Stage the next group's residuals.
-      const uint32_t r0 = 32 * s + 16 * lane;
-      if (r0 + 16 <= len) {
-        *reinterpret_cast<uint4*>(sres + 16 * lane) = *reinterpret_cast<const uint4*>(res + r0);
+      if constexpr (T::kBytes == 2) {
+        const uint32_t r0 = 32 * s + 16 * lane;
+        if (r0 + 16 <= len) {
+          *reinterpret_cast<uint4*>(sres + 16 * lane) = *reinterpret_cast<const uint4*>(res + r0);
+        } else {
+          for (uint32_t k = 0; k < 16; k++) sres[16 * lane + k] = r0 + k < len ? res[r0 + k] : 0;
+        }
       } else {
-        for (uint32_t k = 0; k < 16; k++) sres[16 * lane + k] = r0 + k < len ? res[r0 + k] : 0;
+        // kResBits × 16 words of packed residuals, none read past the chunk's own (ceil(len × bits / 8) bytes).
+        const uint32_t gb = 32 * s * T::kResBits / 8, chunk_res = (len * T::kResBits + 7) / 8;
+        for (uint32_t k = lane; k < 16 * T::kResBits; k += 32) {
+          const uint32_t b = gb + 4 * k;
+          uint32_t v = 0;
+          if (b + 4 <= chunk_res) {
+            v = *reinterpret_cast<const uint32_t*>(res + b);
+          } else {
+            for (uint32_t i = 0; i < 4; i++)
+              if (b + i < chunk_res) v |= (uint32_t)res[b + i] << (8 * i);
+          }
+          *reinterpret_cast<uint32_t*>(sres + 4 * k) = v;
+        }
       }
       __syncwarp();
     }
@@ -607,10 +800,10 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
       corrupt |= l == 0;
       avail -= min(l, avail);
       sym = e & 0x1FF;
-      esc = sym == kHREsc;
+      esc = sym == T::kEsc;
     }
     if (__any_sync(0xFFFFFFFFu, esc)) {
-      const bool need2 = esc && avail < kHRExpBits;
+      const bool need2 = esc && avail < T::kExpBits;
       m = __ballot_sync(0xFFFFFFFFu, need2);
       if (m) {
         const uint32_t q = delta + pos + __popc(m & lanemask_lt());
@@ -623,13 +816,20 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
         win.advance(delta + pos, lane);
       }
       if (esc) {
-        sym = (buf >> (avail - kHRExpBits)) & 0xFF;
-        avail -= kHRExpBits;
+        sym = (buf >> (avail - T::kExpBits)) & (T::kExps - 1);
+        avail -= T::kExpBits;
       }
     }
     if (active) {
-      const uint32_t r = sres[32 * g + lane];
-      sout[32 * g + lane] = (uint16_t)(((r & 0x80) << 8) | (sym << 7) | (r & 0x7F));
+      if constexpr (T::kBytes == 2) {
+        const uint32_t r = sres[32 * g + lane];
+        sout[32 * g + lane] = (uint16_t)(((r & 0x80) << 8) | (sym << 7) | (r & 0x7F));
+      } else {
+        // Element 32g + lane of the group: residual bits [kResBits × (32g + lane), +kResBits) of the staged bytes.
+        const uint32_t bit = T::kResBits * (32 * g + lane);
+        const uint32_t r = ((sres[bit >> 3] | (uint32_t)sres[(bit >> 3) + 1] << 8) >> (bit & 7)) & ((1u << T::kResBits) - 1);
+        sout[32 * g + lane] = (uint8_t)(((r >> T::kExpShift) << 7) | (sym << T::kExpShift) | (r & ((1u << T::kExpShift) - 1)));
+      }
     }
     if (g == kHRGroup / 32 - 1 || s == steps - 1) {
       // Flush the group: 64 units of 8 elements.
@@ -638,10 +838,18 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
 #pragma unroll
       for (uint32_t i = 0; i < 2; i++) {
         const uint32_t u = lane + 32 * i, ue = g0 + 8 * u;
-        if (ue + 8 <= len) {
-          store16(map.addr(f, e0 + ue), *reinterpret_cast<const uint4*>(sout + 8 * u));
+        if constexpr (T::kBytes == 2) {
+          if (ue + 8 <= len) {
+            store16(map.addr(f, e0 + ue), *reinterpret_cast<const uint4*>(sout + 8 * u));
+          } else {
+            for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
+          }
         } else {
-          for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
+          if (ue + 8 <= len) {
+            store8(map.addr(f, e0 + ue), *reinterpret_cast<const uint2*>(sout + 8 * u));
+          } else {
+            for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint8_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
+          }
         }
       }
       __syncwarp();

@@ -8,7 +8,8 @@ import (
 	"github.com/splitzip/splitzip/kernels/cuda"
 )
 
-// The high-ratio mode's kernels (entropy.cuh): format v2 frames with Huffman-coded exponents.
+// The high-ratio mode's kernels (entropy.cuh): format v2 frames with Huffman-coded exponents, of bf16, fp8_e4m3
+// and fp8_e5m2 tensors.
 const (
 	hrChunkElems  = 1 << 14 // elements per chunk (kHRChunk)
 	hrEncodeWarps = 4       // chunks per encode block, a warp each
@@ -18,46 +19,94 @@ const (
 	// warp's 16 KiB of exponents in dynamic shared memory, above the 48 KiB a launch gets by default.
 	funcMaxDynamicSharedSize cuda.FuncAttribute = 8
 	hrEncodeSmem                                = hrEncodeWarps * hrChunkElems
-	// maxTableLen is the longest code table a bf16 frame carries: lo, hi and 257 four-bit lengths.
-	maxTableLen = 2 + 129
 )
 
-// The high-ratio kernels' entry points (splitzip.cu), each _dense and _paged.
+// The high-ratio kernels' entry points (splitzip.cu): per dtype, each _dense and _paged. bf16's names carry no
+// dtype; the others' carry it after the kernel's (sz_hr_encode_e4m3_dense).
 const (
 	hrEncoderName = "sz_hr_encode"
 	hrRawName     = "sz_hr_raw"
 	hrDecoderName = "sz_hr_decode"
 )
 
-type hrKernels struct {
+// hrDTypes are the dtypes the high-ratio kernels code, in the order of hrKernels.sets, with their entry points'
+// dtype suffix.
+var hrDTypes = [...]struct {
+	dt     codec.DType
+	suffix string
+}{{codec.BF16, ""}, {codec.FP8E4M3, "_e4m3"}, {codec.FP8E5M2, "_e5m2"}}
+
+// hrFP8EntryPoints lists the fp8 high-ratio kernels' entry points (bf16's are in entryPoints already).
+func hrFP8EntryPoints() []string {
+	var names []string
+	for _, d := range hrDTypes[1:] {
+		for _, k := range []string{hrEncoderName, hrRawName, hrDecoderName} {
+			names = append(names, k+d.suffix+"_dense", k+d.suffix+"_paged")
+		}
+	}
+	return names
+}
+
+// hrSet is one dtype's high-ratio kernels.
+type hrSet struct {
 	enc, raw, dec [2]*cuda.Function // dense, paged
+	dt            codec.DType
+}
+
+type hrKernels struct {
+	sets [len(hrDTypes)]hrSet
 }
 
 func loadHighRatio(mod *cuda.Module) (*hrKernels, error) {
 	k := new(hrKernels)
-	for i, kind := range []string{"_dense", "_paged"} {
-		var err error
-		if k.enc[i], err = mod.Function(hrEncoderName + kind); err != nil {
-			return nil, err
-		}
-		if err := k.enc[i].SetAttribute(funcMaxDynamicSharedSize, hrEncodeSmem); err != nil {
-			return nil, fmt.Errorf("splitzip: high-ratio encoder's shared memory: %w", err)
-		}
-		if k.raw[i], err = mod.Function(hrRawName + kind); err != nil {
-			return nil, err
-		}
-		if k.dec[i], err = mod.Function(hrDecoderName + kind); err != nil {
-			return nil, err
+	for d, dt := range hrDTypes {
+		set := &k.sets[d]
+		set.dt = dt.dt
+		for i, kind := range []string{"_dense", "_paged"} {
+			var err error
+			if set.enc[i], err = mod.Function(hrEncoderName + dt.suffix + kind); err != nil {
+				return nil, err
+			}
+			if err := set.enc[i].SetAttribute(funcMaxDynamicSharedSize, hrEncodeSmem); err != nil {
+				return nil, fmt.Errorf("splitzip: high-ratio encoder's shared memory: %w", err)
+			}
+			if set.raw[i], err = mod.Function(hrRawName + dt.suffix + kind); err != nil {
+				return nil, err
+			}
+			if set.dec[i], err = mod.Function(hrDecoderName + dt.suffix + kind); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return k, nil
 }
 
+// errHRDType is the error for a dtype the high-ratio kernels do not code.
+func errHRDType(dt codec.DType) error {
+	return fmt.Errorf("%w: the GPU high-ratio kernels code bf16, fp8_e4m3 and fp8_e5m2, not %s", codec.ErrDType, dt)
+}
+
+// of returns the kernels of dtype dt.
+func (k *hrKernels) of(dt codec.DType) (*hrSet, error) {
+	for i, d := range hrDTypes {
+		if d.dt == dt {
+			return &k.sets[i], nil
+		}
+	}
+	return nil, errHRDType(dt)
+}
+
+// hrMaxTableLen is the longest code table a frame of dt carries: lo, hi and 2^eb + 1 four-bit lengths (131
+// bytes for bf16, 19 for fp8_e5m2, 11 for fp8_e4m3).
+func hrMaxTableLen(dt codec.DType) uint32 { return 2 + (1<<dt.ExponentBits()+2)/2 }
+
 func hrChunks(n uint64) uint64 { return max(1, (n+hrChunkElems-1)/hrChunkElems) }
 
-// hrStreamsOffset is where a high-ratio frame's exponent streams start (hr_layout in entropy.cuh).
-func hrStreamsOffset(n, chunks, tableLen uint64) uint64 {
-	return align16(align16(align16(headerSize+tableLen)+4*chunks) + n)
+// hrStreamsOffset is where a high-ratio frame of n elements of dt starts its exponent streams (hr_layout in
+// entropy.cuh): after the residual section's ceil(n × residual bits / 8) bytes.
+func hrStreamsOffset(dt codec.DType, n, chunks, tableLen uint64) uint64 {
+	res := (n*uint64(dt.ResidualBits()) + 7) / 8
+	return align16(align16(align16(headerSize+tableLen)+4*chunks) + res)
 }
 
 // hrWorkspaceSize is the encode workspace of frames frames of chunks chunks: four words per frame, then a
@@ -65,7 +114,13 @@ func hrStreamsOffset(n, chunks, tableLen uint64) uint64 {
 func hrWorkspaceSize(frames, chunks uint64) int { return int(16*frames + 8*frames*chunks) }
 
 // HighRatioWorkspaceSize is the device workspace EncodeHighRatioAsync needs for srcLen bytes of bf16.
-func HighRatioWorkspaceSize(srcLen int) int { return hrWorkspaceSize(1, hrChunks(uint64(srcLen/2))) }
+func HighRatioWorkspaceSize(srcLen int) int { return HighRatioDTypeWorkspaceSize(codec.BF16, srcLen) }
+
+// HighRatioDTypeWorkspaceSize is the device workspace EncodeHighRatioDTypeAsync needs for srcLen bytes of dt
+// (for a dtype the kernels do not code, that of srcLen 1-byte elements: the encode refuses such a dtype).
+func HighRatioDTypeWorkspaceSize(dt codec.DType, srcLen int) int {
+	return hrWorkspaceSize(1, hrChunks(uint64(srcLen/max(dt.Size(), 1))))
+}
 
 // hrEncParams mirrors struct HREncParams of entropy.cuh (96 bytes).
 type hrEncParams struct {
@@ -94,13 +149,13 @@ func (p *hrDecParams) args() *cuda.Args {
 	return a
 }
 
-func (c *Codec) launchHREncode(s *cuda.Stream, p *hrEncParams, paged int) error {
-	if p.tableLen < 3 || p.tableLen > maxTableLen {
-		return fmt.Errorf("%w: code table of %d bytes", codec.ErrCodebook, p.tableLen)
+func (c *Codec) launchHREncode(s *cuda.Stream, k *hrSet, p *hrEncParams, paged int) error {
+	if p.tableLen < 3 || p.tableLen > hrMaxTableLen(k.dt) {
+		return fmt.Errorf("%w: code table of %d bytes for %s", codec.ErrCodebook, p.tableLen, k.dt)
 	}
 	// Too small for a high-ratio frame even with empty streams (the CPU encoder decides the same): raw.
 	n := uint64(p.n)
-	if hrStreamsOffset(n, uint64(p.chunks), uint64(p.tableLen)) >= headerSize+2*n {
+	if hrStreamsOffset(k.dt, n, uint64(p.chunks), uint64(p.tableLen)) >= headerSize+uint64(k.dt.Size())*n {
 		p.rawOnly = 1
 	}
 	if err := s.MemsetD8Async(cuda.DevicePtr(p.ws), 0, hrWorkspaceSize(uint64(p.frames), uint64(p.chunks))); err != nil {
@@ -108,12 +163,12 @@ func (c *Codec) launchHREncode(s *cuda.Stream, p *hrEncParams, paged int) error 
 	}
 	total := uint64(p.frames) * uint64(p.chunks)
 	grid := cuda.Dim3{X: uint32((total + hrEncodeWarps - 1) / hrEncodeWarps)}
-	if err := c.hr.enc[paged].Launch(s, grid, cuda.Dim3{X: 32 * hrEncodeWarps}, hrEncodeSmem, p.args()); err != nil {
+	if err := k.enc[paged].Launch(s, grid, cuda.Dim3{X: 32 * hrEncodeWarps}, hrEncodeSmem, p.args()); err != nil {
 		return err
 	}
 	units := (n + 7) / 8
 	rawGrid := cuda.Dim3{X: uint32(max(1, min(rawGridLimit, (units+hrRawThreads-1)/hrRawThreads)))}
-	return c.hr.raw[paged].Launch(s, rawGrid, cuda.Dim3{X: hrRawThreads}, 0, p.args())
+	return k.raw[paged].Launch(s, rawGrid, cuda.Dim3{X: hrRawThreads}, 0, p.args())
 }
 
 // EncodeHighRatioAsync enqueues on s the encoding of the bf16 tensor at src (srcLen bytes) into one format-v2
@@ -127,44 +182,68 @@ func (c *Codec) launchHREncode(s *cuda.Stream, p *hrEncParams, paged int) error 
 //
 // src and dst must be 16-byte aligned. Nothing waits for the device.
 func (c *Codec) EncodeHighRatioAsync(s *cuda.Stream, src cuda.DevicePtr, srcLen int, table cuda.DevicePtr, tableLen int, dst, sizeOut, ws cuda.DevicePtr) error {
-	if srcLen < 0 || srcLen%2 != 0 || srcLen/2 > math.MaxInt32 {
-		return fmt.Errorf("%w: %d bytes of bf16", codec.ErrSize, srcLen)
+	return c.EncodeHighRatioDTypeAsync(s, codec.BF16, src, srcLen, table, tableLen, dst, sizeOut, ws)
+}
+
+// EncodeHighRatioDTypeAsync is EncodeHighRatioAsync for a tensor of dt: bf16, fp8_e4m3 or fp8_e5m2 (other
+// dtypes get codec.ErrDType). The frame is the CPU encoder's for the same input, dtype and code table (a table
+// for dt); ws is HighRatioDTypeWorkspaceSize(dt, srcLen) bytes.
+func (c *Codec) EncodeHighRatioDTypeAsync(s *cuda.Stream, dt codec.DType, src cuda.DevicePtr, srcLen int, table cuda.DevicePtr, tableLen int, dst, sizeOut, ws cuda.DevicePtr) error {
+	k, err := c.hr.of(dt)
+	if err != nil {
+		return err
+	}
+	size := dt.Size()
+	if srcLen < 0 || srcLen%size != 0 || srcLen/size > math.MaxInt32 {
+		return fmt.Errorf("%w: %d bytes of %s", codec.ErrSize, srcLen, dt)
 	}
 	if !aligned(src) || !aligned(dst) || sizeOut%8 != 0 || ws%8 != 0 {
 		return ErrAlignment
 	}
-	n := uint64(srcLen / 2)
+	n := uint64(srcLen / size)
 	p := &hrEncParams{
 		src: uint64(src), dst: uint64(dst), sizes: uint64(sizeOut), ws: uint64(ws), table: uint64(table),
 		n: uint32(n), frames: 1, chunks: uint32(hrChunks(n)), tableLen: uint32(tableLen),
 	}
-	return c.launchHREncode(s, p, 0)
+	return c.launchHREncode(s, k, p, 0)
 }
 
 // DecodeHighRatioAsync enqueues on s the decoding of the frame at src (frameLen bytes readable there) into dst,
 // which receives exactly dstLen bytes. It decodes format-v2 high-ratio bf16 frames and raw frames; the status
 // word (see StatusError) is written to status.
 func (c *Codec) DecodeHighRatioAsync(s *cuda.Stream, src cuda.DevicePtr, frameLen int, dst cuda.DevicePtr, dstLen int, status cuda.DevicePtr) error {
-	if dstLen < 0 || frameLen < 0 || dstLen%2 != 0 {
-		return fmt.Errorf("%w: frame %d bytes, destination %d bytes", codec.ErrSize, frameLen, dstLen)
+	return c.DecodeHighRatioDTypeAsync(s, codec.BF16, src, frameLen, dst, dstLen, status)
+}
+
+// DecodeHighRatioDTypeAsync is DecodeHighRatioAsync into a tensor of dt (bf16, fp8_e4m3 or fp8_e5m2): it
+// decodes high-ratio frames of dt and raw frames of dstLen bytes. A high-ratio frame of another dtype ends
+// with StatusUnsupported.
+func (c *Codec) DecodeHighRatioDTypeAsync(s *cuda.Stream, dt codec.DType, src cuda.DevicePtr, frameLen int, dst cuda.DevicePtr, dstLen int, status cuda.DevicePtr) error {
+	k, err := c.hr.of(dt)
+	if err != nil {
+		return err
+	}
+	size := dt.Size()
+	if dstLen < 0 || frameLen < 0 || dstLen%size != 0 {
+		return fmt.Errorf("%w: frame %d bytes, destination %d bytes of %s", codec.ErrSize, frameLen, dstLen, dt)
 	}
 	if !aligned(src) || !aligned(dst) || status%4 != 0 {
 		return ErrAlignment
 	}
 	p := &hrDecParams{
 		src: uint64(src), frameCap: uint64(frameLen), dst: uint64(dst), status: uint64(status),
-		outBytes: uint64(dstLen), frames: 1, chunks: uint32(hrChunks(uint64(dstLen / 2))),
+		outBytes: uint64(dstLen), frames: 1, chunks: uint32(hrChunks(uint64(dstLen / size))),
 	}
-	return c.launchHRDecode(s, p, 0)
+	return c.launchHRDecode(s, k, p, 0)
 }
 
-func (c *Codec) launchHRDecode(s *cuda.Stream, p *hrDecParams, paged int) error {
+func (c *Codec) launchHRDecode(s *cuda.Stream, k *hrSet, p *hrDecParams, paged int) error {
 	if err := s.MemsetD32Async(cuda.DevicePtr(p.status), 0, 1); err != nil {
 		return err
 	}
 	bpf := (uint64(p.chunks) + hrDecodeWarps - 1) / hrDecodeWarps
 	grid := cuda.Dim3{X: uint32(uint64(p.frames) * bpf)}
-	return c.hr.dec[paged].Launch(s, grid, cuda.Dim3{X: 32 * hrDecodeWarps}, 0, p.args())
+	return k.dec[paged].Launch(s, grid, cuda.Dim3{X: 32 * hrDecodeWarps}, 0, p.args())
 }
 
 // GatherEncodeHighRatioWorkspaceSize is the workspace GatherEncodeHighRatioAsync needs.
@@ -194,7 +273,7 @@ func (c *Codec) GatherEncodeHighRatioAsync(s *cuda.Stream, l PagedLayout, r Page
 		blockElems: uint32(l.BlockElems), nBlocks: uint32(r.NumBlocks), segsPerFrame: l.segsPerFrame(r),
 		tableLen: uint32(tableLen),
 	}
-	return c.launchHREncode(s, p, 1)
+	return c.launchHREncode(s, &c.hr.sets[0], p, 1)
 }
 
 // DecodeScatterHighRatioAsync is DecodeScatterAsync for high-ratio (and raw) frames.
@@ -209,7 +288,7 @@ func (c *Codec) DecodeScatterHighRatioAsync(s *cuda.Stream, src cuda.DevicePtr, 
 		frames: uint32(frames), chunks: uint32(hrChunks(uint64(elems))), blockElems: uint32(l.BlockElems),
 		nBlocks: uint32(r.NumBlocks), segsPerFrame: l.segsPerFrame(r),
 	}
-	return c.launchHRDecode(s, p, 1)
+	return c.launchHRDecode(s, &c.hr.sets[0], p, 1)
 }
 
 // kvHalf returns the parameters of a one-frame transfer of layer's K (kv 0) or V (kv 1) blocks alone: the
@@ -225,7 +304,8 @@ func (l PagedLayout) kvHalf(r PagedRequest, layer, kv int) (bases cuda.DevicePtr
 	return l.Bases.Add(8 * (2*layer + kv)), r.NumBlocks * l.BlockElems, nil
 }
 
-// GatherEncodeKVHighRatioWorkspaceSize is the workspace GatherEncodeKVHighRatioAsync needs.
+// GatherEncodeKVHighRatioWorkspaceSize is the workspace GatherEncodeKVHighRatioAsync (and
+// GatherEncodeKVHighRatioDTypeAsync, for any dtype: it depends on the element count alone) needs.
 func (l PagedLayout) GatherEncodeKVHighRatioWorkspaceSize(r PagedRequest) int {
 	return hrWorkspaceSize(1, hrChunks(uint64(r.NumBlocks*l.BlockElems)))
 }
@@ -236,6 +316,17 @@ func (l PagedLayout) GatherEncodeKVHighRatioWorkspaceSize(r PagedRequest) int {
 // of their own so that each can have its own table. The frame's length goes to sizeOut (u64); ws is
 // GatherEncodeKVHighRatioWorkspaceSize bytes (the call zeroes it). r.PerLayer is ignored.
 func (c *Codec) GatherEncodeKVHighRatioAsync(s *cuda.Stream, l PagedLayout, r PagedRequest, layer, kv int, table cuda.DevicePtr, tableLen int, dst, sizeOut, ws cuda.DevicePtr) error {
+	return c.GatherEncodeKVHighRatioDTypeAsync(s, codec.BF16, l, r, layer, kv, table, tableLen, dst, sizeOut, ws)
+}
+
+// GatherEncodeKVHighRatioDTypeAsync is GatherEncodeKVHighRatioAsync for a paged cache of dt (bf16, fp8_e4m3
+// or fp8_e5m2): l's BlockElems and BlockStride count elements of dt (bytes, for fp8), and table is a code table
+// for dt. An fp8 cache's blocks need only be 8-byte aligned (BlockStride a multiple of 8).
+func (c *Codec) GatherEncodeKVHighRatioDTypeAsync(s *cuda.Stream, dt codec.DType, l PagedLayout, r PagedRequest, layer, kv int, table cuda.DevicePtr, tableLen int, dst, sizeOut, ws cuda.DevicePtr) error {
+	k, err := c.hr.of(dt)
+	if err != nil {
+		return err
+	}
 	bases, elems, err := l.kvHalf(r, layer, kv)
 	if err != nil {
 		return err
@@ -245,17 +336,28 @@ func (c *Codec) GatherEncodeKVHighRatioAsync(s *cuda.Stream, l PagedLayout, r Pa
 	}
 	p := &hrEncParams{
 		src: uint64(bases), ids: uint64(r.BlockIDs), dst: uint64(dst), sizes: uint64(sizeOut), ws: uint64(ws),
-		strideBytes: 2 * uint64(l.BlockStride), table: uint64(table), n: uint32(elems), frames: 1,
+		strideBytes: uint64(dt.Size()) * uint64(l.BlockStride), table: uint64(table), n: uint32(elems), frames: 1,
 		chunks: uint32(hrChunks(uint64(elems))), blockElems: uint32(l.BlockElems), nBlocks: uint32(r.NumBlocks),
 		segsPerFrame: uint32(r.NumBlocks), tableLen: uint32(tableLen),
 	}
-	return c.launchHREncode(s, p, 1)
+	return c.launchHREncode(s, k, p, 1)
 }
 
 // DecodeScatterKVHighRatioAsync decodes a frame of one layer's K (kv 0) or V (kv 1) blocks (what
 // GatherEncodeKVHighRatioAsync writes, or a raw frame of them) at src, frameLen bytes readable there, into the
 // request's blocks of that cache. The status word (see StatusError) goes to status.
 func (c *Codec) DecodeScatterKVHighRatioAsync(s *cuda.Stream, src cuda.DevicePtr, frameLen int, l PagedLayout, r PagedRequest, layer, kv int, status cuda.DevicePtr) error {
+	return c.DecodeScatterKVHighRatioDTypeAsync(s, codec.BF16, src, frameLen, l, r, layer, kv, status)
+}
+
+// DecodeScatterKVHighRatioDTypeAsync is DecodeScatterKVHighRatioAsync into a paged cache of dt (bf16,
+// fp8_e4m3 or fp8_e5m2; l in elements of dt, as GatherEncodeKVHighRatioDTypeAsync takes it). A high-ratio frame
+// of another dtype ends with StatusUnsupported.
+func (c *Codec) DecodeScatterKVHighRatioDTypeAsync(s *cuda.Stream, dt codec.DType, src cuda.DevicePtr, frameLen int, l PagedLayout, r PagedRequest, layer, kv int, status cuda.DevicePtr) error {
+	k, err := c.hr.of(dt)
+	if err != nil {
+		return err
+	}
 	bases, elems, err := l.kvHalf(r, layer, kv)
 	if err != nil {
 		return err
@@ -266,11 +368,12 @@ func (c *Codec) DecodeScatterKVHighRatioAsync(s *cuda.Stream, src cuda.DevicePtr
 	if !aligned(src) || status%4 != 0 {
 		return ErrAlignment
 	}
+	size := uint64(dt.Size())
 	p := &hrDecParams{
 		src: uint64(src), frameCap: uint64(frameLen), dst: uint64(bases), ids: uint64(r.BlockIDs),
-		strideBytes: 2 * uint64(l.BlockStride), status: uint64(status), outBytes: 2 * uint64(elems), frames: 1,
+		strideBytes: size * uint64(l.BlockStride), status: uint64(status), outBytes: size * uint64(elems), frames: 1,
 		chunks: uint32(hrChunks(uint64(elems))), blockElems: uint32(l.BlockElems), nBlocks: uint32(r.NumBlocks),
 		segsPerFrame: uint32(r.NumBlocks),
 	}
-	return c.launchHRDecode(s, p, 1)
+	return c.launchHRDecode(s, k, p, 1)
 }

@@ -4,19 +4,31 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
+	"math"
 	"math/rand/v2"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/fp8"
 	"github.com/splitzip/splitzip/internal/kvtile"
+	"github.com/splitzip/splitzip/internal/safetensors"
+	"github.com/splitzip/splitzip/kernels/cuda"
 )
 
-// hrTable is the code table the CPU encoder would choose for data, and its bytes as frames carry them.
+// hrTable is the code table the CPU encoder would choose for bf16 data, and its bytes as frames carry them.
 func hrTable(t testing.TB, data ...[]byte) (*codec.CodeTable, []byte) {
 	t.Helper()
-	h, err := codec.NewHistogram(codec.BF16)
+	return hrTableOf(t, codec.BF16, data...)
+}
+
+// hrTableOf is hrTable for data of dt.
+func hrTableOf(t testing.TB, dt codec.DType, data ...[]byte) (*codec.CodeTable, []byte) {
+	t.Helper()
+	h, err := codec.NewHistogram(dt)
 	require.NoError(t, err)
 	for _, d := range data {
 		require.NoError(t, h.Add(d))
@@ -30,9 +42,14 @@ func hrTable(t testing.TB, data ...[]byte) (*codec.CodeTable, []byte) {
 
 func cpuEncodeHR(t testing.TB, src []byte, tab *codec.CodeTable) []byte {
 	t.Helper()
+	return cpuEncodeHROf(t, codec.BF16, src, tab)
+}
+
+func cpuEncodeHROf(t testing.TB, dt codec.DType, src []byte, tab *codec.CodeTable) []byte {
+	t.Helper()
 	enc, err := codec.NewEncoder(codec.WithMode(codec.ModeHighRatio), codec.WithCodeTable(tab))
 	require.NoError(t, err)
-	frame, err := enc.Encode(nil, src, codec.BF16)
+	frame, err := enc.Encode(nil, src, dt)
 	require.NoError(t, err)
 	return frame
 }
@@ -41,14 +58,20 @@ func cpuEncodeHR(t testing.TB, src []byte, tab *codec.CodeTable) []byte {
 // written.
 func (g *gpuEnv) encodeHR(t testing.TB, src, table []byte, poison byte) []byte {
 	t.Helper()
+	return g.encodeHROf(t, codec.BF16, src, table, poison)
+}
+
+// encodeHROf is encodeHR for src of dt, through EncodeHighRatioDTypeAsync.
+func (g *gpuEnv) encodeHROf(t testing.TB, dt codec.DType, src, table []byte, poison byte) []byte {
+	t.Helper()
 	in := g.upload(t, src)
 	tab := g.upload(t, table)
 	capacity := MaxEncodedLen(len(src)) + 64
 	dst := g.alloc(t, capacity)
 	size := g.alloc(t, 8)
-	ws := g.alloc(t, HighRatioWorkspaceSize(len(src)))
+	ws := g.alloc(t, HighRatioDTypeWorkspaceSize(dt, len(src)))
 	require.NoError(t, g.s.MemsetD8Async(dst, poison, capacity))
-	require.NoError(t, g.codec.EncodeHighRatioAsync(g.s, in, len(src), tab, len(table), dst, size, ws))
+	require.NoError(t, g.codec.EncodeHighRatioDTypeAsync(g.s, dt, in, len(src), tab, len(table), dst, size, ws))
 	n := g.u64(t, size)
 	require.LessOrEqual(t, n, uint64(MaxEncodedLen(len(src))), "frame length")
 	out := g.download(t, dst, capacity)
@@ -59,6 +82,15 @@ func (g *gpuEnv) encodeHR(t testing.TB, src, table []byte, poison byte) []byte {
 func (g *gpuEnv) decodeHR(t testing.TB, frame []byte, frameCap, outLen int, poison byte) ([]byte, error) {
 	t.Helper()
 	return g.decodeWith(t, g.codec.DecodeHighRatioAsync, frame, frameCap, outLen, poison)
+}
+
+// decodeHROf is decodeHR into a tensor of dt, through DecodeHighRatioDTypeAsync.
+func (g *gpuEnv) decodeHROf(t testing.TB, dt codec.DType, frame []byte, frameCap, outLen int, poison byte) ([]byte, error) {
+	t.Helper()
+	decode := func(s *cuda.Stream, src cuda.DevicePtr, frameLen int, dst cuda.DevicePtr, dstLen int, status cuda.DevicePtr) error {
+		return g.codec.DecodeHighRatioDTypeAsync(s, dt, src, frameLen, dst, dstLen, status)
+	}
+	return g.decodeWith(t, decode, frame, frameCap, outLen, poison)
 }
 
 // TestHighRatioMatchesCPU: GPU frames are byte-identical to the CPU encoder's for the same code table, and both
@@ -149,45 +181,58 @@ func TestHighRatioDecodeRejects(t *testing.T) {
 	require.ErrorIs(t, err, codec.ErrCorrupt)
 }
 
-// BenchmarkHighRatio times the GPU codec on tiled real KV beside a device-to-device copy of the same size.
+// BenchmarkHighRatio times the GPU codec on tiled real KV beside a device-to-device copy of the same size: bf16
+// (rows named copy, encode, decode), then the fixture quantised to fp8_e4m3 and fp8_e5m2 (rows prefixed with
+// the dtype).
 func BenchmarkHighRatio(b *testing.B) {
 	g := newGPU(b)
-	kv := concat(realKV(b))
-	_, table := hrTable(b, kv)
-	for _, size := range []int{4 << 20, 64 << 20, 256 << 20, 1 << 30} {
-		src := kvtile.Tile(kv, size, uint64(size))
-		in := g.upload(b, src)
-		tab := g.upload(b, table)
-		dst := g.alloc(b, MaxEncodedLen(size))
-		out := g.alloc(b, size)
-		sz := g.alloc(b, 8)
-		status := g.alloc(b, 4)
-		ws := g.alloc(b, HighRatioWorkspaceSize(size))
-		require.NoError(b, g.codec.EncodeHighRatioAsync(g.s, in, size, tab, len(table), dst, sz, ws))
-		frameLen := int(g.u64(b, sz))
-		time := func(name string, f func() error) {
-			b.Run(fmt.Sprintf("%s/%dMiB", name, size>>20), func(b *testing.B) {
-				b.SetBytes(int64(size))
-				require.NoError(b, f())
-				require.NoError(b, g.s.Synchronize())
-				b.ResetTimer()
-				for range b.N {
-					if err := f(); err != nil {
-						b.Fatal(err)
-					}
-				}
-				require.NoError(b, g.s.Synchronize())
-				b.ReportMetric(float64(size)/float64(frameLen), "ratio")
-			})
+	f := realKV(b)
+	kv := concat(f)
+	for _, dt := range []codec.DType{codec.BF16, codec.FP8E4M3, codec.FP8E5M2} {
+		prefix, tileOf := "", func(size int) []byte { return kvtile.Tile(kv, size, uint64(size)) }
+		sample := kv
+		if dt != codec.BF16 {
+			q := quantizeFP8(b, f, dt)
+			prefix, tileOf, sample = dt.String()+"/", func(size int) []byte { return tileFP8(q, size, uint64(size)) }, q
 		}
-		time("copy", func() error { return g.s.MemcpyDtoDAsync(out, in, size) })
-		time("encode", func() error {
-			return g.codec.EncodeHighRatioAsync(g.s, in, size, tab, len(table), dst, sz, ws)
-		})
-		time("decode", func() error { return g.codec.DecodeHighRatioAsync(g.s, dst, frameLen, out, size, status) })
-		got := make([]byte, size)
-		require.NoError(b, g.s.CopyDtoH(got, out))
-		require.True(b, bytes.Equal(src, got), "decode of %d MiB", size>>20)
+		_, table := hrTableOf(b, dt, sample)
+		for _, size := range []int{4 << 20, 64 << 20, 256 << 20, 1 << 30} {
+			src := tileOf(size)
+			in := g.upload(b, src)
+			tab := g.upload(b, table)
+			dst := g.alloc(b, MaxEncodedLen(size))
+			out := g.alloc(b, size)
+			sz := g.alloc(b, 8)
+			status := g.alloc(b, 4)
+			ws := g.alloc(b, HighRatioDTypeWorkspaceSize(dt, size))
+			require.NoError(b, g.codec.EncodeHighRatioDTypeAsync(g.s, dt, in, size, tab, len(table), dst, sz, ws))
+			frameLen := int(g.u64(b, sz))
+			time := func(name string, f func() error) {
+				b.Run(fmt.Sprintf("%s%s/%dMiB", prefix, name, size>>20), func(b *testing.B) {
+					b.SetBytes(int64(size))
+					require.NoError(b, f())
+					require.NoError(b, g.s.Synchronize())
+					b.ResetTimer()
+					for range b.N {
+						if err := f(); err != nil {
+							b.Fatal(err)
+						}
+					}
+					require.NoError(b, g.s.Synchronize())
+					b.ReportMetric(float64(size)/float64(frameLen), "ratio")
+				})
+			}
+			time("copy", func() error { return g.s.MemcpyDtoDAsync(out, in, size) })
+			time("encode", func() error {
+				return g.codec.EncodeHighRatioDTypeAsync(g.s, dt, in, size, tab, len(table), dst, sz, ws)
+			})
+			time("decode", func() error {
+				return g.codec.DecodeHighRatioDTypeAsync(g.s, dt, dst, frameLen, out, size, status)
+			})
+			got := make([]byte, size)
+			require.NoError(b, g.s.CopyDtoH(got, out))
+			require.True(b, bytes.Equal(src, got), "%s decode of %d MiB", dt, size>>20)
+		}
 	}
 }
 
@@ -300,4 +345,440 @@ func TestHighRatioKVFrames(t *testing.T) {
 	}
 	require.Error(t, g.codec.GatherEncodeKVHighRatioAsync(g.s, src.layout, req, layers, 0, dst, 3, dst, sizes, ws))
 	require.Error(t, g.codec.DecodeScatterKVHighRatioAsync(g.s, dst, 16, dstCache.layout, dreq, 0, 2, status))
+}
+
+// hrFP8Types are the fp8 dtypes the high-ratio kernels code.
+var hrFP8Types = []codec.DType{codec.FP8E4M3, codec.FP8E5M2}
+
+// quantizeFP8 quantises each bf16 tensor of f to dt with a per-tensor scale (amax / the dtype's largest finite
+// value, as an fp8 KV cache does), round to nearest even, and concatenates them.
+func quantizeFP8(t testing.TB, f *safetensors.File, dt codec.DType) []byte {
+	t.Helper()
+	var q []byte
+	for _, x := range f.Tensors {
+		switch dt {
+		case codec.FP8E4M3:
+			q = append(q, fp8.QuantizeBF16E4M3(x.Data)...)
+		case codec.FP8E5M2:
+			q = append(q, quantizeBF16E5M2(x.Data)...)
+		default:
+			require.Failf(t, "quantizeFP8", "not an fp8 dtype: %s", dt)
+		}
+	}
+	return q
+}
+
+// quantizeBF16E5M2 is fp8.QuantizeBF16E4M3 for e5m2: scale amax/57344, round to nearest even, saturating at
+// ±57344.
+func quantizeBF16E5M2(bf16 []byte) []byte {
+	vals := make([]float64, len(bf16)/2)
+	amax := 0.0
+	for i := range vals {
+		vals[i] = float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(bf16[2*i:])) << 16))
+		if a := math.Abs(vals[i]); !math.IsNaN(a) && !math.IsInf(a, 0) {
+			amax = max(amax, a)
+		}
+	}
+	q := make([]byte, len(vals))
+	for i, v := range vals {
+		if amax > 0 {
+			v /= amax / 57344
+		}
+		q[i] = e5m2(v)
+	}
+	return q
+}
+
+// e5m2 rounds f to the nearest fp8 e5m2 value (ties to even), saturating at ±57344; NaN stays NaN.
+func e5m2(f float64) byte {
+	var sign byte
+	if math.Signbit(f) {
+		sign, f = 0x80, -f
+	}
+	switch {
+	case math.IsNaN(f):
+		return sign | 0x7F
+	case f >= 57344:
+		return sign | 0x7B
+	}
+	e := math.Floor(math.Log2(f))
+	if f == 0 || e < -14 { // subnormal: units of 2^-16; 4 units round up to the smallest normal, whose bits are also 4
+		return sign | byte(math.RoundToEven(f*65536))
+	}
+	m := math.RoundToEven((f/math.Exp2(e) - 1) * 4)
+	if m == 4 {
+		e, m = e+1, 0
+	}
+	biased := int(e) + 15
+	if biased > 30 {
+		return sign | 0x7B
+	}
+	return sign | byte(biased)<<2 | byte(m)
+}
+
+// The e5m2 quantiser used for the fp8 tests: exact values stay exact, halfway values round to even, the
+// range saturates.
+func TestE5M2Quantiser(t *testing.T) {
+	for _, c := range []struct {
+		f    float64
+		want byte
+	}{
+		{0, 0x00}, {1, 0x3C}, {-1, 0xBC}, {1.25, 0x3D}, {1.125, 0x3C}, {1.375, 0x3E}, {1.875, 0x40},
+		{57344, 0x7B}, {1e9, 0x7B}, {-1e9, 0xFB}, {math.Exp2(-14), 0x04}, {math.Exp2(-16), 0x01},
+		{3 * math.Exp2(-17), 0x02}, {math.Exp2(-17), 0x00}, {math.NaN(), 0x7F},
+	} {
+		assert.Equal(t, c.want, e5m2(c.f), "%g", c.f)
+	}
+	q := quantizeBF16E5M2([]byte{0x80, 0x3F, 0x00, 0x40, 0x00, 0xC0}) // 1, 2, -2: amax 2 maps to 57344, 1 to 28672
+	assert.Equal(t, []byte{0x77, 0x7B, 0xFB}, q)
+}
+
+// tileFP8 fills n bytes with copies of q (fp8), flipping the lowest mantissa bit of each copy's elements by a
+// pseudo-random pattern (the exponents stay those of q); the same seed gives the same bytes.
+func tileFP8(q []byte, n int, seed uint64) []byte {
+	out := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, 1))
+	for off := 0; off < n; off += len(q) {
+		m := copy(out[off:], q)
+		x := byte(r.Uint32())
+		for i := off; i < off+m; i++ {
+			out[i] ^= x & 1
+			x = x*5 + 3
+		}
+	}
+	return out
+}
+
+// Layout helpers agree with the codec: where a frame's streams start, and the longest code table.
+func TestHighRatioLayoutMatchesCodec(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, dt := range []codec.DType{codec.BF16, codec.FP8E4M3, codec.FP8E5M2} {
+		eb := dt.ExponentBits()
+		// A table coding every exponent: lo = 0, hi = 2^eb - 1, the longest compact table.
+		lengths := make([]uint8, 1<<eb+1)
+		lengths[0], lengths[1<<eb-1], lengths[1<<eb] = 2, 2, 2
+		full, err := codec.NewCodeTable(dt, lengths)
+		require.NoError(t, err)
+		b, err := full.MarshalBinary()
+		require.NoError(t, err)
+		assert.Equal(t, int(hrMaxTableLen(dt)), len(b), "%s", dt)
+		for _, n := range []int{1000, 16383, 16384, 16385, 50001} {
+			src := make([]byte, n*dt.Size())
+			for i := range src {
+				src[i] = byte(r.Uint32()) & 0x83 // exponents 0 and 1 of any dtype; sign and low mantissa bits
+			}
+			tab, table := hrTableOf(t, dt, src)
+			frame := cpuEncodeHROf(t, dt, src, tab)
+			h, err := codec.ParseHeader(frame)
+			require.NoError(t, err)
+			require.True(t, h.Entropy, "%s, %d elements", dt, n)
+			assert.Equal(t, h.Layout().Codes, hrStreamsOffset(dt, uint64(n), hrChunks(uint64(n)), uint64(len(table))), "%s, %d elements", dt, n)
+		}
+	}
+	assert.Len(t, hrFP8EntryPoints(), 12)
+}
+
+// TestHighRatioFP8MatchesCPU: for fp8 KV (the fixture quantised with a per-tensor scale), GPU frames are
+// byte-identical to the CPU encoder's for the same code table, and both decoders restore every input bit for bit,
+// over sizes around the chunk and unit boundaries and inputs that exercise escapes, zeros and the raw fallback.
+func TestHighRatioFP8MatchesCPU(t *testing.T) {
+	g := newGPU(t)
+	f := realKV(t)
+	for _, dt := range hrFP8Types {
+		t.Run(dt.String(), func(t *testing.T) {
+			q := quantizeFP8(t, f, dt)
+			r := rand.New(rand.NewPCG(11, uint64(dt)))
+			kvTab, kvTable := hrTableOf(t, dt, q)
+			// A table learned on the first 4,096 elements only: later exponents escape through ESC.
+			partTab, partTable := hrTableOf(t, dt, q[:4096])
+			tile := func(n int) []byte { return tileFP8(q, n, uint64(n)) }
+			// Every 16th element a random byte: exponents the KV table codes rarely or escapes.
+			escapes := tile(300_001)
+			for i := 0; i < len(escapes); i += 16 {
+				escapes[i] = byte(r.Uint32())
+			}
+			escTab, escTable := hrTableOf(t, dt, escapes)
+			zeros := make([]byte, 40_003)
+			zeroTab, zeroTable := hrTableOf(t, dt, zeros)
+			random := make([]byte, 100_003)
+			for i := range random {
+				random[i] = byte(r.Uint32())
+			}
+			randTab, randTable := hrTableOf(t, dt, random)
+			cases := []struct {
+				name  string
+				src   []byte
+				tab   *codec.CodeTable
+				table []byte
+			}{
+				{"one element", tile(1), kvTab, kvTable},
+				{"7 elements", tile(7), kvTab, kvTable},
+				{"31 elements", tile(31), kvTab, kvTable},
+				{"33 elements", tile(33), kvTab, kvTable},
+				{"a chunk less one", tile(hrChunkElems - 1), kvTab, kvTable},
+				{"a chunk", tile(hrChunkElems), kvTab, kvTable},
+				{"a chunk and one", tile(hrChunkElems + 1), kvTab, kvTable},
+				{"50,001 elements", tile(50_001), kvTab, kvTable},
+				{"the fixture", q, kvTab, kvTable},
+				{"5 MiB + 3", tile(5<<20 + 3), kvTab, kvTable},
+				{"40 MiB", tile(40 << 20), kvTab, kvTable},
+				{"escapes", escapes, partTab, partTable},
+				{"escapes, own table", escapes, escTab, escTable},
+				{"all zero", zeros, zeroTab, zeroTable},
+				{"all zero, KV table (raw)", zeros, kvTab, kvTable},
+				{"random bytes (raw)", random, randTab, randTable},
+				{"random bytes, KV table (raw)", random, kvTab, kvTable},
+			}
+			for _, tc := range cases {
+				t.Run(tc.name, func(t *testing.T) {
+					want := cpuEncodeHROf(t, dt, tc.src, tc.tab)
+					got := g.encodeHROf(t, dt, tc.src, tc.table, 0xA5)
+					if !bytes.Equal(want, got) {
+						i := 0
+						for i < min(len(want), len(got)) && want[i] == got[i] {
+							i++
+						}
+						require.Failf(t, "GPU frame differs from the CPU's", "lengths %d (CPU) and %d (GPU), first difference at byte %d", len(want), len(got), i)
+					}
+					require.Equal(t, tc.src, cpuDecode(t, got))
+					out, err := g.decodeHROf(t, dt, want, len(want), len(tc.src), 0x5A)
+					require.NoError(t, err)
+					require.True(t, bytes.Equal(tc.src, out), "GPU decode differs from the input")
+				})
+			}
+			h, err := codec.ParseHeader(cpuEncodeHROf(t, dt, escapes, partTab))
+			require.NoError(t, err)
+			require.True(t, h.Entropy)
+			require.Greater(t, h.Escapes, uint64(1000), "the escapes case escapes")
+		})
+	}
+}
+
+// reseal recomputes a frame header's CRC after a test damaged a field, so that the decoder checks the field.
+func reseal(frame []byte) []byte {
+	binary.LittleEndian.PutUint32(frame[60:], crc32.Checksum(frame[:60], crc32.MakeTable(crc32.Castagnoli)))
+	return frame
+}
+
+// TestHighRatioFP8DecodeRejects: a malformed fp8 frame, or a frame of another dtype, ends with an error status.
+func TestHighRatioFP8DecodeRejects(t *testing.T) {
+	g := newGPU(t)
+	f := realKV(t)
+	for _, dt := range hrFP8Types {
+		t.Run(dt.String(), func(t *testing.T) {
+			q := quantizeFP8(t, f, dt)
+			tab, _ := hrTableOf(t, dt, q)
+			frame := cpuEncodeHROf(t, dt, q, tab)
+			hdr, err := codec.ParseHeader(frame)
+			require.NoError(t, err)
+			require.Equal(t, codec.ModeHighRatio, hdr.Mode())
+			lay := hdr.Layout()
+			out, err := g.decodeHROf(t, dt, frame, len(frame), len(q), 0)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(q, out))
+
+			_, err = g.decodeHROf(t, dt, frame, len(frame)-1, len(q), 0)
+			require.ErrorIs(t, err, codec.ErrTruncated)
+			_, err = g.decodeHROf(t, dt, frame, len(frame), len(q)-1, 0)
+			require.ErrorIs(t, err, codec.ErrShortBuffer)
+			damaged := map[string][]byte{}
+			bad := bytes.Clone(frame) // a chunk table entry past the streams
+			binary.LittleEndian.PutUint32(bad[lay.Table+4:], uint32(hdr.CodesLen+1))
+			damaged["chunk table entry"] = bad
+			bad = bytes.Clone(frame) // a stream that ends early or late
+			binary.LittleEndian.PutUint32(bad[lay.Table+4:], binary.LittleEndian.Uint32(frame[lay.Table+4:])-1)
+			damaged["chunk boundary"] = bad
+			bad = bytes.Clone(frame) // a code table range past the dtype's exponents
+			bad[lay.Codebook+1] = byte(1 << dt.ExponentBits())
+			damaged["table range"] = bad
+			bad = bytes.Clone(frame) // ESC's code length 15
+			bad[lay.Codebook+2] |= 0x0F
+			damaged["table length"] = bad
+			bad = bytes.Clone(frame) // the longest code length the header states
+			bad[7]++
+			damaged["codeBits"] = reseal(bad)
+			bad = bytes.Clone(frame) // the residual width
+			bad[25]++
+			damaged["residualBits"] = reseal(bad)
+			dec, err := codec.NewDecoder()
+			require.NoError(t, err)
+			for name, bad := range damaged {
+				_, err := g.decodeHROf(t, dt, bad, len(bad), len(q), 0)
+				require.ErrorIs(t, err, codec.ErrCorrupt, name)
+				_, _, err = dec.Decode(nil, bad)
+				require.Error(t, err, "the CPU decoder accepts the damaged frame (%s)", name)
+			}
+
+			// A frame of another dtype: the other fp8, and bf16 of the same byte count.
+			other := codec.FP8E5M2
+			if dt == other {
+				other = codec.FP8E4M3
+			}
+			otherTab, _ := hrTableOf(t, other, q)
+			otherFrame := cpuEncodeHROf(t, other, q, otherTab)
+			_, err = g.decodeHROf(t, dt, otherFrame, len(otherFrame), len(q), 0)
+			require.ErrorIs(t, err, codec.ErrDType)
+			bf := concat(f)[:len(q)]
+			bfTab, _ := hrTable(t, bf)
+			bfFrame := cpuEncodeHR(t, bf, bfTab)
+			_, err = g.decodeHROf(t, dt, bfFrame, len(bfFrame), len(bf), 0)
+			require.ErrorIs(t, err, codec.ErrDType)
+		})
+	}
+}
+
+// The fp8 entry points refuse the dtypes they do not code, and sizes that are not whole elements.
+func TestHighRatioDTypeErrors(t *testing.T) {
+	g := newGPU(t)
+	buf := g.alloc(t, 1<<16)
+	for _, dt := range []codec.DType{codec.FP16, codec.FP32, codec.Int8, codec.Bytes, codec.DType(0), codec.DType(200)} {
+		require.ErrorIs(t, g.codec.EncodeHighRatioDTypeAsync(g.s, dt, buf, 256, buf, 11, buf, buf, buf), codec.ErrDType, "%s", dt)
+		require.ErrorIs(t, g.codec.DecodeHighRatioDTypeAsync(g.s, dt, buf, 256, buf, 256, buf), codec.ErrDType, "%s", dt)
+		l := PagedLayout{Bases: buf, Layers: 1, BlockElems: 64, BlockStride: 64}
+		r := PagedRequest{BlockIDs: buf, NumBlocks: 1}
+		require.ErrorIs(t, g.codec.GatherEncodeKVHighRatioDTypeAsync(g.s, dt, l, r, 0, 0, buf, 11, buf, buf, buf), codec.ErrDType, "%s", dt)
+		require.ErrorIs(t, g.codec.DecodeScatterKVHighRatioDTypeAsync(g.s, dt, buf, 256, l, r, 0, 0, buf), codec.ErrDType, "%s", dt)
+	}
+	require.ErrorIs(t, g.codec.EncodeHighRatioDTypeAsync(g.s, codec.BF16, buf, 255, buf, 11, buf, buf, buf), codec.ErrSize)
+	require.ErrorIs(t, g.codec.DecodeHighRatioDTypeAsync(g.s, codec.BF16, buf, 256, buf, 255, buf), codec.ErrSize)
+	// A table longer than any of the dtype's: fp8_e4m3's longest is 11 bytes.
+	require.ErrorIs(t, g.codec.EncodeHighRatioDTypeAsync(g.s, codec.FP8E4M3, buf, 256, buf, 12, buf, buf, buf), codec.ErrCodebook)
+	require.ErrorIs(t, g.codec.EncodeHighRatioDTypeAsync(g.s, codec.FP8E5M2, buf, 256, buf, 20, buf, buf, buf), codec.ErrCodebook)
+}
+
+// bytePagedCache is a paged KV cache of 1-byte (fp8) elements, laid out as pagedCache's.
+type bytePagedCache struct {
+	layout      PagedLayout
+	bufs        []cuda.DevicePtr
+	numBlocks   int
+	interleaved bool
+}
+
+func newBytePagedCache(t testing.TB, g *gpuEnv, layers, numBlocks, blockElems int, interleaved bool, fill byte) *bytePagedCache {
+	c := &bytePagedCache{numBlocks: numBlocks, interleaved: interleaved}
+	bases := make([]byte, 0, 16*layers)
+	for range layers {
+		p := g.alloc(t, 2*numBlocks*blockElems)
+		require.NoError(t, g.s.MemsetD8Async(p, fill, 2*numBlocks*blockElems))
+		c.bufs = append(c.bufs, p)
+		k, v := p, p.Add(numBlocks*blockElems)
+		if interleaved {
+			v = p.Add(blockElems)
+		}
+		bases = binary.LittleEndian.AppendUint64(bases, uint64(k))
+		bases = binary.LittleEndian.AppendUint64(bases, uint64(v))
+	}
+	stride := blockElems
+	if interleaved {
+		stride = 2 * blockElems
+	}
+	c.layout = PagedLayout{Bases: g.upload(t, bases), Layers: layers, BlockElems: blockElems, BlockStride: stride}
+	return c
+}
+
+func (c *bytePagedCache) blockOff(kv, b int) int {
+	if c.interleaved {
+		return (2*b + kv) * c.layout.BlockElems
+	}
+	return (kv*c.numBlocks + b) * c.layout.BlockElems
+}
+
+func (c *bytePagedCache) put(t testing.TB, g *gpuEnv, layer, kv, b int, data []byte) {
+	require.NoError(t, g.s.CopyHtoD(c.bufs[layer].Add(c.blockOff(kv, b)), data))
+}
+
+func (c *bytePagedCache) get(t testing.TB, g *gpuEnv, layer, kv, b int) []byte {
+	return g.download(t, c.bufs[layer].Add(c.blockOff(kv, b)), c.layout.BlockElems)
+}
+
+// One layer's fp8 K or V blocks alone, each with a table of its own: the frame is the CPU encoder's for those
+// blocks, and decoding it scatters exactly those blocks into another cache laid out the other way, no others.
+// Blocks of 24 elements (8-byte aligned, not 16) and a short last unit of the frame are covered too.
+func TestHighRatioFP8KVFrames(t *testing.T) {
+	g := newGPU(t)
+	f := realKV(t)
+	for _, dt := range hrFP8Types {
+		for _, shape := range []struct{ blockElems, numBlocks, nb int }{
+			{16 * int(f.Tensors[0].Shape[1]*f.Tensors[0].Shape[2]), 24, 7},
+			{24, 40, 33},
+		} {
+			t.Run(fmt.Sprintf("%s/blocks of %d", dt, shape.blockElems), func(t *testing.T) {
+				q := quantizeFP8(t, f, dt)
+				per := len(q) / len(f.Tensors) // elements of one tensor
+				layers := len(f.Tensors) / 2
+				blockElems, nb := shape.blockElems, shape.nb
+				require.LessOrEqual(t, nb*blockElems, per)
+				r := rand.New(rand.NewPCG(9, uint64(blockElems)))
+				src := newBytePagedCache(t, g, layers, shape.numBlocks, blockElems, true, 0x3C)
+				dstCache := newBytePagedCache(t, g, layers, shape.numBlocks, blockElems, false, 0xC3)
+				srcIDs, dstIDs := r.Perm(shape.numBlocks)[:nb], r.Perm(shape.numBlocks)[:nb]
+				tensor := func(l, kv int) []byte { return q[(2*l+kv)*per : (2*l+kv+1)*per] }
+				for l := range layers {
+					for kv := range 2 {
+						for b := range nb {
+							src.put(t, g, l, kv, srcIDs[b], tensor(l, kv)[b*blockElems:(b+1)*blockElems])
+						}
+					}
+				}
+				req := PagedRequest{BlockIDs: g.upload(t, int32s(srcIDs)), NumBlocks: nb}
+				dreq := PagedRequest{BlockIDs: g.upload(t, int32s(dstIDs)), NumBlocks: nb}
+				half := nb * blockElems
+				dst := g.alloc(t, MaxEncodedLen(half)+16)
+				sizes := g.alloc(t, 8)
+				ws := g.alloc(t, src.layout.GatherEncodeKVHighRatioWorkspaceSize(req))
+				status := g.alloc(t, 4)
+				for _, l := range []int{0, layers / 2, layers - 1} {
+					for kv := range 2 {
+						want := tensor(l, kv)[:half]
+						tab, table := hrTableOf(t, dt, want)
+						require.NoError(t, g.codec.GatherEncodeKVHighRatioDTypeAsync(g.s, dt, src.layout, req, l, kv, g.upload(t, table), len(table), dst, sizes, ws))
+						size := int(binary.LittleEndian.Uint64(g.download(t, sizes, 8)))
+						frame := g.download(t, dst, size)
+						require.True(t, bytes.Equal(cpuEncodeHROf(t, dt, want, tab), frame), "layer %d kv %d", l, kv)
+						require.NoError(t, g.codec.DecodeScatterKVHighRatioDTypeAsync(g.s, dt, dst, size, dstCache.layout, dreq, l, kv, status))
+						require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, status, 4))))
+						for b := range nb {
+							require.True(t, bytes.Equal(want[b*blockElems:(b+1)*blockElems], dstCache.get(t, g, l, kv, dstIDs[b])), "layer %d kv %d block %d", l, kv, b)
+						}
+						if kv == 0 { // V, decoded next, is still the destination's poison
+							v := dstCache.get(t, g, l, 1, dstIDs[0])
+							require.Equal(t, bytes.Repeat([]byte{0xC3}, len(v)), v, "layer %d V", l)
+						}
+					}
+				}
+				// Blocks outside the request were not touched.
+				written := map[int]bool{}
+				for _, b := range dstIDs {
+					written[b] = true
+				}
+				for b := range shape.numBlocks {
+					if !written[b] {
+						k := dstCache.get(t, g, 0, 0, b)
+						require.Equal(t, bytes.Repeat([]byte{0xC3}, len(k)), k, "block %d", b)
+					}
+				}
+				// A raw frame of the blocks (random bytes do not code) decodes too.
+				random := make([]byte, half)
+				for i := range random {
+					random[i] = byte(r.Uint32())
+				}
+				for b := range nb {
+					src.put(t, g, 0, 1, srcIDs[b], random[b*blockElems:(b+1)*blockElems])
+				}
+				tab, table := hrTableOf(t, dt, random)
+				require.NoError(t, g.codec.GatherEncodeKVHighRatioDTypeAsync(g.s, dt, src.layout, req, 0, 1, g.upload(t, table), len(table), dst, sizes, ws))
+				size := int(binary.LittleEndian.Uint64(g.download(t, sizes, 8)))
+				frame := g.download(t, dst, size)
+				require.True(t, bytes.Equal(cpuEncodeHROf(t, dt, random, tab), frame), "raw frame")
+				h, err := codec.ParseHeader(frame)
+				require.NoError(t, err)
+				require.True(t, h.Raw)
+				require.NoError(t, g.codec.DecodeScatterKVHighRatioDTypeAsync(g.s, dt, dst, size, dstCache.layout, dreq, 0, 1, status))
+				require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, status, 4))))
+				for b := range nb {
+					require.True(t, bytes.Equal(random[b*blockElems:(b+1)*blockElems], dstCache.get(t, g, 0, 1, dstIDs[b])), "raw frame, block %d", b)
+				}
+			})
+		}
+	}
 }

@@ -76,12 +76,12 @@ const (
 	rawName           = "sz_raw_t256"
 )
 
-var entryPoints = []string{
+var entryPoints = append([]string{
 	tileEncoderName + "_dense", tileEncoderName + "_paged", streamEncoderName + "_dense", streamEncoderName + "_paged",
 	rawName + "_dense", rawName + "_paged", decoderName + "_dense", decoderName + "_paged",
 	hrEncoderName + "_dense", hrEncoderName + "_paged", hrRawName + "_dense", hrRawName + "_paged",
 	hrDecoderName + "_dense", hrDecoderName + "_paged",
-}
+}, hrFP8EntryPoints()...)
 
 // kernel is one loaded kernel: its dense and paged entry points and its shape.
 type kernel struct {

@@ -66,20 +66,51 @@ extern "C" __global__ void __launch_bounds__(256) sz_decode_t256c1_paged(const D
 }
 
 // The high-ratio mode (entropy.cuh, format v2): a warp per 16,384-element chunk both ways; 4 chunks per encode
-// block, whose exponents take 64 KiB of dynamic shared memory.
+// block, whose exponents take 64 KiB of dynamic shared memory. bf16 here; fp8 below.
 extern "C" __global__ void __launch_bounds__(128) sz_hr_encode_dense(const HREncParams p) {
-  hr_encode<4>(p, DenseMap{p.src});
+  hr_encode<HRBF16, 4>(p, DenseMap{p.src});
 }
 extern "C" __global__ void __launch_bounds__(128) sz_hr_encode_paged(const HREncParams p) {
-  hr_encode<4>(p, SZ_PAGED_MAP(p.src));
+  hr_encode<HRBF16, 4>(p, SZ_PAGED_MAP(p.src));
 }
-extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_dense(const HREncParams p) { hr_raw(p, DenseMap{p.src}); }
+extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_dense(const HREncParams p) {
+  hr_raw<HRBF16>(p, DenseMap{p.src});
+}
 extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_paged(const HREncParams p) {
-  hr_raw(p, SZ_PAGED_MAP(p.src));
+  hr_raw<HRBF16>(p, SZ_PAGED_MAP(p.src));
 }
 extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_dense(const HRDecParams p) {
-  hr_decode<8>(p, DenseMap{p.dst});
+  hr_decode<HRBF16, 8>(p, DenseMap{p.dst});
 }
 extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_paged(const HRDecParams p) {
-  hr_decode<8>(p, SZ_PAGED_MAP(p.dst));
+  hr_decode<HRBF16, 8>(p, SZ_PAGED_MAP(p.dst));
 }
+
+// The high-ratio mode for fp8 KV (1-byte elements; a paged cache's blocks through PagedByteMap): the same
+// kernels per dtype, named sz_hr_<kernel>_<dtype>_<dense|paged>.
+#define SZ_PAGED_BYTE_MAP(BASES)                                                                         \
+  PagedByteMap {                                                                                        \
+    reinterpret_cast<const uint64_t*>(BASES), reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes, \
+        p.block_elems, p.n_blocks, p.segs_per_frame                                                     \
+  }
+#define SZ_HR_FP8(NAME, T)                                                                                        \
+  extern "C" __global__ void __launch_bounds__(128) sz_hr_encode_##NAME##_dense(const HREncParams p) {            \
+    hr_encode<T, 4>(p, DenseByteMap{p.src});                                                                      \
+  }                                                                                                               \
+  extern "C" __global__ void __launch_bounds__(128) sz_hr_encode_##NAME##_paged(const HREncParams p) {            \
+    hr_encode<T, 4>(p, SZ_PAGED_BYTE_MAP(p.src));                                                                 \
+  }                                                                                                               \
+  extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_##NAME##_dense(const HREncParams p) {               \
+    hr_raw<T>(p, DenseByteMap{p.src});                                                                            \
+  }                                                                                                               \
+  extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_##NAME##_paged(const HREncParams p) {               \
+    hr_raw<T>(p, SZ_PAGED_BYTE_MAP(p.src));                                                                       \
+  }                                                                                                               \
+  extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_##NAME##_dense(const HRDecParams p) {            \
+    hr_decode<T, 8>(p, DenseByteMap{p.dst});                                                                      \
+  }                                                                                                               \
+  extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_##NAME##_paged(const HRDecParams p) {            \
+    hr_decode<T, 8>(p, SZ_PAGED_BYTE_MAP(p.dst));                                                                 \
+  }
+SZ_HR_FP8(e4m3, HRE4M3)
+SZ_HR_FP8(e5m2, HRE5M2)
