@@ -16,7 +16,9 @@ import (
 // Listen or Fetch before any connection is made.
 type Options struct {
 	// Conns is the number of parallel TCP connections one Fetch opens (never
-	// more than the handoff has chunks). Fetch. Default 4.
+	// more than the handoff has chunks). Fetch. Default 8: on a 16-core host
+	// one connection carried 30 Gbit/s and eight 114 (loopback, with the
+	// consumer's copy), so eight fill a 100 Gbit/s link where four may not.
 	Conns int
 	// Window is the number of chunk requests in flight per connection, so
 	// the producer always has the next request queued when it finishes a
@@ -80,7 +82,7 @@ type Option func(*Options) error
 // GetDefaultOptions returns a fresh copy of the defaults.
 func GetDefaultOptions() Options {
 	return Options{
-		Conns:        4,
+		Conns:        8,
 		Window:       2,
 		IOTimeout:    30 * time.Second,
 		MaxChunkSize: 64 << 20,

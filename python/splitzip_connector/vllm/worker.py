@@ -291,6 +291,7 @@ class SplitZipWorker:
                 self.rank,
                 load_timeout_s=cfg.load_timeout_s,
                 record_wait_s=cfg.record_wait_s,
+                conns=cfg.fetch_conns,
                 **common,
             )
         self._producer_role = bool(kvc.is_kv_producer)

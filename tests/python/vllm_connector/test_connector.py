@@ -342,6 +342,9 @@ def test_unsupported_configurations_refused_at_startup(model_config):
     cfg = make_vllm_config(model_config, "kv_producer", extra={"nonsense": 1})
     with pytest.raises(ValueError, match="unknown kv_connector_extra_config"):
         SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
+    cfg = make_vllm_config(model_config, "kv_consumer", extra={"fetch_conns": "many"})
+    with pytest.raises(ValueError, match="fetch_conns"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
     cfg = make_vllm_config(model_config, "kv_producer")
     cfg.cache_config.cache_dtype = "int4"
     with pytest.raises(ValueError, match="kv-cache-dtype"):
@@ -385,6 +388,9 @@ def test_tp_mismatch_refused_at_startup(engines, model_config, model_config_tp2)
     D = engines("kv_consumer", tp=2)
     with pytest.raises(ValueError, match=r"this kv_producer engine 1.*--tensor-parallel-size 2"):
         Engine(model_config, "kv_producer")
+    D.close()
+    D = engines("kv_consumer", extra={"fetch_conns": 8})  # the key reaches each rank's consumer
+    assert [w.connector._worker.consumer.options["conns"] for w in D.workers] == [8]
     D.close()
     engines("kv_producer").close()  # nobody of the other role registered: starts
 
