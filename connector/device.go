@@ -39,8 +39,8 @@ func newDeviceCache(l Layout, ordinal int, bases []uintptr, cb *codec.Codebook) 
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
-	if l.DType != codec.BF16 {
-		return nil, fmt.Errorf("%w: the GPU path moves bf16 KV caches; a %s cache must be registered as host memory", ErrLayout, l.DType)
+	if !gpuDType(l.DType) {
+		return nil, fmt.Errorf("%w: the GPU path moves bf16 and fp8 (e4m3, e5m2) KV caches; a %s cache must be registered as host memory", ErrLayout, l.DType)
 	}
 	if len(bases) != l.Layers {
 		return nil, fmt.Errorf("%w: %d base addresses for %d layers", ErrLayout, len(bases), l.Layers)
@@ -99,6 +99,18 @@ func errJoinClose(err error, c *deviceCache) error {
 
 func (c *deviceCache) kvLayout() *Layout           { return &c.lay }
 func (c *deviceCache) stagingAllocator() allocator { return c.pinned }
+
+// gpuDType says whether the GPU path moves caches of dtype dt: bf16 in every mode, fp8 as raw or high-ratio
+// frames.
+func gpuDType(dt codec.DType) bool {
+	return dt == codec.BF16 || dt == codec.FP8E4M3 || dt == codec.FP8E5M2
+}
+
+// codes: the fast kernels code bf16 only. fp8_e4m3 has no fast code in the format at all (its exponent is
+// already 4 bits), and fp8_e5m2's gains little (5 bits to 4): their handoffs are raw or high-ratio.
+func (c *deviceCache) codes(p path) bool {
+	return p != pathFast || c.lay.DType == codec.BF16
+}
 
 func (c *deviceCache) close() error {
 	var err error
@@ -245,7 +257,7 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 				return err
 			}
 			// Bypass: the blocks go to pinned staging as they are, behind a raw frame header.
-			if err := codec.PutRawHeader(dst[:codec.HeaderSize], codec.BF16, n); err != nil {
+			if err := codec.PutRawHeader(dst[:codec.HeaderSize], c.lay.DType, n); err != nil {
 				return err
 			}
 			bb := int(c.lay.BlockBytes())
@@ -478,7 +490,7 @@ func (ld *deviceLoader) decode(ch chunk, l, lo, hi int) (took timing, err error)
 	sl := <-ld.slots
 	defer func() { ld.slots <- sl }()
 	c := ld.c
-	if ch.n == 2 && onGPU(ch) {
+	if ch.n == 2 && onGPU(ch, c.lay.DType) {
 		err = c.ctx.Do(func() error {
 			var err error
 			took, err = ld.decodeHighRatio(sl, ch, l, lo, hi)
@@ -486,21 +498,31 @@ func (ld *deviceLoader) decode(ch chunk, l, lo, hi int) (took timing, err error)
 		})
 		return took, err
 	}
+	bf16 := c.lay.DType == codec.BF16
 	var frameLen int
-	if ch.n == 1 {
+	if ch.n == 1 && (bf16 || ch.hdrs[0].Raw) {
 		frame := ch.frames[0]
 		if len(frame) > sl.host.Len() {
 			return took, fmt.Errorf("%w: %d-byte frame, at most %d expected", ErrFrame, len(frame), sl.host.Len())
 		}
 		frameLen = copy(sl.host.Bytes(), frame)
 	} else {
-		// A high-ratio chunk the kernels do not decode (frames with a payload checksum): the CPU decodes it
-		// into pinned memory as one raw frame, which the kernel scatters.
+		// A chunk the kernels do not decode (high-ratio frames with a payload checksum; fast frames of a
+		// dtype other than bf16, from a host-cache producer): the CPU decodes it into pinned memory as one raw
+		// frame, which is scattered from there.
 		var cpuTime time.Duration
-		if frameLen, cpuTime, err = sl.decodeOnCPU(ch, int(c.lay.layerRawBytes(hi-lo))); err != nil {
+		if frameLen, cpuTime, err = sl.decodeOnCPU(ch, c.lay.DType, int(c.lay.layerRawBytes(hi-lo))); err != nil {
 			return took, err
 		}
 		defer func() { took.codec += cpuTime }()
+	}
+	if !bf16 {
+		err = c.ctx.Do(func() error {
+			var err error
+			took, err = ld.scatterRaw(sl, frameLen, l, lo, hi)
+			return err
+		})
+		return took, err
 	}
 	err = c.ctx.Do(func() error {
 		if err := sl.t0.Record(sl.stream); err != nil {
@@ -538,9 +560,45 @@ func (ld *deviceLoader) decode(ch chunk, l, lo, hi int) (took timing, err error)
 	return took, err
 }
 
-// decodeOnCPU decodes a two-frame chunk of n raw bytes into the slot's pinned buffer behind a raw frame
-// header and returns that raw frame's length.
-func (sl *deviceSlot) decodeOnCPU(ch chunk, n int) (int, time.Duration, error) {
+// scatterRaw copies the raw frame of frameLen bytes in the slot's pinned buffer (layer l's K blocks [lo, hi)
+// of the load, then its V blocks) straight into the blocks, a copy each: the fast kernels that scatter raw
+// frames read bf16 (sl taken, ctx current).
+func (ld *deviceLoader) scatterRaw(sl *deviceSlot, frameLen, l, lo, hi int) (took timing, err error) {
+	c := ld.c
+	bb := int(c.lay.BlockBytes())
+	h, err := codec.ParseHeader(sl.host.Bytes()[:frameLen])
+	if err != nil {
+		return took, err
+	}
+	if n := 2 * (hi - lo) * bb; !h.Raw || h.DType != c.lay.DType || int(h.PayloadLen) != n || frameLen != codec.HeaderSize+n {
+		return took, fmt.Errorf("%w: a %d-byte %s frame (raw %v) for %d bytes of %s blocks", ErrFrame, frameLen, h.DType, h.Raw, n, c.lay.DType)
+	}
+	if err := sl.t0.Record(sl.stream); err != nil {
+		return took, err
+	}
+	base := unsafe.Pointer(&sl.host.Bytes()[0])
+	pos := codec.HeaderSize
+	for kv := range 2 {
+		for _, b := range ld.blocks[lo:hi] {
+			if err := sl.stream.MemcpyHtoDAsync(c.blockPtr(l, kv, b), unsafe.Add(base, pos), bb); err != nil {
+				return took, err
+			}
+			pos += bb
+		}
+	}
+	if err := sl.tCopy.Record(sl.stream); err != nil {
+		return took, err
+	}
+	if err := sl.stream.Synchronize(); err != nil {
+		return took, err
+	}
+	took.copy, err = cuda.Elapsed(sl.t0, sl.tCopy)
+	return took, err
+}
+
+// decodeOnCPU decodes a chunk of n raw bytes of dtype dt (one frame, or a K and a V frame) into the slot's
+// pinned buffer behind a raw frame header and returns that raw frame's length.
+func (sl *deviceSlot) decodeOnCPU(ch chunk, dt codec.DType, n int) (int, time.Duration, error) {
 	if codec.HeaderSize+n > sl.host.Len() {
 		return 0, 0, fmt.Errorf("%w: a %d-byte layer frame, at most %d expected", ErrFrame, n, sl.host.Len()-codec.HeaderSize)
 	}
@@ -553,12 +611,16 @@ func (sl *deviceSlot) decodeOnCPU(ch chunk, n int) (int, time.Duration, error) {
 	}
 	t0 := time.Now()
 	buf := sl.host.Bytes()[:codec.HeaderSize+n]
-	if err := codec.PutRawHeader(buf[:codec.HeaderSize], codec.BF16, n); err != nil {
+	if err := codec.PutRawHeader(buf[:codec.HeaderSize], dt, n); err != nil {
 		return 0, 0, err
 	}
 	out := buf[codec.HeaderSize:]
-	for kv := range 2 {
-		if _, err := sl.cpu.DecodeInto(out[kv*n/2:(kv+1)*n/2], ch.frames[kv]); err != nil {
+	for i := range ch.n {
+		if ch.hdrs[i].DType != dt {
+			return 0, 0, fmt.Errorf("%w: a %s frame for a %s KV cache", ErrFrame, ch.hdrs[i].DType, dt)
+		}
+		part := out[i*n/ch.n : (i+1)*n/ch.n]
+		if _, err := sl.cpu.DecodeInto(part, ch.frames[i]); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -620,8 +682,9 @@ func (a *pinnedAllocator) free(b []byte) {
 
 // RegisterDeviceCache tells the producer that the rank's KV cache is in the memory of GPU ordinal (the
 // engine's own tensors, in its primary context): one device address per layer's K region, laid out as l
-// describes. bf16 only; the CUDA driver is loaded at run time, and a machine without one gets an error
-// wrapping cuda.ErrNoDriver.
+// describes. bf16 caches move in every mode; fp8 (e4m3, e5m2) caches as raw or high-ratio frames (the fast
+// kernels code bf16). The CUDA driver is loaded at run time, and a machine without one gets an error wrapping
+// cuda.ErrNoDriver.
 func (p *Producer) RegisterDeviceCache(l Layout, ordinal int, bases []uintptr) error {
 	cb := p.o.Codebook
 	if cb == nil {

@@ -92,6 +92,7 @@ type deviceSamples struct {
 	at  [2]int   // where each K/V's copies start in the buffer
 	buf []byte
 	bb  int // bytes per block
+	dt  codec.DType
 }
 
 // copySamples enqueues on the save's stream the copies of layer l's sampled blocks idx (of the chunk starting
@@ -105,7 +106,7 @@ func (s *deviceSaver) copySamples(l, lo int, idx [2][]int) (*deviceSamples, erro
 			return nil, err
 		}
 	}
-	ds := &deviceSamples{idx: idx, buf: s.sampleHost.Bytes(), bb: bb}
+	ds := &deviceSamples{idx: idx, buf: s.sampleHost.Bytes(), bb: bb, dt: c.lay.DType}
 	pos := 0
 	for kv := range 2 {
 		ds.at[kv] = pos
@@ -121,7 +122,7 @@ func (s *deviceSaver) copySamples(l, lo int, idx [2][]int) (*deviceSamples, erro
 
 // histogram counts the copied samples of K (kv 0) or V into h (after the stream's synchronisation).
 func (ds *deviceSamples) histogram(kv int, h *codec.Histogram) error {
-	*h = codec.Histogram{DType: codec.BF16}
+	*h = codec.Histogram{DType: ds.dt}
 	return h.Add(ds.buf[ds.at[kv] : ds.at[kv]+len(ds.idx[kv])*ds.bb])
 }
 
@@ -213,7 +214,7 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	}
 	req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: n}
 	for kv := range 2 {
-		if err := c.kc.GatherEncodeKVHighRatioAsync(s.stream, c.layerOf(l), req, 0, kv, b.tables.Ptr().Add(kv*maxTableBytes), tableLen[kv],
+		if err := c.kc.GatherEncodeKVHighRatioDTypeAsync(s.stream, c.lay.DType, c.layerOf(l), req, 0, kv, b.tables.Ptr().Add(kv*maxTableBytes), tableLen[kv],
 			b.frames.Ptr().Add(kv*b.half), b.sizes.Ptr().Add(8*kv), b.ws.Ptr()); err != nil {
 			return nil, false, err
 		}
@@ -245,11 +246,12 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	return dst[:out], tabled, nil
 }
 
-// onGPU says whether the kernels decode a high-ratio chunk's frames: entropy or raw bf16 frames without a
-// payload checksum (the connector's frames carry none: the transport checks each chunk's CRC-32C).
-func onGPU(ch chunk) bool {
+// onGPU says whether the kernels decode a high-ratio chunk's frames into a cache of dtype dt: entropy or raw
+// frames of that dtype without a payload checksum (the connector's frames carry none: the transport checks
+// each chunk's CRC-32C).
+func onGPU(ch chunk, dt codec.DType) bool {
 	for _, h := range ch.hdrs[:ch.n] {
-		if h.DType != codec.BF16 || h.Checksum || !(h.Raw || h.Entropy) {
+		if h.DType != dt || h.Checksum || !(h.Raw || h.Entropy) {
 			return false
 		}
 	}
@@ -279,7 +281,7 @@ func (ld *deviceLoader) decodeHighRatio(sl *deviceSlot, ch chunk, l, lo, hi int)
 	}
 	req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo}
 	for kv, at := range []int{0, vAt} {
-		if err := c.kc.DecodeScatterKVHighRatioAsync(sl.stream, sl.dev.Ptr().Add(at), len(ch.frames[kv]), c.layerOf(l), req, 0, kv, sl.status.Ptr().Add(4*kv)); err != nil {
+		if err := c.kc.DecodeScatterKVHighRatioDTypeAsync(sl.stream, c.lay.DType, sl.dev.Ptr().Add(at), len(ch.frames[kv]), c.layerOf(l), req, 0, kv, sl.status.Ptr().Add(4*kv)); err != nil {
 			return took, err
 		}
 	}

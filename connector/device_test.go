@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/fp8"
 	"github.com/splitzip/splitzip/kernels/cuda"
 	"github.com/stretchr/testify/require"
 )
@@ -217,4 +219,93 @@ func TestDeviceHighRatio(t *testing.T) {
 		}
 		require.Positive(t, p.Stats().HighRatioHandoffs, "0.1 Gbit/s: the high-ratio mode pays")
 	})
+}
+
+// fp8Layout is smallLayout for an fp8 cache of dtype dt.
+func fp8Layout(numBlocks int, dt codec.DType) Layout {
+	l := smallLayout(numBlocks)
+	l.DType = dt
+	l.BlockStride = int64(l.BlockSize * l.KVHeads * l.HeadSize)
+	l.KVOffset = int64(numBlocks) * l.BlockStride
+	return l
+}
+
+// newFP8TestCache is newTestCache for fp8 caches: the real KV quantised to e4m3 with a per-tensor scale, as an
+// fp8 KV cache holds it (an e5m2 cache gets the same bytes: the test is of the transfer, not of quantisation).
+func newFP8TestCache(t *testing.T, l Layout, offset int) *testCache {
+	c := newTestCache(t, l, false, 0)
+	src := fp8.QuantizeBF16E4M3(realKV(t))
+	for _, m := range c.mem {
+		for i := range m {
+			m[i] = src[(i+offset)%len(src)]
+		}
+		offset += len(m)
+	}
+	return c
+}
+
+// fp8 caches on the GPU path: high-ratio frames coded and decoded by the fp8 kernels (GPU to GPU, and to a host
+// consumer), fast mode falling back to raw frames (the fast kernels code bf16), and a host producer's fast
+// e5m2 frames decoded on the CPU for a GPU consumer; every block bit-exact.
+func TestDeviceFP8(t *testing.T) {
+	ctx := needGPU(t)
+	plane := startPlane(t)
+	srcBlocks := []int{5, 0, 39, 17, 3, 22, 9}
+	dstBlocks := []int{30, 1, 2, 33, 12, 8, 11}
+	for _, dt := range []codec.DType{codec.FP8E4M3, codec.FP8E5M2} {
+		for _, tc := range []struct {
+			name               string
+			mode               Mode
+			hostSrc, hostDst   bool
+			highRatio, rawOnly bool
+		}{
+			{name: "high-ratio GPU to GPU", mode: ModeHighRatio, highRatio: true},
+			{name: "high-ratio GPU to host", mode: ModeHighRatio, hostDst: true, highRatio: true},
+			{name: "high-ratio host to GPU", mode: ModeHighRatio, hostSrc: true, highRatio: true},
+			{name: "fast GPU to GPU", mode: ModeFast, rawOnly: true},
+			{name: "fast host to GPU", mode: ModeFast, hostSrc: true},
+		} {
+			t.Run(fmt.Sprintf("%s/%s", dt, tc.name), func(t *testing.T) {
+				id := fmt.Sprintf("%s-%s", dt, tc.name)
+				p, c := newPair(t, plane, []Option{WithEngineID("p-" + id), WithMode(tc.mode), WithBypass(BypassNever)},
+					[]Option{WithEngineID("d-" + id)})
+				l := fp8Layout(40, dt)
+				srcHost, dstHost := newFP8TestCache(t, l, 124), newTestCache(t, l, false, 0)
+				if tc.hostSrc {
+					require.NoError(t, p.RegisterHostCache(srcHost.layout, srcHost.bases))
+				} else {
+					src := newGPUCache(t, ctx, srcHost)
+					require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
+				}
+				var dst *gpuCache
+				if tc.hostDst {
+					require.NoError(t, c.RegisterHostCache(dstHost.layout, dstHost.bases))
+				} else {
+					dst = newGPUCache(t, ctx, dstHost)
+					require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
+				}
+				for i := range 3 {
+					req := fmt.Sprintf("req-%d", i)
+					h, err := p.Save(req, srcBlocks)
+					require.NoError(t, err)
+					require.NoError(t, c.Load(req, h, dstBlocks))
+					require.NoError(t, waitLoad(t, c, req))
+					if dst != nil {
+						dst.download(t, ctx, dstHost)
+					}
+					requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
+				}
+				st := p.Stats()
+				switch {
+				case tc.highRatio:
+					require.EqualValues(t, 3, st.HighRatioHandoffs)
+					if dt == codec.FP8E4M3 {
+						require.Greater(t, float64(st.RawBytes)/float64(st.EncodedBytes), 1.1)
+					}
+				case tc.rawOnly:
+					require.EqualValues(t, 3, st.RawHandoffs, "the fast kernels code bf16: fp8 goes raw")
+				}
+			})
+		}
+	}
 }

@@ -19,6 +19,8 @@ type kvCache interface {
 	loader(blocks []int, per int) (layerLoader, error)
 	// allocStaging returns host memory for frames on their way to or from the wire (pinned for a GPU).
 	stagingAllocator() allocator
+	// codes says whether the cache's codec writes path p's frames for its dtype (raw frames always).
+	codes(p path) bool
 	close() error
 }
 
@@ -153,6 +155,9 @@ func (goAllocator) free([]byte)                 {}
 func (c *hostCache) kvLayout() *Layout           { return &c.layout }
 func (c *hostCache) stagingAllocator() allocator { return goAllocator{} }
 func (c *hostCache) close() error                { c.stopHugePages(); return nil }
+
+// codes: the CPU codec takes every dtype in every mode (a dtype a mode does not code goes raw).
+func (c *hostCache) codes(path) bool { return true }
 
 type hostSaver struct {
 	c      *hostCache

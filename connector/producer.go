@@ -335,6 +335,9 @@ func (p *Producer) open(reqID, handoffID string, secret []byte, blocks []int) (*
 	}
 	f := newFraming(l, len(blocks), p.o.FrameBytes)
 	allowed := allowedPaths(p.bypass, p.mode)
+	for q := range numPaths {
+		allowed[q] = allowed[q] && p.cache.codes(q)
+	}
 	if p.mode == ModeAuto && p.policy.linkConf == 0 && len(p.saves) >= runtime.NumCPU() && (allowed[pathFast] || allowed[pathRaw]) {
 		// More handoffs in flight than cores: they share the CPU, and each one's measured transfer rate is
 		// its share of the host, not the link's. The per-handoff model then takes that for a slow link and

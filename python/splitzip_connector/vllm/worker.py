@@ -45,6 +45,8 @@ _TORCH_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "
 for _name, _code in (("float8_e5m2", "fp8_e5m2"), ("float8_e4m3fn", "fp8_e4m3")):
     if hasattr(torch, _name):
         _TORCH_DTYPES[getattr(torch, _name)] = _code
+# vLLM allocates fp8 KV caches as uint8 tensors; --kv-cache-dtype says which fp8 ("fp8" is e4m3 on CUDA).
+_FP8_CACHE_DTYPES = {"fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2"}
 
 # One control-plane connection per process, URL and options ("" is an embedded server, shared by the producer
 # and the consumer of one process).
@@ -94,6 +96,7 @@ def layout_from_tensors(
     latent: bool = False,
     shards: int = 0,
     layers: list[str] | None = None,
+    cache_dtype: str = "auto",
 ) -> CacheLayout:
     """Reads the paged layout from vLLM's per-layer KV tensors (of `layers` only, when given: the layers of
     the KV cache groups a handoff moves).
@@ -104,7 +107,8 @@ def layout_from_tensors(
     head_size contiguous elements per block id instead, and the Go layout's TP size is the number of shards
     of a handoff (shards: one per decode rank, config.mla_shards), not the ranks that compute it. Layers sharing
     a start address form one slot (one Go layer); slots are numbered in the order the forward pass completes
-    them (by their last layer). Everything else is refused with a message saying what was found.
+    them (by their last layer). cache_dtype is vLLM's --kv-cache-dtype: vLLM keeps fp8 caches in uint8 tensors
+    ("fp8" is e4m3 on CUDA). Everything else is refused with a message saying what was found.
     """
     from vllm.model_executor.models.utils import extract_layer_index
 
@@ -122,15 +126,17 @@ def layout_from_tensors(
             )
     first = kv_caches[names[0]]
     dtype = _TORCH_DTYPES.get(first.dtype)
+    if first.dtype == torch.uint8:
+        dtype = _FP8_CACHE_DTYPES.get(cache_dtype)
     if dtype is None:
         raise ValueError(
-            f"SplitZipConnector: KV cache dtype {first.dtype} is not one SplitZip knows; use bfloat16, "
-            "float16 or fp8 (--kv-cache-dtype)"
+            f"SplitZipConnector: KV cache dtype {first.dtype} (--kv-cache-dtype {cache_dtype}) is not one "
+            "SplitZip knows; use bfloat16, float16 or fp8 (--kv-cache-dtype)"
         )
-    if first.device.type == "cuda" and first.dtype != torch.bfloat16:
+    if first.device.type == "cuda" and dtype not in ("bf16", "fp8_e4m3", "fp8_e5m2"):
         raise NotImplementedError(
-            f"SplitZipConnector: the GPU path moves bfloat16 KV caches; this one is {first.dtype} on "
-            f"{first.device} (run with --dtype bfloat16, or without --kv-cache-dtype)"
+            f"SplitZipConnector: the GPU path moves bfloat16 and fp8 KV caches; this one is {first.dtype} on "
+            f"{first.device} (run with --dtype bfloat16, or --kv-cache-dtype fp8)"
         )
     if first.device.type not in ("cpu", "cuda"):
         raise NotImplementedError(
@@ -333,6 +339,7 @@ class SplitZipWorker:
             latent=self.latent,
             shards=mla_shards(self.vllm_config, self.cfg) if self.latent else 0,
             layers=layers,
+            cache_dtype=str(self.vllm_config.cache_config.cache_dtype),
         )
         self._slot_of = {n: i for i, slot in enumerate(self.cache.slots) for n in slot}
         self._seen = [set() for _ in self.cache.slots]

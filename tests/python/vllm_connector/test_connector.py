@@ -406,3 +406,19 @@ def test_remote_tp_size_refused_at_startup(model_config):
     cfg = make_vllm_config(model_config, "kv_consumer", extra={"remote_tp_size": 1})
     c = SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
     c.shutdown()
+
+
+def test_fp8_caches_are_read_from_uint8_tensors():
+    """vLLM allocates fp8 KV caches as uint8 tensors: --kv-cache-dtype says which fp8 they hold."""
+    from splitzip_connector.vllm.worker import layout_from_tensors
+
+    blocks, heads, dim = 6, 3, 64
+    caches = {f"model.layers.{i}.self_attn.attn": torch.zeros(2, blocks, BLOCK, heads, dim, dtype=torch.uint8)
+              for i in range(2)}
+    kw = dict(num_blocks=blocks, block_size=BLOCK, kv_heads=heads, head_size=dim, tp_size=1, model="m")
+    for cache_dtype, want in (("fp8", "fp8_e4m3"), ("fp8_e4m3", "fp8_e4m3"), ("fp8_e5m2", "fp8_e5m2")):
+        got = layout_from_tensors(caches, cache_dtype=cache_dtype, **kw)
+        assert got.layout.dtype == want
+        assert got.layout.block_stride == BLOCK * heads * dim  # bytes: one byte an element
+    with pytest.raises(ValueError, match=r"torch.uint8 \(--kv-cache-dtype auto\) is not one SplitZip knows"):
+        layout_from_tensors(caches, **kw)
