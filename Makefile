@@ -126,6 +126,22 @@ wheel-gpu: nixl
 	cp $(NIXL_WHEEL) .gpu/wheels/  # the NIXL payload transport (tests/gpu/transports.py)
 	@ls -1 .gpu/wheels
 
+# What tests/gpu/validate.sh needs on the GPU machine, in one carry folder (.gpu/pack, about 26 MiB): the GPU
+# test binaries and the splitzip binary, stripped and xz-packed, and the connector's cp312 wheel (the GPU
+# machine has pytest and ml_dtypes).
+gpu-pack: wheel-gpu
+	rm -rf .gpu/pack && mkdir -p .gpu/pack
+	go test -c -ldflags='-s -w' -o .gpu/pack/cuda.test ./kernels/cuda
+	go test -c -ldflags='-s -w' -o .gpu/pack/kernels.test ./kernels
+	go test -c -ldflags='-s -w' -o .gpu/pack/gpubench.test ./internal/gpubench
+	go test -c -ldflags='-s -w' -o .gpu/pack/connector.test ./connector
+	go build -ldflags='-s -w' -o .gpu/pack/splitzip ./cmd/splitzip
+	xz -T0 -6 .gpu/pack/*.test .gpu/pack/splitzip
+	cp .gpu/wheels/splitzip_connector-*.whl .gpu/pack/
+	@du -sh .gpu/pack
+
+.PHONY: gpu-pack
+
 # --- vLLM connector: splitzip_connector.vllm under the pinned vLLM release ---------------------------------
 # Its own venv (vLLM pins its torch): installing vllm==$(VLLM_VERSION) from PyPI takes about 12 min and 9.4 GB
 # on the CI machine (torch + CUDA wheels; no GPU needed to import it). vllm-test runs the connector under vLLM's
