@@ -236,6 +236,62 @@ func BenchmarkHighRatio(b *testing.B) {
 	}
 }
 
+// BenchmarkHighRatioPagedKV times the connector's high-ratio path on one layer of a Llama-3-8B-shaped paged
+// cache (16-token blocks of 8 heads × 128, K and V interleaved per block as vLLM's FLASH_ATTN lays them out): a
+// 16,384-token request's K blocks gather-encoded into one frame and decode-scattered back, beside the dense
+// kernels on the same 32 MiB gathered, so that the table tells the paged kernels' cost from the dense ones'.
+func BenchmarkHighRatioPagedKV(b *testing.B) {
+	g := newGPU(b)
+	kv := concat(realKV(b))
+	const blockElems, numBlocks, nb = 16 * 8 * 128, 2048, 1024
+	c := newPagedCache(b, g, 1, numBlocks, blockElems, true, 0)
+	require.NoError(b, g.s.CopyHtoD(c.bufs[0], kvtile.Tile(kv, 2*2*numBlocks*blockElems, 7)))
+	ids := rand.New(rand.NewPCG(7, 8)).Perm(numBlocks)[:nb]
+	req := PagedRequest{BlockIDs: g.upload(b, int32s(ids)), NumBlocks: nb}
+	size := 2 * nb * blockElems
+	var gathered []byte
+	for _, id := range ids {
+		gathered = append(gathered, c.get(b, g, 0, 0, id)...)
+	}
+	_, table := hrTable(b, gathered)
+	tab := g.upload(b, table)
+	in := g.upload(b, gathered)
+	dst, out := g.alloc(b, MaxEncodedLen(size)), g.alloc(b, size)
+	sz, status := g.alloc(b, 8), g.alloc(b, 8)
+	ws := g.alloc(b, max(HighRatioWorkspaceSize(size), c.layout.GatherEncodeKVHighRatioWorkspaceSize(req)))
+	require.NoError(b, g.codec.EncodeHighRatioAsync(g.s, in, size, tab, len(table), dst, sz, ws))
+	frameLen := int(g.u64(b, sz))
+	time := func(name string, f func() error) {
+		b.Run(fmt.Sprintf("%s/%dMiB", name, size>>20), func(b *testing.B) {
+			b.SetBytes(int64(size))
+			require.NoError(b, f())
+			require.NoError(b, g.s.Synchronize())
+			b.ResetTimer()
+			for range b.N {
+				if err := f(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			require.NoError(b, g.s.Synchronize())
+			b.ReportMetric(float64(size)/float64(frameLen), "ratio")
+		})
+	}
+	time("copy", func() error { return g.s.MemcpyDtoDAsync(out, in, size) })
+	time("dense-encode", func() error { return g.codec.EncodeHighRatioAsync(g.s, in, size, tab, len(table), dst, sz, ws) })
+	time("dense-decode", func() error { return g.codec.DecodeHighRatioAsync(g.s, dst, frameLen, out, size, status) })
+	time("paged-encode", func() error {
+		return g.codec.GatherEncodeKVHighRatioAsync(g.s, c.layout, req, 0, 0, tab, len(table), dst, sz, ws)
+	})
+	require.NoError(b, g.s.Synchronize())
+	require.Equal(b, frameLen, int(g.u64(b, sz)), "the paged frame is the dense one")
+	time("paged-decode", func() error {
+		return g.codec.DecodeScatterKVHighRatioAsync(g.s, dst, frameLen, c.layout, req, 0, 0, status)
+	})
+	for i, id := range ids[:8] {
+		require.Equal(b, gathered[2*i*blockElems:2*(i+1)*blockElems], c.get(b, g, 0, 0, id), "block %d", id)
+	}
+}
+
 // The high-ratio mode's paged kernels: a request's blocks gather-encoded straight from a paged cache match the
 // CPU encoder over the gathered tensors, and decode-scatter restores them into other block ids of a cache
 // laid out the other way.
