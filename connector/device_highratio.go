@@ -14,10 +14,11 @@ import (
 // Learned tables on the GPU path. The kernels code with the (layer, K/V) tables and per-layer codebooks a host
 // cache learns (tables.go), from the same samples: one block in sampleEvery of the frames the learner wants
 // (every frame of a layer until its tables are built, then one in resampleEvery), copied to pinned memory on
-// the save's stream beside the encode and counted on the host while the frames are copied out. A high-ratio chunk is K's frame then V's, each with its table; until a (layer, K/V) has one, its
-// frame is coded with a table built from that frame's sample (the kernels take a table, they do not build
-// one; a sample's table codes every exponent, ESC for those it missed). A fast frame without a learned
-// codebook uses the producer's.
+// the save's stream beside the encode and counted on the host while the frames are copied out. A high-ratio
+// chunk is K's frame then V's, each with its table; until a (layer, K/V) has one, its frame is coded with a
+// table built from that frame's sample (the kernels take a table, they do not build one; a sample's table
+// codes every exponent, ESC for those it missed). A fast frame without a learned codebook uses the
+// producer's.
 
 // maxTableBytes bounds a code table as frames carry it (bf16: lo, hi and 257 nibbles).
 const maxTableBytes = 256
