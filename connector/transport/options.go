@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 )
 
@@ -16,9 +17,11 @@ import (
 // Listen or Fetch before any connection is made.
 type Options struct {
 	// Conns is the number of parallel TCP connections one Fetch opens (never
-	// more than the handoff has chunks). Fetch. Default 8: on a 16-core host
-	// one connection carried 30 Gbit/s and eight 114 (loopback, with the
-	// consumer's copy), so eight fill a 100 Gbit/s link where four may not.
+	// more than the handoff has chunks). Fetch. Default: half the host's
+	// cores, at least 4 and at most 8. On a 16-core host one connection
+	// carried 30 Gbit/s and eight 114 (loopback, with the consumer's copy),
+	// so eight fill a 100 Gbit/s link where four may not; on a 2-core host
+	// eight cost more in scheduling than they add.
 	Conns int
 	// Window is the number of chunk requests in flight per connection, so
 	// the producer always has the next request queued when it finishes a
@@ -82,7 +85,7 @@ type Option func(*Options) error
 // GetDefaultOptions returns a fresh copy of the defaults.
 func GetDefaultOptions() Options {
 	return Options{
-		Conns:        8,
+		Conns:        min(max(runtime.NumCPU()/2, 4), 8),
 		Window:       2,
 		IOTimeout:    30 * time.Second,
 		MaxChunkSize: 64 << 20,

@@ -60,8 +60,9 @@ class SplitZipConfig:
     handoff_ttl_s*   how long an unclaimed handoff lives.
     load_timeout_s*  bound on one load.
     record_wait_s*   how long a consumer waits for a handoff to appear.
-    fetch_conns*     TCP connections a consumer opens per load (transport "tcp"); more fill faster links: on a
-                     16-core host, loopback moved 30 Gbit/s with 1 and 114 with 8.
+    fetch_conns*     TCP connections a consumer opens per load (transport "tcp"; default half the host's cores,
+                     4 to 8); more fill faster links: on a 16-core host, loopback moved 30 Gbit/s with 1 and 114
+                     with 8.
     engine_id        this engine's name on the control plane (default kv_transfer_config.engine_id).
     remote_tp_size   the tensor-parallel size the engines of the other role run (0: not stated); a value other
                      than this engine's is refused at start-up. Without it, engines still refuse at start-up a
