@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
-	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -208,19 +207,7 @@ func BenchmarkHighRatio(b *testing.B) {
 			require.NoError(b, g.codec.EncodeHighRatioDTypeAsync(g.s, dt, in, size, tab, len(table), dst, sz, ws))
 			frameLen := int(g.u64(b, sz))
 			time := func(name string, f func() error) {
-				b.Run(fmt.Sprintf("%s%s/%dMiB", prefix, name, size>>20), func(b *testing.B) {
-					b.SetBytes(int64(size))
-					require.NoError(b, f())
-					require.NoError(b, g.s.Synchronize())
-					b.ResetTimer()
-					for range b.N {
-						if err := f(); err != nil {
-							b.Fatal(err)
-						}
-					}
-					require.NoError(b, g.s.Synchronize())
-					b.ReportMetric(float64(size)/float64(frameLen), "ratio")
-				})
+				benchOp(b, g, fmt.Sprintf("%s%s/%dMiB", prefix, name, size>>20), size, frameLen, f)
 			}
 			time("copy", func() error { return g.s.MemcpyDtoDAsync(out, in, size) })
 			time("encode", func() error {
@@ -234,6 +221,24 @@ func BenchmarkHighRatio(b *testing.B) {
 			require.True(b, bytes.Equal(src, got), "%s decode of %d MiB", dt, size>>20)
 		}
 	}
+}
+
+// benchOp times f, queued on g's stream, as sub-benchmark name of size raw bytes (after one untimed call),
+// and reports the ratio of size to frameLen.
+func benchOp(b *testing.B, g *gpuEnv, name string, size, frameLen int, f func() error) {
+	b.Run(name, func(b *testing.B) {
+		b.SetBytes(int64(size))
+		require.NoError(b, f())
+		require.NoError(b, g.s.Synchronize())
+		b.ResetTimer()
+		for range b.N {
+			if err := f(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		require.NoError(b, g.s.Synchronize())
+		b.ReportMetric(float64(size)/float64(frameLen), "ratio")
+	})
 }
 
 // BenchmarkHighRatioPagedKV times the connector's high-ratio path on one layer of a Llama-3-8B-shaped paged
@@ -262,19 +267,7 @@ func BenchmarkHighRatioPagedKV(b *testing.B) {
 	require.NoError(b, g.codec.EncodeHighRatioAsync(g.s, in, size, tab, len(table), dst, sz, ws))
 	frameLen := int(g.u64(b, sz))
 	time := func(name string, f func() error) {
-		b.Run(fmt.Sprintf("%s/%dMiB", name, size>>20), func(b *testing.B) {
-			b.SetBytes(int64(size))
-			require.NoError(b, f())
-			require.NoError(b, g.s.Synchronize())
-			b.ResetTimer()
-			for range b.N {
-				if err := f(); err != nil {
-					b.Fatal(err)
-				}
-			}
-			require.NoError(b, g.s.Synchronize())
-			b.ReportMetric(float64(size)/float64(frameLen), "ratio")
-		})
+		benchOp(b, g, fmt.Sprintf("%s/%dMiB", name, size>>20), size, frameLen, f)
 	}
 	time("copy", func() error { return g.s.MemcpyDtoDAsync(out, in, size) })
 	time("dense-encode", func() error { return g.codec.EncodeHighRatioAsync(g.s, in, size, tab, len(table), dst, sz, ws) })
@@ -416,77 +409,12 @@ func quantizeFP8(t testing.TB, f *safetensors.File, dt codec.DType) []byte {
 		case codec.FP8E4M3:
 			q = append(q, fp8.QuantizeBF16E4M3(x.Data)...)
 		case codec.FP8E5M2:
-			q = append(q, quantizeBF16E5M2(x.Data)...)
+			q = append(q, fp8.QuantizeBF16E5M2(x.Data)...)
 		default:
 			require.Failf(t, "quantizeFP8", "not an fp8 dtype: %s", dt)
 		}
 	}
 	return q
-}
-
-// quantizeBF16E5M2 is fp8.QuantizeBF16E4M3 for e5m2: scale amax/57344, round to nearest even, saturating at
-// ±57344.
-func quantizeBF16E5M2(bf16 []byte) []byte {
-	vals := make([]float64, len(bf16)/2)
-	amax := 0.0
-	for i := range vals {
-		vals[i] = float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(bf16[2*i:])) << 16))
-		if a := math.Abs(vals[i]); !math.IsNaN(a) && !math.IsInf(a, 0) {
-			amax = max(amax, a)
-		}
-	}
-	q := make([]byte, len(vals))
-	for i, v := range vals {
-		if amax > 0 {
-			v /= amax / 57344
-		}
-		q[i] = e5m2(v)
-	}
-	return q
-}
-
-// e5m2 rounds f to the nearest fp8 e5m2 value (ties to even), saturating at ±57344; NaN stays NaN.
-func e5m2(f float64) byte {
-	var sign byte
-	if math.Signbit(f) {
-		sign, f = 0x80, -f
-	}
-	switch {
-	case math.IsNaN(f):
-		return sign | 0x7F
-	case f >= 57344:
-		return sign | 0x7B
-	}
-	e := math.Floor(math.Log2(f))
-	if f == 0 || e < -14 { // subnormal: units of 2^-16; 4 units round up to the smallest normal, whose bits are also 4
-		return sign | byte(math.RoundToEven(f*65536))
-	}
-	m := math.RoundToEven((f/math.Exp2(e) - 1) * 4)
-	if m == 4 {
-		e, m = e+1, 0
-	}
-	biased := int(e) + 15
-	if biased > 30 {
-		return sign | 0x7B
-	}
-	return sign | byte(biased)<<2 | byte(m)
-}
-
-// The e5m2 quantiser used for the fp8 tests: exact values stay exact, halfway values round to even, the
-// range saturates.
-func TestE5M2Quantiser(t *testing.T) {
-	for _, c := range []struct {
-		f    float64
-		want byte
-	}{
-		{0, 0x00}, {1, 0x3C}, {-1, 0xBC}, {1.25, 0x3D}, {1.125, 0x3C}, {1.375, 0x3E}, {1.875, 0x40},
-		{57344, 0x7B}, {1e9, 0x7B}, {-1e9, 0xFB}, {math.Exp2(-14), 0x04}, {math.Exp2(-16), 0x01},
-		{3 * math.Exp2(-17), 0x02}, {math.Exp2(-17), 0x00}, {math.NaN(), 0x7F},
-	} {
-		assert.Equal(t, c.want, e5m2(c.f), "%g", c.f)
-	}
-	q := quantizeBF16E5M2([]byte{0x80, 0x3F, 0x00, 0x40, 0x00, 0xC0}) // 1, 2, -2: amax 2 maps to 57344, 1 to 28672
-	assert.Equal(t, []byte{0x77, 0x7B, 0xFB}, q)
 }
 
 // tileFP8 fills n bytes with copies of q (fp8), flipping the lowest mantissa bit of each copy's elements by a

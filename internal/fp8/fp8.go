@@ -1,5 +1,6 @@
-// Package fp8 converts to the fp8 e4m3fn format (no infinities, ±448 the largest finite value) the way an fp8
-// KV cache quantises: the statistics and tests that measure how the high-ratio mode codes fp8 KV use it.
+// Package fp8 converts to the fp8 formats (e4m3fn: no infinities, ±448 the largest finite value; e5m2: ±57344)
+// the way an fp8 KV cache quantises: the statistics and tests that measure how the high-ratio mode codes fp8 KV
+// use it.
 package fp8
 
 import (
@@ -10,7 +11,14 @@ import (
 // QuantizeBF16E4M3 quantises a bf16 tensor to fp8 e4m3 (e4m3fn: no infinities, ±448 the largest finite value) as
 // an fp8 KV cache does: a per-tensor scale amax/448, round to nearest even, saturating at ±448. An all-zero
 // tensor stays zero.
-func QuantizeBF16E4M3(bf16 []byte) []byte {
+func QuantizeBF16E4M3(bf16 []byte) []byte { return quantize(bf16, 448, E4M3) }
+
+// QuantizeBF16E5M2 is QuantizeBF16E4M3 for e5m2: scale amax/57344, saturating at ±57344.
+func QuantizeBF16E5M2(bf16 []byte) []byte { return quantize(bf16, 57344, E5M2) }
+
+// quantize scales a bf16 tensor by amax/largest (its largest finite magnitude to the format's) and rounds each
+// value with round.
+func quantize(bf16 []byte, largest float64, round func(float64) byte) []byte {
 	vals := make([]float64, len(bf16)/2)
 	amax := 0.0
 	for i := range vals {
@@ -19,13 +27,13 @@ func QuantizeBF16E4M3(bf16 []byte) []byte {
 			amax = max(amax, a)
 		}
 	}
-	scale := amax / 448
+	scale := amax / largest
 	q := make([]byte, len(vals))
 	for i, v := range vals {
 		if scale > 0 {
 			v /= scale
 		}
-		q[i] = E4M3(v)
+		q[i] = round(v)
 	}
 	return q
 }
@@ -72,4 +80,31 @@ func DecodeE4M3(b byte) float64 {
 		return sign * m * math.Exp2(-9)
 	}
 	return sign * (1 + m/8) * math.Exp2(float64(e-7))
+}
+
+// E5M2 rounds f to the nearest fp8 e5m2 value (ties to even), saturating at ±57344; NaN stays NaN.
+func E5M2(f float64) byte {
+	var sign byte
+	if math.Signbit(f) {
+		sign, f = 0x80, -f
+	}
+	switch {
+	case math.IsNaN(f):
+		return sign | 0x7F
+	case f >= 57344:
+		return sign | 0x7B
+	}
+	e := math.Floor(math.Log2(f))
+	if f == 0 || e < -14 { // subnormal: units of 2^-16; 4 units round up to the smallest normal, whose bits are also 4
+		return sign | byte(math.RoundToEven(f*65536))
+	}
+	m := math.RoundToEven((f/math.Exp2(e) - 1) * 4)
+	if m == 4 {
+		e, m = e+1, 0
+	}
+	biased := int(e) + 15
+	if biased > 30 {
+		return sign | 0x7B
+	}
+	return sign | byte(biased)<<2 | byte(m)
 }

@@ -51,3 +51,20 @@ func TestQuantizeBF16E4M3(t *testing.T) {
 	require.Equal(t, []byte{0x3C, 0xFE, 0x30}, QuantizeBF16E4M3(bf16(3, -896, 1)), "scale 2: 1.5, -448, 0.5")
 	require.Equal(t, []byte{0, 0}, QuantizeBF16E4M3(bf16(0, 0)), "an all-zero tensor stays zero")
 }
+
+// E5M2: exact values stay exact, halfway values round to even, the
+// range saturates.
+func TestE5M2Quantiser(t *testing.T) {
+	for _, c := range []struct {
+		f    float64
+		want byte
+	}{
+		{0, 0x00}, {1, 0x3C}, {-1, 0xBC}, {1.25, 0x3D}, {1.125, 0x3C}, {1.375, 0x3E}, {1.875, 0x40},
+		{57344, 0x7B}, {1e9, 0x7B}, {-1e9, 0xFB}, {math.Exp2(-14), 0x04}, {math.Exp2(-16), 0x01},
+		{3 * math.Exp2(-17), 0x02}, {math.Exp2(-17), 0x00}, {math.NaN(), 0x7F},
+	} {
+		require.Equal(t, c.want, E5M2(c.f), "%g", c.f)
+	}
+	q := QuantizeBF16E5M2([]byte{0x80, 0x3F, 0x00, 0x40, 0x00, 0xC0}) // 1, 2, -2: amax 2 maps to 57344, 1 to 28672
+	require.Equal(t, []byte{0x77, 0x7B, 0xFB}, q)
+}
