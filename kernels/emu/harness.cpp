@@ -1,0 +1,225 @@
+// Command harness runs the high-ratio kernels of kernels/entropy.cuh on the host (shim.h), launched as
+// kernels/entropy.go launches them, for kernels/emu_test.go to compare with the CPU codec. Buffers are exact-size
+// heap allocations, so that AddressSanitizer reports any access past them. Modes (DT: bf16, e4m3 or e5m2):
+//
+//	enc DT IN TABLE OUT                    encode the tensor in file IN with the code table in TABLE; frame to OUT
+//	dec DT FRAME FRAMECAP OUTLEN OUT       decode FRAME (FRAMECAP bytes readable) into OUTLEN bytes; prints the
+//	                                       status, writes the output to OUT
+//	kv DT IN TABLE BLOCKELEMS FRAME RT     scatter IN into layer 1's V blocks of a 2-layer paged cache (K and V
+//	                                       interleaved per block), encode them straight from it (frame to FRAME),
+//	                                       decode the frame into a cache laid out K then V, gather those blocks
+//	                                       back into RT; prints the decoder's status
+#include "entropy.cuh"
+
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+using namespace sz;
+
+static constexpr uint64_t kRawGridLimit = 132;  // rawGridLimit in kernels/gpucodec.go
+
+static std::vector<uint8_t> readf(const char* path) {
+  FILE* f = fopen(path, "rb");
+  if (!f) { perror(path); exit(2); }
+  std::vector<uint8_t> b;
+  uint8_t buf[1 << 16];
+  size_t k;
+  while ((k = fread(buf, 1, sizeof buf, f)) > 0) b.insert(b.end(), buf, buf + k);
+  fclose(f);
+  return b;
+}
+static void writef(const char* path, const uint8_t* p, size_t n) {
+  FILE* f = fopen(path, "wb");
+  if (!f || fwrite(p, 1, n, f) != n || fclose(f) != 0) {
+    perror(path);
+    exit(2);
+  }
+}
+static uint8_t* exact(size_t n) {  // an allocation of exactly n bytes, 16-byte aligned (ASan sees its end)
+  void* p = nullptr;
+  if (posix_memalign(&p, 16, n ? n : 1)) exit(3);
+  return (uint8_t*)p;
+}
+// copy_of returns an exact allocation of cap bytes starting with (up to cap bytes of) b.
+static uint8_t* copy_of(const std::vector<uint8_t>& b, size_t cap) {
+  uint8_t* p = exact(cap);
+  if (!b.empty()) memcpy(p, b.data(), std::min(cap, b.size()));
+  return p;
+}
+static uint64_t align16h(uint64_t x) { return (x + 15) & ~uint64_t(15); }
+static uint64_t chunks_of(uint64_t n) { return std::max<uint64_t>(1, (n + kHRChunk - 1) / kHRChunk); }
+
+template <class T>
+static bool raw_only(uint64_t n, uint64_t chunks, uint64_t table_len) {
+  const uint64_t res = (n * T::kResBits + 7) / 8;
+  return align16h(align16h(align16h(kHeaderSize + table_len) + 4 * chunks) + res) >= kHeaderSize + T::kBytes * n;
+}
+
+template <class T> struct Maps;
+template <> struct Maps<HRBF16> { using Dense = DenseMap; using Paged = PagedMap; };
+template <> struct Maps<HRE4M3> { using Dense = DenseByteMap; using Paged = PagedByteMap; };
+template <> struct Maps<HRE5M2> { using Dense = DenseByteMap; using Paged = PagedByteMap; };
+
+// encode runs the encoder and the raw kernel as entropy.go launches them; returns the frame length.
+template <class T, class Map>
+static uint64_t encode(HREncParams p, const Map& map) {
+  std::vector<uint64_t> ws((16 * p.frames + 8ull * p.frames * p.chunks) / 8 + 1, 0);
+  p.ws = (uint64_t)ws.data();
+  const uint64_t n = p.n;
+  if (raw_only<T>(n, p.chunks, p.table_len)) p.raw_only = 1;
+  uint64_t size = 0;
+  p.sizes = (uint64_t)&size;
+  const uint64_t total = (uint64_t)p.frames * p.chunks;
+  emu_launch((uint32_t)((total + 3) / 4), 128, [&] { hr_encode<T, 4>(p, map); });
+  const uint64_t units = (n + 7) / 8;
+  emu_launch((uint32_t)std::max<uint64_t>(1, std::min<uint64_t>(kRawGridLimit, (units + 255) / 256)), 256, [&] { hr_raw<T>(p, map); });
+  return size;
+}
+
+template <class T, class Map>
+static uint32_t decode(HRDecParams p, const Map& map) {
+  uint32_t status = 0;
+  p.status = (uint64_t)&status;
+  const uint32_t bpf = (p.chunks + 7) / 8;
+  emu_launch(p.frames * bpf, 256, [&] { hr_decode<T, 8>(p, map); });
+  return status;
+}
+
+template <class T>
+static int run(int argc, char** argv) {
+  const std::string mode = argv[1];
+  if ((mode == "enc" && argc != 6) || (mode == "dec" && argc != 7) || (mode == "kv" && argc != 8)) {
+    fprintf(stderr, "harness %s: wrong number of arguments\n", mode.c_str());
+    return 2;
+  }
+  if (mode == "enc") {  // enc DT IN TABLE OUT
+    auto in = readf(argv[3]);
+    auto table = readf(argv[4]);
+    const uint64_t n = in.size() / T::kBytes;
+    uint8_t* src = copy_of(in, in.size());
+    uint8_t* tab = copy_of(table, table.size());
+    const size_t cap = kHeaderSize + in.size() + 64;
+    uint8_t* dst = exact(cap);
+    memset(dst, 0xA5, cap);
+    HREncParams p{};
+    p.src = (uint64_t)src;
+    p.dst = (uint64_t)dst;
+    p.table = (uint64_t)tab;
+    p.n = (uint32_t)n;
+    p.frames = 1;
+    p.chunks = (uint32_t)chunks_of(n);
+    p.table_len = (uint32_t)table.size();
+    const uint64_t len = encode<T>(p, typename Maps<T>::Dense{p.src});
+    for (size_t i = len; i < cap; i++)
+      if (dst[i] != 0xA5) { fprintf(stderr, "byte %zu past the frame (%llu) written\n", i, (unsigned long long)len); return 1; }
+    writef(argv[5], dst, len);
+    return 0;
+  }
+  if (mode == "dec") {  // dec DT FRAME FRAMECAP OUTLEN OUT
+    auto fr = readf(argv[3]);
+    const uint64_t cap = strtoull(argv[4], 0, 10), out_len = strtoull(argv[5], 0, 10);
+    uint8_t* frame = copy_of(fr, cap);
+    uint8_t* out = exact(out_len);
+    memset(out, 0x5A, out_len);
+    HRDecParams p{};
+    p.src = (uint64_t)frame;
+    p.frame_cap = cap;
+    p.dst = (uint64_t)out;
+    p.out_bytes = out_len;
+    p.frames = 1;
+    p.chunks = (uint32_t)chunks_of(out_len / T::kBytes);
+    const uint32_t st = decode<T>(p, typename Maps<T>::Dense{p.dst});
+    printf("%u\n", st);
+    writef(argv[6], out, out_len);
+    return 0;
+  }
+  if (mode == "kv") {  // kv DT IN TABLE BLOCKELEMS FRAMEOUT RTOUT: layer 1's V of a 2-layer cache
+    auto in = readf(argv[3]);
+    auto table = readf(argv[4]);
+    const uint32_t be = atoi(argv[5]);
+    const uint32_t B = T::kBytes;
+    const uint32_t n = in.size() / B, nb = n / be, nblocks = nb + 5;
+    std::mt19937 rng(n);
+    std::vector<int32_t> sids(nblocks), dids(nblocks);
+    for (uint32_t i = 0; i < nblocks; i++) sids[i] = dids[i] = i;
+    std::shuffle(sids.begin(), sids.end(), rng);
+    std::shuffle(dids.begin(), dids.end(), rng);
+    // source: FlashInfer-like (K and V interleaved per block: stride 2 blocks); destination: K then V.
+    const size_t layer_bytes = 2ull * nblocks * be * B;
+    uint8_t* sbuf = exact(2 * layer_bytes);
+    uint8_t* dbuf = exact(2 * layer_bytes);
+    memset(sbuf, 0x3C, 2 * layer_bytes);
+    memset(dbuf, 0xC3, 2 * layer_bytes);
+    uint64_t sb[4], db[4];
+    for (int l = 0; l < 2; l++) {
+      sb[2 * l] = (uint64_t)(sbuf + l * layer_bytes);
+      sb[2 * l + 1] = sb[2 * l] + (uint64_t)be * B;
+      db[2 * l] = (uint64_t)(dbuf + l * layer_bytes);
+      db[2 * l + 1] = db[2 * l] + (uint64_t)nblocks * be * B;
+    }
+    for (uint32_t b = 0; b < nb; b++) memcpy((uint8_t*)sb[3] + (uint64_t)sids[b] * 2 * be * B, in.data() + (uint64_t)b * be * B, (size_t)be * B);
+    uint8_t* tab = copy_of(table, table.size());
+    const size_t cap = kHeaderSize + in.size() + 64;
+    uint8_t* dst = exact(cap);
+    memset(dst, 0xA5, cap);
+    HREncParams p{};
+    p.src = (uint64_t)(sb + 3);
+    p.ids = (uint64_t)sids.data();
+    p.dst = (uint64_t)dst;
+    p.stride_bytes = 2ull * be * B;
+    p.table = (uint64_t)tab;
+    p.n = n;
+    p.frames = 1;
+    p.chunks = (uint32_t)chunks_of(n);
+    p.block_elems = be;
+    p.n_blocks = nb;
+    p.segs_per_frame = nb;
+    p.table_len = (uint32_t)table.size();
+    const uint64_t len = encode<T>(p, typename Maps<T>::Paged{(const uint64_t*)p.src, (const int32_t*)p.ids, p.stride_bytes, be, nb, nb});
+    for (size_t i = len; i < cap; i++)
+      if (dst[i] != 0xA5) { fprintf(stderr, "byte %zu past the frame written\n", i); return 1; }
+    writef(argv[6], dst, len);
+    uint8_t* frame = exact(len);
+    memcpy(frame, dst, len);
+    HRDecParams d{};
+    d.src = (uint64_t)frame;
+    d.frame_cap = len;
+    d.dst = (uint64_t)(db + 3);
+    d.ids = (uint64_t)dids.data();
+    d.stride_bytes = (uint64_t)be * B;
+    d.out_bytes = (uint64_t)n * B;
+    d.frames = 1;
+    d.chunks = (uint32_t)chunks_of(n);
+    d.block_elems = be;
+    d.n_blocks = nb;
+    d.segs_per_frame = nb;
+    const uint32_t st = decode<T>(d, typename Maps<T>::Paged{(const uint64_t*)d.dst, (const int32_t*)d.ids, d.stride_bytes, be, nb, nb});
+    printf("%u\n", st);
+    std::vector<uint8_t> rt(in.size());
+    for (uint32_t b = 0; b < nb; b++) memcpy(rt.data() + (uint64_t)b * be * B, (uint8_t*)db[3] + (uint64_t)dids[b] * be * B, (size_t)be * B);
+    // Nothing else of the destination cache changed.
+    std::vector<uint8_t> mark(2 * layer_bytes, 0);
+    for (uint32_t b = 0; b < nb; b++) memset(mark.data() + ((uint8_t*)db[3] - dbuf) + (uint64_t)dids[b] * be * B, 1, (size_t)be * B);
+    for (size_t i = 0; i < 2 * layer_bytes; i++)
+      if (!mark[i] && dbuf[i] != 0xC3) { fprintf(stderr, "destination byte %zu outside the blocks written\n", i); return 1; }
+    writef(argv[7], rt.data(), rt.size());
+    return 0;
+  }
+  fprintf(stderr, "harness: unknown mode %s\n", mode.c_str());
+  return 2;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: harness enc|dec|kv bf16|e4m3|e5m2 ...\n");
+    return 2;
+  }
+  const std::string dt = argv[2];
+  if (dt == "bf16") return run<HRBF16>(argc, argv);
+  if (dt == "e4m3") return run<HRE4M3>(argc, argv);
+  if (dt == "e5m2") return run<HRE5M2>(argc, argv);
+  fprintf(stderr, "harness: unknown dtype %s\n", dt.c_str());
+  return 2;
+}

@@ -1,0 +1,404 @@
+package kernels
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/splitzip/splitzip/codec"
+)
+
+// The high-ratio kernels' CUDA source (entropy.cuh), compiled for the host against kernels/emu (a CUDA shim and a
+// host device.cuh) and checked against the CPU codec, so that their logic is tested on machines without a GPU.
+// See kernels/emu/README.md for what this does and does not catch.
+
+// emuPatch is a textual edit that entropy.cuh needs to compile on the host, where it has inline PTX or CUDA-only
+// syntax. Each must match exactly once: a source that changed under it fails the test instead of testing stale
+// code.
+type emuPatch struct{ name, old, new string }
+
+var emuPatches = []emuPatch{
+	{"lanemask_lt (inline PTX)", `asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));`, `m = (1u << emu_lane) - 1;`},
+	{"hr_xs (extern __shared__ array)", `extern __shared__ __align__(16) uint8_t hr_xs[];`, `uint8_t* hr_xs = emu_dyn_smem;`},
+}
+
+// emuMutateEnv names an extra edit of entropy.cuh, "OLD=>NEW" (OLD must match once), for checking that a broken
+// kernel fails this test; see kernels/emu/README.md.
+const emuMutateEnv = "SPLITZIP_EMU_MUTATE"
+
+// emuHarness is the built kernels/emu/harness.cpp.
+type emuHarness struct{ bin string }
+
+// emuCompiler returns a C++20 compiler: $CXX, else g++ or clang++ from PATH; "" when none is there.
+func emuCompiler(t *testing.T, dir string) string {
+	t.Helper()
+	probe := filepath.Join(dir, "probe.cc")
+	require.NoError(t, os.WriteFile(probe, []byte("#if __cplusplus < 202002L\n#error C++20 needed\n#endif\nint main() {}\n"), 0o644))
+	if cxx := os.Getenv("CXX"); cxx != "" {
+		out, err := exec.Command(cxx, "-std=c++20", "-fsyntax-only", probe).CombinedOutput()
+		require.NoError(t, err, "CXX=%s does not compile C++20: %s", cxx, out)
+		return cxx
+	}
+	for _, name := range []string{"g++", "clang++"} {
+		path, err := exec.LookPath(name)
+		if err != nil {
+			continue
+		}
+		if out, err := exec.Command(path, "-std=c++20", "-fsyntax-only", probe).CombinedOutput(); err != nil {
+			t.Logf("%s does not compile C++20: %v %s", path, err, out)
+			continue
+		}
+		return path
+	}
+	return ""
+}
+
+// emuSanitizers returns the sanitizer flags cxx builds and runs a program with here: AddressSanitizer and
+// UndefinedBehaviorSanitizer (which reports misaligned vector accesses) where it can, else what it can.
+func emuSanitizers(t *testing.T, cxx, dir string) []string {
+	t.Helper()
+	src := filepath.Join(dir, "san.cc")
+	require.NoError(t, os.WriteFile(src, []byte("#include <vector>\nint main() { std::vector<int> v(3); return v[1]; }\n"), 0o644))
+	for _, flags := range [][]string{
+		{"-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"},
+		{"-fsanitize=address"},
+	} {
+		bin := filepath.Join(dir, "san")
+		if out, err := exec.Command(cxx, append(append([]string{"-std=c++20"}, flags...), src, "-o", bin)...).CombinedOutput(); err != nil {
+			t.Logf("%s %v: %v %s", cxx, flags, err, out)
+			continue
+		}
+		c := exec.Command(bin)
+		c.Env = emuEnv()
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Logf("%s %v builds a program that does not run here: %v %s", cxx, flags, err, out)
+			continue
+		}
+		return flags
+	}
+	t.Logf("%s: no sanitizer runs here; the harness is built without", cxx)
+	return nil
+}
+
+func emuEnv() []string {
+	return append(os.Environ(), "ASAN_OPTIONS=detect_leaks=0", "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+}
+
+// emuSources writes the kernel sources the harness compiles into dir: kernels/*.cuh as they are in the tree, but
+// device.cuh replaced by kernels/emu/device.cuh and entropy.cuh patched (emuPatches, then emuMutateEnv's edit).
+func emuSources(t *testing.T, dir string) {
+	t.Helper()
+	cuh, err := filepath.Glob("*.cuh")
+	require.NoError(t, err)
+	require.Contains(t, cuh, "entropy.cuh")
+	for _, name := range cuh {
+		src := name
+		if name == "device.cuh" {
+			src = filepath.Join("emu", "device.cuh")
+		}
+		b, err := os.ReadFile(src)
+		require.NoError(t, err)
+		if name == "entropy.cuh" {
+			patches := emuPatches
+			if m := os.Getenv(emuMutateEnv); m != "" {
+				old, repl, ok := strings.Cut(m, "=>")
+				require.True(t, ok, "%s=%q: want OLD=>NEW", emuMutateEnv, m)
+				patches = append(slices.Clone(patches), emuPatch{emuMutateEnv, old, repl})
+				t.Logf("%s: entropy.cuh with %q replaced by %q", emuMutateEnv, old, repl)
+			}
+			for _, p := range patches {
+				n := bytes.Count(b, []byte(p.old))
+				require.Equal(t, 1, n, "kernels/emu: patch %q no longer applies to kernels/entropy.cuh (%d matches of %q, want 1): "+
+					"the source changed under it; update emuPatches in kernels/emu_test.go", p.name, n, p.old)
+				b = bytes.Replace(b, []byte(p.old), []byte(p.new), 1)
+			}
+		}
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), b, 0o644))
+	}
+}
+
+// buildEmuHarness compiles kernels/emu/harness.cpp with the current kernel sources into a temporary folder. It
+// skips the test when no C++20 compiler is on PATH.
+func buildEmuHarness(t *testing.T) *emuHarness {
+	t.Helper()
+	dir := t.TempDir()
+	cxx := emuCompiler(t, dir)
+	if cxx == "" {
+		t.Skip("no C++20 compiler (g++ or clang++) on PATH: the host emulation of the high-ratio kernels needs one")
+	}
+	san := emuSanitizers(t, cxx, dir)
+	src := filepath.Join(dir, "src")
+	require.NoError(t, os.Mkdir(src, 0o755))
+	emuSources(t, src)
+	shim, err := filepath.Abs(filepath.Join("emu", "shim.h"))
+	require.NoError(t, err)
+	harness, err := filepath.Abs(filepath.Join("emu", "harness.cpp"))
+	require.NoError(t, err)
+	bin := filepath.Join(dir, "harness")
+	args := append([]string{"-std=c++20", "-O1", "-g"}, san...)
+	args = append(args, "-include", shim, "-I", src, harness, "-o", bin, "-ldl")
+	out, err := exec.Command(cxx, args...).CombinedOutput()
+	require.NoError(t, err, "building the emulation harness: %s %s\n%s", cxx, strings.Join(args, " "), out)
+	t.Logf("harness built: %s %s", cxx, strings.Join(san, " "))
+	return &emuHarness{bin: bin}
+}
+
+// run runs the harness and returns what it printed.
+func (h *emuHarness) run(t *testing.T, args ...string) string {
+	t.Helper()
+	c := exec.Command(h.bin, args...)
+	c.Env = emuEnv()
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	err := c.Run()
+	require.NoError(t, err, "harness %s:\n%s", strings.Join(args, " "), stderr.String())
+	return strings.TrimSpace(stdout.String())
+}
+
+func emuDTypeName(dt codec.DType) string {
+	switch dt {
+	case codec.FP8E4M3:
+		return "e4m3"
+	case codec.FP8E5M2:
+		return "e5m2"
+	}
+	return "bf16"
+}
+
+// emuCase is one dtype's inputs and files.
+type emuCase struct {
+	h   *emuHarness
+	dt  codec.DType
+	dir string
+}
+
+func (c *emuCase) file(t *testing.T, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(c.dir, name)
+	require.NoError(t, os.WriteFile(p, b, 0o644))
+	return p
+}
+
+func (c *emuCase) read(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.dir, name))
+	require.NoError(t, err)
+	return b
+}
+
+// encode runs the emulated encoder (hr_encode, then hr_raw) over src with the code table tab.
+func (c *emuCase) encode(t *testing.T, src, tab []byte) []byte {
+	t.Helper()
+	c.h.run(t, "enc", emuDTypeName(c.dt), c.file(t, "in", src), c.file(t, "table", tab), filepath.Join(c.dir, "frame"))
+	return c.read(t, "frame")
+}
+
+// decode runs the emulated decoder over frame (frameCap bytes of it readable) into outLen bytes.
+func (c *emuCase) decode(t *testing.T, frame []byte, frameCap, outLen int) ([]byte, uint32) {
+	t.Helper()
+	out := c.h.run(t, "dec", emuDTypeName(c.dt), c.file(t, "frame", frame), strconv.Itoa(frameCap), strconv.Itoa(outLen), filepath.Join(c.dir, "out"))
+	st, err := strconv.ParseUint(out, 10, 32)
+	require.NoError(t, err, "harness status %q", out)
+	return c.read(t, "out"), uint32(st)
+}
+
+func emuFirstDiff(a, b []byte) int {
+	i := 0
+	for i < min(len(a), len(b)) && a[i] == b[i] {
+		i++
+	}
+	return i
+}
+
+// The kind of frame a dense case must give, so that the cases keep covering both kinds.
+const (
+	emuAny = iota
+	emuEntropy
+	emuRaw
+)
+
+// dense checks one input: the emulated encoder's frame is the CPU encoder's byte for byte (same code table), the
+// CPU decodes it bit-exactly, and the emulated decoder decodes the CPU's frame bit-exactly.
+func (c *emuCase) dense(t *testing.T, src []byte, tab *codec.CodeTable, tabBytes []byte, kind int) {
+	want := cpuEncodeHROf(t, c.dt, src, tab)
+	hdr, err := codec.ParseHeader(want)
+	require.NoError(t, err)
+	switch kind {
+	case emuEntropy:
+		require.True(t, hdr.Entropy, "the CPU encoder made a raw frame: the case no longer covers the coded path")
+	case emuRaw:
+		require.True(t, hdr.Raw, "the CPU encoder made a coded frame: the case no longer covers the raw path")
+	}
+	got := c.encode(t, src, tabBytes)
+	assert.True(t, bytes.Equal(want, got), "emulated frame differs from the CPU's: lengths %d/%d, first difference at byte %d",
+		len(got), len(want), emuFirstDiff(want, got))
+	dec, err := codec.NewDecoder()
+	require.NoError(t, err)
+	back, _, err := dec.Decode(nil, got)
+	if assert.NoError(t, err, "CPU decode of the emulated frame") {
+		assert.True(t, bytes.Equal(src, back), "CPU decode of the emulated frame: first difference at byte %d", emuFirstDiff(src, back))
+	}
+	out, st := c.decode(t, want, len(want), len(src))
+	assert.Equal(t, uint32(StatusOK), st, "emulated decode of the CPU frame")
+	assert.True(t, bytes.Equal(src, out), "emulated decode of the CPU frame: first difference at byte %d", emuFirstDiff(src, out))
+}
+
+// rejects damages an entropy frame of src in the ways TestHighRatioDecodeRejects does and checks the emulated
+// decoder's status for each (and that the CPU decoder refuses those it can be given).
+func (c *emuCase) rejects(t *testing.T, src []byte, tab *codec.CodeTable) {
+	frame := cpuEncodeHROf(t, c.dt, src, tab)
+	h, err := codec.ParseHeader(frame)
+	require.NoError(t, err)
+	require.True(t, h.Entropy, "rejects needs an entropy frame")
+	lay := h.Layout()
+	dt := c.dt
+	try := func(name string, bad []byte, frameCap, outLen int, want uint32) {
+		t.Run(name, func(t *testing.T) {
+			_, st := c.decode(t, bad, frameCap, outLen)
+			assert.Equal(t, want, st, "emulated decoder's status")
+			if frameCap == len(bad) && outLen == len(src) {
+				dec, err := codec.NewDecoder()
+				require.NoError(t, err)
+				_, _, err = dec.Decode(nil, bad)
+				assert.Error(t, err, "the CPU decoder accepts it")
+			}
+		})
+	}
+	try("truncated", frame, len(frame)-1, len(src), StatusTruncated)
+	try("short destination", frame, len(frame), len(src)-dt.Size(), StatusSizeMismatch)
+	bad := bytes.Clone(frame)
+	binary.LittleEndian.PutUint32(bad[lay.Table+4:], uint32(h.CodesLen+1))
+	try("chunk entry past the streams", bad, len(bad), len(src), StatusCorrupt)
+	bad = bytes.Clone(frame)
+	binary.LittleEndian.PutUint32(bad[lay.Table+4:], binary.LittleEndian.Uint32(frame[lay.Table+4:])-1)
+	try("chunk boundary moved", bad, len(bad), len(src), StatusCorrupt)
+	bad = bytes.Clone(frame)
+	bad[lay.Codebook+1] = byte(1 << dt.ExponentBits()) // hi past the exponents
+	try("table hi past the exponents", bad, len(bad), len(src), StatusCorrupt)
+	bad = bytes.Clone(frame)
+	bad[lay.Codebook+2] |= 0x0F // ESC's code length 15
+	try("table length 15", bad, len(bad), len(src), StatusCorrupt)
+	bad = bytes.Clone(frame)
+	bad[lay.Codebook+2] ^= 0x10 // exponent lo's code length
+	try("table length changed", bad, len(bad), len(src), StatusCorrupt)
+	bad = bytes.Clone(frame)
+	bad[7]++ // codeBits
+	try("codeBits", reseal(bad), len(bad), len(src), StatusCorrupt)
+	bad = bytes.Clone(frame)
+	bad[25]++ // residualBits
+	try("residualBits", reseal(bad), len(bad), len(src), StatusCorrupt)
+	bad = bytes.Clone(frame)
+	bad[5] = byte(codec.BF16)
+	if dt == codec.BF16 {
+		bad[5] = byte(codec.FP8E4M3)
+	}
+	try("other dtype", reseal(bad), len(bad), len(src), StatusUnsupported)
+}
+
+// kv checks the paged kernels: src scattered as blocks of blockElems elements into one layer's V cache (K and V
+// interleaved per block, ids shuffled) is encoded straight from there into the CPU's frame for src, and that
+// frame decoded into a cache laid out the other way (K, then V) gives src back, nothing else of it written.
+func (c *emuCase) kv(t *testing.T, src []byte, blockElems int) {
+	tab, tabBytes := hrTableOf(t, c.dt, src)
+	want := cpuEncodeHROf(t, c.dt, src, tab)
+	st := c.h.run(t, "kv", emuDTypeName(c.dt), c.file(t, "in", src), c.file(t, "table", tabBytes), strconv.Itoa(blockElems),
+		filepath.Join(c.dir, "frame"), filepath.Join(c.dir, "rt"))
+	got, rt := c.read(t, "frame"), c.read(t, "rt")
+	assert.True(t, bytes.Equal(want, got), "emulated paged frame differs from the CPU's: lengths %d/%d, first difference at byte %d",
+		len(got), len(want), emuFirstDiff(want, got))
+	assert.Equal(t, "0", st, "emulated paged decode's status")
+	assert.True(t, bytes.Equal(src, rt), "paged round trip: first difference at byte %d", emuFirstDiff(src, rt))
+}
+
+// TestEmuHighRatio runs the high-ratio kernels' source on the host (kernels/emu) for bf16, fp8_e4m3 and
+// fp8_e5m2: frames byte-identical to the CPU encoder's given the same code table, bit-exact decodes both ways,
+// paged K/V round trips, and the decoder's statuses for damaged frames. The harness runs under AddressSanitizer
+// (and UndefinedBehaviorSanitizer) where the compiler has them, so that an access past any buffer fails it.
+func TestEmuHighRatio(t *testing.T) {
+	h := buildEmuHarness(t)
+	f := realKV(t)
+	for _, dt := range []codec.DType{codec.BF16, codec.FP8E4M3, codec.FP8E5M2} {
+		t.Run(emuDTypeName(dt), func(t *testing.T) {
+			t.Parallel()
+			c := &emuCase{h: h, dt: dt, dir: t.TempDir()}
+			q := concat(f)
+			if dt != codec.BF16 {
+				q = quantizeFP8(t, f, dt)
+			}
+			sz := dt.Size()
+			elems := func(n int) []byte { // n elements of the fixture, repeated as needed
+				b := make([]byte, n*sz)
+				for i := 0; i < len(b); i += len(q) {
+					copy(b[i:], q)
+				}
+				return b
+			}
+			r := rand.New(rand.NewPCG(1, 2))
+			tab, tabBytes := hrTableOf(t, dt, q)
+			partTab, partTabBytes := hrTableOf(t, dt, q[:4096*sz])
+
+			for _, n := range []int{0, 1, 7, 31, 33, 100, 16383, 16384, 16385, 50001} {
+				kind := emuEntropy
+				if n <= 100 {
+					kind = emuRaw // too small for the table and chunk offsets to pay
+				}
+				t.Run(fmt.Sprintf("fixture %d", n), func(t *testing.T) { c.dense(t, elems(n), tab, tabBytes, kind) })
+			}
+			t.Run("whole fixture", func(t *testing.T) { c.dense(t, q, tab, tabBytes, emuEntropy) })
+			// Escape-heavy: every 16th element gets a random exponent; coded with a table of the first 4,096
+			// elements (escapes) and with its own.
+			esc := elems(70_001)
+			for i := 0; i < len(esc)/sz; i += 16 {
+				x := byte(r.Uint32())
+				if dt == codec.BF16 {
+					esc[2*i+1] = esc[2*i+1]&0x80 | x&0x7F
+				} else {
+					esc[i] = x
+				}
+			}
+			t.Run("escapes", func(t *testing.T) {
+				h, err := codec.ParseHeader(cpuEncodeHROf(t, dt, esc, partTab))
+				require.NoError(t, err)
+				require.True(t, h.Entropy && h.Escapes > 0, "the case no longer has escapes")
+				c.dense(t, esc, partTab, partTabBytes, emuEntropy)
+			})
+			escTab, escTabBytes := hrTableOf(t, dt, esc)
+			t.Run("escapes, own table", func(t *testing.T) { c.dense(t, esc, escTab, escTabBytes, emuEntropy) })
+			zero := make([]byte, 40_003*sz)
+			zeroTab, zeroTabBytes := hrTableOf(t, dt, zero)
+			t.Run("all zero", func(t *testing.T) { c.dense(t, zero, zeroTab, zeroTabBytes, emuEntropy) })
+			t.Run("all zero, fixture table", func(t *testing.T) { c.dense(t, zero, tab, tabBytes, emuAny) })
+			rnd := make([]byte, 30_011*sz)
+			for i := range rnd {
+				rnd[i] = byte(r.Uint32())
+			}
+			rndTab, rndTabBytes := hrTableOf(t, dt, rnd)
+			t.Run("random bytes", func(t *testing.T) { c.dense(t, rnd, rndTab, rndTabBytes, emuRaw) })
+			t.Run("random bytes, fixture table", func(t *testing.T) { c.dense(t, rnd, tab, tabBytes, emuRaw) })
+			t.Run("rejects", func(t *testing.T) { c.rejects(t, elems(40_000), tab) })
+			for _, k := range []struct {
+				name       string
+				src        []byte
+				blockElems int
+			}{
+				{"7 blocks of 2048", elems(7 * 2048), 2048},
+				{"3 blocks of 8200", elems(3 * 8200), 8200},
+				{"5 blocks of 24", elems(5 * 24), 24},
+				{"random, 4 blocks of 2048", rnd[:4*2048*sz], 2048},
+			} {
+				t.Run("paged "+k.name, func(t *testing.T) { c.kv(t, k.src, k.blockElems) })
+			}
+		})
+	}
+}
