@@ -294,9 +294,9 @@ def kv_transfer_config(role: str, nats_url: str, extra: dict, policy: str | None
 
 
 def serve_args(*, dummy: bool, gpu_util: float, kv_cache_bytes: int, max_model_len: int, eager: bool = True,
-               hf_overrides: dict | None = None) -> list[str]:
+               hf_overrides: dict | None = None, kv_dtype: str = "auto") -> list[str]:
     """The flags every engine of a step shares (so plain, prefill and decode engines compute alike)."""
-    a = ["--dtype", "bfloat16", "--kv-cache-dtype", "auto", "--attention-backend", "FLASH_ATTN",
+    a = ["--dtype", "bfloat16", "--kv-cache-dtype", kv_dtype, "--attention-backend", "FLASH_ATTN",
          "--block-size", str(BLOCK), "--gpu-memory-utilization", str(gpu_util),
          "--kv-cache-memory-bytes", str(kv_cache_bytes), "--max-model-len", str(max_model_len),
          "--max-num-batched-tokens", "8192", "--seed", "0", "--enable-prompt-tokens-details"]
@@ -643,12 +643,16 @@ def step_equality(ctx: Ctx, a: argparse.Namespace) -> None:
     # unlike dummy weights), and greedy tokens and logprobs are still a sharp test of the transferred KV.
     over = {"max_position_embeddings": max_len} if max_len > 8192 else None
     args = serve_args(dummy=False, gpu_util=0.2, kv_cache_bytes=2 * GiB, max_model_len=max_len, eager=not a.graphs,
-                      hf_overrides=over)
+                      hf_overrides=over, kv_dtype=a.kv_dtype)
     ctx.res["model"] = {"name": "SmolLM2-135M-Instruct (real weights, BF16 from the Q4_1 GGUF)",
-                        "max_model_len": max_len, "hf_overrides": over, "cuda_graphs": a.graphs}
+                        "max_model_len": max_len, "hf_overrides": over, "cuda_graphs": a.graphs,
+                        "kv_cache_dtype": a.kv_dtype}
     ctx.stack.start_nats()
     plain = Engine("plain", model, args=args)
-    pz = Engine("prefill-z", model, "kv_producer", producer_extra("fast", 0), args=args)
+    # The compressed prefill engine: fast frames for a bf16 cache; an fp8 cache on the GPU has no fast mode (the
+    # fast kernels code bf16), so its compressed handoffs are high-ratio frames.
+    zmode = "fast" if a.kv_dtype == "auto" else "high-ratio"
+    pz = Engine("prefill-z", model, "kv_producer", producer_extra(zmode, 0), args=args)
     praw = Engine("prefill-raw", model, "kv_producer", producer_extra("raw", 0), args=args)
     # A decode engine per handoff mode: each prompt goes through both, and a decode engine that had cached the
     # prompt's blocks from the first handoff would serve the second from its prefix cache instead of loading.
@@ -1031,6 +1035,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--graphs", action="store_true", help="equality: every engine with CUDA graphs (no "
                     "--enforce-eager; torch.compile and piecewise graphs, vLLM's default)")
+    ap.add_argument("--kv-dtype", choices=["auto", "fp8", "fp8_e5m2"], default="auto",
+                    help="equality: --kv-cache-dtype of every engine (auto: the model's bf16; fp8: e4m3, whose "
+                    "compressed handoffs are high-ratio frames)")
     ap.add_argument("--rates", type=floats, default=[10, 25, 100], help="ttft: links, Gbit/s (0: unshaped)")
     ap.add_argument("--modes", type=lambda s: s.split(","), default=None,
                     help="ttft: raw,fast,auto; overlap: fast,raw; load: raw,fast")

@@ -54,10 +54,11 @@ def setting(r: dict) -> str:
         att += f" (FlashAttention {facts['flash_attn_version']})"
     model = (r.get("model") or {}).get("name", "?")
     graphs = "CUDA graphs" if (r.get("model") or {}).get("cuda_graphs") else "eager"
+    kv = {"auto": "bf16", "fp8": "fp8 (e4m3)", "fp8_e5m2": "fp8 (e5m2)"}.get((r.get("model") or {}).get("kv_cache_dtype", "auto"), "?")
     dry = "**DRY RUN with fakevllm.py: no vLLM, no GPU; the figures mean nothing.** " if m.get("fake_vllm") else ""
     return dry + (f"{m.get('gpu', '?')} ({m.get('gpu_memory', '?')}, driver {m.get('driver', '?')}), vLLM {m.get('vllm', '?')}, "
             f"torch {m.get('torch', '?')}, splitzip-connector {m.get('splitzip-connector', '?')}; model: {model}; "
-            f"attention {att}, KV bf16, {graphs}; {r.get('started', '?')[:10]}")
+            f"attention {att}, KV {kv}, {graphs}; {r.get('started', '?')[:10]}")
 
 
 def render_smoke(r: dict) -> list[str]:

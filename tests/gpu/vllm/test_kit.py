@@ -449,6 +449,7 @@ def _byte_tokenizer(d: Path) -> None:
 
 @pytest.mark.parametrize("step,args", [("smoke", []), ("failure", ["--kill-tokens", "8192", "--after", "2"]),
                                        ("equality", ["--lengths", "100,1025", "--max-tokens", "4"]),
+                                       ("equality", ["--lengths", "100", "--max-tokens", "4", "--kv-dtype", "fp8"]),
                                        ("load", ["--requests", "4", "--load", "0.5", "--prompt-range", "100,200"])])
 def test_dry_run_against_fakevllm(tmp_path, step, args):
     """Every process, request, check and output of a step, with fakevllm.py in vLLM's place (no GPU): the
@@ -482,3 +483,7 @@ def test_dry_run_against_fakevllm(tmp_path, step, args):
         assert res["in_flight"]["decode"]["failures"] == 1
     else:
         assert r.returncode == 0 and not failed, r.stdout[-3000:] + r.stderr[-3000:]
+    if "--kv-dtype" in args:  # every engine on the fp8 cache; the compressed prefill engine in high-ratio mode
+        assert res["model"]["kv_cache_dtype"] == "fp8" and "KV fp8 (e4m3)" in (out / f"{step}.md").read_text()
+        logs = subprocess.run(["tar", "-xOJf", str(out / f"{step}-logs.tar.xz")], capture_output=True, text=True).stdout
+        assert "--kv-cache-dtype fp8" in logs and '"mode": "high-ratio"' in logs
