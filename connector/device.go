@@ -109,7 +109,7 @@ func gpuDType(dt codec.DType) bool {
 // codes: the fast kernels code bf16 only. fp8_e4m3 has no fast code in the format at all (its exponent is
 // already 4 bits), and fp8_e5m2's gains little (5 bits to 4): their handoffs are raw or high-ratio.
 func (c *deviceCache) codes(p path) bool {
-	return p != pathFast || c.lay.DType == codec.BF16
+	return p != pathFast || c.lay.DType == codec.BF16 // every GPU dtype is coded in the high-ratio mode
 }
 
 func (c *deviceCache) close() error {

@@ -156,8 +156,18 @@ func (c *hostCache) kvLayout() *Layout           { return &c.layout }
 func (c *hostCache) stagingAllocator() allocator { return goAllocator{} }
 func (c *hostCache) close() error                { c.stopHugePages(); return nil }
 
-// codes: the CPU codec takes every dtype in every mode (a dtype a mode does not code goes raw).
-func (c *hostCache) codes(path) bool { return true }
+// codes: the CPU codec codes a path's frames where the format codes the dtype in that mode. It would write
+// raw frames for the others (fp8_e4m3 in fast mode, integer dtypes in both), which auto would otherwise take
+// for compressed frames until measured.
+func (c *hostCache) codes(p path) bool {
+	switch p {
+	case pathFast:
+		return c.layout.DType.CodedIn(codec.ModeFast)
+	case pathHighRatio:
+		return c.layout.DType.CodedIn(codec.ModeHighRatio)
+	}
+	return true
+}
 
 type hostSaver struct {
 	c      *hostCache

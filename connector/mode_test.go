@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -284,4 +285,38 @@ func TestAllowedPaths(t *testing.T) {
 	defer p.Close()
 	c := newTestCache(t, smallLayout(4), true, 0)
 	require.ErrorIs(t, p.RegisterHostCache(c.layout, c.bases), ErrOption)
+}
+
+// A cache whose dtype a mode does not code is never sent in that mode's frames: fp8_e4m3 has no fast code (its
+// exponent is already 4 bits), so auto compressing over 10 Gbit/s takes high-ratio frames at once, and a pinned
+// fast mode sends raw frames; fp8_e5m2 is coded in both modes. Every block arrives bit-exact.
+func TestUncodedModeIsNotTaken(t *testing.T) {
+	plane := startPlane(t)
+	blocks := []int{3, 1, 4, 15, 9}
+	for _, tc := range []struct {
+		dt     codec.DType
+		opts   []Option
+		want   func(ProducerStats) int64
+		expect string
+	}{
+		// At 10 Gbit/s the default figures would favour fast frames, which for e4m3 are raw.
+		{codec.FP8E4M3, []Option{WithLinkRate(10e9 / 8), WithBypass(BypassNever)}, func(s ProducerStats) int64 { return s.HighRatioHandoffs }, "high-ratio"},
+		{codec.FP8E4M3, []Option{WithMode(ModeFast), WithBypass(BypassNever)}, func(s ProducerStats) int64 { return s.RawHandoffs }, "raw"},
+		{codec.FP8E5M2, []Option{WithMode(ModeFast), WithBypass(BypassNever)}, func(s ProducerStats) int64 { return s.FastHandoffs }, "fast"},
+	} {
+		t.Run(fmt.Sprintf("%s/%s", tc.dt, tc.expect), func(t *testing.T) {
+			id := fmt.Sprintf("%s-%s", tc.dt, tc.expect)
+			p, c := newPair(t, plane, append([]Option{WithEngineID("p-" + id)}, tc.opts...), []Option{WithEngineID("d-" + id)})
+			l := fp8Layout(16, tc.dt)
+			src, dst := newFP8TestCache(t, l, 7), newTestCache(t, l, false, 0)
+			require.NoError(t, p.RegisterHostCache(src.layout, src.bases))
+			require.NoError(t, c.RegisterHostCache(dst.layout, dst.bases))
+			h, err := p.Save("req", blocks)
+			require.NoError(t, err)
+			require.NoError(t, c.Load("req", h, blocks))
+			require.NoError(t, waitLoad(t, c, "req"))
+			requireSameBlocks(t, src, blocks, dst, blocks)
+			require.EqualValues(t, 1, tc.want(p.Stats()), "the handoff's frames: %+v", p.Stats())
+		})
+	}
 }
