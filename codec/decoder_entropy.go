@@ -100,12 +100,41 @@ func joinChunk(out, exps, res []byte, i0 int, dt DType) {
 		return
 	}
 	g := geometry(dt)
-	mant := uint64(1)<<g.expShift - 1
-	rr := bitReader{b: res[uint64(i0)*uint64(g.resBits)/8:]}
-	for j, x := range exps {
-		r := rr.get(g.resBits)
-		storeElem(out[j*g.size:], g.size, r&mant|uint64(x)<<g.expShift|(r>>g.expShift)<<g.signShift)
+	j := 0
+	if dt == FP8E4M3 || dt == FP8E5M2 {
+		j = joinFP8(out, exps, res[i0*int(g.resBits)/8:], dt)
 	}
+	mant := uint64(1)<<g.expShift - 1
+	rr := bitReader{b: res[uint64(i0+j)*uint64(g.resBits)/8:]}
+	for ; j < len(exps); j++ {
+		r := rr.get(g.resBits)
+		storeElem(out[j*g.size:], g.size, r&mant|uint64(exps[j])<<g.expShift|(r>>g.expShift)<<g.signShift)
+	}
+}
+
+// joinFP8 is joinChunk for fp8, eight elements at a time (splitFP8 backwards); it returns how many it joined.
+// Exponents are below 16 (e4m3) or 32 (e5m2), as the table's range and escapes' widths guarantee.
+func joinFP8(out, exps, res []byte, dt DType) int {
+	n := len(exps) &^ 7
+	if dt == FP8E4M3 {
+		for j := 0; j < n; j += 8 {
+			y := spreadLanes(binary.LittleEndian.Uint32(res[j/2:])) // a byte of nibble pairs per 16-bit lane
+			r := y&0x000F000F000F000F | (y>>4&0x000F000F000F000F)<<8
+			e := binary.LittleEndian.Uint64(exps[j:])
+			binary.LittleEndian.PutUint64(out[j:], (r&0x0808080808080808)<<4|e<<3|r&0x0707070707070707)
+		}
+		return n
+	}
+	for j := 0; j < n; j += 8 {
+		k := j / 8 * 3
+		r := uint64(res[k]) | uint64(res[k+1])<<8 | uint64(res[k+2])<<16
+		r = (r | r<<20) & 0x00000FFF00000FFF // eight 3-bit fields back to a byte each
+		r = (r | r<<10) & 0x003F003F003F003F
+		r = (r | r<<5) & 0x0707070707070707
+		e := binary.LittleEndian.Uint64(exps[j:])
+		binary.LittleEndian.PutUint64(out[j:], (r&0x0404040404040404)<<5|e<<2|r&0x0303030303030303)
+	}
+	return n
 }
 
 // spreadLanes puts four bytes into the low bytes of four 16-bit lanes.

@@ -244,14 +244,46 @@ func splitChunk(b []byte, dt DType, exps []byte, res []byte, i0 int) {
 		return
 	}
 	g := geometry(dt)
+	j := 0
+	if dt == FP8E4M3 || dt == FP8E5M2 {
+		j = splitFP8(b, dt, exps, res[i0*int(g.resBits)/8:])
+	}
 	mant := uint64(1)<<g.expShift - 1
-	rw := bitWriter{b: res[uint64(i0)*uint64(g.resBits)/8:]}
-	for j := range exps {
+	rw := bitWriter{b: res[uint64(i0+j)*uint64(g.resBits)/8:]}
+	for ; j < len(exps); j++ {
 		v := loadElem(b[j*g.size:], g.size)
 		exps[j] = uint8(v >> g.expShift & g.expMask)
 		rw.put(v&mant|(v>>g.signShift)<<g.expShift, g.resBits)
 	}
 	rw.flush()
+}
+
+// splitFP8 is splitChunk for fp8, eight elements (a word) at a time: the exponents are a shift and a mask of
+// each byte, and the eight residuals (sign above mantissa: 4 bits for e4m3, 3 for e5m2) pack into 4 or 3 bytes
+// of res. It returns how many elements it split (the whole groups of eight); a field-by-field loop ran at a
+// tenth of the bf16 path's speed.
+func splitFP8(b []byte, dt DType, exps, res []byte) int {
+	n := len(exps) &^ 7
+	if dt == FP8E4M3 { // s eeee mmm: residual s mmm
+		for j := 0; j < n; j += 8 {
+			x := binary.LittleEndian.Uint64(b[j:])
+			binary.LittleEndian.PutUint64(exps[j:], x>>3&0x0F0F0F0F0F0F0F0F)
+			r := x>>4&0x0808080808080808 | x&0x0707070707070707
+			binary.LittleEndian.PutUint32(res[j/2:], uint32(packLanes((r|r>>4)&laneFF))) // nibble pairs
+		}
+		return n
+	}
+	for j := 0; j < n; j += 8 { // s eeeee mm: residual s mm
+		x := binary.LittleEndian.Uint64(b[j:])
+		binary.LittleEndian.PutUint64(exps[j:], x>>2&0x1F1F1F1F1F1F1F1F)
+		r := x>>5&0x0404040404040404 | x&0x0303030303030303
+		r = (r | r>>5) & 0x003F003F003F003F // 3-bit fields: pairs, then fours, then all eight
+		r = (r | r>>10) & 0x00000FFF00000FFF
+		r = (r | r>>20) & 0xFFFFFF
+		k := j / 8 * 3
+		res[k], res[k+1], res[k+2] = byte(r), byte(r>>8), byte(r>>16)
+	}
+	return n
 }
 
 // packLanes packs the low bytes of four 16-bit lanes into four bytes.

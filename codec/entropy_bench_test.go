@@ -2,6 +2,8 @@ package codec
 
 import (
 	"testing"
+
+	"github.com/splitzip/splitzip/internal/fp8"
 )
 
 // BenchmarkHighRatio times high-ratio encode and decode of real bf16 KV (the evaluation fixture, all tensors
@@ -54,6 +56,44 @@ func BenchmarkHighRatio(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := dec.DecodeInto(out, frame); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkHighRatioFP8 is BenchmarkHighRatio for the fixture quantised to fp8 (e4m3, e5m2) with a per-tensor
+// scale, as an fp8 KV cache holds it: GB/s of fp8 bytes, one goroutine.
+func BenchmarkHighRatioFP8(b *testing.B) {
+	eval := loadFixture(b, "kv_evaluation.safetensors")
+	for _, dt := range []DType{FP8E4M3, FP8E5M2} {
+		var src []byte
+		for _, x := range eval.Tensors {
+			if dt == FP8E4M3 {
+				src = append(src, fp8.QuantizeBF16E4M3(x.Data)...)
+			} else {
+				src = append(src, fp8.QuantizeBF16E5M2(x.Data)...)
+			}
+		}
+		enc, _ := NewEncoder(WithMode(ModeHighRatio), WithEncoderConcurrency(1))
+		dst := make([]byte, 0, MaxEncodedLen(len(src)))
+		b.Run(dt.String()+"/encode", func(b *testing.B) {
+			b.SetBytes(int64(len(src)))
+			for b.Loop() {
+				var err error
+				if dst, err = enc.Encode(dst[:0], src, dt); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(src))/float64(len(dst)), "ratio")
+		})
+		b.Run(dt.String()+"/decode", func(b *testing.B) {
+			dec, _ := NewDecoder(WithDecoderConcurrency(1))
+			out := make([]byte, len(src))
+			b.SetBytes(int64(len(src)))
+			for b.Loop() {
+				if _, err := dec.DecodeInto(out, dst); err != nil {
 					b.Fatal(err)
 				}
 			}
