@@ -40,31 +40,7 @@ func quantize(bf16 []byte, largest float64, round func(float64) byte) []byte {
 
 // E4M3 rounds f to the nearest fp8 e4m3fn value (ties to even), saturating at ±448 (as a quantiser clamps
 // before its cast); NaN stays NaN.
-func E4M3(f float64) byte {
-	var sign byte
-	if math.Signbit(f) {
-		sign, f = 0x80, -f
-	}
-	switch {
-	case math.IsNaN(f):
-		return sign | 0x7F
-	case f >= 448:
-		return sign | 0x7E
-	}
-	e := math.Floor(math.Log2(f))
-	if f == 0 || e < -6 { // subnormal: units of 2^-9; 8 units round up to the smallest normal, whose bits are also 8
-		return sign | byte(math.RoundToEven(f*512))
-	}
-	m := math.RoundToEven((f/math.Exp2(e) - 1) * 8)
-	if m == 8 {
-		e, m = e+1, 0
-	}
-	biased := int(e) + 7
-	if biased > 15 || (biased == 15 && m == 7) {
-		return sign | 0x7E
-	}
-	return sign | byte(biased)<<3 | byte(m)
-}
+func E4M3(f float64) byte { return e4m3.round(f) }
 
 // DecodeE4M3 is the value of an e4m3fn byte (NaN for 0x7F and 0xFF).
 func DecodeE4M3(b byte) float64 {
@@ -83,7 +59,24 @@ func DecodeE4M3(b byte) float64 {
 }
 
 // E5M2 rounds f to the nearest fp8 e5m2 value (ties to even), saturating at ±57344; NaN stays NaN.
-func E5M2(f float64) byte {
+func E5M2(f float64) byte { return e5m2.round(f) }
+
+// format is an fp8 layout: sign, then an exponent with bias, then mbits of mantissa. maxByte is the largest
+// finite magnitude's bits (0x7E for e4m3fn, whose 0x7F is NaN; 0x7B for e5m2, above which lie the infinities).
+type format struct {
+	mbits   uint
+	bias    int
+	largest float64
+	maxByte byte
+}
+
+var (
+	e4m3 = format{mbits: 3, bias: 7, largest: 448, maxByte: 0x7E}
+	e5m2 = format{mbits: 2, bias: 15, largest: 57344, maxByte: 0x7B}
+)
+
+// round rounds f to the nearest value of the format (ties to even), saturating at ±largest; NaN stays NaN.
+func (ft format) round(f float64) byte {
 	var sign byte
 	if math.Signbit(f) {
 		sign, f = 0x80, -f
@@ -91,20 +84,24 @@ func E5M2(f float64) byte {
 	switch {
 	case math.IsNaN(f):
 		return sign | 0x7F
-	case f >= 57344:
-		return sign | 0x7B
+	case f >= ft.largest:
+		return sign | ft.maxByte
 	}
+	minExp := 1 - ft.bias
 	e := math.Floor(math.Log2(f))
-	if f == 0 || e < -14 { // subnormal: units of 2^-16; 4 units round up to the smallest normal, whose bits are also 4
-		return sign | byte(math.RoundToEven(f*65536))
+	if f == 0 || e < float64(minExp) {
+		// Subnormal: units of 2^(minExp-mbits). A round up to 2^mbits units is the smallest normal, whose bits
+		// are also 2^mbits.
+		return sign | byte(math.RoundToEven(f*math.Exp2(float64(int(ft.mbits)-minExp))))
 	}
-	m := math.RoundToEven((f/math.Exp2(e) - 1) * 4)
-	if m == 4 {
+	units := math.Exp2(float64(ft.mbits))
+	m := math.RoundToEven((f/math.Exp2(e) - 1) * units)
+	if m == units {
 		e, m = e+1, 0
 	}
-	biased := int(e) + 15
-	if biased > 30 {
-		return sign | 0x7B
+	v := (int(e)+ft.bias)<<ft.mbits | int(m)
+	if v > int(ft.maxByte) {
+		return sign | ft.maxByte
 	}
-	return sign | byte(biased)<<2 | byte(m)
+	return sign | byte(v)
 }
