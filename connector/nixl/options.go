@@ -24,7 +24,8 @@ type Options struct {
 	PollInterval time.Duration
 	// Window is the number of chunk reads a fetch keeps in flight (client). Default 4.
 	Window int
-	// MaxChunkSize is the largest chunk served or accepted (both). Default 64 MiB.
+	// MaxChunkSize is the largest chunk served or accepted (both). Default 64 MiB, as on TCP
+	// (transport.DefaultMaxChunkSize).
 	MaxChunkSize int
 	// MaxChunks is the largest chunk count of a handoff (both). Default 1<<20.
 	MaxChunks int
@@ -47,8 +48,8 @@ func GetDefaultOptions() Options {
 		IOTimeout:    30 * time.Second,
 		PollInterval: 200 * time.Microsecond,
 		Window:       4,
-		MaxChunkSize: 64 << 20,
-		MaxChunks:    1 << 20,
+		MaxChunkSize: transport.DefaultMaxChunkSize,
+		MaxChunks:    transport.DefaultMaxChunks,
 		RecvBytes:    256 << 20,
 	}
 }
@@ -142,7 +143,7 @@ func WithWindow(n int) Option {
 // WithMaxChunkSize sets Options.MaxChunkSize (1 .. 1 GiB).
 func WithMaxChunkSize(n int) Option {
 	return func(o *Options) error {
-		if n < 1 || n > 1<<30 {
+		if n < 1 || n > transport.ChunkSizeLimit {
 			return optErr("max chunk size %d not in 1..1GiB", n)
 		}
 		o.MaxChunkSize = n
@@ -153,8 +154,8 @@ func WithMaxChunkSize(n int) Option {
 // WithMaxChunks sets Options.MaxChunks (1 .. 1<<24).
 func WithMaxChunks(n int) Option {
 	return func(o *Options) error {
-		if n < 1 || n > 1<<24 {
-			return optErr("max chunks %d not in 1..%d", n, 1<<24)
+		if n < 1 || n > transport.ChunkCountLimit {
+			return optErr("max chunks %d not in 1..%d", n, transport.ChunkCountLimit)
 		}
 		o.MaxChunks = n
 		return nil

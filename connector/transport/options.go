@@ -79,6 +79,15 @@ type Options struct {
 	version uint16
 }
 
+// The chunk limits every payload transport applies (connector/nixl's options take the same): the defaults of
+// MaxChunkSize and MaxChunks, and the largest values they accept.
+const (
+	DefaultMaxChunkSize = 64 << 20
+	DefaultMaxChunks    = 1 << 20
+	ChunkSizeLimit      = 1 << 30
+	ChunkCountLimit     = 1 << 24
+)
+
 // Option changes one field of Options and validates it.
 type Option func(*Options) error
 
@@ -88,8 +97,8 @@ func GetDefaultOptions() Options {
 		Conns:        min(max(runtime.NumCPU()/2, 4), 8),
 		Window:       2,
 		IOTimeout:    30 * time.Second,
-		MaxChunkSize: 64 << 20,
-		MaxChunks:    1 << 20,
+		MaxChunkSize: DefaultMaxChunkSize,
+		MaxChunks:    DefaultMaxChunks,
 		HandoffTTL:   60 * time.Second,
 		MaxTransfers: 256,
 		MaxConns:     1024,
@@ -150,7 +159,7 @@ func WithIOTimeout(d time.Duration) Option {
 // WithMaxChunkSize sets Options.MaxChunkSize (1 .. 1 GiB).
 func WithMaxChunkSize(n int) Option {
 	return func(o *Options) error {
-		if n < 1 || n > 1<<30 {
+		if n < 1 || n > ChunkSizeLimit {
 			return errOption("max chunk size %d not in 1..1GiB", n)
 		}
 		o.MaxChunkSize = n
@@ -161,8 +170,8 @@ func WithMaxChunkSize(n int) Option {
 // WithMaxChunks sets Options.MaxChunks (1 .. 1<<24).
 func WithMaxChunks(n int) Option {
 	return func(o *Options) error {
-		if n < 1 || n > 1<<24 {
-			return errOption("max chunks %d not in 1..%d", n, 1<<24)
+		if n < 1 || n > ChunkCountLimit {
+			return errOption("max chunks %d not in 1..%d", n, ChunkCountLimit)
 		}
 		o.MaxChunks = n
 		return nil
