@@ -375,6 +375,33 @@ def score(logits, ids):
     return acc, float(np.exp(nll.mean())), float(nll.sum()), len(tgt)
 
 
+def capture(model, seqs, keep_kv):
+    """Runs model.forward over each sequence, printing its score, and returns the K/V tensors
+    ([("layer.i.k", array), ("layer.i.v", array), ...], the sequences' K and V concatenated per layer; empty
+    unless keep_kv) with the next-token accuracy and perplexity over every sequence."""
+    ks = [[] for _ in range(model.n_layer)]
+    vs = [[] for _ in range(model.n_layer)]
+    tot_nll, tot_n, tot_hit = 0.0, 0, 0.0
+    for si, seq in enumerate(seqs):
+        t1 = time.time()
+        logits, kv = model.forward(seq, capture=keep_kv)
+        acc, ppl, nll, cnt = score(logits, seq)
+        tot_nll += nll
+        tot_n += cnt
+        tot_hit += acc * cnt
+        print(f"sequence {si}: {len(seq)} tokens, {time.time() - t1:.1f}s, next-token accuracy {acc:.4f}, "
+              f"perplexity {ppl:.3f}", file=sys.stderr, flush=True)
+        for i, (k, v) in enumerate(kv):
+            ks[i].append(bf16_bits(k))
+            vs[i].append(bf16_bits(v))
+    tensors = []
+    if keep_kv:
+        for i in range(model.n_layer):
+            tensors.append((f"layer.{i}.k", np.concatenate(ks[i], axis=0)))
+            tensors.append((f"layer.{i}.v", np.concatenate(vs[i], axis=0)))
+    return tensors, tot_hit / tot_n, math.exp(tot_nll / tot_n)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -414,31 +441,12 @@ def main(argv=None):
     ids = ids[:args.tokens]
     seqs = [ids[s:s + args.max_seq] for s in range(0, len(ids), args.max_seq)]
 
-    ks = [[] for _ in range(model.n_layer)]
-    vs = [[] for _ in range(model.n_layer)]
-    tot_nll, tot_n, tot_hit = 0.0, 0, 0.0
-    for si, seq in enumerate(seqs):
-        t1 = time.time()
-        logits, kv = model.forward(seq, capture=args.out is not None)
-        acc, ppl, nll, cnt = score(logits, seq)
-        tot_nll += nll
-        tot_n += cnt
-        tot_hit += acc * cnt
-        print(f"sequence {si}: {len(seq)} tokens, {time.time() - t1:.1f}s, next-token accuracy {acc:.4f}, "
-              f"perplexity {ppl:.3f}", file=sys.stderr, flush=True)
-        for i, (k, v) in enumerate(kv):
-            ks[i].append(bf16_bits(k))
-            vs[i].append(bf16_bits(v))
-    acc, ppl = tot_hit / tot_n, math.exp(tot_nll / tot_n)
+    tensors, acc, ppl = capture(model, seqs, args.out is not None)
     print(f"split={args.split} tokens={len(ids)} sequences={len(seqs)} "
           f"next-token accuracy={acc:.4f} perplexity={ppl:.3f}", flush=True)
 
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tensors = []
-        for i in range(model.n_layer):
-            tensors.append((f"layer.{i}.k", np.concatenate(ks[i], axis=0)))
-            tensors.append((f"layer.{i}.v", np.concatenate(vs[i], axis=0)))
         meta = {
             "model": MODEL_NAME,
             "model_source": MODEL_SOURCE,

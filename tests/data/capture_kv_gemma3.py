@@ -74,11 +74,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from capture_kv import (  # noqa: E402  (shared with the SmolLM2 generator)
     bf16,
-    bf16_bits,
+    capture,
     field_value,
     load_text,
     mm,
-    score,
     sha256_file,
     unpermute,
     write_safetensors,
@@ -364,32 +363,13 @@ def main(argv=None):
         pos += take
         want -= take + 1
 
-    ks = [[] for _ in range(model.n_layer)]
-    vs = [[] for _ in range(model.n_layer)]
-    tot_nll, tot_n, tot_hit = 0.0, 0, 0.0
-    for si, seq in enumerate(seqs):
-        t1 = time.time()
-        logits, kv = model.forward(seq, capture=args.out is not None)
-        acc, ppl, nll, cnt = score(logits, seq)
-        tot_nll += nll
-        tot_n += cnt
-        tot_hit += acc * cnt
-        print(f"sequence {si}: {len(seq)} tokens, {time.time() - t1:.1f}s, next-token accuracy {acc:.4f}, "
-              f"perplexity {ppl:.3f}", file=sys.stderr, flush=True)
-        for i, (k, v) in enumerate(kv):
-            ks[i].append(bf16_bits(k))
-            vs[i].append(bf16_bits(v))
-    acc, ppl = tot_hit / tot_n, math.exp(tot_nll / tot_n)
+    tensors, acc, ppl = capture(model, seqs, args.out is not None)
     n_tokens = sum(len(s) for s in seqs)
     print(f"split={args.split} tokens={n_tokens} sequences={len(seqs)} "
           f"next-token accuracy={acc:.4f} perplexity={ppl:.3f}", flush=True)
 
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tensors = []
-        for i in range(model.n_layer):
-            tensors.append((f"layer.{i}.k", np.concatenate(ks[i], axis=0)))
-            tensors.append((f"layer.{i}.v", np.concatenate(vs[i], axis=0)))
         meta = {
             "model": MODEL_NAME,
             "model_source": MODEL_SOURCE,
