@@ -32,11 +32,7 @@ type Client struct {
 // NewClient creates the consumer's agent, named name (unique among the agents of the deployment), and
 // registers its receive memory (Options.RecvBytes).
 func NewClient(name string, opts ...Option) (*Client, error) {
-	o, err := buildOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	ag, err := NewAgent(name, o.Plugin, o.BackendParams)
+	o, ag, err := newAgentWith(name, opts)
 	if err != nil {
 		return nil, err
 	}

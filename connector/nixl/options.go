@@ -67,6 +67,16 @@ func buildOptions(opts []Option) (Options, error) {
 	return o, nil
 }
 
+// newAgentWith builds the options and the agent they name, as a server and a client both start.
+func newAgentWith(name string, opts []Option) (Options, *Agent, error) {
+	o, err := buildOptions(opts)
+	if err != nil {
+		return o, nil, err
+	}
+	ag, err := NewAgent(name, o.Plugin, o.BackendParams)
+	return o, ag, err
+}
+
 func optErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrOption}, args...)...)
 }

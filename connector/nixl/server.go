@@ -52,11 +52,7 @@ type handoff struct {
 // NewServer creates the producer's agent, named name (unique among the agents of the deployment). It serves
 // nothing until UseArena gives it registered memory.
 func NewServer(name string, opts ...Option) (*Server, error) {
-	o, err := buildOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	ag, err := NewAgent(name, o.Plugin, o.BackendParams)
+	o, ag, err := newAgentWith(name, opts)
 	if err != nil {
 		return nil, err
 	}
