@@ -33,6 +33,17 @@ type entEnc struct {
 	// lut maps an exponent to its bits (bits 8–23, right-aligned: its code, or ESC's code and the raw
 	// exponent when it escapes), bit 7 set when it escapes, and the number of bits in bits 0–4.
 	lut [256]uint32
+	// simd is lut as the vectorised encoder looks it up.
+	simd encTab
+}
+
+// encTab is an entEnc's lut as two byte tables, which encodeStepsAVX512 looks up 64 exponents at a time: the
+// bits an exponent takes with the escape flag (bit 7), and its bit pattern's low byte. Above that byte only
+// escapes have bits (ESC's code), the same for every exponent: hi, in place (bits 8–15).
+type encTab struct {
+	lens  [256]uint8
+	codes [256]uint8
+	hi    uint32
 }
 
 const entEscaped = 1 << 7
@@ -54,6 +65,14 @@ func (e *entEnc) build(t *CodeTable) {
 			e.lut[x] = (uint32(codes[esc])<<e.eb|uint32(x))<<8 | entEscaped | uint32(int(t.Lengths[esc])+e.eb)
 		default:
 			e.lut[x] = 0 // no code: an encoder only takes tables that code every exponent
+		}
+	}
+	e.simd = encTab{}
+	for x, v := range e.lut {
+		e.simd.lens[x] = uint8(v & (31 | entEscaped))
+		e.simd.codes[x] = uint8(v >> 8)
+		if v&entEscaped != 0 {
+			e.simd.hi = v >> 8 & 0xFF00
 		}
 	}
 }
@@ -395,7 +414,7 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 	clear(v.r1[:steps+1])
 	esc := 0
 	if full > 0 {
-		esc = encodeStepsAVX512(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0], maxLaneBytes)
+		esc = encodeStepsAVX512(&e.exps[0], full, &enc.simd, v, &e.bytes[0][0], maxLaneBytes)
 	}
 	if rest := m - full*lanes; rest > 0 {
 		s := full

@@ -31,7 +31,7 @@ func joinBF16AVX512(exps, res, out *byte, n int)
 // exponents.
 //
 //go:noescape
-func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, stride int) (escapes int)
+func encodeStepsAVX512(exps *byte, steps int, tab *encTab, st *encSIMD, bytes *byte, stride int) (escapes int)
 
 // laneIota is 0, 1, …, 31 (interleaveAVX512's lane numbers).
 var laneIota = [lanes]uint32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31}

@@ -174,7 +174,7 @@ joined:
 	VZEROUPPER
 	RET
 
-// func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, stride int) (escapes int)
+// func encodeStepsAVX512(exps *byte, steps int, tab *encTab, st *encSIMD, bytes *byte, stride int) (escapes int)
 //
 // Codes steps whole steps of 32 exponents (exps, 32 bytes a step), the first phase of the lane encoder
 // (laneEnc.encodeLanesSIMD). Each lane keeps its bit count B and its newest bits (a 32-bit accumulator) in st.
@@ -184,13 +184,19 @@ joined:
 // w1 = (B0+15)>>3, w2 = max(w1, (B1+7)>>3), round 2 when w2 > w1 and round 1 next when (B1+15)>>3 > w2
 // (FORMAT.md; for a symbol that is not ESC, w2 = w1).
 //
+// The exponents are looked up two steps (64 bytes) at a time in tab's two 256-byte tables with VPERMI2B (a
+// gather per 16 lanes cost more than the rest of the step): bits taken with the escape flag in bit 7, and the
+// bit pattern's low byte; an escape's pattern above that byte is ESC's code, the same for every exponent
+// (tab.hi).
+//
 // Registers: Z0, Z1 the bit counts of lanes 0-15 and 16-31, Z2, Z3 their accumulators; Z4 dwords of 31, Z5 of
-// 15, Z6 of 16, Z7 of 7, Z8 of 0x80 (escaped); Z9, Z10 the lanes' offsets l·stride; Z11 a byte shuffle that
-// swaps a dword's low two bytes and clears the others.
+// 15, Z6 of 16, Z7 of 7; Z9, Z10 the lanes' offsets l·stride; Z11 a byte shuffle that swaps a dword's low two
+// bytes and clears the others; Z8, Z12, Z13, Z14 the bits-taken table, Z15, Z27, Z28, Z29 the low-byte table;
+// Z30 tab.hi in every dword; Z31 the exponents; Z16, Z17 their look-ups; DX the escape flags.
 TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	MOVQ exps+0(FP), SI
 	MOVQ steps+8(FP), CX
-	MOVQ lut+16(FP), R10
+	MOVQ tab+16(FP), R10
 	MOVQ st+24(FP), BX
 	MOVQ bytes+32(FP), R14
 	MOVQ stride+40(FP), AX
@@ -200,6 +206,15 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	VMOVDQU32 ·laneIota+64(SB), Z13
 	VPMULLD Z12, Z13, Z10
 	VBROADCASTI32X4 ·swap16(SB), Z11
+	VMOVDQU8 0(R10), Z8
+	VMOVDQU8 64(R10), Z12
+	VMOVDQU8 128(R10), Z13
+	VMOVDQU8 192(R10), Z14
+	VMOVDQU8 256(R10), Z15
+	VMOVDQU8 320(R10), Z27
+	VMOVDQU8 384(R10), Z28
+	VMOVDQU8 448(R10), Z29
+	VPBROADCASTD 512(R10), Z30
 	XORQ R8, R8 // step
 	XORQ R9, R9 // escapes
 	MOVL $31, AX
@@ -210,8 +225,6 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	VPBROADCASTD AX, Z6
 	MOVL $7, AX
 	VPBROADCASTD AX, Z7
-	MOVL $0x80, AX
-	VPBROADCASTD AX, Z8
 	VMOVDQU32 0(BX), Z0
 	VMOVDQU32 64(BX), Z1
 	VMOVDQU32 128(BX), Z2
@@ -219,93 +232,97 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	LEAQ 256(BX), R12   // r1
 	LEAQ 2052(R12), R13 // r2
 
-estep:
+// LANES16 codes one step's 16 lanes: XL, XC their bits-taken and low-byte look-ups (bytes), escape flags in the
+// low 16 bits of AX, B and ACC their bit counts and accumulators, OFF their offsets; the lanes that complete a
+// word in KC, that take a byte in round 2 in KR2, and in round 1 of the next step in KR1.
+#define LANES16(XL, XC, B, ACC, OFF, KC, KR2, KR1) \
+	KMOVW       AX, K2; \
+	VPMOVZXBD   XL, Z18; \
+	VPMOVZXBD   XC, Z19; \
+	VPANDD      Z4, Z18, Z18; \
+	VPORD       Z30, Z19, K2, Z19; \
+	VPADDD      Z18, B, Z20; \
+	VPSLLVD     Z18, ACC, ACC; \
+	VPORD       Z19, ACC, ACC; \
+	VPANDD      Z5, Z20, Z21; \
+	VPSRLVD     Z21, ACC, Z21; \
+	VPSHUFB     Z11, Z21, Z21; \
+	VPANDD      Z5, B, Z22; \
+	VPADDD      Z18, Z22, Z22; \
+	VPCMPUD     $5, Z6, Z22, KC; \
+	VPSRLD      $4, B, Z26; \
+	VPADDD      Z26, Z26, Z26; \
+	VPADDD      OFF, Z26, Z26; \
+	VPSCATTERDD Z21, KC, (R14)(Z26*1); \
+	VPADDD      Z5, B, Z23; \
+	VPSRLD      $3, Z23, Z23; \
+	VPADDD      Z7, Z20, Z24; \
+	VPSRLD      $3, Z24, Z24; \
+	VPMAXUD     Z23, Z24, Z24; \
+	VPCMPUD     $6, Z23, Z24, KR2; \
+	VPADDD      Z5, Z20, Z25; \
+	VPSRLD      $3, Z25, Z25; \
+	VPCMPUD     $6, Z24, Z25, KR1; \
+	VMOVDQA32   Z20, B
+
+// STEP codes the step whose look-ups are bytes 32·H to 32·H+31 of Z16, Z17 and records its masks.
+#define STEP(H) \
+	VEXTRACTI32X4 $(2*H), Z16, X18; \
+	VEXTRACTI32X4 $(2*H), Z17, X19; \
+	MOVQ          DX, AX; \
+	SHRQ          $(32*H), AX; \
+	LANES16(X18, X19, Z0, Z2, Z9, K3, K4, K5); \
+	VEXTRACTI32X4 $(2*H+1), Z16, X18; \
+	VEXTRACTI32X4 $(2*H+1), Z17, X19; \
+	MOVQ          DX, AX; \
+	SHRQ          $(32*H+16), AX; \
+	LANES16(X18, X19, Z1, Z3, Z10, K6, K7, K1); \
+	KMOVW         K4, AX; \
+	KMOVW         K7, DI; \
+	SHLL          $16, DI; \
+	ORL           DI, AX; \
+	MOVL          AX, (R13)(R8*4); \
+	KMOVW         K5, AX; \
+	KMOVW         K1, DI; \
+	SHLL          $16, DI; \
+	ORL           DI, AX; \
+	MOVL          AX, 4(R12)(R8*4); \
+	ADDQ          $32, SI; \
+	INCQ          R8
+
+epair:
+	MOVQ CX, AX
+	SUBQ R8, AX
+	JLE  edone
+	MOVQ $-1, R11
+	CMPQ AX, $2
+	JGE  elookup
+	MOVL $0xFFFFFFFF, R11 // one step left: its 32 exponents alone
+
+elookup:
+	KMOVQ       R11, K1
+	VMOVDQU8.Z  (SI), K1, Z31
+	VPMOVB2M    Z31, K1 // bit 7 of the exponent: the tables' upper halves
+	VMOVDQA64   Z31, Z16
+	VPERMI2B    Z12, Z8, Z16
+	VMOVDQA64   Z31, Z18
+	VPERMI2B    Z14, Z13, Z18
+	VPBLENDMB   Z18, Z16, K1, Z16 // bits taken, escape flag
+	VMOVDQA64   Z31, Z17
+	VPERMI2B    Z27, Z15, Z17
+	VPERMI2B    Z29, Z28, Z31
+	VPBLENDMB   Z31, Z17, K1, Z17 // the bit pattern's low byte
+	VPMOVB2M    Z16, K1
+	KMOVQ       K1, DX
+	ANDQ        R11, DX
+	POPCNTQ     DX, AX
+	ADDQ        AX, R9
+
+	STEP(0)
 	CMPQ R8, CX
 	JGE  edone
-
-	// Lanes 0-15.
-	VPMOVZXBD  (SI), Z16
-	KXNORW     K1, K1, K1
-	VPGATHERDD (R10)(Z16*4), K1, Z17 // v
-	VPANDD     Z4, Z17, Z18          // len
-	VPSRLD     $8, Z17, Z19          // code
-	VPTESTMD   Z8, Z17, K2
-	KMOVW      K2, AX
-	POPCNTL    AX, AX
-	ADDQ       AX, R9
-	VPADDD     Z18, Z0, Z20          // B1
-	VPSLLVD    Z18, Z2, Z2
-	VPORD      Z19, Z2, Z2
-	VPANDD     Z5, Z20, Z21
-	VPSRLVD    Z21, Z2, Z21          // the word B0 falls in
-	VPSHUFB    Z11, Z21, Z21         // big-endian
-	VPANDD     Z5, Z0, Z22
-	VPADDD     Z18, Z22, Z22
-	VPCMPUD    $5, Z6, Z22, K3       // complete: (B0 & 15) + len ≥ 16
-	VPSRLD     $4, Z0, Z26
-	VPADDD     Z26, Z26, Z26
-	VPADDD     Z9, Z26, Z26          // l·stride + 2·(B0 >> 4)
-	VPSCATTERDD Z21, K3, (R14)(Z26*1)
-	VPADDD     Z5, Z0, Z23
-	VPSRLD     $3, Z23, Z23          // w1
-	VPADDD     Z7, Z20, Z24
-	VPSRLD     $3, Z24, Z24
-	VPMAXUD    Z23, Z24, Z24         // w2
-	VPCMPUD    $6, Z23, Z24, K4      // round 2: w2 > w1
-	VPADDD     Z5, Z20, Z25
-	VPSRLD     $3, Z25, Z25
-	VPCMPUD    $6, Z24, Z25, K5      // round 1 next: (B1+15)>>3 > w2
-	VMOVDQA32  Z20, Z0
-
-	// Lanes 16-31.
-	VPMOVZXBD  16(SI), Z16
-	KXNORW     K1, K1, K1
-	VPGATHERDD (R10)(Z16*4), K1, Z17
-	VPANDD     Z4, Z17, Z18
-	VPSRLD     $8, Z17, Z19
-	VPTESTMD   Z8, Z17, K2
-	KMOVW      K2, AX
-	POPCNTL    AX, AX
-	ADDQ       AX, R9
-	VPADDD     Z18, Z1, Z20
-	VPSLLVD    Z18, Z3, Z3
-	VPORD      Z19, Z3, Z3
-	VPANDD     Z5, Z20, Z21
-	VPSRLVD    Z21, Z3, Z21
-	VPSHUFB    Z11, Z21, Z21
-	VPANDD     Z5, Z1, Z22
-	VPADDD     Z18, Z22, Z22
-	VPCMPUD    $5, Z6, Z22, K6
-	VPSRLD     $4, Z1, Z26
-	VPADDD     Z26, Z26, Z26
-	VPADDD     Z10, Z26, Z26
-	VPSCATTERDD Z21, K6, (R14)(Z26*1)
-	VPADDD     Z5, Z1, Z23
-	VPSRLD     $3, Z23, Z23
-	VPADDD     Z7, Z20, Z24
-	VPSRLD     $3, Z24, Z24
-	VPMAXUD    Z23, Z24, Z24
-	VPCMPUD    $6, Z23, Z24, K7
-	VPADDD     Z5, Z20, Z25
-	VPSRLD     $3, Z25, Z25
-	VPCMPUD    $6, Z24, Z25, K1
-	VMOVDQA32  Z20, Z1
-
-	// The step's masks, lanes 16-31 in the high halves.
-	KMOVW K4, AX
-	KMOVW K7, DX
-	SHLL  $16, DX
-	ORL   DX, AX
-	MOVL  AX, (R13)(R8*4)
-	KMOVW K5, AX
-	KMOVW K1, DX
-	SHLL  $16, DX
-	ORL   DX, AX
-	MOVL  AX, 4(R12)(R8*4)
-
-	ADDQ $32, SI
-	INCQ R8
-	JMP  estep
+	STEP(1)
+	JMP  epair
 
 edone:
 	VMOVDQU32 Z0, 0(BX)

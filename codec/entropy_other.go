@@ -13,7 +13,7 @@ func joinBF16AVX512(exps, res, out *byte, n int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
 
-func encodeStepsAVX512(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, stride int) (escapes int) {
+func encodeStepsAVX512(exps *byte, steps int, tab *encTab, st *encSIMD, bytes *byte, stride int) (escapes int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
 
