@@ -182,7 +182,8 @@ joined:
 // k at byte 2k: a 4-byte scatter, whose 2 extra bytes the next word overwrites). Per step s it records the lanes
 // that take a byte in round 2 of step s (st.r2[s]) and in round 1 of step s+1 (st.r1[s+1]): with
 // w1 = (B0+15)>>3, w2 = max(w1, (B1+7)>>3), round 2 when w2 > w1 and round 1 next when (B1+15)>>3 > w2
-// (FORMAT.md; for a symbol that is not ESC, w2 = w1).
+// (FORMAT.md; for a symbol that is not ESC, w2 = w1). With x = (B1+7)>>3, (B1+15)>>3 is x+1, so these are
+// x > w1 and x ≥ w1.
 //
 // The exponents are looked up two steps (64 bytes) at a time in tab's two 256-byte tables with VPERMI2B (a
 // gather per 16 lanes cost more than the rest of the step): bits taken with the escape flag in bit 7, and the
@@ -258,11 +259,8 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	VPSRLD      $3, Z23, Z23; \
 	VPADDD      Z7, Z20, Z24; \
 	VPSRLD      $3, Z24, Z24; \
-	VPMAXUD     Z23, Z24, Z24; \
 	VPCMPUD     $6, Z23, Z24, KR2; \
-	VPADDD      Z5, Z20, Z25; \
-	VPSRLD      $3, Z25, Z25; \
-	VPCMPUD     $6, Z24, Z25, KR1; \
+	VPCMPUD     $5, Z23, Z24, KR1; \
 	VMOVDQA32   Z20, B
 
 // STEP codes the step whose look-ups are bytes 32·H to 32·H+31 of Z16, Z17 and records its masks.
