@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -182,12 +184,22 @@ func TestHighRatioDecodeRejects(t *testing.T) {
 
 // BenchmarkHighRatio times the GPU codec on tiled real KV beside a device-to-device copy of the same size: bf16
 // (rows named copy, encode, decode), then the fixture quantised to fp8_e4m3 and fp8_e5m2 (rows prefixed with
-// the dtype).
+// the dtype). SPLITZIP_HR_BENCH_ONLY=bf16/256 narrows it to one dtype and size in MiB, so that a profiler
+// (tests/gpu/profile-hr.sh) sees no other launches of the kernels.
 func BenchmarkHighRatio(b *testing.B) {
 	g := newGPU(b)
 	f := realKV(b)
 	kv := concat(f)
+	onlyDType, onlyMiB := "", 0
+	if only := os.Getenv("SPLITZIP_HR_BENCH_ONLY"); only != "" {
+		if _, err := fmt.Sscanf(strings.Replace(only, "/", " ", 1), "%s %d", &onlyDType, &onlyMiB); err != nil {
+			b.Fatalf("SPLITZIP_HR_BENCH_ONLY=%q: want DTYPE/MIB, e.g. bf16/256", only)
+		}
+	}
 	for _, dt := range []codec.DType{codec.BF16, codec.FP8E4M3, codec.FP8E5M2} {
+		if onlyDType != "" && dt.String() != onlyDType {
+			continue
+		}
 		prefix, tileOf := "", func(size int) []byte { return kvtile.Tile(kv, size, uint64(size)) }
 		sample := kv
 		if dt != codec.BF16 {
@@ -196,6 +208,9 @@ func BenchmarkHighRatio(b *testing.B) {
 		}
 		_, table := hrTableOf(b, dt, sample)
 		for _, size := range []int{4 << 20, 64 << 20, 256 << 20, 1 << 30} {
+			if onlyMiB != 0 && size != onlyMiB<<20 {
+				continue
+			}
 			src := tileOf(size)
 			in := g.upload(b, src)
 			tab := g.upload(b, table)
