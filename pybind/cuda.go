@@ -139,29 +139,77 @@ func CUDAHighRatioWorkspaceSize(srcLen int) int { return kernels.HighRatioWorksp
 // CUDAHighRatioWorkspaceSize(srcLen) bytes of device memory. src and dst must be 16-byte aligned. It returns
 // srcLen; nothing waits for the device.
 func CUDAEncodeHighRatio(ordinal int, stream uintptr, src uintptr, srcLen int, table uintptr, tableLen int, dst, sizeOut, ws uintptr) (n int, err error) {
+	return CUDAEncodeHighRatioDType(ordinal, stream, int(codec.BF16), src, srcLen, table, tableLen, dst, sizeOut, ws)
+}
+
+// CUDADecodeHighRatio is CUDADecode for high-ratio frames (the entropy flag set; raw frames decode too): bf16,
+// without a payload checksum.
+func CUDADecodeHighRatio(ordinal int, stream uintptr, src uintptr, frameCap int, dst uintptr, dstLen int, status uintptr) (n int, err error) {
+	return CUDADecodeHighRatioDType(ordinal, stream, int(codec.BF16), src, frameCap, dst, dstLen, status)
+}
+
+// gpuHighRatioDType returns the dtype of code dtype if the GPU high-ratio kernels code it (bf16, fp8_e4m3,
+// fp8_e5m2), so that a bad dtype fails before the kernels are loaded.
+func gpuHighRatioDType(dtype int) (codec.DType, error) {
+	dt, err := dtypeOf(dtype)
+	if err != nil {
+		return 0, err
+	}
+	switch dt {
+	case codec.BF16, codec.FP8E4M3, codec.FP8E5M2:
+		return dt, nil
+	}
+	return 0, wrap(fmt.Errorf("%w: the GPU high-ratio kernels code bf16, fp8_e4m3 and fp8_e5m2, not %s", codec.ErrDType, dt))
+}
+
+// CUDAHighRatioDTypeWorkspaceSize is the device workspace CUDAEncodeHighRatioDType needs for srcLen bytes of
+// input of dtype code dtype (bf16, fp8_e4m3 or fp8_e5m2; others get a dtype error).
+func CUDAHighRatioDTypeWorkspaceSize(dtype int, srcLen int) (n int, err error) {
+	dt, err := gpuHighRatioDType(dtype)
+	if err != nil {
+		return 0, err
+	}
+	return kernels.HighRatioDTypeWorkspaceSize(dt, srcLen), nil
+}
+
+// CUDAEncodeHighRatioDType is CUDAEncodeHighRatio for a tensor of dtype code dtype: bf16, fp8_e4m3 or
+// fp8_e5m2 (others get a dtype error before anything is loaded). table holds a code table of that dtype as
+// frames carry it (11 bytes at most for fp8_e4m3, 19 for fp8_e5m2); ws is
+// CUDAHighRatioDTypeWorkspaceSize(dtype, srcLen) bytes. The frame is byte for byte the CPU encoder's for the same
+// input, dtype and code table. It returns srcLen; nothing waits for the device.
+func CUDAEncodeHighRatioDType(ordinal int, stream uintptr, dtype int, src uintptr, srcLen int, table uintptr, tableLen int, dst, sizeOut, ws uintptr) (n int, err error) {
 	defer recoverInto(&err)
+	dt, err := gpuHighRatioDType(dtype)
+	if err != nil {
+		return 0, err
+	}
 	c, err := gpuCodec(ordinal)
 	if err != nil {
 		return 0, wrap(err)
 	}
 	s := c.Context().StreamFromHandle(stream)
-	err = c.EncodeHighRatioAsync(s, cuda.DevicePtr(src), srcLen, cuda.DevicePtr(table), tableLen, cuda.DevicePtr(dst), cuda.DevicePtr(sizeOut), cuda.DevicePtr(ws))
+	err = c.EncodeHighRatioDTypeAsync(s, dt, cuda.DevicePtr(src), srcLen, cuda.DevicePtr(table), tableLen, cuda.DevicePtr(dst), cuda.DevicePtr(sizeOut), cuda.DevicePtr(ws))
 	if err != nil {
 		return 0, wrap(err)
 	}
 	return srcLen, nil
 }
 
-// CUDADecodeHighRatio is CUDADecode for high-ratio frames (the entropy flag set; raw frames decode too): bf16,
-// without a payload checksum.
-func CUDADecodeHighRatio(ordinal int, stream uintptr, src uintptr, frameCap int, dst uintptr, dstLen int, status uintptr) (n int, err error) {
+// CUDADecodeHighRatioDType is CUDADecodeHighRatio into a tensor of dtype code dtype (bf16, fp8_e4m3 or
+// fp8_e5m2; others get a dtype error before anything is loaded): it decodes high-ratio frames of that dtype and
+// raw frames of dstLen bytes. A high-ratio frame of another dtype ends with an unsupported status.
+func CUDADecodeHighRatioDType(ordinal int, stream uintptr, dtype int, src uintptr, frameCap int, dst uintptr, dstLen int, status uintptr) (n int, err error) {
 	defer recoverInto(&err)
+	dt, err := gpuHighRatioDType(dtype)
+	if err != nil {
+		return 0, err
+	}
 	c, err := gpuCodec(ordinal)
 	if err != nil {
 		return 0, wrap(err)
 	}
 	s := c.Context().StreamFromHandle(stream)
-	if err := c.DecodeHighRatioAsync(s, cuda.DevicePtr(src), frameCap, cuda.DevicePtr(dst), dstLen, cuda.DevicePtr(status)); err != nil {
+	if err := c.DecodeHighRatioDTypeAsync(s, dt, cuda.DevicePtr(src), frameCap, cuda.DevicePtr(dst), dstLen, cuda.DevicePtr(status)); err != nil {
 		return 0, wrap(err)
 	}
 	return dstLen, nil
