@@ -46,7 +46,8 @@ def compress(
         high-ratio mode: a CodeTable (CodeTable.calibrate…; also as table=), "adaptive" (a table of this
         tensor's own exponents), or "default" (the built-in bf16/fp32 table). None is "adaptive" on the CPU
         (as Go's encoder does) and "default" on a GPU, where "adaptive" waits for the GPU (see
-        splitzip_connector.cuda).
+        splitzip_connector.cuda). On a GPU, fp8_e4m3 / fp8_e5m2 tensors are coded in the high-ratio mode only,
+        and, having no built-in table, get their own for None / "default".
         Dtypes a mode does not code (ints; fp8_e4m3 in the fast mode) are carried verbatim.
     dtype: the element type when the array's own type does not say it ("bf16" for a uint16 view).
     out: for host tensors, a writable buffer (numpy uint8 array, bytearray, CPU uint8 tensor) of at least

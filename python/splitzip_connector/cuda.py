@@ -3,22 +3,28 @@ launched on PyTorch's current stream with the tensors' device pointers. Nothing 
 nothing waits for the GPU unless the caller asks (DeviceFrame.nbytes, to_host(), decompress(check=True),
 compress(..., "adaptive")).
 
-The kernels encode bf16 tensors in both modes, byte for byte as the CPU codec does with the same codebook or
-code table, and decode bf16 frames of both modes and raw frames of any dtype. Payload checksums are CPU-only:
-the GPU encoders write none, and a frame with one, or of a coded dtype other than bf16, is decoded on the CPU
-(a frame in device memory is copied to the host first) and the tensor copied to the GPU. codec.compress / codec.decompress choose this backend for CUDA tensors and frames;
-call those.
+The kernels encode bf16 tensors in both modes and fp8_e4m3 / fp8_e5m2 tensors (torch.float8_e4m3fn,
+torch.float8_e5m2, or uint8 tensors with dtype=) in the high-ratio mode, byte for byte as the CPU codec does
+with the same codebook or code table; fp8 in the fast mode is refused (DTypeError): there is no fast-mode fp8
+kernel. They decode bf16 frames of both modes, high-ratio fp8 frames and raw frames of any dtype. Payload
+checksums are CPU-only: the GPU encoders write none, and a frame with one, or another coded frame (fp16, fp32,
+a fast-mode fp8_e5m2 frame the CPU wrote), is decoded on the CPU (a frame in device memory is copied to the
+host first) and the tensor copied to the GPU. codec.compress / codec.decompress choose this backend for CUDA
+tensors and frames; call those.
 
 High-ratio code tables on the GPU. The encoder reads its table from device memory:
-- a CodeTable (pinned) is copied to each device once, on its first use there (which waits for that copy),
-  and kept with it;
-- None or "default" is the built-in bf16 table (CodeTable.default()), likewise copied once per device;
+- a CodeTable (pinned) of the tensor's dtype is copied to each device once, on its first use there (which
+  waits for that copy), and kept with it;
+- None or "default" is the dtype's built-in table (CodeTable.default(): bf16 has one), likewise copied once
+  per device. fp8 has none (the CPU's "default" raises CodebookError for it): on the GPU, None and "default"
+  give an fp8 tensor its own table, as "adaptive" does, and wait as it does;
 - "adaptive" learns the tensor's own table: the exponent field's histogram is counted on the GPU with torch
   (the exponents extracted to a uint8 tensor, then torch.bincount: a few element-wise passes over the tensor
-  before the encode's own, and 3 bytes an element of temporaries, freed at once), its 256 counts
-  come to the host — so compress waits for the stream up to that point — the Go core builds the table from them (microseconds), and the table (at most 131 bytes) goes
-  back. The frame is then byte for byte the CPU encoder's with CodeTable.calibrate(tensor). Use a pinned
-  table, or the built-in one, where compress must not wait.
+  before the encode's own, and 3 bytes an element of temporaries for bf16, 1 for fp8, freed at once), its
+  counts (256 for bf16, 16 for fp8_e4m3, 32 for fp8_e5m2) come to the host — so compress waits for the stream
+  up to that point — the Go core builds the table from them (microseconds), and the table (at most 131 bytes;
+  11 for fp8_e4m3, 19 for fp8_e5m2) goes back. The frame is then byte for byte the CPU encoder's with
+  CodeTable.calibrate(tensor). Use a pinned table, or bf16's built-in one, where compress must not wait.
 
 In the fast mode "adaptive" works the same way: the histogram counted on the GPU, the codebook calibrated from
 it by the Go core (Codebook.from_counts), the frame byte for byte the CPU's compress(tensor.cpu(), "adaptive").
@@ -32,7 +38,7 @@ import numpy as np
 
 from . import dtypes
 from ._binding import HEADER_SIZE, MODE_FAST, MODE_HIGH_RATIO, MODE_NAMES, ext
-from .codebook import Codebook, CodeTable, Coding
+from .codebook import Codebook, CodeTable, Coding, coding
 from .errors import (
     BufferSizeError,
     CodebookError,
@@ -47,6 +53,11 @@ from .host import compress_host, decompress_host
 from .tensors import View, as_bytes, is_torch, np_addr, view
 
 __all__ = ["DeviceFrame", "cuda_available", "load_kernels", "check_status"]
+
+
+# The dtypes the GPU high-ratio kernels code, and where each one's exponent field lies in an element: (lowest bit,
+# width), as the Go codec's histogram counts it (codec/dtype.go).
+_EXPONENT_FIELD = {dtypes.BF16: (7, 8), dtypes.FP8_E4M3: (3, 4), dtypes.FP8_E5M2: (2, 5)}
 
 
 def _torch():
@@ -101,7 +112,8 @@ class DeviceFrame:
 
     buffer is a uint8 CUDA tensor of max_compressed_size(bytes) capacity whose first nbytes bytes are the frame;
     size is a 1-element int64 CUDA tensor the encoder writes the frame's length to. mode is the mode it was
-    encoded in ("fast" or "high-ratio"), which picks the GPU decoder without reading the header back. Reading
+    encoded in ("fast" or "high-ratio") and code its dtype's format code, which together pick the GPU decoder
+    (and, for high-ratio frames, the dtype's kernel) without reading the header back. Reading
     nbytes, data or to_host() waits for the encode; decompress(device_frame) does not.
     """
 
@@ -196,14 +208,22 @@ def compress_cuda(tensor: Any, v: View, c: Coding, checksum: bool = False) -> De
             "checksum=True: the GPU encoders write frames without a payload checksum; compress tensor.cpu() for "
             "a checksummed frame (a transport with its own checksum needs none)"
         )
-    if v.code != dtypes.BF16:
+    name = dtypes.dtype_name(v.code)
+    if v.code not in _EXPONENT_FIELD:
         raise DTypeError(
-            f"GPU compress takes bf16 tensors, this one is {dtypes.dtype_name(v.code)}; "
-            "compress tensor.cpu() instead (the CPU codec handles every dtype)"
+            f"GPU compress takes bf16 tensors (and fp8_e4m3 and fp8_e5m2 ones in the high-ratio mode), this one is "
+            f"{name}; compress tensor.cpu() instead (the CPU codec handles every dtype)"
+        )
+    if c.mode == MODE_FAST and v.code != dtypes.BF16:
+        raise DTypeError(
+            f"the GPU codes {name} tensors in the high-ratio mode only (the fast-mode kernels code bf16): pass "
+            "mode='high-ratio', or compress tensor.cpu() for a fast-mode frame"
         )
     dev = tensor.device
     if v.nbytes == 0:  # nothing for a kernel to do: the (constant) empty frame, made on the host
-        df = DeviceFrame.from_host(compress_host(view(tensor.cpu()), c), dev)
+        if c.mode == MODE_HIGH_RATIO and c.table is None and _default_table(v.code) is None:
+            c = coding("adaptive", None, MODE_NAMES[MODE_HIGH_RATIO])  # the GPU's "default" for fp8
+        df = DeviceFrame.from_host(compress_host(view(tensor.cpu(), v.code), c), dev)
         df.shape = v.shape
         return df
     _aligned(v.ptr, "tensor")
@@ -214,11 +234,12 @@ def compress_cuda(tensor: Any, v: View, c: Coding, checksum: bool = False) -> De
     if c.mode == MODE_HIGH_RATIO:
         table = _device_table(torch, tensor, v, c)
         # The encoder zeroes its workspace itself.
-        ws = torch.empty(max(ext.pybind_CUDAHighRatioWorkspaceSize(v.nbytes), 16), dtype=torch.uint8, device=dev)
         try:
-            ext.pybind_CUDAEncodeHighRatio(
-                v.device, stream, v.ptr, v.nbytes, table.data_ptr(), table.numel(), buf.data_ptr(), size.data_ptr(),
-                ws.data_ptr(),
+            wsn = ext.pybind_CUDAHighRatioDTypeWorkspaceSize(v.code, v.nbytes)
+            ws = torch.empty(max(wsn, 16), dtype=torch.uint8, device=dev)
+            ext.pybind_CUDAEncodeHighRatioDType(
+                v.device, stream, v.code, v.ptr, v.nbytes, table.data_ptr(), table.numel(), buf.data_ptr(),
+                size.data_ptr(), ws.data_ptr(),
             )
         except RuntimeError as e:
             raise translate(e) from None
@@ -237,20 +258,35 @@ def compress_cuda(tensor: Any, v: View, c: Coding, checksum: bool = False) -> De
     return DeviceFrame(buf, size, v.shape, v.code)
 
 
-_DEFAULT_TABLE: list[CodeTable] = []  # the built-in bf16 table, made on first use
+_DEFAULT_TABLES: dict[int, CodeTable | None] = {}  # dtype code → its built-in table (None: it has none)
+
+
+def _default_table(code: int) -> CodeTable | None:
+    """The built-in code table of a dtype the GPU codes, made on first use; None for a dtype without one (fp8)."""
+    if code not in _DEFAULT_TABLES:
+        try:
+            t: CodeTable | None = CodeTable.default(code)
+        except CodebookError:
+            if code == dtypes.BF16:  # bf16 always has one
+                raise
+            t = None
+        _DEFAULT_TABLES[code] = t
+    return _DEFAULT_TABLES[code]
 
 
 def _device_table(torch: Any, tensor: Any, v: View, c: Coding) -> Any:
-    """The bf16 code table of a high-ratio encode, in device memory on the tensor's device (a uint8 tensor)."""
+    """The code table of a high-ratio encode of a tensor of dtype v.code, in device memory on the tensor's
+    device (a uint8 tensor): the given one, the dtype's built-in one, or the tensor's own ("adaptive", and the
+    default of a dtype without a built-in table)."""
     if c.adaptive:
-        return _tensor_table(torch, tensor)
+        return _tensor_table(torch, tensor, v.code)
     t = c.table
     if t is None:
-        if not _DEFAULT_TABLE:
-            _DEFAULT_TABLE.append(CodeTable.default("bf16"))
-        t = _DEFAULT_TABLE[0]
-    if t.dtype != "bf16":
-        raise CodebookError(f"splitzip: the code table is for {t.dtype}, the tensor is bf16")
+        t = _default_table(v.code)
+        if t is None:
+            return _tensor_table(torch, tensor, v.code)
+    if t.dtype != dtypes.dtype_name(v.code):
+        raise CodebookError(f"splitzip: the code table is for {t.dtype}, the tensor is {dtypes.dtype_name(v.code)}")
     dt = t._on_device.get(v.device)
     if dt is None:  # once per table and device
         dt = _to_device(torch, np.frombuffer(t.to_bytes(), np.uint8).copy(), tensor.device)
@@ -260,17 +296,25 @@ def _device_table(torch: Any, tensor: Any, v: View, c: Coding) -> Any:
     return dt
 
 
-def _exponent_counts(torch: Any, tensor: Any) -> np.ndarray:
-    """The histogram of a bf16 CUDA tensor's exponent field, counted on the GPU; waits for the stream."""
-    # bf16 bits 7-14 are the exponent; uint8 input spares bincount a pass that checks for negative values.
-    exps = ((tensor.reshape(-1).view(torch.int16) >> 7) & 0xFF).to(torch.uint8)
-    return torch.bincount(exps, minlength=256).cpu().numpy()
+def _exponent_counts(torch: Any, tensor: Any, code: int = dtypes.BF16) -> np.ndarray:
+    """The histogram of the exponent field of a tensor of dtype code (bf16, fp8_e4m3 or fp8_e5m2), counted
+    where the tensor lies (on the GPU for a CUDA tensor; then it waits for the stream): counts[x] is how many
+    elements have exponent field value x, as the Go codec's Histogram counts them."""
+    shift, width = _EXPONENT_FIELD[code]
+    mask = (1 << width) - 1
+    # uint8 input spares bincount a pass that checks for negative values.
+    if code == dtypes.BF16:  # bits 7-14
+        exps = ((tensor.reshape(-1).view(torch.int16) >> shift) & mask).to(torch.uint8)
+    else:  # one byte an element: e4m3 bits 3-6, e5m2 bits 2-6
+        exps = tensor.reshape(-1).view(torch.uint8) >> shift
+        exps.bitwise_and_(mask)
+    return torch.bincount(exps, minlength=mask + 1).cpu().numpy()
 
 
-def _tensor_table(torch: Any, tensor: Any) -> Any:
+def _tensor_table(torch: Any, tensor: Any, code: int = dtypes.BF16) -> Any:
     """The tensor's own code table, learned from its exponent histogram counted on the GPU (see the module's
     notes for the cost)."""
-    table = np.frombuffer(CodeTable.bytes_from_counts(_exponent_counts(torch, tensor), dtypes.BF16), np.uint8).copy()
+    table = np.frombuffer(CodeTable.bytes_from_counts(_exponent_counts(torch, tensor, code), code), np.uint8).copy()
     return _to_device(torch, table, tensor.device)
 
 
@@ -289,9 +333,10 @@ def decompress_cuda(
     check_status(status) later to learn whether the frame was valid.
 
     The decoder is the frame's mode's: a DeviceFrame knows it, a host frame's header says it, and a bare CUDA
-    buffer's header is read back first (which waits for the stream). A frame the GPU decoders do not read (a
-    payload checksum, a coded dtype other than bf16) is decoded on the CPU, its checksum checked, and the tensor
-    copied over; that waits for the copies."""
+    buffer's header is read back first (which waits for the stream); a high-ratio frame goes to its dtype's
+    kernel. A frame the GPU decoders do not read (a payload checksum; a coded dtype other than bf16, save
+    high-ratio fp8 frames) is decoded on the CPU, its checksum checked, and the tensor copied over; that waits
+    for the copies."""
     torch = _torch()
     src_shape = None
     code = elements = None
@@ -352,9 +397,14 @@ def decompress_cuda(
     if raw_len == 0:  # an empty tensor: the header was checked on the host, nothing for a kernel to do
         status.zero_()
         return out
-    decode = ext.pybind_CUDADecodeHighRatio if mode == MODE_HIGH_RATIO else ext.pybind_CUDADecode
+    stream = _stream(torch, ov.device)
     try:
-        decode(ov.device, _stream(torch, ov.device), src.data_ptr(), cap, ov.ptr, ov.nbytes, status.data_ptr())
+        if mode == MODE_HIGH_RATIO:  # the frame's dtype's kernel (it reads raw frames too)
+            ext.pybind_CUDADecodeHighRatioDType(
+                ov.device, stream, code, src.data_ptr(), cap, ov.ptr, ov.nbytes, status.data_ptr()
+            )
+        else:
+            ext.pybind_CUDADecode(ov.device, stream, src.data_ptr(), cap, ov.ptr, ov.nbytes, status.data_ptr())
     except RuntimeError as e:
         raise translate(e) from None
     if check:
@@ -368,9 +418,11 @@ def _mode_code(h: Any) -> int:
 
 
 def _gpu_reads(h: Any) -> bool:
-    """Whether the GPU decoders read a frame with header h: raw frames, and bf16 frames of either mode without
-    a payload checksum."""
-    return not h.checksum and (h.raw or h.code == dtypes.BF16)
+    """Whether the GPU decoders read a frame with header h, if it has no payload checksum: raw frames, bf16
+    frames of either mode, and high-ratio frames of the fp8 dtypes."""
+    if h.checksum:
+        return False
+    return h.raw or h.code == dtypes.BF16 or (_mode_code(h) == MODE_HIGH_RATIO and h.code in _EXPONENT_FIELD)
 
 
 def _decompress_on_host(torch: Any, f: Frame, out: Any, shape: Any, device: Any, status: Any) -> Any:
