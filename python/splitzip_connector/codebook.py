@@ -344,6 +344,7 @@ class Coding(NamedTuple):
     book: int  # 0: the built-in codebook or table; CODEBOOK_ADAPTIVE: the input's own; else a handle
     table: CodeTable | None  # the CodeTable given, if one was (the GPU backend needs its bytes)
     adaptive: bool  # book is CODEBOOK_ADAPTIVE
+    implicit: bool = False  # no codebook named (None): on a GPU, a dtype without a built-in table codes with its own
 
 
 _FAST_DEFAULT = Coding(MODE_FAST, 0, None, False)
@@ -356,7 +357,7 @@ def coding(codebook: Any, table: CodeTable | None, mode: Any, *, gpu: bool = Fal
     codebook calibrated on the tensor; on a GPU, from its histogram counted there). mode "high-ratio": codebook (or table=) is a CodeTable,
     "default" (the built-in table), or "adaptive" (the tensor's own table); None is "adaptive" on the CPU, as
     in Go's encoder, and "default" on a GPU, where a table of the tensor's own costs a wait for the GPU (see
-    cuda.compress_cuda). A Codebook in the high-ratio mode, or a CodeTable in the fast one, raises ValueError
+    cuda.compress_cuda), except for a dtype without a built-in table (fp8), which then takes its own. A Codebook in the high-ratio mode, or a CodeTable in the fast one, raises ValueError
     saying which mode takes it."""
     if table is not None:
         if codebook is not None:
@@ -377,7 +378,9 @@ def coding(codebook: Any, table: CodeTable | None, mode: Any, *, gpu: bool = Fal
     if isinstance(codebook, CodeTable):
         return Coding(m, codebook.handle, codebook, False)
     if codebook is None:
-        codebook = "default" if gpu else "adaptive"
+        if gpu:
+            return Coding(m, 0, None, False, True)
+        codebook = "adaptive"
     if isinstance(codebook, str) and codebook == "default":
         return Coding(m, 0, None, False)
     if isinstance(codebook, str) and codebook == "adaptive":

@@ -16,8 +16,8 @@ High-ratio code tables on the GPU. The encoder reads its table from device memor
 - a CodeTable (pinned) of the tensor's dtype is copied to each device once, on its first use there (which
   waits for that copy), and kept with it;
 - None or "default" is the dtype's built-in table (CodeTable.default(): bf16 has one), likewise copied once
-  per device. fp8 has none (the CPU's "default" raises CodebookError for it): on the GPU, None and "default"
-  give an fp8 tensor its own table, as "adaptive" does, and wait as it does;
+  per device. fp8 has none: None gives an fp8 tensor its own table, as "adaptive" does, and waits as it does;
+  "default" raises CodebookError, as on the CPU;
 - "adaptive" learns the tensor's own table: the exponent field's histogram is counted on the GPU with torch
   (the exponents extracted to a uint8 tensor, then torch.bincount: a few element-wise passes over the tensor
   before the encode's own, and 3 bytes an element of temporaries for bf16, 1 for fp8, freed at once), its
@@ -221,8 +221,8 @@ def compress_cuda(tensor: Any, v: View, c: Coding, checksum: bool = False) -> De
         )
     dev = tensor.device
     if v.nbytes == 0:  # nothing for a kernel to do: the (constant) empty frame, made on the host
-        if c.mode == MODE_HIGH_RATIO and c.table is None and _default_table(v.code) is None:
-            c = coding("adaptive", None, MODE_NAMES[MODE_HIGH_RATIO])  # the GPU's "default" for fp8
+        if c.mode == MODE_HIGH_RATIO and not c.adaptive and c.table is None and _default_table(v.code, c) is None:
+            c = coding("adaptive", None, MODE_NAMES[MODE_HIGH_RATIO])  # no built-in table: the tensor's own
         df = DeviceFrame.from_host(compress_host(view(tensor.cpu(), v.code), c), dev)
         df.shape = v.shape
         return df
@@ -261,8 +261,10 @@ def compress_cuda(tensor: Any, v: View, c: Coding, checksum: bool = False) -> De
 _DEFAULT_TABLES: dict[int, CodeTable | None] = {}  # dtype code → its built-in table (None: it has none)
 
 
-def _default_table(code: int) -> CodeTable | None:
-    """The built-in code table of a dtype the GPU codes, made on first use; None for a dtype without one (fp8)."""
+def _default_table(code: int, c: Coding) -> CodeTable | None:
+    """The built-in code table of a dtype the GPU codes, made on first use. A dtype without one (fp8) gets
+    None where no codebook was named (the tensor's own table then), and CodebookError for an explicit
+    "default", as on the CPU."""
     if code not in _DEFAULT_TABLES:
         try:
             t: CodeTable | None = CodeTable.default(code)
@@ -271,7 +273,13 @@ def _default_table(code: int) -> CodeTable | None:
                 raise
             t = None
         _DEFAULT_TABLES[code] = t
-    return _DEFAULT_TABLES[code]
+    t = _DEFAULT_TABLES[code]
+    if t is None and not c.implicit:
+        raise CodebookError(
+            f"splitzip: {dtypes.dtype_name(code)} has no built-in code table: pass codebook='adaptive' (the "
+            "tensor's own) or a CodeTable of that dtype"
+        )
+    return t
 
 
 def _device_table(torch: Any, tensor: Any, v: View, c: Coding) -> Any:
@@ -282,7 +290,7 @@ def _device_table(torch: Any, tensor: Any, v: View, c: Coding) -> Any:
         return _tensor_table(torch, tensor, v.code)
     t = c.table
     if t is None:
-        t = _default_table(v.code)
+        t = _default_table(v.code, c)
         if t is None:
             return _tensor_table(torch, tensor, v.code)
     if t.dtype != dtypes.dtype_name(v.code):

@@ -10,6 +10,7 @@ import pytest
 import splitzip_connector as sz
 from conftest import EVALUATION, bf16_randn
 from splitzip_connector import cuda, dtypes
+from splitzip_connector.codebook import coding
 from splitzip_connector._binding import MODE_FAST, MODE_HIGH_RATIO, ext
 from splitzip_connector.errors import translate
 
@@ -100,16 +101,20 @@ def test_which_frames_the_gpu_decoders_read():
 
 
 def test_gpu_default_tables():
-    """The GPU's table for None / "default": the dtype's built-in one; fp8 has none, so its tensors get their own
-    (the CPU's "default" raises CodebookError for fp8)."""
-    assert cuda._default_table(dtypes.BF16) == sz.CodeTable.default("bf16")
+    """The GPU's table where none is named (None) or "default" is: the dtype's built-in one. fp8 has none: with
+    None its tensors get their own table, and "default" raises CodebookError, as on the CPU."""
+    implicit = coding(None, None, "high-ratio", gpu=True)
+    named = coding("default", None, "high-ratio", gpu=True)
+    assert implicit.implicit and not named.implicit
+    assert not coding(None, None, "high-ratio").implicit  # the CPU's None is "adaptive"
+    for c in (implicit, named):
+        assert cuda._default_table(dtypes.BF16, c) == sz.CodeTable.default("bf16")
     for name, code in FP8_CODES.items():
-        try:
-            want = sz.CodeTable.default(name)
-        except sz.CodebookError as e:
-            assert "no built-in code table" in str(e)
-            want = None
-        assert cuda._default_table(code) == want, name
+        with pytest.raises(sz.CodebookError, match="no built-in code table"):
+            sz.CodeTable.default(name)
+        assert cuda._default_table(code, implicit) is None, name
+        with pytest.raises(sz.CodebookError, match=f"{name} has no built-in code table"):
+            cuda._default_table(code, named)
 
 
 def test_gpu_dtype_entry_points_without_a_gpu():

@@ -265,14 +265,15 @@ def test_coding_is_the_one_reader_of_coding_arguments():
     from splitzip_connector.codebook import coding
 
     t, cb = sz.CodeTable.default(), sz.Codebook.default()
-    assert coding(None, None, "fast") == (MODE_FAST, 0, None, False)
-    assert coding(cb, None, "fast") == (MODE_FAST, cb.handle, None, False)
-    assert coding("adaptive", None, "fast") == (MODE_FAST, CODEBOOK_ADAPTIVE, None, True)
-    assert coding("adaptive", None, "fast", gpu=True) == (MODE_FAST, CODEBOOK_ADAPTIVE, None, True)
-    assert coding(None, None, "high-ratio") == (MODE_HIGH_RATIO, CODEBOOK_ADAPTIVE, None, True)
-    assert coding(None, None, "high-ratio", gpu=True) == (MODE_HIGH_RATIO, 0, None, False)
-    assert coding("adaptive", None, "high-ratio", gpu=True) == (MODE_HIGH_RATIO, CODEBOOK_ADAPTIVE, None, True)
-    assert coding(None, t, "high-ratio") == coding(t, None, "high-ratio") == (MODE_HIGH_RATIO, t.handle, t, False)
+    assert coding(None, None, "fast") == (MODE_FAST, 0, None, False, False)
+    assert coding(cb, None, "fast") == (MODE_FAST, cb.handle, None, False, False)
+    assert coding("adaptive", None, "fast") == (MODE_FAST, CODEBOOK_ADAPTIVE, None, True, False)
+    assert coding("adaptive", None, "fast", gpu=True) == (MODE_FAST, CODEBOOK_ADAPTIVE, None, True, False)
+    assert coding(None, None, "high-ratio") == (MODE_HIGH_RATIO, CODEBOOK_ADAPTIVE, None, True, False)
+    # On a GPU no table named is the built-in one (implicit: fp8, which has none, takes the tensor's own).
+    assert coding(None, None, "high-ratio", gpu=True) == (MODE_HIGH_RATIO, 0, None, False, True)
+    assert coding("adaptive", None, "high-ratio", gpu=True) == (MODE_HIGH_RATIO, CODEBOOK_ADAPTIVE, None, True, False)
+    assert coding(None, t, "high-ratio") == coding(t, None, "high-ratio") == (MODE_HIGH_RATIO, t.handle, t, False, False)
 
 
 def test_table_from_counts_is_the_calibrated_table(kv_evaluation):
