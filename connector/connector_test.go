@@ -43,9 +43,9 @@ func TestHandoffRoundTrip(t *testing.T) {
 			require.NoError(t, c.Load("req-1", h, dstBlocks))
 			require.NoError(t, waitLoad(t, c, "req-1"))
 			requireSameBlocks(t, src, srcBlocks, dst, dstBlocks)
-			require.Equal(t, []string{"req-1"}, p.FinishedSending())
+			require.Equal(t, []string{"req-1"}, waitFinishedSending(t, p, 1))
 
-			st := p.Stats()
+			st := waitHandoffs(t, p, 1)
 			if bypass == BypassNever {
 				ratio := float64(st.RawBytes) / float64(st.EncodedBytes)
 				require.Greater(t, ratio, 1.3, "real KV compresses")
