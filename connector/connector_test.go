@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,9 +44,9 @@ func TestHandoffRoundTrip(t *testing.T) {
 			require.NoError(t, c.Load("req-1", h, dstBlocks))
 			require.NoError(t, waitLoad(t, c, "req-1"))
 			requireSameBlocks(t, src, srcBlocks, dst, dstBlocks)
-			require.Equal(t, []string{"req-1"}, p.FinishedSending())
+			require.Equal(t, []string{"req-1"}, waitFinishedSending(t, p, 1))
 
-			st := p.Stats()
+			st := waitHandoffs(t, p, 1)
 			if bypass == BypassNever {
 				ratio := float64(st.RawBytes) / float64(st.EncodedBytes)
 				require.Greater(t, ratio, 1.3, "real KV compresses")
@@ -142,12 +143,14 @@ func hasSave(p *Producer, req string) bool {
 	return p.saves[req] != nil
 }
 
-// flipProxy forwards TCP to target, flipping one bit of the producer's stream after skip bytes.
-func flipProxy(t *testing.T, target string, skip int) string {
+// flipProxy forwards TCP to target, flipping one bit of the producer's stream after skip bytes (none where skip
+// is negative). sent counts the bytes of the producer's stream forwarded so far.
+func flipProxy(t *testing.T, target string, skip int) (addr string, sent *atomic.Int64) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
 	var once sync.Once
+	sent = new(atomic.Int64)
 	go func() {
 		for {
 			in, err := ln.Accept()
@@ -166,13 +169,14 @@ func flipProxy(t *testing.T, target string, skip int) string {
 				for {
 					n, err := out.Read(buf)
 					if n > 0 {
-						if seen <= skip && skip < seen+n {
+						if skip >= 0 && seen <= skip && skip < seen+n {
 							once.Do(func() { buf[skip-seen] ^= 0x10 })
 						}
 						seen += n
 						if _, werr := in.Write(buf[:n]); werr != nil {
 							break
 						}
+						sent.Add(int64(n))
 					}
 					if err != nil {
 						break
@@ -182,17 +186,24 @@ func flipProxy(t *testing.T, target string, skip int) string {
 			}()
 		}
 	}()
-	return ln.Addr().String()
+	return ln.Addr().String(), sent
+}
+
+// freeAddr returns a loopback address with a port free a moment ago, for a producer that must listen there.
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
 }
 
 func TestFlippedBitFailsTheLoad(t *testing.T) {
 	plane := startPlane(t)
 	// A producer that advertises the proxy: consumers reach it through the bit-flipping hop.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	ln.Close()
-	p, err := NewProducer(plane, WithEngineID("prefill-y"), WithListenAddr(addr), WithAdvertiseAddr(flipProxy(t, addr, 20000)))
+	addr := freeAddr(t)
+	proxy, _ := flipProxy(t, addr, 20000)
+	p, err := NewProducer(plane, WithEngineID("prefill-y"), WithListenAddr(addr), WithAdvertiseAddr(proxy))
 	require.NoError(t, err)
 	defer p.Close()
 	c, err := NewConsumer(plane, WithEngineID("decode-y"), WithTransport(transport.WithConns(1)))
@@ -211,8 +222,11 @@ func TestFlippedBitFailsTheLoad(t *testing.T) {
 
 func TestProducerKilledMidTransfer(t *testing.T) {
 	plane := startPlane(t)
-	// A slow link (rate-limited) so the transfer is still running when the producer goes away.
-	p, c := newPair(t, plane, []Option{WithTransport(transport.WithRateLimit(2 << 20))}, nil)
+	// A slow link (rate-limited) so the transfer is still running when the producer goes away; consumers reach
+	// the producer through a proxy that counts what it forwarded, so the test sees the transfer under way.
+	addr := freeAddr(t)
+	proxy, sent := flipProxy(t, addr, -1)
+	p, c := newPair(t, plane, []Option{WithTransport(transport.WithRateLimit(2 << 20)), WithListenAddr(addr), WithAdvertiseAddr(proxy)}, nil)
 	src := newTestCache(t, smallLayout(64), true, 0)
 	dst := newTestCache(t, smallLayout(64), false, 0)
 	require.NoError(t, p.RegisterHostCache(src.layout, src.bases))
@@ -224,8 +238,9 @@ func TestProducerKilledMidTransfer(t *testing.T) {
 	h, err := p.Save("k", blocks)
 	require.NoError(t, err)
 	require.NoError(t, c.Load("k", h, blocks))
-	require.Eventually(t, func() bool { return c.Stats().Loads > 0 || c.InFlight() == 1 }, 5*time.Second, time.Millisecond)
-	time.Sleep(200 * time.Millisecond) // let some layers cross the slow link (not a synchronisation)
+	// About 16 MB cross at 2 MiB/s: once 1 MiB has, the producer goes away in the middle of the transfer.
+	require.Eventually(t, func() bool { return sent.Load() >= 1<<20 }, 30*time.Second, 5*time.Millisecond, "the transfer is under way")
+	require.Zero(t, c.Stats().Loads, "the load is still running")
 	require.NoError(t, p.Close())
 	err = waitLoad(t, c, "k")
 	require.Error(t, err, "a load whose producer died must fail, not be marked done")

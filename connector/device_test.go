@@ -196,7 +196,7 @@ func TestDeviceHighRatio(t *testing.T) {
 			}
 			require.NotNil(t, p.tables.table(0, 0))
 			require.NotNil(t, p.tables.table(src.layout.Layers-1, 1))
-			st := p.Stats()
+			st := waitHandoffs(t, p, 6)
 			require.EqualValues(t, 6, st.HighRatioHandoffs)
 			require.Greater(t, float64(st.RawBytes)/float64(st.EncodedBytes), 1.4)
 		})
@@ -217,7 +217,7 @@ func TestDeviceHighRatio(t *testing.T) {
 			dst.download(t, ctx, dstHost)
 			requireSameBlocks(t, srcHost, []int{1, 2, 3}, dstHost, []int{4, 5, 6})
 		}
-		require.Positive(t, p.Stats().HighRatioHandoffs, "0.1 Gbit/s: the high-ratio mode pays")
+		require.Positive(t, waitHandoffs(t, p, 3).HighRatioHandoffs, "0.1 Gbit/s: the high-ratio mode pays")
 	})
 }
 
@@ -298,7 +298,7 @@ func TestDeviceFP8(t *testing.T) {
 					}
 					requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
 				}
-				st := p.Stats()
+				st := waitHandoffs(t, p, 3)
 				switch {
 				case tc.highRatio:
 					require.EqualValues(t, 3, st.HighRatioHandoffs)

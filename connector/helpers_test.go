@@ -124,3 +124,30 @@ func waitLoad(t testing.TB, c *Consumer, reqID string) error {
 		}
 	}
 }
+
+// waitHandoffs waits until p has counted n handoffs and returns its stats then. The producer counts a handoff
+// once its completed record's publish has returned, and a consumer that read that record may have finished
+// its load before: a load done does not mean its handoff is counted yet.
+func waitHandoffs(t testing.TB, p *Producer, n int64) ProducerStats {
+	t.Helper()
+	var st ProducerStats
+	require.Eventually(t, func() bool {
+		st = p.Stats()
+		return st.Handoffs >= n
+	}, 10*time.Second, 5*time.Millisecond, "the producer counts %d handoffs", n)
+	require.Equal(t, n, st.Handoffs, "handoffs counted")
+	return st
+}
+
+// waitFinishedSending collects what p.FinishedSending reports until it has n requests, and returns them. Like
+// the handoff count, a request is reported once its completed record's publish has returned, which may be
+// after its load is done.
+func waitFinishedSending(t testing.TB, p *Producer, n int) []string {
+	t.Helper()
+	var sent []string
+	require.Eventually(t, func() bool {
+		sent = append(sent, p.FinishedSending()...)
+		return len(sent) >= n
+	}, 10*time.Second, 5*time.Millisecond, "the producer reports %d requests sent", n)
+	return sent
+}

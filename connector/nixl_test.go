@@ -78,8 +78,7 @@ func TestNIXLHandoffRoundTrip(t *testing.T) {
 					}
 				}
 			}
-			st := p.Stats()
-			require.EqualValues(t, 3, st.Handoffs)
+			st := waitHandoffs(t, p, 3)
 			if tc.bypass == BypassNever {
 				require.Greater(t, float64(st.RawBytes)/float64(st.EncodedBytes), 1.3, "real KV compresses")
 			}

@@ -16,9 +16,11 @@ import (
 // memPlane is a ControlPlane in memory, with hooks that make its operations fail the way a real NATS server
 // seldom can on cue: a publish refused, a record that disagrees with the frames, a wait that errs.
 type memPlane struct {
-	// Hooks, set before use. put may fail a publish or alter the record stored; wait may fail a wait.
+	// Hooks, set before use. put may fail a publish or alter the record stored; wait may fail a wait; del runs
+	// before a record is deleted (and may hold the delete back).
 	put  func(rec *szn.ShardRecord) error
 	wait func(id string, rank int, complete bool) error
+	del  func(id string, rank int)
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced at every change of records
@@ -110,6 +112,9 @@ func (m *memPlane) WaitShard(ctx context.Context, id string, rank int, complete 
 }
 
 func (m *memPlane) DeleteShard(_ context.Context, id string, rank int) error {
+	if m.del != nil {
+		m.del(id, rank)
+	}
 	key := memKey(id, rank)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -244,11 +249,20 @@ func TestCompleteRecordDisagrees(t *testing.T) {
 		}
 		return nil
 	}
+	// The producer deletes the record once the transfer has ended, and a consumer that looks for the complete
+	// record only after that finds it withdrawn and loads without the end-to-end check: its wait for the record
+	// runs on a goroutine of its own, which a loaded machine can start late. The delete is held back until the
+	// load has ended, so that the consumer checks what this test is about.
+	loaded := make(chan struct{})
+	var endLoad sync.Once
+	plane.del = func(string, int) { <-loaded }
+	defer endLoad.Do(func() { close(loaded) })
 	p, c, _, _ := fakePair(t, plane)
 	h, err := p.Save("r", []int{0, 1, 2, 3, 4})
 	require.NoError(t, err)
 	require.NoError(t, c.Load("r", h, []int{5, 6, 7, 8, 9}))
 	err = waitLoad(t, c, "r")
+	endLoad.Do(func() { close(loaded) })
 	require.ErrorIs(t, err, ErrFrame)
 	require.ErrorContains(t, err, "producer recorded")
 	// The producer counts the notice inside its handler, before the plane records it as delivered.

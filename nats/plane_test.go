@@ -77,8 +77,10 @@ func TestEngineRegistry(t *testing.T) {
 	dereg, err := p.RegisterEngine(ctx, Engine{ID: "prefill-0", Role: RoleProducer, Addr: "10.0.0.1:7000",
 		TPSize: 2, LayoutFingerprint: "L", DType: "bfloat16"})
 	require.NoError(t, err)
-	// A second process on the machine registers the consumer engine.
-	r := newPlane(t, WithURL(p.ClientURL()))
+	// A second process on the machine registers the consumer engine. The registry bucket keeps entries for the
+	// EngineTTL of the Plane that created it (p's, 1 s): r heartbeats as often as that needs, so its entry is
+	// there until r deregisters it, however long the steps below take.
+	r := newPlane(t, WithURL(p.ClientURL()), WithEngineTTL(time.Second))
 	_, err = r.RegisterEngine(ctx, Engine{ID: "decode-0", Role: RoleConsumer, TPSize: 2, LayoutFingerprint: "L"})
 	require.NoError(t, err)
 	_, err = r.RegisterEngine(ctx, Engine{ID: "decode-0", Role: RoleConsumer, TPSize: 2, LayoutFingerprint: "L"})

@@ -130,7 +130,8 @@ func TestRoundTripBitExact(t *testing.T) {
 	require.Equal(t, int64(total), st.Bytes)
 	require.Equal(t, len(want), st.Chunks)
 
-	// The consumer's notice releases the payload and reports the transfer.
+	// The consumer's notice releases the payload and reports the transfer. The server releases the payload
+	// before it frees the chunk table and the copied chunks and calls OnTransfer: those are waited for.
 	select {
 	case err := <-released:
 		require.NoError(t, err)
@@ -138,6 +139,11 @@ func TestRoundTripBitExact(t *testing.T) {
 		t.Fatal("the payload was not released after the fetch")
 	}
 	require.Equal(t, 0, p.srv.Pending())
+	eventually(t, "the transfer reported", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.st) > 0
+	})
 	p.mu.Lock()
 	require.Len(t, p.st, 1)
 	require.Equal(t, int64(total), p.st[0].Bytes)
@@ -148,7 +154,7 @@ func TestRoundTripBitExact(t *testing.T) {
 			p.srv.Free(b)
 		}
 	}
-	require.Zero(t, p.srv.ArenaInUse(), "the table and the copied chunks went back to the arena")
+	eventually(t, "the table and the copied chunks went back to the arena", func() bool { return p.srv.ArenaInUse() == 0 })
 
 	// A handoff fetched is gone: reading it again fails clearly.
 	_, err = p.srv.Locator(id)

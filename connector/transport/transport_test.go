@@ -253,7 +253,9 @@ func TestDeadlines(t *testing.T) {
 			c.Write(make([]byte, 10)) // then nothing
 			io.Copy(io.Discard, c)
 		})
-		_, err := Fetch(context.Background(), addr, "x", testSecret, newCollector(0).sink, WithIOTimeout(100*time.Millisecond))
+		// The whole handshake must fit in one I/O timeout for the stall to come where this test wants it (in
+		// chunk 0): a second leaves a loaded machine room, and is all the test waits.
+		_, err := Fetch(context.Background(), addr, "x", testSecret, newCollector(0).sink, WithIOTimeout(time.Second))
 		te := requireKind(t, err, ErrTimeout)
 		require.Equal(t, 0, te.Chunk)
 	})
@@ -267,16 +269,19 @@ func TestDeadlines(t *testing.T) {
 		require.ErrorIs(t, err, io.EOF, "the producer closes an idle connection")
 	})
 	t.Run("slow production is kept alive", func(t *testing.T) {
-		s := newServer(t, WithIOTimeout(200*time.Millisecond))
+		// The producer sends a keepalive every quarter of its I/O timeout: half a second leaves each one
+		// 375 ms to arrive before the consumer's read deadline, on a loaded machine too.
+		const ioTimeout = 500 * time.Millisecond
+		s := newServer(t, WithIOTimeout(ioTimeout))
 		p := NewStreamPayload(2, nil)
 		id := NewHandoffID()
 		require.NoError(t, s.Offer(id, testSecret, p))
 		require.NoError(t, p.Put(0, []byte("now")))
 		// Chunk 1 is produced long after several I/O timeouts.
-		timer := time.AfterFunc(800*time.Millisecond, func() { p.Put(1, []byte("later")) })
+		timer := time.AfterFunc(4*ioTimeout, func() { p.Put(1, []byte("later")) })
 		defer timer.Stop()
 		col := newCollector(0)
-		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink, WithIOTimeout(200*time.Millisecond))
+		_, err := Fetch(context.Background(), addrOf(s), id, testSecret, col.sink, WithIOTimeout(ioTimeout))
 		require.NoError(t, err)
 		col.requireEqual(t, [][]byte{[]byte("now"), []byte("later")})
 	})
@@ -303,7 +308,9 @@ func TestExpiry(t *testing.T) {
 		requireKind(t, err, ErrExpired)
 	})
 	t.Run("during fetch", func(t *testing.T) {
-		s := newServer(t, WithHandoffTTL(300*time.Millisecond))
+		// The TTL runs from the offer: the handshake and chunk 0 must come within it for the expiry to fall
+		// on chunk 1, as this test wants.
+		s := newServer(t, WithHandoffTTL(time.Second))
 		onRelease, released := releaseRecorder()
 		p := NewStreamPayload(2, onRelease)
 		id := NewHandoffID()
