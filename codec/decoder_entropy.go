@@ -64,6 +64,13 @@ func (p *entDecPart) decode() error {
 			joinChunk(p.out[i0*size:i1*size], p.lane.exps[:m], res, i0, dt)
 			continue
 		}
+		// Into the segments piece by piece where they lie, else through scratch (see entPart.split).
+		exps := p.lane.exps[:m]
+		if p.segs.elemPieces(i0, i1, size, geometry(dt).resBits, func(piece []byte, e0 int) {
+			joinChunk(piece, exps[e0-i0:e0-i0+len(piece)/size], res, e0, dt)
+		}) {
+			continue
+		}
 		if cap(p.scratch) < maxChunk*size {
 			p.scratch = make([]byte, maxChunk*size)
 		}

@@ -40,7 +40,7 @@ type entPart struct {
 	over    bool   // out is full: the frame will be raw
 	esc     uint64
 	lane    *laneEnc
-	gather  []byte // a chunk of a segmented input that spans segments
+	gather  []byte // a chunk of a segmented input that spans segments off residual bytes (split)
 }
 
 func (p *entPart) run() {
@@ -192,7 +192,7 @@ func (p *entPart) encode() {
 	for c := p.c0; c < p.c1; c++ {
 		i0, i1 := chunkBounds(c, p.n, EntropyChunk)
 		m := i1 - i0
-		splitChunk(p.chunkBytes(i0, i1), p.dt, p.lane.exps[:m], p.frame[p.lay.Residuals:], i0)
+		p.split(i0, i1)
 		need := int(maxChunkBytes(uint64(m)))
 		var words, esc int
 		switch {
@@ -217,6 +217,23 @@ func (p *entPart) encode() {
 		p.used += words
 		p.esc += uint64(esc)
 	}
+}
+
+// split splits chunk elements [i0, i1) into the part's exponents and the frame's residuals: a segmented
+// input piece by piece where it lies (a paged cache's blocks), so that it is read once; only a chunk whose
+// pieces would start off a residual byte goes through the gather buffer.
+func (p *entPart) split(i0, i1 int) {
+	res := p.frame[p.lay.Residuals:]
+	exps := p.lane.exps[:i1-i0]
+	if p.segs != nil {
+		size := p.dt.Size()
+		if p.segs.elemPieces(i0, i1, size, geometry(p.dt).resBits, func(piece []byte, e0 int) {
+			splitChunk(piece, p.dt, exps[e0-i0:e0-i0+len(piece)/size], res, e0)
+		}) {
+			return
+		}
+	}
+	splitChunk(p.chunkBytes(i0, i1), p.dt, exps, res, i0)
 }
 
 // splitChunk splits the elements of b (the chunk starting at element i0) into their exponents, into exps, and

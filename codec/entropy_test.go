@@ -650,7 +650,9 @@ func TestHighRatioSegments(t *testing.T) {
 		}
 		for _, dt := range []DType{FP16, FP32, FP8E5M2, FP8E4M3} {
 			src := testTensor(rng, dt, 2*maxEntropyChunk+77, 1)
-			requireSegmentsRoundTrip(t, rng, enc, dec, src, dt, 1500, 1)
+			requireSegmentsRoundTrip(t, rng, enc, dec, src, dt, 1500, 1) // boundaries off residual bytes: gathered
+			requireSegmentsRoundTrip(t, rng, enc, dec, src, dt, 1500, 8) // on them: coded in place
+			requireSegmentsRoundTrip(t, rng, enc, dec, src, dt, 5, 8)    // pieces shorter than a word
 		}
 	}
 }

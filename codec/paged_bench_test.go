@@ -14,9 +14,9 @@ var pagedHuge = flag.Bool("pages2m", false, "BenchmarkPagedKV: the pool in trans
 // level cache (512 MiB), filled with the real KV fixture, whose 6 KiB blocks (16 tokens × 3 heads × 64 bf16,
 // SmolLM2-135M) a request holds in shuffled order. A frame is one layer of a request, its K blocks then its V
 // blocks (connector.layerSegments); each iteration takes the next of many requests, so its blocks are cold as in
-// a handoff. EncodeSegmentsCRC and DecodeSegments run on the blocks where they lie; "contiguous" runs Encode with
-// the CRC and DecodeInto on the same requests' bytes gathered into one cold buffer each; "hot" repeats one
-// request (in cache). One goroutine: per-core cost. GB/s are of raw bytes.
+// a handoff. Rows per mode (fast, high-ratio with a given table): EncodeSegmentsCRC and DecodeSegments run on
+// the blocks where they lie; "contiguous" runs Encode with the CRC and DecodeInto on the same requests' bytes
+// gathered into one cold buffer each; "hot" repeats one request (in cache). One goroutine: per-core cost. GB/s are of raw bytes.
 //
 //	go test -run '^$' -bench PagedKV -benchtime 200x ./codec [-args -pages2m]
 //
@@ -35,6 +35,12 @@ func BenchmarkPagedKV(b *testing.B) {
 	// The pool is one layer's K region then its V region, numBlocks blocks each.
 	numBlocks := poolBytes / 2 / block
 	cb, err := DefaultCodebook(BF16)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, _ := NewHistogram(BF16)
+	_ = h.Add(kv)
+	table, err := h.CodeTable() // high-ratio frames: a table given, as the connector's learned ones are
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -58,13 +64,6 @@ func BenchmarkPagedKV(b *testing.B) {
 		for r := range contig {
 			contig[r] = concat(segs[r])
 		}
-		enc, _ := NewEncoder(WithEncoderConcurrency(1), WithCodebook(cb))
-		dec, _ := NewDecoder(WithDecoderConcurrency(1))
-		frames := make([][]byte, reqs)
-		for r := range frames {
-			frames[r], _ = enc.Encode(nil, contig[r], BF16)
-		}
-		dst := make([]byte, 0, MaxEncodedLen(frameRaw))
 		out := make([][][]byte, reqs) // decode destinations: other blocks of the pool, as a consumer's
 		for r := range out {
 			ids := perm[(reqs+r)*nb : (reqs+r+1)*nb]
@@ -75,64 +74,17 @@ func BenchmarkPagedKV(b *testing.B) {
 				}
 			}
 		}
-		name := func(s string) string { return fmt.Sprintf("tokens=%d/%s", tokens, s) }
-		b.Run(name("EncodeSegmentsCRC"), func(b *testing.B) {
-			b.SetBytes(int64(frameRaw))
-			b.ReportAllocs()
-			r := 0
-			for b.Loop() {
-				dst, _, err = enc.EncodeSegmentsCRC(dst[:0], segs[r], BF16)
-				if err != nil {
-					b.Fatal(err)
-				}
-				r = (r + 1) % reqs
-			}
-		})
-		b.Run(name("contiguous/Encode+CRC"), func(b *testing.B) {
-			b.SetBytes(int64(frameRaw))
-			r := 0
-			for b.Loop() {
-				dst, _ = enc.Encode(dst[:0], contig[r], BF16)
-				_ = crc32.Checksum(dst, castagnoli)
-				r = (r + 1) % reqs
-			}
-		})
-		b.Run(name("hot/EncodeSegmentsCRC"), func(b *testing.B) {
-			b.SetBytes(int64(frameRaw))
-			for b.Loop() {
-				dst, _, _ = enc.EncodeSegmentsCRC(dst[:0], segs[0], BF16)
-			}
-		})
-		b.Run(name("DecodeSegments"), func(b *testing.B) {
-			b.SetBytes(int64(frameRaw))
-			b.ReportAllocs()
-			r := 0
-			for b.Loop() {
-				if _, err := dec.DecodeSegments(out[r], frames[r]); err != nil {
-					b.Fatal(err)
-				}
-				r = (r + 1) % reqs
-			}
-		})
-		b.Run(name("contiguous/DecodeInto"), func(b *testing.B) {
-			b.SetBytes(int64(frameRaw))
-			r := 0
-			for b.Loop() {
-				if _, err := dec.DecodeInto(contig[(r+1)%reqs], frames[r]); err != nil {
-					b.Fatal(err)
-				}
-				r = (r + 1) % reqs
-			}
-		})
-		b.Run(name("hot/DecodeSegments"), func(b *testing.B) {
-			b.SetBytes(int64(frameRaw))
-			for b.Loop() {
-				if _, err := dec.DecodeSegments(out[0], frames[0]); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(name("copy"), func(b *testing.B) { // the scattered blocks gathered into dst: a raw handoff's copy
+		dst := make([]byte, 0, MaxEncodedLen(frameRaw))
+		for _, mode := range []struct {
+			name string
+			opts []EOption
+		}{
+			{"fast", []EOption{WithCodebook(cb)}},
+			{"high-ratio", []EOption{WithMode(ModeHighRatio), WithCodeTable(table)}},
+		} {
+			benchPagedMode(b, fmt.Sprintf("tokens=%d/%s", tokens, mode.name), mode.opts, segs, contig, out, frameRaw, dst)
+		}
+		b.Run(fmt.Sprintf("tokens=%d/copy", tokens), func(b *testing.B) { // the scattered blocks gathered into dst: a raw handoff's copy
 			b.SetBytes(int64(frameRaw))
 			r := 0
 			for b.Loop() {
@@ -144,6 +96,75 @@ func BenchmarkPagedKV(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchPagedMode is BenchmarkPagedKV's rows for one codec mode (the encoder's options opts).
+func benchPagedMode(b *testing.B, prefix string, opts []EOption, segs [][][]byte, contig [][]byte, out [][][]byte, frameRaw int, dst []byte) {
+	reqs := len(segs)
+	enc, _ := NewEncoder(append([]EOption{WithEncoderConcurrency(1)}, opts...)...)
+	dec, _ := NewDecoder(WithDecoderConcurrency(1))
+	frames := make([][]byte, reqs)
+	for r := range frames {
+		frames[r], _ = enc.Encode(nil, contig[r], BF16)
+	}
+	name := func(s string) string { return prefix + "/" + s }
+	var err error
+	b.Run(name("EncodeSegmentsCRC"), func(b *testing.B) {
+		b.SetBytes(int64(frameRaw))
+		b.ReportAllocs()
+		r := 0
+		for b.Loop() {
+			dst, _, err = enc.EncodeSegmentsCRC(dst[:0], segs[r], BF16)
+			if err != nil {
+				b.Fatal(err)
+			}
+			r = (r + 1) % reqs
+		}
+	})
+	b.Run(name("contiguous/Encode+CRC"), func(b *testing.B) {
+		b.SetBytes(int64(frameRaw))
+		r := 0
+		for b.Loop() {
+			dst, _ = enc.Encode(dst[:0], contig[r], BF16)
+			_ = crc32.Checksum(dst, castagnoli)
+			r = (r + 1) % reqs
+		}
+	})
+	b.Run(name("hot/EncodeSegmentsCRC"), func(b *testing.B) {
+		b.SetBytes(int64(frameRaw))
+		for b.Loop() {
+			dst, _, _ = enc.EncodeSegmentsCRC(dst[:0], segs[0], BF16)
+		}
+	})
+	b.Run(name("DecodeSegments"), func(b *testing.B) {
+		b.SetBytes(int64(frameRaw))
+		b.ReportAllocs()
+		r := 0
+		for b.Loop() {
+			if _, err := dec.DecodeSegments(out[r], frames[r]); err != nil {
+				b.Fatal(err)
+			}
+			r = (r + 1) % reqs
+		}
+	})
+	b.Run(name("contiguous/DecodeInto"), func(b *testing.B) {
+		b.SetBytes(int64(frameRaw))
+		r := 0
+		for b.Loop() {
+			if _, err := dec.DecodeInto(contig[(r+1)%reqs], frames[r]); err != nil {
+				b.Fatal(err)
+			}
+			r = (r + 1) % reqs
+		}
+	})
+	b.Run(name("hot/DecodeSegments"), func(b *testing.B) {
+		b.SetBytes(int64(frameRaw))
+		for b.Loop() {
+			if _, err := dec.DecodeSegments(out[0], frames[0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // fixtureKV is every tensor of the real KV evaluation set, back to back.

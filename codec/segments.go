@@ -134,6 +134,26 @@ func (s *segments) stretches(b0, b1, k, ka, size int, fn func(piece []byte, b, q
 	return k, ka, true
 }
 
+// elemPieces calls fn, in order, for each part of elements [i0, i1) of the concatenation that lies in one
+// segment: the part's bytes and the index of its first element. Codecs whose residuals are bit-packed (resBits
+// not a whole number of bytes) can only split or join a part that starts on a residual byte: when a boundary
+// inside [i0, i1) is not a multiple of 8 elements, elemPieces calls nothing and returns false (the caller then
+// copies the chunk through scratch). i0 must be a multiple of 8.
+func (s *segments) elemPieces(i0, i1, size int, resBits uint, fn func(piece []byte, e0 int)) bool {
+	b0, b1 := i0*size, i1*size
+	if resBits%8 != 0 && !s.aligned(b0, b1, -1, 8*size) {
+		return false
+	}
+	k := -1
+	for b := b0; b < b1; {
+		var piece []byte
+		piece, k = s.piece(b, b1, k)
+		fn(piece, b/size)
+		b += len(piece)
+	}
+	return true
+}
+
 // view returns where bytes [b0, b1) of the concatenation are to be written: in place (true) when one segment
 // holds them, else scratch, to be scattered afterwards.
 func (s *segments) view(scratch []byte, b0, b1, k int) ([]byte, bool, int) {
