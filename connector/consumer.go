@@ -50,10 +50,13 @@ type ConsumerStats struct {
 	// Completed loads by the producer's choice: raw frames, fast-mode frames, high-ratio frames.
 	RawLoads, FastLoads, HighRatioLoads int64
 	RawBytes, WireBytes                 int64
-	FetchTime, DecodeTime               time.Duration // fetch: first dial to last chunk; decode: codec time (GPU: by events)
-	CopyTime                            time.Duration // host-to-device copies of frames (GPU caches)
-	LastTransfer                        transport.Stats
-	HugePages                           HugePageReport // of the last host cache registered (WithHugePages)
+	// Unverified counts completed loads whose frames could not be checked against the producer's completed
+	// record (withdrawn without one: its publish failed); the transport checked every chunk's CRC-32C.
+	Unverified            int64
+	FetchTime, DecodeTime time.Duration // fetch: first dial to last chunk; decode: codec time (GPU: by events)
+	CopyTime              time.Duration // host-to-device copies of frames (GPU caches)
+	LastTransfer          transport.Stats
+	HugePages             HugePageReport // of the last host cache registered (WithHugePages)
 }
 
 type load struct {
@@ -248,30 +251,24 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	crcs := make([]uint32, f.frames())
 	var decodeTime, copyTime time.Duration
 	var mu sync.Mutex
-	// The completed record is read while the second half of the frames is still on the wire (the producer
-	// publishes it once every frame is encoded, normally long before the wire is done), so its round trip is
-	// not added after the last frame.
+	// The wait for the completed record starts with the fetch (the producer publishes it once every frame is
+	// encoded, normally long before the wire is done), so its round trip is not added after the last frame, and
+	// the wait is under way long before the last chunk's acknowledgement lets the producer withdraw the record:
+	// a wait that only began after that would find the record gone and leave the load unverified end to end.
 	type finalRecord struct {
 		rec *shardRecord
 		err error
 	}
 	finalCh := make(chan finalRecord, 1)
 	fctx, fcancel := context.WithCancel(ctx)
-	var finalOnce sync.Once
-	startFinal := func() {
-		finalOnce.Do(func() {
-			go func() {
-				r, err := c.cp.WaitShard(fctx, ld.handoffID, c.o.Rank, true)
-				finalCh <- finalRecord{r, err}
-			}()
-		})
-	}
+	go func() {
+		r, err := c.cp.WaitShard(fctx, ld.handoffID, c.o.Rank, true)
+		finalCh <- finalRecord{r, err}
+	}()
 	defer func() {
 		fcancel()
-		finalOnce.Do(func() { close(finalCh) }) // never started: nothing to wait for
-		<-finalCh                               // the wait ends with fctx
+		<-finalCh // the wait ends with fctx
 	}()
-	accepted := 0
 	mode, modeName := rec.FrameMode(), rec.FrameMode()
 	if rec.Raw {
 		modeName = "raw"
@@ -295,12 +292,7 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 		sizes[i], crcs[i] = uint64(len(frame)), crc
 		decodeTime += took.codec
 		copyTime += took.copy
-		accepted++
-		half := accepted == (f.frames()+1)/2
 		mu.Unlock()
-		if half {
-			startFinal()
-		}
 		return nil
 	}
 	t0 := time.Now()
@@ -312,7 +304,6 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	// End to end: the frames we decoded must be the ones the producer recorded when it finished encoding.
 	// The producer publishes that record before it can release the handoff, so the wait is short; it is bounded
 	// all the same, in case the publish failed (the producer logs that).
-	startFinal()
 	var final *shardRecord
 	timer := time.NewTimer(max(finalRecordWait, c.o.RecordWait))
 	select {
@@ -325,6 +316,10 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	timer.Stop()
 	if err != nil && !recordGone(err) {
 		return fmt.Errorf("handoff %s: completed record: %w", shortID(ld.handoffID), err)
+	}
+	if final == nil { // withdrawn without one: its publish failed (the producer logged why)
+		c.log.Warn("the handoff was withdrawn before its completed record was seen; its frames were checked chunk by chunk only",
+			"handoff", ld.handoffID, "producer", rec.ProducerEngineID, "addr", rec.Addr)
 	}
 	if final != nil {
 		if final.Raw != rec.Raw || final.FrameMode() != rec.FrameMode() {
@@ -343,6 +338,9 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	c.stats.DecodeTime += decodeTime
 	c.stats.CopyTime += copyTime
 	c.stats.LastTransfer = st
+	if final == nil {
+		c.stats.Unverified++
+	}
 	switch {
 	case rec.Raw:
 		c.stats.RawLoads++

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,8 +218,10 @@ func TestOpenRecordPublishFails(t *testing.T) {
 // the producer withdraws the handoff, and the producer frees everything.
 func TestCompleteRecordPublishFails(t *testing.T) {
 	plane := newMemPlane()
+	var refuse atomic.Bool
+	refuse.Store(true)
 	plane.put = func(rec *szn.ShardRecord) error {
-		if rec.Complete {
+		if rec.Complete && refuse.Load() {
 			return errRefused
 		}
 		return nil
@@ -236,6 +239,15 @@ func TestCompleteRecordPublishFails(t *testing.T) {
 		puts, deletes, notices := plane.state()
 		return len(puts) == 1 && !puts[0].Complete && deletes == 1 && len(notices) == 1 && notices[0].OK
 	}, 10*time.Second, 5*time.Millisecond, "one open record, withdrawn after the fetch; the consumer's notice says OK")
+	require.Equal(t, int64(1), c.Stats().Unverified, "the load is counted as checked chunk by chunk only")
+
+	// With the complete record published, loads are checked end to end.
+	refuse.Store(false)
+	h, err = p.Save("s", []int{1, 2})
+	require.NoError(t, err)
+	require.NoError(t, c.Load("s", h, []int{5, 6}))
+	require.NoError(t, waitLoad(t, c, "s"))
+	require.Equal(t, int64(1), c.Stats().Unverified)
 }
 
 // The complete record disagrees with the frames received (a CRC32C the producer recorded differs): the load

@@ -682,7 +682,7 @@ func ConsumerStats(h int) (string, error) {
 	}
 	s := c.Stats()
 	m := map[string]any{
-		"loads": s.Loads, "failed": s.Failed, "raw_bytes": s.RawBytes, "wire_bytes": s.WireBytes,
+		"loads": s.Loads, "failed": s.Failed, "unverified": s.Unverified, "raw_bytes": s.RawBytes, "wire_bytes": s.WireBytes,
 		"fetch_s": s.FetchTime.Seconds(), "decode_s": s.DecodeTime.Seconds(), "copy_s": s.CopyTime.Seconds(), "in_flight": c.InFlight(),
 	}
 	for k, n := range s.Failures { // failed loads by kind: failed_corrupt, failed_expired, …

@@ -416,7 +416,9 @@ class Consumer:
         return r["done"], [LoadFailure(**f) for f in r["failed"]]
 
     def stats(self) -> dict[str, float]:
-        """Running totals: loads, failed, raw_bytes, wire_bytes, fetch_s, decode_s, in_flight."""
+        """Running totals: loads, failed (and failed_<kind>), unverified (loads whose frames only their chunks'
+        CRC-32C checked: the producer's completed record was never published), raw_bytes, wire_bytes, fetch_s,
+        decode_s, copy_s, in_flight."""
         return json.loads(_call(ext.pybind_ConsumerStats, self._h))
 
     def close(self) -> None:
