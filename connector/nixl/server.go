@@ -254,6 +254,11 @@ func (s *Server) retire(h *handoff, cause error, st *transport.Stats) {
 	}
 	h.cancel()
 	<-h.done // the publisher has stopped touching the table and the payload
+	// The transfer is reported before the payload's release, as the TCP server does: the producer forgets the
+	// handoff on release, and a report after it would find nothing to measure the link with.
+	if st != nil && s.o.OnTransfer != nil {
+		s.o.OnTransfer(*st)
+	}
 	h.p.Release(cause)
 	s.mu.Lock()
 	a := s.arena
@@ -263,9 +268,6 @@ func (s *Server) retire(h *handoff, cause error, st *transport.Stats) {
 			a.Free(b)
 		}
 		a.Free(h.table)
-	}
-	if st != nil && s.o.OnTransfer != nil {
-		s.o.OnTransfer(*st)
 	}
 }
 
