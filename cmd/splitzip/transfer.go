@@ -369,13 +369,18 @@ func runBenchTransfer(args []string) error {
 		for _, gbit := range rates {
 			rate := gbit * 1e9 / 8
 			// Untimed warm-up of every mode first: staging memory, connections and socket buffers, learned
-			// code tables, and for auto two handoffs of each path (forced; the policy keeps the second, the
-			// first being a cold one), then one of its own choosing, so that its model has measured every path
-			// (steady state is what serving sees; it keeps probing while timed).
+			// code tables, and for auto four handoffs of each path (forced: a cold one, then the three after
+			// which the policy lets a path's measured efficiency overrule its model), then one of its own
+			// choosing, so that it has measured every path as serving would after a while (steady state is what
+			// serving sees; it keeps probing while timed).
 			for _, mode := range modes {
 				warm := []string{"", ""}
 				if mode == "auto" {
-					warm = []string{"raw", "raw", "fast", "fast", "high-ratio", "high-ratio", ""}
+					warm = nil
+					for _, p := range []string{"raw", "fast", "high-ratio"} {
+						warm = append(warm, p, p, p, p)
+					}
+					warm = append(warm, "")
 				}
 				for w, force := range warm {
 					seq++
