@@ -51,7 +51,8 @@ type ConsumerStats struct {
 	RawLoads, FastLoads, HighRatioLoads int64
 	RawBytes, WireBytes                 int64
 	// Unverified counts completed loads whose frames could not be checked against the producer's completed
-	// record (withdrawn without one: its publish failed); the transport checked every chunk's CRC-32C.
+	// record (withdrawn before it was seen: its publish failed, or the read came late); the transport checked
+	// every chunk's CRC-32C all the same.
 	Unverified            int64
 	FetchTime, DecodeTime time.Duration // fetch: first dial to last chunk; decode: codec time (GPU: by events)
 	CopyTime              time.Duration // host-to-device copies of frames (GPU caches)
@@ -251,24 +252,33 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	crcs := make([]uint32, f.frames())
 	var decodeTime, copyTime time.Duration
 	var mu sync.Mutex
-	// The wait for the completed record starts with the fetch (the producer publishes it once every frame is
-	// encoded, normally long before the wire is done), so its round trip is not added after the last frame, and
-	// the wait is under way long before the last chunk's acknowledgement lets the producer withdraw the record:
-	// a wait that only began after that would find the record gone and leave the load unverified end to end.
+	// The completed record is read while the second half of the frames is still on the wire (the producer
+	// publishes it once every frame is encoded, normally long before the wire is done), so its round trip is
+	// not added after the last frame, and the record is normally there at the first read. (A wait started with
+	// the fetch would find it still open, and watch for its completion: the producer's completion and its
+	// withdrawal after the last chunk's acknowledgement can then both fall between the read and the start of
+	// the watch, which then sees only the withdrawal.)
 	type finalRecord struct {
 		rec *shardRecord
 		err error
 	}
 	finalCh := make(chan finalRecord, 1)
 	fctx, fcancel := context.WithCancel(ctx)
-	go func() {
-		r, err := c.cp.WaitShard(fctx, ld.handoffID, c.o.Rank, true)
-		finalCh <- finalRecord{r, err}
-	}()
+	var finalOnce sync.Once
+	startFinal := func() {
+		finalOnce.Do(func() {
+			go func() {
+				r, err := c.cp.WaitShard(fctx, ld.handoffID, c.o.Rank, true)
+				finalCh <- finalRecord{r, err}
+			}()
+		})
+	}
 	defer func() {
 		fcancel()
-		<-finalCh // the wait ends with fctx
+		finalOnce.Do(func() { close(finalCh) }) // never started: nothing to wait for
+		<-finalCh                               // the wait ends with fctx
 	}()
+	accepted := 0
 	mode, modeName := rec.FrameMode(), rec.FrameMode()
 	if rec.Raw {
 		modeName = "raw"
@@ -292,7 +302,12 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 		sizes[i], crcs[i] = uint64(len(frame)), crc
 		decodeTime += took.codec
 		copyTime += took.copy
+		accepted++
+		half := accepted == (f.frames()+1)/2
 		mu.Unlock()
+		if half {
+			startFinal()
+		}
 		return nil
 	}
 	t0 := time.Now()
@@ -304,6 +319,7 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	// End to end: the frames we decoded must be the ones the producer recorded when it finished encoding.
 	// The producer publishes that record before it can release the handoff, so the wait is short; it is bounded
 	// all the same, in case the publish failed (the producer logs that).
+	startFinal()
 	var final *shardRecord
 	timer := time.NewTimer(max(finalRecordWait, c.o.RecordWait))
 	select {
@@ -317,8 +333,8 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	if err != nil && !recordGone(err) {
 		return fmt.Errorf("handoff %s: completed record: %w", shortID(ld.handoffID), err)
 	}
-	if final == nil { // withdrawn without one: its publish failed (the producer logged why)
-		c.log.Warn("the handoff was withdrawn before its completed record was seen; its frames were checked chunk by chunk only",
+	if final == nil { // withdrawn before it was seen: its publish failed (the producer logged why), or a late read
+		c.log.Info("the handoff was withdrawn before its completed record was seen; its frames were checked chunk by chunk only",
 			"handoff", ld.handoffID, "producer", rec.ProducerEngineID, "addr", rec.Addr)
 	}
 	if final != nil {

@@ -27,6 +27,7 @@ type memPlane struct {
 	changed chan struct{} // closed and replaced at every change of records
 	records map[string]*szn.ShardRecord
 	deleted map[string]bool
+	history map[string][]*szn.ShardRecord // every version of a key in order, nil for its delete (a watch's view)
 	subs    map[string]func(szn.Completion) error
 	puts    []szn.ShardRecord // every publish accepted, in order
 	deletes int
@@ -37,7 +38,7 @@ var _ ControlPlane = (*memPlane)(nil)
 
 func newMemPlane() *memPlane {
 	return &memPlane{changed: make(chan struct{}), records: map[string]*szn.ShardRecord{}, deleted: map[string]bool{},
-		subs: map[string]func(szn.Completion) error{}}
+		history: map[string][]*szn.ShardRecord{}, subs: map[string]func(szn.Completion) error{}}
 }
 
 func memKey(id string, rank int) string { return id + ".r" + strconv.Itoa(rank) }
@@ -76,6 +77,7 @@ func (m *memPlane) PutShard(_ context.Context, rec *szn.ShardRecord) error {
 		return fmt.Errorf("%w: %s", szn.ErrHandoffExists, key)
 	}
 	m.records[key] = &r
+	m.history[key] = append(m.history[key], &r)
 	m.puts = append(m.puts, r)
 	m.broadcast()
 	return nil
@@ -92,17 +94,25 @@ func (m *memPlane) WaitShard(ctx context.Context, id string, rank int, complete 
 			return nil, err
 		}
 	}
+	// As a NATS KV watch: the key's latest version first, then every later one in order, so that a waiter
+	// slower than a put and the delete after it still sees the put.
 	key := memKey(id, rank)
+	next := -1
 	for {
 		m.mu.Lock()
-		r, gone, changed := m.records[key], m.deleted[key], m.changed
+		h, changed := m.history[key], m.changed
 		m.mu.Unlock()
-		switch {
-		case gone:
-			return nil, fmt.Errorf("%w: %s", szn.ErrHandoffReleased, key)
-		case r != nil && (r.Complete || !complete):
-			c := *r
-			return &c, nil
+		if next < 0 {
+			next = max(len(h)-1, 0)
+		}
+		for ; next < len(h); next++ {
+			switch r := h[next]; {
+			case r == nil:
+				return nil, fmt.Errorf("%w: %s", szn.ErrHandoffReleased, key)
+			case r.Complete || !complete:
+				c := *r
+				return &c, nil
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -121,6 +131,7 @@ func (m *memPlane) DeleteShard(_ context.Context, id string, rank int) error {
 	defer m.mu.Unlock()
 	delete(m.records, key)
 	m.deleted[key] = true
+	m.history[key] = append(m.history[key], nil)
 	m.deletes++
 	m.broadcast()
 	return nil

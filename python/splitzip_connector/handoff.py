@@ -417,7 +417,7 @@ class Consumer:
 
     def stats(self) -> dict[str, float]:
         """Running totals: loads, failed (and failed_<kind>), unverified (loads whose frames only their chunks'
-        CRC-32C checked: the producer's completed record was never published), raw_bytes, wire_bytes, fetch_s,
+        CRC-32C checked: the producer's completed record was withdrawn before it was seen), raw_bytes, wire_bytes, fetch_s,
         decode_s, copy_s, in_flight."""
         return json.loads(_call(ext.pybind_ConsumerStats, self._h))
 
