@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"maps"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -43,10 +45,13 @@ type Producer struct {
 	saves   map[string]*save   // by request id
 	byID    map[string]*save   // by handoff id
 	fetched map[string]fetched // completed transfers awaiting their completion notice
-	sent    []string           // requests whose blocks the engine may free
-	stats   ProducerStats
-	closed  bool
-	wg      sync.WaitGroup
+	// keep holds the records of fetched handoffs until their consumer's completion notice (or recordKeep):
+	// the consumer checks its frames against the completed record after the transfer, and must find it.
+	keep   map[string]*time.Timer
+	sent   []string // requests whose blocks the engine may free
+	stats  ProducerStats
+	closed bool
+	wg     sync.WaitGroup
 }
 
 // ProducerStats are running totals for observability.
@@ -104,6 +109,7 @@ type save struct {
 	workerDone       chan struct{}
 	published        chan struct{} // closed once the open record's publish returned
 	unpublished      bool          // that publish failed: Begin reported the error, the worker only stops
+	completed        bool          // the completed record was published (by the worker, before workerDone)
 	created, expires time.Time     // the open record's, which the complete one keeps
 	releaseErr       error         // why the transport released the payload: nil once fetched in full
 }
@@ -121,7 +127,7 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 		o: o, cp: cp, staging: newStaging(o.StagingBytes), bypass: o.Bypass, mode: o.Mode,
 		policy: modePolicy{linkConf: configuredLinkRate(o)},
 		coders: make(chan *coders, 2),
-		saves:  map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{},
+		saves:  map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{}, keep: map[string]*time.Timer{},
 		log: slog.Default().With("component", "splitzip.producer", "engine", o.EngineID, "rank", o.Rank),
 	}
 	p.life, p.stop = context.WithCancel(context.Background())
@@ -583,7 +589,9 @@ func (p *Producer) publishComplete(s *save) {
 		p.mu.Unlock()
 		p.log.Warn("publishing the completed handoff failed; consumers see only the open record and skip the end-to-end check",
 			"request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
+		return
 	}
+	s.completed = true
 }
 
 // saveFrames encodes the frames of one layer into staging and hands them to the transport.
@@ -715,13 +723,52 @@ func (p *Producer) onRelease(s *save, err error) {
 			p.log.Debug("handoff released", "request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if rerr := p.cp.DeleteShard(ctx, s.handoffID, p.o.Rank); rerr != nil {
-			p.log.Debug("removing the handoff record", "handoff", shortID(s.handoffID), "err", rerr)
-		}
 		p.log.Debug("handoff released", "request", s.reqID, "handoff", shortID(s.handoffID), "err", err)
+		// A fetched handoff's completed record stays for its consumer's end-to-end check; one never completed
+		// goes at once, so that a consumer waiting for the completion learns it will not come.
+		if err == nil && s.completed && p.keepRecord(s.handoffID) {
+			return
+		}
+		p.deleteRecord(s.handoffID)
 	}()
+}
+
+// recordKeep bounds how long a fetched handoff's record waits for its consumer's completion notice.
+const recordKeep = 10 * time.Second
+
+// keepRecord holds the record of fetched handoff id until its consumer's completion notice or recordKeep,
+// whichever comes first; it reports false, keeping nothing, once the producer is closing.
+func (p *Producer) keepRecord(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.wg.Add(1)
+	p.keep[id] = time.AfterFunc(recordKeep, func() { p.dropRecord(id) })
+	return true
+}
+
+// dropRecord deletes a kept record now (on its completion notice, its timer, or Close).
+func (p *Producer) dropRecord(id string) {
+	p.mu.Lock()
+	t := p.keep[id]
+	delete(p.keep, id)
+	p.mu.Unlock()
+	if t == nil {
+		return // dropped already
+	}
+	t.Stop()
+	defer p.wg.Done()
+	p.deleteRecord(id)
+}
+
+func (p *Producer) deleteRecord(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.cp.DeleteShard(ctx, id, p.o.Rank); err != nil {
+		p.log.Debug("removing the handoff record", "handoff", shortID(id), "err", err)
+	}
 }
 
 // fetched is what the mode policy needs of a completed transfer until its consumer's completion notice.
@@ -757,8 +804,9 @@ func (p *Producer) onTransfer(st transport.Stats) {
 }
 
 // onCompletion handles a consumer's notice. The payload was already released by the transport when the fetch
-// ended; a failure notice is logged and counted.
+// ended; the record, kept for the consumer's end-to-end check, goes now; a failure notice is logged and counted.
 func (p *Producer) onCompletion(c completion) {
+	p.dropRecord(c.HandoffID)
 	if !c.OK {
 		p.mu.Lock()
 		p.stats.Failed++
@@ -805,6 +853,12 @@ func (p *Producer) Close() error {
 	p.mu.Unlock()
 	p.stop()
 	err := errors.Join(p.unsub(), p.srv.Close()) // releases every payload
+	p.mu.Lock()
+	kept := slices.Collect(maps.Keys(p.keep))
+	p.mu.Unlock()
+	for _, id := range kept {
+		p.dropRecord(id)
+	}
 	p.wg.Wait()
 	p.staging.close()
 	p.srv.freeMemory() // after staging: the save workers wrote into it until they ended
