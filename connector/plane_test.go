@@ -261,6 +261,30 @@ func TestCompleteRecordPublishFails(t *testing.T) {
 	require.Equal(t, int64(1), c.Stats().Unverified)
 }
 
+// The consumer reads the completed record late (here 300 ms after it starts waiting for it): the record stays
+// until the consumer's completion notice, so the load is still checked end to end, and then goes.
+func TestCompleteRecordReadLate(t *testing.T) {
+	plane := newMemPlane()
+	plane.wait = func(_ string, _ int, complete bool) error {
+		if complete {
+			time.Sleep(300 * time.Millisecond)
+		}
+		return nil
+	}
+	p, c, src, dst := fakePair(t, plane)
+	h, err := p.Save("r", []int{0, 5, 9, 2})
+	require.NoError(t, err)
+	require.NoError(t, c.Load("r", h, []int{1, 2, 3, 4}))
+	require.NoError(t, waitLoad(t, c, "r"))
+	requireSameBlocks(t, src, []int{0, 5, 9, 2}, dst, []int{1, 2, 3, 4})
+	require.Zero(t, c.Stats().Unverified, "the completed record was there to check the frames against")
+	require.Eventually(t, func() bool {
+		_, deletes, notices := plane.state()
+		return deletes == 1 && len(notices) == 1 && notices[0].OK
+	}, 10*time.Second, 5*time.Millisecond, "the record goes once the consumer's notice came")
+	requireReleased(t, p)
+}
+
 // The complete record disagrees with the frames received (a CRC32C the producer recorded differs): the load
 // fails with ErrFrame, and the producer hears of it through the completion notice.
 func TestCompleteRecordDisagrees(t *testing.T) {

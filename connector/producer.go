@@ -737,11 +737,12 @@ func (p *Producer) onRelease(s *save, err error) {
 const recordKeep = 10 * time.Second
 
 // keepRecord holds the record of fetched handoff id until its consumer's completion notice or recordKeep,
-// whichever comes first; it reports false, keeping nothing, once the producer is closing.
+// whichever comes first. It reports false, keeping nothing, once the producer is closing, and when the notice
+// came already (the transfer is no longer among those awaiting one).
 func (p *Producer) keepRecord(id string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if _, waiting := p.fetched[id]; !waiting || p.closed {
 		return false
 	}
 	p.wg.Add(1)
