@@ -220,6 +220,14 @@ struct HREncShared {
   uint32_t maxlen;
 };
 
+// hr_seal_header stores header words w[0..14] at frame with their CRC-32C as word 15.
+__device__ __forceinline__ void hr_seal_header(uint8_t* frame, uint32_t (&w)[16]) {
+  w[15] = crc32c_words(w, 15, nullptr);
+  uint4* o = reinterpret_cast<uint4*>(frame);
+#pragma unroll
+  for (int i = 0; i < 4; i++) o[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+}
+
 // hr_write_header stores a v2 high-ratio header with its checksum.
 template <class T>
 __device__ void hr_write_header(uint8_t* frame, uint64_t n, uint64_t escapes, uint32_t maxlen, uint32_t table_len,
@@ -241,10 +249,7 @@ __device__ void hr_write_header(uint8_t* frame, uint64_t n, uint64_t escapes, ui
   w[12] = (uint32_t)res_len;
   w[13] = (uint32_t)(res_len >> 32);
   w[14] = 0;
-  w[15] = crc32c_words(w, 15, nullptr);
-  uint4* o = reinterpret_cast<uint4*>(frame);
-#pragma unroll
-  for (int i = 0; i < 4; i++) o[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+  hr_seal_header(frame, w);
 }
 
 // hr_write_raw_header stores the header of a raw frame of n elements of T (version 1, as the CPU encoder writes
@@ -266,10 +271,7 @@ __device__ void hr_write_raw_header(uint8_t* frame, uint64_t n) {
   w[12] = (uint32_t)size;
   w[13] = (uint32_t)(size >> 32);
   w[14] = 0;
-  w[15] = crc32c_words(w, 15, nullptr);
-  uint4* o = reinterpret_cast<uint4*>(frame);
-#pragma unroll
-  for (int i = 0; i < 4; i++) o[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+  hr_seal_header(frame, w);
 }
 
 // hr_emit appends one byte of a lane's stream: its next 8 coded bits, coding further elements of the lane
