@@ -645,51 +645,6 @@ func TestHighRatioDTypeErrors(t *testing.T) {
 	require.ErrorIs(t, g.codec.EncodeHighRatioDTypeAsync(g.s, codec.FP8E5M2, buf, 256, buf, 20, buf, buf, buf), codec.ErrCodebook)
 }
 
-// bytePagedCache is a paged KV cache of 1-byte (fp8) elements, laid out as pagedCache's.
-type bytePagedCache struct {
-	layout      PagedLayout
-	bufs        []cuda.DevicePtr
-	numBlocks   int
-	interleaved bool
-}
-
-func newBytePagedCache(t testing.TB, g *gpuEnv, layers, numBlocks, blockElems int, interleaved bool, fill byte) *bytePagedCache {
-	c := &bytePagedCache{numBlocks: numBlocks, interleaved: interleaved}
-	bases := make([]byte, 0, 16*layers)
-	for range layers {
-		p := g.alloc(t, 2*numBlocks*blockElems)
-		require.NoError(t, g.s.MemsetD8Async(p, fill, 2*numBlocks*blockElems))
-		c.bufs = append(c.bufs, p)
-		k, v := p, p.Add(numBlocks*blockElems)
-		if interleaved {
-			v = p.Add(blockElems)
-		}
-		bases = binary.LittleEndian.AppendUint64(bases, uint64(k))
-		bases = binary.LittleEndian.AppendUint64(bases, uint64(v))
-	}
-	stride := blockElems
-	if interleaved {
-		stride = 2 * blockElems
-	}
-	c.layout = PagedLayout{Bases: g.upload(t, bases), Layers: layers, BlockElems: blockElems, BlockStride: stride}
-	return c
-}
-
-func (c *bytePagedCache) blockOff(kv, b int) int {
-	if c.interleaved {
-		return (2*b + kv) * c.layout.BlockElems
-	}
-	return (kv*c.numBlocks + b) * c.layout.BlockElems
-}
-
-func (c *bytePagedCache) put(t testing.TB, g *gpuEnv, layer, kv, b int, data []byte) {
-	require.NoError(t, g.s.CopyHtoD(c.bufs[layer].Add(c.blockOff(kv, b)), data))
-}
-
-func (c *bytePagedCache) get(t testing.TB, g *gpuEnv, layer, kv, b int) []byte {
-	return g.download(t, c.bufs[layer].Add(c.blockOff(kv, b)), c.layout.BlockElems)
-}
-
 // One layer's fp8 K or V blocks alone, each with a table of its own: the frame is the CPU encoder's for those
 // blocks, and decoding it scatters exactly those blocks into another cache laid out the other way, no others.
 // Blocks of 24 elements (8-byte aligned, not 16) and a short last unit of the frame are covered too.
@@ -708,8 +663,8 @@ func TestHighRatioFP8KVFrames(t *testing.T) {
 				blockElems, nb := shape.blockElems, shape.nb
 				require.LessOrEqual(t, nb*blockElems, per)
 				r := rand.New(rand.NewPCG(9, uint64(blockElems)))
-				src := newBytePagedCache(t, g, layers, shape.numBlocks, blockElems, true, 0x3C)
-				dstCache := newBytePagedCache(t, g, layers, shape.numBlocks, blockElems, false, 0xC3)
+				src := newPagedCacheOf(t, g, 1, layers, shape.numBlocks, blockElems, true, 0x3C)
+				dstCache := newPagedCacheOf(t, g, 1, layers, shape.numBlocks, blockElems, false, 0xC3)
 				srcIDs, dstIDs := r.Perm(shape.numBlocks)[:nb], r.Perm(shape.numBlocks)[:nb]
 				tensor := func(l, kv int) []byte { return q[(2*l+kv)*per : (2*l+kv+1)*per] }
 				for l := range layers {

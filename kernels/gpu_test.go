@@ -580,24 +580,30 @@ func testGraphCapture(t *testing.T, g *gpuEnv) {
 }
 
 // pagedCache is a KV cache on the device: one buffer per layer, laid out FlashAttention-style
-// ([2, numBlocks, blockElems]) or FlashInfer-style ([numBlocks, 2, blockElems]).
+// ([2, numBlocks, blockElems]) or FlashInfer-style ([numBlocks, 2, blockElems]), of elements of elem bytes.
 type pagedCache struct {
 	layout      PagedLayout
 	bufs        []cuda.DevicePtr
+	elem        int
 	numBlocks   int
 	interleaved bool
 }
 
+// newPagedCache is a pagedCache of bf16 elements.
 func newPagedCache(t testing.TB, g *gpuEnv, layers, numBlocks, blockElems int, interleaved bool, fill byte) *pagedCache {
-	c := &pagedCache{numBlocks: numBlocks, interleaved: interleaved}
+	return newPagedCacheOf(t, g, 2, layers, numBlocks, blockElems, interleaved, fill)
+}
+
+func newPagedCacheOf(t testing.TB, g *gpuEnv, elem, layers, numBlocks, blockElems int, interleaved bool, fill byte) *pagedCache {
+	c := &pagedCache{elem: elem, numBlocks: numBlocks, interleaved: interleaved}
 	bases := make([]byte, 0, 16*layers)
 	for range layers {
-		p := g.alloc(t, 2*2*numBlocks*blockElems)
-		require.NoError(t, g.s.MemsetD8Async(p, fill, 2*2*numBlocks*blockElems))
+		p := g.alloc(t, 2*elem*numBlocks*blockElems)
+		require.NoError(t, g.s.MemsetD8Async(p, fill, 2*elem*numBlocks*blockElems))
 		c.bufs = append(c.bufs, p)
-		k, v := p, p.Add(2*numBlocks*blockElems)
+		k, v := p, p.Add(elem*numBlocks*blockElems)
 		if interleaved {
-			v = p.Add(2 * blockElems)
+			v = p.Add(elem * blockElems)
 		}
 		bases = binary.LittleEndian.AppendUint64(bases, uint64(k))
 		bases = binary.LittleEndian.AppendUint64(bases, uint64(v))
@@ -610,12 +616,12 @@ func newPagedCache(t testing.TB, g *gpuEnv, layers, numBlocks, blockElems int, i
 	return c
 }
 
-// blockAddr is where block b of K (kv=0) or V (kv=1) of a layer starts, relative to the layer's buffer.
+// blockOff is where block b of K (kv=0) or V (kv=1) of a layer starts, relative to the layer's buffer.
 func (c *pagedCache) blockOff(kv, b int) int {
 	if c.interleaved {
-		return 2 * (2*b + kv) * c.layout.BlockElems
+		return c.elem * (2*b + kv) * c.layout.BlockElems
 	}
-	return 2 * (kv*c.numBlocks + b) * c.layout.BlockElems
+	return c.elem * (kv*c.numBlocks + b) * c.layout.BlockElems
 }
 
 func (c *pagedCache) put(t testing.TB, g *gpuEnv, layer, kv, b int, data []byte) {
@@ -623,7 +629,7 @@ func (c *pagedCache) put(t testing.TB, g *gpuEnv, layer, kv, b int, data []byte)
 }
 
 func (c *pagedCache) get(t testing.TB, g *gpuEnv, layer, kv, b int) []byte {
-	return g.download(t, c.bufs[layer].Add(c.blockOff(kv, b)), 2*c.layout.BlockElems)
+	return g.download(t, c.bufs[layer].Add(c.blockOff(kv, b)), c.elem*c.layout.BlockElems)
 }
 
 func int32s(ids []int) []byte {
