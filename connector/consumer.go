@@ -254,10 +254,9 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	var mu sync.Mutex
 	// The completed record is read while the second half of the frames is still on the wire (the producer
 	// publishes it once every frame is encoded, normally long before the wire is done), so its round trip is
-	// not added after the last frame, and the record is normally there at the first read. (A wait started with
-	// the fetch would find it still open, and watch for its completion: the producer's completion and its
-	// withdrawal after the last chunk's acknowledgement can then both fall between the read and the start of
-	// the watch, which then sees only the withdrawal.)
+	// not added after the last frame, and the record is normally complete at the first read (a wait started
+	// with the fetch would find it open and need a watch). The producer keeps it until this consumer's
+	// completion notice.
 	type finalRecord struct {
 		rec *shardRecord
 		err error
