@@ -30,7 +30,6 @@ type emuPatch struct{ name, old, new string }
 
 var emuPatches = []emuPatch{
 	{"lanemask_lt (inline PTX)", `asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));`, `m = (1u << emu_lane) - 1;`},
-	{"hr_xs (extern __shared__ array)", `extern __shared__ __align__(16) uint8_t hr_xs[];`, `uint8_t* hr_xs = emu_dyn_smem;`},
 }
 
 // emuMutateEnv names an extra edit of entropy.cuh, "OLD=>NEW" (OLD must match once), for checking that a broken

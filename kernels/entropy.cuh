@@ -29,6 +29,8 @@ constexpr uint32_t kFlagChecksum = 4;
 constexpr uint32_t kHRChunkLog2 = 14;
 constexpr uint32_t kHRChunk = 1u << kHRChunkLog2;
 constexpr uint32_t kHRMaxLen = 8;
+constexpr uint32_t kHRSteps = kHRChunk / 32;  // a lane's elements in a chunk
+constexpr uint32_t kHREncWarps = 8;            // encode: warps per chunk (a block)
 constexpr uint32_t kHRGroup = 512;  // decode: elements staged per warp in shared memory
 constexpr uint32_t kDTypeFP8E5M2 = 4;
 constexpr uint32_t kDTypeFP8E4M3 = 5;
@@ -214,10 +216,16 @@ __device__ __forceinline__ uint32_t hr_is_esc(uint32_t ent) { return (ent >> 5) 
 
 template <class T>
 struct HREncShared {
+  __align__(16) uint8_t xs[kHRChunk];  // the chunk's exponents
   uint32_t enc[T::kExps];
   uint8_t len[T::kLenSlots];
   uint16_t code[T::kCodeSlots];
   uint32_t maxlen;
+  uint32_t seg[kHREncWarps][32];    // per warp and lane: the bits of the lane's elements in the warp's steps
+  uint32_t m1[kHRSteps], m2[kHRSteps];  // per step: the lanes that take a byte in round 1, in round 2
+  uint32_t base[kHRSteps];              // per step: its first byte, from the warp's first step's
+  uint32_t wbytes[kHREncWarps], wesc[kHREncWarps], wbad[kHREncWarps];
+  uint32_t start, write;
 };
 
 // hr_seal_header stores header words w[0..14] at frame with their CRC-32C as word 15.
@@ -274,32 +282,43 @@ __device__ void hr_write_raw_header(uint8_t* frame, uint64_t n) {
   hr_seal_header(frame, w);
 }
 
-// hr_emit appends one byte of a lane's stream: its next 8 coded bits, coding further elements of the lane
-// (from xs, step next on) as needed; past the lane's last element the byte is padded with zeros.
+// hr_lane_byte returns lane byte k: the lane's bits [8k, 8k + 8), zero past its last element. acc holds the
+// lane's bits up to bit hi (the last 64 of them); it codes the lane's elements from step next on as far as the
+// byte needs.
 template <class T>
-__device__ __forceinline__ uint32_t hr_emit(const HREncShared<T>& sh, const uint8_t* xs, uint32_t lane, uint32_t cnt,
-                                            uint32_t& next, uint32_t& acc, uint32_t& an) {
-  while (an < 8 && next < cnt) {
-    const uint32_t e = sh.enc[xs[32 * next + lane]];
+__device__ __forceinline__ uint32_t hr_lane_byte(const HREncShared<T>& sh, uint32_t lane, uint32_t cnt, uint32_t k,
+                                                 uint64_t& acc, uint32_t& hi, uint32_t& next) {
+  while (hi < 8 * k + 8 && next < cnt) {
+    const uint32_t e = sh.enc[sh.xs[32 * next++ + lane]];
     acc = (acc << hr_bits(e)) | (e >> 8);
-    an += hr_bits(e);
-    next++;
+    hi += hr_bits(e);
   }
-  uint32_t b;
-  if (an >= 8) {
-    b = (acc >> (an - 8)) & 0xFF;
-    an -= 8;
-  } else {
-    b = (acc << (8 - an)) & 0xFF;
-    an = 0;
-  }
-  return b;
+  return (uint32_t)(hi >= 8 * k + 8 ? acc >> (hi - 8 * k - 8) : acc << (8 * k + 8 - hi)) & 0xFF;
 }
 
-template <class T, int WARPS, class Map>
+// A lane's element at a step, as the encode table's entry (0 past the lane's last element).
+template <class T>
+__device__ __forceinline__ uint32_t hr_ent(const HREncShared<T>& sh, uint32_t s, uint32_t lane, uint32_t cnt) {
+  return s < cnt ? sh.enc[sh.xs[32 * s + lane]] : 0u;
+}
+
+// hr_encode codes one chunk per block of kHREncWarps warps; warp w owns steps [64w, 64w + 64) of every lane.
+//   1. Each warp reads its 2,048 elements once: residuals straight to the frame, exponents to shared memory, and
+//      per lane the bits its elements take there.
+//   2. From those sums each thread knows where its lane's bits start at its first step, and so how many of the
+//      lane's bytes the decoder has taken by then (codec/FORMAT.md: after step s's first round a lane has taken
+//      ceil(C/8) + 1 bytes, C its bits before s). It replays the refill rounds of its 64 steps; per step the
+//      warp's ballots say which lanes take a byte in each round, and a block scan of their counts gives every
+//      step's first byte in the chunk's stream.
+//   3. After a decoupled look-back over the chunk lengths gives the chunk's offset, each thread writes its lane's
+//      bytes where the decoder will read them, one per refill, coding elements as far ahead as a byte needs.
+// The last block of a frame to finish writes the header, the code table and the gaps (or a raw header, when the
+// coded frame would not be smaller than the input, and the raw kernel after it copies the payload).
+template <class T, class Map>
 __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
+  constexpr uint32_t W = kHREncWarps, kSeg = kHRSteps / W;
+  static_assert(kSeg == 64, "a thread's refills fit a 64-bit mask");
   __shared__ HREncShared<T> sh;
-  extern __shared__ __align__(16) uint8_t hr_xs[];  // WARPS × kHRChunk exponent bytes
   const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (warp == 0) {
     const uint32_t st = hr_table_lengths<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
@@ -317,7 +336,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     if (lane == 0) sh.maxlen = maxlen;
   }
   __syncthreads();
-  const uint32_t t = blockIdx.x * WARPS + warp;
+  const uint32_t t = blockIdx.x;
   if (t >= p.frames * p.chunks) return;
   const uint32_t f = t / p.chunks, c = t - f * p.chunks;
   const uint64_t n = p.n;
@@ -325,14 +344,15 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   const uint32_t len = (uint32_t)min((uint64_t)kHRChunk, n - e0);
   uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
   const HRLayout L = hr_layout<T>(n, p.table_len);
-  uint8_t* xs = hr_xs + warp * kHRChunk;
+  uint8_t* xs = sh.xs;
 
-  // Pass A. Unit u (8 elements) of the chunk holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7;
-  // a lane reads units u ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
+  // 1. Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7; warp w reads units
+  // [256w, 256w + 256), a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
   uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   uint32_t escapes = 0, uncodable = p.raw_only;
   const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
-  for (uint32_t u0 = 0; u0 < units; u0 += 4 * 32) {
+  const uint32_t u_end = min(units, kSeg * 32 / 8 * (warp + 1));
+  for (uint32_t u0 = kSeg * 32 / 8 * warp; u0 < u_end; u0 += 4 * 32) {
     if constexpr (T::kBytes == 2) {
       uint4 v[4];
 #pragma unroll
@@ -351,7 +371,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
 #pragma unroll
       for (int i = 0; i < 4; i++) {
         const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-        if (u >= units) continue;
+        if (u >= u_end) continue;
         const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
         uint32_t r[2] = {0, 0}, x[2] = {0, 0};
 #pragma unroll
@@ -394,7 +414,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
 #pragma unroll
       for (int i = 0; i < 4; i++) {
         const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-        if (u >= units) continue;
+        if (u >= u_end) continue;
         const uint32_t w[2] = {v[i].x, v[i].y};
         uint32_t r = 0, x[2] = {0, 0};
 #pragma unroll
@@ -433,71 +453,144 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     part[k] += __shfl_xor_sync(0xFFFFFFFFu, part[k], 8);
     part[k] += __shfl_xor_sync(0xFFFFFFFFu, part[k], 16);
   }
-  uint32_t bits = 0;  // all bits of this lane's elements
+  uint32_t seg_bits = 0;  // the bits of this lane's elements in this warp's steps
 #pragma unroll
   for (uint32_t k = 0; k < 8; k++) {
     const uint32_t b = __shfl_sync(0xFFFFFFFFu, part[k], lane >> 3);
-    if ((lane & 7) == k) bits = b;
+    if ((lane & 7) == k) seg_bits = b;
   }
+  sh.seg[warp][lane] = seg_bits;
   escapes = warp_sum(escapes);
-  const bool bad = __any_sync(0xFFFFFFFFu, uncodable != 0) || sh.maxlen > kHRMaxLen || sh.maxlen == 0;
-  __syncwarp();
-  // The lane's stream length (codec/FORMAT.md): ceil(max(C + 8, B if the last element escapes) / 8) bytes.
-  const uint32_t cnt = lane < len ? (len - 1 - lane) / 32 + 1 : 0;
-  uint32_t bytes = 0;
-  if (cnt) {
-    const uint32_t last = sh.enc[xs[32 * (cnt - 1) + lane]];
-    uint32_t need = bits - hr_bits(last) + 8;
-    if (hr_is_esc(last) && bits > need) need = bits;
-    bytes = (need + 7) / 8;
+  const bool bad_warp = __any_sync(0xFFFFFFFFu, uncodable != 0);
+  if (lane == 0) {
+    sh.wesc[warp] = escapes;
+    sh.wbad[warp] = bad_warp;
   }
-  const uint32_t chunk_bytes = warp_sum(bytes);
-  uint32_t* fw = hr_ws_frame(p, f);
-  const uint32_t start = lookback_warp(hr_ws_state(p, f), c, chunk_bytes);
-  if (lane == 0 && !p.raw_only) reinterpret_cast<uint32_t*>(frame + L.chunk_table)[c] = start;
+  __syncthreads();
 
-  // Pass B: the decoder's refill schedule, each byte written where the decoder will read it. A chunk whose
-  // stream would end past a raw frame's size belongs to a frame that goes raw: nothing is written there.
-  if (!bad && L.streams + start + chunk_bytes <= kHeaderSize + (uint64_t)T::kBytes * n) {
-    uint8_t* out = frame + L.streams + start;
-    uint32_t avail = 0, acc = 0, an = 0, next = 0, pos = 0;
-    const uint32_t steps = (len + 31) / 32;
-    for (uint32_t s = 0; s < steps; s++) {
-      const bool active = s < cnt;
-      const uint32_t ent = active ? sh.enc[xs[32 * s + lane]] : 0;
-      const bool esc = hr_is_esc(ent);
-      const bool need = active && avail < 8;
-      uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
-      if (need) {
-        out[pos + __popc(m & lanemask_lt())] = (uint8_t)hr_emit(sh, xs, lane, cnt, next, acc, an);
-        avail += 8;
-      }
-      pos += __popc(m);
+  // 2. The lane's bits before this warp's first step (C), its stream length, and its refills at each step.
+  const uint32_t cnt = lane < len ? (len - 1 - lane) / 32 + 1 : 0;  // the lane's elements
+  const uint32_t s0 = kSeg * warp;
+  uint32_t C = 0, B = 0;
+#pragma unroll
+  for (uint32_t w = 0; w < W; w++) {
+    const uint32_t b = sh.seg[w][lane];
+    if (w < warp) C += b;
+    B += b;
+  }
+  bool bad = sh.maxlen > kHRMaxLen || sh.maxlen == 0;
+#pragma unroll
+  for (uint32_t w = 0; w < W; w++) bad |= sh.wbad[w] != 0;
+  // Bytes the lane's decoder holds before step s0: after step s0 − 1's first round ceil(C'/8) + 1 (C' its bits
+  // before that step), and after an escape's second round at least ceil(C/8).
+  uint32_t taken = 0;
+  if (s0 > 0 && s0 < cnt) {
+    const uint32_t prev = hr_ent(sh, s0 - 1, lane, cnt);
+    taken = (C - hr_bits(prev) + 7) / 8 + 1;
+    if (hr_is_esc(prev)) taken = max(taken, (C + 7) / 8);
+  }
+  const uint32_t first = taken;  // the lane byte this thread writes first
+  uint32_t avail = 8 * taken - C;
+  uint64_t r1 = 0, r2 = 0;  // bit i: the lane takes a byte at step s0 + i in round 1, round 2
+  uint32_t count_lo = 0, count_hi = 0;  // the warp's bytes at steps s0 + lane and s0 + 32 + lane
+  if (!bad) {
+#pragma unroll 4
+    for (uint32_t i = 0; i < kSeg; i++) {
+      const uint32_t s = s0 + i;
+      const uint32_t ent = hr_ent(sh, s, lane, cnt);
+      const bool active = s < cnt, esc = hr_is_esc(ent);
+      const bool d1 = active && avail < 8;
+      if (d1) avail += 8;
       avail -= esc ? hr_bits(ent) - T::kExpBits : hr_bits(ent);
-      if (__any_sync(0xFFFFFFFFu, esc)) {
-        const bool need2 = esc && avail < T::kExpBits;
-        m = __ballot_sync(0xFFFFFFFFu, need2);
-        if (need2) {
-          out[pos + __popc(m & lanemask_lt())] = (uint8_t)hr_emit(sh, xs, lane, cnt, next, acc, an);
-          avail += 8;
-        }
-        pos += __popc(m);
-        if (esc) avail -= T::kExpBits;
+      const bool d2 = esc && avail < T::kExpBits;
+      if (d2) avail += 8;
+      if (esc) avail -= T::kExpBits;
+      const uint32_t m1 = __ballot_sync(0xFFFFFFFFu, d1), m2 = __ballot_sync(0xFFFFFFFFu, d2);
+      r1 |= (uint64_t)d1 << i;
+      r2 |= (uint64_t)d2 << i;
+      if (lane == (i & 31)) {
+        sh.m1[s] = m1;
+        if (i < 32) count_lo = __popc(m1) + __popc(m2);
+        else count_hi = __popc(m1) + __popc(m2);
       }
+      if (lane == 0) sh.m2[s] = m2;
+    }
+  }
+  // The warp's steps' first bytes, counted from its first step: an exclusive scan of count_lo, then count_hi.
+  uint32_t x_lo = count_lo, x_hi = count_hi;
+#pragma unroll
+  for (uint32_t o = 1; o < 32; o <<= 1) {
+    const uint32_t a = __shfl_up_sync(0xFFFFFFFFu, x_lo, o), b = __shfl_up_sync(0xFFFFFFFFu, x_hi, o);
+    if (lane >= o) {
+      x_lo += a;
+      x_hi += b;
+    }
+  }
+  const uint32_t tot_lo = __shfl_sync(0xFFFFFFFFu, x_lo, 31);
+  sh.base[s0 + lane] = x_lo - count_lo;
+  sh.base[s0 + 32 + lane] = tot_lo + x_hi - count_hi;
+  if (lane == 31) sh.wbytes[warp] = tot_lo + x_hi;
+  __syncthreads();
+
+  // The chunk's offset in the frame's streams, from the look-back; the chunk's length is the sum of its
+  // lanes' (codec/FORMAT.md): ceil(max(C + 8, B if the last element escapes) / 8) bytes.
+  if (warp == 0) {
+    uint32_t bytes = 0;
+    if (cnt) {
+      const uint32_t last = hr_ent(sh, cnt - 1, lane, cnt);
+      uint32_t need = B - hr_bits(last) + 8;
+      if (hr_is_esc(last) && B > need) need = B;
+      bytes = (need + 7) / 8;
+    }
+    const uint32_t chunk_bytes = warp_sum(bytes);
+    const uint32_t start = lookback_warp(hr_ws_state(p, f), c, chunk_bytes);
+    if (lane == 0) {
+      if (!p.raw_only) reinterpret_cast<uint32_t*>(frame + L.chunk_table)[c] = start;
+      sh.start = start;
+      // A chunk whose stream would end past a raw frame's size belongs to a frame that goes raw: nothing is
+      // written there.
+      sh.write = !bad && L.streams + start + chunk_bytes <= kHeaderSize + (uint64_t)T::kBytes * n;
+    }
+  }
+  __syncthreads();
+
+  // 3. Each refill of the lane writes the lane's next byte at its place in the stream.
+  if (sh.write) {
+    uint8_t* out = frame + L.streams + sh.start;
+    uint32_t wbase = 0;
+#pragma unroll
+    for (uint32_t w = 0; w < W; w++)
+      if (w < warp) wbase += sh.wbytes[w];
+    const uint32_t below = lanemask_lt();
+    uint64_t acc = 0;
+    uint32_t hi = C, next = s0, k = first;
+    for (uint64_t todo = r1 | r2; todo; todo &= todo - 1) {
+      const uint32_t i = __ffsll((long long)todo) - 1, s = s0 + i;
+      const uint32_t m1 = sh.m1[s], at = wbase + sh.base[s];
+      if ((r1 >> i) & 1) out[at + __popc(m1 & below)] = (uint8_t)hr_lane_byte(sh, lane, cnt, k++, acc, hi, next);
+      if ((r2 >> i) & 1)
+        out[at + __popc(m1) + __popc(sh.m2[s] & below)] = (uint8_t)hr_lane_byte(sh, lane, cnt, k++, acc, hi, next);
     }
   }
 
   // The frame's last chunk to finish writes what depends on every chunk.
-  __syncwarp();
+  __threadfence();
+  __syncthreads();
+  if (warp != 0) return;
   uint32_t done = 0;
   if (lane == 0) {
-    if (escapes) atomicAdd(fw + 0, escapes);
+    uint32_t E = 0;
+#pragma unroll
+    for (uint32_t w = 0; w < W; w++) E += sh.wesc[w];
+    uint32_t* fw = hr_ws_frame(p, f);
+    if (E) atomicAdd(fw + 0, E);
     if (bad) atomicOr(fw + 2, 1u);
     __threadfence();
     done = atomicAdd(fw + 1, 1u);
   }
   done = __shfl_sync(0xFFFFFFFFu, done, 0);
   if (done != p.chunks - 1) return;
+  uint32_t* fw = hr_ws_frame(p, f);
   __threadfence();
   const uint64_t last_state = ld_relaxed_gpu(hr_ws_state(p, f) + (p.chunks - 1));
   const uint64_t codes_len = (uint32_t)last_state;

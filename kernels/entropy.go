@@ -11,14 +11,10 @@ import (
 // The high-ratio mode's kernels (entropy.cuh): format v2 frames with Huffman-coded exponents, of bf16, fp8_e4m3
 // and fp8_e5m2 tensors.
 const (
-	hrChunkElems  = 1 << 14 // elements per chunk (kHRChunk)
-	hrEncodeWarps = 4       // chunks per encode block, a warp each
-	hrDecodeWarps = 8       // chunks per decode block
-	hrRawThreads  = 256
-	// funcMaxDynamicSharedSize is CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: the encoder keeps each
-	// warp's 16 KiB of exponents in dynamic shared memory, above the 48 KiB a launch gets by default.
-	funcMaxDynamicSharedSize cuda.FuncAttribute = 8
-	hrEncodeSmem                                = hrEncodeWarps * hrChunkElems
+	hrChunkElems    = 1 << 14 // elements per chunk (kHRChunk)
+	hrEncodeThreads = 256     // an encode block: one chunk (kHREncWarps warps)
+	hrDecodeWarps   = 8       // chunks per decode block, a warp each
+	hrRawThreads    = 256
 )
 
 // The high-ratio kernels' entry points (splitzip.cu): per dtype, each _dense and _paged. bf16's names carry no
@@ -66,9 +62,6 @@ func loadHighRatio(mod *cuda.Module) (*hrKernels, error) {
 			var err error
 			if set.enc[i], err = mod.Function(hrEncoderName + dt.suffix + kind); err != nil {
 				return nil, err
-			}
-			if err := set.enc[i].SetAttribute(funcMaxDynamicSharedSize, hrEncodeSmem); err != nil {
-				return nil, fmt.Errorf("splitzip: high-ratio encoder's shared memory: %w", err)
 			}
 			if set.raw[i], err = mod.Function(hrRawName + dt.suffix + kind); err != nil {
 				return nil, err
@@ -162,8 +155,7 @@ func (c *Codec) launchHREncode(s *cuda.Stream, k *hrSet, p *hrEncParams, paged i
 		return err
 	}
 	total := uint64(p.frames) * uint64(p.chunks)
-	grid := cuda.Dim3{X: uint32((total + hrEncodeWarps - 1) / hrEncodeWarps)}
-	if err := k.enc[paged].Launch(s, grid, cuda.Dim3{X: 32 * hrEncodeWarps}, hrEncodeSmem, p.args()); err != nil {
+	if err := k.enc[paged].Launch(s, cuda.Dim3{X: uint32(total)}, cuda.Dim3{X: hrEncodeThreads}, 0, p.args()); err != nil {
 		return err
 	}
 	units := (n + 7) / 8

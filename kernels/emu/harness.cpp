@@ -72,7 +72,7 @@ static uint64_t encode(HREncParams p, const Map& map) {
   uint64_t size = 0;
   p.sizes = (uint64_t)&size;
   const uint64_t total = (uint64_t)p.frames * p.chunks;
-  emu_launch((uint32_t)((total + 3) / 4), 128, [&] { hr_encode<T, 4>(p, map); });
+  emu_launch((uint32_t)total, 256, [&] { hr_encode<T>(p, map); });
   const uint64_t units = (n + 7) / 8;
   emu_launch((uint32_t)std::max<uint64_t>(1, std::min<uint64_t>(kRawGridLimit, (units + 255) / 256)), 256, [&] { hr_raw<T>(p, map); });
   return size;

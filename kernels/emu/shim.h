@@ -260,6 +260,7 @@ inline int __syncthreads_or(int p) { return emu_block->wait(p != 0) != 0; }
 inline int __popc(uint32_t x) { return __builtin_popcount(x); }
 inline int __popcll(uint64_t x) { return __builtin_popcountll(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 inline int __clz(uint32_t x) { return x ? __builtin_clz(x) : 32; }
 inline uint32_t __brev(uint32_t x) {
   uint32_t r = 0;
