@@ -291,6 +291,29 @@ func (c *emuCase) rejects(t *testing.T, src []byte, tab *codec.CodeTable) {
 	bad = bytes.Clone(frame)
 	bad[lay.Codebook+2] ^= 0x10 // exponent lo's code length
 	try("table length changed", bad, len(bad), len(src), StatusCorrupt)
+	// A flipped padding bit: near the end of chunk 0's stream (the lanes' last bits, and their padding), a bit
+	// whose flip the CPU decoder rejects as padding and after which every element still decodes as before.
+	t.Run("nonzero padding", func(t *testing.T) {
+		chunk1 := uint64(binary.LittleEndian.Uint32(frame[lay.Table+4:]))
+		for i := uint64(1); i <= 16; i++ {
+			for b := 0; b < 8; b++ {
+				bad := bytes.Clone(frame)
+				bad[lay.Codes+chunk1-i] ^= 1 << b
+				dec, err := codec.NewDecoder()
+				require.NoError(t, err)
+				if _, _, err = dec.Decode(nil, bad); err == nil || !strings.Contains(err.Error(), "padding") {
+					continue
+				}
+				out, st := c.decode(t, bad, len(bad), len(src))
+				if !bytes.Equal(out, src) {
+					continue // a code bit: the padding error came later
+				}
+				assert.Equal(t, uint32(StatusCorrupt), st, "emulated decoder's status")
+				return
+			}
+		}
+		t.Fatal("no padding bit in the last 16 bytes of chunk 0's stream")
+	})
 	bad = bytes.Clone(frame)
 	bad[7]++ // codeBits
 	try("codeBits", reseal(bad), len(bad), len(src), StatusCorrupt)
@@ -372,6 +395,19 @@ func TestEmuHighRatio(t *testing.T) {
 				require.True(t, h.Entropy && h.Escapes > 0, "the case no longer has escapes")
 				c.dense(t, esc, partTab, partTabBytes, emuEntropy)
 			})
+			// An escape burst: 6,000 elements in a row with random exponents, mostly escapes under the
+			// fixture's table, so that some of the decoder's 16-step groups take far more stream bytes than the
+			// copies ahead of them bring (a compressible frame all the same).
+			burst := elems(200_000)
+			for i := 50_000; i < 56_000; i++ {
+				x := byte(r.Uint32())
+				if dt == codec.BF16 {
+					burst[2*i+1] = burst[2*i+1]&0x80 | x&0x7F
+				} else {
+					burst[i] = x
+				}
+			}
+			t.Run("escape burst", func(t *testing.T) { c.dense(t, burst, tab, tabBytes, emuEntropy) })
 			escTab, escTabBytes := hrTableOf(t, dt, esc)
 			t.Run("escapes, own table", func(t *testing.T) { c.dense(t, esc, escTab, escTabBytes, emuEntropy) })
 			zero := make([]byte, 40_003*sz)

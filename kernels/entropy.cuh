@@ -659,9 +659,14 @@ struct HRElem<HRBF16> {
   using type = uint16_t;
 };
 
+// The decoder's stream ring: each warp copies its chunk's stream into shared memory ahead of its steps, 512
+// bytes (16 per lane) at a time with cp.async. A group of 16 steps takes at most 1,024 bytes (two per lane and
+// step), so the ring holds what a group reads and what the copies bring for the next.
+constexpr uint32_t kHRRing = 2048, kHRRingUnit = 512, kHRGroupSteps = kHRGroup / 32;
+
 template <class T>
 struct HRDecShared {
-  uint16_t lut[256];  // next 8 bits → symbol | length << 9 (0: no code starts so)
+  uint32_t lut[256];  // next 8 bits → hr_lut_entry
   uint8_t len[T::kLenSlots];
   uint16_t code[T::kCodeSlots];
   uint32_t hdr[16];
@@ -669,8 +674,10 @@ struct HRDecShared {
   uint32_t raw;
   uint64_t n, codes_len;
   HRLayout L;
-  // A group's residual bytes; fp8 reads each residual as a 16-bit window, so its rows end with a pad.
-  __align__(16) uint8_t res[8][kHRGroup * T::kResBits / 8 + (T::kBytes == 1 ? 16 : 0)];
+  __align__(16) uint8_t ring[8][kHRRing];
+  // Two groups' residual bytes (the next one's arrive while a group decodes); fp8 reads each residual as a
+  // 16-bit window, so its rows end with a pad.
+  __align__(16) uint8_t res[8][2][kHRGroup * T::kResBits / 8 + (T::kBytes == 1 ? 16 : 0)];
   __align__(16) typename HRElem<T>::type out[8][kHRGroup];
 };
 
@@ -723,35 +730,77 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
   return kOK;
 }
 
-// A lane's view of the chunk's stream: three 128-byte windows (a word per lane each), the first holding the
-// byte the warp reads next.
-struct HRWindow {
-  const uint8_t* base;  // 4-byte aligned, at or before the chunk's first byte
-  const uint8_t* end;   // first byte past the readable frame
-  uint32_t w0, w1, w2, cur;
-  __device__ __forceinline__ uint32_t load(uint32_t k, uint32_t lane) const {
-    const uint8_t* a = base + 128ull * k + 4 * lane;
-    if (a + 4 <= end) return __ldcs(reinterpret_cast<const uint32_t*>(a));
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++)
-      if (a + i < end) v |= (uint32_t)a[i] << (8 * i);
-    return v;
+// hr_lut_entry is a decode table entry: bits 24-31 the code's length (16 for a prefix no code starts: the lane's
+// bit count then wraps, which the chunk's end check catches), bit 23 set for ESC, and the low bits the exponent
+// field in place (exponent << kExpShift).
+template <class T>
+__device__ __forceinline__ uint32_t hr_lut_entry(uint32_t sym, uint32_t len) {
+  return len << 24 | (sym == T::kEsc ? 1u << 23 : (sym << T::kExpShift));
+}
+__device__ __forceinline__ uint32_t hr_lut_len(uint32_t e) { return e >> 24; }
+__device__ __forceinline__ bool hr_lut_esc(uint32_t e) { return (e >> 23) & 1; }
+
+// hr_copy16 copies 16 bytes from global a to shared d with cp.async, or byte by byte (zeros past end) when they
+// would cross end.
+__device__ __forceinline__ void hr_copy16(uint8_t* d, uint64_t a, uint64_t end) {
+  if (a + 16 <= end) {
+    cp_async16(d, a);
+  } else {
+    for (uint32_t i = 0; i < 16; i++) d[i] = a + i < end ? *reinterpret_cast<const uint8_t*>(a + i) : 0;
   }
-  // byte returns stream byte q (counted from base) for every lane; q may lie in w0 or w1.
-  __device__ __forceinline__ uint32_t byte(uint32_t q) const {
-    const uint32_t src = (q >> 2) & 31;
-    const uint32_t a = __shfl_sync(0xFFFFFFFFu, w0, src), b = __shfl_sync(0xFFFFFFFFu, w1, src);
-    return (((q >> 7) == cur ? a : b) >> (8 * (q & 3))) & 0xFF;
+}
+
+// HRLane is one lane's decoding state: its unread bits (the low avail bits of buf) and the warp's position in
+// the stream (bytes from the ring's base).
+struct HRLane {
+  uint32_t buf, avail, q;
+};
+
+// hr_step decodes one step of a lane and returns its exponent field in place; with CHECK, lanes past the
+// chunk's end (!active) take no byte and decode nothing.
+template <class T, bool CHECK>
+__device__ __forceinline__ uint32_t hr_step(const HRDecShared<T>& sh, const uint8_t* ring, uint32_t below, bool active,
+                                            HRLane& st) {
+  const bool need = (!CHECK || active) && st.avail < 8;
+  const uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
+  if (need) {
+    st.buf = (st.buf << 8) | ring[(st.q + __popc(m & below)) & (kHRRing - 1)];
+    st.avail += 8;
   }
-  __device__ __forceinline__ void advance(uint32_t q, uint32_t lane) {
-    while ((q >> 7) > cur) {
-      w0 = w1;
-      w1 = w2;
-      w2 = load(cur + 3, lane);
-      cur++;
+  st.q += __popc(m);
+  uint32_t e = sh.lut[(st.buf >> ((st.avail - 8) & 31)) & 0xFF];  // & 31: a wrapped count reads anything
+  if (CHECK && !active) e = 0;
+  st.avail -= hr_lut_len(e);
+  const bool esc = hr_lut_esc(e);
+  uint32_t field = e & 0xFFFF;
+  if (__any_sync(0xFFFFFFFFu, esc)) {
+    const bool need2 = esc && st.avail < T::kExpBits;
+    const uint32_t m2 = __ballot_sync(0xFFFFFFFFu, need2);
+    if (need2) {
+      st.buf = (st.buf << 8) | ring[(st.q + __popc(m2 & below)) & (kHRRing - 1)];
+      st.avail += 8;
+    }
+    st.q += __popc(m2);
+    if (esc) {
+      field = ((st.buf >> ((st.avail - T::kExpBits) & 31)) & (T::kExps - 1)) << T::kExpShift;
+      st.avail -= T::kExpBits;
     }
   }
-};
+  return field;
+}
+
+// hr_element joins element i of a group (its exponent field in place) with its residual from the staged bytes.
+template <class T>
+__device__ __forceinline__ typename HRElem<T>::type hr_element(const uint8_t* sres, uint32_t i, uint32_t field) {
+  if constexpr (T::kBytes == 2) {
+    const uint32_t r = sres[i];
+    return (uint16_t)(((r * 0x101u) & 0x807Fu) | field);  // sign to bit 15, mantissa in bits 0-6
+  } else {
+    const uint32_t bit = T::kResBits * i;
+    const uint32_t r = ((sres[bit >> 3] | (uint32_t)sres[(bit >> 3) + 1] << 8) >> (bit & 7)) & ((1u << T::kResBits) - 1);
+    return (uint8_t)(((r >> T::kExpShift) << 7) | field | (r & ((1u << T::kExpShift) - 1)));
+  }
+}
 
 template <class T, int WARPS, class Map>
 __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) {
@@ -779,13 +828,13 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
         if (st == kOK) maxlen = hr_canonical_codes<T>(sh.len, sh.code);
         if (st == kOK && maxlen != code_bits) st = kCorrupt;
         if (st == kOK) {
-          for (uint32_t i = lane; i < 256; i += 32) sh.lut[i] = 0;
+          for (uint32_t i = lane; i < 256; i += 32) sh.lut[i] = 16u << 24;
           __syncwarp();
           for (uint32_t s = lane; s < T::kSymbols; s += 32) {
             const uint32_t l = sh.len[s];
             if (l == 0) continue;
             const uint32_t first = (uint32_t)sh.code[s] << (kHRMaxLen - l);
-            for (uint32_t i = 0; i < (1u << (kHRMaxLen - l)); i++) sh.lut[first + i] = (uint16_t)(s | l << 9);
+            for (uint32_t i = 0; i < (1u << (kHRMaxLen - l)); i++) sh.lut[first + i] = hr_lut_entry<T>(s, l);
           }
         }
       }
@@ -829,130 +878,81 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     if (lane == 0) hr_fail(p, kCorrupt);
     return;
   }
-  const uint32_t nbytes = (uint32_t)(stop - start);
-  const uint8_t* sb = frame + L.streams + start;
-  HRWindow win;
-  win.base = reinterpret_cast<const uint8_t*>(reinterpret_cast<uint64_t>(sb) & ~uint64_t(3));
-  win.end = frame_end;
-  win.cur = 0;
-  win.w0 = win.load(0, lane);
-  win.w1 = win.load(1, lane);
-  win.w2 = win.load(2, lane);
-  const uint32_t delta = (uint32_t)(sb - win.base);
-  // The chunk's residuals start on a whole byte (and a 4-byte boundary: e0 is a multiple of 16,384).
-  const uint8_t* res = frame + L.residuals + hr_res_bytes<T>(e0);
-  uint8_t* sres = sh.res[warp];
+  const uint64_t end = reinterpret_cast<uint64_t>(frame_end);
+  // The ring's base: the chunk's first stream byte rounded down to 16 bytes.
+  const uint64_t sb = reinterpret_cast<uint64_t>(frame + L.streams + start), base = sb & ~uint64_t(15);
+  const uint32_t q0 = (uint32_t)(sb - base), q_end = q0 + (uint32_t)(stop - start);
+  uint8_t* ring = sh.ring[warp];
+  uint32_t req = 0;  // ring bytes [0, req) from base copied or on their way
+  // fill requests what the ring can take beyond the lowest byte still to be read (q), up to the chunk's end.
+  auto fill = [&](uint32_t q) {
+    while (req + kHRRingUnit <= q + kHRRing && req < q_end) {
+      hr_copy16(ring + ((req + 16 * lane) & (kHRRing - 1)), base + req + 16 * lane, end);
+      req += kHRRingUnit;
+    }
+  };
+  // The chunk's residuals start on a whole byte (and on 16 bytes: e0 is a multiple of 16,384).
+  const uint64_t res = reinterpret_cast<uint64_t>(frame + L.residuals + hr_res_bytes<T>(e0));
+  constexpr uint32_t kGroupRes = kHRGroup * T::kResBits / 8;
+  auto stage_res = [&](uint32_t g) {  // group g's residuals into buffer g & 1
+    if (16 * lane < kGroupRes) hr_copy16(sh.res[warp][g & 1] + 16 * lane, res + g * kGroupRes + 16 * lane, end);
+  };
+  const uint32_t below = lanemask_lt();
   typename HRElem<T>::type* sout = sh.out[warp];
-  uint32_t buf = 0, avail = 0, pos = 0;
-  bool corrupt = false;
-  const uint32_t steps = (len + 31) / 32;
-  for (uint32_t s = 0; s < steps; s++) {
-    const uint32_t g = s % (kHRGroup / 32);
-    const uint32_t j = 32 * s + lane;
-    if (g == 0) {
-      // Stage the next group's residuals.
-      if constexpr (T::kBytes == 2) {
-        const uint32_t r0 = 32 * s + 16 * lane;
-        if (r0 + 16 <= len) {
-          *reinterpret_cast<uint4*>(sres + 16 * lane) = *reinterpret_cast<const uint4*>(res + r0);
-        } else {
-          for (uint32_t k = 0; k < 16; k++) sres[16 * lane + k] = r0 + k < len ? res[r0 + k] : 0;
-        }
-      } else {
-        // kResBits × 16 words of packed residuals, none read past the chunk's own (ceil(len × bits / 8) bytes).
-        const uint32_t gb = 32 * s * T::kResBits / 8, chunk_res = (len * T::kResBits + 7) / 8;
-        for (uint32_t k = lane; k < 16 * T::kResBits; k += 32) {
-          const uint32_t b = gb + 4 * k;
-          uint32_t v = 0;
-          if (b + 4 <= chunk_res) {
-            v = *reinterpret_cast<const uint32_t*>(res + b);
-          } else {
-            for (uint32_t i = 0; i < 4; i++)
-              if (b + i < chunk_res) v |= (uint32_t)res[b + i] << (8 * i);
-          }
-          *reinterpret_cast<uint32_t*>(sres + 4 * k) = v;
-        }
-      }
+  HRLane st{0, 0, q0};
+  const uint32_t steps = (len + 31) / 32, groups = (steps + kHRGroupSteps - 1) / kHRGroupSteps;
+  stage_res(0);
+  fill(q0);
+  for (uint32_t g = 0; g < groups; g++) {
+    cp_async_wait_all();
+    __syncwarp();
+    if (req < q_end && req < st.q + 2 * kHRGroup) {
+      // Escape-dense streams can outrun the copies: wait for this group's bytes.
+      fill(st.q);
+      cp_async_wait_all();
       __syncwarp();
     }
-    const bool active = j < len;
-    const bool need = active && avail < 8;
-    uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
-    if (m) {
-      const uint32_t q = delta + pos + __popc(m & lanemask_lt());
-      const uint32_t b = win.byte(q);
-      if (need) {
-        buf = (buf << 8) | b;
-        avail += 8;
-      }
-      pos += __popc(m);
-      win.advance(delta + pos, lane);
-    }
-    uint32_t sym = 0, esc = 0;
-    if (active) {
-      const uint32_t e = sh.lut[(buf >> (avail - 8)) & 0xFF];
-      const uint32_t l = e >> 9;
-      corrupt |= l == 0;
-      avail -= min(l, avail);
-      sym = e & 0x1FF;
-      esc = sym == T::kEsc;
-    }
-    if (__any_sync(0xFFFFFFFFu, esc)) {
-      const bool need2 = esc && avail < T::kExpBits;
-      m = __ballot_sync(0xFFFFFFFFu, need2);
-      if (m) {
-        const uint32_t q = delta + pos + __popc(m & lanemask_lt());
-        const uint32_t b = win.byte(q);
-        if (need2) {
-          buf = (buf << 8) | b;
-          avail += 8;
-        }
-        pos += __popc(m);
-        win.advance(delta + pos, lane);
-      }
-      if (esc) {
-        sym = (buf >> (avail - T::kExpBits)) & (T::kExps - 1);
-        avail -= T::kExpBits;
-      }
-    }
-    if (active) {
-      if constexpr (T::kBytes == 2) {
-        const uint32_t r = sres[32 * g + lane];
-        sout[32 * g + lane] = (uint16_t)(((r & 0x80) << 8) | (sym << 7) | (r & 0x7F));
-      } else {
-        // Element 32g + lane of the group: residual bits [kResBits × (32g + lane), +kResBits) of the staged bytes.
-        const uint32_t bit = T::kResBits * (32 * g + lane);
-        const uint32_t r = ((sres[bit >> 3] | (uint32_t)sres[(bit >> 3) + 1] << 8) >> (bit & 7)) & ((1u << T::kResBits) - 1);
-        sout[32 * g + lane] = (uint8_t)(((r >> T::kExpShift) << 7) | (sym << T::kExpShift) | (r & ((1u << T::kExpShift) - 1)));
-      }
-    }
-    if (g == kHRGroup / 32 - 1 || s == steps - 1) {
-      // Flush the group: 64 units of 8 elements.
-      __syncwarp();
-      const uint32_t g0 = 32 * (s - g);
+    if (g + 1 < groups) stage_res(g + 1);
+    fill(st.q);
+    const uint8_t* sres = sh.res[warp][g & 1];
+    const uint32_t s0 = g * kHRGroupSteps;
+    if (32 * (s0 + kHRGroupSteps) <= len) {
 #pragma unroll
-      for (uint32_t i = 0; i < 2; i++) {
-        const uint32_t u = lane + 32 * i, ue = g0 + 8 * u;
-        if constexpr (T::kBytes == 2) {
-          if (ue + 8 <= len) {
-            store16(map.addr(f, e0 + ue), *reinterpret_cast<const uint4*>(sout + 8 * u));
-          } else {
-            for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
-          }
+      for (uint32_t i = 0; i < kHRGroupSteps; i++)
+        sout[32 * i + lane] = hr_element<T>(sres, 32 * i + lane, hr_step<T, false>(sh, ring, below, true, st));
+    } else {
+      for (uint32_t i = 0; s0 + i < steps; i++) {
+        const bool active = 32 * (s0 + i) + lane < len;
+        const uint32_t field = hr_step<T, true>(sh, ring, below, active, st);
+        if (active) sout[32 * i + lane] = hr_element<T>(sres, 32 * i + lane, field);
+      }
+    }
+    // Write the group out: 64 units of 8 elements.
+    __syncwarp();
+    const uint32_t g0 = 32 * s0;
+#pragma unroll
+    for (uint32_t i = 0; i < 2; i++) {
+      const uint32_t u = lane + 32 * i, ue = g0 + 8 * u;
+      if constexpr (T::kBytes == 2) {
+        if (ue + 8 <= len) {
+          store16(map.addr(f, e0 + ue), *reinterpret_cast<const uint4*>(sout + 8 * u));
         } else {
-          if (ue + 8 <= len) {
-            store8(map.addr(f, e0 + ue), *reinterpret_cast<const uint2*>(sout + 8 * u));
-          } else {
-            for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint8_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
-          }
+          for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
+        }
+      } else {
+        if (ue + 8 <= len) {
+          store8(map.addr(f, e0 + ue), *reinterpret_cast<const uint2*>(sout + 8 * u));
+        } else {
+          for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint8_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
         }
       }
-      __syncwarp();
     }
-    if (pos > nbytes) break;
   }
-  corrupt = __any_sync(0xFFFFFFFFu, corrupt) || pos != nbytes;
-  if (corrupt && lane == 0) hr_fail(p, kCorrupt);
+  cp_async_wait_all();
+  // The chunk is corrupt when a lane met a prefix no code starts (its bit count wrapped), left nonzero padding,
+  // or the lanes took other than the chunk's bytes.
+  const bool bad = st.avail > 15 || (st.buf & ((1u << st.avail) - 1)) != 0;
+  if ((__any_sync(0xFFFFFFFFu, bad) || st.q != q_end) && lane == 0) hr_fail(p, kCorrupt);
 }
 
 }  // namespace sz

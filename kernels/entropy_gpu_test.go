@@ -110,6 +110,12 @@ func TestHighRatioMatchesCPU(t *testing.T) {
 	for i := 0; i < len(zeros); i += 6 {
 		zeros[i], zeros[i+1] = 0, 0
 	}
+	// 6,000 elements in a row with random exponents (escapes under the KV table) inside a compressible frame:
+	// some of the decoder's 16-step groups then take more stream bytes than its copies ahead bring.
+	burst := tile(200_000)
+	for i := 50_000; i < 56_000; i++ {
+		burst[2*i+1] = burst[2*i+1]&0x80 | byte(r.IntN(128))
+	}
 	wide := randn(r, 70_000, 1)
 	for i := 0; i < len(wide); i += 2 {
 		wide[i+1] = (wide[i+1] & 0x80) | byte(r.IntN(128))
@@ -131,6 +137,7 @@ func TestHighRatioMatchesCPU(t *testing.T) {
 		{"40 MiB", tile(20 << 20), kvTab, kvTable},
 		{"escapes", tile(300_000), partTab, partTable},
 		{"exact zeros", zeros, kvTab, kvTable},
+		{"escape burst", burst, kvTab, kvTable},
 		{"wide exponents", wide, partTab, partTable},
 		{"random bits (raw)", randomBits(r, 100_000), kvTab, kvTable},
 	}
@@ -497,6 +504,10 @@ func TestHighRatioFP8MatchesCPU(t *testing.T) {
 				escapes[i] = byte(r.Uint32())
 			}
 			escTab, escTable := hrTableOf(t, dt, escapes)
+			burst := tile(200_000) // 6,000 random bytes in a row: an escape burst in a compressible frame
+			for i := 50_000; i < 56_000; i++ {
+				burst[i] = byte(r.Uint32())
+			}
 			zeros := make([]byte, 40_003)
 			zeroTab, zeroTable := hrTableOf(t, dt, zeros)
 			random := make([]byte, 100_003)
@@ -523,6 +534,7 @@ func TestHighRatioFP8MatchesCPU(t *testing.T) {
 				{"40 MiB", tile(40 << 20), kvTab, kvTable},
 				{"escapes", escapes, partTab, partTable},
 				{"escapes, own table", escapes, escTab, escTable},
+				{"escape burst", burst, kvTab, kvTable},
 				{"all zero", zeros, zeroTab, zeroTable},
 				{"all zero, KV table (raw)", zeros, kvTab, kvTable},
 				{"random bytes (raw)", random, randTab, randTable},
