@@ -1,22 +1,22 @@
 // SplitZip's high-ratio mode on the GPU (format v2, codec/FORMAT.md): exponents in a canonical Huffman code of
 // at most 8 bits, with an escape symbol for exponents the table leaves out; sign and mantissa stay raw (the
 // residuals). The element type is a template parameter (HRType): bf16 (one residual byte per element), and
-// fp8_e4m3 and fp8_e5m2 (1-byte elements, 4- and 3-bit residuals bit-packed). A chunk of 16,384 elements is 32 interleaved lane streams that one warp codes or
-// decodes: per step each lane handles one element, and the lanes that need a byte take the next ones in lane
-// order (ballot + popc), which is also the order the CPU codec writes them in.
+// fp8_e4m3 and fp8_e5m2 (1-byte elements, 4- and 3-bit residuals bit-packed). A chunk of 16,384 elements is 32
+// interleaved lane streams: lane l codes elements l, l + 32, ... (its steps), and at each step the lanes that
+// need a byte take the next ones in lane order, which is also the order the CPU codec writes them in.
 //
-// Encode, one warp per chunk, in two passes:
-//   A. read the chunk once: residual bytes straight to the frame, exponents to shared memory, and per lane the
-//      bits its elements take, which fix the chunk's stream length before any bit is placed;
-//   B. after a decoupled look-back over the chunk lengths gives the chunk's offset, replay the decoder's refill
-//      schedule and write each byte where the decoder will read it.
-// The last warp of a frame to finish writes the header, the code table and the gaps (or a raw header, when
-// the coded frame would not be smaller than the input, and the raw kernel after it copies the payload).
+// Encode, one block of 8 warps per chunk, each warp owning 64 of the chunk's 512 steps (hr_encode): the warps
+// read the chunk once and sum each lane's bits; from those sums every thread replays its lane's refills over its
+// own steps, a block scan of the steps' byte counts places them, and after a decoupled look-back over the chunk
+// lengths gives the chunk's offset each refill's byte is written where the decoder will read it. The last block
+// of a frame to finish writes the header, the code table and the gaps (or a raw header, when the coded frame
+// would not be smaller than the input, and the raw kernel after it copies the payload).
 //
-// Decode, one warp per chunk: the block builds a 256-entry lookup table from the frame's code table, each
-// warp keeps three 128-byte windows of its stream in registers (the refilling lanes shuffle their bytes out of
-// them), and residuals and output go through shared memory in 512-element groups so that global accesses stay
-// vectors (16 bytes for bf16, 8 for fp8: an fp8 paged cache's blocks are only 8-byte aligned).
+// Decode, one warp per chunk (its steps depend on each other through the lanes' refills): the block builds a
+// 256-entry lookup table from the frame's code table; each warp copies its stream and residuals into shared
+// memory ahead of its steps with cp.async, decodes 16 steps at a time, and writes them out through shared memory
+// so that global stores stay vectors (16 bytes for bf16, 8 for fp8: an fp8 paged cache's blocks are only 8-byte
+// aligned).
 #pragma once
 
 #include "encode_tile.cuh"  // lookback_warp, residual, the format and device helpers
