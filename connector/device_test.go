@@ -3,6 +3,7 @@ package connector
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/splitzip/splitzip/codec"
@@ -269,7 +270,7 @@ func TestDeviceFP8(t *testing.T) {
 			{name: "fast host to GPU", mode: ModeFast, hostSrc: true},
 		} {
 			t.Run(fmt.Sprintf("%s/%s", dt, tc.name), func(t *testing.T) {
-				id := fmt.Sprintf("%s-%s", dt, tc.name)
+				id := strings.ReplaceAll(fmt.Sprintf("%s-%s", dt, tc.name), " ", "-") // engine ids take no spaces
 				p, c := newPair(t, plane, []Option{WithEngineID("p-" + id), WithMode(tc.mode), WithBypass(BypassNever)},
 					[]Option{WithEngineID("d-" + id)})
 				l := fp8Layout(40, dt)
