@@ -282,18 +282,101 @@ __device__ void hr_write_raw_header(uint8_t* frame, uint64_t n) {
   hr_seal_header(frame, w);
 }
 
-// hr_lane_byte returns lane byte k: the lane's bits [8k, 8k + 8), zero past its last element. acc holds the
-// lane's bits up to bit hi (the last 64 of them); it codes the lane's elements from step next on as far as the
-// byte needs.
+// A unit of 8 elements as loaded: 16 bytes of bf16, 8 of fp8.
 template <class T>
-__device__ __forceinline__ uint32_t hr_lane_byte(const HREncShared<T>& sh, uint32_t lane, uint32_t cnt, uint32_t k,
-                                                 uint64_t& acc, uint32_t& hi, uint32_t& next) {
-  while (hi < 8 * k + 8 && next < cnt) {
-    const uint32_t e = sh.enc[sh.xs[32 * next++ + lane]];
-    acc = (acc << hr_bits(e)) | (e >> 8);
-    hi += hr_bits(e);
+struct HRUnit {
+  using type = uint2;
+};
+template <>
+struct HRUnit<HRBF16> {
+  using type = uint4;
+};
+
+template <class T>
+__device__ __forceinline__ typename HRUnit<T>::type hr_load_unit(uint64_t a) {
+  if constexpr (T::kBytes == 2) return load16(a);
+  else return load8(a);
+}
+
+// hr_load_tail loads the first valid (< 8) elements of a unit, zeros after them.
+template <class T, class Map>
+__device__ __forceinline__ typename HRUnit<T>::type hr_load_tail(const Map& map, uint32_t f, uint32_t e, uint32_t valid) {
+  uint32_t h[8];
+#pragma unroll
+  for (uint32_t k = 0; k < 8; k++) {
+    h[k] = 0;
+    if (k < valid) {
+      if constexpr (T::kBytes == 2) h[k] = *reinterpret_cast<const uint16_t*>(map.addr(f, e + k));
+      else h[k] = *reinterpret_cast<const uint8_t*>(map.addr(f, e + k));
+    }
   }
-  return (uint32_t)(hi >= 8 * k + 8 ? acc >> (hi - 8 * k - 8) : acc << (8 * k + 8 - hi)) & 0xFF;
+  if constexpr (T::kBytes == 2) {
+    return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
+  } else {
+    return make_uint2(h[0] | h[1] << 8 | h[2] << 16 | h[3] << 24, h[4] | h[5] << 8 | h[6] << 16 | h[7] << 24);
+  }
+}
+
+// hr_split_unit splits a unit into its exponents (byte k of x0:x1 is element k's) and its residuals, which it
+// writes at rd: valid elements' worth (8, or fewer for the frame's last unit, whose residual bytes end the
+// section).
+template <class T>
+__device__ __forceinline__ void hr_split_unit(const typename HRUnit<T>::type v, uint32_t& x0, uint32_t& x1, uint8_t* rd,
+                                              uint32_t valid) {
+  if constexpr (T::kBytes == 2) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    uint32_t ex[4], rr[4];  // per word: its two elements' exponents (residuals) in bytes 0 and 2
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      ex[j] = (w[j] >> 7) & 0x00FF00FFu;
+      rr[j] = (w[j] & 0x007F007Fu) | ((w[j] >> 8) & 0x00800080u);  // mantissa, sign
+    }
+    x0 = __byte_perm(ex[0], ex[1], 0x6420);
+    x1 = __byte_perm(ex[2], ex[3], 0x6420);
+    const uint32_t r0 = __byte_perm(rr[0], rr[1], 0x6420), r1 = __byte_perm(rr[2], rr[3], 0x6420);
+    if (valid == 8) {
+      *reinterpret_cast<uint2*>(rd) = make_uint2(r0, r1);
+    } else {
+#pragma unroll
+      for (uint32_t k = 0; k < 8; k++)
+        if (k < valid) rd[k] = (uint8_t)((k < 4 ? r0 : r1) >> (8 * (k & 3)));
+    }
+  } else {
+    // fp8: the exponent field of each byte (the bits shifted in from the next byte fall outside the mask); the
+    // 8 residuals pack into kResBits bytes (4 for e4m3, 3 for e5m2), LSB-first.
+    constexpr uint32_t kMask = (T::kExps - 1) * 0x01010101u;
+    x0 = (v.x >> T::kExpShift) & kMask;
+    x1 = (v.y >> T::kExpShift) & kMask;
+    uint32_t r = 0;
+#pragma unroll
+    for (uint32_t k = 0; k < 8; k++) {
+      const uint32_t b = ((k < 4 ? v.x : v.y) >> (8 * (k & 3))) & 0xFF;
+      r |= ((b >> 7) << T::kExpShift | (b & ((1u << T::kExpShift) - 1))) << (T::kResBits * k);  // sign, mantissa
+    }
+    if (valid == 8 && T::kResBits == 4) {
+      *reinterpret_cast<uint32_t*>(rd) = r;  // 4-byte aligned: the unit's first element is a multiple of 8
+    } else {
+#pragma unroll
+      for (uint32_t k = 0; k < T::kResBits; k++)
+        if (8 * k < valid * T::kResBits) rd[k] = (uint8_t)(r >> (8 * k));  // up to the section's end
+    }
+  }
+}
+
+// hr_count adds the bits of a unit's first valid exponents (bytes of x0:x1) to part[k], and gathers their
+// table entries: bit 5 of orr says one escapes, mn == 0 that one has no way to be coded.
+template <class T>
+__device__ __forceinline__ void hr_count(const HREncShared<T>& sh, uint32_t x0, uint32_t x1, uint32_t valid,
+                                         uint32_t (&part)[8], uint32_t& orr, uint32_t& mn) {
+#pragma unroll
+  for (uint32_t k = 0; k < 8; k++) {
+    if (k < valid) {
+      const uint32_t ent = sh.enc[((k < 4 ? x0 : x1) >> (8 * (k & 3))) & 0xFF];
+      part[k] += hr_bits(ent);
+      orr |= ent;
+      mn = min(mn, ent);
+    }
+  }
 }
 
 // A lane's element at a step, as the encode table's entry (0 past the lane's last element).
@@ -348,103 +431,32 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
 
   // 1. Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7; warp w reads units
   // [256w, 256w + 256), a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
+  // orr (bit 5: an escape) and mn (0: an exponent with no way to code it) gather the table entries met.
   uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  uint32_t escapes = 0, uncodable = p.raw_only;
+  uint32_t orr = 0, mn = p.raw_only ? 0u : ~0u;
   const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
   const uint32_t u_end = min(units, kSeg * 32 / 8 * (warp + 1));
   for (uint32_t u0 = kSeg * 32 / 8 * warp; u0 < u_end; u0 += 4 * 32) {
-    if constexpr (T::kBytes == 2) {
-      uint4 v[4];
+    typename HRUnit<T>::type v[4];
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-        if (ue + 8 <= len) {
-          v[i] = load16(map.addr(f, e0 + ue));
-        } else {
-          uint32_t h[8];
+    for (int i = 0; i < 4; i++) {
+      const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
+      v[i] = ue + 8 <= len ? hr_load_unit<T>(map.addr(f, e0 + ue)) : hr_load_tail<T>(map, f, e0 + ue, len - min(ue, len));
+    }
 #pragma unroll
-          for (uint32_t k = 0; k < 8; k++)
-            h[k] = ue + k < len ? *reinterpret_cast<const uint16_t*>(map.addr(f, e0 + ue + k)) : 0u;
-          v[i] = make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
-        }
+    for (int i = 0; i < 4; i++) {
+      const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
+      if (u >= u_end) continue;
+      uint32_t x0, x1;
+      uint8_t* rd = frame + L.residuals + hr_res_bytes<T>(e0 + ue);  // e0 + ue: a multiple of 8
+      if (ue + 8 <= len) {
+        hr_split_unit<T>(v[i], x0, x1, rd, 8);
+        hr_count<T>(sh, x0, x1, 8, part, orr, mn);
+      } else {
+        hr_split_unit<T>(v[i], x0, x1, rd, len - ue);
+        hr_count<T>(sh, x0, x1, len - ue, part, orr, mn);
       }
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-        if (u >= u_end) continue;
-        const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-        uint32_t r[2] = {0, 0}, x[2] = {0, 0};
-#pragma unroll
-        for (uint32_t k = 0; k < 8; k++) {
-          const uint32_t h = (k & 1) ? (w[k >> 1] >> 16) : (w[k >> 1] & 0xFFFF);
-          const uint32_t ex = (h >> 7) & 0xFF;
-          r[k >> 2] |= (((h >> 8) & 0x80) | (h & 0x7F)) << (8 * (k & 3));  // sign, mantissa
-          x[k >> 2] |= ex << (8 * (k & 3));
-          if (ue + k < len) {
-            const uint32_t ent = sh.enc[ex];
-            part[k] += hr_bits(ent);
-            escapes += hr_is_esc(ent);
-            uncodable |= hr_bits(ent) == 0;
-          }
-        }
-        *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x[0], x[1]);
-        uint8_t* rd = frame + L.residuals + e0 + ue;
-        if (ue + 8 <= len) {
-          *reinterpret_cast<uint2*>(rd) = make_uint2(r[0], r[1]);
-        } else {
-          for (uint32_t k = 0; ue + k < len; k++) rd[k] = (uint8_t)(r[k >> 2] >> (8 * (k & 3)));
-        }
-      }
-    } else {
-      // fp8: a unit is 8 bytes; its 8 residuals pack into kResBits bytes (4 for e4m3, 3 for e5m2), LSB-first.
-      uint2 v[4];
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-        if (ue + 8 <= len) {
-          v[i] = load8(map.addr(f, e0 + ue));
-        } else {
-          uint32_t h[2] = {0, 0};
-#pragma unroll
-          for (uint32_t k = 0; k < 8; k++)
-            if (ue + k < len) h[k >> 2] |= (uint32_t)*reinterpret_cast<const uint8_t*>(map.addr(f, e0 + ue + k)) << (8 * (k & 3));
-          v[i] = make_uint2(h[0], h[1]);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-        if (u >= u_end) continue;
-        const uint32_t w[2] = {v[i].x, v[i].y};
-        uint32_t r = 0, x[2] = {0, 0};
-#pragma unroll
-        for (uint32_t k = 0; k < 8; k++) {
-          const uint32_t b = (w[k >> 2] >> (8 * (k & 3))) & 0xFF;
-          const uint32_t ex = (b >> T::kExpShift) & (T::kExps - 1);
-          r |= ((b >> 7) << T::kExpShift | (b & ((1u << T::kExpShift) - 1))) << (T::kResBits * k);  // sign, mantissa
-          x[k >> 2] |= ex << (8 * (k & 3));
-          if (ue + k < len) {
-            const uint32_t ent = sh.enc[ex];
-            part[k] += hr_bits(ent);
-            escapes += hr_is_esc(ent);
-            uncodable |= hr_bits(ent) == 0;
-          }
-        }
-        *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x[0], x[1]);
-        // Element e0 + ue's residual starts on a whole byte (e0 + ue is a multiple of 8).
-        uint8_t* rd = frame + L.residuals + (uint64_t)(e0 + ue) * T::kResBits / 8;
-        if (ue + 8 <= len) {
-          if constexpr (T::kResBits == 4) {
-            *reinterpret_cast<uint32_t*>(rd) = r;  // 4-byte aligned: (e0 + ue) / 2 is a multiple of 4
-          } else {
-#pragma unroll
-            for (uint32_t k = 0; k < T::kResBits; k++) rd[k] = (uint8_t)(r >> (8 * k));
-          }
-        } else {
-          // The last unit: its residual bytes up to the section's end (unused high bits zero).
-          for (uint32_t k = 0; 8 * k < (len - ue) * T::kResBits; k++) rd[k] = (uint8_t)(r >> (8 * k));
-        }
-      }
+      *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x0, x1);
     }
   }
 #pragma unroll
@@ -460,12 +472,10 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     if ((lane & 7) == k) seg_bits = b;
   }
   sh.seg[warp][lane] = seg_bits;
-  escapes = warp_sum(escapes);
-  const bool bad_warp = __any_sync(0xFFFFFFFFu, uncodable != 0);
-  if (lane == 0) {
-    sh.wesc[warp] = escapes;
-    sh.wbad[warp] = bad_warp;
-  }
+  const bool bad_warp = __any_sync(0xFFFFFFFFu, mn == 0);
+  // The full path: every lane has an element at each of the warp's steps (all but a frame's last chunk).
+  const bool full = 32 * (kSeg * (warp + 1)) <= len;
+  if (lane == 0) sh.wbad[warp] = bad_warp;
   __syncthreads();
 
   // 2. The lane's bits before this warp's first step (C), its stream length, and its refills at each step.
@@ -492,8 +502,39 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   const uint32_t first = taken;  // the lane byte this thread writes first
   uint32_t avail = 8 * taken - C;
   uint64_t r1 = 0, r2 = 0;  // bit i: the lane takes a byte at step s0 + i in round 1, round 2
-  uint32_t count_lo = 0, count_hi = 0;  // the warp's bytes at steps s0 + lane and s0 + 32 + lane
-  if (!bad) {
+  uint32_t escapes = 0;
+  const uint8_t* xl = xs + lane;  // the lane's element at step s: xl[32 s]
+  if (!bad && full) {
+    sh.m2[s0 + lane] = 0;  // written below only at steps where a lane escapes
+    sh.m2[s0 + 32 + lane] = 0;
+    __syncwarp();
+    // Every lane decodes a code at every step; a step's second round only where one escapes (a warp-uniform
+    // branch: about one element in a thousand escapes under a learned table).
+    for (uint32_t i0 = 0; i0 < kSeg; i0 += 16) {
+      uint32_t d1s = 0, d2s = 0;
+#pragma unroll
+      for (uint32_t j = 0; j < 16; j++) {
+        const uint32_t s = s0 + i0 + j;
+        const uint32_t ent = sh.enc[xl[32 * s]];
+        const bool d1 = avail < 8;
+        avail += (d1 ? 8u : 0u) - hr_bits(ent);
+        d1s |= (uint32_t)d1 << j;
+        sh.m1[s] = __ballot_sync(0xFFFFFFFFu, d1);
+        const bool esc = hr_is_esc(ent);
+        const uint32_t me = __ballot_sync(0xFFFFFFFFu, esc);
+        if (me) {
+          avail += esc ? T::kExpBits : 0;  // the raw exponent bits come in round 2
+          const bool d2 = esc && avail < T::kExpBits;
+          avail += (d2 ? 8u : 0u) - (esc ? T::kExpBits : 0u);
+          d2s |= (uint32_t)d2 << j;
+          sh.m2[s] = __ballot_sync(0xFFFFFFFFu, d2);
+          escapes += __popc(me);
+        }
+      }
+      r1 |= (uint64_t)d1s << i0;
+      r2 |= (uint64_t)d2s << i0;
+    }
+  } else if (!bad) {
 #pragma unroll 4
     for (uint32_t i = 0; i < kSeg; i++) {
       const uint32_t s = s0 + i;
@@ -505,16 +546,21 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
       const bool d2 = esc && avail < T::kExpBits;
       if (d2) avail += 8;
       if (esc) avail -= T::kExpBits;
+      escapes += __popc(__ballot_sync(0xFFFFFFFFu, esc));
       const uint32_t m1 = __ballot_sync(0xFFFFFFFFu, d1), m2 = __ballot_sync(0xFFFFFFFFu, d2);
       r1 |= (uint64_t)d1 << i;
       r2 |= (uint64_t)d2 << i;
-      if (lane == (i & 31)) {
-        sh.m1[s] = m1;
-        if (i < 32) count_lo = __popc(m1) + __popc(m2);
-        else count_hi = __popc(m1) + __popc(m2);
-      }
-      if (lane == 0) sh.m2[s] = m2;
+      sh.m1[s] = m1;
+      sh.m2[s] = m2;
     }
+  }
+  if (lane == 0) sh.wesc[warp] = escapes;
+  __syncwarp();
+  // The warp's steps' byte counts: lane l holds steps s0 + l and s0 + 32 + l.
+  uint32_t count_lo = 0, count_hi = 0;
+  if (!bad) {
+    count_lo = __popc(sh.m1[s0 + lane]) + __popc(sh.m2[s0 + lane]);
+    count_hi = __popc(sh.m1[s0 + 32 + lane]) + __popc(sh.m2[s0 + 32 + lane]);
   }
   // The warp's steps' first bytes, counted from its first step: an exclusive scan of count_lo, then count_hi.
   uint32_t x_lo = count_lo, x_hi = count_hi;
@@ -562,14 +608,29 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     for (uint32_t w = 0; w < W; w++)
       if (w < warp) wbase += sh.wbytes[w];
     const uint32_t below = lanemask_lt();
-    uint64_t acc = 0;
-    uint32_t hi = C, next = s0, k = first;
-    for (uint64_t todo = r1 | r2; todo; todo &= todo - 1) {
-      const uint32_t i = __ffsll((long long)todo) - 1, s = s0 + i;
-      const uint32_t m1 = sh.m1[s], at = wbase + sh.base[s];
-      if ((r1 >> i) & 1) out[at + __popc(m1 & below)] = (uint8_t)hr_lane_byte(sh, lane, cnt, k++, acc, hi, next);
-      if ((r2 >> i) & 1)
-        out[at + __popc(m1) + __popc(sh.m2[s] & below)] = (uint8_t)hr_lane_byte(sh, lane, cnt, k++, acc, hi, next);
+    // acc holds the lane's bits up to bit hi (the last 32 of them: a byte never needs more than 23 past it).
+    uint32_t acc = 0, hi = C, next = s0, k = first;
+    // lane_byte returns lane byte k (bits [8k, 8k + 8), zero past the lane's last element), coding the lane's
+    // elements from step next on as far as the byte needs.
+    auto lane_byte = [&]() -> uint8_t {
+      while (hi < 8 * k + 8 && next < cnt) {
+        const uint32_t e = sh.enc[xl[32 * next++]];
+        acc = (acc << hr_bits(e)) | (e >> 8);
+        hi += hr_bits(e);
+      }
+      const uint32_t b = hi >= 8 * k + 8 ? acc >> (hi - 8 * k - 8) : acc << (8 * k + 8 - hi);
+      k++;
+      return (uint8_t)b;
+    };
+#pragma unroll
+    for (uint32_t h = 0; h < 2; h++) {
+      const uint32_t t1 = (uint32_t)(r1 >> (32 * h)), t2 = (uint32_t)(r2 >> (32 * h));
+      for (uint32_t todo = t1 | t2; todo; todo &= todo - 1) {
+        const uint32_t i = __ffs(todo) - 1, s = s0 + 32 * h + i;
+        const uint32_t m1 = sh.m1[s], at = wbase + sh.base[s];
+        if ((t1 >> i) & 1) out[at + __popc(m1 & below)] = lane_byte();
+        if ((t2 >> i) & 1) out[at + __popc(m1) + __popc(sh.m2[s] & below)] = lane_byte();
+      }
     }
   }
 
@@ -761,12 +822,12 @@ struct HRLane {
 template <class T, bool CHECK>
 __device__ __forceinline__ uint32_t hr_step(const HRDecShared<T>& sh, const uint8_t* ring, uint32_t below, bool active,
                                             HRLane& st) {
+  // Branch-free: every lane reads the byte it would take (diverging around the read costs more than the read).
   const bool need = (!CHECK || active) && st.avail < 8;
   const uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
-  if (need) {
-    st.buf = (st.buf << 8) | ring[(st.q + __popc(m & below)) & (kHRRing - 1)];
-    st.avail += 8;
-  }
+  const uint32_t b = ring[(st.q + __popc(m & below)) & (kHRRing - 1)];
+  st.buf = need ? (st.buf << 8) | b : st.buf;
+  st.avail += need ? 8 : 0;
   st.q += __popc(m);
   uint32_t e = sh.lut[(st.buf >> ((st.avail - 8) & 31)) & 0xFF];  // & 31: a wrapped count reads anything
   if (CHECK && !active) e = 0;

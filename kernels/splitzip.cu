@@ -67,10 +67,10 @@ extern "C" __global__ void __launch_bounds__(256) sz_decode_t256c1_paged(const D
 
 // The high-ratio mode (entropy.cuh, format v2), 16,384-element chunks: a block of 8 warps encodes one, a warp
 // decodes one. bf16 here; fp8 below.
-extern "C" __global__ void __launch_bounds__(256) sz_hr_encode_dense(const HREncParams p) {
+extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_encode_dense(const HREncParams p) {
   hr_encode<HRBF16>(p, DenseMap{p.src});
 }
-extern "C" __global__ void __launch_bounds__(256) sz_hr_encode_paged(const HREncParams p) {
+extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_encode_paged(const HREncParams p) {
   hr_encode<HRBF16>(p, SZ_PAGED_MAP(p.src));
 }
 extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_dense(const HREncParams p) {
@@ -94,10 +94,10 @@ extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_paged(const HRDec
         p.block_elems, p.n_blocks, p.segs_per_frame                                                     \
   }
 #define SZ_HR_FP8(NAME, T)                                                                                        \
-  extern "C" __global__ void __launch_bounds__(256) sz_hr_encode_##NAME##_dense(const HREncParams p) {            \
+  extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_encode_##NAME##_dense(const HREncParams p) {            \
     hr_encode<T>(p, DenseByteMap{p.src});                                                                         \
   }                                                                                                               \
-  extern "C" __global__ void __launch_bounds__(256) sz_hr_encode_##NAME##_paged(const HREncParams p) {            \
+  extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_encode_##NAME##_paged(const HREncParams p) {            \
     hr_encode<T>(p, SZ_PAGED_BYTE_MAP(p.src));                                                                    \
   }                                                                                                               \
   extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_##NAME##_dense(const HREncParams p) {               \
