@@ -275,8 +275,11 @@ func (c *emuCase) rejects(t *testing.T, src []byte, tab *codec.CodeTable) {
 		})
 	}
 	try("truncated", frame, len(frame)-1, len(src), StatusTruncated)
-	try("short destination", frame, len(frame), len(src)-dt.Size(), StatusSizeMismatch)
 	bad := bytes.Clone(frame)
+	bad[16] ^= 1 // a header word, its checksum left as it was
+	try("header checksum", bad, len(bad), len(src), StatusBadCRC)
+	try("short destination", frame, len(frame), len(src)-dt.Size(), StatusSizeMismatch)
+	bad = bytes.Clone(frame)
 	binary.LittleEndian.PutUint32(bad[lay.Table+4:], uint32(h.CodesLen+1))
 	try("chunk entry past the streams", bad, len(bad), len(src), StatusCorrupt)
 	bad = bytes.Clone(frame)
