@@ -52,12 +52,14 @@ var defaultRates = [numPaths]pathRates{
 
 // gpuDefaultRates stand in for GPU caches, where a frame's stage is the kernels plus its copy to pinned
 // staging: somewhat below what an H100 on PCIe Gen5 measured through the connector (raw and fast frames about
-// 25 GB/s, high-ratio frames about 4.7 GB/s). CPU figures there would keep auto from ever trying high-ratio
-// frames on slow links, where they are the fastest: a path is only measured once it is taken.
+// 24 GB/s, high-ratio frames about 20 GB/s: kernels and copy of 2 GiB of KV in 104 ms). CPU figures there
+// would keep auto from ever trying high-ratio frames on slow links, where they are the fastest, and figures
+// far below the kernels' from trying them where they tie with fast ones: a path is only measured once it is
+// taken.
 var gpuDefaultRates = [numPaths]pathRates{
 	pathRaw:       {enc: 20e9, dec: 20e9, ratio: 1},
 	pathFast:      {enc: 16e9, dec: 16e9, ratio: 1.30},
-	pathHighRatio: {enc: 4e9, dec: 4e9, ratio: 1.40},
+	pathHighRatio: {enc: 14e9, dec: 14e9, ratio: 1.40},
 }
 
 const (

@@ -139,6 +139,17 @@ func TestModePolicy(t *testing.T) {
 		require.False(t, m.needsCalibration(pathFast))
 		m.observeFrame(pathFast, 8<<20, 6<<20, time.Millisecond, false)
 		require.InDelta(t, m.estimates().Fast.Encode, m.estimates().Fast.Decode, 1)
+
+		// At 100 Gbit/s the kernels' fast and high-ratio frames come out about even: whichever the defaults
+		// favour, the other is tried now and then, so that it gets measured.
+		tie := modePolicy{linkConf: 100 * gbit}
+		tie.setGPU(true)
+		picks := map[path]int{}
+		for range 2 * probeEvery {
+			picks[tie.choose(req, frame, all)]++
+		}
+		require.Positive(t, picks[pathFast], "picks %v", picks)
+		require.Positive(t, picks[pathHighRatio], "picks %v", picks)
 	})
 	t.Run("measured link", func(t *testing.T) {
 		m := modePolicy{}
