@@ -8,7 +8,8 @@
 #
 # .gpu/pack holds the test binaries, the splitzip binary (xz, stripped) and the connector's cp312 wheel. Each
 # part writes its log under $OUT (the device call's output folder); a part that would run past the budget is
-# cut short by its timeout, and the next part still runs with what is left.
+# cut short by its timeout, and the next part still runs with what is left. At the end the logs go into
+# $OUT/logs.tar.xz beside the six result files, so that everything comes back from the call.
 set -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-/tmp/out}
@@ -52,4 +53,9 @@ timeout "$(left 45)" .gpu/splitzip bench wire -size 4GiB -conns 1,4,8,16 -repeat
 part "end to end, codec modes"
 timeout "$(left 120)" python3 tests/gpu/e2e.py --parts transfer --tokens 16384 --rates 25,100 --modes fast,high-ratio,auto \
   --repeat 2 --out "$OUT/e2e.md" 2>&1 | tee "$OUT/e2e.log" | tail -25
+
+# A device call brings back at most 8 files from $OUT: keep the results and pack every log into one archive
+# (profile-hr.sh, run after this, adds an eighth).
+keep="gpu.txt check.txt pytest.txt hrbench.txt gpu-bench-table.txt e2e.md"
+(cd "$OUT" && ls | grep -vxF -e logs.tar.xz $(printf -- '-e %s ' $keep) | tar -cJf logs.tar.xz -T - --remove-files 2>/dev/null)
 part done
