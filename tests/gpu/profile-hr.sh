@@ -4,6 +4,8 @@
 #
 #   tests/gpu/profile-hr.sh                 bf16, 256 MiB of tiled real KV: encode and decode, dense
 #   ONLY=fp8_e4m3/64 tests/gpu/profile-hr.sh another dtype and size (MiB)
+#   SOURCE=1 tests/gpu/profile-hr.sh        also each SASS instruction's executed count and stall samples
+#                                           ($OUT/src-encode.csv.xz, src-decode.csv.xz: one launch each)
 #
 # It writes $OUT/ncu-hr.txt: per kernel launch the speed-of-light summary, occupancy and its limiters, launch
 # statistics (registers, shared memory), warp stall reasons, the instruction mix, shared-memory bank conflicts
@@ -36,4 +38,16 @@ rc=$?
 grep -E "^  sz_hr|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Shared Memory Config|Block Limit|Issue Slots Busy|No Eligible|Executed Ipc A|Warp Cycles Per Issued|Bank Conflicts|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput" \
   "$OUT/ncu-hr.txt" | head -80
 echo "ncu exit $rc; full report: $OUT/ncu-hr.txt"
+if [ -n "$SOURCE" ]; then
+  # Per instruction: where the time goes inside a kernel (the summary above says only how much there is).
+  for k in encode decode; do
+    name="sz_hr_${k}_dense"
+    [ "$dtype" = bf16 ] || name="sz_hr_${k}_${dtype#fp8_}_dense"
+    SPLITZIP_HR_BENCH_ONLY=$ONLY ncu --clock-control none -k "regex:^${name}\$" --launch-count 1 \
+      --section SourceCounters --section InstructionStats -o "/tmp/profile-hr-$k" -f \
+      ../.gpu/kernels.test -test.run '^$' -test.bench "HighRatio\$/(encode|decode)/" -test.benchtime 1x >/dev/null 2>&1
+    ncu --import "/tmp/profile-hr-$k.ncu-rep" --page source --csv --print-source sass 2>&1 | xz -9 >"$OUT/src-$k.csv.xz"
+  done
+  echo "per-instruction counts: $OUT/src-encode.csv.xz, $OUT/src-decode.csv.xz"
+fi
 exit $rc
