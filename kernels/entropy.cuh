@@ -35,11 +35,27 @@ constexpr uint32_t kHRGroup = 512;  // decode: elements staged per warp in share
 constexpr uint32_t kDTypeFP8E5M2 = 4;
 constexpr uint32_t kDTypeFP8E4M3 = 5;
 
+// HRWidth gives the types of BYTES-byte elements: one element, and a unit of 8 as the kernels load it.
+template <uint32_t BYTES>
+struct HRWidth;
+template <>
+struct HRWidth<1> {
+  using Elem = uint8_t;
+  using Unit = uint2;
+};
+template <>
+struct HRWidth<2> {
+  using Elem = uint16_t;
+  using Unit = uint4;
+};
+
 // HRType describes an element type the high-ratio kernels code (codec/FORMAT.md "Element types"): its dtype id,
 // bytes, and exponent field (EB bits from bit SHIFT; SHIFT is also the mantissa's width). The residual is
 // sign << SHIFT | mantissa, 8 × BYTES − EB bits. The symbols are the 2^EB exponents, then ESC.
 template <uint32_t DTYPE, uint32_t BYTES, uint32_t EB, uint32_t SHIFT>
 struct HRType {
+  using Elem = typename HRWidth<BYTES>::Elem;
+  using Unit = typename HRWidth<BYTES>::Unit;
   static constexpr uint32_t kDType = DTYPE, kBytes = BYTES, kExpBits = EB, kExpShift = SHIFT;
   static constexpr uint32_t kResBits = 8 * BYTES - EB;
   static constexpr uint32_t kExps = 1u << EB;
@@ -282,25 +298,15 @@ __device__ void hr_write_raw_header(uint8_t* frame, uint64_t n) {
   hr_seal_header(frame, w);
 }
 
-// A unit of 8 elements as loaded: 16 bytes of bf16, 8 of fp8.
 template <class T>
-struct HRUnit {
-  using type = uint2;
-};
-template <>
-struct HRUnit<HRBF16> {
-  using type = uint4;
-};
-
-template <class T>
-__device__ __forceinline__ typename HRUnit<T>::type hr_load_unit(uint64_t a) {
+__device__ __forceinline__ typename T::Unit hr_load_unit(uint64_t a) {
   if constexpr (T::kBytes == 2) return load16(a);
   else return load8(a);
 }
 
 // hr_load_tail loads the first valid (< 8) elements of a unit, zeros after them.
 template <class T, class Map>
-__device__ __forceinline__ typename HRUnit<T>::type hr_load_tail(const Map& map, uint32_t f, uint32_t e, uint32_t valid) {
+__device__ __forceinline__ typename T::Unit hr_load_tail(const Map& map, uint32_t f, uint32_t e, uint32_t valid) {
   uint32_t h[8];
 #pragma unroll
   for (uint32_t k = 0; k < 8; k++) {
@@ -321,7 +327,7 @@ __device__ __forceinline__ typename HRUnit<T>::type hr_load_tail(const Map& map,
 // writes at rd: valid elements' worth (8, or fewer for the frame's last unit, whose residual bytes end the
 // section).
 template <class T>
-__device__ __forceinline__ void hr_split_unit(const typename HRUnit<T>::type v, uint32_t& x0, uint32_t& x1, uint8_t* rd,
+__device__ __forceinline__ void hr_split_unit(const typename T::Unit v, uint32_t& x0, uint32_t& x1, uint8_t* rd,
                                               uint32_t valid) {
   if constexpr (T::kBytes == 2) {
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -437,7 +443,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
   const uint32_t u_end = min(units, kSeg * 32 / 8 * (warp + 1));
   for (uint32_t u0 = kSeg * 32 / 8 * warp; u0 < u_end; u0 += 4 * 32) {
-    typename HRUnit<T>::type v[4];
+    typename T::Unit v[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
       const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
@@ -711,15 +717,6 @@ __device__ __forceinline__ void hr_raw(const HREncParams& p, const Map& map) {
 }
 
 // ---- decode ------------------------------------------------------------------------------------------------
-template <class T>
-struct HRElem {
-  using type = uint8_t;
-};
-template <>
-struct HRElem<HRBF16> {
-  using type = uint16_t;
-};
-
 // The decoder's stream ring: each warp copies its chunk's stream into shared memory ahead of its steps, 512
 // bytes (16 per lane) at a time with cp.async. A group of 16 steps takes at most 1,024 bytes (two per lane and
 // step), so the ring holds what a group reads and what the copies bring for the next.
@@ -739,7 +736,7 @@ struct HRDecShared {
   // Two groups' residual bytes (the next one's arrive while a group decodes); fp8 reads each residual as a
   // 16-bit window, so its rows end with a pad.
   __align__(16) uint8_t res[8][2][kHRGroup * T::kResBits / 8 + (T::kBytes == 1 ? 16 : 0)];
-  __align__(16) typename HRElem<T>::type out[8][kHRGroup];
+  __align__(16) typename T::Elem out[8][kHRGroup];
 };
 
 __device__ __forceinline__ void hr_fail(const HRDecParams& p, uint32_t st) {
@@ -852,7 +849,7 @@ __device__ __forceinline__ uint32_t hr_step(const HRDecShared<T>& sh, const uint
 
 // hr_element joins element i of a group (its exponent field in place) with its residual from the staged bytes.
 template <class T>
-__device__ __forceinline__ typename HRElem<T>::type hr_element(const uint8_t* sres, uint32_t i, uint32_t field) {
+__device__ __forceinline__ typename T::Elem hr_element(const uint8_t* sres, uint32_t i, uint32_t field) {
   if constexpr (T::kBytes == 2) {
     const uint32_t r = sres[i];
     return (uint16_t)(((r * 0x101u) & 0x807Fu) | field);  // sign to bit 15, mantissa in bits 0-6
@@ -959,7 +956,7 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     if (16 * lane < kGroupRes) hr_copy16(sh.res[warp][g & 1] + 16 * lane, res + g * kGroupRes + 16 * lane, end);
   };
   const uint32_t below = lanemask_lt();
-  typename HRElem<T>::type* sout = sh.out[warp];
+  typename T::Elem* sout = sh.out[warp];
   HRLane st{0, 0, q0};
   const uint32_t steps = (len + 31) / 32, groups = (steps + kHRGroupSteps - 1) / kHRGroupSteps;
   stage_res(0);
