@@ -107,63 +107,46 @@ func benchPagedMode(b *testing.B, prefix string, opts []EOption, segs [][][]byte
 	for r := range frames {
 		frames[r], _ = enc.Encode(nil, contig[r], BF16)
 	}
-	name := func(s string) string { return prefix + "/" + s }
-	var err error
-	b.Run(name("EncodeSegmentsCRC"), func(b *testing.B) {
-		b.SetBytes(int64(frameRaw))
-		b.ReportAllocs()
-		r := 0
-		for b.Loop() {
-			dst, _, err = enc.EncodeSegmentsCRC(dst[:0], segs[r], BF16)
-			if err != nil {
-				b.Fatal(err)
+	// row times f over the requests in turn (a hot row reads request 0 every time).
+	row := func(name string, allocs bool, f func(r int) error) {
+		b.Run(prefix+"/"+name, func(b *testing.B) {
+			b.SetBytes(int64(frameRaw))
+			if allocs {
+				b.ReportAllocs()
 			}
-			r = (r + 1) % reqs
-		}
-	})
-	b.Run(name("contiguous/Encode+CRC"), func(b *testing.B) {
-		b.SetBytes(int64(frameRaw))
-		r := 0
-		for b.Loop() {
-			dst, _ = enc.Encode(dst[:0], contig[r], BF16)
-			_ = crc32.Checksum(dst, castagnoli)
-			r = (r + 1) % reqs
-		}
-	})
-	b.Run(name("hot/EncodeSegmentsCRC"), func(b *testing.B) {
-		b.SetBytes(int64(frameRaw))
-		for b.Loop() {
-			dst, _, _ = enc.EncodeSegmentsCRC(dst[:0], segs[0], BF16)
-		}
-	})
-	b.Run(name("DecodeSegments"), func(b *testing.B) {
-		b.SetBytes(int64(frameRaw))
-		b.ReportAllocs()
-		r := 0
-		for b.Loop() {
-			if _, err := dec.DecodeSegments(out[r], frames[r]); err != nil {
-				b.Fatal(err)
+			r := 0
+			for b.Loop() {
+				if err := f(r); err != nil {
+					b.Fatal(err)
+				}
+				r = (r + 1) % reqs
 			}
-			r = (r + 1) % reqs
-		}
+		})
+	}
+	row("EncodeSegmentsCRC", true, func(r int) (err error) {
+		dst, _, err = enc.EncodeSegmentsCRC(dst[:0], segs[r], BF16)
+		return err
 	})
-	b.Run(name("contiguous/DecodeInto"), func(b *testing.B) {
-		b.SetBytes(int64(frameRaw))
-		r := 0
-		for b.Loop() {
-			if _, err := dec.DecodeInto(contig[(r+1)%reqs], frames[r]); err != nil {
-				b.Fatal(err)
-			}
-			r = (r + 1) % reqs
-		}
+	row("contiguous/Encode+CRC", false, func(r int) error {
+		dst, _ = enc.Encode(dst[:0], contig[r], BF16)
+		_ = crc32.Checksum(dst, castagnoli)
+		return nil
 	})
-	b.Run(name("hot/DecodeSegments"), func(b *testing.B) {
-		b.SetBytes(int64(frameRaw))
-		for b.Loop() {
-			if _, err := dec.DecodeSegments(out[0], frames[0]); err != nil {
-				b.Fatal(err)
-			}
-		}
+	row("hot/EncodeSegmentsCRC", false, func(int) error {
+		dst, _, _ = enc.EncodeSegmentsCRC(dst[:0], segs[0], BF16)
+		return nil
+	})
+	row("DecodeSegments", true, func(r int) error {
+		_, err := dec.DecodeSegments(out[r], frames[r])
+		return err
+	})
+	row("contiguous/DecodeInto", false, func(r int) error {
+		_, err := dec.DecodeInto(contig[(r+1)%reqs], frames[r])
+		return err
+	})
+	row("hot/DecodeSegments", false, func(int) error {
+		_, err := dec.DecodeSegments(out[0], frames[0])
+		return err
 	})
 }
 
