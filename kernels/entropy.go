@@ -74,19 +74,31 @@ func loadHighRatio(mod *cuda.Module) (*hrKernels, error) {
 	return k, nil
 }
 
-// errHRDType is the error for a dtype the high-ratio kernels do not code.
-func errHRDType(dt codec.DType) error {
-	return fmt.Errorf("%w: the GPU high-ratio kernels code bf16, fp8_e4m3 and fp8_e5m2, not %s", codec.ErrDType, dt)
+// CheckHighRatioDType reports whether the high-ratio kernels code dt: nil, or an error wrapping
+// codec.ErrDType that names the dtypes they code. It needs no GPU, so that callers can refuse a dtype before
+// they load the kernels.
+func CheckHighRatioDType(dt codec.DType) error {
+	_, err := hrIndex(dt)
+	return err
+}
+
+// hrIndex is dt's index in hrDTypes (and hrKernels.sets).
+func hrIndex(dt codec.DType) (int, error) {
+	for i, d := range hrDTypes {
+		if d.dt == dt {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: the GPU high-ratio kernels code bf16, fp8_e4m3 and fp8_e5m2, not %s", codec.ErrDType, dt)
 }
 
 // of returns the kernels of dtype dt.
 func (k *hrKernels) of(dt codec.DType) (*hrSet, error) {
-	for i, d := range hrDTypes {
-		if d.dt == dt {
-			return &k.sets[i], nil
-		}
+	i, err := hrIndex(dt)
+	if err != nil {
+		return nil, err
 	}
-	return nil, errHRDType(dt)
+	return &k.sets[i], nil
 }
 
 // hrMaxTableLen is the longest code table a frame of dt carries: lo, hi and 2^eb + 1 four-bit lengths (131

@@ -155,11 +155,10 @@ func gpuHighRatioDType(dtype int) (codec.DType, error) {
 	if err != nil {
 		return 0, err
 	}
-	switch dt {
-	case codec.BF16, codec.FP8E4M3, codec.FP8E5M2:
-		return dt, nil
+	if err := kernels.CheckHighRatioDType(dt); err != nil {
+		return 0, wrap(err)
 	}
-	return 0, wrap(fmt.Errorf("%w: the GPU high-ratio kernels code bf16, fp8_e4m3 and fp8_e5m2, not %s", codec.ErrDType, dt))
+	return dt, nil
 }
 
 // CUDAHighRatioDTypeWorkspaceSize is the device workspace CUDAEncodeHighRatioDType needs for srcLen bytes of
