@@ -8,8 +8,10 @@
 //
 // A handoff moves one request's KV blocks of one tensor-parallel rank as frames of a layer's K blocks then
 // its V blocks (chunk.go: one SplitZip frame, or two in high-ratio mode). The producer encodes layers as the engine saves them (SaveLayer / SaveLayerAfter,
-// so compression overlaps the prefill forward), into a bounded pool of staging memory (backpressure when it
-// is full), and serves them with connector/transport while later layers are still being encoded; the
+// so compression overlaps the prefill forward), into a bounded pool of staging memory, and serves them with
+// connector/transport while later layers are still being encoded. A handoff reserves all the staging its
+// frames can take before its first frame, in the order the engine began them: when the pool is spent, later
+// handoffs wait holding nothing (backpressure), and one larger than the pool fails at once. The
 // consumer decodes each frame while the next ones are on the wire. Once a request's layers are staged, its
 // blocks are free for the engine (FinishedSending); staging is freed when the consumer's fetch completes or
 // the handoff expires.

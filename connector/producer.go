@@ -103,6 +103,7 @@ type save struct {
 	sizes            []uint64
 	crcs             []uint32
 	rawBytes         uint64
+	ticket           uint64        // the save's place in line for staging
 	staged           chan struct{} // closed when every layer is staged, or the save failed
 	err              error
 	released         bool
@@ -370,6 +371,7 @@ func (p *Producer) open(reqID, handoffID string, secret []byte, blocks []int) (*
 		s.cancel()
 		return nil, nil, err
 	}
+	s.ticket = p.staging.ticket() // last: begin starts the worker that redeems it (or gives it up)
 	p.saves[reqID] = s
 	p.byID[s.handoffID] = s
 	return s, p.record(s, false), nil
@@ -489,6 +491,14 @@ func (p *Producer) work(s *save, cache kvCache) {
 			}
 		}
 	}()
+	// All of the handoff's staging before its first frame, and before the saver's own resources: a handoff
+	// waits for staging holding nothing (staging's doc says why).
+	res, err := p.staging.reserve(s.ctx, s.ticket, s.stagingNeed(cache.kvLayout()))
+	if err != nil {
+		fail(fmt.Errorf("request %q: %w", s.reqID, err))
+		return
+	}
+	defer res.done()
 	p.mu.Lock()
 	env := saveEnv{coders: p.coders, tables: p.tables}
 	p.mu.Unlock()
@@ -502,7 +512,7 @@ func (p *Producer) work(s *save, cache kvCache) {
 	encoded := 0
 	for job := range s.layers {
 		l := job.layer
-		err := p.saveFrames(s, sv, lay, job)
+		err := p.saveFrames(s, sv, lay, res, job)
 		if job.ready != nil {
 			job.ready.close()
 		}
@@ -595,12 +605,12 @@ func (p *Producer) publishComplete(s *save) {
 }
 
 // saveFrames encodes the frames of one layer into staging and hands them to the transport.
-func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob) error {
+func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, res *reservation, job layerJob) error {
 	g := s.f.groups()
 	for i := job.layer * g; i < (job.layer+1)*g; i++ {
 		l, lo, hi := s.f.frame(i)
 		n := int(lay.layerRawBytes(hi - lo))
-		buf, err := p.staging.acquire(s.ctx, chunkCap(n, s.path))
+		buf, err := res.take(chunkCap(n, s.path))
 		if err != nil {
 			return err
 		}
@@ -628,6 +638,16 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, job layerJob)
 		}
 	}
 	return nil
+}
+
+// stagingNeed is the staging s's frames can take: each frame's capacity on s's path.
+func (s *save) stagingNeed(lay *Layout) int64 {
+	var n int64
+	for i := range s.f.frames() {
+		_, lo, hi := s.f.frame(i)
+		n += int64(chunkCap(int(lay.layerRawBytes(hi-lo)), s.path))
+	}
+	return n
 }
 
 // staged records encoded frame i and hands it to the transport.

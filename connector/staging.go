@@ -3,21 +3,30 @@ package connector
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 )
 
-// staging bounds the host memory that holds encoded frames between encoding and the consumer's fetch. Acquire
-// blocks while the budget is spent (backpressure on the producer) and fails when the context ends; buffers are
-// kept for reuse, so a steady stream of handoffs allocates nothing once warm and never holds more than the
-// budget.
+// staging bounds the host memory that holds encoded frames between encoding and the consumer's fetch.
+//
+// A handoff reserves the staging its frames can take, all of it, before its first frame is encoded, and
+// reservations are granted in the order they were asked for. A handoff that holds staging therefore never waits
+// for more: if each frame waited for its own share instead, handoffs that each held part of the budget could all
+// wait for one another — and for the consumers, which wait for their last frames — until their TTL ran out.
+// Frames stay until the consumer's fetch completes (a reconnecting consumer may ask for any of them again).
+//
+// Buffers are kept for reuse, so a steady stream of handoffs allocates nothing once warm and never holds more
+// than the budget.
 type staging struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	budget int64
-	used   int64
-	free   [][]byte // released buffers, any size; reused when big enough
-	closed bool
-	mem    allocator
+	mu      sync.Mutex
+	cond    *sync.Cond
+	budget  int64
+	used    int64    // reserved, taken or not
+	free    [][]byte // released buffers, any size; reused when big enough
+	queue   []uint64 // reservations waiting, first come first served
+	tickets uint64
+	closed  bool
+	mem     allocator
 }
 
 func newStaging(budget int64) *staging {
@@ -26,11 +35,27 @@ func newStaging(budget int64) *staging {
 	return s
 }
 
-// acquire returns a buffer of capacity ≥ n, waiting for budget.
-func (s *staging) acquire(ctx context.Context, n int) ([]byte, error) {
-	if int64(n) > s.budget {
-		return nil, fmt.Errorf("%w: a %d-byte frame exceeds the whole staging budget of %d bytes; raise it", ErrStagingFull, n, s.budget)
-	}
+// reservation is staging set aside for one handoff's frames.
+type reservation struct {
+	s    *staging
+	left int64 // set aside and not yet taken
+}
+
+// ticket puts a handoff in line for a reservation; its reserve call redeems it. Taken when the handoff opens,
+// so that handoffs are served in the order the engine began them, not in the order their workers started.
+func (s *staging) ticket() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tickets
+	s.tickets++
+	s.queue = append(s.queue, t)
+	return t
+}
+
+// reserve sets aside n bytes for the handoff holding ticket me, waiting while earlier tickets are in line or the
+// budget is spent. It fails at once for more than the whole budget, and when ctx ends or the staging closes;
+// either way the ticket leaves the line.
+func (s *staging) reserve(ctx context.Context, me uint64, n int64) (*reservation, error) {
 	stop := context.AfterFunc(ctx, func() {
 		s.mu.Lock()
 		s.cond.Broadcast()
@@ -39,19 +64,67 @@ func (s *staging) acquire(ctx context.Context, n int) ([]byte, error) {
 	defer stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	leave := func() {
+		s.queue = slices.DeleteFunc(s.queue, func(t uint64) bool { return t == me })
+		s.cond.Broadcast() // the next in line may fit now
+	}
+	if n > s.budget {
+		leave()
+		return nil, fmt.Errorf("%w: a handoff of %d bytes of frames exceeds the whole staging budget of %d bytes; raise it (staging_bytes)",
+			ErrStagingFull, n, s.budget)
+	}
 	for {
 		if s.closed {
+			leave()
 			return nil, ErrClosed
 		}
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("%w: waited for %d bytes (%d of %d in use): %v", ErrStagingFull, n, s.used, s.budget, err)
+			leave()
+			return nil, fmt.Errorf("%w: waited for %d bytes (%d of %d in use, %d handoffs waiting): %w",
+				ErrStagingFull, n, s.used, s.budget, len(s.queue)-1, err)
 		}
-		if s.used+int64(n) <= s.budget {
+		if s.queue[0] == me && s.used+n <= s.budget {
 			break
 		}
 		s.cond.Wait()
 	}
-	s.used += int64(n)
+	s.queue = s.queue[1:]
+	s.used += n
+	s.cond.Broadcast()
+	return &reservation{s: s, left: n}, nil
+}
+
+// take returns a buffer of length n out of the reservation; it never waits.
+func (r *reservation) take(n int) ([]byte, error) {
+	if int64(n) > r.left {
+		return nil, fmt.Errorf("splitzip: internal error: a %d-byte frame outgrows its handoff's staging (%d bytes left)", n, r.left)
+	}
+	s := r.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	b, err := s.buffer(n)
+	if err != nil {
+		return nil, err
+	}
+	r.left -= int64(n)
+	return b, nil
+}
+
+// done returns what the handoff did not take; its frames are released one by one (release).
+func (r *reservation) done() {
+	s := r.s
+	s.mu.Lock()
+	s.used -= r.left
+	r.left = 0
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// buffer finds or allocates a buffer of length n for bytes already counted in used. Called with s.mu held.
+func (s *staging) buffer(n int) ([]byte, error) {
 	for i, b := range s.free {
 		if cap(b) >= n {
 			s.free[i] = s.free[len(s.free)-1]
@@ -79,11 +152,7 @@ func (s *staging) acquire(ctx context.Context, n int) ([]byte, error) {
 		s.free = nil
 		b, err = s.mem.alloc(n)
 	}
-	if err != nil {
-		s.used -= int64(n)
-		return nil, err
-	}
-	return b, nil
+	return b, err
 }
 
 // setAllocator switches where new buffers come from; idle buffers of the old allocator are freed.

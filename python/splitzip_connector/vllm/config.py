@@ -56,7 +56,10 @@ class SplitZipConfig:
     listen_addr*     where the producer serves payloads, host:port; port 0 picks one; a fixed port p serves
                      TP rank r on p + r.
     advertise_host   host consumers dial when listen_addr is 0.0.0.0 (default: the listen host).
-    staging_bytes*   producer staging memory per rank.
+    staging_bytes*   producer staging memory per rank. A handoff reserves its frames' worst case (its
+                     raw KV per rank, plus headers) before it starts, so this must hold the largest
+                     handoff; one larger fails at once (ErrStagingFull) and the request is recomputed or
+                     failed by the decode engine's kv_load_failure_policy.
     handoff_ttl_s*   how long an unclaimed handoff lives.
     load_timeout_s*  bound on one load.
     record_wait_s*   how long a consumer waits for a handoff to appear.

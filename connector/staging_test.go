@@ -1,0 +1,193 @@
+package connector
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// reserveAsync asks for a reservation in the background; the channel gets it, or the error.
+func reserveAsync(ctx context.Context, s *staging, t uint64, n int64) <-chan any {
+	ch := make(chan any, 1)
+	go func() {
+		r, err := s.reserve(ctx, t, n)
+		if err != nil {
+			ch <- err
+			return
+		}
+		ch <- r
+	}()
+	return ch
+}
+
+func requireWaiting(t *testing.T, ch <-chan any, what string) {
+	t.Helper()
+	select {
+	case got := <-ch:
+		t.Fatalf("%s: want it waiting, got %v", what, got)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+func requireGranted(t *testing.T, ch <-chan any, what string) *reservation {
+	t.Helper()
+	select {
+	case got := <-ch:
+		r, ok := got.(*reservation)
+		require.True(t, ok, "%s: %v", what, got)
+		return r
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: still waiting", what)
+		return nil
+	}
+}
+
+// Reservations are served in ticket order: a small one that would fit waits behind a large one that does not.
+func TestStagingReservesInOrder(t *testing.T) {
+	ctx := context.Background()
+	s := newStaging(100)
+	a, err := s.reserve(ctx, s.ticket(), 60)
+	require.NoError(t, err)
+	b := reserveAsync(ctx, s, s.ticket(), 60)
+	requireWaiting(t, b, "60 bytes while 60 of 100 are reserved")
+	c := reserveAsync(ctx, s, s.ticket(), 30)
+	requireWaiting(t, c, "30 bytes behind a waiting reservation")
+
+	buf, err := a.take(50)
+	require.NoError(t, err)
+	require.Len(t, buf, 50)
+	_, err = a.take(11)
+	require.ErrorContains(t, err, "outgrows its handoff's staging", "more than the reservation holds")
+	a.done() // the 10 bytes not taken go back; the frame stays
+	require.EqualValues(t, 50, s.inUse())
+	requireWaiting(t, b, "60 bytes while a 50-byte frame is held")
+	s.release(buf)
+	rb := requireGranted(t, b, "first in line, once the frame is released")
+	rc := requireGranted(t, c, "second in line, fitting beside the first")
+	require.EqualValues(t, 90, s.inUse())
+	rb.done()
+	rc.done()
+	require.Zero(t, s.inUse())
+}
+
+// A reservation larger than the whole budget fails at once, and one that gives up waiting (its handoff expired)
+// leaves the line: neither holds up those behind it.
+func TestStagingReservationsThatFailLeaveTheLine(t *testing.T) {
+	s := newStaging(100)
+	held, err := s.reserve(context.Background(), s.ticket(), 80)
+	require.NoError(t, err)
+
+	big := s.ticket()
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := reserveAsync(ctx, s, s.ticket(), 50)
+	next := reserveAsync(context.Background(), s, s.ticket(), 10)
+	_, err = s.reserve(context.Background(), big, 101)
+	require.ErrorIs(t, err, ErrStagingFull)
+	require.ErrorContains(t, err, "exceeds the whole staging budget of 100 bytes")
+	requireWaiting(t, next, "behind a waiting reservation")
+	cancel()
+	select {
+	case got := <-gaveUp:
+		require.ErrorIs(t, got.(error), ErrStagingFull)
+		require.ErrorIs(t, got.(error), context.Canceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a cancelled reservation still waits")
+	}
+	requireGranted(t, next, "once the two before it left the line").done()
+	held.done()
+
+	closing := s.ticket()
+	s.close()
+	_, err = s.reserve(context.Background(), closing, 1)
+	require.ErrorIs(t, err, ErrClosed)
+}
+
+// Two handoffs saved layer by layer, interleaved, with staging for one and a little more. If each frame waited
+// for its own staging, both would hold half of it and wait for the other half until their TTL; a handoff takes
+// all its staging first instead, so the second one waits until the first is fetched, and both arrive.
+func TestInterleavedHandoffsShareStagingWithoutDeadlock(t *testing.T) {
+	const ttl = 3 * time.Second
+	l := smallLayout(8)
+	frameBytes := l.layerRawBytes(4) // one frame a layer
+	need := (&save{f: newFraming(&l, 4, frameBytes), path: pathRaw}).stagingNeed(&l)
+	budget := need + need/int64(l.Layers) // one handoff and one frame more
+	plane := startPlane(t)
+	p, c := newPair(t, plane, []Option{WithBypass(BypassAlways), WithFrameBytes(frameBytes), WithStagingBytes(budget),
+		WithHandoffTTL(ttl)}, nil)
+	src := newTestCache(t, l, true, 0)
+	dst := newTestCache(t, l, false, 0)
+	require.NoError(t, p.RegisterHostCache(l, src.bases))
+	require.NoError(t, c.RegisterHostCache(l, dst.bases))
+	waiter := newLoadWaiter(t, c)
+
+	blocks := map[string][]int{"a": {0, 1, 2, 3}, "b": {4, 5, 6, 7}}
+	handoffs := map[string]Handoff{}
+	for _, req := range []string{"a", "b"} {
+		h, err := p.Begin(req, blocks[req])
+		require.NoError(t, err)
+		handoffs[req] = h
+	}
+	half := l.Layers / 2
+	saveLayers := func(req string, from, to int) {
+		for li := from; li < to; li++ {
+			require.NoError(t, p.SaveLayer(req, li))
+		}
+	}
+	saveLayers("a", 0, half)
+	require.Eventually(t, func() bool { return p.StagingInUse() >= need/2 }, 5*time.Second, time.Millisecond)
+	saveLayers("b", 0, half)
+	time.Sleep(50 * time.Millisecond) // per-frame staging would now hold half of each handoff
+	saveLayers("a", half, l.Layers)
+	saveLayers("b", half, l.Layers)
+
+	results := map[string]<-chan error{}
+	for _, req := range []string{"a", "b"} {
+		results[req] = waiter.expect(req)
+		require.NoError(t, c.Load(req, handoffs[req], blocks[req]))
+	}
+	for _, req := range []string{"a", "b"} {
+		select {
+		case err := <-results[req]:
+			require.NoError(t, err, "load of %s", req)
+		case <-time.After(ttl + 5*time.Second):
+			t.Fatalf("load of %s did not end", req)
+		}
+		requireSameBlocks(t, src, blocks[req], dst, blocks[req])
+	}
+	require.Zero(t, p.Stats().Expired, "handoffs expired")
+	require.Eventually(t, func() bool { return p.InFlight() == 0 && p.StagingInUse() == 0 }, 10*time.Second, 5*time.Millisecond)
+}
+
+// A handoff whose frames can never fit the staging budget fails at once with ErrStagingFull (not at its TTL),
+// and the producer goes on with the next one.
+func TestHandoffLargerThanStagingFailsAtOnce(t *testing.T) {
+	l := smallLayout(8)
+	need := (&save{f: newFraming(&l, 8, 8<<20), path: pathRaw}).stagingNeed(&l)
+	plane := startPlane(t)
+	p, c := newPair(t, plane, []Option{WithBypass(BypassAlways), WithStagingBytes(need - 1), WithHandoffTTL(time.Minute)}, nil)
+	src := newTestCache(t, l, true, 0)
+	dst := newTestCache(t, l, false, 0)
+	require.NoError(t, p.RegisterHostCache(l, src.bases))
+	require.NoError(t, c.RegisterHostCache(l, dst.bases))
+
+	all := []int{0, 1, 2, 3, 4, 5, 6, 7}
+	t0 := time.Now()
+	_, err := p.Save("big", all)
+	require.NoError(t, err, "the handoff opens; its save fails")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = p.WaitSaved(ctx, "big")
+	require.ErrorIs(t, err, ErrStagingFull)
+	require.ErrorContains(t, err, "exceeds the whole staging budget")
+	require.False(t, errors.Is(err, context.DeadlineExceeded))
+	require.Less(t, time.Since(t0), 10*time.Second)
+
+	h, err := p.Save("small", all[:4])
+	require.NoError(t, err)
+	require.NoError(t, c.Load("small", h, all[:4]))
+	require.NoError(t, waitLoad(t, c, "small"))
+	requireSameBlocks(t, src, all[:4], dst, all[:4])
+}
