@@ -4,8 +4,9 @@ and the model of each step.
 
     python3 tests/gpu/vllm/table.py tests/gpu/vllm/results/*.json > tests/gpu/vllm/RESULTS.md
 
-Several results of one step (e.g. ttft run in two calls for different links) are merged: their points are
-listed together. Standard library only.
+Several results of one step are merged where they are points of one table (ttft, overlap, load: e.g. ttft run in
+two calls for different links); the others (equality with another KV dtype or CUDA graphs, failure with another
+policy) get a subsection each. Standard library only.
 """
 
 from __future__ import annotations
@@ -221,6 +222,46 @@ def render_checks(r: dict) -> list[str]:
     return out
 
 
+def variant(r: dict) -> str:
+    """What sets a result apart from others of its step: the KV dtype and graphs, the failure policy, the links."""
+    a, m = r.get("args") or {}, r.get("model") or {}
+    step = r.get("step")
+    if step == "equality":
+        kv = {"auto": "bf16", "fp8": "fp8 (e4m3)", "fp8_e5m2": "fp8 (e5m2)"}.get(m.get("kv_cache_dtype", "auto"), "?")
+        return f"KV {kv}, {'CUDA graphs' if m.get('cuda_graphs') else 'eager'}"
+    if step == "failure":
+        return f"kv_load_failure_policy {a.get('policy', '?')}"
+    if step in ("ttft", "overlap"):
+        return "links " + ", ".join(f"{x:g}" for x in a.get("rates", [])) + " Gbit/s"
+    if step == "load":
+        return "modes " + ", ".join(a.get("modes", []))
+    return r.get("started", "?")
+
+
+def _body(step: str, rs: list[dict]) -> list[str]:
+    if step == "smoke":
+        return render_smoke(rs[-1])
+    if step == "equality":
+        return [ln for r in rs for ln in render_equality(r) + [""]]
+    if step == "ttft":
+        out = render_ttft(rs) + [""]
+        if any(p.get("prefill_save_s") for p in _points(rs)):
+            out += ["Save overhead, from the same runs:", ""] + render_overlap(rs)
+        return out
+    if step == "overlap":
+        return render_overlap(rs)
+    if step == "load":
+        return render_load(rs)
+    if step == "failure":
+        return render_failure(rs[-1])
+    return []
+
+
+# Steps whose results are tables of points: several results (other links, other modes) are merged into one table.
+# The others (one verdict per setting) get a subsection each.
+MERGED = {"ttft", "overlap", "load"}
+
+
 def render(results: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in results:
@@ -229,29 +270,21 @@ def render(results: list[dict]) -> str:
     for step in sorted(by, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER)):
         rs = by[step]
         lines += [f"### {step}", ""]
-        for r in rs:
-            lines.append(setting(r) + ("" if r.get("ok") else " — **not all checks passed**"))
-        lines.append("")
-        if step == "smoke":
-            lines += render_smoke(rs[-1])
-        elif step == "equality":
-            for r in rs:
-                lines += render_equality(r) + [""]
-        elif step == "ttft":
-            lines += render_ttft(rs) + [""]
-            if any(p.get("prefill_save_s") for p in _points(rs)):
-                lines += ["Save overhead, from the same runs:", ""] + render_overlap(rs)
-        elif step == "overlap":
-            lines += render_overlap(rs)
-        elif step == "load":
-            lines += render_load(rs)
-        elif step == "failure":
-            lines += render_failure(rs[-1])
-        lines.append("")
-        lines += render_metrics(rs)
-        for r in rs:
-            lines += render_checks(r)
-        lines.append("")
+        groups = [rs] if step in MERGED or len(rs) == 1 else [[r] for r in rs]
+        for g in groups:
+            if len(groups) > 1:
+                lines += [f"#### {variant(g[0])}", ""]
+            for r in g:
+                lines.append(setting(r) + ("" if r.get("ok") else " — **not all checks passed**"))
+            lines.append("")
+            lines += _body(step, g)
+            lines.append("")
+            for r in g:
+                if len(g) > 1:
+                    lines += [f"Metrics and checks, {variant(r)}:", ""]
+                lines += render_metrics([r])
+                lines += render_checks(r)
+                lines.append("")
     return "\n".join(lines)
 
 
