@@ -224,6 +224,47 @@ __device__ uint32_t hr_canonical_codes(const uint8_t* len, uint16_t* code) {
   return maxlen;
 }
 
+// hr_sort_codes lists the symbols with a code (len, code from hr_canonical_codes) in canonical order, with each
+// length's first code, count and first index in that list. One warp.
+template <class T>
+__device__ void hr_sort_codes(const uint8_t* len, const uint16_t* code, uint16_t* sorted, uint32_t* lfirst,
+                              uint32_t* lcount, uint32_t* loff) {
+  const int lane = threadIdx.x & 31;
+  uint32_t count[kHRMaxLen + 1] = {0};
+  for (uint32_t b = 0; b < T::kSymbols; b += 32) {
+    const uint32_t s = b + lane;
+    const uint32_t l = s < T::kSymbols ? len[s] : 0;
+#pragma unroll
+    for (uint32_t k = 1; k <= kHRMaxLen; k++) count[k] += __popc(__ballot_sync(0xFFFFFFFFu, l == k));
+  }
+  uint32_t first[kHRMaxLen + 1], off[kHRMaxLen + 1];
+  uint32_t c = 0, o = 0;
+  first[0] = off[0] = 0;
+#pragma unroll
+  for (uint32_t k = 1; k <= kHRMaxLen; k++) {
+    c = (c + count[k - 1]) << 1;
+    o += count[k - 1];
+    first[k] = c;
+    off[k] = o;
+  }
+  if (lane <= kHRMaxLen) {
+#pragma unroll
+    for (uint32_t k = 0; k <= kHRMaxLen; k++)
+      if (lane == k) {
+        lfirst[k] = first[k];
+        lcount[k] = k ? count[k] : 0;
+        loff[k] = off[k];
+      }
+  }
+  for (uint32_t s = lane; s < T::kSymbols; s += 32) {
+    const uint32_t l = len[s];
+#pragma unroll
+    for (uint32_t k = 1; k <= kHRMaxLen; k++)
+      if (l == k) sorted[off[k] + code[s] - first[k]] = (uint16_t)s;
+  }
+  __syncwarp();
+}
+
 // ---- encode ------------------------------------------------------------------------------------------------
 // An encode table entry per exponent: bits 0-4 the bits it takes (code, or ESC's code + EB raw bits; 0: no way
 // to code it), bit 5 set for an escape, bits 8-23 the bit pattern.
@@ -725,8 +766,13 @@ constexpr uint32_t kHRRing = 2048, kHRRingUnit = 512, kHRGroupSteps = kHRGroup /
 template <class T>
 struct HRDecShared {
   uint32_t lut[256];  // next 8 bits → hr_lut_entry
+  uint32_t crc[256];  // CRC-32C of each byte value (the header check)
   uint8_t len[T::kLenSlots];
   uint16_t code[T::kCodeSlots];
+  // The coded symbols in canonical order, and per code length its first code, count and first index there:
+  // what the block fills the lookup table from, an entry a thread.
+  uint16_t sorted[T::kSymbols];
+  uint32_t lfirst[kHRMaxLen + 1], lcount[kHRMaxLen + 1], loff[kHRMaxLen + 1];
   uint32_t hdr[16];
   uint32_t status;
   uint32_t raw;
@@ -751,7 +797,9 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
   if (w[0] != kMagic) return kBadMagic;
   const uint32_t version = w[1] & 0xFF;
   if (version != kVersion && version != kVersion2) return kBadVersion;
-  if (crc32c_words(w, 15, nullptr) != w[15]) return kBadCRC;
+  uint32_t crc = 0xFFFFFFFFu;
+  for (int i = 0; i < 60; i++) crc = sh.crc[(crc ^ (w[i / 4] >> (8 * (i % 4)))) & 0xFF] ^ (crc >> 8);
+  if (~crc != w[15]) return kBadCRC;
   const uint32_t dtype = (w[1] >> 8) & 0xFF, flags = (w[1] >> 16) & 0xFF, code_bits = w[1] >> 24;
   const uint64_t n = u64_at(w, 2), esc = u64_at(w, 4), payload = u64_at(w, 8);
   const uint64_t codes_len = u64_at(w, 10), res_len = u64_at(w, 12);
@@ -869,6 +917,15 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   const uint32_t f = blockIdx.x / bpf, c = (blockIdx.x - f * bpf) * WARPS + warp;
   const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
   const uint8_t* frame_end = frame + p.frame_cap;
+  // The block's setup keeps warp 0's serial part short: the whole block builds the CRC table before it and
+  // fills the lookup table after it, an entry a thread.
+  for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+    uint32_t x = i;
+#pragma unroll
+    for (int b = 0; b < 8; b++) x = (x >> 1) ^ (0x82F63B78u & (0u - (x & 1u)));
+    sh.crc[i] = x;
+  }
+  __syncthreads();
   if (warp == 0) {
     uint32_t st = kOK;
     if (p.frame_cap < kHeaderSize) {
@@ -885,21 +942,25 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
         uint32_t maxlen = 0;
         if (st == kOK) maxlen = hr_canonical_codes<T>(sh.len, sh.code);
         if (st == kOK && maxlen != code_bits) st = kCorrupt;
-        if (st == kOK) {
-          for (uint32_t i = lane; i < 256; i += 32) sh.lut[i] = 16u << 24;
-          __syncwarp();
-          for (uint32_t s = lane; s < T::kSymbols; s += 32) {
-            const uint32_t l = sh.len[s];
-            if (l == 0) continue;
-            const uint32_t first = (uint32_t)sh.code[s] << (kHRMaxLen - l);
-            for (uint32_t i = 0; i < (1u << (kHRMaxLen - l)); i++) sh.lut[first + i] = hr_lut_entry<T>(s, l);
-          }
-        }
+        if (st == kOK) hr_sort_codes<T>(sh.len, sh.code, sh.sorted, sh.lfirst, sh.lcount, sh.loff);
       }
     }
     if (lane == 0) {
       sh.status = st;
       if (st != kOK) hr_fail(p, st);
+    }
+  }
+  __syncthreads();
+  if (sh.status == kOK && !sh.raw) {
+    // Entry i: the code whose bits prefix i (one length at most matches a prefix code), else no code.
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+      uint32_t e = 16u << 24;
+#pragma unroll
+      for (uint32_t k = 1; k <= kHRMaxLen; k++) {
+        const uint32_t r = (i >> (kHRMaxLen - k)) - sh.lfirst[k];
+        if (r < sh.lcount[k]) e = hr_lut_entry<T>(sh.sorted[sh.loff[k] + r], k);
+      }
+      sh.lut[i] = e;
     }
   }
   __syncthreads();
