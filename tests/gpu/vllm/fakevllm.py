@@ -5,8 +5,15 @@
 with the connector's counter names — so that every step's plumbing (processes, proxies, checks, results,
 tables) runs end to end. It is not vLLM and proves nothing about it: its tokens are a hash of the prompt, it
 moves no KV, and its "transfer" is a sleep of the KV's size over the rate limit, during which it watches the
-producer's port (so that killing the producer fails the load, as in the failure step). Results of a dry run say
-so (machine.fake_vllm).
+producer's port (so that killing the producer fails the load, as in the failure step). A load that fails under
+policy fail ends the request as vLLM 0.26 does: an HTTP 500 when not streamed, and a stream of no chunk but
+"data: [DONE]" when streamed. Results of a dry run say so (machine.fake_vllm).
+
+With FAKE_GPU_DIR set, each server also keeps a model of its GPU memory there (a file per pid): a fixed part and
+a caching allocator's, which grows with the longest prompt it has prefilled locally (a local request, a recompute,
+or the tail of a loaded handoff) and never shrinks. `fakevllm.py --nvidia-smi ARGS` answers the nvidia-smi
+queries kit.py makes from those files (the card, and a process per live pid), so that a dry run's GPU memory
+checks see what a real engine's allocator does.
 """
 
 from __future__ import annotations
@@ -15,15 +22,47 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import socket
+import sys
 import time
+from pathlib import Path
 
 from aiohttp import web
 
 VOCAB = 49152
+TOTAL_MIB = 81559
+BASE_MIB = 20000  # weights, KV cache, CUDA context
+ACT_MIB_PER_K = 42  # the allocator's growth per 1,024 tokens of the longest local prefill
+
+
+def nvidia_smi(argv: list[str]) -> int:
+    """The answers to kit.py's `nvidia-smi --query-gpu=...` and `--query-compute-apps=...` (csv, noheader,
+    optionally nounits), from the memory files of the live servers in $FAKE_GPU_DIR."""
+    apps = {}
+    for f in Path(os.environ["FAKE_GPU_DIR"]).glob("*.mib"):
+        if Path(f"/proc/{f.stem}").exists():
+            apps[int(f.stem)] = int(f.read_text())
+    query = next((x for x in argv if x.startswith("--query-")), "")
+    kind, _, fields = query.partition("=")
+    unit = "" if any("nounits" in x for x in argv) else " MiB"
+    if kind == "--query-gpu":
+        vals = {"memory.used": f"{sum(apps.values())}{unit}", "memory.total": f"{TOTAL_MIB}{unit}",
+                "name": "Fake GPU (dry run)", "driver_version": "0"}
+        print(", ".join(vals[k] for k in fields.split(",")))
+    elif kind == "--query-compute-apps":
+        for pid, mib in sorted(apps.items()):
+            vals = {"pid": str(pid), "used_memory": f"{mib}{unit}"}
+            print(", ".join(vals[k] for k in fields.split(",")))
+    else:
+        print(f"fake nvidia-smi: no answer to {argv}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--nvidia-smi"]:
+        sys.exit(nvidia_smi(sys.argv[2:]))
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--port", type=int, required=True)
@@ -45,6 +84,18 @@ def main() -> None:
     seen: set[str] = set()
     ratio = 1.0 if extra.get("bypass") == "always" else 1.33
     print("INFO fake vLLM (dry run): Using FLASH_ATTN backend.", flush=True)
+    gpu_dir = os.environ.get("FAKE_GPU_DIR")
+    peak = [0]  # the longest local prefill, tokens
+
+    def prefilled(tokens: int) -> None:
+        peak[0] = max(peak[0], tokens)
+        if gpu_dir:
+            mib = BASE_MIB + -(-peak[0] // 1024) * ACT_MIB_PER_K
+            tmp = Path(gpu_dir) / f"{os.getpid()}.tmp"
+            tmp.write_text(str(mib))
+            tmp.replace(Path(gpu_dir) / f"{os.getpid()}.mib")
+
+    prefilled(0)
     if role:
         print(f"INFO SplitZip rank 0 registered {cfg['num_hidden_layers']} layers in {cfg['num_hidden_layers']} slots: bf16 on cuda:0 (fake)", flush=True)
 
@@ -62,6 +113,9 @@ def main() -> None:
         params = body.get("kv_transfer_params") or {}
         out_params = None
         await asyncio.sleep(n * 20e-6)  # "prefill"
+        loading = role == "kv_consumer" and params.get("do_remote_prefill") and not cached
+        if not loading:
+            prefilled(n - cached)
         if role == "kv_producer" and params.get("do_remote_decode"):
             raw = (n - 1) // bs * bs * kvt
             c["saves"] += 1
@@ -72,7 +126,7 @@ def main() -> None:
                           "splitzip": {"handoff_id": key[:32], "num_tokens": n, "port": a.port,
                                        "bytes": raw / ratio, "rate": extra.get("rate_limit", 0)}}
         # like SplitZipConnector: a prompt whose first blocks are cached locally is not loaded
-        if role == "kv_consumer" and params.get("do_remote_prefill") and not cached:
+        if loading:
             hp = params["splitzip"]
             t0 = time.perf_counter()
             secs = hp["bytes"] / hp["rate"] if hp["rate"] else 0.0
@@ -89,12 +143,23 @@ def main() -> None:
                 c["loads"] += 1
                 c["wire_bytes"] += hp["bytes"]
                 cached = (n - 1) // bs * bs
+                prefilled(n - cached)
             else:
                 c["failures"] += 1
                 print(f"WARNING SplitZip: rank 0: load of request {key[:8]} failed (fake): producer gone", flush=True)
                 if policy != "recompute":
-                    return web.json_response({"error": {"message": "KV load failed", "code": 500}}, status=500)
+                    print(f"WARNING Failing 1 request(s) due to KV load failure (failure_policy={policy}) (fake)",
+                          flush=True)
+                    if body.get("stream"):  # vLLM 0.26: an errored output with no token is skipped, then [DONE]
+                        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                        await resp.prepare(req)
+                        await resp.write(b"data: [DONE]\n\n")
+                        await resp.write_eof()
+                        return resp
+                    return web.json_response({"error": {"message": "Internal server error", "type": "InternalServerError",
+                                                        "param": None, "code": 500}}, status=500)
                 await asyncio.sleep(n * 20e-6)
+                prefilled(n)
         mt = int(body.get("max_tokens") or 16)
         toks = tokens(prompt, mt)
         lps = [-1.0 - (t % 97) / 100 for t in toks]
@@ -103,9 +168,10 @@ def main() -> None:
         if body.get("stream"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(req)
-            for t in toks:
+            for i, t in enumerate(toks):
                 await asyncio.sleep(0.002)
-                chunk = {"choices": [{"index": 0, "text": "x", "token_ids": [t]}]}
+                chunk = {"choices": [{"index": 0, "text": "x", "token_ids": [t],
+                                      "finish_reason": "length" if i == len(toks) - 1 else None}]}
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()

@@ -175,7 +175,8 @@ def get_text(url: str, timeout: float = 10) -> str:
 
 
 def stream(url: str, body: dict, timeout: float = 240) -> dict:
-    """A streamed completion: seconds to the first token and to the end, token ids, text, error."""
+    """A streamed completion: seconds to the first token and to the end, token ids, text, the last finish_reason
+    the choices gave, error (an error chunk, an HTTP error, or finish_reason "error")."""
     b = dict(body, stream=True, return_token_ids=True)
     req = urllib.request.Request(url, json.dumps(b).encode(), {"Content-Type": "application/json"})
     t0 = time.perf_counter()
@@ -183,6 +184,7 @@ def stream(url: str, body: dict, timeout: float = 240) -> dict:
     ids: list[int] = []
     text: list[str] = []
     err = ""
+    finish = None
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             for line in r:
@@ -193,15 +195,53 @@ def stream(url: str, body: dict, timeout: float = 240) -> dict:
                 if "error" in chunk:
                     err = json.dumps(chunk["error"])[:500]
                     break
-                ch = chunk["choices"][0]
-                got = ch.get("token_ids") or []
-                if (got or ch.get("text")) and first is None:
-                    first = time.perf_counter() - t0
-                ids += got
-                text.append(ch.get("text") or "")
+                for ch in chunk.get("choices") or []:  # none in a usage-only chunk
+                    got = ch.get("token_ids") or []
+                    if (got or ch.get("text")) and first is None:
+                        first = time.perf_counter() - t0
+                    ids += got
+                    text.append(ch.get("text") or "")
+                    finish = ch.get("finish_reason") or finish
     except urllib.error.HTTPError as e:
         err = f"HTTP {e.code}: {e.read()[:300]!r}"
-    return {"ttft_s": first, "total_s": time.perf_counter() - t0, "token_ids": ids, "text": "".join(text), "error": err}
+    if not err and finish == "error":
+        err = 'finish_reason "error"'
+    return {"ttft_s": first, "total_s": time.perf_counter() - t0, "token_ids": ids, "text": "".join(text),
+            "finish_reason": finish, "error": err}
+
+
+def complete(url: str, body: dict, timeout: float = 240) -> dict:
+    """A non-streamed completion, with stream()'s keys, that answers an HTTP error instead of raising it: its
+    status and the start of its body are kept, and error says why the request failed (an HTTP status >= 400, a
+    JSON body with "error", or finish_reason "error"), empty when it did not."""
+    b = dict(body, stream=False, return_token_ids=True)
+    req = urllib.request.Request(url, json.dumps(b).encode(), {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    total = time.perf_counter() - t0
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    doc = doc if isinstance(doc, dict) else {}
+    choices = doc.get("choices") or []
+    ids = [t for ch in choices for t in ch.get("token_ids") or []]
+    finish = next((ch["finish_reason"] for ch in reversed(choices) if ch.get("finish_reason")), None)
+    excerpt = raw[:500].decode(errors="replace")
+    if status >= 400:
+        err = f"HTTP {status}: {excerpt[:300]}"
+    elif "error" in doc:
+        err = json.dumps(doc["error"])[:500]
+    elif finish == "error":
+        err = 'finish_reason "error"'
+    else:
+        err = ""
+    return {"ttft_s": None, "total_s": total, "token_ids": ids, "text": "".join(ch.get("text") or "" for ch in choices),
+            "finish_reason": finish, "error": err, "status": status, "body": excerpt}
 
 
 def gpu_state() -> dict:
@@ -905,6 +945,17 @@ def step_load(ctx: Ctx, a: argparse.Namespace) -> None:
     ctx.engine_facts()
 
 
+def in_flight_verdict(policy: str, result: dict, max_tokens: int) -> tuple[str, bool, Any]:
+    """The failure step's check of the request whose handoff was killed (a stream() or complete() result): with
+    recompute it completes all its tokens; with fail it ends with an error (an HTTP error status, an error body
+    or chunk, or finish_reason "error"), which a stream that ends with no chunk is not."""
+    if policy == "recompute":
+        return ("recompute: the request completes on the decode engine",
+                not result.get("error") and len(result.get("token_ids", [])) == max_tokens, result.get("error") or None)
+    return ("fail: the request ends with a clean error", bool(result.get("error")),
+            {k: result.get(k) for k in ("status", "finish_reason", "error")})
+
+
 def step_failure(ctx: Ctx, a: argparse.Namespace) -> None:
     model = ensure_llama8b()
     ctx.res["model"] = {"name": "Llama-3-8B shape, dummy weights", "config": LLAMA3_8B_SHAPE}
@@ -928,6 +979,12 @@ def step_failure(ctx: Ctx, a: argparse.Namespace) -> None:
         got = [m for p, m in apps.items() if p in pids]
         return sum(got) if got else None
 
+    # With recompute, the decode engine prefills the killed handoff's prompt itself, and torch's caching allocator
+    # grows for activations of that length the first time it meets one: the baseline is taken after a local
+    # prefill of the same length, so that growth is in it and the leak check sees only what the handoff left.
+    r = stream(dec.url + "/v1/completions", completion(ctx.prompts.fresh(a.kill_tokens), 8, ignore_eos=True))
+    ctx.check(f"the decode engine prefilled a {a.kill_tokens}-token prompt locally (the allocator's baseline for a "
+              "recompute)", not r["error"] and len(r["token_ids"]) == 8, r["error"] or None)
     mem["with_both"] = gpu_state()
     mem["decode_mib_before"] = decode_mib()
     bd = ctx.stack.metrics(dec)
@@ -935,8 +992,13 @@ def step_failure(ctx: Ctx, a: argparse.Namespace) -> None:
     p = dict(body, max_tokens=1, stream=False, kv_transfer_params={"do_remote_decode": True, "do_remote_prefill": False})
     params = http(pre.url + "/v1/completions", p).get("kv_transfer_params")
     result: dict[str, Any] = {}
-    th = threading.Thread(target=lambda: result.update(stream(dec.url + "/v1/completions",
-                                                              dict(body, kv_transfer_params=params), timeout=300)))
+    # vLLM 0.26 ends a stream whose request failed before any token with no chunk at all, only "data: [DONE]"
+    # (completion_stream_generator skips an empty output before it checks for an error), while its non-streamed
+    # answer is an HTTP error: with policy fail the request is sent non-streamed, so that its failure shows.
+    form = "non-streamed" if a.policy == "fail" else "streamed"
+    send = complete if form == "non-streamed" else stream
+    th = threading.Thread(target=lambda: result.update(send(dec.url + "/v1/completions",
+                                                            dict(body, kv_transfer_params=params), timeout=300)))
     t0 = time.perf_counter()
     th.start()
     time.sleep(a.kill_after)
@@ -947,7 +1009,7 @@ def step_failure(ctx: Ctx, a: argparse.Namespace) -> None:
     t_done = time.perf_counter() - t0
     ctx.stack.stop("proxy-a")
     ctx.res["in_flight"] = {"prompt_tokens": a.kill_tokens, "kill_after_s": t_kill, "link_gbit": a.kill_link,
-                            "answered_after_s": t_done,
+                            "request": form, "answered_after_s": t_done,
                             "kv_MB": a.kill_tokens * kv_bytes_per_token(LLAMA3_8B_SHAPE) / 1e6,
                             "result": {k: v for k, v in result.items() if k != "token_ids"},
                             "output_tokens": len(result.get("token_ids", []))}
@@ -957,11 +1019,7 @@ def step_failure(ctx: Ctx, a: argparse.Namespace) -> None:
     dlog = ctx.stack.logtext("decode")
     ctx.check("the kill hit a handoff in flight (decode reports a failed load)",
               dm["failures"] >= 1 and "load of request" in dlog, dm)
-    if a.policy == "recompute":
-        ctx.check("recompute: the request completes on the decode engine",
-                  not result.get("error") and len(result.get("token_ids", [])) == 8, result.get("error") or None)
-    else:
-        ctx.check("fail: the request ends with a clean error", bool(result.get("error")), result.get("error"))
+    ctx.check(*in_flight_verdict(a.policy, result, body["max_tokens"]))
     ok = 0
     for _ in range(3):
         r = stream(dec.url + "/v1/completions", completion(ctx.prompts.fresh(2048), 8, ignore_eos=True))
