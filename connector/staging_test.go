@@ -3,6 +3,8 @@ package connector
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -190,4 +192,76 @@ func TestHandoffLargerThanStagingFailsAtOnce(t *testing.T) {
 	require.NoError(t, c.Load("small", h, all[:4]))
 	require.NoError(t, waitLoad(t, c, "small"))
 	requireSameBlocks(t, src, all[:4], dst, all[:4])
+}
+
+// Sixteen handoffs in flight at a time, saved layer by layer while the others are, with staging for three: every
+// load arrives bit-exact, none expires, and the staging is all free at the end. (With a wait per frame, the
+// handoffs soon each hold part of the staging and wait for one another until their TTL.)
+func TestStagingUnderPressureManyInFlight(t *testing.T) {
+	const inFlight, per = 16, 4
+	rounds := 12
+	if testing.Short() || raceEnabled {
+		rounds = 4
+	}
+	l := smallLayout(inFlight * per)
+	l.Layers = 8
+	frameBytes := l.layerRawBytes(per)
+	need := (&save{f: newFraming(&l, per, frameBytes), path: pathRaw}).stagingNeed(&l)
+	plane := startPlane(t)
+	p, c := newPair(t, plane, []Option{WithBypass(BypassAlways), WithFrameBytes(frameBytes), WithStagingBytes(3 * need),
+		WithHandoffTTL(10 * time.Second)}, nil)
+	src := newTestCache(t, l, true, 0)
+	dst := newTestCache(t, l, false, 0)
+	require.NoError(t, p.RegisterHostCache(l, src.bases))
+	require.NoError(t, c.RegisterHostCache(l, dst.bases))
+	waiter := newLoadWaiter(t, c)
+
+	errs := make(chan error, inFlight)
+	for w := range inFlight {
+		blocks := make([]int, per)
+		for i := range blocks {
+			blocks[i] = w*per + i
+		}
+		go func() {
+			for r := range rounds {
+				req := fmt.Sprintf("w%d-r%d", w, r)
+				res := waiter.expect(req)
+				h, err := p.Begin(req, blocks)
+				for li := 0; err == nil && li < l.Layers; li++ {
+					err = p.SaveLayer(req, li)
+					runtime.Gosched() // the other workers' layers come in between
+				}
+				if err == nil {
+					err = c.Load(req, h, blocks)
+				}
+				if err == nil {
+					err = <-res
+				}
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", req, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range inFlight {
+		select {
+		case err := <-errs:
+			require.NoError(t, err)
+		case <-time.After(2 * time.Minute):
+			t.Fatal("handoffs still in flight after 2 minutes")
+		}
+	}
+	requireSameBlocks(t, src, seq(inFlight*per), dst, seq(inFlight*per))
+	require.Zero(t, p.Stats().Expired, "handoffs expired")
+	require.Eventually(t, func() bool { return p.InFlight() == 0 && p.StagingInUse() == 0 }, 10*time.Second, 5*time.Millisecond)
+}
+
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
 }
