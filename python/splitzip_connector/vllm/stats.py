@@ -18,7 +18,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
     PromMetricT,
 )
 
-# Counters summed over workers. Producer side: handoffs saved, raw handoffs (bypass), bytes before and after
+# Counters summed over workers. Producer side: handoffs saved, by frames (raw: bypass, fast, high-ratio: what auto
+# chose), bytes before and after
 # compression, escaped and total elements, encode seconds. Consumer side: loads, bytes on the wire and after
 # decoding, fetch (transfer) and decode seconds. Both: failures. Besides these, failed loads by kind, under
 # KIND_PREFIX + the Go connector's name for the kind (corrupt, expired, producer, access, …: connector.FailureKind),
@@ -27,6 +28,8 @@ FIELDS = (
     "saves",
     "save_failures",
     "raw_saves",
+    "fast_saves",
+    "high_ratio_saves",
     "raw_bytes",
     "encoded_bytes",
     "escapes",
@@ -40,6 +43,8 @@ FIELDS = (
     "decode_s",
 )
 KIND_PREFIX = "load_failures_"
+# Saves by frames, and the mode label each has in Prometheus.
+MODE_FIELDS = {"raw_saves": "raw", "fast_saves": "fast", "high_ratio_saves": "high-ratio"}
 
 
 @dataclass
@@ -85,7 +90,15 @@ class SplitZipStats(KVConnectorStats):
             "transfer_ms": round(1e3 * d["fetch_s"], 2),
             "decode_ms": round(1e3 * d["decode_s"], 2),
             **{f"failed_{k}": n for k, n in self.failures_by_kind().items()},
+            **self.saves_by_mode(),
         }
+
+    def saves_by_mode(self) -> dict[str, int]:
+        """The interval's saves by the frames they sent (raw_saves, fast_saves, high_ratio_saves); none on an
+        engine that saved nothing, so a decode engine's log line stays as it was."""
+        if not self.data["saves"]:
+            return {}
+        return {k: int(self.data[k]) for k in MODE_FIELDS}
 
 
 class Deltas:
@@ -95,6 +108,8 @@ class Deltas:
         "handoffs": "saves",
         "failed": "save_failures",
         "raw_handoffs": "raw_saves",
+        "fast_handoffs": "fast_saves",
+        "high_ratio_handoffs": "high_ratio_saves",
         "raw_bytes": "raw_bytes",
         "encoded_bytes": "encoded_bytes",
         "escapes": "escapes",
@@ -133,8 +148,9 @@ class Deltas:
 class SplitZipPromMetrics(KVConnectorPromMetrics):
     """Prometheus counters: vllm:splitzip_{raw,encoded,wire}_bytes_total, vllm:splitzip_escapes_total,
     vllm:splitzip_elements_total, vllm:splitzip_{encode,transfer,decode}_seconds_total,
-    vllm:splitzip_{saves,loads,failures}_total, and vllm:splitzip_load_failures_total with a label "kind"
-    (the Go connector's failure kinds: corrupt, expired, producer, access, …)."""
+    vllm:splitzip_{saves,loads,failures}_total, vllm:splitzip_load_failures_total with a label "kind"
+    (the Go connector's failure kinds: corrupt, expired, producer, access, …), and
+    vllm:splitzip_saves_by_mode_total with a label "mode" (raw, fast, high-ratio: the frames each save sent)."""
 
     _COUNTERS = {
         "raw_bytes": ("vllm:splitzip_raw_bytes", "KV bytes saved before compression"),
@@ -168,6 +184,10 @@ class SplitZipPromMetrics(KVConnectorPromMetrics):
         self._by_kind = self._counter_cls(
             name="vllm:splitzip_load_failures", documentation="Failed loads by kind", labelnames=[*labelnames, "kind"]
         )
+        self._by_mode = self._counter_cls(
+            name="vllm:splitzip_saves_by_mode", documentation="Handoffs saved, by the frames they sent",
+            labelnames=[*labelnames, "mode"],
+        )
         self._engine_labels = per_engine_labelvalues
 
     def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
@@ -181,3 +201,7 @@ class SplitZipPromMetrics(KVConnectorPromMetrics):
         for key, v in transfer_stats_data.items():
             if key.startswith(KIND_PREFIX) and v > 0:
                 self._by_kind.labels(*self._engine_labels[engine_idx], key[len(KIND_PREFIX) :]).inc(v)
+        for key, mode in MODE_FIELDS.items():
+            v = transfer_stats_data.get(key, 0)
+            if v > 0:
+                self._by_mode.labels(*self._engine_labels[engine_idx], mode).inc(v)

@@ -200,7 +200,10 @@ def render_metrics(results: list[dict]) -> list[str]:
             k = e.get("kv_transfer_log") or {}
             if not any(k.get(x) for x in ("saves", "loads", "failures")):
                 continue
-            rows.append([name, _f(k.get("saves"), 0), _f(k.get("loads"), 0), _f(k.get("failures"), 0),
+            saves = _f(k.get("saves"), 0)
+            if k.get("saves") and "high_ratio_saves" in k:  # what the frames were: auto's choices
+                saves += f" (raw {k.get('raw_saves', 0):.0f}, fast {k['fast_saves']:.0f}, high-ratio {k['high_ratio_saves']:.0f})"
+            rows.append([name, saves, _f(k.get("loads"), 0), _f(k.get("failures"), 0),
                          _f(k.get("saved_MB"), 0), _f(k.get("compressed_MB"), 0), _f(k.get("ratio"), 4),
                          _f(k.get("encode_ms"), 0), _f(k.get("wire_MB"), 0), _f(k.get("transfer_ms"), 0),
                          _f(k.get("decode_ms"), 0)])

@@ -1,4 +1,5 @@
-"""SplitZip's figures in vLLM's metrics: failed loads by kind reach the interval summary and Prometheus."""
+"""SplitZip's figures in vLLM's metrics: failed loads by kind and saves by mode reach the interval summary and
+Prometheus."""
 
 from __future__ import annotations
 
@@ -52,3 +53,37 @@ def test_failures_by_kind_exported_with_a_kind_label():
     assert got("vllm:splitzip_load_failures_total", {"engine": "1", "kind": "producer"}) == 1
     assert got("vllm:splitzip_load_failures_total", {"engine": "0", "kind": "expired"}) is None
     assert got("vllm:splitzip_failures_total", {"engine": "1"}) == 3
+
+
+def producer_stats(raw: int, fast: int, high_ratio: int) -> dict:
+    """A producer's running totals as the binding reports them."""
+    return {"handoffs": raw + fast + high_ratio, "failed": 0, "raw_handoffs": raw, "fast_handoffs": fast,
+            "high_ratio_handoffs": high_ratio, "raw_bytes": 1000, "encoded_bytes": 700}
+
+
+def test_saves_by_mode_in_the_summary_and_prometheus():
+    """What auto chose is visible: saves by the frames they sent, per interval, in the log line and Prometheus."""
+    d = Deltas()
+    first = d.take(producer_stats(1, 2, 0), None)
+    second = d.take(producer_stats(1, 3, 4), None)
+    assert second.saves_by_mode() == {"raw_saves": 0, "fast_saves": 1, "high_ratio_saves": 4}, "deltas"
+    total = SplitZipStats(data={}).aggregate(first).aggregate(second)
+    s = total.reduce()
+    assert (s["saves"], s["raw_saves"], s["fast_saves"], s["high_ratio_saves"]) == (8, 1, 3, 4)
+    loads = d.take(None, consumer_stats(2))
+    assert "raw_saves" not in loads.reduce(), "an engine that saved nothing logs no modes"
+
+    registry = prometheus_client.CollectorRegistry()
+
+    def counter(*args, **kw):
+        return prometheus_client.Counter(*args, registry=registry, **kw)
+
+    types_ = {Counter: counter, Gauge: prometheus_client.Gauge, Histogram: prometheus_client.Histogram}
+    m = SplitZipPromMetrics(types.SimpleNamespace(kv_transfer_config=None), types_, ["engine"], {0: ["0"]})
+    m.observe(first.data)
+    m.observe(second.data)
+    got = registry.get_sample_value
+    assert got("vllm:splitzip_saves_by_mode_total", {"engine": "0", "mode": "fast"}) == 3
+    assert got("vllm:splitzip_saves_by_mode_total", {"engine": "0", "mode": "high-ratio"}) == 4
+    assert got("vllm:splitzip_saves_by_mode_total", {"engine": "0", "mode": "raw"}) == 1
+    assert got("vllm:splitzip_saves_total", {"engine": "0"}) == 8
