@@ -104,6 +104,7 @@ type save struct {
 	crcs             []uint32
 	rawBytes         uint64
 	ticket           uint64        // the save's place in line for staging
+	failed           error         // why the save failed (under Producer.mu), once it has
 	staged           chan struct{} // closed when every layer is staged, or the save failed
 	err              error
 	released         bool
@@ -404,6 +405,10 @@ func (p *Producer) saveLayer(reqID string, l int, ready *readyMark) error {
 		release()
 		return fmt.Errorf("%w: the handoff of %q already ended (expired or closed)", ErrUnknownRequest, reqID)
 	}
+	if s.failed != nil {
+		release()
+		return fmt.Errorf("request %q: its save already failed: %w", reqID, s.failed)
+	}
 	if l != s.next {
 		release()
 		return fmt.Errorf("%w: request %q: layer %d saved out of order (expected %d)", ErrLayout, reqID, l, s.next)
@@ -466,6 +471,9 @@ func (p *Producer) work(s *save, cache kvCache) {
 	defer close(s.workerDone)
 	fail := func(err error) {
 		s.err = err
+		p.mu.Lock()
+		s.failed = err // later SaveLayer calls say why they are refused
+		p.mu.Unlock()
 		s.payload.Fail(err)
 		<-s.published
 		p.mu.Lock()

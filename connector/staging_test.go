@@ -164,7 +164,7 @@ func TestInterleavedHandoffsShareStagingWithoutDeadlock(t *testing.T) {
 }
 
 // A handoff whose frames can never fit the staging budget fails at once with ErrStagingFull (not at its TTL),
-// and the producer goes on with the next one.
+// the engine's later layers are refused with that cause, and the producer goes on with the next one.
 func TestHandoffLargerThanStagingFailsAtOnce(t *testing.T) {
 	l := smallLayout(8)
 	need := (&save{f: newFraming(&l, 8, 8<<20), path: pathRaw}).stagingNeed(&l)
@@ -186,6 +186,15 @@ func TestHandoffLargerThanStagingFailsAtOnce(t *testing.T) {
 	require.ErrorContains(t, err, "exceeds the whole staging budget")
 	require.False(t, errors.Is(err, context.DeadlineExceeded))
 	require.Less(t, time.Since(t0), 10*time.Second)
+
+	// Layers the engine saves after the failure are refused with its cause, not as a layout error.
+	_, err = p.Begin("big2", all)
+	require.NoError(t, err)
+	require.ErrorIs(t, p.WaitSaved(ctx, "big2"), ErrStagingFull)
+	err = p.SaveLayer("big2", 0)
+	require.ErrorIs(t, err, ErrStagingFull)
+	require.NotErrorIs(t, err, ErrLayout)
+	require.ErrorContains(t, err, "its save already failed")
 
 	h, err := p.Save("small", all[:4])
 	require.NoError(t, err)

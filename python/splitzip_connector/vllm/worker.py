@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from vllm.logger import init_logger
 
-from splitzip_connector.handoff import Consumer, ControlPlane, KVLayout, Producer
+from splitzip_connector.handoff import Consumer, ControlPlane, KVLayout, Producer, endpoint_defaults
 
 from .config import SplitZipConfig, is_latent, mla_shards
 from .groups import plan_groups
@@ -244,6 +244,22 @@ def _find_layout(
     return None
 
 
+def _staging_per_block(layout: KVLayout, frame_header: int = 128) -> int:
+    """Staging a handoff reserves per block before its first frame: the raw bytes of every layer's K and V (MLA:
+    the latent's two halves), and a frame header's share, bounded generously."""
+    return layout.layers * (2 * layout.block_bytes + frame_header)
+
+
+def staging_tokens(layout: KVLayout, staging_bytes: int) -> int:
+    """About the longest prompt whose handoff fits a producer's staging of staging_bytes."""
+    return staging_bytes // _staging_per_block(layout) * layout.block_size
+
+
+def staging_needed(layout: KVLayout, tokens: int) -> int:
+    """Staging that holds the handoff of a prompt of `tokens` tokens."""
+    return -(-tokens // layout.block_size) * _staging_per_block(layout)
+
+
 class SplitZipWorker:
     """Worker-side state of one TP rank."""
 
@@ -310,6 +326,9 @@ class SplitZipWorker:
         self._held: set[str] = set()  # scheduler holds their blocks until we report them sent
         self._staged: set[str] = set()  # every producer staged their layers
         self._staging: dict[str, int] = {}  # request id → producers that have not staged it yet
+        # request id → shards not saved to any more in this step: never opened, or their save failed (the producer
+        # logged why and reports the request as sent, so its blocks are freed); the other shards go on.
+        self._dropped: dict[str, set[int]] = {}
         self._load_blocks: dict[str, list[int]] = {}  # loads in flight → destination blocks
         self._load_errors: set[int] = set()
         self._failed_now: dict[str, list[int]] = {}  # loads that did not even start → their blocks
@@ -367,6 +386,19 @@ class SplitZipWorker:
             self.cache.layout.kv_offset,
             self.cache.layout.fingerprint(),
         )
+        if self.producers:
+            budget = self.cfg.staging_bytes or endpoint_defaults()["staging_bytes"]
+            fits, longest = staging_tokens(self.cache.layout, budget), mc.max_model_len
+            if fits < longest:
+                logger.warning(
+                    "SplitZip: staging_bytes %d holds the handoff of a prompt of up to about %d tokens per rank; a "
+                    "longer prompt's handoff fails at once and the decode engine recomputes or fails it "
+                    "(kv_load_failure_policy). For max_model_len %d set staging_bytes to at least %d.",
+                    budget,
+                    fits,
+                    longest,
+                    staging_needed(self.cache.layout, longest),
+                )
 
     # --- per step ---------------------------------------------------------------------------------------
     def start_load_kv(self, meta: SplitZipConnectorMetadata) -> None:
@@ -394,6 +426,7 @@ class SplitZipWorker:
                     opened += 1
                 except Exception as e:
                     logger.error("SplitZip: request %s: handoff %s shard %d not opened: %s", sv.request_id, sv.handoff_id[:8], shard, e)
+                    self._dropped.setdefault(sv.request_id, set()).add(shard)
             if opened:
                 self._saving[sv.request_id] = 0
                 self._staging[sv.request_id] = opened
@@ -427,16 +460,26 @@ class SplitZipWorker:
             for layer in range(nxt, self.cache.layout.layers):
                 self._save_layer(req_id, layer)
         self._saving.clear()
+        self._dropped.clear()
 
     def _save_layer(self, req_id: str, layer: int) -> None:
-        """Queues a layer on every producer: for a GPU cache, after the work queued so far on the engine's
-        current stream (the engine's stream never waits for the encoding)."""
+        """Queues a layer on every producer still saving the request: for a GPU cache, after the work queued so
+        far on the engine's current stream (the engine's stream never waits for the encoding). A producer that
+        refuses it (its save failed: staging too small, the handoff expired) is dropped for the request, and
+        the engine's step goes on."""
         stream = torch.cuda.current_stream(self._device).cuda_stream if self._device is not None else None
-        for p in self.producers.values():
-            if stream is not None:
-                p.save_layer_after(req_id, layer, stream)
-            else:
-                p.save_layer(req_id, layer)
+        dropped = self._dropped.get(req_id, ())
+        for shard, p in self.producers.items():
+            if shard in dropped:
+                continue
+            try:
+                if stream is not None:
+                    p.save_layer_after(req_id, layer, stream)
+                else:
+                    p.save_layer(req_id, layer)
+            except Exception as e:
+                logger.warning("SplitZip: request %s shard %d: layers from %d on not saved: %s", req_id, shard, layer, e)
+                self._dropped.setdefault(req_id, set()).add(shard)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         """(finished sending, finished receiving); failed loads count as received, their blocks are reported by

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -260,6 +261,26 @@ def test_load_failure_policies(engines, policy):
     assert_no_leaks(D)
     fails = sum(s.reduce()["failures"] for s in D.stats)
     assert fails == 1
+
+
+def test_staging_too_small_fails_the_handoff_not_the_engine(engines, caplog):
+    """A prefill engine whose staging cannot hold a handoff warns at start-up, and its handoffs fail at once:
+    its steps go on, the blocks return to the pool, and the decode engine recomputes (policy recompute)."""
+    P = engines("kv_producer", extra={"staging_bytes": 4096})
+    assert "staging_bytes 4096 holds the handoff of a prompt of up to about 0 tokens" in caplog.text
+    assert re.search(r"For max_model_len \d+ set staging_bytes to at least \d+", caplog.text)
+    D = engines("kv_consumer", policy="recompute")
+    params = prefill(P, PROMPT)
+    P.drain()
+    assert_no_leaks(P)
+    assert any(s.reduce()["failures"] for s in P.stats), "the failed save is counted"
+    r = make_request(PROMPT, max_tokens=3, params=params)
+    D.add(r)
+    D.run_until(lambda: r.request_id in D.finished, timeout=30)
+    assert D.finished[r.request_id] == FinishReason.LENGTH and len(D.outputs[r.request_id]) == 3
+    D.drain()
+    assert_no_leaks(D)
+    assert sum(s.reduce()["failures"] for s in D.stats) == 1
 
 
 def test_only_the_secret_holder_loads(engines):
