@@ -454,11 +454,10 @@ class SplitZipWorker:
     def wait_for_save(self) -> None:
         """Queues the layers save_kv_layer did not see (backends or graphs that skip the per-layer hook);
         never waits for the encoding: the scheduler holds the blocks until get_finished reports them."""
-        if not self._saving or self.cache is None:
-            return
-        for req_id, nxt in self._saving.items():
-            for layer in range(nxt, self.cache.layout.layers):
-                self._save_layer(req_id, layer)
+        if self._saving and self.cache is not None:
+            for req_id, nxt in self._saving.items():
+                for layer in range(nxt, self.cache.layout.layers):
+                    self._save_layer(req_id, layer)
         self._saving.clear()
         self._dropped.clear()
 
