@@ -35,6 +35,16 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.fixture(scope="module")
+def plane():
+    """An in-process control plane (embedded NATS, memory storage) per test module."""
+    from splitzip_connector.handoff import ControlPlane
+
+    p = ControlPlane(storage="memory", namespace="pytest")
+    yield p
+    p.close()
+
+
 @pytest.fixture(scope="session")
 def kv_calibration() -> dict[str, np.ndarray]:
     return read_safetensors(CALIBRATION)

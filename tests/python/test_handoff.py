@@ -29,13 +29,6 @@ from splitzip_connector._binding import ext
 LAYERS, BLOCKS, BS, HEADS, HEAD = 3, 8, 16, 3, 64
 
 
-@pytest.fixture(scope="module")
-def plane():
-    p = ControlPlane(storage="memory", namespace="pytest")
-    yield p
-    p.close()
-
-
 def cache(kv_calibration, tp: int = 1, seed: int = 0) -> tuple[KVLayout, np.ndarray]:
     """[layers, 2, blocks, bs, heads, head] bf16 bits (uint16) filled with real KV rows."""
     rows = np.stack([np.concatenate([kv_calibration[f"layer.{i}.k"], kv_calibration[f"layer.{i}.v"]]) for i in range(LAYERS)])

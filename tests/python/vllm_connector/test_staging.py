@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 
 from splitzip_connector.errors import HandoffBusyError
-from splitzip_connector.handoff import ControlPlane, KVLayout, Producer
+from splitzip_connector.handoff import KVLayout, Producer
 from splitzip_connector.vllm.worker import staging_needed, staging_tokens
 
 LAYERS, BLOCKS, BS, HEADS, HEAD = 4, 8, 16, 3, 64
-
-
-@pytest.fixture(scope="module")
-def plane():
-    p = ControlPlane(storage="memory", namespace="pytest-staging")
-    yield p
-    p.close()
 
 
 def host_cache() -> tuple[KVLayout, np.ndarray]:
