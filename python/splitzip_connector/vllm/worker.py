@@ -245,19 +245,20 @@ def _find_layout(
 
 
 def _staging_per_block(layout: KVLayout, frame_header: int = 128) -> int:
-    """Staging a handoff reserves per block before its first frame: the raw bytes of every layer's K and V (MLA:
-    the latent's two halves), and a frame header's share, bounded generously."""
+    """Staging a handoff reserves per engine block before its first frame: the raw bytes of every layer's K and
+    V (an MLA block: the latents of its two halves), and a frame header's share, bounded generously."""
     return layout.layers * (2 * layout.block_bytes + frame_header)
 
 
-def staging_tokens(layout: KVLayout, staging_bytes: int) -> int:
-    """About the longest prompt whose handoff fits a producer's staging of staging_bytes."""
-    return staging_bytes // _staging_per_block(layout) * layout.block_size
+def staging_tokens(layout: KVLayout, staging_bytes: int, block_size: int) -> int:
+    """About the longest prompt whose handoff fits a producer's staging of staging_bytes (block_size: the
+    engine's, in tokens)."""
+    return staging_bytes // _staging_per_block(layout) * block_size
 
 
-def staging_needed(layout: KVLayout, tokens: int) -> int:
-    """Staging that holds the handoff of a prompt of `tokens` tokens."""
-    return -(-tokens // layout.block_size) * _staging_per_block(layout)
+def staging_needed(layout: KVLayout, tokens: int, block_size: int) -> int:
+    """Staging that holds the handoff of a prompt of `tokens` tokens (block_size: the engine's)."""
+    return -(-tokens // block_size) * _staging_per_block(layout)
 
 
 class SplitZipWorker:
@@ -388,7 +389,8 @@ class SplitZipWorker:
         )
         if self.producers:
             budget = self.cfg.staging_bytes or endpoint_defaults()["staging_bytes"]
-            fits, longest = staging_tokens(self.cache.layout, budget), mc.max_model_len
+            bs = self.vllm_config.cache_config.block_size
+            fits, longest = staging_tokens(self.cache.layout, budget, bs), mc.max_model_len
             if fits < longest:
                 logger.warning(
                     "SplitZip: staging_bytes %d holds the handoff of a prompt of up to about %d tokens per rank; a "
@@ -397,7 +399,7 @@ class SplitZipWorker:
                     budget,
                     fits,
                     longest,
-                    staging_needed(self.cache.layout, longest),
+                    staging_needed(self.cache.layout, longest, bs),
                 )
 
     # --- per step ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The worker's staging estimate (the warning at registration) agrees with what a producer reserves: staging of
-staging_needed(layout, tokens) saves a handoff of that many tokens in every mode, and a budget of the raw bytes
+staging_needed(layout, tokens, block_size) saves a handoff of that many tokens in every mode, and a budget of the raw bytes
 alone, with no room for frame headers, fails it at once."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def host_cache() -> tuple[KVLayout, np.ndarray]:
 def test_estimates_round_trip():
     lay, _ = host_cache()
     for tokens in (16, 100, 128):
-        assert staging_tokens(lay, staging_needed(lay, tokens)) >= tokens
-    assert staging_tokens(lay, staging_needed(lay, 128) - 1) < 128
+        assert staging_tokens(lay, staging_needed(lay, tokens, BS), BS) >= tokens
+    assert staging_tokens(lay, staging_needed(lay, 128, BS) - 1, BS) < 128
 
 
 @pytest.mark.parametrize("opts", [{"bypass": "always"}, {"bypass": "never", "mode": "fast"},
@@ -33,7 +33,7 @@ def test_the_estimate_holds_a_handoff_and_raw_bytes_alone_do_not(plane, opts):
     lay, a = host_cache()
     tokens = BLOCKS * BS
     raw = LAYERS * 2 * BLOCKS * lay.block_bytes
-    for budget, fits in ((staging_needed(lay, tokens), True), (raw, False)):
+    for budget, fits in ((staging_needed(lay, tokens, BS), True), (raw, False)):
         with Producer(plane, f"pre-{opts.get('mode', 'raw')}-{fits}", staging_bytes=budget, **opts) as prod:
             prod.register_host_cache(lay, [a[l].ctypes.data for l in range(LAYERS)], keep_alive=a)
             prod.begin("r", list(range(BLOCKS)))
