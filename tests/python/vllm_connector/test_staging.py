@@ -1,6 +1,6 @@
 """The worker's staging estimate (the warning at registration) agrees with what a producer reserves: staging of
-staging_needed(layout, tokens, block_size) saves a handoff of that many tokens in every mode, and a budget of the raw bytes
-alone, with no room for frame headers, fails it at once."""
+staging_needed(layout, tokens, block_size) saves a handoff of that many tokens in every mode, and a budget of
+the raw bytes alone, with no room for frame headers, fails it at once."""
 
 from __future__ import annotations
 
