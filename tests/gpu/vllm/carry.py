@@ -156,16 +156,48 @@ def plan(streams: list[Path], kit: list[Path], out: Path, budget_bytes: int, max
     return manifests
 
 
+def early(manifests: list[list[Part]], out: Path, budget_bytes: int) -> list[Part]:
+    """Copies into out/carry0 the parts that complete bundles late — the kit files, then the last part of each
+    stream after the first — as many as budget_bytes holds, with their MANIFEST lines. A first call that runs
+    something else (a kernel bench) can carry them beside its own files, so that the kit is complete with vLLM
+    and the model a call sooner. Returns carry0's entries (none: no folder)."""
+    d = out / "carry0"
+    if d.exists():
+        shutil.rmtree(d)
+    flat = [(f, p) for f, parts in enumerate(manifests, 1) for p in parts]
+    first_stream = next((p.bundle for _, p in flat if not p.bundle.startswith("kit-")), None)
+    wanted = [(f, p) for f, p in flat if p.bundle.startswith("kit-")]
+    wanted += [(f, p) for f, p in flat
+               if not p.bundle.startswith("kit-") and p.bundle != first_stream and p.index == p.count - 1 and p.count > 1]
+    picked: list[tuple[int, Part]] = []
+    used = 0
+    for f, p in wanted:
+        if used + p.size <= budget_bytes:
+            picked.append((f, p))
+            used += p.size
+    if not picked:
+        return []
+    d.mkdir(parents=True)
+    for f, p in picked:
+        shutil.copy2(out / f"carry{f}" / p.name, d / p.name)
+    parts = [p for _, p in picked]
+    (d / "MANIFEST").write_text("".join(p.line() + "\n" for p in parts))
+    return parts
+
+
 def completed(manifests: list[list[Part]]) -> list[tuple[list[Part], list[str]]]:
     """Each call's parts beside the bundles its call completes (a step needing them may run from that call
-    on), named by kind: vllm, kit or model."""
-    seen: dict[str, int] = {}
+    on), named by kind: vllm, kit or model. A part carried twice (carry0's copies) counts once."""
+    seen: dict[str, set[int]] = {}
     out = []
     for parts in manifests:
         done = []
         for p in parts:
-            seen[p.bundle] = seen.get(p.bundle, 0) + 1
-            if seen[p.bundle] == p.count:
+            got = seen.setdefault(p.bundle, set())
+            if p.index in got:
+                continue
+            got.add(p.index)
+            if len(got) == p.count:
                 done.append("vllm" if p.bundle.startswith("vllm-") else "kit" if p.bundle.startswith("kit-")
                             else "model" if p.bundle.startswith("smollm2-") else p.bundle)
         out.append((parts, done))
@@ -307,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--budget-bytes", required=True, type=int, help="bytes one call may carry beside the tree")
     p.add_argument("--max-part-bytes", type=int, default=0, help="largest part (0: the budget)")
+    p.add_argument("--early-bytes", type=int, default=0,
+                   help="also fill carry0 with up to this many bytes of late parts, for a first call that runs "
+                        "something else (0: no carry0)")
     p.add_argument("streams", nargs="+", type=Path)
     p.add_argument("--kit", nargs="*", type=Path, default=[])
     s = sub.add_parser("stash")
@@ -319,11 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "plan":
-            for n, (parts, done) in enumerate(completed(plan(a.streams, a.kit, a.out, a.budget_bytes,
-                                                             a.max_part_bytes)), 1):
+            manifests = plan(a.streams, a.kit, a.out, a.budget_bytes, a.max_part_bytes)
+            first = early(manifests, a.out, a.early_bytes) if a.early_bytes else []
+            calls = ([(0, first)] if first else []) + list(enumerate(manifests, 1))
+            for (n, _), (parts, done) in zip(calls, completed([parts for _, parts in calls])):
                 total = sum(p.size for p in parts)
                 names = ", ".join(f"{p.name} ({p.size / MiB:.1f} MiB)" for p in parts)
                 line = f"call {n}: carry .gpu/vllm/carry{n} ({total / MiB:.1f} MiB): {names}"
+                if n == 0:
+                    line += " [optional: beside another command's files, copies of later calls' parts]"
                 print(line + (f"; then complete: {', '.join(done)}" if done else ""))
         elif a.cmd == "stash":
             for n in stash(a.carry_root, a.kit):

@@ -7,6 +7,8 @@
 #   kit/                                the splitzip_connector cp312 wheel, nats-server, the SmolLM2 tokenizer
 #   carry1/, carry2/, …                 the above cut into parts, one folder per device call, each with a
 #                                       MANIFEST (sha256 of every part); PLAN.txt says which call carries which
+#   carry0/                             copies of the parts that complete bundles late (the kit, the model's
+#                                       last part), up to EARLY_MIB, for a first call that runs something else
 #
 # usage: tests/gpu/vllm/pack.sh [all|kit|clean]
 #   all    (default) build what is missing (the streams are kept and reused while the pins below are unchanged),
@@ -15,7 +17,8 @@
 #   clean  remove .gpu/vllm
 #
 # Environment: PY312 (a Python 3.12; default: pyenv's, as `make wheel-gpu` finds it), MARGIN_MIB (room left in
-# each call for the tree to grow, default 3), KEEP_CACHE=1 keeps the downloads. Each call is filled to the limit
+# each call for the tree to grow, default 3), EARLY_MIB (carry0's size, default 24; 0: none), KEEP_CACHE=1 keeps
+# the downloads. Each call is filled to the limit
 # (64 MiB less the tree and the margin), so the parts are as few as they can be; pack.sh kit re-plans them for the
 # tree as it is then.
 set -euo pipefail
@@ -26,6 +29,7 @@ CACHE=$OUT/cache
 STREAMS=$OUT/streams
 KITDIR=$OUT/kit
 MARGIN_MIB=${MARGIN_MIB:-3}
+EARLY_MIB=${EARLY_MIB:-24}
 LIMIT_MIB=64 # what one device call carries: the tree plus the carried paths
 PY312=${PY312:-$(find "$HOME"/.pyenv/versions -maxdepth 3 -path '*/3.12*/bin/python3.12' 2>/dev/null | sort | tail -1)}
 PY312=${PY312:-$(command -v python3.12 || true)}
@@ -163,7 +167,8 @@ plan() {
   say "the tree travels with every call: $(mib "$tree"); each call may carry $(mib "$budget") beside it"
   mapfile -t streams < <(find "$STREAMS" -name 'vllm-*.tar.xz'; find "$STREAMS" -name 'smollm2-*.gguf.xz')
   [ ${#streams[@]} = 2 ] || die "streams missing in $STREAMS (run pack.sh all)"
-  "$PY312" tests/gpu/vllm/carry.py plan --out "$OUT" --budget-bytes "$budget" "${streams[@]}" --kit "$KITDIR"/* |
+  "$PY312" tests/gpu/vllm/carry.py plan --out "$OUT" --budget-bytes "$budget" --early-bytes $((EARLY_MIB * 1048576)) \
+    "${streams[@]}" --kit "$KITDIR"/* |
     tee "$OUT/PLAN.txt"
   (cd "$OUT" && sha256sum carry*/* >SHA256SUMS)
   say "manifest: $OUT/SHA256SUMS; plan: $OUT/PLAN.txt"

@@ -13,6 +13,7 @@ import json
 import lzma
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -427,6 +428,36 @@ def test_carry_plan_stash_unpack_round_trip(tmp_path):
     (bad / d.name / first.name).write_bytes(bytes(data))
     with pytest.raises(carry.CarryError, match="sha256"):
         carry.stash(bad, tmp_path / "kit2")
+
+
+def test_carry0_takes_late_parts_and_completes_bundles_sooner(tmp_path):
+    v = tmp_path / "vllm-x.tar.xz"
+    v.write_bytes(os.urandom(1000))
+    g = tmp_path / "smollm2-y.gguf.xz"
+    g.write_bytes(os.urandom(700))
+    k = tmp_path / "nats-server.xz"
+    k.write_bytes(os.urandom(95))
+    out = tmp_path / "o"
+    ms = carry.plan([v, g], [k], out, budget_bytes=600, min_part_bytes=10)
+    # call 1: v.00; call 2: v.01, nats, g.00; call 3: g.01 (595 bytes) — the kit with vLLM, the model a call later
+    first = carry.early(ms, out, budget_bytes=700)
+    assert [p.name for p in first] == ["nats-server.xz", "smollm2-y.gguf.xz.01"]
+    assert carry.read_manifest(out / "carry0" / "MANIFEST") == first
+    for p in first:
+        assert (out / "carry0" / p.name).read_bytes() == next(out.glob(f"carry[1-9]/{p.name}")).read_bytes()
+    done = carry.completed([first, *ms])
+    assert [d for _, d in done] == [["kit"], [], ["vllm", "model"], []], "copies count once"
+    assert carry.early(ms, out, budget_bytes=50) == [] and not (out / "carry0").exists(), "nothing fits: no folder"
+    assert [p.name for p in carry.early(ms, out, budget_bytes=100)] == ["nats-server.xz"]
+
+    # on the machine, carry0 then the folders in order install everything
+    kitdir = tmp_path / "kit"
+    for d in ["carry0", "carry1", "carry2", "carry3"]:
+        view = tmp_path / f"view-{d}"
+        shutil.copytree(out / d, view / d)
+        carry.stash(view, kitdir)
+    assert {b: v["have"] for b, v in carry.status(kitdir).items()} == {
+        "vllm-x.tar.xz": [0, 1], "smollm2-y.gguf.xz": [0, 1], next(b for b in carry.status(kitdir) if b.startswith("kit-")): [0]}
 
 
 def test_carry_plan_bounds_parts_and_refuses_what_cannot_fit(tmp_path):
