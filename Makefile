@@ -65,7 +65,7 @@ soak:
 # consumer killed, bits flipped in transit, the cluster restarted and handoffs expired. Each prints its counts.
 # The full benchmark: bin/splitzip bench scale.
 scale: $(NATS_SERVER)
-	$(GO) test -count=1 -v -run '^(TestScaleShort|TestFault.*)$$' ./internal/scale
+	$(GO) test -count=1 -v -run '^(TestScaleShort|TestScaleStagingPressure|TestFault.*)$$' ./internal/scale
 
 # Producer, consumer and NATS in separate network namespaces, the link shaped with tc (skips, saying why, where
 # the machine does not allow namespaces).

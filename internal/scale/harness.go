@@ -20,11 +20,12 @@ import (
 
 // Config is one deployment: the cluster, the engines, and the handoffs between them.
 type Config struct {
-	Producers, Consumers int // engine processes (default 4 and 4)
-	Nodes, Replicas      int // nats-server processes, and JetStream replicas of the buckets (default 3, 3)
-	InFlight             int // handoffs the router keeps in flight (default 64)
-	Tokens               int // tokens per handoff, a multiple of 16 (default 256)
-	ProducerBlocks       int // blocks per layer of each producer's cache (default: enough for 8 handoffs)
+	Producers, Consumers int   // engine processes (default 4 and 4)
+	Nodes, Replicas      int   // nats-server processes, and JetStream replicas of the buckets (default 3, 3)
+	InFlight             int   // handoffs the router keeps in flight (default 64)
+	Tokens               int   // tokens per handoff, a multiple of 16 (default 256)
+	ProducerBlocks       int   // blocks per layer of each producer's cache (default: enough for 8 handoffs)
+	StagingBytes         int64 // each producer's staging (default 1 GiB)
 
 	HandoffTTL  time.Duration // producers' TTL of unclaimed handoffs, and the records' (default 60 s)
 	LoadTimeout time.Duration // consumers' bound of one load (default 60 s)
@@ -122,7 +123,8 @@ func Start(ctx context.Context, cfg Config) (*Harness, error) {
 	}
 	cfg.Log("cluster: %d nats-server nodes (%s), JetStream R%d", cfg.Nodes, h.Cluster.URL(), cfg.Replicas)
 	base := WorkerConfig{NATS: h.Cluster.URL(), Replicas: cfg.Replicas, Fixture: cfg.Fixture, HandoffTTL: cfg.HandoffTTL,
-		LoadTimeout: cfg.LoadTimeout, RecordWait: cfg.RecordWait, IOTimeout: cfg.IOTimeout, LogLevel: cfg.WorkerLog}
+		LoadTimeout: cfg.LoadTimeout, RecordWait: cfg.RecordWait, IOTimeout: cfg.IOTimeout, LogLevel: cfg.WorkerLog,
+		StagingBytes: cfg.StagingBytes}
 	// The first worker creates the buckets (with the replicas asked for); the others find them.
 	start := func(wc WorkerConfig) (*proc, error) {
 		p, err := startProc(ctx, cfg, wc)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/internal/natstest"
 	"github.com/stretchr/testify/require"
 )
@@ -124,6 +125,30 @@ func TestScaleShort(t *testing.T) {
 	fmt.Print(Table(figs))
 	require.Greater(t, figs[1].WireGB*1.2, 0.0)
 	require.Less(t, figs[1].WireGB, figs[1].GB/1.2, "compressed handoffs put less on the wire")
+}
+
+// Each producer has staging for two and a half handoffs while sixteen of its handoffs are in flight: handoffs
+// wait for staging in turn, and every one arrives, none expiring (a per-frame wait for staging had handoffs
+// each holding part of it and waiting for one another until their TTL).
+func TestScaleStagingPressure(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HandoffTTL = 20 * time.Second
+	l := Layout(cfg.Tokens / BlockTokens)
+	handoff := int64(l.Layers) * (2*int64(cfg.Tokens/BlockTokens)*l.BlockBytes() + codec.HeaderSize)
+	cfg.StagingBytes = handoff * 5 / 2
+	h, ctx := start(t, cfg)
+	res, err := h.Run(ctx, Phase{Name: "staging for 2.5 handoffs", Mode: "raw", Count: 320})
+	require.NoError(t, err)
+	report(t, res)
+	c := Count(res.Records, nil)
+	require.Equal(t, len(res.Records), c.Done, "every handoff done: %v", c)
+	var expired int64
+	for _, s := range h.ProducerStats(ctx) {
+		require.NotNil(t, s)
+		expired += s.Expired
+	}
+	fmt.Printf("  staging of %d bytes a producer (a handoff takes %d): %d handoffs expired\n", cfg.StagingBytes, handoff, expired)
+	require.Zero(t, expired, "handoffs expired waiting for staging")
 }
 
 // A NATS node dies (SIGKILL) under load: handoffs go on through the other two (R3 buckets).

@@ -2,6 +2,7 @@ package scale
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -22,26 +23,28 @@ import (
 // WorkerConfig is one engine process: a producer (prefill) or a consumer (decode) with its own KV cache and its
 // own connection to the cluster.
 type WorkerConfig struct {
-	Role        string        // "producer" or "consumer"
-	Index       int           // its number among its role's processes
-	NATS        string        // the cluster's client URLs
-	Replicas    int           // JetStream replicas of the buckets
-	Fixture     string        // real KV to fill caches from (producers) and check loads against (consumers)
-	Blocks      int           // blocks per layer of its KV cache
-	HandoffTTL  time.Duration // producers: how long an unclaimed handoff lives; the plane's record TTL too
-	LoadTimeout time.Duration // consumers: bound of one load
-	RecordWait  time.Duration // consumers: wait for a handoff's record
-	Listen      string        // producers: payload listen address
-	Advertise   string        // producers: the address consumers dial (a proxy's, in the bit-flip test)
-	IOTimeout   time.Duration // the transport's I/O timeout (how soon a dead peer is noticed)
-	LogLevel    string        // slog level of the worker's log (stderr): debug, info, warn, error
+	Role         string        // "producer" or "consumer"
+	Index        int           // its number among its role's processes
+	NATS         string        // the cluster's client URLs
+	Replicas     int           // JetStream replicas of the buckets
+	Fixture      string        // real KV to fill caches from (producers) and check loads against (consumers)
+	Blocks       int           // blocks per layer of its KV cache
+	HandoffTTL   time.Duration // producers: how long an unclaimed handoff lives; the plane's record TTL too
+	LoadTimeout  time.Duration // consumers: bound of one load
+	RecordWait   time.Duration // consumers: wait for a handoff's record
+	Listen       string        // producers: payload listen address
+	Advertise    string        // producers: the address consumers dial (a proxy's, in the bit-flip test)
+	IOTimeout    time.Duration // the transport's I/O timeout (how soon a dead peer is noticed)
+	LogLevel     string        // slog level of the worker's log (stderr): debug, info, warn, error
+	StagingBytes int64         // producers: staging memory (0: 1 GiB)
 }
 
 func (c WorkerConfig) args() []string {
 	return []string{"-role", c.Role, "-index", fmt.Sprint(c.Index), "-nats", c.NATS, "-replicas", fmt.Sprint(c.Replicas),
 		"-fixture", c.Fixture, "-blocks", fmt.Sprint(c.Blocks), "-handoff-ttl", c.HandoffTTL.String(),
 		"-load-timeout", c.LoadTimeout.String(), "-record-wait", c.RecordWait.String(), "-listen", c.Listen,
-		"-advertise", c.Advertise, "-io-timeout", c.IOTimeout.String(), "-log", c.LogLevel}
+		"-advertise", c.Advertise, "-io-timeout", c.IOTimeout.String(), "-log", c.LogLevel,
+		"-staging", fmt.Sprint(c.StagingBytes)}
 }
 
 func parseWorkerConfig(args []string) (WorkerConfig, error) {
@@ -60,6 +63,7 @@ func parseWorkerConfig(args []string) (WorkerConfig, error) {
 	fs.StringVar(&c.Advertise, "advertise", "", "advertised payload address")
 	fs.DurationVar(&c.IOTimeout, "io-timeout", 0, "transport I/O timeout (0: the transport's)")
 	fs.StringVar(&c.LogLevel, "log", "warn", "log level")
+	fs.Int64Var(&c.StagingBytes, "staging", 0, "producers' staging bytes (0: 1 GiB)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -148,7 +152,7 @@ func RunWorker(args []string, in io.Reader, out io.Writer) error {
 	if cfg.Role == "producer" {
 		w.cache.fillAll(fix, cfg.Index)
 		opts = append(opts, connector.WithHandoffTTL(cfg.HandoffTTL), connector.WithListenAddr(cfg.Listen),
-			connector.WithStagingBytes(1<<30), connector.WithTransport(transport.WithMaxTransfers(1024)))
+			connector.WithStagingBytes(cmp.Or(cfg.StagingBytes, 1<<30)), connector.WithTransport(transport.WithMaxTransfers(1024)))
 		if cfg.Advertise != "" {
 			opts = append(opts, connector.WithAdvertiseAddr(cfg.Advertise))
 		}
