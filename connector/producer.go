@@ -65,6 +65,11 @@ type ProducerStats struct {
 	Expired int64
 	// ConsumerFailed counts the consumers' notices of failed loads (also in Failed).
 	ConsumerFailed int64
+	// StagingWaits counts handoffs that waited for staging before their first frame (the budget was spent or
+	// earlier handoffs were in line), and StagingWait sums those waits: backpressure from the link or the
+	// consumers, or a budget too small for the load.
+	StagingWaits int64
+	StagingWait  time.Duration
 	// Handoffs by path: raw frames, fast-mode frames, high-ratio frames (they add up to Handoffs).
 	RawHandoffs, FastHandoffs, HighRatioHandoffs int64
 	RawBytes, EncodedBytes                       int64
@@ -501,7 +506,20 @@ func (p *Producer) work(s *save, cache kvCache) {
 	}()
 	// All of the handoff's staging before its first frame, and before the saver's own resources: a handoff
 	// waits for staging holding nothing (staging's doc says why).
-	res, err := p.staging.reserve(s.ctx, s.ticket, s.stagingNeed(cache.kvLayout()))
+	need := s.stagingNeed(cache.kvLayout())
+	t0 := time.Now()
+	res, waited, err := p.staging.reserve(s.ctx, s.ticket, need)
+	if waited {
+		d := time.Since(t0)
+		p.mu.Lock()
+		p.stats.StagingWaits++
+		p.stats.StagingWait += d
+		p.mu.Unlock()
+		if d >= stagingWaitLog {
+			p.log.Info("handoff waited for staging", "request", s.reqID, "handoff", shortID(s.handoffID),
+				"wait", d.Round(time.Millisecond), "bytes", need, "budget", p.o.StagingBytes)
+		}
+	}
 	if err != nil {
 		fail(fmt.Errorf("request %q: %w", s.reqID, err))
 		return
@@ -555,6 +573,9 @@ func (p *Producer) work(s *save, cache kvCache) {
 	close(s.staged)
 	p.finishSending(s, nil)
 }
+
+// stagingWaitLog is the wait for staging from which a handoff's wait is logged (shorter ones are only counted).
+const stagingWaitLog = time.Second
 
 const (
 	// recordPublishWait bounds the publish of a shard record, retries included.

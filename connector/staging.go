@@ -53,9 +53,9 @@ func (s *staging) ticket() uint64 {
 }
 
 // reserve sets aside n bytes for the handoff holding ticket me, waiting while earlier tickets are in line or the
-// budget is spent. It fails at once for more than the whole budget, and when ctx ends or the staging closes;
-// either way the ticket leaves the line.
-func (s *staging) reserve(ctx context.Context, me uint64, n int64) (*reservation, error) {
+// budget is spent; waited says whether it had to. It fails at once for more than the whole budget, and when ctx
+// ends or the staging closes; either way the ticket leaves the line.
+func (s *staging) reserve(ctx context.Context, me uint64, n int64) (r *reservation, waited bool, err error) {
 	stop := context.AfterFunc(ctx, func() {
 		s.mu.Lock()
 		s.cond.Broadcast()
@@ -70,28 +70,29 @@ func (s *staging) reserve(ctx context.Context, me uint64, n int64) (*reservation
 	}
 	if n > s.budget {
 		leave()
-		return nil, fmt.Errorf("%w: a handoff of %d bytes of frames exceeds the whole staging budget of %d bytes; raise it (staging_bytes)",
+		return nil, false, fmt.Errorf("%w: a handoff of %d bytes of frames exceeds the whole staging budget of %d bytes; raise it (staging_bytes)",
 			ErrStagingFull, n, s.budget)
 	}
 	for {
 		if s.closed {
 			leave()
-			return nil, ErrClosed
+			return nil, waited, ErrClosed
 		}
 		if err := ctx.Err(); err != nil {
 			leave()
-			return nil, fmt.Errorf("%w: waited for %d bytes (%d of %d in use, %d handoffs waiting): %w",
+			return nil, waited, fmt.Errorf("%w: waited for %d bytes (%d of %d in use, %d handoffs waiting): %w",
 				ErrStagingFull, n, s.used, s.budget, len(s.queue)-1, err)
 		}
 		if s.queue[0] == me && s.used+n <= s.budget {
 			break
 		}
+		waited = true
 		s.cond.Wait()
 	}
 	s.queue = s.queue[1:]
 	s.used += n
 	s.cond.Broadcast()
-	return &reservation{s: s, left: n}, nil
+	return &reservation{s: s, left: n}, waited, nil
 }
 
 // take returns a buffer of length n out of the reservation; it never waits.

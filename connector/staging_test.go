@@ -15,7 +15,7 @@ import (
 func reserveAsync(ctx context.Context, s *staging, t uint64, n int64) <-chan any {
 	ch := make(chan any, 1)
 	go func() {
-		r, err := s.reserve(ctx, t, n)
+		r, _, err := s.reserve(ctx, t, n)
 		if err != nil {
 			ch <- err
 			return
@@ -51,8 +51,9 @@ func requireGranted(t *testing.T, ch <-chan any, what string) *reservation {
 func TestStagingReservesInOrder(t *testing.T) {
 	ctx := context.Background()
 	s := newStaging(100)
-	a, err := s.reserve(ctx, s.ticket(), 60)
+	a, waited, err := s.reserve(ctx, s.ticket(), 60)
 	require.NoError(t, err)
+	require.False(t, waited, "the budget was free")
 	b := reserveAsync(ctx, s, s.ticket(), 60)
 	requireWaiting(t, b, "60 bytes while 60 of 100 are reserved")
 	c := reserveAsync(ctx, s, s.ticket(), 30)
@@ -79,14 +80,14 @@ func TestStagingReservesInOrder(t *testing.T) {
 // leaves the line: neither holds up those behind it.
 func TestStagingReservationsThatFailLeaveTheLine(t *testing.T) {
 	s := newStaging(100)
-	held, err := s.reserve(context.Background(), s.ticket(), 80)
+	held, _, err := s.reserve(context.Background(), s.ticket(), 80)
 	require.NoError(t, err)
 
 	big := s.ticket()
 	ctx, cancel := context.WithCancel(context.Background())
 	gaveUp := reserveAsync(ctx, s, s.ticket(), 50)
 	next := reserveAsync(context.Background(), s, s.ticket(), 10)
-	_, err = s.reserve(context.Background(), big, 101)
+	_, _, err = s.reserve(context.Background(), big, 101)
 	require.ErrorIs(t, err, ErrStagingFull)
 	require.ErrorContains(t, err, "exceeds the whole staging budget of 100 bytes")
 	requireWaiting(t, next, "behind a waiting reservation")
@@ -103,7 +104,7 @@ func TestStagingReservationsThatFailLeaveTheLine(t *testing.T) {
 
 	closing := s.ticket()
 	s.close()
-	_, err = s.reserve(context.Background(), closing, 1)
+	_, _, err = s.reserve(context.Background(), closing, 1)
 	require.ErrorIs(t, err, ErrClosed)
 }
 
@@ -159,7 +160,10 @@ func TestInterleavedHandoffsShareStagingWithoutDeadlock(t *testing.T) {
 		}
 		requireSameBlocks(t, src, blocks[req], dst, blocks[req])
 	}
-	require.Zero(t, p.Stats().Expired, "handoffs expired")
+	st := p.Stats()
+	require.Zero(t, st.Expired, "handoffs expired")
+	require.EqualValues(t, 1, st.StagingWaits, "the second handoff waited for the first one's staging")
+	require.Positive(t, st.StagingWait)
 	require.Eventually(t, func() bool { return p.InFlight() == 0 && p.StagingInUse() == 0 }, 10*time.Second, 5*time.Millisecond)
 }
 

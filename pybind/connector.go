@@ -601,6 +601,7 @@ func ProducerStats(h int) (string, error) {
 		"escapes": s.Escapes, "elements": s.Elements, "encode_s": s.EncodeTime.Seconds(), "copy_s": s.CopyTime.Seconds(),
 		"staging_in_use": p.StagingInUse(), "in_flight": p.InFlight(),
 		"expired": s.Expired, "consumer_failed": s.ConsumerFailed, "complete_publish_failed": s.CompletePublishFailed,
+		"staging_waits": s.StagingWaits, "staging_wait_s": s.StagingWait.Seconds(),
 	}
 	addRuntime(m)
 	return toJSON(m)

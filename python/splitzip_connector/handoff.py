@@ -352,8 +352,10 @@ class Producer:
         return json.loads(_call(ext.pybind_ProducerFinishedSending, self._h))
 
     def stats(self) -> dict[str, float]:
-        """Running totals: handoffs, failed, raw_handoffs, raw_bytes, encoded_bytes, escapes, elements,
-        encode_s, staging_in_use, in_flight."""
+        """Running totals: handoffs, failed, raw_handoffs, fast_handoffs, high_ratio_handoffs, raw_bytes,
+        encoded_bytes, escapes, elements, encode_s, copy_s, expired, consumer_failed, complete_publish_failed,
+        staging_waits, staging_wait_s (handoffs that waited for staging, and how long in all); and now:
+        staging_in_use, in_flight, go_heap_bytes, goroutines."""
         return json.loads(_call(ext.pybind_ProducerStats, self._h))
 
     def close(self) -> None:

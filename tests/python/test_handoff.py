@@ -225,6 +225,7 @@ def test_set_bypass_and_mode_take_each_path(plane, kv_calibration):
             assert np.array_equal(a[:, :, src], b[:, :, dst]), mode
         st = prod.stats()
         assert (st["raw_handoffs"], st["fast_handoffs"], st["high_ratio_handoffs"]) == (1, 1, 1)
+        assert (st["staging_waits"], st["staging_wait_s"]) == (0, 0), "one handoff at a time never waits for staging"
         with pytest.raises(SplitZipError) as ei:
             prod.set_mode("fastest")
         assert ei.value.kind == "option"

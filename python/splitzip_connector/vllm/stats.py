@@ -19,7 +19,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
 )
 
 # Counters summed over workers. Producer side: handoffs saved, by frames (raw: bypass, fast, high-ratio: what auto
-# chose), bytes before and after
+# chose), handoffs that waited for staging and the seconds they waited, bytes before and after
 # compression, escaped and total elements, encode seconds. Consumer side: loads, bytes on the wire and after
 # decoding, fetch (transfer) and decode seconds. Both: failures. Besides these, failed loads by kind, under
 # KIND_PREFIX + the Go connector's name for the kind (corrupt, expired, producer, access, …: connector.FailureKind),
@@ -30,6 +30,8 @@ FIELDS = (
     "raw_saves",
     "fast_saves",
     "high_ratio_saves",
+    "staging_waits",
+    "staging_wait_s",
     "raw_bytes",
     "encoded_bytes",
     "escapes",
@@ -91,6 +93,11 @@ class SplitZipStats(KVConnectorStats):
             "decode_ms": round(1e3 * d["decode_s"], 2),
             **{f"failed_{k}": n for k, n in self.failures_by_kind().items()},
             **self.saves_by_mode(),
+            **(
+                {"staging_waits": int(d["staging_waits"]), "staging_wait_ms": round(1e3 * d["staging_wait_s"], 2)}
+                if d["staging_waits"]
+                else {}
+            ),
         }
 
     def saves_by_mode(self) -> dict[str, int]:
@@ -110,6 +117,8 @@ class Deltas:
         "raw_handoffs": "raw_saves",
         "fast_handoffs": "fast_saves",
         "high_ratio_handoffs": "high_ratio_saves",
+        "staging_waits": "staging_waits",
+        "staging_wait_s": "staging_wait_s",
         "raw_bytes": "raw_bytes",
         "encoded_bytes": "encoded_bytes",
         "escapes": "escapes",
@@ -148,6 +157,7 @@ class Deltas:
 class SplitZipPromMetrics(KVConnectorPromMetrics):
     """Prometheus counters: vllm:splitzip_{raw,encoded,wire}_bytes_total, vllm:splitzip_escapes_total,
     vllm:splitzip_elements_total, vllm:splitzip_{encode,transfer,decode}_seconds_total,
+    vllm:splitzip_staging_waits_total, vllm:splitzip_staging_wait_seconds_total,
     vllm:splitzip_{saves,loads,failures}_total, vllm:splitzip_load_failures_total with a label "kind"
     (the Go connector's failure kinds: corrupt, expired, producer, access, …), and
     vllm:splitzip_saves_by_mode_total with a label "mode" (raw, fast, high-ratio: the frames each save sent)."""
@@ -162,6 +172,8 @@ class SplitZipPromMetrics(KVConnectorPromMetrics):
         "fetch_s": ("vllm:splitzip_transfer_seconds", "Seconds spent transferring"),
         "decode_s": ("vllm:splitzip_decode_seconds", "Seconds spent decompressing"),
         "saves": ("vllm:splitzip_saves", "Handoffs saved"),
+        "staging_waits": ("vllm:splitzip_staging_waits", "Handoffs that waited for staging memory"),
+        "staging_wait_s": ("vllm:splitzip_staging_wait_seconds", "Seconds handoffs waited for staging memory"),
         "loads": ("vllm:splitzip_loads", "Handoffs loaded"),
     }
 

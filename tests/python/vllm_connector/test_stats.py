@@ -61,6 +61,26 @@ def producer_stats(raw: int, fast: int, high_ratio: int) -> dict:
             "high_ratio_handoffs": high_ratio, "raw_bytes": 1000, "encoded_bytes": 700}
 
 
+def test_staging_waits_in_the_summary_and_prometheus():
+    """Backpressure is visible: handoffs that waited for staging, and how long, only in intervals that had any."""
+    d = Deltas()
+    quiet = d.take(producer_stats(0, 1, 0), None)
+    assert "staging_waits" not in quiet.reduce()
+    busy = d.take(dict(producer_stats(0, 3, 0), staging_waits=2, staging_wait_s=1.5), None)
+    s = busy.reduce()
+    assert (s["staging_waits"], s["staging_wait_ms"]) == (2, 1500.0)
+    registry = prometheus_client.CollectorRegistry()
+
+    def counter(*args, **kw):
+        return prometheus_client.Counter(*args, registry=registry, **kw)
+
+    types_ = {Counter: counter, Gauge: prometheus_client.Gauge, Histogram: prometheus_client.Histogram}
+    m = SplitZipPromMetrics(types.SimpleNamespace(kv_transfer_config=None), types_, ["engine"], {0: ["0"]})
+    m.observe(busy.data)
+    assert registry.get_sample_value("vllm:splitzip_staging_waits_total", {"engine": "0"}) == 2
+    assert registry.get_sample_value("vllm:splitzip_staging_wait_seconds_total", {"engine": "0"}) == 1.5
+
+
 def test_saves_by_mode_in_the_summary_and_prometheus():
     """What auto chose is visible: saves by the frames they sent, per interval, in the log line and Prometheus."""
     d = Deltas()
