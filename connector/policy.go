@@ -20,7 +20,8 @@ import (
 // path by decoding its first frames itself (the consumer runs the same codec; GPU caches take dec = enc, the
 // kernels being alike both ways). The link is the configured rate (WithLinkRate, else the transport's rate
 // limit) or, failing both, measured from finished transfers: a transfer that took clearly longer than its
-// codec stages was bound by the wire and measures it; one that was not only bounds it from below.
+// codec stages was bound by the wire and measures it; one that was not only bounds it from below. A handoff
+// that waited for staging measures neither the link nor its path (its consumer may have waited on the line).
 //
 // What the model leaves out (CPU shared between codec and network stack, a slower consumer, the engine's
 // pacing) shows as a difference between predicted and measured handoff times: each path keeps the ratio of

@@ -109,6 +109,7 @@ type save struct {
 	crcs             []uint32
 	rawBytes         uint64
 	ticket           uint64        // the save's place in line for staging
+	queued           bool          // it waited for staging (under Producer.mu): its times measure the line
 	failed           error         // why the save failed (under Producer.mu), once it has
 	staged           chan struct{} // closed when every layer is staged, or the save failed
 	err              error
@@ -512,6 +513,7 @@ func (p *Producer) work(s *save, cache kvCache) {
 	if waited {
 		d := time.Since(t0)
 		p.mu.Lock()
+		s.queued = true
 		p.stats.StagingWaits++
 		p.stats.StagingWait += d
 		p.mu.Unlock()
@@ -844,6 +846,12 @@ func (p *Producer) onTransfer(st transport.Stats) {
 	}
 	if len(p.fetched) >= maxFetched {
 		clear(p.fetched) // consumers that send no notices: measurements lost, memory bounded
+	}
+	if s.queued {
+		// Its consumer may have waited for frames while the handoff waited for staging: its times measure the
+		// producer's backlog, not the link or the path, so auto learns nothing from it.
+		p.mu.Unlock()
+		return
 	}
 	// The transfer ended, so every frame was staged: s.rawBytes is final.
 	f := fetched{path: s.path, rawBytes: int64(s.rawBytes), frameBytes: p.cache.kvLayout().layerRawBytes(s.f.per),

@@ -278,3 +278,30 @@ func seq(n int) []int {
 	}
 	return s
 }
+
+// A handoff that waited for staging teaches auto nothing: its consumer dialled before its frames could be staged,
+// so its transfer time is the producer's backlog, not the link's speed.
+func TestHandoffThatWaitedForStagingDoesNotMeasureTheLink(t *testing.T) {
+	const ttl = 2 * time.Second
+	l := smallLayout(8)
+	need := (&save{f: newFraming(&l, 4, 8<<20), path: pathRaw}).stagingNeed(&l)
+	plane := startPlane(t)
+	p, c := newPair(t, plane, []Option{WithBypass(BypassAlways), WithStagingBytes(need), WithHandoffTTL(ttl)}, nil)
+	src := newTestCache(t, l, true, 0)
+	dst := newTestCache(t, l, false, 0)
+	require.NoError(t, p.RegisterHostCache(l, src.bases))
+	require.NoError(t, c.RegisterHostCache(l, dst.bases))
+
+	_, err := p.Save("unclaimed", []int{0, 1, 2, 3}) // holds all the staging until it expires
+	require.NoError(t, err)
+	time.Sleep(ttl / 2)
+	h, err := p.Save("queued", []int{4, 5, 6, 7})
+	require.NoError(t, err)
+	require.NoError(t, c.Load("queued", h, []int{4, 5, 6, 7}))
+	require.NoError(t, waitLoad(t, c, "queued"))
+	requireSameBlocks(t, src, []int{4, 5, 6, 7}, dst, []int{4, 5, 6, 7})
+	st := p.Stats()
+	require.EqualValues(t, 1, st.StagingWaits)
+	require.EqualValues(t, 1, st.Expired)
+	require.Zero(t, p.Estimates().Link, "the only transfer waited for staging: the link is still unknown")
+}
