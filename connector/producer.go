@@ -252,7 +252,8 @@ func (p *Producer) register(c kvCache) error {
 func NewHandoffID() string { return newHandoffID() }
 
 // Save hands off a whole request: Begin, every layer, and returns once the save is under way (the layers are
-// encoded in the background; WaitSaved waits for them).
+// encoded in the background; WaitSaved waits for them). A save that fails before every layer is queued (a
+// handoff larger than the staging budget) returns its error beside the handoff, which consumers then see fail.
 func (p *Producer) Save(reqID string, blocks []int) (Handoff, error) {
 	return p.begin(reqID, "", "", blocks, true)
 }
@@ -300,7 +301,7 @@ func (p *Producer) begin(reqID, handoffID, secret string, blocks []int, all bool
 	var saveErr error
 	if all {
 		for l := range s.f.layers {
-			if saveErr = p.SaveLayer(reqID, l); saveErr != nil { // only a release (expiry, Close) refuses these
+			if saveErr = p.SaveLayer(reqID, l); saveErr != nil { // a release (expiry, Close) or a failed save refuses these
 				break
 			}
 		}
