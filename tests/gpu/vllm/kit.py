@@ -19,6 +19,9 @@ Steps:
             link: TTFT p50/p99 and throughput
   failure   the prefill engine killed with a handoff in flight: the decode engine recomputes (or fails the
             request cleanly), keeps serving, and leaks no GPU memory
+  nixl      vLLM's own NixlConnector (raw KV, GPU to GPU over UCX) against SplitZipConnector over its NIXL
+            transport (raw and compressed frames), same model, engine flags and prompts, unshaped: TTFT, transfer
+            time and throughput, CPU seconds per GB of KV of the prefill and decode engines
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -176,7 +180,8 @@ def get_text(url: str, timeout: float = 10) -> str:
 
 def stream(url: str, body: dict, timeout: float = 240) -> dict:
     """A streamed completion: seconds to the first token and to the end, token ids, text, the last finish_reason
-    the choices gave, error (an error chunk, an HTTP error, or finish_reason "error")."""
+    the choices gave, error (an error chunk, an HTTP error, or finish_reason "error"), and usage (the last usage
+    chunk's, sent when the body asks for it with stream_options include_usage; None otherwise)."""
     b = dict(body, stream=True, return_token_ids=True)
     req = urllib.request.Request(url, json.dumps(b).encode(), {"Content-Type": "application/json"})
     t0 = time.perf_counter()
@@ -185,6 +190,7 @@ def stream(url: str, body: dict, timeout: float = 240) -> dict:
     text: list[str] = []
     err = ""
     finish = None
+    usage = None
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             for line in r:
@@ -195,6 +201,7 @@ def stream(url: str, body: dict, timeout: float = 240) -> dict:
                 if "error" in chunk:
                     err = json.dumps(chunk["error"])[:500]
                     break
+                usage = chunk.get("usage") or usage
                 for ch in chunk.get("choices") or []:  # none in a usage-only chunk
                     got = ch.get("token_ids") or []
                     if (got or ch.get("text")) and first is None:
@@ -207,7 +214,7 @@ def stream(url: str, body: dict, timeout: float = 240) -> dict:
     if not err and finish == "error":
         err = 'finish_reason "error"'
     return {"ttft_s": first, "total_s": time.perf_counter() - t0, "token_ids": ids, "text": "".join(text),
-            "finish_reason": finish, "error": err}
+            "finish_reason": finish, "error": err, "usage": usage}
 
 
 def complete(url: str, body: dict, timeout: float = 240) -> dict:
@@ -303,6 +310,20 @@ def pgroup_pids(pgid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes of a process group (/proc/PID/stat fields 14 and 15): an
+    engine's API server and engine core. Read before and after a unit of work, the difference is its CPU."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pgroup_pids(pgid):
+        try:
+            f = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (OSError, ValueError, IndexError):
+            pass  # ended since it was listed
+    return total / tick
+
+
 # ---------------------------------------------------------------------------------------------- processes
 
 
@@ -315,19 +336,30 @@ class Engine:
     policy: str | None = None  # kv_load_failure_policy
     args: list[str] = field(default_factory=list)
     port: int = 0
+    connector: str = "splitzip"  # or "nixl": vLLM's NixlConnector (extra is its kv_connector_extra_config)
+    env: dict = field(default_factory=dict)  # the engine's own environment beyond the step's
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
 
-def kv_transfer_config(role: str, nats_url: str, extra: dict, policy: str | None) -> dict:
-    cfg: dict[str, Any] = {
-        "kv_connector": "SplitZipConnector",
-        "kv_connector_module_path": "splitzip_connector.vllm",
-        "kv_role": role,
-        "kv_connector_extra_config": {"nats_url": nats_url, **extra},
-    }
+def kv_transfer_config(role: str, nats_url: str, extra: dict, policy: str | None, connector: str = "splitzip") -> dict:
+    """--kv-transfer-config of an engine: SplitZipConnector, or vLLM's NixlConnector ("nixl"; vLLM 0.26 takes
+    kv_producer for prefill and kv_consumer for decode engines, and warns that kv_both is deprecated)."""
+    if connector == "nixl":
+        cfg: dict[str, Any] = {"kv_connector": "NixlConnector", "kv_role": role}
+        if extra:
+            cfg["kv_connector_extra_config"] = dict(extra)
+    elif connector == "splitzip":
+        cfg = {
+            "kv_connector": "SplitZipConnector",
+            "kv_connector_module_path": "splitzip_connector.vllm",
+            "kv_role": role,
+            "kv_connector_extra_config": {"nats_url": nats_url, **extra},
+        }
+    else:
+        raise StepError(f"connector {connector!r}: use splitzip or nixl")
     if policy:
         cfg["kv_load_failure_policy"] = policy
     return cfg
@@ -356,7 +388,7 @@ def serve_cmd(e: Engine, nats_url: str) -> list[str]:
     cmd = [sys.executable, *serve, str(e.model), "--host", "127.0.0.1", "--port", str(e.port),
            "--served-model-name", "model", *e.args]
     if e.role:
-        cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config(e.role, nats_url, e.extra, e.policy))]
+        cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config(e.role, nats_url, e.extra, e.policy, e.connector))]
     return cmd
 
 
@@ -455,7 +487,7 @@ class Stack:
             e.port = e.port or free_port()
             self.engines[e.name] = e
             # each engine its own compile cache: engines compiling at once (CUDA graphs) do not share files
-            self.spawn(e.name, serve_cmd(e, self.nats_url), env={"VLLM_CACHE_ROOT": str(KIT / "cache" / e.name)})
+            self.spawn(e.name, serve_cmd(e, self.nats_url), env={"VLLM_CACHE_ROOT": str(KIT / "cache" / e.name), **e.env})
         self.wait_ready({e.name: e.url + "/v1/models" for e in engines}, timeout)
         dt = time.monotonic() - t0
         log(f"up in {dt:.0f} s: " + ", ".join(f"{e.name} :{e.port}" for e in engines))
@@ -586,6 +618,8 @@ class Ctx:
                 "facts": vlogs.startup_facts(text), "kv_transfer_log": vlogs.kv_transfer_totals(text),
                 "errors": vlogs.errors_in(text),
             }
+            if e.connector == "nixl":
+                self.res["engines"][name].update(connector="NixlConnector", nixl_transfer_log=nixl_log_totals(text))
 
 
 def combo_metrics(ctx: Ctx, e: Engine, before: dict[str, float]) -> dict[str, float]:
@@ -843,6 +877,188 @@ def step_ttft(ctx: Ctx, a: argparse.Namespace, ttft: bool = True) -> None:
     ctx.engine_facts()
 
 
+# vLLM 0.26's NixlConnector reports its reads on /metrics (nixl/stats.py, NixlPromMetrics: histograms of each
+# read's duration and bytes, counters of failures) and in "KV Transfer metrics: Num successful transfers=…, Avg
+# xfer time (ms)=…, Avg MB per transfer=…" log lines (NixlKVConnectorStats.reduce; MB there is MiB).
+NIXL_PROM = "vllm:nixl_"
+
+
+def nixl_summary(delta: dict[str, float]) -> dict[str, float]:
+    """NixlConnector's figures from a /metrics delta of the decode engine (it reads, so it records): reads,
+    failures, seconds and bytes of the reads (telemetry NIXL takes per read: post to completion)."""
+    g = lambda k: delta.get(NIXL_PROM + k, 0.0)  # noqa: E731
+    return {
+        "loads": g("xfer_time_seconds_count"),
+        "failures": g("num_failed_transfers_total") + g("num_failed_notifications_total"),
+        "expired": g("num_kv_expired_reqs_total"),
+        "transfer_s": round(g("xfer_time_seconds_sum"), 4),
+        "post_s": round(g("post_time_seconds_sum"), 4),
+        "wire_MB": round(g("bytes_transferred_sum") / 1e6, 3),
+    }
+
+
+_NIXL_LOG = re.compile(r"KV Transfer metrics: (Num successful transfers=.*)$")
+_NIXL_FIELD = re.compile(r"([A-Za-z][A-Za-z0-9 ()/]*?)=([-+0-9.eE]+)")
+
+
+def nixl_log_totals(log_text: str) -> dict[str, float]:
+    """NixlConnector's "KV Transfer metrics" lines of an engine log, summed: reads, MB (10^6 bytes) and
+    milliseconds of the reads, and the throughput they make."""
+    n = mb = ms = 0.0
+    lines = 0
+    for line in log_text.splitlines():
+        m = _NIXL_LOG.search(line)
+        if not m:
+            continue
+        f = {k.strip(): float(v) for k, v in _NIXL_FIELD.findall(m.group(1))}
+        k = f.get("Num successful transfers", 0.0)
+        n += k
+        mb += k * f.get("Avg MB per transfer", 0.0) * (1 << 20) / 1e6
+        ms += k * f.get("Avg xfer time (ms)", 0.0)
+        lines += 1
+    out = {"lines": lines, "transfers": n, "MB": round(mb, 3), "xfer_ms": round(ms, 3)}
+    if ms:
+        out["GB_per_s"] = round(mb / ms, 4)
+    return out
+
+
+def all_metrics(e: Engine) -> dict[str, float]:
+    """The counters the kit reads, NixlConnector's among them."""
+    return vlogs.parse_prometheus(get_text(e.url + "/metrics"), keep=vlogs.KEEP_PREFIXES + (NIXL_PROM,))
+
+
+def handoff_label(connector: str, mode: str | None) -> str:
+    return "NixlConnector" if connector == "nixl" else f"SplitZip nixl {mode}"
+
+
+def nixl_point(ctx: Ctx, a: argparse.Namespace, pre: Engine, dec: Engine, proxy: str, mode: str | None,
+               n: int, kvt: int) -> dict:
+    """One prompt length through one prefill/decode pair: TTFT of `repeats` fresh prompts through the proxy,
+    the transfer figures the decode engine reports for them, and both engines' CPU seconds over them."""
+    cpu0 = {r: cpu_seconds(ctx.stack.procs[e.name].pid) for r, e in (("prefill", pre), ("decode", dec))}
+    bd, bp = all_metrics(dec), all_metrics(pre)
+    samples, cached = [], []
+    for _ in range(a.repeats):
+        r = stream(proxy + "/v1/completions", completion(ctx.prompts.fresh(n), 4, ignore_eos=True,
+                                                         stream_options={"include_usage": True}))
+        if r["error"]:
+            raise StepError(f"{pre.name}: request of {n} tokens failed: {r['error']}")
+        samples.append(r["ttft_s"])
+        cached.append(((r.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens"))
+    time.sleep(1)  # the engines' counters catch up with the last handoff
+    cpu = {r: cpu_seconds(ctx.stack.procs[e.name].pid) - cpu0[r] for r, e in (("prefill", pre), ("decode", dec))}
+    dd, pd = vlogs.counter_delta(bd, all_metrics(dec)), vlogs.counter_delta(bp, all_metrics(pre))
+    kv_gb = a.repeats * n * kvt / 1e9
+    label = handoff_label(pre.connector, mode)
+    pt: dict[str, Any] = {"handoff": label, "connector": "NixlConnector" if pre.connector == "nixl" else "SplitZipConnector",
+                          "mode": mode, "prompt_tokens": n, "repeats": a.repeats, "ttft_samples": samples,
+                          "ttft_s": statistics.median(samples), "cached_tokens": cached, "kv_GB": round(kv_gb, 4),
+                          "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+                          "cpu_s_per_GB": {k: round(v / kv_gb, 4) for k, v in cpu.items()}}
+    full = (n - 1) // BLOCK * BLOCK  # the prompt's full blocks, in tokens
+    if pre.connector == "nixl":
+        t = nixl_summary(dd)
+        pt["transfer"] = t
+        ctx.check(f"{label}, {n} tokens: {a.repeats} handoffs read by NIXL, none failed; the decode engine cached "
+                  "every full block", t["loads"] == a.repeats and t["failures"] == 0
+                  and all(c is not None and c >= full for c in cached), {"cached_tokens": cached, **t})
+    else:
+        d, p = vlogs.splitzip_summary(dd), vlogs.splitzip_summary(pd)
+        pt["transfer"] = {"loads": d["loads"], "failures": d["failures"], "transfer_s": d["transfer_s"],
+                          "wire_MB": d["wire_MB"], "raw_MB": p["raw_MB"], "ratio": p["ratio"], "encode_s": p["encode_s"],
+                          "decode_s": d["decode_s"]}
+        pt["decode"], pt["prefill"] = d, p
+        ctx.check(f"{label}, {n} tokens: {a.repeats} handoffs loaded, none failed; the decode engine cached exactly "
+                  "the moved blocks", d["loads"] == a.repeats and d["failures"] == 0 and all(c == full for c in cached),
+                  {"cached_tokens": cached, **pt["transfer"]})
+    t = pt["transfer"]
+    if t["transfer_s"]:
+        pt["transfer_ms_per_handoff"] = round(1e3 * t["transfer_s"] / max(1.0, t["loads"]), 3)
+        pt["wire_GB_per_s"] = round(t["wire_MB"] / 1e3 / t["transfer_s"], 4)
+        pt["kv_GB_per_s"] = round(kv_gb / t["transfer_s"], 4)
+    log(f"{label}, {n} tokens: TTFT {pt['ttft_s']:.3f} s, transfer {json.dumps(t)}, CPU {pt['cpu_s']}")
+    return pt
+
+
+def nixl_pair(ctx: Ctx, a: argparse.Namespace, pre: Engine, dec: Engine, mode: str | None, kvt: int) -> None:
+    """Warm-up and every prompt length of one prefill engine with its decode engine, through a proxy of their own."""
+    proxy = ctx.stack.start_proxy("proxy-" + pre.name, pre, dec)
+    for n in sorted(a.lengths, reverse=True):  # the side channel or NATS, UCX's connection, staging: not counted
+        r = stream(proxy + "/v1/completions", completion(ctx.prompts.fresh(n), 4, ignore_eos=True))
+        if r["error"]:
+            raise StepError(f"{pre.name}: warm-up of {n} tokens failed: {r['error']}")
+    for n in a.lengths:
+        if ctx.left() < 15 + a.repeats * n / 2000:
+            ctx.skip(f"{handoff_label(pre.connector, mode)} at {n} tokens", f"{ctx.left():.0f} s left")
+            continue
+        ctx.res["points"].append(nixl_point(ctx, a, pre, dec, proxy, mode, n, kvt))
+    ctx.stack.stop("proxy-" + pre.name)
+
+
+def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
+    model = ensure_llama8b()
+    cfg = json.loads((model / "config.json").read_text())
+    kvt = kv_bytes_per_token(cfg)
+    ctx.res["model"] = {"name": "Llama-3-8B shape, dummy weights", "config": LLAMA3_8B_SHAPE, "kv_bytes_per_token": kvt}
+    fake = os.environ.get("KIT_FAKE_VLLM") == "1"
+    lib = os.environ.get("SPLITZIP_NIXL_LIB") or str(KIT / "site" / ".nixl_cu13.mesonpy.libs" / "libnixl_capi.so")
+    if not fake and not Path(lib).is_file():
+        raise StepError(f"{lib} missing: carry the nixl bundle (pack.sh nixl; README: the nixl step)")
+    # The same UCX transports for both connectors; NixlConnector reads the prefill engine's CUDA cache with
+    # cuda_ipc, SplitZip's consumer reads pinned host staging through shared memory, and UCX's wire-up needs tcp.
+    ucx = {"UCX_TLS": a.ucx_tls} if a.ucx_tls else {}
+    ctx.res.update(link="unshaped (two processes on one GPU)", ucx_tls=a.ucx_tls or "(UCX's default)",
+                   splitzip_nixl_lib=lib, points=[], startup_s={})
+    modes = ["raw"] + [m for m in a.modes if m != "raw"]
+    for m in modes:
+        producer_extra(m, 0)  # an unknown mode fails here, before any engine starts
+    ctx.stack.start_nats()
+    args = l8b_args(a.kv_gib)
+
+    # 1. vLLM's NixlConnector: its own prefill and decode engine, each with its own side-channel port (the
+    # handshake listener every NixlConnector engine runs; the prefill engine's is named in kv_transfer_params)
+    def nixl_env() -> dict:
+        return {**ucx, "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1", "VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port())}
+
+    pre = Engine("prefill-nixlconnector", model, "kv_producer", args=args, connector="nixl", env=nixl_env())
+    dec = Engine("decode-nixlconnector", model, "kv_consumer", policy="fail", args=args, connector="nixl", env=nixl_env())
+    t0 = time.monotonic()
+    ctx.res["startup_s"][f"{pre.name},{dec.name}"] = ctx.stack.start_engines([pre, dec])
+    try:
+        nixl_pair(ctx, a, pre, dec, None, kvt)
+    except (StepError, OSError) as err:  # SplitZip's points still follow
+        ctx.check(f"{handoff_label('nixl', None)}: measured", False, str(err)[:2000])
+    ctx.engine_facts()
+    ctx.stack.stop(pre.name, dec.name)
+    group_s = time.monotonic() - t0
+
+    # 2. SplitZipConnector over NIXL: one decode engine, the prefill engines (raw first) as many at once as fit
+    sz_env = {**ucx, "SPLITZIP_NIXL_LIB": lib}
+    dec = Engine("decode-splitzip", model, "kv_consumer", {"transport": "nixl"}, policy="fail", args=args, env=sz_env)
+    slots = slots_for(a.kv_gib, len(modes))
+    ctx.res["slots"] = slots
+    for i in range(0, len(modes), slots):
+        group = modes[i : i + slots]
+        if ctx.left() < group_s:
+            for m in modes[i:]:
+                ctx.skip(handoff_label("splitzip", m), f"{ctx.left():.0f} s left, a group takes ~{group_s:.0f} s")
+            break
+        t0 = time.monotonic()
+        engines = [Engine(f"prefill-splitzip-{m}", model, "kv_producer", dict(producer_extra(m, 0), transport="nixl"),
+                          args=args, env=sz_env) for m in group]
+        first = [] if dec.name in ctx.stack.procs else [dec]
+        ctx.res["startup_s"][",".join(e.name for e in first + engines)] = ctx.stack.start_engines(first + engines)
+        for e, m in zip(engines, group):
+            try:
+                nixl_pair(ctx, a, e, dec, m, kvt)
+            except (StepError, OSError) as err:
+                ctx.check(f"{handoff_label('splitzip', m)}: measured", False, str(err)[:2000])
+        ctx.engine_facts()
+        ctx.stack.stop(*[e.name for e in engines])
+        group_s = time.monotonic() - t0
+    ctx.engine_facts()
+
+
 def step_overlap(ctx: Ctx, a: argparse.Namespace) -> None:
     a.overlap = True
     step_ttft(ctx, a, ttft=False)
@@ -1068,6 +1284,7 @@ STEPS: dict[str, Callable[[Ctx, argparse.Namespace], None]] = {
     "overlap": step_overlap,
     "load": step_load,
     "failure": step_failure,
+    "nixl": step_nixl,
 }
 
 
@@ -1098,7 +1315,10 @@ def parser() -> argparse.ArgumentParser:
                     "compressed handoffs are high-ratio frames)")
     ap.add_argument("--rates", type=floats, default=[10, 25, 100], help="ttft: links, Gbit/s (0: unshaped)")
     ap.add_argument("--modes", type=lambda s: s.split(","), default=None,
-                    help="ttft: raw,fast,auto; overlap: fast,raw; load: raw,fast")
+                    help="ttft: raw,fast,auto; overlap: fast,raw; load: raw,fast; nixl: high-ratio,auto (SplitZip's "
+                    "compressing modes beside raw, which always runs)")
+    ap.add_argument("--ucx-tls", default="cuda_ipc,cuda_copy,sm,self,tcp",
+                    help="nixl: UCX_TLS of every engine ('' leaves UCX's default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-overlap", dest="overlap", action="store_false",
                     help="ttft: skip the prefill-with/without-saving samples")
@@ -1124,9 +1344,8 @@ def defaults(a: argparse.Namespace) -> None:
     if a.lengths is None:
         a.lengths = [1000, 1025, 4000, 4097, 16000, 16385] if a.step == "equality" else [4096, 16384]
     if a.modes is None:
-        a.modes = {"ttft": ["raw", "fast", "high-ratio", "auto"], "overlap": ["fast", "raw"], "load": ["raw", "fast"]}.get(
-            a.step, []
-        )
+        a.modes = {"ttft": ["raw", "fast", "high-ratio", "auto"], "overlap": ["fast", "raw"], "load": ["raw", "fast"],
+                   "nixl": ["high-ratio", "auto"]}.get(a.step, [])
     if a.step == "overlap":
         a.rates = [0]
         a.repeats = max(a.repeats, 5)

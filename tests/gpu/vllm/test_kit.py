@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -219,6 +220,83 @@ def test_connector_settings_are_keys_the_connector_accepts(mode):
         kit.producer_extra("zstd", 10)
 
 
+def test_nixlconnector_settings_are_vllms():
+    cfg = kit.kv_transfer_config("kv_consumer", "nats://x", {}, "fail", "nixl")
+    assert cfg == {"kv_connector": "NixlConnector", "kv_role": "kv_consumer", "kv_load_failure_policy": "fail"}
+    assert kit.kv_transfer_config("kv_producer", "", {"num_threads": 8}, None, "nixl")["kv_connector_extra_config"] == {
+        "num_threads": 8}
+    with pytest.raises(kit.StepError):
+        kit.kv_transfer_config("kv_producer", "", {}, None, "lmcache")
+
+
+def test_nixlconnector_names_are_vllm_0_26s():
+    """The environment, parameters and metrics the nixl step relies on, in vLLM 0.26.0's own source (unpacked from
+    the wheel into build/vllm-0.26.0, as `make gpu-vllm-pack`'s venv leaves it, or VLLM_SRC)."""
+    src = Path(os.environ.get("VLLM_SRC", ROOT / "build" / "vllm-0.26.0")) / "vllm"
+    if not src.is_dir():
+        pytest.skip(f"vLLM 0.26.0's source not unpacked at {src}")
+    nixl = src / "distributed" / "kv_transfer" / "kv_connector" / "v1" / "nixl"
+    sched = (nixl / "base_scheduler.py").read_text()
+    assert "envs.VLLM_NIXL_SIDE_CHANNEL_HOST" in sched and "envs.VLLM_NIXL_SIDE_CHANNEL_PORT" in sched
+    pull = (nixl / "pull_scheduler.py").read_text()
+    for k in ("remote_block_ids", "remote_engine_id", "remote_request_id", "remote_host", "remote_port"):
+        assert f"{k}=" in pull  # what request_finished returns, and the proxy must pass on
+    stats = (nixl / "stats.py").read_text()
+    for name in ("vllm:nixl_xfer_time_seconds", "vllm:nixl_post_time_seconds", "vllm:nixl_bytes_transferred",
+                 "vllm:nixl_num_failed_transfers", "vllm:nixl_num_failed_notifications", "vllm:nixl_num_kv_expired_reqs",
+                 "Num successful transfers", "Avg xfer time (ms)", "Avg MB per transfer"):
+        assert f'"{name}"' in stats
+    assert '"NixlConnector"' in (src / "distributed" / "kv_transfer" / "kv_connector" / "factory.py").read_text()
+    assert 'kv_role=\'kv_producer\' for prefill' in (nixl / "connector.py").read_text()
+    utils = (src / "distributed" / "nixl_utils.py").read_text()  # the module the nixl bundle must provide
+    assert 'else "nixl"' in utils and 'f"{package_name}._api"' in utils
+
+
+NIXL_LOG = """\
+(APIServer pid=1) INFO 12-06 10:00:00 [metrics.py:103] KV Transfer metrics: Num successful transfers=2, Avg xfer time (ms)=10.0, P90 xfer time (ms)=12.0, Avg post time (ms)=0.1, P90 post time (ms)=0.2, Avg MB per transfer=512.0, Throughput (MB/s)=51200.0, Avg number of descriptors=8192.0
+(APIServer pid=1) INFO 12-06 10:00:10 [metrics.py:103] KV Transfer metrics: Num successful transfers=1, Avg xfer time (ms)=40.0, P90 xfer time (ms)=40.0, Avg post time (ms)=0.1, P90 post time (ms)=0.1, Avg MB per transfer=2048.0, Throughput (MB/s)=51200.0, Avg number of descriptors=32768.0
+"""
+
+
+def test_nixlconnector_reports_are_read():
+    t = kit.nixl_log_totals(NIXL_LOG)
+    assert t["lines"] == 2 and t["transfers"] == 3
+    assert t["MB"] == pytest.approx((2 * 512 + 2048) * 2**20 / 1e6, abs=1e-3)  # vLLM's MB there are MiB
+    assert t["xfer_ms"] == pytest.approx(60.0)
+    assert t["GB_per_s"] == pytest.approx(t["MB"] / 60.0, abs=1e-4)
+    assert kit.nixl_log_totals("KV Transfer metrics: saves=1, loads=2") == {"lines": 0, "transfers": 0, "MB": 0, "xfer_ms": 0}
+    prom = """\
+vllm:nixl_xfer_time_seconds_sum{engine="0",model_name="m"} 0.5
+vllm:nixl_xfer_time_seconds_count{engine="0",model_name="m"} 4.0
+vllm:nixl_xfer_time_seconds_bucket{engine="0",le="0.1",model_name="m"} 4.0
+vllm:nixl_bytes_transferred_sum{engine="0",model_name="m"} 4.0e9
+vllm:nixl_num_failed_transfers_total{engine="0",model_name="m"} 1.0
+vllm:splitzip_loads_total{engine="0",model_name="m"} 9.0
+"""
+    after = vlogs.parse_prometheus(prom, keep=vlogs.KEEP_PREFIXES + (kit.NIXL_PROM,))
+    before = dict(after, **{"vllm:nixl_xfer_time_seconds_count": 1.0, "vllm:nixl_xfer_time_seconds_sum": 0.1})
+    s = kit.nixl_summary(vlogs.counter_delta(before, after))
+    assert (s["loads"], s["transfer_s"], s["failures"], s["wire_MB"]) == (3.0, 0.4, 0.0, 0.0)
+    s = kit.nixl_summary(vlogs.counter_delta({}, after))
+    assert (s["loads"], s["failures"], s["wire_MB"]) == (4.0, 1.0, 4000.0)
+
+
+def test_cpu_seconds_counts_a_process_groups_work():
+    p = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+                          "time.sleep(30)"], process_group=0)
+    try:
+        t0 = kit.cpu_seconds(p.pid)
+        deadline = time.monotonic() + 20
+        while kit.cpu_seconds(p.pid) - t0 < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        used = kit.cpu_seconds(p.pid)
+        assert 0.5 <= used <= 5
+    finally:
+        p.kill()
+        p.wait()
+    assert kit.cpu_seconds(p.pid) == 0  # no live process in the group
+
+
 def test_engine_command_is_configured_by_flags_alone(tmp_path):
     e = kit.Engine("prefill", tmp_path, "kv_producer", {"bypass": "never"}, None,
                    kit.serve_args(dummy=True, gpu_util=0.3, kv_cache_bytes=6 << 30, max_model_len=20480), port=8100)
@@ -236,6 +314,7 @@ def test_engine_command_is_configured_by_flags_alone(tmp_path):
 
 def test_parser_defaults_per_step():
     for step, lengths, modes in (("equality", [1000, 1025, 4000, 4097, 16000, 16385], []),
+                                 ("nixl", [4096, 16384], ["high-ratio", "auto"]),
                                  ("ttft", [4096, 16384], ["raw", "fast", "high-ratio", "auto"]),
                                  ("load", [4096, 16384], ["raw", "fast"])):
         a = kit.parser().parse_args([step])
@@ -460,6 +539,42 @@ def test_carry0_takes_late_parts_and_completes_bundles_sooner(tmp_path):
         "vllm-x.tar.xz": [0, 1], "smollm2-y.gguf.xz": [0, 1], next(b for b in carry.status(kitdir) if b.startswith("kit-")): [0]}
 
 
+def test_carry_plans_the_nixl_stream_after_the_model_and_unpacks_it_beside_vllm(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    vllm = _xz_tar(src / "vllm-0.26.0-abc.tar.xz", {"vllm/__init__.py": os.urandom(3000)})
+    model = src / "smollm2-def.gguf.xz"
+    model.write_bytes(lzma.compress(os.urandom(4000), preset=0))
+    lib = os.urandom(6000)  # incompressible: the stream is cut into parts
+    nixl = _xz_tar(src / "nixl-1.5.1-0123456789ab.tar.xz", {
+        "./nixl/__init__.py": b"from nixl_cu13 import *\n", "./.nixl_cu13.mesonpy.libs/libnixl_capi.so": lib})
+    kitf = [_wheel(src / "demo_pkg-0.1-py3-none-any.whl")]
+    out = tmp_path / "gpu"
+    manifests = carry.plan([vllm, model, nixl], kitf, out, budget_bytes=5000, min_part_bytes=500)
+    flat = [p for m in manifests for p in m]
+    order = list(dict.fromkeys(p.bundle.split("-")[0] for p in flat))
+    assert order == ["vllm", "kit", "smollm2", "nixl"], "NIXL comes last: the usual calls do not grow"
+    nparts = [p for p in flat if p.bundle == nixl.name]
+    assert nparts[0].count >= 2 and sum(p.size for p in nparts) == nixl.stat().st_size
+    done = [d for _, d in carry.completed(manifests)]
+    assert sorted(b for d in done for b in d) == ["kit", "model", "nixl", "vllm"]
+    assert "nixl" in done[-1]
+    kitdir = tmp_path / "kit"
+    for i, d in enumerate(sorted(out.glob("carry*"))):
+        view = tmp_path / f"call{i}"
+        shutil.copytree(d, view / d.name)
+        carry.stash(view, kitdir)
+        msgs = carry.unpack(kitdir)
+        if d == sorted(out.glob("carry*"))[-1]:
+            assert any(m.startswith("NIXL site-packages") for m in msgs)
+    assert (kitdir / "site" / ".nixl_cu13.mesonpy.libs" / "libnixl_capi.so").read_bytes() == lib  # where run.sh points SPLITZIP_NIXL_LIB
+    assert (kitdir / "site" / "nixl" / "__init__.py").is_file() and (kitdir / "site" / "vllm" / "__init__.py").is_file()
+    assert (kitdir / "done" / nixl.name).is_file() and not list((kitdir / "parts" / nixl.name).glob("*.xz.[0-9][0-9]"))
+    assert carry.bundle_kind("nixl-1.5.1-x.tar.xz") == "nixl" and carry.bundle_kind("other") == "other"
+    with pytest.raises(carry.CarryError, match="unknown kind"):
+        carry.install_bundle(kitdir, "nixl-1.5.1-x.zip", [])
+
+
 def test_carry_plan_bounds_parts_and_refuses_what_cannot_fit(tmp_path):
     f = tmp_path / "vllm-x.tar.xz"
     f.write_bytes(b"x" * 1000)
@@ -552,6 +667,41 @@ def test_table_equality_load_failure():
     assert "the request completed (8 tokens, 3,000 ms)" in md and "PASS recompute" in md
 
 
+def _nixl_pt(connector, mode, n, ttft, transfer_s, wire_mb, cpu_p, cpu_d, ratio=None, loads=3):
+    label = "NixlConnector" if connector == "NixlConnector" else f"SplitZip nixl {mode}"
+    t = {"loads": loads, "failures": 0, "transfer_s": transfer_s, "wire_MB": wire_mb}
+    if ratio:
+        t["ratio"] = ratio
+    kv_gb = 3 * n * 131072 / 1e9
+    return {"handoff": label, "connector": connector, "mode": mode, "prompt_tokens": n, "repeats": 3, "ttft_s": ttft,
+            "kv_GB": kv_gb, "transfer": t, "transfer_ms_per_handoff": 1e3 * transfer_s / loads,
+            "wire_GB_per_s": wire_mb / 1e3 / transfer_s, "kv_GB_per_s": kv_gb / transfer_s,
+            "cpu_s_per_GB": {"prefill": cpu_p, "decode": cpu_d}}
+
+
+def test_table_nixl_compares_with_nixlconnector():
+    r = {"step": "nixl", "ok": True, "machine": MACHINE, "model": {"name": "Llama-3-8B shape, dummy weights"},
+         "ucx_tls": "cuda_ipc,cuda_copy,sm,self,tcp", "started": "2026-12-06T10:00:00",
+         "engines": {"decode-nixlconnector": {"connector": "NixlConnector", "facts": {"attention_backend": "FLASH_ATTN"},
+                                              "kv_transfer_log": {}, "nixl_transfer_log": {"transfers": 3}}},
+         "checks": [{"name": "NixlConnector, 4096 tokens: 3 handoffs read", "ok": True}],
+         "skipped": [{"what": "SplitZip nixl auto", "why": "40 s left"}],
+         "points": [_nixl_pt("SplitZipConnector", "raw", 4096, 0.5, 0.6, 1610.6, 1.5, 2.5, 1.0),
+                    _nixl_pt("NixlConnector", None, 4096, 0.4, 0.03, 1610.6, 0.5, 0.7),
+                    _nixl_pt("SplitZipConnector", "high-ratio", 4096, 0.45, 0.4, 1110.8, 1.8, 2.2, 1.45)]}
+    md = table.render([r])
+    assert "### nixl" in md and "vLLM 0.26.0" in md and "NVIDIA H100 80GB HBM3" in md
+    assert "UCX_TLS=cuda_ipc,cuda_copy,sm,self,tcp" in md
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "4096" in ln]
+    assert lines[0] == "| NixlConnector | 4096 | 400 ms | 10 ms | 53.69 GB/s | 53.69 GB/s | – | 0.50 | 0.70 | 3/3 |", lines
+    assert lines[1] == "| SplitZip nixl raw | 4096 | 500 ms (0.80×) | 200 ms | 2.68 GB/s | 2.68 GB/s | 1.000 | 1.50 | 2.50 | 3/3 |"
+    assert lines[2] == "| SplitZip nixl high-ratio | 4096 | 450 ms (0.89×) | 133 ms | 2.78 GB/s | 4.03 GB/s | 1.450 | 1.80 | 2.20 | 3/3 |"
+    assert "skipped: SplitZip nixl auto (40 s left)" in md and "PASS NixlConnector, 4096 tokens" in md
+    failed = dict(r, points=[_nixl_pt("NixlConnector", None, 4096, 0.4, 0.03, 1610.6, 0.5, 0.7, loads=2)])
+    failed["points"][0]["transfer"]["failures"] = 1
+    assert "| 2/3, 1 failed |" in table.render([failed])
+
+
 # ---------------------------------------------------------------------------------------------- dry runs
 
 
@@ -568,11 +718,63 @@ def _byte_tokenizer(d: Path) -> None:
     (d / "tokenizer_config.json").write_text("{}")
 
 
+def test_fakevllm_nixlconnector_needs_the_params_unchanged(tmp_path):
+    """The dry run's NixlConnector pair loads only what the prefill engine's kv_transfer_params say, passed on
+    whole: a changed engine id or block list fails the load, and two engines on one side-channel port cannot both
+    start (every NixlConnector engine listens on it)."""
+    pytest.importorskip("aiohttp")
+    model = kit.write_dummy_model(tmp_path / "m", _tokenizer(tmp_path / "tok"), kit.LLAMA3_8B_SHAPE)
+    procs = []
+
+    def serve(role, side_port, port):
+        kv = json.dumps(kit.kv_transfer_config(role, "", {}, None, "nixl"))
+        env = dict(os.environ, VLLM_NIXL_SIDE_CHANNEL_HOST="127.0.0.1", VLLM_NIXL_SIDE_CHANNEL_PORT=str(side_port))
+        p = subprocess.Popen([sys.executable, str(HERE / "fakevllm.py"), str(model), "--port", str(port),
+                              "--kv-transfer-config", kv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    ports = [kit.free_port() for _ in range(5)]
+    try:
+        serve("kv_producer", ports[0], ports[1])
+        serve("kv_consumer", ports[2], ports[3])
+        for port in (ports[1], ports[3]):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    kit.get_text(f"http://127.0.0.1:{port}/v1/models")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+        clash = serve("kv_consumer", ports[0], ports[4])  # the prefill engine's side-channel port
+        assert clash.wait(30) != 0
+        pre, dec = f"http://127.0.0.1:{ports[1]}/v1/completions", f"http://127.0.0.1:{ports[3]}/v1/completions"
+        prompt = list(range(40))
+        body = kit.completion(prompt, 2)
+        params = kit.http(pre, dict(body, max_tokens=1, kv_transfer_params={"do_remote_decode": True}))["kv_transfer_params"]
+        assert params["remote_port"] == ports[0] and params["remote_host"] == "127.0.0.1"
+        assert params["remote_block_ids"] == [[0, 1, 2]] and params["do_remote_prefill"] is True
+        for i, bad in enumerate(({"remote_engine_id": "0" * 16}, {"remote_block_ids": [[0, 1]]},
+                                 {"remote_port": ports[2]}, {"remote_host": None})):
+            with pytest.raises(kit.StepError, match="HTTP 500"):  # a fresh prompt each: none is in the prefix cache
+                kit.http(dec, dict(body, prompt=prompt + [100 + i], kv_transfer_params=dict(params, **bad)))
+        got = kit.http(dec, dict(body, kv_transfer_params=params))
+        assert got["usage"]["prompt_tokens_details"]["cached_tokens"] == 40
+        m = vlogs.parse_prometheus(kit.get_text(f"http://127.0.0.1:{ports[3]}/metrics"), keep=(kit.NIXL_PROM,))
+        assert m["vllm:nixl_xfer_time_seconds_count"] == 1 and m["vllm:nixl_num_failed_transfers_total"] == 4
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 @pytest.mark.parametrize("step,args", [("smoke", []), ("failure", ["--kill-tokens", "8192", "--after", "2"]),
                                        ("failure", ["--kill-tokens", "8192", "--after", "2", "--policy", "fail"]),
                                        ("equality", ["--lengths", "100,1025", "--max-tokens", "4"]),
                                        ("equality", ["--lengths", "100", "--max-tokens", "4", "--kv-dtype", "fp8"]),
-                                       ("load", ["--requests", "4", "--load", "0.5", "--prompt-range", "100,200"])])
+                                       ("load", ["--requests", "4", "--load", "0.5", "--prompt-range", "100,200"]),
+                                       ("nixl", ["--lengths", "100,1025", "--repeats", "2"])])
 def test_dry_run_against_fakevllm(tmp_path, step, args):
     """Every process, request, check and output of a step, with fakevllm.py in vLLM's place (no GPU): the
     plumbing works, and a dry run says it is one."""
@@ -629,6 +831,22 @@ def test_dry_run_against_fakevllm(tmp_path, step, args):
             assert "Internal server error" in f["result"]["body"]
         else:
             assert f["request"] == "streamed" and f["result"]["finish_reason"] == "length" and f["output_tokens"] == 8
+    if step == "nixl":  # NixlConnector's pair, then SplitZip over NIXL: raw and the default compressing modes
+        pts = res["points"]
+        assert [(p["handoff"], p["prompt_tokens"]) for p in pts] == [
+            (h, n) for h in ("NixlConnector", "SplitZip nixl raw", "SplitZip nixl high-ratio", "SplitZip nixl auto")
+            for n in (100, 1025)]
+        for p in pts:
+            assert len(p["ttft_samples"]) == 2 and p["transfer"]["loads"] == 2 and p["cpu_s"].keys() == {"prefill", "decode"}
+            full = (p["prompt_tokens"] - 1) // 16 * 16
+            assert p["cached_tokens"] == [p["prompt_tokens"] if p["connector"] == "NixlConnector" else full] * 2
+        assert res["engines"]["decode-nixlconnector"]["nixl_transfer_log"]["transfers"] == 2 + 2 * 2  # warm-ups too
+        logs = subprocess.run(["tar", "-xOJf", str(out / f"{step}-logs.tar.xz")], capture_output=True, text=True).stdout
+        assert '"kv_connector": "NixlConnector", "kv_role": "kv_producer"' in logs
+        assert '"kv_connector": "NixlConnector", "kv_role": "kv_consumer"' in logs
+        assert logs.count('"transport": "nixl"') == 4  # the SplitZip decode engine and its three prefill engines
+        md = (out / f"{step}.md").read_text()
+        assert "| NixlConnector | 1025 |" in md and "| SplitZip nixl high-ratio | 1025 |" in md
     if "--kv-dtype" in args:  # every engine on the fp8 cache; the compressed prefill engine in high-ratio mode
         assert res["model"]["kv_cache_dtype"] == "fp8" and "KV fp8 (e4m3)" in (out / f"{step}.md").read_text()
         logs = subprocess.run(["tar", "-xOJf", str(out / f"{step}-logs.tar.xz")], capture_output=True, text=True).stdout
