@@ -36,7 +36,8 @@ def test_failures_by_kind_in_the_interval_summary():
     assert total.is_empty() and total.failures_by_kind() == {}
 
 
-def test_failures_by_kind_exported_with_a_kind_label():
+def prom_metrics(engines: int = 1) -> tuple[SplitZipPromMetrics, prometheus_client.CollectorRegistry]:
+    """SplitZip's Prometheus metrics for `engines` engines, on a registry of their own."""
     registry = prometheus_client.CollectorRegistry()
 
     def counter(*args, **kw):
@@ -44,7 +45,11 @@ def test_failures_by_kind_exported_with_a_kind_label():
 
     types_ = {Counter: counter, Gauge: prometheus_client.Gauge, Histogram: prometheus_client.Histogram}
     cfg = types.SimpleNamespace(kv_transfer_config=None)
-    m = SplitZipPromMetrics(cfg, types_, ["engine"], {0: ["0"], 1: ["1"]})
+    return SplitZipPromMetrics(cfg, types_, ["engine"], {i: [str(i)] for i in range(engines)}), registry
+
+
+def test_failures_by_kind_exported_with_a_kind_label():
+    m, registry = prom_metrics(2)
     d = Deltas()
     m.observe(d.take(None, consumer_stats(2, expired=2)).data, engine_idx=1)
     m.observe(d.take(None, consumer_stats(3, expired=2, producer=1)).data, engine_idx=1)
@@ -69,13 +74,7 @@ def test_staging_waits_in_the_summary_and_prometheus():
     busy = d.take(dict(producer_stats(0, 3, 0), staging_waits=2, staging_wait_s=1.5), None)
     s = busy.reduce()
     assert (s["staging_waits"], s["staging_wait_ms"]) == (2, 1500.0)
-    registry = prometheus_client.CollectorRegistry()
-
-    def counter(*args, **kw):
-        return prometheus_client.Counter(*args, registry=registry, **kw)
-
-    types_ = {Counter: counter, Gauge: prometheus_client.Gauge, Histogram: prometheus_client.Histogram}
-    m = SplitZipPromMetrics(types.SimpleNamespace(kv_transfer_config=None), types_, ["engine"], {0: ["0"]})
+    m, registry = prom_metrics()
     m.observe(busy.data)
     assert registry.get_sample_value("vllm:splitzip_staging_waits_total", {"engine": "0"}) == 2
     assert registry.get_sample_value("vllm:splitzip_staging_wait_seconds_total", {"engine": "0"}) == 1.5
@@ -92,14 +91,7 @@ def test_saves_by_mode_in_the_summary_and_prometheus():
     assert (s["saves"], s["raw_saves"], s["fast_saves"], s["high_ratio_saves"]) == (8, 1, 3, 4)
     loads = d.take(None, consumer_stats(2))
     assert "raw_saves" not in loads.reduce(), "an engine that saved nothing logs no modes"
-
-    registry = prometheus_client.CollectorRegistry()
-
-    def counter(*args, **kw):
-        return prometheus_client.Counter(*args, registry=registry, **kw)
-
-    types_ = {Counter: counter, Gauge: prometheus_client.Gauge, Histogram: prometheus_client.Histogram}
-    m = SplitZipPromMetrics(types.SimpleNamespace(kv_transfer_config=None), types_, ["engine"], {0: ["0"]})
+    m, registry = prom_metrics()
     m.observe(first.data)
     m.observe(second.data)
     got = registry.get_sample_value
