@@ -243,6 +243,8 @@ def render_metrics(results: list[dict]) -> list[str]:
             saves = _f(k.get("saves"), 0)
             if k.get("saves") and "high_ratio_saves" in k:  # what the frames were: auto's choices
                 saves += f" (raw {k.get('raw_saves', 0):.0f}, fast {k['fast_saves']:.0f}, high-ratio {k['high_ratio_saves']:.0f})"
+            if k.get("staging_waits"):  # backpressure: handoffs that waited for the producer's staging
+                saves += f"; {k['staging_waits']:.0f} waited {k.get('staging_wait_ms', 0):,.0f} ms for staging"
             rows.append([name, saves, _f(k.get("loads"), 0), _f(k.get("failures"), 0),
                          _f(k.get("saved_MB"), 0), _f(k.get("compressed_MB"), 0), _f(k.get("ratio"), 4),
                          _f(k.get("encode_ms"), 0), _f(k.get("wire_MB"), 0), _f(k.get("transfer_ms"), 0),

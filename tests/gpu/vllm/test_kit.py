@@ -154,7 +154,7 @@ LOG = """\
 (EngineCore pid=13) INFO 12-05 10:00:03 [scheduler.py:90] SplitZip: engine prefill-1 registered as producer, TP 1
 (APIServer pid=12) INFO 12-05 10:00:10 [metrics.py:100] KV Transfer metrics: saves=2, loads=0, failures=0, saved_MB=1000.0, compressed_MB=752.5, ratio=1.329, escape_rate=0.0002, encode_ms=1.5, wire_MB=0.0, load_ratio=0.0, transfer_ms=0.0, decode_ms=0.0
 (APIServer pid=12) ERROR 12-05 10:00:11 [x.py:1] something broke
-(APIServer pid=12) INFO 12-05 10:00:20 [metrics.py:100] KV Transfer metrics: saves=1, loads=0, failures=1, saved_MB=500.0, compressed_MB=376.25, ratio=1.329, escape_rate=0.0002, encode_ms=0.5, wire_MB=0.0, load_ratio=0.0, transfer_ms=0.0, decode_ms=0.0, raw_saves=0, fast_saves=1, high_ratio_saves=0
+(APIServer pid=12) INFO 12-05 10:00:20 [metrics.py:100] KV Transfer metrics: saves=1, loads=0, failures=1, saved_MB=500.0, compressed_MB=376.25, ratio=1.329, escape_rate=0.0002, encode_ms=0.5, wire_MB=0.0, load_ratio=0.0, transfer_ms=0.0, decode_ms=0.0, raw_saves=0, fast_saves=1, high_ratio_saves=0, staging_waits=1, staging_wait_ms=250.5
 """
 
 
@@ -165,6 +165,9 @@ def test_log_parsing():
     assert tot["saves"] == 3 and tot["failures"] == 1
     assert tot["ratio"] == pytest.approx(1500 / 1128.75)
     assert (tot["raw_saves"], tot["fast_saves"], tot["high_ratio_saves"]) == (0, 1, 0), "saves by mode, where logged"
+    assert (tot["staging_waits"], tot["staging_wait_ms"]) == (1, 250.5), "waits for staging, where logged"
+    md = "\n".join(table.render_metrics([{"engines": {"prefill": {"kv_transfer_log": tot}}}]))
+    assert "| prefill | 3 (raw 0, fast 1, high-ratio 0); 1 waited 250 ms for staging |" in md
     f = vlogs.startup_facts(LOG)
     assert f == {"attention_backend": "FLASH_ATTN", "flash_attn_version": "3", "kv_cache_tokens": "49152",
                  "splitzip_registered": "32 bf16 cuda:0", "splitzip_engine": "prefill-1 producer"}

@@ -100,7 +100,8 @@ def kv_transfer_totals(log: str) -> dict[str, float]:
         for k in ("saves", "loads", "failures", "saved_MB", "compressed_MB", "encode_ms", "wire_MB", "transfer_ms",
                   "decode_ms"):
             tot[k] = tot.get(k, 0.0) + d.get(k, 0.0)
-        for k in ("raw_saves", "fast_saves", "high_ratio_saves"):  # on producers, since these lines have them
+        # on producers, in the lines that have them: saves by frames, and waits for staging (intervals with any)
+        for k in ("raw_saves", "fast_saves", "high_ratio_saves", "staging_waits", "staging_wait_ms"):
             if k in d:
                 tot[k] = tot.get(k, 0.0) + d[k]
     if tot.get("compressed_MB"):
