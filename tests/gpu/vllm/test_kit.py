@@ -111,6 +111,8 @@ vllm:splitzip_encoded_bytes_total{engine="0",model_name="model"} 3.0e9
 vllm:splitzip_escapes_total{engine="0",model_name="model"} 10
 vllm:splitzip_elements_total{engine="0",model_name="model"} 1e6
 vllm:splitzip_failures_total{engine="0",model_name="model"} 0
+vllm:splitzip_staging_waits_total{engine="0",model_name="model"} 2
+vllm:splitzip_staging_wait_seconds_total{engine="0",model_name="model"} 0.75
 vllm:splitzip_created{engine="0"} 1.7e9
 vllm:prefix_cache_hits_total{engine="0",model_name="model"} 64
 vllm:external_prefix_cache_hits_total{engine="0",model_name="model"} 4096
@@ -143,6 +145,7 @@ def test_counter_delta_and_summary():
     assert s["saves"] == 3 and s["failures"] == 0
     assert s["ratio"] == pytest.approx(4 / 3, abs=1e-4)
     assert s["escape_rate"] == pytest.approx(1e-5)
+    assert (s["staging_waits"], s["staging_wait_s"]) == (2, 0.75)
     assert vlogs.splitzip_summary({})["ratio"] == 0.0
 
 

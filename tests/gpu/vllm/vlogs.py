@@ -60,7 +60,8 @@ def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 
 def splitzip_summary(delta: dict[str, float]) -> dict[str, float]:
-    """The connector's figures from a /metrics delta: saves, loads, failures, bytes and their ratio, seconds."""
+    """The connector's figures from a /metrics delta: saves, loads, failures, bytes and their ratio, seconds, and
+    the handoffs that waited for staging and for how long."""
     g = lambda k: delta.get(f"{SPLITZIP_PREFIX}{k}_total", 0.0)  # noqa: E731
     raw, enc, wire = g("raw_bytes"), g("encoded_bytes"), g("wire_bytes")
     return {
@@ -75,6 +76,8 @@ def splitzip_summary(delta: dict[str, float]) -> dict[str, float]:
         "encode_s": round(g("encode_seconds"), 4),
         "transfer_s": round(g("transfer_seconds"), 4),
         "decode_s": round(g("decode_seconds"), 4),
+        "staging_waits": g("staging_waits"),
+        "staging_wait_s": round(g("staging_wait_seconds"), 4),
     }
 
 
