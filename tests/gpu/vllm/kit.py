@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -619,7 +618,7 @@ class Ctx:
                 "errors": vlogs.errors_in(text),
             }
             if e.connector == "nixl":
-                self.res["engines"][name].update(connector="NixlConnector", nixl_transfer_log=nixl_log_totals(text))
+                self.res["engines"][name].update(connector="NixlConnector", nixl_transfer_log=vlogs.nixl_log_totals(text))
 
 
 def combo_metrics(ctx: Ctx, e: Engine, before: dict[str, float]) -> dict[str, float]:
@@ -877,54 +876,9 @@ def step_ttft(ctx: Ctx, a: argparse.Namespace, ttft: bool = True) -> None:
     ctx.engine_facts()
 
 
-# vLLM 0.26's NixlConnector reports its reads on /metrics (nixl/stats.py, NixlPromMetrics: histograms of each
-# read's duration and bytes, counters of failures) and in "KV Transfer metrics: Num successful transfers=…, Avg
-# xfer time (ms)=…, Avg MB per transfer=…" log lines (NixlKVConnectorStats.reduce; MB there is MiB).
-NIXL_PROM = "vllm:nixl_"
-
-
-def nixl_summary(delta: dict[str, float]) -> dict[str, float]:
-    """NixlConnector's figures from a /metrics delta of the decode engine (it reads, so it records): reads,
-    failures, seconds and bytes of the reads (telemetry NIXL takes per read: post to completion)."""
-    g = lambda k: delta.get(NIXL_PROM + k, 0.0)  # noqa: E731
-    return {
-        "loads": g("xfer_time_seconds_count"),
-        "failures": g("num_failed_transfers_total") + g("num_failed_notifications_total"),
-        "expired": g("num_kv_expired_reqs_total"),
-        "transfer_s": round(g("xfer_time_seconds_sum"), 4),
-        "post_s": round(g("post_time_seconds_sum"), 4),
-        "wire_MB": round(g("bytes_transferred_sum") / 1e6, 3),
-    }
-
-
-_NIXL_LOG = re.compile(r"KV Transfer metrics: (Num successful transfers=.*)$")
-_NIXL_FIELD = re.compile(r"([A-Za-z][A-Za-z0-9 ()/]*?)=([-+0-9.eE]+)")
-
-
-def nixl_log_totals(log_text: str) -> dict[str, float]:
-    """NixlConnector's "KV Transfer metrics" lines of an engine log, summed: reads, MB (10^6 bytes) and
-    milliseconds of the reads, and the throughput they make."""
-    n = mb = ms = 0.0
-    lines = 0
-    for line in log_text.splitlines():
-        m = _NIXL_LOG.search(line)
-        if not m:
-            continue
-        f = {k.strip(): float(v) for k, v in _NIXL_FIELD.findall(m.group(1))}
-        k = f.get("Num successful transfers", 0.0)
-        n += k
-        mb += k * f.get("Avg MB per transfer", 0.0) * (1 << 20) / 1e6
-        ms += k * f.get("Avg xfer time (ms)", 0.0)
-        lines += 1
-    out = {"lines": lines, "transfers": n, "MB": round(mb, 3), "xfer_ms": round(ms, 3)}
-    if ms:
-        out["GB_per_s"] = round(mb / ms, 4)
-    return out
-
-
 def all_metrics(e: Engine) -> dict[str, float]:
     """The counters the kit reads, NixlConnector's among them."""
-    return vlogs.parse_prometheus(get_text(e.url + "/metrics"), keep=vlogs.KEEP_PREFIXES + (NIXL_PROM,))
+    return vlogs.parse_prometheus(get_text(e.url + "/metrics"), keep=vlogs.KEEP_PREFIXES + (vlogs.NIXL_PROM,))
 
 
 def handoff_label(connector: str, mode: str | None) -> str:
@@ -957,7 +911,7 @@ def nixl_point(ctx: Ctx, a: argparse.Namespace, pre: Engine, dec: Engine, proxy:
                           "cpu_s_per_GB": {k: round(v / kv_gb, 4) for k, v in cpu.items()}}
     full = (n - 1) // BLOCK * BLOCK  # the prompt's full blocks, in tokens
     if pre.connector == "nixl":
-        t = nixl_summary(dd)
+        t = vlogs.nixl_summary(dd)
         pt["transfer"] = t
         ctx.check(f"{label}, {n} tokens: {a.repeats} handoffs read by NIXL, none failed; the decode engine cached "
                   "every full block", t["loads"] == a.repeats and t["failures"] == 0

@@ -265,12 +265,12 @@ NIXL_LOG = """\
 
 
 def test_nixlconnector_reports_are_read():
-    t = kit.nixl_log_totals(NIXL_LOG)
+    t = vlogs.nixl_log_totals(NIXL_LOG)
     assert t["lines"] == 2 and t["transfers"] == 3
     assert t["MB"] == pytest.approx((2 * 512 + 2048) * 2**20 / 1e6, abs=1e-3)  # vLLM's MB there are MiB
     assert t["xfer_ms"] == pytest.approx(60.0)
     assert t["GB_per_s"] == pytest.approx(t["MB"] / 60.0, abs=1e-4)
-    assert kit.nixl_log_totals("KV Transfer metrics: saves=1, loads=2") == {"lines": 0, "transfers": 0, "MB": 0, "xfer_ms": 0}
+    assert vlogs.nixl_log_totals("KV Transfer metrics: saves=1, loads=2") == {"lines": 0, "transfers": 0, "MB": 0, "xfer_ms": 0}
     prom = """\
 vllm:nixl_xfer_time_seconds_sum{engine="0",model_name="m"} 0.5
 vllm:nixl_xfer_time_seconds_count{engine="0",model_name="m"} 4.0
@@ -279,11 +279,11 @@ vllm:nixl_bytes_transferred_sum{engine="0",model_name="m"} 4.0e9
 vllm:nixl_num_failed_transfers_total{engine="0",model_name="m"} 1.0
 vllm:splitzip_loads_total{engine="0",model_name="m"} 9.0
 """
-    after = vlogs.parse_prometheus(prom, keep=vlogs.KEEP_PREFIXES + (kit.NIXL_PROM,))
+    after = vlogs.parse_prometheus(prom, keep=vlogs.KEEP_PREFIXES + (vlogs.NIXL_PROM,))
     before = dict(after, **{"vllm:nixl_xfer_time_seconds_count": 1.0, "vllm:nixl_xfer_time_seconds_sum": 0.1})
-    s = kit.nixl_summary(vlogs.counter_delta(before, after))
+    s = vlogs.nixl_summary(vlogs.counter_delta(before, after))
     assert (s["loads"], s["transfer_s"], s["failures"], s["wire_MB"]) == (3.0, 0.4, 0.0, 0.0)
-    s = kit.nixl_summary(vlogs.counter_delta({}, after))
+    s = vlogs.nixl_summary(vlogs.counter_delta({}, after))
     assert (s["loads"], s["failures"], s["wire_MB"]) == (4.0, 1.0, 4000.0)
 
 
@@ -767,7 +767,7 @@ def test_fakevllm_nixlconnector_needs_the_params_unchanged(tmp_path):
                 kit.http(dec, dict(body, prompt=prompt + [100 + i], kv_transfer_params=dict(params, **bad)))
         got = kit.http(dec, dict(body, kv_transfer_params=params))
         assert got["usage"]["prompt_tokens_details"]["cached_tokens"] == 40
-        m = vlogs.parse_prometheus(kit.get_text(f"http://127.0.0.1:{ports[3]}/metrics"), keep=(kit.NIXL_PROM,))
+        m = vlogs.parse_prometheus(kit.get_text(f"http://127.0.0.1:{ports[3]}/metrics"), keep=(vlogs.NIXL_PROM,))
         assert m["vllm:nixl_xfer_time_seconds_count"] == 1 and m["vllm:nixl_num_failed_transfers_total"] == 4
     finally:
         for p in procs:
