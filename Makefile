@@ -89,7 +89,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 PY_TORCH ?= 1
-PY_PKGS := pybindgen setuptools numpy pytest safetensors ml_dtypes
+PY_PKGS := pybindgen setuptools numpy pytest safetensors ml_dtypes setproctitle
 
 .PHONY: py-deps py-build py-test py-bench wheel-gpu
 

@@ -29,7 +29,7 @@ const libraryName = "libnixl_capi.so"
 // install prefixes.
 func libraryCandidates() []string {
 	var out []string
-	if p := os.Getenv(libraryEnv); p != "" {
+	if p := cuda.Getenv(libraryEnv); p != "" {
 		if st, err := os.Stat(p); err == nil && st.IsDir() {
 			p = filepath.Join(p, libraryName)
 		}
@@ -38,15 +38,15 @@ func libraryCandidates() []string {
 	out = append(out, libraryName)
 	var prefixes []string
 	for _, env := range []string{"VIRTUAL_ENV", "CONDA_PREFIX"} {
-		if p := os.Getenv(env); p != "" {
+		if p := cuda.Getenv(env); p != "" {
 			prefixes = append(prefixes, p)
 		}
 	}
-	if home, err := os.UserHomeDir(); err == nil {
+	if home := cuda.Getenv("HOME"); home != "" {
 		prefixes = append(prefixes, filepath.Join(home, ".local"))
 	}
 	prefixes = append(prefixes, "/usr/local", "/usr", "/opt/conda")
-	if root := os.Getenv("PYENV_ROOT"); root != "" {
+	if root := cuda.Getenv("PYENV_ROOT"); root != "" {
 		if vs, _ := filepath.Glob(filepath.Join(root, "versions", "*")); len(vs) > 0 {
 			prefixes = append(prefixes, vs...)
 		}

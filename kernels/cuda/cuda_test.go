@@ -464,3 +464,9 @@ func TestLaunchProgrammatic(t *testing.T) {
 	err = f.LaunchWith(s, Dim3{X: 1}, Dim3{X: 32}, 0, nil, map[LaunchAttribute]int32{1: 0, 2: 0, 3: 0, 4: 0, 5: 0})
 	assert.Error(t, err)
 }
+
+func TestGetenvReadsTheProcessEnvironment(t *testing.T) {
+	t.Setenv("SPLITZIP_TEST_GETENV", "/a path/libx.so")
+	require.Equal(t, "/a path/libx.so", Getenv("SPLITZIP_TEST_GETENV"))
+	require.Empty(t, Getenv("SPLITZIP_TEST_GETENV_UNSET"))
+}

@@ -10,10 +10,26 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"unsafe"
 )
+
+// Getenv is the environment variable key as the C library holds it now, else as Go's copy of the environment
+// has it. Loaders of vendor libraries read their settings through it: a Go library inside another program
+// (the Python extension) copies the environment once, from the block the process started with, so it misses
+// what the host program set later (Python's os.environ) and sees nothing at all once a program has written
+// its process title over that block (setproctitle, which vLLM's engine processes call). The C library's view
+// follows both.
+func Getenv(key string) string {
+	k := C.CString(key)
+	defer C.free(unsafe.Pointer(k))
+	if v := C.getenv(k); v != nil {
+		return C.GoString(v)
+	}
+	return os.Getenv(key)
+}
 
 // dlopen flags (glibc values).
 const (

@@ -9,7 +9,6 @@ import "C"
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"unsafe"
@@ -82,7 +81,7 @@ func Loaded() bool { return Init() == nil }
 
 func load() error {
 	names := libraryNames
-	if p := os.Getenv(libraryEnv); p != "" {
+	if p := Getenv(libraryEnv); p != "" {
 		names = append([]string{p}, names...)
 	}
 	var msgs []string

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,3 +51,42 @@ def test_an_explicit_path_wins(fake_site, monkeypatch):
     monkeypatch.setenv("SPLITZIP_NIXL_LIB", "/opt/mine/libnixl_capi.so")
     nx.prepare()
     assert os.environ["SPLITZIP_NIXL_LIB"] == "/opt/mine/libnixl_capi.so"
+
+
+# A fresh interpreter changes its environment the way a host program does, then asks for a NIXL producer; NIXL
+# is not installed there, so the error lists the paths the Go core tried, the named one first.
+_PROBE = """
+import os, sys
+if sys.argv[1] == "environ":
+    os.environ["SPLITZIP_NIXL_LIB"] = "/set/after/start/libnixl_capi.so"
+else:  # before the Go core loads, as in vLLM's engine process
+    import setproctitle
+    setproctitle.setproctitle("VLLM::EngineCore")
+from splitzip_connector import handoff
+plane = handoff.ControlPlane("")
+try:
+    handoff.Producer(plane, "probe", transport="nixl")
+except Exception as e:
+    print(e)
+finally:
+    plane.close()
+"""
+
+
+def _probe(how: str, env: dict) -> str:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, how], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_a_path_set_after_start_reaches_the_go_core():
+    # _nixl.prepare() sets os.environ once the interpreter runs; the Go core must see it.
+    env = {k: v for k, v in os.environ.items() if k != "SPLITZIP_NIXL_LIB"}
+    assert "dlopen /set/after/start/libnixl_capi.so" in _probe("environ", env)
+
+
+def test_the_path_survives_a_process_title():
+    # vLLM's engine processes set their title, which overwrites the environment block the process started with.
+    pytest.importorskip("setproctitle")
+    env = {**os.environ, "SPLITZIP_NIXL_LIB": "/named/at/start/libnixl_capi.so"}
+    assert "dlopen /named/at/start/libnixl_capi.so" in _probe("title", env)
