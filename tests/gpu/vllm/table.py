@@ -277,7 +277,7 @@ def variant(r: dict) -> str:
     if step == "failure":
         return f"kv_load_failure_policy {a.get('policy', '?')}"
     if step in ("ttft", "overlap"):
-        return "links " + ", ".join(f"{x:g}" for x in a.get("rates", [])) + " Gbit/s"
+        return "links " + ", ".join(f"{x:g}" for x in a.get("rates", [])) + " Gbit/s, " + ", ".join(a.get("modes", []))
     if step == "load":
         return "modes " + ", ".join(a.get("modes", []))
     if step == "nixl":
@@ -311,6 +311,26 @@ def _body(step: str, rs: list[dict]) -> list[str]:
 MERGED = {"ttft", "overlap", "load", "nixl"}
 
 
+def _point_key(p: dict) -> tuple:
+    return (p.get("rate_gbit"), p.get("rate_rps"), p.get("mode"), p.get("connector"), p.get("prompt_tokens"))
+
+
+def _merge_groups(rs: list[dict]) -> list[list[dict]]:
+    """A merged step's results in tables whose points do not overlap: a result that measures a point again (the
+    same link and mode in a later run) starts a table of its own, so that no speedup compares two runs."""
+    groups: list[list[dict]] = []
+    seen: list[set] = []
+    for r in rs:
+        keys = {_point_key(p) for p in r.get("points", [])}
+        if groups and not keys & seen[-1]:
+            groups[-1].append(r)
+            seen[-1] |= keys
+        else:
+            groups.append([r])
+            seen.append(keys)
+    return groups
+
+
 def render(results: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in results:
@@ -319,7 +339,7 @@ def render(results: list[dict]) -> str:
     for step in sorted(by, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER)):
         rs = by[step]
         lines += [f"### {step}", ""]
-        groups = [rs] if step in MERGED or len(rs) == 1 else [[r] for r in rs]
+        groups = _merge_groups(rs) if step in MERGED else [[r] for r in rs]
         for g in groups:
             if len(groups) > 1:
                 lines += [f"#### {variant(g[0])}", ""]
