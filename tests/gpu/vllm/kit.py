@@ -630,6 +630,8 @@ class Ctx:
                 "facts": vlogs.startup_facts(text), "kv_transfer_log": vlogs.kv_transfer_totals(text),
                 "errors": vlogs.errors_in(text),
             }
+            if protocols := vlogs.ucx_protocols(text):
+                self.res["engines"][name]["ucx_protocols"] = protocols
             if e.connector == "nixl":
                 self.res["engines"][name].update(connector="NixlConnector", nixl_transfer_log=vlogs.nixl_log_totals(text))
 
@@ -973,7 +975,8 @@ def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
         raise StepError(f"{lib} missing: carry the nixl bundle (pack.sh nixl; README: the nixl step)")
     # The same UCX transports for both connectors; NixlConnector reads the prefill engine's CUDA cache with
     # cuda_ipc, SplitZip's consumer reads pinned host staging through shared memory, and UCX's wire-up needs tcp.
-    ucx = {"UCX_TLS": a.ucx_tls} if a.ucx_tls else {}
+    # UCX_PROTO_INFO: each process prints the transports UCX chose per operation (engine facts: ucx_protocols)
+    ucx = {"UCX_PROTO_INFO": "y", **({"UCX_TLS": a.ucx_tls} if a.ucx_tls else {})}
     ctx.res.update(link="unshaped (two processes on one GPU)", ucx_tls=a.ucx_tls or "(UCX's default)",
                    splitzip_nixl_lib=lib, points=[], startup_s={})
     modes = ["raw"] + [m for m in a.modes if m != "raw"]

@@ -229,7 +229,19 @@ def render_nixl(results: list[dict]) -> list[str]:
         "transport stages frames in pinned host memory and copies them to the GPU on the decode side, so on one "
         "machine it is expected to be slower: the table shows what each costs, and compression pays where the link "
         "is slower than the codec.",
-    ]
+    ] + render_ucx(results)
+
+
+def render_ucx(results: list[dict], per_engine: int = 8) -> list[str]:
+    """The transports UCX chose in each engine (UCX_PROTO_INFO), where the step recorded them."""
+    out = []
+    for r in results:
+        for name, e in sorted((r.get("engines") or {}).items()):
+            rows = e.get("ucx_protocols") or []
+            if rows:
+                more = f" (and {len(rows) - per_engine} more in the JSON)" if len(rows) > per_engine else ""
+                out.append(f"- {name}: " + "; ".join(rows[:per_engine]) + more)
+    return ["", "UCX's transport per operation and size, as each engine's UCX printed it:", ""] + out if out else []
 
 
 def render_metrics(results: list[dict]) -> list[str]:

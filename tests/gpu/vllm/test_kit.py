@@ -287,6 +287,30 @@ vllm:splitzip_loads_total{engine="0",model_name="m"} 9.0
     assert (s["loads"], s["failures"], s["wire_MB"]) == (4.0, 1.0, 4000.0)
 
 
+UCX_PROTO_LOG = """\
+(EngineCore pid=7) INFO 12-06 10:00:00 [base_worker.py:249] Initializing NIXL wrapper
+[1765000000.1] [gpu:7    :0]   +---------------------------------+--------------------------------------------------------+
+[1765000000.1] [gpu:7    :0]   | ucp_context_0 intra-node cfg#2  | remote memory read by ucp_get* from cuda/GPU0 to cuda   |
+[1765000000.1] [gpu:7    :0]   +---------------------------------+------------------------------------+-------------------+
+[1765000000.1] [gpu:7    :0]   |                          0..inf | zero-copy                          | cuda_ipc/cuda     |
+[1765000000.1] [gpu:7    :0]   | ucp_context_0 intra-node cfg#3  | remote memory read by ucp_get* from host to host        |
+[1765000000.1] [gpu:7    :0]   |                           0..8K | copy-in                            | tcp/lo            |
+[1765000000.1] [gpu:7    :0]   |                          8K..inf | zero-copy                         | cma/memory        |
+[1765000000.1] [gpu:7    :0]   |                          0..inf | zero-copy                          | cuda_ipc/cuda     |
+(APIServer pid=1) INFO 12-06 10:00:10 [metrics.py:103] | a log line with bars | and no transport |
+"""
+
+
+def test_ucx_protocols_name_the_transport_of_each_operation():
+    assert vlogs.ucx_protocols(UCX_PROTO_LOG) == [
+        "remote memory read by ucp_get* from cuda/GPU0 to cuda: 0..inf | zero-copy | cuda_ipc/cuda",
+        "remote memory read by ucp_get* from host to host: 0..8K | copy-in | tcp/lo",
+        "remote memory read by ucp_get* from host to host: 8K..inf | zero-copy | cma/memory",
+        "remote memory read by ucp_get* from host to host: 0..inf | zero-copy | cuda_ipc/cuda",
+    ]
+    assert vlogs.ucx_protocols(NIXL_LOG) == []
+
+
 def test_cpu_seconds_counts_a_process_groups_work():
     p = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
                           "time.sleep(30)"], process_group=0)

@@ -182,3 +182,30 @@ def errors_in(log: str, limit: int = 20) -> list[str]:
     """Lines of a log that report errors or tracebacks (the first `limit`)."""
     rx = re.compile(r"\b(ERROR|Traceback|CUDA error|RuntimeError|ValueError)\b")
     return [ln.strip()[:400] for ln in log.splitlines() if rx.search(ln)][:limit]
+
+
+# UCX's protocol tables (UCX_PROTO_INFO=y): a header row per operation ("ucp_context_0 intra-node cfg#2 | remote
+# memory read by ucp_get* from cuda/GPU0 to host") and a row per size range naming the transport
+# ("0..inf | zero-copy | cuda_ipc/cuda"), each behind a timestamp and host prefix.
+_UCX_TRANSPORT = re.compile(r"\b(cuda_ipc|cuda_copy|gdr_copy|tcp|sysv|posix|cma|knem|xpmem|self|rc_\w+|dc_\w+|ud_\w+)/")
+
+
+def ucx_protocols(log: str, limit: int = 60) -> list[str]:
+    """The transports UCX chose per operation, from the protocol tables a process printed under UCX_PROTO_INFO=y:
+    "<operation>: <size range> | <protocol> | <transport>/<device>", each distinct one once, in order (at most
+    `limit`)."""
+    out: list[str] = []
+    op = ""
+    for line in log.splitlines():
+        if "|" not in line:
+            continue
+        cells = [c.strip() for c in line[line.index("|"):].strip(" |\n").split("|")]
+        if cells and cells[0].startswith("ucp_context"):
+            op = " ".join(cells[1:]) or cells[0]
+        elif _UCX_TRANSPORT.search(line):
+            row = f"{op}: {' | '.join(cells)}"
+            if row not in out:
+                out.append(row)
+                if len(out) == limit:
+                    break
+    return out
