@@ -158,16 +158,17 @@ def plan(streams: list[Path], kit: list[Path], out: Path, budget_bytes: int, max
 
 def early(manifests: list[list[Part]], out: Path, budget_bytes: int) -> list[Part]:
     """Copies into out/carry0 the parts that complete bundles late — the kit files, then the last part of each
-    stream after the first — as many as budget_bytes holds, with their MANIFEST lines. A first call that runs
-    something else (a kernel bench) can carry them beside its own files, so that the kit is complete with vLLM
-    and the model a call sooner. Returns carry0's entries (none: no folder)."""
+    stream after vLLM's (the model's, NIXL's) — as many as budget_bytes holds, in that order, with their
+    MANIFEST lines. A first call that runs something else (a kernel bench) can carry them beside its own files,
+    so that the kit, the model or NIXL is complete with vLLM, a call sooner or more. Returns carry0's entries
+    (none: no folder)."""
     d = out / "carry0"
     if d.exists():
         shutil.rmtree(d)
     flat = [(f, p) for f, parts in enumerate(manifests, 1) for p in parts]
     wanted = [(f, p) for f, p in flat if bundle_kind(p.bundle) == "kit"]
     wanted += [(f, p) for f, p in flat
-               if bundle_kind(p.bundle) not in ("kit", "vllm") and p.index == p.count - 1 and p.count > 1]
+               if bundle_kind(p.bundle) not in ("kit", "vllm") and p.index == p.count - 1]
     picked: list[tuple[int, Part]] = []
     used = 0
     for f, p in wanted:

@@ -11,7 +11,8 @@
 #   carry1/, carry2/, …                 the above cut into parts, one folder per device call, each with a
 #                                       MANIFEST (sha256 of every part); PLAN.txt says which call carries which
 #   carry0/                             copies of the parts that complete bundles late (the kit, the model's
-#                                       last part), up to EARLY_MIB, for a first call that runs something else
+#                                       last part, NIXL's part), up to EARLY_MIB, for a first call that runs
+#                                       something else
 #
 # usage: tests/gpu/vllm/pack.sh [all|kit|nixl|clean]
 #   all    (default) build what is missing (the streams are kept and reused while the pins below are unchanged),
@@ -23,11 +24,10 @@
 #   clean  remove .gpu/vllm
 #
 # Environment: PY312 (a Python 3.12; default: pyenv's, as `make wheel-gpu` finds it), MARGIN_MIB (room left in
-# each call for the tree to grow, default 3), EARLY_MIB (carry0's size, default 24; 0: none), KEEP_CACHE=1 keeps
-# the downloads, WITH_NIXL=1 plans the NIXL stream with all or kit too (pack.sh nixl sets it), NIXL_XZ (the xz
-# preset of the NIXL stream, default -9e). Each call is filled to the limit
-# (64 MiB less the tree and the margin), so the parts are as few as they can be; pack.sh kit re-plans them for the
-# tree as it is then.
+# each call for the tree to grow, default 3), EARLY_MIB (carry0's size, default 24, with NIXL 30; 0: none),
+# KEEP_CACHE=1 keeps the downloads, WITH_NIXL=1 plans the NIXL stream with all or kit too (pack.sh nixl sets it),
+# NIXL_XZ (the xz preset of the NIXL stream, default -9e). Each call is filled to the limit (64 MiB less the tree
+# and the margin), so the parts are as few as they can be; pack.sh kit re-plans them for the tree as it is then.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ROOT=$PWD
@@ -36,7 +36,6 @@ CACHE=$OUT/cache
 STREAMS=$OUT/streams
 KITDIR=$OUT/kit
 MARGIN_MIB=${MARGIN_MIB:-3}
-EARLY_MIB=${EARLY_MIB:-24}
 LIMIT_MIB=64 # what one device call carries: the tree plus the carried paths
 PY312=${PY312:-$(find "$HOME"/.pyenv/versions -maxdepth 3 -path '*/3.12*/bin/python3.12' 2>/dev/null | sort | tail -1)}
 PY312=${PY312:-$(command -v python3.12 || true)}
@@ -305,6 +304,8 @@ case $cmd in
   nixl-site) ;;
   *) die "usage: pack.sh [all|kit|nixl|nixl-site DIR|clean]" ;;
 esac
+# carry0 holds the kit (about 20 MiB) and, where NIXL is planned, NIXL's one part (about 9 MiB) as well
+EARLY_MIB=${EARLY_MIB:-$([ "${WITH_NIXL:-0}" = 1 ] && echo 30 || echo 24)}
 if [ -z "$PY312" ] || ! "$PY312" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
   die "needs Python 3.12 (pyenv install 3.12, or PY312=/path/to/python3.12)"
 fi

@@ -559,6 +559,14 @@ def test_carry0_takes_late_parts_and_completes_bundles_sooner(tmp_path):
     assert carry.early(ms, out, budget_bytes=50) == [] and not (out / "carry0").exists(), "nothing fits: no folder"
     assert [p.name for p in carry.early(ms, out, budget_bytes=100)] == ["nats-server.xz"]
 
+    # a stream of one part (NIXL's) is complete with its only part: carry0 takes it where the budget holds it
+    n = tmp_path / "nixl-z.tar.xz"
+    n.write_bytes(os.urandom(200))
+    with_nixl = carry.plan([v, g, n], [k], tmp_path / "o2", budget_bytes=600, min_part_bytes=10)
+    first_nixl = carry.early(with_nixl, tmp_path / "o2", budget_bytes=300)
+    assert [p.name for p in first_nixl] == ["nats-server.xz", "nixl-z.tar.xz.00"], "the model's last part does not fit"
+    assert "nixl" in carry.completed([first_nixl, *with_nixl])[0][1]
+
     # on the machine, carry0 then the folders in order install everything
     kitdir = tmp_path / "kit"
     for d in ["carry0", "carry1", "carry2", "carry3"]:
