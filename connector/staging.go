@@ -167,7 +167,7 @@ func (s *staging) setAllocator(a allocator) {
 	s.mem = a
 }
 
-// release returns a buffer obtained from acquire.
+// release returns a buffer obtained from a reservation (take).
 func (s *staging) release(b []byte) {
 	if b == nil {
 		return
@@ -179,7 +179,7 @@ func (s *staging) release(b []byte) {
 	s.mu.Unlock()
 }
 
-// inUse is the number of bytes currently acquired.
+// inUse is the number of bytes reserved, taken or not.
 func (s *staging) inUse() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
