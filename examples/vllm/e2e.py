@@ -103,6 +103,44 @@ def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float) -> None:
     raise SystemExit(f"{url} not ready after {timeout:.0f} s")
 
 
+def with_tp(extra: list[str], tp: int) -> list[str]:
+    """The engine arguments with --tensor-parallel-size set to tp."""
+    out, skip = [], False
+    for x in extra:
+        if skip:
+            skip = False
+        elif x == "--tensor-parallel-size":
+            skip = True
+        elif not x.startswith("--tensor-parallel-size="):
+            out.append(x)
+    return out + ["--tensor-parallel-size", str(tp)]
+
+
+def refused_tp(a: argparse.Namespace, kv: dict, extra: list[str], env: dict, work: Path,
+               procs: list[subprocess.Popen]) -> dict:
+    """Starts a decode engine of tensor-parallel size a.refuse_tp beside the registered engines of another size:
+    the connector must refuse it at start-up, naming the sizes (config.check_peers). Returns whether it did, and
+    the message."""
+    name = f"decode-tp{a.refuse_tp}"
+    with open(work / f"{name}.log", "w") as log:
+        p = subprocess.Popen(serve_cmd(a.model, 8201, kv, with_tp(extra, a.refuse_tp)), stdout=log,
+                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    procs.append(p)
+    t0 = time.monotonic()
+    while p.poll() is None and time.monotonic() - t0 < a.ready_timeout:  # until it exits, or serves (not refused)
+        try:
+            get("http://127.0.0.1:8201/v1/models")
+            break
+        except Exception:
+            time.sleep(1)
+    text = (work / f"{name}.log").read_text(errors="replace")
+    msg = next((ln.strip() for ln in text.splitlines() if "runs tensor-parallel size" in ln), "")
+    out = {"tp": a.refuse_tp, "refused": p.returncode not in (None, 0) and bool(msg), "exit": p.returncode,
+           "message": msg[:600]}
+    print(json.dumps({"tp_mismatch": out}), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -118,6 +156,9 @@ def main() -> None:
     ap.add_argument("--vllm-args", default="--max-model-len 4096 --block-size 32 --dtype bfloat16 --enforce-eager")
     ap.add_argument("--no-tokenizer", action="store_true",
                     help="the model has no tokenizer (--skip-tokenizer-init): token-id prompts, token-id outputs")
+    ap.add_argument("--refuse-tp", type=int, default=0, metavar="N",
+                    help="after the outputs, start one more decode engine with --tensor-parallel-size N beside the "
+                    "running ones: it must refuse to start, naming the TP sizes")
     a = ap.parse_args()
     # a plain `kill` (or `timeout`) still stops the engines (the finally below)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -215,11 +256,15 @@ def main() -> None:
             results["cases"].append(case)
             print(json.dumps(case), flush=True)
         results["outputs_equal"] = equal
+        if a.refuse_tp:
+            results["tp_mismatch"] = refused_tp(a, servers["decode"][1], extra, env, work, procs)
         print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1))
         if a.out:
             Path(a.out).write_text(json.dumps(results, indent=1))
         if not equal:
             raise SystemExit("FAIL: disaggregated outputs differ from the plain engine's")
+        if a.refuse_tp and not results["tp_mismatch"]["refused"]:
+            raise SystemExit(f"FAIL: a decode engine with --tensor-parallel-size {a.refuse_tp} was not refused")
     finally:
         for p in procs:
             try:
