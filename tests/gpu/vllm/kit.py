@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -58,8 +57,6 @@ MODELS = KIT / "models"
 TOKENIZER = MODELS / "tokenizer-smollm2"
 GiB = 1 << 30
 BLOCK = 16
-# An exception and its message in an engine's log ("splitzip_connector.errors.SplitZipError: …").
-CAUSE = re.compile(r"[\w.]*(?:Error|Exception): .*")
 
 # A Llama model with Llama-3-8B's shape (32 layers, 32 query / 8 KV heads of 128, hidden 4096, MLP 14336), so
 # that both prefill compute and KV size (128 KiB per token in bf16) are an 8B model's. Dummy weights (vLLM
@@ -430,15 +427,6 @@ class Stack:
     def tail(self, name: str, n: int = 25) -> str:
         return "\n".join(self.logtext(name).splitlines()[-n:])
 
-    def cause(self, name: str) -> str:
-        """The last exception a process's log names, other than vLLM's generic start-up failure, or ""."""
-        found = ""
-        for line in self.logtext(name).splitlines():
-            m = None if " WARNING " in line else CAUSE.search(line)  # vLLM's warnings quote errors they foresee
-            if m and "Engine core initialization failed" not in m.group(0):
-                found = m.group(0)
-        return found
-
     def stop(self, *names: str, sig: int = signal.SIGTERM, grace: float = 15) -> None:
         """Signals the named process groups at once (SIGTERM: vLLM shuts down cleanly), waits up to `grace`
         seconds, then kills what is left of each group (vLLM's engine core may outlive its API server)."""
@@ -519,7 +507,8 @@ class Stack:
             for name, url in list(pending.items()):
                 p = self.procs[name]
                 if p.poll() is not None:
-                    raise StepError(f"{name} exited with status {p.returncode} before it was ready: {self.cause(name)}\n"
+                    raise StepError(f"{name} exited with status {p.returncode} before it was ready: "
+                                    f"{vlogs.exception_cause(self.logtext(name))}\n"
                                     f"{self.tail(name, 40)}")
                 try:
                     get_text(url, timeout=2)
@@ -970,6 +959,7 @@ def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
     kvt = kv_bytes_per_token(cfg)
     ctx.res["model"] = {"name": "Llama-3-8B shape, dummy weights", "config": LLAMA3_8B_SHAPE, "kv_bytes_per_token": kvt}
     fake = os.environ.get("KIT_FAKE_VLLM") == "1"
+    # NIXL's C API, from the nixl bundle (pack.sh nixl) in the site folder; named to SplitZip's engines outright
     lib = os.environ.get("SPLITZIP_NIXL_LIB") or str(KIT / "site" / ".nixl_cu13.mesonpy.libs" / "libnixl_capi.so")
     if not fake and not Path(lib).is_file():
         raise StepError(f"{lib} missing: carry the nixl bundle (pack.sh nixl; README: the nixl step)")

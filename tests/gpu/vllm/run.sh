@@ -28,9 +28,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRAC
 # vLLM's sampler imports FlashInfer unless told not to; FlashInfer is not in the kit.
 export VLLM_USE_FLASHINFER_SAMPLER=0
 export TOKENIZERS_PARALLELISM=false
-# SplitZip's NIXL transport loads NIXL's C API from the nixl bundle (pack.sh nixl), which lies in the site folder
-# rather than in a Python prefix the connector searches.
-export SPLITZIP_NIXL_LIB=${SPLITZIP_NIXL_LIB:-$VLLMKIT/site/.nixl_cu13.mesonpy.libs/libnixl_capi.so}
 # Keep NVLink multicast off, as the machine's notes ask of every program.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 

@@ -311,6 +311,16 @@ def test_ucx_protocols_name_the_transport_of_each_operation():
     assert vlogs.ucx_protocols(NIXL_LOG) == []
 
 
+def test_exception_cause_names_why_an_engine_did_not_start():
+    log = """\
+(APIServer pid=1) WARNING 12-05 19:03:45 [system_utils.py:299] Found ulimit of 20000 … fd limit errors like `OSError: [Errno 24] Too many open files`.
+(EngineCore pid=2) ERROR 12-05 19:04:29 [core.py:1330] splitzip_connector.errors.SplitZipError: payload transport nixl: NIXL library not found
+(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+    assert vlogs.exception_cause(log) == "splitzip_connector.errors.SplitZipError: payload transport nixl: NIXL library not found"
+    assert vlogs.exception_cause(log.splitlines()[0] + "\n") == ""
+
+
 def test_cpu_seconds_counts_a_process_groups_work():
     p = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
                           "time.sleep(30)"], process_group=0)

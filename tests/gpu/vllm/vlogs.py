@@ -184,6 +184,21 @@ def errors_in(log: str, limit: int = 20) -> list[str]:
     return [ln.strip()[:400] for ln in log.splitlines() if rx.search(ln)][:limit]
 
 
+# An exception and its message in a log line ("splitzip_connector.errors.SplitZipError: …").
+_CAUSE = re.compile(r"[\w.]*(?:Error|Exception): .*")
+
+
+def exception_cause(log: str) -> str:
+    """The last exception a process's log names, other than vLLM's generic start-up failure, or "": why an engine
+    exited before it was ready. vLLM's warnings quote errors they foresee, and are skipped."""
+    found = ""
+    for line in log.splitlines():
+        m = None if " WARNING " in line else _CAUSE.search(line)
+        if m and "Engine core initialization failed" not in m.group(0):
+            found = m.group(0)
+    return found
+
+
 # UCX's protocol tables (UCX_PROTO_INFO=y): a header row per operation ("ucp_context_0 intra-node cfg#2 | remote
 # memory read by ucp_get* from cuda/GPU0 to host") and a row per size range naming the transport
 # ("0..inf | zero-copy | cuda_ipc/cuda"), each behind a timestamp and host prefix.
