@@ -5,7 +5,7 @@ and the model of each step.
     python3 tests/gpu/vllm/table.py tests/gpu/vllm/results/*.json > tests/gpu/vllm/RESULTS.md
 
 Several results of one step are merged where they are points of one table (ttft, overlap, load: e.g. ttft run in
-two calls for different links); the others (equality with another KV dtype or CUDA graphs, failure with another
+two calls for different links), and kept apart where two runs measured the same point; the others (equality with another KV dtype or CUDA graphs, failure with another
 policy) get a subsection each. Standard library only.
 """
 
@@ -318,8 +318,8 @@ def _body(step: str, rs: list[dict]) -> list[str]:
     return []
 
 
-# Steps whose results are tables of points: several results (other links, other modes) are merged into one table.
-# The others (one verdict per setting) get a subsection each.
+# Steps whose results are tables of points: several results (other links, other modes) are merged into one table,
+# unless they measured a point twice (_merge_groups). The others (one verdict per setting) get a subsection each.
 MERGED = {"ttft", "overlap", "load", "nixl"}
 
 
