@@ -5,8 +5,8 @@ and the model of each step.
     python3 tests/gpu/vllm/table.py tests/gpu/vllm/results/*.json > tests/gpu/vllm/RESULTS.md
 
 Several results of one step are merged where they are points of one table (ttft, overlap, load: e.g. ttft run in
-two calls for different links), and kept apart where two runs measured the same point; the others (equality with another KV dtype or CUDA graphs, failure with another
-policy) get a subsection each. Standard library only.
+two calls for different links), and kept apart where two runs measured the same point; the others (equality with
+another KV dtype or CUDA graphs, failure with another policy) get a subsection each. Standard library only.
 """
 
 from __future__ import annotations
