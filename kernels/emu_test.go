@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -438,5 +439,18 @@ func TestEmuHighRatio(t *testing.T) {
 				t.Run("paged "+k.name, func(t *testing.T) { c.kv(t, k.src, k.blockElems) })
 			}
 		})
+	}
+}
+
+// TestEmuCRC32C runs crc.cuh's kernel on the host (kernels/emu) and compares its CRC-32C with hash/crc32's.
+func TestEmuCRC32C(t *testing.T) {
+	h := buildEmuHarness(t)
+	dir := t.TempDir()
+	for _, b := range crcInputs(rand.New(rand.NewPCG(5, 6))) {
+		in := filepath.Join(dir, "in")
+		require.NoError(t, os.WriteFile(in, b, 0o644))
+		got, err := strconv.ParseUint(h.run(t, "crc", in), 10, 32)
+		require.NoError(t, err)
+		assert.Equal(t, crc32.Checksum(b, castagnoli), uint32(got), "%d bytes", len(b))
 	}
 }

@@ -80,7 +80,7 @@ var entryPoints = append([]string{
 	tileEncoderName + "_dense", tileEncoderName + "_paged", streamEncoderName + "_dense", streamEncoderName + "_paged",
 	rawName + "_dense", rawName + "_paged", decoderName + "_dense", decoderName + "_paged",
 	hrEncoderName + "_dense", hrEncoderName + "_paged", hrRawName + "_dense", hrRawName + "_paged",
-	hrDecoderName + "_dense", hrDecoderName + "_paged",
+	hrDecoderName + "_dense", hrDecoderName + "_paged", crcName,
 }, hrFP8EntryPoints()...)
 
 // kernel is one loaded kernel: its dense and paged entry points and its shape.
@@ -106,6 +106,7 @@ type Codec struct {
 	dec        kernel
 	raw        kernel
 	hr         *hrKernels // the high-ratio mode's (entropy.go)
+	crc        *cuda.Function
 	smallBytes uint64
 	pdl        bool // the kernels use griddepcontrol: launchAfter lets a kernel launch during its predecessor's tail
 }
@@ -155,7 +156,10 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 			return nil, err
 		}
 	}
-	if c.hr, err = loadHighRatio(mod); err != nil {
+	if c.hr, err = loadHighRatio(mod); err == nil {
+		c.crc, err = mod.Function(crcName)
+	}
+	if err != nil {
 		mod.Close()
 		return nil, err
 	}

@@ -23,6 +23,7 @@
 #include "encode_tile.cuh"
 #include "raw.cuh"
 #include "entropy.cuh"
+#include "crc.cuh"
 
 using namespace sz;
 
@@ -115,3 +116,6 @@ extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_paged(const HRDec
   }
 SZ_HR_FP8(e4m3, HRE4M3)
 SZ_HR_FP8(e5m2, HRE5M2)
+
+// CRC-32C of a device buffer (crc.cuh): a 512-byte piece a thread.
+extern "C" __global__ void __launch_bounds__(256) sz_crc32c(const CRCParams p) { crc32c(p); }

@@ -9,6 +9,9 @@
 //	                                       interleaved per block), encode them straight from it (frame to FRAME),
 //	                                       decode the frame into a cache laid out K then V, gather those blocks
 //	                                       back into RT; prints the decoder's status
+//	crc IN                                 the CRC-32C of file IN by crc.cuh's kernel, launched as kernels/crc.go
+//	                                       launches it; prints it
+#include "crc.cuh"
 #include "entropy.cuh"
 
 #include <cstdio>
@@ -211,7 +214,28 @@ static int run(int argc, char** argv) {
   return 2;
 }
 
+// crc runs crc32c over the file in (an exact-size copy) as CRC32CAsync does: the result preset to the
+// conditioning term, then ceil(pieces / kCRCThreads) blocks, at least one.
+static int crc(const char* in) {
+  auto b = readf(in);
+  const uint64_t n = b.size();
+  uint8_t* src = copy_of(b, n);
+  uint32_t shifted = 0xFFFFFFFFu;  // ~0 followed by n zero bytes
+  for (uint64_t d = n, k = 0; d != 0; d >>= 1, k++)
+    if (d & 1) shifted = crc_mulmod(shifted, kCRCX8[k]);
+  uint32_t* out = reinterpret_cast<uint32_t*>(exact(4));
+  *out = ~shifted;
+  const uint64_t pieces = ((n & ~uint64_t(15)) + kCRCPiece - 1) / kCRCPiece;
+  CRCParams p{reinterpret_cast<uint64_t>(src), n, reinterpret_cast<uint64_t>(out)};
+  emu_launch((uint32_t)std::max<uint64_t>(1, (pieces + kCRCThreads - 1) / kCRCThreads), kCRCThreads, [&] { crc32c(p); });
+  printf("%u\n", *out);
+  free(src);
+  free(out);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "crc") return crc(argv[2]);
   if (argc < 3) {
     fprintf(stderr, "usage: harness enc|dec|kv bf16|e4m3|e5m2 ...\n");
     return 2;
