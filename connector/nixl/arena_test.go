@@ -102,3 +102,24 @@ func TestNoLibrary(t *testing.T) {
 		t.Skipf("this machine has NIXL where the search always looks: %s", out)
 	}
 }
+
+func TestRegionArenaHandsOutAddresses(t *testing.T) {
+	// Memory this process may not dereference (a GPU's): only its addresses are handed out.
+	a := NewRegionArena(Region{Addr: 0x7f0000000100, Len: 1 << 20, Mem: MemVRAM, Device: 1})
+	require.Equal(t, Region{Addr: 0x7f0000000100, Len: 1 << 20, Mem: MemVRAM, Device: 1}, a.Region())
+	_, err := a.Alloc(100)
+	require.ErrorIs(t, err, ErrArena, "no byte slices of VRAM")
+	p, err := a.AllocAddr(1000)
+	require.NoError(t, err)
+	require.Equal(t, uintptr(0x7f0000000100), p)
+	q, err := a.AllocAddrWait(context.Background(), 5000)
+	require.NoError(t, err)
+	require.Equal(t, p+1024, q, "first fit, 256-byte units")
+	require.Equal(t, 1024+5120, a.InUse())
+	a.FreeAddr(p)
+	a.FreeAddr(q)
+	require.Zero(t, a.InUse())
+	require.Panics(t, func() { a.FreeAddr(q) })
+	_, err = a.AllocAddrWait(context.Background(), 2<<20)
+	require.ErrorIs(t, err, ErrArena, "larger than the arena fails at once")
+}

@@ -20,8 +20,9 @@ import (
 type Client struct {
 	o     Options
 	ag    *Agent
-	arena *Arena
+	arena *Arena // host receive memory: chunk tables, and the chunks of Fetch
 	unmap func() error
+	dev   *deviceRecv // GPU receive memory (UseDeviceMemory): the chunks of FetchDevice
 
 	mu     sync.Mutex
 	peers  map[string][sha256.Size]byte // loaded producer agents → digest of the metadata loaded
@@ -100,11 +101,31 @@ func (c *Client) forget(agent string) {
 // ErrExpired, ErrUnknownHandoff, ErrTooLarge, ErrSink) some chunks may have reached sink already: the
 // caller must treat the whole request as failed.
 func (c *Client) Fetch(ctx context.Context, locator []byte, id string, sink transport.SinkCRC) (transport.Stats, error) {
+	if sink == nil {
+		return transport.Stats{ID: id, Conns: 1}, fmt.Errorf("%w: nil sink", ErrOption)
+	}
+	return c.fetch(ctx, locator, id, receiver{
+		arena: c.arena,
+		verify: func(p uintptr, n int) (uint32, error) { return crc32.Checksum(c.arena.bytesAt(p, n), castagnoli), nil },
+		deliver: func(i int, p uintptr, n int, crc uint32) error {
+			if n == 0 {
+				return sink(i, nil, crc)
+			}
+			return sink(i, c.arena.bytesAt(p, n), crc)
+		},
+	})
+}
+
+// receiver is where a fetch reads chunks to, how it verifies them there, and whom it hands them to.
+type receiver struct {
+	arena   *Arena
+	verify  func(p uintptr, n int) (uint32, error) // the CRC-32C of n bytes at p in arena
+	deliver func(i int, p uintptr, n int, crc uint32) error
+}
+
+func (c *Client) fetch(ctx context.Context, locator []byte, id string, rcv receiver) (transport.Stats, error) {
 	start := time.Now()
 	st := transport.Stats{ID: id, Conns: 1}
-	if sink == nil {
-		return st, fmt.Errorf("%w: nil sink", ErrOption)
-	}
 	l, err := ParseLocator(locator)
 	if err != nil {
 		return st, err
@@ -115,7 +136,7 @@ func (c *Client) Fetch(ctx context.Context, locator []byte, id string, sink tran
 	if err := c.peer(l); err != nil {
 		return st, ferr(transport.ErrUnreachable, id, -1, "loading the producer's NIXL metadata", err)
 	}
-	f := &fetch{c: c, l: l, id: id, sink: sink, entries: make([]entry, l.Chunks), known: make([]bool, l.Chunks)}
+	f := &fetch{c: c, l: l, id: id, rcv: rcv, entries: make([]entry, l.Chunks), known: make([]bool, l.Chunks)}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	f.ctx, f.fail = fctx, cancel
@@ -157,7 +178,7 @@ type fetch struct {
 	c    *Client
 	l    Locator
 	id   string
-	sink transport.SinkCRC
+	rcv  receiver
 	ctx  context.Context
 	fail context.CancelCauseFunc
 
@@ -169,13 +190,20 @@ type fetch struct {
 	bytes     atomic.Int64
 }
 
-// read is a chunk read in flight.
+// read is a chunk read in flight: into n bytes at p in the receiver's arena (none for an empty chunk).
 type read struct {
 	i      int
 	e      entry
-	buf    []byte
+	p      uintptr
 	x      *Xfer
 	posted time.Time
+}
+
+// free returns the read's buffer to the receiver's arena.
+func (f *fetch) free(r *read) {
+	if r.p != 0 {
+		f.rcv.arena.FreeAddr(r.p)
+	}
 }
 
 func (f *fetch) remote(addr uint64, n int) Region {
@@ -184,6 +212,12 @@ func (f *fetch) remote(addr uint64, n int) Region {
 
 func local(b []byte) Region {
 	return Region{Addr: uintptr(unsafe.Pointer(&b[0])), Len: len(b), Mem: MemDRAM}
+}
+
+// into is the region of n bytes at p in the receiver's arena.
+func (f *fetch) into(p uintptr, n int) Region {
+	r := f.rcv.arena.Region()
+	return Region{Addr: p, Len: n, Mem: r.Mem, Device: r.Device}
 }
 
 func (f *fetch) run() error {
@@ -199,14 +233,14 @@ func (f *fetch) run() error {
 			defer sinks.Done()
 			for r := range deliver {
 				if f.ctx.Err() == nil {
-					if err := f.sink(r.i, r.buf, r.e.crc); err != nil {
+					if err := f.rcv.deliver(r.i, r.p, int(r.e.n), r.e.crc); err != nil {
 						sinkOnce.Do(func() { sinkErr = ferr(transport.ErrSink, f.id, r.i, "", err) })
 						f.fail(sinkErr)
 					} else {
 						f.delivered.Add(1)
 					}
 				}
-				f.c.arena.Free(r.buf)
+				f.free(r)
 			}
 		}()
 	}
@@ -216,10 +250,10 @@ func (f *fetch) run() error {
 		// it cannot (a late write must not land in a buffer in use again).
 		for _, r := range inflight {
 			if err := r.x.Release(); err != nil {
-				f.c.leaked.Add(int64(cap(r.buf)))
+				f.c.leaked.Add(int64(r.e.n))
 				continue
 			}
-			f.c.arena.Free(r.buf)
+			f.free(r)
 		}
 		close(deliver)
 		sinks.Wait()
@@ -257,11 +291,16 @@ func (f *fetch) run() error {
 			k--
 			progress = true
 			if err := r.x.Release(); err != nil {
-				f.c.leaked.Add(int64(cap(r.buf)))
+				f.c.leaked.Add(int64(r.e.n))
 				return ferr(transport.ErrPeerClosed, f.id, r.i, "releasing a completed read", err)
 			}
-			if got := crc32.Checksum(r.buf, castagnoli); got != r.e.crc {
-				f.c.arena.Free(r.buf)
+			got, err := f.rcv.verify(r.p, int(r.e.n))
+			if err != nil {
+				f.free(r)
+				return ferr(transport.ErrSink, f.id, r.i, "checksumming the chunk in receive memory", err)
+			}
+			if got != r.e.crc {
+				f.free(r)
 				if gone := f.checkGone(tbl); gone != nil {
 					return gone // the producer reused the memory: the handoff ended meanwhile
 				}
@@ -272,7 +311,7 @@ func (f *fetch) run() error {
 			select {
 			case deliver <- r:
 			case <-f.ctx.Done():
-				f.c.arena.Free(r.buf)
+				f.free(r)
 				return f.ctxErr(nil)
 			}
 		}
@@ -280,34 +319,37 @@ func (f *fetch) run() error {
 		for len(ready) > 0 && len(inflight) < o.Window {
 			i := ready[0]
 			e := f.entries[i]
-			var buf []byte
+			var p uintptr
 			if e.n > 0 {
-				b, err := f.c.arena.Alloc(int(e.n))
+				a := f.rcv.arena
+				b, err := a.AllocAddr(int(e.n))
 				if err != nil {
-					if int(e.n) > f.c.arena.Size()-arenaAlign {
-						return ferr(transport.ErrTooLarge, f.id, i, fmt.Sprintf("a %d-byte chunk, receive memory %d bytes", e.n, f.c.arena.Size()), err)
+					if int(e.n) > a.Size()-arenaAlign {
+						return ferr(transport.ErrTooLarge, f.id, i, fmt.Sprintf("a %d-byte chunk, %s receive memory %d bytes", e.n, a.Region().Mem, a.Size()), err)
 					}
 					break // other reads or sinks hold the memory: later
 				}
-				buf = b
+				p = b
 			}
 			ready = ready[1:]
 			progress = true
 			if e.n == 0 {
 				received++
 				select {
-				case deliver <- &read{i: i, e: e, buf: nil}:
+				case deliver <- &read{i: i, e: e}:
 				case <-f.ctx.Done():
 					return f.ctxErr(nil)
 				}
 				continue
 			}
-			x, err := f.c.ag.Read(f.l.Agent, []Region{local(buf)}, []Region{f.remote(e.addr, int(e.n))})
+			r := &read{i: i, e: e, p: p, posted: time.Now()}
+			x, err := f.c.ag.Read(f.l.Agent, []Region{f.into(p, int(e.n))}, []Region{f.remote(e.addr, int(e.n))})
 			if err != nil {
-				f.c.arena.Free(buf)
+				f.free(r)
 				return ferr(transport.ErrPeerClosed, f.id, i, "posting a read of the producer's memory", err)
 			}
-			inflight = append(inflight, &read{i: i, e: e, buf: buf, x: x, posted: time.Now()})
+			r.x = x
+			inflight = append(inflight, r)
 		}
 		// Rows not yet seen: read the table again, at most every PollInterval.
 		if len(ready) == 0 && f.next < n && time.Since(lastTable) >= o.PollInterval {
