@@ -105,7 +105,7 @@ func (c *Client) Fetch(ctx context.Context, locator []byte, id string, sink tran
 		return transport.Stats{ID: id, Conns: 1}, fmt.Errorf("%w: nil sink", ErrOption)
 	}
 	return c.fetch(ctx, locator, id, receiver{
-		arena: c.arena,
+		arena:  c.arena,
 		verify: func(p uintptr, n int) (uint32, error) { return crc32.Checksum(c.arena.bytesAt(p, n), castagnoli), nil },
 		deliver: func(i int, p uintptr, n int, crc uint32) error {
 			if n == 0 {
