@@ -43,15 +43,8 @@ func parseChunk(b []byte, raw bool, mode string, want uint64) (chunk, error) {
 			return c, err
 		}
 		h, _ := codec.ParseHeader(f)
-		switch {
-		case raw && !h.Raw:
-			return c, fmt.Errorf("a %s frame in a raw handoff", h.Mode())
-		case mode == szn.FrameModeHighRatio && !h.Raw && !h.Entropy:
-			return c, fmt.Errorf("a %s frame in a high-ratio handoff", h.Mode())
-		case mode != szn.FrameModeHighRatio && h.Entropy:
-			return c, fmt.Errorf("a high-ratio frame in a %s handoff", mode)
-		case h.RawLen() != size:
-			return c, fmt.Errorf("codec frame %d of %d decodes to %d bytes, the blocks need %d", i+1, parts, h.RawLen(), size)
+		if err := checkFrame(h, raw, mode, size, i, parts); err != nil {
+			return c, err
 		}
 		c.frames[i], c.hdrs[i], rest = f, h, r
 	}
@@ -60,4 +53,20 @@ func parseChunk(b []byte, raw bool, mode string, want uint64) (chunk, error) {
 	}
 	c.n = parts
 	return c, nil
+}
+
+// checkFrame checks codec frame i of a chunk of parts frames, by its header, against the record (raw, frame
+// mode) and the size raw bytes it must decode to.
+func checkFrame(h codec.Header, raw bool, mode string, size uint64, i, parts int) error {
+	switch {
+	case raw && !h.Raw:
+		return fmt.Errorf("a %s frame in a raw handoff", h.Mode())
+	case mode == szn.FrameModeHighRatio && !h.Raw && !h.Entropy:
+		return fmt.Errorf("a %s frame in a high-ratio handoff", h.Mode())
+	case mode != szn.FrameModeHighRatio && h.Entropy:
+		return fmt.Errorf("a high-ratio frame in a %s handoff", mode)
+	case h.RawLen() != size:
+		return fmt.Errorf("codec frame %d of %d decodes to %d bytes, the blocks need %d", i+1, parts, h.RawLen(), size)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/splitzip/splitzip/connector/nixl"
 	"github.com/splitzip/splitzip/connector/transport"
+	"github.com/splitzip/splitzip/kernels/cuda"
 	szn "github.com/splitzip/splitzip/nats"
 )
 
@@ -22,6 +23,7 @@ type Consumer struct {
 	o    Options
 	cp   ControlPlane
 	nixl *nixl.Client // with the payload transport nixl
+	recv *gpuRecv     // GPU memory the NIXL client reads chunks into (WithNIXLDeviceReceive)
 	log  *slog.Logger
 
 	mu     sync.Mutex
@@ -88,6 +90,9 @@ func NewConsumer(cp ControlPlane, opts ...Option) (*Consumer, error) {
 
 // RegisterHostCache tells the consumer where its KV cache lives in host memory.
 func (c *Consumer) RegisterHostCache(l Layout, bases []uintptr) error {
+	if c.o.NIXLDeviceReceive > 0 {
+		return fmt.Errorf("%w: NIXL device receive memory (WithNIXLDeviceReceive) is for a KV cache in GPU memory; this one is in host memory", ErrLayout)
+	}
 	hc, err := newHostCache(l, bases)
 	if err != nil {
 		return err
@@ -284,21 +289,18 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 	}
 	// The transport verified each chunk's CRC-32C against the producer's; the same value is checked against
 	// the complete record below, end to end, without another pass over the data.
-	sink := func(i int, frame []byte, crc uint32) error {
+	// accept decodes chunk i of n bytes with decode, given the raw bytes its blocks hold, and records it.
+	accept := func(i, n int, crc uint32, decode func(layer, lo, hi int, want uint64) (timing, error)) error {
 		if i < 0 || i >= f.frames() {
 			return fmt.Errorf("%w: chunk %d of %d frames", ErrFrame, i, f.frames())
 		}
 		layer, lo, hi := f.frame(i)
-		ch, err := parseChunk(frame, rec.Raw, mode, uint64(l.layerRawBytes(hi-lo)))
+		took, err := decode(layer, lo, hi, uint64(l.layerRawBytes(hi-lo)))
 		if err != nil {
 			return fmt.Errorf("%w: frame %d (%d blocks, %s): %w", ErrFrame, i, hi-lo, modeName, err)
 		}
-		took, err := dec.decode(ch, layer, lo, hi)
-		if err != nil {
-			return fmt.Errorf("%w: frame %d: %w", ErrFrame, i, err)
-		}
 		mu.Lock()
-		sizes[i], crcs[i] = uint64(len(frame)), crc
+		sizes[i], crcs[i] = uint64(n), crc
 		decodeTime += took.codec
 		copyTime += took.copy
 		accepted++
@@ -309,8 +311,26 @@ func (c *Consumer) fetchFrom(ctx context.Context, ld *load, cache kvCache, rec *
 		}
 		return nil
 	}
+	sink := func(i int, frame []byte, crc uint32) error {
+		return accept(i, len(frame), crc, func(layer, lo, hi int, want uint64) (timing, error) {
+			ch, err := parseChunk(frame, rec.Raw, mode, want)
+			if err != nil {
+				return timing{}, err
+			}
+			return dec.decode(ch, layer, lo, hi)
+		})
+	}
+	// Chunks read into GPU memory (WithNIXLDeviceReceive) are decoded where they landed.
+	var dsink nixl.DeviceSink
+	if dl, ok := dec.(*deviceLoader); ok && c.recv != nil {
+		dsink = func(i int, p uintptr, n int, crc uint32) error {
+			return accept(i, n, crc, func(layer, lo, hi int, want uint64) (timing, error) {
+				return dl.decodeAt(cuda.DevicePtr(p), n, rec.Raw, mode, want, layer, lo, hi)
+			})
+		}
+	}
 	t0 := time.Now()
-	st, err := c.fetchPayload(ctx, rec, ld.handoffID, ld.secret, sink)
+	st, err := c.fetchPayload(ctx, rec, ld.handoffID, ld.secret, sink, dsink)
 	if err != nil {
 		return fmt.Errorf("handoff %s from %s: %w", shortID(ld.handoffID), rec.Addr, err)
 	}
@@ -391,6 +411,13 @@ func (c *Consumer) Close() error {
 	defer c.mu.Unlock()
 	if c.cache != nil {
 		err = errors.Join(err, c.cache.close())
+	}
+	if c.recv != nil {
+		if c.nixl.Leaked() > 0 { // a read that could not be cancelled may still write it
+			c.log.Warn("keeping the NIXL device receive memory: reads into it could not be cancelled", "bytes", c.nixl.Leaked())
+		} else {
+			err = errors.Join(err, c.recv.close())
+		}
 	}
 	return err
 }

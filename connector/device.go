@@ -489,6 +489,13 @@ func (c *deviceCache) loader(blocks []int, per int) (layerLoader, error) {
 func (ld *deviceLoader) decode(ch chunk, l, lo, hi int) (took timing, err error) {
 	sl := <-ld.slots
 	defer func() { ld.slots <- sl }()
+	return ld.decodeWith(sl, ch, l, lo, hi)
+}
+
+// decodeWith decodes a chunk received in host memory into layer l's blocks [lo, hi) of the load: through
+// the slot's pinned buffer to the GPU, decoded there, or decoded on the CPU first where the kernels do not
+// decode its frames (sl taken).
+func (ld *deviceLoader) decodeWith(sl *deviceSlot, ch chunk, l, lo, hi int) (took timing, err error) {
 	c := ld.c
 	if ch.n == 2 && onGPU(ch, c.lay.DType) {
 		err = c.ctx.Do(func() error {
@@ -516,60 +523,66 @@ func (ld *deviceLoader) decode(ch chunk, l, lo, hi int) (took timing, err error)
 		}
 		defer func() { took.codec += cpuTime }()
 	}
-	if !bf16 {
-		err = c.ctx.Do(func() error {
-			var err error
-			took, err = ld.scatterRaw(sl, frameLen, l, lo, hi)
-			return err
-		})
-		return took, err
-	}
 	err = c.ctx.Do(func() error {
+		if !bf16 {
+			h, err := codec.ParseHeader(sl.host.Bytes()[:frameLen])
+			if err != nil {
+				return err
+			}
+			took, err = ld.scatterRaw(sl, h, frameLen, 0, l, lo, hi)
+			return err
+		}
 		if err := sl.t0.Record(sl.stream); err != nil {
 			return err
 		}
 		if err := sl.stream.MemcpyHtoDAsync(sl.dev.Ptr(), sl.host.Ptr(), frameLen); err != nil {
 			return err
 		}
-		if err := sl.tCopy.Record(sl.stream); err != nil {
-			return err
-		}
-		req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo, PerLayer: true}
-		stride := (frameLen + 15) &^ 15
-		if err := c.kc.DecodeScatterAsync(sl.stream, sl.dev.Ptr(), stride, frameLen, c.layerOf(l), req, sl.status.Ptr()); err != nil {
-			return err
-		}
-		if err := sl.t1.Record(sl.stream); err != nil {
-			return err
-		}
-		if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 4); err != nil {
-			return err
-		}
-		if err := sl.stream.Synchronize(); err != nil {
-			return err
-		}
-		if err := kernels.StatusError(binary.LittleEndian.Uint32(sl.statusHost.Bytes())); err != nil {
-			return err
-		}
-		if took.copy, err = cuda.Elapsed(sl.t0, sl.tCopy); err != nil {
-			return err
-		}
-		took.codec, err = cuda.Elapsed(sl.tCopy, sl.t1)
+		var err error
+		took, err = ld.decodeScatterAt(sl, sl.dev.Ptr(), frameLen, l, lo, hi)
 		return err
 	})
 	return took, err
 }
 
-// scatterRaw copies the raw frame of frameLen bytes in the slot's pinned buffer (layer l's K blocks [lo, hi)
-// of the load, then its V blocks) straight into the blocks, a copy each: the fast kernels that scatter raw
-// frames read bf16 (sl taken, ctx current).
-func (ld *deviceLoader) scatterRaw(sl *deviceSlot, frameLen, l, lo, hi int) (took timing, err error) {
+// decodeScatterAt decodes the fast or raw bf16 frame of frameLen bytes at src in GPU memory into layer l's
+// blocks [lo, hi) of the load, after what the slot's stream has queued since t0 (the frame's copy, if any);
+// took.copy is that, took.codec the kernel (sl taken, ctx current).
+func (ld *deviceLoader) decodeScatterAt(sl *deviceSlot, src cuda.DevicePtr, frameLen, l, lo, hi int) (took timing, err error) {
 	c := ld.c
-	bb := int(c.lay.BlockBytes())
-	h, err := codec.ParseHeader(sl.host.Bytes()[:frameLen])
-	if err != nil {
+	if err := sl.tCopy.Record(sl.stream); err != nil {
 		return took, err
 	}
+	req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo, PerLayer: true}
+	stride := (frameLen + 15) &^ 15
+	if err := c.kc.DecodeScatterAsync(sl.stream, src, stride, frameLen, c.layerOf(l), req, sl.status.Ptr()); err != nil {
+		return took, err
+	}
+	if err := sl.t1.Record(sl.stream); err != nil {
+		return took, err
+	}
+	if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 4); err != nil {
+		return took, err
+	}
+	if err := sl.stream.Synchronize(); err != nil {
+		return took, err
+	}
+	if err := kernels.StatusError(binary.LittleEndian.Uint32(sl.statusHost.Bytes())); err != nil {
+		return took, err
+	}
+	if took.copy, err = cuda.Elapsed(sl.t0, sl.tCopy); err != nil {
+		return took, err
+	}
+	took.codec, err = cuda.Elapsed(sl.tCopy, sl.t1)
+	return took, err
+}
+
+// scatterRaw copies the raw frame of frameLen bytes whose header is h (layer l's K blocks [lo, hi) of the
+// load, then its V blocks) straight into the blocks, a copy each: from the slot's pinned buffer, or from dev
+// in GPU memory when dev is not 0. The fast kernels that scatter raw frames read bf16 (sl taken, ctx current).
+func (ld *deviceLoader) scatterRaw(sl *deviceSlot, h codec.Header, frameLen int, dev cuda.DevicePtr, l, lo, hi int) (took timing, err error) {
+	c := ld.c
+	bb := int(c.lay.BlockBytes())
 	if n := 2 * (hi - lo) * bb; !h.Raw || h.DType != c.lay.DType || int(h.PayloadLen) != n || frameLen != codec.HeaderSize+n {
 		return took, fmt.Errorf("%w: a %d-byte %s frame (raw %v) for %d bytes of %s blocks", ErrFrame, frameLen, h.DType, h.Raw, n, c.lay.DType)
 	}
@@ -580,7 +593,12 @@ func (ld *deviceLoader) scatterRaw(sl *deviceSlot, frameLen, l, lo, hi int) (too
 	pos := codec.HeaderSize
 	for kv := range 2 {
 		for _, b := range ld.blocks[lo:hi] {
-			if err := sl.stream.MemcpyHtoDAsync(c.blockPtr(l, kv, b), unsafe.Add(base, pos), bb); err != nil {
+			if dev != 0 {
+				err = sl.stream.MemcpyDtoDAsync(c.blockPtr(l, kv, b), dev.Add(pos), bb)
+			} else {
+				err = sl.stream.MemcpyHtoDAsync(c.blockPtr(l, kv, b), unsafe.Add(base, pos), bb)
+			}
+			if err != nil {
 				return took, err
 			}
 			pos += bb
@@ -701,7 +719,13 @@ func (p *Producer) RegisterDeviceCache(l Layout, ordinal int, bases []uintptr) e
 }
 
 // RegisterDeviceCache tells the consumer that its KV cache is in GPU memory (see Producer.RegisterDeviceCache).
+// With WithNIXLDeviceReceive, the first registration also gives the NIXL client its GPU receive memory.
 func (c *Consumer) RegisterDeviceCache(l Layout, ordinal int, bases []uintptr) error {
+	if c.o.NIXLDeviceReceive > 0 && c.nixl != nil {
+		if err := c.useDeviceReceive(ordinal); err != nil {
+			return err
+		}
+	}
 	dc, err := newDeviceCache(l, ordinal, bases, nil)
 	if err != nil {
 		return err

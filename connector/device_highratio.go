@@ -262,7 +262,6 @@ func onGPU(ch chunk, dt codec.DType) bool {
 // decodeHighRatio decodes a high-ratio chunk into layer l's blocks [lo, hi) of the load on the slot's stream:
 // both frames to the device in one copy, then K's and V's decode-scatter (sl taken, ctx current).
 func (ld *deviceLoader) decodeHighRatio(sl *deviceSlot, ch chunk, l, lo, hi int) (took timing, err error) {
-	c := ld.c
 	vAt := (len(ch.frames[0]) + 15) &^ 15
 	end := vAt + len(ch.frames[1])
 	if end > sl.host.Len() {
@@ -277,12 +276,21 @@ func (ld *deviceLoader) decodeHighRatio(sl *deviceSlot, ch chunk, l, lo, hi int)
 	if err := sl.stream.MemcpyHtoDAsync(sl.dev.Ptr(), sl.host.Ptr(), end); err != nil {
 		return took, err
 	}
+	frames := [2]cuda.DevicePtr{sl.dev.Ptr(), sl.dev.Ptr().Add(vAt)}
+	return ld.decodeHighRatioAt(sl, frames, [2]int{len(ch.frames[0]), len(ch.frames[1])}, l, lo, hi)
+}
+
+// decodeHighRatioAt decode-scatters a high-ratio chunk's K and V frames, of lens bytes at frames in GPU memory
+// (16-byte aligned), into layer l's blocks [lo, hi) of the load, after what the slot's stream has queued since
+// t0 (the frames' copy, if any); took.copy is that, took.codec the kernels (sl taken, ctx current).
+func (ld *deviceLoader) decodeHighRatioAt(sl *deviceSlot, frames [2]cuda.DevicePtr, lens [2]int, l, lo, hi int) (took timing, err error) {
+	c := ld.c
 	if err := sl.tCopy.Record(sl.stream); err != nil {
 		return took, err
 	}
 	req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo}
-	for kv, at := range []int{0, vAt} {
-		if err := c.kc.DecodeScatterKVHighRatioDTypeAsync(sl.stream, c.lay.DType, sl.dev.Ptr().Add(at), len(ch.frames[kv]), c.layerOf(l), req, 0, kv, sl.status.Ptr().Add(4*kv)); err != nil {
+	for kv := range 2 {
+		if err := c.kc.DecodeScatterKVHighRatioDTypeAsync(sl.stream, c.lay.DType, frames[kv], lens[kv], c.layerOf(l), req, 0, kv, sl.status.Ptr().Add(4*kv)); err != nil {
 			return took, err
 		}
 	}

@@ -3,13 +3,16 @@ package connector
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/connector/nixl"
 	"github.com/splitzip/splitzip/connector/transport"
 	szn "github.com/splitzip/splitzip/nats"
@@ -210,4 +213,97 @@ func TestNIXLLocatorIsSealed(t *testing.T) {
 	require.NoError(t, c.Load("s", h, []int{3, 4, 5}))
 	require.NoError(t, waitLoad(t, c, "s"))
 	requireSameBlocks(t, src, []int{0, 1, 2}, dst, []int{3, 4, 5})
+}
+
+func TestNIXLDeviceReceiveOption(t *testing.T) {
+	_, err := buildOptions([]Option{WithEngineID("e"), WithNIXLDeviceReceive(64 << 20)})
+	require.ErrorIs(t, err, ErrOption, "GPU receive memory is NIXL's")
+	require.ErrorContains(t, err, "payload transport nixl")
+	_, err = buildOptions([]Option{WithEngineID("e"), WithPayloadTransport("nixl"), WithNIXLDeviceReceive(-1)})
+	require.ErrorIs(t, err, ErrOption)
+	o, err := buildOptions([]Option{WithEngineID("e"), WithPayloadTransport("nixl"), WithNIXLDeviceReceive(64 << 20)})
+	require.NoError(t, err)
+	require.EqualValues(t, 64<<20, o.NIXLDeviceReceive)
+
+	needNIXL(t)
+	c, err := NewConsumer(startPlane(t), nixlOpts(WithEngineID("decode-dr"), WithNIXLDeviceReceive(64<<20))...)
+	require.NoError(t, err)
+	defer c.Close()
+	dst := newTestCache(t, smallLayout(8), false, 0)
+	err = c.RegisterHostCache(dst.layout, dst.bases)
+	require.ErrorIs(t, err, ErrLayout, "a host cache has no GPU to receive into")
+	require.ErrorContains(t, err, "GPU memory")
+}
+
+// GPU consumers reading NIXL chunks into GPU memory (WithNIXLDeviceReceive): raw, fast and high-ratio chunks
+// from a GPU producer, fp8 fast chunks from a host producer (which only the CPU decodes: they come back to
+// the host), all bit-exact; and a bit flipped in the producer's staging is caught by the GPU's CRC.
+func TestDeviceNIXLReceive(t *testing.T) {
+	ctx := needGPU(t)
+	if os.Getenv("UCX_TLS") == "" {
+		t.Setenv("UCX_TLS", "tcp,sm,self,cuda_copy,cuda_ipc") // reads into GPU memory need UCX's CUDA transports
+	}
+	needNIXL(t)
+	plane := startPlane(t)
+	srcBlocks := []int{5, 0, 39, 17, 3, 22, 9}
+	dstBlocks := []int{30, 1, 2, 33, 12, 8, 11}
+	for _, tc := range []struct {
+		name    string
+		opts    []Option
+		dt      codec.DType
+		hostSrc bool
+	}{
+		{"raw", []Option{WithBypass(BypassAlways)}, codec.BF16, false},
+		{"fast", []Option{WithMode(ModeFast), WithBypass(BypassNever)}, codec.BF16, false},
+		{"high-ratio", []Option{WithMode(ModeHighRatio), WithBypass(BypassNever)}, codec.BF16, false},
+		{"fp8 high-ratio", []Option{WithMode(ModeHighRatio), WithBypass(BypassNever)}, codec.FP8E4M3, false},
+		{"fp8 fast from a host cache", []Option{WithMode(ModeFast), WithBypass(BypassNever)}, codec.FP8E4M3, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := strings.ReplaceAll(tc.name, " ", "-")
+			p, c := newPair(t, plane, nixlOpts(append(tc.opts, WithEngineID("p-dr-"+id), WithFrameBytes(3*2*6144))...),
+				nixlOpts(WithEngineID("d-dr-"+id), WithNIXLDeviceReceive(32<<20)))
+			var srcHost, dstHost *testCache
+			if tc.dt == codec.BF16 {
+				srcHost, dstHost = newTestCache(t, smallLayout(40), true, 124), newTestCache(t, smallLayout(40), false, 0)
+			} else {
+				l := fp8Layout(40, tc.dt)
+				srcHost, dstHost = newFP8TestCache(t, l, 124), newTestCache(t, l, false, 0)
+			}
+			if tc.hostSrc {
+				require.NoError(t, p.RegisterHostCache(srcHost.layout, srcHost.bases))
+			} else {
+				src := newGPUCache(t, ctx, srcHost)
+				require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
+			}
+			dst := newGPUCache(t, ctx, dstHost)
+			require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
+			require.True(t, c.nixl.HasDeviceMemory())
+			for i := range 3 {
+				req := fmt.Sprintf("req-%d", i)
+				h, err := p.Save(req, srcBlocks)
+				require.NoError(t, err)
+				require.NoError(t, c.Load(req, h, dstBlocks))
+				require.NoError(t, waitLoad(t, c, req))
+				dst.download(t, ctx, dstHost)
+				requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
+			}
+			if tc.name != "raw" && !tc.hostSrc {
+				st := waitHandoffs(t, p, 3)
+				require.Greater(t, float64(st.RawBytes)/float64(st.EncodedBytes), 1.05, "compressed frames")
+			}
+
+			h, err := p.Save("flip", srcBlocks)
+			require.NoError(t, err)
+			require.NoError(t, p.WaitSaved(context.Background(), "flip"))
+			p.mu.Lock()
+			frame := p.byID[h.ID].frames[5]
+			frame[len(frame)/2] ^= 0x04
+			p.mu.Unlock()
+			require.NoError(t, c.Load("flip", h, dstBlocks))
+			err = waitLoad(t, c, "flip")
+			require.ErrorIs(t, err, transport.ErrChecksum, "found by the CRC kernel")
+			require.ErrorContains(t, err, "chunk 5")
+		})
+	}
 }

@@ -99,6 +99,13 @@ type Options struct {
 	PayloadTransport string
 	// NIXL options for the NIXL server (producer) or client (consumer), with TransportNIXL.
 	NIXL []nixl.Option
+	// NIXLDeviceReceive is the GPU memory, in bytes, a consumer with a GPU cache reads NIXL chunks into, so
+	// that they land where they are decoded: verified there by the CRC kernel and decoded in place, with no
+	// copy through host memory on the consumer (default 0: chunks are read into host memory). It needs
+	// TransportNIXL, a GPU cache (RegisterDeviceCache) and a UCX with CUDA transports (cuda_copy; cuda_ipc
+	// between GPUs of one host, GPUDirect RDMA across hosts). At least 4 chunks (Window) of the largest size
+	// should fit.
+	NIXLDeviceReceive int64
 }
 
 // The payload transports (Options.PayloadTransport).
@@ -303,6 +310,18 @@ func WithPayloadTransport(name string) Option {
 	}
 }
 
+// WithNIXLDeviceReceive makes a consumer with a GPU cache read NIXL chunks into n bytes of its GPU's memory
+// (Options.NIXLDeviceReceive); 0 reads them into host memory.
+func WithNIXLDeviceReceive(n int64) Option {
+	return func(o *Options) error {
+		if n < 0 {
+			return optErr("NIXL device receive memory of %d bytes", n)
+		}
+		o.NIXLDeviceReceive = n
+		return nil
+	}
+}
+
 // WithNIXL passes options to the NIXL server or client (backend parameters, timeouts, receive memory).
 func WithNIXL(opts ...nixl.Option) Option {
 	return func(o *Options) error { o.NIXL = append(o.NIXL, opts...); return nil }
@@ -317,6 +336,9 @@ func buildOptions(opts []Option) (Options, error) {
 	}
 	if o.EngineID == "" {
 		return o, optErr("an engine id is required (WithEngineID)")
+	}
+	if o.NIXLDeviceReceive > 0 && o.PayloadTransport != TransportNIXL {
+		return o, optErr("NIXL device receive memory needs the payload transport nixl (WithPayloadTransport)")
 	}
 	return o, nil
 }

@@ -165,8 +165,9 @@ func newPayloadClient(o Options) (*nixl.Client, error) {
 	return cli, nil
 }
 
-// fetchPayload fetches a handoff's frames the way its record says.
-func (c *Consumer) fetchPayload(ctx context.Context, rec *shardRecord, id string, secret []byte, sink transport.SinkCRC) (transport.Stats, error) {
+// fetchPayload fetches a handoff's frames the way its record says: over NIXL into GPU memory when dsink is
+// given, else into host memory for sink.
+func (c *Consumer) fetchPayload(ctx context.Context, rec *shardRecord, id string, secret []byte, sink transport.SinkCRC, dsink nixl.DeviceSink) (transport.Stats, error) {
 	switch rec.Transport {
 	case "", szn.PayloadTCP:
 		return transport.FetchCRC(ctx, rec.Addr, id, secret, sink, c.o.Transport...)
@@ -177,6 +178,9 @@ func (c *Consumer) fetchPayload(ctx context.Context, rec *shardRecord, id string
 		loc, err := openLocator(rec.Locator, secret, id)
 		if err != nil {
 			return transport.Stats{}, err
+		}
+		if dsink != nil {
+			return c.nixl.FetchDevice(ctx, loc, id, dsink)
 		}
 		return c.nixl.Fetch(ctx, loc, id, sink)
 	}
