@@ -337,8 +337,14 @@ func buildOptions(opts []Option) (Options, error) {
 	if o.EngineID == "" {
 		return o, optErr("an engine id is required (WithEngineID)")
 	}
+	return o, o.Check()
+}
+
+// Check reports options that contradict each other (each Option validates its own field); producers and
+// consumers refuse them.
+func (o Options) Check() error {
 	if o.NIXLDeviceReceive > 0 && o.PayloadTransport != TransportNIXL {
-		return o, optErr("NIXL device receive memory needs the payload transport nixl (WithPayloadTransport)")
+		return optErr("NIXL device receive memory needs the payload transport nixl (WithPayloadTransport)")
 	}
-	return o, nil
+	return nil
 }

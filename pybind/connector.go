@@ -120,6 +120,8 @@ type endpointOptions struct {
 	TLSKey        string  `json:"tls_key"`
 	TLSServerName string  `json:"tls_server_name"`
 	Transport     *string `json:"transport"` // payload transport: tcp or nixl
+	// GPU memory a consumer with a GPU cache reads NIXL chunks into (0: host memory)
+	NIXLDeviceReceiveBytes *int64 `json:"nixl_device_receive_bytes"`
 }
 
 // endpointSettings is what a producer or consumer runs with: endpointOptions' settable fields with every
@@ -140,6 +142,8 @@ type endpointSettings struct {
 	IOTimeoutS    float64 `json:"io_timeout_s"`
 	TLS           bool    `json:"tls"` // the payload transport runs over mutual TLS
 	Transport     string  `json:"transport"`
+
+	NIXLDeviceReceiveBytes int64 `json:"nixl_device_receive_bytes"`
 }
 
 func settingsOf(o connector.Options) (endpointSettings, error) {
@@ -165,6 +169,8 @@ func settingsOf(o connector.Options) (endpointSettings, error) {
 		IOTimeoutS:    t.IOTimeout.Seconds(),
 		TLS:           t.TLS != nil,
 		Transport:     o.PayloadTransport,
+
+		NIXLDeviceReceiveBytes: o.NIXLDeviceReceive,
 	}, nil
 }
 
@@ -192,6 +198,9 @@ func EndpointOptions(optsJSON string) (js string, err error) {
 		if err := opt(&o); err != nil {
 			return "", wrap(err)
 		}
+	}
+	if err := o.Check(); err != nil {
+		return "", wrap(err)
 	}
 	st, err := settingsOf(o)
 	if err != nil {
@@ -382,6 +391,9 @@ func endpointOpts(js string) ([]connector.Option, error) {
 	}
 	if eo.Transport != nil {
 		opts = append(opts, connector.WithPayloadTransport(*eo.Transport))
+	}
+	if eo.NIXLDeviceReceiveBytes != nil {
+		opts = append(opts, connector.WithNIXLDeviceReceive(*eo.NIXLDeviceReceiveBytes))
 	}
 	if eo.TLSCA != "" || eo.TLSCert != "" || eo.TLSKey != "" {
 		topts = append(topts, transport.WithTLSFiles(eo.TLSCA, eo.TLSCert, eo.TLSKey))

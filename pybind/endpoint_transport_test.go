@@ -23,3 +23,21 @@ func TestEndpointTransportOption(t *testing.T) {
 	assert.Equal(t, KindOption, kindPrefix(t, err))
 	assert.Contains(t, err.Error(), "want tcp or nixl")
 }
+
+// A consumer's GPU receive memory for NIXL chunks: 0 by default, needs the transport nixl, never negative.
+func TestEndpointNIXLDeviceReceiveOption(t *testing.T) {
+	js, err := EndpointDefaults()
+	require.NoError(t, err)
+	assert.EqualValues(t, 0, settings(t, js)["nixl_device_receive_bytes"])
+	got, err := EndpointOptions(`{"engine_id":"x","transport":"nixl","nixl_device_receive_bytes":268435456}`)
+	require.NoError(t, err)
+	assert.EqualValues(t, 256<<20, settings(t, got)["nixl_device_receive_bytes"])
+	for _, bad := range []string{
+		`{"engine_id":"x","nixl_device_receive_bytes":268435456}`,
+		`{"engine_id":"x","transport":"nixl","nixl_device_receive_bytes":-1}`,
+	} {
+		_, err = EndpointOptions(bad)
+		require.Error(t, err, bad)
+		assert.Equal(t, KindOption, kindPrefix(t, err), bad)
+	}
+}

@@ -263,6 +263,8 @@ class _Endpoint:
     tls_key: str | None = None
     tls_server_name: str | None = None
     transport: str | None = None  # payload transport: "tcp" (default) or "nixl"
+    # consumer with a CUDA cache, transport "nixl": GPU memory to read chunks into (0: host memory)
+    nixl_device_receive_bytes: int | None = None
 
     def to_json(self) -> str:
         if self.transport == "nixl":
@@ -375,7 +377,8 @@ class Consumer:
     """The decode side of handoffs for one TP rank: fetches a handoff's frames and decodes them into its own
     blocks. Keyword options: load_timeout_s, record_wait_s, max_in_flight, rate_limit, conns, io_timeout_s,
     tls_ca, tls_cert, tls_key, tls_server_name, transport ("nixl" to read handoffs producers serve over NIXL;
-    TCP ones are read either way); those left out or None take the connector's defaults (endpoint_defaults(),
+    TCP ones are read either way), nixl_device_receive_bytes (with "nixl" and a CUDA cache: read chunks into that
+    much GPU memory and decode them there, instead of through host memory); those left out or None take the connector's defaults (endpoint_defaults(),
     the options property)."""
 
     def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, **options: Any) -> None:

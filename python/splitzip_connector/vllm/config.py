@@ -53,6 +53,11 @@ class SplitZipConfig:
     transport*       how payloads move: "tcp" (SplitZip's own protocol) or "nixl" (one-sided reads over NIXL/UCX:
                      RDMA, NVLink, shared memory; needs the nixl wheel, e.g. pip install nixl-cu13, on both
                      engines). See docs/transports.md.
+    nixl_device_receive_bytes*
+                     decode engine with transport "nixl": GPU memory per rank that chunks are read into, verified
+                     and decoded in, with no copy through host memory (needs UCX's CUDA transports: cuda_copy,
+                     cuda_ipc, GPUDirect RDMA; 0, the default: host memory). At least 4 chunks of the largest
+                     size should fit; 256 MiB holds 4 of 8 MiB layer frames with room to spare.
     listen_addr*     where the producer serves payloads, host:port; port 0 picks one; a fixed port p serves
                      TP rank r on p + r.
     advertise_host   host consumers dial when listen_addr is 0.0.0.0 (default: the listen host).
@@ -96,6 +101,7 @@ class SplitZipConfig:
     link_rate: float | None = _unset(float)
     rate_limit: int | None = _unset(int)
     transport: str | None = _unset(str)
+    nixl_device_receive_bytes: int | None = _unset(int)
     listen_addr: str | None = _unset(str)
     advertise_host: str = ""
     staging_bytes: int | None = _unset(int)
@@ -133,6 +139,11 @@ class SplitZipConfig:
             )
         if values.get("transport", "tcp") not in ("tcp", "nixl"):
             raise ValueError(f"SplitZipConnector: transport {values['transport']!r}: use 'tcp' or 'nixl'")
+        if values.get("nixl_device_receive_bytes") and values.get("transport") != "nixl":
+            raise ValueError(
+                "SplitZipConnector: nixl_device_receive_bytes is the GPU memory NIXL reads chunks into: it needs "
+                "transport 'nixl'"
+            )
         if values.get("mode", "auto") not in ("auto", "fast", "high-ratio"):
             raise ValueError(f"SplitZipConnector: mode {values['mode']!r}: use 'auto', 'fast' or 'high-ratio'")
         tls = [k for k in ("tls_ca", "tls_cert", "tls_key") if values.get(k)]

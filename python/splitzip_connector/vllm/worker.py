@@ -315,6 +315,7 @@ class SplitZipWorker:
                 load_timeout_s=cfg.load_timeout_s,
                 record_wait_s=cfg.record_wait_s,
                 conns=cfg.fetch_conns,
+                nixl_device_receive_bytes=cfg.nixl_device_receive_bytes,
                 **common,
             )
         self._producer_role = bool(kvc.is_kv_producer)

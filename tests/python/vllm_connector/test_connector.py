@@ -366,6 +366,9 @@ def test_unsupported_configurations_refused_at_startup(model_config):
     cfg = make_vllm_config(model_config, "kv_consumer", extra={"fetch_conns": "many"})
     with pytest.raises(ValueError, match="fetch_conns"):
         SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
+    cfg = make_vllm_config(model_config, "kv_consumer", extra={"nixl_device_receive_bytes": 1 << 28})
+    with pytest.raises(ValueError, match="nixl_device_receive_bytes.*transport 'nixl'"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
     cfg = make_vllm_config(model_config, "kv_producer")
     cfg.cache_config.cache_dtype = "int4"
     with pytest.raises(ValueError, match="kv-cache-dtype"):
