@@ -27,6 +27,10 @@
 // is verified and accepted it sends the producer a FIN notice (a NIXL notification), on which the producer
 // releases the payload. PROTOCOL.md describes the table byte by byte.
 //
+// A consumer may also read chunks into memory it registers itself, such as its GPU's ([Client.UseDeviceMemory],
+// [Client.FetchDevice]): the chunk is then verified there with the checksum function the caller gives (a GPU
+// kernel) and handed over by address, so it is decoded where it landed without passing through host memory.
+//
 // # Control plane
 //
 // What a consumer needs to start — the producer agent's name and metadata, the table's address, chunk count
