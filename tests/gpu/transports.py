@@ -8,6 +8,10 @@ registers its GPU cache and a consumer here loads every request into other block
 gather-encodes on the GPU into pinned staging (for NIXL: one arena registered with NIXL, read by the consumer
 in place, no socket), the consumer decode-scatters on the GPU. Every transfer is checked bit for bit.
 
+Transport "nixl-gpu" is NIXL with the consumer reading chunks straight into its GPU's memory
+(nixl_device_receive_bytes: verified there by the CRC kernel, decoded in place), "nixl" the same reads into
+pinned host memory.
+
 Reported per transport, request size and mode (median of --repeat): time from save to every block decoded,
 throughput in GB/s of raw KV, and the CPU time both processes spent per GB of raw KV.
 
@@ -15,8 +19,8 @@ NIXL needs the nixl wheel importable (nixl-cu13 for CUDA 13, nixl-cu12 for CUDA 
 picks its transports (UCX_TLS: tcp is always needed for wire-up; sm/cma for host memory between processes,
 cuda_copy,cuda_ipc for GPU memory, rc/ud on RDMA NICs).
 
-usage: python3 tests/gpu/transports.py [--transports tcp,nixl] [--tokens 4096,16384,32768] [--repeat 5]
-                                        [--out transports.md]
+usage: python3 tests/gpu/transports.py [--transports tcp,nixl,nixl-gpu] [--tokens 4096,16384,32768] [--repeat 5]
+                                        [--device-recv BYTES] [--out transports.md]
 """
 
 from __future__ import annotations
@@ -82,11 +86,14 @@ class Pair:
         self.caches = caches
         self.cdev = caches[0].device
         self.max_blocks = max(args.tokens_list) // BLOCK
+        wire = "nixl" if transport.startswith("nixl") else transport
         self.child = subprocess.Popen(
-            [sys.executable, __file__, "--role", "producer", "--nats", plane.client_url, "--transport", transport,
+            [sys.executable, __file__, "--role", "producer", "--nats", plane.client_url, "--transport", wire,
              "--blocks", str(caches[0].shape[1]), "--device", str(pdev), "--staging", str(args.staging)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.cons = Consumer(plane, engine_id=f"tr-decode-{transport}", load_timeout_s=600, transport=transport)
+        recv = args.device_recv if transport == "nixl-gpu" else None
+        self.cons = Consumer(plane, engine_id=f"tr-decode-{transport}", load_timeout_s=600, transport=wire,
+                             nixl_device_receive_bytes=recv)
         self.cons.register_device_cache(layout_of(caches), self.cdev.index, [t.data_ptr() for t in caches])
         self.seq = 0
 
@@ -135,7 +142,8 @@ class Pair:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--role", default="driver", choices=["driver", "producer"])
-    ap.add_argument("--transports", default="tcp,nixl")
+    ap.add_argument("--transports", default="tcp,nixl,nixl-gpu")
+    ap.add_argument("--device-recv", type=int, default=512 << 20, help="the GPU receive memory of nixl-gpu")
     ap.add_argument("--transport", default="tcp", help=argparse.SUPPRESS)  # the producer's
     ap.add_argument("--tokens", default="4096,16384,32768")
     ap.add_argument("--repeat", type=int, default=5)

@@ -968,7 +968,7 @@ def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
     # UCX_PROTO_INFO: each process prints the transports UCX chose per operation (engine facts: ucx_protocols)
     ucx = {"UCX_PROTO_INFO": "y", **({"UCX_TLS": a.ucx_tls} if a.ucx_tls else {})}
     ctx.res.update(link="unshaped (two processes on one GPU)", ucx_tls=a.ucx_tls or "(UCX's default)",
-                   splitzip_nixl_lib=lib, points=[], startup_s={})
+                   splitzip_nixl_lib=lib, nixl_device_receive_bytes=a.nixl_device_recv, points=[], startup_s={})
     modes = ["raw"] + [m for m in a.modes if m != "raw"]
     for m in modes:
         producer_extra(m, 0)  # an unknown mode fails here, before any engine starts
@@ -994,7 +994,10 @@ def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
 
     # 2. SplitZipConnector over NIXL: one decode engine, the prefill engines (raw first) as many at once as fit
     sz_env = {**ucx, "SPLITZIP_NIXL_LIB": lib}
-    dec = Engine("decode-splitzip", model, "kv_consumer", {"transport": "nixl"}, policy="fail", args=args, env=sz_env)
+    dec_extra: dict = {"transport": "nixl"}
+    if a.nixl_device_recv:
+        dec_extra["nixl_device_receive_bytes"] = a.nixl_device_recv  # chunks read into the decode GPU
+    dec = Engine("decode-splitzip", model, "kv_consumer", dec_extra, policy="fail", args=args, env=sz_env)
     slots = slots_for(a.kv_gib, len(modes))
     ctx.res["slots"] = slots
     for i in range(0, len(modes), slots):
@@ -1279,6 +1282,9 @@ def parser() -> argparse.ArgumentParser:
                     "compressing modes beside raw, which always runs)")
     ap.add_argument("--ucx-tls", default="cuda_ipc,cuda_copy,sm,self,tcp",
                     help="nixl: UCX_TLS of every engine ('' leaves UCX's default)")
+    ap.add_argument("--nixl-device-recv", type=int, default=0, metavar="BYTES",
+                    help="nixl: SplitZip's decode engine reads chunks into this much GPU memory "
+                    "(nixl_device_receive_bytes; 0: pinned host memory)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-overlap", dest="overlap", action="store_false",
                     help="ttft: skip the prefill-with/without-saving samples")
