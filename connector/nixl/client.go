@@ -206,6 +206,7 @@ func (f *fetch) free(r *read) {
 	}
 }
 
+// remote is n bytes at addr of the producer's host memory (its chunk table).
 func (f *fetch) remote(addr uint64, n int) Region {
 	return Region{Addr: uintptr(addr), Len: n, Mem: MemDRAM}
 }
@@ -343,7 +344,7 @@ func (f *fetch) run() error {
 				continue
 			}
 			r := &read{i: i, e: e, p: p, posted: time.Now()}
-			x, err := f.c.ag.Read(f.l.Agent, []Region{f.into(p, int(e.n))}, []Region{f.remote(e.addr, int(e.n))})
+			x, err := f.c.ag.Read(f.l.Agent, []Region{f.into(p, int(e.n))}, []Region{e.region()})
 			if err != nil {
 				f.free(r)
 				return ferr(transport.ErrPeerClosed, f.id, i, "posting a read of the producer's memory", err)

@@ -76,3 +76,34 @@ func (c *Client) FetchDevice(ctx context.Context, locator []byte, id string, sin
 	}
 	return c.fetch(ctx, locator, id, receiver{arena: dev.arena, verify: dev.crc, deliver: sink})
 }
+
+// DeviceChunker is a payload (transport.Payload) some of whose chunks lie in the server's device memory
+// (Server.UseDeviceMemory): the server publishes those by address, and consumers read them there.
+type DeviceChunker interface {
+	// DeviceChunk returns where chunk i lies in the server's device memory, its length and its CRC-32C,
+	// blocking as Chunk does until the chunk is ready; ok is false for a chunk in host memory, which the
+	// server then takes from Chunk.
+	DeviceChunk(ctx context.Context, i int) (p uintptr, n int, crc uint32, ok bool, err error)
+}
+
+// deviceEntry is chunk i's row when dc stages it in the device memory dev; ok false when it is in host memory.
+// A chunk over maxChunk bytes, or outside dev, is an error.
+func deviceEntry(ctx context.Context, dc DeviceChunker, dev *Arena, i, maxChunk int) (e entry, ok bool, err error) {
+	p, n, crc, ok, err := dc.DeviceChunk(ctx, i)
+	if err != nil || !ok {
+		return e, false, err
+	}
+	r := Region{}
+	if dev != nil {
+		r = dev.Region()
+	}
+	switch {
+	case dev == nil:
+		return e, false, fmt.Errorf("a %d-byte chunk in device memory, but the server has none (UseDeviceMemory)", n)
+	case n < 0 || n > maxChunk || n > 1<<32-1:
+		return e, false, fmt.Errorf("%d bytes, limit %d", n, maxChunk)
+	case n > 0 && (p < r.Addr || p+uintptr(n) > r.Addr+uintptr(r.Len)):
+		return e, false, fmt.Errorf("%d bytes at %#x lie outside the registered device memory", n, p)
+	}
+	return entry{addr: uint64(p), n: uint32(n), crc: crc, mem: r.Mem, dev: uint16(r.Device)}, true, nil
+}

@@ -164,3 +164,86 @@ func TestFetchDeviceFailures(t *testing.T) {
 	require.ErrorIs(t, fetch(id, loc), transport.ErrTooLarge, "a chunk larger than the device memory")
 	require.Zero(t, p.cli.dev.arena.InUse())
 }
+
+// devicePayload stages its chunks in the server's device memory (a DeviceChunker), some of them in host
+// memory instead.
+type devicePayload struct {
+	*transport.BytesPayload
+	at    []uintptr // chunk i's address in device memory; 0: in host memory (BytesPayload's)
+	lens  []int
+	crcs  []uint32
+	named map[int]uintptr // addresses DeviceChunk gives instead of at's
+}
+
+func (d *devicePayload) DeviceChunk(_ context.Context, i int) (uintptr, int, uint32, bool, error) {
+	if d.at[i] == 0 {
+		return 0, 0, 0, false, nil
+	}
+	if p, ok := d.named[i]; ok {
+		return p, d.lens[i], d.crcs[i], true, nil
+	}
+	return d.at[i], d.lens[i], d.crcs[i], true, nil
+}
+
+// Chunks a producer stages in its device memory are read there (rows naming that memory), into a consumer's
+// host or device memory alike, bit for bit; a chunk named outside the registered device memory fails the
+// handoff on the producer's side.
+func TestServerDeviceChunks(t *testing.T) {
+	p := newPair(t, nil)
+	pd := newHostDevice(t, 16<<20)
+	require.NoError(t, p.srv.UseDeviceMemory(pd.memory()))
+	cd := newHostDevice(t, 8<<20)
+	require.NoError(t, p.cli.UseDeviceMemory(cd.memory()))
+
+	want := randomChunks(21, 2<<20, 0, 1<<20, 4097, 3<<20)
+	offer := func(named map[int]uintptr) (string, []byte) {
+		dp := &devicePayload{at: make([]uintptr, len(want)), lens: make([]int, len(want)), crcs: make([]uint32, len(want)), named: named}
+		host := make([][]byte, len(want))
+		for i, w := range want {
+			if i%2 == 1 || len(w) == 0 { // host memory
+				host[i] = w
+				continue
+			}
+			at, err := p.srv.AllocDevice(len(w))
+			require.NoError(t, err)
+			copy(pd.at(at, len(w)), w)
+			dp.at[i], dp.lens[i], dp.crcs[i] = at, len(w), crc32.Checksum(w, castagnoli)
+		}
+		dp.BytesPayload = transport.NewBytesPayload(host, func(error) {
+			for _, at := range dp.at {
+				if at != 0 {
+					p.srv.FreeDevice(at)
+				}
+			}
+		})
+		id := transport.NewHandoffID()
+		require.NoError(t, p.srv.Offer(id, dp))
+		loc, err := p.srv.Locator(id)
+		require.NoError(t, err)
+		return id, loc
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	id, loc := offer(nil)
+	var c collect
+	_, err := p.cli.Fetch(ctx, loc, id, c.sink)
+	require.NoError(t, err)
+	for i, w := range want {
+		require.True(t, bytes.Equal(w, c.got[i]), "chunk %d into host memory", i)
+	}
+	id, loc = offer(nil)
+	got, mu := map[int][]byte{}, &sync.Mutex{}
+	_, err = p.cli.FetchDevice(ctx, loc, id, cd.sink(t, got, mu))
+	require.NoError(t, err)
+	for i, w := range want {
+		require.True(t, bytes.Equal(w, got[i]), "chunk %d into device memory", i)
+	}
+	eventually(t, "device buffers freed on release", func() bool { return p.srv.Pending() == 0 && p.srv.dev.InUse() == 0 })
+
+	// A chunk said to lie in device memory that is not the registered one.
+	id, loc = offer(map[int]uintptr{0: pd.base() + uintptr(len(pd.mem)) - 4096}) // runs past the end
+	_, err = p.cli.Fetch(ctx, loc, id, (&collect{}).sink)
+	require.ErrorIs(t, err, transport.ErrProducer)
+	require.ErrorContains(t, err, "outside the registered device memory")
+}

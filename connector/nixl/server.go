@@ -27,7 +27,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	arena    *Arena
-	md       []byte // the agent's metadata with the arena registered
+	dev      *Arena // device memory chunks may lie in (UseDeviceMemory)
+	md       []byte // the agent's metadata with its memory registered
 	handoffs map[string]*handoff
 	closed   bool
 	kick     chan struct{} // wakes the notice loop when a handoff is offered
@@ -91,6 +92,60 @@ func (s *Server) UseArena(mem []byte) error {
 	}
 	s.arena, s.md = a, md
 	return nil
+}
+
+// UseDeviceMemory registers m.Region (a GPU's memory, say) as memory the server's payloads may stage chunks
+// in: a payload that implements DeviceChunker names chunks there, which consumers read in place, straight into
+// their own memory (CUDA IPC between GPUs of one host, GPUDirect RDMA across hosts, as UCX can). The server
+// hands out buffers from it (AllocDevice); the caller keeps it allocated until Close returns. Like UseArena it
+// is refused while handoffs are offered, and it replaces an earlier one. m.CRC32C is not used: a
+// DeviceChunker gives each chunk's CRC-32C.
+func (s *Server) UseDeviceMemory(m DeviceMemory) error {
+	if m.Region.Addr == 0 || m.Region.Len <= arenaAlign || m.Region.Device > 0xFFFF {
+		return fmt.Errorf("%w: device memory of %d bytes at %#x on device %d", ErrOption, m.Region.Len, m.Region.Addr, m.Region.Device)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return ErrClosed
+	case len(s.handoffs) > 0:
+		return fmt.Errorf("%w: cannot replace the device memory with %d handoffs offered", ErrOption, len(s.handoffs))
+	}
+	if err := s.ag.Register(m.Region); err != nil {
+		return err
+	}
+	md, err := s.ag.Metadata()
+	if err == nil && s.dev != nil {
+		err = s.ag.Deregister(s.dev.Region())
+	}
+	if err != nil {
+		return errors.Join(err, s.ag.Deregister(m.Region))
+	}
+	s.dev, s.md = NewRegionArena(m.Region), md
+	return nil
+}
+
+// AllocDevice returns the address of a buffer of n bytes in the device memory (UseDeviceMemory), or an error
+// wrapping ErrArena when it cannot hold one now.
+func (s *Server) AllocDevice(n int) (uintptr, error) {
+	s.mu.Lock()
+	d := s.dev
+	s.mu.Unlock()
+	if d == nil {
+		return 0, fmt.Errorf("%w: no device memory (UseDeviceMemory)", ErrArena)
+	}
+	return d.AllocAddr(n)
+}
+
+// FreeDevice returns a buffer from AllocDevice.
+func (s *Server) FreeDevice(p uintptr) {
+	s.mu.Lock()
+	d := s.dev
+	s.mu.Unlock()
+	if d != nil {
+		d.FreeAddr(p)
+	}
 }
 
 func (s *Server) dropArenaLocked() error {
@@ -168,7 +223,7 @@ func (s *Server) Offer(id string, p transport.Payload) error {
 	h.timer = time.AfterFunc(s.o.HandoffTTL, func() { s.retire(h, transport.ErrExpired, nil) })
 	s.handoffs[id] = h
 	s.wg.Add(1)
-	go s.publish(h, s.arena)
+	go s.publish(h, s.arena, s.dev)
 	select {
 	case s.kick <- struct{}{}:
 	default:
@@ -188,12 +243,27 @@ func (s *Server) Locator(id string) (json.RawMessage, error) {
 		Table: uint64(uintptr(unsafe.Pointer(&h.table[0]))), Chunks: h.n, Nonce: h.nonce})
 }
 
-// publish writes each chunk's row as the payload makes it ready.
-func (s *Server) publish(h *handoff, a *Arena) {
+// publish writes each chunk's row as the payload makes it ready: a row pointing into the device memory dev for
+// a chunk a DeviceChunker stages there, else into the arena a.
+func (s *Server) publish(h *handoff, a, dev *Arena) {
 	defer s.wg.Done()
 	defer close(h.done)
 	cs, _ := h.p.(transport.ChunkChecksummer)
+	dc, _ := h.p.(DeviceChunker)
 	for i := range h.n {
+		if dc != nil {
+			e, ok, err := deviceEntry(h.ctx, dc, dev, i, s.o.MaxChunkSize)
+			if err != nil {
+				if h.ctx.Err() == nil {
+					setState(h.table, stateFailed, fmt.Sprintf("chunk %d: %v", i, err))
+				}
+				return
+			}
+			if ok {
+				putEntry(h.table, h.nonce, i, e)
+				continue
+			}
+		}
 		data, err := h.p.Chunk(h.ctx, i)
 		if err != nil {
 			if h.ctx.Err() == nil { // the producer failed; a release ends the loop silently
@@ -357,6 +427,10 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	s.mu.Lock()
 	err := s.dropArenaLocked()
+	if s.dev != nil {
+		err = errors.Join(err, s.ag.Deregister(s.dev.Region()))
+		s.dev = nil
+	}
 	s.mu.Unlock()
 	return errors.Join(err, s.ag.Close())
 }

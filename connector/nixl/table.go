@@ -13,7 +13,7 @@ import (
 // PROTOCOL.md describes it byte by byte. All integers are little-endian.
 const (
 	tableMagic    = 0x584E5A53 // "SZNX" in little-endian byte order
-	tableVersion  = 1
+	tableVersion  = 2
 	headerSize    = 256 // header (32 bytes) and the failure message
 	maxMessage    = headerSize - 32
 	entrySize     = 24
@@ -25,23 +25,35 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// entry is one chunk's row: where it lies in the producer's memory, its length and CRC-32C.
+// entry is one chunk's row: where it lies in the producer's memory (host memory, or a GPU's: mem and dev), its
+// length and CRC-32C.
 type entry struct {
 	addr uint64
 	n    uint32
 	crc  uint32
+	mem  MemType
+	dev  uint16
 }
 
 // entryCheck binds an entry to its handoff (nonce) and index: a row read half-written, or left over from a
 // handoff that used the memory before, fails it.
 func entryCheck(nonce uint64, i int, e entry) uint32 {
-	var b [28]byte
+	var b [32]byte
 	binary.LittleEndian.PutUint64(b[0:], nonce)
 	binary.LittleEndian.PutUint32(b[8:], uint32(i))
 	binary.LittleEndian.PutUint64(b[12:], e.addr)
 	binary.LittleEndian.PutUint32(b[20:], e.n)
 	binary.LittleEndian.PutUint32(b[24:], e.crc)
+	binary.LittleEndian.PutUint32(b[28:], e.where())
 	return crc32.Checksum(b[:], castagnoli) | 1 // never 0, the value of an unpublished row
+}
+
+// where is the row's memory word: the memory type in its low byte, the GPU ordinal in its high 16 bits.
+func (e entry) where() uint32 { return uint32(uint8(e.mem)) | uint32(e.dev)<<16 }
+
+// region is the chunk's place in the producer's memory, as a transfer names it.
+func (e entry) region() Region {
+	return Region{Addr: uintptr(e.addr), Len: int(e.n), Mem: e.mem, Device: uint64(e.dev)}
 }
 
 func tableLen(chunks int) int { return headerSize + entrySize*chunks }
@@ -75,7 +87,7 @@ func putEntry(t []byte, nonce uint64, i int, e entry) {
 	binary.LittleEndian.PutUint64(r[0:], e.addr)
 	binary.LittleEndian.PutUint32(r[8:], e.n)
 	binary.LittleEndian.PutUint32(r[12:], e.crc)
-	binary.LittleEndian.PutUint32(r[20:], 0)
+	binary.LittleEndian.PutUint32(r[20:], e.where())
 	atomic.StoreUint32((*uint32)(unsafe.Pointer(&r[16])), entryCheck(nonce, i, e))
 }
 
@@ -105,8 +117,10 @@ func parseHeader(b []byte) header {
 
 // parseEntry reads row i from its bytes; ok is false for a row not (or not wholly) published.
 func parseEntry(r []byte, nonce uint64, i int) (entry, bool) {
-	e := entry{addr: binary.LittleEndian.Uint64(r[0:]), n: binary.LittleEndian.Uint32(r[8:]), crc: binary.LittleEndian.Uint32(r[12:])}
-	return e, binary.LittleEndian.Uint32(r[16:]) == entryCheck(nonce, i, e)
+	w := binary.LittleEndian.Uint32(r[20:])
+	e := entry{addr: binary.LittleEndian.Uint64(r[0:]), n: binary.LittleEndian.Uint32(r[8:]), crc: binary.LittleEndian.Uint32(r[12:]),
+		mem: MemType(uint8(w)), dev: uint16(w >> 16)}
+	return e, binary.LittleEndian.Uint32(r[16:]) == entryCheck(nonce, i, e) && w&0xFF00 == 0 && (e.mem == MemDRAM || e.mem == MemVRAM)
 }
 
 // Locator is what a consumer needs to read one handoff over NIXL, carried by the control plane (the shard

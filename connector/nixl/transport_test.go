@@ -270,13 +270,13 @@ func TestSinkErrorAbortsTheFetch(t *testing.T) {
 
 func TestBadLocators(t *testing.T) {
 	p := newPair(t, nil)
-	for _, loc := range []string{`{`, `{"v":2,"agent":"a","md":"eA==","table":1,"chunks":1}`, `{"v":1,"agent":"","md":"eA==","table":1}`,
-		`{"v":1,"agent":"a","md":"eA==","table":0,"chunks":1}`} {
+	for _, loc := range []string{`{`, `{"v":1,"agent":"a","md":"eA==","table":1,"chunks":1}`, `{"v":2,"agent":"","md":"eA==","table":1}`,
+		`{"v":2,"agent":"a","md":"eA==","table":0,"chunks":1}`} {
 		_, err := p.cli.Fetch(context.Background(), []byte(loc), "x", (&collect{}).sink)
 		require.ErrorIs(t, err, ErrLocator, loc)
 	}
 	// Metadata that is not NIXL's.
-	_, err := p.cli.Fetch(context.Background(), []byte(`{"v":1,"agent":"a","md":"eA==","table":4096,"chunks":1}`), "x", (&collect{}).sink)
+	_, err := p.cli.Fetch(context.Background(), []byte(`{"v":2,"agent":"a","md":"eA==","table":4096,"chunks":1}`), "x", (&collect{}).sink)
 	require.ErrorIs(t, err, transport.ErrUnreachable)
 }
 
