@@ -22,6 +22,7 @@ import (
 // deviceCache is a rank's KV cache in GPU memory.
 type deviceCache struct {
 	lay     Layout
+	ordinal int // the GPU's CUDA ordinal
 	ctx     *cuda.Context
 	kc      *kernels.Codec
 	cb      *codec.Codebook
@@ -53,7 +54,7 @@ func newDeviceCache(l Layout, ordinal int, bases []uintptr, cb *codec.Codebook) 
 	if err != nil {
 		return nil, err
 	}
-	c := &deviceCache{lay: l, ctx: ctx, cb: cb, elems: int(l.BlockBytes() / esz), stride: int(l.BlockStride / esz)}
+	c := &deviceCache{lay: l, ordinal: ordinal, ctx: ctx, cb: cb, elems: int(l.BlockBytes() / esz), stride: int(l.BlockStride / esz)}
 	for _, b := range bases {
 		c.addrs = append(c.addrs, cuda.DevicePtr(b))
 	}
@@ -181,6 +182,7 @@ type deviceSaver struct {
 	sizes      *cuda.DeviceBuffer
 	ws         *cuda.DeviceBuffer
 	sizeHost   *cuda.HostBuffer // frame lengths: 2 × u64
+	headHost   *cuda.HostBuffer // a raw frame's header on its way to GPU staging; headers read back from it
 	t0, tEnc   *cuda.Event      // codec time: t0 → tEnc; copy to staging: tEnc → t1
 	t1         *cuda.Event
 	env        saveEnv          // the learned code tables and codebooks
@@ -219,6 +221,9 @@ func (c *deviceCache) saver(blocks []int, env saveEnv, per int) (layerSaver, err
 		if s.sizeHost, err = c.ctx.HostAlloc(16, cuda.HostAllocPortable); err != nil {
 			return err
 		}
+		if s.headHost, err = c.ctx.HostAlloc(2*codec.HeaderSize, cuda.HostAllocPortable); err != nil {
+			return err
+		}
 		for _, e := range []**cuda.Event{&s.t0, &s.tEnc, &s.t1} {
 			if *e, err = c.ctx.NewEvent(cuda.EventDefault); err != nil {
 				return err
@@ -234,9 +239,40 @@ func (c *deviceCache) saver(blocks []int, env saveEnv, per int) (layerSaver, err
 }
 
 func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *readyMark) (frame []byte, took timing, err error) {
+	n, took, err := s.encodeTo(stagingOut{host: dst}, l, lo, hi, p, ready)
+	if err != nil {
+		return nil, took, err
+	}
+	return dst[:n], took, nil
+}
+
+// stagingOut is where a device saver leaves a chunk: host staging (host), or staging in GPU memory (dev, of
+// cap bytes) that NIXL serves in place.
+type stagingOut struct {
+	host []byte
+	dev  cuda.DevicePtr
+	cap  int
+}
+
+func (o stagingOut) capacity() int {
+	if o.dev != 0 {
+		return o.cap
+	}
+	return cap(o.host)
+}
+
+// copyIn enqueues the copy of size bytes at src in GPU memory to offset at of the staging.
+func (o stagingOut) copyIn(st *cuda.Stream, at int, src cuda.DevicePtr, size int) error {
+	if o.dev != 0 {
+		return st.MemcpyDtoDAsync(o.dev.Add(at), src, size)
+	}
+	return st.MemcpyDtoHAsync(unsafe.Pointer(&o.host[:at+1][at]), src, size)
+}
+
+// encodeTo encodes layer l's blocks [lo, hi) as one chunk of path p into out and returns its length.
+func (s *deviceSaver) encodeTo(out stagingOut, l, lo, hi int, p path, ready *readyMark) (size int, took timing, err error) {
 	c := s.c
 	n := int(c.lay.layerRawBytes(hi - lo))
-	raw := p == pathRaw
 	err = c.ctx.Do(func() error {
 		if ready != nil {
 			if err := s.stream.WaitEvent(ready.ev); err != nil {
@@ -246,40 +282,58 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 		if err := s.t0.Record(s.stream); err != nil {
 			return err
 		}
-		switch {
-		case p == pathHighRatio:
+		switch p {
+		case pathHighRatio:
 			var err error
-			if frame, took.tabled, err = s.encodeHighRatio(dst, l, lo, hi); err != nil {
+			if size, took.tabled, err = s.encodeHighRatio(out, l, lo, hi); err != nil {
 				return err
 			}
-		case raw:
+		case pathRaw:
 			if err := s.tEnc.Record(s.stream); err != nil { // no codec work
 				return err
 			}
-			// Bypass: the blocks go to pinned staging as they are, behind a raw frame header.
-			if err := codec.PutRawHeader(dst[:codec.HeaderSize], c.lay.DType, n); err != nil {
+			// Bypass: the blocks go to staging as they are, behind a raw frame header.
+			size = codec.HeaderSize + n
+			if size > out.capacity() {
+				return fmt.Errorf("%w: a %d-byte raw frame in %d bytes of staging", ErrFrame, size, out.capacity())
+			}
+			head := s.headHost.Bytes()[:codec.HeaderSize]
+			if out.dev == 0 {
+				head = out.host[:codec.HeaderSize]
+			}
+			if err := codec.PutRawHeader(head, c.lay.DType, n); err != nil {
 				return err
+			}
+			if out.dev != 0 {
+				if err := s.stream.MemcpyHtoDAsync(out.dev, s.headHost.Ptr(), codec.HeaderSize); err != nil {
+					return err
+				}
 			}
 			bb := int(c.lay.BlockBytes())
 			pos := codec.HeaderSize
-			base := unsafe.Pointer(&dst[0])
 			for kv := range 2 {
 				for _, b := range s.blocks[lo:hi] {
-					src := c.blockPtr(l, kv, b)
-					if err := s.stream.MemcpyDtoHAsync(unsafe.Add(base, pos), src, bb); err != nil {
+					if err := out.copyIn(s.stream, pos, c.blockPtr(l, kv, b), bb); err != nil {
 						return err
 					}
 					pos += bb
 				}
 			}
-			frame = dst[:pos]
 		default:
 			cb, sample := s.env.tables.fastCodebook(l)
 			if cb == nil {
 				cb = c.cb
 			}
+			// Into GPU staging the encoder writes the frame in place; for host staging it is copied there.
+			frameAt := s.frame.Ptr()
+			if out.dev != 0 {
+				if out.cap < kernels.MaxEncodedLen(n) {
+					return fmt.Errorf("%w: %d bytes of staging for a frame of up to %d", ErrFrame, out.cap, kernels.MaxEncodedLen(n))
+				}
+				frameAt = out.dev
+			}
 			req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo, PerLayer: true}
-			if err := c.kc.GatherEncodeAsync(s.stream, c.layerOf(l), req, cb, s.frame.Ptr(), s.sizes.Ptr(), s.ws.Ptr()); err != nil {
+			if err := c.kc.GatherEncodeAsync(s.stream, c.layerOf(l), req, cb, frameAt, s.sizes.Ptr(), s.ws.Ptr()); err != nil {
 				return err
 			}
 			if err := s.tEnc.Record(s.stream); err != nil {
@@ -301,14 +355,15 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 			if err := s.stream.Synchronize(); err != nil {
 				return err
 			}
-			size := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()))
-			if size < codec.HeaderSize || size > cap(dst) {
+			size = int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()))
+			if size < codec.HeaderSize || size > out.capacity() {
 				return fmt.Errorf("%w: the GPU encoder reported a %d-byte frame for %d bytes", ErrFrame, size, n)
 			}
-			if err := s.stream.MemcpyDtoHAsync(unsafe.Pointer(&dst[:1][0]), s.frame.Ptr(), size); err != nil {
-				return err
+			if out.dev == 0 {
+				if err := out.copyIn(s.stream, 0, s.frame.Ptr(), size); err != nil {
+					return err
+				}
 			}
-			frame = dst[:size]
 			if ds != nil { // counted while the frame crosses PCIe
 				if err := s.learn(ds, l); err != nil {
 					return errors.Join(err, s.stream.Synchronize())
@@ -327,7 +382,7 @@ func (s *deviceSaver) encode(dst []byte, l, lo, hi int, p path, _ bool, ready *r
 		took.copy, err = cuda.Elapsed(s.tEnc, s.t1)
 		return err
 	})
-	return frame, took, err
+	return size, took, err
 }
 
 // blockPtr is the device address of block b of layer l's K (kv 0) or V (kv 1).
@@ -345,11 +400,10 @@ func (s *deviceSaver) close() {
 		if s.hr != nil {
 			s.hr.free()
 		}
-		if s.sampleHost != nil {
-			_ = s.sampleHost.Free()
-		}
-		if s.sizeHost != nil {
-			_ = s.sizeHost.Free()
+		for _, h := range []*cuda.HostBuffer{s.sampleHost, s.sizeHost, s.headHost} {
+			if h != nil {
+				_ = h.Free()
+			}
 		}
 		for _, e := range []*cuda.Event{s.t0, s.tEnc, s.t1} {
 			if e != nil {

@@ -139,13 +139,14 @@ func (s *deviceSaver) learn(ds *deviceSamples, l int) error {
 }
 
 // encodeHighRatio enqueues, on the save's stream, layer l's blocks [lo, hi) as a K frame and a V frame, waits
-// for them and copies them into dst; it returns the chunk and whether both frames used learned tables. The
-// caller has recorded t0 (and waited for the engine's event); tEnc and t1 are recorded here.
-func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, tabled bool, err error) {
+// for their lengths and queues their copy into out, back to back; it returns the chunk's length and whether
+// both frames used learned tables. The caller has recorded t0 (and waited for the engine's event) and records
+// t1 after the copy; tEnc is recorded here.
+func (s *deviceSaver) encodeHighRatio(out stagingOut, l, lo, hi int) (size int, tabled bool, err error) {
 	c, env := s.c, s.env
 	b, err := s.hrBufs(s.per)
 	if err != nil {
-		return nil, false, err
+		return 0, false, err
 	}
 	n := hi - lo
 	learning := env.tables.resample(l)
@@ -161,7 +162,7 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	// Sampled blocks go to pinned memory first: a frame without a learned table needs them before its encode.
 	ds, err := s.copySamples(l, lo, samples)
 	if err != nil {
-		return nil, false, err
+		return 0, false, err
 	}
 	// count feeds the samples to the learner and gives each frame without a learned table one built from them.
 	counted := false
@@ -195,10 +196,10 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	}
 	if tables[0] == nil || tables[1] == nil {
 		if err := s.stream.Synchronize(); err != nil {
-			return nil, false, err
+			return 0, false, err
 		}
 		if err := count(); err != nil {
-			return nil, false, err
+			return 0, false, err
 		}
 	}
 	th := b.tablesHost.Bytes()
@@ -206,45 +207,44 @@ func (s *deviceSaver) encodeHighRatio(dst []byte, l, lo, hi int) (chunk []byte, 
 	for kv := range 2 {
 		t, err := tables[kv].AppendBinary(th[kv*maxTableBytes : kv*maxTableBytes])
 		if err != nil {
-			return nil, false, err
+			return 0, false, err
 		}
 		tableLen[kv] = len(t)
 	}
 	if err := s.stream.MemcpyHtoDAsync(b.tables.Ptr(), b.tablesHost.Ptr(), 2*maxTableBytes); err != nil {
-		return nil, false, err
+		return 0, false, err
 	}
 	req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: n}
 	for kv := range 2 {
 		if err := c.kc.GatherEncodeKVHighRatioDTypeAsync(s.stream, c.lay.DType, c.layerOf(l), req, 0, kv, b.tables.Ptr().Add(kv*maxTableBytes), tableLen[kv],
 			b.frames.Ptr().Add(kv*b.half), b.sizes.Ptr().Add(8*kv), b.ws.Ptr()); err != nil {
-			return nil, false, err
+			return 0, false, err
 		}
 	}
 	if err := s.tEnc.Record(s.stream); err != nil {
-		return nil, false, err
+		return 0, false, err
 	}
 	if err := s.stream.MemcpyDtoHAsync(s.sizeHost.Ptr(), b.sizes.Ptr(), 16); err != nil {
-		return nil, false, err
+		return 0, false, err
 	}
 	if err := s.stream.Synchronize(); err != nil {
-		return nil, false, err
+		return 0, false, err
 	}
-	out := 0
 	for kv := range 2 {
-		size := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()[8*kv:]))
-		if size < codec.HeaderSize || size > b.half || out+size > cap(dst) {
-			return nil, false, fmt.Errorf("%w: the GPU encoder reported a %d-byte frame for %d bytes of layer %d", ErrFrame, size, n*int(c.lay.BlockBytes()), l)
+		fsize := int(binary.LittleEndian.Uint64(s.sizeHost.Bytes()[8*kv:]))
+		if fsize < codec.HeaderSize || fsize > b.half || size+fsize > out.capacity() {
+			return 0, false, fmt.Errorf("%w: the GPU encoder reported a %d-byte frame for %d bytes of layer %d", ErrFrame, fsize, n*int(c.lay.BlockBytes()), l)
 		}
-		if err := s.stream.MemcpyDtoHAsync(unsafe.Pointer(&dst[:out+1][out]), b.frames.Ptr().Add(kv*b.half), size); err != nil {
-			return nil, false, err
+		if err := out.copyIn(s.stream, size, b.frames.Ptr().Add(kv*b.half), fsize); err != nil {
+			return 0, false, err
 		}
-		out += size
+		size += fsize
 	}
 	// The learning samples are counted while the frames cross PCIe (the caller synchronises the stream).
 	if err := count(); err != nil {
-		return nil, false, errors.Join(err, s.stream.Synchronize()) // dst is not left to copies in flight
+		return 0, false, errors.Join(err, s.stream.Synchronize()) // the staging is not left to copies in flight
 	}
-	return dst[:out], tabled, nil
+	return size, tabled, nil
 }
 
 // onGPU says whether the kernels decode a high-ratio chunk's frames into a cache of dtype dt: entropy or raw

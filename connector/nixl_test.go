@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/splitzip/splitzip/codec"
 	"github.com/splitzip/splitzip/connector/nixl"
 	"github.com/splitzip/splitzip/connector/transport"
+	"github.com/splitzip/splitzip/kernels/cuda"
 	szn "github.com/splitzip/splitzip/nats"
 )
 
@@ -215,7 +217,7 @@ func TestNIXLLocatorIsSealed(t *testing.T) {
 	requireSameBlocks(t, src, []int{0, 1, 2}, dst, []int{3, 4, 5})
 }
 
-func TestNIXLDeviceReceiveOption(t *testing.T) {
+func TestNIXLDeviceOptions(t *testing.T) {
 	_, err := buildOptions([]Option{WithEngineID("e"), WithNIXLDeviceReceive(64 << 20)})
 	require.ErrorIs(t, err, ErrOption, "GPU receive memory is NIXL's")
 	require.ErrorContains(t, err, "payload transport nixl")
@@ -233,77 +235,133 @@ func TestNIXLDeviceReceiveOption(t *testing.T) {
 	err = c.RegisterHostCache(dst.layout, dst.bases)
 	require.ErrorIs(t, err, ErrLayout, "a host cache has no GPU to receive into")
 	require.ErrorContains(t, err, "GPU memory")
+
+	_, err = buildOptions([]Option{WithEngineID("e"), WithNIXLDeviceStaging(true)})
+	require.ErrorIs(t, err, ErrOption, "GPU staging is NIXL's")
+	p, err := NewProducer(startPlane(t), nixlOpts(WithEngineID("prefill-ds"), WithNIXLDeviceStaging(true))...)
+	require.NoError(t, err)
+	defer p.Close()
+	src := newTestCache(t, smallLayout(8), true, 0)
+	err = p.RegisterHostCache(src.layout, src.bases)
+	require.ErrorIs(t, err, ErrLayout, "a host cache has no GPU to stage in")
+	require.ErrorContains(t, err, "GPU memory")
 }
 
-// GPU consumers reading NIXL chunks into GPU memory (WithNIXLDeviceReceive): raw, fast and high-ratio chunks
-// from a GPU producer, fp8 fast chunks from a host producer (which only the CPU decodes: they come back to
-// the host), all bit-exact; and a bit flipped in the producer's staging is caught by the GPU's CRC.
-func TestDeviceNIXLReceive(t *testing.T) {
+// Frames kept in GPU memory over NIXL: consumers reading chunks into GPU memory (WithNIXLDeviceReceive) and
+// producers staging frames there (WithNIXLDeviceStaging), each alone and both together (GPU to GPU), for raw,
+// fast and high-ratio chunks, fp8 high-ratio chunks, and fp8 fast chunks from a host producer (which only the
+// CPU decodes: they come back to the host), all bit-exact; and a bit flipped in the producer's staging is
+// caught by the CRC (the GPU's, where the consumer receives into GPU memory).
+func TestDeviceNIXL(t *testing.T) {
 	ctx := needGPU(t)
 	if os.Getenv("UCX_TLS") == "" {
-		t.Setenv("UCX_TLS", "tcp,sm,self,cuda_copy,cuda_ipc") // reads into GPU memory need UCX's CUDA transports
+		t.Setenv("UCX_TLS", "tcp,sm,self,cuda_copy,cuda_ipc") // GPU memory needs UCX's CUDA transports
 	}
 	needNIXL(t)
 	plane := startPlane(t)
 	srcBlocks := []int{5, 0, 39, 17, 3, 22, 9}
 	dstBlocks := []int{30, 1, 2, 33, 12, 8, 11}
+	type where struct{ stage, recv bool }
 	for _, tc := range []struct {
 		name    string
 		opts    []Option
 		dt      codec.DType
 		hostSrc bool
+		gpu     []where
 	}{
-		{"raw", []Option{WithBypass(BypassAlways)}, codec.BF16, false},
-		{"fast", []Option{WithMode(ModeFast), WithBypass(BypassNever)}, codec.BF16, false},
-		{"high-ratio", []Option{WithMode(ModeHighRatio), WithBypass(BypassNever)}, codec.BF16, false},
-		{"fp8 high-ratio", []Option{WithMode(ModeHighRatio), WithBypass(BypassNever)}, codec.FP8E4M3, false},
-		{"fp8 fast from a host cache", []Option{WithMode(ModeFast), WithBypass(BypassNever)}, codec.FP8E4M3, true},
+		{"raw", []Option{WithBypass(BypassAlways)}, codec.BF16, false, []where{{false, true}, {true, false}, {true, true}}},
+		{"fast", []Option{WithMode(ModeFast), WithBypass(BypassNever)}, codec.BF16, false, []where{{false, true}, {true, false}, {true, true}}},
+		{"high-ratio", []Option{WithMode(ModeHighRatio), WithBypass(BypassNever)}, codec.BF16, false, []where{{false, true}, {true, false}, {true, true}}},
+		{"fp8 high-ratio", []Option{WithMode(ModeHighRatio), WithBypass(BypassNever)}, codec.FP8E4M3, false, []where{{false, true}, {true, true}}},
+		{"fp8 fast from a host cache", []Option{WithMode(ModeFast), WithBypass(BypassNever)}, codec.FP8E4M3, true, []where{{false, true}}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			id := strings.ReplaceAll(tc.name, " ", "-")
-			p, c := newPair(t, plane, nixlOpts(append(tc.opts, WithEngineID("p-dr-"+id), WithFrameBytes(3*2*6144))...),
-				nixlOpts(WithEngineID("d-dr-"+id), WithNIXLDeviceReceive(32<<20)))
-			var srcHost, dstHost *testCache
-			if tc.dt == codec.BF16 {
-				srcHost, dstHost = newTestCache(t, smallLayout(40), true, 124), newTestCache(t, smallLayout(40), false, 0)
-			} else {
-				l := fp8Layout(40, tc.dt)
-				srcHost, dstHost = newFP8TestCache(t, l, 124), newTestCache(t, l, false, 0)
-			}
-			if tc.hostSrc {
-				require.NoError(t, p.RegisterHostCache(srcHost.layout, srcHost.bases))
-			} else {
-				src := newGPUCache(t, ctx, srcHost)
-				require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
-			}
-			dst := newGPUCache(t, ctx, dstHost)
-			require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
-			require.True(t, c.nixl.HasDeviceMemory())
-			for i := range 3 {
-				req := fmt.Sprintf("req-%d", i)
-				h, err := p.Save(req, srcBlocks)
-				require.NoError(t, err)
-				require.NoError(t, c.Load(req, h, dstBlocks))
-				require.NoError(t, waitLoad(t, c, req))
-				dst.download(t, ctx, dstHost)
-				requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
-			}
-			if tc.name != "raw" && !tc.hostSrc {
-				st := waitHandoffs(t, p, 3)
-				require.Greater(t, float64(st.RawBytes)/float64(st.EncodedBytes), 1.05, "compressed frames")
-			}
+		for _, w := range tc.gpu {
+			name := fmt.Sprintf("%s/staging on GPU %t/receive into GPU %t", tc.name, w.stage, w.recv)
+			t.Run(name, func(t *testing.T) {
+				id := strings.ReplaceAll(fmt.Sprintf("%s-%t-%t", tc.name, w.stage, w.recv), " ", "-")
+				popts := append(slices.Clone(tc.opts), WithEngineID("p-dev-"+id), WithFrameBytes(3*2*6144), WithNIXLDeviceStaging(w.stage))
+				copts := []Option{WithEngineID("d-dev-" + id)}
+				if w.recv {
+					copts = append(copts, WithNIXLDeviceReceive(32<<20))
+				}
+				p, c := newPair(t, plane, nixlOpts(popts...), nixlOpts(copts...))
+				var srcHost, dstHost *testCache
+				if tc.dt == codec.BF16 {
+					srcHost, dstHost = newTestCache(t, smallLayout(40), true, 124), newTestCache(t, smallLayout(40), false, 0)
+				} else {
+					l := fp8Layout(40, tc.dt)
+					srcHost, dstHost = newFP8TestCache(t, l, 124), newTestCache(t, l, false, 0)
+				}
+				if tc.hostSrc {
+					require.NoError(t, p.RegisterHostCache(srcHost.layout, srcHost.bases))
+				} else {
+					src := newGPUCache(t, ctx, srcHost)
+					require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
+				}
+				require.Equal(t, w.stage, p.devStaging != nil)
+				dst := newGPUCache(t, ctx, dstHost)
+				require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
+				require.Equal(t, w.recv, c.nixl.HasDeviceMemory())
+				for i := range 3 {
+					req := fmt.Sprintf("req-%d", i)
+					h, err := p.Save(req, srcBlocks)
+					require.NoError(t, err)
+					require.NoError(t, c.Load(req, h, dstBlocks))
+					require.NoError(t, waitLoad(t, c, req))
+					dst.download(t, ctx, dstHost)
+					requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
+				}
+				if tc.name != "raw" && !tc.hostSrc {
+					st := waitHandoffs(t, p, 3)
+					require.Greater(t, float64(st.RawBytes)/float64(st.EncodedBytes), 1.05, "compressed frames")
+				}
+				require.Eventually(t, func() bool { return p.InFlight() == 0 && p.StagingInUse() == 0 }, 10*time.Second, 5*time.Millisecond,
+					"every handoff released, its staging with it")
+				if w.stage {
+					require.Zero(t, p.srv.(*nixlServer).srv.DeviceInUse(), "the GPU staging freed")
+				}
 
-			h, err := p.Save("flip", srcBlocks)
-			require.NoError(t, err)
-			require.NoError(t, p.WaitSaved(context.Background(), "flip"))
-			p.mu.Lock()
-			frame := p.byID[h.ID].frames[5]
-			frame[len(frame)/2] ^= 0x04
-			p.mu.Unlock()
-			require.NoError(t, c.Load("flip", h, dstBlocks))
-			err = waitLoad(t, c, "flip")
-			require.ErrorIs(t, err, transport.ErrChecksum, "found by the CRC kernel")
-			require.ErrorContains(t, err, "chunk 5")
-		})
+				h, err := p.Save("flip", srcBlocks)
+				require.NoError(t, err)
+				require.NoError(t, p.WaitSaved(context.Background(), "flip"))
+				flipStagedByte(t, ctx, p, h.ID, 5)
+				require.NoError(t, c.Load("flip", h, dstBlocks))
+				err = waitLoad(t, c, "flip")
+				require.ErrorIs(t, err, transport.ErrChecksum)
+				require.ErrorContains(t, err, "chunk 5")
+			})
+		}
 	}
+}
+
+// flipStagedByte flips a bit in the middle of frame i of handoff id in the producer's staging, host or GPU.
+func flipStagedByte(t *testing.T, ctx *cuda.Context, p *Producer, id string, i int) {
+	p.mu.Lock()
+	s := p.byID[id]
+	p.mu.Unlock()
+	if s.dev == nil {
+		p.mu.Lock()
+		s.frames[i][len(s.frames[i])/2] ^= 0x04
+		p.mu.Unlock()
+		return
+	}
+	s.dev.mu.Lock()
+	f := s.dev.at[i]
+	s.dev.mu.Unlock()
+	at := f.p.Add(f.n / 2)
+	require.NoError(t, ctx.Do(func() error {
+		st, err := ctx.NewStream(cuda.StreamNonBlocking)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		b := make([]byte, 1)
+		if err := st.CopyDtoH(b, at); err != nil {
+			return err
+		}
+		if err := st.MemsetD8Async(at, b[0]^0x04, 1); err != nil {
+			return err
+		}
+		return st.Synchronize()
+	}))
 }

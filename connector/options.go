@@ -106,6 +106,12 @@ type Options struct {
 	// between GPUs of one host, GPUDirect RDMA across hosts). At least 4 chunks (Window) of the largest size
 	// should fit.
 	NIXLDeviceReceive int64
+	// NIXLDeviceStaging makes a producer with a GPU cache stage its frames in GPU memory (StagingBytes of it,
+	// plus a quarter, registered with NIXL) instead of pinned host memory: the encoders write each frame there,
+	// the CRC kernel checksums it there, and consumers read it in place (CUDA IPC between GPUs of one host,
+	// GPUDirect RDMA across hosts). Default false. It needs TransportNIXL and UCX's CUDA transports on both
+	// engines, and GPU memory beside the engine's KV cache.
+	NIXLDeviceStaging bool
 }
 
 // The payload transports (Options.PayloadTransport).
@@ -322,6 +328,12 @@ func WithNIXLDeviceReceive(n int64) Option {
 	}
 }
 
+// WithNIXLDeviceStaging makes a producer with a GPU cache stage frames in GPU memory that NIXL serves in place
+// (Options.NIXLDeviceStaging).
+func WithNIXLDeviceStaging(on bool) Option {
+	return func(o *Options) error { o.NIXLDeviceStaging = on; return nil }
+}
+
 // WithNIXL passes options to the NIXL server or client (backend parameters, timeouts, receive memory).
 func WithNIXL(opts ...nixl.Option) Option {
 	return func(o *Options) error { o.NIXL = append(o.NIXL, opts...); return nil }
@@ -345,6 +357,9 @@ func buildOptions(opts []Option) (Options, error) {
 func (o Options) Check() error {
 	if o.NIXLDeviceReceive > 0 && o.PayloadTransport != TransportNIXL {
 		return optErr("NIXL device receive memory needs the payload transport nixl (WithPayloadTransport)")
+	}
+	if o.NIXLDeviceStaging && o.PayloadTransport != TransportNIXL {
+		return optErr("NIXL device staging needs the payload transport nixl (WithPayloadTransport)")
 	}
 	return nil
 }

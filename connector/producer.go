@@ -30,12 +30,14 @@ type Producer struct {
 	srv     payloadServer
 	addr    string
 	staging *staging
-	policy  modePolicy
-	coders  chan *coders
-	unsub   func() error
-	log     *slog.Logger
-	life    context.Context // ends when Close begins: bounds control-plane calls that outlive a handoff's release
-	stop    context.CancelFunc
+	// devStaging is the GPU memory frames are staged in (WithNIXLDeviceStaging, a GPU cache), under mu
+	devStaging *gpuStaging
+	policy     modePolicy
+	coders     chan *coders
+	unsub      func() error
+	log        *slog.Logger
+	life       context.Context // ends when Close begins: bounds control-plane calls that outlive a handoff's release
+	stop       context.CancelFunc
 
 	mu      sync.Mutex
 	bypass  Bypass
@@ -96,6 +98,7 @@ type save struct {
 	blocks           []int
 	path             path // raw, fast or high-ratio frames
 	payload          *transport.StreamPayload
+	dev              *devicePayload  // the payload again, when its frames are staged in GPU memory
 	transport        string          // the records' payload transport ("" for TCP)
 	locator          json.RawMessage // and what else consumers need to fetch it (NIXL)
 	f                framing
@@ -230,7 +233,16 @@ func (p *Producer) register(c kvCache) error {
 	if t := p.o.CodeTable; t != nil && t.DType != l.DType {
 		return errors.Join(c.close(), optErr("the code table is for %s, the KV cache holds %s", t.DType, l.DType))
 	}
-	alloc, freeOld, err := p.srv.stagingAllocator(c.stagingAllocator(), p.o.StagingBytes)
+	hostBudget := p.o.StagingBytes
+	if dc, gpu := c.(*deviceCache); gpu && p.o.NIXLDeviceStaging {
+		if err := p.useDeviceStaging(dc.ordinal); err != nil {
+			return errors.Join(c.close(), err)
+		}
+		hostBudget = tableArenaBytes // frames go to GPU staging: the host arena holds the chunk tables
+	} else if p.o.NIXLDeviceStaging {
+		return errors.Join(c.close(), fmt.Errorf("%w: NIXL device staging (WithNIXLDeviceStaging) is for a KV cache in GPU memory; this one is in host memory", ErrLayout))
+	}
+	alloc, freeOld, err := p.srv.stagingAllocator(c.stagingAllocator(), hostBudget)
 	if err != nil {
 		return errors.Join(c.close(), err)
 	}
@@ -369,7 +381,12 @@ func (p *Producer) open(reqID, handoffID string, secret []byte, blocks []int) (*
 	}
 	s.ctx, s.cancel = context.WithTimeout(context.Background(), p.o.HandoffTTL)
 	s.payload = transport.NewStreamPayload(f.frames(), func(err error) { p.onRelease(s, err) })
-	if err := p.srv.Offer(s.handoffID, s.secret, s.payload); err != nil {
+	var offered transport.Payload = s.payload
+	if _, gpu := p.cache.(*deviceCache); gpu && p.devStaging != nil {
+		s.dev = &devicePayload{StreamPayload: s.payload, at: make([]devFrame, f.frames())}
+		offered = s.dev
+	}
+	if err := p.srv.Offer(s.handoffID, s.secret, offered); err != nil {
 		s.cancel()
 		return nil, nil, err
 	}
@@ -638,6 +655,9 @@ func (p *Producer) publishComplete(s *save) {
 
 // saveFrames encodes the frames of one layer into staging and hands them to the transport.
 func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, res *reservation, job layerJob) error {
+	if s.dev != nil {
+		return p.saveFramesOnDevice(s, sv.(*deviceSaver), lay, res, job)
+	}
 	g := s.f.groups()
 	for i := job.layer * g; i < (job.layer+1)*g; i++ {
 		l, lo, hi := s.f.frame(i)
@@ -684,31 +704,43 @@ func (s *save) stagingNeed(lay *Layout) int64 {
 
 // staged records encoded frame i and hands it to the transport.
 func (p *Producer) staged(s *save, i, n int, frame []byte, crc uint32, took timing) error {
-	var escapes, elements uint64
+	var hdrs []codec.Header
 	for rest := frame; len(rest) > 0; { // one codec frame, or two (high-ratio: K's, V's)
 		f, r, err := codec.SplitFrame(rest)
 		if err != nil {
 			return fmt.Errorf("splitzip: internal error, the encoder wrote a bad frame: %w", err)
 		}
 		h, _ := codec.ParseHeader(f)
+		hdrs = append(hdrs, h)
+		rest = r
+	}
+	if err := p.stagedFrame(s, i, n, len(frame), hdrs, crc, took); err != nil {
+		return err
+	}
+	return s.payload.PutWithCRC(i, frame, crc)
+}
+
+// stagedFrame records frame i of n raw bytes, size bytes encoded as the codec frames hdrs describe.
+func (p *Producer) stagedFrame(s *save, i, n, size int, hdrs []codec.Header, crc uint32, took timing) error {
+	var escapes, elements uint64
+	for _, h := range hdrs {
 		escapes += h.Escapes
 		if !h.Raw {
 			elements += h.Elements
 		}
-		rest = r
 	}
-	s.sizes[i] = uint64(len(frame))
+	s.sizes[i] = uint64(size)
 	s.crcs[i] = crc // for the record, and sent by the transport as the chunk's
 	s.rawBytes += uint64(n)
 	p.mu.Lock()
 	p.stats.EncodeTime += took.codec
 	p.stats.CopyTime += took.copy
 	p.stats.RawBytes += int64(n)
-	p.stats.EncodedBytes += int64(len(frame))
+	p.stats.EncodedBytes += int64(size)
 	p.stats.Escapes += int64(escapes)
 	p.stats.Elements += int64(elements)
 	p.mu.Unlock()
-	return s.payload.PutWithCRC(i, frame, s.crcs[i])
+	return nil
 }
 
 // finishSending tells the engine it may free the request's blocks.
@@ -764,6 +796,9 @@ func (p *Producer) onRelease(s *save, err error) {
 		for i, f := range s.frames {
 			p.staging.release(f)
 			s.frames[i] = nil
+		}
+		if s.dev != nil {
+			p.releaseDevice(s)
 		}
 		p.mu.Lock()
 		delete(p.saves, s.reqID)
@@ -925,6 +960,9 @@ func (p *Producer) Close() error {
 	defer p.mu.Unlock()
 	if p.cache != nil {
 		err = errors.Join(err, p.cache.close())
+	}
+	if p.devStaging != nil {
+		err = errors.Join(err, p.devStaging.close())
 	}
 	return err
 }

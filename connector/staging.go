@@ -114,6 +114,29 @@ func (r *reservation) take(n int) ([]byte, error) {
 	return b, nil
 }
 
+// account counts n bytes of the reservation as taken by a frame staged elsewhere (in GPU memory, which the
+// budget bounds too); releaseBytes gives them back. It never waits.
+func (r *reservation) account(n int) error {
+	if int64(n) > r.left {
+		return fmt.Errorf("splitzip: internal error: a %d-byte frame outgrows its handoff's staging (%d bytes left)", n, r.left)
+	}
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	if r.s.closed {
+		return ErrClosed
+	}
+	r.left -= int64(n)
+	return nil
+}
+
+// releaseBytes returns n bytes counted by account.
+func (s *staging) releaseBytes(n int) {
+	s.mu.Lock()
+	s.used -= int64(n)
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
 // done returns what the handoff did not take; its frames are released one by one (release).
 func (r *reservation) done() {
 	s := r.s

@@ -122,6 +122,8 @@ type endpointOptions struct {
 	Transport     *string `json:"transport"` // payload transport: tcp or nixl
 	// GPU memory a consumer with a GPU cache reads NIXL chunks into (0: host memory)
 	NIXLDeviceReceiveBytes *int64 `json:"nixl_device_receive_bytes"`
+	// a producer with a GPU cache stages its frames in GPU memory, read there over NIXL
+	NIXLDeviceStaging *bool `json:"nixl_device_staging"`
 }
 
 // endpointSettings is what a producer or consumer runs with: endpointOptions' settable fields with every
@@ -144,6 +146,7 @@ type endpointSettings struct {
 	Transport     string  `json:"transport"`
 
 	NIXLDeviceReceiveBytes int64 `json:"nixl_device_receive_bytes"`
+	NIXLDeviceStaging      bool  `json:"nixl_device_staging"`
 }
 
 func settingsOf(o connector.Options) (endpointSettings, error) {
@@ -171,6 +174,7 @@ func settingsOf(o connector.Options) (endpointSettings, error) {
 		Transport:     o.PayloadTransport,
 
 		NIXLDeviceReceiveBytes: o.NIXLDeviceReceive,
+		NIXLDeviceStaging:      o.NIXLDeviceStaging,
 	}, nil
 }
 
@@ -394,6 +398,9 @@ func endpointOpts(js string) ([]connector.Option, error) {
 	}
 	if eo.NIXLDeviceReceiveBytes != nil {
 		opts = append(opts, connector.WithNIXLDeviceReceive(*eo.NIXLDeviceReceiveBytes))
+	}
+	if eo.NIXLDeviceStaging != nil {
+		opts = append(opts, connector.WithNIXLDeviceStaging(*eo.NIXLDeviceStaging))
 	}
 	if eo.TLSCA != "" || eo.TLSCert != "" || eo.TLSKey != "" {
 		topts = append(topts, transport.WithTLSFiles(eo.TLSCA, eo.TLSCert, eo.TLSKey))

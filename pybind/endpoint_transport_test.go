@@ -24,17 +24,23 @@ func TestEndpointTransportOption(t *testing.T) {
 	assert.Contains(t, err.Error(), "want tcp or nixl")
 }
 
-// A consumer's GPU receive memory for NIXL chunks: 0 by default, needs the transport nixl, never negative.
-func TestEndpointNIXLDeviceReceiveOption(t *testing.T) {
+// A consumer's GPU receive memory for NIXL chunks and a producer's GPU staging: off by default, they need the
+// transport nixl; the receive memory is never negative.
+func TestEndpointNIXLDeviceOptions(t *testing.T) {
 	js, err := EndpointDefaults()
 	require.NoError(t, err)
 	assert.EqualValues(t, 0, settings(t, js)["nixl_device_receive_bytes"])
-	got, err := EndpointOptions(`{"engine_id":"x","transport":"nixl","nixl_device_receive_bytes":268435456}`)
+	assert.Equal(t, false, settings(t, js)["nixl_device_staging"])
+	got, err := EndpointOptions(`{"engine_id":"x","transport":"nixl","nixl_device_staging":true}`)
+	require.NoError(t, err)
+	assert.Equal(t, true, settings(t, got)["nixl_device_staging"])
+	got, err = EndpointOptions(`{"engine_id":"x","transport":"nixl","nixl_device_receive_bytes":268435456}`)
 	require.NoError(t, err)
 	assert.EqualValues(t, 256<<20, settings(t, got)["nixl_device_receive_bytes"])
 	for _, bad := range []string{
 		`{"engine_id":"x","nixl_device_receive_bytes":268435456}`,
 		`{"engine_id":"x","transport":"nixl","nixl_device_receive_bytes":-1}`,
+		`{"engine_id":"x","nixl_device_staging":true}`,
 	} {
 		_, err = EndpointOptions(bad)
 		require.Error(t, err, bad)

@@ -138,6 +138,28 @@ func (s *Server) AllocDevice(n int) (uintptr, error) {
 	return d.AllocAddr(n)
 }
 
+// AllocDeviceWait is AllocDevice that waits for buffers to be freed while none is large enough, until ctx
+// ends; a buffer larger than the whole device memory fails at once.
+func (s *Server) AllocDeviceWait(ctx context.Context, n int) (uintptr, error) {
+	s.mu.Lock()
+	d := s.dev
+	s.mu.Unlock()
+	if d == nil {
+		return 0, fmt.Errorf("%w: no device memory (UseDeviceMemory)", ErrArena)
+	}
+	return d.AllocAddrWait(ctx, n)
+}
+
+// DeviceInUse is the device memory's bytes handed out (AllocDevice) and not yet freed.
+func (s *Server) DeviceInUse() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dev == nil {
+		return 0
+	}
+	return s.dev.InUse()
+}
+
 // FreeDevice returns a buffer from AllocDevice.
 func (s *Server) FreeDevice(p uintptr) {
 	s.mu.Lock()

@@ -265,6 +265,8 @@ class _Endpoint:
     transport: str | None = None  # payload transport: "tcp" (default) or "nixl"
     # consumer with a CUDA cache, transport "nixl": GPU memory to read chunks into (0: host memory)
     nixl_device_receive_bytes: int | None = None
+    # producer with a CUDA cache, transport "nixl": stage frames in GPU memory, read there by consumers
+    nixl_device_staging: bool | None = None
 
     def to_json(self) -> str:
         if self.transport == "nixl":
@@ -282,8 +284,9 @@ class Producer:
     link_rate (bytes/s; 0 measures), codebook (a Codebook) or
     codebook_path, max_in_flight, rate_limit (bytes/s cap, emulates a slow link; 0: none), conns,
     io_timeout_s, tls_ca, tls_cert, tls_key (mutual TLS between the engines), transport ("tcp" | "nixl":
-    payloads over NIXL/UCX, see docs/transports.md). Options left out or None take the connector's defaults
-    (endpoint_defaults()); the options property shows what the producer runs with.
+    payloads over NIXL/UCX, see docs/transports.md), nixl_device_staging (with "nixl" and a CUDA cache: stage
+    frames in GPU memory, which consumers read in place). Options left out or None take the connector's
+    defaults (endpoint_defaults()); the options property shows what the producer runs with.
     """
 
     def __init__(self, plane: ControlPlane, engine_id: str, rank: int = 0, *, codebook: Any = None, **options: Any) -> None:

@@ -148,6 +148,8 @@ def test_errors_are_typed(plane, kv_calibration):
         Producer(plane, "x", bypass="sometimes")
     with pytest.raises(SplitZipError, match="needs the payload transport nixl"):
         Consumer(plane, "x", nixl_device_receive_bytes=1 << 28)
+    with pytest.raises(SplitZipError, match="needs the payload transport nixl"):
+        Producer(plane, "x", nixl_device_staging=True)
     assert len(lay.fingerprint()) == 24
 
 
@@ -156,7 +158,7 @@ def test_errors_are_typed(plane, kv_calibration):
 ENDPOINT_KEYS = {
     "listen_addr", "advertise_addr", "staging_bytes", "handoff_ttl_s", "load_timeout_s", "record_wait_s",
     "bypass", "mode", "link_rate", "max_in_flight", "rate_limit", "conns", "io_timeout_s", "tls", "transport",
-    "nixl_device_receive_bytes",
+    "nixl_device_receive_bytes", "nixl_device_staging",
 }
 # Endpoint options that name files or peers rather than settings with defaults.
 PATH_KEYS = {"codebook", "codebook_path", "code_table_path", "tls_ca", "tls_cert", "tls_key", "tls_server_name"}

@@ -15,7 +15,19 @@ if TYPE_CHECKING:
     from splitzip_connector.handoff import EngineInfo
 
 
-def _unset(t: type) -> Any:
+def _flag(v: Any) -> bool:
+    """A boolean key's value: true or false, as JSON or as a string."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise ValueError(f"{v!r} is not true or false")
+
+
+_flag.__name__ = "boolean (true or false)"
+
+
+def _unset(t: Any) -> Any:
     """A field left to the Go connector's default: None here, sent to Go only when set; t converts a value."""
     return field(default=None, metadata={"type": t})
 
@@ -58,6 +70,11 @@ class SplitZipConfig:
                      and decoded in, with no copy through host memory (needs UCX's CUDA transports: cuda_copy,
                      cuda_ipc, GPUDirect RDMA; 0, the default: host memory). At least 4 chunks of the largest
                      size should fit; 256 MiB holds 4 of 8 MiB layer frames with room to spare.
+    nixl_device_staging*
+                     prefill engine with transport "nixl": stage frames in GPU memory (staging_bytes of it, plus a
+                     quarter, beside the KV cache: lower --gpu-memory-utilization to make room) that decode
+                     engines read in place, GPU to GPU (CUDA IPC on one host, GPUDirect RDMA across hosts);
+                     default false: pinned host memory.
     listen_addr*     where the producer serves payloads, host:port; port 0 picks one; a fixed port p serves
                      TP rank r on p + r.
     advertise_host   host consumers dial when listen_addr is 0.0.0.0 (default: the listen host).
@@ -102,6 +119,7 @@ class SplitZipConfig:
     rate_limit: int | None = _unset(int)
     transport: str | None = _unset(str)
     nixl_device_receive_bytes: int | None = _unset(int)
+    nixl_device_staging: bool | None = _unset(_flag)
     listen_addr: str | None = _unset(str)
     advertise_host: str = ""
     staging_bytes: int | None = _unset(int)
@@ -139,6 +157,11 @@ class SplitZipConfig:
             )
         if values.get("transport", "tcp") not in ("tcp", "nixl"):
             raise ValueError(f"SplitZipConnector: transport {values['transport']!r}: use 'tcp' or 'nixl'")
+        if values.get("nixl_device_staging") and values.get("transport") != "nixl":
+            raise ValueError(
+                "SplitZipConnector: nixl_device_staging stages frames in GPU memory that NIXL serves: it needs "
+                "transport 'nixl'"
+            )
         if values.get("nixl_device_receive_bytes") and values.get("transport") != "nixl":
             raise ValueError(
                 "SplitZipConnector: nixl_device_receive_bytes is the GPU memory NIXL reads chunks into: it needs "

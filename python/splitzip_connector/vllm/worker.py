@@ -303,6 +303,7 @@ class SplitZipWorker:
                     link_rate=cfg.link_rate,
                     staging_bytes=cfg.staging_bytes,
                     codebook_path=cfg.codebook or None,
+                    nixl_device_staging=cfg.nixl_device_staging,
                     **common,
                 )
                 self.producers[shard] = p

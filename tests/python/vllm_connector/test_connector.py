@@ -369,6 +369,17 @@ def test_unsupported_configurations_refused_at_startup(model_config):
     cfg = make_vllm_config(model_config, "kv_consumer", extra={"nixl_device_receive_bytes": 1 << 28})
     with pytest.raises(ValueError, match="nixl_device_receive_bytes.*transport 'nixl'"):
         SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
+    cfg = make_vllm_config(model_config, "kv_producer", extra={"nixl_device_staging": True})
+    with pytest.raises(ValueError, match="nixl_device_staging.*transport 'nixl'"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
+    from splitzip_connector.vllm.config import SplitZipConfig
+
+    for v, want in ((True, True), ("true", True), ("False", False)):
+        cfg = make_vllm_config(model_config, "kv_producer", extra={"transport": "nixl", "nixl_device_staging": v})
+        assert SplitZipConfig.from_vllm(cfg).nixl_device_staging is want
+    cfg = make_vllm_config(model_config, "kv_producer", extra={"nixl_device_staging": "yes"})
+    with pytest.raises(ValueError, match=r"nixl_device_staging.*'yes' is not a boolean \(true or false\)"):
+        SplitZipConnector(cfg, KVConnectorRole.SCHEDULER, None)
     cfg = make_vllm_config(model_config, "kv_producer")
     cfg.cache_config.cache_dtype = "int4"
     with pytest.raises(ValueError, match="kv-cache-dtype"):
