@@ -8,9 +8,10 @@ registers its GPU cache and a consumer here loads every request into other block
 gather-encodes on the GPU into pinned staging (for NIXL: one arena registered with NIXL, read by the consumer
 in place, no socket), the consumer decode-scatters on the GPU. Every transfer is checked bit for bit.
 
-Transport "nixl-gpu" is NIXL with the consumer reading chunks straight into its GPU's memory
-(nixl_device_receive_bytes: verified there by the CRC kernel, decoded in place), "nixl" the same reads into
-pinned host memory.
+Transport "nixl" reads the producer's pinned host staging into the consumer's pinned host memory; "nixl-gpu"
+reads it straight into the consumer's GPU (nixl_device_receive_bytes: verified there by the CRC kernel, decoded
+in place); "nixl-gpu2gpu" also stages the frames in the producer's GPU (nixl_device_staging), so they move GPU
+to GPU.
 
 Reported per transport, request size and mode (median of --repeat): time from save to every block decoded,
 throughput in GB/s of raw KV, and the CPU time both processes spent per GB of raw KV.
@@ -19,7 +20,7 @@ NIXL needs the nixl wheel importable (nixl-cu13 for CUDA 13, nixl-cu12 for CUDA 
 picks its transports (UCX_TLS: tcp is always needed for wire-up; sm/cma for host memory between processes,
 cuda_copy,cuda_ipc for GPU memory, rc/ud on RDMA NICs).
 
-usage: python3 tests/gpu/transports.py [--transports tcp,nixl,nixl-gpu] [--tokens 4096,16384,32768] [--repeat 5]
+usage: python3 tests/gpu/transports.py [--transports tcp,nixl,nixl-gpu,nixl-gpu2gpu] [--tokens 4096,16384,32768] [--repeat 5]
                                         [--device-recv BYTES] [--out transports.md]
 """
 
@@ -54,7 +55,7 @@ def run_producer(args: argparse.Namespace) -> None:
     caches = make_cache(args.blocks, device, fixture_bf16())
     plane = ControlPlane(url=args.nats)
     prod = Producer(plane, engine_id=f"tr-prefill-{args.transport}", staging_bytes=args.staging,
-                    handoff_ttl_s=600, transport=args.transport)
+                    handoff_ttl_s=600, transport=args.transport, nixl_device_staging=args.device_staging or None)
     prod.register_device_cache(layout_of(caches), device.index, [t.data_ptr() for t in caches])
     stream = torch.cuda.current_stream(device)
     for line in sys.stdin:
@@ -89,9 +90,10 @@ class Pair:
         wire = "nixl" if transport.startswith("nixl") else transport
         self.child = subprocess.Popen(
             [sys.executable, __file__, "--role", "producer", "--nats", plane.client_url, "--transport", wire,
-             "--blocks", str(caches[0].shape[1]), "--device", str(pdev), "--staging", str(args.staging)],
+             "--blocks", str(caches[0].shape[1]), "--device", str(pdev), "--staging", str(args.staging)]
+            + (["--device-staging"] if transport == "nixl-gpu2gpu" else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        recv = args.device_recv if transport == "nixl-gpu" else None
+        recv = args.device_recv if transport in ("nixl-gpu", "nixl-gpu2gpu") else None
         self.cons = Consumer(plane, engine_id=f"tr-decode-{transport}", load_timeout_s=600, transport=wire,
                              nixl_device_receive_bytes=recv)
         self.cons.register_device_cache(layout_of(caches), self.cdev.index, [t.data_ptr() for t in caches])
@@ -142,7 +144,8 @@ class Pair:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--role", default="driver", choices=["driver", "producer"])
-    ap.add_argument("--transports", default="tcp,nixl,nixl-gpu")
+    ap.add_argument("--transports", default="tcp,nixl,nixl-gpu,nixl-gpu2gpu")
+    ap.add_argument("--device-staging", action="store_true", help=argparse.SUPPRESS)  # the producer's
     ap.add_argument("--device-recv", type=int, default=512 << 20, help="the GPU receive memory of nixl-gpu")
     ap.add_argument("--transport", default="tcp", help=argparse.SUPPRESS)  # the producer's
     ap.add_argument("--tokens", default="4096,16384,32768")

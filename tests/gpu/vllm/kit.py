@@ -968,7 +968,8 @@ def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
     # UCX_PROTO_INFO: each process prints the transports UCX chose per operation (engine facts: ucx_protocols)
     ucx = {"UCX_PROTO_INFO": "y", **({"UCX_TLS": a.ucx_tls} if a.ucx_tls else {})}
     ctx.res.update(link="unshaped (two processes on one GPU)", ucx_tls=a.ucx_tls or "(UCX's default)",
-                   splitzip_nixl_lib=lib, nixl_device_receive_bytes=a.nixl_device_recv, points=[], startup_s={})
+                   splitzip_nixl_lib=lib, nixl_device_receive_bytes=a.nixl_device_recv,
+                   nixl_device_staging=a.nixl_device_staging, points=[], startup_s={})
     modes = ["raw"] + [m for m in a.modes if m != "raw"]
     for m in modes:
         producer_extra(m, 0)  # an unknown mode fails here, before any engine starts
@@ -1007,7 +1008,8 @@ def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
                 ctx.skip(handoff_label("splitzip", m), f"{ctx.left():.0f} s left, a group takes ~{group_s:.0f} s")
             break
         t0 = time.monotonic()
-        engines = [Engine(f"prefill-splitzip-{m}", model, "kv_producer", dict(producer_extra(m, 0), transport="nixl"),
+        pextra = {"transport": "nixl", **({"nixl_device_staging": True} if a.nixl_device_staging else {})}
+        engines = [Engine(f"prefill-splitzip-{m}", model, "kv_producer", dict(producer_extra(m, 0), **pextra),
                           args=args, env=sz_env) for m in group]
         first = [] if dec.name in ctx.stack.procs else [dec]
         ctx.res["startup_s"][",".join(e.name for e in first + engines)] = ctx.stack.start_engines(first + engines)
@@ -1285,6 +1287,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--nixl-device-recv", type=int, default=0, metavar="BYTES",
                     help="nixl: SplitZip's decode engine reads chunks into this much GPU memory "
                     "(nixl_device_receive_bytes; 0: pinned host memory)")
+    ap.add_argument("--nixl-device-staging", action="store_true",
+                    help="nixl: SplitZip's prefill engines stage frames in GPU memory (nixl_device_staging)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-overlap", dest="overlap", action="store_false",
                     help="ttft: skip the prefill-with/without-saving samples")
