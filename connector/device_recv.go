@@ -20,10 +20,8 @@ import (
 
 // gpuRecv is that GPU memory and the kernel that checksums it.
 type gpuRecv struct {
-	ordinal int
-	ctx     *cuda.Context
-	kc      *kernels.Codec
-	mem     *cuda.DeviceBuffer
+	*gpuRegion
+	kc *kernels.Codec
 
 	mu     sync.Mutex // one checksum at a time: one stream, one result word
 	stream *cuda.Stream
@@ -32,26 +30,23 @@ type gpuRecv struct {
 }
 
 func newGPURecv(ordinal int, n int64) (*gpuRecv, error) {
-	ctx, err := cuda.PrimaryContext(ordinal)
+	r, err := newGPURegion(ordinal, n, "NIXL device receive memory")
 	if err != nil {
 		return nil, err
 	}
-	g := &gpuRecv{ordinal: ordinal, ctx: ctx}
-	err = ctx.Do(func() error {
+	g := &gpuRecv{gpuRegion: r}
+	err = g.ctx.Do(func() error {
 		var err error
-		if g.kc, err = kernels.NewCodec(ctx); err != nil {
+		if g.kc, err = kernels.NewCodec(g.ctx); err != nil {
 			return err
 		}
-		if g.mem, err = ctx.Alloc(int(n)); err != nil {
-			return fmt.Errorf("%w: NIXL device receive memory of %d bytes on GPU %d: %w", ErrStagingFull, n, ordinal, err)
-		}
-		if g.stream, err = ctx.NewStream(cuda.StreamNonBlocking); err != nil {
+		if g.stream, err = g.ctx.NewStream(cuda.StreamNonBlocking); err != nil {
 			return err
 		}
-		if g.out, err = ctx.Alloc(4); err != nil {
+		if g.out, err = g.ctx.Alloc(4); err != nil {
 			return err
 		}
-		g.host, err = ctx.HostAlloc(4, cuda.HostAllocPortable)
+		g.host, err = g.ctx.HostAlloc(4, cuda.HostAllocPortable)
 		return err
 	})
 	if err != nil {
@@ -62,10 +57,7 @@ func newGPURecv(ordinal int, n int64) (*gpuRecv, error) {
 
 // memory is what the NIXL client registers and reads into.
 func (g *gpuRecv) memory() nixl.DeviceMemory {
-	return nixl.DeviceMemory{
-		Region: nixl.Region{Addr: uintptr(g.mem.Ptr()), Len: g.mem.Len(), Mem: nixl.MemVRAM, Device: uint64(g.ordinal)},
-		CRC32C: g.crc32c,
-	}
+	return nixl.DeviceMemory{Region: g.region(), CRC32C: g.crc32c}
 }
 
 // crc32c is the CRC-32C of the n bytes at p, computed on the GPU.
@@ -89,11 +81,8 @@ func (g *gpuRecv) crc32c(p uintptr, n int) (uint32, error) {
 	return crc, err
 }
 
-// close frees the memory; the NIXL client that read into it must be closed first.
+// close frees the memory and the checksum's resources; the NIXL client that read into it must be closed first.
 func (g *gpuRecv) close() error {
-	if g.ctx == nil {
-		return nil
-	}
 	err := g.ctx.Do(func() error {
 		var err error
 		if g.stream != nil {
@@ -105,9 +94,9 @@ func (g *gpuRecv) close() error {
 		if g.kc != nil {
 			err = errors.Join(err, g.kc.Close())
 		}
-		return freeJoin(err, g.mem, g.out)
+		return freeJoin(err, g.out)
 	})
-	return errors.Join(err, g.ctx.Close())
+	return errors.Join(err, g.gpuRegion.close())
 }
 
 // useDeviceReceive gives the consumer's NIXL client GPU memory on GPU ordinal, once (WithNIXLDeviceReceive);

@@ -24,31 +24,33 @@ import (
 // (256 bytes and 24 a frame each).
 const tableArenaBytes = 16 << 20
 
-// gpuStaging is the GPU memory a producer stages frames in.
-type gpuStaging struct {
+// gpuRegion is GPU memory registered with NIXL: a producer's staging, a consumer's receive memory.
+type gpuRegion struct {
 	ordinal int
 	ctx     *cuda.Context
 	mem     *cuda.DeviceBuffer
 }
 
-func newGPUStaging(ordinal int, n int64) (*gpuStaging, error) {
+// newGPURegion allocates n bytes on GPU ordinal; what names them in the error when they do not fit.
+func newGPURegion(ordinal int, n int64, what string) (*gpuRegion, error) {
 	ctx, err := cuda.PrimaryContext(ordinal)
 	if err != nil {
 		return nil, err
 	}
-	g := &gpuStaging{ordinal: ordinal, ctx: ctx}
+	g := &gpuRegion{ordinal: ordinal, ctx: ctx}
 	if err := ctx.Do(func() (err error) { g.mem, err = ctx.Alloc(int(n)); return err }); err != nil {
-		return nil, errors.Join(fmt.Errorf("%w: NIXL device staging of %d bytes on GPU %d: %w", ErrStagingFull, n, ordinal, err), ctx.Close())
+		return nil, errors.Join(fmt.Errorf("%w: %s of %d bytes on GPU %d: %w", ErrStagingFull, what, n, ordinal, err), ctx.Close())
 	}
 	return g, nil
 }
 
-func (g *gpuStaging) memory() nixl.DeviceMemory {
-	return nixl.DeviceMemory{Region: nixl.Region{Addr: uintptr(g.mem.Ptr()), Len: g.mem.Len(), Mem: nixl.MemVRAM, Device: uint64(g.ordinal)}}
+// region is the memory as NIXL registers it.
+func (g *gpuRegion) region() nixl.Region {
+	return nixl.Region{Addr: uintptr(g.mem.Ptr()), Len: g.mem.Len(), Mem: nixl.MemVRAM, Device: uint64(g.ordinal)}
 }
 
-// close frees the memory; the NIXL server that served it must be closed first.
-func (g *gpuStaging) close() error {
+// close frees the memory; the NIXL agent that registered it must be closed first.
+func (g *gpuRegion) close() error {
 	return errors.Join(g.ctx.Do(func() error { return g.mem.Free() }), g.ctx.Close())
 }
 
@@ -65,11 +67,11 @@ func (p *Producer) useDeviceStaging(ordinal int) error {
 		}
 		return nil
 	}
-	g, err := newGPUStaging(ordinal, p.o.StagingBytes+p.o.StagingBytes/4+1<<20)
+	g, err := newGPURegion(ordinal, p.o.StagingBytes+p.o.StagingBytes/4+1<<20, "NIXL device staging")
 	if err != nil {
 		return err
 	}
-	if err := ns.srv.UseDeviceMemory(g.memory()); err != nil {
+	if err := ns.srv.UseDeviceMemory(nixl.DeviceMemory{Region: g.region()}); err != nil {
 		return errors.Join(err, g.close())
 	}
 	p.devStaging = g

@@ -31,7 +31,7 @@ type Producer struct {
 	addr    string
 	staging *staging
 	// devStaging is the GPU memory frames are staged in (WithNIXLDeviceStaging, a GPU cache), under mu
-	devStaging *gpuStaging
+	devStaging *gpuRegion
 	policy     modePolicy
 	coders     chan *coders
 	unsub      func() error
