@@ -147,8 +147,18 @@ type allocator interface {
 
 type goAllocator struct{}
 
-func (goAllocator) alloc(n int) ([]byte, error) { return make([]byte, n), nil }
-func (goAllocator) free([]byte)                 {}
+// alloc touches every page of the buffer it makes: fresh memory faults its pages in on first write, and
+// otherwise the first frames staged in it would pay for that, slowing the rates the auto policy measures on a
+// handoff's frames (a cold first raw handoff measured 1.9 GB/s for a copy that runs at 5 GB/s warm).
+func (goAllocator) alloc(n int) ([]byte, error) {
+	b := make([]byte, n)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 0
+	}
+	return b, nil
+}
+
+func (goAllocator) free([]byte) {}
 
 // ---- host memory: the CPU codec ----
 
