@@ -179,9 +179,7 @@ func (p *Producer) saveFramesOnDevice(s *save, sv *deviceSaver, lay *Layout, res
 		s.dev.mu.Lock()
 		s.dev.at[i].n, s.dev.at[i].crc, s.dev.at[i].complete = size, crc, true
 		s.dev.mu.Unlock()
-		if err := p.stagedFrame(s, i, n, size, hdrs[:frames], crc, took); err != nil {
-			return err
-		}
+		p.stagedFrame(s, i, n, size, hdrs[:frames], crc, took)
 		if err := s.payload.PutWithCRC(i, nil, crc); err != nil {
 			return err
 		}

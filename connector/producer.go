@@ -714,14 +714,12 @@ func (p *Producer) staged(s *save, i, n int, frame []byte, crc uint32, took timi
 		hdrs = append(hdrs, h)
 		rest = r
 	}
-	if err := p.stagedFrame(s, i, n, len(frame), hdrs, crc, took); err != nil {
-		return err
-	}
+	p.stagedFrame(s, i, n, len(frame), hdrs, crc, took)
 	return s.payload.PutWithCRC(i, frame, crc)
 }
 
 // stagedFrame records frame i of n raw bytes, size bytes encoded as the codec frames hdrs describe.
-func (p *Producer) stagedFrame(s *save, i, n, size int, hdrs []codec.Header, crc uint32, took timing) error {
+func (p *Producer) stagedFrame(s *save, i, n, size int, hdrs []codec.Header, crc uint32, took timing) {
 	var escapes, elements uint64
 	for _, h := range hdrs {
 		escapes += h.Escapes
@@ -740,7 +738,6 @@ func (p *Producer) stagedFrame(s *save, i, n, size int, hdrs []codec.Header, crc
 	p.stats.Escapes += int64(escapes)
 	p.stats.Elements += int64(elements)
 	p.mu.Unlock()
-	return nil
 }
 
 // finishSending tells the engine it may free the request's blocks.
