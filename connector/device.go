@@ -309,15 +309,8 @@ func (s *deviceSaver) encodeTo(out stagingOut, l, lo, hi int, p path, ready *rea
 					return err
 				}
 			}
-			bb := int(c.lay.BlockBytes())
-			pos := codec.HeaderSize
-			for kv := range 2 {
-				for _, b := range s.blocks[lo:hi] {
-					if err := out.copyIn(s.stream, pos, c.blockPtr(l, kv, b), bb); err != nil {
-						return err
-					}
-					pos += bb
-				}
+			if err := s.copyRaw(out, l, lo, hi, n); err != nil {
+				return err
 			}
 		default:
 			cb, sample := s.env.tables.fastCodebook(l)
@@ -383,6 +376,39 @@ func (s *deviceSaver) encodeTo(out stagingOut, l, lo, hi int, p path, ready *rea
 		return err
 	})
 	return size, took, err
+}
+
+// copyRaw enqueues the copy of layer l's blocks [lo, hi) (n bytes: K blocks, then V blocks) behind a raw
+// frame's header in out. One gather kernel writes them: into GPU staging in place, or into the frame buffer and
+// from there to host staging in one copy. One copy a block instead, whose enqueue costs more than the copy
+// itself, only where the cache's blocks are not 16-byte aligned for the kernel (ctx current).
+func (s *deviceSaver) copyRaw(out stagingOut, l, lo, hi, n int) error {
+	c := s.c
+	at := out.dev.Add(codec.HeaderSize)
+	if out.dev == 0 {
+		at = s.frame.Ptr()
+	}
+	if out.dev != 0 || n <= s.frame.Len() {
+		req := kernels.PagedRequest{BlockIDs: s.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo}
+		err := c.kc.GatherBlocksAsync(s.stream, c.lay.DType, c.layerOf(l), req, at)
+		if err == nil && out.dev == 0 {
+			err = out.copyIn(s.stream, codec.HeaderSize, at, n)
+		}
+		if !errors.Is(err, kernels.ErrAlignment) {
+			return err
+		}
+	}
+	bb := int(c.lay.BlockBytes())
+	pos := codec.HeaderSize
+	for kv := range 2 {
+		for _, b := range s.blocks[lo:hi] {
+			if err := out.copyIn(s.stream, pos, c.blockPtr(l, kv, b), bb); err != nil {
+				return err
+			}
+			pos += bb
+		}
+	}
+	return nil
 }
 
 // blockPtr is the device address of block b of layer l's K (kv 0) or V (kv 1).
@@ -632,8 +658,9 @@ func (ld *deviceLoader) decodeScatterAt(sl *deviceSlot, src cuda.DevicePtr, fram
 }
 
 // scatterRaw copies the raw frame of frameLen bytes whose header is h (layer l's K blocks [lo, hi) of the
-// load, then its V blocks) straight into the blocks, a copy each: from the slot's pinned buffer, or from dev
-// in GPU memory when dev is not 0. The fast kernels that scatter raw frames read bf16 (sl taken, ctx current).
+// load, then its V blocks) straight into the blocks with the scatter kernel: from dev in GPU memory when dev is
+// not 0, else from the slot's pinned buffer through its device buffer. The fast kernels that scatter raw frames
+// read bf16; this moves any dtype (sl taken, ctx current).
 func (ld *deviceLoader) scatterRaw(sl *deviceSlot, h codec.Header, frameLen int, dev cuda.DevicePtr, l, lo, hi int) (took timing, err error) {
 	c := ld.c
 	bb := int(c.lay.BlockBytes())
@@ -643,6 +670,23 @@ func (ld *deviceLoader) scatterRaw(sl *deviceSlot, h codec.Header, frameLen int,
 	if err := sl.t0.Record(sl.stream); err != nil {
 		return took, err
 	}
+	// One scatter kernel: from dev, or from the slot's device buffer after one copy there.
+	src := dev
+	if dev == 0 && frameLen <= sl.dev.Len() {
+		src = sl.dev.Ptr()
+		err = sl.stream.MemcpyHtoDAsync(src, sl.host.Ptr(), frameLen)
+	}
+	if src != 0 && err == nil {
+		req := kernels.PagedRequest{BlockIDs: ld.ids.Ptr().Add(4 * lo), NumBlocks: hi - lo}
+		err = c.kc.ScatterBlocksAsync(sl.stream, c.lay.DType, src.Add(codec.HeaderSize), c.layerOf(l), req)
+		if err == nil {
+			return ld.finishRaw(sl)
+		}
+	}
+	if !errors.Is(err, kernels.ErrAlignment) && err != nil {
+		return took, err
+	}
+	// One copy a block where the cache's blocks are not aligned for the kernel.
 	base := unsafe.Pointer(&sl.host.Bytes()[0])
 	pos := codec.HeaderSize
 	for kv := range 2 {
@@ -658,6 +702,11 @@ func (ld *deviceLoader) scatterRaw(sl *deviceSlot, h codec.Header, frameLen int,
 			pos += bb
 		}
 	}
+	return ld.finishRaw(sl)
+}
+
+// finishRaw waits for a raw frame's scatter and times it as copy time (sl taken, ctx current).
+func (ld *deviceLoader) finishRaw(sl *deviceSlot) (took timing, err error) {
 	if err := sl.tCopy.Record(sl.stream); err != nil {
 		return took, err
 	}

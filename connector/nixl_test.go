@@ -257,6 +257,9 @@ func TestDeviceNIXL(t *testing.T) {
 	if os.Getenv("UCX_TLS") == "" {
 		t.Setenv("UCX_TLS", "tcp,sm,self,cuda_copy,cuda_ipc") // GPU memory needs UCX's CUDA transports
 	}
+	if os.Getenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY") == "" {
+		t.Setenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y") // without NVLink UCX reads GPU memory through TCP otherwise
+	}
 	needNIXL(t)
 	plane := startPlane(t)
 	srcBlocks := []int{5, 0, 39, 17, 3, 22, 9}

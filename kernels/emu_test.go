@@ -454,3 +454,18 @@ func TestEmuCRC32C(t *testing.T) {
 		assert.Equal(t, crc32.Checksum(b, castagnoli), uint32(got), "%d bytes", len(b))
 	}
 }
+
+// TestEmuBlockCopy runs blocks.cuh's gather and scatter on the host (kernels/emu): bf16 and fp8 block sizes,
+// blocks packed and strided (FlashInfer's K and V interleaved), one block and more segments than the grid.
+func TestEmuBlockCopy(t *testing.T) {
+	h := buildEmuHarness(t)
+	for _, c := range []struct{ layers, blocks, seg, stride int }{
+		{1, 1, 16, 16},
+		{2, 7, 32768, 32768},
+		{3, 5, 16384, 32768},
+		{1, 13, 4096 + 16, 3 * (4096 + 16)},
+	} {
+		out := h.run(t, "blocks", strconv.Itoa(c.layers), strconv.Itoa(c.blocks), strconv.Itoa(c.seg), strconv.Itoa(c.stride))
+		assert.Equal(t, "ok", strings.TrimSpace(out), "%+v", c)
+	}
+}

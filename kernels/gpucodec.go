@@ -80,7 +80,7 @@ var entryPoints = append([]string{
 	tileEncoderName + "_dense", tileEncoderName + "_paged", streamEncoderName + "_dense", streamEncoderName + "_paged",
 	rawName + "_dense", rawName + "_paged", decoderName + "_dense", decoderName + "_paged",
 	hrEncoderName + "_dense", hrEncoderName + "_paged", hrRawName + "_dense", hrRawName + "_paged",
-	hrDecoderName + "_dense", hrDecoderName + "_paged", crcName,
+	hrDecoderName + "_dense", hrDecoderName + "_paged", crcName, blockCopyName,
 }, hrFP8EntryPoints()...)
 
 // kernel is one loaded kernel: its dense and paged entry points and its shape.
@@ -107,6 +107,7 @@ type Codec struct {
 	raw        kernel
 	hr         *hrKernels // the high-ratio mode's (entropy.go)
 	crc        *cuda.Function
+	blockCopy  *cuda.Function
 	smallBytes uint64
 	pdl        bool // the kernels use griddepcontrol: launchAfter lets a kernel launch during its predecessor's tail
 }
@@ -157,7 +158,9 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 		}
 	}
 	if c.hr, err = loadHighRatio(mod); err == nil {
-		c.crc, err = mod.Function(crcName)
+		if c.crc, err = mod.Function(crcName); err == nil {
+			c.blockCopy, err = mod.Function(blockCopyName)
+		}
 	}
 	if err != nil {
 		mod.Close()

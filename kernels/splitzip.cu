@@ -24,6 +24,7 @@
 #include "raw.cuh"
 #include "entropy.cuh"
 #include "crc.cuh"
+#include "blocks.cuh"
 
 using namespace sz;
 
@@ -119,3 +120,6 @@ SZ_HR_FP8(e5m2, HRE5M2)
 
 // CRC-32C of a device buffer (crc.cuh): a 512-byte piece a thread.
 extern "C" __global__ void __launch_bounds__(256) sz_crc32c(const CRCParams p) { crc32c(p); }
+
+// Raw block copies between a paged cache and a contiguous buffer (blocks.cuh).
+extern "C" __global__ void __launch_bounds__(256) sz_copy_blocks(const BlockCopyParams p) { copy_blocks(p); }

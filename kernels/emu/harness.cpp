@@ -11,6 +11,12 @@
 //	                                       back into RT; prints the decoder's status
 //	crc IN                                 the CRC-32C of file IN by crc.cuh's kernel, launched as kernels/crc.go
 //	                                       launches it; prints it
+//	blocks LAYERS NBLOCKS SEGBYTES STRIDE  gather a request's blocks of a random paged cache (K and V bases of
+//	                                       LAYERS layers, NBLOCKS random ids, SEGBYTES a block, STRIDE bytes apart)
+//	                                       with blocks.cuh's kernel, launched as kernels/blocks.go launches it,
+//	                                       and scatter them into other ids of a second cache; checks both against
+//	                                       byte copies and that nothing else changed; prints "ok"
+#include "blocks.cuh"
 #include "crc.cuh"
 #include "entropy.cuh"
 
@@ -234,8 +240,62 @@ static int crc(const char* in) {
   return 0;
 }
 
+// blocks: see the usage above. The grid is kernels/blocks.go's, capped low here so that blocks loop over
+// segments as they do on large requests.
+static int blocks(uint32_t layers, uint32_t nb, uint64_t seg, uint64_t stride) {
+  const uint32_t bases_n = 2 * layers, cache_blocks = 2 * nb + 3;
+  const uint64_t base_bytes = cache_blocks * stride;
+  std::mt19937_64 rng(seg * 31 + nb);
+  auto fill = [&](uint8_t* p, uint64_t n) { for (uint64_t i = 0; i < n; i++) p[i] = (uint8_t)rng(); };
+  // Two caches: a source and a destination, each its bases side by side.
+  uint8_t* src = reinterpret_cast<uint8_t*>(exact(bases_n * base_bytes));
+  uint8_t* dst = reinterpret_cast<uint8_t*>(exact(bases_n * base_bytes));
+  fill(src, bases_n * base_bytes);
+  memset(dst, 0xC3, bases_n * base_bytes);
+  uint64_t* sb = reinterpret_cast<uint64_t*>(exact(8 * bases_n));
+  uint64_t* db = reinterpret_cast<uint64_t*>(exact(8 * bases_n));
+  for (uint32_t i = 0; i < bases_n; i++) sb[i] = (uint64_t)(src + i * base_bytes), db[i] = (uint64_t)(dst + i * base_bytes);
+  std::vector<int32_t> perm(cache_blocks);
+  for (uint32_t i = 0; i < cache_blocks; i++) perm[i] = (int32_t)i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  int32_t* sids = reinterpret_cast<int32_t*>(exact(4 * nb));
+  int32_t* dids = reinterpret_cast<int32_t*>(exact(4 * nb));
+  for (uint32_t b = 0; b < nb; b++) sids[b] = perm[b], dids[b] = perm[nb + b];
+  const uint32_t segs = bases_n * nb;
+  uint8_t* buf = reinterpret_cast<uint8_t*>(exact(segs * seg));
+  const uint32_t grid = std::min<uint32_t>(segs, 5);
+  BlockCopyParams p{(uint64_t)sb, (uint64_t)sids, (uint64_t)buf, stride, seg, nb, segs, 1, 0};
+  emu_launch(grid, kBlockCopyThreads, [&] { copy_blocks(p); });
+  for (uint32_t g = 0; g < segs; g++)
+    if (memcmp(buf + g * seg, (uint8_t*)sb[g / nb] + (uint64_t)sids[g % nb] * stride, seg) != 0) {
+      fprintf(stderr, "gather: segment %u differs\n", g);
+      return 1;
+    }
+  p = BlockCopyParams{(uint64_t)db, (uint64_t)dids, (uint64_t)buf, stride, seg, nb, segs, 0, 0};
+  emu_launch(grid, kBlockCopyThreads, [&] { copy_blocks(p); });
+  std::vector<uint8_t> mark(bases_n * base_bytes, 0);
+  for (uint32_t g = 0; g < segs; g++) {
+    const uint64_t at = (uint64_t)(g / nb) * base_bytes + (uint64_t)dids[g % nb] * stride;
+    if (memcmp(dst + at, buf + g * seg, seg) != 0) {
+      fprintf(stderr, "scatter: segment %u differs\n", g);
+      return 1;
+    }
+    memset(mark.data() + at, 1, seg);
+  }
+  for (uint64_t i = 0; i < bases_n * base_bytes; i++)
+    if (!mark[i] && dst[i] != 0xC3) {
+      fprintf(stderr, "scatter: byte %llu outside the blocks written\n", (unsigned long long)i);
+      return 1;
+    }
+  printf("ok\n");
+  for (void* q : {(void*)src, (void*)dst, (void*)sb, (void*)db, (void*)sids, (void*)dids, (void*)buf}) free(q);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "crc") return crc(argv[2]);
+  if (argc == 6 && std::string(argv[1]) == "blocks")
+    return blocks((uint32_t)atoi(argv[2]), (uint32_t)atoi(argv[3]), strtoull(argv[4], nullptr, 10), strtoull(argv[5], nullptr, 10));
   if (argc < 3) {
     fprintf(stderr, "usage: harness enc|dec|kv bf16|e4m3|e5m2 ...\n");
     return 2;

@@ -18,7 +18,8 @@ throughput in GB/s of raw KV, and the CPU time both processes spent per GB of ra
 
 NIXL needs the nixl wheel importable (nixl-cu13 for CUDA 13, nixl-cu12 for CUDA 12) or SPLITZIP_NIXL_LIB; UCX
 picks its transports (UCX_TLS: tcp is always needed for wire-up; sm/cma for host memory between processes,
-cuda_copy,cuda_ipc for GPU memory, rc/ud on RDMA NICs).
+cuda_copy,cuda_ipc for GPU memory, rc/ud on RDMA NICs). UCX_CUDA_IPC_ENABLE_GET_ZCOPY defaults to y here: UCX's own
+default turns cuda_ipc reads off without NVLink, and GPU memory is then read through TCP at about 1 GB/s.
 
 usage: python3 tests/gpu/transports.py [--transports tcp,nixl,nixl-gpu,nixl-gpu2gpu] [--tokens 4096,16384,32768] [--repeat 5]
                                         [--device-recv BYTES] [--out transports.md]
@@ -156,6 +157,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=0)
     ap.add_argument("--device", type=int, default=0)
     args = ap.parse_args()
+    # UCX turns cuda_ipc's reads off where it finds no NVLink (one GPU included) and reads GPU memory through
+    # TCP instead; both processes inherit this before NIXL loads. UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto: UCX's way.
+    os.environ.setdefault("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y")
     if args.role == "producer":
         run_producer(args)
         return
@@ -169,7 +173,8 @@ def main() -> None:
     plane = ControlPlane()
     out = [f"## Payload transports — {card}; producer on cuda:{pdev}, consumer on cuda:0; torch {torch.__version__}, "
            f"{time.strftime('%Y-%m-%d')}\n",
-           f"UCX_TLS={os.environ.get('UCX_TLS', '(UCX default)')}. Median of {args.repeat} checked transfers after a "
+           f"UCX_TLS={os.environ.get('UCX_TLS', '(UCX default)')}, "
+           f"UCX_CUDA_IPC_ENABLE_GET_ZCOPY={os.environ['UCX_CUDA_IPC_ENABLE_GET_ZCOPY']}. Median of {args.repeat} checked transfers after a "
            "warm-up; time from save to every block decoded on the consumer's GPU; CPU: both processes.\n",
            "| transport | tokens | KV raw | mode | ms | GB/s | CPU s/GB | × raw, same transport | × TCP raw |",
            "|---|---:|---:|---|---:|---:|---:|---:|---:|"]

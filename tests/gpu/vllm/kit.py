@@ -965,9 +965,13 @@ def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
         raise StepError(f"{lib} missing: carry the nixl bundle (pack.sh nixl; README: the nixl step)")
     # The same UCX transports for both connectors; NixlConnector reads the prefill engine's CUDA cache with
     # cuda_ipc, SplitZip's consumer reads pinned host staging through shared memory, and UCX's wire-up needs tcp.
-    # UCX_PROTO_INFO: each process prints the transports UCX chose per operation (engine facts: ucx_protocols)
-    ucx = {"UCX_PROTO_INFO": "y", **({"UCX_TLS": a.ucx_tls} if a.ucx_tls else {})}
+    # UCX_PROTO_INFO: each process prints the transports UCX chose per operation (engine facts: ucx_protocols).
+    # UCX turns cuda_ipc's reads (gets, what both connectors issue) off where it finds no NVLink, a single GPU
+    # included, and reads GPU memory through TCP instead (0.4-0.9 GB/s): --cuda-ipc-get y turns them back on.
+    ucx = {"UCX_PROTO_INFO": "y", **({"UCX_TLS": a.ucx_tls} if a.ucx_tls else {}),
+           **({"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": a.cuda_ipc_get} if a.cuda_ipc_get else {})}
     ctx.res.update(link="unshaped (two processes on one GPU)", ucx_tls=a.ucx_tls or "(UCX's default)",
+                   ucx_cuda_ipc_get=a.cuda_ipc_get or "(UCX's default)",
                    splitzip_nixl_lib=lib, nixl_device_receive_bytes=a.nixl_device_recv,
                    nixl_device_staging=a.nixl_device_staging, points=[], startup_s={})
     modes = ["raw"] + [m for m in a.modes if m != "raw"]
@@ -1284,6 +1288,9 @@ def parser() -> argparse.ArgumentParser:
                     "compressing modes beside raw, which always runs)")
     ap.add_argument("--ucx-tls", default="cuda_ipc,cuda_copy,sm,self,tcp",
                     help="nixl: UCX_TLS of every engine ('' leaves UCX's default)")
+    ap.add_argument("--cuda-ipc-get", default="y",
+                    help="nixl: UCX_CUDA_IPC_ENABLE_GET_ZCOPY of every engine (y, n; '' leaves UCX's default, "
+                    "which turns cuda_ipc reads off without NVLink)")
     ap.add_argument("--nixl-device-recv", type=int, default=0, metavar="BYTES",
                     help="nixl: SplitZip's decode engine reads chunks into this much GPU memory "
                     "(nixl_device_receive_bytes; 0: pinned host memory)")

@@ -218,7 +218,8 @@ def render_nixl(results: list[dict]) -> list[str]:
     return _table(["handoff", "prompt tokens", "TTFT (× NixlConnector)", "transfer per handoff", "wire", "KV moved",
                    "ratio", "CPU s/GB prefill", "CPU s/GB decode", "loaded"], rows, right=2) + [
         "",
-        f"Both engines of each pair on one GPU, link unshaped, UCX_TLS={r0.get('ucx_tls', '?')}. TTFT: median of "
+        f"Both engines of each pair on one GPU, link unshaped, UCX_TLS={r0.get('ucx_tls', '?')}"
+        + (f", UCX_CUDA_IPC_ENABLE_GET_ZCOPY={r0['ucx_cuda_ipc_get']}" if r0.get("ucx_cuda_ipc_get") else "") + ". TTFT: median of "
         f"{', '.join(map(str, reps))} fresh prompts through examples/vllm/proxy.py after a warm-up. Transfer: what "
         "the decode engine reports — NixlConnector: NIXL's telemetry of each read (post to completion, "
         "vllm:nixl_xfer_time_seconds), the bytes it read; SplitZip: first dial to last chunk, the frames' bytes. "
@@ -293,7 +294,8 @@ def variant(r: dict) -> str:
     if step == "load":
         return "modes " + ", ".join(a.get("modes", []))
     if step == "nixl":
-        return f"UCX_TLS={r.get('ucx_tls', '?')}"
+        get = r.get("ucx_cuda_ipc_get")
+        return f"UCX_TLS={r.get('ucx_tls', '?')}" + (f", UCX_CUDA_IPC_ENABLE_GET_ZCOPY={get}" if get else "")
     return r.get("started", "?")
 
 
