@@ -226,11 +226,20 @@ def render_nixl(results: list[dict]) -> list[str]:
         "wire = bytes read / transfer time; KV moved = the prompts' bf16 KV / transfer time (the same bytes for "
         "every row). CPU s/GB: user + system seconds of each engine's processes over the row's requests per GB of "
         "the prompts' KV; it includes the engines' own prefill and decode work, the same in every row. "
-        "NixlConnector reads the prefill engine's CUDA cache GPU to GPU (cuda_ipc on one GPU); SplitZip's NIXL "
-        "transport stages frames in pinned host memory and copies them to the GPU on the decode side, so on one "
-        "machine it is expected to be slower: the table shows what each costs, and compression pays where the link "
-        "is slower than the codec.",
+        "NixlConnector reads the prefill engine's CUDA cache GPU to GPU (cuda_ipc on one GPU). " + _splitzip_memory(r0)
+        + " Compression pays where the link is slower than the codec.",
     ] + render_ucx(results)
+
+
+def _splitzip_memory(r: dict) -> str:
+    """Where SplitZip's NIXL transport kept frames in the run r: GPU memory on either side, or pinned host memory."""
+    staging, recv = r.get("nixl_device_staging"), r.get("nixl_device_receive_bytes")
+    where = ("its prefill engines stage frames in GPU memory (nixl_device_staging)" if staging else
+             "its prefill engines stage frames in pinned host memory")
+    into = (f"its decode engine reads them into {recv / 2**20:.0f} MiB of GPU memory (nixl_device_receive_bytes)"
+            if recv else "its decode engine reads them into pinned host memory and copies them to the GPU")
+    tail = "GPU to GPU, as NixlConnector" if staging and recv else "through host memory, slower on one machine"
+    return f"SplitZip's NIXL transport: {where}, and {into}: {tail}."
 
 
 def render_ucx(results: list[dict], per_engine: int = 8) -> list[str]:
@@ -238,7 +247,8 @@ def render_ucx(results: list[dict], per_engine: int = 8) -> list[str]:
     out = []
     for r in results:
         for name, e in sorted((r.get("engines") or {}).items()):
-            rows = e.get("ucx_protocols") or []
+            # GPU-memory rows first (cuda_ipc, cuda_copy: the payload's path between GPUs), then as printed
+            rows = sorted(e.get("ucx_protocols") or [], key=lambda row: "cuda" not in row)
             if rows:
                 more = f" (and {len(rows) - per_engine} more in the JSON)" if len(rows) > per_engine else ""
                 out.append(f"- {name}: " + "; ".join(rows[:per_engine]) + more)
@@ -295,7 +305,9 @@ def variant(r: dict) -> str:
         return "modes " + ", ".join(a.get("modes", []))
     if step == "nixl":
         get = r.get("ucx_cuda_ipc_get")
-        return f"UCX_TLS={r.get('ucx_tls', '?')}" + (f", UCX_CUDA_IPC_ENABLE_GET_ZCOPY={get}" if get else "")
+        where = ("SplitZip's frames in GPU memory, " if r.get("nixl_device_staging") or r.get("nixl_device_receive_bytes")
+                 else "")
+        return where + f"UCX_TLS={r.get('ucx_tls', '?')}" + (f", UCX_CUDA_IPC_ENABLE_GET_ZCOPY={get}" if get else "")
     return r.get("started", "?")
 
 
