@@ -81,7 +81,7 @@ func NewConsumer(cp ControlPlane, opts ...Option) (*Consumer, error) {
 		o: o, cp: cp, loads: map[string]*load{},
 		log: slog.Default().With("component", "splitzip.consumer", "engine", o.EngineID, "rank", o.Rank),
 	}
-	if c.nixl, err = newPayloadClient(o); err != nil {
+	if c.nixl, err = newPayloadClient(o, c.log); err != nil {
 		return nil, err
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -217,6 +218,16 @@ func TestNIXLLocatorIsSealed(t *testing.T) {
 	requireSameBlocks(t, src, []int{0, 1, 2}, dst, []int{3, 4, 5})
 }
 
+// A consumer turns UCX's CUDA IPC reads on where the environment leaves them to UCX, and keeps what it says.
+func TestCUDAIPCReadsDefault(t *testing.T) {
+	t.Setenv(ucxCUDAIPCReads, "n")
+	enableCUDAIPCReads(slog.Default())
+	require.Equal(t, "n", cuda.Getenv(ucxCUDAIPCReads))
+	require.NoError(t, os.Unsetenv(ucxCUDAIPCReads))
+	enableCUDAIPCReads(slog.Default())
+	require.Equal(t, "y", cuda.Getenv(ucxCUDAIPCReads))
+}
+
 func TestNIXLDeviceOptions(t *testing.T) {
 	_, err := buildOptions([]Option{WithEngineID("e"), WithNIXLDeviceReceive(64 << 20)})
 	require.ErrorIs(t, err, ErrOption, "GPU receive memory is NIXL's")
@@ -256,9 +267,6 @@ func TestDeviceNIXL(t *testing.T) {
 	ctx := needGPU(t)
 	if os.Getenv("UCX_TLS") == "" {
 		t.Setenv("UCX_TLS", "tcp,sm,self,cuda_copy,cuda_ipc") // GPU memory needs UCX's CUDA transports
-	}
-	if os.Getenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY") == "" {
-		t.Setenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y") // without NVLink UCX reads GPU memory through TCP otherwise
 	}
 	needNIXL(t)
 	plane := startPlane(t)

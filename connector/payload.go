@@ -7,10 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
 
 	"github.com/splitzip/splitzip/connector/nixl"
 	"github.com/splitzip/splitzip/connector/transport"
+	"github.com/splitzip/splitzip/kernels/cuda"
 	szn "github.com/splitzip/splitzip/nats"
 )
 
@@ -153,11 +156,31 @@ type nixlAllocator struct{ srv *nixl.Server }
 func (a nixlAllocator) alloc(n int) ([]byte, error) { return a.srv.Alloc(n) }
 func (a nixlAllocator) free(b []byte)               { a.srv.Free(b) }
 
+// ucxCUDAIPCReads is UCX's switch for reads (gets) of GPU memory through CUDA IPC. UCX turns them off where it
+// finds no NVLink, two engines sharing one GPU included, and then serves every read of GPU memory over TCP in
+// software, at 0.5–1 GB/s against tens of GB/s. A consumer reads every chunk, and producers may stage theirs in
+// GPU memory, so it turns them on unless the environment already says.
+const ucxCUDAIPCReads = "UCX_CUDA_IPC_ENABLE_GET_ZCOPY"
+
+// enableCUDAIPCReads sets ucxCUDAIPCReads to y where the process's environment does not set it, before UCX
+// reads its configuration (the agent's creation), and says so in log.
+func enableCUDAIPCReads(log *slog.Logger) {
+	if cuda.Getenv(ucxCUDAIPCReads) != "" {
+		return
+	}
+	if err := os.Setenv(ucxCUDAIPCReads, "y"); err != nil {
+		log.Warn("could not turn UCX's CUDA IPC reads on; without NVLink UCX reads GPU memory over TCP", "env", ucxCUDAIPCReads, "err", err)
+		return
+	}
+	log.Info("UCX's CUDA IPC reads turned on (set the variable to keep UCX's default)", "env", ucxCUDAIPCReads+"=y")
+}
+
 // newPayloadClient makes the consumer's NIXL client when the options ask for NIXL (TCP needs none).
-func newPayloadClient(o Options) (*nixl.Client, error) {
+func newPayloadClient(o Options, log *slog.Logger) (*nixl.Client, error) {
 	if o.PayloadTransport != TransportNIXL {
 		return nil, nil
 	}
+	enableCUDAIPCReads(log)
 	cli, err := nixl.NewClient(agentName(o, "c"), o.NIXL...)
 	if err != nil {
 		return nil, fmt.Errorf("payload transport nixl: %w", err)
