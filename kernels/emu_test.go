@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -20,21 +21,23 @@ import (
 	"github.com/splitzip/splitzip/codec"
 )
 
-// The high-ratio kernels' CUDA source (entropy.cuh), compiled for the host against kernels/emu (a CUDA shim and a
-// host device.cuh) and checked against the CPU codec, so that their logic is tested on machines without a GPU.
-// See kernels/emu/README.md for what this does and does not catch.
+// The kernels' CUDA sources (the high-ratio mode's entropy.cuh, the fast mode's encoders and decoder, the CRC
+// kernel), compiled for the host against kernels/emu (a CUDA shim and a host device.cuh) and checked against the
+// CPU codec, so that their logic is tested on machines without a GPU. See kernels/emu/README.md for what this
+// does and does not catch.
 
-// emuPatch is a textual edit that entropy.cuh needs to compile on the host, where it has inline PTX or CUDA-only
-// syntax. Each must match exactly once: a source that changed under it fails the test instead of testing stale
-// code.
-type emuPatch struct{ name, old, new string }
+// emuPatch is a textual edit that a kernel source needs to compile on the host, where it has inline PTX or
+// CUDA-only syntax. Each must match exactly once: a source that changed under it fails the test instead of
+// testing stale code.
+type emuPatch struct{ file, name, old, new string }
 
 var emuPatches = []emuPatch{
-	{"lanemask_lt (inline PTX)", `asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));`, `m = (1u << emu_lane) - 1;`},
+	{"entropy.cuh", "lanemask_lt (inline PTX)", `asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));`, `m = (1u << emu_lane) - 1;`},
+	{"encode_stream.cuh", "ctaid (inline PTX)", `asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(b));`, `b = blockIdx.x;`},
 }
 
-// emuMutateEnv names an extra edit of entropy.cuh, "OLD=>NEW" (OLD must match once), for checking that a broken
-// kernel fails this test; see kernels/emu/README.md.
+// emuMutateEnv names an extra edit of a kernel source, "OLD=>NEW" for entropy.cuh or "FILE:OLD=>NEW" for another
+// (OLD must match once), for checking that a broken kernel fails these tests; see kernels/emu/README.md.
 const emuMutateEnv = "SPLITZIP_EMU_MUTATE"
 
 // emuHarness is the built kernels/emu/harness.cpp.
@@ -96,12 +99,23 @@ func emuEnv() []string {
 }
 
 // emuSources writes the kernel sources the harness compiles into dir: kernels/*.cuh as they are in the tree, but
-// device.cuh replaced by kernels/emu/device.cuh and entropy.cuh patched (emuPatches, then emuMutateEnv's edit).
+// device.cuh replaced by kernels/emu/device.cuh and the sources patched (emuPatches, then emuMutateEnv's edit).
 func emuSources(t *testing.T, dir string) {
 	t.Helper()
 	cuh, err := filepath.Glob("*.cuh")
 	require.NoError(t, err)
 	require.Contains(t, cuh, "entropy.cuh")
+	patches := slices.Clone(emuPatches)
+	if m := os.Getenv(emuMutateEnv); m != "" {
+		file, edit := "entropy.cuh", m
+		if f, rest, ok := strings.Cut(m, ":"); ok && strings.HasSuffix(f, ".cuh") {
+			file, edit = f, rest
+		}
+		old, repl, ok := strings.Cut(edit, "=>")
+		require.True(t, ok, "%s=%q: want OLD=>NEW or FILE:OLD=>NEW", emuMutateEnv, m)
+		patches = append(patches, emuPatch{file, emuMutateEnv, old, repl})
+		t.Logf("%s: %s with %q replaced by %q", emuMutateEnv, file, old, repl)
+	}
 	for _, name := range cuh {
 		src := name
 		if name == "device.cuh" {
@@ -109,20 +123,14 @@ func emuSources(t *testing.T, dir string) {
 		}
 		b, err := os.ReadFile(src)
 		require.NoError(t, err)
-		if name == "entropy.cuh" {
-			patches := emuPatches
-			if m := os.Getenv(emuMutateEnv); m != "" {
-				old, repl, ok := strings.Cut(m, "=>")
-				require.True(t, ok, "%s=%q: want OLD=>NEW", emuMutateEnv, m)
-				patches = append(slices.Clone(patches), emuPatch{emuMutateEnv, old, repl})
-				t.Logf("%s: entropy.cuh with %q replaced by %q", emuMutateEnv, old, repl)
+		for _, p := range patches {
+			if p.file != name {
+				continue
 			}
-			for _, p := range patches {
-				n := bytes.Count(b, []byte(p.old))
-				require.Equal(t, 1, n, "kernels/emu: patch %q no longer applies to kernels/entropy.cuh (%d matches of %q, want 1): "+
-					"the source changed under it; update emuPatches in kernels/emu_test.go", p.name, n, p.old)
-				b = bytes.Replace(b, []byte(p.old), []byte(p.new), 1)
-			}
+			n := bytes.Count(b, []byte(p.old))
+			require.Equal(t, 1, n, "kernels/emu: patch %q no longer applies to kernels/%s (%d matches of %q, want 1): "+
+				"the source changed under it; update emuPatches in kernels/emu_test.go", p.name, name, n, p.old)
+			b = bytes.Replace(b, []byte(p.old), []byte(p.new), 1)
 		}
 		require.NoError(t, os.WriteFile(filepath.Join(dir, name), b, 0o644))
 	}
@@ -468,4 +476,83 @@ func TestEmuBlockCopy(t *testing.T) {
 		out := h.run(t, "blocks", strconv.Itoa(c.layers), strconv.Itoa(c.blocks), strconv.Itoa(c.seg), strconv.Itoa(c.stride))
 		assert.Equal(t, "ok", strings.TrimSpace(out), "%+v", c)
 	}
+}
+
+// TestEmuFastMode runs the fast mode's kernels (format v1: the tile and streaming encoders, the raw fallback
+// kernel, the tile decoder) on the host, launched as planEncode and DecodeAsync launch them: frames
+// byte-identical to the CPU encoder's, twice on one workspace that each call leaves ready for the next, and
+// bit-exact decodes; real KV, escape-heavy and incompressible inputs, sizes around chunk boundaries.
+func TestEmuFastMode(t *testing.T) {
+	h := buildEmuHarness(t)
+	cb := defaultBook(t)
+	words, err := codebookWords(cb)
+	require.NoError(t, err)
+	r := rand.New(rand.NewPCG(9, 9))
+	kv := concat(realKV(t))
+	data := []input{
+		{"real KV", kv}, {"real KV, odd", kv[:2*12345]},
+		{"escapes 15 %", withEscapes(r, 100003, 0.15, cb)}, {"escapes 0.1 %", withEscapes(r, 3*4096+5, 0.001, cb)},
+		{"random bits", randomBits(r, 5000)}, {"escape-heavy chunks", heavyChunks(r, 100*4096+77, 5, 0.1, cb)},
+	}
+	for _, n := range []int{0, 1, 9, 4095, 4096, 4097, 8192 + 3} {
+		data = append(data, input{fmt.Sprintf("randn %d", n), randn(r, n, 1)})
+	}
+	for _, enc := range []struct {
+		name  string
+		small uint64 // inputs below it take the tile encoder (planEncode)
+	}{{"tile", math.MaxUint64}, {"streaming", 0}} {
+		for _, in := range data {
+			t.Run(enc.name+"/"+in.name, func(t *testing.T) {
+				t.Parallel()
+				dir := t.TempDir()
+				file := func(name string) string { return filepath.Join(dir, name) }
+				require.NoError(t, os.WriteFile(file("in"), in.data, 0o644))
+				n := uint64(len(in.data) / 2)
+				p := encParams{n: uint32(n), frames: 1, chunks: uint32(chunksOf(n)), codebook: words}
+				pl := planEncode(&p, enc.small, &tileShape, &streamShape)
+				stream := "0"
+				if pl.stream {
+					stream = "1"
+				}
+				h.run(t, "fenc", file("in"), fmt.Sprintf("%08x%08x%08x%08x", words[0], words[1], words[2], words[3]), stream,
+					fmt.Sprint(pl.grid), fmt.Sprint(pl.rawGrid), fmt.Sprint(p.rawMode), fmt.Sprint(p.chunks),
+					fmt.Sprint(EncodeWorkspaceSize(len(in.data))), "2", file("frame"), file("ws"))
+				got, err := os.ReadFile(file("frame"))
+				require.NoError(t, err)
+				want := cpuEncode(t, in.data, cb)
+				require.True(t, bytes.Equal(want, got), "emulated frame differs from the CPU's: lengths %d/%d, first difference at byte %d",
+					len(got), len(want), emuFirstDiff(want, got))
+				ws, err := os.ReadFile(file("ws"))
+				require.NoError(t, err)
+				decided := requireReadyWorkspaceBytes(t, ws)
+				if pl.stream && pl.grid > 0 {
+					// The decision word counts frames decided (low half) and those decided raw (high half).
+					hdr, err := codec.ParseHeader(got)
+					require.NoError(t, err)
+					raw := 0
+					if hdr.Raw {
+						raw = 2
+					}
+					assert.EqualValues(t, 2, decided&0xFFFFFFFF, "the streaming encoder's frames decided: one a call")
+					assert.EqualValues(t, raw, decided>>32, "the streaming encoder's raw decisions")
+				}
+
+				st := h.run(t, "fdec", file("frame"), fmt.Sprint(len(got)), fmt.Sprint(len(in.data)), file("out"))
+				assert.Equal(t, "0", st, "the emulated decoder's status")
+				out, err := os.ReadFile(file("out"))
+				require.NoError(t, err)
+				assert.True(t, bytes.Equal(in.data, out), "emulated decode differs at byte %d", emuFirstDiff(in.data, out))
+			})
+		}
+	}
+	// A damaged frame: the decoder says so rather than writing garbage silently.
+	t.Run("damaged", func(t *testing.T) {
+		dir := t.TempDir()
+		frame := cpuEncode(t, kv[:2*20000], cb)
+		frame[len(frame)-3] ^= 0xFF // an escape's position past its chunk, or a residual: either way not the input
+		bad := filepath.Join(dir, "frame")
+		require.NoError(t, os.WriteFile(bad, frame[:len(frame)-100], 0o644))
+		st := h.run(t, "fdec", bad, fmt.Sprint(len(frame)-100), fmt.Sprint(2*20000), filepath.Join(dir, "out"))
+		assert.NotEqual(t, "0", st, "a truncated frame")
+	})
 }

@@ -460,6 +460,9 @@ __device__ __forceinline__ void stream_header(const EncParams& p, uint32_t b) {
     // A frame that turns out raw gets these overwritten by the raw copy, which waits for this kernel.
     put_frame_constants(p, frame, p.n, lane, 32);
     const uint64_t E = frame_escapes(ws, (uint32_t)f, p.chunks);
+    // Every lane has read the complete total before lane 0 zeroes it: lanes of a warp need not run in step
+    // (independent thread scheduling), and a lane still polling would wait on the zero forever.
+    __syncwarp();
     if (lane == 0) {
       st_relaxed_gpu(ws.totals + f, 0ull);  // its only reader; every chunk has added to it
       // No answer awaited: a fire-and-forget reduction.

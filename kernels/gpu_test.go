@@ -82,7 +82,13 @@ func (g *gpuEnv) workspace(t testing.TB, n int) cuda.DevicePtr {
 // count (frames decided by the streaming encoder in the low half, raw ones in the high half).
 func (g *gpuEnv) requireReadyWorkspace(t testing.TB, ws cuda.DevicePtr, n int, msg ...any) uint64 {
 	t.Helper()
-	got := g.download(t, ws, n)
+	return requireReadyWorkspaceBytes(t, g.download(t, ws, n), msg...)
+}
+
+// requireReadyWorkspaceBytes is requireReadyWorkspace on a workspace's bytes (the host emulation's).
+func requireReadyWorkspaceBytes(t testing.TB, got []byte, msg ...any) uint64 {
+	t.Helper()
+	n := len(got)
 	decided := binary.LittleEndian.Uint64(got)
 	for b := range rawGridLimit {
 		require.Equal(t, decided, binary.LittleEndian.Uint64(got[8*(seenWord+b):]), "raw fallback block %d's count: %v", b, fmt.Sprint(msg...))

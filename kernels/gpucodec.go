@@ -83,6 +83,12 @@ var entryPoints = append([]string{
 	hrDecoderName + "_dense", hrDecoderName + "_paged", crcName, blockCopyName,
 }, hrFP8EntryPoints()...)
 
+// The encoders' shapes (splitzip.cu): the tile encoder codes 4 chunks a block, the streaming one a chunk a warp.
+var (
+	tileShape   = kernel{threads: 256, cpb: 4}
+	streamShape = kernel{threads: 256, cpb: 256 / 32, stream: true}
+)
+
 // kernel is one loaded kernel: its dense and paged entry points and its shape.
 type kernel struct {
 	dense, paged *cuda.Function
@@ -140,8 +146,8 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	c := &Codec{
 		ctx: ctx, mod: mod, smallBytes: o.smallBytes,
 		pdl:    canPDL && bytes.Contains(image, []byte("griddepcontrol.wait")),
-		tile:   kernel{threads: 256, cpb: 4},
-		stream: kernel{threads: 256, cpb: 256 / 32, stream: true},
+		tile:   tileShape,
+		stream: streamShape,
 		dec:    kernel{threads: 256, cpb: 1},
 		raw:    kernel{threads: 256, cpb: 1},
 	}
@@ -284,40 +290,64 @@ func (p *decParams) args() *cuda.Args {
 	return a
 }
 
-// launchEncode enqueues the encoding of p: the tile encoder below smallBytes of input, else the streaming
-// encoder with its finishing and header blocks; then the raw fallback kernel, which launches during the
+// encodeLaunch is how an encode runs: the encoder's grid (none when the host decided the frames go raw) and
+// which encoder, then the raw fallback kernel's grid.
+type encodeLaunch struct {
+	stream     bool   // the streaming encoder, else the tile encoder
+	grid       uint32 // encoder blocks; 0: no encoder (rawHost)
+	rawGrid    uint32 // raw fallback kernel blocks
+	encThreads uint32
+}
+
+// planEncode decides the launches of p (setting its rawMode, and for an empty input its chunks): the tile
+// encoder below smallBytes of input, else the streaming encoder with its finishing and header blocks; then the
+// raw fallback kernel. The host emulation (kernels/emu) launches by the same plan.
+func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel) encodeLaunch {
+	total := uint64(p.frames) * uint64(p.chunks)
+	k := stream
+	if 2*uint64(p.frames)*uint64(p.n) < smallBytes {
+		k = tile
+	}
+	pl := encodeLaunch{stream: k.stream, rawGrid: uint32(min(total, rawGridLimit)), encThreads: uint32(k.threads)}
+	if escapesOffset(uint64(p.n)) > headerSize+2*uint64(p.n) {
+		// Too small for a coded frame even without escapes (the CPU encoder decides the same): raw.
+		p.rawMode = rawHost
+		if total == 0 {
+			p.chunks, pl.rawGrid = 1, 1
+		}
+		return pl
+	}
+	pl.grid = k.grid(uint64(p.frames), uint64(p.chunks))
+	if k.stream {
+		// The finishing blocks (stream_role in encode_stream.cuh): a warp per group of chunks, then a warp per frame
+		// for its header.
+		warps := uint64(k.threads / 32)
+		pl.grid += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks))+warps-1)/warps + (uint64(p.frames)+warps-1)/warps)
+		// Its header blocks tell the raw fallback kernel which frames are raw, one count per frame that each of
+		// its blocks follows (raw_chunks): all of them run.
+		p.rawMode, pl.rawGrid = rawAfterStream, rawGridLimit
+	}
+	return pl
+}
+
+// launchEncode enqueues the encoding of p as planEncode plans it; the raw fallback kernel launches during the
 // encoder's tail where the GPU allows (launchAfter) and, after the tile encoder, zeroes the workspace's control
 // words again.
 func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
-	total := uint64(p.frames) * uint64(p.chunks)
-	k := &c.stream
-	if 2*uint64(p.frames)*uint64(p.n) < c.smallBytes {
-		k = &c.tile
+	pl := planEncode(p, c.smallBytes, &c.tile, &c.stream)
+	k := &c.tile
+	if pl.stream {
+		k = &c.stream
 	}
 	enc, raw := k.dense, c.raw.dense
 	if paged {
 		enc, raw = k.paged, c.raw.paged
 	}
-	rawGrid := cuda.Dim3{X: uint32(min(total, rawGridLimit))}
-	if escapesOffset(uint64(p.n)) > headerSize+2*uint64(p.n) {
-		// Too small for a coded frame even without escapes (the CPU encoder decides the same): raw.
-		p.rawMode = rawHost
-		if total == 0 {
-			p.chunks, rawGrid.X = 1, 1
-		}
+	rawGrid := cuda.Dim3{X: pl.rawGrid}
+	if pl.grid == 0 {
 		return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
 	}
-	grid := cuda.Dim3{X: k.grid(uint64(p.frames), uint64(p.chunks))}
-	if k.stream {
-		// The finishing blocks (stream_role in encode_stream.cuh): a warp per group of chunks, then a warp per frame
-		// for its header.
-		warps := uint64(k.threads / 32)
-		grid.X += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks))+warps-1)/warps + (uint64(p.frames)+warps-1)/warps)
-		// Its header blocks tell the raw fallback kernel which frames are raw, one count per frame that each of
-		// its blocks follows (raw_chunks): all of them run.
-		p.rawMode, rawGrid.X = rawAfterStream, rawGridLimit
-	}
-	if err := enc.Launch(s, grid, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
+	if err := enc.Launch(s, cuda.Dim3{X: pl.grid}, cuda.Dim3{X: pl.encThreads}, 0, p.args()); err != nil {
 		return err
 	}
 	if err := c.launchAfter(raw, s, rawGrid, cuda.Dim3{X: 256}, p.args()); err != nil {

@@ -16,9 +16,21 @@
 //	                                       with blocks.cuh's kernel, launched as kernels/blocks.go launches it,
 //	                                       and scatter them into other ids of a second cache; checks both against
 //	                                       byte copies and that nothing else changed; prints "ok"
+//	fenc IN CB STREAM GRID RAWGRID RAWMODE CHUNKS WSLEN REPS OUT WS
+//	                                       the fast mode (format v1): encode the bf16 tensor in IN with codebook
+//	                                       CB (32 hex digits, its 4 words) REPS times in one workspace of WSLEN
+//	                                       bytes, as kernels/gpucodec.go plans it (planEncode: the streaming
+//	                                       encoder when STREAM is 1, else the tile one; GRID encoder blocks, none
+//	                                       for 0; RAWGRID raw fallback blocks in RAWMODE; CHUNKS chunks); the
+//	                                       frame to OUT (every repetition's must be the same), the workspace to WS
+//	fdec FRAME FRAMECAP OUTLEN OUT         the fast mode's decoder, as DecodeAsync launches it; prints the status
 #include "blocks.cuh"
 #include "crc.cuh"
+#include "decode.cuh"
+#include "encode_stream.cuh"
+#include "encode_tile.cuh"
 #include "entropy.cuh"
+#include "raw.cuh"
 
 #include <cstdio>
 #include <cstdlib>
@@ -292,10 +304,82 @@ static int blocks(uint32_t layers, uint32_t nb, uint64_t seg, uint64_t stride) {
   return 0;
 }
 
+// fenc: see the usage above.
+static int fast_encode(char** argv) {
+  auto in = readf(argv[2]);
+  const std::string cb = argv[3];
+  const bool stream = std::string(argv[4]) == "1";
+  const uint32_t grid = (uint32_t)strtoul(argv[5], nullptr, 10), raw_grid = (uint32_t)strtoul(argv[6], nullptr, 10);
+  const uint32_t raw_mode = (uint32_t)strtoul(argv[7], nullptr, 10), chunks = (uint32_t)strtoul(argv[8], nullptr, 10);
+  const uint64_t ws_len = strtoull(argv[9], nullptr, 10), reps = strtoull(argv[10], nullptr, 10);
+  if (cb.size() != 32) {
+    fprintf(stderr, "fenc: codebook %s: want 32 hex digits\n", cb.c_str());
+    return 2;
+  }
+  const uint64_t n = in.size() / 2, cap = kHeaderSize + in.size();
+  uint8_t* src = copy_of(in, in.size());
+  uint8_t* ws = exact(ws_len);
+  memset(ws, 0, ws_len);
+  uint64_t* sizes = reinterpret_cast<uint64_t*>(exact(8));
+  std::vector<uint8_t> first;
+  for (uint64_t r = 0; r < reps; r++) {
+    uint8_t* dst = exact(cap);
+    memset(dst, 0xA5, cap);  // poison: every byte of the frame must be written
+    EncParams p{};
+    p.src = (uint64_t)src, p.dst = (uint64_t)dst, p.sizes = (uint64_t)sizes, p.ws = (uint64_t)ws;
+    p.n = (uint32_t)n, p.frames = 1, p.chunks = chunks, p.raw_mode = raw_mode;
+    for (int k = 0; k < 4; k++) p.codebook[k] = (uint32_t)strtoul(cb.substr(8 * k, 8).c_str(), nullptr, 16);
+    *sizes = 0;
+    if (grid > 0) {
+      if (stream) emu_launch(grid, 256, [&] { encode_stream<256, 8>(p, DenseMap{p.src}); });
+      else emu_launch(grid, 256, [&] { encode_tile<256, 4>(p, DenseMap{p.src}); });
+    }
+    emu_launch(raw_grid, 256, [&] { raw_chunks<256>(p, DenseMap{p.src}); });
+    if (*sizes < kHeaderSize || *sizes > cap) {
+      fprintf(stderr, "fenc: the encoder reported a %llu-byte frame\n", (unsigned long long)*sizes);
+      return 1;
+    }
+    std::vector<uint8_t> frame(dst, dst + *sizes);
+    free(dst);
+    if (r == 0) first = frame;
+    else if (frame != first) {
+      fprintf(stderr, "fenc: repetition %llu wrote another frame\n", (unsigned long long)r);
+      return 1;
+    }
+  }
+  writef(argv[11], first.data(), first.size());
+  writef(argv[12], ws, ws_len);
+  free(src);
+  free(ws);
+  free(sizes);
+  return 0;
+}
+
+// fdec: see the usage above.
+static int fast_decode(char** argv) {
+  auto frame = readf(argv[2]);
+  const uint64_t frame_cap = strtoull(argv[3], nullptr, 10), out_len = strtoull(argv[4], nullptr, 10);
+  uint8_t* src = copy_of(frame, frame_cap);
+  uint8_t* dst = exact(out_len);
+  memset(dst, 0x5A, out_len);
+  uint32_t status = 0;
+  DecParams p{};
+  p.src = (uint64_t)src, p.frame_cap = frame_cap, p.dst = (uint64_t)dst, p.status = (uint64_t)&status;
+  p.out_bytes = out_len, p.frames = 1, p.chunks = (uint32_t)std::max<uint64_t>(1, (out_len + 8191) / 8192);
+  emu_launch(p.chunks, 256, [&] { decode_tile<256, 1>(p, DenseMap{p.dst}); });
+  printf("%u\n", status);
+  writef(argv[5], dst, out_len);
+  free(src);
+  free(dst);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "crc") return crc(argv[2]);
   if (argc == 6 && std::string(argv[1]) == "blocks")
     return blocks((uint32_t)atoi(argv[2]), (uint32_t)atoi(argv[3]), strtoull(argv[4], nullptr, 10), strtoull(argv[5], nullptr, 10));
+  if (argc == 13 && std::string(argv[1]) == "fenc") return fast_encode(argv);
+  if (argc == 6 && std::string(argv[1]) == "fdec") return fast_decode(argv);
   if (argc < 3) {
     fprintf(stderr, "usage: harness enc|dec|kv bf16|e4m3|e5m2 ...\n");
     return 2;

@@ -225,6 +225,13 @@ inline uint32_t __ballot_sync(uint32_t mask, int p) {
   for (int i = 0; i < 32; i++) m |= (uint32_t)(s[i] & 1) << i;
   return m & mask;
 }
+inline uint32_t __reduce_min_sync(uint32_t mask, uint32_t v) {
+  const uint64_t* s = emu_xchg(mask, v);
+  uint32_t m = UINT32_MAX;
+  for (int i = 0; i < 32; i++)
+    if ((mask >> i) & 1) m = (uint32_t)s[i] < m ? (uint32_t)s[i] : m;
+  return m;
+}
 inline int __any_sync(uint32_t mask, int p) { return __ballot_sync(mask, p) != 0; }
 inline int __all_sync(uint32_t mask, int p) { return __ballot_sync(mask, p) == mask; }
 template <class T>
@@ -284,6 +291,10 @@ inline void __stcs(T* p, T v) {
 }
 template <class T>
 inline T __ldg(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldcg(const T* p) {
   return *p;
 }
 inline uint32_t atomicAdd(uint32_t* p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
