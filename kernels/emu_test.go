@@ -545,6 +545,44 @@ func TestEmuFastMode(t *testing.T) {
 			})
 		}
 	}
+	// Straight from a paged cache: a frame per layer, gathered by the encoders and scattered by the decoder.
+	for _, enc := range []struct {
+		name  string
+		small uint64
+	}{{"tile", math.MaxUint64}, {"streaming", 0}} {
+		for _, nb := range []int{5, 40} {
+			t.Run(fmt.Sprintf("paged/%s/%d-blocks", enc.name, nb), func(t *testing.T) {
+				t.Parallel()
+				const layers, blockElems = 3, 16 * 3 * 64 // the fixture's 16-token blocks
+				dir := t.TempDir()
+				file := func(name string) string { return filepath.Join(dir, name) }
+				n := 2 * nb * blockElems // elements per layer's frame
+				in := kv[:2*layers*n]
+				require.NoError(t, os.WriteFile(file("in"), in, 0o644))
+				p := encParams{n: uint32(n), frames: layers, chunks: uint32(chunksOf(uint64(n))), codebook: words}
+				pl := planEncode(&p, enc.small, &tileShape, &streamShape)
+				stream := "0"
+				if pl.stream {
+					stream = "1"
+				}
+				stride := align16(uint64(MaxEncodedLen(2 * n)))
+				st := h.run(t, "fkv", file("in"), fmt.Sprintf("%08x%08x%08x%08x", words[0], words[1], words[2], words[3]), stream,
+					fmt.Sprint(pl.grid), fmt.Sprint(pl.rawGrid), fmt.Sprint(p.rawMode), fmt.Sprint(p.chunks),
+					fmt.Sprint(workspaceSize(layers, uint64(p.chunks))), fmt.Sprint(stride), fmt.Sprint(layers), fmt.Sprint(blockElems),
+					file("frame"), file("rt"))
+				assert.Equal(t, "0", st, "the emulated decoder's status")
+				for l := range layers {
+					got, err := os.ReadFile(fmt.Sprintf("%s.%d", file("frame"), l))
+					require.NoError(t, err)
+					want := cpuEncode(t, in[2*l*n:2*(l+1)*n], cb)
+					require.True(t, bytes.Equal(want, got), "layer %d: emulated frame differs from the CPU's at byte %d", l, emuFirstDiff(want, got))
+				}
+				rt, err := os.ReadFile(file("rt"))
+				require.NoError(t, err)
+				assert.True(t, bytes.Equal(in, rt), "decode-scatter differs at byte %d", emuFirstDiff(in, rt))
+			})
+		}
+	}
 	// A damaged frame: the decoder says so rather than writing garbage silently.
 	t.Run("damaged", func(t *testing.T) {
 		dir := t.TempDir()

@@ -24,6 +24,14 @@
 //	                                       for 0; RAWGRID raw fallback blocks in RAWMODE; CHUNKS chunks); the
 //	                                       frame to OUT (every repetition's must be the same), the workspace to WS
 //	fdec FRAME FRAMECAP OUTLEN OUT         the fast mode's decoder, as DecodeAsync launches it; prints the status
+//	fkv IN CB STREAM GRID RAWGRID RAWMODE CHUNKS WSLEN STRIDE LAYERS BLOCKELEMS OUT RT
+//	                                       the fast mode straight from a paged cache, as GatherEncodeAsync and
+//	                                       DecodeScatterAsync launch it (one frame per layer, STRIDE bytes apart):
+//	                                       scatter IN (per layer its K blocks, then its V blocks, of BLOCKELEMS
+//	                                       each) into a cache with K and V interleaved per block and shuffled ids,
+//	                                       gather-encode it (frame f to OUT.f), decode-scatter the frames into a
+//	                                       cache laid out K then V with other ids, and gather that back into RT;
+//	                                       prints the decoder's status
 #include "blocks.cuh"
 #include "crc.cuh"
 #include "decode.cuh"
@@ -374,12 +382,107 @@ static int fast_decode(char** argv) {
   return 0;
 }
 
+// fkv: see the usage above. Both caches hold 2 × NB + 3 blocks a layer; nothing outside the blocks written may
+// change in the destination.
+static int fast_kv(char** argv) {
+  auto in = readf(argv[2]);
+  const std::string cb = argv[3];
+  const bool stream = std::string(argv[4]) == "1";
+  const uint32_t grid = (uint32_t)strtoul(argv[5], nullptr, 10), raw_grid = (uint32_t)strtoul(argv[6], nullptr, 10);
+  const uint32_t raw_mode = (uint32_t)strtoul(argv[7], nullptr, 10), chunks = (uint32_t)strtoul(argv[8], nullptr, 10);
+  const uint64_t ws_len = strtoull(argv[9], nullptr, 10), stride = strtoull(argv[10], nullptr, 10);
+  const uint32_t layers = (uint32_t)strtoul(argv[11], nullptr, 10), be = (uint32_t)strtoul(argv[12], nullptr, 10);
+  const uint64_t n = in.size() / 2 / layers;  // elements per frame
+  if (cb.size() != 32 || n * 2 * layers != in.size() || n % (2ull * be) != 0) {
+    fprintf(stderr, "fkv: a %zu-byte input is not %u layers of K and V blocks of %u elements\n", in.size(), layers, be);
+    return 2;
+  }
+  const uint32_t nb = (uint32_t)(n / (2ull * be)), cache_blocks = 2 * nb + 3;
+  const uint64_t block_bytes = 2ull * be, layer_bytes = 2ull * cache_blocks * block_bytes;
+  std::mt19937 rng(nb * 7 + layers);
+  std::vector<int32_t> perm(cache_blocks);
+  for (uint32_t i = 0; i < cache_blocks; i++) perm[i] = (int32_t)i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  int32_t* sids = reinterpret_cast<int32_t*>(exact(4ull * nb));
+  int32_t* dids = reinterpret_cast<int32_t*>(exact(4ull * nb));
+  for (uint32_t b = 0; b < nb; b++) sids[b] = perm[b], dids[b] = perm[nb + b];
+  // Source: per layer K and V interleaved per block (FlashInfer's layout: V base = K base + a block, stride 2).
+  uint8_t* sbuf = exact(layers * layer_bytes);
+  memset(sbuf, 0x3C, layers * layer_bytes);
+  uint64_t* sb = reinterpret_cast<uint64_t*>(exact(16ull * layers));
+  for (uint32_t l = 0; l < layers; l++) {
+    sb[2 * l] = (uint64_t)(sbuf + l * layer_bytes), sb[2 * l + 1] = sb[2 * l] + block_bytes;
+    for (uint32_t kv = 0; kv < 2; kv++)
+      for (uint32_t b = 0; b < nb; b++)
+        memcpy((uint8_t*)sb[2 * l + kv] + (uint64_t)sids[b] * 2 * block_bytes,
+               in.data() + (l * n + (uint64_t)kv * nb * be + (uint64_t)b * be) * 2, block_bytes);
+  }
+  uint8_t* ws = exact(ws_len);
+  memset(ws, 0, ws_len);
+  uint64_t* sizes = reinterpret_cast<uint64_t*>(exact(8ull * layers));
+  uint8_t* frames = exact(stride * layers);
+  EncParams p{};
+  p.src = (uint64_t)sb, p.ids = (uint64_t)sids, p.dst = (uint64_t)frames, p.frame_stride = stride;
+  p.sizes = (uint64_t)sizes, p.ws = (uint64_t)ws, p.stride_bytes = 2 * block_bytes;
+  p.n = (uint32_t)n, p.frames = layers, p.chunks = chunks, p.block_elems = be, p.n_blocks = nb, p.segs_per_frame = 2 * nb;
+  p.raw_mode = raw_mode;
+  for (int k = 0; k < 4; k++) p.codebook[k] = (uint32_t)strtoul(cb.substr(8 * k, 8).c_str(), nullptr, 16);
+  const PagedMap smap{sb, sids, p.stride_bytes, be, nb, 2 * nb};
+  for (int rep = 0; rep < 2; rep++) {  // the second on the workspace the first left
+    memset(frames, 0xA5, stride * layers);
+    if (grid > 0) {
+      if (stream) emu_launch(grid, 256, [&] { encode_stream<256, 8>(p, smap); });
+      else emu_launch(grid, 256, [&] { encode_tile<256, 4>(p, smap); });
+    }
+    emu_launch(raw_grid, 256, [&] { raw_chunks<256>(p, smap); });
+  }
+  for (uint32_t l = 0; l < layers; l++) {
+    if (sizes[l] < kHeaderSize || sizes[l] > stride) {
+      fprintf(stderr, "fkv: the encoder reported a %llu-byte frame %u\n", (unsigned long long)sizes[l], l);
+      return 1;
+    }
+    writef((std::string(argv[13]) + "." + std::to_string(l)).c_str(), frames + l * stride, sizes[l]);
+  }
+  // Destination: per layer all K blocks, then all V blocks; other ids.
+  uint8_t* dbuf = exact(layers * layer_bytes);
+  memset(dbuf, 0xC3, layers * layer_bytes);
+  uint64_t* db = reinterpret_cast<uint64_t*>(exact(16ull * layers));
+  for (uint32_t l = 0; l < layers; l++)
+    db[2 * l] = (uint64_t)(dbuf + l * layer_bytes), db[2 * l + 1] = db[2 * l] + cache_blocks * block_bytes;
+  uint32_t status = 0;
+  DecParams d{};
+  d.src = (uint64_t)frames, d.frame_stride = stride, d.frame_cap = stride, d.dst = (uint64_t)db, d.ids = (uint64_t)dids;
+  d.stride_bytes = block_bytes, d.status = (uint64_t)&status, d.out_bytes = 2 * n, d.frames = layers;
+  d.chunks = (uint32_t)((2 * n + 8191) / 8192), d.block_elems = be, d.n_blocks = nb, d.segs_per_frame = 2 * nb;
+  const PagedMap dmap{db, dids, d.stride_bytes, be, nb, 2 * nb};
+  emu_launch(d.frames * d.chunks, 256, [&] { decode_tile<256, 1>(d, dmap); });
+  printf("%u\n", status);
+  std::vector<uint8_t> rt(in.size());
+  std::vector<uint8_t> mark(layers * layer_bytes, 0);
+  for (uint32_t l = 0; l < layers; l++)
+    for (uint32_t kv = 0; kv < 2; kv++)
+      for (uint32_t b = 0; b < nb; b++) {
+        const uint8_t* at = (uint8_t*)db[2 * l + kv] + (uint64_t)dids[b] * block_bytes;
+        memcpy(rt.data() + (l * n + (uint64_t)kv * nb * be + (uint64_t)b * be) * 2, at, block_bytes);
+        memset(mark.data() + (at - dbuf), 1, block_bytes);
+      }
+  for (uint64_t i = 0; i < layers * layer_bytes; i++)
+    if (!mark[i] && dbuf[i] != 0xC3) {
+      fprintf(stderr, "fkv: destination byte %llu outside the blocks written\n", (unsigned long long)i);
+      return 1;
+    }
+  writef(argv[14], rt.data(), rt.size());
+  for (void* q : {(void*)sids, (void*)dids, (void*)sbuf, (void*)sb, (void*)ws, (void*)sizes, (void*)frames, (void*)dbuf, (void*)db}) free(q);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "crc") return crc(argv[2]);
   if (argc == 6 && std::string(argv[1]) == "blocks")
     return blocks((uint32_t)atoi(argv[2]), (uint32_t)atoi(argv[3]), strtoull(argv[4], nullptr, 10), strtoull(argv[5], nullptr, 10));
   if (argc == 13 && std::string(argv[1]) == "fenc") return fast_encode(argv);
   if (argc == 6 && std::string(argv[1]) == "fdec") return fast_decode(argv);
+  if (argc == 15 && std::string(argv[1]) == "fkv") return fast_kv(argv);
   if (argc < 3) {
     fprintf(stderr, "usage: harness enc|dec|kv bf16|e4m3|e5m2 ...\n");
     return 2;
