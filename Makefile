@@ -126,9 +126,9 @@ wheel-gpu: nixl
 	cp $(NIXL_WHEEL) .gpu/wheels/  # the NIXL payload transport (tests/gpu/transports.py)
 	@ls -1 .gpu/wheels
 
-# What tests/gpu/validate.sh needs on the GPU machine, in one carry folder (.gpu/pack, about 26 MiB): the GPU
-# test binaries and the splitzip binary, stripped and xz-packed, and the connector's cp312 wheel (the GPU
-# machine has pytest and ml_dtypes).
+# What tests/gpu/validate.sh needs on the GPU machine, in one carry folder (.gpu/pack, about 36 MiB): the GPU
+# test binaries and the splitzip binary, stripped and xz-packed, the connector's cp312 wheel (the GPU machine
+# has pytest and ml_dtypes), and NIXL trimmed as the vLLM kit trims it (tests/gpu/vllm/pack.sh nixl-site).
 gpu-pack: wheel-gpu
 	rm -rf .gpu/pack && mkdir -p .gpu/pack
 	go test -c -ldflags='-s -w' -o .gpu/pack/cuda.test ./kernels/cuda
@@ -138,6 +138,8 @@ gpu-pack: wheel-gpu
 	go build -ldflags='-s -w' -o .gpu/pack/splitzip ./cmd/splitzip
 	xz -T0 -6 .gpu/pack/*.test .gpu/pack/splitzip
 	cp .gpu/wheels/splitzip_connector-*.whl .gpu/pack/
+	tests/gpu/vllm/pack.sh nixl-site build/nixl-site >/dev/null  # NIXL trimmed (74 MB) for its GPU checks
+	tar -C build/nixl-site/site -cf - . | xz -T0 -6 >.gpu/pack/nixl.tar.xz
 	@du -sh .gpu/pack
 
 .PHONY: gpu-pack
