@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -22,7 +24,7 @@ import (
 )
 
 // The kernels' CUDA sources (the high-ratio mode's entropy.cuh, the fast mode's encoders and decoder, the CRC
-// kernel), compiled for the host against kernels/emu (a CUDA shim and a host device.cuh) and checked against the
+// and block-copy kernels), compiled for the host against kernels/emu (a CUDA shim and a host device.cuh) and checked against the
 // CPU codec, so that their logic is tested on machines without a GPU. See kernels/emu/README.md for what this
 // does and does not catch.
 
@@ -162,14 +164,25 @@ func buildEmuHarness(t *testing.T) *emuHarness {
 	return &emuHarness{bin: bin}
 }
 
+// emuRunTimeout bounds one harness run (the largest take about 10 s under the sanitizers): a kernel that polls
+// a word no thread will write spins until the shim's livelock check, which under AddressSanitizer can take
+// longer than a CI job has, so the run is killed and the test fails instead.
+const emuRunTimeout = 3 * time.Minute
+
 // run runs the harness and returns what it printed.
 func (h *emuHarness) run(t *testing.T, args ...string) string {
 	t.Helper()
-	c := exec.Command(h.bin, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), emuRunTimeout)
+	defer cancel()
+	c := exec.CommandContext(ctx, h.bin, args...)
 	c.Env = emuEnv()
 	var stdout, stderr bytes.Buffer
 	c.Stdout, c.Stderr = &stdout, &stderr
 	err := c.Run()
+	if ctx.Err() != nil {
+		require.Failf(t, "harness timed out", "harness %s ran past %v: a kernel waiting on a word no thread writes, or "+
+			"on lanes it assumes run in step?\n%s", strings.Join(args, " "), emuRunTimeout, stderr.String())
+	}
 	require.NoError(t, err, "harness %s:\n%s", strings.Join(args, " "), stderr.String())
 	return strings.TrimSpace(stdout.String())
 }
