@@ -964,7 +964,8 @@ def step_nixl(ctx: Ctx, a: argparse.Namespace) -> None:
     if not fake and not Path(lib).is_file():
         raise StepError(f"{lib} missing: carry the nixl bundle (pack.sh nixl; README: the nixl step)")
     # The same UCX transports for both connectors; NixlConnector reads the prefill engine's CUDA cache with
-    # cuda_ipc, SplitZip's consumer reads pinned host staging through shared memory, and UCX's wire-up needs tcp.
+    # cuda_ipc, SplitZip's consumer reads the producer's staging (pinned host memory through shared memory, or GPU
+    # memory with cuda_ipc under --nixl-device-staging), and UCX's wire-up needs tcp.
     # UCX_PROTO_INFO: each process prints the transports UCX chose per operation (engine facts: ucx_protocols).
     # UCX turns cuda_ipc's reads (gets, what both connectors issue) off where it finds no NVLink, a single GPU
     # included, and reads GPU memory through TCP instead (0.4-0.9 GB/s): --cuda-ipc-get y turns them back on.
