@@ -638,13 +638,7 @@ func (ld *deviceLoader) decodeScatterAt(sl *deviceSlot, src cuda.DevicePtr, fram
 	if err := c.kc.DecodeScatterAsync(sl.stream, src, stride, frameLen, c.layerOf(l), req, sl.status.Ptr()); err != nil {
 		return took, err
 	}
-	if err := sl.t1.Record(sl.stream); err != nil {
-		return took, err
-	}
-	if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 4); err != nil {
-		return took, err
-	}
-	if err := sl.stream.Synchronize(); err != nil {
+	if err := sl.awaitStatus(1); err != nil {
 		return took, err
 	}
 	if err := kernels.StatusError(binary.LittleEndian.Uint32(sl.statusHost.Bytes())); err != nil {
@@ -703,6 +697,18 @@ func (ld *deviceLoader) scatterRaw(sl *deviceSlot, h codec.Header, frameLen int,
 		}
 	}
 	return ld.finishRaw(sl)
+}
+
+// awaitStatus marks the end of the slot's decode kernels (t1), brings their n status words back to statusHost
+// and waits for the slot's stream (sl taken, ctx current).
+func (sl *deviceSlot) awaitStatus(n int) error {
+	if err := sl.t1.Record(sl.stream); err != nil {
+		return err
+	}
+	if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 4*n); err != nil {
+		return err
+	}
+	return sl.stream.Synchronize()
 }
 
 // finishRaw waits for a raw frame's scatter and times it as copy time (sl taken, ctx current).

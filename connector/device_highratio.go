@@ -294,13 +294,7 @@ func (ld *deviceLoader) decodeHighRatioAt(sl *deviceSlot, frames [2]cuda.DeviceP
 			return took, err
 		}
 	}
-	if err := sl.t1.Record(sl.stream); err != nil {
-		return took, err
-	}
-	if err := sl.stream.MemcpyDtoHAsync(sl.statusHost.Ptr(), sl.status.Ptr(), 8); err != nil {
-		return took, err
-	}
-	if err := sl.stream.Synchronize(); err != nil {
+	if err := sl.awaitStatus(2); err != nil { // the K and the V frame's
 		return took, err
 	}
 	for kv := range 2 {

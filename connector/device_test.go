@@ -78,6 +78,21 @@ func (g *gpuCache) download(t *testing.T, ctx *cuda.Context, host *testCache) {
 	}))
 }
 
+// saveAndCheck saves request req's blocks from of the producer's cache (holding srcHost's contents), loads them
+// into blocks to of the consumer's, and requires them equal: dst, the consumer's GPU cache, is downloaded into
+// dstHost first (nil: dstHost is the consumer's cache itself).
+func saveAndCheck(t *testing.T, ctx *cuda.Context, p *Producer, c *Consumer, req string, srcHost *testCache, from []int, dst *gpuCache, dstHost *testCache, to []int) {
+	t.Helper()
+	h, err := p.Save(req, from)
+	require.NoError(t, err)
+	require.NoError(t, c.Load(req, h, to))
+	require.NoError(t, waitLoad(t, c, req))
+	if dst != nil {
+		dst.download(t, ctx, dstHost)
+	}
+	requireSameBlocks(t, srcHost, from, dstHost, to)
+}
+
 func TestDeviceHandoff(t *testing.T) {
 	ctx := needGPU(t)
 	plane := startPlane(t)
@@ -120,13 +135,7 @@ func TestDeviceHandoff(t *testing.T) {
 			all[i] = i
 		}
 		for i := range 7 {
-			req := fmt.Sprintf("cb-%d", i)
-			h, err := p.Save(req, all)
-			require.NoError(t, err)
-			require.NoError(t, c.Load(req, h, all))
-			require.NoError(t, waitLoad(t, c, req))
-			dst.download(t, ctx, dstHost)
-			requireSameBlocks(t, srcHost, all, dstHost, all)
+			saveAndCheck(t, ctx, p, c, fmt.Sprintf("cb-%d", i), srcHost, all, dst, dstHost, all)
 		}
 		require.NotNil(t, p.tables.codebook(0))
 		require.NotNil(t, p.tables.codebook(src.layout.Layers-1))
@@ -149,12 +158,7 @@ func TestDeviceHighRatio(t *testing.T) {
 		dst := newGPUCache(t, ctx, dstHost)
 		require.NoError(t, p.RegisterHostCache(srcHost.layout, srcHost.bases))
 		require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
-		h, err := p.Save("req", srcBlocks)
-		require.NoError(t, err)
-		require.NoError(t, c.Load("req", h, dstBlocks))
-		require.NoError(t, waitLoad(t, c, "req"))
-		dst.download(t, ctx, dstHost)
-		requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
+		saveAndCheck(t, ctx, p, c, "req", srcHost, srcBlocks, dst, dstHost, dstBlocks)
 		require.EqualValues(t, 1, c.Stats().HighRatioLoads)
 		require.Greater(t, float64(p.Stats().RawBytes)/float64(p.Stats().EncodedBytes), 1.4)
 	})
@@ -210,13 +214,7 @@ func TestDeviceHighRatio(t *testing.T) {
 		require.NoError(t, p.RegisterDeviceCache(src.layout, 0, src.bases))
 		require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
 		for i := range 3 {
-			req := fmt.Sprintf("req-%d", i)
-			h, err := p.Save(req, []int{1, 2, 3})
-			require.NoError(t, err)
-			require.NoError(t, c.Load(req, h, []int{4, 5, 6}))
-			require.NoError(t, waitLoad(t, c, req))
-			dst.download(t, ctx, dstHost)
-			requireSameBlocks(t, srcHost, []int{1, 2, 3}, dstHost, []int{4, 5, 6})
+			saveAndCheck(t, ctx, p, c, fmt.Sprintf("req-%d", i), srcHost, []int{1, 2, 3}, dst, dstHost, []int{4, 5, 6})
 		}
 		require.Positive(t, waitHandoffs(t, p, 3).HighRatioHandoffs, "0.1 Gbit/s: the high-ratio mode pays")
 	})
@@ -289,15 +287,7 @@ func TestDeviceFP8(t *testing.T) {
 					require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
 				}
 				for i := range 3 {
-					req := fmt.Sprintf("req-%d", i)
-					h, err := p.Save(req, srcBlocks)
-					require.NoError(t, err)
-					require.NoError(t, c.Load(req, h, dstBlocks))
-					require.NoError(t, waitLoad(t, c, req))
-					if dst != nil {
-						dst.download(t, ctx, dstHost)
-					}
-					requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
+					saveAndCheck(t, ctx, p, c, fmt.Sprintf("req-%d", i), srcHost, srcBlocks, dst, dstHost, dstBlocks)
 				}
 				st := waitHandoffs(t, p, 3)
 				switch {

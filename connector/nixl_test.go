@@ -314,13 +314,7 @@ func TestDeviceNIXL(t *testing.T) {
 				require.NoError(t, c.RegisterDeviceCache(dst.layout, 0, dst.bases))
 				require.Equal(t, w.recv, c.nixl.HasDeviceMemory())
 				for i := range 3 {
-					req := fmt.Sprintf("req-%d", i)
-					h, err := p.Save(req, srcBlocks)
-					require.NoError(t, err)
-					require.NoError(t, c.Load(req, h, dstBlocks))
-					require.NoError(t, waitLoad(t, c, req))
-					dst.download(t, ctx, dstHost)
-					requireSameBlocks(t, srcHost, srcBlocks, dstHost, dstBlocks)
+					saveAndCheck(t, ctx, p, c, fmt.Sprintf("req-%d", i), srcHost, srcBlocks, dst, dstHost, dstBlocks)
 				}
 				if tc.name != "raw" && !tc.hostSrc {
 					st := waitHandoffs(t, p, 3)

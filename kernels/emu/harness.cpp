@@ -312,22 +312,51 @@ static int blocks(uint32_t layers, uint32_t nb, uint64_t seg, uint64_t stride) {
   return 0;
 }
 
+// FastPlan is fenc's and fkv's arguments CB STREAM GRID RAWGRID RAWMODE CHUNKS WSLEN: the codebook and the
+// launches kernels/gpucodec.go's planEncode decided.
+struct FastPlan {
+  uint32_t codebook[4];
+  bool stream;
+  uint32_t grid, raw_grid, raw_mode, chunks;
+  uint64_t ws_len;
+};
+
+// fast_plan reads a FastPlan from the seven arguments at a; false (having said why) when the codebook is not 32
+// hex digits.
+static bool fast_plan(char** a, FastPlan* pl) {
+  const std::string cb = a[0];
+  if (cb.size() != 32) {
+    fprintf(stderr, "codebook %s: want 32 hex digits\n", cb.c_str());
+    return false;
+  }
+  for (int k = 0; k < 4; k++) pl->codebook[k] = (uint32_t)strtoul(cb.substr(8 * k, 8).c_str(), nullptr, 16);
+  pl->stream = std::string(a[1]) == "1";
+  pl->grid = (uint32_t)strtoul(a[2], nullptr, 10), pl->raw_grid = (uint32_t)strtoul(a[3], nullptr, 10);
+  pl->raw_mode = (uint32_t)strtoul(a[4], nullptr, 10), pl->chunks = (uint32_t)strtoul(a[5], nullptr, 10);
+  pl->ws_len = strtoull(a[6], nullptr, 10);
+  return true;
+}
+
+// fast_launch runs the encode of p as planned: the encoder (none for grid 0), then the raw fallback kernel.
+template <class Map>
+static void fast_launch(const FastPlan& pl, const EncParams& p, const Map& map) {
+  if (pl.grid > 0) {
+    if (pl.stream) emu_launch(pl.grid, 256, [&] { encode_stream<256, 8>(p, map); });
+    else emu_launch(pl.grid, 256, [&] { encode_tile<256, 4>(p, map); });
+  }
+  emu_launch(pl.raw_grid, 256, [&] { raw_chunks<256>(p, map); });
+}
+
 // fenc: see the usage above.
 static int fast_encode(char** argv) {
   auto in = readf(argv[2]);
-  const std::string cb = argv[3];
-  const bool stream = std::string(argv[4]) == "1";
-  const uint32_t grid = (uint32_t)strtoul(argv[5], nullptr, 10), raw_grid = (uint32_t)strtoul(argv[6], nullptr, 10);
-  const uint32_t raw_mode = (uint32_t)strtoul(argv[7], nullptr, 10), chunks = (uint32_t)strtoul(argv[8], nullptr, 10);
-  const uint64_t ws_len = strtoull(argv[9], nullptr, 10), reps = strtoull(argv[10], nullptr, 10);
-  if (cb.size() != 32) {
-    fprintf(stderr, "fenc: codebook %s: want 32 hex digits\n", cb.c_str());
-    return 2;
-  }
+  FastPlan pl;
+  if (!fast_plan(argv + 3, &pl)) return 2;
+  const uint64_t reps = strtoull(argv[10], nullptr, 10);
   const uint64_t n = in.size() / 2, cap = kHeaderSize + in.size();
   uint8_t* src = copy_of(in, in.size());
-  uint8_t* ws = exact(ws_len);
-  memset(ws, 0, ws_len);
+  uint8_t* ws = exact(pl.ws_len);
+  memset(ws, 0, pl.ws_len);
   uint64_t* sizes = reinterpret_cast<uint64_t*>(exact(8));
   std::vector<uint8_t> first;
   for (uint64_t r = 0; r < reps; r++) {
@@ -335,14 +364,10 @@ static int fast_encode(char** argv) {
     memset(dst, 0xA5, cap);  // poison: every byte of the frame must be written
     EncParams p{};
     p.src = (uint64_t)src, p.dst = (uint64_t)dst, p.sizes = (uint64_t)sizes, p.ws = (uint64_t)ws;
-    p.n = (uint32_t)n, p.frames = 1, p.chunks = chunks, p.raw_mode = raw_mode;
-    for (int k = 0; k < 4; k++) p.codebook[k] = (uint32_t)strtoul(cb.substr(8 * k, 8).c_str(), nullptr, 16);
+    p.n = (uint32_t)n, p.frames = 1, p.chunks = pl.chunks, p.raw_mode = pl.raw_mode;
+    memcpy(p.codebook, pl.codebook, sizeof p.codebook);
     *sizes = 0;
-    if (grid > 0) {
-      if (stream) emu_launch(grid, 256, [&] { encode_stream<256, 8>(p, DenseMap{p.src}); });
-      else emu_launch(grid, 256, [&] { encode_tile<256, 4>(p, DenseMap{p.src}); });
-    }
-    emu_launch(raw_grid, 256, [&] { raw_chunks<256>(p, DenseMap{p.src}); });
+    fast_launch(pl, p, DenseMap{p.src});
     if (*sizes < kHeaderSize || *sizes > cap) {
       fprintf(stderr, "fenc: the encoder reported a %llu-byte frame\n", (unsigned long long)*sizes);
       return 1;
@@ -356,7 +381,7 @@ static int fast_encode(char** argv) {
     }
   }
   writef(argv[11], first.data(), first.size());
-  writef(argv[12], ws, ws_len);
+  writef(argv[12], ws, pl.ws_len);
   free(src);
   free(ws);
   free(sizes);
@@ -386,14 +411,12 @@ static int fast_decode(char** argv) {
 // change in the destination.
 static int fast_kv(char** argv) {
   auto in = readf(argv[2]);
-  const std::string cb = argv[3];
-  const bool stream = std::string(argv[4]) == "1";
-  const uint32_t grid = (uint32_t)strtoul(argv[5], nullptr, 10), raw_grid = (uint32_t)strtoul(argv[6], nullptr, 10);
-  const uint32_t raw_mode = (uint32_t)strtoul(argv[7], nullptr, 10), chunks = (uint32_t)strtoul(argv[8], nullptr, 10);
-  const uint64_t ws_len = strtoull(argv[9], nullptr, 10), stride = strtoull(argv[10], nullptr, 10);
+  FastPlan pl;
+  if (!fast_plan(argv + 3, &pl)) return 2;
+  const uint64_t stride = strtoull(argv[10], nullptr, 10);
   const uint32_t layers = (uint32_t)strtoul(argv[11], nullptr, 10), be = (uint32_t)strtoul(argv[12], nullptr, 10);
   const uint64_t n = in.size() / 2 / layers;  // elements per frame
-  if (cb.size() != 32 || n * 2 * layers != in.size() || n % (2ull * be) != 0) {
+  if (n * 2 * layers != in.size() || n % (2ull * be) != 0) {
     fprintf(stderr, "fkv: a %zu-byte input is not %u layers of K and V blocks of %u elements\n", in.size(), layers, be);
     return 2;
   }
@@ -417,24 +440,20 @@ static int fast_kv(char** argv) {
         memcpy((uint8_t*)sb[2 * l + kv] + (uint64_t)sids[b] * 2 * block_bytes,
                in.data() + (l * n + (uint64_t)kv * nb * be + (uint64_t)b * be) * 2, block_bytes);
   }
-  uint8_t* ws = exact(ws_len);
-  memset(ws, 0, ws_len);
+  uint8_t* ws = exact(pl.ws_len);
+  memset(ws, 0, pl.ws_len);
   uint64_t* sizes = reinterpret_cast<uint64_t*>(exact(8ull * layers));
   uint8_t* frames = exact(stride * layers);
   EncParams p{};
   p.src = (uint64_t)sb, p.ids = (uint64_t)sids, p.dst = (uint64_t)frames, p.frame_stride = stride;
   p.sizes = (uint64_t)sizes, p.ws = (uint64_t)ws, p.stride_bytes = 2 * block_bytes;
-  p.n = (uint32_t)n, p.frames = layers, p.chunks = chunks, p.block_elems = be, p.n_blocks = nb, p.segs_per_frame = 2 * nb;
-  p.raw_mode = raw_mode;
-  for (int k = 0; k < 4; k++) p.codebook[k] = (uint32_t)strtoul(cb.substr(8 * k, 8).c_str(), nullptr, 16);
+  p.n = (uint32_t)n, p.frames = layers, p.chunks = pl.chunks, p.block_elems = be, p.n_blocks = nb, p.segs_per_frame = 2 * nb;
+  p.raw_mode = pl.raw_mode;
+  memcpy(p.codebook, pl.codebook, sizeof p.codebook);
   const PagedMap smap{sb, sids, p.stride_bytes, be, nb, 2 * nb};
   for (int rep = 0; rep < 2; rep++) {  // the second on the workspace the first left
     memset(frames, 0xA5, stride * layers);
-    if (grid > 0) {
-      if (stream) emu_launch(grid, 256, [&] { encode_stream<256, 8>(p, smap); });
-      else emu_launch(grid, 256, [&] { encode_tile<256, 4>(p, smap); });
-    }
-    emu_launch(raw_grid, 256, [&] { raw_chunks<256>(p, smap); });
+    fast_launch(pl, p, smap);
   }
   for (uint32_t l = 0; l < layers; l++) {
     if (sizes[l] < kHeaderSize || sizes[l] > stride) {
