@@ -49,7 +49,9 @@ type Producer struct {
 	fetched map[string]fetched // completed transfers awaiting their completion notice
 	// keep holds the records of fetched handoffs until their consumer's completion notice (or recordKeep):
 	// the consumer checks its frames against the completed record after the transfer, and must find it.
-	keep   map[string]*time.Timer
+	keep map[string]*time.Timer
+	// drops holds a slot per record deletion running beside the completion handler (maxRecordDrops).
+	drops  chan struct{}
 	sent   []string // requests whose blocks the engine may free
 	stats  ProducerStats
 	closed bool
@@ -137,8 +139,8 @@ func NewProducer(cp ControlPlane, opts ...Option) (*Producer, error) {
 	p := &Producer{
 		o: o, cp: cp, staging: newStaging(o.StagingBytes), bypass: o.Bypass, mode: o.Mode,
 		policy: modePolicy{linkConf: configuredLinkRate(o)},
-		coders: make(chan *coders, 2),
-		saves:  map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{}, keep: map[string]*time.Timer{},
+		coders: make(chan *coders, 2), drops: make(chan struct{}, maxRecordDrops),
+		saves: map[string]*save{}, byID: map[string]*save{}, fetched: map[string]fetched{}, keep: map[string]*time.Timer{},
 		log: slog.Default().With("component", "splitzip.producer", "engine", o.EngineID, "rank", o.Rank),
 	}
 	p.life, p.stop = context.WithCancel(context.Background())
@@ -848,6 +850,25 @@ func (p *Producer) dropRecord(id string) {
 	p.deleteRecord(id)
 }
 
+// maxRecordDrops bounds the record deletions a producer runs at once beside its completion handler.
+const maxRecordDrops = 64
+
+// dropRecordSoon drops handoff id's record without holding up the completion handler, whose notices are
+// answered one at a time: a deletion is a round trip to the NATS server, and waiting for each one in turn held
+// every consumer's notice behind the ones before it (thousands waiting at 1,000 handoffs a second). Beyond
+// maxRecordDrops deletions in flight it deletes in line, which paces the notices instead.
+func (p *Producer) dropRecordSoon(id string) {
+	select {
+	case p.drops <- struct{}{}:
+		go func() {
+			defer func() { <-p.drops }()
+			p.dropRecord(id)
+		}()
+	default:
+		p.dropRecord(id)
+	}
+}
+
 func (p *Producer) deleteRecord(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -897,7 +918,7 @@ func (p *Producer) onTransfer(st transport.Stats) {
 // onCompletion handles a consumer's notice. The payload was already released by the transport when the fetch
 // ended; the record, kept for the consumer's end-to-end check, goes now; a failure notice is logged and counted.
 func (p *Producer) onCompletion(c completion) {
-	p.dropRecord(c.HandoffID)
+	p.dropRecordSoon(c.HandoffID)
 	if !c.OK {
 		p.mu.Lock()
 		p.stats.Failed++
