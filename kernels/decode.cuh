@@ -1,7 +1,7 @@
 // The tile decoder (t256c1: a tile of one chunk per block). A block's codes and residuals are loaded before the
 // header is read (the destination size fixes a coded frame's layout), the header and the chunk table are
-// checked, and each unit's escapes are patched in from the frame's escape stream before the unit is stored.
-// Raw frames are copied.
+// checked, the tile's escapes are spread out in shared memory (a bit and an exponent per element), and each
+// unit's escapes are patched in from there before the unit is stored. Raw frames are copied.
 #pragma once
 
 #include "device.cuh"
@@ -16,13 +16,11 @@ __device__ __forceinline__ uint32_t spread2(uint32_t r) {
   return (x & 0x007F007Fu) | ((x & 0x00800080u) << 8);
 }
 
-// escape_at reads escape k's chunk-local position and exponent.
+// escape_pos reads escape k's chunk-local position.
 __device__ __forceinline__ uint32_t escape_pos(const uint8_t* esc, uint32_t k) {
   return esc[3 * k] | ((uint32_t)esc[3 * k + 1] << 8);
 }
 
-// raw_copy copies blen bytes of a raw frame's payload from byte b0 on (a block's share: 16 bytes per thread
-// and unit row) to frame f's destination.
 // code_pairs fills pairs[i], for i = i0, i0 + step, … < 256, with code byte i's two elements' exponent fields
 // in place, from the codebook in hdr[16..19].
 __device__ __forceinline__ void code_pairs(const uint32_t* hdr, uint32_t* pairs, uint32_t i0, uint32_t step) {
@@ -53,6 +51,8 @@ __device__ uint32_t check_tile(const DecParams& p, const Layout& L, const uint32
   return st;
 }
 
+// raw_copy copies blen bytes of a raw frame's payload from byte b0 on (a block's share: 16 bytes per thread
+// and unit row) to frame f's destination.
 template <int THREADS, int UPT, class Map>
 __device__ __forceinline__ void raw_copy(const DecParams& p, const Map& map, const uint8_t* frame, uint32_t f, uint64_t b0, uint64_t blen) {
 #pragma unroll
@@ -97,21 +97,6 @@ __device__ __forceinline__ void set_exponent(uint4& o, uint32_t k, uint32_t x) {
   }
 }
 
-// patch_unit applies the escapes of entries [lo, hi) of the escape stream esc (one chunk's, sorted by position)
-// that fall in the unit at chunk-local element uc.
-__device__ __forceinline__ void patch_unit(uint4& o, const uint8_t* esc, uint32_t lo, uint32_t hi, uint32_t uc) {
-  uint32_t a = lo, b = hi;  // the first escape at or after the unit
-  while (a < b) {
-    const uint32_t m = (a + b) / 2;
-    if (escape_pos(esc, m) < uc) a = m + 1; else b = m;
-  }
-  for (; a < hi; a++) {
-    const uint32_t pos = escape_pos(esc, a);
-    if (pos >= uc + kUnit) break;
-    set_exponent(o, pos - uc, esc[3 * a + 2]);
-  }
-}
-
 // store_unit writes decoded unit o at element e0 + ue of frame f's destination: 16 bytes when the unit is
 // whole (len elements from e0), element by element at a ragged end; base: the address of e0 when contiguous,
 // else 0.
@@ -136,7 +121,30 @@ struct DecShared {
   uint32_t pairs[256];
   uint32_t tab[CPT + 1];  // escapes before each chunk of the tile, and after its last
   uint32_t status;
+  // The tile's escapes by element e (from the tile's first): bit e % 32 of emask[e / 32] set when e escapes,
+  // eexp[e] its exponent. Each thread finds its units' escapes with one shared load, whatever their number: a
+  // binary search of the escape stream per unit, as before, cost escape-heavy frames up to half their speed.
+  uint32_t emask[CPT * kChunk / 32];
+  uint8_t eexp[CPT * kChunk];
 };
+
+// spread_escapes fills sh.emask and sh.eexp (emask zero) from the tile's escapes, a thread an escape, and
+// reports an escape past its chunk's end or out of order as corrupt.
+template <int THREADS, int CPT>
+__device__ __forceinline__ void spread_escapes(const DecParams& p, const uint8_t* esc, uint32_t tile_len, DecShared<THREADS, CPT>& sh) {
+  for (uint32_t k = sh.tab[0] + threadIdx.x; k < sh.tab[CPT]; k += THREADS) {
+    uint32_t kc = 0;  // the tile's chunk that holds escape k
+    while (kc + 1 < CPT && sh.tab[kc + 1] <= k) kc++;
+    const uint32_t pos = escape_pos(esc, k), len = min(kChunk, tile_len - kc * kChunk);
+    if (pos >= len || (k > sh.tab[kc] && escape_pos(esc, k - 1) >= pos)) {
+      atomicCAS(reinterpret_cast<uint32_t*>(p.status), 0u, (uint32_t)kCorrupt);
+      continue;
+    }
+    const uint32_t e = kc * kChunk + pos;
+    atomicOr(&sh.emask[e / 32], 1u << (e % 32));
+    sh.eexp[e] = esc[3 * k + 2];
+  }
+}
 
 // dec_load loads tile t's codes and residuals. A coded frame that fills the destination has n = out_bytes / 2
 // and so a known layout: the loads go out before the header is even read (when the frame turns out raw, or
@@ -190,6 +198,7 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
     const uint32_t c = c0 + threadIdx.x - 32;
     if (spec && c < L.chunks) sh.tab[threadIdx.x - 32] = reinterpret_cast<const uint32_t*>(frame + L.table)[c];
   }
+  for (uint32_t i = threadIdx.x; i < CPT * kChunk / 32; i += THREADS) sh.emask[i] = 0;
   __syncthreads();
   if (threadIdx.x == 0) sh.status = check_tile<CPT>(p, L, sh.hdr, sh.tab, c0);
   code_pairs(sh.hdr, sh.pairs, threadIdx.x, THREADS);
@@ -206,7 +215,11 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
   }
 
   // Coded: the header said n == nx, so L and the loads are the frame's.
-  const uint8_t* esc = frame + L.escapes;
+  const bool escapes = sh.tab[CPT] > sh.tab[0];  // the whole block's
+  if (escapes) {
+    spread_escapes<THREADS, CPT>(p, frame + L.escapes, tile_len, sh);
+    __syncthreads();
+  }
 #pragma unroll
   for (int j = 0; j < UPT; j++) {
     const uint32_t ue = kUnit * (threadIdx.x + j * THREADS);
@@ -216,9 +229,12 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
     uint2 rw = res[j];
     if (!full) ragged_unit(frame, L, t0 + ue, tile_len - ue, cw, rw);
     uint4 o = decode_unit(cw, rw, sh.pairs);
-    const int kc = (j * THREADS) / kUnitsPerChunk;  // chunk of this unit row within the tile
-    if (sh.tab[kc + 1] > sh.tab[kc])
-      patch_unit(o, esc, sh.tab[kc], sh.tab[kc + 1], kUnit * ((threadIdx.x + j * THREADS) % kUnitsPerChunk));
+    if (escapes) {
+      for (uint32_t m = (sh.emask[ue / 32] >> (ue % 32)) & 0xFF; m; m &= m - 1) {
+        const uint32_t k = __ffs(m) - 1;
+        set_exponent(o, k, sh.eexp[ue + k]);
+      }
+    }
     store_unit(map, 0, f, t0, ue, tile_len, o);
   }
 }

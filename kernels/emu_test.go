@@ -539,15 +539,14 @@ func TestEmuFastMode(t *testing.T) {
 				require.NoError(t, err)
 				decided := requireReadyWorkspaceBytes(t, ws)
 				if pl.stream && pl.grid > 0 {
-					// The decision word counts frames decided (low half) and those decided raw (high half).
-					hdr, err := codec.ParseHeader(got)
-					require.NoError(t, err)
-					raw := 0
-					if hdr.Raw {
-						raw = 2
+					// The decision word counts frames decided (low half) and those that needed the raw fallback
+					// kernel (high half).
+					late := 0
+					if lateFrame(t, got) {
+						late = 2
 					}
 					assert.EqualValues(t, 2, decided&0xFFFFFFFF, "the streaming encoder's frames decided: one a call")
-					assert.EqualValues(t, raw, decided>>32, "the streaming encoder's raw decisions")
+					assert.EqualValues(t, late, decided>>32, "the streaming encoder's frames for the raw fallback kernel")
 				}
 
 				st := h.run(t, "fdec", file("frame"), fmt.Sprint(len(got)), fmt.Sprint(len(in.data)), file("out"))
@@ -605,5 +604,26 @@ func TestEmuFastMode(t *testing.T) {
 		require.NoError(t, os.WriteFile(bad, frame[:len(frame)-100], 0o644))
 		st := h.run(t, "fdec", bad, fmt.Sprint(len(frame)-100), fmt.Sprint(2*20000), filepath.Join(dir, "out"))
 		assert.NotEqual(t, "0", st, "a truncated frame")
+		// Escapes past their chunk's end or out of order, which the CPU decoder rejects too.
+		in := withEscapes(rand.New(rand.NewPCG(3, 3)), 3*4096, 0.01, cb)
+		good := cpuEncode(t, in, cb)
+		hdr, err := codec.ParseHeader(good)
+		require.NoError(t, err)
+		require.Greater(t, hdr.Escapes, uint64(2))
+		esc := escapesOffset(hdr.Elements)
+		for name, damage := range map[string]func(f []byte){
+			"position past the chunk": func(f []byte) { binary.LittleEndian.PutUint16(f[esc:], 4096) },
+			"positions out of order":  func(f []byte) { copy(f[esc+3:esc+5], f[esc:esc+2]) },
+		} {
+			frame := bytes.Clone(good)
+			damage(frame)
+			dec, err := codec.NewDecoder()
+			require.NoError(t, err)
+			_, _, err = dec.Decode(nil, frame)
+			require.ErrorIs(t, err, codec.ErrCorrupt, name)
+			require.NoError(t, os.WriteFile(bad, frame, 0o644))
+			st := h.run(t, "fdec", bad, fmt.Sprint(len(frame)), fmt.Sprint(len(in)), filepath.Join(dir, "out"))
+			assert.Equal(t, fmt.Sprint(StatusCorrupt), st, name)
+		}
 	})
 }

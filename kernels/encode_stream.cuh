@@ -7,19 +7,20 @@
 // their count. Finishing blocks, appended to the encoder's grid and so dispatched after all its coding blocks
 // (blocks start in index order), give each group of kGroup chunks a warp, which waits for the group's counts,
 // looks back over the groups before it (their totals, which every coding warp adds its chunk to, back to the
-// nearest published prefix), writes their chunk table entries and moves their parked escapes into place (a
-// chunk with more than kSlots escapes is read again); a header warp per frame writes the header (a raw one
-// when the escapes do not fit, for the raw fallback kernel) from the frame's total, added to the same way.
-// They run in the shadow of the last wave of coding blocks, so only the last groups' work follows the data
-// path.
+// nearest published prefix), writes their chunk table entries and moves their parked escapes into place; a
+// header warp per frame writes the header (a raw one when the escapes do not fit, for the raw fallback kernel)
+// from the frame's total, added to the same way. They run in the shadow of the last wave of coding blocks, so
+// only the last groups' work follows the data path. A group with more escapes than one warp places quickly
+// (kMapped), or a chunk with more than it could park (kSlots), defers them to the raw fallback kernel
+// (place_deferred), which places them with all its warps once the encoder has completed.
 // No fence orders a coding warp's writes: a fence, or an arrival atomic whose answer the warp waits for, holds
 // every block's slot longer (finishing by the last warp to arrive measured 7 % slower). Instead every
 // word a finishing warp waits for says itself whether it was written: counts are stored plus one, parked
 // escapes with kParked set and the group and frame totals with their count of chunks done, into a workspace
 // that is zero at the start, and that the kernel leaves zero itself: the finishing warps zero the counts and
-// slots they read, the header blocks the frame totals and, once no look-back reads them any more, the look-back
-// words and group totals (zero_group_words). So the raw fallback kernel after it waits for it only when a frame
-// goes raw (raw_chunks).
+// slots they read (place_deferred those of deferred groups), the header blocks the frame totals and, once no
+// look-back reads them any more, the look-back words and group totals (close_frames). So the raw fallback kernel
+// after it waits for it only when a frame goes raw or a group deferred its escapes (raw_chunks).
 #pragma once
 
 #include "encode.cuh"
@@ -27,21 +28,28 @@
 namespace sz {
 
 // Escapes a chunk parks in the workspace, with position and exponent (4 bytes: reading the exponents back from
-// the input instead cost the finishing a DRAM round trip): 64 cover every chunk of the real KV fixture (at most
-// 34); an overflowing chunk is read again by its finishing warp.
-constexpr uint32_t kSlots = 64;
+// the input instead cost the finishing a DRAM round trip). 128 hold 3.1 % of a chunk's elements: every chunk of
+// the real KV fixture (at most 34) and most chunks of KV that a table fits badly (2 % escapes is 82 a chunk).
+// A chunk with more is read again by place_deferred.
+constexpr uint32_t kSlots = 128;
 // Chunks per finishing group (a warp each). The groups of the last wave are finished after their last chunk,
 // so their finishing warps' work is the encoder's tail: a group of 32 has half the escapes of one of 64 to
 // gather and place, one batch of kMapped on real KV (32 against 64: 256 MiB encode +1.6 %).
 constexpr uint32_t kGroup = 32;
-// Escapes of a group a finishing warp maps to their parked slots in shared memory (a batch of 8 per lane;
-// later batches, none on real KV, search the group's prefix instead).
+// A finishing warp places its group's escapes itself when they are at most kMapped (one batch of 8 a lane, each
+// mapped to its slot in shared memory) and every chunk's fit its slots; that is every group of real KV under a
+// table that fits it. A group with more defers them to place_deferred, which runs after the encoder with a warp
+// a chunk over the whole GPU. Placed by the group's one warp, after the coding wave, the escapes of KV that the
+// table fits badly were the encoder's tail: 42 % of its speed at 0.6 % escapes, 16 % at 2.8 %.
 constexpr uint32_t kMapped = 8 * 32;
 
 // A parked escape is kParked | exponent << 16 | chunk-local position: never zero.
 constexpr uint32_t kParked = 0x80000000u;
-// A slot index (chunk of the group × kSlots + escape) meaning "not parked": its chunk overflowed its slots.
-constexpr uint16_t kUnparked = 0xFFFF;
+
+// A streaming group's published prefix carries kFlagDeferred when the group left its escapes to place_deferred;
+// is_prefix tells a published prefix, deferred or not, from an unpublished word.
+constexpr uint64_t kFlagDeferred = 4ull << 32;
+__device__ __forceinline__ bool is_prefix(uint64_t s) { return ((s >> 32) | 4) == ((kFlagPrefix | kFlagDeferred) >> 32); }
 
 // StreamWS is the streaming encoder's workspace (gpucodec.go's workspaceSize), zero between calls: a look-back
 // word per group (u64: its inclusive prefix, once its finishing warp knows it), a total per group and one per
@@ -171,12 +179,12 @@ __device__ __forceinline__ uint64_t frame_escapes(const StreamWS& ws, uint32_t f
 }
 
 // lookback_groups returns the escapes before group q of a frame and publishes its inclusive prefix (q's total
-// is agg). Called by one whole warp. Unlike lookback_warp, a predecessor's aggregate is not published by its
+// is agg) with flags (kFlagPrefix, and kFlagDeferred when the group defers its escapes). Called by one whole warp. Unlike lookback_warp, a predecessor's aggregate is not published by its
 // finishing warp but added up by its coding warps (group_totals: complete when all kGroup chunks are in), so a
 // late group waits for no other finishing warp: its look-back ends one round trip after the last predecessor
 // chunk's count lands. Each round reads 32 × kLookbackPer predecessors, back to the nearest published prefix.
 constexpr int kLookbackPer = 4;  // predecessors per lane and round
-__device__ uint32_t lookback_groups(uint64_t* state, const uint64_t* group_totals, uint32_t q, uint32_t agg) {
+__device__ uint32_t lookback_groups(uint64_t* state, const uint64_t* group_totals, uint32_t q, uint32_t agg, uint64_t flags) {
   const uint32_t lane = threadIdx.x & 31;
   uint32_t excl = 0;
   for (int64_t base = (int64_t)q - 1; base >= 0; base -= 32 * kLookbackPer) {
@@ -200,31 +208,29 @@ __device__ uint32_t lookback_groups(uint64_t* state, const uint64_t* group_total
         }
 #pragma unroll
       for (int k = 0; k < kLookbackPer; k++)  // predecessors are never a frame's ragged last group
-        if ((s[k] >> 32) == (kFlagPrefix >> 32) || (t[k] >> 32) == kGroup) pending &= ~(1u << k);
+        if (is_prefix(s[k]) || (t[k] >> 32) == kGroup) pending &= ~(1u << k);
     }
     uint32_t nearest = 32 * kLookbackPer;  // the lane's nearest predecessor (distance from base) with a prefix
 #pragma unroll
     for (int k = kLookbackPer - 1; k >= 0; k--)
-      if ((s[k] >> 32) == (kFlagPrefix >> 32)) nearest = k * 32 + lane;
+      if (is_prefix(s[k])) nearest = k * 32 + lane;
     const uint32_t stop = __reduce_min_sync(0xFFFFFFFFu, nearest);
     uint32_t sum = 0;
 #pragma unroll
     for (int k = 0; k < kLookbackPer; k++) {
-      const bool prefix = (s[k] >> 32) == (kFlagPrefix >> 32);
+      const bool prefix = is_prefix(s[k]);
       if (k * 32 + lane <= stop) sum += prefix ? (uint32_t)s[k] : (uint32_t)t[k];
     }
     excl += warp_sum(sum);
     if (stop < 32 * kLookbackPer) break;
   }
-  if (lane == 0) st_relaxed_gpu(state + q, kFlagPrefix | (excl + agg));
+  if (lane == 0) st_relaxed_gpu(state + q, flags | (excl + agg));
   return excl;
 }
 
-// finish_group: one warp finishes group q of frame f (see above). pre (kGroup + 1 words) and slot_of (kMapped
-// halfwords) are the warp's shared memory.
-template <class Map>
-__device__ __forceinline__ void finish_group(const EncParams& p, const Map& map, const StreamWS& ws, uint32_t f, uint32_t q,
-                                          const uint8_t* code_of, uint32_t* pre, uint16_t* slot_of) {
+// finish_group: one warp finishes group q of frame f (see above). slot_of (kMapped halfwords) is the warp's
+// shared memory.
+__device__ __forceinline__ void finish_group(const EncParams& p, const StreamWS& ws, uint32_t f, uint32_t q, uint16_t* slot_of) {
   constexpr uint32_t PER = kGroup / 32;  // chunks per lane
   const uint32_t lane = threadIdx.x & 31;
   const uint32_t groups = groups_of(p.chunks);
@@ -244,171 +250,179 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const Map& map,
     if (lane * PER + k < members) member |= 1u << k, cnt[k] = ld_relaxed_gpu(cnt_at(k));
   }
   await_words(cnt, member, cnt_at);
-  // This warp is the counts' only reader: it leaves them zero for the next call.
-#pragma unroll
-  for (uint32_t k = 0; k < PER; k++)
-    if ((member >> k) & 1) st_relaxed_gpu(cnt_at(k), 0u);
+  bool over = false;  // a chunk of the lane's has more escapes than slots
 #pragma unroll
   for (uint32_t k = 0; k < PER; k++) {
     cnt[k] = cnt[k] ? cnt[k] - 1 : 0;
     sum += cnt[k];
+    over |= cnt[k] > kSlots;
   }
   uint32_t total;
   uint32_t excl = warp_excl_scan(sum, &total);
-  uint32_t heavy = 0;  // this lane's chunks with more than kSlots escapes
   uint32_t first[PER];  // the group's escapes before each of the lane's chunks
 #pragma unroll
   for (uint32_t k = 0; k < PER; k++) {
-    const uint32_t j = lane * PER + k;
-    pre[j] = first[k] = excl;
-    if (cnt[k] > kSlots) heavy |= 1u << k;
+    first[k] = excl;
     excl += cnt[k];
   }
-  if (lane == 31) pre[kGroup] = excl;
-  // slot_of maps the group's first kMapped escapes to their parked slots: one shared load per escape when
-  // gathering instead of a binary search over pre, five dependent ones (+0.3 % at 256 MiB).
+  const uint64_t* totals = ws.group_totals + (uint64_t)f * groups;
+  uint64_t* state = ws.state + (uint64_t)f * groups;
+  auto put_table = [&](uint32_t before) {
 #pragma unroll
-  for (uint32_t k = 0; k < PER; k++) {
-    const uint32_t j = lane * PER + k;
-    for (uint32_t t = 0; t < cnt[k] && first[k] + t < kMapped; t++)
-      slot_of[first[k] + t] = cnt[k] <= kSlots ? (uint16_t)(j * kSlots + t) : kUnparked;
+    for (uint32_t k = 0; k < PER; k++) {
+      const uint32_t j = lane * PER + k;
+      if (j < members) *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * (c0 + j)) = before + first[k];
+    }
+  };
+  if (total > kMapped || __any_sync(0xFFFFFFFFu, over)) {
+    // Deferred: the counts stay for place_deferred, which reads the offsets from the chunk table.
+    put_table(lookback_groups(state, totals, q, total, kFlagPrefix | kFlagDeferred));
+    return;
   }
+  // This warp is the counts' only reader: it leaves them zero for the next call.
+#pragma unroll
+  for (uint32_t k = 0; k < PER; k++)
+    if ((member >> k) & 1) st_relaxed_gpu(cnt_at(k), 0u);
+  // slot_of maps the group's escapes to their parked slots: one shared load per escape when gathering instead of
+  // a binary search over the chunks' prefixes, five dependent ones (+0.3 % at 256 MiB).
+#pragma unroll
+  for (uint32_t k = 0; k < PER; k++)
+    for (uint32_t t = 0; t < cnt[k]; t++) slot_of[first[k] + t] = (uint16_t)((lane * PER + k) * kSlots + t);
   __syncwarp();
-  // Parked escapes, in output order: lanes take consecutive escapes of the group, eight batches of 32 in
-  // flight. e[b] is the slot's word (position | exponent << 16 | kParked) then, once awaited, position |
-  // exponent << 16 | the chunk (of the group) << 24; ~0 where the batch has no escape for the lane. s[b] is
-  // the slot's index in the group's slots.
+  // The parked escapes, in output order: lane l takes the group's escapes l, l + 32, … (e[b]: the slot's word,
+  // position | exponent << 16 | kParked; s[b]: its index in the group's slots). Their loads are issued before
+  // the look-back: its round trips and theirs overlap.
   uint32_t* slots = ws.slots + ((uint64_t)f * p.chunks + c0) * kSlots;
   uint32_t e[8], s[8], parked = 0;
-  auto gather = [&](uint32_t i0) {
-    parked = 0;
 #pragma unroll
-    for (int b = 0; b < 8; b++) {
-      const uint32_t i = i0 + b * 32 + lane;
-      e[b] = 0xFFFFFFFFu;
-      s[b] = 0;
-      if (i < total) {
-        uint32_t slot;
-        if (i < kMapped) {
-          slot = slot_of[i];
-        } else {
-          uint32_t lo = 0, hi = kGroup;  // the chunk j with pre[j] <= i < pre[j+1]
-          while (hi - lo > 1) {
-            const uint32_t m = (lo + hi) / 2;
-            if (pre[m] <= i) lo = m; else hi = m;
-          }
-          slot = pre[lo + 1] - pre[lo] <= kSlots ? lo * kSlots + (i - pre[lo]) : kUnparked;
-        }
-        if (slot != kUnparked) {
-          s[b] = slot;
-          e[b] = ld_relaxed_gpu(slots + slot);
-          parked |= 1u << b;
-        }
-      }
+  for (int b = 0; b < 8; b++) {
+    const uint32_t i = b * 32 + lane;
+    e[b] = 0;
+    s[b] = 0;
+    if (i < total) {
+      s[b] = slot_of[i];
+      e[b] = ld_relaxed_gpu(slots + s[b]);
+      parked |= 1u << b;
     }
-  };
-  // Waits for the gathered slots still unwritten, zeroes them for the next call and tags each with its chunk.
-  auto settle = [&]() {
-    await_words(e, parked, [&](int b) { return slots + s[b]; });
-#pragma unroll
-    for (int b = 0; b < 8; b++)
-      if ((parked >> b) & 1) {
-        st_relaxed_gpu(slots + s[b], 0u);
-        e[b] = (e[b] & 0xFFFFFFu) | (s[b] / kSlots) << 24;
-      }
-  };
-  // The first batches' loads are issued before the look-back: its round trips and theirs overlap.
-  gather(0);
-  const uint32_t before = lookback_groups(ws.state + (uint64_t)f * groups, ws.group_totals + (uint64_t)f * groups, q, total);
-#pragma unroll
-  for (uint32_t k = 0; k < PER; k++) {
-    const uint32_t j = lane * PER + k;
-    if (j < members) *reinterpret_cast<uint32_t*>(frame + L.table + 4ull * (c0 + j)) = before + first[k];
   }
-  // A raw frame (escapes past max_len) still reads and zeroes every slot.
-  const bool place = L.escapes + kEscapeSize * (uint64_t)before < max_len;
-  for (uint32_t i0 = 0; i0 < total; i0 += 8 * 32) {
-    if (i0 > 0) gather(i0);
-    settle();
-    if (!place) continue;
+  const uint32_t before = lookback_groups(state, totals, q, total, kFlagPrefix);
+  put_table(before);
+  // Waits for the slots still unwritten and zeroes them for the next call; a raw frame (escapes past max_len)
+  // reads and zeroes them all the same.
+  await_words(e, parked, [&](int b) { return slots + s[b]; });
 #pragma unroll
-    for (int b = 0; b < 8; b++)
-      if (e[b] != 0xFFFFFFFFu) put_escape(frame, L, max_len, (uint64_t)before + i0 + b * 32 + lane, e[b] & 0xFFFF, (e[b] >> 16) & 0xFF);
-  }
-  // Chunks whose escapes overflowed their slots (none on real KV): their kSlots parked words are zeroed once
-  // written, and the warp reads the chunk again, an eighth at a time (the coding warps' register budget bounds
-  // this path's; more in flight spills).
-  for (uint32_t hb = __ballot_sync(0xFFFFFFFFu, heavy != 0); hb; hb &= hb - 1) {
-    const uint32_t src = __ffs(hb) - 1;
-    for (uint32_t hm = __shfl_sync(0xFFFFFFFFu, heavy, src); hm; hm &= hm - 1) {
-      const uint32_t j = src * PER + __ffs(hm) - 1;
-      {
-        constexpr int K = kSlots / 32;
-        uint32_t w[K];
-        auto at = [&](int k) { return slots + j * kSlots + k * 32 + lane; };
-#pragma unroll
-        for (int k = 0; k < K; k++) w[k] = ld_relaxed_gpu(at(k));
-        await_words(w, (1u << K) - 1, at);
-#pragma unroll
-        for (int k = 0; k < K; k++) st_relaxed_gpu(at(k), 0u);
-      }
-      uint64_t kk = (uint64_t)before + pre[j];
-      if (!place || L.escapes + kEscapeSize * kk >= max_len) continue;  // the frame is raw
-      const uint32_t e0 = (c0 + j) * kChunk;
-      const uint32_t len = (uint32_t)min((uint64_t)kChunk, n - e0);
-      const uint64_t base = tile_base(map, f, e0, len);
-      constexpr int PARTS = 8, UPL = kUnitsPerChunk / 32 / PARTS;
+  for (int b = 0; b < 8; b++)
+    if ((parked >> b) & 1) {
+      st_relaxed_gpu(slots + s[b], 0u);
+      put_escape(frame, L, max_len, (uint64_t)before + b * 32 + lane, e[b] & 0xFFFF, (e[b] >> 16) & 0xFF);
+    }
+}
+
+// escapes_from_input: one warp writes the escapes of chunk c of frame f, the k0-th of the frame on, reading the
+// chunk again (it had more escapes than slots), 16-byte units in order, eight a lane in flight.
+template <class Map>
+__device__ __forceinline__ void escapes_from_input(const EncParams& p, const Map& map, uint8_t* frame, uint32_t f, uint32_t c,
+                                                   uint64_t k0, const uint8_t* code_of) {
+  const uint32_t lane = threadIdx.x & 31;
+  const uint64_t n = p.n;
+  const Layout L = bf16_layout(n);
+  const uint64_t max_len = kHeaderSize + 2 * n;
+  const uint32_t e0 = c * kChunk;
+  const uint32_t len = (uint32_t)min((uint64_t)kChunk, n - e0);
+  const uint64_t base = tile_base(map, f, e0, len);
+  constexpr int PARTS = 4, UPL = kUnitsPerChunk / 32 / PARTS;
 #pragma unroll 1
-      for (int h = 0; h < PARTS; h++) {
-        uint4 v[UPL];
+  for (int h = 0; h < PARTS; h++) {
+    uint4 v[UPL];
 #pragma unroll
-        for (int u = 0; u < UPL; u++) {
-          const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
-          v[u] = ue < len ? load_unit(map, base, f, e0, ue, len) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < UPL; u++) {
-          const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
-          uint32_t esc = 0;
-#pragma unroll
-          for (uint32_t b = 0; b < 8; b++)
-            if (ue + b < len && code_of[unit_exponent(v[u], b)] > 15) esc |= 1u << b;
-          uint32_t tot;
-          uint64_t k = kk + warp_excl_scan(__popc(esc), &tot);
-          while (esc) {
-            const uint32_t b = __ffs(esc) - 1;
-            esc &= esc - 1;
-            put_escape(frame, L, max_len, k++, ue + b, unit_exponent(v[u], b));
-          }
-          kk += tot;
-        }
-      }
+    for (int u = 0; u < UPL; u++) {
+      const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
+      v[u] = ue < len ? load_unit(map, base, f, e0, ue, len) : make_uint4(0, 0, 0, 0);
     }
+#pragma unroll
+    for (int u = 0; u < UPL; u++) {
+      const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
+      uint32_t esc = 0;
+#pragma unroll
+      for (uint32_t b = 0; b < 8; b++)
+        if (ue + b < len && code_of[unit_exponent(v[u], b)] > 15) esc |= 1u << b;
+      uint32_t tot;
+      uint64_t k = k0 + warp_excl_scan(__popc(esc), &tot);
+      while (esc) {
+        const uint32_t b = __ffs(esc) - 1;
+        esc &= esc - 1;
+        put_escape(frame, L, max_len, k++, ue + b, unit_exponent(v[u], b));
+      }
+      k0 += tot;
+    }
+  }
+}
+
+// place_deferred runs in the raw fallback kernel after the streaming encoder, once the encoder has completed
+// (the kernel boundary orders its writes: plain loads through L2 read them), when a group deferred its escapes.
+// Warp w of the grid takes chunks w, w + warps, …; a chunk whose count is still in the workspace belongs to
+// such a group: the warp writes its escapes at the offset its finishing warp put in the chunk table, from the
+// parked slots or, when the chunk had more escapes than slots, from the input, and zeroes the count and the
+// slots for the next call. A raw frame's chunks are only zeroed. code_of: the block's code table.
+template <int THREADS, class Map>
+__device__ __forceinline__ void place_deferred(const EncParams& p, const Map& map, const uint8_t* code_of) {
+  constexpr int K = kSlots / 32;
+  const StreamWS ws = stream_ws(p);
+  const uint32_t lane = threadIdx.x & 31;
+  const uint64_t chunks = (uint64_t)p.frames * p.chunks, warps = (uint64_t)gridDim.x * (THREADS / 32);
+  const uint64_t n = p.n;
+  const Layout L = bf16_layout(n);
+  const uint64_t max_len = kHeaderSize + 2 * n;
+  uint64_t g = (uint64_t)blockIdx.x * (THREADS / 32) + (threadIdx.x >> 5);
+  uint32_t c1 = g < chunks ? __ldcg(ws.counts + g) : 0;  // count + 1; the next chunk's is loaded a chunk ahead
+  for (; g < chunks; g += warps) {
+    const uint32_t cur = c1;
+    c1 = g + warps < chunks ? __ldcg(ws.counts + g + warps) : 0;
+    if (cur == 0) continue;  // a group that placed its own escapes
+    const uint32_t cnt = cur - 1, f = (uint32_t)(g / p.chunks), c = (uint32_t)(g - (uint64_t)f * p.chunks);
+    uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
+    uint32_t* slot = ws.slots + g * kSlots;
+    const bool raw = __ldcg(frame + 6) & kFlagRaw;
+    const uint64_t k0 = raw ? 0 : __ldcg(reinterpret_cast<const uint32_t*>(frame + L.table + 4ull * c));
+    uint32_t w[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) w[k] = k * 32 + lane < min(cnt, kSlots) ? __ldcg(slot + k * 32 + lane) : 0u;
+    __syncwarp();  // every lane has read the count before lane 0 zeroes it
+    if (lane == 0) ws.counts[g] = 0;
+#pragma unroll
+    for (int k = 0; k < K; k++)
+      if (w[k]) slot[k * 32 + lane] = 0;
+    if (raw) continue;
+    if (cnt > kSlots) {
+      escapes_from_input(p, map, frame, f, c, k0, code_of);
+      continue;
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++)
+      if (w[k]) put_escape(frame, L, max_len, k0 + k * 32 + lane, w[k] & 0xFFFF, (w[k] >> 16) & 0xFF);
   }
 }
 
 // stream_finish: finishing block b; its warp w finishes group b × WARPS + w (over all frames' groups).
-template <int THREADS, class Map>
-__device__ __forceinline__ void stream_finish(const EncParams& p, const Map& map, uint32_t b, uint8_t* code_of) {
+template <int THREADS>
+__device__ __forceinline__ void stream_finish(const EncParams& p, uint32_t b) {
   constexpr int WARPS = THREADS / 32;
-  __shared__ uint32_t pre[WARPS][kGroup + 1];
   __shared__ uint16_t slot_of[WARPS][kMapped];
-  enc_code_table<THREADS>(p, code_of);
-  __syncthreads();
   const uint32_t groups = groups_of(p.chunks);
   const uint64_t w = (uint64_t)b * WARPS + (threadIdx.x >> 5);
   if (w >= (uint64_t)p.frames * groups) return;
   const uint32_t f = (uint32_t)(w / groups), q = (uint32_t)(w - (uint64_t)f * groups);
-  finish_group(p, map, stream_ws(p), f, q, code_of, pre[threadIdx.x >> 5], slot_of[threadIdx.x >> 5]);
+  finish_group(p, stream_ws(p), f, q, slot_of[threadIdx.x >> 5]);
 }
 
-// zero_group_words: header block b zeroes the look-back words and group totals of its frames once no warp
-// reads or adds to them any more: every group of those frames has published its prefix (a look-back reads
-// words only until its own group publishes) and counted all its chunks (the coding warps' additions are in).
-// All of them, not group by group: a late look-back may still read an early group's words. The warps without
-// a frame to write the header of check while the others write theirs.
+// close_frames: header block b, once every group of its frames has published its prefix (a look-back reads
+// words only until its own group publishes) and counted all its chunks (the coding warps' additions are in),
+// tells the raw fallback kernel whether each frame needs it (late: bit w for frame b × WARPS + w, set by the
+// header warps for raw frames and here for frames with a deferred group) and zeroes their look-back words and
+// group totals. All of them, not group by group: a late look-back may still read an early group's words. The
+// warps without a frame to write the header of check while the others write theirs.
 template <int THREADS>
-__device__ __forceinline__ void zero_group_words(const EncParams& p, const StreamWS& ws, uint32_t b) {
+__device__ __forceinline__ void close_frames(const EncParams& p, const StreamWS& ws, uint32_t b, uint32_t* late) {
   constexpr int WARPS = THREADS / 32, K = 4;  // groups per thread and round, loads in flight together
   const uint32_t groups = groups_of(p.chunks);
   const uint64_t f0 = (uint64_t)b * WARPS, f1 = min((uint64_t)p.frames, f0 + WARPS);
@@ -429,7 +443,10 @@ __device__ __forceinline__ void zero_group_words(const EncParams& p, const Strea
             const uint64_t g = first + i0 + (uint64_t)k * step;
             const uint32_t q = (uint32_t)(g % groups);
             const uint64_t s = ld_relaxed_gpu(ws.state + g), t = ld_relaxed_gpu(ws.group_totals + g);
-            if ((s >> 32) == (kFlagPrefix >> 32) && (t >> 32) == min(kGroup, p.chunks - q * kGroup)) pending &= ~(1u << k);
+            if (is_prefix(s) && (t >> 32) == min(kGroup, p.chunks - q * kGroup)) {
+              pending &= ~(1u << k);
+              if (s & kFlagDeferred) atomicOr(late, 1u << (uint32_t)(g / groups - f0));
+            }
           }
         if (!__any_sync(0xFFFFFFFFu, pending != 0)) break;
         __nanosleep(128);
@@ -437,6 +454,9 @@ __device__ __forceinline__ void zero_group_words(const EncParams& p, const Strea
     }
   }
   __syncthreads();
+  // No answer awaited: fire-and-forget reductions.
+  if (threadIdx.x < f1 - f0)
+    atomicAdd(reinterpret_cast<unsigned long long*>(ws_counters(p)), ((*late >> threadIdx.x) & 1) ? (1ull << 32) | 1 : 1ull);
   for (uint64_t i = threadIdx.x; i < count; i += THREADS) {
     st_relaxed_gpu(ws.state + first + i, 0ull);
     st_relaxed_gpu(ws.group_totals + first + i, 0ull);
@@ -445,13 +465,15 @@ __device__ __forceinline__ void zero_group_words(const EncParams& p, const Strea
 
 // stream_header: header block b; its warp w writes the header, codebook, gaps and length of frame b × WARPS + w
 // (the codebook and gaps first, the rest once the frame's total is complete, while the frame's last group places
-// its escapes) and tells the raw fallback kernel whether the frame is raw (ws_counters). Then the block leaves
-// its frames' control words zero for the next call: the frame total here, the counts in their finishing warps,
-// the look-back words and group totals in zero_group_words.
+// its escapes). Then the block tells the raw fallback kernel which frames need it and leaves its frames' control
+// words zero for the next call: the frame total here, the counts in their finishing warps (or place_deferred),
+// the look-back words and group totals in close_frames.
 template <int THREADS>
 __device__ __forceinline__ void stream_header(const EncParams& p, uint32_t b) {
   __shared__ CrcTables crc;
-  build_crc_tables(crc);
+  __shared__ uint32_t late;
+  if (threadIdx.x == 0) late = 0;
+  build_crc_tables(crc);  // its barriers order late's zero before any use
   const StreamWS ws = stream_ws(p);
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t f = (uint64_t)b * (THREADS / 32) + (threadIdx.x >> 5);
@@ -465,12 +487,11 @@ __device__ __forceinline__ void stream_header(const EncParams& p, uint32_t b) {
     __syncwarp();
     if (lane == 0) {
       st_relaxed_gpu(ws.totals + f, 0ull);  // its only reader; every chunk has added to it
-      // No answer awaited: a fire-and-forget reduction.
-      atomicAdd(reinterpret_cast<unsigned long long*>(ws_counters(p)), frame_is_raw(p.n, E) ? (1ull << 32) | 1 : 1ull);
+      if (frame_is_raw(p.n, E)) atomicOr(&late, 1u << (threadIdx.x >> 5));
       finish_header(p, frame, (uint32_t)f, p.n, E, &crc);
     }
   }
-  zero_group_words<THREADS>(p, ws, b);
+  close_frames<THREADS>(p, ws, b, &late);
 }
 
 // The streaming encoder's grid is its coding blocks, then its finishing blocks, then a header block per WARPS
@@ -505,7 +526,7 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   const StreamRole role = stream_role<WARPS>(p, blockIdx.x);
   if (role.kind != kCode) {
     launch_dependents();
-    if (role.kind == kFinish) stream_finish<THREADS>(p, map, role.index, code_of);
+    if (role.kind == kFinish) stream_finish<THREADS>(p, role.index);
     if (role.kind == kHeader) stream_header<THREADS>(p, role.index);
     return;
   }

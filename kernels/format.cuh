@@ -76,10 +76,12 @@ enum RawMode : uint32_t {
 };
 
 // The workspace starts with kCounterWords words that persist from call to call (zero before the first): word 0
-// counts the streaming encoder's frame decisions (frames decided in the low half, raw ones in the high half),
-// word kSeenWord + b is the count block b of the raw fallback kernel saw last. The body after them is zero
-// between calls. Blocks of the raw fallback kernel after the streaming encoder: exactly kRawBlocks.
-constexpr uint32_t kRawBlocks = 132;
+// counts the streaming encoder's frame decisions (frames decided in the low half; in the high half those that
+// need the raw fallback kernel: raw ones, and those with escapes for place_deferred), word kSeenWord + b is the
+// count block b of the raw fallback kernel saw last. The body after them is zero between calls. Blocks of the
+// raw fallback kernel after the streaming encoder: exactly kRawBlocks, four an SM of an H100 or H200 (132 SMs),
+// because place_deferred's warps wait on memory a chunk at a time (its count, slots, stores), so it wants many.
+constexpr uint32_t kRawBlocks = 4 * 132;
 constexpr uint32_t kSeenWord = 16;  // the seen words start on another 128-byte line than the one polled
 constexpr uint32_t kCounterWords = kSeenWord + kRawBlocks;
 __device__ __forceinline__ uint64_t* ws_counters(const EncParams& p) { return reinterpret_cast<uint64_t*>(p.ws); }

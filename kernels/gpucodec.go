@@ -16,15 +16,17 @@ const (
 	chunkElems  = 1 << codec.DefaultChunk // 4,096
 	codebookLen = 16
 	escapeSize  = 3
-	// Blocks of the raw fallback kernel, which strides over the chunks (kRawBlocks in format.cuh; after the
-	// streaming encoder exactly as many). One per H100 SM: more blocks measured slower on the 256 MiB encode,
-	// fewer no faster (docs/gpu-kernels.md).
+	// Blocks of the raw fallback kernel, which strides over the chunks: one per H100 SM (more measured no faster
+	// on raw copies, docs/gpu-kernels.md).
 	rawGridLimit = 132
+	// Blocks of the raw fallback kernel after the streaming encoder (kRawBlocks in format.cuh): four an SM, for
+	// the escapes that the encoder's finishing warps defer to it (place_deferred in encode_stream.cuh).
+	streamRawGrid = 4 * 132
 	// The workspace's leading words that persist from call to call (kCounterWords in format.cuh): the
 	// streaming encoder's decision count, then from word seenWord (kSeenWord) the raw fallback kernel's blocks'
 	// copies of it.
 	seenWord     = 16
-	counterBytes = 8 * (seenWord + rawGridLimit)
+	counterBytes = 8 * (seenWord + streamRawGrid)
 	// What the raw fallback kernel does (RawMode in format.cuh).
 	rawAfterTile   = 0
 	rawHost        = 1
@@ -221,7 +223,7 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // word and a look-back word per tile (at most one per chunk), which the raw fallback kernel zeroes after them.
 // The streaming encoder's (StreamWS in encode_stream.cuh): a look-back word and a total per group of chunks, a total
 // per frame, and per chunk an escape count and streamSlots parked escapes of 4 bytes, position and exponent
-// (3.2 % of the input in all), which its finishing and header blocks zero once read. The encoders are fast
+// (6.3 % of the input in all), which its finishing and header blocks and the raw fallback kernel zero once read. The encoders are fast
 // because nothing resets the workspace before a launch: the streaming encoder tells a word written in this
 // call from an unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
@@ -240,7 +242,7 @@ func tileControlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(c
 
 // Shapes of the streaming encoder (kSlots and kGroup of encode_stream.cuh).
 const (
-	streamSlots = 64
+	streamSlots = 128
 	streamGroup = 32
 )
 
@@ -325,7 +327,7 @@ func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel) encodeLau
 		pl.grid += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks))+warps-1)/warps + (uint64(p.frames)+warps-1)/warps)
 		// Its header blocks tell the raw fallback kernel which frames are raw, one count per frame that each of
 		// its blocks follows (raw_chunks): all of them run.
-		p.rawMode, pl.rawGrid = rawAfterStream, rawGridLimit
+		p.rawMode, pl.rawGrid = rawAfterStream, streamRawGrid
 	}
 	return pl
 }

@@ -1,8 +1,10 @@
 // The raw fallback kernel, which runs after every encode: it copies the frames that fall back to raw (their
-// escapes would not fit) verbatim behind their header and, after the tile encoder, zeroes its control words.
+// escapes would not fit) verbatim behind their header, after the tile encoder zeroes its control words, and
+// after the streaming encoder places the escapes its finishing warps deferred.
 #pragma once
 
 #include "device.cuh"
+#include "encode_stream.cuh"
 #include "format.cuh"
 
 namespace sz {
@@ -46,14 +48,15 @@ __device__ __forceinline__ uint64_t ws_control_words(const EncParams& p) { retur
 // tile encoder it waits for it (griddepcontrol.wait), zeroes the workspace's control words, which the next call
 // expects zero, and reads each frame's header flag. After the streaming encoder, whose finishing and header
 // warps leave the workspace zero themselves, thread 0 of each block polls the decision count (ws_counters) until
-// every frame of this call is decided, which happens as soon as the header warps know the escape totals; only
-// when a frame went raw does the kernel wait for the encoder, whose unfenced stores the raw copy overwrites.
-// So in the common case no block waits for the encoder's completion, which with the header read after it cost
-// the 256 MiB encode ~2 µs (docs/gpu-kernels.md).
+// every frame of this call is decided, which happens as soon as the header blocks know the escape totals and
+// every group's prefix; only when a frame went raw or a group deferred its escapes does the kernel wait for the
+// encoder, whose unfenced stores the raw copy overwrites and whose chunk table place_deferred reads. So in the
+// common case no block waits for the encoder's completion, which with the header read after it cost the
+// 256 MiB encode ~2 µs (docs/gpu-kernels.md).
 template <int THREADS, class Map>
 __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
   if (p.raw_mode == kRawAfterStream) {
-    __shared__ uint32_t raw_frames;
+    __shared__ uint32_t late;
     if (threadIdx.x == 0) {
       // A block's seen word was written by the block of the same index in an earlier call, which completed
       // before this call's encoder started: a plain load reads it.
@@ -65,10 +68,10 @@ __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
         d = ld_relaxed_gpu(ctr);
       }
       ctr[kSeenWord + blockIdx.x] = d;
-      raw_frames = (uint32_t)((d - seen) >> 32);  // nonzero also after 2^32 decisions (a borrow): then it checks
+      late = (uint32_t)((d - seen) >> 32);  // nonzero also after 2^32 decisions (a borrow): then it checks
     }
     __syncthreads();
-    if (raw_frames == 0) return;
+    if (late == 0) return;
   }
   wait_prerequisites();  // the encoder's headers and stores; its look-back words and counts are no longer read
   if (p.raw_mode == kRawAfterTile) {
@@ -80,6 +83,12 @@ __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
     const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
     if (p.raw_mode != kRawHost && !(__ldcg(frame + 6) & kFlagRaw)) continue;
     for (uint32_t c = blockIdx.x; c < p.chunks; c += gridDim.x) raw_chunk<THREADS>(p, map, f * p.chunks + c);
+  }
+  if (p.raw_mode == kRawAfterStream) {
+    __shared__ uint8_t code_of[256];
+    enc_code_table<THREADS>(p, code_of);
+    __syncthreads();
+    place_deferred<THREADS>(p, map, code_of);
   }
 }
 
