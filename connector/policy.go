@@ -37,6 +37,12 @@ import (
 // however slow it measured: a path measured slow for a while (a busy moment, a cold start) is measured again,
 // at the cost of one handoff in probeEvery running at most probeWindow slower, and one in probeModelEvery
 // running as slow as that path now is.
+//
+// Efficiencies are measured at different moments for different paths, and each prediction moves with the
+// rates' averages: on a busy host their product is noisy. Where the plain model prefers raw, a codec path
+// chosen by its efficiencies alone must also have been measured faster than raw, handoff time per raw byte
+// against handoff time per raw byte (their medians; once both are settled): on a loopback under load, auto
+// otherwise took fast frames for handoffs by handoff that measured 1.2× raw's time.
 
 // pathRates are one path's speeds in raw bytes per second, and its ratio of raw to wire bytes.
 type pathRates struct {
@@ -157,6 +163,7 @@ type modePolicy struct {
 	encTabled ewma // high-ratio frames coded with learned or pinned tables
 	ratio     [numPaths]ewma
 	eff       [numPaths]window
+	perByte   [numPaths]window // measured handoff seconds per raw byte
 
 	mu         sync.Mutex
 	gpu        bool              // GPU caches: GPU default rates, and decode rates taken to be the encode rates
@@ -236,6 +243,9 @@ func (m *modePolicy) decide(pl *plan, n int) path {
 			return model
 		}
 	}
+	if best != pathRaw && pl.allowed[pathRaw] && pl.modelChoice() == pathRaw && !m.measuredFaster(best, pathRaw) {
+		best = pathRaw
+	}
 	if n%probeEvery != 0 {
 		return best
 	}
@@ -243,6 +253,14 @@ func (m *modePolicy) decide(pl *plan, n int) path {
 		return next
 	}
 	return best
+}
+
+// measuredFaster reports whether path p's handoffs measured at least rawMargin faster per raw byte than path
+// q's, or either is not settled yet (settleSamples handoffs).
+func (m *modePolicy) measuredFaster(p, q path) bool {
+	tp, kp := m.perByte[p].median()
+	tq, kq := m.perByte[q].median()
+	return kp < settleSamples || kq < settleSamples || tp < tq*(1-rawMargin)
 }
 
 // observeFrame records one staged frame of path p: n raw bytes in encoded bytes, staged in d (codec and
@@ -305,6 +323,7 @@ func (m *modePolicy) observeDone(p path, rawBytes, frameBytes float64, d time.Du
 		return // no prediction to compare with
 	}
 	m.eff[p].add(pl.predict(p) / d.Seconds())
+	m.perByte[p].add(d.Seconds() / rawBytes)
 }
 
 // ModeEstimates are what a producer's auto choice knows: per path, its measured or default rates.

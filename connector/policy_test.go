@@ -190,4 +190,34 @@ func TestModePolicy(t *testing.T) {
 		require.Equal(t, map[path]int{pathFast: 4*probeEvery - 1, pathHighRatio: 1}, picks,
 			"fast, and every %d-th handoff high-ratio to measure it again", probeModelEvery)
 	})
+	t.Run("efficiencies alone do not overrule raw against measured times", func(t *testing.T) {
+		// A loopback under load. The model wants raw (gathers at 10 GB/s, fast frames at 3 GB/s). Raw's
+		// handoffs took 60 ms, fast's 65 ms; then a few fast frames staged quickly, so fast's prediction fell
+		// while its efficiency stayed: the efficiencies now favour fast, the measured times do not.
+		m := modePolicy{linkConf: 1e12}
+		stage := func(p path, rate float64) { m.observeFrame(p, 8<<20, 6<<20, time.Duration(8<<20/rate*float64(time.Second)), false) }
+		for range 2 {
+			stage(pathRaw, 10e9)
+			stage(pathFast, 3e9)
+			m.calibrate(pathFast, 8<<20, 8<<20*time.Second/20e9) // its decoder is fast
+		}
+		for range settleSamples + 1 { // the first of each is taken for a cold one
+			m.observeDone(pathRaw, req, frame, 60*time.Millisecond)
+			m.observeDone(pathFast, req, frame, 65*time.Millisecond)
+		}
+		for range 3 {
+			stage(pathFast, 9e9)
+		}
+		pl := m.plan(req, frame, all)
+		require.Equal(t, pathRaw, pl.modelChoice())
+		require.Equal(t, pathFast, pl.choose(), "the efficiencies' choice")
+		for range probeEvery - 1 {
+			require.Equal(t, pathRaw, m.choose(req, frame, all))
+		}
+		// Once fast's handoffs measure faster than raw's, its efficiencies decide again.
+		for range 3 {
+			m.observeDone(pathFast, req, frame, 50*time.Millisecond)
+		}
+		require.Equal(t, pathFast, m.choose(req, frame, all))
+	})
 }
