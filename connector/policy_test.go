@@ -195,7 +195,9 @@ func TestModePolicy(t *testing.T) {
 		// handoffs took 60 ms, fast's 65 ms; then a few fast frames staged quickly, so fast's prediction fell
 		// while its efficiency stayed: the efficiencies now favour fast, the measured times do not.
 		m := modePolicy{linkConf: 1e12}
-		stage := func(p path, rate float64) { m.observeFrame(p, 8<<20, 6<<20, time.Duration(8<<20/rate*float64(time.Second)), false) }
+		stage := func(p path, rate float64) {
+			m.observeFrame(p, 8<<20, 6<<20, time.Duration(8<<20/rate*float64(time.Second)), false)
+		}
 		for range 2 {
 			stage(pathRaw, 10e9)
 			stage(pathFast, 3e9)
