@@ -37,10 +37,10 @@ constexpr uint32_t kSlots = 128;
 // gather and place, one batch of kMapped on real KV (32 against 64: 256 MiB encode +1.6 %).
 constexpr uint32_t kGroup = 32;
 // A finishing warp places its group's escapes itself when they are at most kMapped (one batch of 8 a lane, each
-// mapped to its slot in shared memory) and every chunk's fit its slots; that is every group of real KV under a
-// table that fits it. A group with more defers them to place_deferred, which runs after the encoder with a warp
-// a chunk over the whole GPU. Placed by the group's one warp, after the coding wave, the escapes of KV that the
-// table fits badly were the encoder's tail: 42 % of its speed at 0.6 % escapes, 16 % at 2.8 %.
+// mapped to its slot in shared memory) and every chunk's escapes fit its slots; that is every group of real KV
+// under a table that fits it. A group with more defers them to place_deferred, which runs after the encoder
+// with a warp a chunk over the whole GPU. Placed by the group's one warp, after the coding wave, the escapes of
+// KV that the table fits badly were the encoder's tail: 42 % of its speed at 0.6 % escapes, 16 % at 2.8 % (H200).
 constexpr uint32_t kMapped = 8 * 32;
 
 // A parked escape is kParked | exponent << 16 | chunk-local position: never zero.
@@ -179,10 +179,11 @@ __device__ __forceinline__ uint64_t frame_escapes(const StreamWS& ws, uint32_t f
 }
 
 // lookback_groups returns the escapes before group q of a frame and publishes its inclusive prefix (q's total
-// is agg) with flags (kFlagPrefix, and kFlagDeferred when the group defers its escapes). Called by one whole warp. Unlike lookback_warp, a predecessor's aggregate is not published by its
-// finishing warp but added up by its coding warps (group_totals: complete when all kGroup chunks are in), so a
-// late group waits for no other finishing warp: its look-back ends one round trip after the last predecessor
-// chunk's count lands. Each round reads 32 × kLookbackPer predecessors, back to the nearest published prefix.
+// is agg) with flags (kFlagPrefix, and kFlagDeferred when the group defers its escapes). Called by one whole
+// warp. Unlike lookback_warp, a predecessor's aggregate is not published by its finishing warp but added up by
+// its coding warps (group_totals: complete when all kGroup chunks are in), so a late group waits for no other
+// finishing warp: its look-back ends one round trip after the last predecessor chunk's count lands. Each round
+// reads 32 × kLookbackPer predecessors, back to the nearest published prefix.
 constexpr int kLookbackPer = 4;  // predecessors per lane and round
 __device__ uint32_t lookback_groups(uint64_t* state, const uint64_t* group_totals, uint32_t q, uint32_t agg, uint64_t flags) {
   const uint32_t lane = threadIdx.x & 31;
@@ -319,7 +320,7 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const StreamWS&
 }
 
 // escapes_from_input: one warp writes the escapes of chunk c of frame f, the k0-th of the frame on, reading the
-// chunk again (it had more escapes than slots), 16-byte units in order, eight a lane in flight.
+// chunk again (it had more escapes than slots), 16-byte units in order, four a lane in flight.
 template <class Map>
 __device__ __forceinline__ void escapes_from_input(const EncParams& p, const Map& map, uint8_t* frame, uint32_t f, uint32_t c,
                                                    uint64_t k0, const uint8_t* code_of) {
