@@ -562,14 +562,21 @@ func TestEmuFastMode(t *testing.T) {
 		name  string
 		small uint64
 	}{{"tile", math.MaxUint64}, {"streaming", 0}} {
-		for _, nb := range []int{5, 40} {
-			t.Run(fmt.Sprintf("paged/%s/%d-blocks", enc.name, nb), func(t *testing.T) {
+		// Real KV, and KV with 3 % escapes, whose groups leave their escapes to the raw fallback kernel (some
+		// chunks past their parked slots).
+		const layers, blockElems = 3, 16 * 3 * 64 // the fixture's 16-token blocks
+		heavy := withEscapes(r, layers*2*40*blockElems, 0.03, cb)
+		for _, pc := range []struct {
+			kv   string
+			nb   int
+			data []byte
+		}{{"real KV", 5, kv}, {"real KV", 40, kv}, {"escapes 3 %", 40, heavy}} {
+			t.Run(fmt.Sprintf("paged/%s/%s/%d-blocks", enc.name, pc.kv, pc.nb), func(t *testing.T) {
 				t.Parallel()
-				const layers, blockElems = 3, 16 * 3 * 64 // the fixture's 16-token blocks
 				dir := t.TempDir()
 				file := func(name string) string { return filepath.Join(dir, name) }
-				n := 2 * nb * blockElems // elements per layer's frame
-				in := kv[:2*layers*n]
+				n := 2 * pc.nb * blockElems // elements per layer's frame
+				in := pc.data[:2*layers*n]
 				require.NoError(t, os.WriteFile(file("in"), in, 0o644))
 				p := encParams{n: uint32(n), frames: layers, chunks: uint32(chunksOf(uint64(n))), codebook: words}
 				pl := planEncode(&p, enc.small, &tileShape, &streamShape)
