@@ -42,7 +42,7 @@ import (
 // rates' averages: on a busy host their product is noisy. Where the plain model prefers raw, a codec path
 // chosen by its efficiencies alone must also have been measured faster than raw, handoff time per raw byte
 // against handoff time per raw byte (their medians; once both are settled): on a loopback under load, auto
-// otherwise took fast frames for handoffs by handoff that measured 1.2× raw's time.
+// otherwise kept taking fast frames whose handoffs measured 1.2× raw's time.
 
 // pathRates are one path's speeds in raw bytes per second, and its ratio of raw to wire bytes.
 type pathRates struct {

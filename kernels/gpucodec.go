@@ -223,9 +223,9 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // word and a look-back word per tile (at most one per chunk), which the raw fallback kernel zeroes after them.
 // The streaming encoder's (StreamWS in encode_stream.cuh): a look-back word and a total per group of chunks, a total
 // per frame, and per chunk an escape count and streamSlots parked escapes of 4 bytes, position and exponent
-// (6.3 % of the input in all), which its finishing and header blocks and the raw fallback kernel zero once read. The encoders are fast
-// because nothing resets the workspace before a launch: the streaming encoder tells a word written in this
-// call from an unwritten one by its being nonzero.
+// (6.3 % of the input in all), which its finishing and header blocks and the raw fallback kernel zero once
+// read. The encoders are fast because nothing resets the workspace before a launch: the streaming encoder tells
+// a word written in this call from an unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
 	stream := 2*8*frames*streamGroups(chunks) + 8*frames + 4*frames*chunks + 4*frames*chunks*streamSlots
 	return counterBytes + max(tileControlBytes(frames, chunks), int(stream))
@@ -325,8 +325,8 @@ func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel) encodeLau
 		// for its header.
 		warps := uint64(k.threads / 32)
 		pl.grid += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks))+warps-1)/warps + (uint64(p.frames)+warps-1)/warps)
-		// Its header blocks tell the raw fallback kernel which frames are raw, one count per frame that each of
-		// its blocks follows (raw_chunks): all of them run.
+		// Its header blocks tell the raw fallback kernel which frames need it (raw ones, and those whose escapes
+		// were deferred to it), one count per frame that each of its blocks follows (raw_chunks): all of them run.
 		p.rawMode, pl.rawGrid = rawAfterStream, streamRawGrid
 	}
 	return pl

@@ -73,7 +73,7 @@ __device__ __forceinline__ void raw_chunks(const EncParams& p, const Map& map) {
     __syncthreads();
     if (late == 0) return;
   }
-  wait_prerequisites();  // the encoder's headers and stores; its look-back words and counts are no longer read
+  wait_prerequisites();  // the encoder's headers, chunk tables and stores; its look-back words are no longer read
   if (p.raw_mode == kRawAfterTile) {
     uint64_t* w = reinterpret_cast<uint64_t*>(ws_body(p));
     const uint64_t words = ws_control_words(p);
