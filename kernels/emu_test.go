@@ -506,6 +506,7 @@ func TestEmuFastMode(t *testing.T) {
 		{"real KV", kv}, {"real KV, odd", kv[:2*12345]},
 		{"escapes 15 %", withEscapes(r, 100003, 0.15, cb)}, {"escapes 0.1 %", withEscapes(r, 3*4096+5, 0.001, cb)},
 		{"random bits", randomBits(r, 5000)}, {"escape-heavy chunks", heavyChunks(r, 100*4096+77, 5, 0.1, cb)},
+		{"escape-dense units", denseUnits(r, 40*4096+3, 29, cb)},
 	}
 	for _, n := range []int{0, 1, 9, 4095, 4096, 4097, 8192 + 3} {
 		data = append(data, input{fmt.Sprintf("randn %d", n), randn(r, n, 1)})

@@ -289,6 +289,16 @@ func heavyChunks(r *rand.Rand, n, every int, frac float64, cb *codec.Codebook) [
 	return b
 }
 
+// denseUnits is n elements of randn with every k-th 8-element unit escaping whole (exponents outside cb):
+// escapes clustered in few units.
+func denseUnits(r *rand.Rand, n, k int, cb *codec.Codebook) []byte {
+	b := randn(r, n, 1)
+	for u := 0; 8*u+8 <= n; u += k {
+		copy(b[16*u:16*u+16], withEscapes(r, 8, 1, cb))
+	}
+	return b
+}
+
 type input struct {
 	name string
 	data []byte
