@@ -511,10 +511,20 @@ func TestEmuFastMode(t *testing.T) {
 	for _, n := range []int{0, 1, 9, 4095, 4096, 4097, 8192 + 3} {
 		data = append(data, input{fmt.Sprintf("randn %d", n), randn(r, n, 1)})
 	}
-	for _, enc := range []struct {
+	encoders := []struct {
 		name  string
 		small uint64 // inputs below it take the tile encoder (planEncode)
-	}{{"tile", math.MaxUint64}, {"streaming", 0}} {
+	}{{"tile", math.MaxUint64}, {"streaming", 0}}
+	// planArgs are the harness's CB STREAM GRID RAWGRID RAWMODE CHUNKS arguments for p as planEncode planned it.
+	planArgs := func(p encParams, pl encodeLaunch) []string {
+		stream := "0"
+		if pl.stream {
+			stream = "1"
+		}
+		return []string{fmt.Sprintf("%08x%08x%08x%08x", words[0], words[1], words[2], words[3]), stream,
+			fmt.Sprint(pl.grid), fmt.Sprint(pl.rawGrid), fmt.Sprint(p.rawMode), fmt.Sprint(p.chunks)}
+	}
+	for _, enc := range encoders {
 		for _, in := range data {
 			t.Run(enc.name+"/"+in.name, func(t *testing.T) {
 				t.Parallel()
@@ -524,13 +534,8 @@ func TestEmuFastMode(t *testing.T) {
 				n := uint64(len(in.data) / 2)
 				p := encParams{n: uint32(n), frames: 1, chunks: uint32(chunksOf(n)), codebook: words}
 				pl := planEncode(&p, enc.small, &tileShape, &streamShape)
-				stream := "0"
-				if pl.stream {
-					stream = "1"
-				}
-				h.run(t, "fenc", file("in"), fmt.Sprintf("%08x%08x%08x%08x", words[0], words[1], words[2], words[3]), stream,
-					fmt.Sprint(pl.grid), fmt.Sprint(pl.rawGrid), fmt.Sprint(p.rawMode), fmt.Sprint(p.chunks),
-					fmt.Sprint(EncodeWorkspaceSize(len(in.data))), "2", file("frame"), file("ws"))
+				h.run(t, slices.Concat([]string{"fenc", file("in")}, planArgs(p, pl),
+					[]string{fmt.Sprint(EncodeWorkspaceSize(len(in.data))), "2", file("frame"), file("ws")})...)
 				got, err := os.ReadFile(file("frame"))
 				require.NoError(t, err)
 				want := cpuEncode(t, in.data, cb)
@@ -558,15 +563,12 @@ func TestEmuFastMode(t *testing.T) {
 			})
 		}
 	}
-	// Straight from a paged cache: a frame per layer, gathered by the encoders and scattered by the decoder.
-	for _, enc := range []struct {
-		name  string
-		small uint64
-	}{{"tile", math.MaxUint64}, {"streaming", 0}} {
-		// Real KV, and KV with 3 % escapes, whose groups leave their escapes to the raw fallback kernel (some
-		// chunks past their parked slots).
-		const layers, blockElems = 3, 16 * 3 * 64 // the fixture's 16-token blocks
-		heavy := withEscapes(r, layers*2*40*blockElems, 0.03, cb)
+	// Straight from a paged cache: a frame per layer, gathered by the encoders and scattered by the decoder. Real
+	// KV, and KV with 3 % escapes, whose groups leave their escapes to the raw fallback kernel (some chunks past
+	// their parked slots).
+	const layers, blockElems = 3, 16 * 3 * 64 // the fixture's 16-token blocks
+	heavy := withEscapes(r, layers*2*40*blockElems, 0.03, cb)
+	for _, enc := range encoders {
 		for _, pc := range []struct {
 			kv   string
 			nb   int
@@ -581,15 +583,10 @@ func TestEmuFastMode(t *testing.T) {
 				require.NoError(t, os.WriteFile(file("in"), in, 0o644))
 				p := encParams{n: uint32(n), frames: layers, chunks: uint32(chunksOf(uint64(n))), codebook: words}
 				pl := planEncode(&p, enc.small, &tileShape, &streamShape)
-				stream := "0"
-				if pl.stream {
-					stream = "1"
-				}
 				stride := align16(uint64(MaxEncodedLen(2 * n)))
-				st := h.run(t, "fkv", file("in"), fmt.Sprintf("%08x%08x%08x%08x", words[0], words[1], words[2], words[3]), stream,
-					fmt.Sprint(pl.grid), fmt.Sprint(pl.rawGrid), fmt.Sprint(p.rawMode), fmt.Sprint(p.chunks),
-					fmt.Sprint(workspaceSize(layers, uint64(p.chunks))), fmt.Sprint(stride), fmt.Sprint(layers), fmt.Sprint(blockElems),
-					file("frame"), file("rt"))
+				st := h.run(t, slices.Concat([]string{"fkv", file("in")}, planArgs(p, pl),
+					[]string{fmt.Sprint(workspaceSize(layers, uint64(p.chunks))), fmt.Sprint(stride), fmt.Sprint(layers),
+						fmt.Sprint(blockElems), file("frame"), file("rt")})...)
 				assert.Equal(t, "0", st, "the emulated decoder's status")
 				for l := range layers {
 					got, err := os.ReadFile(fmt.Sprintf("%s.%d", file("frame"), l))

@@ -295,10 +295,9 @@ func (p *decParams) args() *cuda.Args {
 // encodeLaunch is how an encode runs: the encoder's grid (none when the host decided the frames go raw) and
 // which encoder, then the raw fallback kernel's grid.
 type encodeLaunch struct {
-	stream     bool   // the streaming encoder, else the tile encoder
-	grid       uint32 // encoder blocks; 0: no encoder (rawHost)
-	rawGrid    uint32 // raw fallback kernel blocks
-	encThreads uint32
+	stream  bool   // the streaming encoder, else the tile encoder
+	grid    uint32 // encoder blocks; 0: no encoder (rawHost)
+	rawGrid uint32 // raw fallback kernel blocks
 }
 
 // planEncode decides the launches of p (setting its rawMode, and for an empty input its chunks): the tile
@@ -310,7 +309,7 @@ func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel) encodeLau
 	if 2*uint64(p.frames)*uint64(p.n) < smallBytes {
 		k = tile
 	}
-	pl := encodeLaunch{stream: k.stream, rawGrid: uint32(min(total, rawGridLimit)), encThreads: uint32(k.threads)}
+	pl := encodeLaunch{stream: k.stream, rawGrid: uint32(min(total, rawGridLimit))}
 	if escapesOffset(uint64(p.n)) > headerSize+2*uint64(p.n) {
 		// Too small for a coded frame even without escapes (the CPU encoder decides the same): raw.
 		p.rawMode = rawHost
@@ -349,7 +348,7 @@ func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
 	if pl.grid == 0 {
 		return raw.Launch(s, rawGrid, cuda.Dim3{X: 256}, 0, p.args())
 	}
-	if err := enc.Launch(s, cuda.Dim3{X: pl.grid}, cuda.Dim3{X: pl.encThreads}, 0, p.args()); err != nil {
+	if err := enc.Launch(s, cuda.Dim3{X: pl.grid}, cuda.Dim3{X: uint32(k.threads)}, 0, p.args()); err != nil {
 		return err
 	}
 	if err := c.launchAfter(raw, s, rawGrid, cuda.Dim3{X: 256}, p.args()); err != nil {
