@@ -77,6 +77,17 @@ static uint8_t* copy_of(const std::vector<uint8_t>& b, size_t cap) {
   if (!b.empty()) memcpy(p, b.data(), std::min(cap, b.size()));
   return p;
 }
+// written_only_where_marked reports (as who) the first byte of buf that is not marked yet changed from the 0xC3
+// the destination caches are filled with: a decoder or scatter that wrote outside its blocks.
+static bool written_only_where_marked(const uint8_t* buf, const std::vector<uint8_t>& mark, const char* who) {
+  for (size_t i = 0; i < mark.size(); i++)
+    if (!mark[i] && buf[i] != 0xC3) {
+      fprintf(stderr, "%s: byte %zu outside the blocks written\n", who, i);
+      return false;
+    }
+  return true;
+}
+
 static uint64_t align16h(uint64_t x) { return (x + 15) & ~uint64_t(15); }
 static uint64_t chunks_of(uint64_t n) { return std::max<uint64_t>(1, (n + kHRChunk - 1) / kHRChunk); }
 
@@ -231,8 +242,7 @@ static int run(int argc, char** argv) {
     // Nothing else of the destination cache changed.
     std::vector<uint8_t> mark(2 * layer_bytes, 0);
     for (uint32_t b = 0; b < nb; b++) memset(mark.data() + ((uint8_t*)db[3] - dbuf) + (uint64_t)dids[b] * be * B, 1, (size_t)be * B);
-    for (size_t i = 0; i < 2 * layer_bytes; i++)
-      if (!mark[i] && dbuf[i] != 0xC3) { fprintf(stderr, "destination byte %zu outside the blocks written\n", i); return 1; }
+    if (!written_only_where_marked(dbuf, mark, "kv: destination")) return 1;
     writef(argv[7], rt.data(), rt.size());
     return 0;
   }
@@ -302,11 +312,7 @@ static int blocks(uint32_t layers, uint32_t nb, uint64_t seg, uint64_t stride) {
     }
     memset(mark.data() + at, 1, seg);
   }
-  for (uint64_t i = 0; i < bases_n * base_bytes; i++)
-    if (!mark[i] && dst[i] != 0xC3) {
-      fprintf(stderr, "scatter: byte %llu outside the blocks written\n", (unsigned long long)i);
-      return 1;
-    }
+  if (!written_only_where_marked(dst, mark, "scatter")) return 1;
   printf("ok\n");
   for (void* q : {(void*)src, (void*)dst, (void*)sb, (void*)db, (void*)sids, (void*)dids, (void*)buf}) free(q);
   return 0;
@@ -485,11 +491,7 @@ static int fast_kv(char** argv) {
         memcpy(rt.data() + (l * n + (uint64_t)kv * nb * be + (uint64_t)b * be) * 2, at, block_bytes);
         memset(mark.data() + (at - dbuf), 1, block_bytes);
       }
-  for (uint64_t i = 0; i < layers * layer_bytes; i++)
-    if (!mark[i] && dbuf[i] != 0xC3) {
-      fprintf(stderr, "fkv: destination byte %llu outside the blocks written\n", (unsigned long long)i);
-      return 1;
-    }
+  if (!written_only_where_marked(dbuf, mark, "fkv: destination")) return 1;
   writef(argv[14], rt.data(), rt.size());
   for (void* q : {(void*)sids, (void*)dids, (void*)sbuf, (void*)sb, (void*)ws, (void*)sizes, (void*)frames, (void*)dbuf, (void*)db}) free(q);
   return 0;
