@@ -69,7 +69,6 @@ fi
 
 # A device call brings back at most 8 files from $OUT: keep the results and pack every log into one archive
 # (profile-hr.sh, run after this, adds an eighth).
-
 keep="gpu.txt check.txt pytest.txt hrbench.txt gpu-bench-table.txt e2e.md"
 (cd "$OUT" && ls | grep -vxF -e logs.tar.xz $(printf -- '-e %s ' $keep) | tar -cJf logs.tar.xz -T - --remove-files 2>/dev/null)
 part done
