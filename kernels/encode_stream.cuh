@@ -319,43 +319,75 @@ __device__ __forceinline__ void finish_group(const EncParams& p, const StreamWS&
     }
 }
 
+// unit_escapes: bit b set when element b of unit v escapes (code_of: the code table, 0x10 for no code).
+__device__ __forceinline__ uint32_t unit_escapes(const uint4& v, const uint8_t* code_of) {
+  uint32_t esc = 0;
+#pragma unroll
+  for (uint32_t i = 0; i < 4; i++) {
+    const uint32_t w = word_of(v, i);
+    esc |= (uint32_t)(code_of[(w >> 7) & 0xFF] >> 4) << (2 * i) | (uint32_t)(code_of[(w >> 23) & 0xFF] >> 4) << (2 * i + 1);
+  }
+  return esc;
+}
+
+// put_escapes writes a unit's escapes (esc: its escape bits; ue: its first element in the chunk) to out,
+// 3 bytes each, the frame being coded: every escape lies inside it (unlike put_escape, no check).
+__device__ __forceinline__ void put_escapes(uint8_t* out, uint32_t esc, const uint4& v, uint32_t ue) {
+  for (; esc; esc &= esc - 1, out += kEscapeSize) {
+    const uint32_t b = __ffs(esc) - 1;
+    out[0] = (uint8_t)(ue + b);
+    out[1] = (uint8_t)((ue + b) >> 8);
+    out[2] = (uint8_t)unit_exponent(v, b);
+  }
+}
+
 // escapes_from_input: one warp writes the escapes of chunk c of frame f, the k0-th of the frame on, reading the
-// chunk again (it had more escapes than slots), 16-byte units in order, four a lane in flight.
+// chunk again (it had more escapes than slots), 16-byte units in order, four a lane at a time; the next four are
+// in flight while these are placed. Chunks dense with escapes are what this runs for (KV that the table fits
+// badly, at up to 40 % in some chunks), so its work per unit is kept branch-free but for the escapes' stores.
 template <class Map>
 __device__ __forceinline__ void escapes_from_input(const EncParams& p, const Map& map, uint8_t* frame, uint32_t f, uint32_t c,
                                                    uint64_t k0, const uint8_t* code_of) {
+  constexpr int PARTS = 4, UPL = kUnitsPerChunk / 32 / PARTS;
+  static_assert(UPL == 4, "a part's unit counts are scanned as two packed words");
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t n = p.n;
-  const Layout L = bf16_layout(n);
-  const uint64_t max_len = kHeaderSize + 2 * n;
   const uint32_t e0 = c * kChunk;
   const uint32_t len = (uint32_t)min((uint64_t)kChunk, n - e0);
   const uint64_t base = tile_base(map, f, e0, len);
-  constexpr int PARTS = 4, UPL = kUnitsPerChunk / 32 / PARTS;
+  uint8_t* out = frame + bf16_layout(n).escapes;
+  uint4 v[UPL], next[UPL];
+  auto load_part = [&](int h, uint4(&to)[UPL]) {
+#pragma unroll
+    for (int u = 0; u < UPL; u++) {
+      const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
+      to[u] = ue < len ? load_unit(map, base, f, e0, ue, len) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load_part(0, v);
 #pragma unroll 1
   for (int h = 0; h < PARTS; h++) {
-    uint4 v[UPL];
+    if (h + 1 < PARTS) load_part(h + 1, next);
+    uint32_t esc[UPL];
 #pragma unroll
     for (int u = 0; u < UPL; u++) {
       const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
-      v[u] = ue < len ? load_unit(map, base, f, e0, ue, len) : make_uint4(0, 0, 0, 0);
+      const uint32_t valid = ue >= len ? 0u : ue + kUnit <= len ? 0xFFu : (1u << (len - ue)) - 1;
+      esc[u] = unit_escapes(v[u], code_of) & valid;
     }
+    // Units are in order unit-major (all lanes' unit 0, then unit 1, …); a unit's count is at most 8 and a
+    // unit's sum over the warp at most 256, so two units share a scanned word.
+    uint32_t t01, t23;
+    const uint32_t x01 = warp_excl_scan(__popc(esc[0]) | __popc(esc[1]) << 16, &t01);
+    const uint32_t x23 = warp_excl_scan(__popc(esc[2]) | __popc(esc[3]) << 16, &t23);
+    const uint32_t T0 = t01 & 0xFFFF, T1 = t01 >> 16, T2 = t23 & 0xFFFF;
+    const uint64_t before[UPL] = {k0 + (x01 & 0xFFFF), k0 + T0 + (x01 >> 16), k0 + T0 + T1 + (x23 & 0xFFFF),
+                                  k0 + T0 + T1 + T2 + (x23 >> 16)};
 #pragma unroll
-    for (int u = 0; u < UPL; u++) {
-      const uint32_t ue = kUnit * ((h * UPL + u) * 32 + lane);
-      uint32_t esc = 0;
+    for (int u = 0; u < UPL; u++) put_escapes(out + kEscapeSize * before[u], esc[u], v[u], kUnit * ((h * UPL + u) * 32 + lane));
+    k0 += T0 + T1 + T2 + (t23 >> 16);
 #pragma unroll
-      for (uint32_t b = 0; b < 8; b++)
-        if (ue + b < len && code_of[unit_exponent(v[u], b)] > 15) esc |= 1u << b;
-      uint32_t tot;
-      uint64_t k = k0 + warp_excl_scan(__popc(esc), &tot);
-      while (esc) {
-        const uint32_t b = __ffs(esc) - 1;
-        esc &= esc - 1;
-        put_escape(frame, L, max_len, k++, ue + b, unit_exponent(v[u], b));
-      }
-      k0 += tot;
-    }
+    for (int u = 0; u < UPL; u++) v[u] = next[u];
   }
 }
 
@@ -373,7 +405,6 @@ __device__ __forceinline__ void place_deferred(const EncParams& p, const Map& ma
   const uint64_t chunks = (uint64_t)p.frames * p.chunks, warps = (uint64_t)gridDim.x * (THREADS / 32);
   const uint64_t n = p.n;
   const Layout L = bf16_layout(n);
-  const uint64_t max_len = kHeaderSize + 2 * n;
   uint64_t g = (uint64_t)blockIdx.x * (THREADS / 32) + (threadIdx.x >> 5);
   uint32_t c1 = g < chunks ? __ldcg(ws.counts + g) : 0;  // count + 1; the next chunk's is loaded a chunk ahead
   for (; g < chunks; g += warps) {
@@ -383,8 +414,9 @@ __device__ __forceinline__ void place_deferred(const EncParams& p, const Map& ma
     const uint32_t cnt = cur - 1, f = (uint32_t)(g / p.chunks), c = (uint32_t)(g - (uint64_t)f * p.chunks);
     uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
     uint32_t* slot = ws.slots + g * kSlots;
+    // Loaded together, one round trip: a raw frame's chunk table holds input bytes, read and not used.
     const bool raw = __ldcg(frame + 6) & kFlagRaw;
-    const uint64_t k0 = raw ? 0 : __ldcg(reinterpret_cast<const uint32_t*>(frame + L.table + 4ull * c));
+    const uint32_t k0 = __ldcg(reinterpret_cast<const uint32_t*>(frame + L.table + 4ull * c));
     uint32_t w[K];
 #pragma unroll
     for (int k = 0; k < K; k++) w[k] = k * 32 + lane < min(cnt, kSlots) ? __ldcg(slot + k * 32 + lane) : 0u;
@@ -398,9 +430,14 @@ __device__ __forceinline__ void place_deferred(const EncParams& p, const Map& ma
       escapes_from_input(p, map, frame, f, c, k0, code_of);
       continue;
     }
+    uint8_t* out = frame + L.escapes + kEscapeSize * ((uint64_t)k0 + lane);  // a coded frame: no check
 #pragma unroll
     for (int k = 0; k < K; k++)
-      if (w[k]) put_escape(frame, L, max_len, k0 + k * 32 + lane, w[k] & 0xFFFF, (w[k] >> 16) & 0xFF);
+      if (w[k]) {
+        out[kEscapeSize * 32 * k] = (uint8_t)w[k];
+        out[kEscapeSize * 32 * k + 1] = (uint8_t)(w[k] >> 8);
+        out[kEscapeSize * 32 * k + 2] = (uint8_t)(w[k] >> 16);
+      }
   }
 }
 

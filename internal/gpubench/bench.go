@@ -37,8 +37,8 @@ type Config struct {
 	Reps int
 	// SkipPaged leaves out the paged gather-encode / decode-scatter rows (Llama-3-8B shape).
 	SkipPaged bool
-	// EscapeRates are the escape rates of the escape sweep: the first size coded again with the built-in
-	// codebook narrowed (its rarest exponents dropped) until at least that fraction of the real KV escapes
+	// EscapeRates are the escape rates of the escape sweep: the first size coded again, by every codec under
+	// test, with the built-in codebook narrowed (its rarest exponents dropped) until at least that fraction of the real KV escapes
 	// (default 0.5 %, 2 %, 5 % and 10 %; empty and non-nil: no sweep).
 	EscapeRates []float64
 	// Log receives progress lines (may be nil).
@@ -251,7 +251,7 @@ func RunBench(ctx *cuda.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return rep, err
 		}
-		rows, err := b.dense(benches[:1], narrow, cfg.KV, cfg.Sizes[0], false)
+		rows, err := b.dense(benches, narrow, cfg.KV, cfg.Sizes[0], false)
 		if err != nil {
 			return rep, err
 		}
@@ -396,12 +396,7 @@ func (b *benchEnv) dense(benches []bench, cb *codec.Codebook, kv []byte, size in
 	return rows, nil
 }
 
-func (bc bench) label() string {
-	if bc.name == "" {
-		return "built-in"
-	}
-	return bc.name
-}
+func (bc bench) label() string { return kernelsLabel(bc.name) }
 
 // paged times a Llama-3-8B request (32 layers, 8 KV heads, head_dim 128, 16-token blocks) of 2,048 tokens
 // (256 MiB of K and V) in a cache of 256 blocks per layer, FlashAttention layout.
