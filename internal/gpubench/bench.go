@@ -29,8 +29,8 @@ type Config struct {
 	// SmallSizes are timed for latency against a bare launch + copy (default 64 KiB, 256 KiB, 1 MiB, 4 MiB;
 	// empty and non-nil: none).
 	SmallSizes []int
-	// PTX, when set, is a PTX image of the codec's kernels built elsewhere (kernels.WithPTX): its dense rows
-	// are timed beside the built-in kernels' at every size, labelled PTXName.
+	// PTX, when set, is a PTX image of the codec's kernels built elsewhere (kernels.WithPTX): its dense and
+	// escape sweep rows are timed beside the built-in kernels' at every size and rate, labelled PTXName.
 	PTX     []byte
 	PTXName string
 	// Reps is the number of timed runs per figure (median reported; default 30).
