@@ -38,8 +38,8 @@ type Config struct {
 	// SkipPaged leaves out the paged gather-encode / decode-scatter rows (Llama-3-8B shape).
 	SkipPaged bool
 	// EscapeRates are the escape rates of the escape sweep: the first size coded again, by every codec under
-	// test, with the built-in codebook narrowed (its rarest exponents dropped) until at least that fraction of the real KV escapes
-	// (default 0.5 %, 2 %, 5 % and 10 %; empty and non-nil: no sweep).
+	// test, with the built-in codebook narrowed (its rarest exponents dropped) until at least that fraction of
+	// the real KV escapes (default 0.5 %, 2 %, 5 % and 10 %; empty and non-nil: no sweep).
 	EscapeRates []float64
 	// Log receives progress lines (may be nil).
 	Log io.Writer
