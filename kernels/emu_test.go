@@ -507,6 +507,9 @@ func TestEmuFastMode(t *testing.T) {
 		{"escapes 15 %", withEscapes(r, 100003, 0.15, cb)}, {"escapes 0.1 %", withEscapes(r, 3*4096+5, 0.001, cb)},
 		{"random bits", randomBits(r, 5000)}, {"escape-heavy chunks", heavyChunks(r, 100*4096+77, 5, 0.1, cb)},
 		{"escape-dense units", denseUnits(r, 40*4096+3, 29, cb)},
+		// More chunks than the raw fallback kernel has warps (streamRawGrid × 8), a third of them past their
+		// parked slots: warps that place a second chunk, slots or re-read, after the first.
+		{"escapes 3 %, 5,000 chunks", withEscapes(r, 5000*4096+11, 0.03, cb)},
 	}
 	for _, n := range []int{0, 1, 9, 4095, 4096, 4097, 8192 + 3} {
 		data = append(data, input{fmt.Sprintf("randn %d", n), randn(r, n, 1)})
