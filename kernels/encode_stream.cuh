@@ -137,14 +137,17 @@ struct AlignedStream {
   }
 };
 
-// put_escape writes escape k of a frame (3 bytes) unless it lies past max_len: such a frame falls back to raw.
+// store_escape writes one escape entry at at: its chunk-local position (2 bytes, little-endian) and exponent.
+__device__ __forceinline__ void store_escape(uint8_t* at, uint32_t pos, uint32_t x) {
+  at[0] = (uint8_t)pos;
+  at[1] = (uint8_t)(pos >> 8);
+  at[2] = (uint8_t)x;
+}
+
+// put_escape writes escape k of a frame unless it lies past max_len: such a frame falls back to raw.
 __device__ __forceinline__ void put_escape(uint8_t* frame, const Layout& L, uint64_t max_len, uint64_t k, uint32_t pos, uint32_t x) {
   const uint64_t off = L.escapes + kEscapeSize * k;
-  if (off + 2 < max_len) {
-    frame[off] = (uint8_t)pos;
-    frame[off + 1] = (uint8_t)(pos >> 8);
-    frame[off + 2] = (uint8_t)x;
-  }
+  if (off + 2 < max_len) store_escape(frame + off, pos, x);
 }
 
 // kPollNs is the pause between the finishing and header warps' reads of words not yet written. They wait only in
@@ -331,7 +334,9 @@ __device__ __forceinline__ uint32_t unit_escapes(const uint4& v, const uint8_t* 
 }
 
 // put_escapes writes a unit's escapes (esc: its escape bits; ue: its first element in the chunk) to out,
-// 3 bytes each, the frame being coded: every escape lies inside it (unlike put_escape, no check).
+// 3 bytes each, the frame being coded: every escape lies inside it (unlike put_escape, no check). Byte by byte
+// as store_escape writes them, so that the position's bytes go out before the exponent is picked out of the
+// unit (store_escape's argument would be computed first).
 __device__ __forceinline__ void put_escapes(uint8_t* out, uint32_t esc, const uint4& v, uint32_t ue) {
   for (; esc; esc &= esc - 1, out += kEscapeSize) {
     const uint32_t b = __ffs(esc) - 1;
@@ -433,11 +438,7 @@ __device__ __forceinline__ void place_deferred(const EncParams& p, const Map& ma
     uint8_t* out = frame + L.escapes + kEscapeSize * ((uint64_t)k0 + lane);  // a coded frame: no check
 #pragma unroll
     for (int k = 0; k < K; k++)
-      if (w[k]) {
-        out[kEscapeSize * 32 * k] = (uint8_t)w[k];
-        out[kEscapeSize * 32 * k + 1] = (uint8_t)(w[k] >> 8);
-        out[kEscapeSize * 32 * k + 2] = (uint8_t)(w[k] >> 16);
-      }
+      if (w[k]) store_escape(out + kEscapeSize * 32 * k, w[k] & 0xFFFF, (w[k] >> 16) & 0xFF);
   }
 }
 

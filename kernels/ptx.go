@@ -9,9 +9,10 @@
 // encode_tile.cuh, encode_stream.cuh, raw.cuh, decode.cuh, entropy.cuh, crc.cuh and blocks.cuh) compiled to PTX
 // by `make -C kernels ptx` with nvcc 13.0.88 (`make -C kernels nvcc` installs it from PyPI). The PTX is
 // generated, committed and embedded, and the driver JIT-compiles it for the GPU at hand: splitzip.ptx for sm_80
-// and newer, and on Hopper and newer splitzip_sm90.ptx, the same kernels with programmatic dependent launch. TestPTXUpToDate fails when the PTX is
-// stale against its sources. Measurements of the kernels are in docs/gpu-kernels.md; internal/gpubench times
-// them (splitzip bench -gpu), and WithPTX loads PTX built elsewhere to compare a change.
+// and newer, and on Hopper and newer splitzip_sm90.ptx, the same kernels with programmatic dependent launch.
+// TestPTXUpToDate fails when the PTX is stale against its sources. Measurements of the kernels are in
+// docs/gpu-kernels.md; internal/gpubench times them (splitzip bench -gpu), and WithPTX loads PTX built elsewhere
+// to compare a change.
 package kernels
 
 import _ "embed"
