@@ -349,18 +349,21 @@ __device__ __forceinline__ void put_escapes(uint8_t* out, uint32_t esc, const ui
 // escapes_from_input: one warp writes the escapes of chunk c of frame f, the k0-th of the frame on, reading the
 // chunk again (it had more escapes than slots), 16-byte units in order, four a lane at a time; the next four are
 // in flight while these are placed. Chunks dense with escapes are what this runs for (KV that the table fits
-// badly, at up to 40 % in some chunks), so its work per unit is kept branch-free but for the escapes' stores.
+// badly, up to 40 % of a chunk), so a part's escapes are assembled in shared memory (stage: kStageBytes, the
+// warp's) and copied out as consecutive bytes, a line a store, instead of scattered byte stores that kept L2
+// busy.
+constexpr uint32_t kStageBytes = kEscapeSize * 32 * 4 * kUnit;  // a part's escapes at most: 3 KiB
 template <class Map>
 __device__ __forceinline__ void escapes_from_input(const EncParams& p, const Map& map, uint8_t* frame, uint32_t f, uint32_t c,
-                                                   uint64_t k0, const uint8_t* code_of) {
+                                                   uint64_t k0, const uint8_t* code_of, uint8_t* stage) {
   constexpr int PARTS = 4, UPL = kUnitsPerChunk / 32 / PARTS;
-  static_assert(UPL == 4, "a part's unit counts are scanned as two packed words");
+  static_assert(UPL == 4 && kStageBytes == kEscapeSize * 32 * UPL * kUnit, "a part's unit counts are scanned as two packed words");
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t n = p.n;
   const uint32_t e0 = c * kChunk;
   const uint32_t len = (uint32_t)min((uint64_t)kChunk, n - e0);
   const uint64_t base = tile_base(map, f, e0, len);
-  uint8_t* out = frame + bf16_layout(n).escapes;
+  uint8_t* out = frame + bf16_layout(n).escapes + kEscapeSize * k0;
   uint4 v[UPL], next[UPL];
   auto load_part = [&](int h, uint4(&to)[UPL]) {
 #pragma unroll
@@ -385,12 +388,14 @@ __device__ __forceinline__ void escapes_from_input(const EncParams& p, const Map
     uint32_t t01, t23;
     const uint32_t x01 = warp_excl_scan(__popc(esc[0]) | __popc(esc[1]) << 16, &t01);
     const uint32_t x23 = warp_excl_scan(__popc(esc[2]) | __popc(esc[3]) << 16, &t23);
-    const uint32_t T0 = t01 & 0xFFFF, T1 = t01 >> 16, T2 = t23 & 0xFFFF;
-    const uint64_t before[UPL] = {k0 + (x01 & 0xFFFF), k0 + T0 + (x01 >> 16), k0 + T0 + T1 + (x23 & 0xFFFF),
-                                  k0 + T0 + T1 + T2 + (x23 >> 16)};
+    const uint32_t T0 = t01 & 0xFFFF, T1 = t01 >> 16, T2 = t23 & 0xFFFF, total = T0 + T1 + T2 + (t23 >> 16);
+    const uint32_t before[UPL] = {x01 & 0xFFFF, T0 + (x01 >> 16), T0 + T1 + (x23 & 0xFFFF), T0 + T1 + T2 + (x23 >> 16)};
 #pragma unroll
-    for (int u = 0; u < UPL; u++) put_escapes(out + kEscapeSize * before[u], esc[u], v[u], kUnit * ((h * UPL + u) * 32 + lane));
-    k0 += T0 + T1 + T2 + (t23 >> 16);
+    for (int u = 0; u < UPL; u++) put_escapes(stage + kEscapeSize * before[u], esc[u], v[u], kUnit * ((h * UPL + u) * 32 + lane));
+    __syncwarp();
+    for (uint32_t i = lane; i < kEscapeSize * total; i += 32) out[i] = stage[i];
+    __syncwarp();  // the stage is read before the next part writes it
+    out += kEscapeSize * total;
 #pragma unroll
     for (int u = 0; u < UPL; u++) v[u] = next[u];
   }
@@ -405,6 +410,7 @@ __device__ __forceinline__ void escapes_from_input(const EncParams& p, const Map
 template <int THREADS, class Map>
 __device__ __forceinline__ void place_deferred(const EncParams& p, const Map& map, const uint8_t* code_of) {
   constexpr int K = kSlots / 32;
+  __shared__ uint8_t stage[THREADS / 32][kStageBytes];
   const StreamWS ws = stream_ws(p);
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t chunks = (uint64_t)p.frames * p.chunks, warps = (uint64_t)gridDim.x * (THREADS / 32);
@@ -432,7 +438,7 @@ __device__ __forceinline__ void place_deferred(const EncParams& p, const Map& ma
       if (w[k]) slot[k * 32 + lane] = 0;
     if (raw) continue;
     if (cnt > kSlots) {
-      escapes_from_input(p, map, frame, f, c, k0, code_of);
+      escapes_from_input(p, map, frame, f, c, k0, code_of, stage[threadIdx.x >> 5]);
       continue;
     }
     uint8_t* out = frame + L.escapes + kEscapeSize * ((uint64_t)k0 + lane);  // a coded frame: no check
