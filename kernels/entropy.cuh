@@ -6,11 +6,12 @@
 // need a byte take the next ones in lane order, which is also the order the CPU codec writes them in.
 //
 // Encode, one block of 8 warps per chunk, each warp owning 64 of the chunk's 512 steps (hr_encode): the warps
-// read the chunk once and sum each lane's bits; from those sums every thread replays its lane's refills over its
-// own steps, a block scan of the steps' byte counts places them, and after a decoupled look-back over the chunk
-// lengths gives the chunk's offset each refill's byte is written where the decoder will read it. The last block
-// of a frame to finish writes the header, the code table and the gaps (or a raw header, when the coded frame
-// would not be smaller than the input, and the raw kernel after it copies the payload).
+// read the chunk once and sum each lane's bits; from those sums every thread knows how many bytes its lane takes
+// in its warp's steps, and walks the lane's steps backwards writing the byte each refill takes (a shift of the
+// lane's next 32 bits) where the decoder will read it: into shared memory while warp 0 looks up the chunk's
+// offset (a decoupled look-back over the chunk lengths), from where the block copies the stream out. The last
+// block of a frame to finish writes the header, the code table and the gaps (or a raw header, when the coded
+// frame would not be smaller than the input, and the raw kernel after it copies the payload).
 //
 // Decode, one warp per chunk (its steps depend on each other through the lanes' refills): the block builds a
 // 256-entry lookup table from the frame's code table; each warp copies its stream and residuals into shared
@@ -32,6 +33,9 @@ constexpr uint32_t kHRMaxLen = 8;
 constexpr uint32_t kHRSteps = kHRChunk / 32;  // a lane's elements in a chunk
 constexpr uint32_t kHREncWarps = 8;            // encode: warps per chunk (a block)
 constexpr uint32_t kHRGroup = 512;  // decode: elements staged per warp in shared memory
+// encode: the longest chunk stream placed in shared memory, while the chunk's offset is still being looked up
+// (16,384 elements at 6 bits; the fixture's take 2.8).
+constexpr uint32_t kHRStage = 12288;
 constexpr uint32_t kDTypeFP8E5M2 = 4;
 constexpr uint32_t kDTypeFP8E4M3 = 5;
 
@@ -267,9 +271,22 @@ __device__ void hr_sort_codes(const uint8_t* len, const uint16_t* code, uint16_t
 
 // ---- encode ------------------------------------------------------------------------------------------------
 // An encode table entry per exponent: bits 0-4 the bits it takes (code, or ESC's code + EB raw bits; 0: no way
-// to code it), bit 5 set for an escape, bits 8-23 the bit pattern.
+// to code it), bit 5 set for an escape, and the bit pattern in the top bits (its first bit in bit 31): at most
+// 16 bits, clear of the low ones.
 __device__ __forceinline__ uint32_t hr_bits(uint32_t ent) { return ent & 31; }
 __device__ __forceinline__ uint32_t hr_is_esc(uint32_t ent) { return (ent >> 5) & 1; }
+__device__ __forceinline__ uint32_t hr_pattern(uint32_t ent) { return ent & ~63u; }
+__device__ __forceinline__ uint32_t hr_entry(uint32_t pattern, uint32_t bits, bool esc) {
+  return pattern << (32 - bits) | (esc ? 32u : 0u) | bits;
+}
+
+// hr_taken is how many bytes of its lane a decoder holds after the step of the element whose entry is prev,
+// with C the lane's bits before the next step (codec/FORMAT.md): round 1 leaves it ceil(C' / 8) + 1, C' the
+// bits before prev, and an escape's round 2 at least ceil(C / 8).
+__device__ __forceinline__ uint32_t hr_taken(uint32_t prev, uint32_t C) {
+  const uint32_t t = (C - hr_bits(prev) + 7) / 8 + 1;
+  return hr_is_esc(prev) ? max(t, (C + 7) / 8) : t;
+}
 
 template <class T>
 struct HREncShared {
@@ -279,10 +296,10 @@ struct HREncShared {
   uint16_t code[T::kCodeSlots];
   uint32_t maxlen;
   uint32_t seg[kHREncWarps][32];    // per warp and lane: the bits of the lane's elements in the warp's steps
-  uint32_t m1[kHRSteps], m2[kHRSteps];  // per step: the lanes that take a byte in round 1, in round 2
-  uint32_t base[kHRSteps];              // per step: its first byte, from the warp's first step's
   uint32_t wbytes[kHREncWarps], wesc[kHREncWarps], wbad[kHREncWarps];
   uint32_t start, write;
+  // The chunk's stream, when it fits (and a word more, which hr_copy_out may read).
+  __align__(16) uint8_t stage[kHRStage + 4];
 };
 
 // hr_seal_header stores header words w[0..14] at frame with their CRC-32C as word 15.
@@ -410,17 +427,16 @@ __device__ __forceinline__ void hr_split_unit(const typename T::Unit v, uint32_t
   }
 }
 
-// hr_count adds the bits of a unit's first valid exponents (bytes of x0:x1) to part[k], and gathers their
-// table entries: bit 5 of orr says one escapes, mn == 0 that one has no way to be coded.
+// hr_count adds the bits of a unit's first valid exponents (bytes of x0:x1) to part[k], and the least of their
+// table entries to mn (0: an exponent with no way to be coded).
 template <class T>
 __device__ __forceinline__ void hr_count(const HREncShared<T>& sh, uint32_t x0, uint32_t x1, uint32_t valid,
-                                         uint32_t (&part)[8], uint32_t& orr, uint32_t& mn) {
+                                         uint32_t (&part)[8], uint32_t& mn) {
 #pragma unroll
   for (uint32_t k = 0; k < 8; k++) {
     if (k < valid) {
       const uint32_t ent = sh.enc[((k < 4 ? x0 : x1) >> (8 * (k & 3))) & 0xFF];
       part[k] += hr_bits(ent);
-      orr |= ent;
       mn = min(mn, ent);
     }
   }
@@ -432,42 +448,97 @@ __device__ __forceinline__ uint32_t hr_ent(const HREncShared<T>& sh, uint32_t s,
   return s < cnt ? sh.enc[sh.xs[32 * s + lane]] : 0u;
 }
 
-// hr_encode codes one chunk per block of kHREncWarps warps; warp w owns steps [64w, 64w + 64) of every lane.
+// hr_place writes one warp's bytes of a chunk's stream: those its lanes take at steps [s0, s0 + kSeg), bytes of
+// them, from out on. Each thread walks its lane's steps backwards, keeping in W the lane's next 32 bits from
+// the step's first bit (Cs), so that a step's bytes are shifts of W. With c(C) = ceil(C / 8), a lane holds c(Cs)
+// or c(Cs) + 1 bytes before step s (codec/FORMAT.md), so its refills follow from its bit counts alone: round 1
+// takes byte c(Cs) when c(Cs) exceeds c(Cs') (Cs' the bits before step s − 1), and round 2 byte c(Cs) + 1 when
+// the lane escapes and c(Cs) + 1 < (Cs + the element's bits) / 8. The ballots of a step's refills place them in
+// the order the decoder takes them: round 1's lanes, then round 2's; a step's bytes are consecutive. taken:
+// the lane's bytes before step s0. Returns the warp's escapes. FULL: every lane has an element at each step.
+template <class T, bool FULL>
+__device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* out, uint32_t s0, uint32_t cnt,
+                                             uint32_t C_end, uint32_t taken, uint32_t bytes) {
+  constexpr int kSeg = kHRSteps / kHREncWarps;
+  const uint32_t lane = threadIdx.x & 31, below = lanemask_lt();
+  const uint8_t* xl = sh.xs + lane;  // the lane's element at step s: xl[32 s]
+  // The lane's bits after the warp's last step: the first 24 are all that the last step's bytes can reach.
+  uint32_t W = 0;
+  for (uint32_t s = s0 + kSeg, at = 0; at < 24 && s < cnt; s++) {
+    const uint32_t e = sh.enc[xl[32 * s]];
+    W |= hr_pattern(e) >> at;
+    at += hr_bits(e);
+  }
+  uint32_t Cs = C_end, pos = bytes, escapes = 0;  // Cs: the lane's bits before step s + 1, then s; pos: bytes
+  uint32_t ent = FULL || s0 + kSeg - 1 < cnt ? sh.enc[xl[32 * (s0 + kSeg - 1)]] : 0u;
+  uint32_t cs = (Cs - hr_bits(ent) + 7) / 8;
+  // The last chunk of a frame (!FULL) is not worth the code of an unrolled loop.
+#pragma unroll(FULL ? 16 : 1)
+  for (int i = kSeg - 1; i >= 0; i--) {
+    const uint32_t s = s0 + i, bits = hr_bits(ent);
+    Cs -= bits;
+    W = hr_pattern(ent) | (W >> bits);
+    // c(Cs') from the element before (the next iteration's c(Cs)); at s0, taken − 1 says the same.
+    uint32_t eprev = 0, cp = taken - 1;
+    if (i > 0) {
+      eprev = FULL || s - 1 < cnt ? sh.enc[xl[32 * (s - 1)]] : 0u;
+      cp = (Cs - hr_bits(eprev) + 7) / 8;
+    }
+    const bool d1 = (FULL || s < cnt) && (int32_t)(cs - cp) > 0;
+    const uint32_t m1 = __ballot_sync(0xFFFFFFFFu, d1);
+    uint32_t at = pos - __popc(m1);
+    const uint32_t me = __ballot_sync(0xFFFFFFFFu, hr_is_esc(ent));
+    if (me) {  // warp-uniform; about one step in 30 under a learned table
+      escapes += __popc(me);
+      const bool d2 = hr_is_esc(ent) && 8 * cs + 8 < Cs + bits;
+      const uint32_t m2 = __ballot_sync(0xFFFFFFFFu, d2);
+      at -= __popc(m2);
+      if (d2) out[at + __popc(m1) + __popc(m2 & below)] = (uint8_t)(W >> (16 + Cs - 8 * cs));
+    }
+    if (d1) out[at + __popc(m1 & below)] = (uint8_t)(W >> (24 + Cs - 8 * cs));
+    pos = at;
+    ent = eprev;
+    cs = cp;
+  }
+  return escapes;
+}
+
+// hr_copy_out copies bytes bytes of a chunk's stream from stage (4-byte aligned, readable a word past bytes) to
+// dst, with the whole block: word stores where the destination has whole words, byte stores at its ends (the
+// chunks before and after own the rest of those words).
+__device__ __forceinline__ void hr_copy_out(uint8_t* dst, const uint8_t* stage, uint32_t bytes) {
+  const uint32_t m = (uint32_t)reinterpret_cast<uintptr_t>(dst) & 3;
+  uint32_t* D = reinterpret_cast<uint32_t*>(dst - m);  // word q holds stage bytes [4q − m, 4q − m + 4)
+  const uint32_t* sw = reinterpret_cast<const uint32_t*>(stage);
+  const uint32_t words = (m + bytes + 3) / 4;
+  for (uint32_t q = threadIdx.x; q < words; q += blockDim.x) {
+    const int32_t i0 = (int32_t)(4 * q) - (int32_t)m;
+    if (i0 < 0 || i0 + 4 > (int32_t)bytes) {
+      for (int32_t i = max(i0, 0); i < min(i0 + 4, (int32_t)bytes); i++) dst[i] = stage[i];
+      continue;
+    }
+    const uint32_t k = (uint32_t)i0 >> 2, sh8 = 8 * ((uint32_t)i0 & 3);
+    D[q] = sh8 ? (sw[k] >> sh8) | (sw[k + 1] << (32 - sh8)) : sw[k];
+  }
+}
+
+// hr_encode_chunk codes chunk t (frame-major) with the block's kHREncWarps warps; warp w owns steps
+// [64w, 64w + 64) of every lane.
 //   1. Each warp reads its 2,048 elements once: residuals straight to the frame, exponents to shared memory, and
 //      per lane the bits its elements take there.
-//   2. From those sums each thread knows where its lane's bits start at its first step, and so how many of the
-//      lane's bytes the decoder has taken by then (codec/FORMAT.md: after step s's first round a lane has taken
-//      ceil(C/8) + 1 bytes, C its bits before s). It replays the refill rounds of its 64 steps; per step the
-//      warp's ballots say which lanes take a byte in each round, and a block scan of their counts gives every
-//      step's first byte in the chunk's stream.
-//   3. After a decoupled look-back over the chunk lengths gives the chunk's offset, each thread writes its lane's
-//      bytes where the decoder will read them, one per refill, coding elements as far ahead as a byte needs.
+//   2. From those sums each thread knows its lane's bits before its first step and after its last, and so how
+//      many bytes the lane's decoder takes in the warp's steps (hr_taken): the warps' sums give each warp's first
+//      byte in the chunk's stream and the chunk's length, and a decoupled look-back over the chunk lengths the
+//      chunk's offset.
+//   3. Each thread walks its lane's steps backwards and writes the bytes its refills take, where the decoder
+//      will read them (hr_place).
 // The last block of a frame to finish writes the header, the code table and the gaps (or a raw header, when the
 // coded frame would not be smaller than the input, and the raw kernel after it copies the payload).
 template <class T, class Map>
-__device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
+__device__ __forceinline__ void hr_encode_chunk(const HREncParams& p, const Map& map, HREncShared<T>& sh,
+                                                const uint32_t t) {
   constexpr uint32_t W = kHREncWarps, kSeg = kHRSteps / W;
-  static_assert(kSeg == 64, "a thread's refills fit a 64-bit mask");
-  __shared__ HREncShared<T> sh;
   const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (warp == 0) {
-    const uint32_t st = hr_table_lengths<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
-    // The host validated the table; a bad one codes nothing (every frame goes raw).
-    const uint32_t maxlen = st == kOK ? hr_canonical_codes<T>(sh.len, sh.code) : 0xFF;
-    const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
-    const uint32_t esc_len = sh.len[T::kEsc];
-    for (uint32_t e = lane; e < T::kExps; e += 32) {
-      uint32_t ent = 0;
-      if (ok && sh.len[e]) ent = ((uint32_t)sh.code[e] << 8) | sh.len[e];
-      else if (ok && esc_len)
-        ent = ((((uint32_t)sh.code[T::kEsc] << T::kExpBits) | e) << 8) | 32u | (esc_len + T::kExpBits);
-      sh.enc[e] = ent;
-    }
-    if (lane == 0) sh.maxlen = maxlen;
-  }
-  __syncthreads();
-  const uint32_t t = blockIdx.x;
-  if (t >= p.frames * p.chunks) return;
   const uint32_t f = t / p.chunks, c = t - f * p.chunks;
   const uint64_t n = p.n;
   const uint32_t e0 = c << kHRChunkLog2;
@@ -478,9 +549,9 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
 
   // 1. Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7; warp w reads units
   // [256w, 256w + 256), a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
-  // orr (bit 5: an escape) and mn (0: an exponent with no way to code it) gather the table entries met.
+  // mn (0: an exponent with no way to code it) gathers the table entries met.
   uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  uint32_t orr = 0, mn = p.raw_only ? 0u : ~0u;
+  uint32_t mn = p.raw_only ? 0u : ~0u;
   const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
   const uint32_t u_end = min(units, kSeg * 32 / 8 * (warp + 1));
   for (uint32_t u0 = kSeg * 32 / 8 * warp; u0 < u_end; u0 += 4 * 32) {
@@ -498,10 +569,10 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
       uint8_t* rd = frame + L.residuals + hr_res_bytes<T>(e0 + ue);  // e0 + ue: a multiple of 8
       if (ue + 8 <= len) {
         hr_split_unit<T>(v[i], x0, x1, rd, 8);
-        hr_count<T>(sh, x0, x1, 8, part, orr, mn);
+        hr_count<T>(sh, x0, x1, 8, part, mn);
       } else {
         hr_split_unit<T>(v[i], x0, x1, rd, len - ue);
-        hr_count<T>(sh, x0, x1, len - ue, part, orr, mn);
+        hr_count<T>(sh, x0, x1, len - ue, part, mn);
       }
       *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x0, x1);
     }
@@ -520,12 +591,11 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   }
   sh.seg[warp][lane] = seg_bits;
   const bool bad_warp = __any_sync(0xFFFFFFFFu, mn == 0);
-  // The full path: every lane has an element at each of the warp's steps (all but a frame's last chunk).
-  const bool full = 32 * (kSeg * (warp + 1)) <= len;
   if (lane == 0) sh.wbad[warp] = bad_warp;
   __syncthreads();
 
-  // 2. The lane's bits before this warp's first step (C), its stream length, and its refills at each step.
+  // 2. The lane's bits before this warp's first step (C) and in all (B), and the bytes its decoder takes in this
+  // warp's steps: from the bytes it holds before step s0 to those after its last step here (hr_taken).
   const uint32_t cnt = lane < len ? (len - 1 - lane) / 32 + 1 : 0;  // the lane's elements
   const uint32_t s0 = kSeg * warp;
   uint32_t C = 0, B = 0;
@@ -538,104 +608,29 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   bool bad = sh.maxlen > kHRMaxLen || sh.maxlen == 0;
 #pragma unroll
   for (uint32_t w = 0; w < W; w++) bad |= sh.wbad[w] != 0;
-  // Bytes the lane's decoder holds before step s0: after step s0 − 1's first round ceil(C'/8) + 1 (C' its bits
-  // before that step), and after an escape's second round at least ceil(C/8).
-  uint32_t taken = 0;
-  if (s0 > 0 && s0 < cnt) {
-    const uint32_t prev = hr_ent(sh, s0 - 1, lane, cnt);
-    taken = (C - hr_bits(prev) + 7) / 8 + 1;
-    if (hr_is_esc(prev)) taken = max(taken, (C + 7) / 8);
-  }
-  const uint32_t first = taken;  // the lane byte this thread writes first
-  uint32_t avail = 8 * taken - C;
-  uint64_t r1 = 0, r2 = 0;  // bit i: the lane takes a byte at step s0 + i in round 1, round 2
-  uint32_t escapes = 0;
-  const uint8_t* xl = xs + lane;  // the lane's element at step s: xl[32 s]
-  if (!bad && full) {
-    sh.m2[s0 + lane] = 0;  // written below only at steps where a lane escapes
-    sh.m2[s0 + 32 + lane] = 0;
-    __syncwarp();
-    // Every lane decodes a code at every step; a step's second round only where one escapes (a warp-uniform
-    // branch: about one element in a thousand escapes under a learned table).
-    for (uint32_t i0 = 0; i0 < kSeg; i0 += 16) {
-      uint32_t d1s = 0, d2s = 0;
-#pragma unroll
-      for (uint32_t j = 0; j < 16; j++) {
-        const uint32_t s = s0 + i0 + j;
-        const uint32_t ent = sh.enc[xl[32 * s]];
-        const bool d1 = avail < 8;
-        avail += (d1 ? 8u : 0u) - hr_bits(ent);
-        d1s |= (uint32_t)d1 << j;
-        sh.m1[s] = __ballot_sync(0xFFFFFFFFu, d1);
-        const bool esc = hr_is_esc(ent);
-        const uint32_t me = __ballot_sync(0xFFFFFFFFu, esc);
-        if (me) {
-          avail += esc ? T::kExpBits : 0;  // the raw exponent bits come in round 2
-          const bool d2 = esc && avail < T::kExpBits;
-          avail += (d2 ? 8u : 0u) - (esc ? T::kExpBits : 0u);
-          d2s |= (uint32_t)d2 << j;
-          sh.m2[s] = __ballot_sync(0xFFFFFFFFu, d2);
-          escapes += __popc(me);
-        }
-      }
-      r1 |= (uint64_t)d1s << i0;
-      r2 |= (uint64_t)d2s << i0;
-    }
-  } else if (!bad) {
-#pragma unroll 4
-    for (uint32_t i = 0; i < kSeg; i++) {
-      const uint32_t s = s0 + i;
-      const uint32_t ent = hr_ent(sh, s, lane, cnt);
-      const bool active = s < cnt, esc = hr_is_esc(ent);
-      const bool d1 = active && avail < 8;
-      if (d1) avail += 8;
-      avail -= esc ? hr_bits(ent) - T::kExpBits : hr_bits(ent);
-      const bool d2 = esc && avail < T::kExpBits;
-      if (d2) avail += 8;
-      if (esc) avail -= T::kExpBits;
-      escapes += __popc(__ballot_sync(0xFFFFFFFFu, esc));
-      const uint32_t m1 = __ballot_sync(0xFFFFFFFFu, d1), m2 = __ballot_sync(0xFFFFFFFFu, d2);
-      r1 |= (uint64_t)d1 << i;
-      r2 |= (uint64_t)d2 << i;
-      sh.m1[s] = m1;
-      sh.m2[s] = m2;
-    }
-  }
-  if (lane == 0) sh.wesc[warp] = escapes;
-  __syncwarp();
-  // The warp's steps' byte counts: lane l holds steps s0 + l and s0 + 32 + l.
-  uint32_t count_lo = 0, count_hi = 0;
-  if (!bad) {
-    count_lo = __popc(sh.m1[s0 + lane]) + __popc(sh.m2[s0 + lane]);
-    count_hi = __popc(sh.m1[s0 + 32 + lane]) + __popc(sh.m2[s0 + 32 + lane]);
-  }
-  // The warp's steps' first bytes, counted from its first step: an exclusive scan of count_lo, then count_hi.
-  uint32_t x_lo = count_lo, x_hi = count_hi;
-#pragma unroll
-  for (uint32_t o = 1; o < 32; o <<= 1) {
-    const uint32_t a = __shfl_up_sync(0xFFFFFFFFu, x_lo, o), b = __shfl_up_sync(0xFFFFFFFFu, x_hi, o);
-    if (lane >= o) {
-      x_lo += a;
-      x_hi += b;
-    }
-  }
-  const uint32_t tot_lo = __shfl_sync(0xFFFFFFFFu, x_lo, 31);
-  sh.base[s0 + lane] = x_lo - count_lo;
-  sh.base[s0 + 32 + lane] = tot_lo + x_hi - count_hi;
-  if (lane == 31) sh.wbytes[warp] = tot_lo + x_hi;
+  const uint32_t taken = s0 > 0 && s0 < cnt ? hr_taken(hr_ent(sh, s0 - 1, lane, cnt), C) : 0;
+  const uint32_t C_end = C + seg_bits, s_end = min(cnt, s0 + kSeg);  // bits and steps to the lane's end here
+  const uint32_t lane_bytes = s_end > s0 ? hr_taken(hr_ent(sh, s_end - 1, lane, cnt), C_end) - taken : 0;
+  const uint32_t wbytes = warp_sum(lane_bytes);
+  if (lane == 0) sh.wbytes[warp] = wbytes;
   __syncthreads();
 
-  // The chunk's offset in the frame's streams, from the look-back; the chunk's length is the sum of its
-  // lanes' (codec/FORMAT.md): ceil(max(C + 8, B if the last element escapes) / 8) bytes.
+  uint32_t chunk_bytes = 0, wbase = 0;  // the chunk's stream length, and this warp's first byte in it
+#pragma unroll
+  for (uint32_t w = 0; w < W; w++) {
+    const uint32_t x = sh.wbytes[w];
+    if (w < warp) wbase += x;
+    chunk_bytes += x;
+  }
+  // A chunk's stream that fits in shared memory is placed there while warp 0 looks up the chunk's offset; a
+  // longer one is placed in the frame once the offset is known.
+  const bool staged = !bad && chunk_bytes <= kHRStage;
+  const bool full = 32 * (s0 + kSeg) <= len;  // every lane has an element at each of the warp's steps
+  uint32_t escapes = 0;
+
+  // The chunk's offset in the frame's streams, from the look-back; its length is the sum of its lanes'
+  // (codec/FORMAT.md: ceil(max(C + 8, B if the last element escapes) / 8) bytes), which the warps' sums add up to.
   if (warp == 0) {
-    uint32_t bytes = 0;
-    if (cnt) {
-      const uint32_t last = hr_ent(sh, cnt - 1, lane, cnt);
-      uint32_t need = B - hr_bits(last) + 8;
-      if (hr_is_esc(last) && B > need) need = B;
-      bytes = (need + 7) / 8;
-    }
-    const uint32_t chunk_bytes = warp_sum(bytes);
     const uint32_t start = lookback_warp(hr_ws_state(p, f), c, chunk_bytes);
     if (lane == 0) {
       if (!p.raw_only) reinterpret_cast<uint32_t*>(frame + L.chunk_table)[c] = start;
@@ -645,41 +640,21 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
       sh.write = !bad && L.streams + start + chunk_bytes <= kHeaderSize + (uint64_t)T::kBytes * n;
     }
   }
-  __syncthreads();
-
-  // 3. Each refill of the lane writes the lane's next byte at its place in the stream.
-  if (sh.write) {
-    uint8_t* out = frame + L.streams + sh.start;
-    uint32_t wbase = 0;
-#pragma unroll
-    for (uint32_t w = 0; w < W; w++)
-      if (w < warp) wbase += sh.wbytes[w];
-    const uint32_t below = lanemask_lt();
-    // acc holds the lane's bits up to bit hi (the last 32 of them: a byte never needs more than 23 past it).
-    uint32_t acc = 0, hi = C, next = s0, k = first;
-    // lane_byte returns lane byte k (bits [8k, 8k + 8), zero past the lane's last element), coding the lane's
-    // elements from step next on as far as the byte needs.
-    auto lane_byte = [&]() -> uint8_t {
-      while (hi < 8 * k + 8 && next < cnt) {
-        const uint32_t e = sh.enc[xl[32 * next++]];
-        acc = (acc << hr_bits(e)) | (e >> 8);
-        hi += hr_bits(e);
-      }
-      const uint32_t b = hi >= 8 * k + 8 ? acc >> (hi - 8 * k - 8) : acc << (8 * k + 8 - hi);
-      k++;
-      return (uint8_t)b;
-    };
-#pragma unroll
-    for (uint32_t h = 0; h < 2; h++) {
-      const uint32_t t1 = (uint32_t)(r1 >> (32 * h)), t2 = (uint32_t)(r2 >> (32 * h));
-      for (uint32_t todo = t1 | t2; todo; todo &= todo - 1) {
-        const uint32_t i = __ffs(todo) - 1, s = s0 + 32 * h + i;
-        const uint32_t m1 = sh.m1[s], at = wbase + sh.base[s];
-        if ((t1 >> i) & 1) out[at + __popc(m1 & below)] = lane_byte();
-        if ((t2 >> i) & 1) out[at + __popc(m1) + __popc(sh.m2[s] & below)] = lane_byte();
-      }
-    }
+  // 3. Each thread writes its lane's bytes of the warp's steps where the decoder will read them.
+  if (staged) {
+    uint8_t* out = sh.stage + wbase;
+    escapes = full ? hr_place<T, true>(sh, out, s0, cnt, C_end, taken, wbytes)
+                   : hr_place<T, false>(sh, out, s0, cnt, C_end, taken, wbytes);
   }
+  __syncthreads();
+  if (staged) {
+    if (sh.write) hr_copy_out(frame + L.streams + sh.start, sh.stage, chunk_bytes);
+  } else if (sh.write) {
+    uint8_t* out = frame + L.streams + sh.start + wbase;
+    escapes = full ? hr_place<T, true>(sh, out, s0, cnt, C_end, taken, wbytes)
+                   : hr_place<T, false>(sh, out, s0, cnt, C_end, taken, wbytes);
+  }
+  if (lane == 0) sh.wesc[warp] = escapes;
 
   // The frame's last chunk to finish writes what depends on every chunk.
   __threadfence();
@@ -727,6 +702,31 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     hr_write_header<T>(frame, n, E, sh.maxlen, p.table_len, L.streams + codes_len - kHeaderSize, codes_len);
     reinterpret_cast<uint64_t*>(p.sizes)[f] = L.streams + codes_len;
   }
+}
+
+// hr_encode codes chunk blockIdx.x (frame-major), once warp 0 has built the block's encode table from the code
+// table's bytes.
+template <class T, class Map>
+__device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
+  __shared__ HREncShared<T> sh;
+  if (threadIdx.x < 32) {
+    const uint32_t lane = threadIdx.x;
+    const uint32_t st = hr_table_lengths<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
+    // The host validated the table; a bad one codes nothing (every frame goes raw).
+    const uint32_t maxlen = st == kOK ? hr_canonical_codes<T>(sh.len, sh.code) : 0xFF;
+    const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
+    const uint32_t esc_len = sh.len[T::kEsc];
+    for (uint32_t e = lane; e < T::kExps; e += 32) {
+      uint32_t ent = 0;
+      if (ok && sh.len[e]) ent = hr_entry(sh.code[e], sh.len[e], false);
+      else if (ok && esc_len)
+        ent = hr_entry((uint32_t)sh.code[T::kEsc] << T::kExpBits | e, esc_len + T::kExpBits, true);
+      sh.enc[e] = ent;
+    }
+    if (lane == 0) sh.maxlen = maxlen;
+  }
+  __syncthreads();
+  if (blockIdx.x < p.frames * p.chunks) hr_encode_chunk<T>(p, map, sh, blockIdx.x);
 }
 
 // hr_raw copies the input of every frame the encoder made raw behind its header. Grid-stride over units of 8
