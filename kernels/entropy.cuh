@@ -522,10 +522,30 @@ __device__ __forceinline__ void hr_copy_out(uint8_t* dst, const uint8_t* stage, 
   }
 }
 
-// hr_encode_chunk codes chunk t (frame-major) with the block's kHREncWarps warps; warp w owns steps
+// hr_enc_table fills the block's encode table (sh.enc, sh.maxlen) from the code table's bytes. One warp.
+template <class T>
+__device__ void hr_enc_table(const HREncParams& p, HREncShared<T>& sh) {
+  const uint32_t lane = threadIdx.x & 31;
+  const uint32_t st = hr_table_lengths<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
+  // The host validated the table; a bad one codes nothing (every frame goes raw).
+  const uint32_t maxlen = st == kOK ? hr_canonical_codes<T>(sh.len, sh.code) : 0xFF;
+  const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
+  const uint32_t esc_len = sh.len[T::kEsc];
+  for (uint32_t e = lane; e < T::kExps; e += 32) {
+    uint32_t ent = 0;
+    if (ok && sh.len[e]) ent = hr_entry(sh.code[e], sh.len[e], false);
+    else if (ok && esc_len)
+      ent = hr_entry((uint32_t)sh.code[T::kEsc] << T::kExpBits | e, esc_len + T::kExpBits, true);
+    sh.enc[e] = ent;
+  }
+  if (lane == 0) sh.maxlen = maxlen;
+}
+
+// hr_encode codes chunk blockIdx.x (frame-major) with a block of kHREncWarps warps; warp w owns steps
 // [64w, 64w + 64) of every lane.
-//   1. Each warp reads its 2,048 elements once: residuals straight to the frame, exponents to shared memory, and
-//      per lane the bits its elements take there.
+//   1. Warp 0 builds the encode table from the code table's bytes (hr_enc_table) while the other warps read the
+//      chunk once (fp8: after reading with them): residuals straight to the frame, exponents to shared memory.
+//      Then each warp sums, per lane, the bits its steps' elements take.
 //   2. From those sums each thread knows its lane's bits before its first step and after its last, and so how
 //      many bytes the lane's decoder takes in the warp's steps (hr_taken): the warps' sums give each warp's first
 //      byte in the chunk's stream and the chunk's length, and a decoupled look-back over the chunk lengths the
@@ -535,10 +555,12 @@ __device__ __forceinline__ void hr_copy_out(uint8_t* dst, const uint8_t* stage, 
 // The last block of a frame to finish writes the header, the code table and the gaps (or a raw header, when the
 // coded frame would not be smaller than the input, and the raw kernel after it copies the payload).
 template <class T, class Map>
-__device__ __forceinline__ void hr_encode_chunk(const HREncParams& p, const Map& map, HREncShared<T>& sh,
-                                                const uint32_t t) {
+__device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
   constexpr uint32_t W = kHREncWarps, kSeg = kHRSteps / W;
+  __shared__ HREncShared<T> sh;
   const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t t = blockIdx.x;
+  if (t >= p.frames * p.chunks) return;
   const uint32_t f = t / p.chunks, c = t - f * p.chunks;
   const uint64_t n = p.n;
   const uint32_t e0 = c << kHRChunkLog2;
@@ -547,34 +569,47 @@ __device__ __forceinline__ void hr_encode_chunk(const HREncParams& p, const Map&
   const HRLayout L = hr_layout<T>(n, p.table_len);
   uint8_t* xs = sh.xs;
 
-  // 1. Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7; warp w reads units
+  // 1. The table's setup is a chain of dependent loads and ballots: bf16's (257 symbols) takes warp 0 about as
+  // long as the other warps take to read the chunk, so it overlaps them; fp8's is short, and warp 0 reads too.
+  constexpr bool kTableFirst = T::kBytes == 2;
+  constexpr uint32_t kReaders = 32 * (kTableFirst ? W - 1 : W);
+  const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
+  if (kTableFirst && warp == 0) {
+    hr_enc_table<T>(p, sh);
+  } else {
+    for (uint32_t u0 = threadIdx.x - (kTableFirst ? 32 : 0); u0 < units; u0 += 4 * kReaders) {
+      typename T::Unit v[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const uint32_t ue = 8 * (u0 + i * kReaders);
+        if (ue < len)
+          v[i] = ue + 8 <= len ? hr_load_unit<T>(map.addr(f, e0 + ue)) : hr_load_tail<T>(map, f, e0 + ue, len - ue);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const uint32_t ue = 8 * (u0 + i * kReaders);
+        if (ue >= len) continue;
+        uint32_t x0, x1;
+        uint8_t* rd = frame + L.residuals + hr_res_bytes<T>(e0 + ue);  // e0 + ue: a multiple of 8
+        hr_split_unit<T>(v[i], x0, x1, rd, min(8u, len - ue));
+        *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x0, x1);
+      }
+    }
+    if (!kTableFirst && warp == 0) hr_enc_table<T>(p, sh);
+  }
+  __syncthreads();
+  // Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7; warp w counts units
   // [256w, 256w + 256), a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
   // mn (0: an exponent with no way to code it) gathers the table entries met.
   uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   uint32_t mn = p.raw_only ? 0u : ~0u;
-  const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
-  const uint32_t u_end = min(units, kSeg * 32 / 8 * (warp + 1));
-  for (uint32_t u0 = kSeg * 32 / 8 * warp; u0 < u_end; u0 += 4 * 32) {
-    typename T::Unit v[4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-      v[i] = ue + 8 <= len ? hr_load_unit<T>(map.addr(f, e0 + ue)) : hr_load_tail<T>(map, f, e0 + ue, len - min(ue, len));
-    }
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const uint32_t u = u0 + i * 32 + lane, ue = 8 * u;
-      if (u >= u_end) continue;
-      uint32_t x0, x1;
-      uint8_t* rd = frame + L.residuals + hr_res_bytes<T>(e0 + ue);  // e0 + ue: a multiple of 8
-      if (ue + 8 <= len) {
-        hr_split_unit<T>(v[i], x0, x1, rd, 8);
-        hr_count<T>(sh, x0, x1, 8, part, mn);
-      } else {
-        hr_split_unit<T>(v[i], x0, x1, rd, len - ue);
-        hr_count<T>(sh, x0, x1, len - ue, part, mn);
-      }
-      *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x0, x1);
+  for (uint32_t i = 0; i < kSeg / 8; i++) {
+    const uint32_t ue = 8 * (kSeg * 4 * warp + 32 * i + lane);
+    if (ue < len) {
+      const uint2 x = *reinterpret_cast<const uint2*>(xs + ue);
+      if (ue + 8 <= len) hr_count<T>(sh, x.x, x.y, 8, part, mn);
+      else hr_count<T>(sh, x.x, x.y, len - ue, part, mn);
     }
   }
 #pragma unroll
@@ -702,31 +737,6 @@ __device__ __forceinline__ void hr_encode_chunk(const HREncParams& p, const Map&
     hr_write_header<T>(frame, n, E, sh.maxlen, p.table_len, L.streams + codes_len - kHeaderSize, codes_len);
     reinterpret_cast<uint64_t*>(p.sizes)[f] = L.streams + codes_len;
   }
-}
-
-// hr_encode codes chunk blockIdx.x (frame-major), once warp 0 has built the block's encode table from the code
-// table's bytes.
-template <class T, class Map>
-__device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
-  __shared__ HREncShared<T> sh;
-  if (threadIdx.x < 32) {
-    const uint32_t lane = threadIdx.x;
-    const uint32_t st = hr_table_lengths<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
-    // The host validated the table; a bad one codes nothing (every frame goes raw).
-    const uint32_t maxlen = st == kOK ? hr_canonical_codes<T>(sh.len, sh.code) : 0xFF;
-    const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
-    const uint32_t esc_len = sh.len[T::kEsc];
-    for (uint32_t e = lane; e < T::kExps; e += 32) {
-      uint32_t ent = 0;
-      if (ok && sh.len[e]) ent = hr_entry(sh.code[e], sh.len[e], false);
-      else if (ok && esc_len)
-        ent = hr_entry((uint32_t)sh.code[T::kEsc] << T::kExpBits | e, esc_len + T::kExpBits, true);
-      sh.enc[e] = ent;
-    }
-    if (lane == 0) sh.maxlen = maxlen;
-  }
-  __syncthreads();
-  if (blockIdx.x < p.frames * p.chunks) hr_encode_chunk<T>(p, map, sh, blockIdx.x);
 }
 
 // hr_raw copies the input of every frame the encoder made raw behind its header. Grid-stride over units of 8
