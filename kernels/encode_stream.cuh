@@ -350,14 +350,15 @@ __device__ __forceinline__ void put_escapes(uint8_t* out, uint32_t esc, const ui
 // chunk again (it had more escapes than slots), 16-byte units in order, four a lane at a time; the next four are
 // in flight while these are placed. Chunks dense with escapes are what this runs for (KV that the table fits
 // badly, up to 40 % of a chunk), so a part's escapes are assembled in shared memory (stage: kStageBytes, the
-// warp's) and copied out as consecutive bytes, a line a store, instead of scattered byte stores that kept L2
-// busy.
+// warp's) and copied out as consecutive bytes, 32 a warp's store, instead of three scattered byte stores an
+// escape, which kept L2 busy.
 constexpr uint32_t kStageBytes = kEscapeSize * 32 * 4 * kUnit;  // a part's escapes at most: 3 KiB
 template <class Map>
 __device__ __forceinline__ void escapes_from_input(const EncParams& p, const Map& map, uint8_t* frame, uint32_t f, uint32_t c,
                                                    uint64_t k0, const uint8_t* code_of, uint8_t* stage) {
   constexpr int PARTS = 4, UPL = kUnitsPerChunk / 32 / PARTS;
-  static_assert(UPL == 4 && kStageBytes == kEscapeSize * 32 * UPL * kUnit, "a part's unit counts are scanned as two packed words");
+  static_assert(UPL == 4, "a part's unit counts are scanned as two packed words");
+  static_assert(kStageBytes == kEscapeSize * 32 * UPL * kUnit, "the stage holds a part's escapes at most");
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t n = p.n;
   const uint32_t e0 = c * kChunk;
