@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -39,7 +40,9 @@ type Config struct {
 	SkipPaged bool
 	// EscapeRates are the escape rates of the escape sweep: the first size coded again, by every codec under
 	// test, with the built-in codebook narrowed (its rarest exponents dropped) until at least that fraction of
-	// the real KV escapes (default 0.5 %, 2 %, 5 % and 10 %; empty and non-nil: no sweep).
+	// the real KV escapes (default 0.5 %, 2 %, 5 % and 10 %; empty and non-nil: no sweep). Where dropping a
+	// whole exponent overshoots the rate, the input is the KV's pieces that escape least, as many as make the
+	// rate (escapeMix).
 	EscapeRates []float64
 	// Log receives progress lines (may be nil).
 	Log io.Writer
@@ -251,7 +254,7 @@ func RunBench(ctx *cuda.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return rep, err
 		}
-		rows, err := b.dense(benches, narrow, cfg.KV, cfg.Sizes[0], false)
+		rows, err := b.dense(benches, narrow, escapeMix(cfg.KV, narrow, rate), cfg.Sizes[0], false)
 		if err != nil {
 			return rep, err
 		}
@@ -633,6 +636,59 @@ func narrowCodebook(kv []byte, cb *codec.Codebook, rate float64) (*codec.Codeboo
 		}
 	}
 	return codec.NewCodebook(codec.BF16, int(cb.Bits), keep)
+}
+
+// mixPiece is the granularity of escapeMix: a fast-mode chunk of bf16 (4,096 elements).
+const mixPiece = 8 << 10
+
+// escapeMix returns kv's mixPiece-byte pieces (in their order) that escape least under cb, as many as bring
+// their escapes closest to rate of their elements: real KV at the sweep's rate where dropping whole exponents
+// from the codebook overshoots it, its densest pieces left out, as KV that the codebook fits a little better
+// than the whole would be. kv itself when it escapes at no more than 5 % over rate, or has fewer than 16 pieces.
+func escapeMix(kv []byte, cb *codec.Codebook, rate float64) []byte {
+	pieces := len(kv) / mixPiece
+	if pieces < 16 {
+		return kv
+	}
+	var coded [256]bool
+	for _, e := range cb.Exponents {
+		coded[e] = true
+	}
+	esc := make([]int, pieces)
+	total := 0
+	for i := range esc {
+		piece := kv[i*mixPiece : (i+1)*mixPiece]
+		for j := 0; j < len(piece); j += 2 {
+			if !coded[(binary.LittleEndian.Uint16(piece[j:])>>7)&0xFF] {
+				esc[i]++
+			}
+		}
+		total += esc[i]
+	}
+	const elems = mixPiece / 2
+	if float64(total) <= 1.05*rate*float64(pieces*elems) {
+		return kv
+	}
+	order := make([]int, pieces)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return esc[a] - esc[b] })
+	// The prefix's rate grows with its length: take the length whose rate is closest to rate.
+	best, bestErr, sum := pieces, math.Inf(1), 0
+	for m := 1; m <= pieces; m++ {
+		sum += esc[order[m-1]]
+		if d := math.Abs(float64(sum)/float64(m*elems) - rate); d < bestErr {
+			best, bestErr = m, d
+		}
+	}
+	keep := slices.Clone(order[:best])
+	slices.Sort(keep)
+	out := make([]byte, 0, best*mixPiece)
+	for _, i := range keep {
+		out = append(out, kv[i*mixPiece:(i+1)*mixPiece]...)
+	}
+	return out
 }
 
 func cmpCount(a, b uint64) int {

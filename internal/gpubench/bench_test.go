@@ -137,6 +137,51 @@ func TestTable(t *testing.T) {
 
 // The sweep's codebooks: the built-in one with its rarest exponents dropped, so that at least each rate of the
 // real KV escapes (and not far more), coding it losslessly with that many escapes.
+// TestEscapeMix checks the sweep's inputs: each escapes at its rate under its narrowed codebook (to within a
+// tenth of it), is made of whole pieces of the KV in their order, and is the KV itself where narrowing alone
+// hits the rate.
+func TestEscapeMix(t *testing.T) {
+	kv := realKV(t)
+	cb, err := codec.DefaultCodebook(codec.BF16)
+	require.NoError(t, err)
+	pieces := make(map[string]int)
+	for i := 0; i+mixPiece <= len(kv); i += mixPiece {
+		pieces[string(kv[i:i+mixPiece])] = i
+	}
+	escapes := func(b []byte, narrow *codec.Codebook) float64 {
+		h, err := codec.NewHistogram(codec.BF16)
+		require.NoError(t, err)
+		require.NoError(t, h.Add(b))
+		return 1 - h.Coverage(narrow)
+	}
+	for _, rate := range []float64{0.005, 0.02, 0.05, 0.10} {
+		narrow, err := narrowCodebook(kv, cb, rate)
+		require.NoError(t, err)
+		mixed := escapeMix(kv, narrow, rate)
+		if whole := escapes(kv, narrow); whole <= 1.05*rate {
+			require.Equal(t, kv, mixed, "rate %v: narrowing alone gives %v", rate, whole)
+			continue
+		}
+		got := escapes(mixed, narrow)
+		t.Logf("rate %v: %d of %d pieces escape %.4f", rate, len(mixed)/mixPiece, len(kv)/mixPiece, got)
+		require.InDelta(t, rate, got, rate/10, "rate %v", rate)
+		require.Zero(t, len(mixed)%mixPiece)
+		require.Greater(t, len(mixed), len(kv)/4, "rate %v: most of the KV stays", rate)
+		last := -1
+		for i := 0; i < len(mixed); i += mixPiece {
+			at, ok := pieces[string(mixed[i:i+mixPiece])]
+			require.True(t, ok, "rate %v: bytes %d.. are not a piece of the KV", rate, i)
+			require.Greater(t, at, last, "rate %v: pieces in the KV's order", rate)
+			last = at
+		}
+	}
+	// Too little KV to mix: as it is.
+	small := kv[:4*mixPiece]
+	narrow, err := narrowCodebook(kv, cb, 0.02)
+	require.NoError(t, err)
+	require.Equal(t, small, escapeMix(small, narrow, 0.02))
+}
+
 func TestNarrowCodebook(t *testing.T) {
 	kv := realKV(t)
 	cb, err := codec.DefaultCodebook(codec.BF16)
