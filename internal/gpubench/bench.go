@@ -254,7 +254,11 @@ func RunBench(ctx *cuda.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return rep, err
 		}
-		rows, err := b.dense(benches, narrow, escapeMix(cfg.KV, narrow, rate), cfg.Sizes[0], false)
+		mixed, err := escapeMix(cfg.KV, narrow, rate)
+		if err != nil {
+			return rep, err
+		}
+		rows, err := b.dense(benches, narrow, mixed, cfg.Sizes[0], false)
 		if err != nil {
 			return rep, err
 		}
@@ -645,29 +649,27 @@ const mixPiece = 8 << 10
 // their escapes closest to rate of their elements: real KV at the sweep's rate where dropping whole exponents
 // from the codebook overshoots it, its densest pieces left out, as KV that the codebook fits a little better
 // than the whole would be. kv itself when it escapes at no more than 5 % over rate, or has fewer than 16 pieces.
-func escapeMix(kv []byte, cb *codec.Codebook, rate float64) []byte {
+func escapeMix(kv []byte, cb *codec.Codebook, rate float64) ([]byte, error) {
 	pieces := len(kv) / mixPiece
 	if pieces < 16 {
-		return kv
-	}
-	var coded [256]bool
-	for _, e := range cb.Exponents {
-		coded[e] = true
+		return kv, nil
 	}
 	esc := make([]int, pieces)
 	total := 0
 	for i := range esc {
-		piece := kv[i*mixPiece : (i+1)*mixPiece]
-		for j := 0; j < len(piece); j += 2 {
-			if !coded[(binary.LittleEndian.Uint16(piece[j:])>>7)&0xFF] {
-				esc[i]++
-			}
+		h, err := codec.NewHistogram(codec.BF16)
+		if err != nil {
+			return nil, err
 		}
+		if err := h.Add(kv[i*mixPiece : (i+1)*mixPiece]); err != nil {
+			return nil, err
+		}
+		esc[i] = int(h.Total - coveredBy(h, cb.Exponents))
 		total += esc[i]
 	}
 	const elems = mixPiece / 2
 	if float64(total) <= 1.05*rate*float64(pieces*elems) {
-		return kv
+		return kv, nil
 	}
 	order := make([]int, pieces)
 	for i := range order {
@@ -688,7 +690,7 @@ func escapeMix(kv []byte, cb *codec.Codebook, rate float64) []byte {
 	for _, i := range keep {
 		out = append(out, kv[i*mixPiece:(i+1)*mixPiece]...)
 	}
-	return out
+	return out, nil
 }
 
 func cmpCount(a, b uint64) int {

@@ -135,8 +135,6 @@ func TestTable(t *testing.T) {
 	}
 }
 
-// The sweep's codebooks: the built-in one with its rarest exponents dropped, so that at least each rate of the
-// real KV escapes (and not far more), coding it losslessly with that many escapes.
 // TestEscapeMix checks the sweep's inputs: each escapes at its rate under its narrowed codebook (to within a
 // tenth of it), is made of whole pieces of the KV in their order, and is the KV itself where narrowing alone
 // hits the rate.
@@ -157,7 +155,8 @@ func TestEscapeMix(t *testing.T) {
 	for _, rate := range []float64{0.005, 0.02, 0.05, 0.10} {
 		narrow, err := narrowCodebook(kv, cb, rate)
 		require.NoError(t, err)
-		mixed := escapeMix(kv, narrow, rate)
+		mixed, err := escapeMix(kv, narrow, rate)
+		require.NoError(t, err)
 		if whole := escapes(kv, narrow); whole <= 1.05*rate {
 			require.Equal(t, kv, mixed, "rate %v: narrowing alone gives %v", rate, whole)
 			continue
@@ -179,9 +178,13 @@ func TestEscapeMix(t *testing.T) {
 	small := kv[:4*mixPiece]
 	narrow, err := narrowCodebook(kv, cb, 0.02)
 	require.NoError(t, err)
-	require.Equal(t, small, escapeMix(small, narrow, 0.02))
+	mixed, err := escapeMix(small, narrow, 0.02)
+	require.NoError(t, err)
+	require.Equal(t, small, mixed)
 }
 
+// The sweep's codebooks: the built-in one with its rarest exponents dropped, so that at least each rate of the
+// real KV escapes (and not far more), coding it losslessly with that many escapes.
 func TestNarrowCodebook(t *testing.T) {
 	kv := realKV(t)
 	cb, err := codec.DefaultCodebook(codec.BF16)
