@@ -339,6 +339,25 @@ func (c *emuCase) rejects(t *testing.T, src []byte, tab *codec.CodeTable) {
 		}
 		t.Fatal("no padding bit in the last 16 bytes of chunk 0's stream")
 	})
+	// A stream that reaches a prefix no code starts: the table with one code a bit longer leaves the all-ones
+	// prefix unused (canonical codes fill the code space from 0), and chunk 0's first byte is lane 0's first.
+	lengths := slices.Clone(tab.Lengths)
+	longest := -1
+	for s, l := range lengths {
+		if l > 0 && l < 8 && (longest < 0 || l >= lengths[longest]) {
+			longest = s
+		}
+	}
+	require.GreaterOrEqual(t, longest, 0, "no code shorter than 8 bits to lengthen")
+	lengths[longest]++
+	slack, err := codec.NewCodeTable(dt, lengths)
+	require.NoError(t, err)
+	bad = cpuEncodeHROf(t, dt, src, slack)
+	hs, err := codec.ParseHeader(bad)
+	require.NoError(t, err)
+	require.True(t, hs.Entropy, "the frame under the lengthened table went raw")
+	bad[hs.Layout().Codes] = 0xFF
+	try("unused prefix", bad, len(bad), len(src), StatusCorrupt)
 	bad = bytes.Clone(frame)
 	bad[7]++ // codeBits
 	try("codeBits", reseal(bad), len(bad), len(src), StatusCorrupt)

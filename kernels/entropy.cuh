@@ -157,13 +157,30 @@ __device__ __forceinline__ uint32_t lanemask_lt() {
   return m;
 }
 
-// hr_table_lengths reads a code table's lengths into len[0..kSymbols) (ESC last) and returns kOK or kCorrupt
-// (malformed range, length or padding; for fp8 also a range past the exponents, or one that does not start and
-// end at exponents with a code, as the CPU decoder checks). One warp.
+// hr_stage_table copies the first min(n, kTableMax) bytes of a code table from global memory to shared memory s,
+// with every load issued before the first store: read where it lies, the table would cost a round trip to
+// memory per byte a lane reads, one after the other. One warp.
+template <class T>
+__device__ __forceinline__ void hr_stage_table(const uint8_t* g, uint32_t n, uint8_t* s) {
+  constexpr uint32_t kRounds = (T::kTableMax + 31) / 32;
+  const uint32_t lane = threadIdx.x & 31;
+  n = min(n, T::kTableMax);
+  uint32_t v[kRounds];
+#pragma unroll
+  for (uint32_t k = 0; k < kRounds; k++) v[k] = lane + 32 * k < n ? g[lane + 32 * k] : 0;
+#pragma unroll
+  for (uint32_t k = 0; k < kRounds; k++)
+    if (lane + 32 * k < n) s[lane + 32 * k] = (uint8_t)v[k];
+}
+
+// hr_table_lengths reads the lengths of a code table (its bytes in shared memory, hr_stage_table) into
+// len[0..kSymbols) (ESC last) and returns kOK or kCorrupt (malformed range, length or padding; for fp8 also a
+// range past the exponents, or one that does not start and end at exponents with a code, as the CPU decoder
+// checks). One warp.
 template <class T>
 __device__ uint32_t hr_table_lengths(const uint8_t* table, uint32_t table_len, uint8_t* len) {
   const int lane = threadIdx.x & 31;
-  if (table_len < 3) return kCorrupt;
+  if (table_len < 3 || table_len > T::kTableMax) return kCorrupt;
   const uint32_t lo = table[0], hi = table[1];
   if (hi < lo || table_len != 2 + (hi - lo + 3) / 2) return kCorrupt;
   if constexpr (T::kExpBits < 8) {
@@ -292,6 +309,7 @@ template <class T>
 struct HREncShared {
   __align__(16) uint8_t xs[kHRChunk];  // the chunk's exponents
   uint32_t enc[T::kExps];
+  uint8_t table[T::kTableMax];  // the code table's bytes
   uint8_t len[T::kLenSlots];
   uint16_t code[T::kCodeSlots];
   uint32_t maxlen;
@@ -526,7 +544,9 @@ __device__ __forceinline__ void hr_copy_out(uint8_t* dst, const uint8_t* stage, 
 template <class T>
 __device__ void hr_enc_table(const HREncParams& p, HREncShared<T>& sh) {
   const uint32_t lane = threadIdx.x & 31;
-  const uint32_t st = hr_table_lengths<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.len);
+  hr_stage_table<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.table);
+  __syncwarp();
+  const uint32_t st = hr_table_lengths<T>(sh.table, p.table_len, sh.len);
   // The host validated the table; a bad one codes nothing (every frame goes raw).
   const uint32_t maxlen = st == kOK ? hr_canonical_codes<T>(sh.len, sh.code) : 0xFF;
   const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
@@ -776,7 +796,7 @@ constexpr uint32_t kHRRing = 2048, kHRRingUnit = 512, kHRGroupSteps = kHRGroup /
 template <class T>
 struct HRDecShared {
   uint32_t lut[256];  // next 8 bits → hr_lut_entry
-  uint32_t crc[256];  // CRC-32C of each byte value (the header check)
+  uint8_t table[T::kTableMax];  // the frame's code table bytes (as many as it holds)
   uint8_t len[T::kLenSlots];
   uint16_t code[T::kCodeSlots];
   // The coded symbols in canonical order, and per code length its first code, count and first index there:
@@ -788,11 +808,14 @@ struct HRDecShared {
   uint32_t raw;
   uint64_t n, codes_len;
   HRLayout L;
-  __align__(16) uint8_t ring[8][kHRRing];
+  __align__(16) uint8_t ring[8 * kHRRing];  // a ring a warp
   // Two groups' residual bytes (the next one's arrive while a group decodes); fp8 reads each residual as a
   // 16-bit window, so its rows end with a pad.
   __align__(16) uint8_t res[8][2][kHRGroup * T::kResBits / 8 + (T::kBytes == 1 ? 16 : 0)];
-  __align__(16) typename T::Elem out[8][kHRGroup];
+  union {
+    CrcTables crc;  // the header check, before the steps
+    __align__(16) typename T::Elem out[8][kHRGroup];
+  };
 };
 
 __device__ __forceinline__ void hr_fail(const HRDecParams& p, uint32_t st) {
@@ -807,9 +830,7 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
   if (w[0] != kMagic) return kBadMagic;
   const uint32_t version = w[1] & 0xFF;
   if (version != kVersion && version != kVersion2) return kBadVersion;
-  uint32_t crc = 0xFFFFFFFFu;
-  for (int i = 0; i < 60; i++) crc = sh.crc[(crc ^ (w[i / 4] >> (8 * (i % 4)))) & 0xFF] ^ (crc >> 8);
-  if (~crc != w[15]) return kBadCRC;
+  if (crc32c_words(w, 15, &sh.crc) != w[15]) return kBadCRC;
   const uint32_t dtype = (w[1] >> 8) & 0xFF, flags = (w[1] >> 16) & 0xFF, code_bits = w[1] >> 24;
   const uint64_t n = u64_at(w, 2), esc = u64_at(w, 4), payload = u64_at(w, 8);
   const uint64_t codes_len = u64_at(w, 10), res_len = u64_at(w, 12);
@@ -846,15 +867,15 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
   return kOK;
 }
 
-// hr_lut_entry is a decode table entry: bits 24-31 the code's length (16 for a prefix no code starts: the lane's
-// bit count then wraps, which the chunk's end check catches), bit 23 set for ESC, and the low bits the exponent
-// field in place (exponent << kExpShift).
+// hr_lut_entry is a decode table entry: the low 16 bits the exponent field in place (exponent << kExpShift; 0
+// for ESC), and from bit 16 the code's length, plus 128 for ESC (its raw bits follow). kHRLutNone is a prefix no
+// code starts: a shift of 31, which marks the lane for good (see HRLane), and the escape flag.
 template <class T>
 __device__ __forceinline__ uint32_t hr_lut_entry(uint32_t sym, uint32_t len) {
-  return len << 24 | (sym == T::kEsc ? 1u << 23 : (sym << T::kExpShift));
+  return sym == T::kEsc ? (len | 128u) << 16 : len << 16 | sym << T::kExpShift;
 }
-__device__ __forceinline__ uint32_t hr_lut_len(uint32_t e) { return e >> 24; }
-__device__ __forceinline__ bool hr_lut_esc(uint32_t e) { return (e >> 23) & 1; }
+constexpr uint32_t kHRLutNone = 0xFFFF0000u;
+__device__ __forceinline__ bool hr_lut_esc(uint32_t e) { return e >= 128u << 16; }
 
 // hr_copy16 copies 16 bytes from global a to shared d with cp.async, or byte by byte (zeros past end) when they
 // would cross end.
@@ -866,48 +887,55 @@ __device__ __forceinline__ void hr_copy16(uint8_t* d, uint64_t a, uint64_t end) 
   }
 }
 
-// HRLane is one lane's decoding state: its unread bits (the low avail bits of buf) and the warp's position in
-// the stream (bytes from the ring's base).
+// HRLane is one lane's decoding state: its next bits, MSB first, in win (the bits below them are zero); pw,
+// where a refill byte goes: 2^(24 − the bits held), so that the byte lands right below them as win + b × pw
+// (2^9 to 2^24; 0 for good once the lane met a prefix no code starts, whose shift of 31 overflows it); and the
+// warp's position in the stream (bytes from the ring's base).
 struct HRLane {
-  uint32_t buf, avail, q;
+  uint32_t win, pw, q;
 };
 
-// hr_step decodes one step of a lane and returns its exponent field in place; with CHECK, lanes past the
-// chunk's end (!active) take no byte and decode nothing.
-template <class T, bool CHECK>
-__device__ __forceinline__ uint32_t hr_step(const HRDecShared<T>& sh, const uint8_t* ring, uint32_t below, bool active,
-                                            HRLane& st) {
-  // Branch-free: every lane reads the byte it would take (diverging around the read costs more than the read).
-  const bool need = (!CHECK || active) && st.avail < 8;
+// hr_refill gives each lane in need the next byte of the stream in lane order (from the ring of the warp at
+// rbase, a multiple of kHRRing).
+template <class T>
+__device__ __forceinline__ void hr_refill(const HRDecShared<T>& sh, uint32_t rbase, uint32_t below, bool need,
+                                          HRLane& st) {
   const uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
-  const uint32_t b = ring[(st.q + __popc(m & below)) & (kHRRing - 1)];
-  st.buf = need ? (st.buf << 8) | b : st.buf;
-  st.avail += need ? 8 : 0;
+  // Branch-free: every lane reads the byte it would take (diverging around the read costs more than the read).
+  const uint32_t b = sh.ring[rbase | ((st.q + __popc(m & below)) & (kHRRing - 1))];
+  st.win = need ? st.win + b * st.pw : st.win;
+  st.pw = need ? st.pw >> 8 : st.pw;
   st.q += __popc(m);
-  uint32_t e = sh.lut[(st.buf >> ((st.avail - 8) & 31)) & 0xFF];  // & 31: a wrapped count reads anything
-  if (CHECK && !active) e = 0;
-  st.avail -= hr_lut_len(e);
-  const bool esc = hr_lut_esc(e);
-  uint32_t field = e & 0xFFFF;
-  if (__any_sync(0xFFFFFFFFu, esc)) {
-    const bool need2 = esc && st.avail < T::kExpBits;
-    const uint32_t m2 = __ballot_sync(0xFFFFFFFFu, need2);
-    if (need2) {
-      st.buf = (st.buf << 8) | ring[(st.q + __popc(m2 & below)) & (kHRRing - 1)];
-      st.avail += 8;
-    }
-    st.q += __popc(m2);
-    if (esc) {
-      field = ((st.buf >> ((st.avail - T::kExpBits) & 31)) & (T::kExps - 1)) << T::kExpShift;
-      st.avail -= T::kExpBits;
-    }
-  }
-  return field;
 }
 
-// hr_element joins element i of a group (its exponent field in place) with its residual from the staged bytes.
+// hr_step decodes one step of a lane and stores its exponent field in place at out; with CHECK, lanes past the
+// chunk's end (!active) take no byte and decode nothing.
+template <class T, bool CHECK>
+__device__ __forceinline__ void hr_step(const HRDecShared<T>& sh, uint32_t rbase, uint32_t below, bool active,
+                                        HRLane& st, typename T::Elem* out) {
+  hr_refill(sh, rbase, below, (!CHECK || active) && st.pw > 1u << 16, st);  // round 1: fewer than 8 bits held
+  uint32_t e = sh.lut[st.win >> 24];
+  if (CHECK && !active) e = 0;
+  // A funnel shift takes the shift mod 32: ESC's flag and a marked lane's high bits drop out.
+  st.win = __funnelshift_l(0, st.win, e >> 16);
+  st.pw = __funnelshift_l(0, st.pw, e >> 16);
+  if (!CHECK || active) *out = (typename T::Elem)e;  // the low bits: the field (or 0 for ESC)
+  const bool esc = hr_lut_esc(e);
+  if (__any_sync(0xFFFFFFFFu, esc)) {
+    // Round 2: ESC's raw exponent (a marked lane takes part too, and stays marked). Stored over the first
+    // store rather than merged with it, so that the common path keeps the table entry where it was loaded.
+    hr_refill(sh, rbase, below, esc && st.pw > 1u << (24 - T::kExpBits), st);
+    if (esc) {
+      *out = (typename T::Elem)((st.win >> (32 - T::kExpBits)) << T::kExpShift);
+      st.win <<= T::kExpBits;
+      st.pw <<= T::kExpBits;
+    }
+  }
+}
+
+// hr_join joins element i of a group, its exponent field in place, with its residual from the staged bytes.
 template <class T>
-__device__ __forceinline__ typename T::Elem hr_element(const uint8_t* sres, uint32_t i, uint32_t field) {
+__device__ __forceinline__ typename T::Elem hr_join(const uint8_t* sres, uint32_t i, uint32_t field) {
   if constexpr (T::kBytes == 2) {
     const uint32_t r = sres[i];
     return (uint16_t)(((r * 0x101u) & 0x807Fu) | field);  // sign to bit 15, mantissa in bits 0-6
@@ -915,6 +943,25 @@ __device__ __forceinline__ typename T::Elem hr_element(const uint8_t* sres, uint
     const uint32_t bit = T::kResBits * i;
     const uint32_t r = ((sres[bit >> 3] | (uint32_t)sres[(bit >> 3) + 1] << 8) >> (bit & 7)) & ((1u << T::kResBits) - 1);
     return (uint8_t)(((r >> T::kExpShift) << 7) | field | (r & ((1u << T::kExpShift) - 1)));
+  }
+}
+
+// hr_join_unit joins unit u of a group (its elements 8u to 8u + 7): their exponent fields from shared memory
+// with their residuals. For bf16 a byte permute spreads two residual bytes into two elements' halves at once.
+template <class T>
+__device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, const typename T::Elem* sout, uint32_t u) {
+  if constexpr (T::kBytes == 2) {
+    const uint4 f = *reinterpret_cast<const uint4*>(sout + 8 * u);
+    const uint2 r = *reinterpret_cast<const uint2*>(sres + 8 * u);
+    constexpr uint32_t kSM = 0x807F807Fu;  // sign to bit 15, mantissa in bits 0-6, of both halves
+    return make_uint4((__byte_perm(r.x, 0, 0x1100) & kSM) | f.x, (__byte_perm(r.x, 0, 0x3322) & kSM) | f.y,
+                      (__byte_perm(r.y, 0, 0x1100) & kSM) | f.z, (__byte_perm(r.y, 0, 0x3322) & kSM) | f.w);
+  } else {
+    uint8_t o[8];
+#pragma unroll
+    for (uint32_t k = 0; k < 8; k++) o[k] = hr_join<T>(sres, 8 * u + k, sout[8 * u + k]);
+    return make_uint2(o[0] | o[1] << 8 | o[2] << 16 | (uint32_t)o[3] << 24,
+                      o[4] | o[5] << 8 | o[6] << 16 | (uint32_t)o[7] << 24);
   }
 }
 
@@ -927,28 +974,25 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   const uint32_t f = blockIdx.x / bpf, c = (blockIdx.x - f * bpf) * WARPS + warp;
   const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
   const uint8_t* frame_end = frame + p.frame_cap;
-  // The block's setup keeps warp 0's serial part short: the whole block builds the CRC table before it and
-  // fills the lookup table after it, an entry a thread.
-  for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
-    uint32_t x = i;
-#pragma unroll
-    for (int b = 0; b < 8; b++) x = (x >> 1) ^ (0x82F63B78u & (0u - (x & 1u)));
-    sh.crc[i] = x;
+  // The block's setup keeps warp 0's serial part short: warp 0 loads the header and the code table's bytes while
+  // the block builds the CRC tables; the block fills the lookup table after warp 0 has checked them, an entry a
+  // thread.
+  if (warp == 0 && p.frame_cap >= kHeaderSize) {
+    if (lane < 16) sh.hdr[lane] = reinterpret_cast<const uint32_t*>(frame)[lane];
+    hr_stage_table<T>(frame + kHeaderSize, (uint32_t)min(p.frame_cap - kHeaderSize, (uint64_t)T::kTableMax), sh.table);
   }
-  __syncthreads();
+  build_crc_tables(sh.crc);
   if (warp == 0) {
     uint32_t st = kOK;
     if (p.frame_cap < kHeaderSize) {
       st = kTruncated;
     } else {
-      if (lane < 16) sh.hdr[lane] = reinterpret_cast<const uint32_t*>(frame)[lane];
-      __syncwarp();
       if (lane == 0) sh.status = hr_check_header<T>(sh.hdr, p.out_bytes, p.frame_cap, sh);
       __syncwarp();
       st = sh.status;
       if (st == kOK && !sh.raw) {
         const uint32_t table_len = sh.hdr[6] >> 16, code_bits = sh.hdr[1] >> 24;
-        st = hr_table_lengths<T>(frame + kHeaderSize, table_len, sh.len);
+        st = hr_table_lengths<T>(sh.table, table_len, sh.len);
         uint32_t maxlen = 0;
         if (st == kOK) maxlen = hr_canonical_codes<T>(sh.len, sh.code);
         if (st == kOK && maxlen != code_bits) st = kCorrupt;
@@ -964,7 +1008,7 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   if (sh.status == kOK && !sh.raw) {
     // Entry i: the code whose bits prefix i (one length at most matches a prefix code), else no code.
     for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
-      uint32_t e = 16u << 24;
+      uint32_t e = kHRLutNone;
 #pragma unroll
       for (uint32_t k = 1; k <= kHRMaxLen; k++) {
         const uint32_t r = (i >> (kHRMaxLen - k)) - sh.lfirst[k];
@@ -1011,7 +1055,8 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   // The ring's base: the chunk's first stream byte rounded down to 16 bytes.
   const uint64_t sb = reinterpret_cast<uint64_t>(frame + L.streams + start), base = sb & ~uint64_t(15);
   const uint32_t q0 = (uint32_t)(sb - base), q_end = q0 + (uint32_t)(stop - start);
-  uint8_t* ring = sh.ring[warp];
+  const uint32_t rbase = warp * kHRRing;
+  uint8_t* ring = sh.ring + rbase;
   uint32_t req = 0;  // ring bytes [0, req) from base copied or on their way
   // fill requests what the ring can take beyond the lowest byte still to be read (q), up to the chunk's end.
   auto fill = [&](uint32_t q) {
@@ -1028,7 +1073,7 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   };
   const uint32_t below = lanemask_lt();
   typename T::Elem* sout = sh.out[warp];
-  HRLane st{0, 0, q0};
+  HRLane st{0, 1u << 24, q0};
   const uint32_t steps = (len + 31) / 32, groups = (steps + kHRGroupSteps - 1) / kHRGroupSteps;
   stage_res(0);
   fill(q0);
@@ -1044,43 +1089,37 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     if (g + 1 < groups) stage_res(g + 1);
     fill(st.q);
     const uint8_t* sres = sh.res[warp][g & 1];
-    const uint32_t s0 = g * kHRGroupSteps;
-    if (32 * (s0 + kHRGroupSteps) <= len) {
+    const uint32_t s0 = g * kHRGroupSteps, g0 = 32 * s0;
+    // The group written out in units of 8 elements, each joined with its residuals.
+    auto write_unit = [&](uint32_t u) {
+      if constexpr (T::kBytes == 2) store16(map.addr(f, e0 + g0 + 8 * u), hr_join_unit<T>(sres, sout, u));
+      else store8(map.addr(f, e0 + g0 + 8 * u), hr_join_unit<T>(sres, sout, u));
+    };
+    if (g0 + kHRGroup <= len) {
 #pragma unroll
       for (uint32_t i = 0; i < kHRGroupSteps; i++)
-        sout[32 * i + lane] = hr_element<T>(sres, 32 * i + lane, hr_step<T, false>(sh, ring, below, true, st));
-    } else {
-      for (uint32_t i = 0; s0 + i < steps; i++) {
-        const bool active = 32 * (s0 + i) + lane < len;
-        const uint32_t field = hr_step<T, true>(sh, ring, below, active, st);
-        if (active) sout[32 * i + lane] = hr_element<T>(sres, 32 * i + lane, field);
-      }
-    }
-    // Write the group out: 64 units of 8 elements.
-    __syncwarp();
-    const uint32_t g0 = 32 * s0;
+        hr_step<T, false>(sh, rbase, below, true, st, sout + 32 * i + lane);
+      __syncwarp();
 #pragma unroll
-    for (uint32_t i = 0; i < 2; i++) {
-      const uint32_t u = lane + 32 * i, ue = g0 + 8 * u;
-      if constexpr (T::kBytes == 2) {
-        if (ue + 8 <= len) {
-          store16(map.addr(f, e0 + ue), *reinterpret_cast<const uint4*>(sout + 8 * u));
+      for (uint32_t i = 0; i < kHRGroup / 256; i++) write_unit(lane + 32 * i);
+    } else {
+      for (uint32_t i = 0; s0 + i < steps; i++)
+        hr_step<T, true>(sh, rbase, below, 32 * (s0 + i) + lane < len, st, sout + 32 * i + lane);
+      __syncwarp();
+      for (uint32_t u = lane; g0 + 8 * u < len; u += 32) {
+        if (g0 + 8 * u + 8 <= len) {
+          write_unit(u);
         } else {
-          for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint16_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
-        }
-      } else {
-        if (ue + 8 <= len) {
-          store8(map.addr(f, e0 + ue), *reinterpret_cast<const uint2*>(sout + 8 * u));
-        } else {
-          for (uint32_t k = ue; k < len; k++) *reinterpret_cast<uint8_t*>(map.addr(f, e0 + k)) = sout[8 * u + k - ue];
+          for (uint32_t k = g0 + 8 * u; k < len; k++)
+            *reinterpret_cast<typename T::Elem*>(map.addr(f, e0 + k)) = hr_join<T>(sres, k - g0, sout[k - g0]);
         }
       }
     }
   }
   cp_async_wait_all();
-  // The chunk is corrupt when a lane met a prefix no code starts (its bit count wrapped), left nonzero padding,
-  // or the lanes took other than the chunk's bytes.
-  const bool bad = st.avail > 15 || (st.buf & ((1u << st.avail) - 1)) != 0;
+  // The chunk is corrupt when a lane met a prefix no code starts (it is marked), left nonzero padding, or the
+  // lanes took other than the chunk's bytes.
+  const bool bad = st.pw - (1u << 9) > (1u << 24) - (1u << 9) || st.win != 0;
   if ((__any_sync(0xFFFFFFFFu, bad) || st.q != q_end) && lane == 0) hr_fail(p, kCorrupt);
 }
 

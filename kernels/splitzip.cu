@@ -69,7 +69,8 @@ extern "C" __global__ void __launch_bounds__(256) sz_decode_t256c1_paged(const D
 
 // The high-ratio mode (entropy.cuh, format v2), 16,384-element chunks: a block of 8 warps encodes one, a warp
 // decodes one. The encoder's registers are capped for 6 blocks an SM (40 a thread; with 64 and 4 blocks it ran
-// 10 % slower on an H100). bf16 here; fp8 below.
+// 10 % slower on an H100), and so are the bf16 decoder's, where its shared memory allows 6 (dense: 40 a thread,
+// 48 uncapped; paged: 5 blocks at 48, 64 uncapped). bf16 here; fp8 below.
 extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_encode_dense(const HREncParams p) {
   hr_encode<HRBF16>(p, DenseMap{p.src});
 }
@@ -82,10 +83,10 @@ extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_dense(const HREncPar
 extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_paged(const HREncParams p) {
   hr_raw<HRBF16>(p, SZ_PAGED_MAP(p.src));
 }
-extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_dense(const HRDecParams p) {
+extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_decode_dense(const HRDecParams p) {
   hr_decode<HRBF16, 8>(p, DenseMap{p.dst});
 }
-extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_paged(const HRDecParams p) {
+extern "C" __global__ void __launch_bounds__(256, 5) sz_hr_decode_paged(const HRDecParams p) {
   hr_decode<HRBF16, 8>(p, SZ_PAGED_MAP(p.dst));
 }
 

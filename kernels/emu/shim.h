@@ -275,6 +275,11 @@ inline uint32_t __brev(uint32_t x) {
   for (int i = 0; i < 32; i++) r |= ((x >> i) & 1u) << (31 - i);
   return r;
 }
+// The upper word of hi:lo shifted left by shift mod 32 (CUDA's wrapping funnel shift).
+inline uint32_t __funnelshift_l(uint32_t lo, uint32_t hi, uint32_t shift) {
+  const uint64_t v = ((uint64_t)hi << 32 | lo) << (shift & 31);
+  return (uint32_t)(v >> 32);
+}
 inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
   const uint64_t v = (uint64_t)y << 32 | x;
   uint32_t r = 0;
