@@ -9,16 +9,17 @@
 namespace sz {
 
 // ---- decoupled look-back over the tiles -----------------------------------------------------------------------
-// lookback publishes chunk c's escape count agg and returns the escapes of chunks 0..c-1 of its frame. Called by
-// one whole warp; state is the frame's per-chunk words, zeroed before the launch. Blocks are dispatched in index
-// order, so every predecessor has run far enough to publish its count.
-__device__ uint32_t lookback_warp(uint64_t* state, uint32_t c, uint32_t agg) {
+// lookback_warp publishes chunk c's count agg and returns the sum of the counts of chunks 0..c-1 of its frame.
+// Called by one whole warp; state is the frame's per-chunk words, zeroed before the launch. Blocks are
+// dispatched in index order, so every predecessor has run far enough to publish its count. It is
+// lookback_publish followed by lookback_walk, which a caller with work in between can call apart: its
+// predecessors then have that much longer to publish their prefixes, and its walk is shorter.
+__device__ __forceinline__ void lookback_publish(uint64_t* state, uint32_t c, uint32_t agg) {
+  if ((threadIdx.x & 31) == 0) st_relaxed_gpu(state + c, (c == 0 ? kFlagPrefix : kFlagAggregate) | agg);
+}
+__device__ __forceinline__ uint32_t lookback_walk(uint64_t* state, uint32_t c, uint32_t agg) {
   const int lane = threadIdx.x & 31;
-  if (c == 0) {
-    if (lane == 0) st_relaxed_gpu(state, kFlagPrefix | agg);
-    return 0;
-  }
-  if (lane == 0) st_relaxed_gpu(state + c, kFlagAggregate | agg);
+  if (c == 0) return 0;
   uint32_t excl = 0;
   int64_t base = (int64_t)c - 1;
   while (true) {
@@ -38,6 +39,15 @@ __device__ uint32_t lookback_warp(uint64_t* state, uint32_t c, uint32_t agg) {
   }
   if (lane == 0) st_relaxed_gpu(state + c, kFlagPrefix | (excl + agg));
   return excl;
+}
+__device__ uint32_t lookback_warp(uint64_t* state, uint32_t c, uint32_t agg) {
+  const int lane = threadIdx.x & 31;
+  if (c == 0) {
+    if (lane == 0) st_relaxed_gpu(state, kFlagPrefix | agg);
+    return 0;
+  }
+  if (lane == 0) st_relaxed_gpu(state + c, kFlagAggregate | agg);
+  return lookback_walk(state, c, agg);
 }
 
 // ---- block scan of packed per-thread counts -----------------------------------------------------------------

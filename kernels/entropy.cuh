@@ -8,8 +8,9 @@
 // Encode, one block of 8 warps per chunk, each warp owning 64 of the chunk's 512 steps (hr_encode): the warps
 // read the chunk once and sum each lane's bits; from those sums every thread knows how many bytes its lane takes
 // in its warp's steps, and walks the lane's steps backwards writing the byte each refill takes (a shift of the
-// lane's next 32 bits) where the decoder will read it: into shared memory while warp 0 looks up the chunk's
-// offset (a decoupled look-back over the chunk lengths), from where the block copies the stream out. The last
+// lane's next 32 bits) where the decoder will read it: into shared memory, from where the block copies the
+// stream out once warp 0 has looked up the chunk's offset (a decoupled look-back over the chunk lengths, walked
+// after its own bytes are placed). The last
 // block of a frame to finish writes the header, the code table and the gaps (or a raw header, when the coded
 // frame would not be smaller than the input, and the raw kernel after it copies the payload).
 //
@@ -685,8 +686,10 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
 
   // The chunk's offset in the frame's streams, from the look-back; its length is the sum of its lanes'
   // (codec/FORMAT.md: ceil(max(C + 8, B if the last element escapes) / 8) bytes), which the warps' sums add up to.
-  if (warp == 0) {
-    const uint32_t start = lookback_warp(hr_ws_state(p, f), c, chunk_bytes);
+  // Warp 0 publishes the length now and, when the stream is staged, walks back after placing its bytes: by then
+  // the chunks before have mostly published their offsets, and the walk is short.
+  auto lookup = [&] {
+    const uint32_t start = lookback_walk(hr_ws_state(p, f), c, chunk_bytes);
     if (lane == 0) {
       if (!p.raw_only) reinterpret_cast<uint32_t*>(frame + L.chunk_table)[c] = start;
       sh.start = start;
@@ -694,12 +697,17 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
       // written there.
       sh.write = !bad && L.streams + start + chunk_bytes <= kHeaderSize + (uint64_t)T::kBytes * n;
     }
+  };
+  if (warp == 0) {
+    lookback_publish(hr_ws_state(p, f), c, chunk_bytes);
+    if (!staged) lookup();
   }
   // 3. Each thread writes its lane's bytes of the warp's steps where the decoder will read them.
   if (staged) {
     uint8_t* out = sh.stage + wbase;
     escapes = full ? hr_place<T, true>(sh, out, s0, cnt, C_end, taken, wbytes)
                    : hr_place<T, false>(sh, out, s0, cnt, C_end, taken, wbytes);
+    if (warp == 0) lookup();
   }
   __syncthreads();
   if (staged) {
