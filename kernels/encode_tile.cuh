@@ -40,6 +40,8 @@ __device__ __forceinline__ uint32_t lookback_walk(uint64_t* state, uint32_t c, u
   if (lane == 0) st_relaxed_gpu(state + c, kFlagPrefix | (excl + agg));
   return excl;
 }
+// (The publishing is written out here rather than called, so that the tile encoder compiles to the code it was
+// timed with.)
 __device__ uint32_t lookback_warp(uint64_t* state, uint32_t c, uint32_t agg) {
   const int lane = threadIdx.x & 31;
   if (c == 0) {
