@@ -10,9 +10,9 @@
 // in its warp's steps, and walks the lane's steps backwards writing the byte each refill takes (a shift of the
 // lane's next 32 bits) where the decoder will read it: into shared memory, from where the block copies the
 // stream out once warp 0 has looked up the chunk's offset (a decoupled look-back over the chunk lengths, walked
-// after its own bytes are placed). The last
-// block of a frame to finish writes the header, the code table and the gaps (or a raw header, when the coded
-// frame would not be smaller than the input, and the raw kernel after it copies the payload).
+// after its own bytes are placed). The last block of a frame to finish writes the header, the code table and the
+// gaps (or a raw header, when the coded frame would not be smaller than the input, and the raw kernel after it
+// copies the payload).
 //
 // Decode, one warp per chunk (its steps depend on each other through the lanes' refills): the block builds a
 // 256-entry lookup table from the frame's code table; each warp copies its stream and residuals into shared
@@ -591,8 +591,9 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   const HRLayout L = hr_layout<T>(n, p.table_len);
   uint8_t* xs = sh.xs;
 
-  // 1. The table's setup is a chain of dependent loads and ballots: bf16's (257 symbols) takes warp 0 about as
-  // long as the other warps take to read the chunk, so it overlaps them; fp8's is short, and warp 0 reads too.
+  // 1. The table's setup is a chain of dependent ballots: bf16's (257 symbols) is long enough that warp 0 builds
+  // it while the other warps read the chunk (all 8 reading first ran 5 % slower on a paged request); fp8's is
+  // short, and warp 0 reads too.
   constexpr bool kTableFirst = T::kBytes == 2;
   constexpr uint32_t kReaders = 32 * (kTableFirst ? W - 1 : W);
   const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
@@ -651,16 +652,15 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   if (lane == 0) sh.wbad[warp] = bad_warp;
   __syncthreads();
 
-  // 2. The lane's bits before this warp's first step (C) and in all (B), and the bytes its decoder takes in this
-  // warp's steps: from the bytes it holds before step s0 to those after its last step here (hr_taken).
+  // 2. The lane's bits before this warp's first step (C), and the bytes its decoder takes in this warp's steps:
+  // from the bytes it holds before step s0 to those after its last step here (hr_taken).
   const uint32_t cnt = lane < len ? (len - 1 - lane) / 32 + 1 : 0;  // the lane's elements
   const uint32_t s0 = kSeg * warp;
-  uint32_t C = 0, B = 0;
+  uint32_t C = 0;
 #pragma unroll
   for (uint32_t w = 0; w < W; w++) {
     const uint32_t b = sh.seg[w][lane];
     if (w < warp) C += b;
-    B += b;
   }
   bool bad = sh.maxlen > kHRMaxLen || sh.maxlen == 0;
 #pragma unroll
@@ -679,14 +679,15 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     if (w < warp) wbase += x;
     chunk_bytes += x;
   }
-  // A chunk's stream that fits in shared memory is placed there while warp 0 looks up the chunk's offset; a
-  // longer one is placed in the frame once the offset is known.
+  // A chunk's stream that fits in shared memory is placed there before its offset is known; a longer one is
+  // placed in the frame once it is.
   const bool staged = !bad && chunk_bytes <= kHRStage;
   const bool full = 32 * (s0 + kSeg) <= len;  // every lane has an element at each of the warp's steps
   uint32_t escapes = 0;
 
   // The chunk's offset in the frame's streams, from the look-back; its length is the sum of its lanes'
-  // (codec/FORMAT.md: ceil(max(C + 8, B if the last element escapes) / 8) bytes), which the warps' sums add up to.
+  // (codec/FORMAT.md: ceil(max(C' + 8, B if the last element escapes) / 8) bytes, C' a lane's bits before its
+  // last element and B all of them), which the warps' sums add up to.
   // Warp 0 publishes the length now and, when the stream is staged, walks back after placing its bytes: by then
   // the chunks before have mostly published their offsets, and the walk is short.
   auto lookup = [&] {
