@@ -52,6 +52,14 @@ __device__ __forceinline__ void cp_async16(void* smem, uint64_t gaddr) {
   const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gaddr) : "memory");
 }
+// top_byte is x >> 24. As inline PTX, a table index scaled after it stays a shift and one multiply-add with the
+// table's address; the compiler would fold the scaling into the shift and a mask, and add the address apart.
+__device__ __forceinline__ uint32_t top_byte(uint32_t x) {
+  uint32_t r;
+  asm("shr.u32 %0, %1, 24;" : "=r"(r) : "r"(x));
+  return r;
+}
+
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 template <typename T>

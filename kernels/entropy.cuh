@@ -802,6 +802,9 @@ __device__ __forceinline__ void hr_raw(const HREncParams& p, const Map& map) {
 // bytes (16 per lane) at a time with cp.async. A group of 16 steps takes at most 1,024 bytes (two per lane and
 // step), so the ring holds what a group reads and what the copies bring for the next.
 constexpr uint32_t kHRRing = 2048, kHRRingUnit = 512, kHRGroupSteps = kHRGroup / 32;
+// A ring's first kHRMirror bytes are copied past its end too: a step's reads, at most 31 bytes beyond the first
+// lane's, need no wrap.
+constexpr uint32_t kHRMirror = 32;
 
 template <class T>
 struct HRDecShared {
@@ -818,7 +821,7 @@ struct HRDecShared {
   uint32_t raw;
   uint64_t n, codes_len;
   HRLayout L;
-  __align__(16) uint8_t ring[8 * kHRRing];  // a ring a warp
+  __align__(16) uint8_t ring[8][kHRRing + kHRMirror];  // a ring a warp
   // Two groups' residual bytes (the next one's arrive while a group decodes); fp8 reads each residual as a
   // 16-bit window, so its rows end with a pad.
   __align__(16) uint8_t res[8][2][kHRGroup * T::kResBits / 8 + (T::kBytes == 1 ? 16 : 0)];
@@ -868,7 +871,8 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
   if ((uint64_t)T::kBytes * n != out_bytes) return kSizeMismatch;
   const HRLayout L = hr_layout<T>(n, table_len);
   const uint64_t want_res = T::kResBits == 8 ? n : (n * T::kResBits + 7) / 8;
-  if (esc > n || res_len != want_res || payload != L.streams + codes_len - kHeaderSize || codes_len > 2 * n) return kCorrupt;
+  if (esc > n || res_len != want_res || payload != L.streams + codes_len - kHeaderSize) return kCorrupt;
+  if (codes_len > 2 * n || codes_len > 0xFFFFFFFFull) return kCorrupt;
   if (kHeaderSize + payload > cap) return kTruncated;
   sh.raw = 0;
   sh.n = n;
@@ -877,15 +881,26 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
   return kOK;
 }
 
-// hr_lut_entry is a decode table entry: the low 16 bits the exponent field in place (exponent << kExpShift; 0
-// for ESC), and from bit 16 the code's length, plus 128 for ESC (its raw bits follow). kHRLutNone is a prefix no
-// code starts: a shift of 31, which marks the lane for good (see HRLane), and the escape flag.
+// hr_lut_entry is a decode table entry: the exponent field in place (exponent << kExpShift; 0 for ESC), the
+// code's length and an escape flag (ESC: its raw bits follow). A step stores the entry's low bits as they are and
+// shifts its lane by the entry (hr_lut_shift). For bf16 the length sits in bits 0-4, below the field (bits 7-14),
+// and the flag in bit 15, so the entry is both the shift and the store, and the write-out masks the length off;
+// for fp8, whose field leaves no room below it, the length goes from bit 16 and the flag is bit 23.
+// kHRLutNone is a prefix no code starts: a shift of 31, which marks the lane for good (see HRLane), and the flag.
 template <class T>
 __device__ __forceinline__ uint32_t hr_lut_entry(uint32_t sym, uint32_t len) {
+  if constexpr (T::kBytes == 2) return sym == T::kEsc ? len | 0x8000u : sym << T::kExpShift | len;
   return sym == T::kEsc ? (len | 128u) << 16 : len << 16 | sym << T::kExpShift;
 }
-constexpr uint32_t kHRLutNone = 0xFFFF0000u;
-__device__ __forceinline__ bool hr_lut_esc(uint32_t e) { return e >= 128u << 16; }
+template <class T>
+constexpr uint32_t kHRLutNone = T::kBytes == 2 ? 0x801Fu : 0xFFFF0000u;
+template <class T>
+__device__ __forceinline__ uint32_t hr_lut_shift(uint32_t e) { return T::kBytes == 2 ? e : e >> 16; }  // mod 32
+template <class T>
+__device__ __forceinline__ bool hr_lut_esc(uint32_t e) { return e >= (T::kBytes == 2 ? 0x8000u : 128u << 16); }
+// kHRFieldMask keeps an element's exponent field from a stored entry.
+template <class T>
+constexpr uint32_t kHRFieldMask = ((1u << T::kExpBits) - 1) << T::kExpShift;
 
 // hr_copy16 copies 16 bytes from global a to shared d with cp.async, or byte by byte (zeros past end) when they
 // would cross end.
@@ -905,15 +920,13 @@ struct HRLane {
   uint32_t win, pw, q;
 };
 
-// hr_refill gives each lane in need the next byte of the stream in lane order (from the ring of the warp at
-// rbase, a multiple of kHRRing).
+// hr_refill gives each lane in need the next byte of the stream in lane order, from the warp's ring.
 template <class T>
-__device__ __forceinline__ void hr_refill(const HRDecShared<T>& sh, uint32_t rbase, uint32_t below, bool need,
-                                          HRLane& st) {
+__device__ __forceinline__ void hr_refill(const uint8_t* ring, uint32_t below, bool need, HRLane& st) {
   const uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
   // Branch-free: every lane reads the byte it would take (diverging around the read costs more than the read).
-  const uint32_t b = sh.ring[rbase | ((st.q + __popc(m & below)) & (kHRRing - 1))];
-  st.win = need ? st.win + b * st.pw : st.win;
+  const uint32_t b = ring[(st.q & (kHRRing - 1)) + __popc(m & below)];
+  st.win += b * (need ? st.pw : 0u);
   st.pw = need ? st.pw >> 8 : st.pw;
   st.q += __popc(m);
 }
@@ -921,20 +934,20 @@ __device__ __forceinline__ void hr_refill(const HRDecShared<T>& sh, uint32_t rba
 // hr_step decodes one step of a lane and stores its exponent field in place at out; with CHECK, lanes past the
 // chunk's end (!active) take no byte and decode nothing.
 template <class T, bool CHECK>
-__device__ __forceinline__ void hr_step(const HRDecShared<T>& sh, uint32_t rbase, uint32_t below, bool active,
+__device__ __forceinline__ void hr_step(const HRDecShared<T>& sh, const uint8_t* ring, uint32_t below, bool active,
                                         HRLane& st, typename T::Elem* out) {
-  hr_refill(sh, rbase, below, (!CHECK || active) && st.pw > 1u << 16, st);  // round 1: fewer than 8 bits held
-  uint32_t e = sh.lut[st.win >> 24];
+  hr_refill<T>(ring, below, (!CHECK || active) && st.pw > 1u << 16, st);  // round 1: fewer than 8 bits held
+  uint32_t e = sh.lut[top_byte(st.win)];
   if (CHECK && !active) e = 0;
-  // A funnel shift takes the shift mod 32: ESC's flag and a marked lane's high bits drop out.
-  st.win = __funnelshift_l(0, st.win, e >> 16);
-  st.pw = __funnelshift_l(0, st.pw, e >> 16);
-  if (!CHECK || active) *out = (typename T::Elem)e;  // the low bits: the field (or 0 for ESC)
-  const bool esc = hr_lut_esc(e);
+  // A funnel shift takes the shift mod 32: the field, ESC's flag and a marked lane's high bits drop out.
+  st.win = __funnelshift_l(0, st.win, hr_lut_shift<T>(e));
+  st.pw = __funnelshift_l(0, st.pw, hr_lut_shift<T>(e));
+  if (!CHECK || active) *out = (typename T::Elem)e;  // the low bits: the field (0 for ESC), bf16's length below it
+  const bool esc = hr_lut_esc<T>(e);
   if (__any_sync(0xFFFFFFFFu, esc)) {
     // Round 2: ESC's raw exponent (a marked lane takes part too, and stays marked). Stored over the first
     // store rather than merged with it, so that the common path keeps the table entry where it was loaded.
-    hr_refill(sh, rbase, below, esc && st.pw > 1u << (24 - T::kExpBits), st);
+    hr_refill<T>(ring, below, esc && st.pw > 1u << (24 - T::kExpBits), st);
     if (esc) {
       *out = (typename T::Elem)((st.win >> (32 - T::kExpBits)) << T::kExpShift);
       st.win <<= T::kExpBits;
@@ -948,7 +961,7 @@ template <class T>
 __device__ __forceinline__ typename T::Elem hr_join(const uint8_t* sres, uint32_t i, uint32_t field) {
   if constexpr (T::kBytes == 2) {
     const uint32_t r = sres[i];
-    return (uint16_t)(((r * 0x101u) & 0x807Fu) | field);  // sign to bit 15, mantissa in bits 0-6
+    return (uint16_t)(((r * 0x101u) & 0x807Fu) | (field & kHRFieldMask<T>));  // sign to bit 15, mantissa in bits 0-6
   } else {
     const uint32_t bit = T::kResBits * i;
     const uint32_t r = ((sres[bit >> 3] | (uint32_t)sres[(bit >> 3) + 1] << 8) >> (bit & 7)) & ((1u << T::kResBits) - 1);
@@ -964,8 +977,10 @@ __device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, co
     const uint4 f = *reinterpret_cast<const uint4*>(sout + 8 * u);
     const uint2 r = *reinterpret_cast<const uint2*>(sres + 8 * u);
     constexpr uint32_t kSM = 0x807F807Fu;  // sign to bit 15, mantissa in bits 0-6, of both halves
-    return make_uint4((__byte_perm(r.x, 0, 0x1100) & kSM) | f.x, (__byte_perm(r.x, 0, 0x3322) & kSM) | f.y,
-                      (__byte_perm(r.y, 0, 0x1100) & kSM) | f.z, (__byte_perm(r.y, 0, 0x3322) & kSM) | f.w);
+    // (a & kSM) | (f & ~kSM) is one LOP3; it also drops the code lengths and flags stored around the fields.
+    auto join = [](uint32_t a, uint32_t f) { return (a & kSM) | (f & ~kSM); };
+    return make_uint4(join(__byte_perm(r.x, 0, 0x1100), f.x), join(__byte_perm(r.x, 0, 0x3322), f.y),
+                      join(__byte_perm(r.y, 0, 0x1100), f.z), join(__byte_perm(r.y, 0, 0x3322), f.w));
   } else {
     uint8_t o[8];
 #pragma unroll
@@ -975,11 +990,16 @@ __device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, co
   }
 }
 
+// warp_uniform returns v, which every lane of the warp holds alike, where the compiler can see that: a warp
+// reduction's result is uniform. A warp whose every branch and exit is uniform needs no convergence check before
+// its ballots (two instructions a decoder step, which has about 22).
+__device__ __forceinline__ uint32_t warp_uniform(uint32_t v) { return __reduce_min_sync(0xFFFFFFFFu, v); }
+
 template <class T, int WARPS, class Map>
 __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) {
   static_assert(WARPS <= 8, "shared staging holds 8 warps");
   __shared__ HRDecShared<T> sh;
-  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t lane = threadIdx.x & 31, warp = warp_uniform(threadIdx.x >> 5);
   const uint32_t bpf = (p.chunks + WARPS - 1) / WARPS;  // blocks per frame
   const uint32_t f = blockIdx.x / bpf, c = (blockIdx.x - f * bpf) * WARPS + warp;
   const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
@@ -1018,7 +1038,7 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   if (sh.status == kOK && !sh.raw) {
     // Entry i: the code whose bits prefix i (one length at most matches a prefix code), else no code.
     for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
-      uint32_t e = kHRLutNone;
+      uint32_t e = kHRLutNone<T>;
 #pragma unroll
       for (uint32_t k = 1; k <= kHRMaxLen; k++) {
         const uint32_t r = (i >> (kHRMaxLen - k)) - sh.lfirst[k];
@@ -1028,12 +1048,12 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     }
   }
   __syncthreads();
-  if (sh.status != kOK || c >= p.chunks) return;
+  if (warp_uniform(sh.status) != kOK || c >= p.chunks) return;
   const uint64_t n = sh.n;
   const uint32_t e0 = c << kHRChunkLog2;
-  if (e0 >= n && n > 0) return;
-  const uint32_t len = (uint32_t)min((uint64_t)kHRChunk, n - e0);
-  if (sh.raw) {
+  if (warp_uniform(e0 >= n && n > 0)) return;
+  const uint32_t len = warp_uniform((uint32_t)min((uint64_t)kHRChunk, n - e0));
+  if (warp_uniform(sh.raw)) {
     const uint8_t* src = frame + kHeaderSize;
     for (uint32_t u = lane; 8 * u < len; u += 32) {
       const uint32_t ue = 8 * u;
@@ -1056,8 +1076,9 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   }
   const HRLayout L = sh.L;
   const uint32_t* ct = reinterpret_cast<const uint32_t*>(frame + L.chunk_table);
-  const uint64_t start = ct[c], stop = c + 1 < L.chunks ? ct[c + 1] : sh.codes_len;
-  if (start > stop || stop > sh.codes_len) {
+  const uint32_t codes_len = (uint32_t)sh.codes_len;  // at most 2^32 − 1 (hr_check_header)
+  const uint32_t start = warp_uniform(ct[c]), stop = warp_uniform(c + 1 < L.chunks ? ct[c + 1] : codes_len);
+  if (warp_uniform(start > stop || stop > codes_len)) {
     if (lane == 0) hr_fail(p, kCorrupt);
     return;
   }
@@ -1065,13 +1086,14 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   // The ring's base: the chunk's first stream byte rounded down to 16 bytes.
   const uint64_t sb = reinterpret_cast<uint64_t>(frame + L.streams + start), base = sb & ~uint64_t(15);
   const uint32_t q0 = (uint32_t)(sb - base), q_end = q0 + (uint32_t)(stop - start);
-  const uint32_t rbase = warp * kHRRing;
-  uint8_t* ring = sh.ring + rbase;
+  uint8_t* ring = sh.ring[warp];
   uint32_t req = 0;  // ring bytes [0, req) from base copied or on their way
   // fill requests what the ring can take beyond the lowest byte still to be read (q), up to the chunk's end.
   auto fill = [&](uint32_t q) {
     while (req + kHRRingUnit <= q + kHRRing && req < q_end) {
-      hr_copy16(ring + ((req + 16 * lane) & (kHRRing - 1)), base + req + 16 * lane, end);
+      const uint32_t o = (req + 16 * lane) & (kHRRing - 1);
+      hr_copy16(ring + o, base + req + 16 * lane, end);
+      if (o < kHRMirror) hr_copy16(ring + kHRRing + o, base + req + 16 * lane, end);
       req += kHRRingUnit;
     }
   };
@@ -1108,13 +1130,13 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     if (g0 + kHRGroup <= len) {
 #pragma unroll
       for (uint32_t i = 0; i < kHRGroupSteps; i++)
-        hr_step<T, false>(sh, rbase, below, true, st, sout + 32 * i + lane);
+        hr_step<T, false>(sh, ring, below, true, st, sout + 32 * i + lane);
       __syncwarp();
 #pragma unroll
       for (uint32_t i = 0; i < kHRGroup / 256; i++) write_unit(lane + 32 * i);
     } else {
       for (uint32_t i = 0; s0 + i < steps; i++)
-        hr_step<T, true>(sh, rbase, below, 32 * (s0 + i) + lane < len, st, sout + 32 * i + lane);
+        hr_step<T, true>(sh, ring, below, 32 * (s0 + i) + lane < len, st, sout + 32 * i + lane);
       __syncwarp();
       for (uint32_t u = lane; g0 + 8 * u < len; u += 32) {
         if (g0 + 8 * u + 8 <= len) {

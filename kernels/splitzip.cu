@@ -110,10 +110,10 @@ extern "C" __global__ void __launch_bounds__(256, 5) sz_hr_decode_paged(const HR
   extern "C" __global__ void __launch_bounds__(256) sz_hr_raw_##NAME##_paged(const HREncParams p) {                   \
     hr_raw<T>(p, SZ_PAGED_BYTE_MAP(p.src));                                                                           \
   }                                                                                                                   \
-  extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_##NAME##_dense(const HRDecParams p) {                \
+  extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_decode_##NAME##_dense(const HRDecParams p) {             \
     hr_decode<T, 8>(p, DenseByteMap{p.dst});                                                                          \
   }                                                                                                                   \
-  extern "C" __global__ void __launch_bounds__(256) sz_hr_decode_##NAME##_paged(const HRDecParams p) {                \
+  extern "C" __global__ void __launch_bounds__(256, 5) sz_hr_decode_##NAME##_paged(const HRDecParams p) {             \
     hr_decode<T, 8>(p, SZ_PAGED_BYTE_MAP(p.dst));                                                                     \
   }
 SZ_HR_FP8(e4m3, HRE4M3)
