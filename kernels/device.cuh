@@ -62,6 +62,10 @@ __device__ __forceinline__ uint32_t top_byte(uint32_t x) {
 
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
+// warp_uniform returns v, which every lane of the warp holds alike, where the compiler can see that: a warp
+// reduction's result is uniform. A warp whose every branch and exit is uniform needs no convergence check before
+// its ballots (two instructions a decoder step, which has about 22).
+__device__ __forceinline__ uint32_t warp_uniform(uint32_t v) { return __reduce_min_sync(0xFFFFFFFFu, v); }
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll

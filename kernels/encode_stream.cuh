@@ -578,9 +578,9 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   }
   const StreamWS ws = stream_ws(p);
   const uint32_t lane = threadIdx.x & 31;
-  const uint64_t g = (uint64_t)role.index * WARPS + (threadIdx.x >> 5);
+  const uint64_t g = (uint64_t)role.index * WARPS + warp_uniform(threadIdx.x >> 5);
   const bool live = g < (uint64_t)p.frames * p.chunks;  // whole warps; the grid's last block may have idle ones
-  const uint32_t f = live ? (uint32_t)(g / p.chunks) : 0, c = live ? (uint32_t)(g - (uint64_t)f * p.chunks) : 0;
+  const uint32_t f = warp_uniform(live ? (uint32_t)(g / p.chunks) : 0), c = live ? (uint32_t)(g - (uint64_t)f * p.chunks) : 0;
   const uint64_t n = p.n;
   const Layout L = bf16_layout(n);
   uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);

@@ -990,11 +990,6 @@ __device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, co
   }
 }
 
-// warp_uniform returns v, which every lane of the warp holds alike, where the compiler can see that: a warp
-// reduction's result is uniform. A warp whose every branch and exit is uniform needs no convergence check before
-// its ballots (two instructions a decoder step, which has about 22).
-__device__ __forceinline__ uint32_t warp_uniform(uint32_t v) { return __reduce_min_sync(0xFFFFFFFFu, v); }
-
 template <class T, int WARPS, class Map>
 __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) {
   static_assert(WARPS <= 8, "shared staging holds 8 warps");
