@@ -25,9 +25,8 @@ const (
 	// on the CPU and the GPU kernels alike.
 	ModeFast
 	// ModeHighRatio codes exponents with a Huffman code (codec.ModeHighRatio), K and V of a layer each with
-	// a code table learned online per layer (or the pinned one, WithCodeTable): about 1.47× on real KV, at
-	// about 2 GB/s a core to encode and 4 GB/s to decode. Host caches only; a GPU cache's kernels code
-	// fast-mode frames.
+	// a code table learned online per layer (or the pinned one, WithCodeTable): about 1.47× on real KV. A host
+	// cache codes it at about 2 GB/s a core to encode and 4 GB/s to decode, a GPU cache with the kernels.
 	ModeHighRatio
 )
 

@@ -76,8 +76,8 @@ type Options struct {
 	// the codec against; 0 takes the transport's rate limit when one is set (WithTransport), else measures the
 	// link from transfers.
 	LinkRate float64
-	// Codebook pins the codebook of fast-mode frames (producer). nil: a host cache's frames use a codebook
-	// learned per layer from earlier handoffs (the built-in one until it is learned), a GPU cache's the built-in.
+	// Codebook pins the codebook of fast-mode frames (producer). nil: frames use a codebook learned per layer
+	// from earlier handoffs (the built-in one until it is learned), on host and GPU caches alike.
 	Codebook *codec.Codebook
 	// CodeTable pins the code table of high-ratio frames (producer); nil learns one per layer's K and V from
 	// earlier handoffs.
