@@ -64,8 +64,27 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 
 // warp_uniform returns v, which every lane of the warp holds alike, where the compiler can see that: a warp
 // reduction's result is uniform. A warp whose every branch and exit is uniform needs no convergence check before
-// its ballots (two instructions a decoder step, which has about 22).
+// its ballots (two instructions a step of the high-ratio decoder or encoder).
 __device__ __forceinline__ uint32_t warp_uniform(uint32_t v) { return __reduce_min_sync(0xFFFFFFFFu, v); }
+// ballot_and is the warp's ballot of (x & m) != 0. As inline PTX it is a LOP3 into a predicate and the vote; the
+// compiler makes the test a shift, a mask and a compare.
+__device__ __forceinline__ uint32_t ballot_and(uint32_t x, uint32_t m) {
+  uint32_t r;
+  asm("{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tand.b32 t, %1, %2;\n\tsetp.ne.u32 p, t, 0;\n\t"
+      "vote.sync.ballot.b32 %0, p, 0xffffffff;\n\t}"
+      : "=r"(r)
+      : "r"(x), "r"(m));
+  return r;
+}
+// any_and is whether some lane of the warp has (x & m) != 0, as inline PTX like ballot_and.
+__device__ __forceinline__ bool any_and(uint32_t x, uint32_t m) {
+  uint32_t r;
+  asm("{\n\t.reg .pred p, q;\n\t.reg .b32 t;\n\tand.b32 t, %1, %2;\n\tsetp.ne.u32 p, t, 0;\n\t"
+      "vote.sync.any.pred q, p, 0xffffffff;\n\tselp.u32 %0, 1, 0, q;\n\t}"
+      : "=r"(r)
+      : "r"(x), "r"(m));
+  return r != 0;
+}
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll

@@ -507,9 +507,8 @@ __device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* 
     const bool d1 = (FULL || s < cnt) && (int32_t)(cs - cp) > 0;
     const uint32_t m1 = __ballot_sync(0xFFFFFFFFu, d1);
     uint32_t at = pos - __popc(m1);
-    const uint32_t me = __ballot_sync(0xFFFFFFFFu, hr_is_esc(ent));
-    if (me) {  // warp-uniform; about one step in 30 under a learned table
-      escapes += __popc(me);
+    if (any_and(ent, 32u)) {  // hr_is_esc: warp-uniform; about one step in 30 under a learned table
+      escapes += __popc(ballot_and(ent, 32u));
       const bool d2 = hr_is_esc(ent) && 8 * cs + 8 < Cs + bits;
       const uint32_t m2 = __ballot_sync(0xFFFFFFFFu, d2);
       at -= __popc(m2);
@@ -580,7 +579,7 @@ template <class T, class Map>
 __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
   constexpr uint32_t W = kHREncWarps, kSeg = kHRSteps / W;
   __shared__ HREncShared<T> sh;
-  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t lane = threadIdx.x & 31, warp = warp_uniform(threadIdx.x >> 5);
   const uint32_t t = blockIdx.x;
   if (t >= p.frames * p.chunks) return;
   const uint32_t f = t / p.chunks, c = t - f * p.chunks;
@@ -700,16 +699,17 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
       sh.write = !bad && L.streams + start + chunk_bytes <= kHeaderSize + (uint64_t)T::kBytes * n;
     }
   };
-  if (warp == 0) {
-    lookback_publish(hr_ws_state(p, f), c, chunk_bytes);
-    if (!staged) lookup();
-  }
+  // The walk (its polling loops) stays out of the path to the placing: the compiler then sees the warps reach the
+  // placing's ballots converged, and checks nothing before each (with the warp index uniform).
+  if (warp == 0) lookback_publish(hr_ws_state(p, f), c, chunk_bytes);
   // 3. Each thread writes its lane's bytes of the warp's steps where the decoder will read them.
   if (staged) {
     uint8_t* out = sh.stage + wbase;
     escapes = full ? hr_place<T, true>(sh, out, s0, cnt, C_end, taken, wbytes)
                    : hr_place<T, false>(sh, out, s0, cnt, C_end, taken, wbytes);
     if (warp == 0) lookup();
+  } else if (warp == 0) {
+    lookup();
   }
   __syncthreads();
   if (staged) {

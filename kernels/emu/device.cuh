@@ -21,6 +21,8 @@ inline void cp_async16(void* smem, uint64_t gaddr) { memcpy(smem, reinterpret_ca
 inline void cp_async_wait_all() {}
 inline uint32_t top_byte(uint32_t x) { return x >> 24; }
 inline uint32_t warp_uniform(uint32_t v) { return __reduce_min_sync(0xFFFFFFFFu, v); }
+inline uint32_t ballot_and(uint32_t x, uint32_t m) { return __ballot_sync(0xFFFFFFFFu, (x & m) != 0); }
+inline bool any_and(uint32_t x, uint32_t m) { return __any_sync(0xFFFFFFFFu, (x & m) != 0); }
 template <typename T>
 inline T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
