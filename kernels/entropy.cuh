@@ -310,6 +310,7 @@ template <class T>
 struct HREncShared {
   __align__(16) uint8_t xs[kHRChunk];  // the chunk's exponents
   uint32_t enc[T::kExps];
+  uint8_t bits[T::kExps];  // hr_bits of enc: what counting reads (a byte index, no mask)
   uint8_t table[T::kTableMax];  // the code table's bytes
   uint8_t len[T::kLenSlots];
   uint16_t code[T::kCodeSlots];
@@ -446,17 +447,17 @@ __device__ __forceinline__ void hr_split_unit(const typename T::Unit v, uint32_t
   }
 }
 
-// hr_count adds the bits of a unit's first valid exponents (bytes of x0:x1) to part[k], and the least of their
-// table entries to mn (0: an exponent with no way to be coded).
+// hr_count adds the bits of a unit's first valid exponents (bytes of x0:x1) to part[k], and the least of them to
+// mn (0: an exponent with no way to be coded).
 template <class T>
 __device__ __forceinline__ void hr_count(const HREncShared<T>& sh, uint32_t x0, uint32_t x1, uint32_t valid,
                                          uint32_t (&part)[8], uint32_t& mn) {
 #pragma unroll
   for (uint32_t k = 0; k < 8; k++) {
     if (k < valid) {
-      const uint32_t ent = sh.enc[((k < 4 ? x0 : x1) >> (8 * (k & 3))) & 0xFF];
-      part[k] += hr_bits(ent);
-      mn = min(mn, ent);
+      const uint32_t b = sh.bits[__byte_perm(k < 4 ? x0 : x1, 0, 0x4440 | (k & 3))];  // byte k & 3: one PRMT
+      part[k] += b;
+      mn = min(mn, b);
     }
   }
 }
@@ -558,6 +559,7 @@ __device__ void hr_enc_table(const HREncParams& p, HREncShared<T>& sh) {
     else if (ok && esc_len)
       ent = hr_entry((uint32_t)sh.code[T::kEsc] << T::kExpBits | e, esc_len + T::kExpBits, true);
     sh.enc[e] = ent;
+    sh.bits[e] = (uint8_t)hr_bits(ent);
   }
   if (lane == 0) sh.maxlen = maxlen;
 }
@@ -622,7 +624,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   __syncthreads();
   // Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7; warp w counts units
   // [256w, 256w + 256), a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
-  // mn (0: an exponent with no way to code it) gathers the table entries met.
+  // mn (0: an exponent with no way to code it) gathers the least bits met.
   uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   uint32_t mn = p.raw_only ? 0u : ~0u;
 #pragma unroll
