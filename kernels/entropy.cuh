@@ -77,10 +77,12 @@ static_assert(HRBF16::kResBits == 8 && HRE5M2::kResBits == 3 && HRE4M3::kResBits
 
 // Address maps of 1-byte elements: DenseMap and PagedMap (format.cuh) with byte offsets.
 struct DenseByteMap {
+  static constexpr bool kDense = true;
   uint64_t base;
   __device__ __forceinline__ uint64_t addr(uint32_t, uint32_t e) const { return base + e; }
 };
 struct PagedByteMap {
+  static constexpr bool kDense = false;
   const uint64_t* bases;
   const int32_t* ids;
   uint64_t stride_bytes;
@@ -598,10 +600,16 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   constexpr bool kTableFirst = T::kBytes == 2;
   constexpr uint32_t kReaders = 32 * (kTableFirst ? W - 1 : W);
   const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
+  uint8_t* const res0 = frame + L.residuals + hr_res_bytes<T>(e0);  // the chunk's residuals (e0: a multiple of 8)
   if (kTableFirst && warp == 0) {
     hr_enc_table<T>(p, sh);
   } else {
-    for (uint32_t u0 = threadIdx.x - (kTableFirst ? 32 : 0); u0 < units; u0 += 4 * kReaders) {
+    // rd0: unit u0's residuals. Over a dense map a pointer carried by the loop stays in registers, where one
+    // derived from the chunk's index and n was recomputed for every unit (about 10 instructions of 64-bit layout
+    // arithmetic); a paged map's block lookups leave no room for it (that encoder spilled 136 bytes).
+    uint8_t* rd0 = res0 + hr_res_bytes<T>(8 * (threadIdx.x - (kTableFirst ? 32 : 0)));
+    for (uint32_t u0 = threadIdx.x - (kTableFirst ? 32 : 0); u0 < units;
+         u0 += 4 * kReaders, rd0 += hr_res_bytes<T>(8 * 4 * kReaders)) {
       typename T::Unit v[4];
 #pragma unroll
       for (int i = 0; i < 4; i++) {
@@ -614,7 +622,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
         const uint32_t ue = 8 * (u0 + i * kReaders);
         if (ue >= len) continue;
         uint32_t x0, x1;
-        uint8_t* rd = frame + L.residuals + hr_res_bytes<T>(e0 + ue);  // e0 + ue: a multiple of 8
+        uint8_t* rd = Map::kDense ? rd0 + hr_res_bytes<T>(8 * i * kReaders) : res0 + hr_res_bytes<T>(ue);
         hr_split_unit<T>(v[i], x0, x1, rd, min(8u, len - ue));
         *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x0, x1);
       }

@@ -241,6 +241,7 @@ __device__ uint32_t check_header(const uint32_t* w, bool crc_check, uint64_t out
 
 // ---- address maps: where logical element e of frame f lives ---------------------------------------------------
 struct DenseMap {
+  static constexpr bool kDense = true;
   uint64_t base;
   __device__ __forceinline__ uint64_t addr(uint32_t, uint32_t e) const { return base + 2ull * e; }
 };
@@ -249,6 +250,7 @@ struct DenseMap {
 // segment s of frame f is global segment g = f*segs_per_frame + s, which is block ids[g % n_blocks] of the
 // K or V cache bases[g / n_blocks] (bases: K0, V0, K1, V1, ...).
 struct PagedMap {
+  static constexpr bool kDense = false;
   const uint64_t* bases;
   const int32_t* ids;
   uint64_t stride_bytes;
