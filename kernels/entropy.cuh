@@ -894,7 +894,7 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
 // hr_lut_entry is a decode table entry: the exponent field in place (exponent << kExpShift; 0 for ESC), the
 // code's length and an escape flag (ESC: its raw bits follow). A step stores the entry's low bits as they are and
 // shifts its lane by the entry (hr_lut_shift). For bf16 the length sits in bits 0-4, below the field (bits 7-14),
-// and the flag in bit 15, so the entry is both the shift and the store, and the write-out masks the length off;
+// and the flag in bit 15, so the entry is both the shift and the store, and the write-out masks both off;
 // for fp8, whose field leaves no room below it, the length goes from bit 16 and the flag is bit 23.
 // kHRLutNone is a prefix no code starts: a shift of 31, which marks the lane for good (see HRLane), and the flag.
 template <class T>
@@ -931,7 +931,6 @@ struct HRLane {
 };
 
 // hr_refill gives each lane in need the next byte of the stream in lane order, from the warp's ring.
-template <class T>
 __device__ __forceinline__ void hr_refill(const uint8_t* ring, uint32_t below, bool need, HRLane& st) {
   const uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
   // Branch-free: every lane reads the byte it would take (diverging around the read costs more than the read).
@@ -946,7 +945,7 @@ __device__ __forceinline__ void hr_refill(const uint8_t* ring, uint32_t below, b
 template <class T, bool CHECK>
 __device__ __forceinline__ void hr_step(const HRDecShared<T>& sh, const uint8_t* ring, uint32_t below, bool active,
                                         HRLane& st, typename T::Elem* out) {
-  hr_refill<T>(ring, below, (!CHECK || active) && st.pw > 1u << 16, st);  // round 1: fewer than 8 bits held
+  hr_refill(ring, below, (!CHECK || active) && st.pw > 1u << 16, st);  // round 1: fewer than 8 bits held
   uint32_t e = sh.lut[top_byte(st.win)];
   if (CHECK && !active) e = 0;
   // A funnel shift takes the shift mod 32: the field, ESC's flag and a marked lane's high bits drop out.
@@ -957,7 +956,7 @@ __device__ __forceinline__ void hr_step(const HRDecShared<T>& sh, const uint8_t*
   if (__any_sync(0xFFFFFFFFu, esc)) {
     // Round 2: ESC's raw exponent (a marked lane takes part too, and stays marked). Stored over the first
     // store rather than merged with it, so that the common path keeps the table entry where it was loaded.
-    hr_refill<T>(ring, below, esc && st.pw > 1u << (24 - T::kExpBits), st);
+    hr_refill(ring, below, esc && st.pw > 1u << (24 - T::kExpBits), st);
     if (esc) {
       *out = (typename T::Elem)((st.win >> (32 - T::kExpBits)) << T::kExpShift);
       st.win <<= T::kExpBits;
