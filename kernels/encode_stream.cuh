@@ -580,7 +580,10 @@ __device__ __forceinline__ void encode_stream(const EncParams& p, const Map& map
   const uint32_t lane = threadIdx.x & 31;
   const uint64_t g = (uint64_t)role.index * WARPS + warp_uniform(threadIdx.x >> 5);
   const bool live = g < (uint64_t)p.frames * p.chunks;  // whole warps; the grid's last block may have idle ones
-  const uint32_t f = warp_uniform(live ? (uint32_t)(g / p.chunks) : 0), c = live ? (uint32_t)(g - (uint64_t)f * p.chunks) : 0;
+  // f is made uniform again: the 64-bit division is a subroutine call, whose result the compiler does not know
+  // to be uniform, and its branches on the chunk would each need a convergence check.
+  const uint32_t f = warp_uniform(live ? (uint32_t)(g / p.chunks) : 0);
+  const uint32_t c = live ? (uint32_t)(g - (uint64_t)f * p.chunks) : 0;
   const uint64_t n = p.n;
   const Layout L = bf16_layout(n);
   uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);

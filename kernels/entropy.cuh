@@ -293,11 +293,12 @@ __device__ void hr_sort_codes(const uint8_t* len, const uint16_t* code, uint16_t
 // An encode table entry per exponent: bits 0-4 the bits it takes (code, or ESC's code + EB raw bits; 0: no way
 // to code it), bit 5 set for an escape, and the bit pattern in the top bits (its first bit in bit 31): at most
 // 16 bits, clear of the low ones.
+constexpr uint32_t kHREscBit = 32u;  // bit 5
 __device__ __forceinline__ uint32_t hr_bits(uint32_t ent) { return ent & 31; }
 __device__ __forceinline__ uint32_t hr_is_esc(uint32_t ent) { return (ent >> 5) & 1; }
 __device__ __forceinline__ uint32_t hr_pattern(uint32_t ent) { return ent & ~63u; }
 __device__ __forceinline__ uint32_t hr_entry(uint32_t pattern, uint32_t bits, bool esc) {
-  return pattern << (32 - bits) | (esc ? 32u : 0u) | bits;
+  return pattern << (32 - bits) | (esc ? kHREscBit : 0u) | bits;
 }
 
 // hr_taken is how many bytes of its lane a decoder holds after the step of the element whose entry is prev,
@@ -510,8 +511,8 @@ __device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* 
     const bool d1 = (FULL || s < cnt) && (int32_t)(cs - cp) > 0;
     const uint32_t m1 = __ballot_sync(0xFFFFFFFFu, d1);
     uint32_t at = pos - __popc(m1);
-    if (any_and(ent, 32u)) {  // hr_is_esc: warp-uniform; about one step in 30 under a learned table
-      escapes += __popc(ballot_and(ent, 32u));
+    if (any_and(ent, kHREscBit)) {  // hr_is_esc: warp-uniform; about one step in 30 under a learned table
+      escapes += __popc(ballot_and(ent, kHREscBit));
       const bool d2 = hr_is_esc(ent) && 8 * cs + 8 < Cs + bits;
       const uint32_t m2 = __ballot_sync(0xFFFFFFFFu, d2);
       at -= __popc(m2);

@@ -91,7 +91,8 @@ extern "C" __global__ void __launch_bounds__(256, 5) sz_hr_decode_paged(const HR
 }
 
 // The high-ratio mode for fp8 KV (1-byte elements; a paged cache's blocks through PagedByteMap): the same
-// kernels per dtype, named sz_hr_<kernel>_<dtype>_<dense|paged>.
+// kernels per dtype, named sz_hr_<kernel>_<dtype>_<dense|paged>, with bf16's register caps (the compiler gave
+// e4m3's dense decoder 32 uncapped, and it ran slower).
 #define SZ_PAGED_BYTE_MAP(BASES)                                                                         \
   PagedByteMap {                                                                                        \
     reinterpret_cast<const uint64_t*>(BASES), reinterpret_cast<const int32_t*>(p.ids), p.stride_bytes, \
