@@ -30,13 +30,14 @@ __device__ __forceinline__ void code_pairs(const uint32_t* hdr, uint32_t* pairs,
 
 // check_tile validates a tile's header hdr and its CPT + 1 chunk table entries tab (starting at chunk c0) for
 // one thread, reports an error to the status word (header errors only from a frame's first tile, which checks
-// the CRC too; table errors from any) and returns the tile's status. A coded tile's table entries past the
-// frame's last chunk become the escape total.
+// the CRC too: bad_crc; table errors from any) and returns the tile's status. A coded tile's table entries past
+// the frame's last chunk become the escape total.
 template <int CPT>
-__device__ uint32_t check_tile(const DecParams& p, const Layout& L, const uint32_t* hdr, uint32_t* tab, uint32_t c0) {
+__device__ uint32_t check_tile(const DecParams& p, const Layout& L, const uint32_t* hdr, uint32_t* tab, uint32_t c0,
+                               bool bad_crc) {
   uint32_t* status = reinterpret_cast<uint32_t*>(p.status);
   HeaderInfo h;
-  uint32_t st = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(hdr, c0 == 0, p.out_bytes, p.frame_cap, h);
+  uint32_t st = p.frame_cap < kHeaderSize ? (uint32_t)kTruncated : check_header(hdr, bad_crc, p.out_bytes, p.frame_cap, h);
   if (st != kOK) {
     if (c0 == 0) atomicCAS(status, 0u, st);
   } else if (!h.raw) {
@@ -200,7 +201,10 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
   }
   for (uint32_t i = threadIdx.x; i < CPT * kChunk / 32; i += THREADS) sh.emask[i] = 0;
   __syncthreads();
-  if (threadIdx.x == 0) sh.status = check_tile<CPT>(p, L, sh.hdr, sh.tab, c0);
+  // A frame's first tile checks the header's CRC, with its first warp.
+  bool bad_crc = false;
+  if (c0 == 0 && threadIdx.x < 32) bad_crc = crc32c_words_warp(sh.hdr, 15) != sh.hdr[15];
+  if (threadIdx.x == 0) sh.status = check_tile<CPT>(p, L, sh.hdr, sh.tab, c0, bad_crc);
   code_pairs(sh.hdr, sh.pairs, threadIdx.x, THREADS);
   __syncthreads();
   if (sh.status != kOK) return;

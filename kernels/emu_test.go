@@ -652,5 +652,11 @@ func TestEmuFastMode(t *testing.T) {
 			st := h.run(t, "fdec", bad, fmt.Sprint(len(frame)), fmt.Sprint(len(in)), filepath.Join(dir, "out"))
 			assert.Equal(t, fmt.Sprint(StatusCorrupt), st, name)
 		}
+		// A header word changed under its checksum (the frame's first tile checks it with a warp).
+		frame = bytes.Clone(good)
+		frame[16] ^= 1
+		require.NoError(t, os.WriteFile(bad, frame, 0o644))
+		st = h.run(t, "fdec", bad, fmt.Sprint(len(frame)), fmt.Sprint(len(in)), filepath.Join(dir, "out"))
+		assert.Equal(t, fmt.Sprint(StatusBadCRC), st, "header checksum")
 	})
 }

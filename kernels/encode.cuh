@@ -72,12 +72,19 @@ __device__ __forceinline__ bool frame_is_raw(uint64_t n, uint64_t E) {
 }
 
 // finish_header writes frame f's header for its escape total E and its length: a raw header when the escapes
-// would not fit, which tells the raw fallback kernel to copy its payload.
+// would not fit, which tells the raw fallback kernel to copy its payload. One thread, with CRC tables tab; or,
+// with WARP, the whole calling warp (write_header_warp).
+template <bool WARP = false>
 __device__ __forceinline__ void finish_header(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E,
-                                              const CrcTables* tab) {
+                                              const CrcTables* tab = nullptr) {
   const uint64_t end = bf16_layout(n).escapes + kEscapeSize * E;
   const bool raw = frame_is_raw(n, E);
-  write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize, tab);
+  if constexpr (WARP) {
+    write_header_warp(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize);
+    if ((threadIdx.x & 31) != 0) return;
+  } else {
+    write_header(frame, n, E, raw, raw ? 2 * n : end - kHeaderSize, tab);
+  }
   reinterpret_cast<uint64_t*>(p.sizes)[f] = raw ? kHeaderSize + 2 * n : end;
 }
 

@@ -122,10 +122,11 @@ __device__ __forceinline__ void enc_load(const EncParams& p, const Map& map, uin
   }
 }
 
-// finish_frame: the frame's last tile knows the escape total E: header, codebook, gap bytes, length.
+// finish_frame: the frame's last tile knows the escape total E: header, codebook, gap bytes, length. A whole
+// warp calls it.
 __device__ __forceinline__ void finish_frame(const EncParams& p, uint8_t* frame, uint32_t f, uint64_t n, uint64_t E) {
-  if (!frame_is_raw(n, E)) put_frame_constants(p, frame, n, 0, 1);
-  finish_header(p, frame, f, n, E, nullptr);
+  if (!frame_is_raw(n, E)) put_frame_constants(p, frame, n, threadIdx.x & 31, 32);
+  finish_header<true>(p, frame, f, n, E);
 }
 
 // enc_code codes tile t from its loaded units v: dense sections, escape scan, look-back, chunk table, escapes,
@@ -205,8 +206,8 @@ __device__ __forceinline__ void enc_code(const EncParams& p, const Map& map, uin
         }
         run += (uint32_t)(total[j / 4] >> (16 * (j % 4))) & 0xFFFF;
       }
-      if (tile == tiles - 1) finish_frame(p, frame, f, n, (uint64_t)excl + agg);
     }
+    if (tile == tiles - 1) finish_frame(p, frame, f, n, (uint64_t)excl + agg);  // excl and agg: the same in every lane
   }
   if (!has_escapes) return;
   __syncthreads();

@@ -325,15 +325,14 @@ struct HREncShared {
   __align__(16) uint8_t stage[kHRStage + 4];
 };
 
-// hr_seal_header stores header words w[0..14] at frame with their CRC-32C as word 15.
+// hr_seal_header stores header words w[0..14] at frame with their CRC-32C as word 15. A whole warp calls it
+// (crc32c_words_warp); lane 0 stores.
 __device__ __forceinline__ void hr_seal_header(uint8_t* frame, uint32_t (&w)[16]) {
-  w[15] = crc32c_words(w, 15, nullptr);
-  uint4* o = reinterpret_cast<uint4*>(frame);
-#pragma unroll
-  for (int i = 0; i < 4; i++) o[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+  w[15] = crc32c_words_warp(w, 15);
+  if ((threadIdx.x & 31) == 0) store_header(frame, w);
 }
 
-// hr_write_header stores a v2 high-ratio header with its checksum.
+// hr_write_header stores a v2 high-ratio header with its checksum; a whole warp calls it.
 template <class T>
 __device__ void hr_write_header(uint8_t* frame, uint64_t n, uint64_t escapes, uint32_t maxlen, uint32_t table_len,
                                 uint64_t payload, uint64_t codes_len) {
@@ -358,7 +357,7 @@ __device__ void hr_write_header(uint8_t* frame, uint64_t n, uint64_t escapes, ui
 }
 
 // hr_write_raw_header stores the header of a raw frame of n elements of T (version 1, as the CPU encoder writes
-// it; bf16 frames use write_header of format.cuh).
+// it, and as write_header does for bf16); a whole warp calls it.
 template <class T>
 __device__ void hr_write_raw_header(uint8_t* frame, uint64_t n) {
   const uint64_t size = (uint64_t)T::kBytes * n;
@@ -756,9 +755,8 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   const uint64_t E = ld_relaxed_gpu(fw + 0);
   const bool raw = ld_relaxed_gpu(fw + 2) != 0 || L.streams + codes_len >= kHeaderSize + (uint64_t)T::kBytes * n;
   if (raw) {
+    hr_write_raw_header<T>(frame, n);
     if (lane == 0) {
-      if constexpr (T::kBytes == 2) write_header(frame, n, 0, true, 2 * n, nullptr);
-      else hr_write_raw_header<T>(frame, n);
       reinterpret_cast<uint64_t*>(p.sizes)[f] = kHeaderSize + (uint64_t)T::kBytes * n;
       st_relaxed_gpu(fw + 3, 1u);
     }
@@ -774,10 +772,8 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     const uint64_t to = g == 0 ? L.chunk_table : g == 1 ? L.residuals : L.streams;
     if (from + k < to) frame[from + k] = 0;
   }
-  if (lane == 0) {
-    hr_write_header<T>(frame, n, E, sh.maxlen, p.table_len, L.streams + codes_len - kHeaderSize, codes_len);
-    reinterpret_cast<uint64_t*>(p.sizes)[f] = L.streams + codes_len;
-  }
+  hr_write_header<T>(frame, n, E, sh.maxlen, p.table_len, L.streams + codes_len - kHeaderSize, codes_len);
+  if (lane == 0) reinterpret_cast<uint64_t*>(p.sizes)[f] = L.streams + codes_len;
 }
 
 // hr_raw copies the input of every frame the encoder made raw behind its header. Grid-stride over units of 8
