@@ -505,7 +505,7 @@ __device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* 
     uint32_t eprev = 0, cp = taken - 1;
     if (i > 0) {
       eprev = FULL || s - 1 < cnt ? sh.enc[xl[32 * (s - 1)]] : 0u;
-      cp = (Cs - hr_bits(eprev) + 7) / 8;
+      cp = div8(Cs - hr_bits(eprev) + 7);
     }
     const bool d1 = (FULL || s < cnt) && (int32_t)(cs - cp) > 0;
     const uint32_t m1 = __ballot_sync(0xFFFFFFFFu, d1);
