@@ -491,33 +491,35 @@ __device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* 
     W |= hr_pattern(e) >> at;
     at += hr_bits(e);
   }
-  uint32_t Cs = C_end, pos = bytes, escapes = 0;  // Cs: the lane's bits before step s + 1, then s; pos: bytes
+  // C7: the lane's bits before step s + 1, then s, plus 7 (a byte count is then a subtraction and div8, both
+  // on the FMA pipe); pos: bytes.
+  uint32_t C7 = C_end + 7, pos = bytes, escapes = 0;
   uint32_t ent = FULL || s0 + kSeg - 1 < cnt ? sh.enc[xl[32 * (s0 + kSeg - 1)]] : 0u;
-  uint32_t cs = (Cs - hr_bits(ent) + 7) / 8;
+  uint32_t cs = div8(C7 - hr_bits(ent));
   // 8 steps unrolled: with 16 the encoder's code outgrew the instruction cache (5–6 % slower on an H100), and
   // the last chunk of a frame (!FULL) is not worth the code of an unrolled loop.
 #pragma unroll(FULL ? 8 : 1)
   for (int i = kSeg - 1; i >= 0; i--) {
     const uint32_t s = s0 + i, bits = hr_bits(ent);
-    Cs -= bits;
+    C7 -= bits;
     W = hr_pattern(ent) | (W >> bits);
     // c(Cs') from the element before (the next iteration's c(Cs)); at s0, taken − 1 says the same.
     uint32_t eprev = 0, cp = taken - 1;
     if (i > 0) {
       eprev = FULL || s - 1 < cnt ? sh.enc[xl[32 * (s - 1)]] : 0u;
-      cp = div8(Cs - hr_bits(eprev) + 7);
+      cp = div8(C7 - hr_bits(eprev));
     }
     const bool d1 = (FULL || s < cnt) && (int32_t)(cs - cp) > 0;
     const uint32_t m1 = __ballot_sync(0xFFFFFFFFu, d1);
     uint32_t at = pos - __popc(m1);
     if (any_and(ent, kHREscBit)) {  // hr_is_esc: warp-uniform; about one step in 30 under a learned table
       escapes += __popc(ballot_and(ent, kHREscBit));
-      const bool d2 = hr_is_esc(ent) && 8 * cs + 8 < Cs + bits;
+      const bool d2 = hr_is_esc(ent) && 8 * cs + 15 < C7 + bits;
       const uint32_t m2 = __ballot_sync(0xFFFFFFFFu, d2);
       at -= __popc(m2);
-      if (d2) out[at + __popc(m1) + __popc(m2 & below)] = (uint8_t)(W >> (16 + Cs - 8 * cs));
+      if (d2) out[at + __popc(m1) + __popc(m2 & below)] = (uint8_t)(W >> (9 + C7 - 8 * cs));
     }
-    if (d1) out[at + __popc(m1 & below)] = (uint8_t)(W >> (24 + Cs - 8 * cs));
+    if (d1) out[at + __popc(m1 & below)] = (uint8_t)(W >> (17 + C7 - 8 * cs));
     pos = at;
     ent = eprev;
     cs = cp;
