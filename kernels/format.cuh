@@ -163,8 +163,8 @@ __device__ __forceinline__ uint32_t crc32c_words(const uint32_t* w, int k, const
 // crc32c_words_warp is crc32c_words computed by a whole warp, with no table: all 32 lanes call it with the same
 // words. Advancing the CRC register over a word is linear over GF(2), so each lane computes one bit of the next
 // register, the parity of the bits that feed it, and a ballot gathers the 32 bits: a word costs a short chain
-// of four instructions, a header about 0.5 µs. One thread stepping a bit at a time takes about 3 µs, which on
-// an input of a few MiB is most of an encode's time on the GPU.
+// of four instructions, a header about 0.5 µs. One thread stepping a bit at a time takes about 3 µs, a third
+// or more of a small input's encode or decode on the GPU.
 __device__ __forceinline__ uint32_t crc32c_words_warp(const uint32_t* w, int k) {
   const uint32_t lane = threadIdx.x & 31;
   // Lane i's column: where a register holding only bit i ends up after 32 bit steps. Lane j's row: which bits
