@@ -123,6 +123,9 @@ __device__ __forceinline__ Layout bf16_layout(uint64_t n) {
 }
 
 // ---- CRC-32C (Castagnoli, reflected 0x82F63B78) ------------------------------------------------------------
+// crc32c_bit advances a CRC-32C register by one bit.
+__device__ __forceinline__ uint32_t crc32c_bit(uint32_t x) { return (x >> 1) ^ (0x82F63B78u & (0u - (x & 1u))); }
+
 // CrcTables are the slice-by-4 tables of CRC-32C (t[k][b]: byte b followed by k zero bytes), which a block
 // builds in shared memory where it writes a header on the critical path (the streaming encoder's finishing).
 struct CrcTables {
@@ -131,7 +134,7 @@ struct CrcTables {
 __device__ __forceinline__ void build_crc_tables(CrcTables& c) {
   for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
     uint32_t x = i;
-    for (int k = 0; k < 8; k++) x = (x >> 1) ^ (0x82F63B78u & (0u - (x & 1u)));
+    for (int k = 0; k < 8; k++) x = crc32c_bit(x);
     c.t[0][i] = x;
   }
   __syncthreads();
@@ -154,7 +157,7 @@ __device__ __forceinline__ uint32_t crc32c_words(const uint32_t* w, int k, const
       crc = tab->t[3][crc & 0xFF] ^ tab->t[2][(crc >> 8) & 0xFF] ^ tab->t[1][(crc >> 16) & 0xFF] ^ tab->t[0][crc >> 24];
     } else {
 #pragma unroll
-      for (int b = 0; b < 32; b++) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+      for (int b = 0; b < 32; b++) crc = crc32c_bit(crc);
     }
   }
   return ~crc;
@@ -171,7 +174,7 @@ __device__ __forceinline__ uint32_t crc32c_words_warp(const uint32_t* w, int k) 
   // of the register feed bit j (bit i of row j is bit j of column i).
   uint32_t col = 1u << lane;
 #pragma unroll
-  for (int b = 0; b < 32; b++) col = (col >> 1) ^ (0x82F63B78u & (0u - (col & 1u)));
+  for (int b = 0; b < 32; b++) col = crc32c_bit(col);
   uint32_t row = 0;
 #pragma unroll
   for (uint32_t j = 0; j < 32; j++) {
