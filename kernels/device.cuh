@@ -46,7 +46,6 @@ __device__ __forceinline__ uint32_t ld_relaxed_gpu(const uint32_t* p) {
 __device__ __forceinline__ void st_relaxed_gpu(uint32_t* p, uint32_t v) {
   asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
-
 // cp.async of 16 bytes from global to shared memory (bypassing L1), and the wait for a thread's own copies.
 __device__ __forceinline__ void cp_async16(void* smem, uint64_t gaddr) {
   const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
@@ -65,6 +64,14 @@ __device__ __forceinline__ uint32_t top_byte(uint32_t x) {
 __device__ __forceinline__ uint32_t div8(uint32_t x) {
   uint32_t r;
   asm("mul.hi.u32 %0, %1, 536870912;" : "=r"(r) : "r"(x));
+  return r;
+}
+
+// bit_select is a's bits where m has ones and b's elsewhere, as one LOP3: written as (a & m) | (b & ~m) with m a
+// constant, the compiler keeps both masks as constants and spends two.
+__device__ __forceinline__ uint32_t bit_select(uint32_t m, uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xCA;" : "=r"(r) : "r"(m), "r"(a), "r"(b));
   return r;
 }
 

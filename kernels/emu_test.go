@@ -458,6 +458,28 @@ func TestEmuHighRatio(t *testing.T) {
 			zeroTab, zeroTabBytes := hrTableOf(t, dt, zero)
 			t.Run("all zero", func(t *testing.T) { c.dense(t, zero, zeroTab, zeroTabBytes, emuEntropy) })
 			t.Run("all zero, fixture table", func(t *testing.T) { c.dense(t, zero, tab, tabBytes, emuAny) })
+			// A table in device memory is not checked by the host: one without ESC that codes only exponents 0
+			// and 1, over zeros with one element whose exponent has no code. The CPU encoder refuses such a table;
+			// the kernel's count finds the element (kHRNoCode) and writes a raw frame.
+			t.Run("no ESC, an exponent without a code", func(t *testing.T) {
+				lengths := make([]uint8, 1<<dt.ExponentBits()+1)
+				lengths[0], lengths[1] = 1, 1
+				noEsc, err := codec.NewCodeTable(dt, lengths)
+				require.NoError(t, err)
+				tab, err := noEsc.MarshalBinary()
+				require.NoError(t, err)
+				src := make([]byte, 30_000*sz)
+				src[21_111*sz+sz-1] = 0x40 // exponent 0x80 (bf16), 8 (e4m3), 16 (e5m2)
+				got := c.encode(t, src, tab)
+				h, err := codec.ParseHeader(got)
+				require.NoError(t, err)
+				require.True(t, h.Raw, "a frame with an uncoded exponent")
+				assert.True(t, bytes.Equal(src, got[headerSize:]), "the raw frame's payload")
+				src[21_111*sz+sz-1] = 0 // every exponent coded: an entropy frame
+				h, err = codec.ParseHeader(c.encode(t, src, tab))
+				require.NoError(t, err)
+				assert.True(t, h.Entropy, "a frame whose exponents all have codes")
+			})
 			rnd := make([]byte, 30_011*sz)
 			for i := range rnd {
 				rnd[i] = byte(r.Uint32())

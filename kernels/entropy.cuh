@@ -34,6 +34,11 @@ constexpr uint32_t kHRMaxLen = 8;
 constexpr uint32_t kHRSteps = kHRChunk / 32;  // a lane's elements in a chunk
 constexpr uint32_t kHREncWarps = 8;            // encode: warps per chunk (a block)
 constexpr uint32_t kHRGroup = 512;  // decode: elements staged per warp in shared memory
+// encode: the bits counted for an exponent with no code (and no escape). A thread sums at most 8 values of a
+// lane (one a unit of 8 elements, kHRSteps / kHREncWarps / 8 units), each at most 16 bits (an escape: 8 bits of
+// code, 8 raw), so a sum that reaches it holds one; the count then needs no compare per value.
+constexpr uint32_t kHRNoCode = 255;
+static_assert(kHRSteps / kHREncWarps / 8 * (kHRMaxLen + 8) < kHRNoCode, "a sum of coded lengths stays below kHRNoCode");
 // encode: the longest chunk stream placed in shared memory, while the chunk's offset is still being looked up
 // (16,384 elements at 6 bits; the fixture's take 2.8).
 constexpr uint32_t kHRStage = 12288;
@@ -313,7 +318,7 @@ template <class T>
 struct HREncShared {
   __align__(16) uint8_t xs[kHRChunk];  // the chunk's exponents
   uint32_t enc[T::kExps];
-  uint8_t bits[T::kExps];  // hr_bits of enc: what counting reads (a byte index, no mask)
+  uint8_t bits[T::kExps];  // hr_bits of enc, or kHRNoCode: what counting reads (a byte index, no mask)
   uint8_t table[T::kTableMax];  // the code table's bytes
   uint8_t len[T::kLenSlots];
   uint16_t code[T::kCodeSlots];
@@ -410,16 +415,14 @@ template <class T>
 __device__ __forceinline__ void hr_split_unit(const typename T::Unit v, uint32_t& x0, uint32_t& x1, uint8_t* rd,
                                               uint32_t valid) {
   if constexpr (T::kBytes == 2) {
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-    uint32_t ex[4], rr[4];  // per word: its two elements' exponents (residuals) in bytes 0 and 2
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      ex[j] = (w[j] >> 7) & 0x00FF00FFu;
-      rr[j] = (w[j] & 0x007F007Fu) | ((w[j] >> 8) & 0x00800080u);  // mantissa, sign
-    }
-    x0 = __byte_perm(ex[0], ex[1], 0x6420);
-    x1 = __byte_perm(ex[2], ex[3], 0x6420);
-    const uint32_t r0 = __byte_perm(rr[0], rr[1], 0x6420), r1 = __byte_perm(rr[2], rr[3], 0x6420);
+    // The elements' low bytes (exponent LSB, mantissa) and high bytes (sign, exponent's upper 7 bits), 4 a word
+    // in element order; then each byte's residual (sign, mantissa) is a bit select and its exponent a shift
+    // (on the FMA pipe), a shift and a bit select: 3 instructions per 4 elements rather than 7 and 5.
+    const uint32_t lo0 = __byte_perm(v.x, v.y, 0x6420), hi0 = __byte_perm(v.x, v.y, 0x7531);
+    const uint32_t lo1 = __byte_perm(v.z, v.w, 0x6420), hi1 = __byte_perm(v.z, v.w, 0x7531);
+    const uint32_t r0 = bit_select(0x80808080u, hi0, lo0), r1 = bit_select(0x80808080u, hi1, lo1);
+    x0 = bit_select(0x01010101u, lo0 >> 7, hi0 * 2);
+    x1 = bit_select(0x01010101u, lo1 >> 7, hi1 * 2);
     if (valid == 8) {
       *reinterpret_cast<uint2*>(rd) = make_uint2(r0, r1);
     } else {
@@ -434,10 +437,19 @@ __device__ __forceinline__ void hr_split_unit(const typename T::Unit v, uint32_t
     x0 = (v.x >> T::kExpShift) & kMask;
     x1 = (v.y >> T::kExpShift) & kMask;
     uint32_t r = 0;
+    if constexpr (T::kResBits == 4) {
+      // e4m3: each byte's residual nibble (sign to bit 3, mantissa) in place, then nibbles 0, 2, 4, 6 and 1, 3,
+      // 5, 7 gathered by byte permutes and joined by one multiply-add: 9 instructions where a loop over the
+      // elements takes about 36.
+      const uint32_t tx = bit_select(0x08080808u, v.x >> 4, v.x & 0x07070707u);
+      const uint32_t ty = bit_select(0x08080808u, v.y >> 4, v.y & 0x07070707u);
+      r = __byte_perm(tx, ty, 0x7531) * 16 + __byte_perm(tx, ty, 0x6420);
+    } else {
 #pragma unroll
-    for (uint32_t k = 0; k < 8; k++) {
-      const uint32_t b = ((k < 4 ? v.x : v.y) >> (8 * (k & 3))) & 0xFF;
-      r |= ((b >> 7) << T::kExpShift | (b & ((1u << T::kExpShift) - 1))) << (T::kResBits * k);  // sign, mantissa
+      for (uint32_t k = 0; k < 8; k++) {
+        const uint32_t b = ((k < 4 ? v.x : v.y) >> (8 * (k & 3))) & 0xFF;
+        r |= ((b >> 7) << T::kExpShift | (b & ((1u << T::kExpShift) - 1))) << (T::kResBits * k);  // sign, mantissa
+      }
     }
     if (valid == 8 && T::kResBits == 4) {
       *reinterpret_cast<uint32_t*>(rd) = r;  // 4-byte aligned: the unit's first element is a multiple of 8
@@ -449,19 +461,14 @@ __device__ __forceinline__ void hr_split_unit(const typename T::Unit v, uint32_t
   }
 }
 
-// hr_count adds the bits of a unit's first valid exponents (bytes of x0:x1) to part[k], and the least of them to
-// mn (0: an exponent with no way to be coded).
+// hr_count adds the bits of a unit's first valid exponents (bytes of x0:x1) to part[k] (kHRNoCode for an
+// exponent with no way to be coded).
 template <class T>
 __device__ __forceinline__ void hr_count(const HREncShared<T>& sh, uint32_t x0, uint32_t x1, uint32_t valid,
-                                         uint32_t (&part)[8], uint32_t& mn) {
+                                         uint32_t (&part)[8]) {
 #pragma unroll
-  for (uint32_t k = 0; k < 8; k++) {
-    if (k < valid) {
-      const uint32_t b = sh.bits[__byte_perm(k < 4 ? x0 : x1, 0, 0x4440 | (k & 3))];  // byte k & 3: one PRMT
-      part[k] += b;
-      mn = min(mn, b);
-    }
-  }
+  for (uint32_t k = 0; k < 8; k++)
+    if (k < valid) part[k] += sh.bits[__byte_perm(k < 4 ? x0 : x1, 0, 0x4440 | (k & 3))];  // byte k & 3: one PRMT
 }
 
 // A lane's element at a step, as the encode table's entry (0 past the lane's last element).
@@ -470,8 +477,9 @@ __device__ __forceinline__ uint32_t hr_ent(const HREncShared<T>& sh, uint32_t s,
   return s < cnt ? sh.enc[sh.xs[32 * s + lane]] : 0u;
 }
 
-// hr_place writes one warp's bytes of a chunk's stream: those its lanes take at steps [s0, s0 + kSeg), bytes of
-// them, from out on. Each thread walks its lane's steps backwards, keeping in W the lane's next 32 bits from
+// hr_place writes one warp's bytes of a chunk's stream: those its lanes take at steps [s0, s0 + kSeg), which end
+// before out[end] (out: the chunk's stream; end: the warp's first byte in it plus its count, so that a byte's index
+// needs no base added). Each thread walks its lane's steps backwards, keeping in W the lane's next 32 bits from
 // the step's first bit (Cs), so that a step's bytes are shifts of W. With c(C) = ceil(C / 8), a lane holds c(Cs)
 // or c(Cs) + 1 bytes before step s (codec/FORMAT.md), so its refills follow from its bit counts alone: round 1
 // takes byte c(Cs) when c(Cs) exceeds c(Cs') (Cs' the bits before step s − 1), and round 2 byte c(Cs) + 1 when
@@ -480,7 +488,7 @@ __device__ __forceinline__ uint32_t hr_ent(const HREncShared<T>& sh, uint32_t s,
 // the lane's bytes before step s0. Returns the warp's escapes. FULL: every lane has an element at each step.
 template <class T, bool FULL>
 __device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* out, uint32_t s0, uint32_t cnt,
-                                             uint32_t C_end, uint32_t taken, uint32_t bytes) {
+                                             uint32_t C_end, uint32_t taken, uint32_t end) {
   constexpr int kSeg = kHRSteps / kHREncWarps;
   const uint32_t lane = threadIdx.x & 31, below = lanemask_lt();
   const uint8_t* xl = sh.xs + lane;  // the lane's element at step s: xl[32 s]
@@ -492,8 +500,8 @@ __device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* 
     at += hr_bits(e);
   }
   // C7: the lane's bits before step s + 1, then s, plus 7 (a byte count is then a subtraction and div8, both
-  // on the FMA pipe); pos: bytes.
-  uint32_t C7 = C_end + 7, pos = bytes, escapes = 0;
+  // on the FMA pipe); pos: where the bytes placed so far start.
+  uint32_t C7 = C_end + 7, pos = end, escapes = 0;
   uint32_t ent = FULL || s0 + kSeg - 1 < cnt ? sh.enc[xl[32 * (s0 + kSeg - 1)]] : 0u;
   uint32_t cs = div8(C7 - hr_bits(ent));
   // 8 steps unrolled: with 16 the encoder's code outgrew the instruction cache (5–6 % slower on an H100), and
@@ -502,7 +510,7 @@ __device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* 
   for (int i = kSeg - 1; i >= 0; i--) {
     const uint32_t s = s0 + i, bits = hr_bits(ent);
     C7 -= bits;
-    W = hr_pattern(ent) | (W >> bits);
+    W = hr_pattern(ent) | __funnelshift_r(W, 0, ent);  // W >> bits: the funnel shift reads the entry's low 5 bits
     // c(Cs') from the element before (the next iteration's c(Cs)); at s0, taken − 1 says the same.
     uint32_t eprev = 0, cp = taken - 1;
     if (i > 0) {
@@ -563,7 +571,7 @@ __device__ void hr_enc_table(const HREncParams& p, HREncShared<T>& sh) {
     else if (ok && esc_len)
       ent = hr_entry((uint32_t)sh.code[T::kEsc] << T::kExpBits | e, esc_len + T::kExpBits, true);
     sh.enc[e] = ent;
-    sh.bits[e] = (uint8_t)hr_bits(ent);
+    sh.bits[e] = ent ? (uint8_t)hr_bits(ent) : (uint8_t)kHRNoCode;
   }
   if (lane == 0) sh.maxlen = maxlen;
 }
@@ -634,18 +642,20 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   __syncthreads();
   // Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7; warp w counts units
   // [256w, 256w + 256), a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
-  // mn (0: an exponent with no way to code it) gathers the least bits met.
+  // A part that reaches kHRNoCode holds an exponent with no way to code it.
   uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  uint32_t mn = p.raw_only ? 0u : ~0u;
 #pragma unroll
   for (uint32_t i = 0; i < kSeg / 8; i++) {
     const uint32_t ue = 8 * (kSeg * 4 * warp + 32 * i + lane);
     if (ue < len) {
       const uint2 x = *reinterpret_cast<const uint2*>(xs + ue);
-      if (ue + 8 <= len) hr_count<T>(sh, x.x, x.y, 8, part, mn);
-      else hr_count<T>(sh, x.x, x.y, len - ue, part, mn);
+      if (ue + 8 <= len) hr_count<T>(sh, x.x, x.y, 8, part);
+      else hr_count<T>(sh, x.x, x.y, len - ue, part);
     }
   }
+  uint32_t most = p.raw_only ? kHRNoCode : 0u;
+#pragma unroll
+  for (int k = 0; k < 8; k++) most = max(most, part[k]);
 #pragma unroll
   for (int k = 0; k < 8; k++) {
     part[k] += __shfl_xor_sync(0xFFFFFFFFu, part[k], 4);
@@ -659,7 +669,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     if ((lane & 7) == k) seg_bits = b;
   }
   sh.seg[warp][lane] = seg_bits;
-  const bool bad_warp = __any_sync(0xFFFFFFFFu, mn == 0);
+  const bool bad_warp = __any_sync(0xFFFFFFFFu, most >= kHRNoCode);
   if (lane == 0) sh.wbad[warp] = bad_warp;
   __syncthreads();
 
@@ -716,9 +726,8 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   if (warp == 0) lookback_publish(hr_ws_state(p, f), c, chunk_bytes);
   // 3. Each thread writes its lane's bytes of the warp's steps where the decoder will read them.
   if (staged) {
-    uint8_t* out = sh.stage + wbase;
-    escapes = full ? hr_place<T, true>(sh, out, s0, cnt, C_end, taken, wbytes)
-                   : hr_place<T, false>(sh, out, s0, cnt, C_end, taken, wbytes);
+    escapes = full ? hr_place<T, true>(sh, sh.stage, s0, cnt, C_end, taken, wbase + wbytes)
+                   : hr_place<T, false>(sh, sh.stage, s0, cnt, C_end, taken, wbase + wbytes);
     if (warp == 0) lookup();
   } else if (warp == 0) {
     lookup();
@@ -727,9 +736,9 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   if (staged) {
     if (sh.write) hr_copy_out(frame + L.streams + sh.start, sh.stage, chunk_bytes);
   } else if (sh.write) {
-    uint8_t* out = frame + L.streams + sh.start + wbase;
-    escapes = full ? hr_place<T, true>(sh, out, s0, cnt, C_end, taken, wbytes)
-                   : hr_place<T, false>(sh, out, s0, cnt, C_end, taken, wbytes);
+    uint8_t* out = frame + L.streams + sh.start;
+    escapes = full ? hr_place<T, true>(sh, out, s0, cnt, C_end, taken, wbase + wbytes)
+                   : hr_place<T, false>(sh, out, s0, cnt, C_end, taken, wbase + wbytes);
   }
   if (lane == 0) sh.wesc[warp] = escapes;
 
@@ -989,6 +998,15 @@ __device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, co
     auto join = [](uint32_t a, uint32_t f) { return (a & kSM) | (f & ~kSM); };
     return make_uint4(join(__byte_perm(r.x, 0, 0x1100), f.x), join(__byte_perm(r.x, 0, 0x3322), f.y),
                       join(__byte_perm(r.y, 0, 0x1100), f.z), join(__byte_perm(r.y, 0, 0x3322), f.w));
+  } else if constexpr (T::kResBits == 4) {
+    // e4m3: the unit's 8 residual nibbles are one word; byte permutes put nibble k in byte k (of x, then y),
+    // and per 4 elements a shift (FMA pipe) and two LOP3s place sign and mantissa around the fields.
+    const uint2 f = *reinterpret_cast<const uint2*>(sout + 8 * u);
+    const uint32_t r = *reinterpret_cast<const uint32_t*>(sres + 4 * u);
+    const uint32_t even = r & 0x0F0F0F0Fu, odd = r >> 4 & 0x0F0F0F0Fu;  // nibbles 0, 2, 4, 6 and 1, 3, 5, 7
+    const uint32_t x = __byte_perm(even, odd, 0x5140), y = __byte_perm(even, odd, 0x7362);
+    return make_uint2(bit_select(0x80808080u, x * 16, (x & 0x07070707u) | f.x),
+                      bit_select(0x80808080u, y * 16, (y & 0x07070707u) | f.y));
   } else {
     uint8_t o[8];
 #pragma unroll

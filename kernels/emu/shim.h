@@ -280,6 +280,10 @@ inline uint32_t __funnelshift_l(uint32_t lo, uint32_t hi, uint32_t shift) {
   const uint64_t v = ((uint64_t)hi << 32 | lo) << (shift & 31);
   return (uint32_t)(v >> 32);
 }
+inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t shift) {
+  const uint64_t v = ((uint64_t)hi << 32 | lo) >> (shift & 31);
+  return (uint32_t)v;
+}
 inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
   const uint64_t v = (uint64_t)y << 32 | x;
   uint32_t r = 0;
