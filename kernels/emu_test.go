@@ -42,6 +42,10 @@ var emuPatches = []emuPatch{
 // (OLD must match once), for checking that a broken kernel fails these tests; see kernels/emu/README.md.
 const emuMutateEnv = "SPLITZIP_EMU_MUTATE"
 
+// emuCard is the card the emulated launches are planned for: 132 SMs, an H100's or H200's (the harness's raw
+// grid for the high-ratio mode, kRawGridLimit, assumes the same).
+var emuCard = card{sms: 132}
+
 // emuHarness is the built kernels/emu/harness.cpp.
 type emuHarness struct{ bin string }
 
@@ -548,17 +552,20 @@ func TestEmuFastMode(t *testing.T) {
 		{"escapes 15 %", withEscapes(r, 100003, 0.15, cb)}, {"escapes 0.1 %", withEscapes(r, 3*4096+5, 0.001, cb)},
 		{"random bits", randomBits(r, 5000)}, {"escape-heavy chunks", heavyChunks(r, 100*4096+77, 5, 0.1, cb)},
 		{"escape-dense units", denseUnits(r, 40*4096+3, 29, cb)},
-		// More chunks than the raw fallback kernel has warps (streamRawGrid × 8), a third of them past their
+		// More chunks than the raw fallback kernel has warps (emuCard.rawBlocks() × 8), a third of them past their
 		// parked slots: warps that place a second chunk, slots or re-read, after the first.
 		{"escapes 3 %, 5,000 chunks", withEscapes(r, 5000*4096+11, 0.03, cb)},
 	}
 	for _, n := range []int{0, 1, 9, 4095, 4096, 4097, 8192 + 3} {
 		data = append(data, input{fmt.Sprintf("randn %d", n), randn(r, n, 1)})
 	}
+	// Each encoder on a card of an H100's or H200's 132 SMs, and the streaming one also on 20 (80 raw fallback
+	// blocks after it, each following the decision count and placing deferred escapes).
 	encoders := []struct {
 		name  string
 		small uint64 // inputs below it take the tile encoder (planEncode)
-	}{{"tile", math.MaxUint64}, {"streaming", 0}}
+		card  card
+	}{{"tile", math.MaxUint64, emuCard}, {"streaming", 0, emuCard}, {"streaming on 20 SMs", 0, card{sms: 20}}}
 	// planArgs are the harness's CB STREAM GRID RAWGRID RAWMODE CHUNKS arguments for p as planEncode planned it.
 	planArgs := func(p encParams, pl encodeLaunch) []string {
 		stream := "0"
@@ -577,7 +584,7 @@ func TestEmuFastMode(t *testing.T) {
 				require.NoError(t, os.WriteFile(file("in"), in.data, 0o644))
 				n := uint64(len(in.data) / 2)
 				p := encParams{n: uint32(n), frames: 1, chunks: uint32(chunksOf(n)), codebook: words}
-				pl := planEncode(&p, enc.small, &tileShape, &streamShape)
+				pl := planEncode(&p, enc.small, &tileShape, &streamShape, enc.card)
 				h.run(t, slices.Concat([]string{"fenc", file("in")}, planArgs(p, pl),
 					[]string{fmt.Sprint(EncodeWorkspaceSize(len(in.data))), "2", file("frame"), file("ws")})...)
 				got, err := os.ReadFile(file("frame"))
@@ -587,7 +594,7 @@ func TestEmuFastMode(t *testing.T) {
 					len(got), len(want), emuFirstDiff(want, got))
 				ws, err := os.ReadFile(file("ws"))
 				require.NoError(t, err)
-				decided := requireReadyWorkspaceBytes(t, ws)
+				decided := requireReadyWorkspaceBytes(t, ws, enc.card.rawBlocks())
 				if pl.stream && pl.grid > 0 {
 					// The decision word counts frames decided (low half) and those that needed the raw fallback
 					// kernel (high half).
@@ -626,7 +633,7 @@ func TestEmuFastMode(t *testing.T) {
 				in := pc.data[:2*layers*n]
 				require.NoError(t, os.WriteFile(file("in"), in, 0o644))
 				p := encParams{n: uint32(n), frames: layers, chunks: uint32(chunksOf(uint64(n))), codebook: words}
-				pl := planEncode(&p, enc.small, &tileShape, &streamShape)
+				pl := planEncode(&p, enc.small, &tileShape, &streamShape, enc.card)
 				stride := align16(uint64(MaxEncodedLen(2 * n)))
 				st := h.run(t, slices.Concat([]string{"fkv", file("in")}, planArgs(p, pl),
 					[]string{fmt.Sprint(workspaceSize(layers, uint64(p.chunks))), fmt.Sprint(stride), fmt.Sprint(layers),

@@ -171,7 +171,7 @@ func (c *Codec) launchHREncode(s *cuda.Stream, k *hrSet, p *hrEncParams, paged i
 		return err
 	}
 	units := (n + 7) / 8
-	rawGrid := cuda.Dim3{X: uint32(max(1, min(rawGridLimit, (units+hrRawThreads-1)/hrRawThreads)))}
+	rawGrid := cuda.Dim3{X: c.card.rawGrid((units + hrRawThreads - 1) / hrRawThreads)}
 	return k.raw[paged].Launch(s, rawGrid, cuda.Dim3{X: hrRawThreads}, 0, p.args())
 }
 

@@ -79,11 +79,13 @@ enum RawMode : uint32_t {
 // counts the streaming encoder's frame decisions (frames decided in the low half; in the high half those that
 // need the raw fallback kernel: raw ones, and those with escapes for place_deferred), word kSeenWord + b is the
 // count block b of the raw fallback kernel saw last. The body after them is zero between calls. Blocks of the
-// raw fallback kernel after the streaming encoder: exactly kRawBlocks, four an SM of an H100 or H200 (132 SMs),
-// because place_deferred's warps wait on memory a chunk at a time (its count, slots, stores), so it wants many.
-constexpr uint32_t kRawBlocks = 4 * 132;
-constexpr uint32_t kSeenWord = 16;  // the seen words start on another 128-byte line than the one polled
-constexpr uint32_t kCounterWords = kSeenWord + kRawBlocks;
+// raw fallback kernel after the streaming encoder: four an SM (the host's choice from the card's SM count; 528 on
+// an H100 or H200), at most kRawBlocksMax, because place_deferred's warps wait on memory a chunk at a time (its
+// count, slots, stores), so it wants many; as many in every call on one workspace, because each block follows
+// every call's decisions.
+constexpr uint32_t kRawBlocksMax = 1024;  // four an SM up to 256 SMs
+constexpr uint32_t kSeenWord = 16;        // the seen words start on another 128-byte line than the one polled
+constexpr uint32_t kCounterWords = kSeenWord + kRawBlocksMax;
 __device__ __forceinline__ uint64_t* ws_counters(const EncParams& p) { return reinterpret_cast<uint64_t*>(p.ws); }
 __device__ __forceinline__ uint64_t ws_body(const EncParams& p) { return p.ws + 8ull * kCounterWords; }
 

@@ -78,21 +78,27 @@ func (g *gpuEnv) workspace(t testing.TB, n int) cuda.DevicePtr {
 }
 
 // requireReadyWorkspace checks that the encodes before it left their workspace as the next one expects: zero
-// but for its counters, of which every raw fallback block's copy equals the decision count. It returns that
+// but for its counters, of which the copy of every block the codec gives the raw fallback kernel after the
+// streaming encoder equals the decision count (and the other copies are zero). It returns that
 // count (frames decided by the streaming encoder in the low half; in the high half those that needed the raw
 // fallback kernel, lateFrame).
 func (g *gpuEnv) requireReadyWorkspace(t testing.TB, ws cuda.DevicePtr, n int, msg ...any) uint64 {
 	t.Helper()
-	return requireReadyWorkspaceBytes(t, g.download(t, ws, n), msg...)
+	return requireReadyWorkspaceBytes(t, g.download(t, ws, n), g.codec.card.rawBlocks(), msg...)
 }
 
-// requireReadyWorkspaceBytes is requireReadyWorkspace on a workspace's bytes (the host emulation's).
-func requireReadyWorkspaceBytes(t testing.TB, got []byte, msg ...any) uint64 {
+// requireReadyWorkspaceBytes is requireReadyWorkspace on a workspace's bytes (the host emulation's), whose raw
+// fallback kernel ran rawBlocks blocks after the streaming encoder.
+func requireReadyWorkspaceBytes(t testing.TB, got []byte, rawBlocks uint32, msg ...any) uint64 {
 	t.Helper()
 	n := len(got)
 	decided := binary.LittleEndian.Uint64(got)
-	for b := range streamRawGrid {
-		require.Equal(t, decided, binary.LittleEndian.Uint64(got[8*(seenWord+b):]), "raw fallback block %d's count: %v", b, fmt.Sprint(msg...))
+	for b := range uint32(rawBlocksMax) {
+		want := decided
+		if b >= rawBlocks {
+			want = 0
+		}
+		require.Equal(t, want, binary.LittleEndian.Uint64(got[8*(seenWord+b):]), "raw fallback block %d's count: %v", b, fmt.Sprint(msg...))
 	}
 	if gap := got[8 : 8*seenWord]; !bytes.Equal(gap, make([]byte, len(gap))) {
 		require.Failf(t, "workspace counters", "nonzero word between the decision count and the blocks' copies: %v", fmt.Sprint(msg...))

@@ -16,17 +16,14 @@ const (
 	chunkElems  = 1 << codec.DefaultChunk // 4,096
 	codebookLen = 16
 	escapeSize  = 3
-	// Blocks of the raw fallback kernel, which strides over the chunks: one per H100 SM (more measured no faster
-	// on raw copies, docs/gpu-kernels.md).
-	rawGridLimit = 132
-	// Blocks of the raw fallback kernel after the streaming encoder (kRawBlocks in format.cuh): four an SM, for
-	// the escapes that the encoder's finishing warps defer to it (place_deferred in encode_stream.cuh).
-	streamRawGrid = 4 * 132
+	// The most blocks of the raw fallback kernel after the streaming encoder (kRawBlocksMax in format.cuh): the
+	// workspace holds a copy of the decision count for each (card.rawBlocks).
+	rawBlocksMax = 1024
 	// The workspace's leading words that persist from call to call (kCounterWords in format.cuh): the
 	// streaming encoder's decision count, then from word seenWord (kSeenWord) the raw fallback kernel's blocks'
 	// copies of it.
 	seenWord     = 16
-	counterBytes = 8 * (seenWord + streamRawGrid)
+	counterBytes = 8 * (seenWord + rawBlocksMax)
 	// What the raw fallback kernel does (RawMode in format.cuh).
 	rawAfterTile   = 0
 	rawHost        = 1
@@ -118,7 +115,20 @@ type Codec struct {
 	blockCopy  *cuda.Function
 	smallBytes uint64
 	pdl        bool // the kernels use griddepcontrol: launchAfter lets a kernel launch during its predecessor's tail
+	card       card
 }
+
+// card is what the launches take from the GPU at hand: its SM count.
+type card struct{ sms uint32 }
+
+// rawGrid is the raw fallback kernel's blocks where it strides over units of work without following the
+// streaming encoder's decisions (after the tile encoder, for the host's raw frames, in the high-ratio mode): one
+// an SM at most (more measured no faster on raw copies, docs/gpu-kernels.md).
+func (c card) rawGrid(units uint64) uint32 { return uint32(max(1, min(uint64(c.sms), units))) }
+
+// rawBlocks is the raw fallback kernel's blocks after the streaming encoder: four an SM, for the escapes that
+// the encoder's finishing warps defer to it (place_deferred in encode_stream.cuh); at most rawBlocksMax.
+func (c card) rawBlocks() uint32 { return min(4*c.sms, rawBlocksMax) }
 
 // NewCodec loads the kernels into ctx (the driver JIT-compiles the embedded PTX on first load and caches
 // the result): on compute capability 9.0 and newer, with a driver that has cuLaunchKernelEx, the build with
@@ -141,12 +151,16 @@ func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
 	case canPDL:
 		image = ptxSM90
 	}
+	sms, err := ctx.Device().Attribute(cuda.AttrMultiprocessorCount)
+	if err != nil {
+		return nil, fmt.Errorf("splitzip: read the GPU's SM count: %w", err)
+	}
 	mod, err := ctx.LoadModule(image)
 	if err != nil {
 		return nil, fmt.Errorf("splitzip: load GPU kernels: %w", err)
 	}
 	c := &Codec{
-		ctx: ctx, mod: mod, smallBytes: o.smallBytes,
+		ctx: ctx, mod: mod, smallBytes: o.smallBytes, card: card{sms: uint32(max(sms, 1))},
 		pdl:    canPDL && bytes.Contains(image, []byte("griddepcontrol.wait")),
 		tile:   tileShape,
 		stream: streamShape,
@@ -303,13 +317,13 @@ type encodeLaunch struct {
 // planEncode decides the launches of p (setting its rawMode, and for an empty input its chunks): the tile
 // encoder below smallBytes of input, else the streaming encoder with its finishing and header blocks; then the
 // raw fallback kernel. The host emulation (kernels/emu) launches by the same plan.
-func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel) encodeLaunch {
+func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel, cd card) encodeLaunch {
 	total := uint64(p.frames) * uint64(p.chunks)
 	k := stream
 	if 2*uint64(p.frames)*uint64(p.n) < smallBytes {
 		k = tile
 	}
-	pl := encodeLaunch{stream: k.stream, rawGrid: uint32(min(total, rawGridLimit))}
+	pl := encodeLaunch{stream: k.stream, rawGrid: cd.rawGrid(total)}
 	if escapesOffset(uint64(p.n)) > headerSize+2*uint64(p.n) {
 		// Too small for a coded frame even without escapes (the CPU encoder decides the same): raw.
 		p.rawMode = rawHost
@@ -326,7 +340,7 @@ func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel) encodeLau
 		pl.grid += uint32((uint64(p.frames)*streamGroups(uint64(p.chunks))+warps-1)/warps + (uint64(p.frames)+warps-1)/warps)
 		// Its header blocks tell the raw fallback kernel which frames need it (raw ones, and those whose escapes
 		// were deferred to it), one count per frame that each of its blocks follows (raw_chunks): all of them run.
-		p.rawMode, pl.rawGrid = rawAfterStream, streamRawGrid
+		p.rawMode, pl.rawGrid = rawAfterStream, cd.rawBlocks()
 	}
 	return pl
 }
@@ -335,7 +349,7 @@ func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel) encodeLau
 // encoder's tail where the GPU allows (launchAfter) and, after the tile encoder, zeroes the workspace's control
 // words again.
 func (c *Codec) launchEncode(s *cuda.Stream, p *encParams, paged bool) error {
-	pl := planEncode(p, c.smallBytes, &c.tile, &c.stream)
+	pl := planEncode(p, c.smallBytes, &c.tile, &c.stream, c.card)
 	k := &c.tile
 	if pl.stream {
 		k = &c.stream

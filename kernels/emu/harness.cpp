@@ -47,7 +47,7 @@
 
 using namespace sz;
 
-static constexpr uint64_t kRawGridLimit = 132;  // rawGridLimit in kernels/gpucodec.go
+static constexpr uint64_t kRawGridLimit = 132;  // card.rawGrid in kernels/gpucodec.go on 132 SMs (emuCard)
 
 static std::vector<uint8_t> readf(const char* path) {
   FILE* f = fopen(path, "rb");
