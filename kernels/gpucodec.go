@@ -314,7 +314,7 @@ type encodeLaunch struct {
 	rawGrid uint32 // raw fallback kernel blocks
 }
 
-// planEncode decides the launches of p (setting its rawMode, and for an empty input its chunks): the tile
+// planEncode decides the launches of p on card cd (setting p's rawMode, and for an empty input its chunks): the tile
 // encoder below smallBytes of input, else the streaming encoder with its finishing and header blocks; then the
 // raw fallback kernel. The host emulation (kernels/emu) launches by the same plan.
 func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel, cd card) encodeLaunch {
