@@ -46,6 +46,7 @@ __device__ __forceinline__ uint32_t ld_relaxed_gpu(const uint32_t* p) {
 __device__ __forceinline__ void st_relaxed_gpu(uint32_t* p, uint32_t v) {
   asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+
 // cp.async of 16 bytes from global to shared memory (bypassing L1), and the wait for a thread's own copies.
 __device__ __forceinline__ void cp_async16(void* smem, uint64_t gaddr) {
   const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
