@@ -994,7 +994,8 @@ __device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, co
     const uint4 f = *reinterpret_cast<const uint4*>(sout + 8 * u);
     const uint2 r = *reinterpret_cast<const uint2*>(sres + 8 * u);
     constexpr uint32_t kSM = 0x807F807Fu;  // sign to bit 15, mantissa in bits 0-6, of both halves
-    // (a & kSM) | (f & ~kSM) is one LOP3; it also drops the code lengths and flags stored around the fields.
+    // (a & kSM) | (f & ~kSM) also drops the code lengths and flags stored around the fields (two LOP3s as
+    // compiled; bit_select would be one).
     auto join = [](uint32_t a, uint32_t f) { return (a & kSM) | (f & ~kSM); };
     return make_uint4(join(__byte_perm(r.x, 0, 0x1100), f.x), join(__byte_perm(r.x, 0, 0x3322), f.y),
                       join(__byte_perm(r.y, 0, 0x1100), f.z), join(__byte_perm(r.y, 0, 0x3322), f.w));
