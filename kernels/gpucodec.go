@@ -328,7 +328,7 @@ func planEncode(p *encParams, smallBytes uint64, tile, stream *kernel, cd card) 
 		// Too small for a coded frame even without escapes (the CPU encoder decides the same): raw.
 		p.rawMode = rawHost
 		if total == 0 {
-			p.chunks, pl.rawGrid = 1, 1
+			p.chunks = 1 // the raw kernel writes the empty frame's header (rawGrid gives it one block)
 		}
 		return pl
 	}
