@@ -42,8 +42,7 @@ var emuPatches = []emuPatch{
 // (OLD must match once), for checking that a broken kernel fails these tests; see kernels/emu/README.md.
 const emuMutateEnv = "SPLITZIP_EMU_MUTATE"
 
-// emuCard is the card the emulated launches are planned for: 132 SMs, an H100's or H200's (the harness's raw
-// grid for the high-ratio mode, kRawGridLimit, assumes the same).
+// emuCard is the card the emulated launches are planned for: 132 SMs, an H100's or H200's.
 var emuCard = card{sms: 132}
 
 // emuHarness is the built kernels/emu/harness.cpp.
@@ -206,6 +205,7 @@ type emuCase struct {
 	h   *emuHarness
 	dt  codec.DType
 	dir string
+	cd  card // the card whose launches are planned
 }
 
 func (c *emuCase) file(t *testing.T, name string, b []byte) string {
@@ -225,7 +225,8 @@ func (c *emuCase) read(t *testing.T, name string) []byte {
 // encode runs the emulated encoder (hr_encode, then hr_raw) over src with the code table tab.
 func (c *emuCase) encode(t *testing.T, src, tab []byte) []byte {
 	t.Helper()
-	c.h.run(t, "enc", emuDTypeName(c.dt), c.file(t, "in", src), c.file(t, "table", tab), filepath.Join(c.dir, "frame"))
+	n := uint64(len(src) / c.dt.Size())
+	c.h.run(t, "enc", emuDTypeName(c.dt), c.file(t, "in", src), c.file(t, "table", tab), fmt.Sprint(c.cd.hrRawGrid(n)), filepath.Join(c.dir, "frame"))
 	return c.read(t, "frame")
 }
 
@@ -382,8 +383,9 @@ func (c *emuCase) rejects(t *testing.T, src []byte, tab *codec.CodeTable) {
 func (c *emuCase) kv(t *testing.T, src []byte, blockElems int) {
 	tab, tabBytes := hrTableOf(t, c.dt, src)
 	want := cpuEncodeHROf(t, c.dt, src, tab)
+	n := uint64(len(src) / c.dt.Size())
 	st := c.h.run(t, "kv", emuDTypeName(c.dt), c.file(t, "in", src), c.file(t, "table", tabBytes), strconv.Itoa(blockElems),
-		filepath.Join(c.dir, "frame"), filepath.Join(c.dir, "rt"))
+		fmt.Sprint(c.cd.hrRawGrid(n)), filepath.Join(c.dir, "frame"), filepath.Join(c.dir, "rt"))
 	got, rt := c.read(t, "frame"), c.read(t, "rt")
 	assert.True(t, bytes.Equal(want, got), "emulated paged frame differs from the CPU's: lengths %d/%d, first difference at byte %d",
 		len(got), len(want), emuFirstDiff(want, got))
@@ -401,7 +403,7 @@ func TestEmuHighRatio(t *testing.T) {
 	for _, dt := range []codec.DType{codec.BF16, codec.FP8E4M3, codec.FP8E5M2} {
 		t.Run(emuDTypeName(dt), func(t *testing.T) {
 			t.Parallel()
-			c := &emuCase{h: h, dt: dt, dir: t.TempDir()}
+			c := &emuCase{h: h, dt: dt, dir: t.TempDir(), cd: emuCard}
 			q := concat(f)
 			if dt != codec.BF16 {
 				q = quantizeFP8(t, f, dt)
@@ -491,6 +493,9 @@ func TestEmuHighRatio(t *testing.T) {
 			rndTab, rndTabBytes := hrTableOf(t, dt, rnd)
 			t.Run("random bytes", func(t *testing.T) { c.dense(t, rnd, rndTab, rndTabBytes, emuRaw) })
 			t.Run("random bytes, fixture table", func(t *testing.T) { c.dense(t, rnd, tab, tabBytes, emuRaw) })
+			// On a card of one SM the raw copy's single block strides over every unit.
+			one := &emuCase{h: h, dt: dt, dir: t.TempDir(), cd: card{sms: 1}}
+			t.Run("random bytes on one SM", func(t *testing.T) { one.dense(t, rnd, rndTab, rndTabBytes, emuRaw) })
 			t.Run("rejects", func(t *testing.T) { c.rejects(t, elems(40_000), tab) })
 			for _, k := range []struct {
 				name       string
@@ -504,6 +509,7 @@ func TestEmuHighRatio(t *testing.T) {
 			} {
 				t.Run("paged "+k.name, func(t *testing.T) { c.kv(t, k.src, k.blockElems) })
 			}
+			t.Run("paged random, 4 blocks of 2048 on one SM", func(t *testing.T) { one.kv(t, rnd[:4*2048*sz], 2048) })
 		})
 	}
 }

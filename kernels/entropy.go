@@ -170,9 +170,14 @@ func (c *Codec) launchHREncode(s *cuda.Stream, k *hrSet, p *hrEncParams, paged i
 	if err := k.enc[paged].Launch(s, cuda.Dim3{X: uint32(total)}, cuda.Dim3{X: hrEncodeThreads}, 0, p.args()); err != nil {
 		return err
 	}
+	return k.raw[paged].Launch(s, cuda.Dim3{X: c.card.hrRawGrid(n)}, cuda.Dim3{X: hrRawThreads}, 0, p.args())
+}
+
+// hrRawGrid is hr_raw's grid for frames of n elements: a thread per unit of 8 elements, at most a block an SM
+// (it strides over the rest).
+func (cd card) hrRawGrid(n uint64) uint32 {
 	units := (n + 7) / 8
-	rawGrid := cuda.Dim3{X: c.card.rawGrid((units + hrRawThreads - 1) / hrRawThreads)}
-	return k.raw[paged].Launch(s, rawGrid, cuda.Dim3{X: hrRawThreads}, 0, p.args())
+	return cd.rawGrid((units + hrRawThreads - 1) / hrRawThreads)
 }
 
 // EncodeHighRatioAsync enqueues on s the encoding of the bf16 tensor at src (srcLen bytes) into one format-v2

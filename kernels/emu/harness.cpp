@@ -47,8 +47,6 @@
 
 using namespace sz;
 
-static constexpr uint64_t kRawGridLimit = 132;  // card.rawGrid in kernels/gpucodec.go on 132 SMs (emuCard)
-
 static std::vector<uint8_t> readf(const char* path) {
   FILE* f = fopen(path, "rb");
   if (!f) { perror(path); exit(2); }
@@ -103,8 +101,9 @@ template <> struct Maps<HRE4M3> { using Dense = DenseByteMap; using Paged = Page
 template <> struct Maps<HRE5M2> { using Dense = DenseByteMap; using Paged = PagedByteMap; };
 
 // encode runs the encoder and the raw kernel as entropy.go launches them; returns the frame length.
+// raw_grid is hr_raw's grid as entropy.go plans it (card.hrRawGrid), passed in by the test.
 template <class T, class Map>
-static uint64_t encode(HREncParams p, const Map& map) {
+static uint64_t encode(HREncParams p, const Map& map, uint32_t raw_grid) {
   std::vector<uint64_t> ws((16 * p.frames + 8ull * p.frames * p.chunks) / 8 + 1, 0);
   p.ws = (uint64_t)ws.data();
   const uint64_t n = p.n;
@@ -113,8 +112,7 @@ static uint64_t encode(HREncParams p, const Map& map) {
   p.sizes = (uint64_t)&size;
   const uint64_t total = (uint64_t)p.frames * p.chunks;
   emu_launch((uint32_t)total, 256, [&] { hr_encode<T>(p, map); });
-  const uint64_t units = (n + 7) / 8;
-  emu_launch((uint32_t)std::max<uint64_t>(1, std::min<uint64_t>(kRawGridLimit, (units + 255) / 256)), 256, [&] { hr_raw<T>(p, map); });
+  emu_launch(raw_grid, 256, [&] { hr_raw<T>(p, map); });
   return size;
 }
 
@@ -130,11 +128,11 @@ static uint32_t decode(HRDecParams p, const Map& map) {
 template <class T>
 static int run(int argc, char** argv) {
   const std::string mode = argv[1];
-  if ((mode == "enc" && argc != 6) || (mode == "dec" && argc != 7) || (mode == "kv" && argc != 8)) {
+  if ((mode == "enc" && argc != 7) || (mode == "dec" && argc != 7) || (mode == "kv" && argc != 9)) {
     fprintf(stderr, "harness %s: wrong number of arguments\n", mode.c_str());
     return 2;
   }
-  if (mode == "enc") {  // enc DT IN TABLE OUT
+  if (mode == "enc") {  // enc DT IN TABLE RAWGRID OUT
     auto in = readf(argv[3]);
     auto table = readf(argv[4]);
     const uint64_t n = in.size() / T::kBytes;
@@ -151,10 +149,10 @@ static int run(int argc, char** argv) {
     p.frames = 1;
     p.chunks = (uint32_t)chunks_of(n);
     p.table_len = (uint32_t)table.size();
-    const uint64_t len = encode<T>(p, typename Maps<T>::Dense{p.src});
+    const uint64_t len = encode<T>(p, typename Maps<T>::Dense{p.src}, (uint32_t)strtoul(argv[5], nullptr, 10));
     for (size_t i = len; i < cap; i++)
       if (dst[i] != 0xA5) { fprintf(stderr, "byte %zu past the frame (%llu) written\n", i, (unsigned long long)len); return 1; }
-    writef(argv[5], dst, len);
+    writef(argv[6], dst, len);
     return 0;
   }
   if (mode == "dec") {  // dec DT FRAME FRAMECAP OUTLEN OUT
@@ -175,7 +173,7 @@ static int run(int argc, char** argv) {
     writef(argv[6], out, out_len);
     return 0;
   }
-  if (mode == "kv") {  // kv DT IN TABLE BLOCKELEMS FRAMEOUT RTOUT: layer 1's V of a 2-layer cache
+  if (mode == "kv") {  // kv DT IN TABLE BLOCKELEMS RAWGRID FRAMEOUT RTOUT: layer 1's V of a 2-layer cache
     auto in = readf(argv[3]);
     auto table = readf(argv[4]);
     const uint32_t be = atoi(argv[5]);
@@ -217,10 +215,11 @@ static int run(int argc, char** argv) {
     p.n_blocks = nb;
     p.segs_per_frame = nb;
     p.table_len = (uint32_t)table.size();
-    const uint64_t len = encode<T>(p, typename Maps<T>::Paged{(const uint64_t*)p.src, (const int32_t*)p.ids, p.stride_bytes, be, nb, nb});
+    const uint64_t len = encode<T>(p, typename Maps<T>::Paged{(const uint64_t*)p.src, (const int32_t*)p.ids, p.stride_bytes, be, nb, nb},
+                                   (uint32_t)strtoul(argv[6], nullptr, 10));
     for (size_t i = len; i < cap; i++)
       if (dst[i] != 0xA5) { fprintf(stderr, "byte %zu past the frame written\n", i); return 1; }
-    writef(argv[6], dst, len);
+    writef(argv[7], dst, len);
     uint8_t* frame = exact(len);
     memcpy(frame, dst, len);
     HRDecParams d{};
@@ -243,7 +242,7 @@ static int run(int argc, char** argv) {
     std::vector<uint8_t> mark(2 * layer_bytes, 0);
     for (uint32_t b = 0; b < nb; b++) memset(mark.data() + ((uint8_t*)db[3] - dbuf) + (uint64_t)dids[b] * be * B, 1, (size_t)be * B);
     if (!written_only_where_marked(dbuf, mark, "kv: destination")) return 1;
-    writef(argv[7], rt.data(), rt.size());
+    writef(argv[8], rt.data(), rt.size());
     return 0;
   }
   fprintf(stderr, "harness: unknown mode %s\n", mode.c_str());
