@@ -9,7 +9,7 @@ import "golang.org/x/sys/cpu"
 // take one, in lane order: what a warp does with ballot and popc), the 256-entry look-ups with VPERMI2B. A
 // variable, so that tests run both paths.
 var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512VBMI &&
-	cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT
+	cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI2
 
 // decodeLanesAVX512 decodes up to steps whole steps (32 lanes each) of a chunk's stream of n bytes into exps
 // (32 bytes a step), while at least 64 stream bytes remain from the current position. st holds the lanes'

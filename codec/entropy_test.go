@@ -838,9 +838,14 @@ func TestEntropyEncoderAsmTwin(t *testing.T) {
 	}
 	for _, dt := range []DType{BF16, FP16, FP32, FP8E5M2, FP8E4M3} {
 		for _, n := range []int{100, 1000, 1007, maxEntropyChunk, 2*maxEntropyChunk + 45} {
-			for _, escRate := range []int{0, 300, 7} {
+			// Escape rates from none to every element (the longest symbols, up to 16 bits a step), and a
+			// constant tensor (1-bit codes).
+			for _, escRate := range []int{0, 300, 7, 1, -1} {
 				src := testTensor(rng, dt, n, 0.3)
 				g := geometry(dt)
+				if escRate < 0 {
+					clear(src)
+				}
 				for i := 0; escRate > 0 && i < n; i += 1 + rng.IntN(escRate) {
 					v := loadElem(src[i*g.size:], g.size) &^ (g.expMask << g.expShift)
 					storeElem(src[i*g.size:], g.size, v|uint64(rng.IntN(int(g.expMask)+1))<<g.expShift)
