@@ -123,8 +123,18 @@ func joinChunk(out, exps, res []byte, i0 int, dt DType) {
 // Exponents are below 16 (e4m3) or 32 (e5m2), as the table's range and escapes' widths guarantee.
 func joinFP8(out, exps, res []byte, dt DType) int {
 	n := len(exps) &^ 7
+	j := 0
+	if v := len(exps) &^ 63; hasEntropyAsm && v > 0 {
+		_, _ = out[v-1], res[v*int(geometry(dt).resBits)/8-1]
+		if dt == FP8E4M3 {
+			joinE4M3AVX512(&exps[0], &res[0], &out[0], v)
+		} else {
+			joinE5M2AVX512(&exps[0], &res[0], &out[0], v)
+		}
+		j = v
+	}
 	if dt == FP8E4M3 {
-		for j := 0; j < n; j += 8 {
+		for ; j < n; j += 8 {
 			y := spreadLanes(binary.LittleEndian.Uint32(res[j/2:])) // a byte of nibble pairs per 16-bit lane
 			r := y&0x000F000F000F000F | (y>>4&0x000F000F000F000F)<<8
 			e := binary.LittleEndian.Uint64(exps[j:])
@@ -132,7 +142,7 @@ func joinFP8(out, exps, res []byte, dt DType) int {
 		}
 		return n
 	}
-	for j := 0; j < n; j += 8 {
+	for ; j < n; j += 8 {
 		k := j / 8 * 3
 		r := uint64(res[k]) | uint64(res[k+1])<<8 | uint64(res[k+2])<<16
 		r = (r | r<<20) & 0x00000FFF00000FFF // eight 3-bit fields back to a byte each

@@ -281,8 +281,18 @@ func splitChunk(b []byte, dt DType, exps []byte, res []byte, i0 int) {
 // tenth of the bf16 path's speed.
 func splitFP8(b []byte, dt DType, exps, res []byte) int {
 	n := len(exps) &^ 7
+	j := 0
+	if v := len(exps) &^ 63; hasEntropyAsm && v > 0 {
+		_, _ = b[v-1], res[v*int(geometry(dt).resBits)/8-1]
+		if dt == FP8E4M3 {
+			splitE4M3AVX512(&b[0], &exps[0], &res[0], v)
+		} else {
+			splitE5M2AVX512(&b[0], &exps[0], &res[0], v)
+		}
+		j = v
+	}
 	if dt == FP8E4M3 { // s eeee mmm: residual s mmm
-		for j := 0; j < n; j += 8 {
+		for ; j < n; j += 8 {
 			x := binary.LittleEndian.Uint64(b[j:])
 			binary.LittleEndian.PutUint64(exps[j:], x>>3&0x0F0F0F0F0F0F0F0F)
 			r := x>>4&0x0808080808080808 | x&0x0707070707070707
@@ -290,7 +300,7 @@ func splitFP8(b []byte, dt DType, exps, res []byte) int {
 		}
 		return n
 	}
-	for j := 0; j < n; j += 8 { // s eeeee mm: residual s mm
+	for ; j < n; j += 8 { // s eeeee mm: residual s mm
 		x := binary.LittleEndian.Uint64(b[j:])
 		binary.LittleEndian.PutUint64(exps[j:], x>>2&0x1F1F1F1F1F1F1F1F)
 		r := x>>5&0x0404040404040404 | x&0x0303030303030303

@@ -47,3 +47,21 @@ func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *b
 //
 //go:noescape
 func splitBF16AVX512(src, exps, res *byte, n int)
+
+// splitE4M3AVX512 and splitE5M2AVX512 split n fp8 elements (n a multiple of 64) of src into their exponents (a
+// byte each) and packed residuals (splitFP8's layout).
+//
+//go:noescape
+func splitE4M3AVX512(src, exps, res *byte, n int)
+
+//go:noescape
+func splitE5M2AVX512(src, exps, res *byte, n int)
+
+// joinE4M3AVX512 and joinE5M2AVX512 join n fp8 elements (n a multiple of 64) from their exponents and packed
+// residuals (joinFP8's layout) into out.
+//
+//go:noescape
+func joinE4M3AVX512(exps, res, out *byte, n int)
+
+//go:noescape
+func joinE5M2AVX512(exps, res, out *byte, n int)

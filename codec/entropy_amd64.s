@@ -60,7 +60,8 @@ loop:
 
 	// Round 1: lanes with fewer than 8 bits take the next bytes, in lane order.
 	VPCMPUW   $1, Z8, Z17, K1 // avail < 8
-	VPEXPANDB.Z (SI), K1, Y18
+	VMOVDQU8  (SI), Y18 // expanded from a register: from memory it is microcoded on AMD Zen 4
+	VPEXPANDB.Z Y18, K1, Y18
 	VPMOVZXBW Y18, Z18
 	VPSUBW    Z17, Z8, Z19    // 8 − avail: where the byte goes under the unread bits
 	VPSLLVW   Z19, Z18, Z18
@@ -105,7 +106,8 @@ special:
 	VPTESTMW  Z12, Z22, K5
 	VPCMPUW   $1, Z13, Z17, K6 // avail < eb
 	KANDD     K5, K6, K6
-	VPEXPANDB.Z (SI), K6, Y18
+	VMOVDQU8  (SI), Y18
+	VPEXPANDB.Z Y18, K6, Y18
 	VPMOVZXBW Y18, Z18
 	VPSUBW    Z17, Z8, Z19
 	VPSLLVW   Z19, Z18, Z18
@@ -476,3 +478,208 @@ split:
 splitted:
 	VZEROUPPER
 	RET
+
+// func splitE4M3AVX512(src, exps, res *byte, n int)
+//
+// Splits n fp8 e4m3 elements (a multiple of 64; s eeee mmm) into their exponents, a byte each, and residuals
+// (s mmm), two to a byte, the first in the low nibble: 64 elements a step.
+TEXT ·splitE4M3AVX512(SB), NOSPLIT, $0-32
+	MOVQ src+0(FP), SI
+	MOVQ exps+8(FP), DI
+	MOVQ res+16(FP), BX
+	MOVQ n+24(FP), CX
+	MOVL $0x0F, AX
+	VPBROADCASTB AX, Z1
+	MOVL $0x07, AX
+	VPBROADCASTB AX, Z2
+	MOVL $0x08, AX
+	VPBROADCASTB AX, Z3
+	MOVL $0x1001, AX
+	VPBROADCASTW AX, Z4 // byte weights 1 and 16: a pair of residuals into one byte
+
+e4split:
+	CMPQ       CX, $64
+	JLT        e4splitted
+	VMOVDQU64  (SI), Z0
+	VPSRLW     $3, Z0, Z5
+	VPANDQ     Z1, Z5, Z5 // exponents
+	VMOVDQU64  Z5, (DI)
+	VPSRLW     $4, Z0, Z6 // sign at bit 3
+	VPANDQ     Z2, Z0, Z7 // mantissa
+	VPTERNLOGD $0xF8, Z3, Z6, Z7 // Z7 | Z6&0x08
+	VPMADDUBSW Z4, Z7, Z7
+	VPMOVWB    Z7, (BX)
+	ADDQ       $64, SI
+	ADDQ       $64, DI
+	ADDQ       $32, BX
+	SUBQ       $64, CX
+	JMP        e4split
+
+e4splitted:
+	VZEROUPPER
+	RET
+
+// func joinE4M3AVX512(exps, res, out *byte, n int)
+//
+// Joins n fp8 e4m3 elements (a multiple of 64) from exponents below 16 and nibble-paired residuals
+// (splitE4M3AVX512 backwards): 64 elements a step.
+TEXT ·joinE4M3AVX512(SB), NOSPLIT, $0-32
+	MOVQ exps+0(FP), SI
+	MOVQ res+8(FP), BX
+	MOVQ out+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVL $0x0F, AX
+	VPBROADCASTB AX, Z1
+	MOVL $0x07, AX
+	VPBROADCASTB AX, Z2
+	MOVL $0x80, AX
+	VPBROADCASTB AX, Z3
+
+e4join:
+	CMPQ       CX, $64
+	JLT        e4joined
+	VPMOVZXBW  (BX), Z0 // a residual pair per word: ba
+	VPSLLW     $4, Z0, Z4
+	VPTERNLOGD $0xA8, Z1, Z4, Z0 // (Z0 | Z4) & 0x0F: 0b0a, a residual per byte
+	VMOVDQU64  (SI), Z5
+	VPSLLW     $3, Z5, Z5 // exponent under the sign
+	VPSLLW     $4, Z0, Z6
+	VPANDQ     Z3, Z6, Z6 // sign at bit 7
+	VPANDQ     Z2, Z0, Z0 // mantissa
+	VPTERNLOGD $0xFE, Z6, Z5, Z0 // Z0 | Z5 | Z6
+	VMOVDQU64  Z0, (DI)
+	ADDQ       $64, SI
+	ADDQ       $32, BX
+	ADDQ       $64, DI
+	SUBQ       $64, CX
+	JMP        e4join
+
+e4joined:
+	VZEROUPPER
+	RET
+
+// func splitE5M2AVX512(src, exps, res *byte, n int)
+//
+// Splits n fp8 e5m2 elements (a multiple of 64; s eeeee mm) into their exponents, a byte each, and residuals
+// (s mm), eight to three bytes, the first in the lowest bits: 64 elements a step. Pairs of 3-bit fields merge
+// by multiply-adds into 6 bits a word and 12 a dword, a qword's two dwords into its low 24 bits by a shift, and
+// a byte permute gathers those three bytes of each qword.
+TEXT ·splitE5M2AVX512(SB), NOSPLIT, $0-32
+	MOVQ src+0(FP), SI
+	MOVQ exps+8(FP), DI
+	MOVQ res+16(FP), BX
+	MOVQ n+24(FP), CX
+	MOVL $0x1F, AX
+	VPBROADCASTB AX, Z1
+	MOVL $0x03, AX
+	VPBROADCASTB AX, Z2
+	MOVL $0x04, AX
+	VPBROADCASTB AX, Z3
+	MOVL $0x0801, AX
+	VPBROADCASTW AX, Z4 // byte weights 1 and 8
+	MOVL $0x00400001, AX
+	VPBROADCASTD AX, Z8 // word weights 1 and 64
+	VMOVDQU64 ·e5m2Pack(SB), Z9
+	MOVL $0xFFFFFF, AX
+	KMOVQ AX, K1
+
+e5split:
+	CMPQ       CX, $64
+	JLT        e5splitted
+	VMOVDQU64  (SI), Z0
+	VPSRLW     $2, Z0, Z5
+	VPANDQ     Z1, Z5, Z5 // exponents
+	VMOVDQU64  Z5, (DI)
+	VPSRLW     $5, Z0, Z6 // sign at bit 2
+	VPANDQ     Z2, Z0, Z7 // mantissa
+	VPTERNLOGD $0xF8, Z3, Z6, Z7 // Z7 | Z6&0x04
+	VPMADDUBSW Z4, Z7, Z7 // 6 bits a word
+	VPMADDWD   Z8, Z7, Z7 // 12 bits a dword
+	VPSRLQ     $20, Z7, Z6
+	VPORQ      Z6, Z7, Z7 // 24 bits in each qword's low three bytes
+	VPERMB     Z7, Z9, Z7
+	VMOVDQU8   Z7, K1, (BX)
+	ADDQ       $64, SI
+	ADDQ       $64, DI
+	ADDQ       $24, BX
+	SUBQ       $64, CX
+	JMP        e5split
+
+e5splitted:
+	VZEROUPPER
+	RET
+
+// func joinE5M2AVX512(exps, res, out *byte, n int)
+//
+// Joins n fp8 e5m2 elements (a multiple of 64) from exponents below 32 and residuals eight to three bytes
+// (splitE5M2AVX512 backwards): 64 elements a step.
+TEXT ·joinE5M2AVX512(SB), NOSPLIT, $0-32
+	MOVQ exps+0(FP), SI
+	MOVQ res+8(FP), BX
+	MOVQ out+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVQ $0x00000FFF00000FFF, AX
+	VPBROADCASTQ AX, Z1
+	MOVL $0x003F003F, AX
+	VPBROADCASTD AX, Z2
+	MOVL $0x07, AX
+	VPBROADCASTB AX, Z3
+	MOVL $0x03, AX
+	VPBROADCASTB AX, Z4
+	MOVL $0x80, AX
+	VPBROADCASTB AX, Z8
+	VMOVDQU64 ·e5m2Spread(SB), Z9
+	MOVL $0xFFFFFF, AX
+	KMOVQ AX, K1
+	MOVQ $0x0707070707070707, AX
+	KMOVQ AX, K2
+
+e5join:
+	CMPQ       CX, $64
+	JLT        e5joined
+	VMOVDQU8.Z (BX), K1, Z0
+	VPERMB.Z   Z0, Z9, K2, Z0 // three bytes, 24 bits, a qword
+	VPSLLQ     $20, Z0, Z5
+	VPTERNLOGD $0xA8, Z1, Z5, Z0 // 12 bits a dword
+	VPSLLD     $10, Z0, Z5
+	VPTERNLOGD $0xA8, Z2, Z5, Z0 // 6 bits a word
+	VPSLLW     $5, Z0, Z5
+	VPTERNLOGD $0xA8, Z3, Z5, Z0 // a residual a byte
+	VMOVDQU64  (SI), Z5
+	VPSLLW     $2, Z5, Z5 // exponent under the sign
+	VPSLLW     $5, Z0, Z6
+	VPANDQ     Z8, Z6, Z6 // sign at bit 7
+	VPANDQ     Z4, Z0, Z0 // mantissa
+	VPTERNLOGD $0xFE, Z6, Z5, Z0 // Z0 | Z5 | Z6
+	VMOVDQU64  Z0, (DI)
+	ADDQ       $64, SI
+	ADDQ       $24, BX
+	ADDQ       $64, DI
+	SUBQ       $64, CX
+	JMP        e5join
+
+e5joined:
+	VZEROUPPER
+	RET
+
+// e5m2Pack gathers bytes 0-2 of each qword (splitE5M2AVX512); e5m2Spread puts three bytes into each qword's
+// low bytes (joinE5M2AVX512, the other bytes zeroed by its mask).
+DATA ·e5m2Pack+0(SB)/8, $0x11100a0908020100
+DATA ·e5m2Pack+8(SB)/8, $0x282221201a191812
+DATA ·e5m2Pack+16(SB)/8, $0x3a39383231302a29
+DATA ·e5m2Pack+24(SB)/8, $0x0000000000000000
+DATA ·e5m2Pack+32(SB)/8, $0x0000000000000000
+DATA ·e5m2Pack+40(SB)/8, $0x0000000000000000
+DATA ·e5m2Pack+48(SB)/8, $0x0000000000000000
+DATA ·e5m2Pack+56(SB)/8, $0x0000000000000000
+GLOBL ·e5m2Pack(SB), RODATA|NOPTR, $64
+
+DATA ·e5m2Spread+0(SB)/8, $0x0000000000020100
+DATA ·e5m2Spread+8(SB)/8, $0x0000000000050403
+DATA ·e5m2Spread+16(SB)/8, $0x0000000000080706
+DATA ·e5m2Spread+24(SB)/8, $0x00000000000b0a09
+DATA ·e5m2Spread+32(SB)/8, $0x00000000000e0d0c
+DATA ·e5m2Spread+40(SB)/8, $0x000000000011100f
+DATA ·e5m2Spread+48(SB)/8, $0x0000000000141312
+DATA ·e5m2Spread+56(SB)/8, $0x0000000000171615
+GLOBL ·e5m2Spread(SB), RODATA|NOPTR, $64

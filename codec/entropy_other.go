@@ -24,3 +24,19 @@ func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *b
 func splitBF16AVX512(src, exps, res *byte, n int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
+
+func splitE4M3AVX512(src, exps, res *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func splitE5M2AVX512(src, exps, res *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func joinE4M3AVX512(exps, res, out *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func joinE5M2AVX512(exps, res, out *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
