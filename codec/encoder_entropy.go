@@ -142,8 +142,45 @@ func countExponents(b []byte, dt DType, counts *[256]uint64) {
 		return
 	}
 	g := geometry(dt)
+	if g.size == 1 { // fp8: count the bytes, then fold them by exponent
+		var tables counts8
+		c := &tables
+		for len(b) > 0 {
+			k := min(len(b), 1<<20)
+			countBytes(b[:k], c)
+			b = b[k:]
+			for x := range 256 {
+				var s uint64
+				for t := range c {
+					s += uint64(c[t][x])
+					c[t][x] = 0
+				}
+				counts[uint64(x)>>g.expShift&g.expMask] += s
+			}
+		}
+		return
+	}
 	for i := 0; i+g.size <= len(b); i += g.size {
 		counts[loadElem(b[i:], g.size)>>g.expShift&g.expMask]++
+	}
+}
+
+// countBytes counts the byte values of b into c, eight bytes a step over the eight tables.
+func countBytes(b []byte, c *counts8) {
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		c[0][uint8(x)]++
+		c[1][uint8(x>>8)]++
+		c[2][uint8(x>>16)]++
+		c[3][uint8(x>>24)]++
+		c[4][uint8(x>>32)]++
+		c[5][uint8(x>>40)]++
+		c[6][uint8(x>>48)]++
+		c[7][uint8(x>>56)]++
+	}
+	for ; i < len(b); i++ {
+		c[0][b[i]]++
 	}
 }
 

@@ -897,6 +897,25 @@ func TestFP8SplitJoinAsmTwin(t *testing.T) {
 	}
 }
 
+// countExponents against one element at a time, for every dtype the high-ratio mode codes, past the 1 MiB
+// pieces the bf16 and fp8 counters fold at and with an odd tail.
+func TestCountExponents(t *testing.T) {
+	rng := rand.New(rand.NewPCG(93, 94))
+	b := make([]byte, 1<<20+4099)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	for _, dt := range []DType{BF16, FP16, FP32, FP8E4M3, FP8E5M2} {
+		g := geometry(dt)
+		var want, got [256]uint64
+		for i := 0; i+g.size <= len(b); i += g.size {
+			want[loadElem(b[i:], g.size)>>g.expShift&g.expMask]++
+		}
+		countExponents(b, dt, &got)
+		require.Equal(t, want, got, "%s", dt)
+	}
+}
+
 // TestAsmLayouts: the offsets the assembly reads its tables and state at.
 func TestAsmLayouts(t *testing.T) {
 	var d simdTab
