@@ -17,8 +17,9 @@ const (
 	maxEntropyChunk = 1 << EntropyChunk       // elements of an encoder's chunk
 	maxSteps        = maxEntropyChunk / lanes // symbols a lane codes in a chunk
 	// maxLaneBytes bounds a lane's bytes in the encoder's scratch: at most 2 a symbol (16 bits: ESC and an
-	// 8-bit exponent), and room for the final partial word and two zero bytes.
-	maxLaneBytes = 2*maxSteps + 4
+	// 8-bit exponent), and room for the final partial word and two zero bytes, or for the assembly's last 8-byte
+	// write of a lane's pending words.
+	maxLaneBytes = 2*maxSteps + 8
 )
 
 // maxChunkBytes bounds the exponent stream of a chunk of m elements: a symbol takes at most 16 bits, and a

@@ -181,9 +181,9 @@ joined:
 // Codes steps whole steps of 32 exponents (exps, 32 bytes a step), the first phase of the lane encoder
 // (laneEnc.encodeLanesSIMD). Each lane keeps its bit count B and its newest bits (a 32-bit accumulator) in st.
 // The 16-bit words a lane completes go, big-endian, into its bytes (lane l's at bytes + l·stride, word k at
-// byte 2k): they wait in a register and are written every two steps, two words a lane in one 4-byte scatter.
-// A scatter costs the same however many lanes it writes, and one per step took about a third of the encoder's
-// time on AMD Zen 4. Per step s it records the lanes
+// byte 2k): they wait in a register and are written every four steps, up to four words a lane in one 8-byte
+// scatter element. On AMD Zen 4 a scatter costs about the same per element whatever its mask holds: one per
+// 16 lanes and step took about a third of the encoder's time. Per step s it records the lanes
 // that take a byte in round 2 of step s (st.r2[s]) and in round 1 of step s+1 (st.r1[s+1]): with
 // w1 = (B0+15)>>3, w2 = max(w1, (B1+7)>>3), round 2 when w2 > w1 and round 1 next when (B1+15)>>3 > w2
 // (FORMAT.md; for a symbol that is not ESC, w2 = w1). With x = (B1+7)>>3, (B1+15)>>3 is x+1, so these are
@@ -194,11 +194,11 @@ joined:
 // bit pattern's low byte; an escape's pattern above that byte is ESC's code, the same for every exponent
 // (tab.hi).
 //
-// Registers: Z0, Z1 the bit counts of lanes 0-15 and 16-31, Z2, Z3 their accumulators, Z25, Z31 their pending
-// words, Z4, Z7 16 × the number of those; Z5 dwords of 15, Z6 of 16; Z9, Z10 the lanes' offsets l·stride; Z11 a
-// byte shuffle that swaps a dword's low two bytes and clears the others; Z8, Z12, Z13, Z14 the bits-taken table,
-// Z15, Z27, Z28, Z29 the low-byte table; Z30 tab.hi in every dword; Z19 the exponents; Z16, Z17 their
-// look-ups; DX the escape flags.
+// Registers: Z0, Z1 the bit counts of lanes 0-15 and 16-31, Z2, Z3 their accumulators; pending words of lanes
+// 0-7, 8-15, 16-23 and 24-31 in Z25, Z5, Z31, Z11 (a qword a lane), 16 × their number in Z4, Z6, Z7, Z30; Z9,
+// Z10 the lanes' offsets l·stride; Z8, Z12, Z13, Z14 the bits-taken table, Z15, Z27, Z28, Z29 the low-byte
+// table; Z19 the exponents; Z16, Z17 their look-ups; DX the escape flags. Constants, tab.hi (512(R10)) and the
+// byte swap come from memory.
 TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	MOVQ exps+0(FP), SI
 	MOVQ steps+8(FP), CX
@@ -211,7 +211,6 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	VPMULLD Z12, Z13, Z9
 	VMOVDQU32 ·laneIota+64(SB), Z13
 	VPMULLD Z12, Z13, Z10
-	VBROADCASTI32X4 ·swap16(SB), Z11
 	VMOVDQU8 0(R10), Z8
 	VMOVDQU8 64(R10), Z12
 	VMOVDQU8 128(R10), Z13
@@ -220,17 +219,16 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	VMOVDQU8 320(R10), Z27
 	VMOVDQU8 384(R10), Z28
 	VMOVDQU8 448(R10), Z29
-	VPBROADCASTD 512(R10), Z30
 	XORQ R8, R8 // step
 	XORQ R9, R9 // escapes
-	MOVL $15, AX
-	VPBROADCASTD AX, Z5
-	MOVL $16, AX
-	VPBROADCASTD AX, Z6
-	VPXORD Z25, Z25, Z25
-	VPXORD Z31, Z31, Z31
-	VPXORD Z4, Z4, Z4
-	VPXORD Z7, Z7, Z7
+	VPXORQ Z25, Z25, Z25
+	VPXORQ Z5, Z5, Z5
+	VPXORQ Z4, Z4, Z4
+	VPXORQ Z6, Z6, Z6
+	VPXORQ Z31, Z31, Z31
+	VPXORQ Z11, Z11, Z11
+	VPXORQ Z7, Z7, Z7
+	VPXORQ Z30, Z30, Z30
 	VMOVDQU32 0(BX), Z0
 	VMOVDQU32 64(BX), Z1
 	VMOVDQU32 128(BX), Z2
@@ -240,48 +238,64 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 
 // LANES16 codes one step's 16 lanes: XL, XC their bits-taken and low-byte look-ups (bytes), escape flags in the
 // low 16 bits of AX, B and ACC their bit counts and accumulators. A lane that completes a word adds it to its
-// pending words P (big-endian, the first in the low two bytes; C is 16 × their number). The lanes that take a
-// byte in round 2 go to KR2, those that take one in round 1 of the next step to KR1.
-#define LANES16(XL, XC, B, ACC, P, C, KR2, KR1) \
-	KMOVW       AX, K2; \
-	VPMOVZXBD   XL, Z18; \
-	VPMOVZXBD   XC, Z19; \
-	VPANDD.BCST ·dword31(SB), Z18, Z18; \
-	VPORD       Z30, Z19, K2, Z19; \
-	VPADDD      Z18, B, Z20; \
-	VPSLLVD     Z18, ACC, ACC; \
-	VPORD       Z19, ACC, ACC; \
-	VPANDD      Z5, Z20, Z21; \
-	VPSRLVD     Z21, ACC, Z21; \
-	VPSHUFB     Z11, Z21, Z21; \
-	VPANDD      Z5, B, Z22; \
-	VPADDD      Z18, Z22, Z22; \
-	VPCMPUD     $5, Z6, Z22, K2; \
-	VPSLLVD     C, Z21, Z21; \
-	VPORD       Z21, P, K2, P; \
-	VPADDD      Z6, C, K2, C; \
-	VPADDD      Z5, B, Z23; \
-	VPSRLD      $3, Z23, Z23; \
-	VPADDD.BCST ·dword7(SB), Z20, Z24; \
-	VPSRLD      $3, Z24, Z24; \
-	VPCMPUD     $6, Z23, Z24, KR2; \
-	VPCMPUD     $5, Z23, Z24, KR1; \
-	VMOVDQA32   Z20, B
+// pending words, a qword a lane (PA lanes 0-7, PB 8-15; big-endian words, the first in the low two bytes; CA,
+// CB are 16 × their number). The lanes that take a byte in round 2 go to KR2, those that take one in round 1 of
+// the next step to KR1.
+#define LANES16(XL, XC, B, ACC, PA, PB, CA, CB, KR2, KR1) \
+	KMOVW         AX, K2; \
+	VPMOVZXBD     XL, Z18; \
+	VPMOVZXBD     XC, Z19; \
+	VPANDD.BCST   ·dword31(SB), Z18, Z18; \
+	VPORD.BCST    512(R10), Z19, K2, Z19; \
+	VPADDD        Z18, B, Z20; \
+	VPSLLVD       Z18, ACC, ACC; \
+	VPORD         Z19, ACC, ACC; \
+	VPANDD.BCST   ·dword15(SB), Z20, Z21; \
+	VPSRLVD       Z21, ACC, Z21; \
+	VPSHUFB       ·swap16x4(SB), Z21, Z21; \
+	VPANDD.BCST   ·dword15(SB), B, Z22; \
+	VPADDD        Z18, Z22, Z22; \
+	VPCMPUD.BCST  $5, ·dword16(SB), Z22, K2; \
+	KSHIFTRW      $8, K2, K3; \
+	VPMOVZXDQ     Y21, Z22; \
+	VEXTRACTI64X4 $1, Z21, Y21; \
+	VPMOVZXDQ     Y21, Z21; \
+	VPSLLVQ       CA, Z22, Z22; \
+	VPSLLVQ       CB, Z21, Z21; \
+	VPORQ         Z22, PA, K2, PA; \
+	VPORQ         Z21, PB, K3, PB; \
+	VPADDQ.BCST   ·qword16(SB), CA, K2, CA; \
+	VPADDQ.BCST   ·qword16(SB), CB, K3, CB; \
+	VPADDD.BCST   ·dword15(SB), B, Z23; \
+	VPSRLD        $3, Z23, Z23; \
+	VPADDD.BCST   ·dword7(SB), Z20, Z24; \
+	VPSRLD        $3, Z24, Z24; \
+	VPCMPUD       $6, Z23, Z24, KR2; \
+	VPCMPUD       $5, Z23, Z24, KR1; \
+	VMOVDQA32     Z20, B
 
-// FLUSH writes 16 lanes' pending words P into their bytes (OFF their offsets), the first at byte 2·(B>>4) − C/8,
-// as one 4-byte scatter: a lane with fewer than two writes bytes that its next words overwrite. A lane completes
-// at most a word a step (a symbol takes at most 16 bits), so two steps fill at most the 4 bytes. It empties P
-// and C.
-#define FLUSH(B, OFF, P, C) \
-	VPSRLD      $4, B, Z26; \
-	VPADDD      Z26, Z26, Z26; \
-	VPADDD      OFF, Z26, Z26; \
-	VPSRLD      $3, C, Z24; \
-	VPSUBD      Z24, Z26, Z26; \
-	KXNORW      K2, K2, K2; \
-	VPSCATTERDD P, K2, (R14)(Z26*1); \
-	VPXORD      P, P, P; \
-	VPXORD      C, C, C
+// FLUSH writes 16 lanes' pending words into their bytes (OFF their offsets), the first at byte 2·(B>>4) − C/8,
+// as 8-byte scatters: a lane with fewer than four writes bytes that its next words overwrite (or that lie past
+// its last byte the interleave takes). A lane completes at most a word a step (a symbol takes at most 16 bits),
+// so four steps fill at most the 8 bytes. It empties PA, PB, CA and CB.
+#define FLUSH(B, OFF, PA, PB, CA, CB) \
+	VPSRLD        $4, B, Z26; \
+	VPADDD        Z26, Z26, Z26; \
+	VPADDD        OFF, Z26, Z26; \
+	VPMOVQD       CA, Y24; \
+	VPMOVQD       CB, Y23; \
+	VINSERTI64X4  $1, Y23, Z24, Z24; \
+	VPSRLD        $3, Z24, Z24; \
+	VPSUBD        Z24, Z26, Z26; \
+	KXNORW        K2, K2, K2; \
+	VPSCATTERDQ   PA, K2, (R14)(Y26*1); \
+	VEXTRACTI64X4 $1, Z26, Y26; \
+	KXNORW        K2, K2, K2; \
+	VPSCATTERDQ   PB, K2, (R14)(Y26*1); \
+	VPXORQ        PA, PA, PA; \
+	VPXORQ        PB, PB, PB; \
+	VPXORQ        CA, CA, CA; \
+	VPXORQ        CB, CB, CB
 
 // STEP codes the step whose look-ups are bytes 32·H to 32·H+31 of Z16, Z17 and records its masks.
 #define STEP(H) \
@@ -289,12 +303,12 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	VEXTRACTI32X4 $(2*H), Z17, X19; \
 	MOVQ          DX, AX; \
 	SHRQ          $(32*H), AX; \
-	LANES16(X18, X19, Z0, Z2, Z25, Z4, K4, K5); \
+	LANES16(X18, X19, Z0, Z2, Z25, Z5, Z4, Z6, K4, K5); \
 	VEXTRACTI32X4 $(2*H+1), Z16, X18; \
 	VEXTRACTI32X4 $(2*H+1), Z17, X19; \
 	MOVQ          DX, AX; \
 	SHRQ          $(32*H+16), AX; \
-	LANES16(X18, X19, Z1, Z3, Z31, Z7, K7, K1); \
+	LANES16(X18, X19, Z1, Z3, Z31, Z11, Z7, Z30, K7, K1); \
 	KMOVW         K4, AX; \
 	KMOVW         K7, DI; \
 	SHLL          $16, DI; \
@@ -340,13 +354,15 @@ elookup:
 	CMPQ R8, CX
 	JGE  edone
 	STEP(1)
-	FLUSH(Z0, Z9, Z25, Z4)
-	FLUSH(Z1, Z10, Z31, Z7)
-	JMP  epair
+	TESTQ $3, R8
+	JNZ   epair
+	FLUSH(Z0, Z9, Z25, Z5, Z4, Z6)
+	FLUSH(Z1, Z10, Z31, Z11, Z7, Z30)
+	JMP   epair
 
 edone:
-	FLUSH(Z0, Z9, Z25, Z4)
-	FLUSH(Z1, Z10, Z31, Z7)
+	FLUSH(Z0, Z9, Z25, Z5, Z4, Z6)
+	FLUSH(Z1, Z10, Z31, Z11, Z7, Z30)
 	VMOVDQU32 Z0, 0(BX)
 	VMOVDQU32 Z1, 64(BX)
 	VMOVDQU32 Z2, 128(BX)
@@ -360,9 +376,23 @@ GLOBL ·dword31(SB), RODATA|NOPTR, $4
 DATA ·dword7+0(SB)/4, $7
 GLOBL ·dword7(SB), RODATA|NOPTR, $4
 
-DATA ·swap16+0(SB)/8, $0x8080040580800001
-DATA ·swap16+8(SB)/8, $0x80800c0d80800809
-GLOBL ·swap16(SB), RODATA|NOPTR, $16
+DATA ·dword15+0(SB)/4, $15
+GLOBL ·dword15(SB), RODATA|NOPTR, $4
+DATA ·dword16+0(SB)/4, $16
+GLOBL ·dword16(SB), RODATA|NOPTR, $4
+DATA ·qword16+0(SB)/8, $16
+GLOBL ·qword16(SB), RODATA|NOPTR, $8
+
+// swap16x4 swaps each dword's low two bytes and clears the others (VPSHUFB works within 16-byte lanes).
+DATA ·swap16x4+0(SB)/8, $0x8080040580800001
+DATA ·swap16x4+8(SB)/8, $0x80800c0d80800809
+DATA ·swap16x4+16(SB)/8, $0x8080040580800001
+DATA ·swap16x4+24(SB)/8, $0x80800c0d80800809
+DATA ·swap16x4+32(SB)/8, $0x8080040580800001
+DATA ·swap16x4+40(SB)/8, $0x80800c0d80800809
+DATA ·swap16x4+48(SB)/8, $0x8080040580800001
+DATA ·swap16x4+56(SB)/8, $0x80800c0d80800809
+GLOBL ·swap16x4(SB), RODATA|NOPTR, $64
 
 // func interleaveAVX512(bytes *byte, stride int, r1, r2 *uint32, steps int, out *byte) (n int)
 //

@@ -855,6 +855,34 @@ func TestEntropyEncoderAsmTwin(t *testing.T) {
 			}
 		}
 	}
+	// The longest lanes: a table whose ESC is 8 bits long and a chunk whose exponents all escape (16 bits a
+	// symbol, a frame that would go raw), so that each lane fills its scratch to the end; run on the lane
+	// coder itself.
+	lengths := make([]uint8, 1<<BF16.ExponentBits()+1)
+	for e := range 8 {
+		lengths[e] = uint8(e + 1) // exponents 0-7: 1 to 8 bits
+	}
+	lengths[len(lengths)-1] = 8 // ESC
+	tab, err := NewCodeTable(BF16, lengths)
+	require.NoError(t, err)
+	var x entEnc
+	x.build(tab)
+	var exps [maxEntropyChunk]byte
+	for i := range exps {
+		exps[i] = byte(8 + rng.IntN(248))
+	}
+	code := func(asm bool) []byte {
+		defer func(v bool) { hasEntropyAsm = v }(hasEntropyAsm)
+		hasEntropyAsm = asm
+		l := laneEnc{exps: exps}
+		out := make([]byte, maxChunkBytes(maxEntropyChunk))
+		n, esc := l.encodeLanes(maxEntropyChunk, &x, out)
+		require.Equal(t, maxEntropyChunk, esc)
+		require.Equal(t, 2*maxEntropyChunk, n, "16 bits a symbol")
+		return out[:n]
+	}
+	a, b := code(true), code(false)
+	require.True(t, slices.Equal(b, a), "a chunk of escapes only: assembly and Go streams differ")
 }
 
 // The fp8 split and join kernels against their Go twins: every byte value, at every offset of a 64-element step
