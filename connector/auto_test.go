@@ -16,8 +16,9 @@ import (
 // auto producers take turns, so that whatever else the host does falls on both alike. On the slow link the
 // wire sets the pace and auto's median must beat raw's. Loopback on a small shared host is bound by CPU that
 // both sides and the kernel share, and other work on the host swings medians of such short handoffs by tens of
-// percent; there two raw producers take turns with auto, and auto's median must stay within 10 % of the
-// slower raw median: within the noise raw shows against itself.
+// percent; there two raw producers take turns with auto, auto must send most handoffs raw, and in the median
+// round its handoff must take at most 15 % longer than the mean of the round's two raw ones (auto compressing
+// every handoff measured 1.14–1.26×; raw against itself differs by 4–27 % a round).
 func TestAutoAgainstRawOverLinks(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("times real handoffs; the race detector slows the paths unevenly (instrumented Go against assembly), make soak runs it without")
@@ -86,7 +87,7 @@ func TestAutoAgainstRawOverLinks(t *testing.T) {
 				}
 			}
 			requireSameBlocks(t, src, blocks, dst, blocks)
-			median := func(ts []time.Duration) time.Duration { slices.Sort(ts); return ts[len(ts)/2] }
+			median := func(ts []time.Duration) time.Duration { ts = slices.Clone(ts); slices.Sort(ts); return ts[len(ts)/2] }
 			after := auto.Stats()
 			r, a := median(tr), median(ta)
 			took := fmt.Sprintf("auto took raw %d, fast %d, high-ratio %d", after.RawHandoffs-before.RawHandoffs,
@@ -96,10 +97,20 @@ func TestAutoAgainstRawOverLinks(t *testing.T) {
 				require.LessOrEqual(t, a, r, "auto's median above raw's: %v against %v", ta, tr)
 				return
 			}
-			r2 := median(tr2)
-			fmt.Printf("%s: median raw %.1f and %.1f ms (raw against itself %.2f×), auto %.1f ms (%.2f× the slower raw); %s\n",
-				c.name, ms(r), ms(r2), float64(max(r, r2))/float64(min(r, r2)), ms(a), float64(a)/float64(max(r, r2)), took)
-			require.LessOrEqual(t, float64(a), 1.1*float64(max(r, r2)), "auto %v against raw %v and %v", ta, tr, tr2)
+			// Round by round: the host's state (a busy neighbour, a clock step) moves all three handoffs of a
+			// round alike, where medians over the whole run land in whichever state held most of one
+			// producer's handoffs.
+			var ratios, noise []float64
+			for i := range ta {
+				ratios = append(ratios, 2*float64(ta[i])/float64(tr[i]+tr2[i]))
+				noise = append(noise, float64(max(tr[i], tr2[i]))/float64(min(tr[i], tr2[i])))
+			}
+			mid := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
+			fmt.Printf("%s: median raw %.1f and %.1f ms, auto %.1f ms; per round, median raw against itself %.2f×, auto %.2f× raw's mean; %s\n",
+				c.name, ms(r), ms(median(tr2)), ms(a), mid(noise), mid(ratios), took)
+			require.LessOrEqual(t, mid(ratios), 1.15, "auto %v against raw %v and %v", ta, tr, tr2)
+			// The link outruns every codec: raw frames for most handoffs (the rest are the policy's probes).
+			require.GreaterOrEqual(t, after.RawHandoffs-before.RawHandoffs, int64(c.rounds/2), took)
 		})
 	}
 }
