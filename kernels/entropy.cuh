@@ -445,11 +445,15 @@ __device__ __forceinline__ void hr_split_unit(const typename T::Unit v, uint32_t
       const uint32_t ty = bit_select(0x08080808u, v.y >> 4, v.y & 0x07070707u);
       r = __byte_perm(tx, ty, 0x7531) * 16 + __byte_perm(tx, ty, 0x6420);
     } else {
-#pragma unroll
-      for (uint32_t k = 0; k < 8; k++) {
-        const uint32_t b = ((k < 4 ? v.x : v.y) >> (8 * (k & 3))) & 0xFF;
-        r |= ((b >> 7) << T::kExpShift | (b & ((1u << T::kExpShift) - 1))) << (T::kResBits * k);  // sign, mantissa
-      }
+      // e5m2: each byte's 3-bit residual (sign to bit 2, mantissa) in place, then pairs merged into 6 bits a
+      // half word and halves into 12 bits a word: about 15 instructions where a loop over the elements takes
+      // about 32.
+      auto pack = [](uint32_t t) {
+        t = (t | t >> 5) & 0x003F003Fu;
+        return (t | t >> 10) & 0xFFFu;
+      };
+      r = pack(bit_select(0x04040404u, v.x >> 5, v.x & 0x03030303u)) |
+          pack(bit_select(0x04040404u, v.y >> 5, v.y & 0x03030303u)) << 12;
     }
     if (valid == 8 && T::kResBits == 4) {
       *reinterpret_cast<uint32_t*>(rd) = r;  // 4-byte aligned: the unit's first element is a multiple of 8
@@ -994,9 +998,9 @@ __device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, co
     const uint4 f = *reinterpret_cast<const uint4*>(sout + 8 * u);
     const uint2 r = *reinterpret_cast<const uint2*>(sres + 8 * u);
     constexpr uint32_t kSM = 0x807F807Fu;  // sign to bit 15, mantissa in bits 0-6, of both halves
-    // (a & kSM) | (f & ~kSM) also drops the code lengths and flags stored around the fields (two LOP3s as
-    // compiled; bit_select would be one).
-    auto join = [](uint32_t a, uint32_t f) { return (a & kSM) | (f & ~kSM); };
+    // The bit select also drops the code lengths and flags stored around the fields: one LOP3 (written as
+    // (a & kSM) | (f & ~kSM) it compiled to two).
+    auto join = [](uint32_t a, uint32_t f) { return bit_select(kSM, a, f); };
     return make_uint4(join(__byte_perm(r.x, 0, 0x1100), f.x), join(__byte_perm(r.x, 0, 0x3322), f.y),
                       join(__byte_perm(r.y, 0, 0x1100), f.z), join(__byte_perm(r.y, 0, 0x3322), f.w));
   } else if constexpr (T::kResBits == 4) {
@@ -1009,11 +1013,19 @@ __device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, co
     return make_uint2(bit_select(0x80808080u, x * 16, (x & 0x07070707u) | f.x),
                       bit_select(0x80808080u, y * 16, (y & 0x07070707u) | f.y));
   } else {
-    uint8_t o[8];
-#pragma unroll
-    for (uint32_t k = 0; k < 8; k++) o[k] = hr_join<T>(sres, 8 * u + k, sout[8 * u + k]);
-    return make_uint2(o[0] | o[1] << 8 | o[2] << 16 | (uint32_t)o[3] << 24,
-                      o[4] | o[5] << 8 | o[6] << 16 | (uint32_t)o[7] << 24);
+    // e5m2: the unit's 8 residuals are 3 bytes, LSB-first; each 12-bit half spreads to a field a byte (6-bit
+    // pairs, then 3-bit fields), and a bit select per 4 elements places the sign: about 20 instructions where
+    // reading each element's field took about 60.
+    const uint2 f = *reinterpret_cast<const uint2*>(sout + 8 * u);
+    const uint8_t* rp = sres + 3 * u;
+    const uint32_t r = rp[0] | (uint32_t)rp[1] << 8 | (uint32_t)rp[2] << 16;
+    auto spread = [](uint32_t x) {
+      x = (x | x << 10) & 0x003F003Fu;
+      return (x | x << 5) & 0x07070707u;
+    };
+    const uint32_t x = spread(r & 0xFFFu), y = spread(r >> 12);
+    return make_uint2(bit_select(0x80808080u, x << 5, (x & 0x03030303u) | f.x),
+                      bit_select(0x80808080u, y << 5, (y & 0x03030303u) | f.y));
   }
 }
 
