@@ -556,11 +556,11 @@ func TestEmuFastMode(t *testing.T) {
 	data := []input{
 		{"real KV", kv}, {"real KV, odd", kv[:2*12345]},
 		{"escapes 15 %", withEscapes(r, 100003, 0.15, cb)}, {"escapes 0.1 %", withEscapes(r, 3*4096+5, 0.001, cb)},
-		{"random bits", randomBits(r, 5000)}, {"escape-heavy chunks", heavyChunks(r, 100*4096+77, 5, 0.1, cb)},
+		{"random bits", randomBits(r, 5000)}, {"escape-heavy chunks", heavyChunks(r, 100*4096+77, 5, 0.2, cb)},
 		{"escape-dense units", denseUnits(r, 40*4096+3, 29, cb)},
 		// More chunks than the raw fallback kernel has warps (emuCard.rawBlocks() × 8), a third of them past their
 		// parked slots: warps that place a second chunk, slots or re-read, after the first.
-		{"escapes 3 %, 5,000 chunks", withEscapes(r, 5000*4096+11, 0.03, cb)},
+		{"escape-heavy chunks, 5,000 chunks", heavyChunks(r, 5000*4096+11, 3, 0.2, cb)},
 	}
 	for _, n := range []int{0, 1, 9, 4095, 4096, 4097, 8192 + 3} {
 		data = append(data, input{fmt.Sprintf("randn %d", n), randn(r, n, 1)})
@@ -621,16 +621,16 @@ func TestEmuFastMode(t *testing.T) {
 		}
 	}
 	// Straight from a paged cache: a frame per layer, gathered by the encoders and scattered by the decoder. Real
-	// KV, and KV with 3 % escapes, whose groups leave their escapes to the raw fallback kernel (some chunks past
-	// their parked slots).
+	// KV, and KV with as many escapes as a chunk has parked slots, whose groups leave their escapes to the raw
+	// fallback kernel (about half the chunks past their slots).
 	const layers, blockElems = 3, 16 * 3 * 64 // the fixture's 16-token blocks
-	heavy := withEscapes(r, layers*2*40*blockElems, 0.03, cb)
+	heavy := withEscapes(r, layers*2*40*blockElems, float64(streamSlots)/4096, cb)
 	for _, enc := range encoders {
 		for _, pc := range []struct {
 			kv   string
 			nb   int
 			data []byte
-		}{{"real KV", 5, kv}, {"real KV", 40, kv}, {"escapes 3 %", 40, heavy}} {
+		}{{"real KV", 5, kv}, {"real KV", 40, kv}, {"escapes 12.5 %", 40, heavy}} {
 			t.Run(fmt.Sprintf("paged/%s/%s/%d-blocks", enc.name, pc.kv, pc.nb), func(t *testing.T) {
 				t.Parallel()
 				dir := t.TempDir()

@@ -28,10 +28,11 @@
 namespace sz {
 
 // Escapes a chunk parks in the workspace, with position and exponent (4 bytes: reading the exponents back from
-// the input instead cost the finishing a DRAM round trip). 128 hold 3.1 % of a chunk's elements: every chunk of
-// the real KV fixture (at most 34) and most chunks of KV that a table fits badly (2 % escapes is 82 a chunk).
-// A chunk with more is read again by place_deferred.
-constexpr uint32_t kSlots = 128;
+// the input instead cost the finishing a DRAM round trip). 512 hold 12.5 % of a chunk's elements: every chunk of
+// the real KV fixture (at most 34) and most chunks of KV that a table fits badly (10 % escapes is 410 a chunk).
+// A chunk with more is read again by place_deferred. The slots are 25 % of the input in workspace; with 128
+// (6.3 %) chunks at 5 % escapes were all read twice, and the encode ran at half its speed on the fixture.
+constexpr uint32_t kSlots = 512;
 // Chunks per finishing group (a warp each). The groups of the last wave are finished after their last chunk,
 // so their finishing warps' work is the encoder's tail: a group of 32 has half the escapes of one of 64 to
 // gather and place, one batch of kMapped on real KV (32 against 64: 256 MiB encode +1.6 %).
@@ -410,7 +411,7 @@ __device__ __forceinline__ void escapes_from_input(const EncParams& p, const Map
 // slots for the next call. A raw frame's chunks are only zeroed. code_of: the block's code table.
 template <int THREADS, class Map>
 __device__ __forceinline__ void place_deferred(const EncParams& p, const Map& map, const uint8_t* code_of) {
-  constexpr int K = kSlots / 32;
+  constexpr int K = 4;  // slots a lane reads at once: K × 32 a batch, which holds most chunks' escapes
   __shared__ uint8_t stage[THREADS / 32][kStageBytes];
   const StreamWS ws = stream_ws(p);
   const uint32_t lane = threadIdx.x & 31;
@@ -429,23 +430,28 @@ __device__ __forceinline__ void place_deferred(const EncParams& p, const Map& ma
     // Loaded together, one round trip: a raw frame's chunk table holds input bytes, read and not used.
     const bool raw = __ldcg(frame + 6) & kFlagRaw;
     const uint32_t k0 = __ldcg(reinterpret_cast<const uint32_t*>(frame + L.table + 4ull * c));
-    uint32_t w[K];
-#pragma unroll
-    for (int k = 0; k < K; k++) w[k] = k * 32 + lane < min(cnt, kSlots) ? __ldcg(slot + k * 32 + lane) : 0u;
     __syncwarp();  // every lane has read the count before lane 0 zeroes it
     if (lane == 0) ws.counts[g] = 0;
+    // The parked slots, a batch at a time: zeroed for the next call and, when they hold all the chunk's
+    // escapes of a coded frame, stored at its offset (a coded frame holds all its escapes: no check).
+    const uint32_t parked = min(cnt, kSlots);
+    const bool store = !raw && cnt <= kSlots;
+    uint8_t* out = frame + L.escapes + kEscapeSize * ((uint64_t)k0 + lane);
+#pragma unroll 1
+    for (uint32_t b0 = 0; b0 < parked; b0 += 32 * K) {
+      uint32_t w[K];
 #pragma unroll
-    for (int k = 0; k < K; k++)
-      if (w[k]) slot[k * 32 + lane] = 0;
-    if (raw) continue;
-    if (cnt > kSlots) {
-      escapes_from_input(p, map, frame, f, c, k0, code_of, stage[threadIdx.x >> 5]);
-      continue;
+      for (int k = 0; k < K; k++) w[k] = b0 + k * 32 + lane < parked ? __ldcg(slot + b0 + k * 32 + lane) : 0u;
+#pragma unroll
+      for (int k = 0; k < K; k++)
+        if (w[k]) slot[b0 + k * 32 + lane] = 0;
+      if (store) {
+#pragma unroll
+        for (int k = 0; k < K; k++)
+          if (w[k]) store_escape(out + kEscapeSize * (b0 + 32 * k), w[k] & 0xFFFF, (w[k] >> 16) & 0xFF);
+      }
     }
-    uint8_t* out = frame + L.escapes + kEscapeSize * ((uint64_t)k0 + lane);  // a coded frame: no check
-#pragma unroll
-    for (int k = 0; k < K; k++)
-      if (w[k]) store_escape(out + kEscapeSize * 32 * k, w[k] & 0xFFFF, (w[k] >> 16) & 0xFF);
+    if (!raw && cnt > kSlots) escapes_from_input(p, map, frame, f, c, k0, code_of, stage[threadIdx.x >> 5]);
   }
 }
 

@@ -283,9 +283,9 @@ func withEscapes(r *rand.Rand, n int, frac float64, cb *codec.Codebook) []byte {
 	return b
 }
 
-// heavyChunks is withEscapes applied to every every-th 4,096-element chunk only: the streaming encoder's
-// finishing groups then mix chunks over their 64 parked slots with chunks under them, and have more escapes
-// than the 256 a finishing warp maps to their slots, so both ways of finding a parked escape are taken.
+// heavyChunks is withEscapes applied to every every-th 4,096-element chunk only. With frac over
+// streamSlots / 4,096, the streaming encoder's groups then mix chunks past their parked slots (read again)
+// with chunks within them, and have more escapes than the streamMapped a finishing warp places itself.
 func heavyChunks(r *rand.Rand, n, every int, frac float64, cb *codec.Codebook) []byte {
 	b := randn(r, n, 1)
 	for c := 0; c*4096 < n; c += every {
@@ -343,7 +343,7 @@ func TestEncoders(t *testing.T) {
 	kv := concat(realKV(t))
 	// 40 MiB: a streaming encoder's grid interleaves finishing blocks with coding ones from 32 MiB on.
 	data := [][]byte{kv, kvtile.Tile(kv, 40<<20+6, 3), kv[:2*12345], withEscapes(r, 100003, 0.15, cb), withEscapes(r, 3*4096+5, 0.001, cb), randomBits(r, 5000),
-		heavyChunks(r, 100*4096+77, 5, 0.1, cb)}
+		heavyChunks(r, 100*4096+77, 5, 0.2, cb)}
 	type config struct {
 		name string
 		opts []Option

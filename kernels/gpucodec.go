@@ -237,7 +237,7 @@ func EncodeWorkspaceSize(srcLen int) int { return workspaceSize(1, chunksOf(uint
 // word and a look-back word per tile (at most one per chunk), which the raw fallback kernel zeroes after them.
 // The streaming encoder's (StreamWS in encode_stream.cuh): a look-back word and a total per group of chunks, a total
 // per frame, and per chunk an escape count and streamSlots parked escapes of 4 bytes, position and exponent
-// (6.3 % of the input in all), which its finishing and header blocks and the raw fallback kernel zero once
+// (25 % of the input in all), which its finishing and header blocks and the raw fallback kernel zero once
 // read. The encoders are fast because nothing resets the workspace before a launch: the streaming encoder tells
 // a word written in this call from an unwritten one by its being nonzero.
 func workspaceSize(frames, chunks uint64) int {
@@ -256,7 +256,7 @@ func tileControlBytes(frames, chunks uint64) int { return int(8 * (1 + frames*(c
 
 // Shapes of the streaming encoder (kSlots and kGroup of encode_stream.cuh).
 const (
-	streamSlots = 128
+	streamSlots = 512
 	streamGroup = 32
 )
 
