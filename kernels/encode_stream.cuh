@@ -30,8 +30,8 @@ namespace sz {
 // Escapes a chunk parks in the workspace, with position and exponent (4 bytes: reading the exponents back from
 // the input instead cost the finishing a DRAM round trip). 512 hold 12.5 % of a chunk's elements: every chunk of
 // the real KV fixture (at most 34) and most chunks of KV that a table fits badly (10 % escapes is 410 a chunk).
-// A chunk with more is read again by place_deferred. The slots are 25 % of the input in workspace; with 128
-// (6.3 %) chunks at 5 % escapes were all read twice, and the encode ran at half its speed on the fixture.
+// A chunk with more is read again by place_deferred. The slots take 25 % of the input's size in workspace;
+// 128 (6.3 %) left every chunk of KV with 5 % escapes to be read twice, at half the fixture's encode speed.
 constexpr uint32_t kSlots = 512;
 // Chunks per finishing group (a warp each). The groups of the last wave are finished after their last chunk,
 // so their finishing warps' work is the encoder's tail: a group of 32 has half the escapes of one of 64 to
@@ -43,6 +43,7 @@ constexpr uint32_t kGroup = 32;
 // with a warp a chunk over the whole GPU. Placed by the group's one warp, after the coding wave, the escapes of
 // KV that the table fits badly were the encoder's tail: 42 % of its speed at 0.6 % escapes, 16 % at 2.8 % (H200).
 constexpr uint32_t kMapped = 8 * 32;
+static_assert(kGroup * kSlots <= 65536, "stream_finish's slot_of holds a group's slot indices in 16 bits");
 
 // A parked escape is kParked | exponent << 16 | chunk-local position: never zero.
 constexpr uint32_t kParked = 0x80000000u;
