@@ -10,7 +10,7 @@ import (
 
 // The high-ratio encoder: entropy frames (FORMAT.md "Entropy mode"). A frame is written in up to two passes
 // over the input: the exponent histogram (skipped when the encoder has a table for the dtype; a sample of a
-// large input, see sampleEvery), then per chunk
+// large input, see sampleStride), then per chunk
 // of 16,384 elements, the exponents and residuals split off into L1-sized scratch, the residuals written in
 // place, and the exponents coded in 32 lanes. Goroutines take contiguous runs of chunks; the first writes its
 // streams straight into the frame, the others into buffers of their own that are copied behind it.
@@ -19,7 +19,7 @@ import (
 type entPart struct {
 	wg      *sync.WaitGroup
 	hist    bool // count exponents of elements [i0, i1) instead of encoding
-	sample  bool // count only the sampled runs (sampleRun of every sampleEvery elements) of [i0, i1)
+	sample  bool // count only the sampled runs (sampleRun of every sampleStride(n) elements) of [i0, i1)
 	src     []byte
 	segs    *segments
 	dt      DType
@@ -66,19 +66,31 @@ func (p *entPart) chunkBytes(i0, i1 int) []byte {
 }
 
 // A frame's own code table comes from a sample of a large input: the first sampleRun elements of every
-// sampleEvery, an eighth of the exponents, which takes the histogram from about a third of the own-table
-// encode's time to under a tenth. On real KV that costs under 0.1 % of ratio (0.03 % on the evaluation fixture
-// tiled to 64 MiB); exponents the sample missed still encode, through ESC. Runs of 4 KiB of bf16 keep the reads
-// sequential within a page: runs of 256 elements, each a cold cache line and TLB miss, cost a third of a full
-// pass. When the frame's streams come out
-// more than sampleSlack above what the sample predicts (an input whose sample misleads), the encoder counts
-// every exponent and encodes again. The runs are at fixed element offsets, so the table depends on the input
-// alone, not on how many goroutines count it.
+// sampleStride(n), an eighth of the exponents up to 8 Mi elements and at most sampleCap of them above, which
+// takes the histogram from about a third of the own-table encode's time to a few percent. On real KV that costs
+// under 0.1 % of ratio (0.03 % on the evaluation fixture tiled to 64 MiB); exponents the sample missed still
+// encode, through ESC. Runs of 4 KiB of bf16 keep the reads sequential within a page: runs of 256 elements, each
+// a cold cache line and TLB miss, cost a third of a full pass. When the frame's streams come out more than
+// sampleSlack above what the sample predicts (an input whose sample misleads), the encoder counts every
+// exponent and encodes again. The runs are at fixed element offsets, so the table depends on the input alone,
+// not on how many goroutines count it.
 const (
 	sampleRun   = 2048
-	sampleEvery = 16384
+	sampleEvery = 16384               // the stride between runs, doubled for inputs over sampleCap × 8
+	sampleCap   = 1 << 20             // the most elements a sample counts: a million exponents fix the table
 	sampleMin   = 4 * maxEntropyChunk // smaller inputs are counted whole
 )
+
+// sampleStride is the distance between the sampled runs of an input of n elements: sampleEvery, doubled until
+// the sample counts at most sampleCap elements. On one core a 64 MiB input's histogram took 6 % of its
+// own-table encode with an eighth counted, 1–2 % with a thirty-second.
+func sampleStride(n int) int {
+	every := sampleEvery
+	for n/every*sampleRun > sampleCap {
+		every *= 2
+	}
+	return every
+}
 
 // sampleSlack bounds by how much a frame's code streams may exceed the sampled table's prediction (a
 // fraction, plus lane padding per chunk) before the encoder retries with an exact histogram.
@@ -89,7 +101,8 @@ func (p *entPart) histogram() {
 	if !p.sample {
 		p.count(p.i0, p.i1)
 	} else {
-		for s := p.i0 / sampleEvery * sampleEvery; s < p.i1; s += sampleEvery {
+		every := sampleStride(p.n)
+		for s := p.i0 / every * every; s < p.i1; s += every {
 			if i0, i1 := max(s, p.i0), min(s+sampleRun, p.i1); i0 < i1 {
 				p.count(i0, i1)
 			}

@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/splitzip/splitzip/internal/fp8"
+	"github.com/splitzip/splitzip/internal/kvtile"
 	"github.com/stretchr/testify/require"
 )
 
@@ -1011,6 +1012,20 @@ func TestEncodeSegmentsWithTable(t *testing.T) {
 	require.Error(t, err)
 }
 
+// The sample's stride: an eighth of the elements up to 2^23, then at most sampleCap, never under half of it.
+func TestSampleStride(t *testing.T) {
+	for _, n := range []int{sampleMin, 1 << 20, 1 << 23, 1<<23 + 1, 1<<23 + sampleEvery, 3 << 23, 1 << 25, 1 << 31} {
+		every := sampleStride(n)
+		counted := n / every * sampleRun
+		if n <= 1<<23 {
+			require.Equal(t, sampleEvery, every, "n = %d", n)
+			continue
+		}
+		require.LessOrEqual(t, counted, sampleCap, "n = %d", n)
+		require.Greater(t, counted, sampleCap/2-sampleRun, "n = %d: the stride doubled once too often", n)
+	}
+}
+
 // A large input's own table comes from a sample of its exponents: on real KV it costs almost no ratio, the frame
 // does not depend on how many goroutines count or how the input is split into segments, and an input whose
 // sample misleads is coded with the table of all its exponents instead.
@@ -1039,10 +1054,28 @@ func TestSampledFrameTable(t *testing.T) {
 
 	four, _ := newHighRatio(t, WithEncoderConcurrency(4))
 	require.Equal(t, frame, mustEncode(t, four, src, BF16), "the sample does not depend on concurrency")
-	cut := 2 * (len(src)/2/sampleEvery/3*sampleEvery + sampleRun/2) // a segment boundary inside a sampled run
+	every := sampleStride(len(src) / 2)
+	cut := 2 * (len(src)/2/every/3*every + sampleRun/2) // a segment boundary inside a sampled run
 	segFrame, err := four.EncodeSegments(nil, [][]byte{src[:cut], src[cut:]}, BF16)
 	require.NoError(t, err)
 	require.Equal(t, frame, segFrame, "nor on segments")
+
+	// Past 2^23 elements the runs lie further apart (a million elements counted): the fixture tiled to 2^24.
+	big := kvtile.Tile(src, 2<<24, 1)
+	h, err = NewHistogram(BF16)
+	require.NoError(t, err)
+	require.NoError(t, h.Add(big))
+	bigExact, err := h.CodeTable()
+	require.NoError(t, err)
+	bigFrame := mustEncode(t, one, big, BF16)
+	withExact, err = one.EncodeWithTable(nil, big, bigExact)
+	require.NoError(t, err)
+	require.Less(t, float64(len(bigFrame)), float64(len(withExact))*1.002, "a capped sample costs under 0.2 %% on real KV")
+	every = sampleStride(len(big) / 2)
+	cut = 2 * (len(big)/2/every/3*every + sampleRun/2)
+	segFrame, err = four.EncodeSegments(nil, [][]byte{big[:cut], big[cut:]}, BF16)
+	require.NoError(t, err)
+	require.Equal(t, bigFrame, segFrame, "the capped sample depends neither on concurrency nor on segments")
 
 	// Misleading: the sampled runs hold one exponent, every other element one of two others. The sample's table
 	// escapes most of the input; the encoder must notice and use the exact histogram (about 9.6 bits an element).

@@ -87,7 +87,7 @@ func bench(w io.Writer, args []string) error {
 	fmt.Fprintf(w, "code paths: %s\n", codePaths())
 	fmt.Fprintf(w, "fast = v1 frames, 4-bit codes, the built-in codebook (given codebook: learned as the given table below,\n")
 	fmt.Fprintf(w, "  passed with codec.WithCodebook: the connector's codebooks learned per layer); high-ratio = v2 entropy frames with\n")
-	fmt.Fprintf(w, "  own table:   built from each frame's exponents (a histogram pass first: an eighth of the input from 128 KiB)\n")
+	fmt.Fprintf(w, "  own table:   built from each frame's exponents (a histogram pass first: an eighth of the input from 128 KiB, at most a million elements)\n")
 	fmt.Fprintf(w, "  given table: %s, passed with codec.WithCodeTable\n", givenOrigin)
 	fmt.Fprintf(w, "               (one pass: the adaptive path, a table learned from earlier frames)\n")
 	fmt.Fprintf(w, "copy = Go copy() of the same buffer in the same run, one goroutine; %% = codec throughput / copy throughput\n\n")
