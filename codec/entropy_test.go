@@ -1068,6 +1068,8 @@ func TestSampledFrameTable(t *testing.T) {
 	bigExact, err := h.CodeTable()
 	require.NoError(t, err)
 	bigFrame := mustEncode(t, one, big, BF16)
+	require.LessOrEqual(t, one.ownTable.Samples, uint64(sampleCap), "the table counted more than the cap")
+	require.Greater(t, one.ownTable.Samples, uint64(sampleCap/2))
 	withExact, err = one.EncodeWithTable(nil, big, bigExact)
 	require.NoError(t, err)
 	require.Less(t, float64(len(bigFrame)), float64(len(withExact))*1.002, "a capped sample costs under 0.2 %% on real KV")
