@@ -2,6 +2,8 @@ package codec
 
 import (
 	"encoding/binary"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -95,4 +97,21 @@ func TestDecodeOtherChunkSizes(t *testing.T) {
 			require.Equal(t, tc.src, concat(segs), "%s, chunks of 2^%d, segments", tc.name, log2)
 		}
 	}
+}
+
+// A high-ratio frame of 16,384-element chunks, the size encoders wrote before 8,192 (tests/data/hr_chunk14.sz:
+// the fixture's first 20,001 elements, a whole chunk and a short one), still decodes bit-exactly.
+func TestDecodesChunk14Frame(t *testing.T) {
+	frame, err := os.ReadFile(filepath.Join("..", "tests", "data", "hr_chunk14.sz"))
+	require.NoError(t, err)
+	h, err := ParseHeader(frame)
+	require.NoError(t, err)
+	require.Equal(t, uint8(14), h.ChunkLog2)
+	require.Equal(t, ModeHighRatio, h.Mode())
+	require.Equal(t, uint64(20001), h.Elements)
+	dec, err := NewDecoder()
+	require.NoError(t, err)
+	got, _, err := dec.Decode(nil, frame)
+	require.NoError(t, err)
+	require.Equal(t, fixtureKV(t)[:2*20001], got)
 }

@@ -11,7 +11,7 @@ import (
 // The high-ratio encoder: entropy frames (FORMAT.md "Entropy mode"). A frame is written in up to two passes
 // over the input: the exponent histogram (skipped when the encoder has a table for the dtype; a sample of a
 // large input, see sampleStride), then per chunk
-// of 16,384 elements, the exponents and residuals split off into L1-sized scratch, the residuals written in
+// of 8,192 elements, the exponents and residuals split off into L1-sized scratch, the residuals written in
 // place, and the exponents coded in 32 lanes. Goroutines take contiguous runs of chunks; the first writes its
 // streams straight into the frame, the others into buffers of their own that are copied behind it.
 
@@ -76,9 +76,9 @@ func (p *entPart) chunkBytes(i0, i1 int) []byte {
 // not on how many goroutines count it.
 const (
 	sampleRun   = 2048
-	sampleEvery = 16384               // the stride between runs, doubled for inputs over sampleCap × 8
-	sampleCap   = 1 << 20             // the most elements a sample counts: a million exponents fix the table
-	sampleMin   = 4 * maxEntropyChunk // smaller inputs are counted whole
+	sampleEvery = 16384   // the stride between runs, doubled for inputs over sampleCap × 8
+	sampleCap   = 1 << 20 // the most elements a sample counts: a million exponents fix the table
+	sampleMin   = 1 << 16 // smaller inputs are counted whole
 )
 
 // sampleStride is the distance between the sampled runs of an input of n elements: sampleEvery, doubled until

@@ -1,5 +1,6 @@
 //go:build amd64 && gc && !noasm
 
+#include "go_asm.h"
 #include "textflag.h"
 
 // func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[64]uint16, exps *byte) (done, pos, escapes int)
@@ -234,7 +235,7 @@ TEXT ·encodeStepsAVX512(SB), NOSPLIT, $0-56
 	VMOVDQU32 128(BX), Z2
 	VMOVDQU32 192(BX), Z3
 	LEAQ 256(BX), R12   // r1
-	LEAQ 2052(R12), R13 // r2
+	LEAQ (4*(const_maxSteps+1))(R12), R13 // r2: after r1's maxSteps+1 words
 
 // LANES16 codes one step's 16 lanes: XL, XC their bits-taken and low-byte look-ups (bytes), escape flags in the
 // low 16 bits of AX, B and ACC their bit counts and accumulators. A lane that completes a word adds it to its

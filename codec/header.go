@@ -16,8 +16,9 @@ const (
 	version1     = 1
 	DefaultBits  = 4  // code width fast-mode encoders write
 	DefaultChunk = 12 // log2 of the chunk size fast-mode encoders write: 4,096 elements
-	// EntropyChunk is log2 of the chunk size high-ratio encoders write: 16,384 elements, 512 per lane.
-	EntropyChunk = 14
+	// EntropyChunk is log2 of the chunk size high-ratio encoders write: 8,192 elements, 256 per lane. (Before,
+	// encoders wrote 2^14; decoders read any size from 2^10 to 2^16.)
+	EntropyChunk = 13
 	// MaxCodeLen is the longest exponent code of an entropy frame: a decoder's table has 2^8 entries.
 	MaxCodeLen          = 8
 	minChunkLog2        = 8

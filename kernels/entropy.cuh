@@ -1,11 +1,11 @@
 // SplitZip's high-ratio mode on the GPU (format v2, codec/FORMAT.md): exponents in a canonical Huffman code of
 // at most 8 bits, with an escape symbol for exponents the table leaves out; sign and mantissa stay raw (the
 // residuals). The element type is a template parameter (HRType): bf16 (one residual byte per element), and
-// fp8_e4m3 and fp8_e5m2 (1-byte elements, 4- and 3-bit residuals bit-packed). A chunk of 16,384 elements is 32
+// fp8_e4m3 and fp8_e5m2 (1-byte elements, 4- and 3-bit residuals bit-packed). A chunk of 8,192 elements is 32
 // interleaved lane streams: lane l codes elements l, l + 32, ... (its steps), and at each step the lanes that
 // need a byte take the next ones in lane order, which is also the order the CPU codec writes them in.
 //
-// Encode, one block of 8 warps per chunk, each warp owning 64 of the chunk's 512 steps (hr_encode): the warps
+// Encode, one block of 8 warps per chunk, each warp owning 32 of the chunk's 256 steps (hr_encode): the warps
 // read the chunk once and sum each lane's bits; from those sums every thread knows how many bytes its lane takes
 // in its warp's steps, and walks the lane's steps backwards writing the byte each refill takes (a shift of the
 // lane's next 32 bits) where the decoder will read it: into shared memory, from where the block copies the
@@ -28,20 +28,29 @@ namespace sz {
 constexpr uint32_t kVersion2 = 2;
 constexpr uint32_t kFlagEntropy = 2;
 constexpr uint32_t kFlagChecksum = 4;
-constexpr uint32_t kHRChunkLog2 = 14;
+// kHRChunkLog2 is the chunk size the encoder writes. The decoder also reads frames of kHRChunkLog2Max, the size
+// encoders wrote before: one warp decodes a chunk, and 16,384-element chunks left a 256 MiB frame 1.3 waves of
+// warps on a 132-SM card, the last 0.3 of them a slow tail.
+constexpr uint32_t kHRChunkLog2 = 13;
+constexpr uint32_t kHRChunkLog2Max = 14;
 constexpr uint32_t kHRChunk = 1u << kHRChunkLog2;
 constexpr uint32_t kHRMaxLen = 8;
 constexpr uint32_t kHRSteps = kHRChunk / 32;  // a lane's elements in a chunk
-constexpr uint32_t kHREncWarps = 8;            // encode: warps per chunk (a block)
+constexpr uint32_t kHREncWarps = 8;            // encode: warps per block
+// encode: chunks per block, side by side (kHREncWarps / kHREncChunks warps each): the block's fixed costs (the
+// encode table, the look-back, its barriers) are then paid once per 16,384 elements, as they were when a chunk
+// was that long (with a block a chunk of 8,192 the encoder ran 22 % slower on an H100).
+constexpr uint32_t kHREncChunks = 2;
+constexpr uint32_t kHREncChunkWarps = kHREncWarps / kHREncChunks;
 constexpr uint32_t kHRGroup = 512;  // decode: elements staged per warp in shared memory
 // encode: the bits counted for an exponent with no code (and no escape). A thread sums at most 8 values of a
-// lane (one a unit of 8 elements, kHRSteps / kHREncWarps / 8 units), each at most 16 bits (an escape: 8 bits of
+// lane (one a unit of 8 elements, kHRSteps / kHREncChunkWarps / 8 units), each at most 16 bits (an escape: 8 bits of
 // code, 8 raw), so a sum that reaches it holds one; the count then needs no compare per value.
 constexpr uint32_t kHRNoCode = 255;
-static_assert(kHRSteps / kHREncWarps / 8 * (kHRMaxLen + 8) < kHRNoCode, "a sum of coded lengths stays below kHRNoCode");
-// encode: the longest chunk stream placed in shared memory, while the chunk's offset is still being looked up
-// (16,384 elements at 6 bits; the fixture's take 2.8).
-constexpr uint32_t kHRStage = 12288;
+static_assert(kHRSteps / kHREncChunkWarps / 8 * (kHRMaxLen + 8) < kHRNoCode, "a sum of coded lengths stays below kHRNoCode");
+// encode: the longest stream of a block's chunks placed in shared memory, while its offset is still being looked
+// up (6 bits an element; the fixture's take 2.8).
+constexpr uint32_t kHRStage = kHREncChunks * kHRChunk * 6 / 8;
 constexpr uint32_t kDTypeFP8E5M2 = 4;
 constexpr uint32_t kDTypeFP8E4M3 = 5;
 
@@ -125,7 +134,7 @@ static_assert(sizeof(HREncParams) == 96, "HREncParams layout is shared with Go")
 struct HRDecParams {
   uint64_t src, frame_stride, frame_cap, dst, ids, stride_bytes, status, out_bytes;
   uint32_t frames;
-  uint32_t chunks;  // chunks per frame: ceil(out_bytes / 2 / 16,384)
+  uint32_t chunks;  // chunks per frame: ceil(elements / 8,192)
   uint32_t block_elems, n_blocks, segs_per_frame, pad;
 };
 static_assert(sizeof(HRDecParams) == 88, "HRDecParams layout is shared with Go");
@@ -150,9 +159,9 @@ __device__ __forceinline__ uint64_t hr_res_bytes(uint64_t n) {
   else return (n * T::kResBits + 7) / 8;
 }
 template <class T>
-__device__ __forceinline__ HRLayout hr_layout(uint64_t n, uint32_t table_len) {
+__device__ __forceinline__ HRLayout hr_layout(uint64_t n, uint32_t table_len, uint32_t chunk_log2 = kHRChunkLog2) {
   HRLayout l;
-  l.chunks = (uint32_t)((n + kHRChunk - 1) >> kHRChunkLog2);
+  l.chunks = (uint32_t)((n + (1ull << chunk_log2) - 1) >> chunk_log2);
   l.chunk_table = align16(kHeaderSize + table_len);
   l.residuals = align16(l.chunk_table + 4ull * l.chunks);
   l.streams = align16(l.residuals + hr_res_bytes<T>(n));
@@ -316,7 +325,7 @@ __device__ __forceinline__ uint32_t hr_taken(uint32_t prev, uint32_t C) {
 
 template <class T>
 struct HREncShared {
-  __align__(16) uint8_t xs[kHRChunk];  // the chunk's exponents
+  __align__(16) uint8_t xs[kHREncChunks * kHRChunk];  // the block's chunks' exponents
   uint32_t enc[T::kExps];
   uint8_t bits[T::kExps];  // hr_bits of enc, or kHRNoCode: what counting reads (a byte index, no mask)
   uint8_t table[T::kTableMax];  // the code table's bytes
@@ -326,7 +335,8 @@ struct HREncShared {
   uint32_t seg[kHREncWarps][32];    // per warp and lane: the bits of the lane's elements in the warp's steps
   uint32_t wbytes[kHREncWarps], wesc[kHREncWarps], wbad[kHREncWarps];
   uint32_t start, write;
-  // The chunk's stream, when it fits (and a word more, which hr_copy_out may read).
+  // The block's streams, its chunks' one after the other, when they fit (and a word more, which hr_copy_out may
+  // read).
   __align__(16) uint8_t stage[kHRStage + 4];
 };
 
@@ -475,14 +485,16 @@ __device__ __forceinline__ void hr_count(const HREncShared<T>& sh, uint32_t x0, 
     if (k < valid) part[k] += sh.bits[__byte_perm(k < 4 ? x0 : x1, 0, 0x4440 | (k & 3))];  // byte k & 3: one PRMT
 }
 
-// A lane's element at a step, as the encode table's entry (0 past the lane's last element).
+// A lane's element at a step of the chunk whose exponents are xs, as the encode table's entry (0 past the lane's
+// last element).
 template <class T>
-__device__ __forceinline__ uint32_t hr_ent(const HREncShared<T>& sh, uint32_t s, uint32_t lane, uint32_t cnt) {
-  return s < cnt ? sh.enc[sh.xs[32 * s + lane]] : 0u;
+__device__ __forceinline__ uint32_t hr_ent(const HREncShared<T>& sh, const uint8_t* xs, uint32_t s, uint32_t lane,
+                                           uint32_t cnt) {
+  return s < cnt ? sh.enc[xs[32 * s + lane]] : 0u;
 }
 
-// hr_place writes one warp's bytes of a chunk's stream: those its lanes take at steps [s0, s0 + kSeg), which end
-// before out[end] (out: the chunk's stream; end: the warp's first byte in it plus its count, so that a byte's index
+// hr_place writes one warp's bytes of a chunk's stream (its exponents at xs): those its lanes take at steps
+// [s0, s0 + kSeg), which end before out[end] (out: the block's streams; end: the warp's first byte in it plus its count, so that a byte's index
 // needs no base added). Each thread walks its lane's steps backwards, keeping in W the lane's next 32 bits from
 // the step's first bit (Cs), so that a step's bytes are shifts of W. With c(C) = ceil(C / 8), a lane holds c(Cs)
 // or c(Cs) + 1 bytes before step s (codec/FORMAT.md), so its refills follow from its bit counts alone: round 1
@@ -491,11 +503,11 @@ __device__ __forceinline__ uint32_t hr_ent(const HREncShared<T>& sh, uint32_t s,
 // the order the decoder takes them: round 1's lanes, then round 2's; a step's bytes are consecutive. taken:
 // the lane's bytes before step s0. Returns the warp's escapes. FULL: every lane has an element at each step.
 template <class T, bool FULL>
-__device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, uint8_t* out, uint32_t s0, uint32_t cnt,
-                                             uint32_t C_end, uint32_t taken, uint32_t end) {
-  constexpr int kSeg = kHRSteps / kHREncWarps;
+__device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, const uint8_t* xs, uint8_t* out, uint32_t s0,
+                                             uint32_t cnt, uint32_t C_end, uint32_t taken, uint32_t end) {
+  constexpr int kSeg = kHRSteps / kHREncChunkWarps;
   const uint32_t lane = threadIdx.x & 31, below = lanemask_lt();
-  const uint8_t* xl = sh.xs + lane;  // the lane's element at step s: xl[32 s]
+  const uint8_t* xl = xs + lane;  // the lane's element at step s: xl[32 s]
   // The lane's bits after the warp's last step: the first 24 are all that the last step's bytes can reach.
   uint32_t W = 0;
   for (uint32_t s = s0 + kSeg, at = 0; at < 24 && s < cnt; s++) {
@@ -580,33 +592,39 @@ __device__ void hr_enc_table(const HREncParams& p, HREncShared<T>& sh) {
   if (lane == 0) sh.maxlen = maxlen;
 }
 
-// hr_encode codes chunk blockIdx.x (frame-major) with a block of kHREncWarps warps; warp w owns steps
-// [64w, 64w + 64) of every lane.
+// hr_encode codes chunks 2b and 2b + 1 (b = blockIdx.x, frame-major) with a block of kHREncWarps warps: warps
+// 0-3 the first, 4-7 the second, warp w owning steps [64(w mod 4), 64(w mod 4) + 64) of every lane of its chunk.
+// The two streams are one unit of the look-back (the first chunk's bytes, then the second's).
 //   1. Warp 0 builds the encode table from the code table's bytes (hr_enc_table) while the other warps read the
-//      chunk once (fp8: after reading with them): residuals straight to the frame, exponents to shared memory.
+//      chunks once (fp8: after reading with them): residuals straight to the frame, exponents to shared memory.
 //      Then each warp sums, per lane, the bits its steps' elements take.
 //   2. From those sums each thread knows its lane's bits before its first step and after its last, and so how
 //      many bytes the lane's decoder takes in the warp's steps (hr_taken): the warps' sums give each warp's first
-//      byte in the chunk's stream and the chunk's length, and a decoupled look-back over the chunk lengths the
-//      chunk's offset.
+//      byte in the block's streams and their length, and a decoupled look-back over the blocks' lengths their
+//      offset.
 //   3. Each thread walks its lane's steps backwards and writes the bytes its refills take, where the decoder
 //      will read them (hr_place).
 // The last block of a frame to finish writes the header, the code table and the gaps (or a raw header, when the
 // coded frame would not be smaller than the input, and the raw kernel after it copies the payload).
 template <class T, class Map>
 __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
-  constexpr uint32_t W = kHREncWarps, kSeg = kHRSteps / W;
+  constexpr uint32_t W = kHREncWarps, WC = kHREncChunkWarps, kSeg = kHRSteps / WC;
   __shared__ HREncShared<T> sh;
   const uint32_t lane = threadIdx.x & 31, warp = warp_uniform(threadIdx.x >> 5);
-  const uint32_t t = blockIdx.x;
-  if (t >= p.frames * p.chunks) return;
-  const uint32_t f = t / p.chunks, c = t - f * p.chunks;
+  const uint32_t t = blockIdx.x, bpf = (p.chunks + kHREncChunks - 1) / kHREncChunks;  // blocks per frame
+  if (t >= p.frames * bpf) return;
+  const uint32_t f = t / bpf, b = t - f * bpf;
   const uint64_t n = p.n;
-  const uint32_t e0 = c << kHRChunkLog2;
-  const uint32_t len = (uint32_t)min((uint64_t)kHRChunk, n - e0);
+  // The block's elements [e0, e0 + len); this warp's chunk (the block's h-th; empty past the frame's last) its
+  // elements [e0 + 8,192 h, + clen).
+  const uint32_t e0 = (b * kHREncChunks) << kHRChunkLog2;
+  const uint32_t len = (uint32_t)min((uint64_t)kHREncChunks * kHRChunk, n - e0);
+  const uint32_t h = warp / WC, wc = warp % WC;
+  const uint32_t clen = len > h * kHRChunk ? min(len - h * kHRChunk, kHRChunk) : 0;
   uint8_t* frame = reinterpret_cast<uint8_t*>(p.dst + (uint64_t)f * p.frame_stride);
   const HRLayout L = hr_layout<T>(n, p.table_len);
   uint8_t* xs = sh.xs;
+  const uint8_t* cxs = sh.xs + h * kHRChunk;  // the chunk's exponents
 
   // 1. The table's setup is a chain of dependent ballots: bf16's (257 symbols) is long enough that warp 0 builds
   // it while the other warps read the chunk (all 8 reading first ran 5 % slower on a paged request); fp8's is
@@ -644,8 +662,8 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     if (!kTableFirst && warp == 0) hr_enc_table<T>(p, sh);
   }
   __syncthreads();
-  // Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7; warp w counts units
-  // [256w, 256w + 256), a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
+  // Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7 (a chunk starts on a
+  // whole step); warp w counts units [4 kSeg w, 4 kSeg (w + 1)), its steps' elements, a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
   // A part that reaches kHRNoCode holds an exponent with no way to code it.
   uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #pragma unroll
@@ -679,70 +697,77 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
 
   // 2. The lane's bits before this warp's first step (C), and the bytes its decoder takes in this warp's steps:
   // from the bytes it holds before step s0 to those after its last step here (hr_taken).
-  const uint32_t cnt = lane < len ? (len - 1 - lane) / 32 + 1 : 0;  // the lane's elements
-  const uint32_t s0 = kSeg * warp;
+  const uint32_t cnt = lane < clen ? (clen - 1 - lane) / 32 + 1 : 0;  // the lane's elements in the chunk
+  const uint32_t s0 = kSeg * wc;
   uint32_t C = 0;
 #pragma unroll
   for (uint32_t w = 0; w < W; w++) {
-    const uint32_t b = sh.seg[w][lane];
-    if (w < warp) C += b;
+    const uint32_t bits = sh.seg[w][lane];
+    if (w >= WC * h && w < warp) C += bits;
   }
   bool bad = sh.maxlen > kHRMaxLen || sh.maxlen == 0;
 #pragma unroll
   for (uint32_t w = 0; w < W; w++) bad |= sh.wbad[w] != 0;
-  const uint32_t taken = s0 > 0 && s0 < cnt ? hr_taken(hr_ent(sh, s0 - 1, lane, cnt), C) : 0;
+  const uint32_t taken = s0 > 0 && s0 < cnt ? hr_taken(hr_ent(sh, cxs, s0 - 1, lane, cnt), C) : 0;
   const uint32_t C_end = C + seg_bits, s_end = min(cnt, s0 + kSeg);  // bits and steps to the lane's end here
-  const uint32_t lane_bytes = s_end > s0 ? hr_taken(hr_ent(sh, s_end - 1, lane, cnt), C_end) - taken : 0;
+  const uint32_t lane_bytes = s_end > s0 ? hr_taken(hr_ent(sh, cxs, s_end - 1, lane, cnt), C_end) - taken : 0;
   const uint32_t wbytes = warp_sum(lane_bytes);
   if (lane == 0) sh.wbytes[warp] = wbytes;
   __syncthreads();
 
-  uint32_t chunk_bytes = 0, wbase = 0;  // the chunk's stream length, and this warp's first byte in it
+  uint32_t block_bytes = 0, wbase = 0;  // the block's streams' length, and this warp's first byte in them
 #pragma unroll
   for (uint32_t w = 0; w < W; w++) {
     const uint32_t x = sh.wbytes[w];
     if (w < warp) wbase += x;
-    chunk_bytes += x;
+    block_bytes += x;
   }
-  // A chunk's stream that fits in shared memory is placed there before its offset is known; a longer one is
-  // placed in the frame once it is.
-  const bool staged = !bad && chunk_bytes <= kHRStage;
-  const bool full = 32 * (s0 + kSeg) <= len;  // every lane has an element at each of the warp's steps
+  // Streams that fit in shared memory are placed there before their offset is known; longer ones are placed in
+  // the frame once it is.
+  const bool staged = !bad && block_bytes <= kHRStage;
+  // Every lane has an element at each of the warp's steps: lane 31, which has the fewest, has. (From cnt, live
+  // here anyway: one from the chunk's length spilled.)
+  const bool full = __shfl_sync(0xFFFFFFFFu, cnt, 31) >= s0 + kSeg;
   uint32_t escapes = 0;
 
-  // The chunk's offset in the frame's streams, from the look-back; its length is the sum of its lanes'
-  // (codec/FORMAT.md: ceil(max(C' + 8, B if the last element escapes) / 8) bytes, C' a lane's bits before its
-  // last element and B all of them), which the warps' sums add up to.
-  // Warp 0 publishes the length now and, when the stream is staged, walks back after placing its bytes: by then
-  // the chunks before have mostly published their offsets, and the walk is short.
+  // The block's offset in the frame's streams, from the look-back (over blocks: state word b); a chunk's length
+  // is the sum of its lanes' (codec/FORMAT.md: ceil(max(C' + 8, B if the last element escapes) / 8) bytes, C' a
+  // lane's bits before its last element and B all of them), which the warps' sums add up to.
+  // Warp 0 publishes the length now and, when the streams are staged, walks back after placing its bytes: by
+  // then the blocks before have mostly published their offsets, and the walk is short.
   auto lookup = [&] {
-    const uint32_t start = lookback_walk(hr_ws_state(p, f), c, chunk_bytes);
+    const uint32_t start = lookback_walk(hr_ws_state(p, f), b, block_bytes);
     if (lane == 0) {
-      if (!p.raw_only) reinterpret_cast<uint32_t*>(frame + L.chunk_table)[c] = start;
+      uint32_t* ct = reinterpret_cast<uint32_t*>(frame + L.chunk_table);
+      if (!p.raw_only) {
+        ct[b * kHREncChunks] = start;
+        // The second chunk's stream starts after the first's: its warps' bytes.
+        if (b * kHREncChunks + 1 < p.chunks) ct[b * kHREncChunks + 1] = start + sh.wbytes[0] + sh.wbytes[1] + sh.wbytes[2] + sh.wbytes[3];
+      }
       sh.start = start;
-      // A chunk whose stream would end past a raw frame's size belongs to a frame that goes raw: nothing is
-      // written there.
-      sh.write = !bad && L.streams + start + chunk_bytes <= kHeaderSize + (uint64_t)T::kBytes * n;
+      // Streams that would end past a raw frame's size belong to a frame that goes raw: nothing is written
+      // there.
+      sh.write = !bad && L.streams + start + block_bytes <= kHeaderSize + (uint64_t)T::kBytes * n;
     }
   };
   // The walk (its polling loops) stays out of the path to the placing: the compiler then sees the warps reach the
   // placing's ballots converged, and checks nothing before each (with the warp index uniform).
-  if (warp == 0) lookback_publish(hr_ws_state(p, f), c, chunk_bytes);
+  if (warp == 0) lookback_publish(hr_ws_state(p, f), b, block_bytes);
   // 3. Each thread writes its lane's bytes of the warp's steps where the decoder will read them.
   if (staged) {
-    escapes = full ? hr_place<T, true>(sh, sh.stage, s0, cnt, C_end, taken, wbase + wbytes)
-                   : hr_place<T, false>(sh, sh.stage, s0, cnt, C_end, taken, wbase + wbytes);
+    escapes = full ? hr_place<T, true>(sh, cxs, sh.stage, s0, cnt, C_end, taken, wbase + wbytes)
+                   : hr_place<T, false>(sh, cxs, sh.stage, s0, cnt, C_end, taken, wbase + wbytes);
     if (warp == 0) lookup();
   } else if (warp == 0) {
     lookup();
   }
   __syncthreads();
   if (staged) {
-    if (sh.write) hr_copy_out(frame + L.streams + sh.start, sh.stage, chunk_bytes);
+    if (sh.write) hr_copy_out(frame + L.streams + sh.start, sh.stage, block_bytes);
   } else if (sh.write) {
     uint8_t* out = frame + L.streams + sh.start;
-    escapes = full ? hr_place<T, true>(sh, out, s0, cnt, C_end, taken, wbase + wbytes)
-                   : hr_place<T, false>(sh, out, s0, cnt, C_end, taken, wbase + wbytes);
+    escapes = full ? hr_place<T, true>(sh, cxs, out, s0, cnt, C_end, taken, wbase + wbytes)
+                   : hr_place<T, false>(sh, cxs, out, s0, cnt, C_end, taken, wbase + wbytes);
   }
   if (lane == 0) sh.wesc[warp] = escapes;
 
@@ -762,10 +787,10 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
     done = atomicAdd(fw + 1, 1u);
   }
   done = __shfl_sync(0xFFFFFFFFu, done, 0);
-  if (done != p.chunks - 1) return;
+  if (done != bpf - 1) return;
   uint32_t* fw = hr_ws_frame(p, f);
   __threadfence();
-  const uint64_t last_state = ld_relaxed_gpu(hr_ws_state(p, f) + (p.chunks - 1));
+  const uint64_t last_state = ld_relaxed_gpu(hr_ws_state(p, f) + (bpf - 1));
   const uint64_t codes_len = (uint32_t)last_state;
   const uint64_t E = ld_relaxed_gpu(fw + 0);
   const bool raw = ld_relaxed_gpu(fw + 2) != 0 || L.streams + codes_len >= kHeaderSize + (uint64_t)T::kBytes * n;
@@ -841,6 +866,7 @@ struct HRDecShared {
   uint32_t hdr[16];
   uint32_t status;
   uint32_t raw;
+  uint32_t chunk_log2;  // the frame's: kHRChunkLog2 or kHRChunkLog2Max
   uint64_t n, codes_len;
   HRLayout L;
   __align__(16) uint8_t ring[8][kHRRing + kHRMirror];  // a ring a warp
@@ -882,21 +908,23 @@ __device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint6
     }
     if (kHeaderSize + payload > cap) return kTruncated;
     sh.raw = 1;
+    sh.chunk_log2 = kHRChunkLog2;  // the launch's chunks: a raw payload is copied in those
     sh.n = out_bytes / T::kBytes;
     return kOK;
   }
   if (flags != kFlagEntropy) return kCorrupt;
   if (dtype != T::kDType) return kUnsupported;
   const uint32_t chunk_log2 = w[6] & 0xFF, res_bits = (w[6] >> 8) & 0xFF, table_len = w[6] >> 16;
-  if (chunk_log2 != kHRChunkLog2) return kUnsupported;
+  if (chunk_log2 != kHRChunkLog2 && chunk_log2 != kHRChunkLog2Max) return kUnsupported;
   if (res_bits != T::kResBits || code_bits < 1 || code_bits > kHRMaxLen || table_len > T::kTableMax) return kCorrupt;
   if ((uint64_t)T::kBytes * n != out_bytes) return kSizeMismatch;
-  const HRLayout L = hr_layout<T>(n, table_len);
+  const HRLayout L = hr_layout<T>(n, table_len, chunk_log2);
   const uint64_t want_res = T::kResBits == 8 ? n : (n * T::kResBits + 7) / 8;
   if (esc > n || res_len != want_res || payload != L.streams + codes_len - kHeaderSize) return kCorrupt;
   if (codes_len > 2 * n || codes_len > 0xFFFFFFFFull) return kCorrupt;
   if (kHeaderSize + payload > cap) return kTruncated;
   sh.raw = 0;
+  sh.chunk_log2 = chunk_log2;
   sh.n = n;
   sh.codes_len = codes_len;
   sh.L = L;
@@ -1084,9 +1112,10 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   __syncthreads();
   if (warp_uniform(sh.status) != kOK || c >= p.chunks) return;
   const uint64_t n = sh.n;
-  const uint32_t e0 = c << kHRChunkLog2;
+  // A frame of kHRChunkLog2Max chunks leaves the launch's later warps (planned for kHRChunkLog2) past its end.
+  const uint32_t chunk_log2 = warp_uniform(sh.chunk_log2), e0 = c << chunk_log2;
   if (warp_uniform(e0 >= n && n > 0)) return;
-  const uint32_t len = warp_uniform((uint32_t)min((uint64_t)kHRChunk, n - e0));
+  const uint32_t len = warp_uniform((uint32_t)min(uint64_t{1} << chunk_log2, n - e0));
   if (warp_uniform(sh.raw)) {
     const uint8_t* src = frame + kHeaderSize;
     for (uint32_t u = lane; 8 * u < len; u += 32) {
@@ -1131,7 +1160,7 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
       req += kHRRingUnit;
     }
   };
-  // The chunk's residuals start on a whole byte (and on 16 bytes: e0 is a multiple of 16,384).
+  // The chunk's residuals start on a whole byte (and on 16 bytes: e0 is a multiple of 8,192).
   const uint64_t res = reinterpret_cast<uint64_t>(frame + L.residuals + hr_res_bytes<T>(e0));
   constexpr uint32_t kGroupRes = kHRGroup * T::kResBits / 8;
   auto stage_res = [&](uint32_t g) {  // group g's residuals into buffer g & 1

@@ -11,9 +11,10 @@ import (
 // The high-ratio mode's kernels (entropy.cuh): format v2 frames with Huffman-coded exponents, of bf16, fp8_e4m3
 // and fp8_e5m2 tensors.
 const (
-	hrChunkElems    = 1 << 14 // elements per chunk (kHRChunk)
-	hrEncodeThreads = 256     // an encode block: one chunk (kHREncWarps warps)
-	hrDecodeWarps   = 8       // chunks per decode block, a warp each
+	hrChunkElems    = 1 << codec.EntropyChunk // elements per chunk (kHRChunk)
+	hrEncodeThreads = 256                     // an encode block (kHREncWarps warps)
+	hrEncodeChunks  = 2                       // chunks per encode block (kHREncChunks)
+	hrDecodeWarps   = 8                       // chunks per decode block, a warp each
 	hrRawThreads    = 256
 )
 
@@ -166,7 +167,7 @@ func (c *Codec) launchHREncode(s *cuda.Stream, k *hrSet, p *hrEncParams, paged i
 	if err := s.MemsetD8Async(cuda.DevicePtr(p.ws), 0, hrWorkspaceSize(uint64(p.frames), uint64(p.chunks))); err != nil {
 		return err
 	}
-	total := uint64(p.frames) * uint64(p.chunks)
+	total := uint64(p.frames) * ((uint64(p.chunks) + hrEncodeChunks - 1) / hrEncodeChunks)
 	if err := k.enc[paged].Launch(s, cuda.Dim3{X: uint32(total)}, cuda.Dim3{X: hrEncodeThreads}, 0, p.args()); err != nil {
 		return err
 	}

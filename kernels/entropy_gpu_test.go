@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -158,6 +159,21 @@ func TestHighRatioMatchesCPU(t *testing.T) {
 			require.True(t, bytes.Equal(tc.src, out), "GPU decode differs from the input")
 		})
 	}
+}
+
+// TestHighRatioDecodesChunk14: a frame of 16,384-element chunks, the size encoders wrote before 8,192
+// (tests/data/hr_chunk14.sz: the fixture's first 20,001 elements), decodes bit-exactly on the GPU.
+func TestHighRatioDecodesChunk14(t *testing.T) {
+	g := newGPU(t)
+	frame, err := os.ReadFile(filepath.Join("..", "tests", "data", "hr_chunk14.sz"))
+	require.NoError(t, err)
+	h, err := codec.ParseHeader(frame)
+	require.NoError(t, err)
+	require.Equal(t, uint8(14), h.ChunkLog2)
+	want := concat(realKV(t))[:2*20001]
+	out, err := g.decodeHR(t, frame, len(frame), len(want), 0x5A)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, out), "GPU decode differs from the input")
 }
 
 // TestHighRatioDecodeRejects: a malformed frame ends with an error status, never a silent wrong result or a read
@@ -468,7 +484,7 @@ func TestHighRatioLayoutMatchesCodec(t *testing.T) {
 		b, err := full.MarshalBinary()
 		require.NoError(t, err)
 		assert.Equal(t, int(hrMaxTableLen(dt)), len(b), "%s", dt)
-		for _, n := range []int{1000, 16383, 16384, 16385, 50001} {
+		for _, n := range []int{1000, 8191, 8192, 8193, 16383, 16384, 16385, 50001} {
 			src := make([]byte, n*dt.Size())
 			for i := range src {
 				src[i] = byte(r.Uint32()) & 0x83 // exponents 0 and 1 of any dtype; sign and low mantissa bits

@@ -30,7 +30,7 @@ func StatusError(status uint32) error {
 	case StatusBadCRC:
 		return fmt.Errorf("%w (GPU decode)", codec.ErrHeaderCRC)
 	case StatusUnsupported:
-		return fmt.Errorf("%w: the GPU decoders read raw frames, bf16 frames in the fast mode (4-bit codes, 4,096-element chunks; DecodeAsync), and bf16, fp8_e4m3 and fp8_e5m2 frames in the high-ratio mode into a destination of the frame's dtype (16,384-element chunks, no payload checksum; DecodeHighRatioDTypeAsync)", codec.ErrDType)
+		return fmt.Errorf("%w: the GPU decoders read raw frames, bf16 frames in the fast mode (4-bit codes, 4,096-element chunks; DecodeAsync), and bf16, fp8_e4m3 and fp8_e5m2 frames in the high-ratio mode into a destination of the frame's dtype (8,192- or 16,384-element chunks, no payload checksum; DecodeHighRatioDTypeAsync)", codec.ErrDType)
 	case StatusSizeMismatch:
 		return fmt.Errorf("%w: the frame holds a different number of bytes than the destination (GPU decode)", codec.ErrShortBuffer)
 	case StatusCorrupt:

@@ -110,7 +110,7 @@ static uint64_t encode(HREncParams p, const Map& map, uint32_t raw_grid) {
   if (raw_only<T>(n, p.chunks, p.table_len)) p.raw_only = 1;
   uint64_t size = 0;
   p.sizes = (uint64_t)&size;
-  const uint64_t total = (uint64_t)p.frames * p.chunks;
+  const uint64_t total = (uint64_t)p.frames * ((p.chunks + kHREncChunks - 1) / kHREncChunks);
   emu_launch((uint32_t)total, 256, [&] { hr_encode<T>(p, map); });
   emu_launch(raw_grid, 256, [&] { hr_raw<T>(p, map); });
   return size;
