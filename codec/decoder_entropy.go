@@ -93,6 +93,9 @@ func joinChunk(out, exps, res []byte, i0 int, dt DType) {
 		if n := len(exps) &^ 31; hasEntropyAsm && n > 0 {
 			joinBF16AVX512(&exps[0], &res[0], &out[0], n)
 			j = n
+		} else if hasEntropyAVX2 && n > 0 {
+			joinBF16AVX2(&exps[0], &res[0], &out[0], n)
+			j = n
 		}
 		for ; j+8 <= len(exps); j += 8 {
 			e := binary.LittleEndian.Uint64(exps[j:])

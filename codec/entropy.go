@@ -194,12 +194,14 @@ type entDec struct {
 	simd simdTab
 }
 
-// simdTab is the same table for the assembly decoder (decodeLanesAVX512), which reads it at these offsets: the
-// exponent of each prefix at 0, its code length | ESC<<4 | no-code<<5 at 256, eb at 512.
+// simdTab is the same table for the assembly decoders, which read it at these offsets: the exponent of each
+// prefix at 0, its code length | ESC<<4 | no-code<<5 at 256, eb at 512 (decodeLanesAVX512); the two as one
+// word, exponent | length-and-flags<<8, at 520 (decodeLanesAVX2, which gathers words).
 type simdTab struct {
 	sym [256]byte
 	lf  [256]byte
 	eb  uint64
+	ent [256]uint32
 }
 
 const (
@@ -235,6 +237,7 @@ func (d *entDec) build(lengths []uint8, eb int) {
 	for i, v := range d.tab {
 		d.simd.sym[i] = uint8(v)
 		d.simd.lf[i] = uint8(v>>8&15) | uint8(v>>16&1)<<4 | uint8(v>>17&1)<<5
+		d.simd.ent[i] = uint32(d.simd.sym[i]) | uint32(d.simd.lf[i])<<8
 	}
 	d.simd.eb = uint64(eb)
 }
@@ -244,7 +247,7 @@ type laneDec struct {
 	buf   [lanes]uint64     // each lane's unread bits, MSB-aligned; the bits below them are zero
 	avail [lanes]int64      // how many there are
 	kind  [lanes]uint8      // the flags (bits 16–23) of each lane's last table entry
-	st    [2 * lanes]uint16 // the lanes' state as the assembly keeps it (decodeLanesAVX512)
+	st    [2 * lanes]uint16 // the lanes' state as the assembly keeps it (decodeLanesAVX512, decodeLanesAVX2)
 	exps  [maxChunk]byte
 }
 
@@ -268,9 +271,14 @@ func (ld *laneDec) decodeLanes(dec *entDec, stream []byte, m int) (escapes int, 
 	full := m / lanes
 	exps := ld.exps[:m]
 	s := 0
-	if hasEntropyAsm && full > 0 && nb >= 64 {
+	if (hasEntropyAsm || hasEntropyAVX2) && full > 0 && nb >= 64 {
 		clear(ld.st[:])
-		done, p, esc := decodeLanesAVX512(&stream[0], nb, full, &dec.simd, &ld.st, &exps[0])
+		var done, p, esc int
+		if hasEntropyAsm {
+			done, p, esc = decodeLanesAVX512(&stream[0], nb, full, &dec.simd, &ld.st, &exps[0])
+		} else {
+			done, p, esc = decodeLanesAVX2(&stream[0], nb, full, &dec.simd, &ld.st, &exps[0])
+		}
 		for l := range lanes {
 			ld.buf[l], ld.avail[l] = uint64(ld.st[l])<<48, int64(ld.st[lanes+l])
 		}

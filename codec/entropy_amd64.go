@@ -2,7 +2,11 @@
 
 package codec
 
-import "golang.org/x/sys/cpu"
+import (
+	"math/bits"
+
+	"golang.org/x/sys/cpu"
+)
 
 // hasEntropyAsm reports whether the entropy decoder runs its fast steps in assembly (decodeLanesAVX512): the
 // 32 lanes in one register of 16-bit buffers, a step's refills with one VPEXPANDB (the bytes of the lanes that
@@ -10,6 +14,39 @@ import "golang.org/x/sys/cpu"
 // variable, so that tests run both paths.
 var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512VBMI &&
 	cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI2
+
+// hasEntropyAVX2 reports whether, on a CPU without hasEntropyAsm's AVX-512, the entropy decoder runs its fast
+// steps (decodeLanesAVX2) and the bf16 join (joinBF16AVX2) in AVX2. The encoder stays in Go there.
+var hasEntropyAVX2 = !hasEntropyAsm && cpuHasEntropyAVX2
+
+// cpuHasEntropyAVX2 reports whether the CPU runs decodeLanesAVX2 and joinBF16AVX2, chosen or not.
+var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT
+
+// decodeLanesAVX2 is decodeLanesAVX512 in AVX2 (same arguments, state and results): the 32 lanes in four
+// registers of 8 32-bit buffers (16 bits used, as decodeLanesAVX512's), a group's refill bytes spread to its
+// lanes by a permute from a table indexed by the group's refill mask, the look-ups gathered from tab.ent.
+//
+//go:noescape
+func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int)
+
+// joinBF16AVX2 is joinBF16AVX512 in AVX2 (n a multiple of 16).
+//
+//go:noescape
+func joinBF16AVX2(exps, res, out *byte, n int)
+
+// expandIdx[m] spreads the bytes of a refill to the lanes of an 8-lane group whose refill mask is m: lane j
+// takes byte popcount(m & (1<<j − 1)) (decodeLanesAVX2's VPERMD indices; lanes not in m are masked off).
+var expandIdx = func() (t [256][8]uint32) {
+	for m := range t {
+		for j := range 8 {
+			t[m][j] = uint32(bits.OnesCount8(uint8(m) & (1<<j - 1)))
+		}
+	}
+	return t
+}()
+
+// packOrder puts decodeLanesAVX2's packed exponents back in lane order (VPACK* work per 128-bit half).
+var packOrder = [8]uint32{0, 4, 1, 5, 2, 6, 3, 7}
 
 // decodeLanesAVX512 decodes up to steps whole steps (32 lanes each) of a chunk's stream of n bytes into exps
 // (32 bytes a step), while at least 64 stream bytes remain from the current position. st holds the lanes'

@@ -2,8 +2,16 @@
 
 package codec
 
-// hasEntropyAsm reports whether the entropy decoder runs its fast steps in assembly.
-var hasEntropyAsm = false
+// hasEntropyAsm and hasEntropyAVX2 report whether the entropy coder runs parts in assembly.
+var hasEntropyAsm, hasEntropyAVX2, cpuHasEntropyAVX2 = false, false, false
+
+func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func joinBF16AVX2(exps, res, out *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
 
 func decodeLanesAVX512(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int) {
 	panic("splitzip: no entropy assembly on this platform")

@@ -775,14 +775,30 @@ func TestInspect(t *testing.T) {
 // TestEntropyAsmTwin: the assembly decoder and the pure-Go one agree on every dtype (exponent widths 4, 5 and
 // 8), with escapes in round 2, and on damaged streams (both report a corrupt frame).
 func TestEntropyAsmTwin(t *testing.T) {
-	if !hasEntropyAsm {
+	// The assembly decoders this CPU runs: AVX-512 where hasEntropyAsm, AVX2 wherever the CPU has it (also where
+	// the AVX-512 one is preferred).
+	var paths []string
+	if hasEntropyAsm {
+		paths = append(paths, "avx512")
+	}
+	if cpuHasEntropyAVX2 {
+		paths = append(paths, "avx2")
+	}
+	if len(paths) == 0 {
 		t.Skip("no entropy assembly on this CPU")
 	}
+	for _, path := range paths {
+		t.Run(path, func(t *testing.T) { testEntropyAsmTwin(t, path) })
+	}
+}
+
+func testEntropyAsmTwin(t *testing.T, path string) {
 	rng := rand.New(rand.NewPCG(87, 88))
 	enc, dec := newHighRatio(t)
+	// asm: the path's assembly; else pure Go.
 	decode := func(frame []byte, asm bool) ([]byte, error) {
-		defer func(v bool) { hasEntropyAsm = v }(hasEntropyAsm)
-		hasEntropyAsm = asm
+		defer func(v, v2 bool) { hasEntropyAsm, hasEntropyAVX2 = v, v2 }(hasEntropyAsm, hasEntropyAVX2)
+		hasEntropyAsm, hasEntropyAVX2 = asm && path == "avx512", asm && path == "avx2"
 		out, _, err := dec.Decode(nil, frame)
 		return out, err
 	}

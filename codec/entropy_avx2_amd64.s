@@ -1,0 +1,229 @@
+//go:build amd64 && gc && !noasm
+
+#include "textflag.h"
+
+// The entropy decoder's fast steps and the bf16 join in AVX2, for CPUs without the AVX-512 of
+// entropy_amd64.s. Same state and results as decodeLanesAVX512: 32 lanes, each a 16-bit buffer with its unread
+// bits at the top and a count of them; here in 32-bit words, 8 lanes (a group) a register.
+//
+// Registers: Y0-Y3 the buffers of lanes 0-7, 8-15, 16-23, 24-31, Y4-Y7 their counts; Y8 words of 8, Y9 of
+// 0x0F, Y10 of eb, Y11 of 0xFFFF; Y12-Y15 scratch (Y15 also the step's flags). R10 the look-up table (tab.ent:
+// exponent | length-and-flags << 8), R14 expandIdx, SI the stream, DI the exponents out, R8 steps done, R9
+// escapes. Frame (hardware SP): 0-127 the step's look-ups, a group's at 32·g; 128 16 − eb and 144 eb, as
+// 64-bit shift counts.
+
+// REFILL gives the lanes of a group in MASK (all-ones words) the next stream bytes, in lane order (a warp's
+// ballot and popc): the 8 bytes at SI widened to words and permuted so that lane j gets byte
+// popcount(mask below j), shifted under its unread bits. Clobbers AX, R13, T1, T2.
+#define REFILL(BUF, AVAIL, MASK, T1, T2) \
+	VMOVMSKPS MASK, AX \
+	VPMOVZXBD (SI), T1 \
+	MOVQ      AX, R13 \
+	SHLQ      $5, R13 \
+	VMOVDQU   (R14)(R13*1), T2 \
+	VPERMD    T1, T2, T1 \
+	VPSUBD    AVAIL, Y8, T2 \
+	VPSLLVD   T2, T1, T1 \
+	VPAND     MASK, T1, T1 \
+	VPOR      T1, BUF, BUF \
+	VPAND     Y8, MASK, T1 \
+	VPADDD    T1, AVAIL, AVAIL \
+	POPCNTL   AX, AX \
+	ADDQ      AX, SI
+
+// LOOKUP is round 1 for group G: lanes with fewer than 8 bits take a byte, then their top 8 bits are looked up
+// (gathered) into the frame's slot G; the entries' flags gather in Y15.
+#define LOOKUP(G, BUF, AVAIL) \
+	VPCMPGTD   AVAIL, Y8, Y14 \
+	REFILL(BUF, AVAIL, Y14, Y12, Y13) \
+	VPSRLD     $8, BUF, Y12 \
+	VPCMPEQD   Y13, Y13, Y13 \
+	VPXOR      Y14, Y14, Y14 \
+	VPGATHERDD Y13, (R10)(Y12*4), Y14 \
+	VMOVDQU    Y14, (32*G)(SP) \
+	VPOR       Y14, Y15, Y15
+
+// CONSUME drops the looked-up codes of group G from its buffers.
+#define CONSUME(G, BUF, AVAIL) \
+	VMOVDQU (32*G)(SP), Y12 \
+	VPSRLD  $8, Y12, Y13 \
+	VPAND   Y9, Y13, Y13 \
+	VPSLLVD Y13, BUF, BUF \
+	VPAND   Y11, BUF, BUF \
+	VPSUBD  Y13, AVAIL, AVAIL
+
+// ROUND2 is round 2 for group G: its ESC lanes with fewer than eb bits take a byte, then read eb raw bits,
+// which replace the looked-up exponent in slot G.
+#define ROUND2(G, BUF, AVAIL) \
+	VMOVDQU   (32*G)(SP), Y12 \
+	VPSLLD    $19, Y12, Y13 \
+	VPSRAD    $31, Y13, Y13 \
+	VPCMPGTD  AVAIL, Y10, Y14 \
+	VPAND     Y13, Y14, Y14 \
+	REFILL(BUF, AVAIL, Y14, Y12, Y15) \
+	VPSRLD    128(SP), BUF, Y12 \
+	VMOVDQU   (32*G)(SP), Y15 \
+	VPBLENDVB Y13, Y12, Y15, Y15 \
+	VMOVDQU   Y15, (32*G)(SP) \
+	VPSLLD    144(SP), BUF, Y12 \
+	VPAND     Y11, Y12, Y12 \
+	VPBLENDVB Y13, Y12, BUF, BUF \
+	VPAND     Y10, Y13, Y12 \
+	VPSUBD    Y12, AVAIL, AVAIL \
+	VMOVMSKPS Y13, AX \
+	POPCNTL   AX, AX \
+	ADDQ      AX, R9
+
+// func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[64]uint16, exps *byte) (done, pos, escapes int)
+//
+// A step looks up all four groups before it consumes a code, so that a step with a prefix no code starts stops
+// with every lane holding at least 8 bits: the Go path then takes no byte in that step and reports the lane.
+TEXT ·decodeLanesAVX2(SB), NOSPLIT, $160-72
+	MOVQ stream+0(FP), SI
+	MOVQ n+8(FP), DX
+	MOVQ steps+16(FP), CX
+	MOVQ tab+24(FP), R10
+	MOVQ st+32(FP), BX
+	MOVQ exps+40(FP), DI
+	MOVQ SI, R11 // the stream's start
+	SUBQ $64, DX // a step may start while pos ≤ n − 64
+	XORQ R8, R8
+	XORQ R9, R9
+	LEAQ ·expandIdx(SB), R14
+
+	MOVQ         512(R10), AX // eb
+	MOVQ         AX, 144(SP)
+	MOVQ         $0, 152(SP)
+	MOVQ         $16, R13
+	SUBQ         AX, R13
+	MOVQ         R13, 128(SP)
+	MOVQ         $0, 136(SP)
+	VMOVD        AX, X10
+	VPBROADCASTD X10, Y10
+	ADDQ         $520, R10    // tab.ent
+	MOVL         $8, AX
+	VMOVD        AX, X8
+	VPBROADCASTD X8, Y8
+	MOVL         $0x0F, AX
+	VMOVD        AX, X9
+	VPBROADCASTD X9, Y9
+	MOVL         $0xFFFF, AX
+	VMOVD        AX, X11
+	VPBROADCASTD X11, Y11
+	VPMOVZXWD    0(BX), Y0
+	VPMOVZXWD    16(BX), Y1
+	VPMOVZXWD    32(BX), Y2
+	VPMOVZXWD    48(BX), Y3
+	VPMOVZXWD    64(BX), Y4
+	VPMOVZXWD    80(BX), Y5
+	VPMOVZXWD    96(BX), Y6
+	VPMOVZXWD    112(BX), Y7
+
+loop:
+	CMPQ  R8, CX
+	JGE   done
+	MOVQ  SI, AX
+	SUBQ  R11, AX
+	CMPQ  AX, DX
+	JGT   done
+	VPXOR Y15, Y15, Y15
+	LOOKUP(0, Y0, Y4)
+	LOOKUP(1, Y1, Y5)
+	LOOKUP(2, Y2, Y6)
+	LOOKUP(3, Y3, Y7)
+	VPSRLD $12, Y15, Y12 // ESC or no code in any lane
+	VPTEST Y12, Y12
+	JNZ    special
+	CONSUME(0, Y0, Y4)
+	CONSUME(1, Y1, Y5)
+	CONSUME(2, Y2, Y6)
+	CONSUME(3, Y3, Y7)
+
+store:
+	// The step's 32 exponents: the entries' low bytes, packed (per 128-bit half) and put back in lane order.
+	VPSRLD    $8, Y11, Y15 // words of 0xFF
+	VPAND     0(SP), Y15, Y12
+	VPAND     32(SP), Y15, Y13
+	VPACKUSDW Y13, Y12, Y12
+	VPAND     64(SP), Y15, Y13
+	VPAND     96(SP), Y15, Y14
+	VPACKUSDW Y14, Y13, Y13
+	VPACKUSWB Y13, Y12, Y12
+	VMOVDQU   ·packOrder(SB), Y13
+	VPERMD    Y12, Y13, Y12
+	VMOVDQU   Y12, (DI)
+	ADDQ      $32, DI
+	INCQ      R8
+	JMP       loop
+
+special:
+	VPSRLD $13, Y15, Y12 // a prefix no code starts: stop before consuming
+	VPTEST Y12, Y12
+	JNZ    done
+	CONSUME(0, Y0, Y4)
+	CONSUME(1, Y1, Y5)
+	CONSUME(2, Y2, Y6)
+	CONSUME(3, Y3, Y7)
+	ROUND2(0, Y0, Y4)
+	ROUND2(1, Y1, Y5)
+	ROUND2(2, Y2, Y6)
+	ROUND2(3, Y3, Y7)
+	JMP    store
+
+done:
+	VPACKUSDW Y1, Y0, Y12
+	VPERMQ    $0xD8, Y12, Y12
+	VMOVDQU   Y12, 0(BX)
+	VPACKUSDW Y3, Y2, Y12
+	VPERMQ    $0xD8, Y12, Y12
+	VMOVDQU   Y12, 32(BX)
+	VPACKUSDW Y5, Y4, Y12
+	VPERMQ    $0xD8, Y12, Y12
+	VMOVDQU   Y12, 64(BX)
+	VPACKUSDW Y7, Y6, Y12
+	VPERMQ    $0xD8, Y12, Y12
+	VMOVDQU   Y12, 96(BX)
+	SUBQ      R11, SI
+	MOVQ      R8, done+48(FP)
+	MOVQ      SI, pos+56(FP)
+	MOVQ      R9, escapes+64(FP)
+	VZEROUPPER
+	RET
+
+// func joinBF16AVX2(exps, res, out *byte, n int)
+//
+// Joins n bf16 elements (a multiple of 16) from their exponents and residuals (sign<<7 | mantissa), a byte
+// each, 32 output bytes a step.
+TEXT ·joinBF16AVX2(SB), NOSPLIT, $0-32
+	MOVQ         exps+0(FP), SI
+	MOVQ         res+8(FP), BX
+	MOVQ         out+16(FP), DI
+	MOVQ         n+24(FP), CX
+	MOVL         $0x7F, AX
+	VMOVD        AX, X1
+	VPBROADCASTW X1, Y1
+	MOVL         $0x80, AX
+	VMOVD        AX, X2
+	VPBROADCASTW X2, Y2
+
+join:
+	CMPQ      CX, $16
+	JLT       joined
+	VPMOVZXBW (SI), Y3
+	VPMOVZXBW (BX), Y4
+	VPSLLW    $7, Y3, Y3
+	VPAND     Y2, Y4, Y5
+	VPSLLW    $8, Y5, Y5
+	VPAND     Y1, Y4, Y4
+	VPOR      Y3, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VMOVDQU   Y4, (DI)
+	ADDQ      $16, SI
+	ADDQ      $16, BX
+	ADDQ      $32, DI
+	SUBQ      $16, CX
+	JMP       join
+
+joined:
+	VZEROUPPER
+	RET
