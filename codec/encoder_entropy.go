@@ -292,6 +292,9 @@ func splitChunk(b []byte, dt DType, exps []byte, res []byte, i0 int) {
 		if n := len(exps) &^ 31; hasEntropyAsm && n > 0 {
 			splitBF16AVX512(&b[0], &exps[0], &res[0], n)
 			j = n
+		} else if hasEntropyAVX2 && n > 0 {
+			splitBF16AVX2(&b[0], &exps[0], &res[0], n)
+			j = n
 		}
 		for ; j+8 <= len(exps); j += 8 {
 			x0 := binary.LittleEndian.Uint64(b[2*j:])

@@ -96,7 +96,7 @@ type laneEnc struct {
 // encodeLanes codes the chunk's m exponents in e.exps[:m] with enc and writes the chunk's stream to out, which
 // must have room for maxChunkBytes(m) bytes. It returns the bytes written and the number of escapes.
 func (e *laneEnc) encodeLanes(m int, enc *entEnc, out []byte) (n, escapes int) {
-	if hasEntropyAsm {
+	if hasEntropyAsm || hasEntropyAVX2 {
 		return e.encodeLanesSIMD(m, enc, out)
 	}
 	return e.encodeLanesGo(m, enc, out)
@@ -162,25 +162,30 @@ func (e *laneEnc) encodeLanesGo(m int, enc *entEnc, out []byte) (n, escapes int)
 	if rest := m % lanes; rest != 0 && steps > 0 {
 		e.r1[steps-1] &= activeLanes(rest)
 	}
-	// Interleave: the bytes in the order the decoder takes them.
+	_ = eb
+	return e.interleave(e.r1[:steps], e.r2[:steps], out), esc
+}
+
+// interleave writes the lanes' bytes in the order the decoder takes them: at each step, the lanes in r1 (round
+// 1), then those in r2 (round 2), each its next byte. It returns the bytes written.
+func (e *laneEnc) interleave(r1, r2 []uint32, out []byte) int {
 	clear(e.rc[:])
 	pos := 0
-	for s := range steps {
-		for ld := e.r1[s]; ld != 0; ld &= ld - 1 {
+	for s := range r1 {
+		for ld := r1[s]; ld != 0; ld &= ld - 1 {
 			l := bits.TrailingZeros32(ld)
 			out[pos] = e.bytes[l][e.rc[l]]
 			e.rc[l]++
 			pos++
 		}
-		for ld := e.r2[s]; ld != 0; ld &= ld - 1 {
+		for ld := r2[s]; ld != 0; ld &= ld - 1 {
 			l := bits.TrailingZeros32(ld)
 			out[pos] = e.bytes[l][e.rc[l]]
 			e.rc[l]++
 			pos++
 		}
 	}
-	_ = eb
-	return pos, esc
+	return pos
 }
 
 func activeLanes(k int) uint32 { return uint32(uint64(1)<<k - 1) }
@@ -422,8 +427,10 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 	clear(v.acc[:])
 	clear(v.r1[:steps+1])
 	esc := 0
-	if full > 0 {
+	if full > 0 && hasEntropyAsm {
 		esc = encodeStepsAVX512(&e.exps[0], full, &enc.simd, v, &e.bytes[0][0], maxLaneBytes)
+	} else if full > 0 {
+		esc = encodeStepsAVX2(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0])
 	}
 	if rest := m - full*lanes; rest > 0 {
 		s := full
@@ -458,6 +465,9 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 		k := 2 * (v.b[l] >> 4)
 		binary.BigEndian.PutUint16(e.bytes[l][k:], w)
 		e.bytes[l][k+2], e.bytes[l][k+3] = 0, 0
+	}
+	if !hasEntropyAsm {
+		return e.interleave(v.r1[:steps], v.r2[:steps], out), esc
 	}
 	_ = out[maxChunkBytes(uint64(m))-1]
 	n = interleaveAVX512(&e.bytes[0][0], maxLaneBytes, &v.r1[0], &v.r2[0], steps, &out[0])

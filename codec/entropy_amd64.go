@@ -15,12 +15,13 @@ import (
 var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512VBMI &&
 	cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI2
 
-// hasEntropyAVX2 reports whether, on a CPU without hasEntropyAsm's AVX-512, the entropy decoder runs its fast
-// steps (decodeLanesAVX2) and the bf16 join (joinBF16AVX2) in AVX2. The encoder stays in Go there.
+// hasEntropyAVX2 reports whether, on a CPU without hasEntropyAsm's AVX-512, the entropy coder runs in AVX2:
+// the decoder's fast steps (decodeLanesAVX2), the bf16 join (joinBF16AVX2) and the lane encoder's first phase
+// (encodeStepsAVX2; its interleave stays in Go).
 var hasEntropyAVX2 = !hasEntropyAsm && cpuHasEntropyAVX2
 
 // cpuHasEntropyAVX2 reports whether the CPU runs decodeLanesAVX2 and joinBF16AVX2, chosen or not.
-var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT
+var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI1
 
 // decodeLanesAVX2 is decodeLanesAVX512 in AVX2 (same arguments, state and results): the 32 lanes in four
 // registers of 8 32-bit buffers (16 bits used, as decodeLanesAVX512's), a group's refill bytes spread to its
@@ -28,6 +29,29 @@ var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT
 //
 //go:noescape
 func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int)
+
+// encodeStepsAVX2 is encodeStepsAVX512 in AVX2 (the same scratch and lane bytes written, lanes maxLaneBytes
+// apart), from the 32-bit look-up table lut (entEnc.lut).
+//
+//go:noescape
+func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte) (escapes int)
+
+// laneOffsets[l] is lane l's bytes in laneEnc.bytes, and bswap16 swaps the low two bytes of each 32-bit word
+// and clears the others: encodeStepsAVX2's word stores.
+var laneOffsets = func() (o [lanes]uint32) {
+	for l := range o {
+		o[l] = uint32(l * maxLaneBytes)
+	}
+	return o
+}()
+
+var bswap16 = [32]byte{1, 0, 0x80, 0x80, 5, 4, 0x80, 0x80, 9, 8, 0x80, 0x80, 13, 12, 0x80, 0x80,
+	1, 0, 0x80, 0x80, 5, 4, 0x80, 0x80, 9, 8, 0x80, 0x80, 13, 12, 0x80, 0x80}
+
+// splitBF16AVX2 is splitBF16AVX512 in AVX2 (n a multiple of 32).
+//
+//go:noescape
+func splitBF16AVX2(src, exps, res *byte, n int)
 
 // joinBF16AVX2 is joinBF16AVX512 in AVX2 (n a multiple of 16).
 //

@@ -1,5 +1,6 @@
 //go:build amd64 && gc && !noasm
 
+#include "go_asm.h"
 #include "textflag.h"
 
 // The entropy decoder's fast steps and the bf16 join in AVX2, for CPUs without the AVX-512 of
@@ -73,6 +74,64 @@
 	VMOVMSKPS Y13, AX \
 	POPCNTL   AX, AX \
 	ADDQ      AX, R9
+
+// ENCGROUP codes step s's symbols of group G (lanes 8G..8G+7; B their bit counts, ACC their newest bits):
+// looks up the exponents, appends the bits, records the round masks (r1 of step s+1 into R12, r2 of step s into
+// R13, byte G) and counts escapes (R9). Each lane's word that the step's bits started in goes, big-endian, to
+// its bytes (as the Go coder writes it: every step, complete or not, so that its last write is the complete
+// word): the words at 0 in the frame, their offsets from DI at 32, stored by ENCSTORE.
+#define ENCGROUP(G, B, ACC) \
+	VPMOVZXBD  (8*G)(SI), Y11 \
+	VMOVDQA    Y10, Y12 \
+	VPXOR      Y13, Y13, Y13 \
+	VPGATHERDD Y12, (R10)(Y11*4), Y13 \
+	VPAND      Y8, Y13, Y14 \
+	VPSRLD     $8, Y13, Y15 \
+	VPSLLVD    Y14, ACC, ACC \
+	VPOR       Y15, ACC, ACC \
+	VPSRLD     $4, B, Y15 \
+	VPSLLD     $1, Y15, Y15 \
+	VPADDD     ·laneOffsets+(32*G)(SB), Y15, Y15 \
+	VMOVDQU    Y15, 32(SP) \
+	VPADDD     Y9, B, Y11 \
+	VPSRLD     $3, Y11, Y11 \
+	VPADDD     Y14, B, B \
+	VPADDD     Y9, B, Y14 \
+	VPSRLD     $3, Y14, Y14 \
+	VPCMPGTD   Y11, Y14, Y15 \
+	VMOVMSKPS  Y15, AX \
+	SHLL       $(8*G), AX \
+	ORL        AX, R12 \
+	VPADDD     Y10, Y14, Y14 \
+	VPCMPGTD   Y11, Y14, Y14 \
+	VPSLLD     $24, Y13, Y15 \
+	VPAND      Y15, Y14, Y14 \
+	VMOVMSKPS  Y14, AX \
+	SHLL       $(8*G), AX \
+	ORL        AX, R13 \
+	VMOVMSKPS  Y15, AX \
+	POPCNTL    AX, AX \
+	ADDQ       AX, R9 \
+	VPAND      Y9, B, Y14 \
+	VPSRLVD    Y14, ACC, Y14 \
+	VPSHUFB    ·bswap16(SB), Y14, Y14 \
+	VMOVDQU    Y14, 0(SP)
+
+// ENCSTORE1 stores lane J's word of the group (ENCGROUP).
+#define ENCSTORE1(J) \
+	MOVL    (32+4*J)(SP), AX \
+	MOVWLZX (4*J)(SP), R11 \
+	MOVW    R11, (DI)(AX*1)
+
+#define ENCSTORE \
+	ENCSTORE1(0) \
+	ENCSTORE1(1) \
+	ENCSTORE1(2) \
+	ENCSTORE1(3) \
+	ENCSTORE1(4) \
+	ENCSTORE1(5) \
+	ENCSTORE1(6) \
+	ENCSTORE1(7)
 
 // func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[64]uint16, exps *byte) (done, pos, escapes int)
 //
@@ -225,5 +284,125 @@ join:
 	JMP       join
 
 joined:
+	VZEROUPPER
+	RET
+
+// func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte) (escapes int)
+//
+// encodeStepsAVX512 in AVX2, from the encoder's 32-bit look-up table (entEnc.lut: bits << 8 | escape << 7 |
+// length) gathered 8 lanes at a time: each step's lanes append their symbols' bits to 32-bit accumulators, the
+// round masks are recorded (with y = (B1+15)>>3 and w1 = (B0+15)>>3: round 1 of the next step when y > w1,
+// round 2 for an escape when y − 1 > w1), and each lane's current word is stored (AVX2 has no scatter: eight
+// scalar stores a group, which cost less than branching to the one or two lanes that complete a word).
+//
+// Registers: Y0-Y3 the lanes' bit counts, Y4-Y7 their accumulators, Y8 words of 31, Y9 of 15, Y10 of −1;
+// Y11-Y15 scratch. Frame: the group's words at 0, their offsets from DI at 32.
+TEXT ·encodeStepsAVX2(SB), NOSPLIT, $64-48
+	MOVQ exps+0(FP), SI
+	MOVQ steps+8(FP), CX
+	MOVQ lut+16(FP), R10
+	MOVQ st+24(FP), BX
+	MOVQ bytes+32(FP), DI
+	XORQ R8, R8 // step
+	XORQ R9, R9 // escapes
+
+	MOVL         $31, AX
+	VMOVD        AX, X8
+	VPBROADCASTD X8, Y8
+	MOVL         $15, AX
+	VMOVD        AX, X9
+	VPBROADCASTD X9, Y9
+	VPCMPEQD     Y10, Y10, Y10
+	VMOVDQU      0(BX), Y0
+	VMOVDQU      32(BX), Y1
+	VMOVDQU      64(BX), Y2
+	VMOVDQU      96(BX), Y3
+	VMOVDQU      128(BX), Y4
+	VMOVDQU      160(BX), Y5
+	VMOVDQU      192(BX), Y6
+	VMOVDQU      224(BX), Y7
+
+encloop:
+	CMPQ R8, CX
+	JGE  encdone
+	XORL R12, R12
+	XORL R13, R13
+	ENCGROUP(0, Y0, Y4)
+	ENCSTORE
+	ENCGROUP(1, Y1, Y5)
+	ENCSTORE
+	ENCGROUP(2, Y2, Y6)
+	ENCSTORE
+	ENCGROUP(3, Y3, Y7)
+	ENCSTORE
+	MOVL R12, (256+4)(BX)(R8*4)                   // r1[s+1]
+	MOVL R13, (256+4*(const_maxSteps+1))(BX)(R8*4) // r2[s]
+	ADDQ $32, SI
+	INCQ R8
+	JMP  encloop
+
+encdone:
+	VMOVDQU Y0, 0(BX)
+	VMOVDQU Y1, 32(BX)
+	VMOVDQU Y2, 64(BX)
+	VMOVDQU Y3, 96(BX)
+	VMOVDQU Y4, 128(BX)
+	VMOVDQU Y5, 160(BX)
+	VMOVDQU Y6, 192(BX)
+	VMOVDQU Y7, 224(BX)
+	MOVQ    R9, escapes+40(FP)
+	VZEROUPPER
+	RET
+
+// func splitBF16AVX2(src, exps, res *byte, n int)
+//
+// Splits n bf16 elements (a multiple of 32) into their exponents and residuals (sign<<7 | mantissa), a byte
+// each: splitBF16AVX512 in AVX2, 32 elements a step (the word-to-byte packs work per 128-bit half, so each
+// ends with a VPERMQ).
+TEXT ·splitBF16AVX2(SB), NOSPLIT, $0-32
+	MOVQ         src+0(FP), SI
+	MOVQ         exps+8(FP), DI
+	MOVQ         res+16(FP), BX
+	MOVQ         n+24(FP), CX
+	MOVL         $0x7F, AX
+	VMOVD        AX, X1
+	VPBROADCASTW X1, Y1
+	MOVL         $0x80, AX
+	VMOVD        AX, X2
+	VPBROADCASTW X2, Y2
+	MOVL         $0xFF, AX
+	VMOVD        AX, X0
+	VPBROADCASTW X0, Y0
+
+split:
+	CMPQ      CX, $32
+	JLT       splitted
+	VMOVDQU   (SI), Y3
+	VMOVDQU   32(SI), Y6
+	VPSRLW    $7, Y3, Y4
+	VPAND     Y0, Y4, Y4 // exponent
+	VPSRLW    $7, Y6, Y7
+	VPAND     Y0, Y7, Y7
+	VPACKUSWB Y7, Y4, Y4
+	VPERMQ    $0xD8, Y4, Y4
+	VMOVDQU   Y4, (DI)
+	VPSRLW    $8, Y3, Y5
+	VPAND     Y2, Y5, Y5 // sign at bit 7
+	VPAND     Y1, Y3, Y3 // mantissa
+	VPOR      Y5, Y3, Y3
+	VPSRLW    $8, Y6, Y5
+	VPAND     Y2, Y5, Y5
+	VPAND     Y1, Y6, Y6
+	VPOR      Y5, Y6, Y6
+	VPACKUSWB Y6, Y3, Y3
+	VPERMQ    $0xD8, Y3, Y3
+	VMOVDQU   Y3, (BX)
+	ADDQ      $64, SI
+	ADDQ      $32, DI
+	ADDQ      $32, BX
+	SUBQ      $32, CX
+	JMP       split
+
+splitted:
 	VZEROUPPER
 	RET

@@ -9,6 +9,14 @@ func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]ui
 	panic("splitzip: no entropy assembly on this platform")
 }
 
+func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte) (escapes int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func splitBF16AVX2(src, exps, res *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
 func joinBF16AVX2(exps, res, out *byte, n int) {
 	panic("splitzip: no entropy assembly on this platform")
 }

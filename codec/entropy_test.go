@@ -843,14 +843,27 @@ func testEntropyAsmTwin(t *testing.T, path string) {
 // TestEntropyEncoderAsmTwin: the vectorised encoder writes the same frames as the pure-Go one, for every dtype,
 // chunk shape (short last steps, short last chunks) and escape rate.
 func TestEntropyEncoderAsmTwin(t *testing.T) {
-	if !hasEntropyAsm {
+	var paths []string
+	if hasEntropyAsm {
+		paths = append(paths, "avx512")
+	}
+	if cpuHasEntropyAVX2 {
+		paths = append(paths, "avx2")
+	}
+	if len(paths) == 0 {
 		t.Skip("no entropy assembly on this CPU")
 	}
+	for _, path := range paths {
+		t.Run(path, func(t *testing.T) { testEntropyEncoderAsmTwin(t, path) })
+	}
+}
+
+func testEntropyEncoderAsmTwin(t *testing.T, path string) {
 	rng := rand.New(rand.NewPCG(89, 90))
 	enc, _ := newHighRatio(t)
 	encode := func(src []byte, dt DType, asm bool) []byte {
-		defer func(v bool) { hasEntropyAsm = v }(hasEntropyAsm)
-		hasEntropyAsm = asm
+		defer func(v, v2 bool) { hasEntropyAsm, hasEntropyAVX2 = v, v2 }(hasEntropyAsm, hasEntropyAVX2)
+		hasEntropyAsm, hasEntropyAVX2 = asm && path == "avx512", asm && path == "avx2"
 		return mustEncode(t, enc, src, dt)
 	}
 	for _, dt := range []DType{BF16, FP16, FP32, FP8E5M2, FP8E4M3} {
@@ -889,8 +902,8 @@ func TestEntropyEncoderAsmTwin(t *testing.T) {
 		exps[i] = byte(8 + rng.IntN(248))
 	}
 	code := func(asm bool) []byte {
-		defer func(v bool) { hasEntropyAsm = v }(hasEntropyAsm)
-		hasEntropyAsm = asm
+		defer func(v, v2 bool) { hasEntropyAsm, hasEntropyAVX2 = v, v2 }(hasEntropyAsm, hasEntropyAVX2)
+		hasEntropyAsm, hasEntropyAVX2 = asm && path == "avx512", asm && path == "avx2"
 		l := laneEnc{exps: exps}
 		out := make([]byte, maxChunkBytes(maxEntropyChunk))
 		n, esc := l.encodeLanes(maxEntropyChunk, &x, out)
