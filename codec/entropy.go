@@ -409,6 +409,8 @@ type encSIMD struct {
 	acc [lanes]uint32
 	r1  [maxSteps + 1]uint32
 	r2  [maxSteps]uint32
+	// out takes interleaveAVX2's stream, whose 8-byte stores run up to 7 bytes past its end.
+	out [maxEntropyChunk*2 + 8]byte
 }
 
 // encodeLanesSIMD is encodeLanes vectorised: the first phase element by element over a step's 32 lanes
@@ -467,7 +469,8 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 		e.bytes[l][k+2], e.bytes[l][k+3] = 0, 0
 	}
 	if !hasEntropyAsm {
-		return e.interleave(v.r1[:steps], v.r2[:steps], out), esc
+		n = interleaveAVX2(&e.bytes[0][0], &v.r1[0], &v.r2[0], steps, &v.out[0])
+		return copy(out, v.out[:n]), esc
 	}
 	_ = out[maxChunkBytes(uint64(m))-1]
 	n = interleaveAVX512(&e.bytes[0][0], maxLaneBytes, &v.r1[0], &v.r2[0], steps, &out[0])

@@ -36,8 +36,8 @@ func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]ui
 //go:noescape
 func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte) (escapes int)
 
-// laneOffsets[l] is lane l's bytes in laneEnc.bytes, and bswap16 swaps the low two bytes of each 32-bit word
-// and clears the others: encodeStepsAVX2's word stores.
+// laneOffsets[l] is lane l's bytes in laneEnc.bytes, and bswap16 gathers the low two bytes of each 32-bit word,
+// swapped, into the low 8 bytes of its 128-bit half: encodeStepsAVX2's word stores.
 var laneOffsets = func() (o [lanes]uint32) {
 	for l := range o {
 		o[l] = uint32(l * maxLaneBytes)
@@ -45,8 +45,38 @@ var laneOffsets = func() (o [lanes]uint32) {
 	return o
 }()
 
-var bswap16 = [32]byte{1, 0, 0x80, 0x80, 5, 4, 0x80, 0x80, 9, 8, 0x80, 0x80, 13, 12, 0x80, 0x80,
-	1, 0, 0x80, 0x80, 5, 4, 0x80, 0x80, 9, 8, 0x80, 0x80, 13, 12, 0x80, 0x80}
+var bswap16 = [32]byte{1, 0, 5, 4, 9, 8, 13, 12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+	1, 0, 5, 4, 9, 8, 13, 12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80}
+
+// interleaveAVX2 is interleaveAVX512 in AVX2, lanes maxLaneBytes apart; out needs 8 bytes past the stream.
+//
+//go:noescape
+func interleaveAVX2(bytes *byte, r1, r2 *uint32, steps int, out *byte) (n int)
+
+// interleaveAVX2's constants: lowBytes picks each 32-bit word's low byte into the low word of its 128-bit half
+// (VPSHUFB), lowBytesOrder joins the two halves' into the low qword (VPERMD), laneBits is 1 << j in word j, and
+// compress8[m] moves the bytes of the lanes in m (8 bits) to the front, in order (VPSHUFB).
+var (
+	lowBytes = [32]byte{0, 4, 8, 12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+		0, 4, 8, 12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80}
+	lowBytesOrder = [8]uint32{0, 4, 1, 1, 1, 1, 1, 1}
+	laneBits      = [8]uint32{1, 2, 4, 8, 16, 32, 64, 128}
+	compress8     = func() (t [256][16]byte) {
+		for m := range t {
+			k := 0
+			for j := range 8 {
+				if m>>j&1 != 0 {
+					t[m][k] = byte(j)
+					k++
+				}
+			}
+			for ; k < 16; k++ {
+				t[m][k] = 0x80
+			}
+		}
+		return t
+	}()
+)
 
 // splitBF16AVX2 is splitBF16AVX512 in AVX2 (n a multiple of 32).
 //

@@ -79,7 +79,7 @@
 // looks up the exponents, appends the bits, records the round masks (r1 of step s+1 into R12, r2 of step s into
 // R13, byte G) and counts escapes (R9). Each lane's word that the step's bits started in goes, big-endian, to
 // its bytes (as the Go coder writes it: every step, complete or not, so that its last write is the complete
-// word): the words at 0 in the frame, their offsets from DI at 32, stored by ENCSTORE.
+// word): the words in X14, their offsets from DI at 32 in the frame, stored by ENCSTORE.
 #define ENCGROUP(G, B, ACC) \
 	VPMOVZXBD  (8*G)(SI), Y11 \
 	VMOVDQA    Y10, Y12 \
@@ -115,13 +115,12 @@
 	VPAND      Y9, B, Y14 \
 	VPSRLVD    Y14, ACC, Y14 \
 	VPSHUFB    ·bswap16(SB), Y14, Y14 \
-	VMOVDQU    Y14, 0(SP)
+	VPERMQ     $0x08, Y14, Y14
 
-// ENCSTORE1 stores lane J's word of the group (ENCGROUP).
+// ENCSTORE1 stores lane J's word of the group (ENCGROUP: word J of X14).
 #define ENCSTORE1(J) \
 	MOVL    (32+4*J)(SP), AX \
-	MOVWLZX (4*J)(SP), R11 \
-	MOVW    R11, (DI)(AX*1)
+	VPEXTRW $J, X14, (DI)(AX*1)
 
 #define ENCSTORE \
 	ENCSTORE1(0) \
@@ -296,7 +295,7 @@ joined:
 // scalar stores a group, which cost less than branching to the one or two lanes that complete a word).
 //
 // Registers: Y0-Y3 the lanes' bit counts, Y4-Y7 their accumulators, Y8 words of 31, Y9 of 15, Y10 of −1;
-// Y11-Y15 scratch. Frame: the group's words at 0, their offsets from DI at 32.
+// Y11-Y15 scratch. Frame: the group's words' offsets from DI at 32.
 TEXT ·encodeStepsAVX2(SB), NOSPLIT, $64-48
 	MOVQ exps+0(FP), SI
 	MOVQ steps+8(FP), CX
@@ -405,4 +404,102 @@ split:
 
 splitted:
 	VZEROUPPER
+	RET
+
+// IROUND1 takes, in lane order, the next byte of each lane of group G in the 8-bit mask M (a register, shifted
+// out as it goes): the low bytes of the group's windows (W, one dword a lane, its next four bytes in order)
+// gathered into a qword, compressed by the mask with VPSHUFB (compress8) and stored at BX + DX; DX advances by
+// the count, and the lanes that took one advance their count (RC) and shift their window by a byte.
+#define IROUND1(RC, W) \
+	VPSHUFB      Y8, W, Y12 \
+	VPERMD       Y12, Y9, Y12 \
+	MOVL         R12, AX \
+	ANDL         $0xFF, AX \
+	SHRL         $8, R12 \
+	MOVQ         AX, R13 \
+	SHLQ         $4, R13 \
+	VPSHUFB      (R14)(R13*1), X12, X12 \
+	VMOVQ        X12, (BX)(DX*1) \
+	POPCNTL      AX, R13 \
+	ADDQ         R13, DX \
+	VMOVD        AX, X13 \
+	VPBROADCASTD X13, Y13 \
+	VPAND        Y10, Y13, Y13 \
+	VPCMPEQD     Y10, Y13, Y13 \
+	VPSUBD       Y13, RC, RC \
+	VPAND        Y11, Y13, Y13 \
+	VPSRLVD      Y13, W, W
+
+// IROUND takes one round's bytes (the 32-bit lane mask in R12) from all four groups.
+#define IROUND \
+	IROUND1(Y0, Y4) \
+	IROUND1(Y1, Y5) \
+	IROUND1(Y2, Y6) \
+	IROUND1(Y3, Y7)
+
+// IGATHER1 loads the next four bytes of each lane of group G (bytes + laneOffsets + its count) into W.
+#define IGATHER1(G, RC, W) \
+	VPADDD     ·laneOffsets+(32*G)(SB), RC, Y12 \
+	VPCMPEQD   Y13, Y13, Y13 \
+	VPGATHERDD Y13, (DI)(Y12*1), W
+
+// ISTEP interleaves step R8's bytes: round 1 (r1[s], SI), then round 2 (r2[s], R11) when any lane takes one.
+#define ISTEP \
+	MOVL  (SI)(R8*4), R12 \
+	IROUND \
+	MOVL  (R11)(R8*4), R12 \
+	TESTL R12, R12 \
+	JZ    2(PC) \
+	CALL  ·interleaveRound2AVX2(SB) \
+	INCQ  R8
+
+// func interleaveAVX2(bytes *byte, r1, r2 *uint32, steps int, out *byte) (n int)
+//
+// interleaveAVX512 in AVX2 (lanes maxLaneBytes apart in bytes). Every two steps each lane's next four bytes
+// are gathered (a lane takes at most two a step); a round's bytes are the windows' low bytes, compressed
+// group by group. out must have 8 bytes to spare past the stream (the stores are 8 bytes wide).
+//
+// Registers: Y0-Y3 the lanes' byte counts, Y4-Y7 their windows; Y8 picks each dword's low byte (VPSHUFB),
+// Y9 gathers them into the low qword (VPERMD), Y10 holds 1 << j in lane j, Y11 words of 8.
+TEXT ·interleaveAVX2(SB), NOSPLIT, $0-48
+	MOVQ    bytes+0(FP), DI
+	MOVQ    r1+8(FP), SI
+	MOVQ    r2+16(FP), R11
+	MOVQ    steps+24(FP), CX
+	MOVQ    out+32(FP), BX
+	LEAQ    ·compress8(SB), R14
+	XORQ    DX, DX // bytes written
+	XORQ    R8, R8 // step
+	VMOVDQU ·lowBytes(SB), Y8
+	VMOVDQU ·lowBytesOrder(SB), Y9
+	VMOVDQU ·laneBits(SB), Y10
+	MOVL    $8, AX
+	VMOVD   AX, X11
+	VPBROADCASTD X11, Y11
+	VPXOR   Y0, Y0, Y0
+	VPXOR   Y1, Y1, Y1
+	VPXOR   Y2, Y2, Y2
+	VPXOR   Y3, Y3, Y3
+
+iloop:
+	CMPQ R8, CX
+	JGE  idone
+	IGATHER1(0, Y0, Y4)
+	IGATHER1(1, Y1, Y5)
+	IGATHER1(2, Y2, Y6)
+	IGATHER1(3, Y3, Y7)
+	ISTEP
+	CMPQ R8, CX
+	JGE  idone
+	ISTEP
+	JMP  iloop
+
+idone:
+	MOVQ DX, n+40(FP)
+	VZEROUPPER
+	RET
+
+// interleaveRound2AVX2 is IROUND for round 2 (the mask in R12), out of line: few steps have one.
+TEXT ·interleaveRound2AVX2(SB), NOSPLIT|NOFRAME, $0-0
+	IROUND
 	RET
