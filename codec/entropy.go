@@ -402,8 +402,9 @@ func (ld *laneDec) round2(escs uint32, xs, stream []byte, pos int, eb int64, s i
 	return pos, nil
 }
 
-// encSIMD is the scratch of the vectorised lane encoder, in the layout encodeStepsAVX512 reads and writes: each
-// lane's bit count and newest bits, then per step which lanes take a byte in round 1 (r1) and round 2 (r2).
+// encSIMD is the scratch of the vectorised lane encoder, in the layout encodeStepsAVX512 and encodeStepsAVX2
+// read and write: each lane's bit count and newest bits, then per step which lanes take a byte in round 1 (r1)
+// and round 2 (r2).
 type encSIMD struct {
 	b   [lanes]uint32
 	acc [lanes]uint32
@@ -414,9 +415,9 @@ type encSIMD struct {
 }
 
 // encodeLanesSIMD is encodeLanes vectorised: the first phase element by element over a step's 32 lanes
-// (encodeStepsAVX512; a short last step here), each lane's completed words written into its bytes as they
-// complete; the second phase (interleaveAVX512) takes the lanes' bytes as the decoder does. The same bytes as
-// encodeLanesGo.
+// (encodeStepsAVX512, or encodeStepsAVX2 without AVX-512; a short last step here), each lane's completed words
+// written into its bytes as they complete; the second phase (interleaveAVX512 or interleaveAVX2) takes the
+// lanes' bytes as the decoder does. The same bytes as encodeLanesGo.
 func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes int) {
 	v := e.simd
 	if v == nil {

@@ -16,8 +16,8 @@ var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX5
 	cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI2
 
 // hasEntropyAVX2 reports whether, on a CPU without hasEntropyAsm's AVX-512, the entropy coder runs in AVX2:
-// the decoder's fast steps (decodeLanesAVX2), the bf16 join (joinBF16AVX2) and the lane encoder's first phase
-// (encodeStepsAVX2; its interleave stays in Go).
+// the decoder's fast steps (decodeLanesAVX2), the lane encoder (encodeStepsAVX2, interleaveAVX2), and bf16's
+// split and join (splitBF16AVX2, joinBF16AVX2). fp8's split and join stay in Go there.
 var hasEntropyAVX2 = !hasEntropyAsm && cpuHasEntropyAVX2
 
 // cpuHasEntropyAVX2 reports whether the CPU runs decodeLanesAVX2 and joinBF16AVX2, chosen or not.

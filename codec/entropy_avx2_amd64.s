@@ -3,9 +3,11 @@
 #include "go_asm.h"
 #include "textflag.h"
 
-// The entropy decoder's fast steps and the bf16 join in AVX2, for CPUs without the AVX-512 of
-// entropy_amd64.s. Same state and results as decodeLanesAVX512: 32 lanes, each a 16-bit buffer with its unread
-// bits at the top and a count of them; here in 32-bit words, 8 lanes (a group) a register.
+// The entropy coder in AVX2, for CPUs without the AVX-512 of entropy_amd64.s: the decoder's fast steps, the lane
+// encoder's two phases, and bf16's split and join. Each does what its AVX-512 twin does, with the same state.
+//
+// The decoder: 32 lanes, each a 16-bit buffer with its unread bits at the top and a count of them; here in
+// 32-bit words, 8 lanes (a group) a register.
 //
 // Registers: Y0-Y3 the buffers of lanes 0-7, 8-15, 16-23, 24-31, Y4-Y7 their counts; Y8 words of 8, Y9 of
 // 0x0F, Y10 of eb, Y11 of 0xFFFF; Y12-Y15 scratch (Y15 also the step's flags). R10 the look-up table (tab.ent:
