@@ -20,7 +20,7 @@ var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX5
 // split and join (splitBF16AVX2, joinBF16AVX2). fp8's split and join stay in Go there.
 var hasEntropyAVX2 = !hasEntropyAsm && cpuHasEntropyAVX2
 
-// cpuHasEntropyAVX2 reports whether the CPU runs decodeLanesAVX2 and joinBF16AVX2, chosen or not.
+// cpuHasEntropyAVX2 reports whether the CPU runs the AVX2 coder, chosen (hasEntropyAVX2) or not.
 var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI1
 
 // decodeLanesAVX2 is decodeLanesAVX512 in AVX2 (same arguments, state and results): the 32 lanes in four
