@@ -775,8 +775,14 @@ func TestInspect(t *testing.T) {
 // TestEntropyAsmTwin: the assembly decoder and the pure-Go one agree on every dtype (exponent widths 4, 5 and
 // 8), with escapes in round 2, and on damaged streams (both report a corrupt frame).
 func TestEntropyAsmTwin(t *testing.T) {
-	// The assembly decoders this CPU runs: AVX-512 where hasEntropyAsm, AVX2 wherever the CPU has it (also where
-	// the AVX-512 one is preferred).
+	for _, path := range entropyAsmPaths(t) {
+		t.Run(path, func(t *testing.T) { testEntropyAsmTwin(t, path) })
+	}
+}
+
+// entropyAsmPaths lists the entropy coder's assembly paths this CPU runs, each to be tested against pure Go:
+// AVX-512 where hasEntropyAsm, AVX2 wherever the CPU has it (also where the AVX-512 one is preferred).
+func entropyAsmPaths(t *testing.T) []string {
 	var paths []string
 	if hasEntropyAsm {
 		paths = append(paths, "avx512")
@@ -787,18 +793,30 @@ func TestEntropyAsmTwin(t *testing.T) {
 	if len(paths) == 0 {
 		t.Skip("no entropy assembly on this CPU")
 	}
-	for _, path := range paths {
-		t.Run(path, func(t *testing.T) { testEntropyAsmTwin(t, path) })
+	return paths
+}
+
+// useEntropyPath switches the entropy coder to path ("avx512", "avx2"; anything else: pure Go) and returns
+// what switches it back.
+func useEntropyPath(path string) (restore func()) {
+	v, v2 := hasEntropyAsm, hasEntropyAVX2
+	hasEntropyAsm, hasEntropyAVX2 = path == "avx512", path == "avx2"
+	return func() { hasEntropyAsm, hasEntropyAVX2 = v, v2 }
+}
+
+// asmOr is path where asm, else "go".
+func asmOr(path string, asm bool) string {
+	if asm {
+		return path
 	}
+	return "go"
 }
 
 func testEntropyAsmTwin(t *testing.T, path string) {
 	rng := rand.New(rand.NewPCG(87, 88))
 	enc, dec := newHighRatio(t)
-	// asm: the path's assembly; else pure Go.
 	decode := func(frame []byte, asm bool) ([]byte, error) {
-		defer func(v, v2 bool) { hasEntropyAsm, hasEntropyAVX2 = v, v2 }(hasEntropyAsm, hasEntropyAVX2)
-		hasEntropyAsm, hasEntropyAVX2 = asm && path == "avx512", asm && path == "avx2"
+		defer useEntropyPath(asmOr(path, asm))()
 		out, _, err := dec.Decode(nil, frame)
 		return out, err
 	}
@@ -843,17 +861,7 @@ func testEntropyAsmTwin(t *testing.T, path string) {
 // TestEntropyEncoderAsmTwin: the vectorised encoder writes the same frames as the pure-Go one, for every dtype,
 // chunk shape (short last steps, short last chunks) and escape rate.
 func TestEntropyEncoderAsmTwin(t *testing.T) {
-	var paths []string
-	if hasEntropyAsm {
-		paths = append(paths, "avx512")
-	}
-	if cpuHasEntropyAVX2 {
-		paths = append(paths, "avx2")
-	}
-	if len(paths) == 0 {
-		t.Skip("no entropy assembly on this CPU")
-	}
-	for _, path := range paths {
+	for _, path := range entropyAsmPaths(t) {
 		t.Run(path, func(t *testing.T) { testEntropyEncoderAsmTwin(t, path) })
 	}
 }
@@ -862,8 +870,7 @@ func testEntropyEncoderAsmTwin(t *testing.T, path string) {
 	rng := rand.New(rand.NewPCG(89, 90))
 	enc, _ := newHighRatio(t)
 	encode := func(src []byte, dt DType, asm bool) []byte {
-		defer func(v, v2 bool) { hasEntropyAsm, hasEntropyAVX2 = v, v2 }(hasEntropyAsm, hasEntropyAVX2)
-		hasEntropyAsm, hasEntropyAVX2 = asm && path == "avx512", asm && path == "avx2"
+		defer useEntropyPath(asmOr(path, asm))()
 		return mustEncode(t, enc, src, dt)
 	}
 	for _, dt := range []DType{BF16, FP16, FP32, FP8E5M2, FP8E4M3} {
@@ -902,8 +909,7 @@ func testEntropyEncoderAsmTwin(t *testing.T, path string) {
 		exps[i] = byte(8 + rng.IntN(248))
 	}
 	code := func(asm bool) []byte {
-		defer func(v, v2 bool) { hasEntropyAsm, hasEntropyAVX2 = v, v2 }(hasEntropyAsm, hasEntropyAVX2)
-		hasEntropyAsm, hasEntropyAVX2 = asm && path == "avx512", asm && path == "avx2"
+		defer useEntropyPath(asmOr(path, asm))()
 		l := laneEnc{exps: exps}
 		out := make([]byte, maxChunkBytes(maxEntropyChunk))
 		n, esc := l.encodeLanes(maxEntropyChunk, &x, out)
