@@ -190,6 +190,18 @@ func (e *laneEnc) interleave(r1, r2 []uint32, out []byte) int {
 
 func activeLanes(k int) uint32 { return uint32(uint64(1)<<k - 1) }
 
+// HighRatioAsm names the assembly the high-ratio coder runs on this CPU: "avx512" (the lane coder, split and
+// join), "avx2" (the same but fp8's split and join), or "" where it runs in pure Go.
+func HighRatioAsm() string {
+	switch {
+	case hasEntropyAsm:
+		return "avx512"
+	case hasEntropyAVX2:
+		return "avx2"
+	}
+	return ""
+}
+
 // entDec is what a decoder derives from a frame's code table: for every 8-bit prefix of a lane's buffer, the
 // symbol it starts with. An entry holds the exponent in bits 0–7 and the code length in bits 8–11; bit 16
 // marks ESC (the exponent follows in eb bits), bit 17 a prefix no code starts (a corrupt stream).

@@ -272,9 +272,14 @@ func codePaths() string {
 			lack = append(lack, f.name)
 		}
 	}
-	entropy := "AVX-512 assembly (" + strings.Join(have, " ") + ")"
-	if len(lack) > 0 {
-		entropy = "pure Go (the CPU lacks " + strings.Join(lack, " ") + ")"
+	var entropy string
+	switch codec.HighRatioAsm() {
+	case "avx512":
+		entropy = "AVX-512 assembly (" + strings.Join(have, " ") + ")"
+	case "avx2":
+		entropy = "AVX2 assembly, fp8's split and join in Go (the CPU lacks " + strings.Join(lack, " ") + ")"
+	default:
+		entropy = "pure Go (the CPU lacks " + strings.Join(lack, " ") + "; and avx2, popcnt or bmi1)"
 	}
 	return fmt.Sprintf("%s; fast mode bf16 kernels: %s; high-ratio entropy coder: %s", arch, fast, entropy)
 }
