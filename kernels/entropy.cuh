@@ -47,7 +47,8 @@ constexpr uint32_t kHRGroup = 512;  // decode: elements staged per warp in share
 // lane (one a unit of 8 elements, kHRSteps / kHREncChunkWarps / 8 units), each at most 16 bits (an escape: 8 bits of
 // code, 8 raw), so a sum that reaches it holds one; the count then needs no compare per value.
 constexpr uint32_t kHRNoCode = 255;
-static_assert(kHRSteps / kHREncChunkWarps / 8 * (kHRMaxLen + 8) < kHRNoCode, "a sum of coded lengths stays below kHRNoCode");
+static_assert(kHRSteps / kHREncChunkWarps / 8 * (kHRMaxLen + 8) < kHRNoCode,
+              "a sum of coded lengths stays below kHRNoCode");
 // encode: the longest stream of a block's chunks placed in shared memory, while its offset is still being looked
 // up (6 bits an element; the fixture's take 2.8).
 constexpr uint32_t kHRStage = kHREncChunks * kHRChunk * 6 / 8;
@@ -494,14 +495,15 @@ __device__ __forceinline__ uint32_t hr_ent(const HREncShared<T>& sh, const uint8
 }
 
 // hr_place writes one warp's bytes of a chunk's stream (its exponents at xs): those its lanes take at steps
-// [s0, s0 + kSeg), which end before out[end] (out: the block's streams; end: the warp's first byte in it plus its count, so that a byte's index
-// needs no base added). Each thread walks its lane's steps backwards, keeping in W the lane's next 32 bits from
-// the step's first bit (Cs), so that a step's bytes are shifts of W. With c(C) = ceil(C / 8), a lane holds c(Cs)
-// or c(Cs) + 1 bytes before step s (codec/FORMAT.md), so its refills follow from its bit counts alone: round 1
-// takes byte c(Cs) when c(Cs) exceeds c(Cs') (Cs' the bits before step s − 1), and round 2 byte c(Cs) + 1 when
-// the lane escapes and c(Cs) + 1 < (Cs + the element's bits) / 8. The ballots of a step's refills place them in
-// the order the decoder takes them: round 1's lanes, then round 2's; a step's bytes are consecutive. taken:
-// the lane's bytes before step s0. Returns the warp's escapes. FULL: every lane has an element at each step.
+// [s0, s0 + kSeg), which end before out[end] (out: the block's streams; end: the warp's first byte in them plus its
+// count, so that a byte's index needs no base added). Each thread walks its lane's steps backwards, keeping in W the
+// lane's next 32 bits from the step's first bit (Cs), so that a step's bytes are shifts of W. With
+// c(C) = ceil(C / 8), a lane holds c(Cs) or c(Cs) + 1 bytes before step s (codec/FORMAT.md), so its refills follow
+// from its bit counts alone: round 1 takes byte c(Cs) when c(Cs) exceeds c(Cs') (Cs' the bits before step s − 1), and
+// round 2 byte c(Cs) + 1 when the lane escapes and c(Cs) + 1 < (Cs + the element's bits) / 8. The ballots of a step's
+// refills place them in the order the decoder takes them: round 1's lanes, then round 2's; a step's bytes are
+// consecutive. taken: the lane's bytes before step s0. Returns the warp's escapes. FULL: every lane has an element at
+// each step.
 template <class T, bool FULL>
 __device__ __forceinline__ uint32_t hr_place(const HREncShared<T>& sh, const uint8_t* xs, uint8_t* out, uint32_t s0,
                                              uint32_t cnt, uint32_t C_end, uint32_t taken, uint32_t end) {
@@ -663,7 +665,8 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   }
   __syncthreads();
   // Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7 (a chunk starts on a
-  // whole step); warp w counts units [4 kSeg w, 4 kSeg (w + 1)), its steps' elements, a lane those ≡ lane (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
+  // whole step); warp w counts units [4 kSeg w, 4 kSeg (w + 1)), its steps' elements, a lane those ≡ lane
+  // (mod 32), so part[k] sums the bits of lane 8(lane%4)+k's elements.
   // A part that reaches kHRNoCode holds an exponent with no way to code it.
   uint32_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #pragma unroll
@@ -742,7 +745,8 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
       if (!p.raw_only) {
         ct[b * kHREncChunks] = start;
         // The second chunk's stream starts after the first's: its warps' bytes.
-        if (b * kHREncChunks + 1 < p.chunks) ct[b * kHREncChunks + 1] = start + sh.wbytes[0] + sh.wbytes[1] + sh.wbytes[2] + sh.wbytes[3];
+        if (b * kHREncChunks + 1 < p.chunks)
+          ct[b * kHREncChunks + 1] = start + sh.wbytes[0] + sh.wbytes[1] + sh.wbytes[2] + sh.wbytes[3];
       }
       sh.start = start;
       // Streams that would end past a raw frame's size belong to a frame that goes raw: nothing is written
