@@ -106,7 +106,6 @@ func (e *laneEnc) encodeLanes(m int, enc *entEnc, out []byte) (n, escapes int) {
 // vectorised encoder is tested against.
 func (e *laneEnc) encodeLanesGo(m int, enc *entEnc, out []byte) (n, escapes int) {
 	lut := &enc.lut
-	eb := uint32(enc.eb)
 	steps := (m + lanes - 1) / lanes
 	for l := range lanes {
 		e.acc[l], e.bits[l] = 0, 0
@@ -162,7 +161,6 @@ func (e *laneEnc) encodeLanesGo(m int, enc *entEnc, out []byte) (n, escapes int)
 	if rest := m % lanes; rest != 0 && steps > 0 {
 		e.r1[steps-1] &= activeLanes(rest)
 	}
-	_ = eb
 	return e.interleave(e.r1[:steps], e.r2[:steps], out), esc
 }
 
@@ -422,7 +420,7 @@ type encSIMD struct {
 	acc [lanes]uint32
 	r1  [maxSteps + 1]uint32
 	r2  [maxSteps]uint32
-	// out takes interleaveAVX2's stream, whose 8-byte stores run up to 7 bytes past its end.
+	// out takes interleaveAVX2's stream, whose 8-byte stores reach up to 8 bytes past its end.
 	out [maxEntropyChunk*2 + 8]byte
 }
 

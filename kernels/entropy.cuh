@@ -5,14 +5,14 @@
 // interleaved lane streams: lane l codes elements l, l + 32, ... (its steps), and at each step the lanes that
 // need a byte take the next ones in lane order, which is also the order the CPU codec writes them in.
 //
-// Encode, one block of 8 warps per chunk, each warp owning 32 of the chunk's 256 steps (hr_encode): the warps
-// read the chunk once and sum each lane's bits; from those sums every thread knows how many bytes its lane takes
-// in its warp's steps, and walks the lane's steps backwards writing the byte each refill takes (a shift of the
-// lane's next 32 bits) where the decoder will read it: into shared memory, from where the block copies the
-// stream out once warp 0 has looked up the chunk's offset (a decoupled look-back over the chunk lengths, walked
-// after its own bytes are placed). The last block of a frame to finish writes the header, the code table and the
-// gaps (or a raw header, when the coded frame would not be smaller than the input, and the raw kernel after it
-// copies the payload).
+// Encode, one block of 8 warps per two chunks, four warps a chunk, each warp owning 64 of its chunk's 256 steps
+// (hr_encode): the warps read the chunks once and sum each lane's bits; from those sums every thread knows how
+// many bytes its lane takes in its warp's steps, and walks the lane's steps backwards writing the byte each
+// refill takes (a shift of the lane's next 32 bits) where the decoder will read it: into shared memory, from where
+// the block copies the streams out once warp 0 has looked up their offset (a decoupled look-back over the
+// blocks' stream lengths, walked after its own bytes are placed). The last block of a frame to finish writes the
+// header, the code table and the gaps (or a raw header, when the coded frame would not be smaller than the input,
+// and the raw kernel after it copies the payload).
 //
 // Decode, one warp per chunk (its steps depend on each other through the lanes' refills): the block builds a
 // 256-entry lookup table from the frame's code table; each warp copies its stream and residuals into shared
@@ -42,6 +42,8 @@ constexpr uint32_t kHREncWarps = 8;            // encode: warps per block
 // was that long (with a block a chunk of 8,192 the encoder ran 22 % slower on an H100).
 constexpr uint32_t kHREncChunks = 2;
 constexpr uint32_t kHREncChunkWarps = kHREncWarps / kHREncChunks;
+// hr_encode writes the second chunk's offset as the first's plus warps 0-3's bytes.
+static_assert(kHREncChunks == 2 && kHREncChunkWarps == 4, "hr_encode's chunk offsets assume two chunks of 4 warps");
 constexpr uint32_t kHRGroup = 512;  // decode: elements staged per warp in shared memory
 // encode: the bits counted for an exponent with no code (and no escape). A thread sums at most 8 values of a
 // lane (one a unit of 8 elements, kHRSteps / kHREncChunkWarps / 8 units), each at most 16 bits (an escape: 8 bits of
@@ -140,8 +142,9 @@ struct HRDecParams {
 };
 static_assert(sizeof(HRDecParams) == 88, "HRDecParams layout is shared with Go");
 
-// The encode workspace: per frame four words (escapes, chunks done, uncodable, raw), then per frame and chunk
-// one look-back state word. The launcher zeroes it before each encode.
+// The encode workspace: per frame four words (escapes, blocks done, uncodable, raw), then per frame a look-back
+// state word a chunk, of which the encoder's blocks use the first (a word a block: hr_encode). The launcher
+// zeroes it before each encode.
 __device__ __forceinline__ uint32_t* hr_ws_frame(const HREncParams& p, uint32_t f) {
   return reinterpret_cast<uint32_t*>(p.ws) + 4ull * f;
 }
