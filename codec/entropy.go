@@ -263,8 +263,14 @@ type laneDec struct {
 	avail [lanes]int64      // how many there are
 	kind  [lanes]uint8      // the flags (bits 16–23) of each lane's last table entry
 	st    [2 * lanes]uint16 // the lanes' state as the assembly keeps it (decodeLanesAVX512, decodeLanesAVX2)
-	exps  [maxChunk]byte
+	// tail holds a stream's last bytes with room after them, so that the assembly, which starts a step only
+	// with asmReach bytes left to read, decodes the last steps too.
+	tail [2 * asmReach]byte
+	exps [maxChunk]byte
 }
+
+// asmReach is how far past its position a step of the assembly decoders may read: 32 bytes in each round.
+const asmReach = 64
 
 // errStream describes a damaged chunk stream.
 type errStream struct {
@@ -286,18 +292,27 @@ func (ld *laneDec) decodeLanes(dec *entDec, stream []byte, m int) (escapes int, 
 	full := m / lanes
 	exps := ld.exps[:m]
 	s := 0
-	if (hasEntropyAsm || hasEntropyAVX2) && full > 0 && nb >= 64 {
+	if (hasEntropyAsm || hasEntropyAVX2) && full > 0 {
 		clear(ld.st[:])
-		var done, p, esc int
-		if hasEntropyAsm {
-			done, p, esc = decodeLanesAVX512(&stream[0], nb, full, &dec.simd, &ld.st, &exps[0])
-		} else {
-			done, p, esc = decodeLanesAVX2(&stream[0], nb, full, &dec.simd, &ld.st, &exps[0])
+		if nb >= asmReach {
+			s, pos, escapes = ld.decodeAsm(stream, full, dec, exps)
+		}
+		if s < full && nb-pos < asmReach {
+			// The last steps run on a copy of the stream's rest in a longer buffer. A valid stream never
+			// takes a byte past its end; a stream that did is damaged, and the checked path below reports
+			// it from the state before.
+			before := ld.st
+			k := copy(ld.tail[:], stream[pos:])
+			done, p, esc := ld.decodeAsm(ld.tail[:k+asmReach], full-s, dec, exps[s*lanes:])
+			if p <= k {
+				s, pos, escapes = s+done, pos+p, escapes+esc
+			} else {
+				ld.st = before
+			}
 		}
 		for l := range lanes {
 			ld.buf[l], ld.avail[l] = uint64(ld.st[l])<<48, int64(ld.st[lanes+l])
 		}
-		s, pos, escapes = done, p, esc
 	}
 	// Fast steps: all 32 lanes, and the stream holds any bytes round 1 may take. No branch in the lane loop,
 	// and few live values (the compiler keeps them in registers): a cursor into the stream, the entries'
@@ -380,6 +395,15 @@ func (ld *laneDec) decodeLanes(dec *entDec, stream []byte, m int) (escapes int, 
 		}
 	}
 	return escapes, nil
+}
+
+// decodeAsm runs the assembly decoder on up to steps whole steps of stream (at least asmReach bytes), from
+// and into the state in ld.st, writing exps.
+func (ld *laneDec) decodeAsm(stream []byte, steps int, dec *entDec, exps []byte) (done, pos, escapes int) {
+	if hasEntropyAsm {
+		return decodeLanesAVX512(&stream[0], len(stream), steps, &dec.simd, &ld.st, &exps[0])
+	}
+	return decodeLanesAVX2(&stream[0], len(stream), steps, &dec.simd, &ld.st, &exps[0])
 }
 
 // invalid reports the first lane of step s whose buffer starts with bits no code starts with (its entry has

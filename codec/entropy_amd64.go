@@ -83,7 +83,7 @@ var (
 //go:noescape
 func splitBF16AVX2(src, exps, res *byte, n int)
 
-// joinBF16AVX2 is joinBF16AVX512 in AVX2 (n a multiple of 16).
+// joinBF16AVX2 is joinBF16AVX512 in AVX2 (n a multiple of 32).
 //
 //go:noescape
 func joinBF16AVX2(exps, res, out *byte, n int)

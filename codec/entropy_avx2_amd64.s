@@ -252,8 +252,11 @@ done:
 
 // func joinBF16AVX2(exps, res, out *byte, n int)
 //
-// Joins n bf16 elements (a multiple of 16) from their exponents and residuals (sign<<7 | mantissa), a byte
-// each, 32 output bytes a step.
+// Joins n bf16 elements (a multiple of 32) from their exponents and residuals (sign<<7 | mantissa), a byte
+// each, 64 output bytes a step: an element's high byte is sign | exponent>>1 and its low byte the exponent's
+// low bit | mantissa, made 32 at a time (word shifts move each exponent's bits into the right bytes, a mask
+// keeps them) and then interleaved. The quadwords of both inputs are reordered first (0, 2, 1, 3), so that
+// the in-lane interleaves give elements 0-15 and 16-31 in order.
 TEXT ·joinBF16AVX2(SB), NOSPLIT, $0-32
 	MOVQ         exps+0(FP), SI
 	MOVQ         res+8(FP), BX
@@ -261,28 +264,33 @@ TEXT ·joinBF16AVX2(SB), NOSPLIT, $0-32
 	MOVQ         n+24(FP), CX
 	MOVL         $0x7F, AX
 	VMOVD        AX, X1
-	VPBROADCASTW X1, Y1
+	VPBROADCASTB X1, Y1
 	MOVL         $0x80, AX
 	VMOVD        AX, X2
-	VPBROADCASTW X2, Y2
+	VPBROADCASTB X2, Y2
 
 join:
-	CMPQ      CX, $16
-	JLT       joined
-	VPMOVZXBW (SI), Y3
-	VPMOVZXBW (BX), Y4
-	VPSLLW    $7, Y3, Y3
-	VPAND     Y2, Y4, Y5
-	VPSLLW    $8, Y5, Y5
-	VPAND     Y1, Y4, Y4
-	VPOR      Y3, Y4, Y4
-	VPOR      Y5, Y4, Y4
-	VMOVDQU   Y4, (DI)
-	ADDQ      $16, SI
-	ADDQ      $16, BX
-	ADDQ      $32, DI
-	SUBQ      $16, CX
-	JMP       join
+	CMPQ       CX, $32
+	JLT        joined
+	VPERMQ     $0xD8, (SI), Y3
+	VPERMQ     $0xD8, (BX), Y4
+	VPSRLW     $1, Y3, Y5
+	VPAND      Y1, Y5, Y5
+	VPAND      Y2, Y4, Y6
+	VPOR       Y6, Y5, Y5  // high bytes
+	VPSLLW     $7, Y3, Y3
+	VPXOR      Y4, Y3, Y3
+	VPAND      Y2, Y3, Y3
+	VPXOR      Y4, Y3, Y3  // low bytes: the mantissa, the exponent's low bit in bit 7
+	VPUNPCKLBW Y5, Y3, Y6
+	VPUNPCKHBW Y5, Y3, Y3
+	VMOVDQU    Y6, (DI)
+	VMOVDQU    Y3, 32(DI)
+	ADDQ       $32, SI
+	ADDQ       $32, BX
+	ADDQ       $64, DI
+	SUBQ       $32, CX
+	JMP        join
 
 joined:
 	VZEROUPPER

@@ -858,6 +858,72 @@ func testEntropyAsmTwin(t *testing.T, path string) {
 	}
 }
 
+// TestLaneDecoderTailAsmTwin: the assembly decoders take a chunk's last steps from a zero-padded copy of its
+// stream. A stream cut short, run long or damaged near its end gets what the Go decoder gives: the same
+// exponents, or the same error, lane and step.
+func TestLaneDecoderTailAsmTwin(t *testing.T) {
+	for _, path := range entropyAsmPaths(t) {
+		t.Run(path, func(t *testing.T) { testLaneDecoderTail(t, path) })
+	}
+}
+
+func testLaneDecoderTail(t *testing.T, path string) {
+	rng := rand.New(rand.NewPCG(95, 96))
+	src := testTensor(rng, BF16, maxEntropyChunk, 0.3)
+	h, err := NewHistogram(BF16)
+	require.NoError(t, err)
+	require.NoError(t, h.Add(src))
+	tab, err := h.CodeTable()
+	require.NoError(t, err)
+	var enc entEnc
+	enc.build(tab)
+	var dec entDec
+	dec.build(tab.Lengths, BF16.ExponentBits())
+	exps := make([]byte, maxEntropyChunk)
+	for i := range exps {
+		exps[i] = byte(binary.LittleEndian.Uint16(src[2*i:]) >> 7)
+		if rng.IntN(40) == 0 {
+			exps[i] = byte(rng.Uint32()) // mostly without a code: escapes
+		}
+	}
+	decode := func(stream []byte, m int, asm bool) ([]byte, int, *errStream) {
+		defer useEntropyPath(asmOr(path, asm))()
+		ld := new(laneDec)
+		esc, bad := ld.decodeLanes(&dec, stream, m)
+		return ld.exps[:m], esc, bad
+	}
+	// Whole steps only (the assembly's), a short last step, and streams shorter than one step's reach.
+	for _, m := range []int{maxEntropyChunk, maxEntropyChunk - 5, 96, 32} {
+		le := laneEnc{}
+		copy(le.exps[:], exps[:m])
+		out := make([]byte, maxChunkBytes(uint64(m)))
+		n, esc := le.encodeLanesGo(m, &enc, out)
+		stream := out[:n]
+		got, gotEsc, bad := decode(stream, m, true)
+		require.Nil(t, bad, "m=%d", m)
+		require.Equal(t, exps[:m], got, "m=%d", m)
+		require.Equal(t, esc, gotEsc, "m=%d", m)
+		variants := [][]byte{append(slices.Clone(stream), 0), append(slices.Clone(stream), 1, 2, 3)}
+		for c := 1; c <= min(n, 2*asmReach); c++ {
+			variants = append(variants, stream[:n-c])
+		}
+		for range 200 {
+			bad := slices.Clone(stream)
+			bad[max(0, n-1-rng.IntN(2*asmReach))] ^= byte(1 + rng.IntN(255))
+			variants = append(variants, bad)
+		}
+		for i, v := range variants {
+			ga, ea, ba := decode(v, m, true)
+			gg, eg, bg := decode(v, m, false)
+			require.Equal(t, bg, ba, "m=%d variant %d: assembly and Go errors differ", m, i)
+			if bg == nil {
+				require.Equal(t, gg, ga, "m=%d variant %d", m, i)
+				require.Equal(t, eg, ea, "m=%d variant %d", m, i)
+			}
+		}
+	}
+}
+
 // TestEntropyEncoderAsmTwin: the vectorised encoder writes the same frames as the pure-Go one, for every dtype,
 // chunk shape (short last steps, short last chunks) and escape rate.
 func TestEntropyEncoderAsmTwin(t *testing.T) {
