@@ -128,12 +128,17 @@ func joinChunk(out, exps, res []byte, i0 int, dt DType) {
 func joinFP8(out, exps, res []byte, dt DType) int {
 	n := len(exps) &^ 7
 	j := 0
-	if v := len(exps) &^ 63; hasEntropyAsm && v > 0 {
+	if v := len(exps) &^ 63; (hasEntropyAsm || hasEntropyAVX2) && v > 0 {
 		_, _ = out[v-1], res[v*int(geometry(dt).resBits)/8-1]
-		if dt == FP8E4M3 {
+		switch {
+		case dt == FP8E4M3 && hasEntropyAsm:
 			joinE4M3AVX512(&exps[0], &res[0], &out[0], v)
-		} else {
+		case dt == FP8E4M3:
+			joinE4M3AVX2(&exps[0], &res[0], &out[0], v)
+		case hasEntropyAsm:
 			joinE5M2AVX512(&exps[0], &res[0], &out[0], v)
+		default:
+			joinE5M2AVX2(&exps[0], &res[0], &out[0], v)
 		}
 		j = v
 	}

@@ -331,12 +331,17 @@ func splitChunk(b []byte, dt DType, exps []byte, res []byte, i0 int) {
 func splitFP8(b []byte, dt DType, exps, res []byte) int {
 	n := len(exps) &^ 7
 	j := 0
-	if v := len(exps) &^ 63; hasEntropyAsm && v > 0 {
+	if v := len(exps) &^ 63; (hasEntropyAsm || hasEntropyAVX2) && v > 0 {
 		_, _ = b[v-1], res[v*int(geometry(dt).resBits)/8-1]
-		if dt == FP8E4M3 {
+		switch {
+		case dt == FP8E4M3 && hasEntropyAsm:
 			splitE4M3AVX512(&b[0], &exps[0], &res[0], v)
-		} else {
+		case dt == FP8E4M3:
+			splitE4M3AVX2(&b[0], &exps[0], &res[0], v)
+		case hasEntropyAsm:
 			splitE5M2AVX512(&b[0], &exps[0], &res[0], v)
+		default:
+			splitE5M2AVX2(&b[0], &exps[0], &res[0], v)
 		}
 		j = v
 	}

@@ -189,7 +189,7 @@ func (e *laneEnc) interleave(r1, r2 []uint32, out []byte) int {
 func activeLanes(k int) uint32 { return uint32(uint64(1)<<k - 1) }
 
 // HighRatioAsm names the assembly the high-ratio coder runs on this CPU: "avx512" (the lane coder, split and
-// join), "avx2" (the same but fp8's split and join), or "" where it runs in pure Go.
+// join), "avx2" (the same in AVX2), or "" where it runs in pure Go.
 func HighRatioAsm() string {
 	switch {
 	case hasEntropyAsm:

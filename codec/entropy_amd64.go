@@ -16,8 +16,8 @@ var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX5
 	cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI2
 
 // hasEntropyAVX2 reports whether, on a CPU without hasEntropyAsm's AVX-512, the entropy coder runs in AVX2:
-// the decoder's fast steps (decodeLanesAVX2), the lane encoder (encodeStepsAVX2, interleaveAVX2), and bf16's
-// split and join (splitBF16AVX2, joinBF16AVX2). fp8's split and join stay in Go there.
+// the decoder's fast steps (decodeLanesAVX2), the lane encoder (encodeStepsAVX2, interleaveAVX2), and the split
+// and join of bf16 (splitBF16AVX2, joinBF16AVX2) and of fp8 (splitE4M3AVX2, joinE4M3AVX2 and their e5m2 twins).
 var hasEntropyAVX2 = !hasEntropyAsm && cpuHasEntropyAVX2
 
 // cpuHasEntropyAVX2 reports whether the CPU runs the AVX2 coder, chosen (hasEntropyAVX2) or not.
@@ -156,3 +156,42 @@ func joinE4M3AVX512(exps, res, out *byte, n int)
 
 //go:noescape
 func joinE5M2AVX512(exps, res, out *byte, n int)
+
+// splitE4M3AVX2, splitE5M2AVX2, joinE4M3AVX2 and joinE5M2AVX2 are their AVX-512 twins in AVX2 (n a multiple
+// of 64).
+//
+//go:noescape
+func splitE4M3AVX2(src, exps, res *byte, n int)
+
+//go:noescape
+func splitE5M2AVX2(src, exps, res *byte, n int)
+
+//go:noescape
+func joinE4M3AVX2(exps, res, out *byte, n int)
+
+//go:noescape
+func joinE5M2AVX2(exps, res, out *byte, n int)
+
+// The AVX2 e5m2 kernels' shuffles. splitE5M2AVX2 packs each 128-bit lane's two quadwords (3 bytes each) to
+// bytes 0-5 (e5PackLo) or 6-11 (e5PackHi) and then moves the high lane's 12 bytes after the low lane's
+// (e5PackOrder). joinE5M2AVX2 does the reverse: 12 bytes a lane (e5UnpackOrder), then a lane's first or
+// last two 3-byte groups to the low bytes of its quadwords (e5UnpackLo, e5UnpackHi).
+var (
+	e5PackLo      = lanePattern(0, 1, 2, 8, 9, 10, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1)
+	e5PackHi      = lanePattern(-1, -1, -1, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, -1)
+	e5PackOrder   = [8]uint32{0, 1, 2, 4, 5, 6, 7, 7}
+	e5UnpackOrder = [8]uint32{0, 1, 2, 0, 3, 4, 5, 0}
+	e5UnpackLo    = lanePattern(0, 1, 2, -1, -1, -1, -1, -1, 3, 4, 5, -1, -1, -1, -1, -1)
+	e5UnpackHi    = lanePattern(6, 7, 8, -1, -1, -1, -1, -1, 9, 10, 11, -1, -1, -1, -1, -1)
+)
+
+// lanePattern is a VPSHUFB pattern, the same in both 128-bit lanes; −1 zeroes a byte.
+func lanePattern(b ...int) (p [32]byte) {
+	for i, x := range b {
+		if x < 0 {
+			x = 0x80
+		}
+		p[i], p[16+i] = byte(x), byte(x)
+	}
+	return p
+}

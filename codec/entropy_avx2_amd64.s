@@ -513,3 +513,251 @@ idone:
 TEXT ·interleaveRound2AVX2(SB), NOSPLIT|NOFRAME, $0-0
 	IROUND
 	RET
+
+// BCASTB fills Y with the byte V.
+#define BCASTB(V, X, Y) \
+	MOVL         $V, AX \
+	VMOVD        AX, X \
+	VPBROADCASTB X, Y
+
+// BCASTQ fills Y with the quadword V.
+#define BCASTQ(V, X, Y) \
+	MOVQ         $V, AX \
+	VMOVQ        AX, X \
+	VPBROADCASTQ X, Y
+
+// func splitE4M3AVX2(src, exps, res *byte, n int)
+//
+// splitE4M3AVX512 in AVX2, 64 elements a step (n a multiple of 64): s eeee mmm gives the exponent eeee and the
+// residual nibble s mmm; a multiply-add of byte pairs by (1, 16) packs two nibbles a byte, and a pack of the
+// words with a quadword reorder puts the 32 bytes in order.
+TEXT ·splitE4M3AVX2(SB), NOSPLIT, $0-32
+	MOVQ src+0(FP), SI
+	MOVQ exps+8(FP), DI
+	MOVQ res+16(FP), BX
+	MOVQ n+24(FP), CX
+	BCASTB(0x0F, X10, Y10)
+	BCASTB(0x08, X11, Y11)
+	BCASTB(0x07, X12, Y12)
+	MOVL         $0x10011001, AX
+	VMOVD        AX, X13
+	VPBROADCASTD X13, Y13
+
+e4split:
+	CMPQ       CX, $64
+	JLT        e4splitdone
+	VMOVDQU    (SI), Y0
+	VMOVDQU    32(SI), Y1
+	VPSRLW     $3, Y0, Y2
+	VPAND      Y10, Y2, Y2
+	VMOVDQU    Y2, (DI)
+	VPSRLW     $3, Y1, Y3
+	VPAND      Y10, Y3, Y3
+	VMOVDQU    Y3, 32(DI)
+	VPSRLW     $4, Y0, Y2
+	VPAND      Y11, Y2, Y2
+	VPAND      Y12, Y0, Y0
+	VPOR       Y2, Y0, Y0
+	VPSRLW     $4, Y1, Y3
+	VPAND      Y11, Y3, Y3
+	VPAND      Y12, Y1, Y1
+	VPOR       Y3, Y1, Y1
+	VPMADDUBSW Y13, Y0, Y0
+	VPMADDUBSW Y13, Y1, Y1
+	VPACKUSWB  Y1, Y0, Y0
+	VPERMQ     $0xD8, Y0, Y0
+	VMOVDQU    Y0, (BX)
+	ADDQ       $64, SI
+	ADDQ       $64, DI
+	ADDQ       $32, BX
+	SUBQ       $64, CX
+	JMP        e4split
+
+e4splitdone:
+	VZEROUPPER
+	RET
+
+// func joinE4M3AVX2(exps, res, out *byte, n int)
+//
+// joinE4M3AVX512 in AVX2, 64 elements a step (n a multiple of 64): the residual bytes' low and high nibbles,
+// interleaved (after a quadword reorder, so that the in-lane interleaves keep the order), are the elements'
+// s mmm; s goes to bit 7 and the exponent above mmm.
+TEXT ·joinE4M3AVX2(SB), NOSPLIT, $0-32
+	MOVQ exps+0(FP), SI
+	MOVQ res+8(FP), BX
+	MOVQ out+16(FP), DI
+	MOVQ n+24(FP), CX
+	BCASTB(0x0F, X10, Y10)
+	BCASTB(0x08, X11, Y11)
+	BCASTB(0x07, X12, Y12)
+
+e4join:
+	CMPQ       CX, $64
+	JLT        e4joindone
+	VPERMQ     $0xD8, (BX), Y0
+	VPSRLW     $4, Y0, Y1
+	VPAND      Y10, Y1, Y1
+	VPAND      Y10, Y0, Y0
+	VPUNPCKHBW Y1, Y0, Y2 // elements 32-63
+	VPUNPCKLBW Y1, Y0, Y0 // elements 0-31
+	VPAND      Y11, Y0, Y3
+	VPSLLW     $4, Y3, Y3
+	VPAND      Y12, Y0, Y0
+	VPOR       Y3, Y0, Y0
+	VMOVDQU    (SI), Y3
+	VPSLLW     $3, Y3, Y3
+	VPOR       Y3, Y0, Y0
+	VMOVDQU    Y0, (DI)
+	VPAND      Y11, Y2, Y3
+	VPSLLW     $4, Y3, Y3
+	VPAND      Y12, Y2, Y2
+	VPOR       Y3, Y2, Y2
+	VMOVDQU    32(SI), Y3
+	VPSLLW     $3, Y3, Y3
+	VPOR       Y3, Y2, Y2
+	VMOVDQU    Y2, 32(DI)
+	ADDQ       $64, SI
+	ADDQ       $32, BX
+	ADDQ       $64, DI
+	SUBQ       $64, CX
+	JMP        e4join
+
+e4joindone:
+	VZEROUPPER
+	RET
+
+// func splitE5M2AVX2(src, exps, res *byte, n int)
+//
+// splitE5M2AVX512 in AVX2, 64 elements a step (n a multiple of 64): s eeeee mm gives the exponent eeeee and
+// the residual s mm, eight of which pack into 3 bytes (field j at bit 3j): multiply-adds join pairs (by 1, 8)
+// and fours (by 1, 64), a shift joins the two fours of a quadword. The halves are regrouped first so that a
+// 128-bit lane's two quadwords and the other register's go to 12 consecutive bytes, shuffled and joined.
+TEXT ·splitE5M2AVX2(SB), NOSPLIT, $0-32
+	MOVQ src+0(FP), SI
+	MOVQ exps+8(FP), DI
+	MOVQ res+16(FP), BX
+	MOVQ n+24(FP), CX
+	BCASTB(0x1F, X10, Y10)
+	BCASTB(0x04, X11, Y11)
+	BCASTB(0x03, X12, Y12)
+	MOVL         $0x08010801, AX
+	VMOVD        AX, X13
+	VPBROADCASTD X13, Y13
+	BCASTQ(0x0040000100400001, X14, Y14)
+	BCASTQ(0x0000000000000FFF, X15, Y15)
+
+e5split:
+	CMPQ       CX, $64
+	JLT        e5splitdone
+	VMOVDQU    (SI), Y0
+	VMOVDQU    32(SI), Y1
+	VPSRLW     $2, Y0, Y2
+	VPAND      Y10, Y2, Y2
+	VMOVDQU    Y2, (DI)
+	VPSRLW     $2, Y1, Y3
+	VPAND      Y10, Y3, Y3
+	VMOVDQU    Y3, 32(DI)
+	VPSRLW     $5, Y0, Y2
+	VPAND      Y11, Y2, Y2
+	VPAND      Y12, Y0, Y0
+	VPOR       Y2, Y0, Y0
+	VPSRLW     $5, Y1, Y3
+	VPAND      Y11, Y3, Y3
+	VPAND      Y12, Y1, Y1
+	VPOR       Y3, Y1, Y1
+	VPERM2I128 $0x20, Y1, Y0, Y2 // elements 0-15 | 32-47
+	VPERM2I128 $0x31, Y1, Y0, Y3 // elements 16-31 | 48-63
+	VPMADDUBSW Y13, Y2, Y2
+	VPMADDUBSW Y13, Y3, Y3
+	VPMADDWD   Y14, Y2, Y2
+	VPMADDWD   Y14, Y3, Y3
+	VPSRLQ     $20, Y2, Y4
+	VPAND      Y15, Y2, Y2
+	VPOR       Y4, Y2, Y2
+	VPSRLQ     $20, Y3, Y4
+	VPAND      Y15, Y3, Y3
+	VPOR       Y4, Y3, Y3
+	VPSHUFB    ·e5PackLo(SB), Y2, Y2
+	VPSHUFB    ·e5PackHi(SB), Y3, Y3
+	VPOR       Y3, Y2, Y2
+	VMOVDQU    ·e5PackOrder(SB), Y3
+	VPERMD     Y2, Y3, Y2
+	VMOVDQU    X2, (BX)
+	VEXTRACTI128 $1, Y2, X2
+	VMOVQ      X2, 16(BX)
+	ADDQ       $64, SI
+	ADDQ       $64, DI
+	ADDQ       $24, BX
+	SUBQ       $64, CX
+	JMP        e5split
+
+e5splitdone:
+	VZEROUPPER
+	RET
+
+// E5SPREAD spreads each quadword's eight 3-bit fields (bits 0-23) to the low bits of its bytes. Clobbers Y3.
+#define E5SPREAD(R) \
+	VPSLLQ $20, R, Y3 \
+	VPOR   Y3, R, R \
+	VPAND  Y13, R, R \
+	VPSLLQ $10, R, Y3 \
+	VPOR   Y3, R, R \
+	VPAND  Y14, R, R \
+	VPSLLQ $5, R, Y3 \
+	VPOR   Y3, R, R \
+	VPAND  Y15, R, R
+
+// E5JOIN joins 32 residuals s mm in R with their exponents at OFF(SI) into s eeeee mm at OFF(DI). Clobbers Y3.
+#define E5JOIN(R, OFF) \
+	VPAND   Y11, R, Y3 \
+	VPSLLW  $5, Y3, Y3 \
+	VPAND   Y12, R, R \
+	VPOR    Y3, R, R \
+	VMOVDQU OFF(SI), Y3 \
+	VPSLLW  $2, Y3, Y3 \
+	VPOR    Y3, R, R \
+	VMOVDQU R, OFF(DI)
+
+// func joinE5M2AVX2(exps, res, out *byte, n int)
+//
+// joinE5M2AVX512 in AVX2, 64 elements a step (n a multiple of 64): splitE5M2AVX2 backwards. A step's 24
+// residual bytes are read exactly (16 and 8), each 3-byte group shuffled into a quadword, and its eight 3-bit
+// fields spread to a byte each by three shift-and-mask steps (fours, pairs, single fields).
+TEXT ·joinE5M2AVX2(SB), NOSPLIT, $0-32
+	MOVQ exps+0(FP), SI
+	MOVQ res+8(FP), BX
+	MOVQ out+16(FP), DI
+	MOVQ n+24(FP), CX
+	BCASTB(0x04, X11, Y11)
+	BCASTB(0x03, X12, Y12)
+	BCASTQ(0x00000FFF00000FFF, X13, Y13)
+	BCASTQ(0x003F003F003F003F, X14, Y14)
+	BCASTB(0x07, X15, Y15)
+	VMOVDQU ·e5UnpackOrder(SB), Y10
+	VMOVDQU ·e5UnpackLo(SB), Y8
+	VMOVDQU ·e5UnpackHi(SB), Y9
+
+e5join:
+	CMPQ        CX, $64
+	JLT         e5joindone
+	VMOVDQU     (BX), X0
+	VMOVQ       16(BX), X1
+	VINSERTI128 $1, X1, Y0, Y0
+	VPERMD      Y0, Y10, Y0 // residual bytes 0-11 | 12-23
+	VPSHUFB     Y8, Y0, Y1  // elements 0-15 | 32-47, 3 bytes a quadword
+	VPSHUFB     Y9, Y0, Y2  // elements 16-31 | 48-63
+	E5SPREAD(Y1)
+	E5SPREAD(Y2)
+	VPERM2I128  $0x20, Y2, Y1, Y0 // elements 0-31
+	VPERM2I128  $0x31, Y2, Y1, Y1 // elements 32-63
+	E5JOIN(Y0, 0)
+	E5JOIN(Y1, 32)
+	ADDQ        $64, SI
+	ADDQ        $24, BX
+	ADDQ        $64, DI
+	SUBQ        $64, CX
+	JMP         e5join
+
+e5joindone:
+	VZEROUPPER
+	RET

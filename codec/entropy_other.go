@@ -60,3 +60,19 @@ func joinE4M3AVX512(exps, res, out *byte, n int) {
 func joinE5M2AVX512(exps, res, out *byte, n int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
+
+func splitE4M3AVX2(src, exps, res *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func splitE5M2AVX2(src, exps, res *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func joinE4M3AVX2(exps, res, out *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
+func joinE5M2AVX2(exps, res, out *byte, n int) {
+	panic("splitzip: no entropy assembly on this platform")
+}

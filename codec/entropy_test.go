@@ -987,12 +987,15 @@ func testEntropyEncoderAsmTwin(t *testing.T, path string) {
 	require.True(t, slices.Equal(b, a), "a chunk of escapes only: assembly and Go streams differ")
 }
 
-// The fp8 split and join kernels against their Go twins: every byte value, at every offset of a 64-element step
+// The fp8 split and join kernels (AVX-512 and AVX2) against their Go twins: every byte value, at every offset of a 64-element step
 // and in random order, with a tail the Go loop takes; split then join gives the input back.
 func TestFP8SplitJoinAsmTwin(t *testing.T) {
-	if !hasEntropyAsm {
-		t.Skip("no entropy assembly on this CPU")
+	for _, path := range entropyAsmPaths(t) {
+		t.Run(path, func(t *testing.T) { testFP8SplitJoin(t, path) })
 	}
+}
+
+func testFP8SplitJoin(t *testing.T, path string) {
 	rng := rand.New(rand.NewPCG(91, 92))
 	src := make([]byte, 0, 4*256+64*9+13)
 	for i := range 4 * 256 {
@@ -1004,8 +1007,7 @@ func TestFP8SplitJoinAsmTwin(t *testing.T) {
 	for _, dt := range []DType{FP8E4M3, FP8E5M2} {
 		bits := int(geometry(dt).resBits)
 		run := func(asm bool) (exps, res, back []byte) {
-			defer func(v bool) { hasEntropyAsm = v }(hasEntropyAsm)
-			hasEntropyAsm = asm
+			defer useEntropyPath(asmOr(path, asm))()
 			exps, res = make([]byte, len(src)), make([]byte, len(src)*bits/8+1)
 			splitChunk(src, dt, exps, res, 0)
 			back = make([]byte, len(src))
@@ -1020,9 +1022,9 @@ func TestFP8SplitJoinAsmTwin(t *testing.T) {
 		require.Equal(t, src, b1, "%s assembly round trip", dt)
 		// The join alone, from residuals the Go split wrote and exponents in range.
 		back := make([]byte, len(src))
-		defer func(v bool) { hasEntropyAsm = v }(hasEntropyAsm)
-		hasEntropyAsm = true
+		restore := useEntropyPath(path)
 		joinChunk(back, e0, r0, 0, dt)
+		restore()
 		require.Equal(t, src, back, "%s assembly join of the Go split", dt)
 	}
 }

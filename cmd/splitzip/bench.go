@@ -277,7 +277,7 @@ func codePaths() string {
 	case "avx512":
 		entropy = "AVX-512 assembly (" + strings.Join(have, " ") + ")"
 	case "avx2":
-		entropy = "AVX2 assembly, fp8's split and join in Go (the CPU lacks " + strings.Join(lack, " ") + ")"
+		entropy = "AVX2 assembly (the CPU lacks " + strings.Join(lack, " ") + ")"
 	default:
 		entropy = "pure Go (the CPU lacks " + strings.Join(lack, " ") + "; and avx2, popcnt or bmi1)"
 	}
