@@ -636,16 +636,22 @@ func TestEmuFastMode(t *testing.T) {
 	}
 	// Straight from a paged cache: a frame per layer, gathered by the encoders and scattered by the decoder. Real
 	// KV, and KV with as many escapes as a chunk has parked slots, whose groups leave their escapes to the raw
-	// fallback kernel (about half the chunks past their slots).
-	const layers, blockElems = 3, 16 * 3 * 64 // the fixture's 16-token blocks
-	heavy := withEscapes(r, layers*2*40*blockElems, float64(streamSlots)/4096, cb)
+	// fallback kernel (about half the chunks past their slots). Blocks of the fixture's 16 tokens (3,072
+	// elements) put every 4,096-element chunk across two; blocks of 6,144 put every other chunk inside one, and
+	// of 8,192 every chunk, which the streaming encoder then reads from its base address (tile_base; with the
+	// fixture's blocks only a frame's short last chunk can lie in one).
+	const layers, fixtureBlock = 3, 16 * 3 * 64
+	heavy := withEscapes(r, layers*2*40*fixtureBlock, float64(streamSlots)/4096, cb)
 	for _, enc := range encoders {
 		for _, pc := range []struct {
-			kv   string
-			nb   int
-			data []byte
-		}{{"real KV", 5, kv}, {"real KV", 40, kv}, {"escapes 12.5 %", 40, heavy}} {
-			t.Run(fmt.Sprintf("paged/%s/%s/%d-blocks", enc.name, pc.kv, pc.nb), func(t *testing.T) {
+			kv         string
+			nb         int
+			blockElems int
+			data       []byte
+		}{{"real KV", 5, fixtureBlock, kv}, {"real KV", 40, fixtureBlock, kv}, {"escapes 12.5 %", 40, fixtureBlock, heavy},
+			{"real KV", 6, 6144, kv}, {"real KV", 4, 8192, kv}} {
+			blockElems := pc.blockElems
+			t.Run(fmt.Sprintf("paged/%s/%s/%d-blocks-of-%d", enc.name, pc.kv, pc.nb, blockElems), func(t *testing.T) {
 				t.Parallel()
 				dir := t.TempDir()
 				file := func(name string) string { return filepath.Join(dir, name) }
