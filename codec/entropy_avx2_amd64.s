@@ -15,6 +15,28 @@
 // escapes. Frame (hardware SP): 0-127 the step's look-ups, a group's at 32·g; 128 16 − eb and 144 eb, as
 // 64-bit shift counts.
 
+// BCASTB, BCASTW, BCASTD and BCASTQ fill Y with the constant V in every byte, word, dword or qword (X is Y's
+// low half; they clobber AX).
+#define BCASTB(V, X, Y) \
+	MOVL         $V, AX \
+	VMOVD        AX, X \
+	VPBROADCASTB X, Y
+
+#define BCASTW(V, X, Y) \
+	MOVL         $V, AX \
+	VMOVD        AX, X \
+	VPBROADCASTW X, Y
+
+#define BCASTD(V, X, Y) \
+	MOVL         $V, AX \
+	VMOVD        AX, X \
+	VPBROADCASTD X, Y
+
+#define BCASTQ(V, X, Y) \
+	MOVQ         $V, AX \
+	VMOVQ        AX, X \
+	VPBROADCASTQ X, Y
+
 // REFILL gives the lanes of a group in MASK (all-ones words) the next stream bytes, in lane order (a warp's
 // ballot and popc): the 8 bytes at SI widened to words and permuted so that lane j gets byte
 // popcount(mask below j), shifted under its unread bits. Clobbers AX, R13, T1, T2.
@@ -161,15 +183,9 @@ TEXT ·decodeLanesAVX2(SB), NOSPLIT, $160-72
 	VMOVD        AX, X10
 	VPBROADCASTD X10, Y10
 	ADDQ         $520, R10    // tab.ent
-	MOVL         $8, AX
-	VMOVD        AX, X8
-	VPBROADCASTD X8, Y8
-	MOVL         $0x0F, AX
-	VMOVD        AX, X9
-	VPBROADCASTD X9, Y9
-	MOVL         $0xFFFF, AX
-	VMOVD        AX, X11
-	VPBROADCASTD X11, Y11
+	BCASTD(8, X8, Y8)
+	BCASTD(0x0F, X9, Y9)
+	BCASTD(0xFFFF, X11, Y11)
 	VPMOVZXWD    0(BX), Y0
 	VPMOVZXWD    16(BX), Y1
 	VPMOVZXWD    32(BX), Y2
@@ -262,12 +278,8 @@ TEXT ·joinBF16AVX2(SB), NOSPLIT, $0-32
 	MOVQ         res+8(FP), BX
 	MOVQ         out+16(FP), DI
 	MOVQ         n+24(FP), CX
-	MOVL         $0x7F, AX
-	VMOVD        AX, X1
-	VPBROADCASTB X1, Y1
-	MOVL         $0x80, AX
-	VMOVD        AX, X2
-	VPBROADCASTB X2, Y2
+	BCASTB(0x7F, X1, Y1)
+	BCASTB(0x80, X2, Y2)
 
 join:
 	CMPQ       CX, $32
@@ -315,12 +327,8 @@ TEXT ·encodeStepsAVX2(SB), NOSPLIT, $64-48
 	XORQ R8, R8 // step
 	XORQ R9, R9 // escapes
 
-	MOVL         $31, AX
-	VMOVD        AX, X8
-	VPBROADCASTD X8, Y8
-	MOVL         $15, AX
-	VMOVD        AX, X9
-	VPBROADCASTD X9, Y9
+	BCASTD(31, X8, Y8)
+	BCASTD(15, X9, Y9)
 	VPCMPEQD     Y10, Y10, Y10
 	VMOVDQU      0(BX), Y0
 	VMOVDQU      32(BX), Y1
@@ -373,15 +381,9 @@ TEXT ·splitBF16AVX2(SB), NOSPLIT, $0-32
 	MOVQ         exps+8(FP), DI
 	MOVQ         res+16(FP), BX
 	MOVQ         n+24(FP), CX
-	MOVL         $0x7F, AX
-	VMOVD        AX, X1
-	VPBROADCASTW X1, Y1
-	MOVL         $0x80, AX
-	VMOVD        AX, X2
-	VPBROADCASTW X2, Y2
-	MOVL         $0xFF, AX
-	VMOVD        AX, X0
-	VPBROADCASTW X0, Y0
+	BCASTW(0x7F, X1, Y1)
+	BCASTW(0x80, X2, Y2)
+	BCASTW(0xFF, X0, Y0)
 
 split:
 	CMPQ      CX, $32
@@ -483,9 +485,7 @@ TEXT ·interleaveAVX2(SB), NOSPLIT, $0-48
 	VMOVDQU ·lowBytes(SB), Y8
 	VMOVDQU ·lowBytesOrder(SB), Y9
 	VMOVDQU ·laneBits(SB), Y10
-	MOVL    $8, AX
-	VMOVD   AX, X11
-	VPBROADCASTD X11, Y11
+	BCASTD(8, X11, Y11)
 	VPXOR   Y0, Y0, Y0
 	VPXOR   Y1, Y1, Y1
 	VPXOR   Y2, Y2, Y2
@@ -514,18 +514,6 @@ TEXT ·interleaveRound2AVX2(SB), NOSPLIT|NOFRAME, $0-0
 	IROUND
 	RET
 
-// BCASTB fills Y with the byte V.
-#define BCASTB(V, X, Y) \
-	MOVL         $V, AX \
-	VMOVD        AX, X \
-	VPBROADCASTB X, Y
-
-// BCASTQ fills Y with the quadword V.
-#define BCASTQ(V, X, Y) \
-	MOVQ         $V, AX \
-	VMOVQ        AX, X \
-	VPBROADCASTQ X, Y
-
 // func splitE4M3AVX2(src, exps, res *byte, n int)
 //
 // splitE4M3AVX512 in AVX2, 64 elements a step (n a multiple of 64): s eeee mmm gives the exponent eeee and the
@@ -539,9 +527,7 @@ TEXT ·splitE4M3AVX2(SB), NOSPLIT, $0-32
 	BCASTB(0x0F, X10, Y10)
 	BCASTB(0x08, X11, Y11)
 	BCASTB(0x07, X12, Y12)
-	MOVL         $0x10011001, AX
-	VMOVD        AX, X13
-	VPBROADCASTD X13, Y13
+	BCASTD(0x10011001, X13, Y13)
 
 e4split:
 	CMPQ       CX, $64
@@ -640,9 +626,7 @@ TEXT ·splitE5M2AVX2(SB), NOSPLIT, $0-32
 	BCASTB(0x1F, X10, Y10)
 	BCASTB(0x04, X11, Y11)
 	BCASTB(0x03, X12, Y12)
-	MOVL         $0x08010801, AX
-	VMOVD        AX, X13
-	VPBROADCASTD X13, Y13
+	BCASTD(0x08010801, X13, Y13)
 	BCASTQ(0x0040000100400001, X14, Y14)
 	BCASTQ(0x0000000000000FFF, X15, Y15)
 

@@ -858,8 +858,8 @@ func testEntropyAsmTwin(t *testing.T, path string) {
 	}
 }
 
-// TestLaneDecoderTailAsmTwin: the assembly decoders take a chunk's last steps from a zero-padded copy of its
-// stream. A stream cut short, run long or damaged near its end gets what the Go decoder gives: the same
+// TestLaneDecoderTailAsmTwin: the assembly decoders take a chunk's last steps from a copy of its stream's rest
+// in a longer buffer. A stream cut short, run long or damaged near its end gets what the Go decoder gives: the same
 // exponents, or the same error, lane and step.
 func TestLaneDecoderTailAsmTwin(t *testing.T) {
 	for _, path := range entropyAsmPaths(t) {
@@ -987,8 +987,8 @@ func testEntropyEncoderAsmTwin(t *testing.T, path string) {
 	require.True(t, slices.Equal(b, a), "a chunk of escapes only: assembly and Go streams differ")
 }
 
-// The fp8 split and join kernels (AVX-512 and AVX2) against their Go twins: every byte value, at every offset of a 64-element step
-// and in random order, with a tail the Go loop takes; split then join gives the input back.
+// The fp8 split and join kernels (AVX-512 and AVX2) against their Go twins: every byte value, at every offset
+// of a 64-element step and in random order, with a tail the Go loop takes; split then join gives the input back.
 func TestFP8SplitJoinAsmTwin(t *testing.T) {
 	for _, path := range entropyAsmPaths(t) {
 		t.Run(path, func(t *testing.T) { testFP8SplitJoin(t, path) })
