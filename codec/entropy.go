@@ -36,6 +36,22 @@ type entEnc struct {
 	lut [256]uint32
 	// simd is lut as the vectorised encoder looks it up.
 	simd encTab
+	// narrow is lut as 16-entry tables, when every coded exponent lies within 16 of the smallest: then the
+	// AVX2 encoder looks a step's 32 exponents up with two byte shuffles instead of four gathers.
+	narrow encNarrow
+}
+
+// encNarrow is an entEnc's lut for exponents lo … lo+15 as encTab's two byte tables (both 128-bit halves the
+// same, for VPSHUFB), and what every other exponent, which escapes, takes: its lens byte, and the low byte of
+// its bits without the exponent itself (ESC's code below bit 8, shifted past the raw exponent). ok is false
+// when the coded exponents span more than 16, or when some exponent can be neither coded nor escaped.
+type encNarrow struct {
+	lens, codes [32]uint8
+	lo          [32]uint8 // lo in every byte
+	escLens     [32]uint8 // an escape's lens byte in every byte
+	escLow      [32]uint8 // the low byte of an escape's bits less the exponent, in every byte
+	hi          [8]uint32 // encTab.hi in every word
+	ok          bool
 }
 
 // encTab is an entEnc's lut as two byte tables, which encodeStepsAVX512 looks up 64 exponents at a time: the
@@ -76,6 +92,48 @@ func (e *entEnc) build(t *CodeTable) {
 			e.simd.hi = v >> 8 & 0xFF00
 		}
 	}
+	e.narrow.build(e)
+}
+
+func (n *encNarrow) build(e *entEnc) {
+	*n = encNarrow{}
+	lo, hi := -1, -1
+	for x := range 1 << e.eb {
+		switch v := e.lut[x]; {
+		case v == 0:
+			return // neither coded nor escaped: such a table codes every exponent that occurs, not lo … lo+15
+		case v&entEscaped == 0:
+			if lo < 0 {
+				lo = x
+			}
+			hi = x
+		}
+	}
+	if lo < 0 || hi-lo >= 16 {
+		return
+	}
+	for i := range 16 {
+		if x := lo + i; x < 1<<e.eb {
+			n.lens[i], n.lens[16+i] = e.simd.lens[x], e.simd.lens[x]
+			n.codes[i], n.codes[16+i] = e.simd.codes[x], e.simd.codes[x]
+		}
+	}
+	// An exponent outside lo … lo+15 escapes (if it can occur: below 2^eb); its bits' low byte is ESC's
+	// code's low bits above the exponent's eb bits, or the exponent itself.
+	var escLens, escLow uint8
+	for x := range 1 << e.eb {
+		if v := e.lut[x]; v&entEscaped != 0 {
+			escLens, escLow = e.simd.lens[x], e.simd.codes[x]&^uint8(1<<e.eb-1)
+			break
+		}
+	}
+	for i := range 32 {
+		n.lo[i], n.escLens[i], n.escLow[i] = uint8(lo), escLens, escLow
+	}
+	for i := range n.hi {
+		n.hi[i] = e.simd.hi
+	}
+	n.ok = true
 }
 
 // laneEnc is the scratch of the lane coder: a chunk's exponents, each lane's bytes, and which lanes take a
@@ -448,6 +506,10 @@ type encSIMD struct {
 	out [maxEntropyChunk*2 + 8]byte
 }
 
+// useNarrowLookups lets the AVX2 encoder take encNarrow's shuffles where a table allows them; a variable, so
+// that tests run the gathers on the same tables.
+var useNarrowLookups = true
+
 // encodeLanesSIMD is encodeLanes vectorised: the first phase element by element over a step's 32 lanes
 // (encodeStepsAVX512, or encodeStepsAVX2 without AVX-512; a short last step here), each lane's completed words
 // written into its bytes as they complete; the second phase (interleaveAVX512 or interleaveAVX2) takes the
@@ -466,6 +528,8 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 	esc := 0
 	if full > 0 && hasEntropyAsm {
 		esc = encodeStepsAVX512(&e.exps[0], full, &enc.simd, v, &e.bytes[0][0], maxLaneBytes)
+	} else if full > 0 && enc.narrow.ok && useNarrowLookups {
+		esc = encodeStepsNarrowAVX2(&e.exps[0], full, &enc.narrow, v, &e.bytes[0][0])
 	} else if full > 0 {
 		esc = encodeStepsAVX2(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0])
 	}

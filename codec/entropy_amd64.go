@@ -36,6 +36,15 @@ func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]ui
 //go:noescape
 func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte) (escapes int)
 
+// encodeStepsNarrowAVX2 is encodeStepsAVX2 looking a step's exponents up in nt's 16-entry tables (nt.ok).
+//
+//go:noescape
+func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte) (escapes int)
+
+// sixteens is 16 in every byte: encodeStepsNarrowAVX2's test for exponents outside its tables.
+var sixteens = [32]byte{16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16,
+	16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16}
+
 // laneOffsets[l] is lane l's bytes in laneEnc.bytes, and bswap16 gathers the low two bytes of each 32-bit word,
 // swapped, into the low 8 bytes of its 128-bit half: encodeStepsAVX2's word stores.
 var laneOffsets = func() (o [lanes]uint32) {

@@ -105,12 +105,49 @@
 // its bytes (as the Go coder writes it: every step, complete or not, so that its last write is the complete
 // word): the words in X14, their offsets from DI at 32 in the frame, stored by ENCSTORE.
 #define ENCGROUP(G, B, ACC) \
+	ENCGATHER(G) \
+	ENCBODY(G, B, ACC)
+
+// ENCGATHER gathers group G's look-ups: Y13 their entries (the escape flag at bit 7), Y14 their lengths, Y15
+// their bits.
+#define ENCGATHER(G) \
 	VPMOVZXBD  (8*G)(SI), Y11 \
 	VMOVDQA    Y10, Y12 \
 	VPXOR      Y13, Y13, Y13 \
 	VPGATHERDD Y12, (R10)(Y11*4), Y13 \
 	VPAND      Y8, Y13, Y14 \
-	VPSRLD     $8, Y13, Y15 \
+	VPSRLD     $8, Y13, Y15
+
+// ENCNARROW is ENCGATHER from the step's look-ups in the frame (ENCSHUFFLE): Y13 the lens bytes, Y14 the
+// lengths, Y15 the low bytes of the bits, with ESC's high bits (encNarrow.hi) where the flag is set.
+#define ENCNARROW(G) \
+	VPMOVZXBD (64+8*G)(SP), Y13 \
+	VPMOVZXBD (96+8*G)(SP), Y15 \
+	VPSLLD    $24, Y13, Y12 \
+	VPSRAD    $31, Y12, Y12 \
+	VPAND     160(R10), Y12, Y12 \
+	VPOR      Y12, Y15, Y15 \
+	VPAND     Y8, Y13, Y14
+
+// ENCSHUFFLE looks the step's 32 exponents up in encNarrow (R10) with VPSHUFB: x = e − lo, and every
+// exponent with x ≥ 16 escapes. The lens bytes go to 64 in the frame, the bits' low bytes to 96.
+#define ENCSHUFFLE \
+	VMOVDQU   (SI), Y11 \
+	VPSUBB    64(R10), Y11, Y12 \
+	VPMAXUB   ·sixteens(SB), Y12, Y13 \
+	VPCMPEQB  Y12, Y13, Y13 \
+	VMOVDQU   0(R10), Y14 \
+	VPSHUFB   Y12, Y14, Y14 \
+	VPBLENDVB Y13, 96(R10), Y14, Y14 \
+	VMOVDQU   Y14, 64(SP) \
+	VMOVDQU   32(R10), Y15 \
+	VPSHUFB   Y12, Y15, Y15 \
+	VPOR      128(R10), Y11, Y11 \
+	VPBLENDVB Y13, Y11, Y15, Y15 \
+	VMOVDQU   Y15, 96(SP)
+
+// ENCBODY codes group G's looked-up symbols (ENCGATHER's or ENCNARROW's registers).
+#define ENCBODY(G, B, ACC) \
 	VPSLLVD    Y14, ACC, ACC \
 	VPOR       Y15, ACC, ACC \
 	VPSRLD     $4, B, Y15 \
@@ -359,6 +396,69 @@ encloop:
 	JMP  encloop
 
 encdone:
+	VMOVDQU Y0, 0(BX)
+	VMOVDQU Y1, 32(BX)
+	VMOVDQU Y2, 64(BX)
+	VMOVDQU Y3, 96(BX)
+	VMOVDQU Y4, 128(BX)
+	VMOVDQU Y5, 160(BX)
+	VMOVDQU Y6, 192(BX)
+	VMOVDQU Y7, 224(BX)
+	MOVQ    R9, escapes+40(FP)
+	VZEROUPPER
+	RET
+
+// func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte) (escapes int)
+//
+// encodeStepsAVX2 with a step's look-ups made by two byte shuffles from nt's 16-entry tables (ENCSHUFFLE)
+// instead of four gathers. Frame: the group's words' offsets at 32, the step's lens bytes at 64 and the low
+// bytes of its bits at 96.
+TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $128-48
+	MOVQ exps+0(FP), SI
+	MOVQ steps+8(FP), CX
+	MOVQ nt+16(FP), R10
+	MOVQ st+24(FP), BX
+	MOVQ bytes+32(FP), DI
+	XORQ R8, R8 // step
+	XORQ R9, R9 // escapes
+
+	BCASTD(31, X8, Y8)
+	BCASTD(15, X9, Y9)
+	VPCMPEQD     Y10, Y10, Y10
+	VMOVDQU      0(BX), Y0
+	VMOVDQU      32(BX), Y1
+	VMOVDQU      64(BX), Y2
+	VMOVDQU      96(BX), Y3
+	VMOVDQU      128(BX), Y4
+	VMOVDQU      160(BX), Y5
+	VMOVDQU      192(BX), Y6
+	VMOVDQU      224(BX), Y7
+
+nencloop:
+	CMPQ R8, CX
+	JGE  nencdone
+	XORL R12, R12
+	XORL R13, R13
+	ENCSHUFFLE
+	ENCNARROW(0)
+	ENCBODY(0, Y0, Y4)
+	ENCSTORE
+	ENCNARROW(1)
+	ENCBODY(1, Y1, Y5)
+	ENCSTORE
+	ENCNARROW(2)
+	ENCBODY(2, Y2, Y6)
+	ENCSTORE
+	ENCNARROW(3)
+	ENCBODY(3, Y3, Y7)
+	ENCSTORE
+	MOVL R12, (256+4)(BX)(R8*4)                   // r1[s+1]
+	MOVL R13, (256+4*(const_maxSteps+1))(BX)(R8*4) // r2[s]
+	ADDQ $32, SI
+	INCQ R8
+	JMP  nencloop
+
+nencdone:
 	VMOVDQU Y0, 0(BX)
 	VMOVDQU Y1, 32(BX)
 	VMOVDQU Y2, 64(BX)

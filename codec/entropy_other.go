@@ -13,6 +13,10 @@ func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes
 	panic("splitzip: no entropy assembly on this platform")
 }
 
+func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte) (escapes int) {
+	panic("splitzip: no entropy assembly on this platform")
+}
+
 func interleaveAVX2(bytes *byte, r1, r2 *uint32, steps int, out *byte) (n int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
