@@ -504,6 +504,9 @@ type encSIMD struct {
 	r2  [maxSteps]uint32
 	// out takes interleaveAVX2's stream, whose 8-byte stores reach up to 8 bytes past its end.
 	out [maxEntropyChunk*2 + 8]byte
+	// ev lists encodeStepsAVX2's completed words (at most one a lane a step; its 32-byte stores and the
+	// padding of an odd count reach up to 8 past the last).
+	ev [maxEntropyChunk + 8]uint32
 }
 
 // useNarrowLookups lets the AVX2 encoder take encNarrow's shuffles where a table allows them; a variable, so
@@ -529,9 +532,9 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 	if full > 0 && hasEntropyAsm {
 		esc = encodeStepsAVX512(&e.exps[0], full, &enc.simd, v, &e.bytes[0][0], maxLaneBytes)
 	} else if full > 0 && enc.narrow.ok && useNarrowLookups {
-		esc = encodeStepsNarrowAVX2(&e.exps[0], full, &enc.narrow, v, &e.bytes[0][0])
+		esc = encodeStepsNarrowAVX2(&e.exps[0], full, &enc.narrow, v, &e.bytes[0][0], &v.ev[0])
 	} else if full > 0 {
-		esc = encodeStepsAVX2(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0])
+		esc = encodeStepsAVX2(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0], &v.ev[0])
 	}
 	if rest := m - full*lanes; rest > 0 {
 		s := full

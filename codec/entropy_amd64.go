@@ -31,22 +31,22 @@ var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI1
 func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int)
 
 // encodeStepsAVX2 is encodeStepsAVX512 in AVX2 (the same scratch and lane bytes written, lanes maxLaneBytes
-// apart), from the 32-bit look-up table lut (entEnc.lut).
+// apart, but only the words a step completes), from the 32-bit look-up table lut (entEnc.lut). ev is scratch
+// for the completed words (encSIMD.ev).
 //
 //go:noescape
-func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte) (escapes int)
+func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32) (escapes int)
 
 // encodeStepsNarrowAVX2 is encodeStepsAVX2 looking a step's exponents up in nt's 16-entry tables (nt.ok).
 //
 //go:noescape
-func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte) (escapes int)
+func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32) (escapes int)
 
 // sixteens is 16 in every byte: encodeStepsNarrowAVX2's test for exponents outside its tables.
 var sixteens = [32]byte{16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16,
 	16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16}
 
-// laneOffsets[l] is lane l's bytes in laneEnc.bytes, and bswap16 gathers the low two bytes of each 32-bit word,
-// swapped, into the low 8 bytes of its 128-bit half: encodeStepsAVX2's word stores.
+// laneOffsets[l] is lane l's bytes in laneEnc.bytes (interleaveAVX2's gathers).
 var laneOffsets = func() (o [lanes]uint32) {
 	for l := range o {
 		o[l] = uint32(l * maxLaneBytes)
@@ -54,8 +54,29 @@ var laneOffsets = func() (o [lanes]uint32) {
 	return o
 }()
 
-var bswap16 = [32]byte{1, 0, 5, 4, 9, 8, 13, 12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-	1, 0, 5, 4, 9, 8, 13, 12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80}
+// encodeStepsAVX2's events of completed words: laneOffsets16[l] is laneOffsets[l] << 16, bswap16d swaps the low two bytes of each 32-bit word and clears the others, and compressIdx[m] moves the
+// words of the lanes in m (8 bits) to the front, in order (VPERMD).
+var (
+	laneOffsets16 = func() (o [lanes]uint32) {
+		for l := range o {
+			o[l] = laneOffsets[l] << 16
+		}
+		return o
+	}()
+	bswap16d    = lanePattern(1, 0, -1, -1, 5, 4, -1, -1, 9, 8, -1, -1, 13, 12, -1, -1)
+	compressIdx = func() (t [256][8]uint32) {
+		for m := range t {
+			k := 0
+			for j := range 8 {
+				if m>>j&1 != 0 {
+					t[m][k] = uint32(j)
+					k++
+				}
+			}
+		}
+		return t
+	}()
+)
 
 // interleaveAVX2 is interleaveAVX512 in AVX2, lanes maxLaneBytes apart; out needs 8 bytes past the stream.
 //

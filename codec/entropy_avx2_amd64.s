@@ -101,9 +101,7 @@
 
 // ENCGROUP codes step s's symbols of group G (lanes 8G..8G+7; B their bit counts, ACC their newest bits):
 // looks up the exponents, appends the bits, records the round masks (r1 of step s+1 into R12, r2 of step s into
-// R13, byte G) and counts escapes (R9). Each lane's word that the step's bits started in goes, big-endian, to
-// its bytes (as the Go coder writes it: every step, complete or not, so that its last write is the complete
-// word): the words in X14, their offsets from DI at 32 in the frame, stored by ENCSTORE.
+// R13, byte G), counts escapes (R9) and appends the words the step completes to the events (ENCBODY).
 #define ENCGROUP(G, B, ACC) \
 	ENCGATHER(G) \
 	ENCBODY(G, B, ACC)
@@ -121,8 +119,8 @@
 // ENCNARROW is ENCGATHER from the step's look-ups in the frame (ENCSHUFFLE): Y13 the lens bytes, Y14 the
 // lengths, Y15 the low bytes of the bits, with ESC's high bits (encNarrow.hi) where the flag is set.
 #define ENCNARROW(G) \
-	VPMOVZXBD (64+8*G)(SP), Y13 \
-	VPMOVZXBD (96+8*G)(SP), Y15 \
+	VPMOVZXBD (8*G)(SP), Y13 \
+	VPMOVZXBD (32+8*G)(SP), Y15 \
 	VPSLLD    $24, Y13, Y12 \
 	VPSRAD    $31, Y12, Y12 \
 	VPAND     160(R10), Y12, Y12 \
@@ -130,7 +128,7 @@
 	VPAND     Y8, Y13, Y14
 
 // ENCSHUFFLE looks the step's 32 exponents up in encNarrow (R10) with VPSHUFB: x = e − lo, and every
-// exponent with x ≥ 16 escapes. The lens bytes go to 64 in the frame, the bits' low bytes to 96.
+// exponent with x ≥ 16 escapes. The lens bytes go to 0 in the frame, the bits' low bytes to 32.
 #define ENCSHUFFLE \
 	VMOVDQU   (SI), Y11 \
 	VPSUBB    64(R10), Y11, Y12 \
@@ -139,21 +137,22 @@
 	VMOVDQU   0(R10), Y14 \
 	VPSHUFB   Y12, Y14, Y14 \
 	VPBLENDVB Y13, 96(R10), Y14, Y14 \
-	VMOVDQU   Y14, 64(SP) \
+	VMOVDQU   Y14, 0(SP) \
 	VMOVDQU   32(R10), Y15 \
 	VPSHUFB   Y12, Y15, Y15 \
 	VPOR      128(R10), Y11, Y11 \
 	VPBLENDVB Y13, Y11, Y15, Y15 \
-	VMOVDQU   Y15, 96(SP)
+	VMOVDQU   Y15, 32(SP)
 
-// ENCBODY codes group G's looked-up symbols (ENCGATHER's or ENCNARROW's registers).
+// ENCBODY codes group G's looked-up symbols (ENCGATHER's or ENCNARROW's registers). The lanes whose step
+// completes a 16-bit word (the one B0 falls in: a step adds at most 16 bits) append it to the events at DX,
+// each its offset in the lanes' bytes << 16 | the word, big-endian, compressed to the front by a VPERMD from
+// compressIdx (R14): AVX2 has no scatter, and a step completes about 6 words where storing every lane's
+// current word (as the Go coder does) takes 32 stores. ENCEVENTS writes them.
 #define ENCBODY(G, B, ACC) \
 	VPSLLVD    Y14, ACC, ACC \
 	VPOR       Y15, ACC, ACC \
-	VPSRLD     $4, B, Y15 \
-	VPSLLD     $1, Y15, Y15 \
-	VPADDD     ·laneOffsets+(32*G)(SB), Y15, Y15 \
-	VMOVDQU    Y15, 32(SP) \
+	VPSRLD     $4, B, Y12 \
 	VPADDD     Y9, B, Y11 \
 	VPSRLD     $3, Y11, Y11 \
 	VPADDD     Y14, B, B \
@@ -173,25 +172,50 @@
 	VMOVMSKPS  Y15, AX \
 	POPCNTL    AX, AX \
 	ADDQ       AX, R9 \
+	VPSRLD     $4, B, Y13 \
+	VPCMPGTD   Y12, Y13, Y15 \
+	VPSLLD     $17, Y12, Y12 \
+	VPADDD     ·laneOffsets16+(32*G)(SB), Y12, Y12 \
 	VPAND      Y9, B, Y14 \
 	VPSRLVD    Y14, ACC, Y14 \
-	VPSHUFB    ·bswap16(SB), Y14, Y14 \
-	VPERMQ     $0x08, Y14, Y14
+	VPSHUFB    ·bswap16d(SB), Y14, Y14 \
+	VPOR       Y12, Y14, Y14 \
+	VMOVMSKPS  Y15, AX \
+	MOVQ       AX, R11 \
+	SHLQ       $5, AX \
+	VMOVDQU    (R14)(AX*1), Y13 \
+	VPERMD     Y14, Y13, Y14 \
+	VMOVDQU    Y14, (DX) \
+	POPCNTL    R11, R11 \
+	LEAQ       (DX)(R11*4), DX
 
-// ENCSTORE1 stores lane J's word of the group (ENCGROUP: word J of X14).
-#define ENCSTORE1(J) \
-	MOVL    (32+4*J)(SP), AX \
-	VPEXTRW $J, X14, (DI)(AX*1)
+// ENCEVENTS stores the words of the events from ev (FP) up to DX into the lanes' bytes (DI), two at a time
+// (ev has room for one more).
+#define ENCEVENTS \
+	MOVQ ev+40(FP), R11 \
+encevents: \
+	CMPQ R11, DX \
+	JAE  eneventsdone \
+	MOVL (R11), AX \
+	MOVL 4(R11), R13 \
+	MOVL AX, R12 \
+	SHRL $16, R12 \
+	MOVW AX, (DI)(R12*1) \
+	MOVL R13, R12 \
+	SHRL $16, R12 \
+	MOVW R13, (DI)(R12*1) \
+	ADDQ $8, R11 \
+	JMP  encevents \
+eneventsdone:
 
-#define ENCSTORE \
-	ENCSTORE1(0) \
-	ENCSTORE1(1) \
-	ENCSTORE1(2) \
-	ENCSTORE1(3) \
-	ENCSTORE1(4) \
-	ENCSTORE1(5) \
-	ENCSTORE1(6) \
-	ENCSTORE1(7)
+// ENCEVENTSPAD repeats the last event, if any, past the others: ENCEVENTS then writes its word twice rather
+// than a word from whatever follows an odd count.
+#define ENCEVENTSPAD \
+	CMPQ DX, ev+40(FP) \
+	JE   encpadded \
+	MOVL -4(DX), AX \
+	MOVL AX, (DX) \
+encpadded:
 
 // func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[64]uint16, exps *byte) (done, pos, escapes int)
 //
@@ -345,17 +369,17 @@ joined:
 	VZEROUPPER
 	RET
 
-// func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte) (escapes int)
+// func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32) (escapes int)
 //
 // encodeStepsAVX512 in AVX2, from the encoder's 32-bit look-up table (entEnc.lut: bits << 8 | escape << 7 |
 // length) gathered 8 lanes at a time: each step's lanes append their symbols' bits to 32-bit accumulators, the
 // round masks are recorded (with y = (B1+15)>>3 and w1 = (B0+15)>>3: round 1 of the next step when y > w1,
-// round 2 for an escape when y − 1 > w1), and each lane's current word is stored (AVX2 has no scatter: eight
-// scalar stores a group, which cost less than branching to the one or two lanes that complete a word).
+// round 2 for an escape when y − 1 > w1), and the words the steps complete are listed in ev and then stored
+// (ENCBODY, ENCEVENTS). ev needs room for one event a lane a step, and 8 more.
 //
 // Registers: Y0-Y3 the lanes' bit counts, Y4-Y7 their accumulators, Y8 words of 31, Y9 of 15, Y10 of −1;
-// Y11-Y15 scratch. Frame: the group's words' offsets from DI at 32.
-TEXT ·encodeStepsAVX2(SB), NOSPLIT, $64-48
+// Y11-Y15 scratch; DX the next event, R14 compressIdx.
+TEXT ·encodeStepsAVX2(SB), NOSPLIT, $0-56
 	MOVQ exps+0(FP), SI
 	MOVQ steps+8(FP), CX
 	MOVQ lut+16(FP), R10
@@ -363,6 +387,8 @@ TEXT ·encodeStepsAVX2(SB), NOSPLIT, $64-48
 	MOVQ bytes+32(FP), DI
 	XORQ R8, R8 // step
 	XORQ R9, R9 // escapes
+	MOVQ ev+40(FP), DX
+	LEAQ ·compressIdx(SB), R14
 
 	BCASTD(31, X8, Y8)
 	BCASTD(15, X9, Y9)
@@ -382,13 +408,9 @@ encloop:
 	XORL R12, R12
 	XORL R13, R13
 	ENCGROUP(0, Y0, Y4)
-	ENCSTORE
 	ENCGROUP(1, Y1, Y5)
-	ENCSTORE
 	ENCGROUP(2, Y2, Y6)
-	ENCSTORE
 	ENCGROUP(3, Y3, Y7)
-	ENCSTORE
 	MOVL R12, (256+4)(BX)(R8*4)                   // r1[s+1]
 	MOVL R13, (256+4*(const_maxSteps+1))(BX)(R8*4) // r2[s]
 	ADDQ $32, SI
@@ -404,16 +426,17 @@ encdone:
 	VMOVDQU Y5, 160(BX)
 	VMOVDQU Y6, 192(BX)
 	VMOVDQU Y7, 224(BX)
-	MOVQ    R9, escapes+40(FP)
+	MOVQ    R9, escapes+48(FP)
+	ENCEVENTSPAD
+	ENCEVENTS
 	VZEROUPPER
 	RET
 
-// func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte) (escapes int)
+// func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32) (escapes int)
 //
 // encodeStepsAVX2 with a step's look-ups made by two byte shuffles from nt's 16-entry tables (ENCSHUFFLE)
-// instead of four gathers. Frame: the group's words' offsets at 32, the step's lens bytes at 64 and the low
-// bytes of its bits at 96.
-TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $128-48
+// instead of four gathers. Frame: the step's lens bytes at 0 and the low bytes of its bits at 32.
+TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $64-56
 	MOVQ exps+0(FP), SI
 	MOVQ steps+8(FP), CX
 	MOVQ nt+16(FP), R10
@@ -421,6 +444,8 @@ TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $128-48
 	MOVQ bytes+32(FP), DI
 	XORQ R8, R8 // step
 	XORQ R9, R9 // escapes
+	MOVQ ev+40(FP), DX
+	LEAQ ·compressIdx(SB), R14
 
 	BCASTD(31, X8, Y8)
 	BCASTD(15, X9, Y9)
@@ -442,16 +467,12 @@ nencloop:
 	ENCSHUFFLE
 	ENCNARROW(0)
 	ENCBODY(0, Y0, Y4)
-	ENCSTORE
 	ENCNARROW(1)
 	ENCBODY(1, Y1, Y5)
-	ENCSTORE
 	ENCNARROW(2)
 	ENCBODY(2, Y2, Y6)
-	ENCSTORE
 	ENCNARROW(3)
 	ENCBODY(3, Y3, Y7)
-	ENCSTORE
 	MOVL R12, (256+4)(BX)(R8*4)                   // r1[s+1]
 	MOVL R13, (256+4*(const_maxSteps+1))(BX)(R8*4) // r2[s]
 	ADDQ $32, SI
@@ -467,7 +488,9 @@ nencdone:
 	VMOVDQU Y5, 160(BX)
 	VMOVDQU Y6, 192(BX)
 	VMOVDQU Y7, 224(BX)
-	MOVQ    R9, escapes+40(FP)
+	MOVQ    R9, escapes+48(FP)
+	ENCEVENTSPAD
+	ENCEVENTS
 	VZEROUPPER
 	RET
 
