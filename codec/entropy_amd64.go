@@ -84,13 +84,13 @@ var (
 func interleaveAVX2(bytes *byte, r1, r2 *uint32, steps int, out *byte) (n int)
 
 // interleaveAVX2's constants: lowBytes picks each 32-bit word's low byte into the low word of its 128-bit half
-// (VPSHUFB), lowBytesOrder joins the two halves' into the low qword (VPERMD), laneBits is 1 << j in word j, and
-// compress8[m] moves the bytes of the lanes in m (8 bits) to the front, in order (VPSHUFB).
+// (VPSHUFB), lowBytesOrder joins the two halves' into the low qword (VPERMD), compress8[m] moves the bytes of
+// the lanes in m (8 bits) to the front, in order (VPSHUFB), and laneShift8[m] is 8 in the words of the lanes
+// in m (a byte's bits: the windows' shift and the counts' step).
 var (
 	lowBytes = [32]byte{0, 4, 8, 12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
 		0, 4, 8, 12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80}
 	lowBytesOrder = [8]uint32{0, 4, 1, 1, 1, 1, 1, 1}
-	laneBits      = [8]uint32{1, 2, 4, 8, 16, 32, 64, 128}
 	compress8     = func() (t [256][16]byte) {
 		for m := range t {
 			k := 0
@@ -102,6 +102,14 @@ var (
 			}
 			for ; k < 16; k++ {
 				t[m][k] = 0x80
+			}
+		}
+		return t
+	}()
+	laneShift8 = func() (t [256][8]uint32) {
+		for m := range t {
+			for j := range 8 {
+				t[m][j] = uint32(m>>j&1) * 8
 			}
 		}
 		return t

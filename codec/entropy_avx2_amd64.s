@@ -541,47 +541,41 @@ splitted:
 	VZEROUPPER
 	RET
 
-// IROUND1 takes, in lane order, the next byte of each lane of group G in the 8-bit mask M (a register, shifted
-// out as it goes): the low bytes of the group's windows (W, one dword a lane, its next four bytes in order)
-// gathered into a qword, compressed by the mask with VPSHUFB (compress8) and stored at BX + DX; DX advances by
-// the count, and the lanes that took one advance their count (RC) and shift their window by a byte.
-#define IROUND1(RC, W) \
-	VPSHUFB      Y8, W, Y12 \
-	VPERMD       Y12, Y9, Y12 \
-	MOVL         R12, AX \
-	ANDL         $0xFF, AX \
-	SHRL         $8, R12 \
-	MOVQ         AX, R13 \
-	SHLQ         $4, R13 \
-	VPSHUFB      (R14)(R13*1), X12, X12 \
-	VMOVQ        X12, (BX)(DX*1) \
-	POPCNTL      AX, R13 \
-	ADDQ         R13, DX \
-	VMOVD        AX, X13 \
-	VPBROADCASTD X13, Y13 \
-	VPAND        Y10, Y13, Y13 \
-	VPCMPEQD     Y10, Y13, Y13 \
-	VPSUBD       Y13, RC, RC \
-	VPAND        Y11, Y13, Y13 \
-	VPSRLVD      Y13, W, W
+// IROUND1 takes, in lane order, the next byte of each lane of group G in the round's mask (byte G of the
+// step's uint32 at MASKS + 4·R8): the low bytes of the group's windows (W, one dword a lane, its next four
+// bytes in order) gathered into a qword, compressed by the mask with VPSHUFB (compress8, R14) and stored at
+// BX + DX; DX advances by the count, and the lanes that took one shift their window by a byte and advance
+// their count (RC, in bits) by 8: laneShift8[mask] (R10).
+#define IROUND1(G, MASKS, RC, W) \
+	VPSHUFB Y8, W, Y12 \
+	VPERMD  Y12, Y9, Y12 \
+	MOVBLZX G(MASKS)(R8*4), AX \
+	POPCNTL AX, R13 \
+	SHLQ    $4, AX \
+	VPSHUFB (R14)(AX*1), X12, X12 \
+	VMOVQ   X12, (BX)(DX*1) \
+	ADDQ    R13, DX \
+	VMOVDQU (R10)(AX*2), Y13 \
+	VPSRLVD Y13, W, W \
+	VPADDD  Y13, RC, RC
 
-// IROUND takes one round's bytes (the 32-bit lane mask in R12) from all four groups.
-#define IROUND \
-	IROUND1(Y0, Y4) \
-	IROUND1(Y1, Y5) \
-	IROUND1(Y2, Y6) \
-	IROUND1(Y3, Y7)
+// IROUND takes one round's bytes (masks at MASKS + 4·R8) from all four groups.
+#define IROUND(MASKS) \
+	IROUND1(0, MASKS, Y0, Y4) \
+	IROUND1(1, MASKS, Y1, Y5) \
+	IROUND1(2, MASKS, Y2, Y6) \
+	IROUND1(3, MASKS, Y3, Y7)
 
 // IGATHER1 loads the next four bytes of each lane of group G (bytes + laneOffsets + its count) into W.
 #define IGATHER1(G, RC, W) \
-	VPADDD     ·laneOffsets+(32*G)(SB), RC, Y12 \
+	VPSRLD     $3, RC, Y12 \
+	VPADDD     ·laneOffsets+(32*G)(SB), Y12, Y12 \
 	VPCMPEQD   Y13, Y13, Y13 \
 	VPGATHERDD Y13, (DI)(Y12*1), W
 
 // ISTEP interleaves step R8's bytes: round 1 (r1[s], SI), then round 2 (r2[s], R11) when any lane takes one.
 #define ISTEP \
-	MOVL  (SI)(R8*4), R12 \
-	IROUND \
+	IROUND(SI) \
 	MOVL  (R11)(R8*4), R12 \
 	TESTL R12, R12 \
 	JZ    2(PC) \
@@ -594,8 +588,8 @@ splitted:
 // are gathered (a lane takes at most two a step); a round's bytes are the windows' low bytes, compressed
 // group by group. out must have 8 bytes to spare past the stream (the stores are 8 bytes wide).
 //
-// Registers: Y0-Y3 the lanes' byte counts, Y4-Y7 their windows; Y8 picks each dword's low byte (VPSHUFB),
-// Y9 gathers them into the low qword (VPERMD), Y10 holds 1 << j in lane j, Y11 words of 8.
+// Registers: Y0-Y3 the lanes' bits taken (8 a byte), Y4-Y7 their windows; Y8 picks each dword's low byte
+// (VPSHUFB), Y9 gathers them into the low qword (VPERMD); R14 compress8, R10 laneShift8.
 TEXT ·interleaveAVX2(SB), NOSPLIT, $0-48
 	MOVQ    bytes+0(FP), DI
 	MOVQ    r1+8(FP), SI
@@ -603,12 +597,11 @@ TEXT ·interleaveAVX2(SB), NOSPLIT, $0-48
 	MOVQ    steps+24(FP), CX
 	MOVQ    out+32(FP), BX
 	LEAQ    ·compress8(SB), R14
+	LEAQ    ·laneShift8(SB), R10
 	XORQ    DX, DX // bytes written
 	XORQ    R8, R8 // step
 	VMOVDQU ·lowBytes(SB), Y8
 	VMOVDQU ·lowBytesOrder(SB), Y9
-	VMOVDQU ·laneBits(SB), Y10
-	BCASTD(8, X11, Y11)
 	VPXOR   Y0, Y0, Y0
 	VPXOR   Y1, Y1, Y1
 	VPXOR   Y2, Y2, Y2
@@ -632,9 +625,9 @@ idone:
 	VZEROUPPER
 	RET
 
-// interleaveRound2AVX2 is IROUND for round 2 (the mask in R12), out of line: few steps have one.
+// interleaveRound2AVX2 is IROUND for round 2 (r2[s], R11), out of line: few steps have one.
 TEXT ·interleaveRound2AVX2(SB), NOSPLIT|NOFRAME, $0-0
-	IROUND
+	IROUND(R11)
 	RET
 
 // func splitE4M3AVX2(src, exps, res *byte, n int)
