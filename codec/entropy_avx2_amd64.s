@@ -144,12 +144,17 @@
 	VPBLENDVB Y13, Y11, Y15, Y15 \
 	VMOVDQU   Y15, 32(SP)
 
-// ENCBODY codes group G's looked-up symbols (ENCGATHER's or ENCNARROW's registers). The lanes whose step
-// completes a 16-bit word (the one B0 falls in: a step adds at most 16 bits) append it to the events at DX,
-// each its offset in the lanes' bytes << 16 | the word, big-endian, compressed to the front by a VPERMD from
-// compressIdx (R14): AVX2 has no scatter, and a step completes about 6 words where storing every lane's
-// current word (as the Go coder does) takes 32 stores. ENCEVENTS writes them.
+// ENCBODY codes group G's looked-up symbols (ENCGATHER's or ENCNARROW's registers): ENCBITS, ENCR2, ENCESC
+// and ENCWORDS.
 #define ENCBODY(G, B, ACC) \
+	ENCBITS(G, B, ACC) \
+	ENCR2(G) \
+	ENCESC \
+	ENCWORDS(G, B, ACC)
+
+// ENCBITS appends group G's bits (lengths Y14, bits Y15) and records its lanes of round 1 of the next step
+// (R12, byte G). It leaves B0 >> 4 in Y12, w1 in Y11 and y in Y14 (encodeStepsAVX2).
+#define ENCBITS(G, B, ACC) \
 	VPSLLVD    Y14, ACC, ACC \
 	VPOR       Y15, ACC, ACC \
 	VPSRLD     $4, B, Y12 \
@@ -161,17 +166,31 @@
 	VPCMPGTD   Y11, Y14, Y15 \
 	VMOVMSKPS  Y15, AX \
 	SHLL       $(8*G), AX \
-	ORL        AX, R12 \
+	ORL        AX, R12
+
+// ENCR2 records group G's lanes of round 2 (R13, byte G): those that escape (the flag, bit 7 of Y13) with
+// y − 1 > w1. It leaves the flags in Y15's sign bits.
+#define ENCR2(G) \
 	VPADDD     Y10, Y14, Y14 \
 	VPCMPGTD   Y11, Y14, Y14 \
 	VPSLLD     $24, Y13, Y15 \
 	VPAND      Y15, Y14, Y14 \
 	VMOVMSKPS  Y14, AX \
 	SHLL       $(8*G), AX \
-	ORL        AX, R13 \
+	ORL        AX, R13
+
+// ENCESC counts the group's escapes (ENCR2's flags) into R9.
+#define ENCESC \
 	VMOVMSKPS  Y15, AX \
 	POPCNTL    AX, AX \
-	ADDQ       AX, R9 \
+	ADDQ       AX, R9
+
+// ENCWORDS appends the words group G's step completes to the events at DX: the lanes whose B passes a
+// multiple of 16 (the word B0 falls in: a step adds at most 16 bits), each as its offset in the lanes' bytes
+// << 16 | the word, big-endian, compressed to the front by a VPERMD from compressIdx (R14). AVX2 has no
+// scatter, and a step completes about 6 words where storing every lane's current word (as the Go coder does)
+// takes 32 stores. ENCEVENTS writes them.
+#define ENCWORDS(G, B, ACC) \
 	VPSRLD     $4, B, Y13 \
 	VPCMPGTD   Y12, Y13, Y15 \
 	VPSLLD     $17, Y12, Y12 \
@@ -188,6 +207,13 @@
 	VMOVDQU    Y14, (DX) \
 	POPCNTL    R11, R11 \
 	LEAQ       (DX)(R11*4), DX
+
+// ENCPLAIN codes group G of a step without escapes from ENCSHUFFLE's look-ups: every lens byte is a length.
+#define ENCPLAIN(G, B, ACC) \
+	VPMOVZXBD (8*G)(SP), Y14 \
+	VPMOVZXBD (32+8*G)(SP), Y15 \
+	ENCBITS(G, B, ACC) \
+	ENCWORDS(G, B, ACC)
 
 // ENCEVENTS stores the words of the events from ev (FP) up to DX into the lanes' bytes (DI), two at a time
 // (ev has room for one more).
@@ -435,7 +461,8 @@ encdone:
 // func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32) (escapes int)
 //
 // encodeStepsAVX2 with a step's look-ups made by two byte shuffles from nt's 16-entry tables (ENCSHUFFLE)
-// instead of four gathers. Frame: the step's lens bytes at 0 and the low bytes of its bits at 32.
+// instead of four gathers, and the escapes' work (ESC's high bits, round 2, the count) done only in steps
+// with one. Frame: the step's lens bytes at 0 and the low bytes of its bits at 32.
 TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $64-56
 	MOVQ exps+0(FP), SI
 	MOVQ steps+8(FP), CX
@@ -465,14 +492,36 @@ nencloop:
 	XORL R12, R12
 	XORL R13, R13
 	ENCSHUFFLE
+	VPMOVMSKB Y14, AX // the step's escapes
+	TESTL     AX, AX
+	JNZ       nescapes
+	ENCPLAIN(0, Y0, Y4)
+	ENCPLAIN(1, Y1, Y5)
+	ENCPLAIN(2, Y2, Y6)
+	ENCPLAIN(3, Y3, Y7)
+	JMP  nstepped
+
+nescapes:
+	POPCNTL AX, AX
+	ADDQ    AX, R9
 	ENCNARROW(0)
-	ENCBODY(0, Y0, Y4)
+	ENCBITS(0, Y0, Y4)
+	ENCR2(0)
+	ENCWORDS(0, Y0, Y4)
 	ENCNARROW(1)
-	ENCBODY(1, Y1, Y5)
+	ENCBITS(1, Y1, Y5)
+	ENCR2(1)
+	ENCWORDS(1, Y1, Y5)
 	ENCNARROW(2)
-	ENCBODY(2, Y2, Y6)
+	ENCBITS(2, Y2, Y6)
+	ENCR2(2)
+	ENCWORDS(2, Y2, Y6)
 	ENCNARROW(3)
-	ENCBODY(3, Y3, Y7)
+	ENCBITS(3, Y3, Y7)
+	ENCR2(3)
+	ENCWORDS(3, Y3, Y7)
+
+nstepped:
 	MOVL R12, (256+4)(BX)(R8*4)                   // r1[s+1]
 	MOVL R13, (256+4*(const_maxSteps+1))(BX)(R8*4) // r2[s]
 	ADDQ $32, SI
