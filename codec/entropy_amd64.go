@@ -21,7 +21,7 @@ var hasEntropyAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX5
 var hasEntropyAVX2 = !hasEntropyAsm && cpuHasEntropyAVX2
 
 // cpuHasEntropyAVX2 reports whether the CPU runs the AVX2 coder, chosen (hasEntropyAVX2) or not.
-var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI1
+var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI1 && cpu.X86.HasBMI2
 
 // decodeLanesAVX2 is decodeLanesAVX512 in AVX2 (same arguments, state and results): the 32 lanes in four
 // registers of 8 32-bit buffers (16 bits used, as decodeLanesAVX512's), a group's refill bytes spread to its
@@ -54,12 +54,13 @@ var laneOffsets = func() (o [lanes]uint32) {
 	return o
 }()
 
-// encodeStepsAVX2's events of completed words: laneOffsets16[l] is laneOffsets[l] << 16, bswap16d swaps the low two bytes of each 32-bit word and clears the others, and compressIdx[m] moves the
+// encodeStepsAVX2's events of completed words: laneWords16[l] is (laneOffsets[l] − 2) << 16 (a completed
+// word's offset << 16 is this plus (B >> 4) << 17, B the lane's bits after it), bswap16d swaps the low two bytes of each 32-bit word and clears the others, and compressIdx[m] moves the
 // words of the lanes in m (8 bits) to the front, in order (VPERMD).
 var (
-	laneOffsets16 = func() (o [lanes]uint32) {
+	laneWords16 = func() (o [lanes]uint32) {
 		for l := range o {
-			o[l] = laneOffsets[l] << 16
+			o[l] = (laneOffsets[l] - 2) << 16 // lane 0's wraps; the sum does not
 		}
 		return o
 	}()

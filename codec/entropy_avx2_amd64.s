@@ -128,7 +128,8 @@
 	VPAND     Y8, Y13, Y14
 
 // ENCSHUFFLE looks the step's 32 exponents up in encNarrow (R10) with VPSHUFB: x = e − lo, and every
-// exponent with x ≥ 16 escapes. The lens bytes go to 0 in the frame, the bits' low bytes to 32.
+// exponent with x ≥ 16 escapes. The lens bytes go to 0 in the frame (Y14 keeps them), the bits' low bytes to
+// 32 (those of the escapes from ENCSHUFFLEESC).
 #define ENCSHUFFLE \
 	VMOVDQU   (SI), Y11 \
 	VPSUBB    64(R10), Y11, Y12 \
@@ -140,7 +141,17 @@
 	VMOVDQU   Y14, 0(SP) \
 	VMOVDQU   32(R10), Y15 \
 	VPSHUFB   Y12, Y15, Y15 \
+	VMOVDQU   Y15, 32(SP)
+
+// ENCSHUFFLEESC puts the escapes' bits into ENCSHUFFLE's low bytes: the exponent, and ESC's code's low bits
+// above it (only steps with an escape need them).
+#define ENCSHUFFLEESC \
+	VMOVDQU   (SI), Y11 \
+	VPSUBB    64(R10), Y11, Y12 \
+	VPMAXUB   ·sixteens(SB), Y12, Y13 \
+	VPCMPEQB  Y12, Y13, Y13 \
 	VPOR      128(R10), Y11, Y11 \
+	VMOVDQU   32(SP), Y15 \
 	VPBLENDVB Y13, Y11, Y15, Y15 \
 	VMOVDQU   Y15, 32(SP)
 
@@ -153,17 +164,16 @@
 	ENCWORDS(G, B, ACC)
 
 // ENCBITS appends group G's bits (lengths Y14, bits Y15) and records its lanes of round 1 of the next step
-// (R12, byte G). It leaves B0 >> 4 in Y12, w1 in Y11 and y in Y14 (encodeStepsAVX2).
+// (R12, byte G). It leaves w1 in Y11, y in Y12 and the lengths in Y14 (encodeStepsAVX2).
 #define ENCBITS(G, B, ACC) \
 	VPSLLVD    Y14, ACC, ACC \
 	VPOR       Y15, ACC, ACC \
-	VPSRLD     $4, B, Y12 \
 	VPADDD     Y9, B, Y11 \
 	VPSRLD     $3, Y11, Y11 \
 	VPADDD     Y14, B, B \
-	VPADDD     Y9, B, Y14 \
-	VPSRLD     $3, Y14, Y14 \
-	VPCMPGTD   Y11, Y14, Y15 \
+	VPADDD     Y9, B, Y12 \
+	VPSRLD     $3, Y12, Y12 \
+	VPCMPGTD   Y11, Y12, Y15 \
 	VMOVMSKPS  Y15, AX \
 	SHLL       $(8*G), AX \
 	ORL        AX, R12
@@ -171,11 +181,11 @@
 // ENCR2 records group G's lanes of round 2 (R13, byte G): those that escape (the flag, bit 7 of Y13) with
 // y − 1 > w1. It leaves the flags in Y15's sign bits.
 #define ENCR2(G) \
-	VPADDD     Y10, Y14, Y14 \
-	VPCMPGTD   Y11, Y14, Y14 \
+	VPADDD     Y10, Y12, Y12 \
+	VPCMPGTD   Y11, Y12, Y12 \
 	VPSLLD     $24, Y13, Y15 \
-	VPAND      Y15, Y14, Y14 \
-	VMOVMSKPS  Y14, AX \
+	VPAND      Y15, Y12, Y12 \
+	VMOVMSKPS  Y12, AX \
 	SHLL       $(8*G), AX \
 	ORL        AX, R13
 
@@ -186,17 +196,17 @@
 	ADDQ       AX, R9
 
 // ENCWORDS appends the words group G's step completes to the events at DX: the lanes whose B passes a
-// multiple of 16 (the word B0 falls in: a step adds at most 16 bits), each as its offset in the lanes' bytes
-// << 16 | the word, big-endian, compressed to the front by a VPERMD from compressIdx (R14). AVX2 has no
+// multiple of 16 (the word B0 falls in: a step adds at most 16 bits, so these are the lanes whose length
+// exceeds B & 15), each as its offset in the lanes' bytes << 16 | the word, big-endian, compressed to the front by a VPERMD from compressIdx (R14). AVX2 has no
 // scatter, and a step completes about 6 words where storing every lane's current word (as the Go coder does)
 // takes 32 stores. ENCEVENTS writes them.
 #define ENCWORDS(G, B, ACC) \
-	VPSRLD     $4, B, Y13 \
-	VPCMPGTD   Y12, Y13, Y15 \
+	VPAND      Y9, B, Y13 \
+	VPCMPGTD   Y13, Y14, Y15 \
+	VPSRLVD    Y13, ACC, Y14 \
+	VPSRLD     $4, B, Y12 \
 	VPSLLD     $17, Y12, Y12 \
-	VPADDD     ·laneOffsets16+(32*G)(SB), Y12, Y12 \
-	VPAND      Y9, B, Y14 \
-	VPSRLVD    Y14, ACC, Y14 \
+	VPADDD     ·laneWords16+(32*G)(SB), Y12, Y12 \
 	VPSHUFB    ·bswap16d(SB), Y14, Y14 \
 	VPOR       Y12, Y14, Y14 \
 	VMOVMSKPS  Y15, AX \
@@ -218,19 +228,18 @@
 // ENCEVENTS stores the words of the events from ev (FP) up to DX into the lanes' bytes (DI), two at a time
 // (ev has room for one more).
 #define ENCEVENTS \
-	MOVQ ev+40(FP), R11 \
+	MOVQ  ev+40(FP), R11 \
+	MOVL  $16, CX \
 encevents: \
-	CMPQ R11, DX \
-	JAE  eneventsdone \
-	MOVL (R11), AX \
-	MOVL 4(R11), R13 \
-	MOVL AX, R12 \
-	SHRL $16, R12 \
-	MOVW AX, (DI)(R12*1) \
-	MOVL R13, R12 \
-	SHRL $16, R12 \
-	MOVW R13, (DI)(R12*1) \
-	ADDQ $8, R11 \
+	CMPQ  R11, DX \
+	JAE   eneventsdone \
+	MOVL  (R11), AX \
+	MOVL  4(R11), R13 \
+	SHRXL CX, AX, R12 \
+	MOVW  AX, (DI)(R12*1) \
+	SHRXL CX, R13, R12 \
+	MOVW  R13, (DI)(R12*1) \
+	ADDQ  $8, R11 \
 	JMP  encevents \
 eneventsdone:
 
@@ -504,6 +513,7 @@ nencloop:
 nescapes:
 	POPCNTL AX, AX
 	ADDQ    AX, R9
+	ENCSHUFFLEESC
 	ENCNARROW(0)
 	ENCBITS(0, Y0, Y4)
 	ENCR2(0)
