@@ -632,6 +632,11 @@ splitted:
 	VPCMPEQD   Y13, Y13, Y13 \
 	VPGATHERDD Y13, (DI)(Y12*1), W
 
+// ISTEP1 interleaves step R8's bytes when no lane takes one in round 2.
+#define ISTEP1 \
+	IROUND(SI) \
+	INCQ R8
+
 // ISTEP interleaves step R8's bytes: round 1 (r1[s], SI), then round 2 (r2[s], R11) when any lane takes one.
 #define ISTEP \
 	IROUND(SI) \
@@ -643,8 +648,9 @@ splitted:
 
 // func interleaveAVX2(bytes *byte, r1, r2 *uint32, steps int, out *byte) (n int)
 //
-// interleaveAVX512 in AVX2 (lanes maxLaneBytes apart in bytes). Every two steps each lane's next four bytes
-// are gathered (a lane takes at most two a step); a round's bytes are the windows' low bytes, compressed
+// interleaveAVX512 in AVX2 (lanes maxLaneBytes apart in bytes). Each lane's next four bytes are gathered every
+// two steps (a lane takes at most two a step), or every four when no lane takes one in round 2 there (at most
+// one a step: round 2 is for escapes, so this is the common case); a round's bytes are the windows' low bytes, compressed
 // group by group. out must have 8 bytes to spare past the stream (the stores are 8 bytes wide).
 //
 // Registers: Y0-Y3 the lanes' bits taken (8 a byte), Y4-Y7 their windows; Y8 picks each dword's low byte
@@ -673,6 +679,19 @@ iloop:
 	IGATHER1(1, Y1, Y5)
 	IGATHER1(2, Y2, Y6)
 	IGATHER1(3, Y3, Y7)
+	LEAQ 4(R8), AX
+	CMPQ AX, CX
+	JGT  itwo
+	MOVQ (R11)(R8*4), AX
+	ORQ  8(R11)(R8*4), AX
+	JNZ  itwo
+	ISTEP1
+	ISTEP1
+	ISTEP1
+	ISTEP1
+	JMP  iloop
+
+itwo:
 	ISTEP
 	CMPQ R8, CX
 	JGE  idone
