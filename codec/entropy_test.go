@@ -2,12 +2,12 @@ package codec
 
 import (
 	"encoding/binary"
-	"fmt"
 	"hash/crc32"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -782,14 +782,15 @@ func TestEntropyAsmTwin(t *testing.T) {
 }
 
 // entropyAsmPaths lists the entropy coder's assembly paths this CPU runs, each to be tested against pure Go:
-// AVX-512 where hasEntropyAsm, AVX2 wherever the CPU has it (also where the AVX-512 one is preferred).
+// AVX-512 where hasEntropyAsm, AVX2 wherever the CPU has it (also where the AVX-512 one is preferred), the
+// latter also with the encoder's gathers where a table allows shuffles (avx2-gather).
 func entropyAsmPaths(t *testing.T) []string {
 	var paths []string
 	if hasEntropyAsm {
 		paths = append(paths, "avx512")
 	}
 	if cpuHasEntropyAVX2 {
-		paths = append(paths, "avx2")
+		paths = append(paths, "avx2", "avx2-gather")
 	}
 	if len(paths) == 0 {
 		t.Skip("no entropy assembly on this CPU")
@@ -797,12 +798,13 @@ func entropyAsmPaths(t *testing.T) []string {
 	return paths
 }
 
-// useEntropyPath switches the entropy coder to path ("avx512", "avx2"; anything else: pure Go) and returns
-// what switches it back.
+// useEntropyPath switches the entropy coder to path ("avx512", "avx2", "avx2-gather"; anything else: pure Go)
+// and returns what switches it back.
 func useEntropyPath(path string) (restore func()) {
-	v, v2 := hasEntropyAsm, hasEntropyAVX2
-	hasEntropyAsm, hasEntropyAVX2 = path == "avx512", path == "avx2"
-	return func() { hasEntropyAsm, hasEntropyAVX2 = v, v2 }
+	v, v2, n := hasEntropyAsm, hasEntropyAVX2, useNarrowLookups
+	hasEntropyAsm, hasEntropyAVX2 = path == "avx512", strings.HasPrefix(path, "avx2")
+	useNarrowLookups = path != "avx2-gather"
+	return func() { hasEntropyAsm, hasEntropyAVX2, useNarrowLookups = v, v2, n }
 }
 
 // asmOr is path where asm, else "go".
@@ -934,20 +936,6 @@ func TestEntropyEncoderAsmTwin(t *testing.T) {
 }
 
 func testEntropyEncoderAsmTwin(t *testing.T, path string) {
-	if path == "avx2" {
-		// The AVX2 encoder looks exponents up with shuffles where a table spans at most 16 of them: run every
-		// case with the gathers too.
-		defer func(v bool) { useNarrowLookups = v }(useNarrowLookups)
-		for _, narrow := range []bool{true, false} {
-			useNarrowLookups = narrow
-			t.Run(fmt.Sprintf("narrow=%v", narrow), func(t *testing.T) { testEntropyEncoderAsmTwinPath(t, path) })
-		}
-		return
-	}
-	testEntropyEncoderAsmTwinPath(t, path)
-}
-
-func testEntropyEncoderAsmTwinPath(t *testing.T, path string) {
 	rng := rand.New(rand.NewPCG(89, 90))
 	enc, _ := newHighRatio(t)
 	encode := func(src []byte, dt DType, asm bool) []byte {
