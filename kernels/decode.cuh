@@ -118,8 +118,9 @@ __device__ __forceinline__ void store_unit(const Map& map, uint64_t base, uint32
 // Decode tiles: a block decodes CPT consecutive chunks of one frame at a time (unit layout as in encoding).
 template <int THREADS, int CPT>
 struct DecShared {
-  uint32_t hdr[20];  // header and codebook
+  uint32_t hdr[20];  // header and codebook (first: its 16-byte loads need the alignment)
   uint32_t pairs[256];
+  uint64_t base;  // paged: where the tile's elements start when they lie in one block (tile_base), else 0
   uint32_t tab[CPT + 1];  // escapes before each chunk of the tile, and after its last
   uint32_t status;
   // The tile's escapes by element e (from the tile's first): bit e % 32 of emask[e / 32] set when e escapes,
@@ -198,6 +199,10 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
   } else if (threadIdx.x >= 32 && threadIdx.x < 32 + CPT + 1) {
     const uint32_t c = c0 + threadIdx.x - 32;
     if (spec && c < L.chunks) sh.tab[threadIdx.x - 32] = reinterpret_cast<const uint32_t*>(frame + L.table)[c];
+  } else if (!Map::kDense && threadIdx.x == 64) {
+    // One thread finds the tile's block, so that the others store without a block lookup (two divisions and
+    // two loads) per unit.
+    sh.base = tile_len ? tile_base(map, f, t0, tile_len) : 0;
   }
   for (uint32_t i = threadIdx.x; i < CPT * kChunk / 32; i += THREADS) sh.emask[i] = 0;
   __syncthreads();
@@ -239,7 +244,7 @@ __device__ __forceinline__ void dec_tile(const DecParams& p, const Map& map, uin
         set_exponent(o, k, sh.eexp[ue + k]);
       }
     }
-    store_unit(map, 0, f, t0, ue, tile_len, o);
+    store_unit(map, Map::kDense ? 0 : sh.base, f, t0, ue, tile_len, o);
   }
 }
 

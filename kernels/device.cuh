@@ -76,6 +76,15 @@ __device__ __forceinline__ uint32_t bit_select(uint32_t m, uint32_t a, uint32_t 
   return r;
 }
 
+// mad_if is p ? a * b + c : c as one predicated multiply-add; the compiler selects b or 0 first, an ALU
+// instruction more.
+__device__ __forceinline__ uint32_t mad_if(bool p, uint32_t a, uint32_t b, uint32_t c) {
+  asm("{\n\t.reg .pred q;\n\tsetp.ne.u32 q, %3, 0;\n\t@q mad.lo.u32 %0, %1, %2, %0;\n\t}"
+      : "+r"(c)
+      : "r"(a), "r"(b), "r"((uint32_t)p));
+  return c;
+}
+
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 // warp_uniform returns v, which every lane of the warp holds alike, where the compiler can see that: a warp

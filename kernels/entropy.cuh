@@ -982,7 +982,7 @@ __device__ __forceinline__ void hr_refill(const uint8_t* ring, uint32_t below, b
   const uint32_t m = __ballot_sync(0xFFFFFFFFu, need);
   // Branch-free: every lane reads the byte it would take (diverging around the read costs more than the read).
   const uint32_t b = ring[(st.q & (kHRRing - 1)) + __popc(m & below)];
-  st.win += b * (need ? st.pw : 0u);
+  st.win = mad_if(need, b, st.pw, st.win);
   st.pw = need ? st.pw >> 8 : st.pw;
   st.q += __popc(m);
 }

@@ -22,6 +22,7 @@ inline void cp_async_wait_all() {}
 inline uint32_t top_byte(uint32_t x) { return x >> 24; }
 inline uint32_t div8(uint32_t x) { return x >> 3; }
 inline uint32_t bit_select(uint32_t m, uint32_t a, uint32_t b) { return (a & m) | (b & ~m); }
+inline uint32_t mad_if(bool p, uint32_t a, uint32_t b, uint32_t c) { return p ? a * b + c : c; }
 inline uint32_t warp_uniform(uint32_t v) { return __reduce_min_sync(0xFFFFFFFFu, v); }
 inline uint32_t ballot_and(uint32_t x, uint32_t m) { return __ballot_sync(0xFFFFFFFFu, (x & m) != 0); }
 inline bool any_and(uint32_t x, uint32_t m) { return __any_sync(0xFFFFFFFFu, (x & m) != 0); }
