@@ -67,12 +67,8 @@ var (
 	bswap16d    = lanePattern(1, 0, -1, -1, 5, 4, -1, -1, 9, 8, -1, -1, 13, 12, -1, -1)
 	compressIdx = func() (t [256][8]uint32) {
 		for m := range t {
-			k := 0
-			for j := range 8 {
-				if m>>j&1 != 0 {
-					t[m][k] = uint32(j)
-					k++
-				}
+			for k, j := range maskLanes(m) {
+				t[m][k] = uint32(j)
 			}
 		}
 		return t
@@ -94,15 +90,12 @@ var (
 	lowBytesOrder = [8]uint32{0, 4, 1, 1, 1, 1, 1, 1}
 	compress8     = func() (t [256][16]byte) {
 		for m := range t {
-			k := 0
-			for j := range 8 {
-				if m>>j&1 != 0 {
-					t[m][k] = byte(j)
-					k++
-				}
-			}
-			for ; k < 16; k++ {
+			lanes := maskLanes(m)
+			for k := range t[m] {
 				t[m][k] = 0x80
+				if k < len(lanes) {
+					t[m][k] = byte(lanes[k])
+				}
 			}
 		}
 		return t
@@ -116,6 +109,17 @@ var (
 		return t
 	}()
 )
+
+// maskLanes lists the lanes of an 8-lane group in mask m, in order.
+func maskLanes(m int) []int {
+	var l []int
+	for j := range 8 {
+		if m>>j&1 != 0 {
+			l = append(l, j)
+		}
+	}
+	return l
+}
 
 // splitBF16AVX2 is splitBF16AVX512 in AVX2 (n a multiple of 32).
 //

@@ -218,6 +218,14 @@
 	POPCNTL    R11, R11 \
 	LEAQ       (DX)(R11*4), DX
 
+// ENCESCAPES codes group G of a step with an escape from ENCSHUFFLE's look-ups (the step's count is added
+// once, from its flags).
+#define ENCESCAPES(G, B, ACC) \
+	ENCNARROW(G) \
+	ENCBITS(G, B, ACC) \
+	ENCR2(G) \
+	ENCWORDS(G, B, ACC)
+
 // ENCPLAIN codes group G of a step without escapes from ENCSHUFFLE's look-ups: every lens byte is a length.
 #define ENCPLAIN(G, B, ACC) \
 	VPMOVZXBD (8*G)(SP), Y14 \
@@ -251,6 +259,44 @@ eneventsdone:
 	MOVL -4(DX), AX \
 	MOVL AX, (DX) \
 encpadded:
+
+// ENCSTART loads the lane encoder's arguments but its table (R10) and its state, and sets its constants.
+#define ENCSTART \
+	MOVQ     exps+0(FP), SI \
+	MOVQ     steps+8(FP), CX \
+	MOVQ     st+24(FP), BX \
+	MOVQ     bytes+32(FP), DI \
+	XORQ     R8, R8 \
+	XORQ     R9, R9 \
+	MOVQ     ev+40(FP), DX \
+	LEAQ     ·compressIdx(SB), R14 \
+	BCASTD(31, X8, Y8) \
+	BCASTD(15, X9, Y9) \
+	VPCMPEQD Y10, Y10, Y10 \
+	VMOVDQU  0(BX), Y0 \
+	VMOVDQU  32(BX), Y1 \
+	VMOVDQU  64(BX), Y2 \
+	VMOVDQU  96(BX), Y3 \
+	VMOVDQU  128(BX), Y4 \
+	VMOVDQU  160(BX), Y5 \
+	VMOVDQU  192(BX), Y6 \
+	VMOVDQU  224(BX), Y7
+
+// ENCFINISH saves the lane encoder's state, returns its escapes (R9) and stores the completed words.
+#define ENCFINISH \
+	VMOVDQU Y0, 0(BX) \
+	VMOVDQU Y1, 32(BX) \
+	VMOVDQU Y2, 64(BX) \
+	VMOVDQU Y3, 96(BX) \
+	VMOVDQU Y4, 128(BX) \
+	VMOVDQU Y5, 160(BX) \
+	VMOVDQU Y6, 192(BX) \
+	VMOVDQU Y7, 224(BX) \
+	MOVQ    R9, escapes+48(FP) \
+	ENCEVENTSPAD \
+	ENCEVENTS \
+	VZEROUPPER \
+	RET
 
 // func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[64]uint16, exps *byte) (done, pos, escapes int)
 //
@@ -415,27 +461,8 @@ joined:
 // Registers: Y0-Y3 the lanes' bit counts, Y4-Y7 their accumulators, Y8 words of 31, Y9 of 15, Y10 of −1;
 // Y11-Y15 scratch; DX the next event, R14 compressIdx.
 TEXT ·encodeStepsAVX2(SB), NOSPLIT, $0-56
-	MOVQ exps+0(FP), SI
-	MOVQ steps+8(FP), CX
 	MOVQ lut+16(FP), R10
-	MOVQ st+24(FP), BX
-	MOVQ bytes+32(FP), DI
-	XORQ R8, R8 // step
-	XORQ R9, R9 // escapes
-	MOVQ ev+40(FP), DX
-	LEAQ ·compressIdx(SB), R14
-
-	BCASTD(31, X8, Y8)
-	BCASTD(15, X9, Y9)
-	VPCMPEQD     Y10, Y10, Y10
-	VMOVDQU      0(BX), Y0
-	VMOVDQU      32(BX), Y1
-	VMOVDQU      64(BX), Y2
-	VMOVDQU      96(BX), Y3
-	VMOVDQU      128(BX), Y4
-	VMOVDQU      160(BX), Y5
-	VMOVDQU      192(BX), Y6
-	VMOVDQU      224(BX), Y7
+	ENCSTART
 
 encloop:
 	CMPQ R8, CX
@@ -453,19 +480,7 @@ encloop:
 	JMP  encloop
 
 encdone:
-	VMOVDQU Y0, 0(BX)
-	VMOVDQU Y1, 32(BX)
-	VMOVDQU Y2, 64(BX)
-	VMOVDQU Y3, 96(BX)
-	VMOVDQU Y4, 128(BX)
-	VMOVDQU Y5, 160(BX)
-	VMOVDQU Y6, 192(BX)
-	VMOVDQU Y7, 224(BX)
-	MOVQ    R9, escapes+48(FP)
-	ENCEVENTSPAD
-	ENCEVENTS
-	VZEROUPPER
-	RET
+	ENCFINISH
 
 // func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32) (escapes int)
 //
@@ -473,27 +488,8 @@ encdone:
 // instead of four gathers, and the escapes' work (ESC's high bits, round 2, the count) done only in steps
 // with one. Frame: the step's lens bytes at 0 and the low bytes of its bits at 32.
 TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $64-56
-	MOVQ exps+0(FP), SI
-	MOVQ steps+8(FP), CX
 	MOVQ nt+16(FP), R10
-	MOVQ st+24(FP), BX
-	MOVQ bytes+32(FP), DI
-	XORQ R8, R8 // step
-	XORQ R9, R9 // escapes
-	MOVQ ev+40(FP), DX
-	LEAQ ·compressIdx(SB), R14
-
-	BCASTD(31, X8, Y8)
-	BCASTD(15, X9, Y9)
-	VPCMPEQD     Y10, Y10, Y10
-	VMOVDQU      0(BX), Y0
-	VMOVDQU      32(BX), Y1
-	VMOVDQU      64(BX), Y2
-	VMOVDQU      96(BX), Y3
-	VMOVDQU      128(BX), Y4
-	VMOVDQU      160(BX), Y5
-	VMOVDQU      192(BX), Y6
-	VMOVDQU      224(BX), Y7
+	ENCSTART
 
 nencloop:
 	CMPQ R8, CX
@@ -514,22 +510,10 @@ nescapes:
 	POPCNTL AX, AX
 	ADDQ    AX, R9
 	ENCSHUFFLEESC
-	ENCNARROW(0)
-	ENCBITS(0, Y0, Y4)
-	ENCR2(0)
-	ENCWORDS(0, Y0, Y4)
-	ENCNARROW(1)
-	ENCBITS(1, Y1, Y5)
-	ENCR2(1)
-	ENCWORDS(1, Y1, Y5)
-	ENCNARROW(2)
-	ENCBITS(2, Y2, Y6)
-	ENCR2(2)
-	ENCWORDS(2, Y2, Y6)
-	ENCNARROW(3)
-	ENCBITS(3, Y3, Y7)
-	ENCR2(3)
-	ENCWORDS(3, Y3, Y7)
+	ENCESCAPES(0, Y0, Y4)
+	ENCESCAPES(1, Y1, Y5)
+	ENCESCAPES(2, Y2, Y6)
+	ENCESCAPES(3, Y3, Y7)
 
 nstepped:
 	MOVL R12, (256+4)(BX)(R8*4)                   // r1[s+1]
@@ -539,19 +523,7 @@ nstepped:
 	JMP  nencloop
 
 nencdone:
-	VMOVDQU Y0, 0(BX)
-	VMOVDQU Y1, 32(BX)
-	VMOVDQU Y2, 64(BX)
-	VMOVDQU Y3, 96(BX)
-	VMOVDQU Y4, 128(BX)
-	VMOVDQU Y5, 160(BX)
-	VMOVDQU Y6, 192(BX)
-	VMOVDQU Y7, 224(BX)
-	MOVQ    R9, escapes+48(FP)
-	ENCEVENTSPAD
-	ENCEVENTS
-	VZEROUPPER
-	RET
+	ENCFINISH
 
 // func splitBF16AVX2(src, exps, res *byte, n int)
 //
