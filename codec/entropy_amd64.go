@@ -55,8 +55,9 @@ var laneOffsets = func() (o [lanes]uint32) {
 }()
 
 // encodeStepsAVX2's events of completed words: laneWords16[l] is (laneOffsets[l] − 2) << 16 (a completed
-// word's offset << 16 is this plus (B >> 4) << 17, B the lane's bits after it), bswap16d swaps the low two bytes of each 32-bit word and clears the others, and compressIdx[m] moves the
-// words of the lanes in m (8 bits) to the front, in order (VPERMD).
+// word's offset << 16 is this plus (B >> 4) << 17, B the lane's bits after it), bswap16d swaps the low two
+// bytes of each 32-bit word and clears the others, and compressIdx[m] moves the words of the lanes in m (8
+// bits) to the front, in order (VPERMD).
 var (
 	laneWords16 = func() (o [lanes]uint32) {
 		for l := range o {

@@ -197,9 +197,9 @@
 
 // ENCWORDS appends the words group G's step completes to the events at DX: the lanes whose B passes a
 // multiple of 16 (the word B0 falls in: a step adds at most 16 bits, so these are the lanes whose length
-// exceeds B & 15), each as its offset in the lanes' bytes << 16 | the word, big-endian, compressed to the front by a VPERMD from compressIdx (R14). AVX2 has no
-// scatter, and a step completes about 6 words where storing every lane's current word (as the Go coder does)
-// takes 32 stores. ENCEVENTS writes them.
+// exceeds B & 15), each as its offset in the lanes' bytes << 16 | the word, big-endian, compressed to the
+// front by a VPERMD from compressIdx (R14). AVX2 has no scatter, and a step completes about 6 words where
+// storing every lane's current word (as the Go coder does) takes 32 stores. ENCEVENTS writes them.
 #define ENCWORDS(G, B, ACC) \
 	VPAND      Y9, B, Y13 \
 	VPCMPGTD   Y13, Y14, Y15 \
@@ -622,8 +622,9 @@ splitted:
 //
 // interleaveAVX512 in AVX2 (lanes maxLaneBytes apart in bytes). Each lane's next four bytes are gathered every
 // two steps (a lane takes at most two a step), or every four when no lane takes one in round 2 there (at most
-// one a step: round 2 is for escapes, so this is the common case); a round's bytes are the windows' low bytes, compressed
-// group by group. out must have 8 bytes to spare past the stream (the stores are 8 bytes wide).
+// one a step: round 2 is for escapes, so this is the common case); a round's bytes are the windows' low
+// bytes, compressed group by group. out must have 8 bytes to spare past the stream (the stores are 8 bytes
+// wide).
 //
 // Registers: Y0-Y3 the lanes' bits taken (8 a byte), Y4-Y7 their windows; Y8 picks each dword's low byte
 // (VPSHUFB), Y9 gathers them into the low qword (VPERMD); R14 compress8, R10 laneShift8.
