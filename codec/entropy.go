@@ -112,8 +112,10 @@ func (n *encNarrow) build(e *entEnc) {
 	if lo < 0 || hi-lo >= 16 {
 		return
 	}
+	// Entry i is exponent lo + i as a byte: x = e − lo wraps, so past 255 the entries are those of exponents
+	// 0, 1, … (which escape). Entries past 2^eb − 1 of narrower exponents are never looked up.
 	for i := range 16 {
-		if x := lo + i; x < 1<<e.eb {
+		if x := uint8(lo + i); int(x) < 1<<e.eb {
 			n.lens[i], n.lens[16+i] = e.simd.lens[x], e.simd.lens[x]
 			n.codes[i], n.codes[16+i] = e.simd.codes[x], e.simd.codes[x]
 		}

@@ -1206,3 +1206,61 @@ func TestSampledFrameTable(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, bad, out)
 }
+
+// TestEntropyEncoderAsmTwinTables: the vectorised encoder writes the Go encoder's lanes under tables of every
+// shape (coded exponents spanning 1 to 40, so both the AVX2 encoder's shuffled and gathered look-ups, with
+// ESC short or long) for 8-, 5- and 4-bit exponents, with exponents outside the table escaping at rates from
+// none to a quarter.
+func TestEntropyEncoderAsmTwinTables(t *testing.T) {
+	for _, path := range entropyAsmPaths(t) {
+		t.Run(path, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(97, 98))
+			for i := range 300 {
+				dt := []DType{BF16, FP8E5M2, FP8E4M3}[i%3]
+				eb := dt.ExponentBits()
+				span := 1 + rng.IntN(min(40, 1<<eb))
+				lo := rng.IntN(1<<eb - span + 1)
+				h, err := NewHistogram(dt)
+				require.NoError(t, err)
+				for x := lo; x < lo+span; x++ {
+					h.Counts[x] = 1 + uint64(rng.ExpFloat64()*float64(1+rng.IntN(100000)))
+					h.Total += h.Counts[x]
+				}
+				tab, err := h.CodeTable()
+				require.NoError(t, err)
+				var enc entEnc
+				enc.build(tab)
+				coded := []int{}
+				for x := range 1 << eb {
+					if tab.Lengths[x] > 0 {
+						coded = append(coded, x)
+					}
+				}
+				escRate := []int{0, 4, 30, 1000}[rng.IntN(4)]
+				if tab.Lengths[escSymbol(eb)] == 0 {
+					escRate = 0 // a table without ESC codes every exponent it is given
+				}
+				m := []int{maxEntropyChunk, 32 * (1 + rng.IntN(maxSteps)), 1 + rng.IntN(maxEntropyChunk)}[rng.IntN(3)]
+				var le laneEnc
+				for j := range m {
+					le.exps[j] = byte(coded[rng.IntN(len(coded))])
+					if escRate > 0 && rng.IntN(escRate) == 0 {
+						le.exps[j] = byte(rng.IntN(1 << eb))
+					}
+				}
+				code := func(asm bool) ([]byte, int) {
+					defer useEntropyPath(asmOr(path, asm))()
+					l := le
+					out := make([]byte, maxChunkBytes(uint64(m)))
+					n, esc := l.encodeLanes(m, &enc, out)
+					return out[:n], esc
+				}
+				a, ea := code(true)
+				g, eg := code(false)
+				require.Equal(t, eg, ea, "%s table %d (span %d, narrow %v), m=%d", dt, i, span, enc.narrow.ok, m)
+				require.True(t, slices.Equal(g, a), "%s table %d (span %d, narrow %v), m=%d: streams differ", dt, i, span,
+					enc.narrow.ok, m)
+			}
+		})
+	}
+}
