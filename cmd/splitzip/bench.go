@@ -279,7 +279,7 @@ func codePaths() string {
 	case "avx2":
 		entropy = "AVX2 assembly (the CPU lacks " + strings.Join(lack, " ") + ")"
 	default:
-		entropy = "pure Go (the CPU lacks " + strings.Join(lack, " ") + "; and avx2, popcnt or bmi1)"
+		entropy = "pure Go (the CPU lacks " + strings.Join(lack, " ") + "; and avx2, popcnt, bmi1 or bmi2)"
 	}
 	return fmt.Sprintf("%s; fast mode bf16 kernels: %s; high-ratio entropy coder: %s", arch, fast, entropy)
 }
