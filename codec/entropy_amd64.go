@@ -146,6 +146,13 @@ var expandIdx = func() (t [256][8]uint32) {
 // packOrder puts decodeLanesAVX2's packed exponents back in lane order (VPACK* work per 128-bit half).
 var packOrder = [8]uint32{0, 4, 1, 5, 2, 6, 3, 7}
 
+// decodeLanesAVX2's masks: a code length (entry >> 8), a lane's 16-bit buffer, an entry's exponent.
+var (
+	dwords0F   = [8]uint32{0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F}
+	dwordsFFFF = [8]uint32{0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF}
+	dwordsFF   = [8]uint32{0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF}
+)
+
 // decodeLanesAVX512 decodes up to steps whole steps (32 lanes each) of a chunk's stream of n bytes into exps
 // (32 bytes a step), while at least 64 stream bytes remain from the current position. st holds the lanes'
 // state, read and written back: 32 16-bit buffers (unread bits MSB-aligned) then 32 counts of unread bits. It

@@ -9,10 +9,11 @@
 // The decoder: 32 lanes, each a 16-bit buffer with its unread bits at the top and a count of them; here in
 // 32-bit words, 8 lanes (a group) a register.
 //
-// Registers: Y0-Y3 the buffers of lanes 0-7, 8-15, 16-23, 24-31, Y4-Y7 their counts; Y8 words of 8, Y9 of
-// 0x0F, Y10 of eb, Y11 of 0xFFFF; Y12-Y15 scratch (Y15 also the step's flags). R10 the look-up table (tab.ent:
+// Registers: Y0-Y3 the buffers of lanes 0-7, 8-15, 16-23, 24-31, Y4-Y7 their counts; Y8 words of 8; Y9-Y11
+// and Y15 a step's look-ups (groups 0-3), and in a step with an ESC words of 0x0F, of eb and of 0xFFFF, the
+// look-ups then in the frame and their flags in Y15; Y12-Y14 scratch. R10 the look-up table (tab.ent:
 // exponent | length-and-flags << 8), R14 expandIdx, SI the stream, DI the exponents out, R8 steps done, R9
-// escapes. Frame (hardware SP): 0-127 the step's look-ups, a group's at 32·g; 128 16 − eb and 144 eb, as
+// escapes. Frame (hardware SP): 0-127 an ESC step's look-ups, a group's at 32·g; 128 16 − eb and 144 eb, as
 // 64-bit shift counts.
 
 // BCASTB, BCASTW, BCASTD and BCASTQ fill Y with the constant V in every byte, word, dword or qword (X is Y's
@@ -56,18 +57,6 @@
 	POPCNTL   AX, AX \
 	ADDQ      AX, SI
 
-// LOOKUP is round 1 for group G: lanes with fewer than 8 bits take a byte, then their top 8 bits are looked up
-// (gathered) into the frame's slot G; the entries' flags gather in Y15.
-#define LOOKUP(G, BUF, AVAIL) \
-	VPCMPGTD   AVAIL, Y8, Y14 \
-	REFILL(BUF, AVAIL, Y14, Y12, Y13) \
-	VPSRLD     $8, BUF, Y12 \
-	VPCMPEQD   Y13, Y13, Y13 \
-	VPXOR      Y14, Y14, Y14 \
-	VPGATHERDD Y13, (R10)(Y12*4), Y14 \
-	VMOVDQU    Y14, (32*G)(SP) \
-	VPOR       Y14, Y15, Y15
-
 // CONSUME drops the looked-up codes of group G from its buffers.
 #define CONSUME(G, BUF, AVAIL) \
 	VMOVDQU (32*G)(SP), Y12 \
@@ -75,6 +64,25 @@
 	VPAND   Y9, Y13, Y13 \
 	VPSLLVD Y13, BUF, BUF \
 	VPAND   Y11, BUF, BUF \
+	VPSUBD  Y13, AVAIL, AVAIL
+
+// LOOKUPR is round 1 for a group: lanes with fewer than 8 bits take a byte, then their top 8 bits are looked
+// up (gathered) into E. A step keeps its look-ups in Y9-Y11 and Y15, so that consuming them does not wait for a
+// store to forward; a step with an ESC moves them to the frame.
+#define LOOKUPR(BUF, AVAIL, E) \
+	VPCMPGTD   AVAIL, Y8, Y14 \
+	REFILL(BUF, AVAIL, Y14, Y12, Y13) \
+	VPSRLD     $8, BUF, Y12 \
+	VPCMPEQD   Y13, Y13, Y13 \
+	VPXOR      E, E, E \
+	VPGATHERDD Y13, (R10)(Y12*4), E
+
+// CONSUMER is CONSUME of the entries in E, its constants from memory.
+#define CONSUMER(BUF, AVAIL, E) \
+	VPSRLD  $8, E, Y13 \
+	VPAND   ·dwords0F(SB), Y13, Y13 \
+	VPSLLVD Y13, BUF, BUF \
+	VPAND   ·dwordsFFFF(SB), BUF, BUF \
 	VPSUBD  Y13, AVAIL, AVAIL
 
 // ROUND2 is round 2 for group G: its ESC lanes with fewer than eb bits take a byte, then read eb raw bits,
@@ -322,12 +330,8 @@ TEXT ·decodeLanesAVX2(SB), NOSPLIT, $160-72
 	SUBQ         AX, R13
 	MOVQ         R13, 128(SP)
 	MOVQ         $0, 136(SP)
-	VMOVD        AX, X10
-	VPBROADCASTD X10, Y10
 	ADDQ         $520, R10    // tab.ent
 	BCASTD(8, X8, Y8)
-	BCASTD(0x0F, X9, Y9)
-	BCASTD(0xFFFF, X11, Y11)
 	VPMOVZXWD    0(BX), Y0
 	VPMOVZXWD    16(BX), Y1
 	VPMOVZXWD    32(BX), Y2
@@ -344,21 +348,38 @@ loop:
 	SUBQ  R11, AX
 	CMPQ  AX, DX
 	JGT   done
-	VPXOR Y15, Y15, Y15
-	LOOKUP(0, Y0, Y4)
-	LOOKUP(1, Y1, Y5)
-	LOOKUP(2, Y2, Y6)
-	LOOKUP(3, Y3, Y7)
-	VPSRLD $12, Y15, Y12 // ESC or no code in any lane
+	LOOKUPR(Y0, Y4, Y9)
+	LOOKUPR(Y1, Y5, Y10)
+	LOOKUPR(Y2, Y6, Y11)
+	LOOKUPR(Y3, Y7, Y15)
+	VPOR   Y9, Y10, Y12
+	VPOR   Y11, Y15, Y13
+	VPOR   Y12, Y13, Y12
+	VPSRLD $12, Y12, Y12 // ESC or no code in any lane
 	VPTEST Y12, Y12
 	JNZ    special
-	CONSUME(0, Y0, Y4)
-	CONSUME(1, Y1, Y5)
-	CONSUME(2, Y2, Y6)
-	CONSUME(3, Y3, Y7)
+	CONSUMER(Y0, Y4, Y9)
+	CONSUMER(Y1, Y5, Y10)
+	CONSUMER(Y2, Y6, Y11)
+	CONSUMER(Y3, Y7, Y15)
+	// The step's 32 exponents: the entries' low bytes, packed (per 128-bit half) and put back in lane order.
+	VMOVDQU   ·dwordsFF(SB), Y14
+	VPAND     Y14, Y9, Y12
+	VPAND     Y14, Y10, Y13
+	VPACKUSDW Y13, Y12, Y12
+	VPAND     Y14, Y11, Y13
+	VPAND     Y14, Y15, Y14
+	VPACKUSDW Y14, Y13, Y13
+	VPACKUSWB Y13, Y12, Y12
+	VMOVDQU   ·packOrder(SB), Y13
+	VPERMD    Y12, Y13, Y12
+	VMOVDQU   Y12, (DI)
+	ADDQ      $32, DI
+	INCQ      R8
+	JMP       loop
 
 store:
-	// The step's 32 exponents: the entries' low bytes, packed (per 128-bit half) and put back in lane order.
+	// As above, from the frame's slots (the ESC path's).
 	VPSRLD    $8, Y11, Y15 // words of 0xFF
 	VPAND     0(SP), Y15, Y12
 	VPAND     32(SP), Y15, Y13
@@ -375,9 +396,20 @@ store:
 	JMP       loop
 
 special:
-	VPSRLD $13, Y15, Y12 // a prefix no code starts: stop before consuming
-	VPTEST Y12, Y12
-	JNZ    done
+	// The entries to the frame's slots, their flags in Y15, and the constants ROUND2 and CONSUME use.
+	VMOVDQU      Y9, 0(SP)
+	VMOVDQU      Y10, 32(SP)
+	VMOVDQU      Y11, 64(SP)
+	VMOVDQU      Y15, 96(SP)
+	VPOR         Y9, Y10, Y12
+	VPOR         Y11, Y15, Y13
+	VPOR         Y12, Y13, Y15
+	VMOVDQU      ·dwords0F(SB), Y9
+	VPBROADCASTD 144(SP), Y10
+	VMOVDQU      ·dwordsFFFF(SB), Y11
+	VPSRLD       $13, Y15, Y12 // a prefix no code starts: stop before consuming
+	VPTEST       Y12, Y12
+	JNZ          done
 	CONSUME(0, Y0, Y4)
 	CONSUME(1, Y1, Y5)
 	CONSUME(2, Y2, Y6)
@@ -386,7 +418,7 @@ special:
 	ROUND2(1, Y1, Y5)
 	ROUND2(2, Y2, Y6)
 	ROUND2(3, Y3, Y7)
-	JMP    store
+	JMP          store
 
 done:
 	VPACKUSDW Y1, Y0, Y12
