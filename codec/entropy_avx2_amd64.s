@@ -10,8 +10,8 @@
 // 32-bit words, 8 lanes (a group) a register.
 //
 // Registers: Y0-Y3 the buffers of lanes 0-7, 8-15, 16-23, 24-31, Y4-Y7 their counts; Y8 words of 8; Y9-Y11
-// and Y15 a step's look-ups (groups 0-3), and in a step with an ESC words of 0x0F, of eb and of 0xFFFF, the
-// look-ups then in the frame and their flags in Y15; Y12-Y14 scratch. R10 the look-up table (tab.ent:
+// and Y15 a step's look-ups (groups 0-3), and in a step with an ESC (its look-ups then in the frame) Y10 words
+// of eb and Y11 of 0xFFFF; Y12-Y14 scratch (Y14 also the step's flags). R10 the look-up table (tab.ent:
 // exponent | length-and-flags << 8), R14 expandIdx, SI the stream, DI the exponents out, R8 steps done, R9
 // escapes. Frame (hardware SP): 0-127 an ESC step's look-ups, a group's at 32·g; 128 16 − eb and 144 eb, as
 // 64-bit shift counts.
@@ -57,14 +57,10 @@
 	POPCNTL   AX, AX \
 	ADDQ      AX, SI
 
-// CONSUME drops the looked-up codes of group G from its buffers.
+// CONSUME drops the looked-up codes of group G, in its frame slot, from its buffers.
 #define CONSUME(G, BUF, AVAIL) \
 	VMOVDQU (32*G)(SP), Y12 \
-	VPSRLD  $8, Y12, Y13 \
-	VPAND   Y9, Y13, Y13 \
-	VPSLLVD Y13, BUF, BUF \
-	VPAND   Y11, BUF, BUF \
-	VPSUBD  Y13, AVAIL, AVAIL
+	CONSUMER(BUF, AVAIL, Y12)
 
 // LOOKUPR is round 1 for a group: lanes with fewer than 8 bits take a byte, then their top 8 bits are looked
 // up (gathered) into E. A step keeps its look-ups in Y9-Y11 and Y15, so that consuming them does not wait for a
@@ -77,7 +73,7 @@
 	VPXOR      E, E, E \
 	VPGATHERDD Y13, (R10)(Y12*4), E
 
-// CONSUMER is CONSUME of the entries in E, its constants from memory.
+// CONSUMER drops the codes looked up in E from a group's buffers.
 #define CONSUMER(BUF, AVAIL, E) \
 	VPSRLD  $8, E, Y13 \
 	VPAND   ·dwords0F(SB), Y13, Y13 \
@@ -135,14 +131,19 @@
 	VPOR      Y12, Y15, Y15 \
 	VPAND     Y8, Y13, Y14
 
+// ENCOUTSIDE loads the step's 32 exponents e into Y11 and x = e − lo into Y12, and marks in Y13 those with
+// x ≥ 16, which escape (encNarrow, R10).
+#define ENCOUTSIDE \
+	VMOVDQU  (SI), Y11 \
+	VPSUBB   64(R10), Y11, Y12 \
+	VPMAXUB  ·sixteens(SB), Y12, Y13 \
+	VPCMPEQB Y12, Y13, Y13
+
 // ENCSHUFFLE looks the step's 32 exponents up in encNarrow (R10) with VPSHUFB: x = e − lo, and every
 // exponent with x ≥ 16 escapes. The lens bytes go to 0 in the frame (Y14 keeps them), the bits' low bytes to
 // 32 (those of the escapes from ENCSHUFFLEESC).
 #define ENCSHUFFLE \
-	VMOVDQU   (SI), Y11 \
-	VPSUBB    64(R10), Y11, Y12 \
-	VPMAXUB   ·sixteens(SB), Y12, Y13 \
-	VPCMPEQB  Y12, Y13, Y13 \
+	ENCOUTSIDE \
 	VMOVDQU   0(R10), Y14 \
 	VPSHUFB   Y12, Y14, Y14 \
 	VPBLENDVB Y13, 96(R10), Y14, Y14 \
@@ -154,10 +155,7 @@
 // ENCSHUFFLEESC puts the escapes' bits into ENCSHUFFLE's low bytes: the exponent, and ESC's code's low bits
 // above it (only steps with an escape need them).
 #define ENCSHUFFLEESC \
-	VMOVDQU   (SI), Y11 \
-	VPSUBB    64(R10), Y11, Y12 \
-	VPMAXUB   ·sixteens(SB), Y12, Y13 \
-	VPCMPEQB  Y12, Y13, Y13 \
+	ENCOUTSIDE \
 	VPOR      128(R10), Y11, Y11 \
 	VMOVDQU   32(SP), Y15 \
 	VPBLENDVB Y13, Y11, Y15, Y15 \
@@ -354,8 +352,8 @@ loop:
 	LOOKUPR(Y3, Y7, Y15)
 	VPOR   Y9, Y10, Y12
 	VPOR   Y11, Y15, Y13
-	VPOR   Y12, Y13, Y12
-	VPSRLD $12, Y12, Y12 // ESC or no code in any lane
+	VPOR   Y12, Y13, Y14 // the step's flags
+	VPSRLD $12, Y14, Y12 // ESC or no code in any lane
 	VPTEST Y12, Y12
 	JNZ    special
 	CONSUMER(Y0, Y4, Y9)
@@ -396,18 +394,14 @@ store:
 	JMP       loop
 
 special:
-	// The entries to the frame's slots, their flags in Y15, and the constants ROUND2 and CONSUME use.
+	// The entries to the frame's slots, and the constants ROUND2 uses.
 	VMOVDQU      Y9, 0(SP)
 	VMOVDQU      Y10, 32(SP)
 	VMOVDQU      Y11, 64(SP)
 	VMOVDQU      Y15, 96(SP)
-	VPOR         Y9, Y10, Y12
-	VPOR         Y11, Y15, Y13
-	VPOR         Y12, Y13, Y15
-	VMOVDQU      ·dwords0F(SB), Y9
 	VPBROADCASTD 144(SP), Y10
 	VMOVDQU      ·dwordsFFFF(SB), Y11
-	VPSRLD       $13, Y15, Y12 // a prefix no code starts: stop before consuming
+	VPSRLD       $13, Y14, Y12 // a prefix no code starts: stop before consuming
 	VPTEST       Y12, Y12
 	JNZ          done
 	CONSUME(0, Y0, Y4)
