@@ -52,6 +52,16 @@ func (p *entDecPart) decode() error {
 		}
 		i0, i1 := chunkBounds(c, p.n, p.h.ChunkLog2)
 		m := i1 - i0
+		p.lane.out, p.lane.res = nil, nil
+		if dt == BF16 { // the join's memory, for the decoder to prefetch
+			p.lane.res = &res[i0]
+			if p.segs == nil {
+				p.lane.out = &p.out[i0*size]
+			} else {
+				piece, _ := p.segs.piece(i0*size, i1*size, -1)
+				p.lane.out = &piece[0]
+			}
+		}
 		esc, bad := p.lane.decodeLanes(p.dec, streams[lo:hi], m)
 		if bad != nil {
 			if bad.lane < 0 {

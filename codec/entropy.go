@@ -149,6 +149,9 @@ type laneEnc struct {
 	r2    [maxSteps]uint32     // the same for round 2 (escapes)
 	rc    [lanes]uint16
 	simd  *encSIMD // the vectorised encoder's scratch, when it runs
+	// next and nextRes are the next chunk's input and residuals, which the AVX2 encoder prefetches, a line of
+	// input and half a line of residuals a step (nil: nothing to prefetch; entPart.nextChunk).
+	next, nextRes *byte
 	// bytes is followed by other fields: interleaveAVX512's 4-byte gathers of a lane's last byte stay inside
 	// the struct.
 }
@@ -319,10 +322,13 @@ func (d *entDec) build(lengths []uint8, eb int) {
 
 // laneDec is the lane decoder's state for one chunk.
 type laneDec struct {
-	buf   [lanes]uint64     // each lane's unread bits, MSB-aligned; the bits below them are zero
-	avail [lanes]int64      // how many there are
-	kind  [lanes]uint8      // the flags (bits 16–23) of each lane's last table entry
-	st    [2 * lanes]uint16 // the lanes' state as the assembly keeps it (decodeLanesAVX512, decodeLanesAVX2)
+	buf   [lanes]uint64 // each lane's unread bits, MSB-aligned; the bits below them are zero
+	avail [lanes]int64  // how many there are
+	kind  [lanes]uint8  // the flags (bits 16–23) of each lane's last table entry
+	// out and res are where the chunk's elements go and its residuals lie, which the AVX2 decoder prefetches
+	// for the join that follows it, a line of output and half a line of residuals a step (nil: nothing).
+	out, res *byte
+	st       [2 * lanes]uint16 // the lanes' state as the assembly keeps it (decodeLanesAVX512, decodeLanesAVX2)
 	// tail holds a stream's last bytes with room after them, so that the assembly, which starts a step only
 	// with asmReach bytes left to read, decodes the last steps too.
 	tail [2 * asmReach]byte
@@ -463,7 +469,8 @@ func (ld *laneDec) decodeAsm(stream []byte, steps int, dec *entDec, exps []byte)
 	if hasEntropyAsm {
 		return decodeLanesAVX512(&stream[0], len(stream), steps, &dec.simd, &ld.st, &exps[0])
 	}
-	return decodeLanesAVX2(&stream[0], len(stream), steps, &dec.simd, &ld.st, &exps[0])
+	return decodeLanesAVX2(&stream[0], len(stream), steps, &dec.simd, &ld.st, &exps[0],
+		orElse(ld.out, &exps[0]), orElse(ld.res, &exps[0]))
 }
 
 // invalid reports the first lane of step s whose buffer starts with bits no code starts with (its entry has
@@ -534,9 +541,11 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 	if full > 0 && hasEntropyAsm {
 		esc = encodeStepsAVX512(&e.exps[0], full, &enc.simd, v, &e.bytes[0][0], maxLaneBytes)
 	} else if full > 0 && enc.narrow.ok && useNarrowLookups {
-		esc = encodeStepsNarrowAVX2(&e.exps[0], full, &enc.narrow, v, &e.bytes[0][0], &v.ev[0])
+		esc = encodeStepsNarrowAVX2(&e.exps[0], full, &enc.narrow, v, &e.bytes[0][0], &v.ev[0],
+			orElse(e.next, &e.exps[0]), orElse(e.nextRes, &e.exps[0]))
 	} else if full > 0 {
-		esc = encodeStepsAVX2(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0], &v.ev[0])
+		esc = encodeStepsAVX2(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0], &v.ev[0],
+			orElse(e.next, &e.exps[0]), orElse(e.nextRes, &e.exps[0]))
 	}
 	if rest := m - full*lanes; rest > 0 {
 		s := full
@@ -579,4 +588,13 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 	_ = out[maxChunkBytes(uint64(m))-1]
 	n = interleaveAVX512(&e.bytes[0][0], maxLaneBytes, &v.r1[0], &v.r2[0], steps, &out[0])
 	return n, esc
+}
+
+// orElse returns p, or q when p is nil: the assembly prefetches whatever it is given, so nothing to prefetch is
+// given as memory that is in cache anyway.
+func orElse(p, q *byte) *byte {
+	if p != nil {
+		return p
+	}
+	return q
 }

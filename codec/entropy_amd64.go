@@ -23,24 +23,26 @@ var hasEntropyAVX2 = !hasEntropyAsm && cpuHasEntropyAVX2
 // cpuHasEntropyAVX2 reports whether the CPU runs the AVX2 coder, chosen (hasEntropyAVX2) or not.
 var cpuHasEntropyAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT && cpu.X86.HasBMI1 && cpu.X86.HasBMI2
 
-// decodeLanesAVX2 is decodeLanesAVX512 in AVX2 (same arguments, state and results): the 32 lanes in four
-// registers of 8 32-bit buffers (16 bits used, as decodeLanesAVX512's), a group's refill bytes spread to its
-// lanes by a permute from a table indexed by the group's refill mask, the look-ups gathered from tab.ent.
+// decodeLanesAVX2 is decodeLanesAVX512 in AVX2 (same state and results): the 32 lanes in four registers of 8
+// 32-bit buffers (16 bits used, as decodeLanesAVX512's), a group's refill bytes spread to its lanes by a
+// permute from a table indexed by the group's refill mask, the look-ups gathered from tab.ent. Step s also
+// prefetches out[64s:] for writing and res[32s:] (the chunk's join: laneDec.out and res).
 //
 //go:noescape
-func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int)
+func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte, out, res *byte) (done, pos, escapes int)
 
 // encodeStepsAVX2 is encodeStepsAVX512 in AVX2 (the same scratch and lane bytes written, lanes maxLaneBytes
 // apart, but only the words a step completes), from the 32-bit look-up table lut (entEnc.lut). ev is scratch
-// for the completed words (encSIMD.ev).
+// for the completed words (encSIMD.ev). Step s also prefetches next[64s:] and, for writing, nextRes[32s:]
+// (laneEnc.next and nextRes).
 //
 //go:noescape
-func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32) (escapes int)
+func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32, next, nextRes *byte) (escapes int)
 
 // encodeStepsNarrowAVX2 is encodeStepsAVX2 looking a step's exponents up in nt's 16-entry tables (nt.ok).
 //
 //go:noescape
-func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32) (escapes int)
+func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32, next, nextRes *byte) (escapes int)
 
 // sixteens is 16 in every byte: encodeStepsNarrowAVX2's test for exponents outside its tables.
 var sixteens = [32]byte{16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16,

@@ -103,6 +103,34 @@
 	POPCNTL   AX, AX \
 	ADDQ      AX, R9
 
+// PREFETCHW (AX), which the assembler does not know: the line is fetched to be written.
+#define PREFETCHWAX BYTE $0x0F; BYTE $0x0D; BYTE $0x08
+
+// DECPREFETCH prefetches, at step R8 of the decoder, the step's line of the chunk's output (for writing) and
+// half a line of its residuals, so that the join after the chunk finds both in cache. Clobbers AX.
+#define DECPREFETCH \
+	MOVQ       R8, AX \
+	SHLQ       $6, AX \
+	ADDQ       out+48(FP), AX \
+	PREFETCHWAX \
+	MOVQ       R8, AX \
+	SHLQ       $5, AX \
+	ADDQ       res+56(FP), AX \
+	PREFETCHT0 (AX)
+
+// ENCPREFETCH prefetches, at step R8 of the lane encoder, a line of the next chunk's input and half a line of
+// its residuals' place in the frame (for writing), so that the next chunk's split finds both in cache.
+// Clobbers AX.
+#define ENCPREFETCH \
+	MOVQ       R8, AX \
+	SHLQ       $6, AX \
+	ADDQ       next+48(FP), AX \
+	PREFETCHT0 (AX) \
+	MOVQ       R8, AX \
+	SHLQ       $5, AX \
+	ADDQ       nextRes+56(FP), AX \
+	PREFETCHWAX
+
 // ENCGROUP codes step s's symbols of group G (lanes 8G..8G+7; B their bit counts, ACC their newest bits):
 // looks up the exponents, appends the bits, records the round masks (r1 of step s+1 into R12, r2 of step s into
 // R13, byte G), counts escapes (R9) and appends the words the step completes to the events (ENCBODY).
@@ -298,7 +326,7 @@ encpadded:
 	VMOVDQU Y5, 160(BX) \
 	VMOVDQU Y6, 192(BX) \
 	VMOVDQU Y7, 224(BX) \
-	MOVQ    R9, escapes+48(FP) \
+	MOVQ    R9, escapes+64(FP) \
 	ENCEVENTSPAD \
 	ENCEVENTS \
 	VZEROUPPER \
@@ -308,7 +336,7 @@ encpadded:
 //
 // A step looks up all four groups before it consumes a code, so that a step with a prefix no code starts stops
 // with every lane holding at least 8 bits: the Go path then takes no byte in that step and reports the lane.
-TEXT ·decodeLanesAVX2(SB), NOSPLIT, $160-72
+TEXT ·decodeLanesAVX2(SB), NOSPLIT, $160-88
 	MOVQ stream+0(FP), SI
 	MOVQ n+8(FP), DX
 	MOVQ steps+16(FP), CX
@@ -373,6 +401,7 @@ loop:
 	VPERMD    Y12, Y13, Y12
 	VMOVDQU   Y12, (DI)
 	ADDQ      $32, DI
+	DECPREFETCH
 	INCQ      R8
 	JMP       loop
 
@@ -390,6 +419,7 @@ store:
 	VPERMD    Y12, Y13, Y12
 	VMOVDQU   Y12, (DI)
 	ADDQ      $32, DI
+	DECPREFETCH
 	INCQ      R8
 	JMP       loop
 
@@ -428,9 +458,9 @@ done:
 	VPERMQ    $0xD8, Y12, Y12
 	VMOVDQU   Y12, 96(BX)
 	SUBQ      R11, SI
-	MOVQ      R8, done+48(FP)
-	MOVQ      SI, pos+56(FP)
-	MOVQ      R9, escapes+64(FP)
+	MOVQ      R8, done+64(FP)
+	MOVQ      SI, pos+72(FP)
+	MOVQ      R9, escapes+80(FP)
 	VZEROUPPER
 	RET
 
@@ -486,7 +516,7 @@ joined:
 //
 // Registers: Y0-Y3 the lanes' bit counts, Y4-Y7 their accumulators, Y8 words of 31, Y9 of 15, Y10 of −1;
 // Y11-Y15 scratch; DX the next event, R14 compressIdx.
-TEXT ·encodeStepsAVX2(SB), NOSPLIT, $0-56
+TEXT ·encodeStepsAVX2(SB), NOSPLIT, $0-72
 	MOVQ lut+16(FP), R10
 	ENCSTART
 
@@ -501,6 +531,7 @@ encloop:
 	ENCGROUP(3, Y3, Y7)
 	MOVL R12, (256+4)(BX)(R8*4)                   // r1[s+1]
 	MOVL R13, (256+4*(const_maxSteps+1))(BX)(R8*4) // r2[s]
+	ENCPREFETCH
 	ADDQ $32, SI
 	INCQ R8
 	JMP  encloop
@@ -513,7 +544,7 @@ encdone:
 // encodeStepsAVX2 with a step's look-ups made by two byte shuffles from nt's 16-entry tables (ENCSHUFFLE)
 // instead of four gathers, and the escapes' work (ESC's high bits, round 2, the count) done only in steps
 // with one. Frame: the step's lens bytes at 0 and the low bytes of its bits at 32.
-TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $64-56
+TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $64-72
 	MOVQ nt+16(FP), R10
 	ENCSTART
 
@@ -544,6 +575,7 @@ nescapes:
 nstepped:
 	MOVL R12, (256+4)(BX)(R8*4)                   // r1[s+1]
 	MOVL R13, (256+4*(const_maxSteps+1))(BX)(R8*4) // r2[s]
+	ENCPREFETCH
 	ADDQ $32, SI
 	INCQ R8
 	JMP  nencloop

@@ -5,15 +5,15 @@ package codec
 // hasEntropyAsm and hasEntropyAVX2 report whether the entropy coder runs parts in assembly.
 var hasEntropyAsm, hasEntropyAVX2, cpuHasEntropyAVX2 = false, false, false
 
-func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte) (done, pos, escapes int) {
+func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]uint16, exps *byte, out, res *byte) (done, pos, escapes int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
 
-func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32) (escapes int) {
+func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32, next, nextRes *byte) (escapes int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
 
-func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32) (escapes int) {
+func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32, next, nextRes *byte) (escapes int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
 
