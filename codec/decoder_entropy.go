@@ -39,6 +39,8 @@ func (p *entDecPart) decode() error {
 		p.lane = new(laneDec)
 	}
 	p.esc = 0
+	// The lane decoder keeps no pointer into the caller's buffers past the call.
+	defer func() { p.lane.out, p.lane.res = nil, nil }()
 	table := p.frame[p.lay.Table:]
 	streams := p.frame[p.lay.Codes:p.lay.End]
 	res := p.frame[p.lay.Residuals:]

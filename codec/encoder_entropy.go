@@ -232,6 +232,8 @@ func (p *entPart) encode() {
 		p.lane = new(laneEnc)
 	}
 	p.used, p.over, p.esc = 0, false, 0
+	// The lane encoder keeps no pointer into the caller's buffers past the call.
+	defer func() { p.lane.next, p.lane.nextRes = nil, nil }()
 	if p.own {
 		p.out = p.buf[:cap(p.buf)]
 	}
