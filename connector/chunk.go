@@ -19,13 +19,11 @@ type chunk struct {
 	n      int // frames: 1 or 2
 }
 
-// chunkCap is the staging a chunk of n raw bytes needs on path p.
-func chunkCap(n int, p path) int {
-	if p == pathHighRatio {
-		return codec.MaxEncodedLen(n) + codec.HeaderSize
-	}
-	return codec.MaxEncodedLen(n)
-}
+// chunkCap is the staging a chunk of n raw bytes needs: the bound of the high-ratio mode's two frames, on every
+// path. Staging keeps released buffers for reuse only where they are big enough, so a raw or fast chunk taking
+// a header less would leave every high-ratio handoff after it allocating (and faulting in) fresh buffers where
+// the auto policy mixes modes: on a 2-core VM that was an eighth of a high-ratio transfer's CPU time.
+func chunkCap(n int) int { return codec.MaxEncodedLen(n) + codec.HeaderSize }
 
 // parseChunk splits b into its codec frames and checks them against the record (raw, frame mode) and the
 // want raw bytes its blocks hold: one frame of want bytes (raw for a raw record, not high-ratio for a fast

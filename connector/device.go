@@ -545,7 +545,7 @@ func (sl *deviceSlot) free() {
 
 func (c *deviceCache) loader(blocks []int, per int) (layerLoader, error) {
 	ld := &deviceLoader{c: c, blocks: blocks, slots: make(chan *deviceSlot, deviceSlots)}
-	frameCap := chunkCap(int(c.lay.layerRawBytes(per)), pathHighRatio) + 16 // a high-ratio V frame starts 16-byte aligned
+	frameCap := chunkCap(int(c.lay.layerRawBytes(per))) + 16 // a high-ratio V frame starts 16-byte aligned
 	err := c.ctx.Do(func() error {
 		for range deviceSlots {
 			sl, err := c.getSlot(frameCap)

@@ -152,7 +152,7 @@ func (p *Producer) saveFramesOnDevice(s *save, sv *deviceSaver, lay *Layout, res
 	for i := job.layer * g; i < (job.layer+1)*g; i++ {
 		l, lo, hi := s.f.frame(i)
 		n := int(lay.layerRawBytes(hi - lo))
-		need := chunkCap(n, s.path)
+		need := chunkCap(n)
 		if err := res.account(need); err != nil {
 			return err
 		}

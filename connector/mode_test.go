@@ -197,7 +197,7 @@ func TestHighRatioTables(t *testing.T) {
 			sv, err := hc.saver(srcBlocks, saveEnv{coders: pool, tables: tc.tables}, len(srcBlocks))
 			require.NoError(t, err)
 			n := int(l.layerRawBytes(len(srcBlocks)))
-			dstBuf := make([]byte, chunkCap(n, pathHighRatio))
+			dstBuf := make([]byte, chunkCap(n))
 			frame, took, err := sv.encode(dstBuf, 2, 0, len(srcBlocks), pathHighRatio, true, nil)
 			require.NoError(t, err)
 			require.Positive(t, took.decode, "calibration decoded the chunk")

@@ -664,7 +664,7 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, res *reservat
 	for i := job.layer * g; i < (job.layer+1)*g; i++ {
 		l, lo, hi := s.f.frame(i)
 		n := int(lay.layerRawBytes(hi - lo))
-		buf, err := res.take(chunkCap(n, s.path))
+		buf, err := res.take(chunkCap(n))
 		if err != nil {
 			return err
 		}
@@ -694,12 +694,12 @@ func (p *Producer) saveFrames(s *save, sv layerSaver, lay *Layout, res *reservat
 	return nil
 }
 
-// stagingNeed is the staging s's frames can take: each frame's capacity on s's path.
+// stagingNeed is the staging s's frames can take: each frame's capacity (chunkCap).
 func (s *save) stagingNeed(lay *Layout) int64 {
 	var n int64
 	for i := range s.f.frames() {
 		_, lo, hi := s.f.frame(i)
-		n += int64(chunkCap(int(lay.layerRawBytes(hi-lo)), s.path))
+		n += int64(chunkCap(int(lay.layerRawBytes(hi - lo))))
 	}
 	return n
 }

@@ -86,7 +86,7 @@ func TestLearnedTablesGemma3(t *testing.T) {
 	// handoff codes every layer of blocks as one chunk of path p, checks that each decodes bit-exact, and returns
 	// the raw and the coded bytes.
 	n := int(l.layerRawBytes(len(all)))
-	buf := make([]byte, chunkCap(n, pathHighRatio))
+	buf := make([]byte, chunkCap(n))
 	want, got := make([]byte, n), make([]byte, n)
 	handoff := func(tables *tableLearner, blocks []int, p path) (raw, coded int) {
 		t.Helper()
