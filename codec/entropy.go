@@ -542,10 +542,10 @@ func (e *laneEnc) encodeLanesSIMD(m int, enc *entEnc, out []byte) (n, escapes in
 		esc = encodeStepsAVX512(&e.exps[0], full, &enc.simd, v, &e.bytes[0][0], maxLaneBytes)
 	} else if full > 0 && enc.narrow.ok && useNarrowLookups {
 		esc = encodeStepsNarrowAVX2(&e.exps[0], full, &enc.narrow, v, &e.bytes[0][0], &v.ev[0],
-			orElse(e.next, &e.exps[0]), orElse(e.nextRes, &e.exps[0]))
+			orElse(e.next, &e.exps[0]), orElse(e.nextRes, &e.exps[0]), &out[0])
 	} else if full > 0 {
 		esc = encodeStepsAVX2(&e.exps[0], full, &enc.lut, v, &e.bytes[0][0], &v.ev[0],
-			orElse(e.next, &e.exps[0]), orElse(e.nextRes, &e.exps[0]))
+			orElse(e.next, &e.exps[0]), orElse(e.nextRes, &e.exps[0]), &out[0])
 	}
 	if rest := m - full*lanes; rest > 0 {
 		s := full

@@ -34,15 +34,15 @@ func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]ui
 // encodeStepsAVX2 is encodeStepsAVX512 in AVX2 (the same scratch and lane bytes written, lanes maxLaneBytes
 // apart, but only the words a step completes), from the 32-bit look-up table lut (entEnc.lut). ev is scratch
 // for the completed words (encSIMD.ev). Step s also prefetches next[64s:] and, for writing, nextRes[32s:]
-// (laneEnc.next and nextRes).
+// (laneEnc.next and nextRes) and stream[16s:] (where the chunk's stream goes).
 //
 //go:noescape
-func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32, next, nextRes *byte) (escapes int)
+func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32, next, nextRes, stream *byte) (escapes int)
 
 // encodeStepsNarrowAVX2 is encodeStepsAVX2 looking a step's exponents up in nt's 16-entry tables (nt.ok).
 //
 //go:noescape
-func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32, next, nextRes *byte) (escapes int)
+func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32, next, nextRes, stream *byte) (escapes int)
 
 // sixteens is 16 in every byte: encodeStepsNarrowAVX2's test for exponents outside its tables.
 var sixteens = [32]byte{16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16,

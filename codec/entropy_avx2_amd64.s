@@ -119,8 +119,8 @@
 	PREFETCHT0 (AX)
 
 // ENCPREFETCH prefetches, at step R8 of the lane encoder, a line of the next chunk's input and half a line of
-// its residuals' place in the frame (for writing), so that the next chunk's split finds both in cache.
-// Clobbers AX.
+// its residuals' place in the frame (for writing), so that the next chunk's split finds both in cache, and a
+// quarter line of where this chunk's stream goes (for writing: the interleave's stores). Clobbers AX.
 #define ENCPREFETCH \
 	MOVQ       R8, AX \
 	SHLQ       $6, AX \
@@ -129,6 +129,10 @@
 	MOVQ       R8, AX \
 	SHLQ       $5, AX \
 	ADDQ       nextRes+56(FP), AX \
+	PREFETCHWAX \
+	MOVQ       R8, AX \
+	SHLQ       $4, AX \
+	ADDQ       stream+64(FP), AX \
 	PREFETCHWAX
 
 // ENCGROUP codes step s's symbols of group G (lanes 8G..8G+7; B their bit counts, ACC their newest bits):
@@ -326,7 +330,7 @@ encpadded:
 	VMOVDQU Y5, 160(BX) \
 	VMOVDQU Y6, 192(BX) \
 	VMOVDQU Y7, 224(BX) \
-	MOVQ    R9, escapes+64(FP) \
+	MOVQ    R9, escapes+72(FP) \
 	ENCEVENTSPAD \
 	ENCEVENTS \
 	VZEROUPPER \
@@ -516,7 +520,7 @@ joined:
 //
 // Registers: Y0-Y3 the lanes' bit counts, Y4-Y7 their accumulators, Y8 words of 31, Y9 of 15, Y10 of −1;
 // Y11-Y15 scratch; DX the next event, R14 compressIdx.
-TEXT ·encodeStepsAVX2(SB), NOSPLIT, $0-72
+TEXT ·encodeStepsAVX2(SB), NOSPLIT, $0-80
 	MOVQ lut+16(FP), R10
 	ENCSTART
 
@@ -544,7 +548,7 @@ encdone:
 // encodeStepsAVX2 with a step's look-ups made by two byte shuffles from nt's 16-entry tables (ENCSHUFFLE)
 // instead of four gathers, and the escapes' work (ESC's high bits, round 2, the count) done only in steps
 // with one. Frame: the step's lens bytes at 0 and the low bytes of its bits at 32.
-TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $64-72
+TEXT ·encodeStepsNarrowAVX2(SB), NOSPLIT, $64-80
 	MOVQ nt+16(FP), R10
 	ENCSTART
 

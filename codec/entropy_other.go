@@ -9,11 +9,11 @@ func decodeLanesAVX2(stream *byte, n, steps int, tab *simdTab, st *[2 * lanes]ui
 	panic("splitzip: no entropy assembly on this platform")
 }
 
-func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32, next, nextRes *byte) (escapes int) {
+func encodeStepsAVX2(exps *byte, steps int, lut *[256]uint32, st *encSIMD, bytes *byte, ev *uint32, next, nextRes, stream *byte) (escapes int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
 
-func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32, next, nextRes *byte) (escapes int) {
+func encodeStepsNarrowAVX2(exps *byte, steps int, nt *encNarrow, st *encSIMD, bytes *byte, ev *uint32, next, nextRes, stream *byte) (escapes int) {
 	panic("splitzip: no entropy assembly on this platform")
 }
 
