@@ -59,9 +59,8 @@ func (p *entDecPart) decode() error {
 			p.lane.res = &res[i0]
 			if p.segs == nil {
 				p.lane.out = &p.out[i0*size]
-			} else {
-				piece, _ := p.segs.piece(i0*size, i1*size, -1)
-				p.lane.out = &piece[0]
+			} else if piece, _ := p.segs.piece(i0*size, i1*size, -1); len(piece) == (i1-i0)*size {
+				p.lane.out = &piece[0] // the chunk lies in one segment (else its blocks lie apart)
 			}
 		}
 		esc, bad := p.lane.decodeLanes(p.dec, streams[lo:hi], m)

@@ -280,8 +280,12 @@ func (p *entPart) nextChunk(i int) (src, res *byte) {
 	if p.segs == nil {
 		src = &p.src[i*size]
 	} else {
-		piece, _ := p.segs.piece(i*size, min(p.n, i+maxEntropyChunk)*size, -1)
-		src = &piece[0]
+		// Only a chunk that lies in one segment: the prefetches run on from where they start, and a paged
+		// cache's next blocks lie elsewhere.
+		b0, b1 := i*size, min(p.n, i+maxEntropyChunk)*size
+		if piece, _ := p.segs.piece(b0, b1, -1); len(piece) == b1-b0 {
+			src = &piece[0]
+		}
 	}
 	if p.dt == BF16 {
 		res = &p.frame[p.lay.Residuals+uint64(i)]
