@@ -106,33 +106,29 @@
 // PREFETCHW (AX), which the assembler does not know: the line is fetched to be written.
 #define PREFETCHWAX BYTE $0x0F; BYTE $0x0D; BYTE $0x08
 
+// STEPAT sets AX to BASE + R8 << SHIFT: where step R8 prefetches in a region it covers 2^SHIFT bytes a step of.
+#define STEPAT(SHIFT, BASE) \
+	MOVQ R8, AX \
+	SHLQ $SHIFT, AX \
+	ADDQ BASE, AX
+
 // DECPREFETCH prefetches, at step R8 of the decoder, the step's line of the chunk's output (for writing) and
 // half a line of its residuals, so that the join after the chunk finds both in cache. Clobbers AX.
 #define DECPREFETCH \
-	MOVQ       R8, AX \
-	SHLQ       $6, AX \
-	ADDQ       out+48(FP), AX \
+	STEPAT(6, out+48(FP)) \
 	PREFETCHWAX \
-	MOVQ       R8, AX \
-	SHLQ       $5, AX \
-	ADDQ       res+56(FP), AX \
+	STEPAT(5, res+56(FP)) \
 	PREFETCHT0 (AX)
 
 // ENCPREFETCH prefetches, at step R8 of the lane encoder, a line of the next chunk's input and half a line of
 // its residuals' place in the frame (for writing), so that the next chunk's split finds both in cache, and a
 // quarter line of where this chunk's stream goes (for writing: the interleave's stores). Clobbers AX.
 #define ENCPREFETCH \
-	MOVQ       R8, AX \
-	SHLQ       $6, AX \
-	ADDQ       next+48(FP), AX \
+	STEPAT(6, next+48(FP)) \
 	PREFETCHT0 (AX) \
-	MOVQ       R8, AX \
-	SHLQ       $5, AX \
-	ADDQ       nextRes+56(FP), AX \
+	STEPAT(5, nextRes+56(FP)) \
 	PREFETCHWAX \
-	MOVQ       R8, AX \
-	SHLQ       $4, AX \
-	ADDQ       stream+64(FP), AX \
+	STEPAT(4, stream+64(FP)) \
 	PREFETCHWAX
 
 // ENCGROUP codes step s's symbols of group G (lanes 8G..8G+7; B their bit counts, ACC their newest bits):
