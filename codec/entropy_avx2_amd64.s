@@ -396,6 +396,9 @@ loop:
 	VPAND     Y14, Y11, Y13
 	VPAND     Y14, Y15, Y14
 	VPACKUSDW Y14, Y13, Y13
+
+packed:
+	// Groups 0-1 packed to words in Y12, groups 2-3 in Y13: to bytes, in lane order, stored.
 	VPACKUSWB Y13, Y12, Y12
 	VMOVDQU   ·packOrder(SB), Y13
 	VPERMD    Y12, Y13, Y12
@@ -414,14 +417,7 @@ store:
 	VPAND     64(SP), Y15, Y13
 	VPAND     96(SP), Y15, Y14
 	VPACKUSDW Y14, Y13, Y13
-	VPACKUSWB Y13, Y12, Y12
-	VMOVDQU   ·packOrder(SB), Y13
-	VPERMD    Y12, Y13, Y12
-	VMOVDQU   Y12, (DI)
-	ADDQ      $32, DI
-	DECPREFETCH
-	INCQ      R8
-	JMP       loop
+	JMP       packed
 
 special:
 	// The entries to the frame's slots, and the constants ROUND2 uses.
