@@ -16,9 +16,10 @@ import (
 // auto producers take turns, so that whatever else the host does falls on both alike. On the slow link the
 // wire sets the pace and auto's median must beat raw's. Loopback on a small shared host is bound by CPU that
 // both sides and the kernel share, and other work on the host swings medians of such short handoffs by tens of
-// percent; there two raw producers take turns with auto, auto must send most handoffs raw, and in the median
-// round its handoff must take at most 15 % longer than the mean of the round's two raw ones (auto compressing
-// every handoff measured 1.14–1.26×; raw against itself differs by 4–27 % a round).
+// percent; there two raw producers take turns with auto, auto must leave high-ratio frames out, and in the
+// median round its handoff must take at most 15 % longer than the mean of the round's two raw ones (auto
+// compressing every handoff measured 1.14–1.26× on a slow host; raw against itself differs by 4–27 % a round).
+// The policy's choices themselves are checked without noise in TestAutoNeverBelowRaw.
 func TestAutoAgainstRawOverLinks(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("times real handoffs; the race detector slows the paths unevenly (instrumented Go against assembly), make soak runs it without")
@@ -109,8 +110,11 @@ func TestAutoAgainstRawOverLinks(t *testing.T) {
 			fmt.Printf("%s: median raw %.1f and %.1f ms, auto %.1f ms; per round, median raw against itself %.2f×, auto %.2f× raw's mean; %s\n",
 				c.name, ms(r), ms(median(tr2)), ms(a), mid(noise), mid(ratios), took)
 			require.LessOrEqual(t, mid(ratios), 1.15, "auto %v against raw %v and %v", ta, tr, tr2)
-			// The link outruns every codec: raw frames for most handoffs (the rest are the policy's probes).
-			require.GreaterOrEqual(t, after.RawHandoffs-before.RawHandoffs, int64(c.rounds/2), took)
+			// Which of raw and fast frames auto takes here depends on the host: where the fast codec keeps up
+			// with loopback, fast frames (a quarter fewer bytes through the kernel) can measure as fast as raw
+			// ones and auto may keep them (one host: raw 12, fast 19, at 1.10× raw's time). High-ratio frames
+			// cost several times their CPU, are not faster here, and come only as the policy's probes.
+			require.LessOrEqual(t, after.HighRatioHandoffs-before.HighRatioHandoffs, int64(c.rounds/probeEvery+1), took)
 		})
 	}
 }
