@@ -6,6 +6,8 @@ import (
 	"hash/crc32"
 	"slices"
 	"sync"
+
+	"github.com/splitzip/splitzip/internal/crc32c"
 )
 
 // Encoder writes SplitZip frames, in fast mode (the default: 4-bit codes, version 1 frames) or high-ratio mode
@@ -201,15 +203,25 @@ func (e *Encoder) EncodeWithTable(dst, src []byte, t *CodeTable) ([]byte, error)
 // EncodeSegmentsWithTable is EncodeWithTable of the concatenation of segs, read where they lie (see
 // EncodeSegments): a paged cache's blocks coded with a table learned from earlier frames, with no gathered copy.
 func (e *Encoder) EncodeSegmentsWithTable(dst []byte, segs [][]byte, t *CodeTable) ([]byte, error) {
+	frame, _, err := e.encodeSegmentsWithTable(dst, segs, t, false)
+	return frame, err
+}
+
+// EncodeSegmentsWithTableCRC is EncodeSegmentsWithTable that also returns the frame's CRC-32C, computed as the
+// frame is written (see EncodeSegmentsCRC).
+func (e *Encoder) EncodeSegmentsWithTableCRC(dst []byte, segs [][]byte, t *CodeTable) ([]byte, uint32, error) {
+	return e.encodeSegmentsWithTable(dst, segs, t, true)
+}
+
+func (e *Encoder) encodeSegmentsWithTable(dst []byte, segs [][]byte, t *CodeTable, withCRC bool) ([]byte, uint32, error) {
 	if err := checkEncodingTable(t); err != nil {
-		return dst, err
+		return dst, 0, err
 	}
 	if err := e.segs.set(segs, t.DType); err != nil {
-		return dst, err
+		return dst, 0, err
 	}
 	defer e.segs.reset()
-	frame, _, err := e.encodeEntropy(dst, nil, &e.segs, t.DType, t, false)
-	return frame, err
+	return e.encodeEntropy(dst, nil, &e.segs, t.DType, t, withCRC)
 }
 
 // checkEncodingTable validates a table given to an encoder: it must code every exponent of its dtype.
@@ -437,14 +449,14 @@ func (e *Encoder) encodeFrame(dst, src []byte, segs *segments, dt DType, cb *Cod
 		p := &e.parts[i]
 		lo, _ := p.codeBytes(p.first)
 		_, hi := p.codeBytes(p.last - 1)
-		crc = crcCombine(crc, p.crcCodes, hi-lo)
+		crc = crc32c.Combine(crc, p.crcCodes, hi-lo)
 	}
 	crc = crc32.Update(crc, castagnoli, frame[codesEnd:lay.Residuals])
 	for i := range parts {
 		p := &e.parts[i]
 		lo, _ := p.resBytes(p.first)
 		_, hi := p.resBytes(p.last - 1)
-		crc = crcCombine(crc, p.crcRes, hi-lo)
+		crc = crc32c.Combine(crc, p.crcRes, hi-lo)
 	}
 	crc = crc32.Update(crc, castagnoli, frame[resEnd:lay.End])
 	return dst, crc, true, nil

@@ -3,9 +3,12 @@ package codec
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"slices"
 	"sync"
+
+	"github.com/splitzip/splitzip/internal/crc32c"
 )
 
 // The high-ratio encoder: entropy frames (FORMAT.md "Entropy mode"). A frame is written in up to two passes
@@ -39,6 +42,9 @@ type entPart struct {
 	used    int    // bytes of streams written to out
 	over    bool   // out is full: the frame will be raw
 	esc     uint64
+	crc     bool   // checksum the part's residuals and streams as each chunk is done (see payloadCRC)
+	crcRes  uint32 // CRC-32C of the part's residual bytes so far
+	crcOut  uint32 // and of its streams
 	lane    *laneEnc
 	gather  []byte // a chunk of a segmented input that spans segments off residual bytes (split)
 }
@@ -232,6 +238,7 @@ func (p *entPart) encode() {
 		p.lane = new(laneEnc)
 	}
 	p.used, p.over, p.esc = 0, false, 0
+	p.crcRes, p.crcOut = 0, 0
 	// The lane encoder keeps no pointer into the caller's buffers past the call.
 	defer func() { p.lane.next, p.lane.nextRes = nil, nil }()
 	if p.own {
@@ -263,9 +270,21 @@ func (p *entPart) encode() {
 			copy(p.out[p.used:], p.tmp[:words])
 		}
 		binary.LittleEndian.PutUint32(p.frame[p.lay.Table+4*uint64(c):], uint32(words))
+		if p.crc {
+			// Both are in L1 now: split wrote the residuals, the lane encoder the streams.
+			lo, hi := p.resBytes(i0, i1)
+			p.crcRes = crc32.Update(p.crcRes, castagnoli, p.frame[lo:hi])
+			p.crcOut = crc32.Update(p.crcOut, castagnoli, p.out[p.used:p.used+words])
+		}
 		p.used += words
 		p.esc += uint64(esc)
 	}
+}
+
+// resBytes is where the residuals of elements [i0, i1) lie in the frame (chunks start on whole bytes).
+func (p *entPart) resBytes(i0, i1 int) (lo, hi uint64) {
+	rb := uint64(p.dt.ResidualBits())
+	return p.lay.Residuals + uint64(i0)*rb/8, p.lay.Residuals + (uint64(i1)*rb+7)/8
 }
 
 // nextChunk returns where the chunk from element i starts in the input and in the frame's residuals (bf16
@@ -485,6 +504,7 @@ func (e *Encoder) encodeEntropy(dst, src []byte, segs *segments, dt DType, t *Co
 	for i := range parts {
 		p := e.ent[i]
 		p.hist, p.src, p.segs, p.dt, p.n = false, src, segs, dt, n
+		p.crc = withCRC || e.o.checksum
 		p.c0, p.c1 = chunks*i/parts, chunks*(i+1)/parts
 		p.frame, p.lay, p.enc = frame, lay, enc
 		p.own = i > 0
@@ -535,7 +555,27 @@ func (e *Encoder) encodeEntropy(dst, src []byte, segs *segments, dt DType, t *Co
 		ChunkLog2: EntropyChunk, ResidualBits: uint8(rb), CodebookLen: uint16(tableLen),
 		PayloadLen: end - HeaderSize, CodesLen: uint64(total), ResidualsLen: resEnd - lay.Residuals,
 	}
-	return e.seal(dst[:start+int(end)], start, &h, withCRC)
+	if !withCRC && !e.o.checksum {
+		return e.seal(dst[:start+int(end)], start, &h, false)
+	}
+	return e.sealPayload(dst[:start+int(end)], start, &h, withCRC, e.payloadCRC(frame, &lay, resEnd, parts))
+}
+
+// payloadCRC is the CRC-32C of an entropy frame's payload (all but its header), from the parts' checksums of
+// their residuals and streams and the few bytes between: the frame is not read again.
+func (e *Encoder) payloadCRC(frame []byte, lay *Layout, resEnd uint64, parts int) uint32 {
+	crc := crcOf(frame[HeaderSize:lay.Residuals]) // code table, chunk table, gap
+	for i := range parts {
+		p := e.ent[i]
+		lo, _ := p.resBytes(chunkBounds(p.c0, p.n, EntropyChunk))
+		_, hi := p.resBytes(chunkBounds(p.c1-1, p.n, EntropyChunk))
+		crc = crc32c.Combine(crc, p.crcRes, hi-lo)
+	}
+	crc = crc32.Update(crc, castagnoli, frame[resEnd:lay.Codes])
+	for i := range parts {
+		crc = crc32c.Combine(crc, e.ent[i].crcOut, uint64(e.ent[i].used))
+	}
+	return crc
 }
 
 // frameTable builds the table of a frame's own exponents, counted by parts goroutines (a sample of them when
@@ -569,21 +609,24 @@ func (e *Encoder) frameTable(src []byte, segs *segments, dt DType, n, parts int,
 // and returns the frame and, when withCRC, the CRC-32C of the whole frame.
 func (e *Encoder) seal(dst []byte, start int, h *Header, withCRC bool) ([]byte, uint32, error) {
 	frame := dst[start:]
-	if !e.o.checksum {
+	if !withCRC && !e.o.checksum {
 		h.marshal(frame)
-		if !withCRC {
-			return dst, 0, nil
-		}
-		return dst, e.crc.sum(frame, e.o.concurrency), nil
+		return dst, 0, nil
 	}
-	h.Checksum = true
-	h.PayloadCRC = e.crc.sum(frame[HeaderSize:], e.o.concurrency)
+	return e.sealPayload(dst, start, h, withCRC, e.crc.sum(frame[HeaderSize:], e.o.concurrency))
+}
+
+// sealPayload is seal with the CRC-32C of the frame's payload given.
+func (e *Encoder) sealPayload(dst []byte, start int, h *Header, withCRC bool, payload uint32) ([]byte, uint32, error) {
+	frame := dst[start:]
+	if e.o.checksum {
+		h.Checksum, h.PayloadCRC = true, payload
+	}
 	h.marshal(frame)
-	h.Version = h.version()
 	if !withCRC {
 		return dst, 0, nil
 	}
-	return dst, crcCombine(crcOf(frame[:HeaderSize]), h.PayloadCRC, uint64(len(frame)-HeaderSize)), nil
+	return dst, crc32c.Combine(crcOf(frame[:HeaderSize]), payload, uint64(len(frame)-HeaderSize)), nil
 }
 
 // finishRaw writes a raw frame of src (or segs) at dst[start:] and seals it.

@@ -1110,6 +1110,26 @@ func TestEncodeSegmentsWithTable(t *testing.T) {
 	got, err := enc.EncodeSegmentsWithTable(nil, segs, tab)
 	require.NoError(t, err)
 	require.Equal(t, want, got)
+	// With the CRC: the whole fixture (large enough for several goroutines), on one goroutine and three, with
+	// and without the frame's own checksum.
+	var all [][]byte
+	for _, x := range loadFixture(t, "kv_evaluation.safetensors").Tensors {
+		all = append(all, x.Data)
+	}
+	plain, err := enc.EncodeWithTable(nil, concat(all), tab)
+	require.NoError(t, err)
+	castagnoli := crc32.MakeTable(crc32.Castagnoli)
+	for _, opts := range [][]EOption{{WithEncoderConcurrency(1)}, {WithEncoderConcurrency(3)}, {WithEncoderConcurrency(3), WithChecksum(true)}} {
+		e := mustEnc(NewEncoder(opts...))
+		withCRC, crc, err := e.EncodeSegmentsWithTableCRC([]byte("prefix"), all, tab)
+		require.NoError(t, err)
+		f := withCRC[6:]
+		require.Equal(t, plain[HeaderSize:], f[HeaderSize:])
+		require.Equal(t, crc32.Checksum(f, castagnoli), crc)
+		_, fh, err := dec.Decode(nil, f)
+		require.NoError(t, err)
+		require.Equal(t, len(opts) > 1, fh.Checksum)
+	}
 	out, hdr, err := dec.Decode(nil, got)
 	require.NoError(t, err)
 	require.True(t, hdr.Entropy)

@@ -143,19 +143,6 @@ func TestSegmentsNoAllocationsWhenWarm(t *testing.T) {
 	require.Equal(t, src, concat(segs))
 }
 
-func TestCRCCombine(t *testing.T) {
-	rng := rand.New(rand.NewPCG(45, 46))
-	tab := crc32.MakeTable(crc32.Castagnoli)
-	b := make([]byte, 1<<16)
-	for i := range b {
-		b[i] = byte(rng.Uint32())
-	}
-	for _, cut := range []int{0, 1, 7, 1000, 1 << 15, len(b) - 1, len(b)} {
-		a, c := b[:cut], b[cut:]
-		require.Equal(t, crc32.Checksum(b, tab), crcCombine(crc32.Checksum(a, tab), crc32.Checksum(c, tab), uint64(len(c))), "cut at %d", cut)
-	}
-}
-
 // TestSegmentsPrefetchStretches: segments whose sizes make the kernels' prefetch stretches (segments.ahead) end
 // at every kind of place: inside a chunk, at an unaligned segment further on (rounded up to a kernel step),
 // on empty and one-element segments, at the last element, with escapes inside stretches split by them.

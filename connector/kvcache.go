@@ -2,9 +2,11 @@ package connector
 
 import (
 	"fmt"
+	"hash/crc32"
 	"time"
 
 	"github.com/splitzip/splitzip/codec"
+	"github.com/splitzip/splitzip/internal/crc32c"
 	"github.com/splitzip/splitzip/kernels/cuda"
 )
 
@@ -203,7 +205,8 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 		if err := codec.PutRawHeader(dst[:codec.HeaderSize], s.c.layout.DType, n); err != nil {
 			return nil, timing{}, err
 		}
-		s.c.gatherLayer(dst[codec.HeaderSize:codec.HeaderSize+n], l, s.blocks[lo:hi])
+		s.crc = s.c.gatherLayer(dst[codec.HeaderSize:codec.HeaderSize+n], l, s.blocks[lo:hi], crc32.Checksum(dst[:codec.HeaderSize], castagnoli))
+		s.crcOK = true
 		return dst[:codec.HeaderSize+n], timing{copy: time.Since(t0)}, nil
 	}
 	cs := <-s.env.coders
@@ -231,7 +234,9 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 			err = s.sample(cs, l, lo, kv, s.blocks[lo:hi])
 		}
 	} else {
-		frame, tabled, err = s.encodeHighRatio(cs, dst, l, lo, hi)
+		var crc uint32
+		frame, crc, tabled, err = s.encodeHighRatio(cs, dst, l, lo, hi)
+		s.crc, s.crcOK = crc, err == nil
 		codecTime = time.Since(t0)
 	}
 	took := timing{codec: codecTime, tabled: tabled}
@@ -253,10 +258,10 @@ func (s *hostSaver) encode(dst []byte, l, lo, hi int, p path, calibrate bool, _ 
 
 // encodeHighRatio writes a high-ratio chunk: K's frame, then V's, each with its (layer, K/V) table when one
 // is learned, else with its own; the encoder reads the blocks where they lie.
-func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []byte, tabled bool, err error) {
+func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []byte, crc uint32, tabled bool, err error) {
 	enc, err := cs.highEncoder()
 	if err != nil {
-		return nil, false, err
+		return nil, 0, false, err
 	}
 	tabled = true
 	dt := s.c.layout.DType
@@ -266,27 +271,30 @@ func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []
 	for kv := range 2 {
 		out := dst[pos:pos]
 		if cap(out) < codec.MaxEncodedLen(half) {
-			return nil, false, fmt.Errorf("%w: %d bytes of staging for a %d-byte half chunk", ErrStagingFull, cap(out), half)
+			return nil, 0, false, fmt.Errorf("%w: %d bytes of staging for a %d-byte half chunk", ErrStagingFull, cap(out), half)
 		}
 		var f []byte
+		var fcrc uint32
 		s.segs = s.c.kvSegments(s.segs, l, kv, blocks)
 		if t := s.env.tables.table(l, kv); t != nil {
-			f, err = enc.EncodeSegmentsWithTable(out, s.segs, t)
+			f, fcrc, err = enc.EncodeSegmentsWithTableCRC(out, s.segs, t)
 		} else {
-			f, err = enc.EncodeSegments(out, s.segs, dt)
+			f, fcrc, err = enc.EncodeSegmentsCRC(out, s.segs, dt)
 			tabled = false
 		}
 		if err != nil {
-			return nil, false, err
+			return nil, 0, false, err
 		}
+		// The chunk's CRC-32C from its two frames', each computed as the encoder wrote it.
+		crc = crc32c.Combine(crc, fcrc, uint64(len(f)))
 		pos += len(f) // in place: out had room for the largest frame
 		if s.env.tables.learning() {
 			if err := s.sample(cs, l, lo, kv, blocks); err != nil {
-				return nil, false, err
+				return nil, 0, false, err
 			}
 		}
 	}
-	return dst[:pos], tabled, nil
+	return dst[:pos], crc, tabled, nil
 }
 
 // sample adds every sampleEvery-th of blocks (layer l's K or V; lo: where they start in the save), from

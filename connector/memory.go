@@ -2,6 +2,7 @@ package connector
 
 import (
 	"fmt"
+	"hash/crc32"
 	"unsafe"
 )
 
@@ -44,16 +45,18 @@ func (c *hostCache) blockAddr(l, kv, b int) uintptr {
 func ptr(addr uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&addr)) }
 
 // gatherLayer copies layer l's K blocks, then its V blocks, in the order of blocks, into dst (the layer frame's
-// raw form) and returns the filled part.
-func (c *hostCache) gatherLayer(dst []byte, l int, blocks []int) []byte {
+// raw form) and returns crc extended by the CRC-32C of what it copied: each block is checksummed right after
+// its copy, while it is in cache, rather than in a pass over the whole frame after.
+func (c *hostCache) gatherLayer(dst []byte, l int, blocks []int, crc uint32) uint32 {
 	n := int(c.layout.BlockBytes())
-	dst = dst[:c.layout.layerRawBytes(len(blocks))]
 	for kv := range 2 {
 		for i, b := range blocks {
-			copy(dst[(kv*len(blocks)+i)*n:], c.block(l, kv, b))
+			piece := dst[(kv*len(blocks)+i)*n:][:n]
+			copy(piece, c.block(l, kv, b))
+			crc = crc32.Update(crc, castagnoli, piece)
 		}
 	}
-	return dst
+	return crc
 }
 
 // layerSegments sets segs to layer l's K blocks, then its V blocks, in the order of blocks, as slices over the

@@ -2,6 +2,7 @@ package connector
 
 import (
 	"fmt"
+	"hash/crc32"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -96,7 +97,11 @@ func TestLearnedTablesGemma3(t *testing.T) {
 			frame, _, err := sv.encode(buf, layer, 0, len(blocks), p, false, nil)
 			require.NoError(t, err)
 			require.NoError(t, decodeChunk(dec, got, frame, p))
-			require.Equal(t, hc.gatherLayer(want, layer, blocks), got, "layer %d", layer)
+			hc.gatherLayer(want, layer, blocks, 0)
+			require.Equal(t, want, got, "layer %d", layer)
+			crc, ok := sv.(frameChecksummer).lastCRC()
+			require.True(t, ok)
+			require.Equal(t, crc32.Checksum(frame, castagnoli), crc, "the CRC-32C known from the encode, layer %d", layer)
 			raw += n
 			coded += len(frame)
 		}
@@ -123,6 +128,7 @@ func TestLearnedTablesGemma3(t *testing.T) {
 		return true
 	}
 
+	handoff(offline, all, pathRaw) // raw chunks: bit-exact, and checksummed as gathered
 	offFast, offHigh := ratio(offline, pathFast), ratio(offline, pathHighRatio)
 	builtin := ratio(newTableLearner(&l, nil, true), pathFast) // fast frames with the built-in codebook only
 	t.Logf("offline tables: fast %.4f, high-ratio %.4f; fast with the built-in codebook %.4f", offFast, offHigh, builtin)
