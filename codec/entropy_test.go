@@ -1048,6 +1048,29 @@ func TestCountExponents(t *testing.T) {
 		}
 		countExponents(b, dt, &got)
 		require.Equal(t, want, got, "%s", dt)
+		// The whole elements in pieces (some empty, some across the 1 MiB folds), counted as one.
+		whole := b[:len(b)/g.size*g.size]
+		var segs [][]byte
+		for rest := whole; len(rest) > 0; {
+			k := min(len(rest), g.size*rng.IntN(300000))
+			segs, rest = append(segs, rest[:k]), rest[k:]
+		}
+		want = [256]uint64{}
+		for i := 0; i < len(whole); i += g.size {
+			want[loadElem(whole[i:], g.size)>>g.expShift&g.expMask]++
+		}
+		h, err := NewHistogram(dt)
+		if err != nil { // fp16, fp32: not coded in the high-ratio mode, but counted alike
+			h = &Histogram{DType: dt}
+		}
+		require.NoError(t, h.AddSegments(segs))
+		require.Equal(t, want, h.Counts, "%s in %d segments", dt, len(segs))
+		require.Equal(t, uint64(len(whole)/g.size), h.Total)
+		if g.size > 1 {
+			before := *h
+			require.ErrorIs(t, h.AddSegments([][]byte{whole[:g.size], whole[:1]}), ErrSize)
+			require.Equal(t, before, *h, "nothing counted")
+		}
 	}
 }
 

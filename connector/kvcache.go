@@ -68,6 +68,7 @@ type coders struct {
 	dec        *codec.Decoder
 	scratch    []byte
 	hist       codec.Histogram
+	sampled    [][]byte // the blocks a sample counts
 }
 
 func newCoders(cb *codec.Codebook) (*coders, error) {
@@ -301,10 +302,14 @@ func (s *hostSaver) encodeHighRatio(cs *coders, dst []byte, l, lo, hi int) (_ []
 // firstSampled on, to the learner's histogram of (l, kv).
 func (s *hostSaver) sample(cs *coders, l, lo, kv int, blocks []int) error {
 	cs.hist = codec.Histogram{DType: s.c.layout.DType}
+	cs.sampled = cs.sampled[:0]
 	for i := firstSampled(l, lo); i < len(blocks); i += sampleEvery {
-		if err := cs.hist.Add(s.c.block(l, kv, blocks[i])); err != nil {
-			return err
-		}
+		cs.sampled = append(cs.sampled, s.c.block(l, kv, blocks[i]))
+	}
+	err := cs.hist.AddSegments(cs.sampled) // counted as one: block by block took twice as long
+	clear(cs.sampled)                      // the pooled coders keep no pointer into the cache
+	if err != nil {
+		return err
 	}
 	s.env.tables.add(l, kv, &cs.hist)
 	return nil
