@@ -59,8 +59,8 @@ func (p *entDecPart) decode() error {
 			p.lane.res = &res[i0]
 			if p.segs == nil {
 				p.lane.out = &p.out[i0*size]
-			} else if piece, _ := p.segs.piece(i0*size, i1*size, -1); len(piece) == (i1-i0)*size {
-				p.lane.out = &piece[0] // the chunk lies in one segment (else its blocks lie apart)
+			} else {
+				p.lane.out = p.segs.start(i0*size, i1*size)
 			}
 		}
 		esc, bad := p.lane.decodeLanes(p.dec, streams[lo:hi], m)

@@ -317,12 +317,7 @@ func (p *entPart) nextChunk(i int) (src, res *byte) {
 	if p.segs == nil {
 		src = &p.src[i*size]
 	} else {
-		// Only a chunk that lies in one segment: the prefetches run on from where they start, and a paged
-		// cache's next blocks lie elsewhere.
-		b0, b1 := i*size, min(p.n, i+maxEntropyChunk)*size
-		if piece, _ := p.segs.piece(b0, b1, -1); len(piece) == b1-b0 {
-			src = &piece[0]
-		}
+		src = p.segs.start(i*size, min(p.n, i+maxEntropyChunk)*size)
 	}
 	if p.dt == BF16 {
 		res = &p.frame[p.lay.Residuals+uint64(i)]
@@ -519,10 +514,11 @@ func (e *Encoder) encodeEntropy(dst, src []byte, segs *segments, dt DType, t *Co
 	if lay.Codes >= uint64(maxLen) {
 		return raw()
 	}
+	checksummed := withCRC || e.o.checksum // the parts checksum what they write (payloadCRC)
 	for i := range parts {
 		p := e.ent[i]
 		p.hist, p.src, p.segs, p.dt, p.n = false, src, segs, dt, n
-		p.crc = withCRC || e.o.checksum
+		p.crc = checksummed
 		p.c0, p.c1 = chunks*i/parts, chunks*(i+1)/parts
 		p.frame, p.lay, p.enc = frame, lay, enc
 		p.own = i > 0
@@ -573,7 +569,7 @@ func (e *Encoder) encodeEntropy(dst, src []byte, segs *segments, dt DType, t *Co
 		ChunkLog2: EntropyChunk, ResidualBits: uint8(rb), CodebookLen: uint16(tableLen),
 		PayloadLen: end - HeaderSize, CodesLen: uint64(total), ResidualsLen: resEnd - lay.Residuals,
 	}
-	if !withCRC && !e.o.checksum {
+	if !checksummed {
 		return e.seal(dst[:start+int(end)], start, &h, false)
 	}
 	return e.sealPayload(dst[:start+int(end)], start, &h, withCRC, e.payloadCRC(frame, &lay, resEnd, parts))

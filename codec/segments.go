@@ -90,6 +90,16 @@ func (s *segments) piece(b, b1, k int) ([]byte, int) {
 	return s.segs[k][b-s.off[k] : e-s.off[k]], k
 }
 
+// start returns where bytes [b, b1) begin when one segment holds them all, else nil: the high-ratio coders
+// prefetch a chunk from its start on, which is only its memory where the chunk does not run on into another
+// block.
+func (s *segments) start(b, b1 int) *byte {
+	if piece, _ := s.piece(b, b1, -1); len(piece) == b1-b && len(piece) > 0 {
+		return &piece[0]
+	}
+	return nil
+}
+
 // prefetchAhead is how far ahead in the concatenation of the bytes a kernel works on it prefetches, when the
 // segments are scattered: a paged cache's blocks are cold in the caches and in the TLB, and the hardware
 // prefetcher stops at each block's end, so without it every block starts with a page walk and a run of misses.
