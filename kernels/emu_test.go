@@ -321,6 +321,20 @@ func (c *emuCase) rejects(t *testing.T, src []byte, tab *codec.CodeTable) {
 	bad = bytes.Clone(frame)
 	bad[lay.Codebook+2] ^= 0x10 // exponent lo's code length
 	try("table length changed", bad, len(bad), len(src), StatusCorrupt)
+	// Every symbol's length set to l (ESC's and lo..hi's nibbles; the padding nibble stays zero).
+	allLengths := func(l byte) []byte {
+		bad := bytes.Clone(frame)
+		nibbles := int(frame[lay.Codebook+1]-frame[lay.Codebook]) + 2
+		for k := range nibbles {
+			at := lay.Codebook + 2 + uint64(k/2)
+			bad[at] = bad[at]&^(0x0F<<(4*(k&1))) | l<<(4*(k&1))
+		}
+		return bad
+	}
+	bad = allLengths(1)
+	try("table oversubscribed", bad, len(bad), len(src), StatusCorrupt)
+	bad = allLengths(0)
+	try("table codes nothing", bad, len(bad), len(src), StatusCorrupt)
 	// A flipped padding bit: near the end of chunk 0's stream (the lanes' last bits, and their padding), a bit
 	// whose flip the CPU decoder rejects as padding and after which every element still decodes as before.
 	t.Run("nonzero padding", func(t *testing.T) {

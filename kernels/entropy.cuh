@@ -83,7 +83,7 @@ struct HRType {
   static constexpr uint32_t kExps = 1u << EB;
   static constexpr uint32_t kSymbols = kExps + 1, kEsc = kExps;
   static constexpr uint32_t kTableMax = 2 + (kSymbols + 1) / 2;  // lo, hi, a nibble per symbol
-  static constexpr uint32_t kLenSlots = (kSymbols + 15) / 16 * 16, kCodeSlots = (kSymbols + 7) / 8 * 8;
+  static constexpr uint32_t kLenSlots = (kSymbols + 15) / 16 * 16;
   static_assert(BYTES == 2 ? (EB == 8 && SHIFT == 7) : (BYTES == 1 && EB + SHIFT == 7), "bf16 or an fp8");
 };
 using HRBF16 = HRType<kDTypeBF16, 2, 8, 7>;
@@ -143,13 +143,17 @@ struct HRDecParams {
 static_assert(sizeof(HRDecParams) == 88, "HRDecParams layout is shared with Go");
 
 // The encode workspace: per frame four words (escapes, blocks done, uncodable, raw), then per frame a look-back
-// state word a chunk, of which the encoder's blocks use the first (a word a block: hr_encode). The launcher
-// zeroes it before each encode.
+// state word a chunk, of which the encoder's blocks use the first (a word a block: hr_encode), then on 16 bytes
+// the encode table (HREncTable). hr_prepare zeroes the words and builds the table before each encode.
 __device__ __forceinline__ uint32_t* hr_ws_frame(const HREncParams& p, uint32_t f) {
   return reinterpret_cast<uint32_t*>(p.ws) + 4ull * f;
 }
 __device__ __forceinline__ uint64_t* hr_ws_state(const HREncParams& p, uint32_t f) {
   return reinterpret_cast<uint64_t*>(p.ws + 16ull * p.frames) + (uint64_t)f * p.chunks;
+}
+// hr_ws_words is the number of 8-byte words before the encode table.
+__device__ __forceinline__ uint64_t hr_ws_words(const HREncParams& p) {
+  return 2ull * p.frames + (uint64_t)p.frames * p.chunks;
 }
 
 struct HRLayout {
@@ -227,84 +231,98 @@ __device__ uint32_t hr_table_lengths(const uint8_t* table, uint32_t table_len, u
   return __any_sync(0xFFFFFFFFu, bad) ? kCorrupt : kOK;
 }
 
-// hr_canonical_codes assigns canonical codes (DEFLATE order: by length, then symbol, ESC last) to the lengths
-// in len and returns the longest length; 0 when no symbol has a code, or 0xFF when the lengths oversubscribe
-// the code space (Kraft sum > 1). One warp.
+// The canonical codes are built 32 symbols (a warp's ballot) at a time.
 template <class T>
-__device__ uint32_t hr_canonical_codes(const uint8_t* len, uint16_t* code) {
-  const int lane = threadIdx.x & 31;
-  uint32_t count[kHRMaxLen + 1] = {0};
-  uint32_t kraft = 0, maxlen = 0;
-  for (uint32_t b = 0; b < T::kSymbols; b += 32) {
-    const uint32_t s = b + lane;
-    const uint32_t l = s < T::kSymbols ? len[s] : 0;
+constexpr uint32_t kHRSymbolGroups = (T::kSymbols + 31) / 32;
+
+// HRCanon is what building a code table's canonical codes takes in shared memory: the table's bytes and lengths,
+// and what hr_canonical makes of them.
+template <class T>
+struct HRCanon {
+  uint8_t table[T::kTableMax];  // the code table's bytes (as many as the frame holds)
+  uint8_t len[T::kLenSlots];
+  // Per group of 32 symbols and code length: how many of the group's symbols have it, then how many of the
+  // groups' before.
+  uint32_t gcount[kHRSymbolGroups<T>][kHRMaxLen + 1];
+  // Per code length: its first code, its count, and its first index in canonical order.
+  uint32_t first[kHRMaxLen + 1], count[kHRMaxLen + 1], off[kHRMaxLen + 1];
+  uint32_t kraft;   // the sum of 2^(8 − length) over the coded symbols: at most 256 for a prefix code
+  uint32_t maxlen;  // the longest length; 0 when no symbol has a code
+};
+
+// HRSymbols are a thread's symbols in hr_canonical: 32 g + lane for groups g = warp and warp + WARPS; their
+// lengths and their indices among the symbols of the same length in canonical order (DEFLATE's: by length,
+// then symbol, ESC last), so that a symbol's code is first[len] + idx.
+struct HRSymbols {
+  uint32_t len[2], idx[2];
+};
+
+// hr_canonical assigns canonical codes to the lengths in c.len with the whole block (every thread calls it,
+// after a barrier that follows the lengths' writes; it ends with one): each warp counts the lengths of its
+// groups of 32 symbols with ballots, and so each symbol's rank among its group's of the same length; warp 0 adds
+// the groups' counts up into each length's first code, count and first index, the Kraft sum and the longest
+// length. One warp walking the symbols one length after another took a chain of about 150 ballots.
+template <class T, uint32_t WARPS>
+__device__ HRSymbols hr_canonical(HRCanon<T>& c) {
+  constexpr uint32_t G = kHRSymbolGroups<T>;
+  static_assert(G <= 2 * WARPS, "a warp counts two groups of symbols at most");
+  const uint32_t lane = threadIdx.x & 31, warp = warp_uniform(threadIdx.x >> 5);
+  HRSymbols y{{0, 0}, {0, 0}};
 #pragma unroll
-    for (uint32_t k = 1; k <= kHRMaxLen; k++) count[k] += __popc(__ballot_sync(0xFFFFFFFFu, l == k));
-  }
-  uint32_t next[kHRMaxLen + 1];
-  uint32_t c = 0;
-  next[0] = 0;
-#pragma unroll
-  for (uint32_t k = 1; k <= kHRMaxLen; k++) {
-    c = (c + count[k - 1]) << 1;
-    next[k] = c;
-    kraft += count[k] << (kHRMaxLen - k);
-    if (count[k]) maxlen = k;
-  }
-  if (kraft > (1u << kHRMaxLen)) return 0xFF;
-  for (uint32_t b = 0; b < T::kSymbols; b += 32) {
-    const uint32_t s = b + lane;
-    const uint32_t l = s < T::kSymbols ? len[s] : 0;
+  for (uint32_t i = 0; i < 2; i++) {
+    const uint32_t g = warp + WARPS * i, s = 32 * g + lane;
+    if (g >= G) break;
+    const uint32_t l = s < T::kSymbols ? c.len[s] : 0;
+    uint32_t same = 0;
 #pragma unroll
     for (uint32_t k = 1; k <= kHRMaxLen; k++) {
       const uint32_t m = __ballot_sync(0xFFFFFFFFu, l == k);
-      if (l == k) code[s] = (uint16_t)(next[k] + __popc(m & lanemask_lt()));
-      next[k] += __popc(m);
+      if (lane == k) c.gcount[g][k] = __popc(m);
+      if (l == k) same = m;
+    }
+    y.len[i] = l;
+    y.idx[i] = __popc(same & lanemask_lt());
+  }
+  __syncthreads();
+  if (warp == 0) {
+    // Lane k (1 to 8): length k's count, each group's count turned into the count of the groups before it.
+    uint32_t count = 0;
+    if (lane >= 1 && lane <= kHRMaxLen) {
+#pragma unroll
+      for (uint32_t g = 0; g < G; g++) {
+        const uint32_t n = c.gcount[g][lane];
+        c.gcount[g][lane] = count;
+        count += n;
+      }
+    }
+    uint32_t first = 0, off = 0, kraft = 0, maxlen = 0;
+#pragma unroll
+    for (uint32_t j = 1; j <= kHRMaxLen; j++) {
+      const uint32_t n = __shfl_sync(0xFFFFFFFFu, count, j);
+      if (j < lane) {
+        first += n << (lane - j);  // first(k) = (first(k − 1) + count(k − 1)) × 2
+        off += n;
+      }
+      kraft += n << (kHRMaxLen - j);
+      if (n) maxlen = j;
+    }
+    if (lane <= kHRMaxLen) {
+      c.first[lane] = first;
+      c.count[lane] = lane ? count : 0;
+      c.off[lane] = off;
+    }
+    if (lane == 0) {
+      c.kraft = kraft;
+      c.maxlen = maxlen;
     }
   }
-  __syncwarp();
-  return maxlen;
-}
-
-// hr_sort_codes lists the symbols with a code (len, code from hr_canonical_codes) in canonical order, with each
-// length's first code, count and first index in that list. One warp.
-template <class T>
-__device__ void hr_sort_codes(const uint8_t* len, const uint16_t* code, uint16_t* sorted, uint32_t* lfirst,
-                              uint32_t* lcount, uint32_t* loff) {
-  const int lane = threadIdx.x & 31;
-  uint32_t count[kHRMaxLen + 1] = {0};
-  for (uint32_t b = 0; b < T::kSymbols; b += 32) {
-    const uint32_t s = b + lane;
-    const uint32_t l = s < T::kSymbols ? len[s] : 0;
+  __syncthreads();
 #pragma unroll
-    for (uint32_t k = 1; k <= kHRMaxLen; k++) count[k] += __popc(__ballot_sync(0xFFFFFFFFu, l == k));
+  for (uint32_t i = 0; i < 2; i++) {
+    const uint32_t g = warp + WARPS * i;
+    if (g < G && y.len[i]) y.idx[i] += c.gcount[g][y.len[i]];
   }
-  uint32_t first[kHRMaxLen + 1], off[kHRMaxLen + 1];
-  uint32_t c = 0, o = 0;
-  first[0] = off[0] = 0;
-#pragma unroll
-  for (uint32_t k = 1; k <= kHRMaxLen; k++) {
-    c = (c + count[k - 1]) << 1;
-    o += count[k - 1];
-    first[k] = c;
-    off[k] = o;
-  }
-  if (lane <= kHRMaxLen) {
-#pragma unroll
-    for (uint32_t k = 0; k <= kHRMaxLen; k++)
-      if (lane == k) {
-        lfirst[k] = first[k];
-        lcount[k] = k ? count[k] : 0;
-        loff[k] = off[k];
-      }
-  }
-  for (uint32_t s = lane; s < T::kSymbols; s += 32) {
-    const uint32_t l = len[s];
-#pragma unroll
-    for (uint32_t k = 1; k <= kHRMaxLen; k++)
-      if (l == k) sorted[off[k] + code[s] - first[k]] = (uint16_t)s;
-  }
-  __syncwarp();
+  return y;
 }
 
 // ---- encode ------------------------------------------------------------------------------------------------
@@ -327,15 +345,25 @@ __device__ __forceinline__ uint32_t hr_taken(uint32_t prev, uint32_t C) {
   return hr_is_esc(prev) ? max(t, (C + 7) / 8) : t;
 }
 
+// HREncTable is the encode table in the workspace, as hr_prepare builds it from the code table's bytes for
+// every block of the encode: an entry per exponent (the first kExps of enc), its bits, and the longest code (0xFF
+// for a table that codes nothing: every frame then goes raw).
+struct HREncTable {
+  uint32_t enc[256];
+  uint8_t bits[256];  // hr_bits of enc, or kHRNoCode: what counting reads (a byte index, no mask)
+  uint32_t maxlen, pad[3];
+};
+static_assert(sizeof(HREncTable) % 16 == 0, "the encode table is loaded in 16-byte vectors");
+__device__ __forceinline__ HREncTable* hr_ws_table(const HREncParams& p) {
+  return reinterpret_cast<HREncTable*>(p.ws + align16(8 * hr_ws_words(p)));
+}
+
 template <class T>
 struct HREncShared {
   __align__(16) uint8_t xs[kHREncChunks * kHRChunk];  // the block's chunks' exponents
-  uint32_t enc[T::kExps];
-  uint8_t bits[T::kExps];  // hr_bits of enc, or kHRNoCode: what counting reads (a byte index, no mask)
-  uint8_t table[T::kTableMax];  // the code table's bytes
-  uint8_t len[T::kLenSlots];
-  uint16_t code[T::kCodeSlots];
-  uint32_t maxlen;
+  __align__(16) uint32_t enc[T::kExps];
+  __align__(16) uint8_t bits[T::kExps];  // hr_bits of enc, or kHRNoCode: what counting reads
+  __align__(16) uint32_t maxlen, maxlen_pad[3];  // HREncTable's last 16 bytes
   uint32_t seg[kHREncWarps][32];    // per warp and lane: the bits of the lane's elements in the warp's steps
   uint32_t wbytes[kHREncWarps], wesc[kHREncWarps], wbad[kHREncWarps];
   uint32_t start, write;
@@ -575,34 +603,59 @@ __device__ __forceinline__ void hr_copy_out(uint8_t* dst, const uint8_t* stage, 
   }
 }
 
-// hr_enc_table fills the block's encode table (sh.enc, sh.maxlen) from the code table's bytes. One warp.
+// hr_prepare readies the workspace for an encode: it zeroes the frames' words and the look-back states, and its
+// first block builds the encode table from the code table's bytes, which every block of the encoder then loads
+// rather than build it again (bf16's was a chain of dependent ballots as long as reading a block's chunks). A
+// thread a word, grid-stride. Built for sm_90 it lets the encoder launch at once (launch_dependents): the
+// encoder reads its chunks before it waits for the table.
 template <class T>
-__device__ void hr_enc_table(const HREncParams& p, HREncShared<T>& sh) {
-  const uint32_t lane = threadIdx.x & 31;
-  hr_stage_table<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, sh.table);
-  __syncwarp();
-  const uint32_t st = hr_table_lengths<T>(sh.table, p.table_len, sh.len);
-  // The host validated the table; a bad one codes nothing (every frame goes raw).
-  const uint32_t maxlen = st == kOK ? hr_canonical_codes<T>(sh.len, sh.code) : 0xFF;
-  const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
-  const uint32_t esc_len = sh.len[T::kEsc];
-  for (uint32_t e = lane; e < T::kExps; e += 32) {
-    uint32_t ent = 0;
-    if (ok && sh.len[e]) ent = hr_entry(sh.code[e], sh.len[e], false);
-    else if (ok && esc_len)
-      ent = hr_entry((uint32_t)sh.code[T::kEsc] << T::kExpBits | e, esc_len + T::kExpBits, true);
-    sh.enc[e] = ent;
-    sh.bits[e] = ent ? (uint8_t)hr_bits(ent) : (uint8_t)kHRNoCode;
+__device__ __forceinline__ void hr_prepare(const HREncParams& p) {
+  constexpr uint32_t WARPS = kHREncWarps;  // launched with the encoder's blocks of 256 threads
+  __shared__ HRCanon<T> c;
+  __shared__ uint32_t esc, st;
+  launch_dependents();
+  uint64_t* ws = reinterpret_cast<uint64_t*>(p.ws);
+  const uint64_t words = hr_ws_words(p);
+  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < words; i += (uint64_t)gridDim.x * blockDim.x)
+    ws[i] = 0;
+  if (blockIdx.x != 0) return;
+  const uint32_t lane = threadIdx.x & 31, warp = warp_uniform(threadIdx.x >> 5);
+  if (warp == 0) {
+    hr_stage_table<T>(reinterpret_cast<const uint8_t*>(p.table), p.table_len, c.table);
+    __syncwarp();
+    const uint32_t s = hr_table_lengths<T>(c.table, p.table_len, c.len);
+    if (lane == 0) st = s;
   }
-  if (lane == 0) sh.maxlen = maxlen;
+  __syncthreads();
+  // The host validated the table; a bad one codes nothing (every frame goes raw).
+  const bool lengths_ok = st == kOK;  // the same for every thread
+  HRSymbols y{{0, 0}, {0, 0}};
+  if (lengths_ok) y = hr_canonical<T, WARPS>(c);
+  const uint32_t maxlen = !lengths_ok || c.kraft > (1u << kHRMaxLen) ? 0xFF : c.maxlen;
+  const bool ok = maxlen >= 1 && maxlen <= kHRMaxLen;
+#pragma unroll
+  for (uint32_t i = 0; i < 2; i++)
+    if (32 * (warp + WARPS * i) + lane == T::kEsc) esc = c.first[y.len[i]] + y.idx[i];
+  __syncthreads();
+  HREncTable* tab = hr_ws_table(p);
+  const uint32_t esc_len = c.len[T::kEsc];
+  if (threadIdx.x < T::kExps) {  // symbol threadIdx.x: the first of the thread's (T::kExps ≤ 32 × WARPS)
+    const uint32_t e = threadIdx.x, l = y.len[0];
+    uint32_t ent = 0;
+    if (ok && l) ent = hr_entry(c.first[l] + y.idx[0], l, false);
+    else if (ok && esc_len) ent = hr_entry(esc << T::kExpBits | e, esc_len + T::kExpBits, true);
+    tab->enc[e] = ent;
+    tab->bits[e] = ent ? (uint8_t)hr_bits(ent) : (uint8_t)kHRNoCode;
+  }
+  if (threadIdx.x == 0) tab->maxlen = maxlen;
 }
 
 // hr_encode codes chunks 2b and 2b + 1 (b = blockIdx.x, frame-major) with a block of kHREncWarps warps: warps
 // 0-3 the first, 4-7 the second, warp w owning steps [64(w mod 4), 64(w mod 4) + 64) of every lane of its chunk.
 // The two streams are one unit of the look-back (the first chunk's bytes, then the second's).
-//   1. Warp 0 builds the encode table from the code table's bytes (hr_enc_table) while the other warps read the
-//      chunks once (fp8: after reading with them): residuals straight to the frame, exponents to shared memory.
-//      Then each warp sums, per lane, the bits its steps' elements take.
+//   1. The block loads the encode table hr_prepare built while its warps read the chunks once: residuals
+//      straight to the frame, exponents to shared memory. Then each warp sums, per lane, the bits its steps'
+//      elements take.
 //   2. From those sums each thread knows its lane's bits before its first step and after its last, and so how
 //      many bytes the lane's decoder takes in the warp's steps (hr_taken): the warps' sums give each warp's first
 //      byte in the block's streams and their length, and a decoupled look-back over the blocks' lengths their
@@ -615,6 +668,7 @@ template <class T, class Map>
 __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) {
   constexpr uint32_t W = kHREncWarps, WC = kHREncChunkWarps, kSeg = kHRSteps / WC;
   __shared__ HREncShared<T> sh;
+  launch_dependents();  // hr_raw may launch once every block runs, and waits for the encoder's end
   const uint32_t lane = threadIdx.x & 31, warp = warp_uniform(threadIdx.x >> 5);
   const uint32_t t = blockIdx.x, bpf = (p.chunks + kHREncChunks - 1) / kHREncChunks;  // blocks per frame
   if (t >= p.frames * bpf) return;
@@ -631,41 +685,43 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
   uint8_t* xs = sh.xs;
   const uint8_t* cxs = sh.xs + h * kHRChunk;  // the chunk's exponents
 
-  // 1. The table's setup is a chain of dependent ballots: bf16's (257 symbols) is long enough that warp 0 builds
-  // it while the other warps read the chunk (all 8 reading first ran 5 % slower on a paged request); fp8's is
-  // short, and warp 0 reads too.
-  constexpr bool kTableFirst = T::kBytes == 2;
-  constexpr uint32_t kReaders = 32 * (kTableFirst ? W - 1 : W);
+  // 1. All 8 warps read the chunks once: residuals straight to the frame, exponents to shared memory.
+  // rd0: unit u0's residuals. Over a dense map a pointer carried by the loop stays in registers, where one
+  // derived from the chunk's index and n was recomputed for every unit (about 10 instructions of 64-bit layout
+  // arithmetic); a paged map's block lookups leave no room for it (that encoder spilled 136 bytes).
+  constexpr uint32_t kReaders = 32 * W;
   const uint32_t units = p.raw_only ? 0 : (len + 7) / 8;
   uint8_t* const res0 = frame + L.residuals + hr_res_bytes<T>(e0);  // the chunk's residuals (e0: a multiple of 8)
-  if (kTableFirst && warp == 0) {
-    hr_enc_table<T>(p, sh);
-  } else {
-    // rd0: unit u0's residuals. Over a dense map a pointer carried by the loop stays in registers, where one
-    // derived from the chunk's index and n was recomputed for every unit (about 10 instructions of 64-bit layout
-    // arithmetic); a paged map's block lookups leave no room for it (that encoder spilled 136 bytes).
-    uint8_t* rd0 = res0 + hr_res_bytes<T>(8 * (threadIdx.x - (kTableFirst ? 32 : 0)));
-    for (uint32_t u0 = threadIdx.x - (kTableFirst ? 32 : 0); u0 < units;
-         u0 += 4 * kReaders, rd0 += hr_res_bytes<T>(8 * 4 * kReaders)) {
-      typename T::Unit v[4];
+  uint8_t* rd0 = res0 + hr_res_bytes<T>(8 * threadIdx.x);
+  for (uint32_t u0 = threadIdx.x; u0 < units; u0 += 4 * kReaders, rd0 += hr_res_bytes<T>(8 * 4 * kReaders)) {
+    typename T::Unit v[4];
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const uint32_t ue = 8 * (u0 + i * kReaders);
-        if (ue < len)
-          v[i] = ue + 8 <= len ? hr_load_unit<T>(map.addr(f, e0 + ue)) : hr_load_tail<T>(map, f, e0 + ue, len - ue);
-      }
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const uint32_t ue = 8 * (u0 + i * kReaders);
-        if (ue >= len) continue;
-        uint32_t x0, x1;
-        uint8_t* rd = Map::kDense ? rd0 + hr_res_bytes<T>(8 * i * kReaders) : res0 + hr_res_bytes<T>(ue);
-        hr_split_unit<T>(v[i], x0, x1, rd, min(8u, len - ue));
-        *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x0, x1);
-      }
+    for (int i = 0; i < 4; i++) {
+      const uint32_t ue = 8 * (u0 + i * kReaders);
+      if (ue < len)
+        v[i] = ue + 8 <= len ? hr_load_unit<T>(map.addr(f, e0 + ue)) : hr_load_tail<T>(map, f, e0 + ue, len - ue);
     }
-    if (!kTableFirst && warp == 0) hr_enc_table<T>(p, sh);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const uint32_t ue = 8 * (u0 + i * kReaders);
+      if (ue >= len) continue;
+      uint32_t x0, x1;
+      uint8_t* rd = Map::kDense ? rd0 + hr_res_bytes<T>(8 * i * kReaders) : res0 + hr_res_bytes<T>(ue);
+      hr_split_unit<T>(v[i], x0, x1, rd, min(8u, len - ue));
+      *reinterpret_cast<uint2*>(xs + ue) = make_uint2(x0, x1);
+    }
   }
+  // Then the encode table, which hr_prepare built, with cp.async (issued before the reads, it made the bf16
+  // encoders spill). Built for sm_90 the encoder may run beside hr_prepare: it waits for it here.
+  wait_prerequisites();
+  {
+    const HREncTable* tab = hr_ws_table(p);
+    const uint32_t t = threadIdx.x;
+    if (t < T::kExps / 4) cp_async16(reinterpret_cast<uint8_t*>(sh.enc) + 16 * t, reinterpret_cast<uint64_t>(tab->enc) + 16 * t);
+    if (t < T::kExps / 16) cp_async16(sh.bits + 16 * t, reinterpret_cast<uint64_t>(tab->bits) + 16 * t);
+    if (t == 32 * W - 1) cp_async16(&sh.maxlen, reinterpret_cast<uint64_t>(&tab->maxlen));
+  }
+  cp_async_wait_all();
   __syncthreads();
   // Unit u (8 elements) holds elements 8u..8u+7, which belong to lanes 8(u%4)..8(u%4)+7 (a chunk starts on a
   // whole step); warp w counts units [4 kSeg w, 4 kSeg (w + 1)), its steps' elements, a lane those ≡ lane
@@ -827,6 +883,7 @@ __device__ __forceinline__ void hr_encode(const HREncParams& p, const Map& map) 
 // elements (16 bytes of bf16, 8 of fp8); a frame that stayed coded is skipped.
 template <class T, class Map>
 __device__ __forceinline__ void hr_raw(const HREncParams& p, const Map& map) {
+  wait_prerequisites();  // built for sm_90 it launches during the encoder's last blocks
   const uint64_t n = p.n, units = (n + 7) / 8;
   for (uint32_t f = 0; f < p.frames; f++) {
     if (ld_relaxed_gpu(hr_ws_frame(p, f) + 3) == 0) continue;
@@ -863,13 +920,10 @@ constexpr uint32_t kHRMirror = 32;
 template <class T>
 struct HRDecShared {
   uint32_t lut[256];  // next 8 bits → hr_lut_entry
-  uint8_t table[T::kTableMax];  // the frame's code table bytes (as many as it holds)
-  uint8_t len[T::kLenSlots];
-  uint16_t code[T::kCodeSlots];
-  // The coded symbols in canonical order, and per code length its first code, count and first index there:
+  HRCanon<T> canon;   // the frame's code table, its lengths and canonical codes
+  // The coded symbols in canonical order: with each length's first code, count and first index there (canon),
   // what the block fills the lookup table from, an entry a thread.
   uint16_t sorted[T::kSymbols];
-  uint32_t lfirst[kHRMaxLen + 1], lcount[kHRMaxLen + 1], loff[kHRMaxLen + 1];
   uint32_t hdr[16];
   uint32_t status;
   uint32_t raw;
@@ -880,10 +934,7 @@ struct HRDecShared {
   // Two groups' residual bytes (the next one's arrive while a group decodes); fp8 reads each residual as a
   // 16-bit window, so its rows end with a pad.
   __align__(16) uint8_t res[8][2][kHRGroup * T::kResBits / 8 + (T::kBytes == 1 ? 16 : 0)];
-  union {
-    CrcTables crc;  // the header check, before the steps
-    __align__(16) typename T::Elem out[8][kHRGroup];
-  };
+  __align__(16) typename T::Elem out[8][kHRGroup];
 };
 
 __device__ __forceinline__ void hr_fail(const HRDecParams& p, uint32_t st) {
@@ -892,13 +943,14 @@ __device__ __forceinline__ void hr_fail(const HRDecParams& p, uint32_t st) {
 
 // hr_check_header validates a frame header for the high-ratio decoder: a v2 high-ratio frame of T, or a raw
 // frame of out_bytes bytes (either version; its dtype is not checked: the bytes go to the destination as they
-// are).
+// are). crc is the CRC-32C of the header's first 15 words.
 template <class T>
-__device__ uint32_t hr_check_header(const uint32_t* w, uint64_t out_bytes, uint64_t cap, HRDecShared<T>& sh) {
+__device__ uint32_t hr_check_header(const uint32_t* w, uint32_t crc, uint64_t out_bytes, uint64_t cap,
+                                   HRDecShared<T>& sh) {
   if (w[0] != kMagic) return kBadMagic;
   const uint32_t version = w[1] & 0xFF;
   if (version != kVersion && version != kVersion2) return kBadVersion;
-  if (crc32c_words(w, 15, &sh.crc) != w[15]) return kBadCRC;
+  if (crc != w[15]) return kBadCRC;
   const uint32_t dtype = (w[1] >> 8) & 0xFF, flags = (w[1] >> 16) & 0xFF, code_bits = w[1] >> 24;
   const uint64_t n = u64_at(w, 2), esc = u64_at(w, 4), payload = u64_at(w, 8);
   const uint64_t codes_len = u64_at(w, 10), res_len = u64_at(w, 12);
@@ -1064,6 +1116,40 @@ __device__ __forceinline__ typename T::Unit hr_join_unit(const uint8_t* sres, co
   }
 }
 
+// hr_dec_table builds the decoder's lookup table (sh.lut) from the code lengths in sh.canon with the whole block
+// (every thread calls it; it ends with a barrier): the canonical codes (hr_canonical), checked (Kraft sum at most
+// 1, the longest length the header's code_bits: else sh.status is kCorrupt and the frame fails), the symbols
+// in canonical order, then an entry a thread.
+template <class T, uint32_t WARPS>
+__device__ void hr_dec_table(const HRDecParams& p, HRDecShared<T>& sh, uint32_t code_bits) {
+  HRCanon<T>& c = sh.canon;
+  const HRSymbols y = hr_canonical<T, WARPS>(c);
+  if (c.kraft > (1u << kHRMaxLen) || c.maxlen != code_bits) {  // the same for every thread
+    if (threadIdx.x == 0) {
+      sh.status = kCorrupt;
+      hr_fail(p, kCorrupt);
+    }
+    __syncthreads();
+    return;
+  }
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (uint32_t i = 0; i < 2; i++)
+    if (y.len[i]) sh.sorted[c.off[y.len[i]] + y.idx[i]] = (uint16_t)(32 * (warp + WARPS * i) + lane);
+  __syncthreads();
+  // Entry i: the code whose bits prefix i (one length at most matches a prefix code), else no code.
+  for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+    uint32_t e = kHRLutNone<T>;
+#pragma unroll
+    for (uint32_t k = 1; k <= kHRMaxLen; k++) {
+      const uint32_t r = (i >> (kHRMaxLen - k)) - c.first[k];
+      if (r < c.count[k]) e = hr_lut_entry<T>(sh.sorted[c.off[k] + r], k);
+    }
+    sh.lut[i] = e;
+  }
+  __syncthreads();
+}
+
 template <class T, int WARPS, class Map>
 __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) {
   static_assert(WARPS <= 8, "shared staging holds 8 warps");
@@ -1073,30 +1159,22 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
   const uint32_t f = blockIdx.x / bpf, c = (blockIdx.x - f * bpf) * WARPS + warp;
   const uint8_t* frame = reinterpret_cast<const uint8_t*>(p.src + (uint64_t)f * p.frame_stride);
   const uint8_t* frame_end = frame + p.frame_cap;
-  // The block's setup keeps warp 0's serial part short: warp 0 loads the header and the code table's bytes while
-  // the block builds the CRC tables; the block fills the lookup table after warp 0 has checked them, an entry a
-  // thread.
-  if (warp == 0 && p.frame_cap >= kHeaderSize) {
-    if (lane < 16) sh.hdr[lane] = reinterpret_cast<const uint32_t*>(frame)[lane];
-    hr_stage_table<T>(frame + kHeaderSize, (uint32_t)min(p.frame_cap - kHeaderSize, (uint64_t)T::kTableMax), sh.table);
-  }
-  build_crc_tables(sh.crc);
+  // The block's setup keeps warp 0's serial part short: warp 0 loads the header and the code table's bytes, checks
+  // the header (its checksum with the whole warp) and reads the code lengths; the block then builds the lookup
+  // table (hr_dec_table).
   if (warp == 0) {
     uint32_t st = kOK;
     if (p.frame_cap < kHeaderSize) {
       st = kTruncated;
     } else {
-      if (lane == 0) sh.status = hr_check_header<T>(sh.hdr, p.out_bytes, p.frame_cap, sh);
+      if (lane < 16) sh.hdr[lane] = reinterpret_cast<const uint32_t*>(frame)[lane];
+      hr_stage_table<T>(frame + kHeaderSize, (uint32_t)min(p.frame_cap - kHeaderSize, (uint64_t)T::kTableMax), sh.canon.table);
+      __syncwarp();
+      const uint32_t crc = crc32c_words_warp(sh.hdr, 15);
+      if (lane == 0) sh.status = hr_check_header<T>(sh.hdr, crc, p.out_bytes, p.frame_cap, sh);
       __syncwarp();
       st = sh.status;
-      if (st == kOK && !sh.raw) {
-        const uint32_t table_len = sh.hdr[6] >> 16, code_bits = sh.hdr[1] >> 24;
-        st = hr_table_lengths<T>(sh.table, table_len, sh.len);
-        uint32_t maxlen = 0;
-        if (st == kOK) maxlen = hr_canonical_codes<T>(sh.len, sh.code);
-        if (st == kOK && maxlen != code_bits) st = kCorrupt;
-        if (st == kOK) hr_sort_codes<T>(sh.len, sh.code, sh.sorted, sh.lfirst, sh.lcount, sh.loff);
-      }
+      if (st == kOK && !sh.raw) st = hr_table_lengths<T>(sh.canon.table, sh.hdr[6] >> 16, sh.canon.len);
     }
     if (lane == 0) {
       sh.status = st;
@@ -1104,19 +1182,7 @@ __device__ __forceinline__ void hr_decode(const HRDecParams& p, const Map& map) 
     }
   }
   __syncthreads();
-  if (sh.status == kOK && !sh.raw) {
-    // Entry i: the code whose bits prefix i (one length at most matches a prefix code), else no code.
-    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
-      uint32_t e = kHRLutNone<T>;
-#pragma unroll
-      for (uint32_t k = 1; k <= kHRMaxLen; k++) {
-        const uint32_t r = (i >> (kHRMaxLen - k)) - sh.lfirst[k];
-        if (r < sh.lcount[k]) e = hr_lut_entry<T>(sh.sorted[sh.loff[k] + r], k);
-      }
-      sh.lut[i] = e;
-    }
-  }
-  __syncthreads();
+  if (sh.status == kOK && !sh.raw) hr_dec_table<T, WARPS>(p, sh, sh.hdr[1] >> 24);
   if (warp_uniform(sh.status) != kOK || c >= p.chunks) return;
   const uint64_t n = sh.n;
   // A frame of kHRChunkLog2Max chunks leaves the launch's later warps (planned for kHRChunkLog2) past its end.

@@ -21,6 +21,7 @@ const (
 // The high-ratio kernels' entry points (splitzip.cu): per dtype, each _dense and _paged. bf16's names carry no
 // dtype; the others' carry it after the kernel's (sz_hr_encode_e4m3_dense).
 const (
+	hrPrepareName = "sz_hr_prepare" // one per dtype: no map
 	hrEncoderName = "sz_hr_encode"
 	hrRawName     = "sz_hr_raw"
 	hrDecoderName = "sz_hr_decode"
@@ -37,6 +38,7 @@ var hrDTypes = [...]struct {
 func hrFP8EntryPoints() []string {
 	var names []string
 	for _, d := range hrDTypes[1:] {
+		names = append(names, hrPrepareName+d.suffix)
 		for _, k := range []string{hrEncoderName, hrRawName, hrDecoderName} {
 			names = append(names, k+d.suffix+"_dense", k+d.suffix+"_paged")
 		}
@@ -46,6 +48,7 @@ func hrFP8EntryPoints() []string {
 
 // hrSet is one dtype's high-ratio kernels.
 type hrSet struct {
+	prepare       *cuda.Function
 	enc, raw, dec [2]*cuda.Function // dense, paged
 	dt            codec.DType
 }
@@ -59,6 +62,10 @@ func loadHighRatio(mod *cuda.Module) (*hrKernels, error) {
 	for d, dt := range hrDTypes {
 		set := &k.sets[d]
 		set.dt = dt.dt
+		var err error
+		if set.prepare, err = mod.Function(hrPrepareName + dt.suffix); err != nil {
+			return nil, err
+		}
 		for i, kind := range []string{"_dense", "_paged"} {
 			var err error
 			if set.enc[i], err = mod.Function(hrEncoderName + dt.suffix + kind); err != nil {
@@ -116,8 +123,16 @@ func hrStreamsOffset(dt codec.DType, n, chunks, tableLen uint64) uint64 {
 }
 
 // hrWorkspaceSize is the encode workspace of frames frames of chunks chunks: four words per frame, then a
-// look-back state word per chunk (hr_ws_* in entropy.cuh).
-func hrWorkspaceSize(frames, chunks uint64) int { return int(16*frames + 8*frames*chunks) }
+// look-back state word per chunk, then on 16 bytes the encode table (hr_ws_* in entropy.cuh).
+func hrWorkspaceSize(frames, chunks uint64) int {
+	return int(align16(hrWorkspaceWords(frames, chunks)*8) + hrEncTableSize)
+}
+
+// hrWorkspaceWords is the number of the workspace's 8-byte words that hr_prepare zeroes.
+func hrWorkspaceWords(frames, chunks uint64) uint64 { return 2*frames + frames*chunks }
+
+// hrEncTableSize is sizeof(HREncTable): an entry and a length per exponent, the longest code, padding.
+const hrEncTableSize = 4*256 + 256 + 16
 
 // HighRatioWorkspaceSize is the device workspace EncodeHighRatioAsync needs for srcLen bytes of bf16.
 func HighRatioWorkspaceSize(srcLen int) int { return HighRatioDTypeWorkspaceSize(codec.BF16, srcLen) }
@@ -164,14 +179,17 @@ func (c *Codec) launchHREncode(s *cuda.Stream, k *hrSet, p *hrEncParams, paged i
 	if hrStreamsOffset(k.dt, n, uint64(p.chunks), uint64(p.tableLen)) >= headerSize+uint64(k.dt.Size())*n {
 		p.rawOnly = 1
 	}
-	if err := s.MemsetD8Async(cuda.DevicePtr(p.ws), 0, hrWorkspaceSize(uint64(p.frames), uint64(p.chunks))); err != nil {
+	// The workspace zeroed and the encode table built, in one launch.
+	words := hrWorkspaceWords(uint64(p.frames), uint64(p.chunks))
+	if err := k.prepare.Launch(s, cuda.Dim3{X: c.card.rawGrid((words + hrRawThreads - 1) / hrRawThreads)}, cuda.Dim3{X: hrRawThreads}, 0, p.args()); err != nil {
 		return err
 	}
 	total := uint64(p.frames) * ((uint64(p.chunks) + hrEncodeChunks - 1) / hrEncodeChunks)
-	if err := k.enc[paged].Launch(s, cuda.Dim3{X: uint32(total)}, cuda.Dim3{X: hrEncodeThreads}, 0, p.args()); err != nil {
+	// The encoder reads its chunks while hr_prepare builds the table, and waits for it only then.
+	if err := c.launchAfter(k.enc[paged], s, cuda.Dim3{X: uint32(total)}, cuda.Dim3{X: hrEncodeThreads}, p.args()); err != nil {
 		return err
 	}
-	return k.raw[paged].Launch(s, cuda.Dim3{X: c.card.hrRawGrid(n)}, cuda.Dim3{X: hrRawThreads}, 0, p.args())
+	return c.launchAfter(k.raw[paged], s, cuda.Dim3{X: c.card.hrRawGrid(n)}, cuda.Dim3{X: hrRawThreads}, p.args())
 }
 
 // hrRawGrid is hr_raw's grid for frames of n elements: a thread per unit of 8 elements, at most a block an SM

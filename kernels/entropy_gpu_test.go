@@ -497,7 +497,7 @@ func TestHighRatioLayoutMatchesCodec(t *testing.T) {
 			assert.Equal(t, h.Layout().Codes, hrStreamsOffset(dt, uint64(n), hrChunks(uint64(n)), uint64(len(table))), "%s, %d elements", dt, n)
 		}
 	}
-	assert.Len(t, hrFP8EntryPoints(), 12)
+	assert.Len(t, hrFP8EntryPoints(), 14) // per fp8 dtype: prepare, then encode, raw and decode dense and paged
 }
 
 // TestHighRatioFP8MatchesCPU: for fp8 KV (the fixture quantised with a per-tensor scale), GPU frames are
@@ -763,4 +763,68 @@ func TestHighRatioFP8KVFrames(t *testing.T) {
 			})
 		}
 	}
+}
+
+// The high-ratio encode (hr_prepare, the encoder and the raw fallback, chained by programmatic dependent launch
+// on sm_90) and decode can be captured in a CUDA graph and replayed over new data in the same buffers: frames
+// byte-identical to the CPU encoder's each time, including a replay whose input goes raw.
+func TestHighRatioGraphCapture(t *testing.T) {
+	for name, opts := range map[string][]Option{"default": nil, "plain launches": {withoutDependentLaunch()}} {
+		t.Run(name, func(t *testing.T) { testHighRatioGraphCapture(t, newGPU(t, opts...)) })
+	}
+}
+
+func testHighRatioGraphCapture(t *testing.T, g *gpuEnv) {
+	kv := concat(realKV(t))
+	tab, table := hrTable(t, kv)
+	const n = 3<<16 + 40 // elements: several encode blocks and a partial chunk
+	src, out, tb := g.alloc(t, 2*n), g.alloc(t, 2*n), g.upload(t, table)
+	dst, size, st := g.alloc(t, MaxEncodedLen(2*n)), g.alloc(t, 8), g.alloc(t, 4)
+	ws := g.alloc(t, HighRatioWorkspaceSize(2*n))
+	require.NoError(t, g.s.MemsetD8Async(ws, 0xA5, HighRatioWorkspaceSize(2*n))) // the encode readies it itself
+	host, err := g.ctx.HostAlloc(8, 0)
+	require.NoError(t, err)
+	defer host.Free()
+
+	var exec *cuda.GraphExec
+	require.NoError(t, g.ctx.Do(func() error {
+		if err := g.s.BeginCapture(cuda.CaptureThreadLocal); err != nil {
+			return err
+		}
+		if err := g.codec.EncodeHighRatioAsync(g.s, src, 2*n, tb, len(table), dst, size, ws); err != nil {
+			return err
+		}
+		if err := g.s.MemcpyDtoHAsync(host.Ptr(), size, 8); err != nil {
+			return err
+		}
+		if err := g.codec.DecodeHighRatioAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st); err != nil {
+			return err
+		}
+		graph, err := g.s.EndCapture()
+		if err != nil {
+			return err
+		}
+		defer graph.Close()
+		exec, err = graph.Instantiate()
+		return err
+	}))
+	defer exec.Close()
+	noise, r := make([]byte, 2*n), rand.New(rand.NewPCG(4, 4))
+	for i := range noise {
+		noise[i] = byte(r.Uint32())
+	}
+	for rep, data := range [][]byte{kvtile.Tile(kv, 2*n, 1), kvtile.Tile(kv, 2*n, 9), noise} {
+		require.NoError(t, g.s.CopyHtoD(src, data))
+		require.NoError(t, g.s.MemsetD8Async(out, 0xCD, 2*n))
+		require.NoError(t, exec.Launch(g.s))
+		require.NoError(t, g.s.Synchronize())
+		want := cpuEncodeHR(t, data, tab)
+		require.Equal(t, uint64(len(want)), binary.LittleEndian.Uint64(host.Bytes()), "replay %d", rep)
+		require.Equal(t, want, g.download(t, dst, len(want)), "replay %d", rep)
+		require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, st, 4))), "replay %d", rep)
+		require.True(t, bytes.Equal(data, g.download(t, out, 2*n)), "replay %d", rep)
+	}
+	h, err := codec.ParseHeader(cpuEncodeHR(t, noise, tab))
+	require.NoError(t, err)
+	require.False(t, h.Entropy, "the last replay's input goes raw")
 }

@@ -78,7 +78,7 @@ const (
 var entryPoints = append([]string{
 	tileEncoderName + "_dense", tileEncoderName + "_paged", streamEncoderName + "_dense", streamEncoderName + "_paged",
 	rawName + "_dense", rawName + "_paged", decoderName + "_dense", decoderName + "_paged",
-	hrEncoderName + "_dense", hrEncoderName + "_paged", hrRawName + "_dense", hrRawName + "_paged",
+	hrPrepareName, hrEncoderName + "_dense", hrEncoderName + "_paged", hrRawName + "_dense", hrRawName + "_paged",
 	hrDecoderName + "_dense", hrDecoderName + "_paged", crcName, blockCopyName,
 }, hrFP8EntryPoints()...)
 

@@ -67,10 +67,12 @@ extern "C" __global__ void __launch_bounds__(256) sz_decode_t256c1_paged(const D
   decode_tile<256, 1>(p, SZ_PAGED_MAP(p.dst));
 }
 
-// The high-ratio mode (entropy.cuh, format v2), 16,384-element chunks: a block of 8 warps encodes one, a warp
-// decodes one. The encoder's registers are capped for 6 blocks an SM (40 a thread; with 64 and 4 blocks it ran
-// 10 % slower on an H100), and so are the bf16 decoder's, where its shared memory allows 6 (dense: 40 a thread,
-// 48 uncapped; paged: 5 blocks at 48, 64 uncapped). bf16 here; fp8 below.
+// The high-ratio mode (entropy.cuh, format v2), 8,192-element chunks: a block of 8 warps encodes two, a warp
+// decodes one (frames of 16,384-element chunks too). hr_prepare readies the encode's workspace and table. The
+// encoder's registers are capped for 6 blocks an SM (40 a thread; with 64 and 4 blocks it ran 10 % slower on an
+// H100), and so are the bf16 decoder's, where its shared memory allows 6 (dense: 40 a thread, 48 uncapped;
+// paged: 5 blocks at 48, 64 uncapped). bf16 here; fp8 below.
+extern "C" __global__ void __launch_bounds__(256) sz_hr_prepare(const HREncParams p) { hr_prepare<HRBF16>(p); }
 extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_encode_dense(const HREncParams p) {
   hr_encode<HRBF16>(p, DenseMap{p.src});
 }
@@ -99,6 +101,7 @@ extern "C" __global__ void __launch_bounds__(256, 5) sz_hr_decode_paged(const HR
         p.block_elems, p.n_blocks, p.segs_per_frame                                                     \
   }
 #define SZ_HR_FP8(NAME, T)                                                                                            \
+  extern "C" __global__ void __launch_bounds__(256) sz_hr_prepare_##NAME(const HREncParams p) { hr_prepare<T>(p); }   \
   extern "C" __global__ void __launch_bounds__(256, 6) sz_hr_encode_##NAME##_dense(const HREncParams p) {             \
     hr_encode<T>(p, DenseByteMap{p.src});                                                                             \
   }                                                                                                                   \

@@ -104,13 +104,16 @@ template <> struct Maps<HRE5M2> { using Dense = DenseByteMap; using Paged = Page
 // raw_grid is hr_raw's grid as entropy.go plans it (card.hrRawGrid), passed in by the test.
 template <class T, class Map>
 static uint64_t encode(HREncParams p, const Map& map, uint32_t raw_grid) {
-  std::vector<uint64_t> ws((16 * p.frames + 8ull * p.frames * p.chunks) / 8 + 1, 0);
-  p.ws = (uint64_t)ws.data();
+  // The workspace as entropy.go sizes it, poisoned: hr_prepare must zero its words and build the table.
+  const uint64_t words = 2ull * p.frames + (uint64_t)p.frames * p.chunks;
+  std::vector<uint64_t> ws((align16h(8 * words) + sizeof(HREncTable)) / 8 + 2, 0xA5A5A5A5A5A5A5A5ull);
+  p.ws = align16h((uint64_t)ws.data());
   const uint64_t n = p.n;
   if (raw_only<T>(n, p.chunks, p.table_len)) p.raw_only = 1;
   uint64_t size = 0;
   p.sizes = (uint64_t)&size;
   const uint64_t total = (uint64_t)p.frames * ((p.chunks + kHREncChunks - 1) / kHREncChunks);
+  emu_launch((uint32_t)std::min<uint64_t>(raw_grid, (words + 255) / 256), 256, [&] { hr_prepare<T>(p); });
   emu_launch((uint32_t)total, 256, [&] { hr_encode<T>(p, map); });
   emu_launch(raw_grid, 256, [&] { hr_raw<T>(p, map); });
   return size;
