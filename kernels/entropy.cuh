@@ -353,7 +353,7 @@ struct HREncTable {
   uint8_t bits[256];  // hr_bits of enc, or kHRNoCode: what counting reads (a byte index, no mask)
   uint32_t maxlen, pad[3];
 };
-static_assert(sizeof(HREncTable) % 16 == 0, "the encode table is loaded in 16-byte vectors");
+static_assert(sizeof(HREncTable) == 1296, "hrEncTableSize in entropy.go");  // loaded in 16-byte vectors
 __device__ __forceinline__ HREncTable* hr_ws_table(const HREncParams& p) {
   return reinterpret_cast<HREncTable*>(p.ws + align16(8 * hr_ws_words(p)));
 }

@@ -67,7 +67,6 @@ func loadHighRatio(mod *cuda.Module) (*hrKernels, error) {
 			return nil, err
 		}
 		for i, kind := range []string{"_dense", "_paged"} {
-			var err error
 			if set.enc[i], err = mod.Function(hrEncoderName + dt.suffix + kind); err != nil {
 				return nil, err
 			}
@@ -179,9 +178,11 @@ func (c *Codec) launchHREncode(s *cuda.Stream, k *hrSet, p *hrEncParams, paged i
 	if hrStreamsOffset(k.dt, n, uint64(p.chunks), uint64(p.tableLen)) >= headerSize+uint64(k.dt.Size())*n {
 		p.rawOnly = 1
 	}
-	// The workspace zeroed and the encode table built, in one launch.
+	// The workspace zeroed and the encode table built, in one launch of blocks shaped as the encoder's (its
+	// first block builds the table with 8 warps), a word a thread, at most a block an SM.
 	words := hrWorkspaceWords(uint64(p.frames), uint64(p.chunks))
-	if err := k.prepare.Launch(s, cuda.Dim3{X: c.card.rawGrid((words + hrRawThreads - 1) / hrRawThreads)}, cuda.Dim3{X: hrRawThreads}, 0, p.args()); err != nil {
+	grid := c.card.rawGrid((words + hrEncodeThreads - 1) / hrEncodeThreads)
+	if err := k.prepare.Launch(s, cuda.Dim3{X: grid}, cuda.Dim3{X: hrEncodeThreads}, 0, p.args()); err != nil {
 		return err
 	}
 	total := uint64(p.frames) * ((uint64(p.chunks) + hrEncodeChunks - 1) / hrEncodeChunks)
