@@ -786,29 +786,15 @@ func testHighRatioGraphCapture(t *testing.T, g *gpuEnv) {
 	require.NoError(t, err)
 	defer host.Free()
 
-	var exec *cuda.GraphExec
-	require.NoError(t, g.ctx.Do(func() error {
-		if err := g.s.BeginCapture(cuda.CaptureThreadLocal); err != nil {
-			return err
-		}
+	exec := g.capture(t, func() error {
 		if err := g.codec.EncodeHighRatioAsync(g.s, src, 2*n, tb, len(table), dst, size, ws); err != nil {
 			return err
 		}
 		if err := g.s.MemcpyDtoHAsync(host.Ptr(), size, 8); err != nil {
 			return err
 		}
-		if err := g.codec.DecodeHighRatioAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st); err != nil {
-			return err
-		}
-		graph, err := g.s.EndCapture()
-		if err != nil {
-			return err
-		}
-		defer graph.Close()
-		exec, err = graph.Instantiate()
-		return err
-	}))
-	defer exec.Close()
+		return g.codec.DecodeHighRatioAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st)
+	})
 	noise, r := make([]byte, 2*n), rand.New(rand.NewPCG(4, 4))
 	for i := range noise {
 		noise[i] = byte(r.Uint32())

@@ -579,6 +579,30 @@ func TestConcurrentStreams(t *testing.T) {
 	}
 }
 
+// capture records what enqueue queues on g's stream into a CUDA graph and returns it instantiated, closed when
+// the test ends.
+func (g *gpuEnv) capture(t *testing.T, enqueue func() error) *cuda.GraphExec {
+	t.Helper()
+	var exec *cuda.GraphExec
+	require.NoError(t, g.ctx.Do(func() error {
+		if err := g.s.BeginCapture(cuda.CaptureThreadLocal); err != nil {
+			return err
+		}
+		if err := enqueue(); err != nil {
+			return err
+		}
+		graph, err := g.s.EndCapture()
+		if err != nil {
+			return err
+		}
+		defer graph.Close()
+		exec, err = graph.Instantiate()
+		return err
+	}))
+	t.Cleanup(func() { exec.Close() })
+	return exec
+}
+
 // Encode and decode can be captured in a CUDA graph and replayed over new data in the same buffers.
 // Both encoders: the default one at this size (the small one) and the streaming one, whose finishing blocks
 // leave the workspace zero for the next replay.
@@ -598,29 +622,15 @@ func testGraphCapture(t *testing.T, g *gpuEnv) {
 	require.NoError(t, err)
 	defer host.Free()
 
-	var exec *cuda.GraphExec
-	require.NoError(t, g.ctx.Do(func() error {
-		if err := g.s.BeginCapture(cuda.CaptureThreadLocal); err != nil {
-			return err
-		}
+	exec := g.capture(t, func() error {
 		if err := g.codec.EncodeAsync(g.s, src, 2*n, cb, dst, size, ws); err != nil {
 			return err
 		}
 		if err := g.s.MemcpyDtoHAsync(host.Ptr(), size, 8); err != nil {
 			return err
 		}
-		if err := g.codec.DecodeAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st); err != nil {
-			return err
-		}
-		graph, err := g.s.EndCapture()
-		if err != nil {
-			return err
-		}
-		defer graph.Close()
-		exec, err = graph.Instantiate()
-		return err
-	}))
-	defer exec.Close()
+		return g.codec.DecodeAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st)
+	})
 	for rep, frac := range []float64{0, 0.001, 0.3} {
 		data := withEscapes(r, n, frac, cb)
 		require.NoError(t, g.s.CopyHtoD(src, data))
