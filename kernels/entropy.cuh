@@ -5,8 +5,9 @@
 // interleaved lane streams: lane l codes elements l, l + 32, ... (its steps), and at each step the lanes that
 // need a byte take the next ones in lane order, which is also the order the CPU codec writes them in.
 //
-// Encode, one block of 8 warps per two chunks, four warps a chunk, each warp owning 64 of its chunk's 256 steps
-// (hr_encode): the warps read the chunks once and sum each lane's bits; from those sums every thread knows how
+// Encode: hr_prepare zeroes the workspace and builds the encode table from the code table once; then one block
+// of 8 warps per two chunks, four warps a chunk, each warp owning 64 of its chunk's 256 steps (hr_encode): the
+// warps read the chunks once, load the table and sum each lane's bits; from those sums every thread knows how
 // many bytes its lane takes in its warp's steps, and walks the lane's steps backwards writing the byte each
 // refill takes (a shift of the lane's next 32 bits) where the decoder will read it: into shared memory, from where
 // the block copies the streams out once warp 0 has looked up their offset (a decoupled look-back over the
