@@ -778,37 +778,22 @@ func testHighRatioGraphCapture(t *testing.T, g *gpuEnv) {
 	kv := concat(realKV(t))
 	tab, table := hrTable(t, kv)
 	const n = 3<<16 + 40 // elements: several encode blocks and a partial chunk
-	src, out, tb := g.alloc(t, 2*n), g.alloc(t, 2*n), g.upload(t, table)
-	dst, size, st := g.alloc(t, MaxEncodedLen(2*n)), g.alloc(t, 8), g.alloc(t, 4)
+	tb := g.upload(t, table)
 	ws := g.alloc(t, HighRatioWorkspaceSize(2*n))
 	require.NoError(t, g.s.MemsetD8Async(ws, 0xA5, HighRatioWorkspaceSize(2*n))) // the encode readies it itself
-	host, err := g.ctx.HostAlloc(8, 0)
-	require.NoError(t, err)
-	defer host.Free()
-
-	exec := g.capture(t, func() error {
-		if err := g.codec.EncodeHighRatioAsync(g.s, src, 2*n, tb, len(table), dst, size, ws); err != nil {
-			return err
-		}
-		if err := g.s.MemcpyDtoHAsync(host.Ptr(), size, 8); err != nil {
-			return err
-		}
-		return g.codec.DecodeHighRatioAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st)
-	})
+	rt := g.captureRoundTrip(t, 2*n,
+		func(src, dst, size cuda.DevicePtr) error {
+			return g.codec.EncodeHighRatioAsync(g.s, src, 2*n, tb, len(table), dst, size, ws)
+		},
+		func(dst, out, st cuda.DevicePtr) error {
+			return g.codec.DecodeHighRatioAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st)
+		})
 	noise, r := make([]byte, 2*n), rand.New(rand.NewPCG(4, 4))
 	for i := range noise {
 		noise[i] = byte(r.Uint32())
 	}
 	for rep, data := range [][]byte{kvtile.Tile(kv, 2*n, 1), kvtile.Tile(kv, 2*n, 9), noise} {
-		require.NoError(t, g.s.CopyHtoD(src, data))
-		require.NoError(t, g.s.MemsetD8Async(out, 0xCD, 2*n))
-		require.NoError(t, exec.Launch(g.s))
-		require.NoError(t, g.s.Synchronize())
-		want := cpuEncodeHR(t, data, tab)
-		require.Equal(t, uint64(len(want)), binary.LittleEndian.Uint64(host.Bytes()), "replay %d", rep)
-		require.Equal(t, want, g.download(t, dst, len(want)), "replay %d", rep)
-		require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, st, 4))), "replay %d", rep)
-		require.True(t, bytes.Equal(data, g.download(t, out, 2*n)), "replay %d", rep)
+		rt.replay(t, rep, data, cpuEncodeHR(t, data, tab))
 	}
 	h, err := codec.ParseHeader(cpuEncodeHR(t, noise, tab))
 	require.NoError(t, err)

@@ -616,34 +616,67 @@ func testGraphCapture(t *testing.T, g *gpuEnv) {
 	cb := defaultBook(t)
 	r := rand.New(rand.NewPCG(2, 2))
 	const n = 1<<18 + 3
-	src, out := g.alloc(t, 2*n), g.alloc(t, 2*n)
-	dst, size, st, ws := g.alloc(t, MaxEncodedLen(2*n)), g.alloc(t, 8), g.alloc(t, 4), g.workspace(t, EncodeWorkspaceSize(2*n))
-	host, err := g.ctx.HostAlloc(8, 0)
-	require.NoError(t, err)
-	defer host.Free()
-
-	exec := g.capture(t, func() error {
-		if err := g.codec.EncodeAsync(g.s, src, 2*n, cb, dst, size, ws); err != nil {
-			return err
-		}
-		if err := g.s.MemcpyDtoHAsync(host.Ptr(), size, 8); err != nil {
-			return err
-		}
-		return g.codec.DecodeAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st)
-	})
+	ws := g.workspace(t, EncodeWorkspaceSize(2*n))
+	rt := g.captureRoundTrip(t, 2*n,
+		func(src, dst, size cuda.DevicePtr) error {
+			return g.codec.EncodeAsync(g.s, src, 2*n, cb, dst, size, ws)
+		},
+		func(dst, out, st cuda.DevicePtr) error {
+			return g.codec.DecodeAsync(g.s, dst, MaxEncodedLen(2*n), out, 2*n, st)
+		})
 	for rep, frac := range []float64{0, 0.001, 0.3} {
 		data := withEscapes(r, n, frac, cb)
-		require.NoError(t, g.s.CopyHtoD(src, data))
-		require.NoError(t, g.s.MemsetD8Async(out, 0xCD, 2*n))
-		require.NoError(t, exec.Launch(g.s))
-		require.NoError(t, g.s.Synchronize())
-		want := cpuEncode(t, data, cb)
-		require.Equal(t, uint64(len(want)), binary.LittleEndian.Uint64(host.Bytes()), "replay %d", rep)
-		require.Equal(t, want, g.download(t, dst, len(want)), "replay %d", rep)
-		require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, st, 4))))
-		require.True(t, bytes.Equal(data, g.download(t, out, 2*n)), "replay %d", rep)
+		rt.replay(t, rep, data, cpuEncode(t, data, cb))
 		g.requireReadyWorkspace(t, ws, EncodeWorkspaceSize(2*n), "replay ", rep)
 	}
+}
+
+// roundTripGraph is an encode, a copy of the frame's size to the host and a decode, captured in one CUDA graph
+// over fixed buffers, so that replays over new inputs check what a captured codec leaves behind.
+type roundTripGraph struct {
+	g                       *gpuEnv
+	src, dst, out, size, st cuda.DevicePtr
+	n                       int
+	host                    *cuda.HostBuffer
+	exec                    *cuda.GraphExec
+}
+
+// captureRoundTrip captures encode (src → dst, the frame's size to size) and decode (dst → out, the status to
+// st) of n bytes.
+func (g *gpuEnv) captureRoundTrip(t *testing.T, n int, encode func(src, dst, size cuda.DevicePtr) error,
+	decode func(dst, out, st cuda.DevicePtr) error) *roundTripGraph {
+	t.Helper()
+	rt := &roundTripGraph{g: g, n: n, src: g.alloc(t, n), out: g.alloc(t, n), dst: g.alloc(t, MaxEncodedLen(n)),
+		size: g.alloc(t, 8), st: g.alloc(t, 4)}
+	host, err := g.ctx.HostAlloc(8, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { host.Free() })
+	rt.host = host
+	rt.exec = g.capture(t, func() error {
+		if err := encode(rt.src, rt.dst, rt.size); err != nil {
+			return err
+		}
+		if err := g.s.MemcpyDtoHAsync(host.Ptr(), rt.size, 8); err != nil {
+			return err
+		}
+		return decode(rt.dst, rt.out, rt.st)
+	})
+	return rt
+}
+
+// replay runs the graph over data and checks its frame against want (the CPU encoder's), the size it copied,
+// the decoder's status and its output.
+func (rt *roundTripGraph) replay(t *testing.T, rep int, data, want []byte) {
+	t.Helper()
+	g := rt.g
+	require.NoError(t, g.s.CopyHtoD(rt.src, data))
+	require.NoError(t, g.s.MemsetD8Async(rt.out, 0xCD, rt.n))
+	require.NoError(t, rt.exec.Launch(g.s))
+	require.NoError(t, g.s.Synchronize())
+	require.Equal(t, uint64(len(want)), binary.LittleEndian.Uint64(rt.host.Bytes()), "replay %d", rep)
+	require.Equal(t, want, g.download(t, rt.dst, len(want)), "replay %d", rep)
+	require.NoError(t, StatusError(binary.LittleEndian.Uint32(g.download(t, rt.st, 4))), "replay %d", rep)
+	require.True(t, bytes.Equal(data, g.download(t, rt.out, rt.n)), "replay %d", rep)
 }
 
 // pagedCache is a KV cache on the device: one buffer per layer, laid out FlashAttention-style
