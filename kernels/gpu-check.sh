@@ -2,8 +2,8 @@
 # Runs on the GPU machine (see shared/GPU-MACHINE.md), which has no Go: it builds no Go code and runs the test
 # binaries built on the CPU machine and carried in .gpu/ at the repository root (make -C kernels gpu-binaries
 # writes .gpu/cuda.test, .gpu/kernels.test, .gpu/gpubench.test and .gpu/connector.test).
-# 1. rebuilds the PTX of kernels/ and internal/gpubench/ with the machine's nvcc in a scratch folder, checks it
-#    equals the committed PTX, and prints the kernels' resource use;
+# 1. rebuilds the PTX of kernels/ and internal/gpubench/ (and the sm_90 cubin) with the machine's nvcc in a
+#    scratch folder, checks they equal the committed files, and prints the kernels' resource use;
 # 2. runs the GPU tests of kernels/cuda, kernels and internal/gpubench, and the connector's GPU-cache handoffs;
 #    the host emulation tests (TestEmu*) are skipped: they need no GPU, CI runs them, and here they took most
 #    of the time validate.sh gives this part (SKIP_TESTS= runs them too);
@@ -27,7 +27,7 @@ if [ -x "$NVCC" ]; then
   cp kernels/*.cu kernels/*.cuh kernels/Makefile kernels/ptx.mk $S/kernels/
   cp internal/gpubench/*.cu internal/gpubench/Makefile $S/internal/gpubench/
   { make -s -C $S/kernels NVCC="$NVCC" ptx && make -s -C $S/internal/gpubench NVCC="$NVCC" ptx; } >"$OUT/ptx.log" 2>&1 || { cat "$OUT/ptx.log"; exit 1; }
-  for f in kernels/splitzip.ptx kernels/splitzip_sm90.ptx internal/gpubench/bench.ptx; do
+  for f in kernels/splitzip.ptx kernels/splitzip_sm90.ptx kernels/splitzip_sm90.cubin internal/gpubench/bench.ptx; do
     if cmp -s $S/$f $f; then echo "PTX: $f rebuilt with $($NVCC --version | tail -1), identical"; else echo "PTX: rebuilt $f DIFFERS"; cp $S/$f "$OUT/"; fi
   done
   make -s -C $S/kernels NVCC="$NVCC" resources | tee "$OUT/resources.txt"

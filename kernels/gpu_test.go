@@ -21,7 +21,8 @@ import (
 
 const fixturePath = "../tests/data/kv_evaluation.safetensors"
 
-// Test seams: options that force one encoder for every input size, and the sm_80 kernels with plain launches.
+// Test seams: options that force one encoder for every input size, the sm_80 kernels with plain launches, and
+// another sm_90 cubin.
 func withSmallEncodeBytes(n uint64) Option {
 	return func(o *options) error { o.smallBytes = n; return nil }
 }
@@ -31,6 +32,9 @@ func withStreamingEncoder() Option { return withSmallEncodeBytes(0) }
 
 // withoutDependentLaunch makes a Codec use the sm_80 kernels and plain launches on any GPU.
 func withoutDependentLaunch() Option { return func(o *options) error { o.noPDL = true; return nil } }
+
+// withCubin makes a Codec on compute capability 9.0 try image in place of the embedded sm_90 cubin.
+func withCubin(image []byte) Option { return func(o *options) error { o.cubin = image; return nil } }
 
 // gpuEnv is a context, the loaded kernels and a stream; tests skip with the driver's message without a GPU.
 type gpuEnv struct {

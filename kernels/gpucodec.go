@@ -47,6 +47,7 @@ type options struct {
 	ptx        []byte // WithPTX's image; nil: the embedded PTX
 	smallBytes uint64 // inputs below it take the tile encoder (SmallEncodeBytes; tests force either encoder)
 	noPDL      bool   // load the sm_80 PTX and launch plainly even on Hopper (tests compare both)
+	cubin      []byte // the sm_90 machine code tried first on compute capability 9.0 (tests replace it)
 }
 
 // WithPTX makes NewCodec load image instead of the embedded PTX: PTX built elsewhere from the kernels' sources
@@ -104,18 +105,19 @@ func (k *kernel) grid(frames, chunks uint64) uint32 {
 // Codec holds the loaded kernels of one context. Its methods only enqueue work, and may be called from any
 // goroutine and on several streams at once: all per-call state lives in the caller's buffers.
 type Codec struct {
-	ctx        *cuda.Context
-	mod        *cuda.Module
-	tile       kernel // the encoder below smallBytes of input
-	stream     kernel // the encoder from smallBytes on
-	dec        kernel
-	raw        kernel
-	hr         *hrKernels // the high-ratio mode's (entropy.go)
-	crc        *cuda.Function
-	blockCopy  *cuda.Function
-	smallBytes uint64
-	pdl        bool // the kernels use griddepcontrol: launchAfter lets a kernel launch during its predecessor's tail
-	card       card
+	ctx         *cuda.Context
+	mod         *cuda.Module
+	tile        kernel // the encoder below smallBytes of input
+	stream      kernel // the encoder from smallBytes on
+	dec         kernel
+	raw         kernel
+	hr          *hrKernels // the high-ratio mode's (entropy.go)
+	crc         *cuda.Function
+	blockCopy   *cuda.Function
+	smallBytes  uint64
+	pdl         bool // the kernels use griddepcontrol: launchAfter lets a kernel launch during its predecessor's tail
+	precompiled bool // mod is the sm_90 cubin, not JIT-compiled PTX
+	card        card
 }
 
 // card is what the launches take from the GPU at hand: its SM count.
@@ -130,42 +132,56 @@ func (c card) rawGrid(units uint64) uint32 { return uint32(max(1, min(uint64(c.s
 // the encoder's finishing warps defer to it (place_deferred in encode_stream.cuh); at most rawBlocksMax.
 func (c card) rawBlocks() uint32 { return min(4*c.sms, rawBlocksMax) }
 
-// NewCodec loads the kernels into ctx (the driver JIT-compiles the embedded PTX on first load and caches
-// the result): on compute capability 9.0 and newer, with a driver that has cuLaunchKernelEx, the build with
-// programmatic dependent launch; with WithPTX, the given image.
+// NewCodec loads the kernels into ctx: on compute capability 9.0 and newer, with a driver that has
+// cuLaunchKernelEx, the build with programmatic dependent launch; with WithPTX, the given image. On compute
+// capability 9.0 it loads that build's sm_90 machine code; elsewhere, or where the driver refuses that code (a
+// driver older than the CUDA 13 whose ptxas wrote it may), the driver JIT-compiles the PTX on first load and
+// caches the result.
 func NewCodec(ctx *cuda.Context, opts ...Option) (*Codec, error) {
-	o := options{smallBytes: SmallEncodeBytes}
+	o := options{smallBytes: SmallEncodeBytes, cubin: cubinSM90}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
 		}
 	}
-	canPDL := false
-	if major, _, err := ctx.Device().ComputeCapability(); err == nil && major >= 9 && !o.noPDL && cuda.CanLaunchWith() {
-		canPDL = true
+	major, minor, err := ctx.Device().ComputeCapability()
+	if err != nil {
+		return nil, fmt.Errorf("splitzip: read the GPU's compute capability: %w", err)
 	}
-	image := ptx
+	canPDL := major >= 9 && !o.noPDL && cuda.CanLaunchWith()
+	image, cubin := ptx, []byte(nil)
 	switch {
 	case o.ptx != nil:
 		image = o.ptx
 	case canPDL:
 		image = ptxSM90
+		if major == 9 && minor == 0 {
+			cubin = o.cubin
+		}
 	}
 	sms, err := ctx.Device().Attribute(cuda.AttrMultiprocessorCount)
 	if err != nil {
 		return nil, fmt.Errorf("splitzip: read the GPU's SM count: %w", err)
 	}
-	mod, err := ctx.LoadModule(image)
-	if err != nil {
-		return nil, fmt.Errorf("splitzip: load GPU kernels: %w", err)
+	var mod *cuda.Module
+	if cubin != nil {
+		if mod, err = ctx.LoadModule(cubin); err != nil {
+			mod, cubin = nil, nil
+		}
+	}
+	if mod == nil {
+		if mod, err = ctx.LoadModule(image); err != nil {
+			return nil, fmt.Errorf("splitzip: load GPU kernels: %w", err)
+		}
 	}
 	c := &Codec{
 		ctx: ctx, mod: mod, smallBytes: o.smallBytes, card: card{sms: uint32(max(sms, 1))},
-		pdl:    canPDL && bytes.Contains(image, []byte("griddepcontrol.wait")),
-		tile:   tileShape,
-		stream: streamShape,
-		dec:    kernel{threads: 256, cpb: 1},
-		raw:    kernel{threads: 256, cpb: 1},
+		precompiled: cubin != nil,
+		pdl:         canPDL && bytes.Contains(image, []byte("griddepcontrol.wait")),
+		tile:        tileShape,
+		stream:      streamShape,
+		dec:         kernel{threads: 256, cpb: 1},
+		raw:         kernel{threads: 256, cpb: 1},
 	}
 	for _, e := range []struct {
 		k    *kernel
@@ -196,6 +212,10 @@ func (c *Codec) Close() error { return c.mod.Close() }
 
 // Context returns the codec's context.
 func (c *Codec) Context() *cuda.Context { return c.ctx }
+
+// Precompiled reports whether the codec loaded machine code built for the GPU at hand (sm_90) rather than
+// PTX that the driver JIT-compiled.
+func (c *Codec) Precompiled() bool { return c.precompiled }
 
 // DependentLaunch reports whether the codec runs kernels built for sm_90, whose encoder lets its raw-fallback
 // kernel launch during its tail (programmatic dependent launch).

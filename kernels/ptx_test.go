@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"bytes"
+	"debug/elf"
 	"strings"
 	"testing"
 
@@ -24,6 +25,24 @@ func TestPTXUpToDate(t *testing.T) {
 	assert.NotContains(t, string(ptx), "griddepcontrol")
 	assert.Contains(t, string(ptxSM90), ".target sm_90")
 	assert.Contains(t, string(ptxSM90), "griddepcontrol.wait")
+
+	// The cubin is recorded in the hashes with the PTX it was compiled from, so the check above also finds it
+	// stale; here: it is sm_90 machine code holding exactly the entry points.
+	f, err := elf.NewFile(bytes.NewReader(cubinSM90))
+	require.NoError(t, err, "splitzip_sm90.cubin")
+	assert.Equal(t, elf.EM_CUDA, f.Machine)
+	// CUDA's ELF ABI version 8 keeps the SM in bits 8–15 of e_flags (offset 48 of the 64-bit header).
+	assert.Equal(t, uint8(8), f.ABIVersion)
+	assert.Equal(t, byte(90), cubinSM90[49], "the cubin's SM")
+	syms, err := f.Symbols()
+	require.NoError(t, err)
+	var funcs []string
+	for _, s := range syms {
+		if elf.ST_TYPE(s.Info) == elf.STT_FUNC && elf.ST_BIND(s.Info) == elf.STB_GLOBAL {
+			funcs = append(funcs, s.Name)
+		}
+	}
+	assert.ElementsMatch(t, entryPoints, funcs, "splitzip_sm90.cubin")
 }
 
 // ptxEntries lists the kernel entry points of a PTX image.

@@ -68,7 +68,9 @@ type Report struct {
 	Driver int
 	// DependentLaunch: the built-in kernels run the sm_90 build with programmatic dependent launch.
 	DependentLaunch bool
-	Rows            []Row
+	// Precompiled: the built-in kernels were loaded as sm_90 machine code, not JIT-compiled PTX.
+	Precompiled bool
+	Rows        []Row
 }
 
 // holdTime is how long sz_spin holds the stream before a timed op: far longer than queueing the op's
@@ -226,7 +228,7 @@ func RunBench(ctx *cuda.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer def.Close()
-	rep.DependentLaunch = def.DependentLaunch()
+	rep.DependentLaunch, rep.Precompiled = def.DependentLaunch(), def.Precompiled()
 	benches := []bench{{"", def}}
 	if cfg.PTX != nil {
 		alt, err := kernels.NewCodec(ctx, kernels.WithPTX(cfg.PTX))

@@ -113,7 +113,7 @@ func TestRunBenchRefusesBadConfig(t *testing.T) {
 }
 
 func TestTable(t *testing.T) {
-	rep := &Report{Card: "NVIDIA H200", Driver: 13000, DependentLaunch: true, Rows: []Row{
+	rep := &Report{Card: "NVIDIA H200", Driver: 13000, DependentLaunch: true, Precompiled: true, Rows: []Row{
 		{What: "dense", Size: 256 << 20, Encode: 2000, Decode: 1900, Copy: 4200, SMCopy: 4000, Roofline: 2400, Ratio: 1.41, Escapes: 7},
 		{What: "dense", Size: 256 << 20, Kernels: "old.ptx", Encode: 1800, Decode: 1900, Copy: 4200, SMCopy: 4000, Roofline: 2400, Ratio: 1.41, Escapes: 7},
 		{What: "escapes", Size: 256 << 20, Encode: 1000, Decode: 1520, Ratio: 1.38, Escapes: 2684355},
@@ -123,7 +123,7 @@ func TestTable(t *testing.T) {
 	}}
 	table := rep.Table()
 	for _, want := range []string{
-		"GPU: NVIDIA H200 (driver CUDA 13.0); built-in kernels: sm_90 (programmatic dependent launch) PTX",
+		"GPU: NVIDIA H200 (driver CUDA 13.0); built-in kernels: sm_90 (programmatic dependent launch) cubin",
 		"| real-KV-like bf16 | 256 MiB | built-in | 2000 | 1900 | 4200 | 4000 | 2400 | 83.3 | 79.2 | 1.4100 | 7 |",
 		"| real-KV-like bf16 | 256 MiB | old.ptx | 1800 |",
 		"| real-KV-like bf16 | 256 MiB | built-in | 2.00 % | 1000 | 1520 | 50.0 | 80.0 | 1.3800 |",

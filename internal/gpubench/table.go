@@ -20,8 +20,9 @@ func humanSize(n int) string {
 // Table formats the report as Markdown tables: dense rows, then paged and small-input rows where present.
 func (r *Report) Table() string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "GPU: %s (driver CUDA %d.%d); built-in kernels: %s PTX\n\n", r.Card, r.Driver/1000, r.Driver%1000/10,
-		map[bool]string{true: "sm_90 (programmatic dependent launch)", false: "sm_80"}[r.DependentLaunch])
+	fmt.Fprintf(&sb, "GPU: %s (driver CUDA %d.%d); built-in kernels: %s %s\n\n", r.Card, r.Driver/1000, r.Driver%1000/10,
+		map[bool]string{true: "sm_90 (programmatic dependent launch)", false: "sm_80"}[r.DependentLaunch],
+		map[bool]string{true: "cubin", false: "PTX"}[r.Precompiled])
 	sb.WriteString("| input | size | kernels | encode GB/s | decode GB/s | D2D copy GB/s | SM copy kernel GB/s | roofline GB/s | encode % roofline | decode % roofline | ratio | escapes |\n")
 	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	// Each kernel build's first dense row: the fixture's speed its sweep and paged rows are put against.
