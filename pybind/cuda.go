@@ -64,8 +64,9 @@ func CUDADeviceCount() (n int, err error) {
 	return n, wrap(err)
 }
 
-// CUDALoad loads the GPU kernels into device ordinal's primary context (JIT-compiling them on first use), so
-// the first compress does not pay for it. It returns the ordinal.
+// CUDALoad loads the GPU kernels into device ordinal's primary context, so that the first compress does not pay
+// for it (on GPUs other than compute capability 9.0 the driver JIT-compiles them at first use). It returns the
+// ordinal.
 func CUDALoad(ordinal int) (n int, err error) {
 	defer recoverInto(&err)
 	if _, err := gpuCodec(ordinal); err != nil {

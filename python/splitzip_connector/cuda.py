@@ -83,8 +83,9 @@ def cuda_available() -> bool:
 
 
 def load_kernels(device: Any = None) -> None:
-    """Loads (JIT-compiles on first use) the GPU kernels on a device ahead of the first call. Raises
-    CUDAUnavailableError without a driver."""
+    """Loads the GPU kernels on a device ahead of the first call (H100 and H200 load machine code; other GPUs
+    JIT-compile PTX on first use, seconds, then cached by the driver). Raises CUDAUnavailableError without a
+    driver."""
     torch = _torch()
     ordinal = torch.device(device if device is not None else "cuda").index
     if ordinal is None:
