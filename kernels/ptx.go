@@ -11,9 +11,9 @@
 // generated, committed and embedded: splitzip.ptx for sm_80 and newer, and on Hopper and newer splitzip_sm90.ptx,
 // the same kernels with programmatic dependent launch. The driver JIT-compiles the PTX for the GPU at hand,
 // except on compute capability 9.0 (H100, H200), which loads splitzip_sm90.cubin, the sm_90 build compiled
-// ahead by ptxas. TestPTXUpToDate fails when the PTX or the cubin is stale against its sources. Measurements of the kernels are in
-// docs/gpu-kernels.md; internal/gpubench times them (splitzip bench -gpu), and WithPTX loads PTX built elsewhere
-// to compare a change.
+// ahead by ptxas. TestPTXUpToDate fails when the PTX or the cubin is stale against its sources. Measurements of
+// the kernels are in docs/gpu-kernels.md; internal/gpubench times them (splitzip bench -gpu), and WithPTX loads
+// PTX built elsewhere to compare a change.
 package kernels
 
 import _ "embed"
