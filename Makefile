@@ -10,7 +10,7 @@ demo: build
 	$(BIN) demo
 
 # Everything CI runs: installs what the tests need, then the Go suites (race detector on) and fuzz smoke runs.
-test: deps vet go-test soak scale fuzz-smoke multihost py-test vllm-test vllm-test-old gpu-vllm-test
+test: deps vet go-test soak scale fuzz-smoke multihost py-test vllm-test vllm-test-others gpu-vllm-test
 
 build:
 	$(GO) build -o $(BIN) ./cmd/splitzip
@@ -153,7 +153,7 @@ VLLM_VERSION ?= 0.33.0
 VVENV ?= build/venv-vllm
 VVPY := $(VVENV)/bin/python
 
-.PHONY: vllm-deps vllm-test vllm-test-old
+.PHONY: vllm-deps vllm-test vllm-test-others
 
 vllm-deps:
 	@test -x $(VVPY) || $(PYTHON) -m venv $(VVENV)
@@ -163,18 +163,23 @@ vllm-deps:
 
 vllm-test: py-build vllm-deps
 	$(VVPY) -m pip install -q --force-reinstall --no-deps dist/py/splitzip_connector-*.whl
-	HF_HUB_OFFLINE=1 $(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector tests/python/test_handoff.py tests/python/test_layering.py
+	HF_HUB_OFFLINE=1 SPLITZIP_VLLM_VERSION=$(VLLM_VERSION) $(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector tests/python/test_handoff.py tests/python/test_layering.py
 
-# The connector suite on the oldest supported release's Python code (vLLM 0.26.0, what the GPU machine runs):
-# its wheel (300 MB) unpacked into build/vllm-$(VLLM_OLD) and imported ahead of the pinned release in the same
-# venv. Its compiled ops do not load beside the pinned torch; the tests need only its scheduler and KV cache code.
-VLLM_OLD ?= 0.26.0
+# The connector suite on other releases' Python code, each wheel (240-340 MB) unpacked into build/vllm-V and
+# imported ahead of the pinned release in the same venv: the oldest supported (0.26.0, what the GPU machine runs)
+# and the newest (0.34.0: it pins flashinfer-python 0.7.3, which the package index CI uses does not serve). Their
+# compiled ops do not load beside the pinned torch; the tests need only vLLM's scheduler and KV cache code.
+VLLM_OTHERS ?= 0.26.0 0.34.0
 
-vllm-test-old: py-build vllm-deps
+vllm-test-others: py-build vllm-deps
 	$(VVPY) -m pip install -q --force-reinstall --no-deps dist/py/splitzip_connector-*.whl
-	@test -d build/vllm-$(VLLM_OLD)/vllm || { $(VVPY) -m pip download -q --no-deps vllm==$(VLLM_OLD) -d build/dl && \
-		$(VVPY) -m zipfile -e build/dl/vllm-$(VLLM_OLD)-*.whl build/vllm-$(VLLM_OLD); }
-	HF_HUB_OFFLINE=1 PYTHONPATH=build/vllm-$(VLLM_OLD) $(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector
+	@set -e; for v in $(VLLM_OTHERS); do \
+		test -d build/vllm-$$v/vllm || { $(VVPY) -m pip download -q --no-deps vllm==$$v -d build/dl && \
+			$(VVPY) -m zipfile -e build/dl/vllm-$$v-*.whl build/vllm-$$v; }; \
+		echo "vLLM $$v (its Python code over $(VLLM_VERSION)'s dependencies)"; \
+		HF_HUB_OFFLINE=1 SPLITZIP_VLLM_VERSION=$$v PYTHONPATH=build/vllm-$$v \
+			$(VVPY) -m pytest -q -p no:cacheprovider tests/python/vllm_connector; \
+	done
 
 # --- Real vLLM on the GPU machine (tests/gpu/vllm/README.md) ------------------------------------------------
 # gpu-vllm-pack builds the kit — vLLM 0.26.0 trimmed with the wheels it needs there, the SmolLM2 GGUF, this

@@ -13,7 +13,7 @@ metadata.py; what moves of each KV cache group: groups.py; figures reported to v
 stats.py.
 
 The connector supports vLLM's hybrid KV cache manager (SupportsHMA), so vLLM keeps it on for models with
-sliding-window layers, and moves MLA caches. It runs on vLLM 0.26 through 0.33: where a vLLM release lacks a
+sliding-window layers, and moves MLA caches. It runs on vLLM 0.26 through 0.34: where a vLLM release lacks a
 hook (bind_kv_cache_manager, get_loaded_kv_cache_group_ids, supports_sleep_mode before 0.33), the method here is
 simply never called, and the scheduler half reads block tables another way (scheduler.BlockTables).
 """
@@ -168,6 +168,15 @@ class SplitZipConnector(KVConnectorBase_V1, SupportsHMA):
     def supports_sleep_mode(cls, kv_transfer_config: Any) -> bool:
         # The Go side holds the KV tensors' addresses; sleep mode frees and remaps them.
         return False
+
+    @classmethod
+    def kv_cache_access(cls, kv_transfer_config: Any) -> Any:
+        # vLLM 0.34: how the workers reach the KV cache decides how vLLM may allocate it. The codec reads and
+        # writes it in process (copies, CUDA kernels); what NIXL or UCX registers is the connector's own staging,
+        # never the cache, so any allocation serves, vLLM's driver-mapped extensible KV cache included.
+        from vllm.config.kv_transfer import KVCacheAccess
+
+        return KVCacheAccess.IN_PROCESS
 
     # --- stats ------------------------------------------------------------------------------------------
     @classmethod

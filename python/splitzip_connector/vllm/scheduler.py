@@ -77,18 +77,21 @@ class BlockTables:
         self._kept.pop(req_id, None)
 
     def observe(self, out: "SchedulerOutput") -> None:
-        if not self._kept:
+        if not self._kept or self._manager() is not None:  # get() asks the manager where vLLM bound one
             return
         for nr in out.scheduled_new_reqs:
             if nr.req_id in self._kept:
                 self._kept[nr.req_id] = [list(g) for g in nr.block_ids]
         cached = out.scheduled_cached_reqs
+        # Requests resumed after preemption: listed among the cached ones with their whole new table (vLLM 0.33
+        # and earlier); vLLM 0.34 re-sends them among the new ones instead and has no such set.
+        resumed = getattr(cached, "resumed_req_ids", ())
         for i, rid in enumerate(cached.req_ids):
             new = cached.new_block_ids[i]
             if rid not in self._kept or new is None:
                 continue
             kept = self._kept[rid]
-            if kept is None or rid in cached.resumed_req_ids:
+            if kept is None or rid in resumed:
                 self._kept[rid] = [list(g) for g in new]
             else:
                 for g, ids in zip(kept, new):

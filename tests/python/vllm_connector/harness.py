@@ -11,7 +11,7 @@ The model's forward pass is simulated: for every token a step computes, each lay
 get values derived from (token id, position, layer) — so a decode engine can check, bit for bit, that the KV it
 loaded is what the prefill engine computed, in whatever block ids its own scheduler chose.
 
-On vLLM 0.26 (make vllm-test-026) the views are built the way its model runner shapes them for FlashAttention
+On vLLM 0.26 (make vllm-test-others) the views are built the way its model runner shapes them for FlashAttention
 ([2, blocks, block size, heads, head size]; MLA: [blocks, block size, latent]), one tensor per KVCacheTensor.
 
 Imported by conftest.py only where vLLM is installed (make vllm-test installs the pinned release).
@@ -449,12 +449,10 @@ class Engine:
             kvo = KVConnectorOutput(finished_sending=sending or None, finished_recving=recving or None, invalid_block_ids=invalid)
             if failed:
                 kvo.failed_recving = failed
-        mro = ModelRunnerOutput(
-            req_ids=req_ids,
-            req_id_to_index={r: i for i, r in enumerate(req_ids)},
-            sampled_token_ids=sampled,
-            kv_connector_output=kvo,
-        )
+        extra = {}
+        if "req_id_to_index" in {f.name for f in dataclasses.fields(ModelRunnerOutput)}:  # vLLM 0.33 and earlier
+            extra["req_id_to_index"] = {r: i for i, r in enumerate(req_ids)}
+        mro = ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=sampled, kv_connector_output=kvo, **extra)
         eco = self.scheduler.update_from_output(out, mro)
         for outs in eco.values():
             for o in outs.outputs:

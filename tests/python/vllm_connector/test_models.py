@@ -374,3 +374,52 @@ def test_scheduler_half_needs_no_kv_cache_manager(model_config):
         assert conn._sched._tables.get("nope") is None
     finally:
         conn.shutdown()
+
+
+def test_kv_cache_access_keeps_any_allocation(model_config):
+    """vLLM 0.34 asks the connector how its workers reach the KV cache: in process, so vLLM may back the cache
+    with driver-mapped memory (its extensible KV cache), which connectors that register the cache refuse."""
+    c = make_vllm_config(model_config, "kv_producer")
+    if not hasattr(c.kv_transfer_config, "kv_cache_access"):
+        pytest.skip("this vLLM does not ask how the connector reaches the KV cache (0.34 and later do)")
+    from vllm.config.kv_transfer import KVCacheAccess
+
+    assert c.kv_transfer_config.kv_cache_access() == KVCacheAccess.IN_PROCESS
+    assert not c.kv_transfer_config.registers_kv_cache_memory()
+
+
+@pytest.mark.parametrize("resumed_set", [True, False], ids=["resumed-among-cached", "resumed-as-new"])
+def test_block_tables_follow_preemption(resumed_set):
+    """Without a bound KV cache manager, BlockTables rebuilds a request's table from each step's output: new
+    requests replace it, cached ones append, and a request resumed after preemption gets its whole new table —
+    listed among the cached requests in resumed_req_ids (vLLM 0.33 and earlier), or re-sent among the new ones
+    (vLLM 0.34, which has no such set)."""
+    from types import SimpleNamespace
+
+    from splitzip_connector.vllm.scheduler import BlockTables
+
+    def step(new=(), cached=(), resumed=()):
+        c = SimpleNamespace(req_ids=[r for r, _ in cached], new_block_ids=[b for _, b in cached])
+        if resumed_set:
+            c.resumed_req_ids = set(resumed)
+        return SimpleNamespace(
+            scheduled_new_reqs=[SimpleNamespace(req_id=r, block_ids=b) for r, b in new], scheduled_cached_reqs=c
+        )
+
+    t = BlockTables(lambda: None)
+    t.follow("a")
+    t.follow("b")
+    t.observe(step(new=[("a", ([1, 2], [3])), ("other", ([9],))]))
+    t.observe(step(cached=[("a", ([4], [])), ("b", None)]))  # b not scheduled with blocks yet
+    assert t.get("a") == ([1, 2, 4], [3])
+    assert t.get("b") is None and t.get("other") is None
+    # a is preempted, then resumed into other blocks.
+    if resumed_set:
+        t.observe(step(cached=[("a", ([7, 8], [5]))], resumed=["a"]))
+    else:
+        t.observe(step(new=[("a", ([7, 8], [5]))]))
+    assert t.get("a") == ([7, 8], [5])
+    t.observe(step(cached=[("a", ([6], [0]))]))
+    assert t.get("a") == ([7, 8, 6], [5, 0])
+    t.forget("a")
+    assert t.get("a") is None
