@@ -253,6 +253,7 @@ def make_vllm_config(
     policy: str = "fail",
     extra: dict[str, Any] | None = None,
     max_batched: int = 256,
+    scheduler: dict[str, Any] | None = None,
 ) -> VllmConfig:
     kv = KVTransferConfig(
         kv_connector="SplitZipConnector",
@@ -264,11 +265,14 @@ def make_vllm_config(
     return VllmConfig(
         model_config=copy.deepcopy(model_config),
         scheduler_config=SchedulerConfig(
-            max_num_seqs=16,
-            max_num_batched_tokens=max_batched,
-            max_model_len=2048,
-            enable_chunked_prefill=True,
-            is_encoder_decoder=False,
+            **{
+                "max_num_seqs": 16,
+                "max_num_batched_tokens": max_batched,
+                "max_model_len": 2048,
+                "enable_chunked_prefill": True,
+                "is_encoder_decoder": False,
+                **(scheduler or {}),
+            }
         ),
         cache_config=CacheConfig(block_size=BLOCK, cache_dtype="auto", enable_prefix_caching=True),
         parallel_config=ParallelConfig(tensor_parallel_size=tp),

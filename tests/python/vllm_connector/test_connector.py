@@ -30,13 +30,14 @@ def prefill(engine: Engine, prompt: list[int]) -> dict:
     return params
 
 
-def check_loaded(prefill_engine: Engine, p_blocks: dict[int, list[int]], decode_engine: Engine, rid: str, n_tokens: int):
+def check_loaded(decode_engine: Engine, rid: str, prompt: list[int], n_tokens: int) -> None:
+    """The first n_tokens of rid's KV on every decode rank are what the prefill engine's forward pass wrote."""
     (d_ids,) = decode_engine.scheduler.kv_cache_manager.get_block_ids(rid)
-    for wp, wd in zip(prefill_engine.workers, decode_engine.workers):
+    for w in decode_engine.workers:
         for pos in range(n_tokens):
-            for a, b in zip(wp.token_kv(p_blocks[wp.rank], pos), wd.token_kv(d_ids, pos)):
-                assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"rank {wp.rank} token {pos}"
-    return d_ids
+            for li, x in enumerate(w.token_kv(list(d_ids), pos)):
+                want = kv_value(prompt[pos], pos, li, w.rank, x.numel()).view_as(x)
+                assert torch.equal(x.view(torch.int16), want.view(torch.int16)), f"rank {w.rank} token {pos}"
 
 
 def test_remote_decode_then_remote_prefill(engines):
@@ -237,6 +238,43 @@ def test_preemption_on_decode(engines):
     assert len(D.outputs[r1.request_id]) == 40 and len(D.outputs[r2.request_id]) == 40
     D.drain()
     assert_no_leaks(D)
+
+
+def test_loads_start_while_the_batch_is_full(engines):
+    """vLLM 0.34's --max-num-inflight-kv-loads: handoffs start loading while every running slot is taken (the
+    connector's requests say they may load asynchronously through do_remote_prefill), then run once a slot frees,
+    with the prefill engine's KV bit for bit."""
+    from vllm.config import SchedulerConfig
+
+    if "max_num_inflight_kv_loads" not in SchedulerConfig.__dataclass_fields__:
+        pytest.skip("this vLLM has no --max-num-inflight-kv-loads (0.34 and later do)")
+    P = engines("kv_producer")
+    D = engines("kv_consumer", scheduler={"max_num_seqs": 1, "max_num_inflight_kv_loads": 2})
+    prompts = [[t + k for t in PROMPT] for k in (1, 2)]
+    params = [prefill(P, prompt) for prompt in prompts]
+    P.drain()
+    local = make_request([t + 3 for t in PROMPT], max_tokens=30)
+    D.add(local)
+    D.step()
+    assert local.status == RequestStatus.RUNNING
+    loads = [make_request(prompt, max_tokens=2, params=p) for prompt, p in zip(prompts, params)]
+    for r in loads:
+        D.add(r)
+    D.step()
+    assert all(r.status == RequestStatus.WAITING_FOR_REMOTE_KVS for r in loads)
+    # Both loads complete while the local request still holds the only running slot.
+    D.run_until(lambda: all(r.request_id in D.scheduler.finished_recving_kv_req_ids for r in loads))
+    assert local.status == RequestStatus.RUNNING and local.request_id not in D.finished
+    whole = (len(PROMPT) - 1) // BLOCK * BLOCK
+    for r, prompt in zip(loads, prompts):
+        check_loaded(D, r.request_id, prompt, whole)
+    D.run_until(lambda: all(r.request_id in D.finished for r in loads + [local]), timeout=60)
+    assert [len(D.outputs[r.request_id]) for r in loads + [local]] == [2, 2, 30]
+    D.drain()
+    assert_no_leaks(P)
+    assert_no_leaks(D)
+    stats = [s.reduce() for s in D.stats]
+    assert sum(s["loads"] for s in stats) == 2 and all(s["failures"] == 0 for s in stats)
 
 
 @pytest.mark.parametrize("policy", ["recompute", "fail"])
