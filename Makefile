@@ -167,8 +167,9 @@ vllm-test: py-build vllm-deps
 
 # The connector suite on other releases' Python code, each wheel (240-340 MB) unpacked into build/vllm-V and
 # imported ahead of the pinned release in the same venv: the oldest supported (0.26.0, what the GPU machine runs)
-# and the newest (0.34.0: it pins flashinfer-python 0.7.3, which the package index CI uses does not serve). Their
-# compiled ops do not load beside the pinned torch; the tests need only vLLM's scheduler and KV cache code.
+# and the newest (0.34.0, not pinned because the package index CI installs from lacks the flashinfer-python
+# 0.7.3 it pins). Their compiled ops do not load beside the pinned torch; the tests need only vLLM's scheduler
+# and KV cache code.
 VLLM_OTHERS ?= 0.26.0 0.34.0
 
 vllm-test-others: py-build vllm-deps
