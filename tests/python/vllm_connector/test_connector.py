@@ -30,12 +30,13 @@ def prefill(engine: Engine, prompt: list[int]) -> dict:
     return params
 
 
-def check_loaded(decode_engine: Engine, rid: str, prompt: list[int], n_tokens: int) -> None:
-    """The first n_tokens of rid's KV on every decode rank are what the prefill engine's forward pass wrote."""
-    (d_ids,) = decode_engine.scheduler.kv_cache_manager.get_block_ids(rid)
-    for w in decode_engine.workers:
+def check_kv(engine: Engine, rid: str, prompt: list[int], n_tokens: int) -> None:
+    """The first n_tokens of rid's KV on every rank of engine are the forward pass's values for prompt, whether
+    a handoff loaded them or the engine computed them itself."""
+    (ids,) = engine.scheduler.kv_cache_manager.get_block_ids(rid)
+    for w in engine.workers:
         for pos in range(n_tokens):
-            for li, x in enumerate(w.token_kv(list(d_ids), pos)):
+            for li, x in enumerate(w.token_kv(list(ids), pos)):
                 want = kv_value(prompt[pos], pos, li, w.rank, x.numel()).view_as(x)
                 assert torch.equal(x.view(torch.int16), want.view(torch.int16)), f"rank {w.rank} token {pos}"
 
@@ -183,11 +184,7 @@ def test_decode_prefix_hit_prefills_locally(engines):
     D.add(r)
     D.step()
     assert r.status == RequestStatus.RUNNING and not loads
-    (ids,) = D.scheduler.kv_cache_manager.get_block_ids(r.request_id)
-    for pos in range(len(PROMPT)):
-        for li, x in enumerate(D.workers[0].token_kv(list(ids), pos)):
-            want = kv_value(PROMPT[pos], pos, li, 0, x.numel()).view_as(x)
-            assert torch.equal(x.view(torch.int16), want.view(torch.int16)), pos
+    check_kv(D, r.request_id, PROMPT, len(PROMPT))
     D.drain()
     assert_no_leaks(D)
 
@@ -267,7 +264,7 @@ def test_loads_start_while_the_batch_is_full(engines):
     assert local.status == RequestStatus.RUNNING and local.request_id not in D.finished
     whole = (len(PROMPT) - 1) // BLOCK * BLOCK
     for r, prompt in zip(loads, prompts):
-        check_loaded(D, r.request_id, prompt, whole)
+        check_kv(D, r.request_id, prompt, whole)
     D.run_until(lambda: all(r.request_id in D.finished for r in loads + [local]), timeout=60)
     assert [len(D.outputs[r.request_id]) for r in loads + [local]] == [2, 2, 30]
     D.drain()
