@@ -208,12 +208,15 @@ func TestHighRatioDecodeRejects(t *testing.T) {
 // BenchmarkHighRatio times the GPU codec on tiled real KV beside a device-to-device copy of the same size: bf16
 // (rows named copy, encode, decode), then the fixture quantised to fp8_e4m3 and fp8_e5m2 (rows prefixed with
 // the dtype). SPLITZIP_HR_BENCH_ONLY=bf16/256 narrows it to one dtype and size in MiB, so that a profiler
-// (tests/gpu/profile-hr.sh) sees no other launches of the kernels.
+// (tests/gpu/profile-hr.sh) sees no other launches of the kernels. SPLITZIP_HR_BENCH_NO_STORE=1 is for a build
+// whose kernels store nothing (tests/gpu/nostore.py, a compute ceiling): its decode rows decode the CPU
+// encoder's frame, and nothing is checked.
 func BenchmarkHighRatio(b *testing.B) {
 	g := newGPU(b)
 	f := realKV(b)
 	kv := concat(f)
 	onlyDType, onlyMiB := "", 0
+	noStore := os.Getenv("SPLITZIP_HR_BENCH_NO_STORE") == "1"
 	if only := os.Getenv("SPLITZIP_HR_BENCH_ONLY"); only != "" {
 		if _, err := fmt.Sscanf(strings.Replace(only, "/", " ", 1), "%s %d", &onlyDType, &onlyMiB); err != nil {
 			b.Fatalf("SPLITZIP_HR_BENCH_ONLY=%q: want DTYPE/MIB, e.g. bf16/256", only)
@@ -229,31 +232,39 @@ func BenchmarkHighRatio(b *testing.B) {
 			q := quantizeFP8(b, f, dt)
 			prefix, tileOf, sample = dt.String()+"/", func(size int) []byte { return tileFP8(q, size, uint64(size)) }, q
 		}
-		_, table := hrTableOf(b, dt, sample)
+		tab, table := hrTableOf(b, dt, sample)
 		for _, size := range []int{4 << 20, 64 << 20, 256 << 20, 1 << 30} {
 			if onlyMiB != 0 && size != onlyMiB<<20 {
 				continue
 			}
 			src := tileOf(size)
 			in := g.upload(b, src)
-			tab := g.upload(b, table)
+			tabDev := g.upload(b, table)
 			dst := g.alloc(b, MaxEncodedLen(size))
 			out := g.alloc(b, size)
 			sz := g.alloc(b, 8)
 			status := g.alloc(b, 4)
 			ws := g.alloc(b, HighRatioDTypeWorkspaceSize(dt, size))
-			require.NoError(b, g.codec.EncodeHighRatioDTypeAsync(g.s, dt, in, size, tab, len(table), dst, sz, ws))
+			require.NoError(b, g.codec.EncodeHighRatioDTypeAsync(g.s, dt, in, size, tabDev, len(table), dst, sz, ws))
 			frameLen := int(g.u64(b, sz))
 			time := func(name string, f func() error) {
 				benchOp(b, g, fmt.Sprintf("%s%s/%dMiB", prefix, name, size>>20), size, frameLen, f)
 			}
 			time("copy", func() error { return g.s.MemcpyDtoDAsync(out, in, size) })
 			time("encode", func() error {
-				return g.codec.EncodeHighRatioDTypeAsync(g.s, dt, in, size, tab, len(table), dst, sz, ws)
+				return g.codec.EncodeHighRatioDTypeAsync(g.s, dt, in, size, tabDev, len(table), dst, sz, ws)
 			})
+			if noStore { // the encoder wrote nothing: decode the CPU encoder's frame, which the GPU's equals
+				frame := cpuEncodeHROf(b, dt, src, tab)
+				require.NoError(b, g.s.CopyHtoD(dst, frame))
+				frameLen = len(frame)
+			}
 			time("decode", func() error {
 				return g.codec.DecodeHighRatioDTypeAsync(g.s, dt, dst, frameLen, out, size, status)
 			})
+			if noStore {
+				continue
+			}
 			got := make([]byte, size)
 			require.NoError(b, g.s.CopyDtoH(got, out))
 			require.True(b, bytes.Equal(src, got), "%s decode of %d MiB", dt, size>>20)

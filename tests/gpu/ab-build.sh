@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
 # Builds the kernels package's test binary of each build to compare on the GPU machine, into .gpu/ab (xz-packed),
 # beside tests/gpu/ab.sh, which times them there taking turns. Each argument is NAME=REV: a git revision, or
-# "tree" for the working tree as it is (uncommitted kernels and their regenerated PTX included).
+# "tree" for the working tree as it is (uncommitted kernels and their regenerated PTX included). REV%nostore
+# builds REV's high-ratio kernels with their global stores predicated off (tests/gpu/nostore.py, PTX rebuilt:
+# needs `make -C kernels nvcc`), for a compute ceiling; name such a build *-nostore (ab.sh decodes the CPU
+# encoder's frames for it).
 #
 #   tests/gpu/ab-build.sh base=HEAD new=tree
 #   tests/gpu/ab-build.sh old=3e2480d new=HEAD
+#   tests/gpu/ab-build.sh main=HEAD main-nostore=HEAD%nostore
 #
 # Then carry .gpu/ab (with .gpu/pack for ab.sh's FULL part) and run tests/gpu/ab.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -gt 0 ] || { sed -n '2,9p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,13p' "$0"; exit 2; }
 mkdir -p .gpu/ab
 for arg in "$@"; do
   name=${arg%%=*} rev=${arg#*=}
   [ "$name" != "$arg" ] && [ -n "$name" ] && [ -n "$rev" ] || { echo "ab-build.sh: want NAME=REV, got $arg"; exit 2; }
   out=$PWD/.gpu/ab/kernels-$name.test
-  if [ "$rev" = tree ]; then
+  nostore=
+  case $rev in *%nostore) nostore=1 rev=${rev%\%nostore} ;; esac
+  if [ "$rev" = tree ] && [ -z "$nostore" ]; then
     go test -c -ldflags='-s -w' -o "$out" ./kernels
   else
     wt=$(mktemp -d)
-    git worktree add -q --detach "$wt" "$rev"
-    (cd "$wt" && go test -c -ldflags='-s -w' -o "$out" ./kernels) || { git worktree remove --force "$wt"; exit 1; }
+    if [ "$rev" = tree ]; then  # the working tree's kernels, copied over HEAD
+      git worktree add -q --detach "$wt" HEAD && cp kernels/*.cu kernels/*.cuh "$wt/kernels/"
+    else
+      git worktree add -q --detach "$wt" "$rev"
+    fi
+    (cd "$wt" && { [ -z "$nostore" ] || { python3 "$OLDPWD/tests/gpu/nostore.py" . && ln -s "$OLDPWD/build" build &&
+      make -s -C kernels ptx; }; } && go test -c -ldflags='-s -w' -o "$out" ./kernels) ||
+      { git worktree remove --force "$wt"; exit 1; }
     git worktree remove --force "$wt"
   fi
   xz -T0 -6 -f "$out"

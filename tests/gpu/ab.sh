@@ -11,6 +11,9 @@
 # TESTV     the variant whose kernel GPU tests run after the rounds (default: the last)
 # FULL      seconds for the fast mode's full table (TestGPUBench) from .gpu/pack/gpubench.test.xz, after the rest
 #
+# A variant named *-nostore (ab-build.sh's REV%nostore) stores nothing: its decode rows decode the CPU encoder's
+# frame (SPLITZIP_HR_BENCH_NO_STORE).
+#
 # Every line goes to $OUT/ab.txt, prefixed with its round and variant; MB/s there is 10^6 raw bytes a second.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -27,7 +30,8 @@ done
 for r in $(seq "${ROUNDS:-2}"); do
   for row in $ROWS; do
     for v in $VARIANTS; do
-      (cd kernels && SPLITZIP_HR_BENCH_ONLY=$row "/tmp/kernels-$v.test" -test.run '^$' -test.bench 'HighRatio$' -test.benchtime 20x) 2>&1 |
+      ns=; case $v in *-nostore) ns=1 ;; esac
+      (cd kernels && SPLITZIP_HR_BENCH_NO_STORE=$ns SPLITZIP_HR_BENCH_ONLY=$row "/tmp/kernels-$v.test" -test.run '^$' -test.bench 'HighRatio$' -test.benchtime 20x) 2>&1 |
         grep -E "^Benchmark|FAIL|Error|panic" | sed "s/^/r$r $v /" | tee -a "$OUT/ab.txt"
     done
   done
