@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Turns the high-ratio kernels of a checkout into a no-store build, for a compute ceiling (lab use only).
 
-Every global store of the bf16 encoder's residuals and stream copy-out and of the decoder's write-out is
-predicated on a comparison of the stored value with a constant that real KV does not produce, so the kernels run
-the same instructions, compare included, and write (almost) nothing: timed beside the real build, the pair
-splits a kernel's time into what its instructions take and what its stores add. On a card with the same SMs and
+The stores that carry a bf16 frame's payload (the encoder's residuals of whole 8-element units, its streams'
+copy-out from shared memory, the decoder's write-out) are each predicated on a comparison of the stored value
+with a constant that real KV does not produce. The kernels run the same instructions, compare included, and
+write almost nothing (headers, chunk offsets, a frame's last partial unit, and streams too long to stage,
+which real KV does not make). Timed beside the real build, the pair splits a kernel's time into what its
+instructions take and what its stores add. On a card with the same SMs and
 clocks and more memory bandwidth, the no-store time bounds the real kernel's from below.
 
     tests/gpu/nostore.py DIR   # DIR: a checkout (or worktree); then make -C DIR/kernels ptx
