@@ -2,8 +2,8 @@
 # Builds the kernels package's test binary of each build to compare on the GPU machine, into .gpu/ab (xz-packed),
 # beside tests/gpu/ab.sh, which times them there taking turns. Each argument is NAME=REV: a git revision, or
 # "tree" for the working tree as it is (uncommitted kernels and their regenerated PTX included). REV%nostore
-# builds REV's high-ratio kernels with their global stores predicated off (tests/gpu/nostore.py, PTX rebuilt:
-# needs `make -C kernels nvcc`), for a compute ceiling; name such a build *-nostore (ab.sh decodes the CPU
+# builds REV's high-ratio kernels with the stores of a bf16 frame's payload predicated off (tests/gpu/nostore.py,
+# PTX rebuilt with build/nvcc: `make -C kernels nvcc`), for a compute ceiling; name such a build *-nostore (ab.sh decodes the CPU
 # encoder's frames for it).
 #
 #   tests/gpu/ab-build.sh base=HEAD new=tree
@@ -30,7 +30,7 @@ for arg in "$@"; do
     else
       git worktree add -q --detach "$wt" "$rev"
     fi
-    (cd "$wt" && { [ -z "$nostore" ] || { python3 "$OLDPWD/tests/gpu/nostore.py" . && ln -s "$OLDPWD/build" build &&
+    (cd "$wt" && { [ -z "$nostore" ] || { python3 "$OLDPWD/tests/gpu/nostore.py" . && mkdir -p "$OLDPWD/build" && ln -s "$OLDPWD/build" build &&
       make -s -C kernels ptx; }; } && go test -c -ldflags='-s -w' -o "$out" ./kernels) ||
       { git worktree remove --force "$wt"; exit 1; }
     git worktree remove --force "$wt"
