@@ -2,9 +2,9 @@
 # Builds the kernels package's test binary of each build to compare on the GPU machine, into .gpu/ab (xz-packed),
 # beside tests/gpu/ab.sh, which times them there taking turns. Each argument is NAME=REV: a git revision, or
 # "tree" for the working tree as it is (uncommitted kernels and their regenerated PTX included). REV%nostore
-# builds REV's high-ratio kernels with the stores of a bf16 frame's payload predicated off (tests/gpu/nostore.py,
-# PTX rebuilt with build/nvcc: `make -C kernels nvcc`), for a compute ceiling; name such a build *-nostore (ab.sh decodes the CPU
-# encoder's frames for it).
+# builds REV's high-ratio kernels with the stores of a bf16 frame's payload predicated off (tests/gpu/nostore.py;
+# the PTX is rebuilt with build/nvcc: `make -C kernels nvcc`), for a compute ceiling; name such a build
+# *-nostore (ab.sh decodes the CPU encoder's frames for it).
 #
 #   tests/gpu/ab-build.sh base=HEAD new=tree
 #   tests/gpu/ab-build.sh old=3e2480d new=HEAD
