@@ -30,9 +30,15 @@ for arg in "$@"; do
     else
       git worktree add -q --detach "$wt" "$rev"
     fi
-    (cd "$wt" && { [ -z "$nostore" ] || { python3 "$OLDPWD/tests/gpu/nostore.py" . && mkdir -p "$OLDPWD/build" && ln -s "$OLDPWD/build" build &&
-      make -s -C kernels ptx; }; } && go test -c -ldflags='-s -w' -o "$out" ./kernels) ||
-      { git worktree remove --force "$wt"; exit 1; }
+    root=$PWD
+    (
+      cd "$wt" || exit 1
+      if [ -n "$nostore" ]; then  # edit the kernels, then rebuild their PTX with the checkout's nvcc (build/nvcc)
+        python3 "$root/tests/gpu/nostore.py" . || exit 1
+        mkdir -p "$root/build" && ln -s "$root/build" build && make -s -C kernels ptx || exit 1
+      fi
+      go test -c -ldflags='-s -w' -o "$out" ./kernels
+    ) || { git worktree remove --force "$wt"; exit 1; }
     git worktree remove --force "$wt"
   fi
   xz -T0 -6 -f "$out"

@@ -11,8 +11,8 @@
 # TESTV     the variant whose kernel GPU tests run after the rounds (default: the last)
 # FULL      seconds for the fast mode's full table (TestGPUBench) from .gpu/pack/gpubench.test.xz, after the rest
 #
-# A variant named *-nostore (ab-build.sh's REV%nostore) stores almost nothing: its decode rows decode the CPU encoder's
-# frame (SPLITZIP_HR_BENCH_NO_STORE).
+# A variant named *-nostore (ab-build.sh's REV%nostore) stores almost nothing: its decode rows decode the CPU
+# encoder's frame (SPLITZIP_HR_BENCH_NO_STORE).
 #
 # Every line goes to $OUT/ab.txt, prefixed with its round and variant; MB/s there is 10^6 raw bytes a second.
 set -uo pipefail

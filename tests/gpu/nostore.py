@@ -42,6 +42,9 @@ def main() -> int:
         print(__doc__.strip().splitlines()[0], "\nusage: nostore.py DIR", file=sys.stderr)
         return 2
     path = pathlib.Path(sys.argv[1]) / "kernels" / "entropy.cuh"
+    if not path.is_file():
+        print(f"nostore.py: {path}: no such file (not a checkout with the high-ratio kernels)", file=sys.stderr)
+        return 1
     src = path.read_text()
     for anchor, repl in EDITS:
         n = src.count(anchor)
