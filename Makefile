@@ -185,7 +185,7 @@ vllm-test-others: py-build vllm-deps
 # --- Real vLLM on the GPU machine (tests/gpu/vllm/README.md) ------------------------------------------------
 # gpu-vllm-pack builds the kit — vLLM 0.26.0 trimmed with the wheels it needs there, the SmolLM2 GGUF, this
 # checkout's connector wheel, nats-server — and cuts it into one carry folder per device call (.gpu/vllm/carry*,
-# PLAN.txt); gpu-vllm-test runs the kit's own tests (no GPU or vLLM needed).
+# PLAN.txt); gpu-vllm-test runs the kit's own tests and those of tests/gpu/ab_table.py (no GPU or vLLM needed).
 .PHONY: gpu-vllm-pack gpu-vllm-test
 
 gpu-vllm-pack:
@@ -193,4 +193,4 @@ gpu-vllm-pack:
 
 # In the vLLM venv: its aiohttp and tokenizers let the dry runs (every step against fakevllm.py) run, not skip.
 gpu-vllm-test: vllm-deps
-	$(VVPY) -m pytest -q -p no:cacheprovider tests/gpu/vllm/test_kit.py
+	$(VVPY) -m pytest -q -p no:cacheprovider tests/gpu/vllm/test_kit.py tests/gpu/test_ab_table.py
