@@ -33,7 +33,7 @@ for arg in "$@"; do
       pf=$pn
       [ -f "$pf" ] || pf=tests/gpu/variants/$pn.patch
       [ -f "$pf" ] || { echo "ab-build.sh: no patch $pn (neither a file nor tests/gpu/variants/$pn.patch)"; exit 2; }
-      patches+=("$PWD/$pf")
+      patches+=("$(realpath "$pf")")
     done
   fi
   if [ "$rev" = tree ] && [ -z "$nostore" ] && [ ${#patches[@]} -eq 0 ]; then
