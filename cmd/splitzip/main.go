@@ -43,7 +43,7 @@ const filesHelp = `files:
 `
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, "splitzip: lossless BF16 KV-cache compression (SplitZip format v1)\n\nusage: splitzip COMMAND [flags] [args]\n\ncommands:\n")
+	fmt.Fprintf(w, "splitzip: lossless KV-cache compression (SplitZip frame format v2)\n\nusage: splitzip COMMAND [flags] [args]\n\ncommands:\n")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
