@@ -20,11 +20,11 @@ type command struct {
 var commands = map[string]command{
 	"demo":       {"the main job: real-KV statistics, then a producer→consumer handoff table, raw vs compressed", runDemo},
 	"calibrate":  {"build a codebook from sample tensors: calibrate -o book.json FILE...", runCalibrate},
-	"compress":   {"compress a safetensors or raw tensor file: compress [-codebook book.json] [-dtype bf16] IN OUT", runCompress},
+	"compress":   {"compress a safetensors or raw tensor file: compress [-mode fast|high-ratio] [-codebook book.json | -table t.json] [-dtype bf16] IN OUT", runCompress},
 	"decompress": {"decompress a file written by compress: decompress IN OUT", runDecompress},
 	"inspect":    {"print a compressed file's headers, codebooks and escape statistics: inspect FILE", runInspect},
 	"stats":      {"per-layer K/V ratio of the fast and high-ratio modes on real KV (bf16 and fp8), round trip checked: stats [-calibration F] [-evaluation F]", runStats},
-	"bench":      {"codec throughput of both modes against copy() in the same run: bench [-size 64MiB] [-gpu]; handoffs raw vs compressed: bench transfer; many engines on a NATS cluster: bench scale", runBench},
+	"bench":      {"codec throughput of both modes against copy() in the same run: bench [-size 64MiB] [-gpu]; handoffs raw vs compressed: bench transfer; the payload transport alone: bench wire; many engines on a NATS cluster: bench scale", runBench},
 }
 
 // filesHelp states the rules every file command follows.
