@@ -87,7 +87,7 @@ def table(lines: list[str], base: str | None = None) -> str:
             elif small(n) or not c.gbs:
                 row.append(span(c.us, "{:.1f}"))
             else:
-                row.append(span([x * 1e3 for x in c.gbs], "{:,.0f}"))
+                row.append(span(c.gbs, "{:,.0f}"))
         if base:
             ref = cells.get((n, base))
             for b in builds:
@@ -99,10 +99,10 @@ def table(lines: list[str], base: str | None = None) -> str:
                 else:
                     row.append(f"{(max(c.gbs) / max(ref.gbs) - 1) * 100:+.1f} %")
         out.append("| " + " | ".join(row) + " |")
-    ratios = [(b, n, cells[(n, b)].ratio) for n in names for b in builds if (n, b) in cells and cells[(n, b)].ratio]
-    seen: dict[tuple[str, str], float] = {}
-    for b, n, r in ratios:  # one ratio per build and frame (the copy, encode and decode rows report the same)
-        seen.setdefault((b, "/".join(p for p in n.split("/") if p not in OPS)), r)
+    seen: dict[tuple[str, str], float] = {}  # one ratio per build and frame: copy, encode and decode report the same
+    for (n, b), c in cells.items():
+        if c.ratio:
+            seen.setdefault((b, "/".join(p for p in n.split("/") if p not in OPS)), c.ratio)
     if seen:
         out += ["", "| build | frames | ratio |", "|---|---|---:|"]
         out += [f"| {b} | {k} | {r:g} |" for (b, k), r in seen.items()]
